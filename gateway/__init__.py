@@ -1,0 +1,1 @@
+"""tongban-gateway: integration gateway for 跨省通办 (inter-provincial government services)."""

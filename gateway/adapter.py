@@ -1,0 +1,202 @@
+"""THE contract between the gateway and the adapters that speak to provincial systems.
+
+An adapter turns one ``Call`` into one ``Reply`` over its transport, or raises one of the
+``BackendError`` types re-exported here; it never retries, never sleeps and never decides policy.
+Adapters import this module and nothing else of the gateway. The gateway finds adapter
+factories by entry-point name (group ``tongban.adapters``) and never imports ``adapters/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.errors import (
+    BackendBadResponse,
+    BackendError,
+    BackendFault,
+    BackendRateLimited,
+    BackendRejected,
+    BackendResponseTooLarge,
+    BackendServerError,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+__all__ = [
+    "Adapter",
+    "AdapterConfigError",
+    "AdapterFactory",
+    "BackendBadResponse",
+    "BackendError",
+    "BackendFault",
+    "BackendRateLimited",
+    "BackendRejected",
+    "BackendResponseTooLarge",
+    "BackendServerError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "Call",
+    "CallContext",
+    "FakeAdapter",
+    "Reply",
+    "Secret",
+    "SystemSpec",
+    "digest",
+    "load_adapter_factory",
+]
+
+
+class Secret:
+    """A secret value that never shows itself in a repr, a log line or an error."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSpec:
+    """What an adapter knows about the one provincial system it talks to.
+
+    ``auth``, ``options`` and ``operations`` are the adapter's own blocks: it validates them
+    with its own model in ``AdapterFactory.check``. Secret values inside ``auth`` are already
+    resolved from the environment or files into ``Secret`` objects.
+    """
+
+    id: str
+    province: str
+    address: str
+    config_dir: Path
+    connect_timeout: float = 2.0
+    read_timeout: float = 10.0
+    max_response_bytes: int = 1 << 20
+    concurrency_limit: int = 32
+    wsdl: str | None = None
+    auth: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    operations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who asks, for whom, and why: forwarded to the back-end and recorded by the audit layer."""
+
+    request_id: str
+    purpose: str
+    service: str
+    receiving_province: str
+    handling_province: str
+    principal: str
+    actor: str
+    level: str
+    case_id: str | None = None
+    authorisation_ref: str | None = None
+    idempotency_key: str | None = None
+    identity_assertion: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One operation on one system, with the payload already in the system's own shape."""
+
+    operation: str
+    payload: Mapping[str, Any]
+    context: CallContext
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The system's answer as data, plus digests of exactly what went over the wire."""
+
+    data: Any
+    status: int = 200
+    request_digest: str | None = None
+    response_digest: str | None = None
+
+
+def digest(raw: bytes) -> str:
+    """The digest recorded for a request or response body ('用而不存': the digest, not the body)."""
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+class Adapter(Protocol):
+    """One provincial system over one transport."""
+
+    async def call(self, call: Call) -> Reply: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AdapterConfigError(ValueError):
+    """A system's adapter-specific block is wrong; ``field`` names where."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field = field_path
+        self.message = message
+
+
+class AdapterFactory(Protocol):
+    """Entry point object of an adapter plugin."""
+
+    def check(self, spec: SystemSpec) -> None:
+        """Validate the adapter's own blocks without any I/O; raise ``AdapterConfigError``."""
+
+    async def open(self, spec: SystemSpec) -> Adapter:
+        """Open clients and load contracts (off the event loop where that blocks)."""
+
+
+def load_adapter_factory(name: str) -> AdapterFactory:
+    """Find the adapter plugin registered under ``name`` in the ``tongban.adapters`` group."""
+    found = entry_points(group="tongban.adapters", name=name)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group="tongban.adapters"))
+        raise AdapterConfigError("adapter", f"no adapter named {name!r}; installed: {known}")
+    factory: AdapterFactory = next(iter(found)).load()
+    return factory
+
+
+Handler = Callable[[Call], "Reply | Awaitable[Reply]"]
+
+
+class FakeAdapter:
+    """A test double that answers each call with ``handler``, sync or async (like MockTransport)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.calls: list[Call] = []
+        self.closed = False
+
+    async def call(self, call: Call) -> Reply:
+        self.calls.append(call)
+        result = self._handler(call)
+        if inspect.isawaitable(result):
+            result = await result
+        assert isinstance(result, Reply)
+        await asyncio.sleep(0)
+        return result
+
+    async def aclose(self) -> None:
+        self.closed = True

@@ -1,0 +1,107 @@
+"""Wiring only: build the aiohttp application from validated settings and injected parts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from gateway.adapter import Adapter, SystemSpec, load_adapter_factory
+from gateway.breaker import CircuitBreaker
+from gateway.catalog import Catalog
+from gateway.http import handlers
+from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
+from gateway.http.middlewares import auth_middleware, problem_middleware, request_context_middleware
+from gateway.metrics import Metrics
+from gateway.pipeline import Sleep, SystemRuntime, build_stack
+from gateway.principal import TokenVerifier
+from gateway.settings import Settings, SystemSettings
+
+log = structlog.get_logger("tongban.app")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    verifier: TokenVerifier,
+    sleep: Sleep = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    open_adapter: AdapterOpener | None = None,
+) -> web.Application:
+    """The gateway app. ``open_adapter`` replaces plugin lookup (tests pass fakes through it)."""
+    app = web.Application(
+        # Outermost first: the context middleware must see the status the problem renderer chose.
+        middlewares=[request_context_middleware, problem_middleware, auth_middleware],
+        client_max_size=settings.gateway.server.max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[VERIFIER] = verifier
+    app[STATE] = GatewayState()
+    app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
+
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/openapi.json", handlers.openapi)
+    app.router.add_get("/api/v1/services", handlers.list_services)
+    app.router.add_get("/api/v1/services/{service}", handlers.get_service)
+    app.router.add_post("/api/v1/services/{service}/calls", handlers.call_service)
+    return app
+
+
+AdapterOpener = Callable[[SystemSettings, SystemSpec], Awaitable[Adapter]]
+
+
+async def _open_plugin(system: SystemSettings, spec: SystemSpec) -> Adapter:
+    return await load_adapter_factory(system.adapter_name).open(spec)
+
+
+def _systems_context(
+    sleep: Sleep, clock: Callable[[], float], open_adapter: AdapterOpener
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def systems(app: web.Application) -> AsyncIterator[None]:
+        settings, state, metrics = app[SETTINGS], app[STATE], app[METRICS]
+        try:
+            for sid, system in settings.systems.items():
+                adapter = await open_adapter(system, system.spec(sid, settings.config_dir))
+                breaker = CircuitBreaker(
+                    sid,
+                    failure_threshold=system.breaker.failure_threshold,
+                    reset_timeout=system.breaker.reset_timeout,
+                    half_open_max_calls=system.breaker.half_open_max_calls,
+                    clock=clock,
+                    on_change=_breaker_logger(metrics),
+                )
+                metrics.breaker_changed(sid, breaker.state)
+                state.systems[sid] = SystemRuntime(
+                    sid, system, adapter, breaker, asyncio.Semaphore(system.concurrency_limit)
+                )
+            state.opened_catalog = Catalog.build(
+                settings,
+                lambda route, operation: build_stack(
+                    state.systems[route.system],
+                    policy=operation.retry,
+                    sleep=sleep,
+                    observer=metrics,
+                ),
+            )
+            log.info("gateway_started", systems=len(state.systems), routes=len(settings.routes))
+            yield
+        finally:
+            for runtime in state.systems.values():
+                await runtime.adapter.aclose()
+
+    return systems
+
+
+def _breaker_logger(metrics: Metrics) -> Callable[[str, Any], None]:
+    def changed(system: str, state: Any) -> None:
+        metrics.breaker_changed(system, state)
+        log.warning("breaker_changed", system=system, state=state.value)
+
+    return changed

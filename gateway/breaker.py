@@ -1,0 +1,90 @@
+"""Per-system circuit breaker: closed → open after N consecutive failures → half-open probes.
+
+Only failures of the system count (``BackendError`` other than ``BackendRejected`` and
+client-side faults): a citizen's bad input must not pause a province for everyone.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+
+from gateway.errors import CircuitOpen
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+    @property
+    def gauge(self) -> int:
+        return {"closed": 0, "half_open": 1, "open": 2}[self.value]
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        system: str,
+        *,
+        failure_threshold: int,
+        reset_timeout: float,
+        half_open_max_calls: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[str, BreakerState], None] | None = None,
+    ) -> None:
+        self.system = system
+        self._threshold = failure_threshold
+        self._reset_timeout = reset_timeout
+        self._half_open_max = half_open_max_calls
+        self._clock = clock
+        self._on_change = on_change
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probes = 0
+
+    @property
+    def state(self) -> BreakerState:
+        if (
+            self._state is BreakerState.OPEN
+            and self._clock() - self._opened_at >= self._reset_timeout
+        ):
+            self._set(BreakerState.HALF_OPEN)
+        return self._state
+
+    def before_call(self) -> None:
+        """Admit a call or raise CircuitOpen; a half-open breaker admits a few probes."""
+        state = self.state
+        if state is BreakerState.OPEN:
+            remaining = self._reset_timeout - (self._clock() - self._opened_at)
+            raise CircuitOpen(self.system, retry_after=max(remaining, 0.0))
+        if state is BreakerState.HALF_OPEN:
+            if self._probes >= self._half_open_max:
+                raise CircuitOpen(self.system, retry_after=self._reset_timeout)
+            self._probes += 1
+
+    def record_success(self) -> None:
+        self._failures = 0
+        if self._state is not BreakerState.CLOSED:
+            self._set(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        if self._state is BreakerState.HALF_OPEN or self._failures >= self._threshold:
+            self._opened_at = self._clock()
+            self._set(BreakerState.OPEN)
+
+    def record_neutral(self) -> None:
+        """An attempt ended in a way that says nothing of the system's health."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._probes = max(self._probes - 1, 0)
+
+    def _set(self, state: BreakerState) -> None:
+        self._state = state
+        self._probes = 0
+        if state is BreakerState.CLOSED:
+            self._failures = 0
+        if self._on_change is not None:
+            self._on_change(self.system, state)

@@ -1,0 +1,162 @@
+"""The service catalogue (事项目录): service × receiving × handling province → one route.
+
+Built once at start-up from the validated settings and the open systems; answers lookups
+without I/O. A route knows how to validate, map, call and map back; nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaViolation
+
+from gateway.adapter import Call, CallContext
+from gateway.errors import NoAgreement, UnknownOperation, UnknownService, ValidationFailed
+from gateway.mapping import FieldMapping, compile_mapping
+from gateway.pipeline import CallTrace, Next
+from gateway.settings import Operation, RouteSettings, ServiceSettings, Settings
+
+
+def _safe_message(error: SchemaViolation) -> str:
+    # jsonschema messages quote the offending value, which may be an ID number: name the rule.
+    if error.validator in {"required", "additionalProperties"}:
+        return error.message
+    return f"does not satisfy '{error.validator}': {error.validator_value!r}"[:200]
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    data: Any
+    trace: CallTrace
+    request_digest: str | None
+    response_digest: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    service_code: str
+    operation_name: str
+    service: ServiceSettings
+    operation: Operation
+    handling: str
+    system: str
+    system_operation: str
+    request_map: FieldMapping
+    response_map: FieldMapping
+    validator: Draft202012Validator
+    stack: Next
+
+    def validate(self, data: Any) -> None:
+        errors = sorted(self.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if errors:
+            raise ValidationFailed(
+                "The call's data does not match the operation's schema.",
+                errors=[
+                    {
+                        "path": "/" + "/".join(str(p) for p in e.absolute_path),
+                        "message": _safe_message(e),
+                    }
+                    for e in errors[:20]
+                ],
+            )
+
+    async def invoke(self, data: Any, context: CallContext, trace: CallTrace) -> CallResult:
+        call = Call(self.system_operation, self.request_map.apply(data), context)
+        reply = await self.stack(call, trace)
+        return CallResult(
+            self.response_map.apply(reply.data), trace, reply.request_digest, reply.response_digest
+        )
+
+
+StackFactory = Callable[[RouteSettings, Operation], Next]
+
+
+class Catalog:
+    def __init__(
+        self,
+        services: Mapping[str, ServiceSettings],
+        routes: Iterable[Route],
+        agreements: Mapping[tuple[str, str, str, str], Route],
+    ) -> None:
+        self.services = services
+        self.routes = tuple(routes)
+        self._by_key = agreements
+
+    @classmethod
+    def build(cls, settings: Settings, stack_for: StackFactory) -> Catalog:
+        routes: list[Route] = []
+        index: dict[tuple[str, str, str, str], Route] = {}
+        for rs in settings.routes:
+            service = settings.services[rs.service]
+            operation = service.operations[rs.operation]
+            route = Route(
+                service_code=rs.service,
+                operation_name=rs.operation,
+                service=service,
+                operation=operation,
+                handling=rs.handling,
+                system=rs.system,
+                system_operation=rs.system_operation,
+                request_map=compile_mapping(rs.request),
+                response_map=compile_mapping(rs.response),
+                validator=Draft202012Validator(
+                    operation.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+                ),
+                stack=stack_for(rs, operation),
+            )
+            routes.append(route)
+            receiving = ["*"] if rs.receiving == "*" else rs.receiving
+            for province in receiving:
+                index[(rs.service, rs.operation, province, rs.handling)] = route
+        return cls(settings.services, routes, index)
+
+    def service(self, code: str) -> ServiceSettings:
+        try:
+            return self.services[code]
+        except KeyError:
+            raise UnknownService(f"There is no service {code!r} in the catalogue.") from None
+
+    def provinces(self, code: str) -> dict[str, list[str]]:
+        """For the guide: each operation's handling provinces."""
+        out: dict[str, set[str]] = {}
+        for route in self.routes:
+            if route.service_code == code:
+                out.setdefault(route.operation_name, set()).add(route.handling)
+        return {op: sorted(p) for op, p in sorted(out.items())}
+
+    def agreements(self, code: str) -> list[dict[str, str]]:
+        return sorted(
+            (
+                {"operation": op, "receiving": rec, "handling": hand}
+                for (svc, op, rec, hand) in self._by_key
+                if svc == code
+            ),
+            key=lambda a: (a["operation"], a["receiving"], a["handling"]),
+        )
+
+    def route(self, code: str, operation: str | None, receiving: str, handling: str) -> Route:
+        service = self.service(code)
+        if operation is None:
+            if len(service.operations) != 1:
+                raise UnknownOperation(
+                    f"Service {code!r} has several operations; name one of "
+                    f"{sorted(service.operations)}."
+                )
+            operation = next(iter(service.operations))
+        if operation not in service.operations:
+            raise UnknownOperation(
+                f"Service {code!r} has no operation {operation!r}; it has "
+                f"{sorted(service.operations)}."
+            )
+        route = self._by_key.get((code, operation, receiving, handling)) or self._by_key.get(
+            (code, operation, "*", handling)
+        )
+        if route is None:
+            raise NoAgreement(
+                f"No agreement lets province {receiving} use {code}/{operation} "
+                f"handled in province {handling}."
+            )
+        return route

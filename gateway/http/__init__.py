@@ -1,0 +1,1 @@
+"""The only aiohttp layer: middlewares, handlers, problem+json rendering, OpenAPI."""

@@ -1,0 +1,215 @@
+"""Thin handlers: parse and check the request, call the core, shape the answer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from jsonschema import Draft202012Validator
+
+from gateway.adapter import CallContext
+from gateway.errors import (
+    BackendError,
+    GatewayError,
+    InvalidRequest,
+    MalformedJson,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, principal_of
+from gateway.http.openapi import CALL_REQUEST_SCHEMA, build_openapi
+from gateway.pipeline import CallTrace
+from gateway.settings import PROVINCES, ServiceSettings
+
+log = structlog.get_logger("tongban.calls")
+_CALL_VALIDATOR = Draft202012Validator(CALL_REQUEST_SCHEMA)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object, or a client error naming what is wrong."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Send the body as application/json.")
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedJson("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    return body
+
+
+def _summary(
+    code: str, service: ServiceSettings, provinces: dict[str, list[str]]
+) -> dict[str, Any]:
+    return {
+        "code": code,
+        "name": service.name.model_dump(),
+        "modes": list(service.modes),
+        "min_level": service.min_level,
+        "handling_provinces": sorted({p for ps in provinces.values() for p in ps}),
+        "operations": sorted(service.operations),
+    }
+
+
+async def list_services(request: web.Request) -> web.Response:
+    catalog = request.app[STATE].catalog
+    items = [
+        _summary(code, service, catalog.provinces(code))
+        for code, service in sorted(catalog.services.items())
+    ]
+    return _json({"services": items})
+
+
+async def get_service(request: web.Request) -> web.Response:
+    catalog = request.app[STATE].catalog
+    code = request.match_info["service"]
+    service = catalog.service(code)
+    guide = _summary(code, service, catalog.provinces(code))
+    guide.update(
+        description=service.description.model_dump() if service.description else None,
+        consent_required=service.consent_required,
+        time_limit_days=service.time_limit_days,
+        materials=[m.model_dump() for m in service.materials],
+        operations={
+            name: {
+                "name": op.name.model_dump(),
+                "kind": op.kind,
+                "retry": op.retry,
+                "input_schema": op.input_schema,
+            }
+            for name, op in sorted(service.operations.items())
+        },
+        agreements=[
+            {
+                **a,
+                "receiving_name": PROVINCES.get(a["receiving"], ("*", "any"))[0],
+                "handling_name": PROVINCES[a["handling"]][0],
+            }
+            for a in catalog.agreements(code)
+        ],
+    )
+    return _json(guide)
+
+
+async def call_service(request: web.Request) -> web.Response:
+    """A synchronous query or verification in a named province."""
+    principal = principal_of(request)
+    code = request.match_info["service"]
+    catalog = request.app[STATE].catalog
+    catalog.service(code)  # unknown service → 404 before we look at the body
+    body = await read_json_object(request)
+    problems = sorted(_CALL_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
+    if problems:
+        raise ValidationFailed(
+            "The call envelope is not valid.",
+            errors=[
+                {
+                    "path": "/" + "/".join(str(p) for p in e.absolute_path),
+                    "message": e.message[:200],
+                }
+                for e in problems[:20]
+            ],
+        )
+    route = catalog.route(
+        code, body.get("operation"), body["receiving_province"], body["handling_province"]
+    )
+    fields = request[LOG_FIELDS]
+    fields.update(service=code, province=route.handling, system=route.system)
+    principal.require_level(route.service.min_level)
+    if route.service.consent_required and not body.get("authorisation_ref"):
+        raise ValidationFailed(
+            "This service needs the holder's authorisation (授权用证): give authorisation_ref.",
+            errors=[{"path": "/authorisation_ref", "message": "required by this service"}],
+        )
+    route.validate(body["data"])
+
+    request_id = request[REQUEST_ID]
+    idempotency_key = None
+    if route.operation.retry == "idempotent-with-key":
+        idempotency_key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+    context = CallContext(
+        request_id=request_id,
+        purpose=body["purpose"],
+        service=code,
+        receiving_province=body["receiving_province"],
+        handling_province=route.handling,
+        principal=principal.subject,
+        actor=principal.acting,
+        level=principal.level,
+        case_id=body.get("case_id"),
+        authorisation_ref=body.get("authorisation_ref"),
+        idempotency_key=idempotency_key,
+    )
+    trace = CallTrace()
+    metrics = request.app[METRICS]
+    outcome = "ok"
+    started = time.perf_counter()
+    try:
+        result = await route.invoke(body["data"], context, trace)
+    except GatewayError as exc:
+        outcome = "error" if isinstance(exc, BackendError) else "refused"
+        trace.error_code = exc.code
+        raise
+    finally:
+        elapsed = time.perf_counter() - started
+        metrics.backend_calls.labels(code, route.system, outcome).inc()
+        metrics.backend_latency.labels(code, route.system, outcome).observe(elapsed)
+        fields.update(attempts=trace.attempts, outcome=outcome, breaker=trace.breaker_state)
+    return _json(
+        {
+            "request_id": request_id,
+            "service": code,
+            "operation": route.operation_name,
+            "receiving_province": body["receiving_province"],
+            "handling_province": route.handling,
+            "system": route.system,
+            "attempts": trace.attempts,
+            "data": result.data,
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when every store answers; each system's breaker state is reported, not judged."""
+    systems = {
+        sid: {"province": rt.settings.province, "breaker": rt.breaker.state.value}
+        for sid, rt in sorted(request.app[STATE].systems.items())
+    }
+    stores: dict[str, Any] = {}
+    ready = True
+    for name, probe in request.app[STATE].readiness.items():
+        try:
+            state = await probe()
+        except Exception as exc:  # a probe failing is exactly what readiness reports
+            state = {"ready": False, "error": type(exc).__name__}
+        stores[name] = state
+        ready = ready and bool(state.get("ready"))
+    return _json(
+        {"status": "ready" if ready else "not_ready", "systems": systems, "stores": stores},
+        status=200 if ready else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    for sid, rt in request.app[STATE].systems.items():
+        request.app[METRICS].breaker_state.labels(sid).set(rt.breaker.state.gauge)
+    return web.Response(
+        body=request.app[METRICS].render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+    )
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(build_openapi(request.app[STATE].catalog))

@@ -1,0 +1,126 @@
+"""Middlewares, outermost first: request context + access log, errors → problem+json, auth.
+
+Order matters: the context middleware must see the final status of every response, problem
+rendering included, so it sits outside the error middleware; auth runs inside so its refusals
+are rendered like any other error.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from gateway.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+)
+from gateway.http.keys import LOG_FIELDS, METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
+from gateway.http.problem import problem_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = structlog.get_logger("tongban.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id to every log line of this request and write one access line at the end."""
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    request[LOG_FIELDS] = {}
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    response = await handler(request)
+    response.headers["X-Request-ID"] = request_id
+    duration = time.perf_counter() - started
+    route = _route_name(request)
+    metrics = request.app[METRICS]
+    metrics.http_requests.labels(route, request.method, str(response.status)).inc()
+    metrics.http_latency.labels(route, request.method).observe(duration)
+    if route not in {"/healthz", "/metrics"}:
+        log.info(
+            "request_completed",
+            method=request.method,
+            route=route,
+            status=response.status,
+            duration_ms=round(duration * 1000, 2),
+            **request[LOG_FIELDS],
+        )
+    return response
+
+
+class _FrameworkRefusal(GatewayError):
+    """A 4xx the web framework raised itself (bad header, ...): keep its status."""
+
+    code = "client.invalid_request"
+    title = "Invalid request"
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self._status = status
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as problem+json; never a stack trace or a back-end's internals."""
+    request_id = request.get(REQUEST_ID, "")
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        request[LOG_FIELDS]["error_code"] = exc.code
+        return problem_response(exc, request_id, request.path)
+    except web.HTTPRequestEntityTooLarge:
+        return problem_response(PayloadTooLarge(), request_id, request.path)
+    except web.HTTPMethodNotAllowed as exc:
+        response = problem_response(MethodNotAllowed(), request_id, request.path)
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    except web.HTTPNotFound:
+        return problem_response(NotFound("No such resource."), request_id, request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(_FrameworkRefusal(exc.status, exc.reason), request_id, request.path)
+    except Exception:
+        error_id = uuid.uuid4().hex
+        log.exception("request_failed", error_id=error_id)
+        return problem_response(
+            InternalError(f"Internal error {error_id}; quote it to the operators."),
+            request_id,
+            request.path,
+        )
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer tokens on /api/*: the handler receives a Principal or the request is refused."""
+    if request.path.startswith("/api/"):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("A bearer token is required.")
+        principal = await request.app[VERIFIER].verify(token.strip())
+        request[PRINCIPAL] = principal
+        request[LOG_FIELDS]["client"] = principal.client_id
+    return await handler(request)

@@ -1,0 +1,252 @@
+"""The OpenAPI 3.1 description of the public HTTP surface, built from the live catalogue."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.catalog import Catalog
+
+PROVINCE = {"type": "string", "pattern": "^[0-9]{2}$", "description": "GB/T 2260 province code"}
+LOCALIZED = {
+    "type": "object",
+    "required": ["zh", "en"],
+    "properties": {"zh": {"type": "string"}, "en": {"type": "string"}},
+}
+
+CALL_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["receiving_province", "handling_province", "purpose", "data"],
+    "properties": {
+        "operation": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 64,
+            "description": "Operation of the service; may be omitted when it has only one.",
+        },
+        "receiving_province": {**PROVINCE, "description": "Where the request is made (收件地)."},
+        "handling_province": {**PROVINCE, "description": "Whose system handles it (办理地)."},
+        "purpose": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 200,
+            "description": "Why the data is needed; recorded with every call.",
+        },
+        "authorisation_ref": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "description": "Reference of the holder's authorisation (授权用证), where required.",
+        },
+        "case_id": {"type": "string", "minLength": 1, "maxLength": 64},
+        "data": {"type": "object", "description": "Input, per the operation's input_schema."},
+    },
+}
+
+_PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code", "request_id"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "pattern": "^(client|backend|gateway)\\.[a-z_]+$"},
+        "request_id": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+        "required_level": {"type": "string"},
+        "current_level": {"type": "string"},
+    },
+}
+
+_SUMMARY = {
+    "type": "object",
+    "required": ["code", "name", "modes", "min_level", "handling_provinces", "operations"],
+    "properties": {
+        "code": {"type": "string"},
+        "name": LOCALIZED,
+        "modes": {"type": "array", "items": {"type": "string"}},
+        "min_level": {"type": "string", "enum": ["L1", "L2", "L3", "LP", "Counter"]},
+        "handling_provinces": {"type": "array", "items": PROVINCE},
+        "operations": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+_GUIDE = {
+    "allOf": [
+        {"$ref": "#/components/schemas/ServiceSummary"},
+        {
+            "type": "object",
+            "required": ["materials", "operations", "agreements", "consent_required"],
+            "properties": {
+                "description": {"anyOf": [LOCALIZED, {"type": "null"}]},
+                "consent_required": {"type": "boolean"},
+                "time_limit_days": {"type": ["integer", "null"]},
+                "materials": {"type": "array", "items": {"type": "object"}},
+                "operations": {"type": "object"},
+                "agreements": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+    ]
+}
+
+_CALL_RESPONSE = {
+    "type": "object",
+    "required": ["request_id", "service", "operation", "handling_province", "system", "data"],
+    "properties": {
+        "request_id": {"type": "string"},
+        "service": {"type": "string"},
+        "operation": {"type": "string"},
+        "receiving_province": PROVINCE,
+        "handling_province": PROVINCE,
+        "system": {"type": "string"},
+        "attempts": {"type": "integer", "minimum": 1},
+        "data": {},
+    },
+}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": "Problem details (RFC 9457)",
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        for s in statuses
+    }
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def build_openapi(catalog: Catalog) -> dict[str, Any]:
+    service_param = {
+        "name": "service",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": sorted(catalog.services)},
+    }
+    any_service_param = {**service_param, "schema": {"type": "string", "maxLength": 64}}
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tongban gateway",
+            "version": "1",
+            "description": "跨省通办 integration gateway: catalogue, routed calls, operations.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Problem": _PROBLEM,
+                "ServiceSummary": _SUMMARY,
+                "ServiceGuide": _GUIDE,
+                "CallRequest": CALL_REQUEST_SCHEMA,
+                "CallResponse": _CALL_RESPONSE,
+            },
+        },
+        "paths": {
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "responses": {"200": _ok({"type": "object", "required": ["status"]})},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: store state and each system's breaker",
+                    "responses": {
+                        "200": _ok({"type": "object", "required": ["status", "systems"]}),
+                        "503": _ok({"type": "object"}, "Not ready"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _ok({"type": "object"})},
+                }
+            },
+            "/api/v1/services": {
+                "get": {
+                    "summary": "The service catalogue (事项目录)",
+                    "security": secured,
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["services"],
+                                "properties": {
+                                    "services": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/ServiceSummary"},
+                                    }
+                                },
+                            }
+                        ),
+                        **_problems(401),
+                    },
+                }
+            },
+            "/api/v1/services/{service}": {
+                "get": {
+                    "summary": "A service's guide: modes, provinces, materials, minimum level",
+                    "security": secured,
+                    "parameters": [any_service_param],
+                    "responses": {
+                        "200": _ok({"$ref": "#/components/schemas/ServiceGuide"}),
+                        **_problems(401, 404),
+                    },
+                }
+            },
+            "/api/v1/services/{service}/calls": {
+                "post": {
+                    "summary": "A synchronous query or verification in a named province",
+                    "security": secured,
+                    "parameters": [
+                        any_service_param,
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "maxLength": 128},
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/CallRequest"}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _ok({"$ref": "#/components/schemas/CallResponse"}),
+                        **_problems(400, 401, 403, 404, 413, 415, 422, 502, 503, 504),
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,38 @@
+"""problem+json (RFC 9457) rendering: the one place errors become HTTP responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import GatewayError
+
+PROBLEM_TYPE_BASE = "https://tongban.example/problems/"
+CONTENT_TYPE = "application/problem+json"
+
+
+def problem_response(
+    error: GatewayError, request_id: str, instance: str | None = None
+) -> web.Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + error.code,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+        "request_id": request_id,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(error.extra)
+    headers = {"X-Request-ID": request_id}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None and error.status in (429, 503):
+        headers["Retry-After"] = str(max(int(retry_after + 0.999), 1))
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="tongban"'
+    return web.Response(
+        body=orjson.dumps(body), status=error.status, content_type=CONTENT_TYPE, headers=headers
+    )

@@ -1,0 +1,1 @@
+"""Identity: token verification now; the OpenID Connect provider and federation later."""

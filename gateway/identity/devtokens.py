@@ -1,0 +1,85 @@
+"""Development-only bearer tokens: HMAC-signed, for `tongban demo` until the OIDC provider lands.
+
+The secret is random per process, so a token never outlives the demo that printed it, and
+`serve` refuses to enable this without an explicit ``--insecure-dev-tokens`` flag.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable
+
+from gateway.errors import Unauthenticated
+from gateway.principal import Principal
+
+_PREFIX = "dev."
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class DevTokenIssuer:
+    """Issues and verifies development tokens; implements ``TokenVerifier``."""
+
+    def __init__(
+        self, secret: bytes | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._secret = secret or secrets.token_bytes(32)
+        self._clock = clock
+
+    def issue(
+        self,
+        subject: str,
+        level: str,
+        *,
+        client_id: str = "dev-portal",
+        actor: str | None = None,
+        actor_role: str | None = None,
+        roles: Iterable[str] = (),
+        ttl: float = 12 * 3600,
+    ) -> str:
+        claims = {
+            "sub": subject,
+            "acr": level,
+            "client_id": client_id,
+            "act": actor,
+            "act_role": actor_role,
+            "roles": sorted(roles),
+            "exp": int(self._clock() + ttl),
+        }
+        body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        return f"{_PREFIX}{body}.{self._sign(body)}"
+
+    def _sign(self, body: str) -> str:
+        return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
+
+    async def verify(self, token: str) -> Principal:
+        if not token.startswith(_PREFIX) or token.count(".") != 2:
+            raise Unauthenticated("The bearer token is not valid.")
+        body, signature = token[len(_PREFIX) :].split(".")
+        if not hmac.compare_digest(signature, self._sign(body)):
+            raise Unauthenticated("The bearer token is not valid.")
+        try:
+            claims = json.loads(_unb64(body))
+        except ValueError:
+            raise Unauthenticated("The bearer token is not valid.") from None
+        if claims["exp"] < self._clock():
+            raise Unauthenticated("The bearer token has expired.")
+        return Principal(
+            subject=claims["sub"],
+            level=claims["acr"],
+            client_id=claims["client_id"],
+            actor=claims.get("act"),
+            actor_role=claims.get("act_role"),
+            roles=frozenset(claims.get("roles", ())),
+        )

@@ -1,0 +1,101 @@
+"""Operations logs: structlog set-up, and the masking processor that runs on every line.
+
+Personal data never appears unmasked: resident ID numbers and mobile numbers are masked
+wherever they occur in a value; values under name-like keys are masked; secrets, signatures,
+tickets and tokens are dropped entirely. Event names are snake_case past tense with a fixed key
+vocabulary (request_id, case_id, service, province, system, attempt, duration_ms, error_code).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any, Literal
+
+import orjson
+import structlog
+
+_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])([1-9]\d{5})(\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])")
+_MOBILE = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
+_SECRET_KEYS = frozenset(
+    {
+        "password",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "authorization",
+        "sign",
+        "signature",
+        "ticket",
+        "cookie",
+        "api_key",
+        "code_verifier",
+    }
+)
+_NAME_KEYS = frozenset({"name", "xm", "holder_name", "full_name", "applicant_name", "aac003"})
+
+
+def mask_text(text: str) -> str:
+    """Mask ID numbers (keep the first and last character) and mobiles (keep 3 + 4)."""
+    text = _ID_NUMBER.sub(lambda m: m.group(0)[0] + "*" * 16 + m.group(0)[-1], text)
+    return _MOBILE.sub(lambda m: m.group(1) + "****" + m.group(3), text)
+
+
+def mask_name(name: str) -> str:
+    """张三丰 → 张**; the surname alone does not identify."""
+    return name[:1] + "*" * max(len(name) - 1, 1) if name else name
+
+
+def _mask(key: str, value: Any) -> Any:
+    lowered = key.lower()
+    if lowered in _SECRET_KEYS:
+        return "[redacted]"
+    if isinstance(value, str):
+        return mask_name(value) if lowered in _NAME_KEYS else mask_text(value)
+    if isinstance(value, Mapping):
+        return {k: _mask(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_mask(key, v) for v in value]
+    return value
+
+
+def mask_personal_data(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: runs last before rendering, on every line."""
+    for key in list(event_dict):
+        event_dict[key] = _mask(key, event_dict[key])
+    return event_dict
+
+
+def configure_logging(
+    level: str = "info", fmt: Literal["json", "console"] = "json", stream: Any = None
+) -> None:
+    """Configure structlog once per process; JSON via orjson for machines, console for people."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        mask_personal_data,
+    ]
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    if fmt == "json":
+        structlog.configure(
+            processors=[*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
+            wrapper_class=structlog.make_filtering_bound_logger(numeric),
+            logger_factory=structlog.BytesLoggerFactory(file=stream or sys.stdout.buffer),
+            cache_logger_on_first_use=False,
+        )
+    else:
+        structlog.configure(
+            processors=[*shared, structlog.dev.ConsoleRenderer(colors=False)],
+            wrapper_class=structlog.make_filtering_bound_logger(numeric),
+            logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
+            cache_logger_on_first_use=False,
+        )

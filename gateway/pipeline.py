@@ -1,0 +1,249 @@
+"""The per-route call stack, assembled once at start-up from configuration, one line per layer.
+
+    retry → circuit breaker → concurrency limit → per-attempt timeout → adapter
+
+Each layer is a plain async function wrapping the next (KrakenD's ``newStack`` shape). A
+``CallTrace`` travels with the call and records what the layers did, for metrics and audit.
+This module never imports aiohttp and never reads configuration at call time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
+from gateway.adapter import Adapter, Call, Reply
+from gateway.breaker import BreakerState, CircuitBreaker
+from gateway.errors import (
+    BackendError,
+    BackendFault,
+    BackendRejected,
+    BackendTimeout,
+    CircuitOpen,
+    SystemBusy,
+    is_retryable,
+)
+from gateway.settings import RetryPolicy, RetrySettings, SystemSettings
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class CallTrace:
+    """What happened to one call inside the stack; filled in by the layers."""
+
+    attempts: int = 0
+    breaker_state: str = BreakerState.CLOSED.value
+    error_code: str | None = None
+    waits: list[float] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def duration_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+
+Next = Callable[[Call, CallTrace], Awaitable[Reply]]
+
+
+class CallObserver(Protocol):
+    """Told about every retry; metrics implement it."""
+
+    def retried(self, system: str, error_code: str) -> None: ...
+
+
+@dataclass(slots=True)
+class SystemRuntime:
+    """Shared, long-lived state of one provincial system: its adapter, breaker and slots."""
+
+    id: str
+    settings: SystemSettings
+    adapter: Adapter
+    breaker: CircuitBreaker
+    slots: asyncio.Semaphore
+
+
+def transport(adapter: Adapter) -> Next:
+    async def call_adapter(call: Call, trace: CallTrace) -> Reply:
+        return await adapter.call(call)
+
+    return call_adapter
+
+
+def with_timeout(inner: Next, seconds: float) -> Next:
+    """A hard cap on one attempt; the request may have reached the back-end when it fires."""
+
+    async def timed(call: Call, trace: CallTrace) -> Reply:
+        try:
+            async with asyncio.timeout(seconds):
+                return await inner(call, trace)
+        except TimeoutError:
+            raise BackendTimeout(f"No answer within {seconds:g} s.", reached_backend=True) from None
+
+    return timed
+
+
+def with_concurrency_limit(inner: Next, slots: asyncio.Semaphore, queue_timeout: float) -> Next:
+    async def limited(call: Call, trace: CallTrace) -> Reply:
+        try:
+            async with asyncio.timeout(queue_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise SystemBusy("The provincial system's call limit is reached; try again.") from None
+        try:
+            return await inner(call, trace)
+        finally:
+            slots.release()
+
+    return limited
+
+
+def _counts_as_failure(error: BackendError) -> bool:
+    # The system answered sensibly to a request it did not like: it is healthy.
+    if isinstance(error, BackendRejected):
+        return False
+    return not (isinstance(error, BackendFault) and error.fault_side == "client")
+
+
+def with_breaker(inner: Next, breaker: CircuitBreaker) -> Next:
+    async def guarded(call: Call, trace: CallTrace) -> Reply:
+        try:
+            breaker.before_call()
+        except CircuitOpen:
+            trace.breaker_state = breaker.state.value
+            raise
+        try:
+            reply = await inner(call, trace)
+        except BackendError as exc:
+            if _counts_as_failure(exc):
+                breaker.record_failure()
+            else:
+                breaker.record_success()
+            raise
+        except BaseException:
+            breaker.record_neutral()
+            raise
+        else:
+            breaker.record_success()
+            return reply
+        finally:
+            trace.breaker_state = breaker.state.value
+
+    return guarded
+
+
+def may_retry(error: BaseException, policy: RetryPolicy) -> bool:
+    """Retry only what could succeed, and never resend what may have been processed."""
+    if not is_retryable(error):
+        return False
+    assert isinstance(error, BackendError)
+    if policy == "never":
+        return not error.reached_backend
+    return True
+
+
+class _WaitHonouringRetryAfter(wait_base):
+    """Exponential backoff with jitter, but never shorter than the back-end's Retry-After."""
+
+    def __init__(self, backoff: wait_base) -> None:
+        self._backoff = backoff
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = float(self._backoff(retry_state))
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            wait = max(wait, float(retry_after))
+        return wait
+
+
+class _StopWhenRetryAfterTooLong(stop_base):
+    def __init__(self, limit: float) -> None:
+        self._limit = limit
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(error, "retry_after", None)
+        return retry_after is not None and float(retry_after) > self._limit
+
+
+def with_retry(
+    inner: Next,
+    *,
+    policy: RetryPolicy,
+    settings: RetrySettings,
+    deadline: float,
+    system: str,
+    sleep: Sleep,
+    observer: CallObserver | None = None,
+) -> Next:
+    backoff = wait_exponential_jitter(
+        multiplier=settings.initial_backoff, max=settings.max_backoff, jitter=settings.jitter
+    )
+
+    async def retried(call: Call, trace: CallTrace) -> Reply:
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            code = getattr(error, "code", "unknown")
+            trace.waits.append(state.upcoming_sleep)
+            if observer is not None:
+                observer.retried(system, code)
+
+        retrying = AsyncRetrying(
+            stop=(
+                stop_after_attempt(settings.max_attempts)
+                | stop_before_delay(deadline)
+                | _StopWhenRetryAfterTooLong(settings.max_retry_after)
+            ),
+            wait=_WaitHonouringRetryAfter(backoff),
+            retry=retry_if_exception(lambda exc: may_retry(exc, policy)),
+            before_sleep=before_sleep,
+            sleep=sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                trace.attempts = attempt.retry_state.attempt_number
+                return await inner(call, trace)
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    return retried
+
+
+def build_stack(
+    runtime: SystemRuntime,
+    *,
+    policy: RetryPolicy,
+    sleep: Sleep = asyncio.sleep,
+    observer: CallObserver | None = None,
+) -> Next:
+    """The stack for one route. Order matters: the breaker sees every attempt, the limit holds a
+    slot only while an attempt is on the wire, and the timeout caps a single attempt."""
+    system = runtime.settings
+    stack = transport(runtime.adapter)
+    stack = with_timeout(stack, system.timeouts.attempt)
+    stack = with_concurrency_limit(stack, runtime.slots, system.queue_timeout)
+    stack = with_breaker(stack, runtime.breaker)
+    return with_retry(
+        stack,
+        policy=policy,
+        settings=system.retry,
+        deadline=system.timeouts.deadline,
+        system=runtime.id,
+        sleep=sleep,
+        observer=observer,
+    )

@@ -1,0 +1,59 @@
+"""Who a request is for and who makes it: the one shape every handler and audit record uses.
+
+``subject`` is the person or enterprise the request is for (a pairwise identifier, never an ID
+number); ``actor`` is who acts, when that is someone else: a window clerk or an authorised agent
+(授权用证、委托用证). A clerk acting for a citizen is both, never the citizen alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.errors import InsufficientLevel
+
+# Which gateway levels satisfy a service's minimum (SCENARIOS.md). LP and Counter are not on the
+# L1–L3 ladder: an enterprise is LP; a person checked in at a window is at least L3.
+_SATISFIES: dict[str, frozenset[str]] = {
+    "L1": frozenset({"L1", "L2", "L3", "Counter"}),
+    "L2": frozenset({"L2", "L3", "Counter"}),
+    "L3": frozenset({"L3", "Counter"}),
+    "LP": frozenset({"LP"}),
+    "Counter": frozenset({"Counter"}),
+}
+
+
+def level_satisfies(have: str, need: str) -> bool:
+    return have in _SATISFIES.get(need, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    subject: str
+    """Pairwise identifier of the person or enterprise the request is for."""
+    level: str
+    """Gateway identity level: L1, L2, L3, LP or Counter."""
+    client_id: str
+    """The portal, window client or system that presented the token."""
+    actor: str | None = None
+    """Who acts for the subject, when not the subject: a clerk or an agent."""
+    actor_role: str | None = None
+    """'clerk' or 'agent' when ``actor`` is set."""
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    """OAuth scopes granted to the token."""
+    roles: frozenset[str] = field(default_factory=frozenset)
+    """Staff roles: clerk, operator, auditor."""
+
+    @property
+    def acting(self) -> str:
+        return self.actor or self.subject
+
+    def require_level(self, need: str) -> None:
+        if not level_satisfies(self.level, need):
+            raise InsufficientLevel(required=need, current=self.level)
+
+
+class TokenVerifier(Protocol):
+    """Turns a bearer token into a Principal or raises Unauthenticated."""
+
+    async def verify(self, token: str) -> Principal: ...

@@ -1,0 +1,522 @@
+"""Configuration models and the loader: the only place the gateway reads configuration.
+
+A configuration directory holds ``gateway.yaml`` (server, logging, stores), ``systems.yaml``
+(provincial back-ends), ``services/*.yaml`` (one catalogue item each) and ``routes.yaml`` (the
+point-to-point agreements). Everything is validated once, at start-up or by
+``tongban config check``; every problem names the file, the entry and the field. Secrets are
+written as ``{env: NAME}`` or ``{file: PATH}``, never inline, and are never echoed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.adapter import AdapterConfigError, Secret, SystemSpec, load_adapter_factory
+from gateway.mapping import MappingError, compile_mapping
+
+# GB/T 2260 province-level codes (two digits) the gateway accepts.
+PROVINCES: Mapping[str, tuple[str, str]] = {
+    "11": ("北京", "Beijing"),
+    "12": ("天津", "Tianjin"),
+    "13": ("河北", "Hebei"),
+    "14": ("山西", "Shanxi"),
+    "15": ("内蒙古", "Inner Mongolia"),
+    "21": ("辽宁", "Liaoning"),
+    "22": ("吉林", "Jilin"),
+    "23": ("黑龙江", "Heilongjiang"),
+    "31": ("上海", "Shanghai"),
+    "32": ("江苏", "Jiangsu"),
+    "33": ("浙江", "Zhejiang"),
+    "34": ("安徽", "Anhui"),
+    "35": ("福建", "Fujian"),
+    "36": ("江西", "Jiangxi"),
+    "37": ("山东", "Shandong"),
+    "41": ("河南", "Henan"),
+    "42": ("湖北", "Hubei"),
+    "43": ("湖南", "Hunan"),
+    "44": ("广东", "Guangdong"),
+    "45": ("广西", "Guangxi"),
+    "46": ("海南", "Hainan"),
+    "50": ("重庆", "Chongqing"),
+    "51": ("四川", "Sichuan"),
+    "52": ("贵州", "Guizhou"),
+    "53": ("云南", "Yunnan"),
+    "54": ("西藏", "Tibet"),
+    "61": ("陕西", "Shaanxi"),
+    "62": ("甘肃", "Gansu"),
+    "63": ("青海", "Qinghai"),
+    "64": ("宁夏", "Ningxia"),
+    "65": ("新疆", "Xinjiang"),
+}
+
+LEVELS = ("L1", "L2", "L3", "LP", "Counter")
+Level = Literal["L1", "L2", "L3", "LP", "Counter"]
+Mode = Literal["online", "proxy", "joint", "window", "query"]
+RetryPolicy = Literal["safe", "idempotent-with-key", "never"]
+_M = TypeVar("_M", bound=BaseModel)
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; ``problems`` lists each one as 'file: entry: field: message'."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _province(value: str) -> str:
+    if value not in PROVINCES:
+        raise ValueError(f"{value!r} is not a GB/T 2260 province code")
+    return value
+
+
+class Localized(_Model):
+    """A name in Chinese and English."""
+
+    zh: str = Field(min_length=1)
+    en: str = Field(min_length=1)
+
+
+# --- gateway.yaml -----------------------------------------------------------------------------
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    """Address the HTTP server binds to."""
+    port: int = Field(8080, ge=0, le=65535)
+    """TCP port; 0 picks a free one."""
+    public_url: str | None = None
+    """The URL portals use to reach the gateway, when it differs from host:port."""
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    """Requests with a larger body are refused with client.payload_too_large."""
+
+
+class LoggingSettings(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written."""
+    format: Literal["json", "console"] = "json"
+    """JSON lines for machines (serve), readable lines for people (demo)."""
+
+
+class GatewaySettings(_Model):
+    server: ServerSettings = ServerSettings()
+    """The HTTP listener."""
+    logging: LoggingSettings = LoggingSettings()
+    """Operations log output."""
+    data_dir: Path = Path("data")
+    """Where embedded stores keep their files (relative to the configuration directory)."""
+
+
+# --- systems.yaml -----------------------------------------------------------------------------
+
+
+class Timeouts(_Model):
+    connect: float = Field(2.0, gt=0)
+    """Seconds to open a connection."""
+    read: float = Field(10.0, gt=0)
+    """Seconds between bytes of the answer."""
+    attempt: float = Field(10.0, gt=0)
+    """Hard cap on one attempt, end to end."""
+    deadline: float = Field(30.0, gt=0)
+    """No new attempt starts after this many seconds from the first."""
+
+
+class BreakerSettings(_Model):
+    failure_threshold: int = Field(5, ge=1)
+    """Consecutive failures that open the breaker."""
+    reset_timeout: float = Field(30.0, gt=0)
+    """Seconds the breaker stays open before letting a probe through."""
+    half_open_max_calls: int = Field(1, ge=1)
+    """Probes allowed at once while half-open."""
+
+
+class RetrySettings(_Model):
+    max_attempts: int = Field(3, ge=1, le=10)
+    """Attempt cap, the first attempt included."""
+    initial_backoff: float = Field(0.2, ge=0)
+    """First wait, doubled each time."""
+    max_backoff: float = Field(5.0, ge=0)
+    """Longest wait between two attempts."""
+    jitter: float = Field(0.2, ge=0)
+    """Random extra wait, up to this many seconds."""
+    max_retry_after: float = Field(30.0, ge=0)
+    """A back-end's Retry-After above this is not waited for: the call fails at once."""
+
+
+def _resolve_secret(value: Any) -> Any:
+    """Turn ``{env: NAME}`` / ``{file: PATH}`` into a Secret; refuse inline secrets."""
+    if isinstance(value, Secret):
+        return value
+    if isinstance(value, Mapping) and set(value) == {"env"}:
+        name = str(value["env"])
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return Secret(os.environ[name])
+    if isinstance(value, Mapping) and set(value) == {"file"}:
+        path = Path(str(value["file"]))
+        try:
+            return Secret(path.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ValueError(f"secret file {path} cannot be read ({exc.strerror})") from None
+    raise ValueError("a secret must be given as {env: NAME} or {file: PATH}, never inline")
+
+
+_SECRET_KEYS = frozenset({"password", "secret", "client_secret", "key", "api_key", "token"})
+
+
+def _resolve_secrets(block: Mapping[str, Any], *, resolve: bool) -> dict[str, Any]:
+    """Resolve every secret-named field of an auth block; other fields pass through."""
+    out: dict[str, Any] = {}
+    for name, value in block.items():
+        if name in _SECRET_KEYS:
+            if not resolve and isinstance(value, Mapping) and set(value) in ({"env"}, {"file"}):
+                out[name] = Secret("")
+            else:
+                try:
+                    out[name] = _resolve_secret(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        else:
+            out[name] = value
+    return out
+
+
+class SystemSettings(_Model):
+    name: Localized
+    """Display name of the provincial system."""
+    province: str
+    """GB/T 2260 code of the province that runs it."""
+    protocol: Literal["soap", "rest"]
+    """What it speaks."""
+    adapter: str | None = None
+    """Adapter plugin name; defaults to the protocol's shared adapter."""
+    address: str = Field(pattern=r"^https?://")
+    """Base URL (REST) or endpoint address (SOAP) for this province's deployment."""
+    wsdl: str | None = None
+    """Vendored WSDL file, relative to the configuration directory (SOAP only)."""
+    auth: dict[str, Any] = Field(default_factory=lambda: {"type": "none"})
+    """How the gateway authenticates to the system; checked by the adapter."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Adapter-specific options; checked by the adapter."""
+    operations: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Operations the system offers, each with adapter-specific details."""
+    timeouts: Timeouts = Timeouts()
+    """Connect, read, per-attempt and overall deadlines."""
+    concurrency_limit: int = Field(32, ge=1)
+    """Calls in flight at once to this system."""
+    queue_timeout: float = Field(1.0, ge=0)
+    """Seconds a call waits for a free slot before gateway.system_busy."""
+    breaker: BreakerSettings = BreakerSettings()
+    """Circuit breaker thresholds."""
+    retry: RetrySettings = RetrySettings()
+    """Backoff schedule for operations whose policy allows retries."""
+    max_response_bytes: int = Field(1 << 20, ge=1024)
+    """Answers larger than this are refused with backend.response_too_large."""
+
+    _province_ok = field_validator("province")(_province)
+
+    @model_validator(mode="after")
+    def _soap_needs_wsdl(self) -> SystemSettings:
+        if self.protocol == "soap" and not self.wsdl:
+            raise ValueError("a SOAP system needs a vendored 'wsdl' file")
+        return self
+
+    @property
+    def adapter_name(self) -> str:
+        return self.adapter or self.protocol
+
+    def spec(self, system_id: str, config_dir: Path, *, resolve_secrets: bool = True) -> SystemSpec:
+        return SystemSpec(
+            id=system_id,
+            province=self.province,
+            address=self.address,
+            config_dir=config_dir,
+            connect_timeout=self.timeouts.connect,
+            read_timeout=self.timeouts.read,
+            max_response_bytes=self.max_response_bytes,
+            concurrency_limit=self.concurrency_limit,
+            wsdl=self.wsdl,
+            auth=_resolve_secrets(self.auth, resolve=resolve_secrets),
+            options=self.options,
+            operations=self.operations,
+        )
+
+
+# --- services/*.yaml --------------------------------------------------------------------------
+
+
+class Material(_Model):
+    code: str
+    """Stable material code."""
+    name: Localized
+    """What the applicant must supply."""
+    required: bool = True
+    """Whether the application is incomplete without it."""
+    source: Literal["e-licence", "upload", "original", "shared-data"] = "upload"
+    """Where it comes from: an electronic licence, an upload, the original at a window, or data
+    pulled from another system (免证办)."""
+
+
+class Operation(_Model):
+    name: Localized
+    """What the operation does."""
+    kind: Literal["query", "verify", "submit"]
+    """Queries and verifications are read-only; submissions change the back-end's state."""
+    retry: RetryPolicy
+    """safe: retry freely; idempotent-with-key: retry with the same idempotency key forwarded;
+    never: no retry once the request may have reached the back-end."""
+    input_schema: dict[str, Any]
+    """JSON Schema (2020-12) of the call's ``data``."""
+
+    @field_validator("input_schema")
+    @classmethod
+    def _schema_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return value
+
+
+class ServiceSettings(_Model):
+    name: Localized
+    """Catalogue name."""
+    description: Localized | None = None
+    """A sentence for the guide."""
+    modes: list[Mode] = Field(min_length=1)
+    """Handling modes: online 全程网办, proxy 异地代收代办, joint 多地联办, window, query."""
+    min_level: Level
+    """Lowest identity level allowed to call it."""
+    consent_required: bool = False
+    """Calls must name the holder's authorisation (授权用证)."""
+    time_limit_days: int | None = Field(None, ge=1)
+    """Promised handling time (承诺时限) in working days."""
+    materials: list[Material] = Field(default_factory=list)
+    """What an application needs."""
+    operations: dict[str, Operation] = Field(min_length=1)
+    """What portals can do with this service."""
+    audit: Literal["required", "buffered"] = "required"
+    """required: no audit record, no call; buffered: read-only calls may proceed while the audit
+    store is down, their records kept in a bounded local buffer."""
+
+
+# --- routes.yaml ------------------------------------------------------------------------------
+
+
+class RouteSettings(_Model):
+    service: str
+    """Catalogue code."""
+    operation: str
+    """Operation of the service."""
+    receiving: list[str] | Literal["*"] = "*"
+    """Provinces whose portals and windows may make this call (收件地), or '*'."""
+    handling: str
+    """Province whose system handles it (办理地)."""
+    system: str
+    """System id from systems.yaml; it must be in the handling province."""
+    system_operation: str
+    """The system's own operation name."""
+    request: dict[str, Any] | None = None
+    """Mapping from the canonical call data to the system's payload; absent = unchanged."""
+    response: dict[str, Any] | None = None
+    """Mapping from the system's answer to the canonical answer; absent = unchanged."""
+
+    _handling_ok = field_validator("handling")(_province)
+
+    @field_validator("receiving")
+    @classmethod
+    def _receiving_ok(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list):
+            for code in value:
+                _province(code)
+        return value
+
+
+# --- the whole ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway was configured with, validated and cross-checked."""
+
+    config_dir: Path
+    gateway: GatewaySettings
+    systems: Mapping[str, SystemSettings]
+    services: Mapping[str, ServiceSettings]
+    routes: tuple[RouteSettings, ...]
+
+    def data_dir(self) -> Path:
+        return (self.config_dir / self.gateway.data_dir).resolve()
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(entry)"
+
+
+def _read_yaml(path: Path, problems: list[str]) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"{path.name}: cannot be read ({exc.strerror})")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problems.append(f"{path.name}: not valid YAML{where}")
+    return None
+
+
+def _validate(model: type[_M], data: Any, where: str, problems: list[str]) -> _M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.append(f"{where}: {_format_loc(err['loc'])}: {err['msg']}")
+    return None
+
+
+def _entries(data: Any, key: str, fname: str, problems: list[str]) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or set(data) != {key} or not isinstance(data[key], dict):
+        problems.append(f"{fname}: expected a single top-level mapping '{key}:'")
+        return {}
+    entries: dict[str, Any] = data[key]
+    return entries
+
+
+def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings:
+    """Read, validate and cross-check a configuration directory, or raise ConfigError."""
+    config_dir = config_dir.resolve()
+    problems: list[str] = []
+    if not config_dir.is_dir():
+        raise ConfigError([f"{config_dir}: not a directory"])
+
+    gateway_file = config_dir / "gateway.yaml"
+    gw_data = _read_yaml(gateway_file, problems) if gateway_file.exists() else {}
+    gateway = _validate(GatewaySettings, gw_data or {}, "gateway.yaml", problems)
+
+    systems: dict[str, SystemSettings] = {}
+    raw_systems = _entries(
+        _read_yaml(config_dir / "systems.yaml", problems), "systems", "systems.yaml", problems
+    )
+    for sid, entry in raw_systems.items():
+        where = f"systems.yaml: system {sid!r}"
+        if not _ID.match(str(sid)):
+            problems.append(f"{where}: id: use lowercase letters, digits and '-'")
+            continue
+        system = _validate(SystemSettings, entry, where, problems)
+        if system is None:
+            continue
+        systems[sid] = system
+        _check_adapter(sid, system, config_dir, where, problems, resolve_secrets)
+
+    services: dict[str, ServiceSettings] = {}
+    services_dir = config_dir / "services"
+    for path in sorted(services_dir.glob("*.yaml")) if services_dir.is_dir() else []:
+        code = path.stem
+        where = f"services/{path.name}: service {code!r}"
+        if not _ID.match(code):
+            problems.append(f"{where}: file name: use lowercase letters, digits and '-'")
+            continue
+        service = _validate(ServiceSettings, _read_yaml(path, problems), where, problems)
+        if service is not None:
+            services[code] = service
+
+    routes: list[RouteSettings] = []
+    raw_routes = _read_yaml(config_dir / "routes.yaml", problems)
+    route_list = raw_routes.get("routes") if isinstance(raw_routes, dict) else None
+    if not isinstance(route_list, list):
+        problems.append("routes.yaml: expected a top-level list 'routes:'")
+        route_list = []
+    seen: dict[tuple[str, str, str, str], int] = {}
+    for index, entry in enumerate(route_list):
+        where = f"routes.yaml: route #{index + 1}"
+        route = _validate(RouteSettings, entry, where, problems)
+        if route is None:
+            continue
+        where = f"{where} ({route.service}/{route.operation} → {route.handling})"
+        _cross_check_route(route, services, systems, where, problems)
+        receiving = ["*"] if route.receiving == "*" else route.receiving
+        for province in receiving:
+            key = (route.service, route.operation, province, route.handling)
+            if key in seen:
+                problems.append(f"{where}: receiving: duplicates route #{seen[key]}")
+            seen[key] = index + 1
+        routes.append(route)
+
+    if problems or gateway is None:
+        raise ConfigError(problems)
+    return Settings(config_dir, gateway, systems, services, tuple(routes))
+
+
+def _check_adapter(
+    sid: str,
+    system: SystemSettings,
+    config_dir: Path,
+    where: str,
+    problems: list[str],
+    resolve_secrets: bool,
+) -> None:
+    if system.wsdl and not (config_dir / system.wsdl).is_file():
+        problems.append(f"{where}: wsdl: file {system.wsdl} not found")
+        return
+    try:
+        spec = system.spec(sid, config_dir, resolve_secrets=resolve_secrets)
+    except ValueError as exc:
+        problems.append(f"{where}: auth.{exc}")
+        return
+    try:
+        load_adapter_factory(system.adapter_name).check(spec)
+    except AdapterConfigError as exc:
+        problems.append(f"{where}: {exc.field}: {exc.message}")
+
+
+def _cross_check_route(
+    route: RouteSettings,
+    services: Mapping[str, ServiceSettings],
+    systems: Mapping[str, SystemSettings],
+    where: str,
+    problems: list[str],
+) -> None:
+    service = services.get(route.service)
+    if service is None:
+        problems.append(f"{where}: service: no service {route.service!r} in services/")
+    elif route.operation not in service.operations:
+        problems.append(
+            f"{where}: operation: service {route.service!r} has no operation {route.operation!r}"
+        )
+    system = systems.get(route.system)
+    if system is None:
+        problems.append(f"{where}: system: no system {route.system!r} in systems.yaml")
+        return
+    if system.province != route.handling:
+        problems.append(
+            f"{where}: system: {route.system!r} is in province {system.province}, "
+            f"not the handling province {route.handling}"
+        )
+    if system.operations and route.system_operation not in system.operations:
+        problems.append(
+            f"{where}: system_operation: {route.system!r} has no operation "
+            f"{route.system_operation!r}"
+        )
+    for side in ("request", "response"):
+        spec = getattr(route, side)
+        try:
+            compile_mapping(spec)
+        except MappingError as exc:
+            problems.append(f"{where}: {side}.{exc.field}: {exc.message}")
