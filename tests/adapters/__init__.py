@@ -1,0 +1,1 @@
+"""Adapter contract suite: every adapter kind against real loopback back-ends."""
