@@ -94,7 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from gateway.demo.runner import run_demo  # noqa: PLC0415 - demo-only dependencies
 
-        return _run(run_demo(config_dir=args.config, port=args.port, data_dir=args.data_dir))
+        data_dir = args.data_dir.resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        config_dir = args.config.resolve()
+        if not config_dir.is_dir():
+            print(
+                f"no configuration directory {config_dir} (run from the repository root "
+                "or pass --config)",
+                file=sys.stderr,
+            )
+            return 1
+        return _run(run_demo(config_dir=config_dir, port=args.port, data_dir=data_dir))
     if args.command == "serve":
         from gateway.serve import run_serve  # noqa: PLC0415
 

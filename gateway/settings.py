@@ -411,6 +411,7 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
     gateway = _validate(GatewaySettings, gw_data or {}, "gateway.yaml", problems)
 
     systems: dict[str, SystemSettings] = {}
+    broken: set[str] = set()  # reported already: routes naming them are not reported again
     raw_systems = _entries(
         _read_yaml(config_dir / "systems.yaml", problems), "systems", "systems.yaml", problems
     )
@@ -421,6 +422,7 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
             continue
         system = _validate(SystemSettings, entry, where, problems)
         if system is None:
+            broken.add(sid)
             continue
         systems[sid] = system
         _check_adapter(sid, system, config_dir, where, problems, resolve_secrets)
@@ -434,7 +436,9 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
             problems.append(f"{where}: file name: use lowercase letters, digits and '-'")
             continue
         service = _validate(ServiceSettings, _read_yaml(path, problems), where, problems)
-        if service is not None:
+        if service is None:
+            broken.add(code)
+        else:
             services[code] = service
 
     routes: list[RouteSettings] = []
@@ -450,6 +454,8 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         if route is None:
             continue
         where = f"{where} ({route.service}/{route.operation} → {route.handling})"
+        if route.service in broken or route.system in broken:
+            continue
         _cross_check_route(route, services, systems, where, problems)
         receiving = ["*"] if route.receiving == "*" else route.receiving
         for province in receiving:

@@ -1,0 +1,1 @@
+"""What `tongban demo` runs on one machine: demo back-ends, identity providers and portals."""

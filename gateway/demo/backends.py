@@ -1,0 +1,268 @@
+"""Start the demo provincial back-ends on loopback ports and hand back their addresses and secrets.
+
+``start_demo_backends`` runs five real aiohttp servers (two social-insurance SOAP deployments
+sharing one WSDL, the Shaanxi housing-fund, degree and e-driving-licence REST systems) on free
+ports. ``DemoSecrets`` holds the credentials they expect; ``DemoSecrets.env()`` is the
+environment ``config/systems.yaml`` reads them from. The identifiers below (usernames, key id,
+client id) are not secret and must match ``config/systems.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from secrets import token_urlsafe
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import web
+
+from gateway.demo.degree import DegreeState, build_degree_app
+from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
+from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
+from gateway.demo.recording import Recorder
+from gateway.demo.social_insurance import (
+    ENDPOINT_PATH,
+    SocialInsuranceState,
+    build_social_insurance_app,
+    qinghai_insured,
+    shaanxi_insured,
+)
+
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+SI_WSDL = "wsdl/social-insurance.wsdl"
+
+# System ids in config/systems.yaml.
+QINGHAI_SI = "qinghai-si"
+SHAANXI_SI = "shaanxi-si"
+SHAANXI_HOUSING = "shaanxi-housing"
+SHAANXI_DEGREE = "shaanxi-degree"
+SHAANXI_DRIVING = "shaanxi-driving"
+SYSTEM_IDS = (QINGHAI_SI, SHAANXI_SI, SHAANXI_HOUSING, SHAANXI_DEGREE, SHAANXI_DRIVING)
+
+# Ports of the placeholder addresses in config/systems.yaml (for running the back-ends on fixed
+# ports, e.g. in docker compose); start_demo_backends picks free ports unless told otherwise.
+DEFAULT_PORTS: Mapping[str, int] = {
+    QINGHAI_SI: 18063,
+    SHAANXI_SI: 18061,
+    SHAANXI_HOUSING: 18161,
+    SHAANXI_DEGREE: 18261,
+    SHAANXI_DRIVING: 18361,
+}
+
+# Non-secret identifiers the gateway presents; they must match config/systems.yaml.
+QINGHAI_SI_USERNAME = "tongban-gw-qh"
+SHAANXI_SI_USERNAME = "tongban-gw-sx"
+DEGREE_KEY_ID = "tongban-gw-2025"
+DRIVING_CLIENT_ID = "tongban-gateway"
+TOKEN_PATH = "/oauth/token"
+
+# Environment variable per secret, as config/systems.yaml refers to them.
+ENV_NAMES: Mapping[str, str] = {
+    "qinghai_si_password": "TONGBAN_SECRET_QH_SI_PASSWORD",
+    "shaanxi_si_password": "TONGBAN_SECRET_SX_SI_PASSWORD",
+    "housing_api_key": "TONGBAN_SECRET_SX_HOUSING_API_KEY",
+    "degree_hmac_secret": "TONGBAN_SECRET_SX_DEGREE_HMAC_SECRET",
+    "driving_client_secret": "TONGBAN_SECRET_SX_DRIVING_CLIENT_SECRET",
+}
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DemoSecrets:
+    """The credentials the demo back-ends expect from the gateway; never shown in a repr."""
+
+    qinghai_si_password: str
+    shaanxi_si_password: str
+    housing_api_key: str
+    degree_hmac_secret: str
+    driving_client_secret: str
+
+    @classmethod
+    def generate(cls) -> DemoSecrets:
+        """Fresh random secrets, one per back-end."""
+        return cls(**{f.name: token_urlsafe(24) for f in fields(cls)})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> DemoSecrets:
+        """Read them back from an environment made by ``env()`` (KeyError names a missing one)."""
+        return cls(**{name: environ[var] for name, var in ENV_NAMES.items()})
+
+    def env(self) -> dict[str, str]:
+        """Environment variable → value, exactly the names config/systems.yaml refers to."""
+        return {var: getattr(self, name) for name, var in ENV_NAMES.items()}
+
+    def __repr__(self) -> str:
+        return "DemoSecrets(**********)"
+
+
+@dataclass(frozen=True, slots=True)
+class RunningBackend:
+    """One back-end server: where it listens, what the gateway should call, what it received."""
+
+    system_id: str
+    base_url: str
+    address: str
+    recorder: Recorder
+    runner: web.AppRunner
+
+
+@dataclass(frozen=True, slots=True)
+class DemoBackends:
+    """The running demo back-ends; ``addresses`` / ``overrides()`` point the config at them."""
+
+    qinghai_si: SocialInsuranceState
+    shaanxi_si: SocialInsuranceState
+    housing: HousingFundState
+    degree: DegreeState
+    driving: DrivingLicenceState
+    running: Mapping[str, RunningBackend]
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """system id → the ``address`` to put in systems.yaml (SOAP endpoint or REST base URL)."""
+        return {sid: backend.address for sid, backend in self.running.items()}
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        """system id → the systems.yaml fields to replace: ``address``, and the OAuth2 token URL
+        of the driving-licence system, which is served by the back-end itself."""
+        out: dict[str, dict[str, Any]] = {sid: {"address": a} for sid, a in self.addresses.items()}
+        out[SHAANXI_DRIVING]["auth"] = {"token_url": self.token_url}
+        return out
+
+    @property
+    def token_url(self) -> str:
+        return self.running[SHAANXI_DRIVING].base_url + TOKEN_PATH
+
+    def wsdl_url(self, system_id: str) -> str:
+        return self.running[system_id].address + "?wsdl"
+
+    def recorder(self, system_id: str) -> Recorder:
+        """What a back-end received (count, context, idempotency keys) and its injected trouble."""
+        return self.running[system_id].recorder
+
+    async def aclose(self) -> None:
+        for backend in self.running.values():
+            await backend.runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    # No access log: request paths carry account numbers.
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port = runner.addresses[0][1]
+    url_host = f"[{host}]" if ":" in host else host
+    return runner, f"http://{url_host}:{bound_port}"
+
+
+async def start_demo_backends(
+    secrets: DemoSecrets,
+    host: str = "127.0.0.1",
+    *,
+    ports: Mapping[str, int] | None = None,
+    config_dir: Path | None = None,
+) -> DemoBackends:
+    """Start every demo back-end (port 0 = a free one unless ``ports`` names one per system id)
+    and return them running; ``await backends.aclose()`` (or ``async with``) stops them."""
+    config_dir = config_dir or DEFAULT_CONFIG_DIR
+    wsdl = await asyncio.to_thread((config_dir / SI_WSDL).read_bytes)
+    qinghai_si = SocialInsuranceState(
+        province="63",
+        centre_name="青海省示范社会保险事业服务局",
+        username=QINGHAI_SI_USERNAME,
+        password=secrets.qinghai_si_password,
+        seal_key=secrets.qinghai_si_password.encode() + b"/seal",
+        insured=qinghai_insured(),
+    )
+    shaanxi_si = SocialInsuranceState(
+        province="61",
+        centre_name="陕西省示范社会保险经办中心",
+        username=SHAANXI_SI_USERNAME,
+        password=secrets.shaanxi_si_password,
+        seal_key=secrets.shaanxi_si_password.encode() + b"/seal",
+        insured=shaanxi_insured(),
+    )
+    housing = HousingFundState(api_key=secrets.housing_api_key)
+    degree = DegreeState(key_id=DEGREE_KEY_ID, secret=secrets.degree_hmac_secret)
+    driving = DrivingLicenceState(
+        client_id=DRIVING_CLIENT_ID, client_secret=secrets.driving_client_secret
+    )
+    plan: list[tuple[str, web.Application, Recorder, str]] = [
+        (
+            QINGHAI_SI,
+            build_social_insurance_app(qinghai_si, wsdl),
+            qinghai_si.recorder,
+            ENDPOINT_PATH,
+        ),
+        (
+            SHAANXI_SI,
+            build_social_insurance_app(shaanxi_si, wsdl),
+            shaanxi_si.recorder,
+            ENDPOINT_PATH,
+        ),
+        (SHAANXI_HOUSING, build_housing_fund_app(housing), housing.recorder, ""),
+        (SHAANXI_DEGREE, build_degree_app(degree), degree.recorder, ""),
+        (SHAANXI_DRIVING, build_driving_licence_app(driving), driving.recorder, ""),
+    ]
+    running: dict[str, RunningBackend] = {}
+    try:
+        for system_id, app, recorder, path in plan:
+            port = (ports or {}).get(system_id, 0)
+            runner, base_url = await _serve(app, host, port)
+            running[system_id] = RunningBackend(
+                system_id, base_url, base_url + path, recorder, runner
+            )
+    except BaseException:
+        for backend in running.values():
+            await backend.runner.cleanup()
+        raise
+    return DemoBackends(qinghai_si, shaanxi_si, housing, degree, driving, running)
+
+
+async def _serve_until_cancelled(host: str, config_dir: Path) -> None:
+    demo_secrets = DemoSecrets.from_env(os.environ)
+    async with await start_demo_backends(
+        demo_secrets, host, ports=DEFAULT_PORTS, config_dir=config_dir
+    ) as backends:
+        for system_id, address in sorted(backends.addresses.items()):
+            print(f"{system_id:<16} {address}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m gateway.demo.backends``: the back-ends alone, on the fixed ``DEFAULT_PORTS``
+    of config/systems.yaml, with secrets from the environment (e.g. a docker compose service)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_DIR, help="config dir")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_until_cancelled(args.host, args.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Whole journeys: the real gateway app over loopback HTTP in front of the real demo back-ends."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
+from gateway.demo.examples import issue_demo_tokens
+from gateway.demo.residents import RESIDENTS
+from gateway.demo.runner import point_at
+from gateway.identity.devtokens import DevTokenIssuer
+from gateway.logs import configure_logging
+from gateway.settings import load_settings
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+@dataclass
+class Journey:
+    client: TestClient[Any, Any]
+    backends: DemoBackends
+    tokens: dict[str, dict[str, str]]
+    issuer: DevTokenIssuer
+
+    def auth(self, key: str = "citizen-l3") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[key]['token']}"}
+
+    async def call(
+        self, service: str, body: dict[str, Any], token: str = "citizen-l3", **headers: str
+    ) -> tuple[int, dict[str, Any]]:
+        response = await self.client.post(
+            f"/api/v1/services/{service}/calls", json=body, headers={**self.auth(token), **headers}
+        )
+        return response.status, await response.json(content_type=None)
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.BytesIO]:
+    """Every log line the journey writes, as JSON; checked for unmasked personal data after."""
+    stream = io.BytesIO()
+    configure_logging("debug", "json", stream=stream)
+    yield stream
+    text = stream.getvalue().decode()
+    for resident in RESIDENTS:
+        assert resident.id_number not in text, "an ID number reached the log unmasked"
+        assert resident.name not in text, "a name reached the log unmasked"
+
+
+@pytest.fixture
+async def journey(
+    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Journey]:
+    secrets = DemoSecrets.generate()
+    for name, value in secrets.env().items():
+        monkeypatch.setenv(name, value)
+    assert all(os.environ[k] for k in secrets.env())
+    async with await start_demo_backends(secrets, config_dir=CONFIG_DIR) as backends:
+        settings = point_at(load_settings(CONFIG_DIR), backends.overrides(), tmp_path)
+        issuer = DevTokenIssuer()
+        app = create_app(settings, verifier=issuer)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            yield Journey(client, backends, issue_demo_tokens(issuer), issuer)

@@ -1,0 +1,129 @@
+"""Configuration loading: the repository's config is valid; every problem names file, entry, field."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.cli import main
+from gateway.settings import ConfigError, load_settings
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    target = tmp_path / "config"
+    shutil.copytree(CONFIG, target)
+    return target
+
+
+def edit(path: Path, change: object) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(data)  # type: ignore[operator]
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+
+
+def problems_of(config: Path, *, resolve_secrets: bool = False) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, resolve_secrets=resolve_secrets)
+    return info.value.problems
+
+
+def test_repository_config_is_valid() -> None:
+    settings = load_settings(CONFIG, resolve_secrets=False)
+    assert {"pension-transfer", "housing-fund-transfer", "degree-verification"} <= set(
+        settings.services
+    )
+    assert all(r.system in settings.systems for r in settings.routes)
+
+
+def test_unknown_field_names_file_entry_and_field(config: Path) -> None:
+    edit(config / "systems.yaml", lambda d: d["systems"]["shaanxi-si"].update(timout=3))
+    assert problems_of(config) == [
+        "systems.yaml: system 'shaanxi-si': timout: Extra inputs are not permitted"
+    ]
+
+
+def test_bad_retry_policy_in_a_service(config: Path) -> None:
+    edit(
+        config / "services" / "pension-transfer.yaml",
+        lambda d: d["operations"]["transfer-application"].update(retry="always"),
+    )
+    (problem,) = problems_of(config)
+    assert problem.startswith(
+        "services/pension-transfer.yaml: service 'pension-transfer': "
+        "operations.transfer-application.retry:"
+    )
+
+
+def test_invalid_json_schema_is_refused(config: Path) -> None:
+    edit(
+        config / "services" / "degree-verification.yaml",
+        lambda d: d["operations"]["verify"].update(input_schema={"type": "objekt"}),
+    )
+    (problem,) = problems_of(config)
+    assert "operations.verify.input_schema" in problem
+    assert "not a valid JSON Schema" in problem
+
+
+def test_route_cross_checks(config: Path) -> None:
+    def break_routes(d: dict[str, list[dict[str, object]]]) -> None:
+        d["routes"][0]["system"] = "qinghai-si"  # in 63, but the route is handled in 61
+        d["routes"][1]["service"] = "no-such-service"
+        d["routes"].append(dict(d["routes"][2]))  # duplicate agreement
+        d["routes"][3]["request"] = {"a": {"const": 1, "from": "x"}}
+
+    edit(config / "routes.yaml", break_routes)
+    problems = problems_of(config)
+    assert any("route #1" in p and "system: 'qinghai-si' is in province 63" in p for p in problems)
+    assert any("route #2" in p and "service: no service 'no-such-service'" in p for p in problems)
+    assert any("route #8" in p and "receiving: duplicates route #3" in p for p in problems)
+    assert any("route #4" in p and "request.a: 'const' stands alone" in p for p in problems)
+
+
+def test_inline_secret_is_refused_and_never_echoed(config: Path) -> None:
+    edit(
+        config / "systems.yaml",
+        lambda d: d["systems"]["shaanxi-housing"]["auth"].update(key="s3cr3t-value"),
+    )
+    (problem,) = problems_of(config)
+    assert "shaanxi-housing" in problem
+    assert "never inline" in problem
+    assert "s3cr3t-value" not in problem
+
+
+def test_missing_secret_environment_variable_is_named(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (
+        "TONGBAN_SECRET_QH_SI_PASSWORD",
+        "TONGBAN_SECRET_SX_SI_PASSWORD",
+        "TONGBAN_SECRET_SX_HOUSING_API_KEY",
+        "TONGBAN_SECRET_SX_DEGREE_HMAC_SECRET",
+        "TONGBAN_SECRET_SX_DRIVING_CLIENT_SECRET",
+    ):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.delenv("TONGBAN_SECRET_SX_HOUSING_API_KEY")
+    (problem,) = problems_of(config, resolve_secrets=True)
+    assert "shaanxi-housing" in problem
+    assert "TONGBAN_SECRET_SX_HOUSING_API_KEY is not set" in problem
+
+
+def test_yaml_syntax_error_names_the_line(config: Path) -> None:
+    (config / "routes.yaml").write_text("routes:\n  - service: [unclosed\n", encoding="utf-8")
+    problems = problems_of(config)
+    assert any(p.startswith("routes.yaml: not valid YAML at line") for p in problems)
+
+
+def test_config_check_command(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", "--config", str(CONFIG), "--no-secrets"]) == 0
+    assert "ok" in capsys.readouterr().out
+    edit(config / "systems.yaml", lambda d: d["systems"]["shaanxi-si"].update(province="99"))
+    assert main(["config", "check", "--config", str(config), "--no-secrets"]) == 1
+    err = capsys.readouterr().err
+    assert "systems.yaml: system 'shaanxi-si': province:" in err
+    assert "not a GB/T 2260 province code" in err
