@@ -80,22 +80,32 @@ _SUMMARY = {
     },
 }
 
+_OPERATION_GUIDE = {
+    "type": "object",
+    "required": ["name", "kind", "retry", "input_schema"],
+    "properties": {
+        "name": LOCALIZED,
+        "kind": {"type": "string", "enum": ["query", "verify", "submit"]},
+        "retry": {"type": "string", "enum": ["safe", "idempotent-with-key", "never"]},
+        "input_schema": {"type": "object"},
+    },
+}
+
 _GUIDE = {
-    "allOf": [
-        {"$ref": "#/components/schemas/ServiceSummary"},
-        {
-            "type": "object",
-            "required": ["materials", "operations", "agreements", "consent_required"],
-            "properties": {
-                "description": {"anyOf": [LOCALIZED, {"type": "null"}]},
-                "consent_required": {"type": "boolean"},
-                "time_limit_days": {"type": ["integer", "null"]},
-                "materials": {"type": "array", "items": {"type": "object"}},
-                "operations": {"type": "object"},
-                "agreements": {"type": "array", "items": {"type": "object"}},
-            },
-        },
-    ]
+    "type": "object",
+    "required": [
+        "code", "name", "modes", "min_level", "handling_provinces", "operations", "materials",
+        "agreements", "consent_required",
+    ],
+    "properties": {
+        **_SUMMARY["properties"],  # type: ignore[dict-item]
+        "operations": {"type": "object", "additionalProperties": _OPERATION_GUIDE},
+        "description": {"anyOf": [LOCALIZED, {"type": "null"}]},
+        "consent_required": {"type": "boolean"},
+        "time_limit_days": {"type": ["integer", "null"]},
+        "materials": {"type": "array", "items": {"type": "object"}},
+        "agreements": {"type": "array", "items": {"type": "object"}},
+    },
 }
 
 _CALL_RESPONSE = {
@@ -137,7 +147,6 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
         "required": True,
         "schema": {"type": "string", "enum": sorted(catalog.services)},
     }
-    any_service_param = {**service_param, "schema": {"type": "string", "maxLength": 64}}
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
@@ -214,7 +223,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 "get": {
                     "summary": "A service's guide: modes, provinces, materials, minimum level",
                     "security": secured,
-                    "parameters": [any_service_param],
+                    "parameters": [service_param],
                     "responses": {
                         "200": _ok({"$ref": "#/components/schemas/ServiceGuide"}),
                         **_problems(401, 404),
@@ -226,7 +235,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                     "summary": "A synchronous query or verification in a named province",
                     "security": secured,
                     "parameters": [
-                        any_service_param,
+                        service_param,
                         {
                             "name": "Idempotency-Key",
                             "in": "header",
