@@ -16,6 +16,9 @@ from gateway.catalog import Catalog
 from gateway.http import handlers
 from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
 from gateway.http.middlewares import auth_middleware, problem_middleware, request_context_middleware
+from gateway.http.oidc import add_oidc_routes
+from gateway.identity.authn import Authenticator
+from gateway.identity.provider import OpenIDProvider
 from gateway.metrics import Metrics
 from gateway.pipeline import Sleep, SystemRuntime, build_stack
 from gateway.principal import TokenVerifier
@@ -31,6 +34,7 @@ def create_app(
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
     open_adapter: AdapterOpener | None = None,
+    oidc: OpenIDProvider | None = None,
 ) -> web.Application:
     """The gateway app. ``open_adapter`` replaces plugin lookup (tests pass fakes through it)."""
     app = web.Application(
@@ -51,7 +55,22 @@ def create_app(
     app.router.add_get("/api/v1/services", handlers.list_services)
     app.router.add_get("/api/v1/services/{service}", handlers.get_service)
     app.router.add_post("/api/v1/services/{service}/calls", handlers.call_service)
+    if oidc is not None:
+        add_oidc_routes(app, oidc)
     return app
+
+
+async def open_provider(settings: Settings, authenticator: Authenticator) -> OpenIDProvider | None:
+    """The OpenID provider of ``settings`` (keys loaded or created off the event loop), if any."""
+    if settings.gateway.identity is None:
+        return None
+    return await asyncio.to_thread(
+        OpenIDProvider.from_config,
+        settings.gateway.identity,
+        settings.clients.values(),
+        data_dir=settings.data_dir(),
+        authenticator=authenticator,
+    )
 
 
 AdapterOpener = Callable[[SystemSettings, SystemSpec], Awaitable[Adapter]]

@@ -11,9 +11,10 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import create_app, open_provider
 from gateway.errors import Unauthenticated
-from gateway.identity.devtokens import DevTokenIssuer
+from gateway.identity.authn import NobodySignedIn
+from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.logs import configure_logging
 from gateway.principal import Principal, TokenVerifier
 from gateway.settings import ConfigError, load_settings
@@ -50,7 +51,7 @@ def bound_port(runner: web.AppRunner) -> int:
 
 
 class _NoTokens:
-    """Until the OpenID Connect provider lands, `serve` without dev tokens refuses every token."""
+    """Without an identity provider configured, `serve` refuses every bearer token."""
 
     async def verify(self, token: str) -> Principal:
         raise Unauthenticated("No token issuer is configured.")
@@ -66,16 +67,16 @@ async def run_serve(
         return 1
     server = settings.gateway.server
     configure_logging(settings.gateway.logging.level, settings.gateway.logging.format)
-    verifier: TokenVerifier
+    settings.data_dir().mkdir(parents=True, exist_ok=True)
+    provider = await open_provider(settings, NobodySignedIn())
+    verifier: TokenVerifier = provider.access_token_verifier() if provider else _NoTokens()
     if dev_tokens:
         issuer = DevTokenIssuer()
-        verifier = issuer
+        verifier = WithDevTokens(issuer, verifier)
         log.warning("insecure_dev_tokens_enabled")
         for level in ("L1", "L2", "L3"):
-            print(f"dev token {level}: {issuer.issue(f'dev-{level.lower()}', level)}")
-    else:
-        verifier = _NoTokens()
-    app = create_app(settings, verifier=verifier)
+            print(f"dev token {level}: {issuer.issue(f'dev-{level.lower()}', level)}", flush=True)
+    app = create_app(settings, verifier=verifier, oidc=provider)
     return await serve_until_stopped(
         app, host or server.host, port if port is not None else server.port
     )

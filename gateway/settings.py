@@ -9,10 +9,9 @@ written as ``{env: NAME}`` or ``{file: PATH}``, never inline, and are never echo
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,7 +21,10 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.adapter import AdapterConfigError, Secret, SystemSpec, load_adapter_factory
+from gateway.identity.clients import ClientRegistration
+from gateway.identity.config import ProviderSettings
 from gateway.mapping import MappingError, compile_mapping
+from gateway.secrets import read_secret_ref
 
 # GB/T 2260 province-level codes (two digits) the gateway accepts.
 PROVINCES: Mapping[str, tuple[str, str]] = {
@@ -116,6 +118,9 @@ class LoggingSettings(_Model):
 class GatewaySettings(_Model):
     server: ServerSettings = ServerSettings()
     """The HTTP listener."""
+    identity: ProviderSettings | None = None
+    """The OpenID Connect provider (issuer, pairwise secret, algorithms, lifetimes); portals
+    and clients are declared in clients.yaml."""
     logging: LoggingSettings = LoggingSettings()
     """Operations log output."""
     data_dir: Path = Path("data")
@@ -158,22 +163,11 @@ class RetrySettings(_Model):
     """A back-end's Retry-After above this is not waited for: the call fails at once."""
 
 
-def _resolve_secret(value: Any) -> Any:
-    """Turn ``{env: NAME}`` / ``{file: PATH}`` into a Secret; refuse inline secrets."""
+def _resolve_secret(value: Any, *, resolve: bool) -> Secret:
+    """Turn ``{env: NAME}`` / ``{file: PATH}`` into an adapter Secret; refuse inline secrets."""
     if isinstance(value, Secret):
         return value
-    if isinstance(value, Mapping) and set(value) == {"env"}:
-        name = str(value["env"])
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} is not set")
-        return Secret(os.environ[name])
-    if isinstance(value, Mapping) and set(value) == {"file"}:
-        path = Path(str(value["file"]))
-        try:
-            return Secret(path.read_text(encoding="utf-8").strip())
-        except OSError as exc:
-            raise ValueError(f"secret file {path} cannot be read ({exc.strerror})") from None
-    raise ValueError("a secret must be given as {env: NAME} or {file: PATH}, never inline")
+    return Secret(read_secret_ref(value, resolve=resolve))
 
 
 _SECRET_KEYS = frozenset({"password", "secret", "client_secret", "key", "api_key", "token"})
@@ -184,13 +178,10 @@ def _resolve_secrets(block: Mapping[str, Any], *, resolve: bool) -> dict[str, An
     out: dict[str, Any] = {}
     for name, value in block.items():
         if name in _SECRET_KEYS:
-            if not resolve and isinstance(value, Mapping) and set(value) in ({"env"}, {"file"}):
-                out[name] = Secret("")
-            else:
-                try:
-                    out[name] = _resolve_secret(value)
-                except ValueError as exc:
-                    raise ValueError(f"{name}: {exc}") from None
+            try:
+                out[name] = _resolve_secret(value, resolve=resolve)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         else:
             out[name] = value
     return out
@@ -359,6 +350,7 @@ class Settings:
     systems: Mapping[str, SystemSettings]
     services: Mapping[str, ServiceSettings]
     routes: tuple[RouteSettings, ...]
+    clients: Mapping[str, ClientRegistration] = field(default_factory=dict)
 
     def data_dir(self) -> Path:
         return (self.config_dir / self.gateway.data_dir).resolve()
@@ -380,9 +372,11 @@ def _read_yaml(path: Path, problems: list[str]) -> Any:
     return None
 
 
-def _validate(model: type[_M], data: Any, where: str, problems: list[str]) -> _M | None:
+def _validate(
+    model: type[_M], data: Any, where: str, problems: list[str], *, resolve: bool = True
+) -> _M | None:
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"resolve_secrets": resolve})
     except ValidationError as exc:
         for err in exc.errors():
             problems.append(f"{where}: {_format_loc(err['loc'])}: {err['msg']}")
@@ -408,7 +402,9 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
 
     gateway_file = config_dir / "gateway.yaml"
     gw_data = _read_yaml(gateway_file, problems) if gateway_file.exists() else {}
-    gateway = _validate(GatewaySettings, gw_data or {}, "gateway.yaml", problems)
+    gateway = _validate(
+        GatewaySettings, gw_data or {}, "gateway.yaml", problems, resolve=resolve_secrets
+    )
 
     systems: dict[str, SystemSettings] = {}
     broken: set[str] = set()  # reported already: routes naming them are not reported again
@@ -465,9 +461,37 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
             seen[key] = index + 1
         routes.append(route)
 
+    clients: dict[str, ClientRegistration] = {}
+    clients_file = config_dir / "clients.yaml"
+    raw_clients = (
+        _entries(_read_yaml(clients_file, problems), "clients", "clients.yaml", problems)
+        if clients_file.exists()
+        else {}
+    )
+    for cid, entry in raw_clients.items():
+        where = f"clients.yaml: client {cid!r}"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected a mapping")
+            continue
+        client = _validate(
+            ClientRegistration,
+            {"client_id": cid, **entry},
+            where,
+            problems,
+            resolve=resolve_secrets,
+        )
+        if client is None:
+            continue
+        clients[cid] = client
+        unknown = [s for s in client.allowed_services if s != "*" and s not in services]
+        if unknown:
+            problems.append(f"{where}: allowed_services: unknown services {unknown}")
+    if clients and gateway is not None and gateway.identity is None:
+        problems.append("gateway.yaml: identity: clients.yaml declares clients but no provider")
+
     if problems or gateway is None:
         raise ConfigError(problems)
-    return Settings(config_dir, gateway, systems, services, tuple(routes))
+    return Settings(config_dir, gateway, systems, services, tuple(routes), clients)
 
 
 def _check_adapter(

@@ -5,24 +5,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.app import create_app
+from gateway.app import create_app, open_provider
 from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
 from gateway.demo.examples import DEMO_CALLS, curl_line, issue_demo_tokens
-from gateway.identity.devtokens import DevTokenIssuer
+from gateway.identity.authn import NobodySignedIn
+from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.logs import configure_logging
+from gateway.principal import TokenVerifier
 from gateway.serve import serve_until_stopped
 from gateway.settings import ConfigError, Settings, load_settings
 
 
 def point_at(
-    settings: Settings, overrides: Mapping[str, Mapping[str, Any]], data_dir: Path
+    settings: Settings,
+    overrides: Mapping[str, Mapping[str, Any]],
+    data_dir: Path,
+    *,
+    port: int | None = None,
 ) -> Settings:
-    """The configuration with each demo system's address (and token URL) replaced."""
+    """The configuration with each demo system's address (and token URL) replaced, the stores
+    under ``data_dir`` and the issuer on the demo's own port."""
     systems = dict(settings.systems)
     for sid, fields in overrides.items():
         if sid not in systems:
@@ -31,8 +40,29 @@ def point_at(
         if "auth" in fields:
             update["auth"] = {**systems[sid].auth, **fields["auth"]}
         systems[sid] = systems[sid].model_copy(update=update)
-    gateway = settings.gateway.model_copy(update={"data_dir": data_dir})
+    gateway_update: dict[str, Any] = {"data_dir": data_dir}
+    if settings.gateway.identity is not None and port is not None:
+        gateway_update["identity"] = settings.gateway.identity.model_copy(
+            update={"issuer": f"http://127.0.0.1:{port}"}
+        )
+    gateway = settings.gateway.model_copy(update=gateway_update)
     return dataclasses.replace(settings, systems=systems, gateway=gateway)
+
+
+def demo_identity_env(data_dir: Path) -> dict[str, str]:
+    """Identity secrets of the demo, kept (0600) in its data directory so pairwise subjects stay
+    stable across restarts."""
+    path = data_dir / "pairwise-secret"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return {"TONGBAN_PAIRWISE_SECRET": path.read_text().strip()}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _banner(port: int, backends: DemoBackends, tokens: dict[str, dict[str, str]]) -> str:
@@ -61,17 +91,25 @@ def _banner(port: int, backends: DemoBackends, tokens: dict[str, dict[str, str]]
 async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
     """Run until SIGINT/SIGTERM; ``config_dir`` and ``data_dir`` are absolute and exist."""
     configure_logging("info", "console", stream=sys.stderr)
-    secrets = DemoSecrets.generate()
-    os.environ.update(secrets.env())
-    async with await start_demo_backends(secrets, config_dir=config_dir) as backends:
+    backend_secrets = DemoSecrets.generate()
+    os.environ.update(backend_secrets.env())
+    os.environ.update(demo_identity_env(data_dir))
+    port = port or free_port()
+    async with await start_demo_backends(backend_secrets, config_dir=config_dir) as backends:
         try:
-            settings = point_at(load_settings(config_dir), backends.overrides(), data_dir)
+            settings = point_at(
+                load_settings(config_dir), backends.overrides(), data_dir, port=port
+            )
         except ConfigError as exc:
             print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
             return 1
         issuer = DevTokenIssuer()
         tokens = issue_demo_tokens(issuer)
-        app = create_app(settings, verifier=issuer)
+        provider = await open_provider(settings, NobodySignedIn())
+        verifier: TokenVerifier = (
+            WithDevTokens(issuer, provider.access_token_verifier()) if provider else issuer
+        )
+        app = create_app(settings, verifier=verifier, oidc=provider)
 
         def started(bound: int) -> None:
             token_file = data_dir / "demo-tokens.json"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from gateway.errors import Unauthenticated
-from gateway.principal import Principal
+from gateway.principal import Principal, TokenVerifier
 
 _PREFIX = "dev."
 
@@ -83,3 +83,16 @@ class DevTokenIssuer:
             actor_role=claims.get("act_role"),
             roles=frozenset(claims.get("roles", ())),
         )
+
+
+class WithDevTokens:
+    """Development tokens beside a real verifier (demo, or serve --insecure-dev-tokens)."""
+
+    def __init__(self, dev: DevTokenIssuer, real: TokenVerifier) -> None:
+        self._dev = dev
+        self._real = real
+
+    async def verify(self, token: str) -> Principal:
+        if token.startswith(_PREFIX):
+            return await self._dev.verify(token)
+        return await self._real.verify(token)

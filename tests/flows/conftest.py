@@ -16,7 +16,7 @@ from gateway.app import create_app
 from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.residents import RESIDENTS
-from gateway.demo.runner import point_at
+from gateway.demo.runner import demo_identity_env, point_at
 from gateway.identity.devtokens import DevTokenIssuer
 from gateway.logs import configure_logging
 from gateway.settings import load_settings
@@ -60,7 +60,7 @@ async def journey(
     tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Journey]:
     secrets = DemoSecrets.generate()
-    for name, value in secrets.env().items():
+    for name, value in {**secrets.env(), **demo_identity_env(tmp_path)}.items():
         monkeypatch.setenv(name, value)
     assert all(os.environ[k] for k in secrets.env())
     async with await start_demo_backends(secrets, config_dir=CONFIG_DIR) as backends:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,9 +34,13 @@ class Served:
         self.base = f"http://127.0.0.1:{port}"
 
 
-def _start(*extra: str) -> Iterator[Served]:
+def _start(config: Path, *extra: str) -> Iterator[Served]:
     port = _free_port()
-    env = {**os.environ, **DemoSecrets.generate().env()}
+    env = {
+        **os.environ,
+        **DemoSecrets.generate().env(),
+        "TONGBAN_PAIRWISE_SECRET": "p" * 40,
+    }
     process = subprocess.Popen(
         [
             sys.executable,
@@ -43,7 +48,7 @@ def _start(*extra: str) -> Iterator[Served]:
             "gateway.cli",
             "serve",
             "--config",
-            str(ROOT / "config"),
+            str(config),
             "--port",
             str(port),
             *extra,
@@ -79,13 +84,21 @@ def _start(*extra: str) -> Iterator[Served]:
 
 
 @pytest.fixture
-def plain() -> Iterator[Served]:
-    yield from _start()
+def config(tmp_path: Path) -> Path:
+    """A copy of the repository's configuration, so the stores land in the test's directory."""
+    target = tmp_path / "config"
+    shutil.copytree(ROOT / "config", target)
+    return target
 
 
 @pytest.fixture
-def with_dev_tokens() -> Iterator[Served]:
-    yield from _start("--insecure-dev-tokens")
+def plain(config: Path) -> Iterator[Served]:
+    yield from _start(config)
+
+
+@pytest.fixture
+def with_dev_tokens(config: Path) -> Iterator[Served]:
+    yield from _start(config, "--insecure-dev-tokens")
 
 
 def test_serve_without_the_flag_accepts_no_development_token(plain: Served) -> None:

@@ -698,6 +698,7 @@ def test_the_demo_config_loads_with_the_demo_secrets(
 ) -> None:
     for name, value in demo_secrets.env().items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TONGBAN_PAIRWISE_SECRET", "p" * 40)
     settings = load_settings(Path(DEFAULT_CONFIG_DIR))
     assert set(settings.systems) == set(SYSTEM_IDS)
     assert {(r.service, r.operation) for r in settings.routes} >= {

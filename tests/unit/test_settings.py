@@ -107,6 +107,7 @@ def test_missing_secret_environment_variable_is_named(
         "TONGBAN_SECRET_SX_DRIVING_CLIENT_SECRET",
     ):
         monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("TONGBAN_PAIRWISE_SECRET", "p" * 40)
     monkeypatch.delenv("TONGBAN_SECRET_SX_HOUSING_API_KEY")
     (problem,) = problems_of(config, resolve_secrets=True)
     assert "shaanxi-housing" in problem

@@ -1,0 +1,75 @@
+"""Provider options (validated once at start-up by the settings loader) and pairwise subjects.
+
+Pairwise subject identifiers follow OpenID Connect Core 1.0 §8.1: the same person gets a
+different, stable ``sub`` in each sector (portal), so portals cannot correlate users by it.
+Here ``sub = base64url(HMAC-SHA256(pairwise_secret, sector + "|" + local_user_id))``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from gateway.identity.keys import Algorithm
+from gateway.secrets import SecretRef
+
+
+class ProviderSettings(BaseModel):
+    """The OpenID provider's options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str
+    """Issuer identifier (OIDC Discovery §3): https URL without query or fragment."""
+    pairwise_secret: SecretRef
+    """Key of the pairwise subject HMAC (32+ characters); changing it changes every sub."""
+    api_audience: str | None = None
+    """``aud`` of access tokens (RFC 9068 §3); defaults to the issuer followed by '/api'."""
+    algorithms: tuple[Algorithm, ...] = ("ES256",)
+    """Signing algorithms; the first is the default, all are accepted when verifying."""
+    authorization_code_ttl: int = Field(60, ge=10, le=600)
+    """Seconds a code is valid (RFC 6749 §4.1.2 recommends at most 10 minutes)."""
+    access_token_ttl: int = Field(300, ge=30, le=3600)
+    """Seconds an access token is valid."""
+    id_token_ttl: int = Field(300, ge=30, le=3600)
+    """Seconds an ID token is valid."""
+    refresh_token_ttl: int = Field(8 * 3600, ge=60)
+    """Seconds one refresh token is valid; each rotation issues a fresh one."""
+    grant_max_age: int = Field(12 * 3600, ge=60)
+    """No token of a grant family outlives this, however often it is refreshed."""
+    leeway: int = Field(30, ge=0, le=120)
+    """Clock skew tolerated when checking exp / iat."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        parts = urlsplit(self.issuer)
+        loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not (parts.scheme == "https" or loopback) or parts.query or parts.fragment:
+            raise ValueError("issuer must be an https URL without query or fragment")
+        if self.issuer.endswith("/"):
+            raise ValueError("issuer must not end with '/'")
+        if len(self.pairwise_secret.get_secret_value()) < 32:
+            raise ValueError("pairwise_secret needs 32+ characters")
+        if not self.algorithms:
+            raise ValueError("configure at least one signing algorithm")
+        return self
+
+    @property
+    def audience(self) -> str:
+        return self.api_audience or f"{self.issuer}/api"
+
+    def endpoint(self, path: str) -> str:
+        return f"{self.issuer}{path}"
+
+
+def pairwise_subject(secret: SecretStr, sector: str, local_id: str) -> str:
+    """OIDC Core §8.1 pairwise ``sub`` for ``local_id`` in ``sector``."""
+    mac = hmac.new(
+        secret.get_secret_value().encode(), f"{sector}|{local_id}".encode(), hashlib.sha256
+    )
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()

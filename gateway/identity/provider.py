@@ -1,0 +1,679 @@
+"""The OpenID Connect provider core, on authlib's framework-free ``AuthorizationServer``.
+
+Implements:
+- OAuth 2.0 authorization code grant, RFC 6749 §4.1, with exact redirect URI matching (§3.1.2.3)
+  and code replay answered by revoking every token issued from that code (§4.1.2, §10.5);
+- PKCE, RFC 7636, with ``S256`` REQUIRED for every client, public or confidential (RFC 9700
+  §2.1.1); ``plain`` and missing challenges are refused with ``invalid_request`` (§4.4.1);
+- OpenID Connect Core 1.0: authentication request (§3.1.2), ID token (§2, §3.1.3.6 ``at_hash``,
+  ``nonce``, ``acr``, ``auth_time``), pairwise subjects (§8.1), userinfo (§5.3, written by
+  hand: authlib's endpoint is Flask-shaped);
+- refresh tokens, RFC 6749 §6, rotated on every use, with reuse detection that revokes the
+  whole grant family (RFC 9700 §4.14.2);
+- client credentials, RFC 6749 §4.4, for machine clients;
+- JWT access tokens, RFC 9068 (``typ`` at+jwt; iss, sub, aud, exp, iat, jti, client_id, scope,
+  acr, auth_time, and ``act`` per RFC 8693 §4.1 when a clerk or agent acts);
+- token introspection, RFC 7662, and revocation, RFC 7009;
+- RP-initiated logout, OpenID Connect RP-Initiated Logout 1.0 (only registered
+  ``post_logout_redirect_uris``; no redirect without a valid ``id_token_hint``);
+- discovery metadata, OpenID Connect Discovery 1.0 §3 and RFC 8414 §2.
+
+authlib's callbacks are synchronous and run on the event loop against a synchronous
+``IdentityStore`` (see gateway/identity/store.py); only the ``Authenticator`` is awaited, and
+only between two validations of the authorization request.
+
+Must not: import aiohttp; log or store a usable code, token or secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import (
+    AuthorizationServer,
+    InvalidRequestError,
+    OAuth2Request,
+)
+from authlib.oidc.core.errors import LoginRequiredError
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import GuestProtocol, Key
+
+from gateway.identity.authn import AuthenticatedUser, Authenticator, AuthorizationContext
+from gateway.identity.clients import ClientRegistration, ClientRegistry, OAuthClient
+from gateway.identity.config import ProviderSettings, pairwise_subject
+from gateway.identity.grants import (
+    CodeGrant,
+    LogoutEndpoint,
+    MachineClientCredentialsGrant,
+    OAuthRequest,
+    OpenIDCodeExtension,
+    RotatingRefreshTokenGrant,
+    S256CodeChallenge,
+    TokenIntrospectionEndpoint,
+    TokenRevocationEndpoint,
+    TokenView,
+)
+from gateway.identity.keys import SigningKeys
+from gateway.identity.requests import IdentityRequest, IdentityResponse
+from gateway.identity.store import (
+    AccessTokenRecord,
+    CodeRecord,
+    GrantFamily,
+    IdentityStore,
+    MemoryIdentityStore,
+    RefreshTokenRecord,
+    credential_hash,
+)
+from gateway.identity.verifier import (
+    InvalidToken,
+    JwtAccessTokenVerifier,
+    StoreRevocationList,
+    decode_access_token,
+)
+
+log = structlog.get_logger("tongban.identity")
+
+KEY_FILE_NAME = "oidc-signing-keys.json"
+LEVELS = ("L1", "L2", "L3", "LP", "Counter")
+JSON_HEADERS = (
+    ("Content-Type", "application/json"),
+    ("Cache-Control", "no-store"),
+    ("Pragma", "no-cache"),
+)
+# OIDC Core §5.4: which standard claims each scope releases at userinfo.
+SCOPE_CLAIMS: Mapping[str, tuple[str, ...]] = {
+    "profile": (
+        "name",
+        "family_name",
+        "given_name",
+        "nickname",
+        "preferred_username",
+        "gender",
+        "birthdate",
+        "locale",
+        "updated_at",
+    ),
+    "email": ("email", "email_verified"),
+    "phone": ("phone_number", "phone_number_verified"),
+    "address": ("address",),
+}
+_ERROR_TEXT = {
+    "invalid_client": "未知的客户端 / Unknown client.",
+    "invalid_request": "请求无效 / The request is invalid.",
+    "unsupported_response_type": "不支持的响应类型 / Unsupported response type.",
+    "unauthorized_client": "客户端无权使用此流程 / The client may not use this flow.",
+}
+
+
+def _now_int(clock: Callable[[], float]) -> int:
+    return int(clock())
+
+
+def _half_hash(value: str, alg: str) -> str:
+    """OIDC Core §3.1.3.6 at_hash: left half of the hash matching the alg, base64url."""
+    digest = hashlib.new(f"sha{alg[2:]}", value.encode()).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
+
+
+# --- the provider ---------------------------------------------------------------------------
+
+
+class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
+    """The gateway's OpenID provider; the web layer calls ``authorize``, ``token``, ..."""
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        clients: ClientRegistry,
+        keys: SigningKeys,
+        store: IdentityStore,
+        authenticator: Authenticator,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        scopes = {"openid"}
+        for client in clients.values():
+            scopes.update(client.registration.scopes)
+            alg = client.registration.id_token_signed_response_alg
+            if alg is not None and alg not in settings.algorithms:
+                raise ValueError(f"client {client.client_id}: {alg} is not a configured algorithm")
+        for alg in settings.algorithms:
+            keys.active_kid(alg)  # KeyError early when the key set lacks an algorithm
+        super().__init__(scopes_supported=sorted(scopes))
+        # authlib logs whole token responses at DEBUG ("Issue token %r to %r"): keep its
+        # loggers above DEBUG whatever level the gateway runs at, so no token reaches a log.
+        logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").level))
+        self.settings = settings
+        self.clients = clients
+        self.keys = keys
+        self.store = store
+        self.authenticator = authenticator
+        self.clock = clock
+        self.register_token_generator("default", self._generate_token)
+        self.register_grant(CodeGrant, [S256CodeChallenge(), OpenIDCodeExtension(self)])
+        self.register_grant(RotatingRefreshTokenGrant)
+        self.register_grant(MachineClientCredentialsGrant)
+        self.register_endpoint(TokenIntrospectionEndpoint(self))
+        self.register_endpoint(TokenRevocationEndpoint(self))
+        self.register_endpoint(LogoutEndpoint(self))
+
+    @classmethod
+    def from_config(
+        cls,
+        settings: ProviderSettings,
+        clients: Iterable[ClientRegistration],
+        *,
+        data_dir: Path,
+        authenticator: Authenticator,
+        store: IdentityStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> OpenIDProvider:
+        """Build at start-up: loads (or creates, 0600) ``data_dir/oidc-signing-keys.json``.
+
+        Synchronous and cheap after the first start (RS256 key generation takes ~0.1 s once);
+        call it in ``create_app`` and hand the result to ``gateway.http.oidc.add_oidc_routes``.
+        """
+        keys = SigningKeys.load_or_create(data_dir / KEY_FILE_NAME, settings.algorithms)
+        return cls(
+            settings,
+            ClientRegistry(clients),
+            keys,
+            store if store is not None else MemoryIdentityStore(),
+            authenticator,
+            clock=clock,
+        )
+
+    def purge_expired(self) -> int:
+        """Drop expired codes, tokens and families (run periodically)."""
+        return self.store.purge(self.clock() - self.settings.leeway)
+
+    def parameter_error(self, endpoint: str, description: str) -> IdentityResponse:
+        """The answer to a request whose parameters could not be accepted at all."""
+        error = InvalidRequestError(description)
+        if endpoint in ("authorize", "logout"):
+            return self._error_page(error)
+        if endpoint == "userinfo":
+            return self._bearer_error(400, "invalid_request")
+        response: IdentityResponse = self.handle_error_response(None, error)
+        return response
+
+    def access_token_verifier(self, *, cache_size: int = 4096) -> JwtAccessTokenVerifier:
+        """The ``TokenVerifier`` for /api/* that trusts this provider's access tokens."""
+        return JwtAccessTokenVerifier(
+            keys=self.keys,
+            issuer=self.settings.issuer,
+            audience=self.settings.audience,
+            algorithms=self.settings.algorithms,
+            revocations=StoreRevocationList(self.store),
+            clock=self.clock,
+            leeway=self.settings.leeway,
+            cache_size=cache_size,
+        )
+
+    # --- authlib hooks ---------------------------------------------------------------------
+
+    def query_client(self, client_id: str) -> OAuthClient | None:
+        return self.clients.get(client_id)
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        # Records are written when a token is minted (``_generate_token``).
+        return None
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        if isinstance(request, OAuth2Request):
+            return request
+        return OAuthRequest(request)
+
+    def create_json_request(self, request: Any) -> Any:
+        raise NotImplementedError("no JSON-bodied endpoints")
+
+    def handle_response(
+        self, status: int, body: Any, headers: list[tuple[str, str]]
+    ) -> IdentityResponse:
+        if isinstance(body, dict):
+            payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        else:
+            payload = str(body or "").encode()
+        return IdentityResponse(status, payload, tuple((str(k), str(v)) for k, v in headers))
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    # --- endpoints -------------------------------------------------------------------------
+
+    async def authorize(self, request: IdentityRequest) -> IdentityResponse:
+        """Authorization endpoint, OIDC Core §3.1.2 (GET or POST)."""
+        oauth_request = OAuthRequest(request)
+        try:
+            grant = self.get_consent_grant(oauth_request, end_user=None)
+        except OAuth2Error as error:
+            return self._authorization_error(error)
+        params = oauth_request.payload.data
+        prompt = frozenset(params.get("prompt", "").split())
+        max_age: int | None = None
+        try:
+            if "none" in prompt and len(prompt) > 1:
+                raise InvalidRequestError("prompt=none cannot be combined with other values.")
+            if params.get("max_age"):
+                max_age = int(params["max_age"])
+                if max_age < 0:
+                    raise ValueError
+        except ValueError:
+            return self._redirect_error(InvalidRequestError("max_age is not valid."), grant)
+        except OAuth2Error as error:
+            return self._redirect_error(error, grant)
+        context = AuthorizationContext(
+            request=request,
+            client_id=grant.client.client_id,
+            scope=oauth_request.scope or "",
+            prompt=prompt,
+            max_age=max_age,
+            acr_values=tuple(params.get("acr_values", "").split()),
+            login_hint=params.get("login_hint"),
+            resume_url=request.url,
+        )
+        outcome = await self.authenticator.authenticate(context)
+        if (
+            isinstance(outcome, AuthenticatedUser)
+            and max_age is not None
+            and self.clock() - outcome.auth_time > max_age
+        ):
+            outcome = None
+        if isinstance(outcome, IdentityResponse) and "none" not in prompt:
+            return outcome
+        if not isinstance(outcome, AuthenticatedUser):
+            return self._redirect_error(LoginRequiredError(), grant)
+        # Validated again: state may have changed while the authenticator was awaited.
+        response: IdentityResponse = self.create_authorization_response(
+            oauth_request, grant_user=outcome, grant=grant
+        )
+        if response.status == 302:
+            log.info("authorization_code_issued", client=context.client_id, acr=outcome.acr)
+        return response
+
+    def token(self, request: IdentityRequest) -> IdentityResponse:
+        """Token endpoint, RFC 6749 §3.2."""
+        response: IdentityResponse = self.create_token_response(OAuthRequest(request))
+        return response
+
+    def introspect(self, request: IdentityRequest) -> IdentityResponse:
+        """Introspection endpoint, RFC 7662 §2."""
+        response: IdentityResponse = self.create_endpoint_response(
+            "introspection", OAuthRequest(request)
+        )
+        return response
+
+    def revoke(self, request: IdentityRequest) -> IdentityResponse:
+        """Revocation endpoint, RFC 7009 §2."""
+        response: IdentityResponse = self.create_endpoint_response(
+            "revocation", OAuthRequest(request)
+        )
+        return response
+
+    def userinfo(self, request: IdentityRequest) -> IdentityResponse:
+        """UserInfo endpoint, OIDC Core §5.3, bearer token per RFC 6750 §2.1 / §3."""
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return self._bearer_error(401, None)
+        try:
+            _, claims = self._decode_access_token(token.strip())
+        except InvalidToken:
+            return self._bearer_error(401, "invalid_token")
+        if self.store.is_revoked(str(claims["jti"])):
+            return self._bearer_error(401, "invalid_token")
+        scopes = set(str(claims.get("scope", "")).split())
+        record = self.store.get_access_token(str(claims["jti"]))
+        family = self.store.get_family(record.family_id) if record else None
+        if "openid" not in scopes or family is None or family.user is None:
+            return self._bearer_error(403, "insufficient_scope")
+        body: dict[str, Any] = {"sub": claims["sub"]}
+        for scope in sorted(scopes):
+            for name in SCOPE_CLAIMS.get(scope, ()):
+                if name in family.user.claims:
+                    body[name] = family.user.claims[name]
+        return self.handle_response(200, body, list(JSON_HEADERS))
+
+    async def end_session(self, request: IdentityRequest) -> IdentityResponse:
+        """End-session endpoint, OpenID Connect RP-Initiated Logout 1.0 §2–§4."""
+        oauth_request = OAuthRequest(request)
+        try:
+            validated = self.validate_endpoint_request("end_session", oauth_request)
+        except OAuth2Error as error:
+            return self._error_page(error)
+        claims = validated.id_token_claims or {}
+        sid = claims.get("sid")
+        await self.authenticator.sign_out(request, sid if isinstance(sid, str) else None)
+        log.info("session_ended", client=validated.client.client_id if validated.client else None)
+        response: IdentityResponse | None = self.create_endpoint_response("end_session", validated)
+        if response is not None:
+            return response
+        page = (
+            "<!doctype html><meta charset='utf-8'><title>已退出</title>"
+            "<p>已退出登录 / Signed out.</p>"
+        )
+        return IdentityResponse(
+            200,
+            page.encode(),
+            (("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")),
+        )
+
+    def discovery(self) -> dict[str, Any]:
+        """OpenID Connect Discovery 1.0 §3 / RFC 8414 §2 metadata."""
+        endpoint = self.settings.endpoint
+        claims = sorted(
+            {"sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "acr", "amr"}
+            | {c for names in SCOPE_CLAIMS.values() for c in names}
+        )
+        return {
+            "issuer": self.settings.issuer,
+            "authorization_endpoint": endpoint("/oauth2/authorize"),
+            "token_endpoint": endpoint("/oauth2/token"),
+            "userinfo_endpoint": endpoint("/oauth2/userinfo"),
+            "jwks_uri": endpoint("/oauth2/jwks"),
+            "introspection_endpoint": endpoint("/oauth2/introspect"),
+            "revocation_endpoint": endpoint("/oauth2/revoke"),
+            "end_session_endpoint": endpoint("/oauth2/logout"),
+            "scopes_supported": self.scopes_supported,
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": list(self.settings.algorithms),
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "none",
+            ],
+            "introspection_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "revocation_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "none",
+            ],
+            "code_challenge_methods_supported": ["S256"],
+            "acr_values_supported": list(LEVELS),
+            "claims_supported": claims,
+            "prompt_values_supported": ["none", "login", "consent", "select_account"],
+            "claims_parameter_supported": False,
+            "request_parameter_supported": False,
+            "request_uri_parameter_supported": False,
+            "backchannel_logout_supported": False,
+            "backchannel_logout_session_supported": False,
+        }
+
+    def jwks(self) -> dict[str, Any]:
+        return self.keys.public_jwks()
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def subject_for(self, client: OAuthClient, user: AuthenticatedUser) -> str:
+        return pairwise_subject(
+            self.settings.pairwise_secret, client.registration.sector, user.local_id
+        )
+
+    def _generate_token(
+        self,
+        grant_type: str,
+        client: OAuthClient,
+        user: GrantFamily | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        now = _now_int(self.clock)
+        scope = scope or ""
+        family = user
+        if family is None:  # client_credentials: a one-token family of its own
+            family = GrantFamily(
+                family_id=uuid.uuid4().hex,
+                client_id=client.client_id,
+                user=None,
+                scope=scope,
+                created_at=now,
+                expires_at=now + self.settings.access_token_ttl,
+            )
+            self.store.put_family(family)
+        expires_at = min(now + self.settings.access_token_ttl, int(family.expires_at))
+        jti = uuid.uuid4().hex
+        claims: dict[str, Any] = {
+            "iss": self.settings.issuer,
+            "aud": self.settings.audience,
+            "iat": now,
+            "exp": expires_at,
+            "jti": jti,
+            "client_id": client.client_id,
+            "scope": scope,
+        }
+        if family.user is None:
+            claims["sub"] = client.client_id  # RFC 9068 §2.2: the client acts for itself
+        else:
+            person = family.user
+            claims["sub"] = self.subject_for(client, person)
+            claims["acr"] = person.acr
+            claims["auth_time"] = person.auth_time
+            if person.actor:
+                claims["act"] = {"sub": person.actor, "role": person.actor_role or "agent"}
+            if person.roles:
+                claims["roles"] = sorted(person.roles)
+        access_token = self.keys.sign(claims, algorithm=self.settings.algorithms[0], typ="at+jwt")
+        self.store.put_access_token(
+            AccessTokenRecord(
+                jti=jti,
+                family_id=family.family_id,
+                client_id=client.client_id,
+                subject=claims["sub"],
+                scope=scope,
+                issued_at=now,
+                expires_at=expires_at,
+            )
+        )
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": access_token,
+            "expires_in": expires_at - now,
+            "scope": scope,
+        }
+        if include_refresh_token and family.user is not None:
+            refresh_token = secrets.token_urlsafe(32)
+            self.store.put_refresh_token(
+                RefreshTokenRecord(
+                    token_hash=credential_hash(refresh_token),
+                    family_id=family.family_id,
+                    client_id=client.client_id,
+                    scope=scope,
+                    issued_at=now,
+                    expires_at=min(now + self.settings.refresh_token_ttl, family.expires_at),
+                )
+            )
+            token["refresh_token"] = refresh_token
+        log.info("token_issued", client=client.client_id, grant_type=grant_type)
+        return token
+
+    def id_token(
+        self,
+        token: Mapping[str, Any],
+        client: OAuthClient,
+        family: GrantFamily,
+        code: CodeRecord | None,
+    ) -> str:
+        """OIDC Core §2 / §3.1.3.6 ID token for ``family``'s user, audience ``client``."""
+        assert family.user is not None, "ID tokens are only issued for a person"
+        person = family.user
+        alg = client.registration.id_token_signed_response_alg or self.settings.algorithms[0]
+        now = _now_int(self.clock)
+        claims: dict[str, Any] = {
+            "iss": self.settings.issuer,
+            "sub": self.subject_for(client, person),
+            "aud": client.client_id,
+            "azp": client.client_id,
+            "iat": now,
+            "exp": now + self.settings.id_token_ttl,
+            "auth_time": person.auth_time,
+            "acr": person.acr,
+            "at_hash": _half_hash(str(token["access_token"]), alg),
+        }
+        if person.amr:
+            claims["amr"] = list(person.amr)
+        if code is not None and code.nonce:
+            claims["nonce"] = code.nonce
+        if person.session_id:
+            claims["sid"] = person.session_id
+        return self.keys.sign(claims, algorithm=alg, typ="JWT")
+
+    def refresh_view(self, record: RefreshTokenRecord) -> TokenView:
+        family = self.store.get_family(record.family_id)
+        client = self.clients.get(record.client_id)
+        subject = record.client_id
+        if family is not None and family.user is not None and client is not None:
+            subject = self.subject_for(client, family.user)
+        return TokenView(
+            kind="refresh_token",
+            key=record.token_hash,
+            client_id=record.client_id,
+            family_id=record.family_id,
+            scope=record.scope,
+            subject=subject,
+            issued_at=int(record.issued_at),
+            expires_at=int(record.expires_at),
+            revoked=record.revoked or record.rotated or family is None or family.revoked,
+            now=_now_int(self.clock),
+            extra={},
+        )
+
+    def find_token(self, token_string: str, hint: str | None) -> TokenView | None:
+        """An access or refresh token of ours (RFC 7662 §2.1: the hint only orders the search)."""
+        order = ["access_token", "refresh_token"]
+        if hint == "refresh_token":
+            order.reverse()
+        for kind in order:
+            view = (
+                self._access_view(token_string)
+                if kind == "access_token"
+                else self._refresh_lookup(token_string)
+            )
+            if view is not None:
+                return view
+        return None
+
+    def _refresh_lookup(self, token_string: str) -> TokenView | None:
+        record = self.store.get_refresh_token(credential_hash(token_string))
+        return None if record is None else self.refresh_view(record)
+
+    def _access_view(self, token_string: str) -> TokenView | None:
+        if token_string.count(".") != 2:
+            return None
+        try:
+            _, claims = self._decode_access_token(token_string, leeway=0)
+        except InvalidToken:
+            return None
+        jti = str(claims["jti"])
+        record = self.store.get_access_token(jti)
+        extra: dict[str, Any] = {"aud": claims["aud"], "jti": jti}
+        for name in ("acr", "auth_time", "act"):
+            if name in claims:
+                extra[name] = claims[name]
+        return TokenView(
+            kind="access_token",
+            key=jti,
+            client_id=str(claims["client_id"]),
+            family_id=record.family_id if record else None,
+            scope=str(claims.get("scope", "")),
+            subject=str(claims["sub"]),
+            issued_at=int(claims["iat"]),
+            expires_at=int(claims["exp"]),
+            revoked=self.store.is_revoked(jti),
+            now=_now_int(self.clock),
+            extra=extra,
+        )
+
+    def _decode_access_token(
+        self, token: str, *, leeway: int | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return decode_access_token(
+            token,
+            keys=self.keys,
+            issuer=self.settings.issuer,
+            audience=self.settings.audience,
+            algorithms=self.settings.algorithms,
+            now=self.clock(),
+            leeway=self.settings.leeway if leeway is None else leeway,
+        )
+
+    def decode_id_token_hint(self, token: str) -> dict[str, Any] | None:
+        """Claims of an ID token this provider issued (signature and iss; expiry tolerated)."""
+
+        def resolve(obj: GuestProtocol) -> Key:
+            kid = obj.headers().get("kid")
+            key = self.keys.public_key(kid) if isinstance(kid, str) else None
+            if key is None or key.alg != obj.headers().get("alg"):
+                raise InvalidToken("kid")
+            return key
+
+        try:
+            decoded = jwt.decode(token, resolve, algorithms=list(self.settings.algorithms))
+        except (JoseError, InvalidToken, ValueError, TypeError):
+            return None
+        claims = dict(decoded.claims)
+        if str(decoded.header.get("typ", "JWT")).lower() in ("at+jwt", "application/at+jwt"):
+            return None
+        if claims.get("iss") != self.settings.issuer or not isinstance(claims.get("aud"), str):
+            return None
+        return claims
+
+    # --- error responses -------------------------------------------------------------------
+
+    def _authorization_error(self, error: OAuth2Error) -> IdentityResponse:
+        if error.redirect_uri:
+            response: IdentityResponse = self.handle_error_response(None, error)
+            return response
+        return self._error_page(error)
+
+    def _redirect_error(self, error: OAuth2Error, grant: Any) -> IdentityResponse:
+        error.redirect_uri = grant.redirect_uri
+        error.state = grant.request.payload.state
+        response: IdentityResponse = self.handle_error_response(None, error)
+        return response
+
+    def _error_page(self, error: OAuth2Error) -> IdentityResponse:
+        """RFC 6749 §4.1.2.1: without a verified redirect URI, tell the user, never redirect."""
+        code = str(error.error)
+        text = _ERROR_TEXT.get(code, _ERROR_TEXT["invalid_request"])
+        page = (
+            "<!doctype html><html lang='zh'><meta charset='utf-8'>"
+            "<title>登录请求无效 / Invalid sign-in request</title>"
+            f"<h1>登录请求无效</h1><p>{html.escape(text)}</p>"
+            f"<p>error: <code>{html.escape(code)}</code></p></html>"
+        )
+        return IdentityResponse(
+            400,
+            page.encode(),
+            (("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")),
+        )
+
+    def _bearer_error(self, status: int, error: str | None) -> IdentityResponse:
+        challenge = 'Bearer realm="tongban"'
+        body: dict[str, str] = {}
+        if error:
+            challenge += f', error="{error}"'
+            body["error"] = error
+        return IdentityResponse(
+            status,
+            json.dumps(body).encode(),
+            (("WWW-Authenticate", challenge), *JSON_HEADERS),
+        )
