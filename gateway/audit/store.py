@@ -1,0 +1,125 @@
+"""The AuditStore protocol and the rows it moves; implementations live in gateway.stores.
+
+A store keeps text exactly as given (the hash covers those bytes), appends atomically, and
+refuses UPDATE, DELETE and TRUNCATE in the database itself. It knows nothing about hashing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class AuditStoreError(Exception):
+    """Base of the errors stores raise; driver exceptions never escape a store."""
+
+
+class AuditStoreUnavailable(AuditStoreError):
+    """The store cannot be reached or refused the write; nothing of the batch was committed
+    (or, for a lost COMMIT acknowledgement, the outcome is unknown: re-read the head)."""
+
+
+class ChainConflict(AuditStoreError):
+    """A sequence in the batch already exists: another writer appended to this chain."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    chain: str
+    sequence: int
+    time: str
+    """Copy of the record's time for range queries; the verifier trusts only ``text``."""
+    text: str
+    """The canonical record, exactly the bytes hashed."""
+    hash: str
+
+
+RawRecord = tuple[int, bytes, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    chain: str
+    sequence: int
+    hash: str
+    time: str
+    kid: str
+    jws: str
+    """JWS compact (ES256) over the canonical checkpoint; the only part the verifier trusts."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    chain: str
+    sequence: int
+    hash: str
+
+
+class AuditStore(Protocol):
+    """Append-only storage of chained records and checkpoints; see the module docstring."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def aclose(self) -> None: ...
+
+    async def register_chain(self, chain: str, created: str) -> None:
+        """Record that a chain exists (idempotent), so a verifier notices a chain vanishing."""
+
+    async def append(
+        self,
+        records: Sequence[StoredRecord],
+        checkpoint: StoredCheckpoint | None = None,
+    ) -> None:
+        """Insert the batch and the optional checkpoint in one transaction, durably.
+
+        Raises ChainConflict if any (chain, sequence) exists, AuditStoreUnavailable otherwise.
+        """
+
+    async def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None: ...
+
+    def read_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[StoredRecord]]:
+        """Records of one chain with ``start <= sequence <= end``, in sequence order, in pages
+        (one round trip each; no read transaction is held between pages)."""
+
+    def read_raw_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[RawRecord]]:
+        """Like ``read_pages`` but as ``(sequence, UTF-8 record bytes, hash)`` tuples: the
+        verifier's fast path (no str decoding, no objects per row)."""
+
+    async def checkpoints(
+        self, chain: str, start: int = 0, end: int | None = None
+    ) -> list[StoredCheckpoint]:
+        """Checkpoints of one chain in sequence order."""
+
+    async def last_checkpoint(self, chain: str) -> StoredCheckpoint | None: ...
+
+    async def chains(self) -> list[str]:
+        """Every registered chain."""
+
+    async def head(self, chain: str) -> ChainHead | None:
+        """The last record of the chain, or None when it is empty."""
+
+    async def heads(self) -> dict[str, ChainHead]:
+        """The last record of every non-empty chain."""
+
+    async def sequence_range(
+        self, chain: str, since: str | None, until: str | None
+    ) -> tuple[int, int] | None:
+        """Lowest and highest sequence with ``since <= time < until`` (RFC 3339 text), if any."""
+
+    async def ping(self) -> None:
+        """Raise AuditStoreUnavailable unless a trivial query succeeds."""
+
+
+async def iter_records(
+    store: AuditStore, chain: str, start: int = 1, end: int | None = None
+) -> AsyncIterator[StoredRecord]:
+    """One record at a time, for callers that do not care about pages."""
+    async for page in store.read_pages(chain, start, end):
+        for record in page:
+            yield record

@@ -1,0 +1,548 @@
+"""The single batching writer of one audit chain: group commit, signed checkpoints, fail-closed.
+
+One writer per chain and one chain per gateway instance (chain id = instance id). A required
+append returns only once the batch holding its record is committed durably; a buffered append
+returns at once and its record waits, in order, in a bounded buffer while the store is down.
+Records are sealed (sequence, prev_hash, hash) only when their batch is written, so an append
+that failed leaves no gap and no record behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time as _time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Literal, overload
+
+import orjson
+import structlog
+
+from gateway.audit.canonical import GENESIS_HASH, HashAlg, canonical_bytes, chain_hash
+from gateway.audit.checkpoint import CheckpointSigner
+from gateway.audit.record import AuditEvent, format_time, record_body, utc_now
+from gateway.audit.store import (
+    AuditStore,
+    AuditStoreError,
+    ChainConflict,
+    ChainHead,
+    StoredCheckpoint,
+    StoredRecord,
+    iter_records,
+)
+from gateway.errors import AuditUnavailable
+
+log = structlog.get_logger("gateway.audit")
+
+AppendMode = Literal["required", "buffered"]
+WriterState = Literal["starting", "ready", "degraded", "closed", "failed"]
+
+# Store calls fail with our own errors, but a hung socket shows up as a timeout and a bug in a
+# driver translation as anything; the loop must survive all of them.
+_STORE_FAILURES: Final = (AuditStoreError, TimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSettings:
+    batch_size: int = 1000
+    """Most records per transaction."""
+    linger: float = 0.001
+    """How long a batch waits for company once its first record is queued (seconds)."""
+    buffer_limit: int = 50_000
+    """Records queued at most (both modes); beyond it appends raise AuditUnavailable."""
+    checkpoint_every: int = 10_000
+    """Sign the head after this many records..."""
+    checkpoint_interval: float = 30.0
+    """...or after this many seconds, whichever comes first (only if the head moved)."""
+    commit_timeout: float = 2.0
+    """A store call taking longer counts as a failure. A required append waits at most about
+    twice this (the batch in flight, then its own); callers wanting less wrap it in
+    ``asyncio.timeout``: a cancelled append is dropped unless its batch is already in flight."""
+    retry_initial: float = 0.05
+    retry_max: float = 2.0
+    witness: bool = True
+    """Checkpoints carry the heads of the other chains in the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReadiness:
+    state: WriterState
+    chain: str
+    head_sequence: int
+    queued: int
+    buffer_limit: int
+    last_error: str | None
+    """Exception class of the last store failure; never a message (it may carry data)."""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def buffer_fill(self) -> float:
+        return self.queued / self.buffer_limit
+
+
+@dataclass(slots=True)
+class WriterStats:
+    records: int = 0
+    batches: int = 0
+    checkpoints: int = 0
+    store_failures: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    event: AuditEvent
+    time: str
+    future: asyncio.Future[int] | None
+    """Set for required appends; None for buffered ones."""
+
+
+@dataclass(slots=True)
+class _Uncertain:
+    """A batch whose commit failed in a way that may still have committed it."""
+
+    last_sequence: int
+    last_hash: str
+    entries: list[_Entry] = field(default_factory=list)
+
+
+class ChainTailMismatch(RuntimeError):
+    """At start-up the records after the last checkpoint do not chain onto it."""
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        chain: str,
+        signer: CheckpointSigner,
+        alg: HashAlg = "sha256",
+        settings: WriterSettings | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        monotonic: Callable[[], float] = _time.monotonic,
+    ) -> None:
+        if not chain or len(chain) > 128:
+            raise ValueError("chain id must be 1-128 characters")
+        self._store = store
+        self._chain = chain
+        self._signer = signer
+        self._alg: HashAlg = alg
+        self._settings = settings or WriterSettings()
+        self._clock = clock
+        self._monotonic = monotonic
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._batch_full = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._state: WriterState = "starting"
+        self._last_error: str | None = None
+        self._head_sequence = 0
+        self._head_hash = GENESIS_HASH
+        self._acked_sequence = 0
+        self._cp_sequence = 0
+        self._cp_at = 0.0
+        self._uncertain: _Uncertain | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = WriterStats()
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def chain(self) -> str:
+        return self._chain
+
+    @property
+    def head(self) -> ChainHead:
+        return ChainHead(self._chain, self._head_sequence, self._head_hash)
+
+    async def start(self) -> None:
+        """Resume the chain from the store; refuse to start if its unsigned tail does not link."""
+        await self._store.register_chain(self._chain, format_time(self._clock()))
+        await self._load_head(check_tail=True)
+        self._acked_sequence = self._head_sequence
+        self._cp_at = self._monotonic()
+        self._state = "ready"
+        self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self._chain}")
+        log.info("audit_writer_started", chain=self._chain, sequence=self._head_sequence)
+
+    async def aclose(self, *, grace: float = 5.0) -> None:
+        """Write what is queued (for up to ``grace`` seconds), sign the head, stop."""
+        if self._task is None or self._closing:
+            self._state = "closed"
+            return
+        self._closing = True
+        self._wakeup.set()
+        self._batch_full.set()
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        dropped = self._fail_queue()
+        if dropped:
+            log.error("audit_buffer_dropped", chain=self._chain, records=dropped)
+        self._state = "closed"
+
+    async def __aenter__(self) -> AuditWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def readiness(self) -> AuditReadiness:
+        return AuditReadiness(
+            state=self._state,
+            chain=self._chain,
+            head_sequence=self._head_sequence,
+            queued=len(self._queue),
+            buffer_limit=self._settings.buffer_limit,
+            last_error=self._last_error,
+        )
+
+    # --- appending ----------------------------------------------------------------------------
+
+    @overload
+    async def append(self, event: AuditEvent, *, mode: Literal["required"] = ...) -> int: ...
+
+    @overload
+    async def append(self, event: AuditEvent, *, mode: Literal["buffered"]) -> None: ...
+
+    async def append(self, event: AuditEvent, *, mode: AppendMode = "required") -> int | None:
+        """Queue a record. ``required``: return its sequence once committed, or raise
+        AuditUnavailable (store down, buffer full, commit failed or timed out); the record is
+        then either not written at all or, if its batch was in flight when the connection
+        failed, written without an acknowledgement. ``buffered``: return None at once; raise
+        AuditUnavailable only when the buffer is full or the writer is not running."""
+        if self._state in ("starting", "closed", "failed") or self._closing:
+            self.stats.rejected += 1
+            raise AuditUnavailable("The audit writer is not running.")
+        if len(self._queue) >= self._settings.buffer_limit:
+            self.stats.rejected += 1
+            raise AuditUnavailable("The audit buffer is full.")
+        when = format_time(event.time or self._clock())
+        if mode == "buffered":
+            self._enqueue(_Entry(event, when, None))
+            return None
+        if self._state != "ready":
+            # Fail fast: required callers must not wait for a store known to be down.
+            self.stats.rejected += 1
+            raise AuditUnavailable("The audit store is unavailable.")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._enqueue(_Entry(event, when, future))
+        # No timer per append: the loop bounds every store call by commit_timeout and fails
+        # the waiting required entries when one fails. A cancelled caller cancels the future,
+        # and the loop then skips the entry unless its batch is already in flight.
+        return await future
+
+    async def flush(self) -> None:
+        """Wait until every record queued so far is committed; raise if the store is down."""
+        while self._queue or not self._idle.is_set():
+            if self._state != "ready":
+                raise AuditUnavailable("The audit store is unavailable.")
+            await self._idle.wait()
+            if self._queue:
+                await asyncio.sleep(0.001)
+
+    def _enqueue(self, entry: _Entry) -> None:
+        self._queue.append(entry)
+        self._wakeup.set()
+        if len(self._queue) >= self._settings.batch_size:
+            self._batch_full.set()
+
+    def _fail_queue(self) -> int:
+        dropped = 0
+        while self._queue:
+            entry = self._queue.popleft()
+            if entry.future is None:
+                dropped += 1
+            elif not entry.future.done():
+                entry.future.set_exception(AuditUnavailable("The audit writer stopped."))
+        return dropped
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: fail closed rather than hang callers
+            self._state = "failed"
+            self._last_error = type(exc).__name__
+            log.exception("audit_writer_crashed", chain=self._chain)
+            self._fail_queue()
+
+    async def _loop(self) -> None:
+        backoff = self._settings.retry_initial
+        while True:
+            if self._state == "failed":
+                self._fail_queue()
+                return
+            if self._state == "degraded":
+                if self._closing and not self._queue:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._settings.retry_max)
+                if await self._recover():
+                    backoff = self._settings.retry_initial
+                elif self._closing:
+                    return
+                continue
+            if not self._queue:
+                if self._closing:
+                    await self._checkpoint_if_moved()
+                    return
+                await self._wait_for_work()
+                continue
+            if self._settings.linger > 0 and len(self._queue) < self._settings.batch_size:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.linger):
+                        await self._batch_full.wait()
+            self._batch_full.clear()
+            await self._write_batch()
+
+    async def _wait_for_work(self) -> None:
+        self._wakeup.clear()
+        due = self._checkpoint_due_in()
+        if due is not None and due <= 0:
+            await self._checkpoint_if_moved()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(due):
+                await self._wakeup.wait()
+
+    def _checkpoint_due_in(self) -> float | None:
+        if self._head_sequence <= self._cp_sequence:
+            return None
+        return self._cp_at + self._settings.checkpoint_interval - self._monotonic()
+
+    def _take_batch(self) -> list[_Entry]:
+        batch: list[_Entry] = []
+        while self._queue and len(batch) < self._settings.batch_size:
+            entry = self._queue.popleft()
+            if entry.future is not None and entry.future.done():
+                continue  # the caller gave up before the record was sealed
+            batch.append(entry)
+        return batch
+
+    def _seal(self, batch: list[_Entry]) -> list[StoredRecord]:
+        rows: list[StoredRecord] = []
+        prev = self._head_hash
+        sequence = self._head_sequence
+        chain, alg = self._chain, self._alg
+        for entry in batch:
+            sequence += 1
+            text = canonical_bytes(record_body(entry.event, chain, sequence, entry.time, alg, prev))
+            prev = chain_hash(alg, prev, text)
+            rows.append(StoredRecord(chain, sequence, entry.time, text.decode("utf-8"), prev))
+        return rows
+
+    async def _write_batch(self) -> None:
+        batch = self._take_batch()
+        if not batch:
+            return
+        self._idle.clear()
+        try:
+            await self._commit(batch)
+        finally:
+            self._idle.set()
+
+    async def _commit(self, batch: list[_Entry]) -> None:
+        while True:
+            rows = self._seal(batch)
+            last = rows[-1]
+            checkpoint: StoredCheckpoint | None = None
+            try:
+                async with asyncio.timeout(self._settings.commit_timeout):
+                    if self._checkpoint_needed(last.sequence):
+                        checkpoint = await self._sign(last.sequence, last.hash)
+                    await self._store.append(rows, checkpoint)
+            except ChainConflict:
+                # Another writer appended to this chain: the primary key refused a fork. Resume
+                # from the store's head and seal the same entries again.
+                self.stats.conflicts += 1
+                log.warning("audit_chain_conflict", chain=self._chain)
+                try:
+                    async with asyncio.timeout(self._settings.commit_timeout):
+                        await self._load_head(check_tail=False)
+                except _STORE_FAILURES as exc:
+                    self._on_failure(exc, batch, None)
+                    return
+                continue
+            except _STORE_FAILURES as exc:
+                self._on_failure(exc, batch, _Uncertain(last.sequence, last.hash))
+                return
+            break
+        self._advance(last.sequence, last.hash, checkpoint)
+        self.stats.records += len(rows)
+        self.stats.batches += 1
+        for entry, row in zip(batch, rows, strict=True):
+            if entry.future is not None and not entry.future.done():
+                entry.future.set_result(row.sequence)
+
+    def _advance(self, sequence: int, hash: str, checkpoint: StoredCheckpoint | None) -> None:
+        self._head_sequence = sequence
+        self._head_hash = hash
+        self._acked_sequence = sequence
+        if checkpoint is not None:
+            self._cp_sequence = checkpoint.sequence
+            self._cp_at = self._monotonic()
+            self.stats.checkpoints += 1
+
+    def _checkpoint_needed(self, sequence: int) -> bool:
+        if sequence - self._cp_sequence >= self._settings.checkpoint_every:
+            return True
+        due = self._checkpoint_due_in()
+        return due is not None and due <= 0
+
+    async def _sign(self, sequence: int, hash: str) -> StoredCheckpoint:
+        witness: list[ChainHead] = []
+        if self._settings.witness:
+            witness = [h for h in (await self._store.heads()).values() if h.chain != self._chain]
+        return self._signer.sign(
+            chain=self._chain,
+            sequence=sequence,
+            hash=hash,
+            time=format_time(self._clock()),
+            alg=self._alg,
+            witness=witness,
+        )
+
+    async def _checkpoint_if_moved(self) -> None:
+        if self._head_sequence <= self._cp_sequence:
+            self._cp_at = self._monotonic()
+            return
+        try:
+            async with asyncio.timeout(self._settings.commit_timeout):
+                checkpoint = await self._sign(self._head_sequence, self._head_hash)
+                await self._store.append_checkpoint(checkpoint)
+        except _STORE_FAILURES as exc:
+            self._on_failure(exc, [], None)
+            return
+        self._advance(self._head_sequence, self._head_hash, checkpoint)
+
+    def _on_failure(
+        self, exc: BaseException, batch: list[_Entry], uncertain: _Uncertain | None
+    ) -> None:
+        self.stats.store_failures += 1
+        self._state = "degraded"
+        self._last_error = type(exc).__name__
+        log.warning("audit_store_failed", chain=self._chain, error=self._last_error)
+        kept: list[_Entry] = []
+        for entry in batch:
+            if entry.future is None:
+                kept.append(entry)
+            elif not entry.future.done():
+                entry.future.set_exception(AuditUnavailable("The audit store is unavailable."))
+        # Buffered records go back to the front, in order, to be sealed again later; required
+        # ones still queued are refused now rather than after the outage.
+        waiting = self._queue
+        self._queue = collections.deque(kept)
+        for entry in waiting:
+            if entry.future is None:
+                self._queue.append(entry)
+            elif not entry.future.done():
+                entry.future.set_exception(AuditUnavailable("The audit store is unavailable."))
+        if uncertain is not None:
+            uncertain.entries = kept
+        self._uncertain = uncertain
+
+    async def _recover(self) -> bool:
+        try:
+            async with asyncio.timeout(self._settings.commit_timeout):
+                await self._store.ping()
+                head = await self._store.head(self._chain)
+        except _STORE_FAILURES as exc:
+            self._last_error = type(exc).__name__
+            return False
+        uncertain, self._uncertain = self._uncertain, None
+        if (
+            uncertain is not None
+            and head is not None
+            and (head.sequence, head.hash) == (uncertain.last_sequence, uncertain.last_hash)
+        ):
+            # The "failed" commit went through after all: do not write its records twice.
+            for entry in uncertain.entries:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(entry)
+            log.info("audit_commit_confirmed", chain=self._chain, sequence=head.sequence)
+        if not self._set_head(head):
+            return False
+        self._state = "ready"
+        self._last_error = None
+        log.info("audit_store_recovered", chain=self._chain, sequence=self._head_sequence)
+        return True
+
+    def _set_head(self, head: ChainHead | None) -> bool:
+        sequence = head.sequence if head else 0
+        if sequence < self._acked_sequence:
+            # Acknowledged records vanished: continuing would fork the chain. Fail closed.
+            self._state = "failed"
+            self._last_error = "ChainRegressed"
+            log.critical(
+                "audit_chain_regressed",
+                chain=self._chain,
+                sequence=sequence,
+                acknowledged=self._acked_sequence,
+            )
+            return False
+        self._head_sequence = sequence
+        self._head_hash = head.hash if head else GENESIS_HASH
+        self._acked_sequence = max(self._acked_sequence, sequence)
+        return True
+
+    async def _load_head(self, *, check_tail: bool) -> None:
+        head = await self._store.head(self._chain)
+        last_cp = await self._store.last_checkpoint(self._chain)
+        if check_tail:
+            await self._check_tail(head, last_cp)
+        if not self._set_head(head):
+            raise AuditUnavailable("The audit chain lost acknowledged records.")
+        if last_cp is not None:
+            self._cp_sequence = last_cp.sequence
+
+    async def _check_tail(self, head: ChainHead | None, last_cp: StoredCheckpoint | None) -> None:
+        """Recompute the records after the last checkpoint before building on them."""
+        if head is None:
+            if last_cp is not None:
+                raise ChainTailMismatch(f"chain {self._chain} is empty but has checkpoints")
+            return
+        if last_cp is not None and last_cp.sequence > head.sequence:
+            raise ChainTailMismatch(
+                f"chain {self._chain} ends at {head.sequence}, before its checkpoint "
+                f"{last_cp.sequence}; run the verifier"
+            )
+        # Start at the checkpointed record itself: it must still hash to the signed value.
+        prev, expected = GENESIS_HASH, 1
+        if last_cp is not None:
+            expected = last_cp.sequence
+        async for row in iter_records(self._store, self._chain, expected):
+            if row.sequence != expected:
+                raise ChainTailMismatch(f"chain {self._chain}: record {expected} missing")
+            text = row.text.encode("utf-8")
+            body = orjson.loads(text)
+            alg = body.get("alg", self._alg)  # the chain may have changed algorithm
+            if last_cp is not None and row.sequence == last_cp.sequence:
+                prev = str(body.get("prev_hash"))
+                if row.hash != last_cp.hash:
+                    prev = ""  # forces the mismatch below
+            prev_check = chain_hash(alg, prev, text) if prev else ""
+            if prev_check != row.hash:
+                raise ChainTailMismatch(
+                    f"chain {self._chain}: record {row.sequence} does not chain; run the verifier"
+                )
+            prev = row.hash
+            expected += 1

@@ -1,0 +1,289 @@
+"""AuditStore on PostgreSQL (asyncpg): COPY per batch, canonical text in a TEXT column.
+
+The record is never stored as jsonb (it reorders keys) and never passed as one parameter to two
+columns (asyncpg would normalise both): the hash covers the exact text column. Triggers refuse
+UPDATE, DELETE and TRUNCATE; also revoke those privileges from the gateway's role in production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final
+
+import asyncpg
+
+from gateway.audit.store import (
+    AuditStoreUnavailable,
+    ChainConflict,
+    ChainHead,
+    RawRecord,
+    StoredCheckpoint,
+    StoredRecord,
+)
+from gateway.stores.migrations import Migration, migrate_postgres
+from gateway.stores.postgres import check_schema_name, create_pool
+
+AUDIT_MIGRATIONS: Final = (
+    Migration(
+        1,
+        "audit chain tables",
+        (
+            """CREATE TABLE audit_chains (
+                chain_id TEXT PRIMARY KEY,
+                created_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE audit_records (
+                chain_id TEXT NOT NULL,
+                sequence BIGINT NOT NULL CHECK (sequence > 0),
+                recorded_at TEXT NOT NULL,
+                record TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                PRIMARY KEY (chain_id, sequence)
+            )""",
+            """CREATE TABLE audit_checkpoints (
+                chain_id TEXT NOT NULL,
+                sequence BIGINT NOT NULL,
+                hash TEXT NOT NULL,
+                signed_at TEXT NOT NULL,
+                kid TEXT NOT NULL,
+                jws TEXT NOT NULL,
+                PRIMARY KEY (chain_id, sequence)
+            )""",
+            """CREATE FUNCTION audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION '% is append-only', TG_TABLE_NAME
+                    USING ERRCODE = 'insufficient_privilege';
+            END $$""",
+            *(
+                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
+                " FOR EACH ROW EXECUTE FUNCTION audit_refuse_change()"
+                for table in ("audit_chains", "audit_records", "audit_checkpoints")
+            ),
+            *(
+                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
+                " FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()"
+                for table in ("audit_chains", "audit_records", "audit_checkpoints")
+            ),
+        ),
+    ),
+)
+
+_RECORD_COLUMNS: Final = ("chain_id", "sequence", "recorded_at", "record", "hash")
+_INSERT_CHECKPOINT: Final = (
+    "INSERT INTO audit_checkpoints (chain_id, sequence, hash, signed_at, kid, jws)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+)
+# Errors meaning "the database is not there or not working", as opposed to a conflict.
+_UNAVAILABLE: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+def _checkpoint(row: Any) -> StoredCheckpoint:
+    return StoredCheckpoint(
+        row["chain_id"], row["sequence"], row["hash"], row["signed_at"], row["kid"], row["jws"]
+    )
+
+
+# Registered chains plus any chain that has records (a loose index scan, one probe per chain),
+# so a chain whose registration row vanished is still verified.
+_CHAINS = (
+    "WITH RECURSIVE present(id) AS ("
+    " SELECT min(chain_id) FROM audit_records"
+    " UNION ALL SELECT (SELECT min(chain_id) FROM audit_records WHERE chain_id > present.id)"
+    " FROM present WHERE present.id IS NOT NULL)"
+    " SELECT id FROM present WHERE id IS NOT NULL"
+    " UNION SELECT chain_id FROM audit_chains ORDER BY 1"
+)
+
+
+class PostgresAuditStore:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        min_size: int = 1,
+        max_size: int = 4,
+        command_timeout: float = 10.0,
+    ) -> None:
+        self._dsn = dsn
+        self._schema = check_schema_name(schema)
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await create_pool(
+                self._dsn, schema=self._schema, min_size=self._min_size, max_size=self._max_size
+            )
+            async with self._pool.acquire() as conn:
+                await migrate_postgres(conn, "audit", AUDIT_MIGRATIONS)
+        except _UNAVAILABLE as exc:
+            await self.aclose()
+            raise AuditStoreUnavailable(f"cannot open the audit database: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise AuditStoreUnavailable("the audit store is not open")
+        return self._pool
+
+    async def _fetch(self, sql: str, *args: object) -> list[Any]:
+        try:
+            rows: list[Any] = await self._p().fetch(sql, *args, timeout=self._timeout)
+        except _UNAVAILABLE as exc:
+            raise AuditStoreUnavailable(type(exc).__name__) from exc
+        return rows
+
+    async def register_chain(self, chain: str, created: str) -> None:
+        try:
+            await self._p().execute(
+                "INSERT INTO audit_chains (chain_id, created_at) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING",
+                chain,
+                created,
+                timeout=self._timeout,
+            )
+        except _UNAVAILABLE as exc:
+            raise AuditStoreUnavailable(type(exc).__name__) from exc
+
+    async def append(
+        self, records: Sequence[StoredRecord], checkpoint: StoredCheckpoint | None = None
+    ) -> None:
+        rows = [(r.chain, r.sequence, r.time, r.text, r.hash) for r in records]
+        try:
+            async with self._p().acquire() as conn, conn.transaction():
+                if rows:
+                    await conn.copy_records_to_table(
+                        "audit_records",
+                        records=rows,
+                        columns=_RECORD_COLUMNS,
+                        schema_name=self._schema,
+                        timeout=self._timeout,
+                    )
+                if checkpoint is not None:
+                    await conn.execute(
+                        _INSERT_CHECKPOINT,
+                        checkpoint.chain,
+                        checkpoint.sequence,
+                        checkpoint.hash,
+                        checkpoint.time,
+                        checkpoint.kid,
+                        checkpoint.jws,
+                        timeout=self._timeout,
+                    )
+        except asyncpg.UniqueViolationError as exc:
+            raise ChainConflict("sequence already written") from exc
+        except _UNAVAILABLE as exc:
+            raise AuditStoreUnavailable(type(exc).__name__) from exc
+
+    async def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        await self.append([], checkpoint)
+
+    async def read_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[StoredRecord]]:
+        last = end if end is not None else 2**63 - 1
+        after = start - 1
+        while after < last:
+            rows = await self._fetch(
+                "SELECT sequence, recorded_at, record, hash FROM audit_records"
+                " WHERE chain_id = $1 AND sequence > $2 AND sequence <= $3"
+                " ORDER BY sequence LIMIT $4",
+                chain,
+                after,
+                last,
+                page_size,
+            )
+            page = [StoredRecord(chain, s, t, r, h) for s, t, r, h in rows]
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after = page[-1].sequence
+
+    async def read_raw_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[RawRecord]]:
+        last = end if end is not None else 2**63 - 1
+        after = start - 1
+        while after < last:
+            # convert_to gives the stored UTF-8 bytes as bytea: no decoding on our side.
+            rows = await self._fetch(
+                "SELECT sequence, convert_to(record, 'UTF8'), hash FROM audit_records"
+                " WHERE chain_id = $1 AND sequence > $2 AND sequence <= $3"
+                " ORDER BY sequence LIMIT $4",
+                chain,
+                after,
+                last,
+                page_size,
+            )
+            page: list[RawRecord] = [(row[0], row[1], row[2]) for row in rows]
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after = page[-1][0]
+
+    async def checkpoints(
+        self, chain: str, start: int = 0, end: int | None = None
+    ) -> list[StoredCheckpoint]:
+        rows = await self._fetch(
+            "SELECT chain_id, sequence, hash, signed_at, kid, jws FROM audit_checkpoints"
+            " WHERE chain_id = $1 AND sequence >= $2 AND sequence <= $3 ORDER BY sequence",
+            chain,
+            start,
+            end if end is not None else 2**63 - 1,
+        )
+        return [_checkpoint(row) for row in rows]
+
+    async def last_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+        rows = await self._fetch(
+            "SELECT chain_id, sequence, hash, signed_at, kid, jws FROM audit_checkpoints"
+            " WHERE chain_id = $1 ORDER BY sequence DESC LIMIT 1",
+            chain,
+        )
+        return _checkpoint(rows[0]) if rows else None
+
+    async def chains(self) -> list[str]:
+        rows = await self._fetch(_CHAINS)
+        return [row[0] for row in rows]
+
+    async def head(self, chain: str) -> ChainHead | None:
+        rows = await self._fetch(
+            "SELECT sequence, hash FROM audit_records WHERE chain_id = $1"
+            " ORDER BY sequence DESC LIMIT 1",
+            chain,
+        )
+        return ChainHead(chain, rows[0][0], rows[0][1]) if rows else None
+
+    async def heads(self) -> dict[str, ChainHead]:
+        # One index probe per registered chain instead of a scan of every record.
+        rows = await self._fetch(
+            f"SELECT c.id, r.sequence, r.hash FROM ({_CHAINS}) c(id) CROSS JOIN LATERAL"  # noqa: S608
+            " (SELECT sequence, hash FROM audit_records WHERE chain_id = c.id"
+            "  ORDER BY sequence DESC LIMIT 1) r"
+        )
+        return {row[0]: ChainHead(row[0], row[1], row[2]) for row in rows}
+
+    async def sequence_range(
+        self, chain: str, since: str | None, until: str | None
+    ) -> tuple[int, int] | None:
+        rows = await self._fetch(
+            "SELECT min(sequence), max(sequence) FROM audit_records WHERE chain_id = $1"
+            " AND ($2::text IS NULL OR recorded_at >= $2)"
+            " AND ($3::text IS NULL OR recorded_at < $3)",
+            chain,
+            since,
+            until,
+        )
+        low, high = rows[0][0], rows[0][1]
+        return None if low is None else (low, high)
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")

@@ -1,0 +1,292 @@
+"""AuditStore on SQLite (aiosqlite): one write connection, one read connection, WAL.
+
+The tables refuse UPDATE and DELETE through triggers (SQLite has no TRUNCATE; a DELETE without
+WHERE fires the trigger too). Anyone who can write the file can still bypass them; that is what
+the hash chain and the signed checkpoints are for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Final
+
+import aiosqlite
+
+from gateway.audit.store import (
+    AuditStoreUnavailable,
+    ChainConflict,
+    ChainHead,
+    RawRecord,
+    StoredCheckpoint,
+    StoredRecord,
+)
+from gateway.stores.migrations import Migration, migrate_sqlite
+from gateway.stores.sqlite import Synchronous, connect_sqlite
+
+
+def _refuse(table: str, action: str) -> str:
+    return (
+        f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+    )
+
+
+AUDIT_MIGRATIONS: Final = (
+    Migration(
+        1,
+        "audit chain tables",
+        (
+            """CREATE TABLE audit_chains (
+                chain_id TEXT PRIMARY KEY,
+                created_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE audit_records (
+                chain_id TEXT NOT NULL,
+                sequence INTEGER NOT NULL CHECK (sequence > 0),
+                recorded_at TEXT NOT NULL,
+                record TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                PRIMARY KEY (chain_id, sequence)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE audit_checkpoints (
+                chain_id TEXT NOT NULL,
+                sequence INTEGER NOT NULL,
+                hash TEXT NOT NULL,
+                signed_at TEXT NOT NULL,
+                kid TEXT NOT NULL,
+                jws TEXT NOT NULL,
+                PRIMARY KEY (chain_id, sequence)
+            ) WITHOUT ROWID""",
+            *(
+                _refuse(table, action)
+                for table in ("audit_chains", "audit_records", "audit_checkpoints")
+                for action in ("UPDATE", "DELETE")
+            ),
+        ),
+    ),
+)
+
+_INSERT_RECORD: Final = (
+    "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_CHECKPOINT: Final = (
+    "INSERT INTO audit_checkpoints (chain_id, sequence, hash, signed_at, kid, jws)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _checkpoint(row: sqlite3.Row) -> StoredCheckpoint:
+    return StoredCheckpoint(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+# Registered chains plus any chain that has records (a loose index scan, one probe per chain),
+# so a chain whose registration row vanished is still verified.
+_CHAINS = (
+    "WITH RECURSIVE present(id) AS ("
+    " SELECT min(chain_id) FROM audit_records"
+    " UNION ALL SELECT (SELECT min(chain_id) FROM audit_records WHERE chain_id > present.id)"
+    " FROM present WHERE present.id IS NOT NULL)"
+    " SELECT id FROM present WHERE id IS NOT NULL"
+    " UNION SELECT chain_id FROM audit_chains ORDER BY 1"
+)
+
+
+class SqliteAuditStore:
+    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL") -> None:
+        self.path = Path(path)
+        self._synchronous: Synchronous = synchronous
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = await connect_sqlite(self.path, synchronous=self._synchronous)
+            await migrate_sqlite(self._writer, "audit", AUDIT_MIGRATIONS)
+            self._reader = await connect_sqlite(self.path, synchronous=self._synchronous)
+        except (sqlite3.Error, OSError) as exc:
+            await self.aclose()
+            raise AuditStoreUnavailable(f"cannot open the audit database: {exc}") from exc
+
+    async def aclose(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    def _w(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise AuditStoreUnavailable("the audit store is not open")
+        return self._writer
+
+    def _r(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise AuditStoreUnavailable("the audit store is not open")
+        return self._reader
+
+    async def register_chain(self, chain: str, created: str) -> None:
+        async with self._write_lock:
+            try:
+                await self._w().execute(
+                    "INSERT OR IGNORE INTO audit_chains (chain_id, created_at) VALUES (?, ?)",
+                    (chain, created),
+                )
+            except sqlite3.Error as exc:
+                raise AuditStoreUnavailable(str(exc)) from exc
+
+    async def append(
+        self, records: Sequence[StoredRecord], checkpoint: StoredCheckpoint | None = None
+    ) -> None:
+        rows = [(r.chain, r.sequence, r.time, r.text, r.hash) for r in records]
+        await self._transaction(rows, checkpoint)
+
+    async def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        await self._transaction([], checkpoint)
+
+    async def _transaction(
+        self, rows: list[tuple[str, int, str, str, str]], checkpoint: StoredCheckpoint | None
+    ) -> None:
+        async with self._write_lock:
+            conn = self._w()
+            try:
+                if conn.in_transaction:  # left open by a cancelled call
+                    await conn.execute("ROLLBACK")
+                await conn.execute("BEGIN IMMEDIATE")
+                if rows:
+                    await conn.executemany(_INSERT_RECORD, rows)
+                if checkpoint is not None:
+                    await conn.execute(
+                        _INSERT_CHECKPOINT,
+                        (
+                            checkpoint.chain,
+                            checkpoint.sequence,
+                            checkpoint.hash,
+                            checkpoint.time,
+                            checkpoint.kid,
+                            checkpoint.jws,
+                        ),
+                    )
+                await conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                await self._rollback(conn)
+                raise ChainConflict("sequence already written") from exc
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: connection closed
+                await self._rollback(conn)
+                raise AuditStoreUnavailable(str(exc)) from exc
+
+    @staticmethod
+    async def _rollback(conn: aiosqlite.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+        except (sqlite3.Error, ValueError):
+            pass
+
+    async def read_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[StoredRecord]]:
+        # Keyset pages: one thread hop per page, and no read transaction held between pages.
+        last = end if end is not None else 2**63 - 1
+        after = start - 1
+        while after < last:
+            try:
+                page = await self._r().execute_fetchall(
+                    "SELECT sequence, recorded_at, record, hash FROM audit_records"
+                    " WHERE chain_id = ? AND sequence > ? AND sequence <= ?"
+                    " ORDER BY sequence LIMIT ?",
+                    (chain, after, last, page_size),
+                )
+            except (sqlite3.Error, ValueError) as exc:
+                raise AuditStoreUnavailable(str(exc)) from exc
+            rows = [StoredRecord(chain, s, t, r, h) for s, t, r, h in page]
+            if rows:
+                yield rows
+            if len(rows) < page_size:
+                return
+            after = rows[-1].sequence
+
+    async def read_raw_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[RawRecord]]:
+        last = end if end is not None else 2**63 - 1
+        after = start - 1
+        while after < last:
+            # CAST AS BLOB hands over the stored UTF-8 bytes without decoding them.
+            page: list[RawRecord] = await self._fetch(  # type: ignore[assignment]
+                "SELECT sequence, CAST(record AS BLOB), hash FROM audit_records"
+                " WHERE chain_id = ? AND sequence > ? AND sequence <= ?"
+                " ORDER BY sequence LIMIT ?",
+                (chain, after, last, page_size),
+            )
+            if page:
+                yield page
+            if len(page) < page_size:
+                return
+            after = page[-1][0]
+
+    async def _fetch(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+        try:
+            return list(await self._r().execute_fetchall(sql, params))
+        except (sqlite3.Error, ValueError) as exc:
+            raise AuditStoreUnavailable(str(exc)) from exc
+
+    async def checkpoints(
+        self, chain: str, start: int = 0, end: int | None = None
+    ) -> list[StoredCheckpoint]:
+        rows = await self._fetch(
+            "SELECT chain_id, sequence, hash, signed_at, kid, jws FROM audit_checkpoints"
+            " WHERE chain_id = ? AND sequence >= ? AND sequence <= ? ORDER BY sequence",
+            (chain, start, end if end is not None else 2**63 - 1),
+        )
+        return [_checkpoint(row) for row in rows]
+
+    async def last_checkpoint(self, chain: str) -> StoredCheckpoint | None:
+        rows = await self._fetch(
+            "SELECT chain_id, sequence, hash, signed_at, kid, jws FROM audit_checkpoints"
+            " WHERE chain_id = ? ORDER BY sequence DESC LIMIT 1",
+            (chain,),
+        )
+        return _checkpoint(rows[0]) if rows else None
+
+    async def chains(self) -> list[str]:
+        rows = await self._fetch(_CHAINS, ())
+        return [row[0] for row in rows]
+
+    async def head(self, chain: str) -> ChainHead | None:
+        rows = await self._fetch(
+            "SELECT sequence, hash FROM audit_records WHERE chain_id = ?"
+            " ORDER BY sequence DESC LIMIT 1",
+            (chain,),
+        )
+        if not rows:
+            return None
+        return ChainHead(chain, rows[0][0], rows[0][1])
+
+    async def heads(self) -> dict[str, ChainHead]:
+        result: dict[str, ChainHead] = {}
+        for chain in await self.chains():
+            head = await self.head(chain)
+            if head is not None:
+                result[chain] = head
+        return result
+
+    async def sequence_range(
+        self, chain: str, since: str | None, until: str | None
+    ) -> tuple[int, int] | None:
+        rows = await self._fetch(
+            "SELECT min(sequence), max(sequence) FROM audit_records WHERE chain_id = ?"
+            " AND (? IS NULL OR recorded_at >= ?) AND (? IS NULL OR recorded_at < ?)",
+            (chain, since, since, until, until),
+        )
+        low, high = rows[0][0], rows[0][1]
+        if low is None:
+            return None
+        return low, high
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1", ())
