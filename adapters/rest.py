@@ -1,19 +1,23 @@
-"""Shared REST adapter: JSON over one httpx client per system on aiohttp's engine.
+"""Shared REST adapter: JSON over one aiohttp ``ClientSession`` per system.
 
-``map_httpx_errors`` is the only place where httpx and aiohttp exceptions become ours:
+``map_aiohttp_errors`` is the only place where aiohttp's exceptions (and this module's own
+complaints about an answer) become ours, through ``AIOHTTP_ERROR_TABLE``:
 
     foreign exception                             ours                     reached_backend
     HTTP 429 (refused before any processing)      BackendRateLimited       False
     HTTP 5xx (503 may carry Retry-After)          BackendServerError       True
     HTTP 4xx (after one token refresh on 401)     BackendRejected          True
-    HTTP 1xx / 3xx                                BackendBadResponse       True
-    connect timeout                               BackendTimeout           False
-    connection refused, DNS failure               BackendUnavailable       False
+    HTTP 1xx / 3xx (redirects are not followed)   BackendBadResponse       True
+    malformed JSON, wrong content type            BackendBadResponse       True
+    connect timeout (also waiting for the pool)   BackendTimeout           False
+    connection refused, DNS failure, TLS set-up   BackendUnavailable       False
     read timeout (also between trickled bytes)    BackendTimeout           True
     disconnect, reset, protocol error mid-answer  BackendUnavailable       True
-    malformed JSON, wrong content type            BackendBadResponse       True
 
-Bodies are streamed against ``max_response_bytes``; nothing here logs payloads or secrets.
+Why aiohttp's client and not httpx: on the same back-end httpx (even on aiohttp's engine via
+httpx-aiohttp) cost 2.6–3.5× the CPU of aiohttp's own client per request; see
+docs/performance.md. Bodies are read against ``max_response_bytes``; nothing here logs
+payloads or secrets.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import quote, quote_plus
 
 import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
+from multidict import CIMultiDictProxy
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from yarl import URL
 
 from gateway.adapter import (
     AdapterConfigError,
@@ -57,25 +61,28 @@ from gateway.adapter import (
 )
 
 __all__ = [
+    "AIOHTTP_ERROR_TABLE",
     "ConfigModel",
+    "HttpStatusError",
     "NoAuth",
+    "PreparedRequest",
     "RestAdapter",
     "RestAdapterFactory",
     "SecretValue",
     "UnexpectedContentType",
     "build_rest_adapter",
+    "check_status",
     "config_error",
     "context_headers",
     "error_for_status",
     "header_safe",
-    "map_httpx_errors",
+    "map_aiohttp_errors",
     "media_type",
-    "open_http_client",
+    "open_session",
     "parse_auth",
     "parse_retry_after",
-    "raise_for_status",
     "read_limited",
-    "translate_httpx_error",
+    "translate_aiohttp_error",
 ]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -229,6 +236,15 @@ class UnexpectedContentType(Exception):
     """The answer's media type is not what the protocol carries."""
 
 
+class HttpStatusError(Exception):
+    """A non-2xx answer (its body left unread: it is not ours to keep)."""
+
+    def __init__(self, status: int, retry_after: str | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.retry_after = retry_after
+
+
 def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
     """Retry-After as seconds from now (RFC 9110 §10.2.3: delay-seconds or an HTTP-date)."""
     if value is None:
@@ -262,9 +278,8 @@ def error_for_status(status: int, retry_after: float | None, system: str) -> Bac
 
 
 def _from_status(exc: BaseException, system: str) -> BackendError:
-    assert isinstance(exc, httpx.HTTPStatusError)
-    retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
-    return error_for_status(exc.response.status_code, retry_after, system)
+    assert isinstance(exc, HttpStatusError)
+    return error_for_status(exc.status, parse_retry_after(exc.retry_after), system)
 
 
 _Build = Callable[[BaseException, str], BackendError]
@@ -283,46 +298,38 @@ _READ_SLOW = "System {system} did not answer in time."
 _BROKEN = "System {system} broke off the exchange."
 _MALFORMED = "System {system} sent an answer that could not be read."
 
-# Most specific first; the first row whose type matches wins.
-HTTPX_ERROR_TABLE: tuple[tuple[type[BaseException], _Build], ...] = (
-    (httpx.HTTPStatusError, _from_status),
+# Most specific first; the first row whose type matches wins. aiohttp's timeouts are also
+# asyncio.TimeoutError, and its connector errors are also OSError: their rows come before any
+# broader one.
+AIOHTTP_ERROR_TABLE: tuple[tuple[type[BaseException], _Build], ...] = (
+    (HttpStatusError, _from_status),
     (UnexpectedContentType, _as(BackendBadResponse, _MALFORMED, reached=True)),
     (json.JSONDecodeError, _as(BackendBadResponse, _MALFORMED, reached=True)),
     (UnicodeDecodeError, _as(BackendBadResponse, _MALFORMED, reached=True)),
-    # aiohttp's own exceptions (the __cause__ of httpx_aiohttp's): that package maps both a refused
-    # connection and a disconnect mid-answer to httpx.ConnectTimeout, which would misstate
-    # whether the request reached the back-end.
+    # Connect timeout and pool wait: nothing was sent.
     (aiohttp.ConnectionTimeoutError, _as(BackendTimeout, _CONNECT_SLOW, reached=False)),
+    # sock_read: no byte for read_timeout seconds, before or inside the answer.
     (aiohttp.ServerTimeoutError, _as(BackendTimeout, _READ_SLOW, reached=True)),
+    # Refused, DNS failure (ClientConnectorDNSError), TLS handshake: no connection, nothing sent.
     (aiohttp.ClientConnectorError, _as(BackendUnavailable, _UNREACHABLE, reached=False)),
     (aiohttp.ServerDisconnectedError, _as(BackendUnavailable, _BROKEN, reached=True)),
     (aiohttp.ClientPayloadError, _as(BackendUnavailable, _BROKEN, reached=True)),
     (aiohttp.ClientResponseError, _as(BackendUnavailable, _BROKEN, reached=True)),
     (aiohttp.ClientConnectionError, _as(BackendUnavailable, _BROKEN, reached=True)),
-    (httpx.ConnectTimeout, _as(BackendTimeout, _CONNECT_SLOW, reached=False)),
-    (httpx.PoolTimeout, _as(BackendTimeout, _CONNECT_SLOW, reached=False)),
-    (httpx.ConnectError, _as(BackendUnavailable, _UNREACHABLE, reached=False)),
-    (httpx.TimeoutException, _as(BackendTimeout, _READ_SLOW, reached=True)),
-    (httpx.TransportError, _as(BackendUnavailable, _BROKEN, reached=True)),
 )
 
 
-def translate_httpx_error(exc: BaseException, system: str) -> BackendError | None:
+def translate_aiohttp_error(exc: BaseException, system: str) -> BackendError | None:
     """Our error for a foreign one, or None when the table has no row for it."""
-    cause = exc.__cause__
-    candidates: Iterable[BaseException] = (
-        (cause, exc) if isinstance(exc, httpx.HTTPError) and cause is not None else (exc,)
-    )
-    for candidate in candidates:
-        for foreign, build in HTTPX_ERROR_TABLE:
-            if isinstance(candidate, foreign):
-                return build(candidate, system)
+    for foreign, build in AIOHTTP_ERROR_TABLE:
+        if isinstance(exc, foreign):
+            return build(exc, system)
     return None
 
 
 @contextlib.contextmanager
-def map_httpx_errors(system: str, *, request_sent: bool = True) -> Iterator[None]:
-    """Translate httpx / aiohttp failures into BackendErrors with safe details.
+def map_aiohttp_errors(system: str, *, request_sent: bool = True) -> Iterator[None]:
+    """Translate aiohttp failures and bad answers into BackendErrors with safe details.
 
     ``request_sent=False`` marks a preliminary exchange (a token request): whatever fails
     there, the call itself never reached the back-end.
@@ -334,7 +341,7 @@ def map_httpx_errors(system: str, *, request_sent: bool = True) -> Iterator[None
             exc.reached_backend = False
         raise
     except Exception as exc:
-        error = translate_httpx_error(exc, system)
+        error = translate_aiohttp_error(exc, system)
         if error is None:
             raise
         if not request_sent:
@@ -345,51 +352,69 @@ def map_httpx_errors(system: str, *, request_sent: bool = True) -> Iterator[None
 # --- HTTP plumbing shared with the SOAP adapter -----------------------------------------------
 
 
-def open_http_client(spec: SystemSpec, *, headers: Mapping[str, str]) -> httpx.AsyncClient:
-    """The one client of a system: httpx API on aiohttp's engine (NOTES.md: httpx's own pool
-    collapses under concurrency), no environment proxies, no redirects."""
-    limits = httpx.Limits(
-        max_connections=spec.concurrency_limit, max_keepalive_connections=spec.concurrency_limit
+def session_timeout(spec: SystemSpec) -> aiohttp.ClientTimeout:
+    """Built once per system. ``sock_connect`` caps the TCP (and TLS) set-up; ``connect`` caps
+    waiting for a pooled connection plus that set-up (httpx's pool timeout was the read
+    timeout); ``sock_read`` caps every wait for bytes, the first one included. No total: the
+    gateway's per-attempt timeout is the cap on a whole exchange."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=spec.connect_timeout + spec.read_timeout,
+        sock_connect=spec.connect_timeout,
+        sock_read=spec.read_timeout,
     )
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(limits=limits, trust_env=False),
-        timeout=httpx.Timeout(spec.read_timeout, connect=spec.connect_timeout),
+
+
+def open_session(spec: SystemSpec, *, headers: Mapping[str, str]) -> aiohttp.ClientSession:
+    """The one client of a system: keep-alive pool of ``concurrency_limit`` connections, no
+    cookies, no environment proxies, no decompression; callers pass ``allow_redirects=False``."""
+    connector = aiohttp.TCPConnector(limit=spec.concurrency_limit, limit_per_host=0)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=session_timeout(spec),
         headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity", **headers},
-        follow_redirects=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
+        auto_decompress=False,
+        raise_for_status=False,
     )
 
 
-async def raise_for_status(response: httpx.Response) -> None:
-    """Raise HTTPStatusError for a non-2xx answer, closing it unread (its body is not ours)."""
-    if not 200 <= response.status_code < 300:
-        await response.aclose()
-        raise httpx.HTTPStatusError(
-            f"HTTP {response.status_code}", request=response.request, response=response
-        )
+def check_status(response: aiohttp.ClientResponse) -> None:
+    """Raise HttpStatusError for a non-2xx answer; its body stays unread."""
+    status = response.status
+    if not 200 <= status < 300:
+        raise HttpStatusError(status, response.headers.get("Retry-After"))
 
 
-async def read_limited(response: httpx.Response, limit: int, system: str) -> bytes:
-    """The whole body, refusing it as soon as it grows past ``limit`` bytes."""
-    too_large = BackendResponseTooLarge(
+async def read_limited(response: aiohttp.ClientResponse, limit: int, system: str) -> bytes:
+    """The whole body, refusing it as soon as it grows past ``limit`` bytes.
+
+    With a Content-Length the parser never hands over more than it declares, so one read is
+    enough; without one (chunked, or delimited by close) it is read piece by piece."""
+    declared = response.content_length
+    if declared is not None:
+        if declared > limit:
+            raise _too_large(system, limit)
+        return await response.read()
+    body = bytearray()
+    stream = response.content
+    while chunk := await stream.readany():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(system, limit)
+    return bytes(body)
+
+
+def _too_large(system: str, limit: int) -> BackendResponseTooLarge:
+    return BackendResponseTooLarge(
         f"The answer of system {system} exceeds {limit} bytes.", reached_backend=True
     )
-    try:
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        return bytes(body)
-    finally:
-        await response.aclose()
 
 
-def media_type(response: httpx.Response) -> str:
-    value: str = response.headers.get("content-type", "")
+def media_type(headers: CIMultiDictProxy[str]) -> str:
+    """The media type of an answer, lower case, without parameters ('' when absent)."""
+    value = headers.get("Content-Type", "")
     return value.split(";", maxsplit=1)[0].strip().lower()
 
 
@@ -432,16 +457,31 @@ def context_headers(context: CallContext) -> dict[str, str]:
 # --- authentication ---------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class PreparedRequest:
+    """What goes over the wire, and the bytes its digest is taken of."""
+
+    method: str
+    url: URL
+    path: str
+    """The request path as sent (percent-encoded), without the query."""
+    params: tuple[tuple[str, str], ...]
+    """Query pairs before encoding (GET only)."""
+    headers: dict[str, str]
+    body: bytes | None
+    digest_bytes: bytes
+
+
 class Authenticator(Protocol):
     refreshable: bool
 
-    async def apply(self, request: httpx.Request, *, refresh: bool) -> None: ...
+    async def apply(self, request: PreparedRequest, *, refresh: bool) -> None: ...
 
 
 class _NoAuthenticator:
     refreshable = False
 
-    async def apply(self, request: httpx.Request, *, refresh: bool) -> None:
+    async def apply(self, request: PreparedRequest, *, refresh: bool) -> None:
         return None
 
 
@@ -452,7 +492,7 @@ class _ApiKeyAuthenticator:
         self._header = config.header
         self._key = config.key
 
-    async def apply(self, request: httpx.Request, *, refresh: bool) -> None:
+    async def apply(self, request: PreparedRequest, *, refresh: bool) -> None:
         request.headers[self._header] = self._key.reveal()
 
 
@@ -468,16 +508,15 @@ class _HmacAuthenticator:
         self._key_id = config.key_id
         self._secret = config.secret
 
-    async def apply(self, request: httpx.Request, *, refresh: bool) -> None:
+    async def apply(self, request: PreparedRequest, *, refresh: bool) -> None:
         date = email.utils.formatdate(usegmt=True)
-        path = request.url.raw_path.split(b"?", 1)[0].decode("ascii")
         to_sign = "\n".join(
             (
                 request.method,
-                path,
-                canonical_query(request.url.params.multi_items()),
+                request.path,
+                canonical_query(request.params),
                 date,
-                hashlib.sha256(request.content).hexdigest(),
+                hashlib.sha256(request.body or b"").hexdigest(),
             )
         )
         mac = hmac.new(self._secret.reveal().encode(), to_sign.encode(), hashlib.sha256)
@@ -489,8 +528,7 @@ class _HmacAuthenticator:
 class _OAuth2Authenticator:
     """Client credentials grant (RFC 6749 §4.4), token cached until shortly before expiry.
 
-    Written by hand: authlib's httpx integration warns on import (NOTES.md), and the grant is
-    one form POST.
+    Written by hand on the system's own session: the grant is one form POST.
     """
 
     refreshable = True
@@ -498,12 +536,12 @@ class _OAuth2Authenticator:
     def __init__(
         self,
         config: OAuth2ClientCredentials,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         spec: SystemSpec,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
-        self._client = client
+        self._session = session
         self._system = spec.id
         self._limit = spec.max_response_bytes
         self._clock = clock
@@ -511,7 +549,7 @@ class _OAuth2Authenticator:
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
 
-    async def apply(self, request: httpx.Request, *, refresh: bool) -> None:
+    async def apply(self, request: PreparedRequest, *, refresh: bool) -> None:
         used = request.headers.get("Authorization")
         async with self._lock:
             # Only the first of many concurrent 401s fetches: the others see a new token already.
@@ -532,11 +570,12 @@ class _OAuth2Authenticator:
         else:
             form["client_id"] = cfg.client_id
             form["client_secret"] = cfg.client_secret.reveal()
-        request = self._client.build_request("POST", cfg.token_url, data=form, headers=headers)
-        with map_httpx_errors(self._system, request_sent=False):
-            response = await self._client.send(request, stream=True)
-            await raise_for_status(response)
-            body = json.loads(await read_limited(response, self._limit, self._system))
+        with map_aiohttp_errors(self._system, request_sent=False):
+            async with self._session.post(
+                cfg.token_url, data=form, headers=headers, allow_redirects=False
+            ) as response:
+                check_status(response)
+                body = json.loads(await read_limited(response, self._limit, self._system))
         token = body.get("access_token") if isinstance(body, dict) else None
         kind = str(body.get("token_type", "")).lower() if isinstance(body, dict) else ""
         if not isinstance(token, str) or not token or kind != "bearer":
@@ -549,13 +588,15 @@ class _OAuth2Authenticator:
         self._expires_at = self._clock() + lifetime - min(30.0, lifetime / 10)
 
 
-def _authenticator(config: RestAuth, client: httpx.AsyncClient, spec: SystemSpec) -> Authenticator:
+def _authenticator(
+    config: RestAuth, session: aiohttp.ClientSession, spec: SystemSpec
+) -> Authenticator:
     if isinstance(config, ApiKeyAuth):
         return _ApiKeyAuthenticator(config)
     if isinstance(config, HmacAuth):
         return _HmacAuthenticator(config)
     if isinstance(config, OAuth2ClientCredentials):
-        return _OAuth2Authenticator(config, client, spec)
+        return _OAuth2Authenticator(config, session, spec)
     return _NoAuthenticator()
 
 
@@ -575,88 +616,122 @@ def _refuse(detail: str) -> BackendRejected:
     return BackendRejected(detail, reached_backend=False)
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedRequest:
-    """What goes over the wire, and the bytes its digest is taken of."""
-
-    request: httpx.Request
-    digest_bytes: bytes
+# One answer as the adapter keeps it: status, media type, the exact body bytes.
+_Answer = tuple[int, str, bytes]
 
 
 class RestAdapter:
     """One REST system: ``call`` fills the operation's path, sends JSON, returns parsed JSON."""
 
-    def __init__(self, spec: SystemSpec, config: RestConfig, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, spec: SystemSpec, config: RestConfig, session: aiohttp.ClientSession
+    ) -> None:
         self._spec = spec
         self._system = spec.id
+        self._limit = spec.max_response_bytes
         self._config = config
-        self._client = client
-        self._auth = _authenticator(config.auth, client, spec)
-        self._base_url = spec.address.rstrip("/")
+        self._session = session
+        self._auth = _authenticator(config.auth, session, spec)
+        # Normalised once (IDNA host, percent-encoded path), so that the already-encoded
+        # operation paths can be appended and sent as they are.
+        base = URL(spec.address.rstrip("/"))
+        self._base_url = str(base)
+        self._base_path = base.raw_path.rstrip("/")
+        self._fixed_headers = dict(config.options.headers)
 
     def prepare(self, call: Call) -> PreparedRequest:
         operation = self._config.operations.get(call.operation)
         if operation is None:
             raise _refuse(f"System {self._system} has no operation {call.operation!r}.")
         payload = dict(call.payload)
-        values: dict[str, str] = {}
-        for name in operation.placeholders:
-            text = _scalar_text(payload.pop(name, None))
-            if text is None:
-                raise _refuse(f"Operation {call.operation!r} needs a plain value for {name!r}.")
-            values[name] = quote(text, safe="")
-        path = _PLACEHOLDER.sub(lambda m: values[m[1]], operation.path)
-        headers = {**self._config.options.headers, **context_headers(call.context)}
-        url = self._base_url + path
+        path = operation.path
+        placeholders = operation.placeholders
+        if placeholders:
+            values: dict[str, str] = {}
+            for name in placeholders:
+                text = _scalar_text(payload.pop(name, None))
+                if text is None:
+                    raise _refuse(f"Operation {call.operation!r} needs a plain value for {name!r}.")
+                values[name] = quote(text, safe="")
+            path = _PLACEHOLDER.sub(lambda m: values[m[1]], path)
+        headers = {**self._fixed_headers, **context_headers(call.context)}
         if operation.method == "GET":
-            params: list[tuple[str, str | int | float | bool | None]] = []
+            params: list[tuple[str, str]] = []
             for key, value in payload.items():
                 if value is None:
                     continue
                 text = _scalar_text(value)
                 if text is None:
                     raise _refuse(f"Operation {call.operation!r} takes only plain query values.")
-                params.append((key, text))
-            request = self._client.build_request("GET", url, params=params, headers=headers)
+                params.append((str(key), text))
+            query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params)
+            target = path + "?" + query if query else path
             # A GET has no body: its request target is what carries the data.
-            return PreparedRequest(request, request.url.raw_path)
+            return PreparedRequest(
+                "GET",
+                URL(self._base_url + target, encoded=True),
+                self._base_path + path,
+                tuple(params),
+                headers,
+                None,
+                (self._base_path + target).encode("ascii"),
+            )
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         headers["Content-Type"] = "application/json"
-        request = self._client.build_request(operation.method, url, content=body, headers=headers)
-        return PreparedRequest(request, body)
+        return PreparedRequest(
+            operation.method,
+            URL(self._base_url + path, encoded=True),
+            self._base_path + path,
+            (),
+            headers,
+            body,
+            body,
+        )
 
     async def call(self, call: Call) -> Reply:
         prepared = self.prepare(call)
-        request = prepared.request
-        with map_httpx_errors(self._system):
-            await self._auth.apply(request, refresh=False)
-            response = await self._client.send(request, stream=True)
-            if response.status_code == 401 and self._auth.refreshable:
+        with map_aiohttp_errors(self._system):
+            await self._auth.apply(prepared, refresh=False)
+            answer = await self._send(prepared, refreshable=self._auth.refreshable)
+            if answer is None:
                 # An expired or revoked token: the system refused without processing.
-                await response.aclose()
-                await self._auth.apply(request, refresh=True)
-                response = await self._client.send(request, stream=True)
-            await raise_for_status(response)
-            raw = await read_limited(response, self._spec.max_response_bytes, self._system)
-            data = self._parse(response, raw)
+                await self._auth.apply(prepared, refresh=True)
+                answer = await self._send(prepared, refreshable=False)
+                assert answer is not None  # without refreshable, a 401 raises
+            status, kind, raw = answer
+            data = self._parse(status, kind, raw)
         return Reply(
             data=data,
-            status=response.status_code,
+            status=status,
             request_digest=digest(prepared.digest_bytes),
             response_digest=digest(raw),
         )
 
+    async def _send(self, prepared: PreparedRequest, *, refreshable: bool) -> _Answer | None:
+        """One exchange; None for a 401 that a fresh token may cure."""
+        async with self._session.request(
+            prepared.method,
+            prepared.url,
+            data=prepared.body,
+            headers=prepared.headers,
+            allow_redirects=False,
+        ) as response:
+            if refreshable and response.status == 401:
+                return None
+            check_status(response)
+            raw = await read_limited(response, self._limit, self._system)
+            return response.status, media_type(response.headers), raw
+
     @staticmethod
-    def _parse(response: httpx.Response, raw: bytes) -> Any:
-        if response.status_code == 204 or (response.status_code == 202 and not raw):
+    def _parse(status: int, kind: str, raw: bytes) -> Any:
+        if status == 204 or (status == 202 and not raw):
             return None
-        kind = media_type(response)
         if kind != "application/json" and not kind.endswith("+json"):
             raise UnexpectedContentType(kind)
         return json.loads(raw)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._session.close()
 
 
 class RestAdapterFactory:
@@ -667,8 +742,8 @@ class RestAdapterFactory:
 
     async def open(self, spec: SystemSpec) -> RestAdapter:
         config = parse_rest_config(spec)
-        client = open_http_client(spec, headers={"Accept": "application/json"})
-        return RestAdapter(spec, config, client)
+        session = open_session(spec, headers={"Accept": "application/json"})
+        return RestAdapter(spec, config, session)
 
 
 build_rest_adapter = RestAdapterFactory()

@@ -15,6 +15,7 @@ from jsonschema.exceptions import ValidationError as SchemaViolation
 
 from gateway.adapter import Call, CallContext
 from gateway.errors import NoAgreement, UnknownOperation, UnknownService, ValidationFailed
+from gateway.fastschema import SchemaGate
 from gateway.mapping import FieldMapping, compile_mapping
 from gateway.pipeline import CallTrace, Next
 from gateway.settings import Operation, RouteSettings, ServiceSettings, Settings
@@ -46,11 +47,15 @@ class Route:
     system_operation: str
     request_map: FieldMapping
     response_map: FieldMapping
-    validator: Draft202012Validator
+    validator: SchemaGate
     stack: Next
 
     def validate(self, data: Any) -> None:
-        errors = sorted(self.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if self.validator.is_valid(data):
+            return
+        errors = sorted(
+            self.validator.validator.iter_errors(data), key=lambda e: list(e.absolute_path)
+        )
         if errors:
             raise ValidationFailed(
                 "The call's data does not match the operation's schema.",
@@ -102,8 +107,10 @@ class Catalog:
                 system_operation=rs.system_operation,
                 request_map=compile_mapping(rs.request),
                 response_map=compile_mapping(rs.response),
-                validator=Draft202012Validator(
-                    operation.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+                validator=SchemaGate(
+                    Draft202012Validator(
+                        operation.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+                    )
                 ),
                 stack=stack_for(rs, operation),
             )

@@ -1,4 +1,10 @@
-"""Prometheus metrics of one gateway process, on a registry of its own (no global state)."""
+"""Prometheus metrics of one gateway process, on a registry of its own (no global state).
+
+The per-request helpers (``http_request``, ``backend_call``) keep the labelled children in a
+dict: ``.labels()`` validates and locks on every call, and the label sets of a running gateway
+are few (routes × methods × statuses; services × systems × outcomes), the same children
+prometheus_client keeps for ever anyway.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +56,32 @@ class Metrics:
             ["system"],
             registry=self.registry,
         )
+        self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._backend: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One served request: counted by route, method and status; timed by route and method."""
+        key = (route, method, status)
+        children = self._http.get(key)
+        if children is None:
+            children = self._http[key] = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_latency.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def backend_call(self, service: str, system: str, outcome: str, seconds: float) -> None:
+        """One routed call, retries included: counted and timed by service, system, outcome."""
+        key = (service, system, outcome)
+        children = self._backend.get(key)
+        if children is None:
+            children = self._backend[key] = (
+                self.backend_calls.labels(service, system, outcome),
+                self.backend_latency.labels(service, system, outcome),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def retried(self, system: str, error_code: str) -> None:
         self.retries.labels(system, error_code).inc()

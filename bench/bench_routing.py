@@ -1,0 +1,1409 @@
+"""Routing benchmark: back-end direct, nginx, a minimal aiohttp proxy and the gateway, on loopback.
+
+One run starts every server in its own process (pinned apart from the load generator with
+``taskset`` unless ``--no-pin``), measures each path with ``wrk`` (closed loop: throughput and
+latency), then with an open-loop generator at a fixed rate (default 1,000 req/s: the added p99
+of the gateway over the back-end), then an outbound-client micro-benchmark (raw aiohttp vs httpx
+on ``AiohttpTransport`` vs the REST adapter), optionally a py-spy profile of the gateway, and
+prints a table, the ratios and the issue's targets met or missed. Every child process is
+stopped in ``finally``; each also stops itself after ``--max-lifetime`` seconds and when this
+process dies.
+
+    .venv/bin/python bench/bench_routing.py                       # ~4 minutes on 2 cores
+    .venv/bin/python bench/bench_routing.py --duration 5 --py-spy /path/to/py-spy --out-dir out
+
+Needs ``wrk``, ``nginx`` (Debian ``nginx-light``) and ``taskset`` on PATH.
+"""
+
+# Child roles import what they need inside their function, so the back-end double and the
+# minimal proxy do not carry the gateway's modules (their memory is reported too).
+# ruff: noqa: PLC0415
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+WSDL = HERE / "wsdl" / "echo.wsdl"
+TOKEN_SECRET = b"bench-only-secret-0123456789abcd"  # dev tokens, never used outside this run
+HOLDER_ID = "610102199001011234"
+SOAP_NS = "urn:tongban:bench:echo"
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP_ACTION = f"{SOAP_NS}#Echo"
+REST_SERVICE = "bench-rest-echo"
+SOAP_SERVICE = "bench-soap-echo"
+
+REST_BODY = json.dumps({"zjhm": HOLDER_ID}).encode()
+SOAP_BODY = (
+    "<?xml version='1.0' encoding='utf-8'?>"
+    f'<soap-env:Envelope xmlns:soap-env="{SOAP_ENV}"><soap-env:Body>'
+    f'<ns0:EchoRequest xmlns:ns0="{SOAP_NS}"><ns0:zjhm>{HOLDER_ID}</ns0:zjhm></ns0:EchoRequest>'
+    "</soap-env:Body></soap-env:Envelope>"
+).encode()
+CALL_BODY = json.dumps(
+    {
+        "receiving_province": "63",
+        "handling_province": "61",
+        "purpose": "benchmark",
+        "data": {"holder_id": HOLDER_ID},
+    }
+).encode()
+JSON_HEADERS = {"Content-Type": "application/json"}
+SOAP_HEADERS = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": f'"{SOAP_ACTION}"'}
+
+
+# === servers (each runs as `bench_routing.py --role NAME` in its own process) ==================
+
+
+def _announce(port: int) -> None:
+    print(f"READY {port}", flush=True)
+
+
+def _stop_after(seconds: float) -> None:
+    """Bounded life: a child sends itself SIGTERM after ``seconds`` whatever happens."""
+    loop = asyncio.get_running_loop()
+    loop.call_later(seconds, os.kill, os.getpid(), signal.SIGTERM)
+
+
+async def _serve(app: web.Application, max_lifetime: float) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        _stop_after(max_lifetime)
+        _announce(int(runner.addresses[0][1]))
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+_SOAP_ANSWER = (
+    '<?xml version="1.0" encoding="utf-8"?>'
+    f'<soap:Envelope xmlns:soap="{SOAP_ENV}"><soap:Body>'
+    f'<tns:EchoResponse xmlns:tns="{SOAP_NS}"><tns:zjhm>%s</tns:zjhm><tns:yxbz>true</tns:yxbz>'
+    "</tns:EchoResponse></soap:Body></soap:Envelope>"
+)
+_SOAP_FAULT = (
+    '<?xml version="1.0" encoding="utf-8"?>'
+    f'<soap:Envelope xmlns:soap="{SOAP_ENV}"><soap:Body><soap:Fault>'
+    "<faultcode>soap:Client</faultcode><faultstring>no zjhm</faultstring>"
+    "</soap:Fault></soap:Body></soap:Envelope>"
+)
+
+
+def backend_app() -> web.Application:
+    """The provincial back-end double: a REST JSON echo and a hand-written SOAP echo (lxml)."""
+    from lxml import etree  # type: ignore[import-untyped]
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+
+    async def rest_echo(request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        answer = {"result": {"zjhm": body.get("zjhm"), "yxbz": True}}
+        return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+
+    async def soap_echo(request: web.Request) -> web.Response:
+        root = etree.fromstring(await request.read(), parser)
+        zjhm = root.findtext(f"{{{SOAP_ENV}}}Body/{{{SOAP_NS}}}EchoRequest/{{{SOAP_NS}}}zjhm")
+        if zjhm is None:
+            return web.Response(
+                status=500, text=_SOAP_FAULT, content_type="text/xml", charset="utf-8"
+            )
+        return web.Response(
+            text=_SOAP_ANSWER % escape(zjhm), content_type="text/xml", charset="utf-8"
+        )
+
+    app = web.Application()
+    app.router.add_post("/api/echo", rest_echo)
+    app.router.add_post("/soap", soap_echo)
+    return app
+
+
+UPSTREAM = web.AppKey("upstream", str)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def minimal_proxy_app(upstream: str) -> web.Application:
+    """The floor for any Python gateway: forward the request, one shared ClientSession."""
+
+    async def session_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        yield
+        await app[SESSION].close()
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        url = request.app[UPSTREAM] + request.path_qs
+        async with request.app[SESSION].request(
+            request.method, url, data=body, headers=headers
+        ) as answer:
+            payload = await answer.read()
+            return web.Response(
+                body=payload, status=answer.status, content_type=answer.content_type
+            )
+
+    app = web.Application()
+    app[UPSTREAM] = upstream
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+def gateway_settings(config_dir: Path, backend: str) -> Any:
+    """Settings built in code: one REST and one SOAP system, one service and route for each."""
+    from gateway.settings import (
+        GatewaySettings,
+        RouteSettings,
+        ServiceSettings,
+        Settings,
+        SystemSettings,
+    )
+
+    (config_dir / "wsdl").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(WSDL, config_dir / "wsdl" / "echo.wsdl")
+    systems = {
+        "bench-rest": SystemSettings.model_validate(
+            {
+                "name": {"zh": "基准REST", "en": "Bench REST"},
+                "province": "61",
+                "protocol": "rest",
+                "address": backend,
+                "auth": {"type": "none"},
+                "operations": {"Echo": {"method": "POST", "path": "/api/echo"}},
+            }
+        ),
+        "bench-soap": SystemSettings.model_validate(
+            {
+                "name": {"zh": "基准SOAP", "en": "Bench SOAP"},
+                "province": "61",
+                "protocol": "soap",
+                "address": backend + "/soap",
+                "wsdl": "wsdl/echo.wsdl",
+                "options": {"binding": f"{{{SOAP_NS}}}EchoBinding"},
+                "operations": {"Echo": {}},
+            }
+        ),
+    }
+    schema = {
+        "type": "object",
+        "required": ["holder_id"],
+        "additionalProperties": False,
+        "properties": {"holder_id": {"type": "string", "pattern": "^[0-9]{17}[0-9X]$"}},
+    }
+    services = {
+        code: ServiceSettings.model_validate(
+            {
+                "name": {"zh": "基准核验", "en": f"Bench {code}"},
+                "modes": ["query"],
+                "min_level": "L1",
+                "operations": {
+                    "verify": {
+                        "name": {"zh": "核验", "en": "Verify"},
+                        "kind": "verify",
+                        "retry": "safe",
+                        "input_schema": schema,
+                    }
+                },
+            }
+        )
+        for code in (REST_SERVICE, SOAP_SERVICE)
+    }
+    routes = tuple(
+        RouteSettings.model_validate(
+            {
+                "service": code,
+                "operation": "verify",
+                "receiving": "*",
+                "handling": "61",
+                "system": system,
+                "system_operation": "Echo",
+                "request": {"zjhm": "holder_id"},
+                "response": {"valid": valid, "holder_id": holder},
+            }
+        )
+        for code, system, valid, holder in (
+            (REST_SERVICE, "bench-rest", "result.yxbz", "result.zjhm"),
+            (SOAP_SERVICE, "bench-soap", "yxbz", "zjhm"),
+        )
+    )
+    return Settings(config_dir, GatewaySettings(), systems, services, routes)
+
+
+class CannedAdapter:
+    """An in-process back-end: the gateway's own cost without any outbound HTTP."""
+
+    async def call(self, call: Any) -> Any:
+        from gateway.adapter import Reply
+
+        zjhm = call.payload.get("zjhm")
+        return Reply({"result": {"zjhm": zjhm, "yxbz": True}, "zjhm": zjhm, "yxbz": True})
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def run_gateway(
+    config_dir: Path, backend: str, log_mode: str, max_lifetime: float, canned: bool
+) -> int:
+    from gateway.adapter import Adapter, SystemSpec
+    from gateway.app import create_app
+    from gateway.identity.devtokens import DevTokenIssuer
+    from gateway.logs import configure_logging
+    from gateway.serve import serve_until_stopped
+    from gateway.settings import SystemSettings
+
+    async def open_canned(system: SystemSettings, spec: SystemSpec) -> Adapter:
+        return CannedAdapter()
+
+    devnull = open(os.devnull, "wb")  # noqa: SIM115, ASYNC230 - lives as long as the process
+    if log_mode == "warning":
+        configure_logging("warning", "json", stream=devnull)
+    else:  # every access line rendered as JSON, written to /dev/null
+        configure_logging("info", "json", stream=devnull)
+    app = create_app(
+        gateway_settings(config_dir, backend),
+        verifier=DevTokenIssuer(TOKEN_SECRET),
+        open_adapter=open_canned if canned else None,
+    )
+    _stop_after(max_lifetime)
+    return await serve_until_stopped(app, "127.0.0.1", 0, on_started=_announce)
+
+
+# === open-loop generator (role "openloop") =====================================================
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q / 100.0 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+async def open_loop(
+    url: str, body: bytes, headers: dict[str, str], rate: float, duration: float, warmup: float
+) -> dict[str, Any]:
+    """Send at a fixed rate whatever the answers do; latency from the moment each was due."""
+    now = time.perf_counter  # uvloop's now() ticks in whole milliseconds
+    from_due: list[float] = []
+    from_send: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)  # an open loop must never queue inside the client
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=10)
+    ) as session:
+
+        async def one(due: float, record: bool) -> None:
+            nonlocal errors
+            sent = now()
+            try:
+                async with session.post(url, data=body, headers=headers) as answer:
+                    await answer.read()
+                    ok = answer.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            done = now()
+            if record:
+                if ok:
+                    from_due.append(done - due)
+                    from_send.append(done - sent)
+                else:
+                    errors += 1
+
+        total = int(rate * (warmup + duration))
+        measured_from = int(rate * warmup)
+        start = now() + 0.05
+        tasks: list[asyncio.Task[None]] = []
+        lag_max = 0.0
+        for i in range(total):
+            due = start + i / rate
+            delay = due - now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif i >= measured_from:
+                lag_max = max(lag_max, -delay)
+            tasks.append(asyncio.create_task(one(due, i >= measured_from)))
+        sent_span = now() - (start + measured_from / rate)
+        await asyncio.gather(*tasks)
+    from_due.sort()
+    from_send.sort()
+    out: dict[str, Any] = {
+        "sent": total - measured_from,
+        "ok": len(from_send),
+        "errors": errors,
+        "achieved_rate": (total - measured_from) / sent_span if sent_span > 0 else 0.0,
+        "generator_lag_max_ms": lag_max * 1000,
+    }
+    for label, values in (("", from_send), ("due_", from_due)):
+        for q in (50, 90, 99, 99.9):
+            out[f"{label}p{q:g}_ms"] = _percentile(values, q) * 1000
+        out[f"{label}max_ms"] = (values[-1] if values else float("nan")) * 1000
+    return out
+
+
+# === outbound client micro-benchmark (role "clients") ==========================================
+
+Send = Callable[[], Awaitable[None]]
+
+
+async def _time_client(
+    name: str, send: Send, sequential: int, concurrency: int, concurrent_total: int
+) -> dict[str, Any]:
+    for _ in range(200):
+        await send()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(sequential):
+        await send()
+    seq_cpu, seq_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+
+    per_worker = concurrent_total // concurrency
+
+    async def worker() -> None:
+        for _ in range(per_worker):
+            await send()
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    con_cpu, con_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    done = per_worker * concurrency
+    return {
+        "client": name,
+        "seq_rps": sequential / seq_wall,
+        "seq_cpu_us": seq_cpu / sequential * 1e6,
+        "conc_rps": done / con_wall,
+        "conc_cpu_us": con_cpu / done * 1e6,
+        "conc_requests": done,
+    }
+
+
+async def bench_clients(
+    backend: str, sequential: int, concurrency: int, total: int, slow_total: int
+) -> list[dict[str, Any]]:
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    from adapters.rest import build_rest_adapter, check_status, open_session, read_limited
+    from adapters.soap import build_soap_adapter
+    from gateway.adapter import Call, CallContext, SystemSpec
+
+    url = backend + "/api/echo"
+    results: list[dict[str, Any]] = []
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def aiohttp_send() -> None:
+            async with session.post(url, data=REST_BODY, headers=JSON_HEADERS) as answer:
+                await answer.read()
+                assert answer.status == 200
+
+        results.append(await _time_client("aiohttp", aiohttp_send, sequential, concurrency, total))
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(
+        transport=AiohttpTransport(limits=limits, trust_env=False), trust_env=False
+    ) as client:
+
+        async def httpx_aiohttp_send() -> None:
+            answer = await client.post(url, content=REST_BODY, headers=JSON_HEADERS)
+            assert answer.status_code == 200
+
+        results.append(
+            await _time_client(
+                "httpx+AiohttpTransport (post)", httpx_aiohttp_send, sequential, concurrency, total
+            )
+        )
+
+    spec = SystemSpec(
+        id="bench-rest",
+        province="61",
+        address=backend,
+        config_dir=Path(tempfile.gettempdir()),
+        concurrency_limit=concurrency,
+        auth={"type": "none"},
+        operations={"Echo": {"method": "POST", "path": "/api/echo"}},
+    )
+    async with open_session(spec, headers={"Accept": "application/json"}) as adapter_session:
+
+        async def adapter_transport_send() -> None:
+            async with adapter_session.post(
+                url, data=REST_BODY, headers=JSON_HEADERS, allow_redirects=False
+            ) as answer:
+                check_status(answer)
+                await read_limited(answer, 1 << 20, "bench")
+
+        results.append(
+            await _time_client(
+                "open_session post+read_limited",
+                adapter_transport_send,
+                sequential,
+                concurrency,
+                total,
+            )
+        )
+
+    adapter = await build_rest_adapter.open(spec)
+    context = CallContext(
+        request_id="bench",
+        purpose="benchmark",
+        service=REST_SERVICE,
+        receiving_province="63",
+        handling_province="61",
+        principal="bench",
+        actor="bench",
+        level="L1",
+    )
+    call = Call("Echo", {"zjhm": HOLDER_ID}, context)
+    try:
+
+        async def adapter_send() -> None:
+            await adapter.call(call)
+
+        results.append(
+            await _time_client("RestAdapter.call", adapter_send, sequential, concurrency, total)
+        )
+    finally:
+        await adapter.aclose()
+
+    wsdl_dir = Path(tempfile.mkdtemp(prefix="bench-wsdl-"))
+    shutil.copyfile(WSDL, wsdl_dir / "echo.wsdl")
+    soap_spec = SystemSpec(
+        id="bench-soap",
+        province="61",
+        address=backend + "/soap",
+        config_dir=wsdl_dir,
+        wsdl="echo.wsdl",
+        concurrency_limit=concurrency,
+        auth={"type": "none"},
+        options={"binding": f"{{{SOAP_NS}}}EchoBinding"},
+        operations={"Echo": {}},
+    )
+    soap_adapter = await build_soap_adapter.open(soap_spec)
+    soap_call = Call("Echo", {"zjhm": HOLDER_ID}, context)
+    try:
+
+        async def soap_send() -> None:
+            await soap_adapter.call(soap_call)
+
+        results.append(
+            await _time_client("SoapAdapter.call", soap_send, sequential, concurrency, total)
+        )
+    finally:
+        await soap_adapter.aclose()
+        shutil.rmtree(wsdl_dir, ignore_errors=True)
+
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+
+        async def httpx_send() -> None:
+            answer = await client.post(url, content=REST_BODY, headers=JSON_HEADERS)
+            assert answer.status_code == 200
+
+        results.append(
+            await _time_client(
+                "httpx default transport (reference)",
+                httpx_send,
+                min(sequential, slow_total),
+                concurrency,
+                slow_total,
+            )
+        )
+    return results
+
+
+# === the orchestrator ==========================================================================
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the benchmark process dies (prctl PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class Children:
+    """Starts child processes and stops every one of them, by pid, on exit."""
+
+    def __init__(self, workdir: Path, pin: bool) -> None:
+        self._workdir = workdir
+        self._pin = pin
+        self.started: list[Child] = []
+
+    def command(self, argv: list[str], cpu: str | None) -> list[str]:
+        if self._pin and cpu is not None:
+            return ["taskset", "-c", cpu, *argv]
+        return argv
+
+    def spawn(self, name: str, argv: list[str], cpu: str | None, timeout: float = 60.0) -> Child:
+        log = self._workdir / f"{name}.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen(
+                self.command(argv, cpu),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
+            )
+        child = Child(name, proc, 0, log)
+        self.started.append(child)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                line = proc.stdout.readline().decode()
+                if line.startswith("READY "):
+                    child.port = int(line.split()[1])
+                    return child
+        raise RuntimeError(f"{name} did not start in {timeout:g} s:\n{log.read_text()[-3000:]}")
+
+    def spawn_nginx(self, conf: Path, port: int, cpu: str | None) -> Child:
+        log = self._workdir / "nginx-stderr.log"
+        argv = ["nginx", "-p", f"{self._workdir}/", "-e", str(self._workdir / "nginx-error.log")]
+        argv += ["-c", str(conf), "-g", "daemon off;"]
+        with log.open("wb") as err:
+            proc = subprocess.Popen(
+                self.command(argv, cpu),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+            )
+        child = Child("nginx", proc, port, log)
+        self.started.append(child)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited ({proc.returncode}): {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return child
+            time.sleep(0.1)  # noqa: TID251 - the orchestrator is synchronous
+        raise RuntimeError("nginx did not start")
+
+    def stop_all(self) -> None:
+        for child in reversed(self.started):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in reversed(self.started):
+            try:
+                child.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait(timeout=10)
+            if child.proc.stdout is not None:
+                child.proc.stdout.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def process_tree(pid: int) -> list[int]:
+    out = [pid]
+    for child in _children_of(pid):
+        out.extend(process_tree(child))
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+def core_busy(core: str) -> float | None:
+    """Busy seconds of one core (user, nice, system, irq, softirq, steal); None if not one core."""
+    if not core.isdigit():
+        return None
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name == f"cpu{core}":
+            ticks = [int(v) for v in values]
+            return sum(ticks[i] for i in (0, 1, 2, 5, 6, 7)) / _TICK
+    return None
+
+
+def machine_busy() -> float:
+    """Busy seconds of all cores together."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks[i] for i in (0, 1, 2, 5, 6, 7)) / _TICK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    expect: bytes
+    sut: Child | None  # the process(es) whose CPU is charged to this path
+    backend: Child
+
+
+@dataclass
+class ClosedResult:
+    name: str
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    requests: int
+    errors: int
+    sut_cpu_us: float | None
+    backend_cpu_us: float
+    sut_core_busy_pct: float | None = None
+    sut_own_pct: float = 0.0
+
+
+def _lua_long_string(text: str) -> str:
+    level = 1
+    while f"]{'=' * level}]" in text:
+        level += 1
+    return f"[{'=' * level}[{text}]{'=' * level}]"
+
+
+WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50":%.0f,"p90":%.0f,"p99":%.0f,"max":%.0f,' ..
+    '"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def wrk_script(target: Target, path: Path) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_long_string(target.body.decode())}"]
+    for name, value in target.headers.items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {_lua_long_string(value)}")
+    path.write_text("\n".join(lines) + "\n" + WRK_DONE)
+    return path
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, kids: Children) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.kids = kids
+
+    def wait_quiet(self, target: Target) -> None:
+        """Let a server finish a backlog (an overloaded run leaves one), and wait (bounded) for
+        other people's work on this shared machine to calm down, before measuring."""
+        pids = [target.backend.pid, *(process_tree(target.sut.pid) if target.sut else [])]
+        deadline = time.monotonic() + self.args.quiet_wait
+        while True:
+            before, machine0 = cpu_seconds(pids), machine_busy()
+            time.sleep(0.5)  # noqa: TID251 - the orchestrator is synchronous
+            ours, machine = cpu_seconds(pids) - before, machine_busy() - machine0
+            if ours < 0.03 and machine < 0.1:
+                return
+            if time.monotonic() > deadline:
+                print(
+                    f"  note: before {target.name}: other load {machine / 0.5 * 100:.0f} % "
+                    "of a core; measuring anyway",
+                    flush=True,
+                )
+                return
+
+    def wrk(self, target: Target, seconds: float) -> dict[str, Any]:
+        script = wrk_script(target, self.workdir / f"{target.name}.lua")
+        argv = ["wrk", "-t1", f"-c{self.args.connections}", f"-d{seconds:g}s", "--timeout", "10s"]
+        argv += ["-s", str(script), target.url]
+        run = subprocess.run(
+            self.kids.command(argv, self.args.load_cpu),
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        )
+        for line in run.stdout.splitlines():
+            if line.startswith("WRKJSON "):
+                result: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
+                return result
+        raise RuntimeError(f"wrk printed no result:\n{run.stdout}\n{run.stderr}")
+
+    def closed_loop(self, target: Target) -> ClosedResult:
+        self.wait_quiet(target)
+        self.wrk(target, self.args.warmup)
+        sut_pids = process_tree(target.sut.pid) if target.sut else []
+        sut0, be0 = cpu_seconds(sut_pids), cpu_seconds([target.backend.pid])
+        core0 = core_busy(self.args.sut_cpu) if target.sut and not self.args.no_pin else None
+        res = self.wrk(target, self.args.duration)
+        sut1, be1 = cpu_seconds(sut_pids), cpu_seconds([target.backend.pid])
+        core1 = core_busy(self.args.sut_cpu) if core0 is not None else None
+        n = max(int(res["requests"]), 1)
+        errors = sum(int(res[k]) for k in ("connect", "read", "write", "status", "timeout"))
+        out = ClosedResult(
+            name=target.name,
+            rps=res["requests"] / (res["duration_us"] / 1e6),
+            p50_ms=res["p50"] / 1000,
+            p90_ms=res["p90"] / 1000,
+            p99_ms=res["p99"] / 1000,
+            max_ms=res["max"] / 1000,
+            requests=n,
+            errors=errors,
+            sut_cpu_us=(sut1 - sut0) / n * 1e6 if target.sut else None,
+            backend_cpu_us=(be1 - be0) / n * 1e6,
+            sut_core_busy_pct=(
+                (core1 - core0) / (res["duration_us"] / 1e6) * 100
+                if core0 is not None and core1 is not None
+                else None
+            ),
+            sut_own_pct=(sut1 - sut0) / (res["duration_us"] / 1e6) * 100,
+        )
+        print(
+            f"  closed {out.name:<26} {out.rps:9.0f} req/s  p50 {out.p50_ms:6.2f} ms  "
+            f"p99 {out.p99_ms:6.2f} ms  errors {out.errors}",
+            flush=True,
+        )
+        return out
+
+    def open_loop(self, target: Target, rate: float) -> dict[str, Any]:
+        self.wait_quiet(target)
+        sut_pids = process_tree(target.sut.pid) if target.sut else []
+        own0, core0 = cpu_seconds(sut_pids), core_busy(self.args.sut_cpu)
+        wall0 = time.monotonic()
+        argv = [sys.executable, __file__, "--role", "openloop", "--url", target.url]
+        argv += ["--body-hex", target.body.hex(), "--headers-json", json.dumps(target.headers)]
+        argv += ["--rate", str(rate), "--duration", str(self.args.open_duration)]
+        argv += ["--warmup", str(self.args.warmup)]
+        run = subprocess.run(
+            self.kids.command(argv, self.args.load_cpu),
+            capture_output=True,
+            text=True,
+            timeout=self.args.open_duration + self.args.warmup + 120,
+            check=True,
+        )
+        result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+        wall = time.monotonic() - wall0
+        own1, core1 = cpu_seconds(sut_pids), core_busy(self.args.sut_cpu)
+        result["name"] = target.name
+        result["rate"] = rate
+        result["sut_own_pct"] = (own1 - own0) / wall * 100
+        if core0 is not None and core1 is not None and not self.args.no_pin:
+            result["sut_core_busy_pct"] = (core1 - core0) / wall * 100
+        print(
+            f"  open   {target.name:<26} {result['achieved_rate']:7.0f} req/s sent  "
+            f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
+            f"(from due: p99 {result['due_p99_ms']:6.2f} ms)  errors {result['errors']}  "
+            f"SUT core busy/own {result.get('sut_core_busy_pct', 0):.0f}/"
+            f"{result['sut_own_pct']:.0f} %",
+            flush=True,
+        )
+        return result
+
+    def clients(self, backend: Child) -> list[dict[str, Any]]:
+        argv = [sys.executable, __file__, "--role", "clients"]
+        argv += ["--backend", f"http://127.0.0.1:{backend.port}"]
+        argv += ["--client-seq", str(self.args.client_seq), "--client-total"]
+        argv += [str(self.args.client_total)]
+        run = subprocess.run(
+            self.kids.command(argv, self.args.sut_cpu),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=True,
+        )
+        rows: list[dict[str, Any]] = json.loads(run.stdout.strip().splitlines()[-1])
+        return rows
+
+    def profile(self, target: Target, label: str) -> dict[str, Any]:
+        assert target.sut is not None
+        self.wait_quiet(target)
+        out = Path(self.args.out_dir) / f"{label}.folded"
+        spy = subprocess.Popen(
+            [
+                *(self.args.py_spy, "record", "--pid", str(target.sut.pid), "--nonblocking"),
+                *("--duration", str(int(self.args.duration)), "--rate", "250"),
+                *("--format", "raw", "-o", str(out)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            self.wrk(target, self.args.duration)
+            spy.wait(timeout=self.args.duration + 60)
+        finally:
+            if spy.poll() is None:
+                spy.kill()
+                spy.wait()
+        return summarize_folded(out)
+
+
+# Where the gateway's CPU goes. Self time: each sample is charged to the package of its
+# innermost Python frame (C extensions such as yarl, multidict, lxml and orjson count for the
+# Python caller). Inclusive: a sample counts for every function below that is on its stack.
+PACKAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("gateway (our code)", ("(gateway/",)),
+    ("adapters (our code)", ("(adapters/",)),
+    ("aiohttp server", ("aiohttp/web", "aiohttp/http_", "aiohttp/base_protocol")),
+    ("aiohttp client", ("aiohttp/client", "aiohttp/connector")),
+    ("aiohttp other", ("aiohttp/",)),
+    ("httpx", ("httpx/",)),
+    ("httpx_aiohttp", ("httpx_aiohttp/",)),
+    ("zeep", ("zeep/",)),
+    ("jsonschema (+referencing, rpds)", ("jsonschema/", "referencing/")),
+    ("tenacity", ("tenacity/",)),
+    ("structlog", ("structlog/",)),
+    ("prometheus_client", ("prometheus_client/",)),
+    ("asyncio", ("asyncio/", "selectors.py")),
+)
+FUNCTIONS: tuple[tuple[str, str], ...] = (
+    ("request_context_middleware", "request_context_middleware (gateway"),
+    ("DevTokenIssuer.verify", "DevTokenIssuer.verify ("),
+    ("call_service", "call_service (gateway"),
+    ("Route.validate (data schema)", "Route.validate ("),
+    ("Route.invoke (pipeline + adapter)", "Route.invoke ("),
+    ("tenacity AsyncRetrying", "(tenacity/"),
+    ("RestAdapter.call", "RestAdapter.call ("),
+    ("RestAdapter.prepare", "RestAdapter.prepare ("),
+    ("SoapAdapter.call", "SoapAdapter.call ("),
+    ("httpx AsyncClient.send", "AsyncClient.send (httpx"),
+    ("httpx_aiohttp handle_async_request", "handle_async_request (httpx_aiohttp"),
+    ("aiohttp ClientSession._request", "ClientSession._request ("),
+    ("read_limited", "read_limited (adapters"),
+    ("zeep (any frame)", "(zeep/"),
+    ("jsonschema (any frame)", "(jsonschema/"),
+    ("structlog (any frame)", "(structlog/"),
+    ("prometheus_client (any frame)", "(prometheus_client/"),
+)
+
+
+def _frame_key(frame: str) -> str:
+    # "func (path/to/file.py:123)" → "func (path/to/file.py" without the line number
+    head, _, tail = frame.rpartition(":")
+    return head if tail.rstrip(")").isdigit() else frame
+
+
+def _package(frame: str) -> str:
+    for name, needles in PACKAGES:
+        if any(n in frame for n in needles):
+            return name
+    return "other"
+
+
+def summarize_folded(path: Path, top: int = 15) -> dict[str, Any]:
+    total = 0
+    own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    functions: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_key(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        packages[_package(frames[-1])] += count
+        for label, needle in FUNCTIONS:
+            if any(needle in f for f in frames):
+                functions[label] += count
+    pct = 100.0 / max(total, 1)
+    return {
+        "samples": total,
+        "self_by_package": [(k, round(v * pct, 1)) for k, v in packages.most_common()],
+        "inclusive": [(label, round(functions[label] * pct, 1)) for label, _ in FUNCTIONS],
+        "self_top": [(k, round(v * pct, 1)) for k, v in own.most_common(top)],
+    }
+
+
+@dataclass
+class Report:
+    closed: list[ClosedResult] = field(default_factory=list)
+    open: list[dict[str, Any]] = field(default_factory=list)
+    open_low: list[dict[str, Any]] = field(default_factory=list)
+    clients: list[dict[str, Any]] = field(default_factory=list)
+    memory: dict[str, dict[str, int]] = field(default_factory=dict)
+    memory_closed: dict[str, dict[str, int]] = field(default_factory=dict)
+    profiles: dict[str, Any] = field(default_factory=dict)
+    setup: dict[str, Any] = field(default_factory=dict)
+
+
+async def _check_targets(targets: Sequence[Target]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for target in targets:
+            async with session.post(target.url, data=target.body, headers=target.headers) as r:
+                text = await r.read()
+                if r.status != 200 or target.expect not in text:
+                    raise RuntimeError(f"{target.name}: HTTP {r.status}: {text[:500]!r}")
+
+
+def _version(argv: list[str]) -> str:
+    run = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return (run.stdout + run.stderr).strip().splitlines()[0]
+
+
+def run_benchmark(args: argparse.Namespace) -> Report:
+    for tool in ("wrk", "nginx", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install -y wrk nginx-light util-linux")
+    report = Report()
+    report.setup = {
+        "cpus": os.cpu_count(),
+        "pin": not args.no_pin,
+        "sut_cpu": args.sut_cpu,
+        "load_cpu": args.load_cpu,
+        "backend_cpu": args.backend_cpu,
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "rate": args.rate,
+        "python": sys.version.split()[0],
+        "wrk": _version(["wrk", "-v"]),
+        "nginx": _version(["nginx", "-v"]),
+    }
+    py = sys.executable
+    me = str(Path(__file__).resolve())
+    life = ["--max-lifetime", str(args.max_lifetime)]
+    with tempfile.TemporaryDirectory(prefix="tongban-bench-") as tmp:
+        workdir = Path(tmp)
+        kids = Children(workdir, pin=not args.no_pin)
+        try:
+            backend = kids.spawn("backend", [py, me, "--role", "backend", *life], args.backend_cpu)
+            upstream = f"http://127.0.0.1:{backend.port}"
+            minproxy = kids.spawn(
+                "minproxy",
+                [py, me, "--role", "minproxy", "--backend", upstream, *life],
+                args.sut_cpu,
+            )
+            nginx_port = free_port()
+            conf = workdir / "nginx.conf"
+            conf.write_text(
+                NGINX_CONF.format(tmp=workdir, port=nginx_port, backend_port=backend.port)
+            )
+            nginx = kids.spawn_nginx(conf, nginx_port, args.sut_cpu)
+            gateways: dict[str, Child] = {}
+            for mode in ("warning", "json", "canned"):
+                gateways[mode] = kids.spawn(
+                    f"gateway-{mode}",
+                    [
+                        *(py, me, "--role", "gateway", "--backend", upstream),
+                        *("--log-mode", "json" if mode == "json" else "warning"),
+                        *("--config-dir", str(workdir / f"config-{mode}"), *life),
+                        *(["--canned"] if mode == "canned" else []),
+                    ],
+                    args.sut_cpu,
+                )
+
+            from gateway.identity.devtokens import DevTokenIssuer
+
+            token = DevTokenIssuer(TOKEN_SECRET).issue("bench-citizen", "L2")
+            call_headers = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+
+            def via(child: Child, path: str) -> str:
+                return f"http://127.0.0.1:{child.port}{path}"
+
+            rest_expect = HOLDER_ID.encode()
+            call_expect = b'"valid":true'
+            rest_call = f"/api/v1/services/{REST_SERVICE}/calls"
+            soap_call = f"/api/v1/services/{SOAP_SERVICE}/calls"
+            direct_rest = Target(
+                "direct REST", via(backend, "/api/echo"), REST_BODY, JSON_HEADERS,
+                rest_expect, None, backend,
+            )  # fmt: skip
+            nginx_rest = Target(
+                "nginx → REST", via(nginx, "/api/echo"), REST_BODY, JSON_HEADERS,
+                rest_expect, nginx, backend,
+            )  # fmt: skip
+            min_rest = Target(
+                "minimal aiohttp proxy → REST", via(minproxy, "/api/echo"), REST_BODY,
+                JSON_HEADERS, rest_expect, minproxy, backend,
+            )  # fmt: skip
+            gw_rest = Target(
+                "gateway REST (log warning)", via(gateways["warning"], rest_call), CALL_BODY,
+                call_headers, call_expect, gateways["warning"], backend,
+            )  # fmt: skip
+            gw_rest_json = Target(
+                "gateway REST (JSON log)", via(gateways["json"], rest_call), CALL_BODY,
+                call_headers, call_expect, gateways["json"], backend,
+            )  # fmt: skip
+            gw_canned = Target(
+                "gateway REST (no outbound)", via(gateways["canned"], rest_call), CALL_BODY,
+                call_headers, call_expect, gateways["canned"], backend,
+            )  # fmt: skip
+            direct_soap = Target(
+                "direct SOAP", via(backend, "/soap"), SOAP_BODY, SOAP_HEADERS,
+                b"<tns:yxbz>true", None, backend,
+            )  # fmt: skip
+            gw_soap = Target(
+                "gateway SOAP (log warning)", via(gateways["warning"], soap_call), CALL_BODY,
+                call_headers, call_expect, gateways["warning"], backend,
+            )  # fmt: skip
+            targets = [direct_rest, nginx_rest, min_rest, gw_rest, gw_rest_json, gw_canned]
+            targets += [direct_soap, gw_soap]
+            asyncio.run(_check_targets(targets))
+            bench = Bench(args, workdir, kids)
+
+            print(f"closed loop: wrk -t1 -c{args.connections} -d{args.duration:g}s", flush=True)
+            for target in targets:
+                report.closed.append(bench.closed_loop(target))
+
+            for child in (*gateways.values(), minproxy, backend):
+                report.memory_closed[child.name] = memory_kib(child.pid)
+            # The lower rate first: an overloaded gateway keeps working off its backlog.
+            if args.low_rate > 0:
+                print(f"open loop: {args.low_rate:g} req/s", flush=True)
+                for target in (direct_rest, gw_rest, direct_soap, gw_soap):
+                    report.open_low.append(bench.open_loop(target, args.low_rate))
+            print(f"open loop: {args.rate:g} req/s for {args.open_duration:g} s", flush=True)
+            for target in (direct_rest, gw_rest, nginx_rest, min_rest, direct_soap, gw_soap):
+                report.open.append(bench.open_loop(target, args.rate))
+
+            if not args.skip_clients:
+                print("outbound clients (client process pinned to the SUT core)", flush=True)
+                report.clients = bench.clients(backend)
+
+            if args.py_spy:
+                Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+                print(f"py-spy profiles → {args.out_dir}", flush=True)
+                report.profiles["gateway-rest"] = bench.profile(gw_rest, "gateway-rest")
+                report.profiles["gateway-soap"] = bench.profile(gw_soap, "gateway-soap")
+
+            for child in (*gateways.values(), minproxy, backend):
+                report.memory[child.name] = memory_kib(child.pid)
+            report.memory["nginx (master+worker)"] = {
+                "VmHWM": sum(memory_kib(p)["VmHWM"] for p in process_tree(nginx.pid)),
+                "VmRSS": sum(memory_kib(p)["VmRSS"] for p in process_tree(nginx.pid)),
+            }
+        finally:
+            kids.stop_all()
+    return report
+
+
+# === the report ================================================================================
+
+
+def _verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    if higher_is_better:
+        if value >= target:
+            return f"MET ({value / target:.2f}× the target)"
+        return f"MISSED (needs {target / value:.2f}× more)" if value > 0 else "MISSED"
+    if value <= target:
+        return "MET"
+    return f"MISSED by {value - target:.2f} ms"
+
+
+def print_report(report: Report, args: argparse.Namespace) -> None:
+    closed = {r.name: r for r in report.closed}
+    opened = {r["name"]: r for r in report.open}
+    print()
+    print("## Closed loop (wrk)")
+    print(
+        f"{'path':<30} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'SUT CPU µs/req':>15} {'back-end CPU µs/req':>20} {'SUT core busy/own %':>20}"
+    )
+    for r in report.closed:
+        sut = f"{r.sut_cpu_us:.0f}" if r.sut_cpu_us is not None else "-"
+        busy = (
+            f"{r.sut_core_busy_pct:.0f} / {r.sut_own_pct:.0f}"
+            if r.sut_core_busy_pct is not None
+            else "-"
+        )
+        print(
+            f"{r.name:<30} {r.rps:8.0f} {r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.errors:6d} "
+            f"{sut:>15} {r.backend_cpu_us:20.0f} {busy:>20}"
+        )
+    for rate, runs in ((args.rate, report.open), (args.low_rate, report.open_low)):
+        if not runs:
+            continue
+        print()
+        print(f"## Open loop at {rate:g} req/s (latency from send; p99 from due time in brackets)")
+        print(
+            f"{'path':<30} {'sent/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'errors':>6}"
+        )
+        for o in runs:
+            print(
+                f"{o['name']:<30} {o['achieved_rate']:7.0f} {o['p50_ms']:7.2f} "
+                f"{o['p99_ms']:7.2f} {o['p99.9_ms']:8.2f} {o['errors']:6d}   "
+                f"[p99 {o['due_p99_ms']:.2f}]"
+            )
+    if report.clients:
+        print()
+        print("## Outbound clients against the same back-end")
+        print(f"{'client':<44} {'seq r/s':>8} {'CPU µs':>7} {'c100 r/s':>9} {'CPU µs':>7}")
+        for c in report.clients:
+            print(
+                f"{c['client']:<44} {c['seq_rps']:8.0f} {c['seq_cpu_us']:7.0f} "
+                f"{c['conc_rps']:9.0f} {c['conc_cpu_us']:7.0f}"
+            )
+    if report.memory:
+        print()
+        print("## Memory (kB): peak RSS (VmHWM) after the closed-loop runs / at the end")
+        for name, mem in report.memory.items():
+            before = report.memory_closed.get(name, {}).get("VmHWM", 0)
+            print(f"{name:<30} {before:>8} / {mem['VmHWM']:>8}   (RSS at the end {mem['VmRSS']})")
+
+    gw = closed["gateway REST (log warning)"]
+    gw_json = closed["gateway REST (JSON log)"]
+    ngx = closed["nginx → REST"]
+    mini = closed["minimal aiohttp proxy → REST"]
+    soap = closed["gateway SOAP (log warning)"]
+    added = opened["gateway REST (log warning)"]["p99_ms"] - opened["direct REST"]["p99_ms"]
+    added_due = (
+        opened["gateway REST (log warning)"]["due_p99_ms"] - opened["direct REST"]["due_p99_ms"]
+    )
+    added_soap = opened["gateway SOAP (log warning)"]["p99_ms"] - opened["direct SOAP"]["p99_ms"]
+    print()
+    print("## Ratios and the issue's targets")
+    rows = [
+        ("routed REST / nginx proxy", gw.rps / ngx.rps, 0.15),
+        ("routed REST / minimal aiohttp proxy", gw.rps / mini.rps, 0.6),
+        ("routed SOAP / routed REST", soap.rps / gw.rps, 0.5),
+    ]
+    for label, value, target in rows:
+        print(f"{label:<44} {value:6.3f}  target ≥ {target:<5} {_verdict(value, target)}")
+    print(
+        f"{'added p99 at ' + format(args.rate, 'g') + ' req/s (REST)':<44} {added:6.2f} ms  "
+        f"target ≤ 2 ms  {_verdict(added, 2.0, higher_is_better=False)}  "
+        f"(from due time: {added_due:.2f} ms)"
+    )
+    print(f"{'added p99 at ' + format(args.rate, 'g') + ' req/s (SOAP)':<44} {added_soap:6.2f} ms")
+    if report.open_low:
+        low = {r["name"]: r for r in report.open_low}
+        for kind in ("REST", "SOAP"):
+            extra = low[f"gateway {kind} (log warning)"]["p99_ms"] - low[f"direct {kind}"]["p99_ms"]
+            label = f"added p99 at {args.low_rate:g} req/s ({kind})"
+            print(f"{label:<44} {extra:6.2f} ms")
+    print(
+        f"{'JSON access log cost (req/s, warning → info)':<44} "
+        f"{gw.rps:.0f} → {gw_json.rps:.0f} ({(gw_json.rps / gw.rps - 1) * 100:+.1f} %), "
+        f"CPU {gw.sut_cpu_us or 0:.0f} → {gw_json.sut_cpu_us or 0:.0f} µs/req"
+    )
+    canned = closed["gateway REST (no outbound)"]
+    print(
+        f"{'gateway CPU µs/req: full / no outbound / proxy':<44} "
+        f"{gw.sut_cpu_us or 0:.0f} / {canned.sut_cpu_us or 0:.0f} / {mini.sut_cpu_us or 0:.0f} "
+        f"(outbound part ≈ {(gw.sut_cpu_us or 0) - (canned.sut_cpu_us or 0):.0f} µs)"
+    )
+    if report.clients:
+        by = {c["client"]: c for c in report.clients}
+        base = by["aiohttp"]
+        print()
+        print("## client layers vs aiohttp's client (CPU per request in the client process)")
+        for name in (
+            "httpx+AiohttpTransport (post)",
+            "open_session post+read_limited",
+            "RestAdapter.call",
+            "SoapAdapter.call",
+        ):
+            c = by[name]
+            for mode in ("seq", "conc"):
+                extra = c[f"{mode}_cpu_us"] / base[f"{mode}_cpu_us"] - 1
+                flag = "MORE than 20 %" if extra > 0.2 else "within 20 %"
+                print(
+                    f"{name:<44} {'sequential' if mode == 'seq' else '100 concurrent':<15} "
+                    f"{c[f'{mode}_cpu_us']:6.0f} vs {base[f'{mode}_cpu_us']:4.0f} µs "
+                    f"({extra * 100:+.0f} %, {flag})"
+                )
+    for label, prof in report.profiles.items():
+        print()
+        print(f"## py-spy profile of {label} ({prof['samples']} samples, % of busy samples)")
+        print("  self time by package (innermost Python frame):")
+        for name, share in prof["self_by_package"]:
+            print(f"    {name:<42} {share:5.1f} %")
+        print("  inclusive (function on the stack):")
+        for name, share in prof["inclusive"]:
+            print(f"    {name:<42} {share:5.1f} %")
+        print("  top self frames:")
+        for frame, share in prof["self_top"][:12]:
+            print(f"    {share:5.1f} %  {frame}")
+
+
+def _jsonable(report: Report) -> dict[str, Any]:
+    out = asdict(report)
+    out["closed"] = [asdict(r) for r in report.closed]
+    return out
+
+
+# === entry point ===============================================================================
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each run")
+    p.add_argument("--connections", type=int, default=50, help="wrk connections")
+    p.add_argument("--rate", type=float, default=1000.0, help="open-loop requests per second")
+    p.add_argument("--low-rate", type=float, default=500.0, help="second open-loop rate (0: none)")
+    p.add_argument("--open-duration", type=float, default=10.0, help="seconds per open-loop run")
+    p.add_argument("--sut-cpu", default="0", help="core(s) of the server under test")
+    p.add_argument("--load-cpu", default="1", help="core(s) of wrk and the open-loop generator")
+    p.add_argument("--backend-cpu", default="1", help="core(s) of the back-end double")
+    p.add_argument("--no-pin", action="store_true", help="let the scheduler place everything")
+    p.add_argument("--client-seq", type=int, default=2000, help="sequential client requests")
+    p.add_argument("--client-total", type=int, default=6000, help="requests at 100 concurrent")
+    p.add_argument("--skip-clients", action="store_true", help="no client micro-benchmark")
+    p.add_argument("--py-spy", default=None, help="path to py-spy: profile the gateway too")
+    p.add_argument("--out-dir", default="bench-out", help="where profiles and JSON go")
+    p.add_argument("--json-out", default=None, help="write all figures to this JSON file")
+    p.add_argument("--quiet-wait", type=float, default=60.0, help="max wait for a quiet machine")
+    p.add_argument("--max-lifetime", type=float, default=1800.0, help="children stop after this")
+    # internal: the roles of the child processes
+    p.add_argument("--role", default="bench", help=argparse.SUPPRESS)
+    p.add_argument("--backend", default="", help=argparse.SUPPRESS)
+    p.add_argument("--log-mode", default="warning", help=argparse.SUPPRESS)
+    p.add_argument("--config-dir", default="", help=argparse.SUPPRESS)
+    p.add_argument("--url", default="", help=argparse.SUPPRESS)
+    p.add_argument("--body-hex", default="", help=argparse.SUPPRESS)
+    p.add_argument("--headers-json", default="{}", help=argparse.SUPPRESS)
+    p.add_argument("--canned", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _run_loop(main: Awaitable[Any]) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)  # type: ignore[arg-type]
+    return uvloop.run(main)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.role == "backend":
+        asyncio.run(_serve(backend_app(), args.max_lifetime))
+        return 0
+    if args.role == "minproxy":
+        asyncio.run(_serve(minimal_proxy_app(args.backend), args.max_lifetime))
+        return 0
+    if args.role == "gateway":
+        # The default asyncio loop, as `tongban serve` runs it.
+        return asyncio.run(
+            run_gateway(
+                Path(args.config_dir),
+                args.backend,
+                args.log_mode,
+                args.max_lifetime,
+                args.canned,
+            )
+        )
+    if args.role == "openloop":
+        # uvloop for the generator only: its own jitter is part of both sides of the comparison.
+        result = _run_loop(
+            open_loop(
+                args.url,
+                bytes.fromhex(args.body_hex),
+                json.loads(args.headers_json),
+                args.rate,
+                args.open_duration,
+                args.warmup,
+            )
+        )
+        print(json.dumps(result))
+        return 0
+    if args.role == "clients":
+        rows = asyncio.run(
+            bench_clients(args.backend, args.client_seq, 100, args.client_total, 1000)
+        )
+        print(json.dumps(rows))
+        return 0
+    report = run_benchmark(args)
+    print_report(report, args)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
