@@ -44,6 +44,15 @@ class FileKeyStore:
         self._keys: list[ECKey] = []
 
     @classmethod
+    def load(cls, data_dir: Path) -> FileKeyStore:
+        """Existing keys only (for verifying); FileNotFoundError when there are none."""
+        store = cls(data_dir)
+        if not store.path.exists():
+            raise FileNotFoundError(f"no audit signing keys at {store.path}")
+        store._load()
+        return store
+
+    @classmethod
     def load_or_create(cls, data_dir: Path) -> FileKeyStore:
         """Blocking file I/O: call at start-up (or through ``asyncio.to_thread``)."""
         store = cls(data_dir)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.audit.query import AuditQuery, QueryPage
 
 
 class AuditStoreError(Exception):
@@ -114,6 +117,10 @@ class AuditStore(Protocol):
 
     async def ping(self) -> None:
         """Raise AuditStoreUnavailable unless a trivial query succeeds."""
+
+    async def query(self, query: AuditQuery) -> QueryPage:
+        """Records matching ``query`` across all chains, ordered by (time, chain, sequence),
+        one page at a time (keyset: ``query.after``); see gateway/audit/query.py."""
 
 
 async def iter_records(

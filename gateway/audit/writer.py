@@ -247,6 +247,18 @@ class AuditWriter:
         # and the loop then skips the entry unless its batch is already in flight.
         return await future
 
+    def append_nowait(self, event: AuditEvent) -> None:
+        """Queue a record in buffered mode without awaiting anything, for synchronous callers
+        on the event loop (authlib's callbacks). Raises AuditUnavailable when the writer is not
+        running or the buffer is full; the record is then not queued."""
+        if self._state in ("starting", "closed", "failed") or self._closing:
+            self.stats.rejected += 1
+            raise AuditUnavailable("The audit writer is not running.")
+        if len(self._queue) >= self._settings.buffer_limit:
+            self.stats.rejected += 1
+            raise AuditUnavailable("The audit buffer is full.")
+        self._enqueue(_Entry(event, format_time(event.time or self._clock()), None))
+
     async def flush(self) -> None:
         """Wait until every record queued so far is committed; raise if the store is down."""
         while self._queue or not self._idle.is_set():

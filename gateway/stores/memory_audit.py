@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+from gateway.audit.query import AuditQuery, QueryPage, QueryPosition, lookup_row, matches, page_of
 from gateway.audit.store import (
     AuditStoreUnavailable,
     ChainConflict,
@@ -123,6 +124,25 @@ class MemoryAuditStore:
 
     async def ping(self) -> None:
         self._check()
+
+    async def query(self, query: AuditQuery) -> QueryPage:
+        self._check()
+
+        def key(record: StoredRecord) -> QueryPosition:
+            return QueryPosition(record.time, record.chain, record.sequence)
+
+        hits = [
+            r
+            for rows in self._records.values()
+            for r in rows
+            if matches(query, lookup_row(r))
+            and (
+                query.after is None
+                or (key(r) > query.after if query.oldest_first else key(r) < query.after)
+            )
+        ]
+        hits.sort(key=key, reverse=not query.oldest_first)
+        return page_of(query, hits[: query.limit + 1])
 
     # Test hooks: the database triggers a real store has do not exist here.
     def records_of(self, chain: str) -> list[StoredRecord]:

@@ -12,6 +12,15 @@ from typing import Any, Final
 
 import asyncpg
 
+from gateway.audit.query import (
+    LOOKUP_FIELDS,
+    AuditQuery,
+    QueryPage,
+    lookup_row,
+    page_of,
+    sql_filter,
+    sql_order,
+)
 from gateway.audit.store import (
     AuditStoreUnavailable,
     ChainConflict,
@@ -66,7 +75,62 @@ AUDIT_MIGRATIONS: Final = (
             ),
         ),
     ),
+    Migration(
+        2,
+        "audit lookup table",
+        (
+            # Filled at append time from the stored text; the text stays the hashed truth.
+            """CREATE TABLE audit_index (
+                chain_id TEXT NOT NULL,
+                sequence BIGINT NOT NULL,
+                recorded_at TEXT NOT NULL,
+                type TEXT,
+                principal TEXT,
+                actor TEXT,
+                case_id TEXT,
+                service TEXT,
+                receiving_province TEXT,
+                handling_province TEXT,
+                system TEXT,
+                PRIMARY KEY (chain_id, sequence)
+            )""",
+            "CREATE INDEX audit_index_time ON audit_index (recorded_at, chain_id, sequence)",
+            *(
+                f"CREATE INDEX audit_index_{column} ON audit_index"
+                f" ({column}, recorded_at, chain_id, sequence) WHERE {column} IS NOT NULL"
+                for column in (
+                    "principal",
+                    "actor",
+                    "case_id",
+                    "service",
+                    "receiving_province",
+                    "handling_province",
+                )
+            ),
+            # Records written before this migration get their lookup rows too; a text that
+            # is not JSON (tampered) gets an empty row instead of failing the migration.
+            """CREATE FUNCTION pg_temp.audit_try_jsonb(value TEXT) RETURNS jsonb
+            LANGUAGE plpgsql IMMUTABLE AS $$
+            BEGIN
+                RETURN value::jsonb;
+            EXCEPTION WHEN others THEN
+                RETURN NULL;
+            END $$""",
+            "INSERT INTO audit_index SELECT chain_id, sequence, recorded_at, "  # noqa: S608
+            + ", ".join(
+                f"CASE WHEN jsonb_typeof(j -> '{name}') = 'string' THEN j ->> '{name}' END"
+                for name in LOOKUP_FIELDS
+            )
+            + " FROM (SELECT chain_id, sequence, recorded_at,"
+            " pg_temp.audit_try_jsonb(record) AS j FROM audit_records) r",
+            "CREATE TRIGGER audit_index_append_only BEFORE UPDATE OR DELETE ON audit_index"
+            " FOR EACH ROW EXECUTE FUNCTION audit_refuse_change()",
+            "CREATE TRIGGER audit_index_no_truncate BEFORE TRUNCATE ON audit_index"
+            " FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()",
+        ),
+    ),
 )
+_LOOKUP_COLUMNS: Final = ("chain_id", "sequence", "recorded_at", *LOOKUP_FIELDS)
 
 _RECORD_COLUMNS: Final = ("chain_id", "sequence", "recorded_at", "record", "hash")
 _INSERT_CHECKPOINT: Final = (
@@ -163,6 +227,13 @@ class PostgresAuditStore:
                         "audit_records",
                         records=rows,
                         columns=_RECORD_COLUMNS,
+                        schema_name=self._schema,
+                        timeout=self._timeout,
+                    )
+                    await conn.copy_records_to_table(
+                        "audit_index",
+                        records=[lookup_row(r) for r in records],
+                        columns=_LOOKUP_COLUMNS,
                         schema_name=self._schema,
                         timeout=self._timeout,
                     )
@@ -287,3 +358,16 @@ class PostgresAuditStore:
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
+
+    async def query(self, query: AuditQuery) -> QueryPage:
+        where, params = sql_filter(query, lambda n: f"${n}")
+        rows = await self._fetch(
+            "SELECT r.chain_id, r.sequence, r.recorded_at, r.record, r.hash FROM audit_index i"  # noqa: S608
+            " JOIN audit_records r ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
+            + where  # fixed fragments only; every value is a parameter
+            + sql_order(query)
+            + f" LIMIT ${len(params) + 1}",
+            *params,
+            query.limit + 1,
+        )
+        return page_of(query, [StoredRecord(c, s, t, r, h) for c, s, t, r, h in rows])

@@ -15,6 +15,14 @@ from typing import Final
 
 import aiosqlite
 
+from gateway.audit.query import (
+    LOOKUP_FIELDS,
+    AuditQuery,
+    QueryPage,
+    page_of,
+    sql_filter,
+    sql_order,
+)
 from gateway.audit.store import (
     AuditStoreUnavailable,
     ChainConflict,
@@ -67,6 +75,60 @@ AUDIT_MIGRATIONS: Final = (
             ),
         ),
     ),
+    Migration(
+        2,
+        "audit lookup table",
+        (
+            # Filled at append time from the stored text; the text stays the hashed truth.
+            """CREATE TABLE audit_index (
+                chain_id TEXT NOT NULL,
+                sequence INTEGER NOT NULL,
+                recorded_at TEXT NOT NULL,
+                type TEXT,
+                principal TEXT,
+                actor TEXT,
+                case_id TEXT,
+                service TEXT,
+                receiving_province TEXT,
+                handling_province TEXT,
+                system TEXT,
+                PRIMARY KEY (chain_id, sequence)
+            ) WITHOUT ROWID""",
+            "CREATE INDEX audit_index_time ON audit_index (recorded_at, chain_id, sequence)",
+            *(
+                f"CREATE INDEX audit_index_{column} ON audit_index"
+                f" ({column}, recorded_at, chain_id, sequence) WHERE {column} IS NOT NULL"
+                for column in (
+                    "principal",
+                    "actor",
+                    "case_id",
+                    "service",
+                    "receiving_province",
+                    "handling_province",
+                )
+            ),
+            # Records written before this migration get their lookup rows too.
+            "INSERT INTO audit_index SELECT chain_id, sequence, recorded_at, "  # noqa: S608
+            + ", ".join(
+                f"CASE WHEN json_valid(record) THEN CASE WHEN json_type(record, '$.{name}')"
+                f" = 'text' THEN json_extract(record, '$.{name}') END END"
+                for name in LOOKUP_FIELDS
+            )
+            + " FROM audit_records",
+            *(_refuse("audit_index", action) for action in ("UPDATE", "DELETE")),
+        ),
+    ),
+)
+# The lookup rows of a batch, extracted from the stored text by SQLite itself (one statement per
+# chain and batch, no values bound per row: about half the cost of binding them from Python).
+_INSERT_LOOKUP: Final = (
+    "INSERT OR IGNORE INTO audit_index SELECT chain_id, sequence, recorded_at, "  # noqa: S608
+    + ", ".join(
+        f"CASE WHEN json_valid(record) THEN CASE WHEN json_type(record, '$.{name}')"
+        f" = 'text' THEN json_extract(record, '$.{name}') END END"
+        for name in LOOKUP_FIELDS
+    )
+    + " FROM audit_records WHERE chain_id = ? AND sequence BETWEEN ? AND ?"
 )
 
 _INSERT_RECORD: Final = (
@@ -143,13 +205,20 @@ class SqliteAuditStore:
         self, records: Sequence[StoredRecord], checkpoint: StoredCheckpoint | None = None
     ) -> None:
         rows = [(r.chain, r.sequence, r.time, r.text, r.hash) for r in records]
-        await self._transaction(rows, checkpoint)
+        spans: dict[str, tuple[int, int]] = {}
+        for r in records:
+            low, high = spans.get(r.chain, (r.sequence, r.sequence))
+            spans[r.chain] = (min(low, r.sequence), max(high, r.sequence))
+        await self._transaction(rows, checkpoint, [(c, lo, hi) for c, (lo, hi) in spans.items()])
 
     async def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         await self._transaction([], checkpoint)
 
     async def _transaction(
-        self, rows: list[tuple[str, int, str, str, str]], checkpoint: StoredCheckpoint | None
+        self,
+        rows: list[tuple[str, int, str, str, str]],
+        checkpoint: StoredCheckpoint | None,
+        lookups: Sequence[tuple[object, ...]] = (),
     ) -> None:
         async with self._write_lock:
             conn = self._w()
@@ -159,6 +228,7 @@ class SqliteAuditStore:
                 await conn.execute("BEGIN IMMEDIATE")
                 if rows:
                     await conn.executemany(_INSERT_RECORD, rows)
+                    await conn.executemany(_INSERT_LOOKUP, lookups)  # (chain, first, last)
                 if checkpoint is not None:
                     await conn.execute(
                         _INSERT_CHECKPOINT,
@@ -290,3 +360,15 @@ class SqliteAuditStore:
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1", ())
+
+    async def query(self, query: AuditQuery) -> QueryPage:
+        where, params = sql_filter(query, lambda n: "?")
+        rows = await self._fetch(
+            "SELECT r.chain_id, r.sequence, r.recorded_at, r.record, r.hash FROM audit_index i"  # noqa: S608
+            " JOIN audit_records r ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
+            + where  # fixed fragments only; every value is a parameter
+            + sql_order(query)
+            + " LIMIT ?",
+            (*params, query.limit + 1),
+        )
+        return page_of(query, [StoredRecord(c, s, t, r, h) for c, s, t, r, h in rows])

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.audit.checkpoint import CheckpointSigner
 from gateway.audit.keys import FileKeyStore, StaticKeyStore, new_signing_key
+from gateway.audit.query import AuditQuery, QueryPage
 from gateway.audit.record import AuditEvent, EventType
 from gateway.audit.store import (
     AuditStore,
@@ -155,6 +156,10 @@ class SwitchableStore:
     async def ping(self) -> None:
         self._gate()
         await self.inner.ping()
+
+    async def query(self, query: AuditQuery) -> QueryPage:
+        self._gate()
+        return await self.inner.query(query)
 
 
 async def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:

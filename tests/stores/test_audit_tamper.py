@@ -257,10 +257,12 @@ async def test_sqlite_file_edited_with_a_hex_editor(tmp_path: Path, keys: Static
     conn.close()
     path = Path(backend.path)
     data = bytearray(await asyncio.to_thread(path.read_bytes))
-    where = data.find(b"case-0042")
+    # The record's own text (the lookup table of migration 2 holds the bare case id too).
+    needle = b'"case_id":"case-0042"'
+    where = data.find(needle)
     assert where > 0
-    assert data.find(b"case-0042", where + 1) == -1
-    data[where + 5] = ord("9")
+    assert data.find(needle, where + 1) == -1
+    data[where + len(b'"case_id":"') + 5] = ord("9")
     await asyncio.to_thread(path.write_bytes, bytes(data))
     await store.open()
     try:

@@ -1,0 +1,96 @@
+"""The audit records of routed calls: one before the call reaches a back-end, one after.
+
+"No audit, no call": for a service whose audit mode is ``required``, the request record must be
+durably committed before the adapter is called, and the outcome record before the answer is
+released. ``buffered`` services (read-only queries) proceed while records wait in the writer's
+bounded buffer. Records carry digests of what went over the wire, never payloads (用而不存).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway.adapter import Call, Reply
+from gateway.audit.record import AuditEvent, EventType
+from gateway.audit.writer import AuditWriter
+
+AuditMode = Literal["required", "buffered"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAudit:
+    """What the audit needs to know about a route, fixed at start-up."""
+
+    service: str
+    operation: str
+    system: str
+    system_operation: str
+    mode: AuditMode
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    attempts: int
+    latency_ms: float
+    breaker_state: str
+    error_code: str | None = None
+    reply: Reply | None = None
+
+
+def _event(kind: EventType, call: Call, route: RouteAudit, **fields: Any) -> AuditEvent:
+    context = call.context
+    return AuditEvent(
+        type=kind,
+        request_id=context.request_id,
+        case_id=context.case_id,
+        actor=context.actor if context.actor != context.principal else None,
+        principal=context.principal,
+        identity_level=context.level,
+        client=context.client,
+        service=route.service,
+        receiving_province=context.receiving_province,
+        handling_province=context.handling_province,
+        system=route.system,
+        operation=route.operation,
+        purpose=context.purpose,
+        **fields,
+    )
+
+
+class CallAuditor:
+    """Turns a call's two moments into audit events on this instance's chain."""
+
+    def __init__(self, writer: AuditWriter) -> None:
+        self._writer = writer
+
+    async def _append(self, event: AuditEvent, mode: AuditMode) -> None:
+        if mode == "required":
+            await self._writer.append(event)  # returns once the batch is durably committed
+        else:
+            await self._writer.append(event, mode="buffered")
+
+    async def requested(self, call: Call, route: RouteAudit) -> None:
+        extra: dict[str, object] = {"system_operation": route.system_operation}
+        if call.context.authorisation_ref:
+            extra["authorisation_ref"] = call.context.authorisation_ref
+        if call.context.idempotency_key:
+            extra["idempotency_key"] = call.context.idempotency_key
+        event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, extra=extra)
+        await self._append(event, route.mode)
+
+    async def completed(self, call: Call, route: RouteAudit, outcome: CallOutcome) -> None:
+        reply = outcome.reply
+        event = _event(
+            EventType.SERVICE_CALL_COMPLETED,
+            call,
+            route,
+            outcome="ok" if outcome.error_code is None else "error",
+            error_code=outcome.error_code,
+            attempts=outcome.attempts,
+            latency_ms=round(outcome.latency_ms),
+            request_digest=reply.request_digest if reply else None,
+            response_digest=reply.response_digest if reply else None,
+            extra={"breaker": outcome.breaker_state},
+        )
+        await self._append(event, route.mode)

@@ -1,0 +1,204 @@
+"""Looking records up: the query shape every store answers, its keyset cursor, the lookup row.
+
+The lookup columns (type, principal, actor, case, service, provinces, system) are copied from
+the stored canonical text when a record is appended, into a side table (audit migration v2).
+They only *find* records: what a query returns is always the stored text and hash itself, so
+a lookup row that was tampered with can hide a record from a query but never change one
+(the verifier reads the chain, not the lookup table).
+
+Order is stable and total: (time, chain, sequence), newest first unless ``oldest_first``.
+A cursor is the position of the last record of a page, encoded opaquely (base64url JSON);
+it carries the order it was made for, so it cannot be replayed against the other order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from gateway.audit.store import StoredRecord
+
+MAX_LIMIT: Final = 500
+LOOKUP_FIELDS: Final = (
+    "type",
+    "principal",
+    "actor",
+    "case_id",
+    "service",
+    "receiving_province",
+    "handling_province",
+    "system",
+)
+"""Columns of the lookup row besides (chain, sequence, time), in table order."""
+
+LookupRow = tuple[str, int, str, str | None, str | None, str | None, str | None, str | None,
+                  str | None, str | None, str | None]  # fmt: skip
+
+
+class InvalidCursor(ValueError):
+    """A cursor that this gateway did not make (or made for another order)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class QueryPosition:
+    """Where a page ended: the sort key of its last record."""
+
+    time: str
+    chain: str
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditQuery:
+    """Filters are ANDed; each one left None matches everything."""
+
+    principal: str | None = None
+    actor: str | None = None
+    case_id: str | None = None
+    service: str | None = None
+    province: str | None = None
+    """Matches the receiving *or* the handling province."""
+    since: str | None = None
+    """First time included (RFC 3339 text as the writer formats it)."""
+    until: str | None = None
+    """First time excluded."""
+    types: tuple[str, ...] = ()
+    """Event types; empty means every type."""
+    after: QueryPosition | None = None
+    """Continue after this record (from the previous page's cursor)."""
+    limit: int = 100
+    oldest_first: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_LIMIT}")
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPage:
+    records: list[StoredRecord]
+    next: QueryPosition | None
+    """Position to continue after, or None when this was the last page."""
+
+
+def _text(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return value if isinstance(value, str) else None
+
+
+def lookup_row(record: StoredRecord) -> LookupRow:
+    """The lookup columns of a record, read from its stored text (never from the caller)."""
+    try:
+        body = orjson.loads(record.text)
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    return (
+        record.chain,
+        record.sequence,
+        record.time,
+        *(_text(body, name) for name in LOOKUP_FIELDS),
+    )  # type: ignore[return-value]
+
+
+def matches(query: AuditQuery, row: LookupRow) -> bool:
+    """The filter in Python, for the memory store and for tests of the SQL stores."""
+    _, _, time, kind, principal, actor, case_id, service, receiving, handling, _ = row
+    return (
+        (query.principal is None or principal == query.principal)
+        and (query.actor is None or actor == query.actor)
+        and (query.case_id is None or case_id == query.case_id)
+        and (query.service is None or service == query.service)
+        and (query.province is None or query.province in (receiving, handling))
+        and (query.since is None or time >= query.since)
+        and (query.until is None or time < query.until)
+        and (not query.types or kind in query.types)
+    )
+
+
+def sql_filter(query: AuditQuery, placeholder: Any) -> tuple[str, list[object]]:
+    """The WHERE clause (over alias ``i`` of the lookup table) and its parameters.
+
+    Built from fixed fragments only, one per filter present, so the planner sees plain
+    equality terms and can pick the matching partial index; values are always parameters.
+    ``placeholder(n)`` renders the n-th parameter (``?`` for SQLite, ``$n`` for PostgreSQL).
+    """
+    terms: list[str] = []
+    params: list[object] = []
+
+    def param(value: object) -> str:
+        params.append(value)
+        return str(placeholder(len(params)))
+
+    for column, value in (
+        ("principal", query.principal),
+        ("actor", query.actor),
+        ("case_id", query.case_id),
+        ("service", query.service),
+    ):
+        if value is not None:
+            terms.append(f"i.{column} = {param(value)}")
+    if query.province is not None:
+        receiving, handling = param(query.province), param(query.province)
+        terms.append(f"(i.receiving_province = {receiving} OR i.handling_province = {handling})")
+    if query.since is not None:
+        terms.append(f"i.recorded_at >= {param(query.since)}")
+    if query.until is not None:
+        terms.append(f"i.recorded_at < {param(query.until)}")
+    if query.types:
+        terms.append(f"i.type IN ({', '.join(param(t) for t in query.types)})")
+    if query.after is not None:
+        op = ">" if query.oldest_first else "<"
+        a = query.after
+        terms.append(
+            f"(i.recorded_at, i.chain_id, i.sequence) {op} "
+            f"({param(a.time)}, {param(a.chain)}, {param(a.sequence)})"
+        )
+    return (" WHERE " + " AND ".join(terms)) if terms else "", params
+
+
+def sql_order(query: AuditQuery) -> str:
+    direction = "ASC" if query.oldest_first else "DESC"
+    return f" ORDER BY i.recorded_at {direction}, i.chain_id {direction}, i.sequence {direction}"
+
+
+def page_of(query: AuditQuery, records: list[StoredRecord]) -> QueryPage:
+    """Cut a ``limit + 1`` fetch into a page and the position to continue after."""
+    if len(records) <= query.limit:
+        return QueryPage(records, None)
+    kept = records[: query.limit]
+    last = kept[-1]
+    return QueryPage(kept, QueryPosition(last.time, last.chain, last.sequence))
+
+
+def encode_cursor(position: QueryPosition, *, oldest_first: bool) -> str:
+    raw = orjson.dumps(
+        [position.time, position.chain, position.sequence, "asc" if oldest_first else "desc"]
+    )
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str, *, oldest_first: bool) -> QueryPosition:
+    """The position a cursor names; InvalidCursor for anything this gateway did not make."""
+    if not cursor or len(cursor) > 512:
+        raise InvalidCursor("cursor")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = orjson.loads(raw)
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise InvalidCursor("cursor") from None
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or not isinstance(value[0], str)
+        or not isinstance(value[1], str)
+        or type(value[2]) is not int
+        or value[3] != ("asc" if oldest_first else "desc")
+    ):
+        raise InvalidCursor("cursor")
+    return QueryPosition(value[0], value[1], value[2])

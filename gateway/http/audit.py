@@ -1,0 +1,555 @@
+"""Reading the audit trail over HTTP, and recording what staff do through the admin API.
+
+GET /admin/audit              auditor: records filtered by principal, actor, case, service,
+                              province, time and type; keyset-paginated (``next_cursor``)
+GET /api/v1/me/access-log     a citizen: which provinces and systems touched their data, when
+                              and for what purpose (信息来源可溯、去向可查), their own records only
+
+``admin_audit_middleware`` writes an ``admin_action`` record for every /admin request: a
+changing request (POST, PUT, PATCH, DELETE) is recorded in ``required`` mode *before* its
+handler runs (no audit, no admin action), and every request's outcome is recorded, buffered,
+after it. Records name the staff member by pairwise subject and the route, never a body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+import structlog
+from aiohttp import web
+from multidict import MultiMapping
+
+from gateway.audit.query import (
+    MAX_LIMIT,
+    AuditQuery,
+    InvalidCursor,
+    decode_cursor,
+    encode_cursor,
+)
+from gateway.audit.record import AuditEvent, EventType, format_time
+from gateway.audit.store import AuditStore, AuditStoreError
+from gateway.audit.writer import AuditWriter
+from gateway.errors import (
+    AuditUnavailable,
+    Forbidden,
+    GatewayError,
+    Unauthenticated,
+    ValidationFailed,
+)
+from gateway.http.keys import (
+    LOG_FIELDS,
+    PRINCIPAL,
+    REQUEST_ID,
+    SETTINGS,
+    STATE,
+    VERIFIER,
+    principal_of,
+)
+from gateway.principal import Principal
+from gateway.settings import PROVINCES
+
+log = structlog.get_logger("tongban.audit")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+AUDITOR_ROLE: Final = "auditor"
+ACCESS_LOG_TYPES: Final = (EventType.SERVICE_CALL_COMPLETED.value, EventType.CASE_TRANSITION.value)
+_EVENT_TYPES: Final = frozenset(t.value for t in EventType)
+_CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PROVINCE = re.compile(r"^[0-9]{2}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_ADMIN_FILTERS: Final = ("principal", "actor", "case_id", "service", "province")
+_ADMIN_PARAMS: Final = frozenset(
+    {*_ADMIN_FILTERS, "since", "until", "type", "limit", "cursor", "order"}
+)
+_ACCESS_LOG_PARAMS: Final = frozenset({"since", "until", "limit", "cursor"})
+
+
+def add_audit_routes(app: web.Application) -> None:
+    app.router.add_get("/admin/audit", admin_audit)
+    app.router.add_get("/api/v1/me/access-log", access_log)
+
+
+def _json(data: Any) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+# --- parameters ------------------------------------------------------------------------------
+
+
+class _Params:
+    """Query parameters checked one by one; every problem is collected, then reported at once."""
+
+    def __init__(self, query: MultiMapping[str], allowed: frozenset[str]) -> None:
+        self.query = query
+        self.errors: list[dict[str, str]] = []
+        for name in sorted(set(query) - allowed):
+            self.error(name, "unknown parameter")
+        for name in sorted(allowed):
+            if len(query.getall(name, [])) > 1 and name != "type":
+                self.error(name, "given more than once")
+
+    def error(self, name: str, message: str) -> None:
+        self.errors.append({"path": f"/{name}", "message": message})
+
+    def text(self, name: str, pattern: re.Pattern[str] = _TOKEN) -> str | None:
+        value = self.query.get(name)
+        if value is None:
+            return None
+        if not pattern.match(value):
+            self.error(name, "not a valid value")
+            return None
+        return value
+
+    def time(self, name: str) -> str | None:
+        value = self.query.get(name)
+        if value is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            self.error(name, "not an RFC 3339 time")
+            return None
+        if moment.tzinfo is None:
+            self.error(name, "needs a time zone (Z or +08:00)")
+            return None
+        return format_time(moment)
+
+    def limit(self, default: int = 50) -> int:
+        value = self.query.get("limit")
+        if value is None:
+            return default
+        if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+            self.error("limit", f"an integer from 1 to {MAX_LIMIT}")
+            return default
+        return int(value)
+
+    def check(self) -> None:
+        if self.errors:
+            raise ValidationFailed("The query parameters are not valid.", errors=self.errors)
+
+
+def _query(params: _Params, oldest_first: bool, **fixed: Any) -> AuditQuery:
+    """Time range, cursor and limit, common to both endpoints."""
+    since, until = params.time("since"), params.time("until")
+    if since and until and since >= until:
+        params.error("until", "must be after since")
+    after = None
+    cursor = params.query.get("cursor")
+    if cursor is not None:
+        try:
+            after = decode_cursor(cursor, oldest_first=oldest_first)
+        except InvalidCursor:
+            params.error("cursor", "not a cursor of this listing")
+    limit = params.limit()
+    params.check()
+    return AuditQuery(
+        since=since, until=until, after=after, limit=limit, oldest_first=oldest_first, **fixed
+    )
+
+
+def _store(request: web.Request) -> AuditStore:
+    store = request.app[STATE].audit_store
+    if store is None:
+        raise AuditUnavailable("The audit trail is not open.")
+    return store
+
+
+async def _run(request: web.Request, query: AuditQuery) -> tuple[list[dict[str, Any]], str | None]:
+    try:
+        page = await _store(request).query(query)
+    except AuditStoreError as exc:
+        raise AuditUnavailable("The audit trail cannot be read now; try again.") from exc
+    records: list[dict[str, Any]] = []
+    for stored in page.records:
+        try:
+            body = orjson.loads(stored.text)
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            # Shown, not hidden: a record that is not JSON is a finding for the verifier.
+            body = {"chain": stored.chain, "sequence": stored.sequence, "unreadable": True}
+        body["hash"] = stored.hash
+        records.append(body)
+    cursor = None
+    if page.next is not None:
+        cursor = encode_cursor(page.next, oldest_first=query.oldest_first)
+    return records, cursor
+
+
+# --- staff -----------------------------------------------------------------------------------
+
+
+async def _bearer_principal(request: web.Request) -> Principal:
+    """Admin routes sit outside /api, so they check the bearer token themselves."""
+    found = request.get(PRINCIPAL)
+    if isinstance(found, Principal):
+        return found
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("A bearer token is required.")
+    principal = await request.app[VERIFIER].verify(token.strip())
+    request[PRINCIPAL] = principal
+    request[LOG_FIELDS]["client"] = principal.client_id
+    return principal
+
+
+async def require_role(request: web.Request, role: str) -> Principal:
+    principal = await _bearer_principal(request)
+    if role not in principal.roles:
+        raise Forbidden(f"This needs the {role} role.")
+    return principal
+
+
+async def admin_audit(request: web.Request) -> web.Response:
+    """GET /admin/audit: the trail as an auditor searches it."""
+    await require_role(request, AUDITOR_ROLE)
+    params = _Params(request.query, _ADMIN_PARAMS)
+    filters = {name: params.text(name) for name in ("principal", "actor", "case_id", "service")}
+    province = params.text("province", _PROVINCE)
+    if province is not None and province not in PROVINCES:
+        params.error("province", "not a GB/T 2260 province code")
+    types: list[str] = []
+    for raw in request.query.getall("type", []):
+        for kind in filter(None, raw.split(",")):
+            if kind not in _EVENT_TYPES:
+                params.error("type", f"unknown event type {kind[:40]!r}")
+            types.append(kind)
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        params.error("order", "asc or desc")
+    query = _query(
+        params, order == "asc", province=province, types=tuple(dict.fromkeys(types)), **filters
+    )
+    records, cursor = await _run(request, query)
+    return _json({"records": records, "next_cursor": cursor})
+
+
+# --- the citizen's access log ------------------------------------------------------------------
+
+
+def _province(code: str | None) -> dict[str, str] | None:
+    if not code or code not in PROVINCES:
+        return None
+    zh, en = PROVINCES[code]
+    return {"code": code, "name": zh, "name_en": en}
+
+
+def _entry(app: web.Application, record: Mapping[str, Any]) -> dict[str, Any]:
+    settings = app[SETTINGS]
+    service = settings.services.get(str(record.get("service")))
+    system = settings.systems.get(str(record.get("system")))
+    handling = [
+        p
+        for p in (_province(code) for code in str(record.get("handling_province") or "").split(","))
+        if p is not None
+    ]
+    actor = record.get("actor")
+    return {
+        "time": record.get("time"),
+        "kind": "service_call"
+        if record.get("type") == EventType.SERVICE_CALL_COMPLETED
+        else "case_step",
+        "service": record.get("service"),
+        "service_name": service.name.model_dump() if service else None,
+        "operation": record.get("operation"),
+        "receiving_province": _province(record.get("receiving_province")),
+        "handling_provinces": handling,
+        "system": record.get("system"),
+        "system_name": system.name.model_dump() if system else None,
+        "purpose": record.get("purpose"),
+        "outcome": record.get("outcome"),
+        "error_code": record.get("error_code"),
+        "case_id": record.get("case_id"),
+        "client": record.get("client"),
+        "acted_by": actor if actor and actor != record.get("principal") else None,
+        "request_id": record.get("request_id"),
+    }
+
+
+async def access_log(request: web.Request) -> web.Response:
+    """GET /api/v1/me/access-log: who touched the caller's data, newest first."""
+    principal = principal_of(request)
+    if principal.actor is not None:
+        raise Forbidden("Only the holder reads their own access log, not someone acting for them.")
+    params = _Params(request.query, _ACCESS_LOG_PARAMS)
+    query = _query(params, False, principal=principal.subject, types=ACCESS_LOG_TYPES)
+    records, cursor = await _run(request, query)
+    entries = [_entry(request.app, r) for r in records if r.get("principal") == principal.subject]
+    return _json({"entries": entries, "next_cursor": cursor})
+
+
+# --- recording staff actions -------------------------------------------------------------------
+
+
+def _admin_event(
+    request: web.Request, principal: Principal | None, outcome: str, **fields: Any
+) -> AuditEvent:
+    route = request.match_info.route.resource
+    query = {k: v[:64] for k, v in request.query.items() if k in _ADMIN_PARAMS and k != "cursor"}
+    extra: dict[str, Any] = {
+        "method": request.method,
+        "route": route.canonical if route is not None else "unmatched",
+    }
+    if query:
+        extra["query"] = query
+    extra.update(fields.pop("extra", {}))
+    return AuditEvent(
+        type=EventType.ADMIN_ACTION,
+        request_id=request.get(REQUEST_ID),
+        case_id=request.match_info.get("case_id"),
+        actor=principal.acting if principal else None,
+        principal=principal.subject if principal and principal.actor else None,
+        identity_level=principal.level if principal else None,
+        client=principal.client_id if principal else None,
+        operation=f"{request.method} {extra['route']}"[:128],
+        outcome=outcome,
+        extra=extra,
+        **fields,
+    )
+
+
+async def _quiet_principal(request: web.Request) -> Principal | None:
+    try:
+        return await _bearer_principal(request)
+    except GatewayError:
+        return None  # the handler refuses it and renders the problem
+
+
+@web.middleware
+async def admin_audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An ``admin_action`` record for every /admin request (see the module docstring)."""
+    if not request.path.startswith("/admin/"):
+        return await handler(request)
+    writer: AuditWriter | None = request.app[STATE].audit
+    if writer is None:
+        return await handler(request)
+    principal = await _quiet_principal(request)
+    if request.method in _CHANGING and principal is not None:
+        # Required: the change does not happen unless the trail holds the request first.
+        await writer.append(_admin_event(request, principal, "requested"))
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        event = _admin_event(
+            request,
+            principal,
+            "denied" if exc.status in (401, 403) else "error",
+            error_code=exc.code,
+            extra={"status": exc.status},
+        )
+        _append_quietly(writer, event)
+        raise
+    event = _admin_event(request, principal, "ok", extra={"status": response.status})
+    _append_quietly(writer, event)
+    return response
+
+
+def _append_quietly(writer: AuditWriter, event: AuditEvent) -> None:
+    try:
+        writer.append_nowait(event)
+    except AuditUnavailable:
+        log.warning("admin_action_unaudited", route=event.operation)
+
+
+# --- OpenAPI fragment (merged into /openapi.json by gateway.http.openapi) ----------------------
+
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_PROVINCE_REF = {
+    "type": "object",
+    "required": ["code", "name", "name_en"],
+    "properties": {
+        "code": {"type": "string", "pattern": "^[0-9]{2}$"},
+        "name": {"type": "string", "description": "Chinese name, e.g. 陕西"},
+        "name_en": {"type": "string"},
+    },
+}
+_LOCALIZED_OR_NULL = {
+    "anyOf": [
+        {
+            "type": "object",
+            "required": ["zh", "en"],
+            "properties": {"zh": {"type": "string"}, "en": {"type": "string"}},
+        },
+        {"type": "null"},
+    ]
+}
+
+
+_ENTRY_REQUIRED = (
+    "time", "kind", "service", "receiving_province", "handling_provinces", "system",
+    "purpose", "outcome", "acted_by",
+)  # fmt: skip
+
+
+def audit_openapi_schemas() -> dict[str, Any]:
+    names = (
+        "request_id", "case_id", "actor", "principal", "identity_level", "client", "service",
+        "receiving_province", "handling_province", "system", "operation", "purpose",
+        "outcome", "error_code", "request_digest", "response_digest",
+    )  # fmt: skip
+    record_fields = dict.fromkeys(names, _NULLABLE_TEXT)
+    return {
+        "AuditRecord": {
+            "type": "object",
+            "description": "A stored record exactly as chained (docs/audit.md), plus its hash.",
+            "required": ["chain", "sequence", "hash"],
+            "properties": {
+                "v": {"type": "integer"},
+                "chain": {"type": "string"},
+                "sequence": {"type": "integer", "minimum": 1},
+                "time": {"type": "string", "format": "date-time"},
+                "type": {"type": "string", "enum": sorted(_EVENT_TYPES)},
+                "alg": {"type": "string"},
+                "prev_hash": {"type": "string"},
+                "hash": {"type": "string"},
+                "attempts": {"type": ["integer", "null"]},
+                "latency_ms": {"type": ["integer", "null"]},
+                "extra": {"type": "object"},
+                "unreadable": {"type": "boolean", "description": "the stored text is not JSON"},
+                **record_fields,
+            },
+        },
+        "AuditPage": {
+            "type": "object",
+            "required": ["records", "next_cursor"],
+            "properties": {
+                "records": {"type": "array", "items": {"$ref": "#/components/schemas/AuditRecord"}},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "Pass as `cursor` for the next page; null on the last page.",
+                },
+            },
+        },
+        "AccessLogEntry": {
+            "type": "object",
+            "required": [*_ENTRY_REQUIRED],
+            "properties": {
+                "time": {"type": "string", "format": "date-time"},
+                "kind": {"type": "string", "enum": ["service_call", "case_step"]},
+                "service": _NULLABLE_TEXT,
+                "service_name": _LOCALIZED_OR_NULL,
+                "operation": _NULLABLE_TEXT,
+                "receiving_province": {"anyOf": [_PROVINCE_REF, {"type": "null"}]},
+                "handling_provinces": {"type": "array", "items": _PROVINCE_REF},
+                "system": _NULLABLE_TEXT,
+                "system_name": _LOCALIZED_OR_NULL,
+                "purpose": _NULLABLE_TEXT,
+                "outcome": _NULLABLE_TEXT,
+                "error_code": _NULLABLE_TEXT,
+                "case_id": _NULLABLE_TEXT,
+                "client": _NULLABLE_TEXT,
+                "acted_by": {
+                    **_NULLABLE_TEXT,
+                    "description": "Who acted for the holder (a window clerk or an agent).",
+                },
+                "request_id": _NULLABLE_TEXT,
+            },
+        },
+        "AccessLog": {
+            "type": "object",
+            "required": ["entries", "next_cursor"],
+            "properties": {
+                "entries": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/AccessLogEntry"},
+                },
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+    }
+
+
+def _param(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string", "maxLength": 128},
+    }
+
+
+def _problem_responses(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": "Problem details (RFC 9457)",
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        for s in statuses
+    }
+
+
+def audit_openapi_paths() -> dict[str, Any]:
+    window = [
+        _param("since", "First time included (RFC 3339 with zone).", {"type": "string"}),
+        _param("until", "First time excluded (RFC 3339 with zone).", {"type": "string"}),
+        _param("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+        _param("cursor", "`next_cursor` of the previous page.", {"type": "string"}),
+    ]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "/admin/audit": {
+            "get": {
+                "summary": "Search the audit trail (auditor role); newest first by default",
+                "security": secured,
+                "parameters": [
+                    _param("principal", "Pairwise subject of the person concerned."),
+                    _param("actor", "Who acted (clerk, agent, operator)."),
+                    _param("case_id", "Case (办件) id."),
+                    _param("service", "Service code."),
+                    _param(
+                        "province",
+                        "Receiving or handling province (GB/T 2260).",
+                        {"type": "string", "pattern": "^[0-9]{2}$"},
+                    ),
+                    _param(
+                        "type",
+                        "Event types, comma-separated or repeated.",
+                        {"type": "string"},
+                    ),
+                    _param("order", "desc (default) or asc.", {"enum": ["asc", "desc"]}),
+                    *window,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/AuditPage"}
+                            }
+                        },
+                    },
+                    **_problem_responses(401, 403, 422, 503),
+                },
+            }
+        },
+        "/api/v1/me/access-log": {
+            "get": {
+                "summary": "Who touched my data: provinces, systems, purposes (newest first)",
+                "security": secured,
+                "parameters": window,
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/AccessLog"}
+                            }
+                        },
+                    },
+                    **_problem_responses(401, 403, 422, 503),
+                },
+            }
+        },
+    }

@@ -1,0 +1,267 @@
+"""The AuditStore query contract: filters, stable keyset order, lookup table, migration 2.
+
+Every test runs on the memory store, on SQLite and on PostgreSQL (marker postgres).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from gateway.audit.checkpoint import CheckpointSigner
+from gateway.audit.keys import StaticKeyStore, new_signing_key
+from gateway.audit.query import (
+    AuditQuery,
+    InvalidCursor,
+    QueryPosition,
+    decode_cursor,
+    encode_cursor,
+)
+from gateway.audit.record import AuditEvent, AuditRecord, EventType, format_time
+from gateway.audit.store import AuditStore, StoredRecord, iter_records
+from gateway.audit.writer import AuditWriter, WriterSettings
+from gateway.stores.memory_audit import MemoryAuditStore
+from gateway.stores.migrations import migrate_postgres, migrate_sqlite
+from gateway.stores.postgres_audit import AUDIT_MIGRATIONS as PG_MIGRATIONS
+from gateway.stores.sqlite import connect_sqlite
+from gateway.stores.sqlite_audit import AUDIT_MIGRATIONS as SQLITE_MIGRATIONS
+from tests.stores.backends import PG_DSN, Backend, PostgresBackend, SqliteBackend, run_private
+from tests.stores.conftest import _drop_schema, _postgres_or_skip
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend | None]:
+    if request.param == "memory":
+        yield None
+        return
+    if request.param == "sqlite":
+        yield SqliteBackend(tmp_path / "audit.db")
+        return
+    _postgres_or_skip()
+    schema = f"t_audit_{secrets.token_hex(6)}"
+    try:
+        yield PostgresBackend(PG_DSN, schema)
+    finally:
+        run_private(_drop_schema(schema))
+
+
+@pytest.fixture
+async def qstore(any_backend: Backend | None) -> AsyncIterator[AuditStore]:
+    store: AuditStore = MemoryAuditStore() if any_backend is None else any_backend.new_store()
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def _event(n: int, **fields: object) -> AuditEvent:
+    base: dict[str, object] = {
+        "type": EventType.SERVICE_CALL_COMPLETED,
+        "principal": f"pw-{n % 3}",
+        "service": "pension-transfer" if n % 2 else "degree-verification",
+        "receiving_province": "63",
+        "handling_province": "61" if n % 2 else "62",
+        "system": "shaanxi-si",
+        "purpose": "测试",
+        "outcome": "ok",
+        "case_id": f"QH-{n % 4}",
+        "actor": "clerk-7" if n % 5 == 0 else None,
+        "time": T0 + timedelta(seconds=n),
+    }
+    base.update(fields)
+    return AuditEvent(**base)  # type: ignore[arg-type]
+
+
+async def _write(store: AuditStore, chain: str, events: list[AuditEvent]) -> None:
+    writer = AuditWriter(
+        store,
+        chain=chain,
+        signer=CheckpointSigner(StaticKeyStore([new_signing_key()])),
+        settings=WriterSettings(checkpoint_every=7),
+    )
+    await writer.start()
+    for event in events:
+        await writer.append(event)
+    await writer.aclose()
+
+
+async def _all(store: AuditStore, query: AuditQuery) -> list[StoredRecord]:
+    found: list[StoredRecord] = []
+    after = query.after
+    while True:
+        page = await store.query(
+            AuditQuery(**{**_fields(query), "after": after})  # type: ignore[arg-type]
+        )
+        found.extend(page.records)
+        if page.next is None:
+            return found
+        after = page.next
+
+
+def _fields(query: AuditQuery) -> dict[str, object]:
+    return {name: getattr(query, name) for name in query.__dataclass_fields__}
+
+
+def _events(records: list[StoredRecord]) -> list[AuditEvent]:
+    return [AuditRecord.from_stored(r.text, r.hash).event for r in records]
+
+
+def _key(record: StoredRecord) -> tuple[str, str, int]:
+    return (record.time, record.chain, record.sequence)
+
+
+async def test_principal_filter_newest_first_with_exact_text(qstore: AuditStore) -> None:
+    await _write(qstore, "gw-a", [_event(n) for n in range(1, 31)])
+    page = await qstore.query(AuditQuery(principal="pw-1", limit=100))
+    assert page.next is None
+    assert [e.principal for e in _events(page.records)] == ["pw-1"] * 10
+    assert [_key(r) for r in page.records] == sorted((_key(r) for r in page.records), reverse=True)
+    stored = {r.sequence: r async for r in iter_records(qstore, "gw-a")}
+    for record in page.records:  # what a query returns is the stored text and hash itself
+        assert (record.text, record.hash) == (
+            stored[record.sequence].text,
+            stored[record.sequence].hash,
+        )
+
+
+async def test_keyset_pages_cover_everything_once_in_both_orders(qstore: AuditStore) -> None:
+    # Two chains with records at the same instants: ties break on chain, then sequence.
+    await _write(
+        qstore, "gw-a", [_event(n, time=T0 + timedelta(seconds=n // 2)) for n in range(24)]
+    )
+    await _write(
+        qstore, "gw-b", [_event(n, time=T0 + timedelta(seconds=n // 2)) for n in range(24)]
+    )
+    for oldest_first in (False, True):
+        everything = await qstore.query(AuditQuery(limit=500, oldest_first=oldest_first))
+        keys = [_key(r) for r in everything.records]
+        assert keys == sorted(keys, reverse=not oldest_first)
+        assert len(keys) == 48
+        paged = await _all(qstore, AuditQuery(limit=5, oldest_first=oldest_first))
+        assert [_key(r) for r in paged] == keys
+
+
+async def test_pages_stay_stable_while_records_are_added(qstore: AuditStore) -> None:
+    await _write(qstore, "gw-a", [_event(n) for n in range(10)])
+    first = await qstore.query(AuditQuery(limit=4, oldest_first=True))
+    assert first.next is not None
+    await _write(qstore, "gw-b", [_event(n, time=T0 + timedelta(hours=1)) for n in range(3)])
+    rest = await _all(qstore, AuditQuery(limit=4, oldest_first=True, after=first.next))
+    assert [r.sequence for r in first.records + rest][:10] == list(range(1, 11))
+    assert [r.chain for r in rest][-3:] == ["gw-b"] * 3
+
+
+async def test_each_filter_and_their_combination(qstore: AuditStore) -> None:
+    events = [_event(n) for n in range(1, 41)]
+    events.append(_event(41, type=EventType.LOGIN, service=None, handling_province=None))
+    await _write(qstore, "gw-a", events)
+    everything = _events((await qstore.query(AuditQuery(limit=500))).records)
+
+    async def check(query: AuditQuery, expected: list[AuditEvent]) -> None:
+        got = _events(await _all(qstore, query))
+        assert sorted(e.time for e in got if e.time) == sorted(e.time for e in expected if e.time)
+        assert got, f"the fixture must give {query} something to find"
+
+    await check(AuditQuery(case_id="QH-2"), [e for e in everything if e.case_id == "QH-2"])
+    await check(
+        AuditQuery(service="pension-transfer"),
+        [e for e in everything if e.service == "pension-transfer"],
+    )
+    await check(AuditQuery(actor="clerk-7"), [e for e in everything if e.actor == "clerk-7"])
+    # A province is the receiving or the handling one.
+    await check(AuditQuery(province="62"), [e for e in everything if e.handling_province == "62"])
+    await check(AuditQuery(province="63"), [e for e in everything if e.receiving_province == "63"])
+    await check(AuditQuery(types=("login",)), [e for e in everything if e.type == "login"])
+    since, until = format_time(T0 + timedelta(seconds=10)), format_time(T0 + timedelta(seconds=20))
+    await check(
+        AuditQuery(since=since, until=until),
+        [e for e in everything if e.time and since <= format_time(e.time) < until],
+    )
+    await check(
+        AuditQuery(principal="pw-0", service="degree-verification", province="62", since=since),
+        [
+            e
+            for e in everything
+            if e.principal == "pw-0"
+            and e.service == "degree-verification"
+            and e.time
+            and format_time(e.time) >= since
+        ],
+    )
+    assert (await qstore.query(AuditQuery(principal="pw-nobody"))).records == []
+
+
+async def test_text_that_is_not_a_record_is_stored_and_found_by_time(qstore: AuditStore) -> None:
+    odd = StoredRecord("gw-x", 1, format_time(T0), "not json at all", "0" * 64)
+    listed = StoredRecord("gw-x", 2, format_time(T0), '["a","list"]', "1" * 64)
+    await qstore.append([odd, listed])
+    page = await qstore.query(AuditQuery(since=format_time(T0)))
+    assert [r.text for r in page.records] == ['["a","list"]', "not json at all"]
+    assert (await qstore.query(AuditQuery(principal="not json at all"))).records == []
+
+
+def test_cursor_is_opaque_and_bound_to_its_order() -> None:
+    position = QueryPosition(format_time(T0), "gw-a", 7)
+    cursor = encode_cursor(position, oldest_first=False)
+    assert decode_cursor(cursor, oldest_first=False) == position
+    for bad in ("", "!!", cursor[:-2], "W10", "x" * 600):
+        with pytest.raises(InvalidCursor):
+            decode_cursor(bad, oldest_first=False)
+    with pytest.raises(InvalidCursor):
+        decode_cursor(cursor, oldest_first=True)
+    with pytest.raises(ValueError, match="limit"):
+        AuditQuery(limit=0)
+
+
+async def test_lookup_table_is_append_only(backend: Backend, store: AuditStore) -> None:
+    await _write(store, "gw-a", [_event(1)])
+    for sql in (
+        "UPDATE audit_index SET principal = ? WHERE sequence = 1",
+        "DELETE FROM audit_index WHERE sequence > ?",
+    ):
+        with pytest.raises((sqlite3.DatabaseError, asyncpg.PostgresError)):
+            await backend.execute(sql, "pw-other" if sql.startswith("UPDATE") else 0)
+    assert len((await store.query(AuditQuery(principal="pw-1"))).records) == 1
+
+
+async def test_migration_2_indexes_records_written_before_it(backend: Backend) -> None:
+    # A store as release 1 left it: migration 1 only, records already written.
+    old = MemoryAuditStore()
+    await _write(old, "gw-old", [_event(n) for n in range(1, 13)])
+    rows = list(old.records_of("gw-old"))
+    rows.append(StoredRecord("gw-old", 13, format_time(T0), "tampered, not JSON", "f" * 64))
+    values = [(r.chain, r.sequence, r.time, r.text, r.hash) for r in rows]
+    if isinstance(backend, SqliteBackend):
+        conn = await connect_sqlite(backend.path)
+        try:
+            assert await migrate_sqlite(conn, "audit", SQLITE_MIGRATIONS[:1]) == [1]
+            await conn.executemany("INSERT INTO audit_records VALUES (?, ?, ?, ?, ?)", values)
+        finally:
+            await conn.close()
+    else:
+        assert isinstance(backend, PostgresBackend)
+        pg = await asyncpg.connect(backend.dsn)
+        try:
+            await pg.execute(f"CREATE SCHEMA {backend.schema}")
+            await pg.execute(f"SET search_path = {backend.schema}")
+            assert await migrate_postgres(pg, "audit", PG_MIGRATIONS[:1]) == [1]
+            await pg.executemany("INSERT INTO audit_records VALUES ($1, $2, $3, $4, $5)", values)
+        finally:
+            await pg.close()
+    store = backend.new_store()
+    await store.open()  # applies migration 2, which fills the lookup table
+    try:
+        found = await _all(store, AuditQuery(principal="pw-2", oldest_first=True))
+        assert [r.sequence for r in found] == [2, 5, 8, 11]
+        assert len((await store.query(AuditQuery(limit=100))).records) == 13
+    finally:
+        await store.aclose()
