@@ -15,12 +15,18 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import structlog
 from aiohttp import web
 
+from gateway.errors import Forbidden
+from gateway.http.login import add_login_routes
+from gateway.identity.assertion import issue_assertion
 from gateway.identity.provider import OpenIDProvider
 from gateway.identity.requests import IdentityRequest, IdentityResponse, ParameterError
+from gateway.identity.sso import SessionAuthenticator
+from gateway.principal import Principal
 
 OIDC_PROVIDER = web.AppKey("oidc_provider", OpenIDProvider)
 MAX_BODY_BYTES = 64 * 1024
@@ -50,6 +56,8 @@ def add_oidc_routes(app: web.Application, provider: OpenIDProvider) -> None:
     router.add_post("/oauth2/revoke", revoke)
     router.add_get("/oauth2/logout", logout)
     router.add_post("/oauth2/logout", logout)
+    # The SSO session's login page and platform callbacks, when that is the authenticator.
+    add_login_routes(app, provider)
 
 
 async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
@@ -74,7 +82,10 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
 def _to_web(response: IdentityResponse) -> web.Response:
     out = web.Response(status=response.status, body=response.body)
     for name, value in response.headers:
-        out.headers[name] = value
+        if name.lower() == "set-cookie":
+            out.headers.add(name, value)  # several cookies: never collapse them
+        else:
+            out.headers[name] = value
     out.headers.update(_COMMON_HEADERS)
     if out.headers.get("Content-Type", "").startswith("text/html"):
         out.headers.update(_PAGE_HEADERS)
@@ -147,7 +158,13 @@ async def _revoke(provider: OpenIDProvider, request: IdentityRequest) -> Identit
 
 
 async def _logout(provider: OpenIDProvider, request: IdentityRequest) -> IdentityResponse:
-    return await provider.end_session(request)
+    response = await provider.end_session(request)
+    authenticator = provider.authenticator
+    if isinstance(authenticator, SessionAuthenticator):
+        # The session is gone server-side; the browser also forgets its handle.
+        cookie = ("Set-Cookie", authenticator.clear_session_cookie())
+        response = replace(response, headers=(*response.headers, cookie))
+    return response
 
 
 authorize = _endpoint("authorize", _authorize)
@@ -156,6 +173,58 @@ userinfo = _endpoint("userinfo", _userinfo)
 introspect = _endpoint("introspect", _introspect)
 revoke = _endpoint("revoke", _revoke)
 logout = _endpoint("logout", _logout)
+
+
+# --- what /api handlers ask of the provider ----------------------------------------------------
+
+CALL_SCOPE = "services:call"
+"""Scope a token needs to call catalogue services (issue 3 §5)."""
+
+
+def check_client_may_call(app: web.Application, principal: Principal, service: str) -> None:
+    """The token's client may call ``service``: its registration allows the service and the
+    token carries the call scope. Without a provider (bare test apps) nothing is checked."""
+    provider = app.get(OIDC_PROVIDER)
+    if provider is None:
+        return
+    if not provider.clients.allows_service(principal.client_id, service):
+        raise Forbidden(f"This client may not call the service {service!r}.")
+    if CALL_SCOPE not in principal.scopes:
+        raise Forbidden(f"The token lacks the scope {CALL_SCOPE!r}.")
+
+
+def identity_assertion(
+    app: web.Application,
+    principal: Principal,
+    *,
+    audience: str,
+    purpose: str,
+    service: str,
+    case_id: str | None,
+    authorisation_ref: str | None,
+) -> str | None:
+    """Short-lived signed assertion for the back-end (issue 3 §6), when a provider signs one."""
+    provider = app.get(OIDC_PROVIDER)
+    if provider is None:
+        return None
+    settings = provider.settings
+    return issue_assertion(
+        provider.keys,
+        issuer=settings.issuer,
+        algorithm=settings.algorithms[0],
+        audience=audience,
+        subject=principal.subject,
+        actor=principal.actor,
+        actor_role=principal.actor_role,
+        level=principal.level,
+        purpose=purpose,
+        service=service,
+        case_id=case_id,
+        authorisation_ref=authorisation_ref,
+        client_id=principal.client_id,
+        now=provider.clock(),
+        ttl=settings.assertion_ttl,
+    )
 
 
 async def discovery(request: web.Request) -> web.Response:

@@ -39,6 +39,16 @@ class AuthenticatedUser:
     """Staff roles (clerk, operator, auditor)."""
     session_id: str | None = None
     """The SSO session (``sid``, OIDC Back-Channel Logout §2.1), when there is one."""
+    acr_until: int | None = None
+    """When ``acr`` is a stepped-up level: when it ends (tokens then carry ``base_acr``)."""
+    base_acr: str | None = None
+    """The level the session falls back to after ``acr_until``."""
+
+    def acr_at(self, now: float) -> str:
+        """The level valid at ``now`` (an elevated level expires, issue 3 §4)."""
+        if self.acr_until is not None and now >= self.acr_until and self.base_acr:
+            return self.base_acr
+        return self.acr
 
 
 @dataclass(frozen=True, slots=True)

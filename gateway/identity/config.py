@@ -10,13 +10,56 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.identity.identifiers import LinkAlgorithm
 from gateway.identity.keys import Algorithm
 from gateway.secrets import SecretRef
+
+
+class SessionSettings(BaseModel):
+    """The SSO session at the gateway (GovSSO-style short idle timeout, longer absolute cap)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cookie_name: str = Field("tongban_sso", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    """Name of the cookie holding the random session handle (nothing else is in it)."""
+    idle_timeout: int = Field(900, ge=60, le=24 * 3600)
+    """Seconds without use after which the session ends (GovSSO: 15 minutes)."""
+    absolute_timeout: int = Field(12 * 3600, ge=300)
+    """Seconds after login after which the session ends however active it is."""
+    elevated_level_ttl: int = Field(600, ge=60)
+    """Seconds a stepped-up level lasts before the session falls back to its base level."""
+    login_timeout: int = Field(600, ge=60, le=3600)
+    """Seconds a started login (login page, upstream round trip) may take."""
+    upstream_timeout: float = Field(3.0, gt=0, le=30)
+    """Seconds to wait for a provincial IdP (availability probe, token request)."""
+    store: Literal["memory", "redis"] = "memory"
+    """'memory' for one instance; 'redis' when several instances share sessions."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis server when ``store`` is 'redis'."""
+    redis_prefix: str = "tongban:sso:"
+    """Key prefix in Redis (one per deployment)."""
+
+
+class BackchannelSettings(BaseModel):
+    """Durable delivery of OIDC Back-Channel Logout 1.0 logout tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(8, ge=1, le=50)
+    """Deliveries tried per client before the entry is recorded as failed."""
+    initial_backoff: float = Field(1.0, gt=0)
+    """Seconds before the first retry; doubled after each failure."""
+    max_backoff: float = Field(300.0, gt=0)
+    """Longest wait between two attempts."""
+    timeout: float = Field(5.0, gt=0, le=60)
+    """Seconds one delivery may take (§2.5: the RP answers quickly)."""
+    logout_token_ttl: int = Field(120, ge=30, le=3600)
+    """Lifetime of a logout token; each attempt signs a fresh one."""
 
 
 class ProviderSettings(BaseModel):
@@ -44,6 +87,17 @@ class ProviderSettings(BaseModel):
     """No token of a grant family outlives this, however often it is refreshed."""
     leeway: int = Field(30, ge=0, le=120)
     """Clock skew tolerated when checking exp / iat."""
+    session: SessionSettings = SessionSettings()
+    """The SSO session cookie, its timeouts and its store."""
+    backchannel: BackchannelSettings = BackchannelSettings()
+    """Back-channel logout delivery (queue in the data directory)."""
+    assertion_ttl: int = Field(60, ge=10, le=600)
+    """Seconds an identity assertion sent to a back-end is valid."""
+    link_secret: SecretRef | None = None
+    """Key of the cross-province link key (keyed hash of ID type + number, issue 6): one person
+    signing in through two provinces is one local user. Absent: users are per platform."""
+    link_algorithm: LinkAlgorithm = "hmac-sha256"
+    """hmac-sha256, or hmac-sm3 (GB/T 32905)."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -55,6 +109,8 @@ class ProviderSettings(BaseModel):
             raise ValueError("issuer must not end with '/'")
         if len(self.pairwise_secret.get_secret_value()) < 32:
             raise ValueError("pairwise_secret needs 32+ characters")
+        if self.link_secret is not None and len(self.link_secret.get_secret_value()) < 32:
+            raise ValueError("link_secret needs 32+ characters")
         if not self.algorithms:
             raise ValueError("configure at least one signing algorithm")
         return self

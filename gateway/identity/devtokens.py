@@ -46,6 +46,7 @@ class DevTokenIssuer:
         actor: str | None = None,
         actor_role: str | None = None,
         roles: Iterable[str] = (),
+        scopes: Iterable[str] = ("openid", "services:call"),
         ttl: float = 12 * 3600,
     ) -> str:
         claims = {
@@ -55,6 +56,7 @@ class DevTokenIssuer:
             "act": actor,
             "act_role": actor_role,
             "roles": sorted(roles),
+            "scope": " ".join(scopes),
             "exp": int(self._clock() + ttl),
         }
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
@@ -82,6 +84,7 @@ class DevTokenIssuer:
             actor=claims.get("act"),
             actor_role=claims.get("act_role"),
             roles=frozenset(claims.get("roles", ())),
+            scopes=frozenset(str(claims.get("scope", "")).split()),
         )
 
 

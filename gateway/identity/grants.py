@@ -43,6 +43,7 @@ from authlib.oidc.core import OpenIDCode
 from authlib.oidc.core.grants.util import is_openid_scope
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 
+from gateway.audit.record import EventType
 from gateway.identity.clients import ClientRegistration, OAuthClient
 from gateway.identity.requests import IdentityRequest
 from gateway.identity.store import CodeRecord, GrantFamily, credential_hash
@@ -212,6 +213,15 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
             # RFC 6749 §4.1.2 / §10.5: a replayed code revokes what it issued.
             provider.store.revoke_family(record.family_id)
             log.warning("authorization_code_replayed", client=client.client_id)
+            provider.audit_event(
+                EventType.TOKEN_REVOKED,
+                client_id=client.client_id,
+                subject=provider.subject_for(client, record.user),
+                operation="code_replay_detected",
+                outcome="revoked",
+                error_code="authorization_code_replayed",
+                extra={"family": record.family_id},
+            )
             return None
         if record.expires_at <= provider.clock():
             return None
@@ -264,6 +274,15 @@ class RotatingRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
             # RFC 9700 §4.14.2: reuse of a rotated refresh token revokes the whole family.
             provider.store.revoke_family(record.family_id)
             log.warning("refresh_token_reused", client=record.client_id)
+            provider.audit_event(
+                EventType.TOKEN_REVOKED,
+                client_id=record.client_id,
+                subject=provider.family_subject(family),
+                operation="refresh_reuse_detected",
+                outcome="revoked",
+                error_code="refresh_token_reused",
+                extra={"family": record.family_id},
+            )
             return None
         if record.expires_at <= provider.clock():
             return None
@@ -360,6 +379,18 @@ class TokenRevocationEndpoint(RevocationEndpoint):  # type: ignore[misc]
         else:
             store.revoke_access_token(token.key)
         log.info("token_revoked", client=token.client_id, token_type=token.kind)
+        detail = {"token_type": token.kind}
+        if token.kind == "refresh_token":
+            detail["family"] = token.family_id or ""
+        else:
+            detail["jti"] = token.key  # an access token's id, not the token
+        self.server.audit_event(
+            EventType.TOKEN_REVOKED,
+            client_id=token.client_id,
+            subject=token.subject,
+            operation="revocation",
+            extra=detail,
+        )
 
 
 class LogoutEndpoint(EndSessionEndpoint):  # type: ignore[misc]

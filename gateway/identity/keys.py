@@ -196,3 +196,12 @@ class SigningKeys:
             raise ValueError(f"no active key for {algorithm}")
         header = {"alg": algorithm, "kid": kid, "typ": typ}
         return jwt.encode(header, dict(claims), self._keys[kid], algorithms=[algorithm])
+
+
+def rotate_key_file(path: Path, algorithm: Algorithm = "ES256") -> tuple[str, list[str]]:
+    """`tongban keys rotate`: add a new active key for ``algorithm`` to the key file (created
+    when missing); every older key stays in the JWKS so the tokens it signed still verify until
+    they expire. Returns the new kid and the kids kept for verification."""
+    keys = SigningKeys.load_or_create(path, (algorithm,))
+    kept = list(keys._keys)
+    return keys.rotate(algorithm), kept

@@ -51,6 +51,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol, Key
 
+from gateway.audit.record import AuditEvent, EventType
+from gateway.audit.sink import AuditSink, WriterAuditSink
 from gateway.identity.authn import AuthenticatedUser, Authenticator, AuthorizationContext
 from gateway.identity.clients import ClientRegistration, ClientRegistry, OAuthClient
 from gateway.identity.config import ProviderSettings, pairwise_subject
@@ -162,6 +164,11 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         self.store = store
         self.authenticator = authenticator
         self.clock = clock
+        self.backchannel_logout = False
+        """True once a back-channel logout queue is wired (OIDC Back-Channel Logout 1.0 §2.1)."""
+        self.audit: AuditSink = WriterAuditSink()
+        """Where logins, tokens and logouts are recorded (gateway/audit/sink.py); the gateway
+        binds it to its audit writer at start-up."""
         self.register_token_generator("default", self._generate_token)
         self.register_grant(CodeGrant, [S256CodeChallenge(), OpenIDCodeExtension(self)])
         self.register_grant(RotatingRefreshTokenGrant)
@@ -356,7 +363,15 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         claims = validated.id_token_claims or {}
         sid = claims.get("sid")
         await self.authenticator.sign_out(request, sid if isinstance(sid, str) else None)
-        log.info("session_ended", client=validated.client.client_id if validated.client else None)
+        client_id = validated.client.client_id if validated.client else None
+        subject = claims.get("sub")
+        self.audit_event(
+            EventType.LOGOUT,
+            client_id=client_id,
+            subject=subject if isinstance(subject, str) else None,
+            operation="rp_initiated_logout",
+        )
+        log.info("session_ended", client=client_id)
         response: IdentityResponse | None = self.create_endpoint_response("end_session", validated)
         if response is not None:
             return response
@@ -413,8 +428,8 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             "claims_parameter_supported": False,
             "request_parameter_supported": False,
             "request_uri_parameter_supported": False,
-            "backchannel_logout_supported": False,
-            "backchannel_logout_session_supported": False,
+            "backchannel_logout_supported": self.backchannel_logout,
+            "backchannel_logout_session_supported": self.backchannel_logout,
         }
 
     def jwks(self) -> dict[str, Any]:
@@ -465,7 +480,10 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         else:
             person = family.user
             claims["sub"] = self.subject_for(client, person)
-            claims["acr"] = person.acr
+            claims["acr"] = person.acr_at(now)
+            if person.acr_until is not None and now < person.acr_until:
+                # A stepped-up level ends when its window does, not when the token would.
+                expires_at = claims["exp"] = max(min(expires_at, person.acr_until), now + 1)
             claims["auth_time"] = person.auth_time
             if person.actor:
                 claims["act"] = {"sub": person.actor, "role": person.actor_role or "agent"}
@@ -502,8 +520,61 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
                 )
             )
             token["refresh_token"] = refresh_token
+        # Recorded before the token leaves: if the trail cannot take it, nobody gets the token.
+        act = claims.get("act")
+        self.audit_event(
+            EventType.TOKEN_REFRESHED if grant_type == "refresh_token" else EventType.TOKEN_ISSUED,
+            client_id=client.client_id,
+            subject=claims["sub"],
+            level=claims.get("acr"),
+            actor=act["sub"] if act else None,
+            operation=grant_type,
+            extra={
+                "family": family.family_id,
+                "jti": jti,
+                "scope": scope[:200],
+                "refresh_token": "refresh_token" in token,
+            },
+        )
         log.info("token_issued", client=client.client_id, grant_type=grant_type)
         return token
+
+    def audit_event(
+        self,
+        kind: EventType,
+        *,
+        client_id: str | None,
+        subject: str | None,
+        level: str | None = None,
+        actor: str | None = None,
+        operation: str | None = None,
+        outcome: str = "ok",
+        error_code: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Report an identity event to the audit trail: pairwise subjects and ids only."""
+        self.audit.record(
+            AuditEvent(
+                type=kind,
+                principal=subject,
+                identity_level=level,
+                actor=actor,
+                client=client_id,
+                operation=operation,
+                outcome=outcome,
+                error_code=error_code,
+                extra=extra or {},
+            )
+        )
+
+    def family_subject(self, family: GrantFamily | None) -> str | None:
+        """The pairwise subject a grant family's tokens carry (its client's sector)."""
+        if family is None:
+            return None
+        client = self.clients.get(family.client_id)
+        if family.user is None or client is None:
+            return family.client_id
+        return self.subject_for(client, family.user)
 
     def id_token(
         self,
@@ -525,7 +596,7 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             "iat": now,
             "exp": now + self.settings.id_token_ttl,
             "auth_time": person.auth_time,
-            "acr": person.acr,
+            "acr": person.acr_at(now),
             "at_hash": _half_hash(str(token["access_token"]), alg),
         }
         if person.amr:

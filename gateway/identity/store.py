@@ -142,6 +142,10 @@ class IdentityStore(Protocol):
         """Mark it exchanged; False when it already was (compare-and-set)."""
         ...
 
+    def revoke_session(self, sid: str) -> int:
+        """Revoke every grant family (and unredeemed code) of SSO session ``sid``; how many."""
+        ...
+
     def purge(self, now: float) -> int:
         """Forget what expired before ``now``; returns how many records went."""
         ...
@@ -218,6 +222,19 @@ class MemoryIdentityStore:
             return False
         self._refresh[token_hash] = replace(record, rotated=True)
         return True
+
+    def revoke_session(self, sid: str) -> int:
+        # OIDC Back-Channel Logout 1.0 §2.7 leaves refresh tokens to the OP's policy: a logout
+        # here ends every grant of the session, so no portal keeps calling /api for the user.
+        revoked = 0
+        for family_id, family in list(self._families.items()):
+            if family.user is not None and family.user.session_id == sid and not family.revoked:
+                self._families[family_id] = replace(family, revoked=True)
+                revoked += 1
+        for code_hash, code in list(self._codes.items()):
+            if code.user.session_id == sid and code.family_id is None:
+                del self._codes[code_hash]
+        return revoked
 
     def counts(self) -> dict[str, int]:
         """How many records of each kind are held (metrics, and side-effect checks in tests)."""

@@ -1,0 +1,198 @@
+"""Start the demo identity side on loopback: the Qinghai identity platform and the two portals.
+
+``DemoIdentitySecrets`` are generated per run and exported under the names config/clients.yaml
+and config/idps.yaml refer to; ``DemoIdentity.configure`` points the loaded settings at the
+servers' real (free) ports: the platform's issuer, and each portal's redirect, post-logout and
+back-channel logout URIs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from secrets import token_urlsafe
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+
+from gateway.demo.federation_platforms import (
+    DemoPlatforms,
+    configure_platforms,
+    start_demo_platforms,
+)
+from gateway.demo.portals import PortalState, build_portal_app, qinghai_portal, shaanxi_portal
+from gateway.demo.qinghai_idp import QinghaiIdpState, build_qinghai_idp_app
+from gateway.settings import Settings
+
+QINGHAI_IDP = "qinghai"
+ENV_NAMES = {
+    "qinghai_idp_client_secret": "TONGBAN_SECRET_QH_IDP_CLIENT_SECRET",
+    "portal_qinghai_secret": "TONGBAN_SECRET_PORTAL_QINGHAI",
+    "portal_shaanxi_secret": "TONGBAN_SECRET_PORTAL_SHAANXI",
+    # Issue 6: the platforms beside OIDC, the legacy system's secret and the link key.
+    "shaanxi_idp_app_secret": "TONGBAN_SECRET_SX_IDP_APP_SECRET",
+    "gansu_idp_app_secret": "TONGBAN_SECRET_GS_IDP_APP_SECRET",
+    "guangdong_idp_client_secret": "TONGBAN_SECRET_GD_IDP_CLIENT_SECRET",
+    "guangdong_idp_aes_key": "TONGBAN_SECRET_GD_IDP_AES_KEY",
+    "legacy_sx_bdc_secret": "TONGBAN_SECRET_LEGACY_SX_BDC",
+    "link_secret": "TONGBAN_LINK_SECRET",
+}
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DemoIdentitySecrets:
+    qinghai_idp_client_secret: str
+    portal_qinghai_secret: str
+    portal_shaanxi_secret: str
+    shaanxi_idp_app_secret: str
+    gansu_idp_app_secret: str
+    guangdong_idp_client_secret: str
+    guangdong_idp_aes_key: str
+    legacy_sx_bdc_secret: str
+    link_secret: str
+
+    @classmethod
+    def generate(cls) -> DemoIdentitySecrets:
+        return cls(**{f.name: token_urlsafe(24) for f in fields(cls)})
+
+    def env(self) -> dict[str, str]:
+        return {var: getattr(self, name) for name, var in ENV_NAMES.items()}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> DemoIdentitySecrets:
+        return cls(**{name: environ[var] for name, var in ENV_NAMES.items()})
+
+    @classmethod
+    def load_or_create(cls, data_dir: Path) -> DemoIdentitySecrets:
+        """Kept (0600) in the demo's data directory, like the pairwise secret, so a restarted
+        demo keeps its clients' secrets."""
+        path = data_dir / "identity-secrets.json"
+        if not path.exists():
+            path.write_text(json.dumps(asdict(cls.generate())))
+            path.chmod(0o600)
+        stored = json.loads(path.read_text())
+        missing = {f.name for f in fields(cls)} - set(stored)
+        if missing:  # a data directory from before a secret was added: add it, keep the rest
+            stored.update({k: v for k, v in asdict(cls.generate()).items() if k in missing})
+            path.write_text(json.dumps(stored))
+        return cls(**stored)
+
+    def __repr__(self) -> str:
+        return "DemoIdentitySecrets(**********)"
+
+
+@dataclass
+class DemoIdentity:
+    idp: QinghaiIdpState
+    portals: dict[str, PortalState]
+    runners: list[web.AppRunner]
+    platforms: DemoPlatforms | None = None
+    """Issue 6: ticket, OAuth2-quirks and legal-person platforms and the legacy system."""
+
+    @property
+    def idp_url(self) -> str:
+        return self.idp.issuer
+
+    def portal(self, client_id: str) -> PortalState:
+        return self.portals[client_id]
+
+    def configure(self, settings: Settings) -> Settings:
+        """The settings with the platform's issuer and the portals' URIs on their real ports."""
+        idps = dict(settings.idps)
+        if QINGHAI_IDP in idps:
+            idps[QINGHAI_IDP] = idps[QINGHAI_IDP].model_copy(update={"issuer": self.idp.issuer})
+        clients = dict(settings.clients)
+        for client_id, portal in self.portals.items():
+            if client_id in clients:
+                base = portal.base_url
+                clients[client_id] = clients[client_id].model_copy(
+                    update={
+                        "redirect_uris": (f"{base}/callback",),
+                        "post_logout_redirect_uris": (f"{base}/",),
+                        "backchannel_logout_uri": f"{base}/backchannel-logout",
+                    }
+                )
+        configured = dataclasses.replace(settings, idps=idps, clients=clients)
+        if self.platforms is not None:
+            configured = configure_platforms(configured, self.platforms)
+        return configured
+
+    async def aclose(self) -> None:
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+async def _serve(app: web.Application, host: str) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, f"http://{host}:{runner.addresses[0][1]}"
+
+
+async def start_demo_identity(
+    gateway_issuer: str, secrets: DemoIdentitySecrets, host: str = "127.0.0.1"
+) -> DemoIdentity:
+    """Start the platform and both portals on free ports, all pointing at ``gateway_issuer``."""
+    idp = QinghaiIdpState(
+        client_secret=secrets.qinghai_idp_client_secret,
+        redirect_uris=(f"{gateway_issuer}/login/callback/{QINGHAI_IDP}",),
+    )
+    portals = {
+        p.client_id: p
+        for p in (
+            qinghai_portal(gateway_issuer, secrets.portal_qinghai_secret),
+            shaanxi_portal(gateway_issuer, secrets.portal_shaanxi_secret),
+        )
+    }
+    runners: list[web.AppRunner] = []
+    try:
+        runner, idp.issuer = await _serve(build_qinghai_idp_app(idp), host)
+        runners.append(runner)
+        for portal in portals.values():
+            runner, portal.base_url = await _serve(build_portal_app(portal), host)
+            runners.append(runner)
+        platforms = await start_demo_platforms(
+            gateway_issuer,
+            shaanxi_secret=secrets.shaanxi_idp_app_secret,
+            gansu_secret=secrets.gansu_idp_app_secret,
+            guangdong_secret=secrets.guangdong_idp_client_secret,
+            guangdong_aes_key=secrets.guangdong_idp_aes_key,
+            legacy_secret=secrets.legacy_sx_bdc_secret,
+            serve=lambda app: _serve(app, host),
+            runners=runners,
+        )
+    except BaseException:
+        for runner in runners:
+            await runner.cleanup()
+        raise
+    return DemoIdentity(idp, portals, runners, platforms)
+
+
+def portal_banner(identity: DemoIdentity) -> str:
+    """Lines for the demo banner: where to sign in."""
+    lines = ["portals (sign in through the gateway; every demo password is 'demo'):"]
+    lines += [f"  {p.title:<40} {p.base_url}/" for p in identity.portals.values()]
+    lines.append(f"  Qinghai identity platform (63)           {identity.idp_url}")
+    if identity.platforms is not None:
+        lines += identity.platforms.banner()
+    return "\n".join(lines)

@@ -1,0 +1,320 @@
+"""Demo signed-ticket identity platforms (IDENTITY-PLATFORMS.md §1): Shaanxi (61) and Gansu (62).
+
+One aiohttp server per platform, shaped like the two vendors' deployments:
+- Shaanxi (Zhejiang personal-user shape): ``/sso/login?servicecode=&goto=``, back-channel over
+  HTTP form posts (``/sso/api/ticketValidation``, ``/sso/api/getUserInfo``) **and** SOAP
+  (``/sso/soap``), ``sign = md5(code + secret + time)``, answers ``{"result": "0", ...}``,
+  ``authlevel`` 1/2/3 and Zhejiang ID-type codes;
+- Gansu: ``/uc/login?appmark=&gotoUrl=``, SOAP only (``/uc/soap``) with the JSON answer as a
+  string in the SOAP body, SM3 signatures, ``{"code": "200", "data": {...}}``, and the two-field
+  level ``isauth`` + ``authstate``.
+Tickets are one-time and live 300 s; tokens 600 s. Switches for tests: ``down`` (503),
+``delay`` (slow answers), ``force_result`` (an error code on the next calls) and
+``malformed_userinfo``. Every citizen is invented; the password of all of them is ``demo``.
+
+Must not: log anything (it logs nothing at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import orjson
+from aiohttp import web
+
+from gateway.demo.residents import (
+    DUAN_HAORAN,
+    HAN_XUEMEI,
+    MA_WENHUA,
+    SU_LANXIN,
+    ZHAO_YIMING,
+    Resident,
+    make_resident_id,
+)
+from gateway.identity.signing import NonceCache, SignatureError, SignatureSettings, verify_request
+from gateway.identity.ticket_soap import SoapRequestError, answer, fault, parse_call
+
+PASSWORD = "demo"
+APP_CODE = "tongban-gateway"
+Style = Literal["shaanxi", "gansu"]
+
+# Invented; the check character of this number is deliberately wrong (GB 11643 refusal demo).
+BAD_CHECKSUM = Resident(
+    "wei-bad", "魏测试", make_resident_id("610103", "19880101", 7)[:17] + "0", "male"
+)
+if BAD_CHECKSUM.id_number == make_resident_id("610103", "19880101", 7):  # pragma: no cover
+    BAD_CHECKSUM = Resident("wei-bad", "魏测试", BAD_CHECKSUM.id_number[:17] + "1", "male")
+LI_QIUSHUI = Resident("li-qiushui", "李秋水", make_resident_id("620102", "19950618", 262), "female")
+
+
+@dataclass(frozen=True, slots=True)
+class TicketCitizen:
+    user_id: str
+    resident: Resident
+    phone: str
+    level: tuple[str, ...]
+    """Shaanxi: (authlevel,); Gansu: (isauth, authstate)."""
+    region: str = ""
+
+
+SHAANXI_CITIZENS: tuple[TicketCitizen, ...] = (
+    TicketCitizen("sx-200101", MA_WENHUA, "13891001234", ("3",), "610113"),
+    TicketCitizen("sx-200102", ZHAO_YIMING, "13991002345", ("2",), "610402"),
+    TicketCitizen("sx-200103", SU_LANXIN, "13709113456", ("1",), "610102"),
+    TicketCitizen("sx-200199", BAD_CHECKSUM, "13709119999", ("2",), "610103"),
+)
+GANSU_CITIZENS: tuple[TicketCitizen, ...] = (
+    TicketCitizen("gs-300101", HAN_XUEMEI, "13893101234", ("1", "1")),
+    TicketCitizen("gs-300102", DUAN_HAORAN, "13993102345", ("0", "1")),
+    TicketCitizen("gs-300103", LI_QIUSHUI, "18893103456", ("0", "2")),
+)
+
+
+@dataclass
+class TicketPlatformState:
+    """One platform: its registered app, its tickets and tokens; switches and counters."""
+
+    style: Style
+    secret: str
+    return_prefixes: tuple[str, ...] = ()
+    """Return addresses it accepts (the gateway's callbacks)."""
+    base_url: str = ""
+    clock: Callable[[], float] = time.time
+    down: bool = False
+    delay: float = 0.0
+    force_result: str | None = None
+    malformed_userinfo: bool = False
+    calls: list[str] = field(default_factory=list)
+    tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nonces: NonceCache = field(default_factory=lambda: NonceCache(600))
+
+    @property
+    def prefix(self) -> str:
+        return "/sso" if self.style == "shaanxi" else "/uc"
+
+    @property
+    def citizens(self) -> tuple[TicketCitizen, ...]:
+        return SHAANXI_CITIZENS if self.style == "shaanxi" else GANSU_CITIZENS
+
+    @property
+    def params(self) -> tuple[str, str]:
+        return ("servicecode", "goto") if self.style == "shaanxi" else ("appmark", "gotoUrl")
+
+    @property
+    def signature(self) -> SignatureSettings:
+        if self.style == "shaanxi":
+            return SignatureSettings(scheme="md5", code_param="servicecode")
+        return SignatureSettings(scheme="sm3", code_param="appmark")
+
+    @property
+    def title(self) -> str:
+        return (
+            "陕西政务服务网 统一身份认证" if self.style == "shaanxi" else "甘肃政务服务网 用户中心"
+        )
+
+
+STATE = web.AppKey("ticket_platform_state", TicketPlatformState)
+
+
+@web.middleware
+async def _switches_middleware(
+    request: web.Request, handler: Callable[[web.Request], Any]
+) -> web.StreamResponse:
+    state = request.app[STATE]
+    if state.down:
+        return web.Response(status=503, text="maintenance")
+    if state.delay:
+        await asyncio.sleep(state.delay)
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+def build_ticket_platform_app(state: TicketPlatformState) -> web.Application:
+    app = web.Application(middlewares=[_switches_middleware])
+    app[STATE] = state
+    prefix = state.prefix
+    app.router.add_get(f"{prefix}/login", login_form)
+    app.router.add_post(f"{prefix}/login", login)
+    app.router.add_post(f"{prefix}/soap", soap)
+    if state.style == "shaanxi":
+        app.router.add_post(f"{prefix}/api/{{operation}}", http_call)
+    return app
+
+
+def _page(state: TicketPlatformState, body: str, status: int = 200) -> web.Response:
+    text = (
+        "<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'>"
+        f"<title>{state.title}</title><style>body{{font-family:'WenQuanYi Zen Hei',sans-serif;"
+        "max-width:36em;margin:2em auto;background:#fbf7f2}h1{color:#8a2a0a}</style></head>"
+        f"<body><h1>{state.title}</h1>{body}</body></html>"
+    )
+    return web.Response(
+        status=status, text=text, content_type="text/html", headers={"Cache-Control": "no-store"}
+    )
+
+
+async def login_form(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    app_param, return_param = state.params
+    app = request.query.get(app_param, "")
+    back = request.query.get(return_param, "")
+    if app != APP_CODE or not back.startswith(state.return_prefixes):
+        return _page(state, "<p>未登记的应用 / unknown app or return address</p>", 400)
+    options = "".join(
+        f"<option value='{c.user_id}'>{html.escape(c.resident.name)} ({c.user_id})</option>"
+        for c in state.citizens
+    )
+    body = (
+        f"<form method='post' action='{state.prefix}/login'>"
+        f"<input type='hidden' name='back' value='{html.escape(back)}'>"
+        f"<p><label>账号 / Account <select name='user' id='user'>{options}</select></label></p>"
+        "<p><label>密码 / Password <input type='password' name='password' id='password'>"
+        "</label> (demo)</p><p><button type='submit' id='sign-in'>登录 / Sign in</button></p>"
+        "</form>"
+    )
+    return _page(state, body)
+
+
+async def login(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    form = await request.post()
+    back = str(form.get("back", ""))
+    citizen = next((c for c in state.citizens if c.user_id == form.get("user")), None)
+    password = str(form.get("password", ""))
+    if not back.startswith(state.return_prefixes):
+        return _page(state, "<p>unknown return address</p>", 400)
+    if citizen is None or not hmac.compare_digest(password.encode(), PASSWORD.encode()):
+        return _page(state, "<p>账号或密码错误 / wrong account or password</p>", 400)
+    ticket = secrets.token_urlsafe(24)
+    state.tickets[ticket] = {"user": citizen.user_id, "expires": state.clock() + 300}
+    separator = "&" if "?" in back else "?"
+    raise web.HTTPFound(f"{back}{separator}{urlencode({'ticket': ticket})}")
+
+
+def _error(state: TicketPlatformState, code: str, message: str) -> dict[str, Any]:
+    if state.style == "shaanxi":
+        return {"result": code, "errmsg": message}
+    return {"code": code, "msg": message, "data": None}
+
+
+def _ok(state: TicketPlatformState, data: dict[str, Any]) -> dict[str, Any]:
+    if state.style == "shaanxi":
+        return {"result": "0", "errmsg": "", **data}
+    return {"code": "200", "msg": "ok", "data": data}
+
+
+def _attributes(state: TicketPlatformState, citizen: TicketCitizen) -> dict[str, Any]:
+    person = citizen.resident
+    if state.style == "shaanxi":
+        return {
+            "userid": citizen.user_id,
+            "loginname": citizen.user_id,
+            "username": person.name,
+            "sex": "1" if person.gender == "male" else "2",
+            "idtype": "1",
+            "idnum": person.id_number,
+            "mobile": citizen.phone,
+            "regioncode": citizen.region,
+            "authlevel": citizen.level[0],
+            "authtype": "face" if citizen.level[0] == "3" else "password",
+        }
+    return {
+        "userId": citizen.user_id,
+        "userName": person.name,
+        "certType": "01",
+        "certNo": person.id_number,
+        "phone": citizen.phone,
+        "isauth": int(citizen.level[0]),
+        "authstate": int(citizen.level[1]),
+    }
+
+
+def operate(
+    state: TicketPlatformState, operation: str, fields: Mapping[str, str], argument: str
+) -> dict[str, Any]:
+    """ticketValidation / getUserInfo after the signature check; the platform's JSON answer."""
+    state.calls.append(operation)
+    if state.force_result is not None:
+        return _error(state, state.force_result, "平台内部错误")
+    if operation == "ticketValidation":
+        record = state.tickets.pop(argument, None)
+        if record is None:
+            return _error(state, "6001", "票据不存在或已使用")
+        if record["expires"] < state.clock():
+            return _error(state, "6002", "票据已过期")
+        token = secrets.token_urlsafe(24)
+        state.tokens[token] = {"user": record["user"], "expires": state.clock() + 600}
+        key = "userid" if state.style == "shaanxi" else "userId"
+        return _ok(state, {"token": token, key: record["user"]})
+    if operation == "getUserInfo":
+        found = state.tokens.get(argument)
+        if found is None or found["expires"] < state.clock():
+            return _error(state, "6501", "令牌无效")
+        if state.malformed_userinfo:
+            return _ok(state, {"user": "not-an-object"} if state.style == "shaanxi" else {})
+        citizen = next(c for c in state.citizens if c.user_id == found["user"])
+        attributes = _attributes(state, citizen)
+        return _ok(state, {"user": attributes} if state.style == "shaanxi" else attributes)
+    return _error(state, "9001", "未知操作")
+
+
+def _check(
+    state: TicketPlatformState,
+    request: web.Request,
+    params: Mapping[str, str],
+    operation: str,
+    argument: str,
+    settings: SignatureSettings,
+) -> dict[str, Any] | None:
+    try:
+        verify_request(
+            settings,
+            lambda code: state.secret if code == APP_CODE else None,
+            method="POST",
+            path=request.path,
+            params=params,
+            headers=request.headers,
+            now=state.clock(),
+            nonces=state.nonces,
+            operation=operation,
+            argument=argument,
+        )
+    except SignatureError as exc:
+        return _error(state, "1001", exc.reason)
+    return None
+
+
+async def http_call(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    operation = request.match_info["operation"]
+    params = {k: str(v) for k, v in (await request.post()).items()}
+    argument = params.get("st" if operation == "ticketValidation" else "token", "")
+    refused = _check(state, request, params, operation, argument, state.signature)
+    body = refused or operate(state, operation, params, argument)
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def soap(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        operation, fields = parse_call(await request.read())
+    except SoapRequestError as exc:
+        return web.Response(status=500, body=fault("Client", str(exc)), content_type="text/xml")
+    settings = state.signature.model_copy(
+        update={"code_param": "app", "time_param": "time", "sign_param": "sign"}
+    )
+    argument = fields.get("arg", "")
+    refused = _check(state, request, fields, operation, argument, settings)
+    body = refused or operate(state, operation, fields, argument)
+    # The answer is a JSON *string* inside the SOAP body, as these platforms send it.
+    text = orjson.dumps(body).decode()
+    return web.Response(body=answer(operation, text), content_type="text/xml")

@@ -1,0 +1,171 @@
+"""SSO sessions at the gateway and pending logins: the ``SessionStore`` protocol, in-memory store.
+
+The browser holds only a random handle in a cookie; stores key sessions by SHA-256 of the handle,
+so a store dump holds no usable cookie (same rule as codes in store.py). ``sid`` is the public
+session id of OIDC Back-Channel Logout 1.0 §2.1 (``sid`` claim); it survives a step-up, while the
+handle is replaced at every login (session fixation, OWASP ASVS V3.2.1).
+
+Pending logins (the login page's transaction, the upstream round trip) are one-time records:
+``take_pending`` reads and deletes atomically, so a callback cannot be replayed.
+
+The Redis implementation (redis_sessions.py) passes the same contract tests
+(tests/identity/test_session_store_contract.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+
+import orjson
+
+
+def handle_hash(handle: str) -> str:
+    return hashlib.sha256(handle.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SsoSession:
+    """One signed-in browser."""
+
+    sid: str
+    local_id: str
+    platform: str
+    base_level: str
+    """Level reached at the first login of this session."""
+    level_raw: str
+    level_scale: str
+    auth_time: int
+    created_at: float
+    last_seen: float
+    elevated_level: str | None = None
+    """Level reached by a step-up, valid until ``elevated_until``."""
+    elevated_until: float = 0.0
+    amr: tuple[str, ...] = ()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    """Userinfo claims (OIDC Core §5.1): name and phone; never the ID number."""
+    person_type: str = "natural"
+    actor: str | None = None
+    actor_role: str | None = None
+    roles: tuple[str, ...] = ()
+    clients: tuple[str, ...] = ()
+    """Clients that received a code in this session (back-channel logout goes to each)."""
+
+    def level(self, now: float) -> str:
+        if self.elevated_level is not None and now < self.elevated_until:
+            return self.elevated_level
+        return self.base_level
+
+    def with_client(self, client_id: str, now: float) -> SsoSession:
+        clients = self.clients if client_id in self.clients else (*self.clients, client_id)
+        return replace(self, clients=clients, last_seen=now)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SsoSession:
+        data = orjson.loads(raw)
+        for name in ("amr", "roles", "clients"):
+            data[name] = tuple(data.get(name) or ())
+        return cls(**data)
+
+
+class SessionStore(Protocol):
+    """Where sessions and pending logins live; every TTL is in seconds."""
+
+    async def put_session(self, key: str, session: SsoSession, ttl: float) -> None:
+        """Store under ``key`` (a handle hash) and index by ``session.sid``."""
+        ...
+
+    async def get_session(self, key: str) -> SsoSession | None: ...
+
+    async def delete_session(self, key: str) -> SsoSession | None:
+        """Remove and return the session (None when there was none)."""
+        ...
+
+    async def key_for_sid(self, sid: str) -> str | None: ...
+
+    async def put_pending(self, key: str, data: Mapping[str, str], ttl: float) -> None: ...
+
+    async def get_pending(self, key: str) -> dict[str, str] | None: ...
+
+    async def take_pending(self, key: str) -> dict[str, str] | None:
+        """Read and delete in one step (one-time use)."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemorySessionStore:
+    """One-instance store: dictionaries with expiry, atomic because the loop is single-threaded."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._sessions: dict[str, tuple[float, bytes]] = {}
+        self._sids: dict[str, tuple[float, str]] = {}
+        self._pending: dict[str, tuple[float, bytes]] = {}
+
+    def _live(self, table: dict[str, tuple[float, Any]], key: str) -> Any:
+        entry = table.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            del table[key]
+            return None
+        return entry[1]
+
+    def _purge(self) -> None:
+        now = self._clock()
+        for table in (self._sessions, self._sids, self._pending):
+            if len(table) > 1024:
+                for key in [k for k, (exp, _) in table.items() if exp <= now]:
+                    del table[key]
+
+    async def put_session(self, key: str, session: SsoSession, ttl: float) -> None:
+        self._purge()
+        expires = self._clock() + ttl
+        self._sessions[key] = (expires, session.to_json())
+        self._sids[session.sid] = (expires, key)
+
+    async def get_session(self, key: str) -> SsoSession | None:
+        raw = self._live(self._sessions, key)
+        return None if raw is None else SsoSession.from_json(raw)
+
+    async def delete_session(self, key: str) -> SsoSession | None:
+        raw = self._live(self._sessions, key)
+        self._sessions.pop(key, None)
+        if raw is None:
+            return None
+        session = SsoSession.from_json(raw)
+        if self._live(self._sids, session.sid) == key:
+            del self._sids[session.sid]
+        return session
+
+    async def key_for_sid(self, sid: str) -> str | None:
+        key = self._live(self._sids, sid)
+        return None if key is None else str(key)
+
+    async def put_pending(self, key: str, data: Mapping[str, str], ttl: float) -> None:
+        self._purge()
+        self._pending[key] = (self._clock() + ttl, orjson.dumps(dict(data)))
+
+    async def get_pending(self, key: str) -> dict[str, str] | None:
+        raw = self._live(self._pending, key)
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def take_pending(self, key: str) -> dict[str, str] | None:
+        raw = self._live(self._pending, key)
+        self._pending.pop(key, None)
+        return None if raw is None else dict(orjson.loads(raw))
+
+    async def ping(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,67 @@
+"""SOAP 1.1 envelopes of the signed-ticket service (config/wsdl/identity-ticket.wsdl), by hand.
+
+Parsing is hardened (no entities, no network, no DTD, bounded size); answers carry a JSON string
+in ``return``, as the provincial platforms do. Used by the gateway's ticket face and by the demo
+platforms; the gateway as a client uses zeep with the same WSDL.
+"""
+
+from __future__ import annotations
+
+from lxml import etree  # type: ignore[import-untyped]
+
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+TICKET_NS = "urn:tongban:identity:ticket"
+OPERATIONS = ("ticketValidation", "getUserInfo")
+_FIELDS = ("app", "time", "sign", "arg", "datatype", "attrs")
+MAX_ENVELOPE = 64 * 1024
+
+
+class SoapRequestError(ValueError):
+    """Not a call this service understands; the message is safe to answer with."""
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+
+
+def parse_call(body: bytes) -> tuple[str, dict[str, str]]:
+    """(operation, its fields) of a SOAP request."""
+    if len(body) > MAX_ENVELOPE:
+        raise SoapRequestError("envelope too large")
+    try:
+        root = etree.fromstring(body, _parser())
+    except etree.XMLSyntaxError:
+        raise SoapRequestError("not XML") from None
+    if root.tag != f"{{{SOAP_NS}}}Envelope":
+        raise SoapRequestError("not a SOAP 1.1 envelope")
+    payload = root.find(f"{{{SOAP_NS}}}Body")
+    children = list(payload) if payload is not None else []
+    if len(children) != 1:
+        raise SoapRequestError("the body must hold one operation")
+    element = children[0]
+    name = etree.QName(element).localname
+    if etree.QName(element).namespace != TICKET_NS or name not in OPERATIONS:
+        raise SoapRequestError("unknown operation")
+    fields: dict[str, str] = {}
+    for child in element:
+        local = etree.QName(child).localname
+        if local in _FIELDS:
+            fields[local] = (child.text or "").strip()
+    return name, fields
+
+
+def answer(operation: str, json_text: str) -> bytes:
+    envelope = etree.Element(f"{{{SOAP_NS}}}Envelope", nsmap={"soap": SOAP_NS, "t": TICKET_NS})
+    body = etree.SubElement(envelope, f"{{{SOAP_NS}}}Body")
+    response = etree.SubElement(body, f"{{{TICKET_NS}}}{operation}Response")
+    etree.SubElement(response, f"{{{TICKET_NS}}}return").text = json_text
+    return bytes(etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
+
+
+def fault(code: str, message: str) -> bytes:
+    envelope = etree.Element(f"{{{SOAP_NS}}}Envelope", nsmap={"soap": SOAP_NS})
+    body = etree.SubElement(envelope, f"{{{SOAP_NS}}}Body")
+    element = etree.SubElement(body, f"{{{SOAP_NS}}}Fault")
+    etree.SubElement(element, "faultcode").text = f"soap:{code}"
+    etree.SubElement(element, "faultstring").text = message
+    return bytes(etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))

@@ -1,0 +1,201 @@
+"""Settings of the upstream platform kinds beside OpenID Connect (issue 6), and the union of all.
+
+config/idps.yaml entries are discriminated by ``kind``: ``oidc`` (upstream.py), ``ticket``
+(signed-ticket platforms, IDENTITY-PLATFORMS.md §1), ``oauth2-quirks`` (§2) and
+``legal-person`` (§3). Everything is validated once by the settings loader.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
+
+from gateway.identity.citizen import ClaimMapping
+from gateway.identity.signing import SignatureSettings
+from gateway.identity.upstream import IdpName, OidcIdpSettings
+from gateway.secrets import SecretRef
+
+_UNSAFE_ALGS = ("HS", "NONE")
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not (parts.scheme == "https" or loopback) or parts.fragment:
+        raise ValueError("must be an https URL (http only on loopback)")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TicketParams(_Model):
+    """Parameter names of the browser legs (they differ per vendor)."""
+
+    app: str = "servicecode"
+    """App code on the login redirect (``servicecode`` or ``appmark``)."""
+    return_to: str = "goto"
+    """Return address on the login redirect (``goto`` or ``gotoUrl``)."""
+    ticket: str = "ticket"
+    """Ticket on the callback."""
+    validate_ticket: str = "st"
+    """Ticket parameter of ticketValidation."""
+    token: str = "token"
+    """Token parameter of getUserInfo."""
+
+
+class ResultCodes(_Model):
+    """How a platform says no, often with HTTP 200 (IDENTITY-PLATFORMS.md §1.6)."""
+
+    code_field: str = "result"
+    """Result code field; a value not in ``ok`` is an error."""
+    ok: tuple[str, ...] = ("0",)
+    ticket_errors: tuple[int, int] = (6001, 6099)
+    """Inclusive range of ticket errors (expired, used, unknown)."""
+    token_errors: tuple[int, int] = (6501, 6599)
+    """Inclusive range of token errors."""
+    error_field: str = "errormsg"
+    """A non-empty value here is an error whatever the code says."""
+    success_field: str = "success"
+    """``false`` here is an error."""
+
+
+class TicketAnswer(_Model):
+    """Where the values sit in the platform's answers (dots walk into objects)."""
+
+    token: str = "token"
+    """ticketValidation → the token."""
+    user_id: str = "userid"
+    """ticketValidation → the platform user id (checked against getUserInfo's)."""
+    attributes: str = ""
+    """getUserInfo → the object holding the attributes ('' = the answer itself)."""
+    joined: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """New attributes made of several, joined by '/' (Gansu's level is ``isauth/authstate``)."""
+
+
+class TicketIdpSettings(_Model):
+    """A signed-ticket platform: ticket → ticketValidation → token → getUserInfo."""
+
+    kind: Literal["ticket"]
+    province: str = Field(pattern=r"^[0-9]{2}$")
+    name: IdpName
+    login_url: str
+    """The platform's login page."""
+    service_url: str
+    """HTTP: base URL of the form endpoints (…/ticketValidation); SOAP: the endpoint address."""
+    transport: Literal["http", "soap"] = "http"
+    wsdl: str | None = None
+    """Vendored WSDL (relative to the configuration directory), SOAP only."""
+    app_code: str = Field(min_length=1)
+    """The gateway's app code at the platform."""
+    app_secret: SecretRef
+    """The shared secret of the signatures ({env} or {file})."""
+    signature: SignatureSettings = SignatureSettings()
+    params: TicketParams = TicketParams()
+    results: ResultCodes = ResultCodes()
+    answer: TicketAnswer = TicketAnswer()
+    operations: dict[str, str] = Field(
+        default_factory=lambda: {"validate": "ticketValidation", "userinfo": "getUserInfo"}
+    )
+    """Operation names (path segments over HTTP, operations over SOAP)."""
+    keep_id_number: bool = False
+    claims: ClaimMapping
+
+    _urls = field_validator("login_url", "service_url")(_url)
+
+    @model_validator(mode="after")
+    def _transport(self) -> Self:
+        if set(self.operations) != {"validate", "userinfo"}:
+            raise ValueError("operations: name exactly 'validate' and 'userinfo'")
+        if self.transport == "soap" and not self.wsdl:
+            raise ValueError("a SOAP platform needs a vendored 'wsdl' file")
+        if self.transport == "soap" and self.signature.scheme == "hmac-sha256":
+            raise ValueError("hmac-sha256 header signatures are for the HTTP transport")
+        return self
+
+
+class AesBody(_Model):
+    """An AES-encrypted user-info body (per-client key): base64 of IV ‖ AES-CBC(PKCS7)."""
+
+    field: str = "data"
+    """Field of the answer holding the ciphertext."""
+    key: SecretRef
+    """16, 24 or 32 bytes (hex or text)."""
+
+
+class BodySignature(_Model):
+    """A signature beside the user-info body (``signdata``)."""
+
+    field: str = "signdata"
+    over: str = "data"
+    """Field whose exact text is signed."""
+    algorithm: Literal["hmac-sha256", "md5"] = "hmac-sha256"
+    secret: SecretRef
+
+
+class OAuth2QuirksIdpSettings(_Model):
+    """An OAuth2-like platform: token by GET with the secret in the query, tokeninfo user data."""
+
+    kind: Literal["oauth2-quirks"]
+    province: str = Field(pattern=r"^[0-9]{2}$")
+    name: IdpName
+    authorize_url: str
+    token_url: str
+    tokeninfo_url: str
+    client_id: str = Field(min_length=1)
+    client_secret: SecretRef
+    scope: str | None = None
+    token_method: Literal["GET", "POST"] = "GET"
+    extra_token_params: dict[str, str] = Field(default_factory=dict)
+    """Fixed extra parameters of the token request (e.g. ``service: initService``)."""
+    token_field: str = "access_token"
+    kv_lists: tuple[str, ...] = ()
+    """Paths of lists of ``"k=v"`` strings turned into objects (e.g. ``userobj.extproperties``)."""
+    encrypted: AesBody | None = None
+    signed: BodySignature | None = None
+    keep_id_number: bool = False
+    claims: ClaimMapping
+
+    _urls = field_validator("authorize_url", "token_url", "tokeninfo_url")(_url)
+
+
+class LegalPersonIdpSettings(_Model):
+    """A legal-person platform posting a signed assertion (JWS) back to the gateway."""
+
+    kind: Literal["legal-person"]
+    province: str = Field(pattern=r"^[0-9]{2}$")
+    name: IdpName
+    login_url: str
+    app_code: str = Field(min_length=1)
+    issuer: str
+    """``iss`` of the assertions."""
+    jwks_uri: str
+    """The platform's public keys."""
+    audience: str = Field(min_length=1)
+    """``aud`` the assertion must carry: the gateway's id at the platform."""
+    algorithms: tuple[str, ...] = ("ES256", "RS256")
+    max_age: int = Field(300, ge=30, le=900)
+    """Seconds an assertion is accepted after its ``iat``."""
+    keep_id_number: bool = False
+    claims: ClaimMapping
+
+    _urls = field_validator("login_url", "jwks_uri")(_url)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(a.upper().startswith(_UNSAFE_ALGS) for a in value):
+            raise ValueError("pin asymmetric algorithms only (no HS*, no none)")
+        return value
+
+
+AnyIdpSettings = (
+    OidcIdpSettings | TicketIdpSettings | OAuth2QuirksIdpSettings | LegalPersonIdpSettings
+)
+
+
+class IdpEntry(RootModel[Annotated[AnyIdpSettings, Field(discriminator="kind")]]):
+    """One idps.yaml entry, of whichever kind it declares."""

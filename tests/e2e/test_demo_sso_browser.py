@@ -1,0 +1,150 @@
+"""The SSO journey in headless Chromium against `tongban demo` run as a subprocess (issue 3).
+
+Portal A (Qinghai) → gateway → Qinghai identity platform's own login form → back with a code →
+a service call; portal B (Shaanxi) signs in with no prompt; sign-out at A ends the SSO session
+and B's page shows it signed out (back-channel logout). Debian's chromium, driven by Playwright
+with the flags of NOTES.md; never `playwright install`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import CONFIG_DIR
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+_PORTAL = re.compile(r"^\s+(.+?portal)\s+(http://127\.0\.0\.1:\d+)/$")
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415 - only the fixture needs it
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`tongban demo` on free ports with a temp data dir; portal name → URL from its banner."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    tongban = shutil.which("tongban", path=str(Path(sys.executable).parent))
+    assert tongban is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
+    process = subprocess.Popen(
+        [
+            tongban,
+            "demo",
+            "--port",
+            str(_free_port()),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--config",
+            str(CONFIG_DIR),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    portals: dict[str, str] = {}
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in process.stdout:
+            match = _PORTAL.match(line.rstrip("\n"))
+            if match:
+                portals["qinghai" if "Qinghai" in match.group(1) else "shaanxi"] = match.group(2)
+            if len(portals) == 2 or time.monotonic() > deadline:
+                break
+        assert len(portals) == 2, "the demo banner names both portals"
+        yield portals
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_sso_journey_in_chromium(demo: dict[str, str], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright  # noqa: PLC0415 - browser tests only
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+        )
+        try:
+            page = context.new_page()
+            # Portal A: sign in at the Qinghai platform's own form (马文华, password + face).
+            page.goto(demo["qinghai"] + "/")
+            page.click("#sign-in")
+            page.wait_for_selector("#password")
+            assert "青海政务服务网 统一身份认证" in page.content()
+            page.select_option("#user", "qh-100233")
+            page.fill("#password", "demo")
+            page.click("#sign-in")
+            page.wait_for_selector("#who")
+            assert page.url == demo["qinghai"] + "/"
+            assert "苏兰心" in page.inner_text("#who")
+            assert page.inner_text("#acr") == "L2"
+            assert "degree-verification" in page.inner_text("#catalogue")
+            # One service call with the user's access token: S6 degree verification.
+            page.click("#call-0")
+            page.wait_for_selector("#status")
+            assert page.inner_text("#status") == "200", page.inner_text("#answer")
+            assert "shaanxi-degree" in page.inner_text("#answer")
+
+            # Portal B: signed in with no prompt.
+            page_b = context.new_page()
+            page_b.goto(demo["shaanxi"] + "/")
+            page_b.click("#sign-in")
+            page_b.wait_for_selector("#who")
+            assert page_b.url == demo["shaanxi"] + "/"
+            assert page_b.inner_text("#acr") == "L2"
+
+            # Sign out at A: the SSO session ends, and B learns it by back-channel logout.
+            page.goto(demo["qinghai"] + "/")
+            page.click("#sign-out")
+            page.wait_for_selector("#sign-in")
+            deadline = time.monotonic() + 10
+            while True:
+                page_b.goto(demo["shaanxi"] + "/")
+                if page_b.locator("#sign-in").count():
+                    break
+                assert time.monotonic() < deadline, "portal B never heard of the logout"
+                page_b.wait_for_timeout(200)
+            # Signing in at B again needs the platform again (the login page, no session).
+            page_b.click("#sign-in")
+            page_b.wait_for_load_state()
+            assert "/login?tx=" in page_b.url
+        finally:
+            context.close()
