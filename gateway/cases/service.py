@@ -1,0 +1,360 @@
+"""The case operations the HTTP layer and the CLI call: take in, read, list, replay, callbacks.
+
+Taking a case in is fail-closed on the audit trail: the record is appended (required) before
+the case, its timeline and its outbox entries are written in one transaction. A retry with the
+same key and body returns the same case and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import structlog
+
+from gateway.audit.record import AuditEvent, EventType
+from gateway.cases.audit import CaseAudit, transition_events
+from gateway.cases.errors import (
+    CallbackInvalid,
+    CallbackRefused,
+    CaseNotFound,
+    CaseNotReplayable,
+    CaseStoreDown,
+    IdempotencyKeyReused,
+)
+from gateway.cases.intake import build_new_case
+from gateway.cases.lifecycle import NotReplayable, case_event, iso_now, plan_replay, plan_step
+from gateway.cases.model import (
+    Case,
+    CaseStatus,
+    CaseSummary,
+    IllegalTransition,
+    part_moves_on,
+)
+from gateway.cases.store import (
+    CallbackSeen,
+    CaseStore,
+    CaseStoreUnavailable,
+    IdempotencyConflict,
+    PartChange,
+    StaleCase,
+    TransitionDraft,
+)
+from gateway.cases.worker import part_status_of
+from gateway.catalog import Catalog
+from gateway.errors import Forbidden
+from gateway.principal import Principal
+
+log = structlog.get_logger("tongban.cases")
+
+STAFF_ROLES: Final = frozenset({"operator", "auditor"})
+CALLBACK_SKEW: Final = 300.0
+CALLBACK_STATUSES: Final = (
+    "processing",
+    "done",
+    "supplement_requested",
+    "not_accepted",
+    "returned",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    case: Case
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackOutcome:
+    status: Literal["applied", "duplicate", "out_of_order", "unchanged"]
+    case_id: str
+
+
+def can_see(principal: Principal, case: Case) -> bool:
+    """The applicant, whoever acted for them, their window's clerks, operators and auditors."""
+    if principal.subject == case.subject and principal.actor in (None, case.actor):
+        return True
+    if principal.actor is not None and principal.actor == case.actor:
+        return True
+    if principal.roles & STAFF_ROLES:
+        return True
+    is_clerk = "clerk" in principal.roles or principal.actor_role == "clerk"
+    return is_clerk and principal.client_id == case.client_id
+
+
+class CaseService:
+    def __init__(
+        self,
+        store: CaseStore,
+        catalog: Callable[[], Catalog],
+        *,
+        audit: CaseAudit | None = None,
+        callback_keys: Mapping[str, bytes] | None = None,
+        on_written: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._catalog = catalog
+        self._audit = audit
+        self._callback_keys = dict(callback_keys or {})
+        self._on_written = on_written or (lambda: None)
+        self._clock = clock
+
+    # --- taking a case in ---------------------------------------------------------------------
+
+    async def submit(
+        self,
+        principal: Principal,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str | None,
+        request_id: str | None = None,
+    ) -> Submitted:
+        new, _routes = build_new_case(
+            self._catalog(),
+            principal,
+            body,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+        )
+        try:
+            existing = await self.store.find(new.subject, new.idempotency_key)
+            if existing is not None:
+                # The same application again (a client retry): the same case, nothing written.
+                if existing.body_digest != new.body_digest:
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key was already used for a different application; "
+                        "use a new key for a new application."
+                    )
+                return Submitted(existing, False)
+            at = iso_now()
+            initial = [TransitionDraft(CaseStatus.RECEIVED, CaseStatus.RECEIVED, actor=new.actor)]
+            if new.originals_checked_by is not None:
+                initial.append(
+                    TransitionDraft(
+                        CaseStatus.RECEIVED,
+                        CaseStatus.ORIGINALS_CHECKED,
+                        actor=new.originals_checked_by,
+                        reason="原件核验 at the receiving window",
+                    )
+                )
+            if self._audit is not None:
+                # Fail-closed: no audit record, no case (AuditUnavailable → 503, nothing written).
+                await self._audit.record(
+                    AuditEvent(
+                        type=EventType.CASE_TRANSITION,
+                        request_id=request_id,
+                        case_id=new.case_id,
+                        actor=new.actor,
+                        principal=new.subject,
+                        identity_level=new.level,
+                        client=new.client_id,
+                        service=new.service,
+                        receiving_province=new.receiving_province,
+                        handling_province=",".join(p.handling_province for p in new.parts),
+                        operation=",".join(p.operation for p in new.parts),
+                        purpose=new.purpose,
+                        outcome=initial[-1].to_status.value,
+                        request_digest=new.body_digest,
+                        extra={"mode": new.mode.value, "parts": len(new.parts)},
+                    ),
+                    required=True,
+                )
+            event_case = new.as_case(at, initial[-1].to_status)
+            events = [case_event(event_case, "case_received", initial[-1].to_status, at)]
+            result = await self.store.create(
+                new, at=at, now=self._clock(), initial=initial, events=events
+            )
+        except IdempotencyConflict:
+            raise IdempotencyKeyReused(
+                "This Idempotency-Key was already used for a different application; "
+                "use a new key for a new application."
+            ) from None
+        except (CaseStoreUnavailable, StaleCase) as exc:
+            raise CaseStoreDown("The case could not be recorded; retry with the same key.") from exc
+        if result.created:
+            self._on_written()
+            log.info(
+                "case_received",
+                case_id=result.case.case_id,
+                service=new.service,
+                province=new.receiving_province,
+            )
+        return Submitted(result.case, result.created)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def get_for(self, principal: Principal, case_id: str) -> Case:
+        try:
+            case = await self.store.get(case_id)
+        except CaseStoreUnavailable as exc:
+            raise CaseStoreDown() from exc
+        # Someone else's case is "not found", so ids cannot be probed.
+        if case is None or not can_see(principal, case):
+            raise CaseNotFound(f"There is no case {case_id!r} you may see.")
+        return case
+
+    async def list_for(
+        self, principal: Principal, *, queue: bool = False, limit: int = 100
+    ) -> list[CaseSummary]:
+        """Mine; or, for a clerk asking for the queue, the cases taken in at their window."""
+        try:
+            if queue:
+                if not ("clerk" in principal.roles or principal.actor_role == "clerk"):
+                    raise Forbidden("The window queue is for clerks.")
+                return await self.store.list_cases(client_id=principal.client_id, limit=limit)
+            return await self.store.list_cases(subject=principal.subject, limit=limit)
+        except CaseStoreUnavailable as exc:
+            raise CaseStoreDown() from exc
+
+    # --- operators ----------------------------------------------------------------------------
+
+    async def replay(self, case_id: str, *, operator: str, request_id: str | None = None) -> Case:
+        """Put a dead-lettered case's entries back on the schedule."""
+        for _ in range(5):
+            case = await self.store.get(case_id)
+            if case is None:
+                raise CaseNotFound(f"There is no case {case_id!r}.")
+            dead = [e for e in await self.store.entries(case_id) if e.state == "dead"]
+            try:
+                step = plan_replay(case, dead, at=iso_now(), now=self._clock(), actor=operator)
+            except NotReplayable:
+                raise CaseNotReplayable(f"Case {case_id!r} has nothing dead-lettered.") from None
+            try:
+                stored = await self.store.commit(step)
+            except StaleCase:
+                continue
+            await self._audit_transitions(case, step.transitions, request_id)
+            self._on_written()
+            log.info("case_replayed", case_id=case_id)
+            return stored
+        raise CaseStoreDown("The case kept changing; try the replay again.")
+
+    # --- callbacks ----------------------------------------------------------------------------
+
+    def verify_callback(self, system: str, raw: bytes, timestamp: str, signature: str) -> None:
+        """HMAC-SHA256 over ``timestamp + "." + body`` with the system's registered key, and a
+        timestamp within five minutes; CallbackRefused otherwise."""
+        key = self._callback_keys.get(system)
+        if key is None:
+            raise CallbackRefused("This system is not registered for callbacks.")
+        try:
+            moment = float(timestamp)
+        except ValueError:
+            raise CallbackRefused("X-Tongban-Timestamp must be Unix seconds.") from None
+        if abs(self._clock() - moment) > CALLBACK_SKEW:
+            raise CallbackRefused("The callback's timestamp is too far from now.")
+        expected = hmac.new(key, timestamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
+        given = signature.removeprefix("sha256=")
+        if not hmac.compare_digest(expected, given):
+            raise CallbackRefused("The callback's signature does not match.")
+
+    async def callback(
+        self, system: str, body: Mapping[str, Any], *, request_id: str | None = None
+    ) -> CallbackOutcome:
+        """Apply a verified callback: idempotent and ordered by the system's ``sequence``."""
+        sequence = body.get("sequence")
+        case_id = body.get("case_id")
+        status = body.get("status")
+        if (
+            not isinstance(sequence, int)
+            or sequence < 1
+            or not isinstance(case_id, str)
+            or status not in CALLBACK_STATUSES
+        ):
+            raise CallbackInvalid(
+                "A callback carries sequence (≥1), case_id and a status in "
+                f"{list(CALLBACK_STATUSES)}."
+            )
+        result = body.get("result")
+        if result is not None and not isinstance(result, dict):
+            raise CallbackInvalid("result must be an object.")
+        for _ in range(5):
+            case = await self.store.get(case_id)
+            if case is None:
+                raise CallbackInvalid("No such case.")
+            mine = [p for p in case.parts if p.system == system]
+            if "part" in body:
+                mine = [p for p in mine if p.number == body["part"]]
+            if len(mine) != 1:
+                raise CallbackInvalid("The callback does not name a part this system handles.")
+            part = mine[0]
+            target = part_status_of(str(status))
+            changes: list[PartChange] = []
+            # News about a part still pending, unknown or dead-lettered proves the system has
+            # it (our record of the send lost a race, or the send's answer was lost): the
+            # worker then finds the part delivered and sends nothing more.
+            if part_moves_on(part.status, target):
+                changes.append(PartChange(part.number, target, result=result))
+            try:
+                step = plan_step(
+                    case,
+                    changes,
+                    at=iso_now(),
+                    now=self._clock(),
+                    reason=f"callback {system}#{sequence}",
+                    callback=(system, sequence),
+                )
+            except IllegalTransition:
+                step = plan_step(
+                    case, [], at=iso_now(), now=self._clock(), callback=(system, sequence)
+                )
+            try:
+                await self.store.commit(step)
+            except StaleCase:
+                continue
+            except CallbackSeen as seen:
+                await self._audit_callback(system, case, seen.reason, request_id)
+                return CallbackOutcome(seen.reason, case_id)
+            await self._audit_callback(system, case, "applied", request_id)
+            await self._audit_transitions(case, step.transitions, request_id)
+            if step.schedule or step.events:
+                self._on_written()
+            return CallbackOutcome("applied" if changes else "unchanged", case_id)
+        raise CaseStoreDown("The case kept changing; send the callback again.")
+
+    async def audit_refused_callback(
+        self, system: str, error_code: str, request_id: str | None
+    ) -> None:
+        if self._audit is None:
+            return
+        await self._audit.record(
+            AuditEvent(
+                type=EventType.CALLBACK_RECEIVED,
+                request_id=request_id,
+                system=system,
+                outcome="denied",
+                error_code=error_code,
+            ),
+            required=False,
+        )
+
+    async def _audit_callback(
+        self, system: str, case: Case, outcome: str, request_id: str | None
+    ) -> None:
+        if self._audit is None:
+            return
+        await self._audit.record(
+            AuditEvent(
+                type=EventType.CALLBACK_RECEIVED,
+                request_id=request_id,
+                case_id=case.case_id,
+                principal=case.subject,
+                service=case.service,
+                system=system,
+                outcome=outcome,
+            ),
+            required=False,
+        )
+
+    async def _audit_transitions(
+        self, case: Case, drafts: tuple[TransitionDraft, ...], request_id: str | None
+    ) -> None:
+        if self._audit is None:
+            return
+        for event in transition_events(case, drafts, request_id=request_id):
+            await self._audit.record(event, required=False)

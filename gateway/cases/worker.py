@@ -1,0 +1,592 @@
+"""The delivery worker: drives outbox entries through the catalogue's routes.
+
+    claim (lease) → send / reconcile / poll / hand an event to the sink → one Step committed
+
+Each delivery is one pass through the route's stack (its in-memory retries, breaker, timeout,
+adapter); between passes the schedule is persisted (exponential backoff with jitter, attempt
+cap, then dead-letter with the reason). The back-end sees the case's own idempotency key and
+the case id on every send. A submission whose operation may not be resent (policy ``never``)
+and which may have reached the back-end goes to ``outcome_unknown`` and is reconciled by the
+operation's status query; it is never resent blindly. Several workers (instances) may share a
+PostgreSQL outbox: leases keep their claims apart and hand a dead worker's entries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+
+from gateway.adapter import CallContext
+from gateway.cases.audit import CaseAudit, transition_events
+from gateway.cases.config import CaseOperation, DeliverySettings, PartOutcome
+from gateway.cases.events import EventSink, EventSinkError
+from gateway.cases.lifecycle import iso_now, plan_step
+from gateway.cases.model import (
+    TERMINAL,
+    Case,
+    IllegalTransition,
+    PartStatus,
+    delivery_key,
+    part_moves_on,
+)
+from gateway.cases.store import (
+    CaseStore,
+    CaseStoreError,
+    EntryKind,
+    FinishEntry,
+    LeaseLost,
+    NewEntry,
+    OutboxEntry,
+    PartChange,
+    StaleCase,
+    Step,
+)
+from gateway.catalog import CallResult, Catalog, Route
+from gateway.errors import BackendError, GatewayError, is_retryable
+from gateway.mapping import compile_mapping
+from gateway.pipeline import CallTrace
+
+log = structlog.get_logger("tongban.cases")
+
+Sleep = Callable[[float], Awaitable[None]]
+_OUTCOME_TO_PART: Final[Mapping[str, PartStatus]] = {
+    "forwarded": PartStatus.FORWARDED,
+    "processing": PartStatus.PROCESSING,
+    "done": PartStatus.DONE,
+    "supplement_requested": PartStatus.SUPPLEMENT_REQUESTED,
+    "not_accepted": PartStatus.NOT_ACCEPTED,
+    "returned": PartStatus.RETURNED,
+}
+_STALE_RETRIES: Final = 5
+
+
+def part_status_of(outcome: PartOutcome | str) -> PartStatus:
+    return _OUTCOME_TO_PART.get(outcome, PartStatus.FORWARDED)
+
+
+def outcome_of(answer: Any, config: CaseOperation | None) -> PartStatus:
+    """What a back-end's canonical answer says about the part; 'forwarded' unless configured."""
+    if config is None or config.status_field is None or not isinstance(answer, Mapping):
+        return PartStatus.FORWARDED
+    value: Any = answer
+    for segment in config.status_field.split("."):
+        value = value.get(segment) if isinstance(value, Mapping) else None
+    if value is None:
+        return PartStatus.FORWARDED
+    return part_status_of(config.status_values.get(str(value), "forwarded"))
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    delivered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    outcome_unknown: int = 0
+    reconciled: int = 0
+    events: int = 0
+    lease_lost: int = 0
+
+
+class _Deferred(Exception):
+    """An attempt failed in a way worth another try later."""
+
+    def __init__(self, error_code: str, retry_after: float | None = None) -> None:
+        super().__init__(error_code)
+        self.error_code = error_code
+        self.retry_after = retry_after
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        store: CaseStore,
+        catalog: Callable[[], Catalog],
+        settings: DeliverySettings,
+        *,
+        events: EventSink,
+        audit: CaseAudit | None = None,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._settings = settings
+        self._events = events
+        self._audit = audit
+        self.owner = owner or f"worker-{uuid.uuid4().hex[:12]}"
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stats = WorkerStats()
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"case-worker-{self.owner}")
+
+    def notify(self) -> None:
+        """New work was written here: claim now instead of at the next poll."""
+        self._wakeup.set()
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Stop claiming, let attempts in flight finish for up to ``grace`` seconds."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is None:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                busy = await self.run_once()
+                failures = 0
+            except CaseStoreError as exc:
+                failures += 1
+                log.warning("case_outbox_claim_failed", error_code=type(exc).__name__)
+                busy = False
+                await self._sleep(min(0.1 * 2**failures, 5.0))
+            except Exception:
+                log.exception("case_worker_failed")
+                busy = False
+                await self._sleep(1.0)
+            if not busy and not self._stopping:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.poll_interval):
+                        await self._wakeup.wait()
+
+    async def run_once(self) -> bool:
+        """Claim one batch and work it; True when there was something to do."""
+        entries = await self._store.claim(
+            self.owner,
+            now=self._clock(),
+            lease=self._settings.lease,
+            limit=self._settings.batch,
+        )
+        if not entries:
+            return False
+        await asyncio.gather(*(self._work(entry) for entry in entries))
+        return True
+
+    async def drain(self, *, rounds: int = 1000) -> None:
+        """Work until nothing is due (tests and the CLI; the loop does this in production)."""
+        for _ in range(rounds):
+            if not await self.run_once():
+                return
+
+    # --- one entry ----------------------------------------------------------------------------
+
+    async def _work(self, entry: OutboxEntry) -> None:
+        try:
+            if entry.kind == EntryKind.EVENT:
+                await self._send_event(entry)
+                return
+            case = await self._store.get(entry.case_id)
+            if case is None or case.status in TERMINAL or entry.part is None:
+                await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "closed"))
+                return
+            if entry.kind == EntryKind.DELIVER:
+                await self._deliver(entry, case)
+            elif entry.kind == EntryKind.RECONCILE:
+                await self._reconcile(entry, case)
+            else:
+                await self._poll(entry, case)
+        except LeaseLost:
+            self.stats.lease_lost += 1
+            log.warning("case_entry_lease_lost", case_id=entry.case_id, entry=entry.entry_id)
+        except CaseStoreError as exc:
+            # The lease runs out and the entry comes back: nothing is lost.
+            log.warning(
+                "case_entry_store_failed", case_id=entry.case_id, error_code=type(exc).__name__
+            )
+        except Exception:
+            log.exception("case_entry_failed", case_id=entry.case_id, entry=entry.entry_id)
+
+    def _backoff(self, attempts: int, retry_after: float | None = None) -> float:
+        s = self._settings
+        wait = float(min(s.max_backoff, s.initial_backoff * 2 ** max(attempts - 1, 0)))
+        wait += self._rng.uniform(0, s.jitter) if s.jitter else 0.0
+        return max(wait, retry_after or 0.0)
+
+    def _exhausted(self, entry: OutboxEntry) -> bool:
+        return entry.attempts + 1 >= self._settings.max_attempts
+
+    def _context(self, case: Case, part: int, operation_key: str | None) -> CallContext:
+        handling = case.part(part).handling_province
+        return CallContext(
+            request_id=f"{case.case_id}-{uuid.uuid4().hex[:8]}",
+            purpose=case.purpose,
+            service=case.service,
+            receiving_province=case.receiving_province,
+            handling_province=handling,
+            principal=case.subject,
+            actor=case.actor or case.subject,
+            level=case.level,
+            case_id=case.case_id,
+            authorisation_ref=case.authorisation_ref,
+            idempotency_key=operation_key,
+        )
+
+    async def _invoke(
+        self, route: Route, data: Any, context: CallContext
+    ) -> tuple[CallResult | None, BackendError | None, CallTrace]:
+        trace = CallTrace()
+        try:
+            return await route.invoke(data, context, trace), None, trace
+        except BackendError as exc:
+            trace.error_code = exc.code
+            return None, exc, trace
+        except GatewayError as exc:
+            # Not the back-end's answer (busy, audit down, a mapping problem): nothing was sent
+            # for certain enough to try again later; the attempt cap still applies.
+            trace.error_code = exc.code
+            raise _Deferred(exc.code) from exc
+
+    def _route(self, case: Case, operation: str, part: int) -> Route:
+        handling = case.part(part).handling_province
+        return self._catalog().route(case.service, operation, case.receiving_province, handling)
+
+    async def _deliver(self, entry: OutboxEntry, case: Case) -> None:
+        assert entry.part is not None
+        part = case.part(entry.part)
+        if part.status != PartStatus.PENDING:
+            # Delivered already (a replayed or duplicated entry): never send twice.
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "delivered"))
+            return
+        try:
+            route = self._route(case, part.operation, part.number)
+        except GatewayError as exc:
+            await self._dead_letter(entry, case, exc.code)
+            return
+        policy = route.operation.retry
+        config = route.operation.case
+        if entry.abandoned and policy == "never":
+            # A worker died holding this send: it may have been made. Ask, do not resend.
+            await self._to_outcome_unknown(entry, case, "worker_lost_during_send", config)
+            return
+        context = self._context(case, part.number, delivery_key(case.case_id, part.number))
+        try:
+            result, error, trace = await self._invoke(route, case.data, context)
+        except _Deferred as deferred:
+            await self._retry_later(entry, case, deferred.error_code)
+            return
+        if result is not None:
+            outcome = outcome_of(result.data, config)
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, outcome, result=_as_result(result.data)),
+                schedule=self._poll_after(case, part.number, outcome, config),
+                trace=trace,
+                result=result,
+                reason="delivered",
+            )
+            self.stats.delivered += 1
+            return
+        assert error is not None
+        if policy == "never" and error.reached_backend:
+            await self._to_outcome_unknown(entry, case, error.code, config)
+        elif is_retryable(error) or not error.reached_backend:
+            await self._retry_later(entry, case, error.code, error.retry_after)
+        else:
+            # The handling system understood and refused the application: 不予受理.
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, PartStatus.NOT_ACCEPTED, error_code=error.code),
+                trace=trace,
+                reason=error.code,
+            )
+
+    def _poll_after(
+        self, case: Case, part: int, outcome: PartStatus, config: CaseOperation | None
+    ) -> tuple[NewEntry, ...]:
+        if config is None or config.poll_with is None:
+            return ()
+        if outcome not in (PartStatus.FORWARDED, PartStatus.PROCESSING):
+            return ()
+        due = self._clock() + self._settings.status_poll_interval
+        return (NewEntry(EntryKind.POLL, due, part, {"polls": 0}),)
+
+    async def _poll(self, entry: OutboxEntry, case: Case) -> None:
+        assert entry.part is not None
+        part = case.part(entry.part)
+        if part.status not in (PartStatus.FORWARDED, PartStatus.PROCESSING):
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "settled"))
+            return
+        try:
+            submit = self._route(case, part.operation, part.number)
+            config = submit.operation.case
+            if config is None or config.poll_with is None:
+                raise _Deferred("no_poll_configured")
+            query = self._route(case, config.poll_with, part.number)
+        except (GatewayError, _Deferred) as exc:
+            # Configuration changed under a waiting case: stop polling, callbacks still work.
+            reason = exc.error_code if isinstance(exc, _Deferred) else exc.code
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", reason))
+            return
+        data = compile_mapping(config.poll_input or None).apply(part.result or {})
+        try:
+            result, error, trace = await self._invoke(
+                query, data, self._context(case, part.number, None)
+            )
+        except _Deferred as deferred:
+            await self._retry_later(entry, case, deferred.error_code, dead=False)
+            return
+        if result is None:
+            assert error is not None
+            await self._retry_later(entry, case, error.code, error.retry_after, dead=False)
+            return
+        outcome = outcome_of(result.data, config)
+        polls = int((entry.payload or {}).get("polls", 0)) + 1
+        again: tuple[NewEntry, ...] = ()
+        if (
+            outcome in (PartStatus.FORWARDED, PartStatus.PROCESSING)
+            and polls < self._settings.max_status_polls
+        ):
+            due = self._clock() + self._settings.status_poll_interval
+            again = (NewEntry(EntryKind.POLL, due, part.number, {"polls": polls}),)
+        moves = part_moves_on(part.status, outcome)
+        change = PartChange(part.number, outcome, result=_as_result(result.data)) if moves else None
+        await self._advance(
+            entry,
+            case,
+            change,
+            schedule=again,
+            trace=trace,
+            result=result,
+            reason="status query",
+        )
+
+    async def _to_outcome_unknown(
+        self, entry: OutboxEntry, case: Case, error_code: str, config: CaseOperation | None
+    ) -> None:
+        assert entry.part is not None
+        self.stats.outcome_unknown += 1
+        log.warning("case_outcome_unknown", case_id=case.case_id, error_code=error_code)
+        schedule: tuple[NewEntry, ...] = ()
+        if config is not None and config.reconcile_with is not None:
+            schedule = (NewEntry(EntryKind.RECONCILE, self._clock(), entry.part),)
+            await self._advance(
+                entry,
+                case,
+                PartChange(entry.part, PartStatus.OUTCOME_UNKNOWN, error_code=error_code),
+                schedule=schedule,
+                reason=error_code,
+            )
+            return
+        # Nobody can ask the back-end: an operator must find out; the send is not repeated.
+        await self._advance(
+            entry,
+            case,
+            PartChange(entry.part, PartStatus.OUTCOME_UNKNOWN, error_code=error_code),
+            reason=f"{error_code}; no status query configured",
+        )
+
+    async def _reconcile(self, entry: OutboxEntry, case: Case) -> None:
+        assert entry.part is not None
+        part = case.part(entry.part)
+        if part.status != PartStatus.OUTCOME_UNKNOWN:
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "settled"))
+            return
+        try:
+            submit = self._route(case, part.operation, part.number)
+            config = submit.operation.case
+            if config is None or config.reconcile_with is None:
+                raise _Deferred("no_status_query_configured")
+            query = self._route(case, config.reconcile_with, part.number)
+        except (GatewayError, _Deferred) as exc:
+            reason = exc.error_code if isinstance(exc, _Deferred) else exc.code
+            await self._dead_letter(entry, case, reason)
+            return
+        key = delivery_key(case.case_id, part.number)
+        try:
+            result, error, trace = await self._invoke(
+                query, {"idempotency_key": key}, self._context(case, part.number, None)
+            )
+        except _Deferred as deferred:
+            await self._retry_later(entry, case, deferred.error_code)
+            return
+        if result is None:
+            assert error is not None
+            await self._retry_later(entry, case, error.code, error.retry_after)
+            return
+        self.stats.reconciled += 1
+        answer = result.data if isinstance(result.data, Mapping) else {}
+        if answer.get("found") is True:
+            outcome = outcome_of(answer, config)
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, outcome, result=_as_result(answer)),
+                schedule=self._poll_after(case, part.number, outcome, config),
+                trace=trace,
+                result=result,
+                reason="reconciled: the back-end has it",
+            )
+            return
+        # Proven absent: a send now cannot duplicate anything.
+        await self._advance(
+            entry,
+            case,
+            PartChange(part.number, PartStatus.PENDING),
+            schedule=(NewEntry(EntryKind.DELIVER, self._clock(), part.number),),
+            trace=trace,
+            result=result,
+            reason="reconciled: never arrived; sending again",
+        )
+
+    async def _retry_later(
+        self,
+        entry: OutboxEntry,
+        case: Case,
+        error_code: str,
+        retry_after: float | None = None,
+        *,
+        dead: bool = True,
+    ) -> None:
+        if self._exhausted(entry):
+            if dead:
+                await self._dead_letter(entry, case, error_code)
+            else:
+                await self._store.finish(
+                    FinishEntry(entry.entry_id, self.owner, "done", error_code)
+                )
+            return
+        due = self._clock() + self._backoff(entry.attempts + 1, retry_after)
+        await self._store.reschedule(entry.entry_id, self.owner, due=due, error=error_code)
+        self.stats.retried += 1
+        log.info(
+            "case_delivery_deferred",
+            case_id=case.case_id,
+            attempt=entry.attempts + 1,
+            error_code=error_code,
+        )
+
+    async def _dead_letter(self, entry: OutboxEntry, case: Case, reason: str) -> None:
+        assert entry.part is not None
+        self.stats.dead_lettered += 1
+        log.warning(
+            "case_dead_lettered",
+            case_id=case.case_id,
+            attempt=entry.attempts + 1,
+            error_code=reason,
+        )
+        await self._advance(
+            entry,
+            case,
+            PartChange(entry.part, PartStatus.DEAD_LETTERED, error_code=reason),
+            finish_state="dead",
+            reason=reason,
+        )
+
+    async def _advance(
+        self,
+        entry: OutboxEntry,
+        case: Case,
+        change: PartChange | None,
+        *,
+        schedule: Sequence[NewEntry] = (),
+        trace: CallTrace | None = None,
+        result: CallResult | None = None,
+        reason: str | None = None,
+        finish_state: str = "done",
+    ) -> None:
+        """Commit the part change with the entry's finish; re-plan on a concurrent change."""
+        finish = FinishEntry(
+            entry.entry_id,
+            self.owner,
+            "dead" if finish_state == "dead" else "done",
+            reason if finish_state == "dead" else None,
+        )
+        for _ in range(_STALE_RETRIES):
+            try:
+                step = plan_step(
+                    case,
+                    [change] if change is not None else [],
+                    at=iso_now(),
+                    now=self._clock(),
+                    reason=reason,
+                    finish=finish,
+                    schedule=schedule,
+                )
+            except IllegalTransition as exc:
+                # A callback moved the case on meanwhile (closed it, say): keep what it says.
+                log.info("case_update_superseded", case_id=case.case_id, status=str(exc.current))
+                await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "late"))
+                return
+            try:
+                await self._store.commit(step)
+            except StaleCase:
+                fresh = await self._store.get(case.case_id)
+                if fresh is None:
+                    return
+                if change is not None and not part_moves_on(
+                    fresh.part(change.part).status, change.status
+                ):
+                    change = None  # a callback got there first with newer news
+                case = fresh
+                continue
+            await self._audit_step(case, step, trace, result)
+            return
+        raise StaleCase(case.case_id)
+
+    async def _audit_step(
+        self, case: Case, step: Step, trace: CallTrace | None, result: CallResult | None
+    ) -> None:
+        if self._audit is None or not step.transitions:
+            return
+        for event in transition_events(
+            case,
+            step.transitions,
+            attempts=trace.attempts if trace else None,
+            error_code=trace.error_code if trace else None,
+            request_digest=result.request_digest if result else None,
+            response_digest=result.response_digest if result else None,
+        ):
+            try:
+                await self._audit.record(event, required=False)
+            except GatewayError as exc:
+                log.warning("case_audit_failed", case_id=case.case_id, error_code=exc.code)
+
+    async def _send_event(self, entry: OutboxEntry) -> None:
+        event = dict(entry.payload or {})
+        event["event_id"] = f"{entry.case_id}:{entry.entry_id}"
+        try:
+            await self._events.send(event)
+        except EventSinkError as exc:
+            if self._exhausted(entry):
+                await self._store.finish(
+                    FinishEntry(entry.entry_id, self.owner, "dead", f"event_sink: {exc}")
+                )
+                return
+            due = self._clock() + self._backoff(entry.attempts + 1)
+            await self._store.reschedule(entry.entry_id, self.owner, due=due, error="event_sink")
+            return
+        self.stats.events += 1
+        await self._store.finish(FinishEntry(entry.entry_id, self.owner))
+
+
+def _as_result(data: Any) -> Mapping[str, Any]:
+    return data if isinstance(data, Mapping) else {"value": data}

@@ -1,0 +1,219 @@
+"""Demo provincial government-service platform (一体化政务服务平台): takes applications as cases.
+
+One app per province (Qinghai 63, Gansu 62), REST JSON with an API key:
+
+    POST /api/applications                    take an application in; deduplicated on the
+                                              Idempotency-Key header (201 new, 200 the same)
+    GET  /api/applications/{applicationId}    its status; each query moves it along the
+                                              office's ``progress`` (the demo's officers)
+    GET  /api/applications/by-key/{key}       {"found": bool, ...}: did a send with this key
+                                              arrive? (how the gateway settles an unknown outcome)
+
+It serves S2 (异地就医备案), S3 (户口迁移, 多地联办: Gansu confirms the move-out, Qinghai issues
+the permit), S8 (跨省设立分支机构: the 企业开办 bundle fans out to four agencies) and S10 (残疾人证,
+异地代收代办: a Shaanxi window collects, Qinghai decides). It never logs payloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.demo.recording import Recorder, recording_middleware
+
+API_KEY_HEADER = "X-API-Key"
+STATUS_TEXT = {
+    "ACCEPTED": "已受理 accepted",
+    "PROCESSING": "办理中 being processed",
+    "DONE": "已办结 decided, result sent",
+    "REJECTED": "不予受理 not accepted",
+    "RETURNED": "退件 returned",
+    "SUPPLEMENT": "请补齐补正材料 supply missing material",
+}
+DOCUMENTS = {
+    "hukou-move-out": ("QCZ", "迁出确认 move-out confirmation"),
+    "hukou-move-in": ("ZQZ", "准予迁入证明 moving-in permit"),
+    "disability-card": ("CJZ", "残疾人证 disability card (mailed)"),
+    "medical-filing": ("YDJY", "异地就医备案凭证 filing record for treatment elsewhere"),
+    "branch-registration": ("FZJG", "分支机构营业执照 branch business licence"),
+    "seal-filing": ("YZBA", "印章备案回执 seal filing receipt"),
+    "invoice-application": ("FPSL", "发票领用核定 invoice allowance"),
+    "si-registration": ("SBDJ", "社会保险登记证明 social-insurance registration"),
+}
+KINDS = frozenset(DOCUMENTS)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Application:
+    application_id: str
+    idempotency_key: str
+    fingerprint: str
+    kind: str
+    status: str
+    steps: list[str]
+    received_at: str
+    result: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "applicationId": self.application_id,
+            "kind": self.kind,
+            "status": self.status,
+            "statusText": STATUS_TEXT[self.status],
+            "receivedAt": self.received_at,
+            "result": self.result,
+        }
+
+
+@dataclass
+class CaseOfficeState:
+    province: str
+    office_name: str
+    api_key: str
+    progress: dict[str, list[str]] = field(default_factory=dict)
+    """kind → the statuses an application walks through, one per status query; the first
+    is answered at once on submission."""
+    recorder: Recorder = field(default_factory=Recorder)
+    clock: Callable[[], datetime] = _now
+    applications: dict[str, Application] = field(default_factory=dict)
+    by_key: dict[str, Application] = field(default_factory=dict)
+    _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def decide(self, application_id: str, status: str, **result: str) -> None:
+        """The officers' decision, overriding the scripted progress."""
+        if status not in STATUS_TEXT:
+            raise ValueError(f"unknown status {status!r}")
+        application = self.applications[application_id]
+        application.status = status
+        application.steps.clear()
+        application.result.update(result)
+
+
+STATE = web.AppKey("case_office_state", CaseOfficeState)
+
+
+def _error(status: int, error: str, message: str) -> web.Response:
+    return web.json_response({"error": error, "message": message}, status=status)
+
+
+@web.middleware
+async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get(API_KEY_HEADER, "").encode()
+    if not hmac.compare_digest(given, request.app[STATE].api_key.encode()):
+        return _error(401, "unauthorized", "missing or wrong API key")
+    return await handler(request)
+
+
+def _result_for(state: CaseOfficeState, application: Application) -> dict[str, str]:
+    prefix, document = DOCUMENTS[application.kind]
+    return {
+        "documentNo": f"{prefix}{state.province}{application.application_id[-6:]}",
+        "document": document,
+    }
+
+
+async def submit_application(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    key = request.headers.get("Idempotency-Key", "")
+    if not key:
+        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "invalid_json", "body is not JSON")
+    if not isinstance(body, dict) or body.get("kind") not in KINDS:
+        return _error(400, "invalid_request", f"kind must be one of {sorted(KINDS)}")
+    if not body.get("idNumber") or not body.get("name"):
+        return _error(400, "invalid_request", "idNumber and name are required")
+    fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    existing = state.by_key.get(key)
+    if existing is not None:
+        if existing.fingerprint != fingerprint:
+            return _error(422, "idempotency_key_reused", "key used for another application")
+        return web.json_response(existing.as_json(), status=200)
+    now = state.clock()
+    steps = list(state.progress.get(body["kind"], ["ACCEPTED", "PROCESSING", "DONE"]))
+    application = Application(
+        application_id=f"{state.province}ZW{now:%Y%m%d}{next(state._numbers):06d}",
+        idempotency_key=key,
+        fingerprint=fingerprint,
+        kind=body["kind"],
+        status=steps.pop(0),
+        steps=steps,
+        received_at=now.isoformat(timespec="seconds"),
+    )
+    if application.status == "DONE":
+        application.result = _result_for(state, application)
+    state.applications[application.application_id] = application
+    state.by_key[key] = application
+    return web.json_response(application.as_json(), status=201)
+
+
+async def get_application(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    application = state.applications.get(request.match_info["applicationId"])
+    if application is None:
+        return _error(404, "not_found", "no such application")
+    if application.steps:
+        application.status = application.steps.pop(0)
+        if application.status == "DONE":
+            application.result = _result_for(state, application)
+    return web.json_response(application.as_json())
+
+
+async def find_application(request: web.Request) -> web.Response:
+    application = request.app[STATE].by_key.get(request.match_info["key"])
+    if application is None:
+        return web.json_response({"found": False})
+    return web.json_response({"found": True, **application.as_json()})
+
+
+def build_case_office_app(state: CaseOfficeState) -> web.Application:
+    app = web.Application(middlewares=[recording_middleware(state.recorder), api_key_middleware])
+    app[STATE] = state
+    app.router.add_post("/api/applications", submit_application, name="submit_application")
+    app.router.add_get("/api/applications/by-key/{key}", find_application, name="find_application")
+    app.router.add_get("/api/applications/{applicationId}", get_application, name="get_application")
+    return app
+
+
+def qinghai_office(api_key: str) -> CaseOfficeState:
+    return CaseOfficeState(
+        province="63",
+        office_name="青海省示范一体化政务服务平台",
+        api_key=api_key,
+        progress={
+            "hukou-move-in": ["ACCEPTED", "PROCESSING", "DONE"],
+            "disability-card": ["ACCEPTED", "PROCESSING", "DONE"],
+            # S2: the filing record is issued on submission (备案即时办结).
+            "medical-filing": ["DONE"],
+            # S8: each agency of the 企业开办 bundle decides on its next status query.
+            "branch-registration": ["ACCEPTED", "DONE"],
+            "seal-filing": ["ACCEPTED", "DONE"],
+            "invoice-application": ["ACCEPTED", "DONE"],
+            "si-registration": ["ACCEPTED", "DONE"],
+        },
+    )
+
+
+def gansu_office(api_key: str) -> CaseOfficeState:
+    # Gansu confirms a move-out at once (its records are checked on submission).
+    return CaseOfficeState(
+        province="62",
+        office_name="甘肃省示范一体化政务服务平台",
+        api_key=api_key,
+        progress={"hukou-move-out": ["DONE"]},
+    )

@@ -1,0 +1,220 @@
+"""Ready-made case submissions for `tongban demo`: S1, S2, S3, S4, S8, S10 as durable cases (办件),
+a window clerk's token, and how to follow a case (status URL, event stream, CLI)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from gateway.demo.residents import MA_WENHUA, SU_LANXIN
+from gateway.identity.devtokens import DevTokenIssuer
+
+ID_CARD = {
+    "code": "resident-id-card",
+    "ref": "elicence:63:resident-id-card:demo-0001",
+    "digest": "sha256:" + "3" * 64,
+}
+
+DEMO_CASES: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    (
+        "S1",
+        "pension transfer as a case: Qinghai takes it in, the worker forwards it, polls its status",
+        "demo-s1-case-0001",
+        {
+            "service": "pension-transfer",
+            "operation": "transfer-application",
+            "receiving_province": "63",
+            "handling_province": "63",
+            "purpose": "企业职工养老保险关系转移接续",
+            "data": {
+                "id_number": MA_WENHUA.id_number,
+                "name": MA_WENHUA.name,
+                "insurance_number": "6301002023004567",
+                "out_province": "61",
+                "contribution_certificate_no": "61SICDEMO0000001",
+            },
+            "materials": [ID_CARD],
+        },
+    ),
+    (
+        "S4",
+        "housing-fund transfer as a case: the old centre's confirmation closes it "
+        "(a second transfer of the same account is 不予受理)",
+        "demo-s4-case-0001",
+        {
+            "service": "housing-fund-transfer",
+            "operation": "transfer",
+            "receiving_province": "63",
+            "handling_province": "61",
+            "purpose": "住房公积金异地转移接续",
+            "data": {
+                "account_no": "610100201000123456",
+                "id_number": MA_WENHUA.id_number,
+                "name": MA_WENHUA.name,
+                "in_centre_code": "630100",
+            },
+            "materials": [ID_CARD],
+        },
+    ),
+    (
+        "S3",
+        "household move (多地联办): Gansu confirms the move-out, Qinghai issues the permit",
+        "demo-s3-case-0001",
+        {
+            "service": "household-move",
+            "mode": "joint",
+            "receiving_province": "63",
+            "parts": [
+                {"handling_province": "62", "operation": "move-out"},
+                {"handling_province": "63", "operation": "move-in"},
+            ],
+            "purpose": "兰西城市群户口迁移",
+            "data": {
+                "id_number": MA_WENHUA.id_number,
+                "name": MA_WENHUA.name,
+                "from_region": "620102",
+                "to_region": "630104",
+                "reason": "work",
+            },
+            "materials": [ID_CARD, {**ID_CARD, "code": "household-register"}],
+        },
+    ),
+)
+
+S2_CASE: tuple[str, str, str, dict[str, Any]] = (
+    "S2",
+    "filing for treatment in Shaanxi, handled by Qinghai's medical insurance (issued at once)",
+    "demo-s2-case-0001",
+    {
+        "service": "medical-filing",
+        "receiving_province": "63",
+        "handling_province": "63",
+        "purpose": "异地就医备案",
+        "data": {
+            "id_number": MA_WENHUA.id_number,
+            "name": MA_WENHUA.name,
+            "treatment_province": "61",
+            "filing_type": "resident-elsewhere",
+            "valid_from": "2026-12-01",
+        },
+        "materials": [{**ID_CARD, "code": "medical-insurance-voucher"}],
+    },
+)
+
+# S8 (企业开办 bundle) is an enterprise's application (level LP), so it goes with its token.
+S8_CASE: tuple[str, str, str, dict[str, Any]] = (
+    "S8",
+    "branch in Qinghai: one application fans out to registration, seal, invoices, insurance",
+    "demo-s8-case-0001",
+    {
+        "service": "branch-registration",
+        "receiving_province": "63",
+        "parts": [
+            {"handling_province": "63", "operation": op}
+            for op in ("registration", "seal-filing", "invoices", "social-insurance")
+        ],
+        "purpose": "跨省设立分支机构",
+        "authorisation_ref": "LR-AUTH-2026-0008",
+        "data": {
+            "credit_code": "91610113MA6TXXXX0Q",
+            "parent_name": "西安秦川示例电子有限公司",
+            "branch_name": "西安秦川示例电子有限公司西宁分公司",
+            "branch_address": "西宁市城西区示范大街8号",
+            "principal_name": MA_WENHUA.name,
+            "principal_id_number": MA_WENHUA.id_number,
+        },
+        "materials": [
+            {**ID_CARD, "code": "parent-business-licence"},
+            {
+                "code": "representative-authorisation",
+                "ref": "urn:upload:demo-1",
+                "digest": ID_CARD["digest"],
+            },
+        ],
+    },
+)
+
+# S10 (异地代收代办) is taken in by a window clerk, so it goes with the clerk's token.
+S10_CASE: tuple[str, str, str, dict[str, Any]] = (
+    "S10",
+    "disability card at a Shaanxi window (clerk token: originals checked, forwarded to Qinghai)",
+    "demo-s10-case-0001",
+    {
+        "service": "disability-card",
+        "mode": "proxy",
+        "receiving_province": "61",
+        "handling_province": "63",
+        "purpose": "残疾人证异地代收代办",
+        "data": {
+            "id_number": SU_LANXIN.id_number,
+            "name": SU_LANXIN.name,
+            "disability_category": "hearing",
+            "mailing_address": "西安市雁塔区示范路1号",
+        },
+        "materials": [
+            {
+                "code": "disability-assessment",
+                "ref": "urn:scan:61:0001",
+                "digest": "sha256:" + "a" * 64,
+            },
+            {"code": "photo", "ref": "urn:scan:61:0002", "digest": "sha256:" + "b" * 64},
+        ],
+        "originals_check": {"checked": True, "note": "身份证原件已核验"},
+    },
+)
+
+
+def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
+    """A Shaanxi window clerk (acting for a citizen) and an operator, for the case API."""
+    return {
+        "clerk-61": issuer.issue(
+            "demo-" + SU_LANXIN.key,
+            "Counter",
+            client_id="demo-portal-shaanxi",  # the Shaanxi windows work through its portal client
+            actor="clerk-61-0007",
+            actor_role="clerk",
+            roles=["clerk"],
+        ),
+        "operator": issuer.issue("demo-operator", "L3", roles=["operator"]),
+        "enterprise": issuer.issue(
+            "demo-enterprise-xian-qinchuan",
+            "LP",
+            client_id="demo-portal-qinghai",
+            actor="demo-" + MA_WENHUA.key,
+            actor_role="agent",
+        ),
+    }
+
+
+def cases_banner(base_url: str, citizen_token: str, staff: dict[str, str], data_dir: Path) -> str:
+    auth = shlex.quote(f"Authorization: Bearer {citizen_token}")
+    lines = [
+        "",
+        "cases (办件): POST /api/v1/cases with an Idempotency-Key; repeat it: same case",
+        "",
+    ]
+    clerk = shlex.quote(f"Authorization: Bearer {staff['clerk-61']}")
+    enterprise = shlex.quote(f"Authorization: Bearer {staff['enterprise']}")
+    plan = [(case, auth) for case in (*DEMO_CASES, S2_CASE)]
+    plan += [(S8_CASE, enterprise), (S10_CASE, clerk)]
+    for (scenario, title, key, body), header in plan:
+        lines += [
+            f"# {scenario}: {title}",
+            f"curl -s {shlex.quote(base_url + '/api/v1/cases')} -H {header}"
+            f" -H 'Content-Type: application/json' -H 'Idempotency-Key: {key}'"
+            f" -d {shlex.quote(json.dumps(body, ensure_ascii=False))}",
+            "",
+        ]
+    lines += [
+        f"# follow: curl -s {base_url}/api/v1/cases -H {auth}",
+        f"# window queue (clerk): curl -s '{base_url}/api/v1/cases?queue=window'"
+        f" -H {shlex.quote('Authorization: Bearer ' + staff['clerk-61'])}",
+        f"# dead letters (operator): curl -s {base_url}/admin/cases/dead-letters"
+        f" -H {shlex.quote('Authorization: Bearer ' + staff['operator'])}",
+        f"# events (status changes, 好差评 on closure): tail -f {data_dir / 'case-events.jsonl'}",
+        f"# CLI: tongban cases list --data-dir {data_dir}",
+        "",
+    ]
+    return "\n".join(lines)

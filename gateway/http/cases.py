@@ -1,0 +1,518 @@
+"""The case API: thin handlers over ``gateway.cases``, and the case resources' cleanup context.
+
+POST /api/v1/cases                     take an application in (Idempotency-Key) → 202 receipt
+GET  /api/v1/cases/{case_id}           timeline, materials by reference, result
+GET  /api/v1/cases                     mine (?queue=window: a clerk's window queue)
+POST /api/v1/callbacks/{system}        a provincial system's status push (HMAC, sequenced)
+GET  /admin/cases/dead-letters         operator: what delivery gave up on, with the reason
+POST /admin/cases/{case_id}/replay     operator: put a dead-lettered case back on schedule
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.audit.writer import AuditWriter
+from gateway.cases.audit import CaseAudit, WriterCaseAudit
+from gateway.cases.config import CaseSettings
+from gateway.cases.errors import CaseStoreDown
+from gateway.cases.events import EventSink, JsonlEventSink, NullEventSink, WebhookEventSink
+from gateway.cases.intake import CASE_REQUEST_SCHEMA
+from gateway.cases.model import Case, CaseSummary
+from gateway.cases.service import CaseService
+from gateway.cases.store import CaseStore, CaseStoreUnavailable
+from gateway.cases.worker import DeliveryWorker
+from gateway.errors import (
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    MalformedJson,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE, VERIFIER, principal_of
+from gateway.http.oidc import check_client_may_call
+from gateway.principal import Principal
+from gateway.settings import Settings
+from gateway.stores.postgres_cases import PostgresCaseStore
+from gateway.stores.sqlite_cases import SqliteCaseStore
+
+log = structlog.get_logger("tongban.cases")
+
+
+@dataclass(slots=True)
+class CaseRuntime:
+    service: CaseService
+    store: CaseStore
+    worker: DeliveryWorker | None
+    events: EventSink
+
+
+CASES = web.AppKey("cases", CaseRuntime)
+CASE_AUDIT = web.AppKey("case_audit", CaseAudit)
+"""Set by the wiring before start-up to audit every case transition (optional)."""
+
+
+def open_case_store(settings: Settings) -> CaseStore:
+    config = settings.gateway.cases.store
+    if config.backend == "postgres":
+        assert config.dsn is not None
+        return PostgresCaseStore(config.dsn, schema=config.schema_name, max_size=config.pool_size)
+    return SqliteCaseStore(settings.data_dir() / config.path)
+
+
+def open_event_sink(settings: Settings) -> EventSink:
+    config = settings.gateway.cases.events
+    if config.kind == "jsonl":
+        return JsonlEventSink(settings.data_dir() / config.path)
+    if config.kind == "webhook":
+        assert config.url is not None
+        secret = config.secret.get_secret_value() if config.secret else None
+        return WebhookEventSink(config.url, secret=secret, timeout=config.timeout)
+    return NullEventSink()
+
+
+def callback_keys(config: CaseSettings) -> dict[str, bytes]:
+    return {
+        sid: entry.secret.get_secret_value().encode() for sid, entry in config.callbacks.items()
+    }
+
+
+def add_case_routes(app: web.Application) -> None:
+    """Mount the case API and open the store, event sink and worker with the app."""
+    app.cleanup_ctx.append(_cases_context)
+    app.router.add_post("/api/v1/cases", submit_case)
+    app.router.add_get("/api/v1/cases", list_cases)
+    app.router.add_get("/api/v1/cases/{case_id}", get_case)
+    app.router.add_post("/api/v1/callbacks/{system}", receive_callback)
+    app.router.add_get("/admin/cases/dead-letters", dead_letters)
+    app.router.add_post("/admin/cases/{case_id}/replay", replay_case)
+
+
+async def _cases_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    config = settings.gateway.cases
+    if not config.enabled:
+        yield
+        return
+    state = app[STATE]
+    store = open_case_store(settings)
+    await store.open()
+    events = open_event_sink(settings)
+    audit = app.get(CASE_AUDIT)
+    writer = getattr(state, "audit", None)
+    if audit is None and isinstance(writer, AuditWriter):
+        # The instance's audit chain: intake fail-closed, later transitions buffered.
+        audit = WriterCaseAudit(writer)
+    worker = None
+    if config.worker:
+        worker = DeliveryWorker(
+            store, lambda: state.catalog, config.delivery, events=events, audit=audit
+        )
+    service = CaseService(
+        store,
+        lambda: state.catalog,
+        audit=audit,
+        callback_keys=callback_keys(config),
+        on_written=worker.notify if worker else None,
+    )
+    app[CASES] = CaseRuntime(service, store, worker, events)
+
+    async def probe() -> dict[str, Any]:
+        await store.ping()
+        return {"ready": True}
+
+    state.readiness["cases"] = probe
+    if worker is not None:
+        worker.start()
+    try:
+        yield
+    finally:
+        if worker is not None:
+            await worker.aclose()
+        await events.aclose()
+        await store.aclose()
+
+
+def _runtime(request: web.Request) -> CaseRuntime:
+    runtime = request.app.get(CASES)
+    if runtime is None:
+        raise web.HTTPNotFound()
+    return runtime
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+async def _json_body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Send the body as application/json.")
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedJson("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    return raw, body
+
+
+def receipt(case: Case, base: str) -> dict[str, Any]:
+    """受理回执: what the applicant keeps as proof the application was taken in."""
+    return {
+        "case_id": case.case_id,
+        "service": case.service,
+        "mode": case.mode.value,
+        "receiving_province": case.receiving_province,
+        "handling_provinces": case.handling_provinces,
+        "received_at": case.created_at,
+        "status": case.status.value,
+        "status_url": f"{base}/api/v1/cases/{case.case_id}",
+    }
+
+
+def case_view(case: Case) -> dict[str, Any]:
+    return {
+        "case_id": case.case_id,
+        "service": case.service,
+        "mode": case.mode.value,
+        "status": case.status.value,
+        "receiving_province": case.receiving_province,
+        "handling_provinces": case.handling_provinces,
+        "purpose": case.purpose,
+        "actor": case.actor,
+        "created_at": case.created_at,
+        "updated_at": case.updated_at,
+        "materials": [m.as_json() for m in case.materials],
+        "parts": [
+            {
+                "part": p.number,
+                "handling_province": p.handling_province,
+                "operation": p.operation,
+                "system": p.system,
+                "status": p.status.value,
+                "result": p.result,
+                "error_code": p.error_code,
+                "updated_at": p.updated_at,
+            }
+            for p in case.parts
+        ],
+        "timeline": [t.as_json() for t in case.transitions],
+    }
+
+
+def summary_view(summary: CaseSummary) -> dict[str, Any]:
+    return {
+        "case_id": summary.case_id,
+        "service": summary.service,
+        "mode": summary.mode.value,
+        "status": summary.status.value,
+        "receiving_province": summary.receiving_province,
+        "handling_provinces": list(summary.handling_provinces),
+        "created_at": summary.created_at,
+        "updated_at": summary.updated_at,
+        "actor": summary.actor,
+    }
+
+
+def _base_url(request: web.Request) -> str:
+    public = request.app[SETTINGS].gateway.server.public_url
+    return (public or f"{request.scheme}://{request.host}").rstrip("/")
+
+
+async def submit_case(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    runtime = _runtime(request)
+    _raw, body = await _json_body(request)
+    fields = request[LOG_FIELDS]
+    fields.update(service=str(body.get("service", ""))[:64])
+    if isinstance(body.get("service"), str):
+        # The same client rules as a synchronous call: allowed_services and the call scope.
+        check_client_may_call(request.app, principal, body["service"])
+    submitted = await runtime.service.submit(
+        principal,
+        body,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        request_id=request[REQUEST_ID],
+    )
+    fields.update(case_id=submitted.case.case_id, created=submitted.created)
+    answer = receipt(submitted.case, _base_url(request))
+    return _json(
+        answer,
+        status=202,
+        headers={
+            "Location": answer["status_url"],
+            "Idempotent-Replayed": "false" if submitted.created else "true",
+        },
+    )
+
+
+async def get_case(request: web.Request) -> web.Response:
+    case = await _runtime(request).service.get_for(
+        principal_of(request), request.match_info["case_id"]
+    )
+    request[LOG_FIELDS]["case_id"] = case.case_id
+    return _json(case_view(case))
+
+
+async def list_cases(request: web.Request) -> web.Response:
+    queue = request.query.get("queue") == "window"
+    try:
+        limit = min(max(int(request.query.get("limit", "100")), 1), 500)
+    except ValueError:
+        raise InvalidRequest("limit must be a number.") from None
+    found = await _runtime(request).service.list_for(
+        principal_of(request), queue=queue, limit=limit
+    )
+    return _json({"cases": [summary_view(s) for s in found]})
+
+
+async def receive_callback(request: web.Request) -> web.Response:
+    """Authenticated by the system's HMAC, not a bearer token (the auth middleware skips it)."""
+    runtime = _runtime(request)
+    system = request.match_info["system"]
+    request[LOG_FIELDS]["system"] = system[:64]
+    raw = await request.read()
+    try:
+        runtime.service.verify_callback(
+            system,
+            raw,
+            request.headers.get("X-Tongban-Timestamp", ""),
+            request.headers.get("X-Tongban-Signature", ""),
+        )
+    except GatewayError as exc:
+        await runtime.service.audit_refused_callback(system, exc.code, request[REQUEST_ID])
+        raise
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedJson("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    outcome = await runtime.service.callback(system, body, request_id=request[REQUEST_ID])
+    request[LOG_FIELDS].update(case_id=outcome.case_id, outcome=outcome.status)
+    return _json({"status": outcome.status, "case_id": outcome.case_id})
+
+
+async def _operator(request: web.Request) -> Principal:
+    """Admin routes sit outside /api, so they check the bearer token themselves."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("A bearer token is required.")
+    principal = await request.app[VERIFIER].verify(token.strip())
+    if "operator" not in principal.roles:
+        raise Forbidden("This needs the operator role.")
+    request[LOG_FIELDS]["client"] = principal.client_id
+    return principal
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    await _operator(request)
+    try:
+        entries = await _runtime(request).store.dead_letters(limit=500)
+    except CaseStoreUnavailable as exc:
+        raise CaseStoreDown() from exc
+    return _json(
+        {
+            "dead_letters": [
+                {
+                    "entry_id": e.entry_id,
+                    "case_id": e.case_id,
+                    "part": e.part,
+                    "kind": e.kind.value,
+                    "attempts": e.attempts,
+                    "reason": e.last_error,
+                    "created_at": e.created_at,
+                }
+                for e in entries
+            ]
+        }
+    )
+
+
+async def replay_case(request: web.Request) -> web.Response:
+    operator = await _operator(request)
+    case = await _runtime(request).service.replay(
+        request.match_info["case_id"],
+        operator=operator.acting,
+        request_id=request[REQUEST_ID],
+    )
+    request[LOG_FIELDS]["case_id"] = case.case_id
+    return _json(case_view(case), status=202)
+
+
+# --- OpenAPI fragment (merged into /openapi.json by gateway.http.openapi) ----------------------
+
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": "Problem details (RFC 9457) with a stable code",
+            "content": {"application/problem+json": {"schema": _PROBLEM_REF}},
+        }
+        for s in statuses
+    }
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_RECEIPT = {
+    "type": "object",
+    "required": ["case_id", "service", "handling_provinces", "received_at", "status_url"],
+    "properties": {
+        "case_id": {"type": "string"},
+        "service": {"type": "string"},
+        "mode": {"type": "string", "enum": ["online", "proxy", "joint"]},
+        "receiving_province": {"type": "string"},
+        "handling_provinces": {"type": "array", "items": {"type": "string"}},
+        "received_at": {"type": "string"},
+        "status": {"type": "string"},
+        "status_url": {"type": "string"},
+    },
+}
+_CASE = {
+    "type": "object",
+    "required": ["case_id", "service", "status", "parts", "timeline", "materials"],
+    "properties": {
+        "case_id": {"type": "string"},
+        "service": {"type": "string"},
+        "mode": {"type": "string"},
+        "status": {"type": "string"},
+        "parts": {"type": "array", "items": {"type": "object"}},
+        "timeline": {"type": "array", "items": {"type": "object"}},
+        "materials": {"type": "array", "items": {"type": "object"}},
+    },
+}
+_STRING = {"type": "string"}
+_SECURED: list[dict[str, list[str]]] = [{"bearer": []}]
+_CASE_ID = {"name": "case_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def case_openapi_paths() -> dict[str, Any]:
+    """The case endpoints, for /openapi.json."""
+    return {
+        "/api/v1/cases": {
+            "post": {
+                "summary": "Take an application in (收件受理); answers a receipt (受理回执)",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": True,
+                        "description": "Same key + same body → the same case; another body → 409",
+                        "schema": {"type": "string", "minLength": 8, "maxLength": 128},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": CASE_REQUEST_SCHEMA}},
+                },
+                "responses": {
+                    "202": _ok(_RECEIPT, "Accepted: the receipt"),
+                    **_problems(400, 401, 403, 404, 409, 415, 422, 503),
+                },
+            },
+            "get": {
+                "summary": "My cases, or (?queue=window) a clerk's window queue",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "queue",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["window"]},
+                    },
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": {
+                    "200": _ok({"type": "object", "required": ["cases"]}),
+                    **_problems(401, 403),
+                },
+            },
+        },
+        "/api/v1/cases/{case_id}": {
+            "get": {
+                "summary": "A case: status, timeline, parts, materials by reference, result",
+                "security": _SECURED,
+                "parameters": [_CASE_ID],
+                "responses": {"200": _ok(_CASE), **_problems(401, 404)},
+            }
+        },
+        "/api/v1/callbacks/{system}": {
+            "post": {
+                "summary": "A provincial system's status push (HMAC-signed, sequenced)",
+                "parameters": [
+                    {
+                        "name": "system",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "X-Tongban-Signature",
+                        "in": "header",
+                        "required": True,
+                        "description": "sha256=hex(HMAC-SHA256(key, timestamp + '.' + body))",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "X-Tongban-Timestamp",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["sequence", "case_id", "status"],
+                                "properties": {
+                                    "sequence": {"type": "integer", "minimum": 1},
+                                    "case_id": {"type": "string"},
+                                    "part": {"type": "integer"},
+                                    "status": {"type": "string"},
+                                    "result": {"type": "object"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _ok({"type": "object", "required": ["status"]}),
+                    **_problems(400, 401, 422, 503),
+                },
+            }
+        },
+        "/admin/cases/dead-letters": {
+            "get": {
+                "summary": "Operator: entries delivery gave up on, with the reason",
+                "security": _SECURED,
+                "responses": {"200": _ok({"type": "object"}), **_problems(401, 403)},
+            }
+        },
+        "/admin/cases/{case_id}/replay": {
+            "post": {
+                "summary": "Operator: replay a dead-lettered case",
+                "security": _SECURED,
+                "parameters": [_CASE_ID],
+                "responses": {"202": _ok(_CASE), **_problems(401, 403, 404, 409)},
+            }
+        },
+    }

@@ -1,0 +1,611 @@
+"""The CaseStore logic shared by SQLite and PostgreSQL: one SQL text per statement, written with
+``?`` placeholders (PostgreSQL numbers them), inside a transaction the subclass opens.
+
+Only the claim differs between the two (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite's
+``BEGIN IMMEDIATE`` already makes the claimer the only writer).
+"""
+
+# ruff: noqa: S608 - SQL is built only from this package's constants and runs of '?' marks;
+# every value is a bound parameter.
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
+
+import orjson
+
+from gateway.cases.model import (
+    Case,
+    CaseEvent,
+    CaseStatus,
+    CaseSummary,
+    MaterialRef,
+    Mode,
+    NewCase,
+    Part,
+    PartStatus,
+    Transition,
+)
+from gateway.cases.store import (
+    CallbackSeen,
+    CaseCounts,
+    CreateResult,
+    EntryKind,
+    FinishEntry,
+    IdempotencyConflict,
+    LeaseLost,
+    NewEntry,
+    OutboxEntry,
+    StaleCase,
+    Step,
+    TransitionDraft,
+)
+from gateway.stores.migrations import Migration
+
+
+def case_migrations(serial: str, real: str) -> tuple[Migration, ...]:
+    """The case tables; ``serial`` / ``real`` are the dialect's auto-id and float types."""
+    return (
+        Migration(
+            1,
+            "cases, parts, timeline, outbox, callback heads",
+            (
+                """CREATE TABLE cases (
+                    case_id TEXT PRIMARY KEY,
+                    subject TEXT NOT NULL,
+                    idempotency_key TEXT NOT NULL,
+                    body_digest TEXT NOT NULL,
+                    service TEXT NOT NULL,
+                    mode TEXT NOT NULL,
+                    actor TEXT,
+                    actor_role TEXT,
+                    client_id TEXT NOT NULL,
+                    level TEXT NOT NULL,
+                    receiving_province TEXT NOT NULL,
+                    purpose TEXT NOT NULL,
+                    authorisation_ref TEXT,
+                    status TEXT NOT NULL,
+                    version INTEGER NOT NULL,
+                    created_at TEXT NOT NULL,
+                    updated_at TEXT NOT NULL,
+                    materials TEXT NOT NULL,
+                    data TEXT,
+                    UNIQUE (subject, idempotency_key)
+                )""",
+                "CREATE INDEX cases_by_client ON cases (client_id, updated_at)",
+                "CREATE INDEX cases_by_subject ON cases (subject, updated_at)",
+                "CREATE INDEX cases_by_status ON cases (status)",
+                """CREATE TABLE case_parts (
+                    case_id TEXT NOT NULL REFERENCES cases (case_id),
+                    part INTEGER NOT NULL,
+                    handling_province TEXT NOT NULL,
+                    operation TEXT NOT NULL,
+                    system TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    result TEXT,
+                    error_code TEXT,
+                    updated_at TEXT NOT NULL,
+                    PRIMARY KEY (case_id, part)
+                )""",
+                """CREATE TABLE case_transitions (
+                    case_id TEXT NOT NULL REFERENCES cases (case_id),
+                    sequence INTEGER NOT NULL,
+                    at TEXT NOT NULL,
+                    from_status TEXT,
+                    to_status TEXT NOT NULL,
+                    part INTEGER,
+                    part_status TEXT,
+                    actor TEXT,
+                    reason TEXT,
+                    PRIMARY KEY (case_id, sequence)
+                )""",
+                f"""CREATE TABLE case_outbox (
+                    entry_id {serial},
+                    case_id TEXT NOT NULL REFERENCES cases (case_id),
+                    part INTEGER,
+                    kind TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    claims INTEGER NOT NULL DEFAULT 0,
+                    due {real} NOT NULL,
+                    lease_owner TEXT,
+                    lease_until {real},
+                    payload TEXT,
+                    last_error TEXT,
+                    created_at TEXT NOT NULL
+                )""",
+                "CREATE INDEX case_outbox_due ON case_outbox (due) WHERE state = 'pending'",
+                "CREATE INDEX case_outbox_by_case ON case_outbox (case_id)",
+                "CREATE INDEX case_outbox_dead ON case_outbox (entry_id) WHERE state = 'dead'",
+                """CREATE TABLE case_callbacks (
+                    system TEXT PRIMARY KEY,
+                    last_sequence BIGINT NOT NULL,
+                    updated_at TEXT NOT NULL
+                )""",
+            ),
+        ),
+    )
+
+
+class Tx(Protocol):
+    """One open transaction (or, for reads, a connection) in a dialect-neutral shape."""
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
+
+
+OUTBOX_COLUMNS: Final = (
+    "entry_id, case_id, part, kind, state, attempts, claims, due, payload, last_error, created_at"
+)
+_CASE_COLUMNS: Final = (
+    "case_id, service, mode, subject, actor, actor_role, client_id, level, receiving_province,"
+    " purpose, authorisation_ref, idempotency_key, body_digest, status, version, created_at,"
+    " updated_at, materials, data"
+)
+_INSERT_ENTRY: Final = (
+    "INSERT INTO case_outbox (case_id, part, kind, state, due, payload, created_at)"
+    " VALUES (?, ?, ?, 'pending', ?, ?, ?)"
+)
+_INSERT_TRANSITION: Final = (
+    "INSERT INTO case_transitions"
+    " (case_id, sequence, at, from_status, to_status, part, part_status, actor, reason)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
+    return OutboxEntry(
+        entry_id=int(row[0]),
+        case_id=row[1],
+        part=row[2],
+        kind=EntryKind(row[3]),
+        state=row[4],
+        attempts=int(row[5]),
+        claims=int(row[6]),
+        due=float(row[7]),
+        payload=_load(row[8]),
+        last_error=row[9],
+        created_at=row[10],
+    )
+
+
+def _event_entry(event: CaseEvent, now: float) -> NewEntry:
+    return NewEntry(EntryKind.EVENT, now, None, event.as_json())
+
+
+class SqlCaseStore:
+    """Shared statements; subclasses provide ``_tx`` (write transaction), ``_read`` and claim."""
+
+    def _tx(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        raise NotImplementedError
+
+    def _read(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        raise NotImplementedError
+
+    # --- writing a new case --------------------------------------------------------------------
+
+    async def create(
+        self,
+        case: NewCase,
+        *,
+        at: str,
+        now: float,
+        initial: Sequence[TransitionDraft],
+        events: Sequence[CaseEvent],
+    ) -> CreateResult:
+        status = initial[-1].to_status if initial else CaseStatus.RECEIVED
+        created = False
+        async with self._tx() as tx:
+            rows = await tx.fetch(
+                "SELECT case_id, body_digest FROM cases WHERE subject = ? AND idempotency_key = ?",
+                case.subject,
+                case.idempotency_key,
+            )
+            if rows:
+                existing_id, digest = rows[0][0], rows[0][1]
+                if digest != case.body_digest:
+                    raise IdempotencyConflict(existing_id)
+                case_id = existing_id
+            else:
+                case_id = case.case_id
+                inserted = await tx.execute(
+                    f"INSERT INTO cases ({_CASE_COLUMNS}) VALUES"
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)"
+                    " ON CONFLICT (subject, idempotency_key) DO NOTHING",
+                    case.case_id,
+                    case.service,
+                    case.mode.value,
+                    case.subject,
+                    case.actor,
+                    case.actor_role,
+                    case.client_id,
+                    case.level,
+                    case.receiving_province,
+                    case.purpose,
+                    case.authorisation_ref,
+                    case.idempotency_key,
+                    case.body_digest,
+                    status.value,
+                    at,
+                    at,
+                    _json([m.as_json() for m in case.materials]),
+                    _json(case.data),
+                )
+                if inserted:
+                    created = True
+                    await self._write_new(tx, case, at, now, initial, events)
+        if not created and not rows:
+            # Another instance inserted the same (subject, key) between our read and write.
+            found = await self.find(case.subject, case.idempotency_key)
+            if found is None:
+                raise StaleCase("the concurrent insert is not visible yet")
+            if found.body_digest != case.body_digest:
+                raise IdempotencyConflict(found.case_id)
+            return CreateResult(found, False)
+        if created:
+            timeline = tuple(
+                Transition(
+                    n,
+                    at,
+                    d.from_status if n > 1 else None,
+                    d.to_status,
+                    actor=d.actor,
+                    reason=d.reason,
+                )
+                for n, d in enumerate(initial, start=1)
+            )
+            return CreateResult(case.as_case(at, status, timeline), True)
+        stored = await self.get(case_id)
+        assert stored is not None, "found in the transaction above"
+        return CreateResult(stored, False)
+
+    async def _write_new(
+        self,
+        tx: Tx,
+        case: NewCase,
+        at: str,
+        now: float,
+        initial: Sequence[TransitionDraft],
+        events: Sequence[CaseEvent],
+    ) -> None:
+        for number, part in enumerate(case.parts):
+            await tx.execute(
+                "INSERT INTO case_parts (case_id, part, handling_province, operation, system,"
+                " status, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                case.case_id,
+                number,
+                part.handling_province,
+                part.operation,
+                part.system,
+                PartStatus.PENDING.value,
+                at,
+            )
+        for sequence, draft in enumerate(initial, start=1):
+            await self._insert_transition(tx, case.case_id, sequence, at, draft)
+        entries = [NewEntry(EntryKind.DELIVER, now, n) for n in range(len(case.parts))]
+        entries += [_event_entry(e, now) for e in events]
+        for entry in entries:
+            await self._insert_entry(tx, case.case_id, entry, at)
+
+    @staticmethod
+    async def _insert_transition(
+        tx: Tx, case_id: str, sequence: int, at: str, draft: TransitionDraft
+    ) -> None:
+        await tx.execute(
+            _INSERT_TRANSITION,
+            case_id,
+            sequence,
+            at,
+            draft.from_status.value if sequence > 1 else None,
+            draft.to_status.value,
+            draft.part,
+            draft.part_status.value if draft.part_status else None,
+            draft.actor,
+            draft.reason,
+        )
+
+    @staticmethod
+    async def _insert_entry(tx: Tx, case_id: str, entry: NewEntry, at: str) -> None:
+        await tx.execute(
+            _INSERT_ENTRY,
+            case_id,
+            entry.part,
+            entry.kind.value,
+            entry.due,
+            _json(entry.payload),
+            at,
+        )
+
+    # --- applying a step -----------------------------------------------------------------------
+
+    async def commit(self, step: Step) -> Case:
+        async with self._tx() as tx:
+            # The case row first: on PostgreSQL this takes its lock before anything else.
+            changed = await tx.execute(
+                "UPDATE cases SET status = ?, version = version + 1, updated_at = ?"
+                + (", data = NULL" if step.erase_data else "")
+                + " WHERE case_id = ? AND version = ?",
+                step.status.value,
+                step.at,
+                step.case_id,
+                step.expected_version,
+            )
+            if not changed:
+                raise StaleCase(step.case_id)
+            if step.finish is not None:
+                await self._finish(tx, step.finish)
+            if step.callback is not None:
+                await self._advance_callback(tx, step.callback, step.at)
+            for change in step.parts:
+                if change.result is not None:
+                    await tx.execute(
+                        "UPDATE case_parts SET status = ?, result = ?, error_code = ?,"
+                        " updated_at = ? WHERE case_id = ? AND part = ?",
+                        change.status.value,
+                        _json(change.result),
+                        change.error_code,
+                        step.at,
+                        step.case_id,
+                        change.part,
+                    )
+                else:
+                    await tx.execute(
+                        "UPDATE case_parts SET status = ?, error_code = ?, updated_at = ?"
+                        " WHERE case_id = ? AND part = ?",
+                        change.status.value,
+                        change.error_code,
+                        step.at,
+                        step.case_id,
+                        change.part,
+                    )
+            if step.transitions:
+                rows = await tx.fetch(
+                    "SELECT COALESCE(MAX(sequence), 0) FROM case_transitions WHERE case_id = ?",
+                    step.case_id,
+                )
+                sequence = int(rows[0][0])
+                for draft in step.transitions:
+                    sequence += 1
+                    await self._insert_transition(tx, step.case_id, sequence, step.at, draft)
+            for entry_id in step.revive:
+                await tx.execute(
+                    "UPDATE case_outbox SET state = 'pending', attempts = 0, claims = 0,"
+                    " due = ?, lease_owner = NULL, lease_until = NULL"
+                    " WHERE entry_id = ? AND case_id = ? AND state = 'dead'",
+                    step.now,
+                    entry_id,
+                    step.case_id,
+                )
+            for entry in (*step.schedule, *(_event_entry(e, step.now) for e in step.events)):
+                await self._insert_entry(tx, step.case_id, entry, step.at)
+        found = await self.get(step.case_id)
+        assert found is not None
+        return found
+
+    @staticmethod
+    async def _finish(tx: Tx, finish: FinishEntry) -> None:
+        owned = await tx.execute(
+            "UPDATE case_outbox SET state = ?, attempts = attempts + 1,"
+            " claims = attempts + 1, lease_owner = NULL, lease_until = NULL,"
+            " last_error = ? WHERE entry_id = ? AND lease_owner = ? AND state = 'pending'",
+            finish.state,
+            finish.error,
+            finish.entry_id,
+            finish.owner,
+        )
+        if not owned:
+            raise LeaseLost(str(finish.entry_id))
+
+    async def finish(self, finish: FinishEntry) -> None:
+        async with self._tx() as tx:
+            await self._finish(tx, finish)
+
+    @staticmethod
+    async def _advance_callback(tx: Tx, callback: tuple[str, int], at: str) -> None:
+        system, sequence = callback
+        rows = await tx.fetch("SELECT last_sequence FROM case_callbacks WHERE system = ?", system)
+        if rows:
+            last = int(rows[0][0])
+            if sequence == last:
+                raise CallbackSeen("duplicate")
+            if sequence < last:
+                raise CallbackSeen("out_of_order")
+            await tx.execute(
+                "UPDATE case_callbacks SET last_sequence = ?, updated_at = ? WHERE system = ?",
+                sequence,
+                at,
+                system,
+            )
+        else:
+            await tx.execute(
+                "INSERT INTO case_callbacks (system, last_sequence, updated_at) VALUES (?, ?, ?)",
+                system,
+                sequence,
+                at,
+            )
+
+    async def reschedule(self, entry_id: int, owner: str, *, due: float, error: str) -> None:
+        async with self._tx() as tx:
+            owned = await tx.execute(
+                "UPDATE case_outbox SET attempts = attempts + 1, claims = attempts + 1,"
+                " due = ?, last_error = ?, lease_owner = NULL, lease_until = NULL"
+                " WHERE entry_id = ? AND lease_owner = ? AND state = 'pending'",
+                due,
+                error,
+                entry_id,
+                owner,
+            )
+            if not owned:
+                raise LeaseLost(str(entry_id))
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def find(self, subject: str, idempotency_key: str) -> Case | None:
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                "SELECT case_id FROM cases WHERE subject = ? AND idempotency_key = ?",
+                subject,
+                idempotency_key,
+            )
+        return await self.get(rows[0][0]) if rows else None
+
+    async def get(self, case_id: str) -> Case | None:
+        async with self._read() as conn:
+            rows = await conn.fetch(f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id = ?", case_id)
+            if not rows:
+                return None
+            parts = await conn.fetch(
+                "SELECT part, handling_province, operation, system, status, result, error_code,"
+                " updated_at FROM case_parts WHERE case_id = ? ORDER BY part",
+                case_id,
+            )
+            timeline = await conn.fetch(
+                "SELECT sequence, at, from_status, to_status, part, part_status, actor, reason"
+                " FROM case_transitions WHERE case_id = ? ORDER BY sequence",
+                case_id,
+            )
+        row = rows[0]
+        return Case(
+            case_id=row[0],
+            service=row[1],
+            mode=Mode(row[2]),
+            subject=row[3],
+            actor=row[4],
+            actor_role=row[5],
+            client_id=row[6],
+            level=row[7],
+            receiving_province=row[8],
+            purpose=row[9],
+            authorisation_ref=row[10],
+            idempotency_key=row[11],
+            body_digest=row[12],
+            status=CaseStatus(row[13]),
+            version=int(row[14]),
+            created_at=row[15],
+            updated_at=row[16],
+            materials=tuple(MaterialRef(**m) for m in _load(row[17]) or ()),
+            data=_load(row[18]),
+            parts=tuple(
+                Part(
+                    number=int(p[0]),
+                    handling_province=p[1],
+                    operation=p[2],
+                    system=p[3],
+                    status=PartStatus(p[4]),
+                    result=_load(p[5]),
+                    error_code=p[6],
+                    updated_at=p[7],
+                )
+                for p in parts
+            ),
+            transitions=tuple(
+                Transition(
+                    sequence=int(t[0]),
+                    at=t[1],
+                    from_status=CaseStatus(t[2]) if t[2] else None,
+                    to_status=CaseStatus(t[3]),
+                    part=t[4],
+                    part_status=PartStatus(t[5]) if t[5] else None,
+                    actor=t[6],
+                    reason=t[7],
+                )
+                for t in timeline
+            ),
+        )
+
+    async def list_cases(
+        self,
+        *,
+        subject: str | None = None,
+        client_id: str | None = None,
+        status: CaseStatus | None = None,
+        limit: int = 100,
+    ) -> list[CaseSummary]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("subject", subject), ("client_id", client_id)):
+            if value is not None:
+                where.append(f"c.{column} = ?")
+                args.append(value)
+        if status is not None:
+            where.append("c.status = ?")
+            args.append(status.value)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                "SELECT c.case_id, c.service, c.mode, c.status, c.receiving_province,"
+                " c.created_at, c.updated_at, c.actor FROM cases c"
+                f"{clause} ORDER BY c.updated_at DESC, c.case_id LIMIT ?",
+                *args,
+                limit,
+            )
+            provinces: dict[str, list[str]] = {}
+            if rows:
+                ids = [r[0] for r in rows]
+                marks = ", ".join("?" for _ in ids)
+                for part in await conn.fetch(
+                    "SELECT case_id, handling_province FROM case_parts"
+                    f" WHERE case_id IN ({marks}) ORDER BY case_id, part",
+                    *ids,
+                ):
+                    provinces.setdefault(part[0], []).append(part[1])
+        return [
+            CaseSummary(
+                case_id=r[0],
+                service=r[1],
+                mode=Mode(r[2]),
+                status=CaseStatus(r[3]),
+                receiving_province=r[4],
+                handling_provinces=tuple(provinces.get(r[0], ())),
+                created_at=r[5],
+                updated_at=r[6],
+                actor=r[7],
+            )
+            for r in rows
+        ]
+
+    async def entries(self, case_id: str) -> list[OutboxEntry]:
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {OUTBOX_COLUMNS} FROM case_outbox WHERE case_id = ? ORDER BY entry_id",
+                case_id,
+            )
+        return [entry_from_row(r) for r in rows]
+
+    async def dead_letters(self, limit: int = 100) -> list[OutboxEntry]:
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                f"SELECT {OUTBOX_COLUMNS} FROM case_outbox WHERE state = 'dead'"
+                " ORDER BY entry_id LIMIT ?",
+                limit,
+            )
+        return [entry_from_row(r) for r in rows]
+
+    async def counts(self) -> CaseCounts:
+        async with self._read() as conn:
+            statuses = await conn.fetch("SELECT status, COUNT(*) FROM cases GROUP BY status")
+            states = await conn.fetch(
+                "SELECT state, COUNT(*) FROM case_outbox WHERE state <> 'done' GROUP BY state"
+            )
+        by_state: Mapping[str, int] = {r[0]: int(r[1]) for r in states}
+        return CaseCounts(
+            by_status={r[0]: int(r[1]) for r in statuses},
+            pending_entries=by_state.get("pending", 0),
+            dead_entries=by_state.get("dead", 0),
+        )
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.fetch("SELECT 1")

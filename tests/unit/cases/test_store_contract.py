@@ -1,0 +1,255 @@
+"""One contract for every CaseStore: SQLite always, PostgreSQL when reachable (marker postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import pytest
+
+from gateway.cases.lifecycle import plan_replay, plan_step
+from gateway.cases.model import (
+    CaseEvent,
+    CaseStatus,
+    MaterialRef,
+    Mode,
+    NewCase,
+    PartPlan,
+    PartStatus,
+    body_digest,
+)
+from gateway.cases.store import (
+    CallbackSeen,
+    CaseStore,
+    CreateResult,
+    EntryKind,
+    FinishEntry,
+    IdempotencyConflict,
+    LeaseLost,
+    PartChange,
+    StaleCase,
+    TransitionDraft,
+)
+from tests.unit.cases.conftest import StoreFactory
+
+AT = "2026-01-01T00:00:00.000Z"
+DIGEST = "sha256:" + "a" * 64
+
+
+def new_case(
+    key: str = "key-00000001",
+    *,
+    subject: str = "citizen-a",
+    data: dict[str, Any] | None = None,
+    parts: int = 1,
+    client_id: str = "portal-63",
+) -> NewCase:
+    data = data if data is not None else {"x": 1}
+    return NewCase(
+        case_id="TB63" + secrets.token_hex(8).upper(),
+        service="pension-transfer",
+        mode=Mode.JOINT if parts > 1 else Mode.ONLINE,
+        subject=subject,
+        actor=None,
+        actor_role=None,
+        client_id=client_id,
+        level="L3",
+        receiving_province="63",
+        purpose="test",
+        authorisation_ref=None,
+        idempotency_key=key,
+        body_digest=body_digest({"data": data}),
+        data=data,
+        materials=(MaterialRef("id-card", "urn:e:1", DIGEST),),
+        parts=tuple(PartPlan(p, "apply", f"sys-{p}") for p in ("61", "62", "32")[:parts]),
+    )
+
+
+INITIAL = (TransitionDraft(CaseStatus.RECEIVED, CaseStatus.RECEIVED),)
+
+
+def event(case_id: str) -> CaseEvent:
+    return CaseEvent("case_received", case_id, "pension-transfer", "received", AT, "s", "63", ())
+
+
+async def create(store: CaseStore, case: NewCase, now: float = 100.0) -> CreateResult:
+    return await store.create(case, at=AT, now=now, initial=INITIAL, events=[event(case.case_id)])
+
+
+async def test_case_parts_timeline_and_outbox_are_written_together(store: CaseStore) -> None:
+    result = await create(store, new_case(parts=2))
+    assert result.created
+    case = result.case
+    assert case.status == CaseStatus.RECEIVED
+    assert [p.status for p in case.parts] == [PartStatus.PENDING, PartStatus.PENDING]
+    assert [t.to_status for t in case.transitions] == [CaseStatus.RECEIVED]
+    assert case.materials[0].digest == DIGEST
+    assert case.data == {"x": 1}
+    entries = await store.entries(case.case_id)
+    assert sorted((e.kind, e.part) for e in entries if e.kind != EntryKind.EVENT) == [
+        (EntryKind.DELIVER, 0),
+        (EntryKind.DELIVER, 1),
+    ]
+    assert [e.kind for e in entries].count(EntryKind.EVENT) == 1
+
+
+async def test_same_key_and_body_is_the_same_case_other_body_conflicts(store: CaseStore) -> None:
+    first = await create(store, new_case("key-same-0001"))
+    again = await create(store, new_case("key-same-0001"))
+    assert not again.created
+    assert again.case.case_id == first.case.case_id
+    assert len(await store.entries(first.case.case_id)) == 2  # nothing written twice
+    with pytest.raises(IdempotencyConflict):
+        await create(store, new_case("key-same-0001", data={"x": 2}))
+    other = await create(store, new_case("key-same-0001", subject="citizen-b"))
+    assert other.created, "keys are scoped to the account"
+
+
+async def test_concurrent_creates_with_one_key_make_one_case(store_factory: StoreFactory) -> None:
+    stores = [store_factory(), store_factory()]
+    for s in stores:
+        await s.open()
+    try:
+        results = await asyncio.gather(
+            *(create(stores[i % 2], new_case("key-race-0001")) for i in range(8))
+        )
+        assert sum(r.created for r in results) == 1
+        assert len({r.case.case_id for r in results}) == 1
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+async def test_claims_are_leased_and_disjoint(store_factory: StoreFactory) -> None:
+    a, b = store_factory(), store_factory()
+    await a.open()
+    await b.open()
+    try:
+        for i in range(10):
+            await create(a, new_case(f"key-claim-{i:04d}"))
+        first, second = await asyncio.gather(
+            a.claim("worker-a", now=200.0, lease=30, limit=15),
+            b.claim("worker-b", now=200.0, lease=30, limit=15),
+        )
+        ids_a = {e.entry_id for e in first}
+        ids_b = {e.entry_id for e in second}
+        assert not ids_a & ids_b
+        assert len(ids_a | ids_b) == 20  # 10 deliveries + 10 events
+        assert await a.claim("worker-c", now=229.0, lease=30, limit=50) == []
+        # worker-a "dies": after its lease, its entries come back, marked as abandoned.
+        back = await b.claim("worker-c", now=231.0, lease=30, limit=50)
+        assert {e.entry_id for e in back} == ids_a | ids_b
+        assert all(e.abandoned for e in back)
+        with pytest.raises(LeaseLost):
+            await a.reschedule(next(iter(ids_a)), "worker-a", due=300.0, error="x")
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_reschedule_counts_attempts_and_delays(store: CaseStore) -> None:
+    case = (await create(store, new_case())).case
+    (deliver,) = [e for e in await store.claim("w", now=100.0, lease=10, limit=10) if e.part == 0]
+    await store.reschedule(deliver.entry_id, "w", due=150.0, error="backend.unavailable")
+    assert [e for e in await store.claim("w", now=149.0, lease=10, limit=10) if e.part == 0] == []
+    (again,) = [e for e in await store.claim("w", now=151.0, lease=10, limit=10) if e.part == 0]
+    assert again.attempts == 1
+    assert not again.abandoned
+    assert again.last_error == "backend.unavailable"
+    assert again.case_id == case.case_id
+
+
+async def test_a_step_is_atomic_and_guarded_by_version_and_lease(store: CaseStore) -> None:
+    case = (await create(store, new_case())).case
+    claimed = await store.claim("w", now=100.0, lease=10, limit=10)
+    deliver = next(e for e in claimed if e.kind == EntryKind.DELIVER)
+    step = plan_step(
+        case,
+        [PartChange(0, PartStatus.FORWARDED, result={"accept_no": "A1"})],
+        at=AT,
+        now=101.0,
+        finish=FinishEntry(deliver.entry_id, "w"),
+    )
+    with pytest.raises(LeaseLost):
+        await store.commit(
+            plan_step(
+                case,
+                [PartChange(0, PartStatus.FORWARDED)],
+                at=AT,
+                now=101.0,
+                finish=FinishEntry(deliver.entry_id, "intruder"),
+            )
+        )
+    after = await store.commit(step)
+    assert after.status == CaseStatus.FORWARDED
+    assert after.parts[0].result == {"accept_no": "A1"}
+    assert after.version == case.version + 1
+    with pytest.raises(StaleCase):
+        await store.commit(step)  # planned on the old version
+    kinds = [(e.kind, e.state) for e in await store.entries(case.case_id)]
+    assert (EntryKind.DELIVER, "done") in kinds
+    assert kinds.count((EntryKind.EVENT, "pending")) == 2  # received + status change
+
+
+async def test_closing_erases_the_payload_and_keeps_the_digest(store: CaseStore) -> None:
+    case = (await create(store, new_case())).case
+    closed = await store.commit(
+        plan_step(case, [PartChange(0, PartStatus.DONE, result={"ok": True})], at=AT, now=1.0)
+    )
+    assert closed.status == CaseStatus.CLOSED
+    assert closed.data is None
+    assert closed.body_digest == case.body_digest
+    assert [t.to_status for t in closed.transitions] == [
+        CaseStatus.RECEIVED,
+        CaseStatus.FORWARDED,
+        CaseStatus.RESULT_DELIVERED,
+        CaseStatus.CLOSED,
+    ]
+
+
+async def test_dead_letters_keep_the_reason_and_replay_revives(store: CaseStore) -> None:
+    case = (await create(store, new_case())).case
+    deliver = next(e for e in await store.claim("w", now=100.0, lease=10, limit=10) if e.part == 0)
+    dead = await store.commit(
+        plan_step(
+            case,
+            [PartChange(0, PartStatus.DEAD_LETTERED, error_code="backend.unavailable")],
+            at=AT,
+            now=101.0,
+            finish=FinishEntry(deliver.entry_id, "w", "dead", "backend.unavailable"),
+        )
+    )
+    assert dead.status == CaseStatus.DEAD_LETTERED
+    (letter,) = await store.dead_letters()
+    assert letter.last_error == "backend.unavailable"
+    replayed = await store.commit(plan_replay(dead, [letter], at=AT, now=200.0, actor="operator-1"))
+    assert replayed.status == CaseStatus.RECEIVED
+    assert await store.dead_letters() == []
+    (again,) = [e for e in await store.claim("w", now=200.0, lease=10, limit=10) if e.part == 0]
+    assert again.attempts == 0
+    assert not again.abandoned
+
+
+async def test_callbacks_are_ordered_per_system(store: CaseStore) -> None:
+    case = (await create(store, new_case())).case
+    step = plan_step(case, [], at=AT, now=1.0, callback=("sys-61", 5))
+    case = await store.commit(step)
+    for sequence, reason in ((5, "duplicate"), (4, "out_of_order")):
+        with pytest.raises(CallbackSeen) as seen:
+            await store.commit(plan_step(case, [], at=AT, now=1.0, callback=("sys-61", sequence)))
+        assert seen.value.reason == reason
+    await store.commit(plan_step(case, [], at=AT, now=1.0, callback=("sys-61", 9)))
+
+
+async def test_lists_by_subject_and_by_window(store: CaseStore) -> None:
+    await create(store, new_case("key-list-0001", subject="a", client_id="window-61"))
+    await create(store, new_case("key-list-0002", subject="b", client_id="window-61"))
+    await create(store, new_case("key-list-0003", subject="a", client_id="portal"))
+    assert len(await store.list_cases(subject="a")) == 2
+    window = await store.list_cases(client_id="window-61")
+    assert len(window) == 2
+    assert window[0].handling_provinces == ("61",)
+    counts = await store.counts()
+    assert counts.by_status == {"received": 3}
+    assert counts.pending_entries == 6
