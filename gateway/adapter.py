@@ -115,6 +115,7 @@ class CallContext:
     authorisation_ref: str | None = None
     idempotency_key: str | None = None
     identity_assertion: str | None = None
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

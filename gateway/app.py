@@ -11,18 +11,24 @@ import structlog
 from aiohttp import web
 
 from gateway.adapter import Adapter, SystemSpec, load_adapter_factory
+from gateway.audit.calls import CallAuditor, RouteAudit
+from gateway.audit.record import AuditEvent, EventType
+from gateway.audit.setup import open_audit_writer
+from gateway.audit.sink import WriterAuditSink
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import Catalog
 from gateway.http import handlers
+from gateway.http.audit import add_audit_routes, admin_audit_middleware
+from gateway.http.cases import add_case_routes
 from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
 from gateway.http.middlewares import auth_middleware, problem_middleware, request_context_middleware
-from gateway.http.oidc import add_oidc_routes
+from gateway.http.oidc import OIDC_PROVIDER, add_oidc_routes
 from gateway.identity.authn import Authenticator
 from gateway.identity.provider import OpenIDProvider
 from gateway.metrics import Metrics
 from gateway.pipeline import Sleep, SystemRuntime, build_stack
 from gateway.principal import TokenVerifier
-from gateway.settings import Settings, SystemSettings
+from gateway.settings import RouteSettings, Settings, SystemSettings
 
 log = structlog.get_logger("tongban.app")
 
@@ -39,13 +45,21 @@ def create_app(
     """The gateway app. ``open_adapter`` replaces plugin lookup (tests pass fakes through it)."""
     app = web.Application(
         # Outermost first: the context middleware must see the status the problem renderer chose.
-        middlewares=[request_context_middleware, problem_middleware, auth_middleware],
+        # admin_audit records every /admin request; inside auth so a refusal is recorded too.
+        middlewares=[
+            request_context_middleware,
+            problem_middleware,
+            auth_middleware,
+            admin_audit_middleware,
+        ],
         client_max_size=settings.gateway.server.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[VERIFIER] = verifier
     app[STATE] = GatewayState()
+    # The audit trail opens first: every route's stack records through it.
+    app.cleanup_ctx.append(_audit_context)
     app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
 
     app.router.add_get("/healthz", handlers.healthz)
@@ -55,6 +69,8 @@ def create_app(
     app.router.add_get("/api/v1/services", handlers.list_services)
     app.router.add_get("/api/v1/services/{service}", handlers.get_service)
     app.router.add_post("/api/v1/services/{service}/calls", handlers.call_service)
+    add_case_routes(app)  # after the systems context: the case worker needs the catalogue
+    add_audit_routes(app)
     if oidc is not None:
         add_oidc_routes(app, oidc)
     return app
@@ -100,6 +116,7 @@ def _systems_context(
                 state.systems[sid] = SystemRuntime(
                     sid, system, adapter, breaker, asyncio.Semaphore(system.concurrency_limit)
                 )
+            auditor = CallAuditor(state.audit) if state.audit is not None else None
             state.opened_catalog = Catalog.build(
                 settings,
                 lambda route, operation: build_stack(
@@ -107,6 +124,7 @@ def _systems_context(
                     policy=operation.retry,
                     sleep=sleep,
                     observer=metrics,
+                    audit=(auditor, _route_audit(settings, route)) if auditor else None,
                 ),
             )
             log.info("gateway_started", systems=len(state.systems), routes=len(settings.routes))
@@ -116,6 +134,60 @@ def _systems_context(
                 await runtime.adapter.aclose()
 
     return systems
+
+
+def _route_audit(settings: Settings, route: RouteSettings) -> RouteAudit:
+    return RouteAudit(
+        service=route.service,
+        operation=route.operation,
+        system=route.system,
+        system_operation=route.system_operation,
+        mode=settings.services[route.service].audit,
+    )
+
+
+async def _audit_context(app: web.Application) -> AsyncIterator[None]:
+    """This instance's audit chain, open for the app's whole life; closing flushes and signs."""
+    settings, state = app[SETTINGS], app[STATE]
+    store, _keys, writer = await open_audit_writer(
+        settings.gateway.audit, settings.data_dir(), settings.gateway.instance_id
+    )
+    state.audit, state.audit_store = writer, store
+
+    async def readiness() -> dict[str, Any]:
+        report = writer.readiness()
+        return {
+            "ready": report.ready,
+            "state": report.state,
+            "chain": report.chain,
+            "head_sequence": report.head_sequence,
+            "buffer_fill": round(report.buffer_fill, 4),
+        }
+
+    state.readiness["audit"] = readiness
+    # The identity core records logins, tokens and logouts through the provider's sink.
+    provider = app.get(OIDC_PROVIDER)
+    sink = provider.audit if provider is not None else None
+    if isinstance(sink, WriterAuditSink):
+        sink.bind(writer)
+    try:
+        await writer.append(
+            AuditEvent(
+                type=EventType.CONFIG_LOADED,
+                extra={
+                    "systems": len(settings.systems),
+                    "services": len(settings.services),
+                    "routes": len(settings.routes),
+                },
+            ),
+            mode="buffered",
+        )
+        yield
+    finally:
+        if isinstance(sink, WriterAuditSink):
+            sink.unbind()
+        await writer.aclose()
+        await store.aclose()
 
 
 def _breaker_logger(metrics: Metrics) -> Callable[[str, Any], None]:

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.cases.commands import add_cases_commands, run_cases_command
 from gateway.settings import ConfigError, load_settings
 
 
@@ -69,7 +71,90 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check secret references' shape without reading their values",
     )
+
+    keys = commands.add_parser("keys", help="signing keys of the OpenID provider")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    rotate = keys_commands.add_parser(
+        "rotate",
+        help="add a new signing key; older keys keep verifying",
+        description="Add a new active signing key to the data directory's key file. Older keys "
+        "stay in the published JWKS so tokens they signed verify until they expire. Restart "
+        "(or roll) the gateway instances to sign with the new key.",
+    )
+    where = rotate.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="data directory holding the key file")
+    where.add_argument("--config", type=_config_dir, help="configuration directory (its data_dir)")
+    rotate.add_argument(
+        "--algorithm", choices=["ES256", "RS256"], default="ES256", help="(default ES256)"
+    )
+    rotate.add_argument(
+        "--key",
+        choices=["oidc", "audit"],
+        default="oidc",
+        help="which key: the OpenID provider's (default) or the audit checkpoint key (ES256); "
+        "either way a key_rotated record is written to the audit trail",
+    )
+    add_cases_commands(commands)
+    _add_audit_commands(commands)
     return parser
+
+
+def _timestamp(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _add_audit_commands(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="verify and export the tamper-evident audit trail")
+    actions = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = actions.add_parser(
+        "verify",
+        help="recompute every chain and check the checkpoint signatures",
+        description="Recompute every record hash and link of every chain, check each signed "
+        "checkpoint, and name the first bad record (changed, missing, reordered, truncated, "
+        "bad signature). Exit 0 when the trail verifies, 1 when it does not, 2 when it "
+        "cannot be read.",
+    )
+    source = verify.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=_config_dir, help="the gateway's configuration directory")
+    source.add_argument("--data-dir", type=Path, help="a data directory as `tongban demo` keeps it")
+    source.add_argument("--file", type=Path, help="an export written by `tongban audit export`")
+    verify.add_argument(
+        "--strict",
+        action="store_true",
+        help="also prove each record is in canonical form (about 15%% slower)",
+    )
+    export = actions.add_parser(
+        "export",
+        help="write records (and the checkpoints that close them) as JSON Lines",
+        description="Write the records of a time window, widened to the signed checkpoints "
+        "that cover them, with the public keys, so the file verifies offline.",
+    )
+    where = export.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=_config_dir, help="the gateway's configuration directory")
+    where.add_argument("--data-dir", type=Path, help="a data directory as `tongban demo` keeps it")
+    export.add_argument("--since", type=_timestamp, help="first time included (ISO 8601)")
+    export.add_argument("--until", type=_timestamp, help="first time excluded (ISO 8601)")
+    export.add_argument("--out", type=Path, required=True, help="file to write")
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from gateway.audit.commands import export_command, verify_command  # noqa: PLC0415
+
+    if args.audit_command == "verify":
+        return verify_command(
+            config_dir=args.config, data_dir=args.data_dir, file=args.file, strict=args.strict
+        )
+    return export_command(
+        config_dir=args.config,
+        data_dir=args.data_dir,
+        out=args.out,
+        since=args.since,
+        until=args.until,
+    )
 
 
 def _config_check(config_dir: Path, resolve_secrets: bool) -> int:
@@ -91,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         return _config_check(args.config, resolve_secrets=not args.no_secrets)
+    if args.command == "audit":
+        return _audit(args)
+    if args.command == "cases":
+        return run_cases_command(args)
     if args.command == "demo":
         from gateway.demo.runner import run_demo  # noqa: PLC0415 - demo-only dependencies
 
@@ -105,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
         return _run(run_demo(config_dir=config_dir, port=args.port, data_dir=data_dir))
+    if args.command == "keys":
+        return _keys_rotate(args.data_dir, args.config, args.algorithm, args.key)
     if args.command == "serve":
         from gateway.serve import run_serve  # noqa: PLC0415
 
@@ -117,6 +208,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     return 2
+
+
+def _keys_rotate(
+    data_dir: Path | None, config_dir: Path | None, algorithm: str, key: str = "oidc"
+) -> int:
+    from gateway.identity.keys import KeyFileError, rotate_key_file  # noqa: PLC0415
+    from gateway.identity.provider import KEY_FILE_NAME  # noqa: PLC0415
+
+    if data_dir is None:
+        assert config_dir is not None  # argparse: one of the two is required
+        try:
+            data_dir = load_settings(config_dir, resolve_secrets=False).data_dir()
+        except ConfigError as exc:
+            print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+            return 1
+    if key == "audit":
+        return _audit_key_rotate(data_dir, config_dir)
+    try:
+        new_kid, kept = rotate_key_file(data_dir / KEY_FILE_NAME, algorithm)  # type: ignore[arg-type]
+    except KeyFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"new {algorithm} signing key {new_kid}; kept for verification: {', '.join(kept)}")
+    return _record_rotation(data_dir, config_dir, "oidc", new_kid, algorithm, len(kept))
+
+
+def _audit_key_rotate(data_dir: Path, config_dir: Path | None) -> int:
+    from gateway.audit.rotation import rotate_audit_key  # noqa: PLC0415
+
+    try:
+        new_kid = rotate_audit_key(data_dir)
+    except (OSError, ValueError) as exc:
+        print(f"cannot rotate the audit signing key: {exc}", file=sys.stderr)
+        return 1
+    print(f"new ES256 audit checkpoint key {new_kid}; earlier keys kept for verification")
+    return _record_rotation(data_dir, config_dir, "audit", new_kid, "ES256", 0)
+
+
+def _record_rotation(
+    data_dir: Path, config_dir: Path | None, key: str, kid: str, algorithm: str, kept: int
+) -> int:
+    """The key_rotated record, durably, on this instance's chain (gateway/audit/rotation.py)."""
+    from gateway.audit.rotation import record_key_rotation_blocking  # noqa: PLC0415
+    from gateway.audit.store import AuditStoreError  # noqa: PLC0415
+    from gateway.audit.writer import ChainTailMismatch  # noqa: PLC0415
+    from gateway.errors import AuditUnavailable  # noqa: PLC0415
+    from gateway.settings import AuditSettings, GatewaySettings  # noqa: PLC0415
+
+    audit, instance_id = AuditSettings(), GatewaySettings().instance_id
+    try:
+        if config_dir is not None:
+            settings = load_settings(config_dir)
+            audit, instance_id = settings.gateway.audit, settings.gateway.instance_id
+        chain, sequence = record_key_rotation_blocking(
+            audit, data_dir, instance_id, key=key, kid=kid, algorithm=algorithm, kept=kept,
+            actor="cli",
+        )  # fmt: skip
+    except (ConfigError, AuditStoreError, AuditUnavailable, ChainTailMismatch, OSError) as exc:
+        print(f"the key was rotated but NOT recorded in the audit trail: {exc}", file=sys.stderr)
+        return 1
+    print(f"recorded in the audit trail: chain {chain}, record {sequence}")
+    return 0
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:

@@ -1,6 +1,6 @@
 """The per-route call stack, assembled once at start-up from configuration, one line per layer.
 
-    retry → circuit breaker → concurrency limit → per-attempt timeout → adapter
+    audit → retry → circuit breaker → concurrency limit → per-attempt timeout → adapter
 
 Each layer is a plain async function wrapping the next (KrakenD's ``newStack`` shape). A
 ``CallTrace`` travels with the call and records what the layers did, for metrics and audit.
@@ -27,6 +27,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from gateway.adapter import Adapter, Call, Reply
+from gateway.audit.calls import CallAuditor, CallOutcome, RouteAudit
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.errors import (
     BackendError,
@@ -34,6 +35,7 @@ from gateway.errors import (
     BackendRejected,
     BackendTimeout,
     CircuitOpen,
+    GatewayError,
     SystemBusy,
     is_retryable,
 )
@@ -99,11 +101,17 @@ def with_timeout(inner: Next, seconds: float) -> Next:
 
 def with_concurrency_limit(inner: Next, slots: asyncio.Semaphore, queue_timeout: float) -> Next:
     async def limited(call: Call, trace: CallTrace) -> Reply:
-        try:
-            async with asyncio.timeout(queue_timeout):
-                await slots.acquire()
-        except TimeoutError:
-            raise SystemBusy("The provincial system's call limit is reached; try again.") from None
+        if slots.locked():
+            try:
+                async with asyncio.timeout(queue_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise SystemBusy(
+                    "The provincial system's call limit is reached; try again."
+                ) from None
+        else:
+            # A free slot is taken without suspending: no queue timer to arm and cancel.
+            await slots.acquire()
         try:
             return await inner(call, trace)
         finally:
@@ -191,11 +199,32 @@ def with_retry(
     sleep: Sleep,
     observer: CallObserver | None = None,
 ) -> Next:
+    """Retry what ``may_retry`` allows, with backoff honouring Retry-After, within ``deadline``.
+
+    The first attempt runs outside tenacity: most calls succeed or fail for good at once, and
+    building an ``AsyncRetrying`` costs more than the rest of the stack. Only after a retryable
+    first failure does tenacity take over, replaying that failure as its attempt 1, so attempt
+    numbers, waits, stop decisions and the deadline (shortened by the time attempt 1 took) are
+    exactly those of a loop that ran tenacity from the start.
+    """
     backoff = wait_exponential_jitter(
         multiplier=settings.initial_backoff, max=settings.max_backoff, jitter=settings.jitter
     )
+    wait = _WaitHonouringRetryAfter(backoff)
+    retry = retry_if_exception(lambda exc: may_retry(exc, policy))
+    too_long = _StopWhenRetryAfterTooLong(settings.max_retry_after)
+    max_attempts = stop_after_attempt(settings.max_attempts)
 
     async def retried(call: Call, trace: CallTrace) -> Reply:
+        started = time.monotonic()
+        trace.attempts = 1
+        try:
+            return await inner(call, trace)
+        except Exception as exc:
+            if not may_retry(exc, policy):
+                raise
+            first: BaseException | None = exc
+
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             code = getattr(error, "code", "unknown")
@@ -205,12 +234,10 @@ def with_retry(
 
         retrying = AsyncRetrying(
             stop=(
-                stop_after_attempt(settings.max_attempts)
-                | stop_before_delay(deadline)
-                | _StopWhenRetryAfterTooLong(settings.max_retry_after)
+                max_attempts | stop_before_delay(deadline - (time.monotonic() - started)) | too_long
             ),
-            wait=_WaitHonouringRetryAfter(backoff),
-            retry=retry_if_exception(lambda exc: may_retry(exc, policy)),
+            wait=wait,
+            retry=retry,
             before_sleep=before_sleep,
             sleep=sleep,
             reraise=True,
@@ -218,10 +245,32 @@ def with_retry(
         async for attempt in retrying:
             with attempt:
                 trace.attempts = attempt.retry_state.attempt_number
+                if first is not None:
+                    replayed, first = first, None
+                    raise replayed
                 return await inner(call, trace)
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     return retried
+
+
+def with_audit(inner: Next, auditor: CallAuditor, route: RouteAudit) -> Next:
+    """Record the call before it can reach a back-end and its outcome before the answer is
+    released; a required record that cannot be written stops the call (AuditUnavailable)."""
+
+    async def audited(call: Call, trace: CallTrace) -> Reply:
+        await auditor.requested(call, route)
+        try:
+            reply = await inner(call, trace)
+        except GatewayError as exc:
+            outcome = CallOutcome(trace.attempts, trace.duration_ms, trace.breaker_state, exc.code)
+            await auditor.completed(call, route, outcome)
+            raise
+        outcome = CallOutcome(trace.attempts, trace.duration_ms, trace.breaker_state, reply=reply)
+        await auditor.completed(call, route, outcome)
+        return reply
+
+    return audited
 
 
 def build_stack(
@@ -230,6 +279,7 @@ def build_stack(
     policy: RetryPolicy,
     sleep: Sleep = asyncio.sleep,
     observer: CallObserver | None = None,
+    audit: tuple[CallAuditor, RouteAudit] | None = None,
 ) -> Next:
     """The stack for one route. Order matters: the breaker sees every attempt, the limit holds a
     slot only while an attempt is on the wire, and the timeout caps a single attempt."""
@@ -238,7 +288,7 @@ def build_stack(
     stack = with_timeout(stack, system.timeouts.attempt)
     stack = with_concurrency_limit(stack, runtime.slots, system.queue_timeout)
     stack = with_breaker(stack, runtime.breaker)
-    return with_retry(
+    stack = with_retry(
         stack,
         policy=policy,
         settings=system.retry,
@@ -247,3 +297,6 @@ def build_stack(
         sleep=sleep,
         observer=observer,
     )
+    if audit is not None:
+        stack = with_audit(stack, *audit)  # outermost: one pair of records per call, not attempt
+    return stack

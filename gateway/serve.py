@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.app import create_app, open_provider
 from gateway.errors import Unauthenticated
-from gateway.identity.authn import NobodySignedIn
+from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.logs import configure_logging
 from gateway.principal import Principal, TokenVerifier
@@ -68,7 +68,8 @@ async def run_serve(
     server = settings.gateway.server
     configure_logging(settings.gateway.logging.level, settings.gateway.logging.format)
     settings.data_dir().mkdir(parents=True, exist_ok=True)
-    provider = await open_provider(settings, NobodySignedIn())
+    # The SSO session + federation when idps.yaml declares platforms, else nobody signs in.
+    provider = await open_provider(settings, build_authenticator(settings))
     verifier: TokenVerifier = provider.access_token_verifier() if provider else _NoTokens()
     if dev_tokens:
         issuer = DevTokenIssuer()

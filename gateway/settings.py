@@ -21,10 +21,13 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.adapter import AdapterConfigError, Secret, SystemSpec, load_adapter_factory
+from gateway.cases.config import CaseOperation, CaseSettings, case_reference_problems
 from gateway.identity.clients import ClientRegistration
 from gateway.identity.config import ProviderSettings
+from gateway.identity.legacy_face import LegacyAppSettings
+from gateway.identity.upstream_kinds import AnyIdpSettings, IdpEntry
 from gateway.mapping import MappingError, compile_mapping
-from gateway.secrets import read_secret_ref
+from gateway.secrets import SecretRef, read_secret_ref
 
 # GB/T 2260 province-level codes (two digits) the gateway accepts.
 PROVINCES: Mapping[str, tuple[str, str]] = {
@@ -115,9 +118,41 @@ class LoggingSettings(_Model):
     """JSON lines for machines (serve), readable lines for people (demo)."""
 
 
+class AuditSettings(_Model):
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    """sqlite: a file in data_dir (one instance); postgres: shared by several instances, each
+    writing its own chain."""
+    dsn: SecretRef | None = None
+    """PostgreSQL connection string (it may hold a password, so it is a secret reference)."""
+    schema_name: str = Field("public", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """PostgreSQL schema holding the audit tables."""
+    algorithm: Literal["sha256", "sm3"] = "sha256"
+    """Hash of the chain: SHA-256, or SM3 (GB/T 32905)."""
+    batch_size: int = Field(1000, ge=1)
+    """Most records per group commit."""
+    linger_ms: float = Field(1.0, ge=0)
+    """How long a batch waits for company once its first record is queued."""
+    buffer_limit: int = Field(50_000, ge=100)
+    """Records queued at most; buffered services fail closed beyond it."""
+    checkpoint_every: int = Field(10_000, ge=1)
+    """Sign the chain head after this many records..."""
+    checkpoint_interval: float = Field(30.0, gt=0)
+    """...or this many seconds, whichever comes first."""
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> AuditSettings:
+        if self.store == "postgres" and self.dsn is None:
+            raise ValueError("a postgres audit store needs a 'dsn'")
+        return self
+
+
 class GatewaySettings(_Model):
     server: ServerSettings = ServerSettings()
     """The HTTP listener."""
+    instance_id: str = Field("gw-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    """This instance's name; it is also the id of its audit chain, so keep it stable."""
+    audit: AuditSettings = AuditSettings()
+    """The tamper-evident audit trail."""
     identity: ProviderSettings | None = None
     """The OpenID Connect provider (issuer, pairwise secret, algorithms, lifetimes); portals
     and clients are declared in clients.yaml."""
@@ -125,6 +160,8 @@ class GatewaySettings(_Model):
     """Operations log output."""
     data_dir: Path = Path("data")
     """Where embedded stores keep their files (relative to the configuration directory)."""
+    cases: CaseSettings = CaseSettings()
+    """Cross-province cases: store, delivery schedule, callback keys, event sink."""
 
 
 # --- systems.yaml -----------------------------------------------------------------------------
@@ -273,6 +310,9 @@ class Operation(_Model):
     never: no retry once the request may have reached the back-end."""
     input_schema: dict[str, Any]
     """JSON Schema (2020-12) of the call's ``data``."""
+    case: CaseOperation | None = None
+    """For submissions taken as cases: how answers move a case on, and the status queries
+    used to poll it and to reconcile an unknown outcome."""
 
     @field_validator("input_schema")
     @classmethod
@@ -304,6 +344,13 @@ class ServiceSettings(_Model):
     audit: Literal["required", "buffered"] = "required"
     """required: no audit record, no call; buffered: read-only calls may proceed while the audit
     store is down, their records kept in a bounded local buffer."""
+
+    @model_validator(mode="after")
+    def _case_blocks_name_operations(self) -> ServiceSettings:
+        problems = case_reference_problems(self.operations)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 # --- routes.yaml ------------------------------------------------------------------------------
@@ -351,6 +398,10 @@ class Settings:
     services: Mapping[str, ServiceSettings]
     routes: tuple[RouteSettings, ...]
     clients: Mapping[str, ClientRegistration] = field(default_factory=dict)
+    idps: Mapping[str, AnyIdpSettings] = field(default_factory=dict)
+    """Provincial identity platforms (idps.yaml) the gateway federates login to."""
+    legacy_apps: Mapping[str, LegacyAppSettings] = field(default_factory=dict)
+    """Legacy business systems at the ticket and CAS faces (legacy-apps.yaml)."""
 
     def data_dir(self) -> Path:
         return (self.config_dir / self.gateway.data_dir).resolve()
@@ -483,15 +534,78 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         if client is None:
             continue
         clients[cid] = client
-        unknown = [s for s in client.allowed_services if s != "*" and s not in services]
+        unknown = [
+            s
+            for s in client.allowed_services
+            if s != "*" and s not in services and s not in broken  # broken: reported already
+        ]
         if unknown:
             problems.append(f"{where}: allowed_services: unknown services {unknown}")
     if clients and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: clients.yaml declares clients but no provider")
 
+    idps: dict[str, AnyIdpSettings] = {}
+    idps_file = config_dir / "idps.yaml"
+    raw_idps = (
+        _entries(_read_yaml(idps_file, problems), "idps", "idps.yaml", problems)
+        if idps_file.exists()
+        else {}
+    )
+    for pid, entry in raw_idps.items():
+        where = f"idps.yaml: idp {pid!r}"
+        if not _ID.match(str(pid)):
+            problems.append(f"{where}: id: use lowercase letters, digits and '-'")
+            continue
+        try:
+            idp = IdpEntry.model_validate(entry, context={"resolve_secrets": resolve_secrets}).root
+        except ValidationError as exc:
+            kind = entry.get("kind") if isinstance(entry, dict) else None
+            for err in exc.errors():
+                # The union's first location is the kind's tag: name the field as written.
+                loc = err["loc"][1:] if err["loc"] and err["loc"][0] == kind else err["loc"]
+                problems.append(f"{where}: {_format_loc(loc)}: {err['msg']}")
+            continue
+        wsdl = getattr(idp, "wsdl", None)
+        if wsdl and not (config_dir / wsdl).is_file():
+            problems.append(f"{where}: wsdl: file {wsdl} not found")
+            continue
+        if idp.province not in PROVINCES:
+            problems.append(f"{where}: province: {idp.province!r} is not a GB/T 2260 code")
+            continue
+        idps[pid] = idp
+    if idps and gateway is not None and gateway.identity is None:
+        problems.append("gateway.yaml: identity: idps.yaml declares platforms but no provider")
+
+    legacy_apps: dict[str, LegacyAppSettings] = {}
+    legacy_file = config_dir / "legacy-apps.yaml"
+    raw_legacy = (
+        _entries(_read_yaml(legacy_file, problems), "legacy_apps", "legacy-apps.yaml", problems)
+        if legacy_file.exists()
+        else {}
+    )
+    for app_id, entry in raw_legacy.items():
+        where = f"legacy-apps.yaml: app {app_id!r}"
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", str(app_id)):
+            problems.append(f"{where}: id: use letters, digits, '_', '.' and '-'")
+            continue
+        app = _validate(LegacyAppSettings, entry, where, problems, resolve=resolve_secrets)
+        if app is not None:
+            legacy_apps[app_id] = app
+    if legacy_apps and gateway is not None and gateway.identity is None:
+        problems.append("gateway.yaml: identity: legacy-apps.yaml declares apps but no provider")
+
     if problems or gateway is None:
         raise ConfigError(problems)
-    return Settings(config_dir, gateway, systems, services, tuple(routes), clients)
+    return Settings(
+        config_dir,
+        gateway,
+        systems,
+        services,
+        tuple(routes),
+        clients,
+        idps=idps,
+        legacy_apps=legacy_apps,
+    )
 
 
 def _check_adapter(

@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from secrets import token_urlsafe
 from types import TracebackType
@@ -22,6 +22,12 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from gateway.demo.case_office import (
+    CaseOfficeState,
+    build_case_office_app,
+    gansu_office,
+    qinghai_office,
+)
 from gateway.demo.degree import DegreeState, build_degree_app
 from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
 from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
@@ -43,7 +49,18 @@ SHAANXI_SI = "shaanxi-si"
 SHAANXI_HOUSING = "shaanxi-housing"
 SHAANXI_DEGREE = "shaanxi-degree"
 SHAANXI_DRIVING = "shaanxi-driving"
-SYSTEM_IDS = (QINGHAI_SI, SHAANXI_SI, SHAANXI_HOUSING, SHAANXI_DEGREE, SHAANXI_DRIVING)
+# Government-service platforms taking applications as cases (S3 多地联办, S10 异地代收代办).
+QINGHAI_GOV = "qinghai-gov"
+GANSU_GOV = "gansu-gov"
+SYSTEM_IDS = (
+    QINGHAI_SI,
+    SHAANXI_SI,
+    SHAANXI_HOUSING,
+    SHAANXI_DEGREE,
+    SHAANXI_DRIVING,
+    QINGHAI_GOV,
+    GANSU_GOV,
+)
 
 # Ports of the placeholder addresses in config/systems.yaml (for running the back-ends on fixed
 # ports, e.g. in docker compose); start_demo_backends picks free ports unless told otherwise.
@@ -53,6 +70,8 @@ DEFAULT_PORTS: Mapping[str, int] = {
     SHAANXI_HOUSING: 18161,
     SHAANXI_DEGREE: 18261,
     SHAANXI_DRIVING: 18361,
+    QINGHAI_GOV: 18463,
+    GANSU_GOV: 18462,
 }
 
 # Non-secret identifiers the gateway presents; they must match config/systems.yaml.
@@ -69,6 +88,8 @@ ENV_NAMES: Mapping[str, str] = {
     "housing_api_key": "TONGBAN_SECRET_SX_HOUSING_API_KEY",
     "degree_hmac_secret": "TONGBAN_SECRET_SX_DEGREE_HMAC_SECRET",
     "driving_client_secret": "TONGBAN_SECRET_SX_DRIVING_CLIENT_SECRET",
+    "qinghai_gov_api_key": "TONGBAN_SECRET_QH_GOV_API_KEY",
+    "gansu_gov_api_key": "TONGBAN_SECRET_GS_GOV_API_KEY",
 }
 
 
@@ -81,6 +102,8 @@ class DemoSecrets:
     housing_api_key: str
     degree_hmac_secret: str
     driving_client_secret: str
+    qinghai_gov_api_key: str
+    gansu_gov_api_key: str
 
     @classmethod
     def generate(cls) -> DemoSecrets:
@@ -121,6 +144,8 @@ class DemoBackends:
     degree: DegreeState
     driving: DrivingLicenceState
     running: Mapping[str, RunningBackend]
+    offices: Mapping[str, CaseOfficeState] = field(default_factory=dict)
+    """system id → the government-service platforms' state (S3, S10)."""
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -208,6 +233,10 @@ async def start_demo_backends(
     driving = DrivingLicenceState(
         client_id=DRIVING_CLIENT_ID, client_secret=secrets.driving_client_secret
     )
+    offices = {
+        QINGHAI_GOV: qinghai_office(secrets.qinghai_gov_api_key),
+        GANSU_GOV: gansu_office(secrets.gansu_gov_api_key),
+    }
     plan: list[tuple[str, web.Application, Recorder, str]] = [
         (
             QINGHAI_SI,
@@ -224,6 +253,10 @@ async def start_demo_backends(
         (SHAANXI_HOUSING, build_housing_fund_app(housing), housing.recorder, ""),
         (SHAANXI_DEGREE, build_degree_app(degree), degree.recorder, ""),
         (SHAANXI_DRIVING, build_driving_licence_app(driving), driving.recorder, ""),
+        *(
+            (sid, build_case_office_app(office), office.recorder, "")
+            for sid, office in offices.items()
+        ),
     ]
     running: dict[str, RunningBackend] = {}
     try:
@@ -237,7 +270,7 @@ async def start_demo_backends(
         for backend in running.values():
             await backend.runner.cleanup()
         raise
-    return DemoBackends(qinghai_si, shaanxi_si, housing, degree, driving, running)
+    return DemoBackends(qinghai_si, shaanxi_si, housing, degree, driving, running, offices)
 
 
 async def _serve_until_cancelled(host: str, config_dir: Path) -> None:

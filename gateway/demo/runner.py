@@ -14,8 +14,10 @@ from typing import Any
 
 from gateway.app import create_app, open_provider
 from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
+from gateway.demo.cases import cases_banner, issue_staff_tokens
 from gateway.demo.examples import DEMO_CALLS, curl_line, issue_demo_tokens
-from gateway.identity.authn import NobodySignedIn
+from gateway.demo.federation import DemoIdentitySecrets, portal_banner, start_demo_identity
+from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.logs import configure_logging
 from gateway.principal import TokenVerifier
@@ -56,7 +58,11 @@ def demo_identity_env(data_dir: Path) -> dict[str, str]:
     if not path.exists():
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)
-    return {"TONGBAN_PAIRWISE_SECRET": path.read_text().strip()}
+    # The portals' and the Qinghai platform's client secrets (clients.yaml, idps.yaml) too.
+    return {
+        "TONGBAN_PAIRWISE_SECRET": path.read_text().strip(),
+        **DemoIdentitySecrets.load_or_create(data_dir).env(),
+    }
 
 
 def free_port() -> int:
@@ -96,25 +102,34 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
     os.environ.update(demo_identity_env(data_dir))
     port = port or free_port()
     async with await start_demo_backends(backend_secrets, config_dir=config_dir) as backends:
+        # The Qinghai identity platform and the two portals (issue 3 §7), closed with the app.
+        identity_secrets = DemoIdentitySecrets.from_env(os.environ)
+        demo_identity = await start_demo_identity(f"http://127.0.0.1:{port}", identity_secrets)
         try:
             settings = point_at(
                 load_settings(config_dir), backends.overrides(), data_dir, port=port
             )
+            settings = demo_identity.configure(settings)
         except ConfigError as exc:
             print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
             return 1
         issuer = DevTokenIssuer()
         tokens = issue_demo_tokens(issuer)
-        provider = await open_provider(settings, NobodySignedIn())
+        provider = await open_provider(settings, build_authenticator(settings))
         verifier: TokenVerifier = (
             WithDevTokens(issuer, provider.access_token_verifier()) if provider else issuer
         )
         app = create_app(settings, verifier=verifier, oidc=provider)
+        app.on_cleanup.append(lambda _app: demo_identity.aclose())
 
         def started(bound: int) -> None:
             token_file = data_dir / "demo-tokens.json"
             token_file.write_text(json.dumps(tokens, ensure_ascii=False, indent=2))
             token_file.chmod(0o600)
             print(_banner(bound, backends, tokens), flush=True)
+            print(portal_banner(demo_identity), flush=True)
+            staff = issue_staff_tokens(issuer)
+            base = f"http://127.0.0.1:{bound}"
+            print(cases_banner(base, tokens["citizen-l3"]["token"], staff, data_dir), flush=True)
 
         return await serve_until_stopped(app, "127.0.0.1", port, on_started=started)

@@ -20,13 +20,15 @@ from gateway.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from gateway.fastschema import SchemaGate
 from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, principal_of
+from gateway.http.oidc import check_client_may_call, identity_assertion
 from gateway.http.openapi import CALL_REQUEST_SCHEMA, build_openapi
 from gateway.pipeline import CallTrace
 from gateway.settings import PROVINCES, ServiceSettings
 
 log = structlog.get_logger("tongban.calls")
-_CALL_VALIDATOR = Draft202012Validator(CALL_REQUEST_SCHEMA)
+_CALL_VALIDATOR = SchemaGate(Draft202012Validator(CALL_REQUEST_SCHEMA))
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -106,6 +108,7 @@ async def call_service(request: web.Request) -> web.Response:
     code = request.match_info["service"]
     catalog = request.app[STATE].catalog
     catalog.service(code)  # unknown service → 404 before we look at the body
+    check_client_may_call(request.app, principal, code)  # allowed_services + scope → 403
     body = await read_json_object(request)
     problems = sorted(_CALL_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
     if problems:
@@ -148,6 +151,16 @@ async def call_service(request: web.Request) -> web.Response:
         case_id=body.get("case_id"),
         authorisation_ref=body.get("authorisation_ref"),
         idempotency_key=idempotency_key,
+        client=principal.client_id,
+        identity_assertion=identity_assertion(
+            request.app,
+            principal,
+            audience=route.system,
+            purpose=body["purpose"],
+            service=code,
+            case_id=body.get("case_id"),
+            authorisation_ref=body.get("authorisation_ref"),
+        ),
     )
     trace = CallTrace()
     metrics = request.app[METRICS]
@@ -161,8 +174,7 @@ async def call_service(request: web.Request) -> web.Response:
         raise
     finally:
         elapsed = time.perf_counter() - started
-        metrics.backend_calls.labels(code, route.system, outcome).inc()
-        metrics.backend_latency.labels(code, route.system, outcome).observe(elapsed)
+        metrics.backend_call(code, route.system, outcome, elapsed)
         fields.update(attempts=trace.attempts, outcome=outcome, breaker=trace.breaker_state)
     return _json(
         {

@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.audit.store import AuditStore
+from gateway.audit.writer import AuditWriter
 from gateway.catalog import Catalog
 from gateway.metrics import Metrics
 from gateway.pipeline import SystemRuntime
@@ -24,6 +26,8 @@ class GatewayState:
     systems: dict[str, SystemRuntime] = field(default_factory=dict)
     readiness: dict[str, ReadinessProbe] = field(default_factory=dict)
     opened_catalog: Catalog | None = None
+    audit: AuditWriter | None = None
+    audit_store: AuditStore | None = None
 
     @property
     def catalog(self) -> Catalog:

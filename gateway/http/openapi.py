@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gateway.http.audit import audit_openapi_paths, audit_openapi_schemas
+from gateway.http.cases import case_openapi_paths
+
 if TYPE_CHECKING:
     from gateway.catalog import Catalog
 
@@ -94,8 +97,15 @@ _OPERATION_GUIDE = {
 _GUIDE = {
     "type": "object",
     "required": [
-        "code", "name", "modes", "min_level", "handling_provinces", "operations", "materials",
-        "agreements", "consent_required",
+        "code",
+        "name",
+        "modes",
+        "min_level",
+        "handling_provinces",
+        "operations",
+        "materials",
+        "agreements",
+        "consent_required",
     ],
     "properties": {
         **_SUMMARY["properties"],  # type: ignore[dict-item]
@@ -163,6 +173,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 "ServiceGuide": _GUIDE,
                 "CallRequest": CALL_REQUEST_SCHEMA,
                 "CallResponse": _CALL_RESPONSE,
+                **audit_openapi_schemas(),
             },
         },
         "paths": {
@@ -257,5 +268,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                     },
                 }
             },
+            **case_openapi_paths(),
+            **audit_openapi_paths(),
         },
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
+from gateway.cli import main
 from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.residents import RESIDENTS
@@ -55,6 +57,11 @@ def log_stream() -> Iterator[io.BytesIO]:
         assert resident.name not in text, "a name reached the log unmasked"
 
 
+def audit_verify(data_dir: Path) -> int:
+    """`tongban audit verify --data-dir` as a user runs it (in a thread: it runs its own loop)."""
+    return main(["audit", "verify", "--data-dir", str(data_dir)])
+
+
 @pytest.fixture
 async def journey(
     tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
@@ -69,3 +76,5 @@ async def journey(
         app = create_app(settings, verifier=issuer)
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             yield Journey(client, backends, issue_demo_tokens(issuer), issuer)
+    # Every journey ends with the independent verifier passing on what it wrote.
+    assert await asyncio.to_thread(audit_verify, tmp_path) == 0

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from gateway.demo.backends import DemoSecrets
+from gateway.demo.federation import DemoIdentitySecrets
 from gateway.identity.devtokens import DevTokenIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +40,7 @@ def _start(config: Path, *extra: str) -> Iterator[Served]:
     env = {
         **os.environ,
         **DemoSecrets.generate().env(),
+        **DemoIdentitySecrets.generate().env(),
         "TONGBAN_PAIRWISE_SECRET": "p" * 40,
     }
     process = subprocess.Popen(

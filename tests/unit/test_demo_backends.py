@@ -38,6 +38,7 @@ from gateway.demo.backends import (
     DemoSecrets,
     start_demo_backends,
 )
+from gateway.demo.federation import DemoIdentitySecrets
 from gateway.demo.residents import (
     DUAN_HAORAN,
     HAN_XUEMEI,
@@ -696,7 +697,7 @@ async def test_injected_outage_answers_503_then_recovers(
 def test_the_demo_config_loads_with_the_demo_secrets(
     demo_secrets: DemoSecrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name, value in demo_secrets.env().items():
+    for name, value in {**demo_secrets.env(), **DemoIdentitySecrets.generate().env()}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("TONGBAN_PAIRWISE_SECRET", "p" * 40)
     settings = load_settings(Path(DEFAULT_CONFIG_DIR))

@@ -81,7 +81,8 @@ def test_route_cross_checks(config: Path) -> None:
     problems = problems_of(config)
     assert any("route #1" in p and "system: 'qinghai-si' is in province 63" in p for p in problems)
     assert any("route #2" in p and "service: no service 'no-such-service'" in p for p in problems)
-    assert any("route #8" in p and "receiving: duplicates route #3" in p for p in problems)
+    appended = f"route #{len(yaml.safe_load((config / 'routes.yaml').read_text())['routes'])}"
+    assert any(appended in p and "receiving: duplicates route #3" in p for p in problems)
     assert any("route #4" in p and "request.a: 'const' stands alone" in p for p in problems)
 
 
@@ -105,9 +106,20 @@ def test_missing_secret_environment_variable_is_named(
         "TONGBAN_SECRET_SX_HOUSING_API_KEY",
         "TONGBAN_SECRET_SX_DEGREE_HMAC_SECRET",
         "TONGBAN_SECRET_SX_DRIVING_CLIENT_SECRET",
+        "TONGBAN_SECRET_QH_IDP_CLIENT_SECRET",
+        "TONGBAN_SECRET_PORTAL_QINGHAI",
+        "TONGBAN_SECRET_PORTAL_SHAANXI",
+        "TONGBAN_SECRET_QH_GOV_API_KEY",
+        "TONGBAN_SECRET_GS_GOV_API_KEY",
+        "TONGBAN_SECRET_SX_IDP_APP_SECRET",
+        "TONGBAN_SECRET_GS_IDP_APP_SECRET",
+        "TONGBAN_SECRET_GD_IDP_CLIENT_SECRET",
+        "TONGBAN_SECRET_GD_IDP_AES_KEY",
+        "TONGBAN_SECRET_LEGACY_SX_BDC",
     ):
-        monkeypatch.setenv(name, "x")
+        monkeypatch.setenv(name, "x" * 16)
     monkeypatch.setenv("TONGBAN_PAIRWISE_SECRET", "p" * 40)
+    monkeypatch.setenv("TONGBAN_LINK_SECRET", "k" * 40)
     monkeypatch.delenv("TONGBAN_SECRET_SX_HOUSING_API_KEY")
     (problem,) = problems_of(config, resolve_secrets=True)
     assert "shaanxi-housing" in problem

@@ -291,13 +291,11 @@ async def test_readiness_reports_each_breaker(client: TestClient[Any, Any]) -> N
     body = await (await client.get("/readyz")).json()
     assert body["status"] == "ready"
     assert body["systems"] == {"degree": {"province": "61", "breaker": "closed"}}
+    assert body["stores"]["audit"]["ready"] is True
+    assert body["stores"]["audit"]["chain"] == "gw-1"
 
 
 async def test_openapi_describes_every_route(client: TestClient[Any, Any]) -> None:
     spec = await (await client.get("/openapi.json")).json()
-    app_paths = {
-        r.resource.canonical
-        for r in client.app.router.routes()
-        if r.resource is not None
-    }
+    app_paths = {r.resource.canonical for r in client.app.router.routes() if r.resource is not None}
     assert app_paths <= set(spec["paths"])
