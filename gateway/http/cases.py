@@ -440,7 +440,7 @@ def case_openapi_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _ok({"type": "object", "required": ["cases"]}),
-                    **_problems(401, 403),
+                    **_problems(400, 401, 403),
                 },
             },
         },
