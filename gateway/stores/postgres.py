@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import asyncpg
+
+from gateway.stores.migrations import Migration, migrate_postgres
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -32,4 +35,24 @@ async def create_pool(
         max_size=max_size,
         server_settings={"search_path": schema},
     )
+    return pool
+
+
+async def open_migrated_pool(
+    dsn: str,
+    *,
+    schema: str,
+    component: str,
+    migrations: Sequence[Migration],
+    min_size: int,
+    max_size: int,
+) -> asyncpg.Pool:
+    """A pool on ``schema`` with ``component``'s migrations applied; closed again if they fail."""
+    pool = await create_pool(dsn, schema=schema, min_size=min_size, max_size=max_size)
+    try:
+        async with pool.acquire() as conn:
+            await migrate_postgres(conn, component, migrations)
+    except BaseException:
+        await pool.close()
+        raise
     return pool

@@ -29,8 +29,8 @@ from gateway.audit.store import (
     StoredCheckpoint,
     StoredRecord,
 )
-from gateway.stores.migrations import Migration, migrate_postgres
-from gateway.stores.postgres import check_schema_name, create_pool
+from gateway.stores.migrations import Migration
+from gateway.stores.postgres import check_schema_name, open_migrated_pool
 
 AUDIT_MIGRATIONS: Final = (
     Migration(
@@ -178,14 +178,19 @@ class PostgresAuditStore:
 
     async def open(self) -> None:
         try:
-            self._pool = await create_pool(
-                self._dsn, schema=self._schema, min_size=self._min_size, max_size=self._max_size
+            self._pool = await open_migrated_pool(
+                self._dsn,
+                schema=self._schema,
+                component="audit",
+                migrations=AUDIT_MIGRATIONS,
+                min_size=self._min_size,
+                max_size=self._max_size,
             )
-            async with self._pool.acquire() as conn:
-                await migrate_postgres(conn, "audit", AUDIT_MIGRATIONS)
         except _UNAVAILABLE as exc:
-            await self.aclose()
-            raise AuditStoreUnavailable(f"cannot open the audit database: {exc}") from exc
+            # The class name only: a driver message may carry the host or the user name.
+            raise AuditStoreUnavailable(
+                f"cannot open the audit database: {type(exc).__name__}"
+            ) from exc
 
     async def aclose(self) -> None:
         if self._pool is not None:

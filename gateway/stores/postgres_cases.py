@@ -25,8 +25,7 @@ from gateway.stores.cases_sql import (
     case_migrations,
     entry_from_row,
 )
-from gateway.stores.migrations import migrate_postgres
-from gateway.stores.postgres import check_schema_name, create_pool
+from gateway.stores.postgres import check_schema_name, open_migrated_pool
 
 CASE_MIGRATIONS: Final = case_migrations("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION")
 _UNAVAILABLE: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -82,13 +81,16 @@ class PostgresCaseStore(SqlCaseStore):
 
     async def open(self) -> None:
         try:
-            self._pool = await create_pool(
-                self._dsn, schema=self._schema, min_size=self._min_size, max_size=self._max_size
+            self._pool = await open_migrated_pool(
+                self._dsn,
+                schema=self._schema,
+                component="cases",
+                migrations=CASE_MIGRATIONS,
+                min_size=self._min_size,
+                max_size=self._max_size,
             )
-            async with self._pool.acquire() as conn:
-                await migrate_postgres(conn, "cases", CASE_MIGRATIONS)
         except _UNAVAILABLE as exc:
-            await self.aclose()
+            # The class name only: a driver message may carry the host or the user name.
             raise CaseStoreUnavailable(
                 f"cannot open the case database: {type(exc).__name__}"
             ) from exc
