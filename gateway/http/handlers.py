@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any
@@ -102,6 +103,20 @@ async def get_service(request: web.Request) -> web.Response:
     return _json(guide)
 
 
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    """The caller's key, forwarded to the back-end as is: visible ASCII, at most 128 long."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ValidationFailed(
+            "Idempotency-Key must be 1 to 128 visible ASCII characters.",
+            errors=[{"path": "header:Idempotency-Key", "message": "1-128 visible ASCII"}],
+        )
+    return key
+
+
 async def call_service(request: web.Request) -> web.Response:
     """A synchronous query or verification in a named province."""
     principal = principal_of(request)
@@ -138,7 +153,7 @@ async def call_service(request: web.Request) -> web.Response:
     request_id = request[REQUEST_ID]
     idempotency_key = None
     if route.operation.retry == "idempotent-with-key":
-        idempotency_key = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
+        idempotency_key = _idempotency_key(request) or uuid.uuid4().hex
     context = CallContext(
         request_id=request_id,
         purpose=body["purpose"],

@@ -204,3 +204,21 @@ async def test_housing_outage_is_retried_then_answered(journey: Journey) -> None
     assert status == 200, body
     assert body["attempts"] == 2
     assert recorder.count == 2
+
+
+async def test_a_malformed_idempotency_key_never_reaches_the_back_end(journey: Journey) -> None:
+    transfer = envelope(
+        "transfer",
+        {
+            "account_no": "610100201000123456",
+            "id_number": MA_WENHUA.id_number,
+            "name": MA_WENHUA.name,
+            "in_centre_code": "630100",
+        },
+    )
+    status, body = await journey.call(
+        "housing-fund-transfer", transfer, **{"Idempotency-Key": "k" * 129}
+    )
+    assert status == 422, body
+    assert body["code"] == "client.validation_failed"
+    assert journey.backends.recorder(SHAANXI_HOUSING).count == 0
