@@ -1,4 +1,4 @@
-"""The compiled quick check never says "valid" where jsonschema finds an error."""
+"""The compiled quick check (fastjsonschema) never says "valid" where jsonschema finds an error."""
 
 from __future__ import annotations
 
@@ -49,11 +49,13 @@ json_values = st.recursive(
 @pytest.mark.parametrize("schema", SCHEMAS, ids=["envelope", "id", "true", "false", "empty"])
 @settings(max_examples=400, deadline=None)
 @given(instance=json_values)
-def test_the_quick_check_agrees_with_jsonschema(schema: Any, instance: Any) -> None:
+def test_the_quick_yes_is_never_wrong(schema: Any, instance: Any) -> None:
     check = compile_check(schema)
     assert check is not None
     reference = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
-    assert check(instance) == reference.is_valid(instance)
+    if check(instance):  # the quick check may only ever say yes where jsonschema does
+        assert reference.is_valid(instance)
+    assert SchemaGate(reference).is_valid(instance) == reference.is_valid(instance)
 
 
 def test_a_valid_envelope_passes_quickly() -> None:
