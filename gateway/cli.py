@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.add_argument(
+        "--instance-id",
+        help="override instance_id (it names this instance's audit chain; instances sharing "
+        "one configuration each need their own)",
+    )
+    serve.add_argument(
         "--insecure-dev-tokens",
         action="store_true",
         help="accept development bearer tokens (never in production; prints one per level)",
@@ -205,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 host=args.host,
                 port=args.port,
                 dev_tokens=args.insecure_dev_tokens,
+                instance_id=args.instance_id,
             )
         )
     return 2

@@ -17,7 +17,7 @@ from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.logs import configure_logging
 from gateway.principal import Principal, TokenVerifier
-from gateway.settings import ConfigError, load_settings
+from gateway.settings import ConfigError, load_settings, with_instance_id
 
 log = structlog.get_logger("tongban.serve")
 
@@ -58,10 +58,17 @@ class _NoTokens:
 
 
 async def run_serve(
-    *, config_dir: Path, host: str | None, port: int | None, dev_tokens: bool
+    *,
+    config_dir: Path,
+    host: str | None,
+    port: int | None,
+    dev_tokens: bool,
+    instance_id: str | None = None,
 ) -> int:
     try:
         settings = load_settings(config_dir)
+        if instance_id is not None:
+            settings = with_instance_id(settings, instance_id)
     except ConfigError as exc:
         print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ written as ``{env: NAME}`` or ``{file: PATH}``, never inline, and are never echo
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -407,6 +408,20 @@ class Settings:
         return (self.config_dir / self.gateway.data_dir).resolve()
 
 
+def with_instance_id(settings: Settings, instance_id: str) -> Settings:
+    """The settings with another instance id (``serve --instance-id``), validated like the file."""
+    try:
+        gateway = GatewaySettings.model_validate(
+            {**settings.gateway.model_dump(by_alias=True), "instance_id": instance_id}
+        )
+    except ValidationError as exc:
+        raise ConfigError(
+            [f"--instance-id: {err['msg']}" for err in exc.errors() if "instance_id" in err["loc"]]
+            or ["--instance-id: not valid"]
+        ) from None
+    return dataclasses.replace(settings, gateway=gateway)
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(entry)"
 
@@ -591,6 +606,14 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         app = _validate(LegacyAppSettings, entry, where, problems, resolve=resolve_secrets)
         if app is not None:
             legacy_apps[app_id] = app
+    for app_id, app in legacy_apps.items():
+        for target in app.may_proxy_to:
+            other = legacy_apps.get(target)
+            if target == app_id or other is None or other.face != "ticket":
+                problems.append(
+                    f"legacy-apps.yaml: app {app_id!r}: may_proxy_to: {target!r} is not another"
+                    " registered ticket-face app"
+                )
     if legacy_apps and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: legacy-apps.yaml declares apps but no provider")
 

@@ -116,6 +116,7 @@ def test_missing_secret_environment_variable_is_named(
         "TONGBAN_SECRET_GD_IDP_CLIENT_SECRET",
         "TONGBAN_SECRET_GD_IDP_AES_KEY",
         "TONGBAN_SECRET_LEGACY_SX_BDC",
+        "TONGBAN_SECRET_LEGACY_SX_GJJ",
     ):
         monkeypatch.setenv(name, "x" * 16)
     monkeypatch.setenv("TONGBAN_PAIRWISE_SECRET", "p" * 40)
@@ -140,3 +141,14 @@ def test_config_check_command(config: Path, capsys: pytest.CaptureFixture[str]) 
     err = capsys.readouterr().err
     assert "systems.yaml: system 'shaanxi-si': province:" in err
     assert "not a GB/T 2260 province code" in err
+
+
+def test_instance_id_override_is_validated_like_the_file() -> None:
+    from gateway.settings import with_instance_id
+
+    settings = load_settings(CONFIG, resolve_secrets=False)
+    assert with_instance_id(settings, "gw-2").gateway.instance_id == "gw-2"
+    assert with_instance_id(settings, "gw-2").gateway.audit == settings.gateway.audit
+    with pytest.raises(ConfigError) as info:
+        with_instance_id(settings, "two words")
+    assert info.value.problems[0].startswith("--instance-id:")
