@@ -39,6 +39,7 @@ ENV_NAMES = {
     "guangdong_idp_client_secret": "TONGBAN_SECRET_GD_IDP_CLIENT_SECRET",
     "guangdong_idp_aes_key": "TONGBAN_SECRET_GD_IDP_AES_KEY",
     "legacy_sx_bdc_secret": "TONGBAN_SECRET_LEGACY_SX_BDC",
+    "legacy_sx_gjj_secret": "TONGBAN_SECRET_LEGACY_SX_GJJ",
     "link_secret": "TONGBAN_LINK_SECRET",
 }
 
@@ -53,6 +54,7 @@ class DemoIdentitySecrets:
     guangdong_idp_client_secret: str
     guangdong_idp_aes_key: str
     legacy_sx_bdc_secret: str
+    legacy_sx_gjj_secret: str
     link_secret: str
 
     @classmethod

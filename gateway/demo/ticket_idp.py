@@ -8,7 +8,10 @@ One aiohttp server per platform, shaped like the two vendors' deployments:
 - Gansu: ``/uc/login?appmark=&gotoUrl=``, SOAP only (``/uc/soap``) with the JSON answer as a
   string in the SOAP body, SM3 signatures, ``{"code": "200", "data": {...}}``, and the two-field
   level ``isauth`` + ``authstate``.
-Tickets are one-time and live 300 s; tokens 600 s. Switches for tests: ``down`` (503),
+Tickets are one-time and live 300 s; tokens 600 s. ``generateST(proxyapp)`` gives a token's
+holder a one-time proxy ticket (60 s) for a second app registered in ``other_apps``, which only
+that app can validate; ``soap_signature`` makes the SOAP endpoint verify another scheme (e.g.
+HMAC-SHA256 request headers). Switches for tests: ``down`` (503),
 ``delay`` (slow answers), ``force_result`` (an error code on the next calls) and
 ``malformed_userinfo``. Every citizen is invented; the password of all of them is ``demo``.
 
@@ -40,7 +43,13 @@ from gateway.demo.residents import (
     make_resident_id,
 )
 from gateway.identity.signing import NonceCache, SignatureError, SignatureSettings, verify_request
-from gateway.identity.ticket_soap import SoapRequestError, answer, fault, parse_call
+from gateway.identity.ticket_soap import (
+    SoapRequestError,
+    answer,
+    fault,
+    header_signed_fields,
+    parse_call,
+)
 
 PASSWORD = "demo"
 APP_CODE = "tongban-gateway"
@@ -96,6 +105,10 @@ class TicketPlatformState:
     tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     nonces: NonceCache = field(default_factory=lambda: NonceCache(600))
+    other_apps: dict[str, str] = field(default_factory=dict)
+    """Second apps registered at the platform (code → secret): proxy-ticket targets."""
+    soap_signature: SignatureSettings | None = None
+    """The SOAP endpoint's signature scheme when not the platform's usual one."""
 
     @property
     def prefix(self) -> str:
@@ -239,9 +252,14 @@ def _attributes(state: TicketPlatformState, citizen: TicketCitizen) -> dict[str,
 
 
 def operate(
-    state: TicketPlatformState, operation: str, fields: Mapping[str, str], argument: str
+    state: TicketPlatformState,
+    operation: str,
+    fields: Mapping[str, str],
+    argument: str,
+    app: str = APP_CODE,
 ) -> dict[str, Any]:
-    """ticketValidation / getUserInfo after the signature check; the platform's JSON answer."""
+    """ticketValidation / getUserInfo / generateST after the signature check of ``app``; the
+    platform's JSON answer."""
     state.calls.append(operation)
     if state.force_result is not None:
         return _error(state, state.force_result, "平台内部错误")
@@ -251,8 +269,10 @@ def operate(
             return _error(state, "6001", "票据不存在或已使用")
         if record["expires"] < state.clock():
             return _error(state, "6002", "票据已过期")
+        if record.get("app", APP_CODE) != app:
+            return _error(state, "6003", "票据不属于该应用")
         token = secrets.token_urlsafe(24)
-        state.tokens[token] = {"user": record["user"], "expires": state.clock() + 600}
+        state.tokens[token] = {"user": record["user"], "expires": state.clock() + 600, "app": app}
         key = "userid" if state.style == "shaanxi" else "userId"
         return _ok(state, {"token": token, key: record["user"]})
     if operation == "getUserInfo":
@@ -264,6 +284,20 @@ def operate(
         citizen = next(c for c in state.citizens if c.user_id == found["user"])
         attributes = _attributes(state, citizen)
         return _ok(state, {"user": attributes} if state.style == "shaanxi" else attributes)
+    if operation == "generateST":
+        found = state.tokens.get(argument)
+        if found is None or found["expires"] < state.clock() or found.get("app") != app:
+            return _error(state, "6501", "令牌无效")
+        target = fields.get("proxyapp", "")
+        if target not in state.other_apps:
+            return _error(state, "9002", "未登记的代理应用")
+        ticket = secrets.token_urlsafe(24)
+        state.tickets[ticket] = {
+            "user": found["user"],
+            "expires": state.clock() + 60,
+            "app": target,
+        }
+        return _ok(state, {"ticket": ticket})
     return _error(state, "9001", "未知操作")
 
 
@@ -274,11 +308,12 @@ def _check(
     operation: str,
     argument: str,
     settings: SignatureSettings,
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, str]:
+    """(the refusal, or None; the calling app's code)."""
     try:
-        verify_request(
+        app = verify_request(
             settings,
-            lambda code: state.secret if code == APP_CODE else None,
+            lambda code: state.secret if code == APP_CODE else state.other_apps.get(code),
             method="POST",
             path=request.path,
             params=params,
@@ -289,8 +324,8 @@ def _check(
             argument=argument,
         )
     except SignatureError as exc:
-        return _error(state, "1001", exc.reason)
-    return None
+        return _error(state, "1001", exc.reason), ""
+    return None, app
 
 
 async def http_call(request: web.Request) -> web.Response:
@@ -298,8 +333,8 @@ async def http_call(request: web.Request) -> web.Response:
     operation = request.match_info["operation"]
     params = {k: str(v) for k, v in (await request.post()).items()}
     argument = params.get("st" if operation == "ticketValidation" else "token", "")
-    refused = _check(state, request, params, operation, argument, state.signature)
-    body = refused or operate(state, operation, params, argument)
+    refused, app = _check(state, request, params, operation, argument, state.signature)
+    body = refused or operate(state, operation, params, argument, app)
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -309,12 +344,13 @@ async def soap(request: web.Request) -> web.Response:
         operation, fields = parse_call(await request.read())
     except SoapRequestError as exc:
         return web.Response(status=500, body=fault("Client", str(exc)), content_type="text/xml")
-    settings = state.signature.model_copy(
+    settings = (state.soap_signature or state.signature).model_copy(
         update={"code_param": "app", "time_param": "time", "sign_param": "sign"}
     )
     argument = fields.get("arg", "")
-    refused = _check(state, request, fields, operation, argument, settings)
-    body = refused or operate(state, operation, fields, argument)
+    signed = header_signed_fields(operation, fields) if settings.scheme == "hmac-sha256" else fields
+    refused, app = _check(state, request, signed, operation, argument, settings)
+    body = refused or operate(state, operation, fields, argument, app)
     # The answer is a JSON *string* inside the SOAP body, as these platforms send it.
     text = orjson.dumps(body).decode()
     return web.Response(body=answer(operation, text), content_type="text/xml")

@@ -5,6 +5,8 @@ Ticket face (province-shaped, IDENTITY-PLATFORMS.md §6):
   SSO session (or a login) → ``CALLBACK?ticket=…``;
 - ``POST /legacy/ticket/ticketValidation`` and ``/legacy/ticket/getUserInfo``: signed form
   calls (``datatype=json``), errors as result codes with HTTP 200 like the platforms;
+- ``POST /legacy/ticket/generateST`` (``token``, ``proxyapp``): a one-time proxy ticket for an
+  app the caller may proxy to, which that app validates with its own ``ticketValidation``;
 - ``POST /legacy/ticket/soap`` (document/literal, the answer a JSON string), WSDL at
   ``GET /legacy/ticket/soap?wsdl``.
 CAS (CAS Protocol 3.0): ``GET /cas/login?service=``, ``/cas/serviceValidate`` (2.0, no
@@ -55,6 +57,7 @@ def add_legacy_routes(
     app.router.add_get("/legacy/ticket/login", ticket_login)
     app.router.add_post("/legacy/ticket/ticketValidation", ticket_validation)
     app.router.add_post("/legacy/ticket/getUserInfo", get_user_info)
+    app.router.add_post("/legacy/ticket/generateST", generate_st)
     app.router.add_get("/legacy/ticket/soap", wsdl)
     app.router.add_post("/legacy/ticket/soap", soap)
     app.router.add_get("/cas/login", cas_login)
@@ -170,6 +173,24 @@ async def get_user_info(request: web.Request) -> web.Response:
         return web.Response(body=failure_body(exc), content_type=_JSON, headers=_NO_STORE)
 
 
+async def generate_st(request: web.Request) -> web.Response:
+    face = request.app[LEGACY_FACE]
+    try:
+        params = await _form(request)
+        token = params.get("token", "")
+        app_id = face.verify(
+            method="POST",
+            path=request.path,
+            params=params,
+            headers=request.headers,
+            operation="generateST",
+            argument=token,
+        )
+        return _json(await face.proxy_ticket(app_id, token, params.get("proxyapp", "")))
+    except FaceError as exc:
+        return web.Response(body=failure_body(exc), content_type=_JSON, headers=_NO_STORE)
+
+
 async def wsdl(request: web.Request) -> web.Response:
     if "wsdl" not in request.query:
         return _page("WSDL: ?wsdl", 400)
@@ -198,6 +219,9 @@ async def soap(request: web.Request) -> web.Response:
         )
         if operation == "ticketValidation":
             result: dict[str, object] = dict(await face.ticket_validation(app_id, argument))
+        elif operation == "generateST":
+            target = fields.get("proxyapp", "")
+            result = dict(await face.proxy_ticket(app_id, argument, target))
         else:
             wanted = tuple(a for a in fields.get("attrs", "").split(",") if a)
             result = await face.get_user_info(app_id, argument, wanted)

@@ -10,6 +10,8 @@ Controls:
 - tickets are random, one-time (read-and-delete, CAS §3.1.1 "invalidated after a validation
   attempt", successful or not), bound to one app / service, and live ``ticket_ttl`` seconds;
 - a ticket or token of one app is refused for another;
+- an app holding a valid token may obtain a one-time proxy ticket (``generateST(proxyapp)``,
+  short-lived, bound to the second app) only for the apps listed in its ``may_proxy_to``;
 - each app sees only the attributes it is entitled to, masked by the desensitisation rules
   unless configured otherwise; the user id is pairwise per app (OIDC Core §8.1 construction);
 - signatures carry a time checked against a skew window, and a nonce cache refuses replays.
@@ -41,6 +43,7 @@ from gateway.identity.signing import (
     SignatureSettings,
     verify_request,
 )
+from gateway.identity.ticket_soap import header_signed_fields
 from gateway.logs import mask_name, mask_text
 from gateway.secrets import SecretRef
 
@@ -100,6 +103,10 @@ class LegacyAppSettings(BaseModel):
     """Seconds a ticket is valid."""
     token_ttl: int = Field(600, ge=30, le=7200)
     """Seconds a ticket-face token is valid."""
+    may_proxy_to: tuple[str, ...] = ()
+    """Ticket-face apps this app may obtain one-time proxy tickets for (``generateST``)."""
+    proxy_ticket_ttl: int = Field(60, ge=10, le=300)
+    """Seconds a proxy ticket it obtains is valid."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -107,6 +114,8 @@ class LegacyAppSettings(BaseModel):
             raise ValueError("a ticket-face app needs a 'secret' and 'callbacks'")
         if self.face == "cas" and not self.services:
             raise ValueError("a CAS app needs 'services'")
+        if self.face == "cas" and self.may_proxy_to:
+            raise ValueError("'may_proxy_to' is for ticket-face apps")
         if not set(self.unmasked) <= set(self.attributes):
             raise ValueError("'unmasked' may only name entitled attributes")
         for url in (*self.callbacks, *self.services):
@@ -167,6 +176,7 @@ TICKET_OTHER_APP = FaceError("6002", "ticket_for_another_app")
 TOKEN_INVALID = FaceError("6501", "token_invalid")
 TOKEN_OTHER_APP = FaceError("6502", "token_for_another_app")
 NOT_ENTITLED = FaceError("6601", "attribute_not_entitled")
+PROXY_NOT_ALLOWED = FaceError("6602", "proxy_not_allowed")
 _SIGNATURE_CODES = {
     "signature_missing": "6101",
     "signature_invalid": "6101",
@@ -259,6 +269,7 @@ class LegacyFace:
         Over SOAP the WSDL's element names (app, time, sign) replace the app's parameter names.
         """
         settings: SignatureSettings | None = None
+        signed_params = params
         for app_id, app in self.apps.items():
             if app.face != "ticket":
                 continue
@@ -273,6 +284,8 @@ class LegacyFace:
                 code = params.get(candidate.code_param)
             if code == app_id:
                 settings = candidate
+                if soap and candidate.scheme == "hmac-sha256":
+                    signed_params = header_signed_fields(operation, params)
                 break
         if settings is None:
             log.warning("legacy_call_refused", reason="unknown_app")
@@ -290,7 +303,7 @@ class LegacyFace:
                 secret_of,
                 method=method,
                 path=path,
-                params=params,
+                params=signed_params,
                 headers=headers,
                 now=self.clock(),
                 nonces=self.nonces,
@@ -343,6 +356,32 @@ class LegacyFace:
             "errmsg": "",
             "user": self.release(app_id, attributes, wanted),
         }
+
+    async def proxy_ticket(self, app_id: str, token: str, target: str) -> dict[str, str]:
+        """``generateST(proxyapp)``: a one-time proxy ticket for ``target``, for the user of
+        ``app_id``'s valid token, when ``app_id`` may proxy to it. The target validates it with
+        its own ``ticketValidation``; it lives ``proxy_ticket_ttl`` seconds and is never logged."""
+        record = await self.store.get_pending(_key("ltok", token)) if token else None
+        if record is None:
+            raise TOKEN_INVALID
+        if record["app"] != app_id:
+            log.warning("legacy_call_refused", system=app_id, reason="token_for_another_app")
+            raise TOKEN_OTHER_APP
+        caller = self.apps[app_id]
+        second = self.apps.get(target)
+        if target not in caller.may_proxy_to or second is None or second.face != "ticket":
+            log.warning("legacy_call_refused", system=app_id, reason="proxy_not_allowed")
+            raise PROXY_NOT_ALLOWED
+        if await self._session_attributes(record["sid"]) is None:
+            raise TOKEN_INVALID  # the SSO session ended
+        ticket = "PT-" + secrets.token_urlsafe(32)
+        await self.store.put_pending(
+            _key("lt", ticket),
+            {"app": target, "sid": record["sid"], "service": ""},
+            min(caller.proxy_ticket_ttl, second.ticket_ttl),
+        )
+        log.info("legacy_proxy_ticket_issued", system=app_id, target=target)
+        return {"result": "0", "errmsg": "", "ticket": ticket}
 
     def release(
         self, app_id: str, attributes: Mapping[str, str], wanted: tuple[str, ...] = ()

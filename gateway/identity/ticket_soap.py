@@ -7,12 +7,15 @@ platforms; the gateway as a client uses zeep with the same WSDL.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from lxml import etree  # type: ignore[import-untyped]
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 TICKET_NS = "urn:tongban:identity:ticket"
-OPERATIONS = ("ticketValidation", "getUserInfo")
-_FIELDS = ("app", "time", "sign", "arg", "datatype", "attrs")
+OPERATIONS = ("ticketValidation", "getUserInfo", "generateST")
+_FIELDS = ("app", "time", "sign", "arg", "datatype", "attrs", "proxyapp")
+_SIGNATURE_FIELDS = ("app", "time", "sign")
 MAX_ENVELOPE = 64 * 1024
 
 
@@ -48,6 +51,13 @@ def parse_call(body: bytes) -> tuple[str, dict[str, str]]:
         if local in _FIELDS:
             fields[local] = (child.text or "").strip()
     return name, fields
+
+
+def header_signed_fields(operation: str, fields: Mapping[str, str]) -> dict[str, str]:
+    """What an HMAC-SHA256 header signature covers over SOAP: the operation and its arguments
+    (not the app / time / sign elements, which the headers replace). Both sides use this."""
+    signed = {k: v for k, v in fields.items() if k not in _SIGNATURE_FIELDS and v}
+    return {"operation": operation, **signed}
 
 
 def answer(operation: str, json_text: str) -> bytes:

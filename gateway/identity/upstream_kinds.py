@@ -18,6 +18,7 @@ from gateway.identity.upstream import IdpName, OidcIdpSettings
 from gateway.secrets import SecretRef
 
 _UNSAFE_ALGS = ("HS", "NONE")
+_OPERATIONS = {"validate", "userinfo", "proxy"}
 
 
 def _url(value: str) -> str:
@@ -44,7 +45,9 @@ class TicketParams(_Model):
     validate_ticket: str = "st"
     """Ticket parameter of ticketValidation."""
     token: str = "token"
-    """Token parameter of getUserInfo."""
+    """Token parameter of getUserInfo (and of the proxy-ticket call)."""
+    proxy_app: str = "proxyapp"
+    """Parameter naming the second app of the proxy-ticket call (``proxyapp`` / ``appmark``)."""
 
 
 class ResultCodes(_Model):
@@ -72,6 +75,8 @@ class TicketAnswer(_Model):
     """ticketValidation → the platform user id (checked against getUserInfo's)."""
     attributes: str = ""
     """getUserInfo → the object holding the attributes ('' = the answer itself)."""
+    proxy_ticket: str = "ticket"
+    """The proxy-ticket call (``generateST`` / ``generateTicket``) → the proxy ticket."""
     joined: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     """New attributes made of several, joined by '/' (Gansu's level is ``isauth/authstate``)."""
 
@@ -100,7 +105,8 @@ class TicketIdpSettings(_Model):
     operations: dict[str, str] = Field(
         default_factory=lambda: {"validate": "ticketValidation", "userinfo": "getUserInfo"}
     )
-    """Operation names (path segments over HTTP, operations over SOAP)."""
+    """Operation names (path segments over HTTP, operations over SOAP); an optional ``proxy``
+    names the proxy-ticket call (``generateST`` / ``generateTicket``)."""
     keep_id_number: bool = False
     claims: ClaimMapping
 
@@ -108,12 +114,11 @@ class TicketIdpSettings(_Model):
 
     @model_validator(mode="after")
     def _transport(self) -> Self:
-        if set(self.operations) != {"validate", "userinfo"}:
-            raise ValueError("operations: name exactly 'validate' and 'userinfo'")
+        if not {"validate", "userinfo"} <= set(self.operations) <= _OPERATIONS:
+            raise ValueError("operations: name 'validate' and 'userinfo', optionally 'proxy'")
         if self.transport == "soap" and not self.wsdl:
             raise ValueError("a SOAP platform needs a vendored 'wsdl' file")
-        if self.transport == "soap" and self.signature.scheme == "hmac-sha256":
-            raise ValueError("hmac-sha256 header signatures are for the HTTP transport")
+        # hmac-sha256 over SOAP signs the HTTP request of the SOAP post (ticket_soap.py).
         return self
 
 

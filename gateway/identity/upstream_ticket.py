@@ -5,7 +5,9 @@
 2. Callback: ``?state=…&ticket=…``; the gateway checks ``state`` first (sso.py), then the ticket
    goes server-to-server only.
 3. ``ticketValidation(st)`` → token and platform user id; ``getUserInfo(token)`` → attributes.
-   Each call is signed (signing.py: md5 / sm3 of code+secret+time, or HMAC-SHA256 headers).
+   Each call is signed (signing.py: md5 / sm3 of code+secret+time, or HMAC-SHA256 headers,
+   which over SOAP sign the HTTP request of the SOAP post). Optional: ``proxy_ticket`` asks for
+   a one-time proxy ticket for a second app (``generateST(proxyapp)`` / ``generateTicket``).
 4. Transport: HTTP form posts (``datatype=json``) or SOAP through zeep with a vendored WSDL;
    a SOAP answer may be a JSON *string* in the body, or a structure.
 5. Errors: result codes with HTTP 200 (ticket 6001–6099, token 6501–6599), ``errormsg``,
@@ -18,6 +20,7 @@ or secret (zeep's own debug logging of envelopes is bypassed by the transport be
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import time
@@ -37,7 +40,8 @@ from zeep.transports import AsyncTransport
 
 from gateway.identity.citizen import FederatedIdentity, MappingError, _lookup, map_claims
 from gateway.identity.identifiers import LinkKeyer
-from gateway.identity.signing import sign_request
+from gateway.identity.signing import DATE_HEADER, sign_request
+from gateway.identity.ticket_soap import header_signed_fields
 from gateway.identity.upstream import UpstreamError, UpstreamLogin
 from gateway.identity.upstream_kinds import ResultCodes, TicketIdpSettings
 
@@ -45,6 +49,10 @@ log = structlog.get_logger("tongban.identity")
 
 _AVAILABILITY_TTL = 5.0
 _MAX_RESPONSE = 256 * 1024
+# HTTP headers of the SOAP post in progress (HMAC-SHA256 header signatures); per task.
+_SOAP_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "tongban_soap_headers", default=None
+)
 
 
 class HttpxSoapTransport(AsyncTransport):
@@ -67,7 +75,10 @@ class HttpxSoapTransport(AsyncTransport):
 
     async def post(self, address: str, message: bytes, headers: dict[str, str]) -> httpx.Response:
         response = await self.client.post(
-            address, content=message, headers=headers, timeout=self._timeout
+            address,
+            content=message,
+            headers={**headers, **(_SOAP_HEADERS.get() or {})},
+            timeout=self._timeout,
         )
         if len(response.content) > _MAX_RESPONSE:
             raise zeep.exceptions.TransportError("answer too large")  # type: ignore[no-untyped-call]
@@ -204,13 +215,34 @@ class TicketUpstream:
 
     # --- the back channel --------------------------------------------------------------------
 
-    async def call(self, operation: str, name: str, value: str) -> Mapping[str, Any]:
-        """One signed back-channel call; the decoded answer, or ``UpstreamError``."""
+    async def proxy_ticket(self, token: str, proxy_app: str) -> str:
+        """A one-time proxy ticket for ``proxy_app`` (the platform's ``generateST(proxyapp)`` /
+        ``generateTicket``), from the token of a ticket login; the second app validates it with
+        its own ``ticketValidation``. Never logged."""
+        if "proxy" not in self.settings.operations:
+            raise UpstreamError("proxy_not_supported")
+        if not token or not proxy_app or len(proxy_app) > 128:
+            raise UpstreamError("proxy_app_invalid")
+        names = self.settings.params
+        answer = await self.call("proxy", names.token, token, {names.proxy_app: proxy_app})
+        ticket = _lookup(answer, self.settings.answer.proxy_ticket)
+        if not isinstance(ticket, str) or not ticket or len(ticket) > 512:
+            raise UpstreamError("upstream_answer_malformed")
+        log.info("upstream_proxy_ticket_issued", platform=self.platform, proxy_app=proxy_app)
+        return ticket
+
+    async def call(
+        self, operation: str, name: str, value: str, extra: Mapping[str, str] | None = None
+    ) -> Mapping[str, Any]:
+        """One signed back-channel call; the decoded answer, or ``UpstreamError``.
+
+        ``extra``: further arguments (the proxy app); over SOAP, ``proxyapp`` is the WSDL's name.
+        """
         op = self.settings.operations[operation]
         if self.settings.transport == "soap":
-            answer = await self._call_soap(op, name, value)
+            answer = await self._call_soap(op, name, value, dict(extra or {}))
         else:
-            answer = await self._call_http(op, name, value)
+            answer = await self._call_http(op, name, value, dict(extra or {}))
         reason = result_error(answer, self.settings.results)
         if reason is not None:
             code = answer.get(self.settings.results.code_field) if isinstance(answer, dict) else ""
@@ -225,9 +257,9 @@ class TicketUpstream:
         assert isinstance(answer, Mapping)
         return answer
 
-    async def _call_http(self, op: str, name: str, value: str) -> Any:
+    async def _call_http(self, op: str, name: str, value: str, extra: dict[str, str]) -> Any:
         url = f"{self.settings.service_url.rstrip('/')}/{op}"
-        params = {name: value, "datatype": "json"}
+        params = {name: value, "datatype": "json", **extra}
         signed, headers = sign_request(
             self.settings.signature,
             self.settings.app_code,
@@ -269,26 +301,34 @@ class TicketUpstream:
                 )
             return self._soap
 
-    async def _call_soap(self, op: str, name: str, value: str) -> Any:
+    async def _call_soap(self, op: str, name: str, value: str, extra: dict[str, str]) -> Any:
         proxy = await self._proxy()
         sig = self.settings.signature
-        signed, _ = sign_request(
+        # The WSDL's element names are fixed: app, time, sign, the argument, datatype, proxyapp.
+        fields = {"arg": value, "datatype": "json"}
+        if extra:
+            fields["proxyapp"] = next(iter(extra.values()))
+        signed, headers = sign_request(
             sig,
             self.settings.app_code,
             self.settings.app_secret.get_secret_value(),
             method="POST",
-            path="",
-            params={},
+            path=urlsplit(self.settings.service_url).path,
+            params=header_signed_fields(op, fields) if sig.scheme == "hmac-sha256" else {},
             now=self._clock(),
         )
-        # The WSDL's element names are fixed: app, time, sign, the argument, datatype.
-        arguments = {
-            "app": signed[sig.code_param],
-            "time": signed[sig.time_param],
-            "sign": signed[sig.sign_param],
-            "arg": value,
-            "datatype": "json",
-        }
+        if sig.scheme == "hmac-sha256":
+            # The headers sign the HTTP request of the SOAP post; the elements stay for the WSDL.
+            when = headers.get(DATE_HEADER, "")
+            arguments = {"app": self.settings.app_code, "time": when, "sign": "", **fields}
+        else:
+            arguments = {
+                "app": signed[sig.code_param],
+                "time": signed[sig.time_param],
+                "sign": signed[sig.sign_param],
+                **fields,
+            }
+        scope = _SOAP_HEADERS.set(headers)
         try:
             result = await getattr(proxy, op)(**arguments)
         except httpx.HTTPError:
@@ -300,4 +340,6 @@ class TicketUpstream:
             raise UpstreamError("upstream_unreachable", unavailable=status >= 500) from None
         except (zeep.exceptions.Error, etree.XMLSyntaxError, AttributeError, TypeError):
             raise UpstreamError("upstream_answer_malformed") from None
+        finally:
+            _SOAP_HEADERS.reset(scope)
         return decode_answer(result)

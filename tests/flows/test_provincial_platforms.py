@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import io
 import itertools
+import os
 import re
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from gateway.demo.ticket_idp import BAD_CHECKSUM, LI_QIUSHUI, TicketPlatformStat
 from gateway.identity.citizen import ClaimMapping, LevelRule
 from gateway.identity.sessions import SsoSession
 from gateway.identity.signing import SignatureSettings, sign_request
+from gateway.identity.ticket_soap import header_signed_fields
 from gateway.identity.upstream import IdpName, UpstreamError, UpstreamLogin
 from gateway.identity.upstream_kinds import TicketIdpSettings
 from gateway.identity.upstream_ticket import TicketUpstream
@@ -296,12 +298,18 @@ async def _ticket_for_legacy(sso: Sso, b: aiohttp.ClientSession) -> str:
 
 
 async def _face_call(
-    sso: Sso, operation: str, params: dict[str, str], *, secret: str | None = None, now: float
+    sso: Sso,
+    operation: str,
+    params: dict[str, str],
+    *,
+    secret: str | None = None,
+    now: float,
+    app: str = APP_CODE,
 ) -> dict[str, Any]:
     legacy: LegacySystemState = platforms(sso).legacy
     signed, _ = sign_request(
         SignatureSettings(scheme="md5", code_param="servicecode"),
-        APP_CODE,
+        app,
         secret or legacy.secret,
         method="POST",
         path="",
@@ -562,3 +570,195 @@ async def test_no_ticket_token_or_personal_data_in_the_log(
         assert assertion not in text
     for person in (*OTHER, SU_LANXIN):
         assert person.id_number not in text
+
+
+# --- proxy tickets (generateST) and HMAC-SHA256 header signatures over SOAP ---------------------
+
+SECOND_APP = "sx-gjj-second"
+SECOND_SECRET = "second-app-secret-0123456789abcdef"
+PROXY_TARGET = "SX_GJJ_QUERY"  # legacy-apps.yaml: SX_BDC_QUERY may_proxy_to it
+
+
+def _as_app(settings: TicketIdpSettings, app: str, secret: str) -> TicketIdpSettings:
+    return settings.model_copy(update={"app_code": app, "app_secret": SecretStr(secret)})
+
+
+@pytest.mark.parametrize("pid", ["shaanxi", "shaanxi-soap"])
+async def test_upstream_proxy_ticket_is_one_time_and_bound_to_its_app(
+    sso: Sso, log_stream: io.BytesIO, pid: str
+) -> None:
+    shaanxi: TicketPlatformState = platforms(sso).shaanxi
+    shaanxi.other_apps[SECOND_APP] = SECOND_SECRET
+    configured = sso.authenticator.idps[pid]
+    assert isinstance(configured, TicketUpstream)
+    gateway = TicketUpstream(
+        pid, configured.settings, configured._http, config_dir=CONFIG_DIR, clock=ticking()
+    )
+    second = TicketUpstream(
+        "second",
+        _as_app(configured.settings, SECOND_APP, SECOND_SECRET),
+        configured._http,
+        config_dir=CONFIG_DIR,
+        clock=ticking(),
+    )
+    shaanxi.tickets["login"] = {"user": "sx-200101", "expires": shaanxi.clock() + 300}
+    token = str((await gateway.call("validate", "st", "login"))["token"])
+    proxy = await gateway.proxy_ticket(token, SECOND_APP)
+    # The second app validates it with its own ticketValidation, once.
+    validated = await second.call("validate", "st", proxy)
+    assert validated["userid"] == "sx-200101"
+    info = await second.call("userinfo", "token", str(validated["token"]))
+    assert info["user"]["username"] == MA_WENHUA.name
+    with pytest.raises(UpstreamError) as replayed:
+        await second.call("validate", "st", proxy)
+    assert replayed.value.reason == "ticket_invalid"
+    # Presented by another app than the one it was issued for (the gateway itself).
+    other = await gateway.proxy_ticket(token, SECOND_APP)
+    with pytest.raises(UpstreamError) as wrong_app:
+        await gateway.call("validate", "st", other)
+    assert wrong_app.value.reason == "ticket_invalid"
+    # An app the platform does not know; a token that is not the caller's.
+    with pytest.raises(UpstreamError) as unknown:
+        await gateway.proxy_ticket(token, "not-registered")
+    assert unknown.value.reason == "upstream_error"
+    with pytest.raises(UpstreamError) as not_yours:
+        await second.proxy_ticket(token, SECOND_APP)
+    assert not_yours.value.reason == "token_invalid"
+    text = log_stream.getvalue().decode()
+    assert proxy not in text
+    assert other not in text
+
+
+async def _legacy_token(sso: Sso, now: float) -> str:
+    async with browser() as b:
+        ticket = await _ticket_for_legacy(sso, b)
+    validated = await _face_call(sso, "ticketValidation", {"st": ticket}, now=now)
+    assert validated["result"] == "0"
+    return str(validated["token"])
+
+
+async def test_legacy_proxy_ticket_issued_validated_once_by_its_app(
+    sso: Sso, log_stream: io.BytesIO
+) -> None:
+    second_secret = os.environ["TONGBAN_SECRET_LEGACY_SX_GJJ"]
+    now = sso.authenticator.clock()
+    token = await _legacy_token(sso, now)
+    issued = await _face_call(
+        sso, "generateST", {"token": token, "proxyapp": PROXY_TARGET}, now=now + 1
+    )
+    assert issued["result"] == "0"
+    proxy = str(issued["ticket"])
+    as_second = {"app": PROXY_TARGET, "secret": second_secret}
+    validated = await _face_call(sso, "ticketValidation", {"st": proxy}, now=now + 2, **as_second)
+    assert validated["result"] == "0", validated
+    info = await _face_call(
+        sso, "getUserInfo", {"token": str(validated["token"])}, now=now + 3, **as_second
+    )
+    assert info["result"] == "0"
+    # The second app's own entitlements and pairwise id, masked by its rules.
+    assert set(info["user"]) == {"userid", "name", "level"}
+    assert info["user"]["name"] == "马**"
+    assert info["user"]["userid"] == validated["userid"]
+    replay = await _face_call(sso, "ticketValidation", {"st": proxy}, now=now + 4, **as_second)
+    assert replay["result"] == "6001"
+    # A fresh proxy ticket presented by the app that asked for it, not the one it is for.
+    again = await _face_call(
+        sso, "generateST", {"token": token, "proxyapp": PROXY_TARGET}, now=now + 5
+    )
+    wrong = await _face_call(sso, "ticketValidation", {"st": str(again["ticket"])}, now=now + 6)
+    assert wrong["result"] == "6002"
+    # Not in may_proxy_to: a CAS app, itself, an unknown app; nor back from the second app.
+    for n, target in enumerate(("sx-hrss-cas", APP_CODE, "NOPE")):
+        refused = await _face_call(
+            sso, "generateST", {"token": token, "proxyapp": target}, now=now + 7 + n
+        )
+        assert refused["result"] == "6602", target
+        assert "ticket" not in refused
+    back = await _face_call(
+        sso,
+        "generateST",
+        {"token": str(validated["token"]), "proxyapp": APP_CODE},
+        now=now + 10,
+        **as_second,
+    )
+    assert back["result"] == "6602"
+    # Another app's token is not the caller's.
+    stolen = await _face_call(
+        sso, "generateST", {"token": token, "proxyapp": APP_CODE}, now=now + 11, **as_second
+    )
+    assert stolen["result"] == "6502"
+    text = log_stream.getvalue().decode()
+    assert proxy not in text
+    assert str(again["ticket"]) not in text
+
+
+async def test_legacy_proxy_ticket_over_soap_with_the_gateways_own_zeep_client(sso: Sso) -> None:
+    legacy: LegacySystemState = platforms(sso).legacy
+    token = await _legacy_token(sso, sso.authenticator.clock())
+    settings = TicketIdpSettings(
+        kind="ticket",
+        province="61",
+        name=IdpName(zh="门面", en="face"),
+        login_url=f"{sso.gateway}/legacy/ticket/login",
+        service_url=f"{sso.gateway}/legacy/ticket/soap",
+        transport="soap",
+        wsdl="wsdl/identity-ticket.wsdl",
+        app_code=APP_CODE,
+        app_secret=SecretStr(legacy.secret),
+        operations={
+            "validate": "ticketValidation",
+            "userinfo": "getUserInfo",
+            "proxy": "generateST",
+        },
+        claims=ClaimMapping(level=LevelRule(scale="x", map={"L3": "L3"})),
+    )
+    second_settings = _as_app(settings, PROXY_TARGET, os.environ["TONGBAN_SECRET_LEGACY_SX_GJJ"])
+    async with httpx.AsyncClient() as http:
+        client = TicketUpstream("face", settings, http, config_dir=CONFIG_DIR, clock=ticking())
+        second = TicketUpstream(
+            "face2", second_settings, http, config_dir=CONFIG_DIR, clock=ticking()
+        )
+        proxy = await client.proxy_ticket(token, PROXY_TARGET)
+        validated = await second.call("validate", "st", proxy)
+        info = await second.call("userinfo", "token", str(validated["token"]))
+        assert info["user"]["level"] == "L3"
+        with pytest.raises(UpstreamError) as replayed:
+            await second.call("validate", "st", proxy)
+        assert replayed.value.reason == "ticket_invalid"
+        with pytest.raises(UpstreamError) as refused:
+            await client.proxy_ticket(token, "sx-hrss-cas")
+        assert refused.value.reason == "upstream_error"
+
+
+async def test_hmac_header_signatures_over_soap(sso: Sso) -> None:
+    shaanxi: TicketPlatformState = platforms(sso).shaanxi
+    shaanxi.soap_signature = SignatureSettings(scheme="hmac-sha256")
+    configured = sso.authenticator.idps["shaanxi-soap"]
+    assert isinstance(configured, TicketUpstream)
+    hmac_settings = configured.settings.model_copy(
+        update={"signature": SignatureSettings(scheme="hmac-sha256")}
+    )
+    idp = TicketUpstream("shaanxi-soap", hmac_settings, configured._http, config_dir=CONFIG_DIR)
+    login = UpstreamLogin("s", "n", "v", "c", None, "http://127.0.0.1/cb")
+    shaanxi.tickets["h"] = {"user": "sx-200102", "expires": shaanxi.clock() + 300}
+    identity = await idp.complete({"state": "s", "ticket": "h"}, login)
+    assert identity.level == "L2"
+    # A wrong secret, and the platform's md5 scheme where headers are expected: refused before
+    # the ticket is looked at.
+    shaanxi.tickets["w"] = {"user": "sx-200102", "expires": shaanxi.clock() + 300}
+    for settings in (
+        _as_app(hmac_settings, hmac_settings.app_code, "wrong-secret-0123456789"),
+        configured.settings,
+    ):
+        forged = TicketUpstream("x", settings, configured._http, config_dir=CONFIG_DIR)
+        with pytest.raises(UpstreamError) as refused:
+            await forged.complete({"state": "s", "ticket": "w"}, login)
+        assert refused.value.reason == "upstream_error"
+    assert "w" in shaanxi.tickets
+    # The signature covers the operation and its arguments (both sides use this function).
+    fields = {"app": "a", "time": "t", "sign": "", "arg": "x", "datatype": "json"}
+    assert header_signed_fields("getUserInfo", fields) == {
+        "operation": "getUserInfo",
+        "arg": "x",
+        "datatype": "json",
+    }

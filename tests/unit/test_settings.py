@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from gateway.settings import ConfigError, load_settings
+from gateway.settings import ConfigError, load_settings, with_instance_id
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 
@@ -144,8 +144,6 @@ def test_config_check_command(config: Path, capsys: pytest.CaptureFixture[str]) 
 
 
 def test_instance_id_override_is_validated_like_the_file() -> None:
-    from gateway.settings import with_instance_id
-
     settings = load_settings(CONFIG, resolve_secrets=False)
     assert with_instance_id(settings, "gw-2").gateway.instance_id == "gw-2"
     assert with_instance_id(settings, "gw-2").gateway.audit == settings.gateway.audit

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from gateway.identity.signing import (
     sign_request,
     verify_request,
 )
+from gateway.identity.ticket_soap import header_signed_fields
 from gateway.identity.upstream import UpstreamError
 from gateway.identity.upstream_kinds import (
     LegalPersonIdpSettings,
@@ -45,7 +47,7 @@ from gateway.identity.upstream_oauth2_quirks import (
     body_signature,
 )
 from gateway.identity.upstream_ticket import result_error
-from gateway.settings import load_settings
+from gateway.settings import ConfigError, load_settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 
@@ -313,3 +315,60 @@ def test_legacy_app_settings_refuse_unsafe_registrations() -> None:
         )
     with pytest.raises(ValueError, match="https"):
         LegacyAppSettings(name="x", face="cas", services=("http://example.org/",))
+
+
+def test_legacy_face_verifies_hmac_headers_over_soap() -> None:
+    hmac_app = LegacyAppSettings(
+        name="H",
+        face="ticket",
+        secret=SecretStr("h" * 32),
+        callbacks=("http://127.0.0.1/h",),
+        signature=SignatureSettings(scheme="hmac-sha256"),
+    )
+    face = LegacyFace({"H": hmac_app}, MemorySessionStore(), SecretStr("p" * 32))
+    fields = {"app": "H", "time": "", "sign": "", "arg": "tk", "datatype": "json"}
+
+    def headers(secret: str, operation: str = "getUserInfo") -> dict[str, str]:
+        _, signed = sign_request(
+            hmac_app.signature,
+            "H",
+            secret,
+            method="POST",
+            path="/legacy/ticket/soap",
+            params=header_signed_fields(operation, fields),
+            now=time.time(),
+        )
+        return signed
+
+    def verify(given: dict[str, str]) -> str:
+        return face.verify(
+            method="POST",
+            path="/legacy/ticket/soap",
+            params=fields,
+            headers=given,
+            operation="getUserInfo",
+            argument="tk",
+            soap=True,
+        )
+
+    assert verify(headers("h" * 32)) == "H"
+    with pytest.raises(FaceError, match="signature_invalid"):
+        verify(headers("x" * 32))
+    with pytest.raises(FaceError, match="signature_invalid"):  # signed for another operation
+        verify(headers("h" * 32, "ticketValidation"))
+
+
+def test_may_proxy_to_names_another_ticket_face_app(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="may_proxy_to"):
+        LegacyAppSettings(name="c", face="cas", services=("https://a/",), may_proxy_to=("A",))
+    config = tmp_path / "config"
+    shutil.copytree(Path(__file__).resolve().parents[3] / "config", config)
+    text = (config / "legacy-apps.yaml").read_text(encoding="utf-8")
+    (config / "legacy-apps.yaml").write_text(
+        text.replace("may_proxy_to: [SX_GJJ_QUERY]", "may_proxy_to: [sx-hrss-cas, NOPE]"),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, resolve_secrets=False)
+    problems = [p for p in refused.value.problems if "may_proxy_to" in p]
+    assert len(problems) == 2
