@@ -3,13 +3,17 @@ a window clerk's token, and how to follow a case (status URL, event stream, CLI)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN
+from gateway.identity.config import ProviderSettings, pairwise_subject
 from gateway.identity.devtokens import DevTokenIssuer
+from gateway.identity.identifiers import link_keyer
 
 ID_CARD = {
     "code": "resident-id-card",
@@ -186,6 +190,51 @@ def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
             actor_role="agent",
         ),
     }
+
+
+WINDOW_CLERKS = {"clerk-61-0007": "西安市雁塔区政务服务中心 7号窗口 / Xi'an Yanta window 7"}
+"""The Shaanxi window desk's demo clerks (password 'demo', like every demo account)."""
+
+
+def window_token_minter(
+    issuer: DevTokenIssuer,
+    identity: ProviderSettings | None,
+    tracking_sector: str | None,
+    *,
+    client_id: str = "demo-portal-shaanxi",
+) -> Callable[[str, str | None], str]:
+    """The Shaanxi window desk's tokens: ``(clerk, citizen's ID number)`` → a Counter-level token
+    for the citizen with the clerk as ``act`` (role ``clerk``); with no citizen, the clerk's own
+    desk token (for the window queue).
+
+    A demo stand-in for the window terminal's ID-card check: the citizen is identified the way the
+    gateway links a person across provinces (the link key of ID type + number, so ``local_id`` is
+    ``person:<link key>``), and the case is filed under her pairwise subject in
+    ``tracking_sector`` (the Qinghai portal's), because the case store keys cases by pairwise
+    subject and that is where she follows it. Only the gateway process, which holds the pairwise
+    and link secrets, can do this.
+    """
+
+    def mint(clerk: str, id_number: str | None) -> str:
+        subject = clerk
+        if id_number is not None:
+            # Without the identity secrets: a per-person id only the window's own tokens share.
+            subject = "demo-id-" + hashlib.sha256(id_number.encode()).hexdigest()[:16]
+            if identity is not None and identity.link_secret is not None and tracking_sector:
+                keyer = link_keyer(identity.link_secret.get_secret_value(), identity.link_algorithm)
+                local_id = f"person:{keyer('111', id_number)}"
+                subject = pairwise_subject(identity.pairwise_secret, tracking_sector, local_id)
+        return issuer.issue(
+            subject,
+            "Counter",
+            client_id=client_id,
+            actor=clerk,
+            actor_role="clerk",
+            roles=["clerk"],
+            ttl=3600,
+        )
+
+    return mint
 
 
 def cases_banner(base_url: str, citizen_token: str, staff: dict[str, str], data_dir: Path) -> str:
