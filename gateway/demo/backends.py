@@ -1,7 +1,8 @@
 """Start the demo provincial back-ends on loopback ports and hand back their addresses and secrets.
 
-``start_demo_backends`` runs five real aiohttp servers (two social-insurance SOAP deployments
-sharing one WSDL, the Shaanxi housing-fund, degree and e-driving-licence REST systems) on free
+``start_demo_backends`` runs real aiohttp servers (two social-insurance SOAP deployments
+sharing one WSDL, the Shaanxi housing-fund, degree and e-driving-licence REST systems, the
+Qinghai and Gansu government-service platforms, the Jiangsu contribution-proof system) on free
 ports. ``DemoSecrets`` holds the credentials they expect; ``DemoSecrets.env()`` is the
 environment ``config/systems.yaml`` reads them from. The identifiers below (usernames, key id,
 client id) are not secret and must match ``config/systems.yaml``.
@@ -16,7 +17,7 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from secrets import token_urlsafe
+from secrets import token_bytes, token_urlsafe
 from types import TracebackType
 from typing import Any, Self
 
@@ -28,6 +29,7 @@ from gateway.demo.case_office import (
     gansu_office,
     qinghai_office,
 )
+from gateway.demo.contribution_proof import ContributionProofState, build_contribution_proof_app
 from gateway.demo.degree import DegreeState, build_degree_app
 from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
 from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
@@ -52,6 +54,8 @@ SHAANXI_DRIVING = "shaanxi-driving"
 # Government-service platforms taking applications as cases (S3 多地联办, S10 异地代收代办).
 QINGHAI_GOV = "qinghai-gov"
 GANSU_GOV = "gansu-gov"
+# Jiangsu's e-sealed contribution proofs (S9, checked by Qinghai's housing-security office).
+JIANGSU_PROOF = "jiangsu-proof"
 SYSTEM_IDS = (
     QINGHAI_SI,
     SHAANXI_SI,
@@ -60,6 +64,7 @@ SYSTEM_IDS = (
     SHAANXI_DRIVING,
     QINGHAI_GOV,
     GANSU_GOV,
+    JIANGSU_PROOF,
 )
 
 # Ports of the placeholder addresses in config/systems.yaml (for running the back-ends on fixed
@@ -72,6 +77,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     SHAANXI_DRIVING: 18361,
     QINGHAI_GOV: 18463,
     GANSU_GOV: 18462,
+    JIANGSU_PROOF: 18532,
 }
 
 # Non-secret identifiers the gateway presents; they must match config/systems.yaml.
@@ -90,6 +96,7 @@ ENV_NAMES: Mapping[str, str] = {
     "driving_client_secret": "TONGBAN_SECRET_SX_DRIVING_CLIENT_SECRET",
     "qinghai_gov_api_key": "TONGBAN_SECRET_QH_GOV_API_KEY",
     "gansu_gov_api_key": "TONGBAN_SECRET_GS_GOV_API_KEY",
+    "jiangsu_proof_api_key": "TONGBAN_SECRET_JS_PROOF_API_KEY",
 }
 
 
@@ -104,6 +111,7 @@ class DemoSecrets:
     driving_client_secret: str
     qinghai_gov_api_key: str
     gansu_gov_api_key: str
+    jiangsu_proof_api_key: str
 
     @classmethod
     def generate(cls) -> DemoSecrets:
@@ -146,6 +154,8 @@ class DemoBackends:
     running: Mapping[str, RunningBackend]
     offices: Mapping[str, CaseOfficeState] = field(default_factory=dict)
     """system id → the government-service platforms' state (S3, S10)."""
+    proof: ContributionProofState | None = None
+    """Jiangsu's contribution-proof system (S9)."""
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -233,8 +243,11 @@ async def start_demo_backends(
     driving = DrivingLicenceState(
         client_id=DRIVING_CLIENT_ID, client_secret=secrets.driving_client_secret
     )
+    # Jiangsu's seal key, fresh per process and never given to the gateway; Qinghai checks proof
+    # seals with it (standing in for Jiangsu's seal certificate: an SM2 seal needs only that).
+    proof = ContributionProofState(api_key=secrets.jiangsu_proof_api_key, seal_key=token_bytes(32))
     offices = {
-        QINGHAI_GOV: qinghai_office(secrets.qinghai_gov_api_key),
+        QINGHAI_GOV: qinghai_office(secrets.qinghai_gov_api_key, {"32": proof.seal_key}),
         GANSU_GOV: gansu_office(secrets.gansu_gov_api_key),
     }
     plan: list[tuple[str, web.Application, Recorder, str]] = [
@@ -257,6 +270,7 @@ async def start_demo_backends(
             (sid, build_case_office_app(office), office.recorder, "")
             for sid, office in offices.items()
         ),
+        (JIANGSU_PROOF, build_contribution_proof_app(proof), proof.recorder, ""),
     ]
     running: dict[str, RunningBackend] = {}
     try:
@@ -270,7 +284,7 @@ async def start_demo_backends(
         for backend in running.values():
             await backend.runner.cleanup()
         raise
-    return DemoBackends(qinghai_si, shaanxi_si, housing, degree, driving, running, offices)
+    return DemoBackends(qinghai_si, shaanxi_si, housing, degree, driving, running, offices, proof)
 
 
 async def _serve_until_cancelled(host: str, config_dir: Path) -> None:

@@ -11,7 +11,10 @@ One app per province (Qinghai 63, Gansu 62), REST JSON with an API key:
 
 It serves S2 (异地就医备案), S3 (户口迁移, 多地联办: Gansu confirms the move-out, Qinghai issues
 the permit), S8 (跨省设立分支机构: the 企业开办 bundle fans out to four agencies) and S10 (残疾人证,
-异地代收代办: a Shaanxi window collects, Qinghai decides). It never logs payloads.
+异地代收代办: a Shaanxi window collects, Qinghai decides) and S9 (申请公共租赁住房: Qinghai's
+housing-security office checks the e-seal of the Jiangsu contribution proof named in the
+application, with Jiangsu's seal verification key, and refuses a proof whose seal does not hold,
+422 ``seal_invalid``). It never logs payloads.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.demo.contribution_proof import check_seal
 from gateway.demo.recording import Recorder, recording_middleware
 
 API_KEY_HEADER = "X-API-Key"
@@ -48,7 +52,10 @@ DOCUMENTS = {
     "seal-filing": ("YZBA", "印章备案回执 seal filing receipt"),
     "invoice-application": ("FPSL", "发票领用核定 invoice allowance"),
     "si-registration": ("SBDJ", "社会保险登记证明 social-insurance registration"),
+    "public-rental-housing": ("GZF", "公共租赁住房资格确认书 rental-housing eligibility"),
 }
+# Kinds that rest on another province's e-sealed proof: kind → the proof's issuing province.
+SEALED_PROOF_KINDS = {"public-rental-housing": "32"}
 KINDS = frozenset(DOCUMENTS)
 
 
@@ -86,6 +93,9 @@ class CaseOfficeState:
     progress: dict[str, list[str]] = field(default_factory=dict)
     """kind → the statuses an application walks through, one per status query; the first
     is answered at once on submission."""
+    proof_seal_keys: dict[str, bytes] = field(default_factory=dict)
+    """province → the key its proof seals are checked with (demo HMAC, standing in for the
+    issuing province's seal certificate)."""
     recorder: Recorder = field(default_factory=Recorder)
     clock: Callable[[], datetime] = _now
     applications: dict[str, Application] = field(default_factory=dict)
@@ -125,6 +135,21 @@ def _result_for(state: CaseOfficeState, application: Application) -> dict[str, s
     }
 
 
+def _check_proof(state: CaseOfficeState, body: dict[str, Any]) -> web.Response | None:
+    """S9: the application names a proof (number, digest, seal); the seal must be the issuing
+    province's over that number and digest."""
+    issuer = SEALED_PROOF_KINDS.get(body["kind"])
+    if issuer is None:
+        return None
+    fields = [body.get(k) for k in ("proofNo", "proofSealDigest", "proofSealValue")]
+    if not all(isinstance(f, str) and f for f in fields):
+        return _error(400, "invalid_request", "proofNo, proofSealDigest, proofSealValue required")
+    key = state.proof_seal_keys.get(issuer)
+    if key is None or not check_seal(key, *(str(f) for f in fields)):
+        return _error(422, "seal_invalid", "the proof's e-seal does not verify")
+    return None
+
+
 async def submit_application(request: web.Request) -> web.Response:
     state = request.app[STATE]
     key = request.headers.get("Idempotency-Key", "")
@@ -138,6 +163,9 @@ async def submit_application(request: web.Request) -> web.Response:
         return _error(400, "invalid_request", f"kind must be one of {sorted(KINDS)}")
     if not body.get("idNumber") or not body.get("name"):
         return _error(400, "invalid_request", "idNumber and name are required")
+    refused = _check_proof(state, body)
+    if refused is not None:
+        return refused
     fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     existing = state.by_key.get(key)
     if existing is not None:
@@ -190,11 +218,14 @@ def build_case_office_app(state: CaseOfficeState) -> web.Application:
     return app
 
 
-def qinghai_office(api_key: str) -> CaseOfficeState:
+def qinghai_office(
+    api_key: str, proof_seal_keys: dict[str, bytes] | None = None
+) -> CaseOfficeState:
     return CaseOfficeState(
         province="63",
         office_name="青海省示范一体化政务服务平台",
         api_key=api_key,
+        proof_seal_keys=dict(proof_seal_keys or {}),
         progress={
             "hukou-move-in": ["ACCEPTED", "PROCESSING", "DONE"],
             "disability-card": ["ACCEPTED", "PROCESSING", "DONE"],
@@ -205,6 +236,8 @@ def qinghai_office(api_key: str) -> CaseOfficeState:
             "seal-filing": ["ACCEPTED", "DONE"],
             "invoice-application": ["ACCEPTED", "DONE"],
             "si-registration": ["ACCEPTED", "DONE"],
+            # S9: the housing-security office checks the proof's seal on submission, then decides.
+            "public-rental-housing": ["ACCEPTED", "PROCESSING", "DONE"],
         },
     )
 

@@ -1,5 +1,5 @@
-"""Ready-made case submissions for `tongban demo`: S1, S2, S3, S4, S8, S10 as durable cases (办件),
-a window clerk's token, and how to follow a case (status URL, event stream, CLI)."""
+"""Ready-made case submissions for `tongban demo`: S1, S2, S3, S4, S8, S9, S10 as durable cases
+(办件), a window clerk's token, and how to follow a case (status URL, event stream, CLI)."""
 
 from __future__ import annotations
 
@@ -140,6 +140,48 @@ S8_CASE: tuple[str, str, str, dict[str, Any]] = (
     },
 )
 
+# S9 (申请公共租赁住房): first the e-sealed proof is pulled from Jiangsu with the holder's
+# authorisation, then the application names it (number, digest, seal from that answer).
+S9_AUTHORISATION = "AUTH-2026-0009"
+S9_PROOF_CALL: dict[str, Any] = {
+    "operation": "contribution-proof",
+    "receiving_province": "63",
+    "handling_province": "32",
+    "purpose": "申请公共租赁住房",
+    "authorisation_ref": S9_AUTHORISATION,
+    "data": {"id_number": MA_WENHUA.id_number, "name": MA_WENHUA.name},
+}
+S9_CASE: tuple[str, str, str, dict[str, Any]] = (
+    "S9",
+    "public rental housing in Qinghai with the Jiangsu proof: fill in proof.number, "
+    "proof.seal_digest and proof.seal_value from the answer above; Qinghai checks the seal",
+    "demo-s9-case-0001",
+    {
+        "service": "public-rental-housing",
+        "operation": "apply",
+        "receiving_province": "63",
+        "handling_province": "63",
+        "purpose": "申请公共租赁住房",
+        "authorisation_ref": S9_AUTHORISATION,
+        "data": {
+            "id_number": MA_WENHUA.id_number,
+            "name": MA_WENHUA.name,
+            "household_size": 2,
+            "proof_number": "<proof.number>",
+            "proof_seal_digest": "<proof.seal_digest>",
+            "proof_seal_value": "<proof.seal_value>",
+        },
+        "materials": [
+            ID_CARD,
+            {
+                "code": "contribution-proof",
+                "ref": "urn:proof:32:<proof.number>",
+                "digest": "<proof.seal_digest>",
+            },
+        ],
+    },
+)
+
 # S10 (异地代收代办) is taken in by a window clerk, so it goes with the clerk's token.
 S10_CASE: tuple[str, str, str, dict[str, Any]] = (
     "S10",
@@ -248,7 +290,16 @@ def cases_banner(base_url: str, citizen_token: str, staff: dict[str, str], data_
     enterprise = shlex.quote(f"Authorization: Bearer {staff['enterprise']}")
     plan = [(case, auth) for case in (*DEMO_CASES, S2_CASE)]
     plan += [(S8_CASE, enterprise), (S10_CASE, clerk)]
+    plan.insert(len(plan) - 1, (S9_CASE, auth))
+    proof_url = base_url + "/api/v1/services/public-rental-housing/calls"
     for (scenario, title, key, body), header in plan:
+        if scenario == "S9":
+            lines += [
+                "# S9: pull the e-sealed contribution proof from Jiangsu (holder's authorisation)",
+                f"curl -s {shlex.quote(proof_url)} -H {header} -H 'Content-Type: application/json'"
+                f" -d {shlex.quote(json.dumps(S9_PROOF_CALL, ensure_ascii=False))}",
+                "",
+            ]
         lines += [
             f"# {scenario}: {title}",
             f"curl -s {shlex.quote(base_url + '/api/v1/cases')} -H {header}"

@@ -1,9 +1,11 @@
-"""S1 and S4 as cases: POST /api/v1/cases through the real app to the demo provinces and back."""
+"""S1, S2, S3, S4, S8, S9, S10 as cases: POST /api/v1/cases through the real app to the demo provinces and back."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import hashlib
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from gateway.app import create_app
 from gateway.cases.model import delivery_key
 from gateway.demo.backends import (
     GANSU_GOV,
+    JIANGSU_PROOF,
     QINGHAI_GOV,
     QINGHAI_SI,
     SHAANXI_HOUSING,
@@ -387,3 +390,123 @@ async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> N
         delivery_key(receipt["case_id"], n) for n in range(4)
     ]
     assert {r.context["actor"] for r in sent} == {"demo-" + MA_WENHUA.key}
+
+
+def s9_proof_call(authorisation: str | None = "AUTH-2026-0009") -> dict[str, Any]:
+    return {
+        "operation": "contribution-proof",
+        "receiving_province": "63",
+        "handling_province": "32",
+        "purpose": "申请公共租赁住房",
+        "data": {"id_number": SU_LANXIN.id_number, "name": SU_LANXIN.name},
+        **({"authorisation_ref": authorisation} if authorisation else {}),
+    }
+
+
+def s9_application(proof: dict[str, Any], authorisation: str | None) -> dict[str, Any]:
+    return {
+        "service": "public-rental-housing",
+        "operation": "apply",
+        "receiving_province": "63",
+        "handling_province": "63",
+        "purpose": "申请公共租赁住房",
+        **({"authorisation_ref": authorisation} if authorisation else {}),
+        "data": {
+            "id_number": SU_LANXIN.id_number,
+            "name": SU_LANXIN.name,
+            "household_size": 2,
+            "proof_number": proof["number"],
+            "proof_seal_digest": proof["seal_digest"],
+            "proof_seal_value": proof["seal_value"],
+        },
+        "materials": [
+            ID_CARD,
+            {
+                "code": "contribution-proof",
+                "ref": f"urn:proof:32:{proof['number']}",
+                "digest": proof["seal_digest"],
+            },
+        ],
+    }
+
+
+async def test_s9_rental_housing_with_the_jiangsu_proof_pulled_and_checked(
+    journey: Journey,
+) -> None:
+    status, answer = await journey.call(
+        "public-rental-housing", s9_proof_call(), token="citizen-l2"
+    )
+    assert status == 200, answer
+    assert answer["system"] == JIANGSU_PROOF
+    data = answer["data"]
+    assert (data["social_insurance_months"], data["housing_fund_months"]) == (38, 36)
+    assert data["latest_month"] == "2026-10"
+    proof = data["proof"]
+    content = base64.b64decode(proof["content_base64"])
+    assert proof["seal_digest"] == "sha256:" + hashlib.sha256(content).hexdigest()
+    assert proof["number"].startswith("32")
+    (asked,) = journey.backends.recorder(JIANGSU_PROOF).for_operation("issue_proof")
+    assert asked.context["authorisation_ref"] == "AUTH-2026-0009"
+
+    body = s9_application(proof, "AUTH-2026-0009")
+    status, receipt = await submit(journey, body, "s9-case-rental-01", token="citizen-l2")
+    assert status == 202, receipt
+    case = await wait_for(journey, receipt["case_id"], "closed", token="citizen-l2")
+    assert [t["to"] for t in case["timeline"]] == [
+        "received",
+        "forwarded",
+        "processing",
+        "result_delivered",
+        "closed",
+    ]
+    assert case["parts"][0]["result"]["result"]["document"].startswith("公共租赁住房资格确认书")
+    assert case["materials"][1]["digest"] == proof["seal_digest"]
+    (sent,) = journey.backends.recorder(QINGHAI_GOV).for_operation("submit_application")
+    assert sent.context["authorisation_ref"] == "AUTH-2026-0009"
+
+    # A proof whose seal does not hold is refused by Qinghai: 不予受理, the case closes.
+    forged = {**proof, "seal_value": base64.b64encode(b"x" * 32).decode()}
+    status, receipt = await submit(
+        journey, s9_application(forged, "AUTH-2026-0009"), "s9-case-forged-1", token="citizen-l2"
+    )
+    assert status == 202, receipt
+    case = await wait_for(journey, receipt["case_id"], "closed", token="citizen-l2")
+    assert "not_accepted" in [t["to"] for t in case["timeline"]]
+
+
+async def test_s9_without_the_holders_authorisation_is_a_problem_and_no_case(
+    journey: Journey,
+) -> None:
+    status, problem = await journey.call(
+        "public-rental-housing", s9_proof_call(None), token="citizen-l2"
+    )
+    assert (status, problem["code"]) == (422, "client.validation_failed"), problem
+    assert problem["errors"][0]["path"] == "/authorisation_ref"
+    assert not journey.backends.recorder(JIANGSU_PROOF).requests
+
+    # Jiangsu itself refuses a proof without an authorisation reference.
+    proof_state = journey.backends.proof
+    assert proof_state is not None
+    base = journey.backends.running[JIANGSU_PROOF].base_url
+    session = journey.client.session
+    async with session.post(
+        base + "/api/proofs",
+        json={"idNumber": SU_LANXIN.id_number, "name": SU_LANXIN.name},
+        headers={"X-API-Key": proof_state.api_key},
+    ) as refused:
+        assert refused.status == 403
+        assert (await refused.json())["error"] == "authorisation_required"
+    assert not proof_state.issued
+
+    fake = {
+        "number": "32JFZM20261128000001",
+        "seal_digest": ID_CARD["digest"],
+        "seal_value": "A" * 44,
+    }
+    status, problem = await submit(
+        journey, s9_application(fake, None), "s9-case-noauth-1", token="citizen-l2"
+    )
+    assert (status, problem["code"]) == (422, "client.validation_failed"), problem
+    listed = await journey.client.get("/api/v1/cases", headers=journey.auth("citizen-l2"))
+    assert (await listed.json())["cases"] == []
+    assert not journey.backends.recorder(QINGHAI_GOV).for_operation("submit_application")
