@@ -8,88 +8,14 @@ with the flags of NOTES.md; never `playwright install`.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import CONFIG_DIR
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-_PORTAL = re.compile(r"^\s+(.+?portal)\s+(http://127\.0\.0\.1:\d+)/$")
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    import socket  # noqa: PLC0415 - only the fixture needs it
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """`tongban demo` on free ports with a temp data dir; portal name → URL from its banner."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
-    tongban = shutil.which("tongban", path=str(Path(sys.executable).parent))
-    assert tongban is not None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
-    process = subprocess.Popen(
-        [
-            tongban,
-            "demo",
-            "--port",
-            str(_free_port()),
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--config",
-            str(CONFIG_DIR),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    portals: dict[str, str] = {}
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in process.stdout:
-            match = _PORTAL.match(line.rstrip("\n"))
-            if match:
-                portals["qinghai" if "Qinghai" in match.group(1) else "shaanxi"] = match.group(2)
-            if len(portals) == 2 or time.monotonic() > deadline:
-                break
-        assert len(portals) == 2, "the demo banner names both portals"
-        yield portals
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_sso_journey_in_chromium(demo: dict[str, str], tmp_path: Path) -> None:

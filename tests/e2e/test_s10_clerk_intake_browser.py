@@ -8,68 +8,16 @@ forwards it to Qinghai. 苏兰心 then signs in on the Qinghai portal and follow
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_demo_sso_browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.flows.conftest import CONFIG_DIR
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
 
-_PORTAL = re.compile(r"^\s+(.+?portal)\s+(http://127\.0\.0\.1:\d+)/$")
 _CASE_ID = re.compile(r"^TB61\d{8}[0-9A-F]{12}$")
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """`tongban demo` on a free port with a temp data dir; portal → base URL from its banner."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
-    tongban = shutil.which("tongban", path=str(Path(sys.executable).parent))
-    assert tongban is not None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
-    data_dir = str(tmp_path / "data")
-    process = subprocess.Popen(
-        [tongban, "demo", "--port", str(port), "--data-dir", data_dir, "--config", str(CONFIG_DIR)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    portals: dict[str, str] = {}
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in process.stdout:
-            match = _PORTAL.match(line.rstrip("\n"))
-            if match:
-                portals["qinghai" if "Qinghai" in match.group(1) else "shaanxi"] = match.group(2)
-            if len(portals) == 2 or time.monotonic() > deadline:
-                break
-        assert len(portals) == 2, "the demo banner names both portals"
-        yield portals
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_s10_clerk_intake_then_citizen_follows_the_case(

@@ -5,71 +5,13 @@ without any prompt. Debian's chromium through Playwright, flags as in NOTES.md.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_demo_sso_browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.flows.conftest import CONFIG_DIR
-
-_URL = re.compile(r"^\s+(.+?)\s+(http://127\.0\.0\.1:\d+)(/\S*)?$")
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """`tongban demo` on a free port; banner name → base URL, up to the legacy system's line."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed")
-    tongban = shutil.which("tongban", path=str(Path(sys.executable).parent))
-    assert tongban is not None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
-    data_dir = str(tmp_path / "data")
-    command = [tongban, "demo", "--port", str(port), "--data-dir", data_dir]
-    process = subprocess.Popen(
-        [*command, "--config", str(CONFIG_DIR)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    urls: dict[str, str] = {}
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in process.stdout:
-            match = _URL.match(line.rstrip("\n"))
-            if match:
-                urls[match.group(1)] = match.group(2)
-            if "legacy business system" in line or time.monotonic() > deadline:
-                break
-        yield {
-            "qinghai": next(v for k, v in urls.items() if "Qinghai portal" in k),
-            "shaanxi": next(v for k, v in urls.items() if "Shaanxi portal" in k),
-            "legacy": next(v for k, v in urls.items() if "legacy business system" in k),
-        }
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def test_shaanxi_ticket_login_then_qinghai_portal_and_legacy_system(
