@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import dataclasses
 import hashlib
 import io
@@ -26,6 +27,7 @@ from gateway.demo.backends import (
     DemoSecrets,
     start_demo_backends,
 )
+from gateway.demo.cases import S10_CASE
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN
 from gateway.demo.runner import demo_identity_env, point_at
@@ -279,28 +281,7 @@ async def test_s10_window_intake_with_an_unknown_outcome_reconciled(journey: Jou
     qinghai = journey.backends.recorder(QINGHAI_GOV)
     qinghai.trouble.fail_next = 1  # the first send gets a 503: did Qinghai take it or not?
     qinghai.trouble.retry_after = None
-    body = {
-        "service": "disability-card",
-        "mode": "proxy",
-        "receiving_province": "61",
-        "handling_province": "63",
-        "purpose": "残疾人证异地代收代办",
-        "data": {
-            "id_number": SU_LANXIN.id_number,
-            "name": SU_LANXIN.name,
-            "disability_category": "hearing",
-            "mailing_address": "西安市雁塔区示范路1号",
-        },
-        "materials": [
-            {
-                "code": "disability-assessment",
-                "ref": "urn:scan:61:0001",
-                "digest": "sha256:" + "a" * 64,
-            },
-            {"code": "photo", "ref": "urn:scan:61:0002", "digest": "sha256:" + "b" * 64},
-        ],
-        "originals_check": {"checked": True, "note": "身份证原件已核验"},
-    }
+    body = copy.deepcopy(S10_CASE[3])  # the very body the demo banner prints for S10
     status, receipt = await submit(journey, body, "s10-window-0001", token="clerk")
     assert status == 202, receipt
     case = await wait_for(journey, receipt["case_id"], "closed", token="clerk")
