@@ -6,9 +6,9 @@ refuses UPDATE, DELETE and TRUNCATE in the database itself. It knows nothing abo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from gateway.audit.query import AuditQuery, QueryPage
@@ -130,3 +130,36 @@ async def iter_records(
     async for page in store.read_pages(chain, start, end):
         for record in page:
             yield record
+
+
+MAX_SEQUENCE = 2**63 - 1
+_Row = TypeVar("_Row")
+
+
+async def keyset_pages(
+    fetch: Callable[[int, int], Awaitable[list[_Row]]],
+    sequence_of: Callable[[_Row], int],
+    start: int,
+    end: int | None,
+    page_size: int,
+) -> AsyncIterator[list[_Row]]:
+    """Rows with ``start <= sequence <= end`` page by page, each page fetched as "after the last
+    sequence seen" so no read transaction is held between pages. ``fetch(after, last)`` returns
+    at most ``page_size`` rows with ``after < sequence <= last``, in sequence order."""
+    last = end if end is not None else MAX_SEQUENCE
+    after = start - 1
+    while after < last:
+        page = await fetch(after, last)
+        if page:
+            yield page
+        if len(page) < page_size:
+            return
+        after = sequence_of(page[-1])
+
+
+def record_sequence(record: StoredRecord) -> int:
+    return record.sequence
+
+
+def raw_sequence(record: RawRecord) -> int:
+    return record[0]

@@ -22,12 +22,16 @@ from gateway.audit.query import (
     sql_order,
 )
 from gateway.audit.store import (
+    MAX_SEQUENCE,
     AuditStoreUnavailable,
     ChainConflict,
     ChainHead,
     RawRecord,
     StoredCheckpoint,
     StoredRecord,
+    keyset_pages,
+    raw_sequence,
+    record_sequence,
 )
 from gateway.stores.migrations import Migration
 from gateway.stores.postgres import check_schema_name, open_migrated_pool
@@ -264,9 +268,7 @@ class PostgresAuditStore:
     async def read_pages(
         self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
     ) -> AsyncIterator[list[StoredRecord]]:
-        last = end if end is not None else 2**63 - 1
-        after = start - 1
-        while after < last:
+        async def page(after: int, last: int) -> list[StoredRecord]:
             rows = await self._fetch(
                 "SELECT sequence, recorded_at, record, hash FROM audit_records"
                 " WHERE chain_id = $1 AND sequence > $2 AND sequence <= $3"
@@ -276,19 +278,15 @@ class PostgresAuditStore:
                 last,
                 page_size,
             )
-            page = [StoredRecord(chain, s, t, r, h) for s, t, r, h in rows]
-            if page:
-                yield page
-            if len(page) < page_size:
-                return
-            after = page[-1].sequence
+            return [StoredRecord(chain, s, t, r, h) for s, t, r, h in rows]
+
+        async for records in keyset_pages(page, record_sequence, start, end, page_size):
+            yield records
 
     async def read_raw_pages(
         self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
     ) -> AsyncIterator[list[RawRecord]]:
-        last = end if end is not None else 2**63 - 1
-        after = start - 1
-        while after < last:
+        async def page(after: int, last: int) -> list[RawRecord]:
             # convert_to gives the stored UTF-8 bytes as bytea: no decoding on our side.
             rows = await self._fetch(
                 "SELECT sequence, convert_to(record, 'UTF8'), hash FROM audit_records"
@@ -299,12 +297,10 @@ class PostgresAuditStore:
                 last,
                 page_size,
             )
-            page: list[RawRecord] = [(row[0], row[1], row[2]) for row in rows]
-            if page:
-                yield page
-            if len(page) < page_size:
-                return
-            after = page[-1][0]
+            return [(row[0], row[1], row[2]) for row in rows]
+
+        async for records in keyset_pages(page, raw_sequence, start, end, page_size):
+            yield records
 
     async def checkpoints(
         self, chain: str, start: int = 0, end: int | None = None
@@ -314,7 +310,7 @@ class PostgresAuditStore:
             " WHERE chain_id = $1 AND sequence >= $2 AND sequence <= $3 ORDER BY sequence",
             chain,
             start,
-            end if end is not None else 2**63 - 1,
+            end if end is not None else MAX_SEQUENCE,
         )
         return [_checkpoint(row) for row in rows]
 

@@ -24,12 +24,16 @@ from gateway.audit.query import (
     sql_order,
 )
 from gateway.audit.store import (
+    MAX_SEQUENCE,
     AuditStoreUnavailable,
     ChainConflict,
     ChainHead,
     RawRecord,
     StoredCheckpoint,
     StoredRecord,
+    keyset_pages,
+    raw_sequence,
+    record_sequence,
 )
 from gateway.stores.migrations import Migration, migrate_sqlite
 from gateway.stores.sqlite import Synchronous, connect_sqlite
@@ -260,44 +264,33 @@ class SqliteAuditStore:
     async def read_pages(
         self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
     ) -> AsyncIterator[list[StoredRecord]]:
-        # Keyset pages: one thread hop per page, and no read transaction held between pages.
-        last = end if end is not None else 2**63 - 1
-        after = start - 1
-        while after < last:
-            try:
-                page = await self._r().execute_fetchall(
-                    "SELECT sequence, recorded_at, record, hash FROM audit_records"
-                    " WHERE chain_id = ? AND sequence > ? AND sequence <= ?"
-                    " ORDER BY sequence LIMIT ?",
-                    (chain, after, last, page_size),
-                )
-            except (sqlite3.Error, ValueError) as exc:
-                raise AuditStoreUnavailable(str(exc)) from exc
-            rows = [StoredRecord(chain, s, t, r, h) for s, t, r, h in page]
-            if rows:
-                yield rows
-            if len(rows) < page_size:
-                return
-            after = rows[-1].sequence
+        async def page(after: int, last: int) -> list[StoredRecord]:
+            rows = await self._fetch(
+                "SELECT sequence, recorded_at, record, hash FROM audit_records"
+                " WHERE chain_id = ? AND sequence > ? AND sequence <= ?"
+                " ORDER BY sequence LIMIT ?",
+                (chain, after, last, page_size),
+            )
+            return [StoredRecord(chain, s, t, r, h) for s, t, r, h in rows]
+
+        async for records in keyset_pages(page, record_sequence, start, end, page_size):
+            yield records
 
     async def read_raw_pages(
         self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
     ) -> AsyncIterator[list[RawRecord]]:
-        last = end if end is not None else 2**63 - 1
-        after = start - 1
-        while after < last:
+        async def page(after: int, last: int) -> list[RawRecord]:
             # CAST AS BLOB hands over the stored UTF-8 bytes without decoding them.
-            page: list[RawRecord] = await self._fetch(  # type: ignore[assignment]
+            rows = await self._fetch(
                 "SELECT sequence, CAST(record AS BLOB), hash FROM audit_records"
                 " WHERE chain_id = ? AND sequence > ? AND sequence <= ?"
                 " ORDER BY sequence LIMIT ?",
                 (chain, after, last, page_size),
             )
-            if page:
-                yield page
-            if len(page) < page_size:
-                return
-            after = page[-1][0]
+            return [(row[0], row[1], row[2]) for row in rows]
+
+        async for records in keyset_pages(page, raw_sequence, start, end, page_size):
+            yield records
 
     async def _fetch(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         try:
@@ -311,7 +304,7 @@ class SqliteAuditStore:
         rows = await self._fetch(
             "SELECT chain_id, sequence, hash, signed_at, kid, jws FROM audit_checkpoints"
             " WHERE chain_id = ? AND sequence >= ? AND sequence <= ? ORDER BY sequence",
-            (chain, start, end if end is not None else 2**63 - 1),
+            (chain, start, end if end is not None else MAX_SEQUENCE),
         )
         return [_checkpoint(row) for row in rows]
 
