@@ -12,7 +12,7 @@ a token or a secret.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from gateway.identity.citizen import ClaimMapping, FederatedIdentity, Level
 from gateway.secrets import SecretRef
 
+AVAILABILITY_TTL = 5.0
+"""Seconds a platform's availability probe is trusted."""
+
 
 class UpstreamError(Exception):
     """The platform refused or failed the login; ``reason`` is a safe snake_case word."""
@@ -30,6 +33,32 @@ class UpstreamError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.unavailable = unavailable
+
+
+class AvailabilityCache:
+    """A platform's last availability probe, remembered for ``ttl`` seconds: the login page asks
+    on every view, and a province must not be probed once per citizen."""
+
+    __slots__ = ("_clock", "_last", "_probe", "_ttl")
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[bool]],
+        clock: Callable[[], float],
+        ttl: float = AVAILABILITY_TTL,
+    ) -> None:
+        self._probe = probe
+        self._clock = clock
+        self._ttl = ttl
+        self._last: tuple[float, bool] | None = None
+
+    async def __call__(self) -> bool:
+        now = self._clock()
+        if self._last is not None and now - self._last[0] < self._ttl:
+            return self._last[1]
+        ok = await self._probe()
+        self._last = (now, ok)
+        return ok
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from joserfc.jwk import GuestProtocol, Key, KeySet
 from gateway.identity.citizen import FederatedIdentity, MappingError, map_claims
 from gateway.identity.identifiers import LinkKeyer
 from gateway.identity.signing import NonceCache
-from gateway.identity.upstream import UpstreamError, UpstreamLogin
+from gateway.identity.upstream import AvailabilityCache, UpstreamError, UpstreamLogin
 from gateway.identity.upstream_kinds import LegalPersonIdpSettings
 
 log = structlog.get_logger("tongban.identity")
@@ -38,7 +38,6 @@ log = structlog.get_logger("tongban.identity")
 ASSERTION_PARAM = "assertion"
 MAX_ASSERTION = 16 * 1024
 _KEYS_TTL = 300.0
-_AVAILABILITY_TTL = 5.0
 
 
 class LegalPersonUpstream:
@@ -66,7 +65,7 @@ class LegalPersonUpstream:
         self._clock = clock
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
-        self._available: tuple[float, bool] | None = None
+        self._availability = AvailabilityCache(self._probe, clock)
         self._lock = asyncio.Lock()
         self._seen = NonceCache(2 * settings.max_age, clock=clock)
 
@@ -89,15 +88,14 @@ class LegalPersonUpstream:
             return self._keys
 
     async def available(self) -> bool:
-        now = self._clock()
-        if self._available is not None and now - self._available[0] < _AVAILABILITY_TTL:
-            return self._available[1]
+        return await self._availability()
+
+    async def _probe(self) -> bool:
         try:
             await self.keys(refresh=True)
             ok = True
         except UpstreamError:
             ok = False
-        self._available = (now, ok)
         return ok
 
     async def start_login(self, login: UpstreamLogin) -> str:

@@ -32,13 +32,12 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gateway.identity.citizen import FederatedIdentity, MappingError, _lookup, map_claims
 from gateway.identity.identifiers import LinkKeyer
-from gateway.identity.upstream import UpstreamError, UpstreamLogin
+from gateway.identity.upstream import AvailabilityCache, UpstreamError, UpstreamLogin
 from gateway.identity.upstream_kinds import OAuth2QuirksIdpSettings
 
 log = structlog.get_logger("tongban.identity")
 
 _MAX_RESPONSE = 256 * 1024
-_AVAILABILITY_TTL = 5.0
 
 
 def parse_kv_list(value: Any) -> dict[str, str] | None:
@@ -115,18 +114,17 @@ class OAuth2QuirksUpstream:
         self._timeout = timeout
         self._linker = linker
         self._clock = clock
-        self._available: tuple[float, bool] | None = None
+        self._availability = AvailabilityCache(self._probe, clock)
 
     async def available(self) -> bool:
-        now = self._clock()
-        if self._available is not None and now - self._available[0] < _AVAILABILITY_TTL:
-            return self._available[1]
+        return await self._availability()
+
+    async def _probe(self) -> bool:
         try:
             response = await self._http.get(self.settings.authorize_url, timeout=self._timeout)
             ok = response.status_code < 500
         except httpx.HTTPError:
             ok = False
-        self._available = (now, ok)
         return ok
 
     async def start_login(self, login: UpstreamLogin) -> str:

@@ -31,12 +31,16 @@ from joserfc.jwk import GuestProtocol, Key, KeySet
 
 from gateway.identity.citizen import FederatedIdentity, MappingError, map_claims
 from gateway.identity.identifiers import LinkKeyer
-from gateway.identity.upstream import OidcIdpSettings, UpstreamError, UpstreamLogin
+from gateway.identity.upstream import (
+    AvailabilityCache,
+    OidcIdpSettings,
+    UpstreamError,
+    UpstreamLogin,
+)
 
 log = structlog.get_logger("tongban.identity")
 
 _METADATA_TTL = 300.0
-_AVAILABILITY_TTL = 5.0
 _MAX_RESPONSE = 256 * 1024
 
 
@@ -66,7 +70,7 @@ class OidcUpstream:
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
         self._fetched_at = 0.0
-        self._available: tuple[float, bool] | None = None
+        self._availability = AvailabilityCache(self._probe, clock)
         self._lock = asyncio.Lock()
 
     # --- metadata --------------------------------------------------------------------------
@@ -109,16 +113,15 @@ class OidcUpstream:
             return data
 
     async def available(self) -> bool:
-        now = self._clock()
-        if self._available is not None and now - self._available[0] < _AVAILABILITY_TTL:
-            return self._available[1]
+        return await self._availability()
+
+    async def _probe(self) -> bool:
         try:
             # A real probe every few seconds: cached metadata says nothing about now.
             await self.metadata(refresh=True)
             ok = True
         except UpstreamError:
             ok = False
-        self._available = (now, ok)
         return ok
 
     # --- the login ---------------------------------------------------------------------------

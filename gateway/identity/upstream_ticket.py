@@ -42,12 +42,11 @@ from gateway.identity.citizen import FederatedIdentity, MappingError, _lookup, m
 from gateway.identity.identifiers import LinkKeyer
 from gateway.identity.signing import DATE_HEADER, sign_request
 from gateway.identity.ticket_soap import header_signed_fields
-from gateway.identity.upstream import UpstreamError, UpstreamLogin
+from gateway.identity.upstream import AvailabilityCache, UpstreamError, UpstreamLogin
 from gateway.identity.upstream_kinds import ResultCodes, TicketIdpSettings
 
 log = structlog.get_logger("tongban.identity")
 
-_AVAILABILITY_TTL = 5.0
 _MAX_RESPONSE = 256 * 1024
 # HTTP headers of the SOAP post in progress (HMAC-SHA256 header signatures); per task.
 _SOAP_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
@@ -142,16 +141,16 @@ class TicketUpstream:
         self._timeout = timeout
         self._linker = linker
         self._clock = clock
-        self._available: tuple[float, bool] | None = None
+        self._availability = AvailabilityCache(self._probe, clock)
         self._soap: AsyncServiceProxy | None = None
         self._soap_lock = asyncio.Lock()
 
     # --- availability ------------------------------------------------------------------------
 
     async def available(self) -> bool:
-        now = self._clock()
-        if self._available is not None and now - self._available[0] < _AVAILABILITY_TTL:
-            return self._available[1]
+        return await self._availability()
+
+    async def _probe(self) -> bool:
         try:
             response = await self._http.get(self.settings.login_url, timeout=self._timeout)
             ok = response.status_code < 500
@@ -159,7 +158,6 @@ class TicketUpstream:
                 await self._proxy()
         except (httpx.HTTPError, UpstreamError):
             ok = False
-        self._available = (now, ok)
         return ok
 
     # --- the browser legs --------------------------------------------------------------------
