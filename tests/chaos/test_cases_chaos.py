@@ -27,8 +27,7 @@ import pytest
 from aiohttp import web
 
 from gateway.cases.model import delivery_key
-from tests.stores.backends import PG_DSN, run_private
-from tests.unit.cases.conftest import drop_schema, postgres_or_skip
+from tests.stores.backends import PG_DSN, drop_schema, postgres_or_skip, run_private
 
 pytestmark = pytest.mark.postgres
 

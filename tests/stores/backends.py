@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
+import pytest
 
 from gateway.audit.store import AuditStore
 from gateway.stores.postgres_audit import PostgresAuditStore
@@ -116,3 +117,27 @@ class PostgresBackend:
 
     async def tamper(self, statements: Sequence[tuple[str, tuple[object, ...]]]) -> None:
         await self._run(statements, True)
+
+
+async def _probe_postgres() -> None:
+    conn = await asyncpg.connect(PG_DSN, timeout=3)
+    await conn.close()
+
+
+def postgres_or_skip() -> None:
+    """Skip a PostgreSQL test when the server is unreachable, or fail it when CI is set."""
+    try:
+        run_private(_probe_postgres())
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        reason = f"PostgreSQL at {PG_DSN} unreachable: {type(exc).__name__}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+async def drop_schema(schema: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()

@@ -6,39 +6,22 @@ they fail when the CI variable is set and are skipped otherwise, with the reason
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from gateway.audit.store import AuditStore
-from tests.stores.backends import PG_DSN, Backend, PostgresBackend, SqliteBackend, run_private
-
-
-async def _pg_probe() -> None:
-    conn = await asyncpg.connect(PG_DSN, timeout=3)
-    await conn.close()
-
-
-def _postgres_or_skip() -> None:
-    try:
-        run_private(_pg_probe())
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        reason = f"PostgreSQL at {PG_DSN} unreachable: {type(exc).__name__}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
-async def _drop_schema(schema: str) -> None:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
+from tests.stores.backends import (
+    PG_DSN,
+    Backend,
+    PostgresBackend,
+    SqliteBackend,
+    drop_schema,
+    postgres_or_skip,
+    run_private,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -46,12 +29,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "sqlite":
         yield SqliteBackend(tmp_path / "audit.db")
         return
-    _postgres_or_skip()
+    postgres_or_skip()
     schema = f"t_audit_{secrets.token_hex(6)}"
     try:
         yield PostgresBackend(PG_DSN, schema)
     finally:
-        run_private(_drop_schema(schema))
+        run_private(drop_schema(schema))
 
 
 @pytest.fixture

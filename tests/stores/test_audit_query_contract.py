@@ -31,8 +31,15 @@ from gateway.stores.migrations import migrate_postgres, migrate_sqlite
 from gateway.stores.postgres_audit import AUDIT_MIGRATIONS as PG_MIGRATIONS
 from gateway.stores.sqlite import connect_sqlite
 from gateway.stores.sqlite_audit import AUDIT_MIGRATIONS as SQLITE_MIGRATIONS
-from tests.stores.backends import PG_DSN, Backend, PostgresBackend, SqliteBackend, run_private
-from tests.stores.conftest import _drop_schema, _postgres_or_skip
+from tests.stores.backends import (
+    PG_DSN,
+    Backend,
+    PostgresBackend,
+    SqliteBackend,
+    drop_schema,
+    postgres_or_skip,
+    run_private,
+)
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
@@ -45,12 +52,12 @@ def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Back
     if request.param == "sqlite":
         yield SqliteBackend(tmp_path / "audit.db")
         return
-    _postgres_or_skip()
+    postgres_or_skip()
     schema = f"t_audit_{secrets.token_hex(6)}"
     try:
         yield PostgresBackend(PG_DSN, schema)
     finally:
-        run_private(_drop_schema(schema))
+        run_private(drop_schema(schema))
 
 
 @pytest.fixture

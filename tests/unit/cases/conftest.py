@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from gateway.cases.store import CaseStore
 from gateway.stores.postgres_cases import PostgresCaseStore
 from gateway.stores.sqlite_cases import SqliteCaseStore
-from tests.stores.backends import PG_DSN, run_private
+from tests.stores.backends import PG_DSN, drop_schema, postgres_or_skip, run_private
 
 StoreFactory = Callable[[], CaseStore]
-
-
-async def _probe() -> None:
-    conn = await asyncpg.connect(PG_DSN, timeout=3)
-    await conn.close()
-
-
-def postgres_or_skip() -> None:
-    try:
-        run_private(_probe())
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        reason = f"PostgreSQL at {PG_DSN} unreachable: {type(exc).__name__}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
-async def drop_schema(schema: str) -> None:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
