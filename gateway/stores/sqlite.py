@@ -7,10 +7,13 @@ whole batch, so FULL costs little throughput and keeps "acknowledged" meaning "o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import aiosqlite
+
+from gateway.stores.migrations import Migration, migrate_sqlite
 
 Synchronous = Literal["FULL", "NORMAL"]
 
@@ -30,3 +33,26 @@ async def connect_sqlite(
         await conn.close()
         raise
     return conn
+
+
+async def open_migrated_pair(
+    path: Path,
+    *,
+    component: str,
+    migrations: Sequence[Migration],
+    synchronous: Synchronous = "FULL",
+) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+    """A writer with ``component``'s migrations applied and a reader on the same file.
+
+    Two connections: SQLite has one writer at a time, and reads in WAL mode must not queue behind
+    a batch being committed on the writer's thread.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = await connect_sqlite(path, synchronous=synchronous)
+    try:
+        await migrate_sqlite(writer, component, migrations)
+        reader = await connect_sqlite(path, synchronous=synchronous)
+    except BaseException:
+        await writer.close()
+        raise
+    return writer, reader

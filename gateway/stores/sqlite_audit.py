@@ -35,8 +35,8 @@ from gateway.audit.store import (
     raw_sequence,
     record_sequence,
 )
-from gateway.stores.migrations import Migration, migrate_sqlite
-from gateway.stores.sqlite import Synchronous, connect_sqlite
+from gateway.stores.migrations import Migration
+from gateway.stores.sqlite import Synchronous, open_migrated_pair
 
 
 def _refuse(table: str, action: str) -> str:
@@ -171,10 +171,12 @@ class SqliteAuditStore:
 
     async def open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await connect_sqlite(self.path, synchronous=self._synchronous)
-            await migrate_sqlite(self._writer, "audit", AUDIT_MIGRATIONS)
-            self._reader = await connect_sqlite(self.path, synchronous=self._synchronous)
+            self._writer, self._reader = await open_migrated_pair(
+                self.path,
+                component="audit",
+                migrations=AUDIT_MIGRATIONS,
+                synchronous=self._synchronous,
+            )
         except (sqlite3.Error, OSError) as exc:
             await self.aclose()
             raise AuditStoreUnavailable(f"cannot open the audit database: {exc}") from exc

@@ -27,8 +27,7 @@ from gateway.stores.cases_sql import (
     case_migrations,
     entry_from_row,
 )
-from gateway.stores.migrations import migrate_sqlite
-from gateway.stores.sqlite import Synchronous, connect_sqlite
+from gateway.stores.sqlite import Synchronous, open_migrated_pair
 
 CASE_MIGRATIONS: Final = case_migrations("INTEGER PRIMARY KEY AUTOINCREMENT", "REAL")
 
@@ -58,10 +57,12 @@ class SqliteCaseStore(SqlCaseStore):
 
     async def open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await connect_sqlite(self.path, synchronous=self._synchronous)
-            await migrate_sqlite(self._writer, "cases", CASE_MIGRATIONS)
-            self._reader = await connect_sqlite(self.path, synchronous=self._synchronous)
+            self._writer, self._reader = await open_migrated_pair(
+                self.path,
+                component="cases",
+                migrations=CASE_MIGRATIONS,
+                synchronous=self._synchronous,
+            )
         except (sqlite3.Error, OSError) as exc:
             await self.aclose()
             raise CaseStoreUnavailable(f"cannot open the case database: {exc}") from exc
