@@ -33,7 +33,7 @@ from gateway.identity.sso import SessionAuthenticator
 from gateway.identity.upstream import UpstreamError, UpstreamLogin
 from gateway.identity.upstream_oidc import OidcUpstream
 from gateway.settings import load_settings
-from tests.flows.conftest import CONFIG_DIR
+from tests.flows.conftest import CONFIG_DIR, audit_verify
 
 QH = "demo-portal-qinghai"
 SX = "demo-portal-shaanxi"
@@ -93,6 +93,8 @@ async def sso(
             yield Sso(gateway, provider, identity, backends, list(env.values()))
         finally:
             await server.close()
+    # Every identity flow leaves a trail that `tongban audit verify` accepts (issue 4).
+    assert await asyncio.to_thread(audit_verify, tmp_path) == 0
     text = log_stream.getvalue().decode()
     for secret in env.values():
         assert secret not in text, "a secret reached the log"
