@@ -50,7 +50,8 @@ class WriterSettings:
     batch_size: int = 1000
     """Most records per transaction."""
     linger: float = 0.001
-    """How long a batch waits for company once its first record is queued (seconds)."""
+    """How long an idle writer waits for company once a first record is queued (seconds);
+    records that queued up during a commit are written as soon as it ends."""
     buffer_limit: int = 50_000
     """Records queued at most (both modes); beyond it appends raise AuditUnavailable."""
     checkpoint_every: int = 10_000
@@ -299,6 +300,7 @@ class AuditWriter:
 
     async def _loop(self) -> None:
         backoff = self._settings.retry_initial
+        idle = True
         while True:
             if self._state == "failed":
                 self._fail_queue()
@@ -318,12 +320,21 @@ class AuditWriter:
                     await self._checkpoint_if_moved()
                     return
                 await self._wait_for_work()
+                idle = True
                 continue
-            if self._settings.linger > 0 and len(self._queue) < self._settings.batch_size:
+            # Group commit: records that queued up while the previous batch was being committed
+            # have waited long enough and go at once; only a writer that was idle lingers, so
+            # that the first record of a burst does not travel alone.
+            if (
+                idle
+                and self._settings.linger > 0
+                and len(self._queue) < self._settings.batch_size
+            ):
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._settings.linger):
                         await self._batch_full.wait()
             self._batch_full.clear()
+            idle = False
             await self._write_batch()
 
     async def _wait_for_work(self) -> None:

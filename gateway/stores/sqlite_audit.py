@@ -36,7 +36,7 @@ from gateway.audit.store import (
     record_sequence,
 )
 from gateway.stores.migrations import Migration
-from gateway.stores.sqlite import Synchronous, open_migrated_pair
+from gateway.stores.sqlite import Synchronous, TransactionThread, open_migrated_pair
 
 
 def _refuse(table: str, action: str) -> str:
@@ -165,29 +165,34 @@ class SqliteAuditStore:
     def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL") -> None:
         self.path = Path(path)
         self._synchronous: Synchronous = synchronous
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: TransactionThread | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
 
     async def open(self) -> None:
         try:
-            self._writer, self._reader = await open_migrated_pair(
+            migrator, self._reader = await open_migrated_pair(
                 self.path,
                 component="audit",
                 migrations=AUDIT_MIGRATIONS,
                 synchronous=self._synchronous,
+            )
+            await migrator.close()  # writes go through the transaction thread below
+            self._writer = await TransactionThread.open(
+                self.path, synchronous=self._synchronous, name="audit"
             )
         except (sqlite3.Error, OSError) as exc:
             await self.aclose()
             raise AuditStoreUnavailable(f"cannot open the audit database: {exc}") from exc
 
     async def aclose(self) -> None:
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
+        if self._reader is not None:
+            await self._reader.close()
+        if self._writer is not None:
+            await self._writer.close()
         self._reader = self._writer = None
 
-    def _w(self) -> aiosqlite.Connection:
+    def _w(self) -> TransactionThread:
         if self._writer is None:
             raise AuditStoreUnavailable("the audit store is not open")
         return self._writer
@@ -200,11 +205,13 @@ class SqliteAuditStore:
     async def register_chain(self, chain: str, created: str) -> None:
         async with self._write_lock:
             try:
-                await self._w().execute(
-                    "INSERT OR IGNORE INTO audit_chains (chain_id, created_at) VALUES (?, ?)",
-                    (chain, created),
+                await self._w().run(
+                    lambda conn: conn.execute(
+                        "INSERT OR IGNORE INTO audit_chains (chain_id, created_at) VALUES (?, ?)",
+                        (chain, created),
+                    )
                 )
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, ValueError) as exc:
                 raise AuditStoreUnavailable(str(exc)) from exc
 
     async def append(
@@ -226,42 +233,31 @@ class SqliteAuditStore:
         checkpoint: StoredCheckpoint | None,
         lookups: Sequence[tuple[object, ...]] = (),
     ) -> None:
-        async with self._write_lock:
-            conn = self._w()
-            try:
-                if conn.in_transaction:  # left open by a cancelled call
-                    await conn.execute("ROLLBACK")
-                await conn.execute("BEGIN IMMEDIATE")
-                if rows:
-                    await conn.executemany(_INSERT_RECORD, rows)
-                    await conn.executemany(_INSERT_LOOKUP, lookups)  # (chain, first, last)
-                if checkpoint is not None:
-                    await conn.execute(
-                        _INSERT_CHECKPOINT,
-                        (
-                            checkpoint.chain,
-                            checkpoint.sequence,
-                            checkpoint.hash,
-                            checkpoint.time,
-                            checkpoint.kid,
-                            checkpoint.jws,
-                        ),
-                    )
-                await conn.execute("COMMIT")
-            except sqlite3.IntegrityError as exc:
-                await self._rollback(conn)
-                raise ChainConflict("sequence already written") from exc
-            except (sqlite3.Error, ValueError) as exc:  # ValueError: connection closed
-                await self._rollback(conn)
-                raise AuditStoreUnavailable(str(exc)) from exc
+        def write(conn: sqlite3.Connection) -> None:
+            if rows:
+                conn.executemany(_INSERT_RECORD, rows)
+                conn.executemany(_INSERT_LOOKUP, lookups)  # (chain, first, last)
+            if checkpoint is not None:
+                conn.execute(
+                    _INSERT_CHECKPOINT,
+                    (
+                        checkpoint.chain,
+                        checkpoint.sequence,
+                        checkpoint.hash,
+                        checkpoint.time,
+                        checkpoint.kid,
+                        checkpoint.jws,
+                    ),
+                )
 
-    @staticmethod
-    async def _rollback(conn: aiosqlite.Connection) -> None:
-        try:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-        except (sqlite3.Error, ValueError):
-            pass
+        async with self._write_lock:
+            try:
+                await self._w().run(write)  # one thread hand-over for the whole batch
+            except sqlite3.IntegrityError as exc:
+                raise ChainConflict("sequence already written") from exc
+            except (sqlite3.Error, ValueError, RuntimeError) as exc:
+                # ValueError / RuntimeError: connection or its thread already closed.
+                raise AuditStoreUnavailable(str(exc)) from exc
 
     async def read_pages(
         self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
