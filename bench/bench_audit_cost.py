@@ -59,7 +59,9 @@ CALL_BODY = {
 # === the gateway child ===========================================================================
 
 
-def settings(config_dir: Path, data_dir: Path, store: str, schema: str | None) -> Any:
+def settings(
+    config_dir: Path, data_dir: Path, store: str, schema: str | None, backend_url: str = ""
+) -> Any:
     from pydantic import SecretStr
 
     from gateway.settings import (
@@ -76,7 +78,8 @@ def settings(config_dir: Path, data_dir: Path, store: str, schema: str | None) -
             "name": {"zh": "基准", "en": "Bench"},
             "province": "61",
             "protocol": "rest",
-            "address": "http://127.0.0.1:9",  # never called: the adapter is canned
+            # Canned: never called (the adapter answers in-process); http: the loopback back-end.
+            "address": backend_url or "http://127.0.0.1:9",
             "operations": {"Echo": {"method": "POST", "path": "/api/echo"}},
         }
     )
@@ -149,8 +152,13 @@ async def run_gateway(args: argparse.Namespace) -> None:
 
     devnull = open(os.devnull, "wb")  # noqa: SIM115, ASYNC230 - lives as long as the process
     configure_logging("warning", "json", stream=devnull)
-    built = settings(Path(args.config_dir), Path(args.data_dir), args.store, args.schema)
-    app = create_app(built, verifier=DevTokenIssuer(TOKEN_SECRET), open_adapter=canned)
+    built = settings(
+        Path(args.config_dir), Path(args.data_dir), args.store, args.schema, args.backend_url
+    )
+    if args.backend_url:  # the REST adapter as shipped, over loopback HTTP
+        app = create_app(built, verifier=DevTokenIssuer(TOKEN_SECRET))
+    else:
+        app = create_app(built, verifier=DevTokenIssuer(TOKEN_SECRET), open_adapter=canned)
 
     async def without_audit(app: web.Application) -> AsyncIterator[None]:
         # Runs after the systems context: the same runtimes, stacks without the audit tuple.
@@ -177,6 +185,47 @@ async def run_gateway(args: argparse.Namespace) -> None:
     loop.call_later(args.max_lifetime, stop.set)
     await stop.wait()
     await runner.cleanup()
+
+
+async def run_backend(args: argparse.Namespace) -> None:
+    """The provincial system of ``--backend http``: answers every call at once."""
+    from aiohttp import web
+
+    async def echo(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"yxbz": True})
+
+    app = web.Application()
+    app.router.add_post("/api/echo", echo)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(f"PORT {runner.addresses[0][1]}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    asyncio.get_running_loop().call_later(args.max_lifetime, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def start_child(argv: list[str], core: int) -> tuple[subprocess.Popen[str], int]:
+    child = subprocess.Popen(
+        ["taskset", "-c", str(core), sys.executable, __file__, *argv],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if not line.startswith("PORT "):
+        child.kill()
+        raise RuntimeError(f"child {argv[:2]} did not start: {line!r}")
+    return child, int(line.split()[1])
+
+
+def stop_child(child: subprocess.Popen[str]) -> None:
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=30)
 
 
 # === the parent ==================================================================================
@@ -244,26 +293,31 @@ def one_run(args: argparse.Namespace, store: str, variant: str, workdir: Path) -
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {token}"\n'
     )
-    child = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, __file__, "--role", "gateway",
-         "--variant", variant, "--store", store, "--schema", schema or "",
-         "--config-dir", str(data_dir), "--data-dir", str(data_dir),
-         "--max-lifetime", str(args.duration * 4 + 60)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    backend: subprocess.Popen[str] | None = None
+    backend_url = ""
+    lifetime = str(args.duration * 4 + 60)
+    if args.backend == "http":  # on core 1 with wrk: the gateway's core does only the gateway
+        backend, backend_port = start_child(
+            ["--role", "backend", "--max-lifetime", lifetime], core=1
+        )
+        backend_url = f"http://127.0.0.1:{backend_port}"
     try:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"gateway did not start: {line!r}")
-        port = int(line.split()[1])
-        wrk(port, script, args.warmup, args.connections)
-        before = cpu_ticks(child.pid)
-        result = wrk(port, script, args.duration, args.connections)
-        ticks = cpu_ticks(child.pid) - before
+        child, port = start_child(
+            ["--role", "gateway", "--variant", variant, "--store", store,
+             "--schema", schema or "", "--config-dir", str(data_dir), "--data-dir", str(data_dir),
+             "--max-lifetime", lifetime, "--backend-url", backend_url],
+            core=0,
+        )  # fmt: skip
+        try:
+            wrk(port, script, args.warmup, args.connections)
+            before = cpu_ticks(child.pid)
+            result = wrk(port, script, args.duration, args.connections)
+            ticks = cpu_ticks(child.pid) - before
+        finally:
+            stop_child(child)
     finally:
-        child.send_signal(signal.SIGTERM)
-        child.wait(timeout=30)
+        if backend is not None:
+            stop_child(backend)
     cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(result["requests"], 1)
     run = Run(
         store,
@@ -309,7 +363,8 @@ def report(runs: Sequence[Run], args: argparse.Namespace) -> None:
     print(
         f"\nmachine: {os.cpu_count()} CPUs, Python {platform.python_version()}, load average "
         f"{os.getloadavg()[0]:.2f}; {args.rounds} rounds × {args.duration:g} s, "
-        f"{args.connections} connections, wrk on core 1, gateway on core 0"
+        f"{args.connections} connections, wrk on core 1, gateway on core 0, "
+        f"back-end: {args.backend}"
     )
     print(
         f"\n{'store':<9} {'variant':<8} {'req/s':>8} {'CPU µs/req':>11} {'p50 ms':>7} "
@@ -342,7 +397,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=50)
     # the child's role
-    parser.add_argument("--role", choices=["parent", "gateway"], default="parent")
+    parser.add_argument(
+        "--backend",
+        choices=["canned", "http"],
+        default="canned",
+        help="canned: in-process adapter (the gateway's own work only); http: the REST adapter "
+        "calling a loopback back-end process, i.e. a whole routed call",
+    )
+    parser.add_argument("--role", choices=["parent", "gateway", "backend"], default="parent")
+    parser.add_argument("--backend-url", default="")
     parser.add_argument("--variant", choices=["with", "without"], default="with")
     parser.add_argument("--store", default="sqlite")
     parser.add_argument("--schema", default="")
@@ -357,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "gateway":
         args.schema = args.schema or None
         asyncio.run(run_gateway(args))
+        return 0
+    if args.role == "backend":
+        asyncio.run(run_backend(args))
         return 0
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-audit-cost-") as tmp:
