@@ -325,11 +325,7 @@ class AuditWriter:
             # Group commit: records that queued up while the previous batch was being committed
             # have waited long enough and go at once; only a writer that was idle lingers, so
             # that the first record of a burst does not travel alone.
-            if (
-                idle
-                and self._settings.linger > 0
-                and len(self._queue) < self._settings.batch_size
-            ):
+            if idle and self._settings.linger > 0 and len(self._queue) < self._settings.batch_size:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._settings.linger):
                         await self._batch_full.wait()
