@@ -1,17 +1,23 @@
 """Benchmark of identity (issue 3): token refresh/s, federated logins/s, token validation cost.
 
     .venv/bin/python bench/bench_identity.py --refreshes 5000 --logins 1000 --concurrency 16 \
-        --write docs/performance.md
+        --store sqlite --write docs/performance.md
+
+``--store`` picks the provider's identity store for all three (memory, sqlite: the default
+deployment, redis: several instances; a fresh key prefix on ``--redis-url``, deleted after).
+With Redis the provider's store work runs in worker threads (``run_with_store``), as it serves.
 
 1. Token refresh: the provider core in-process (authlib grant, rotation, ES256 access token),
-   one core, sequential.
+   one core: one chain refreshed sequentially, then ``--concurrency`` chains side by side (with
+   a blocking store the worker threads overlap their round trips).
 2. Full federated login: over real loopback HTTP, the gateway app, the demo Qinghai OpenID
    Connect platform and the browser-side client all in this one process on one core: portal
    authorization request → gateway (idp_hint) → platform form → platform login → gateway
    callback (token request to the platform, ID token validation, new SSO session) → resumed
    authorization → code → token request at the gateway.
 3. Access-token validation: ``JwtAccessTokenVerifier.verify`` per request, uncached (a fresh
-   token every time: signature, claims, revocation) and cached (the same token again).
+   token every time: signature, claims, the sealed person claim, revocation) and cached (the
+   same token again).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,6 +37,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -38,6 +48,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import unused_port
 from pydantic import SecretStr
+from redis import Redis
 
 from gateway.app import create_app, open_provider
 from gateway.demo.backends import DemoSecrets
@@ -48,9 +59,12 @@ from gateway.identity.authn import AuthenticatedUser, FakeAuthenticator
 from gateway.identity.clients import ClientRegistration, ClientRegistry
 from gateway.identity.config import ProviderSettings
 from gateway.identity.keys import SigningKeys
+from gateway.identity.person_key import PERSON_CLAIM
 from gateway.identity.provider import OpenIDProvider
 from gateway.identity.requests import Headers, IdentityRequest
-from gateway.identity.store import MemoryIdentityStore
+from gateway.identity.store import IdentityStore, MemoryIdentityStore
+from gateway.identity.store_redis import RedisIdentityStore, RedisRevocationList
+from gateway.identity.store_sqlite import SqliteIdentityStore
 from gateway.logs import configure_logging
 from gateway.settings import load_settings
 
@@ -69,6 +83,51 @@ def _basic(client_id: str, secret: str) -> str:
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
+@dataclass(frozen=True)
+class StoreChoice:
+    """The identity store under test, opened afresh for each measurement."""
+
+    kind: str
+    redis_url: str
+    redis_prefix: str = field(default_factory=lambda: f"tongban-bench:{secrets.token_hex(6)}:")
+
+    @contextmanager
+    def open(self) -> Iterator[IdentityStore]:
+        with tempfile.TemporaryDirectory() as tmp:
+            store: IdentityStore
+            if self.kind == "memory":
+                store = MemoryIdentityStore()
+            elif self.kind == "sqlite":
+                store = SqliteIdentityStore.in_data_dir(Path(tmp))
+            else:
+                store = RedisIdentityStore.from_url(self.redis_url, self.redis_prefix + "oidc:")
+            try:
+                yield store
+            finally:
+                store.close()
+                self.drop_redis_keys()
+
+    def revocations(self) -> RedisRevocationList | None:
+        if self.kind != "redis":
+            return None
+        return RedisRevocationList.from_url(self.redis_url, self.redis_prefix + "oidc:")
+
+    def settings_update(self) -> dict[str, Any]:
+        """``ProviderSettings`` changes selecting this store (the login measurement)."""
+        return {"token_store": self.kind, "token_redis_prefix": self.redis_prefix + "oidc:"}
+
+    def drop_redis_keys(self) -> None:
+        if self.kind != "redis":
+            return
+        client = Redis.from_url(self.redis_url)
+        try:
+            keys = list(client.scan_iter(match=self.redis_prefix + "*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+        finally:
+            client.close()
+
+
 def _form(url: str, form: dict[str, str], auth: str) -> IdentityRequest:
     return IdentityRequest(
         "POST", url, headers=Headers({"Authorization": auth}), query={}, form=form
@@ -78,7 +137,9 @@ def _form(url: str, form: dict[str, str], auth: str) -> IdentityRequest:
 # --- 1. token refresh -------------------------------------------------------------------------
 
 
-async def bench_refresh(count: int) -> dict[str, float]:
+async def bench_refresh(count: int, store: IdentityStore, chains: int = 1) -> dict[str, float]:
+    """``count`` refreshes over ``chains`` grant families refreshed side by side (each chain
+    sequential: a refresh token is spent before the next is presented)."""
     issuer = "https://gw.example"
     settings = ProviderSettings(issuer=issuer, pairwise_secret=SecretStr("p" * 40))
     user = AuthenticatedUser("u-1", "L3", int(time.time()), session_id="s-1")
@@ -93,53 +154,64 @@ async def bench_refresh(count: int) -> dict[str, float]:
         settings,
         ClientRegistry([client]),
         SigningKeys.generate(("ES256",)),
-        MemoryIdentityStore(),
+        store,
         FakeAuthenticator(user),
     )
-    verifier, challenge = _pkce()
-    query = {
-        "response_type": "code",
-        "client_id": "portal",
-        "redirect_uri": REDIRECT,
-        "scope": "openid services:call",
-        "state": "s",
-        "nonce": "n",
-        "code_challenge": challenge,
-        "code_challenge_method": "S256",
-    }
-    response = await provider.authorize(
-        IdentityRequest("GET", f"{issuer}/oauth2/authorize?{urlencode(query)}", query=query)
-    )
-    code = parse_qs(urlsplit(response.location or "").query)["code"][0]
     auth = _basic("portal", SECRET)
-    token = provider.token(
-        _form(
-            f"{issuer}/oauth2/token",
-            {
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "code_verifier": verifier,
-            },
-            auth,
+
+    async def first_refresh_token() -> str:
+        verifier, challenge = _pkce()
+        query = {
+            "response_type": "code",
+            "client_id": "portal",
+            "redirect_uri": REDIRECT,
+            "scope": "openid services:call",
+            "state": "s",
+            "nonce": secrets.token_urlsafe(8),
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        response = await provider.authorize(
+            IdentityRequest("GET", f"{issuer}/oauth2/authorize?{urlencode(query)}", query=query)
         )
-    )
-    refresh = json.loads(token.body)["refresh_token"]
-    started = time.perf_counter()
-    cpu = time.process_time()
-    for _ in range(count):
-        answer = provider.token(
+        code = parse_qs(urlsplit(response.location or "").query)["code"][0]
+        token = await provider.run_with_store(
+            provider.token,
             _form(
                 f"{issuer}/oauth2/token",
-                {"grant_type": "refresh_token", "refresh_token": refresh},
+                {
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": REDIRECT,
+                    "code_verifier": verifier,
+                },
                 auth,
-            )
+            ),
         )
-        assert answer.status == 200, answer.body
-        refresh = json.loads(answer.body)["refresh_token"]
+        refresh: str = json.loads(token.body)["refresh_token"]
+        return refresh
+
+    async def chain(refresh: str, rounds: int) -> None:
+        for _ in range(rounds):
+            answer = await provider.run_with_store(
+                provider.token,
+                _form(
+                    f"{issuer}/oauth2/token",
+                    {"grant_type": "refresh_token", "refresh_token": refresh},
+                    auth,
+                ),
+            )
+            assert answer.status == 200, answer.body
+            refresh = json.loads(answer.body)["refresh_token"]
+
+    starts = [await first_refresh_token() for _ in range(chains)]
+    rounds = count // chains
+    started = time.perf_counter()
+    cpu = time.process_time()
+    await asyncio.gather(*(chain(refresh, rounds) for refresh in starts))
     wall = time.perf_counter() - started
-    cpu_ms = (time.process_time() - cpu) / count * 1000
-    return {"refresh_per_s": count / wall, "refresh_cpu_ms": cpu_ms}
+    done = rounds * chains
+    return {"per_s": done / wall, "cpu_ms": (time.process_time() - cpu) / done * 1000}
 
 
 # --- 2. federated logins ---------------------------------------------------------------------
@@ -192,7 +264,7 @@ async def one_login(http: aiohttp.ClientSession, gateway: str, portal: Any) -> N
         await r.read()
 
 
-async def bench_logins(count: int, concurrency: int) -> dict[str, float]:
+async def bench_logins(count: int, concurrency: int, choice: StoreChoice) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update(demo_identity_env(Path(tmp)))
         identity_secrets = DemoIdentitySecrets.from_env(os.environ)
@@ -202,6 +274,19 @@ async def bench_logins(count: int, concurrency: int) -> dict[str, float]:
         async with await start_demo_identity(gateway, identity_secrets) as identity:
             settings = identity.configure(
                 point_at(load_settings(ROOT / "config"), {}, Path(tmp), port=port)
+            )
+            assert settings.gateway.identity is not None
+            identity_settings = settings.gateway.identity.model_copy(
+                update={
+                    **choice.settings_update(),
+                    "session": settings.gateway.identity.session.model_copy(
+                        update={"redis_url": choice.redis_url}
+                    ),
+                }
+            )
+            settings = dataclasses.replace(
+                settings,
+                gateway=settings.gateway.model_copy(update={"identity": identity_settings}),
             )
             provider = await open_provider(settings, build_authenticator(settings))
             assert provider is not None
@@ -240,23 +325,26 @@ async def bench_logins(count: int, concurrency: int) -> dict[str, float]:
                 await connector.close()
             finally:
                 await runner.cleanup()
+                choice.drop_redis_keys()
     return {"logins_per_s": done / wall, "login_cpu_ms": cpu_used / done * 1000}
 
 
 # --- 3. access-token validation --------------------------------------------------------------
 
 
-async def bench_validation(count: int) -> dict[str, float]:
+async def bench_validation(
+    count: int, store: IdentityStore, revocations: RedisRevocationList | None = None
+) -> dict[str, float]:
     issuer = "https://gw.example"
     settings = ProviderSettings(issuer=issuer, pairwise_secret=SecretStr("p" * 40))
     keys = SigningKeys.generate(("ES256",))
-    store = MemoryIdentityStore()
     provider = OpenIDProvider(
         settings,
         ClientRegistry([]),
         keys,
         store,
         FakeAuthenticator(),
+        revocations=revocations,
     )
     now = int(time.time())
     tokens = [
@@ -271,6 +359,10 @@ async def bench_validation(count: int) -> dict[str, float]:
                 "jti": f"j-{i}",
                 "scope": "services:call",
                 "acr": "L2",
+                # As the provider issues them for a person: the sealed person key to open.
+                PERSON_CLAIM: provider.person_keys.seal(
+                    provider.person_keys.person_key(f"u-{i}"), subject=f"s-{i}", client_id="portal"
+                ),
             },
             algorithm="ES256",
             typ="at+jwt",
@@ -299,14 +391,15 @@ async def bench_validation(count: int) -> dict[str, float]:
 # --- report ----------------------------------------------------------------------------------
 
 
-def report(results: dict[str, float], command: str) -> str:
+def report(results: dict[str, float], command: str, store: str) -> str:
     cpu = platform.processor() or platform.machine()
     return "\n".join(
         [
             "## Identity",
             "",
             "Measured by `bench/bench_identity.py` (issue 3 targets in brackets) on "
-            f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}:",
+            f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+            f"identity store {store}:",
             "",
             "```sh",
             command,
@@ -316,6 +409,9 @@ def report(results: dict[str, float], command: str) -> str:
             "| --- | --- | --- |",
             f"| token refresh, one core, sequential | {results['refresh_per_s']:,.0f}/s "
             f"({results['refresh_cpu_ms']:.2f} ms CPU each) | ≥ 1,000/s |",
+            f"| token refresh, one core, {results['refresh_chains']:.0f} chains side by side | "
+            f"{results['refresh_concurrent_per_s']:,.0f}/s "
+            f"({results['refresh_concurrent_cpu_ms']:.2f} ms CPU each) | ≥ 1,000/s |",
             "| full federated login (authorize → upstream → callback → token), gateway + "
             "platform + client on one core | "
             f"{results['logins_per_s']:,.0f}/s ({results['login_cpu_ms']:.2f} ms CPU each, "
@@ -356,15 +452,42 @@ async def main() -> None:
     parser.add_argument("--logins", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--validations", type=int, default=5000)
+    parser.add_argument(
+        "--store",
+        choices=("memory", "sqlite", "redis"),
+        default="sqlite",
+        help="the provider's identity store (default: sqlite, as deployed on one instance)",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--write", type=Path, help="add/replace the Identity section of this file")
     args = parser.parse_args()
     configure_logging("warning", "json", stream=io.BytesIO())
+    choice = StoreChoice(args.store, args.redis_url)
+    print(f"identity store: {choice.kind}", flush=True)
     results: dict[str, float] = {}
-    results.update(await bench_refresh(args.refreshes))
-    print(f"token refresh: {results['refresh_per_s']:,.0f}/s", flush=True)
-    results.update(await bench_logins(args.logins, args.concurrency))
+    with choice.open() as store:
+        sequential = await bench_refresh(args.refreshes, store)
+    with choice.open() as store:
+        side_by_side = await bench_refresh(args.refreshes, store, chains=args.concurrency)
+    results["refresh_per_s"], results["refresh_cpu_ms"] = sequential["per_s"], sequential["cpu_ms"]
+    results["refresh_concurrent_per_s"] = side_by_side["per_s"]
+    results["refresh_concurrent_cpu_ms"] = side_by_side["cpu_ms"]
+    results["refresh_chains"] = args.concurrency
+    print(
+        f"token refresh: {results['refresh_per_s']:,.0f}/s sequential, "
+        f"{results['refresh_concurrent_per_s']:,.0f}/s with {args.concurrency} chains",
+        flush=True,
+    )
+    results.update(await bench_logins(args.logins, args.concurrency, choice))
     print(f"federated logins: {results['logins_per_s']:,.0f}/s", flush=True)
-    results.update(await bench_validation(args.validations))
+    with choice.open() as store:
+        # As from_config wires it: with Redis, the verifier's check uses the asyncio client.
+        revocations = choice.revocations()
+        try:
+            results.update(await bench_validation(args.validations, store, revocations))
+        finally:
+            if revocations is not None:
+                await revocations.aclose()
     print(
         f"validation: uncached {results['validate_uncached_ms']:.3f} ms, "
         f"cached {results['validate_cached_ms']:.4f} ms",
@@ -372,7 +495,7 @@ async def main() -> None:
     )
     command = ".venv/bin/python bench/bench_identity.py " + " ".join(sys.argv[1:])
     if args.write:
-        append_section(args.write, report(results, command))
+        append_section(args.write, report(results, command, choice.kind))
         print(f"wrote the Identity section of {args.write}")
 
 

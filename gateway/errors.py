@@ -27,7 +27,8 @@
     │   └── CircuitOpen                  backend.circuit_open     (we did not even try)
     └── InternalError                    our own fault (500/503)
         ├── SystemBusy                   gateway.system_busy      (concurrency limit reached)
-        └── AuditUnavailable             gateway.audit_unavailable
+        ├── AuditUnavailable             gateway.audit_unavailable
+        └── IdentityStoreUnavailable     gateway.identity_store_unavailable (Redis down)
 
 Backend errors carry two facts the retry layer needs and nothing else: ``retryable`` (would
 trying again help at all) and ``reached_backend`` (may the request have been processed). A
@@ -272,6 +273,12 @@ class AuditUnavailable(InternalError):
     code = "gateway.audit_unavailable"
     http_status = 503
     title = "The audit trail cannot be written; the call was not made"
+
+
+class IdentityStoreUnavailable(InternalError):
+    code = "gateway.identity_store_unavailable"
+    http_status = 503
+    title = "The identity store cannot be reached; try again"
 
 
 def is_retryable(error: BaseException) -> bool:

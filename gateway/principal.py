@@ -3,6 +3,10 @@
 ``subject`` is the person or enterprise the request is for (a pairwise identifier, never an ID
 number); ``actor`` is who acts, when that is someone else: a window clerk or an authorised agent
 (授权用证、委托用证). A clerk acting for a citizen is both, never the citizen alone.
+
+``subject`` differs per portal (OIDC Core §8.1); ``person`` is the gateway-internal key that is
+the same at every portal (gateway/identity/person_key.py), and ``owner`` is what owns the
+things a person keeps at the gateway, such as cases. Neither is ever shown to a client.
 """
 
 from __future__ import annotations
@@ -43,10 +47,26 @@ class Principal:
     """OAuth scopes granted to the token."""
     roles: frozenset[str] = field(default_factory=frozenset)
     """Staff roles: clerk, operator, auditor."""
+    person: str | None = None
+    """Gateway-internal person key of the subject (the same at every portal); None for a
+    machine client or a token issued without one. Never shown to a client."""
 
     @property
     def acting(self) -> str:
         return self.actor or self.subject
+
+    @property
+    def owner(self) -> str:
+        """Who owns what this principal files: the person when known, else the subject."""
+        return self.person or self.subject
+
+    @property
+    def owner_keys(self) -> tuple[str, ...]:
+        """Every owner a thing of this principal's may carry: ``owner``, then the subject for
+        things filed by a token without a person key (before person keys, or a dev token)."""
+        if self.person is None or self.person == self.subject:
+            return (self.subject,)
+        return (self.person, self.subject)
 
     def require_level(self, need: str) -> None:
         if not level_satisfies(self.level, need):

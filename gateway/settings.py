@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.adapter import AdapterConfigError, Secret, SystemSpec, load_adapter_factory
 from gateway.cases.config import CaseOperation, CaseSettings, case_reference_problems
-from gateway.identity.clients import ClientRegistration
+from gateway.identity.clients import TOKEN_EXCHANGE, ClientRegistration
 from gateway.identity.config import ProviderSettings
 from gateway.identity.legacy_face import LegacyAppSettings
 from gateway.identity.upstream_kinds import AnyIdpSettings, IdpEntry
@@ -590,6 +590,7 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         idps[pid] = idp
     if idps and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: idps.yaml declares platforms but no provider")
+    problems += _window_problems(clients, idps, gateway.identity if gateway else None)
 
     legacy_apps: dict[str, LegacyAppSettings] = {}
     legacy_file = config_dir / "legacy-apps.yaml"
@@ -629,6 +630,29 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         idps=idps,
         legacy_apps=legacy_apps,
     )
+
+
+def _window_problems(
+    clients: Mapping[str, ClientRegistration],
+    idps: Mapping[str, AnyIdpSettings],
+    identity: ProviderSettings | None,
+) -> list[str]:
+    """Window clients sign clerks in through a staff directory, and their token exchange
+    resolves persons by the cross-province link key (gateway/identity/token_exchange.py)."""
+    problems: list[str] = []
+    windows = sorted(cid for cid, client in clients.items() if client.window)
+    if windows and not any(getattr(idp, "staff", None) for idp in idps.values()):
+        problems.append(
+            f"clients.yaml: window clients {windows} need a staff directory in idps.yaml (staff:)"
+        )
+    for cid, client in clients.items():
+        exchange = TOKEN_EXCHANGE in client.grant_types
+        if exchange and identity is not None and identity.link_secret is None:
+            problems.append(
+                f"clients.yaml: client {cid!r}: grant_types: token exchange needs"
+                " gateway.yaml identity.link_secret (persons are resolved by the link key)"
+            )
+    return problems
 
 
 def _check_adapter(

@@ -1,19 +1,20 @@
 """Ready-made case submissions for `tongban demo`: S1, S2, S3, S4, S8, S9, S10 as durable cases
-(办件), a window clerk's token, and how to follow a case (status URL, event stream, CLI)."""
+(办件), and how to follow a case (status URL, event stream, CLI). S10 is taken in at a window:
+the clerk's own token and a Counter token by token exchange (gateway/identity/token_exchange.py),
+never a development token."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN
-from gateway.identity.config import ProviderSettings, pairwise_subject
+from gateway.identity.clients import TOKEN_EXCHANGE
 from gateway.identity.devtokens import DevTokenIssuer
-from gateway.identity.identifiers import link_keyer
+from gateway.identity.identifiers import RESIDENT_ID_CARD
+from gateway.identity.token_exchange import ACCESS_TOKEN_TYPE, ID_DOCUMENT_TOKEN_TYPE
 
 ID_CARD = {
     "code": "resident-id-card",
@@ -182,10 +183,11 @@ S9_CASE: tuple[str, str, str, dict[str, Any]] = (
     },
 )
 
-# S10 (异地代收代办) is taken in by a window clerk, so it goes with the clerk's token.
+# S10 (异地代收代办) is taken in by a window clerk, so it goes with a Counter token for the
+# applicant, the clerk as actor (token exchange at the window, banner below).
 S10_CASE: tuple[str, str, str, dict[str, Any]] = (
     "S10",
-    "disability card at a Shaanxi window (clerk token: originals checked, forwarded to Qinghai)",
+    "disability card at a Shaanxi window (Counter token: originals checked, forwarded to Qinghai)",
     "demo-s10-case-0001",
     {
         "service": "disability-card",
@@ -213,16 +215,10 @@ S10_CASE: tuple[str, str, str, dict[str, Any]] = (
 
 
 def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
-    """A Shaanxi window clerk (acting for a citizen) and an operator, for the case API."""
+    """Development tokens for the banner's curl lines: an operator (dead letters) and an
+    enterprise's agent (S8). A window clerk has no development token: the clerk signs in through
+    the staff directory and identifies each applicant by token exchange (window console)."""
     return {
-        "clerk-61": issuer.issue(
-            "demo-" + SU_LANXIN.key,
-            "Counter",
-            client_id="demo-portal-shaanxi",  # the Shaanxi windows work through its portal client
-            actor="clerk-61-0007",
-            actor_role="clerk",
-            roles=["clerk"],
-        ),
         "operator": issuer.issue("demo-operator", "L3", roles=["operator"]),
         "enterprise": issuer.issue(
             "demo-enterprise-xian-qinchuan",
@@ -234,63 +230,51 @@ def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
     }
 
 
-WINDOW_CLERKS = {"clerk-61-0007": "西安市雁塔区政务服务中心 7号窗口 / Xi'an Yanta window 7"}
-"""The Shaanxi window desk's demo clerks (password 'demo', like every demo account)."""
+def _s10_lines(base_url: str, window_console: str, data_dir: Path) -> list[str]:
+    """S10 by hand, as the window console does it: the clerk's token → a Counter token for the
+    applicant (RFC 8693 token exchange at /oauth2/token) → the case."""
+    _scenario, title, key, body = S10_CASE
+    exchange = {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token_type": ID_DOCUMENT_TOKEN_TYPE,
+        "subject_token": f"{RESIDENT_ID_CARD}:{SU_LANXIN.id_number}",
+        "actor_token_type": ACCESS_TOKEN_TYPE,
+    }
+    form = " ".join(f"-d {shlex.quote(f'{k}={v}')}" for k, v in exchange.items())
+    secret = data_dir / "identity-secrets.json"
+    return [
+        f"# S10: {title}",
+        f"#   at the window console {window_console} (clerk-61-0007 / demo), or by hand:",
+        f"#   WINDOW_SECRET = window_shaanxi_secret in {secret};"
+        " CLERK_TOKEN = the clerk's access token (sign in as demo-window-shaanxi)",
+        f"curl -s {shlex.quote(base_url + '/oauth2/token')}"
+        ' -u "demo-window-shaanxi:$WINDOW_SECRET"'
+        f' {form} -d "actor_token=$CLERK_TOKEN"   # → COUNTER_TOKEN',
+        f"curl -s {shlex.quote(base_url + '/api/v1/cases')}"
+        ' -H "Authorization: Bearer $COUNTER_TOKEN"'
+        f" -H 'Content-Type: application/json' -H 'Idempotency-Key: {key}'"
+        f" -d {shlex.quote(json.dumps(body, ensure_ascii=False))}",
+        "",
+    ]
 
 
-def window_token_minter(
-    issuer: DevTokenIssuer,
-    identity: ProviderSettings | None,
-    tracking_sector: str | None,
+def cases_banner(
+    base_url: str,
+    citizen_token: str,
+    staff: dict[str, str],
+    data_dir: Path,
     *,
-    client_id: str = "demo-portal-shaanxi",
-) -> Callable[[str, str | None], str]:
-    """The Shaanxi window desk's tokens: ``(clerk, citizen's ID number)`` → a Counter-level token
-    for the citizen with the clerk as ``act`` (role ``clerk``); with no citizen, the clerk's own
-    desk token (for the window queue).
-
-    A demo stand-in for the window terminal's ID-card check: the citizen is identified the way the
-    gateway links a person across provinces (the link key of ID type + number, so ``local_id`` is
-    ``person:<link key>``), and the case is filed under her pairwise subject in
-    ``tracking_sector`` (the Qinghai portal's), because the case store keys cases by pairwise
-    subject and that is where she follows it. Only the gateway process, which holds the pairwise
-    and link secrets, can do this.
-    """
-
-    def mint(clerk: str, id_number: str | None) -> str:
-        subject = clerk
-        if id_number is not None:
-            # Without the identity secrets: a per-person id only the window's own tokens share.
-            subject = "demo-id-" + hashlib.sha256(id_number.encode()).hexdigest()[:16]
-            if identity is not None and identity.link_secret is not None and tracking_sector:
-                keyer = link_keyer(identity.link_secret.get_secret_value(), identity.link_algorithm)
-                local_id = f"person:{keyer('111', id_number)}"
-                subject = pairwise_subject(identity.pairwise_secret, tracking_sector, local_id)
-        return issuer.issue(
-            subject,
-            "Counter",
-            client_id=client_id,
-            actor=clerk,
-            actor_role="clerk",
-            roles=["clerk"],
-            ttl=3600,
-        )
-
-    return mint
-
-
-def cases_banner(base_url: str, citizen_token: str, staff: dict[str, str], data_dir: Path) -> str:
+    window_console: str = "/window",
+) -> str:
     auth = shlex.quote(f"Authorization: Bearer {citizen_token}")
     lines = [
         "",
         "cases (办件): POST /api/v1/cases with an Idempotency-Key; repeat it: same case",
         "",
     ]
-    clerk = shlex.quote(f"Authorization: Bearer {staff['clerk-61']}")
     enterprise = shlex.quote(f"Authorization: Bearer {staff['enterprise']}")
     plan = [(case, auth) for case in (*DEMO_CASES, S2_CASE)]
-    plan += [(S8_CASE, enterprise), (S10_CASE, clerk)]
-    plan.insert(len(plan) - 1, (S9_CASE, auth))
+    plan += [(S8_CASE, enterprise), (S9_CASE, auth)]
     proof_url = base_url + "/api/v1/services/public-rental-housing/calls"
     for (scenario, title, key, body), header in plan:
         if scenario == "S9":
@@ -307,10 +291,11 @@ def cases_banner(base_url: str, citizen_token: str, staff: dict[str, str], data_
             f" -d {shlex.quote(json.dumps(body, ensure_ascii=False))}",
             "",
         ]
+    lines += _s10_lines(base_url, window_console, data_dir)
     lines += [
         f"# follow: curl -s {base_url}/api/v1/cases -H {auth}",
         f"# window queue (clerk): curl -s '{base_url}/api/v1/cases?queue=window'"
-        f" -H {shlex.quote('Authorization: Bearer ' + staff['clerk-61'])}",
+        ' -H "Authorization: Bearer $CLERK_TOKEN"',
         f"# dead letters (operator): curl -s {base_url}/admin/cases/dead-letters"
         f" -H {shlex.quote('Authorization: Bearer ' + staff['operator'])}",
         f"# events (status changes, 好差评 on closure): tail -f {data_dir / 'case-events.jsonl'}",

@@ -1,9 +1,10 @@
-"""Start the demo identity side on loopback: the Qinghai identity platform and the two portals.
+"""Start the demo identity side on loopback: the Qinghai identity platform and the two portals,
+and the Shaanxi window desk: its staff directory and the Shaanxi portal's window console.
 
 ``DemoIdentitySecrets`` are generated per run and exported under the names config/clients.yaml
 and config/idps.yaml refer to; ``DemoIdentity.configure`` points the loaded settings at the
-servers' real (free) ports: the platform's issuer, and each portal's redirect, post-logout and
-back-channel logout URIs.
+servers' real (free) ports: the platforms' issuers, each portal's redirect, post-logout and
+back-channel logout URIs, and the window client's (on the Shaanxi portal, under /window).
 """
 
 from __future__ import annotations
@@ -24,11 +25,25 @@ from gateway.demo.federation_platforms import (
     configure_platforms,
     start_demo_platforms,
 )
-from gateway.demo.portals import PortalState, build_portal_app, qinghai_portal, shaanxi_portal
+from gateway.demo.portals import (
+    PortalState,
+    WindowDesk,
+    build_portal_app,
+    qinghai_portal,
+    shaanxi_portal,
+)
 from gateway.demo.qinghai_idp import QinghaiIdpState, build_qinghai_idp_app
+from gateway.demo.staff_directory import (
+    STAFF_IDP,
+    StaffDirectoryState,
+    build_staff_directory_app,
+)
 from gateway.settings import Settings
 
 QINGHAI_IDP = "qinghai"
+WINDOW_CLIENT = "demo-window-shaanxi"
+"""The Shaanxi window desk's client (clients.yaml ``window: true``), served by the Shaanxi
+portal's /window console."""
 ENV_NAMES = {
     "qinghai_idp_client_secret": "TONGBAN_SECRET_QH_IDP_CLIENT_SECRET",
     "portal_qinghai_secret": "TONGBAN_SECRET_PORTAL_QINGHAI",
@@ -41,6 +56,9 @@ ENV_NAMES = {
     "legacy_sx_bdc_secret": "TONGBAN_SECRET_LEGACY_SX_BDC",
     "legacy_sx_gjj_secret": "TONGBAN_SECRET_LEGACY_SX_GJJ",
     "link_secret": "TONGBAN_LINK_SECRET",
+    # Issue 3 §5: the window staff directory and the window desk's client.
+    "staff_idp_client_secret": "TONGBAN_SECRET_SX_STAFF_IDP_CLIENT_SECRET",
+    "window_shaanxi_secret": "TONGBAN_SECRET_WINDOW_SHAANXI",
 }
 
 
@@ -56,6 +74,8 @@ class DemoIdentitySecrets:
     legacy_sx_bdc_secret: str
     legacy_sx_gjj_secret: str
     link_secret: str
+    staff_idp_client_secret: str
+    window_shaanxi_secret: str
 
     @classmethod
     def generate(cls) -> DemoIdentitySecrets:
@@ -94,6 +114,8 @@ class DemoIdentity:
     runners: list[web.AppRunner]
     platforms: DemoPlatforms | None = None
     """Issue 6: ticket, OAuth2-quirks and legal-person platforms and the legacy system."""
+    staff: StaffDirectoryState | None = None
+    """Issue 3 §5: the Shaanxi window staff directory (clerks sign in there)."""
 
     @property
     def idp_url(self) -> str:
@@ -107,6 +129,8 @@ class DemoIdentity:
         idps = dict(settings.idps)
         if QINGHAI_IDP in idps:
             idps[QINGHAI_IDP] = idps[QINGHAI_IDP].model_copy(update={"issuer": self.idp.issuer})
+        if self.staff is not None and STAFF_IDP in idps:
+            idps[STAFF_IDP] = idps[STAFF_IDP].model_copy(update={"issuer": self.staff.issuer})
         clients = dict(settings.clients)
         for client_id, portal in self.portals.items():
             if client_id in clients:
@@ -116,6 +140,14 @@ class DemoIdentity:
                         "redirect_uris": (f"{base}/callback",),
                         "post_logout_redirect_uris": (f"{base}/",),
                         "backchannel_logout_uri": f"{base}/backchannel-logout",
+                    }
+                )
+            if portal.window is not None and portal.window.client_id in clients:
+                window = portal.window.client_id
+                clients[window] = clients[window].model_copy(
+                    update={
+                        "redirect_uris": (f"{base}/window/callback",),
+                        "post_logout_redirect_uris": (f"{base}/window",),
                     }
                 )
         configured = dataclasses.replace(settings, idps=idps, clients=clients)
@@ -159,6 +191,10 @@ async def start_demo_identity(
         client_secret=secrets.qinghai_idp_client_secret,
         redirect_uris=(f"{gateway_issuer}/login/callback/{QINGHAI_IDP}",),
     )
+    staff = StaffDirectoryState(
+        client_secret=secrets.staff_idp_client_secret,
+        redirect_uris=(f"{gateway_issuer}/login/callback/{STAFF_IDP}",),
+    )
     portals = {
         p.client_id: p
         for p in (
@@ -166,9 +202,15 @@ async def start_demo_identity(
             shaanxi_portal(gateway_issuer, secrets.portal_shaanxi_secret),
         )
     }
+    # S10: the Shaanxi portal's window console takes applications in for Qinghai.
+    portals["demo-portal-shaanxi"].window = WindowDesk(
+        client_id=WINDOW_CLIENT, client_secret=secrets.window_shaanxi_secret
+    )
     runners: list[web.AppRunner] = []
     try:
         runner, idp.issuer = await _serve(build_qinghai_idp_app(idp), host)
+        runners.append(runner)
+        runner, staff.issuer = await _serve(build_staff_directory_app(staff), host)
         runners.append(runner)
         for portal in portals.values():
             runner, portal.base_url = await _serve(build_portal_app(portal), host)
@@ -187,7 +229,7 @@ async def start_demo_identity(
         for runner in runners:
             await runner.cleanup()
         raise
-    return DemoIdentity(idp, portals, runners, platforms)
+    return DemoIdentity(idp, portals, runners, platforms, staff)
 
 
 def portal_banner(identity: DemoIdentity) -> str:
@@ -195,6 +237,8 @@ def portal_banner(identity: DemoIdentity) -> str:
     lines = ["portals (sign in through the gateway; every demo password is 'demo'):"]
     lines += [f"  {p.title:<40} {p.base_url}/" for p in identity.portals.values()]
     lines.append(f"  Qinghai identity platform (63)           {identity.idp_url}")
+    if identity.staff is not None:
+        lines.append(f"  Shaanxi window staff directory (61)      {identity.staff.issuer}")
     if identity.platforms is not None:
         lines += identity.platforms.banner()
     return "\n".join(lines)

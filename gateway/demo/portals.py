@@ -12,15 +12,22 @@ The portals share 127.0.0.1 with the gateway, and cookies ignore ports: every co
 carries the client id so the portals and the gateway never read each other's cookies.
 
 Issue 5 §7: ``/cases`` shows a signed-in citizen her cases (办件) with status and timeline; the
-Shaanxi portal's ``/window`` is a window clerk's console (S10 异地代收代办): the clerk signs in
-at the desk, takes an application in for a citizen (原件核验 ticked) with an Idempotency-Key and
-sees the window queue. The console's forms carry a CSRF token bound to the clerk's session.
+Shaanxi portal's ``/window`` is a window clerk's console (S10 异地代收代办), a client of its own
+(``demo-window-shaanxi``, clients.yaml ``window: true``). Issue 3 §5: the clerk signs in through
+the gateway, which offers only the staff directory (code flow + PKCE like the portals' login);
+for each intake the console asks the gateway for a Counter token for the applicant by token
+exchange (RFC 8693: the ID number the clerk typed from the document as subject token, the
+clerk's own access token as actor token) and takes the application in with it (原件核验 ticked,
+an Idempotency-Key per form), so the case's principal is the citizen and its actor the clerk.
+The clerk's own token reads the window queue. The console's forms carry a CSRF token bound to
+the clerk's session.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import html
 import json
 import secrets
@@ -28,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -37,7 +44,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from gateway.demo.examples import DEMO_CALLS, DemoCall
-from gateway.demo.residents import RESIDENTS, Resident
+from gateway.identity.clients import TOKEN_EXCHANGE
+from gateway.identity.identifiers import RESIDENT_ID_CARD
+from gateway.identity.token_exchange import ACCESS_TOKEN_TYPE, ID_DOCUMENT_TOKEN_TYPE
 
 LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 
@@ -62,20 +71,35 @@ class PortalSession:
 
 @dataclass(frozen=True)
 class WindowDesk:
-    """A province's window desk (S10): its clerks and how it gets tokens at the gateway."""
+    """A province's window desk (S10): its window client at the gateway."""
 
-    mint: Callable[[str, str | None], str]
-    """(clerk, citizen's ID number or None) → a clerk token for the citizen / the desk."""
-    clerks: Mapping[str, str]
-    """Staff id → display name; every demo password is 'demo'."""
+    client_id: str
+    """A window client (clients.yaml ``window: true``, allowed the token-exchange grant)."""
+    client_secret: str
     receiving_province: str = "61"
     handling_province: str = "63"
-    citizens: tuple[Resident, ...] = RESIDENTS
+    scope: str = "openid profile services:call"
+    """What the clerk's own token may do; each Counter token gets ``services:call`` only."""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": aiohttp.encode_basic_auth(self.client_id, self.client_secret)}
 
 
 @dataclass
 class ClerkSession:
-    clerk: str
+    """A clerk signed in at the console through the gateway (never a password here)."""
+
+    subject: str
+    """The clerk's pairwise ``sub`` at the window client: the ``act.sub`` of Counter tokens."""
+    staff_id: str
+    """工号 (``preferred_username`` at userinfo), shown on the console."""
+    name: str
+    acr: str
+    access_token: str
+    refresh_token: str | None
+    expires_at: float
+    id_token: str
     csrf: str
     last_receipt: str = ""
 
@@ -102,8 +126,8 @@ class PortalState:
     window: WindowDesk | None = None
     """Set on the Shaanxi portal by `tongban demo`: the window clerk console (/window)."""
     clerk_sessions: dict[str, ClerkSession] = field(default_factory=dict)
-    clerk_logins: set[str] = field(default_factory=set)
-    """One-time CSRF tokens of rendered clerk sign-in forms."""
+    clerk_pending: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Clerk sign-ins under way at the gateway, by OAuth ``state``."""
 
     @property
     def cookie(self) -> str:
@@ -161,8 +185,10 @@ def build_portal_app(state: PortalState) -> web.Application:
     app.router.add_get("/logout", logout)
     app.router.add_post("/backchannel-logout", backchannel_logout)
     app.router.add_get("/cases", my_cases)
+    app.router.add_post("/cases/{case_id}/supplements", supply_material)
     app.router.add_get("/window", window)
-    app.router.add_post("/window/login", window_login)
+    app.router.add_get("/window/login", window_login)
+    app.router.add_get("/window/callback", window_callback)
     app.router.add_post("/window/intake", window_intake)
     app.router.add_post("/window/logout", window_logout)
     return app
@@ -290,6 +316,26 @@ async def _jwks(state: PortalState) -> KeySet:
         return KeySet.import_key_set(await response.json())
 
 
+async def _id_token_claims(
+    state: PortalState, id_token: object, audience: str, pending: Mapping[str, str]
+) -> dict[str, Any] | None:
+    """OIDC Core §3.1.3.7 checks of the gateway's ID token for ``audience``; None if it fails."""
+    if not isinstance(id_token, str):
+        return None
+    try:
+        decoded = jwt.decode(id_token, await _jwks(state), algorithms=["ES256", "RS256"])
+        jwt.JWTClaimsRegistry(
+            now=int(state.clock()),
+            leeway=30,
+            iss={"essential": True, "value": state.gateway},
+            aud={"essential": True, "value": audience},
+            nonce={"essential": True, "value": pending["nonce"]},
+        ).validate(decoded.claims)
+    except (JoseError, ValueError, KeyError):
+        return None
+    return dict(decoded.claims)
+
+
 async def callback(request: web.Request) -> web.Response:
     state = request.app[STATE]
     oauth_state = request.query.get("state", "")
@@ -312,18 +358,9 @@ async def callback(request: web.Request) -> web.Response:
         tokens = await response.json(content_type=None)
         if response.status != 200:
             return _page(state, f"<p>token: {html.escape(str(tokens))}</p>", status=502)
-    try:
-        decoded = jwt.decode(tokens["id_token"], await _jwks(state), algorithms=["ES256", "RS256"])
-        jwt.JWTClaimsRegistry(
-            now=int(state.clock()),
-            leeway=30,
-            iss={"essential": True, "value": state.gateway},
-            aud={"essential": True, "value": state.client_id},
-            nonce={"essential": True, "value": pending["nonce"]},
-        ).validate(decoded.claims)
-    except (JoseError, ValueError, KeyError):
+    claims = await _id_token_claims(state, tokens.get("id_token"), state.client_id, pending)
+    if claims is None:
         return _page(state, "<p>ID token invalid</p>", status=502)
-    claims = decoded.claims
     name = None
     async with _http(state).get(
         f"{state.gateway}/oauth2/userinfo",
@@ -482,7 +519,7 @@ async def my_cases(request: web.Request) -> web.Response:
     found = _session(request)
     if found is None:
         raise web.HTTPFound("/")
-    _, session = found
+    key, session = found
     status, answer = await _api(state, session, "GET", "/api/v1/cases?limit=20")
     if status != 200 or not isinstance(answer, dict):
         detail = html.escape(json.dumps(answer, ensure_ascii=False)[:500])
@@ -497,6 +534,7 @@ async def my_cases(request: web.Request) -> web.Response:
         case_id = str(summary.get("case_id", ""))
         got, case = await _api(state, session, "GET", f"/api/v1/cases/{case_id}")
         timeline = _timeline(case) if got == 200 and isinstance(case, dict) else ""
+        asked = _supplement_form(state, key, case) if got == 200 and isinstance(case, dict) else ""
         provinces = ", ".join(str(p) for p in summary.get("handling_provinces", ()))
         sections.append(
             f"<section class='case' data-case='{html.escape(case_id)}'>"
@@ -509,7 +547,7 @@ async def my_cases(request: web.Request) -> web.Response:
             f"data-status='{html.escape(str(summary.get('status', '')))}'>"
             f"{_status_label(summary.get('status'))}</strong> "
             f"(更新 / updated {html.escape(str(summary.get('updated_at', '')))})</p>"
-            f"{timeline}</section>"
+            f"{asked}{timeline}</section>"
         )
     listing = "".join(sections) or "<p id='no-cases'>暂无办件 / No cases yet.</p>"
     return _page(
@@ -519,7 +557,113 @@ async def my_cases(request: web.Request) -> web.Response:
     )
 
 
-# --- 窗口受理: the window clerk console (S10 异地代收代办) --------------------------------------
+# --- 补齐补正: the citizen supplies what the handling province asked for ----------------------
+
+
+def _supplement_csrf(state: PortalState, session_key: str) -> str:
+    """The supplement forms' CSRF token: bound to the session cookie, which a forging page
+    cannot read (an HMAC under the portal's secret, so nothing more is kept per session)."""
+    mac = hmac.new(state.client_secret.encode(), b"supplement:" + session_key.encode(), "sha256")
+    return mac.hexdigest()
+
+
+def _supplement_form(state: PortalState, session_key: str, case: Mapping[str, Any]) -> str:
+    """What is missing, and (while the part waits) a form to supply it."""
+    blocks = []
+    case_id = html.escape(str(case.get("case_id", "")))
+    for part in case.get("parts", ()):
+        if not isinstance(part, dict) or part.get("status") != "supplement_requested":
+            continue
+        asked = part.get("supplement_request")
+        if not isinstance(asked, dict):
+            continue
+        codes = [str(c) for c in asked.get("materials", ())]
+        listed = "".join(
+            f"<li class='missing' data-code='{html.escape(c)}'>{html.escape(c)}</li>" for c in codes
+        )
+        boxes = "".join(
+            f"<label><input type='checkbox' name='material' value='{html.escape(c)}' checked> "
+            f"{html.escape(c)}</label><br>"
+            for c in codes
+        )
+        blocks.append(
+            f"<div class='supplement' data-part='{int(part.get('part', 0))}'>"
+            "<p>需补齐补正 / Material is missing: "
+            f"<span class='supplement-message'>{html.escape(str(asked.get('message') or ''))}"
+            "</span>"
+            + (
+                f" (期限 / by <span class='supplement-deadline'>"
+                f"{html.escape(str(asked['deadline']))}</span>)"
+                if asked.get("deadline")
+                else ""
+            )
+            + f"</p><ul>{listed}</ul>"
+            + (
+                f"<form method='post' action='/cases/{case_id}/supplements'>"
+                f"<input type='hidden' name='csrf' value='{_supplement_csrf(state, session_key)}'>"
+                # One key per rendered form: a double click or a retried post sends it once.
+                "<input type='hidden' name='idempotency_key' "
+                f"value='portal-{secrets.token_hex(12)}'>"
+                f"<input type='hidden' name='part' value='{int(part.get('part', 0))}'>"
+                f"{boxes}<label>说明 / Note <input name='note' size='30'></label> "
+                "<button type='submit' class='supply'>提交补正材料 / Supply</button></form>"
+                if codes
+                else ""
+            )
+            + "</div>"
+        )
+    return "".join(blocks)
+
+
+def _upload_ref(state: PortalState, case_id: str, code: str) -> dict[str, str]:
+    """An uploaded material by reference and digest (the demo has no upload: a stand-in)."""
+    ref = f"urn:upload:{state.client_id}:{case_id}:{code}"
+    return {
+        "code": code,
+        "ref": ref,
+        "digest": "sha256:" + hashlib.sha256(ref.encode()).hexdigest(),
+    }
+
+
+async def supply_material(request: web.Request) -> web.Response:
+    """POST /api/v1/cases/{id}/supplements with the citizen's token and the form's key."""
+    state = request.app[STATE]
+    found = _session(request)
+    if found is None:
+        raise web.HTTPSeeOther("/")
+    key, session = found
+    form = await request.post()
+    if not _csrf_ok(_supplement_csrf(state, key), form):
+        return _page(state, "<p>CSRF 校验失败 / CSRF check failed</p>", status=403)
+    case_id = request.match_info["case_id"]
+    body: dict[str, Any] = {
+        "materials": [_upload_ref(state, case_id, str(c)) for c in form.getall("material", [])],
+    }
+    if str(form.get("part", "")).isdigit():
+        body["part"] = int(str(form["part"]))
+    if form.get("note"):
+        body["note"] = str(form["note"])[:500]
+    async with _http(state).post(
+        f"{state.gateway}/api/v1/cases/{quote(case_id, safe='')}/supplements",
+        json=body,
+        headers={
+            "Authorization": f"Bearer {session.access_token}",
+            "Idempotency-Key": str(form.get("idempotency_key", "")),
+        },
+    ) as response:
+        status, answer = response.status, await response.json(content_type=None)
+    if status == 202:
+        raise web.HTTPSeeOther("/cases")
+    detail = json.dumps(answer, ensure_ascii=False, indent=1)
+    return _page(
+        state,
+        f"<p>补正未提交 / Not supplied: HTTP <span id='status'>{status}</span></p>"
+        f"<pre id='answer'>{html.escape(detail)}</pre><p><a href='/cases'>返回 / Back</a></p>",
+        status=400 if 400 <= status < 500 else 502,
+    )
+
+
+# --- 窗口受理: the window clerk console (S10 异地代收代办, issue 3 §5) ---------------------------
 
 DISABILITY_CATEGORIES = {
     "hearing": "听力残疾 / hearing",
@@ -533,6 +677,9 @@ WINDOW_MATERIALS = {
     "disability-assessment": "残疾评定材料 / disability assessment",
     "photo": "近期免冠照片 / photo",
 }
+COUNTER_SCOPE = "services:call"
+"""All a Counter token needs: taking the application in (never the clerk's profile)."""
+_REFRESH_MARGIN = 30.0
 
 
 def _desk(request: web.Request) -> WindowDesk:
@@ -568,6 +715,35 @@ async def _desk_api(
         return response.status, await response.json(content_type=None)
 
 
+async def _desk_token_request(
+    state: PortalState, desk: WindowDesk, form: Mapping[str, str]
+) -> tuple[int, dict[str, Any]]:
+    """POST /oauth2/token as the window client (client_secret_basic)."""
+    async with _http(state).post(
+        f"{state.gateway}/oauth2/token", data=dict(form), headers=desk.auth
+    ) as response:
+        body = await response.json(content_type=None)
+        return response.status, body if isinstance(body, dict) else {}
+
+
+async def _clerk_token(state: PortalState, desk: WindowDesk, session: ClerkSession) -> str | None:
+    """The clerk's own access token, refreshed (RFC 6749 §6) shortly before it expires; None
+    when it cannot be (the clerk signs in again)."""
+    if state.clock() < session.expires_at - _REFRESH_MARGIN:
+        return session.access_token
+    if session.refresh_token is None:
+        return None
+    status, tokens = await _desk_token_request(
+        state, desk, {"grant_type": "refresh_token", "refresh_token": session.refresh_token}
+    )
+    if status != 200:
+        return None
+    session.access_token = str(tokens["access_token"])
+    session.refresh_token = tokens.get("refresh_token") or None
+    session.expires_at = state.clock() + int(tokens.get("expires_in", 0))
+    return session.access_token
+
+
 def _options(items: Mapping[str, str]) -> str:
     return "".join(
         f"<option value='{html.escape(k)}'>{html.escape(v)}</option>" for k, v in items.items()
@@ -579,25 +755,19 @@ async def window(request: web.Request) -> web.Response:
     desk = _desk(request)
     found = _clerk(request)
     if found is None:
-        csrf = secrets.token_urlsafe(24)
-        state.clerk_logins.add(csrf)
-        response = _page(
+        return _page(
             state,
             "<h2>窗口受理 / Window clerk console</h2>"
-            "<form method='post' action='/window/login'>"
-            f"<input type='hidden' name='csrf' value='{csrf}'>"
-            "<label>工号 / Staff id <select id='clerk' name='clerk'>"
-            f"{_options(desk.clerks)}</select></label> "
-            "<label>密码 / Password <input id='clerk-password' name='password' "
-            "type='password'></label> "
-            "<button id='clerk-sign-in' type='submit'>登录 / Sign in</button></form>",
+            "<p>窗口工作人员通过统一身份认证登录（仅限工作人员账号）。/ Clerks sign in through "
+            "the gateway, with a staff account only.</p>"
+            "<p><a id='clerk-sign-in' href='/window/login'>工作人员登录 / Staff sign-in</a></p>",
         )
-        response.set_cookie(state.clerk_login_cookie, csrf, httponly=True, samesite="Strict")
-        return response
-    _, session = found
-    status, answer = await _desk_api(
-        state, desk.mint(session.clerk, None), "GET", "/api/v1/cases?queue=window&limit=50"
-    )
+    key, session = found
+    token = await _clerk_token(state, desk, session)
+    if token is None:
+        del state.clerk_sessions[key]
+        raise web.HTTPSeeOther("/window/login")
+    status, answer = await _desk_api(state, token, "GET", "/api/v1/cases?queue=window&limit=50")
     if status == 200 and isinstance(answer, dict):
         rows = "".join(
             f"<tr data-case='{html.escape(str(c.get('case_id', '')))}'>"
@@ -613,26 +783,29 @@ async def window(request: web.Request) -> web.Response:
         )
     else:
         queue = f"<p id='queue-error'>窗口队列 / Window queue: HTTP {status}</p>"
-    citizens = {r.key: f"{r.name} ({r.id_number[:4]}…{r.id_number[-4:]})" for r in desk.citizens}
     materials = "".join(
         f"<label><input type='checkbox' name='material' value='{html.escape(code)}' "
         f"id='material-{html.escape(code)}' checked> {html.escape(label)}</label><br>"
         for code, label in WINDOW_MATERIALS.items()
     )
-    clerk_name = desk.clerks.get(session.clerk, session.clerk)
     return _page(
         state,
         "<h2>窗口受理 / Window clerk console</h2>"
-        f"<p id='clerk-who'>窗口人员 / Clerk: <strong>{html.escape(clerk_name)}</strong> "
-        f"({html.escape(session.clerk)})</p>{session.last_receipt}"
+        f"<p id='clerk-who'>窗口人员 / Clerk: <strong>{html.escape(session.name)}</strong> "
+        f"({html.escape(session.staff_id)}), level {html.escape(session.acr)}; "
+        f"act.sub <code id='clerk-sub'>{html.escape(session.subject)}</code></p>"
+        f"{session.last_receipt}"
         "<h3>残疾人证异地代收代办 / Disability card, taken in for "
         f"{html.escape(desk.handling_province)}</h3>"
         "<form method='post' action='/window/intake'>"
         f"<input type='hidden' name='csrf' value='{html.escape(session.csrf)}'>"
         # One key per rendered form: a double click or a retried post makes no second case.
         f"<input type='hidden' name='idempotency_key' value='window-{secrets.token_hex(12)}'>"
-        f"<label>申请人 / Citizen <select id='citizen' name='citizen'>{_options(citizens)}"
-        "</select></label><br>"
+        "<fieldset><legend>申请人身份证件（读卡）/ Applicant's ID document (as read)</legend>"
+        "<label>居民身份证号码 / Resident ID number <input id='id-number' name='id_number' "
+        "size='20' maxlength='18' autocomplete='off'></label><br>"
+        "<label>姓名 / Name <input id='applicant-name' name='applicant_name' size='10'>"
+        "</label></fieldset>"
         "<label>残疾类别 / Category <select id='category' name='category'>"
         f"{_options(DISABILITY_CATEGORIES)}</select></label><br>"
         "<label>邮寄地址 / Mailing address <input id='address' name='address' size='40' "
@@ -652,25 +825,73 @@ async def window(request: web.Request) -> web.Response:
 
 
 async def window_login(request: web.Request) -> web.Response:
+    """Start the clerk's sign-in at the gateway as the window client (code flow + PKCE)."""
     state = request.app[STATE]
     desk = _desk(request)
-    form = await request.post()
-    cookie = request.cookies.get(state.clerk_login_cookie, "")
-    if not _csrf_ok(cookie, form) or cookie not in state.clerk_logins:
-        return _page(state, "<p>CSRF 校验失败 / CSRF check failed</p>", status=403)
-    state.clerk_logins.discard(cookie)
-    clerk = str(form.get("clerk", ""))
-    if clerk not in desk.clerks or not secrets.compare_digest(
-        str(form.get("password", "")), "demo"
-    ):
+    verifier, challenge = _pkce()
+    oauth_state = secrets.token_urlsafe(24)
+    nonce = secrets.token_urlsafe(24)
+    state.clerk_pending[oauth_state] = {"verifier": verifier, "nonce": nonce}
+    params = {
+        "response_type": "code",
+        "client_id": desk.client_id,
+        "redirect_uri": f"{state.base_url}/window/callback",
+        "scope": desk.scope,
+        "state": oauth_state,
+        "nonce": nonce,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    response = web.HTTPFound(f"{state.gateway}/oauth2/authorize?{urlencode(params)}")
+    response.set_cookie(state.clerk_login_cookie, oauth_state, httponly=True, samesite="Lax")
+    raise response
+
+
+async def window_callback(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    desk = _desk(request)
+    oauth_state = request.query.get("state", "")
+    if request.cookies.get(state.clerk_login_cookie) != oauth_state:
+        return _page(state, "<p>state mismatch</p>", status=400)
+    pending = state.clerk_pending.pop(oauth_state, None)
+    if pending is None or "error" in request.query:
+        error = html.escape(request.query.get("error", "state"))
         return _page(
-            state,
-            "<p id='clerk-error'>工号或密码错误 / Wrong staff id or password</p>"
-            "<p><a href='/window'>重试 / Try again</a></p>",
-            status=401,
+            state, f"<p id='clerk-error'>登录失败 / Sign-in failed: {error}</p>", status=400
         )
+    status, tokens = await _desk_token_request(
+        state,
+        desk,
+        {
+            "grant_type": "authorization_code",
+            "code": request.query.get("code", ""),
+            "redirect_uri": f"{state.base_url}/window/callback",
+            "code_verifier": pending["verifier"],
+        },
+    )
+    if status != 200:
+        return _page(state, f"<p>token: {html.escape(str(tokens))}</p>", status=502)
+    claims = await _id_token_claims(state, tokens.get("id_token"), desk.client_id, pending)
+    if claims is None:
+        return _page(state, "<p>ID token invalid</p>", status=502)
+    async with _http(state).get(
+        f"{state.gateway}/oauth2/userinfo",
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    ) as response:
+        profile = await response.json() if response.status == 200 else {}
+    state.clerk_sessions.pop(request.cookies.get(state.clerk_cookie, ""), None)
     key = secrets.token_urlsafe(24)
-    state.clerk_sessions[key] = ClerkSession(clerk=clerk, csrf=secrets.token_urlsafe(24))
+    state.clerk_sessions[key] = ClerkSession(
+        subject=str(claims["sub"]),
+        staff_id=str(profile.get("preferred_username", "")),
+        name=str(profile.get("name", "")),
+        acr=str(claims.get("acr", "")),
+        access_token=str(tokens["access_token"]),
+        refresh_token=tokens.get("refresh_token") or None,
+        expires_at=state.clock() + int(tokens.get("expires_in", 0)),
+        id_token=str(tokens["id_token"]),
+        csrf=secrets.token_urlsafe(24),
+    )
     done = web.HTTPSeeOther("/window")
     done.set_cookie(state.clerk_cookie, key, httponly=True, samesite="Strict")
     done.del_cookie(state.clerk_login_cookie)
@@ -678,19 +899,26 @@ async def window_login(request: web.Request) -> web.Response:
 
 
 async def window_logout(request: web.Request) -> web.Response:
+    """End the console session, then the clerk's SSO session at the gateway (RP-initiated
+    logout), which revokes the clerk's tokens and every Counter token taken with them."""
     state = request.app[STATE]
     form = await request.post()
     found = _clerk(request)
-    if found is not None and _csrf_ok(found[1].csrf, form):
-        del state.clerk_sessions[found[0]]
-    done = web.HTTPSeeOther("/window")
+    target = f"{state.base_url}/window"
+    if found is None or not _csrf_ok(found[1].csrf, form):
+        raise web.HTTPSeeOther("/window")
+    key, session = found
+    del state.clerk_sessions[key]
+    params = urlencode({"id_token_hint": session.id_token, "post_logout_redirect_uri": target})
+    done = web.HTTPSeeOther(f"{state.gateway}/oauth2/logout?{params}")
     done.del_cookie(state.clerk_cookie)
     raise done
 
 
-def _scan_ref(citizen: Resident, code: str) -> dict[str, str]:
-    """A scanned material by reference and digest (the demo has no scanner: a stand-in)."""
-    ref = f"urn:scan:61:{citizen.key}:{code}"
+def _scan_ref(form_key: str, code: str) -> dict[str, str]:
+    """A scanned material by reference and digest (the demo has no scanner: a stand-in, the
+    same for a re-posted form so its retry is the same application)."""
+    ref = f"urn:scan:61:{form_key}:{code}"
     return {
         "code": code,
         "ref": ref,
@@ -698,8 +926,38 @@ def _scan_ref(citizen: Resident, code: str) -> dict[str, str]:
     }
 
 
+async def _counter_token(
+    state: PortalState, desk: WindowDesk, clerk_token: str, id_number: str
+) -> tuple[int, dict[str, Any]]:
+    """RFC 8693 token exchange: the applicant's document (subject) and the clerk (actor) → a
+    short-lived Counter token for the applicant with the clerk as ``act``."""
+    return await _desk_token_request(
+        state,
+        desk,
+        {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": f"{RESIDENT_ID_CARD}:{id_number}",
+            "subject_token_type": ID_DOCUMENT_TOKEN_TYPE,
+            "actor_token": clerk_token,
+            "actor_token_type": ACCESS_TOKEN_TYPE,
+            "scope": COUNTER_SCOPE,
+        },
+    )
+
+
+def _refused(state: PortalState, status: int, answer: Any, what: str) -> web.Response:
+    detail = json.dumps(answer, ensure_ascii=False, indent=1)
+    return _page(
+        state,
+        f"<p>{what}: HTTP <span id='status'>{status}</span></p>"
+        f"<pre id='answer'>{html.escape(detail)}</pre>"
+        "<p><a href='/window'>返回 / Back</a></p>",
+        status=400 if 400 <= status < 500 else 502,
+    )
+
+
 async def window_intake(request: web.Request) -> web.Response:
-    """POST /api/v1/cases for the citizen, with the clerk as actor and the form's key."""
+    """Identify the applicant by token exchange, then POST /api/v1/cases with that token."""
     state = request.app[STATE]
     desk = _desk(request)
     found = _clerk(request)
@@ -709,9 +967,14 @@ async def window_intake(request: web.Request) -> web.Response:
     form = await request.post()
     if not _csrf_ok(session.csrf, form):
         return _page(state, "<p>CSRF 校验失败 / CSRF check failed</p>", status=403)
-    citizen = next((r for r in desk.citizens if r.key == form.get("citizen")), None)
-    if citizen is None:
-        return _page(state, "<p>未知申请人 / Unknown citizen</p>", status=400)
+    clerk_token = await _clerk_token(state, desk, session)
+    if clerk_token is None:
+        raise web.HTTPSeeOther("/window/login")
+    id_number = str(form.get("id_number", "")).strip().upper()[:32]
+    status, counter = await _counter_token(state, desk, clerk_token, id_number)
+    if status != 200:
+        return _refused(state, status, counter, "申请人身份识别失败 / Applicant not identified")
+    key = str(form.get("idempotency_key", ""))
     codes = [str(c) for c in form.getall("material", []) if str(c) in WINDOW_MATERIALS]
     body = {
         "service": "disability-card",
@@ -720,21 +983,20 @@ async def window_intake(request: web.Request) -> web.Response:
         "handling_province": desk.handling_province,
         "purpose": "残疾人证异地代收代办",
         "data": {
-            "id_number": citizen.id_number,
-            "name": citizen.name,
+            "id_number": id_number,
+            "name": str(form.get("applicant_name", "")).strip()[:50],
             "disability_category": str(form.get("category", "")),
             "mailing_address": str(form.get("address", ""))[:200],
         },
-        "materials": [_scan_ref(citizen, code) for code in codes],
+        "materials": [_scan_ref(key, code) for code in codes],
         "originals_check": {
             "checked": form.get("originals") == "yes",
             "note": str(form.get("note", ""))[:200],
         },
     }
-    key = str(form.get("idempotency_key", ""))
     status, answer = await _desk_api(
         state,
-        desk.mint(session.clerk, citizen.id_number),
+        str(counter["access_token"]),
         "POST",
         "/api/v1/cases",
         json=body,
@@ -748,11 +1010,4 @@ async def window_intake(request: web.Request) -> web.Response:
             f"; 收件时间 / Received: {html.escape(str(answer.get('received_at', '')))}</p></div>"
         )
         raise web.HTTPSeeOther("/window")
-    detail = json.dumps(answer, ensure_ascii=False, indent=1)
-    return _page(
-        state,
-        f"<p>受理失败 / Not taken in: HTTP <span id='status'>{status}</span></p>"
-        f"<pre id='answer'>{html.escape(detail)}</pre>"
-        "<p><a href='/window'>返回 / Back</a></p>",
-        status=400 if 400 <= status < 500 else 502,
-    )
+    return _refused(state, status, answer, "受理失败 / Not taken in")

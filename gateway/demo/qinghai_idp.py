@@ -66,6 +66,9 @@ class QinghaiIdpState:
     down: bool = False
     """When set, every endpoint answers 503 (the gateway shows the province unavailable)."""
     token_requests: int = 0
+    extra_claims: dict[str, Any] = field(default_factory=dict)
+    """Added to every ID token: tests make the platform assert what it must not be believed on
+    (a citizen platform's ``roles``, gateway/identity/staff.py)."""
     pending: dict[str, dict[str, str]] = field(default_factory=dict)
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -141,8 +144,11 @@ def _bad(text: str) -> web.Response:
     return _page(f"<h1>请求无效</h1><p>{html.escape(text)}</p>", status=400)
 
 
-async def authorize(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+def accept_authorization_request(
+    request: web.Request, state: QinghaiIdpState
+) -> tuple[str, list[str]] | web.Response:
+    """Check an authorization request (code flow, PKCE S256, state, nonce) and keep it pending:
+    its one-time id for the login form and the acr values asked, or the error page."""
     q = request.query
     if q.get("client_id") != CLIENT_ID or q.get("redirect_uri") not in state.redirect_uris:
         return _bad("unknown client or redirect_uri")
@@ -159,6 +165,15 @@ async def authorize(request: web.Request) -> web.Response:
         "challenge": q["code_challenge"],
         "acr": wanted[0] if wanted else "",
     }
+    return request_id, wanted
+
+
+async def authorize(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    accepted = accept_authorization_request(request, state)
+    if isinstance(accepted, web.Response):
+        return accepted
+    request_id, wanted = accepted
     options = "".join(
         f"<option value='{c.user_id}'>{html.escape(c.resident.name)} "
         f"({c.user_id}, 最高 {c.max_level} 级)</option>"
@@ -194,16 +209,23 @@ async def login(request: web.Request) -> web.Response:
     if citizen is None or not hmac.compare_digest(password.encode(), PASSWORD.encode()):
         return _bad("wrong account or password")
     level = min(citizen.max_level, 3 if form.get("face") == "1" else 2)
+    raise issue_code(state, pending, citizen.user_id, level)
+
+
+def issue_code(
+    state: QinghaiIdpState, pending: dict[str, str], user_id: str, level: int | str
+) -> web.HTTPFound:
+    """A one-time code (60 s) for ``user_id`` at ``level``: the redirect back to the client."""
     code = secrets.token_urlsafe(24)
     state.codes[code] = {
         **pending,
-        "user_id": citizen.user_id,
+        "user_id": user_id,
         "level": level,
         "auth_time": int(state.clock()),
         "expires": state.clock() + 60,
     }
     params = urlencode({"code": code, "state": pending["state"]})
-    raise web.HTTPFound(f"{pending['redirect_uri']}?{params}")
+    return web.HTTPFound(f"{pending['redirect_uri']}?{params}")
 
 
 def _client_ok(request: web.Request, state: QinghaiIdpState) -> bool:
@@ -223,8 +245,11 @@ def _token_error(error: str, status: int = 400) -> web.Response:
     return web.json_response({"error": error}, status=status)
 
 
-async def token(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+async def redeem_code(
+    request: web.Request, state: QinghaiIdpState
+) -> dict[str, Any] | web.Response:
+    """The token request's client, code, redirect URI and PKCE verifier checked: the code's
+    record (used up), or the RFC 6749 §5.2 error answer."""
     state.token_requests += 1
     if not _client_ok(request, state):
         return _token_error("invalid_client", 401)
@@ -240,6 +265,29 @@ async def token(request: web.Request) -> web.Response:
     )
     if not hmac.compare_digest(challenge, record["challenge"]):
         return _token_error("invalid_grant")
+    return record
+
+
+def token_response(state: QinghaiIdpState, claims: dict[str, Any]) -> web.Response:
+    """The token endpoint's answer: an ES256 ID token with ``claims`` (and a dummy access token)."""
+    header = {"alg": "ES256", "kid": state.key.kid, "typ": "JWT"}
+    id_token = jwt.encode(header, claims, state.key, algorithms=["ES256"])
+    return web.json_response(
+        {
+            "access_token": secrets.token_urlsafe(24),
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "id_token": id_token,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def token(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    record = await redeem_code(request, state)
+    if isinstance(record, web.Response):
+        return record
     citizen = state.citizen(record["user_id"])
     assert citizen is not None
     now = int(state.clock())
@@ -258,15 +306,6 @@ async def token(request: web.Request) -> web.Response:
         "id_card": citizen.resident.id_number,
         "mobile": citizen.phone,
         "region_code": citizen.region,
+        **state.extra_claims,
     }
-    header = {"alg": "ES256", "kid": state.key.kid, "typ": "JWT"}
-    id_token = jwt.encode(header, claims, state.key, algorithms=["ES256"])
-    return web.json_response(
-        {
-            "access_token": secrets.token_urlsafe(24),
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "id_token": id_token,
-        },
-        headers={"Cache-Control": "no-store"},
-    )
+    return token_response(state, claims)

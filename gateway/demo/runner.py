@@ -14,10 +14,9 @@ from typing import Any
 
 from gateway.app import create_app, open_provider
 from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
-from gateway.demo.cases import WINDOW_CLERKS, cases_banner, issue_staff_tokens, window_token_minter
+from gateway.demo.cases import cases_banner, issue_staff_tokens
 from gateway.demo.examples import DEMO_CALLS, curl_line, issue_demo_tokens
 from gateway.demo.federation import DemoIdentitySecrets, portal_banner, start_demo_identity
-from gateway.demo.portals import WindowDesk
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.logs import configure_logging
@@ -116,14 +115,6 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             return 1
         issuer = DevTokenIssuer()
         tokens = issue_demo_tokens(issuer)
-        # S10: the Shaanxi portal's window clerk console takes applications in for Qinghai.
-        tracking = settings.clients.get("demo-portal-qinghai")
-        demo_identity.portal("demo-portal-shaanxi").window = WindowDesk(
-            mint=window_token_minter(
-                issuer, settings.gateway.identity, tracking.sector if tracking else None
-            ),
-            clerks=WINDOW_CLERKS,
-        )
         provider = await open_provider(settings, build_authenticator(settings))
         verifier: TokenVerifier = (
             WithDevTokens(issuer, provider.access_token_verifier()) if provider else issuer
@@ -137,12 +128,13 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             token_file.chmod(0o600)
             print(_banner(bound, backends, tokens), flush=True)
             print(portal_banner(demo_identity), flush=True)
-            shaanxi = demo_identity.portal("demo-portal-shaanxi").base_url
-            print(
-                f"  window clerk console (S10, clerk-61-0007 / demo)  {shaanxi}/window", flush=True
-            )
+            # S10: clerks sign in through the gateway (staff directory only), then identify each
+            # applicant by token exchange; the console is the window client's.
+            console = demo_identity.portal("demo-portal-shaanxi").base_url + "/window"
+            print(f"  window clerk console (S10, clerk-61-0007 / demo)  {console}", flush=True)
             staff = issue_staff_tokens(issuer)
             base = f"http://127.0.0.1:{bound}"
-            print(cases_banner(base, tokens["citizen-l3"]["token"], staff, data_dir), flush=True)
+            citizen = tokens["citizen-l3"]["token"]
+            print(cases_banner(base, citizen, staff, data_dir, window_console=console), flush=True)
 
         return await serve_until_stopped(app, "127.0.0.1", port, on_started=started)

@@ -9,7 +9,8 @@
   new handle and the browser resumes the portal's authorization request.
 
 Resources opened here, in a cleanup context: the outbound HTTP client (httpx on aiohttp's
-engine, NOTES.md), the back-channel logout queue (SQLite in the data directory) and its worker.
+engine, NOTES.md), the back-channel logout queue (SQLite in the data directory) and its worker,
+and the sweeper that ends expired SSO sessions (``SessionAuthenticator.sweep_forever``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -37,7 +39,7 @@ from gateway.identity.provider import OpenIDProvider
 from gateway.identity.redis_sessions import RedisSessionStore
 from gateway.identity.sessions import MemorySessionStore, SessionStore
 from gateway.identity.sso import LoginRefused, LoginView, SessionAuthenticator
-from gateway.identity.upstreams import build_upstreams, login_origins
+from gateway.identity.upstreams import build_upstreams, login_origins, staff_directories
 from gateway.settings import Settings
 
 log = structlog.get_logger("tongban.identity")
@@ -62,6 +64,10 @@ _REASONS = {
     "csrf_token_invalid": ("表单已失效，请重试。", "The form expired; please try again."),
     "state_mismatch": ("登录响应无效。", "The sign-in answer is not valid."),
     "upstream_refused": ("身份认证平台拒绝了登录。", "The identity platform refused the sign-in."),
+    "staff_role_missing": (
+        "此工作人员账号没有可在窗口使用的角色。",
+        "This staff account has no role allowed at the window.",
+    ),
     "identity_platform_unavailable": (
         "该省身份认证平台暂不可用。",
         "That province's identity platform is unavailable.",
@@ -87,21 +93,39 @@ def outbound_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
-def build_authenticator(settings: Settings, *, store: SessionStore | None = None) -> Authenticator:
-    """The SSO authenticator when identity platforms are configured, else ``NobodySignedIn``."""
+def build_authenticator(
+    settings: Settings,
+    *,
+    store: SessionStore | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Authenticator:
+    """The SSO authenticator when identity platforms are configured, else ``NobodySignedIn``.
+
+    A ``store`` passed in must run on the same ``clock`` (session deadlines, sessions.py).
+    """
     identity = settings.gateway.identity
     if identity is None or not settings.idps:
         return NobodySignedIn()
     session = identity.session
     if store is None:
+        grace = float(session.expiry_grace)
         store = (
-            RedisSessionStore.from_url(session.redis_url, session.redis_prefix)
+            RedisSessionStore.from_url(
+                session.redis_url, session.redis_prefix, clock=clock, grace=grace
+            )
             if session.store == "redis"
-            else MemorySessionStore()
+            else MemorySessionStore(clock=clock, grace=grace)
         )
     http = outbound_client(session.upstream_timeout)
     idps = build_upstreams(settings.idps, http, provider=identity, config_dir=settings.config_dir)
-    authenticator = SessionAuthenticator(session, store, idps, issuer=identity.issuer)
+    authenticator = SessionAuthenticator(
+        session,
+        store,
+        idps,
+        issuer=identity.issuer,
+        staff_directories=staff_directories(settings.idps),
+        clock=clock,
+    )
     authenticator.resources = Federation(authenticator, http, settings.data_dir())
     return authenticator
 
@@ -155,9 +179,15 @@ async def _federation_context(app: web.Application) -> AsyncIterator[None]:
         authenticator.backchannel = delivery
         provider.backchannel_logout = True
         worker = asyncio.create_task(delivery.run_forever())
+    # After the queue is wired: an expired session's logout must be queued like any other.
+    stop_sweeping = asyncio.Event()
+    sweeper = asyncio.create_task(authenticator.sweep_forever(stop_sweeping))
     try:
         yield
     finally:
+        # First, while the store and the queue are open: the session being ended ends whole.
+        stop_sweeping.set()
+        await sweeper
         if worker is not None:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -217,11 +247,14 @@ def render_login(view: LoginView) -> str:
                 f"<li class='down' data-idp='{html.escape(choice.idp_id)}'>{label}: "
                 "暂不可用 / currently unavailable</li>"
             )
+    ask = ("请选择您的户籍或常住省份：", "Choose your home province:")
+    if view.staff:
+        # A window client: staff directories only (gateway/identity/staff.py).
+        ask = ("请选择工作人员身份认证平台：", "Choose your staff directory:")
     return (
         "<h1>统一身份认证 / Unified sign-in</h1>"
-        f"<p>{html.escape(view.client_name)} 请求登录。请选择您的户籍或常住省份：</p>"
-        f"<p class='muted'>{html.escape(view.client_name)} asks you to sign in. "
-        "Choose your home province:</p>"
+        f"<p>{html.escape(view.client_name)} 请求登录。{ask[0]}</p>"
+        f"<p class='muted'>{html.escape(view.client_name)} asks you to sign in. {ask[1]}</p>"
         "<form method='post' action='/login'>"
         f"<input type='hidden' name='tx' value='{html.escape(view.tx)}'>"
         f"<input type='hidden' name='csrf' value='{html.escape(view.csrf)}'>"

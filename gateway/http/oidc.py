@@ -6,7 +6,8 @@ introspection (RFC 7662), revocation (RFC 7009), end session (RP-Initiated Logou
 
 These handlers return responses instead of raising: OAuth endpoints answer in the RFC 6749 §5.2
 error format (or redirect, or an error page), never problem+json. Bodies are read here,
-asynchronously, before the synchronous core sees the request.
+asynchronously, before the synchronous core sees the request; the core's synchronous calls go
+through ``OpenIDProvider.run_with_store`` (a worker thread when the identity store is Redis).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
     async def purge_forever() -> None:
         while True:
             await asyncio.sleep(PURGE_INTERVAL)
-            gone = provider.purge_expired()
+            gone = await provider.run_with_store(provider.purge_expired)
             if gone:
                 log.debug("identity_records_purged", count=gone)
 
@@ -77,6 +78,7 @@ async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await provider.aclose()  # the identity store, opened with the provider
 
 
 def _to_web(response: IdentityResponse) -> web.Response:
@@ -142,19 +144,19 @@ async def _authorize(provider: OpenIDProvider, request: IdentityRequest) -> Iden
 
 
 async def _token(provider: OpenIDProvider, request: IdentityRequest) -> IdentityResponse:
-    return provider.token(request)
+    return await provider.run_with_store(provider.token, request)
 
 
 async def _userinfo(provider: OpenIDProvider, request: IdentityRequest) -> IdentityResponse:
-    return provider.userinfo(request)
+    return await provider.run_with_store(provider.userinfo, request)
 
 
 async def _introspect(provider: OpenIDProvider, request: IdentityRequest) -> IdentityResponse:
-    return provider.introspect(request)
+    return await provider.run_with_store(provider.introspect, request)
 
 
 async def _revoke(provider: OpenIDProvider, request: IdentityRequest) -> IdentityResponse:
-    return provider.revoke(request)
+    return await provider.run_with_store(provider.revoke, request)
 
 
 async def _logout(provider: OpenIDProvider, request: IdentityRequest) -> IdentityResponse:

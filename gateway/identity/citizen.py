@@ -115,6 +115,12 @@ class ClaimMapping(BaseModel):
         return self
 
 
+def natural_person_id(link_key: str) -> str:
+    """The local id of the natural person with this link key, however they were identified
+    (a provincial platform's login, or an ID document read at a window: token_exchange.py)."""
+    return f"person:{link_key}"
+
+
 def _lookup(claims: Mapping[str, Any], path: str) -> Any:
     value: Any = claims
     for part in path.split("."):
@@ -180,6 +186,10 @@ class FederatedIdentity:
     agent_phone: str | None = None
     link_key: str | None = None
     """Keyed hash of the (agent's) ID type and number: the same person in every province."""
+    staff: bool = False
+    """Signed in at a staff directory (gateway/identity/staff.py), not a citizen platform."""
+    roles: frozenset[str] = frozenset()
+    """Staff roles granted by a staff directory; always empty for a citizen platform."""
 
     @property
     def local_id(self) -> str:
@@ -187,9 +197,12 @@ class FederatedIdentity:
 
         With a link key, a natural person is one local user whichever province they signed in
         through; a legal person's account is the (enterprise, agent) pair, never the enterprise
-        alone (IDENTITY-PLATFORMS.md §3)."""
+        alone (IDENTITY-PLATFORMS.md §3). A staff account is never the person's citizen
+        account (gateway/identity/staff.py)."""
+        if self.staff:
+            return f"staff:{self.platform}:{self.user_id}"
         if self.link_key and self.person_type == "natural":
-            return f"person:{self.link_key}"
+            return natural_person_id(self.link_key)
         if self.link_key and self.credit_code:
             return f"legal:{self.credit_code}:{self.link_key}"
         return f"{self.platform}:{self.user_id}"
@@ -203,6 +216,9 @@ class FederatedIdentity:
             claims["phone_number"] = self.phone
         if self.region:
             claims["locale"] = "zh-CN"
+        if self.staff:
+            # The staff number (工号) is shown at the window anyway; a citizen's platform id is not.
+            claims["preferred_username"] = self.user_id
         return claims
 
     def __repr__(self) -> str:

@@ -21,7 +21,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.secrets import SecretRef
 
-GrantType = Literal["authorization_code", "refresh_token", "client_credentials"]
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+"""RFC 8693 §2.1 grant type: a window client's Counter identification (token_exchange.py)."""
+GrantType = Literal[
+    "authorization_code",
+    "refresh_token",
+    "client_credentials",
+    "urn:ietf:params:oauth:grant-type:token-exchange",
+]
 ClientType = Literal["public", "confidential"]
 IdTokenAlgorithm = Literal["ES256", "RS256"]
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -70,6 +77,10 @@ class ClientRegistration(BaseModel):
     """Algorithm for this client's ID tokens; the provider default when unset."""
     may_introspect: bool = False
     """Whether this client (a resource server) may introspect tokens issued to other clients."""
+    window: bool = False
+    """A 跨省通办 window client: its sign-ins accept staff directories only (a citizen session
+    never satisfies it) and, with the token-exchange grant, it identifies applicants at the
+    counter (gateway/identity/token_exchange.py). Citizen portals never accept staff logins."""
 
     @field_validator("client_id")
     @classmethod
@@ -103,6 +114,10 @@ class ClientRegistration(BaseModel):
             raise ValueError("the authorization_code grant needs at least one redirect URI")
         if "refresh_token" in self.grant_types and "authorization_code" not in self.grant_types:
             raise ValueError("refresh_token is only issued with authorization_code")
+        if TOKEN_EXCHANGE in self.grant_types and not (self.window and self.type == "confidential"):
+            raise ValueError(
+                "token exchange is for confidential window clients only (window: true)"
+            )
         if self.sector_identifier is None and len(self._redirect_hosts()) > 1:
             raise ValueError(
                 "redirect URIs on several hosts need a sector_identifier (OIDC Core §8.1)"

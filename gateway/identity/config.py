@@ -21,16 +21,33 @@ from gateway.secrets import SecretRef
 
 
 class SessionSettings(BaseModel):
-    """The SSO session at the gateway (GovSSO-style short idle timeout, longer absolute cap)."""
+    """The SSO session at the gateway (GovSSO-style short idle timeout, longer absolute cap).
+
+    A session ends at its deadline, the earlier of ``idle_timeout`` after its last use and
+    ``absolute_timeout`` after its login, exactly as at a logout: its grant families are
+    revoked, an OIDC Back-Channel Logout 1.0 token is queued for each portal of the session and
+    a ``logout`` record per portal names the reason (``idle_timeout`` / ``absolute_timeout``).
+    Whether the browser comes back or not: a sweeper ends expired sessions every
+    ``sweep_interval`` seconds, each on exactly one gateway instance.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     cookie_name: str = Field("tongban_sso", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     """Name of the cookie holding the random session handle (nothing else is in it)."""
     idle_timeout: int = Field(900, ge=60, le=24 * 3600)
-    """Seconds without use after which the session ends (GovSSO: 15 minutes)."""
+    """Seconds without use after which the session ends (GovSSO: 15 minutes); the portals are
+    told by back-channel logout within ``sweep_interval``, with no browser request needed."""
     absolute_timeout: int = Field(12 * 3600, ge=300)
-    """Seconds after login after which the session ends however active it is."""
+    """Seconds after login after which the session ends however active it is (then ended like
+    an idle one)."""
+    sweep_interval: float = Field(15.0, gt=0, le=300)
+    """Seconds between two runs of the sweeper that ends expired sessions: the longest a portal
+    waits to hear of a timeout (plus the back-channel delivery)."""
+    expiry_grace: int = Field(3600, ge=60, le=7 * 24 * 3600)
+    """Seconds a session's data is kept after its deadline so the sweeper can still end it
+    properly; a session that no instance sweeps within this (every instance down) is lost
+    without a logout."""
     elevated_level_ttl: int = Field(600, ge=60)
     """Seconds a stepped-up level lasts before the session falls back to its base level."""
     login_timeout: int = Field(600, ge=60, le=3600)
@@ -89,6 +106,14 @@ class ProviderSettings(BaseModel):
     """Clock skew tolerated when checking exp / iat."""
     session: SessionSettings = SessionSettings()
     """The SSO session cookie, its timeouts and its store."""
+    token_store: Literal["sqlite", "memory", "redis"] = "sqlite"
+    """Where authorization codes, grant families, access-token ids and refresh tokens live:
+    'sqlite', ``identity.sqlite`` in the data directory (one instance; survives a restart);
+    'memory' (tests; forgotten at exit); 'redis' when several instances run, at
+    ``session.redis_url`` (choose it together with ``session.store: redis``)."""
+    token_redis_prefix: str = "tongban:oidc:"
+    """Key prefix in Redis when ``token_store`` is 'redis' (one per deployment; not the
+    sessions' prefix)."""
     backchannel: BackchannelSettings = BackchannelSettings()
     """Back-channel logout delivery (queue in the data directory)."""
     assertion_ttl: int = Field(60, ge=10, le=600)
@@ -113,6 +138,8 @@ class ProviderSettings(BaseModel):
             raise ValueError("link_secret needs 32+ characters")
         if not self.algorithms:
             raise ValueError("configure at least one signing algorithm")
+        if self.token_store == "redis" and self.token_redis_prefix == self.session.redis_prefix:
+            raise ValueError("token_redis_prefix must differ from session.redis_prefix")
         return self
 
     @property

@@ -2,6 +2,11 @@
 
 The secret is random per process, so a token never outlives the demo that printed it, and
 `serve` refuses to enable this without an explicit ``--insecure-dev-tokens`` flag.
+
+A dev token may name its ``person`` (Principal.person, the owner of its cases) as a plain
+claim: unlike the provider's access tokens (gateway/identity/person_key.py seals it) these are
+minted by the gateway process for a developer or a test, never handed to a portal, so there is
+nobody to hide the key from; the HMAC still keeps anyone else from choosing it.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ class DevTokenIssuer:
         roles: Iterable[str] = (),
         scopes: Iterable[str] = ("openid", "services:call"),
         ttl: float = 12 * 3600,
+        person: str | None = None,
     ) -> str:
-        claims = {
+        claims: dict[str, object] = {
             "sub": subject,
             "acr": level,
             "client_id": client_id,
@@ -59,6 +65,8 @@ class DevTokenIssuer:
             "scope": " ".join(scopes),
             "exp": int(self._clock() + ttl),
         }
+        if person is not None:
+            claims["person"] = person
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{_PREFIX}{body}.{self._sign(body)}"
 
@@ -77,6 +85,9 @@ class DevTokenIssuer:
             raise Unauthenticated("The bearer token is not valid.") from None
         if claims["exp"] < self._clock():
             raise Unauthenticated("The bearer token has expired.")
+        person = claims.get("person")
+        if person is not None and not isinstance(person, str):
+            raise Unauthenticated("The bearer token is not valid.")
         return Principal(
             subject=claims["sub"],
             level=claims["acr"],
@@ -85,6 +96,7 @@ class DevTokenIssuer:
             actor_role=claims.get("act_role"),
             roles=frozenset(claims.get("roles", ())),
             scopes=frozenset(str(claims.get("scope", "")).split()),
+            person=person,
         )
 
 

@@ -9,8 +9,9 @@
 - ``MachineClientCredentialsGrant``: RFC 6749 §4.4 restricted to the client's own scopes;
 - introspection (RFC 7662 §2), revocation (RFC 7009 §2) and end session (RP-Initiated Logout 1.0).
 
-Every callback is synchronous (authlib calls it on the event loop) and reaches state only
-through the provider's ``IdentityStore``. Must not: import aiohttp, log a credential.
+Every callback is synchronous (authlib calls it on the event loop, or in a worker thread when
+the store blocks: ``OpenIDProvider.run_with_store``) and reaches state only through the
+provider's ``IdentityStore``. Must not: import aiohttp, log a credential.
 """
 
 from __future__ import annotations
@@ -247,10 +248,25 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
     def delete_authorization_code(self, record: CodeRecord) -> None:
         provider = self.server
         family: GrantFamily = self.request.user
-        if not provider.store.redeem_code(
-            credential_hash(self.request.form["code"]), family.family_id
-        ):
+        code_hash = credential_hash(self.request.form["code"])
+        if not provider.store.redeem_code(code_hash, family.family_id):
+            # Redeemed at the same moment by another thread or instance, which won the
+            # compare-and-set: a replay all the same (RFC 6749 §4.1.2), so the winner's tokens
+            # are revoked with the ones just minted here, which never leave.
             provider.store.revoke_family(family.family_id)
+            winner = provider.store.get_code(code_hash)
+            if winner is not None and winner.family_id:
+                provider.store.revoke_family(winner.family_id)
+            log.warning("authorization_code_replayed", client=family.client_id)
+            provider.audit_event(
+                EventType.TOKEN_REVOKED,
+                client_id=family.client_id,
+                subject=provider.family_subject(family),
+                operation="code_replay_detected",
+                outcome="revoked",
+                error_code="authorization_code_replayed",
+                extra={"family": winner.family_id if winner else family.family_id},
+            )
             raise InvalidGrantError("The code was already used.")
 
 
@@ -259,15 +275,17 @@ class RotatingRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     server: OpenIDProvider
+    _family: GrantFamily | None = None
+    """The family read by authenticate_refresh_token (authlib makes one grant per request)."""
 
     def authenticate_refresh_token(self, refresh_token: str) -> TokenView | None:
         provider = self.server
-        record = provider.store.get_refresh_token(credential_hash(refresh_token))
+        found = provider.store.get_refresh_grant(credential_hash(refresh_token))
         # Another client's token is refused without side effects: only the owning client can
         # trigger reuse detection (a public client's id is no secret, so that is no shield).
-        if record is None or record.client_id != self.request.client.client_id:
+        if found is None or found[0].client_id != self.request.client.client_id:
             return None
-        family = provider.store.get_family(record.family_id)
+        record, family = found
         if family is None or family.revoked or record.revoked:
             return None
         if record.rotated:
@@ -286,18 +304,36 @@ class RotatingRefreshTokenGrant(RefreshTokenGrant):  # type: ignore[misc]
             return None
         if record.expires_at <= provider.clock():
             return None
-        return provider.refresh_view(record)
+        self._family = family
+        return provider.refresh_view(record, family)
 
     def authenticate_user(self, token: TokenView) -> GrantFamily | None:
-        family = self.server.store.get_family(token.family_id or "")
+        # Read a moment ago in this request: one store round trip less per refresh. A family
+        # revoked since then still revokes what is minted now (is_revoked checks the family),
+        # and a concurrent reuse loses the compare-and-set in revoke_old_credential.
+        family = self._family
+        if family is None or family.family_id != token.family_id:
+            family = self.server.store.get_family(token.family_id or "")
         if family is None or family.revoked or family.expires_at <= self.server.clock():
             return None
         return family
 
     def revoke_old_credential(self, token: TokenView) -> None:
-        store = self.server.store
-        if not store.rotate_refresh_token(token.key):
-            store.revoke_family(token.family_id or "")
+        provider = self.server
+        if not provider.store.rotate_refresh_token(token.key):
+            # Rotated at the same moment by another thread or instance: reuse all the same
+            # (RFC 9700 §4.14.2); the family goes, with the tokens just minted here.
+            provider.store.revoke_family(token.family_id or "")
+            log.warning("refresh_token_reused", client=token.client_id)
+            provider.audit_event(
+                EventType.TOKEN_REVOKED,
+                client_id=token.client_id,
+                subject=token.subject,
+                operation="refresh_reuse_detected",
+                outcome="revoked",
+                error_code="refresh_token_reused",
+                extra={"family": token.family_id or ""},
+            )
             raise InvalidGrantError("The refresh token was already used.")
 
 

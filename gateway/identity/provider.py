@@ -11,23 +11,32 @@ Implements:
 - refresh tokens, RFC 6749 §6, rotated on every use, with reuse detection that revokes the
   whole grant family (RFC 9700 §4.14.2);
 - client credentials, RFC 6749 §4.4, for machine clients;
+- token exchange, RFC 8693, for Counter identification by a window clerk (token_exchange.py);
 - JWT access tokens, RFC 9068 (``typ`` at+jwt; iss, sub, aud, exp, iat, jti, client_id, scope,
-  acr, auth_time, and ``act`` per RFC 8693 §4.1 when a clerk or agent acts);
+  acr, auth_time, ``act`` per RFC 8693 §4.1 when a clerk or agent acts, and the private claim
+  ``tb_pk``, the sealed person key, when a person is signed in: gateway/identity/person_key.py);
 - token introspection, RFC 7662, and revocation, RFC 7009;
 - RP-initiated logout, OpenID Connect RP-Initiated Logout 1.0 (only registered
   ``post_logout_redirect_uris``; no redirect without a valid ``id_token_hint``);
 - discovery metadata, OpenID Connect Discovery 1.0 §3 and RFC 8414 §2.
 
-authlib's callbacks are synchronous and run on the event loop against a synchronous
-``IdentityStore`` (see gateway/identity/store.py); only the ``Authenticator`` is awaited, and
-only between two validations of the authorization request.
+authlib's callbacks are synchronous and reach state through a synchronous ``IdentityStore``
+(gateway/identity/store.py); only the ``Authenticator`` is awaited, and only between two
+validations of the authorization request. Every piece of synchronous work that touches the store
+goes through ``run_with_store``: on the event loop when the store answers in microseconds
+(memory, SQLite), in a worker thread when it waits on the network (Redis). In a thread, audit
+events are collected and handed to the sink on the loop when the work returns, before its
+answer does: the sink is not thread-safe, and a token still never leaves unrecorded.
 
 Must not: import aiohttp; log or store a usable code, token or secret.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextvars
+import functools
 import hashlib
 import html
 import json
@@ -37,7 +46,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from authlib.oauth2 import OAuth2Error
@@ -53,6 +62,7 @@ from joserfc.jwk import GuestProtocol, Key
 
 from gateway.audit.record import AuditEvent, EventType
 from gateway.audit.sink import AuditSink, WriterAuditSink
+from gateway.errors import AuditUnavailable
 from gateway.identity.authn import AuthenticatedUser, Authenticator, AuthorizationContext
 from gateway.identity.clients import ClientRegistration, ClientRegistry, OAuthClient
 from gateway.identity.config import ProviderSettings, pairwise_subject
@@ -69,6 +79,7 @@ from gateway.identity.grants import (
     TokenView,
 )
 from gateway.identity.keys import SigningKeys
+from gateway.identity.person_key import PERSON_CLAIM, PersonKeys
 from gateway.identity.requests import IdentityRequest, IdentityResponse
 from gateway.identity.store import (
     AccessTokenRecord,
@@ -79,9 +90,14 @@ from gateway.identity.store import (
     RefreshTokenRecord,
     credential_hash,
 )
+from gateway.identity.store_redis import RedisIdentityStore, RedisRevocationList
+from gateway.identity.store_sqlite import SqliteIdentityStore
+from gateway.identity.token_exchange import OPERATION as TOKEN_EXCHANGE_OPERATION
+from gateway.identity.token_exchange import TokenExchangeGrant
 from gateway.identity.verifier import (
     InvalidToken,
     JwtAccessTokenVerifier,
+    RevocationList,
     StoreRevocationList,
     decode_access_token,
 )
@@ -112,12 +128,27 @@ SCOPE_CLAIMS: Mapping[str, tuple[str, ...]] = {
     "phone": ("phone_number", "phone_number_verified"),
     "address": ("address",),
 }
+P = ParamSpec("P")
+T = TypeVar("T")
+_DEFERRED_AUDIT: contextvars.ContextVar[list[AuditEvent] | None] = contextvars.ContextVar(
+    "tongban_deferred_audit", default=None
+)
+"""Set in a worker thread's context by ``run_with_store``: audit events wait there for the loop."""
 _ERROR_TEXT = {
     "invalid_client": "未知的客户端 / Unknown client.",
     "invalid_request": "请求无效 / The request is invalid.",
     "unsupported_response_type": "不支持的响应类型 / Unsupported response type.",
     "unauthorized_client": "客户端无权使用此流程 / The client may not use this flow.",
 }
+
+
+def open_identity_store(settings: ProviderSettings, data_dir: Path) -> IdentityStore:
+    """The store ``settings.token_store`` names (blocking I/O: call it off the loop)."""
+    if settings.token_store == "memory":
+        return MemoryIdentityStore()
+    if settings.token_store == "redis":
+        return RedisIdentityStore.from_url(settings.session.redis_url, settings.token_redis_prefix)
+    return SqliteIdentityStore.in_data_dir(data_dir)
 
 
 def _now_int(clock: Callable[[], float]) -> int:
@@ -145,6 +176,7 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         authenticator: Authenticator,
         *,
         clock: Callable[[], float] = time.time,
+        revocations: RevocationList | None = None,
     ) -> None:
         scopes = {"openid"}
         for client in clients.values():
@@ -162,8 +194,12 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         self.clients = clients
         self.keys = keys
         self.store = store
+        self.revocations = revocations if revocations is not None else StoreRevocationList(store)
+        """What the access-token verifier asks on every /api request (the store by default)."""
         self.authenticator = authenticator
         self.clock = clock
+        self.person_keys = PersonKeys(settings.pairwise_secret)
+        """Person keys (the same person at every portal) and their sealed claim."""
         self.backchannel_logout = False
         """True once a back-channel logout queue is wired (OIDC Back-Channel Logout 1.0 §2.1)."""
         self.audit: AuditSink = WriterAuditSink()
@@ -173,6 +209,7 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         self.register_grant(CodeGrant, [S256CodeChallenge(), OpenIDCodeExtension(self)])
         self.register_grant(RotatingRefreshTokenGrant)
         self.register_grant(MachineClientCredentialsGrant)
+        self.register_grant(TokenExchangeGrant)
         self.register_endpoint(TokenIntrospectionEndpoint(self))
         self.register_endpoint(TokenRevocationEndpoint(self))
         self.register_endpoint(LogoutEndpoint(self))
@@ -188,24 +225,78 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         store: IdentityStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> OpenIDProvider:
-        """Build at start-up: loads (or creates, 0600) ``data_dir/oidc-signing-keys.json``.
+        """Build at start-up: loads (or creates, 0600) ``data_dir/oidc-signing-keys.json`` and
+        opens the identity store of ``settings.token_store`` (unless ``store`` is given).
 
         Synchronous and cheap after the first start (RS256 key generation takes ~0.1 s once);
-        call it in ``create_app`` and hand the result to ``gateway.http.oidc.add_oidc_routes``.
+        call it off the loop and hand the result to ``gateway.http.oidc.add_oidc_routes``, whose
+        cleanup closes the store (``aclose``).
         """
         keys = SigningKeys.load_or_create(data_dir / KEY_FILE_NAME, settings.algorithms)
+        revocations: RevocationList | None = None
+        if store is None:
+            store = open_identity_store(settings, data_dir)
+            if isinstance(store, RedisIdentityStore):
+                # Asked on every /api request, from the loop: Redis's asyncio client, no thread.
+                revocations = RedisRevocationList.from_url(
+                    settings.session.redis_url, settings.token_redis_prefix
+                )
         return cls(
             settings,
             ClientRegistry(clients),
             keys,
-            store if store is not None else MemoryIdentityStore(),
+            store,
             authenticator,
             clock=clock,
+            revocations=revocations,
         )
 
+    async def run_with_store(self, work: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run synchronous ``work`` that touches the store where the store wants it run.
+
+        A non-blocking store (memory, SQLite): called right here, on the loop. A blocking one
+        (Redis): in a worker thread, so the loop serves other requests meanwhile; the store's
+        compare-and-set operations keep concurrent work correct. Audit events reported by the
+        work in the thread are collected and recorded here, on the loop, in their order, before
+        the result is returned: "recorded before the token leaves" holds, and a sink that
+        cannot take them raises here, so the answer is never sent. If the caller is cancelled
+        (the client went away), the thread still finishes and its events are recorded then.
+        """
+        if not self.store.blocking:
+            return work(*args, **kwargs)
+        events: list[AuditEvent] = []
+        context = contextvars.copy_context()  # request id and log context go along
+        context.run(_DEFERRED_AUDIT.set, events)
+        call = functools.partial(context.run, work, *args, **kwargs)
+        future = asyncio.get_running_loop().run_in_executor(None, call)
+        try:
+            return await asyncio.shield(future)
+        finally:
+            if future.done():
+                self._record_all(events)
+            else:
+                future.add_done_callback(lambda _: self._record_all(events, late=True))
+
+    def _record_all(self, events: list[AuditEvent], *, late: bool = False) -> None:
+        for event in events:
+            if not late:
+                self.audit.record(event)
+                continue
+            try:
+                self.audit.record(event)
+            except AuditUnavailable:
+                log.error("audit_event_lost", type=event.type.value)
+
     def purge_expired(self) -> int:
-        """Drop expired codes, tokens and families (run periodically)."""
+        """Drop expired codes, tokens and families (run periodically, through
+        ``run_with_store``)."""
         return self.store.purge(self.clock() - self.settings.leeway)
+
+    async def aclose(self) -> None:
+        """Close the identity store (the application's cleanup calls it)."""
+        await self.run_with_store(self.store.close)
+        if isinstance(self.revocations, RedisRevocationList):
+            await self.revocations.aclose()
 
     def parameter_error(self, endpoint: str, description: str) -> IdentityResponse:
         """The answer to a request whose parameters could not be accepted at all."""
@@ -224,7 +315,8 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             issuer=self.settings.issuer,
             audience=self.settings.audience,
             algorithms=self.settings.algorithms,
-            revocations=StoreRevocationList(self.store),
+            revocations=self.revocations,
+            persons=self.person_keys,
             clock=self.clock,
             leeway=self.settings.leeway,
             cache_size=cache_size,
@@ -265,7 +357,8 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         """Authorization endpoint, OIDC Core §3.1.2 (GET or POST)."""
         oauth_request = OAuthRequest(request)
         try:
-            grant = self.get_consent_grant(oauth_request, end_user=None)
+            # The OIDC nonce check (OpenIDCodeExtension.exists_nonce) reads the store.
+            grant = await self.run_with_store(self.get_consent_grant, oauth_request, end_user=None)
         except OAuth2Error as error:
             return self._authorization_error(error)
         params = oauth_request.payload.data
@@ -304,8 +397,8 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         if not isinstance(outcome, AuthenticatedUser):
             return self._redirect_error(LoginRequiredError(), grant)
         # Validated again: state may have changed while the authenticator was awaited.
-        response: IdentityResponse = self.create_authorization_response(
-            oauth_request, grant_user=outcome, grant=grant
+        response: IdentityResponse = await self.run_with_store(
+            self.create_authorization_response, oauth_request, grant_user=outcome, grant=grant
         )
         if response.status == 302:
             log.info("authorization_code_issued", client=context.client_id, acr=outcome.acr)
@@ -404,7 +497,12 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             "scopes_supported": self.scopes_supported,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+            "grant_types_supported": [
+                "authorization_code",
+                "refresh_token",
+                "client_credentials",
+                TokenExchangeGrant.GRANT_TYPE,
+            ],
             "subject_types_supported": ["pairwise"],
             "id_token_signing_alg_values_supported": list(self.settings.algorithms),
             "token_endpoint_auth_methods_supported": [
@@ -480,6 +578,12 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         else:
             person = family.user
             claims["sub"] = self.subject_for(client, person)
+            # Sealed: the key is the same at every portal, the token readable by this one.
+            claims[PERSON_CLAIM] = self.person_keys.seal(
+                self.person_keys.person_key(person.local_id),
+                subject=claims["sub"],
+                client_id=client.client_id,
+            )
             claims["acr"] = person.acr_at(now)
             if person.acr_until is not None and now < person.acr_until:
                 # A stepped-up level ends when its window does, not when the token would.
@@ -490,36 +594,34 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             if person.roles:
                 claims["roles"] = sorted(person.roles)
         access_token = self.keys.sign(claims, algorithm=self.settings.algorithms[0], typ="at+jwt")
-        self.store.put_access_token(
-            AccessTokenRecord(
-                jti=jti,
-                family_id=family.family_id,
-                client_id=client.client_id,
-                subject=claims["sub"],
-                scope=scope,
-                issued_at=now,
-                expires_at=expires_at,
-            )
-        )
         token: dict[str, Any] = {
             "token_type": "Bearer",
             "access_token": access_token,
             "expires_in": expires_at - now,
             "scope": scope,
         }
+        refresh_record: RefreshTokenRecord | None = None
         if include_refresh_token and family.user is not None:
             refresh_token = secrets.token_urlsafe(32)
-            self.store.put_refresh_token(
-                RefreshTokenRecord(
-                    token_hash=credential_hash(refresh_token),
-                    family_id=family.family_id,
-                    client_id=client.client_id,
-                    scope=scope,
-                    issued_at=now,
-                    expires_at=min(now + self.settings.refresh_token_ttl, family.expires_at),
-                )
+            refresh_record = RefreshTokenRecord(
+                token_hash=credential_hash(refresh_token),
+                family_id=family.family_id,
+                client_id=client.client_id,
+                scope=scope,
+                issued_at=now,
+                expires_at=min(now + self.settings.refresh_token_ttl, family.expires_at),
             )
             token["refresh_token"] = refresh_token
+        access_record = AccessTokenRecord(
+            jti=jti,
+            family_id=family.family_id,
+            client_id=client.client_id,
+            subject=claims["sub"],
+            scope=scope,
+            issued_at=now,
+            expires_at=expires_at,
+        )
+        self.store.put_tokens(access_record, refresh_record)
         # Recorded before the token leaves: if the trail cannot take it, nobody gets the token.
         act = claims.get("act")
         self.audit_event(
@@ -528,7 +630,9 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             subject=claims["sub"],
             level=claims.get("acr"),
             actor=act["sub"] if act else None,
-            operation=grant_type,
+            operation=TOKEN_EXCHANGE_OPERATION
+            if grant_type == TokenExchangeGrant.GRANT_TYPE
+            else grant_type,
             extra={
                 "family": family.family_id,
                 "jti": jti,
@@ -552,20 +656,25 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         error_code: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        """Report an identity event to the audit trail: pairwise subjects and ids only."""
-        self.audit.record(
-            AuditEvent(
-                type=kind,
-                principal=subject,
-                identity_level=level,
-                actor=actor,
-                client=client_id,
-                operation=operation,
-                outcome=outcome,
-                error_code=error_code,
-                extra=extra or {},
-            )
+        """Report an identity event to the audit trail: pairwise subjects and ids only.
+
+        In a worker thread (``run_with_store``) the event waits for the loop to record it."""
+        event = AuditEvent(
+            type=kind,
+            principal=subject,
+            identity_level=level,
+            actor=actor,
+            client=client_id,
+            operation=operation,
+            outcome=outcome,
+            error_code=error_code,
+            extra=extra or {},
         )
+        deferred = _DEFERRED_AUDIT.get()
+        if deferred is not None:
+            deferred.append(event)
+        else:
+            self.audit.record(event)
 
     def family_subject(self, family: GrantFamily | None) -> str | None:
         """The pairwise subject a grant family's tokens carry (its client's sector)."""
@@ -607,8 +716,8 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             claims["sid"] = person.session_id
         return self.keys.sign(claims, algorithm=alg, typ="JWT")
 
-    def refresh_view(self, record: RefreshTokenRecord) -> TokenView:
-        family = self.store.get_family(record.family_id)
+    def refresh_view(self, record: RefreshTokenRecord, family: GrantFamily | None) -> TokenView:
+        """``record`` as authlib sees it; ``family`` is its grant family as just read."""
         client = self.clients.get(record.client_id)
         subject = record.client_id
         if family is not None and family.user is not None and client is not None:
@@ -644,7 +753,9 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
 
     def _refresh_lookup(self, token_string: str) -> TokenView | None:
         record = self.store.get_refresh_token(credential_hash(token_string))
-        return None if record is None else self.refresh_view(record)
+        if record is None:
+            return None
+        return self.refresh_view(record, self.store.get_family(record.family_id))
 
     def _access_view(self, token_string: str) -> TokenView | None:
         if token_string.count(".") != 2:

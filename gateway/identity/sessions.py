@@ -8,19 +8,33 @@ handle is replaced at every login (session fixation, OWASP ASVS V3.2.1).
 Pending logins (the login page's transaction, the upstream round trip) are one-time records:
 ``take_pending`` reads and deletes atomically, so a callback cannot be replayed.
 
+Expiry: every session has a deadline, the earlier of its idle and absolute timeouts, given to
+``put_session`` as a ttl. Past its deadline a session is absent for authentication
+(``get_session``, ``key_for_sid``), but its data stays ``grace`` seconds longer and its key waits
+in a deadline index until ``claim_expired`` hands it to exactly one caller, who ends it like a
+logout (gateway/identity/sso.py: grants revoked, back-channel logout queued, audited). Without
+that index a session whose browser never returns would vanish with no logout (OIDC Back-Channel
+Logout 1.0 §2: the OP tells the RPs when the session ends, whatever ended it).
+``delete_session`` also removes the key from the index, so a session ended by logout is never
+claimed. A store's clock and the claimer's ``now`` must be the same clock.
+
 The Redis implementation (redis_sessions.py) passes the same contract tests
-(tests/identity/test_session_store_contract.py).
+(tests/unit/identity/test_session_store_contract.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import orjson
+
+DEFAULT_GRACE = 3600.0
+"""Seconds a session's data outlives its deadline unless configured (``expiry_grace``)."""
 
 
 def handle_hash(handle: str) -> str:
@@ -78,16 +92,34 @@ class SessionStore(Protocol):
     """Where sessions and pending logins live; every TTL is in seconds."""
 
     async def put_session(self, key: str, session: SsoSession, ttl: float) -> None:
-        """Store under ``key`` (a handle hash) and index by ``session.sid``."""
+        """Store under ``key`` (a handle hash) and index by ``session.sid``.
+
+        ``ttl`` is the time to the session's deadline (the earlier of its idle and absolute
+        timeouts); the data is kept ``grace`` seconds longer so that it can still be ended.
+        Storing again moves the deadline (the session was used).
+        """
         ...
 
-    async def get_session(self, key: str) -> SsoSession | None: ...
+    async def get_session(self, key: str) -> SsoSession | None:
+        """The session, or None when there is none or its deadline has passed."""
+        ...
 
     async def delete_session(self, key: str) -> SsoSession | None:
-        """Remove and return the session (None when there was none)."""
+        """Remove and return the session (None when there was none), also past its deadline
+        within the grace; its key leaves the deadline index, so no claim returns it later."""
         ...
 
-    async def key_for_sid(self, sid: str) -> str | None: ...
+    async def key_for_sid(self, sid: str) -> str | None:
+        """The key of session ``sid`` while its deadline has not passed."""
+        ...
+
+    async def claim_expired(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` keys whose deadline is at or before ``now``, earliest first.
+
+        Each key is handed out once, whichever instance asks (the claim is atomic); the caller
+        ends the session (``delete_session`` returns it, or None if its data outlived the grace).
+        """
+        ...
 
     async def put_pending(self, key: str, data: Mapping[str, str], ttl: float) -> None: ...
 
@@ -105,9 +137,13 @@ class SessionStore(Protocol):
 class MemorySessionStore:
     """One-instance store: dictionaries with expiry, atomic because the loop is single-threaded."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.time, grace: float = DEFAULT_GRACE
+    ) -> None:
         self._clock = clock
+        self._grace = grace
         self._sessions: dict[str, tuple[float, bytes]] = {}
+        self._deadlines: dict[str, float] = {}
         self._sids: dict[str, tuple[float, str]] = {}
         self._pending: dict[str, tuple[float, bytes]] = {}
 
@@ -120,26 +156,39 @@ class MemorySessionStore:
             return None
         return entry[1]
 
+    def _before_deadline(self, key: str) -> bool:
+        deadline = self._deadlines.get(key)
+        return deadline is not None and self._clock() < deadline
+
     def _purge(self) -> None:
         now = self._clock()
         for table in (self._sessions, self._sids, self._pending):
             if len(table) > 1024:
                 for key in [k for k, (exp, _) in table.items() if exp <= now]:
                     del table[key]
+        if len(self._deadlines) > 1024:
+            # Keys nobody claimed before their data went: nothing is left to end.
+            for key in [k for k, d in self._deadlines.items() if d + self._grace <= now]:
+                del self._deadlines[key]
 
     async def put_session(self, key: str, session: SsoSession, ttl: float) -> None:
         self._purge()
-        expires = self._clock() + ttl
-        self._sessions[key] = (expires, session.to_json())
-        self._sids[session.sid] = (expires, key)
+        deadline = self._clock() + ttl
+        kept_until = deadline + self._grace
+        self._sessions[key] = (kept_until, session.to_json())
+        self._deadlines[key] = deadline
+        self._sids[session.sid] = (kept_until, key)
 
     async def get_session(self, key: str) -> SsoSession | None:
         raw = self._live(self._sessions, key)
-        return None if raw is None else SsoSession.from_json(raw)
+        if raw is None or not self._before_deadline(key):
+            return None
+        return SsoSession.from_json(raw)
 
     async def delete_session(self, key: str) -> SsoSession | None:
         raw = self._live(self._sessions, key)
         self._sessions.pop(key, None)
+        self._deadlines.pop(key, None)
         if raw is None:
             return None
         session = SsoSession.from_json(raw)
@@ -149,7 +198,13 @@ class MemorySessionStore:
 
     async def key_for_sid(self, sid: str) -> str | None:
         key = self._live(self._sids, sid)
-        return None if key is None else str(key)
+        return None if key is None or not self._before_deadline(key) else str(key)
+
+    async def claim_expired(self, now: float, limit: int) -> list[str]:
+        due = heapq.nsmallest(limit, ((d, k) for k, d in self._deadlines.items() if d <= now))
+        for _, key in due:
+            del self._deadlines[key]
+        return [key for _, key in due]
 
     async def put_pending(self, key: str, data: Mapping[str, str], ttl: float) -> None:
         self._purge()

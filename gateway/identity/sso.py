@@ -14,6 +14,14 @@
   when the issuer is https; they hold only random handles.
 - RP-initiated logout ends the session, revokes its grant families and queues OIDC Back-Channel
   Logout 1.0 tokens for every client of the session (backchannel.py).
+- A session that reaches its deadline (idle or absolute timeout) ends the same way, whether the
+  browser comes back (``current``) or never does (``sweep_expired``, run every
+  ``sweep_interval`` seconds: the store hands each expired session to one instance only), so the
+  portals hear of a timeout as of a logout (Back-Channel Logout 1.0 §2.7: the OP sends a logout
+  token whenever the session ends). Each end is audited with its reason.
+- Staff and citizens never share a session (issue 3 §5, staff.py): a window client's requests
+  accept only a session from a staff directory and its login page offers only those; every other
+  client accepts only citizen platforms. Only a staff directory's login gives a session roles.
 
 Must not: import aiohttp (gateway/http/login.py is the web layer); log a handle, state, code or
 personal data.
@@ -21,14 +29,16 @@ personal data.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, urlsplit
 
 import structlog
@@ -53,6 +63,11 @@ LEVELS = ("L1", "L2", "L3", "LP", "Counter")
 BINDING_COOKIE = "tongban_login"
 RESUME_PARAM = "tb_resume"
 _LEVEL_ORDER = {"L1": 1, "L2": 2, "L3": 3, "Counter": 4, "LP": 0}
+SWEEP_BATCH = 100
+
+EndReason = Literal["logout", "idle_timeout", "absolute_timeout", "replaced"]
+"""Why a session ended (``extra.reason`` of its ``logout`` records): RP-initiated logout, one of
+its timeouts, or another person's login in the same browser."""
 
 
 class LoginRefused(Exception):
@@ -83,6 +98,8 @@ class LoginView:
     client_name: str
     choices: tuple[IdpChoice, ...]
     hint: str | None
+    staff: bool = False
+    """A window client's login: the choices are staff directories, not home provinces."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +140,7 @@ class SessionAuthenticator:
         idps: Mapping[str, UpstreamIdP],
         *,
         issuer: str,
+        staff_directories: Iterable[str] = (),
         login_path: str = "/login",
         callback_path: str = "/login/callback",
         clock: Callable[[], float] = time.time,
@@ -130,6 +148,8 @@ class SessionAuthenticator:
         self.settings = settings
         self.store = store
         self.idps = dict(idps)
+        self.staff_directories = frozenset(staff_directories) & set(self.idps)
+        """Platforms declared staff directories (idps.yaml ``staff:``): window logins only."""
         self.issuer = issuer
         self.login_path = login_path
         self.callback_path = callback_path
@@ -168,9 +188,22 @@ class SessionAuthenticator:
 
     # --- the session -------------------------------------------------------------------------
 
+    def deadline(self, session: SsoSession) -> float:
+        """When ``session`` ends: the earlier of its idle and absolute timeouts."""
+        return min(
+            session.last_seen + self.settings.idle_timeout,
+            session.created_at + self.settings.absolute_timeout,
+        )
+
+    def expiry_reason(self, session: SsoSession) -> EndReason:
+        """Which timeout sets ``session``'s deadline."""
+        absolute = session.created_at + self.settings.absolute_timeout
+        idle = session.last_seen + self.settings.idle_timeout
+        return "absolute_timeout" if absolute <= idle else "idle_timeout"
+
     def _ttl(self, session: SsoSession, now: float) -> float:
-        absolute_left = session.created_at + self.settings.absolute_timeout - now
-        return max(min(float(self.settings.idle_timeout), absolute_left), 0.0)
+        # The store learns the deadline from this (sessions.py): keep both computed in one place.
+        return max(self.deadline(session) - now, 0.0)
 
     async def current(self, headers: Mapping[str, str]) -> tuple[str, SsoSession] | None:
         """The browser's live session, with idle and absolute timeouts applied."""
@@ -178,14 +211,13 @@ class SessionAuthenticator:
         if not handle or len(handle) > 128:
             return None
         key = handle_hash(handle)
+        # Past the deadline the store already answers None; the sweeper ends that session.
         session = await self.store.get_session(key)
         if session is None:
             return None
-        now = self.clock()
-        idle = now - session.last_seen > self.settings.idle_timeout
-        if idle or now - session.created_at > self.settings.absolute_timeout:
-            await self.store.delete_session(key)
-            log.info("sso_session_expired", reason="idle" if idle else "absolute")
+        if self.clock() >= self.deadline(session):
+            # Deadline stored under other settings (a shorter timeout since), or the boundary.
+            await self.end_session(key, reason="expired")
             return None
         return key, session
 
@@ -215,9 +247,15 @@ class SessionAuthenticator:
         params = context.request.params
         wanted = next((v for v in context.acr_values if v in LEVELS), None)
         found = await self.current(context.request.headers)
-        hint = self._hinted_idp(params.get("idp_hint") or context.login_hint)
+        hint = self._hinted_idp(params.get("idp_hint") or context.login_hint, context.client_id)
         if found is not None:
             key, session = found
+            if not self.offers(context.client_id, session.platform):
+                # A citizen's session never satisfies a window client, nor a clerk's a portal.
+                if "none" in context.prompt:
+                    return None
+                log.info("sso_login_required", reason="staff_or_citizen")
+                return await self._begin(context, wanted, hint)
             just_logged_in = bool(
                 params.get(RESUME_PARAM)
                 and await self.store.take_pending(f"done:{session.sid}:{params[RESUME_PARAM]}")
@@ -242,15 +280,26 @@ class SessionAuthenticator:
             return None
         return await self._begin(context, wanted, hint)
 
-    def _hinted_idp(self, hint: str | None) -> str | None:
+    def _hinted_idp(self, hint: str | None, client_id: str) -> str | None:
         if not hint:
             return None
         if hint in self.idps:
-            return hint
+            return hint if self.offers(client_id, hint) else None
         for idp_id, idp in self.idps.items():
-            if idp.province == hint:
+            if idp.province == hint and self.offers(client_id, idp_id):
                 return idp_id
         return None
+
+    def is_window(self, client_id: str) -> bool:
+        """Is ``client_id`` a window client (clients.yaml ``window: true``)?"""
+        provider = self.provider
+        client = provider.clients.get(client_id) if provider is not None else None
+        return client is not None and client.registration.window
+
+    def offers(self, client_id: str, idp_id: str) -> bool:
+        """May a login at ``idp_id`` sign in at ``client_id``? Staff directories at window
+        clients, citizen platforms everywhere else."""
+        return (idp_id in self.staff_directories) == self.is_window(client_id)
 
     async def _begin(
         self, context: AuthorizationContext, wanted: str | None, idp_id: str | None
@@ -269,7 +318,12 @@ class SessionAuthenticator:
         }
         await self.store.put_pending(f"tx:{tx}", record, self.settings.login_timeout)
         cookies = (("Set-Cookie", self._binding_cookie(binding)),)
-        if idp_id is not None and idp_id in self.idps and await self.idps[idp_id].available():
+        if (
+            idp_id is not None
+            and idp_id in self.idps
+            and self.offers(context.client_id, idp_id)
+            and await self.idps[idp_id].available()
+        ):
             location = await self._start_upstream(tx, record, idp_id)
         else:
             location = f"{self.issuer}{self.login_path}?tx={quote(tx)}"
@@ -286,22 +340,34 @@ class SessionAuthenticator:
         if found is not None:
             await self.end_session(found[0])
 
-    async def end_session(self, key: str) -> None:
-        """Delete the session, revoke its grants, queue back-channel logout for its clients."""
+    async def end_session(
+        self, key: str, *, reason: EndReason | Literal["expired"] = "logout"
+    ) -> bool:
+        """Delete the session, revoke its grants, queue back-channel logout for its clients.
+
+        ``reason`` goes to the log and the audit records; "expired" stands for whichever
+        timeout set the session's deadline. False when there was no session to end.
+        """
         session = await self.store.delete_session(key)
         if session is None:
-            return
+            return False
+        ended: EndReason = self.expiry_reason(session) if reason == "expired" else reason
         provider = self.provider
         rows: list[tuple[str, str, str, str]] = []
         if provider is not None:
-            revoked = provider.store.revoke_session(session.sid)
+            revoked = await provider.run_with_store(provider.store.revoke_session, session.sid)
             user = self.user_of(session, self.clock())
             for client_id in session.clients:
                 client = provider.clients.get(client_id)
                 uri = client.registration.backchannel_logout_uri if client else None
                 if client is not None and uri:
                     rows.append((client_id, uri, session.sid, provider.subject_for(client, user)))
-            log.info("sso_session_ended", families_revoked=revoked, backchannel=len(rows))
+            log.info(
+                "sso_session_ended",
+                reason=ended,
+                families_revoked=revoked,
+                backchannel=len(rows),
+            )
             for client_id in session.clients:
                 # One record per portal of the session, under that portal's pairwise subject.
                 provider.audit_event(
@@ -312,12 +378,58 @@ class SessionAuthenticator:
                     operation="sso_session_ended",
                     extra={
                         "platform": session.platform,
+                        "reason": ended,
                         "families_revoked": revoked,
                         "backchannel": any(row[0] == client_id for row in rows),
                     },
                 )
+        else:
+            log.info("sso_session_ended", reason=ended)
         if rows and self.backchannel is not None:
             await self.backchannel.enqueue(rows)
+        return True
+
+    async def sweep_expired(self, *, stop: asyncio.Event | None = None) -> int:
+        """End every session whose deadline has passed; how many this call ended.
+
+        The store hands each expired session to one caller only, so gateway instances sweeping
+        the same Redis end it once; a session ended by logout left the store's deadline index
+        and is never swept. ``stop`` set: return after the session being ended.
+        """
+        ended = lost = 0
+        while stop is None or not stop.is_set():
+            keys = await self.store.claim_expired(self.clock(), SWEEP_BATCH)
+            for key in keys:
+                try:
+                    if await self.end_session(key, reason="expired"):
+                        ended += 1
+                    else:
+                        lost += 1  # its data outlived the grace: nothing left to tell
+                except Exception as exc:
+                    # Claimed and maybe deleted: the next sweep will not see it again.
+                    log.error("sso_session_end_failed", error_code=type(exc).__name__)
+                if stop is not None and stop.is_set():
+                    break
+            if len(keys) < SWEEP_BATCH:
+                break
+        if ended or lost:
+            log.info("sso_sessions_swept", count=ended, lost=lost)
+        return ended
+
+    async def sweep_forever(self, stop: asyncio.Event) -> None:
+        """``sweep_expired`` at once and then every ``sweep_interval`` seconds until ``stop``.
+
+        Stopped through the event rather than by cancelling: a session being ended is ended
+        completely (deleted, revoked, queued) before the store and the queue close.
+        """
+        while not stop.is_set():
+            try:
+                await self.sweep_expired(stop=stop)
+            except Exception as exc:
+                # The store is unreachable: the expired sessions wait in it for the next run.
+                log.warning("sso_session_sweep_failed", error_code=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.sweep_interval)
 
     # --- the login page and the platform round trip (called by gateway/http/login.py) --------
 
@@ -339,6 +451,8 @@ class SessionAuthenticator:
             client_name = registration.name or registration.client_id
         choices = []
         for idp_id, idp in sorted(self.idps.items(), key=lambda item: item[1].province):
+            if not self.offers(record["client_id"], idp_id):
+                continue
             choices.append(
                 IdpChoice(idp_id, idp.province, idp.display_name[0], idp.display_name[1], False)
             )
@@ -351,6 +465,7 @@ class SessionAuthenticator:
                 replace(c, available=ok) for c, ok in zip(choices, availability, strict=True)
             ),
             hint=record["hint"] or None,
+            staff=self.is_window(record["client_id"]),
         )
 
     async def choose(self, form: Mapping[str, str], headers: Mapping[str, str]) -> str:
@@ -360,7 +475,7 @@ class SessionAuthenticator:
         if not hmac.compare_digest(form.get("csrf", "").encode(), record["csrf"].encode()):
             raise LoginRefused("csrf_token_invalid", status=403)
         idp_id = form.get("idp", "")
-        if idp_id not in self.idps:
+        if idp_id not in self.idps or not self.offers(record["client_id"], idp_id):
             raise LoginRefused("unknown_identity_platform")
         if not await self.idps[idp_id].available():
             raise LoginRefused("identity_platform_unavailable", status=503)
@@ -474,6 +589,7 @@ class SessionAuthenticator:
                 "level_raw": identity.level_raw[:32],
                 "level_scale": identity.level_scale[:32],
                 "step_up": bool(acr),
+                "staff": idp_id in self.staff_directories,
             },
         )
         resume = record["resume"]
@@ -503,6 +619,10 @@ class SessionAuthenticator:
             amr=("fed",),
             claims=identity.userinfo_claims(),
             person_type=identity.person_type,
+            # Defence in depth: only a staff directory's login carries roles (staff.py).
+            roles=tuple(sorted(identity.roles))
+            if identity.platform in self.staff_directories
+            else (),
         )
         if previous is not None:
             old_key, old = previous
@@ -521,7 +641,7 @@ class SessionAuthenticator:
                     elevated_until=now + self.settings.elevated_level_ttl if elevated else 0.0,
                 )
             else:
-                await self.end_session(old_key)
+                await self.end_session(old_key, reason="replaced")
         await self.store.put_session(handle_hash(handle), fresh, self._ttl(fresh, now))
         # What the legacy ticket / CAS faces may release (legacy_face.py), for this session only.
         await self.store.put_pending(

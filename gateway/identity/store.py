@@ -8,20 +8,34 @@ based on that authorization code") and refresh-token reuse (RFC 9700 §4.14.2) a
 Codes and refresh tokens are stored by SHA-256 hash only, so the store never holds a usable
 credential. Access tokens are self-contained JWTs (RFC 9068); the store keeps their ``jti`` so
 introspection (RFC 7662) and revocation (RFC 7009) work and the verifier can refuse a revoked one.
+Codes and families do hold the user's userinfo claims (names, phone numbers): personal data.
 
 Why the protocol is synchronous: authlib's grant callbacks (``query_authorization_code``,
-``authenticate_refresh_token``, ...) are synchronous and run on the event loop. An in-memory
-store makes every check-and-set (consume a code, rotate a refresh token) atomic for free, since
-nothing awaits in between. A shared store for several instances (Redis, PostgreSQL) will need
-either prefetching before the authlib call or running the call in a worker thread and hopping
-back to the loop for store access, with the same compare-and-set semantics as below.
+``authenticate_refresh_token``, ...) are synchronous. Three stores implement it, and one contract
+suite (tests/stores/test_identity_store_contract.py) runs on all three:
+
+    MemoryIdentityStore   here: dictionaries; tests and throw-away runs
+    SqliteIdentityStore   store_sqlite.py: ``identity.sqlite`` in the data directory; the
+                          default for one instance, survives a restart
+    RedisIdentityStore    store_redis.py: shared by several instances
+
+A store whose calls wait on the network says so with ``blocking = True``; the provider then runs
+every piece of synchronous work that touches it in a worker thread
+(``OpenIDProvider.run_with_store``), so the event loop never waits on Redis. The memory and
+SQLite stores answer in microseconds, less than a thread hop costs, and are called on the loop.
+
+The two check-and-set operations (``redeem_code``, ``rotate_refresh_token``) are atomic in every
+store, across threads and across instances: the first caller gets True, every later one False.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
+
+import orjson
 
 from gateway.identity.authn import AuthenticatedUser
 
@@ -29,6 +43,47 @@ from gateway.identity.authn import AuthenticatedUser
 def credential_hash(value: str) -> str:
     """The key under which a code or refresh token is stored."""
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def user_to_data(user: AuthenticatedUser) -> dict[str, Any]:
+    """The user of a code or family as JSON-ready data (the persistent stores keep it so)."""
+    return {
+        "local_id": user.local_id,
+        "acr": user.acr,
+        "auth_time": user.auth_time,
+        "amr": list(user.amr),
+        "claims": dict(user.claims),
+        "actor": user.actor,
+        "actor_role": user.actor_role,
+        "roles": sorted(user.roles),
+        "session_id": user.session_id,
+        "acr_until": user.acr_until,
+        "base_acr": user.base_acr,
+    }
+
+
+def user_from_data(data: Mapping[str, Any]) -> AuthenticatedUser:
+    return AuthenticatedUser(
+        local_id=data["local_id"],
+        acr=data["acr"],
+        auth_time=data["auth_time"],
+        amr=tuple(data["amr"]),
+        claims=data["claims"],
+        actor=data["actor"],
+        actor_role=data["actor_role"],
+        roles=frozenset(data["roles"]),
+        session_id=data["session_id"],
+        acr_until=data["acr_until"],
+        base_acr=data["base_acr"],
+    )
+
+
+def user_to_json(user: AuthenticatedUser) -> str:
+    return orjson.dumps(user_to_data(user)).decode()
+
+
+def user_from_json(text: str | bytes) -> AuthenticatedUser:
+    return user_from_data(orjson.loads(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +163,9 @@ class RefreshTokenRecord:
 class IdentityStore(Protocol):
     """Synchronous storage for the provider (see the module docstring for why)."""
 
+    blocking: ClassVar[bool]
+    """True when a call may wait on the network: the provider then calls it off the loop."""
+
     def put_code(self, code_hash: str, record: CodeRecord) -> None: ...
 
     def get_code(self, code_hash: str) -> CodeRecord | None: ...
@@ -136,7 +194,17 @@ class IdentityStore(Protocol):
 
     def put_refresh_token(self, record: RefreshTokenRecord) -> None: ...
 
+    def put_tokens(self, access: AccessTokenRecord, refresh: RefreshTokenRecord | None) -> None:
+        """Store what one token response issues, together: one transaction, one round trip."""
+        ...
+
     def get_refresh_token(self, token_hash: str) -> RefreshTokenRecord | None: ...
+
+    def get_refresh_grant(
+        self, token_hash: str
+    ) -> tuple[RefreshTokenRecord, GrantFamily | None] | None:
+        """A refresh token with its grant family, in one read: what a refresh request checks."""
+        ...
 
     def rotate_refresh_token(self, token_hash: str) -> bool:
         """Mark it exchanged; False when it already was (compare-and-set)."""
@@ -150,9 +218,19 @@ class IdentityStore(Protocol):
         """Forget what expired before ``now``; returns how many records went."""
         ...
 
+    def counts(self) -> dict[str, int]:
+        """How many records of each kind are held (metrics, and side-effect checks in tests)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; the store is not used afterwards."""
+        ...
+
 
 class MemoryIdentityStore:
-    """The single-instance store: dictionaries, atomic because the loop is single-threaded."""
+    """The throw-away store: dictionaries, atomic because only the loop's thread calls it."""
+
+    blocking: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._codes: dict[str, CodeRecord] = {}
@@ -213,8 +291,19 @@ class MemoryIdentityStore:
     def put_refresh_token(self, record: RefreshTokenRecord) -> None:
         self._refresh[record.token_hash] = record
 
+    def put_tokens(self, access: AccessTokenRecord, refresh: RefreshTokenRecord | None) -> None:
+        self._access[access.jti] = access
+        if refresh is not None:
+            self._refresh[refresh.token_hash] = refresh
+
     def get_refresh_token(self, token_hash: str) -> RefreshTokenRecord | None:
         return self._refresh.get(token_hash)
+
+    def get_refresh_grant(
+        self, token_hash: str
+    ) -> tuple[RefreshTokenRecord, GrantFamily | None] | None:
+        record = self._refresh.get(token_hash)
+        return None if record is None else (record, self._families.get(record.family_id))
 
     def rotate_refresh_token(self, token_hash: str) -> bool:
         record = self._refresh.get(token_hash)
@@ -237,7 +326,6 @@ class MemoryIdentityStore:
         return revoked
 
     def counts(self) -> dict[str, int]:
-        """How many records of each kind are held (metrics, and side-effect checks in tests)."""
         return {
             "codes": len(self._codes),
             "redeemed_codes": sum(1 for c in self._codes.values() if c.family_id is not None),
@@ -258,3 +346,6 @@ class MemoryIdentityStore:
         for pair in stale:
             del self._nonces[pair]
         return gone
+
+    def close(self) -> None:
+        return None

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.identity.citizen import ClaimMapping, FederatedIdentity, Level
+from gateway.identity.staff import StaffDirectory
 from gateway.secrets import SecretRef
 
 AVAILABILITY_TTL = 5.0
@@ -135,6 +136,10 @@ class OidcIdpSettings(BaseModel):
     """Keep the full ID number (a downstream use needs it); otherwise it is masked at once."""
     claims: ClaimMapping
     """How the platform's claims become the internal identity."""
+    staff: StaffDirectory | None = None
+    """Set on a staff directory (window clerks' sign-in, gateway/identity/staff.py): its roles
+    claim is read and only window clients accept its logins. Absent: a citizen platform,
+    whose roles claims are never read."""
 
     @field_validator("issuer")
     @classmethod

@@ -10,7 +10,9 @@ integration warns on import):
 - token request, RFC 6749 §4.1.3, client_secret_basic, with the PKCE verifier;
 - ID token validation, OIDC Core §3.1.3.7: signature with the platform's JWKS (kid required,
   algorithms pinned), ``iss``, ``aud`` contains our client id (``azp`` when several), ``exp`` /
-  ``iat``, and ``nonce`` equal to the one this login sent (a replayed ID token fails here).
+  ``iat``, and ``nonce`` equal to the one this login sent (a replayed ID token fails here);
+- a platform declared a staff directory (``staff:`` in idps.yaml) has its roles claim read
+  (gateway/identity/staff.py); any other platform's roles are never looked at.
 
 Must not: import aiohttp; log or keep the code, the tokens or the client secret.
 """
@@ -31,6 +33,7 @@ from joserfc.jwk import GuestProtocol, Key, KeySet
 
 from gateway.identity.citizen import FederatedIdentity, MappingError, map_claims
 from gateway.identity.identifiers import LinkKeyer
+from gateway.identity.staff import as_staff
 from gateway.identity.upstream import (
     AvailabilityCache,
     OidcIdpSettings,
@@ -193,6 +196,12 @@ class OidcUpstream:
         except MappingError as exc:
             log.warning("upstream_claims_unusable", platform=self.platform, reason=str(exc))
             raise UpstreamError("claims_unusable") from None
+        if self.settings.staff is not None:
+            try:
+                identity = as_staff(identity, self.settings.staff, claims)
+            except MappingError:
+                log.warning("upstream_claims_unusable", platform=self.platform, reason="no_role")
+                raise UpstreamError("staff_role_missing") from None
         log.info("upstream_login_completed", platform=self.platform, level=identity.level)
         return identity
 

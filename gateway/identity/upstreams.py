@@ -30,6 +30,13 @@ def provider_linker(settings: ProviderSettings) -> LinkKeyer | None:
     return link_keyer(settings.link_secret.get_secret_value(), settings.link_algorithm)
 
 
+def staff_directories(idps: Mapping[str, AnyIdpSettings]) -> frozenset[str]:
+    """Platforms declared staff directories (``staff:``, gateway/identity/staff.py)."""
+    return frozenset(
+        pid for pid, idp in idps.items() if isinstance(idp, OidcIdpSettings) and idp.staff
+    )
+
+
 def build_upstreams(
     idps: Mapping[str, AnyIdpSettings],
     http: httpx.AsyncClient,

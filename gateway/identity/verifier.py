@@ -3,8 +3,9 @@
 Checks, in order: size, header ``typ`` = at+jwt (RFC 9068 §2.1), ``alg`` in the configured list
 only (so ``none`` and HS256-with-the-public-key are refused, RFC 8725 §3.1), a known ``kid``
 whose key matches the ``alg``, the signature, then ``iss``, ``aud``, ``exp`` / ``iat`` with a
-small leeway, the presence of ``sub``, ``jti`` and ``client_id``, and finally the revocation
-list. Every failure is the same ``Unauthenticated`` for the caller; the reason is only logged.
+small leeway, the presence of ``sub``, ``jti`` and ``client_id``, the sealed person claim
+(``tb_pk``, gateway/identity/person_key.py) when present, and finally the revocation list.
+Every failure is the same ``Unauthenticated`` for the caller; the reason is only logged.
 
 Verified tokens are cached (bounded, keyed by SHA-256 of the token, dropped at ``exp``) because
 an ES256 verification costs ~160 µs (NOTES.md); the revocation check is never cached. A key
@@ -13,6 +14,7 @@ retired while a token is cached keeps that token valid until its ``exp`` (minute
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import OrderedDict
@@ -26,6 +28,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol, Key
 
 from gateway.errors import Unauthenticated
+from gateway.identity.person_key import PERSON_CLAIM, PersonKeys, SealError
 from gateway.identity.store import IdentityStore
 from gateway.principal import Principal
 
@@ -50,12 +53,15 @@ class RevocationList(Protocol):
 
 
 class StoreRevocationList:
-    """Revocation answers from the provider's own store (same process)."""
+    """Revocation answers from the provider's own store: asked on the loop when it answers in
+    microseconds, from a worker thread when it waits on the network (Redis)."""
 
     def __init__(self, store: IdentityStore) -> None:
         self._store = store
 
     async def is_revoked(self, jti: str) -> bool:
+        if self._store.blocking:
+            return await asyncio.to_thread(self._store.is_revoked, jti)
         return self._store.is_revoked(jti)
 
 
@@ -110,8 +116,15 @@ def decode_access_token(
     return header, dict(decoded.claims)
 
 
-def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
-    """RFC 9068 claims → Principal; raises ``InvalidToken`` on a malformed claim."""
+def principal_from_claims(
+    claims: Mapping[str, Any], persons: PersonKeys | None = None
+) -> Principal:
+    """RFC 9068 claims → Principal; raises ``InvalidToken`` on a malformed claim.
+
+    A sealed person claim must open with ``persons`` for this ``sub`` and ``client_id``: a
+    token carrying one that does not (tampered, moved, or no key to open it) is refused, never
+    taken as person-less.
+    """
     scope = claims.get("scope", "")
     roles = claims.get("roles", [])
     act = claims.get("act")
@@ -127,14 +140,25 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         actor = act["sub"]
         role = act.get("role")
         actor_role = role if isinstance(role, str) else None
+    subject, client_id = str(claims["sub"]), str(claims["client_id"])
+    person = None
+    sealed = claims.get(PERSON_CLAIM)
+    if sealed is not None:
+        if persons is None or not isinstance(sealed, str):
+            raise InvalidToken("person claim")
+        try:
+            person = persons.open(sealed, subject=subject, client_id=client_id)
+        except SealError:
+            raise InvalidToken("person claim") from None
     return Principal(
-        subject=str(claims["sub"]),
+        subject=subject,
         level=level,
-        client_id=str(claims["client_id"]),
+        client_id=client_id,
         actor=actor,
         actor_role=actor_role,
         scopes=frozenset(scope.split()),
         roles=frozenset(roles),
+        person=person,
     )
 
 
@@ -156,6 +180,7 @@ class JwtAccessTokenVerifier:
         audience: str,
         algorithms: Collection[str],
         revocations: RevocationList,
+        persons: PersonKeys | None = None,
         clock: Callable[[], float] = time.time,
         leeway: int = 30,
         cache_size: int = 4096,
@@ -167,6 +192,7 @@ class JwtAccessTokenVerifier:
         self._audience = audience
         self._algorithms = tuple(algorithms)
         self._revocations = revocations
+        self._persons = persons
         self._clock = clock
         self._leeway = leeway
         self._cache_size = cache_size
@@ -200,7 +226,7 @@ class JwtAccessTokenVerifier:
                 now=now,
                 leeway=self._leeway,
             )
-            principal = principal_from_claims(claims)
+            principal = principal_from_claims(claims, self._persons)
         except InvalidToken as exc:
             log.info("access_token_refused", reason=str(exc))
             raise Unauthenticated("The bearer token is not valid.") from None

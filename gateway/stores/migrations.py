@@ -7,6 +7,7 @@ Migrations are never edited once released: a change is a new version.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +78,38 @@ async def migrate_sqlite(
         except BaseException:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
+            raise
+    return applied
+
+
+def migrate_sqlite_blocking(
+    conn: sqlite3.Connection, component: str, migrations: Sequence[Migration]
+) -> list[int]:
+    """``migrate_sqlite`` for a stdlib ``sqlite3`` connection in autocommit mode (the stores that
+    are called synchronously, gateway/identity/store_sqlite.py)."""
+    _check_order(migrations)
+    conn.execute(_SQLITE_TABLE)
+    applied: list[int] = []
+    for migration in migrations:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM schema_migrations WHERE component = ? AND version = ?",
+                (component, migration.version),
+            ).fetchone()
+            if row is None:
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (component, version, name, applied_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (component, migration.version, migration.name, datetime.now(UTC).isoformat()),
+                )
+                applied.append(migration.version)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
     return applied
 

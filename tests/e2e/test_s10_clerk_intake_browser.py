@@ -1,20 +1,31 @@
-"""S10 (异地代收代办) in headless Chromium against `tongban demo` run as a subprocess (issue 5 §7).
+"""S10 (异地代收代办) in headless Chromium against `tongban demo` run as a subprocess (issue 5 §7,
+issue 3 §5).
 
-A Shaanxi window clerk signs in at the Shaanxi portal's window console, takes in a disability-card
-application for 苏兰心 (originals checked) and sees it in the window queue; the gateway's worker
-forwards it to Qinghai. 苏兰心 then signs in on the Qinghai portal and follows the same case under
-我的办件 until its status has moved past intake. Debian's chromium, flags as in NOTES.md.
+A Shaanxi window clerk opens the Shaanxi portal's window console and signs in through the
+gateway's login page, which offers only the staff directory, at the directory's own form. She
+types 苏兰心's ID number from the document (a wrong check character is refused by the gateway's
+token exchange), takes in a disability-card application (originals checked) with the Counter
+token the console got for 苏兰心, and sees it in the window queue; the gateway's worker forwards
+it to Qinghai. 苏兰心, on her own device (another browser profile), signs in on the Qinghai portal
+and follows the same case under 我的办件 until it is closed, the clerk named as its actor.
+Debian's chromium, flags as in NOTES.md.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from gateway.demo.residents import SU_LANXIN
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
 
+if TYPE_CHECKING:
+    from playwright.sync_api import BrowserContext
+
+_WRONG_CHECK = "0" if SU_LANXIN.id_number[-1] != "0" else "1"
 _CASE_ID = re.compile(r"^TB61\d{8}[0-9A-F]{12}$")
 
 pytestmark = pytest.mark.browser
@@ -26,34 +37,61 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
     from playwright.sync_api import sync_playwright  # noqa: PLC0415 - browser tests only
 
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_FLAGS,
-        )
+
+        def profile(name: str) -> BrowserContext:
+            return playwright.chromium.launch_persistent_context(
+                str(tmp_path / name), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+            )
+
+        context = profile("window-terminal")
+        phone = profile("citizen-phone")
         try:
-            # The clerk at the Shaanxi window: sign in at the desk (staff id, password 'demo').
+            # The clerk at the Shaanxi window: the console sends her to the gateway, whose
+            # login page offers the staff directory only; she signs in there (password 'demo').
             clerk = context.new_page()
             clerk.goto(demo["shaanxi"] + "/")
             clerk.click("#window-console")
-            clerk.wait_for_selector("#clerk-sign-in")
-            clerk.select_option("#clerk", "clerk-61-0007")
-            clerk.fill("#clerk-password", "demo")
             clerk.click("#clerk-sign-in")
+            clerk.wait_for_selector("#continue")
+            assert "/login?tx=" in clerk.url
+            choices = clerk.locator("input[name='idp']")
+            assert choices.count() == 1
+            assert choices.get_attribute("value") == "shaanxi-staff"
+            assert "staff directory" in clerk.inner_text("body")
+            clerk.click("#continue")
+            clerk.wait_for_selector("#staff-sign-in")
+            clerk.select_option("#staff", "clerk-61-0007")
+            clerk.fill("#staff-password", "demo")
+            clerk.click("#staff-sign-in")
             clerk.wait_for_selector("#clerk-who")
             assert "clerk-61-0007" in clerk.inner_text("#clerk-who")
+            clerk_sub = clerk.inner_text("#clerk-sub").strip()
+            assert clerk_sub
+            assert "clerk-61-0007" not in clerk_sub  # pairwise, not the 工号
+
+            # A mistyped ID number: the gateway's token exchange refuses the check character.
+            clerk.fill("#id-number", SU_LANXIN.id_number[:17] + _WRONG_CHECK)
+            clerk.fill("#applicant-name", SU_LANXIN.name)
+            clerk.check("#originals")
+            clerk.click("#intake")
+            clerk.wait_for_selector("#status")
+            assert clerk.inner_text("#status") == "400", clerk.inner_text("#answer")
+            assert "invalid_request" in clerk.inner_text("#answer")
 
             # Without the originals checked the gateway refuses it, and nothing is queued.
-            clerk.select_option("#citizen", "su-lanxin")
+            clerk.goto(demo["shaanxi"] + "/window")
+            clerk.fill("#id-number", SU_LANXIN.id_number)
+            clerk.fill("#applicant-name", SU_LANXIN.name)
             clerk.click("#intake")
             clerk.wait_for_selector("#status")
             assert clerk.inner_text("#status") == "422", clerk.inner_text("#answer")
             assert "originals_check" in clerk.inner_text("#answer")
 
-            # Take it in properly: 苏兰心, hearing, both materials, originals checked.
+            # Take it in properly: 苏兰心 as read from her card, hearing, both materials,
+            # originals checked.
             clerk.goto(demo["shaanxi"] + "/window")
-            clerk.select_option("#citizen", "su-lanxin")
+            clerk.fill("#id-number", SU_LANXIN.id_number)
+            clerk.fill("#applicant-name", SU_LANXIN.name)
             clerk.select_option("#category", "hearing")
             clerk.check("#originals")
             clerk.click("#intake")
@@ -65,8 +103,8 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
             assert "disability-card" in queue
             assert clerk.locator("#queue tr[data-case]").count() == 1
 
-            # The citizen on the Qinghai portal (Qinghai's own login form): her cases.
-            citizen = context.new_page()
+            # The citizen on her own phone, at the Qinghai portal (Qinghai's own login form).
+            citizen = phone.new_page()
             citizen.goto(demo["qinghai"] + "/")
             citizen.click("#sign-in")
             citizen.wait_for_selector("#password")
@@ -94,7 +132,7 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
             for step in ("received", "originals_checked", "forwarded", "closed"):
                 assert step in timeline, timeline
             assert "已办结" in case.inner_text()
-            assert "clerk-61-0007" in timeline  # the clerk's intake and check, by name
+            assert clerk_sub in timeline  # the clerk's intake and check, as the actor
 
             # The clerk's queue shows the same case closed.
             clerk.click("#window-refresh")
@@ -102,4 +140,5 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
             row = clerk.locator(f"#queue tr[data-case='{case_id}'] .queue-status")
             assert "closed" in row.inner_text()
         finally:
+            phone.close()
             context.close()

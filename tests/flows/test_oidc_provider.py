@@ -34,7 +34,7 @@ from gateway.identity.authn import AuthenticatedUser, FakeAuthenticator
 from gateway.identity.clients import ClientRegistration
 from gateway.identity.config import ProviderSettings
 from gateway.identity.provider import KEY_FILE_NAME, OpenIDProvider
-from gateway.identity.store import MemoryIdentityStore
+from gateway.identity.store import IdentityStore, MemoryIdentityStore
 from gateway.metrics import Metrics
 
 PUBLIC_REDIRECT = "https://portal-qh.example/callback"
@@ -71,7 +71,7 @@ class FakeClock:
 class World:
     http: TestClient[Any, Any]
     provider: OpenIDProvider
-    store: MemoryIdentityStore
+    store: IdentityStore
     authenticator: FakeAuthenticator
     clock: FakeClock
     issuer: str

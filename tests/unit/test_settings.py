@@ -118,6 +118,8 @@ def test_missing_secret_environment_variable_is_named(
         "TONGBAN_SECRET_GD_IDP_AES_KEY",
         "TONGBAN_SECRET_LEGACY_SX_BDC",
         "TONGBAN_SECRET_LEGACY_SX_GJJ",
+        "TONGBAN_SECRET_SX_STAFF_IDP_CLIENT_SECRET",
+        "TONGBAN_SECRET_WINDOW_SHAANXI",
     ):
         monkeypatch.setenv(name, "x" * 16)
     monkeypatch.setenv("TONGBAN_PAIRWISE_SECRET", "p" * 40)
