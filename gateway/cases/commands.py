@@ -114,11 +114,13 @@ def _show(case: Case) -> dict[str, Any]:
                 "operation": p.operation,
                 "status": p.status.value,
                 "error_code": p.error_code,
+                "supplement_request": p.supplement.as_json() if p.supplement else None,
             }
             for p in case.parts
         ],
         "timeline": [t.as_json() for t in case.transitions],
         "materials": [m.as_json() for m in case.materials],
+        "supplements": [s.as_json() for s in case.supplements],
     }
 
 

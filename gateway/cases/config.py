@@ -121,6 +121,16 @@ class CaseOperation(_Model):
     """Query operation that looks a submission up by idempotency key: input
     ``{"idempotency_key": ...}``, answer ``{"found": bool, ...}``. Required for a case to leave
     ``outcome_unknown`` when a non-idempotent submission may have been processed."""
+    supplement_field: str | None = None
+    """Field of the canonical answer (dotted path) holding what a 补齐补正 request asks for:
+    ``{"materials": [code, ...], "message": str, "deadline": str}``, all optional."""
+    supplement_with: str | None = None
+    """Submit operation of the same service that takes the applicant's supplement to the
+    back-end; never a case of its own. Input: ``supplement_input`` plus ``sequence``,
+    ``materials`` ([{code, ref, digest}]) and ``note``; answered like this operation."""
+    supplement_input: dict[str, str] = Field(default_factory=dict)
+    """Fields of ``supplement_with``'s input taken from the part's answer: field → dotted path
+    (the back-end's application number, say)."""
 
 
 def case_reference_problems(operations: Mapping[str, Any]) -> list[str]:
@@ -142,4 +152,24 @@ def case_reference_problems(operations: Mapping[str, Any]) -> list[str]:
                 problems.append(f"operations.{name}.case.{field_name}: no operation {ref!r}")
             elif getattr(target, "kind", None) == "submit":
                 problems.append(f"operations.{name}.case.{field_name}: {ref!r} is not a query")
+        ref = case.supplement_with
+        if ref is not None:
+            target = operations.get(ref)
+            where = f"operations.{name}.case.supplement_with"
+            if target is None:
+                problems.append(f"{where}: no operation {ref!r}")
+            elif getattr(target, "kind", None) != "submit" or ref == name:
+                problems.append(f"{where}: {ref!r} is not another submit operation")
+            elif getattr(target, "case", None) is not None:
+                problems.append(f"{where}: {ref!r} has a case block of its own")
     return problems
+
+
+def supplement_operations(operations: Mapping[str, Any]) -> frozenset[str]:
+    """The operations that only carry supplements (补齐补正) of another operation's cases."""
+    return frozenset(
+        ref
+        for operation in operations.values()
+        if (case := getattr(operation, "case", None)) is not None
+        and (ref := case.supplement_with) is not None
+    )

@@ -71,3 +71,9 @@ class CaseStoreDown(InternalError):
     code = "gateway.case_store_unavailable"
     http_status = 503
     title = "Cases cannot be written or read right now; try again"
+
+
+class CaseNotAwaitingSupplement(ClientError):
+    code = "client.case_not_awaiting_supplement"
+    http_status = 409
+    title = "The case does not wait for a supplement (补齐补正)"

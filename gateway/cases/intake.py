@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from jsonschema import Draft202012Validator
 
+from gateway.cases.config import supplement_operations
 from gateway.cases.errors import (
     ClerkRequired,
     IdempotencyKeyMissing,
@@ -131,21 +132,32 @@ def _envelope_errors(body: Mapping[str, Any]) -> None:
 def _submit_operation(catalog: Catalog, service: str, named: str | None) -> str | None:
     if named is not None:
         return named
-    submits = [n for n, op in catalog.service(service).operations.items() if op.kind == "submit"]
+    operations = catalog.service(service).operations
+    # An operation that carries supplements (补齐补正) is never a case of its own.
+    carriers = supplement_operations(operations)
+    submits = [n for n, op in operations.items() if op.kind == "submit" and n not in carriers]
     return submits[0] if len(submits) == 1 else None
 
 
 def _check_materials(
-    catalog: Catalog, service: str, given: list[Mapping[str, str]]
+    catalog: Catalog,
+    service: str,
+    given: list[Mapping[str, str]],
+    *,
+    requested: Collection[str] | None = None,
 ) -> tuple[MaterialRef, ...]:
+    """Each material by code, reference and digest. ``requested``: a supplement (补齐补正), which
+    must give these codes (the back-end may name codes the catalogue does not list) instead of
+    the service's required materials."""
     declared = {m.code: m for m in catalog.service(service).materials}
+    known = declared.keys() | set(requested or ())
     errors: list[dict[str, str]] = []
     seen: set[str] = set()
     refs: list[MaterialRef] = []
     for index, item in enumerate(given):
         path = f"/materials/{index}"
         code = item["code"]
-        if code not in declared:
+        if code not in known:
             errors.append({"path": f"{path}/code", "message": "not a material of this service"})
         elif code in seen:
             errors.append({"path": f"{path}/code", "message": "given twice"})
@@ -157,13 +169,25 @@ def _check_materials(
             )
         seen.add(code)
         refs.append(MaterialRef(code, item["ref"], item["digest"]))
-    for code, material in declared.items():
+    for code in requested or ():
+        if code not in seen:
+            errors.append({"path": "/materials", "message": f"material {code!r} was requested"})
+    mandatory = declared.items() if requested is None else ()
+    for code, material in mandatory:
         # Shared data is fetched by the gateway (免证办) and originals are seen at the window.
         if material.required and material.source in ("e-licence", "upload") and code not in seen:
             errors.append({"path": "/materials", "message": f"material {code!r} is required"})
     if errors:
         raise MaterialsInvalid(errors)
     return tuple(refs)
+
+
+def check_supplement_materials(
+    catalog: Catalog, service: str, given: list[Mapping[str, str]], requested: Collection[str]
+) -> tuple[MaterialRef, ...]:
+    """A supplement's materials (补齐补正), checked like an application's; every requested code
+    must be among them (client.materials_invalid)."""
+    return _check_materials(catalog, service, given, requested=requested)
 
 
 def build_new_case(
@@ -249,6 +273,11 @@ def build_new_case(
                 f"Operation {route.operation_name!r} is a {route.operation.kind}; call it "
                 f"through /api/v1/services/{code}/calls instead."
             )
+        if route.operation_name in supplement_operations(route.service.operations):
+            raise NotASubmission(
+                f"Operation {route.operation_name!r} carries supplements (补齐补正) of a case: "
+                "POST them to /api/v1/cases/{case_id}/supplements."
+            )
         route.validate(body["data"])  # client.validation_failed
         plans.append(PartPlan(handling, route.operation_name, route.system))
         routes.append(route)
@@ -258,6 +287,7 @@ def build_new_case(
         service=code,
         mode=mode,
         subject=principal.subject,
+        owner=principal.owner,
         actor=principal.actor,
         actor_role=principal.actor_role or ("clerk" if clerk else None),
         client_id=principal.client_id,

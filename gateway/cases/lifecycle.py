@@ -93,6 +93,22 @@ def plan_step(
         drafts.append(TransitionDraft(before, status, None, None, actor, reason))
     if status != before:
         events.append(case_event(case, "case_status_changed", status, at, previous=before.value))
+    for change in changes:
+        if change.status == PartStatus.SUPPLEMENT_REQUESTED and change.supplement is not None:
+            # 补齐补正: the applicant is told what is missing, and by when.
+            asked = change.supplement
+            events.append(
+                case_event(
+                    case,
+                    "case_supplement_requested",
+                    status,
+                    at,
+                    part=change.part,
+                    materials=list(asked.materials),
+                    message=asked.message,
+                    deadline=asked.deadline,
+                )
+            )
     erase = False
     if status == S.RESULT_DELIVERED or (status in FINAL_OUTCOMES and status != current):
         check_transition(status, S.CLOSED)
@@ -160,7 +176,7 @@ def plan_replay(
         if entry.part is None:
             continue
         back = PartStatus.OUTCOME_UNKNOWN if entry.kind == EntryKind.RECONCILE else None
-        if entry.kind == EntryKind.DELIVER:
+        if entry.kind in (EntryKind.DELIVER, EntryKind.SUPPLEMENT):
             back = PartStatus.PENDING
         if back is not None and case.part(entry.part).status == PartStatus.DEAD_LETTERED:
             changes.append(PartChange(entry.part, back))

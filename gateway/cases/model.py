@@ -47,8 +47,12 @@ TRANSITIONS: Final[Mapping[CaseStatus, frozenset[CaseStatus]]] = {
     S.FORWARDED: frozenset({S.PROCESSING, S.RESULT_DELIVERED, *_OUTCOMES, *_TROUBLE}),
     S.PROCESSING: frozenset({S.RESULT_DELIVERED, *_OUTCOMES, *_TROUBLE}),
     S.RESULT_DELIVERED: frozenset({S.CLOSED}),
-    # The applicant supplies what was missing: the case is taken in again.
-    S.SUPPLEMENT_REQUESTED: frozenset({S.RECEIVED, S.RETURNED, S.CLOSED}),
+    # 补齐补正: the applicant supplies what was missing and the case is taken in again; in a
+    # joint case whose other parts went on, it waits as forwarded while the supplement is sent.
+    # Another part's outcome or trouble still shows (多地联办 stops at the first failed part).
+    S.SUPPLEMENT_REQUESTED: frozenset(
+        {S.RECEIVED, S.FORWARDED, S.NOT_ACCEPTED, S.RETURNED, *_TROUBLE, S.CLOSED}
+    ),
     S.NOT_ACCEPTED: frozenset({S.CLOSED}),
     S.RETURNED: frozenset({S.CLOSED}),
     # Reconciliation found the submission (forwarded on) or proved it never arrived (resend).
@@ -56,9 +60,11 @@ TRANSITIONS: Final[Mapping[CaseStatus, frozenset[CaseStatus]]] = {
         {S.RECEIVED, S.ORIGINALS_CHECKED, S.FORWARDED, S.PROCESSING, S.RESULT_DELIVERED}
         | {*_OUTCOMES, S.DEAD_LETTERED}
     ),
-    # An operator's replay puts the case back where its delivery stopped.
+    # An operator's replay puts the case back where its delivery stopped (a joint case whose
+    # other part waits for a supplement waits again).
     S.DEAD_LETTERED: frozenset(
         {S.RECEIVED, S.ORIGINALS_CHECKED, S.FORWARDED, S.PROCESSING, S.OUTCOME_UNKNOWN}
+        | {S.SUPPLEMENT_REQUESTED}
     ),
     S.CLOSED: frozenset(),
 }
@@ -130,6 +136,54 @@ class MaterialRef:
 
 
 @dataclass(frozen=True, slots=True)
+class SupplementRequest:
+    """补齐补正: what a handling province asked the applicant to supply for one part."""
+
+    materials: tuple[str, ...]
+    """Material codes asked for (the service's own, or the back-end's when it names others)."""
+    message: str | None = None
+    """The handling province's words to the applicant."""
+    deadline: str | None = None
+    """By when, as the back-end gave it (shown, not enforced: the back-end decides 退件)."""
+    requested_at: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "materials": list(self.materials),
+            "message": self.message,
+            "deadline": self.deadline,
+            "requested_at": self.requested_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Supplement:
+    """补齐补正 answered: material the applicant supplied for one part, by reference and digest."""
+
+    sequence: int
+    """1, 2, ... per case; extends the part's delivery key (``supplement_key``)."""
+    part: int
+    idempotency_key: str
+    """The client's key, scoped to the case: the same key and body are the same supplement."""
+    body_digest: str
+    materials: tuple[MaterialRef, ...]
+    note: str | None
+    actor: str
+    """Who supplied it: the applicant, their agent or a window clerk."""
+    submitted_at: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sequence": self.sequence,
+            "part": self.part,
+            "materials": [m.as_json() for m in self.materials],
+            "note": self.note,
+            "actor": self.actor,
+            "submitted_at": self.submitted_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class PartPlan:
     """One handling province's share of a case, resolved against the catalogue at intake."""
 
@@ -146,6 +200,10 @@ class NewCase:
     service: str
     mode: Mode
     subject: str
+    """Pairwise subject of the applicant at the client that filed the case."""
+    owner: str
+    """Principal.owner of the applicant: the gateway-internal person key (the same through
+    every portal) or, with no person, the subject. Never shown to a client."""
     actor: str | None
     actor_role: str | None
     client_id: str
@@ -171,6 +229,7 @@ class NewCase:
             service=self.service,
             mode=self.mode,
             subject=self.subject,
+            owner=self.owner,
             actor=self.actor,
             actor_role=self.actor_role,
             client_id=self.client_id,
@@ -213,6 +272,8 @@ class Part:
     result: Mapping[str, Any] | None = None
     error_code: str | None = None
     updated_at: str | None = None
+    supplement: SupplementRequest | None = None
+    """The latest 补齐补正 request of this part (kept after it is answered)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +308,9 @@ class Case:
     service: str
     mode: Mode
     subject: str
+    """Pairwise subject of the applicant at the client that filed the case."""
+    owner: str
+    """Whose case it is (NewCase.owner); ownership, idempotency and "mine" go by it."""
     actor: str | None
     actor_role: str | None
     client_id: str
@@ -265,6 +329,8 @@ class Case:
     data: Mapping[str, Any] | None
     """The payload, kept only until the case is closed ('用而不存'); None after."""
     transitions: tuple[Transition, ...] = ()
+    supplements: tuple[Supplement, ...] = ()
+    """补齐补正 answered, oldest first."""
 
     def part(self, number: int) -> Part:
         for part in self.parts:
@@ -275,6 +341,16 @@ class Case:
     @property
     def handling_provinces(self) -> list[str]:
         return [p.handling_province for p in self.parts]
+
+    def supplement(self, sequence: int) -> Supplement:
+        for supplement in self.supplements:
+            if supplement.sequence == sequence:
+                return supplement
+        raise KeyError(sequence)
+
+    def supplements_of(self, part: int) -> int:
+        """How many supplements were supplied for ``part``: the round its answers belong to."""
+        return sum(1 for s in self.supplements if s.part == part)
 
     @property
     def intake_status(self) -> CaseStatus:
@@ -310,6 +386,13 @@ def delivery_key(case_id: str, part: int) -> str:
     resends of one part and nothing else.
     """
     return f"{case_id}.{part}"
+
+
+def supplement_key(case_id: str, part: int, sequence: int) -> str:
+    """The idempotency key a back-end sees for a supplement (补齐补正) of one part: the part's
+    delivery key extended by the supplement's sequence, so resends of one supplement
+    deduplicate and a second supplement is new."""
+    return f"{delivery_key(case_id, part)}.s{sequence}"
 
 
 def derive_status(

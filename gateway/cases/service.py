@@ -1,4 +1,5 @@
-"""The case operations the HTTP layer and the CLI call: take in, read, list, replay, callbacks.
+"""The case operations the HTTP layer and the CLI call: take in, read, list, replay, callbacks,
+and take in a supplement (补齐补正).
 
 Taking a case in is fail-closed on the audit trail: the record is appended (required) before
 the case, its timeline and its outbox entries are written in one transaction. A retry with the
@@ -7,6 +8,7 @@ same key and body returns the same case and writes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -33,6 +35,8 @@ from gateway.cases.model import (
     CaseStatus,
     CaseSummary,
     IllegalTransition,
+    PartStatus,
+    Supplement,
     part_moves_on,
 )
 from gateway.cases.store import (
@@ -42,7 +46,15 @@ from gateway.cases.store import (
     IdempotencyConflict,
     PartChange,
     StaleCase,
+    SupplementSeen,
     TransitionDraft,
+)
+from gateway.cases.supplements import (
+    answered_already,
+    build_supplement,
+    check_envelope,
+    plan_supplement,
+    read_request,
 )
 from gateway.cases.worker import part_status_of
 from gateway.catalog import Catalog
@@ -69,14 +81,28 @@ class Submitted:
 
 
 @dataclass(frozen=True, slots=True)
+class Supplemented:
+    case: Case
+    supplement: Supplement
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackOutcome:
     status: Literal["applied", "duplicate", "out_of_order", "unchanged"]
     case_id: str
 
 
+def can_supplement(principal: Principal, case: Case) -> bool:
+    """补齐补正 is the applicant's act: whoever may see the case but the staff who only read it
+    (operators, auditors)."""
+    return can_see(dataclasses.replace(principal, roles=principal.roles - STAFF_ROLES), case)
+
+
 def can_see(principal: Principal, case: Case) -> bool:
-    """The applicant, whoever acted for them, their window's clerks, operators and auditors."""
-    if principal.subject == case.subject and principal.actor in (None, case.actor):
+    """The applicant (through any portal), whoever acted for them, their window's clerks,
+    operators and auditors."""
+    if case.owner in principal.owner_keys and principal.actor in (None, case.actor):
         return True
     if principal.actor is not None and principal.actor == case.actor:
         return True
@@ -122,7 +148,7 @@ class CaseService:
             request_id=request_id,
         )
         try:
-            existing = await self.store.find(new.subject, new.idempotency_key)
+            existing = await self.store.find(new.owner, new.idempotency_key)
             if existing is not None:
                 # The same application again (a client retry): the same case, nothing written.
                 if existing.body_digest != new.body_digest:
@@ -186,6 +212,64 @@ class CaseService:
             )
         return Submitted(result.case, result.created)
 
+    # --- 补齐补正: the applicant supplies what the handling province asked for ------------------
+
+    async def supplement(
+        self,
+        principal: Principal,
+        case_id: str,
+        body: Mapping[str, Any],
+        *,
+        idempotency_key: str | None,
+        request_id: str | None = None,
+    ) -> Supplemented:
+        """Take a supplement in for the part that asked, fail-closed on the audit trail like an
+        intake, and written with its outbox entry in one transaction. The same key and body
+        again answer the same supplement; the key with another body is refused."""
+        for _ in range(5):
+            case = await self.get_for(principal, case_id)
+            if not can_supplement(principal, case):
+                raise Forbidden(
+                    "Only the applicant, whoever acts for them or their window's clerk supplies "
+                    "material for a case."
+                )
+            draft = check_envelope(body, idempotency_key)
+            seen = next((s for s in case.supplements if s.idempotency_key == draft.key), None)
+            if seen is not None:
+                if seen.body_digest != draft.digest:
+                    raise IdempotencyKeyReused(
+                        "This Idempotency-Key was already used for another supplement of this "
+                        "case; use a new key for a new supplement."
+                    )
+                return Supplemented(case, seen, False)
+            at = iso_now()
+            supplement = build_supplement(
+                self._catalog(), case, draft, actor=principal.acting, at=at
+            )
+            step = plan_supplement(case, supplement, at=at, now=self._clock())
+            if self._audit is not None:
+                # Fail-closed, like an intake: no audit record, no supplement.
+                for event in transition_events(
+                    case, step.transitions, request_id=request_id, request_digest=draft.digest
+                ):
+                    await self._audit.record(event, required=True)
+            try:
+                stored = await self.store.commit(step)
+            except (StaleCase, SupplementSeen):
+                continue  # changed meanwhile, or this very supplement taken by a twin request
+            except IdempotencyConflict:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was already used for another supplement of this case."
+                ) from None
+            except CaseStoreUnavailable as exc:
+                raise CaseStoreDown(
+                    "The supplement could not be recorded; retry with the same key."
+                ) from exc
+            self._on_written()
+            log.info("case_supplement_received", case_id=case.case_id, service=case.service)
+            return Supplemented(stored, stored.supplement(supplement.sequence), True)
+        raise CaseStoreDown("The case kept changing; send the supplement again with the same key.")
+
     # --- reading ------------------------------------------------------------------------------
 
     async def get_for(self, principal: Principal, case_id: str) -> Case:
@@ -207,7 +291,7 @@ class CaseService:
                 if not ("clerk" in principal.roles or principal.actor_role == "clerk"):
                     raise Forbidden("The window queue is for clerks.")
                 return await self.store.list_cases(client_id=principal.client_id, limit=limit)
-            return await self.store.list_cases(subject=principal.subject, limit=limit)
+            return await self.store.list_cases(owners=principal.owner_keys, limit=limit)
         except CaseStoreUnavailable as exc:
             raise CaseStoreDown() from exc
 
@@ -273,6 +357,9 @@ class CaseService:
         result = body.get("result")
         if result is not None and not isinstance(result, dict):
             raise CallbackInvalid("result must be an object.")
+        asked = body.get("supplement")
+        if asked is not None and not isinstance(asked, dict):
+            raise CallbackInvalid("supplement must be an object.")
         for _ in range(5):
             case = await self.store.get(case_id)
             if case is None:
@@ -288,8 +375,11 @@ class CaseService:
             # News about a part still pending, unknown or dead-lettered proves the system has
             # it (our record of the send lost a race, or the send's answer was lost): the
             # worker then finds the part delivered and sends nothing more.
-            if part_moves_on(part.status, target):
-                changes.append(PartChange(part.number, target, result=result))
+            if part_moves_on(part.status, target) and not answered_already(case, part, target):
+                request = None
+                if target == PartStatus.SUPPLEMENT_REQUESTED:
+                    request = read_request(asked, iso_now())  # 补齐补正: what is missing
+                changes.append(PartChange(part.number, target, result=result, supplement=request))
             try:
                 step = plan_step(
                     case,

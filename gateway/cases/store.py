@@ -20,6 +20,8 @@ from gateway.cases.model import (
     CaseSummary,
     NewCase,
     PartStatus,
+    Supplement,
+    SupplementRequest,
 )
 
 
@@ -56,6 +58,14 @@ class CallbackSeen(CaseStoreError):
         self.reason = reason
 
 
+class SupplementSeen(CaseStoreError):
+    """The case has a supplement with this idempotency key and body already (a client retry)."""
+
+    def __init__(self, sequence: int) -> None:
+        super().__init__("supplement taken in already")
+        self.sequence = sequence
+
+
 class EntryKind(enum.StrEnum):
     DELIVER = "deliver"
     """Send a part to its handling province."""
@@ -65,6 +75,9 @@ class EntryKind(enum.StrEnum):
     """Ask a system that does not call back how a forwarded part stands."""
     EVENT = "event"
     """Hand a status-change or closure event to the event sink."""
+    SUPPLEMENT = "supplement"
+    """Send a supplement (补齐补正) of a part to its handling province; payload
+    ``{"supplement": n}`` (a reconciliation of a supplement's send carries the same)."""
 
 
 EntryState = Literal["pending", "done", "dead"]
@@ -108,6 +121,8 @@ class PartChange:
     result: Mapping[str, Any] | None = None
     """Replaces the stored result when given."""
     error_code: str | None = None
+    supplement: SupplementRequest | None = None
+    """What the handling province asked for (补齐补正); replaces the stored request when given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +161,9 @@ class Step:
     erase_data: bool = False
     callback: tuple[str, int] | None = None
     """(system, sequence) of the callback this step applies; refused if not newer."""
+    supplement: Supplement | None = None
+    """The applicant's supplement this step takes in, written with the step: its key already
+    used raises SupplementSeen (same body) or IdempotencyConflict (another body)."""
     now: float = 0.0
 
 
@@ -179,10 +197,11 @@ class CaseStore(Protocol):
         events: Sequence[CaseEvent],
     ) -> CreateResult:
         """Write the case, its parts, ``initial`` timeline lines, one deliver entry per part and
-        the events, in one transaction. The same (subject, key, body digest) returns the
-        existing case with ``created=False``; another body raises IdempotencyConflict."""
+        the events, in one transaction. The same (owner, key, body digest) returns the
+        existing case with ``created=False``; another body raises IdempotencyConflict. A case
+        with the same subject and key counts as the same owner's (filed before person keys)."""
 
-    async def find(self, subject: str, idempotency_key: str) -> Case | None: ...
+    async def find(self, owner: str, idempotency_key: str) -> Case | None: ...
 
     async def get(self, case_id: str) -> Case | None: ...
 
@@ -190,16 +209,19 @@ class CaseStore(Protocol):
         self,
         *,
         subject: str | None = None,
+        owners: Sequence[str] | None = None,
         client_id: str | None = None,
         status: CaseStatus | None = None,
         limit: int = 100,
-    ) -> list[CaseSummary]: ...
+    ) -> list[CaseSummary]:
+        """Newest first; ``owners``: cases owned by any of them (Principal.owner_keys)."""
 
     async def claim(self, owner: str, *, now: float, lease: float, limit: int) -> list[OutboxEntry]:
         """Lease up to ``limit`` due pending entries to ``owner`` until ``now + lease``."""
 
     async def commit(self, step: Step) -> Case:
-        """Apply ``step`` or raise StaleCase / LeaseLost / CallbackSeen, changing nothing."""
+        """Apply ``step`` or raise StaleCase / LeaseLost / CallbackSeen / SupplementSeen /
+        IdempotencyConflict, changing nothing."""
 
     async def reschedule(self, entry_id: int, owner: str, *, due: float, error: str) -> None:
         """Record a failed attempt and release the lease until ``due``; LeaseLost if not ours."""

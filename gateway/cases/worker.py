@@ -7,7 +7,9 @@ adapter); between passes the schedule is persisted (exponential backoff with jit
 cap, then dead-letter with the reason). The back-end sees the case's own idempotency key and
 the case id on every send. A submission whose operation may not be resent (policy ``never``)
 and which may have reached the back-end goes to ``outcome_unknown`` and is reconciled by the
-operation's status query; it is never resent blindly. Several workers (instances) may share a
+operation's status query; it is never resent blindly. A supplement (补齐补正) is sent by the
+same rules, through the operation ``case.supplement_with`` names, under the part's key
+extended by the supplement's sequence. Several workers (instances) may share a
 PostgreSQL outbox: leases keep their claims apart and hand a dead worker's entries on.
 """
 
@@ -33,9 +35,11 @@ from gateway.cases.model import (
     TERMINAL,
     Case,
     IllegalTransition,
+    Part,
     PartStatus,
     delivery_key,
     part_moves_on,
+    supplement_key,
 )
 from gateway.cases.store import (
     CaseStore,
@@ -49,6 +53,7 @@ from gateway.cases.store import (
     StaleCase,
     Step,
 )
+from gateway.cases.supplements import requested_supplement, supplement_input
 from gateway.catalog import CallResult, Catalog, Route
 from gateway.errors import BackendError, GatewayError, is_retryable
 from gateway.mapping import compile_mapping
@@ -206,7 +211,7 @@ class DeliveryWorker:
             if case is None or case.status in TERMINAL or entry.part is None:
                 await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "closed"))
                 return
-            if entry.kind == EntryKind.DELIVER:
+            if entry.kind in (EntryKind.DELIVER, EntryKind.SUPPLEMENT):
                 await self._deliver(entry, case)
             elif entry.kind == EntryKind.RECONCILE:
                 await self._reconcile(entry, case)
@@ -267,40 +272,70 @@ class DeliveryWorker:
         handling = case.part(part).handling_province
         return self._catalog().route(case.service, operation, case.receiving_province, handling)
 
+    def _sending(
+        self, case: Case, part: Part, submit: Route, sequence: int | None
+    ) -> tuple[Route, Any, str]:
+        """What one send carries, through which route, under which key: the application, or
+        (补齐补正) one of its supplements through the operation ``case.supplement_with`` names."""
+        if sequence is None:
+            return submit, case.data, delivery_key(case.case_id, part.number)
+        config = submit.operation.case
+        if config is None or config.supplement_with is None:
+            raise _Deferred("no_supplement_operation_configured")
+        try:
+            supplement = case.supplement(sequence)
+        except KeyError:
+            raise _Deferred("supplement_not_found") from None
+        route = self._route(case, config.supplement_with, part.number)
+        key = supplement_key(case.case_id, part.number, sequence)
+        return route, supplement_input(config, part, supplement), key
+
     async def _deliver(self, entry: OutboxEntry, case: Case) -> None:
+        """Send a part's application (a deliver entry) or a supplement of it (a supplement
+        entry): the same retry, dead-letter and outcome-unknown rules for both."""
         assert entry.part is not None
         part = case.part(entry.part)
         if part.status != PartStatus.PENDING:
             # Delivered already (a replayed or duplicated entry): never send twice.
             await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "delivered"))
             return
+        sequence = _supplement_of(entry)
         try:
-            route = self._route(case, part.operation, part.number)
+            submit = self._route(case, part.operation, part.number)
+            route, data, key = self._sending(case, part, submit, sequence)
         except GatewayError as exc:
             await self._dead_letter(entry, case, exc.code)
             return
+        except _Deferred as missing:
+            # Configuration changed under a waiting supplement: an operator fixes and replays.
+            await self._dead_letter(entry, case, missing.error_code)
+            return
         policy = route.operation.retry
-        config = route.operation.case
+        config = submit.operation.case
         if entry.abandoned and policy == "never":
             # A worker died holding this send: it may have been made. Ask, do not resend.
             await self._to_outcome_unknown(entry, case, "worker_lost_during_send", config)
             return
-        context = self._context(case, part.number, delivery_key(case.case_id, part.number))
+        context = self._context(case, part.number, key)
         try:
-            result, error, trace = await self._invoke(route, case.data, context)
+            result, error, trace = await self._invoke(route, data, context)
         except _Deferred as deferred:
             await self._retry_later(entry, case, deferred.error_code)
             return
         if result is not None:
             outcome = outcome_of(result.data, config)
+            answer = _as_result(result.data)
+            if sequence is not None:
+                # A supplement's answer adds to the application's (whose number polls use).
+                answer = {**(part.result or {}), **answer}
             await self._advance(
                 entry,
                 case,
-                PartChange(part.number, outcome, result=_as_result(result.data)),
+                _part_change(part.number, outcome, answer, config),
                 schedule=self._poll_after(case, part.number, outcome, config),
                 trace=trace,
                 result=result,
-                reason="delivered",
+                reason="delivered" if sequence is None else f"supplement #{sequence} delivered",
             )
             self.stats.delivered += 1
             return
@@ -327,13 +362,19 @@ class DeliveryWorker:
         if outcome not in (PartStatus.FORWARDED, PartStatus.PROCESSING):
             return ()
         due = self._clock() + self._settings.status_poll_interval
-        return (NewEntry(EntryKind.POLL, due, part, {"polls": 0}),)
+        payload = {"polls": 0, "round": case.supplements_of(part)}
+        return (NewEntry(EntryKind.POLL, due, part, payload),)
 
     async def _poll(self, entry: OutboxEntry, case: Case) -> None:
         assert entry.part is not None
         part = case.part(entry.part)
         if part.status not in (PartStatus.FORWARDED, PartStatus.PROCESSING):
             await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "settled"))
+            return
+        round_ = case.supplements_of(part.number)
+        if (entry.payload or {}).get("round", 0) != round_:
+            # Scheduled before a supplement (补齐补正) was sent: the send started its own polls.
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "superseded"))
             return
         try:
             submit = self._route(case, part.operation, part.number)
@@ -366,9 +407,11 @@ class DeliveryWorker:
             and polls < self._settings.max_status_polls
         ):
             due = self._clock() + self._settings.status_poll_interval
-            again = (NewEntry(EntryKind.POLL, due, part.number, {"polls": polls}),)
+            payload = {"polls": polls, "round": round_}
+            again = (NewEntry(EntryKind.POLL, due, part.number, payload),)
         moves = part_moves_on(part.status, outcome)
-        change = PartChange(part.number, outcome, result=_as_result(result.data)) if moves else None
+        answer = _as_result(result.data)
+        change = _part_change(part.number, outcome, answer, config) if moves else None
         await self._advance(
             entry,
             case,
@@ -387,7 +430,9 @@ class DeliveryWorker:
         log.warning("case_outcome_unknown", case_id=case.case_id, error_code=error_code)
         schedule: tuple[NewEntry, ...] = ()
         if config is not None and config.reconcile_with is not None:
-            schedule = (NewEntry(EntryKind.RECONCILE, self._clock(), entry.part),)
+            sequence = _supplement_of(entry)
+            carried = {"supplement": sequence} if sequence is not None else None
+            schedule = (NewEntry(EntryKind.RECONCILE, self._clock(), entry.part, carried),)
             await self._advance(
                 entry,
                 case,
@@ -420,7 +465,10 @@ class DeliveryWorker:
             reason = exc.error_code if isinstance(exc, _Deferred) else exc.code
             await self._dead_letter(entry, case, reason)
             return
+        sequence = _supplement_of(entry)
         key = delivery_key(case.case_id, part.number)
+        if sequence is not None:
+            key = supplement_key(case.case_id, part.number, sequence)
         try:
             result, error, trace = await self._invoke(
                 query, {"idempotency_key": key}, self._context(case, part.number, None)
@@ -436,10 +484,13 @@ class DeliveryWorker:
         answer = result.data if isinstance(result.data, Mapping) else {}
         if answer.get("found") is True:
             outcome = outcome_of(answer, config)
+            found = _as_result(answer)
+            if sequence is not None:
+                found = {**(part.result or {}), **found}
             await self._advance(
                 entry,
                 case,
-                PartChange(part.number, outcome, result=_as_result(answer)),
+                _part_change(part.number, outcome, found, config),
                 schedule=self._poll_after(case, part.number, outcome, config),
                 trace=trace,
                 result=result,
@@ -447,11 +498,14 @@ class DeliveryWorker:
             )
             return
         # Proven absent: a send now cannot duplicate anything.
+        resend = NewEntry(EntryKind.DELIVER, self._clock(), part.number)
+        if sequence is not None:
+            resend = NewEntry(EntryKind.SUPPLEMENT, self._clock(), part.number, entry.payload)
         await self._advance(
             entry,
             case,
             PartChange(part.number, PartStatus.PENDING),
-            schedule=(NewEntry(EntryKind.DELIVER, self._clock(), part.number),),
+            schedule=(resend,),
             trace=trace,
             result=result,
             reason="reconciled: never arrived; sending again",
@@ -590,3 +644,19 @@ class DeliveryWorker:
 
 def _as_result(data: Any) -> Mapping[str, Any]:
     return data if isinstance(data, Mapping) else {"value": data}
+
+
+def _supplement_of(entry: OutboxEntry) -> int | None:
+    """The supplement (补齐补正) a supplement entry sends or a reconciliation looks for."""
+    sequence = (entry.payload or {}).get("supplement")
+    return int(sequence) if sequence is not None else None
+
+
+def _part_change(
+    part: int, outcome: PartStatus, answer: Mapping[str, Any], config: CaseOperation | None
+) -> PartChange:
+    """The part's new status and answer; with a 补齐补正 request, what the answer asks for."""
+    asked = None
+    if outcome == PartStatus.SUPPLEMENT_REQUESTED:
+        asked = requested_supplement(answer, config, iso_now())
+    return PartChange(part, outcome, result=answer, supplement=asked)

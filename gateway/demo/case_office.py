@@ -8,6 +8,10 @@ One app per province (Qinghai 63, Gansu 62), REST JSON with an API key:
                                               office's ``progress`` (the demo's officers)
     GET  /api/applications/by-key/{key}       {"found": bool, ...}: did a send with this key
                                               arrive? (how the gateway settles an unknown outcome)
+    POST /api/applications/{applicationId}/supplements
+                                              补齐补正: the material asked for (status SUPPLEMENT,
+                                              ``supplementRequest``); deduplicated on the
+                                              Idempotency-Key (201 taken, 200 the same again)
 
 It serves S2 (异地就医备案), S3 (户口迁移, 多地联办: Gansu confirms the move-out, Qinghai issues
 the permit), S8 (跨省设立分支机构: the 企业开办 bundle fans out to four agencies) and S10 (残疾人证,
@@ -15,6 +19,10 @@ the permit), S8 (跨省设立分支机构: the 企业开办 bundle fans out to f
 housing-security office checks the e-seal of the Jiangsu contribution proof named in the
 application, with Jiangsu's seal verification key, and refuses a proof whose seal does not hold,
 422 ``seal_invalid``). It never logs payloads.
+
+补齐补正 in S10: Qinghai's disability federation asks for the guardianship certificate
+(``guardian-certificate``) when the category is intellectual or mental (a guardian applies for
+the person), and goes on with the application once it is supplied.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -73,9 +81,13 @@ class Application:
     steps: list[str]
     received_at: str
     result: dict[str, str] = field(default_factory=dict)
+    supplement_request: dict[str, Any] | None = None
+    """补齐补正: what the officers asked for, while the status is SUPPLEMENT."""
+    supplements: list[str] = field(default_factory=list)
+    """Idempotency keys of the supplements taken, in order (each taken once)."""
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "applicationId": self.application_id,
             "kind": self.kind,
             "status": self.status,
@@ -83,6 +95,26 @@ class Application:
             "receivedAt": self.received_at,
             "result": self.result,
         }
+        if self.status == "SUPPLEMENT" and self.supplement_request is not None:
+            answer["supplementRequest"] = self.supplement_request
+        return answer
+
+
+SupplementRule = Callable[[dict[str, Any], datetime], dict[str, Any] | None]
+"""(application body, now) → what a supplement request asks for, or None when nothing is
+missing."""
+
+
+def guardian_needed(body: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """S10: for an intellectual or mental disability a guardian applies for the person, so the
+    guardianship certificate (监护关系证明) is needed; the officers give 15 days."""
+    if body.get("category") not in ("intellectual", "mental"):
+        return None
+    return {
+        "materialCodes": ["guardian-certificate"],
+        "message": "请补充监护关系证明 / Supply the guardianship certificate",
+        "deadline": (now + timedelta(days=15)).date().isoformat(),
+    }
 
 
 @dataclass
@@ -96,10 +128,13 @@ class CaseOfficeState:
     proof_seal_keys: dict[str, bytes] = field(default_factory=dict)
     """province → the key its proof seals are checked with (demo HMAC, standing in for the
     issuing province's seal certificate)."""
+    supplement_rules: dict[str, SupplementRule] = field(default_factory=dict)
+    """kind → when an application of that kind is answered SUPPLEMENT (补齐补正) at once."""
     recorder: Recorder = field(default_factory=Recorder)
     clock: Callable[[], datetime] = _now
     applications: dict[str, Application] = field(default_factory=dict)
     by_key: dict[str, Application] = field(default_factory=dict)
+    supplements_by_key: dict[str, Application] = field(default_factory=dict)
     _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def decide(self, application_id: str, status: str, **result: str) -> None:
@@ -183,10 +218,53 @@ async def submit_application(request: web.Request) -> web.Response:
         steps=steps,
         received_at=now.isoformat(timespec="seconds"),
     )
+    rule = state.supplement_rules.get(application.kind)
+    missing = rule(body, now) if rule is not None else None
+    if missing is not None:
+        # 补齐补正 before anything else: the scripted steps go on once it is supplied.
+        application.steps.insert(0, application.status)
+        application.status = "SUPPLEMENT"
+        application.supplement_request = missing
     if application.status == "DONE":
         application.result = _result_for(state, application)
     state.applications[application.application_id] = application
     state.by_key[key] = application
+    return web.json_response(application.as_json(), status=201)
+
+
+async def supplement_application(request: web.Request) -> web.Response:
+    """补齐补正: take the material asked for, once per Idempotency-Key."""
+    state = request.app[STATE]
+    key = request.headers.get("Idempotency-Key", "")
+    if not key:
+        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
+    application = state.applications.get(request.match_info["applicationId"])
+    if application is None:
+        return _error(404, "not_found", "no such application")
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "invalid_json", "body is not JSON")
+    materials = body.get("materials") if isinstance(body, dict) else None
+    if not isinstance(materials, list) or not all(isinstance(m, dict) for m in materials):
+        return _error(400, "invalid_request", "materials must be a list of objects")
+    taken = state.supplements_by_key.get(key)
+    if taken is not None:
+        if taken is not application:
+            return _error(422, "idempotency_key_reused", "key used for another application")
+        return web.json_response(application.as_json(), status=200)
+    if application.status != "SUPPLEMENT" or application.supplement_request is None:
+        return _error(409, "not_awaiting_supplement", "no supplement was asked for")
+    given = {m.get("code") for m in materials}
+    absent = [c for c in application.supplement_request["materialCodes"] if c not in given]
+    if absent:
+        return _error(422, "materials_missing", f"still missing: {absent}")
+    application.supplements.append(key)
+    application.supplement_request = None
+    application.status = application.steps.pop(0) if application.steps else "ACCEPTED"
+    if application.status == "DONE":
+        application.result = _result_for(state, application)
+    state.supplements_by_key[key] = application
     return web.json_response(application.as_json(), status=201)
 
 
@@ -195,7 +273,7 @@ async def get_application(request: web.Request) -> web.Response:
     application = state.applications.get(request.match_info["applicationId"])
     if application is None:
         return _error(404, "not_found", "no such application")
-    if application.steps:
+    if application.steps and application.status != "SUPPLEMENT":  # waits for the material
         application.status = application.steps.pop(0)
         if application.status == "DONE":
             application.result = _result_for(state, application)
@@ -203,7 +281,9 @@ async def get_application(request: web.Request) -> web.Response:
 
 
 async def find_application(request: web.Request) -> web.Response:
-    application = request.app[STATE].by_key.get(request.match_info["key"])
+    state = request.app[STATE]
+    key = request.match_info["key"]
+    application = state.by_key.get(key) or state.supplements_by_key.get(key)
     if application is None:
         return web.json_response({"found": False})
     return web.json_response({"found": True, **application.as_json()})
@@ -215,6 +295,11 @@ def build_case_office_app(state: CaseOfficeState) -> web.Application:
     app.router.add_post("/api/applications", submit_application, name="submit_application")
     app.router.add_get("/api/applications/by-key/{key}", find_application, name="find_application")
     app.router.add_get("/api/applications/{applicationId}", get_application, name="get_application")
+    app.router.add_post(
+        "/api/applications/{applicationId}/supplements",
+        supplement_application,
+        name="supplement_application",
+    )
     return app
 
 
@@ -226,6 +311,7 @@ def qinghai_office(
         office_name="青海省示范一体化政务服务平台",
         api_key=api_key,
         proof_seal_keys=dict(proof_seal_keys or {}),
+        supplement_rules={"disability-card": guardian_needed},
         progress={
             "hukou-move-in": ["ACCEPTED", "PROCESSING", "DONE"],
             "disability-card": ["ACCEPTED", "PROCESSING", "DONE"],

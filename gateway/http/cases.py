@@ -1,7 +1,8 @@
 """The case API: thin handlers over ``gateway.cases``, and the case resources' cleanup context.
 
 POST /api/v1/cases                     take an application in (Idempotency-Key) → 202 receipt
-GET  /api/v1/cases/{case_id}           timeline, materials by reference, result
+GET  /api/v1/cases/{case_id}           timeline, materials by reference, result, what is missing
+POST /api/v1/cases/{case_id}/supplements  补齐补正: supply what was asked (Idempotency-Key) → 202
 GET  /api/v1/cases                     mine (?queue=window: a clerk's window queue)
 POST /api/v1/callbacks/{system}        a provincial system's status push (HMAC, sequenced)
 GET  /admin/cases/dead-letters         operator: what delivery gave up on, with the reason
@@ -24,9 +25,10 @@ from gateway.cases.config import CaseSettings
 from gateway.cases.errors import CaseStoreDown
 from gateway.cases.events import EventSink, JsonlEventSink, NullEventSink, WebhookEventSink
 from gateway.cases.intake import CASE_REQUEST_SCHEMA
-from gateway.cases.model import Case, CaseSummary
+from gateway.cases.model import Case, CaseSummary, Supplement
 from gateway.cases.service import CaseService
 from gateway.cases.store import CaseStore, CaseStoreUnavailable
+from gateway.cases.supplements import SUPPLEMENT_SCHEMA
 from gateway.cases.worker import DeliveryWorker
 from gateway.errors import (
     Forbidden,
@@ -90,6 +92,7 @@ def add_case_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/cases", submit_case)
     app.router.add_get("/api/v1/cases", list_cases)
     app.router.add_get("/api/v1/cases/{case_id}", get_case)
+    app.router.add_post("/api/v1/cases/{case_id}/supplements", submit_supplement)
     app.router.add_post("/api/v1/callbacks/{system}", receive_callback)
     app.router.add_get("/admin/cases/dead-letters", dead_letters)
     app.router.add_post("/admin/cases/{case_id}/replay", replay_case)
@@ -203,10 +206,26 @@ def case_view(case: Case) -> dict[str, Any]:
                 "result": p.result,
                 "error_code": p.error_code,
                 "updated_at": p.updated_at,
+                # 补齐补正: what the handling province asked for last (kept once answered).
+                "supplement_request": p.supplement.as_json() if p.supplement else None,
             }
             for p in case.parts
         ],
+        "supplements": [s.as_json() for s in case.supplements],
         "timeline": [t.as_json() for t in case.transitions],
+    }
+
+
+def supplement_receipt(case: Case, supplement: Supplement, base: str) -> dict[str, Any]:
+    """补正回执: the case's receipt again, naming the supplement it took in."""
+    return {
+        **receipt(case, base),
+        "supplement": {
+            "sequence": supplement.sequence,
+            "part": supplement.part,
+            "submitted_at": supplement.submitted_at,
+            "materials": [m.as_json() for m in supplement.materials],
+        },
     }
 
 
@@ -262,6 +281,35 @@ async def get_case(request: web.Request) -> web.Response:
     )
     request[LOG_FIELDS]["case_id"] = case.case_id
     return _json(case_view(case))
+
+
+async def submit_supplement(request: web.Request) -> web.Response:
+    """补齐补正: the applicant (or whoever acts for them) answers a supplement request."""
+    principal = principal_of(request)
+    runtime = _runtime(request)
+    _raw, body = await _json_body(request)
+    case = await runtime.service.get_for(principal, request.match_info["case_id"])
+    fields = request[LOG_FIELDS]
+    fields.update(case_id=case.case_id, service=case.service)
+    # The same client rules as taking the case in: allowed_services and the call scope.
+    check_client_may_call(request.app, principal, case.service)
+    taken = await runtime.service.supplement(
+        principal,
+        case.case_id,
+        body,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        request_id=request[REQUEST_ID],
+    )
+    fields.update(created=taken.created)
+    answer = supplement_receipt(taken.case, taken.supplement, _base_url(request))
+    return _json(
+        answer,
+        status=202,
+        headers={
+            "Location": answer["status_url"],
+            "Idempotent-Replayed": "false" if taken.created else "true",
+        },
+    )
 
 
 async def list_cases(request: web.Request) -> web.Response:
@@ -384,17 +432,78 @@ _RECEIPT = {
         "status_url": {"type": "string"},
     },
 }
+_MATERIAL = {
+    "type": "object",
+    "required": ["code", "ref", "digest"],
+    "properties": {
+        "code": {"type": "string"},
+        "ref": {"type": "string"},
+        "digest": {"type": "string"},
+    },
+}
+_SUPPLEMENT_REQUEST = {
+    "description": "补齐补正: what the handling province asked for last (null: never asked)",
+    "type": ["object", "null"],
+    "required": ["materials", "message", "deadline", "requested_at"],
+    "properties": {
+        "materials": {"type": "array", "items": {"type": "string"}},
+        "message": {"type": ["string", "null"]},
+        "deadline": {"type": ["string", "null"]},
+        "requested_at": {"type": ["string", "null"]},
+    },
+}
+_SUPPLEMENT = {
+    "type": "object",
+    "required": ["sequence", "part", "materials", "note", "actor", "submitted_at"],
+    "properties": {
+        "sequence": {"type": "integer", "minimum": 1},
+        "part": {"type": "integer", "minimum": 0},
+        "materials": {"type": "array", "items": _MATERIAL},
+        "note": {"type": ["string", "null"]},
+        "actor": {"type": "string"},
+        "submitted_at": {"type": "string"},
+    },
+}
 _CASE = {
     "type": "object",
-    "required": ["case_id", "service", "status", "parts", "timeline", "materials"],
+    "required": ["case_id", "service", "status", "parts", "timeline", "materials", "supplements"],
     "properties": {
         "case_id": {"type": "string"},
         "service": {"type": "string"},
         "mode": {"type": "string"},
         "status": {"type": "string"},
-        "parts": {"type": "array", "items": {"type": "object"}},
+        "parts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["part", "status", "supplement_request"],
+                "properties": {
+                    "part": {"type": "integer"},
+                    "status": {"type": "string"},
+                    "supplement_request": _SUPPLEMENT_REQUEST,
+                },
+            },
+        },
         "timeline": {"type": "array", "items": {"type": "object"}},
         "materials": {"type": "array", "items": {"type": "object"}},
+        "supplements": {"type": "array", "items": _SUPPLEMENT},
+    },
+}
+_SUPPLEMENT_RECEIPT = {
+    "type": "object",
+    "required": [*_RECEIPT["required"], "supplement"],
+    "properties": {
+        **_RECEIPT["properties"],  # type: ignore[dict-item]
+        "supplement": {
+            "type": "object",
+            "required": ["sequence", "part", "submitted_at", "materials"],
+            "properties": {
+                "sequence": {"type": "integer", "minimum": 1},
+                "part": {"type": "integer", "minimum": 0},
+                "submitted_at": {"type": "string"},
+                "materials": {"type": "array", "items": _MATERIAL},
+            },
+        },
     },
 }
 _STRING = {"type": "string"}
@@ -450,6 +559,37 @@ def case_openapi_paths() -> dict[str, Any]:
                 "security": _SECURED,
                 "parameters": [_CASE_ID],
                 "responses": {"200": _ok(_CASE), **_problems(401, 404)},
+            }
+        },
+        "/api/v1/cases/{case_id}/supplements": {
+            "post": {
+                "summary": "补齐补正: supply the material the handling province asked for",
+                "description": (
+                    "For the applicant, whoever acts for them or their window's clerk, while the "
+                    "case (多地联办: the part) is supplement_requested. Same key + same body → "
+                    "the same supplement (Idempotent-Replayed: true); another body → 409 "
+                    "client.idempotency_key_reused; no supplement asked for → 409 "
+                    "client.case_not_awaiting_supplement."
+                ),
+                "security": _SECURED,
+                "parameters": [
+                    _CASE_ID,
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": True,
+                        "description": "Scoped to the case: a retry sends no second supplement",
+                        "schema": {"type": "string", "minLength": 8, "maxLength": 128},
+                    },
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": SUPPLEMENT_SCHEMA}},
+                },
+                "responses": {
+                    "202": _ok(_SUPPLEMENT_RECEIPT, "Accepted: the receipt, with the supplement"),
+                    **_problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+                },
             }
         },
         "/api/v1/callbacks/{system}": {

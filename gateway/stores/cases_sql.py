@@ -26,6 +26,8 @@ from gateway.cases.model import (
     NewCase,
     Part,
     PartStatus,
+    Supplement,
+    SupplementRequest,
     Transition,
 )
 from gateway.cases.store import (
@@ -40,6 +42,7 @@ from gateway.cases.store import (
     OutboxEntry,
     StaleCase,
     Step,
+    SupplementSeen,
     TransitionDraft,
 )
 from gateway.stores.migrations import Migration
@@ -126,6 +129,40 @@ def case_migrations(serial: str, real: str) -> tuple[Migration, ...]:
                 )""",
             ),
         ),
+        Migration(
+            2,
+            "case owner: the person key, the same through every portal",
+            (
+                # Nullable so SQLite can add it; every write sets it, older rows get the subject
+                # (their owner before person keys), which keeps (owner, key) unique from the start.
+                "ALTER TABLE cases ADD COLUMN owner TEXT",
+                "UPDATE cases SET owner = subject",
+                # Idempotency is per owner: one person's retry through another portal is the
+                # same application, and two instances racing on it still write one case.
+                "CREATE UNIQUE INDEX cases_owner_key ON cases (owner, idempotency_key)",
+                "CREATE INDEX cases_by_owner ON cases (owner, updated_at)",
+            ),
+        ),
+        Migration(
+            3,
+            "supplements (补齐补正): what a handling province asked for, what was supplied",
+            (
+                "ALTER TABLE case_parts ADD COLUMN supplement TEXT",
+                """CREATE TABLE case_supplements (
+                    case_id TEXT NOT NULL REFERENCES cases (case_id),
+                    sequence INTEGER NOT NULL,
+                    part INTEGER NOT NULL,
+                    idempotency_key TEXT NOT NULL,
+                    body_digest TEXT NOT NULL,
+                    materials TEXT NOT NULL,
+                    note TEXT,
+                    actor TEXT NOT NULL,
+                    submitted_at TEXT NOT NULL,
+                    PRIMARY KEY (case_id, sequence),
+                    UNIQUE (case_id, idempotency_key)
+                )""",
+            ),
+        ),
     )
 
 
@@ -144,7 +181,12 @@ OUTBOX_COLUMNS: Final = (
 _CASE_COLUMNS: Final = (
     "case_id, service, mode, subject, actor, actor_role, client_id, level, receiving_province,"
     " purpose, authorisation_ref, idempotency_key, body_digest, status, version, created_at,"
-    " updated_at, materials, data"
+    " updated_at, materials, data, owner"
+)
+# The same application: same owner and key, or (filed before person keys) same subject and key.
+_SAME_APPLICATION: Final = (
+    "SELECT case_id, body_digest FROM cases"
+    " WHERE idempotency_key = ? AND (owner = ? OR subject = ?)"
 )
 _INSERT_ENTRY: Final = (
     "INSERT INTO case_outbox (case_id, part, kind, state, due, payload, created_at)"
@@ -163,6 +205,17 @@ def _json(value: Any) -> str | None:
 
 def _load(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
+
+
+def _request(stored: Any) -> SupplementRequest | None:
+    if not isinstance(stored, dict):
+        return None
+    return SupplementRequest(
+        materials=tuple(stored.get("materials") or ()),
+        message=stored.get("message"),
+        deadline=stored.get("deadline"),
+        requested_at=stored.get("requested_at"),
+    )
 
 
 def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
@@ -208,11 +261,7 @@ class SqlCaseStore:
         status = initial[-1].to_status if initial else CaseStatus.RECEIVED
         created = False
         async with self._tx() as tx:
-            rows = await tx.fetch(
-                "SELECT case_id, body_digest FROM cases WHERE subject = ? AND idempotency_key = ?",
-                case.subject,
-                case.idempotency_key,
-            )
+            rows = await tx.fetch(_SAME_APPLICATION, case.idempotency_key, case.owner, case.subject)
             if rows:
                 existing_id, digest = rows[0][0], rows[0][1]
                 if digest != case.body_digest:
@@ -222,8 +271,9 @@ class SqlCaseStore:
                 case_id = case.case_id
                 inserted = await tx.execute(
                     f"INSERT INTO cases ({_CASE_COLUMNS}) VALUES"
-                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)"
-                    " ON CONFLICT (subject, idempotency_key) DO NOTHING",
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)"
+                    # (owner, key) or (subject, key): either way the same application.
+                    " ON CONFLICT DO NOTHING",
                     case.case_id,
                     case.service,
                     case.mode.value,
@@ -242,13 +292,18 @@ class SqlCaseStore:
                     at,
                     _json([m.as_json() for m in case.materials]),
                     _json(case.data),
+                    case.owner,
                 )
                 if inserted:
                     created = True
                     await self._write_new(tx, case, at, now, initial, events)
         if not created and not rows:
-            # Another instance inserted the same (subject, key) between our read and write.
-            found = await self.find(case.subject, case.idempotency_key)
+            # Another instance inserted the same application between our read and write.
+            async with self._read() as conn:
+                again = await conn.fetch(
+                    _SAME_APPLICATION, case.idempotency_key, case.owner, case.subject
+                )
+            found = await self.get(again[0][0]) if again else None
             if found is None:
                 raise StaleCase("the concurrent insert is not visible yet")
             if found.body_digest != case.body_digest:
@@ -348,6 +403,8 @@ class SqlCaseStore:
                 await self._finish(tx, step.finish)
             if step.callback is not None:
                 await self._advance_callback(tx, step.callback, step.at)
+            if step.supplement is not None:
+                await self._insert_supplement(tx, step.case_id, step.supplement)
             for change in step.parts:
                 if change.result is not None:
                     await tx.execute(
@@ -367,6 +424,14 @@ class SqlCaseStore:
                         change.status.value,
                         change.error_code,
                         step.at,
+                        step.case_id,
+                        change.part,
+                    )
+            for change in step.parts:
+                if change.supplement is not None:
+                    await tx.execute(
+                        "UPDATE case_parts SET supplement = ? WHERE case_id = ? AND part = ?",
+                        _json(change.supplement.as_json()),
                         step.case_id,
                         change.part,
                     )
@@ -413,6 +478,34 @@ class SqlCaseStore:
             await self._finish(tx, finish)
 
     @staticmethod
+    async def _insert_supplement(tx: Tx, case_id: str, supplement: Supplement) -> None:
+        # After the case row's version check: a concurrent taker of the same key has bumped
+        # the version already, so this read sees every supplement committed before ours.
+        rows = await tx.fetch(
+            "SELECT sequence, body_digest FROM case_supplements"
+            " WHERE case_id = ? AND idempotency_key = ?",
+            case_id,
+            supplement.idempotency_key,
+        )
+        if rows:
+            if rows[0][1] != supplement.body_digest:
+                raise IdempotencyConflict(case_id)
+            raise SupplementSeen(int(rows[0][0]))
+        await tx.execute(
+            "INSERT INTO case_supplements (case_id, sequence, part, idempotency_key, body_digest,"
+            " materials, note, actor, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            case_id,
+            supplement.sequence,
+            supplement.part,
+            supplement.idempotency_key,
+            supplement.body_digest,
+            _json([m.as_json() for m in supplement.materials]),
+            supplement.note,
+            supplement.actor,
+            supplement.submitted_at,
+        )
+
+    @staticmethod
     async def _advance_callback(tx: Tx, callback: tuple[str, int], at: str) -> None:
         system, sequence = callback
         rows = await tx.fetch("SELECT last_sequence FROM case_callbacks WHERE system = ?", system)
@@ -452,11 +545,11 @@ class SqlCaseStore:
 
     # --- reading -------------------------------------------------------------------------------
 
-    async def find(self, subject: str, idempotency_key: str) -> Case | None:
+    async def find(self, owner: str, idempotency_key: str) -> Case | None:
         async with self._read() as conn:
             rows = await conn.fetch(
-                "SELECT case_id FROM cases WHERE subject = ? AND idempotency_key = ?",
-                subject,
+                "SELECT case_id FROM cases WHERE owner = ? AND idempotency_key = ?",
+                owner,
                 idempotency_key,
             )
         return await self.get(rows[0][0]) if rows else None
@@ -468,7 +561,12 @@ class SqlCaseStore:
                 return None
             parts = await conn.fetch(
                 "SELECT part, handling_province, operation, system, status, result, error_code,"
-                " updated_at FROM case_parts WHERE case_id = ? ORDER BY part",
+                " updated_at, supplement FROM case_parts WHERE case_id = ? ORDER BY part",
+                case_id,
+            )
+            supplements = await conn.fetch(
+                "SELECT sequence, part, idempotency_key, body_digest, materials, note, actor,"
+                " submitted_at FROM case_supplements WHERE case_id = ? ORDER BY sequence",
                 case_id,
             )
             timeline = await conn.fetch(
@@ -482,6 +580,7 @@ class SqlCaseStore:
             service=row[1],
             mode=Mode(row[2]),
             subject=row[3],
+            owner=row[19] or row[3],
             actor=row[4],
             actor_role=row[5],
             client_id=row[6],
@@ -507,8 +606,22 @@ class SqlCaseStore:
                     result=_load(p[5]),
                     error_code=p[6],
                     updated_at=p[7],
+                    supplement=_request(_load(p[8])),
                 )
                 for p in parts
+            ),
+            supplements=tuple(
+                Supplement(
+                    sequence=int(s[0]),
+                    part=int(s[1]),
+                    idempotency_key=s[2],
+                    body_digest=s[3],
+                    materials=tuple(MaterialRef(**m) for m in _load(s[4]) or ()),
+                    note=s[5],
+                    actor=s[6],
+                    submitted_at=s[7],
+                )
+                for s in supplements
             ),
             transitions=tuple(
                 Transition(
@@ -529,6 +642,7 @@ class SqlCaseStore:
         self,
         *,
         subject: str | None = None,
+        owners: Sequence[str] | None = None,
         client_id: str | None = None,
         status: CaseStatus | None = None,
         limit: int = 100,
@@ -539,6 +653,9 @@ class SqlCaseStore:
             if value is not None:
                 where.append(f"c.{column} = ?")
                 args.append(value)
+        if owners is not None:
+            where.append(f"c.owner IN ({', '.join('?' for _ in owners) or 'NULL'})")
+            args.extend(owners)
         if status is not None:
             where.append("c.status = ?")
             args.append(status.value)

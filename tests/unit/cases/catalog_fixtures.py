@@ -21,12 +21,24 @@ from gateway.settings import (
     SystemSettings,
 )
 
-STATUS_VALUES = {"DONE": "done", "WIP": "processing", "REJ": "not_accepted"}
+STATUS_VALUES = {
+    "DONE": "done",
+    "WIP": "processing",
+    "REJ": "not_accepted",
+    "SUP": "supplement_requested",
+}
+# 补齐补正: what a "SUP" answer asks for, and the operation that takes the supplement.
+SUPPLEMENT_BLOCK = {
+    "supplement_field": "supplement",
+    "supplement_with": "supplement",
+    "supplement_input": {"ref": "ref"},
+}
 CASE_BLOCK = {
     "status_field": "status",
     "status_values": STATUS_VALUES,
     "poll_with": "status",
     "poll_input": {"ref": "ref"},
+    **SUPPLEMENT_BLOCK,
 }
 
 
@@ -55,12 +67,21 @@ SERVICE: dict[str, Any] = {
         "apply-once": _op(
             "submit",
             "never",
-            {"status_field": "status", "status_values": STATUS_VALUES, "reconcile_with": "lookup"},
+            {
+                "status_field": "status",
+                "status_values": STATUS_VALUES,
+                "reconcile_with": "lookup",
+                **SUPPLEMENT_BLOCK,
+                "supplement_with": "supplement-once",
+            },
         ),
         "status": _op("query", "safe"),
         "lookup": _op("query", "safe"),
+        "supplement": _op("submit", "idempotent-with-key"),
+        "supplement-once": _op("submit", "never"),
     },
 }
+SUPPLEMENT_OPERATIONS = ("supplement", "supplement-once")
 
 
 @dataclass
@@ -74,8 +95,17 @@ class FakeProvince:
     fail_next: list[BackendError] = field(default_factory=list)
     process_then_fail: int = 0
     """The next n submissions are stored, then answered with a timeout (outcome unknown)."""
+    asks: dict[str, Any] | None = None
+    """补齐补正: what a "SUP" answer asks for (its ``supplement`` field)."""
+    supplements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Supplements taken, by idempotency key (a resend with the key is the same supplement)."""
+    supplement_sends: list[Call] = field(default_factory=list)
+    after_supplement: str = "WIP"
+    """The status an application moves to once a supplement is taken."""
 
     def handle(self, call: Call) -> Reply:
+        if call.operation in ("supplement", "supplement-once"):
+            return self._supplement(call)
         if call.operation in ("apply", "apply-once"):
             self.sends.append(call)
             if self.fail_next:
@@ -84,12 +114,15 @@ class FakeProvince:
             entry = self.submissions.setdefault(
                 key, {"ref": f"R{self.province}-{len(self.submissions) + 1}", "status": self.answer}
             )
+            if entry["status"] == "SUP" and self.asks is not None:
+                entry["supplement"] = dict(self.asks)
             if self.process_then_fail:
                 self.process_then_fail -= 1
                 raise BackendTimeout("no answer", reached_backend=True)
             return Reply(dict(entry))
         if call.operation == "lookup":
-            found = self.submissions.get(call.payload["idempotency_key"])
+            key = call.payload["idempotency_key"]
+            found = self.submissions.get(key) or self.supplements.get(key)
             return Reply({"found": found is not None, **(found or {})})
         if call.operation == "status":
             for entry in self.submissions.values():
@@ -97,6 +130,21 @@ class FakeProvince:
                     return Reply(dict(entry))
             raise BackendRejected("unknown ref", reached_backend=True)
         raise AssertionError(call.operation)
+
+    def _supplement(self, call: Call) -> Reply:
+        self.supplement_sends.append(call)
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        key = call.context.idempotency_key or ""
+        if key not in self.supplements:
+            entry = next(e for e in self.submissions.values() if e["ref"] == call.payload["ref"])
+            entry["status"] = self.after_supplement
+            entry.pop("supplement", None)
+            self.supplements[key] = entry
+        if self.process_then_fail:
+            self.process_then_fail -= 1
+            raise BackendTimeout("no answer", reached_backend=True)
+        return Reply(dict(self.supplements[key]))
 
 
 def settings(tmp_path: Path, provinces: tuple[str, ...] = ("61", "62")) -> Settings:
@@ -125,7 +173,7 @@ def settings(tmp_path: Path, provinces: tuple[str, ...] = ("61", "62")) -> Setti
             }
         )
         for p in provinces
-        for op in ("apply", "apply-once", "status", "lookup")
+        for op in ("apply", "apply-once", "status", "lookup", *SUPPLEMENT_OPERATIONS)
     )
     return Settings(
         tmp_path,
