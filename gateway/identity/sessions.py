@@ -29,7 +29,7 @@ import heapq
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -134,6 +134,10 @@ class SessionStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+PURGE_INTERVAL: Final = 5.0
+"""Seconds between two sweeps of the in-memory tables for expired entries."""
+
+
 class MemorySessionStore:
     """One-instance store: dictionaries with expiry, atomic because the loop is single-threaded."""
 
@@ -146,6 +150,7 @@ class MemorySessionStore:
         self._deadlines: dict[str, float] = {}
         self._sids: dict[str, tuple[float, str]] = {}
         self._pending: dict[str, tuple[float, bytes]] = {}
+        self._next_purge = 0.0
 
     def _live(self, table: dict[str, tuple[float, Any]], key: str) -> Any:
         entry = table.get(key)
@@ -161,15 +166,18 @@ class MemorySessionStore:
         return deadline is not None and self._clock() < deadline
 
     def _purge(self) -> None:
+        # A full scan, at most once per PURGE_INTERVAL: a scan on every write made a login cost
+        # O(live sessions) once there were more than a thousand of them.
         now = self._clock()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_INTERVAL
         for table in (self._sessions, self._sids, self._pending):
-            if len(table) > 1024:
-                for key in [k for k, (exp, _) in table.items() if exp <= now]:
-                    del table[key]
-        if len(self._deadlines) > 1024:
-            # Keys nobody claimed before their data went: nothing is left to end.
-            for key in [k for k, d in self._deadlines.items() if d + self._grace <= now]:
-                del self._deadlines[key]
+            for key in [k for k, (exp, _) in table.items() if exp <= now]:
+                del table[key]
+        # Keys nobody claimed before their data went: nothing is left to end.
+        for key in [k for k, d in self._deadlines.items() if d + self._grace <= now]:
+            del self._deadlines[key]
 
     async def put_session(self, key: str, session: SsoSession, ttl: float) -> None:
         self._purge()
