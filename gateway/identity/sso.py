@@ -352,6 +352,19 @@ class SessionAuthenticator:
         if session is None:
             return False
         ended: EndReason = self.expiry_reason(session) if reason == "expired" else reason
+        try:
+            await self._finish_ending(session, ended)
+        except Exception:
+            # The session is out of the store but its portals were not all told: put it back
+            # with its deadline passed, so the sweeper ends it again (revocation and queueing
+            # are idempotent; the trail shows each attempt).
+            log.warning("sso_session_end_incomplete", reason=ended)
+            with contextlib.suppress(Exception):
+                await self.store.put_session(key, session, 0)
+            raise
+        return True
+
+    async def _finish_ending(self, session: SsoSession, ended: EndReason) -> None:
         provider = self.provider
         rows: list[tuple[str, str, str, str]] = []
         if provider is not None:
@@ -387,7 +400,6 @@ class SessionAuthenticator:
             log.info("sso_session_ended", reason=ended)
         if rows and self.backchannel is not None:
             await self.backchannel.enqueue(rows)
-        return True
 
     async def sweep_expired(self, *, stop: asyncio.Event | None = None) -> int:
         """End every session whose deadline has passed; how many this call ended.
@@ -396,7 +408,7 @@ class SessionAuthenticator:
         the same Redis end it once; a session ended by logout left the store's deadline index
         and is never swept. ``stop`` set: return after the session being ended.
         """
-        ended = lost = 0
+        ended = lost = failed = 0
         while stop is None or not stop.is_set():
             keys = await self.store.claim_expired(self.clock(), SWEEP_BATCH)
             for key in keys:
@@ -406,12 +418,13 @@ class SessionAuthenticator:
                     else:
                         lost += 1  # its data outlived the grace: nothing left to tell
                 except Exception as exc:
-                    # Claimed and maybe deleted: the next sweep will not see it again.
+                    # end_session put it back as due: the next sweep tries again.
+                    failed += 1
                     log.error("sso_session_end_failed", error_code=type(exc).__name__)
                 if stop is not None and stop.is_set():
                     break
-            if len(keys) < SWEEP_BATCH:
-                break
+            if len(keys) < SWEEP_BATCH or failed:
+                break  # after a failure, wait for the next sweep rather than spin on it
         if ended or lost:
             log.info("sso_sessions_swept", count=ended, lost=lost)
         return ended

@@ -203,3 +203,33 @@ async def test_the_periodic_sweeper_runs_until_stopped(clock: Clock) -> None:
         await asyncio.wait_for(sweeper, 1)
     assert ended(logs) == ["idle_timeout"]
     assert await gateway.current(browser) is None
+
+
+async def test_a_session_whose_ending_failed_is_ended_by_the_next_sweep(
+    instances: tuple[SessionAuthenticator, SessionAuthenticator],
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: the first attempt to revoke / audit / queue fails after the session left
+    the store. It must come back as due, not vanish with its portals never told."""
+    first, _ = instances
+    await signed_in(first, "sid-retry")
+    clock.advance(901)
+    real = first._finish_ending
+    attempts = 0
+
+    async def flaky(*args: Any) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise OSError("the back-channel queue is unavailable")
+        await real(*args)
+
+    monkeypatch.setattr(first, "_finish_ending", flaky)
+    with structlog.testing.capture_logs() as logs:
+        assert await first.sweep_expired() == 0, "the failed attempt ends nothing"
+        assert await first.sweep_expired() == 1, "the next sweep ends it"
+        assert await first.sweep_expired() == 0
+    assert attempts == 2
+    assert ended(logs) == ["idle_timeout"]
+    assert [e["event"] for e in logs].count("sso_session_end_incomplete") == 1
