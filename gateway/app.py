@@ -21,7 +21,12 @@ from gateway.http import handlers
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
 from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
-from gateway.http.middlewares import auth_middleware, problem_middleware, request_context_middleware
+from gateway.http.middlewares import (
+    auth_middleware,
+    identity_audit_middleware,
+    problem_middleware,
+    request_context_middleware,
+)
 from gateway.http.oidc import OIDC_PROVIDER, add_oidc_routes
 from gateway.identity.authn import Authenticator
 from gateway.identity.provider import OpenIDProvider
@@ -46,11 +51,13 @@ def create_app(
     app = web.Application(
         # Outermost first: the context middleware must see the status the problem renderer chose.
         # admin_audit records every /admin request; inside auth so a refusal is recorded too.
+        # identity_audit holds identity answers until their buffered records are committed.
         middlewares=[
             request_context_middleware,
             problem_middleware,
             auth_middleware,
             admin_audit_middleware,
+            identity_audit_middleware,
         ],
         client_max_size=settings.gateway.server.max_body_bytes,
     )

@@ -6,10 +6,13 @@ group commit; the login, logout and back-channel paths could, but one mechanism 
 identity event keeps the order of a session's records (login before its tokens before its
 logout) the order of the chain. The design rule "fail closed where a case legally comes to
 exist" does not cover logins and tokens, and a buffered record is still sealed into the chain
-in order within milliseconds; what buffering gives up is only records queued when the process
-dies during an audit store outage. Fail closed where it is cheap to: when the writer cannot even
-queue the record (buffer full, writer stopped or failed), ``record`` raises AuditUnavailable and
-the identity operation is refused before anything is handed out.
+in order within milliseconds. The HTTP layer then holds each identity answer until the group
+commit holding its records is done (``AuditWriter.settle`` in ``identity_audit_middleware``),
+so while the store is healthy a login or token never leaves before its record is on disk; what
+buffering gives up is only records queued when the process dies during an audit store outage
+(or a commit slower than the middleware's wait). Fail closed where it is cheap to: when the
+writer cannot even queue the record (buffer full, writer stopped or failed), ``record`` raises
+AuditUnavailable and the identity operation is refused before anything is handed out.
 
 The provider is built before the application opens its audit writer, so the sink is created
 empty and bound to the writer by the audit cleanup context (``bind`` / ``unbind``). Events

@@ -103,6 +103,8 @@ class _Entry:
     time: str
     future: asyncio.Future[int] | None
     """Set for required appends; None for buffered ones."""
+    tag: int = 0
+    """Order of queueing (``settle`` waits for a tag to be committed)."""
 
 
 @dataclass(slots=True)
@@ -154,6 +156,13 @@ class AuditWriter:
         self._uncertain: _Uncertain | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_tag = 0
+        """Tag of the last entry queued."""
+        self._settled_tag = 0
+        """Every entry with a tag up to this one is committed (or was given up by its caller)."""
+        self._settlers: list[tuple[int, asyncio.Future[bool]]] = []
+        self._taken_tag = 0
+        """Tag of the last entry taken off the queue for a batch (sealed or skipped)."""
         self.stats = WriterStats()
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -269,13 +278,50 @@ class AuditWriter:
             if self._queue:
                 await asyncio.sleep(0.001)
 
+    async def settle(self) -> bool:
+        """Wait until every record queued so far, buffered ones included, is committed.
+
+        For callers that hand something out after queueing its record without blocking (the
+        identity core, whose hooks are synchronous): awaiting this before the answer leaves
+        makes the record durable first whenever the store is healthy. True once committed;
+        False at once when the store is not ready, or when a commit fails meanwhile: the
+        records then wait in the buffer, in order (the buffered contract), and the caller
+        decides whether to go on. Callers bound the wait with ``asyncio.timeout``."""
+        target = self._last_tag
+        if target <= self._settled_tag:
+            return True
+        if self._state != "ready" or self._closing:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._settlers.append((target, future))
+        return await asyncio.shield(future)
+
+    def _settle(self, tag: int | None) -> None:
+        """Wake ``settle`` callers: up to ``tag`` committed, or (None) a commit failed."""
+        if tag is not None:
+            self._settled_tag = max(self._settled_tag, tag)
+        waiting: list[tuple[int, asyncio.Future[bool]]] = []
+        for target, future in self._settlers:
+            if future.done():
+                continue
+            if tag is None:
+                future.set_result(False)
+            elif target <= self._settled_tag:
+                future.set_result(True)
+            else:
+                waiting.append((target, future))
+        self._settlers = waiting
+
     def _enqueue(self, entry: _Entry) -> None:
+        self._last_tag += 1
+        entry.tag = self._last_tag
         self._queue.append(entry)
         self._wakeup.set()
         if len(self._queue) >= self._settings.batch_size:
             self._batch_full.set()
 
     def _fail_queue(self) -> int:
+        self._settle(None)
         dropped = 0
         while self._queue:
             entry = self._queue.popleft()
@@ -352,9 +398,12 @@ class AuditWriter:
         batch: list[_Entry] = []
         while self._queue and len(batch) < self._settings.batch_size:
             entry = self._queue.popleft()
+            self._taken_tag = entry.tag
             if entry.future is not None and entry.future.done():
                 continue  # the caller gave up before the record was sealed
             batch.append(entry)
+        if not batch:
+            self._settle(self._taken_tag)  # only given-up entries: nothing left to wait for
         return batch
 
     def _seal(self, batch: list[_Entry]) -> list[StoredRecord]:
@@ -411,6 +460,8 @@ class AuditWriter:
         for entry, row in zip(batch, rows, strict=True):
             if entry.future is not None and not entry.future.done():
                 entry.future.set_result(row.sequence)
+        # The queue is in tag order: everything taken so far is written or was given up.
+        self._settle(self._taken_tag)
 
     def _advance(self, sequence: int, hash: str, checkpoint: StoredCheckpoint | None) -> None:
         self._head_sequence = sequence
@@ -458,6 +509,7 @@ class AuditWriter:
     ) -> None:
         self.stats.store_failures += 1
         self._state = "degraded"
+        self._settle(None)
         self._last_error = type(exc).__name__
         log.warning("audit_store_failed", chain=self._chain, error=self._last_error)
         kept: list[_Entry] = []

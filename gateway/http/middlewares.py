@@ -7,6 +7,7 @@ are rendered like any other error.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -24,7 +25,7 @@ from gateway.errors import (
     PayloadTooLarge,
     Unauthenticated,
 )
-from gateway.http.keys import LOG_FIELDS, METRICS, PRINCIPAL, REQUEST_ID, VERIFIER
+from gateway.http.keys import LOG_FIELDS, METRICS, PRINCIPAL, REQUEST_ID, STATE, VERIFIER
 from gateway.http.problem import problem_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -125,3 +126,35 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[PRINCIPAL] = principal
         request[LOG_FIELDS]["client"] = principal.client_id
     return await handler(request)
+
+
+IDENTITY_PATHS: tuple[str, ...] = ("/oauth2/", "/login", "/cas/", "/legacy/ticket/")
+"""Where the identity core answers: logins, tokens, logouts, tickets."""
+SETTLE_WAIT = 2.0
+"""Longest wait (seconds) for the identity records of an answer to be committed."""
+
+
+@web.middleware
+async def identity_audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Identity answers leave after their audit records are durable, while the store is healthy.
+
+    The identity core queues its records without awaiting (its authlib hooks are synchronous;
+    gateway/audit/sink.py). Here, before a login, token, logout or ticket answer is sent, the
+    request waits for the writer's group commit that holds them (``AuditWriter.settle``), so a
+    process killed right after the answer does not lose the record of what it handed out.
+    When the store is down or slow (more than SETTLE_WAIT) the answer goes anyway and the
+    records wait in the buffer, in order, as the buffered contract says.
+    """
+    response = await handler(request)
+    if request.path.startswith(IDENTITY_PATHS):
+        writer = request.app[STATE].audit
+        if writer is not None:
+            settled = False
+            try:
+                async with asyncio.timeout(SETTLE_WAIT):
+                    settled = await writer.settle()
+            except TimeoutError:
+                pass
+            if not settled:
+                log.warning("identity_audit_buffered", path=_route_name(request))
+    return response

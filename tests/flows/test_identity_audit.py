@@ -234,3 +234,19 @@ async def test_federated_journey_leaves_identity_records(
     text = " ".join(r.text for r in everything)
     for value in (SU_LANXIN.id_number, SU_LANXIN.name, session_a.access_token):
         assert value not in text
+
+
+async def test_a_token_answer_leaves_only_after_its_record_is_committed(
+    verified_trail: Path,
+    sso: Sso,  # noqa: F811
+) -> None:
+    """The identity core queues its records without awaiting; the gateway holds the answer until
+    the group commit holding them is done (identity_audit_middleware), so nothing is polled here:
+    by the time the portal has its tokens, their records are on disk."""
+    async with browser() as b:
+        await sign_in(sso, b, "qh-100233")  # the portal's callback redeemed its code at /token
+        session_a = only_session(sso.portal(QH))
+        logins = await _records(verified_trail, ("login",))
+        issued = await _records(verified_trail, ("token_issued",))
+    assert [(r.event.outcome, r.event.principal) for r in logins] == [("ok", session_a.subject)]
+    assert [(r.event.client, r.event.principal) for r in issued] == [(QH, session_a.subject)]

@@ -342,3 +342,47 @@ async def test_stored_records_read_back(writer: AuditWriter, store: MemoryAuditS
     assert record.event.latency_ms == 12
     assert record.time.endswith("Z")
     assert record.as_dict() == orjson.loads(stored.text)
+
+
+async def test_settle_returns_once_buffered_records_are_committed(
+    writer: AuditWriter, store: MemoryAuditStore
+) -> None:
+    assert await writer.settle(), "nothing queued: settled at once"
+    for n in range(5):
+        writer.append_nowait(event(n))
+    assert store.records_of("gw-a") == [], "queued, not yet written"
+    assert await writer.settle()
+    assert [r.sequence for r in store.records_of("gw-a")] == [1, 2, 3, 4, 5]
+
+
+async def test_settle_says_false_when_the_store_fails_and_the_records_stay_buffered(
+    writer: AuditWriter, store: MemoryAuditStore, keys: StaticKeyStore
+) -> None:
+    await writer.append(event(0))
+    store.available = False
+    writer.append_nowait(event(1))
+    assert await writer.settle() is False, "the commit failed meanwhile"
+    writer.append_nowait(event(2))
+    started = time.perf_counter()
+    assert await writer.settle() is False, "degraded: no waiting for a store known to be down"
+    assert time.perf_counter() - started < 0.05
+    store.available = True
+    for _ in range(200):
+        if writer.readiness().ready and not writer.readiness().queued:
+            break
+        await asyncio.sleep(0.01)
+    assert await writer.settle()
+    assert [r.sequence for r in store.records_of("gw-a")] == [1, 2, 3]
+    assert await verify_ok(store, keys.public_keys()) == 3
+
+
+async def test_settle_is_not_held_up_by_a_required_append_whose_caller_gave_up(
+    writer: AuditWriter, store: MemoryAuditStore
+) -> None:
+    pending = asyncio.ensure_future(writer.append(event(0)))
+    await asyncio.sleep(0)  # queued, the writer still lingering
+    assert writer.readiness().queued == 1
+    pending.cancel()  # before the writer took it: skipped, never written
+    async with asyncio.timeout(1):
+        assert await writer.settle()
+    assert store.records_of("gw-a") == []
