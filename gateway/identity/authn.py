@@ -34,7 +34,10 @@ class AuthenticatedUser:
     actor: str | None = None
     """Who acts, when not the user: a clerk's staff id or an agent's identifier."""
     actor_role: str | None = None
-    """'clerk' or 'agent' when ``actor`` is set."""
+    """'clerk' or 'agent' when ``actor`` or ``actor_local_id`` is set."""
+    actor_local_id: str | None = None
+    """Who acts, as an internal id (a legal person's operator: ``person:<link key>``): tokens
+    carry its pairwise form for the client, like ``sub``. ``actor`` wins when both are set."""
     roles: frozenset[str] = frozenset()
     """Staff roles (clerk, operator, auditor)."""
     session_id: str | None = None

@@ -589,8 +589,16 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
                 # A stepped-up level ends when its window does, not when the token would.
                 expires_at = claims["exp"] = max(min(expires_at, person.acr_until), now + 1)
             claims["auth_time"] = person.auth_time
-            if person.actor:
-                claims["act"] = {"sub": person.actor, "role": person.actor_role or "agent"}
+            actor = person.actor
+            if actor is None and person.actor_local_id is not None:
+                # An internal id (a legal person's operator): pairwise per portal, like sub.
+                actor = pairwise_subject(
+                    self.settings.pairwise_secret,
+                    client.registration.sector,
+                    person.actor_local_id,
+                )
+            if actor:
+                claims["act"] = {"sub": actor, "role": person.actor_role or "agent"}
             if person.roles:
                 claims["roles"] = sorted(person.roles)
         access_token = self.keys.sign(claims, algorithm=self.settings.algorithms[0], typ="at+jwt")

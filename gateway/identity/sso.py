@@ -46,7 +46,7 @@ import structlog
 from gateway.audit.record import EventType
 from gateway.identity.authn import AuthenticatedUser, AuthorizationContext
 from gateway.identity.backchannel import BackchannelDelivery
-from gateway.identity.citizen import FederatedIdentity
+from gateway.identity.citizen import FederatedIdentity, natural_person_id
 from gateway.identity.config import SessionSettings, pairwise_subject
 from gateway.identity.legacy_face import identity_attributes
 from gateway.identity.requests import IdentityRequest, IdentityResponse
@@ -230,7 +230,8 @@ class SessionAuthenticator:
             auth_time=session.auth_time,
             amr=session.amr,
             claims=dict(session.claims),
-            actor=session.actor,
+            # A session holds internal ids only: its actor becomes pairwise in each token.
+            actor_local_id=session.actor,
             actor_role=session.actor_role,
             roles=frozenset(session.roles),
             session_id=session.sid,
@@ -632,6 +633,13 @@ class SessionAuthenticator:
             amr=("fed",),
             claims=identity.userinfo_claims(),
             person_type=identity.person_type,
+            # A legal person (LP) acts through its operator (经办人): the enterprise+operator
+            # account is the principal and the operator, the same person in every province by
+            # the link key, is the actor (issue 3 §5: represented as both).
+            actor=natural_person_id(identity.link_key)
+            if identity.person_type == "legal" and identity.link_key
+            else None,
+            actor_role="agent" if identity.person_type == "legal" and identity.link_key else None,
             # Defence in depth: only a staff directory's login carries roles (staff.py).
             roles=tuple(sorted(identity.roles))
             if identity.platform in self.staff_directories

@@ -55,6 +55,7 @@ def user_to_data(user: AuthenticatedUser) -> dict[str, Any]:
         "claims": dict(user.claims),
         "actor": user.actor,
         "actor_role": user.actor_role,
+        "actor_local_id": user.actor_local_id,
         "roles": sorted(user.roles),
         "session_id": user.session_id,
         "acr_until": user.acr_until,
@@ -71,6 +72,7 @@ def user_from_data(data: Mapping[str, Any]) -> AuthenticatedUser:
         claims=data["claims"],
         actor=data["actor"],
         actor_role=data["actor_role"],
+        actor_local_id=data.get("actor_local_id"),  # absent in records written before it
         roles=frozenset(data["roles"]),
         session_id=data["session_id"],
         acr_until=data["acr_until"],

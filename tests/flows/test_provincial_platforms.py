@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import httpx
 import pytest
+from joserfc import jwt
 from joserfc.jwk import ECKey
 from pydantic import SecretStr
 from yarl import URL
@@ -176,13 +177,24 @@ async def test_legal_person_through_a_signed_assertion(sso: Sso) -> None:
 
 
 async def test_two_agents_of_one_enterprise_are_two_accounts(sso: Sso) -> None:
-    subjects = []
+    subjects: list[str] = []
+    actors: list[dict[str, Any]] = []
     for user in ("lp-500101", "lp-500102"):
         async with browser() as b:
             await sign_in_at(sso, b, "shaanxi-legal", user)
-            subjects.append(only_session(sso.portal(SX)).subject)
+            session = only_session(sso.portal(SX))
+            subjects.append(session.subject)
+            claims = jwt.decode(session.access_token, sso.provider.keys.public_key_set()).claims
+            assert "act" in claims, "an LP token names its operator as actor"
+            actors.append(claims["act"])
             sso.portal(SX).sessions.clear()
     assert subjects[0] != subjects[1]  # same credit code, never merged
+    # Issue 3 §5: the enterprise account acts through its operator, who is in the token too:
+    # as an agent, under a pairwise id of the portal's own (never the link key or ID number).
+    assert [a["role"] for a in actors] == ["agent", "agent"]
+    assert actors[0]["sub"] != actors[1]["sub"]
+    assert {a["sub"] for a in actors}.isdisjoint(subjects)
+    assert all(len(a["sub"]) == len(subjects[0]) for a in actors), "pairwise form, like sub"
 
 
 # --- one citizen, two provinces ---------------------------------------------------------------
