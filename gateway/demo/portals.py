@@ -250,7 +250,7 @@ async def home(request: web.Request) -> web.Response:
                 else ""
             ),
         )
-    _, session = found
+    session_key, session = found
     status, catalogue = await _api(state, session, "GET", "/api/v1/services")
     items = ""
     if status == 200:
@@ -261,8 +261,10 @@ async def home(request: web.Request) -> web.Response:
         )
     else:
         items = f"<li>catalogue: HTTP {status}</li>"
+    csrf = _form_csrf(state, session_key, "call")
     forms = "".join(
         f"<form method='post' action='/call'><input type='hidden' name='call' value='{i}'>"
+        f"<input type='hidden' name='csrf' value='{csrf}'>"
         f"<button type='submit' id='call-{i}'>{html.escape(c.scenario)}: "
         f"{html.escape(c.service)}</button></form>"
         for i, c in enumerate(state.calls)
@@ -390,8 +392,11 @@ async def call(request: web.Request) -> web.Response:
     found = _session(request)
     if found is None:
         raise web.HTTPFound("/")
-    _, session = found
+    session_key, session = found
     form = await request.post()
+    if not _csrf_ok(_form_csrf(state, session_key, "call"), form):
+        # Another site's form posting here with the citizen's cookie: no call on her behalf.
+        return _page(state, "<p id='csrf-refused'>表单已失效 / This form has expired.</p>", 403)
     try:
         demo = state.calls[int(str(form.get("call", "0")))]
     except (ValueError, IndexError):
@@ -560,11 +565,16 @@ async def my_cases(request: web.Request) -> web.Response:
 # --- 补齐补正: the citizen supplies what the handling province asked for ----------------------
 
 
+def _form_csrf(state: PortalState, session_key: str, purpose: str) -> str:
+    """A signed-in page's CSRF token for the forms of ``purpose``: bound to the session cookie,
+    which a forging page cannot read (an HMAC under the portal's secret, so nothing more is
+    kept per session)."""
+    message = f"{purpose}:{session_key}".encode()
+    return hmac.new(state.client_secret.encode(), message, "sha256").hexdigest()
+
+
 def _supplement_csrf(state: PortalState, session_key: str) -> str:
-    """The supplement forms' CSRF token: bound to the session cookie, which a forging page
-    cannot read (an HMAC under the portal's secret, so nothing more is kept per session)."""
-    mac = hmac.new(state.client_secret.encode(), b"supplement:" + session_key.encode(), "sha256")
-    return mac.hexdigest()
+    return _form_csrf(state, session_key, "supplement")
 
 
 def _supplement_form(state: PortalState, session_key: str, case: Mapping[str, Any]) -> str:

@@ -134,8 +134,16 @@ def only_session(portal: PortalState) -> Any:
     return next(iter(portal.sessions.values()))
 
 
+_CALL_CSRF = re.compile(r"name='csrf' value='([0-9a-f]+)'")
+
+
 async def call_via_portal(b: aiohttp.ClientSession, portal: PortalState, index: int) -> str:
-    response = await b.post(f"{portal.base_url}/call", data={"call": str(index)})
+    """Click the home page's call button: the form carries its CSRF token."""
+    home = await (await b.get(f"{portal.base_url}/")).text()
+    token = _CALL_CSRF.search(home)
+    assert token, home[:300]
+    data = {"call": str(index), "csrf": token.group(1)}
+    response = await b.post(f"{portal.base_url}/call", data=data)
     assert response.status == 200
     return await response.text()
 
@@ -406,3 +414,16 @@ async def test_service_outside_allowed_services_and_above_level_are_forbidden(ss
     assert problem["code"] == "client.insufficient_level"
     assert "L3" in problem["detail"]
     assert MA_WENHUA.id_number not in str(problem)
+
+
+async def test_a_portal_call_without_its_form_token_is_refused(sso: Sso) -> None:
+    """Login CSRF's sibling at the portal: another site posting the call form with the
+    citizen's cookie gets no call made on her behalf."""
+    portal = sso.portal(QH)
+    async with browser() as b:
+        await sign_in(sso, b, "qh-100233")
+        for data in ({"call": "0"}, {"call": "0", "csrf": "0" * 64}):
+            refused = await b.post(f"{portal.base_url}/call", data=data)
+            assert refused.status == 403
+            assert "csrf-refused" in await refused.text()
+        assert "<span id='status'>200</span>" in await call_via_portal(b, portal, 0)
