@@ -65,6 +65,8 @@ cases:
   store: {store}
   worker: false
   events: {{kind: none}}
+# One token files every case as fast as it can: a benchmark, not a citizen.
+rate_limits: {{client: null, person: null}}
 """
     )
     (config / "systems.yaml").write_text(

@@ -28,6 +28,7 @@ from gateway.http.middlewares import (
     request_context_middleware,
 )
 from gateway.http.oidc import OIDC_PROVIDER, add_oidc_routes
+from gateway.http.ratelimit import add_rate_limits, rate_limit_middleware
 from gateway.identity.authn import Authenticator
 from gateway.identity.provider import OpenIDProvider
 from gateway.metrics import Metrics
@@ -52,10 +53,13 @@ def create_app(
         # Outermost first: the context middleware must see the status the problem renderer chose.
         # admin_audit records every /admin request; inside auth so a refusal is recorded too.
         # identity_audit holds identity answers until their buffered records are committed.
+        # rate_limit counts /api calls once auth has named the caller, before any handler work;
+        # inside problem so a refusal renders as problem+json like any other.
         middlewares=[
             request_context_middleware,
             problem_middleware,
             auth_middleware,
+            rate_limit_middleware,
             admin_audit_middleware,
             identity_audit_middleware,
         ],
@@ -68,6 +72,7 @@ def create_app(
     # The audit trail opens first: every route's stack records through it.
     app.cleanup_ctx.append(_audit_context)
     app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
+    add_rate_limits(app)
 
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)

@@ -14,7 +14,8 @@
     │   ├── MethodNotAllowed             client.method_not_allowed
     │   ├── Unauthenticated              client.unauthenticated
     │   ├── Forbidden                    client.forbidden
-    │   └── InsufficientLevel            client.insufficient_level (names the level needed)
+    │   ├── InsufficientLevel            client.insufficient_level (names the level needed)
+    │   └── RateLimited                  client.rate_limited (429, Retry-After; names the limit)
     ├── BackendError                     a provincial system failed us (422/502/503/504)
     │   ├── BackendUnavailable           backend.unavailable   (never reached it: safe to retry)
     │   ├── BackendTimeout               backend.timeout
@@ -148,6 +149,22 @@ class InsufficientLevel(Forbidden):
             required_level=required,
             current_level=current,
         )
+
+
+class RateLimited(ClientError):
+    """A rate limit of /api/* refused the call before anything else happened (gateway/ratelimit)."""
+
+    code = "client.rate_limited"
+    http_status = 429
+    title = "Too many calls"
+
+    def __init__(self, policy: str, retry_after: int) -> None:
+        whose = "this person" if policy == "person" else "this client"
+        super().__init__(
+            f"Too many calls for {whose}; try again in {retry_after} seconds.",
+            policy=policy,
+        )
+        self.retry_after = retry_after
 
 
 # --- backend side -----------------------------------------------------------------------------

@@ -56,6 +56,17 @@ class Metrics:
             ["system"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "tongban_rate_limited_total",
+            "API calls refused with 429 by a rate limit, by client and budget (client / person).",
+            ["client", "budget"],
+            registry=self.registry,
+        )
+        self.rate_limit_unchecked = Counter(
+            "tongban_rate_limit_unchecked_total",
+            "API calls let through unchecked because the rate-limit store failed (fail open).",
+            registry=self.registry,
+        )
         self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._backend: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -88,6 +99,9 @@ class Metrics:
 
     def breaker_changed(self, system: str, state: BreakerState) -> None:
         self.breaker_state.labels(system).set(state.gauge)
+
+    def refused_by_rate_limit(self, client: str, budget: str) -> None:
+        self.rate_limited.labels(client, budget).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

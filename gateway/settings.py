@@ -28,6 +28,7 @@ from gateway.identity.config import ProviderSettings
 from gateway.identity.legacy_face import LegacyAppSettings
 from gateway.identity.upstream_kinds import AnyIdpSettings, IdpEntry
 from gateway.mapping import MappingError, compile_mapping
+from gateway.ratelimit.config import RateLimitSettings
 from gateway.secrets import SecretRef, read_secret_ref
 
 # GB/T 2260 province-level codes (two digits) the gateway accepts.
@@ -163,6 +164,35 @@ class GatewaySettings(_Model):
     """Where embedded stores keep their files (relative to the configuration directory)."""
     cases: CaseSettings = CaseSettings()
     """Cross-province cases: store, delivery schedule, callback keys, event sink."""
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    """Rate limits of /api/* per OAuth client and per person, and where they are counted."""
+
+    @model_validator(mode="after")
+    def _rate_limit_store(self) -> GatewaySettings:
+        limits = self.rate_limits
+        if limits.store != "redis":
+            return self
+        if limits.redis_url is None and self.identity is None:
+            raise ValueError(
+                "rate_limits: a redis store needs redis_url (there is no identity.session"
+                ".redis_url to share)"
+            )
+        if self.identity is not None:
+            taken = {
+                "identity.session.redis_prefix": self.identity.session.redis_prefix,
+                "identity.token_redis_prefix": self.identity.token_redis_prefix,
+            }
+            for name, prefix in taken.items():
+                if prefix.startswith(limits.redis_prefix) or limits.redis_prefix.startswith(prefix):
+                    raise ValueError(f"rate_limits: redis_prefix overlaps {name} ({prefix!r})")
+        return self
+
+    @property
+    def rate_limit_redis_url(self) -> str | None:
+        """Where a 'redis' rate-limit store lives: its own URL, else the SSO sessions' Redis."""
+        if self.rate_limits.redis_url is not None:
+            return self.rate_limits.redis_url
+        return self.identity.session.redis_url if self.identity is not None else None
 
 
 # --- systems.yaml -----------------------------------------------------------------------------

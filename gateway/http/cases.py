@@ -400,6 +400,8 @@ async def replay_case(request: web.Request) -> web.Response:
 
 
 # --- OpenAPI fragment (merged into /openapi.json by gateway.http.openapi) ----------------------
+# The 429 of rate limits and the RateLimit-Policy field are added to every authenticated /api
+# operation there (gateway.http.openapi._rate_limited), not repeated here.
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 

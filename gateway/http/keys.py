@@ -14,6 +14,7 @@ from gateway.catalog import Catalog
 from gateway.metrics import Metrics
 from gateway.pipeline import SystemRuntime
 from gateway.principal import Principal, TokenVerifier
+from gateway.ratelimit.limiter import ApiRateLimiter
 from gateway.settings import Settings
 
 ReadinessProbe = Callable[[], Awaitable[dict[str, Any]]]
@@ -28,6 +29,7 @@ class GatewayState:
     opened_catalog: Catalog | None = None
     audit: AuditWriter | None = None
     audit_store: AuditStore | None = None
+    rate_limiter: ApiRateLimiter | None = None
 
     @property
     def catalog(self) -> Catalog:

@@ -67,6 +67,11 @@ _PROBLEM = {
         },
         "required_level": {"type": "string"},
         "current_level": {"type": "string"},
+        "policy": {
+            "type": "string",
+            "enum": ["client", "person"],
+            "description": "client.rate_limited: the budget that refused the call",
+        },
     },
 }
 
@@ -150,6 +155,64 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+_RATE_LIMIT_POLICY = {
+    "description": (
+        "The rate-limit budgets this call drew on (draft-ietf-httpapi-ratelimit-headers), "
+        'e.g. "person";q=300;w=60, "client";q=6000;w=60'
+    ),
+    "schema": {"type": "string"},
+}
+_RATE_LIMITED = {
+    "description": (
+        "client.rate_limited: the person's or the client's budget is spent; nothing was done "
+        "(no back-end call, no case). Retry after Retry-After seconds."
+    ),
+    "headers": {
+        "Retry-After": {
+            "description": "Seconds until the budget has room again",
+            "schema": {"type": "integer", "minimum": 1},
+        },
+        "RateLimit": {
+            "description": 'The refusing budget, e.g. "person";r=0;t=42',
+            "schema": {"type": "string"},
+        },
+        "RateLimit-Policy": _RATE_LIMIT_POLICY,
+    },
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def _rate_limited(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every authenticated /api operation may answer 429 and names its budgets on each answer
+    past authentication (gateway/http/ratelimit.py); callbacks and /admin are not limited."""
+    limited: dict[str, Any] = {}
+    for path, item in paths.items():
+        if not path.startswith("/api/"):
+            limited[path] = item
+            continue
+        operations: dict[str, Any] = {}
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "security" not in operation:
+                operations[method] = operation
+                continue
+            responses = {
+                status: response
+                if status == "401"
+                else {
+                    **response,
+                    "headers": {
+                        **response.get("headers", {}),
+                        "RateLimit-Policy": _RATE_LIMIT_POLICY,
+                    },
+                }
+                for status, response in operation["responses"].items()
+            }
+            responses["429"] = _RATE_LIMITED
+            operations[method] = {**operation, "responses": responses}
+        limited[path] = operations
+    return limited
+
+
 def build_openapi(catalog: Catalog) -> dict[str, Any]:
     service_param = {
         "name": "service",
@@ -158,7 +221,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
         "schema": {"type": "string", "enum": sorted(catalog.services)},
     }
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "Tongban gateway",
@@ -272,3 +335,5 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
             **audit_openapi_paths(),
         },
     }
+    document["paths"] = _rate_limited(document["paths"])
+    return document

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.ratelimit.config import ClientRateLimits
 from gateway.secrets import SecretRef
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -81,6 +82,9 @@ class ClientRegistration(BaseModel):
     """A 跨省通办 window client: its sign-ins accept staff directories only (a citizen session
     never satisfies it) and, with the token-exchange grant, it identifies applicants at the
     counter (gateway/identity/token_exchange.py). Citizen portals never accept staff logins."""
+    rate_limits: ClientRateLimits = ClientRateLimits()
+    """This client's own /api/* rates (``client``, ``person``), where the gateway's
+    (gateway.yaml ``rate_limits``) do not fit it."""
 
     @field_validator("client_id")
     @classmethod

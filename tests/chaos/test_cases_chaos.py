@@ -105,6 +105,8 @@ cases:
     batch: 64
     poll_interval: 0.1
   events: {{kind: none}}
+# One token files every case within seconds: rate limits are not what this test is about.
+rate_limits: {{client: null, person: null}}
 """
     )
     (config / "systems.yaml").write_text(

@@ -1,0 +1,81 @@
+"""Rate-limit settings: gateway-wide budgets (gateway.yaml) and a client's overrides (clients.yaml).
+
+A rate is written in the ``limits`` library's string syntax, one rate per budget: ``600/minute``,
+``10 per second``, ``5000/2 hours``. It is parsed once here, at load, so a typo is a
+configuration error that names the file and the field, never a surprise at request time.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from limits import RateLimitItem, parse_many
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def parse_rate(value: str) -> RateLimitItem:
+    """The one rate ``value`` names; ValueError says how to write it otherwise."""
+    try:
+        items = parse_many(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate: write a count per period, like '600/minute',"
+            " '10 per second' or '5000/2 hours'"
+        ) from None
+    if len(items) != 1:
+        raise ValueError(f"{value!r}: one rate per budget, like '600/minute'")
+    if items[0].amount < 1:
+        raise ValueError(f"{value!r}: the count must be at least 1")
+    return items[0]
+
+
+def _check_rate(value: str) -> str:
+    parse_rate(value)
+    return value
+
+
+Rate = Annotated[str, AfterValidator(_check_rate)]
+"""A rate in the ``limits`` string syntax, checked when the configuration is loaded."""
+
+
+class RateLimitSettings(BaseModel):
+    """Rate limits of /api/* (gateway.yaml ``rate_limits:``), checked after authentication.
+
+    Two budgets apply to a call, each counted over a sliding window: the OAuth client's (all the
+    portal's users together) and the person's (``Principal.owner``: the same person at every
+    portal). A machine client (client credentials: no person) draws on its client budget only.
+    A client may override either rate in clients.yaml (``rate_limits:``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client: Rate | None = "6000/minute"
+    """Calls per OAuth client, unless the client overrides it; null: no client budget."""
+    person: Rate | None = "300/minute"
+    """Calls per person across every portal, unless the calling client overrides it; null: no
+    person budget."""
+    store: Literal["memory", "redis"] = "memory"
+    """'memory' counts in this process (one instance: N instances would allow N times the
+    rate); 'redis' when several instances share one budget."""
+    redis_url: str | None = Field(None, pattern=r"^rediss?://")
+    """Redis server when ``store`` is 'redis'; defaults to ``identity.session.redis_url``."""
+    redis_prefix: str = Field("tongban:ratelimit:", min_length=1, max_length=64)
+    """Key prefix in Redis (one per deployment; not the sessions' or tokens' prefix)."""
+    store_timeout: float = Field(0.25, gt=0, le=5)
+    """Seconds a check may wait on Redis before the call goes through unchecked."""
+    retry_interval: float = Field(5.0, gt=0, le=300)
+    """After Redis failed, seconds during which calls go through unchecked without asking it
+    (then one call probes it again)."""
+
+
+class ClientRateLimits(BaseModel):
+    """A client's own rates (clients.yaml ``rate_limits:``); an omitted one is the gateway's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    client: Rate | None = None
+    """Calls by this client, all its users together."""
+    person: Rate | None = None
+    """Calls by one person through this client. A person's budget is counted per person and
+    rate: every client on the gateway's person rate shares one budget per person, and a client
+    with a rate of its own gives its users a budget of their own through it."""
