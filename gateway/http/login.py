@@ -10,7 +10,9 @@
 
 Resources opened here, in a cleanup context: the outbound HTTP client (httpx on aiohttp's
 engine, NOTES.md), the back-channel logout queue (SQLite in the data directory) and its worker,
-and the sweeper that ends expired SSO sessions (``SessionAuthenticator.sweep_forever``).
+and the sweeper that ends expired SSO sessions (``SessionAuthenticator.sweep_forever``). The
+session store (``sessions.sqlite`` in the data directory by default) is opened with the
+authenticator and closed here.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from gateway.identity.backchannel import (
     SqliteLogoutQueue,
     build_logout_token,
 )
+from gateway.identity.config import SessionSettings
 from gateway.identity.provider import OpenIDProvider
 from gateway.identity.redis_sessions import RedisSessionStore
 from gateway.identity.sessions import MemorySessionStore, SessionStore
+from gateway.identity.sqlite_sessions import SqliteSessionStore
 from gateway.identity.sso import LoginRefused, LoginView, SessionAuthenticator
 from gateway.identity.upstreams import build_upstreams, login_origins, staff_directories
 from gateway.settings import Settings
@@ -93,6 +97,21 @@ def outbound_client(timeout: float) -> httpx.AsyncClient:
     )
 
 
+def open_session_store(
+    session: SessionSettings, data_dir: Path, *, clock: Callable[[], float] = time.time
+) -> SessionStore:
+    """The store ``session.store`` names. 'sqlite' opens (creates, 0600) ``sessions.sqlite`` in
+    ``data_dir``: a few milliseconds of file I/O, once, at start-up."""
+    grace = float(session.expiry_grace)
+    if session.store == "redis":
+        return RedisSessionStore.from_url(
+            session.redis_url, session.redis_prefix, clock=clock, grace=grace
+        )
+    if session.store == "memory":
+        return MemorySessionStore(clock=clock, grace=grace)
+    return SqliteSessionStore.in_data_dir(data_dir, clock=clock, grace=grace)
+
+
 def build_authenticator(
     settings: Settings,
     *,
@@ -108,14 +127,7 @@ def build_authenticator(
         return NobodySignedIn()
     session = identity.session
     if store is None:
-        grace = float(session.expiry_grace)
-        store = (
-            RedisSessionStore.from_url(
-                session.redis_url, session.redis_prefix, clock=clock, grace=grace
-            )
-            if session.store == "redis"
-            else MemorySessionStore(clock=clock, grace=grace)
-        )
+        store = open_session_store(session, settings.data_dir(), clock=clock)
     http = outbound_client(session.upstream_timeout)
     idps = build_upstreams(settings.idps, http, provider=identity, config_dir=settings.config_dir)
     authenticator = SessionAuthenticator(

@@ -28,7 +28,9 @@ class SessionSettings(BaseModel):
     revoked, an OIDC Back-Channel Logout 1.0 token is queued for each portal of the session and
     a ``logout`` record per portal names the reason (``idle_timeout`` / ``absolute_timeout``).
     Whether the browser comes back or not: a sweeper ends expired sessions every
-    ``sweep_interval`` seconds, each on exactly one gateway instance.
+    ``sweep_interval`` seconds, each on exactly one gateway instance. The default ``store``
+    keeps sessions in the data directory, so a restart neither signs citizens out nor loses
+    the logout of a session that expired while the gateway was down.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,8 +56,11 @@ class SessionSettings(BaseModel):
     """Seconds a started login (login page, upstream round trip) may take."""
     upstream_timeout: float = Field(3.0, gt=0, le=30)
     """Seconds to wait for a provincial IdP (availability probe, token request)."""
-    store: Literal["memory", "redis"] = "memory"
-    """'memory' for one instance; 'redis' when several instances share sessions."""
+    store: Literal["sqlite", "memory", "redis"] = "sqlite"
+    """'sqlite', ``sessions.sqlite`` in the data directory (one instance; sessions survive a
+    restart and those that expired meanwhile still get their back-channel logout); 'memory'
+    (tests; a restart signs everyone out, without a logout); 'redis' when several instances
+    share sessions."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis server when ``store`` is 'redis'."""
     redis_prefix: str = "tongban:sso:"

@@ -18,7 +18,8 @@ Logout 1.0 §2: the OP tells the RPs when the session ends, whatever ended it).
 ``delete_session`` also removes the key from the index, so a session ended by logout is never
 claimed. A store's clock and the claimer's ``now`` must be the same clock.
 
-The Redis implementation (redis_sessions.py) passes the same contract tests
+The SQLite implementation (sqlite_sessions.py, the default: sessions survive a restart) and the
+Redis one (redis_sessions.py, several instances) pass the same contract tests
 (tests/unit/identity/test_session_store_contract.py).
 """
 

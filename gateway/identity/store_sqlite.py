@@ -44,7 +44,8 @@ from gateway.stores.migrations import Migration, migrate_sqlite_blocking
 FILE_NAME: Final = "identity.sqlite"
 BUSY_TIMEOUT_MS: Final = 2000
 """Wait this long for another process's write lock (only a second process on the file takes
-it; the gateway's own calls are serialised by the store's lock)."""
+it; the gateway's own calls are serialised by the store's lock). Also used by the session
+store (sqlite_sessions.py)."""
 
 IDENTITY_MIGRATIONS: Final = (
     Migration(
@@ -164,8 +165,9 @@ def _refresh_row(record: RefreshTokenRecord) -> tuple[object, ...]:
     )
 
 
-def _create_private(path: Path) -> None:
-    """Create the database file 0600 before SQLite does (it would follow the umask)."""
+def create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would follow the umask); SQLite gives
+    its -wal and -shm files the mode of the database file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
     os.close(fd)
@@ -178,7 +180,7 @@ class SqliteIdentityStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        _create_private(path)
+        create_private(path)
         # check_same_thread=False: opened in a start-up thread, used on the loop; self._lock
         # keeps every call (and its transaction) to one thread at a time.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

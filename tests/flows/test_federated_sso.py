@@ -29,6 +29,8 @@ from gateway.demo.runner import demo_identity_env, point_at
 from gateway.http.login import build_authenticator
 from gateway.identity.assertion import verify_assertion
 from gateway.identity.provider import OpenIDProvider
+from gateway.identity.sqlite_sessions import FILE_NAME as SESSIONS_FILE
+from gateway.identity.sqlite_sessions import SqliteSessionStore
 from gateway.identity.sso import SessionAuthenticator
 from gateway.identity.upstream import UpstreamError, UpstreamLogin
 from gateway.identity.upstream_oidc import OidcUpstream
@@ -261,7 +263,9 @@ async def test_step_up_raises_the_level_for_a_while_then_falls_back(sso: Sso) ->
         assert "<span id='status'>200</span>" in answer, answer
         # The elevated level lasts elevated_level_ttl, then the session falls back to L2.
         ttl = sso.authenticator.settings.elevated_level_ttl
-        key = next(iter(sso.authenticator.store._sessions))  # type: ignore[attr-defined]
+        assert stepped.sid is not None
+        key = await sso.authenticator.store.key_for_sid(stepped.sid)
+        assert key is not None
         session = await sso.authenticator.store.get_session(key)
         assert session is not None
         assert session.level(sso.authenticator.clock() + ttl + 1) == "L2"
@@ -427,3 +431,35 @@ async def test_a_portal_call_without_its_form_token_is_refused(sso: Sso) -> None
             assert refused.status == 403
             assert "csrf-refused" in await refused.text()
         assert "<span id='status'>200</span>" in await call_via_portal(b, portal, 0)
+
+
+# --- the gateway's default session store -------------------------------------------------------
+
+
+async def test_sessions_live_in_sqlite_in_the_data_directory_and_outlive_the_process(
+    sso: Sso, tmp_path: Path
+) -> None:
+    """Built from configuration as `serve` and `demo` build it: sessions.sqlite in the data
+    directory. Another store opened on the file (the gateway after a restart) finds the session
+    by its sid; after the logout it finds nothing, and nothing is left to claim."""
+    store = sso.authenticator.store
+    assert isinstance(store, SqliteSessionStore)
+    assert store.path == tmp_path / SESSIONS_FILE
+    restarted = SqliteSessionStore.in_data_dir(tmp_path, clock=sso.authenticator.clock)
+    try:
+        async with browser() as b:
+            await sign_in(sso, b, "qh-100233")
+            sid = only_session(sso.portal(QH)).sid
+            assert sid is not None
+            key = await restarted.key_for_sid(sid)
+            assert key is not None
+            found = await restarted.get_session(key)
+            assert found is not None
+            assert found.clients == (QH,)
+            await b.get(f"{sso.portal(QH).base_url}/logout")
+        assert await restarted.key_for_sid(sid) is None
+        assert await restarted.get_session(key) is None
+        far = sso.authenticator.clock() + 48 * 3600
+        assert await restarted.claim_expired(far, 10) == [], "a logged-out session is not claimed"
+    finally:
+        await restarted.aclose()

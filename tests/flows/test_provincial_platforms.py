@@ -28,7 +28,6 @@ from gateway.demo.legal_idp import ACCOUNTS, LegalIdpState
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN, ZHAO_YIMING
 from gateway.demo.ticket_idp import BAD_CHECKSUM, LI_QIUSHUI, TicketPlatformState
 from gateway.identity.citizen import ClaimMapping, LevelRule
-from gateway.identity.sessions import SsoSession
 from gateway.identity.signing import SignatureSettings, sign_request
 from gateway.identity.ticket_soap import header_signed_fields
 from gateway.identity.upstream import IdpName, UpstreamError, UpstreamLogin
@@ -107,10 +106,10 @@ async def sign_in_at(
 
 
 async def session_attributes(sso: Sso) -> dict[str, str]:
-    store = sso.authenticator.store
-    sessions = [SsoSession.from_json(raw) for _, raw in store._sessions.values()]  # type: ignore[attr-defined]
-    assert len(sessions) == 1
-    attributes = await store.get_pending(f"attrs:{sessions[0].sid}")
+    """The attributes kept for the one session the portal (``SX``) holds, found by its ``sid``."""
+    sid = only_session(sso.portal(SX)).sid
+    assert sid is not None
+    attributes = await sso.authenticator.store.get_pending(f"attrs:{sid}")
     assert attributes is not None
     return attributes
 

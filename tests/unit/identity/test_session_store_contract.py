@@ -1,4 +1,5 @@
-"""One contract for every ``SessionStore``: in-memory always, Redis (127.0.0.1:6379) when marked."""
+"""One contract for every ``SessionStore``: in-memory and SQLite always, Redis (127.0.0.1:6379)
+when marked. What only the SQLite store promises is in test_sqlite_sessions.py."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
 from gateway.identity.redis_sessions import RedisSessionStore
 from gateway.identity.sessions import MemorySessionStore, SessionStore, SsoSession, handle_hash
+from gateway.identity.sqlite_sessions import FILE_NAME, SqliteSessionStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 OpenStore = Callable[[float], Awaitable[SessionStore]]
-"""Another handle on the test's store with the given grace (Redis: another instance's client)."""
+"""Another handle on the test's store with the given grace (Redis: another instance's client;
+SQLite: another connection to the same file)."""
 
 
 class Clock:
@@ -38,8 +42,10 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def open_store(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[OpenStore]:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def open_store(
+    request: pytest.FixtureRequest, clock: Clock, tmp_path: Path
+) -> AsyncIterator[OpenStore]:
     # A random prefix per run: parallel runs and old keys never meet.
     prefix = f"tongban-test:{secrets.token_hex(8)}:"
     opened: list[SessionStore] = []
@@ -49,6 +55,10 @@ async def open_store(request: pytest.FixtureRequest, clock: Clock) -> AsyncItera
         if request.param == "memory":
             # One process, one store: a second "instance" is the same dictionaries.
             return memory.setdefault(grace, MemorySessionStore(clock=clock, grace=grace))
+        if request.param == "sqlite":
+            sqlite_store = SqliteSessionStore(tmp_path / FILE_NAME, clock=clock, grace=grace)
+            opened.append(sqlite_store)
+            return sqlite_store
         redis_store = RedisSessionStore.from_url(REDIS_URL, prefix, clock=clock, grace=grace)
         opened.append(redis_store)
         if not await redis_store.ping():
@@ -60,7 +70,7 @@ async def open_store(request: pytest.FixtureRequest, clock: Clock) -> AsyncItera
     finally:
         for opened_store in opened:
             await opened_store.aclose()
-        if opened:
+        if opened and request.param == "redis":
             # The deadline index has no TTL of its own: leave nothing behind.
             async with Redis.from_url(REDIS_URL) as redis:
                 async for name in redis.scan_iter(match=f"{prefix}*"):
