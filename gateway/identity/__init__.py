@@ -9,7 +9,7 @@
     store_sqlite.py  SqliteIdentityStore: identity.sqlite in the data directory (the default)
     store_redis.py   RedisIdentityStore: shared by several instances (Lua compare-and-set)
     sessions.py   SessionStore protocol + in-memory store: SSO sessions, deadlines, pending logins
-    sqlite_sessions.py  SqliteSessionStore: sessions.sqlite in the data directory (the default)
+    sqlite_sessions.py  SqliteSessionStore: sessions.sqlite in the data directory (opt-in)
     redis_sessions.py   RedisSessionStore: sessions shared by several instances
     grants.py     authlib grants and endpoints (code + PKCE S256, refresh rotation, client
                   credentials, introspection RFC 7662, revocation RFC 7009, RP-initiated logout)

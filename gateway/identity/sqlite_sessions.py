@@ -1,4 +1,5 @@
-"""``SessionStore`` on SQLite: the embedded default, one file (``sessions.sqlite``) per data dir.
+"""``SessionStore`` on SQLite: one file (``sessions.sqlite``) per data dir, for one instance whose
+SSO sessions must survive a restart (``identity.session.store: sqlite``; the default is memory).
 
 With it a restart of the gateway keeps every SSO session, its ``sid`` lookup, its deadline and
 the pending logins; a session whose deadline passed while the gateway was down is claimed after
@@ -81,6 +82,9 @@ SESSION_MIGRATIONS: Final = (
         ),
     ),
 )
+
+
+_PUT_PENDING: Final = "INSERT OR REPLACE INTO sso_pending (key, data, expires_at) VALUES (?, ?, ?)"
 
 
 def _pending(raw: bytes) -> dict[str, str]:
@@ -226,12 +230,16 @@ class SqliteSessionStore:
 
     async def put_pending(self, key: str, data: Mapping[str, str], ttl: float) -> None:
         now = self._clock()
+        row = (key, orjson.dumps(dict(data)), now + ttl)
+        if now < self._next_purge:
+            # One statement commits by itself: no BEGIN / COMMIT round of its own (a login
+            # writes four of these).
+            with self._lock:
+                self._conn.execute(_PUT_PENDING, row)
+            return
         with self._transaction() as conn:
             self._purge(conn, now)
-            conn.execute(
-                "INSERT OR REPLACE INTO sso_pending (key, data, expires_at) VALUES (?, ?, ?)",
-                (key, orjson.dumps(dict(data)), now + ttl),
-            )
+            conn.execute(_PUT_PENDING, row)
 
     async def get_pending(self, key: str) -> dict[str, str] | None:
         row = self._one(

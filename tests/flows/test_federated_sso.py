@@ -6,6 +6,7 @@ federation side (issue 3, "Bad input and attacks"), each checked for having no s
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import re
 from collections.abc import AsyncIterator
@@ -86,6 +87,24 @@ async def sso(
     ):
         settings = point_at(load_settings(CONFIG_DIR), backends.overrides(), tmp_path, port=port)
         settings = identity.configure(settings)
+        # The flows run on the persistent session store (the product default is in-process):
+        # every SSO journey then exercises sessions.sqlite end to end.
+        assert settings.gateway.identity is not None
+        identity_settings = settings.gateway.identity
+        settings = dataclasses.replace(
+            settings,
+            gateway=settings.gateway.model_copy(
+                update={
+                    "identity": identity_settings.model_copy(
+                        update={
+                            "session": identity_settings.session.model_copy(
+                                update={"store": "sqlite"}
+                            )
+                        }
+                    )
+                }
+            ),
+        )
         provider = await open_provider(settings, build_authenticator(settings))
         assert provider is not None
         app = create_app(settings, verifier=provider.access_token_verifier(), oidc=provider)
@@ -439,8 +458,8 @@ async def test_a_portal_call_without_its_form_token_is_refused(sso: Sso) -> None
 async def test_sessions_live_in_sqlite_in_the_data_directory_and_outlive_the_process(
     sso: Sso, tmp_path: Path
 ) -> None:
-    """Built from configuration as `serve` and `demo` build it: sessions.sqlite in the data
-    directory. Another store opened on the file (the gateway after a restart) finds the session
+    """Built from configuration as `serve` builds it with `session.store: sqlite`:
+    sessions.sqlite in the data directory. Another store opened on the file (the gateway after a restart) finds the session
     by its sid; after the logout it finds nothing, and nothing is left to claim."""
     store = sso.authenticator.store
     assert isinstance(store, SqliteSessionStore)
