@@ -34,18 +34,16 @@ memory store, a deadline nobody claimed within the grace is dropped then (nothin
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
 from gateway.identity.sessions import DEFAULT_GRACE, PURGE_INTERVAL, SsoSession
-from gateway.identity.store_sqlite import BUSY_TIMEOUT_MS, create_private
-from gateway.stores.migrations import Migration, migrate_sqlite_blocking
+from gateway.stores.migrations import Migration
+from gateway.stores.sqlite import LockedConnection
 
 FILE_NAME: Final = "sessions.sqlite"
 
@@ -105,21 +103,7 @@ class SqliteSessionStore:
         self._clock = clock
         self._grace = grace
         self._next_purge = 0.0
-        create_private(path)
-        # check_same_thread=False: may be opened in a start-up thread and used on the loop;
-        # self._lock keeps every call (and its transaction) to one thread at a time.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            migrate_sqlite_blocking(conn, "sessions", SESSION_MIGRATIONS)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        self._lock = threading.Lock()
-        self._closed = False
+        self._db = LockedConnection(path, component="sessions", migrations=SESSION_MIGRATIONS)
 
     @classmethod
     def in_data_dir(
@@ -130,22 +114,6 @@ class SqliteSessionStore:
         grace: float = DEFAULT_GRACE,
     ) -> SqliteSessionStore:
         return cls(data_dir / FILE_NAME, clock=clock, grace=grace)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
-        with self._lock:
-            row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
-        return row
 
     def _purge(self, conn: sqlite3.Connection, now: float) -> None:
         """Inside a write transaction, at most once per PURGE_INTERVAL (memory store's rhythm)."""
@@ -162,7 +130,7 @@ class SqliteSessionStore:
         now = self._clock()
         deadline = now + ttl
         kept_until = deadline + self._grace
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             self._purge(conn, now)
             conn.execute(
                 "INSERT OR REPLACE INTO sso_sessions (key, sid, data, kept_until) "
@@ -181,7 +149,7 @@ class SqliteSessionStore:
     async def get_session(self, key: str) -> SsoSession | None:
         now = self._clock()
         # No deadline row: claimed (about to be ended), so no longer authenticated.
-        row = self._one(
+        row = self._db.one(
             "SELECT s.data FROM sso_sessions AS s JOIN sso_deadlines AS d ON d.key = s.key "
             "WHERE s.key = ? AND s.kept_until > ? AND d.deadline > ?",
             (key, now, now),
@@ -190,7 +158,7 @@ class SqliteSessionStore:
 
     async def delete_session(self, key: str) -> SsoSession | None:
         now = self._clock()
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             # fetchall: a RETURNING statement is finished (and its changes done) only when read
             # to the end.
             rows = conn.execute(
@@ -206,7 +174,7 @@ class SqliteSessionStore:
 
     async def key_for_sid(self, sid: str) -> str | None:
         now = self._clock()
-        row = self._one(
+        row = self._db.one(
             "SELECT i.key FROM sso_sids AS i JOIN sso_deadlines AS d ON d.key = i.key "
             "WHERE i.sid = ? AND i.kept_until > ? AND d.deadline > ?",
             (sid, now, now),
@@ -216,7 +184,7 @@ class SqliteSessionStore:
     async def claim_expired(self, now: float, limit: int) -> list[str]:
         # BEGIN IMMEDIATE takes the write lock before the read: another claimer (this store's
         # or another process's) waits, then reads what is left.
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             keys = [
                 str(key)
                 for (key,) in conn.execute(
@@ -234,15 +202,15 @@ class SqliteSessionStore:
         if now < self._next_purge:
             # One statement commits by itself: no BEGIN / COMMIT round of its own (a login
             # writes four of these).
-            with self._lock:
-                self._conn.execute(_PUT_PENDING, row)
+            with self._db.locked() as conn:
+                conn.execute(_PUT_PENDING, row)
             return
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             self._purge(conn, now)
             conn.execute(_PUT_PENDING, row)
 
     async def get_pending(self, key: str) -> dict[str, str] | None:
-        row = self._one(
+        row = self._db.one(
             "SELECT data FROM sso_pending WHERE key = ? AND expires_at > ?", (key, self._clock())
         )
         return None if row is None else _pending(row[0])
@@ -250,20 +218,17 @@ class SqliteSessionStore:
     async def take_pending(self, key: str) -> dict[str, str] | None:
         now = self._clock()
         # One statement: atomic, also against another process on the file.
-        with self._lock:
-            rows = self._conn.execute(
+        with self._db.locked() as conn:
+            rows = conn.execute(
                 "DELETE FROM sso_pending WHERE key = ? RETURNING data, expires_at", (key,)
             ).fetchall()
         return None if not rows or rows[0][1] <= now else _pending(rows[0][0])
 
     async def ping(self) -> bool:
         try:
-            return self._one("SELECT 1", ()) is not None
+            return self._db.one("SELECT 1", ()) is not None
         except sqlite3.Error:
             return False
 
     async def aclose(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
+        self._db.close()

@@ -23,13 +23,8 @@ The file holds the userinfo claims of codes and families (personal data): it is 
 # ruff: noqa: S608 - SQL is built only from this module's column and table constants.
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 from gateway.identity.store import (
     AccessTokenRecord,
@@ -39,10 +34,10 @@ from gateway.identity.store import (
     user_from_json,
     user_to_json,
 )
-from gateway.stores.migrations import Migration, migrate_sqlite_blocking
+from gateway.stores.migrations import Migration
+from gateway.stores.sqlite import LockedConnection
 
 FILE_NAME: Final = "identity.sqlite"
-BUSY_TIMEOUT_MS: Final = 2000
 """Wait this long for another process's write lock (only a second process on the file takes
 it; the gateway's own calls are serialised by the store's lock). Also used by the session
 store (sqlite_sessions.py)."""
@@ -165,14 +160,6 @@ def _refresh_row(record: RefreshTokenRecord) -> tuple[object, ...]:
     )
 
 
-def create_private(path: Path) -> None:
-    """Create the database file 0600 before SQLite does (it would follow the umask); SQLite gives
-    its -wal and -shm files the mode of the database file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
-
-
 class SqliteIdentityStore:
     """The identity store in one SQLite file (see the module docstring)."""
 
@@ -180,50 +167,16 @@ class SqliteIdentityStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        create_private(path)
-        # check_same_thread=False: opened in a start-up thread, used on the loop; self._lock
-        # keeps every call (and its transaction) to one thread at a time.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            migrate_sqlite_blocking(conn, "identity", IDENTITY_MIGRATIONS)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        self._lock = threading.Lock()
+        self._db = LockedConnection(path, component="identity", migrations=IDENTITY_MIGRATIONS)
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> SqliteIdentityStore:
         return cls(data_dir / FILE_NAME)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
-        with self._lock:
-            row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
-        return row
-
-    def _change(self, sql: str, params: tuple[object, ...]) -> int:
-        """One statement, committed on its own (autocommit); how many rows it changed."""
-        with self._lock:
-            return self._conn.execute(sql, params).rowcount
-
     # --- codes and nonces ----------------------------------------------------------------------
 
     def put_code(self, code_hash: str, record: CodeRecord) -> None:
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             conn.execute(
                 f"INSERT OR REPLACE INTO identity_codes (code_hash, session_id, {_CODE_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -250,7 +203,7 @@ class SqliteIdentityStore:
                 )
 
     def get_code(self, code_hash: str) -> CodeRecord | None:
-        row = self._one(
+        row = self._db.one(
             f"SELECT {_CODE_COLUMNS} FROM identity_codes WHERE code_hash = ?", (code_hash,)
         )
         if row is None:
@@ -271,7 +224,7 @@ class SqliteIdentityStore:
 
     def redeem_code(self, code_hash: str, family_id: str) -> bool:
         return (
-            self._change(
+            self._db.change(
                 "UPDATE identity_codes SET family_id = ? WHERE code_hash = ? AND family_id IS NULL",
                 (family_id, code_hash),
             )
@@ -279,7 +232,7 @@ class SqliteIdentityStore:
         )
 
     def nonce_seen(self, client_id: str, nonce: str) -> bool:
-        row = self._one(
+        row = self._db.one(
             "SELECT 1 FROM identity_nonces WHERE client_id = ? AND nonce = ?", (client_id, nonce)
         )
         return row is not None
@@ -288,7 +241,7 @@ class SqliteIdentityStore:
 
     def put_family(self, family: GrantFamily) -> None:
         user = family.user
-        self._change(
+        self._db.change(
             f"INSERT OR REPLACE INTO identity_families (session_id, {_FAMILY_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -304,7 +257,7 @@ class SqliteIdentityStore:
         )
 
     def get_family(self, family_id: str) -> GrantFamily | None:
-        row = self._one(
+        row = self._db.one(
             f"SELECT {_FAMILY_COLUMNS} FROM identity_families WHERE family_id = ?", (family_id,)
         )
         if row is None:
@@ -321,15 +274,17 @@ class SqliteIdentityStore:
         )
 
     def revoke_family(self, family_id: str) -> None:
-        self._change("UPDATE identity_families SET revoked = 1 WHERE family_id = ?", (family_id,))
+        self._db.change(
+            "UPDATE identity_families SET revoked = 1 WHERE family_id = ?", (family_id,)
+        )
 
     # --- access tokens -------------------------------------------------------------------------
 
     def put_access_token(self, record: AccessTokenRecord) -> None:
-        self._change(_INSERT_ACCESS, _access_row(record))
+        self._db.change(_INSERT_ACCESS, _access_row(record))
 
     def get_access_token(self, jti: str) -> AccessTokenRecord | None:
-        row = self._one(
+        row = self._db.one(
             f"SELECT {_ACCESS_COLUMNS} FROM identity_access_tokens WHERE jti = ?", (jti,)
         )
         if row is None:
@@ -347,10 +302,10 @@ class SqliteIdentityStore:
         )
 
     def revoke_access_token(self, jti: str) -> None:
-        self._change("UPDATE identity_access_tokens SET revoked = 1 WHERE jti = ?", (jti,))
+        self._db.change("UPDATE identity_access_tokens SET revoked = 1 WHERE jti = ?", (jti,))
 
     def is_revoked(self, jti: str) -> bool:
-        row = self._one(
+        row = self._db.one(
             "SELECT a.revoked, f.revoked FROM identity_access_tokens AS a "
             "LEFT JOIN identity_families AS f ON f.family_id = a.family_id WHERE a.jti = ?",
             (jti,),
@@ -364,18 +319,18 @@ class SqliteIdentityStore:
     # --- refresh tokens ------------------------------------------------------------------------
 
     def put_refresh_token(self, record: RefreshTokenRecord) -> None:
-        self._change(_INSERT_REFRESH, _refresh_row(record))
+        self._db.change(_INSERT_REFRESH, _refresh_row(record))
 
     def put_tokens(self, access: AccessTokenRecord, refresh: RefreshTokenRecord | None) -> None:
         if refresh is None:
             self.put_access_token(access)
             return
-        with self._transaction() as conn:  # one commit for both
+        with self._db.transaction() as conn:  # one commit for both
             conn.execute(_INSERT_ACCESS, _access_row(access))
             conn.execute(_INSERT_REFRESH, _refresh_row(refresh))
 
     def get_refresh_token(self, token_hash: str) -> RefreshTokenRecord | None:
-        row = self._one(
+        row = self._db.one(
             f"SELECT {_REFRESH_COLUMNS} FROM identity_refresh_tokens WHERE token_hash = ?",
             (token_hash,),
         )
@@ -402,7 +357,7 @@ class SqliteIdentityStore:
 
     def rotate_refresh_token(self, token_hash: str) -> bool:
         return (
-            self._change(
+            self._db.change(
                 "UPDATE identity_refresh_tokens SET rotated = 1 "
                 "WHERE token_hash = ? AND rotated = 0",
                 (token_hash,),
@@ -415,7 +370,7 @@ class SqliteIdentityStore:
     def revoke_session(self, sid: str) -> int:
         # OIDC Back-Channel Logout 1.0 §2.7 leaves refresh tokens to the OP's policy: a logout
         # ends every grant of the session (same policy as MemoryIdentityStore).
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             revoked = conn.execute(
                 "UPDATE identity_families SET revoked = 1 WHERE session_id = ? AND revoked = 0",
                 (sid,),
@@ -427,14 +382,14 @@ class SqliteIdentityStore:
 
     def purge(self, now: float) -> int:
         gone = 0
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             for table in _RECORD_TABLES:
                 gone += conn.execute(f"DELETE FROM {table} WHERE expires_at < ?", (now,)).rowcount
             conn.execute("DELETE FROM identity_nonces WHERE expires_at < ?", (now,))
         return gone
 
     def counts(self) -> dict[str, int]:
-        row = self._one(
+        row = self._db.one(
             "SELECT (SELECT count(*) FROM identity_codes), "
             "(SELECT count(*) FROM identity_codes WHERE family_id IS NOT NULL), "
             "(SELECT count(*) FROM identity_families), "
@@ -455,5 +410,4 @@ class SqliteIdentityStore:
         return {name: int(value) for name, value in zip(names, row, strict=True)}
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._db.close()

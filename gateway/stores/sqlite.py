@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import aiosqlite
 
-from gateway.stores.migrations import Migration, migrate_sqlite
+from gateway.stores.migrations import Migration, migrate_sqlite, migrate_sqlite_blocking
 
 Synchronous = Literal["FULL", "NORMAL"]
 T = TypeVar("T")
+BUSY_TIMEOUT_MS: Final = 2000
+"""How long a blocking store waits for another process's write lock (on the loop: keep short)."""
 
 
 async def connect_sqlite(
@@ -125,3 +129,72 @@ class TransactionThread:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
         self._executor.shutdown(wait=True)
+
+
+def create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would follow the umask); SQLite gives
+    its -wal and -shm files the mode of the database file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+
+
+class LockedConnection:
+    """A stdlib ``sqlite3`` connection for the stores called synchronously on the loop (the
+    identity and SSO session stores): each call is microseconds, less than a thread hop.
+
+    The file is created 0600, in WAL with ``synchronous=NORMAL`` (a commit survives a process
+    crash; the last ones may not survive a power cut) and ``component``'s migrations applied.
+    ``check_same_thread=False``: it may be opened in a start-up thread and used on the loop;
+    the lock keeps every call, and its transaction, to one thread at a time.
+    """
+
+    def __init__(self, path: Path, *, component: str, migrations: Sequence[Migration]) -> None:
+        create_private(path)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate_sqlite_blocking(conn, component, migrations)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection for statements that commit on their own (autocommit)."""
+        with self._lock:
+            yield self._conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back if the body raises."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        with self._lock:
+            row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    def change(self, sql: str, params: tuple[object, ...]) -> int:
+        """One statement, committed on its own; how many rows it changed."""
+        with self._lock:
+            return self._conn.execute(sql, params).rowcount
+
+    def close(self) -> None:
+        """Close once; later calls do nothing."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
