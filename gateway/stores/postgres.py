@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -56,3 +56,57 @@ async def open_migrated_pool(
         await pool.close()
         raise
     return pool
+
+
+class MigratedPool:
+    """The pool of one PostgreSQL-backed store: opened with its component's migrations on its
+    schema, closed once. ``unavailable`` builds the store's own "unavailable" error; only the
+    driver's exception class goes into it (a driver message may carry the host or user)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str,
+        component: str,
+        label: str,
+        migrations: Sequence[Migration],
+        min_size: int,
+        max_size: int,
+        errors: tuple[type[BaseException], ...],
+        unavailable: Callable[[str], Exception],
+    ) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._component = component
+        self._label = label
+        self._migrations = migrations
+        self._sizes = (min_size, max_size)
+        self._errors = errors
+        self._unavailable = unavailable
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await open_migrated_pool(
+                self._dsn,
+                schema=self._schema,
+                component=self._component,
+                migrations=self._migrations,
+                min_size=self._sizes[0],
+                max_size=self._sizes[1],
+            )
+        except self._errors as exc:
+            raise self._unavailable(
+                f"cannot open the {self._label} database: {type(exc).__name__}"
+            ) from exc
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def get(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise self._unavailable(f"the {self._label} store is not open")
+        return self._pool

@@ -34,7 +34,7 @@ from gateway.audit.store import (
     record_sequence,
 )
 from gateway.stores.migrations import Migration
-from gateway.stores.postgres import check_schema_name, open_migrated_pool
+from gateway.stores.postgres import MigratedPool, check_schema_name
 
 AUDIT_MIGRATIONS: Final = (
     Migration(
@@ -186,38 +186,28 @@ class PostgresAuditStore:
         max_size: int = 4,
         command_timeout: float = 10.0,
     ) -> None:
-        self._dsn = dsn
         self._schema = check_schema_name(schema)
-        self._min_size = min_size
-        self._max_size = max_size
         self._timeout = command_timeout
-        self._pool: asyncpg.Pool | None = None
+        self._pool = MigratedPool(
+            dsn,
+            schema=self._schema,
+            component="audit",
+            label="audit",
+            migrations=AUDIT_MIGRATIONS,
+            min_size=min_size,
+            max_size=max_size,
+            errors=_UNAVAILABLE,
+            unavailable=AuditStoreUnavailable,
+        )
 
     async def open(self) -> None:
-        try:
-            self._pool = await open_migrated_pool(
-                self._dsn,
-                schema=self._schema,
-                component="audit",
-                migrations=AUDIT_MIGRATIONS,
-                min_size=self._min_size,
-                max_size=self._max_size,
-            )
-        except _UNAVAILABLE as exc:
-            # The class name only: a driver message may carry the host or the user name.
-            raise AuditStoreUnavailable(
-                f"cannot open the audit database: {type(exc).__name__}"
-            ) from exc
+        await self._pool.open()
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self._pool.aclose()
 
     def _p(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise AuditStoreUnavailable("the audit store is not open")
-        return self._pool
+        return self._pool.get()
 
     async def _fetch(self, sql: str, *args: object) -> list[Any]:
         try:

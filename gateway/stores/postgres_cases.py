@@ -25,7 +25,7 @@ from gateway.stores.cases_sql import (
     case_migrations,
     entry_from_row,
 )
-from gateway.stores.postgres import check_schema_name, open_migrated_pool
+from gateway.stores.postgres import MigratedPool, check_schema_name
 
 CASE_MIGRATIONS: Final = case_migrations("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION")
 _UNAVAILABLE: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -72,38 +72,28 @@ class PostgresCaseStore(SqlCaseStore):
         max_size: int = 10,
         command_timeout: float = 10.0,
     ) -> None:
-        self._dsn = dsn
         self._schema = check_schema_name(schema)
-        self._min_size = min_size
-        self._max_size = max_size
         self._timeout = command_timeout
-        self._pool: asyncpg.Pool | None = None
+        self._pool = MigratedPool(
+            dsn,
+            schema=self._schema,
+            component="cases",
+            label="case",
+            migrations=CASE_MIGRATIONS,
+            min_size=min_size,
+            max_size=max_size,
+            errors=_UNAVAILABLE,
+            unavailable=CaseStoreUnavailable,
+        )
 
     async def open(self) -> None:
-        try:
-            self._pool = await open_migrated_pool(
-                self._dsn,
-                schema=self._schema,
-                component="cases",
-                migrations=CASE_MIGRATIONS,
-                min_size=self._min_size,
-                max_size=self._max_size,
-            )
-        except _UNAVAILABLE as exc:
-            # The class name only: a driver message may carry the host or the user name.
-            raise CaseStoreUnavailable(
-                f"cannot open the case database: {type(exc).__name__}"
-            ) from exc
+        await self._pool.open()
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self._pool.aclose()
 
     def _p(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise CaseStoreUnavailable("the case store is not open")
-        return self._pool
+        return self._pool.get()
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Tx]:
