@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import io
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -62,19 +64,40 @@ def audit_verify(data_dir: Path) -> int:
     return main(["audit", "verify", "--data-dir", str(data_dir)])
 
 
-@pytest.fixture
-async def journey(
-    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+@contextlib.asynccontextmanager
+async def demo_journey(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, poll_quickly: bool = False
 ) -> AsyncIterator[Journey]:
+    """The gateway as `tongban demo` configures it, on the demo provinces, stores in
+    ``tmp_path``; ``poll_quickly``: a case status poll every 0.2 s instead of every minute."""
     secrets = DemoSecrets.generate()
     for name, value in {**secrets.env(), **demo_identity_env(tmp_path)}.items():
         monkeypatch.setenv(name, value)
     assert all(os.environ[k] for k in secrets.env())
     async with await start_demo_backends(secrets, config_dir=CONFIG_DIR) as backends:
         settings = point_at(load_settings(CONFIG_DIR), backends.overrides(), tmp_path)
+        if poll_quickly:
+            cases = settings.gateway.cases.model_copy(
+                update={
+                    "delivery": settings.gateway.cases.delivery.model_copy(
+                        update={"status_poll_interval": 0.2, "poll_interval": 0.05}
+                    )
+                }
+            )
+            settings = dataclasses.replace(
+                settings, gateway=settings.gateway.model_copy(update={"cases": cases})
+            )
         issuer = DevTokenIssuer()
         app = create_app(settings, verifier=issuer)
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             yield Journey(client, backends, issue_demo_tokens(issuer), issuer)
+
+
+@pytest.fixture
+async def journey(
+    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Journey]:
+    async with demo_journey(tmp_path, monkeypatch) as journey:
+        yield journey
     # Every journey ends with the independent verifier passing on what it wrote.
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0

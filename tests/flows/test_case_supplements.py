@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import io
 import re
 from collections.abc import AsyncIterator
@@ -19,18 +18,13 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
 from gateway.cases.model import supplement_key
-from gateway.demo.backends import QINGHAI_GOV, DemoSecrets, start_demo_backends
+from gateway.demo.backends import QINGHAI_GOV
 from gateway.demo.cases import S10_CASE
-from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.portals import PortalSession, build_portal_app, qinghai_portal
 from gateway.demo.residents import SU_LANXIN
-from gateway.demo.runner import demo_identity_env, point_at
 from gateway.http.keys import STATE
-from gateway.identity.devtokens import DevTokenIssuer
-from gateway.settings import load_settings
-from tests.flows.conftest import CONFIG_DIR, Journey, audit_verify
+from tests.flows.conftest import Journey, audit_verify, demo_journey
 
 GUARDIAN = {
     "code": "guardian-certificate",
@@ -44,36 +38,18 @@ async def journey(
     tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Journey]:
     """The demo journey with quick status polls, ending with the audit verifier."""
-    secrets = DemoSecrets.generate()
-    for name, value in {**secrets.env(), **demo_identity_env(tmp_path)}.items():
-        monkeypatch.setenv(name, value)
-    async with await start_demo_backends(secrets, config_dir=CONFIG_DIR) as backends:
-        settings = point_at(load_settings(CONFIG_DIR), backends.overrides(), tmp_path)
-        cases = settings.gateway.cases.model_copy(
-            update={
-                "delivery": settings.gateway.cases.delivery.model_copy(
-                    update={"status_poll_interval": 0.2, "poll_interval": 0.05}
-                )
-            }
-        )
-        settings = dataclasses.replace(
-            settings, gateway=settings.gateway.model_copy(update={"cases": cases})
-        )
-        issuer = DevTokenIssuer()
-        app = create_app(settings, verifier=issuer)
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            journey = Journey(client, backends, issue_demo_tokens(issuer), issuer)
-            journey.tokens["clerk"] = {
-                "token": issuer.issue(
-                    "demo-" + SU_LANXIN.key,  # 苏兰心, identified at the window
-                    "Counter",
-                    client_id="demo-window-shaanxi",
-                    actor="clerk-61-0007",
-                    actor_role="clerk",
-                    roles=["clerk"],
-                )
-            }
-            yield journey
+    async with demo_journey(tmp_path, monkeypatch, poll_quickly=True) as journey:
+        journey.tokens["clerk"] = {
+            "token": journey.issuer.issue(
+                "demo-" + SU_LANXIN.key,  # 苏兰心, identified at the window
+                "Counter",
+                client_id="demo-window-shaanxi",
+                actor="clerk-61-0007",
+                actor_role="clerk",
+                roles=["clerk"],
+            )
+        }
+        yield journey
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0
 
 

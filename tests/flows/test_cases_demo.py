@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import dataclasses
 import hashlib
 import io
 from collections.abc import AsyncIterator
@@ -14,9 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
 from gateway.cases.model import delivery_key
 from gateway.demo.backends import (
     GANSU_GOV,
@@ -24,17 +21,11 @@ from gateway.demo.backends import (
     QINGHAI_GOV,
     QINGHAI_SI,
     SHAANXI_HOUSING,
-    DemoSecrets,
-    start_demo_backends,
 )
 from gateway.demo.cases import S10_CASE
-from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN
-from gateway.demo.runner import demo_identity_env, point_at
 from gateway.http.keys import STATE
-from gateway.identity.devtokens import DevTokenIssuer
-from gateway.settings import load_settings
-from tests.flows.conftest import CONFIG_DIR, Journey
+from tests.flows.conftest import Journey, demo_journey
 
 ID_CARD = {
     "code": "resident-id-card",
@@ -48,25 +39,8 @@ async def journey(
     tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Journey]:
     """The demo journey, with a status poll every 0.2 s instead of every minute."""
-    secrets = DemoSecrets.generate()
-    for name, value in {**secrets.env(), **demo_identity_env(tmp_path)}.items():
-        monkeypatch.setenv(name, value)
-    async with await start_demo_backends(secrets, config_dir=CONFIG_DIR) as backends:
-        settings = point_at(load_settings(CONFIG_DIR), backends.overrides(), tmp_path)
-        cases = settings.gateway.cases.model_copy(
-            update={
-                "delivery": settings.gateway.cases.delivery.model_copy(
-                    update={"status_poll_interval": 0.2, "poll_interval": 0.05}
-                )
-            }
-        )
-        settings = dataclasses.replace(
-            settings, gateway=settings.gateway.model_copy(update={"cases": cases})
-        )
-        issuer = DevTokenIssuer()
-        app = create_app(settings, verifier=issuer)
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            yield Journey(client, backends, issue_demo_tokens(issuer), issuer)
+    async with demo_journey(tmp_path, monkeypatch, poll_quickly=True) as journey:
+        yield journey
 
 
 async def submit(
