@@ -620,6 +620,14 @@ class SessionAuthenticator:
         now = self.clock()
         previous = await self.current(headers)
         handle = secrets.token_urlsafe(32)
+        # A legal person (LP) acts through its operator (经办人): the enterprise+operator account
+        # is the principal and the operator, the same person in every province by the link key,
+        # is the actor (issue 3 §5: represented as both).
+        operator = (
+            natural_person_id(identity.link_key)
+            if identity.person_type == "legal" and identity.link_key
+            else None
+        )
         fresh = SsoSession(
             sid=secrets.token_urlsafe(16),
             local_id=identity.local_id,
@@ -633,13 +641,8 @@ class SessionAuthenticator:
             amr=("fed",),
             claims=identity.userinfo_claims(),
             person_type=identity.person_type,
-            # A legal person (LP) acts through its operator (经办人): the enterprise+operator
-            # account is the principal and the operator, the same person in every province by
-            # the link key, is the actor (issue 3 §5: represented as both).
-            actor=natural_person_id(identity.link_key)
-            if identity.person_type == "legal" and identity.link_key
-            else None,
-            actor_role="agent" if identity.person_type == "legal" and identity.link_key else None,
+            actor=operator,
+            actor_role="agent" if operator else None,
             # Defence in depth: only a staff directory's login carries roles (staff.py).
             roles=tuple(sorted(identity.roles))
             if identity.platform in self.staff_directories

@@ -240,9 +240,10 @@ async def test_a_token_answer_leaves_only_after_its_record_is_committed(
     verified_trail: Path,
     sso: Sso,  # noqa: F811
 ) -> None:
-    """The identity core queues its records without awaiting; the gateway holds the answer until
-    the group commit holding them is done (identity_audit_middleware), so nothing is polled here:
-    by the time the portal has its tokens, their records are on disk."""
+    """End to end, with no polling: by the time the portal has its tokens, the login and token
+    records are in the store. The group commit is quick enough that this would mostly hold
+    without identity_audit_middleware too; what the middleware adds (the answer waits for the
+    commit) is proven against a slow store in tests/unit/http/test_identity_audit_middleware.py."""
     async with browser() as b:
         await sign_in(sso, b, "qh-100233")  # the portal's callback redeemed its code at /token
         session_a = only_session(sso.portal(QH))
