@@ -1,7 +1,7 @@
 """Looking records up: the query shape every store answers, its keyset cursor, the lookup row.
 
-The lookup columns (type, principal, actor, case, service, provinces, system) are copied from
-the stored canonical text when a record is appended, into a side table (audit migration v2).
+The lookup columns (type, principal, actor, case, service, provinces, system) hold the values of
+the stored canonical text, in a side table (audit migrations 2 and 3; docs/audit.md, Querying).
 They only *find* records: what a query returns is always the stored text and hash itself, so
 a lookup row that was tampered with can hide a record from a query but never change one
 (the verifier reads the chain, not the lookup table).
@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.audit.store import StoredRecord
+from gateway.audit.store import LookupRow, StoredRecord
 
 MAX_LIMIT: Final = 500
 LOOKUP_FIELDS: Final = (
@@ -34,9 +34,6 @@ LOOKUP_FIELDS: Final = (
     "system",
 )
 """Columns of the lookup row besides (chain, sequence, time), in table order."""
-
-LookupRow = tuple[str, int, str, str | None, str | None, str | None, str | None, str | None,
-                  str | None, str | None, str | None]  # fmt: skip
 
 
 class InvalidCursor(ValueError):
@@ -91,7 +88,10 @@ def _text(body: dict[str, Any], name: str) -> str | None:
 
 
 def lookup_row(record: StoredRecord) -> LookupRow:
-    """The lookup columns of a record, read from its stored text (never from the caller)."""
+    """The lookup columns of a record: the writer's, made from the event it encoded as the
+    text, or else read from the stored text."""
+    if record.lookup is not None:
+        return record.lookup
     try:
         body = orjson.loads(record.text)
     except orjson.JSONDecodeError:

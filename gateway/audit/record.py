@@ -7,13 +7,14 @@ pairwise identifier, ``request_digest`` / ``response_digest`` are ``alg:hex`` di
 from __future__ import annotations
 
 import enum
+import time as _time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
 
-from gateway.audit.canonical import CanonicalError, HashAlg, canonical_bytes
+from gateway.audit.canonical import MAX_SAFE_INTEGER, CanonicalError, HashAlg, canonical_bytes
 
 RECORD_VERSION: Final = 1
 EXTRA_MAX_BYTES: Final = 2048
@@ -47,9 +48,33 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+_second_text: tuple[int, str] = (-1, "")
+
+
+def utc_now_text() -> str:
+    """``format_time(utc_now())`` without building a datetime: the writer stamps every record
+    with it, so the text of the current second is kept and only the microseconds change."""
+    global _second_text  # noqa: PLW0603 - a one-entry cache; a race only recomputes it
+    second, micro = divmod(_time.time_ns() // 1000, 1_000_000)
+    cached, prefix = _second_text
+    if second != cached:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_text = (second, prefix)
+    return f"{prefix}.{micro:06d}Z"
+
+
+_EMPTY_EXTRA: Final = orjson.Fragment(b"{}")
+
+
+@dataclass(slots=True, kw_only=True)
 class AuditEvent:
-    """What happened, as a caller reports it. The writer adds chain, sequence, time and hashes."""
+    """What happened, as a caller reports it. The writer adds chain, sequence, time and hashes.
+
+    Checked when it is made (so a bad event is refused at its caller, not inside a batch shared
+    with others) and treated as immutable from then on: ``extra`` is captured in canonical form
+    at construction, so changing the dict afterwards changes nothing that is recorded. Not a
+    frozen dataclass only because a frozen one's ``__init__`` costs twice as much, and every
+    routed call makes two of these."""
 
     type: EventType
     request_id: str | None = None
@@ -77,22 +102,32 @@ class AuditEvent:
     """Small, non-personal details (≤ 2 KiB canonical); integers, strings, booleans only."""
     time: datetime | None = None
     """When it happened; the writer's clock when left out."""
+    extra_json: orjson.Fragment = field(init=False, repr=False, compare=False)
+    """``extra`` in canonical form, as it was when the event was made."""
 
     def __post_init__(self) -> None:
-        # Refuse a bad event at the caller, not later inside a batch shared with others.
         if type(self.type) is not EventType:
-            object.__setattr__(self, "type", EventType(self.type))
+            self.type = EventType(self.type)
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and type(value) is not str:
+                if not isinstance(value, str):
+                    raise ValueError(f"{name} must be a string")
+                setattr(self, name, str.__str__(value))  # a StrEnum member: its plain text
         for name in ("attempts", "latency_ms"):
             value = getattr(self, name)
-            if value is not None and (type(value) is not int or value < 0):
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER):
                 raise ValueError(f"{name} must be a non-negative integer")
-        if self.extra:
-            try:
-                size = len(canonical_bytes(self.extra))
-            except CanonicalError as exc:
-                raise ValueError(f"extra: {exc}") from exc
-            if size > EXTRA_MAX_BYTES:
-                raise ValueError(f"extra is {size} bytes; at most {EXTRA_MAX_BYTES}")
+        if not self.extra:
+            self.extra_json = _EMPTY_EXTRA
+            return
+        try:
+            raw = canonical_bytes(self.extra)
+        except CanonicalError as exc:
+            raise ValueError(f"extra: {exc}") from exc
+        if len(raw) > EXTRA_MAX_BYTES:
+            raise ValueError(f"extra is {len(raw)} bytes; at most {EXTRA_MAX_BYTES}")
+        self.extra_json = orjson.Fragment(raw)
 
 
 # Content fields in record order; the canonical encoding sorts keys anyway.
@@ -116,6 +151,9 @@ CONTENT_FIELDS: Final = (
     "request_digest",
     "response_digest",
 )
+
+
+_TEXT_FIELDS: Final = tuple(n for n in CONTENT_FIELDS if n not in ("attempts", "latency_ms"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,3 +213,43 @@ def record_body(
     for name in CONTENT_FIELDS:
         body[name] = getattr(event, name)
     return body
+
+
+def record_text(
+    event: AuditEvent, chain: str, sequence: int, time: str, alg: str, prev_hash: str
+) -> bytes:
+    """``canonical_bytes(record_body(...))`` for the writer's hot path: every value was checked
+    when the event was made, and ``extra`` goes in as the canonical text captured then.
+    (tests/unit/audit/test_audit_canonical.py holds the two to the same bytes.)"""
+    e = event
+    return orjson.dumps(
+        {
+            "v": RECORD_VERSION,
+            "chain": chain,
+            "sequence": sequence,
+            "time": time,
+            "type": e.type.value,
+            "alg": alg,
+            "prev_hash": prev_hash,
+            "extra": e.extra_json,
+            "request_id": e.request_id,
+            "case_id": e.case_id,
+            "actor": e.actor,
+            "principal": e.principal,
+            "identity_level": e.identity_level,
+            "client": e.client,
+            "service": e.service,
+            "receiving_province": e.receiving_province,
+            "handling_province": e.handling_province,
+            "system": e.system,
+            "operation": e.operation,
+            "purpose": e.purpose,
+            "outcome": e.outcome,
+            "error_code": e.error_code,
+            "attempts": e.attempts,
+            "latency_ms": e.latency_ms,
+            "request_digest": e.request_digest,
+            "response_digest": e.response_digest,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )

@@ -7,7 +7,7 @@ refuses UPDATE, DELETE and TRUNCATE in the database itself. It knows nothing abo
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
@@ -27,6 +27,12 @@ class ChainConflict(AuditStoreError):
     """A sequence in the batch already exists: another writer appended to this chain."""
 
 
+LookupRow = tuple[str, int, str, str | None, str | None, str | None, str | None, str | None,
+                  str | None, str | None, str | None]  # fmt: skip
+"""(chain, sequence, time, then gateway.audit.query.LOOKUP_FIELDS in order): a record's row
+in the lookup table."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredRecord:
     chain: str
@@ -36,6 +42,9 @@ class StoredRecord:
     text: str
     """The canonical record, exactly the bytes hashed."""
     hash: str
+    lookup: LookupRow | None = field(default=None, compare=False, repr=False)
+    """The lookup row, when the writer made it from the event it encoded as ``text`` (the same
+    values); stores derive it from ``text`` when it is None."""
 
 
 RawRecord = tuple[int, bytes, str]

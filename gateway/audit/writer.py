@@ -21,9 +21,9 @@ from typing import Final, Literal, overload
 import orjson
 import structlog
 
-from gateway.audit.canonical import GENESIS_HASH, HashAlg, canonical_bytes, chain_hash
+from gateway.audit.canonical import GENESIS_HASH, HashAlg, chain_hash, hash_constructor
 from gateway.audit.checkpoint import CheckpointSigner
-from gateway.audit.record import AuditEvent, format_time, record_body, utc_now
+from gateway.audit.record import AuditEvent, format_time, record_text, utc_now, utc_now_text
 from gateway.audit.store import (
     AuditStore,
     AuditStoreError,
@@ -242,7 +242,7 @@ class AuditWriter:
         if len(self._queue) >= self._settings.buffer_limit:
             self.stats.rejected += 1
             raise AuditUnavailable("The audit buffer is full.")
-        when = format_time(event.time or self._clock())
+        when = self._stamp(event)
         if mode == "buffered":
             self._enqueue(_Entry(event, when, None))
             return None
@@ -267,7 +267,7 @@ class AuditWriter:
         if len(self._queue) >= self._settings.buffer_limit:
             self.stats.rejected += 1
             raise AuditUnavailable("The audit buffer is full.")
-        self._enqueue(_Entry(event, format_time(event.time or self._clock()), None))
+        self._enqueue(_Entry(event, self._stamp(event), None))
 
     async def flush(self) -> None:
         """Wait until every record queued so far is committed; raise if the store is down."""
@@ -311,6 +311,13 @@ class AuditWriter:
             else:
                 waiting.append((target, future))
         self._settlers = waiting
+
+    def _stamp(self, event: AuditEvent) -> str:
+        if event.time is not None:
+            return format_time(event.time)
+        if self._clock is utc_now:
+            return utc_now_text()  # the same text, without a datetime per record
+        return format_time(self._clock())
 
     def _enqueue(self, entry: _Entry) -> None:
         self._last_tag += 1
@@ -407,15 +414,34 @@ class AuditWriter:
         return batch
 
     def _seal(self, batch: list[_Entry]) -> list[StoredRecord]:
+        """Number, encode and chain the batch; an entry that cannot be encoded (a string with
+        a lone surrogate) is refused on its own and taken out of ``batch``."""
         rows: list[StoredRecord] = []
         prev = self._head_hash
+        prev_raw = bytes.fromhex(prev)
         sequence = self._head_sequence
-        chain, alg = self._chain, self._alg
+        chain, alg, new = self._chain, self._alg, hash_constructor(self._alg)
+        refused: list[_Entry] = []
         for entry in batch:
+            event = entry.event
+            try:
+                text = record_text(event, chain, sequence + 1, entry.time, alg, prev)
+            except orjson.JSONEncodeError:
+                refused.append(entry)
+                continue
             sequence += 1
-            text = canonical_bytes(record_body(entry.event, chain, sequence, entry.time, alg, prev))
-            prev = chain_hash(alg, prev, text)
-            rows.append(StoredRecord(chain, sequence, entry.time, text.decode("utf-8"), prev))
+            prev_raw = new(prev_raw + new(text).digest()).digest()  # the chain rule
+            prev = prev_raw.hex()
+            lookup = (chain, sequence, entry.time, event.type.value, event.principal,
+                      event.actor, event.case_id, event.service, event.receiving_province,
+                      event.handling_province, event.system)  # fmt: skip
+            rows.append(StoredRecord(chain, sequence, entry.time, text.decode(), prev, lookup))
+        for entry in refused:
+            batch.remove(entry)
+            self.stats.rejected += 1
+            log.error("audit_event_unencodable", chain=self._chain, type=entry.event.type.value)
+            if entry.future is not None and not entry.future.done():
+                entry.future.set_exception(AuditUnavailable("The audit record cannot be encoded."))
         return rows
 
     async def _write_batch(self) -> None:
@@ -431,6 +457,9 @@ class AuditWriter:
     async def _commit(self, batch: list[_Entry]) -> None:
         while True:
             rows = self._seal(batch)
+            if not rows:
+                self._settle(self._taken_tag)
+                return
             last = rows[-1]
             checkpoint: StoredCheckpoint | None = None
             try:

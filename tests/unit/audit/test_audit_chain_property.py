@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.canonical import GENESIS_HASH, canonical_bytes, chain_hash
-from gateway.audit.record import AuditEvent, EventType, record_body
+from gateway.audit.canonical import GENESIS_HASH, CanonicalError, canonical_bytes, chain_hash
+from gateway.audit.record import AuditEvent, EventType, record_body, record_text
 from gateway.audit.verifier import ProblemKind, check_chain
 
 Row = tuple[int, bytes, str]
@@ -112,3 +114,60 @@ def test_strict_mode_also_proves_canonical_form() -> None:
     assert problem is not None
     assert (problem.sequence, problem.kind) == (1, ProblemKind.CHANGED)
     assert "canonical" in problem.detail
+
+
+full_events = st.builds(
+    AuditEvent,
+    type=st.sampled_from(list(EventType)),
+    request_id=st.none() | st.text(max_size=12),
+    case_id=st.none() | st.text(max_size=6),
+    actor=st.none() | st.text(max_size=6),
+    principal=st.none() | st.text(max_size=16),
+    identity_level=st.none() | st.sampled_from(["L1", "L2", "L3"]),
+    client=st.none() | st.text(max_size=6),
+    service=st.none() | st.text(max_size=8),
+    receiving_province=st.none() | st.sampled_from(["61", "62", "63"]),
+    handling_province=st.none() | st.sampled_from(["61", "62", "63", "32"]),
+    system=st.none() | st.text(max_size=6),
+    operation=st.none() | st.text(max_size=6),
+    purpose=st.none() | st.text(max_size=6),
+    outcome=st.none() | st.text(max_size=6),
+    error_code=st.none() | st.text(max_size=6),
+    attempts=st.none() | st.integers(0, 2**53 - 1),
+    latency_ms=st.none() | st.integers(0, 10**6),
+    request_digest=st.none() | st.text(max_size=8),
+    response_digest=st.none() | st.text(max_size=8),
+    extra=st.dictionaries(
+        st.text(max_size=5),
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=5),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+            ),
+            max_leaves=6,
+        ),
+        max_size=4,
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(full_events, st.integers(1, 2**40), st.sampled_from(["sha256", "sm3"]))
+def test_the_writers_encoding_is_the_canonical_one(
+    event: AuditEvent, sequence: int, alg: str
+) -> None:
+    # The writer encodes with record_text (no re-check of values already checked); the
+    # verifier and any other implementation use the canonical encoding of record_body.
+    try:
+        expected = canonical_bytes(
+            record_body(event, "c", sequence, "2025-01-01T00:00:00.000000Z", alg, GENESIS_HASH)
+        )
+    except CanonicalError:  # a lone surrogate: the writer refuses these too
+        with pytest.raises(orjson.JSONEncodeError):
+            record_text(event, "c", sequence, "2025-01-01T00:00:00.000000Z", alg, GENESIS_HASH)
+        return
+    assert (
+        record_text(event, "c", sequence, "2025-01-01T00:00:00.000000Z", alg, GENESIS_HASH)
+        == expected
+    )

@@ -330,6 +330,41 @@ def test_event_validation() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         AuditEvent(type=EventType.LOGIN, latency_ms=-1)
     assert AuditEvent(type="login").type is EventType.LOGIN  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="principal must be a string"):
+        AuditEvent(type=EventType.LOGIN, principal=12345)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-negative"):
+        AuditEvent(type=EventType.LOGIN, attempts=2**53)
+    # A StrEnum member is recorded as its plain text.
+    assert type(AuditEvent(type=EventType.LOGIN, outcome=EventType.LOGOUT).outcome) is str
+
+
+async def test_extra_is_recorded_as_it_was_when_the_event_was_made(
+    writer: AuditWriter, store: MemoryAuditStore
+) -> None:
+    extra: dict[str, object] = {"breaker": "closed"}
+    made = AuditEvent(type=EventType.LOGIN, extra=extra)
+    extra["breaker"] = "open"
+    extra["score"] = 0.5  # would not even be canonical
+    await writer.append(made)
+    [stored] = store.records_of("gw-a")
+    assert orjson.loads(stored.text)["extra"] == {"breaker": "closed"}
+
+
+async def test_an_unencodable_event_is_refused_alone(
+    writer: AuditWriter, store: MemoryAuditStore, keys: StaticKeyStore
+) -> None:
+    # A lone surrogate passes the type checks but has no UTF-8 form: only its append fails.
+    bad = AuditEvent(type=EventType.LOGIN, principal="pw-\ud800")
+    results = await asyncio.gather(
+        writer.append(event(1)), writer.append(bad), writer.append(event(3)),
+        return_exceptions=True,
+    )  # fmt: skip
+    assert results[0] == 1
+    assert results[2] == 2
+    assert isinstance(results[1], AuditUnavailable)
+    assert writer.readiness().ready
+    assert await writer.append(event(4)) == 3
+    assert await verify_ok(store, keys.public_keys()) == 3
 
 
 async def test_stored_records_read_back(writer: AuditWriter, store: MemoryAuditStore) -> None:
