@@ -133,6 +133,16 @@ AUDIT_MIGRATIONS: Final = (
             " FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()",
         ),
     ),
+    Migration(
+        3,
+        "no lookup indexes on low-selectivity columns",
+        # As in the SQLite store: three B-tree inserts per service-call record for filters
+        # the time index answers as well.
+        tuple(
+            f"DROP INDEX IF EXISTS audit_index_{column}"
+            for column in ("service", "receiving_province", "handling_province")
+        ),
+    ),
 )
 _LOOKUP_COLUMNS: Final = ("chain_id", "sequence", "recorded_at", *LOOKUP_FIELDS)
 

@@ -5,6 +5,7 @@ Every test runs on the memory store, on SQLite and on PostgreSQL (marker postgre
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -26,11 +27,13 @@ from gateway.audit.query import (
 from gateway.audit.record import AuditEvent, AuditRecord, EventType, format_time
 from gateway.audit.store import AuditStore, StoredRecord, iter_records
 from gateway.audit.writer import AuditWriter, WriterSettings
+from gateway.stores import sqlite_audit
 from gateway.stores.memory_audit import MemoryAuditStore
 from gateway.stores.migrations import migrate_postgres, migrate_sqlite
 from gateway.stores.postgres_audit import AUDIT_MIGRATIONS as PG_MIGRATIONS
 from gateway.stores.sqlite import connect_sqlite
 from gateway.stores.sqlite_audit import AUDIT_MIGRATIONS as SQLITE_MIGRATIONS
+from gateway.stores.sqlite_audit import SqliteAuditStore
 from tests.stores.backends import (
     PG_DSN,
     Backend,
@@ -231,6 +234,8 @@ def test_cursor_is_opaque_and_bound_to_its_order() -> None:
 
 async def test_lookup_table_is_append_only(backend: Backend, store: AuditStore) -> None:
     await _write(store, "gw-a", [_event(1)])
+    # SQLite writes lookup rows after the records, in chunks; a query flushes them first.
+    assert len((await store.query(AuditQuery(principal="pw-1"))).records) == 1
     for sql in (
         "UPDATE audit_index SET principal = ? WHERE sequence = 1",
         "DELETE FROM audit_index WHERE sequence > ?",
@@ -270,5 +275,87 @@ async def test_migration_2_indexes_records_written_before_it(backend: Backend) -
         found = await _all(store, AuditQuery(principal="pw-2", oldest_first=True))
         assert [r.sequence for r in found] == [2, 5, 8, 11]
         assert len((await store.query(AuditQuery(limit=100))).records) == 13
+    finally:
+        await store.aclose()
+
+
+# --- SQLite: lookup rows trail the records (written in sorted chunks, made at open if lost) ---
+
+
+async def _index_rows(path: Path) -> list[tuple[str, int, str | None]]:
+    conn = await connect_sqlite(path)
+    try:
+        rows = await conn.execute_fetchall(
+            "SELECT chain_id, sequence, principal FROM audit_index ORDER BY chain_id, sequence"
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+    finally:
+        await conn.close()
+
+
+async def test_sqlite_lookup_rows_lost_with_a_crash_are_made_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "audit.db"
+    store = SqliteAuditStore(path)
+    await store.open()
+    await _write(store, "gw-a", [_event(n) for n in range(1, 6)])
+    assert len(await _all(store, AuditQuery(principal="pw-1"))) == 2
+    await store.aclose()
+    written = list(await _index_rows(path))
+    # A crash after more records were committed but before their lookup rows were: the file
+    # has records without rows (written here directly, as a writer would have).
+    other = MemoryAuditStore()
+    await _write(other, "gw-a", [_event(n) for n in range(1, 10)])
+    later = [r for r in other.records_of("gw-a") if r.sequence > 5]
+    conn = await connect_sqlite(path)
+    try:
+        await conn.executemany(
+            "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?)",
+            [(r.chain, r.sequence, r.time, r.text, r.hash) for r in later],
+        )
+        await conn.commit()
+    finally:
+        await conn.close()
+    assert await _index_rows(path) == written
+
+    reopened = SqliteAuditStore(path)
+    await reopened.open()
+    try:
+        rows = await _index_rows(path)
+        assert [r[1] for r in rows] == list(range(1, 10))
+        assert rows[6] == ("gw-a", 7, "pw-1")  # made from the stored text
+        found = await _all(reopened, AuditQuery(principal="pw-1"))
+        assert [r.sequence for r in found] == [7, 4, 1]
+    finally:
+        await reopened.aclose()
+
+
+async def test_sqlite_lookup_rows_follow_without_a_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_audit, "LOOKUP_DELAY", 0.05)
+    monkeypatch.setattr(sqlite_audit, "LOOKUP_CHUNK", 4)
+    path = tmp_path / "audit.db"
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        writer = AuditWriter(
+            store, chain="gw-a", signer=CheckpointSigner(StaticKeyStore([new_signing_key()]))
+        )
+        await writer.start()
+        for n in range(1, 4):  # fewer than a chunk: written after the delay
+            await writer.append(_event(n))
+        assert await _index_rows(path) == []
+        for _ in range(100):
+            if len(await _index_rows(path)) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert [r[1] for r in await _index_rows(path)] == [1, 2, 3]
+        await asyncio.gather(*(writer.append(_event(n)) for n in range(4, 12)))
+        for _ in range(100):  # a full chunk is written at once
+            if len(await _index_rows(path)) == 11:
+                break
+            await asyncio.sleep(0.02)
+        assert [r[1] for r in await _index_rows(path)] == list(range(1, 12))
+        await writer.aclose()
     finally:
         await store.aclose()
