@@ -15,6 +15,10 @@ core 0 and drives ``POST /api/v1/services/bench-audit/calls`` with ``wrk`` pinne
   public ``Catalog.build`` / ``build_stack``; production code has no switch for it.
 
 Variants alternate (without, with, without, with, ...) so drift of the shared machine hits both.
+``--paired`` runs the two side by side instead, both gateways on core 0 over the same seconds,
+each with its own wrk, and compares their CPU per call round by round (a shared VM that drifts
+by ±15 % between runs hits both alike). ``--postgres-core 1`` keeps the local PostgreSQL server
+off the gateway's core for the run (as if it had a machine of its own) and restores it after.
 The report gives req/s, gateway CPU µs per request (from /proc), latency and the ratio; after
 each "with" run the trail is verified (every record, every checkpoint signature) and counted.
 PostgreSQL runs in a fresh random schema, dropped afterwards. Needs ``wrk`` and ``taskset``.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -36,7 +41,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +193,15 @@ async def run_gateway(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.call_later(args.max_lifetime, stop.set)
     await stop.wait()
+    writer = app[STATE].audit
+    if writer is not None and args.variant == "with":
+        stats = writer.stats
+        print(
+            f"audit writer: {stats.records} records in {stats.batches} batches "
+            f"({stats.records / max(stats.batches, 1):.1f} per batch)",
+            file=sys.stderr,
+            flush=True,
+        )
     await runner.cleanup()
 
 
@@ -283,11 +298,9 @@ async def _verify_now(store: Any, keys: Any) -> tuple[int, bool]:
     return report.records, report.ok
 
 
-def one_run(args: argparse.Namespace, store: str, variant: str, workdir: Path) -> Run:
+def wrk_script(data_dir: Path) -> Path:
     from gateway.identity.devtokens import DevTokenIssuer
 
-    data_dir = Path(tempfile.mkdtemp(prefix=f"{store}-{variant}-", dir=workdir))
-    schema = f"bench_audit_{secrets.token_hex(5)}" if store == "postgres" else None
     token = DevTokenIssuer(TOKEN_SECRET).issue("pw-bench-0001", "L3", client_id="bench-portal")
     script = data_dir / "call.lua"
     script.write_text(
@@ -296,46 +309,69 @@ def one_run(args: argparse.Namespace, store: str, variant: str, workdir: Path) -
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {token}"\n'
     )
+    return script
+
+
+def one_run(args: argparse.Namespace, store: str, variant: str, workdir: Path) -> Run:
+    return runs_at_once(args, store, (variant,), workdir)[0]
+
+
+def runs_at_once(
+    args: argparse.Namespace, store: str, variants: Sequence[str], workdir: Path
+) -> list[Run]:
+    """Run the variants' gateways side by side on core 0, each driven by its own wrk on core 1
+    over the same seconds: with two, the core's drift on a shared machine hits both alike."""
+    lifetime = str(args.duration * 4 + 60)
     backend: subprocess.Popen[str] | None = None
     backend_url = ""
-    lifetime = str(args.duration * 4 + 60)
     if args.backend == "http":  # on core 1 with wrk: the gateway's core does only the gateway
         backend, backend_port = start_child(
             ["--role", "backend", "--max-lifetime", lifetime], core=1
         )
         backend_url = f"http://127.0.0.1:{backend_port}"
+    started: list[tuple[str, Path, str | None, Path, subprocess.Popen[str], int]] = []
     try:
-        child, port = start_child(
-            ["--role", "gateway", "--variant", variant, "--store", store,
-             "--schema", schema or "", "--config-dir", str(data_dir), "--data-dir", str(data_dir),
-             "--max-lifetime", lifetime, "--backend-url", backend_url],
-            core=0,
-        )  # fmt: skip
-        try:
-            wrk(port, script, args.warmup, args.connections)
-            before = cpu_ticks(child.pid)
-            result = wrk(port, script, args.duration, args.connections)
-            ticks = cpu_ticks(child.pid) - before
-        finally:
-            stop_child(child)
+        for variant in variants:
+            data_dir = Path(tempfile.mkdtemp(prefix=f"{store}-{variant}-", dir=workdir))
+            schema = f"bench_audit_{secrets.token_hex(5)}" if store == "postgres" else None
+            child, port = start_child(
+                ["--role", "gateway", "--variant", variant, "--store", store,
+                 "--schema", schema or "", "--config-dir", str(data_dir),
+                 "--data-dir", str(data_dir), "--max-lifetime", lifetime,
+                 "--backend-url", backend_url],
+                core=0,
+            )  # fmt: skip
+            started.append((variant, data_dir, schema, wrk_script(data_dir), child, port))
+        with ThreadPoolExecutor(len(started)) as pool:
+
+            def drive(seconds: float) -> list[dict[str, float]]:
+                jobs = [
+                    pool.submit(wrk, port, script, seconds, args.connections)
+                    for _, _, _, script, _, port in started
+                ]
+                return [job.result() for job in jobs]
+
+            drive(args.warmup)
+            before = [cpu_ticks(child.pid) for *_, child, _ in started]
+            results = drive(args.duration)
+            after = [cpu_ticks(child.pid) for *_, child, _ in started]
+            ticks = [a - b for a, b in zip(after, before, strict=True)]
     finally:
+        for *_, child, _ in started:
+            stop_child(child)
         if backend is not None:
             stop_child(backend)
-    cpu_us = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(result["requests"], 1)
-    run = Run(
-        store,
-        variant,
-        result["rps"],
-        cpu_us,
-        result["p50"],
-        result["p99"],
-        int(result["errors"]),
-    )
-    if variant == "with":
-        run.records, run.verified = asyncio.run(_verify_fresh(store, data_dir, schema))
-    if schema:
-        asyncio.run(_drop(schema))
-    return run
+    runs: list[Run] = []
+    for (variant, data_dir, schema, *_), result, used in zip(started, results, ticks, strict=True):
+        cpu_us = used / os.sysconf("SC_CLK_TCK") * 1e6 / max(result["requests"], 1)
+        run = Run(store, variant, result["rps"], cpu_us, result["p50"], result["p99"],
+                  int(result["errors"]))  # fmt: skip
+        if variant == "with":
+            run.records, run.verified = asyncio.run(_verify_fresh(store, data_dir, schema))
+        if schema:
+            asyncio.run(_drop(schema))
+        runs.append(run)
+    return runs
 
 
 async def _verify_fresh(store: str, data_dir: Path, schema: str | None) -> tuple[int, bool]:
@@ -384,12 +420,49 @@ def report(runs: Sequence[Run], args: argparse.Namespace) -> None:
         with_ = [r for r in runs if r.store == store and r.variant == "with"]
         rps0, rps1 = (statistics.median(r.rps for r in rs) for rs in (without, with_))
         cpu0, cpu1 = (statistics.median(r.cpu_us for r in rs) for rs in (without, with_))
+        if args.paired:
+            # Side by side on one core: a CPU-bound core serves calls in inverse proportion to
+            # their CPU, so the throughput the layer costs is 1 - cpu_without / cpu_with,
+            # taken per round (both variants saw the same seconds) and then the median.
+            costs = sorted(
+                (1 - a.cpu_us / b.cpu_us) * 100 for a, b in zip(without, with_, strict=True)
+            )
+            print(
+                f"\n{store} (side by side): median CPU per call without {cpu0:,.0f} µs, with "
+                f"{cpu1:,.0f} µs (+{cpu1 - cpu0:,.0f} µs); throughput cost per round "
+                + ", ".join(f"{c:.1f}" for c in costs)
+                + f" %: median {statistics.median(costs):.1f} % (target ≤ 15 %)"
+            )
+            continue
         print(
             f"\n{store}: median without {rps0:,.0f} req/s ({cpu0:,.0f} µs/req), with "
             f"{rps1:,.0f} req/s ({cpu1:,.0f} µs/req): throughput cost "
             f"{(1 - rps1 / rps0) * 100:.1f} %, CPU per call +{(cpu1 / cpu0 - 1) * 100:.1f} % "
             f"(target ≤ 15 %)"
         )
+
+
+@contextlib.contextmanager
+def postgres_on_core(core: int | None) -> Iterator[None]:
+    """Keep the local PostgreSQL server off the gateway's core for the run (as if it had a
+    machine of its own): its processes, and the backends it forks, go to ``core``; each gets
+    its old affinity back afterwards. Needs the right to change them (root, or their owner)."""
+    if core is None:
+        yield
+        return
+    found = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True, check=False)
+    pids = [int(pid) for pid in found.stdout.split()]
+    if not pids:
+        raise SystemExit("--postgres-core: no process named postgres on this machine")
+    before = {pid: os.sched_getaffinity(pid) for pid in pids}
+    try:
+        for pid in pids:
+            os.sched_setaffinity(pid, {core})
+        yield
+    finally:
+        for pid, cpus in before.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, cpus)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -399,6 +472,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--postgres-core",
+        type=int,
+        default=None,
+        help="pin the local PostgreSQL server to this core for the run (1: beside wrk, off "
+        "the gateway's core 0), restoring its affinity afterwards",
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="run both variants at once, side by side on core 0 (each with its own wrk), and "
+        "compare their CPU per call over the same seconds: robust to a drifting shared machine",
+    )
     # the child's role
     parser.add_argument(
         "--backend",
@@ -428,9 +514,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run_backend(args))
         return 0
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="bench-audit-cost-") as tmp:
+    with (
+        postgres_on_core(args.postgres_core),
+        tempfile.TemporaryDirectory(prefix="bench-audit-cost-") as tmp,
+    ):
         for store in args.stores.split(","):
             for round_ in range(args.rounds):
+                if args.paired:
+                    pair = runs_at_once(args, store, ("without", "with"), Path(tmp))
+                    print(
+                        f"{store} round {round_ + 1} side by side: "
+                        + ", ".join(f"{r.variant} {r.cpu_us:,.0f} µs/req" for r in pair),
+                        flush=True,
+                    )
+                    runs.extend(pair)
+                    continue
                 for variant in ("without", "with"):
                     run = one_run(args, store, variant, Path(tmp))
                     print(f"{store} round {round_ + 1} {variant}: {run.rps:,.0f} req/s", flush=True)
