@@ -126,6 +126,10 @@ class TransactionThread:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, transaction)
 
+    async def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(conn)`` on the thread outside any transaction (a WAL checkpoint, an fsync)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, self._conn)
+
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
         self._executor.shutdown(wait=True)

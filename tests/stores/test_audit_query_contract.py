@@ -6,8 +6,10 @@ Every test runs on the memory store, on SQLite and on PostgreSQL (marker postgre
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -357,5 +359,69 @@ async def test_sqlite_lookup_rows_follow_without_a_query(
             await asyncio.sleep(0.02)
         assert [r[1] for r in await _index_rows(path)] == list(range(1, 12))
         await writer.aclose()
+    finally:
+        await store.aclose()
+
+
+# --- SQLite: batches are written on the loop and made durable by an fsync of the WAL --------
+
+
+async def test_sqlite_append_returns_after_the_wal_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(sqlite_audit.os, "fsync", fsync)
+    path = tmp_path / "audit.db"
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        await _write(store, "gw-a", [_event(n) for n in range(1, 4)])
+        # One fsync of the WAL per committed batch (three appends one after the other, then
+        # the checkpoint the writer signs on close), each before its append returned.
+        assert len(synced) >= 3
+        assert set(synced) == {f"{path}-wal"}
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_append_waits_off_the_loop_while_another_connection_writes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "audit.db"
+    store = SqliteAuditStore(path)
+    await store.open()
+    writer = AuditWriter(
+        store, chain="gw-a", signer=CheckpointSigner(StaticKeyStore([new_signing_key()]))
+    )
+    await writer.start()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # e.g. `tongban audit verify` catching up lookup rows
+        pending = asyncio.create_task(writer.append(_event(1)))
+        started = time.monotonic()
+        await asyncio.sleep(0.2)  # the loop keeps running: the batch waits on the thread
+        assert time.monotonic() - started < 1.0
+        assert not pending.done()
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(pending, 5) == 1
+        assert await writer.append(_event(2)) == 2  # and the next batch is on the loop again
+    finally:
+        other.close()
+        await writer.aclose()
+        await store.aclose()
+    assert [r.sequence for r in await _all_of(path)] == [1, 2]
+
+
+async def _all_of(path: Path) -> list[StoredRecord]:
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        return [r async for r in iter_records(store, "gw-a")]
     finally:
         await store.aclose()
