@@ -376,7 +376,7 @@ async def test_sqlite_append_returns_after_the_wal_is_synced(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(sqlite_audit.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)  # the store calls os.fsync on its thread
     path = tmp_path / "audit.db"
     store = SqliteAuditStore(path)
     await store.open()
