@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import orjson
 
+from gateway.audit.record import AuditEvent
 from gateway.audit.store import LookupRow, StoredRecord
 
 MAX_LIMIT: Final = 500
@@ -85,6 +86,15 @@ class QueryPage:
 def _text(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
     return value if isinstance(value, str) else None
+
+
+def event_lookup_row(event: AuditEvent, chain: str, sequence: int, time: str) -> LookupRow:
+    """The lookup row of the record the writer encodes from ``event`` (LOOKUP_FIELDS order):
+    the same values the text holds, with no parse. Text fields are strings or None, checked
+    when the event was made."""
+    e = event
+    return (chain, sequence, time, e.type.value, e.principal, e.actor, e.case_id, e.service,
+            e.receiving_province, e.handling_province, e.system)  # fmt: skip
 
 
 def lookup_row(record: StoredRecord) -> LookupRow:

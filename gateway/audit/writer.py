@@ -23,6 +23,7 @@ import structlog
 
 from gateway.audit.canonical import GENESIS_HASH, HashAlg, chain_hash, hash_constructor
 from gateway.audit.checkpoint import CheckpointSigner
+from gateway.audit.query import event_lookup_row
 from gateway.audit.record import AuditEvent, format_time, record_text, utc_now, utc_now_text
 from gateway.audit.store import (
     AuditStore,
@@ -432,9 +433,7 @@ class AuditWriter:
             sequence += 1
             prev_raw = new(prev_raw + new(text).digest()).digest()  # the chain rule
             prev = prev_raw.hex()
-            lookup = (chain, sequence, entry.time, event.type.value, event.principal,
-                      event.actor, event.case_id, event.service, event.receiving_province,
-                      event.handling_province, event.system)  # fmt: skip
+            lookup = event_lookup_row(event, chain, sequence, entry.time)
             rows.append(StoredRecord(chain, sequence, entry.time, text.decode(), prev, lookup))
         for entry in refused:
             batch.remove(entry)

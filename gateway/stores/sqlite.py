@@ -67,6 +67,22 @@ async def open_migrated_pair(
     return writer, reader
 
 
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT on a stdlib connection in autocommit mode; rolled back if the
+    body (or the COMMIT) raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            # The original error says more; SQLite rolls back on close anyway.
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
 class TransactionThread:
     """A writer connection on a thread of its own that runs a whole transaction per hand-over.
 
@@ -111,18 +127,8 @@ class TransactionThread:
         """``work(conn)`` inside BEGIN IMMEDIATE ... COMMIT; rolled back if it raises."""
 
         def transaction() -> T:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    # The original error says more; SQLite rolls back on close anyway.
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            return result
+            with immediate(self._conn) as conn:
+                return work(conn)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, transaction)
 
@@ -177,14 +183,8 @@ class LockedConnection:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back if the body raises."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+        with self._lock, immediate(self._conn) as conn:
+            yield conn
 
     def one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
         with self._lock:

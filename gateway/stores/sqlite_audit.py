@@ -41,7 +41,12 @@ from gateway.audit.store import (
     record_sequence,
 )
 from gateway.stores.migrations import Migration
-from gateway.stores.sqlite import Synchronous, TransactionThread, open_migrated_pair
+from gateway.stores.sqlite import (
+    Synchronous,
+    TransactionThread,
+    immediate,
+    open_migrated_pair,
+)
 
 
 def _refuse(table: str, action: str) -> str:
@@ -183,24 +188,24 @@ def _principal_order(row: LookupRow) -> tuple[str, str]:
     return (row[4] or "", row[0])
 
 
-def _catch_up(conn: sqlite3.Connection) -> dict[str, int]:
-    """Give every record past each chain's last lookup row its row (from the stored text);
-    return each chain's last record. Lookup rows are written in contiguous runs per chain, so
-    the last one marks everything before it as done."""
+def _lagging(conn: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
+    """Each chain's last record, and the spans of records past its last lookup row (lost with
+    a crash, or from a commit that was not acknowledged). Reads only. Lookup rows are written
+    in contiguous runs per chain, so the last one marks everything before it as done."""
     heads: dict[str, int] = {}
+    spans: list[tuple[str, int, int]] = []
     for (chain,) in conn.execute(_CHAINS).fetchall():
-        head = conn.execute(
-            "SELECT max(sequence) FROM audit_records WHERE chain_id = ?", (chain,)
-        ).fetchone()[0]
+        head, done = conn.execute(
+            "SELECT (SELECT max(sequence) FROM audit_records WHERE chain_id = ?),"
+            " (SELECT coalesce(max(sequence), 0) FROM audit_index WHERE chain_id = ?)",
+            (chain, chain),
+        ).fetchone()
         if head is None:
             continue
-        done = conn.execute(
-            "SELECT coalesce(max(sequence), 0) FROM audit_index WHERE chain_id = ?", (chain,)
-        ).fetchone()[0]
-        if done < head:
-            conn.execute(_INSERT_LOOKUP, (chain, done + 1, head))
         heads[chain] = head
-    return heads
+        if done < head:
+            spans.append((chain, done + 1, head))
+    return heads, spans
 
 
 def _checkpoint(row: sqlite3.Row) -> StoredCheckpoint:
@@ -253,28 +258,12 @@ class SqliteAuditStore:
             )
             # Lookup rows lost with a crash (they trail the records) are made from the text;
             # a store with none missing is not written to (a verifier may open a copy).
-            self._indexed, lagging = await self._index_state()
-            if lagging:
-                self._indexed = await self._w().run(_catch_up)
+            self._indexed, spans = await self._w().call(_lagging)
+            if spans:
+                await self._w().run(lambda conn: conn.executemany(_INSERT_LOOKUP, spans))
         except (sqlite3.Error, OSError, AuditStoreUnavailable) as exc:
             await self.aclose()
             raise AuditStoreUnavailable(f"cannot open the audit database: {exc}") from exc
-
-    async def _index_state(self) -> tuple[dict[str, int], bool]:
-        """Each chain's last record, and whether any record lacks its lookup row."""
-        heads: dict[str, int] = {}
-        lagging = False
-        for chain in await self.chains():
-            rows = await self._fetch(
-                "SELECT (SELECT max(sequence) FROM audit_records WHERE chain_id = ?),"
-                " (SELECT coalesce(max(sequence), 0) FROM audit_index WHERE chain_id = ?)",
-                (chain, chain),
-            )
-            head, done = rows[0][0], rows[0][1]
-            if head is not None:
-                heads[chain] = head
-                lagging = lagging or done < head
-        return heads, lagging
 
     async def aclose(self) -> None:
         self._closing = True
@@ -384,7 +373,11 @@ class SqliteAuditStore:
             def write(conn: sqlite3.Connection) -> dict[str, int]:
                 conn.executemany(_INSERT_LOOKUP_ROW, pending)
                 conn.executemany(_INSERT_LOOKUP, spans)
-                return _catch_up(conn) if unsure else {}
+                if not unsure:
+                    return {}
+                heads, gaps = _lagging(conn)
+                conn.executemany(_INSERT_LOOKUP, gaps)
+                return heads
 
             try:
                 caught_up = await self._w().run(write)
@@ -444,20 +437,12 @@ class SqliteAuditStore:
         caller then has the WAL file fsynced on the thread before the batch counts as durable:
         that fsync is what ``synchronous=FULL`` would have done inside COMMIT. False when
         another connection holds the write lock (``busy_timeout`` 0: the loop never waits)."""
-        conn = self._loop_conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            with immediate(self._loop_conn()) as conn:
+                write(conn)
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
-                return False
-            raise
-        try:
-            write(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+                return False  # from BEGIN: once IMMEDIATE holds the lock nothing else waits
             raise
         return True
 
