@@ -73,6 +73,8 @@ class UpstreamLogin:
     code_challenge: str
     acr: Level | None
     redirect_uri: str
+    started_at: float = 0.0
+    """When the gateway sent the browser to the platform (0: unknown)."""
 
 
 class UpstreamIdP(Protocol):
