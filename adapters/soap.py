@@ -422,6 +422,10 @@ class SoapAdapter:
                     **dict(call.payload),
                     _soapheaders=[context_header(call.context), *self._headers],
                 )
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+            # zeep's own slips on a payload it cannot serialise or an answer it cannot read
+            # (an empty Body, say): ours, not a crash.
+            raise _unusable(self._system, exchange) from exc
         finally:
             _EXCHANGE.reset(token)
         try:
@@ -440,6 +444,16 @@ class SoapAdapter:
 
     async def aclose(self) -> None:
         await self._client.transport.aclose()
+
+
+def _unusable(system: str, exchange: _Exchange) -> BackendError:
+    if exchange.status:
+        return BackendBadResponse(
+            f"System {system} sent an answer that could not be read.", reached_backend=True
+        )
+    return BackendRejected(
+        f"The payload does not fit the WSDL of system {system}.", reached_backend=False
+    )
 
 
 def _operation_problems(

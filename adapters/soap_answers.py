@@ -17,7 +17,8 @@ of them into plain JSON under these rules:
 - a .NET DataSet (``diffgr:diffgram``) is a set of named tables: ``{"Table": [row, ...]}``,
   whether zeep typed the rows through the inline schema or not; ``diffgr:before`` and
   ``diffgr:errors`` (the previous values of edited rows) are left out;
-- decimals, dates, times and durations become strings, bytes become base64;
+- decimals, dates, times and durations become strings, bytes become base64, integers beyond
+  64 bits strings, NaN and infinities the strings xs:double writes them as;
 - declared row paths (``rows:`` of the operation) are always arrays of objects: absent or empty
   is ``[]``, one row is ``[row]``;
 - anything else, or content nested deeper than ``MAX_DEPTH``, is ``AnswerShapeError``: an answer
@@ -31,11 +32,14 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import functools
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from lxml import etree  # type: ignore[import-untyped]
+from zeep.xsd.elements.builtins import Schema as SchemaElement
 from zeep.xsd.schema import Schema
 from zeep.xsd.types.builtins import Duration
 from zeep.xsd.valueobjects import AnyObject, CompoundValue
@@ -55,6 +59,12 @@ DIFFGRAM_NS: Final = "urn:schemas-microsoft-com:xml-diffgram-v1"
 XSD_NS: Final = "http://www.w3.org/2001/XMLSchema"
 XSI_NIL: Final = "{http://www.w3.org/2001/XMLSchema-instance}nil"
 _DROP: Final = object()
+
+# zeep logs a value it fails to convert, with the value, at ERROR level: an answer's personal
+# data must not reach a log that way.
+logging.getLogger("zeep").addHandler(logging.NullHandler())
+logging.getLogger("zeep").propagate = False
+_INT64: Final = 1 << 63
 _DURATION = Duration()  # type: ignore[no-untyped-call]
 
 
@@ -103,13 +113,17 @@ def response_content(result: Any, body_type: Any) -> Any:
 def _value(value: Any, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise AnswerShapeError("the answer nests too deep")
-    if value is None or isinstance(value, str | bool | int):
+    if value is None or isinstance(value, str | bool):
         return value
+    if isinstance(value, int):
+        # xs:integer has no bound; a JSON encoder has (64 bits): larger ones travel as text.
+        return value if -_INT64 <= value < _INT64 else str(value)
     if isinstance(value, float):
         # JSON has no NaN or infinity; xs:double has (NaN, INF, -INF).
         return value if math.isfinite(value) else _special_float(value)
     if isinstance(value, CompoundValue):
-        return _object(value.__values__.items(), depth)
+        skip = _schema_fields(type(value))
+        return _object(((k, v) for k, v in value.__values__.items() if k not in skip), depth)
     if isinstance(value, Mapping):
         return _object(value.items(), depth)
     if isinstance(value, list | tuple):
@@ -135,6 +149,20 @@ def _value(value: Any, depth: int) -> Any:
     if isinstance(value, Schema):
         return _DROP
     raise AnswerShapeError(f"no JSON form for a {type(value).__name__}")
+
+
+def _schema_fields(kind: type) -> frozenset[str]:
+    """Fields of a zeep type that hold an inline ``xs:schema`` (present or not)."""
+    return _schema_fields_of(getattr(kind, "_xsd_type", None))
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_fields_of(xsd_type: Any) -> frozenset[str]:
+    return frozenset(
+        name
+        for name, element in getattr(xsd_type, "elements", [])
+        if isinstance(element, SchemaElement)
+    )
 
 
 def _special_float(value: float) -> str:
