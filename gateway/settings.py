@@ -95,6 +95,11 @@ class ConfigError(Exception):
         self.problems = problems
         super().__init__("\n".join(problems))
 
+    def report(self, config_dir: Path) -> str:
+        """What ``config check`` and ``serve`` print: a count, then one problem a line."""
+        head = f"configuration {config_dir}: {len(self.problems)} problem(s)"
+        return "\n".join([head, *(f"  {problem}" for problem in self.problems)])
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
