@@ -144,7 +144,7 @@ class SoapHeaderAuth(ConfigModel):
             credential = any(word in name.lower() for word in _CREDENTIAL_WORDS)
             if credential and not isinstance(field, Secret):
                 raise ValueError(
-                    f"{name} must be a secret given as {{env: NAME}} or {{file: PATH}}"
+                    f"{name}: a credential is given as {{env: NAME}} or {{file: PATH}}"
                 )
         return value
 

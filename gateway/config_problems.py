@@ -63,6 +63,8 @@ def validation_problems(
             message = "unknown key" + (suggestion(str(loc[-1]), known) if known else "")
         elif err["type"] == "missing" and loc:
             message = "required, missing"
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         location = ".".join(str(p) for p in (*prefix, *_readable(model, loc))) or "(entry)"
         problems.append((location, message))
     return problems

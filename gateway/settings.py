@@ -575,6 +575,10 @@ class _Loading:
     contracts: dict[str, SystemContract] = field(default_factory=dict)
     systems_unreadable: bool = False
     """systems.yaml could not be read: routes are not told their systems are missing."""
+    routes_unreadable: bool = False
+    """routes.yaml could not be read: nothing is said about routes missing from it."""
+    placed: list[tuple[RouteSettings, str]] = field(default_factory=list)
+    """Each route of routes.yaml with the words that locate it in a problem."""
 
 
 def load_settings(
@@ -616,6 +620,7 @@ def _load(state: _Loading) -> Settings | None:
     services, shared = _load_services(state, status_queries)
     routes = _load_routes(state, services, systems)
     routes += _shared_routes(state, status_queries, shared, services, systems, routes)
+    _follow_problems(state, services, routes, status_queries)
     clients = _load_clients(state, services, gateway)
     idps = _load_idps(state, gateway)
     problems += _window_problems(clients, idps, gateway.identity if gateway else None)
@@ -742,6 +747,7 @@ def _load_routes(
     routes: list[RouteSettings] = []
     raw_routes = _read_yaml(state.config_dir / "routes.yaml", problems)
     if raw_routes is _UNREADABLE:
+        state.routes_unreadable = True
         return routes
     if isinstance(raw_routes, dict) and set(raw_routes) - {"routes"}:
         for other in sorted(set(raw_routes) - {"routes"}):
@@ -761,6 +767,7 @@ def _load_routes(
             continue
         where = f"{where} ({route.service}/{route.operation} → {route.handling})"
         _cross_check_route(state, route, services, systems, where)
+        state.placed.append((route, where))
         receiving = ["*"] if route.receiving == "*" else route.receiving
         for province in receiving:
             key = (route.service, route.operation, province, route.handling)
@@ -810,6 +817,8 @@ def _shared_routes(
                     request=answer.request,
                     response=answer.response,
                 )
+            if state.routes_unreadable:
+                continue
             if not any(k[:2] == (code, name) for k in made) and not any(
                 (code, name) == (s, o) for s, o, _h in written
             ):
@@ -823,6 +832,33 @@ def _shared_routes(
         where = f"status-queries.yaml: status query {name!r}: answered_by.{sid} (for {code})"
         _cross_check_route(state, route, services, systems, where)
     return list(made.values())
+
+
+def _follow_problems(
+    state: _Loading,
+    services: Mapping[str, ServiceSettings],
+    routes: list[RouteSettings],
+    queries: Mapping[str, StatusQuery],
+) -> None:
+    """A case handled in a province is followed (polled, reconciled) there: the query its case
+    block names needs a route to that province too."""
+    routed = {(r.service, r.operation, r.handling) for r in routes}
+    for route, where in state.placed:
+        service = services.get(route.service)
+        operation = service.operations.get(route.operation) if service else None
+        case = operation.case if operation else None
+        if case is None:
+            continue
+        for key in ("poll_with", "reconcile_with"):
+            name = getattr(case, key)
+            if name is None or (route.service, name, route.handling) in routed:
+                continue
+            hint = ""
+            if name in queries:
+                hint = f" (system {route.system!r} is not in its answered_by, status-queries.yaml)"
+            state.problems.append(
+                f"{where}: case.{key}: no route for {name!r} to province {route.handling}{hint}"
+            )
 
 
 def _load_clients(

@@ -157,7 +157,7 @@ def test_yaml_syntax_error_names_the_line_and_nothing_else(config: Path) -> None
 
 def test_yaml_indentation_error_is_one_message(config: Path) -> None:
     text = (config / "systems.yaml").read_text(encoding="utf-8")
-    broken = text.replace("    province: \"63\"", "   province: \"63\"", 1)
+    broken = text.replace('    province: "63"', '   province: "63"', 1)
     assert broken != text
     (config / "systems.yaml").write_text(broken, encoding="utf-8")
     problems = problems_of(config)
