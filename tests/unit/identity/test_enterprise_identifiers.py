@@ -32,7 +32,8 @@ def iso7064_mod11_10_valid(number: str) -> bool:
         total = (product + int(digit)) % 10 or 10
         return (total * 2) % 11, total
 
-    return reduce(step, number, (10, 0))[1] == 1
+    start: tuple[int, int] = (10, 0)
+    return reduce(step, number, start)[1] == 1
 
 
 @given(st.from_regex(r"\A[1-9][0-9]{13}\Z"))
