@@ -44,23 +44,31 @@ def _document(path: str, _mtime: int) -> Any:
 
 
 def idp_contract_problems(idp: AnyIdpSettings, config_dir: Path) -> list[str]:
-    """'field: message' for each way the platform's calls do not fit its WSDL."""
-    if not isinstance(idp, TicketIdpSettings) or idp.transport != "soap" or not idp.wsdl:
+    """'field: message' for each way the platform's calls do not fit their WSDLs."""
+    if not isinstance(idp, TicketIdpSettings) or idp.transport != "soap":
         return []
-    path = config_dir / idp.wsdl
-    try:
-        document = _document(str(path.resolve()), path.stat().st_mtime_ns)
-    except (OSError, zeep.exceptions.Error, etree.XMLSyntaxError, ValueError) as exc:
-        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        return [f"wsdl: {idp.wsdl} cannot be loaded: {detail}"]
-    binding = soap_binding(document, idp.binding)
-    if binding is None:
-        return [f"binding: the WSDL has no single SOAP binding {idp.binding or ''}: name one"]
     problems: list[str] = []
-    operations = binding.all()
     for key in idp.operations:
         call = idp.call(key)
         where = f"operations.{key}"
+        if not call.wsdl:
+            problems.append(f"{where}: a SOAP call needs a vendored WSDL (wsdl:)")
+            continue
+        path = config_dir / call.wsdl
+        try:
+            document = _document(str(path.resolve()), path.stat().st_mtime_ns)
+        except OSError:
+            problems.append(f"{where}: wsdl: file {call.wsdl} not found")
+            continue
+        except (zeep.exceptions.Error, etree.XMLSyntaxError, ValueError) as exc:
+            detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            problems.append(f"{where}: wsdl: {call.wsdl} cannot be loaded: {detail}")
+            continue
+        binding = soap_binding(document, idp.binding)
+        if binding is None:
+            problems.append(f"binding: {call.wsdl} has no single SOAP binding to use: name one")
+            continue
+        operations = binding.all()
         operation = operations.get(call.name)
         if operation is None:
             problems.append(
@@ -84,4 +92,4 @@ def idp_contract_problems(idp: AnyIdpSettings, config_dir: Path) -> list[str]:
                 problems.append(
                     f"{where}.{field}: {call.name} has no element {name!r}{suggestion(name, known)}"
                 )
-    return problems
+    return sorted(set(problems), key=problems.index)

@@ -113,6 +113,16 @@ class TicketCall(_Model):
     """The proxy-ticket call's second app (HTTP: params.proxy_app; SOAP: ``proxyapp``)."""
     extra: dict[str, str] = Field(default_factory=dict)
     """Fixed further parameters the platform wants on this call."""
+    wsdl: str | None = None
+    """SOAP: this call's own vendored WSDL, for a platform that deploys one web service (with
+    its own namespace) per operation; default: the platform's ``wsdl``."""
+    service_url: str | None = None
+    """This call's own endpoint (SOAP) or base URL (HTTP); default: the platform's."""
+
+    @field_validator("service_url")
+    @classmethod
+    def _call_url(cls, value: str | None) -> str | None:
+        return None if value is None else _url(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +138,8 @@ class ResolvedCall:
     datatype_value: str
     proxy_app: str
     extra: tuple[tuple[str, str], ...]
+    wsdl: str | None
+    service_url: str
 
 
 def _default_calls() -> dict[str, str | TicketCall]:
@@ -180,8 +192,10 @@ class TicketIdpSettings(_Model):
     def _transport(self) -> Self:
         if not {"validate", "userinfo"} <= set(self.operations) <= _OPERATIONS:
             raise ValueError("operations: name 'validate' and 'userinfo', optionally 'proxy'")
-        if self.transport == "soap" and not self.wsdl:
-            raise ValueError("a SOAP platform needs a vendored 'wsdl' file")
+        if self.transport == "soap" and not all(
+            self.call(operation).wsdl for operation in self.operations
+        ):
+            raise ValueError("a SOAP platform needs a vendored 'wsdl' file (or one per call)")
         # hmac-sha256 over SOAP signs the HTTP request of the SOAP post (ticket_soap.py).
         return self
 
@@ -214,6 +228,8 @@ class TicketIdpSettings(_Model):
             datatype_value=call.datatype_value,
             proxy_app=named["proxy_app"] or defaults["proxy_app"] or "proxyapp",
             extra=tuple(sorted(call.extra.items())),
+            wsdl=call.wsdl or self.wsdl,
+            service_url=call.service_url or self.service_url,
         )
 
 

@@ -205,7 +205,7 @@ class TicketUpstream:
         self._clock = clock
         self._claim_once: ClaimOnce = claim_once or ProcessClaims(clock)
         self._availability = AvailabilityCache(self._probe, clock)
-        self._soap: AsyncServiceProxy | None = None
+        self._soap: dict[tuple[str, str], AsyncServiceProxy] = {}
         self._soap_lock = asyncio.Lock()
 
     # --- availability ------------------------------------------------------------------------
@@ -218,7 +218,8 @@ class TicketUpstream:
             response = await self._http.get(self.settings.login_url, timeout=self._timeout)
             ok = response.status_code < 500
             if ok and self.settings.transport == "soap":
-                await self._proxy()
+                for operation in self.settings.operations:
+                    await self._proxy(self.settings.call(operation))
         except (httpx.HTTPError, UpstreamError):
             ok = False
         return ok
@@ -400,7 +401,7 @@ class TicketUpstream:
         return named, headers
 
     async def _call_http(self, call: ResolvedCall, fields: dict[str, str]) -> Any:
-        url = f"{self.settings.service_url.rstrip('/')}/{call.name}"
+        url = f"{call.service_url.rstrip('/')}/{call.name}"
         signed, headers = self._signed(call, fields, urlsplit(url).path)
         try:
             response = await self._http.post(
@@ -414,11 +415,13 @@ class TicketUpstream:
             raise UpstreamError("upstream_error")
         return decode_answer(response.content)
 
-    async def _proxy(self) -> AsyncServiceProxy:
+    async def _proxy(self, call: ResolvedCall) -> AsyncServiceProxy:
+        """The zeep proxy of the call's WSDL at the call's address (one per web service)."""
+        assert call.wsdl is not None
+        key = (call.wsdl, call.service_url)
         async with self._soap_lock:
-            if self._soap is None:
-                assert self.settings.wsdl is not None
-                path = self._config_dir / self.settings.wsdl
+            if key not in self._soap:
+                path = self._config_dir / call.wsdl
                 transport = HttpxSoapTransport(self._http, self._timeout)
                 zsettings = zeep.Settings(strict=True, forbid_dtd=True, forbid_external=True)
                 try:
@@ -431,19 +434,19 @@ class TicketUpstream:
                 binding = soap_binding(client.wsdl, self.settings.binding)
                 if binding is None:
                     raise UpstreamError("upstream_wsdl_unusable", unavailable=True)
-                self._soap = AsyncServiceProxy(  # type: ignore[no-untyped-call]
-                    client, binding, address=self.settings.service_url
+                self._soap[key] = AsyncServiceProxy(  # type: ignore[no-untyped-call]
+                    client, binding, address=call.service_url
                 )
-            return self._soap
+            return self._soap[key]
 
     async def _call_soap(self, call: ResolvedCall, fields: dict[str, str]) -> Any:
-        proxy = await self._proxy()
+        proxy = await self._proxy(call)
         # HMAC-SHA256 headers sign the HTTP request of the SOAP post: the operation and its
         # arguments; the signature elements stay for the WSDL (ticket_soap.py).
         signed, headers = self._signed(
             call,
             {"operation": call.name, **{k: v for k, v in fields.items() if v}},
-            urlsplit(self.settings.service_url).path,
+            urlsplit(call.service_url).path,
         )
         scope = _SOAP_HEADERS.set(headers)
         try:

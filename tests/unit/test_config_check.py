@@ -263,19 +263,21 @@ def test_a_status_query_is_a_query_and_its_keys_are_checked(config: Path) -> Non
     )
 
 
-def test_a_soap_ticket_platforms_names_are_checked_against_its_wsdl(config: Path) -> None:
+def test_a_soap_ticket_platforms_names_are_checked_against_its_wsdls(config: Path) -> None:
     def change(d: dict[str, Any]) -> None:
-        d["idps"]["gansu"]["operations"] = {
-            "validate": {"name": "ticketValidate", "argument": "ticket"},
-            "userinfo": {"name": "getUserInfo", "datatype": "dataType"},
-        }
+        calls = d["idps"]["gansu"]["operations"]
+        calls["validate"]["name"] = "ticketValidation"
+        calls["userinfo"]["datatype"] = "dataType"
+        calls["userinfo"]["argument"] = "tokn"
 
     edit(config / "idps.yaml", change)
     assert problems_of(config) == [
+        "idps.yaml: idp 'gansu': operations.userinfo.argument: getUserInfo has no element"
+        " 'tokn'; did you mean `token`?",
         "idps.yaml: idp 'gansu': operations.userinfo.datatype: getUserInfo has no element"
-        " 'dataType'; did you mean `datatype`?",
+        " 'dataType'; known: appmark, sign, time, token",
         "idps.yaml: idp 'gansu': operations.validate: the WSDL's binding has no operation"
-        " 'ticketValidate'; did you mean `ticketValidation`?",
+        " 'ticketValidation'; did you mean `ticketValidate`?",
     ]
 
 
