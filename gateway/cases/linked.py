@@ -94,7 +94,7 @@ def _cycle(after: Mapping[str, list[str]]) -> list[str] | None:
     def visit(name: str, path: list[str]) -> list[str] | None:
         state[name] = 1
         for dep in after.get(name, ()):
-            if dep not in after:
+            if dep not in after or dep == name:  # unknown parts and self-waits: said apart
                 continue
             if state.get(dep) == 1:
                 return [*path[path.index(dep) :], dep]

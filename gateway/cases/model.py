@@ -422,7 +422,8 @@ class Case:
 
     @property
     def handling_provinces(self) -> list[str]:
-        return [p.handling_province for p in self.parts]
+        """Each province that handles a part, once, in part order."""
+        return list(dict.fromkeys(p.handling_province for p in self.parts))
 
     def supplement(self, sequence: int) -> Supplement:
         for supplement in self.supplements:

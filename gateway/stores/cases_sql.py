@@ -774,7 +774,7 @@ class SqlCaseStore:
                 mode=Mode(r[2]),
                 status=CaseStatus(r[3]),
                 receiving_province=r[4],
-                handling_provinces=tuple(provinces.get(r[0], ())),
+                handling_provinces=tuple(dict.fromkeys(provinces.get(r[0], ()))),
                 created_at=r[5],
                 updated_at=r[6],
                 actor=r[7],
