@@ -224,7 +224,8 @@ class CaseStore(Protocol):
 
     async def find(self, owner: str, idempotency_key: str) -> Case | None: ...
 
-    async def get(self, case_id: str) -> Case | None: ...
+    async def get(self, case_id: str, *, timeline: bool = True) -> Case | None:
+        """The case; ``timeline=False`` leaves its timeline out (the worker never reads it)."""
 
     async def list_cases(
         self,

@@ -212,7 +212,7 @@ class DeliveryWorker:
             if entry.kind == EntryKind.EVENT:
                 await self._send_event(entry)
                 return
-            case = await self._store.get(entry.case_id)
+            case = await self._store.get(entry.case_id, timeline=False)
             if case is None or entry.part is None:
                 await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "closed"))
                 return

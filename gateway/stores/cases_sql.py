@@ -443,7 +443,7 @@ class SqlCaseStore:
         async with self._tx() as tx:
             # Under the case's lock (PostgreSQL: the row's FOR UPDATE; SQLite: BEGIN IMMEDIATE
             # already made this the only writer), so the plan sees every committed part.
-            case = await self._read_case(tx, case_id, lock=True)
+            case = await self._read_case(tx, case_id, lock=True, timeline=False)
             if case is None:
                 if otherwise is not None:
                     await self._finish(tx, otherwise)
@@ -619,12 +619,15 @@ class SqlCaseStore:
             )
         return await self.get(rows[0][0]) if rows else None
 
-    async def get(self, case_id: str) -> Case | None:
+    async def get(self, case_id: str, *, timeline: bool = True) -> Case | None:
         async with self._read() as conn:
-            return await self._read_case(conn, case_id)
+            return await self._read_case(conn, case_id, timeline=timeline)
 
-    async def _read_case(self, conn: Tx, case_id: str, *, lock: bool = False) -> Case | None:
-        """The whole case as ``conn`` sees it; ``lock``: take the case row's write lock first."""
+    async def _read_case(
+        self, conn: Tx, case_id: str, *, lock: bool = False, timeline: bool = True
+    ) -> Case | None:
+        """The case as ``conn`` sees it; ``lock``: take the case row's write lock first;
+        ``timeline``: with its timeline (planning and delivering never read it)."""
         rows = await conn.fetch(
             f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id = ?"
             + (self._LOCK_ROW if lock else ""),
@@ -643,10 +646,14 @@ class SqlCaseStore:
             " submitted_at FROM case_supplements WHERE case_id = ? ORDER BY sequence",
             case_id,
         )
-        timeline = await conn.fetch(
-            "SELECT sequence, at, from_status, to_status, part, part_status, actor, reason"
-            " FROM case_transitions WHERE case_id = ? ORDER BY sequence",
-            case_id,
+        lines = (
+            await conn.fetch(
+                "SELECT sequence, at, from_status, to_status, part, part_status, actor, reason"
+                " FROM case_transitions WHERE case_id = ? ORDER BY sequence",
+                case_id,
+            )
+            if timeline
+            else []
         )
         # A lease is kept until the entry is finished or claimed again, so a dead worker's
         # send still counts as possibly made.
@@ -723,7 +730,7 @@ class SqlCaseStore:
                     actor=t[6],
                     reason=t[7],
                 )
-                for t in timeline
+                for t in lines
             ),
         )
 
