@@ -120,11 +120,24 @@ def with_concurrency_limit(inner: Next, slots: asyncio.Semaphore, queue_timeout:
     return limited
 
 
-def _counts_as_failure(error: BackendError) -> bool:
-    # The system answered sensibly to a request it did not like: it is healthy.
+def is_refusal(error: BackendError) -> bool:
+    """The system understood the request and refused it (4xx, a SOAP client fault): it is
+    healthy, and it did not act on the request."""
     if isinstance(error, BackendRejected):
-        return False
-    return not (isinstance(error, BackendFault) and error.fault_side == "client")
+        return True
+    return isinstance(error, BackendFault) and error.fault_side == "client"
+
+
+def _counts_as_failure(error: BackendError) -> bool:
+    return not is_refusal(error)
+
+
+def failure_cause(error: BackendError) -> str:
+    """What a failure was, for operators: the stable code and the error's safe detail; a paused
+    call names the failure that paused the system instead of the pause itself."""
+    if isinstance(error, CircuitOpen) and error.cause:
+        return error.cause
+    return f"{error.code}: {error.detail}"[:300]
 
 
 def with_breaker(inner: Next, breaker: CircuitBreaker) -> Next:
@@ -138,7 +151,7 @@ def with_breaker(inner: Next, breaker: CircuitBreaker) -> Next:
             reply = await inner(call, trace)
         except BackendError as exc:
             if _counts_as_failure(exc):
-                breaker.record_failure()
+                breaker.record_failure(failure_cause(exc))
             else:
                 breaker.record_success()
             raise

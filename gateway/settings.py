@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.adapter import (
@@ -27,7 +29,13 @@ from gateway.adapter import (
     SystemSpec,
     load_adapter_factory,
 )
-from gateway.cases.config import CaseOperation, CaseSettings, case_reference_problems
+from gateway.cases.config import (
+    CaseOperation,
+    CaseSettings,
+    LinkedCase,
+    case_reference_problems,
+)
+from gateway.cases.linked import linked_problems
 from gateway.config_problems import schema_problems, suggestion, validation_problems
 from gateway.identity.clients import TOKEN_EXCHANGE, ClientRegistration
 from gateway.identity.config import ProviderSettings
@@ -399,10 +407,23 @@ class ServiceSettings(_Model):
     audit: Literal["required", "buffered"] = "required"
     """required: no audit record, no call; buffered: read-only calls may proceed while the audit
     store is down, their records kept in a bounded local buffer."""
+    linked: LinkedCase | None = None
+    """一件事 (联动办理): the parts every case of this service is made of, their dependencies
+    and the data passed between them; absent: a case is one operation in one or several
+    provinces, as the application names them."""
 
     @model_validator(mode="after")
     def _case_blocks_name_operations(self) -> ServiceSettings:
         problems = case_reference_problems(self.operations)
+        if self.linked is not None:
+            try:
+                Draft202012Validator.check_schema(self.linked.input_schema)
+            except SchemaError as exc:
+                problems.append(f"linked.input_schema: not a valid JSON Schema: {exc.message}")
+            for part in self.linked.parts.values():
+                if part.handling is not None and part.handling not in PROVINCES:
+                    problems.append(f"linked: {part.handling!r} is not a GB/T 2260 province code")
+            problems += linked_problems(self.linked, self.operations)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -621,6 +642,7 @@ def _load(state: _Loading) -> Settings | None:
     routes = _load_routes(state, services, systems)
     routes += _shared_routes(state, status_queries, shared, services, systems, routes)
     _follow_problems(state, services, routes, status_queries)
+    state.problems.extend(_linked_route_problems(services, routes))
     clients = _load_clients(state, services, gateway)
     idps = _load_idps(state, gateway)
     problems += _window_problems(clients, idps, gateway.identity if gateway else None)
@@ -959,6 +981,51 @@ def _load_legacy_apps(
     if legacy_apps and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: legacy-apps.yaml declares apps but no provider")
     return legacy_apps
+
+
+def _linked_route_problems(
+    services: Mapping[str, ServiceSettings], routes: list[RouteSettings]
+) -> list[str]:
+    """Each linked part with a fixed province has a route there, and a part that reads another
+    part's answer reads a field that part's route answers (when its response mapping names
+    them)."""
+    problems: list[str] = []
+    for code, service in services.items():
+        if service.linked is None:
+            continue
+        parts = service.linked.parts
+        answers: dict[str, set[str]] = {}
+        for name, part in parts.items():
+            mine = [
+                r
+                for r in routes
+                if r.service == code
+                and r.operation == part.operation
+                and (part.handling is None or r.handling == part.handling)
+            ]
+            where = f"services/{code}.yaml: service {code!r}: linked.parts.{name}"
+            if not mine:
+                province = part.handling or "any province"
+                problems.append(
+                    f"{where}.operation: no route in routes.yaml for {part.operation!r} in"
+                    f" {province}"
+                )
+                continue
+            if all(r.response is not None for r in mine):
+                answers[name] = {str(k).split(".")[0] for r in mine for k in r.response or {}}
+        for name, part in parts.items():
+            for target, source in (part.input or {}).items():
+                path = source if isinstance(source, str) else source.get("from")
+                if not isinstance(path, str) or not path.startswith("parts."):
+                    continue
+                _, other, *rest = [*path.split("."), ""]
+                known = answers.get(other)
+                if known is not None and rest and rest[0] and rest[0] not in known:
+                    problems.append(
+                        f"services/{code}.yaml: service {code!r}: linked.parts.{name}.input."
+                        f"{target}: part {other!r} answers {sorted(known)}, not {rest[0]!r}"
+                    )
+    return problems
 
 
 def _window_problems(

@@ -106,14 +106,19 @@ def _show(case: Case) -> dict[str, Any]:
         "receiving_province": case.receiving_province,
         "actor": case.actor,
         "created_at": case.created_at,
+        "outcome": case.outcome,
         "parts": [
             {
                 "part": p.number,
+                "name": p.name,
+                "after": [case.part(n).label for n in p.after],
+                "required": p.required,
                 "handling_province": p.handling_province,
                 "system": p.system,
                 "operation": p.operation,
                 "status": p.status.value,
                 "error_code": p.error_code,
+                "cause": p.cause,
                 "supplement_request": p.supplement.as_json() if p.supplement else None,
             }
             for p in case.parts
@@ -160,10 +165,12 @@ async def _run(args: argparse.Namespace) -> int:
                         "kind": e.kind.value,
                         "attempts": e.attempts,
                         "reason": e.last_error,
+                        "cause": e.cause or "",
                     }
                     for e in entries
                 ]
-                _print(rows, args.json, ("case_id", "part", "kind", "attempts", "reason"))
+                columns = ("case_id", "part", "kind", "attempts", "reason", "cause")
+                _print(rows, args.json, columns)
                 return 0
             status = CaseStatus(args.status) if args.status else None
             found = await store.list_cases(subject=args.subject, status=status, limit=args.limit)
@@ -196,6 +203,7 @@ async def _run(args: argparse.Namespace) -> int:
                     "state": e.state,
                     "attempts": e.attempts,
                     "last_error": e.last_error,
+                    "cause": e.cause,
                 }
                 for e in await store.entries(case.case_id)
             ]

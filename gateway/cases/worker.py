@@ -31,12 +31,15 @@ from gateway.cases.audit import CaseAudit, transition_events
 from gateway.cases.config import CaseOperation, DeliverySettings, PartOutcome
 from gateway.cases.events import EventSink, EventSinkError
 from gateway.cases.lifecycle import iso_now, plan_step
+from gateway.cases.linked import part_input, results_by_name, unwinding
 from gateway.cases.model import (
+    FAILED,
     TERMINAL,
     Case,
     IllegalTransition,
     Part,
     PartStatus,
+    compensation_key,
     delivery_key,
     part_moves_on,
     supplement_key,
@@ -50,14 +53,13 @@ from gateway.cases.store import (
     NewEntry,
     OutboxEntry,
     PartChange,
-    StaleCase,
     Step,
 )
 from gateway.cases.supplements import requested_supplement, supplement_input
 from gateway.catalog import CallResult, Catalog, Route
-from gateway.errors import BackendError, GatewayError, is_retryable
+from gateway.errors import BackendError, GatewayError, ValidationFailed, is_retryable
 from gateway.mapping import compile_mapping
-from gateway.pipeline import CallTrace
+from gateway.pipeline import CallTrace, failure_cause, is_refusal
 
 log = structlog.get_logger("tongban.cases")
 
@@ -70,7 +72,6 @@ _OUTCOME_TO_PART: Final[Mapping[str, PartStatus]] = {
     "not_accepted": PartStatus.NOT_ACCEPTED,
     "returned": PartStatus.RETURNED,
 }
-_STALE_RETRIES: Final = 5
 
 
 def part_status_of(outcome: PartOutcome | str) -> PartStatus:
@@ -101,12 +102,16 @@ class WorkerStats:
 
 
 class _Deferred(Exception):
-    """An attempt failed in a way worth another try later."""
+    """An attempt failed in a way worth another try later (or, where it is raised while
+    preparing a send, in a way only an operator can mend: a dead letter with ``cause``)."""
 
-    def __init__(self, error_code: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, error_code: str, retry_after: float | None = None, cause: str | None = None
+    ) -> None:
         super().__init__(error_code)
         self.error_code = error_code
         self.retry_after = retry_after
+        self.cause = cause
 
 
 class DeliveryWorker:
@@ -207,12 +212,17 @@ class DeliveryWorker:
             if entry.kind == EntryKind.EVENT:
                 await self._send_event(entry)
                 return
-            case = await self._store.get(entry.case_id)
-            if case is None or case.status in TERMINAL or entry.part is None:
+            case = await self._store.get(entry.case_id, timeline=False)
+            if case is None or entry.part is None:
                 await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "closed"))
+                return
+            if case.status in TERMINAL:
+                await self._after_closing(entry, case)
                 return
             if entry.kind in (EntryKind.DELIVER, EntryKind.SUPPLEMENT):
                 await self._deliver(entry, case)
+            elif entry.kind == EntryKind.COMPENSATE:
+                await self._compensate(entry, case)
             elif entry.kind == EntryKind.RECONCILE:
                 await self._reconcile(entry, case)
             else:
@@ -227,6 +237,20 @@ class DeliveryWorker:
             )
         except Exception:
             log.exception("case_entry_failed", case_id=entry.case_id, entry=entry.entry_id)
+
+    async def _after_closing(self, entry: OutboxEntry, case: Case) -> None:
+        """A closed case sends nothing more; but a send a dead worker held may have reached its
+        back-end before the case closed: it is asked about (never sent again: the payload is
+        erased) so the part says what happened."""
+        assert entry.part is not None
+        status = case.part(entry.part).status
+        if entry.kind == EntryKind.DELIVER and entry.abandoned and status == PartStatus.PENDING:
+            config = self._route(case, case.part(entry.part).operation, entry.part).operation.case
+            await self._to_outcome_unknown(entry, case, "worker_lost_during_send", config)
+        elif entry.kind == EntryKind.RECONCILE and status == PartStatus.OUTCOME_UNKNOWN:
+            await self._reconcile(entry, case)
+        else:
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "closed"))
 
     def _backoff(self, attempts: int, retry_after: float | None = None) -> float:
         s = self._settings
@@ -278,7 +302,7 @@ class DeliveryWorker:
         """What one send carries, through which route, under which key: the application, or
         (补齐补正) one of its supplements through the operation ``case.supplement_with`` names."""
         if sequence is None:
-            return submit, case.data, delivery_key(case.case_id, part.number)
+            return submit, self._input(case, part, submit), delivery_key(case.case_id, part.number)
         config = submit.operation.case
         if config is None or config.supplement_with is None:
             raise _Deferred("no_supplement_operation_configured")
@@ -289,6 +313,25 @@ class DeliveryWorker:
         route = self._route(case, config.supplement_with, part.number)
         key = supplement_key(case.case_id, part.number, sequence)
         return route, supplement_input(config, part, supplement), key
+
+    def _input(self, case: Case, part: Part, route: Route) -> Any:
+        """What a part sends: the application data, or (a linked part) its own input made from
+        the application and the answers of the parts it waited for, checked against its
+        operation's schema now that it exists."""
+        if part.name is None:
+            return case.data
+        linked = self._catalog().service(case.service).linked
+        spec = linked.parts.get(part.name) if linked is not None else None
+        if spec is None:
+            raise _Deferred("case.part_not_configured", cause=f"no linked part {part.name!r}")
+        data = part_input(spec.input, case.data, results_by_name(case))
+        try:
+            route.validate(data)
+        except ValidationFailed as exc:
+            first = (exc.extra.get("errors") or [{}])[0]
+            where = f"{first.get('path', '')}: {first.get('message', '')}"
+            raise _Deferred("case.part_input_invalid", cause=where[:300]) from None
+        return data
 
     async def _deliver(self, entry: OutboxEntry, case: Case) -> None:
         """Send a part's application (a deliver entry) or a supplement of it (a supplement
@@ -307,11 +350,22 @@ class DeliveryWorker:
             await self._dead_letter(entry, case, exc.code)
             return
         except _Deferred as missing:
-            # Configuration changed under a waiting supplement: an operator fixes and replays.
-            await self._dead_letter(entry, case, missing.error_code)
+            # Configuration changed under a waiting supplement, or a linked part's input does
+            # not fit its operation: an operator fixes and replays.
+            await self._dead_letter(entry, case, missing.error_code, missing.cause)
             return
         policy = route.operation.retry
         config = submit.operation.case
+        if unwinding(case) and not entry.abandoned and sequence is None:
+            # A required part failed while this one waited its turn: it is never sent.
+            failed = next(p for p in case.parts if p.required and p.status in FAILED)
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, PartStatus.CANCELLED),
+                reason=f"not sent: {failed.label} is {failed.status}",
+            )
+            return
         if entry.abandoned and policy == "never":
             # A worker died holding this send: it may have been made. Ask, do not resend.
             await self._to_outcome_unknown(entry, case, "worker_lost_during_send", config)
@@ -324,6 +378,8 @@ class DeliveryWorker:
             return
         if result is not None:
             outcome = outcome_of(result.data, config)
+            if route.operation.kind != "submit":
+                outcome = PartStatus.DONE  # a linked check: its answer is its result
             answer = _as_result(result.data)
             if sequence is not None:
                 # A supplement's answer adds to the application's (whose number polls use).
@@ -340,10 +396,13 @@ class DeliveryWorker:
             self.stats.delivered += 1
             return
         assert error is not None
-        if policy == "never" and error.reached_backend:
+        if policy == "never" and error.reached_backend and not is_refusal(error):
+            # It may have been processed: ask, never resend blindly.
             await self._to_outcome_unknown(entry, case, error.code, config)
-        elif is_retryable(error) or not error.reached_backend:
-            await self._retry_later(entry, case, error.code, error.retry_after)
+        elif (is_retryable(error) or not error.reached_backend) and not is_refusal(error):
+            await self._retry_later(
+                entry, case, error.code, error.retry_after, cause=failure_cause(error)
+            )
         else:
             # The handling system understood and refused the application: 不予受理.
             await self._advance(
@@ -397,7 +456,14 @@ class DeliveryWorker:
             return
         if result is None:
             assert error is not None
-            await self._retry_later(entry, case, error.code, error.retry_after, dead=False)
+            await self._retry_later(
+                entry,
+                case,
+                error.code,
+                error.retry_after,
+                dead=False,
+                cause=failure_cause(error),
+            )
             return
         outcome = outcome_of(result.data, config)
         polls = int((entry.payload or {}).get("polls", 0)) + 1
@@ -478,7 +544,9 @@ class DeliveryWorker:
             return
         if result is None:
             assert error is not None
-            await self._retry_later(entry, case, error.code, error.retry_after)
+            await self._retry_later(
+                entry, case, error.code, error.retry_after, cause=failure_cause(error)
+            )
             return
         self.stats.reconciled += 1
         answer = result.data if isinstance(result.data, Mapping) else {}
@@ -497,6 +565,17 @@ class DeliveryWorker:
                 reason="reconciled: the back-end has it",
             )
             return
+        if sequence is None and (case.status in TERMINAL or unwinding(case)):
+            # Proven absent, and the case stopped meanwhile: it is never sent.
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, PartStatus.CANCELLED),
+                trace=trace,
+                result=result,
+                reason="reconciled: never arrived; not sent, the case stopped",
+            )
+            return
         # Proven absent: a send now cannot duplicate anything.
         resend = NewEntry(EntryKind.DELIVER, self._clock(), part.number)
         if sequence is not None:
@@ -511,6 +590,60 @@ class DeliveryWorker:
             reason="reconciled: never arrived; sending again",
         )
 
+    async def _compensate(self, entry: OutboxEntry, case: Case) -> None:
+        """Undo an accepted part of a linked case whose required part failed: its operation's
+        ``compensate_with``, under the part's undo key, with the retry and dead-letter rules of
+        a delivery (a dead undo is ``compensation_failed``: an operator replays it)."""
+        assert entry.part is not None
+        part = case.part(entry.part)
+        if part.status != PartStatus.COMPENSATING:
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "settled"))
+            return
+        try:
+            if part.compensate_with is None:
+                raise _Deferred("case.no_compensation_configured")
+            config = self._route(case, part.operation, part.number).operation.case
+            route = self._route(case, part.compensate_with, part.number)
+            spec = config.compensate_input if config is not None else {}
+            data = compile_mapping(spec or None).apply(part.result or {})
+            route.validate(data)
+        except ValidationFailed as exc:
+            first = (exc.extra.get("errors") or [{}])[0]
+            cause = f"{first.get('path', '')}: {first.get('message', '')}"[:300]
+            await self._dead_letter(entry, case, "case.compensation_input_invalid", cause)
+            return
+        except GatewayError as exc:
+            await self._dead_letter(entry, case, exc.code)
+            return
+        except _Deferred as missing:
+            await self._dead_letter(entry, case, missing.error_code, missing.cause)
+            return
+        context = self._context(case, part.number, compensation_key(case.case_id, part.number))
+        try:
+            result, error, trace = await self._invoke(route, data, context)
+        except _Deferred as deferred:
+            await self._retry_later(entry, case, deferred.error_code)
+            return
+        if result is not None:
+            undone = {**(part.result or {}), "undo": _as_result(result.data)}
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, PartStatus.COMPENSATED, result=undone),
+                trace=trace,
+                result=result,
+                reason="undone",
+            )
+            return
+        assert error is not None
+        if is_retryable(error) or not error.reached_backend:
+            await self._retry_later(
+                entry, case, error.code, error.retry_after, cause=failure_cause(error)
+            )
+        else:
+            # The system refused the undo: only an operator can settle it with them.
+            await self._dead_letter(entry, case, error.code, failure_cause(error))
+
     async def _retry_later(
         self,
         entry: OutboxEntry,
@@ -519,17 +652,20 @@ class DeliveryWorker:
         retry_after: float | None = None,
         *,
         dead: bool = True,
+        cause: str | None = None,
     ) -> None:
         if self._exhausted(entry):
             if dead:
-                await self._dead_letter(entry, case, error_code)
+                await self._dead_letter(entry, case, error_code, cause)
             else:
                 await self._store.finish(
-                    FinishEntry(entry.entry_id, self.owner, "done", error_code)
+                    FinishEntry(entry.entry_id, self.owner, "done", error_code, cause)
                 )
             return
         due = self._clock() + self._backoff(entry.attempts + 1, retry_after)
-        await self._store.reschedule(entry.entry_id, self.owner, due=due, error=error_code)
+        await self._store.reschedule(
+            entry.entry_id, self.owner, due=due, error=error_code, cause=cause
+        )
         self.stats.retried += 1
         log.info(
             "case_delivery_deferred",
@@ -538,21 +674,31 @@ class DeliveryWorker:
             error_code=error_code,
         )
 
-    async def _dead_letter(self, entry: OutboxEntry, case: Case, reason: str) -> None:
+    async def _dead_letter(
+        self, entry: OutboxEntry, case: Case, reason: str, cause: str | None = None
+    ) -> None:
+        """Give up on the entry: its part is dead-lettered with the last error and, beside it,
+        the first failure the system itself gave (a breaker's pause hides it otherwise)."""
         assert entry.part is not None
         self.stats.dead_lettered += 1
+        first = entry.cause or cause
         log.warning(
             "case_dead_lettered",
             case_id=case.case_id,
             attempt=entry.attempts + 1,
             error_code=reason,
+            cause=first,
         )
+        stopped = PartStatus.DEAD_LETTERED
+        if entry.kind == EntryKind.COMPENSATE:
+            stopped = PartStatus.COMPENSATION_FAILED  # the undo could not be delivered
         await self._advance(
             entry,
             case,
-            PartChange(entry.part, PartStatus.DEAD_LETTERED, error_code=reason),
+            PartChange(entry.part, stopped, error_code=reason, cause=first),
             finish_state="dead",
             reason=reason,
+            cause=first,
         )
 
     async def _advance(
@@ -566,45 +712,44 @@ class DeliveryWorker:
         result: CallResult | None = None,
         reason: str | None = None,
         finish_state: str = "done",
+        cause: str | None = None,
     ) -> None:
-        """Commit the part change with the entry's finish; re-plan on a concurrent change."""
+        """Commit the part change with the entry's finish, planned on the case as it is stored
+        at that moment (under its lock): other parts' answers landing at the same instant are
+        in the plan, never a reason to give up."""
         finish = FinishEntry(
             entry.entry_id,
             self.owner,
             "dead" if finish_state == "dead" else "done",
             reason if finish_state == "dead" else None,
+            cause,
         )
-        for _ in range(_STALE_RETRIES):
+        at = iso_now()
+
+        def plan(fresh: Case) -> Step | None:
+            moved = change
+            if moved is not None and not part_moves_on(fresh.part(moved.part).status, moved.status):
+                moved = None  # a callback got there first with newer news
             try:
-                step = plan_step(
-                    case,
-                    [change] if change is not None else [],
-                    at=iso_now(),
+                return plan_step(
+                    fresh,
+                    [moved] if moved is not None else [],
+                    at=at,
                     now=self._clock(),
                     reason=reason,
                     finish=finish,
                     schedule=schedule,
                 )
             except IllegalTransition as exc:
-                # A callback moved the case on meanwhile (closed it, say): keep what it says.
-                log.info("case_update_superseded", case_id=case.case_id, status=str(exc.current))
-                await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "late"))
-                return
-            try:
-                await self._store.commit(step)
-            except StaleCase:
-                fresh = await self._store.get(case.case_id)
-                if fresh is None:
-                    return
-                if change is not None and not part_moves_on(
-                    fresh.part(change.part).status, change.status
-                ):
-                    change = None  # a callback got there first with newer news
-                case = fresh
-                continue
-            await self._audit_step(case, step, trace, result)
-            return
-        raise StaleCase(case.case_id)
+                # The case moved on meanwhile (closed, say): keep what it says.
+                log.info("case_update_superseded", case_id=fresh.case_id, status=str(exc.current))
+                return None
+
+        applied = await self._store.apply(
+            case.case_id, plan, otherwise=FinishEntry(entry.entry_id, self.owner, "done", "late")
+        )
+        if applied is not None and applied.step is not None:
+            await self._audit_step(applied.case, applied.step, trace, result)
 
     async def _audit_step(
         self, case: Case, step: Step, trace: CallTrace | None, result: CallResult | None
