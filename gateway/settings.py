@@ -642,7 +642,8 @@ def _load(state: _Loading) -> Settings | None:
     routes = _load_routes(state, services, systems)
     routes += _shared_routes(state, status_queries, shared, services, systems, routes)
     _follow_problems(state, services, routes, status_queries)
-    state.problems.extend(_linked_route_problems(services, routes))
+    if not state.routes_unreadable:  # no route is missing from a file that could not be read
+        state.problems.extend(_linked_route_problems(services, routes))
     clients = _load_clients(state, services, gateway)
     idps = _load_idps(state, gateway)
     problems += _window_problems(clients, idps, gateway.identity if gateway else None)
