@@ -11,9 +11,9 @@ the local sessions of that ``sid``.
 The portals share 127.0.0.1 with the gateway, and cookies ignore ports: every cookie name here
 carries the client id so the portals and the gateway never read each other's cookies.
 
-Issue 5 §7: ``/cases`` shows a signed-in citizen her cases (办件) with status and timeline; the
+``/cases`` shows a signed-in citizen her cases (办件) with status and timeline; the
 Shaanxi portal's ``/window`` is a window clerk's console (S10 异地代收代办), a client of its own
-(``demo-window-shaanxi``, clients.yaml ``window: true``). Issue 3 §5: the clerk signs in through
+(``demo-window-shaanxi``, clients.yaml ``window: true``). The clerk signs in through
 the gateway, which offers only the staff directory (code flow + PKCE like the portals' login);
 for each intake the console asks the gateway for a Counter token for the applicant by token
 exchange (RFC 8693: the ID number the clerk typed from the document as subject token, the
@@ -673,7 +673,7 @@ async def supply_material(request: web.Request) -> web.Response:
     )
 
 
-# --- 窗口受理: the window clerk console (S10 异地代收代办, issue 3 §5) ---------------------------
+# --- 窗口受理: the window clerk console (S10 异地代收代办) ----------------------------------------
 
 DISABILITY_CATEGORIES = {
     "hearing": "听力残疾 / hearing",

@@ -180,7 +180,7 @@ logout = _endpoint("logout", _logout)
 # --- what /api handlers ask of the provider ----------------------------------------------------
 
 CALL_SCOPE = "services:call"
-"""Scope a token needs to call catalogue services (issue 3 §5)."""
+"""Scope a token needs to call catalogue services."""
 
 
 def check_client_may_call(app: web.Application, principal: Principal, service: str) -> None:
@@ -205,7 +205,7 @@ def identity_assertion(
     case_id: str | None,
     authorisation_ref: str | None,
 ) -> str | None:
-    """Short-lived signed assertion for the back-end (issue 3 §6), when a provider signs one."""
+    """Short-lived signed assertion for the back-end, when a provider signs one."""
     provider = app.get(OIDC_PROVIDER)
     if provider is None:
         return None

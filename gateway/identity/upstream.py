@@ -3,7 +3,7 @@
 One ``UpstreamIdP`` per platform (config/idps.yaml). The gateway keeps the login transaction
 (state, nonce, PKCE verifier, requested level) itself; a platform only turns it into a redirect
 URL and turns the callback back into claims. Signed-ticket, quirky-OAuth2 and legal-person kinds
-(IDENTITY-PLATFORMS.md §1–§3) implement the same two calls; a platform kind that has no nonce or
+implement the same two calls; a platform kind that has no nonce or
 PKCE simply ignores them.
 
 Must not: import aiohttp (the web layer hands in an ``httpx.AsyncClient``); log a code, a ticket,

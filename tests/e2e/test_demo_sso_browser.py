@@ -1,9 +1,9 @@
-"""The SSO journey in headless Chromium against `tongban demo` run as a subprocess (issue 3).
+"""The SSO journey in headless Chromium against `tongban demo` run as a subprocess.
 
 Portal A (Qinghai) → gateway → Qinghai identity platform's own login form → back with a code →
 a service call; portal B (Shaanxi) signs in with no prompt; sign-out at A ends the SSO session
 and B's page shows it signed out (back-channel logout). Debian's chromium, driven by Playwright
-with the flags of NOTES.md; never `playwright install`.
+with the flags of tests/e2e/conftest.py; never `playwright install`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""S10 (异地代收代办) in headless Chromium against `tongban demo` run as a subprocess (issue 5 §7,
-issue 3 §5).
+"""S10 (异地代收代办) in headless Chromium against `tongban demo` run as a subprocess.
 
 A Shaanxi window clerk opens the Shaanxi portal's window console and signs in through the
 gateway's login page, which offers only the staff directory, at the directory's own form. She
@@ -8,7 +7,7 @@ token exchange), takes in a disability-card application (originals checked) with
 token the console got for 苏兰心, and sees it in the window queue; the gateway's worker forwards
 it to Qinghai. 苏兰心, on her own device (another browser profile), signs in on the Qinghai portal
 and follows the same case under 我的办件 until it is closed, the clerk named as its actor.
-Debian's chromium, flags as in NOTES.md.
+Debian's chromium, flags as in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Issue 6 in headless Chromium against `tongban demo`: sign in through Shaanxi's signed-ticket
+"""Provincial platforms in headless Chromium against `tongban demo`: sign in through Shaanxi's signed-ticket
 platform (its own login form), then use the Qinghai portal and the legacy Shaanxi business system
-without any prompt. Debian's chromium through Playwright, flags as in NOTES.md.
+without any prompt. Debian's chromium through Playwright, flags as in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations

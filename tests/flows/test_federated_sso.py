@@ -1,6 +1,6 @@
 """Federated SSO over real loopback HTTP: portal A → gateway → Qinghai IdP → tokens → service call;
 portal B signs in with no prompt; logout at A reaches B by back-channel. Then the refusals of the
-federation side (issue 3, "Bad input and attacks"), each checked for having no side effect.
+federation side (bad input and attacks), each checked for having no side effect.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ async def sso(
             yield Sso(gateway, provider, identity, backends, list(env.values()))
         finally:
             await server.close()
-    # Every identity flow leaves a trail that `tongban audit verify` accepts (issue 4).
+    # Every identity flow leaves a trail that `tongban audit verify` accepts.
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0
     text = log_stream.getvalue().decode()
     for secret in env.values():
