@@ -2,7 +2,8 @@
 
 Scanned: every file git tracks (or, outside a git checkout, every file under the root but the
 virtual environment and caches), as text, except symbolic links (``gateway/demo/config`` points
-at ``config/``, which is scanned itself) and files that are not UTF-8 text.
+at ``config/``, which is scanned itself), files that are not UTF-8 text, and this file (its
+examples are what the check must catch).
 
 Refused everywhere:
 - a path that leaves the repository (``../shared/...``, an absolute path into the machine that
@@ -27,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 _SKIPPED_DIRS = {".git", ".venv", "build", "dist", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 HISTORY = {"CHANGELOG.md"}
+SELF = Path(__file__).resolve()
 
 _OUTSIDE = re.compile(r"\.\./shared\b|(?<![\w.])/work/[\w-]+")
 _MARKDOWN = re.compile(r"(?<![\w/.:-])((?:\.\.?/)*[\w.-]+(?:/[\w.-]+)*\.md)\b")
@@ -49,7 +51,7 @@ def _tracked_files() -> list[Path]:
 
 def _texts() -> Iterator[tuple[Path, str]]:
     for path in _tracked_files():
-        if path.is_symlink() or not path.is_file():
+        if path.is_symlink() or not path.is_file() or path.resolve() == SELF:
             continue
         try:
             yield path, path.read_text(encoding="utf-8")
