@@ -44,6 +44,10 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probes = 0
+        self._last_failure: str | None = None
+        self.opened_by: str | None = None
+        """The system's own failure that last opened the breaker (code and safe detail), so a
+        paused call can say why the system was paused, not only that it was."""
 
     @property
     def state(self) -> BreakerState:
@@ -59,10 +63,12 @@ class CircuitBreaker:
         state = self.state
         if state is BreakerState.OPEN:
             remaining = self._reset_timeout - (self._clock() - self._opened_at)
-            raise CircuitOpen(self.system, retry_after=max(remaining, 0.0))
+            raise CircuitOpen(self.system, retry_after=max(remaining, 0.0), cause=self.opened_by)
         if state is BreakerState.HALF_OPEN:
             if self._probes >= self._half_open_max:
-                raise CircuitOpen(self.system, retry_after=self._reset_timeout)
+                raise CircuitOpen(
+                    self.system, retry_after=self._reset_timeout, cause=self.opened_by
+                )
             self._probes += 1
 
     def record_success(self) -> None:
@@ -70,10 +76,12 @@ class CircuitBreaker:
         if self._state is not BreakerState.CLOSED:
             self._set(BreakerState.CLOSED)
 
-    def record_failure(self) -> None:
+    def record_failure(self, cause: str | None = None) -> None:
+        """One failure of the system; ``cause`` says what it was (kept if it opens the breaker)."""
         self._failures += 1
         if self._state is BreakerState.HALF_OPEN or self._failures >= self._threshold:
             self._opened_at = self._clock()
+            self.opened_by = cause
             self._set(BreakerState.OPEN)
 
     def record_neutral(self) -> None:

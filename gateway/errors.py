@@ -263,12 +263,15 @@ class CircuitOpen(BackendError):
     title = "The provincial system is failing; calls are paused"
     retryable = False
 
-    def __init__(self, system: str, retry_after: float) -> None:
+    def __init__(self, system: str, retry_after: float, cause: str | None = None) -> None:
+        because = f" (it was paused after: {cause})" if cause else ""
         super().__init__(
-            f"Calls to system {system} are paused after repeated failures.",
+            f"Calls to system {system} are paused after repeated failures{because}.",
             reached_backend=False,
             retry_after=retry_after,
         )
+        self.cause = cause
+        """The system's own failure that opened the breaker, as ``code: detail``."""
 
 
 # --- our side ---------------------------------------------------------------------------------

@@ -127,6 +127,14 @@ def _counts_as_failure(error: BackendError) -> bool:
     return not (isinstance(error, BackendFault) and error.fault_side == "client")
 
 
+def failure_cause(error: BackendError) -> str:
+    """What a failure was, for operators: the stable code and the error's safe detail; a paused
+    call names the failure that paused the system instead of the pause itself."""
+    if isinstance(error, CircuitOpen) and error.cause:
+        return error.cause
+    return f"{error.code}: {error.detail}"[:300]
+
+
 def with_breaker(inner: Next, breaker: CircuitBreaker) -> Next:
     async def guarded(call: Call, trace: CallTrace) -> Reply:
         try:
@@ -138,7 +146,7 @@ def with_breaker(inner: Next, breaker: CircuitBreaker) -> Next:
             reply = await inner(call, trace)
         except BackendError as exc:
             if _counts_as_failure(exc):
-                breaker.record_failure()
+                breaker.record_failure(failure_cause(exc))
             else:
                 breaker.record_success()
             raise

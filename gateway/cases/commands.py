@@ -114,6 +114,7 @@ def _show(case: Case) -> dict[str, Any]:
                 "operation": p.operation,
                 "status": p.status.value,
                 "error_code": p.error_code,
+                "cause": p.cause,
                 "supplement_request": p.supplement.as_json() if p.supplement else None,
             }
             for p in case.parts
@@ -160,10 +161,12 @@ async def _run(args: argparse.Namespace) -> int:
                         "kind": e.kind.value,
                         "attempts": e.attempts,
                         "reason": e.last_error,
+                        "cause": e.cause or "",
                     }
                     for e in entries
                 ]
-                _print(rows, args.json, ("case_id", "part", "kind", "attempts", "reason"))
+                columns = ("case_id", "part", "kind", "attempts", "reason", "cause")
+                _print(rows, args.json, columns)
                 return 0
             status = CaseStatus(args.status) if args.status else None
             found = await store.list_cases(subject=args.subject, status=status, limit=args.limit)
@@ -196,6 +199,7 @@ async def _run(args: argparse.Namespace) -> int:
                     "state": e.state,
                     "attempts": e.attempts,
                     "last_error": e.last_error,
+                    "cause": e.cause,
                 }
                 for e in await store.entries(case.case_id)
             ]

@@ -274,6 +274,8 @@ class Part:
     updated_at: str | None = None
     supplement: SupplementRequest | None = None
     """The latest 补齐补正 request of this part (kept after it is answered)."""
+    cause: str | None = None
+    """Beside ``error_code`` of a dead letter: the first failure the system itself gave."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from gateway.cases.store import (
     IdempotencyConflict,
     PartChange,
     StaleCase,
+    Step,
     SupplementSeen,
     TransitionDraft,
 )
@@ -360,10 +361,11 @@ class CaseService:
         asked = body.get("supplement")
         if asked is not None and not isinstance(asked, dict):
             raise CallbackInvalid("supplement must be an object.")
-        for _ in range(5):
-            case = await self.store.get(case_id)
-            if case is None:
-                raise CallbackInvalid("No such case.")
+        changed = False
+        at = iso_now()
+
+        def plan(case: Case) -> Step:
+            nonlocal changed
             mine = [p for p in case.parts if p.system == system]
             if "part" in body:
                 mine = [p for p in mine if p.number == body["part"]]
@@ -378,34 +380,39 @@ class CaseService:
             if part_moves_on(part.status, target) and not answered_already(case, part, target):
                 request = None
                 if target == PartStatus.SUPPLEMENT_REQUESTED:
-                    request = read_request(asked, iso_now())  # 补齐补正: what is missing
+                    request = read_request(asked, at)  # 补齐补正: what is missing
                 changes.append(PartChange(part.number, target, result=result, supplement=request))
+            changed = bool(changes)
             try:
-                step = plan_step(
+                return plan_step(
                     case,
                     changes,
-                    at=iso_now(),
+                    at=at,
                     now=self._clock(),
                     reason=f"callback {system}#{sequence}",
                     callback=(system, sequence),
                 )
             except IllegalTransition:
-                step = plan_step(
-                    case, [], at=iso_now(), now=self._clock(), callback=(system, sequence)
-                )
-            try:
-                await self.store.commit(step)
-            except StaleCase:
-                continue
-            except CallbackSeen as seen:
-                await self._audit_callback(system, case, seen.reason, request_id)
-                return CallbackOutcome(seen.reason, case_id)
-            await self._audit_callback(system, case, "applied", request_id)
-            await self._audit_transitions(case, step.transitions, request_id)
-            if step.schedule or step.events:
-                self._on_written()
-            return CallbackOutcome("applied" if changes else "unchanged", case_id)
-        raise CaseStoreDown("The case kept changing; send the callback again.")
+                changed = False
+                return plan_step(case, [], at=at, now=self._clock(), callback=(system, sequence))
+
+        try:
+            # Planned under the case's lock: parts answered at the same instant all land.
+            applied = await self.store.apply(case_id, plan)
+        except CallbackSeen as seen:
+            known = await self.store.get(case_id)
+            if known is not None:
+                await self._audit_callback(system, known, seen.reason, request_id)
+            return CallbackOutcome(seen.reason, case_id)
+        except CaseStoreUnavailable as exc:
+            raise CaseStoreDown("The callback could not be recorded; send it again.") from exc
+        if applied is None or applied.step is None:
+            raise CallbackInvalid("No such case.")
+        await self._audit_callback(system, applied.case, "applied", request_id)
+        await self._audit_transitions(applied.case, applied.step.transitions, request_id)
+        if applied.step.schedule or applied.step.events:
+            self._on_written()
+        return CallbackOutcome("applied" if changed else "unchanged", case_id)
 
     async def audit_refused_callback(
         self, system: str, error_code: str, request_id: str | None

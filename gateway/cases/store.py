@@ -9,7 +9,7 @@ entry's lease. It decides nothing: the worker and the callback handler plan the 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -98,6 +98,9 @@ class OutboxEntry:
     payload: Mapping[str, Any] | None
     last_error: str | None
     created_at: str
+    cause: str | None = None
+    """The first failure the system itself gave (``code: detail``), kept beside ``last_error``
+    when later attempts only met the paused breaker."""
 
     @property
     def abandoned(self) -> bool:
@@ -123,6 +126,8 @@ class PartChange:
     error_code: str | None = None
     supplement: SupplementRequest | None = None
     """What the handling province asked for (补齐补正); replaces the stored request when given."""
+    cause: str | None = None
+    """With a dead letter: the first failure the system itself gave (``code: detail``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +146,8 @@ class FinishEntry:
     owner: str
     state: Literal["done", "dead"] = "done"
     error: str | None = None
+    cause: str | None = None
+    """Kept as the entry's cause unless it has one already (the first failure wins)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +172,16 @@ class Step:
     """The applicant's supplement this step takes in, written with the step: its key already
     used raises SupplementSeen (same body) or IdempotencyConflict (another body)."""
     now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What ``CaseStore.apply`` did: the case as the plan saw it, and the step it wrote."""
+
+    case: Case
+    """The case read under its lock, before the step."""
+    step: Step | None
+    """The step written; None when the plan found nothing to change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +240,25 @@ class CaseStore(Protocol):
         """Apply ``step`` or raise StaleCase / LeaseLost / CallbackSeen / SupplementSeen /
         IdempotencyConflict, changing nothing."""
 
-    async def reschedule(self, entry_id: int, owner: str, *, due: float, error: str) -> None:
-        """Record a failed attempt and release the lease until ``due``; LeaseLost if not ours."""
+    async def apply(
+        self,
+        case_id: str,
+        plan: Callable[[Case], Step | None],
+        *,
+        otherwise: FinishEntry | None = None,
+    ) -> Applied | None:
+        """Read the case under its lock, call ``plan`` on it (pure, no I/O) and write the step it
+        returns, all in one transaction: concurrent appliers to one case wait for each other
+        and none fails for having read an older version, so N parts answering at once all
+        land. ``plan`` returning None writes nothing but ``otherwise`` (an entry to finish).
+        None when there is no such case (``otherwise`` still finished). Raises LeaseLost /
+        CallbackSeen / SupplementSeen / IdempotencyConflict from the step, changing nothing."""
+
+    async def reschedule(
+        self, entry_id: int, owner: str, *, due: float, error: str, cause: str | None = None
+    ) -> None:
+        """Record a failed attempt and release the lease until ``due``; LeaseLost if not ours.
+        ``cause`` is kept only if the entry has none yet (the first failure wins)."""
 
     async def finish(self, finish: FinishEntry) -> None:
         """Close an entry that changes no case (an event handed to the sink, a stale entry)."""

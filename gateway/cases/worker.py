@@ -50,14 +50,13 @@ from gateway.cases.store import (
     NewEntry,
     OutboxEntry,
     PartChange,
-    StaleCase,
     Step,
 )
 from gateway.cases.supplements import requested_supplement, supplement_input
 from gateway.catalog import CallResult, Catalog, Route
 from gateway.errors import BackendError, GatewayError, is_retryable
 from gateway.mapping import compile_mapping
-from gateway.pipeline import CallTrace
+from gateway.pipeline import CallTrace, failure_cause
 
 log = structlog.get_logger("tongban.cases")
 
@@ -70,7 +69,6 @@ _OUTCOME_TO_PART: Final[Mapping[str, PartStatus]] = {
     "not_accepted": PartStatus.NOT_ACCEPTED,
     "returned": PartStatus.RETURNED,
 }
-_STALE_RETRIES: Final = 5
 
 
 def part_status_of(outcome: PartOutcome | str) -> PartStatus:
@@ -343,7 +341,9 @@ class DeliveryWorker:
         if policy == "never" and error.reached_backend:
             await self._to_outcome_unknown(entry, case, error.code, config)
         elif is_retryable(error) or not error.reached_backend:
-            await self._retry_later(entry, case, error.code, error.retry_after)
+            await self._retry_later(
+                entry, case, error.code, error.retry_after, cause=failure_cause(error)
+            )
         else:
             # The handling system understood and refused the application: 不予受理.
             await self._advance(
@@ -397,7 +397,14 @@ class DeliveryWorker:
             return
         if result is None:
             assert error is not None
-            await self._retry_later(entry, case, error.code, error.retry_after, dead=False)
+            await self._retry_later(
+                entry,
+                case,
+                error.code,
+                error.retry_after,
+                dead=False,
+                cause=failure_cause(error),
+            )
             return
         outcome = outcome_of(result.data, config)
         polls = int((entry.payload or {}).get("polls", 0)) + 1
@@ -478,7 +485,9 @@ class DeliveryWorker:
             return
         if result is None:
             assert error is not None
-            await self._retry_later(entry, case, error.code, error.retry_after)
+            await self._retry_later(
+                entry, case, error.code, error.retry_after, cause=failure_cause(error)
+            )
             return
         self.stats.reconciled += 1
         answer = result.data if isinstance(result.data, Mapping) else {}
@@ -519,17 +528,20 @@ class DeliveryWorker:
         retry_after: float | None = None,
         *,
         dead: bool = True,
+        cause: str | None = None,
     ) -> None:
         if self._exhausted(entry):
             if dead:
-                await self._dead_letter(entry, case, error_code)
+                await self._dead_letter(entry, case, error_code, cause)
             else:
                 await self._store.finish(
-                    FinishEntry(entry.entry_id, self.owner, "done", error_code)
+                    FinishEntry(entry.entry_id, self.owner, "done", error_code, cause)
                 )
             return
         due = self._clock() + self._backoff(entry.attempts + 1, retry_after)
-        await self._store.reschedule(entry.entry_id, self.owner, due=due, error=error_code)
+        await self._store.reschedule(
+            entry.entry_id, self.owner, due=due, error=error_code, cause=cause
+        )
         self.stats.retried += 1
         log.info(
             "case_delivery_deferred",
@@ -538,21 +550,28 @@ class DeliveryWorker:
             error_code=error_code,
         )
 
-    async def _dead_letter(self, entry: OutboxEntry, case: Case, reason: str) -> None:
+    async def _dead_letter(
+        self, entry: OutboxEntry, case: Case, reason: str, cause: str | None = None
+    ) -> None:
+        """Give up on the entry: its part is dead-lettered with the last error and, beside it,
+        the first failure the system itself gave (a breaker's pause hides it otherwise)."""
         assert entry.part is not None
         self.stats.dead_lettered += 1
+        first = entry.cause or cause
         log.warning(
             "case_dead_lettered",
             case_id=case.case_id,
             attempt=entry.attempts + 1,
             error_code=reason,
+            cause=first,
         )
         await self._advance(
             entry,
             case,
-            PartChange(entry.part, PartStatus.DEAD_LETTERED, error_code=reason),
+            PartChange(entry.part, PartStatus.DEAD_LETTERED, error_code=reason, cause=first),
             finish_state="dead",
             reason=reason,
+            cause=first,
         )
 
     async def _advance(
@@ -566,45 +585,44 @@ class DeliveryWorker:
         result: CallResult | None = None,
         reason: str | None = None,
         finish_state: str = "done",
+        cause: str | None = None,
     ) -> None:
-        """Commit the part change with the entry's finish; re-plan on a concurrent change."""
+        """Commit the part change with the entry's finish, planned on the case as it is stored
+        at that moment (under its lock): other parts' answers landing at the same instant are
+        in the plan, never a reason to give up."""
         finish = FinishEntry(
             entry.entry_id,
             self.owner,
             "dead" if finish_state == "dead" else "done",
             reason if finish_state == "dead" else None,
+            cause,
         )
-        for _ in range(_STALE_RETRIES):
+        at = iso_now()
+
+        def plan(fresh: Case) -> Step | None:
+            moved = change
+            if moved is not None and not part_moves_on(fresh.part(moved.part).status, moved.status):
+                moved = None  # a callback got there first with newer news
             try:
-                step = plan_step(
-                    case,
-                    [change] if change is not None else [],
-                    at=iso_now(),
+                return plan_step(
+                    fresh,
+                    [moved] if moved is not None else [],
+                    at=at,
                     now=self._clock(),
                     reason=reason,
                     finish=finish,
                     schedule=schedule,
                 )
             except IllegalTransition as exc:
-                # A callback moved the case on meanwhile (closed it, say): keep what it says.
-                log.info("case_update_superseded", case_id=case.case_id, status=str(exc.current))
-                await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "late"))
-                return
-            try:
-                await self._store.commit(step)
-            except StaleCase:
-                fresh = await self._store.get(case.case_id)
-                if fresh is None:
-                    return
-                if change is not None and not part_moves_on(
-                    fresh.part(change.part).status, change.status
-                ):
-                    change = None  # a callback got there first with newer news
-                case = fresh
-                continue
-            await self._audit_step(case, step, trace, result)
-            return
-        raise StaleCase(case.case_id)
+                # The case moved on meanwhile (closed, say): keep what it says.
+                log.info("case_update_superseded", case_id=fresh.case_id, status=str(exc.current))
+                return None
+
+        applied = await self._store.apply(
+            case.case_id, plan, otherwise=FinishEntry(entry.entry_id, self.owner, "done", "late")
+        )
+        if applied is not None and applied.step is not None:
+            await self._audit_step(applied.case, applied.step, trace, result)
 
     async def _audit_step(
         self, case: Case, step: Step, trace: CallTrace | None, result: CallResult | None

@@ -205,6 +205,8 @@ def case_view(case: Case) -> dict[str, Any]:
                 "status": p.status.value,
                 "result": p.result,
                 "error_code": p.error_code,
+                # Beside a dead letter's last error: what the system itself failed with first.
+                "cause": p.cause,
                 "updated_at": p.updated_at,
                 # 补齐补正: what the handling province asked for last (kept once answered).
                 "supplement_request": p.supplement.as_json() if p.supplement else None,
@@ -380,6 +382,7 @@ async def dead_letters(request: web.Request) -> web.Response:
                     "kind": e.kind.value,
                     "attempts": e.attempts,
                     "reason": e.last_error,
+                    "cause": e.cause,
                     "created_at": e.created_at,
                 }
                 for e in entries
@@ -482,6 +485,11 @@ _CASE = {
                 "properties": {
                     "part": {"type": "integer"},
                     "status": {"type": "string"},
+                    "error_code": {"type": ["string", "null"]},
+                    "cause": {
+                        "type": ["string", "null"],
+                        "description": "A dead letter's first failure of the system itself",
+                    },
                     "supplement_request": _SUPPLEMENT_REQUEST,
                 },
             },

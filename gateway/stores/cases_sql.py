@@ -11,7 +11,7 @@ Only the claim differs between the two (``FOR UPDATE SKIP LOCKED`` on PostgreSQL
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 import orjson
@@ -31,6 +31,7 @@ from gateway.cases.model import (
     Transition,
 )
 from gateway.cases.store import (
+    Applied,
     CallbackSeen,
     CaseCounts,
     CreateResult,
@@ -163,6 +164,16 @@ def case_migrations(serial: str, real: str) -> tuple[Migration, ...]:
                 )""",
             ),
         ),
+        Migration(
+            5,
+            "the first cause of a delivery's failures, beside its last error",
+            (
+                # A dead letter reading backend.circuit_open must still say what the system
+                # itself answered (a 503, say) before the breaker paused it.
+                "ALTER TABLE case_outbox ADD COLUMN cause TEXT",
+                "ALTER TABLE case_parts ADD COLUMN cause TEXT",
+            ),
+        ),
     )
 
 
@@ -176,7 +187,8 @@ class Tx(Protocol):
 
 
 OUTBOX_COLUMNS: Final = (
-    "entry_id, case_id, part, kind, state, attempts, claims, due, payload, last_error, created_at"
+    "entry_id, case_id, part, kind, state, attempts, claims, due, payload, last_error, created_at,"
+    " cause"
 )
 _CASE_COLUMNS: Final = (
     "case_id, service, mode, subject, actor, actor_role, client_id, level, receiving_province,"
@@ -231,6 +243,7 @@ def entry_from_row(row: Sequence[Any]) -> OutboxEntry:
         payload=_load(row[8]),
         last_error=row[9],
         created_at=row[10],
+        cause=row[11],
     )
 
 
@@ -240,6 +253,10 @@ def _event_entry(event: CaseEvent, now: float) -> NewEntry:
 
 class SqlCaseStore:
     """Shared statements; subclasses provide ``_tx`` (write transaction), ``_read`` and claim."""
+
+    _LOCK_ROW: str = ""
+    """What makes a SELECT take the row's write lock (PostgreSQL: FOR UPDATE); SQLite's
+    BEGIN IMMEDIATE makes the transaction the only writer already."""
 
     def _tx(self) -> contextlib.AbstractAsyncContextManager[Tx]:
         raise NotImplementedError
@@ -387,86 +404,104 @@ class SqlCaseStore:
 
     async def commit(self, step: Step) -> Case:
         async with self._tx() as tx:
-            # The case row first: on PostgreSQL this takes its lock before anything else.
-            changed = await tx.execute(
-                "UPDATE cases SET status = ?, version = version + 1, updated_at = ?"
-                + (", data = NULL" if step.erase_data else "")
-                + " WHERE case_id = ? AND version = ?",
-                step.status.value,
-                step.at,
-                step.case_id,
-                step.expected_version,
-            )
-            if not changed:
-                raise StaleCase(step.case_id)
-            if step.finish is not None:
-                await self._finish(tx, step.finish)
-            if step.callback is not None:
-                await self._advance_callback(tx, step.callback, step.at)
-            if step.supplement is not None:
-                await self._insert_supplement(tx, step.case_id, step.supplement)
-            for change in step.parts:
-                if change.result is not None:
-                    await tx.execute(
-                        "UPDATE case_parts SET status = ?, result = ?, error_code = ?,"
-                        " updated_at = ? WHERE case_id = ? AND part = ?",
-                        change.status.value,
-                        _json(change.result),
-                        change.error_code,
-                        step.at,
-                        step.case_id,
-                        change.part,
-                    )
-                else:
-                    await tx.execute(
-                        "UPDATE case_parts SET status = ?, error_code = ?, updated_at = ?"
-                        " WHERE case_id = ? AND part = ?",
-                        change.status.value,
-                        change.error_code,
-                        step.at,
-                        step.case_id,
-                        change.part,
-                    )
-            for change in step.parts:
-                if change.supplement is not None:
-                    await tx.execute(
-                        "UPDATE case_parts SET supplement = ? WHERE case_id = ? AND part = ?",
-                        _json(change.supplement.as_json()),
-                        step.case_id,
-                        change.part,
-                    )
-            if step.transitions:
-                rows = await tx.fetch(
-                    "SELECT COALESCE(MAX(sequence), 0) FROM case_transitions WHERE case_id = ?",
-                    step.case_id,
-                )
-                sequence = int(rows[0][0])
-                for draft in step.transitions:
-                    sequence += 1
-                    await self._insert_transition(tx, step.case_id, sequence, step.at, draft)
-            for entry_id in step.revive:
-                await tx.execute(
-                    "UPDATE case_outbox SET state = 'pending', attempts = 0, claims = 0,"
-                    " due = ?, lease_owner = NULL, lease_until = NULL"
-                    " WHERE entry_id = ? AND case_id = ? AND state = 'dead'",
-                    step.now,
-                    entry_id,
-                    step.case_id,
-                )
-            for entry in (*step.schedule, *(_event_entry(e, step.now) for e in step.events)):
-                await self._insert_entry(tx, step.case_id, entry, step.at)
+            await self._write_step(tx, step, check_version=True)
         found = await self.get(step.case_id)
         assert found is not None
         return found
+
+    async def apply(
+        self,
+        case_id: str,
+        plan: Callable[[Case], Step | None],
+        *,
+        otherwise: FinishEntry | None = None,
+    ) -> Applied | None:
+        async with self._tx() as tx:
+            # Under the case's lock (PostgreSQL: the row's FOR UPDATE; SQLite: BEGIN IMMEDIATE
+            # already made this the only writer), so the plan sees every committed part.
+            case = await self._read_case(tx, case_id, lock=True)
+            if case is None:
+                if otherwise is not None:
+                    await self._finish(tx, otherwise)
+                return None
+            step = plan(case)
+            if step is not None:
+                await self._write_step(tx, step, check_version=False)
+            elif otherwise is not None:
+                await self._finish(tx, otherwise)
+        return Applied(case, step)
+
+    async def _write_step(self, tx: Tx, step: Step, *, check_version: bool) -> None:
+        # The case row first: on PostgreSQL this takes its lock before anything else.
+        changed = await tx.execute(
+            "UPDATE cases SET status = ?, version = version + 1, updated_at = ?"
+            + (", data = NULL" if step.erase_data else "")
+            + " WHERE case_id = ?"
+            + (" AND version = ?" if check_version else ""),
+            step.status.value,
+            step.at,
+            step.case_id,
+            *((step.expected_version,) if check_version else ()),
+        )
+        if not changed:
+            raise StaleCase(step.case_id)
+        if step.finish is not None:
+            await self._finish(tx, step.finish)
+        if step.callback is not None:
+            await self._advance_callback(tx, step.callback, step.at)
+        if step.supplement is not None:
+            await self._insert_supplement(tx, step.case_id, step.supplement)
+        for change in step.parts:
+            await tx.execute(
+                "UPDATE case_parts SET status = ?, error_code = ?, cause = ?, updated_at = ?"
+                + (", result = ?" if change.result is not None else "")
+                + " WHERE case_id = ? AND part = ?",
+                change.status.value,
+                change.error_code,
+                change.cause,
+                step.at,
+                *((_json(change.result),) if change.result is not None else ()),
+                step.case_id,
+                change.part,
+            )
+            if change.supplement is not None:
+                await tx.execute(
+                    "UPDATE case_parts SET supplement = ? WHERE case_id = ? AND part = ?",
+                    _json(change.supplement.as_json()),
+                    step.case_id,
+                    change.part,
+                )
+        if step.transitions:
+            rows = await tx.fetch(
+                "SELECT COALESCE(MAX(sequence), 0) FROM case_transitions WHERE case_id = ?",
+                step.case_id,
+            )
+            sequence = int(rows[0][0])
+            for draft in step.transitions:
+                sequence += 1
+                await self._insert_transition(tx, step.case_id, sequence, step.at, draft)
+        for entry_id in step.revive:
+            await tx.execute(
+                "UPDATE case_outbox SET state = 'pending', attempts = 0, claims = 0,"
+                " due = ?, lease_owner = NULL, lease_until = NULL"
+                " WHERE entry_id = ? AND case_id = ? AND state = 'dead'",
+                step.now,
+                entry_id,
+                step.case_id,
+            )
+        for entry in (*step.schedule, *(_event_entry(e, step.now) for e in step.events)):
+            await self._insert_entry(tx, step.case_id, entry, step.at)
 
     @staticmethod
     async def _finish(tx: Tx, finish: FinishEntry) -> None:
         owned = await tx.execute(
             "UPDATE case_outbox SET state = ?, attempts = attempts + 1,"
             " claims = attempts + 1, lease_owner = NULL, lease_until = NULL,"
-            " last_error = ? WHERE entry_id = ? AND lease_owner = ? AND state = 'pending'",
+            " last_error = ?, cause = COALESCE(cause, ?)"
+            " WHERE entry_id = ? AND lease_owner = ? AND state = 'pending'",
             finish.state,
             finish.error,
+            finish.cause,
             finish.entry_id,
             finish.owner,
         )
@@ -529,14 +564,18 @@ class SqlCaseStore:
                 at,
             )
 
-    async def reschedule(self, entry_id: int, owner: str, *, due: float, error: str) -> None:
+    async def reschedule(
+        self, entry_id: int, owner: str, *, due: float, error: str, cause: str | None = None
+    ) -> None:
         async with self._tx() as tx:
             owned = await tx.execute(
                 "UPDATE case_outbox SET attempts = attempts + 1, claims = attempts + 1,"
-                " due = ?, last_error = ?, lease_owner = NULL, lease_until = NULL"
+                " due = ?, last_error = ?, cause = COALESCE(cause, ?),"
+                " lease_owner = NULL, lease_until = NULL"
                 " WHERE entry_id = ? AND lease_owner = ? AND state = 'pending'",
                 due,
                 error,
+                cause,
                 entry_id,
                 owner,
             )
@@ -556,24 +595,32 @@ class SqlCaseStore:
 
     async def get(self, case_id: str) -> Case | None:
         async with self._read() as conn:
-            rows = await conn.fetch(f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id = ?", case_id)
-            if not rows:
-                return None
-            parts = await conn.fetch(
-                "SELECT part, handling_province, operation, system, status, result, error_code,"
-                " updated_at, supplement FROM case_parts WHERE case_id = ? ORDER BY part",
-                case_id,
-            )
-            supplements = await conn.fetch(
-                "SELECT sequence, part, idempotency_key, body_digest, materials, note, actor,"
-                " submitted_at FROM case_supplements WHERE case_id = ? ORDER BY sequence",
-                case_id,
-            )
-            timeline = await conn.fetch(
-                "SELECT sequence, at, from_status, to_status, part, part_status, actor, reason"
-                " FROM case_transitions WHERE case_id = ? ORDER BY sequence",
-                case_id,
-            )
+            return await self._read_case(conn, case_id)
+
+    async def _read_case(self, conn: Tx, case_id: str, *, lock: bool = False) -> Case | None:
+        """The whole case as ``conn`` sees it; ``lock``: take the case row's write lock first."""
+        rows = await conn.fetch(
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id = ?"
+            + (self._LOCK_ROW if lock else ""),
+            case_id,
+        )
+        if not rows:
+            return None
+        parts = await conn.fetch(
+            "SELECT part, handling_province, operation, system, status, result, error_code,"
+            " updated_at, supplement, cause FROM case_parts WHERE case_id = ? ORDER BY part",
+            case_id,
+        )
+        supplements = await conn.fetch(
+            "SELECT sequence, part, idempotency_key, body_digest, materials, note, actor,"
+            " submitted_at FROM case_supplements WHERE case_id = ? ORDER BY sequence",
+            case_id,
+        )
+        timeline = await conn.fetch(
+            "SELECT sequence, at, from_status, to_status, part, part_status, actor, reason"
+            " FROM case_transitions WHERE case_id = ? ORDER BY sequence",
+            case_id,
+        )
         row = rows[0]
         return Case(
             case_id=row[0],
@@ -607,6 +654,7 @@ class SqlCaseStore:
                     error_code=p[6],
                     updated_at=p[7],
                     supplement=_request(_load(p[8])),
+                    cause=p[9],
                 )
                 for p in parts
             ),

@@ -63,6 +63,8 @@ class _PgTx:
 
 
 class PostgresCaseStore(SqlCaseStore):
+    _LOCK_ROW = " FOR UPDATE"
+
     def __init__(
         self,
         dsn: str,

@@ -189,7 +189,7 @@ async def _no_sleep(_: float) -> None:
 
 
 def build_catalog(
-    tmp_path: Path, provinces: tuple[str, ...] = ("61", "62")
+    tmp_path: Path, provinces: tuple[str, ...] = ("61", "62"), *, failure_threshold: int = 1000
 ) -> tuple[Catalog, dict[str, FakeProvince]]:
     config = settings(tmp_path, provinces)
     fakes = {p: FakeProvince(p) for p in provinces}
@@ -198,7 +198,7 @@ def build_catalog(
             sid,
             system,
             FakeAdapter(fakes[system.province].handle),
-            CircuitBreaker(sid, failure_threshold=1000, reset_timeout=1.0),
+            CircuitBreaker(sid, failure_threshold=failure_threshold, reset_timeout=3600.0),
             asyncio.Semaphore(8),
         )
         for sid, system in config.systems.items()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from gateway.cases.lifecycle import plan_replay, plan_step
 from gateway.cases.model import (
+    Case,
     CaseEvent,
     CaseStatus,
     MaterialRef,
@@ -29,6 +32,7 @@ from gateway.cases.store import (
     LeaseLost,
     PartChange,
     StaleCase,
+    Step,
     TransitionDraft,
 )
 from tests.unit.cases.conftest import StoreFactory
@@ -255,3 +259,80 @@ async def test_lists_by_subject_and_by_window(store: CaseStore) -> None:
     counts = await store.counts()
     assert counts.by_status == {"received": 3}
     assert counts.pending_entries == 6
+
+
+async def test_parts_applied_at_once_from_two_instances_all_land(
+    store_factory: StoreFactory,
+) -> None:
+    """Each apply plans on the case as stored under its lock: none fails for a concurrent one."""
+    first, second = store_factory(), store_factory()
+    await first.open()
+    await second.open()
+    try:
+        many = dataclasses.replace(
+            new_case(parts=1), parts=tuple(PartPlan("61", "apply", "sys-61") for _ in range(12))
+        )
+        case = (await create(first, many)).case
+
+        def done(number: int) -> Callable[[Case], Step]:
+            def plan(fresh: Case) -> Step:
+                change = PartChange(number, PartStatus.DONE, result={"n": number})
+                return plan_step(fresh, [change], at=AT, now=1.0)
+
+            return plan
+
+        applied = await asyncio.gather(
+            *(
+                (first if n % 2 else second).apply(case.case_id, done(n))
+                for n in range(len(many.parts))
+            )
+        )
+        assert all(a is not None and a.step is not None for a in applied)
+        after = await first.get(case.case_id)
+        assert after is not None
+        assert [p.status for p in after.parts] == [PartStatus.DONE] * 12
+        assert [p.result for p in after.parts] == [{"n": n} for n in range(12)]
+        assert after.status == CaseStatus.CLOSED
+        assert after.version == case.version + 12
+        part_lines = [t.part for t in after.transitions if t.part_status == PartStatus.DONE]
+        assert sorted(part_lines) == list(range(12))  # type: ignore[type-var]
+        assert [t.to_status for t in after.transitions].count(CaseStatus.CLOSED) == 1
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_apply_finishes_the_entry_when_the_plan_changes_nothing(store: CaseStore) -> None:
+    case = (await create(store, new_case())).case
+    [entry] = [
+        e for e in await store.claim("w1", now=1e9, lease=30.0, limit=10) if e.part is not None
+    ]
+    applied = await store.apply(
+        case.case_id, lambda _case: None, otherwise=FinishEntry(entry.entry_id, "w1", "done", "x")
+    )
+    assert applied is not None
+    assert applied.step is None
+    after = await store.get(case.case_id)
+    assert after is not None
+    assert after.version == case.version
+    states = {e.entry_id: e.state for e in await store.entries(case.case_id)}
+    assert states[entry.entry_id] == "done"
+    assert await store.apply("TB63NOSUCHCASE", lambda _case: None) is None
+
+
+async def test_apply_changes_nothing_when_the_lease_is_lost(store: CaseStore) -> None:
+    case = (await create(store, new_case())).case
+    [entry] = [
+        e for e in await store.claim("w1", now=1e9, lease=30.0, limit=10) if e.part is not None
+    ]
+
+    def plan(fresh: Case) -> Step:
+        finish = FinishEntry(entry.entry_id, "someone-else")
+        return plan_step(fresh, [PartChange(0, PartStatus.DONE)], at=AT, now=1.0, finish=finish)
+
+    with pytest.raises(LeaseLost):
+        await store.apply(case.case_id, plan)
+    after = await store.get(case.case_id)
+    assert after is not None
+    assert after.version == case.version
+    assert after.parts[0].status == PartStatus.PENDING

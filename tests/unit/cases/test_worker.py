@@ -152,6 +152,46 @@ async def test_outage_is_retried_on_a_persisted_schedule_then_dead_lettered_and_
     assert await rig.store.dead_letters() == []
 
 
+async def test_a_dead_letter_keeps_the_failure_that_paused_the_system(
+    store: CaseStore, tmp_path: Path
+) -> None:
+    """Two 503s open the breaker; the third delivery meets only the pause. The dead letter says
+    both: the last error (the pause) and, beside it, the system's own first failure."""
+    catalog, fakes = build_catalog(tmp_path, failure_threshold=2)
+    clock = FakeClock()
+    settings = DeliverySettings(max_attempts=3, initial_backoff=10, max_backoff=100, jitter=0)
+    worker = DeliveryWorker(
+        store, lambda: catalog, settings, events=MemorySink(), clock=clock, rng=random.Random(1)
+    )
+    service = CaseService(store, lambda: catalog, clock=clock)
+    fakes["61"].fail_next = [
+        BackendServerError("HTTP 503 from system sys-61.", reached_backend=True) for _ in range(2)
+    ]
+    envelope = {
+        "service": "filing",
+        "operation": "apply",
+        "receiving_province": "63",
+        "handling_province": "61",
+        "purpose": "test",
+        "data": {"n": 1},
+        "materials": MATERIALS,
+    }
+    case_id = (await service.submit(CITIZEN, envelope, idempotency_key="key-breaker1")).case.case_id
+    for _ in range(3):
+        await worker.drain()
+        clock.advance(200)
+    assert len(fakes["61"].sends) == 2, "the paused system was not called a third time"
+    case = await store.get(case_id)
+    assert case is not None
+    (part,) = case.parts
+    assert part.status == PartStatus.DEAD_LETTERED
+    assert part.error_code == "backend.circuit_open"
+    assert part.cause == "backend.server_error: HTTP 503 from system sys-61."
+    (dead,) = await store.dead_letters()
+    assert dead.last_error == "backend.circuit_open"
+    assert dead.cause == "backend.server_error: HTTP 503 from system sys-61."
+
+
 async def test_refusal_by_the_back_end_is_not_accepted_and_closes(rig: Rig) -> None:
     rig.fakes["61"].fail_next = [BackendRejected("no", reached_backend=True)]
     case_id = await rig.submit()
