@@ -81,7 +81,9 @@ def terminal_banner(
 ) -> str:
     """The banner: portals and accounts first, then the other servers, then where the curl
     lines are."""
-    portal_lines = [f"  {p.title:<40} {p.base_url}/" for p in identity.portals.values()] + [
+    portal_lines = [
+        f"  {p.title + ' ' + p.title_en:<40} {p.base_url}/" for p in identity.portals.values()
+    ] + [
         f"  {'窗口受理 window clerk console (Shaanxi)':<40} {p.base_url}/window"
         for p in identity.portals.values()
         if p.window is not None

@@ -87,6 +87,7 @@ class IdpChoice:
     zh: str
     en: str
     available: bool
+    for_enterprises: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,12 +464,24 @@ class SessionAuthenticator:
         if self.provider is not None and record["client_id"] in self.provider.clients:
             registration = self.provider.clients[record["client_id"]].registration
             client_name = registration.name or registration.client_id
-        choices = []
+        choices: list[IdpChoice] = []
         for idp_id, idp in sorted(self.idps.items(), key=lambda item: item[1].province):
             if not self.offers(record["client_id"], idp_id):
                 continue
+            # One platform configured twice (one login page, two back channels: HTTP and SOAP)
+            # is one choice for a person; the first listed is offered, the other stays
+            # reachable by idp_hint.
+            if any(c.province == idp.province and c.zh == idp.display_name[0] for c in choices):
+                continue
             choices.append(
-                IdpChoice(idp_id, idp.province, idp.display_name[0], idp.display_name[1], False)
+                IdpChoice(
+                    idp_id,
+                    idp.province,
+                    idp.display_name[0],
+                    idp.display_name[1],
+                    False,
+                    idp.for_enterprises,
+                )
             )
         availability = [await idp.available() for idp in (self.idps[c.idp_id] for c in choices)]
         return LoginView(

@@ -135,6 +135,7 @@ class TicketUpstream:
         self.platform = platform
         self.province = settings.province
         self.display_name = (settings.name.zh, settings.name.en)
+        self.for_enterprises = False
         self.settings = settings
         self._http = http
         self._config_dir = config_dir
