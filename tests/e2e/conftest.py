@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.demo_process import running_demo
 from tests.flows.conftest import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -40,3 +44,14 @@ def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
             "shaanxi": running.named("Shaanxi portal"),
             "legacy": running.named("legacy business system"),
         }
+
+
+def staff_directory_sign_in(page: Page, staff_id: str = "clerk-61-0007") -> None:
+    """From the gateway's staff chooser, through the staff directory's own form, back at the
+    console (password 'demo')."""
+    page.click("#continue")
+    page.wait_for_selector("#staff-sign-in")
+    page.select_option("#staff", staff_id)
+    page.fill("#staff-password", "demo")
+    page.click("#staff-sign-in")
+    page.wait_for_selector("#clerk-who")

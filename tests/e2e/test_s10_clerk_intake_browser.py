@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.demo.residents import SU_LANXIN
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS, staff_directory_sign_in
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext
@@ -57,12 +57,7 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
             assert choices.count() == 1
             assert choices.get_attribute("value") == "shaanxi-staff"
             assert "staff directory" in clerk.inner_text("body")
-            clerk.click("#continue")
-            clerk.wait_for_selector("#staff-sign-in")
-            clerk.select_option("#staff", "clerk-61-0007")
-            clerk.fill("#staff-password", "demo")
-            clerk.click("#staff-sign-in")
-            clerk.wait_for_selector("#clerk-who")
+            staff_directory_sign_in(clerk)
             # Her name and staff id as the staff directory gives them.
             assert "王静" in clerk.inner_text("#clerk-who")
             assert "clerk-61-0007" in clerk.inner_text("#clerk-who")

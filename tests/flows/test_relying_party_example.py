@@ -26,14 +26,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer, unused_port
 from authlib.integrations.base_client import OAuthError
 
-from gateway.app import create_app, open_provider
-from gateway.demo.backends import DemoSecrets, start_demo_backends
 from gateway.demo.examples import DEMO_CALLS
-from gateway.demo.federation import DemoIdentity, DemoIdentitySecrets, start_demo_identity
-from gateway.demo.runner import demo_identity_env, point_at
-from gateway.http.login import build_authenticator
+from gateway.demo.federation import DemoIdentity
 from gateway.settings import load_settings
 from tests.flows.conftest import CONFIG_DIR
+from tests.flows.portal_stack import portal_stack
 from tests.flows.test_federated_sso import browser, idp_login
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "relying-parties.md"
@@ -84,12 +81,7 @@ async def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     clients["clients"][client_id] = entry
     (config / "clients.yaml").write_text(yaml.safe_dump(clients, allow_unicode=True))
 
-    backend_secrets = DemoSecrets.generate()
     secret = "example-app-secret-0123456789"
-    env = {**backend_secrets.env(), **demo_identity_env(tmp_path), SECRET_ENV: secret}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)  # exported before the gateway reads its configuration
-
     # The application's own server: its redirect URI and its post-logout page.
     callbacks: list[str] = []
 
@@ -100,28 +92,18 @@ async def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     app = web.Application()
     app.router.add_get("/callback", callback)
     app.router.add_get("/", signed_out)
-    port = unused_port()
-    gateway = f"http://127.0.0.1:{port}"
-    async with (
-        await start_demo_backends(backend_secrets, config_dir=config) as backends,
-        await start_demo_identity(gateway, DemoIdentitySecrets.from_env(env)) as identity,
-    ):
-        settings = point_at(load_settings(config), backends.overrides(), tmp_path, port=port)
-        settings = identity.configure(settings)
-        provider = await open_provider(settings, build_authenticator(settings))
-        assert provider is not None
-        servers = [
-            TestServer(create_app(settings, verifier=provider.access_token_verifier(),
-                                  oidc=provider), host="127.0.0.1", port=port),
-            TestServer(app, host="127.0.0.1", port=int(app_url.rsplit(":", 1)[1])),
-        ]  # fmt: skip
-        for server in servers:
-            await server.start_server()
-        try:
-            yield Setup(gateway, app_url, secret, client_id, entry, callbacks, identity)
-        finally:
-            for server in servers:
-                await server.close()
+    server = TestServer(app, host="127.0.0.1", port=int(app_url.rsplit(":", 1)[1]))
+    await server.start_server()
+    try:
+        # The secret is exported before the gateway reads its configuration.
+        async with portal_stack(
+            tmp_path, monkeypatch, config_dir=config, env={SECRET_ENV: secret}
+        ) as stack:
+            yield Setup(
+                stack.sso.gateway, app_url, secret, client_id, entry, callbacks, stack.sso.identity
+            )
+    finally:
+        await server.close()
 
 
 async def signed_out(_request: web.Request) -> web.Response:
