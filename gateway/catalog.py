@@ -89,6 +89,14 @@ class Catalog:
         self.services = services
         self.routes = tuple(routes)
         self._by_key = agreements
+        # Linked services (联动办理): the application data's schema, compiled once.
+        self._linked = {
+            code: Draft202012Validator(
+                service.linked.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
+            )
+            for code, service in services.items()
+            if service.linked is not None
+        }
 
     @classmethod
     def build(cls, settings: Settings, stack_for: StackFactory) -> Catalog:
@@ -125,6 +133,10 @@ class Catalog:
             return self.services[code]
         except KeyError:
             raise UnknownService(f"There is no service {code!r} in the catalogue.") from None
+
+    def linked_validator(self, code: str) -> Draft202012Validator:
+        """The validator of a linked service's application data (KeyError if not linked)."""
+        return self._linked[code]
 
     def provinces(self, code: str) -> dict[str, list[str]]:
         """For the guide: each operation's handling provinces."""

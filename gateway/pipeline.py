@@ -120,11 +120,16 @@ def with_concurrency_limit(inner: Next, slots: asyncio.Semaphore, queue_timeout:
     return limited
 
 
-def _counts_as_failure(error: BackendError) -> bool:
-    # The system answered sensibly to a request it did not like: it is healthy.
+def is_refusal(error: BackendError) -> bool:
+    """The system understood the request and refused it (4xx, a SOAP client fault): it is
+    healthy, and it did not act on the request."""
     if isinstance(error, BackendRejected):
-        return False
-    return not (isinstance(error, BackendFault) and error.fault_side == "client")
+        return True
+    return isinstance(error, BackendFault) and error.fault_side == "client"
+
+
+def _counts_as_failure(error: BackendError) -> bool:
+    return not is_refusal(error)
 
 
 def failure_cause(error: BackendError) -> str:

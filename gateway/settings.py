@@ -22,7 +22,13 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.adapter import AdapterConfigError, Secret, SystemSpec, load_adapter_factory
-from gateway.cases.config import CaseOperation, CaseSettings, case_reference_problems
+from gateway.cases.config import (
+    CaseOperation,
+    CaseSettings,
+    LinkedCase,
+    case_reference_problems,
+)
+from gateway.cases.linked import linked_problems
 from gateway.identity.clients import TOKEN_EXCHANGE, ClientRegistration
 from gateway.identity.config import ProviderSettings
 from gateway.identity.legacy_face import LegacyAppSettings
@@ -388,10 +394,23 @@ class ServiceSettings(_Model):
     audit: Literal["required", "buffered"] = "required"
     """required: no audit record, no call; buffered: read-only calls may proceed while the audit
     store is down, their records kept in a bounded local buffer."""
+    linked: LinkedCase | None = None
+    """一件事 (联动办理): the parts every case of this service is made of, their dependencies
+    and the data passed between them; absent: a case is one operation in one or several
+    provinces, as the application names them."""
 
     @model_validator(mode="after")
     def _case_blocks_name_operations(self) -> ServiceSettings:
         problems = case_reference_problems(self.operations)
+        if self.linked is not None:
+            try:
+                Draft202012Validator.check_schema(self.linked.input_schema)
+            except SchemaError as exc:
+                problems.append(f"linked.input_schema: not a valid JSON Schema: {exc.message}")
+            for part in self.linked.parts.values():
+                if part.handling is not None and part.handling not in PROVINCES:
+                    problems.append(f"linked: {part.handling!r} is not a GB/T 2260 province code")
+            problems += linked_problems(self.linked, self.operations)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -570,6 +589,8 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
             seen[key] = index + 1
         routes.append(route)
 
+    problems += _linked_route_problems(services, routes)
+
     clients: dict[str, ClientRegistration] = {}
     clients_file = config_dir / "clients.yaml"
     raw_clients = (
@@ -673,6 +694,51 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         idps=idps,
         legacy_apps=legacy_apps,
     )
+
+
+def _linked_route_problems(
+    services: Mapping[str, ServiceSettings], routes: list[RouteSettings]
+) -> list[str]:
+    """Each linked part with a fixed province has a route there, and a part that reads another
+    part's answer reads a field that part's route answers (when its response mapping names
+    them)."""
+    problems: list[str] = []
+    for code, service in services.items():
+        if service.linked is None:
+            continue
+        parts = service.linked.parts
+        answers: dict[str, set[str]] = {}
+        for name, part in parts.items():
+            mine = [
+                r
+                for r in routes
+                if r.service == code
+                and r.operation == part.operation
+                and (part.handling is None or r.handling == part.handling)
+            ]
+            where = f"services/{code}.yaml: service {code!r}: linked.parts.{name}"
+            if not mine:
+                province = part.handling or "any province"
+                problems.append(
+                    f"{where}.operation: no route in routes.yaml for {part.operation!r} in"
+                    f" {province}"
+                )
+                continue
+            if all(r.response is not None for r in mine):
+                answers[name] = {str(k).split(".")[0] for r in mine for k in r.response or {}}
+        for name, part in parts.items():
+            for target, source in (part.input or {}).items():
+                path = source if isinstance(source, str) else source.get("from")
+                if not isinstance(path, str) or not path.startswith("parts."):
+                    continue
+                _, other, *rest = [*path.split("."), ""]
+                known = answers.get(other)
+                if known is not None and rest and rest[0] and rest[0] not in known:
+                    problems.append(
+                        f"services/{code}.yaml: service {code!r}: linked.parts.{name}.input."
+                        f"{target}: part {other!r} answers {sorted(known)}, not {rest[0]!r}"
+                    )
+    return problems
 
 
 def _window_problems(

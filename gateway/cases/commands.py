@@ -106,9 +106,13 @@ def _show(case: Case) -> dict[str, Any]:
         "receiving_province": case.receiving_province,
         "actor": case.actor,
         "created_at": case.created_at,
+        "outcome": case.outcome,
         "parts": [
             {
                 "part": p.number,
+                "name": p.name,
+                "after": [case.part(n).label for n in p.after],
+                "required": p.required,
                 "handling_province": p.handling_province,
                 "system": p.system,
                 "operation": p.operation,

@@ -131,6 +131,48 @@ class CaseOperation(_Model):
     supplement_input: dict[str, str] = Field(default_factory=dict)
     """Fields of ``supplement_with``'s input taken from the part's answer: field → dotted path
     (the back-end's application number, say)."""
+    compensate_with: str | None = None
+    """Submit operation of the same service that undoes this one (a linked case whose required
+    part failed unwinds what was accepted); sent once per part under its own key. Its retry
+    policy must allow a resend (``safe`` or ``idempotent-with-key``)."""
+    compensate_input: dict[str, str] = Field(default_factory=dict)
+    """Canonical input of ``compensate_with``: field → dotted path in this part's answer."""
+
+
+class LinkedPart(_Model):
+    """One part of a linked case (联动办理): its operation, province, dependencies and input."""
+
+    operation: str
+    """Operation of the service this part submits (or queries, for a check)."""
+    handling: str | None = None
+    """GB/T 2260 code of the province that handles this part."""
+    handling_from: str | None = None
+    """Or: dotted path in the application data that holds the province code."""
+    after: list[str] = Field(default_factory=list)
+    """Parts that must be done before this one is sent; their results feed ``input``."""
+    input: dict[str, Any] | None = None
+    """Mapping (gateway.mapping syntax) from ``data.<path>`` (the application) and
+    ``parts.<name>.<path>`` (the answer of a part it waits for) to this part's input; absent:
+    the application data as it is."""
+    required: bool = True
+    """A required part that fails stops the case and unwinds the parts already accepted; an
+    optional one only cancels the parts that wait for it."""
+
+    @model_validator(mode="after")
+    def _one_province_source(self) -> Self:
+        if (self.handling is None) == (self.handling_from is None):
+            raise ValueError("give exactly one of 'handling' and 'handling_from'")
+        return self
+
+
+class LinkedCase(_Model):
+    """A service whose cases are several linked parts (一件事: 联动办理), declared once."""
+
+    input_schema: dict[str, Any]
+    """JSON Schema (2020-12) of the application's ``data`` (every part's input comes from it
+    and from the answers of the parts it waits for)."""
+    parts: dict[str, LinkedPart] = Field(min_length=2, max_length=20)
+    """Parts by name, in the order they are numbered and shown."""
 
 
 def case_reference_problems(operations: Mapping[str, Any]) -> list[str]:
@@ -162,14 +204,34 @@ def case_reference_problems(operations: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{where}: {ref!r} is not another submit operation")
             elif getattr(target, "case", None) is not None:
                 problems.append(f"{where}: {ref!r} has a case block of its own")
+        problems += _compensation_problems(name, case, operations)
     return problems
 
 
-def supplement_operations(operations: Mapping[str, Any]) -> frozenset[str]:
-    """The operations that only carry supplements (补齐补正) of another operation's cases."""
+def _compensation_problems(name: str, case: Any, operations: Mapping[str, Any]) -> list[str]:
+    ref = case.compensate_with
+    if ref is None:
+        return []
+    where = f"operations.{name}.case.compensate_with"
+    target = operations.get(ref)
+    if target is None:
+        return [f"{where}: no operation {ref!r}"]
+    if getattr(target, "kind", None) != "submit" or ref == name:
+        return [f"{where}: {ref!r} is not another submit operation"]
+    if getattr(target, "retry", None) == "never":
+        return [f"{where}: {ref!r} has retry 'never': an undo must be safe to send again"]
+    if getattr(target, "case", None) is not None:
+        return [f"{where}: {ref!r} has a case block of its own"]
+    return []
+
+
+def carrier_operations(operations: Mapping[str, Any]) -> frozenset[str]:
+    """The operations that only carry another operation's supplements (补齐补正) or undos
+    (``compensate_with``): never a case, or a part, of their own."""
     return frozenset(
         ref
         for operation in operations.values()
         if (case := getattr(operation, "case", None)) is not None
-        and (ref := case.supplement_with) is not None
+        for ref in (case.supplement_with, case.compensate_with)
+        if ref is not None
     )

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from jsonschema import Draft202012Validator
 
-from gateway.cases.config import supplement_operations
+from gateway.cases.config import carrier_operations
 from gateway.cases.errors import (
     ClerkRequired,
     IdempotencyKeyMissing,
@@ -24,9 +24,11 @@ from gateway.cases.errors import (
     ModeNotOffered,
     NotASubmission,
 )
+from gateway.cases.linked import part_input
 from gateway.cases.model import MaterialRef, Mode, NewCase, PartPlan, body_digest
 from gateway.catalog import Catalog, Route
 from gateway.errors import ValidationFailed
+from gateway.mapping import compile_mapping
 from gateway.principal import Principal
 
 PROVINCE: Final = {"type": "string", "pattern": "^[0-9]{2}$"}
@@ -133,8 +135,8 @@ def _submit_operation(catalog: Catalog, service: str, named: str | None) -> str 
     if named is not None:
         return named
     operations = catalog.service(service).operations
-    # An operation that carries supplements (补齐补正) is never a case of its own.
-    carriers = supplement_operations(operations)
+    # An operation that carries supplements (补齐补正) or undos is never a case of its own.
+    carriers = carrier_operations(operations)
     submits = [n for n, op in operations.items() if op.kind == "submit" and n not in carriers]
     return submits[0] if len(submits) == 1 else None
 
@@ -190,6 +192,83 @@ def check_supplement_materials(
     return _check_materials(catalog, service, given, requested=requested)
 
 
+def _linked_parts(
+    catalog: Catalog, code: str, data: Mapping[str, Any], receiving: str
+) -> tuple[list[PartPlan], list[Route]]:
+    """The parts a linked service declares, resolved for this application: each part's province
+    and route, its dependencies by number, and the input of every part that waits for nothing
+    checked against its operation's schema now (the others' once their inputs exist)."""
+    service = catalog.service(code)
+    assert service.linked is not None
+    errors = [
+        {"path": "/data/" + "/".join(str(p) for p in e.absolute_path), "message": _rule(e)}
+        for e in sorted(
+            catalog.linked_validator(code).iter_errors(data), key=lambda e: list(e.absolute_path)
+        )
+    ]
+    if errors:
+        raise ValidationFailed(
+            "The application data does not match the service's schema.", errors[:20]
+        )
+    numbers = {name: n for n, name in enumerate(service.linked.parts)}
+    plans: list[PartPlan] = []
+    routes: list[Route] = []
+    for name, part in service.linked.parts.items():
+        handling = part.handling
+        if handling is None:
+            assert part.handling_from is not None
+            found = compile_mapping({"v": part.handling_from}).apply(data).get("v")
+            if not isinstance(found, str) or not re.fullmatch(r"[0-9]{2}", found):
+                raise ValidationFailed(
+                    f"Part {name!r} is handled in the province the application names.",
+                    errors=[
+                        {
+                            "path": "/data/" + part.handling_from.replace(".", "/"),
+                            "message": "a GB/T 2260 province code",
+                        }
+                    ],
+                )
+            handling = found
+        route = catalog.route(code, part.operation, receiving, handling)  # client.no_agreement
+        if not part.after:
+            try:
+                route.validate(part_input(part.input, data, {}))
+            except ValidationFailed as exc:
+                raise ValidationFailed(
+                    f"Part {name!r} cannot be made from the application data.",
+                    [
+                        {**e, "path": f"/linked/{name}{e.get('path', '')}"}
+                        for e in exc.extra.get("errors", [])
+                    ],
+                ) from None
+        undo = route.operation.case.compensate_with if route.operation.case else None
+        plans.append(
+            PartPlan(
+                handling,
+                part.operation,
+                route.system,
+                name=name,
+                after=tuple(numbers[d] for d in part.after),
+                required=part.required,
+                compensate_with=undo,
+                reads_only=route.operation.kind != "submit",
+            )
+        )
+        routes.append(route)
+    return plans, routes
+
+
+def _rule(error: Any) -> str:
+    # Schema messages may quote the value (an ID number): name the rule instead.
+    if error.validator in {"required", "additionalProperties", "type"}:
+        return (
+            str(error.message)[:200]
+            if error.validator != "type"
+            else f"expected {error.validator_value}"
+        )
+    return f"does not satisfy '{error.validator}'"
+
+
 def build_new_case(
     catalog: Catalog,
     principal: Principal,
@@ -211,7 +290,18 @@ def build_new_case(
         )
     principal.require_level(service.min_level)  # client.insufficient_level
     receiving = body["receiving_province"]
-    if "parts" in body:
+    linked = service.linked is not None
+    if linked and ({"parts", "handling_province", "operation"} & body.keys()):
+        raise ValidationFailed(
+            f"Service {code!r} declares its parts (联动办理): send the application data only.",
+            errors=[
+                {"path": f"/{k}", "message": "declared by the service"}
+                for k in sorted({"parts", "handling_province", "operation"} & body.keys())
+            ],
+        )
+    if linked:
+        wanted = []
+    elif "parts" in body:
         # 多地联办 (joint: several provinces) or a bundle (online: several operations, 企业开办).
         if "handling_province" in body or "operation" in body:
             raise ValidationFailed(
@@ -265,6 +355,13 @@ def build_new_case(
         )
     plans: list[PartPlan] = []
     routes: list[Route] = []
+    if linked:
+        plans, routes = _linked_parts(catalog, code, body["data"], receiving)
+        if mode == Mode.JOINT and len({p.handling_province for p in plans}) < 2:
+            raise ValidationFailed(
+                "A joint (多地联办) application has parts in at least two provinces.",
+                errors=[{"path": "/mode", "message": "this application stays in one province"}],
+            )
     for handling, named in wanted:
         operation = _submit_operation(catalog, code, named)
         route = catalog.route(code, operation, receiving, handling)  # client.no_agreement
@@ -273,10 +370,11 @@ def build_new_case(
                 f"Operation {route.operation_name!r} is a {route.operation.kind}; call it "
                 f"through /api/v1/services/{code}/calls instead."
             )
-        if route.operation_name in supplement_operations(route.service.operations):
+        if route.operation_name in carrier_operations(route.service.operations):
             raise NotASubmission(
-                f"Operation {route.operation_name!r} carries supplements (补齐补正) of a case: "
-                "POST them to /api/v1/cases/{case_id}/supplements."
+                f"Operation {route.operation_name!r} carries supplements (补齐补正) or undos of "
+                "a case's parts, never a case of its own; supplements are POSTed to "
+                "/api/v1/cases/{case_id}/supplements."
             )
         route.validate(body["data"])  # client.validation_failed
         plans.append(PartPlan(handling, route.operation_name, route.system))

@@ -1,9 +1,10 @@
 """Planning steps: turn "this part now stands here" into a checked ``Step`` for the store.
 
 Every status change of a case goes through ``plan_step``: it derives the case status from the
-parts, checks the move against the transition table, writes one timeline line per part change,
-emits the status-change event, and closes a case whose result is delivered or refused (with the
-好差评 rating event and the payload erased). Pure functions, no I/O.
+parts (a linked case through ``gateway.cases.linked.settle``, which also releases, cancels and
+undoes parts), checks the move against the transition table, writes one timeline line per part
+change, emits the status-change event, and closes a case whose result is delivered or refused
+(with the 好差评 rating event and the payload erased). Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import itertools
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from gateway.cases.linked import settle
 from gateway.cases.model import (
+    FAILED,
     FINAL_OUTCOMES,
+    TERMINAL,
     TRANSITIONS,
     Case,
     CaseEvent,
@@ -65,17 +69,39 @@ def plan_step(
     schedule: Sequence[NewEntry] = (),
     revive: Sequence[int] = (),
     callback: tuple[str, int] | None = None,
-    target: CaseStatus | None = None,
+    intake: CaseStatus | None = None,
 ) -> Step:
     """The step that applies ``changes`` to ``case``; IllegalTransition if the table forbids it.
 
-    ``target`` forces the case status (an operator's replay); otherwise it is derived.
+    ``intake`` is where a case whose parts all wait stands (default: the case's own intake
+    status; a supplement takes a case in again as received).
     """
     parts = {p.number: p.status for p in case.parts}
     for change in changes:
         parts[change.part] = change.status
     current = case.status
-    status = target or derive_status(current, [parts[n] for n in sorted(parts)], case.intake_status)
+    intake = intake or case.intake_status
+    implied: list[tuple[PartChange, str]] = []
+    outcome = None
+    close = False
+    if case.linked and current not in TERMINAL:
+        errors = {c.part: c.error_code for c in changes}
+        settled = settle(case, parts, now=now, intake=intake, errors=errors)
+        implied = list(settled.changes)
+        schedule = (*schedule, *settled.schedule)
+        status = settled.status
+        close, outcome = settled.close, settled.outcome
+    else:
+        status = derive_status(current, [parts[n] for n in sorted(parts)], intake)
+        if status in FINAL_OUTCOMES and status != current:
+            # Refused: parts not yet sent never will be (多地联办 stops at the failed part).
+            implied = [
+                (PartChange(p.number, PartStatus.CANCELLED), f"not sent: the case is {status}")
+                for p in case.parts
+                if parts[p.number] in (PartStatus.PENDING, PartStatus.WAITING)
+                and not case.supplements_of(p.number)
+                and p.number not in case.in_flight  # its answer is recorded when it comes
+            ]
     hops = route_between(current, status)
     drafts: list[TransitionDraft] = []
     events: list[CaseEvent] = []
@@ -89,6 +115,8 @@ def plan_step(
         TransitionDraft(before, status, c.part, c.status, actor, c.error_code or reason)
         for c in changes
     ]
+    drafts += [TransitionDraft(before, status, c.part, c.status, None, why) for c, why in implied]
+    changes = [*changes, *(c for c, _why in implied)]
     if status != before and not changes:
         drafts.append(TransitionDraft(before, status, None, None, actor, reason))
     if status != before:
@@ -110,18 +138,28 @@ def plan_step(
                 )
             )
     erase = False
-    if status == S.RESULT_DELIVERED or (status in FINAL_OUTCOMES and status != current):
+    closing = close or (
+        not case.linked
+        and (status == S.RESULT_DELIVERED or (status in FINAL_OUTCOMES and status != current))
+    )
+    if closing:
         check_transition(status, S.CLOSED)
-        drafts.append(TransitionDraft(status, S.CLOSED, None, None, None, f"closed after {status}"))
+        because = f"closed after {status}"
+        if outcome is not None and outcome.get("failed_part"):
+            because += f": {outcome['failed_part']} {outcome['result']}"
+        drafts.append(TransitionDraft(status, S.CLOSED, None, None, None, because))
+        detail: dict[str, object] = {"outcome": status.value}
+        if outcome is not None:
+            detail["combined"] = dict(outcome)
         events.append(
             case_event(
                 case,
                 "case_closed",
                 S.CLOSED,
                 at,
-                outcome=status.value,
                 # 好差评: the rating channel invites the applicant to rate this case.
                 rating={"invite": True, "channel": "haochaping"},
+                **detail,
             )
         )
         status = S.CLOSED
@@ -139,6 +177,7 @@ def plan_step(
         revive=tuple(revive),
         erase_data=erase,
         callback=callback,
+        outcome=outcome,
         now=now,
     )
 
@@ -167,8 +206,13 @@ def plan_replay(
     case: Case, dead: Sequence[OutboxEntry], *, at: str, now: float, actor: str
 ) -> Step:
     """An operator's replay: dead entries back to pending, their parts back to where delivery
-    stopped (a send to pending, a reconciliation to outcome_unknown), the case status derived."""
+    stopped (a send to pending, a reconciliation to outcome_unknown), the case status derived.
+    A linked case that is unwinding only tries its undos again: what failed stays failed."""
     mine = [e for e in dead if e.case_id == case.case_id and e.state == "dead"]
+    if case.status in TERMINAL:
+        mine = []
+    elif case.linked and any(p.required and p.status in FAILED for p in case.parts):
+        mine = [e for e in mine if e.kind == EntryKind.COMPENSATE]
     if not mine:
         raise NotReplayable(case.case_id)
     changes: list[PartChange] = []
@@ -178,7 +222,11 @@ def plan_replay(
         back = PartStatus.OUTCOME_UNKNOWN if entry.kind == EntryKind.RECONCILE else None
         if entry.kind in (EntryKind.DELIVER, EntryKind.SUPPLEMENT):
             back = PartStatus.PENDING
-        if back is not None and case.part(entry.part).status == PartStatus.DEAD_LETTERED:
+        stopped = PartStatus.DEAD_LETTERED
+        if entry.kind == EntryKind.COMPENSATE:
+            # An undo that could not be delivered is tried again.
+            back, stopped = PartStatus.COMPENSATING, PartStatus.COMPENSATION_FAILED
+        if back is not None and case.part(entry.part).status == stopped:
             changes.append(PartChange(entry.part, back))
     return plan_step(
         case,

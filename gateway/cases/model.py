@@ -5,9 +5,12 @@
     outcomes:   supplement_requested (补齐补正), not_accepted (不予受理), returned (退件)
     delivery:   outcome_unknown (a non-idempotent send may have been processed: reconcile),
                 dead_lettered (attempts exhausted: an operator replays it)
+    linked:     compensating (a required part failed: the parts already accepted are undone)
 
-A case has one part per handling province (多地联办: several); each part has its own sub-status,
-and the case status is derived from its parts by ``derive_status``. Pure logic, no I/O.
+A case has one part per handling province (多地联办: several), or the parts its service links
+(联动办理: each part its own operation and input, some waiting for others); each part has its own
+sub-status, and the case status is derived from its parts (``derive_status``, or
+``gateway.cases.linked`` for linked cases). Pure logic, no I/O.
 """
 
 from __future__ import annotations
@@ -33,39 +36,47 @@ class CaseStatus(enum.StrEnum):
     RETURNED = "returned"
     OUTCOME_UNKNOWN = "outcome_unknown"
     DEAD_LETTERED = "dead_lettered"
+    COMPENSATING = "compensating"
+    """A linked case's required part failed: the parts already accepted are being undone."""
 
 
 S = CaseStatus
 _OUTCOMES: Final = (S.SUPPLEMENT_REQUESTED, S.NOT_ACCEPTED, S.RETURNED)
 _TROUBLE: Final = (S.OUTCOME_UNKNOWN, S.DEAD_LETTERED)
 
+_UNWIND: Final = (S.COMPENSATING,)
+"""Any open case whose linked required part fails starts unwinding."""
+
 TRANSITIONS: Final[Mapping[CaseStatus, frozenset[CaseStatus]]] = {
     # No shortcut to processing: 办件转办 (forwarded) is always its own, audited step.
-    S.RECEIVED: frozenset({S.ORIGINALS_CHECKED, S.FORWARDED, *_OUTCOMES, *_TROUBLE}),
-    S.ORIGINALS_CHECKED: frozenset({S.FORWARDED, *_OUTCOMES, *_TROUBLE}),
+    S.RECEIVED: frozenset({S.ORIGINALS_CHECKED, S.FORWARDED, *_OUTCOMES, *_TROUBLE, *_UNWIND}),
+    S.ORIGINALS_CHECKED: frozenset({S.FORWARDED, *_OUTCOMES, *_TROUBLE, *_UNWIND}),
     # A joint case stays 'forwarded' while some parts still wait; their trouble shows here too.
-    S.FORWARDED: frozenset({S.PROCESSING, S.RESULT_DELIVERED, *_OUTCOMES, *_TROUBLE}),
-    S.PROCESSING: frozenset({S.RESULT_DELIVERED, *_OUTCOMES, *_TROUBLE}),
+    S.FORWARDED: frozenset({S.PROCESSING, S.RESULT_DELIVERED, *_OUTCOMES, *_TROUBLE, *_UNWIND}),
+    S.PROCESSING: frozenset({S.RESULT_DELIVERED, *_OUTCOMES, *_TROUBLE, *_UNWIND}),
     S.RESULT_DELIVERED: frozenset({S.CLOSED}),
     # 补齐补正: the applicant supplies what was missing and the case is taken in again; in a
     # joint case whose other parts went on, it waits as forwarded while the supplement is sent.
     # Another part's outcome or trouble still shows (多地联办 stops at the first failed part).
     S.SUPPLEMENT_REQUESTED: frozenset(
-        {S.RECEIVED, S.FORWARDED, S.NOT_ACCEPTED, S.RETURNED, *_TROUBLE, S.CLOSED}
+        {S.RECEIVED, S.FORWARDED, S.NOT_ACCEPTED, S.RETURNED, *_TROUBLE, S.CLOSED, *_UNWIND}
     ),
     S.NOT_ACCEPTED: frozenset({S.CLOSED}),
     S.RETURNED: frozenset({S.CLOSED}),
     # Reconciliation found the submission (forwarded on) or proved it never arrived (resend).
     S.OUTCOME_UNKNOWN: frozenset(
         {S.RECEIVED, S.ORIGINALS_CHECKED, S.FORWARDED, S.PROCESSING, S.RESULT_DELIVERED}
-        | {*_OUTCOMES, S.DEAD_LETTERED}
+        | {*_OUTCOMES, S.DEAD_LETTERED, *_UNWIND}
     ),
     # An operator's replay puts the case back where its delivery stopped (a joint case whose
-    # other part waits for a supplement waits again).
+    # other part waits for a supplement waits again). A linked case unwinds from here, and
+    # closes once what had been accepted is undone.
     S.DEAD_LETTERED: frozenset(
         {S.RECEIVED, S.ORIGINALS_CHECKED, S.FORWARDED, S.PROCESSING, S.OUTCOME_UNKNOWN}
-        | {S.SUPPLEMENT_REQUESTED}
+        | {S.SUPPLEMENT_REQUESTED, *_UNWIND, S.CLOSED}
     ),
+    # Unwinding ends in the failed part's outcome; an undo that cannot be delivered is trouble.
+    S.COMPENSATING: frozenset({S.NOT_ACCEPTED, S.RETURNED, S.DEAD_LETTERED}),
     S.CLOSED: frozenset(),
 }
 
@@ -88,6 +99,8 @@ def check_transition(current: CaseStatus, target: CaseStatus) -> None:
 
 
 class PartStatus(enum.StrEnum):
+    WAITING = "waiting"
+    """A linked part waiting for the parts it depends on (nothing sent yet)."""
     PENDING = "pending"
     """Waiting for delivery to its handling province."""
     FORWARDED = "forwarded"
@@ -98,15 +111,41 @@ class PartStatus(enum.StrEnum):
     RETURNED = "returned"
     OUTCOME_UNKNOWN = "outcome_unknown"
     DEAD_LETTERED = "dead_lettered"
+    CANCELLED = "cancelled"
+    """Never sent: the case stopped (refused, or unwinding) before this part's turn."""
+    COMPENSATING = "compensating"
+    """Accepted by its back-end, now being undone (its operation's ``compensate_with``)."""
+    COMPENSATED = "compensated"
+    """Undone at its back-end."""
+    COMPENSATION_FAILED = "compensation_failed"
+    """The undo could not be delivered: an operator replays it."""
 
 
 P = PartStatus
-_PART_ORDER: Final = {P.PENDING: 0, P.FORWARDED: 1, P.PROCESSING: 2, P.DONE: 3}
+_PART_ORDER: Final = {P.WAITING: 0, P.PENDING: 0, P.FORWARDED: 1, P.PROCESSING: 2, P.DONE: 3}
+ACCEPTED: Final = frozenset({P.FORWARDED, P.PROCESSING, P.DONE, P.SUPPLEMENT_REQUESTED})
+"""The back-end has the application: what unwinding undoes."""
+FAILED: Final = frozenset({P.NOT_ACCEPTED, P.RETURNED, P.DEAD_LETTERED})
+"""A part that will not be done unless an operator replays a dead letter."""
+_UNDOING: Final = {
+    P.COMPENSATING: frozenset({P.COMPENSATED, P.COMPENSATION_FAILED}),
+    P.COMPENSATION_FAILED: frozenset({P.COMPENSATED}),
+    P.COMPENSATED: frozenset(),
+}
 
 
 def part_moves_on(current: PartStatus, target: PartStatus) -> bool:
     """A back-end's answer never moves a part backwards (a stale poll, a late callback)."""
     if current == target:
+        return False
+    if current in _UNDOING:
+        # Only the undo's own answer moves a part being undone; the submission's is old news.
+        return target in _UNDOING[current]
+    if current == P.CANCELLED:
+        # A send already on the wire when the case stopped: what the back-end did is recorded
+        # (and undone, in a linked case); its failures change nothing, nothing was delivered.
+        return target in ACCEPTED or target in (P.NOT_ACCEPTED, P.RETURNED, P.OUTCOME_UNKNOWN)
+    if target in _UNDOING:
         return False
     if current in _PART_ORDER and target in _PART_ORDER:
         return _PART_ORDER[target] > _PART_ORDER[current]
@@ -190,6 +229,16 @@ class PartPlan:
     handling_province: str
     operation: str
     system: str
+    name: str | None = None
+    """A linked part's name in its service's ``linked.parts`` (None: a plain part)."""
+    after: tuple[int, ...] = ()
+    """Linked: the parts (by number) whose results this part waits for."""
+    required: bool = True
+    """Linked: whether the case fails (and unwinds) when this part fails."""
+    compensate_with: str | None = None
+    """The operation that undoes this part's submission, as configured at intake."""
+    reads_only: bool = False
+    """Linked: a check (a query or verification) that changes nothing, so nothing to undo."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,10 +299,15 @@ class NewCase:
                     p.handling_province,
                     p.operation,
                     p.system,
-                    PartStatus.PENDING,
+                    PartStatus.WAITING if p.after else PartStatus.PENDING,
                     None,
                     None,
                     at,
+                    name=p.name,
+                    after=p.after,
+                    required=p.required,
+                    compensate_with=p.compensate_with,
+                    reads_only=p.reads_only,
                 )
                 for n, p in enumerate(self.parts)
             ),
@@ -276,6 +330,21 @@ class Part:
     """The latest 补齐补正 request of this part (kept after it is answered)."""
     cause: str | None = None
     """Beside ``error_code`` of a dead letter: the first failure the system itself gave."""
+    name: str | None = None
+    """A linked part's name (None: a plain part)."""
+    after: tuple[int, ...] = ()
+    """Linked: the parts (by number) this part waits for."""
+    required: bool = True
+    """Linked: whether the case fails (and unwinds) when this part fails."""
+    compensate_with: str | None = None
+    """The operation that undoes this part's submission, if any."""
+    reads_only: bool = False
+    """Linked: a check that changes nothing at its back-end (nothing to undo)."""
+
+    @property
+    def label(self) -> str:
+        """How operators and timelines name the part: its linked name, else its number."""
+        return self.name or str(self.number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +402,17 @@ class Case:
     transitions: tuple[Transition, ...] = ()
     supplements: tuple[Supplement, ...] = ()
     """补齐补正 answered, oldest first."""
+    outcome: Mapping[str, Any] | None = None
+    """A linked case's combined outcome, written when it closes: what was done, refused,
+    undone, never sent and not undone."""
+    in_flight: frozenset[int] = frozenset()
+    """Parts whose send a worker holds (a leased delivery, or one whose worker died holding
+    it): the send may be on the wire, so the part cannot be called never sent."""
+
+    @property
+    def linked(self) -> bool:
+        """Parts linked by its service (联动办理): dependencies, inputs, unwinding."""
+        return any(p.name is not None for p in self.parts)
 
     def part(self, number: int) -> Part:
         for part in self.parts:
@@ -342,7 +422,8 @@ class Case:
 
     @property
     def handling_provinces(self) -> list[str]:
-        return [p.handling_province for p in self.parts]
+        """Each province that handles a part, once, in part order."""
+        return list(dict.fromkeys(p.handling_province for p in self.parts))
 
     def supplement(self, sequence: int) -> Supplement:
         for supplement in self.supplements:
@@ -390,6 +471,12 @@ def delivery_key(case_id: str, part: int) -> str:
     return f"{case_id}.{part}"
 
 
+def compensation_key(case_id: str, part: int) -> str:
+    """The idempotency key a back-end sees for the undo of one part: resends of the undo
+    deduplicate, and it can never be taken for the submission itself."""
+    return f"{delivery_key(case_id, part)}.undo"
+
+
 def supplement_key(case_id: str, part: int, sequence: int) -> str:
     """The idempotency key a back-end sees for a supplement (补齐补正) of one part: the part's
     delivery key extended by the supplement's sequence, so resends of one supplement
@@ -421,9 +508,9 @@ def derive_status(
             return status
     if all(p == P.DONE for p in parts):
         return S.RESULT_DELIVERED
-    if all(p == P.PENDING for p in parts):
+    if all(p in (P.PENDING, P.WAITING) for p in parts):
         return intake
-    if P.PENDING in parts:
+    if P.PENDING in parts or P.WAITING in parts:
         return S.FORWARDED
     if any(p in (P.PROCESSING, P.DONE) for p in parts):
         return S.PROCESSING

@@ -78,6 +78,8 @@ class EntryKind(enum.StrEnum):
     SUPPLEMENT = "supplement"
     """Send a supplement (补齐补正) of a part to its handling province; payload
     ``{"supplement": n}`` (a reconciliation of a supplement's send carries the same)."""
+    COMPENSATE = "compensate"
+    """Undo an accepted part of a linked case whose required part failed (``compensate_with``)."""
 
 
 EntryState = Literal["pending", "done", "dead"]
@@ -171,6 +173,8 @@ class Step:
     supplement: Supplement | None = None
     """The applicant's supplement this step takes in, written with the step: its key already
     used raises SupplementSeen (same body) or IdempotencyConflict (another body)."""
+    outcome: Mapping[str, Any] | None = None
+    """A linked case's combined outcome, written when the step closes it."""
     now: float = 0.0
 
 
@@ -220,7 +224,8 @@ class CaseStore(Protocol):
 
     async def find(self, owner: str, idempotency_key: str) -> Case | None: ...
 
-    async def get(self, case_id: str) -> Case | None: ...
+    async def get(self, case_id: str, *, timeline: bool = True) -> Case | None:
+        """The case; ``timeline=False`` leaves its timeline out (the worker never reads it)."""
 
     async def list_cases(
         self,

@@ -34,7 +34,6 @@ from gateway.cases.model import (
     Supplement,
     SupplementRequest,
     body_digest,
-    derive_status,
 )
 from gateway.cases.store import EntryKind, NewEntry, PartChange, Step
 from gateway.catalog import Catalog
@@ -186,12 +185,7 @@ def plan_supplement(case: Case, supplement: Supplement, *, at: str, now: float) 
     """Take a supplement in: its part back to pending (the supplement waits for delivery), the
     case received again (or forwarded, in a joint case whose other parts went on), an entry for
     the worker and the events; the store writes it all with the supplement, atomically."""
-    statuses = {p.number: p.status for p in case.parts}
-    statuses[supplement.part] = PartStatus.PENDING
     # Taken in again as received, a window case too: its originals were checked at intake.
-    target = derive_status(
-        case.status, [statuses[n] for n in sorted(statuses)], CaseStatus.RECEIVED
-    )
     step = plan_step(
         case,
         [PartChange(supplement.part, PartStatus.PENDING)],
@@ -204,7 +198,7 @@ def plan_supplement(case: Case, supplement: Supplement, *, at: str, now: float) 
                 EntryKind.SUPPLEMENT, now, supplement.part, {"supplement": supplement.sequence}
             )
         ],
-        target=target,
+        intake=CaseStatus.RECEIVED,
     )
     received = case_event(
         case,

@@ -31,12 +31,15 @@ from gateway.cases.audit import CaseAudit, transition_events
 from gateway.cases.config import CaseOperation, DeliverySettings, PartOutcome
 from gateway.cases.events import EventSink, EventSinkError
 from gateway.cases.lifecycle import iso_now, plan_step
+from gateway.cases.linked import part_input, results_by_name, unwinding
 from gateway.cases.model import (
+    FAILED,
     TERMINAL,
     Case,
     IllegalTransition,
     Part,
     PartStatus,
+    compensation_key,
     delivery_key,
     part_moves_on,
     supplement_key,
@@ -54,9 +57,9 @@ from gateway.cases.store import (
 )
 from gateway.cases.supplements import requested_supplement, supplement_input
 from gateway.catalog import CallResult, Catalog, Route
-from gateway.errors import BackendError, GatewayError, is_retryable
+from gateway.errors import BackendError, GatewayError, ValidationFailed, is_retryable
 from gateway.mapping import compile_mapping
-from gateway.pipeline import CallTrace, failure_cause
+from gateway.pipeline import CallTrace, failure_cause, is_refusal
 
 log = structlog.get_logger("tongban.cases")
 
@@ -99,12 +102,16 @@ class WorkerStats:
 
 
 class _Deferred(Exception):
-    """An attempt failed in a way worth another try later."""
+    """An attempt failed in a way worth another try later (or, where it is raised while
+    preparing a send, in a way only an operator can mend: a dead letter with ``cause``)."""
 
-    def __init__(self, error_code: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, error_code: str, retry_after: float | None = None, cause: str | None = None
+    ) -> None:
         super().__init__(error_code)
         self.error_code = error_code
         self.retry_after = retry_after
+        self.cause = cause
 
 
 class DeliveryWorker:
@@ -205,12 +212,17 @@ class DeliveryWorker:
             if entry.kind == EntryKind.EVENT:
                 await self._send_event(entry)
                 return
-            case = await self._store.get(entry.case_id)
-            if case is None or case.status in TERMINAL or entry.part is None:
+            case = await self._store.get(entry.case_id, timeline=False)
+            if case is None or entry.part is None:
                 await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "closed"))
+                return
+            if case.status in TERMINAL:
+                await self._after_closing(entry, case)
                 return
             if entry.kind in (EntryKind.DELIVER, EntryKind.SUPPLEMENT):
                 await self._deliver(entry, case)
+            elif entry.kind == EntryKind.COMPENSATE:
+                await self._compensate(entry, case)
             elif entry.kind == EntryKind.RECONCILE:
                 await self._reconcile(entry, case)
             else:
@@ -225,6 +237,20 @@ class DeliveryWorker:
             )
         except Exception:
             log.exception("case_entry_failed", case_id=entry.case_id, entry=entry.entry_id)
+
+    async def _after_closing(self, entry: OutboxEntry, case: Case) -> None:
+        """A closed case sends nothing more; but a send a dead worker held may have reached its
+        back-end before the case closed: it is asked about (never sent again: the payload is
+        erased) so the part says what happened."""
+        assert entry.part is not None
+        status = case.part(entry.part).status
+        if entry.kind == EntryKind.DELIVER and entry.abandoned and status == PartStatus.PENDING:
+            config = self._route(case, case.part(entry.part).operation, entry.part).operation.case
+            await self._to_outcome_unknown(entry, case, "worker_lost_during_send", config)
+        elif entry.kind == EntryKind.RECONCILE and status == PartStatus.OUTCOME_UNKNOWN:
+            await self._reconcile(entry, case)
+        else:
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "closed"))
 
     def _backoff(self, attempts: int, retry_after: float | None = None) -> float:
         s = self._settings
@@ -276,7 +302,7 @@ class DeliveryWorker:
         """What one send carries, through which route, under which key: the application, or
         (补齐补正) one of its supplements through the operation ``case.supplement_with`` names."""
         if sequence is None:
-            return submit, case.data, delivery_key(case.case_id, part.number)
+            return submit, self._input(case, part, submit), delivery_key(case.case_id, part.number)
         config = submit.operation.case
         if config is None or config.supplement_with is None:
             raise _Deferred("no_supplement_operation_configured")
@@ -287,6 +313,25 @@ class DeliveryWorker:
         route = self._route(case, config.supplement_with, part.number)
         key = supplement_key(case.case_id, part.number, sequence)
         return route, supplement_input(config, part, supplement), key
+
+    def _input(self, case: Case, part: Part, route: Route) -> Any:
+        """What a part sends: the application data, or (a linked part) its own input made from
+        the application and the answers of the parts it waited for, checked against its
+        operation's schema now that it exists."""
+        if part.name is None:
+            return case.data
+        linked = self._catalog().service(case.service).linked
+        spec = linked.parts.get(part.name) if linked is not None else None
+        if spec is None:
+            raise _Deferred("case.part_not_configured", cause=f"no linked part {part.name!r}")
+        data = part_input(spec.input, case.data, results_by_name(case))
+        try:
+            route.validate(data)
+        except ValidationFailed as exc:
+            first = (exc.extra.get("errors") or [{}])[0]
+            where = f"{first.get('path', '')}: {first.get('message', '')}"
+            raise _Deferred("case.part_input_invalid", cause=where[:300]) from None
+        return data
 
     async def _deliver(self, entry: OutboxEntry, case: Case) -> None:
         """Send a part's application (a deliver entry) or a supplement of it (a supplement
@@ -305,11 +350,22 @@ class DeliveryWorker:
             await self._dead_letter(entry, case, exc.code)
             return
         except _Deferred as missing:
-            # Configuration changed under a waiting supplement: an operator fixes and replays.
-            await self._dead_letter(entry, case, missing.error_code)
+            # Configuration changed under a waiting supplement, or a linked part's input does
+            # not fit its operation: an operator fixes and replays.
+            await self._dead_letter(entry, case, missing.error_code, missing.cause)
             return
         policy = route.operation.retry
         config = submit.operation.case
+        if unwinding(case) and not entry.abandoned and sequence is None:
+            # A required part failed while this one waited its turn: it is never sent.
+            failed = next(p for p in case.parts if p.required and p.status in FAILED)
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, PartStatus.CANCELLED),
+                reason=f"not sent: {failed.label} is {failed.status}",
+            )
+            return
         if entry.abandoned and policy == "never":
             # A worker died holding this send: it may have been made. Ask, do not resend.
             await self._to_outcome_unknown(entry, case, "worker_lost_during_send", config)
@@ -322,6 +378,8 @@ class DeliveryWorker:
             return
         if result is not None:
             outcome = outcome_of(result.data, config)
+            if route.operation.kind != "submit":
+                outcome = PartStatus.DONE  # a linked check: its answer is its result
             answer = _as_result(result.data)
             if sequence is not None:
                 # A supplement's answer adds to the application's (whose number polls use).
@@ -338,9 +396,10 @@ class DeliveryWorker:
             self.stats.delivered += 1
             return
         assert error is not None
-        if policy == "never" and error.reached_backend:
+        if policy == "never" and error.reached_backend and not is_refusal(error):
+            # It may have been processed: ask, never resend blindly.
             await self._to_outcome_unknown(entry, case, error.code, config)
-        elif is_retryable(error) or not error.reached_backend:
+        elif (is_retryable(error) or not error.reached_backend) and not is_refusal(error):
             await self._retry_later(
                 entry, case, error.code, error.retry_after, cause=failure_cause(error)
             )
@@ -506,6 +565,17 @@ class DeliveryWorker:
                 reason="reconciled: the back-end has it",
             )
             return
+        if sequence is None and (case.status in TERMINAL or unwinding(case)):
+            # Proven absent, and the case stopped meanwhile: it is never sent.
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, PartStatus.CANCELLED),
+                trace=trace,
+                result=result,
+                reason="reconciled: never arrived; not sent, the case stopped",
+            )
+            return
         # Proven absent: a send now cannot duplicate anything.
         resend = NewEntry(EntryKind.DELIVER, self._clock(), part.number)
         if sequence is not None:
@@ -519,6 +589,60 @@ class DeliveryWorker:
             result=result,
             reason="reconciled: never arrived; sending again",
         )
+
+    async def _compensate(self, entry: OutboxEntry, case: Case) -> None:
+        """Undo an accepted part of a linked case whose required part failed: its operation's
+        ``compensate_with``, under the part's undo key, with the retry and dead-letter rules of
+        a delivery (a dead undo is ``compensation_failed``: an operator replays it)."""
+        assert entry.part is not None
+        part = case.part(entry.part)
+        if part.status != PartStatus.COMPENSATING:
+            await self._store.finish(FinishEntry(entry.entry_id, self.owner, "done", "settled"))
+            return
+        try:
+            if part.compensate_with is None:
+                raise _Deferred("case.no_compensation_configured")
+            config = self._route(case, part.operation, part.number).operation.case
+            route = self._route(case, part.compensate_with, part.number)
+            spec = config.compensate_input if config is not None else {}
+            data = compile_mapping(spec or None).apply(part.result or {})
+            route.validate(data)
+        except ValidationFailed as exc:
+            first = (exc.extra.get("errors") or [{}])[0]
+            cause = f"{first.get('path', '')}: {first.get('message', '')}"[:300]
+            await self._dead_letter(entry, case, "case.compensation_input_invalid", cause)
+            return
+        except GatewayError as exc:
+            await self._dead_letter(entry, case, exc.code)
+            return
+        except _Deferred as missing:
+            await self._dead_letter(entry, case, missing.error_code, missing.cause)
+            return
+        context = self._context(case, part.number, compensation_key(case.case_id, part.number))
+        try:
+            result, error, trace = await self._invoke(route, data, context)
+        except _Deferred as deferred:
+            await self._retry_later(entry, case, deferred.error_code)
+            return
+        if result is not None:
+            undone = {**(part.result or {}), "undo": _as_result(result.data)}
+            await self._advance(
+                entry,
+                case,
+                PartChange(part.number, PartStatus.COMPENSATED, result=undone),
+                trace=trace,
+                result=result,
+                reason="undone",
+            )
+            return
+        assert error is not None
+        if is_retryable(error) or not error.reached_backend:
+            await self._retry_later(
+                entry, case, error.code, error.retry_after, cause=failure_cause(error)
+            )
+        else:
+            # The system refused the undo: only an operator can settle it with them.
+            await self._dead_letter(entry, case, error.code, failure_cause(error))
 
     async def _retry_later(
         self,
@@ -565,10 +689,13 @@ class DeliveryWorker:
             error_code=reason,
             cause=first,
         )
+        stopped = PartStatus.DEAD_LETTERED
+        if entry.kind == EntryKind.COMPENSATE:
+            stopped = PartStatus.COMPENSATION_FAILED  # the undo could not be delivered
         await self._advance(
             entry,
             case,
-            PartChange(entry.part, PartStatus.DEAD_LETTERED, error_code=reason, cause=first),
+            PartChange(entry.part, stopped, error_code=reason, cause=first),
             finish_state="dead",
             reason=reason,
             cause=first,

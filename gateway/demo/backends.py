@@ -33,6 +33,16 @@ from gateway.demo.contribution_proof import ContributionProofState, build_contri
 from gateway.demo.degree import DegreeState, build_degree_app
 from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
 from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
+from gateway.demo.property_transfer import (
+    AgencyState,
+    CivilState,
+    build_agency_app,
+    build_civil_app,
+    xining_housing,
+    xining_registry,
+    xining_tax,
+    xining_utilities,
+)
 from gateway.demo.recording import Recorder
 from gateway.demo.social_insurance import (
     ENDPOINT_PATH,
@@ -57,6 +67,12 @@ QINGHAI_GOV = "qinghai-gov"
 GANSU_GOV = "gansu-gov"
 # Jiangsu's e-sealed contribution proofs (S9, checked by Qinghai's housing-security office).
 JIANGSU_PROOF = "jiangsu-proof"
+# S13 二手房转移登记及水电气联动过户: Xining's agencies and Shaanxi's civil registers.
+XINING_HOUSING = "xining-housing"
+XINING_TAX = "xining-tax"
+XINING_REGISTRY = "xining-registry"
+XINING_UTILITIES = "xining-utilities"
+SHAANXI_CIVIL = "shaanxi-civil"
 SYSTEM_IDS = (
     QINGHAI_SI,
     SHAANXI_SI,
@@ -66,6 +82,11 @@ SYSTEM_IDS = (
     QINGHAI_GOV,
     GANSU_GOV,
     JIANGSU_PROOF,
+    XINING_HOUSING,
+    XINING_TAX,
+    XINING_REGISTRY,
+    XINING_UTILITIES,
+    SHAANXI_CIVIL,
 )
 
 # Ports of the placeholder addresses in config/systems.yaml (for running the back-ends on fixed
@@ -79,6 +100,11 @@ DEFAULT_PORTS: Mapping[str, int] = {
     QINGHAI_GOV: 18463,
     GANSU_GOV: 18462,
     JIANGSU_PROOF: 18532,
+    XINING_HOUSING: 18663,
+    XINING_TAX: 18664,
+    XINING_REGISTRY: 18665,
+    XINING_UTILITIES: 18666,
+    SHAANXI_CIVIL: 18667,
 }
 
 # Non-secret identifiers the gateway presents; they must match config/systems.yaml.
@@ -98,6 +124,8 @@ ENV_NAMES: Mapping[str, str] = {
     "qinghai_gov_api_key": "TONGBAN_SECRET_QH_GOV_API_KEY",
     "gansu_gov_api_key": "TONGBAN_SECRET_GS_GOV_API_KEY",
     "jiangsu_proof_api_key": "TONGBAN_SECRET_JS_PROOF_API_KEY",
+    "xining_property_api_key": "TONGBAN_SECRET_XN_PROPERTY_API_KEY",
+    "shaanxi_civil_api_key": "TONGBAN_SECRET_SX_CIVIL_API_KEY",
 }
 
 
@@ -113,6 +141,8 @@ class DemoSecrets:
     qinghai_gov_api_key: str
     gansu_gov_api_key: str
     jiangsu_proof_api_key: str
+    xining_property_api_key: str
+    shaanxi_civil_api_key: str
 
     @classmethod
     def generate(cls) -> DemoSecrets:
@@ -157,6 +187,10 @@ class DemoBackends:
     """system id → the government-service platforms' state (S3, S10)."""
     proof: ContributionProofState | None = None
     """Jiangsu's contribution-proof system (S9)."""
+    agencies: Mapping[str, AgencyState] = field(default_factory=dict)
+    """system id → Xining's agencies of S13 (filing, tax, registry, utilities)."""
+    civil: CivilState | None = None
+    """Shaanxi's household and marriage registers (S13's buyer check)."""
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -251,6 +285,14 @@ async def start_demo_backends(
         QINGHAI_GOV: qinghai_office(secrets.qinghai_gov_api_key, {"32": proof.seal_key}),
         GANSU_GOV: gansu_office(secrets.gansu_gov_api_key),
     }
+    xining_key = secrets.xining_property_api_key
+    agencies = {
+        XINING_HOUSING: xining_housing(xining_key),
+        XINING_TAX: xining_tax(xining_key),
+        XINING_REGISTRY: xining_registry(xining_key),
+        XINING_UTILITIES: xining_utilities(xining_key),
+    }
+    civil = CivilState(api_key=secrets.shaanxi_civil_api_key)
     plan: list[tuple[str, web.Application, Recorder, str]] = [
         (
             QINGHAI_SI,
@@ -272,6 +314,8 @@ async def start_demo_backends(
             for sid, office in offices.items()
         ),
         (JIANGSU_PROOF, build_contribution_proof_app(proof), proof.recorder, ""),
+        *((sid, build_agency_app(agency), agency.recorder, "") for sid, agency in agencies.items()),
+        (SHAANXI_CIVIL, build_civil_app(civil), civil.recorder, ""),
     ]
     running: dict[str, RunningBackend] = {}
     try:
@@ -285,7 +329,9 @@ async def start_demo_backends(
         for backend in running.values():
             await backend.runner.cleanup()
         raise
-    return DemoBackends(qinghai_si, shaanxi_si, housing, degree, driving, running, offices, proof)
+    return DemoBackends(
+        qinghai_si, shaanxi_si, housing, degree, driving, running, offices, proof, agencies, civil
+    )
 
 
 async def _serve_until_cancelled(host: str, config_dir: Path) -> None:

@@ -1,5 +1,7 @@
-"""Ready-made case submissions for `tongban demo`: S1, S2, S3, S4, S8, S9, S10 as durable cases
-(办件), and how to follow a case (status URL, event stream, CLI). S10 is taken in at a window:
+"""Ready-made case submissions for `tongban demo`: S1, S2, S3, S4, S8, S9, S10, S13 as durable
+cases (办件), and how to follow a case (status URL, event stream, CLI). S13 is linked (联动办理):
+once as it succeeds, once refused at registration with the steps already taken undone. S10 is
+taken in at a window:
 the clerk's own token and a Counter token by token exchange (gateway/identity/token_exchange.py),
 never a development token."""
 
@@ -10,6 +12,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from gateway.demo.property_transfer import BUYER, SEIZED_UNITS, SELLER
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN
 from gateway.identity.clients import TOKEN_EXCHANGE
 from gateway.identity.devtokens import DevTokenIssuer
@@ -214,6 +217,60 @@ S10_CASE: tuple[str, str, str, dict[str, Any]] = (
 )
 
 
+# S13 (二手房转移登记及水电气联动过户, 联动办理): the parts and their order are the service's; the
+# application names the people, the home and the utility accounts.
+S13_DATA: dict[str, Any] = {
+    "seller": {"id_number": SELLER.id_number, "name": SELLER.name, "household_province": "63"},
+    "buyer": {"id_number": BUYER.id_number, "name": BUYER.name, "household_province": "61"},
+    "property": {
+        "unit": "西宁市城西区五四大街9号1-2-601",
+        "certificate_no": "青(2019)西宁市不动产权第0012345号",
+        "price": 1280000,
+    },
+    "utilities": {
+        "electricity_account": "6301001234567",
+        "water_account": "63010098765",
+        "gas_account": "630100556677",
+    },
+}
+S13_MATERIALS: list[dict[str, str]] = [
+    ID_CARD,
+    {**ID_CARD, "code": "property-certificate", "ref": "elicence:63:property-certificate:0012345"},
+    {
+        "code": "sale-contract",
+        "ref": "urn:upload:demo-s13-contract",
+        "digest": "sha256:" + "5" * 64,
+    },
+]
+S13_CASE: tuple[str, str, str, dict[str, Any]] = (
+    "S13",
+    "second-hand home in Xining, Shaanxi buyer (联动办理): filing → tax, buyer checked in "
+    "Shaanxi → registration → electricity, water, gas",
+    "demo-s13-case-0001",
+    {
+        "service": "second-hand-home-transfer",
+        "mode": "joint",
+        "receiving_province": "63",
+        "purpose": "二手房转移登记及水电气联动过户",
+        "data": S13_DATA,
+        "materials": S13_MATERIALS,
+    },
+)
+S13_REFUSED: tuple[str, str, str, dict[str, Any]] = (
+    "S13",
+    "the same for a home under a court seizure: registration refuses (不予受理), the filing "
+    "and the tax already done are undone, the utilities never asked",
+    "demo-s13-case-0002",
+    {
+        **S13_CASE[3],
+        "data": {
+            **S13_DATA,
+            "property": {**S13_DATA["property"], "unit": next(iter(SEIZED_UNITS))},
+        },
+    },
+)
+
+
 def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
     """Development tokens for the banner's curl lines: an operator (dead letters) and an
     enterprise's agent (S8). A window clerk has no development token: the clerk signs in through
@@ -274,7 +331,7 @@ def cases_banner(
     ]
     enterprise = shlex.quote(f"Authorization: Bearer {staff['enterprise']}")
     plan = [(case, auth) for case in (*DEMO_CASES, S2_CASE)]
-    plan += [(S8_CASE, enterprise), (S9_CASE, auth)]
+    plan += [(S8_CASE, enterprise), (S9_CASE, auth), (S13_CASE, auth), (S13_REFUSED, auth)]
     proof_url = base_url + "/api/v1/services/public-rental-housing/calls"
     for (scenario, title, key, body), header in plan:
         if scenario == "S9":

@@ -25,7 +25,7 @@ from gateway.cases.config import CaseSettings
 from gateway.cases.errors import CaseStoreDown
 from gateway.cases.events import EventSink, JsonlEventSink, NullEventSink, WebhookEventSink
 from gateway.cases.intake import CASE_REQUEST_SCHEMA
-from gateway.cases.model import Case, CaseSummary, Supplement
+from gateway.cases.model import Case, CaseStatus, CaseSummary, PartStatus, Supplement
 from gateway.cases.service import CaseService
 from gateway.cases.store import CaseStore, CaseStoreUnavailable
 from gateway.cases.supplements import SUPPLEMENT_SCHEMA
@@ -196,9 +196,14 @@ def case_view(case: Case) -> dict[str, Any]:
         "created_at": case.created_at,
         "updated_at": case.updated_at,
         "materials": [m.as_json() for m in case.materials],
+        # A linked case's combined outcome once it closed (what was done, refused, undone).
+        "outcome": case.outcome,
         "parts": [
             {
                 "part": p.number,
+                "name": p.name,
+                "after": [case.part(n).label for n in p.after],
+                "required": p.required,
                 "handling_province": p.handling_province,
                 "operation": p.operation,
                 "system": p.system,
@@ -476,7 +481,11 @@ _CASE = {
         "case_id": {"type": "string"},
         "service": {"type": "string"},
         "mode": {"type": "string"},
-        "status": {"type": "string"},
+        "status": {"type": "string", "enum": [s.value for s in CaseStatus]},
+        "outcome": {
+            "type": ["object", "null"],
+            "description": "A linked case's combined outcome, once closed",
+        },
         "parts": {
             "type": "array",
             "items": {
@@ -484,7 +493,20 @@ _CASE = {
                 "required": ["part", "status", "supplement_request"],
                 "properties": {
                     "part": {"type": "integer"},
-                    "status": {"type": "string"},
+                    "name": {
+                        "type": ["string", "null"],
+                        "description": "A linked part's name (联动办理); null for a plain part",
+                    },
+                    "after": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "The parts this one waits for",
+                    },
+                    "required": {"type": "boolean"},
+                    "status": {
+                        "type": "string",
+                        "enum": [s.value for s in PartStatus],
+                    },
                     "error_code": {"type": ["string", "null"]},
                     "cause": {
                         "type": ["string", "null"],

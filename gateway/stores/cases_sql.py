@@ -174,6 +174,19 @@ def case_migrations(serial: str, real: str) -> tuple[Migration, ...]:
                 "ALTER TABLE case_parts ADD COLUMN cause TEXT",
             ),
         ),
+        Migration(
+            6,
+            "linked parts (联动办理): names, dependencies, undo operation; combined outcome",
+            (
+                "ALTER TABLE case_parts ADD COLUMN name TEXT",
+                "ALTER TABLE case_parts ADD COLUMN after_parts TEXT",
+                # NULL reads as required and as a submission: every part before was both.
+                "ALTER TABLE case_parts ADD COLUMN optional INTEGER",
+                "ALTER TABLE case_parts ADD COLUMN reads_only INTEGER",
+                "ALTER TABLE case_parts ADD COLUMN compensate_with TEXT",
+                "ALTER TABLE cases ADD COLUMN outcome TEXT",
+            ),
+        ),
     )
 
 
@@ -193,7 +206,7 @@ OUTBOX_COLUMNS: Final = (
 _CASE_COLUMNS: Final = (
     "case_id, service, mode, subject, actor, actor_role, client_id, level, receiving_province,"
     " purpose, authorisation_ref, idempotency_key, body_digest, status, version, created_at,"
-    " updated_at, materials, data, owner"
+    " updated_at, materials, data, owner, outcome"
 )
 # The same application: same owner and key, or (filed before person keys) same subject and key.
 _SAME_APPLICATION: Final = (
@@ -288,7 +301,7 @@ class SqlCaseStore:
                 case_id = case.case_id
                 inserted = await tx.execute(
                     f"INSERT INTO cases ({_CASE_COLUMNS}) VALUES"
-                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)"
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, NULL)"
                     # (owner, key) or (subject, key): either way the same application.
                     " ON CONFLICT DO NOTHING",
                     case.case_id,
@@ -355,18 +368,29 @@ class SqlCaseStore:
         for number, part in enumerate(case.parts):
             await tx.execute(
                 "INSERT INTO case_parts (case_id, part, handling_province, operation, system,"
-                " status, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " status, updated_at, name, after_parts, optional, compensate_with, reads_only)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 case.case_id,
                 number,
                 part.handling_province,
                 part.operation,
                 part.system,
-                PartStatus.PENDING.value,
+                (PartStatus.WAITING if part.after else PartStatus.PENDING).value,
                 at,
+                part.name,
+                _json(list(part.after)) if part.after else None,
+                None if part.required else 1,
+                part.compensate_with,
+                1 if part.reads_only else None,
             )
         for sequence, draft in enumerate(initial, start=1):
             await self._insert_transition(tx, case.case_id, sequence, at, draft)
-        entries = [NewEntry(EntryKind.DELIVER, now, n) for n in range(len(case.parts))]
+        # A linked part that waits for others is sent once they are done (plan_step).
+        entries = [
+            NewEntry(EntryKind.DELIVER, now, n)
+            for n, part in enumerate(case.parts)
+            if not part.after
+        ]
         entries += [_event_entry(e, now) for e in events]
         for entry in entries:
             await self._insert_entry(tx, case.case_id, entry, at)
@@ -419,7 +443,7 @@ class SqlCaseStore:
         async with self._tx() as tx:
             # Under the case's lock (PostgreSQL: the row's FOR UPDATE; SQLite: BEGIN IMMEDIATE
             # already made this the only writer), so the plan sees every committed part.
-            case = await self._read_case(tx, case_id, lock=True)
+            case = await self._read_case(tx, case_id, lock=True, timeline=False)
             if case is None:
                 if otherwise is not None:
                     await self._finish(tx, otherwise)
@@ -436,10 +460,12 @@ class SqlCaseStore:
         changed = await tx.execute(
             "UPDATE cases SET status = ?, version = version + 1, updated_at = ?"
             + (", data = NULL" if step.erase_data else "")
+            + (", outcome = ?" if step.outcome is not None else "")
             + " WHERE case_id = ?"
             + (" AND version = ?" if check_version else ""),
             step.status.value,
             step.at,
+            *((_json(step.outcome),) if step.outcome is not None else ()),
             step.case_id,
             *((step.expected_version,) if check_version else ()),
         )
@@ -593,12 +619,15 @@ class SqlCaseStore:
             )
         return await self.get(rows[0][0]) if rows else None
 
-    async def get(self, case_id: str) -> Case | None:
+    async def get(self, case_id: str, *, timeline: bool = True) -> Case | None:
         async with self._read() as conn:
-            return await self._read_case(conn, case_id)
+            return await self._read_case(conn, case_id, timeline=timeline)
 
-    async def _read_case(self, conn: Tx, case_id: str, *, lock: bool = False) -> Case | None:
-        """The whole case as ``conn`` sees it; ``lock``: take the case row's write lock first."""
+    async def _read_case(
+        self, conn: Tx, case_id: str, *, lock: bool = False, timeline: bool = True
+    ) -> Case | None:
+        """The case as ``conn`` sees it; ``lock``: take the case row's write lock first;
+        ``timeline``: with its timeline (planning and delivering never read it)."""
         rows = await conn.fetch(
             f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id = ?"
             + (self._LOCK_ROW if lock else ""),
@@ -608,7 +637,8 @@ class SqlCaseStore:
             return None
         parts = await conn.fetch(
             "SELECT part, handling_province, operation, system, status, result, error_code,"
-            " updated_at, supplement, cause FROM case_parts WHERE case_id = ? ORDER BY part",
+            " updated_at, supplement, cause, name, after_parts, optional, compensate_with,"
+            " reads_only FROM case_parts WHERE case_id = ? ORDER BY part",
             case_id,
         )
         supplements = await conn.fetch(
@@ -616,9 +646,20 @@ class SqlCaseStore:
             " submitted_at FROM case_supplements WHERE case_id = ? ORDER BY sequence",
             case_id,
         )
-        timeline = await conn.fetch(
-            "SELECT sequence, at, from_status, to_status, part, part_status, actor, reason"
-            " FROM case_transitions WHERE case_id = ? ORDER BY sequence",
+        lines = (
+            await conn.fetch(
+                "SELECT sequence, at, from_status, to_status, part, part_status, actor, reason"
+                " FROM case_transitions WHERE case_id = ? ORDER BY sequence",
+                case_id,
+            )
+            if timeline
+            else []
+        )
+        # A lease is kept until the entry is finished or claimed again, so a dead worker's
+        # send still counts as possibly made.
+        held = await conn.fetch(
+            "SELECT part FROM case_outbox WHERE case_id = ? AND state = 'pending'"
+            " AND lease_owner IS NOT NULL AND kind IN ('deliver', 'supplement')",
             case_id,
         )
         row = rows[0]
@@ -643,6 +684,8 @@ class SqlCaseStore:
             updated_at=row[16],
             materials=tuple(MaterialRef(**m) for m in _load(row[17]) or ()),
             data=_load(row[18]),
+            outcome=_load(row[20]),
+            in_flight=frozenset(int(h[0]) for h in held if h[0] is not None),
             parts=tuple(
                 Part(
                     number=int(p[0]),
@@ -655,6 +698,11 @@ class SqlCaseStore:
                     updated_at=p[7],
                     supplement=_request(_load(p[8])),
                     cause=p[9],
+                    name=p[10],
+                    after=tuple(_load(p[11]) or ()),
+                    required=not p[12],
+                    compensate_with=p[13],
+                    reads_only=bool(p[14]),
                 )
                 for p in parts
             ),
@@ -682,7 +730,7 @@ class SqlCaseStore:
                     actor=t[6],
                     reason=t[7],
                 )
-                for t in timeline
+                for t in lines
             ),
         )
 
@@ -733,7 +781,7 @@ class SqlCaseStore:
                 mode=Mode(r[2]),
                 status=CaseStatus(r[3]),
                 receiving_province=r[4],
-                handling_provinces=tuple(provinces.get(r[0], ())),
+                handling_provinces=tuple(dict.fromkeys(provinces.get(r[0], ()))),
                 created_at=r[5],
                 updated_at=r[6],
                 actor=r[7],

@@ -58,7 +58,7 @@ def test_every_portal_page_and_the_window_console(demo: dict[str, str], tmp_path
                 page, "catalogue", shots, expect=("事项目录", "学历学位证书核验", "在线办理")
             )
             listed = page.locator("#catalogue li.card").count()
-            assert listed == 2, "the Shaanxi portal may call two services"
+            assert listed == 3, "the Shaanxi portal may call three services"
             page.click("li[data-service='housing-fund-transfer'] >> text=办事指南")
             page.wait_for_selector("#materials")
             check_page(page, "service-guide", shots, expect=("申请材料", "认证要求", "需实名认证"))

@@ -53,6 +53,8 @@ class AtOnceProvince:
 
     expected: int
     patience: float = 10.0
+    status: int = 201
+    """What every submission is answered with (503: all fail at the same instant)."""
     sends: Counter[str] = field(default_factory=Counter)
     waiting: int = 0
     all_arrived: bool = False
@@ -71,7 +73,9 @@ class AtOnceProvince:
                 await self._release.wait()
         except TimeoutError:
             self._release.set()
-        return web.json_response({"ref": f"F-{key}", "status": "DONE"}, status=201)
+        if self.status >= 500:
+            return web.json_response({"error": "unavailable"}, status=self.status)
+        return web.json_response({"ref": f"F-{key}", "status": "DONE"}, status=self.status)
 
 
 def write_config(root: Path, port: int) -> Path:
@@ -198,16 +202,26 @@ def twenty_part_case(case_id: str) -> NewCase:
     )
 
 
+@pytest.mark.parametrize("answer", [201, 503])
 async def test_parts_answered_at_once_all_land_and_are_sent_once(
     tmp_path: Path,
     province: tuple[AtOnceProvince, int],
     instances: tuple[int, Callable[[], CaseStore]],
+    answer: int,
 ) -> None:
+    """201: every part done, the case closed. 503 on the only attempt allowed: every part
+    dead-lettered at the same instant, each shown as such with the system's own failure."""
     backend, port = province
+    backend.status = answer
     count, open_store = instances
     settings = load_settings(write_config(tmp_path, port))
     delivery = DeliverySettings(
-        batch=PARTS // count, lease=60.0, poll_interval=0.05, initial_backoff=0.1, jitter=0
+        batch=PARTS // count,
+        lease=60.0,
+        poll_interval=0.05,
+        initial_backoff=0.1,
+        jitter=0,
+        max_attempts=1 if answer == 503 else 8,
     )
     stores: list[CaseStore] = []
     adapters: list[Adapter] = []
@@ -251,6 +265,16 @@ async def test_parts_answered_at_once_all_land_and_are_sent_once(
 
         case = await stores[0].get(case_id)
         assert case is not None
+        if answer == 503:
+            assert [p.status for p in case.parts] == [PartStatus.DEAD_LETTERED] * PARTS
+            assert case.status == CaseStatus.DEAD_LETTERED
+            assert {p.cause for p in case.parts} == {
+                "backend.server_error: HTTP 503 from system filing-office."
+            }
+            dead = await stores[0].dead_letters()
+            assert sorted(e.part for e in dead if e.part is not None) == list(range(PARTS))
+            assert len(backend.sends) == PARTS
+            return
         assert [p.status for p in case.parts] == [PartStatus.DONE] * PARTS
         assert case.status == CaseStatus.CLOSED
         assert all(p.result and p.result["status"] == "DONE" for p in case.parts)

@@ -330,7 +330,7 @@ async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> N
     assert (status, problem["code"]) == (403, "client.insufficient_level")
     status, receipt = await submit(journey, body, "s8-case-bundle-01", token="enterprise")
     assert status == 202, receipt
-    assert receipt["handling_provinces"] == ["63"] * 4
+    assert receipt["handling_provinces"] == ["63"]  # four parts, one province
     case = await wait_for(journey, receipt["case_id"], "closed", token="enterprise")
     assert [p["status"] for p in case["parts"]] == ["done"] * 4
     documents = [p["result"]["result"]["document"] for p in case["parts"]]

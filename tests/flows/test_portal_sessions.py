@@ -82,7 +82,7 @@ async def test_a_refused_refresh_ends_the_session_with_a_clear_page(stack: Porta
 
 
 async def test_the_catalogue_lists_only_what_the_portal_may_call(stack: PortalStack) -> None:
-    portal = stack.sso.portal(SX)  # allowed: degree-verification, housing-fund-transfer
+    portal = stack.sso.portal(SX)  # allowed: degree, housing-fund and home transfers
     async with browser() as b:
         page = await b.get(f"{portal.base_url}/login")
         chooser = await page.text()
@@ -93,7 +93,8 @@ async def test_the_catalogue_lists_only_what_the_portal_may_call(stack: PortalSt
         home = await idp_login(b, form, "qh-100233")
         text = await home.text()
         listed = re.findall(r"<li class='card' data-service='([^']+)'>", text)
-        assert sorted(listed) == ["degree-verification", "housing-fund-transfer"]
+        allowed = ["degree-verification", "housing-fund-transfer", "second-hand-home-transfer"]
+        assert sorted(listed) == allowed
         assert "学历学位证书核验" in text
         assert "需实名认证" in text  # the level needed, in words
         assert "min_level" not in text
@@ -105,7 +106,7 @@ async def test_the_catalogue_lists_only_what_the_portal_may_call(stack: PortalSt
                 headers={"Authorization": f"Bearer {only_session(portal).access_token}"},
             )
             codes = [s["code"] for s in (await answer.json())["services"]]
-        assert codes == ["degree-verification", "housing-fund-transfer"]
+        assert codes == allowed
 
 
 async def test_the_login_page_puts_enterprises_apart_and_names_no_transport(

@@ -48,9 +48,15 @@ STATUSES: dict[str, str] = {
     "returned": "已退件",
     "outcome_unknown": "结果待核实",
     "dead_lettered": "投递失败，待人工处理",
+    "compensating": "正在撤回已办环节",
 }
 PART_STATUSES: dict[str, str] = {
     "pending": "待转办",
+    "waiting": "等待前序环节",
+    "cancelled": "已取消",
+    "compensating": "正在撤回",
+    "compensated": "已撤回",
+    "compensation_failed": "撤回失败，待人工处理",
     "forwarded": "已转办",
     "processing": "办理中",
     "done": "已办结",

@@ -34,7 +34,10 @@ def test_every_status_is_in_the_table_and_closed_is_final() -> None:
         (S.RECEIVED, S.PROCESSING),  # 办件转办 is never skipped
         (S.RESULT_DELIVERED, S.PROCESSING),
         (S.NOT_ACCEPTED, S.FORWARDED),
-        (S.DEAD_LETTERED, S.CLOSED),
+        # A dead letter is an operator's (only an unwound linked case closes from it).
+        (S.DEAD_LETTERED, S.RESULT_DELIVERED),
+        (S.COMPENSATING, S.CLOSED),  # unwinding ends in the failed part's outcome first
+        (S.COMPENSATING, S.PROCESSING),
     ],
 )
 def test_illegal_moves_are_refused(current: CaseStatus, target: CaseStatus) -> None:
