@@ -48,7 +48,7 @@ ENV_NAMES = {
     "qinghai_idp_client_secret": "TONGBAN_SECRET_QH_IDP_CLIENT_SECRET",
     "portal_qinghai_secret": "TONGBAN_SECRET_PORTAL_QINGHAI",
     "portal_shaanxi_secret": "TONGBAN_SECRET_PORTAL_SHAANXI",
-    # Issue 6: the platforms beside OIDC, the legacy system's secret and the link key.
+    # The platforms beside OIDC, the legacy system's secret and the link key.
     "shaanxi_idp_app_secret": "TONGBAN_SECRET_SX_IDP_APP_SECRET",
     "gansu_idp_app_secret": "TONGBAN_SECRET_GS_IDP_APP_SECRET",
     "guangdong_idp_client_secret": "TONGBAN_SECRET_GD_IDP_CLIENT_SECRET",
@@ -56,7 +56,7 @@ ENV_NAMES = {
     "legacy_sx_bdc_secret": "TONGBAN_SECRET_LEGACY_SX_BDC",
     "legacy_sx_gjj_secret": "TONGBAN_SECRET_LEGACY_SX_GJJ",
     "link_secret": "TONGBAN_LINK_SECRET",
-    # Issue 3 §5: the window staff directory and the window desk's client.
+    # The window staff directory and the window desk's client.
     "staff_idp_client_secret": "TONGBAN_SECRET_SX_STAFF_IDP_CLIENT_SECRET",
     "window_shaanxi_secret": "TONGBAN_SECRET_WINDOW_SHAANXI",
 }
@@ -113,9 +113,9 @@ class DemoIdentity:
     portals: dict[str, PortalState]
     runners: list[web.AppRunner]
     platforms: DemoPlatforms | None = None
-    """Issue 6: ticket, OAuth2-quirks and legal-person platforms and the legacy system."""
+    """Ticket, OAuth2-quirks and legal-person platforms and the legacy system."""
     staff: StaffDirectoryState | None = None
-    """Issue 3 §5: the Shaanxi window staff directory (clerks sign in there)."""
+    """The Shaanxi window staff directory (clerks sign in there)."""
 
     @property
     def idp_url(self) -> str:
@@ -230,15 +230,3 @@ async def start_demo_identity(
             await runner.cleanup()
         raise
     return DemoIdentity(idp, portals, runners, platforms, staff)
-
-
-def portal_banner(identity: DemoIdentity) -> str:
-    """Lines for the demo banner: where to sign in."""
-    lines = ["portals (sign in through the gateway; every demo password is 'demo'):"]
-    lines += [f"  {p.title:<40} {p.base_url}/" for p in identity.portals.values()]
-    lines.append(f"  Qinghai identity platform (63)           {identity.idp_url}")
-    if identity.staff is not None:
-        lines.append(f"  Shaanxi window staff directory (61)      {identity.staff.issuer}")
-    if identity.platforms is not None:
-        lines += identity.platforms.banner()
-    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Demo signed-ticket identity platforms (IDENTITY-PLATFORMS.md §1): Shaanxi (61) and Gansu (62).
+"""Demo signed-ticket identity platforms: Shaanxi (61) and Gansu (62).
 
 One aiohttp server per platform, shaped like the two vendors' deployments:
 - Shaanxi (Zhejiang personal-user shape): ``/sso/login?servicecode=&goto=``, back-channel over

@@ -23,7 +23,7 @@ from gateway.errors import (
 )
 from gateway.fastschema import SchemaGate
 from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, principal_of
-from gateway.http.oidc import check_client_may_call, identity_assertion
+from gateway.http.oidc import check_client_may_call, client_allows, identity_assertion
 from gateway.http.openapi import CALL_REQUEST_SCHEMA, build_openapi
 from gateway.pipeline import CallTrace
 from gateway.settings import PROVINCES, ServiceSettings
@@ -64,10 +64,13 @@ def _summary(
 
 
 async def list_services(request: web.Request) -> web.Response:
+    """The catalogue as the calling client sees it: the services its registration allows."""
     catalog = request.app[STATE].catalog
+    principal = principal_of(request)
     items = [
         _summary(code, service, catalog.provinces(code))
         for code, service in sorted(catalog.services.items())
+        if client_allows(request.app, principal, code)
     ]
     return _json({"services": items})
 
@@ -88,6 +91,7 @@ async def get_service(request: web.Request) -> web.Response:
                 "kind": op.kind,
                 "retry": op.retry,
                 "input_schema": op.input_schema,
+                "result_fields": {k: f.model_dump() for k, f in op.result_fields.items()},
             }
             for name, op in sorted(service.operations.items())
         },

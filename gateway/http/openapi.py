@@ -96,6 +96,19 @@ _OPERATION_GUIDE = {
         "kind": {"type": "string", "enum": ["query", "verify", "submit"]},
         "retry": {"type": "string", "enum": ["safe", "idempotent-with-key", "never"]},
         "input_schema": {"type": "object"},
+        "result_fields": {
+            "type": "object",
+            "description": "Labels of the answer's fields for people, by dotted path.",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["zh"],
+                "properties": {
+                    "zh": {"type": "string"},
+                    "en": {"type": ["string", "null"]},
+                    "values": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+        },
     },
 }
 
@@ -274,7 +287,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
             },
             "/api/v1/services": {
                 "get": {
-                    "summary": "The service catalogue (事项目录)",
+                    "summary": "The service catalogue (事项目录): what the calling client may call",
                     "security": secured,
                     "responses": {
                         "200": _ok(

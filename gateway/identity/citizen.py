@@ -1,15 +1,15 @@
 """One internal identity for every provincial platform, and the declarative claim mapping into it.
 
-Modelled on SATOSA's internal data (STYLE.md): each platform's attributes are mapped by
+Modelled on SATOSA's internal data: each platform's attributes are mapped by
 configuration, never by code, into ``FederatedIdentity``. Levels keep the platform's raw value and
-the name of its scale beside the gateway's normalised level (IDENTITY-PLATFORMS.md §4: some
+the name of its scale beside the gateway's normalised level (some
 scales run backwards, so the map is per platform). The ID number is kept only when the platform's
 configuration says a downstream use needs it (eIDAS minimum data set) and is masked otherwise;
 ``repr`` never shows it, nor the name.
 
-Legal persons (IDENTITY-PLATFORMS.md §3) carry the credit code and the operator (经办人) who
-signed in; the local id includes the operator's platform user id, so one enterprise with many
-agents is never merged on the credit code alone.
+Legal persons (signed in through a separate legal-person platform) carry the credit code and
+the operator (经办人) who signed in; the local id includes the operator's platform user id, so
+one enterprise with many agents is never merged on the credit code alone.
 
 Must not: import aiohttp; log an ID number or a name.
 """
@@ -84,7 +84,7 @@ class ClaimMapping(BaseModel):
     operator: str | None = None
     """Operator's name (经办人) for legal persons."""
     level: LevelRule
-    # Issue 6 (IDENTITY-PLATFORMS.md §3, §5): national codes, the agent, the legal person.
+    # National codes, the agent (经办人), the legal person.
     id_type: ValueRule | None = None
     """The platform's ID type → national code (111 resident ID card, 414 passport, ...);
     absent: an ID number is a resident ID card."""
@@ -197,8 +197,8 @@ class FederatedIdentity:
 
         With a link key, a natural person is one local user whichever province they signed in
         through; a legal person's account is the (enterprise, agent) pair, never the enterprise
-        alone (IDENTITY-PLATFORMS.md §3). A staff account is never the person's citizen
-        account (gateway/identity/staff.py)."""
+        alone (one enterprise has many accounts, one per agent). A staff account is never the
+        person's citizen account (gateway/identity/staff.py)."""
         if self.staff:
             return f"staff:{self.platform}:{self.user_id}"
         if self.link_key and self.person_type == "natural":

@@ -4,7 +4,7 @@
 - Unified social credit code, GB 32100-2015: 18 characters over a 31-character alphabet (no I, O,
   S, V, Z), the last one a MOD 31 check character.
 - ID types are normalised to the national certificate codes (111 resident ID card, 414 passport,
-  ...); each platform's own code is kept beside (IDENTITY-PLATFORMS.md §5).
+  ...); each platform's own code is kept beside.
 - Applicant types are the national codes used in service rating (1 自然人, 2 企业法人, ...).
 - The cross-province link key is a keyed hash (HMAC-SHA256 or HMAC-SM3) of ID type + number: one
   person signing in through two provinces gets the same local id, and the raw number is never

@@ -1,4 +1,4 @@
-"""The province-shaped face for legacy business systems (IDENTITY-PLATFORMS.md §6), and CAS.
+"""The province-shaped face for legacy business systems, and CAS.
 
 Provincial business systems were built against signed-ticket platforms: they register an app
 code, a secret and a callback; the gateway sends their users back with a one-time ticket, and

@@ -1,5 +1,5 @@
-"""Back-channel request signatures of provincial identity platforms, both sides (§1.4 of
-IDENTITY-PLATFORMS.md), and the replay controls they need.
+"""Back-channel request signatures of provincial identity platforms, both sides, and
+the replay controls they need.
 
 Schemes:
 - ``md5``: ``sign = md5(code + secret + time)``, 32 lowercase hex, ``time`` as yyyyMMddHHmmss

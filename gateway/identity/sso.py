@@ -5,7 +5,7 @@
   platform; ``prompt=none`` never starts a login (§3.1.2.6 ``login_required``).
 - ``acr_values`` (§3.1.2.1) above the session's level trigger a step-up at the same platform with
   the platform's value for that level; the reached level lasts ``elevated_level_ttl`` seconds and
-  then falls back to the session's base level (issue 3 §4).
+  then falls back to the session's base level.
 - Session fixation (OWASP ASVS V3.2.1): every completed login issues a new random handle; the
   handle the browser had before is deleted, whoever set it.
 - Login CSRF (RFC 6749 §10.12, RFC 9700 §4.7): a login transaction is bound to the browser by a
@@ -19,7 +19,7 @@
   ``sweep_interval`` seconds: the store hands each expired session to one instance only), so the
   portals hear of a timeout as of a logout (Back-Channel Logout 1.0 §2.7: the OP sends a logout
   token whenever the session ends). Each end is audited with its reason.
-- Staff and citizens never share a session (issue 3 §5, staff.py): a window client's requests
+- Staff and citizens never share a session (staff.py): a window client's requests
   accept only a session from a staff directory and its login page offers only those; every other
   client accepts only citizen platforms. Only a staff directory's login gives a session roles.
 
@@ -87,6 +87,7 @@ class IdpChoice:
     zh: str
     en: str
     available: bool
+    for_enterprises: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,12 +464,24 @@ class SessionAuthenticator:
         if self.provider is not None and record["client_id"] in self.provider.clients:
             registration = self.provider.clients[record["client_id"]].registration
             client_name = registration.name or registration.client_id
-        choices = []
+        choices: list[IdpChoice] = []
         for idp_id, idp in sorted(self.idps.items(), key=lambda item: item[1].province):
             if not self.offers(record["client_id"], idp_id):
                 continue
+            # One platform configured twice (one login page, two back channels: HTTP and SOAP)
+            # is one choice for a person; the first listed is offered, the other stays
+            # reachable by idp_hint.
+            if any(c.province == idp.province and c.zh == idp.display_name[0] for c in choices):
+                continue
             choices.append(
-                IdpChoice(idp_id, idp.province, idp.display_name[0], idp.display_name[1], False)
+                IdpChoice(
+                    idp_id,
+                    idp.province,
+                    idp.display_name[0],
+                    idp.display_name[1],
+                    False,
+                    idp.for_enterprises,
+                )
             )
         availability = [await idp.available() for idp in (self.idps[c.idp_id] for c in choices)]
         return LoginView(
@@ -622,7 +635,7 @@ class SessionAuthenticator:
         handle = secrets.token_urlsafe(32)
         # A legal person (LP) acts through its operator (经办人): the enterprise+operator account
         # is the principal and the operator, the same person in every province by the link key,
-        # is the actor (issue 3 §5: represented as both).
+        # is the actor (represented as both).
         operator = (
             natural_person_id(identity.link_key)
             if identity.person_type == "legal" and identity.link_key

@@ -3,7 +3,7 @@
 One ``UpstreamIdP`` per platform (config/idps.yaml). The gateway keeps the login transaction
 (state, nonce, PKCE verifier, requested level) itself; a platform only turns it into a redirect
 URL and turns the callback back into claims. Signed-ticket, quirky-OAuth2 and legal-person kinds
-(IDENTITY-PLATFORMS.md §1–§3) implement the same two calls; a platform kind that has no nonce or
+implement the same two calls; a platform kind that has no nonce or
 PKCE simply ignores them.
 
 Must not: import aiohttp (the web layer hands in an ``httpx.AsyncClient``); log a code, a ticket,
@@ -84,6 +84,9 @@ class UpstreamIdP(Protocol):
     """GB/T 2260 code of its province."""
     display_name: tuple[str, str]
     """(Chinese, English) name for the login page."""
+    for_enterprises: bool
+    """A legal-person platform: the login page lists it under 法人 (enterprises), not with the
+    persons' home provinces."""
 
     async def available(self) -> bool:
         """Whether it answers now (bounded by the configured timeout; cached briefly)."""

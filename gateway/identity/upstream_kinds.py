@@ -1,8 +1,9 @@
-"""Settings of the upstream platform kinds beside OpenID Connect (issue 6), and the union of all.
+"""Settings of the upstream platform kinds beside OpenID Connect, and the union of all.
 
 config/idps.yaml entries are discriminated by ``kind``: ``oidc`` (upstream.py), ``ticket``
-(signed-ticket platforms, IDENTITY-PLATFORMS.md §1), ``oauth2-quirks`` (§2) and
-``legal-person`` (§3). Everything is validated once by the settings loader.
+(signed-ticket platforms), ``oauth2-quirks`` (OAuth2 with provincial variations) and
+``legal-person`` (enterprises' separate platforms). Everything is validated once by the
+settings loader.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class TicketParams(_Model):
 
 
 class ResultCodes(_Model):
-    """How a platform says no, often with HTTP 200 (IDENTITY-PLATFORMS.md §1.6)."""
+    """How a platform says no, often with HTTP 200."""
 
     code_field: str = "result"
     """Result code field; a value not in ``ok`` is an error."""

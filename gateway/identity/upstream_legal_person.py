@@ -1,4 +1,4 @@
-"""The legal-person kind of ``UpstreamIdP`` (IDENTITY-PLATFORMS.md §3): a signed assertion.
+"""The legal-person kind of ``UpstreamIdP``: a signed assertion.
 
 The enterprise platform signs in the agent (经办人) and POSTs a JWS assertion (RFC 7515, JWT
 claims RFC 7519) back to the gateway's callback; the web layer parks the post and the browser
@@ -57,6 +57,7 @@ class LegalPersonUpstream:
         self.platform = platform
         self.province = settings.province
         self.display_name = (settings.name.zh, settings.name.en)
+        self.for_enterprises = True
         self.settings = settings
         self._http = http
         self._timeout = timeout

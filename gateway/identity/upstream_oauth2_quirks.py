@@ -1,4 +1,4 @@
-"""The OAuth2-with-quirks kind of ``UpstreamIdP`` (IDENTITY-PLATFORMS.md §2: Guangdong, Guangxi).
+"""The OAuth2-with-quirks kind of ``UpstreamIdP`` (Guangdong, Guangxi).
 
 Authorization code flow (RFC 6749 §4.1) with the deployed deviations, each configuration:
 - the token request is a GET with ``client_secret`` in the query and fixed extra parameters
@@ -109,6 +109,7 @@ class OAuth2QuirksUpstream:
         self.platform = platform
         self.province = settings.province
         self.display_name = (settings.name.zh, settings.name.en)
+        self.for_enterprises = False
         self.settings = settings
         self._http = http
         self._timeout = timeout

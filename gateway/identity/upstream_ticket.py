@@ -1,4 +1,4 @@
-"""The signed-ticket kind of ``UpstreamIdP`` (IDENTITY-PLATFORMS.md §1): Zhejiang / Gansu shape.
+"""The signed-ticket kind of ``UpstreamIdP`` : the Zhejiang / Gansu shape.
 
 1. Login redirect: ``login_url?{servicecode}=app&{goto}=callback?state=…`` (parameter names per
    platform); the gateway's ``state`` rides in the return address, which the platform echoes.
@@ -55,8 +55,8 @@ _SOAP_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.Co
 
 
 class HttpxSoapTransport(AsyncTransport):
-    """zeep's AsyncTransport on a given httpx client: no header rewriting (NOTES.md), no remote
-    WSDL, no envelope logging, a bounded timeout per call."""
+    """zeep's AsyncTransport on a given httpx client: no header rewriting (zeep's own replaces
+    the client's headers), no remote WSDL, no envelope logging, a bounded timeout per call."""
 
     def __init__(self, client: httpx.AsyncClient, timeout: float) -> None:
         # Not AsyncTransport.__init__: it would replace the client's headers and build more.
@@ -135,6 +135,7 @@ class TicketUpstream:
         self.platform = platform
         self.province = settings.province
         self.display_name = (settings.name.zh, settings.name.en)
+        self.for_enterprises = False
         self.settings = settings
         self._http = http
         self._config_dir = config_dir

@@ -1,4 +1,4 @@
-"""Issue 6 over real loopback HTTP and SOAP: every upstream kind beside OIDC reaches the same
+"""Provincial platforms over real loopback HTTP and SOAP: every upstream kind beside OIDC reaches the same
 internal identity; one citizen through two provinces is one person; the legacy system signs in
 through the ticket and CAS faces; and the refusals of "Bad input and attacks", each a test.
 """
@@ -188,7 +188,7 @@ async def test_two_agents_of_one_enterprise_are_two_accounts(sso: Sso) -> None:
             actors.append(claims["act"])
             sso.portal(SX).sessions.clear()
     assert subjects[0] != subjects[1]  # same credit code, never merged
-    # Issue 3 §5: the enterprise account acts through its operator, who is in the token too:
+    # The enterprise account acts through its operator, who is in the token too:
     # as an agent, under a pairwise id of the portal's own (never the link key or ID number).
     assert [a["role"] for a in actors] == ["agent", "agent"]
     assert actors[0]["sub"] != actors[1]["sub"]
