@@ -95,6 +95,7 @@ async def get_service(request: web.Request) -> web.Response:
             }
             for name, op in sorted(service.operations.items())
         },
+        linked=_linked_guide(service),
         agreements=[
             {
                 **a,
@@ -105,6 +106,34 @@ async def get_service(request: web.Request) -> web.Response:
         ],
     )
     return _json(guide)
+
+
+def _linked_guide(service: ServiceSettings) -> dict[str, Any] | None:
+    """A linked service's parts (联动办理) for the guide: what happens, in which order."""
+    if service.linked is None:
+        return None
+    return {
+        "parts": [
+            {
+                "name": name,
+                "title": (
+                    part.title.model_dump()
+                    if part.title is not None
+                    else service.operations[part.operation].name.model_dump()
+                ),
+                "operation": part.operation,
+                "handling_province": part.handling,
+                "after": list(part.after),
+                "required": part.required,
+                "undone_if_the_case_fails": (
+                    (case := service.operations[part.operation].case) is not None
+                    and case.compensate_with is not None
+                ),
+            }
+            for name, part in service.linked.parts.items()
+        ],
+        "input_schema": service.linked.input_schema,
+    }
 
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")

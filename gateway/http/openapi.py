@@ -133,6 +133,35 @@ _GUIDE = {
         "time_limit_days": {"type": ["integer", "null"]},
         "materials": {"type": "array", "items": {"type": "object"}},
         "agreements": {"type": "array", "items": {"type": "object"}},
+        "linked": {
+            "description": "联动办理: the parts every case of this service is made of, in order",
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["parts", "input_schema"],
+                    "properties": {
+                        "input_schema": {"type": "object"},
+                        "parts": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "title", "operation", "after", "required"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "title": LOCALIZED,
+                                    "operation": {"type": "string"},
+                                    "handling_province": {"anyOf": [PROVINCE, {"type": "null"}]},
+                                    "after": {"type": "array", "items": {"type": "string"}},
+                                    "required": {"type": "boolean"},
+                                    "undone_if_the_case_fails": {"type": "boolean"},
+                                },
+                            },
+                        },
+                    },
+                },
+            ],
+        },
     },
 }
 

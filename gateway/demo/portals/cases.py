@@ -1,9 +1,11 @@
 """我的办件: a signed-in person follows her cases, and supplies what a handling province asks for.
 
 Each case shows its service by name, where it was taken in and where it is handled (province
-names), its status in words and its timeline in Beijing time. A part waiting for material
-(补齐补正) lists what is missing with a form to supply it (an Idempotency-Key per rendered form,
-so a double click sends it once).
+names), its status in words and its timeline in Beijing time. A case of several parts lists
+each part by name (a linked case's 联动办理 steps: what each waits for, what was undone or
+never sent) and, once closed, its combined outcome. A part waiting for material (补齐补正)
+lists what is missing with a form to supply it (an Idempotency-Key per rendered form, so a
+double click sends it once).
 
 Must not: show another person's case (the gateway answers only hers), or a raw status value.
 """
@@ -24,39 +26,145 @@ from gateway.demo.portals.layout import render
 from gateway.demo.portals.pages import NavEntry, PortalPage
 from gateway.demo.portals.signin import signed_in
 from gateway.demo.portals.state import STATE, PortalSession, PortalState
-from gateway.demo.portals.words import e, mode, part_status, problem, province, status, time_tag
+from gateway.demo.portals.words import (
+    e,
+    mode,
+    part_status,
+    problem,
+    province,
+    reason,
+    status,
+    time_tag,
+)
 
 MY_CASES = NavEntry("我的办件", "My cases", 20)
 
 
-def timeline(case: Mapping[str, Any], actors: Mapping[str, str] | None = None) -> str:
+def part_titles(case: Mapping[str, Any], guide_: Mapping[str, Any]) -> dict[int, str]:
+    """Each part's name for people: a linked part's title from the service guide, else its
+    operation's name, else its number."""
+    linked = guide_.get("linked") or {}
+    titled = {
+        str(p.get("name")): str((p.get("title") or {}).get("zh") or p.get("name"))
+        for p in linked.get("parts", ())
+        if isinstance(p, dict)
+    }
+    operations = guide_.get("operations") or {}
+    names: dict[int, str] = {}
+    for p in case.get("parts", ()):
+        if not isinstance(p, dict):
+            continue
+        number = int(p.get("part", 0))
+        operation = (operations.get(str(p.get("operation"))) or {}).get("name") or {}
+        names[number] = (
+            titled.get(str(p.get("name")))
+            or str(operation.get("zh") or "")
+            or f"第 {number + 1} 部分"
+        )
+    return names
+
+
+def timeline(
+    case: Mapping[str, Any],
+    actors: Mapping[str, str] | None = None,
+    titles: Mapping[int, str] | None = None,
+) -> str:
     """The case's timeline, oldest first, in Beijing time; a step someone did for the applicant
-    names them when ``actors`` knows their pairwise id (the console knows its own clerks)."""
+    names them when ``actors`` knows their pairwise id (the console knows its own clerks); a
+    part's step names the part (``titles``)."""
     rows = []
     for t in case.get("timeline", ()):
         if not isinstance(t, dict):
             continue
-        part = f"（第 {int(t['part'])} 部分）" if t.get("part") else ""
+        number = t.get("part")
+        part = ""
+        if isinstance(number, int):
+            part = f"（{(titles or {}).get(number) or f'第 {number + 1} 部分'}：" + (
+                f"{part_status(t.get('part_status'))}）"
+            )
         actor = ""
         if t.get("actor"):
             named = (actors or {}).get(str(t["actor"]))
             actor = f"，办理人：{e(named)}" if named else "，窗口工作人员办理"
-        reason = f"：{e(t['reason'])}" if t.get("reason") else ""
+        said = reason(t.get("reason"))
+        reason_ = f"：{e(said)}" if said else ""
         rows.append(
             f"<li>{time_tag(t.get('at'))} <span class='to' data-status='{e(t.get('to', ''))}'>"
-            f"{e(status(t.get('to')))}</span>{e(part)}{actor}{reason}</li>"
+            f"{e(status(t.get('to')))}</span>{e(part)}{actor}{reason_}</li>"
         )
     return f"<ol class='timeline'>{''.join(rows)}</ol>"
 
 
-def parts(case: Mapping[str, Any]) -> str:
-    """Who handles which part, and how far it is."""
-    items = [
-        f"<li>{e(province(p.get('handling_province')))}：{e(part_status(p.get('status')))}</li>"
+def parts(case: Mapping[str, Any], titles: Mapping[int, str] | None = None) -> str:
+    """Each part by name: who handles it, how far it is, what it waits for, why it stopped;
+    then, once a case of several parts closed, its combined outcome."""
+    titles = titles or {}
+    by_name = {
+        str(p.get("name")): titles.get(int(p.get("part", 0)), str(p.get("name")))
         for p in case.get("parts", ())
-        if isinstance(p, dict)
+        if isinstance(p, dict) and p.get("name")
+    }
+    items = []
+    for p in case.get("parts", ()):
+        if not isinstance(p, dict):
+            continue
+        number = int(p.get("part", 0))
+        state = str(p.get("status", ""))
+        waits = ""
+        if state == "waiting" and p.get("after"):
+            waits = "（等待：" + "、".join(by_name.get(str(a), str(a)) for a in p["after"]) + "）"
+        why = ""
+        if state in ("not_accepted", "returned", "dead_lettered") and p.get("error_code"):
+            why = f"：{problem(str(p['error_code']), 0)}"
+        optional = "" if p.get("required", True) else "（可选）"
+        items.append(
+            f"<li data-part='{number}' data-status='{e(state)}'>"
+            f"<span class='part-title'>{e(titles.get(number, f'第 {number + 1} 部分'))}</span>"
+            f"{e(optional)}，{e(province(p.get('handling_province')))}："
+            f"<strong>{e(part_status(state))}</strong>{e(waits)}{e(why)}</li>"
+        )
+    if len(items) < 2:
+        return ""
+    return f"<ul class='parts'>{''.join(items)}</ul>{_outcome(case, by_name)}"
+
+
+_OUTCOME_LISTS = (
+    ("compensated", "已撤回"),
+    ("cancelled", "未办理"),
+    ("not_accepted", "不予受理"),
+    ("returned", "已退件"),
+)
+
+
+def _outcome(case: Mapping[str, Any], by_name: Mapping[str, str]) -> str:
+    """A closed linked case's combined outcome in one paragraph."""
+    outcome = case.get("outcome")
+    if not isinstance(outcome, dict):
+        return ""
+    listed = outcome.get("parts") or {}
+
+    failed_label = str(outcome.get("failed_part") or "")
+
+    def named(labels: Any) -> str:
+        # The failed part is named in the first line already.
+        return "、".join(
+            by_name.get(str(label), str(label)) for label in labels or () if label != failed_label
+        )
+
+    if outcome.get("result") == "done":
+        lines = ["全部环节已办结"]
+    else:
+        failed = by_name.get(str(outcome.get("failed_part")), str(outcome.get("failed_part")))
+        lines = [f"{failed}{status(outcome.get('result'))}，申请未能办结"]
+    lines += [
+        f"{word}：{named(listed.get(key))}" for key, word in _OUTCOME_LISTS if listed.get(key)
     ]
-    return f"<ul class='parts'>{''.join(items)}</ul>" if len(items) > 1 else ""
+    if outcome.get("not_undone"):
+        lines.append(f"已办理、无法撤回：{named(outcome['not_undone'])}")
+    return (
+        f"<p class='outcome' data-result='{e(outcome.get('result', ''))}'>"
+        f"<strong>办理结果</strong>：{e('；'.join(lines))}</p>"
+    )
 
 
 async def _service_names(
@@ -101,6 +209,7 @@ async def my_cases(request: web.Request) -> web.Response:
         detail = case if got == 200 and isinstance(case, dict) else {}
         handled = "、".join(province(p) for p in summary.get("handling_provinces", ()))
         code = str(summary.get("service", ""))
+        titles = part_titles(detail, await guide(state, session, code))
         sections.append(
             f"<section class='case' data-case='{e(case_id)}' aria-labelledby='c-{e(case_id)}'>"
             f"<h2 id='c-{e(case_id)}'><span class='case-service' "
@@ -112,9 +221,9 @@ async def my_cases(request: web.Request) -> web.Response:
             f"<dt>状态</dt><dd><strong class='case-status' "
             f"data-status='{e(summary.get('status', ''))}'>{e(status(summary.get('status')))}"
             f"</strong></dd><dt>更新时间</dt><dd>{time_tag(summary.get('updated_at'))}（北京时间）</dd>"
-            f"</dl>{parts(detail)}"
+            f"</dl>{parts(detail, titles)}"
             f"{_supplement_form(state, key, detail, await _material_names(state, session, code))}"
-            f"<h3>办理进度</h3>{timeline(detail)}</section>"
+            f"<h3>办理进度</h3>{timeline(detail, titles=titles)}</section>"
         )
     listing = (
         "".join(sections) or "<p id='no-cases'>暂无办件。<span class='en'>No cases yet.</span></p>"

@@ -13,6 +13,7 @@ Must not: show a service the portal may not call, or a code where the guide has 
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 from urllib.parse import quote
 
@@ -136,7 +137,7 @@ def _card(service: dict[str, Any]) -> str:
 
 async def service_guide(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    _, session = signed_in(request)
+    session_key, session = signed_in(request)
     info = await guide(state, session, request.match_info["code"])
     if "operations" not in info:
         raise web.HTTPNotFound()
@@ -146,11 +147,14 @@ async def service_guide(request: web.Request) -> web.Response:
         f"（{e(_source(m.get('source')))}{'' if m.get('required', True) else '，可选'}）</li>"
         for m in info.get("materials", ())
     )
-    agreements = "".join(
-        f"<li>{e(a.get('receiving_name') if a.get('receiving') != '*' else '各省')}"
-        f" → {e(a.get('handling_name', ''))}</li>"
+    pairs = dict.fromkeys(  # one line per province pair, whatever the operations
+        (
+            a.get("receiving_name") if a.get("receiving") != "*" else "各省",
+            a.get("handling_name", ""),
+        )
         for a in info.get("agreements", ())
     )
+    agreements = "".join(f"<li>{e(rec)} → {e(hand)}</li>" for rec, hand in pairs)
     body = (
         f"<p>{e(description)}</p>"
         "<dl class='fields'><dt>认证要求</dt>"
@@ -164,11 +168,100 @@ async def service_guide(request: web.Request) -> web.Response:
         + ("<dt>授权</dt><dd>需持证人授权（授权用证）</dd>" if info.get("consent_required") else "")
         + "</dl>"
         + (f"<h2>申请材料</h2><ul id='materials'>{materials}</ul>" if materials else "")
+        + _linked_steps(info)
         + (f"<h2>通办范围</h2><ul>{agreements}</ul>" if agreements else "")
+        + _applications(state, session_key, info)
         + "<p><a href='/'>返回事项目录</a></p>"
     )
     return render(
         request, service_name(info), body, heading_en=(info.get("name") or {}).get("en", "")
+    )
+
+
+def _linked_steps(info: dict[str, Any]) -> str:
+    """联动办理: the steps one application goes through, in order, and what waits for what."""
+    linked = info.get("linked")
+    if not isinstance(linked, dict):
+        return ""
+    titles = {
+        str(p.get("name")): str((p.get("title") or {}).get("zh") or p.get("name"))
+        for p in linked.get("parts", ())
+        if isinstance(p, dict)
+    }
+    steps = []
+    for p in linked.get("parts", ()):
+        if not isinstance(p, dict):
+            continue
+        where = province(p["handling_province"]) if p.get("handling_province") else "申请人户籍地"
+        after = "、".join(titles.get(str(a), str(a)) for a in p.get("after", ()))
+        notes = [f"{where}办理"]
+        if after:
+            notes.append(f"在{after}办结后办理")
+        if not p.get("required", True):
+            notes.append("可选：未办成不影响其他环节")
+        if p.get("undone_if_the_case_fails"):
+            notes.append("申请未能办结时自动撤回")
+        steps.append(
+            f"<li data-part='{e(p.get('name', ''))}'><strong>{e(titles[str(p.get('name'))])}"
+            f"</strong>（{e('；'.join(notes))}）</li>"
+        )
+    return (
+        "<h2>办理环节（联动办理）</h2>"
+        "<p>一次申请，各环节按顺序自动办理，前一环节的结果自动带入下一环节；"
+        "必办环节未能办结时，已办环节自动撤回。</p>"
+        f"<ol id='linked-steps'>{''.join(steps)}</ol>"
+    )
+
+
+def _applications(state: PortalState, session_key: str, info: dict[str, Any]) -> str:
+    """Buttons that file the demo's applications of this service as cases."""
+    code = str(info.get("code", ""))
+    offered = [(i, a) for i, a in enumerate(state.applications) if a.service == code]
+    if not offered:
+        return ""
+    csrf = form_csrf(state, session_key, "apply")
+    forms = "".join(
+        "<form method='post' action='/apply' class='inline'>"
+        f"<input type='hidden' name='application' value='{i}'>"
+        f"<input type='hidden' name='csrf' value='{e(csrf)}'>"
+        # One key per rendered form: a double click files one case.
+        f"<input type='hidden' name='key' value='portal-{secrets.token_hex(12)}'>"
+        f"<button type='submit' id='apply-{i}'>{e(a.title)}</button></form>"
+        for i, a in offered
+    )
+    return f"<h2>在线申请</h2><p>以下申请使用示范数据，提交后在「我的办件」查看进度。</p>{forms}"
+
+
+async def apply(request: web.Request) -> web.Response:
+    """File a demo application as a case with the person's own token; then 我的办件."""
+    state = request.app[STATE]
+    session_key, session = signed_in(request)
+    form = await request.post()
+    if not csrf_ok(form_csrf(state, session_key, "apply"), form):
+        return form_expired(request)
+    try:
+        application = state.applications[int(str(form.get("application", "")))]
+    except (ValueError, IndexError):
+        raise web.HTTPBadRequest() from None
+    key = str(form.get("key", ""))
+    status, answer = await person_api(
+        state,
+        session,
+        "POST",
+        "/api/v1/cases",
+        json=application.body,
+        headers={"Idempotency-Key": key},
+    )
+    info = await guide(state, session, application.service)
+    if status == 202 and isinstance(answer, dict):
+        raise web.HTTPSeeOther(f"/cases#c-{quote(str(answer.get('case_id', '')), safe='')}")
+    code = str(answer.get("code", "")) if isinstance(answer, dict) else ""
+    return render(
+        request,
+        service_name(info),
+        f"<p class='bad' id='answer' data-code='{e(code)}'>未能受理：{e(problem(code, status))}</p>"
+        "<p><a href='/'>返回事项目录</a></p>",
+        status=422 if status < 500 else 502,
     )
 
 
@@ -238,4 +331,5 @@ PAGES = (
     PortalPage("GET", "/", home, nav=CATALOGUE),
     PortalPage("GET", "/services/{code}", service_guide),
     PortalPage("POST", "/call", call),
+    PortalPage("POST", "/apply", apply),
 )

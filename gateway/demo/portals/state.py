@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.demo.cases import S13_CASE, S13_REFUSED
 from gateway.demo.examples import DEMO_CALLS, DemoCall
 
 
@@ -130,6 +131,8 @@ class PortalState:
     cases they take in), as the staff directory gave them."""
     guides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Service guides read from the gateway (names, levels, materials, result labels)."""
+    applications: tuple[DemoApplication, ...] = ()
+    """Applications (cases) the portal offers to file with the demo's data, on their guides."""
 
     @property
     def cookie(self) -> str:
@@ -169,6 +172,25 @@ def _call(scenario: str, service: str, operation: str) -> DemoCall:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DemoApplication:
+    """An application a portal files as a case with the demo's data (a button on the guide)."""
+
+    service: str
+    title: str
+    """The button's words."""
+    body: dict[str, Any]
+
+
+def _s13_applications() -> tuple[DemoApplication, ...]:
+    return (
+        DemoApplication("second-hand-home-transfer", "以示范数据申请", S13_CASE[3]),
+        DemoApplication(
+            "second-hand-home-transfer", "以被查封的房屋申请（示范不予受理与撤回）", S13_REFUSED[3]
+        ),
+    )
+
+
 def qinghai_portal(gateway: str, secret: str) -> PortalState:
     return PortalState(
         client_id="demo-portal-qinghai",
@@ -183,6 +205,7 @@ def qinghai_portal(gateway: str, secret: str) -> PortalState:
         scope="openid profile phone services:call",
         province_hint="63",
         enterprise_hint="shaanxi-legal",
+        applications=_s13_applications(),
     )
 
 
@@ -195,4 +218,5 @@ def shaanxi_portal(gateway: str, secret: str) -> PortalState:
         gateway=gateway,
         calls=(_call("S4", "housing-fund-transfer", "account-query"),),
         enterprise_hint="shaanxi-legal",
+        applications=_s13_applications(),
     )

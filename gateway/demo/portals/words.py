@@ -101,6 +101,42 @@ PROBLEMS: dict[str, str] = {
 }
 
 
+# Timeline reasons the gateway writes (gateway/cases), in the applicant's words.
+REASONS: dict[str, str] = {
+    "delivered": "已转送办理地",
+    "status query": "办理地答复进度",
+    "undone": "已撤回",
+    "reconciled: the back-end has it": "经核实，办理地已收到",
+    "reconciled: never arrived; sending again": "经核实，办理地未收到，重新转送",
+    "replayed by an operator": "运维人员已重新投递",
+    "原件核验 at the receiving window": "受理窗口已核验原件",
+}
+REASON_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("released:", "前序环节已办结，开始办理"),
+    ("undoing:", "申请未能办结，撤回此环节"),
+    ("not sent:", "申请已终止，此环节不再办理"),
+    ("reconciled: never arrived; not sent", "经核实，办理地未收到；申请已终止，不再转送"),
+    ("closed after", "办结"),
+    ("callback", "办理地通知"),
+    ("supplement #", "补正材料已转送"),
+    ("补齐补正: supplement", "已提交补正材料"),
+)
+
+
+def reason(text: object) -> str:
+    """A timeline reason in words: known gateway phrases translated, a refusal's code as its
+    problem, anything else (a province's own words, 补齐补正 notes) as it is."""
+    value = str(text or "")
+    if value in REASONS:
+        return REASONS[value]
+    for prefix, words in REASON_PREFIXES:
+        if value.startswith(prefix):
+            return words
+    if value in PROBLEMS:
+        return PROBLEMS[value]
+    return "" if value == "passed through" else value
+
+
 def problem(code: str, status: int) -> str:
     """A refusal's stable code in words; the HTTP status when the code is not known here."""
     return PROBLEMS.get(code) or (f"系统返回 {status}" if status else "未知原因")
