@@ -1,4 +1,4 @@
-"""Benchmark of identity (issue 3): token refresh/s, federated logins/s, token validation cost.
+"""Benchmark of identity: token refresh/s, federated logins/s, token validation cost.
 
     .venv/bin/python bench/bench_identity.py --refreshes 5000 --logins 1000 --concurrency 16 \
         --store sqlite --write docs/performance.md
@@ -466,7 +466,7 @@ def report(results: dict[str, float], command: str, store: str) -> str:
         [
             "## Identity",
             "",
-            "Measured by `bench/bench_identity.py` (issue 3 targets in brackets) on "
+            "Measured by `bench/bench_identity.py` (targets in brackets) on "
             f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
             f"identity store {store}:",
             "",
@@ -502,7 +502,7 @@ def report(results: dict[str, float], command: str, store: str) -> str:
             "the gateway in a process of its own pinned to core 0, the demo platform and the "
             "simulated browsers on core 1, as they are other machines in a deployment; "
             "`--login-layout one-process` puts all three on one loop. Validation is "
-            "dominated by the ES256 signature check (NOTES.md: ~160 µs); the bounded cache of "
+            "dominated by the ES256 signature check (~160 µs); the bounded cache of "
             "verified tokens removes it for repeat callers while the revocation check still "
             "runs on every request.",
             "",

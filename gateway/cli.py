@@ -1,4 +1,4 @@
-"""The `tongban` command: demo, serve, config check."""
+"""The `tongban` command: demo, init, serve, config check, keys, cases, audit."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cases.commands import add_cases_commands, run_cases_command
+from gateway.packaged import DEMO_CONFIG_DIR
 from gateway.settings import ConfigError, load_settings
 
 
@@ -41,9 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--config",
         type=_config_dir,
-        default=Path("config"),
-        help="configuration directory (default ./config)",
+        default=DEMO_CONFIG_DIR,
+        help="configuration directory (default: the demo's, shipped with the package)",
     )
+
+    init = commands.add_parser(
+        "init",
+        help="write a starter configuration for a deployment",
+        description="Write a commented starter configuration into DIR (one province, one "
+        "system, one service, one portal, one identity platform; every secret an environment "
+        "reference), print what to fill in and which secrets to export. DIR must be new or "
+        "empty. The files pass `tongban config check --no-secrets` as written.",
+    )
+    init.add_argument("dir", type=Path, metavar="DIR", help="directory to write (new or empty)")
 
     serve = commands.add_parser(
         "serve", help="run the gateway", description="Run the gateway from a configuration."
@@ -190,13 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir.mkdir(parents=True, exist_ok=True)
         config_dir = args.config.resolve()
         if not config_dir.is_dir():
-            print(
-                f"no configuration directory {config_dir} (run from the repository root "
-                "or pass --config)",
-                file=sys.stderr,
-            )
+            print(f"no configuration directory {config_dir}", file=sys.stderr)
             return 1
         return _run(run_demo(config_dir=config_dir, port=args.port, data_dir=data_dir))
+    if args.command == "init":
+        return _init(args.dir)
     if args.command == "keys":
         return _keys_rotate(args.data_dir, args.config, args.algorithm, args.key)
     if args.command == "serve":
@@ -212,6 +221,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     return 2
+
+
+def _init(directory: Path) -> int:
+    from gateway.starter import StarterError, write_starter  # noqa: PLC0415
+
+    try:
+        starter = write_starter(directory)
+    except (StarterError, OSError) as exc:
+        print(f"tongban init: {exc}", file=sys.stderr)
+        return 1
+    print(starter.report())
+    return 0
 
 
 def _keys_rotate(

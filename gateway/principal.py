@@ -16,8 +16,8 @@ from typing import Protocol
 
 from gateway.errors import InsufficientLevel
 
-# Which gateway levels satisfy a service's minimum (SCENARIOS.md). LP and Counter are not on the
-# L1–L3 ladder: an enterprise is LP; a person checked in at a window is at least L3.
+# Which gateway levels satisfy a service's minimum (docs/scenarios.md). LP and Counter are not on
+# the L1–L3 ladder: an enterprise is LP; a person checked in at a window is at least L3.
 _SATISFIES: dict[str, frozenset[str]] = {
     "L1": frozenset({"L1", "L2", "L3", "Counter"}),
     "L2": frozenset({"L2", "L3", "Counter"}),

@@ -364,6 +364,15 @@ class Material(_Model):
     pulled from another system (免证办)."""
 
 
+class ResultField(_Model):
+    """How people read one field of an operation's answer (portals, window consoles)."""
+
+    zh: str = Field(min_length=1)
+    en: str | None = None
+    values: dict[str, str] = Field(default_factory=dict)
+    """Words for coded values (``"02": 封存``; booleans as ``"true"`` / ``"false"``)."""
+
+
 class Operation(_Model):
     name: Localized
     """What the operation does."""
@@ -377,6 +386,10 @@ class Operation(_Model):
     case: CaseOperation | None = None
     """For submissions taken as cases: how answers move a case on, and the status queries
     used to poll it and to reconcile an unknown outcome."""
+    result_fields: dict[str, ResultField] = Field(default_factory=dict)
+    """Labels of the answer's fields, by dotted path (``certificate.number``; a list's items
+    under the list's path: ``contributions.year``). Display only: published in the service
+    guide, never used to route, map or check anything."""
 
     @field_validator("input_schema")
     @classmethod

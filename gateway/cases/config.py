@@ -139,9 +139,17 @@ class CaseOperation(_Model):
     """Canonical input of ``compensate_with``: field → dotted path in this part's answer."""
 
 
+class PartTitle(_Model):
+    zh: str = Field(min_length=1)
+    en: str = Field(min_length=1)
+
+
 class LinkedPart(_Model):
     """One part of a linked case (联动办理): its operation, province, dependencies and input."""
 
+    title: PartTitle | None = None
+    """How the part is named to people (three parts may share one operation: electricity,
+    water and gas transfers); default: its operation's name."""
     operation: str
     """Operation of the service this part submits (or queries, for a check)."""
     handling: str | None = None

@@ -51,8 +51,9 @@ from gateway.demo.social_insurance import (
     qinghai_insured,
     shaanxi_insured,
 )
+from gateway.packaged import DEMO_CONFIG_DIR
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+DEFAULT_CONFIG_DIR = DEMO_CONFIG_DIR
 SI_WSDL = "wsdl/social-insurance.wsdl"
 
 # System ids in config/systems.yaml.

@@ -326,7 +326,7 @@ def cases_banner(
     auth = shlex.quote(f"Authorization: Bearer {citizen_token}")
     lines = [
         "",
-        "cases (办件): POST /api/v1/cases with an Idempotency-Key; repeat it: same case",
+        "# cases (办件): POST /api/v1/cases with an Idempotency-Key; repeat it: same case",
         "",
     ]
     enterprise = shlex.quote(f"Authorization: Bearer {staff['enterprise']}")

@@ -237,15 +237,3 @@ async def start_demo_identity(
             await runner.cleanup()
         raise
     return DemoIdentity(idp, portals, runners, platforms, staff)
-
-
-def portal_banner(identity: DemoIdentity) -> str:
-    """Lines for the demo banner: where to sign in."""
-    lines = ["portals (sign in through the gateway; every demo password is 'demo'):"]
-    lines += [f"  {p.title:<40} {p.base_url}/" for p in identity.portals.values()]
-    lines.append(f"  Qinghai identity platform (63)           {identity.idp_url}")
-    if identity.staff is not None:
-        lines.append(f"  Shaanxi window staff directory (61)      {identity.staff.issuer}")
-    if identity.platforms is not None:
-        lines += identity.platforms.banner()
-    return "\n".join(lines)

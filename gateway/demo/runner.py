@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app import create_app, open_provider
-from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
+from gateway.demo.backends import DemoSecrets, start_demo_backends
+from gateway.demo.banner import requests_script, terminal_banner, write_requests_file
 from gateway.demo.cases import cases_banner, issue_staff_tokens
-from gateway.demo.examples import DEMO_CALLS, curl_line, issue_demo_tokens
-from gateway.demo.federation import DemoIdentitySecrets, portal_banner, start_demo_identity
+from gateway.demo.examples import issue_demo_tokens
+from gateway.demo.federation import DemoIdentitySecrets, start_demo_identity
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.logs import configure_logging
@@ -71,29 +72,6 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _banner(port: int, backends: DemoBackends, tokens: dict[str, dict[str, str]]) -> str:
-    base = f"http://127.0.0.1:{port}"
-    lines = [
-        "",
-        f"tongban demo: gateway on {base}",
-        "",
-        "demo provincial systems (real servers on loopback):",
-        *(f"  {sid:<18} {addr}" for sid, addr in sorted(backends.addresses.items())),
-        "",
-        "development tokens (this run only):",
-        *(f"  {k}: {v['who']}\n    {v['token']}" for k, v in tokens.items()),
-        "",
-        f"catalogue:  curl -s {base}/api/v1/services -H 'Authorization: Bearer "
-        f"{tokens['citizen-l3']['token']}'",
-        f"operations: {base}/healthz  {base}/readyz  {base}/metrics  {base}/openapi.json",
-        "",
-    ]
-    for call in DEMO_CALLS:
-        lines += [f"# {call.scenario}: {call.title}", curl_line(base, call, tokens), ""]
-    lines.append("Ctrl-C stops everything.")
-    return "\n".join(lines)
-
-
 async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
     """Run until SIGINT/SIGTERM; ``config_dir`` and ``data_dir`` are absolute and exist."""
     configure_logging("info", "console", stream=sys.stderr)
@@ -102,7 +80,7 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
     os.environ.update(demo_identity_env(data_dir))
     port = port or free_port()
     async with await start_demo_backends(backend_secrets, config_dir=config_dir) as backends:
-        # The Qinghai identity platform and the two portals (issue 3 §7), closed with the app.
+        # The identity platforms, the portals and the window console, closed with the app.
         identity_secrets = DemoIdentitySecrets.from_env(os.environ)
         demo_identity = await start_demo_identity(f"http://127.0.0.1:{port}", identity_secrets)
         try:
@@ -126,15 +104,18 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             token_file = data_dir / "demo-tokens.json"
             token_file.write_text(json.dumps(tokens, ensure_ascii=False, indent=2))
             token_file.chmod(0o600)
-            print(_banner(bound, backends, tokens), flush=True)
-            print(portal_banner(demo_identity), flush=True)
             # S10: clerks sign in through the gateway (staff directory only), then identify each
             # applicant by token exchange; the console is the window client's.
             console = demo_identity.portal("demo-portal-shaanxi").base_url + "/window"
-            print(f"  window clerk console (S10, clerk-61-0007 / demo)  {console}", flush=True)
-            staff = issue_staff_tokens(issuer)
             base = f"http://127.0.0.1:{bound}"
-            citizen = tokens["citizen-l3"]["token"]
-            print(cases_banner(base, citizen, staff, data_dir, window_console=console), flush=True)
+            cases = cases_banner(
+                base,
+                tokens["citizen-l3"]["token"],
+                issue_staff_tokens(issuer),
+                data_dir,
+                window_console=console,
+            )
+            requests_file = write_requests_file(data_dir, requests_script(base, tokens, cases))
+            print(terminal_banner(base, demo_identity, backends, requests_file), flush=True)
 
         return await serve_until_stopped(app, "127.0.0.1", port, on_started=started)

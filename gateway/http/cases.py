@@ -63,10 +63,14 @@ CASE_AUDIT = web.AppKey("case_audit", CaseAudit)
 
 def open_case_store(settings: Settings) -> CaseStore:
     config = settings.gateway.cases.store
+    store: PostgresCaseStore | SqliteCaseStore
     if config.backend == "postgres":
         assert config.dsn is not None
-        return PostgresCaseStore(config.dsn, schema=config.schema_name, max_size=config.pool_size)
-    return SqliteCaseStore(settings.data_dir() / config.path)
+        store = PostgresCaseStore(config.dsn, schema=config.schema_name, max_size=config.pool_size)
+    else:
+        store = SqliteCaseStore(settings.data_dir() / config.path)
+    store.keep_events = settings.gateway.cases.events.kind != "none"
+    return store
 
 
 def open_event_sink(settings: Settings) -> EventSink:

@@ -23,7 +23,7 @@ from gateway.errors import (
 )
 from gateway.fastschema import SchemaGate
 from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, principal_of
-from gateway.http.oidc import check_client_may_call, identity_assertion
+from gateway.http.oidc import check_client_may_call, client_allows, identity_assertion
 from gateway.http.openapi import CALL_REQUEST_SCHEMA, build_openapi
 from gateway.pipeline import CallTrace
 from gateway.settings import PROVINCES, ServiceSettings
@@ -64,10 +64,13 @@ def _summary(
 
 
 async def list_services(request: web.Request) -> web.Response:
+    """The catalogue as the calling client sees it: the services its registration allows."""
     catalog = request.app[STATE].catalog
+    principal = principal_of(request)
     items = [
         _summary(code, service, catalog.provinces(code))
         for code, service in sorted(catalog.services.items())
+        if client_allows(request.app, principal, code)
     ]
     return _json({"services": items})
 
@@ -88,9 +91,11 @@ async def get_service(request: web.Request) -> web.Response:
                 "kind": op.kind,
                 "retry": op.retry,
                 "input_schema": op.input_schema,
+                "result_fields": {k: f.model_dump() for k, f in op.result_fields.items()},
             }
             for name, op in sorted(service.operations.items())
         },
+        linked=_linked_guide(service),
         agreements=[
             {
                 **a,
@@ -101,6 +106,34 @@ async def get_service(request: web.Request) -> web.Response:
         ],
     )
     return _json(guide)
+
+
+def _linked_guide(service: ServiceSettings) -> dict[str, Any] | None:
+    """A linked service's parts (联动办理) for the guide: what happens, in which order."""
+    if service.linked is None:
+        return None
+    return {
+        "parts": [
+            {
+                "name": name,
+                "title": (
+                    part.title.model_dump()
+                    if part.title is not None
+                    else service.operations[part.operation].name.model_dump()
+                ),
+                "operation": part.operation,
+                "handling_province": part.handling,
+                "after": list(part.after),
+                "required": part.required,
+                "undone_if_the_case_fails": (
+                    (case := service.operations[part.operation].case) is not None
+                    and case.compensate_with is not None
+                ),
+            }
+            for name, part in service.linked.parts.items()
+        ],
+        "input_schema": service.linked.input_schema,
+    }
 
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")

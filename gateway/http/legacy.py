@@ -17,7 +17,6 @@ Only converts requests and responses; every decision is in the core.
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlencode
 
 import orjson
@@ -30,11 +29,12 @@ from gateway.identity.provider import OpenIDProvider
 from gateway.identity.requests import Headers, IdentityRequest, IdentityResponse
 from gateway.identity.sso import SessionAuthenticator
 from gateway.identity.ticket_soap import SoapRequestError, answer, fault, parse_call
+from gateway.packaged import TICKET_FACE_WSDL
 
 LEGACY_FACE = web.AppKey("legacy_face", LegacyFace)
 LEGACY_AUTHENTICATOR = web.AppKey("legacy_authenticator", SessionAuthenticator)
 LEGACY_ISSUER = web.AppKey("legacy_issuer", str)
-WSDL_FILE = Path(__file__).resolve().parents[2] / "config" / "wsdl" / "identity-ticket.wsdl"
+WSDL_FILE = TICKET_FACE_WSDL
 WSDL_PLACEHOLDER = "http://127.0.0.1/identity/ticket/soap"
 _MAX_FORM = 16 * 1024
 _JSON = "application/json"

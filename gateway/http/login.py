@@ -9,10 +9,10 @@
   new handle and the browser resumes the portal's authorization request.
 
 Resources opened here, in a cleanup context: the outbound HTTP client (httpx on aiohttp's
-engine, NOTES.md), the back-channel logout queue (SQLite in the data directory) and its worker,
-and the sweeper that ends expired SSO sessions (``SessionAuthenticator.sweep_forever``). The
-session store (``sessions.sqlite`` in the data directory by default) is opened with the
-authenticator and closed here.
+engine, several times faster than httpx's own under concurrency), the back-channel logout queue
+(SQLite in the data directory) and its worker, and the sweeper that ends expired SSO sessions
+(``SessionAuthenticator.sweep_forever``). The session store (``sessions.sqlite`` in the data
+directory by default) is opened with the authenticator and closed here.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from gateway.identity.provider import OpenIDProvider
 from gateway.identity.redis_sessions import RedisSessionStore
 from gateway.identity.sessions import MemorySessionStore, SessionStore
 from gateway.identity.sqlite_sessions import SqliteSessionStore
-from gateway.identity.sso import LoginRefused, LoginView, SessionAuthenticator
+from gateway.identity.sso import IdpChoice, LoginRefused, LoginView, SessionAuthenticator
 from gateway.identity.upstreams import build_upstreams, login_origins, staff_directories
 from gateway.settings import Settings
 
@@ -91,7 +91,8 @@ class Federation:
 
 
 def outbound_client(timeout: float) -> httpx.AsyncClient:
-    """httpx API on aiohttp's engine (NOTES.md: httpx's own transport is slow); no env proxies."""
+    """httpx API on aiohttp's engine (httpx's own transport is slow under concurrency); no env
+    proxies."""
     return httpx.AsyncClient(
         transport=AiohttpTransport(trust_env=False), timeout=timeout, follow_redirects=False
     )
@@ -223,7 +224,9 @@ def _page(title: str, body: str, status: int = 200, cookies: tuple[str, ...] = (
         f"<title>{html.escape(title)}</title><style>"
         "body{font-family:'WenQuanYi Zen Hei',sans-serif;max-width:40em;margin:2em auto;"
         "padding:0 1em;color:#222}li{margin:.5em 0}button{font-size:1em;padding:.4em 1em}"
-        ".down{color:#a00}.muted{color:#666;font-size:.9em}</style></head><body>"
+        ".down{color:#a00}.muted{color:#595959;font-size:.9em}"
+        "fieldset{border:1px solid #bbb;margin:1em 0}fieldset ul{list-style:none;padding-left:0}"
+        ":focus-visible{outline:3px solid #b45309;outline-offset:2px}</style></head><body>"
         f"{body}</body></html>"
     )
     response = web.Response(
@@ -246,34 +249,60 @@ def _refusal(exc: LoginRefused) -> web.Response:
     return _page("无法登录 / Sign-in failed", body, status=exc.status)
 
 
+def _choice(view: LoginView, choice: IdpChoice) -> str:
+    label = f"{html.escape(choice.zh)} <span class='muted'>{html.escape(choice.en)}</span>"
+    if not choice.available:
+        return (
+            f"<li class='down' data-idp='{html.escape(choice.idp_id)}'>{label}："
+            "暂不可用 <span class='muted'>currently unavailable</span></li>"
+        )
+    checked = " checked" if view.hint == choice.idp_id or len(view.choices) == 1 else ""
+    return (
+        f"<li><label><input type='radio' name='idp' value='{html.escape(choice.idp_id)}'"
+        f"{checked} required> {label}</label></li>"
+    )
+
+
 def render_login(view: LoginView) -> str:
-    items = []
-    for choice in view.choices:
-        label = f"{html.escape(choice.zh)} {html.escape(choice.en)} ({choice.province})"
-        if choice.available:
-            checked = " checked" if view.hint == choice.idp_id or len(view.choices) == 1 else ""
-            items.append(
-                f"<li><label><input type='radio' name='idp' value='{html.escape(choice.idp_id)}'"
-                f"{checked} required> {label}</label></li>"
-            )
-        else:
-            items.append(
-                f"<li class='down' data-idp='{html.escape(choice.idp_id)}'>{label}: "
-                "暂不可用 / currently unavailable</li>"
-            )
-    ask = ("请选择您的户籍或常住省份：", "Choose your home province:")
+    """The platform chooser: persons by home province, enterprises apart, staff alone; the
+    platforms by name (never by protocol or transport)."""
     if view.staff:
         # A window client: staff directories only (gateway/identity/staff.py).
-        ask = ("请选择工作人员身份认证平台：", "Choose your staff directory:")
+        groups = [
+            (
+                "工作人员登录：请选择工作人员身份认证平台",
+                "Choose your staff directory",
+                view.choices,
+            )
+        ]
+    else:
+        groups = [
+            (
+                "个人登录：请选择您的户籍或常住省份",
+                "Persons: choose your home province",
+                tuple(c for c in view.choices if not c.for_enterprises),
+            ),
+            (
+                "法人登录：企业经办人请选择",
+                "Enterprises: the operator signs in here",
+                tuple(c for c in view.choices if c.for_enterprises),
+            ),
+        ]
+    fieldsets = "".join(
+        f"<fieldset><legend>{zh} <span class='muted'>{en}</span></legend>"
+        f"<ul>{''.join(_choice(view, c) for c in choices)}</ul></fieldset>"
+        for zh, en, choices in groups
+        if choices
+    )
     return (
-        "<h1>统一身份认证 / Unified sign-in</h1>"
-        f"<p>{html.escape(view.client_name)} 请求登录。{ask[0]}</p>"
-        f"<p class='muted'>{html.escape(view.client_name)} asks you to sign in. {ask[1]}</p>"
+        "<h1>统一身份认证 <span class='muted'>Unified sign-in</span></h1>"
+        f"<p>{html.escape(view.client_name)} 请求您登录。</p>"
+        f"<p class='muted'>{html.escape(view.client_name)} asks you to sign in.</p>"
         "<form method='post' action='/login'>"
         f"<input type='hidden' name='tx' value='{html.escape(view.tx)}'>"
         f"<input type='hidden' name='csrf' value='{html.escape(view.csrf)}'>"
-        f"<ul>{''.join(items)}</ul>"
-        "<button type='submit' id='continue'>继续 / Continue</button></form>"
+        f"{fieldsets}"
+        "<button type='submit' id='continue'>继续 <span>Continue</span></button></form>"
     )
 
 

@@ -180,16 +180,21 @@ logout = _endpoint("logout", _logout)
 # --- what /api handlers ask of the provider ----------------------------------------------------
 
 CALL_SCOPE = "services:call"
-"""Scope a token needs to call catalogue services (issue 3 §5)."""
+"""Scope a token needs to call catalogue services."""
+
+
+def client_allows(app: web.Application, principal: Principal, service: str) -> bool:
+    """Does the token's client's registration allow ``service``? (True without a provider.)"""
+    provider = app.get(OIDC_PROVIDER)
+    return provider is None or provider.clients.allows_service(principal.client_id, service)
 
 
 def check_client_may_call(app: web.Application, principal: Principal, service: str) -> None:
     """The token's client may call ``service``: its registration allows the service and the
     token carries the call scope. Without a provider (bare test apps) nothing is checked."""
-    provider = app.get(OIDC_PROVIDER)
-    if provider is None:
+    if app.get(OIDC_PROVIDER) is None:
         return
-    if not provider.clients.allows_service(principal.client_id, service):
+    if not client_allows(app, principal, service):
         raise Forbidden(f"This client may not call the service {service!r}.")
     if CALL_SCOPE not in principal.scopes:
         raise Forbidden(f"The token lacks the scope {CALL_SCOPE!r}.")
@@ -205,7 +210,7 @@ def identity_assertion(
     case_id: str | None,
     authorisation_ref: str | None,
 ) -> str | None:
-    """Short-lived signed assertion for the back-end (issue 3 §6), when a provider signs one."""
+    """Short-lived signed assertion for the back-end, when a provider signs one."""
     provider = app.get(OIDC_PROVIDER)
     if provider is None:
         return None

@@ -96,6 +96,19 @@ _OPERATION_GUIDE = {
         "kind": {"type": "string", "enum": ["query", "verify", "submit"]},
         "retry": {"type": "string", "enum": ["safe", "idempotent-with-key", "never"]},
         "input_schema": {"type": "object"},
+        "result_fields": {
+            "type": "object",
+            "description": "Labels of the answer's fields for people, by dotted path.",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["zh"],
+                "properties": {
+                    "zh": {"type": "string"},
+                    "en": {"type": ["string", "null"]},
+                    "values": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+        },
     },
 }
 
@@ -120,6 +133,35 @@ _GUIDE = {
         "time_limit_days": {"type": ["integer", "null"]},
         "materials": {"type": "array", "items": {"type": "object"}},
         "agreements": {"type": "array", "items": {"type": "object"}},
+        "linked": {
+            "description": "联动办理: the parts every case of this service is made of, in order",
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["parts", "input_schema"],
+                    "properties": {
+                        "input_schema": {"type": "object"},
+                        "parts": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "title", "operation", "after", "required"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "title": LOCALIZED,
+                                    "operation": {"type": "string"},
+                                    "handling_province": {"anyOf": [PROVINCE, {"type": "null"}]},
+                                    "after": {"type": "array", "items": {"type": "string"}},
+                                    "required": {"type": "boolean"},
+                                    "undone_if_the_case_fails": {"type": "boolean"},
+                                },
+                            },
+                        },
+                    },
+                },
+            ],
+        },
     },
 }
 
@@ -274,7 +316,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
             },
             "/api/v1/services": {
                 "get": {
-                    "summary": "The service catalogue (事项目录)",
+                    "summary": "The service catalogue (事项目录): what the calling client may call",
                     "security": secured,
                     "responses": {
                         "200": _ok(

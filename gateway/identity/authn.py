@@ -48,7 +48,7 @@ class AuthenticatedUser:
     """The level the session falls back to after ``acr_until``."""
 
     def acr_at(self, now: float) -> str:
-        """The level valid at ``now`` (an elevated level expires, issue 3 §4)."""
+        """The level valid at ``now`` (an elevated level expires)."""
         if self.acr_until is not None and now >= self.acr_until and self.base_acr:
             return self.base_acr
         return self.acr

@@ -209,8 +209,8 @@ class FederatedIdentity:
 
         With a link key, a natural person is one local user whichever province they signed in
         through; a legal person's account is the (enterprise, agent) pair, never the enterprise
-        alone. A staff account is never the person's citizen account
-        (gateway/identity/staff.py)."""
+        alone (one enterprise has many accounts, one per agent). A staff account is never the
+        person's citizen account (gateway/identity/staff.py)."""
         if self.staff:
             return f"staff:{self.platform}:{self.user_id}"
         if self.link_key and self.person_type == "natural":

@@ -125,7 +125,7 @@ class ProviderSettings(BaseModel):
     assertion_ttl: int = Field(60, ge=10, le=600)
     """Seconds an identity assertion sent to a back-end is valid."""
     link_secret: SecretRef | None = None
-    """Key of the cross-province link key (keyed hash of ID type + number, issue 6): one person
+    """Key of the cross-province link key (keyed hash of ID type + number): one person
     signing in through two provinces is one local user. Absent: users are per platform."""
     link_algorithm: LinkAlgorithm = "hmac-sha256"
     """hmac-sha256, or hmac-sm3 (GB/T 32905)."""

@@ -1,6 +1,6 @@
 """``SessionStore`` on Redis, for several gateway instances sharing SSO sessions.
 
-redis-py asyncio with a ``BlockingConnectionPool`` (NOTES.md: the default pool raises at once
+redis-py asyncio with a ``BlockingConnectionPool`` (the default pool raises at once
 when full) owned by the client through ``Redis.from_pool``, so ``aclose()`` closes it. Data
 expiry is Redis's own (``SET ... PX``, the session's deadline plus the grace); one-time pending
 logins use ``GETDEL`` (atomic, Redis ≥ 6.2).

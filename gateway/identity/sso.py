@@ -19,10 +19,10 @@
   ``sweep_interval`` seconds: the store hands each expired session to one instance only), so the
   portals hear of a timeout as of a logout (Back-Channel Logout 1.0 §2.7: the OP sends a logout
   token whenever the session ends). Each end is audited with its reason.
-- A platform that echoes no ``state`` (it returns to the registered address; docs/
-  identity-platforms.md): the upstream login is found by the browser's login cookie instead,
-  one-time and within the login timeout, and the login transaction's own cookie check still
-  applies. A ``state`` that does arrive must match.
+- A platform that echoes no ``state`` (it returns to the registered address, see
+  docs/identity-platforms.md): the upstream login is found by the browser's login cookie
+  instead, one-time and within the login timeout, and the login transaction's own cookie check
+  still applies. A ``state`` that does arrive must match.
 - Staff and citizens never share a session (staff.py): a window client's requests
   accept only a session from a staff directory and its login page offers only those; every other
   client accepts only citizen platforms. Only a staff directory's login gives a session roles.
@@ -91,6 +91,7 @@ class IdpChoice:
     zh: str
     en: str
     available: bool
+    for_enterprises: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,12 +473,24 @@ class SessionAuthenticator:
         if self.provider is not None and record["client_id"] in self.provider.clients:
             registration = self.provider.clients[record["client_id"]].registration
             client_name = registration.name or registration.client_id
-        choices = []
+        choices: list[IdpChoice] = []
         for idp_id, idp in sorted(self.idps.items(), key=lambda item: item[1].province):
             if not self.offers(record["client_id"], idp_id):
                 continue
+            # One platform configured twice (one login page, two back channels: HTTP and SOAP)
+            # is one choice for a person; the first listed is offered, the other stays
+            # reachable by idp_hint.
+            if any(c.province == idp.province and c.zh == idp.display_name[0] for c in choices):
+                continue
             choices.append(
-                IdpChoice(idp_id, idp.province, idp.display_name[0], idp.display_name[1], False)
+                IdpChoice(
+                    idp_id,
+                    idp.province,
+                    idp.display_name[0],
+                    idp.display_name[1],
+                    False,
+                    idp.for_enterprises,
+                )
             )
         availability = [await idp.available() for idp in (self.idps[c.idp_id] for c in choices)]
         return LoginView(

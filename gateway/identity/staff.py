@@ -1,4 +1,4 @@
-"""Staff directories: the only identity platforms whose logins carry staff roles (issue 3 §5).
+"""Staff directories: the only identity platforms whose logins carry staff roles.
 
 A window clerk signs in at the gateway like a citizen, but through a platform that
 config/idps.yaml declares a staff directory (a ``staff:`` block on the entry). Its roles claim is

@@ -4,7 +4,7 @@ redis-py's synchronous client, because the protocol is synchronous (authlib's ca
 every call waits on the network, so ``blocking`` is True and the provider runs its store work in
 a worker thread (``OpenIDProvider.run_with_store``), never on the event loop. The client is
 thread-safe; its ``BlockingConnectionPool`` waits for a free connection instead of raising at
-once when every worker thread holds one (NOTES.md).
+once when every worker thread holds one.
 
 Layout, under one key prefix per deployment:
 

@@ -3,7 +3,7 @@
 A window clerk, signed in through a staff directory (gateway/identity/staff.py) at a window
 client, checks the applicant's identity document at the counter. The window terminal then asks
 the gateway for a token *for the applicant*, with the clerk as actor: the clerk acting for a
-citizen is represented as both, never as the citizen alone (issue 3 §5).
+citizen is represented as both, never as the citizen alone.
 
 Request, RFC 8693 §2.1, from an authenticated confidential window client allowed the grant:
 - ``grant_type=urn:ietf:params:oauth:grant-type:token-exchange``;

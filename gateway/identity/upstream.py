@@ -86,6 +86,9 @@ class UpstreamIdP(Protocol):
     """GB/T 2260 code of its province."""
     display_name: tuple[str, str]
     """(Chinese, English) name for the login page."""
+    for_enterprises: bool
+    """A legal-person platform: the login page lists it under 法人 (enterprises), not with the
+    persons' home provinces."""
 
     async def available(self) -> bool:
         """Whether it answers now (bounded by the configured timeout; cached briefly)."""

@@ -58,6 +58,7 @@ class LegalPersonUpstream:
         self.platform = platform
         self.province = settings.province
         self.display_name = (settings.name.zh, settings.name.en)
+        self.for_enterprises = True
         self.settings = settings
         self._http = http
         self._timeout = timeout

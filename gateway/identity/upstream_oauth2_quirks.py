@@ -109,6 +109,7 @@ class OAuth2QuirksUpstream:
         self.platform = platform
         self.province = settings.province
         self.display_name = (settings.name.zh, settings.name.en)
+        self.for_enterprises = False
         self.settings = settings
         self._http = http
         self._timeout = timeout

@@ -1,6 +1,6 @@
 """The OpenID Connect kind of ``UpstreamIdP``: the gateway as a relying party of a provincial OP.
 
-Hand-written on joserfc (NOTES.md: authlib's client does not raise on ``?error=``, and its httpx
+Hand-written on joserfc (authlib's client does not raise on ``?error=``, and its httpx
 integration warns on import):
 - authentication request, OIDC Core §3.1.2.1, with ``state``, ``nonce`` and PKCE S256
   (RFC 7636 §4.2) and ``acr_values`` for step-up (§3.1.2.1);
@@ -65,6 +65,7 @@ class OidcUpstream:
         self.platform = platform
         self.province = settings.province
         self.display_name = (settings.name.zh, settings.name.en)
+        self.for_enterprises = False
         self.settings = settings
         self._http = http
         self._timeout = timeout
@@ -148,7 +149,8 @@ class OidcUpstream:
         return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
 
     async def complete(self, params: Mapping[str, str], login: UpstreamLogin) -> FederatedIdentity:
-        # RFC 9700 §4.7 / NOTES.md: error and state first; no token request on either.
+        # RFC 9700 §4.7 (authlib's client would not raise): error and state first; no token
+        # request on either.
         if "error" in params:
             raise UpstreamError("upstream_refused")
         if params.get("state") != login.state:

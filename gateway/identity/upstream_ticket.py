@@ -70,8 +70,8 @@ _SOAP_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.Co
 
 
 class HttpxSoapTransport(AsyncTransport):
-    """zeep's AsyncTransport on a given httpx client: no header rewriting (NOTES.md), no remote
-    WSDL, no envelope logging, a bounded timeout per call."""
+    """zeep's AsyncTransport on a given httpx client: no header rewriting (zeep's own replaces
+    the client's headers), no remote WSDL, no envelope logging, a bounded timeout per call."""
 
     def __init__(self, client: httpx.AsyncClient, timeout: float) -> None:
         # Not AsyncTransport.__init__: it would replace the client's headers and build more.
@@ -195,6 +195,7 @@ class TicketUpstream:
         self.platform = platform
         self.province = settings.province
         self.display_name = (settings.name.zh, settings.name.en)
+        self.for_enterprises = False
         self.settings = settings
         self.binds_to_browser = not settings.state_echo
         """The return leg carries no ``state``: sso.py binds it to the login cookie."""

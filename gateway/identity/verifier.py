@@ -8,7 +8,7 @@ small leeway, the presence of ``sub``, ``jti`` and ``client_id``, the sealed per
 Every failure is the same ``Unauthenticated`` for the caller; the reason is only logged.
 
 Verified tokens are cached (bounded, keyed by SHA-256 of the token, dropped at ``exp``) because
-an ES256 verification costs ~160 µs (NOTES.md); the revocation check is never cached. A key
+an ES256 verification costs ~160 µs; the revocation check is never cached. A key
 retired while a token is cached keeps that token valid until its ``exp`` (minutes).
 """
 

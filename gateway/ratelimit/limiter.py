@@ -23,7 +23,7 @@ windows run on ``time.time()`` (memory) and Redis's expiry (redis).
 
 Storage: ``MemoryStorage`` for one instance; ``RedisStorage`` on redis-py (limits'
 ``implementation="redispy"``, so no second Redis client) over a ``BlockingConnectionPool`` of
-our own (NOTES.md: the default pool raises at once when full), closed by ``aclose``. Measured
+our own (the default pool raises at once when full), closed by ``aclose``. Measured
 on loopback: a Redis-backed draw costs ~170 µs of CPU per budget (two per call); a memory one
 ~7 µs, but ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs per draw at 10,000
 live keys and ~330 µs at 100,000: beyond a modest number of active persons, use Redis.

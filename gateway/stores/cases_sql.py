@@ -267,6 +267,10 @@ def _event_entry(event: CaseEvent, now: float) -> NewEntry:
 class SqlCaseStore:
     """Shared statements; subclasses provide ``_tx`` (write transaction), ``_read`` and claim."""
 
+    keep_events: bool = True
+    """Write events as outbox entries for the event sink; off when the sink is ``none`` (there
+    is nowhere to hand them, and each would cost a claim and a finish)."""
+
     _LOCK_ROW: str = ""
     """What makes a SELECT take the row's write lock (PostgreSQL: FOR UPDATE); SQLite's
     BEGIN IMMEDIATE makes the transaction the only writer already."""
@@ -391,7 +395,8 @@ class SqlCaseStore:
             for n, part in enumerate(case.parts)
             if not part.after
         ]
-        entries += [_event_entry(e, now) for e in events]
+        if self.keep_events:
+            entries += [_event_entry(e, now) for e in events]
         for entry in entries:
             await self._insert_entry(tx, case.case_id, entry, at)
 
@@ -515,7 +520,8 @@ class SqlCaseStore:
                 entry_id,
                 step.case_id,
             )
-        for entry in (*step.schedule, *(_event_entry(e, step.now) for e in step.events)):
+        events = step.events if self.keep_events else ()
+        for entry in (*step.schedule, *(_event_entry(e, step.now) for e in events)):
             await self._insert_entry(tx, step.case_id, entry, step.at)
 
     @staticmethod

@@ -268,7 +268,7 @@ class PostgresAuditStore:
     async def _insert(self, conn: asyncpg.Connection, records: Sequence[StoredRecord]) -> None:
         if not records:
             return
-        # Column arrays, one parameter each and none reused (NOTES.md: a parameter shared by
+        # Column arrays, one parameter each and none reused (asyncpg: a parameter shared by
         # two columns takes one type for both). The text goes in exactly as it was hashed.
         lookups = [lookup_row(r) for r in records]
         columns: list[Sequence[object]] = [

@@ -1,26 +1,24 @@
 """Browser tests: `tongban demo` as a subprocess on free ports, and Debian's chromium flags.
 
-Chromium is Debian's (`/usr/bin/chromium`), driven by Playwright with the flags of NOTES.md;
-never `playwright install`. Outside CI a missing chromium skips these tests; in CI
-(tests/conftest.py) that skip is a failure.
+Chromium is Debian's (`/usr/bin/chromium`), driven by Playwright with the flags below (no
+sandbox as root, nothing fetched from the network); never `playwright install`, which
+downloads. Outside CI a missing chromium skips these tests; in CI (tests/conftest.py) that skip
+is a failure.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.demo_process import running_demo
 from tests.flows.conftest import CONFIG_DIR
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -32,9 +30,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-_URL = re.compile(r"^\s+(.+?)\s+(http://127\.0\.0\.1:\d+)(/\S*)?$")
-# The portal block of the banner ends with the legacy system's line.
-_LAST_BANNER_LINE = "legacy business system"
 
 
 @pytest.fixture
@@ -43,47 +38,20 @@ def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
     map to the base URLs the banner names."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed")
-    tongban = shutil.which("tongban", path=str(Path(sys.executable).parent))
-    assert tongban is not None
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
-    process = subprocess.Popen(
-        [tongban, "demo", "--port", str(port), "--data-dir", str(tmp_path / "data"),
-         "--config", str(CONFIG_DIR)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )  # fmt: skip
-    urls: dict[str, str] = {}
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in process.stdout:
-            match = _URL.match(line.rstrip("\n"))
-            if match:
-                urls[match.group(1)] = match.group(2)
-            if _LAST_BANNER_LINE in line or time.monotonic() > deadline:
-                break
-
-        def named(part: str) -> str:
-            found = [url for name, url in urls.items() if part in name]
-            assert found, f"the demo banner names the {part}"
-            return found[0]
-
+    with running_demo(tmp_path / "data", config=CONFIG_DIR) as running:
         yield {
-            "qinghai": named("Qinghai portal"),
-            "shaanxi": named("Shaanxi portal"),
-            "legacy": named(_LAST_BANNER_LINE),
+            "qinghai": running.named("Qinghai portal"),
+            "shaanxi": running.named("Shaanxi portal"),
+            "legacy": running.named("legacy business system"),
         }
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
+
+
+def staff_directory_sign_in(page: Page, staff_id: str = "clerk-61-0007") -> None:
+    """From the gateway's staff chooser, through the staff directory's own form, back at the
+    console (password 'demo')."""
+    page.click("#continue")
+    page.wait_for_selector("#staff-sign-in")
+    page.select_option("#staff", staff_id)
+    page.fill("#staff-password", "demo")
+    page.click("#staff-sign-in")
+    page.wait_for_selector("#clerk-who")

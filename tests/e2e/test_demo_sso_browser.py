@@ -1,9 +1,9 @@
-"""The SSO journey in headless Chromium against `tongban demo` run as a subprocess (issue 3).
+"""The SSO journey in headless Chromium against `tongban demo` run as a subprocess.
 
 Portal A (Qinghai) → gateway → Qinghai identity platform's own login form → back with a code →
 a service call; portal B (Shaanxi) signs in with no prompt; sign-out at A ends the SSO session
 and B's page shows it signed out (back-channel logout). Debian's chromium, driven by Playwright
-with the flags of NOTES.md; never `playwright install`.
+with the flags of tests/e2e/conftest.py; never `playwright install`.
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ def test_sso_journey_in_chromium(demo: dict[str, str], tmp_path: Path) -> None:
             page.wait_for_selector("#who")
             assert page.url == demo["qinghai"] + "/"
             assert "苏兰心" in page.inner_text("#who")
-            assert page.inner_text("#acr") == "L2"
-            assert "degree-verification" in page.inner_text("#catalogue")
+            assert page.get_attribute("#acr", "data-acr") == "L2"
+            assert "学历学位证书核验" in page.inner_text("#catalogue")
             # One service call with the user's access token: S6 degree verification.
             page.click("#call-0")
-            page.wait_for_selector("#status")
-            assert page.inner_text("#status") == "200", page.inner_text("#answer")
-            assert "shaanxi-degree" in page.inner_text("#answer")
+            page.wait_for_selector("#answer")
+            assert page.get_attribute("#status", "data-http-status") == "200"
+            assert "证书真实有效" in page.inner_text("#answer")
 
             # Portal B: signed in with no prompt.
             page_b = context.new_page()
@@ -55,7 +55,7 @@ def test_sso_journey_in_chromium(demo: dict[str, str], tmp_path: Path) -> None:
             page_b.click("#sign-in")
             page_b.wait_for_selector("#who")
             assert page_b.url == demo["shaanxi"] + "/"
-            assert page_b.inner_text("#acr") == "L2"
+            assert page_b.get_attribute("#acr", "data-acr") == "L2"
 
             # Sign out at A: the SSO session ends, and B learns it by back-channel logout.
             page.goto(demo["qinghai"] + "/")

@@ -1,5 +1,4 @@
-"""S10 (异地代收代办) in headless Chromium against `tongban demo` run as a subprocess (issue 5 §7,
-issue 3 §5).
+"""S10 (异地代收代办) in headless Chromium against `tongban demo` run as a subprocess.
 
 A Shaanxi window clerk opens the Shaanxi portal's window console and signs in through the
 gateway's login page, which offers only the staff directory, at the directory's own form. She
@@ -8,7 +7,7 @@ token exchange), takes in a disability-card application (originals checked) with
 token the console got for 苏兰心, and sees it in the window queue; the gateway's worker forwards
 it to Qinghai. 苏兰心, on her own device (another browser profile), signs in on the Qinghai portal
 and follows the same case under 我的办件 until it is closed, the clerk named as its actor.
-Debian's chromium, flags as in NOTES.md.
+Debian's chromium, flags as in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.demo.residents import SU_LANXIN
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS, staff_directory_sign_in
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext
@@ -58,34 +57,28 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
             assert choices.count() == 1
             assert choices.get_attribute("value") == "shaanxi-staff"
             assert "staff directory" in clerk.inner_text("body")
-            clerk.click("#continue")
-            clerk.wait_for_selector("#staff-sign-in")
-            clerk.select_option("#staff", "clerk-61-0007")
-            clerk.fill("#staff-password", "demo")
-            clerk.click("#staff-sign-in")
-            clerk.wait_for_selector("#clerk-who")
+            staff_directory_sign_in(clerk)
+            # Her name and staff id as the staff directory gives them.
+            assert "王静" in clerk.inner_text("#clerk-who")
             assert "clerk-61-0007" in clerk.inner_text("#clerk-who")
-            clerk_sub = clerk.inner_text("#clerk-sub").strip()
-            assert clerk_sub
-            assert "clerk-61-0007" not in clerk_sub  # pairwise, not the 工号
 
             # A mistyped ID number: the gateway's token exchange refuses the check character.
             clerk.fill("#id-number", SU_LANXIN.id_number[:17] + _WRONG_CHECK)
             clerk.fill("#applicant-name", SU_LANXIN.name)
             clerk.check("#originals")
             clerk.click("#intake")
-            clerk.wait_for_selector("#status")
-            assert clerk.inner_text("#status") == "400", clerk.inner_text("#answer")
-            assert "invalid_request" in clerk.inner_text("#answer")
+            clerk.wait_for_selector("#answer")
+            assert clerk.get_attribute("#status", "data-http-status") == "400"
+            assert clerk.get_attribute("#answer", "data-code") == "invalid_request"
 
             # Without the originals checked the gateway refuses it, and nothing is queued.
             clerk.goto(demo["shaanxi"] + "/window")
             clerk.fill("#id-number", SU_LANXIN.id_number)
             clerk.fill("#applicant-name", SU_LANXIN.name)
             clerk.click("#intake")
-            clerk.wait_for_selector("#status")
-            assert clerk.inner_text("#status") == "422", clerk.inner_text("#answer")
-            assert "originals_check" in clerk.inner_text("#answer")
+            clerk.wait_for_selector("#answer")
+            assert clerk.get_attribute("#status", "data-http-status") == "422"
+            assert "originals_check" in clerk.content()
 
             # Take it in properly: 苏兰心 as read from her card, hearing, both materials,
             # originals checked.
@@ -100,7 +93,8 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
             assert _CASE_ID.match(case_id), case_id
             queue = clerk.inner_text("#queue")
             assert case_id in queue
-            assert "disability-card" in queue
+            assert "残疾人证办理" in queue
+            assert "王静" in queue  # the clerk who took it in, by name
             assert clerk.locator("#queue tr[data-case]").count() == 1
 
             # The citizen on her own phone, at the Qinghai portal (Qinghai's own login form).
@@ -113,11 +107,11 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
             citizen.click("#sign-in")
             citizen.wait_for_selector("#who")
             assert "苏兰心" in citizen.inner_text("#who")
-            citizen.click("#my-cases")
+            citizen.click("nav >> text=我的办件")
             citizen.wait_for_selector("#cases")
             case = citizen.locator(f"section.case[data-case='{case_id}']")
             assert case.count() == 1, citizen.inner_text("#cases")
-            assert "disability-card" in case.inner_text()
+            assert "残疾人证办理" in case.inner_text()
             seen = [case.locator(".case-status").get_attribute("data-status")]
             # The worker forwards it to Qinghai; the status moves on (bounded polling).
             for _ in range(40):
@@ -128,17 +122,20 @@ def test_s10_clerk_intake_then_citizen_follows_the_case(
                 citizen.wait_for_selector("#cases")
                 seen.append(case.locator(".case-status").get_attribute("data-status"))
             assert seen[-1] == "closed", seen
-            timeline = case.locator(".timeline").inner_text()
+            timeline = case.locator(".timeline")
+            steps = [s.get_attribute("data-status") for s in timeline.locator(".to").all()]
             for step in ("received", "originals_checked", "forwarded", "closed"):
-                assert step in timeline, timeline
-            assert "已办结" in case.inner_text()
-            assert clerk_sub in timeline  # the clerk's intake and check, as the actor
+                assert step in steps, steps
+            for words in ("已收件", "原件已核验", "已转办", "已办结"):
+                assert words in timeline.inner_text()
+            assert "窗口工作人员办理" in timeline.inner_text()  # the clerk acted for her
 
             # The clerk's queue shows the same case closed.
             clerk.click("#window-refresh")
             clerk.wait_for_selector("#queue")
             row = clerk.locator(f"#queue tr[data-case='{case_id}'] .queue-status")
-            assert "closed" in row.inner_text()
+            assert row.get_attribute("data-status") == "closed"
+            assert "已办结" in row.inner_text()
         finally:
             phone.close()
             context.close()

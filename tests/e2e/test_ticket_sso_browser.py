@@ -1,6 +1,6 @@
-"""Issue 6 in headless Chromium against `tongban demo`: sign in through Shaanxi's signed-ticket
+"""Provincial platforms in headless Chromium against `tongban demo`: sign in through Shaanxi's signed-ticket
 platform (its own login form), then use the Qinghai portal and the legacy Shaanxi business system
-without any prompt. Debian's chromium through Playwright, flags as in NOTES.md.
+without any prompt. Debian's chromium through Playwright, flags as in tests/e2e/conftest.py.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_shaanxi_ticket_login_then_qinghai_portal_and_legacy_system(
             page.wait_for_selector("#who")
             assert page.url == demo["shaanxi"] + "/"
             assert "马文华" in page.inner_text("#who")
-            assert page.inner_text("#acr") == "L3"
+            assert page.get_attribute("#acr", "data-acr") == "L3"
 
             # The Qinghai portal: signed in with no prompt (no login page, no platform form).
             page_b = context.new_page()
@@ -51,7 +51,7 @@ def test_shaanxi_ticket_login_then_qinghai_portal_and_legacy_system(
             page_b.click("#sign-in")
             page_b.wait_for_selector("#who")
             assert page_b.url == demo["qinghai"] + "/"
-            assert page_b.inner_text("#acr") == "L3"
+            assert page_b.get_attribute("#acr", "data-acr") == "L3"
 
             # The legacy Shaanxi business system, through the gateway's ticket face.
             page_c = context.new_page()

@@ -66,16 +66,21 @@ def audit_verify(data_dir: Path) -> int:
 
 @contextlib.asynccontextmanager
 async def demo_journey(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, poll_quickly: bool = False
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    poll_quickly: bool = False,
+    config_dir: Path = CONFIG_DIR,
 ) -> AsyncIterator[Journey]:
     """The gateway as `tongban demo` configures it, on the demo provinces, stores in
-    ``tmp_path``; ``poll_quickly``: a case status poll every 0.2 s instead of every minute."""
+    ``tmp_path``; ``poll_quickly``: a case status poll every 0.2 s instead of every minute;
+    ``config_dir``: a variant of the demo's configuration (other stores, say)."""
     secrets = DemoSecrets.generate()
     for name, value in {**secrets.env(), **demo_identity_env(tmp_path)}.items():
         monkeypatch.setenv(name, value)
     assert all(os.environ[k] for k in secrets.env())
-    async with await start_demo_backends(secrets, config_dir=CONFIG_DIR) as backends:
-        settings = point_at(load_settings(CONFIG_DIR), backends.overrides(), tmp_path)
+    async with await start_demo_backends(secrets, config_dir=config_dir) as backends:
+        settings = point_at(load_settings(config_dir), backends.overrides(), tmp_path)
         if poll_quickly:
             cases = settings.gateway.cases.model_copy(
                 update={

@@ -10,6 +10,7 @@ import asyncio
 import copy
 import io
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.cases.model import supplement_key
 from gateway.demo.backends import QINGHAI_GOV
 from gateway.demo.cases import S10_CASE
-from gateway.demo.portals import PortalSession, build_portal_app, qinghai_portal
+from gateway.demo.portals import PortalSession, Tokens, build_portal_app, qinghai_portal
 from gateway.demo.residents import SU_LANXIN
 from gateway.http.keys import STATE
 from tests.flows.conftest import Journey, audit_verify, demo_journey
@@ -189,8 +190,13 @@ async def test_s10_supplement_through_the_citizens_portal_form(journey: Journey)
         sid=None,
         subject="demo-" + SU_LANXIN.key,
         acr="L2",
-        access_token=journey.tokens["citizen-l2"]["token"],
-        id_token="",
+        tokens=Tokens(
+            access_token=journey.tokens["citizen-l2"]["token"],
+            refresh_token=None,
+            expires_at=time.time() + 3600,
+            lifetime=3600,
+            id_token="",
+        ),
         name=SU_LANXIN.name,
     )
     async with TestClient(TestServer(build_portal_app(portal), host="127.0.0.1")) as browser:

@@ -1,4 +1,4 @@
-"""A case belongs to the person, not to the portal she filed it through (issue 5), over real
+"""A case belongs to the person, not to the portal she filed it through, over real
 loopback HTTP: 苏兰心 signs in at the Qinghai portal through the Qinghai platform, then at the
 Shaanxi portal by SSO; a case filed with the Qinghai portal's token is hers through the Shaanxi
 portal's token too (listed, readable, the same on an idempotent retry), though the two tokens'

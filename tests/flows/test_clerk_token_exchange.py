@@ -1,4 +1,4 @@
-"""S10 at the window over real loopback HTTP (issue 3 §5): the clerk signs in through the staff
+"""S10 at the window over real loopback HTTP: the clerk signs in through the staff
 directory at the gateway, the window console exchanges her token and the applicant's ID number
 for a Counter token (RFC 8693), and files the case with it; the citizen then sees her case at the
 Qinghai portal. Then the staff/citizen separation refused both ways. Every journey ends with

@@ -1,6 +1,6 @@
 """Federated SSO over real loopback HTTP: portal A → gateway → Qinghai IdP → tokens → service call;
 portal B signs in with no prompt; logout at A reaches B by back-channel. Then the refusals of the
-federation side (issue 3, "Bad input and attacks"), each checked for having no side effect.
+federation side (bad input and attacks), each checked for having no side effect.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ async def sso(
                 await server.close()
     finally:
         holder.close()
-    # Every identity flow leaves a trail that `tongban audit verify` accepts (issue 4).
+    # Every identity flow leaves a trail that `tongban audit verify` accepts.
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0
     text = log_stream.getvalue().decode()
     for secret in env.values():
@@ -214,7 +214,7 @@ async def test_sso_journey_two_portals_one_login_and_backchannel_logout(sso: Sso
         # A service call with the user's access token: S6 degree verification (L2 + consent).
         sso.backends.recorder(SHAANXI_DEGREE).clear()
         answer = await call_via_portal(b, portal_a, 0)
-        assert "<span id='status'>200</span>" in answer, answer
+        assert "data-http-status='200'" in answer, answer
         received = sso.backends.recorder(SHAANXI_DEGREE).requests
         assert received, "the degree back-end was called"
         assertion = received[-1].context["identity_assertion"]
@@ -278,7 +278,7 @@ async def test_step_up_raises_the_level_for_a_while_then_falls_back(sso: Sso) ->
         assert only_session(portal).acr == "L2"
         # S1 needs L3: refused, naming the level, with a step-up link.
         answer = await call_via_portal(b, portal, 1)
-        assert "<span id='status'>403</span>" in answer
+        assert "data-http-status='403'" in answer
         assert "client.insufficient_level" in answer
         assert "/login?acr=L3" in answer
         # Step-up: the gateway sends the browser back to Qinghai asking for level 3.
@@ -290,7 +290,7 @@ async def test_step_up_raises_the_level_for_a_while_then_falls_back(sso: Sso) ->
         stepped = only_session(portal)
         assert stepped.acr == "L3"
         answer = await call_via_portal(b, portal, 1)
-        assert "<span id='status'>200</span>" in answer, answer
+        assert "data-http-status='200'" in answer, answer
         # The elevated level lasts elevated_level_ttl, then the session falls back to L2.
         ttl = sso.authenticator.settings.elevated_level_ttl
         assert stepped.sid is not None
@@ -460,7 +460,7 @@ async def test_a_portal_call_without_its_form_token_is_refused(sso: Sso) -> None
             refused = await b.post(f"{portal.base_url}/call", data=data)
             assert refused.status == 403
             assert "csrf-refused" in await refused.text()
-        assert "<span id='status'>200</span>" in await call_via_portal(b, portal, 0)
+        assert "data-http-status='200'" in await call_via_portal(b, portal, 0)
 
 
 # --- the gateway's default session store -------------------------------------------------------

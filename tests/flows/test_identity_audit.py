@@ -190,7 +190,7 @@ async def test_federated_journey_leaves_identity_records(
         await sign_in(sso, b, "qh-100233")  # 苏兰心 at the Qinghai platform, L2
         session_a = only_session(portal_a)
         answer = await call_via_portal(b, portal_a, 0)
-        assert "<span id='status'>200</span>" in answer
+        assert "data-http-status='200'" in answer
         page = await b.get(f"{portal_b.base_url}/login")  # portal B: SSO, no second login
         assert str(page.url) == f"{portal_b.base_url}/"
         session_b = only_session(portal_b)

@@ -122,8 +122,10 @@ def test_serve_with_the_flag_prints_tokens_that_work(with_dev_tokens: Served) ->
     response = httpx.get(
         with_dev_tokens.base + "/api/v1/services", headers={"Authorization": f"Bearer {token}"}
     )
-    assert response.status_code == 200
-    assert len(response.json()["services"]) >= 3
+    assert response.status_code == 200  # the token is accepted
+    # The catalogue is the calling client's: a development token's client ("dev-portal") is
+    # registered nowhere, so it may call, and sees, nothing.
+    assert response.json()["services"] == []
 
 
 # --- a start-up that cannot complete: one message, exit 1, never a traceback or a hang ----------

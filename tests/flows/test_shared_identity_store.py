@@ -1,6 +1,6 @@
 """Two OpenID provider instances sharing one identity store, over real loopback HTTP.
 
-What several gateway instances need (issue 3: "Redis when several instances run"): a code issued
+What several gateway instances need (Redis when several instances run): a code issued
 by instance A is redeemed at B; its replay at A revokes the family for both; a refresh token
 rotated at A is detected as reused at B; revocation, introspection, userinfo and the API's
 revocation check agree across instances; and two instances racing for one refresh token leave

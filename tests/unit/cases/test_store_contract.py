@@ -336,3 +336,14 @@ async def test_apply_changes_nothing_when_the_lease_is_lost(store: CaseStore) ->
     assert after is not None
     assert after.version == case.version
     assert after.parts[0].status == PartStatus.PENDING
+
+
+async def test_no_event_entries_when_events_go_nowhere(store: CaseStore) -> None:
+    """With the event sink ``none`` there is nowhere to hand an event: none is written."""
+    store.keep_events = False  # type: ignore[attr-defined]
+    case = (await create(store, new_case())).case
+    step = plan_step(case, [PartChange(0, PartStatus.DONE, result={"ok": True})], at=AT, now=1.0)
+    assert step.events  # the planner still says what happened (status change, closure)
+    await store.commit(step)
+    kinds = [e.kind for e in await store.entries(case.case_id)]
+    assert kinds == [EntryKind.DELIVER]

@@ -1,4 +1,4 @@
-"""Declarative claim mapping into the one internal identity (issue 3 §3)."""
+"""Declarative claim mapping into the one internal identity."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6, pure logic: check characters, link keys, signatures, §4 level rows from config,
+"""Provincial platforms, pure logic: check characters, link keys, signatures, level rows from config,
 the quirky OAuth2 body, and the legacy face's release rules."""
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_result_codes_map_to_clear_reasons() -> None:
     assert result_error(["not", "an", "object"], settings) == "upstream_answer_malformed"
 
 
-# --- docs/identity-platforms.md "Levels": one test per row, from config/idps.yaml -------------------------
+# --- docs/identity-platforms.md "Levels": one test per row, from config/idps.yaml ------------
 
 
 def _level(platform: str, claims: dict[str, Any]) -> tuple[str, str, str]:

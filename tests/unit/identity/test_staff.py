@@ -1,4 +1,4 @@
-"""Staff directories (issue 3 §5): roles read only from them, window clients, their config checks."""
+"""Staff directories: roles read only from them, window clients, their config checks."""
 
 from __future__ import annotations
 
