@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote, quote_plus
 
 import aiohttp
@@ -58,6 +58,7 @@ from gateway.adapter import (
     Secret,
     SystemSpec,
     digest,
+    validation_problems,
 )
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "media_type",
     "open_session",
     "parse_auth",
+    "parse_blocks",
     "parse_retry_after",
     "read_limited",
     "translate_aiohttp_error",
@@ -192,11 +194,13 @@ class RestConfig:
     operations: Mapping[str, RestOperation]
 
 
-def config_error(prefix: str, exc: ValidationError) -> AdapterConfigError:
-    """The first problem of a pydantic error as an AdapterConfigError; the input is never echoed."""
-    first = exc.errors()[0]
-    where = ".".join([prefix, *(str(p) for p in first["loc"])])
-    return AdapterConfigError(where, first["msg"])
+def config_error(prefix: str, exc: ValidationError, model: Any = None) -> AdapterConfigError:
+    """Every problem of a pydantic error, in one AdapterConfigError (``all()``); ``model``, the
+    model validated, lets an unknown key get the nearest known one. The input is never echoed."""
+    problems = validation_problems(model, exc, prefix.split("."))
+    return AdapterConfigError.of(
+        [AdapterConfigError(where, message) for where, message in problems]
+    )
 
 
 def parse_auth(block: Mapping[str, Any], models: Mapping[str, type[ConfigModel]]) -> ConfigModel:
@@ -208,25 +212,64 @@ def parse_auth(block: Mapping[str, Any], models: Mapping[str, type[ConfigModel]]
     try:
         return model.model_validate({"type": "none", **block})
     except ValidationError as exc:
-        raise config_error("auth", exc) from None
+        raise config_error("auth", exc, model) from None
+
+
+_O = TypeVar("_O", bound=ConfigModel)
+_P = TypeVar("_P", bound=ConfigModel)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemBlocks(Generic[_O, _P]):
+    """A system's auth, options and operations blocks, each validated by its adapter's model."""
+
+    auth: ConfigModel
+    options: _O
+    operations: Mapping[str, _P]
+
+
+def parse_blocks(
+    spec: SystemSpec,
+    auth_models: Mapping[str, type[ConfigModel]],
+    options_model: type[_O],
+    operation_model: type[_P],
+    *,
+    protocol: str,
+    problems: list[AdapterConfigError] | None = None,
+) -> SystemBlocks[_O, _P]:
+    """Validate every block, collecting every problem (after any already in ``problems``);
+    ``AdapterConfigError`` carries them all."""
+    problems = list(problems or [])
+    auth: ConfigModel = NoAuth(type="none")
+    try:
+        auth = parse_auth(spec.auth, auth_models)
+    except AdapterConfigError as exc:
+        problems += exc.all()
+    options = options_model()
+    try:
+        options = options_model.model_validate(dict(spec.options))
+    except ValidationError as exc:
+        problems += config_error("options", exc, options_model).all()
+    if not spec.operations:
+        problems.append(
+            AdapterConfigError("operations", f"a {protocol} system needs at least one operation")
+        )
+    operations: dict[str, _P] = {}
+    for name, block in spec.operations.items():
+        try:
+            operations[name] = operation_model.model_validate(dict(block))
+        except ValidationError as exc:
+            problems += config_error(f"operations.{name}", exc, operation_model).all()
+    if problems:
+        raise AdapterConfigError.of(problems)
+    return SystemBlocks(auth, options, operations)
 
 
 def parse_rest_config(spec: SystemSpec) -> RestConfig:
-    auth = parse_auth(spec.auth, _AUTH_MODELS)
+    blocks = parse_blocks(spec, _AUTH_MODELS, RestOptions, RestOperation, protocol="REST")
+    auth = blocks.auth
     assert isinstance(auth, NoAuth | ApiKeyAuth | OAuth2ClientCredentials | HmacAuth)
-    try:
-        options = RestOptions.model_validate(dict(spec.options))
-    except ValidationError as exc:
-        raise config_error("options", exc) from None
-    if not spec.operations:
-        raise AdapterConfigError("operations", "a REST system needs at least one operation")
-    operations: dict[str, RestOperation] = {}
-    for name, block in spec.operations.items():
-        try:
-            operations[name] = RestOperation.model_validate(dict(block))
-        except ValidationError as exc:
-            raise config_error(f"operations.{name}", exc) from None
-    return RestConfig(auth=auth, options=options, operations=operations)
+    return RestConfig(auth=auth, options=blocks.options, operations=blocks.operations)
 
 
 # --- the one translation boundary -------------------------------------------------------------

@@ -24,10 +24,7 @@ httpx-on-aiohttp transport it replaced (see docs/performance.md).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import datetime
-import decimal
 import logging
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -39,12 +36,10 @@ import zeep
 import zeep.exceptions
 from lxml import etree  # type: ignore[import-untyped]
 from multidict import CIMultiDictProxy
-from pydantic import Field, ValidationError
+from pydantic import Field, field_validator
 from yarl import URL
-from zeep.helpers import serialize_object
 from zeep.proxy import AsyncServiceProxy
 from zeep.transports import AsyncTransport
-from zeep.wsdl.bindings.soap import SoapBinding
 from zeep.wsdl.utils import etree_to_string
 from zeep.wsse.username import UsernameToken
 
@@ -54,13 +49,23 @@ from adapters.rest import (
     SecretValue,
     UnexpectedContentType,
     check_status,
-    config_error,
     error_for_status,
     media_type,
     open_session,
-    parse_auth,
+    parse_blocks,
     read_limited,
     translate_aiohttp_error,
+)
+from adapters.soap_answers import AnswerShapeError, answer_json
+from adapters.soap_contract import (
+    WsdlError,
+    element_fields,
+    header_element,
+    load_wsdl,
+    operation_contract,
+    output_body_type,
+    pick_binding,
+    row_shape_problems,
 )
 from gateway.adapter import (
     AdapterConfigError,
@@ -71,8 +76,11 @@ from gateway.adapter import (
     Call,
     CallContext,
     Reply,
+    Secret,
+    SystemContract,
     SystemSpec,
     digest,
+    suggestion,
 )
 
 __all__ = [
@@ -115,8 +123,38 @@ class WsSecurityAuth(ConfigModel):
     """Send PasswordDigest (with nonce and created) instead of PasswordText."""
 
 
-SoapAuth = NoAuth | WsSecurityAuth
-_AUTH_MODELS: Mapping[str, type[ConfigModel]] = {"none": NoAuth, "ws_security": WsSecurityAuth}
+_CREDENTIAL_WORDS = ("pass", "pwd", "secret", "token", "key", "sign")
+
+
+class SoapHeaderAuth(ConfigModel):
+    """Credentials in a SOAP header element the WSDL declares (an ASMX ``SoapHeader`` class such
+    as ``AuthHeader{UserName, Password}``), sent with every call."""
+
+    type: Literal["soap_header"]
+    element: str = Field(min_length=1)
+    """The header element: '{namespace}Name', or a name unique in the WSDL."""
+    fields: dict[str, str | Secret]
+    """Its fields; a credential ({env} / {file}) for every field whose name says it is one
+    (password, pwd, secret, token, key, sign)."""
+
+    @field_validator("fields")
+    @classmethod
+    def _credentials_are_secrets(cls, value: dict[str, str | Secret]) -> dict[str, str | Secret]:
+        for name, field in value.items():
+            credential = any(word in name.lower() for word in _CREDENTIAL_WORDS)
+            if credential and not isinstance(field, Secret):
+                raise ValueError(
+                    f"{name}: a credential is given as {{env: NAME}} or {{file: PATH}}"
+                )
+        return value
+
+
+SoapAuth = NoAuth | WsSecurityAuth | SoapHeaderAuth
+_AUTH_MODELS: Mapping[str, type[ConfigModel]] = {
+    "none": NoAuth,
+    "ws_security": WsSecurityAuth,
+    "soap_header": SoapHeaderAuth,
+}
 
 
 class SoapOptions(ConfigModel):
@@ -125,33 +163,42 @@ class SoapOptions(ConfigModel):
 
 
 class SoapOperation(ConfigModel):
-    """Nothing to configure yet: the WSDL describes the operation."""
+    """What the WSDL cannot say about an operation's answer."""
+
+    rows: tuple[str, ...] = ()
+    """Dotted paths in the answer that hold rows: always arrays of objects, even with one row
+    or none (a DataSet's tables, ``QueryResult.Table``; repeated elements of xs:any content)."""
+
+    @field_validator("rows", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("rows")
+    @classmethod
+    def _dotted(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path or any(not part for part in path.split(".")):
+                raise ValueError(f"{path!r} is not a dotted path")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
 class SoapConfig:
     auth: SoapAuth
     options: SoapOptions
-    operations: tuple[str, ...]
+    operations: Mapping[str, SoapOperation]
 
 
 def parse_soap_config(spec: SystemSpec) -> SoapConfig:
-    if not spec.wsdl:
-        raise AdapterConfigError("wsdl", "a SOAP system needs a vendored WSDL file")
-    auth = parse_auth(spec.auth, _AUTH_MODELS)
-    assert isinstance(auth, NoAuth | WsSecurityAuth)
-    try:
-        options = SoapOptions.model_validate(dict(spec.options))
-    except ValidationError as exc:
-        raise config_error("options", exc) from None
-    if not spec.operations:
-        raise AdapterConfigError("operations", "a SOAP system needs at least one operation")
-    for name, block in spec.operations.items():
-        try:
-            SoapOperation.model_validate(dict(block))
-        except ValidationError as exc:
-            raise config_error(f"operations.{name}", exc) from None
-    return SoapConfig(auth=auth, options=options, operations=tuple(spec.operations))
+    """The system's blocks validated; ``AdapterConfigError`` carries every problem found."""
+    missing = [] if spec.wsdl else [AdapterConfigError("wsdl", "a SOAP system needs a WSDL file")]
+    blocks = parse_blocks(
+        spec, _AUTH_MODELS, SoapOptions, SoapOperation, protocol="SOAP", problems=missing
+    )
+    auth = blocks.auth
+    assert isinstance(auth, NoAuth | WsSecurityAuth | SoapHeaderAuth)
+    return SoapConfig(auth=auth, options=blocks.options, operations=blocks.operations)
 
 
 # --- the one translation boundary -------------------------------------------------------------
@@ -331,36 +378,34 @@ def context_header(context: CallContext) -> Any:
     return root
 
 
-def plain(value: Any) -> Any:
-    """zeep's answer as JSON-able data: dates and decimals become strings."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, etree._Element):
-        return etree.tostring(value, encoding="unicode")
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
+@dataclass(frozen=True, slots=True)
+class _Answering:
+    """How one operation's answer becomes ``Reply.data`` (adapters/soap_answers.py)."""
+
+    body_type: Any
+    rows: tuple[str, ...]
 
 
 class SoapAdapter:
     """One SOAP system: ``call`` invokes the WSDL operation at the province's address."""
 
-    def __init__(self, spec: SystemSpec, client: Any, proxy: Any, operations: tuple[str, ...]):
+    def __init__(
+        self,
+        spec: SystemSpec,
+        client: Any,
+        proxy: Any,
+        answering: Mapping[str, _Answering],
+        headers: tuple[Any, ...] = (),
+    ):
         self._system = spec.id
         self._client = client
         self._proxy = proxy
-        self._operations = frozenset(operations)
+        self._answering = dict(answering)
+        self._headers = headers
 
     async def call(self, call: Call) -> Reply:
-        if call.operation not in self._operations:
+        answering = self._answering.get(call.operation)
+        if answering is None:
             raise BackendRejected(
                 f"System {self._system} has no operation {call.operation!r}.",
                 reached_backend=False,
@@ -374,12 +419,24 @@ class SoapAdapter:
         try:
             with map_zeep_errors(self._system):
                 result = await self._proxy[call.operation](
-                    **dict(call.payload), _soapheaders=[context_header(call.context)]
+                    **dict(call.payload),
+                    _soapheaders=[context_header(call.context), *self._headers],
                 )
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+            # zeep's own slips on a payload it cannot serialise or an answer it cannot read
+            # (an empty Body, say): ours, not a crash.
+            raise _unusable(self._system, exchange) from exc
         finally:
             _EXCHANGE.reset(token)
+        try:
+            data = answer_json(result, answering.body_type, answering.rows)
+        except AnswerShapeError:
+            raise BackendBadResponse(
+                f"System {self._system} sent an answer that could not be read.",
+                reached_backend=True,
+            ) from None
         return Reply(
-            data=plain(serialize_object(result, target_cls=dict)),  # type: ignore[no-untyped-call]
+            data=data,
             status=exchange.status,
             request_digest=digest(exchange.sent),
             response_digest=digest(exchange.received),
@@ -389,24 +446,68 @@ class SoapAdapter:
         await self._client.transport.aclose()
 
 
-def _pick_binding(wsdl: Any, wanted: str | None) -> Any:
-    soap_bindings = {
-        str(name): binding
-        for name, binding in wsdl.bindings.items()
-        if isinstance(binding, SoapBinding)
-    }
-    if wanted is not None:
-        if wanted not in soap_bindings:
-            raise AdapterConfigError(
-                "options.binding",
-                f"the WSDL has no SOAP binding {wanted}; it has {sorted(soap_bindings)}",
-            )
-        return soap_bindings[wanted]
-    if len(soap_bindings) != 1:
-        raise AdapterConfigError(
-            "options.binding", f"the WSDL has {len(soap_bindings)} SOAP bindings: name one"
+def _unusable(system: str, exchange: _Exchange) -> BackendError:
+    if exchange.status:
+        return BackendBadResponse(
+            f"System {system} sent an answer that could not be read.", reached_backend=True
         )
-    return next(iter(soap_bindings.values()))
+    return BackendRejected(
+        f"The payload does not fit the WSDL of system {system}.", reached_backend=False
+    )
+
+
+def _operation_problems(
+    binding: Any, config: SoapConfig
+) -> tuple[dict[str, Any], list[AdapterConfigError]]:
+    """The configured operations found in ``binding``, and a problem for each one missing or
+    whose declared rows cannot be in its answer."""
+    found: dict[str, Any] = {}
+    problems: list[AdapterConfigError] = []
+    known = binding.all()
+    for name, operation in config.operations.items():
+        if name not in known:
+            problems.append(
+                AdapterConfigError(
+                    f"operations.{name}",
+                    f"not an operation of binding {binding.name}{suggestion(name, known)}",
+                )
+            )
+            continue
+        found[name] = known[name]
+        answer = operation_contract(known[name]).output
+        for path in operation.rows:
+            why = row_shape_problems(answer, path)
+            if why is not None:
+                problems.append(AdapterConfigError(f"operations.{name}.rows", why))
+    return found, problems
+
+
+def _header_problems(client: Any, auth: SoapAuth) -> list[AdapterConfigError]:
+    if not isinstance(auth, SoapHeaderAuth):
+        return []
+    try:
+        element = header_element(client, auth.element)
+    except WsdlError as exc:
+        return [AdapterConfigError("auth.element", str(exc))]
+    known = element_fields(element)
+    return [
+        AdapterConfigError(
+            f"auth.fields.{name}", f"no field {name!r} in {auth.element}{suggestion(name, known)}"
+        )
+        for name in auth.fields
+        if name not in known
+    ]
+
+
+def _header_value(client: Any, auth: SoapAuth) -> tuple[Any, ...]:
+    if not isinstance(auth, SoapHeaderAuth):
+        return ()
+    element = header_element(client, auth.element)
+    values = {
+        name: value.reveal() if isinstance(value, Secret) else value
+        for name, value in auth.fields.items()
+    }
+    return (element(**values),)
 
 
 class SoapAdapterFactory:
@@ -414,6 +515,37 @@ class SoapAdapterFactory:
 
     def check(self, spec: SystemSpec) -> None:
         parse_soap_config(spec)
+
+    def contract(self, spec: SystemSpec) -> SystemContract:
+        """The system's blocks checked against its WSDL (blocking: call it off the loop)."""
+        problems: list[AdapterConfigError] = []
+        try:
+            config = parse_soap_config(spec)
+        except AdapterConfigError as exc:
+            problems += exc.all()
+            config = None
+        if not spec.wsdl:
+            raise AdapterConfigError.of(problems)
+        try:
+            client = load_wsdl(spec.config_dir / spec.wsdl)
+        except WsdlError as exc:
+            raise AdapterConfigError.of([*problems, AdapterConfigError("wsdl", str(exc))]) from None
+        if config is None:
+            raise AdapterConfigError.of(problems)
+        try:
+            binding = pick_binding(client.wsdl, config.options.binding)
+        except AdapterConfigError as exc:
+            raise AdapterConfigError.of([*problems, exc]) from None
+        found, more = _operation_problems(binding, config)
+        problems += more + _header_problems(client, config.auth)
+        if problems:
+            raise AdapterConfigError.of(problems)
+        return SystemContract(
+            {
+                name: operation_contract(operation, config.operations[name].rows)
+                for name, operation in found.items()
+            }
+        )
 
     async def open(self, spec: SystemSpec) -> SoapAdapter:
         config = parse_soap_config(spec)
@@ -441,17 +573,21 @@ class SoapAdapterFactory:
                 raise AdapterConfigError(
                     "wsdl", f"{spec.wsdl} cannot be loaded ({type(exc).__name__})"
                 ) from None
-            binding = _pick_binding(client.wsdl, config.options.binding)
-            missing = [op for op in config.operations if op not in binding.all()]
-            if missing:
-                raise AdapterConfigError(
-                    f"operations.{missing[0]}", f"not an operation of binding {binding.name}"
-                )
+            binding = pick_binding(client.wsdl, config.options.binding)
+            found, problems = _operation_problems(binding, config)
+            problems += _header_problems(client, config.auth)
+            if problems:
+                raise AdapterConfigError.of(problems)
+            headers = _header_value(client, config.auth)
         except BaseException:
             await session.close()
             raise
         proxy = AsyncServiceProxy(client, binding, address=spec.address)  # type: ignore[no-untyped-call]
-        return SoapAdapter(spec, client, proxy, config.operations)
+        answering = {
+            name: _Answering(output_body_type(operation), config.operations[name].rows)
+            for name, operation in found.items()
+        }
+        return SoapAdapter(spec, client, proxy, answering, headers)
 
 
 build_soap_adapter = SoapAdapterFactory()

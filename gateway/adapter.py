@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from gateway.config_problems import nearest, suggestion, validation_problems
 from gateway.errors import (
     BackendBadResponse,
     BackendError,
@@ -44,12 +45,19 @@ __all__ = [
     "BackendUnavailable",
     "Call",
     "CallContext",
+    "ContractedFactory",
     "FakeAdapter",
+    "OperationContract",
     "Reply",
     "Secret",
+    "Shape",
+    "SystemContract",
     "SystemSpec",
     "digest",
     "load_adapter_factory",
+    "nearest",
+    "suggestion",
+    "validation_problems",
 ]
 
 
@@ -151,12 +159,63 @@ class Adapter(Protocol):
 
 
 class AdapterConfigError(ValueError):
-    """A system's adapter-specific block is wrong; ``field`` names where."""
+    """A system's adapter-specific block is wrong; ``field`` names where. ``others`` carries
+    further problems found in the same check, so that one run reports them all."""
 
-    def __init__(self, field_path: str, message: str) -> None:
+    def __init__(
+        self, field_path: str, message: str, *, others: Sequence[AdapterConfigError] = ()
+    ) -> None:
         super().__init__(f"{field_path}: {message}")
         self.field = field_path
         self.message = message
+        self.others = tuple(others)
+
+    @classmethod
+    def of(cls, problems: Sequence[AdapterConfigError]) -> AdapterConfigError:
+        """One error carrying all of ``problems`` (at least one)."""
+        first, *rest = problems
+        return cls(first.field, first.message, others=[*first.others, *rest])
+
+    def all(self) -> tuple[AdapterConfigError, ...]:
+        return (self, *self.others)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What a message's data looks like, as far as a system's contract says.
+
+    ``fields`` names an object's fields; None is a value (a string, a number). ``open`` marks
+    content the contract leaves free (``xs:any``): any path below it may exist. ``repeated``
+    marks an array of such items."""
+
+    fields: Mapping[str, Shape] | None = None
+    open: bool = False
+    repeated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OperationContract:
+    """The shapes of one operation's request payload and of its ``Reply.data``."""
+
+    input: Shape
+    output: Shape
+
+
+@dataclass(frozen=True, slots=True)
+class SystemContract:
+    """A system's operations as its contract (a WSDL) describes them."""
+
+    operations: Mapping[str, OperationContract]
+
+
+@runtime_checkable
+class ContractedFactory(Protocol):
+    """An adapter factory whose systems publish a contract the configuration can be checked
+    against (the SOAP adapter: the WSDL)."""
+
+    def contract(self, spec: SystemSpec) -> SystemContract:
+        """Load the contract (blocking file and CPU work: call it off the event loop) and check
+        the system's blocks against it; raise ``AdapterConfigError`` with every problem."""
 
 
 class AdapterFactory(Protocol):

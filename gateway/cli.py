@@ -177,9 +177,7 @@ def _config_check(config_dir: Path, resolve_secrets: bool) -> int:
     try:
         settings = load_settings(config_dir, resolve_secrets=resolve_secrets)
     except ConfigError as exc:
-        print(f"configuration {config_dir}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print(exc.report(config_dir), file=sys.stderr)
         return 1
     print(
         f"configuration {config_dir}: ok ({len(settings.systems)} systems, "

@@ -2,7 +2,9 @@
 
 Personal data never appears unmasked: resident ID numbers and mobile numbers are masked
 wherever they occur in a value; values under name-like keys are masked; secrets, signatures,
-tickets and tokens are dropped entirely. Event names are snake_case past tense with a fixed key
+tickets and tokens are dropped entirely. Every secret the configuration resolved
+(``register_secret``, called by gateway/secrets.py) is replaced wherever it occurs in a value,
+under any key. Event names are snake_case past tense with a fixed key
 vocabulary (request_id, case_id, service, province, system, attempt, duration_ms, error_code).
 """
 
@@ -40,6 +42,28 @@ _SECRET_KEYS = frozenset(
 _NAME_KEYS = frozenset({"name", "xm", "holder_name", "full_name", "applicant_name", "aac003"})
 
 
+_MIN_SECRET = 6
+"""Shorter values are not searched for: they would mask ordinary words."""
+_secrets: set[str] = set()
+_secret_pattern: re.Pattern[str] | None = None
+
+
+def register_secret(value: str) -> str:
+    """Mask ``value`` in every log line from now on; returns it unchanged."""
+    global _secret_pattern  # noqa: PLW0603 - one process-wide set, read on every line
+    if len(value) >= _MIN_SECRET and value not in _secrets:
+        _secrets.add(value)
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+    return value
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every registered secret replaced."""
+    pattern = _secret_pattern
+    return pattern.sub("[redacted]", text) if pattern is not None else text
+
+
 def mask_text(text: str) -> str:
     """Mask ID numbers (keep the first and last character) and mobiles (keep 3 + 4)."""
     text = _ID_NUMBER.sub(lambda m: m.group(0)[0] + "*" * 16 + m.group(0)[-1], text)
@@ -56,6 +80,7 @@ def _mask(key: str, value: Any) -> Any:
     if lowered in _SECRET_KEYS:
         return "[redacted]"
     if isinstance(value, str):
+        value = mask_secrets(value)
         return mask_name(value) if lowered in _NAME_KEYS else mask_text(value)
     if isinstance(value, Mapping):
         return {k: _mask(str(k), v) for k, v in value.items()}

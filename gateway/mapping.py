@@ -2,16 +2,25 @@
 
 A mapping is a dict from a target path to a source: ``"holder.idNo": "id_number"`` copies a
 value; ``{"const": "01"}`` writes a constant; ``{"from": "a.b", "default": x}`` copies with a
-fallback; ``{"from": "a.b", "as": "string"}`` converts. Paths are dotted; a segment that is a
-number indexes a list. An absent mapping passes the payload through unchanged. Mappings are
-compiled once at start-up, so a typo fails there and not on a citizen's request.
+fallback; ``{"from": "a.b", "as": "string"}`` converts; ``{"from": "Table", "each": {...}}``
+maps every item of an array (a DataSet's rows, say) with a mapping of its own, one object
+becoming one item; ``{env: NAME}`` / ``{file: PATH}`` writes a secret from the environment or a
+file (the gateway's own account at a system, inside the body), never written in the
+configuration. Paths are dotted; a segment that is a number indexes a list. An absent mapping
+passes the payload through unchanged. Mappings are compiled once at start-up, so a typo fails
+there and not on a citizen's request.
+
+Must not: show a secret's value (``repr`` of a rule shows the reference kind only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from gateway.adapter import Secret, Shape, suggestion
+from gateway.secrets import is_secret_ref, read_secret_ref
 
 _MISSING: Any = object()
 _CONVERSIONS: Mapping[str, Callable[[Any], Any]] = {
@@ -20,6 +29,7 @@ _CONVERSIONS: Mapping[str, Callable[[Any], Any]] = {
     "number": float,
     "boolean": lambda v: v if isinstance(v, bool) else str(v).lower() in {"1", "true", "yes", "y"},
 }
+_KEYS = frozenset({"const", "from", "default", "as", "each"})
 
 
 class MappingError(ValueError):
@@ -66,13 +76,20 @@ class _Rule:
     const: Any
     default: Any
     convert: Callable[[Any], Any] | None
+    each: FieldMapping | None = None
+    secret: Secret | None = field(default=None, repr=False)
 
     def value(self, data: Any) -> Any:
+        if self.secret is not None:
+            return self.secret.reveal()
         if self.source is None:
             return self.const
         value = _get(data, self.source)
         if value is _MISSING or value is None:
             return self.default
+        if self.each is not None:
+            items = value if isinstance(value, list) else [value]
+            return [self.each.apply(item) for item in items]
         return self.convert(value) if self.convert else value
 
 
@@ -92,44 +109,155 @@ class FieldMapping:
                 _put(out, rule.target, value)
         return out
 
+    def paths(
+        self,
+    ) -> Iterator[tuple[tuple[str, ...], tuple[str, ...] | None, FieldMapping | None]]:
+        """(target, source or None, the per-item mapping or None) of every rule: what a
+        contract check compares with the system's message shapes."""
+        for rule in self.rules:
+            yield rule.target, rule.source, rule.each
+
 
 IDENTITY = FieldMapping(())
 
 
-def compile_mapping(spec: Mapping[str, Any] | None) -> FieldMapping:
-    """Compile a mapping block from configuration, or raise MappingError naming the entry."""
+def compile_mapping(
+    spec: Mapping[str, Any] | None, *, resolve_secrets: bool = True
+) -> FieldMapping:
+    """Compile a mapping block from configuration, or raise MappingError naming the entry.
+
+    ``resolve_secrets=False`` checks a secret reference's shape without reading it."""
     if spec is None:
         return IDENTITY
     rules: list[_Rule] = []
     for target, source in spec.items():
-        target_path = _split(str(target), str(target))
-        if isinstance(source, str):
-            rules.append(_Rule(target_path, _split(source, str(target)), None, _MISSING, None))
-            continue
-        if not isinstance(source, Mapping):
-            raise MappingError(str(target), "expected a source path or {const|from: ...}")
-        unknown = set(source) - {"const", "from", "default", "as"}
-        if unknown:
-            raise MappingError(str(target), f"unknown keys {sorted(unknown)}")
-        if "const" in source:
-            if set(source) != {"const"}:
-                raise MappingError(str(target), "'const' stands alone")
-            rules.append(_Rule(target_path, None, source["const"], _MISSING, None))
-            continue
-        if "from" not in source:
-            raise MappingError(str(target), "needs 'from' or 'const'")
-        convert = None
-        if "as" in source:
-            if source["as"] not in _CONVERSIONS:
-                raise MappingError(str(target), f"'as' must be one of {sorted(_CONVERSIONS)}")
-            convert = _CONVERSIONS[source["as"]]
-        rules.append(
-            _Rule(
-                target_path,
-                _split(str(source["from"]), str(target)),
-                None,
-                source.get("default", _MISSING),
-                convert,
-            )
-        )
+        rules.append(_compile_rule(str(target), source, resolve_secrets))
     return FieldMapping(tuple(rules))
+
+
+def _compile_rule(target: str, source: Any, resolve_secrets: bool) -> _Rule:
+    target_path = _split(target, target)
+    if isinstance(source, str):
+        return _Rule(target_path, _split(source, target), None, _MISSING, None)
+    if not isinstance(source, Mapping):
+        raise MappingError(target, "expected a source path, {const|from: ...} or {env|file: ...}")
+    if is_secret_ref(source):
+        try:
+            value = read_secret_ref(source, resolve=resolve_secrets)
+        except ValueError as exc:
+            raise MappingError(target, str(exc)) from None
+        return _Rule(target_path, None, None, _MISSING, None, secret=Secret(value))
+    unknown = set(source) - _KEYS
+    if unknown:
+        raise MappingError(target, f"unknown keys {sorted(unknown)}")
+    if "const" in source:
+        if set(source) != {"const"}:
+            raise MappingError(target, "'const' stands alone")
+        return _Rule(target_path, None, source["const"], _MISSING, None)
+    if "from" not in source:
+        raise MappingError(target, "needs 'from' or 'const'")
+    convert = None
+    if "as" in source:
+        if source["as"] not in _CONVERSIONS:
+            raise MappingError(target, f"'as' must be one of {sorted(_CONVERSIONS)}")
+        convert = _CONVERSIONS[source["as"]]
+    each = None
+    if "each" in source:
+        if convert is not None:
+            raise MappingError(target, "'each' maps items; 'as' converts one value: pick one")
+        if not isinstance(source["each"], Mapping) or not source["each"]:
+            raise MappingError(target, "'each' needs a mapping for every item")
+        try:
+            each = compile_mapping(source["each"], resolve_secrets=resolve_secrets)
+        except MappingError as exc:
+            raise MappingError(f"{target}.each.{exc.field}", exc.message) from None
+    return _Rule(
+        target_path,
+        _split(str(source["from"]), target),
+        None,
+        source.get("default", _MISSING),
+        convert,
+        each,
+    )
+
+
+# --- checked against a system's contract (config check, start-up) ----------------------------
+
+
+def _walk(shape: Shape, path: tuple[str, ...], what: str) -> tuple[Shape | None, str | None]:
+    """Follow ``path`` in ``shape``: (the shape reached, or None when open content was reached;
+    why the path cannot exist, or None)."""
+    for index, part in enumerate(path):
+        walked = ".".join(path[:index]) or what
+        if shape.repeated:
+            if part.isdigit():
+                shape = Shape(shape.fields, shape.open)
+                continue
+            return None, (
+                f"{walked!r} is an array: index it ({walked}.0.{part}) or map its items with 'each'"
+            )
+        if shape.fields is None:
+            return None, f"{walked!r} is a value; it has no field {part!r}"
+        if part in shape.fields:
+            shape = shape.fields[part]
+            continue
+        if shape.open:
+            return None, None
+        place = f"in {walked!r}" if index else f"in {what}"
+        return None, f"no field {part!r} {place}{suggestion(part, shape.fields)}"
+    return shape, None
+
+
+def _items(shape: Shape | None) -> Shape | None:
+    if shape is None or (shape.open and not shape.fields):
+        return None
+    return Shape(shape.fields, shape.open)
+
+
+def _problems(
+    mapping: FieldMapping, shape: Shape, operation: str, side: str, prefix: str
+) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    for target, source, each in mapping.paths():
+        where = f"{prefix}.{'.'.join(target)}"
+        if side == "request":
+            path, what, lead = target, f"the request of {operation}", ""
+        elif source is not None:
+            path, what, lead = source, f"the answer of {operation}", f"from {'.'.join(source)!r}: "
+        else:
+            continue  # a constant or a secret: nothing to find in the answer
+        reached, why = _walk(shape, path, what)
+        if why is not None:
+            found.append((where, lead + why))
+        elif each is not None and (items := _items(reached)) is not None:
+            found += _problems(each, items, operation, side, f"{where}.each")
+    return found
+
+
+def request_problems(mapping: FieldMapping, shape: Shape, operation: str) -> list[tuple[str, str]]:
+    """Targets of a request mapping the request of ``operation`` has no place for."""
+    return _problems(mapping, shape, operation, "request", "")
+
+
+def response_problems(mapping: FieldMapping, shape: Shape, operation: str) -> list[tuple[str, str]]:
+    """Sources of a response mapping the answer of ``operation`` cannot hold: a typo there
+    would give an empty field on every call."""
+    return _problems(mapping, shape, operation, "response", "")
+
+
+def passthrough_problems(
+    schema: Mapping[str, Any] | None, shape: Shape, operation: str
+) -> list[tuple[str, str]]:
+    """With no request mapping the call's data goes as it is: its fields must be the request's."""
+    properties = (schema or {}).get("properties")
+    if not isinstance(properties, Mapping) or shape.fields is None or shape.open:
+        return []
+    return [
+        (
+            "",
+            f"absent, so the call's data goes unchanged, but the request of {operation} has no"
+            f" field {name!r}{suggestion(str(name), shape.fields)}",
+        )
+        for name in properties
+        if name not in shape.fields
+    ]

@@ -21,7 +21,14 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.adapter import AdapterConfigError, Secret, SystemSpec, load_adapter_factory
+from gateway.adapter import (
+    AdapterConfigError,
+    ContractedFactory,
+    Secret,
+    SystemContract,
+    SystemSpec,
+    load_adapter_factory,
+)
 from gateway.cases.config import (
     CaseOperation,
     CaseSettings,
@@ -29,13 +36,22 @@ from gateway.cases.config import (
     case_reference_problems,
 )
 from gateway.cases.linked import linked_problems
+from gateway.config_problems import schema_problems, suggestion, validation_problems
 from gateway.identity.clients import TOKEN_EXCHANGE, ClientRegistration
 from gateway.identity.config import ProviderSettings
 from gateway.identity.legacy_face import LegacyAppSettings
+from gateway.identity.ticket_contract import idp_contract_problems
 from gateway.identity.upstream_kinds import AnyIdpSettings, IdpEntry
-from gateway.mapping import MappingError, compile_mapping
+from gateway.mapping import (
+    FieldMapping,
+    MappingError,
+    compile_mapping,
+    passthrough_problems,
+    request_problems,
+    response_problems,
+)
 from gateway.ratelimit.config import RateLimitSettings
-from gateway.secrets import SecretRef, read_secret_ref
+from gateway.secrets import SecretRef, collecting_unset, is_secret_ref, read_secret_ref
 
 # GB/T 2260 province-level codes (two digits) the gateway accepts.
 PROVINCES: Mapping[str, tuple[str, str]] = {
@@ -86,6 +102,11 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+    def report(self, config_dir: Path) -> str:
+        """What ``config check`` and ``serve`` print: a count, then one problem a line."""
+        head = f"configuration {config_dir}: {len(self.problems)} problem(s)"
+        return "\n".join([head, *(f"  {problem}" for problem in self.problems)])
 
 
 class _Model(BaseModel):
@@ -248,14 +269,20 @@ _SECRET_KEYS = frozenset({"password", "secret", "client_secret", "key", "api_key
 
 
 def _resolve_secrets(block: Mapping[str, Any], *, resolve: bool) -> dict[str, Any]:
-    """Resolve every secret-named field of an auth block; other fields pass through."""
+    """Resolve every secret reference of an auth block, at any depth (a SOAP header's password
+    field, say); a secret-named field must be one. Other values pass through."""
     out: dict[str, Any] = {}
     for name, value in block.items():
-        if name in _SECRET_KEYS:
+        if name in _SECRET_KEYS or is_secret_ref(value):
             try:
                 out[name] = _resolve_secret(value, resolve=resolve)
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
+        elif isinstance(value, Mapping):
+            try:
+                out[name] = _resolve_secrets(value, resolve=resolve)
+            except ValueError as exc:
+                raise ValueError(f"{name}.{exc}") from None
         else:
             out[name] = value
     return out
@@ -367,10 +394,9 @@ class Operation(_Model):
     @field_validator("input_schema")
     @classmethod
     def _schema_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            Draft202012Validator.check_schema(value)
-        except SchemaError as exc:
-            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        problems = schema_problems(value)
+        if problems:
+            raise ValueError("\n".join(f"not a valid JSON Schema {p}" for p in problems))
         return value
 
 
@@ -448,6 +474,34 @@ class RouteSettings(_Model):
         return value
 
 
+# --- status-queries.yaml ----------------------------------------------------------------------
+
+
+class StatusAnswer(_Model):
+    """How one system answers a shared status query: its operation and the two mappings, as in
+    a route."""
+
+    system_operation: str
+    """The system's own operation name."""
+    request: dict[str, Any] | None = None
+    """Mapping from the query's canonical data to the system's payload; absent = unchanged."""
+    response: dict[str, Any] | None = None
+    """Mapping from the system's answer to the canonical answer; absent = unchanged."""
+
+
+class StatusQuery(_Model):
+    """A status query declared once (status-queries.yaml) and shared by every service whose
+    cases name it (``case.poll_with`` / ``reconcile_with``) and by every system that answers it.
+
+    A service naming it gains it as an operation; each route of that service to a system in
+    ``answered_by`` gains a route for it, with the same receiving and handling provinces."""
+
+    operation: dict[str, Any]
+    """The operation as a service declares one (name, kind: query, retry, input_schema, ...)."""
+    answered_by: dict[str, StatusAnswer] = Field(min_length=1)
+    """System id → how that system answers it."""
+
+
 # --- the whole ---------------------------------------------------------------------------------
 
 
@@ -465,6 +519,9 @@ class Settings:
     """Provincial identity platforms (idps.yaml) the gateway federates login to."""
     legacy_apps: Mapping[str, LegacyAppSettings] = field(default_factory=dict)
     """Legacy business systems at the ticket and CAS faces (legacy-apps.yaml)."""
+    status_queries: Mapping[str, StatusQuery] = field(default_factory=dict)
+    """Shared status queries (status-queries.yaml); their operations and routes are already in
+    ``services`` and ``routes``."""
 
     def data_dir(self) -> Path:
         return (self.config_dir / self.gateway.data_dir).resolve()
@@ -484,20 +541,33 @@ def with_instance_id(settings: Settings, instance_id: str) -> Settings:
     return dataclasses.replace(settings, gateway=gateway)
 
 
+_UNREADABLE: Any = object()
+"""A file already reported as unreadable or not YAML: nothing more is said about it."""
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(entry)"
 
 
-def _read_yaml(path: Path, problems: list[str]) -> Any:
+def _read_yaml(path: Path, problems: list[str], *, name: str | None = None) -> Any:
+    """The file's data, or ``_UNREADABLE`` after reporting why (once: no second message)."""
+    fname = name or path.name
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        problems.append(f"{path.name}: cannot be read ({exc.strerror})")
+        problems.append(f"{fname}: cannot be read ({exc.strerror})")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problems.append(f"{path.name}: not valid YAML{where}")
-    return None
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None)
+        problems.append(f"{fname}: not valid YAML{where}" + (f": {what}" if what else ""))
+    return _UNREADABLE
+
+
+def _report(model: Any, exc: ValidationError, where: str, problems: list[str]) -> None:
+    for location, message in validation_problems(model, exc):
+        for line in message.splitlines():
+            problems.append(f"{where}: {location}: {line}")
 
 
 def _validate(
@@ -506,70 +576,224 @@ def _validate(
     try:
         return model.model_validate(data, context={"resolve_secrets": resolve})
     except ValidationError as exc:
-        for err in exc.errors():
-            problems.append(f"{where}: {_format_loc(err['loc'])}: {err['msg']}")
+        _report(model, exc, where, problems)
     return None
 
 
 def _entries(data: Any, key: str, fname: str, problems: list[str]) -> dict[str, Any]:
-    if data is None:
+    if data is None or data is _UNREADABLE:
         return {}
-    if not isinstance(data, dict) or set(data) != {key} or not isinstance(data[key], dict):
+    if isinstance(data, dict) and set(data) == {key} and isinstance(data[key], dict):
+        entries: dict[str, Any] = data[key]
+        return entries
+    if isinstance(data, dict) and len(data) == 1 and key not in data:
+        (other,) = data
+        problems.append(f"{fname}: {other}: unknown key{suggestion(str(other), [key])}")
+    else:
         problems.append(f"{fname}: expected a single top-level mapping '{key}:'")
-        return {}
-    entries: dict[str, Any] = data[key]
-    return entries
+    return {}
 
 
-def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings:
-    """Read, validate and cross-check a configuration directory, or raise ConfigError."""
+@dataclass(slots=True)
+class _Loading:
+    """What one run of the loader has seen so far."""
+
+    config_dir: Path
+    resolve: bool
+    check_contracts: bool
+    problems: list[str] = field(default_factory=list)
+    broken: set[str] = field(default_factory=set)
+    """Services and systems that failed validation: what is known of them is in ``raw_*``."""
+    raw_service_ops: dict[str, set[str]] = field(default_factory=dict)
+    raw_systems: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contracts: dict[str, SystemContract] = field(default_factory=dict)
+    systems_unreadable: bool = False
+    """systems.yaml could not be read: routes are not told their systems are missing."""
+    routes_unreadable: bool = False
+    """routes.yaml could not be read: nothing is said about routes missing from it."""
+    placed: list[tuple[RouteSettings, str]] = field(default_factory=list)
+    """Each route of routes.yaml with the words that locate it in a problem."""
+
+
+def load_settings(
+    config_dir: Path, *, resolve_secrets: bool = True, check_contracts: bool = True
+) -> Settings:
+    """Read, validate and cross-check a configuration directory, or raise ConfigError.
+
+    Every file and every entry is checked, and every problem reported, in one run. A secret
+    reference that cannot be read is named in one line at the top, and everything else is still
+    checked. ``check_contracts`` loads each SOAP system's WSDL (blocking file and CPU work) and
+    checks the system and its routes' mappings against it."""
     config_dir = config_dir.resolve()
-    problems: list[str] = []
     if not config_dir.is_dir():
         raise ConfigError([f"{config_dir}: not a directory"])
+    state = _Loading(config_dir, resolve_secrets, check_contracts)
+    with collecting_unset() as unset:
+        settings = _load(state)
+    problems = state.problems
+    if unset:
+        problems.insert(0, unset.summary())
+    if problems or settings is None:
+        raise ConfigError(problems)
+    return settings
 
+
+def _load(state: _Loading) -> Settings | None:
+    config_dir, problems = state.config_dir, state.problems
     gateway_file = config_dir / "gateway.yaml"
     gw_data = _read_yaml(gateway_file, problems) if gateway_file.exists() else {}
-    gateway = _validate(
-        GatewaySettings, gw_data or {}, "gateway.yaml", problems, resolve=resolve_secrets
+    gateway = (
+        None
+        if gw_data is _UNREADABLE
+        else _validate(
+            GatewaySettings, gw_data or {}, "gateway.yaml", problems, resolve=state.resolve
+        )
+    )
+    systems = _load_systems(state)
+    status_queries = _load_status_queries(state)
+    services, shared = _load_services(state, status_queries)
+    routes = _load_routes(state, services, systems)
+    routes += _shared_routes(state, status_queries, shared, services, systems, routes)
+    _follow_problems(state, services, routes, status_queries)
+    if not state.routes_unreadable:  # no route is missing from a file that could not be read
+        state.problems.extend(_linked_route_problems(services, routes))
+    clients = _load_clients(state, services, gateway)
+    idps = _load_idps(state, gateway)
+    problems += _window_problems(clients, idps, gateway.identity if gateway else None)
+    legacy_apps = _load_legacy_apps(state, gateway)
+    if problems or gateway is None:
+        return None
+    return Settings(
+        config_dir,
+        gateway,
+        systems,
+        services,
+        tuple(routes),
+        clients,
+        idps=idps,
+        legacy_apps=legacy_apps,
+        status_queries=status_queries,
     )
 
+
+def _load_systems(state: _Loading) -> dict[str, SystemSettings]:
+    problems = state.problems
     systems: dict[str, SystemSettings] = {}
-    broken: set[str] = set()  # reported already: routes naming them are not reported again
-    raw_systems = _entries(
-        _read_yaml(config_dir / "systems.yaml", problems), "systems", "systems.yaml", problems
-    )
-    for sid, entry in raw_systems.items():
+    data = _read_yaml(state.config_dir / "systems.yaml", problems)
+    state.systems_unreadable = data is _UNREADABLE
+    raw = _entries(data, "systems", "systems.yaml", problems)
+    for sid, entry in raw.items():
         where = f"systems.yaml: system {sid!r}"
         if not _ID.match(str(sid)):
             problems.append(f"{where}: id: use lowercase letters, digits and '-'")
             continue
+        if isinstance(entry, dict):
+            state.raw_systems[sid] = entry
         system = _validate(SystemSettings, entry, where, problems)
         if system is None:
-            broken.add(sid)
+            state.broken.add(sid)
             continue
         systems[sid] = system
-        _check_adapter(sid, system, config_dir, where, problems, resolve_secrets)
+        _check_adapter(state, sid, system, where)
+    return systems
 
+
+def _load_status_queries(state: _Loading) -> dict[str, StatusQuery]:
+    path = state.config_dir / "status-queries.yaml"
+    if not path.exists():
+        return {}
+    problems = state.problems
+    raw = _entries(_read_yaml(path, problems), "status_queries", path.name, problems)
+    queries: dict[str, StatusQuery] = {}
+    for name, entry in raw.items():
+        where = f"status-queries.yaml: status query {name!r}"
+        if not _ID.match(str(name)):
+            problems.append(f"{where}: id: use lowercase letters, digits and '-'")
+            continue
+        query = _validate(StatusQuery, entry, where, problems)
+        if query is None:
+            continue
+        operation = _validate(Operation, query.operation, f"{where}: operation", problems)
+        if operation is not None and operation.kind == "submit":
+            problems.append(f"{where}: operation.kind: a status query is a query, not a submit")
+            continue
+        queries[name] = query
+    return queries
+
+
+def _load_services(
+    state: _Loading, queries: Mapping[str, StatusQuery]
+) -> tuple[dict[str, ServiceSettings], dict[str, set[str]]]:
+    """The services, each with the shared status queries its cases name added as operations
+    (returned per service, for their routes)."""
+    problems = state.problems
     services: dict[str, ServiceSettings] = {}
-    services_dir = config_dir / "services"
+    shared: dict[str, set[str]] = {}
+    services_dir = state.config_dir / "services"
     for path in sorted(services_dir.glob("*.yaml")) if services_dir.is_dir() else []:
         code = path.stem
         where = f"services/{path.name}: service {code!r}"
         if not _ID.match(code):
             problems.append(f"{where}: file name: use lowercase letters, digits and '-'")
             continue
-        service = _validate(ServiceSettings, _read_yaml(path, problems), where, problems)
+        data = _read_yaml(path, problems, name=f"services/{path.name}")
+        if data is _UNREADABLE:
+            state.broken.add(code)
+            continue
+        if isinstance(data, dict) and isinstance(data.get("operations"), dict):
+            named = _shared_names(data["operations"], queries)
+            if named:
+                data = {
+                    **data,
+                    "operations": {
+                        **data["operations"],
+                        **{name: queries[name].operation for name in named},
+                    },
+                }
+                shared[code] = named
+            state.raw_service_ops[code] = set(data["operations"])
+        service = _validate(ServiceSettings, data, where, problems)
         if service is None:
-            broken.add(code)
+            state.broken.add(code)
         else:
             services[code] = service
+    return services, shared
 
+
+def _shared_names(operations: Mapping[str, Any], queries: Mapping[str, StatusQuery]) -> set[str]:
+    """Shared status queries the operations' case blocks name and the service does not declare."""
+    named: set[str] = set()
+    for block in operations.values():
+        case = block.get("case") if isinstance(block, dict) else None
+        if not isinstance(case, dict):
+            continue
+        for key in ("poll_with", "reconcile_with"):
+            name = case.get(key)
+            if isinstance(name, str) and name in queries and name not in operations:
+                named.add(name)
+    return named
+
+
+def _load_routes(
+    state: _Loading,
+    services: Mapping[str, ServiceSettings],
+    systems: Mapping[str, SystemSettings],
+) -> list[RouteSettings]:
+    problems = state.problems
     routes: list[RouteSettings] = []
-    raw_routes = _read_yaml(config_dir / "routes.yaml", problems)
+    raw_routes = _read_yaml(state.config_dir / "routes.yaml", problems)
+    if raw_routes is _UNREADABLE:
+        state.routes_unreadable = True
+        return routes
+    if isinstance(raw_routes, dict) and set(raw_routes) - {"routes"}:
+        for other in sorted(set(raw_routes) - {"routes"}):
+            problems.append(
+                f"routes.yaml: {other}: unknown key{suggestion(str(other), ['routes'])}"
+            )
     route_list = raw_routes.get("routes") if isinstance(raw_routes, dict) else None
     if not isinstance(route_list, list):
-        problems.append("routes.yaml: expected a top-level list 'routes:'")
+        if not (isinstance(raw_routes, dict) and set(raw_routes) - {"routes"}):
+            problems.append("routes.yaml: expected a top-level list 'routes:'")
         route_list = []
     seen: dict[tuple[str, str, str, str], int] = {}
     for index, entry in enumerate(route_list):
@@ -578,9 +802,8 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         if route is None:
             continue
         where = f"{where} ({route.service}/{route.operation} → {route.handling})"
-        if route.service in broken or route.system in broken:
-            continue
-        _cross_check_route(route, services, systems, where, problems)
+        _cross_check_route(state, route, services, systems, where)
+        state.placed.append((route, where))
         receiving = ["*"] if route.receiving == "*" else route.receiving
         for province in receiving:
             key = (route.service, route.operation, province, route.handling)
@@ -588,11 +811,98 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
                 problems.append(f"{where}: receiving: duplicates route #{seen[key]}")
             seen[key] = index + 1
         routes.append(route)
+    return routes
 
-    problems += _linked_route_problems(services, routes)
 
+def _shared_routes(
+    state: _Loading,
+    queries: Mapping[str, StatusQuery],
+    shared: Mapping[str, set[str]],
+    services: Mapping[str, ServiceSettings],
+    systems: Mapping[str, SystemSettings],
+    routes: list[RouteSettings],
+) -> list[RouteSettings]:
+    """A route for each shared status query a service names, to every system of the service's
+    routes that answers it; a route written out in routes.yaml takes precedence."""
+    written = {(r.service, r.operation, r.handling) for r in routes}
+    made: dict[tuple[str, str, str, str], RouteSettings] = {}
+    for code, names in sorted(shared.items()):
+        for name in sorted(names):
+            query = queries[name]
+            for route in routes:
+                answer = query.answered_by.get(route.system)
+                if route.service != code or answer is None:
+                    continue
+                if (code, name, route.handling) in written:
+                    continue
+                key = (code, name, route.handling, route.system)
+                earlier = made.get(key)
+                receiving: list[str] | Literal["*"] = route.receiving
+                if earlier is not None:
+                    if "*" in (earlier.receiving, route.receiving):
+                        receiving = "*"
+                    else:
+                        receiving = sorted({*earlier.receiving, *route.receiving})
+                made[key] = RouteSettings(
+                    service=code,
+                    operation=name,
+                    receiving=receiving,
+                    handling=route.handling,
+                    system=route.system,
+                    system_operation=answer.system_operation,
+                    request=answer.request,
+                    response=answer.response,
+                )
+            if state.routes_unreadable:
+                continue
+            if not any(k[:2] == (code, name) for k in made) and not any(
+                (code, name) == (s, o) for s, o, _h in written
+            ):
+                answering = sorted(query.answered_by)
+                state.problems.append(
+                    f"services/{code}.yaml: service {code!r}: case: status query {name!r} is"
+                    f" answered by {answering} (status-queries.yaml), and no route of the service"
+                    " goes to one of them"
+                )
+    for (code, name, _handling, sid), route in made.items():
+        where = f"status-queries.yaml: status query {name!r}: answered_by.{sid} (for {code})"
+        _cross_check_route(state, route, services, systems, where)
+    return list(made.values())
+
+
+def _follow_problems(
+    state: _Loading,
+    services: Mapping[str, ServiceSettings],
+    routes: list[RouteSettings],
+    queries: Mapping[str, StatusQuery],
+) -> None:
+    """A case handled in a province is followed (polled, reconciled) there: the query its case
+    block names needs a route to that province too."""
+    routed = {(r.service, r.operation, r.handling) for r in routes}
+    for route, where in state.placed:
+        service = services.get(route.service)
+        operation = service.operations.get(route.operation) if service else None
+        case = operation.case if operation else None
+        if case is None:
+            continue
+        for key in ("poll_with", "reconcile_with"):
+            name = getattr(case, key)
+            if name is None or (route.service, name, route.handling) in routed:
+                continue
+            hint = ""
+            if name in queries:
+                hint = f" (system {route.system!r} is not in its answered_by, status-queries.yaml)"
+            state.problems.append(
+                f"{where}: case.{key}: no route for {name!r} to province {route.handling}{hint}"
+            )
+
+
+def _load_clients(
+    state: _Loading, services: Mapping[str, ServiceSettings], gateway: GatewaySettings | None
+) -> dict[str, ClientRegistration]:
+    problems = state.problems
     clients: dict[str, ClientRegistration] = {}
-    clients_file = config_dir / "clients.yaml"
+    clients_file = state.config_dir / "clients.yaml"
     raw_clients = (
         _entries(_read_yaml(clients_file, problems), "clients", "clients.yaml", problems)
         if clients_file.exists()
@@ -604,11 +914,7 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
             problems.append(f"{where}: expected a mapping")
             continue
         client = _validate(
-            ClientRegistration,
-            {"client_id": cid, **entry},
-            where,
-            problems,
-            resolve=resolve_secrets,
+            ClientRegistration, {"client_id": cid, **entry}, where, problems, resolve=state.resolve
         )
         if client is None:
             continue
@@ -616,13 +922,17 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         unknown = [
             s
             for s in client.allowed_services
-            if s != "*" and s not in services and s not in broken  # broken: reported already
+            if s != "*" and s not in services and s not in state.broken
         ]
         if unknown:
             problems.append(f"{where}: allowed_services: unknown services {unknown}")
     if clients and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: clients.yaml declares clients but no provider")
+    return clients
 
+
+def _load_idps(state: _Loading, gateway: GatewaySettings | None) -> dict[str, AnyIdpSettings]:
+    problems, config_dir = state.problems, state.config_dir
     idps: dict[str, AnyIdpSettings] = {}
     idps_file = config_dir / "idps.yaml"
     raw_idps = (
@@ -636,28 +946,31 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
             problems.append(f"{where}: id: use lowercase letters, digits and '-'")
             continue
         try:
-            idp = IdpEntry.model_validate(entry, context={"resolve_secrets": resolve_secrets}).root
+            idp = IdpEntry.model_validate(entry, context={"resolve_secrets": state.resolve}).root
         except ValidationError as exc:
-            kind = entry.get("kind") if isinstance(entry, dict) else None
-            for err in exc.errors():
-                # The union's first location is the kind's tag: name the field as written.
-                loc = err["loc"][1:] if err["loc"] and err["loc"][0] == kind else err["loc"]
-                problems.append(f"{where}: {_format_loc(loc)}: {err['msg']}")
+            _report(IdpEntry, exc, where, problems)
+            continue
+        if idp.province not in PROVINCES:
+            problems.append(f"{where}: province: {idp.province!r} is not a GB/T 2260 code")
             continue
         wsdl = getattr(idp, "wsdl", None)
         if wsdl and not (config_dir / wsdl).is_file():
             problems.append(f"{where}: wsdl: file {wsdl} not found")
             continue
-        if idp.province not in PROVINCES:
-            problems.append(f"{where}: province: {idp.province!r} is not a GB/T 2260 code")
-            continue
+        if state.check_contracts:
+            problems += [f"{where}: {p}" for p in idp_contract_problems(idp, config_dir)]
         idps[pid] = idp
     if idps and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: idps.yaml declares platforms but no provider")
-    problems += _window_problems(clients, idps, gateway.identity if gateway else None)
+    return idps
 
+
+def _load_legacy_apps(
+    state: _Loading, gateway: GatewaySettings | None
+) -> dict[str, LegacyAppSettings]:
+    problems = state.problems
     legacy_apps: dict[str, LegacyAppSettings] = {}
-    legacy_file = config_dir / "legacy-apps.yaml"
+    legacy_file = state.config_dir / "legacy-apps.yaml"
     raw_legacy = (
         _entries(_read_yaml(legacy_file, problems), "legacy_apps", "legacy-apps.yaml", problems)
         if legacy_file.exists()
@@ -668,7 +981,7 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", str(app_id)):
             problems.append(f"{where}: id: use letters, digits, '_', '.' and '-'")
             continue
-        app = _validate(LegacyAppSettings, entry, where, problems, resolve=resolve_secrets)
+        app = _validate(LegacyAppSettings, entry, where, problems, resolve=state.resolve)
         if app is not None:
             legacy_apps[app_id] = app
     for app_id, app in legacy_apps.items():
@@ -681,19 +994,7 @@ def load_settings(config_dir: Path, *, resolve_secrets: bool = True) -> Settings
                 )
     if legacy_apps and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: legacy-apps.yaml declares apps but no provider")
-
-    if problems or gateway is None:
-        raise ConfigError(problems)
-    return Settings(
-        config_dir,
-        gateway,
-        systems,
-        services,
-        tuple(routes),
-        clients,
-        idps=idps,
-        legacy_apps=legacy_apps,
-    )
+    return legacy_apps
 
 
 def _linked_route_problems(
@@ -764,59 +1065,89 @@ def _window_problems(
     return problems
 
 
-def _check_adapter(
-    sid: str,
-    system: SystemSettings,
-    config_dir: Path,
-    where: str,
-    problems: list[str],
-    resolve_secrets: bool,
-) -> None:
-    if system.wsdl and not (config_dir / system.wsdl).is_file():
+def _check_adapter(state: _Loading, sid: str, system: SystemSettings, where: str) -> None:
+    """The adapter's own check of the system's blocks; for a contracted adapter (SOAP), against
+    its contract, which is kept for the routes' mapping checks."""
+    problems = state.problems
+    if system.wsdl and not (state.config_dir / system.wsdl).is_file():
         problems.append(f"{where}: wsdl: file {system.wsdl} not found")
         return
     try:
-        spec = system.spec(sid, config_dir, resolve_secrets=resolve_secrets)
+        spec = system.spec(sid, state.config_dir, resolve_secrets=state.resolve)
     except ValueError as exc:
         problems.append(f"{where}: auth.{exc}")
         return
     try:
-        load_adapter_factory(system.adapter_name).check(spec)
+        factory = load_adapter_factory(system.adapter_name)
+        if state.check_contracts and isinstance(factory, ContractedFactory):
+            state.contracts[sid] = factory.contract(spec)
+        else:
+            factory.check(spec)
     except AdapterConfigError as exc:
-        problems.append(f"{where}: {exc.field}: {exc.message}")
+        problems += [f"{where}: {e.field}: {e.message}" for e in exc.all()]
 
 
 def _cross_check_route(
+    state: _Loading,
     route: RouteSettings,
     services: Mapping[str, ServiceSettings],
     systems: Mapping[str, SystemSettings],
     where: str,
-    problems: list[str],
 ) -> None:
+    """The route against its service, its system and the system's contract. A service or system
+    that failed validation is checked as far as its file can be read."""
+    problems = state.problems
     service = services.get(route.service)
-    if service is None:
-        problems.append(f"{where}: service: no service {route.service!r} in services/")
-    elif route.operation not in service.operations:
+    operations = (
+        set(service.operations) if service else state.raw_service_ops.get(route.service, set())
+    )
+    if service is None and route.service not in state.broken:
+        problems.append(
+            f"{where}: service: no service {route.service!r} in services/"
+            f"{suggestion(route.service, list(services) + sorted(state.broken))}"
+        )
+    elif operations and route.operation not in operations:
         problems.append(
             f"{where}: operation: service {route.service!r} has no operation {route.operation!r}"
+            f"{suggestion(route.operation, operations)}"
         )
     system = systems.get(route.system)
-    if system is None:
-        problems.append(f"{where}: system: no system {route.system!r} in systems.yaml")
-        return
-    if system.province != route.handling:
+    raw_system = state.raw_systems.get(route.system, {})
+    if system is None and route.system not in state.broken and not state.systems_unreadable:
         problems.append(
-            f"{where}: system: {route.system!r} is in province {system.province}, "
+            f"{where}: system: no system {route.system!r} in systems.yaml"
+            f"{suggestion(route.system, list(systems) + sorted(state.broken))}"
+        )
+    province = system.province if system else raw_system.get("province")
+    if province is not None and province != route.handling:
+        problems.append(
+            f"{where}: system: {route.system!r} is in province {province}, "
             f"not the handling province {route.handling}"
         )
-    if system.operations and route.system_operation not in system.operations:
+    system_ops = system.operations if system else raw_system.get("operations")
+    if isinstance(system_ops, dict) and system_ops and route.system_operation not in system_ops:
         problems.append(
             f"{where}: system_operation: {route.system!r} has no operation "
-            f"{route.system_operation!r}"
+            f"{route.system_operation!r}{suggestion(route.system_operation, system_ops)}"
         )
+    maps: dict[str, FieldMapping] = {}
     for side in ("request", "response"):
-        spec = getattr(route, side)
         try:
-            compile_mapping(spec)
+            maps[side] = compile_mapping(getattr(route, side), resolve_secrets=state.resolve)
         except MappingError as exc:
             problems.append(f"{where}: {side}.{exc.field}: {exc.message}")
+    contract = state.contracts.get(route.system)
+    operation = contract.operations.get(route.system_operation) if contract else None
+    if operation is None:
+        return
+    label = route.system_operation
+    if "request" in maps:
+        if maps["request"].rules:
+            found = request_problems(maps["request"], operation.input, label)
+        else:
+            schema = service.operations[route.operation].input_schema if service else None
+            found = passthrough_problems(schema, operation.input, label)
+        problems += [f"{where}: request{loc}: {message}" for loc, message in found]
+    if "response" in maps:
+        found = response_problems(maps["response"], operation.output, label)
+        problems += [f"{where}: response{loc}: {message}" for loc, message in found]

@@ -38,6 +38,7 @@ from gateway.demo.staff_directory import (
     StaffDirectoryState,
     build_staff_directory_app,
 )
+from gateway.identity.upstream import OidcIdpSettings
 from gateway.settings import Settings
 
 QINGHAI_IDP = "qinghai"
@@ -51,6 +52,7 @@ ENV_NAMES = {
     # The platforms beside OIDC, the legacy system's secret and the link key.
     "shaanxi_idp_app_secret": "TONGBAN_SECRET_SX_IDP_APP_SECRET",
     "gansu_idp_app_secret": "TONGBAN_SECRET_GS_IDP_APP_SECRET",
+    "ningxia_idp_app_secret": "TONGBAN_SECRET_NX_IDP_APP_SECRET",
     "guangdong_idp_client_secret": "TONGBAN_SECRET_GD_IDP_CLIENT_SECRET",
     "guangdong_idp_aes_key": "TONGBAN_SECRET_GD_IDP_AES_KEY",
     "legacy_sx_bdc_secret": "TONGBAN_SECRET_LEGACY_SX_BDC",
@@ -69,6 +71,7 @@ class DemoIdentitySecrets:
     portal_shaanxi_secret: str
     shaanxi_idp_app_secret: str
     gansu_idp_app_secret: str
+    ningxia_idp_app_secret: str
     guangdong_idp_client_secret: str
     guangdong_idp_aes_key: str
     legacy_sx_bdc_secret: str
@@ -127,10 +130,13 @@ class DemoIdentity:
     def configure(self, settings: Settings) -> Settings:
         """The settings with the platform's issuer and the portals' URIs on their real ports."""
         idps = dict(settings.idps)
-        if QINGHAI_IDP in idps:
-            idps[QINGHAI_IDP] = idps[QINGHAI_IDP].model_copy(update={"issuer": self.idp.issuer})
-        if self.staff is not None and STAFF_IDP in idps:
-            idps[STAFF_IDP] = idps[STAFF_IDP].model_copy(update={"issuer": self.staff.issuer})
+        # Only the demo's own entries (by id and kind): a platform the user added stays as is.
+        qinghai = idps.get(QINGHAI_IDP)
+        if isinstance(qinghai, OidcIdpSettings) and qinghai.staff is None:
+            idps[QINGHAI_IDP] = qinghai.model_copy(update={"issuer": self.idp.issuer})
+        staff = idps.get(STAFF_IDP)
+        if self.staff is not None and isinstance(staff, OidcIdpSettings) and staff.staff:
+            idps[STAFF_IDP] = staff.model_copy(update={"issuer": self.staff.issuer})
         clients = dict(settings.clients)
         for client_id, portal in self.portals.items():
             if client_id in clients:
@@ -219,6 +225,7 @@ async def start_demo_identity(
             gateway_issuer,
             shaanxi_secret=secrets.shaanxi_idp_app_secret,
             gansu_secret=secrets.gansu_idp_app_secret,
+            ningxia_secret=secrets.ningxia_idp_app_secret,
             guangdong_secret=secrets.guangdong_idp_client_secret,
             guangdong_aes_key=secrets.guangdong_idp_aes_key,
             legacy_secret=secrets.legacy_sx_bdc_secret,

@@ -1,4 +1,4 @@
-"""Demo Guangdong (44) identity platform: OAuth2 with the quirks such platforms have.
+"""Demo Guangdong (44) identity platform: OAuth2 with the quirks of docs/identity-platforms.md.
 
 Authorization code flow, but the token request is a GET with ``client_secret`` in the query and
 ``service=initService`` required; ``/oauth2/tokeninfo`` answers ``{"data": …, "signdata": …}``

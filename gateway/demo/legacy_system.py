@@ -1,7 +1,8 @@
 """Demo legacy Shaanxi business system (不动产登记查询, and a CAS-protected department system).
 
-Built the way provincial systems were built against signed-ticket platforms,
-unchanged, but pointed at the gateway's province-shaped face:
+Built the way provincial systems were built against signed-ticket platforms
+(docs/identity-platforms.md, "Legacy business systems"), unchanged, but pointed at the gateway's
+province-shaped face:
 - ``/sso/login`` → gateway ``/legacy/ticket/login?servicecode=SX_BDC_QUERY&goto=…/sso/callback``;
   the callback calls ``ticketValidation`` then ``getUserInfo`` with ``md5(code+secret+time)``
   signatures and binds the (pairwise) platform user id to a local session;

@@ -4,9 +4,11 @@ Enterprises sign in through their agent (经办人); the platform POSTs a signed
 ES256, its JWKS at ``/legal/jwks``) back to the gateway with an auto-submitting form: credit
 code, organisation type (1 企业法人, 2 非企业法人, 3 非法人), company name, legal
 representative, the agent, the login type and ``realLevel`` on the Zhejiang legal scale, which
-runs backwards (1 = digital certificate, strongest … 4 = not checked). Every enterprise and
-person is invented; credit codes carry valid GB 32100 check characters except the one account
-meant to be refused. The password of all accounts is ``demo``.
+runs backwards (1 = digital certificate, strongest … 4 = not checked). One enterprise was
+registered before 2015 and still carries its 15-digit registration number (工商注册号) in
+``uniscid`` instead of a credit code, as such accounts do. Every enterprise and person is
+invented; identifiers carry valid check characters except the one account meant to be refused.
+The password of all accounts is ``demo``.
 
 Must not: log anything (it logs nothing at all).
 """
@@ -26,7 +28,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN, ZHAO_YIMING, Resident
-from gateway.identity.identifiers import make_credit_code
+from gateway.identity.identifiers import make_credit_code, make_registration_number
 
 PASSWORD = "demo"
 APP_CODE = "tongban-gateway"
@@ -46,6 +48,10 @@ QINLING_TECH = Enterprise(
 )
 TESTING_CENTRE = Enterprise(
     make_credit_code("12610000435201130"), "陕西省示范检测中心", "2", "马文华"
+)
+# Registered in 2009, before the unified credit code: a registration number only.
+OLD_WORKSHOP = Enterprise(
+    make_registration_number("61010320090001"), "西安老城区机械修配厂", "1", "赵一鸣"
 )
 _valid = make_credit_code("91610113MA6X5K3P2")
 BROKEN_CODE = Enterprise(
@@ -67,6 +73,7 @@ ACCOUNTS: tuple[AgentAccount, ...] = (
     AgentAccount("lp-500101", QINLING_TECH, MA_WENHUA, "13891005678", "1", "certificate"),
     AgentAccount("lp-500102", QINLING_TECH, SU_LANXIN, "13709115678", "3", "password"),
     AgentAccount("lp-500103", TESTING_CENTRE, ZHAO_YIMING, "13991005678", "2", "password"),
+    AgentAccount("lp-500104", OLD_WORKSHOP, ZHAO_YIMING, "13991005679", "1", "certificate"),
     AgentAccount("lp-500199", BROKEN_CODE, SU_LANXIN, "13709115679", "1", "certificate"),
 )
 

@@ -5,10 +5,11 @@ federation is tested against an independent implementation: discovery (OIDC Disc
 an authorization endpoint with its own login form (code flow, PKCE S256 required, nonce, state,
 ``acr_values``), and a token endpoint (client_secret_basic) issuing an ES256 ID token.
 
-Its level scale is its own, as real platforms' are: ``auth_level``
-1 account, 2 real name checked, 3 real person (face scan); the gateway's idps.yaml maps it. A
-password login reaches at most level 2; ticking the (simulated) face scan reaches the citizen's
-maximum. Every citizen is invented (residents.py); the password of all of them is ``demo``.
+Its level scale is its own, as real platforms' are (docs/identity-platforms.md, "Levels"):
+``auth_level`` 1 account, 2 real name checked, 3 real person (face scan); the gateway's
+idps.yaml maps it. A password login reaches at most level 2; ticking the (simulated) face scan
+reaches the citizen's maximum. Every citizen is invented (residents.py); the password of all
+of them is ``demo``.
 
 Must not: log credentials, codes or personal data (it logs nothing at all).
 """

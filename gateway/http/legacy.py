@@ -1,6 +1,6 @@
 """The web side of the legacy faces (gateway/identity/legacy_face.py): ticket face and CAS.
 
-Ticket face (province-shaped, as provincial systems built against signed-ticket platforms expect):
+Ticket face (province-shaped, docs/identity-platforms.md, "Legacy business systems"):
 - ``GET /legacy/ticket/login?servicecode=APP&goto=CALLBACK`` (``appmark`` / ``gotoUrl`` too): the
   SSO session (or a login) → ``CALLBACK?ticket=…``;
 - ``POST /legacy/ticket/ticketValidation`` and ``/legacy/ticket/getUserInfo``: signed form

@@ -130,7 +130,9 @@ def build_authenticator(
     if store is None:
         store = open_session_store(session, settings.data_dir(), clock=clock)
     http = outbound_client(session.upstream_timeout)
-    idps = build_upstreams(settings.idps, http, provider=identity, config_dir=settings.config_dir)
+    idps = build_upstreams(
+        settings.idps, http, provider=identity, config_dir=settings.config_dir, store=store
+    )
     authenticator = SessionAuthenticator(
         session,
         store,

@@ -1,15 +1,17 @@
 """One internal identity for every provincial platform, and the declarative claim mapping into it.
 
-Modelled on SATOSA's internal data: each platform's attributes are mapped by
-configuration, never by code, into ``FederatedIdentity``. Levels keep the platform's raw value and
-the name of its scale beside the gateway's normalised level (some
+Modelled on SATOSA's internal data: each platform's attributes are mapped by configuration,
+never by code, into ``FederatedIdentity``. Levels keep the platform's raw value and the name of
+its scale beside the gateway's normalised level (docs/identity-platforms.md, "Levels": some
 scales run backwards, so the map is per platform). The ID number is kept only when the platform's
 configuration says a downstream use needs it (eIDAS minimum data set) and is masked otherwise;
 ``repr`` never shows it, nor the name.
 
-Legal persons (signed in through a separate legal-person platform) carry the credit code and
-the operator (经办人) who signed in; the local id includes the operator's platform user id, so
-one enterprise with many agents is never merged on the credit code alone.
+Legal persons carry the enterprise's identifier and the operator (经办人) who signed in; the
+local id includes the operator's link key, so one enterprise with many agents is never merged
+on the enterprise alone. The identifier is a GB 32100 credit code, or, where the platform's
+configuration admits them (``org_id_kinds``), the 15-digit registration number of an enterprise
+registered before 2015: each kind with its own check, and the ID-number check stays on.
 
 Must not: import aiohttp; log an ID number or a name.
 """
@@ -26,12 +28,14 @@ from gateway.identity.identifiers import (
     RESIDENT_ID_CARD,
     LinkKeyer,
     valid_credit_code,
+    valid_registration_number,
     valid_resident_id,
 )
 from gateway.logs import mask_name, mask_text
 
 Level = Literal["L1", "L2", "L3", "LP", "Counter"]
 PersonType = Literal["natural", "legal"]
+OrgIdKind = Literal["credit_code", "registration_number"]
 
 
 class MappingError(ValueError):
@@ -80,11 +84,15 @@ class ClaimMapping(BaseModel):
     phone: str | None = None
     region: str | None = None
     credit_code: str | None = None
-    """Unified social credit code (legal persons)."""
+    """Claim holding the enterprise's identifier: a unified social credit code, or a
+    registration number where ``org_id_kinds`` admits them (legal persons)."""
+    org_id_kinds: tuple[OrgIdKind, ...] = ("credit_code",)
+    """Enterprise identifiers this platform sends: ``credit_code`` (GB 32100) and, for
+    enterprises registered before 2015, ``registration_number`` (15 digits, 工商注册号)."""
     operator: str | None = None
     """Operator's name (经办人) for legal persons."""
     level: LevelRule
-    # National codes, the agent (经办人), the legal person.
+    # National codes, the agent, the legal person (docs/identity-platforms.md, "Identifiers").
     id_type: ValueRule | None = None
     """The platform's ID type → national code (111 resident ID card, 414 passport, ...);
     absent: an ID number is a resident ID card."""
@@ -103,7 +111,9 @@ class ClaimMapping(BaseModel):
     """The agent's ID number (legal persons); masked at once, used only for the link key."""
     agent_phone: str | None = None
     check_digits: bool = True
-    """Refuse resident ID numbers failing GB 11643 and credit codes failing GB 32100."""
+    """Refuse resident ID numbers failing GB 11643, credit codes failing GB 32100 and
+    registration numbers failing their check digit. Admit legacy enterprises with
+    ``org_id_kinds``, never by switching this off."""
 
     @model_validator(mode="after")
     def _person_values(self) -> ClaimMapping:
@@ -171,6 +181,8 @@ class FederatedIdentity:
     credit_code: str | None = None
     operator: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    registration_number: str | None = None
+    """An enterprise registered before 2015: its 15-digit registration number (no credit code)."""
     applicant_type: str = "1"
     """National applicant type (1 自然人, 2 企业法人, ...)."""
     id_type: str | None = None
@@ -203,9 +215,17 @@ class FederatedIdentity:
             return f"staff:{self.platform}:{self.user_id}"
         if self.link_key and self.person_type == "natural":
             return natural_person_id(self.link_key)
-        if self.link_key and self.credit_code:
-            return f"legal:{self.credit_code}:{self.link_key}"
+        if self.link_key and self.org_id:
+            return f"legal:{self.org_id}:{self.link_key}"
         return f"{self.platform}:{self.user_id}"
+
+    @property
+    def org_id(self) -> str | None:
+        """The enterprise's identifier: its credit code, or ``reg:`` and its registration
+        number (the two kinds never collide: 18 characters against 15 digits)."""
+        if self.credit_code:
+            return self.credit_code
+        return f"reg:{self.registration_number}" if self.registration_number else None
 
     def userinfo_claims(self) -> dict[str, Any]:
         """Standard claims (OIDC Core §5.1) released per scope at userinfo; no ID number."""
@@ -260,12 +280,10 @@ def map_claims(
     id_type_raw, id_type = _id_type(claims, mapping.id_type, id_number)
     agent_number = _text(claims, mapping.agent_id_number)
     _agent_raw, agent_type = _id_type(claims, mapping.agent_id_type, agent_number)
-    credit_code = _text(claims, mapping.credit_code)
+    credit_code, registration_number = _org_id(claims, mapping)
     if mapping.check_digits:
         _check_number(id_type, id_number, mapping.id_number)
         _check_number(agent_type, agent_number, mapping.agent_id_number)
-        if credit_code is not None and not valid_credit_code(credit_code):
-            raise MappingError(f"claim {mapping.credit_code!r} fails the GB 32100 check")
     link_key = None
     if linker is not None:
         if person == "legal" and agent_number and agent_type:
@@ -286,7 +304,8 @@ def map_claims(
         id_number=id_number,
         phone=_text(claims, mapping.phone),
         region=_text(claims, mapping.region),
-        credit_code=credit_code.upper() if credit_code else None,
+        credit_code=credit_code,
+        registration_number=registration_number,
         operator=_text(claims, mapping.operator),
         applicant_type=applicant or ("2" if person == "legal" else "1"),
         id_type=id_type,
@@ -299,6 +318,24 @@ def map_claims(
         agent_phone=_text(claims, mapping.agent_phone),
         link_key=link_key,
     )
+
+
+def _org_id(claims: Mapping[str, Any], mapping: ClaimMapping) -> tuple[str | None, str | None]:
+    """(credit code, registration number): the enterprise identifier, by its kind."""
+    value = _text(claims, mapping.credit_code)
+    if value is None:
+        return None, None
+    value = value.upper()
+    legacy = "registration_number" in mapping.org_id_kinds
+    if legacy and len(value) == 15 and value.isdigit():
+        if mapping.check_digits and not valid_registration_number(value):
+            raise MappingError(f"claim {mapping.credit_code!r} fails the registration-number check")
+        return None, value
+    if "credit_code" not in mapping.org_id_kinds:
+        raise MappingError(f"claim {mapping.credit_code!r} is not a registration number")
+    if mapping.check_digits and not valid_credit_code(value):
+        raise MappingError(f"claim {mapping.credit_code!r} fails the GB 32100 check")
+    return value, None
 
 
 def _id_type(

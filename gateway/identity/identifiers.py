@@ -3,8 +3,11 @@
 - Resident ID number, GB 11643-1999: 17 digits + a check character by ISO 7064 MOD 11-2.
 - Unified social credit code, GB 32100-2015: 18 characters over a 31-character alphabet (no I, O,
   S, V, Z), the last one a MOD 31 check character.
+- Business registration number (工商注册号) of enterprises registered before the credit code
+  (2015): 15 digits, the first six the registering authority's area code, the last an
+  ISO 7064 MOD 11,10 check digit. A kind of its own, never read as a credit code.
 - ID types are normalised to the national certificate codes (111 resident ID card, 414 passport,
-  ...); each platform's own code is kept beside.
+  ...); each platform's own code is kept beside (docs/identity-platforms.md, "Identifiers").
 - Applicant types are the national codes used in service rating (1 自然人, 2 企业法人, ...).
 - The cross-province link key is a keyed hash (HMAC-SHA256 or HMAC-SM3) of ID type + number: one
   person signing in through two provinces gets the same local id, and the raw number is never
@@ -80,6 +83,31 @@ def valid_credit_code(value: str) -> bool:
     """Shape and check character of an 18-character unified social credit code."""
     value = value.strip().upper()
     return bool(_CREDIT_CODE.match(value)) and credit_code_check(value[:17]) == value[17]
+
+
+_REGISTRATION_NUMBER = re.compile(r"^[1-9][0-9]{14}$")
+
+
+def registration_number_check(first14: str) -> str:
+    """ISO 7064 MOD 11,10 check digit of the first 14 digits of a registration number."""
+    product = 10
+    for digit in first14:
+        total = (product + int(digit)) % 10 or 10
+        product = (total * 2) % 11
+    return str((11 - product) % 10)
+
+
+def valid_registration_number(value: str) -> bool:
+    """Shape and check digit of a 15-digit business registration number (工商注册号)."""
+    value = value.strip()
+    return bool(_REGISTRATION_NUMBER.match(value)) and (
+        registration_number_check(value[:14]) == value[14]
+    )
+
+
+def make_registration_number(first14: str) -> str:
+    """A registration number with its check digit appended (demo and test data)."""
+    return first14 + registration_number_check(first14)
 
 
 def make_credit_code(first17: str) -> str:

@@ -1,4 +1,5 @@
-"""The province-shaped face for legacy business systems, and CAS.
+"""The province-shaped face for legacy business systems, and CAS (docs/identity-platforms.md,
+"Legacy business systems").
 
 Provincial business systems were built against signed-ticket platforms: they register an app
 code, a secret and a callback; the gateway sends their users back with a one-time ticket, and
@@ -62,6 +63,7 @@ Attribute = Literal[
     "applicanttype",
     "usertype",
     "uniscid",
+    "regno",
     "orgname",
     "legalperson",
     "agentname",
@@ -139,6 +141,7 @@ def identity_attributes(identity: FederatedIdentity) -> dict[str, str]:
         "applicanttype": identity.applicant_type,
         "usertype": identity.person_type,
         "uniscid": identity.credit_code,
+        "regno": identity.registration_number,
         "orgname": identity.org_name,
         "legalperson": identity.legal_representative,
         "agentname": identity.operator,

@@ -145,6 +145,11 @@ class RedisSessionStore:
         raw = await self._redis.getdel(self._k("p", key))
         return None if raw is None else dict(orjson.loads(raw))
 
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        return bool(
+            await self._redis.set(self._k("once", key), b"1", nx=True, px=max(int(ttl * 1000), 1))
+        )
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())

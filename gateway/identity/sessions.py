@@ -6,7 +6,9 @@ session id of OIDC Back-Channel Logout 1.0 §2.1 (``sid`` claim); it survives a 
 handle is replaced at every login (session fixation, OWASP ASVS V3.2.1).
 
 Pending logins (the login page's transaction, the upstream round trip) are one-time records:
-``take_pending`` reads and deletes atomically, so a callback cannot be replayed.
+``take_pending`` reads and deletes atomically, so a callback cannot be replayed. ``claim_once``
+is the same promise for a key the gateway must see only once across all its instances (an
+upstream platform's ticket, which the platform itself may accept again).
 
 Expiry: every session has a deadline, the earlier of its idle and absolute timeouts, given to
 ``put_session`` as a ttl. Past its deadline a session is absent for authentication
@@ -133,6 +135,11 @@ class SessionStore(Protocol):
         """Read and delete in one step (one-time use)."""
         ...
 
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        """True the first time ``key`` is claimed within ``ttl`` seconds, False after, whichever
+        instance claimed it (atomic): the gateway's own record of used upstream tickets."""
+        ...
+
     async def ping(self) -> bool: ...
 
     async def aclose(self) -> None: ...
@@ -230,6 +237,13 @@ class MemorySessionStore:
         raw = self._live(self._pending, key)
         self._pending.pop(key, None)
         return None if raw is None else dict(orjson.loads(raw))
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        self._purge()
+        if self._live(self._pending, f"once:{key}") is not None:
+            return False
+        self._pending[f"once:{key}"] = (self._clock() + ttl, b"{}")
+        return True
 
     async def ping(self) -> bool:
         return True

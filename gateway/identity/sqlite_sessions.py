@@ -224,6 +224,19 @@ class SqliteSessionStore:
             ).fetchall()
         return None if not rows or rows[0][1] <= now else _pending(rows[0][0])
 
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        now = self._clock()
+        # One statement: an insert, or the take-over of an expired row; a live row stays and
+        # nothing changes (atomic, also against another process on the file).
+        with self._db.locked() as conn:
+            changed = conn.execute(
+                "INSERT INTO sso_pending (key, data, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET data = excluded.data, "
+                "expires_at = excluded.expires_at WHERE sso_pending.expires_at <= ?",
+                (f"once:{key}", b"{}", now + ttl, now),
+            ).rowcount
+        return changed == 1
+
     async def ping(self) -> bool:
         try:
             return self._db.one("SELECT 1", ()) is not None

@@ -19,6 +19,10 @@
   ``sweep_interval`` seconds: the store hands each expired session to one instance only), so the
   portals hear of a timeout as of a logout (Back-Channel Logout 1.0 §2.7: the OP sends a logout
   token whenever the session ends). Each end is audited with its reason.
+- A platform that echoes no ``state`` (it returns to the registered address, see
+  docs/identity-platforms.md): the upstream login is found by the browser's login cookie
+  instead, one-time and within the login timeout, and the login transaction's own cookie check
+  still applies. A ``state`` that does arrive must match.
 - Staff and citizens never share a session (staff.py): a window client's requests
   accept only a session from a staff directory and its login page offers only those; every other
   client accepts only citizen platforms. Only a staff directory's login gives a session roles.
@@ -129,6 +133,11 @@ def read_cookie(headers: Mapping[str, str], name: str) -> str | None:
 
 def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _browser_login_key(idp_id: str, binding_hash: str) -> str:
+    """Pending record of the login a browser started at a platform that echoes no state."""
+    return f"upb:{idp_id}:{binding_hash}"
 
 
 class SessionAuthenticator:
@@ -555,11 +564,26 @@ class SessionAuthenticator:
         state = secrets.token_urlsafe(24)
         nonce = secrets.token_urlsafe(24)
         acr = record.get("acr") or None
+        now = self.clock()
         await self.store.put_pending(
             f"up:{state}",
-            {"tx": tx, "idp": idp_id, "nonce": nonce, "verifier": verifier, "acr": acr or ""},
+            {
+                "tx": tx,
+                "idp": idp_id,
+                "nonce": nonce,
+                "verifier": verifier,
+                "acr": acr or "",
+                "started": repr(now),
+            },
             self.settings.login_timeout,
         )
+        if getattr(self.idps[idp_id], "binds_to_browser", False):
+            # No state comes back: the browser's login cookie finds this login (finish).
+            await self.store.put_pending(
+                _browser_login_key(idp_id, record["binding"]),
+                {"state": state},
+                self.settings.login_timeout,
+            )
         login = UpstreamLogin(
             state=state,
             nonce=nonce,
@@ -567,6 +591,7 @@ class SessionAuthenticator:
             code_challenge=challenge,
             acr=acr if acr in LEVELS else None,  # type: ignore[arg-type]
             redirect_uri=self.callback_uri(idp_id),
+            started_at=now,
         )
         try:
             return await self.idps[idp_id].start_login(login)
@@ -577,7 +602,7 @@ class SessionAuthenticator:
         self, idp_id: str, params: Mapping[str, str], headers: Mapping[str, str]
     ) -> LoginDone:
         """The platform sent the browser back: state first, then the platform's answer."""
-        state = params.get("state", "")
+        state = await self._callback_state(idp_id, params, headers)
         pending = await self.store.take_pending(f"up:{state}") if 0 < len(state) < 128 else None
         if pending is None:
             log.warning("upstream_callback_refused", reason="state_mismatch", platform=idp_id)
@@ -596,6 +621,7 @@ class SessionAuthenticator:
             code_challenge="",
             acr=acr if acr in LEVELS else None,  # type: ignore[arg-type]
             redirect_uri=self.callback_uri(idp_id),
+            started_at=float(pending.get("started") or 0.0),
         )
         try:
             identity = await self.idps[idp_id].complete(params, login)
@@ -625,6 +651,22 @@ class SessionAuthenticator:
             location=f"{resume}{separator}{RESUME_PARAM}={quote(pending['tx'])}",
             set_cookies=(self.session_cookie(handle), self._cookie(BINDING_COOKIE, "", max_age=0)),
         )
+
+    async def _callback_state(
+        self, idp_id: str, params: Mapping[str, str], headers: Mapping[str, str]
+    ) -> str:
+        """The callback's ``state``, read where the platform put it; for a platform that echoes
+        none, the state of the login this browser (its login cookie) started there."""
+        idp = self.idps.get(idp_id)
+        read = getattr(idp, "callback_state", None)
+        found = read(params) if read is not None else params.get("state")
+        if found is not None or not getattr(idp, "binds_to_browser", False):
+            return found or ""
+        binding = read_cookie(headers, BINDING_COOKIE)
+        if not binding or len(binding) > 128:
+            return ""
+        pending = await self.store.take_pending(_browser_login_key(idp_id, _hash(binding)))
+        return pending["state"] if pending else ""
 
     async def _establish(
         self, identity: FederatedIdentity, headers: Mapping[str, str], tx: str

@@ -2,12 +2,14 @@
 
 Parsing is hardened (no entities, no network, no DTD, bounded size); answers carry a JSON string
 in ``return``, as the provincial platforms do. Used by the gateway's ticket face and by the demo
-platforms; the gateway as a client uses zeep with the same WSDL.
+platforms; the gateway as a client uses zeep with the same WSDL. The demo platforms that name
+their services and elements their own way (docs/identity-platforms.md) pass their namespaces and
+operations in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from lxml import etree  # type: ignore[import-untyped]
 
@@ -27,8 +29,15 @@ def _parser() -> etree.XMLParser:
     return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
-def parse_call(body: bytes) -> tuple[str, dict[str, str]]:
-    """(operation, its fields) of a SOAP request."""
+def parse_call(
+    body: bytes,
+    *,
+    namespaces: Collection[str] = (TICKET_NS,),
+    operations: Collection[str] = OPERATIONS,
+    fields: Collection[str] | None = _FIELDS,
+) -> tuple[str, dict[str, str]]:
+    """(operation, its fields) of a SOAP request to one of ``operations`` in one of
+    ``namespaces``; ``fields``: the elements read (None: every child)."""
     if len(body) > MAX_ENVELOPE:
         raise SoapRequestError("envelope too large")
     try:
@@ -43,14 +52,16 @@ def parse_call(body: bytes) -> tuple[str, dict[str, str]]:
         raise SoapRequestError("the body must hold one operation")
     element = children[0]
     name = etree.QName(element).localname
-    if etree.QName(element).namespace != TICKET_NS or name not in OPERATIONS:
+    if etree.QName(element).namespace not in namespaces or name not in operations:
         raise SoapRequestError("unknown operation")
-    fields: dict[str, str] = {}
+    found: dict[str, str] = {}
     for child in element:
+        if not isinstance(child.tag, str):
+            continue
         local = etree.QName(child).localname
-        if local in _FIELDS:
-            fields[local] = (child.text or "").strip()
-    return name, fields
+        if fields is None or local in fields:
+            found[local] = (child.text or "").strip()
+    return name, found
 
 
 def header_signed_fields(operation: str, fields: Mapping[str, str]) -> dict[str, str]:
@@ -60,11 +71,11 @@ def header_signed_fields(operation: str, fields: Mapping[str, str]) -> dict[str,
     return {"operation": operation, **signed}
 
 
-def answer(operation: str, json_text: str) -> bytes:
-    envelope = etree.Element(f"{{{SOAP_NS}}}Envelope", nsmap={"soap": SOAP_NS, "t": TICKET_NS})
+def answer(operation: str, json_text: str, namespace: str = TICKET_NS) -> bytes:
+    envelope = etree.Element(f"{{{SOAP_NS}}}Envelope", nsmap={"soap": SOAP_NS, "t": namespace})
     body = etree.SubElement(envelope, f"{{{SOAP_NS}}}Body")
-    response = etree.SubElement(body, f"{{{TICKET_NS}}}{operation}Response")
-    etree.SubElement(response, f"{{{TICKET_NS}}}return").text = json_text
+    response = etree.SubElement(body, f"{{{namespace}}}{operation}Response")
+    etree.SubElement(response, f"{{{namespace}}}return").text = json_text
     return bytes(etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
 
 

@@ -3,7 +3,7 @@
 One ``UpstreamIdP`` per platform (config/idps.yaml). The gateway keeps the login transaction
 (state, nonce, PKCE verifier, requested level) itself; a platform only turns it into a redirect
 URL and turns the callback back into claims. Signed-ticket, quirky-OAuth2 and legal-person kinds
-implement the same two calls; a platform kind that has no nonce or
+(docs/identity-platforms.md) implement the same two calls; a platform kind that has no nonce or
 PKCE simply ignores them.
 
 Must not: import aiohttp (the web layer hands in an ``httpx.AsyncClient``); log a code, a ticket,
@@ -73,6 +73,8 @@ class UpstreamLogin:
     code_challenge: str
     acr: Level | None
     redirect_uri: str
+    started_at: float = 0.0
+    """When the gateway sent the browser to the platform (0: unknown)."""
 
 
 class UpstreamIdP(Protocol):

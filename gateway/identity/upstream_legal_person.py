@@ -1,4 +1,5 @@
-"""The legal-person kind of ``UpstreamIdP``: a signed assertion.
+"""The legal-person kind of ``UpstreamIdP``: a signed assertion (docs/identity-platforms.md,
+"Legal persons").
 
 The enterprise platform signs in the agent (经办人) and POSTs a JWS assertion (RFC 7515, JWT
 claims RFC 7519) back to the gateway's callback; the web layer parks the post and the browser

@@ -1,4 +1,4 @@
-"""The OAuth2-with-quirks kind of ``UpstreamIdP`` (Guangdong, Guangxi).
+"""The OAuth2-with-quirks kind of ``UpstreamIdP`` (Guangdong, Guangxi; docs/identity-platforms.md).
 
 Authorization code flow (RFC 6749 §4.1) with the deployed deviations, each configuration:
 - the token request is a GET with ``client_secret`` in the query and fixed extra parameters

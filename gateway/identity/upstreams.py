@@ -10,6 +10,7 @@ import httpx
 
 from gateway.identity.config import ProviderSettings
 from gateway.identity.identifiers import LinkKeyer, link_keyer
+from gateway.identity.sessions import SessionStore
 from gateway.identity.upstream import OidcIdpSettings, UpstreamIdP
 from gateway.identity.upstream_kinds import (
     AnyIdpSettings,
@@ -43,7 +44,10 @@ def build_upstreams(
     *,
     provider: ProviderSettings,
     config_dir: Path,
+    store: SessionStore | None = None,
 ) -> dict[str, UpstreamIdP]:
+    """One ``UpstreamIdP`` per platform; ``store`` (the SSO session store) keeps the signed-ticket
+    platforms' used-ticket record, shared by every instance that shares the store."""
     timeout = provider.session.upstream_timeout
     linker = provider_linker(provider)
     built: dict[str, UpstreamIdP] = {}
@@ -54,7 +58,13 @@ def build_upstreams(
             )
         elif isinstance(idp, TicketIdpSettings):
             built[pid] = TicketUpstream(
-                pid, idp, http, config_dir=config_dir, timeout=timeout, linker=linker
+                pid,
+                idp,
+                http,
+                config_dir=config_dir,
+                timeout=timeout,
+                linker=linker,
+                claim_once=store.claim_once if store is not None else None,
             )
         elif isinstance(idp, OAuth2QuirksIdpSettings):
             built[pid] = OAuth2QuirksUpstream(pid, idp, http, timeout=timeout, linker=linker)

@@ -3,6 +3,9 @@
 Each row names the fault, the expected error code, how many attempts the stack made, the
 breaker state afterwards and how many requests the loopback back-end actually received.
 Sleeps are injected and recorded, so backoff and Retry-After waits cost no time.
+
+Rows of kind "asmx" run against a loopback service answering like a deployed .NET ASMX service
+(tests/adapters/dotnet_backend.py): DataSet and bare-scalar results, and hostile answers.
 """
 
 from __future__ import annotations
@@ -12,14 +15,23 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
+from gateway.adapter import Call
 from gateway.breaker import CircuitBreaker
 from gateway.errors import GatewayError
 from gateway.pipeline import CallTrace, SystemRuntime, build_stack
 from gateway.settings import RetryPolicy, SystemSettings
+from tests.adapters.dotnet_backend import (
+    BINDING,
+    REGISTRATIONS,
+    WSDL_NAME,
+    DotnetService,
+    Mode,
+    running_dotnet_service,
+)
 from tests.adapters.loopback_backends import (
     CONTEXT,
     DEGREE,
@@ -36,6 +48,19 @@ from tests.adapters.loopback_backends import (
 
 SLOW = Plan("slow", delay=1.0)
 OK = Plan("ok")
+FaultKind = Kind | Literal["asmx"]
+ASMX_PASSWORD = "asmx-gateway-password-0001"
+OWNER = REGISTRATIONS[0].owner_id
+ROWS = [
+    {"BDCDYH": r.unit, "BDCQZH": r.certificate, "ZL": r.address, "MJ": r.area, "QLRZJH": OWNER}
+    for r in REGISTRATIONS
+    if r.owner_id == OWNER
+]
+ASMX_CALLS: dict[str, tuple[str, dict[str, str]]] = {
+    "rows": ("QueryRegistrations", {"userName": "tongban-gw-qh", "password": ASMX_PASSWORD,
+                                    "ownerIdNo": OWNER}),
+    "scalar": ("CheckCertificate", {"certNo": REGISTRATIONS[0].certificate, "ownerIdNo": OWNER}),
+}  # fmt: skip
 
 
 def status(code: int, **headers: str) -> Plan:
@@ -45,7 +70,7 @@ def status(code: int, **headers: str) -> Plan:
 @dataclass(frozen=True, slots=True)
 class Row:
     name: str
-    kind: Kind
+    kind: FaultKind
     plans: tuple[Plan, ...]
     code: str | None  # expected error code of the last call; None = it succeeded
     attempts: int  # trace.attempts of the last call
@@ -59,9 +84,13 @@ class Row:
     idempotency_key: str | None = None
     hold_all_slots: bool = False
     waits: tuple[float, ...] | None = None  # exact recorded waits, when the row cares
+    mode: Mode = "ok"  # asmx rows: how the .NET service answers
+    asks: str = "rows"  # asmx rows: which call (ASMX_CALLS)
+    data: Any = None  # asmx rows: the data of a successful last call
+    password: str = ASMX_PASSWORD  # asmx rows: the SOAP header password the gateway sends
 
 
-ROWS = [
+TABLE = [
     Row("connection refused", "rest", (OK,), "backend.unavailable", 3, "closed", 0,
         address="refused"),
     Row("connection refused, policy never: never sent, so still retried", "soap", (OK,),
@@ -112,6 +141,22 @@ ROWS = [
         advance_clock=31.0),
     Row("concurrency limit reached: SystemBusy", "rest", (OK,), "gateway.system_busy", 1,
         "closed", 0, hold_all_slots=True),
+    Row("DataSet answer: its rows as an array of objects", "asmx", (), None, 1, "closed", 1,
+        data={"QueryRegistrationsResult": {"Table": ROWS}}),
+    Row("DataSet answer without its inline schema: the same rows", "asmx", (), None, 1,
+        "closed", 1, mode="no_schema", data={"QueryRegistrationsResult": {"Table": ROWS}}),
+    Row("bare xs:boolean answer: a named field", "asmx", (), None, 1, "closed", 1,
+        asks="scalar", data={"CheckCertificateResult": True}),
+    Row("SoapException for a wrong SOAP-header password: retried as a server fault", "asmx",
+        (), "backend.fault", 3, "closed", 3, asks="scalar", password="not-the-password"),
+    Row("hostile: DataSet nested far deeper than any real one", "asmx", (),
+        "backend.bad_response", 1, "closed", 1, mode="deep"),
+    Row("hostile: DataSet column its own inline schema does not declare", "asmx", (),
+        "backend.bad_response", 1, "closed", 1, mode="undeclared_column"),
+    Row("hostile: the answer element of another operation", "asmx", (),
+        "backend.bad_response", 1, "closed", 1, mode="wrong_element", asks="scalar"),
+    Row("hostile: an empty SOAP Body", "asmx", (), "backend.bad_response", 1, "closed", 1,
+        mode="empty_body", asks="scalar"),
 ]  # fmt: skip
 
 
@@ -143,7 +188,21 @@ def system_settings(row: Row, address: str) -> SystemSettings:
         "queue_timeout": 0.05,
         "max_response_bytes": 16 * 1024,
     }
-    if row.kind == "soap":
+    if row.kind == "asmx":
+        block |= {
+            "wsdl": WSDL_NAME,
+            "options": {"binding": BINDING},
+            "auth": {
+                "type": "soap_header",
+                "element": "AuthHeader",
+                "fields": {"UserName": "tongban-gw-qh", "Password": {"env": "TB_FAULT_ASMX_PW"}},
+            },
+            "operations": {
+                "CheckCertificate": {},
+                "QueryRegistrations": {"rows": "QueryRegistrationsResult.Table"},
+            },
+        }
+    elif row.kind == "soap":
         block |= {"wsdl": "degree.wsdl", "operations": {"VerifyDegree": {}}}
     else:
         block["operations"] = {
@@ -153,7 +212,7 @@ def system_settings(row: Row, address: str) -> SystemSettings:
 
 
 @contextlib.asynccontextmanager
-async def target(row: Row, backend: Backend) -> AsyncIterator[str]:
+async def target(row: Row, backend: Backend | DotnetService) -> AsyncIterator[str]:
     if row.address == "refused":
         yield refused_address()
     elif row.address == "blackhole":
@@ -163,22 +222,41 @@ async def target(row: Row, backend: Backend) -> AsyncIterator[str]:
         yield backend.address
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
-async def test_fault_row(row: Row) -> None:
+@contextlib.asynccontextmanager
+async def backend_of(row: Row) -> AsyncIterator[Backend | DotnetService]:
+    if row.kind == "asmx":
+        async with running_dotnet_service(
+            DotnetService(mode=row.mode, password=ASMX_PASSWORD)
+        ) as service:
+            yield service
+    else:
+        async with running_backend(row.kind) as backend:
+            backend.script(*row.plans)
+            yield backend
+
+
+def received(backend: Backend | DotnetService) -> int:
+    return len(backend.seen)
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[row.name for row in TABLE])
+async def test_fault_row(row: Row, monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
+    monkeypatch.setenv("TB_FAULT_ASMX_PW", row.password)
 
     async def recorded_sleep(seconds: float) -> None:
         waits.append(seconds)
         await asyncio.sleep(0)
 
-    async with running_backend(row.kind) as backend, target(row, backend) as address:
-        backend.script(*row.plans)
+    async with backend_of(row) as backend, target(row, backend) as address:
         settings = system_settings(row, address)
         clock = FakeClock()
         runtime = SystemRuntime(
             id="shaanxi-degree",
             settings=settings,
-            adapter=await FACTORIES[row.kind].open(settings.spec("shaanxi-degree", WSDL_DIR)),
+            adapter=await FACTORIES["soap" if row.kind == "asmx" else row.kind].open(
+                settings.spec("shaanxi-degree", WSDL_DIR)
+            ),
             breaker=CircuitBreaker(
                 "shaanxi-degree",
                 failure_threshold=settings.breaker.failure_threshold,
@@ -188,9 +266,12 @@ async def test_fault_row(row: Row) -> None:
             slots=asyncio.Semaphore(settings.concurrency_limit),
         )
         stack = build_stack(runtime, policy=row.policy, sleep=recorded_sleep)
-        call = make_call(
-            row.kind, dataclasses.replace(CONTEXT, idempotency_key=row.idempotency_key)
-        )
+        context = dataclasses.replace(CONTEXT, idempotency_key=row.idempotency_key)
+        if row.kind == "asmx":
+            operation, payload = ASMX_CALLS[row.asks]
+            call = Call(operation, payload, context)
+        else:
+            call = make_call(row.kind, context)
         if row.hold_all_slots:
             await runtime.slots.acquire()
         try:
@@ -207,17 +288,25 @@ async def test_fault_row(row: Row) -> None:
 
     assert (error.code if error else None) == row.code
     if error is None:
-        assert reply.data == DEGREE
+        assert reply.data == (row.data if row.kind == "asmx" else DEGREE)
     assert trace.attempts == row.attempts
     assert runtime.breaker.state.value == row.breaker
-    assert backend.received == row.received
+    assert received(backend) == row.received
     if row.waits is not None:
         assert tuple(waits) == row.waits
     if row.idempotency_key is not None:
+        assert isinstance(backend, Backend)
         keys = {seen.headers.get("Idempotency-Key") for seen in backend.seen}
         assert keys == {row.idempotency_key}
 
 
 def test_the_table_is_wide_enough() -> None:
-    assert len(ROWS) >= 22
-    assert len({row.name for row in ROWS}) == len(ROWS)
+    assert len(TABLE) >= 30
+    assert len({row.name for row in TABLE}) == len(TABLE)
+    assert {row.mode for row in TABLE if row.kind == "asmx"} >= {
+        "ok",
+        "deep",
+        "undeclared_column",
+        "wrong_element",
+        "empty_body",
+    }

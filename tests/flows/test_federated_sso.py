@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import io
 import re
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer, unused_port
+from aiohttp.test_utils import TestServer
 from joserfc import jwt
 from yarl import URL
 
@@ -79,41 +80,51 @@ async def sso(
     identity_secrets = DemoIdentitySecrets.from_env(env)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    port = unused_port()
+    # The gateway's port is held (bound, not listening) while the demo servers take ports of
+    # their own: the kernel never hands a bound port to them, so none of them takes it.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
     gateway = f"http://127.0.0.1:{port}"
-    async with (
-        await start_demo_backends(backend_secrets, config_dir=CONFIG_DIR) as backends,
-        await start_demo_identity(gateway, identity_secrets) as identity,
-    ):
-        settings = point_at(load_settings(CONFIG_DIR), backends.overrides(), tmp_path, port=port)
-        settings = identity.configure(settings)
-        # The flows run on the persistent session store (the product default is in-process):
-        # every SSO journey then exercises sessions.sqlite end to end.
-        assert settings.gateway.identity is not None
-        identity_settings = settings.gateway.identity
-        settings = dataclasses.replace(
-            settings,
-            gateway=settings.gateway.model_copy(
-                update={
-                    "identity": identity_settings.model_copy(
-                        update={
-                            "session": identity_settings.session.model_copy(
-                                update={"store": "sqlite"}
-                            )
-                        }
-                    )
-                }
-            ),
-        )
-        provider = await open_provider(settings, build_authenticator(settings))
-        assert provider is not None
-        app = create_app(settings, verifier=provider.access_token_verifier(), oidc=provider)
-        server = TestServer(app, host="127.0.0.1", port=port)
-        await server.start_server()
-        try:
-            yield Sso(gateway, provider, identity, backends, list(env.values()))
-        finally:
-            await server.close()
+    try:
+        async with (
+            await start_demo_backends(backend_secrets, config_dir=CONFIG_DIR) as backends,
+            await start_demo_identity(gateway, identity_secrets) as identity,
+        ):
+            settings = point_at(
+                load_settings(CONFIG_DIR), backends.overrides(), tmp_path, port=port
+            )
+            settings = identity.configure(settings)
+            # The flows run on the persistent session store (the product default is in-process):
+            # every SSO journey then exercises sessions.sqlite end to end.
+            assert settings.gateway.identity is not None
+            identity_settings = settings.gateway.identity
+            settings = dataclasses.replace(
+                settings,
+                gateway=settings.gateway.model_copy(
+                    update={
+                        "identity": identity_settings.model_copy(
+                            update={
+                                "session": identity_settings.session.model_copy(
+                                    update={"store": "sqlite"}
+                                )
+                            }
+                        )
+                    }
+                ),
+            )
+            provider = await open_provider(settings, build_authenticator(settings))
+            assert provider is not None
+            app = create_app(settings, verifier=provider.access_token_verifier(), oidc=provider)
+            server = TestServer(app, host="127.0.0.1", port=port)
+            holder.close()
+            await server.start_server()
+            try:
+                yield Sso(gateway, provider, identity, backends, list(env.values()))
+            finally:
+                await server.close()
+    finally:
+        holder.close()
     # Every identity flow leaves a trail that `tongban audit verify` accepts.
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0
     text = log_stream.getvalue().decode()

@@ -1,6 +1,7 @@
-"""Provincial platforms over real loopback HTTP and SOAP: every upstream kind beside OIDC reaches the same
-internal identity; one citizen through two provinces is one person; the legacy system signs in
-through the ticket and CAS faces; and the refusals of "Bad input and attacks", each a test.
+"""The platform kinds over real loopback HTTP and SOAP: every upstream kind beside OIDC reaches
+the same internal identity; one citizen through two provinces is one person; the legacy system
+signs in through the ticket and CAS faces; and the refusals of bad input and attacks, each a
+test.
 """
 
 from __future__ import annotations
@@ -390,11 +391,11 @@ async def test_ticket_face_over_soap_with_the_gateways_own_zeep_client(sso: Sso)
     async with httpx.AsyncClient() as http:
         # A ticking clock: two identical md5 calls within one second are refused as replays.
         client = TicketUpstream("face", settings, http, config_dir=CONFIG_DIR, clock=ticking())
-        validated = await client.call("validate", "st", ticket)
-        info = await client.call("userinfo", "token", str(validated["token"]))
+        validated = await client.call("validate", ticket)
+        info = await client.call("userinfo", str(validated["token"]))
         assert info["user"]["name"] == MA_WENHUA.name
         with pytest.raises(UpstreamError) as refused:
-            await client.call("validate", "st", ticket)
+            await client.call("validate", ticket)
         assert refused.value.reason == "ticket_invalid"
 
 
@@ -464,9 +465,12 @@ async def test_forged_and_replayed_tickets_are_refused(sso: Sso) -> None:
     shaanxi.tickets["known"] = {"user": "sx-200101", "expires": shaanxi.clock() + 300}
     identity = await idp.complete({"state": "s", "ticket": "known"}, login)
     assert identity.level == "L3"
+    asked = len(shaanxi.calls)
     with pytest.raises(UpstreamError) as replayed:
         await idp.complete({"state": "s", "ticket": "known"}, login)
-    assert replayed.value.reason == "ticket_invalid"
+    # The gateway's own used-ticket record refuses it before the platform is asked.
+    assert replayed.value.reason == "ticket_replayed"
+    assert len(shaanxi.calls) == asked
     shaanxi.tickets["old"] = {"user": "sx-200101", "expires": shaanxi.clock() - 1}
     with pytest.raises(UpstreamError) as expired:
         await idp.complete({"state": "s", "ticket": "old"}, login)
@@ -613,20 +617,20 @@ async def test_upstream_proxy_ticket_is_one_time_and_bound_to_its_app(
         clock=ticking(),
     )
     shaanxi.tickets["login"] = {"user": "sx-200101", "expires": shaanxi.clock() + 300}
-    token = str((await gateway.call("validate", "st", "login"))["token"])
+    token = str((await gateway.call("validate", "login"))["token"])
     proxy = await gateway.proxy_ticket(token, SECOND_APP)
     # The second app validates it with its own ticketValidation, once.
-    validated = await second.call("validate", "st", proxy)
+    validated = await second.call("validate", proxy)
     assert validated["userid"] == "sx-200101"
-    info = await second.call("userinfo", "token", str(validated["token"]))
+    info = await second.call("userinfo", str(validated["token"]))
     assert info["user"]["username"] == MA_WENHUA.name
     with pytest.raises(UpstreamError) as replayed:
-        await second.call("validate", "st", proxy)
+        await second.call("validate", proxy)
     assert replayed.value.reason == "ticket_invalid"
     # Presented by another app than the one it was issued for (the gateway itself).
     other = await gateway.proxy_ticket(token, SECOND_APP)
     with pytest.raises(UpstreamError) as wrong_app:
-        await gateway.call("validate", "st", other)
+        await gateway.call("validate", other)
     assert wrong_app.value.reason == "ticket_invalid"
     # An app the platform does not know; a token that is not the caller's.
     with pytest.raises(UpstreamError) as unknown:
@@ -730,11 +734,11 @@ async def test_legacy_proxy_ticket_over_soap_with_the_gateways_own_zeep_client(s
             "face2", second_settings, http, config_dir=CONFIG_DIR, clock=ticking()
         )
         proxy = await client.proxy_ticket(token, PROXY_TARGET)
-        validated = await second.call("validate", "st", proxy)
-        info = await second.call("userinfo", "token", str(validated["token"]))
+        validated = await second.call("validate", proxy)
+        info = await second.call("userinfo", str(validated["token"]))
         assert info["user"]["level"] == "L3"
         with pytest.raises(UpstreamError) as replayed:
-            await second.call("validate", "st", proxy)
+            await second.call("validate", proxy)
         assert replayed.value.reason == "ticket_invalid"
         with pytest.raises(UpstreamError) as refused:
             await client.proxy_ticket(token, "sx-hrss-cas")

@@ -126,3 +126,75 @@ def test_serve_with_the_flag_prints_tokens_that_work(with_dev_tokens: Served) ->
     # The catalogue is the calling client's: a development token's client ("dev-portal") is
     # registered nowhere, so it may call, and sees, nothing.
     assert response.json()["services"] == []
+
+
+# --- a start-up that cannot complete: one message, exit 1, never a traceback or a hang ----------
+
+
+def _run_to_exit(
+    config: Path, *args: str, command: str = "serve"
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tongban`` to its end; a process still alive after 60 s is a hang (a failure)."""
+    env = {
+        **os.environ,
+        **DemoSecrets.generate().env(),
+        **DemoIdentitySecrets.generate().env(),
+        "TONGBAN_PAIRWISE_SECRET": "p" * 40,
+    }
+    cli = [sys.executable, "-m", "gateway.cli"]
+    argv = [*cli, command, *(["check"] if command == "config" else []), "--config", str(config)]
+    try:
+        return subprocess.run(
+            [*argv, *args],
+            check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: it hangs after a failed start-up")
+
+
+def test_a_port_in_use_is_one_message(config: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run_to_exit(config, "--port", str(port))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("tongban serve: cannot start: ")
+    assert "address already in use" in done.stderr
+
+
+def test_a_store_failing_after_others_opened_exits_instead_of_hanging(config: Path) -> None:
+    # The audit store (SQLite, a worker thread) is open when the case store fails to open.
+    text = (config / "gateway.yaml").read_text(encoding="utf-8")
+    text = text.replace(
+        "cases:\n",
+        "cases:\n  store: {backend: postgres, dsn: 'postgresql://postgres@127.0.0.1:1/test'}\n",
+        1,
+    )
+    (config / "gateway.yaml").write_text(text, encoding="utf-8")
+    done = _run_to_exit(config, "--port", "0")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "cannot start: CaseStoreUnavailable: cannot open the case database" in done.stderr
+
+
+def test_a_configuration_problem_is_the_message_config_check_prints(config: Path) -> None:
+    text = (config / "systems.yaml").read_text(encoding="utf-8")
+    typo = text.replace("GetTransferStatus: {}", "GetTransferStatu: {}", 1)
+    (config / "systems.yaml").write_text(typo, encoding="utf-8")
+    served = _run_to_exit(config, "--port", "0")
+    checked = _run_to_exit(config, command="config")
+    assert served.returncode == checked.returncode == 1
+    assert "Traceback" not in served.stderr
+    assert served.stderr == checked.stderr
+    assert (
+        "systems.yaml: system 'qinghai-si': operations.GetTransferStatu: not an operation of"
+        " binding {urn:tongban:demo:si:v1}SocialInsuranceBinding; did you mean"
+        " `GetTransferStatus`?" in served.stderr
+    )

@@ -3,9 +3,11 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 import structlog
 
 from gateway.logs import configure_logging, mask_name, mask_text
+from gateway.mapping import compile_mapping
 
 ID = "630102199003071234"  # shape of a resident ID; fictional
 
@@ -42,3 +44,17 @@ def test_every_json_line_is_masked_and_secrets_dropped() -> None:
     assert line["password"] == "[redacted]"
     assert line["name"] == "王**"
     assert line["event"] == "backend_call_failed"
+
+
+def test_a_configured_secret_is_masked_under_any_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TB_LOG_MASK_SECRET", "body-password-42ab")
+    # Read as the configuration reads it: a secret reference in a request mapping.
+    payload = compile_mapping({"password": {"env": "TB_LOG_MASK_SECRET"}}).apply({})
+    stream = io.BytesIO()
+    configure_logging("info", "json", stream=stream)
+    structlog.get_logger("t").warning(
+        "backend_call_failed", detail=f"answer echoed {payload['password']} back", extra=[payload]
+    )
+    text = stream.getvalue().decode()
+    assert "body-password-42ab" not in text
+    assert "[redacted]" in text

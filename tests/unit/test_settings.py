@@ -44,7 +44,7 @@ def test_repository_config_is_valid() -> None:
 def test_unknown_field_names_file_entry_and_field(config: Path) -> None:
     edit(config / "systems.yaml", lambda d: d["systems"]["shaanxi-si"].update(timout=3))
     assert problems_of(config) == [
-        "systems.yaml: system 'shaanxi-si': timout: Extra inputs are not permitted"
+        "systems.yaml: system 'shaanxi-si': timout: unknown key; did you mean `timeouts`?"
     ]
 
 
@@ -116,6 +116,7 @@ def test_missing_secret_environment_variable_is_named(
         "TONGBAN_SECRET_SX_CIVIL_API_KEY",
         "TONGBAN_SECRET_SX_IDP_APP_SECRET",
         "TONGBAN_SECRET_GS_IDP_APP_SECRET",
+        "TONGBAN_SECRET_NX_IDP_APP_SECRET",
         "TONGBAN_SECRET_GD_IDP_CLIENT_SECRET",
         "TONGBAN_SECRET_GD_IDP_AES_KEY",
         "TONGBAN_SECRET_LEGACY_SX_BDC",
@@ -127,15 +128,44 @@ def test_missing_secret_environment_variable_is_named(
     monkeypatch.setenv("TONGBAN_PAIRWISE_SECRET", "p" * 40)
     monkeypatch.setenv("TONGBAN_LINK_SECRET", "k" * 40)
     monkeypatch.delenv("TONGBAN_SECRET_SX_HOUSING_API_KEY")
-    (problem,) = problems_of(config, resolve_secrets=True)
-    assert "shaanxi-housing" in problem
-    assert "TONGBAN_SECRET_SX_HOUSING_API_KEY is not set" in problem
+    monkeypatch.delenv("TONGBAN_SECRET_GS_IDP_APP_SECRET")
+    edit(config / "systems.yaml", lambda d: d["systems"]["shaanxi-si"].update(timout=3))
+    problems = problems_of(config, resolve_secrets=True)
+    # One line for every unset secret, at the top; everything else is still checked.
+    assert problems == [
+        "secrets: environment variables not set: TONGBAN_SECRET_GS_IDP_APP_SECRET,"
+        " TONGBAN_SECRET_SX_HOUSING_API_KEY (set them, or run `tongban config check"
+        " --no-secrets` to check everything else)",
+        "systems.yaml: system 'shaanxi-si': timout: unknown key; did you mean `timeouts`?",
+    ]
 
 
-def test_yaml_syntax_error_names_the_line(config: Path) -> None:
+def test_unreadable_secret_file_is_named_in_the_same_line(config: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-secret"
+    edit(
+        config / "systems.yaml",
+        lambda d: d["systems"]["shaanxi-housing"]["auth"].update(key={"file": str(missing)}),
+    )
+    problems = [p for p in problems_of(config, resolve_secrets=True) if "not readable" in p]
+    assert len(problems) == 1
+    assert str(missing) in problems[0]
+
+
+def test_yaml_syntax_error_names_the_line_and_nothing_else(config: Path) -> None:
     (config / "routes.yaml").write_text("routes:\n  - service: [unclosed\n", encoding="utf-8")
     problems = problems_of(config)
-    assert any(p.startswith("routes.yaml: not valid YAML at line") for p in problems)
+    assert len(problems) == 1
+    assert problems[0].startswith("routes.yaml: not valid YAML at line 3, column 1: ")
+
+
+def test_yaml_indentation_error_is_one_message(config: Path) -> None:
+    text = (config / "systems.yaml").read_text(encoding="utf-8")
+    broken = text.replace('    province: "63"', '   province: "63"', 1)
+    assert broken != text
+    (config / "systems.yaml").write_text(broken, encoding="utf-8")
+    problems = problems_of(config)
+    assert [p.split(":")[0] for p in problems] == ["systems.yaml"], problems
+    assert "not valid YAML at line" in problems[0]
 
 
 def test_config_check_command(config: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -150,7 +150,7 @@ def test_result_codes_map_to_clear_reasons() -> None:
     assert result_error(["not", "an", "object"], settings) == "upstream_answer_malformed"
 
 
-# --- Platform level scales: one test per row, from config/idps.yaml ----------------------------
+# --- docs/identity-platforms.md "Levels": one test per row, from config/idps.yaml ------------
 
 
 def _level(platform: str, claims: dict[str, Any]) -> tuple[str, str, str]:

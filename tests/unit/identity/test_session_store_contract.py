@@ -145,6 +145,20 @@ async def test_take_pending_is_one_time(store: SessionStore) -> None:
     assert await store.get_pending("p-2") is None
 
 
+async def test_claim_once_holds_across_instances_until_it_expires(
+    open_store: OpenStore,
+) -> None:
+    first, second = await open_store(60.0), await open_store(60.0)
+    claims = await asyncio.gather(*(s.claim_once("used:t-1", 60) for s in (first, second) * 3))
+    assert sorted(claims) == [False] * 5 + [True], "one claim wins, whichever instance"
+    assert await second.claim_once("used:t-2", 60) is True
+    assert await first.claim_once("used:t-short", 0.05) is True
+    await asyncio.sleep(0.2)
+    assert await second.claim_once("used:t-short", 60) is True, "an expired claim is free again"
+    assert await first.claim_once("used:t-short", 60) is False
+    assert await first.get_pending("used:t-1") is None, "claims are not pending logins"
+
+
 async def test_ping(store: SessionStore) -> None:
     assert await store.ping() is True
 

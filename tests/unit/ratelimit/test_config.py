@@ -52,7 +52,7 @@ def test_a_bad_rate_in_clients_yaml_names_the_client(config: Path) -> None:
     edit(config / "clients.yaml", change)
     (problem,) = problems_of(config)
     assert problem.startswith(
-        "clients.yaml: client 'demo-portal-shaanxi': rate_limits.client: Value error, "
+        "clients.yaml: client 'demo-portal-shaanxi': rate_limits.client: 'many/minute' is not"
     )
 
 
