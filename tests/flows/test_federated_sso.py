@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import io
 import re
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from gateway.identity.upstream import UpstreamError, UpstreamLogin
 from gateway.identity.upstream_oidc import OidcUpstream
 from gateway.settings import load_settings
 from tests.flows.conftest import CONFIG_DIR, audit_verify
+from tests.ports import HeldPort
 
 QH = "demo-portal-qinghai"
 SX = "demo-portal-shaanxi"
@@ -81,10 +81,9 @@ async def sso(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     # The gateway's port is held (bound, not listening) while the demo servers take ports of
-    # their own: the kernel never hands a bound port to them, so none of them takes it.
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    port = holder.getsockname()[1]
+    # their own, and handed to the server itself: nothing can take it in between.
+    holder = HeldPort()
+    port = holder.port
     gateway = f"http://127.0.0.1:{port}"
     try:
         async with (
@@ -116,8 +115,9 @@ async def sso(
             provider = await open_provider(settings, build_authenticator(settings))
             assert provider is not None
             app = create_app(settings, verifier=provider.access_token_verifier(), oidc=provider)
-            server = TestServer(app, host="127.0.0.1", port=port)
-            holder.close()
+            server = TestServer(
+                app, host="127.0.0.1", port=port, socket_factory=holder.socket_factory
+            )
             await server.start_server()
             try:
                 yield Sso(gateway, provider, identity, backends, list(env.values()))

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import structlog.testing
 from aiohttp import encode_basic_auth, web
-from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiohttp.test_utils import TestClient, TestServer
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 from pydantic import SecretStr
@@ -36,6 +36,7 @@ from gateway.identity.config import ProviderSettings
 from gateway.identity.provider import KEY_FILE_NAME, OpenIDProvider
 from gateway.identity.store import IdentityStore, MemoryIdentityStore
 from gateway.metrics import Metrics
+from tests.ports import HeldPort
 
 PUBLIC_REDIRECT = "https://portal-qh.example/callback"
 CONFIDENTIAL_REDIRECT = "https://portal-sx.example/cb"
@@ -143,7 +144,8 @@ def _reuse_signing_keys(data_dir: Path) -> None:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     _reuse_signing_keys(tmp_path)
-    port = unused_port()
+    held = HeldPort()
+    port = held.port
     issuer = f"http://127.0.0.1:{port}"
     clock = FakeClock()
     settings = ProviderSettings(
@@ -177,7 +179,9 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     app[VERIFIER] = provider.access_token_verifier()
     app.router.add_get("/api/v1/whoami", whoami)
     add_oidc_routes(app, provider)
-    async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as http:
+    async with TestClient(
+        TestServer(app, host="127.0.0.1", port=port, socket_factory=held.socket_factory)
+    ) as http:
         yield World(http, provider, store, authenticator, clock, issuer)
 
 

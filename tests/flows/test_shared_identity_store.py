@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 from redis import Redis
 from redis.exceptions import RedisError
@@ -76,6 +76,7 @@ from tests.flows.test_oidc_provider import (
     tokens,
     whoami,
 )
+from tests.ports import HeldPort
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 T = TypeVar("T")
@@ -251,7 +252,8 @@ def _shared_stores(kind: str, loop_thread: int) -> Iterator[tuple[IdentityStore,
 async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Pair]:
     loop_thread = threading.get_ident()
     clock = FakeClock()
-    port_a, port_b = unused_port(), unused_port()
+    held = {"a": HeldPort(), "b": HeldPort()}
+    port_a = held["a"].port
     # One issuer, one key set (the shared data directory), two servers: as behind a balancer.
     issuer = f"http://127.0.0.1:{port_a}"
     settings = ProviderSettings(
@@ -269,7 +271,7 @@ async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         worlds: list[World] = []
         sinks: list[LoopOnlySink] = []
         try:
-            for store, port in ((store_a, port_a), (store_b, port_b)):
+            for store, holder in ((store_a, held["a"]), (store_b, held["b"])):
                 authenticator = FakeAuthenticator(user)
                 provider = OpenIDProvider.from_config(
                     settings,
@@ -289,7 +291,12 @@ async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
                 app.router.add_get("/api/v1/whoami", whoami)
                 add_oidc_routes(app, provider)
                 http: TestClient[Any, Any] = TestClient(
-                    TestServer(app, host="127.0.0.1", port=port)
+                    TestServer(
+                        app,
+                        host="127.0.0.1",
+                        port=holder.port,
+                        socket_factory=holder.socket_factory,
+                    )
                 )
                 await http.start_server()
                 worlds.append(World(http, provider, store, authenticator, clock, issuer))
@@ -491,7 +498,8 @@ async def test_a_provider_configured_for_redis_checks_revocations_on_the_loop(
         probe.close()
         pytest.skip("Redis is not reachable on 127.0.0.1:6379")
     prefix = f"tongban-test:{secrets.token_hex(8)}:oidc:"
-    port = unused_port()
+    held = HeldPort()
+    port = held.port
     settings = ProviderSettings(
         issuer=f"http://127.0.0.1:{port}",
         pairwise_secret=SecretStr("p" * 40),
@@ -513,7 +521,9 @@ async def test_a_provider_configured_for_redis_checks_revocations_on_the_loop(
     app[VERIFIER] = provider.access_token_verifier()
     app.router.add_get("/api/v1/whoami", whoami)
     add_oidc_routes(app, provider)
-    http: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=port))
+    http: TestClient[Any, Any] = TestClient(
+        TestServer(app, host="127.0.0.1", port=port, socket_factory=held.socket_factory)
+    )
     await http.start_server()
     try:
         world = World(http, provider, provider.store, FakeAuthenticator(user), FakeClock(), "")

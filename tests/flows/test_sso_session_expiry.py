@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer, unused_port
+from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from gateway.app import create_app, open_provider
@@ -41,6 +41,7 @@ from gateway.settings import Settings, load_settings
 from gateway.stores.sqlite_audit import SqliteAuditStore
 from tests.flows.conftest import CONFIG_DIR, audit_verify
 from tests.flows.test_federated_sso import QH, SX, Sso, browser, eventually, only_session, sign_in
+from tests.ports import HeldPort
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 IDLE, ABSOLUTE = 900, 1800
@@ -100,7 +101,8 @@ async def expiry(
     env = {**backend_secrets.env(), **demo_identity_env(tmp_path)}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    port = unused_port()
+    held = HeldPort()
+    port = held.port
     gateway = f"http://127.0.0.1:{port}"
     try:
         async with (
@@ -119,7 +121,9 @@ async def expiry(
             for portal in identity.portals.values():
                 portal.clock = clock  # they check the logout tokens' iat against it
             app = create_app(settings, verifier=provider.access_token_verifier(), oidc=provider)
-            server = TestServer(app, host="127.0.0.1", port=port)
+            server = TestServer(
+                app, host="127.0.0.1", port=port, socket_factory=held.socket_factory
+            )
             await server.start_server()
             try:
                 yield Expiry(

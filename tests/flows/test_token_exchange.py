@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import structlog.testing
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer, unused_port
+from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from gateway.audit.record import EventType
@@ -43,6 +43,7 @@ from tests.flows.test_oidc_provider import (
     unverified_claims,
     whoami,
 )
+from tests.ports import HeldPort
 
 WINDOW = "window-61-yanta"
 WINDOW_SECRET = "window-61-yanta-secret-0123"
@@ -115,7 +116,8 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
     if _KEY_FILE:
         (tmp_path / KEY_FILE_NAME).write_bytes(_KEY_FILE["jwks"])
         (tmp_path / KEY_FILE_NAME).chmod(0o600)
-    port = unused_port()
+    held = HeldPort()
+    port = held.port
     clock = FakeClock()
     settings = ProviderSettings(
         issuer=f"http://127.0.0.1:{port}",
@@ -139,7 +141,9 @@ async def desk(tmp_path: Path) -> AsyncIterator[Desk]:
     app[VERIFIER] = provider.access_token_verifier()
     app.router.add_get("/api/v1/whoami", whoami)
     add_oidc_routes(app, provider)
-    async with TestClient(TestServer(app, host="127.0.0.1", port=port)) as http:
+    async with TestClient(
+        TestServer(app, host="127.0.0.1", port=port, socket_factory=held.socket_factory)
+    ) as http:
         yield Desk(http, provider, store, authenticator, clock, audit)
 
 
