@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from aiohttp.test_utils import TestServer, unused_port
+from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app, open_provider
 from gateway.demo.backends import DemoSecrets, start_demo_backends
@@ -28,6 +28,7 @@ from gateway.settings import load_settings
 from tests.flows.conftest import CONFIG_DIR
 from tests.flows.test_federated_sso import Sso
 from tests.flows.test_sso_session_expiry import GatewayClock
+from tests.ports import HeldPort
 
 T = TypeVar("T")
 
@@ -61,7 +62,8 @@ async def portal_stack(
     env = {**backend_secrets.env(), **demo_identity_env(tmp_path), **(env or {})}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    port = unused_port()
+    held = HeldPort()
+    port = held.port
     gateway = f"http://127.0.0.1:{port}"
     async with (
         await start_demo_backends(backend_secrets, config_dir=config_dir) as backends,
@@ -76,7 +78,7 @@ async def portal_stack(
         assert provider is not None
         provider.clock = clock  # before the verifier is made: it keeps the provider's clock
         app = create_app(settings, verifier=provider.access_token_verifier(), oidc=provider)
-        server = TestServer(app, host="127.0.0.1", port=port)
+        server = TestServer(app, host="127.0.0.1", port=port, socket_factory=held.socket_factory)
         await server.start_server()
         try:
             yield PortalStack(Sso(gateway, provider, identity, backends, list(env.values())), clock)
