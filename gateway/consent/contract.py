@@ -1,0 +1,98 @@
+"""The seam between the data-subject rule and the grants that open someone else's data.
+
+The rule finds whose data a request touches (the *data subject*, declared per operation in its
+service file). When that is the principal, nothing more is asked. When it is not, the caller must
+present a grant, and the rule asks a :class:`ConsentBook` to *use* it: the book alone decides
+whether a consent grant (授权用证: the subject lets a named requester reach named services for a
+purpose until an expiry) or a delegation (委托用证: the subject names a person as agent) covers
+this request, and counts the use. The rule then records the grant's id in the call's audit record
+and in the identity assertion the handling province receives.
+
+Nothing here holds an ID number or a credit code in clear: a subject is named by a keyed hash
+that is the same in every province and at every portal (用而不存).
+
+Must not: import aiohttp or a store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gateway.errors import Forbidden, InternalError
+
+SubjectKind = Literal["person", "enterprise"]
+GrantKind = Literal["consent", "delegation"]
+
+
+@dataclass(frozen=True, slots=True)
+class DataSubject:
+    """A person or an enterprise whose data a request touches."""
+
+    kind: SubjectKind
+    key: str
+    """Keyed hash naming the subject: for a person the link key of its ID type and number (the
+    ``link_key`` a signed-in person carries), for an enterprise the keyed hash of its credit code
+    or registration number. Never the identifier itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who presents a grant: the client that sent the request, and the person behind it."""
+
+    client_id: str
+    person: DataSubject | None = None
+    """The signed-in person (an agent presenting a delegation), or None for a machine client."""
+    province: str | None = None
+    """The province the requesting client belongs to, when registered with one."""
+
+
+@dataclass(frozen=True, slots=True)
+class GrantAsk:
+    """One request to use a grant for one data subject."""
+
+    grant_id: str
+    subject: DataSubject
+    requester: Requester
+    service: str
+    operation: str | None
+    """The operation called, or None for a case (the whole service)."""
+    purpose: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantUse:
+    """A grant that covered the request; its id goes into the audit record and the assertion."""
+
+    grant_id: str
+    kind: GrantKind
+    uses_left: int | None = None
+    """Uses left after this one, or None for a grant without a use count."""
+
+
+class GrantRefused(Forbidden):
+    """The presented grant does not cover this request. Subclasses name why, each with its own
+    stable code (``client.grant_expired``, ``client.grant_revoked``, ...)."""
+
+    code = "client.grant_refused"
+    title = "The grant does not cover this request"
+
+
+class ConsentStoreUnavailable(InternalError):
+    """The consent store cannot be reached: requests that need a grant fail closed."""
+
+    code = "gateway.consent_store_unavailable"
+    http_status = 503
+    title = "The consent store is unavailable"
+
+
+class ConsentBook(Protocol):
+    """Decides whether a grant covers a request, and counts the use."""
+
+    async def use(self, ask: GrantAsk) -> GrantUse:
+        """Check the grant against every field of ``ask`` (subject, requester, service,
+        operation, purpose, expiry, revocation, use count) and record one use atomically.
+
+        Raises GrantRefused (or a subclass) when it does not cover the request, and
+        ConsentStoreUnavailable when the store cannot answer."""
+        ...
