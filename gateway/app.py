@@ -18,6 +18,7 @@ from gateway.audit.sink import WriterAuditSink
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import Catalog
 from gateway.http import handlers
+from gateway.http.admission import ADMISSION, Admission, admission_middleware
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
 from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
@@ -50,12 +51,15 @@ def create_app(
 ) -> web.Application:
     """The gateway app. ``open_adapter`` replaces plugin lookup (tests pass fakes through it)."""
     app = web.Application(
-        # Outermost first: the context middleware must see the status the problem renderer chose.
+        # Outermost first: admission refuses what this worker cannot take in now, before any
+        # other work (no access line, no token check, no store). The context middleware must
+        # see the status the problem renderer chose.
         # admin_audit records every /admin request; inside auth so a refusal is recorded too.
         # identity_audit holds identity answers until their buffered records are committed.
         # rate_limit counts /api calls once auth has named the caller, before any handler work;
         # inside problem so a refusal renders as problem+json like any other.
         middlewares=[
+            admission_middleware,
             request_context_middleware,
             problem_middleware,
             auth_middleware,
@@ -66,7 +70,12 @@ def create_app(
         client_max_size=settings.gateway.server.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    metrics = app[METRICS] = Metrics()
+    app[ADMISSION] = Admission(
+        settings.gateway.admission,
+        settings.gateway.server.max_body_bytes,
+        on_refused=metrics.refused_by_admission,
+    )
     app[VERIFIER] = verifier
     app[STATE] = GatewayState()
     # The audit trail opens first: every route's stack records through it.

@@ -67,6 +67,13 @@ class Metrics:
             "API calls let through unchecked because the rate-limit store failed (fail open).",
             registry=self.registry,
         )
+        self.overloaded = Counter(
+            "tongban_overloaded_total",
+            "Requests refused with 503 gateway.overloaded, by the bound that was reached "
+            "(requests / body_bytes).",
+            ["bound"],
+            registry=self.registry,
+        )
         self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._backend: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
 
@@ -102,6 +109,9 @@ class Metrics:
 
     def refused_by_rate_limit(self, client: str, budget: str) -> None:
         self.rate_limited.labels(client, budget).inc()
+
+    def refused_by_admission(self, bound: str) -> None:
+        self.overloaded.labels(bound).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

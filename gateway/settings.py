@@ -147,6 +147,19 @@ class LoggingSettings(_Model):
     """JSON lines for machines (serve), readable lines for people (demo)."""
 
 
+class AdmissionSettings(_Model):
+    """How much one worker process takes in at once; beyond it a request is refused at once
+    with 503 gateway.overloaded and Retry-After, before any other work is done for it."""
+
+    max_in_flight: int = Field(128, ge=1)
+    """Requests one worker handles at the same time (health and metrics not counted)."""
+    max_body_bytes_in_flight: int = Field(32 << 20, ge=1024)
+    """Request body bytes one worker holds at the same time: a request counts its
+    Content-Length, or server.max_body_bytes when it streams a body of unknown length."""
+    retry_after: int = Field(1, ge=1, le=3600)
+    """Seconds a refused caller is told to wait (Retry-After)."""
+
+
 class AuditSettings(_Model):
     store: Literal["sqlite", "postgres"] = "sqlite"
     """sqlite: a file in data_dir (one instance); postgres: shared by several instances, each
@@ -193,6 +206,8 @@ class GatewaySettings(_Model):
     """Cross-province cases: store, delivery schedule, callback keys, event sink."""
     rate_limits: RateLimitSettings = RateLimitSettings()
     """Rate limits of /api/* per OAuth client and per person, and where they are counted."""
+    admission: AdmissionSettings = AdmissionSettings()
+    """Per-worker bound on requests and body bytes in flight (overload is refused, not queued)."""
 
     @model_validator(mode="after")
     def _rate_limit_store(self) -> GatewaySettings:
