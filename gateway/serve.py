@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -32,19 +35,30 @@ log = structlog.get_logger("tongban.serve")
 
 
 async def serve_until_stopped(
-    app: web.Application, host: str, port: int, *, on_started: Callable[[int], None] | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    on_started: Callable[[int], None] | None = None,
+    listen: socket.socket | None = None,
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
 ) -> int:
-    """Bind, start, tell ``on_started`` the bound port, wait for a stop signal, shut down."""
+    """Bind (or serve on the ``listen`` socket a supervisor handed over), start, tell
+    ``on_started`` the bound port, wait for a stop signal, shut down."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
         # Inside the try: a start-up step that fails must still close the ones before it (an
         # open aiosqlite thread would otherwise keep the process alive after the error).
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site: web.BaseSite
+        if listen is not None:
+            site = web.SockSite(runner, listen)
+        else:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals:
             loop.add_signal_handler(sig, stop.set)
         if on_started is not None:
             on_started(bound_port(runner))
@@ -68,6 +82,22 @@ class _NoTokens:
         raise Unauthenticated("No token issuer is configured.")
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What a supervised worker process is given (gateway/workers.py): the listening socket,
+    the development-token key shared by all workers, and where to report."""
+
+    listen: socket.socket
+    on_started: Callable[[int], None]
+    shared: Callable[[Settings], Settings]
+    """The settings as one worker of several runs them (memory stores made shared)."""
+    dev_secret: bytes | None = None
+
+
 async def run_serve(
     *,
     config_dir: Path,
@@ -75,26 +105,44 @@ async def run_serve(
     port: int | None,
     dev_tokens: bool,
     instance_id: str | None = None,
+    role: WorkerRole | None = None,
+    report: Callable[[str], None] = _to_stderr,
 ) -> int:
+    """Serve one process until stopped; ``report`` receives the one message of a failed start."""
     try:
         # Reading every file and each WSDL is blocking work: off the event loop.
         settings = await asyncio.to_thread(load_settings, config_dir)
         if instance_id is not None:
             settings = with_instance_id(settings, instance_id)
+        if role is not None:
+            settings = role.shared(settings)
     except ConfigError as exc:
-        print(exc.report(config_dir), file=sys.stderr)
+        report(exc.report(config_dir))
         return 1
     configure_logging(settings.gateway.logging.level, settings.gateway.logging.format)
+    if role is not None:
+        _name_worker_in_logs(settings.gateway.instance_id)
     provider: OpenIDProvider | None = None
     try:
         settings.data_dir().mkdir(parents=True, exist_ok=True)
         # The SSO session + federation when idps.yaml declares platforms, else nobody signs in.
         provider = await open_provider(settings, build_authenticator(settings))
-        return await _serve(settings, provider, host, port, dev_tokens)
+        return await _serve(settings, provider, host, port, dev_tokens, role)
     except Exception as exc:
-        print(f"tongban serve: cannot start: {startup_failure(exc)}", file=sys.stderr)
+        report(f"tongban serve: cannot start: {startup_failure(exc)}")
         await _close_quietly(provider)
         return 1
+
+
+def _name_worker_in_logs(name: str) -> None:
+    """Every log line of a worker says which one wrote it (``worker``: its audit chain's id)."""
+
+    def add_worker(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        event.setdefault("worker", name)
+        return event
+
+    processors = list(structlog.get_config()["processors"])
+    structlog.configure(processors=[add_worker, *processors])
 
 
 def startup_failure(exc: BaseException) -> str:
@@ -130,16 +178,32 @@ async def _serve(
     host: str | None,
     port: int | None,
     dev_tokens: bool,
+    role: WorkerRole | None = None,
 ) -> int:
     server = settings.gateway.server
     verifier: TokenVerifier = provider.access_token_verifier() if provider else _NoTokens()
     if dev_tokens:
-        issuer = DevTokenIssuer()
+        issuer = DevTokenIssuer(role.dev_secret if role is not None else None)
         verifier = WithDevTokens(issuer, verifier)
         log.warning("insecure_dev_tokens_enabled")
-        for level in ("L1", "L2", "L3"):
-            print(f"dev token {level}: {issuer.issue(f'dev-{level.lower()}', level)}", flush=True)
+        if role is None:  # a supervisor prints them once for all its workers
+            print_dev_tokens(issuer)
     app = create_app(settings, verifier=verifier, oidc=provider)
+    if role is None:
+        return await serve_until_stopped(
+            app, host or server.host, port if port is not None else server.port
+        )
+    # A worker stops on SIGTERM only: Ctrl-C reaches the supervisor, which stops every worker.
     return await serve_until_stopped(
-        app, host or server.host, port if port is not None else server.port
+        app,
+        "",
+        0,
+        listen=role.listen,
+        on_started=role.on_started,
+        stop_signals=(signal.SIGTERM,),
     )
+
+
+def print_dev_tokens(issuer: DevTokenIssuer) -> None:
+    for level in ("L1", "L2", "L3"):
+        print(f"dev token {level}: {issuer.issue(f'dev-{level.lower()}', level)}", flush=True)
