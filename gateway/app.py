@@ -164,6 +164,7 @@ def _route_audit(settings: Settings, route: RouteSettings) -> RouteAudit:
         system=route.system,
         system_operation=route.system_operation,
         mode=settings.services[route.service].audit,
+        outcome=settings.services[route.service].audit_outcome,
     )
 
 

@@ -433,12 +433,23 @@ class ServiceSettings(_Model):
     operations: dict[str, Operation] = Field(min_length=1)
     """What portals can do with this service."""
     audit: Literal["required", "buffered"] = "required"
-    """required: no audit record, no call; buffered: read-only calls may proceed while the audit
-    store is down, their records kept in a bounded local buffer."""
+    """required: no audit record, no call (the request record is durably committed before the
+    back-end is called); buffered: read-only calls may proceed while the audit store is down,
+    their records kept in a bounded local buffer, and no call waits for a commit."""
+    audit_outcome: Literal["buffered", "durable"] = "buffered"
+    """When the outcome record of a call is written: 'buffered' (default), queued for the next
+    group commit while the answer goes out; 'durable', the answer waits until it is committed
+    too (a second commit in the call's path; only with audit: required)."""
     linked: LinkedCase | None = None
     """一件事 (联动办理): the parts every case of this service is made of, their dependencies
     and the data passed between them; absent: a case is one operation in one or several
     provinces, as the application names them."""
+
+    @model_validator(mode="after")
+    def _durable_outcome_needs_required_audit(self) -> ServiceSettings:
+        if self.audit_outcome == "durable" and self.audit != "required":
+            raise ValueError("audit_outcome: durable needs audit: required")
+        return self
 
     @model_validator(mode="after")
     def _case_blocks_name_operations(self) -> ServiceSettings:
