@@ -181,7 +181,7 @@ def minimal_proxy_app(upstream: str) -> web.Application:
     return app
 
 
-def gateway_settings(config_dir: Path, backend: str) -> Any:
+def gateway_settings(config_dir: Path, backend: str, audit_mode: str = "required") -> Any:
     """Settings built in code: one REST and one SOAP system, one service and route for each."""
     from gateway.ratelimit.config import RateLimitSettings
     from gateway.settings import (
@@ -229,6 +229,7 @@ def gateway_settings(config_dir: Path, backend: str) -> Any:
                 "name": {"zh": "基准核验", "en": f"Bench {code}"},
                 "modes": ["query"],
                 "min_level": "L1",
+                "audit": audit_mode,
                 "operations": {
                     "verify": {
                         "name": {"zh": "核验", "en": "Verify"},
@@ -278,7 +279,13 @@ class CannedAdapter:
 
 
 async def run_gateway(
-    config_dir: Path, backend: str, log_mode: str, max_lifetime: float, canned: bool
+    config_dir: Path,
+    backend: str,
+    log_mode: str,
+    max_lifetime: float,
+    canned: bool,
+    profile_out: str = "",
+    audit_mode: str = "required",
 ) -> int:
     from gateway.adapter import Adapter, SystemSpec
     from gateway.app import create_app
@@ -296,12 +303,28 @@ async def run_gateway(
     else:  # every access line rendered as JSON, written to /dev/null
         configure_logging("info", "json", stream=devnull)
     app = create_app(
-        gateway_settings(config_dir, backend),
+        gateway_settings(config_dir, backend, audit_mode),
         verifier=DevTokenIssuer(TOKEN_SECRET),
         open_adapter=open_canned if canned else None,
     )
     _stop_after(max_lifetime)
-    return await serve_until_stopped(app, "127.0.0.1", 0, on_started=_announce)
+    if not profile_out:
+        return await serve_until_stopped(app, "127.0.0.1", 0, on_started=_announce)
+    # cProfile inside the server process (py-spy cannot attach to this Python): from the
+    # first request to SIGTERM, written as pstats for bench/bench_routing.py to summarise.
+    import cProfile
+
+    profiler = cProfile.Profile()
+
+    def started(port: int) -> None:
+        profiler.enable()
+        _announce(port)
+
+    try:
+        return await serve_until_stopped(app, "127.0.0.1", 0, on_started=started)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile_out)
 
 
 # === open-loop generator (role "openloop") =====================================================
@@ -1351,6 +1374,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--body-hex", default="", help=argparse.SUPPRESS)
     p.add_argument("--headers-json", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--canned", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--profile-out", default="", help=argparse.SUPPRESS)
+    p.add_argument("--audit-mode", default="required", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -1379,6 +1404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.log_mode,
                 args.max_lifetime,
                 args.canned,
+                args.profile_out,
+                args.audit_mode,
             )
         )
     if args.role == "openloop":

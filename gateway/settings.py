@@ -174,6 +174,9 @@ class AuditSettings(_Model):
     """Most records per group commit."""
     linger_ms: float = Field(1.0, ge=0)
     """How long a batch waits for company once its first record is queued."""
+    buffered_linger_ms: float = Field(20.0, ge=0)
+    """How long a batch of records nobody waits for (buffered services, identity events)
+    gathers company before its commit; a call or answer that waits for a commit ends it."""
     buffer_limit: int = Field(50_000, ge=100)
     """Records queued at most; buffered services fail closed beyond it."""
     checkpoint_every: int = Field(10_000, ge=1)
