@@ -46,6 +46,15 @@ MIGRATIONS = (
 )
 
 
+_ADD = (
+    "INSERT INTO rl_counters (key, count, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET count = CASE WHEN expires_at > ? "
+    "THEN count + excluded.count ELSE excluded.count END, "
+    "expires_at = CASE WHEN expires_at > ? THEN expires_at ELSE excluded.expires_at END"
+)
+"""Add to a window's counter; an expired row starts again from the amount."""
+
+
 class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow):
     """``limits`` async storage on one SQLite file; sliding-window counter strategy only."""
 
@@ -82,18 +91,35 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             )
             if math.floor(previous * previous_ttl / expiry + current) + amount > limit:
                 return False
-            conn.execute(
-                "INSERT INTO rl_counters (key, count, expires_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET count = CASE WHEN expires_at > ? "
-                "THEN count + excluded.count ELSE excluded.count END, "
-                "expires_at = CASE WHEN expires_at > ? THEN expires_at "
-                "ELSE excluded.expires_at END",
-                (current_key, amount, now + 2 * expiry, now, now),
-            )
+            conn.execute(_ADD, (current_key, amount, now + 2 * expiry, now, now))
             if now >= self._next_purge:
                 conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
                 self._next_purge = now + PURGE_INTERVAL
         return True
+
+    def acquire_all(self, entries: list[tuple[str, int, int]]) -> int | None:
+        """Draw one call from each ``(key, limit, expiry)`` in order, in one transaction; the
+        index of the first that refuses (the draws before it stay counted), or None.
+
+        The limiter's path: one transaction per call for all its budgets instead of one per
+        budget through ``limits``' strategy (same keys and windows, so both read each other).
+        Synchronous: a few tens of microseconds on the loop. Raises sqlite3.Error."""
+        now = time.time()
+        refused: int | None = None
+        with self._db.transaction() as conn:
+            for index, (key, limit, expiry) in enumerate(entries):
+                previous_key, current_key = self.sliding_window_keys(key, expiry, now)
+                previous, previous_ttl, current, _ = _window(
+                    conn, previous_key, current_key, expiry, now
+                )
+                if math.floor(previous * previous_ttl / expiry + current) + 1 > limit:
+                    refused = index
+                    break
+                conn.execute(_ADD, (current_key, 1, now + 2 * expiry, now, now))
+            if now >= self._next_purge:
+                conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
+                self._next_purge = now + PURGE_INTERVAL
+        return refused
 
     async def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
         now = time.time()
