@@ -427,6 +427,7 @@ async def open_loop(
     from_send.sort()
     out: dict[str, Any] = {
         "sent": total - measured_from,
+        "sent_total": total,
         "ok": len(from_send),
         "errors": errors,
         "refused": refused,
@@ -973,7 +974,7 @@ class Bench:
         wall0 = time.monotonic()
         argv = [sys.executable, __file__, "--role", "openloop", "--url", target.url]
         argv += ["--body-hex", target.body.hex(), "--headers-json", json.dumps(target.headers)]
-        argv += ["--rate", str(rate), "--duration", str(self.args.open_duration)]
+        argv += ["--rate", str(rate), "--open-duration", str(self.args.open_duration)]
         argv += ["--warmup", str(self.args.warmup)]
         run = subprocess.run(
             self.kids.command(argv, self.args.load_cpu),
@@ -991,7 +992,7 @@ class Bench:
         result["sut_own_pct"] = (own1 - own0) / wall * 100
         # CPU per call at a fixed rate: the server's CPU over the whole run (warm-up included)
         # divided by every call sent in it.
-        sent_all = rate * (self.args.open_duration + self.args.warmup)
+        sent_all = max(int(result["sent_total"]), 1)
         result["sut_cpu_us"] = (own1 - own0) / sent_all * 1e6 if target.sut else None
         if core0 is not None and core1 is not None and not self.args.no_pin:
             result["sut_core_busy_pct"] = (core1 - core0) / wall * 100
