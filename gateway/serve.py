@@ -25,6 +25,8 @@ from aiohttp import web
 from gateway.adapter import AdapterConfigError
 from gateway.app import create_app, open_provider
 from gateway.errors import GatewayError, Unauthenticated
+from gateway.http.admission import ADMISSION, limit_connections
+from gateway.http.keys import METRICS
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.identity.provider import OpenIDProvider
@@ -51,6 +53,7 @@ async def serve_until_stopped(
         # Inside the try: a start-up step that fails must still close the ones before it (an
         # open aiosqlite thread would otherwise keep the process alive after the error).
         await runner.setup()
+        limit_connections_of(app, runner)
         site: web.BaseSite
         if listen is not None:
             site = web.SockSite(runner, listen)
@@ -69,6 +72,18 @@ async def serve_until_stopped(
     finally:
         await runner.cleanup()
     return 0
+
+
+def limit_connections_of(app: web.Application, runner: web.AppRunner) -> None:
+    """The app's connection bound (admission.max_connections), on the runner's server."""
+    admission = app.get(ADMISSION)
+    if admission is not None and runner.server is not None:
+        metrics = app[METRICS]
+        limit_connections(
+            runner.server,
+            admission.settings.max_connections,
+            lambda: metrics.refused_by_admission("connections"),
+        )
 
 
 def freeze_startup_objects() -> None:

@@ -158,6 +158,9 @@ class AdmissionSettings(_Model):
     Content-Length, or server.max_body_bytes when it streams a body of unknown length."""
     retry_after: int = Field(1, ge=1, le=3600)
     """Seconds a refused caller is told to wait (Retry-After)."""
+    max_connections: int = Field(1024, ge=1)
+    """Open connections one worker holds; a connection beyond it is closed as soon as it is
+    accepted (what waits in front of the bound on requests is bounded too)."""
 
 
 class AuditSettings(_Model):

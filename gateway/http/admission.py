@@ -13,13 +13,22 @@ reader accepts), or ``server.max_body_bytes`` when it streams a body of unknown 
 reservation is released when the handler has returned (the body is read by then).
 ``/healthz``, ``/readyz`` and ``/metrics`` are neither bounded nor counted: an orchestrator
 must still see an overloaded worker alive.
+
+Requests only reach this middleware once the event loop has read them; under overload they wait
+in front of it, one per open connection, and each open connection holds memory. So a worker
+also bounds its connections (``admission.max_connections``, ``limit_connections``): a
+connection beyond the bound is closed as soon as it is accepted, before anything is read from
+it (the client sees the connection closed and may try again, as after a 503), which keeps both
+the memory and the wait in front of the middleware bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -89,6 +98,19 @@ class Admission:
 
 
 ADMISSION = web.AppKey("admission", Admission)
+
+
+def limit_connections(server: web.Server, limit: int, on_refused: Callable[[], None]) -> None:
+    """Close every connection accepted while ``server`` already holds ``limit`` of them."""
+    register = server.connection_made
+
+    def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+        if len(server.connections) >= limit:
+            on_refused()
+            transport.abort()  # the handler sees the connection lost before it reads anything
+        register(handler, transport)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
 
 
 @web.middleware

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.adapter import Adapter, Call, FakeAdapter, Reply, SystemSpec
@@ -16,6 +18,7 @@ from gateway.app import create_app
 from gateway.http.keys import STATE
 from gateway.identity.devtokens import DevTokenIssuer
 from gateway.principal import Principal
+from gateway.serve import limit_connections_of
 from gateway.settings import GatewaySettings, Settings, SystemSettings
 from tests.unit.http.test_app import _settings, auth, call_body
 
@@ -189,3 +192,59 @@ async def test_body_bytes_in_flight_are_bounded_too(
     assert (await held).status == 200
     # Released: the same large body is admitted now.
     assert (await client.post(CALLS, data=big, headers=headers)).status == 200
+
+
+async def _get_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await writer.drain()
+    return await reader.readuntil(b'{"status":"ok"}')
+
+
+async def test_connections_beyond_the_bound_are_closed_at_once(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+) -> None:
+    async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
+        return backend.adapter
+
+    app = create_app(
+        _bounded(tmp_path, max_connections=2), verifier=verifier, open_adapter=open_adapter
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    limit_connections_of(app, runner)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        # Two connections are held (each has answered a request, so each was accepted).
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, writer in held:
+            assert b"200 OK" in await _get_healthz(reader, writer)
+        # A third is closed as soon as it is accepted: nothing is read from it, no answer.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):  # closed or reset: either way, refused
+            assert await reader.read() == b""
+        writer.close()
+        # The held ones still work, and once one of them goes, a new connection is taken.
+        assert b"200 OK" in await _get_healthz(*held[0])
+        held[1][1].close()
+        await held[1][1].wait_closed()
+        async with asyncio.timeout(10):
+            # The server has no event for a connection gone: look until it has noticed.
+            while len(runner.server.connections) > 1:  # type: ignore[union-attr]  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        again = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*again)
+        metrics = await _get_metrics(*again)
+        assert 'tongban_overloaded_total{bound="connections"} 1.0' in metrics
+        for _, w in (held[0], again):
+            w.close()
+    finally:
+        await runner.cleanup()
+
+
+async def _get_metrics(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    return (await reader.read()).decode()
