@@ -50,6 +50,10 @@ class Principal:
     person: str | None = None
     """Gateway-internal person key of the subject (the same at every portal); None for a
     machine client or a token issued without one. Never shown to a client."""
+    enterprise: str | None = None
+    """For an enterprise (LP) principal, the enterprise's key (``PersonKeys.enterprise_key`` of
+    its credit code): which enterprise the operator acts for, the same at every portal. Never
+    shown to a client."""
 
     @property
     def acting(self) -> str:

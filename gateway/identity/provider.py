@@ -79,7 +79,13 @@ from gateway.identity.grants import (
     TokenView,
 )
 from gateway.identity.keys import SigningKeys
-from gateway.identity.person_key import PERSON_CLAIM, PersonKeys
+from gateway.identity.person_key import (
+    ENTERPRISE_CLAIM,
+    ENTERPRISE_LABEL,
+    PERSON_CLAIM,
+    PersonKeys,
+    enterprise_of,
+)
 from gateway.identity.requests import IdentityRequest, IdentityResponse
 from gateway.identity.store import (
     AccessTokenRecord,
@@ -584,6 +590,14 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
                 subject=claims["sub"],
                 client_id=client.client_id,
             )
+            org_id = enterprise_of(person.local_id)
+            if org_id is not None:
+                claims[ENTERPRISE_CLAIM] = self.person_keys.seal(
+                    self.person_keys.enterprise_key(org_id),
+                    subject=claims["sub"],
+                    client_id=client.client_id,
+                    label=ENTERPRISE_LABEL,
+                )
             claims["acr"] = person.acr_at(now)
             if person.acr_until is not None and now < person.acr_until:
                 # A stepped-up level ends when its window does, not when the token would.

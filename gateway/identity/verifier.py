@@ -28,7 +28,13 @@ from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol, Key
 
 from gateway.errors import Unauthenticated
-from gateway.identity.person_key import PERSON_CLAIM, PersonKeys, SealError
+from gateway.identity.person_key import (
+    ENTERPRISE_CLAIM,
+    ENTERPRISE_LABEL,
+    PERSON_CLAIM,
+    PersonKeys,
+    SealError,
+)
 from gateway.identity.store import IdentityStore
 from gateway.principal import Principal
 
@@ -150,6 +156,17 @@ def principal_from_claims(
             person = persons.open(sealed, subject=subject, client_id=client_id)
         except SealError:
             raise InvalidToken("person claim") from None
+    enterprise = None
+    sealed = claims.get(ENTERPRISE_CLAIM)
+    if sealed is not None:
+        if persons is None or not isinstance(sealed, str):
+            raise InvalidToken("enterprise claim")
+        try:
+            enterprise = persons.open(
+                sealed, subject=subject, client_id=client_id, label=ENTERPRISE_LABEL
+            )
+        except SealError:
+            raise InvalidToken("enterprise claim") from None
     return Principal(
         subject=subject,
         level=level,
@@ -159,6 +176,7 @@ def principal_from_claims(
         scopes=frozenset(scope.split()),
         roles=frozenset(roles),
         person=person,
+        enterprise=enterprise,
     )
 
 

@@ -1,0 +1,116 @@
+"""ConsentStore on SQLite: ``consent.db`` in the data directory, the default for one instance.
+
+Every statement runs on one connection on a thread of its own (``TransactionThread``), one
+hand-over per operation: a grant check is one read, a counted use one conditional UPDATE, and
+SQLite's single writer makes the UPDATE's ``uses < max_uses`` test and increment one step (two
+processes on one file included). The file is created 0600: it names who lets whom see what.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final, TypeVar
+
+from gateway.consent.contract import ConsentStoreUnavailable, DataSubject
+from gateway.consent.model import Grant
+from gateway.stores.consent_sql import (
+    FIND,
+    GET,
+    INSERT,
+    OF_AGENT,
+    OF_SUBJECT,
+    REVOKE,
+    SPEND,
+    consent_migrations,
+    grant_from_row,
+    grant_row,
+    pair_from_row,
+)
+from gateway.stores.migrations import migrate_sqlite_blocking
+from gateway.stores.sqlite import Synchronous, TransactionThread, create_private
+
+CONSENT_MIGRATIONS: Final = consent_migrations("REAL")
+T = TypeVar("T")
+
+
+def _unavailable(exc: BaseException) -> ConsentStoreUnavailable:
+    # The class name only: a driver message may name the file.
+    return ConsentStoreUnavailable(f"The consent store (sqlite) failed: {type(exc).__name__}.")
+
+
+class SqliteConsentStore:
+    name = "sqlite"
+
+    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL") -> None:
+        self.path = Path(path)
+        self._synchronous: Synchronous = synchronous
+        self._thread: TransactionThread | None = None
+
+    async def open(self) -> None:
+        try:
+            create_private(self.path)
+            self._thread = await TransactionThread.open(
+                self.path, synchronous=self._synchronous, name="consent"
+            )
+            await self._thread.call(
+                lambda conn: migrate_sqlite_blocking(conn, "consent", CONSENT_MIGRATIONS)
+            )
+        except (sqlite3.Error, OSError) as exc:
+            await self.aclose()
+            raise _unavailable(exc) from exc
+
+    async def aclose(self) -> None:
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            await thread.close()
+
+    def _t(self) -> TransactionThread:
+        if self._thread is None:
+            raise ConsentStoreUnavailable("The consent store (sqlite) is not open.")
+        return self._thread
+
+    async def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        try:
+            return await self._t().call(lambda conn: conn.execute(sql, params).fetchall())
+        except (sqlite3.Error, ValueError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def _write(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        try:
+            return await self._t().run(lambda conn: conn.execute(sql, params).fetchall())
+        except (sqlite3.Error, ValueError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def ping(self) -> None:
+        await self._read("SELECT 1", ())
+
+    async def insert(self, grant: Grant) -> None:
+        await self._write(INSERT, grant_row(grant))
+
+    async def find(self, grant_id: str) -> tuple[Grant | None, Grant | None]:
+        rows = await self._read(FIND, (grant_id,))
+        return pair_from_row(rows[0] if rows else None)
+
+    async def spend(self, grant_id: str, now: float) -> int | None:
+        rows = await self._write(SPEND, (grant_id, now))
+        return int(rows[0][0]) if rows else None  # type: ignore[call-overload]
+
+    async def revoke(self, grant_id: str, now: float) -> Grant | None:
+        def work(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
+            conn.execute(REVOKE, (now, grant_id))
+            return conn.execute(GET, (grant_id,)).fetchall()
+
+        try:
+            rows = await self._t().run(work)
+        except (sqlite3.Error, ValueError) as exc:
+            raise _unavailable(exc) from exc
+        return grant_from_row(rows[0]) if rows else None
+
+    async def of_subject(self, subject: DataSubject, *, limit: int = 200) -> list[Grant]:
+        rows = await self._read(OF_SUBJECT, (subject.kind, subject.key, limit))
+        return [g for g in map(grant_from_row, rows) if g is not None]
+
+    async def of_agent(self, agent: DataSubject, *, limit: int = 200) -> list[Grant]:
+        rows = await self._read(OF_AGENT, (agent.key, limit))
+        return [g for g in map(grant_from_row, rows) if g is not None]
