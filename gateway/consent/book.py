@@ -121,6 +121,9 @@ class ConsentService:
         self._audit = audit
         self._clock = clock
 
+    def now(self) -> float:
+        return self._clock()
+
     # --- the ConsentBook --------------------------------------------------------------------
 
     async def use(self, ask: GrantAsk) -> GrantUse:
