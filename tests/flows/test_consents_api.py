@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from gateway.audit.record import AuditRecord, EventType
+from gateway.audit.record import AuditEvent, AuditRecord, EventType
 from gateway.consent.contract import GrantAsk, GrantRefused, Requester
 from gateway.consent.subjects import SubjectKeys
 from gateway.demo.legal_idp import QINLING_TECH, TESTING_CENTRE
@@ -285,3 +285,93 @@ async def test_the_store_down_is_a_503_naming_it(journey: Journey) -> None:
     response = await journey.client.get("/readyz")
     assert response.status == 503
     await book.store.open()  # the journey's end reads the trail, not this store
+
+
+async def test_the_access_log_shows_who_touched_my_data(journey: Journey) -> None:
+    me, keys = _person(journey, MA_WENHUA), _keys(journey)
+    subject = keys.person("111", MA_WENHUA.id_number)
+    status, grant = await _send(journey, "POST", "/api/v1/me/consents", me, _consent())
+    assert status == 201
+    state = journey.client.app[STATE]
+    assert state.consent is not None
+    assert state.audit is not None
+    purpose = "住房公积金异地转移接续"
+    bank = Requester(BANK, province="61")
+    await state.consent.use(GrantAsk(grant["id"], subject, bank, SERVICE, "account-query", purpose))
+    refused = GrantAsk(grant["id"], subject, bank, SERVICE, "account-query", "营销")
+    with pytest.raises(GrantRefused):
+        await state.consent.use(refused)
+    # The call the institution then made, as the data-subject rule records it.
+    await state.audit.append(
+        AuditEvent(
+            type=EventType.SERVICE_CALL_COMPLETED,
+            principal="bank-pairwise",
+            client=BANK,
+            service=SERVICE,
+            operation="account-query",
+            receiving_province="61",
+            handling_province="61",
+            system="shaanxi-hf",
+            purpose=purpose,
+            outcome="ok",
+            extra={"subjects": [subject.key], "grant": grant["id"]},
+        )
+    )
+    await state.audit.flush()
+
+    status, log = await _send(journey, "GET", "/api/v1/me/access-log", me)
+    assert status == 200, log
+    kinds = [(e["kind"], e["client"], e["outcome"]) for e in log["entries"]]
+    assert kinds == [
+        ("service_call", BANK, "ok"),
+        ("grant_refused", BANK, "denied"),
+        ("grant_used", BANK, "ok"),
+    ]
+    assert {e["grant_id"] for e in log["entries"]} == {grant["id"]}
+    assert {e["subject"] for e in log["entries"]} == {keys.display(subject)}
+    assert log["entries"][1]["error_code"] == "client.grant_other_purpose"
+    assert log["entries"][0]["receiving_province"]["code"] == "61"
+    assert subject.key not in str(log)
+    assert MA_WENHUA.id_number not in str(log)
+    doc = await (await journey.client.get("/openapi.json")).json()
+    schema = Draft202012Validator({**doc, "$ref": "#/components/schemas/AccessLog"})
+    assert not list(schema.iter_errors(log))
+
+    # Pages of one: the same entries, each once.
+    seen: list[tuple[str, str]] = []
+    cursor = None
+    while True:
+        query = f"?limit=1&cursor={cursor}" if cursor else "?limit=1"
+        status, page = await _send(journey, "GET", "/api/v1/me/access-log" + query, me)
+        assert status == 200, page
+        seen.extend((e["time"], e["kind"]) for e in page["entries"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [(e["time"], e["kind"]) for e in log["entries"]]
+
+    status, theirs = await _send(
+        journey, "GET", "/api/v1/me/access-log", _person(journey, SU_LANXIN)
+    )
+    assert (status, theirs["entries"]) == (200, [])
+
+
+async def test_an_enterprise_s_operators_read_its_access_log(journey: Journey) -> None:
+    own = QINLING_TECH.credit_code
+    operator, colleague = _operator(journey, own), _operator(journey, own, "pw-op-2")
+    status, grant = await _send(journey, "POST", "/api/v1/me/consents", operator, _consent())
+    assert status == 201
+    state = journey.client.app[STATE]
+    assert state.consent is not None
+    enterprise = _keys(journey).enterprise(own)
+    await state.consent.use(
+        GrantAsk(grant["id"], enterprise, Requester(BANK, province="61"), SERVICE,
+                 "account-query", "住房公积金异地转移接续")
+    )  # fmt: skip
+    status, log = await _send(journey, "GET", "/api/v1/me/access-log", colleague)
+    assert status == 200, log
+    assert [(e["kind"], e["grant_id"]) for e in log["entries"]] == [("grant_used", grant["id"])]
+    status, other = await _send(
+        journey, "GET", "/api/v1/me/access-log", _operator(journey, TESTING_CENTRE.credit_code)
+    )
+    assert other["entries"] == []
