@@ -1,0 +1,99 @@
+"""我的授权 and 访问记录 in headless Chromium against `tongban demo`: a citizen signed in through
+the Qinghai platform gives a consent grant and a delegation, revokes both, and reads her access
+log; every page passes the checks of portal_checks.py (Chinese first, 1280 px and 390 px,
+axe-core, Beijing time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from gateway.demo.residents import SU_LANXIN
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS
+from tests.e2e.portal_checks import check_page, screenshot_dir
+
+pytestmark = pytest.mark.browser
+
+
+def _sign_in(page: Page, portal: str) -> None:
+    page.goto(portal + "/")
+    page.click("#sign-in")  # the Qinghai portal hints its own platform: no chooser
+    page.wait_for_selector("#password")
+    page.select_option("#user", "qh-100231")  # 马文华, real person checked (L3)
+    page.fill("#password", "demo")
+    page.check("#face")
+    page.click("#sign-in")
+    page.wait_for_selector("#who")
+
+
+def test_granting_delegating_and_revoking_in_the_portal(
+    demo: dict[str, str], tmp_path: Path
+) -> None:
+    shots = screenshot_dir(tmp_path / "screenshots")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "person"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = context.new_page()
+            _sign_in(page, demo["qinghai"])
+            page.click("#call-0")  # a call of her own, for the access log
+            page.wait_for_selector("#answer")
+
+            page.click("nav >> text=我的授权")
+            page.wait_for_selector("#consent-form")
+            assert page.locator("#no-consents").count() == 1
+            check_page(
+                page, "my-consents-empty", shots, expect=("我的授权", "授权用证", "委托用证")
+            )
+
+            # A consent grant to the Shaanxi portal for the housing-fund service, three uses.
+            page.select_option("#requester", "demo-portal-shaanxi")
+            page.check("#consent-service-housing-fund-transfer")
+            page.fill("#purpose", "住房公积金异地转移接续")
+            page.select_option("#consent-days", "90")
+            page.fill("#max-uses", "3")
+            page.click("#give-consent")
+            page.wait_for_selector("#consents tr.consent")
+            row = page.locator("#consents tr.consent").first
+            assert row.locator(".grant-state").get_attribute("data-state") == "active"
+            assert "陕西政务服务网" in row.inner_text()
+            assert "0 / 3" in row.inner_text()
+
+            # A delegation to 苏兰心 by her ID number, which the page never shows again.
+            page.fill("#agent-id-number", SU_LANXIN.id_number)
+            page.check("#delegation-service-housing-fund-transfer")
+            page.click("#give-delegation")
+            page.wait_for_selector("#delegations-given tr.delegation")
+            assert SU_LANXIN.id_number not in page.content()
+            check_page(
+                page, "my-consents", shots, expect=("住房公积金", "有效", "北京时间", "撤销")
+            )
+
+            # A wrong ID number is refused in words, and nothing is added.
+            page.fill("#agent-id-number", "610102199802030460")
+            page.check("#delegation-service-housing-fund-transfer")
+            page.click("#give-delegation")
+            page.wait_for_selector("#answer")
+            assert page.get_attribute("#status", "data-http-status") == "422"
+            assert "填写的信息不符合要求" in page.inner_text("#answer")
+            page.click("text=返回我的授权")
+            page.wait_for_selector("#consent-form")
+            assert page.locator("#delegations-given tr.delegation").count() == 1
+
+            # Revoking: each at once, its state in words, no revoke button left.
+            page.click("#consents button.revoke")
+            page.wait_for_selector("#consents .grant-state[data-state='revoked']")
+            assert "已撤销" in page.inner_text("#consents")
+            page.click("#delegations-given button.revoke")
+            page.wait_for_selector("#delegations-given .grant-state[data-state='revoked']")
+            assert page.locator("button.revoke").count() == 0
+
+            page.click("nav >> text=访问记录")
+            page.wait_for_selector("#access-log")
+            check_page(page, "access-log", shots, expect=("访问记录", "查询核验", "成功"))
+            assert page.locator("#access-log tr.access").count() >= 1
+        finally:
+            context.close()
