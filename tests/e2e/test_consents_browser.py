@@ -91,6 +91,17 @@ def test_granting_delegating_and_revoking_in_the_portal(
             page.wait_for_selector("#delegations-given .grant-state[data-state='revoked']")
             assert page.locator("button.revoke").count() == 0
 
+            # A forged form (no CSRF token of this session) gives nothing in her name.
+            forged = page.request.post(
+                demo["qinghai"] + "/consents",
+                form={"requester": "demo-portal-shaanxi", "service": "housing-fund-transfer",
+                      "purpose": "x"},
+            )  # fmt: skip
+            assert forged.status == 403
+            assert "表单已失效" in forged.text()
+            page.reload()
+            assert page.locator("#consents tr.consent").count() == 1
+
             page.click("nav >> text=访问记录")
             page.wait_for_selector("#access-log")
             check_page(page, "access-log", shots, expect=("访问记录", "查询核验", "成功"))
