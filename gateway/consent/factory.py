@@ -11,7 +11,8 @@ from collections.abc import Callable
 from gateway.audit.writer import AuditWriter
 from gateway.consent.book import ConsentService, WriterConsentAudit
 from gateway.consent.store import ConsentStore
-from gateway.consent.subjects import SubjectKeys
+from gateway.consent.subjects import SubjectDigest
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.settings import Settings
 from gateway.stores.postgres_consent import PostgresConsentStore
 from gateway.stores.sqlite_consent import SqliteConsentStore
@@ -45,13 +46,19 @@ def build_consent_book(
 
 
 def subject_keys(settings: Settings) -> SubjectKeys | None:
-    """Keys of data subjects, when the identity provider is configured (they come from its
-    pairwise and link secrets); None otherwise."""
+    """Keys naming data subjects by identifier, when the identity provider has its pairwise and
+    link secrets; None otherwise (no delegation can name an agent then)."""
     identity = settings.gateway.identity
-    if identity is None:
+    if identity is None or identity.link_secret is None:
         return None
     return SubjectKeys(
-        identity.pairwise_secret,
-        identity.link_secret,
-        identity.link_algorithm,
+        pairwise_secret=identity.pairwise_secret,
+        link_secret=identity.link_secret,
+        link_algorithm=identity.link_algorithm,
     )
+
+
+def subject_digest(settings: Settings) -> SubjectDigest | None:
+    """The digest naming subjects in answers, from the pairwise secret; None without one."""
+    identity = settings.gateway.identity
+    return SubjectDigest(identity.pairwise_secret) if identity is not None else None

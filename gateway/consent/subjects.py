@@ -4,8 +4,10 @@ A person is named by its *person key* (gateway/identity/person_key.py): the keye
 local user that the link key of its ID type and number makes it, the same for a person who
 signs in through any province and for a number typed into a form. An enterprise is named by its
 *enterprise key*, a keyed hash of its credit code (or registration number) under a key of its
-own. Both keys are derived from the deployment's pairwise secret and never leave the gateway:
-the subject's access log shows a further keyed digest (``display``), never the key itself.
+own. Both keys are derived from the deployment's pairwise secret and never leave the gateway
+(gateway/identity/subject_keys.py computes them from identifiers; a signed-in person carries
+``Principal.person``, an enterprise's operator ``Principal.enterprise``): what a client is
+shown is a further keyed digest (``SubjectDigest``), never the key itself.
 
 Must not: import aiohttp; keep or log an ID number or a credit code.
 """
@@ -20,9 +22,6 @@ from typing import Final
 from pydantic import SecretStr
 
 from gateway.consent.contract import DataSubject
-from gateway.identity.citizen import natural_person_id
-from gateway.identity.identifiers import LinkAlgorithm, link_keyer
-from gateway.identity.person_key import PersonKeys
 from gateway.principal import Principal
 
 _DISPLAY_LABEL: Final = b"tongban subject display v1"
@@ -42,39 +41,23 @@ class Me:
     """An enterprise operator's pairwise id (who gave a grant for the enterprise)."""
 
 
-class SubjectKeys:
-    """Keys of data subjects, from the deployment's pairwise and link secrets."""
+class SubjectDigest:
+    """The short keyed digest that names a subject in what a client is shown (a grant, an
+    access-log entry): stable per subject, useless for finding the key or the identifier."""
 
-    def __init__(
-        self,
-        pairwise_secret: SecretStr,
-        link_secret: SecretStr | None,
-        algorithm: LinkAlgorithm = "hmac-sha256",
-    ) -> None:
-        self._persons = PersonKeys(pairwise_secret)
-        self._link = link_keyer(link_secret.get_secret_value(), algorithm) if link_secret else None
-        self._display = hmac.new(
+    __slots__ = ("_key",)
+
+    def __init__(self, pairwise_secret: SecretStr) -> None:
+        self._key = hmac.new(
             pairwise_secret.get_secret_value().encode(), _DISPLAY_LABEL, hashlib.sha256
         ).digest()
 
     def __repr__(self) -> str:
-        return "SubjectKeys(<derived keys>)"
-
-    def person(self, id_type: str, number: str) -> DataSubject:
-        """The person an ID document names (national ID type code and number)."""
-        if self._link is None:
-            raise RuntimeError("naming a person by ID number needs identity.link_secret")
-        link = self._link(id_type, number)
-        return DataSubject("person", self._persons.person_key(natural_person_id(link)))
-
-    def enterprise(self, org_id: str) -> DataSubject:
-        """The enterprise with this credit code (or ``reg:`` and its registration number)."""
-        return DataSubject("enterprise", self._persons.enterprise_key(org_id))
+        return "SubjectDigest(<derived key>)"
 
     def display(self, subject: DataSubject) -> str:
-        """A short keyed digest that names the subject in what a client is shown."""
         digest = hmac.new(
-            self._display, f"{subject.kind}|{subject.key}".encode(), hashlib.sha256
+            self._key, f"{subject.kind}|{subject.key}".encode(), hashlib.sha256
         ).hexdigest()
         return f"{subject.kind[0]}-{digest[:20]}"
 

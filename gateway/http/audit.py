@@ -43,7 +43,7 @@ from gateway.errors import (
     Unauthenticated,
     ValidationFailed,
 )
-from gateway.http.consents import SUBJECT_KEYS
+from gateway.http.consents import SUBJECT_DIGEST
 from gateway.http.keys import (
     LOG_FIELDS,
     PRINCIPAL,
@@ -336,8 +336,8 @@ async def access_log(request: web.Request) -> web.Response:
         about = dataclasses.replace(own, principal=None, subject=key, types=SUBJECT_LOG_TYPES)
         pages.append(await _run(request, about))
     records, more = _merge(pages, own.limit)
-    keys = request.app.get(SUBJECT_KEYS)
-    shown = keys.display(holder.subject) if keys is not None and holder is not None else None
+    digest = request.app.get(SUBJECT_DIGEST)
+    shown = digest.display(holder.subject) if digest is not None and holder is not None else None
     entries = []
     for record in records:
         extra = _extra(record)

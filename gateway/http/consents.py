@@ -27,7 +27,7 @@ from jsonschema import Draft202012Validator
 
 from gateway.consent.book import ConsentService, Giver, GrantRequest
 from gateway.consent.contract import ConsentStoreUnavailable, GrantKind
-from gateway.consent.factory import build_consent_book, subject_keys
+from gateway.consent.factory import build_consent_book, subject_digest, subject_keys
 from gateway.consent.model import (
     MAX_PURPOSE,
     MAX_SERVICES,
@@ -36,7 +36,7 @@ from gateway.consent.model import (
     GrantDelegationEnded,
     NotYourEnterprise,
 )
-from gateway.consent.subjects import Me, SubjectKeys, me, requester_person
+from gateway.consent.subjects import Me, SubjectDigest, me, requester_person
 from gateway.errors import (
     Forbidden,
     InvalidRequest,
@@ -46,10 +46,14 @@ from gateway.errors import (
 )
 from gateway.http.keys import REQUEST_ID, SETTINGS, STATE, principal_of
 from gateway.identity.identifiers import ID_TYPES, RESIDENT_ID_CARD, valid_resident_id
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.principal import Principal
 from gateway.settings import PROVINCES
 
-SUBJECT_KEYS = web.AppKey("subject_keys", SubjectKeys)
+SUBJECT_KEYS = web.AppKey("consent_subject_keys", SubjectKeys)
+"""Keys naming subjects by identifier (an agent's ID number, an enterprise's credit code)."""
+SUBJECT_DIGEST = web.AppKey("subject_digest", SubjectDigest)
+"""The keyed digest naming subjects in answers."""
 _NAME: Final = {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"}
 _GRANT_ID: Final = {"type": "string", "pattern": "^(cg|dg)_[A-Za-z0-9_-]{32}$"}
 _TIME: Final = {"type": "string", "format": "date-time", "maxLength": 40}
@@ -129,9 +133,11 @@ async def _consent_context(app: web.Application) -> AsyncIterator[None]:
     book = build_consent_book(settings, state.audit)
     await book.store.open()
     state.consent = book
-    keys = subject_keys(settings)
+    keys, digest = subject_keys(settings), subject_digest(settings)
     if keys is not None:
         app[SUBJECT_KEYS] = keys
+    if digest is not None:
+        app[SUBJECT_DIGEST] = digest
 
     async def probe() -> dict[str, Any]:
         await book.store.ping()
@@ -238,7 +244,7 @@ def _check_names(request: web.Request, services: list[str], operations: list[str
         raise ValidationFailed("The grant names what the catalogue does not have.", errors=errors)
 
 
-def grant_view(grant: Grant, now: float, keys: SubjectKeys | None) -> dict[str, Any]:
+def grant_view(grant: Grant, now: float, keys: SubjectDigest | None) -> dict[str, Any]:
     """What the holder is shown: never a key, the subject only as a keyed digest."""
     view: dict[str, Any] = {
         "id": grant.grant_id,
@@ -265,9 +271,9 @@ def grant_view(grant: Grant, now: float, keys: SubjectKeys | None) -> dict[str, 
 
 
 def _views(request: web.Request, grants: list[Grant], kind: GrantKind) -> list[dict[str, Any]]:
-    keys = request.app.get(SUBJECT_KEYS)
+    digest = request.app.get(SUBJECT_DIGEST)
     now = _book(request).now()
-    return [grant_view(g, now, keys) for g in grants if g.kind == kind]
+    return [grant_view(g, now, digest) for g in grants if g.kind == kind]
 
 
 # --- consents ---------------------------------------------------------------------------------
@@ -319,7 +325,7 @@ async def create_consent(request: web.Request) -> web.Response:
             max_uses=body.get("max_uses"),
         ),
     )
-    view = grant_view(grant, book.now(), request.app.get(SUBJECT_KEYS))
+    view = grant_view(grant, book.now(), request.app.get(SUBJECT_DIGEST))
     return _json(view, status=201)
 
 
@@ -350,7 +356,7 @@ async def _revoke(request: web.Request, kind: GrantKind) -> web.Response:
     holder = _holder(principal_of(request))
     book = _book(request)
     grant = await book.revoke(request.match_info["grant_id"], _giver(request, holder), (kind,))
-    return _json(grant_view(grant, book.now(), request.app.get(SUBJECT_KEYS)))
+    return _json(grant_view(grant, book.now(), request.app.get(SUBJECT_DIGEST)))
 
 
 # --- delegations ------------------------------------------------------------------------------
@@ -388,12 +394,7 @@ async def create_delegation(request: web.Request) -> web.Response:
             "The agent's ID number is not valid.",
             errors=[{"path": "/agent/id_number", "message": "fails the GB 11643 check"}],
         )
-    try:
-        agent = keys.person(id_type, number)
-    except RuntimeError:
-        raise Forbidden(
-            "Delegation needs the identity provider's link secret configured."
-        ) from None
+    agent = keys.person(number, id_type)
     if agent == holder.person:
         raise ValidationFailed(
             "A person cannot be their own agent.",
@@ -410,7 +411,8 @@ async def create_delegation(request: web.Request) -> web.Response:
             agent=agent,
         ),
     )
-    return _json(grant_view(grant, book.now(), keys), status=201)
+    view = grant_view(grant, book.now(), request.app.get(SUBJECT_DIGEST))
+    return _json(view, status=201)
 
 
 async def revoke_delegation(request: web.Request) -> web.Response:

@@ -90,9 +90,7 @@ class DevTokenIssuer:
             raise Unauthenticated("The bearer token has expired.")
         person = claims.get("person")
         enterprise = claims.get("enterprise")
-        if (person is not None and not isinstance(person, str)) or (
-            enterprise is not None and not isinstance(enterprise, str)
-        ):
+        if any(v is not None and not isinstance(v, str) for v in (person, enterprise)):
             raise Unauthenticated("The bearer token is not valid.")
         return Principal(
             subject=claims["sub"],

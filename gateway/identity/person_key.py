@@ -38,15 +38,10 @@ from pydantic import SecretStr
 
 PERSON_CLAIM: Final = "tb_pk"
 """Private claim name (RFC 7519 §4.3) of the sealed person key in access tokens."""
-ENTERPRISE_CLAIM: Final = "tb_ek"
-"""Private claim of an enterprise (LP) account's token: the enterprise key, sealed the same way
-(its own associated-data label, so one claim never opens as the other)."""
 
 _KEY_LABEL: Final = b"tongban person key v1"
-_ENTERPRISE_LABEL: Final = b"tongban enterprise key v1"
 _SEAL_LABEL: Final = b"tongban person claim seal v1 aes-256-gcm"
 _AAD_LABEL: Final = "tb_pk/v1"
-ENTERPRISE_LABEL: Final = "tb_ek/v1"
 _NONCE_BYTES: Final = 12
 _TAG_BYTES: Final = 16
 _MAX_SEALED: Final = 256
@@ -65,29 +60,24 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
+ENTERPRISE_AAD: Final = "tb_ek/v1"
+"""Associated-data label of the sealed enterprise key (gateway/identity/subject_keys.py): a
+person claim moved into the enterprise claim does not open, nor the other way round."""
+
+
 def _aad(subject: str, client_id: str, label: str = _AAD_LABEL) -> bytes:
     # A JSON array keeps the fields apart whatever characters they hold.
     return orjson.dumps([label, subject, client_id])
 
 
-def enterprise_of(local_id: str) -> str | None:
-    """The enterprise identifier of a legal person's account id (``legal:<org id>:<operator
-    link key>``, gateway/identity/citizen.py), or None for any other account."""
-    if not local_id.startswith("legal:"):
-        return None
-    org_id, sep, _operator = local_id[len("legal:") :].rpartition(":")
-    return org_id if sep and org_id else None
-
-
 class PersonKeys:
     """Person keys and their sealed claim, from one deployment secret (built once at start-up)."""
 
-    __slots__ = ("_aead", "_enterprise", "_key")
+    __slots__ = ("_aead", "_key")
 
     def __init__(self, pairwise_secret: SecretStr) -> None:
         secret = pairwise_secret.get_secret_value().encode()
         self._key = _derive(secret, _KEY_LABEL)
-        self._enterprise = _derive(secret, _ENTERPRISE_LABEL)
         self._aead = AESGCM(_derive(secret, _SEAL_LABEL))
 
     def __repr__(self) -> str:
@@ -97,16 +87,9 @@ class PersonKeys:
         """The person key of the internal user ``local_id`` (the same at every portal)."""
         return _b64(hmac.new(self._key, local_id.encode(), hashlib.sha256).digest())
 
-    def enterprise_key(self, org_id: str) -> str:
-        """The key of an enterprise by its identifier (credit code, or ``reg:`` and its
-        registration number: ``FederatedIdentity.org_id``), under a key of its own so it never
-        equals a person key. It names the enterprise as a data subject (gateway/consent)."""
-        message = org_id.strip().upper().encode()
-        return _b64(hmac.new(self._enterprise, message, hashlib.sha256).digest())
-
     def seal(self, person: str, *, subject: str, client_id: str, label: str = _AAD_LABEL) -> str:
-        """The ``tb_pk`` claim value for a token with this ``sub`` and ``client_id`` (with
-        ``label=ENTERPRISE_LABEL``, the ``tb_ek`` claim's)."""
+        """The ``tb_pk`` claim value for a token with this ``sub`` and ``client_id`` (another
+        sealed claim with its own ``label``)."""
         nonce = os.urandom(_NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, person.encode(), _aad(subject, client_id, label))
         return _b64(nonce + sealed)

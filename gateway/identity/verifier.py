@@ -28,14 +28,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol, Key
 
 from gateway.errors import Unauthenticated
-from gateway.identity.person_key import (
-    ENTERPRISE_CLAIM,
-    ENTERPRISE_LABEL,
-    PERSON_CLAIM,
-    PersonKeys,
-    SealError,
-)
+from gateway.identity.person_key import ENTERPRISE_AAD, PERSON_CLAIM, PersonKeys, SealError
 from gateway.identity.store import IdentityStore
+from gateway.identity.subject_keys import ENTERPRISE_CLAIM
 from gateway.principal import Principal
 
 log = structlog.get_logger("tongban.identity")
@@ -157,13 +152,13 @@ def principal_from_claims(
         except SealError:
             raise InvalidToken("person claim") from None
     enterprise = None
-    sealed = claims.get(ENTERPRISE_CLAIM)
-    if sealed is not None:
-        if persons is None or not isinstance(sealed, str):
+    sealed_enterprise = claims.get(ENTERPRISE_CLAIM)
+    if sealed_enterprise is not None:
+        if persons is None or not isinstance(sealed_enterprise, str):
             raise InvalidToken("enterprise claim")
         try:
             enterprise = persons.open(
-                sealed, subject=subject, client_id=client_id, label=ENTERPRISE_LABEL
+                sealed_enterprise, subject=subject, client_id=client_id, label=ENTERPRISE_AAD
             )
         except SealError:
             raise InvalidToken("enterprise claim") from None

@@ -11,11 +11,12 @@ from jsonschema import Draft202012Validator
 
 from gateway.audit.record import AuditEvent, AuditRecord, EventType
 from gateway.consent.contract import GrantAsk, GrantRefused, Requester
-from gateway.consent.subjects import SubjectKeys
+from gateway.consent.subjects import SubjectDigest
 from gateway.demo.legal_idp import QINLING_TECH, TESTING_CENTRE
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN
-from gateway.http.consents import SUBJECT_KEYS
+from gateway.http.consents import SUBJECT_DIGEST, SUBJECT_KEYS
 from gateway.http.keys import STATE
+from gateway.identity.subject_keys import SubjectKeys
 from tests.flows.conftest import Journey
 
 BANK = "demo-portal-shaanxi"
@@ -27,8 +28,13 @@ def _keys(journey: Journey) -> SubjectKeys:
     return keys
 
 
+def _digest(journey: Journey) -> SubjectDigest:
+    digest: SubjectDigest = journey.client.app[SUBJECT_DIGEST]
+    return digest
+
+
 def _person(journey: Journey, resident: Any, client: str = "demo-portal-qinghai") -> dict[str, str]:
-    person = _keys(journey).person("111", resident.id_number)
+    person = _keys(journey).person(resident.id_number)
     token = journey.issuer.issue(f"pw-{resident.key}", "L3", client_id=client, person=person.key)
     return {"Authorization": f"Bearer {token}"}
 
@@ -91,8 +97,8 @@ async def test_a_person_grants_lists_and_revokes(journey: Journey) -> None:
     assert grant["state"] == "active"
     assert grant["requester"] == {"client": BANK, "province": "61"}
     assert (grant["max_uses"], grant["uses"]) == (2, 0)
-    subject = _keys(journey).person("111", MA_WENHUA.id_number)
-    assert grant["subject"] == _keys(journey).display(subject)
+    subject = _keys(journey).person(MA_WENHUA.id_number)
+    assert grant["subject"] == _digest(journey).display(subject)
     assert subject.key not in str(grant), "the key itself is never shown"
 
     doc = await (await journey.client.get("/openapi.json")).json()
@@ -237,8 +243,8 @@ async def test_an_agent_acts_until_the_delegation_is_revoked(journey: Journey) -
     # The agent's own login presents the delegation; the book accepts it for her only.
     keys, book = _keys(journey), journey.client.app[STATE].consent
     assert book is not None
-    subject = keys.person("111", MA_WENHUA.id_number)
-    as_agent = Requester("demo-portal-shaanxi", person=keys.person("111", SU_LANXIN.id_number))
+    subject = keys.person(MA_WENHUA.id_number)
+    as_agent = Requester("demo-portal-shaanxi", person=keys.person(SU_LANXIN.id_number))
     ask = GrantAsk(delegation["id"], subject, as_agent, SERVICE, "account-query", "转移接续")
     assert (await book.use(ask)).kind == "delegation"
 
@@ -289,7 +295,7 @@ async def test_the_store_down_is_a_503_naming_it(journey: Journey) -> None:
 
 async def test_the_access_log_shows_who_touched_my_data(journey: Journey) -> None:
     me, keys = _person(journey, MA_WENHUA), _keys(journey)
-    subject = keys.person("111", MA_WENHUA.id_number)
+    subject = keys.person(MA_WENHUA.id_number)
     status, grant = await _send(journey, "POST", "/api/v1/me/consents", me, _consent())
     assert status == 201
     state = journey.client.app[STATE]
@@ -328,7 +334,7 @@ async def test_the_access_log_shows_who_touched_my_data(journey: Journey) -> Non
         ("grant_used", BANK, "ok"),
     ]
     assert {e["grant_id"] for e in log["entries"]} == {grant["id"]}
-    assert {e["subject"] for e in log["entries"]} == {keys.display(subject)}
+    assert {e["subject"] for e in log["entries"]} == {_digest(journey).display(subject)}
     assert log["entries"][1]["error_code"] == "client.grant_other_purpose"
     assert log["entries"][0]["receiving_province"]["code"] == "61"
     assert subject.key not in str(log)
