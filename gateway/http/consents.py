@@ -26,7 +26,7 @@ from aiohttp import web
 from jsonschema import Draft202012Validator
 
 from gateway.consent.book import ConsentService, Giver, GrantRequest
-from gateway.consent.contract import ConsentStoreUnavailable, GrantKind
+from gateway.consent.contract import ConsentStoreUnavailable, GrantAsk, GrantKind, GrantUse
 from gateway.consent.factory import build_consent_book, subject_digest, subject_keys
 from gateway.consent.model import (
     MAX_PURPOSE,
@@ -44,7 +44,7 @@ from gateway.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from gateway.http.keys import REQUEST_ID, SETTINGS, STATE, principal_of
+from gateway.http.keys import REQUEST_ID, SETTINGS, STATE, GatewayState, principal_of
 from gateway.identity.identifiers import ID_TYPES, RESIDENT_ID_CARD, valid_resident_id
 from gateway.identity.subject_keys import SubjectKeys
 from gateway.principal import Principal
@@ -149,6 +149,21 @@ async def _consent_context(app: web.Application) -> AsyncIterator[None]:
     finally:
         state.consent = None
         await book.store.aclose()
+
+
+class AppConsentBook:
+    """The app's ConsentBook before its store is open: what the data-subject rule is given when
+    the app is built (``create_app``), using the book the consent context opens later, and
+    failing closed (ConsentStoreUnavailable) while there is none."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self._state = state
+
+    async def use(self, ask: GrantAsk) -> GrantUse:
+        book = self._state.consent
+        if book is None:
+            raise ConsentStoreUnavailable("The consent store is not open.")
+        return await book.use(ask)
 
 
 def _book(request: web.Request) -> ConsentService:

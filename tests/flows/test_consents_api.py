@@ -10,11 +10,11 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from gateway.audit.record import AuditEvent, AuditRecord, EventType
-from gateway.consent.contract import GrantAsk, GrantRefused, Requester
+from gateway.consent.contract import ConsentBook, GrantAsk, GrantRefused, Requester
 from gateway.consent.subjects import SubjectDigest
 from gateway.demo.legal_idp import QINLING_TECH, TESTING_CENTRE
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN
-from gateway.http.consents import SUBJECT_DIGEST, SUBJECT_KEYS
+from gateway.http.consents import SUBJECT_DIGEST, SUBJECT_KEYS, AppConsentBook
 from gateway.http.keys import STATE
 from gateway.identity.subject_keys import SubjectKeys
 from tests.flows.conftest import Journey
@@ -114,8 +114,11 @@ async def test_a_person_grants_lists_and_revokes(journey: Journey) -> None:
         "住房公积金异地转移接续",
     )  # fmt: skip
     assert (await book.use(ask)).uses_left == 1
+    # What the data-subject rule is handed when the app is built: the same book, once open.
+    rule_book: ConsentBook = AppConsentBook(journey.client.app[STATE])
+    assert (await rule_book.use(ask)).uses_left == 0
     status, listed = await _send(journey, "GET", "/api/v1/me/consents", me)
-    assert [(g["id"], g["uses"]) for g in listed["consents"]] == [(grant["id"], 1)]
+    assert [(g["id"], g["uses"]) for g in listed["consents"]] == [(grant["id"], 2)]
 
     # Someone else cannot see or revoke it; she can, and the next use is refused at once.
     other = _person(journey, SU_LANXIN)
@@ -133,6 +136,7 @@ async def test_a_person_grants_lists_and_revokes(journey: Journey) -> None:
     mine = [r.event for r in trail if subject.key in r.event.extra.get("subjects", [])]
     assert [e.type for e in mine] == [
         EventType.CONSENT_GRANTED,
+        EventType.CONSENT_USED,
         EventType.CONSENT_USED,
         EventType.CONSENT_REVOKED,
         EventType.CONSENT_REFUSED,

@@ -37,6 +37,7 @@ MY_GRANTS = NavEntry("我的授权", "My consents", 30)
 ACCESS_LOG = NavEntry("访问记录", "Access log", 40)
 
 REQUESTERS: Final = (
+    ("demo-bank-shaanxi", "陕西示范银行（信贷审批）"),
     ("demo-portal-shaanxi", "陕西政务服务网"),
     ("demo-portal-qinghai", "青海政务服务网"),
     ("demo-window-shaanxi", "陕西跨省通办窗口"),
