@@ -176,17 +176,12 @@ def check(grant: Grant | None, ask: GrantAsk, now: float, delegation: Grant | No
     """Raise the refusal that applies, first match wins, or return when ``grant`` covers
     ``ask``. ``delegation`` is the delegation an agent gave ``grant`` under (None when the
     subject gave it, or when that delegation no longer exists). The use count is checked here
-    for the message but spent by the store atomically."""
+    for the message but spent by the store atomically.
+
+    The binding comes first: a requester presenting someone else's grant id learns only that
+    it is not theirs, never whether it was revoked, expired or used."""
     if grant is None or grant.kind != kind_of(ask.grant_id):
         raise GrantUnknown("No grant with this id exists.")
-    if grant.revoked_at is not None:
-        raise GrantRevoked("The subject revoked this grant.")
-    if now >= grant.expires_at:
-        raise GrantExpired("The grant has expired.")
-    if grant.granted_by == "agent" and (delegation is None or delegation.state(now) != "active"):
-        raise GrantDelegationEnded("The agent who gave this grant is no longer delegated.")
-    if grant.subject != ask.subject:
-        raise GrantOtherSubject("The grant is about someone else's data.")
     requester = ask.requester
     if grant.kind == "delegation":
         if requester.person is None or requester.person != grant.agent:
@@ -195,6 +190,14 @@ def check(grant: Grant | None, ask: GrantAsk, now: float, delegation: Grant | No
         grant.requester_province is not None and requester.province != grant.requester_province
     ):
         raise GrantOtherRequester("The grant was given to another requester.")
+    if grant.subject != ask.subject:
+        raise GrantOtherSubject("The grant is about someone else's data.")
+    if grant.revoked_at is not None:
+        raise GrantRevoked("The subject revoked this grant.")
+    if now >= grant.expires_at:
+        raise GrantExpired("The grant has expired.")
+    if grant.granted_by == "agent" and (delegation is None or delegation.state(now) != "active"):
+        raise GrantDelegationEnded("The agent who gave this grant is no longer delegated.")
     if ask.service not in grant.services:
         raise GrantOtherService("The grant does not cover this service.")
     if grant.operations is not None and (

@@ -190,6 +190,10 @@ async def test_every_refusal_has_its_code_and_a_record(
     with pytest.raises(GrantRefused) as refused:
         await book.use(ask(gid))
     assert refused.value.code == "client.grant_revoked"
+    # Someone else holding the id learns only that it is not theirs, not that it was revoked.
+    with pytest.raises(GrantRefused) as refused:
+        await book.use(ask(gid, requester=Requester("other-portal", province="61")))
+    assert refused.value.code == "client.grant_other_requester"
     assert {c.code for c in REFUSALS} >= {code for _, code in cases}
 
 
