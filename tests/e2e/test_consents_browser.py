@@ -108,3 +108,43 @@ def test_granting_delegating_and_revoking_in_the_portal(
             assert page.locator("#access-log tr.access").count() >= 1
         finally:
             context.close()
+
+
+def test_s14_an_enterprise_operator_grants_the_bank_at_the_qinghai_portal(
+    demo: dict[str, str], tmp_path: Path
+) -> None:
+    shots = screenshot_dir(tmp_path / "screenshots")
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "operator"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            page = context.new_page()
+            page.goto(demo["qinghai"] + "/")
+            page.click("#sign-in-enterprise")
+            page.wait_for_selector("#password")
+            page.select_option("#user", "lp-500105")  # 韩雪梅 for 青海盐湖示范化工有限公司
+            page.fill("#password", "demo")
+            page.click("#sign-in")
+            page.wait_for_selector("#who")
+            assert page.get_attribute("#acr", "data-acr") == "LP"
+
+            page.click("nav >> text=我的授权")
+            page.wait_for_selector("#consent-form")
+            assert page.locator("#delegation-form").count() == 0, "enterprises do not delegate"
+            page.select_option("#requester", "demo-bank-shaanxi")
+            page.check("#consent-service-enterprise-credit")
+            page.fill("#purpose", "流动资金贷款审批")
+            page.fill("#max-uses", "1")
+            page.click("#give-consent")
+            page.wait_for_selector("#consents tr.consent")
+            row = page.locator("#consents tr.consent").first
+            assert "陕西示范银行" in row.inner_text()
+            assert "经办人代企业" in row.inner_text()
+            check_page(
+                page, "enterprise-consents", shots, expect=("以本企业名义", "企业信用信息授权查询")
+            )
+            page.click("#consents button.revoke")
+            page.wait_for_selector("#consents .grant-state[data-state='revoked']")
+        finally:
+            context.close()
