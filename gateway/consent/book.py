@@ -195,8 +195,10 @@ class ConsentService:
                 "A grant lasts at most a year.",
                 errors=[{"path": "/expires_at", "message": f"at most {MAX_DAYS} days ahead"}],
             )
+        expires_at = request.expires_at
         if giver.granted_by == "agent":
-            await self._check_delegation(giver, request, now)
+            # Never past the delegation it is given under.
+            expires_at = min(expires_at, await self._check_delegation(giver, request, now))
         grant = Grant(
             grant_id=new_grant_id(request.kind),
             kind=request.kind,
@@ -211,7 +213,7 @@ class ConsentService:
             operations=request.operations,
             purpose=normal_purpose(request.purpose) if request.purpose is not None else None,
             created_at=now,
-            expires_at=request.expires_at,
+            expires_at=expires_at,
             max_uses=request.max_uses,
             uses=0,
             revoked_at=None,
@@ -220,9 +222,9 @@ class ConsentService:
         await self.store.insert(grant)
         return grant
 
-    async def _check_delegation(self, giver: Giver, request: GrantRequest, now: float) -> None:
+    async def _check_delegation(self, giver: Giver, request: GrantRequest, now: float) -> float:
         """An agent gives a consent grant only under a live delegation of the same subject
-        covering every service it names."""
+        covering every service it names; the delegation's expiry."""
         delegation, _ = await self.store.find(giver.delegation or "")
         if (
             delegation is None
@@ -235,6 +237,7 @@ class ConsentService:
             raise GrantDelegationEnded("The delegation you act under has ended.")
         if request.kind != "consent" or not set(request.services) <= set(delegation.services):
             raise GrantOtherService("The delegation does not cover what this grant names.")
+        return delegation.expires_at
 
     async def mine(self, subject: DataSubject) -> list[Grant]:
         return await self.store.of_subject(subject)

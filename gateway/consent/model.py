@@ -192,12 +192,14 @@ def check(grant: Grant | None, ask: GrantAsk, now: float, delegation: Grant | No
         raise GrantOtherRequester("The grant was given to another requester.")
     if grant.subject != ask.subject:
         raise GrantOtherSubject("The grant is about someone else's data.")
+    # Before the grant's own state: revoking a delegation revokes what the agent gave under it,
+    # and such a grant never outlives it, but the reason the caller needs is the delegation's.
+    if grant.granted_by == "agent" and (delegation is None or delegation.state(now) != "active"):
+        raise GrantDelegationEnded("The agent who gave this grant is no longer delegated.")
     if grant.revoked_at is not None:
         raise GrantRevoked("The subject revoked this grant.")
     if now >= grant.expires_at:
         raise GrantExpired("The grant has expired.")
-    if grant.granted_by == "agent" and (delegation is None or delegation.state(now) != "active"):
-        raise GrantDelegationEnded("The agent who gave this grant is no longer delegated.")
     if ask.service not in grant.services:
         raise GrantOtherService("The grant does not cover this service.")
     if grant.operations is not None and (

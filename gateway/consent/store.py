@@ -36,8 +36,9 @@ class ConsentStore(Protocol):
         never spend more than the count, on any number of instances."""
 
     async def revoke(self, grant_id: str, now: float) -> Grant | None:
-        """Mark the grant revoked (once; a second revocation changes nothing) and return it,
-        or None when there is no such grant."""
+        """Mark the grant revoked (once; a second revocation changes nothing) together with
+        every grant an agent gave under it when it is a delegation, and return it, or None when
+        there is no such grant."""
 
     async def of_subject(self, subject: DataSubject, *, limit: int = 200) -> list[Grant]:
         """The subject's grants and delegations, newest first."""

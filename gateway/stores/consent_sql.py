@@ -75,7 +75,11 @@ SPEND: Final = (
     "UPDATE consent_grants SET uses = uses + 1 WHERE grant_id = ? AND revoked_at IS NULL"
     " AND expires_at > ? AND max_uses IS NOT NULL AND uses < max_uses RETURNING uses, max_uses"
 )
-REVOKE: Final = "UPDATE consent_grants SET revoked_at = ? WHERE grant_id = ? AND revoked_at IS NULL"
+REVOKE: Final = (
+    "UPDATE consent_grants SET revoked_at = ? WHERE (grant_id = ? OR delegation = ?)"
+    " AND revoked_at IS NULL"
+)
+"""A grant, and every grant an agent gave under it when it is a delegation."""
 GET: Final = f"SELECT {COLUMNS} FROM consent_grants WHERE grant_id = ?"
 OF_SUBJECT: Final = (
     f"SELECT {COLUMNS} FROM consent_grants WHERE subject_kind = ? AND subject_key = ?"

@@ -94,7 +94,7 @@ class PostgresConsentStore:
     async def revoke(self, grant_id: str, now: float) -> Grant | None:
         try:
             async with self._pool.get().acquire() as conn, conn.transaction():
-                await conn.execute(numbered(REVOKE), now, grant_id, timeout=self._timeout)
+                await conn.execute(numbered(REVOKE), now, grant_id, grant_id, timeout=self._timeout)
                 row = await conn.fetchrow(numbered(GET), grant_id, timeout=self._timeout)
         except _UNAVAILABLE as exc:
             raise _unavailable(f"failed: {type(exc).__name__}") from exc

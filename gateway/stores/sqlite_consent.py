@@ -153,7 +153,7 @@ class SqliteConsentStore:
 
     async def revoke(self, grant_id: str, now: float) -> Grant | None:
         def work(conn: sqlite3.Connection) -> list[tuple[object, ...]]:
-            conn.execute(REVOKE, (now, grant_id))
+            conn.execute(REVOKE, (now, grant_id, grant_id))
             return conn.execute(GET, (grant_id,)).fetchall()
 
         try:

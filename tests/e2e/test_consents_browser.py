@@ -17,13 +17,14 @@ from tests.e2e.portal_checks import check_page, screenshot_dir
 pytestmark = pytest.mark.browser
 
 
-def _sign_in(page: Page, portal: str) -> None:
+def _sign_in(page: Page, portal: str, user: str = "qh-100231", *, face: bool = True) -> None:
     page.goto(portal + "/")
     page.click("#sign-in")  # the Qinghai portal hints its own platform: no chooser
     page.wait_for_selector("#password")
-    page.select_option("#user", "qh-100231")  # 马文华, real person checked (L3)
+    page.select_option("#user", user)  # qh-100231: 马文华, real person checked (L3)
     page.fill("#password", "demo")
-    page.check("#face")
+    if face:
+        page.check("#face")
     page.click("#sign-in")
     page.wait_for_selector("#who")
 
@@ -72,6 +73,30 @@ def test_granting_delegating_and_revoking_in_the_portal(
                 page, "my-consents", shots, expect=("住房公积金", "有效", "北京时间", "撤销")
             )
 
+            # 苏兰心, signed in at the Shaanxi portal, sees the delegation and grants the Qinghai
+            # portal consent for 马文华 under it.
+            agent_context = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "agent"), executable_path=CHROMIUM, headless=True,
+                args=CHROMIUM_FLAGS,
+            )  # fmt: skip
+            try:
+                agent = agent_context.new_page()
+                _sign_in(agent, demo["qinghai"], user="qh-100233", face=False)
+                agent.click("nav >> text=我的授权")
+                agent.wait_for_selector("#delegations-received tr.delegation")
+                agent.select_option("#agent-requester", "demo-portal-shaanxi")
+                agent.select_option("#agent-service", "housing-fund-transfer")
+                agent.fill("#agent-purpose", "住房公积金异地转移接续")
+                check_page(agent, "agent-consents", shots, expect=("他人委托我办理", "代为授权"))
+                agent.click("#give-agent-consent")
+                agent.wait_for_selector("#consent-form")
+                assert agent.locator("#answer").count() == 0
+            finally:
+                agent_context.close()
+            page.reload()
+            given = page.locator("#consents tr.consent", has_text="代理人代本人")
+            assert given.count() == 1
+
             # A wrong ID number is refused in words, and nothing is added.
             page.fill("#agent-id-number", "610102199802030460")
             page.check("#delegation-service-housing-fund-transfer")
@@ -84,11 +109,12 @@ def test_granting_delegating_and_revoking_in_the_portal(
             assert page.locator("#delegations-given tr.delegation").count() == 1
 
             # Revoking: each at once, its state in words, no revoke button left.
-            page.click("#consents button.revoke")
+            page.locator("#consents tr.consent", has_text="0 / 3").locator("button.revoke").click()
             page.wait_for_selector("#consents .grant-state[data-state='revoked']")
             assert "已撤销" in page.inner_text("#consents")
             page.click("#delegations-given button.revoke")
             page.wait_for_selector("#delegations-given .grant-state[data-state='revoked']")
+            # Revoking the delegation revoked what the agent gave under it: nothing left active.
             assert page.locator("button.revoke").count() == 0
 
             # A forged form (no CSRF token of this session) gives nothing in her name.
@@ -100,7 +126,7 @@ def test_granting_delegating_and_revoking_in_the_portal(
             assert forged.status == 403
             assert "表单已失效" in forged.text()
             page.reload()
-            assert page.locator("#consents tr.consent").count() == 1
+            assert page.locator("#consents tr.consent").count() == 2, "hers and the agent's"
 
             page.click("nav >> text=访问记录")
             page.wait_for_selector("#access-log")

@@ -275,8 +275,14 @@ async def test_delegations_act_for_the_holder_until_they_end(
         await book.give(agent, consent(clock, services=("pension-transfer",)))
     assert refused.value.code == "client.grant_other_service"
 
-    # The holder revokes the delegation: the agent's own use and its grant stop at once.
+    long = await book.give(agent, consent(clock, expires_at=clock.now + 200_000, operations=None))
+    assert long.expires_at == delegation.expires_at, "never past the delegation"
+
+    # The holder revokes the delegation: the agent's own use and its grant stop at once, and
+    # the grants the agent gave under it show as revoked too.
     await book.revoke(delegation.grant_id, holder, ("delegation",))
+    listed = {g.grant_id: g.state(clock.now) for g in await book.mine(ALICE)}
+    assert listed[given.grant_id] == listed[long.grant_id] == "revoked"
     for bad, code in (
         (replace(base, service=SERVICE), "client.grant_revoked"),
         (bank_ask, "client.grant_delegation_ended"),

@@ -219,7 +219,7 @@ def _delegation_form(services: list[dict[str, Any]], csrf: str) -> str:
     )
 
 
-def _agent_form(received: list[dict[str, Any]], csrf: str) -> str:
+def _agent_form(received: list[dict[str, Any]], csrf: str, services: list[dict[str, Any]]) -> str:
     """An agent grants consent for the person who delegated to them."""
     active = [d for d in received if d.get("state") == "active"]
     if not active:
@@ -239,13 +239,23 @@ def _agent_form(received: list[dict[str, Any]], csrf: str) -> str:
         f"<select id='agent-delegation' name='delegation'>{options}</select>"
         "<label for='agent-requester'>授权对象</label>"
         f"<select id='agent-requester' name='requester'>{requesters}</select>"
-        "<label for='agent-service'>事项代码</label>"
-        "<input id='agent-service' name='service' required>"
+        "<label for='agent-service'>事项</label>"
+        f"<select id='agent-service' name='service'>{_delegated_services(active, services)}"
+        "</select>"
         "<label for='agent-purpose'>用途</label>"
         "<input id='agent-purpose' name='purpose' required maxlength='200'>"
         f"{_durations('agent-days')}</fieldset>"
         "<button type='submit' id='give-agent-consent'>代为授权</button></form>"
     )
+
+
+def _delegated_services(active: list[dict[str, Any]], services: list[dict[str, Any]]) -> str:
+    """The services the active delegations cover, by name, as options."""
+    names = {
+        str(s.get("code")): str((s.get("name") or {}).get("zh") or s.get("code")) for s in services
+    }
+    codes = dict.fromkeys(str(c) for d in active for c in d.get("services") or [])
+    return "".join(f"<option value='{e(c)}'>{e(names.get(c, c))}</option>" for c in codes)
 
 
 async def my_grants(request: web.Request) -> web.Response:
@@ -284,7 +294,7 @@ async def my_grants(request: web.Request) -> web.Response:
             await _delegation_rows(state, session, received, csrf, received=True),
             "<h3>新的委托</h3>",
             _delegation_form(services, csrf),
-            _agent_form(received, csrf),
+            _agent_form(received, csrf, services),
         ]
     return render(request, "我的授权", "".join(body), heading_en="My consents")
 
