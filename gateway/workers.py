@@ -235,12 +235,15 @@ class Supervisor:
             return failures[0]
         return None
 
-    async def run(self) -> int:
-        """Serve until SIGTERM or SIGINT, reloading on SIGHUP and restarting dead workers."""
+    def listen_for_signals(self) -> None:
+        """From before the first worker starts: a signal during start-up waits for ``run``."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._events.put_nowait, ("stop", None))
         loop.add_signal_handler(signal.SIGINT, self._events.put_nowait, ("stop", None))
         loop.add_signal_handler(signal.SIGHUP, self._events.put_nowait, ("reload", None))
+
+    async def run(self) -> int:
+        """Serve until SIGTERM or SIGINT, reloading on SIGHUP and restarting dead workers."""
         while True:
             kind, worker = await self._events.get()
             if kind == "stop":
@@ -473,6 +476,7 @@ async def run_workers(
             instance_id=instance_id,
             metrics_dir=metrics_dir,
         )
+        supervisor.listen_for_signals()
         failure = await supervisor.start()
         if failure is not None:
             await supervisor.stop()
