@@ -35,6 +35,7 @@ from gateway.cases.model import (
     CaseStatus,
     CaseSummary,
     IllegalTransition,
+    NewCase,
     PartStatus,
     Supplement,
     part_moves_on,
@@ -59,8 +60,9 @@ from gateway.cases.supplements import (
 )
 from gateway.cases.worker import part_status_of
 from gateway.catalog import Catalog
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, GatewayError, NotDataSubject
 from gateway.principal import Principal
+from gateway.subjects import Binding, Named, SubjectRule, case_declaration, grant_ids
 
 log = structlog.get_logger("tongban.cases")
 
@@ -123,7 +125,11 @@ class CaseService:
         callback_keys: Mapping[str, bytes] | None = None,
         on_written: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        subjects: SubjectRule | None = None,
     ) -> None:
+        """``subjects``: the data-subject rule every application passes before it becomes a
+        case (the app always gives it; tests of the case core alone may leave it out)."""
+        self.subjects = subjects
         self.store = store
         self._catalog = catalog
         self._audit = audit
@@ -140,24 +146,36 @@ class CaseService:
         *,
         idempotency_key: str | None,
         request_id: str | None = None,
+        raw: bytes | None = None,
+        machine: bool = False,
     ) -> Submitted:
+        """Take an application in. ``raw``: the body as sent (a subject field sent twice is
+        refused); ``machine``: a client-credentials client admitted by configuration."""
+        catalog = self._catalog()
         new, _routes = build_new_case(
-            self._catalog(),
+            catalog,
             principal,
             body,
             idempotency_key=idempotency_key,
             request_id=request_id,
+            machine=machine,
         )
         try:
             existing = await self.store.find(new.owner, new.idempotency_key)
-            if existing is not None:
-                # The same application again (a client retry): the same case, nothing written.
-                if existing.body_digest != new.body_digest:
-                    raise IdempotencyKeyReused(
-                        "This Idempotency-Key was already used for a different application; "
-                        "use a new key for a new application."
-                    )
-                return Submitted(existing, False)
+        except (CaseStoreUnavailable, StaleCase) as exc:
+            raise CaseStoreDown("The case could not be recorded; retry with the same key.") from exc
+        if existing is not None:
+            # The same application again (a client retry): the same case, nothing written.
+            if existing.body_digest != new.body_digest:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was already used for a different application; "
+                    "use a new key for a new application."
+                )
+            return Submitted(existing, False)
+        binding = await self._bind(catalog, principal, new, body, raw)
+        if binding is not None:
+            new = dataclasses.replace(new, authorisation_ref=binding.grant)
+        try:
             at = iso_now()
             initial = [TransitionDraft(CaseStatus.RECEIVED, CaseStatus.RECEIVED, actor=new.actor)]
             if new.originals_checked_by is not None:
@@ -187,7 +205,11 @@ class CaseService:
                         purpose=new.purpose,
                         outcome=initial[-1].to_status.value,
                         request_digest=new.body_digest,
-                        extra={"mode": new.mode.value, "parts": len(new.parts)},
+                        extra={
+                            "mode": new.mode.value,
+                            "parts": len(new.parts),
+                            **(binding.audit_extra() if binding is not None else {}),
+                        },
                     ),
                     required=True,
                 )
@@ -212,6 +234,63 @@ class CaseService:
                 province=new.receiving_province,
             )
         return Submitted(result.case, result.created)
+
+    async def _bind(
+        self,
+        catalog: Catalog,
+        principal: Principal,
+        new: NewCase,
+        body: Mapping[str, Any],
+        raw: bytes | None,
+    ) -> Binding | None:
+        """The subject rule for an application (before anything is written); a refusal is
+        recorded (fail-closed like the intake record) and raised."""
+        rule = self.subjects
+        if rule is None:
+            return None
+        service = catalog.service(new.service)
+        declaration = case_declaration(service, [p.operation for p in new.parts])
+        consent = grant_ids(body.get("consent"))
+        named: list[Named] = []
+        try:
+            if declaration is None:
+                raise NotDataSubject("This service declares no data subject; nothing is taken in.")
+            named = rule.named(declaration, new.data, raw)
+            return await rule.check(
+                principal,
+                declaration,
+                named,
+                consent=consent,
+                service=new.service,
+                operation=None,
+                purpose=new.purpose,
+                requester_province=new.receiving_province,
+            )
+        except GatewayError as exc:
+            if self._audit is not None:
+                extra: dict[str, Any] = {"subjects": [n.subject.key for n in named]}
+                if consent:
+                    extra["grant"] = ",".join(consent)
+                await self._audit.record(
+                    AuditEvent(
+                        type=EventType.CASE_TRANSITION,
+                        request_id=new.request_id,
+                        actor=new.actor,
+                        principal=new.subject,
+                        identity_level=new.level,
+                        client=new.client_id,
+                        service=new.service,
+                        receiving_province=new.receiving_province,
+                        handling_province=",".join(p.handling_province for p in new.parts),
+                        operation=",".join(p.operation for p in new.parts),
+                        purpose=new.purpose,
+                        outcome="refused",
+                        error_code=exc.code,
+                        extra=extra,
+                    ),
+                    required=False,
+                )
+            raise
 
     # --- 补齐补正: the applicant supplies what the handling province asked for ------------------
 

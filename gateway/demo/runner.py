@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.app import create_app, open_provider
+from gateway.app import create_app, open_provider, subject_keys
 from gateway.demo.backends import DemoSecrets, start_demo_backends
 from gateway.demo.banner import requests_script, terminal_banner, write_requests_file
 from gateway.demo.cases import cases_banner, issue_staff_tokens
@@ -92,7 +92,8 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
             return 1
         issuer = DevTokenIssuer()
-        tokens = issue_demo_tokens(issuer)
+        keys = subject_keys(settings)
+        tokens = issue_demo_tokens(issuer, keys)
         provider = await open_provider(settings, build_authenticator(settings))
         verifier: TokenVerifier = (
             WithDevTokens(issuer, provider.access_token_verifier()) if provider else issuer
@@ -111,7 +112,7 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             cases = cases_banner(
                 base,
                 tokens["citizen-l3"]["token"],
-                issue_staff_tokens(issuer),
+                issue_staff_tokens(issuer, keys),
                 data_dir,
                 window_console=console,
             )
