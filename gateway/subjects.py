@@ -365,3 +365,16 @@ def case_declaration(service: Any, operations: Sequence[str]) -> SubjectDeclarat
     if fields:
         return tuple(fields)
     return "caller" if "caller" in kinds else "public"
+
+
+def service_subject_fields(service: Any) -> list[SubjectField]:
+    """Every field any operation (or the linked application) of ``service`` names a subject by:
+    what an application is checked for ambiguous spellings before its schema is."""
+    declared = [service.case_subject, service.subject] + [
+        op.subject for op in service.operations.values()
+    ]
+    fields: list[SubjectField] = []
+    for declaration in declared:
+        if isinstance(declaration, tuple):
+            fields += [f for f in declaration if f not in fields]
+    return fields

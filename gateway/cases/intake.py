@@ -31,6 +31,7 @@ from gateway.errors import ValidationFailed
 from gateway.mapping import compile_mapping
 from gateway.principal import Principal
 from gateway.subject_config import CONSENT
+from gateway.subjects import check_unambiguous, service_subject_fields
 
 PROVINCE: Final = {"type": "string", "pattern": "^[0-9]{2}$"}
 CASE_REQUEST_SCHEMA: Final[dict[str, Any]] = {
@@ -361,6 +362,7 @@ def build_new_case(
         checked_by = principal.acting
     plans: list[PartPlan] = []
     routes: list[Route] = []
+    check_unambiguous(service_subject_fields(service), body["data"], None)
     if linked:
         plans, routes = _linked_parts(catalog, code, body["data"], receiving)
         if mode == Mode.JOINT and len({p.handling_province for p in plans}) < 2:

@@ -60,9 +60,17 @@ from gateway.cases.supplements import (
 )
 from gateway.cases.worker import part_status_of
 from gateway.catalog import Catalog
-from gateway.errors import Forbidden, GatewayError, NotDataSubject
+from gateway.errors import Forbidden, GatewayError, NotDataSubject, SubjectFieldAmbiguous
 from gateway.principal import Principal
-from gateway.subjects import Binding, Named, SubjectRule, case_declaration, grant_ids
+from gateway.subjects import (
+    Binding,
+    Named,
+    SubjectRule,
+    case_declaration,
+    check_unambiguous,
+    grant_ids,
+    service_subject_fields,
+)
 
 log = structlog.get_logger("tongban.cases")
 
@@ -152,6 +160,7 @@ class CaseService:
         """Take an application in. ``raw``: the body as sent (a subject field sent twice is
         refused); ``machine``: a client-credentials client admitted by configuration."""
         catalog = self._catalog()
+        await self._unambiguous(catalog, principal, body, raw, request_id)
         new, _routes = build_new_case(
             catalog,
             principal,
@@ -234,6 +243,41 @@ class CaseService:
                 province=new.receiving_province,
             )
         return Submitted(result.case, result.created)
+
+    async def _unambiguous(
+        self,
+        catalog: Catalog,
+        principal: Principal,
+        body: Mapping[str, Any],
+        raw: bytes | None,
+        request_id: str | None,
+    ) -> None:
+        """A field naming a data subject sent twice (or in two spellings) is refused before the
+        application is even read further, and the refusal recorded."""
+        code, data = body.get("service"), body.get("data")
+        service = catalog.services.get(code) if isinstance(code, str) else None
+        if self.subjects is None or service is None or not isinstance(data, Mapping):
+            return
+        try:
+            check_unambiguous(service_subject_fields(service), data, raw)
+        except SubjectFieldAmbiguous as exc:
+            if self._audit is not None:
+                await self._audit.record(
+                    AuditEvent(
+                        type=EventType.CASE_TRANSITION,
+                        request_id=request_id,
+                        actor=principal.actor,
+                        principal=principal.subject,
+                        identity_level=principal.level,
+                        client=principal.client_id,
+                        service=code,
+                        purpose=str(body.get("purpose", ""))[:200] or None,
+                        outcome="refused",
+                        error_code=exc.code,
+                    ),
+                    required=False,
+                )
+            raise
 
     async def _bind(
         self,

@@ -212,7 +212,8 @@ async def bind_call(
     try:
         if declaration is None:
             raise NotDataSubject("This operation declares no data subject; nothing is sent.")
-        named = rule.named(declaration, body["data"], raw)
+        named = rule.named(declaration, body["data"], raw)  # an ambiguous field: before the schema
+        route.validate(body["data"])
         return await rule.check(
             principal,
             declaration,
@@ -223,6 +224,8 @@ async def bind_call(
             purpose=body["purpose"],
             requester_province=body["receiving_province"],
         )
+    except ValidationFailed:
+        raise  # the data does not fit the schema: nothing about anyone to record
     except GatewayError as exc:
         extra: dict[str, Any] = {"subjects": [n.subject.key for n in named]}
         if consent:
@@ -273,19 +276,18 @@ async def call_service(request: web.Request) -> web.Response:
                 for e in problems[:20]
             ],
         )
+    registration = client_registration(request.app, principal)
+    check_receiving_province(registration, principal, body["receiving_province"])
     route = catalog.route(
         code, body.get("operation"), body["receiving_province"], body["handling_province"]
     )
     fields = request[LOG_FIELDS]
     fields.update(service=code, province=route.handling, system=route.system)
-    registration = client_registration(request.app, principal)
-    check_receiving_province(registration, principal, body["receiving_province"])
     if not machine_admitted(registration, principal):
         principal.require_levels(
             route.service.levels_for(route.operation_name),
             route.service.level_requirement(route.operation_name),
         )
-    route.validate(body["data"])
     binding = await bind_call(request, principal, route, body, raw)
 
     request_id = request[REQUEST_ID]
