@@ -1,0 +1,159 @@
+"""Institutions as machine clients, and clients that receive for their own provinces only, on the
+real provider (client-credentials tokens from /oauth2/token) and the demo back-ends.
+
+An institution (a bank on a credit platform) admitted to a service by configuration reads
+public data freely and a person's data only under a consent grant naming it; a client names
+only a receiving province it is registered for.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.consent.contract import DataSubject
+from gateway.demo.backends import SHAANXI_DEGREE
+from gateway.demo.residents import SU_LANXIN
+from gateway.identity.subject_keys import SubjectKeys
+from tests.consent_books import MemoryConsentBook, TestGrant
+from tests.flows.conftest import CONFIG_DIR
+from tests.flows.portal_stack import PortalStack, portal_stack
+
+BANK = "demo-bank-test"
+BANK_SECRET = "bank-secret-0123456789abcdef"
+BANK_CLIENT = f"""
+  {BANK}:
+    name: 示范银行（测试）Test bank
+    type: confidential
+    client_secret: {{env: TEST_BANK_SECRET}}
+    grant_types: [client_credentials]
+    scopes: [services:call]
+    allowed_services: [degree-verification]
+    provinces: ["63"]
+    acts_as: institution
+"""
+
+
+@pytest.fixture
+def book() -> MemoryConsentBook:
+    return MemoryConsentBook()
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch, book: MemoryConsentBook
+) -> AsyncIterator[PortalStack]:
+    config = tmp_path / "config"
+    shutil.copytree(CONFIG_DIR, config)
+    with (config / "clients.yaml").open("a", encoding="utf-8") as clients:
+        clients.write(BANK_CLIENT)
+    async with portal_stack(
+        tmp_path,
+        monkeypatch,
+        config_dir=config,
+        env={"TEST_BANK_SECRET": BANK_SECRET},
+        consent_book=book,
+    ) as stack:
+        yield stack
+
+
+async def bank_token(stack: PortalStack) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{stack.sso.gateway}/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "scope": "services:call",
+                "client_id": BANK,
+                "client_secret": BANK_SECRET,
+            },
+        ) as response,
+    ):
+        body = await response.json()
+        assert response.status == 200, body
+        return str(body["access_token"])
+
+
+async def call(stack: PortalStack, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{stack.sso.gateway}/api/v1/services/degree-verification/calls",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+def verify(receiving: str = "63", **extra: Any) -> dict[str, Any]:
+    return {
+        "operation": "verify",
+        "receiving_province": receiving,
+        "handling_province": "61",
+        "purpose": "贷款审核学历核验",
+        "data": {
+            "name": SU_LANXIN.name,
+            "id_number": SU_LANXIN.id_number,
+            "certificate_number": "106971202005123456",
+        },
+        **extra,
+    }
+
+
+def subject_keys(stack: PortalStack) -> SubjectKeys:
+    settings = stack.sso.provider.settings
+    assert settings.link_secret is not None
+    return SubjectKeys(pairwise_secret=settings.pairwise_secret, link_secret=settings.link_secret)
+
+
+async def test_an_institution_reads_a_persons_data_only_under_a_grant_naming_it(
+    stack: PortalStack, book: MemoryConsentBook
+) -> None:
+    token = await bank_token(stack)
+    degree = stack.sso.backends.recorder(SHAANXI_DEGREE)
+    degree.clear()
+
+    # Admitted to the service by configuration (no person's level applies to a system), but
+    # the degree is 苏兰心's: without her grant, nothing is sent.
+    status, problem = await call(stack, token, verify())
+    assert (status, problem["code"]) == (403, "client.not_data_subject"), problem
+    assert degree.count == 0
+
+    su = subject_keys(stack).person(SU_LANXIN.id_number)
+    book.grants["g-su-bank"] = TestGrant(su, BANK, "degree-verification", uses=1)
+    status, answer = await call(stack, token, verify(consent="g-su-bank"))
+    assert status == 200, answer
+    (ask,) = book.asks
+    assert ask.requester.client_id == BANK
+    assert ask.requester.person is None  # an institution: no person behind the request
+    assert ask.requester.province == "63"
+    (seen,) = degree.requests
+    assert seen.context["authorisation_ref"] == "g-su-bank"
+    assert seen.context["client"] == BANK
+
+    # A one-use grant is spent.
+    status, problem = await call(stack, token, verify(consent="g-su-bank"))
+    assert (status, problem["code"]) == (403, "client.grant_refused"), problem
+    assert degree.count == 1
+
+    # A grant naming another requester (her portal) does not open it for the bank.
+    book.grants["g-su-portal"] = TestGrant(su, "demo-portal-qinghai", "degree-verification")
+    status, problem = await call(stack, token, verify(consent="g-su-portal"))
+    assert (status, problem["code"]) == (403, "client.grant_refused"), problem
+    assert book.asks[-1].subject == DataSubject("person", su.key)
+
+
+async def test_a_client_names_only_a_province_it_receives_for(stack: PortalStack) -> None:
+    token = await bank_token(stack)
+    status, problem = await call(stack, token, verify(receiving="61"))
+    assert (status, problem["code"]) == (403, "client.province_not_allowed"), problem
+    assert problem["receiving_province"] == "61"
+    assert stack.sso.backends.recorder(SHAANXI_DEGREE).count == 0
