@@ -14,17 +14,23 @@ from jsonschema import Draft202012Validator
 
 from gateway.adapter import CallContext
 from gateway.audit.record import AuditEvent, EventType
+from gateway.cases.errors import CaseStoreDown
+from gateway.cases.model import TERMINAL
+from gateway.cases.store import CaseStoreUnavailable
 from gateway.catalog import Route
+from gateway.consent.contract import DataSubject
 from gateway.errors import (
     BackendError,
     GatewayError,
     InvalidRequest,
     MalformedJson,
+    NoCaseAuthority,
     NotDataSubject,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from gateway.fastschema import SchemaGate
+from gateway.http.cases import CASES
 from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, SUBJECTS, principal_of
 from gateway.http.oidc import (
     check_client_may_call,
@@ -35,11 +41,19 @@ from gateway.http.oidc import (
     machine_admitted,
 )
 from gateway.http.openapi import CALL_REQUEST_SCHEMA, build_openapi
+from gateway.identity.clients import ClientRegistration
 from gateway.identity.subject_keys import SubjectKeys, unkeyed_idempotency_key
 from gateway.pipeline import CallTrace
 from gateway.principal import Principal
 from gateway.settings import PROVINCES, ServiceSettings
-from gateway.subjects import Binding, Named, SubjectDeclaration, grant_ids
+from gateway.subjects import (
+    Binding,
+    Named,
+    SubjectDeclaration,
+    case_declaration,
+    grant_ids,
+    named_subjects,
+)
 
 log = structlog.get_logger("tongban.calls")
 _CALL_VALIDATOR = SchemaGate(Draft202012Validator(CALL_REQUEST_SCHEMA))
@@ -201,8 +215,49 @@ async def audit_refusal(
         log.warning("refusal_not_audited", code=event.error_code)
 
 
+async def case_authority(
+    request: web.Request, registration: ClientRegistration, route: Route, body: dict[str, Any]
+) -> frozenset[DataSubject]:
+    """A provincial department's authority (依职权): the data subjects of the open case it
+    names, handled in one of its provinces, of this very service; anything else is refused."""
+    case_id = body.get("case_id")
+    runtime = request.app.get(CASES)
+    keys = request.app[SUBJECTS].keys
+    if not isinstance(case_id, str) or runtime is None or keys is None:
+        raise NoCaseAuthority(
+            "A department's system acts within an open case it handles: name it in case_id."
+        )
+    try:
+        case = await runtime.store.get(case_id, timeline=False)
+    except CaseStoreUnavailable as exc:
+        raise CaseStoreDown("The case store cannot say whether the case is open.") from exc
+    handled = case is not None and any(
+        p.handling_province in registration.provinces for p in case.parts
+    )
+    if (
+        case is None
+        or not handled
+        or case.status in TERMINAL
+        or case.service != route.service_code
+        or case.data is None
+    ):
+        raise NoCaseAuthority(
+            f"Case {case_id!r} is not an open {route.service_code!r} case handled in"
+            f" {list(registration.provinces)}."
+        )
+    declaration = case_declaration(route.service, [p.operation for p in case.parts])
+    if not isinstance(declaration, tuple):
+        return frozenset()
+    return frozenset(n.subject for n in named_subjects(keys, declaration, case.data))
+
+
 async def bind_call(
-    request: web.Request, principal: Principal, route: Route, body: dict[str, Any], raw: bytes
+    request: web.Request,
+    principal: Principal,
+    route: Route,
+    body: dict[str, Any],
+    raw: bytes,
+    registration: ClientRegistration | None = None,
 ) -> Binding:
     """The subject rule for one routed call; a refusal is recorded and raised."""
     rule = request.app[SUBJECTS]
@@ -210,6 +265,9 @@ async def bind_call(
     consent = grant_ids(body.get("consent"))
     named: list[Named] = []
     try:
+        authority = None
+        if registration is not None and registration.acts_as == "department":
+            authority = await case_authority(request, registration, route, body)
         if declaration is None:
             raise NotDataSubject("This operation declares no data subject; nothing is sent.")
         named = rule.named(declaration, body["data"], raw)  # an ambiguous field: before the schema
@@ -223,6 +281,7 @@ async def bind_call(
             operation=route.operation_name,
             purpose=body["purpose"],
             requester_province=body["receiving_province"],
+            authority=authority,
         )
     except ValidationFailed:
         raise  # the data does not fit the schema: nothing about anyone to record
@@ -288,7 +347,10 @@ async def call_service(request: web.Request) -> web.Response:
             route.service.levels_for(route.operation_name),
             route.service.level_requirement(route.operation_name),
         )
-    binding = await bind_call(request, principal, route, body, raw)
+    machine = machine_admitted(registration, principal)
+    binding = await bind_call(
+        request, principal, route, body, raw, registration if machine else None
+    )
 
     request_id = request[REQUEST_ID]
     idempotency_key = None

@@ -18,8 +18,10 @@ import aiohttp
 import pytest
 
 from gateway.consent.contract import DataSubject
-from gateway.demo.backends import SHAANXI_DEGREE
-from gateway.demo.residents import SU_LANXIN
+from gateway.demo.backends import SHAANXI_DEGREE, SHAANXI_SI
+from gateway.demo.cases import DEMO_CASES
+from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN, Resident
+from gateway.identity.devtokens import DevTokenIssuer
 from gateway.identity.subject_keys import SubjectKeys
 from tests.consent_books import MemoryConsentBook, TestGrant
 from tests.flows.conftest import CONFIG_DIR
@@ -27,6 +29,10 @@ from tests.flows.portal_stack import PortalStack, portal_stack
 
 BANK = "demo-bank-test"
 BANK_SECRET = "bank-secret-0123456789abcdef"
+DEPT_QH = "dept-si-qinghai"
+DEPT_SX = "dept-si-shaanxi"
+DEPT_SECRET = "dept-secret-0123456789abcdef"
+ISSUER = DevTokenIssuer()
 BANK_CLIENT = f"""
   {BANK}:
     name: 示范银行（测试）Test bank
@@ -37,6 +43,24 @@ BANK_CLIENT = f"""
     allowed_services: [degree-verification]
     provinces: ["63"]
     acts_as: institution
+  {DEPT_QH}:
+    name: 青海省社保经办系统（测试）Qinghai social-insurance office system
+    type: confidential
+    client_secret: {{env: TEST_DEPT_SECRET}}
+    grant_types: [client_credentials]
+    scopes: [services:call]
+    allowed_services: [pension-transfer, medical-filing]
+    provinces: ["63"]
+    acts_as: department
+  {DEPT_SX}:
+    name: 陕西省社保经办系统（测试）Shaanxi social-insurance office system
+    type: confidential
+    client_secret: {{env: TEST_DEPT_SECRET}}
+    grant_types: [client_credentials]
+    scopes: [services:call]
+    allowed_services: [pension-transfer]
+    provinces: ["61"]
+    acts_as: department
 """
 
 
@@ -57,13 +81,14 @@ async def stack(
         tmp_path,
         monkeypatch,
         config_dir=config,
-        env={"TEST_BANK_SECRET": BANK_SECRET},
+        env={"TEST_BANK_SECRET": BANK_SECRET, "TEST_DEPT_SECRET": DEPT_SECRET},
         consent_book=book,
+        dev_tokens=ISSUER,
     ) as stack:
         yield stack
 
 
-async def bank_token(stack: PortalStack) -> str:
+async def bank_token(stack: PortalStack, client: str = BANK, secret: str = BANK_SECRET) -> str:
     async with (
         aiohttp.ClientSession() as http,
         http.post(
@@ -71,8 +96,8 @@ async def bank_token(stack: PortalStack) -> str:
             data={
                 "grant_type": "client_credentials",
                 "scope": "services:call",
-                "client_id": BANK,
-                "client_secret": BANK_SECRET,
+                "client_id": client,
+                "client_secret": secret,
             },
         ) as response,
     ):
@@ -81,11 +106,13 @@ async def bank_token(stack: PortalStack) -> str:
         return str(body["access_token"])
 
 
-async def call(stack: PortalStack, token: str, body: dict[str, Any]) -> tuple[int, Any]:
+async def call(
+    stack: PortalStack, token: str, body: dict[str, Any], service: str = "degree-verification"
+) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as http,
         http.post(
-            f"{stack.sso.gateway}/api/v1/services/degree-verification/calls",
+            f"{stack.sso.gateway}/api/v1/services/{service}/calls",
             json=body,
             headers={"Authorization": f"Bearer {token}"},
         ) as response,
@@ -157,3 +184,94 @@ async def test_a_client_names_only_a_province_it_receives_for(stack: PortalStack
     assert (status, problem["code"]) == (403, "client.province_not_allowed"), problem
     assert problem["receiving_province"] == "61"
     assert stack.sso.backends.recorder(SHAANXI_DEGREE).count == 0
+
+
+def history(who: Resident, **extra: Any) -> dict[str, Any]:
+    return {
+        "operation": "contribution-history",
+        "receiving_province": "63",
+        "handling_province": "61",
+        "purpose": "企业职工养老保险关系转移接续",
+        "data": {
+            "id_number": who.id_number,
+            "name": who.name,
+            "insurance_number": "6101002010000123",
+        },
+        **extra,
+    }
+
+
+async def test_a_department_acts_by_its_authority_only_within_an_open_case_it_handles(
+    stack: PortalStack,
+) -> None:
+    # 马文华 files his pension transfer in Qinghai (a case, polled for its status: open).
+    keys = subject_keys(stack)
+    citizen = ISSUER.issue(
+        "demo-ma-wenhua",
+        "L3",
+        client_id="demo-portal-qinghai",
+        person=keys.person(MA_WENHUA.id_number).key,
+    )
+    _scenario, _title, key, body = next(
+        c for c in DEMO_CASES if c[3]["service"] == "pension-transfer"
+    )
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{stack.sso.gateway}/api/v1/cases",
+            json=body,
+            headers={"Authorization": f"Bearer {citizen}", "Idempotency-Key": key},
+        ) as response,
+    ):
+        receipt = await response.json()
+        assert response.status == 202, receipt
+    case_id = receipt["case_id"]
+    qinghai = await bank_token(stack, DEPT_QH, DEPT_SECRET)
+    shaanxi = await bank_token(stack, DEPT_SX, DEPT_SECRET)
+    si = stack.sso.backends.recorder(SHAANXI_SI)
+    si.clear()
+
+    # Without a case, a department has no authority at all.
+    status, problem = await call(stack, qinghai, history(MA_WENHUA), "pension-transfer")
+    assert (status, problem["code"]) == (403, "client.no_case_authority"), problem
+    # Its case: the applicant's contribution history, from Shaanxi.
+    status, answer = await call(
+        stack, qinghai, history(MA_WENHUA, case_id=case_id), "pension-transfer"
+    )
+    assert status == 200, answer
+    (seen,) = si.requests
+    assert seen.context["case_id"] == case_id
+    assert seen.context["client"] == DEPT_QH
+    # Someone the case is not about: no authority reaches her.
+    status, problem = await call(
+        stack, qinghai, history(HAN_XUEMEI, case_id=case_id), "pension-transfer"
+    )
+    assert (status, problem["code"]) == (403, "client.not_data_subject"), problem
+    # Another province's department neither receives for Qinghai nor handles the case.
+    status, problem = await call(
+        stack, shaanxi, history(MA_WENHUA, case_id=case_id), "pension-transfer"
+    )
+    assert (status, problem["code"]) == (403, "client.province_not_allowed"), problem
+    # The case is its authority for that case's service only.
+    filing = {
+        "operation": "file",
+        "receiving_province": "63",
+        "handling_province": "63",
+        "purpose": "异地就医备案",
+        "case_id": case_id,
+        "data": {
+            "id_number": MA_WENHUA.id_number,
+            "name": MA_WENHUA.name,
+            "treatment_province": "61",
+            "filing_type": "resident-elsewhere",
+            "valid_from": "2026-12-01",
+        },
+    }
+    status, problem = await call(stack, qinghai, filing, "medical-filing")
+    assert (status, problem["code"]) == (403, "client.no_case_authority"), problem
+    # An unknown case is no authority either.
+    status, problem = await call(
+        stack, qinghai, history(MA_WENHUA, case_id="TB6320261206ABCDEF012345"), "pension-transfer"
+    )
+    assert (status, problem["code"]) == (403, "client.no_case_authority"), problem
+    assert len(si.requests) == 1
