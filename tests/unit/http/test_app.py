@@ -162,6 +162,10 @@ async def test_catalogue_and_guide(client: TestClient[Any, Any]) -> None:
     assert listing["services"][0]["handling_provinces"] == ["61"]
     guide = await (await client.get("/api/v1/services/degree-verification", headers=auth())).json()
     assert guide["min_level"] == "L2"
+    assert guide["levels"] == ["Counter", "L2", "L3"]  # the set min_level admits
+    assert guide["operations"]["verify"]["levels"] == ["Counter", "L2", "L3"]
+    assert guide["operations"]["verify"]["subject"] == [{"person": "holder_id"}]
+    assert listing["services"][0]["levels"] == ["Counter", "L2", "L3"]
     assert guide["consent_required"] is True
     assert guide["agreements"] == [
         {
