@@ -17,7 +17,7 @@ The handling province never sees those keys. Its identity assertion names each v
 subject by a hash *agreed with that province*: ``hex(HMAC-SHA256(K_p, type "|" NUMBER))`` for a
 person and ``hex(HMAC-SHA256(K_p, "org|" ORG_ID))`` for an enterprise, with
 ``K_p = HKDF-SHA256(link secret, info = "tongban subject assertion v1|" + province code)``.
-The operator hands each province its own ``K_p`` (``tongban subject-key --province 61``); a
+The operator hands each province its own ``K_p`` (``tongban keys subject --province 61``); a
 province can then compute the hash of the ID number it is asked about and compare, and one
 province's key says nothing about another province's hashes.
 
