@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-from collections.abc import AsyncIterator, Callable
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from gateway.audit.record import AuditRecord
 from gateway.consent.contract import DataSubject
@@ -29,7 +32,8 @@ from gateway.demo.subject_check import LINK_SECRET_ENV
 from gateway.http.keys import STATE
 from gateway.identity.subject_keys import province_key, province_person_hash
 from tests.consent_books import MemoryConsentBook, TestGrant
-from tests.flows.conftest import Journey, audit_verify, demo_journey
+from tests.flows.conftest import CONFIG_DIR, Journey, audit_verify, demo_journey
+from tests.stores.backends import PG_DSN, drop_schema, postgres_or_skip, run_private
 
 MA_ACCOUNT = "610100201000123456"
 HAN_ACCOUNT = "610100201300789012"
@@ -461,3 +465,95 @@ async def test_another_persons_idempotency_key_gets_nothing_of_theirs(journey: J
     forwarded = [r.idempotency_key for r in sent]
     assert len(set(forwarded)) == 2
     assert "shared-key-0001" not in forwarded
+
+
+# --- both case stores -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def case_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """The demo's configuration with its case store on SQLite or on PostgreSQL (fresh schema)."""
+    if request.param == "sqlite":
+        yield CONFIG_DIR
+        return
+    postgres_or_skip()
+    schema = f"t_subj_{secrets.token_hex(6)}"
+    config = tmp_path / "config"
+    shutil.copytree(CONFIG_DIR, config)
+    path = config / "gateway.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["cases"]["store"] = {"backend": "postgres", "dsn": PG_DSN, "schema": schema}
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    try:
+        yield config
+    finally:
+        run_private(drop_schema(schema))
+
+
+async def test_a_co_applicants_grant_makes_the_case_and_nothing_without_it(
+    tmp_path: Path,
+    log_stream: io.BytesIO,
+    monkeypatch: pytest.MonkeyPatch,
+    case_config: Path,
+) -> None:
+    book = MemoryConsentBook()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    async with demo_journey(data_dir, monkeypatch, config_dir=case_config, consent_book=book) as j:
+        han = j.keys.person(HAN_XUEMEI.id_number)
+        book.grants["g-move"] = TestGrant(han, PORTAL, "household-move", uses=1)
+        body = {
+            "service": "household-move",
+            "mode": "joint",
+            "receiving_province": "63",
+            "parts": [
+                {"handling_province": "62", "operation": "move-out"},
+                {"handling_province": "63", "operation": "move-in"},
+            ],
+            "purpose": "兰西城市群户口迁移",
+            "data": {
+                "id_number": HAN_XUEMEI.id_number,
+                "name": HAN_XUEMEI.name,
+                "from_region": "620102",
+                "to_region": "630104",
+                "reason": "family",
+            },
+            "materials": [
+                {
+                    "code": "resident-id-card",
+                    "ref": "urn:elicence:1",
+                    "digest": "sha256:" + "3" * 64,
+                },
+                {
+                    "code": "household-register",
+                    "ref": "urn:elicence:2",
+                    "digest": "sha256:" + "3" * 64,
+                },
+            ],
+        }
+
+        async def submit(key: str, **extra: Any) -> tuple[int, dict[str, Any]]:
+            response = await j.client.post(
+                "/api/v1/cases",
+                json={**body, **extra},
+                headers={**j.auth(), "Idempotency-Key": key},
+            )
+            return response.status, await response.json()
+
+        status, problem = await submit("move-other-0001")
+        assert (status, problem["code"]) == (403, "client.not_data_subject"), problem
+        status, receipt = await submit("move-other-0002", consent="g-move")
+        assert status == 202, receipt
+        # The same application again is the same case: the one-use grant is not used twice.
+        status, again = await submit("move-other-0002", consent="g-move")
+        assert (status, again["case_id"]) == (202, receipt["case_id"])
+        assert len(book.asks) == 1
+        listed = await j.client.get("/api/v1/cases", headers=j.auth())
+        assert [c["case_id"] for c in (await listed.json())["cases"]] == [receipt["case_id"]]
+        intake = [
+            r.event
+            for r in await records(j)
+            if r.event.case_id == receipt["case_id"] and r.event.outcome == "received"
+        ]
+        assert [(e.extra["subjects"], e.extra["grant"]) for e in intake] == [([han.key], "g-move")]
+    assert await asyncio.to_thread(audit_verify, data_dir) == 0
