@@ -333,7 +333,16 @@ def cases_banner(
     plan = [(case, auth) for case in (*DEMO_CASES, S2_CASE)]
     plan += [(S8_CASE, enterprise), (S9_CASE, auth), (S13_CASE, auth), (S13_REFUSED, auth)]
     proof_url = base_url + "/api/v1/services/public-rental-housing/calls"
+    noted = False
     for (scenario, title, key, body), header in plan:
+        if scenario == "S13" and not noted:
+            noted = True
+            lines += [
+                "# S13 names both co-applicants: the buyer (马文华, signed in) and the seller",
+                "# (韩雪梅). Her part is reached only under her consent grant to this portal:",
+                '# add "consent": "<her grant id>" to the body; without it the answer is',
+                "# 403 client.not_data_subject and no case is made.",
+            ]
         if scenario == "S9":
             lines += [
                 "# S9: pull the e-sealed contribution proof from Jiangsu (holder's authorisation)",
