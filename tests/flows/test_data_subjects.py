@@ -26,7 +26,9 @@ import yaml
 from gateway.audit.record import AuditRecord
 from gateway.consent.contract import DataSubject
 from gateway.demo.backends import QINGHAI_GOV, SHAANXI_HOUSING, SHAANXI_SI
+from gateway.demo.banner import requests_script
 from gateway.demo.cases import S8_CASE, S10_CASE
+from gateway.demo.examples import DEMO_CALLS, REFUSED_CALL
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN
 from gateway.demo.subject_check import LINK_SECRET_ENV
 from gateway.http.keys import STATE
@@ -557,3 +559,22 @@ async def test_a_co_applicants_grant_makes_the_case_and_nothing_without_it(
         ]
         assert [(e.extra["subjects"], e.extra["grant"]) for e in intake] == [([han.key], "g-move")]
     assert await asyncio.to_thread(audit_verify, data_dir) == 0
+
+
+async def test_the_demos_printed_examples_run_and_the_refused_one_is_refused(
+    journey: Journey,
+) -> None:
+    for call in DEMO_CALLS:
+        headers = {"Idempotency-Key": call.idempotency_key} if call.idempotency_key else {}
+        status, answer = await journey.call(call.service, call.body, call.token_key, **headers)
+        assert status == 200, (call.title, answer)
+    fund = journey.backends.recorder(SHAANXI_HOUSING)
+    before = fund.count
+    status, problem = await journey.call(
+        REFUSED_CALL.service, REFUSED_CALL.body, REFUSED_CALL.token_key
+    )
+    assert (status, problem["code"]) == (403, "client.not_data_subject"), problem
+    assert fund.count == before
+    script = requests_script("http://127.0.0.1:8080", journey.tokens, "")
+    assert REFUSED_CALL.title in script
+    assert HAN_XUEMEI.id_number in script  # the example names her number on purpose
