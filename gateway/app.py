@@ -18,9 +18,11 @@ from gateway.audit.sink import WriterAuditSink
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import Catalog
 from gateway.consent.contract import ConsentBook
+from gateway.consent.factory import subject_keys
 from gateway.http import handlers
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
+from gateway.http.consents import AppConsentBook, add_consent_routes
 from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
 from gateway.http.middlewares import (
     auth_middleware,
@@ -37,7 +39,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Sleep, SystemRuntime, build_stack
 from gateway.principal import TokenVerifier
 from gateway.settings import RouteSettings, Settings, SystemSettings
-from gateway.subjects import RefusingConsentBook, SubjectRule
+from gateway.subjects import SubjectRule
 
 log = structlog.get_logger("tongban.app")
 
@@ -77,11 +79,15 @@ def create_app(
     app[METRICS] = Metrics()
     app[VERIFIER] = verifier
     app[STATE] = GatewayState()
+    # The data-subject rule asks the consent book the consent context opens (failing closed
+    # while it is not open), unless one is injected.
     app[SUBJECTS] = SubjectRule(
-        subjects or subject_keys(settings), consent_book or RefusingConsentBook()
+        subjects or subject_keys(settings), consent_book or AppConsentBook(app[STATE])
     )
     # The audit trail opens first: every route's stack records through it.
     app.cleanup_ctx.append(_audit_context)
+    # The consent book next: it records through the audit trail, and the routes' rule asks it.
+    add_consent_routes(app)
     app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
     add_rate_limits(app)
 
@@ -97,19 +103,6 @@ def create_app(
     if oidc is not None:
         add_oidc_routes(app, oidc)
     return app
-
-
-def subject_keys(settings: Settings) -> SubjectKeys | None:
-    """The keys naming data subjects, from the identity secrets (none without a link secret:
-    then no request naming a person or an enterprise is ever sent)."""
-    identity = settings.gateway.identity
-    if identity is None or identity.link_secret is None:
-        return None
-    return SubjectKeys(
-        pairwise_secret=identity.pairwise_secret,
-        link_secret=identity.link_secret,
-        link_algorithm=identity.link_algorithm,
-    )
 
 
 async def open_provider(settings: Settings, authenticator: Authenticator) -> OpenIDProvider | None:

@@ -41,6 +41,7 @@ from gateway.consent.contract import (
     GrantUse,
     Requester,
 )
+from gateway.consent.subjects import requester_person
 from gateway.errors import NotDataSubject, SubjectFieldAmbiguous
 from gateway.identity.identifiers import RESIDENT_ID_CARD
 from gateway.identity.subject_keys import (
@@ -179,11 +180,8 @@ def principal_subject(principal: Principal) -> DataSubject | None:
 
 def requester_of(principal: Principal, province: str | None = None) -> Requester:
     """Who presents a grant: the client, and the signed-in natural person behind it (an agent
-    presenting a delegation), or no one for a machine client."""
-    person = None
-    if principal.enterprise is None and principal.level != MACHINE_LEVEL and principal.person:
-        person = DataSubject("person", principal.person)
-    return Requester(principal.client_id, person=person, province=province)
+    presenting a delegation; gateway/consent/subjects.py), or no one for a machine client."""
+    return Requester(principal.client_id, person=requester_person(principal), province=province)
 
 
 def grant_ids(value: Any) -> tuple[str, ...]:
@@ -225,8 +223,8 @@ PUBLIC: Final = Binding()
 
 
 class RefusingConsentBook:
-    """The book of a gateway with no consent store: no grant covers anything. Requests about
-    the principal's own data and public data go on; everything else is refused."""
+    """A book that covers nothing (tools and benchmarks of the rule alone; the app asks the
+    consent book its consent context opens). Own and public data go on; the rest is refused."""
 
     async def use(self, ask: GrantAsk) -> GrantUse:
         raise GrantRefused("No consent store is configured: no grant can be used.")

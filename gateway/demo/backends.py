@@ -2,10 +2,11 @@
 
 ``start_demo_backends`` runs real aiohttp servers (two social-insurance SOAP deployments
 sharing one WSDL, the Shaanxi housing-fund, degree and e-driving-licence REST systems, the
-Qinghai and Gansu government-service platforms, the Jiangsu contribution-proof system) on free
-ports. ``DemoSecrets`` holds the credentials they expect; ``DemoSecrets.env()`` is the
-environment ``config/systems.yaml`` reads them from. The identifiers below (usernames, key id,
-client id) are not secret and must match ``config/systems.yaml``.
+Qinghai and Gansu government-service platforms, the Jiangsu contribution-proof system, Qinghai's
+public credit information platform) on free ports. ``DemoSecrets`` holds the credentials they
+expect; ``DemoSecrets.env()`` is the environment ``config/systems.yaml`` reads them from. The
+identifiers below (usernames, key id, client id) are not secret and must match
+``config/systems.yaml``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.demo.case_office import (
     qinghai_office,
 )
 from gateway.demo.contribution_proof import ContributionProofState, build_contribution_proof_app
+from gateway.demo.credit import CreditState, build_credit_app
 from gateway.demo.degree import DegreeState, build_degree_app
 from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
 from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
@@ -74,6 +76,8 @@ XINING_TAX = "xining-tax"
 XINING_REGISTRY = "xining-registry"
 XINING_UTILITIES = "xining-utilities"
 SHAANXI_CIVIL = "shaanxi-civil"
+# S14: Qinghai's public credit information platform.
+QINGHAI_CREDIT = "qinghai-credit"
 SYSTEM_IDS = (
     QINGHAI_SI,
     SHAANXI_SI,
@@ -88,6 +92,7 @@ SYSTEM_IDS = (
     XINING_REGISTRY,
     XINING_UTILITIES,
     SHAANXI_CIVIL,
+    QINGHAI_CREDIT,
 )
 
 # Ports of the placeholder addresses in config/systems.yaml (for running the back-ends on fixed
@@ -106,6 +111,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     XINING_REGISTRY: 18665,
     XINING_UTILITIES: 18666,
     SHAANXI_CIVIL: 18667,
+    QINGHAI_CREDIT: 18763,
 }
 
 # Non-secret identifiers the gateway presents; they must match config/systems.yaml.
@@ -127,6 +133,7 @@ ENV_NAMES: Mapping[str, str] = {
     "jiangsu_proof_api_key": "TONGBAN_SECRET_JS_PROOF_API_KEY",
     "xining_property_api_key": "TONGBAN_SECRET_XN_PROPERTY_API_KEY",
     "shaanxi_civil_api_key": "TONGBAN_SECRET_SX_CIVIL_API_KEY",
+    "qinghai_credit_api_key": "TONGBAN_SECRET_QH_CREDIT_API_KEY",
 }
 
 
@@ -144,6 +151,7 @@ class DemoSecrets:
     jiangsu_proof_api_key: str
     xining_property_api_key: str
     shaanxi_civil_api_key: str
+    qinghai_credit_api_key: str
 
     @classmethod
     def generate(cls) -> DemoSecrets:
@@ -192,6 +200,8 @@ class DemoBackends:
     """system id → Xining's agencies of S13 (filing, tax, registry, utilities)."""
     civil: CivilState | None = None
     """Shaanxi's household and marriage registers (S13's buyer check)."""
+    credit: CreditState | None = None
+    """Qinghai's public credit information platform (S14)."""
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -300,6 +310,7 @@ async def start_demo_backends(
         XINING_UTILITIES: xining_utilities(xining_key),
     }
     civil = CivilState(api_key=secrets.shaanxi_civil_api_key)
+    credit = CreditState(api_key=secrets.qinghai_credit_api_key)
     plan: list[tuple[str, web.Application, Recorder, str]] = [
         (
             QINGHAI_SI,
@@ -323,6 +334,7 @@ async def start_demo_backends(
         (JIANGSU_PROOF, build_contribution_proof_app(proof), proof.recorder, ""),
         *((sid, build_agency_app(agency), agency.recorder, "") for sid, agency in agencies.items()),
         (SHAANXI_CIVIL, build_civil_app(civil), civil.recorder, ""),
+        (QINGHAI_CREDIT, build_credit_app(credit), credit.recorder, ""),
     ]
     running: dict[str, RunningBackend] = {}
     try:
@@ -337,7 +349,17 @@ async def start_demo_backends(
             await backend.runner.cleanup()
         raise
     return DemoBackends(
-        qinghai_si, shaanxi_si, housing, degree, driving, running, offices, proof, agencies, civil
+        qinghai_si,
+        shaanxi_si,
+        housing,
+        degree,
+        driving,
+        running,
+        offices,
+        proof,
+        agencies,
+        civil,
+        credit,
     )
 
 

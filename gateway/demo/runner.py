@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.app import create_app, open_provider, subject_keys
+from gateway.app import create_app, open_provider
+from gateway.consent.factory import subject_keys
 from gateway.demo.backends import DemoSecrets, start_demo_backends
 from gateway.demo.banner import requests_script, terminal_banner, write_requests_file
 from gateway.demo.cases import cases_banner, issue_staff_tokens

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app, subject_keys
+from gateway.app import create_app
 from gateway.cli import main
 from gateway.consent.contract import ConsentBook
+from gateway.consent.factory import subject_keys
 from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.residents import RESIDENTS
