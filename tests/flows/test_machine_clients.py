@@ -8,9 +8,12 @@ only a receiving province it is registered for.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,9 @@ import aiohttp
 import pytest
 
 from gateway.consent.contract import DataSubject
-from gateway.demo.backends import SHAANXI_DEGREE, SHAANXI_SI
+from gateway.demo.backends import QINGHAI_CREDIT, SHAANXI_DEGREE, SHAANXI_SI
 from gateway.demo.cases import DEMO_CASES
+from gateway.demo.credit import SALT_LAKE
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN, Resident
 from gateway.identity.devtokens import DevTokenIssuer
 from gateway.identity.subject_keys import SubjectKeys
@@ -28,6 +32,7 @@ from tests.flows.conftest import CONFIG_DIR
 from tests.flows.portal_stack import PortalStack, portal_stack
 
 BANK = "demo-bank-test"
+CREDIT = "enterprise-credit"
 BANK_SECRET = "bank-secret-0123456789abcdef"
 DEPT_QH = "dept-si-qinghai"
 DEPT_SX = "dept-si-shaanxi"
@@ -72,6 +77,23 @@ def book() -> MemoryConsentBook:
 @pytest.fixture
 async def stack(
     tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch, book: MemoryConsentBook
+) -> AsyncIterator[PortalStack]:
+    async with _stack(tmp_path, monkeypatch, book) as stack:
+        yield stack
+
+
+@pytest.fixture
+async def own_book_stack(
+    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[PortalStack]:
+    """The stack with the consent book the app opens itself (SQLite, in the data directory)."""
+    async with _stack(tmp_path, monkeypatch, None) as stack:
+        yield stack
+
+
+@contextlib.asynccontextmanager
+async def _stack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, book: MemoryConsentBook | None
 ) -> AsyncIterator[PortalStack]:
     config = tmp_path / "config"
     shutil.copytree(CONFIG_DIR, config)
@@ -275,3 +297,80 @@ async def test_a_department_acts_by_its_authority_only_within_an_open_case_it_ha
     )
     assert (status, problem["code"]) == (403, "client.no_case_authority"), problem
     assert len(si.requests) == 1
+
+
+async def test_s14_the_bank_reads_the_summary_under_the_enterprises_grant_until_revoked(
+    own_book_stack: PortalStack,
+) -> None:
+    """S14 through the real consent book: the Shaanxi bank's system (client credentials) reads
+    a Qinghai enterprise's public record freely and its non-public summary only under the grant
+    the enterprise's operator gave it; revoked, the grant stops the very next call."""
+    stack = own_book_stack
+    gateway = stack.sso.gateway
+    enterprise = subject_keys(stack).enterprise(SALT_LAKE.credit_code)
+    operator = ISSUER.issue(
+        "pw-salt-lake", "LP", client_id="demo-portal-qinghai", actor="pw-han",
+        actor_role="agent", enterprise=enterprise.key,
+    )  # fmt: skip
+    bank = await bank_token(stack, "demo-bank-shaanxi", os.environ["TONGBAN_SECRET_BANK_SHAANXI"])
+    credit = stack.sso.backends.recorder(QINGHAI_CREDIT)
+
+    def ask(operation: str, data: dict[str, str], **extra: Any) -> dict[str, Any]:
+        return {
+            "operation": operation,
+            "receiving_province": "61",
+            "handling_province": "63",
+            "purpose": "流动资金贷款审批",
+            "data": data,
+            **extra,
+        }
+
+    summary = {"credit_code": SALT_LAKE.credit_code}
+    status, public = await call(
+        stack, bank, ask("public-summary", {"enterprise_name": SALT_LAKE.name}), CREDIT
+    )
+    assert status == 200, public
+    status, problem = await call(stack, bank, ask("nonpublic-summary", summary), CREDIT)
+    assert (status, problem["code"]) == (403, "client.not_data_subject"), problem
+    assert [r.operation for r in credit.requests] == ["public_record"]
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{gateway}/api/v1/me/consents",
+            json={
+                "requester": {"client": "demo-bank-shaanxi", "province": "61"},
+                "services": [CREDIT],
+                "operations": ["nonpublic-summary"],
+                "purpose": "流动资金贷款审批",
+                "expires_at": (datetime.now(UTC) + timedelta(days=30)).isoformat(),
+                "enterprise": SALT_LAKE.credit_code,
+            },
+            headers={"Authorization": f"Bearer {operator}"},
+        ) as response:
+            grant = await response.json()
+            assert response.status == 201, grant
+        status, answer = await call(
+            stack, bank, ask("nonpublic-summary", summary, consent=grant["id"]), CREDIT
+        )
+        assert status == 200, answer
+        assert answer["data"]["tax_grade"] == "A"
+        assert credit.requests[-1].context["authorisation_ref"] == grant["id"]
+        async with http.delete(
+            f"{gateway}/api/v1/me/consents/{grant['id']}",
+            headers={"Authorization": f"Bearer {operator}"},
+        ) as response:
+            assert response.status == 200
+        status, problem = await call(
+            stack, bank, ask("nonpublic-summary", summary, consent=grant["id"]), CREDIT
+        )
+        assert (status, problem["code"]) == (403, "client.grant_revoked"), problem
+        assert len(credit.requests) == 2
+        # The enterprise's operators see the bank's call in its access log.
+        async with http.get(
+            f"{gateway}/api/v1/me/access-log", headers={"Authorization": f"Bearer {operator}"}
+        ) as response:
+            log = await response.json()
+            assert response.status == 200, log
+    by_bank = [e for e in log["entries"] if e["client"] == "demo-bank-shaanxi"]
+    assert any(e["grant_id"] == grant["id"] and e["error_code"] is None for e in by_bank), by_bank
+    assert SALT_LAKE.credit_code not in str(log)
