@@ -322,7 +322,10 @@ def cases_banner(
     data_dir: Path,
     *,
     window_console: str = "/window",
+    s13_consent: str | None = None,
 ) -> str:
+    """The case lines of the banner; ``s13_consent``: the seller's grant the demo gave the
+    citizen token's portal, which the S13 lines present."""
     auth = shlex.quote(f"Authorization: Bearer {citizen_token}")
     lines = [
         "",
@@ -334,15 +337,19 @@ def cases_banner(
     plan += [(S8_CASE, enterprise), (S9_CASE, auth), (S13_CASE, auth), (S13_REFUSED, auth)]
     proof_url = base_url + "/api/v1/services/public-rental-housing/calls"
     noted = False
-    for (scenario, title, key, body), header in plan:
-        if scenario == "S13" and not noted:
-            noted = True
-            lines += [
-                "# S13 names both co-applicants: the buyer (马文华, signed in) and the seller",
-                "# (韩雪梅). Her part is reached only under her consent grant to this portal:",
-                '# add "consent": "<her grant id>" to the body; without it the answer is',
-                "# 403 client.not_data_subject and no case is made.",
-            ]
+    for (scenario, title, key, case_body), header in plan:
+        body = case_body
+        if scenario == "S13":
+            if not noted:
+                noted = True
+                lines += [
+                    "# S13 names both co-applicants: the buyer (马文华, signed in) and the seller",
+                    "# (韩雪梅). Her part is reached only under her consent grant to this portal,",
+                    '# which the demo gave at start-up ("consent" below); without it the answer',
+                    "# is 403 client.not_data_subject and no case is made.",
+                ]
+            if s13_consent is not None:
+                body = {**body, "consent": s13_consent}
         if scenario == "S9":
             lines += [
                 "# S9: pull the e-sealed contribution proof from Jiangsu (holder's authorisation)",

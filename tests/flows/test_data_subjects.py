@@ -11,6 +11,7 @@ enterprise only; idempotency keys are the caller's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import secrets
@@ -27,9 +28,11 @@ from gateway.audit.record import AuditRecord
 from gateway.consent.contract import DataSubject
 from gateway.demo.backends import QINGHAI_GOV, SHAANXI_HOUSING, SHAANXI_SI
 from gateway.demo.banner import requests_script
-from gateway.demo.cases import S8_CASE, S10_CASE
+from gateway.demo.cases import S8_CASE, S10_CASE, S13_CASE
 from gateway.demo.examples import DEMO_CALLS, REFUSED_CALL
+from gateway.demo.portals import qinghai_portal
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN
+from gateway.demo.runner import seed_demo_consents
 from gateway.demo.subject_check import LINK_SECRET_ENV
 from gateway.http.keys import STATE
 from gateway.identity.subject_keys import province_key, province_person_hash
@@ -579,3 +582,31 @@ async def test_the_demos_printed_examples_run_and_the_refused_one_is_refused(
     script = requests_script("http://127.0.0.1:8080", journey.tokens, "")
     assert REFUSED_CALL.title in script
     assert HAN_XUEMEI.id_number in script  # the example names her number on purpose
+
+
+async def test_the_demo_seeds_the_s13_sellers_consent_its_portals_present(
+    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tongban demo` gives the S13 seller's consent to the portals and the window that file the
+    buyer's application; a portal's application presents it and is taken in by the app's own
+    consent book, and without it the same application is refused."""
+    async with demo_journey(tmp_path, monkeypatch) as journey:
+        gateway = str(journey.client.make_url("")).rstrip("/")
+        portals = {PORTAL: qinghai_portal(gateway, "portal-secret")}
+        seeding = seed_demo_consents(portals, journey.keys)(journey.client.app)
+        await seeding.__anext__()
+        assert set(portals[PORTAL].consents) == {PORTAL}
+        body = S13_CASE[3]
+        response = await journey.client.post(
+            "/api/v1/cases", json=body, headers={**journey.auth(), "Idempotency-Key": "s13-seed-no"}
+        )
+        problem = await response.json()
+        assert (response.status, problem["code"]) == (403, "client.not_data_subject"), problem
+        response = await journey.client.post(
+            "/api/v1/cases",
+            json=portals[PORTAL].with_consent(body, PORTAL),
+            headers={**journey.auth(), "Idempotency-Key": "s13-seed-yes"},
+        )
+        assert response.status == 202, await response.text()
+        with contextlib.suppress(StopAsyncIteration):
+            await seeding.__anext__()
