@@ -17,11 +17,13 @@ from gateway.audit.setup import open_audit_writer
 from gateway.audit.sink import WriterAuditSink
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import Catalog
+from gateway.consent.contract import ConsentBook
+from gateway.consent.factory import subject_keys
 from gateway.http import handlers
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
-from gateway.http.consents import add_consent_routes
-from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
+from gateway.http.consents import AppConsentBook, add_consent_routes
+from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
 from gateway.http.middlewares import (
     auth_middleware,
     identity_audit_middleware,
@@ -32,10 +34,12 @@ from gateway.http.oidc import OIDC_PROVIDER, add_oidc_routes
 from gateway.http.ratelimit import add_rate_limits, rate_limit_middleware
 from gateway.identity.authn import Authenticator
 from gateway.identity.provider import OpenIDProvider
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.metrics import Metrics
 from gateway.pipeline import Sleep, SystemRuntime, build_stack
 from gateway.principal import TokenVerifier
 from gateway.settings import RouteSettings, Settings, SystemSettings
+from gateway.subjects import SubjectRule
 
 log = structlog.get_logger("tongban.app")
 
@@ -48,8 +52,13 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     open_adapter: AdapterOpener | None = None,
     oidc: OpenIDProvider | None = None,
+    consent_book: ConsentBook | None = None,
+    subjects: SubjectKeys | None = None,
 ) -> web.Application:
-    """The gateway app. ``open_adapter`` replaces plugin lookup (tests pass fakes through it)."""
+    """The gateway app. ``open_adapter`` replaces plugin lookup (tests pass fakes through it);
+    ``consent_book`` decides the grants that open someone else's data (none: every grant is
+    refused, and only the principal's own and public data are reached); ``subjects`` replaces
+    the subject keys the identity secrets give (tests without an identity block)."""
     app = web.Application(
         # Outermost first: the context middleware must see the status the problem renderer chose.
         # admin_audit records every /admin request; inside auth so a refusal is recorded too.
@@ -70,6 +79,11 @@ def create_app(
     app[METRICS] = Metrics()
     app[VERIFIER] = verifier
     app[STATE] = GatewayState()
+    # The data-subject rule asks the consent book the consent context opens (failing closed
+    # while it is not open), unless one is injected.
+    app[SUBJECTS] = SubjectRule(
+        subjects or subject_keys(settings), consent_book or AppConsentBook(app[STATE])
+    )
     # The audit trail opens first: every route's stack records through it.
     app.cleanup_ctx.append(_audit_context)
     # The consent book next: it records through the audit trail, and the routes' rule asks it.

@@ -15,6 +15,10 @@
     │   ├── Unauthenticated              client.unauthenticated
     │   ├── Forbidden                    client.forbidden
     │   ├── InsufficientLevel            client.insufficient_level (names the level needed)
+    │   ├── NotDataSubject               client.not_data_subject (someone else's data, no grant)
+    │   ├── ProvinceNotAllowed           client.province_not_allowed (not the client's province)
+    │   ├── NoCaseAuthority              client.no_case_authority (a department off its case)
+    │   ├── SubjectFieldAmbiguous        client.subject_field_ambiguous (a subject field twice)
     │   └── RateLimited                  client.rate_limited (429, Retry-After; names the limit)
     ├── BackendError                     a provincial system failed us (422/502/503/504)
     │   ├── BackendUnavailable           backend.unavailable   (never reached it: safe to retry)
@@ -149,6 +153,36 @@ class InsufficientLevel(Forbidden):
             required_level=required,
             current_level=current,
         )
+
+
+class NotDataSubject(Forbidden):
+    """The request touches the data of someone who is not the principal, and no grant covers
+    it (gateway/subjects.py)."""
+
+    code = "client.not_data_subject"
+    title = "The data belongs to someone else"
+
+
+class ProvinceNotAllowed(Forbidden):
+    """The client is registered for other receiving provinces than the one it names."""
+
+    code = "client.province_not_allowed"
+    title = "The client does not receive for this province"
+
+
+class NoCaseAuthority(Forbidden):
+    """A provincial department's system acted outside an open case it handles."""
+
+    code = "client.no_case_authority"
+    title = "No open case of this department covers the request"
+
+
+class SubjectFieldAmbiguous(ClientError):
+    """A field naming the data subject appears twice, or in two spellings: which one a
+    back-end would read is not certain, so the request is refused before anything is sent."""
+
+    code = "client.subject_field_ambiguous"
+    title = "A field naming the data subject is ambiguous"
 
 
 class RateLimited(ClientError):

@@ -35,6 +35,7 @@ from gateway.cases.model import (
     CaseStatus,
     CaseSummary,
     IllegalTransition,
+    NewCase,
     PartStatus,
     Supplement,
     part_moves_on,
@@ -59,8 +60,17 @@ from gateway.cases.supplements import (
 )
 from gateway.cases.worker import part_status_of
 from gateway.catalog import Catalog
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, GatewayError, NotDataSubject, SubjectFieldAmbiguous
 from gateway.principal import Principal
+from gateway.subjects import (
+    Binding,
+    Named,
+    SubjectRule,
+    case_declaration,
+    check_unambiguous,
+    grant_ids,
+    service_subject_fields,
+)
 
 log = structlog.get_logger("tongban.cases")
 
@@ -123,7 +133,11 @@ class CaseService:
         callback_keys: Mapping[str, bytes] | None = None,
         on_written: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        subjects: SubjectRule | None = None,
     ) -> None:
+        """``subjects``: the data-subject rule every application passes before it becomes a
+        case (the app always gives it; tests of the case core alone may leave it out)."""
+        self.subjects = subjects
         self.store = store
         self._catalog = catalog
         self._audit = audit
@@ -140,24 +154,37 @@ class CaseService:
         *,
         idempotency_key: str | None,
         request_id: str | None = None,
+        raw: bytes | None = None,
+        machine: bool = False,
     ) -> Submitted:
+        """Take an application in. ``raw``: the body as sent (a subject field sent twice is
+        refused); ``machine``: a client-credentials client admitted by configuration."""
+        catalog = self._catalog()
+        await self._unambiguous(catalog, principal, body, raw, request_id)
         new, _routes = build_new_case(
-            self._catalog(),
+            catalog,
             principal,
             body,
             idempotency_key=idempotency_key,
             request_id=request_id,
+            machine=machine,
         )
         try:
             existing = await self.store.find(new.owner, new.idempotency_key)
-            if existing is not None:
-                # The same application again (a client retry): the same case, nothing written.
-                if existing.body_digest != new.body_digest:
-                    raise IdempotencyKeyReused(
-                        "This Idempotency-Key was already used for a different application; "
-                        "use a new key for a new application."
-                    )
-                return Submitted(existing, False)
+        except (CaseStoreUnavailable, StaleCase) as exc:
+            raise CaseStoreDown("The case could not be recorded; retry with the same key.") from exc
+        if existing is not None:
+            # The same application again (a client retry): the same case, nothing written.
+            if existing.body_digest != new.body_digest:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was already used for a different application; "
+                    "use a new key for a new application."
+                )
+            return Submitted(existing, False)
+        binding = await self._bind(catalog, principal, new, body, raw)
+        if binding is not None:
+            new = dataclasses.replace(new, authorisation_ref=binding.grant)
+        try:
             at = iso_now()
             initial = [TransitionDraft(CaseStatus.RECEIVED, CaseStatus.RECEIVED, actor=new.actor)]
             if new.originals_checked_by is not None:
@@ -187,7 +214,11 @@ class CaseService:
                         purpose=new.purpose,
                         outcome=initial[-1].to_status.value,
                         request_digest=new.body_digest,
-                        extra={"mode": new.mode.value, "parts": len(new.parts)},
+                        extra={
+                            "mode": new.mode.value,
+                            "parts": len(new.parts),
+                            **(binding.audit_extra() if binding is not None else {}),
+                        },
                     ),
                     required=True,
                 )
@@ -212,6 +243,98 @@ class CaseService:
                 province=new.receiving_province,
             )
         return Submitted(result.case, result.created)
+
+    async def _unambiguous(
+        self,
+        catalog: Catalog,
+        principal: Principal,
+        body: Mapping[str, Any],
+        raw: bytes | None,
+        request_id: str | None,
+    ) -> None:
+        """A field naming a data subject sent twice (or in two spellings) is refused before the
+        application is even read further, and the refusal recorded."""
+        code, data = body.get("service"), body.get("data")
+        service = catalog.services.get(code) if isinstance(code, str) else None
+        if self.subjects is None or service is None or not isinstance(data, Mapping):
+            return
+        try:
+            check_unambiguous(service_subject_fields(service), data, raw)
+        except SubjectFieldAmbiguous as exc:
+            if self._audit is not None:
+                await self._audit.record(
+                    AuditEvent(
+                        type=EventType.CASE_TRANSITION,
+                        request_id=request_id,
+                        actor=principal.actor,
+                        principal=principal.subject,
+                        identity_level=principal.level,
+                        client=principal.client_id,
+                        service=code,
+                        purpose=str(body.get("purpose", ""))[:200] or None,
+                        outcome="refused",
+                        error_code=exc.code,
+                    ),
+                    required=False,
+                )
+            raise
+
+    async def _bind(
+        self,
+        catalog: Catalog,
+        principal: Principal,
+        new: NewCase,
+        body: Mapping[str, Any],
+        raw: bytes | None,
+    ) -> Binding | None:
+        """The subject rule for an application (before anything is written); a refusal is
+        recorded (fail-closed like the intake record) and raised."""
+        rule = self.subjects
+        if rule is None:
+            return None
+        service = catalog.service(new.service)
+        declaration = case_declaration(service, [p.operation for p in new.parts])
+        consent = grant_ids(body.get("consent"))
+        named: list[Named] = []
+        try:
+            if declaration is None:
+                raise NotDataSubject("This service declares no data subject; nothing is taken in.")
+            named = rule.named(declaration, new.data, raw)
+            return await rule.check(
+                principal,
+                declaration,
+                named,
+                consent=consent,
+                service=new.service,
+                operation=None,
+                purpose=new.purpose,
+                requester_province=new.receiving_province,
+            )
+        except GatewayError as exc:
+            if self._audit is not None:
+                extra: dict[str, Any] = {"subjects": [n.subject.key for n in named]}
+                if consent:
+                    extra["grant"] = ",".join(consent)
+                await self._audit.record(
+                    AuditEvent(
+                        type=EventType.CASE_TRANSITION,
+                        request_id=new.request_id,
+                        actor=new.actor,
+                        principal=new.subject,
+                        identity_level=new.level,
+                        client=new.client_id,
+                        service=new.service,
+                        receiving_province=new.receiving_province,
+                        handling_province=",".join(p.handling_province for p in new.parts),
+                        operation=",".join(p.operation for p in new.parts),
+                        purpose=new.purpose,
+                        outcome="refused",
+                        error_code=exc.code,
+                        extra=extra,
+                    ),
+                    required=False,
+                )
+            raise
 
     # --- 补齐补正: the applicant supplies what the handling province asked for ------------------
 

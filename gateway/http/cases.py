@@ -38,8 +38,21 @@ from gateway.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE, VERIFIER, principal_of
-from gateway.http.oidc import check_client_may_call
+from gateway.http.keys import (
+    LOG_FIELDS,
+    REQUEST_ID,
+    SETTINGS,
+    STATE,
+    SUBJECTS,
+    VERIFIER,
+    principal_of,
+)
+from gateway.http.oidc import (
+    check_client_may_call,
+    check_receiving_province,
+    client_registration,
+    machine_admitted,
+)
 from gateway.principal import Principal
 from gateway.settings import Settings
 from gateway.stores.postgres_cases import PostgresCaseStore
@@ -120,7 +133,12 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
     worker = None
     if config.worker:
         worker = DeliveryWorker(
-            store, lambda: state.catalog, config.delivery, events=events, audit=audit
+            store,
+            lambda: state.catalog,
+            config.delivery,
+            events=events,
+            audit=audit,
+            subject_keys=app[SUBJECTS].keys,
         )
     service = CaseService(
         store,
@@ -128,6 +146,7 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
         audit=audit,
         callback_keys=callback_keys(config),
         on_written=worker.notify if worker else None,
+        subjects=app[SUBJECTS],
     )
     app[CASES] = CaseRuntime(service, store, worker, events)
 
@@ -262,17 +281,22 @@ def _base_url(request: web.Request) -> str:
 async def submit_case(request: web.Request) -> web.Response:
     principal = principal_of(request)
     runtime = _runtime(request)
-    _raw, body = await _json_body(request)
+    raw, body = await _json_body(request)
     fields = request[LOG_FIELDS]
     fields.update(service=str(body.get("service", ""))[:64])
+    registration = client_registration(request.app, principal)
     if isinstance(body.get("service"), str):
         # The same client rules as a synchronous call: allowed_services and the call scope.
         check_client_may_call(request.app, principal, body["service"])
+    if isinstance(body.get("receiving_province"), str):
+        check_receiving_province(registration, principal, body["receiving_province"])
     submitted = await runtime.service.submit(
         principal,
         body,
         idempotency_key=request.headers.get("Idempotency-Key"),
         request_id=request[REQUEST_ID],
+        raw=raw,
+        machine=machine_admitted(registration, principal),
     )
     fields.update(case_id=submitted.case.case_id, created=submitted.created)
     answer = receipt(submitted.case, _base_url(request))

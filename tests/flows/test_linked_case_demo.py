@@ -25,19 +25,37 @@ from gateway.demo.backends import (
     XINING_UTILITIES,
 )
 from gateway.demo.cases import S13_CASE, S13_REFUSED
+from gateway.demo.property_transfer import SELLER
+from tests.consent_books import MemoryConsentBook, TestGrant
 from tests.flows.conftest import Journey, audit_verify, demo_journey
+
+SELLER_GRANT = "grant-s13-seller"
 
 
 @pytest.fixture
 async def journey(
     tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Journey]:
-    async with demo_journey(tmp_path, monkeypatch, poll_quickly=True) as journey:
+    # The buyer (马文华) files; the seller (韩雪梅) is a co-applicant whose part of the
+    # application is reached under her consent grant to the buyer's portal.
+    book = MemoryConsentBook()
+    async with demo_journey(tmp_path, monkeypatch, poll_quickly=True, consent_book=book) as journey:
+        book.grants[SELLER_GRANT] = TestGrant(
+            subject=journey.keys.person(SELLER.id_number),
+            client_id="demo-portal-qinghai",
+            service="second-hand-home-transfer",
+        )
         yield journey
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0
 
 
 async def submit_and_settle(journey: Journey, body: dict[str, Any], key: str) -> dict[str, Any]:
+    refused = await journey.client.post(
+        "/api/v1/cases", json=body, headers={**journey.auth(), "Idempotency-Key": key}
+    )
+    assert refused.status == 403  # the seller's data without her grant
+    assert (await refused.json())["code"] == "client.not_data_subject"
+    body = {**body, "consent": SELLER_GRANT}
     response = await journey.client.post(
         "/api/v1/cases", json=body, headers={**journey.auth(), "Idempotency-Key": key}
     )
