@@ -69,6 +69,7 @@ from gateway.subjects import (
     case_declaration,
     check_unambiguous,
     grant_ids,
+    principal_subject,
     service_subject_fields,
 )
 
@@ -110,11 +111,19 @@ def can_supplement(principal: Principal, case: Case) -> bool:
     return can_see(dataclasses.replace(principal, roles=principal.roles - STAFF_ROLES), case)
 
 
+def _applicant_keys(principal: Principal) -> frozenset[str]:
+    """The keys a case names its co-applicants by that are this principal's own."""
+    own = principal_subject(principal)
+    return frozenset((own.key,)) if own is not None else frozenset()
+
+
 def can_see(principal: Principal, case: Case) -> bool:
     """The applicant (through any portal), whoever acted for them, their window's clerks,
     operators and auditors."""
     if case.owner in principal.owner_keys and principal.actor in (None, case.actor):
         return True
+    if principal.actor is None and _applicant_keys(principal) & case.applicants:
+        return True  # a co-applicant (the seller of the buyer's application), at any portal
     if principal.actor is not None and principal.actor == case.actor:
         return True
     if principal.roles & STAFF_ROLES:
@@ -183,7 +192,11 @@ class CaseService:
             return Submitted(existing, False)
         binding = await self._bind(catalog, principal, new, body, raw)
         if binding is not None:
-            new = dataclasses.replace(new, authorisation_ref=binding.grant)
+            new = dataclasses.replace(
+                new,
+                authorisation_ref=binding.grant,
+                applicants=tuple(s.key for s in binding.subjects),
+            )
         try:
             at = iso_now()
             initial = [TransitionDraft(CaseStatus.RECEIVED, CaseStatus.RECEIVED, actor=new.actor)]
@@ -415,7 +428,10 @@ class CaseService:
                 if not ("clerk" in principal.roles or principal.actor_role == "clerk"):
                     raise Forbidden("The window queue is for clerks.")
                 return await self.store.list_cases(client_id=principal.client_id, limit=limit)
-            return await self.store.list_cases(owners=principal.owner_keys, limit=limit)
+            applicants = sorted(_applicant_keys(principal)) if principal.actor is None else []
+            return await self.store.list_cases(
+                owners=principal.owner_keys, applicants=applicants, limit=limit
+            )
         except CaseStoreUnavailable as exc:
             raise CaseStoreDown() from exc
 
