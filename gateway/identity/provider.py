@@ -38,6 +38,7 @@ import base64
 import contextvars
 import functools
 import hashlib
+import hmac
 import html
 import json
 import logging
@@ -105,6 +106,17 @@ from gateway.identity.verifier import (
 log = structlog.get_logger("tongban.identity")
 
 KEY_FILE_NAME = "oidc-signing-keys.json"
+LOGOUT_CONFIRM_FIELD = "confirm"
+"""The logout confirmation form's CSRF field (its value is bound to the session cookie)."""
+LOGOUT_PARAMS = (
+    "id_token_hint",
+    "client_id",
+    "post_logout_redirect_uri",
+    "state",
+    "ui_locales",
+    "logout_hint",
+)
+"""RP-Initiated Logout 1.0 §2 parameters the confirmation form carries over."""
 LEVELS = ("L1", "L2", "L3", "LP", "Counter")
 JSON_HEADERS = (
     ("Content-Type", "application/json"),
@@ -447,15 +459,36 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         return self.handle_response(200, body, list(JSON_HEADERS))
 
     async def end_session(self, request: IdentityRequest) -> IdentityResponse:
-        """End-session endpoint, OpenID Connect RP-Initiated Logout 1.0 §2–§4."""
+        """End-session endpoint, OpenID Connect RP-Initiated Logout 1.0 §2–§4.
+
+        Only the SSO session this browser holds can end here, and only at once when a valid
+        ``id_token_hint`` names that very session; otherwise the user confirms on a page whose
+        form carries a token bound to the session cookie (§2: the OP MUST ask when there is no
+        ``id_token_hint``; a top-level link is not a decision). A hint from a browser without
+        the session (an expired token of someone else's, say) ends nothing.
+        """
         oauth_request = OAuthRequest(request)
         try:
             validated = self.validate_endpoint_request("end_session", oauth_request)
         except OAuth2Error as error:
             return self._error_page(error)
         claims = validated.id_token_claims or {}
-        sid = claims.get("sid")
-        await self.authenticator.sign_out(request, sid if isinstance(sid, str) else None)
+        held = await self.authenticator.browser_session(request)
+        if held is None:
+            # Nothing to end: the RP still gets its browser back when the hint was valid.
+            log.info("logout_without_session", hinted=bool(claims))
+            return self._signed_out(validated)
+        hinted = claims.get("sid")
+        confirmed = isinstance(hinted, str) and hmac.compare_digest(hinted, held)
+        if not confirmed:
+            expected = await self.authenticator.logout_token(request)
+            offered = request.form.get(LOGOUT_CONFIRM_FIELD, "") if request.method == "POST" else ""
+            confirmed = bool(
+                expected and offered and hmac.compare_digest(offered.encode(), expected.encode())
+            )
+            if not confirmed:
+                return self._logout_confirmation(request, expected or "")
+        cookies = await self.authenticator.sign_out(request)
         client_id = validated.client.client_id if validated.client else None
         subject = claims.get("sub")
         self.audit_event(
@@ -465,12 +498,46 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             operation="rp_initiated_logout",
         )
         log.info("session_ended", client=client_id)
-        response: IdentityResponse | None = self.create_endpoint_response("end_session", validated)
-        if response is not None:
-            return response
+        response = self._signed_out(validated)
+        return IdentityResponse(response.status, response.body, (*response.headers, *cookies))
+
+    def _signed_out(self, validated: Any) -> IdentityResponse:
+        if validated.redirect_uri:
+            return IdentityResponse(
+                302, b"", (("Location", validated.redirect_uri), ("Cache-Control", "no-store"))
+            )
         page = (
             "<!doctype html><meta charset='utf-8'><title>已退出</title>"
             "<p>已退出登录 / Signed out.</p>"
+        )
+        return IdentityResponse(
+            200,
+            page.encode(),
+            (("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")),
+        )
+
+    def _logout_confirmation(self, request: IdentityRequest, token: str) -> IdentityResponse:
+        """The page that asks before a logout nobody proved the browser wants: the request's
+        own parameters go back in hidden fields, with the session-bound token."""
+        fields = [
+            (name, request.params[name]) for name in LOGOUT_PARAMS if request.params.get(name)
+        ]
+        fields.append((LOGOUT_CONFIRM_FIELD, token))
+        hidden = "".join(
+            f"<input type='hidden' name='{html.escape(name)}' value='{html.escape(value)}'>"
+            for name, value in fields
+        )
+        action = html.escape(self.settings.issuer + "/oauth2/logout")
+        page = (
+            "<!doctype html><html lang='zh'><meta charset='utf-8'>"
+            "<title>退出登录？ / Sign out?</title>"
+            "<h1>退出登录？</h1><p>要退出统一身份认证，并退出所有已登录的门户吗？</p>"
+            "<p>Sign out of the single sign-on session and of every portal it signed you in"
+            " to?</p>"
+            f"<form method='post' action='{action}'>{hidden}"
+            "<button type='submit'>退出 / Sign out</button></form>"
+            "<p>如果不是您本人要求退出，请关闭此页。 / If you did not ask to sign out, close"
+            " this page.</p></html>"
         )
         return IdentityResponse(
             200,
