@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextvars
 import functools
 import hashlib
@@ -53,6 +54,7 @@ import structlog
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
+    InvalidClientError,
     InvalidRequestError,
     OAuth2Request,
 )
@@ -418,11 +420,15 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
 
     def token(self, request: IdentityRequest) -> IdentityResponse:
         """Token endpoint, RFC 6749 §3.2."""
+        if refused := self._unreadable_basic_credentials(request):
+            return refused
         response: IdentityResponse = self.create_token_response(OAuthRequest(request))
         return response
 
     def introspect(self, request: IdentityRequest) -> IdentityResponse:
         """Introspection endpoint, RFC 7662 §2."""
+        if refused := self._unreadable_basic_credentials(request):
+            return refused
         response: IdentityResponse = self.create_endpoint_response(
             "introspection", OAuthRequest(request)
         )
@@ -430,10 +436,31 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
 
     def revoke(self, request: IdentityRequest) -> IdentityResponse:
         """Revocation endpoint, RFC 7009 §2."""
+        if refused := self._unreadable_basic_credentials(request):
+            return refused
         response: IdentityResponse = self.create_endpoint_response(
             "revocation", OAuthRequest(request)
         )
         return response
+
+    def _unreadable_basic_credentials(self, request: IdentityRequest) -> IdentityResponse | None:
+        """``invalid_client`` (RFC 6749 §5.2, 401 with a Basic challenge) for HTTP Basic
+        credentials that are not base64 of UTF-8 text (RFC 7617 §2.1): authlib would raise
+        ``UnicodeDecodeError`` on them."""
+        scheme, _, blob = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            base64.b64decode(blob.strip()).decode("utf-8")
+        except binascii.Error:
+            return None  # authlib treats undecodable base64 as no credentials
+        except UnicodeDecodeError:
+            error = InvalidClientError(
+                description="The client credentials are not UTF-8.", status_code=401
+            )
+            response: IdentityResponse = self.handle_error_response(None, error)
+            return response
+        return None
 
     def userinfo(self, request: IdentityRequest) -> IdentityResponse:
         """UserInfo endpoint, OIDC Core §5.3, bearer token per RFC 6750 §2.1 / §3."""

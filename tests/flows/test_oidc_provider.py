@@ -961,6 +961,23 @@ async def test_introspection_needs_client_authentication(world: World) -> None:
     assert (await resp.json())["error"] == "invalid_client"
 
 
+@pytest.mark.parametrize("path", ["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"])
+async def test_basic_credentials_that_are_not_utf8_are_an_invalid_client(
+    world: World, path: str
+) -> None:
+    body = await tokens(world)
+    blob = base64.b64encode(b"portal-sx:\xff\xfe\xfa").decode()
+    resp = await world.http.post(
+        path,
+        data={"token": body["access_token"], "grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {blob}"},
+    )
+    assert resp.status == 401
+    assert (await resp.json())["error"] == "invalid_client"
+    assert resp.headers["WWW-Authenticate"].startswith("Basic")
+    assert await api_status(world, body["access_token"]) == 200
+
+
 async def test_introspection_of_another_clients_token_is_inactive(world: World) -> None:
     body = await tokens(world)
     resp = await world.http.post(
