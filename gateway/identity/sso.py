@@ -196,6 +196,11 @@ class SessionAuthenticator:
             BINDING_COOKIE, value, max_age=self.settings.login_timeout, path=self.login_path
         )
 
+    def clear_binding_cookie(self) -> str:
+        # Same name, domain and path as when it was set, or the browser keeps it (RFC 6265
+        # §5.3 step 11).
+        return self._cookie(BINDING_COOKIE, "", max_age=0, path=self.login_path)
+
     # --- the session -------------------------------------------------------------------------
 
     def deadline(self, session: SsoSession) -> float:
@@ -662,7 +667,7 @@ class SessionAuthenticator:
         separator = "&" if "?" in resume else "?"
         return LoginDone(
             location=f"{resume}{separator}{RESUME_PARAM}={quote(pending['tx'])}",
-            set_cookies=(self.session_cookie(handle), self._cookie(BINDING_COOKIE, "", max_age=0)),
+            set_cookies=(self.session_cookie(handle), self.clear_binding_cookie()),
         )
 
     async def _callback_state(
