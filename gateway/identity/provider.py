@@ -103,6 +103,7 @@ from gateway.identity.verifier import (
     RevocationList,
     StoreRevocationList,
     decode_access_token,
+    principal_from_claims,
 )
 
 log = structlog.get_logger("tongban.identity")
@@ -889,7 +890,10 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
     def _decode_access_token(
         self, token: str, *, leeway: int | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return decode_access_token(
+        """Header and claims of an access token of ours, held to the same rules as at /api:
+        a sealed person claim that does not open for its ``sub`` and ``client_id`` (tampered,
+        moved between tokens) makes the whole token invalid (userinfo, introspection)."""
+        header, claims = decode_access_token(
             token,
             keys=self.keys,
             issuer=self.settings.issuer,
@@ -898,6 +902,8 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             now=self.clock(),
             leeway=self.settings.leeway if leeway is None else leeway,
         )
+        principal_from_claims(claims, self.person_keys)
+        return header, claims
 
     def decode_id_token_hint(self, token: str) -> dict[str, Any] | None:
         """Claims of an ID token this provider issued (signature and iss; expiry tolerated)."""

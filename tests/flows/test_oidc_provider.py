@@ -33,6 +33,7 @@ from gateway.http.oidc import add_oidc_routes
 from gateway.identity.authn import AuthenticatedUser, FakeAuthenticator
 from gateway.identity.clients import ClientRegistration
 from gateway.identity.config import ProviderSettings
+from gateway.identity.person_key import PERSON_CLAIM
 from gateway.identity.provider import KEY_FILE_NAME, OpenIDProvider
 from gateway.identity.store import IdentityStore, MemoryIdentityStore
 from gateway.metrics import Metrics
@@ -1050,6 +1051,31 @@ async def test_logout_refuses_an_access_token_as_id_token_hint(world: World) -> 
     assert resp.status == 400
     assert "Location" not in resp.headers
     assert world.authenticator.signed_out == []
+
+
+async def test_a_tampered_person_claim_is_refused_at_userinfo_and_introspection(
+    world: World,
+) -> None:
+    body = await tokens(world)
+    claims = unverified_claims(body["access_token"])
+    sealed = claims[PERSON_CLAIM]
+    # Signed with the provider's own key: only the sealed person key differs.
+    flipped = ("A" if sealed[10] != "A" else "B").join((sealed[:10], sealed[11:]))
+    forged = world.provider.keys.sign(
+        {**claims, PERSON_CLAIM: flipped},
+        algorithm=unverified_header(body["access_token"])["alg"],
+        typ="at+jwt",
+    )
+    assert await api_status(world, forged) == 401
+    resp = await world.http.get("/oauth2/userinfo", headers={"Authorization": f"Bearer {forged}"})
+    assert resp.status == 401
+    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    assert await introspect(world, forged) == {"active": False}
+    # The untouched token still answers.
+    resp = await world.http.get(
+        "/oauth2/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
+    assert resp.status == 200
 
 
 async def test_userinfo_refusals(world: World) -> None:
