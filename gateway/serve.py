@@ -27,6 +27,7 @@ from gateway.identity.provider import OpenIDProvider
 from gateway.logs import configure_logging
 from gateway.principal import Principal, TokenVerifier
 from gateway.settings import ConfigError, Settings, load_settings, with_instance_id
+from gateway.stores.sqlite import private_dir
 
 log = structlog.get_logger("tongban.serve")
 
@@ -87,7 +88,7 @@ async def run_serve(
     configure_logging(settings.gateway.logging.level, settings.gateway.logging.format)
     provider: OpenIDProvider | None = None
     try:
-        settings.data_dir().mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir())
         # The SSO session + federation when idps.yaml declares platforms, else nobody signs in.
         provider = await open_provider(settings, build_authenticator(settings))
         return await _serve(settings, provider, host, port, dev_tokens)
