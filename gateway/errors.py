@@ -159,7 +159,7 @@ class RateLimited(ClientError):
     title = "Too many calls"
 
     def __init__(self, policy: str, retry_after: int) -> None:
-        whose = "this person" if policy == "person" else "this client"
+        whose = {"person": "this person", "source": "this address"}.get(policy, "this client")
         super().__init__(
             f"Too many calls for {whose}; try again in {retry_after} seconds.",
             policy=policy,
