@@ -20,6 +20,7 @@ from gateway.catalog import Catalog
 from gateway.http import handlers
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
+from gateway.http.client_io import client_io_middleware
 from gateway.http.guards import add_guards, endpoint_limit_middleware, refusal_audit_middleware
 from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
 from gateway.http.middlewares import (
@@ -57,11 +58,13 @@ def create_app(
         # rate_limit counts /api calls once auth has named the caller, before any handler work;
         # inside problem so a refusal renders as problem+json like any other.
         # refusal_audit holds anonymous refusal records until the request is done (guards.py);
+        # client_io reads the body under the body timeout and turns client aborts into 499s;
         # endpoint_limit guards the token and login endpoints, inside problem for its 429s.
         middlewares=[
             request_context_middleware,
             refusal_audit_middleware,
             problem_middleware,
+            client_io_middleware,
             endpoint_limit_middleware,
             auth_middleware,
             rate_limit_middleware,

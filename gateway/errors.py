@@ -7,6 +7,7 @@
     │   ├── ValidationFailed             client.validation_failed (with the failing paths)
     │   ├── UnsupportedMediaType         client.unsupported_media_type
     │   ├── PayloadTooLarge              client.payload_too_large
+    │   ├── RequestTimeout               client.request_timeout   (408: the body came too slowly)
     │   ├── NotFound                     client.not_found
     │   ├── UnknownService               client.unknown_service
     │   ├── UnknownOperation             client.unknown_operation
@@ -97,6 +98,14 @@ class PayloadTooLarge(ClientError):
     code = "client.payload_too_large"
     http_status = 413
     title = "The body is too large"
+
+
+class RequestTimeout(ClientError):
+    """The request's body did not arrive within ``server.body_timeout``; the connection closes."""
+
+    code = "client.request_timeout"
+    http_status = 408
+    title = "The request body came too slowly"
 
 
 class NotFound(ClientError):
