@@ -118,8 +118,12 @@ class _Params:
         value = self.query.get(name)
         if value is None:
             return None
+        # RFC 3339 §5.6 allows a lower-case t and z, and a leap second (taken as :59).
+        text = value.upper()
+        if text[17:19] == "60":
+            text = text[:17] + "59" + text[19:]
         try:
-            moment = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(text)
         except ValueError:
             self.error(name, "not an RFC 3339 time")
             return None
@@ -575,10 +579,22 @@ def _problem_responses(*statuses: int) -> dict[str, Any]:
 
 def audit_openapi_paths() -> dict[str, Any]:
     window = [
-        _param("since", "First time included (RFC 3339 with zone).", {"type": "string"}),
-        _param("until", "First time excluded (RFC 3339 with zone).", {"type": "string"}),
+        _param(
+            "since",
+            "First time included (RFC 3339 with zone).",
+            {"type": "string", "format": "date-time", "minLength": 1},
+        ),
+        _param(
+            "until",
+            "First time excluded (RFC 3339 with zone).",
+            {"type": "string", "format": "date-time", "minLength": 1},
+        ),
         _param("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
-        _param("cursor", "`next_cursor` of the previous page.", {"type": "string"}),
+        _param(
+            "cursor",
+            "`next_cursor` of the previous page.",
+            {"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[A-Za-z0-9_-]+$"},
+        ),
     ]
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {

@@ -281,3 +281,19 @@ async def test_a_tampered_lookup_table_is_reported_by_queries_and_by_verify(
     assert await asyncio.to_thread(audit_verify, tmp_path) == 1
     out = capsys.readouterr().out
     assert f"record {victim.sequence}: lookup_missing" in out
+
+
+async def test_time_and_cursor_parameters_follow_their_schema(journey: Journey) -> None:
+    auditor = _auditor(journey)
+    doc = await (await journey.client.get("/openapi.json")).json()
+    params = {p["name"]: p["schema"] for p in doc["paths"]["/admin/audit"]["get"]["parameters"]}
+    assert params["since"]["format"] == "date-time"
+    assert params["cursor"]["minLength"] == 1
+    # RFC 3339 also allows a lower-case t and z, and a leap second.
+    for since in ("2026-01-01t00:00:00z", "2016-12-31T23:59:60Z", "2026-01-01T08:00:00+08:00"):
+        status, body = await _get(journey, "/admin/audit", auditor, since=since)
+        assert status == 200, (since, body)
+    # Empty values are outside the schema (minLength 1), and refused as such.
+    for name in ("since", "cursor"):
+        status, body = await _get(journey, "/admin/audit", auditor, **{name: ""})
+        assert (status, body["code"]) == (422, "client.validation_failed"), name

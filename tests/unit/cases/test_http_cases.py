@@ -236,3 +236,11 @@ async def test_readiness_includes_the_case_store(api: Api) -> None:
     body = await response.json()
     assert body["stores"]["cases"] == {"ready": True}
     assert api.client.app[CASES].worker is not None
+
+
+async def test_a_queue_other_than_the_window_is_refused(api: Api) -> None:
+    status, problem = await api.get("/api/v1/cases?queue=AAA")
+    assert (status, problem["code"]) == (400, "client.invalid_request")
+    status, answer = await api.get("/api/v1/cases")
+    assert status == 200
+    assert "cases" in answer
