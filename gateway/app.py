@@ -22,7 +22,9 @@ from gateway.consent.factory import subject_keys
 from gateway.http import handlers
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
+from gateway.http.client_io import client_io_middleware
 from gateway.http.consents import AppConsentBook, add_consent_routes
+from gateway.http.guards import add_guards, endpoint_limit_middleware, refusal_audit_middleware
 from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
 from gateway.http.middlewares import (
     auth_middleware,
@@ -65,9 +67,15 @@ def create_app(
         # identity_audit holds identity answers until their buffered records are committed.
         # rate_limit counts /api calls once auth has named the caller, before any handler work;
         # inside problem so a refusal renders as problem+json like any other.
+        # refusal_audit holds anonymous refusal records until the request is done (guards.py);
+        # client_io reads the body under the body timeout and turns client aborts into 499s;
+        # endpoint_limit guards the token and login endpoints, inside problem for its 429s.
         middlewares=[
             request_context_middleware,
+            refusal_audit_middleware,
             problem_middleware,
+            client_io_middleware,
+            endpoint_limit_middleware,
             auth_middleware,
             rate_limit_middleware,
             admin_audit_middleware,
@@ -90,6 +98,7 @@ def create_app(
     add_consent_routes(app)
     app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
     add_rate_limits(app)
+    add_guards(app)
 
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)

@@ -13,6 +13,7 @@ from typing import Any
 from gateway.cases.commands import add_cases_commands, run_cases_command
 from gateway.packaged import DEMO_CONFIG_DIR
 from gateway.settings import ConfigError, load_settings
+from gateway.stores.sqlite import private_dir
 
 
 def _config_dir(value: str) -> Path:
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.demo.runner import run_demo  # noqa: PLC0415 - demo-only dependencies
 
         data_dir = args.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         config_dir = args.config.resolve()
         if not config_dir.is_dir():
             print(f"no configuration directory {config_dir}", file=sys.stderr)

@@ -7,6 +7,7 @@
     │   ├── ValidationFailed             client.validation_failed (with the failing paths)
     │   ├── UnsupportedMediaType         client.unsupported_media_type
     │   ├── PayloadTooLarge              client.payload_too_large
+    │   ├── RequestTimeout               client.request_timeout   (408: the body came too slowly)
     │   ├── NotFound                     client.not_found
     │   ├── UnknownService               client.unknown_service
     │   ├── UnknownOperation             client.unknown_operation
@@ -103,6 +104,14 @@ class PayloadTooLarge(ClientError):
     title = "The body is too large"
 
 
+class RequestTimeout(ClientError):
+    """The request's body did not arrive within ``server.body_timeout``; the connection closes."""
+
+    code = "client.request_timeout"
+    http_status = 408
+    title = "The request body came too slowly"
+
+
 class NotFound(ClientError):
     code = "client.not_found"
     http_status = 404
@@ -193,7 +202,7 @@ class RateLimited(ClientError):
     title = "Too many calls"
 
     def __init__(self, policy: str, retry_after: int) -> None:
-        whose = "this person" if policy == "person" else "this client"
+        whose = {"person": "this person", "source": "this address"}.get(policy, "this client")
         super().__init__(
             f"Too many calls for {whose}; try again in {retry_after} seconds.",
             policy=policy,

@@ -21,12 +21,14 @@ from aiohttp import web
 from gateway.adapter import AdapterConfigError
 from gateway.app import create_app, open_provider
 from gateway.errors import GatewayError, Unauthenticated
+from gateway.http.keys import SETTINGS
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.identity.provider import OpenIDProvider
 from gateway.logs import configure_logging
 from gateway.principal import Principal, TokenVerifier
 from gateway.settings import ConfigError, Settings, load_settings, with_instance_id
+from gateway.stores.sqlite import private_dir
 
 log = structlog.get_logger("tongban.serve")
 
@@ -35,7 +37,7 @@ async def serve_until_stopped(
     app: web.Application, host: str, port: int, *, on_started: Callable[[int], None] | None = None
 ) -> int:
     """Bind, start, tell ``on_started`` the bound port, wait for a stop signal, shut down."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = app_runner(app)
     try:
         # Inside the try: a start-up step that fails must still close the ones before it (an
         # open aiosqlite thread would otherwise keep the process alive after the error).
@@ -53,6 +55,15 @@ async def serve_until_stopped(
     finally:
         await runner.cleanup()
     return 0
+
+
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner of the gateway's server, with its idle and header timeout."""
+    settings = app.get(SETTINGS)
+    # aiohttp's keep-alive timer also runs while a request head is incomplete: it is the
+    # header timeout too (server.idle_timeout; the body timeout is gateway/http/client_io.py).
+    idle = settings.gateway.server.idle_timeout if settings is not None else 15.0
+    return web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=idle)
 
 
 def bound_port(runner: web.AppRunner) -> int:
@@ -87,7 +98,7 @@ async def run_serve(
     configure_logging(settings.gateway.logging.level, settings.gateway.logging.format)
     provider: OpenIDProvider | None = None
     try:
-        settings.data_dir().mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir())
         # The SSO session + federation when idps.yaml declares platforms, else nobody signs in.
         provider = await open_provider(settings, build_authenticator(settings))
         return await _serve(settings, provider, host, port, dev_tokens)

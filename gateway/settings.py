@@ -141,6 +141,12 @@ class ServerSettings(_Model):
     """The URL portals use to reach the gateway, when it differs from host:port."""
     max_body_bytes: int = Field(1 << 20, ge=1024)
     """Requests with a larger body are refused with client.payload_too_large."""
+    idle_timeout: float = Field(15.0, gt=0, le=3600)
+    """Seconds a connection may go without a complete request head before it is closed: an
+    idle keep-alive connection and one sending its headers slowly alike (the header timeout)."""
+    body_timeout: float = Field(30.0, gt=0, le=3600)
+    """Seconds a request's whole body may take to arrive; slower is 408 client.request_timeout
+    and the connection closes."""
 
 
 class LoggingSettings(_Model):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,6 +79,8 @@ log = structlog.get_logger("tongban.cases")
 
 STAFF_ROLES: Final = frozenset({"operator", "auditor"})
 CALLBACK_SKEW: Final = 300.0
+CALLBACK_TIMESTAMP: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+"""X-Tongban-Timestamp: Unix seconds, optionally with a fraction, nothing else."""
 CALLBACK_STATUSES: Final = (
     "processing",
     "done",
@@ -466,11 +470,12 @@ class CaseService:
         key = self._callback_keys.get(system)
         if key is None:
             raise CallbackRefused("This system is not registered for callbacks.")
-        try:
-            moment = float(timestamp)
-        except ValueError:
-            raise CallbackRefused("X-Tongban-Timestamp must be Unix seconds.") from None
-        if abs(self._clock() - moment) > CALLBACK_SKEW:
+        # Decimal Unix seconds only: float() also reads "NaN", "inf" and "1e999", and a NaN
+        # passes any window since every comparison with it is false.
+        if not CALLBACK_TIMESTAMP.fullmatch(timestamp):
+            raise CallbackRefused("X-Tongban-Timestamp must be Unix seconds.")
+        moment = float(timestamp)
+        if not math.isfinite(moment) or not abs(self._clock() - moment) <= CALLBACK_SKEW:
             raise CallbackRefused("The callback's timestamp is too far from now.")
         expected = hmac.new(key, timestamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
         given = signature.removeprefix("sha256=")
