@@ -98,6 +98,7 @@ systems:
 name: {zh: 基准测试事项, en: Bench filing}
 modes: [online]
 min_level: L1
+subject: caller  # the filing names no one
 operations:
   file:
     name: {zh: 提交, en: File}

@@ -181,6 +181,18 @@ def minimal_proxy_app(upstream: str) -> web.Application:
     return app
 
 
+def bench_subject_keys() -> Any:
+    """Subject keys from bench-only secrets (a deployment derives them from its identity block)."""
+    from pydantic import SecretStr
+
+    from gateway.identity.subject_keys import SubjectKeys
+
+    return SubjectKeys(
+        pairwise_secret=SecretStr("bench-only-pairwise-secret-0123456789"),
+        link_secret=SecretStr("bench-only-link-secret-0123456789abcd"),
+    )
+
+
 def bench_config(backend: str, audit_mode: str = "required") -> dict[str, Any]:
     """The benchmark's configuration as plain data: one REST and one SOAP system, one service
     and route for each (``gateway_settings`` validates it, ``write_config_dir`` writes it)."""
@@ -220,6 +232,7 @@ def bench_config(backend: str, audit_mode: str = "required") -> dict[str, Any]:
                 "modes": ["query"],
                 "min_level": "L1",
                 "audit": audit_mode,
+                "subject": [{"person": "holder_id"}],
                 "operations": {
                     "verify": {
                         "name": {"zh": "核验", "en": "Verify"},
@@ -343,6 +356,7 @@ async def run_gateway(
         gateway_settings(config_dir, backend, audit_mode),
         verifier=DevTokenIssuer(TOKEN_SECRET),
         open_adapter=open_canned if canned else None,
+        subjects=bench_subject_keys(),
     )
     _stop_after(max_lifetime)
     if not profile_out:
@@ -1324,7 +1338,10 @@ def run_benchmark(args: argparse.Namespace) -> Report:
 
             from gateway.identity.devtokens import DevTokenIssuer
 
-            token = DevTokenIssuer(TOKEN_SECRET).issue("bench-citizen", "L2")
+            # The holder herself: the subject rule binds the call to her, as in production.
+            token = DevTokenIssuer(TOKEN_SECRET).issue(
+                "bench-citizen", "L2", person=bench_subject_keys().person(HOLDER_ID).key
+            )
             call_headers = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
 
             def via(child: Child, path: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from gateway.cases.commands import add_cases_commands, run_cases_command
 from gateway.packaged import DEMO_CONFIG_DIR
 from gateway.settings import ConfigError, load_settings
+from gateway.stores.sqlite import private_dir
 
 
 def _config_dir(value: str) -> Path:
@@ -116,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="which key: the OpenID provider's (default) or the audit checkpoint key (ES256); "
         "either way a key_rotated record is written to the audit trail",
     )
+    subject = keys_commands.add_parser(
+        "subject",
+        help="print a province's subject key (to hand to that province)",
+        description="Print, in hex, the key a handling province uses to check the data "
+        "subjects of its identity assertions: HKDF-SHA256 of identity.link_secret for that "
+        "province (docs/data-subjects.md). It is a secret: hand it to that province only.",
+    )
+    subject.add_argument(
+        "--config", type=_config_dir, required=True, help="configuration directory"
+    )
+    subject.add_argument("--province", required=True, help="GB/T 2260 code, e.g. 61")
     add_cases_commands(commands)
     _add_audit_commands(commands)
     return parser
@@ -214,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.demo.runner import run_demo  # noqa: PLC0415 - demo-only dependencies
 
         data_dir = args.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         config_dir = args.config.resolve()
         if not config_dir.is_dir():
             print(f"no configuration directory {config_dir}", file=sys.stderr)
@@ -222,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(run_demo(config_dir=config_dir, port=args.port, data_dir=data_dir))
     if args.command == "init":
         return _init(args.dir)
+    if args.command == "keys" and args.keys_command == "subject":
+        return _subject_key(args.config, args.province)
     if args.command == "keys":
         return _keys_rotate(args.data_dir, args.config, args.algorithm, args.key)
     if args.command == "serve":
@@ -249,6 +263,36 @@ def _init(directory: Path) -> int:
         print(f"tongban init: {exc}", file=sys.stderr)
         return 1
     print(starter.report())
+    return 0
+
+
+def _subject_key(config_dir: Path, province: str) -> int:
+    import yaml  # noqa: PLC0415
+
+    from gateway.identity.subject_keys import province_key  # noqa: PLC0415
+    from gateway.secrets import read_secret_ref  # noqa: PLC0415
+    from gateway.settings import PROVINCES  # noqa: PLC0415
+
+    if province not in PROVINCES:
+        print(f"{province!r} is not a GB/T 2260 province code", file=sys.stderr)
+        return 1
+    # Only the link secret is read (the other secrets of the configuration need not be set).
+    try:
+        settings = load_settings(config_dir, resolve_secrets=False)
+    except ConfigError as exc:
+        print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 1
+    raw = yaml.safe_load((config_dir / "gateway.yaml").read_text(encoding="utf-8")) or {}
+    reference = (raw.get("identity") or {}).get("link_secret")
+    if settings.gateway.identity is None or reference is None:
+        print("gateway.yaml has no identity.link_secret: no subject keys", file=sys.stderr)
+        return 1
+    try:
+        secret = read_secret_ref(reference)
+    except ValueError as exc:
+        print(f"identity.link_secret: {exc}", file=sys.stderr)
+        return 1
+    print(province_key(secret, province).hex())
     return 0
 
 

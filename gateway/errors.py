@@ -7,6 +7,7 @@
     │   ├── ValidationFailed             client.validation_failed (with the failing paths)
     │   ├── UnsupportedMediaType         client.unsupported_media_type
     │   ├── PayloadTooLarge              client.payload_too_large
+    │   ├── RequestTimeout               client.request_timeout   (408: the body came too slowly)
     │   ├── NotFound                     client.not_found
     │   ├── UnknownService               client.unknown_service
     │   ├── UnknownOperation             client.unknown_operation
@@ -15,6 +16,10 @@
     │   ├── Unauthenticated              client.unauthenticated
     │   ├── Forbidden                    client.forbidden
     │   ├── InsufficientLevel            client.insufficient_level (names the level needed)
+    │   ├── NotDataSubject               client.not_data_subject (someone else's data, no grant)
+    │   ├── ProvinceNotAllowed           client.province_not_allowed (not the client's province)
+    │   ├── NoCaseAuthority              client.no_case_authority (a department off its case)
+    │   ├── SubjectFieldAmbiguous        client.subject_field_ambiguous (a subject field twice)
     │   └── RateLimited                  client.rate_limited (429, Retry-After; names the limit)
     ├── BackendError                     a provincial system failed us (422/502/503/504)
     │   ├── BackendUnavailable           backend.unavailable   (never reached it: safe to retry)
@@ -100,6 +105,14 @@ class PayloadTooLarge(ClientError):
     title = "The body is too large"
 
 
+class RequestTimeout(ClientError):
+    """The request's body did not arrive within ``server.body_timeout``; the connection closes."""
+
+    code = "client.request_timeout"
+    http_status = 408
+    title = "The request body came too slowly"
+
+
 class NotFound(ClientError):
     code = "client.not_found"
     http_status = 404
@@ -152,6 +165,36 @@ class InsufficientLevel(Forbidden):
         )
 
 
+class NotDataSubject(Forbidden):
+    """The request touches the data of someone who is not the principal, and no grant covers
+    it (gateway/subjects.py)."""
+
+    code = "client.not_data_subject"
+    title = "The data belongs to someone else"
+
+
+class ProvinceNotAllowed(Forbidden):
+    """The client is registered for other receiving provinces than the one it names."""
+
+    code = "client.province_not_allowed"
+    title = "The client does not receive for this province"
+
+
+class NoCaseAuthority(Forbidden):
+    """A provincial department's system acted outside an open case it handles."""
+
+    code = "client.no_case_authority"
+    title = "No open case of this department covers the request"
+
+
+class SubjectFieldAmbiguous(ClientError):
+    """A field naming the data subject appears twice, or in two spellings: which one a
+    back-end would read is not certain, so the request is refused before anything is sent."""
+
+    code = "client.subject_field_ambiguous"
+    title = "A field naming the data subject is ambiguous"
+
+
 class RateLimited(ClientError):
     """A rate limit of /api/* refused the call before anything else happened (gateway/ratelimit)."""
 
@@ -160,7 +203,7 @@ class RateLimited(ClientError):
     title = "Too many calls"
 
     def __init__(self, policy: str, retry_after: int) -> None:
-        whose = "this person" if policy == "person" else "this client"
+        whose = {"person": "this person", "source": "this address"}.get(policy, "this client")
         super().__init__(
             f"Too many calls for {whose}; try again in {retry_after} seconds.",
             policy=policy,

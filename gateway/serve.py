@@ -26,13 +26,14 @@ from gateway.adapter import AdapterConfigError
 from gateway.app import create_app, open_provider
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.http.admission import ADMISSION, limit_connections
-from gateway.http.keys import METRICS
+from gateway.http.keys import METRICS, SETTINGS
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.identity.provider import OpenIDProvider
 from gateway.logs import configure_logging
 from gateway.principal import Principal, TokenVerifier
 from gateway.settings import ConfigError, Settings, load_settings, with_instance_id
+from gateway.stores.sqlite import private_dir
 
 log = structlog.get_logger("tongban.serve")
 
@@ -48,7 +49,7 @@ async def serve_until_stopped(
 ) -> int:
     """Bind (or serve on the ``listen`` socket a supervisor handed over), start, tell
     ``on_started`` the bound port, wait for a stop signal, shut down."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = app_runner(app)
     try:
         # Inside the try: a start-up step that fails must still close the ones before it (an
         # open aiosqlite thread would otherwise keep the process alive after the error).
@@ -92,6 +93,15 @@ def freeze_startup_objects() -> None:
     collections, which otherwise walk all of it again and again under load."""
     gc.collect()
     gc.freeze()
+
+
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner of the gateway's server, with its idle and header timeout."""
+    settings = app.get(SETTINGS)
+    # aiohttp's keep-alive timer also runs while a request head is incomplete: it is the
+    # header timeout too (server.idle_timeout; the body timeout is gateway/http/client_io.py).
+    idle = settings.gateway.server.idle_timeout if settings is not None else 15.0
+    return web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=idle)
 
 
 def bound_port(runner: web.AppRunner) -> int:
@@ -149,7 +159,7 @@ async def run_serve(
         _name_worker_in_logs(settings.gateway.instance_id)
     provider: OpenIDProvider | None = None
     try:
-        settings.data_dir().mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir())
         # The SSO session + federation when idps.yaml declares platforms, else nobody signs in.
         provider = await open_provider(settings, build_authenticator(settings))
         return await _serve(settings, provider, host, port, dev_tokens, role)

@@ -51,8 +51,10 @@ from gateway.mapping import (
     request_problems,
     response_problems,
 )
+from gateway.principal import levels_from_minimum
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.secrets import SecretRef, collecting_unset, is_secret_ref, read_secret_ref
+from gateway.subject_config import SubjectDeclaration, declaration_problems
 
 # GB/T 2260 province-level codes (two digits) the gateway accepts.
 PROVINCES: Mapping[str, tuple[str, str]] = {
@@ -139,6 +141,12 @@ class ServerSettings(_Model):
     """The URL portals use to reach the gateway, when it differs from host:port."""
     max_body_bytes: int = Field(1 << 20, ge=1024)
     """Requests with a larger body are refused with client.payload_too_large."""
+    idle_timeout: float = Field(15.0, gt=0, le=3600)
+    """Seconds a connection may go without a complete request head before it is closed: an
+    idle keep-alive connection and one sending its headers slowly alike (the header timeout)."""
+    body_timeout: float = Field(30.0, gt=0, le=3600)
+    """Seconds a request's whole body may take to arrive; slower is 408 client.request_timeout
+    and the connection closes."""
 
 
 class LoggingSettings(_Model):
@@ -410,6 +418,12 @@ class Operation(_Model):
     case: CaseOperation | None = None
     """For submissions taken as cases: how answers move a case on, and the status queries
     used to poll it and to reconcile an unknown outcome."""
+    subject: SubjectDeclaration | None = None
+    """Whose data this is (gateway/subjects.py): ``caller``, ``public``, or the input fields
+    naming the person(s) or enterprise(s); the service's ``subject`` when absent."""
+    levels: tuple[Level, ...] | None = None
+    """Identity levels admitted to this operation (``[L1, L2, L3, LP]``); the service's when
+    absent."""
     result_fields: dict[str, ResultField] = Field(default_factory=dict)
     """Labels of the answer's fields, by dotted path (``certificate.number``; a list's items
     under the list's path: ``contributions.year``). Display only: published in the service
@@ -431,8 +445,13 @@ class ServiceSettings(_Model):
     """A sentence for the guide."""
     modes: list[Mode] = Field(min_length=1)
     """Handling modes: online 全程网办, proxy 异地代收代办, joint 多地联办, window, query."""
-    min_level: Level
-    """Lowest identity level allowed to call it."""
+    min_level: Level | None = None
+    """Lowest identity level allowed to call it (the ladder above it); or give ``levels``."""
+    levels: tuple[Level, ...] | None = None
+    """Identity levels admitted, as a set: public data for L1–L3 and LP alike is
+    ``[L1, L2, L3, LP]``; an operation's own ``levels`` win."""
+    subject: SubjectDeclaration | None = None
+    """Whose data the operations are about, for those that do not declare their own."""
     consent_required: bool = False
     """Calls must name the holder's authorisation (授权用证)."""
     time_limit_days: int | None = Field(None, ge=1)
@@ -463,6 +482,10 @@ class ServiceSettings(_Model):
     @model_validator(mode="after")
     def _case_blocks_name_operations(self) -> ServiceSettings:
         problems = case_reference_problems(self.operations)
+        if self.min_level is None and self.levels is None:
+            problems.append("min_level: required, missing (or give levels)")
+        if self.min_level is not None and self.levels is not None:
+            problems.append("levels: give min_level or levels, not both")
         if self.linked is not None:
             try:
                 Draft202012Validator.check_schema(self.linked.input_schema)
@@ -475,6 +498,49 @@ class ServiceSettings(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def levels_for(self, operation: str | None) -> frozenset[str]:
+        """The levels admitted to ``operation`` (None: the service, for a case)."""
+        op = self.operations.get(operation) if operation is not None else None
+        if op is not None and op.levels is not None:
+            return frozenset(op.levels)
+        if self.levels is not None:
+            return frozenset(self.levels)
+        assert self.min_level is not None
+        return levels_from_minimum(self.min_level)
+
+    def level_requirement(self, operation: str | None) -> str:
+        """How a refusal names the levels of ``operation``: the minimum, or the set."""
+        op = self.operations.get(operation) if operation is not None else None
+        if op is not None and op.levels is not None:
+            return ", ".join(op.levels)
+        if self.levels is not None:
+            return ", ".join(self.levels)
+        assert self.min_level is not None
+        return self.min_level
+
+    def subject_of(self, operation: str) -> SubjectDeclaration | None:
+        """The declared data subject of ``operation``: its own, else the service's."""
+        op = self.operations[operation]
+        return op.subject if op.subject is not None else self.subject
+
+    @property
+    def case_subject(self) -> SubjectDeclaration | None:
+        """A linked service's application subject (``linked.subject``)."""
+        return self.linked.subject if self.linked is not None else None
+
+
+def subject_problems(service: ServiceSettings) -> list[str]:
+    """Each operation (and a linked application) declares its data subject, and a ``public``
+    or ``caller`` one names no one by an ID number or credit code (gateway/subjects.py)."""
+    problems: list[str] = []
+    for name, operation in service.operations.items():
+        for problem in declaration_problems(service.subject_of(name), operation.input_schema):
+            problems.append(f"operations.{name}.{problem}")
+    if service.linked is not None:
+        for problem in declaration_problems(service.linked.subject, service.linked.input_schema):
+            problems.append(f"linked.{problem}")
+    return problems
 
 
 # --- routes.yaml ------------------------------------------------------------------------------
@@ -791,6 +857,7 @@ def _load_services(
         if service is None:
             state.broken.add(code)
         else:
+            problems += [f"{where}: {p}" for p in subject_problems(service)]
             services[code] = service
     return services, shared
 
@@ -961,6 +1028,9 @@ def _load_clients(
         ]
         if unknown:
             problems.append(f"{where}: allowed_services: unknown services {unknown}")
+        strange = [p for p in client.provinces if p not in PROVINCES]
+        if strange:
+            problems.append(f"{where}: provinces: {strange} are not GB/T 2260 province codes")
     if clients and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: clients.yaml declares clients but no provider")
     return clients

@@ -75,6 +75,16 @@ def _event(kind: EventType, call: Call, route: RouteAudit, **fields: Any) -> Aud
     )
 
 
+def _completed_extra(call: Call, outcome: CallOutcome) -> dict[str, object]:
+    extra: dict[str, object] = {"breaker": outcome.breaker_state}
+    context = call.context
+    if context.subjects:
+        extra["subjects"] = list(context.subjects)
+    if context.authorisation_ref:
+        extra["grant"] = context.authorisation_ref
+    return extra
+
+
 class CallAuditor:
     """Turns a call's two moments into audit events on this instance's chain."""
 
@@ -89,8 +99,11 @@ class CallAuditor:
 
     async def requested(self, call: Call, route: RouteAudit) -> None:
         extra: dict[str, object] = {"system_operation": route.system_operation}
-        if call.context.authorisation_ref:
-            extra["authorisation_ref"] = call.context.authorisation_ref
+        context = call.context
+        if context.subjects:
+            extra["subjects"] = list(context.subjects)
+        if context.authorisation_ref:
+            extra["grant"] = context.authorisation_ref
         if call.context.idempotency_key:
             extra["idempotency_key"] = call.context.idempotency_key
         event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, extra=extra)
@@ -108,7 +121,7 @@ class CallAuditor:
             latency_ms=round(outcome.latency_ms),
             request_digest=reply.request_digest if reply else None,
             response_digest=reply.response_digest if reply else None,
-            extra={"breaker": outcome.breaker_state},
+            extra=_completed_extra(call, outcome),
         )
         if route.outcome == "durable":
             await self._writer.append(event)  # the answer waits for this commit too

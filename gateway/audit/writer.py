@@ -25,6 +25,7 @@ from gateway.audit.canonical import GENESIS_HASH, HashAlg, chain_hash, hash_cons
 from gateway.audit.checkpoint import CheckpointSigner
 from gateway.audit.query import event_lookup_row
 from gateway.audit.record import AuditEvent, format_time, record_text, utc_now, utc_now_text
+from gateway.audit.refusals import hold as hold_refusal
 from gateway.audit.store import (
     AuditStore,
     AuditStoreError,
@@ -249,6 +250,8 @@ class AuditWriter:
         then either not written at all or, if its batch was in flight when the connection
         failed, written without an acknowledgement. ``buffered``: return None at once; raise
         AuditUnavailable only when the buffer is full or the writer is not running."""
+        if mode == "buffered" and hold_refusal(event):
+            return None  # an anonymous refusal: its request decides (gateway/audit/refusals.py)
         if self._state in ("starting", "closed", "failed") or self._closing:
             self.stats.rejected += 1
             raise AuditUnavailable("The audit writer is not running.")
@@ -275,6 +278,8 @@ class AuditWriter:
         """Queue a record in buffered mode without awaiting anything, for synchronous callers
         on the event loop (authlib's callbacks). Raises AuditUnavailable when the writer is not
         running or the buffer is full; the record is then not queued."""
+        if hold_refusal(event):
+            return  # an anonymous refusal: its request decides (gateway/audit/refusals.py)
         if self._state in ("starting", "closed", "failed") or self._closing:
             self.stats.rejected += 1
             raise AuditUnavailable("The audit writer is not running.")

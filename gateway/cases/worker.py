@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 import uuid
@@ -58,8 +59,10 @@ from gateway.cases.store import (
 from gateway.cases.supplements import requested_supplement, supplement_input
 from gateway.catalog import CallResult, Catalog, Route
 from gateway.errors import BackendError, GatewayError, ValidationFailed, is_retryable
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.mapping import compile_mapping
 from gateway.pipeline import CallTrace, failure_cause, is_refusal
+from gateway.subjects import named_subjects
 
 log = structlog.get_logger("tongban.cases")
 
@@ -129,7 +132,11 @@ class DeliveryWorker:
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        subject_keys: SubjectKeys | None = None,
     ) -> None:
+        """``subject_keys``: how each send names its data subjects to the handling province
+        (the case was bound to them when it was taken in)."""
+        self._subject_keys = subject_keys
         self._store = store
         self._catalog = catalog
         self._settings = settings
@@ -287,11 +294,27 @@ class DeliveryWorker:
             case_id=case.case_id,
             authorisation_ref=case.authorisation_ref,
             idempotency_key=operation_key,
+            client=case.client_id,
+        )
+
+    def _with_subjects(self, route: Route, data: Any, context: CallContext) -> CallContext:
+        """The context naming the data subjects of what is sent (keys for the audit record,
+        the handling province's hashes for the back-end)."""
+        keys = self._subject_keys
+        declaration = route.service.subject_of(route.operation_name)
+        if keys is None or not isinstance(data, Mapping) or not isinstance(declaration, tuple):
+            return context
+        named = named_subjects(keys, declaration, data)
+        key = keys.province_key(context.handling_province)
+        hashes = ",".join(f"{n.subject.kind}:{n.province_hash(key)}" for n in named)
+        return dataclasses.replace(
+            context, subjects=tuple(n.subject.key for n in named), subject_hashes=hashes or None
         )
 
     async def _invoke(
         self, route: Route, data: Any, context: CallContext
     ) -> tuple[CallResult | None, BackendError | None, CallTrace]:
+        context = self._with_subjects(route, data, context)
         trace = CallTrace()
         try:
             return await route.invoke(data, context, trace), None, trace

@@ -53,6 +53,7 @@ from gateway.demo.social_insurance import (
     qinghai_insured,
     shaanxi_insured,
 )
+from gateway.demo.subject_check import demo_province_keys
 from gateway.packaged import DEMO_CONFIG_DIR
 
 DEFAULT_CONFIG_DIR = DEMO_CONFIG_DIR
@@ -267,6 +268,8 @@ async def start_demo_backends(
     and return them running; ``await backends.aclose()`` (or ``async with``) stops them."""
     config_dir = config_dir or DEFAULT_CONFIG_DIR
     wsdl = await asyncio.to_thread((config_dir / SI_WSDL).read_bytes)
+    # Each province's subject key, as the agreement hands it out (subject_check.py).
+    subject_keys = demo_province_keys(["32", "61", "62", "63"])
     qinghai_si = SocialInsuranceState(
         province="63",
         centre_name="青海省示范社会保险事业服务局",
@@ -283,14 +286,18 @@ async def start_demo_backends(
         seal_key=secrets.shaanxi_si_password.encode() + b"/seal",
         insured=shaanxi_insured(),
     )
-    housing = HousingFundState(api_key=secrets.housing_api_key)
+    housing = HousingFundState(api_key=secrets.housing_api_key, subject_key=subject_keys.get("61"))
     degree = DegreeState(key_id=DEGREE_KEY_ID, secret=secrets.degree_hmac_secret)
     driving = DrivingLicenceState(
         client_id=DRIVING_CLIENT_ID, client_secret=secrets.driving_client_secret
     )
     # Jiangsu's seal key, fresh per process and never given to the gateway; Qinghai checks proof
     # seals with it (standing in for Jiangsu's seal certificate: an SM2 seal needs only that).
-    proof = ContributionProofState(api_key=secrets.jiangsu_proof_api_key, seal_key=token_bytes(32))
+    proof = ContributionProofState(
+        api_key=secrets.jiangsu_proof_api_key,
+        seal_key=token_bytes(32),
+        subject_key=subject_keys.get("32"),
+    )
     offices = {
         QINGHAI_GOV: qinghai_office(secrets.qinghai_gov_api_key, {"32": proof.seal_key}),
         GANSU_GOV: gansu_office(secrets.gansu_gov_api_key),

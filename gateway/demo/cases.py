@@ -17,6 +17,7 @@ from gateway.demo.residents import MA_WENHUA, SU_LANXIN
 from gateway.identity.clients import TOKEN_EXCHANGE
 from gateway.identity.devtokens import DevTokenIssuer
 from gateway.identity.identifiers import RESIDENT_ID_CARD
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.identity.token_exchange import ACCESS_TOKEN_TYPE, ID_DOCUMENT_TOKEN_TYPE
 
 ID_CARD = {
@@ -111,7 +112,9 @@ S2_CASE: tuple[str, str, str, dict[str, Any]] = (
     },
 )
 
-# S8 (企业开办 bundle) is an enterprise's application (level LP), so it goes with its token.
+# S8 (企业开办 bundle) is an enterprise's application (level LP), so it goes with its token,
+# which names the enterprise (the data subject: its credit code).
+S8_CREDIT_CODE = "91610113MA6TXXXX0Q"
 S8_CASE: tuple[str, str, str, dict[str, Any]] = (
     "S8",
     "branch in Qinghai: one application fans out to registration, seal, invoices, insurance",
@@ -124,9 +127,8 @@ S8_CASE: tuple[str, str, str, dict[str, Any]] = (
             for op in ("registration", "seal-filing", "invoices", "social-insurance")
         ],
         "purpose": "跨省设立分支机构",
-        "authorisation_ref": "LR-AUTH-2026-0008",
         "data": {
-            "credit_code": "91610113MA6TXXXX0Q",
+            "credit_code": S8_CREDIT_CODE,
             "parent_name": "西安秦川示例电子有限公司",
             "branch_name": "西安秦川示例电子有限公司西宁分公司",
             "branch_address": "西宁市城西区示范大街8号",
@@ -146,13 +148,11 @@ S8_CASE: tuple[str, str, str, dict[str, Any]] = (
 
 # S9 (申请公共租赁住房): first the e-sealed proof is pulled from Jiangsu with the holder's
 # authorisation, then the application names it (number, digest, seal from that answer).
-S9_AUTHORISATION = "AUTH-2026-0009"
 S9_PROOF_CALL: dict[str, Any] = {
     "operation": "contribution-proof",
     "receiving_province": "63",
     "handling_province": "32",
     "purpose": "申请公共租赁住房",
-    "authorisation_ref": S9_AUTHORISATION,
     "data": {"id_number": MA_WENHUA.id_number, "name": MA_WENHUA.name},
 }
 S9_CASE: tuple[str, str, str, dict[str, Any]] = (
@@ -166,7 +166,6 @@ S9_CASE: tuple[str, str, str, dict[str, Any]] = (
         "receiving_province": "63",
         "handling_province": "63",
         "purpose": "申请公共租赁住房",
-        "authorisation_ref": S9_AUTHORISATION,
         "data": {
             "id_number": MA_WENHUA.id_number,
             "name": MA_WENHUA.name,
@@ -271,7 +270,7 @@ S13_REFUSED: tuple[str, str, str, dict[str, Any]] = (
 )
 
 
-def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
+def issue_staff_tokens(issuer: DevTokenIssuer, keys: SubjectKeys | None = None) -> dict[str, str]:
     """Development tokens for the banner's curl lines: an operator (dead letters) and an
     enterprise's agent (S8). A window clerk has no development token: the clerk signs in through
     the staff directory and identifies each applicant by token exchange (window console)."""
@@ -283,6 +282,7 @@ def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
             client_id="demo-portal-qinghai",
             actor="demo-" + MA_WENHUA.key,
             actor_role="agent",
+            enterprise=keys.enterprise(S8_CREDIT_CODE).key if keys is not None else None,
         ),
     }
 
@@ -322,7 +322,10 @@ def cases_banner(
     data_dir: Path,
     *,
     window_console: str = "/window",
+    s13_consent: str | None = None,
 ) -> str:
+    """The case lines of the banner; ``s13_consent``: the seller's grant the demo gave the
+    citizen token's portal, which the S13 lines present."""
     auth = shlex.quote(f"Authorization: Bearer {citizen_token}")
     lines = [
         "",
@@ -333,7 +336,20 @@ def cases_banner(
     plan = [(case, auth) for case in (*DEMO_CASES, S2_CASE)]
     plan += [(S8_CASE, enterprise), (S9_CASE, auth), (S13_CASE, auth), (S13_REFUSED, auth)]
     proof_url = base_url + "/api/v1/services/public-rental-housing/calls"
-    for (scenario, title, key, body), header in plan:
+    noted = False
+    for (scenario, title, key, case_body), header in plan:
+        body = case_body
+        if scenario == "S13":
+            if not noted:
+                noted = True
+                lines += [
+                    "# S13 names both co-applicants: the buyer (马文华, signed in) and the seller",
+                    "# (韩雪梅). Her part is reached only under her consent grant to this portal,",
+                    '# which the demo gave at start-up ("consent" below); without it the answer',
+                    "# is 403 client.not_data_subject and no case is made.",
+                ]
+            if s13_consent is not None:
+                body = {**body, "consent": s13_consent}
         if scenario == "S9":
             lines += [
                 "# S9: pull the e-sealed contribution proof from Jiangsu (holder's authorisation)",

@@ -39,8 +39,21 @@ from gateway.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE, VERIFIER, principal_of
-from gateway.http.oidc import check_client_may_call
+from gateway.http.keys import (
+    LOG_FIELDS,
+    REQUEST_ID,
+    SETTINGS,
+    STATE,
+    SUBJECTS,
+    VERIFIER,
+    principal_of,
+)
+from gateway.http.oidc import (
+    check_client_may_call,
+    check_receiving_province,
+    client_registration,
+    machine_admitted,
+)
 from gateway.principal import Principal
 from gateway.settings import Settings
 from gateway.stores.postgres_cases import PostgresCaseStore
@@ -121,7 +134,12 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
     worker = None
     if config.worker:
         worker = DeliveryWorker(
-            store, lambda: state.catalog, config.delivery, events=events, audit=audit
+            store,
+            lambda: state.catalog,
+            config.delivery,
+            events=events,
+            audit=audit,
+            subject_keys=app[SUBJECTS].keys,
         )
     service = CaseService(
         store,
@@ -129,6 +147,7 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
         audit=audit,
         callback_keys=callback_keys(config),
         on_written=worker.notify if worker else None,
+        subjects=app[SUBJECTS],
     )
     app[CASES] = CaseRuntime(service, store, worker, events)
 
@@ -268,17 +287,22 @@ def _base_url(request: web.Request) -> str:
 async def submit_case(request: web.Request) -> web.Response:
     principal = principal_of(request)
     runtime = _runtime(request)
-    _raw, body = await _json_body(request)
+    raw, body = await _json_body(request)
     fields = request[LOG_FIELDS]
     fields.update(service=str(body.get("service", ""))[:64])
+    registration = client_registration(request.app, principal)
     if isinstance(body.get("service"), str):
         # The same client rules as a synchronous call: allowed_services and the call scope.
         check_client_may_call(request.app, principal, body["service"])
+    if isinstance(body.get("receiving_province"), str):
+        check_receiving_province(registration, principal, body["receiving_province"])
     submitted = await runtime.service.submit(
         principal,
         body,
         idempotency_key=request.headers.get("Idempotency-Key"),
         request_id=request[REQUEST_ID],
+        raw=raw,
+        machine=machine_admitted(registration, principal),
     )
     fields.update(case_id=submitted.case.case_id, created=submitted.created)
     answer = receipt(submitted.case, _base_url(request))
@@ -330,7 +354,10 @@ async def submit_supplement(request: web.Request) -> web.Response:
 
 
 async def list_cases(request: web.Request) -> web.Response:
-    queue = request.query.get("queue") == "window"
+    asked = request.query.get("queue")
+    if asked is not None and asked != "window":
+        raise InvalidRequest("queue must be 'window' (a clerk's window queue) or absent.")
+    queue = asked == "window"
     try:
         limit = min(max(int(request.query.get("limit", "100")), 1), 500)
     except ValueError:
@@ -422,6 +449,17 @@ async def replay_case(request: web.Request) -> web.Response:
 # operation there (gateway.http.openapi._rate_limited), not repeated here.
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+NO_AGREEMENT_OR_INVALID: dict[str, Any] = {
+    "description": (
+        "client.validation_failed: the envelope or its data do not fit the schema; or "
+        "client.no_agreement: no agreement covers this service and operation between the "
+        "receiving and the handling province (a well-formed request the catalogue refuses)"
+    ),
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+"""The 422 of a routed call or case: the one refusal a schema-valid request can still meet."""
 
 
 def _problems(*statuses: int) -> dict[str, Any]:
@@ -576,6 +614,7 @@ def case_openapi_paths() -> dict[str, Any]:
                 "responses": {
                     "202": _ok(_RECEIPT, "Accepted: the receipt"),
                     **_problems(400, 401, 403, 404, 409, 415, 422, 503),
+                    "422": NO_AGREEMENT_OR_INVALID,
                 },
             },
             "get": {

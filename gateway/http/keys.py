@@ -17,6 +17,7 @@ from gateway.pipeline import SystemRuntime
 from gateway.principal import Principal, TokenVerifier
 from gateway.ratelimit.limiter import ApiRateLimiter
 from gateway.settings import Settings
+from gateway.subjects import SubjectRule
 
 ReadinessProbe = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -45,6 +46,8 @@ SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 STATE = web.AppKey("state", GatewayState)
+SUBJECTS = web.AppKey("subjects", SubjectRule)
+"""The data-subject rule with its consent book (gateway/subjects.py)."""
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, Any])

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.http.audit import audit_openapi_paths, audit_openapi_schemas
-from gateway.http.cases import case_openapi_paths
+from gateway.http.cases import NO_AGREEMENT_OR_INVALID, case_openapi_paths
 from gateway.http.consents import consent_openapi_paths, consent_openapi_schemas
+from gateway.subject_config import CONSENT
 
 if TYPE_CHECKING:
     from gateway.catalog import Catalog
@@ -37,11 +38,14 @@ CALL_REQUEST_SCHEMA: dict[str, Any] = {
             "maxLength": 200,
             "description": "Why the data is needed; recorded with every call.",
         },
+        "consent": CONSENT,
         "authorisation_ref": {
             "type": "string",
             "minLength": 1,
             "maxLength": 128,
-            "description": "Reference of the holder's authorisation (授权用证), where required.",
+            "deprecated": True,
+            "description": "Accepted for older clients and ignored: it opens nothing. Present a"
+            " grant in 'consent' instead.",
         },
         "case_id": {"type": "string", "minLength": 1, "maxLength": 64},
         "data": {"type": "object", "description": "Input, per the operation's input_schema."},
@@ -83,7 +87,12 @@ _SUMMARY = {
         "code": {"type": "string"},
         "name": LOCALIZED,
         "modes": {"type": "array", "items": {"type": "string"}},
-        "min_level": {"type": "string", "enum": ["L1", "L2", "L3", "LP", "Counter"]},
+        "min_level": {"anyOf": [{"type": "null"}, {"enum": ["L1", "L2", "L3", "LP", "Counter"]}]},
+        "levels": {
+            "type": "array",
+            "description": "Identity levels admitted, as a set.",
+            "items": {"type": "string", "enum": ["L1", "L2", "L3", "LP", "Counter"]},
+        },
         "handling_provinces": {"type": "array", "items": PROVINCE},
         "operations": {"type": "array", "items": {"type": "string"}},
     },
@@ -97,6 +106,16 @@ _OPERATION_GUIDE = {
         "kind": {"type": "string", "enum": ["query", "verify", "submit"]},
         "retry": {"type": "string", "enum": ["safe", "idempotent-with-key", "never"]},
         "input_schema": {"type": "object"},
+        "levels": {"type": "array", "items": {"type": "string"}},
+        "subject": {
+            "description": "Whose data: caller, public, or the input fields naming the"
+            " person(s) or enterprise(s).",
+            "anyOf": [
+                {"type": "null"},
+                {"enum": ["caller", "public"]},
+                {"type": "array", "items": {"type": "object"}},
+            ],
+        },
         "result_fields": {
             "type": "object",
             "description": "Labels of the answer's fields for people, by dotted path.",
@@ -372,6 +391,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                     "responses": {
                         "200": _ok({"$ref": "#/components/schemas/CallResponse"}),
                         **_problems(400, 401, 403, 404, 413, 415, 422, 502, 503, 504),
+                        "422": NO_AGREEMENT_OR_INVALID,
                     },
                 }
             },

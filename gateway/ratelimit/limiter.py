@@ -70,7 +70,7 @@ from gateway.ratelimit.sqlite_storage import SqliteStorage
 
 log = structlog.get_logger("tongban.ratelimit")
 
-Scope = Literal["client", "person"]
+Scope = Literal["client", "person", "source", "client_auth_failures", "refusal_records"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,13 +238,29 @@ class ApiRateLimiter:
         budgets = self.budgets(principal)
         if not budgets:
             return Verdict(budgets)
+        return await self._guarded(budgets, lambda: self._draw(principal, budgets))
+
+    async def hit(self, draws: Iterable[tuple[Budget, str]], *, peek: bool = False) -> Verdict:
+        """Draw one from each ``(budget, partition)`` in order, stopping at the first that is
+        spent: the endpoint guards' budgets (per source address, per client). ``peek`` only
+        asks whether each has room, drawing nothing. Partitions are digested before they reach
+        the store, like a person's."""
+        pairs = tuple((budget, person_partition(partition)) for budget, partition in draws)
+        budgets = tuple(budget for budget, _ in pairs)
+        if not budgets:
+            return Verdict(budgets)
+        return await self._guarded(budgets, lambda: self._draw_keyed(pairs, peek=peek))
+
+    async def _guarded(
+        self, budgets: tuple[Budget, ...], draw: Callable[[], Awaitable[Verdict]]
+    ) -> Verdict:
         try:
             self._breaker.before_call()
         except CircuitOpen:
             return Verdict(budgets, checked=False)
         try:
             async with asyncio.timeout(self._timeout):
-                verdict = await self._draw(principal, budgets)
+                verdict = await draw()
         except (StorageError, TimeoutError) as exc:
             self._failed(exc)
             return Verdict(budgets, checked=False)
@@ -254,6 +270,20 @@ class ApiRateLimiter:
             raise
         self._succeeded()
         return verdict
+
+    async def _draw_keyed(self, pairs: tuple[tuple[Budget, str], ...], *, peek: bool) -> Verdict:
+        budgets = tuple(budget for budget, _ in pairs)
+        for budget, partition in pairs:
+            if peek:
+                room = await self._strategy.test(budget.rate, budget.scope, partition)
+            else:
+                room = await self._strategy.hit(budget.rate, budget.scope, partition)
+            if room:
+                continue
+            stats = await self._strategy.get_window_stats(budget.rate, budget.scope, partition)
+            retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
+            return Verdict(budgets, refused_by=budget, retry_after=retry_after)
+        return Verdict(budgets)
 
     async def _draw(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
         if self._local is not None:

@@ -130,6 +130,7 @@ systems:
 name: {zh: 混沌测试事项, en: Chaos filing}
 modes: [online]
 min_level: L1
+subject: caller  # the filing names no one
 operations:
   file:
     name: {zh: 提交, en: File}

@@ -463,6 +463,7 @@ async def window_intake_home(request: web.Request) -> web.Response:
             "property": {**data["property"], "unit": unit},
         },
     }
+    body = state.with_consent(body, desk.client_id)  # the seller's grant to this window
     counter_tokens = Tokens.from_answer(counter, state.clock())
     try:
         got, answer = await call_api(
