@@ -20,6 +20,7 @@ from gateway.catalog import Catalog
 from gateway.consent.contract import ConsentBook
 from gateway.consent.factory import subject_keys
 from gateway.http import handlers
+from gateway.http.admission import ADMISSION, Admission, admission_middleware
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
 from gateway.http.client_io import client_io_middleware
@@ -62,7 +63,9 @@ def create_app(
     refused, and only the principal's own and public data are reached); ``subjects`` replaces
     the subject keys the identity secrets give (tests without an identity block)."""
     app = web.Application(
-        # Outermost first: the context middleware must see the status the problem renderer chose.
+        # Outermost first: admission refuses what this worker cannot take in now, before any
+        # other work (no access line, no token check, no store). The context middleware must
+        # see the status the problem renderer chose.
         # admin_audit records every /admin request; inside auth so a refusal is recorded too.
         # identity_audit holds identity answers until their buffered records are committed.
         # rate_limit counts /api calls once auth has named the caller, before any handler work;
@@ -71,6 +74,7 @@ def create_app(
         # client_io reads the body under the body timeout and turns client aborts into 499s;
         # endpoint_limit guards the token and login endpoints, inside problem for its 429s.
         middlewares=[
+            admission_middleware,
             request_context_middleware,
             refusal_audit_middleware,
             problem_middleware,
@@ -84,7 +88,12 @@ def create_app(
         client_max_size=settings.gateway.server.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    metrics = app[METRICS] = Metrics()
+    app[ADMISSION] = Admission(
+        settings.gateway.admission,
+        settings.gateway.server.max_body_bytes,
+        on_refused=metrics.refused_by_admission,
+    )
     app[VERIFIER] = verifier
     app[STATE] = GatewayState()
     # The data-subject rule asks the consent book the consent context opens (failing closed
@@ -181,6 +190,7 @@ def _route_audit(settings: Settings, route: RouteSettings) -> RouteAudit:
         system=route.system,
         system_operation=route.system_operation,
         mode=settings.services[route.service].audit,
+        outcome=settings.services[route.service].audit_outcome,
     )
 
 

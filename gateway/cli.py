@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "one configuration each need their own)",
     )
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes on the one port (default: one per core); each writes its own "
+        "audit chain <instance_id>.w<n> when there are several",
+    )
+    serve.add_argument(
         "--insecure-dev-tokens",
         action="store_true",
         help="accept development bearer tokens (never in production; prints one per level)",
@@ -125,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_cases_commands(commands)
     _add_audit_commands(commands)
     return parser
+
+
+def _workers(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError("between 1 and 256")
+    return count
 
 
 def _timestamp(value: str) -> datetime:
@@ -223,14 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         return _keys_rotate(args.data_dir, args.config, args.algorithm, args.key)
     if args.command == "serve":
-        from gateway.serve import run_serve  # noqa: PLC0415
+        from gateway.workers import default_workers, run_workers  # noqa: PLC0415
 
         return _run(
-            run_serve(
+            run_workers(
                 config_dir=args.config,
                 host=args.host,
                 port=args.port,
                 dev_tokens=args.insecure_dev_tokens,
+                workers=args.workers or default_workers(),
                 instance_id=args.instance_id,
             )
         )

@@ -34,7 +34,8 @@
     └── InternalError                    our own fault (500/503)
         ├── SystemBusy                   gateway.system_busy      (concurrency limit reached)
         ├── AuditUnavailable             gateway.audit_unavailable
-        └── IdentityStoreUnavailable     gateway.identity_store_unavailable (Redis down)
+        ├── IdentityStoreUnavailable     gateway.identity_store_unavailable (Redis down)
+        └── Overloaded                   gateway.overloaded (503, Retry-After: too much in flight)
 
 Backend errors carry two facts the retry layer needs and nothing else: ``retryable`` (would
 trying again help at all) and ``reached_backend`` (may the request have been processed). A
@@ -342,6 +343,19 @@ class IdentityStoreUnavailable(InternalError):
     code = "gateway.identity_store_unavailable"
     http_status = 503
     title = "The identity store cannot be reached; try again"
+
+
+class Overloaded(InternalError):
+    """This worker already holds as many requests (or body bytes) as it admits: refused at the
+    door, before anything else happened (gateway/http/admission.py)."""
+
+    code = "gateway.overloaded"
+    http_status = 503
+    title = "The gateway is overloaded; try again shortly"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many requests in progress; try again in {retry_after} seconds.")
+        self.retry_after = retry_after
 
 
 def is_retryable(error: BaseException) -> bool:

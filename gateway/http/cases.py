@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.audit.writer import AuditWriter
 from gateway.cases.audit import CaseAudit, WriterCaseAudit
 from gateway.cases.config import CaseSettings
+from gateway.cases.dispatcher import DispatcherLock, ElectedDispatcher
 from gateway.cases.errors import CaseStoreDown
 from gateway.cases.events import EventSink, JsonlEventSink, NullEventSink, WebhookEventSink
 from gateway.cases.intake import CASE_REQUEST_SCHEMA
@@ -155,13 +156,18 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
         return {"ready": True}
 
     state.readiness["cases"] = probe
-    if worker is not None:
-        worker.start()
+    # On SQLite one process of those sharing the data directory dispatches (a lock file).
+    dispatcher: DeliveryWorker | ElectedDispatcher | None = worker
+    if worker is not None and config.store.backend == "sqlite":
+        database = settings.data_dir() / config.store.path
+        dispatcher = ElectedDispatcher(worker, DispatcherLock.beside(database))
+    if dispatcher is not None:
+        dispatcher.start()
     try:
         yield
     finally:
-        if worker is not None:
-            await worker.aclose()
+        if dispatcher is not None:
+            await dispatcher.aclose()
         await events.aclose()
         await store.aclose()
 
