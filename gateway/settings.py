@@ -42,6 +42,12 @@ from gateway.identity.config import ProviderSettings
 from gateway.identity.legacy_face import LegacyAppSettings
 from gateway.identity.ticket_contract import idp_contract_problems
 from gateway.identity.upstream_kinds import AnyIdpSettings, IdpEntry
+from gateway.licences.config import (
+    LicenceCatalogue,
+    LicenceUse,
+    licence_problems,
+    licence_use_problems,
+)
 from gateway.mapping import (
     FieldMapping,
     MappingError,
@@ -362,6 +368,15 @@ class Material(_Model):
     source: Literal["e-licence", "upload", "original", "shared-data"] = "upload"
     """Where it comes from: an electronic licence, an upload, the original at a window, or data
     pulled from another system (免证办)."""
+    licence: LicenceUse | None = None
+    """免证办: the applicant names the licence (type, number if several) and the gateway finds
+    it for the case's data subject and verifies it at its issuer (licences.yaml)."""
+
+    @model_validator(mode="after")
+    def _licence_is_e_licence(self) -> Material:
+        if self.licence is not None and self.source != "e-licence":
+            raise ValueError("a material found as a licence has source: e-licence")
+        return self
 
 
 class ResultField(_Model):
@@ -522,6 +537,8 @@ class Settings:
     status_queries: Mapping[str, StatusQuery] = field(default_factory=dict)
     """Shared status queries (status-queries.yaml); their operations and routes are already in
     ``services`` and ``routes``."""
+    licences: LicenceCatalogue = field(default_factory=LicenceCatalogue)
+    """Electronic licence types, their issuers and seal keys (licences.yaml)."""
 
     def data_dir(self) -> Path:
         return (self.config_dir / self.gateway.data_dir).resolve()
@@ -661,6 +678,7 @@ def _load(state: _Loading) -> Settings | None:
     idps = _load_idps(state, gateway)
     problems += _window_problems(clients, idps, gateway.identity if gateway else None)
     legacy_apps = _load_legacy_apps(state, gateway)
+    licences = _load_licences(state, systems, services, gateway)
     if problems or gateway is None:
         return None
     return Settings(
@@ -673,7 +691,49 @@ def _load(state: _Loading) -> Settings | None:
         idps=idps,
         legacy_apps=legacy_apps,
         status_queries=status_queries,
+        licences=licences,
     )
+
+
+def _load_licences(
+    state: _Loading,
+    systems: Mapping[str, SystemSettings],
+    services: Mapping[str, ServiceSettings],
+    gateway: GatewaySettings | None,
+) -> LicenceCatalogue:
+    """licences.yaml (optional), checked against the systems and the services' licence
+    materials (免证办)."""
+    path = state.config_dir / "licences.yaml"
+    catalogue = LicenceCatalogue()
+    if path.exists():
+        data = _read_yaml(path, state.problems)
+        if data is not _UNREADABLE:
+            found = _validate(LicenceCatalogue, data or {}, "licences.yaml", state.problems)
+            catalogue = found or catalogue
+            if found is not None:
+                known = {sid: system for sid, system in systems.items() if sid not in state.broken}
+                unsure = state.systems_unreadable or bool(state.broken & state.raw_systems.keys())
+                state.problems.extend(
+                    p
+                    for p in licence_problems(found, known, PROVINCES)
+                    if not (unsure and ": system: no system " in p)
+                )
+    for code, service in services.items():
+        uses = {m.code: m.licence for m in service.materials if m.licence is not None}
+        if not uses:
+            continue
+        if service.linked is not None:
+            schemas = [service.linked.input_schema]
+        else:
+            schemas = [o.input_schema for o in service.operations.values() if o.kind == "submit"]
+        state.problems.extend(licence_use_problems(catalogue, code, uses, schemas))
+        identity = gateway.identity if gateway is not None else None
+        if gateway is not None and (identity is None or identity.link_secret is None):
+            state.problems.append(
+                f"services/{code}.yaml: materials: licences are matched to their holder by the"
+                " link key: set gateway.yaml identity.link_secret"
+            )
+    return catalogue
 
 
 def _load_systems(state: _Loading) -> dict[str, SystemSettings]:

@@ -33,6 +33,7 @@ class EventType(enum.StrEnum):
     ADMIN_ACTION = "admin_action"
     CONFIG_LOADED = "config_loaded"
     KEY_ROTATED = "key_rotated"
+    LICENCE_VERIFIED = "licence_verified"
 
 
 def format_time(moment: datetime) -> str:

@@ -14,7 +14,7 @@ import hmac
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import structlog
 
@@ -35,6 +35,7 @@ from gateway.cases.model import (
     CaseStatus,
     CaseSummary,
     IllegalTransition,
+    NewCase,
     PartStatus,
     Supplement,
     part_moves_on,
@@ -113,6 +114,17 @@ def can_see(principal: Principal, case: Case) -> bool:
     return is_clerk and principal.client_id == case.client_id
 
 
+class MaterialsHook(Protocol):
+    """免证办 at intake (gateway/licences): the materials the gateway finds and verifies itself
+    for a new case. Returns the case with those materials (and what goes to the handling
+    province) added, and the timeline entries that record each verification; raises a client
+    error (nothing is written) when one cannot be found or is not valid."""
+
+    async def bind(
+        self, new: NewCase, body: Mapping[str, Any], status: CaseStatus
+    ) -> tuple[NewCase, list[TransitionDraft]]: ...
+
+
 class CaseService:
     def __init__(
         self,
@@ -123,9 +135,11 @@ class CaseService:
         callback_keys: Mapping[str, bytes] | None = None,
         on_written: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        materials: MaterialsHook | None = None,
     ) -> None:
         self.store = store
         self._catalog = catalog
+        self._materials = materials
         self._audit = audit
         self._callback_keys = dict(callback_keys or {})
         self._on_written = on_written or (lambda: None)
@@ -169,6 +183,10 @@ class CaseService:
                         reason="原件核验 at the receiving window",
                     )
                 )
+            if self._materials is not None:
+                # 免证办: licences found and verified at their issuers, before any case exists.
+                new, verified = await self._materials.bind(new, body, initial[-1].to_status)
+                initial.extend(verified)
             if self._audit is not None:
                 # Fail-closed: no audit record, no case (AuditUnavailable → 503, nothing written).
                 await self._audit.record(

@@ -33,6 +33,12 @@ from gateway.demo.contribution_proof import ContributionProofState, build_contri
 from gateway.demo.degree import DegreeState, build_degree_app
 from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
 from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
+from gateway.demo.licence_system import (
+    LicenceSystemState,
+    build_licence_system_app,
+    qinghai_licence_system,
+    shaanxi_licence_system,
+)
 from gateway.demo.property_transfer import (
     AgencyState,
     CivilState,
@@ -73,6 +79,9 @@ XINING_TAX = "xining-tax"
 XINING_REGISTRY = "xining-registry"
 XINING_UTILITIES = "xining-utilities"
 SHAANXI_CIVIL = "shaanxi-civil"
+# E-licence systems (电子证照): they issue, seal and verify licences (谁制发谁核验).
+SHAANXI_LICENCE = "shaanxi-licence"
+QINGHAI_LICENCE = "qinghai-licence"
 SYSTEM_IDS = (
     QINGHAI_SI,
     SHAANXI_SI,
@@ -87,6 +96,8 @@ SYSTEM_IDS = (
     XINING_REGISTRY,
     XINING_UTILITIES,
     SHAANXI_CIVIL,
+    SHAANXI_LICENCE,
+    QINGHAI_LICENCE,
 )
 
 # Ports of the placeholder addresses in config/systems.yaml (for running the back-ends on fixed
@@ -105,6 +116,8 @@ DEFAULT_PORTS: Mapping[str, int] = {
     XINING_REGISTRY: 18665,
     XINING_UTILITIES: 18666,
     SHAANXI_CIVIL: 18667,
+    SHAANXI_LICENCE: 18761,
+    QINGHAI_LICENCE: 18763,
 }
 
 # Non-secret identifiers the gateway presents; they must match config/systems.yaml.
@@ -126,6 +139,8 @@ ENV_NAMES: Mapping[str, str] = {
     "jiangsu_proof_api_key": "TONGBAN_SECRET_JS_PROOF_API_KEY",
     "xining_property_api_key": "TONGBAN_SECRET_XN_PROPERTY_API_KEY",
     "shaanxi_civil_api_key": "TONGBAN_SECRET_SX_CIVIL_API_KEY",
+    "shaanxi_licence_api_key": "TONGBAN_SECRET_SX_LICENCE_API_KEY",
+    "qinghai_licence_api_key": "TONGBAN_SECRET_QH_LICENCE_API_KEY",
 }
 
 
@@ -143,6 +158,8 @@ class DemoSecrets:
     jiangsu_proof_api_key: str
     xining_property_api_key: str
     shaanxi_civil_api_key: str
+    shaanxi_licence_api_key: str
+    qinghai_licence_api_key: str
 
     @classmethod
     def generate(cls) -> DemoSecrets:
@@ -191,6 +208,8 @@ class DemoBackends:
     """system id → Xining's agencies of S13 (filing, tax, registry, utilities)."""
     civil: CivilState | None = None
     """Shaanxi's household and marriage registers (S13's buyer check)."""
+    licence_systems: Mapping[str, LicenceSystemState] = field(default_factory=dict)
+    """system id → the e-licence systems of Shaanxi and Qinghai (S12, S8's parent licence)."""
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -293,6 +312,10 @@ async def start_demo_backends(
         XINING_UTILITIES: xining_utilities(xining_key),
     }
     civil = CivilState(api_key=secrets.shaanxi_civil_api_key)
+    licence_systems = {
+        SHAANXI_LICENCE: shaanxi_licence_system(secrets.shaanxi_licence_api_key),
+        QINGHAI_LICENCE: qinghai_licence_system(secrets.qinghai_licence_api_key),
+    }
     plan: list[tuple[str, web.Application, Recorder, str]] = [
         (
             QINGHAI_SI,
@@ -316,6 +339,10 @@ async def start_demo_backends(
         (JIANGSU_PROOF, build_contribution_proof_app(proof), proof.recorder, ""),
         *((sid, build_agency_app(agency), agency.recorder, "") for sid, agency in agencies.items()),
         (SHAANXI_CIVIL, build_civil_app(civil), civil.recorder, ""),
+        *(
+            (sid, build_licence_system_app(system), system.recorder, "")
+            for sid, system in licence_systems.items()
+        ),
     ]
     running: dict[str, RunningBackend] = {}
     try:
@@ -330,7 +357,17 @@ async def start_demo_backends(
             await backend.runner.cleanup()
         raise
     return DemoBackends(
-        qinghai_si, shaanxi_si, housing, degree, driving, running, offices, proof, agencies, civil
+        qinghai_si,
+        shaanxi_si,
+        housing,
+        degree,
+        driving,
+        running,
+        offices,
+        proof,
+        agencies,
+        civil,
+        licence_systems,
     )
 
 

@@ -39,6 +39,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE, VERIFIER, principal_of
+from gateway.http.licences import LICENCES
 from gateway.http.oidc import check_client_may_call
 from gateway.principal import Principal
 from gateway.settings import Settings
@@ -128,6 +129,7 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
         audit=audit,
         callback_keys=callback_keys(config),
         on_written=worker.notify if worker else None,
+        materials=licences.materials if (licences := app.get(LICENCES)) else None,
     )
     app[CASES] = CaseRuntime(service, store, worker, events)
 

@@ -1,0 +1,206 @@
+"""Electronic licences in cases (免证办) against the demo's loopback issuers: S12 end to end, and
+every refusal (revoked, another holder's, an altered record, not found, the issuer down or
+garbled, licences the applicant tries to fill in) before any case exists."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.demo.backends import QINGHAI_GOV, SHAANXI_LICENCE
+from gateway.demo.licence_system import (
+    BIRTH_CERTIFICATE,
+    BIRTH_CERTIFICATE_ALTERED,
+    BIRTH_CERTIFICATE_OTHER,
+    BIRTH_CERTIFICATE_REVOKED,
+)
+from gateway.demo.residents import MA_WENHUA
+from tests.flows.conftest import Journey, audit_verify, demo_journey
+
+
+@pytest.fixture
+async def journey(
+    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Journey]:
+    async with demo_journey(tmp_path, monkeypatch, poll_quickly=True) as journey:
+        yield journey
+    assert await asyncio.to_thread(audit_verify, tmp_path) == 0
+
+
+def s12(number: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "service": "newborn-bundle",
+        "receiving_province": "63",
+        "parts": [
+            {"handling_province": "63", "operation": op}
+            for op in ("newborn-registration", "medical-insurance", "social-security-card")
+        ],
+        "purpose": "出生一件事",
+        "data": {
+            "parent": {"id_number": MA_WENHUA.id_number, "name": MA_WENHUA.name},
+            "newborn": {"name": "马小禾", "gender": "female"},
+            "birth_province": "61",
+            "household_address": "西宁市城中区示范巷3号",
+        },
+    }
+    if number is not None:
+        body["materials"] = [{"code": "birth-medical-certificate", "licence": {"number": number}}]
+    return body
+
+
+async def submit(journey: Journey, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any]]:
+    response = await journey.client.post(
+        "/api/v1/cases", json=body, headers={**journey.auth(), "Idempotency-Key": key}
+    )
+    return response.status, await response.json(content_type=None)
+
+
+async def my_cases(journey: Journey) -> list[dict[str, Any]]:
+    response = await journey.client.get("/api/v1/cases", headers=journey.auth())
+    cases: list[dict[str, Any]] = (await response.json())["cases"]
+    return cases
+
+
+async def wait_closed(journey: Journey, case_id: str) -> dict[str, Any]:
+    case: dict[str, Any] = {}
+    for _ in range(200):
+        response = await journey.client.get(f"/api/v1/cases/{case_id}", headers=journey.auth())
+        case = await response.json()
+        if case["status"] == "closed":
+            return case
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"case stuck at {case.get('status')}: {case.get('timeline')}")
+
+
+async def test_s12_needs_no_upload_and_takes_the_verified_certificate_to_qinghai(
+    journey: Journey,
+) -> None:
+    issuer = journey.backends.licence_systems[SHAANXI_LICENCE]
+    status, receipt = await submit(journey, s12(), "s12-newborn-0001")
+    assert status == 202, receipt
+    case = await wait_closed(journey, receipt["case_id"])
+    assert [p["status"] for p in case["parts"]] == ["done"] * 3
+    sealed = issuer.licences[("birth-medical-certificate", BIRTH_CERTIFICATE)].sealed
+    # Found for the applying parent (the revoked first certificate is passed over), bound to
+    # the case by reference and the digest of the data its issuer sealed.
+    assert case["materials"] == [
+        {
+            "code": "birth-medical-certificate",
+            "ref": f"elicence:61:birth-medical-certificate:{BIRTH_CERTIFICATE}",
+            "digest": sealed.data_digest,
+        }
+    ]
+    (entry,) = [t for t in case["timeline"] if "免证办" in (t.get("reason") or "")]
+    assert BIRTH_CERTIFICATE in entry["reason"]
+    assert sealed.data_digest in entry["reason"]
+    assert sealed.seal_digest in entry["reason"]
+    assert "valid at its issuer (verified 20" in entry["reason"]
+    # Search, download and verification at Shaanxi, each carrying the case id and purpose.
+    asked = [r.operation for r in issuer.recorder.requests]
+    assert asked == ["search_licences", "get_licence", "verify_licence"]
+    assert {r.context.get("case_id") for r in issuer.recorder.requests} == {receipt["case_id"]}
+    # Qinghai's agencies each took the application with the verification (they refuse without).
+    office = journey.backends.offices[QINGHAI_GOV]
+    kinds = sorted(a.kind for a in office.applications.values())
+    assert kinds == [
+        "newborn-medical-insurance",
+        "newborn-registration",
+        "newborn-social-security-card",
+    ]
+    # The same application again: the same case, nothing asked of the issuer again.
+    status, again = await submit(journey, s12(), "s12-newborn-0001")
+    assert (status, again["case_id"]) == (202, receipt["case_id"])
+    assert len(issuer.recorder.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("number", "status", "code"),
+    [
+        (BIRTH_CERTIFICATE_REVOKED, 422, "client.licence_revoked"),
+        (BIRTH_CERTIFICATE_OTHER, 403, "client.licence_not_subjects"),
+        (BIRTH_CERTIFICATE_ALTERED, 422, "client.licence_seal_invalid"),
+        ("S619999999", 422, "client.licence_not_found"),
+    ],
+)
+async def test_a_licence_that_does_not_hold_is_refused_before_any_case(
+    journey: Journey, number: str, status: int, code: str
+) -> None:
+    got, problem = await submit(journey, s12(number), f"s12-refused-{number}")
+    assert (got, problem["code"]) == (status, code), problem
+    assert problem["detail"]
+    assert MA_WENHUA.id_number not in json.dumps(problem, ensure_ascii=False)
+    assert await my_cases(journey) == []
+    assert journey.backends.offices[QINGHAI_GOV].applications == {}
+
+
+async def test_the_issuer_down_fails_closed_and_a_fresh_answer_is_used_and_said(
+    journey: Journey,
+) -> None:
+    issuer = journey.backends.licence_systems[SHAANXI_LICENCE]
+    issuer.recorder.trouble.fail_next = 1000
+    status, problem = await submit(journey, s12(BIRTH_CERTIFICATE), "s12-issuer-down-1")
+    assert (status, problem["code"]) == (503, "backend.licence_issuer_unavailable")
+    assert "陕西省电子证照系统" in problem["detail"]
+    assert await my_cases(journey) == []
+    issuer.recorder.trouble.fail_next = 0
+    # The breaker opened on the failures; once it lets a probe through, the issuer answers.
+    await asyncio.sleep(0)
+    journey.backends.licence_systems[SHAANXI_LICENCE].recorder.clear()
+    status, first = await _submit_when_breaker_allows(journey, "s12-issuer-up-1")
+    assert status == 202, first
+    # Down again: the answer of a moment ago is inside its window, used, and the case says so.
+    issuer.recorder.trouble.fail_next = 1000
+    body = s12(BIRTH_CERTIFICATE)
+    body["data"]["household_address"] = "西宁市城东区示范路5号"
+    status, second = await submit(journey, body, "s12-issuer-down-2")
+    assert status == 202, second
+    response = await journey.client.get(
+        f"/api/v1/cases/{second['case_id']}", headers=journey.auth()
+    )
+    case = await response.json()
+    (entry,) = [t for t in case["timeline"] if "免证办" in (t.get("reason") or "")]
+    assert "a cached answer of the issuer" in entry["reason"]
+
+
+async def _submit_when_breaker_allows(journey: Journey, key: str) -> tuple[int, dict[str, Any]]:
+    for _ in range(100):
+        status, body = await submit(journey, s12(BIRTH_CERTIFICATE), key)
+        if status != 503:
+            return status, body
+        await asyncio.sleep(0.5)
+    raise AssertionError("the issuer's breaker never closed")
+
+
+async def test_a_garbled_issuer_answer_is_a_problem_and_no_case(journey: Journey) -> None:
+    journey.backends.licence_systems[SHAANXI_LICENCE].garbled = True
+    status, problem = await submit(journey, s12(BIRTH_CERTIFICATE), "s12-garbled-0001")
+    assert (status, problem["code"]) == (502, "backend.licence_answer_malformed")
+    assert await my_cases(journey) == []
+
+
+async def test_the_applicant_cannot_fill_in_licences_or_name_another_type(
+    journey: Journey,
+) -> None:
+    body = s12()
+    body["data"]["licences"] = [{"type": "birth-medical-certificate", "status": "valid"}]
+    status, problem = await submit(journey, body, "s12-self-made-01")
+    assert (status, problem["code"]) == (422, "client.validation_failed")
+    assert problem["errors"] == [{"path": "/data/licences", "message": "filled by the gateway"}]
+    body = s12()
+    body["materials"] = [
+        {"code": "birth-medical-certificate", "licence": {"type": "driving-licence"}}
+    ]
+    status, problem = await submit(journey, body, "s12-other-type-1")
+    assert (status, problem["code"]) == (422, "client.validation_failed")
+    body = copy.deepcopy(s12())
+    body["materials"] = [{"code": "birth-medical-certificate", "licence": {}, "ref": "urn:x"}]
+    status, problem = await submit(journey, body, "s12-both-forms-1")
+    assert (status, problem["code"]) == (422, "client.validation_failed")
+    assert await my_cases(journey) == []
