@@ -43,7 +43,9 @@ from gateway.identity.legacy_face import LegacyAppSettings
 from gateway.identity.ticket_contract import idp_contract_problems
 from gateway.identity.upstream_kinds import AnyIdpSettings, IdpEntry
 from gateway.licences.config import (
+    IssuerSettings,
     LicenceCatalogue,
+    LicenceType,
     LicenceUse,
     licence_problems,
     licence_use_problems,
@@ -701,35 +703,70 @@ def _load_licences(
     services: Mapping[str, ServiceSettings],
     gateway: GatewaySettings | None,
 ) -> LicenceCatalogue:
-    """licences.yaml (optional), checked against the systems and the services' licence
-    materials (免证办)."""
+    """licences.yaml (optional), entry by entry, checked against the systems and the services'
+    licence materials (免证办)."""
     path = state.config_dir / "licences.yaml"
+    problems = state.problems
+    data = _read_yaml(path, problems) if path.exists() else {}
+    broken: set[str] = set()
     catalogue = LicenceCatalogue()
-    if path.exists():
-        data = _read_yaml(path, state.problems)
-        if data is not _UNREADABLE:
-            found = _validate(LicenceCatalogue, data or {}, "licences.yaml", state.problems)
-            catalogue = found or catalogue
+    if data is _UNREADABLE:
+        broken.add("*")
+    elif not isinstance(data, dict):
+        problems.append("licences.yaml: expected a mapping (cache_seconds, issuers, licence_types)")
+        broken.add("*")
+    else:
+        known = set(LicenceCatalogue.model_fields)
+        for other in sorted(set(data) - known):
+            problems.append(f"licences.yaml: {other}: unknown key{suggestion(str(other), known)}")
+        head = _validate(
+            LicenceCatalogue,
+            {"cache_seconds": data["cache_seconds"]} if "cache_seconds" in data else {},
+            "licences.yaml",
+            problems,
+        )
+        issuers: dict[str, IssuerSettings] = {}
+        for province, entry in (data.get("issuers") or {}).items():
+            found = _validate(IssuerSettings, entry, f"licences.yaml: issuers.{province}", problems)
             if found is not None:
-                known = {sid: system for sid, system in systems.items() if sid not in state.broken}
-                unsure = state.systems_unreadable or bool(state.broken & state.raw_systems.keys())
-                state.problems.extend(
-                    p
-                    for p in licence_problems(found, known, PROVINCES)
-                    if not (unsure and ": system: no system " in p)
-                )
+                issuers[str(province)] = found
+        types: dict[str, LicenceType] = {}
+        for code, entry in (data.get("licence_types") or {}).items():
+            where = f"licences.yaml: licence_types.{code}"
+            licence = _validate(LicenceType, entry, where, problems)
+            if licence is None:
+                broken.add(str(code))
+            else:
+                types[str(code)] = licence
+        catalogue = LicenceCatalogue(
+            cache_seconds=head.cache_seconds if head is not None else 60.0,
+            issuers=issuers,
+            licence_types=types,
+        )
+        usable = {sid: system for sid, system in systems.items() if sid not in state.broken}
+        unsure = state.systems_unreadable or bool(state.broken & state.raw_systems.keys())
+        problems.extend(
+            p
+            for p in licence_problems(catalogue, usable, PROVINCES)
+            if not (unsure and ": system: no system " in p)
+            and not (len(issuers) < len(data.get("issuers") or {}) and "no issuer for" in p)
+        )
     for code, service in services.items():
-        uses = {m.code: m.licence for m in service.materials if m.licence is not None}
+        uses = {
+            m.code: m.licence
+            for m in service.materials
+            if m.licence is not None and m.licence.type not in broken and "*" not in broken
+        }
         if not uses:
             continue
         if service.linked is not None:
             schemas = [service.linked.input_schema]
         else:
             schemas = [o.input_schema for o in service.operations.values() if o.kind == "submit"]
-        state.problems.extend(licence_use_problems(catalogue, code, uses, schemas))
+        problems.extend(licence_use_problems(catalogue, code, uses, schemas))
         identity = gateway.identity if gateway is not None else None
         if gateway is not None and (identity is None or identity.link_secret is None):
-            state.problems.append(
+            problems.append(
                 f"services/{code}.yaml: materials: licences are matched to their holder by the"
                 " link key: set gateway.yaml identity.link_secret"
             )
