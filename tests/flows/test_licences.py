@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.demo.backends import QINGHAI_GOV, SHAANXI_LICENCE
+from gateway.demo.cases import S12_CASE, S12_REFUSED
 from gateway.demo.licence_system import (
     BIRTH_CERTIFICATE,
     BIRTH_CERTIFICATE_ALTERED,
@@ -35,21 +36,8 @@ async def journey(
 
 
 def s12(number: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "service": "newborn-bundle",
-        "receiving_province": "63",
-        "parts": [
-            {"handling_province": "63", "operation": op}
-            for op in ("newborn-registration", "medical-insurance", "social-security-card")
-        ],
-        "purpose": "出生一件事",
-        "data": {
-            "parent": {"id_number": MA_WENHUA.id_number, "name": MA_WENHUA.name},
-            "newborn": {"name": "马小禾", "gender": "female"},
-            "birth_province": "61",
-            "household_address": "西宁市城中区示范巷3号",
-        },
-    }
+    """The demo's printed S12 application, naming a certificate number if given."""
+    body = copy.deepcopy(S12_CASE[3])
     if number is not None:
         body["materials"] = [{"code": "birth-medical-certificate", "licence": {"number": number}}]
     return body
@@ -204,3 +192,15 @@ async def test_the_applicant_cannot_fill_in_licences_or_name_another_type(
     status, problem = await submit(journey, body, "s12-both-forms-1")
     assert (status, problem["code"]) == (422, "client.validation_failed")
     assert await my_cases(journey) == []
+
+
+async def test_the_demos_printed_s12_examples_do_what_they_say(journey: Journey) -> None:
+    _scenario, _title, key, body = S12_CASE
+    status, receipt = await submit(journey, body, key)
+    assert status == 202, receipt
+    expected = ["client.licence_revoked", "client.licence_seal_invalid"]
+    for (_s, title, key, body), code in zip(S12_REFUSED, expected, strict=True):
+        status, problem = await submit(journey, body, key)
+        assert (status, problem["code"]) == (422, code)
+        assert code in title
+    assert [c["case_id"] for c in await my_cases(journey)] == [receipt["case_id"]]
