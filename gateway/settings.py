@@ -727,7 +727,13 @@ def _load_licences(
         )
         issuers: dict[str, IssuerSettings] = {}
         for province, entry in (data.get("issuers") or {}).items():
-            found = _validate(IssuerSettings, entry, f"licences.yaml: issuers.{province}", problems)
+            found = _validate(
+                IssuerSettings,
+                entry,
+                f"licences.yaml: issuers.{province}",
+                problems,
+                resolve=state.resolve,
+            )
             if found is not None:
                 issuers[str(province)] = found
         types: dict[str, LicenceType] = {}

@@ -238,6 +238,10 @@ class CaseStore(Protocol):
     ) -> list[CaseSummary]:
         """Newest first; ``owners``: cases owned by any of them (Principal.owner_keys)."""
 
+    async def open_cases_with_material(self, ref: str, *, limit: int = 1000) -> list[str]:
+        """Ids of the cases not closed one of whose materials is ``ref`` (a licence whose
+        status changed at its issuer)."""
+
     async def claim(self, owner: str, *, now: float, lease: float, limit: int) -> list[OutboxEntry]:
         """Lease up to ``limit`` due pending entries to ``owner`` until ``now + lease``."""
 

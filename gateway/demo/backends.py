@@ -141,6 +141,7 @@ ENV_NAMES: Mapping[str, str] = {
     "shaanxi_civil_api_key": "TONGBAN_SECRET_SX_CIVIL_API_KEY",
     "shaanxi_licence_api_key": "TONGBAN_SECRET_SX_LICENCE_API_KEY",
     "qinghai_licence_api_key": "TONGBAN_SECRET_QH_LICENCE_API_KEY",
+    "shaanxi_licence_notice_key": "TONGBAN_SECRET_SX_LICENCE_NOTICE_KEY",
 }
 
 
@@ -160,6 +161,7 @@ class DemoSecrets:
     shaanxi_civil_api_key: str
     shaanxi_licence_api_key: str
     qinghai_licence_api_key: str
+    shaanxi_licence_notice_key: str
 
     @classmethod
     def generate(cls) -> DemoSecrets:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,6 +123,22 @@ class LicenceSystemState:
 
 
 STATE = web.AppKey("licence_system_state", LicenceSystemState)
+
+
+def signed_notice(
+    secret: str, body: Mapping[str, Any], now: float | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """A status-change notice as an issuer pushes it to the gateway: the body and the headers
+    (``POST /api/v1/callbacks/licences/{province}``; signed like a case callback)."""
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    timestamp = str(int(now if now is not None else time.time()))
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Tongban-Timestamp": timestamp,
+        "X-Tongban-Signature": f"sha256={mac}",
+    }
+    return raw, headers
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

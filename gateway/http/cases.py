@@ -132,6 +132,8 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
         materials=licences.materials if (licences := app.get(LICENCES)) else None,
     )
     app[CASES] = CaseRuntime(service, store, worker, events)
+    if licences is not None:
+        licences.cases = store  # an issuer's status change reaches the cases relying on it
 
     async def probe() -> dict[str, Any]:
         await store.ping()

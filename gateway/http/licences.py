@@ -6,14 +6,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import orjson
 from aiohttp import web
 
 from gateway.audit.calls import CallAuditor
-from gateway.audit.record import AuditEvent
-from gateway.http.keys import SETTINGS, STATE
+from gateway.audit.record import AuditEvent, EventType
+from gateway.cases.store import CaseStore
+from gateway.errors import GatewayError, InvalidRequest, MalformedJson, NotFound
+from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE
 from gateway.identity.identifiers import link_keyer
 from gateway.licences.issuers import StackIssuerCall
 from gateway.licences.materials import LicenceMaterials
+from gateway.licences.notices import LicenceNotices
 from gateway.licences.verify import LicenceVerifier
 from gateway.pipeline import Sleep
 
@@ -24,6 +28,9 @@ class LicenceRuntime:
 
     verifier: LicenceVerifier | None = None
     materials: LicenceMaterials | None = None
+    notices: LicenceNotices | None = None
+    cases: CaseStore | None = None
+    """The case store, set by the cases context: notices reach the cases relying on a licence."""
 
 
 LICENCES = web.AppKey("licences", LicenceRuntime)
@@ -31,6 +38,8 @@ LICENCES = web.AppKey("licences", LicenceRuntime)
 
 def add_licences(app: web.Application, sleep: Sleep) -> None:
     app[LICENCES] = LicenceRuntime()
+    # Under /api/v1/callbacks/: authenticated by the issuer's HMAC, not a bearer token.
+    app.router.add_post("/api/v1/callbacks/licences/{province}", receive_notice)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings, state, runtime = app[SETTINGS], app[STATE], app[LICENCES]
@@ -54,6 +63,64 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
             runtime.materials = LicenceMaterials(
                 runtime.verifier, lambda: state.catalog, record=record
             )
+            runtime.notices = LicenceNotices(catalogue, runtime.verifier)
         yield
 
     app.cleanup_ctx.append(context)
+
+
+async def receive_notice(request: web.Request) -> web.Response:
+    """An issuer's signed status change: cached answers dropped, cases in flight told."""
+    notices = request.app[LICENCES].notices
+    if notices is None:
+        raise NotFound("No licence issuer is configured.")
+    province = request.match_info["province"][:8]
+    fields = request[LOG_FIELDS]
+    fields["system"] = f"licences-{province}"
+    raw = await request.read()
+    try:
+        notices.verify_signature(
+            province,
+            raw,
+            request.headers.get("X-Tongban-Timestamp", ""),
+            request.headers.get("X-Tongban-Signature", ""),
+        )
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise MalformedJson("The body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("The body must be a JSON object.")
+        notice = notices.read(province, body)
+    except GatewayError as exc:
+        await _audit(request, province, "denied", exc.code)
+        raise
+    outcome = await notices.apply(notice, request.app[LICENCES].cases)
+    await _audit(request, province, outcome.status, None, cases=len(outcome.cases))
+    fields.update(outcome=outcome.status)
+    return web.json_response(
+        {
+            "status": outcome.status,
+            "cases": list(outcome.cases),
+            "cached_dropped": outcome.forgotten,
+        }
+    )
+
+
+async def _audit(
+    request: web.Request, province: str, outcome: str, error: str | None, **extra: int
+) -> None:
+    writer = request.app[STATE].audit
+    if writer is None:
+        return
+    await writer.append(
+        AuditEvent(
+            type=EventType.CALLBACK_RECEIVED,
+            request_id=request[REQUEST_ID],
+            system=f"licences-{province}",
+            outcome=outcome,
+            error_code=error,
+            extra=dict(extra),
+        ),
+        mode="buffered",
+    )

@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.licences.seal import SealAlgorithm, SealKey, SealKeyRing, load_public_key
+from gateway.secrets import SecretRef
 
 HolderKind = Literal["person", "enterprise"]
 OPERATIONS = ("search", "fetch", "verify")
@@ -87,6 +88,9 @@ class IssuerSettings(_Model):
     operations: IssuerOperations
     seal_keys: dict[str, SealKeySettings] = Field(min_length=1)
     """Key id → key. Keep a retired key while licences sealed with it are in use."""
+    notice_secret: SecretRef | None = None
+    """The key the issuer signs its status-change notices with (HMAC-SHA256, as case
+    callbacks are signed): ``POST /api/v1/callbacks/licences/{province}``. None: no notices."""
 
     def key_ring(self) -> SealKeyRing:
         return SealKeyRing(
