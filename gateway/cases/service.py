@@ -121,7 +121,7 @@ class MaterialsHook(Protocol):
     error (nothing is written) when one cannot be found or is not valid."""
 
     async def bind(
-        self, new: NewCase, body: Mapping[str, Any], status: CaseStatus
+        self, new: NewCase, body: Mapping[str, Any], status: CaseStatus, principal: Principal
     ) -> tuple[NewCase, list[TransitionDraft]]: ...
 
 
@@ -185,7 +185,9 @@ class CaseService:
                 )
             if self._materials is not None:
                 # 免证办: licences found and verified at their issuers, before any case exists.
-                new, verified = await self._materials.bind(new, body, initial[-1].to_status)
+                new, verified = await self._materials.bind(
+                    new, body, initial[-1].to_status, principal
+                )
                 initial.extend(verified)
             if self._audit is not None:
                 # Fail-closed: no audit record, no case (AuditUnavailable → 503, nothing written).

@@ -15,6 +15,8 @@ from gateway.cases.store import CaseStore
 from gateway.errors import GatewayError, InvalidRequest, MalformedJson, NotFound
 from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE
 from gateway.identity.identifiers import link_keyer
+from gateway.identity.person_key import PersonKeys
+from gateway.licences.access import HolderCheck
 from gateway.licences.issuers import StackIssuerCall
 from gateway.licences.materials import LicenceMaterials
 from gateway.licences.notices import LicenceNotices
@@ -60,8 +62,9 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
                 if writer is not None:
                     await writer.append(event)
 
+            holders = HolderCheck(PersonKeys(identity.pairwise_secret), None)
             runtime.materials = LicenceMaterials(
-                runtime.verifier, lambda: state.catalog, record=record
+                runtime.verifier, lambda: state.catalog, record=record, holders=holders
             )
             runtime.notices = LicenceNotices(catalogue, runtime.verifier)
         yield

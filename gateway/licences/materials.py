@@ -31,8 +31,10 @@ from gateway.cases.model import CaseStatus, MaterialRef, NewCase
 from gateway.cases.store import TransitionDraft
 from gateway.catalog import Catalog
 from gateway.errors import GatewayError, ValidationFailed
+from gateway.licences.access import HolderCheck
 from gateway.licences.config import LicenceUse
 from gateway.licences.verify import LicenceVerifier, Verification
+from gateway.principal import Principal
 
 Record = Callable[[AuditEvent], Awaitable[None]]
 
@@ -49,14 +51,20 @@ class LicenceMaterials:
     """The materials hook of ``CaseService`` (``MaterialsHook``)."""
 
     def __init__(
-        self, verifier: LicenceVerifier, catalog: Callable[[], Catalog], *, record: Record | None
+        self,
+        verifier: LicenceVerifier,
+        catalog: Callable[[], Catalog],
+        *,
+        record: Record | None,
+        holders: HolderCheck | None = None,
     ) -> None:
         self._verifier = verifier
         self._catalog = catalog
         self._record = record
+        self._holders = holders or HolderCheck(None, None)
 
     async def bind(
-        self, new: NewCase, body: Mapping[str, Any], status: CaseStatus
+        self, new: NewCase, body: Mapping[str, Any], status: CaseStatus, principal: Principal
     ) -> tuple[NewCase, list[TransitionDraft]]:
         service = self._catalog().service(new.service)
         uses = {m.code: (m, m.licence) for m in service.materials if m.licence is not None}
@@ -84,7 +92,7 @@ class LicenceMaterials:
             ask = given.get(code)
             if ask is None and not material.required:
                 continue
-            verification = await self._verify(new, code, use, ask or {}, data)
+            verification = await self._verify(new, code, use, ask or {}, data, principal)
             refs.append(MaterialRef(code, verification.ref, verification.data_digest))
             drafts.append(
                 TransitionDraft(
@@ -106,6 +114,7 @@ class LicenceMaterials:
         use: LicenceUse,
         ask: Mapping[str, Any],
         data: Mapping[str, Any],
+        principal: Principal,
     ) -> Verification:
         where = f"/materials/{code}"
         if ask.get("type") not in (None, use.type):
@@ -152,6 +161,15 @@ class LicenceMaterials:
         )
         number = ask.get("number")
         try:
+            # The holder is the caller, or the holder's grant covers the caller (授权用证).
+            await self._holders.authorise(
+                principal,
+                holder.subject,
+                grant_id=new.authorisation_ref,
+                service=new.service,
+                operation=None,
+                purpose=new.purpose,
+            )
             found = await self._verifier.find(
                 use.type,
                 province,

@@ -22,7 +22,11 @@ from gateway.demo.licence_system import (
     BIRTH_CERTIFICATE_OTHER,
     BIRTH_CERTIFICATE_REVOKED,
 )
-from gateway.demo.residents import MA_WENHUA
+from gateway.demo.residents import MA_WENHUA, ZHAO_YIMING
+from gateway.http.keys import SETTINGS
+from gateway.identity.citizen import natural_person_id
+from gateway.identity.identifiers import link_keyer
+from gateway.identity.person_key import PersonKeys
 from tests.flows.conftest import Journey, audit_verify, demo_journey
 
 
@@ -204,3 +208,46 @@ async def test_the_demos_printed_s12_examples_do_what_they_say(journey: Journey)
         assert (status, problem["code"]) == (422, code)
         assert code in title
     assert [c["case_id"] for c in await my_cases(journey)] == [receipt["case_id"]]
+
+
+def person_key_of(journey: Journey, id_number: str) -> str:
+    """The person key a signed-in citizen with this ID number carries (derived as the
+    provider derives it: from the link key of the ID number)."""
+    identity = journey.client.app[SETTINGS].gateway.identity
+    assert identity is not None
+    assert identity.link_secret is not None
+    link = link_keyer(identity.link_secret.get_secret_value(), identity.link_algorithm)
+    keys = PersonKeys(identity.pairwise_secret)
+    return keys.person_key(natural_person_id(link("111", id_number)))
+
+
+async def test_only_the_holder_uses_the_licence_without_a_grant(journey: Journey) -> None:
+    issuer = journey.backends.licence_systems[SHAANXI_LICENCE]
+    # Signed in as someone else, naming 马文华 as the parent: refused, the issuer never asked.
+    other = journey.issuer.issue(
+        "demo-zhao",
+        "L3",
+        client_id="demo-portal-qinghai",
+        person=person_key_of(journey, ZHAO_YIMING.id_number),
+    )
+    response = await journey.client.post(
+        "/api/v1/cases",
+        json=s12(),
+        headers={"Authorization": f"Bearer {other}", "Idempotency-Key": "s12-not-mine-01"},
+    )
+    problem = await response.json()
+    assert (response.status, problem["code"]) == (403, "client.licence_not_subjects")
+    assert issuer.recorder.requests == []
+    # Signed in as 马文华 himself (his person key): his certificate, no grant needed.
+    own = journey.issuer.issue(
+        "demo-ma",
+        "L3",
+        client_id="demo-portal-qinghai",
+        person=person_key_of(journey, MA_WENHUA.id_number),
+    )
+    response = await journey.client.post(
+        "/api/v1/cases",
+        json=s12(),
+        headers={"Authorization": f"Bearer {own}", "Idempotency-Key": "s12-mine-0001"},
+    )
+    assert response.status == 202, await response.text()
