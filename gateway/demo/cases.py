@@ -136,7 +136,8 @@ S8_CASE: tuple[str, str, str, dict[str, Any]] = (
             "principal_id_number": MA_WENHUA.id_number,
         },
         "materials": [
-            {**ID_CARD, "code": "parent-business-licence"},
+            # 免证办: found and verified at Shaanxi's e-licence system by the credit code.
+            {"code": "parent-business-licence", "licence": {}},
             {
                 "code": "representative-authorisation",
                 "ref": "urn:upload:demo-1",

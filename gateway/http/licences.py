@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -17,6 +18,7 @@ from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE
 from gateway.identity.identifiers import link_keyer
 from gateway.identity.person_key import PersonKeys
 from gateway.licences.access import HolderCheck
+from gateway.licences.config import LICENCE_STATUSES
 from gateway.licences.issuers import StackIssuerCall
 from gateway.licences.materials import LicenceMaterials
 from gateway.licences.notices import LicenceNotices
@@ -127,3 +129,76 @@ async def _audit(
         ),
         mode="buffered",
     )
+
+
+_PROBLEM = {
+    "description": "Problem details (RFC 9457) with a stable code",
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+
+
+def licence_openapi_paths() -> dict[str, Any]:
+    """The licence endpoints' OpenAPI fragment (merged into /openapi.json)."""
+    header = {"in": "header", "required": True, "schema": {"type": "string"}}
+    return {
+        "/api/v1/callbacks/licences/{province}": {
+            "post": {
+                "summary": "An issuer's signed licence status change (revoked, cancelled, ...)",
+                "parameters": [
+                    {
+                        "name": "province",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        **header,
+                        "name": "X-Tongban-Signature",
+                        "description": "sha256=hex(HMAC-SHA256(notice_secret,"
+                        " timestamp + '.' + body))",
+                    },
+                    {**header, "name": "X-Tongban-Timestamp"},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["sequence", "licenceType", "number", "status"],
+                                "properties": {
+                                    "sequence": {"type": "integer", "minimum": 1},
+                                    "licenceType": {"type": "string"},
+                                    "number": {"type": "string"},
+                                    "status": {"type": "string", "enum": list(LICENCE_STATUSES)},
+                                    "changedAt": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Applied, or a duplicate that changed nothing",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["status", "cases", "cached_dropped"],
+                                    "properties": {
+                                        "status": {
+                                            "type": "string",
+                                            "enum": ["applied", "duplicate"],
+                                        },
+                                        "cases": {"type": "array", "items": {"type": "string"}},
+                                        "cached_dropped": {"type": "integer"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **{str(s): _PROBLEM for s in (400, 401, 404, 422, 503)},
+                },
+            }
+        }
+    }

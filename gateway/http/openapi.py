@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.http.audit import audit_openapi_paths, audit_openapi_schemas
 from gateway.http.cases import case_openapi_paths
+from gateway.http.licences import licence_openapi_paths
 
 if TYPE_CHECKING:
     from gateway.catalog import Catalog
@@ -374,6 +375,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 }
             },
             **case_openapi_paths(),
+            **licence_openapi_paths(),
             **audit_openapi_paths(),
         },
     }

@@ -80,11 +80,18 @@ class LicenceMaterials:
                     {"path": f"/data/{name}", "message": "filled by the gateway"} for name in sent
                 ],
             )
-        given = {
-            str(item["code"]): item.get("licence") or {}
-            for item in body.get("materials") or ()
-            if isinstance(item, Mapping) and "licence" in item
-        }
+        given: dict[str, Mapping[str, Any]] = {}
+        for index, item in enumerate(body.get("materials") or ()):
+            if not isinstance(item, Mapping) or item.get("code") not in uses:
+                continue
+            code = str(item["code"])
+            if "licence" in item:
+                given[code] = item.get("licence") or {}
+            else:
+                # A licence given by reference is verified like one given by number.
+                given[code] = _from_ref(code, uses[code][1], str(item.get("ref")), index)
+        # What the applicant said of a licence is replaced by what the issuer confirmed.
+        kept = tuple(m for m in new.materials if m.code not in uses)
         refs: list[MaterialRef] = []
         drafts: list[TransitionDraft] = []
         deliver: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
@@ -105,7 +112,7 @@ class LicenceMaterials:
                     entry["data"] = dict(verification.licence.data.get("fields") or {})
                 deliver[use.deliver_as].append(entry)
         data.update(deliver)
-        return dataclasses.replace(new, materials=(*new.materials, *refs), data=data), drafts
+        return dataclasses.replace(new, materials=(*kept, *refs), data=data), drafts
 
     async def _verify(
         self,
@@ -117,6 +124,7 @@ class LicenceMaterials:
         principal: Principal,
     ) -> Verification:
         where = f"/materials/{code}"
+        province_asked = ask.get("issuing_province")
         if ask.get("type") not in (None, use.type):
             raise ValidationFailed(
                 f"Material {code!r} is a {use.type!r} licence.",
@@ -136,6 +144,11 @@ class LicenceMaterials:
         )
         if province is None and len(licence.issued_in) == 1:
             province = next(iter(licence.issued_in))
+        if province_asked is not None and province_asked != province:
+            raise ValidationFailed(
+                f"Material {code!r} is a licence issued in province {province}.",
+                errors=[{"path": f"{where}/ref", "message": f"expected an issuer in {province}"}],
+            )
         if not isinstance(province, str):
             raise ValidationFailed(
                 f"Name the province that issued the {licence.name.zh}.",
@@ -232,3 +245,18 @@ def _timeline(code: str, found: Verification) -> str:
         f" {found.status} at its issuer (verified {found.verified_at}{cached}); data"
         f" {found.data_digest}; seal {found.seal_digest} (key {found.seal_kid})"
     )
+
+
+def _from_ref(code: str, use: LicenceUse, ref: str, index: int) -> dict[str, str]:
+    """``elicence:<province>:<type>:<number>`` → the licence it names; anything else for a
+    material the gateway finds as a licence is refused."""
+    parts = ref.split(":", 3)
+    if len(parts) != 4 or parts[0] != "elicence" or parts[2] != use.type or not parts[3]:
+        raise ValidationFailed(
+            f"Material {code!r} is a {use.type!r} licence the gateway verifies at its issuer:"
+            ' give it as {"licence": {"number": ...}} or elicence:<province>:<type>:<number>.',
+            errors=[
+                {"path": f"/materials/{index}/ref", "message": "not a reference to this licence"}
+            ],
+        )
+    return {"issuing_province": parts[1], "number": parts[3]}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.demo.backends import QINGHAI_GOV, SHAANXI_LICENCE
-from gateway.demo.cases import S12_CASE, S12_REFUSED
+from gateway.demo.cases import S8_CASE, S12_CASE, S12_REFUSED
 from gateway.demo.licence_system import (
     BIRTH_CERTIFICATE,
     BIRTH_CERTIFICATE_ALTERED,
@@ -251,3 +251,31 @@ async def test_only_the_holder_uses_the_licence_without_a_grant(journey: Journey
         headers={"Authorization": f"Bearer {own}", "Idempotency-Key": "s12-mine-0001"},
     )
     assert response.status == 202, await response.text()
+
+
+async def test_a_made_up_licence_reference_with_a_zero_digest_is_refused(journey: Journey) -> None:
+    """The parent company's business licence (S8) given as a reference to a number its issuer
+    never issued, with an all-zero digest: refused, where it used to be taken in."""
+    enterprise = journey.issuer.issue(
+        "demo-enterprise-xian-qinchuan", "LP", actor="demo-" + MA_WENHUA.key, actor_role="agent"
+    )
+    body = copy.deepcopy(S8_CASE[3])
+    body["materials"] = [
+        {
+            "code": "parent-business-licence",
+            "ref": "elicence:61:business-licence:91610000000000000X",
+            "digest": "sha256:" + "0" * 64,
+        },
+        *body["materials"][1:],
+    ]
+    headers = {"Authorization": f"Bearer {enterprise}", "Idempotency-Key": "s8-made-up-0001"}
+    response = await journey.client.post("/api/v1/cases", json=body, headers=headers)
+    problem = await response.json()
+    assert (response.status, problem["code"]) == (422, "client.licence_not_found"), problem
+    body["materials"][0]["ref"] = "elicence:63:resident-id-card:demo-0001"
+    response = await journey.client.post("/api/v1/cases", json=body, headers=headers)
+    problem = await response.json()
+    assert (response.status, problem["code"]) == (422, "client.validation_failed")
+    assert problem["errors"] == [
+        {"path": "/materials/0/ref", "message": "not a reference to this licence"}
+    ]
