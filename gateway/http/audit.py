@@ -57,7 +57,11 @@ log = structlog.get_logger("tongban.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AUDITOR_ROLE: Final = "auditor"
-ACCESS_LOG_TYPES: Final = (EventType.SERVICE_CALL_COMPLETED.value, EventType.CASE_TRANSITION.value)
+ACCESS_LOG_TYPES: Final = (
+    EventType.SERVICE_CALL_COMPLETED.value,
+    EventType.CASE_TRANSITION.value,
+    EventType.LICENCE_VERIFIED.value,  # 亮证: who checked my licence, when, for which service
+)
 _EVENT_TYPES: Final = frozenset(t.value for t in EventType)
 _CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PROVINCE = re.compile(r"^[0-9]{2}$")
@@ -243,6 +247,12 @@ def _province(code: str | None) -> dict[str, str] | None:
     return {"code": code, "name": zh, "name_en": en}
 
 
+_ACCESS_KINDS: Final = {
+    EventType.SERVICE_CALL_COMPLETED.value: "service_call",
+    EventType.LICENCE_VERIFIED.value: "licence_check",
+}
+
+
 def _entry(app: web.Application, record: Mapping[str, Any]) -> dict[str, Any]:
     settings = app[SETTINGS]
     service = settings.services.get(str(record.get("service")))
@@ -255,9 +265,7 @@ def _entry(app: web.Application, record: Mapping[str, Any]) -> dict[str, Any]:
     actor = record.get("actor")
     return {
         "time": record.get("time"),
-        "kind": "service_call"
-        if record.get("type") == EventType.SERVICE_CALL_COMPLETED
-        else "case_step",
+        "kind": _ACCESS_KINDS.get(str(record.get("type")), "case_step"),
         "service": record.get("service"),
         "service_name": service.name.model_dump() if service else None,
         "operation": record.get("operation"),
@@ -434,7 +442,7 @@ def audit_openapi_schemas() -> dict[str, Any]:
             "required": [*_ENTRY_REQUIRED],
             "properties": {
                 "time": {"type": "string", "format": "date-time"},
-                "kind": {"type": "string", "enum": ["service_call", "case_step"]},
+                "kind": {"type": "string", "enum": ["service_call", "case_step", "licence_check"]},
                 "service": _NULLABLE_TEXT,
                 "service_name": _LOCALIZED_OR_NULL,
                 "operation": _NULLABLE_TEXT,

@@ -5,25 +5,42 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import segno
 from aiohttp import web
+from jsonschema import Draft202012Validator
 
+from gateway.adapter import CallContext
 from gateway.audit.calls import CallAuditor
 from gateway.audit.record import AuditEvent, EventType
 from gateway.cases.store import CaseStore
-from gateway.errors import GatewayError, InvalidRequest, MalformedJson, NotFound
-from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MalformedJson,
+    NotFound,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE, principal_of
+from gateway.http.login import LOGIN_AUTHENTICATOR
+from gateway.http.oidc import check_client_may_call
 from gateway.identity.identifiers import link_keyer
 from gateway.identity.person_key import PersonKeys
+from gateway.identity.sessions import MemorySessionStore
 from gateway.licences.access import HolderCheck
 from gateway.licences.config import LICENCE_STATUSES
+from gateway.licences.errors import LicenceIssuerUnknown, LicenceNotSubjects
 from gateway.licences.issuers import StackIssuerCall
 from gateway.licences.materials import LicenceMaterials
 from gateway.licences.notices import LicenceNotices
-from gateway.licences.verify import LicenceVerifier
+from gateway.licences.presentation import PresentationCodes
+from gateway.licences.verify import LicenceVerifier, Verification
 from gateway.pipeline import Sleep
+from gateway.principal import Principal
 
 
 @dataclass(slots=True)
@@ -33,6 +50,8 @@ class LicenceRuntime:
     verifier: LicenceVerifier | None = None
     materials: LicenceMaterials | None = None
     notices: LicenceNotices | None = None
+    presentations: PresentationCodes | None = None
+    holders: HolderCheck | None = None
     cases: CaseStore | None = None
     """The case store, set by the cases context: notices reach the cases relying on a licence."""
 
@@ -44,6 +63,8 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
     app[LICENCES] = LicenceRuntime()
     # Under /api/v1/callbacks/: authenticated by the issuer's HMAC, not a bearer token.
     app.router.add_post("/api/v1/callbacks/licences/{province}", receive_notice)
+    app.router.add_post("/api/v1/licences/presentations", present_licence)
+    app.router.add_post("/api/v1/licences/presentations/check", check_presentation)
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings, state, runtime = app[SETTINGS], app[STATE], app[LICENCES]
@@ -65,6 +86,12 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
                     await writer.append(event)
 
             holders = HolderCheck(PersonKeys(identity.pairwise_secret), None)
+            runtime.holders = holders
+            login = app.get(LOGIN_AUTHENTICATOR)
+            once = login.store.claim_once if login is not None else MemorySessionStore().claim_once
+            runtime.presentations = PresentationCodes(
+                identity.pairwise_secret.get_secret_value().encode(), runtime.verifier, once
+            )
             runtime.materials = LicenceMaterials(
                 runtime.verifier, lambda: state.catalog, record=record, holders=holders
             )
@@ -137,10 +164,50 @@ _PROBLEM = {
 }
 
 
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 def licence_openapi_paths() -> dict[str, Any]:
     """The licence endpoints' OpenAPI fragment (merged into /openapi.json)."""
     header = {"in": "header", "required": True, "schema": {"type": "string"}}
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
+        "/api/v1/licences/presentations": {
+            "post": {
+                "summary": "亮证: the signed-in holder gets a short-lived, single-use code and QR",
+                "security": secured,
+                "requestBody": _json_body(PRESENT_SCHEMA),
+                "responses": {
+                    "201": _answer(
+                        "The code, its expiry and its QR code (SVG data URI)",
+                        {
+                            "type": "object",
+                            "required": ["code", "expires_at", "expires_in", "qr_svg", "licence"],
+                        },
+                    ),
+                    **{str(s): _PROBLEM for s in (400, 401, 403, 404, 415, 422, 502, 503)},
+                },
+            }
+        },
+        "/api/v1/licences/presentations/check": {
+            "post": {
+                "summary": "A verifier checks a presented code: once, live, masked fields",
+                "security": secured,
+                "requestBody": _json_body(CHECK_SCHEMA),
+                "responses": {
+                    "200": _answer(
+                        "The licence and its fields, masked where the service does not need them",
+                        {"type": "object", "required": ["licence", "fields"]},
+                    ),
+                    **{str(s): _PROBLEM for s in (400, 401, 403, 404, 409, 415, 422, 502, 503)},
+                },
+            }
+        },
         "/api/v1/callbacks/licences/{province}": {
             "post": {
                 "summary": "An issuer's signed licence status change (revoked, cancelled, ...)",
@@ -200,5 +267,204 @@ def licence_openapi_paths() -> dict[str, Any]:
                     **{str(s): _PROBLEM for s in (400, 401, 404, 422, 503)},
                 },
             }
-        }
+        },
     }
+
+
+PRESENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "holder_id"],
+    "properties": {
+        "type": {"type": "string", "minLength": 1, "maxLength": 64},
+        "number": {"type": "string", "minLength": 1, "maxLength": 64},
+        "issuing_province": {"type": "string", "pattern": "^[0-9]{2}$"},
+        "holder_id": {"type": "string", "minLength": 1, "maxLength": 64},
+        "holder_id_type": {"type": "string", "pattern": "^[0-9]{3}$", "default": "111"},
+    },
+}
+CHECK_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["code", "service"],
+    "properties": {
+        "code": {"type": "string", "minLength": 1, "maxLength": 1024},
+        "service": {"type": "string", "minLength": 1, "maxLength": 64},
+    },
+}
+_PRESENT = Draft202012Validator(PRESENT_SCHEMA)
+_CHECK = Draft202012Validator(CHECK_SCHEMA)
+
+
+async def _body(request: web.Request, validator: Draft202012Validator) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Send the body as application/json.")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise MalformedJson("The body is not valid JSON.") from None
+    errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ValidationFailed(
+            "The body does not match the schema.",
+            errors=[
+                {"path": "/" + "/".join(str(p) for p in e.absolute_path), "message": e.validator}
+                for e in errors[:20]
+            ],
+        )
+    assert isinstance(body, dict)
+    return body
+
+
+def _runtime(request: web.Request) -> tuple[LicenceRuntime, LicenceVerifier, PresentationCodes]:
+    runtime = request.app[LICENCES]
+    if runtime.verifier is None or runtime.presentations is None:
+        raise NotFound("No licence type is configured.")
+    return runtime, runtime.verifier, runtime.presentations
+
+
+def _context(
+    request: web.Request, principal: Principal, province: str, service: str
+) -> CallContext:
+    return CallContext(
+        request_id=request[REQUEST_ID],
+        purpose="亮证",
+        service=service,
+        receiving_province=province,
+        handling_province=province,
+        principal=principal.subject,
+        actor=principal.acting,
+        level=principal.level,
+        client=principal.client_id,
+    )
+
+
+async def present_licence(request: web.Request) -> web.Response:
+    """亮证: the signed-in holder asks for a short-lived, single-use code for one licence."""
+    principal = principal_of(request)
+    runtime, verifier, codes = _runtime(request)
+    body = await _body(request, _PRESENT)
+    principal.require_level("L2")
+    licence = verifier.licence_type(body["type"])
+    province = body.get("issuing_province")
+    if province is None and len(licence.issued_in) == 1:
+        province = next(iter(licence.issued_in))
+    if province is None and not licence.issued_in:
+        raise LicenceIssuerUnknown(f"No connected issuer issues {licence.name.zh} yet.")
+    if province is None:
+        raise ValidationFailed(
+            "Name the issuing province.",
+            errors=[{"path": "/issuing_province", "message": "required"}],
+        )
+    holder = verifier.holder(licence.holder, body.get("holder_id_type", "111"), body["holder_id"])
+    assert runtime.holders is not None
+    if runtime.holders.is_holder(principal, holder.subject) is not True:
+        raise LicenceNotSubjects("Only the licence's holder, signed in, shows it (亮证).")
+    context = _context(request, principal, province, f"licence:{body['type']}")
+    try:
+        found = await verifier.find(
+            body["type"], province, holder, context, number=body.get("number"), fresh=True
+        )
+    except GatewayError as exc:
+        await _audit_presentation(request, principal.subject, None, "denied", exc.code, province)
+        raise
+    presentation = codes.issue(found, principal.subject)
+    await _audit_presentation(request, principal.subject, None, "presented", None, province, found)
+    request[LOG_FIELDS].update(service=f"licence:{found.licence_type}")
+    qr = segno.make(presentation.code, error="m")
+    return web.json_response(
+        {
+            "code": presentation.code,
+            "expires_at": _iso(presentation.expires_at),
+            "expires_in": int(codes.ttl),
+            "qr_svg": qr.svg_data_uri(scale=4),
+            "licence": {
+                "type": found.licence_type,
+                "issuing_province": found.province,
+                "number": found.number,
+                "status": found.status,
+            },
+        },
+        status=201,
+    )
+
+
+async def check_presentation(request: web.Request) -> web.Response:
+    """A verifier (a window clerk, a verifier client) checks a presented code for its service."""
+    principal = principal_of(request)
+    _, verifier, codes = _runtime(request)
+    body = await _body(request, _CHECK)
+    code = body["service"]
+    check_client_may_call(request.app, principal, code)
+    service = request.app[STATE].catalog.service(code)  # client.unknown_service
+    show_for = {m.licence.type: m.licence.show for m in service.materials if m.licence is not None}
+    if not show_for:
+        raise ValidationFailed(
+            f"Service {code!r} verifies no licence.",
+            errors=[{"path": "/service", "message": "no licence material"}],
+        )
+    context = _context(request, principal, "", code)
+    try:
+        presented = await codes.check(body["code"], context, show_for=show_for)
+    except GatewayError as exc:
+        await _audit_presentation(request, None, principal, "denied", exc.code, None, service=code)
+        raise
+    found = presented.verification
+    await _audit_presentation(
+        request, presented.holder_subject, principal, "checked", None, found.province, found, code
+    )
+    request[LOG_FIELDS].update(service=code)
+    return web.json_response(
+        {
+            "licence": {
+                "type": found.licence_type,
+                "name": request.app[SETTINGS].licences.licence_types[found.licence_type].name.zh,
+                "issuing_province": found.province,
+                "issuer": verifier.issuer_name(found.province),
+                "number": found.number,
+                "status": found.status,
+                "verified_at": found.verified_at,
+                "seal_kid": found.seal_kid,
+            },
+            "fields": presented.fields,
+        }
+    )
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def _audit_presentation(
+    request: web.Request,
+    holder_subject: str | None,
+    verifier: Principal | None,
+    outcome: str,
+    error: str | None,
+    province: str | None,
+    found: Verification | None = None,
+    service: str | None = None,
+) -> None:
+    writer = request.app[STATE].audit
+    if writer is None:
+        return
+    extra: dict[str, Any] = {"presentation": True}
+    if found is not None:
+        extra.update(licence_type=found.licence_type, number=found.number, seal_kid=found.seal_kid)
+    await writer.append(
+        AuditEvent(
+            type=EventType.LICENCE_VERIFIED,
+            request_id=request[REQUEST_ID],
+            principal=holder_subject,
+            actor=verifier.acting if verifier is not None else None,
+            client=verifier.client_id if verifier is not None else None,
+            identity_level=verifier.level if verifier is not None else None,
+            service=service or (f"licence:{found.licence_type}" if found else None),
+            handling_province=province,
+            purpose="亮证",
+            outcome=outcome,
+            error_code=error,
+            response_digest=found.data_digest if found is not None else None,
+            extra=extra,
+        )
+    )

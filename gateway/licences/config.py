@@ -156,6 +156,9 @@ class LicenceUse(_Model):
     references for the handling province (the applicant must not send it)."""
     with_data: bool = False
     """Send the licence's data too (only where the province pair's agreement allows it)."""
+    show: list[str] = Field(default_factory=list)
+    """The licence's fields this service needs to see when a holder presents the licence
+    (亮证): shown in clear to its verifier; every other field is masked."""
 
 
 class _System(Protocol):
@@ -243,6 +246,12 @@ def licence_use_problems(
         elif use.issuing_province is not None and use.issuing_province not in licence.issued_in:
             problems.append(
                 f"{where}.issuing_province: {use.type!r} is not issued in {use.issuing_province}"
+            )
+        unknown = [name for name in use.show if name not in licence.fields]
+        if unknown:
+            problems.append(
+                f"{where}.show: {unknown} are not fields of {use.type!r}; it has"
+                f" {sorted(licence.fields)}"
             )
         if use.deliver_as is not None:
             for schema in schemas:

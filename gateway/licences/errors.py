@@ -11,6 +11,12 @@ class UnknownLicenceType(ClientError):
     title = "No such licence type in the catalogue"
 
 
+class LicenceIssuerUnknown(ClientError):
+    code = "client.licence_issuer_unknown"
+    http_status = 422
+    title = "No connected issuer issues this licence type in that province"
+
+
 class LicenceNotFound(ClientError):
     code = "client.licence_not_found"
     http_status = 422

@@ -43,6 +43,7 @@ from gateway.licences.errors import (
     LicenceAnswerMalformed,
     LicenceExpired,
     LicenceIssuerUnavailable,
+    LicenceIssuerUnknown,
     LicenceNotFound,
     LicenceNotSubjects,
     LicenceSealInvalid,
@@ -178,7 +179,7 @@ class LicenceVerifier:
     def _check_issued(self, code: str, province: str) -> LicenceType:
         licence = self.licence_type(code)
         if province not in licence.issued_in:
-            raise ClientError(
+            raise LicenceIssuerUnknown(
                 f"Licence type {code!r} is not issued in province {province} (it is in"
                 f" {sorted(licence.issued_in)})."
             )
@@ -225,14 +226,16 @@ class LicenceVerifier:
         context: CallContext,
         *,
         number: str | None = None,
+        fresh: bool = False,
     ) -> Verification:
+        """``fresh``: ask the issuer whatever is cached (a presentation's live status)."""
         licence = self._check_issued(licence_type, province)
         if licence.holder != holder.subject.kind:
             raise ClientError(
                 f"A {licence_type!r} is held by a {licence.holder}, not a {holder.subject.kind}."
             )
         key = (province, licence_type, holder.subject.key, number or "")
-        cached = self._cached(key)
+        cached = None if fresh else self._cached(key)
         if cached is not None:
             return cached
         try:
