@@ -716,12 +716,9 @@ def _load_licences(
         problems.append("licences.yaml: expected a mapping (cache_seconds, issuers, licence_types)")
         broken.add("*")
     else:
-        known = set(LicenceCatalogue.model_fields)
-        for other in sorted(set(data) - known):
-            problems.append(f"licences.yaml: {other}: unknown key{suggestion(str(other), known)}")
         head = _validate(
             LicenceCatalogue,
-            {"cache_seconds": data["cache_seconds"]} if "cache_seconds" in data else {},
+            {k: v for k, v in data.items() if k not in ("issuers", "licence_types")},
             "licences.yaml",
             problems,
         )
@@ -744,10 +741,8 @@ def _load_licences(
                 broken.add(str(code))
             else:
                 types[str(code)] = licence
-        catalogue = LicenceCatalogue(
-            cache_seconds=head.cache_seconds if head is not None else 60.0,
-            issuers=issuers,
-            licence_types=types,
+        catalogue = (head or LicenceCatalogue()).model_copy(
+            update={"issuers": issuers, "licence_types": types}
         )
         usable = {sid: system for sid, system in systems.items() if sid not in state.broken}
         unsure = state.systems_unreadable or bool(state.broken & state.raw_systems.keys())

@@ -32,6 +32,7 @@ from gateway.identity.identifiers import link_keyer
 from gateway.identity.person_key import PersonKeys
 from gateway.identity.sessions import MemorySessionStore
 from gateway.licences.access import HolderCheck
+from gateway.licences.bulk import BulkLimits
 from gateway.licences.config import LICENCE_STATUSES
 from gateway.licences.errors import LicenceIssuerUnknown, LicenceNotSubjects
 from gateway.licences.issuers import StackIssuerCall
@@ -80,6 +81,8 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
                 sleep=sleep,
             )
             runtime.verifier = LicenceVerifier(catalogue, calls, keyer)
+            bulk = BulkLimits(catalogue.bulk_limit, catalogue.bulk_approved)
+            runtime.verifier.bulk = bulk
 
             async def record(event: AuditEvent) -> None:
                 if writer is not None:
@@ -96,6 +99,11 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
                 runtime.verifier, lambda: state.catalog, record=record, holders=holders
             )
             runtime.notices = LicenceNotices(catalogue, runtime.verifier)
+            try:
+                yield
+            finally:
+                await bulk.aclose()
+            return
         yield
 
     app.cleanup_ctx.append(context)

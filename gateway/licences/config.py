@@ -31,6 +31,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.licences.seal import SealAlgorithm, SealKey, SealKeyRing, load_public_key
+from gateway.ratelimit.config import Rate
 from gateway.secrets import SecretRef
 
 HolderKind = Literal["person", "enterprise"]
@@ -129,6 +130,11 @@ class LicenceCatalogue(_Model):
     """How long a valid answer of the issuer is reused (0: never); a change notice drops it."""
     issuers: dict[str, IssuerSettings] = Field(default_factory=dict)
     licence_types: dict[str, LicenceType] = Field(default_factory=dict)
+    bulk_limit: Rate | None = "1000/day"
+    """Uses of one licence type a requester (client) may make without the issuer's approval
+    (批量用证), as a rate (``1000/day``); None: no limit."""
+    bulk_approved: dict[str, dict[str, Rate]] = Field(default_factory=dict)
+    """Client id → licence type → the volume its issuer approved for that requester."""
 
     def system_for(self, type_code: str, province: str) -> tuple[str, IssuerOperations]:
         issued = self.licence_types[type_code].issued_in[province]

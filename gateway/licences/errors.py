@@ -88,3 +88,8 @@ class LicenceIssuerUnavailable(BackendError):
 class LicenceAnswerMalformed(BackendBadResponse):
     code = "backend.licence_answer_malformed"
     title = "The issuer's answer about a licence cannot be used"
+
+
+class LicenceVolumeExceeded(Forbidden):
+    code = "client.licence_volume_exceeded"
+    title = "Bulk use of this licence type needs the issuer's approval"

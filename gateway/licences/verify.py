@@ -36,6 +36,7 @@ from gateway.adapter import CallContext
 from gateway.consent.contract import DataSubject
 from gateway.errors import BackendError, ClientError
 from gateway.identity.identifiers import LinkKeyer
+from gateway.licences.bulk import BulkLimits
 from gateway.licences.config import LICENCE_STATUSES, LicenceCatalogue, LicenceType
 from gateway.licences.errors import (
     NOT_VALID,
@@ -158,6 +159,8 @@ class LicenceVerifier:
             province: issuer.key_ring() for province, issuer in catalogue.issuers.items()
         }
         self._cache: dict[tuple[str, str, str, str], _Cached] = {}
+        self.bulk: BulkLimits | None = None
+        """Volume limits per requester and type (批量用证), when configured."""
 
     # --- lookups --------------------------------------------------------------------------
 
@@ -234,6 +237,8 @@ class LicenceVerifier:
             raise ClientError(
                 f"A {licence_type!r} is held by a {licence.holder}, not a {holder.subject.kind}."
             )
+        if self.bulk is not None:
+            await self.bulk.hit(context.client or context.principal, licence_type)
         key = (province, licence_type, holder.subject.key, number or "")
         cached = None if fresh else self._cached(key)
         if cached is not None:

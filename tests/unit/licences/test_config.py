@@ -89,3 +89,19 @@ def test_a_service_material_naming_an_unknown_licence_or_no_carrier(config: Path
     assert any("a material found as a licence has source: e-licence" in p for p in problems), (
         problems
     )
+
+
+def test_bulk_limits_and_top_level_keys_are_checked(config: Path) -> None:
+    def breaks(d: dict[str, Any]) -> None:
+        d["bulk_limit"] = "lots"
+        d["bulk_approved"] = {"demo-portal-qinghai": {"birth-medical-certificate": "0/day"}}
+        d["cache_secnds"] = 5
+
+    edit(config / "licences.yaml", breaks)
+    problems = problems_of(config)
+    assert any("licences.yaml: bulk_limit: 'lots' is not a rate" in p for p in problems), problems
+    assert any("the count must be at least 1" in p for p in problems), problems
+    assert any(
+        "licences.yaml: cache_secnds: unknown key; did you mean `cache_seconds`?" in p
+        for p in problems
+    ), problems
