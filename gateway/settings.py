@@ -756,7 +756,7 @@ def _load_licences(
         uses = {
             m.code: m.licence
             for m in service.materials
-            if m.licence is not None and m.licence.type not in broken and "*" not in broken
+            if m.licence is not None and (m.licence.type or "") not in broken and "*" not in broken
         }
         if not uses:
             continue

@@ -9,6 +9,11 @@ gateway (docs/licences.md):
     POST /api/licences/verify                 {licenceType, number, dataDigest} → {"status"}:
                                               valid, changed (the data digest is not the
                                               current one), expired, revoked, cancelled
+    POST /api/disputes                        异议复核: a holder disputes a licence's data
+                                              (Idempotency-Key; 201 new, 200 the same again)
+    GET  /api/disputes/{disputeId}            its progress: RECEIVED → REVIEWING → DECIDED
+                                              (one step per query: the demo's reviewers),
+                                              with the decision and the deadline (15 days)
 
 Shaanxi (61) issues birth medical certificates (出生医学证明, S12) and business licences (S8's
 parent company); Qinghai (63) issues real-estate certificates. Each seals with its electronic
@@ -25,10 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -72,6 +79,31 @@ class StoredLicence:
 
 
 @dataclass
+class Dispute:
+    """异议复核 of one licence's data: the reviewers decide on the issuer's records."""
+
+    dispute_id: str
+    key: str
+    licence_type: str
+    number: str
+    field_name: str
+    status: str
+    received_at: str
+    deadline: str
+    steps: list[str]
+    decision: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "disputeId": self.dispute_id,
+            "status": self.status,
+            "receivedAt": self.received_at,
+            "deadline": self.deadline,
+            "decision": self.decision,
+        }
+
+
+@dataclass
 class LicenceSystemState:
     province: str
     name: str
@@ -81,6 +113,9 @@ class LicenceSystemState:
     recorder: Recorder = field(default_factory=Recorder)
     garbled: bool = False
     """Answer verifications with a status no issuer uses (a malformed answer)."""
+    disputes: dict[str, Dispute] = field(default_factory=dict)
+    disputes_by_key: dict[str, Dispute] = field(default_factory=dict)
+    _dispute_numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def issue(
         self,
@@ -209,6 +244,54 @@ async def verify(request: web.Request) -> web.Response:
     return web.json_response({"status": status, "number": stored.number})
 
 
+async def file_dispute(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    key = request.headers.get("Idempotency-Key", "")
+    body = await _body(request)
+    if not key or body is None:
+        return _error(400, "invalid_request", "an Idempotency-Key and a JSON body are required")
+    existing = state.disputes_by_key.get(key)
+    if existing is not None:
+        return web.json_response(existing.as_json(), status=200)
+    stored = state.licences.get((str(body.get("licenceType")), str(body.get("number"))))
+    if stored is None:
+        return _error(404, "not_found", "no such licence")
+    field_name = str(body.get("field") or "")
+    if field_name not in stored.sealed.data["fields"]:
+        return _error(422, "invalid_request", "field is not a field of the licence")
+    now = datetime.now(UTC)
+    dispute = Dispute(
+        dispute_id=f"{state.province}YY{now:%Y%m%d}{next(state._dispute_numbers):06d}",
+        key=key,
+        licence_type=stored.sealed.data["type"],
+        number=stored.number,
+        field_name=field_name,
+        status="RECEIVED",
+        received_at=now.isoformat(timespec="seconds"),
+        deadline=(now + timedelta(days=15)).date().isoformat(),
+        steps=["REVIEWING", "DECIDED"],
+    )
+    state.disputes[dispute.dispute_id] = dispute
+    state.disputes_by_key[key] = dispute
+    return web.json_response(dispute.as_json(), status=201)
+
+
+async def get_dispute(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    dispute = state.disputes.get(request.match_info["disputeId"])
+    if dispute is None:
+        return _error(404, "not_found", "no such dispute")
+    if dispute.steps:
+        dispute.status = dispute.steps.pop(0)
+        if dispute.status == "DECIDED":
+            # The demo's reviewers find the record right and keep it (维持).
+            dispute.decision = {
+                "outcome": "upheld",
+                "answer": f"经复核，{dispute.field_name} 与签发记录一致，维持原证照信息。",
+            }
+    return web.json_response(dispute.as_json())
+
+
 def _issued_digest(stored: StoredLicence) -> str:
     # What the issuer holds as current: the data as stored (a tampered record included).
     return stored.sealed.data_digest
@@ -220,6 +303,8 @@ def build_licence_system_app(state: LicenceSystemState) -> web.Application:
     app.router.add_post("/api/licences/search", search, name="search_licences")
     app.router.add_get("/api/licences/{licenceType}/{number}", fetch, name="get_licence")
     app.router.add_post("/api/licences/verify", verify, name="verify_licence")
+    app.router.add_post("/api/disputes", file_dispute, name="file_dispute")
+    app.router.add_get("/api/disputes/{disputeId}", get_dispute, name="get_dispute")
     return app
 
 

@@ -405,7 +405,11 @@ async def check_presentation(request: web.Request) -> web.Response:
     code = body["service"]
     check_client_may_call(request.app, principal, code)
     service = request.app[STATE].catalog.service(code)  # client.unknown_service
-    show_for = {m.licence.type: m.licence.show for m in service.materials if m.licence is not None}
+    show_for = {
+        m.licence.type: m.licence.show
+        for m in service.materials
+        if m.licence is not None and m.licence.type is not None
+    }
     if not show_for:
         raise ValidationFailed(
             f"Service {code!r} verifies no licence.",

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.licences.seal import SealAlgorithm, SealKey, SealKeyRing, load_public_key
 from gateway.ratelimit.config import Rate
@@ -146,8 +146,11 @@ class LicenceUse(_Model):
     """A material of a service given as an electronic licence (免证办): the gateway finds and
     verifies it at its issuer at intake instead of asking the applicant for a file."""
 
-    type: str
+    type: str | None = None
     """A licence type of licences.yaml."""
+    type_from: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Or: dotted path, in the application data, of the licence type (a service about licences
+    of any type: 异议复核)."""
     holder_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Dotted path, in the application data, of the holder's ID number (a person) or credit
     code (an enterprise): the case's data subject, whose licence it must be."""
@@ -162,9 +165,20 @@ class LicenceUse(_Model):
     references for the handling province (the applicant must not send it)."""
     with_data: bool = False
     """Send the licence's data too (only where the province pair's agreement allows it)."""
+    at_issuer: bool = False
+    """The case goes to the licence's issuer (异议复核): its handling province must be the
+    licence's issuing province."""
     show: list[str] = Field(default_factory=list)
     """The licence's fields this service needs to see when a holder presents the licence
     (亮证): shown in clear to its verifier; every other field is masked."""
+
+    @model_validator(mode="after")
+    def _one_type(self) -> LicenceUse:
+        if (self.type is None) == (self.type_from is None):
+            raise ValueError("name the licence type: type, or type_from (not both)")
+        if self.type_from is not None and self.show:
+            raise ValueError("show needs a fixed type")
+        return self
 
 
 class _System(Protocol):
@@ -236,6 +250,8 @@ def licence_use_problems(
     problems: list[str] = []
     for material, use in uses.items():
         where = f"services/{service}.yaml: materials.{material}.licence"
+        if use.type is None:
+            continue  # named by the application: checked at intake
         licence = catalogue.licence_types.get(use.type)
         if licence is None:
             known = sorted(catalogue.licence_types)

@@ -125,12 +125,20 @@ class LicenceMaterials:
     ) -> Verification:
         where = f"/materials/{code}"
         province_asked = ask.get("issuing_province")
-        if ask.get("type") not in (None, use.type):
+        licence_type = use.type or _at(data, str(use.type_from))
+        if not isinstance(licence_type, str):
             raise ValidationFailed(
-                f"Material {code!r} is a {use.type!r} licence.",
-                errors=[{"path": f"{where}/licence/type", "message": f"expected {use.type!r}"}],
+                f"Name the licence type at data.{use.type_from}.",
+                errors=[
+                    {"path": "/data/" + str(use.type_from).replace(".", "/"), "message": "required"}
+                ],
             )
-        licence = self._verifier.licence_type(use.type)
+        if ask.get("type") not in (None, licence_type):
+            raise ValidationFailed(
+                f"Material {code!r} is a {licence_type!r} licence.",
+                errors=[{"path": f"{where}/licence/type", "message": f"expected {licence_type!r}"}],
+            )
+        licence = self._verifier.licence_type(licence_type)  # client.unknown_licence_type
         holder_id = _at(data, use.holder_id)
         if not isinstance(holder_id, str) or not holder_id:
             raise ValidationFailed(
@@ -159,6 +167,11 @@ class LicenceMaterials:
                     }
                 ],
             )
+        if use.at_issuer and any(p.handling_province != province for p in new.parts):
+            raise ValidationFailed(
+                f"This goes to the licence's issuer: handle it in province {province}.",
+                errors=[{"path": "/handling_province", "message": f"expected {province}"}],
+            )
         holder = self._verifier.holder(licence.holder, use.holder_id_type, holder_id)
         context = CallContext(
             request_id=new.request_id or new.case_id,
@@ -184,16 +197,16 @@ class LicenceMaterials:
                 purpose=new.purpose,
             )
             found = await self._verifier.find(
-                use.type,
+                licence_type,
                 province,
                 holder,
                 context,
                 number=number if isinstance(number, str) else None,
             )
         except GatewayError as exc:
-            await self._audit(new, code, use.type, province, outcome="denied", error=exc.code)
+            await self._audit(new, code, licence_type, province, outcome="denied", error=exc.code)
             raise
-        await self._audit(new, code, use.type, province, outcome="ok", found=found)
+        await self._audit(new, code, licence_type, province, outcome="ok", found=found)
         return found
 
     async def _audit(
@@ -251,9 +264,14 @@ def _from_ref(code: str, use: LicenceUse, ref: str, index: int) -> dict[str, str
     """``elicence:<province>:<type>:<number>`` → the licence it names; anything else for a
     material the gateway finds as a licence is refused."""
     parts = ref.split(":", 3)
-    if len(parts) != 4 or parts[0] != "elicence" or parts[2] != use.type or not parts[3]:
+    if (
+        len(parts) != 4
+        or parts[0] != "elicence"
+        or parts[2] != (use.type or parts[2])
+        or not parts[3]
+    ):
         raise ValidationFailed(
-            f"Material {code!r} is a {use.type!r} licence the gateway verifies at its issuer:"
+            f"Material {code!r} is a licence the gateway verifies at its issuer:"
             ' give it as {"licence": {"number": ...}} or elicence:<province>:<type>:<number>.',
             errors=[
                 {"path": f"/materials/{index}/ref", "message": "not a reference to this licence"}
