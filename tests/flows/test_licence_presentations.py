@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway.demo.backends import SHAANXI_LICENCE
-from gateway.demo.licence_system import BIRTH_CERTIFICATE
-from gateway.demo.residents import MA_WENHUA, ZHAO_YIMING
+from gateway.demo.backends import QINGHAI_LICENCE, SHAANXI_LICENCE
+from gateway.demo.licence_system import BIRTH_CERTIFICATE, PROPERTY_CERTIFICATE
+from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, ZHAO_YIMING
 from gateway.http.keys import SETTINGS
 from gateway.http.licences import LICENCES
 from gateway.identity.citizen import natural_person_id
@@ -158,3 +158,23 @@ async def test_only_the_signed_in_holder_gets_a_code_and_a_revoked_licence_none(
     assert (status, problem["code"]) == (422, "client.licence_issuer_unknown")
     status, problem = await present(journey, holder, type="no-such-licence")
     assert (status, problem["code"]) == (422, "client.unknown_licence_type")
+
+
+async def test_qinghai_seals_its_real_estate_certificates_and_they_verify(journey: Journey) -> None:
+    holder = holder_token(journey, HAN_XUEMEI.id_number, "demo-han")
+    status, shown = await present(
+        journey, holder, type="real-estate-certificate", holder_id=HAN_XUEMEI.id_number
+    )
+    assert status == 201, shown
+    assert shown["licence"] == {
+        "type": "real-estate-certificate",
+        "issuing_province": "63",
+        "number": PROPERTY_CERTIFICATE,
+        "status": "valid",
+    }
+    issuer = journey.backends.licence_systems[QINGHAI_LICENCE]
+    assert [r.operation for r in issuer.recorder.requests] == [
+        "search_licences",
+        "get_licence",
+        "verify_licence",
+    ]
