@@ -36,7 +36,7 @@ import aiohttp
 import asyncpg
 
 PG_DSN = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-TONGBAN = Path(sys.executable).parent / "tongban"
+TONGBAN = Path(os.environ.get("TONGBAN_BENCH_EXE") or Path(sys.executable).parent / "tongban")
 
 
 def free_port() -> int:

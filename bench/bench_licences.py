@@ -72,7 +72,7 @@ async def bench(calls: int, port: int) -> list[dict[str, float | str | int]]:
     from gateway.adapter import Call, CallContext, load_adapter_factory
     from gateway.breaker import CircuitBreaker
     from gateway.demo.residents import MA_WENHUA
-    from gateway.identity.identifiers import link_keyer
+    from gateway.identity.subject_keys import SubjectKeys
     from gateway.licences.issuers import StackIssuerCall
     from gateway.licences.verify import LicenceVerifier
     from gateway.pipeline import CallTrace, SystemRuntime, build_stack
@@ -105,7 +105,7 @@ async def bench(calls: int, port: int) -> list[dict[str, float | str | int]]:
     calls_ = StackIssuerCall(
         catalogue, {"shaanxi-licence": runtime, "qinghai-licence": runtime}, auditor=None
     )
-    keyer = link_keyer(SecretStr("k" * 40).get_secret_value())
+    keyer = SubjectKeys(pairwise_secret=SecretStr("p" * 40), link_secret=SecretStr("k" * 40))
     uncached = LicenceVerifier(catalogue, calls_, keyer)
     cached = LicenceVerifier(cached_catalogue, calls_, keyer)
     holder = uncached.holder("person", "111", MA_WENHUA.id_number)

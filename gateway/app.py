@@ -20,6 +20,7 @@ from gateway.catalog import Catalog
 from gateway.http import handlers
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
+from gateway.http.consents import add_consent_routes
 from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
 from gateway.http.licences import add_licences
 from gateway.http.middlewares import (
@@ -72,6 +73,8 @@ def create_app(
     app[STATE] = GatewayState()
     # The audit trail opens first: every route's stack records through it.
     app.cleanup_ctx.append(_audit_context)
+    # The consent book next: it records through the audit trail, and the routes' rule asks it.
+    add_consent_routes(app)
     app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
     add_licences(app, sleep)  # after the systems, before the cases: intake verifies licences
     add_rate_limits(app)

@@ -37,6 +37,7 @@ from gateway.cases.config import (
 )
 from gateway.cases.linked import linked_problems
 from gateway.config_problems import schema_problems, suggestion, validation_problems
+from gateway.consent.config import ConsentSettings
 from gateway.identity.clients import TOKEN_EXCHANGE, ClientRegistration
 from gateway.identity.config import ProviderSettings
 from gateway.identity.legacy_face import LegacyAppSettings
@@ -201,6 +202,8 @@ class GatewaySettings(_Model):
     """Cross-province cases: store, delivery schedule, callback keys, event sink."""
     rate_limits: RateLimitSettings = RateLimitSettings()
     """Rate limits of /api/* per OAuth client and per person, and where they are counted."""
+    consent: ConsentSettings = ConsentSettings()
+    """Consent grants and delegations (授权用证、委托用证): where the book keeps them."""
 
     @model_validator(mode="after")
     def _rate_limit_store(self) -> GatewaySettings:

@@ -99,6 +99,8 @@ class WorkerStats:
     reconciled: int = 0
     events: int = 0
     lease_lost: int = 0
+    claims: int = 0
+    empty_claims: int = 0
 
 
 class _Deferred(Exception):
@@ -168,36 +170,46 @@ class DeliveryWorker:
     async def _run(self) -> None:
         failures = 0
         while not self._stopping:
+            # Cleared before the claim, so work written while this batch runs wakes the loop
+            # again at once instead of waiting for the next poll.
+            self._wakeup.clear()
             try:
-                busy = await self.run_once()
+                # A short batch means nothing else was due: claiming again at once would only
+                # come back empty (one wasted round trip per wake-up, and with several instances
+                # sharing the outbox, most wake-ups are short).
+                backlog = await self._claim_and_work() >= self._settings.batch
                 failures = 0
             except CaseStoreError as exc:
                 failures += 1
                 log.warning("case_outbox_claim_failed", error_code=type(exc).__name__)
-                busy = False
+                backlog = False
                 await self._sleep(min(0.1 * 2**failures, 5.0))
             except Exception:
                 log.exception("case_worker_failed")
-                busy = False
+                backlog = False
                 await self._sleep(1.0)
-            if not busy and not self._stopping:
-                self._wakeup.clear()
+            if not backlog and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._settings.poll_interval):
                         await self._wakeup.wait()
 
     async def run_once(self) -> bool:
         """Claim one batch and work it; True when there was something to do."""
+        return await self._claim_and_work() > 0
+
+    async def _claim_and_work(self) -> int:
         entries = await self._store.claim(
             self.owner,
             now=self._clock(),
             lease=self._settings.lease,
             limit=self._settings.batch,
         )
+        self.stats.claims += 1
         if not entries:
-            return False
+            self.stats.empty_claims += 1
+            return 0
         await asyncio.gather(*(self._work(entry) for entry in entries))
-        return True
+        return len(entries)
 
     async def drain(self, *, rounds: int = 1000) -> None:
         """Work until nothing is due (tests and the CLI; the loop does this in production)."""
@@ -749,7 +761,10 @@ class DeliveryWorker:
             case.case_id, plan, otherwise=FinishEntry(entry.entry_id, self.owner, "done", "late")
         )
         if applied is not None and applied.step is not None:
-            await self._audit_step(applied.case, applied.step, trace, result)
+            step = applied.step
+            if step.events or any(new.due <= step.now for new in step.schedule):
+                self.notify()  # what this step made due (an event, the next part) goes out now
+            await self._audit_step(applied.case, step, trace, result)
 
     async def _audit_step(
         self, case: Case, step: Step, trace: CallTrace | None, result: CallResult | None

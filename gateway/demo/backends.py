@@ -2,10 +2,11 @@
 
 ``start_demo_backends`` runs real aiohttp servers (two social-insurance SOAP deployments
 sharing one WSDL, the Shaanxi housing-fund, degree and e-driving-licence REST systems, the
-Qinghai and Gansu government-service platforms, the Jiangsu contribution-proof system) on free
-ports. ``DemoSecrets`` holds the credentials they expect; ``DemoSecrets.env()`` is the
-environment ``config/systems.yaml`` reads them from. The identifiers below (usernames, key id,
-client id) are not secret and must match ``config/systems.yaml``.
+Qinghai and Gansu government-service platforms, the Jiangsu contribution-proof system, Qinghai's
+public credit information platform) on free ports. ``DemoSecrets`` holds the credentials they
+expect; ``DemoSecrets.env()`` is the environment ``config/systems.yaml`` reads them from. The
+identifiers below (usernames, key id, client id) are not secret and must match
+``config/systems.yaml``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.demo.case_office import (
     qinghai_office,
 )
 from gateway.demo.contribution_proof import ContributionProofState, build_contribution_proof_app
+from gateway.demo.credit import CreditState, build_credit_app
 from gateway.demo.degree import DegreeState, build_degree_app
 from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
 from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
@@ -79,6 +81,8 @@ XINING_TAX = "xining-tax"
 XINING_REGISTRY = "xining-registry"
 XINING_UTILITIES = "xining-utilities"
 SHAANXI_CIVIL = "shaanxi-civil"
+# S14: Qinghai's public credit information platform.
+QINGHAI_CREDIT = "qinghai-credit"
 # E-licence systems (电子证照): they issue, seal and verify licences (谁制发谁核验).
 SHAANXI_LICENCE = "shaanxi-licence"
 QINGHAI_LICENCE = "qinghai-licence"
@@ -96,6 +100,7 @@ SYSTEM_IDS = (
     XINING_REGISTRY,
     XINING_UTILITIES,
     SHAANXI_CIVIL,
+    QINGHAI_CREDIT,
     SHAANXI_LICENCE,
     QINGHAI_LICENCE,
 )
@@ -116,8 +121,9 @@ DEFAULT_PORTS: Mapping[str, int] = {
     XINING_REGISTRY: 18665,
     XINING_UTILITIES: 18666,
     SHAANXI_CIVIL: 18667,
+    QINGHAI_CREDIT: 18763,
     SHAANXI_LICENCE: 18761,
-    QINGHAI_LICENCE: 18763,
+    QINGHAI_LICENCE: 18764,
 }
 
 # Non-secret identifiers the gateway presents; they must match config/systems.yaml.
@@ -139,6 +145,7 @@ ENV_NAMES: Mapping[str, str] = {
     "jiangsu_proof_api_key": "TONGBAN_SECRET_JS_PROOF_API_KEY",
     "xining_property_api_key": "TONGBAN_SECRET_XN_PROPERTY_API_KEY",
     "shaanxi_civil_api_key": "TONGBAN_SECRET_SX_CIVIL_API_KEY",
+    "qinghai_credit_api_key": "TONGBAN_SECRET_QH_CREDIT_API_KEY",
     "shaanxi_licence_api_key": "TONGBAN_SECRET_SX_LICENCE_API_KEY",
     "qinghai_licence_api_key": "TONGBAN_SECRET_QH_LICENCE_API_KEY",
     "shaanxi_licence_notice_key": "TONGBAN_SECRET_SX_LICENCE_NOTICE_KEY",
@@ -159,6 +166,7 @@ class DemoSecrets:
     jiangsu_proof_api_key: str
     xining_property_api_key: str
     shaanxi_civil_api_key: str
+    qinghai_credit_api_key: str
     shaanxi_licence_api_key: str
     qinghai_licence_api_key: str
     shaanxi_licence_notice_key: str
@@ -210,6 +218,8 @@ class DemoBackends:
     """system id → Xining's agencies of S13 (filing, tax, registry, utilities)."""
     civil: CivilState | None = None
     """Shaanxi's household and marriage registers (S13's buyer check)."""
+    credit: CreditState | None = None
+    """Qinghai's public credit information platform (S14)."""
     licence_systems: Mapping[str, LicenceSystemState] = field(default_factory=dict)
     """system id → the e-licence systems of Shaanxi and Qinghai (S12, S8's parent licence)."""
 
@@ -314,6 +324,7 @@ async def start_demo_backends(
         XINING_UTILITIES: xining_utilities(xining_key),
     }
     civil = CivilState(api_key=secrets.shaanxi_civil_api_key)
+    credit = CreditState(api_key=secrets.qinghai_credit_api_key)
     licence_systems = {
         SHAANXI_LICENCE: shaanxi_licence_system(secrets.shaanxi_licence_api_key),
         QINGHAI_LICENCE: qinghai_licence_system(secrets.qinghai_licence_api_key),
@@ -341,6 +352,7 @@ async def start_demo_backends(
         (JIANGSU_PROOF, build_contribution_proof_app(proof), proof.recorder, ""),
         *((sid, build_agency_app(agency), agency.recorder, "") for sid, agency in agencies.items()),
         (SHAANXI_CIVIL, build_civil_app(civil), civil.recorder, ""),
+        (QINGHAI_CREDIT, build_credit_app(credit), credit.recorder, ""),
         *(
             (sid, build_licence_system_app(system), system.recorder, "")
             for sid, system in licence_systems.items()
@@ -369,6 +381,7 @@ async def start_demo_backends(
         proof,
         agencies,
         civil,
+        credit,
         licence_systems,
     )
 

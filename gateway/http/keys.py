@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.audit.store import AuditStore
 from gateway.audit.writer import AuditWriter
 from gateway.catalog import Catalog
+from gateway.consent.book import ConsentService
 from gateway.metrics import Metrics
 from gateway.pipeline import SystemRuntime
 from gateway.principal import Principal, TokenVerifier
@@ -30,6 +31,8 @@ class GatewayState:
     audit: AuditWriter | None = None
     audit_store: AuditStore | None = None
     rate_limiter: ApiRateLimiter | None = None
+    consent: ConsentService | None = None
+    """The consent book (a ConsentBook for the data-subject rule), once its store is open."""
 
     @property
     def catalog(self) -> Catalog:

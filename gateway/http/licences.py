@@ -28,9 +28,8 @@ from gateway.errors import (
 from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE, principal_of
 from gateway.http.login import LOGIN_AUTHENTICATOR
 from gateway.http.oidc import check_client_may_call
-from gateway.identity.identifiers import link_keyer
-from gateway.identity.person_key import PersonKeys
 from gateway.identity.sessions import MemorySessionStore
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.licences.access import HolderCheck
 from gateway.licences.bulk import BulkLimits
 from gateway.licences.config import LICENCE_STATUSES
@@ -73,14 +72,18 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
         identity = settings.gateway.identity
         if catalogue.licence_types and identity is not None and identity.link_secret is not None:
             writer = state.audit
-            keyer = link_keyer(identity.link_secret.get_secret_value(), identity.link_algorithm)
+            names = SubjectKeys(
+                pairwise_secret=identity.pairwise_secret,
+                link_secret=identity.link_secret,
+                link_algorithm=identity.link_algorithm,
+            )
             calls = StackIssuerCall(
                 catalogue,
                 state.systems,
                 auditor=CallAuditor(writer) if writer is not None else None,
                 sleep=sleep,
             )
-            runtime.verifier = LicenceVerifier(catalogue, calls, keyer)
+            runtime.verifier = LicenceVerifier(catalogue, calls, names)
             bulk = BulkLimits(catalogue.bulk_limit, catalogue.bulk_approved)
             runtime.verifier.bulk = bulk
 
@@ -88,7 +91,7 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
                 if writer is not None:
                     await writer.append(event)
 
-            holders = HolderCheck(PersonKeys(identity.pairwise_secret), None)
+            holders = HolderCheck(lambda: state.consent)
             runtime.holders = holders
             login = app.get(LOGIN_AUTHENTICATOR)
             once = login.store.claim_once if login is not None else MemorySessionStore().claim_once
@@ -462,7 +465,12 @@ async def _audit_presentation(
         return
     extra: dict[str, Any] = {"presentation": True}
     if found is not None:
-        extra.update(licence_type=found.licence_type, number=found.number, seal_kid=found.seal_kid)
+        extra.update(
+            licence_type=found.licence_type,
+            number=found.number,
+            seal_kid=found.seal_kid,
+            subjects=[found.holder.key],  # the holder's access log finds it
+        )
     await writer.append(
         AuditEvent(
             type=EventType.LICENCE_VERIFIED,

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.http.audit import audit_openapi_paths, audit_openapi_schemas
 from gateway.http.cases import case_openapi_paths
+from gateway.http.consents import consent_openapi_paths, consent_openapi_schemas
 from gateway.http.licences import licence_openapi_paths
 
 if TYPE_CHECKING:
@@ -280,6 +281,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 "CallRequest": CALL_REQUEST_SCHEMA,
                 "CallResponse": _CALL_RESPONSE,
                 **audit_openapi_schemas(),
+                **consent_openapi_schemas(),
             },
         },
         "paths": {
@@ -377,6 +379,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
             **case_openapi_paths(),
             **licence_openapi_paths(),
             **audit_openapi_paths(),
+            **consent_openapi_paths(_problems, _ok),
         },
     }
     document["paths"] = _rate_limited(document["paths"])

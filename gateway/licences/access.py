@@ -1,41 +1,48 @@
 """Whose licence: the holder is the caller, or a grant of the holder's covers the caller.
 
-A licence is used only for its holder and the matter at hand (第十四条). The gateway knows the
-signed-in person by a keyed person key (gateway/identity/person_key.py) and the licence's
-holder by the keyed link hash of the identifier its issuer sealed: the two meet in the local id
-of a natural person, ``person:<link key>``, so ``is_holder`` tells whether the caller is the
-holder without storing or comparing an ID number.
+A licence is used only for its holder and the matter at hand (第十四条). The caller and the
+licence's holder are both named by subject keys (gateway/identity/subject_keys.py): a signed-in
+person carries its person key (``Principal.person``), an enterprise's operator its enterprise's
+key (``Principal.enterprise``), and the holder's key is computed from the identifier its issuer
+sealed. ``is_holder`` compares them; no ID number is compared or kept.
 
 When the caller is someone else (a relative applying, an institution, a department), the
 holder's consent grant (授权用证) or delegation (委托用证) must cover the request: the grant the
-caller presents is *used* through the ``ConsentBook`` (gateway/consent/contract.py), which checks
-subject, requester, service, purpose, expiry, revocation and use count. Without a grant, or
-without a consent book, the request is refused: fail closed.
+caller presents (the case's ``authorisation_ref``) is *used* through the ``ConsentBook``
+(gateway/consent/contract.py), which checks subject, requester, service, purpose, expiry,
+revocation and use count. Without a grant, or without a consent book, the request is refused:
+fail closed.
 
 Must not: import aiohttp; keep identifiers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.consent.contract import ConsentBook, DataSubject, GrantAsk, GrantUse, Requester
-from gateway.identity.citizen import natural_person_id
-from gateway.identity.person_key import PersonKeys
+from gateway.consent.subjects import requester_person
 from gateway.licences.errors import LicenceNotSubjects
 from gateway.principal import Principal
 
 
 class HolderCheck:
-    def __init__(self, person_keys: PersonKeys | None, consent: ConsentBook | None) -> None:
-        self._keys = person_keys
+    def __init__(self, consent: Callable[[], ConsentBook | None] = lambda: None) -> None:
         self._consent = consent
 
-    def is_holder(self, principal: Principal, holder: DataSubject) -> bool | None:
-        """True / False when it can be told, None when it cannot (no person key in the token,
-        or an enterprise holder: the enterprise's own rule decides)."""
-        if self._keys is None or principal.person is None or holder.kind != "person":
+    @staticmethod
+    def is_holder(principal: Principal, holder: DataSubject) -> bool | None:
+        """True / False when it can be told, None when it cannot (a token that names no
+        subject: a development token, a machine client; the data-subject rule decides)."""
+        if holder.kind == "enterprise":
+            if principal.enterprise is None:
+                return None if principal.person is None else False
+            return principal.enterprise == holder.key
+        if principal.person is None:
             return None
-        expected = self._keys.person_key(natural_person_id(holder.key))
-        return principal.person == expected
+        if principal.level == "LP":
+            return False  # an operator acting for an enterprise is not the person
+        return principal.person == holder.key
 
     async def authorise(
         self,
@@ -51,16 +58,19 @@ class HolderCheck:
         otherwise; LicenceNotSubjects when nothing covers the caller."""
         if self.is_holder(principal, holder) is not False:
             return None
-        if grant_id is None or self._consent is None:
+        book = self._consent()
+        if grant_id is None or book is None:
             raise LicenceNotSubjects(
                 "The licence is not the caller's: it is used for someone else only under that"
                 " person's consent grant (授权用证) or delegation (委托用证)."
             )
-        return await self._consent.use(
+        return await book.use(
             GrantAsk(
                 grant_id=grant_id,
                 subject=holder,
-                requester=Requester(client_id=principal.client_id),
+                requester=Requester(
+                    client_id=principal.client_id, person=requester_person(principal)
+                ),
                 service=service,
                 operation=operation,
                 purpose=purpose,

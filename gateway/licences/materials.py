@@ -33,7 +33,7 @@ from gateway.catalog import Catalog
 from gateway.errors import GatewayError, ValidationFailed
 from gateway.licences.access import HolderCheck
 from gateway.licences.config import LicenceUse
-from gateway.licences.verify import LicenceVerifier, Verification
+from gateway.licences.verify import Holder, LicenceVerifier, Verification
 from gateway.principal import Principal
 
 Record = Callable[[AuditEvent], Awaitable[None]]
@@ -61,7 +61,7 @@ class LicenceMaterials:
         self._verifier = verifier
         self._catalog = catalog
         self._record = record
-        self._holders = holders or HolderCheck(None, None)
+        self._holders = holders or HolderCheck()
 
     async def bind(
         self, new: NewCase, body: Mapping[str, Any], status: CaseStatus, principal: Principal
@@ -204,9 +204,13 @@ class LicenceMaterials:
                 number=number if isinstance(number, str) else None,
             )
         except GatewayError as exc:
-            await self._audit(new, code, licence_type, province, outcome="denied", error=exc.code)
+            await self._audit(
+                new, code, licence_type, province, outcome="denied", error=exc.code, holder=holder
+            )
             raise
-        await self._audit(new, code, licence_type, province, outcome="ok", found=found)
+        await self._audit(
+            new, code, licence_type, province, outcome="ok", found=found, holder=holder
+        )
         return found
 
     async def _audit(
@@ -219,10 +223,13 @@ class LicenceMaterials:
         outcome: str,
         error: str | None = None,
         found: Verification | None = None,
+        holder: Holder | None = None,
     ) -> None:
         if self._record is None:
             return
         extra: dict[str, Any] = {"material": code, "licence_type": licence_type}
+        if holder is not None:
+            extra["subjects"] = [holder.subject.key]  # the holder's access log finds it
         if found is not None:
             extra.update(
                 number=found.number,

@@ -9,8 +9,8 @@
    holder's licences of the type (when no number is given), *fetch* the sealed licence;
 4. the gateway checks the seal itself against the issuer's published keys: a forged or altered
    seal is refused whatever the issuer says, and before asking it anything more;
-5. the licence must be the data subject's (keyed hash of the holder's identifier, compared with
-   the subject's; never the identifier itself);
+5. the licence must be the data subject's (the subject key of the identifier its issuer sealed,
+   gateway/identity/subject_keys.py, compared with the subject's; never the identifier itself);
 6. the issuer *verifies* it (status: valid, changed, expired, revoked, cancelled), and only a
    valid licence within its validity passes;
 7. a valid answer is cached for ``cache_seconds``; a change notice drops it (``forget``).
@@ -35,7 +35,6 @@ import structlog
 from gateway.adapter import CallContext
 from gateway.consent.contract import DataSubject
 from gateway.errors import BackendError, ClientError
-from gateway.identity.identifiers import LinkKeyer
 from gateway.licences.bulk import BulkLimits
 from gateway.licences.config import LICENCE_STATUSES, LicenceCatalogue, LicenceType
 from gateway.licences.errors import (
@@ -54,8 +53,15 @@ from gateway.licences.seal import SealedLicence, SealKeyRing, SealRefused
 
 log = structlog.get_logger("tongban.licences")
 
-ENTERPRISE_ID_TYPE = "uscc"
-"""The ID type under which an enterprise's credit code is keyed (统一社会信用代码)."""
+
+class SubjectNamer(Protocol):
+    """Names data subjects by keyed hash from identifiers (gateway/identity/subject_keys.py:
+    ``SubjectKeys``): the same keys the data-subject rule and the consent book use."""
+
+    def person(self, number: str, id_type: str = ...) -> DataSubject: ...
+
+    def enterprise(self, identifier: str) -> DataSubject: ...
+
 
 IssuerStep = Literal["search", "fetch", "verify"]
 
@@ -123,11 +129,11 @@ class Verification:
         }
 
 
-def holder_subject(keyer: LinkKeyer, kind: str, id_type: str, number: str) -> DataSubject:
+def holder_subject(names: SubjectNamer, kind: str, id_type: str, number: str) -> DataSubject:
     """The data subject an identifier names, as a keyed hash."""
     if kind == "enterprise":
-        return DataSubject("enterprise", keyer(ENTERPRISE_ID_TYPE, number))
-    return DataSubject("person", keyer(id_type, number))
+        return names.enterprise(number)
+    return names.person(number, id_type)
 
 
 @dataclass(slots=True)
@@ -145,14 +151,14 @@ class LicenceVerifier:
         self,
         catalogue: LicenceCatalogue,
         call: IssuerCall,
-        keyer: LinkKeyer,
+        names: SubjectNamer,
         *,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.catalogue = catalogue
         self._call = call
-        self._keyer = keyer
+        self._names = names
         self._clock = clock
         self._now = now
         self._rings: dict[str, SealKeyRing] = {
@@ -177,7 +183,7 @@ class LicenceVerifier:
         return issuer.name.zh if issuer is not None else province
 
     def holder(self, kind: str, id_type: str, number: str) -> Holder:
-        return Holder(holder_subject(self._keyer, kind, id_type, number), id_type, number)
+        return Holder(holder_subject(self._names, kind, id_type, number), id_type, number)
 
     def _check_issued(self, code: str, province: str) -> LicenceType:
         licence = self.licence_type(code)
@@ -388,11 +394,11 @@ class LicenceVerifier:
             code = holder.get("creditCode")
             if not isinstance(code, str):
                 raise self._malformed(str(sealed.data.get("issuer")), "fetch")
-            return holder_subject(self._keyer, kind, ENTERPRISE_ID_TYPE, code)
+            return holder_subject(self._names, kind, "", code)
         id_type, number = holder.get("idType"), holder.get("idNumber")
         if not isinstance(id_type, str) or not isinstance(number, str):
             raise self._malformed(str(sealed.data.get("issuer")), "fetch")
-        return holder_subject(self._keyer, kind, id_type, number)
+        return holder_subject(self._names, kind, id_type, number)
 
     async def _status(
         self,

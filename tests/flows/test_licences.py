@@ -9,6 +9,7 @@ import copy
 import io
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from gateway.demo.licence_system import (
     BIRTH_CERTIFICATE_OTHER,
     BIRTH_CERTIFICATE_REVOKED,
 )
-from gateway.demo.residents import MA_WENHUA, ZHAO_YIMING
+from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, ZHAO_YIMING
 from gateway.http.keys import SETTINGS
 from gateway.identity.citizen import natural_person_id
 from gateway.identity.identifiers import link_keyer
@@ -279,3 +280,53 @@ async def test_a_made_up_licence_reference_with_a_zero_digest_is_refused(journey
     assert problem["errors"] == [
         {"path": "/materials/0/ref", "message": "not a reference to this licence"}
     ]
+
+
+async def test_someone_else_uses_the_licence_under_the_holders_grant(journey: Journey) -> None:
+    """The grandmother applies at the Qinghai portal for 马文华's newborn: his birth certificate
+    is used under the consent grant he gave her portal for 出生一件事, and refused without it."""
+    ma = journey.issuer.issue(
+        "demo-ma",
+        "L3",
+        client_id="demo-portal-qinghai",
+        person=person_key_of(journey, MA_WENHUA.id_number),
+    )
+    response = await journey.client.post(
+        "/api/v1/me/consents",
+        json={
+            "requester": {"client": "demo-portal-shaanxi"},
+            "services": ["newborn-bundle"],
+            "purpose": "出生一件事",
+            "expires_at": (datetime.now(UTC) + timedelta(days=30)).isoformat(),
+            "max_uses": 1,
+        },
+        headers={"Authorization": f"Bearer {ma}"},
+    )
+    assert response.status == 201, await response.text()
+    grant = (await response.json())["id"]
+    other = journey.issuer.issue(
+        "demo-han",
+        "L3",
+        client_id="demo-portal-shaanxi",
+        person=person_key_of(journey, HAN_XUEMEI.id_number),
+    )
+    headers = {"Authorization": f"Bearer {other}"}
+    response = await journey.client.post(
+        "/api/v1/cases", json=s12(), headers={**headers, "Idempotency-Key": "s12-no-grant-01"}
+    )
+    assert (response.status, (await response.json())["code"]) == (
+        403,
+        "client.licence_not_subjects",
+    )
+    body = {**s12(), "authorisation_ref": grant}
+    response = await journey.client.post(
+        "/api/v1/cases", json=body, headers={**headers, "Idempotency-Key": "s12-granted-01"}
+    )
+    assert response.status == 202, await response.text()
+    # Used once: the grant allowed one use.
+    response = await journey.client.post(
+        "/api/v1/cases", json=body, headers={**headers, "Idempotency-Key": "s12-granted-02"}
+    )
+    problem = await response.json()
+    assert response.status == 403, problem
+    assert problem["code"].startswith("client.grant_")
