@@ -26,11 +26,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from gateway.licences.seal import SealAlgorithm, SealKey, SealKeyRing, load_public_key
+from gateway.mapping import MappingError, compile_mapping
 from gateway.ratelimit.config import Rate
 from gateway.secrets import SecretRef
 
@@ -56,13 +64,46 @@ class LicenceField(_Model):
     and never written to a log."""
 
 
+class IssuerStep(_Model):
+    """One operation of an issuer's system whose messages differ from the gateway's shapes
+    (a SOAP system's, say): mappings as a route's (gateway/mapping.py)."""
+
+    operation: str
+    """The system's own operation name."""
+    request: dict[str, Any] | None = None
+    """Mapping from the gateway's request (docs/licences.md) to the system's payload."""
+    response: dict[str, Any] | None = None
+    """Mapping from the system's answer to the gateway's shape."""
+
+    @model_validator(mode="after")
+    def _mappings_compile(self) -> IssuerStep:
+        for side in ("request", "response"):
+            try:
+                compile_mapping(getattr(self, side), resolve_secrets=False)
+            except MappingError as exc:
+                raise ValueError(f"{side}.{exc.field}: {exc.message}") from None
+        return self
+
+
+def _named(value: Any) -> Any:
+    return {"operation": value} if isinstance(value, str) else value
+
+
+Step = Annotated[IssuerStep, BeforeValidator(_named)]
+"""An operation name, or {operation, request, response}."""
+
+
+def step_of(step: IssuerStep) -> IssuerStep:
+    return step
+
+
 class IssuerOperations(_Model):
-    search: str
+    search: Step
     """Finds a holder's licences of one type: (type, holder id type + number, number?) →
-    [{number, status}]."""
-    fetch: str
+    [{number, status}]. An operation name, or {operation, request, response} with mappings."""
+    fetch: Step
     """The sealed licence: {licence: {...}, seal: {kid, alg, value}}."""
-    verify: str
+    verify: Step
     """The issuer's current word on one licence: (type, number, data digest) → status."""
 
 
@@ -234,7 +275,7 @@ def _system_problems(
             f"{where}: system: {sid!r} is in province {system.province}, not {province}"
         )
     for name in OPERATIONS:
-        op = getattr(operations, name)
+        op = step_of(getattr(operations, name)).operation
         if system.operations and op not in system.operations:
             problems.append(f"{where}: operations.{name}: system {sid!r} has no operation {op!r}")
     return problems

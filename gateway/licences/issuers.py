@@ -1,5 +1,8 @@
 """Calls to the issuers' licence systems through the gateway's own call stack.
 
+An issuer whose messages differ from the gateway's shapes (docs/licences.md) declares a step
+as ``{operation, request, response}`` with mappings, as a route does; they are applied here.
+
 Each (licence type, issuing province, step) gets the stack a routed call gets (audit records
 before and after, retries of what is safe, the system's breaker, concurrency limit and
 timeouts), built once at start-up over the system's open adapter. Search, fetch and verify only
@@ -16,8 +19,9 @@ from typing import Any
 
 from gateway.adapter import Call, CallContext
 from gateway.audit.calls import CallAuditor, RouteAudit
-from gateway.licences.config import OPERATIONS, LicenceCatalogue
+from gateway.licences.config import OPERATIONS, LicenceCatalogue, step_of
 from gateway.licences.verify import IssuerStep
+from gateway.mapping import FieldMapping, compile_mapping
 from gateway.pipeline import CallTrace, Next, Sleep, SystemRuntime, build_stack
 
 
@@ -32,13 +36,14 @@ class StackIssuerCall:
         auditor: CallAuditor | None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._stacks: dict[tuple[str, str, str], tuple[str, Next]] = {}
+        self._stacks: dict[tuple[str, str, str], tuple[str, FieldMapping, FieldMapping, Next]] = {}
         for code, licence in catalogue.licence_types.items():
             for province in licence.issued_in:
                 sid, operations = catalogue.system_for(code, province)
                 runtime = systems[sid]
                 for step in OPERATIONS:
-                    operation = getattr(operations, step)
+                    settings = step_of(getattr(operations, step))
+                    operation = settings.operation
                     route = RouteAudit(
                         service=f"licence:{code}",
                         operation=step,
@@ -52,7 +57,12 @@ class StackIssuerCall:
                         sleep=sleep,
                         audit=(auditor, route) if auditor is not None else None,
                     )
-                    self._stacks[(province, code, step)] = (operation, stack)
+                    self._stacks[(province, code, step)] = (
+                        operation,
+                        compile_mapping(settings.request),
+                        compile_mapping(settings.response),
+                        stack,
+                    )
 
     async def __call__(
         self,
@@ -62,6 +72,6 @@ class StackIssuerCall:
         payload: Mapping[str, Any],
         context: CallContext,
     ) -> Any:
-        operation, stack = self._stacks[(province, licence_type, step)]
-        reply = await stack(Call(operation, payload, context), CallTrace())
-        return reply.data
+        operation, request, response, stack = self._stacks[(province, licence_type, step)]
+        reply = await stack(Call(operation, request.apply(payload), context), CallTrace())
+        return response.apply(reply.data)
