@@ -324,6 +324,8 @@ BIRTH_CERTIFICATE_ALTERED = "S610000199"
 BUSINESS_LICENCE = PARENT_CREDIT_CODE
 """S8's parent company's business licence (numbered by its credit code)."""
 PROPERTY_CERTIFICATE = "青(2026)西宁市不动产权第0020001号"
+DRIVING_LICENCE = "610300112233"
+"""马文华's e-driving licence (S7), numbered by its file number (档案编号)."""
 
 
 def _birth(
@@ -375,6 +377,20 @@ def shaanxi_licence_system(api_key: str) -> LicenceSystemState:
         issued_at="2026-09-14",
     )
     state.tamper("birth-medical-certificate", BIRTH_CERTIFICATE_ALTERED, birth_date="2026-08-12")
+    # S7: an e-driving licence, shown by its holder (from Qinghai) and checked in Shaanxi.
+    state.issue(
+        "driving-licence",
+        DRIVING_LICENCE,
+        _person(MA_WENHUA),
+        {
+            "driving_class": "A2",
+            "valid_until": "2028-04-18",
+            "file_number": "610300112233",
+            "address": "陕西省宝鸡市渭滨区示范路2号",
+        },
+        issued_at="2022-04-18",
+        valid_until="2028-04-18",
+    )
     state.issue(
         "business-licence",
         BUSINESS_LICENCE,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway.demo.backends import QINGHAI_LICENCE, SHAANXI_LICENCE
-from gateway.demo.licence_system import BIRTH_CERTIFICATE, PROPERTY_CERTIFICATE
+from gateway.demo.licence_system import BIRTH_CERTIFICATE, DRIVING_LICENCE, PROPERTY_CERTIFICATE
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, ZHAO_YIMING
 from gateway.http.keys import SETTINGS
 from gateway.http.licences import LICENCES
@@ -178,3 +178,21 @@ async def test_qinghai_seals_its_real_estate_certificates_and_they_verify(journe
         "get_licence",
         "verify_licence",
     ]
+
+
+async def test_s7_the_e_driving_licence_shown_from_qinghai_is_checked_in_shaanxi(
+    journey: Journey,
+) -> None:
+    holder = holder_token(journey, MA_WENHUA.id_number, "demo-ma")
+    status, shown = await present(journey, holder, type="driving-licence")
+    assert status == 201, shown
+    status, seen = await check(journey, shown["code"], service="driving-licence-verification")
+    assert status == 200, seen
+    assert seen["licence"]["number"] == DRIVING_LICENCE
+    assert seen["fields"]["driving_class"] == "A2"
+    assert seen["fields"]["valid_until"] == "2028-04-18"
+    assert seen["fields"]["address"].startswith("陕*")  # not what the check needs
+    # A birth certificate's code is not what a driving-licence check takes.
+    _status, birth = await present(journey, holder)
+    status, problem = await check(journey, birth["code"], service="driving-licence-verification")
+    assert (status, problem["code"]) == (422, "client.presentation_invalid")
