@@ -18,6 +18,7 @@ from gateway.demo.banner import requests_script, terminal_banner, write_requests
 from gateway.demo.cases import cases_banner, issue_staff_tokens
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.federation import DemoIdentitySecrets, start_demo_identity
+from gateway.demo.presentations import presentation_lines, presentation_tokens
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.logs import configure_logging
@@ -115,6 +116,9 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
                 data_dir,
                 window_console=console,
             )
+            shown = presentation_tokens(issuer, settings)
+            if shown is not None:  # 亮证 with a time-limited code, by hand
+                cases += "\n".join(["", *presentation_lines(base, shown)])
             requests_file = write_requests_file(data_dir, requests_script(base, tokens, cases))
             print(terminal_banner(base, demo_identity, backends, requests_file), flush=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from gateway.demo.backends import QINGHAI_LICENCE, SHAANXI_LICENCE
 from gateway.demo.licence_system import BIRTH_CERTIFICATE, DRIVING_LICENCE, PROPERTY_CERTIFICATE
+from gateway.demo.presentations import presentation_lines, presentation_tokens
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, ZHAO_YIMING
 from gateway.http.keys import SETTINGS
 from gateway.http.licences import LICENCES
@@ -196,3 +198,20 @@ async def test_s7_the_e_driving_licence_shown_from_qinghai_is_checked_in_shaanxi
     _status, birth = await present(journey, holder)
     status, problem = await check(journey, birth["code"], service="driving-licence-verification")
     assert (status, problem["code"]) == (422, "client.presentation_invalid")
+
+
+async def test_the_demos_printed_presentation_lines_do_what_they_say(journey: Journey) -> None:
+    settings = journey.client.app[SETTINGS]
+    tokens = presentation_tokens(journey.issuer, settings)
+    assert tokens is not None
+    base = str(journey.client.make_url("")).rstrip("/")
+    script = "\n".join(presentation_lines(base, tokens))
+    done = await asyncio.create_subprocess_exec(
+        "bash", "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(done.communicate(), timeout=60)
+    assert done.returncode == 0, err.decode()
+    first, second = (json.loads(line) for line in out.decode().splitlines() if line.strip())
+    assert first["licence"]["status"] == "valid"
+    assert first["fields"]["mother_name"] == "韩**"
+    assert second["code"] == "client.presentation_used"
