@@ -34,7 +34,7 @@ import structlog
 
 from gateway.adapter import CallContext
 from gateway.consent.contract import DataSubject
-from gateway.errors import BackendError, ClientError
+from gateway.errors import BackendError, BackendRejected, ClientError
 from gateway.licences.bulk import BulkLimits
 from gateway.licences.config import LICENCE_STATUSES, LicenceCatalogue, LicenceType
 from gateway.licences.errors import (
@@ -345,13 +345,14 @@ class LicenceVerifier:
         payload = {"licenceType": licence_type, "number": number}
         try:
             answer = await self._call(province, licence_type, "fetch", payload, context)
-        except BackendError as exc:
-            if getattr(exc, "extra", {}).get("status") == 404 or exc.code == "backend.rejected":
-                raise LicenceNotFound(
-                    f"{self.issuer_name(province)} holds no licence {number} of type"
-                    f" {licence_type!r}."
-                ) from None
-            raise
+        except BackendRejected as exc:
+            # The issuer's "no such licence" (HTTP 404); any other refusal (our credentials,
+            # say) is the issuer not answering: the caller fails closed, naming it.
+            if not exc.detail.startswith("HTTP 404"):
+                raise
+            raise LicenceNotFound(
+                f"{self.issuer_name(province)} holds no licence {number} of type {licence_type!r}."
+            ) from None
         try:
             return SealedLicence.from_answer(answer)
         except SealRefused:

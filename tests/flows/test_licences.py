@@ -330,3 +330,11 @@ async def test_someone_else_uses_the_licence_under_the_holders_grant(journey: Jo
     problem = await response.json()
     assert response.status == 403, problem
     assert problem["code"].startswith("client.grant_")
+
+
+async def test_an_issuer_refusing_the_gateway_is_not_a_missing_licence(journey: Journey) -> None:
+    """Our credentials refused (HTTP 401) is the issuer not answering: fail closed, named."""
+    journey.backends.licence_systems[SHAANXI_LICENCE].api_key = "rotated-without-telling-us"
+    status, problem = await submit(journey, s12(BIRTH_CERTIFICATE), "s12-key-rotated-1")
+    assert (status, problem["code"]) == (503, "backend.licence_issuer_unavailable")
+    assert await my_cases(journey) == []
