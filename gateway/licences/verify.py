@@ -64,6 +64,8 @@ class SubjectNamer(Protocol):
 
 
 IssuerStep = Literal["search", "fetch", "verify"]
+MAX_CACHED = 10_000
+"""Cached verifications kept at most (one instance's memory)."""
 
 
 class IssuerCall(Protocol):
@@ -209,8 +211,16 @@ class LicenceVerifier:
         ttl = self.catalogue.cache_seconds
         if ttl <= 0:
             return
+        now = self._clock()
+        if len(self._cache) >= MAX_CACHED:
+            # Bounded: the expired go first, then the oldest (insertion order).
+            for stale in [k for k, e in self._cache.items() if e.until <= now]:
+                del self._cache[stale]
+            while len(self._cache) >= MAX_CACHED:
+                del self._cache[next(iter(self._cache))]
         for key in keys:
-            self._cache[key] = _Cached(verification, self._clock() + ttl)
+            self._cache.pop(key, None)
+            self._cache[key] = _Cached(verification, now + ttl)
 
     def forget(self, province: str, licence_type: str, number: str) -> int:
         """Drop every cached answer about one licence (the issuer reported a change)."""

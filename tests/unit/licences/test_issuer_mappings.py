@@ -15,6 +15,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.demo.licence_system import demo_seal_key
 from gateway.demo.residents import HAN_XUEMEI
 from gateway.identity.subject_keys import SubjectKeys
+from gateway.licences import verify as verify_module
 from gateway.licences.config import LicenceCatalogue
 from gateway.licences.errors import LicenceSealInvalid
 from gateway.licences.issuers import StackIssuerCall
@@ -164,3 +165,14 @@ def test_a_step_mapping_that_does_not_compile_is_a_configuration_problem(config:
     assert problems == [
         "licences.yaml: issuers.63: operations.verify: response.status: 'const' stands alone"
     ], problems
+
+
+async def test_the_verification_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verify_module, "MAX_CACHED", 3)
+    issuer = SoapLikeIssuer()
+    check = verifier(issuer)
+    holder = check.holder("person", "111", HAN_XUEMEI.id_number)
+    found = await check.find("real-estate-certificate", "63", holder, CONTEXT)
+    for n in range(10):
+        check._remember(found, ("63", "real-estate-certificate", f"h{n}", ""))
+    assert len(check._cache) == 3
