@@ -14,6 +14,10 @@ gateway (docs/licences.md):
     GET  /api/disputes/{disputeId}            its progress: RECEIVED → REVIEWING → DECIDED
                                               (one step per query: the demo's reviewers),
                                               with the decision and the deadline (15 days)
+    POST /api/marriages                       S5 (Qinghai): register a marriage once both
+                                              parties' marital status came back unmarried,
+                                              issuing a sealed e-marriage certificate to each
+                                              (Idempotency-Key; the same again, the same answer)
 
 Shaanxi (61) issues birth medical certificates (出生医学证明, S12) and business licences (S8's
 parent company); Qinghai (63) issues real-estate certificates. Each seals with its electronic
@@ -115,6 +119,8 @@ class LicenceSystemState:
     """Answer verifications with a status no issuer uses (a malformed answer)."""
     disputes: dict[str, Dispute] = field(default_factory=dict)
     disputes_by_key: dict[str, Dispute] = field(default_factory=dict)
+    marriages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Idempotency key → the answer of a marriage registration (S5)."""
     _dispute_numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def issue(
@@ -292,6 +298,44 @@ async def get_dispute(request: web.Request) -> web.Response:
     return web.json_response(dispute.as_json())
 
 
+async def register_marriage(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    key = request.headers.get("Idempotency-Key", "")
+    body = await _body(request)
+    if not key or body is None:
+        return _error(400, "invalid_request", "an Idempotency-Key and a JSON body are required")
+    done = state.marriages.get(key)
+    if done is not None:
+        return web.json_response(done)
+    parties = [body.get("partyA"), body.get("partyB")]
+    if not all(isinstance(p, dict) and p.get("idNumber") and p.get("name") for p in parties):
+        return _error(400, "invalid_request", "partyA and partyB with idNumber and name")
+    a, b = (dict(p) for p in parties if isinstance(p, dict))
+    if any(p.get("maritalStatus") != "unmarried" for p in (a, b)):
+        # 不予登记: a party the household register holds as married (or unknown).
+        answer: dict[str, Any] = {"status": "REFUSED", "reason": "当事人婚姻状况不符合登记条件"}
+    else:
+        today = datetime.now(UTC).date().isoformat()
+        numbers = []
+        for holder, spouse in ((a, b), (b, a)):
+            number = f"J{state.province}{today.replace('-', '')}{next(state._dispute_numbers):05d}"
+            state.issue(
+                "marriage-certificate",
+                number,
+                {"idType": "111", "idNumber": holder["idNumber"], "name": holder["name"]},
+                {
+                    "spouse_name": spouse["name"],
+                    "registered_on": today,
+                    "registry": str(body.get("registry") or state.name),
+                },
+                issued_at=today,
+            )
+            numbers.append(number)
+        answer = {"status": "DONE", "certificates": numbers}
+    state.marriages[key] = answer
+    return web.json_response(answer, status=201)
+
+
 def _issued_digest(stored: StoredLicence) -> str:
     # What the issuer holds as current: the data as stored (a tampered record included).
     return stored.sealed.data_digest
@@ -305,6 +349,7 @@ def build_licence_system_app(state: LicenceSystemState) -> web.Application:
     app.router.add_post("/api/licences/verify", verify, name="verify_licence")
     app.router.add_post("/api/disputes", file_dispute, name="file_dispute")
     app.router.add_get("/api/disputes/{disputeId}", get_dispute, name="get_dispute")
+    app.router.add_post("/api/marriages", register_marriage, name="register_marriage")
     return app
 
 

@@ -154,7 +154,7 @@ async def test_only_the_signed_in_holder_gets_a_code_and_a_revoked_licence_none(
     assert (status, problem["code"]) == (422, "client.licence_revoked")
     status, problem = await present(journey, holder, number=BIRTH_CERTIFICATE)
     assert (status, problem["code"]) == (422, "client.licence_revoked")
-    status, problem = await present(journey, holder, type="marriage-certificate")
+    status, problem = await present(journey, holder, type="degree-certificate")
     assert (status, problem["code"]) == (422, "client.licence_issuer_unknown")
     status, problem = await present(journey, holder, issuing_province="62")
     assert (status, problem["code"]) == (422, "client.licence_issuer_unknown")
