@@ -482,6 +482,9 @@ class RouteSettings(_Model):
     """Mapping from the canonical call data to the system's payload; absent = unchanged."""
     response: dict[str, Any] | None = None
     """Mapping from the system's answer to the canonical answer; absent = unchanged."""
+    licence_data: bool = False
+    """The agreement lets a licence's data travel with a case on this route (免证办 with
+    ``with_data``), not only its reference and verification (docs/licences.md)."""
 
     _handling_ok = field_validator("handling")(_province)
 

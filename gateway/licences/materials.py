@@ -108,11 +108,22 @@ class LicenceMaterials:
             )
             if use.deliver_as:
                 entry = {"material": code, **verification.summary()}
-                if use.with_data:
+                if use.with_data and self._agreed(new):
                     entry["data"] = dict(verification.licence.data.get("fields") or {})
                 deliver[use.deliver_as].append(entry)
         data.update(deliver)
         return dataclasses.replace(new, materials=(*kept, *refs), data=data), drafts
+
+    def _agreed(self, new: NewCase) -> bool:
+        """Every route the case travels lets licence data go with it (the province pairs'
+        agreements); otherwise only references and verifications travel."""
+        catalog = self._catalog()
+        return all(
+            catalog.route(
+                new.service, p.operation, new.receiving_province, p.handling_province
+            ).licence_data
+            for p in new.parts
+        )
 
     async def _verify(
         self,
