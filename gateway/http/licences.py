@@ -3,6 +3,7 @@ the app over the open systems (after the systems context, before the cases conte
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from gateway.licences.errors import LicenceIssuerUnknown, LicenceNotSubjects
 from gateway.licences.issuers import StackIssuerCall
 from gateway.licences.materials import LicenceMaterials
 from gateway.licences.notices import LicenceNotices
+from gateway.licences.polling import IssuerPoller
 from gateway.licences.presentation import PresentationCodes
 from gateway.licences.verify import LicenceVerifier, Verification
 from gateway.pipeline import Sleep
@@ -102,9 +104,18 @@ def add_licences(app: web.Application, sleep: Sleep) -> None:
                 runtime.verifier, lambda: state.catalog, record=record, holders=holders
             )
             runtime.notices = LicenceNotices(catalogue, runtime.verifier)
+            poller = IssuerPoller(catalogue, calls, runtime.notices, lambda: runtime.cases)
+            polling = (
+                asyncio.create_task(poller.run(), name="licence-poller")
+                if poller.interval is not None
+                else None
+            )
             try:
                 yield
             finally:
+                if polling is not None:
+                    polling.cancel()
+                    await asyncio.gather(polling, return_exceptions=True)
                 await bulk.aclose()
             return
         yield

@@ -130,6 +130,9 @@ class IssuerSettings(_Model):
     operations: IssuerOperations
     seal_keys: dict[str, SealKeySettings] = Field(min_length=1)
     """Key id → key. Keep a retired key while licences sealed with it are in use."""
+    poll_seconds: float | None = Field(None, gt=0)
+    """Ask the issuer this often about the licences of cases not yet closed (an issuer that
+    does not push its changes); None: not polled."""
     notice_secret: SecretRef | None = None
     """The key the issuer signs its status-change notices with (HMAC-SHA256, as case
     callbacks are signed): ``POST /api/v1/callbacks/licences/{province}``. None: no notices."""

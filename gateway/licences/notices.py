@@ -125,6 +125,11 @@ class LicenceNotices:
         if notice.sequence <= self._last.get(notice.province, 0):
             return NoticeOutcome("duplicate")
         self._last[notice.province] = notice.sequence
+        return await self.changed(notice, store)
+
+    async def changed(self, notice: LicenceNotice, store: CaseStore | None) -> NoticeOutcome:
+        """A change learnt (pushed, or found by polling): cached answers dropped, the open
+        cases relying on the licence told."""
         forgotten = self._verifier.forget(notice.province, notice.licence_type, notice.number)
         touched: list[str] = []
         if store is not None:
@@ -144,9 +149,10 @@ class LicenceNotices:
     def _step(self, case: Case, notice: LicenceNotice) -> Step:
         at = iso_now()
         when = f" on {notice.changed_at}" if notice.changed_at else ""
+        how = f"notice #{notice.sequence}" if notice.sequence else "found by polling the issuer"
         reason = (
             f"licence {notice.licence_type} {notice.number} of province {notice.province} is now"
-            f" {notice.status} at its issuer{when} (notice #{notice.sequence})"
+            f" {notice.status} at its issuer{when} ({how})"
         )
         return Step(
             case_id=case.case_id,

@@ -7,16 +7,18 @@ import asyncio
 import copy
 import io
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.demo.backends import ENV_NAMES, SHAANXI_LICENCE
 from gateway.demo.cases import S12_CASE
 from gateway.demo.licence_system import BIRTH_CERTIFICATE, signed_notice
-from tests.flows.conftest import Journey, audit_verify, demo_journey
+from tests.flows.conftest import CONFIG_DIR, Journey, audit_verify, demo_journey
 
 NOTICES = "/api/v1/callbacks/licences/61"
 
@@ -109,3 +111,46 @@ async def test_a_forged_stale_or_malformed_notice_is_refused(journey: Journey) -
     raw, headers = signed_notice(os.environ[ENV_NAMES["shaanxi_licence_notice_key"]], notice(1))
     response = await journey.client.post("/api/v1/callbacks/licences/63", data=raw, headers=headers)
     assert (response.status, (await response.json())["code"]) == (401, "client.callback_refused")
+
+
+@pytest.fixture
+async def polled(
+    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Journey]:
+    """The demo with Shaanxi's licence system polled every 0.1 s instead of pushing."""
+    config = tmp_path / "config"
+    shutil.copytree(CONFIG_DIR, config, symlinks=False)
+    licences = yaml.safe_load((config / "licences.yaml").read_text(encoding="utf-8"))
+    licences["issuers"]["61"]["poll_seconds"] = 0.1
+    (config / "licences.yaml").write_text(yaml.safe_dump(licences, allow_unicode=True), "utf-8")
+    (tmp_path / "run").mkdir()
+    async with demo_journey(tmp_path / "run", monkeypatch, config_dir=config) as journey:
+        yield journey
+    assert await asyncio.to_thread(audit_verify, tmp_path / "run") == 0
+
+
+async def test_a_polled_issuers_revocation_reaches_the_case_in_flight(polled: Journey) -> None:
+    status, receipt = await submit(polled, "s12-polled-0001")
+    assert status == 202, receipt
+    polled.backends.licence_systems[SHAANXI_LICENCE].set_status(
+        "birth-medical-certificate", BIRTH_CERTIFICATE, "revoked"
+    )
+    told: list[str] = []
+    for _ in range(100):
+        response = await polled.client.get(
+            f"/api/v1/cases/{receipt['case_id']}", headers=polled.auth()
+        )
+        case = await response.json()
+        told = [t["reason"] for t in case["timeline"] if "now revoked" in (t.get("reason") or "")]
+        if told:
+            break
+        await asyncio.sleep(0.05)
+    assert told == [
+        f"licence birth-medical-certificate {BIRTH_CERTIFICATE} of province 61 is now revoked at"
+        " its issuer (found by polling the issuer)"
+    ]
+    # Told once, however often the issuer is asked again.
+    await asyncio.sleep(0.4)
+    response = await polled.client.get(f"/api/v1/cases/{receipt['case_id']}", headers=polled.auth())
+    case = await response.json()
+    assert len([t for t in case["timeline"] if "now revoked" in (t.get("reason") or "")]) == 1
