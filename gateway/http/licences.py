@@ -224,7 +224,7 @@ def licence_openapi_paths() -> dict[str, Any]:
                 "responses": {
                     "200": _answer(
                         "The licence and its fields, masked where the service does not need them",
-                        {"type": "object", "required": ["licence", "fields"]},
+                        {"type": "object", "required": ["licence", "fields", "labels"]},
                     ),
                     **{str(s): _PROBLEM for s in (400, 401, 403, 404, 409, 415, 422, 502, 503)},
                 },
@@ -453,6 +453,13 @@ async def check_presentation(request: web.Request) -> web.Response:
                 "seal_kid": found.seal_kid,
             },
             "fields": presented.fields,
+            "labels": {
+                name: {"zh": field.zh, "en": field.en}
+                for name, field in request.app[SETTINGS]
+                .licences.licence_types[found.licence_type]
+                .fields.items()
+                if name in presented.fields
+            },
         }
     )
 

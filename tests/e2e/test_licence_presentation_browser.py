@@ -18,6 +18,7 @@ import pytest
 from gateway.demo.licence_system import BIRTH_CERTIFICATE
 from gateway.demo.residents import MA_WENHUA
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS, staff_directory_sign_in
+from tests.e2e.portal_checks import check_page, screenshot_dir
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext
@@ -30,6 +31,7 @@ def test_the_holder_shows_a_licence_and_the_window_clerk_checks_it_once(
 ) -> None:
     from playwright.sync_api import sync_playwright  # noqa: PLC0415 - browser tests only
 
+    shots = screenshot_dir(tmp_path / "screenshots")
     with sync_playwright() as playwright:
 
         def profile(name: str) -> BrowserContext:
@@ -51,6 +53,7 @@ def test_the_holder_shows_a_licence_and_the_window_clerk_checks_it_once(
             assert "马文华" in holder.inner_text("#who")
             holder.click("nav >> text=我的证照")
             holder.wait_for_selector("#present")
+            check_page(holder, "my-licences", shots, expect=("亮证", "不保存"))
             holder.select_option("#licence-type", "birth-medical-certificate")
             holder.fill("#holder-id", MA_WENHUA.id_number)
             holder.click("#present")
@@ -61,6 +64,7 @@ def test_the_holder_shows_a_licence_and_the_window_clerk_checks_it_once(
             assert (holder.get_attribute("#qr", "src") or "").startswith("data:image/svg+xml")
             assert holder.evaluate("document.querySelector('#qr').naturalWidth") > 0
             assert "3 分钟内有效" in holder.inner_text("#expires")
+            check_page(holder, "licence-presented", shots, expect=("已向签发地核验",))
 
             clerk = terminal.new_page()
             clerk.goto(demo["shaanxi"] + "/")
@@ -69,6 +73,7 @@ def test_the_holder_shows_a_licence_and_the_window_clerk_checks_it_once(
             clerk.wait_for_selector("#continue")
             staff_directory_sign_in(clerk)
             clerk.goto(demo["shaanxi"] + "/window/licences")
+            check_page(clerk, "licence-check", shots, expect=("亮证码",))
             clerk.fill("#code", code)
             clerk.select_option("#check-service", "newborn-bundle")
             clerk.click("#check")
@@ -83,6 +88,9 @@ def test_the_holder_shows_a_licence_and_the_window_clerk_checks_it_once(
             assert fields["birth_date"] == "2026-11-20"
             assert fields["mother_name"] == "韩**"
             assert fields["father_name"] == "马**"
+            check_page(
+                clerk, "licence-checked", shots, expect=("核验有效", "电子印章", "新生儿姓名")
+            )
 
             # The same code again: used once already.
             clerk.goto(demo["shaanxi"] + "/window/licences")
@@ -91,6 +99,7 @@ def test_the_holder_shows_a_licence_and_the_window_clerk_checks_it_once(
             clerk.wait_for_selector("#answer")
             assert clerk.get_attribute("#answer", "data-code") == "client.presentation_used"
             assert "已使用过" in clerk.inner_text("#answer")
+            check_page(clerk, "licence-check-refused", shots, expect=("已使用过",))
         finally:
             terminal.close()
             phone.close()

@@ -92,6 +92,7 @@ async def test_the_holder_shows_the_clerk_checks_once_and_sees_what_the_service_
     # Live: the issuer was asked again at the check, not a cached answer.
     assert len(issuer.recorder.for_operation("verify_licence")) == asked + 1
     fields = seen["fields"]
+    assert seen["labels"]["newborn_name"]["zh"] == "新生儿姓名"
     assert fields["newborn_name"] == "马小禾"  # the service needs it
     assert fields["birth_date"] == "2026-11-20"
     assert fields["mother_name"] == "韩**"  # it does not: masked

@@ -145,8 +145,10 @@ async def check(request: web.Request) -> web.Response:
         return _refused(request, "核验未通过", got, answer, "/window/licences")
     licence = answer.get("licence") or {}
     fields = answer.get("fields") or {}
+    labels = answer.get("labels") or {}
     rows = "".join(
-        f"<tr data-field='{e(k)}'><th scope='row'>{e(k)}</th><td>{e(v)}</td></tr>"
+        f"<tr data-field='{e(k)}'><th scope='row'>{e((labels.get(k) or {}).get('zh') or k)}</th>"
+        f"<td>{e(v)}</td></tr>"
         for k, v in fields.items()
     )
     page = (
