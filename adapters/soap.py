@@ -8,6 +8,7 @@ zeep falls through to the same table as the REST adapter (``adapters.rest``):
     Fault with any other code                     BackendFault(server)     True
     TransportError, non-SOAP HTTP status          by status, as for REST   True (429: False)
     TransportError on a 2xx, malformed XML        BackendBadResponse       True
+    a DOCTYPE or entity declaration in the answer BackendBadResponse       True
     answer not of an XML media type               BackendBadResponse       True
     payload the WSDL refuses (nothing sent)       BackendRejected          False
     network failures                              as for REST
@@ -248,6 +249,9 @@ ZEEP_ERROR_TABLE: tuple[tuple[type[BaseException], Any], ...] = (
     (zeep.exceptions.TransportError, _from_transport_error),
     (zeep.exceptions.ValidationError, _refused_payload),
     (UnexpectedContentType, _malformed),
+    # forbid_dtd / forbid_entities refused the answer: a broken or hostile system, a failure.
+    (zeep.exceptions.DTDForbidden, _malformed),
+    (zeep.exceptions.EntitiesForbidden, _malformed),
     (zeep.exceptions.XMLSyntaxError, _malformed),
     (zeep.exceptions.XMLParseError, _malformed),
     (zeep.exceptions.UnexpectedElementError, _malformed),

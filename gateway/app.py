@@ -20,9 +20,12 @@ from gateway.catalog import Catalog
 from gateway.consent.contract import ConsentBook
 from gateway.consent.factory import subject_keys
 from gateway.http import handlers
+from gateway.http.admission import ADMISSION, Admission, admission_middleware
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
+from gateway.http.client_io import client_io_middleware
 from gateway.http.consents import AppConsentBook, add_consent_routes
+from gateway.http.guards import add_guards, endpoint_limit_middleware, refusal_audit_middleware
 from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
 from gateway.http.middlewares import (
     auth_middleware,
@@ -60,14 +63,23 @@ def create_app(
     refused, and only the principal's own and public data are reached); ``subjects`` replaces
     the subject keys the identity secrets give (tests without an identity block)."""
     app = web.Application(
-        # Outermost first: the context middleware must see the status the problem renderer chose.
+        # Outermost first: admission refuses what this worker cannot take in now, before any
+        # other work (no access line, no token check, no store). The context middleware must
+        # see the status the problem renderer chose.
         # admin_audit records every /admin request; inside auth so a refusal is recorded too.
         # identity_audit holds identity answers until their buffered records are committed.
         # rate_limit counts /api calls once auth has named the caller, before any handler work;
         # inside problem so a refusal renders as problem+json like any other.
+        # refusal_audit holds anonymous refusal records until the request is done (guards.py);
+        # client_io reads the body under the body timeout and turns client aborts into 499s;
+        # endpoint_limit guards the token and login endpoints, inside problem for its 429s.
         middlewares=[
+            admission_middleware,
             request_context_middleware,
+            refusal_audit_middleware,
             problem_middleware,
+            client_io_middleware,
+            endpoint_limit_middleware,
             auth_middleware,
             rate_limit_middleware,
             admin_audit_middleware,
@@ -76,7 +88,12 @@ def create_app(
         client_max_size=settings.gateway.server.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    metrics = app[METRICS] = Metrics()
+    app[ADMISSION] = Admission(
+        settings.gateway.admission,
+        settings.gateway.server.max_body_bytes,
+        on_refused=metrics.refused_by_admission,
+    )
     app[VERIFIER] = verifier
     app[STATE] = GatewayState()
     # The data-subject rule asks the consent book the consent context opens (failing closed
@@ -90,6 +107,7 @@ def create_app(
     add_consent_routes(app)
     app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
     add_rate_limits(app)
+    add_guards(app)
 
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
@@ -172,6 +190,7 @@ def _route_audit(settings: Settings, route: RouteSettings) -> RouteAudit:
         system=route.system,
         system_operation=route.system_operation,
         mode=settings.services[route.service].audit,
+        outcome=settings.services[route.service].audit_outcome,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from gateway.cases.commands import add_cases_commands, run_cases_command
 from gateway.packaged import DEMO_CONFIG_DIR
 from gateway.settings import ConfigError, load_settings
+from gateway.stores.sqlite import private_dir
 
 
 def _config_dir(value: str) -> Path:
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--instance-id",
         help="override instance_id (it names this instance's audit chain; instances sharing "
         "one configuration each need their own)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes on the one port (default: one per core); each writes its own "
+        "audit chain <instance_id>.w<n> when there are several",
     )
     serve.add_argument(
         "--insecure-dev-tokens",
@@ -124,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_cases_commands(commands)
     _add_audit_commands(commands)
     return parser
+
+
+def _workers(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError("between 1 and 256")
+    return count
 
 
 def _timestamp(value: str) -> datetime:
@@ -209,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.demo.runner import run_demo  # noqa: PLC0415 - demo-only dependencies
 
         data_dir = args.data_dir.resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         config_dir = args.config.resolve()
         if not config_dir.is_dir():
             print(f"no configuration directory {config_dir}", file=sys.stderr)
@@ -222,14 +239,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "keys":
         return _keys_rotate(args.data_dir, args.config, args.algorithm, args.key)
     if args.command == "serve":
-        from gateway.serve import run_serve  # noqa: PLC0415
+        from gateway.workers import default_workers, run_workers  # noqa: PLC0415
 
         return _run(
-            run_serve(
+            run_workers(
                 config_dir=args.config,
                 host=args.host,
                 port=args.port,
                 dev_tokens=args.insecure_dev_tokens,
+                workers=args.workers or default_workers(),
                 instance_id=args.instance_id,
             )
         )

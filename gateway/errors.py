@@ -7,6 +7,7 @@
     │   ├── ValidationFailed             client.validation_failed (with the failing paths)
     │   ├── UnsupportedMediaType         client.unsupported_media_type
     │   ├── PayloadTooLarge              client.payload_too_large
+    │   ├── RequestTimeout               client.request_timeout   (408: the body came too slowly)
     │   ├── NotFound                     client.not_found
     │   ├── UnknownService               client.unknown_service
     │   ├── UnknownOperation             client.unknown_operation
@@ -33,7 +34,8 @@
     └── InternalError                    our own fault (500/503)
         ├── SystemBusy                   gateway.system_busy      (concurrency limit reached)
         ├── AuditUnavailable             gateway.audit_unavailable
-        └── IdentityStoreUnavailable     gateway.identity_store_unavailable (Redis down)
+        ├── IdentityStoreUnavailable     gateway.identity_store_unavailable (Redis down)
+        └── Overloaded                   gateway.overloaded (503, Retry-After: too much in flight)
 
 Backend errors carry two facts the retry layer needs and nothing else: ``retryable`` (would
 trying again help at all) and ``reached_backend`` (may the request have been processed). A
@@ -101,6 +103,14 @@ class PayloadTooLarge(ClientError):
     code = "client.payload_too_large"
     http_status = 413
     title = "The body is too large"
+
+
+class RequestTimeout(ClientError):
+    """The request's body did not arrive within ``server.body_timeout``; the connection closes."""
+
+    code = "client.request_timeout"
+    http_status = 408
+    title = "The request body came too slowly"
 
 
 class NotFound(ClientError):
@@ -193,7 +203,7 @@ class RateLimited(ClientError):
     title = "Too many calls"
 
     def __init__(self, policy: str, retry_after: int) -> None:
-        whose = "this person" if policy == "person" else "this client"
+        whose = {"person": "this person", "source": "this address"}.get(policy, "this client")
         super().__init__(
             f"Too many calls for {whose}; try again in {retry_after} seconds.",
             policy=policy,
@@ -333,6 +343,19 @@ class IdentityStoreUnavailable(InternalError):
     code = "gateway.identity_store_unavailable"
     http_status = 503
     title = "The identity store cannot be reached; try again"
+
+
+class Overloaded(InternalError):
+    """This worker already holds as many requests (or body bytes) as it admits: refused at the
+    door, before anything else happened (gateway/http/admission.py)."""
+
+    code = "gateway.overloaded"
+    http_status = 503
+    title = "The gateway is overloaded; try again shortly"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many requests in progress; try again in {retry_after} seconds.")
+        self.retry_after = retry_after
 
 
 def is_retryable(error: BaseException) -> bool:

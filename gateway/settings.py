@@ -141,6 +141,12 @@ class ServerSettings(_Model):
     """The URL portals use to reach the gateway, when it differs from host:port."""
     max_body_bytes: int = Field(1 << 20, ge=1024)
     """Requests with a larger body are refused with client.payload_too_large."""
+    idle_timeout: float = Field(15.0, gt=0, le=3600)
+    """Seconds a connection may go without a complete request head before it is closed: an
+    idle keep-alive connection and one sending its headers slowly alike (the header timeout)."""
+    body_timeout: float = Field(30.0, gt=0, le=3600)
+    """Seconds a request's whole body may take to arrive; slower is 408 client.request_timeout
+    and the connection closes."""
 
 
 class LoggingSettings(_Model):
@@ -148,6 +154,22 @@ class LoggingSettings(_Model):
     """Lowest level written."""
     format: Literal["json", "console"] = "json"
     """JSON lines for machines (serve), readable lines for people (demo)."""
+
+
+class AdmissionSettings(_Model):
+    """How much one worker process takes in at once; beyond it a request is refused at once
+    with 503 gateway.overloaded and Retry-After, before any other work is done for it."""
+
+    max_in_flight: int = Field(128, ge=1)
+    """Requests one worker handles at the same time (health and metrics not counted)."""
+    max_body_bytes_in_flight: int = Field(32 << 20, ge=1024)
+    """Request body bytes one worker holds at the same time: a request counts its
+    Content-Length, or server.max_body_bytes when it streams a body of unknown length."""
+    retry_after: int = Field(1, ge=1, le=3600)
+    """Seconds a refused caller is told to wait (Retry-After)."""
+    max_connections: int = Field(1024, ge=1)
+    """Open connections one worker holds; a connection beyond it is closed as soon as it is
+    accepted (what waits in front of the bound on requests is bounded too)."""
 
 
 class AuditSettings(_Model):
@@ -164,6 +186,9 @@ class AuditSettings(_Model):
     """Most records per group commit."""
     linger_ms: float = Field(1.0, ge=0)
     """How long a batch waits for company once its first record is queued."""
+    buffered_linger_ms: float = Field(20.0, ge=0)
+    """How long a batch of records nobody waits for (buffered services, identity events)
+    gathers company before its commit; a call or answer that waits for a commit ends it."""
     buffer_limit: int = Field(50_000, ge=100)
     """Records queued at most; buffered services fail closed beyond it."""
     checkpoint_every: int = Field(10_000, ge=1)
@@ -196,6 +221,8 @@ class GatewaySettings(_Model):
     """Cross-province cases: store, delivery schedule, callback keys, event sink."""
     rate_limits: RateLimitSettings = RateLimitSettings()
     """Rate limits of /api/* per OAuth client and per person, and where they are counted."""
+    admission: AdmissionSettings = AdmissionSettings()
+    """Per-worker bound on requests and body bytes in flight (overload is refused, not queued)."""
     consent: ConsentSettings = ConsentSettings()
     """Consent grants and delegations (授权用证、委托用证): where the book keeps them."""
 
@@ -434,12 +461,23 @@ class ServiceSettings(_Model):
     operations: dict[str, Operation] = Field(min_length=1)
     """What portals can do with this service."""
     audit: Literal["required", "buffered"] = "required"
-    """required: no audit record, no call; buffered: read-only calls may proceed while the audit
-    store is down, their records kept in a bounded local buffer."""
+    """required: no audit record, no call (the request record is durably committed before the
+    back-end is called); buffered: read-only calls may proceed while the audit store is down,
+    their records kept in a bounded local buffer, and no call waits for a commit."""
+    audit_outcome: Literal["buffered", "durable"] = "buffered"
+    """When the outcome record of a call is written: 'buffered' (default), queued for the next
+    group commit while the answer goes out; 'durable', the answer waits until it is committed
+    too (a second commit in the call's path; only with audit: required)."""
     linked: LinkedCase | None = None
     """一件事 (联动办理): the parts every case of this service is made of, their dependencies
     and the data passed between them; absent: a case is one operation in one or several
     provinces, as the application names them."""
+
+    @model_validator(mode="after")
+    def _durable_outcome_needs_required_audit(self) -> ServiceSettings:
+        if self.audit_outcome == "durable" and self.audit != "required":
+            raise ValueError("audit_outcome: durable needs audit: required")
+        return self
 
     @model_validator(mode="after")
     def _case_blocks_name_operations(self) -> ServiceSettings:

@@ -55,6 +55,11 @@ def _print_report(report: VerificationReport, out: TextIO) -> int:
             file=out,
         )
     rate = report.records / report.seconds if report.seconds else 0.0
+    if report.ok and report.derived_checked:
+        print(
+            "  derived data: every record's stored time and lookup row match the record",
+            file=out,
+        )
     if report.ok:
         print(
             f"audit trail verified: {len(report.chains)} chain(s), {report.records} records "
@@ -137,6 +142,13 @@ async def _export(
     finally:
         await store.aclose()
     chains = ", ".join(f"{c} {a}..{b}" for c, (a, b) in sorted(summary.chains.items()))
+    if summary.moved_times:
+        where = ", ".join(f"{c} record {s}" for c, s in summary.moved_times[:10])
+        raise DerivedDataDamaged(
+            f"the store's stored times do not match {len(summary.moved_times)} exported "
+            f"record(s) ({where}): the time window may have lost records; the export in {out} "
+            "is still verifiable, run `tongban audit verify` on the store"
+        )
     return (
         f"exported {summary.records} records and {summary.checkpoints} checkpoints "
         f"({chains or 'no chains'}) to {out}; verify with: tongban audit verify --file {out}"
@@ -160,4 +172,11 @@ def export_command(
     except FileNotFoundError as exc:
         print(f"cannot export: {exc}", file=sys.stderr)
         return 2
+    except DerivedDataDamaged as exc:
+        print(f"EXPORT OF A TAMPERED STORE: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+class DerivedDataDamaged(Exception):
+    """The store's derived data (stored times, lookup rows) contradicts its records."""

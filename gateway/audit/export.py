@@ -30,6 +30,17 @@ class ExportSummary:
     """Exported (first, last) sequence per chain."""
     unsigned: dict[str, int] = field(default_factory=dict)
     """Records per chain after the last checkpoint (exported, but not closed by a signature)."""
+    moved_times: list[tuple[str, int]] = field(default_factory=list)
+    """Exported records whose stored time (what the time window is chosen by) is not their
+    own: the store was tampered with, and the window may have lost records."""
+
+
+def _own_time(text: str) -> object:
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("time") if isinstance(body, dict) else None
 
 
 def _line(out: IO[bytes], value: dict[str, Any]) -> None:
@@ -121,6 +132,8 @@ async def _export(
                 },
             )
             summary.records += 1
+            if _own_time(row.text) != row.time:
+                summary.moved_times.append((chain, row.sequence))
         summary.chains[chain] = (first, last)
     _line(out, {"type": "end", "records": summary.records})
     return summary

@@ -14,6 +14,8 @@ from typing import Final, Protocol
 
 from joserfc.jwk import ECKey, KeySet
 
+from gateway.stores.sqlite import private_dir
+
 SIGNING_ALG: Final = "ES256"
 KEY_FILE_NAME: Final = "audit-signing-keys.jwks"
 
@@ -90,7 +92,7 @@ class FileKeyStore:
         self._keys = keys
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         body = json.dumps({"keys": [k.as_dict(private=True) for k in self._keys]}, indent=1)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".audit-keys-")
         try:

@@ -14,6 +14,7 @@ from gateway.audit.store import AuditStore
 from gateway.audit.writer import AuditWriter, WriterSettings
 from gateway.settings import AuditSettings
 from gateway.stores.postgres_audit import PostgresAuditStore
+from gateway.stores.sqlite import private_dir
 from gateway.stores.sqlite_audit import SqliteAuditStore
 
 AUDIT_DB_NAME = "audit.sqlite"
@@ -31,7 +32,7 @@ async def open_audit_writer(
     settings: AuditSettings, data_dir: Path, instance_id: str
 ) -> tuple[AuditStore, FileKeyStore, AuditWriter]:
     """Open the store, load (or create) the signing keys and start this instance's chain."""
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(private_dir, data_dir)
     store = audit_store_for(settings, data_dir)
     await store.open()
     try:
@@ -44,6 +45,7 @@ async def open_audit_writer(
             settings=WriterSettings(
                 batch_size=settings.batch_size,
                 linger=settings.linger_ms / 1000.0,
+                buffered_linger=settings.buffered_linger_ms / 1000.0,
                 buffer_limit=settings.buffer_limit,
                 checkpoint_every=settings.checkpoint_every,
                 checkpoint_interval=settings.checkpoint_interval,

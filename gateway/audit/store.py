@@ -48,6 +48,9 @@ class StoredRecord:
 
 
 RawRecord = tuple[int, bytes, str]
+DerivedRow = tuple[int, str, str, tuple[str | None, ...] | None]
+"""A record's sequence and text beside what the store derived from it: the stored time, and its
+lookup row's time and LOOKUP_FIELDS values (None when the record has no lookup row)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +175,7 @@ def record_sequence(record: StoredRecord) -> int:
 
 def raw_sequence(record: RawRecord) -> int:
     return record[0]
+
+
+def derived_sequence(row: DerivedRow) -> int:
+    return row[0]

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 import orjson
 from joserfc import jws
@@ -27,6 +27,7 @@ from gateway.audit.canonical import (
     hash_constructor,
     parse_canonical,
 )
+from gateway.audit.query import LOOKUP_FIELDS
 
 CHECKPOINT_ALGORITHMS: Final = ["ES256"]
 EXPORT_FORMAT: Final = "tongban-audit-export"
@@ -52,6 +53,25 @@ class ProblemKind(enum.StrEnum):
     """Another chain's signed checkpoint saw a different hash at this position."""
     UNANCHORED = "unanchored"
     """An export range does not start at the genesis or at a signed checkpoint."""
+    TIME_MOVED = "time_moved"
+    """The stored time a record is found by (time windows, exports) is not the record's."""
+    LOOKUP_MISSING = "lookup_missing"
+    """A record has no lookup row: queries and the citizen's access log cannot find it."""
+    LOOKUP_MISMATCH = "lookup_mismatch"
+    """A record's lookup row says other things than the record (queries find it wrongly)."""
+    LOOKUP_ORPHAN = "lookup_orphan"
+    """A lookup row names a record that does not exist."""
+
+
+DERIVED_KINDS: Final = frozenset(
+    {
+        ProblemKind.TIME_MOVED,
+        ProblemKind.LOOKUP_MISSING,
+        ProblemKind.LOOKUP_MISMATCH,
+        ProblemKind.LOOKUP_ORPHAN,
+    }
+)
+"""Problems of the store's derived data, not of the chain itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +106,8 @@ class VerificationReport:
     records: int = 0
     seconds: float = 0.0
     unchecked_witnesses: int = 0
+    derived_checked: bool = False
+    """The store's derived data (stored times, lookup rows) was compared with the records."""
 
     @property
     def ok(self) -> bool:
@@ -402,7 +424,11 @@ def _finish(report: VerificationReport, checks: Iterable[_ChainCheck], started: 
             report.problems.append(check.problem)
     # Per chain, the earliest position first: that is "the first bad record". Problems of the
     # export file as a whole (chain "*") come last.
-    report.problems.sort(key=lambda p: (p.chain == "*", p.chain, p.sequence))
+    # At one position a record's own problem comes before what follows from it in the derived
+    # data (a deleted record also leaves an orphan lookup row).
+    report.problems.sort(
+        key=lambda p: (p.chain == "*", p.chain, p.sequence, p.kind in DERIVED_KINDS)
+    )
     report.seconds = time.perf_counter() - started
 
 
@@ -428,8 +454,14 @@ async def verify_store(
     progress: ProgressCallback | None = None,
     strict: bool = False,
     page_size: int = PAGE,
+    derived: bool = True,
 ) -> VerificationReport:
     """Verify every chain in the store (or the named ones) from its first record to its head.
+
+    ``derived`` (the default) also proves what the store derived from the records: every
+    record's stored time is its own, every record has its lookup row and that row says what
+    the record says, and no lookup row lacks its record (stores that keep no derived data,
+    like the in-memory one, are not asked).
 
     ``keys`` are the trusted public checkpoint keys. ``strict`` also proves each record is in
     canonical form: a conformance check of the writer, about 15 % slower. Tampering is caught
@@ -483,8 +515,91 @@ async def verify_store(
         if progress is not None:
             progress(Progress(chain, done, total, total_done))
     report.records = total_done
+    if derived and isinstance(store, _DerivedSource):
+        for chain in names:
+            report.problems.extend(await _check_derived(store, chain, page_size))
+        report.derived_checked = True
     _finish(report, checks, started)
     return report
+
+
+# --- derived data: stored times and lookup rows ----------------------------------------------
+
+
+@runtime_checkable
+class _DerivedSource(Protocol):
+    def read_derived_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[tuple[int, str, str, tuple[str | None, ...] | None]]]: ...
+
+    async def orphan_lookup_rows(self, chain: str) -> list[int]: ...
+
+
+def _text_field(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return value if isinstance(value, str) else None
+
+
+async def _check_derived(store: _DerivedSource, chain: str, page_size: int) -> list[Problem]:
+    """Every record's stored time and lookup row against its own text (which the chain check
+    proves): what queries, time-window exports and the access log rely on. A tail of records
+    past the chain's last lookup row is pending (the rows trail the records by a second, and
+    the store makes any lost ones from the text when it opens), not a problem."""
+    problems: list[Problem] = []
+    missing: list[int] = []
+    async for page in store.read_derived_pages(chain, 1, page_size=page_size):
+        for sequence, text, stored_time, lookup in page:
+            try:
+                body = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue  # the chain check names a record that is not JSON
+            if not isinstance(body, dict):
+                continue
+            own_time = _text_field(body, "time")
+            if stored_time != own_time:
+                problems.append(
+                    Problem(
+                        chain,
+                        sequence,
+                        ProblemKind.TIME_MOVED,
+                        f"stored time {stored_time} but the record says {own_time}",
+                    )
+                )
+            if lookup is None:
+                missing.append(sequence)
+                continue
+            if missing:
+                # A lookup row after records without one: those were removed, not pending.
+                problems.extend(
+                    Problem(chain, gap, ProblemKind.LOOKUP_MISSING, "the record has no lookup row")
+                    for gap in missing
+                )
+                missing.clear()
+            expected = (own_time, *(_text_field(body, name) for name in LOOKUP_FIELDS))
+            if tuple(lookup) != expected:
+                names = ("time", *LOOKUP_FIELDS)
+                wrong = [
+                    n for n, got, want in zip(names, lookup, expected, strict=True) if got != want
+                ]
+                problems.append(
+                    Problem(
+                        chain,
+                        sequence,
+                        ProblemKind.LOOKUP_MISMATCH,
+                        "the lookup row differs from the record in " + ", ".join(wrong),
+                    )
+                )
+    if missing and not getattr(store, "lookup_rows_trail", True):
+        # This store writes a record's lookup row in the record's own transaction.
+        problems.extend(
+            Problem(chain, gap, ProblemKind.LOOKUP_MISSING, "the record has no lookup row")
+            for gap in missing
+        )
+    problems.extend(
+        Problem(chain, orphan, ProblemKind.LOOKUP_ORPHAN, "a lookup row without its record")
+        for orphan in await store.orphan_lookup_rows(chain)
+    )
+    return problems
 
 
 # --- export files -----------------------------------------------------------------------------

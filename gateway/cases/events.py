@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
+from gateway.stores.sqlite import open_private_append
+
 
 class EventSinkError(Exception):
     """The sink did not take the event; it will be offered again."""
@@ -49,8 +51,7 @@ class JsonlEventSink:
         self._lock = asyncio.Lock()
 
     def _append(self, line: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as out:
+        with open_private_append(self.path) as out:
             out.write(line)
             out.flush()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,6 +71,7 @@ from gateway.subjects import (
     case_declaration,
     check_unambiguous,
     grant_ids,
+    principal_subject,
     service_subject_fields,
 )
 
@@ -76,6 +79,8 @@ log = structlog.get_logger("tongban.cases")
 
 STAFF_ROLES: Final = frozenset({"operator", "auditor"})
 CALLBACK_SKEW: Final = 300.0
+CALLBACK_TIMESTAMP: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+"""X-Tongban-Timestamp: Unix seconds, optionally with a fraction, nothing else."""
 CALLBACK_STATUSES: Final = (
     "processing",
     "done",
@@ -110,11 +115,19 @@ def can_supplement(principal: Principal, case: Case) -> bool:
     return can_see(dataclasses.replace(principal, roles=principal.roles - STAFF_ROLES), case)
 
 
+def _applicant_keys(principal: Principal) -> frozenset[str]:
+    """The keys a case names its co-applicants by that are this principal's own."""
+    own = principal_subject(principal)
+    return frozenset((own.key,)) if own is not None else frozenset()
+
+
 def can_see(principal: Principal, case: Case) -> bool:
     """The applicant (through any portal), whoever acted for them, their window's clerks,
     operators and auditors."""
     if case.owner in principal.owner_keys and principal.actor in (None, case.actor):
         return True
+    if principal.actor is None and _applicant_keys(principal) & case.applicants:
+        return True  # a co-applicant (the seller of the buyer's application), at any portal
     if principal.actor is not None and principal.actor == case.actor:
         return True
     if principal.roles & STAFF_ROLES:
@@ -183,7 +196,11 @@ class CaseService:
             return Submitted(existing, False)
         binding = await self._bind(catalog, principal, new, body, raw)
         if binding is not None:
-            new = dataclasses.replace(new, authorisation_ref=binding.grant)
+            new = dataclasses.replace(
+                new,
+                authorisation_ref=binding.grant,
+                applicants=tuple(s.key for s in binding.subjects),
+            )
         try:
             at = iso_now()
             initial = [TransitionDraft(CaseStatus.RECEIVED, CaseStatus.RECEIVED, actor=new.actor)]
@@ -415,7 +432,10 @@ class CaseService:
                 if not ("clerk" in principal.roles or principal.actor_role == "clerk"):
                     raise Forbidden("The window queue is for clerks.")
                 return await self.store.list_cases(client_id=principal.client_id, limit=limit)
-            return await self.store.list_cases(owners=principal.owner_keys, limit=limit)
+            applicants = sorted(_applicant_keys(principal)) if principal.actor is None else []
+            return await self.store.list_cases(
+                owners=principal.owner_keys, applicants=applicants, limit=limit
+            )
         except CaseStoreUnavailable as exc:
             raise CaseStoreDown() from exc
 
@@ -450,11 +470,12 @@ class CaseService:
         key = self._callback_keys.get(system)
         if key is None:
             raise CallbackRefused("This system is not registered for callbacks.")
-        try:
-            moment = float(timestamp)
-        except ValueError:
-            raise CallbackRefused("X-Tongban-Timestamp must be Unix seconds.") from None
-        if abs(self._clock() - moment) > CALLBACK_SKEW:
+        # Decimal Unix seconds only: float() also reads "NaN", "inf" and "1e999", and a NaN
+        # passes any window since every comparison with it is false.
+        if not CALLBACK_TIMESTAMP.fullmatch(timestamp):
+            raise CallbackRefused("X-Tongban-Timestamp must be Unix seconds.")
+        moment = float(timestamp)
+        if not math.isfinite(moment) or not abs(self._clock() - moment) <= CALLBACK_SKEW:
             raise CallbackRefused("The callback's timestamp is too far from now.")
         expected = hmac.new(key, timestamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
         given = signature.removeprefix("sha256=")

@@ -232,11 +232,13 @@ class CaseStore(Protocol):
         *,
         subject: str | None = None,
         owners: Sequence[str] | None = None,
+        applicants: Sequence[str] = (),
         client_id: str | None = None,
         status: CaseStatus | None = None,
         limit: int = 100,
     ) -> list[CaseSummary]:
-        """Newest first; ``owners``: cases owned by any of them (Principal.owner_keys)."""
+        """Newest first; ``owners``: cases owned by any of them (Principal.owner_keys), and
+        with ``applicants`` also the cases naming one of those keys as a co-applicant."""
 
     async def claim(self, owner: str, *, now: float, lease: float, limit: int) -> list[OutboxEntry]:
         """Lease up to ``limit`` due pending entries to ``owner`` until ``now + lease``."""

@@ -148,6 +148,15 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             token_file = data_dir / "demo-tokens.json"
             token_file.write_text(json.dumps(tokens, ensure_ascii=False, indent=2))
             token_file.chmod(0o600)
+            # Staff tokens for tools run against the demo (CI's schemathesis run reaches the
+            # admin API as an operator and as an auditor with them).
+            staff = {
+                **issue_staff_tokens(issuer),
+                "auditor": issuer.issue("demo-auditor", "L3", roles=["auditor"]),
+            }
+            staff_file = data_dir / "demo-staff-tokens.json"
+            staff_file.write_text(json.dumps(staff, indent=2))
+            staff_file.chmod(0o600)
             # S10: clerks sign in through the gateway (staff directory only), then identify each
             # applicant by token exchange; the console is the window client's.
             console = demo_identity.portal("demo-portal-shaanxi").base_url + "/window"

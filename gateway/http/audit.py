@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -31,9 +33,11 @@ from gateway.audit.query import (
     QueryPosition,
     decode_cursor,
     encode_cursor,
+    lookup_row,
+    matches,
 )
 from gateway.audit.record import AuditEvent, EventType, format_time
-from gateway.audit.store import AuditStore, AuditStoreError
+from gateway.audit.store import AuditStore, AuditStoreError, StoredRecord
 from gateway.audit.writer import AuditWriter
 from gateway.consent.subjects import me
 from gateway.errors import (
@@ -74,6 +78,7 @@ _ACCESS_LOG_PARAMS: Final = frozenset({"since", "until", "limit", "cursor"})
 
 
 def add_audit_routes(app: web.Application) -> None:
+    app[_GAPS] = _GapCheck()
     app.router.add_get("/admin/audit", admin_audit)
     app.router.add_get("/api/v1/me/access-log", access_log)
 
@@ -117,8 +122,12 @@ class _Params:
         value = self.query.get(name)
         if value is None:
             return None
+        # RFC 3339 §5.6 allows a lower-case t and z, and a leap second (taken as :59).
+        text = value.upper()
+        if text[17:19] == "60":
+            text = text[:17] + "59" + text[19:]
         try:
-            moment = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(text)
         except ValueError:
             self.error(name, "not an RFC 3339 time")
             return None
@@ -167,12 +176,59 @@ def _store(request: web.Request) -> AuditStore:
     return store
 
 
-async def _run(request: web.Request, query: AuditQuery) -> tuple[list[dict[str, Any]], str | None]:
+GAP_CHECK_INTERVAL: Final = 60.0
+"""Seconds between two counts of the store's lookup rows (cheap: one per chain on a key)."""
+
+
+class _GapCheck:
+    """Whether lookup rows are missing, asked of the store at most every GAP_CHECK_INTERVAL."""
+
+    def __init__(self) -> None:
+        self.checked_at = float("-inf")
+        self.gaps: dict[str, int] = {}
+
+    async def gaps_of(self, store: AuditStore) -> dict[str, int]:
+        count = getattr(store, "lookup_gaps", None)
+        now = time.monotonic()
+        if count is None or now - self.checked_at < GAP_CHECK_INTERVAL:
+            return self.gaps
+        self.checked_at = now
+        self.gaps = await count()
+        if self.gaps:
+            log.error("audit_lookup_rows_missing", chains=sorted(self.gaps))
+        return self.gaps
+
+
+_GAPS = web.AppKey("audit_lookup_gaps", _GapCheck)
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    records: list[dict[str, Any]]
+    cursor: str | None
+    integrity: dict[str, str] | None
+    """Set when the answer cannot be trusted to be complete (the derived data is damaged)."""
+
+    def answer(self, items: str, values: list[dict[str, Any]]) -> dict[str, Any]:
+        body: dict[str, Any] = {items: values, "next_cursor": self.cursor}
+        if self.integrity is not None:
+            body["integrity"] = self.integrity
+        return body
+
+
+async def _run(request: web.Request, query: AuditQuery) -> _Page:
+    """One page of records. Each is checked against what found it: its stored time is the
+    record's own and it matches the filter by its own text; and the store is asked now and then
+    whether lookup rows are missing. Either failing marks the answer (``integrity``) and logs an
+    error: the records shown are true (the chain proves them), but some may be missing."""
+    store = _store(request)
     try:
-        page = await _store(request).query(query)
+        page = await store.query(query)
+        gaps = await request.app[_GAPS].gaps_of(store)
     except AuditStoreError as exc:
         raise AuditUnavailable("The audit trail cannot be read now; try again.") from exc
     records: list[dict[str, Any]] = []
+    mismatched = 0
     for stored in page.records:
         try:
             body = orjson.loads(stored.text)
@@ -181,12 +237,29 @@ async def _run(request: web.Request, query: AuditQuery) -> tuple[list[dict[str, 
         if not isinstance(body, dict):
             # Shown, not hidden: a record that is not JSON is a finding for the verifier.
             body = {"chain": stored.chain, "sequence": stored.sequence, "unreadable": True}
+        else:
+            own = lookup_row(
+                StoredRecord(
+                    stored.chain, stored.sequence, str(body.get("time")), stored.text, stored.hash
+                )
+            )
+            if body.get("time") != stored.time or not matches(query, own):
+                mismatched += 1
         body["hash"] = stored.hash
         records.append(body)
     cursor = None
     if page.next is not None:
         cursor = encode_cursor(page.next, oldest_first=query.oldest_first)
-    return records, cursor
+    integrity = None
+    if mismatched or gaps:
+        if mismatched:
+            log.error("audit_derived_data_mismatch", records=mismatched)
+        integrity = {
+            "derived_data": "damaged",
+            "detail": "The store's lookup rows or stored times do not match its records: this "
+            "answer may be incomplete. Run `tongban audit verify`.",
+        }
+    return _Page(records, cursor, integrity)
 
 
 # --- staff -----------------------------------------------------------------------------------
@@ -233,8 +306,8 @@ async def admin_audit(request: web.Request) -> web.Response:
     query = _query(
         params, order == "asc", province=province, types=tuple(dict.fromkeys(types)), **filters
     )
-    records, cursor = await _run(request, query)
-    return _json({"records": records, "next_cursor": cursor})
+    page = await _run(request, query)
+    return _json(page.answer("records", page.records))
 
 
 # --- the citizen's access log ------------------------------------------------------------------
@@ -335,7 +408,7 @@ async def access_log(request: web.Request) -> web.Response:
         key = holder.subject.key
         about = dataclasses.replace(own, principal=None, subject=key, types=SUBJECT_LOG_TYPES)
         pages.append(await _run(request, about))
-    records, more = _merge(pages, own.limit)
+    records, more = _merge([(page.records, page.cursor) for page in pages], own.limit)
     digest = request.app.get(SUBJECT_DIGEST)
     shown = digest.display(holder.subject) if digest is not None and holder is not None else None
     entries = []
@@ -349,7 +422,11 @@ async def access_log(request: web.Request) -> web.Response:
         last = records[-1]
         position = QueryPosition(str(last["time"]), str(last["chain"]), int(last["sequence"]))
         cursor = encode_cursor(position, oldest_first=False)
-    return _json({"entries": entries, "next_cursor": cursor})
+    answer: dict[str, Any] = {"entries": entries, "next_cursor": cursor}
+    damaged = next((page.integrity for page in pages if page.integrity is not None), None)
+    if damaged is not None:
+        answer["integrity"] = damaged
+    return _json(answer)
 
 
 # --- recording staff actions -------------------------------------------------------------------
@@ -492,6 +569,17 @@ def audit_openapi_schemas() -> dict[str, Any]:
                     "type": ["string", "null"],
                     "description": "Pass as `cursor` for the next page; null on the last page.",
                 },
+                "integrity": {"$ref": "#/components/schemas/AuditIntegrity"},
+            },
+        },
+        "AuditIntegrity": {
+            "type": "object",
+            "description": "Present only when the store's derived data (lookup rows, stored "
+            "times) does not match its records: the answer may be incomplete.",
+            "required": ["derived_data", "detail"],
+            "properties": {
+                "derived_data": {"type": "string", "enum": ["damaged"]},
+                "detail": {"type": "string"},
             },
         },
         "AccessLogEntry": {
@@ -540,6 +628,7 @@ def audit_openapi_schemas() -> dict[str, Any]:
                     "items": {"$ref": "#/components/schemas/AccessLogEntry"},
                 },
                 "next_cursor": {"type": ["string", "null"]},
+                "integrity": {"$ref": "#/components/schemas/AuditIntegrity"},
             },
         },
     }
@@ -569,10 +658,22 @@ def _problem_responses(*statuses: int) -> dict[str, Any]:
 
 def audit_openapi_paths() -> dict[str, Any]:
     window = [
-        _param("since", "First time included (RFC 3339 with zone).", {"type": "string"}),
-        _param("until", "First time excluded (RFC 3339 with zone).", {"type": "string"}),
+        _param(
+            "since",
+            "First time included (RFC 3339 with zone).",
+            {"type": "string", "format": "date-time", "minLength": 1},
+        ),
+        _param(
+            "until",
+            "First time excluded (RFC 3339 with zone).",
+            {"type": "string", "format": "date-time", "minLength": 1},
+        ),
         _param("limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
-        _param("cursor", "`next_cursor` of the previous page.", {"type": "string"}),
+        _param(
+            "cursor",
+            "`next_cursor` of the previous page.",
+            {"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[A-Za-z0-9_-]+$"},
+        ),
     ]
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     return {

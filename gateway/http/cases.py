@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.audit.writer import AuditWriter
 from gateway.cases.audit import CaseAudit, WriterCaseAudit
 from gateway.cases.config import CaseSettings
+from gateway.cases.dispatcher import DispatcherLock, ElectedDispatcher
 from gateway.cases.errors import CaseStoreDown
 from gateway.cases.events import EventSink, JsonlEventSink, NullEventSink, WebhookEventSink
 from gateway.cases.intake import CASE_REQUEST_SCHEMA
@@ -155,13 +156,18 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
         return {"ready": True}
 
     state.readiness["cases"] = probe
-    if worker is not None:
-        worker.start()
+    # On SQLite one process of those sharing the data directory dispatches (a lock file).
+    dispatcher: DeliveryWorker | ElectedDispatcher | None = worker
+    if worker is not None and config.store.backend == "sqlite":
+        database = settings.data_dir() / config.store.path
+        dispatcher = ElectedDispatcher(worker, DispatcherLock.beside(database))
+    if dispatcher is not None:
+        dispatcher.start()
     try:
         yield
     finally:
-        if worker is not None:
-            await worker.aclose()
+        if dispatcher is not None:
+            await dispatcher.aclose()
         await events.aclose()
         await store.aclose()
 
@@ -348,7 +354,10 @@ async def submit_supplement(request: web.Request) -> web.Response:
 
 
 async def list_cases(request: web.Request) -> web.Response:
-    queue = request.query.get("queue") == "window"
+    asked = request.query.get("queue")
+    if asked is not None and asked != "window":
+        raise InvalidRequest("queue must be 'window' (a clerk's window queue) or absent.")
+    queue = asked == "window"
     try:
         limit = min(max(int(request.query.get("limit", "100")), 1), 500)
     except ValueError:
@@ -440,6 +449,17 @@ async def replay_case(request: web.Request) -> web.Response:
 # operation there (gateway.http.openapi._rate_limited), not repeated here.
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+NO_AGREEMENT_OR_INVALID: dict[str, Any] = {
+    "description": (
+        "client.validation_failed: the envelope or its data do not fit the schema; or "
+        "client.no_agreement: no agreement covers this service and operation between the "
+        "receiving and the handling province (a well-formed request the catalogue refuses)"
+    ),
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
+"""The 422 of a routed call or case: the one refusal a schema-valid request can still meet."""
 
 
 def _problems(*statuses: int) -> dict[str, Any]:
@@ -594,6 +614,7 @@ def case_openapi_paths() -> dict[str, Any]:
                 "responses": {
                     "202": _ok(_RECEIPT, "Accepted: the receipt"),
                     **_problems(400, 401, 403, 404, 409, 415, 422, 503),
+                    "422": NO_AGREEMENT_OR_INVALID,
                 },
             },
             "get": {

@@ -45,6 +45,7 @@ from gateway.identity.sqlite_sessions import SqliteSessionStore
 from gateway.identity.sso import IdpChoice, LoginRefused, LoginView, SessionAuthenticator
 from gateway.identity.upstreams import build_upstreams, login_origins, staff_directories
 from gateway.settings import Settings
+from gateway.stores.sqlite import private_dir
 
 log = structlog.get_logger("tongban.identity")
 
@@ -168,7 +169,7 @@ async def _federation_context(app: web.Application) -> AsyncIterator[None]:
     worker: asyncio.Task[None] | None = None
     queue: SqliteLogoutQueue | None = None
     if isinstance(resources, Federation):
-        resources.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(resources.data_dir)
         queue = await SqliteLogoutQueue.open(resources.data_dir / QUEUE_FILE_NAME)
         settings = provider.settings
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 
 import structlog
 from aiohttp import web
@@ -27,7 +26,6 @@ from gateway.identity.assertion import issue_assertion
 from gateway.identity.clients import ClientRegistration
 from gateway.identity.provider import OpenIDProvider
 from gateway.identity.requests import IdentityRequest, IdentityResponse, ParameterError
-from gateway.identity.sso import SessionAuthenticator
 from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
 
@@ -162,13 +160,8 @@ async def _revoke(provider: OpenIDProvider, request: IdentityRequest) -> Identit
 
 
 async def _logout(provider: OpenIDProvider, request: IdentityRequest) -> IdentityResponse:
-    response = await provider.end_session(request)
-    authenticator = provider.authenticator
-    if isinstance(authenticator, SessionAuthenticator):
-        # The session is gone server-side; the browser also forgets its handle.
-        cookie = ("Set-Cookie", authenticator.clear_session_cookie())
-        response = replace(response, headers=(*response.headers, cookie))
-    return response
+    # The authenticator clears the session cookie with the session, and only then.
+    return await provider.end_session(request)
 
 
 authorize = _endpoint("authorize", _authorize)

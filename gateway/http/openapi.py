@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.http.audit import audit_openapi_paths, audit_openapi_schemas
-from gateway.http.cases import case_openapi_paths
+from gateway.http.cases import NO_AGREEMENT_OR_INVALID, case_openapi_paths
 from gateway.http.consents import consent_openapi_paths, consent_openapi_schemas
 from gateway.subject_config import CONSENT
 
@@ -391,6 +391,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                     "responses": {
                         "200": _ok({"$ref": "#/components/schemas/CallResponse"}),
                         **_problems(400, 401, 403, 404, 413, 415, 422, 502, 503, 504),
+                        "422": NO_AGREEMENT_OR_INVALID,
                     },
                 }
             },

@@ -80,8 +80,18 @@ class Authenticator(Protocol):
         """The user; or a response starting an interactive login; or None (not signed in)."""
         ...
 
-    async def sign_out(self, request: IdentityRequest, session_id: str | None) -> None:
-        """End the SSO session of this browser (RP-initiated logout)."""
+    async def browser_session(self, request: IdentityRequest) -> str | None:
+        """The ``sid`` of the SSO session this browser holds (its cookie), or None."""
+        ...
+
+    async def logout_token(self, request: IdentityRequest) -> str | None:
+        """The CSRF token of the logout confirmation form, bound to the session this browser
+        holds (None without one). Stable across instances: no server-side state."""
+        ...
+
+    async def sign_out(self, request: IdentityRequest) -> tuple[tuple[str, str], ...]:
+        """End the SSO session this browser holds (RP-initiated logout), never another one;
+        the headers to add to the answer (the cleared session cookie)."""
         ...
 
 
@@ -109,9 +119,17 @@ class FakeAuthenticator:
             return self.login(context)
         return None
 
-    async def sign_out(self, request: IdentityRequest, session_id: str | None) -> None:
-        self.signed_out.append(session_id)
+    async def browser_session(self, request: IdentityRequest) -> str | None:
+        return self.user.session_id if self.user is not None else None
+
+    async def logout_token(self, request: IdentityRequest) -> str | None:
+        sid = await self.browser_session(request)
+        return f"confirm-{sid}" if sid else None
+
+    async def sign_out(self, request: IdentityRequest) -> tuple[tuple[str, str], ...]:
+        self.signed_out.append(await self.browser_session(request))
         self.user = None
+        return ()
 
 
 class NobodySignedIn:
@@ -123,5 +141,11 @@ class NobodySignedIn:
     ) -> AuthenticatedUser | IdentityResponse | None:
         return None
 
-    async def sign_out(self, request: IdentityRequest, session_id: str | None) -> None:
+    async def browser_session(self, request: IdentityRequest) -> str | None:
         return None
+
+    async def logout_token(self, request: IdentityRequest) -> str | None:
+        return None
+
+    async def sign_out(self, request: IdentityRequest) -> tuple[tuple[str, str], ...]:
+        return ()

@@ -34,6 +34,7 @@ from gateway.audit.sink import AuditSink
 from gateway.errors import AuditUnavailable
 from gateway.identity.config import BackchannelSettings
 from gateway.identity.keys import SigningKeys
+from gateway.stores.sqlite import create_private
 
 log = structlog.get_logger("tongban.identity")
 
@@ -114,6 +115,7 @@ class SqliteLogoutQueue:
 
     @classmethod
     async def open(cls, path: Path) -> SqliteLogoutQueue:
+        create_private(path)
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         try:
             await conn.execute("PRAGMA journal_mode = WAL")

@@ -23,6 +23,8 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, KeySet, RSAKey, import_key
 
+from gateway.stores.sqlite import private_dir
+
 Algorithm = Literal["ES256", "RS256"]
 ALGORITHMS: Final[tuple[Algorithm, ...]] = ("ES256", "RS256")
 _RSA_BITS: Final = 3072
@@ -118,7 +120,7 @@ class SigningKeys:
         """Write the key file atomically with mode 0600 (no-op for an in-memory set)."""
         if self._path is None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self._path.parent)
         data = {
             "version": _FILE_VERSION,
             "active": self._active,

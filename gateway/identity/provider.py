@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextvars
 import functools
 import hashlib
+import hmac
 import html
 import json
 import logging
@@ -52,6 +54,7 @@ import structlog
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
+    InvalidClientError,
     InvalidRequestError,
     OAuth2Request,
 )
@@ -101,11 +104,23 @@ from gateway.identity.verifier import (
     RevocationList,
     StoreRevocationList,
     decode_access_token,
+    principal_from_claims,
 )
 
 log = structlog.get_logger("tongban.identity")
 
 KEY_FILE_NAME = "oidc-signing-keys.json"
+LOGOUT_CONFIRM_FIELD = "confirm"
+"""The logout confirmation form's CSRF field (its value is bound to the session cookie)."""
+LOGOUT_PARAMS = (
+    "id_token_hint",
+    "client_id",
+    "post_logout_redirect_uri",
+    "state",
+    "ui_locales",
+    "logout_hint",
+)
+"""RP-Initiated Logout 1.0 §2 parameters the confirmation form carries over."""
 LEVELS = ("L1", "L2", "L3", "LP", "Counter")
 JSON_HEADERS = (
     ("Content-Type", "application/json"),
@@ -409,11 +424,15 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
 
     def token(self, request: IdentityRequest) -> IdentityResponse:
         """Token endpoint, RFC 6749 §3.2."""
+        if refused := self._unreadable_basic_credentials(request):
+            return refused
         response: IdentityResponse = self.create_token_response(OAuthRequest(request))
         return response
 
     def introspect(self, request: IdentityRequest) -> IdentityResponse:
         """Introspection endpoint, RFC 7662 §2."""
+        if refused := self._unreadable_basic_credentials(request):
+            return refused
         response: IdentityResponse = self.create_endpoint_response(
             "introspection", OAuthRequest(request)
         )
@@ -421,10 +440,31 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
 
     def revoke(self, request: IdentityRequest) -> IdentityResponse:
         """Revocation endpoint, RFC 7009 §2."""
+        if refused := self._unreadable_basic_credentials(request):
+            return refused
         response: IdentityResponse = self.create_endpoint_response(
             "revocation", OAuthRequest(request)
         )
         return response
+
+    def _unreadable_basic_credentials(self, request: IdentityRequest) -> IdentityResponse | None:
+        """``invalid_client`` (RFC 6749 §5.2, 401 with a Basic challenge) for HTTP Basic
+        credentials that are not base64 of UTF-8 text (RFC 7617 §2.1): authlib would raise
+        ``UnicodeDecodeError`` on them."""
+        scheme, _, blob = request.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "basic":
+            return None
+        try:
+            base64.b64decode(blob.strip()).decode("utf-8")
+        except binascii.Error:
+            return None  # authlib treats undecodable base64 as no credentials
+        except UnicodeDecodeError:
+            error = InvalidClientError(
+                description="The client credentials are not UTF-8.", status_code=401
+            )
+            response: IdentityResponse = self.handle_error_response(None, error)
+            return response
+        return None
 
     def userinfo(self, request: IdentityRequest) -> IdentityResponse:
         """UserInfo endpoint, OIDC Core §5.3, bearer token per RFC 6750 §2.1 / §3."""
@@ -450,15 +490,36 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         return self.handle_response(200, body, list(JSON_HEADERS))
 
     async def end_session(self, request: IdentityRequest) -> IdentityResponse:
-        """End-session endpoint, OpenID Connect RP-Initiated Logout 1.0 §2–§4."""
+        """End-session endpoint, OpenID Connect RP-Initiated Logout 1.0 §2–§4.
+
+        Only the SSO session this browser holds can end here, and only at once when a valid
+        ``id_token_hint`` names that very session; otherwise the user confirms on a page whose
+        form carries a token bound to the session cookie (§2: the OP MUST ask when there is no
+        ``id_token_hint``; a top-level link is not a decision). A hint from a browser without
+        the session (an expired token of someone else's, say) ends nothing.
+        """
         oauth_request = OAuthRequest(request)
         try:
             validated = self.validate_endpoint_request("end_session", oauth_request)
         except OAuth2Error as error:
             return self._error_page(error)
         claims = validated.id_token_claims or {}
-        sid = claims.get("sid")
-        await self.authenticator.sign_out(request, sid if isinstance(sid, str) else None)
+        held = await self.authenticator.browser_session(request)
+        if held is None:
+            # Nothing to end: the RP still gets its browser back when the hint was valid.
+            log.info("logout_without_session", hinted=bool(claims))
+            return self._signed_out(validated)
+        hinted = claims.get("sid")
+        confirmed = isinstance(hinted, str) and hmac.compare_digest(hinted, held)
+        if not confirmed:
+            expected = await self.authenticator.logout_token(request)
+            offered = request.form.get(LOGOUT_CONFIRM_FIELD, "") if request.method == "POST" else ""
+            confirmed = bool(
+                expected and offered and hmac.compare_digest(offered.encode(), expected.encode())
+            )
+            if not confirmed:
+                return self._logout_confirmation(request, expected or "")
+        cookies = await self.authenticator.sign_out(request)
         client_id = validated.client.client_id if validated.client else None
         subject = claims.get("sub")
         self.audit_event(
@@ -468,12 +529,46 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             operation="rp_initiated_logout",
         )
         log.info("session_ended", client=client_id)
-        response: IdentityResponse | None = self.create_endpoint_response("end_session", validated)
-        if response is not None:
-            return response
+        response = self._signed_out(validated)
+        return IdentityResponse(response.status, response.body, (*response.headers, *cookies))
+
+    def _signed_out(self, validated: Any) -> IdentityResponse:
+        if validated.redirect_uri:
+            return IdentityResponse(
+                302, b"", (("Location", validated.redirect_uri), ("Cache-Control", "no-store"))
+            )
         page = (
             "<!doctype html><meta charset='utf-8'><title>已退出</title>"
             "<p>已退出登录 / Signed out.</p>"
+        )
+        return IdentityResponse(
+            200,
+            page.encode(),
+            (("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-store")),
+        )
+
+    def _logout_confirmation(self, request: IdentityRequest, token: str) -> IdentityResponse:
+        """The page that asks before a logout nobody proved the browser wants: the request's
+        own parameters go back in hidden fields, with the session-bound token."""
+        fields = [
+            (name, request.params[name]) for name in LOGOUT_PARAMS if request.params.get(name)
+        ]
+        fields.append((LOGOUT_CONFIRM_FIELD, token))
+        hidden = "".join(
+            f"<input type='hidden' name='{html.escape(name)}' value='{html.escape(value)}'>"
+            for name, value in fields
+        )
+        action = html.escape(self.settings.issuer + "/oauth2/logout")
+        page = (
+            "<!doctype html><html lang='zh'><meta charset='utf-8'>"
+            "<title>退出登录？ / Sign out?</title>"
+            "<h1>退出登录？</h1><p>要退出统一身份认证，并退出所有已登录的门户吗？</p>"
+            "<p>Sign out of the single sign-on session and of every portal it signed you in"
+            " to?</p>"
+            f"<form method='post' action='{action}'>{hidden}"
+            "<button type='submit'>退出 / Sign out</button></form>"
+            "<p>如果不是您本人要求退出，请关闭此页。 / If you did not ask to sign out, close"
+            " this page.</p></html>"
         )
         return IdentityResponse(
             200,
@@ -807,7 +902,10 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
     def _decode_access_token(
         self, token: str, *, leeway: int | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return decode_access_token(
+        """Header and claims of an access token of ours, held to the same rules as at /api:
+        a sealed person claim that does not open for its ``sub`` and ``client_id`` (tampered,
+        moved between tokens) makes the whole token invalid (userinfo, introspection)."""
+        header, claims = decode_access_token(
             token,
             keys=self.keys,
             issuer=self.settings.issuer,
@@ -816,6 +914,8 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
             now=self.clock(),
             leeway=self.settings.leeway if leeway is None else leeway,
         )
+        principal_from_claims(claims, self.person_keys)
+        return header, claims
 
     def decode_id_token_hint(self, token: str) -> dict[str, Any] | None:
         """Claims of an ID token this provider issued (signature and iss; expiry tolerated)."""

@@ -196,6 +196,11 @@ class SessionAuthenticator:
             BINDING_COOKIE, value, max_age=self.settings.login_timeout, path=self.login_path
         )
 
+    def clear_binding_cookie(self) -> str:
+        # Same name, domain and path as when it was set, or the browser keeps it (RFC 6265
+        # §5.3 step 11).
+        return self._cookie(BINDING_COOKIE, "", max_age=0, path=self.login_path)
+
     # --- the session -------------------------------------------------------------------------
 
     def deadline(self, session: SsoSession) -> float:
@@ -342,14 +347,27 @@ class SessionAuthenticator:
             302, b"", (("Location", location), ("Cache-Control", "no-store"), *cookies)
         )
 
-    async def sign_out(self, request: IdentityRequest, session_id: str | None) -> None:
+    async def browser_session(self, request: IdentityRequest) -> str | None:
         found = await self.current(request.headers)
-        if found is None and session_id:
-            key = await self.store.key_for_sid(session_id)
-            session = await self.store.get_session(key) if key else None
-            found = (key, session) if key and session else None
+        return found[1].sid if found is not None else None
+
+    async def logout_token(self, request: IdentityRequest) -> str | None:
+        # Keyed with the cookie's handle, which the store never holds (it keeps its hash): a
+        # page that cannot read the cookie cannot make the token, on any instance.
+        handle = read_cookie(request.headers, self.settings.cookie_name)
+        found = await self.current(request.headers)
+        if found is None or not handle:
+            return None
+        mac = hmac.new(handle.encode(), f"rp-logout:{found[1].sid}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+
+    async def sign_out(self, request: IdentityRequest) -> tuple[tuple[str, str], ...]:
+        # Only the session of the cookie this browser sent: an ID token names a session but
+        # does not prove the browser holds it (an expired or foreign hint ends nothing).
+        found = await self.current(request.headers)
         if found is not None:
             await self.end_session(found[0])
+        return (("Set-Cookie", self.clear_session_cookie()),)
 
     async def end_session(
         self, key: str, *, reason: EndReason | Literal["expired"] = "logout"
@@ -649,7 +667,7 @@ class SessionAuthenticator:
         separator = "&" if "?" in resume else "?"
         return LoginDone(
             location=f"{resume}{separator}{RESUME_PARAM}={quote(pending['tx'])}",
-            set_cookies=(self.session_cookie(handle), self._cookie(BINDING_COOKIE, "", max_age=0)),
+            set_cookies=(self.session_cookie(handle), self.clear_binding_cookie()),
         )
 
     async def _callback_state(

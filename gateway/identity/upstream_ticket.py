@@ -35,6 +35,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -165,10 +166,10 @@ def callback_values(params: Mapping[str, str], nested: str) -> dict[str, list[st
 def _issued_at(value: Any, form: str) -> float | None:
     try:
         text = str(value).strip()
-        if form == "epoch":
-            return float(text)
-        if form == "epoch_ms":
-            return float(text) / 1000
+        if form in ("epoch", "epoch_ms"):
+            moment = float(text) / (1000 if form == "epoch_ms" else 1)
+            # float() reads "NaN" and "inf": no moment, and NaN passes every window.
+            return moment if math.isfinite(moment) else None
         if form == "iso8601":
             parsed = dt.datetime.fromisoformat(text)
             return (parsed if parsed.tzinfo else parsed.replace(tzinfo=CST)).timestamp()

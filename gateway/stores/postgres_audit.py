@@ -28,9 +28,11 @@ from gateway.audit.store import (
     AuditStoreUnavailable,
     ChainConflict,
     ChainHead,
+    DerivedRow,
     RawRecord,
     StoredCheckpoint,
     StoredRecord,
+    derived_sequence,
     keyset_pages,
     raw_sequence,
     record_sequence,
@@ -348,6 +350,49 @@ class PostgresAuditStore:
 
         async for records in keyset_pages(page, record_sequence, start, end, page_size):
             yield records
+
+    lookup_rows_trail = False
+    """Lookup rows are written in their records' transaction: a record without one is a loss."""
+
+    async def read_derived_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[DerivedRow]]:
+        """Each record's text beside its stored time and lookup row (None when missing)."""
+        columns = ", ".join(f"i.{name}" for name in ("recorded_at", *LOOKUP_FIELDS))
+
+        async def page(after: int, last: int) -> list[DerivedRow]:
+            rows = await self._fetch(
+                f"SELECT r.sequence, r.record, r.recorded_at, i.sequence IS NOT NULL, {columns}"  # noqa: S608
+                " FROM audit_records r LEFT JOIN audit_index i"
+                " ON i.chain_id = r.chain_id AND i.sequence = r.sequence"
+                " WHERE r.chain_id = $1 AND r.sequence > $2 AND r.sequence <= $3"
+                " ORDER BY r.sequence LIMIT $4",
+                chain,
+                after,
+                last,
+                page_size,
+            )
+            return [(row[0], row[1], row[2], tuple(row[4:]) if row[3] else None) for row in rows]
+
+        async for rows in keyset_pages(page, derived_sequence, start, end, page_size):
+            yield rows
+
+    async def orphan_lookup_rows(self, chain: str) -> list[int]:
+        """Sequences of lookup rows that no record of ``chain`` has."""
+        rows = await self._fetch(
+            "SELECT i.sequence FROM audit_index i LEFT JOIN audit_records r"
+            " ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
+            " WHERE i.chain_id = $1 AND r.sequence IS NULL ORDER BY i.sequence LIMIT 1000",
+            chain,
+        )
+        return [int(row[0]) for row in rows]
+
+    async def lookup_gaps(self) -> dict[str, int]:
+        """Per chain, how many lookup rows are missing below its highest one."""
+        rows = await self._fetch(
+            "SELECT chain_id, MAX(sequence) - COUNT(*) FROM audit_index GROUP BY chain_id"
+        )
+        return {str(row[0]): int(row[1]) for row in rows if row[1]}
 
     async def read_raw_pages(
         self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000

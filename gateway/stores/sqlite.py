@@ -1,5 +1,8 @@
 """Opening SQLite for the embedded stores: WAL, full fsync on commit, a busy timeout.
 
+Files are private: the data directory is made 0700 and every database file 0600 before SQLite
+opens it (SQLite gives the -wal and -shm files the database file's mode), whatever the umask.
+
 synchronous=FULL: in WAL mode NORMAL skips the fsync at commit, so a power cut may lose the last
 commits although the caller was told they were durable. With group commit one fsync covers a
 whole batch, so FULL costs little throughput and keeps "acknowledged" meaning "on disk".
@@ -31,6 +34,8 @@ async def connect_sqlite(
     path: str | Path, *, synchronous: Synchronous = "FULL", read_only: bool = False
 ) -> aiosqlite.Connection:
     """A connection in autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)."""
+    if not read_only:
+        create_private(Path(path))
     conn = await aiosqlite.connect(str(path), isolation_level=None)
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
@@ -56,7 +61,6 @@ async def open_migrated_pair(
     Two connections: SQLite has one writer at a time, and reads in WAL mode must not queue behind
     a batch being committed on the writer's thread.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     writer = await connect_sqlite(path, synchronous=synchronous)
     try:
         await migrate_sqlite(writer, component, migrations)
@@ -105,6 +109,7 @@ class TransactionThread:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-writer")
 
         def connect() -> sqlite3.Connection:
+            create_private(Path(path))
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA busy_timeout = 5000")
@@ -141,12 +146,34 @@ class TransactionThread:
         self._executor.shutdown(wait=True)
 
 
+PRIVATE_DIR_MODE: Final = 0o700
+PRIVATE_FILE_MODE: Final = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Make the data directory (and missing parents) with mode 0700 when it does not exist yet:
+    the stores in it hold personal data and keys. An existing directory keeps its mode (an
+    operator's choice, `docs/operations.md`)."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        with contextlib.suppress(OSError):
+            os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
+    return path
+
+
 def create_private(path: Path) -> None:
     """Create the database file 0600 before SQLite does (it would follow the umask); SQLite gives
     its -wal and -shm files the mode of the database file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    private_dir(path.parent)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE)
     os.close(fd)
+
+
+def open_private_append(path: Path) -> Any:
+    """``path`` opened for appending bytes, created 0600 (in a 0700 directory) if missing."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, PRIVATE_FILE_MODE)
+    return os.fdopen(fd, "ab")
 
 
 class LockedConnection:

@@ -35,10 +35,12 @@ from gateway.audit.store import (
     AuditStoreUnavailable,
     ChainConflict,
     ChainHead,
+    DerivedRow,
     LookupRow,
     RawRecord,
     StoredCheckpoint,
     StoredRecord,
+    derived_sequence,
     keyset_pages,
     raw_sequence,
     record_sequence,
@@ -563,6 +565,50 @@ class SqliteAuditStore:
 
         async for records in keyset_pages(page, raw_sequence, start, end, page_size):
             yield records
+
+    lookup_rows_trail = True
+    """Lookup rows follow their records within a second (made from the text at open if lost)."""
+
+    async def read_derived_pages(
+        self, chain: str, start: int = 1, end: int | None = None, *, page_size: int = 5000
+    ) -> AsyncIterator[list[DerivedRow]]:
+        """Each record's text beside what was derived from it: its stored time and its lookup
+        row (None when it has none), for the verifier to compare."""
+        await self._flush_lookups()
+        columns = ", ".join(f"i.{name}" for name in ("recorded_at", *LOOKUP_FIELDS))
+
+        async def page(after: int, last: int) -> list[DerivedRow]:
+            rows = await self._fetch(
+                f"SELECT r.sequence, r.record, r.recorded_at, i.sequence IS NOT NULL, {columns}"  # noqa: S608
+                " FROM audit_records r LEFT JOIN audit_index i"
+                " ON i.chain_id = r.chain_id AND i.sequence = r.sequence"
+                " WHERE r.chain_id = ? AND r.sequence > ? AND r.sequence <= ?"
+                " ORDER BY r.sequence LIMIT ?",
+                (chain, after, last, page_size),
+            )
+            return [(row[0], row[1], row[2], tuple(row[4:]) if row[3] else None) for row in rows]
+
+        async for rows in keyset_pages(page, derived_sequence, start, end, page_size):
+            yield rows
+
+    async def orphan_lookup_rows(self, chain: str) -> list[int]:
+        """Sequences of lookup rows that no record of ``chain`` has."""
+        rows = await self._fetch(
+            "SELECT i.sequence FROM audit_index i LEFT JOIN audit_records r"
+            " ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
+            " WHERE i.chain_id = ? AND r.sequence IS NULL ORDER BY i.sequence LIMIT 1000",
+            (chain,),
+        )
+        return [int(row[0]) for row in rows]
+
+    async def lookup_gaps(self) -> dict[str, int]:
+        """Per chain, how many lookup rows are missing below its highest one (0 for an intact
+        table): one count per chain on the primary key, cheap enough to ask now and then."""
+        await self._flush_lookups()
+        rows = await self._fetch(
+            "SELECT chain_id, MAX(sequence) - COUNT(*) FROM audit_index GROUP BY chain_id", ()
+        )
+        return {str(chain): int(gap) for chain, gap in rows if gap}
 
     async def _fetch(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         try:

@@ -33,7 +33,17 @@ Mode = Literal[
     "undeclared_column",  # a column the inline schema does not declare
     "wrong_element",  # the answer element of another operation
     "empty_body",  # a SOAP Body with nothing in it
+    "doctype",  # a DOCTYPE before the envelope (XML entity tricks start with one)
+    "entities",  # an internal entity declared and expanded in the answer
 ]
+
+_PROLOGUES: dict[str, tuple[str, str]] = {
+    "doctype": ('<!DOCTYPE Envelope SYSTEM "http://127.0.0.1:1/evil.dtd">', ""),
+    "entities": (
+        '<!DOCTYPE Envelope [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>',
+        "&lol2;",
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +185,15 @@ async def _asmx(request: web.Request) -> web.Response:
     answer = _operate(service, root, soap_ns, name, args)
     if isinstance(answer, bytes):
         return web.Response(status=500, body=answer, content_type=kind, charset="utf-8")
-    return web.Response(body=_envelope(soap_ns, answer), content_type=kind, charset="utf-8")
+    envelope = _envelope(soap_ns, answer)
+    if service.mode in _PROLOGUES:
+        doctype, expanded = _PROLOGUES[service.mode]
+        head, _, rest = envelope.partition(b"?>")
+        envelope = head + b"?>" + doctype.encode() + rest
+        envelope = envelope.replace(
+            b"</CheckCertificateResult>", expanded.encode() + b"</CheckCertificateResult>"
+        )
+    return web.Response(body=envelope, content_type=kind, charset="utf-8")
 
 
 def _operate(

@@ -12,9 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
+import zeep.exceptions
 from lxml import etree  # type: ignore[import-untyped]
 
-from adapters.soap import build_soap_adapter
+from adapters.soap import build_soap_adapter, translate_zeep_error
 from gateway.adapter import (
     Adapter,
     AdapterConfigError,
@@ -198,6 +199,8 @@ async def test_rows_map_to_canonical_names_with_each() -> None:
         ("undeclared_column", "QueryRegistrations"),
         ("wrong_element", "CheckCertificate"),
         ("empty_body", "CheckCertificate"),
+        ("doctype", "CheckCertificate"),
+        ("entities", "CheckCertificate"),
     ],
 )
 async def test_hostile_answers_are_bad_responses(mode: Mode, operation: str) -> None:
@@ -272,3 +275,16 @@ def test_the_contract_describes_requests_and_answers() -> None:
     assert rows.open
     assert rows.fields is not None
     assert rows.fields["Table"].repeated
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        zeep.exceptions.DTDForbidden("<!DOCTYPE x>", None, None),  # type: ignore[no-untyped-call]
+        zeep.exceptions.EntitiesForbidden("lol", "&lol;"),  # type: ignore[no-untyped-call]
+    ],
+)
+def test_xml_refused_by_the_parser_is_a_bad_response(refusal: Exception) -> None:
+    error = translate_zeep_error(refusal, "qinghai-bdc")
+    assert isinstance(error, BackendBadResponse)
+    assert error.reached_backend

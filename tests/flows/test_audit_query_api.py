@@ -3,15 +3,21 @@ admin_action records every /admin request leaves."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
+import pytest
 from jsonschema import Draft202012Validator
 
-from gateway.audit.record import AuditRecord
+from gateway.audit.query import AuditQuery
+from gateway.audit.record import AuditRecord, EventType
+from gateway.audit.setup import AUDIT_DB_NAME
 from gateway.demo.residents import MA_WENHUA
 from gateway.http.keys import STATE
-from tests.flows.conftest import Journey
+from tests.flows.conftest import Journey, audit_verify, demo_journey
 from tests.flows.test_audit_journey import S1_HISTORY, S6_VERIFY
+from tests.stores.backends import SqliteBackend
 
 AUDITOR = "staff-auditor-01"
 CLERK = "clerk-qh-0007"
@@ -233,3 +239,62 @@ async def test_citizen_sees_who_touched_their_data(journey: Journey) -> None:
         journey, "/api/v1/me/access-log", journey.auth("citizen-l3"), principal="pw-other"
     )
     assert (status, body["code"]) == (422, "client.validation_failed")
+
+
+async def test_a_tampered_lookup_table_is_reported_by_queries_and_by_verify(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An intruder with database access deletes the lookup row of one of the citizen's records
+    (the chain is untouched): the access log no longer finds it, and must say it may be
+    incomplete; `tongban audit verify` names the record."""
+    async with demo_journey(tmp_path, monkeypatch) as journey:
+        for _ in range(2):
+            status, body = await journey.call("pension-transfer", S1_HISTORY)
+            assert status == 200, body
+        trail = await _trail(journey)
+        store = journey.client.app[STATE].audit_store
+        assert store is not None
+        await store.query(AuditQuery(limit=1))  # writes the lookup rows still pending
+        me = journey.tokens["citizen-l3"]["subject"]
+        victim = next(
+            r
+            for r in trail
+            if r.event.type == EventType.SERVICE_CALL_COMPLETED and r.event.principal == me
+        )
+        await SqliteBackend(tmp_path / AUDIT_DB_NAME).tamper(
+            [
+                (
+                    "DELETE FROM audit_index WHERE chain_id = ? AND sequence = ?",
+                    (victim.chain, victim.sequence),
+                )
+            ]
+        )
+        status, log = await _get(journey, "/api/v1/me/access-log", journey.auth("citizen-l3"))
+        assert status == 200, log
+        assert len(log["entries"]) == 1
+        assert log["integrity"]["derived_data"] == "damaged"
+        status, page = await _get(journey, "/admin/audit", _auditor(journey), principal=me)
+        assert page["integrity"]["derived_data"] == "damaged"
+        doc = await (await journey.client.get("/openapi.json")).json()
+        assert not list(_schema(doc, "AccessLog").iter_errors(log))
+        assert not list(_schema(doc, "AuditPage").iter_errors(page))
+    capsys.readouterr()
+    assert await asyncio.to_thread(audit_verify, tmp_path) == 1
+    out = capsys.readouterr().out
+    assert f"record {victim.sequence}: lookup_missing" in out
+
+
+async def test_time_and_cursor_parameters_follow_their_schema(journey: Journey) -> None:
+    auditor = _auditor(journey)
+    doc = await (await journey.client.get("/openapi.json")).json()
+    params = {p["name"]: p["schema"] for p in doc["paths"]["/admin/audit"]["get"]["parameters"]}
+    assert params["since"]["format"] == "date-time"
+    assert params["cursor"]["minLength"] == 1
+    # RFC 3339 also allows a lower-case t and z, and a leap second.
+    for since in ("2026-01-01t00:00:00z", "2016-12-31T23:59:60Z", "2026-01-01T08:00:00+08:00"):
+        status, body = await _get(journey, "/admin/audit", auditor, since=since)
+        assert status == 200, (since, body)
+    # Empty values are outside the schema (minLength 1), and refused as such.
+    for name in ("since", "cursor"):
+        status, body = await _get(journey, "/admin/audit", auditor, **{name: ""})
+        assert (status, body["code"]) == (422, "client.validation_failed"), name

@@ -157,6 +157,13 @@ TABLE = [
         "backend.bad_response", 1, "closed", 1, mode="wrong_element", asks="scalar"),
     Row("hostile: an empty SOAP Body", "asmx", (), "backend.bad_response", 1, "closed", 1,
         mode="empty_body", asks="scalar"),
+    Row("hostile: a DOCTYPE in the answer", "asmx", (), "backend.bad_response", 1, "closed", 1,
+        mode="doctype", asks="scalar"),
+    Row("hostile: entities declared in the answer", "asmx", (), "backend.bad_response", 1,
+        "closed", 1, mode="entities", asks="scalar"),
+    Row("hostile DOCTYPE answers count for the breaker: the third call is refused", "asmx", (),
+        "backend.circuit_open", 1, "open", 2, mode="doctype", asks="scalar",
+        failure_threshold=2, calls=3),
 ]  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from gateway.http.oidc import add_oidc_routes
 from gateway.identity.authn import AuthenticatedUser, FakeAuthenticator
 from gateway.identity.clients import ClientRegistration
 from gateway.identity.config import ProviderSettings
+from gateway.identity.person_key import PERSON_CLAIM
 from gateway.identity.provider import KEY_FILE_NAME, OpenIDProvider
 from gateway.identity.store import IdentityStore, MemoryIdentityStore
 from gateway.metrics import Metrics
@@ -961,6 +962,23 @@ async def test_introspection_needs_client_authentication(world: World) -> None:
     assert (await resp.json())["error"] == "invalid_client"
 
 
+@pytest.mark.parametrize("path", ["/oauth2/token", "/oauth2/introspect", "/oauth2/revoke"])
+async def test_basic_credentials_that_are_not_utf8_are_an_invalid_client(
+    world: World, path: str
+) -> None:
+    body = await tokens(world)
+    blob = base64.b64encode(b"portal-sx:\xff\xfe\xfa").decode()
+    resp = await world.http.post(
+        path,
+        data={"token": body["access_token"], "grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {blob}"},
+    )
+    assert resp.status == 401
+    assert (await resp.json())["error"] == "invalid_client"
+    assert resp.headers["WWW-Authenticate"].startswith("Basic")
+    assert await api_status(world, body["access_token"]) == 200
+
+
 async def test_introspection_of_another_clients_token_is_inactive(world: World) -> None:
     body = await tokens(world)
     resp = await world.http.post(
@@ -1033,6 +1051,31 @@ async def test_logout_refuses_an_access_token_as_id_token_hint(world: World) -> 
     assert resp.status == 400
     assert "Location" not in resp.headers
     assert world.authenticator.signed_out == []
+
+
+async def test_a_tampered_person_claim_is_refused_at_userinfo_and_introspection(
+    world: World,
+) -> None:
+    body = await tokens(world)
+    claims = unverified_claims(body["access_token"])
+    sealed = claims[PERSON_CLAIM]
+    # Signed with the provider's own key: only the sealed person key differs.
+    flipped = ("A" if sealed[10] != "A" else "B").join((sealed[:10], sealed[11:]))
+    forged = world.provider.keys.sign(
+        {**claims, PERSON_CLAIM: flipped},
+        algorithm=unverified_header(body["access_token"])["alg"],
+        typ="at+jwt",
+    )
+    assert await api_status(world, forged) == 401
+    resp = await world.http.get("/oauth2/userinfo", headers={"Authorization": f"Bearer {forged}"})
+    assert resp.status == 401
+    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    assert await introspect(world, forged) == {"active": False}
+    # The untouched token still answers.
+    resp = await world.http.get(
+        "/oauth2/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
+    assert resp.status == 200
 
 
 async def test_userinfo_refusals(world: World) -> None:

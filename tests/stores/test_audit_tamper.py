@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import sqlite3
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from joserfc.jwk import KeySet
 
 from gateway.audit.canonical import chain_hash
 from gateway.audit.checkpoint import CheckpointSigner
+from gateway.audit.export import export_jsonl
 from gateway.audit.keys import StaticKeyStore, new_signing_key
+from gateway.audit.query import AuditQuery
 from gateway.audit.record import AuditEvent, EventType
 from gateway.audit.store import AuditStore, iter_records
 from gateway.audit.verifier import Problem, ProblemKind, VerificationReport, verify_store
@@ -314,3 +317,92 @@ async def test_small_pages_see_gaps_and_truncation(
         14,
         ProblemKind.TRUNCATED,
     )
+
+
+# --- derived data: what queries, exports and the access log find records by -----------------
+
+
+async def write_indexed_chain(store: AuditStore, keys: StaticKeyStore) -> None:
+    """A chain whose lookup rows are all written (on SQLite they trail by a second; a query
+    writes the pending ones first)."""
+    await write_chain(store, keys)
+    await store.query(AuditQuery(limit=1))
+
+
+async def derived_problems(store: AuditStore, keys: KeySet) -> list[tuple[int, ProblemKind]]:
+    report = await verify_store(store, keys)
+    assert report.derived_checked
+    assert not report.ok, "tampering with the derived data went unnoticed"
+    return [(p.sequence, p.kind) for p in report.problems]
+
+
+async def test_untouched_derived_data_verifies(store: AuditStore, keys: StaticKeyStore) -> None:
+    await write_chain(store, keys)
+    report = await verify_store(store, keys.public_keys())
+    assert report.ok, report.problems
+    assert report.derived_checked
+
+
+async def test_a_moved_stored_time(
+    backend: Backend, store: AuditStore, keys: StaticKeyStore
+) -> None:
+    await write_indexed_chain(store, keys)
+    moved = "2001-01-01T00:00:00.000000Z"
+    await backend.tamper(
+        [
+            (
+                "UPDATE audit_records SET recorded_at = ? WHERE chain_id = ? AND sequence = ?",
+                (moved, CHAIN, 30),
+            ),
+            (
+                "UPDATE audit_index SET recorded_at = ? WHERE chain_id = ? AND sequence = ?",
+                (moved, CHAIN, 31),
+            ),
+        ]
+    )
+    assert await derived_problems(store, keys.public_keys()) == [
+        (30, ProblemKind.TIME_MOVED),
+        (31, ProblemKind.LOOKUP_MISMATCH),
+    ]
+
+
+async def test_a_deleted_or_changed_lookup_row(
+    backend: Backend, store: AuditStore, keys: StaticKeyStore
+) -> None:
+    await write_indexed_chain(store, keys)
+    await backend.tamper(
+        [
+            ("DELETE FROM audit_index WHERE chain_id = ? AND sequence = ?", (CHAIN, 33)),
+            (
+                "UPDATE audit_index SET principal = ? WHERE chain_id = ? AND sequence = ?",
+                ("pw-someone-else", CHAIN, 35),
+            ),
+            (
+                "INSERT INTO audit_index (chain_id, sequence, recorded_at, type)"
+                " VALUES (?, ?, ?, ?)",
+                (CHAIN, 999, "2026-01-01T00:00:00.000000Z", "login"),
+            ),
+        ]
+    )
+    problems = await derived_problems(store, keys.public_keys())
+    assert problems == [
+        (33, ProblemKind.LOOKUP_MISSING),
+        (35, ProblemKind.LOOKUP_MISMATCH),
+        (999, ProblemKind.LOOKUP_ORPHAN),
+    ]
+
+
+async def test_an_export_over_a_moved_stored_time_says_so(
+    backend: Backend, store: AuditStore, keys: StaticKeyStore
+) -> None:
+    await write_indexed_chain(store, keys)
+    assert (await export_jsonl(store, io.BytesIO())).moved_times == []
+    await backend.tamper(
+        [
+            (
+                "UPDATE audit_records SET recorded_at = ? WHERE chain_id = ? AND sequence = ?",
+                ("2001-01-01T00:00:00.000000Z", CHAIN, 30),
+            )
+        ]
+    )
+    assert (await export_jsonl(store, io.BytesIO())).moved_times == [(CHAIN, 30)]

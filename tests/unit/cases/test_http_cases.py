@@ -60,10 +60,16 @@ class Api:
         return response.status, await response.json(content_type=None)
 
     async def callback(
-        self, body: dict[str, Any], *, key: bytes = KEY, stamp: float | None = None
+        self,
+        body: dict[str, Any],
+        *,
+        key: bytes = KEY,
+        stamp: float | None = None,
+        timestamp: str | None = None,
     ) -> tuple[int, Any]:
         raw = orjson.dumps(body)
-        timestamp = str(int(stamp if stamp is not None else time.time()))
+        if timestamp is None:
+            timestamp = str(int(stamp if stamp is not None else time.time()))
         signature = hmac.new(key, timestamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
         response = await self.client.post(
             "/api/v1/callbacks/sys-61",
@@ -156,6 +162,23 @@ async def test_callbacks_are_signed_idempotent_and_ordered(api: Api) -> None:
     assert case["parts"][0]["result"] == {"permit": "P-1"}
 
 
+async def test_a_callback_timestamp_must_be_a_finite_number(api: Api) -> None:
+    status, receipt = await api.post(
+        "/api/v1/cases", application(), **{"Idempotency-Key": "cb-nan-0001"}
+    )
+    case_id = receipt["case_id"]
+    await api.until(case_id, "processing")
+    body = {"sequence": 1, "case_id": case_id, "status": "done"}
+    # Correctly signed, yet no moment in time: NaN compares false with any window.
+    for stamp in ("NaN", "nan", "-nan", "inf", "-Infinity", "1e999", " 1e3 ", "0x10"):
+        status, problem = await api.callback(body, timestamp=stamp)
+        assert (status, problem["code"]) == (401, "client.callback_refused"), stamp
+    _, case = await api.get(f"/api/v1/cases/{case_id}")
+    assert case["status"] == "processing"
+    status, answer = await api.callback(body, timestamp=f"{time.time():.3f}")
+    assert (status, answer["status"]) == (200, "applied")
+
+
 async def test_dead_letters_are_listed_for_operators_and_replayed(api: Api) -> None:
     api.fakes["61"].fail_next = [unavailable(), unavailable()]
     status, receipt = await api.post(
@@ -213,3 +236,11 @@ async def test_readiness_includes_the_case_store(api: Api) -> None:
     body = await response.json()
     assert body["stores"]["cases"] == {"ready": True}
     assert api.client.app[CASES].worker is not None
+
+
+async def test_a_queue_other_than_the_window_is_refused(api: Api) -> None:
+    status, problem = await api.get("/api/v1/cases?queue=AAA")
+    assert (status, problem["code"]) == (400, "client.invalid_request")
+    status, answer = await api.get("/api/v1/cases")
+    assert status == 200
+    assert "cases" in answer

@@ -261,6 +261,25 @@ async def test_lists_by_subject_and_by_window(store: CaseStore) -> None:
     assert counts.pending_entries == 6
 
 
+async def test_co_applicants_find_the_case_by_their_keys(store: CaseStore) -> None:
+    buyer_and_seller = dataclasses.replace(
+        new_case("key-co-00001", subject="buyer"), applicants=("key-buyer", "key-seller")
+    )
+    created = await create(store, buyer_and_seller)
+    await create(store, new_case("key-co-00002", subject="seller"))  # her own case
+    await create(store, new_case("key-co-00003", subject="third"))
+    case = await store.get(created.case.case_id)
+    assert case is not None
+    assert case.applicants == frozenset({"key-buyer", "key-seller"})
+    seller = await store.list_cases(owners=["seller"], applicants=["key-seller"])
+    assert sorted(c.case_id for c in seller) == sorted(
+        [created.case.case_id, *(c.case_id for c in await store.list_cases(owners=["seller"]))]
+    )
+    assert len(seller) == 2
+    assert await store.list_cases(owners=["nobody"], applicants=["key-none"]) == []
+    assert len(await store.list_cases(owners=["third"], applicants=["key-seller"])) == 2
+
+
 async def test_parts_applied_at_once_from_two_instances_all_land(
     store_factory: StoreFactory,
 ) -> None:

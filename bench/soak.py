@@ -1,0 +1,576 @@
+"""Soak: `tongban demo` under mixed traffic at a fraction of its measured capacity.
+
+    .venv/bin/python bench/soak.py                                  # 10 minutes at 70 %
+    .venv/bin/python bench/soak.py --duration 60 --warmup 15 --capacity-seconds 10   # CI
+
+The demo runs as its own process on loopback (every provincial back-end, identity platform and
+portal in it), on a copy of its configuration whose rate limits are raised out of the way (the
+soak measures the gateway, not its budgets) and with one provincial system registered for signed
+callbacks. The traffic, one *operation* at a time, each a few HTTP requests:
+
+    login       a browser signs in at the Qinghai portal through the gateway and the platform
+    refresh     a refresh-token grant (RFC 6749 §6) of the portal's, from a login's tokens
+    rest_call   a routed REST call (S4 housing-fund account, S6 degree verification)
+    soap_call   a routed SOAP call (S1 pension contribution history)
+    case        a case taken in (S4 housing-fund transfer), then its status read
+    callback    the handling system's signed callback on one of those cases
+    audit       an auditor's query of the trail, and a citizen's access log
+
+First the capacity is measured: ``--concurrency`` workers run operations back to back for
+``--capacity-seconds``. Then operations start at ``--fraction`` of that rate (open loop, evenly
+spaced) for ``--duration`` seconds. Every ``--sample`` seconds the demo process's RSS and open
+file descriptors are read from /proc. At the end the demo is stopped and `tongban audit verify`
+runs on its data directory. Reported: operations and HTTP requests per kind, every 5xx, log
+lines at error level (and tracebacks), RSS growth after ``--warmup``, the descriptors' range
+after warm-up, the verifier's verdict. The exit status is 1 when any of these fails: no 5xx,
+no error lines, RSS growth under ``--max-rss-growth`` (10 %), descriptors flat (a spread of at
+most ``--max-fd-spread``), the chain verifies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import yaml
+
+from gateway.demo.federation import DemoIdentitySecrets
+from gateway.packaged import DEMO_CONFIG_DIR
+
+TONGBAN = Path(sys.executable).parent / "tongban"
+CALLBACK_SYSTEM = "shaanxi-housing"
+CALLBACK_ENV = "TONGBAN_SOAK_CALLBACK_KEY"
+QH_USERS = ("qh-100231", "qh-100232", "qh-100233")
+_REQUEST_ID = re.compile(r"name='request_id' value='([^']+)'")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# --- the demo process -----------------------------------------------------------------------
+
+
+def soak_config(target: Path) -> None:
+    """The demo's configuration with rate limits out of the way and one callback system."""
+    shutil.copytree(DEMO_CONFIG_DIR, target)
+    path = target / "gateway.yaml"
+    gateway = yaml.safe_load(path.read_text(encoding="utf-8"))
+    gateway["rate_limits"] = {
+        "client": "10000000/minute",
+        "person": "10000000/minute",
+        "store": "memory",
+        "endpoints": {
+            "token_per_source": "10000000/minute",
+            "token_per_client": "10000000/minute",
+            "login_per_source": "10000000/minute",
+        },
+    }
+    cases = gateway.setdefault("cases", {})
+    cases["callbacks"] = {CALLBACK_SYSTEM: {"secret": {"env": CALLBACK_ENV}}}
+    path.write_text(yaml.safe_dump(gateway, allow_unicode=True, sort_keys=False), "utf-8")
+
+
+@dataclass
+class Demo:
+    process: subprocess.Popen[bytes]
+    base: str
+    data_dir: Path
+    log: Path
+    callback_key: bytes
+    portal: str = ""
+    tokens: dict[str, Any] = field(default_factory=dict)
+    staff: dict[str, Any] = field(default_factory=dict)
+    portal_secret: str = ""
+
+
+async def start_demo(workdir: Path) -> Demo:
+    config = workdir / "config"
+    soak_config(config)
+    data_dir = workdir / "data"
+    data_dir.mkdir()
+    port = free_port()
+    key = secrets.token_urlsafe(32)
+    log = workdir / "demo.log"
+    process = _spawn(
+        [str(TONGBAN), "demo", "--port", str(port), "--data-dir", str(data_dir),
+         "--config", str(config)],
+        log,
+        {**os.environ, CALLBACK_ENV: key},
+    )  # fmt: skip
+    demo = Demo(process, f"http://127.0.0.1:{port}", data_dir, log, key.encode())
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise RuntimeError(f"the demo exited: {log.read_text()[-2000:]}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"{demo.base}/healthz") as response:
+                    if response.status == 200 and (data_dir / "demo-staff-tokens.json").exists():
+                        break
+            await asyncio.sleep(0.2)
+        else:
+            raise RuntimeError("the demo did not start")
+    await asyncio.sleep(0.5)  # the banner follows the token files
+    demo.tokens = json.loads((data_dir / "demo-tokens.json").read_text())
+    demo.staff = json.loads((data_dir / "demo-staff-tokens.json").read_text())
+    demo.portal = _portal_url(log.read_text(encoding="utf-8", errors="replace"))
+    demo.portal_secret = DemoIdentitySecrets.load_or_create(data_dir).portal_qinghai_secret
+    return demo
+
+
+def _spawn(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def audit_verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TONGBAN), "audit", "verify", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _portal_url(banner: str) -> str:
+    for line in banner.splitlines():
+        if "Qinghai" in line and (found := re.search(r"(http://127\.0\.0\.1:\d+)/\s*$", line)):
+            return found.group(1)
+    raise RuntimeError("no Qinghai portal in the demo's banner")
+
+
+def stop_demo(demo: Demo) -> None:
+    if demo.process.poll() is None:
+        demo.process.send_signal(signal.SIGINT)
+        try:
+            demo.process.wait(30)
+        except subprocess.TimeoutExpired:
+            demo.process.kill()
+            demo.process.wait()
+
+
+def sample(pid: int) -> tuple[int, int]:
+    """RSS in KiB and open file descriptors of ``pid``."""
+    rss = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def log_errors(log: Path) -> list[str]:
+    """Lines of the demo's log at error level or above, and tracebacks."""
+    found = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if re.search(r"\[(error|critical)\s*\]|Traceback|\"level\": ?\"(error|critical)\"", line):
+            found.append(line[:300])
+    return found
+
+
+# --- the operations -------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    operations: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+    server_errors: list[str] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+    """Operations that did not reach their end (a 4xx where none was expected, say)."""
+
+    def saw(self, kind: str, status: int, what: str) -> None:
+        self.requests[kind] += 1
+        self.statuses[status] += 1
+        if status >= 500:
+            self.server_errors.append(f"{kind}: {status} {what}"[:200])
+
+
+class Traffic:
+    def __init__(self, demo: Demo, tally: Tally) -> None:
+        self.demo = demo
+        self.tally = tally
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
+        )
+        self.refresh_tokens: list[str] = []
+        self.cases: list[tuple[str, int]] = []
+        self.redirect_uri = ""
+        self.counter = 0
+
+    async def aclose(self) -> None:
+        await self.http.close()
+
+    @property
+    def portal_auth(self) -> dict[str, str]:
+        secret = self.demo.portal_secret
+        return {"Authorization": aiohttp.encode_basic_auth("demo-portal-qinghai", secret)}
+
+    def bearer(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def _send(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        session: aiohttp.ClientSession | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, Any, aiohttp.ClientResponse]:
+        http = session or self.http
+        async with http.request(method, url, **kwargs) as response:
+            for hop in response.history:
+                self.tally.saw(kind, hop.status, str(hop.url.path))
+            self.tally.saw(kind, response.status, f"{method} {response.url.path}")
+            body: Any = await response.read()
+            if response.content_type.endswith("json"):
+                body = json.loads(body)
+            return response.status, body, response
+
+    async def login(self) -> None:
+        jar = aiohttp.CookieJar(unsafe=True)
+        async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+            status, page, response = await self._send(
+                "login", "GET", f"{self.demo.portal}/login", browser
+            )
+            match = _REQUEST_ID.search(page.decode() if isinstance(page, bytes) else "")
+            if status != 200 or match is None:
+                self.tally.failures["login"] += 1
+                return
+            form = {"request_id": match.group(1), "user": random.choice(QH_USERS),
+                    "password": "demo"}  # fmt: skip
+            action = str(response.url.with_path("/authorize").with_query({}))
+            status, _, _ = await self._send("login", "POST", action, browser, data=form)
+            if status != 200:
+                self.tally.failures["login"] += 1
+                return
+            if len(self.refresh_tokens) < 32:
+                await self._portal_tokens(browser)
+
+    async def _portal_tokens(self, browser: aiohttp.ClientSession) -> None:
+        """The portal's own code flow on the browser's SSO session: a refresh token to rotate."""
+        if not self.redirect_uri:
+            async with browser.get(f"{self.demo.portal}/login", allow_redirects=False) as first:
+                location = first.headers.get("Location", "")
+            self.redirect_uri = parse_qs(urlsplit(location).query).get("redirect_uri", [""])[0]
+        verifier = secrets.token_urlsafe(48)
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode()
+        )
+        params = {
+            "response_type": "code", "client_id": "demo-portal-qinghai",
+            "redirect_uri": self.redirect_uri, "scope": "openid services:call",
+            "state": secrets.token_urlsafe(12), "code_challenge": challenge,
+            "code_challenge_method": "S256", "prompt": "none",
+        }  # fmt: skip
+        url = f"{self.demo.base}/oauth2/authorize"
+        async with browser.get(url, params=params, allow_redirects=False) as response:
+            self.tally.saw("refresh", response.status, "GET /oauth2/authorize")
+            code = parse_qs(urlsplit(response.headers.get("Location", "")).query).get("code")
+        if not code:
+            self.tally.failures["refresh"] += 1
+            return
+        status, body, _ = await self._send(
+            "refresh", "POST", f"{self.demo.base}/oauth2/token",
+            data={"grant_type": "authorization_code", "code": code[0],
+                  "redirect_uri": self.redirect_uri, "code_verifier": verifier},
+            headers=self.portal_auth,
+        )  # fmt: skip
+        if status == 200 and isinstance(body, dict) and body.get("refresh_token"):
+            self.refresh_tokens.append(body["refresh_token"])
+        else:
+            self.tally.failures["refresh"] += 1
+
+    async def refresh(self) -> None:
+        if not self.refresh_tokens:
+            await self.login()
+            return
+        token = self.refresh_tokens.pop(0)
+        status, body, _ = await self._send(
+            "refresh", "POST", f"{self.demo.base}/oauth2/token",
+            data={"grant_type": "refresh_token", "refresh_token": token},
+            headers=self.portal_auth,
+        )  # fmt: skip
+        if status == 200 and isinstance(body, dict):
+            self.refresh_tokens.append(body["refresh_token"])
+        else:
+            self.tally.failures["refresh"] += 1
+
+    async def _call(self, kind: str, service: str, body: dict[str, Any], who: str) -> None:
+        status, _, _ = await self._send(
+            kind, "POST", f"{self.demo.base}/api/v1/services/{service}/calls",
+            json=body, headers=self.bearer(self.demo.tokens[who]["token"]),
+        )  # fmt: skip
+        if status != 200:
+            self.tally.failures[kind] += 1
+
+    async def rest_call(self) -> None:
+        if random.random() < 0.5:
+            await self._call("rest_call", "housing-fund-transfer", S4_QUERY, "citizen-l3")
+        else:
+            await self._call("rest_call", "degree-verification", S6_VERIFY, "citizen-l2")
+
+    async def soap_call(self) -> None:
+        await self._call("soap_call", "pension-transfer", S1_CALL, "citizen-l3")
+
+    async def case(self) -> None:
+        self.counter += 1
+        key = f"soak-{os.getpid()}-{self.counter:08d}"
+        status, receipt, _ = await self._send(
+            "case", "POST", f"{self.demo.base}/api/v1/cases", json=S4_CASE,
+            headers={**self.bearer(self.demo.tokens["citizen-l3"]["token"]),
+                     "Idempotency-Key": key},
+        )  # fmt: skip
+        if status != 202 or not isinstance(receipt, dict):
+            self.tally.failures["case"] += 1
+            return
+        case_id = receipt["case_id"]
+        self.cases.append((case_id, 0))
+        del self.cases[:-200]
+        status, _, _ = await self._send(
+            "case", "GET", f"{self.demo.base}/api/v1/cases/{case_id}",
+            headers=self.bearer(self.demo.tokens["citizen-l3"]["token"]),
+        )  # fmt: skip
+        if status != 200:
+            self.tally.failures["case"] += 1
+
+    async def callback(self) -> None:
+        if not self.cases:
+            await self.case()
+            return
+        index = random.randrange(len(self.cases))
+        case_id, sequence = self.cases[index]
+        sequence += 1
+        self.cases[index] = (case_id, sequence)
+        status_value = "done" if sequence >= 3 else "processing"
+        raw = json.dumps({"sequence": sequence, "case_id": case_id, "status": status_value,
+                          "result": {"soak": True}}).encode()  # fmt: skip
+        stamp = str(int(time.time()))
+        mac = hmac.new(self.demo.callback_key, stamp.encode() + b"." + raw, hashlib.sha256)
+        status, _, _ = await self._send(
+            "callback", "POST", f"{self.demo.base}/api/v1/callbacks/{CALLBACK_SYSTEM}",
+            data=raw, headers={"Content-Type": "application/json",
+                               "X-Tongban-Timestamp": stamp,
+                               "X-Tongban-Signature": f"sha256={mac.hexdigest()}"},
+        )  # fmt: skip
+        if status >= 400 and status != 422:  # a case closed meanwhile: 422 "no such case"
+            self.tally.failures["callback"] += 1
+
+    async def audit(self) -> None:
+        status, _, _ = await self._send(
+            "audit", "GET", f"{self.demo.base}/admin/audit",
+            params={"limit": "20", "service": "housing-fund-transfer"},
+            headers=self.bearer(self.demo.staff["auditor"]),
+        )  # fmt: skip
+        if status != 200:
+            self.tally.failures["audit"] += 1
+        status, _, _ = await self._send(
+            "audit", "GET", f"{self.demo.base}/api/v1/me/access-log", params={"limit": "20"},
+            headers=self.bearer(self.demo.tokens["citizen-l3"]["token"]),
+        )  # fmt: skip
+        if status != 200:
+            self.tally.failures["audit"] += 1
+
+
+S4_QUERY: dict[str, Any] = {}
+S6_VERIFY: dict[str, Any] = {}
+S1_CALL: dict[str, Any] = {}
+S4_CASE: dict[str, Any] = {}
+
+
+def load_examples() -> None:
+    """The demo's own example bodies (gateway/demo/examples.py, gateway/demo/cases.py)."""
+    from gateway.demo.cases import DEMO_CASES  # noqa: PLC0415 - demo-only module
+    from gateway.demo.examples import DEMO_CALLS  # noqa: PLC0415
+
+    calls = {(c.service, c.body.get("operation")): c.body for c in DEMO_CALLS}
+    S1_CALL.update(calls[("pension-transfer", "contribution-history")])
+    S4_QUERY.update(calls[("housing-fund-transfer", "account-query")])
+    S6_VERIFY.update(next(b for (svc, _), b in calls.items() if svc == "degree-verification"))
+    S4_CASE.update(next(body for scenario, _, _, body in DEMO_CASES if scenario == "S4"))
+
+
+MIX: tuple[tuple[str, float], ...] = (
+    ("login", 0.05),
+    ("refresh", 0.10),
+    ("rest_call", 0.25),
+    ("soap_call", 0.20),
+    ("case", 0.12),
+    ("callback", 0.10),
+    ("audit", 0.18),
+)
+
+
+def pick(traffic: Traffic) -> tuple[str, Callable[[], Awaitable[None]]]:
+    kind = random.choices([k for k, _ in MIX], weights=[w for _, w in MIX])[0]
+    return kind, getattr(traffic, kind)
+
+
+async def run_one(traffic: Traffic, tally: Tally) -> None:
+    kind, operation = pick(traffic)
+    try:
+        await operation()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        tally.failures[kind] += 1
+        tally.server_errors.append(f"{kind}: transport {type(exc).__name__}")
+    tally.operations[kind] += 1
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+async def measure_capacity(traffic: Traffic, seconds: float, concurrency: int) -> float:
+    tally = traffic.tally
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            await run_one(traffic, tally)
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.monotonic() - started)
+
+
+async def soak(args: argparse.Namespace) -> dict[str, Any]:
+    load_examples()
+    random.seed(args.seed)
+    with tempfile.TemporaryDirectory(prefix="tongban-soak-") as tmp:
+        workdir = Path(tmp)
+        demo = await start_demo(workdir)
+        tally = Tally()
+        traffic = Traffic(demo, tally)
+        samples: list[tuple[float, int, int]] = []
+        try:
+            capacity = await measure_capacity(traffic, args.capacity_seconds, args.concurrency)
+            rate = capacity * args.fraction
+            started = time.monotonic()
+            end = started + args.duration
+            pending: set[asyncio.Task[None]] = set()
+            late = 0
+            next_sample = started
+            n = 0
+            while (now := time.monotonic()) < end:
+                if now >= next_sample:
+                    samples.append((now - started, *sample(demo.process.pid)))
+                    next_sample += args.sample
+                due = started + n / rate
+                if due > now:
+                    await asyncio.sleep(min(due - now, 0.05))
+                    continue
+                n += 1
+                if len(pending) >= args.max_in_flight:
+                    late += 1
+                    continue
+                task = asyncio.create_task(run_one(traffic, tally))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+            elapsed = time.monotonic() - started
+            samples.append((elapsed, *sample(demo.process.pid)))
+            await traffic.http.close()
+            await asyncio.sleep(args.settle)  # keep-alive connections close (idle timeout)
+            idle = sample(demo.process.pid)
+        finally:
+            await traffic.aclose()
+            stop_demo(demo)
+        verify = await asyncio.to_thread(audit_verify, demo.data_dir)
+        errors = log_errors(demo.log)
+    after = [s for s in samples if s[0] >= args.warmup] or samples[-1:]
+    rss_start, rss_end = after[0][1], after[-1][1]
+    fds = [s[2] for s in after]
+    report = {
+        "duration_s": round(elapsed, 1),
+        "capacity_ops_per_s": round(capacity, 1),
+        "fraction": args.fraction,
+        "target_ops_per_s": round(rate, 1),
+        "achieved_ops_per_s": round(n / elapsed, 1),
+        "late_starts": late,
+        "operations": dict(tally.operations),
+        "http_requests": dict(tally.requests),
+        "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
+        "server_errors": len(tally.server_errors),
+        "server_error_samples": tally.server_errors[:10],
+        "failed_operations": dict(tally.failures),
+        "log_errors": len(errors),
+        "log_error_samples": errors[:10],
+        "rss_kib_after_warmup": rss_start,
+        "rss_kib_end": rss_end,
+        "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2) if rss_start else 0,
+        "open_fds_after_warmup": [min(fds), max(fds)],
+        "open_fds_idle_at_end": idle[1],
+        "audit_verify": verify.returncode,
+        "audit_verify_output": verify.stdout.strip().splitlines()[-1:],
+    }
+    report["ok"] = (
+        report["server_errors"] == 0
+        and report["log_errors"] == 0
+        and report["rss_growth_pct"] < args.max_rss_growth
+        and idle[1] - min(fds) <= args.max_fd_spread
+        and verify.returncode == 0
+    )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=float, default=600.0)
+    parser.add_argument("--fraction", type=float, default=0.7)
+    parser.add_argument("--capacity-seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--warmup", type=float, default=60.0)
+    parser.add_argument("--sample", type=float, default=5.0)
+    parser.add_argument("--max-in-flight", type=int, default=256)
+    parser.add_argument("--max-rss-growth", type=float, default=10.0)
+    parser.add_argument(
+        "--max-fd-spread",
+        type=int,
+        default=16,
+        help="most descriptors the idle demo may hold at the end beyond the fewest seen under load",
+    )
+    parser.add_argument("--settle", type=float, default=20.0, help="idle seconds before the end")
+    parser.add_argument("--seed", type=int, default=20261206)
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args(argv)
+    report = asyncio.run(soak(args))
+    text = json.dumps(report, ensure_ascii=False, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    print("soak: " + ("passed" if report["ok"] else "FAILED"), file=sys.stderr)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The client's side of a request: its body must arrive in time, and a client that goes away
+mid-request is a client abort (logged with status 499, as nginx does), not a server error.
+
+The body of every request that has one is read here, under ``server.body_timeout``, before any
+other middleware or handler sees the request; aiohttp keeps it, so ``request.read()``,
+``json()`` and ``post()`` later answer from memory. A body slower than that is ``408
+client.request_timeout`` and the connection is closed. A connection lost while the body is read
+(``ConnectionResetError``) ends the request quietly: nobody is left to answer, the access line
+says 499, and no traceback is logged. The header and idle timeouts are aiohttp's keep-alive
+timer (``server.idle_timeout``, set where the server starts: gateway/serve.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from gateway.errors import RequestTimeout
+from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS
+from gateway.http.middlewares import Handler
+from gateway.http.problem import problem_response
+
+log = structlog.get_logger("tongban.http")
+
+CLIENT_CLOSED_REQUEST: Final = 499
+"""nginx's status for a request whose client closed the connection before the answer."""
+
+
+@web.middleware
+async def client_io_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read the body under the body timeout; a client abort is a 499 line, not a 500."""
+    if request.body_exists:
+        timeout = request.app[SETTINGS].gateway.server.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await request.read()
+        except TimeoutError:
+            request[LOG_FIELDS]["error_code"] = RequestTimeout.code
+            log.info("request_body_timeout", timeout_s=timeout)
+            error = RequestTimeout(f"The request body did not arrive within {timeout:g} seconds.")
+            response = problem_response(error, request.get(REQUEST_ID, ""), request.path)
+            response.force_close()
+            response.headers["X-Request-ID"] = request.get(REQUEST_ID, "")
+            # Sent now and the connection closed: aiohttp would otherwise linger, reading
+            # what is left of the body for another lingering_time.
+            await response.prepare(request)
+            await response.write_eof()
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        except ConnectionResetError:
+            return client_aborted(request)
+    try:
+        return await handler(request)
+    except ConnectionResetError:
+        if request.transport is None or request.transport.is_closing():
+            return client_aborted(request)
+        raise
+
+
+def client_aborted(request: web.Request) -> web.Response:
+    """The answer nobody will read: status 499 for the access line and the metrics."""
+    request[LOG_FIELDS]["client_aborted"] = True
+    response = web.Response(status=CLIENT_CLOSED_REQUEST)
+    response.force_close()
+    return response
