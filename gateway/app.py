@@ -27,6 +27,7 @@ from gateway.http.client_io import client_io_middleware
 from gateway.http.consents import AppConsentBook, add_consent_routes
 from gateway.http.guards import add_guards, endpoint_limit_middleware, refusal_audit_middleware
 from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
+from gateway.http.licences import add_licences
 from gateway.http.middlewares import (
     auth_middleware,
     identity_audit_middleware,
@@ -106,6 +107,7 @@ def create_app(
     # The consent book next: it records through the audit trail, and the routes' rule asks it.
     add_consent_routes(app)
     app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
+    add_licences(app, sleep)  # after the systems, before the cases: intake verifies licences
     add_rate_limits(app)
     add_guards(app)
 

@@ -43,6 +43,14 @@ from gateway.identity.config import ProviderSettings
 from gateway.identity.legacy_face import LegacyAppSettings
 from gateway.identity.ticket_contract import idp_contract_problems
 from gateway.identity.upstream_kinds import AnyIdpSettings, IdpEntry
+from gateway.licences.config import (
+    IssuerSettings,
+    LicenceCatalogue,
+    LicenceType,
+    LicenceUse,
+    licence_problems,
+    licence_use_problems,
+)
 from gateway.mapping import (
     FieldMapping,
     MappingError,
@@ -394,6 +402,15 @@ class Material(_Model):
     source: Literal["e-licence", "upload", "original", "shared-data"] = "upload"
     """Where it comes from: an electronic licence, an upload, the original at a window, or data
     pulled from another system (免证办)."""
+    licence: LicenceUse | None = None
+    """免证办: the applicant names the licence (type, number if several) and the gateway finds
+    it for the case's data subject and verifies it at its issuer (licences.yaml)."""
+
+    @model_validator(mode="after")
+    def _licence_is_e_licence(self) -> Material:
+        if self.licence is not None and self.source != "e-licence":
+            raise ValueError("a material found as a licence has source: e-licence")
+        return self
 
 
 class ResultField(_Model):
@@ -563,6 +580,9 @@ class RouteSettings(_Model):
     """Mapping from the canonical call data to the system's payload; absent = unchanged."""
     response: dict[str, Any] | None = None
     """Mapping from the system's answer to the canonical answer; absent = unchanged."""
+    licence_data: bool = False
+    """The agreement lets a licence's data travel with a case on this route (免证办 with
+    ``with_data``), not only its reference and verification (docs/licences.md)."""
 
     _handling_ok = field_validator("handling")(_province)
 
@@ -623,6 +643,8 @@ class Settings:
     status_queries: Mapping[str, StatusQuery] = field(default_factory=dict)
     """Shared status queries (status-queries.yaml); their operations and routes are already in
     ``services`` and ``routes``."""
+    licences: LicenceCatalogue = field(default_factory=LicenceCatalogue)
+    """Electronic licence types, their issuers and seal keys (licences.yaml)."""
 
     def data_dir(self) -> Path:
         return (self.config_dir / self.gateway.data_dir).resolve()
@@ -762,6 +784,7 @@ def _load(state: _Loading) -> Settings | None:
     idps = _load_idps(state, gateway)
     problems += _window_problems(clients, idps, gateway.identity if gateway else None)
     legacy_apps = _load_legacy_apps(state, gateway)
+    licences = _load_licences(state, systems, services, gateway)
     if problems or gateway is None:
         return None
     return Settings(
@@ -774,7 +797,85 @@ def _load(state: _Loading) -> Settings | None:
         idps=idps,
         legacy_apps=legacy_apps,
         status_queries=status_queries,
+        licences=licences,
     )
+
+
+def _load_licences(
+    state: _Loading,
+    systems: Mapping[str, SystemSettings],
+    services: Mapping[str, ServiceSettings],
+    gateway: GatewaySettings | None,
+) -> LicenceCatalogue:
+    """licences.yaml (optional), entry by entry, checked against the systems and the services'
+    licence materials (免证办)."""
+    path = state.config_dir / "licences.yaml"
+    problems = state.problems
+    data = _read_yaml(path, problems) if path.exists() else {}
+    broken: set[str] = set()
+    catalogue = LicenceCatalogue()
+    if data is _UNREADABLE:
+        broken.add("*")
+    elif not isinstance(data, dict):
+        problems.append("licences.yaml: expected a mapping (cache_seconds, issuers, licence_types)")
+        broken.add("*")
+    else:
+        head = _validate(
+            LicenceCatalogue,
+            {k: v for k, v in data.items() if k not in ("issuers", "licence_types")},
+            "licences.yaml",
+            problems,
+        )
+        issuers: dict[str, IssuerSettings] = {}
+        for province, entry in (data.get("issuers") or {}).items():
+            found = _validate(
+                IssuerSettings,
+                entry,
+                f"licences.yaml: issuers.{province}",
+                problems,
+                resolve=state.resolve,
+            )
+            if found is not None:
+                issuers[str(province)] = found
+        types: dict[str, LicenceType] = {}
+        for code, entry in (data.get("licence_types") or {}).items():
+            where = f"licences.yaml: licence_types.{code}"
+            licence = _validate(LicenceType, entry, where, problems)
+            if licence is None:
+                broken.add(str(code))
+            else:
+                types[str(code)] = licence
+        catalogue = (head or LicenceCatalogue()).model_copy(
+            update={"issuers": issuers, "licence_types": types}
+        )
+        usable = {sid: system for sid, system in systems.items() if sid not in state.broken}
+        unsure = state.systems_unreadable or bool(state.broken & state.raw_systems.keys())
+        problems.extend(
+            p
+            for p in licence_problems(catalogue, usable, PROVINCES)
+            if not (unsure and ": system: no system " in p)
+            and not (len(issuers) < len(data.get("issuers") or {}) and "no issuer for" in p)
+        )
+    for code, service in services.items():
+        uses = {
+            m.code: m.licence
+            for m in service.materials
+            if m.licence is not None and (m.licence.type or "") not in broken and "*" not in broken
+        }
+        if not uses:
+            continue
+        if service.linked is not None:
+            schemas = [service.linked.input_schema]
+        else:
+            schemas = [o.input_schema for o in service.operations.values() if o.kind == "submit"]
+        problems.extend(licence_use_problems(catalogue, code, uses, schemas))
+        identity = gateway.identity if gateway is not None else None
+        if gateway is not None and (identity is None or identity.link_secret is None):
+            problems.append(
+                f"services/{code}.yaml: materials: licences are matched to their holder by the"
+                " link key: set gateway.yaml identity.link_secret"
+            )
+    return catalogue
 
 
 def _load_systems(state: _Loading) -> dict[str, SystemSettings]:

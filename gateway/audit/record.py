@@ -37,6 +37,7 @@ class EventType(enum.StrEnum):
     CONSENT_USED = "consent_used"
     CONSENT_REFUSED = "consent_refused"
     CONSENT_REVOKED = "consent_revoked"
+    LICENCE_VERIFIED = "licence_verified"
 
 
 def format_time(moment: datetime) -> str:

@@ -80,11 +80,26 @@ CASE_REQUEST_SCHEMA: Final[dict[str, Any]] = {
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["code", "ref", "digest"],
+                "required": ["code"],
+                # By reference and digest, or (免证办) as a licence the gateway finds itself.
+                "oneOf": [
+                    {"required": ["ref", "digest"], "properties": {"licence": False}},
+                    {"required": ["licence"], "properties": {"ref": False, "digest": False}},
+                ],
                 "properties": {
                     "code": {"type": "string", "minLength": 1, "maxLength": 64},
                     "ref": {"type": "string", "minLength": 1, "maxLength": 512},
                     "digest": {"type": "string", "maxLength": 80},
+                    "licence": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "description": "免证办: the licence type, and its number when the "
+                        "holder has several; found and verified at its issuer at intake.",
+                        "properties": {
+                            "type": {"type": "string", "minLength": 1, "maxLength": 64},
+                            "number": {"type": "string", "minLength": 1, "maxLength": 64},
+                        },
+                    },
                 },
             },
         },
@@ -172,6 +187,12 @@ def _check_materials(
             errors.append({"path": f"{path}/code", "message": "not a material of this service"})
         elif code in seen:
             errors.append({"path": f"{path}/code", "message": "given twice"})
+        if "licence" in item:
+            # 免证办: found and verified at the issuer by the licence hook (gateway/licences).
+            if requested is not None or (code in declared and declared[code].licence is None):
+                errors.append({"path": f"{path}/licence", "message": "not found as a licence"})
+            seen.add(code)
+            continue
         if not _DIGEST.match(item["digest"]):
             errors.append({"path": f"{path}/digest", "message": "expected sha256:<64 hex>"})
         if not _REF.match(item["ref"]):
@@ -186,7 +207,12 @@ def _check_materials(
     mandatory = declared.items() if requested is None else ()
     for code, material in mandatory:
         # Shared data is fetched by the gateway (免证办) and originals are seen at the window.
-        if material.required and material.source in ("e-licence", "upload") and code not in seen:
+        if (
+            material.required
+            and material.source in ("e-licence", "upload")
+            and material.licence is None  # 免证办: the gateway finds it for the data subject
+            and code not in seen
+        ):
             errors.append({"path": "/materials", "message": f"material {code!r} is required"})
     if errors:
         raise MaterialsInvalid(errors)

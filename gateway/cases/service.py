@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import structlog
 
@@ -136,6 +136,17 @@ def can_see(principal: Principal, case: Case) -> bool:
     return is_clerk and principal.client_id == case.client_id
 
 
+class MaterialsHook(Protocol):
+    """免证办 at intake (gateway/licences): the materials the gateway finds and verifies itself
+    for a new case. Returns the case with those materials (and what goes to the handling
+    province) added, and the timeline entries that record each verification; raises a client
+    error (nothing is written) when one cannot be found or is not valid."""
+
+    async def bind(
+        self, new: NewCase, body: Mapping[str, Any], status: CaseStatus, principal: Principal
+    ) -> tuple[NewCase, list[TransitionDraft]]: ...
+
+
 class CaseService:
     def __init__(
         self,
@@ -147,12 +158,14 @@ class CaseService:
         on_written: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         subjects: SubjectRule | None = None,
+        materials: MaterialsHook | None = None,
     ) -> None:
         """``subjects``: the data-subject rule every application passes before it becomes a
         case (the app always gives it; tests of the case core alone may leave it out)."""
         self.subjects = subjects
         self.store = store
         self._catalog = catalog
+        self._materials = materials
         self._audit = audit
         self._callback_keys = dict(callback_keys or {})
         self._on_written = on_written or (lambda: None)
@@ -213,6 +226,12 @@ class CaseService:
                         reason="原件核验 at the receiving window",
                     )
                 )
+            if self._materials is not None:
+                # 免证办: licences found and verified at their issuers, before any case exists.
+                new, verified = await self._materials.bind(
+                    new, body, initial[-1].to_status, principal
+                )
+                initial.extend(verified)
             if self._audit is not None:
                 # Fail-closed: no audit record, no case (AuditUnavailable → 503, nothing written).
                 await self._audit.record(

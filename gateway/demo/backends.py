@@ -35,6 +35,12 @@ from gateway.demo.credit import CreditState, build_credit_app
 from gateway.demo.degree import DegreeState, build_degree_app
 from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
 from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
+from gateway.demo.licence_system import (
+    LicenceSystemState,
+    build_licence_system_app,
+    qinghai_licence_system,
+    shaanxi_licence_system,
+)
 from gateway.demo.property_transfer import (
     AgencyState,
     CivilState,
@@ -78,6 +84,9 @@ XINING_UTILITIES = "xining-utilities"
 SHAANXI_CIVIL = "shaanxi-civil"
 # S14: Qinghai's public credit information platform.
 QINGHAI_CREDIT = "qinghai-credit"
+# E-licence systems (电子证照): they issue, seal and verify licences (谁制发谁核验).
+SHAANXI_LICENCE = "shaanxi-licence"
+QINGHAI_LICENCE = "qinghai-licence"
 SYSTEM_IDS = (
     QINGHAI_SI,
     SHAANXI_SI,
@@ -93,6 +102,8 @@ SYSTEM_IDS = (
     XINING_UTILITIES,
     SHAANXI_CIVIL,
     QINGHAI_CREDIT,
+    SHAANXI_LICENCE,
+    QINGHAI_LICENCE,
 )
 
 # Ports of the placeholder addresses in config/systems.yaml (for running the back-ends on fixed
@@ -112,6 +123,8 @@ DEFAULT_PORTS: Mapping[str, int] = {
     XINING_UTILITIES: 18666,
     SHAANXI_CIVIL: 18667,
     QINGHAI_CREDIT: 18763,
+    SHAANXI_LICENCE: 18761,
+    QINGHAI_LICENCE: 18764,
 }
 
 # Non-secret identifiers the gateway presents; they must match config/systems.yaml.
@@ -134,6 +147,9 @@ ENV_NAMES: Mapping[str, str] = {
     "xining_property_api_key": "TONGBAN_SECRET_XN_PROPERTY_API_KEY",
     "shaanxi_civil_api_key": "TONGBAN_SECRET_SX_CIVIL_API_KEY",
     "qinghai_credit_api_key": "TONGBAN_SECRET_QH_CREDIT_API_KEY",
+    "shaanxi_licence_api_key": "TONGBAN_SECRET_SX_LICENCE_API_KEY",
+    "qinghai_licence_api_key": "TONGBAN_SECRET_QH_LICENCE_API_KEY",
+    "shaanxi_licence_notice_key": "TONGBAN_SECRET_SX_LICENCE_NOTICE_KEY",
 }
 
 
@@ -152,6 +168,9 @@ class DemoSecrets:
     xining_property_api_key: str
     shaanxi_civil_api_key: str
     qinghai_credit_api_key: str
+    shaanxi_licence_api_key: str
+    qinghai_licence_api_key: str
+    shaanxi_licence_notice_key: str
 
     @classmethod
     def generate(cls) -> DemoSecrets:
@@ -202,6 +221,8 @@ class DemoBackends:
     """Shaanxi's household and marriage registers (S13's buyer check)."""
     credit: CreditState | None = None
     """Qinghai's public credit information platform (S14)."""
+    licence_systems: Mapping[str, LicenceSystemState] = field(default_factory=dict)
+    """system id → the e-licence systems of Shaanxi and Qinghai (S12, S8's parent licence)."""
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -311,6 +332,10 @@ async def start_demo_backends(
     }
     civil = CivilState(api_key=secrets.shaanxi_civil_api_key)
     credit = CreditState(api_key=secrets.qinghai_credit_api_key)
+    licence_systems = {
+        SHAANXI_LICENCE: shaanxi_licence_system(secrets.shaanxi_licence_api_key),
+        QINGHAI_LICENCE: qinghai_licence_system(secrets.qinghai_licence_api_key),
+    }
     plan: list[tuple[str, web.Application, Recorder, str]] = [
         (
             QINGHAI_SI,
@@ -335,6 +360,10 @@ async def start_demo_backends(
         *((sid, build_agency_app(agency), agency.recorder, "") for sid, agency in agencies.items()),
         (SHAANXI_CIVIL, build_civil_app(civil), civil.recorder, ""),
         (QINGHAI_CREDIT, build_credit_app(credit), credit.recorder, ""),
+        *(
+            (sid, build_licence_system_app(system), system.recorder, "")
+            for sid, system in licence_systems.items()
+        ),
     ]
     running: dict[str, RunningBackend] = {}
     try:
@@ -360,6 +389,7 @@ async def start_demo_backends(
         agencies,
         civil,
         credit,
+        licence_systems,
     )
 
 

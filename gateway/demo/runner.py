@@ -24,6 +24,7 @@ from gateway.demo.cases import S13_CASE, cases_banner, issue_staff_tokens
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.federation import DemoIdentitySecrets, start_demo_identity
 from gateway.demo.portals import PortalState
+from gateway.demo.presentations import presentation_lines, presentation_tokens
 from gateway.demo.property_transfer import SELLER
 from gateway.http.keys import STATE
 from gateway.http.login import build_authenticator
@@ -171,6 +172,9 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
                     "demo-portal-qinghai"
                 ),
             )
+            shown = presentation_tokens(issuer, settings)
+            if shown is not None:  # 亮证 with a time-limited code, by hand
+                cases += "\n".join(["", *presentation_lines(base, shown)])
             requests_file = write_requests_file(data_dir, requests_script(base, tokens, cases))
             print(terminal_banner(base, demo_identity, backends, requests_file), flush=True)
 

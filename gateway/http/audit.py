@@ -65,7 +65,11 @@ log = structlog.get_logger("tongban.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AUDITOR_ROLE: Final = "auditor"
-ACCESS_LOG_TYPES: Final = (EventType.SERVICE_CALL_COMPLETED.value, EventType.CASE_TRANSITION.value)
+ACCESS_LOG_TYPES: Final = (
+    EventType.SERVICE_CALL_COMPLETED.value,
+    EventType.CASE_TRANSITION.value,
+    EventType.LICENCE_VERIFIED.value,  # 亮证: who checked my licence, when, for which service
+)
 _EVENT_TYPES: Final = frozenset(t.value for t in EventType)
 _CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PROVINCE = re.compile(r"^[0-9]{2}$")
@@ -325,6 +329,7 @@ _KINDS: Final = {
     EventType.CASE_TRANSITION.value: "case_step",
     EventType.CONSENT_USED.value: "grant_used",
     EventType.CONSENT_REFUSED.value: "grant_refused",
+    EventType.LICENCE_VERIFIED.value: "licence_check",  # 亮证 and 免证办: my licence was checked
 }
 SUBJECT_LOG_TYPES: Final = tuple(_KINDS)
 """What the subject's access log shows of records naming it in ``extra.subjects``: calls and
@@ -589,7 +594,13 @@ def audit_openapi_schemas() -> dict[str, Any]:
                 "time": {"type": "string", "format": "date-time"},
                 "kind": {
                     "type": "string",
-                    "enum": ["service_call", "case_step", "grant_used", "grant_refused"],
+                    "enum": [
+                        "service_call",
+                        "case_step",
+                        "grant_used",
+                        "grant_refused",
+                        "licence_check",
+                    ],
                 },
                 "service": _NULLABLE_TEXT,
                 "service_name": _LOCALIZED_OR_NULL,

@@ -48,6 +48,7 @@ from gateway.http.keys import (
     VERIFIER,
     principal_of,
 )
+from gateway.http.licences import LICENCES
 from gateway.http.oidc import (
     check_client_may_call,
     check_receiving_province,
@@ -148,8 +149,11 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
         callback_keys=callback_keys(config),
         on_written=worker.notify if worker else None,
         subjects=app[SUBJECTS],
+        materials=licences.materials if (licences := app.get(LICENCES)) else None,
     )
     app[CASES] = CaseRuntime(service, store, worker, events)
+    if licences is not None:
+        licences.cases = store  # an issuer's status change reaches the cases relying on it
 
     async def probe() -> dict[str, Any]:
         await store.ping()

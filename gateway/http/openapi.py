@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.http.audit import audit_openapi_paths, audit_openapi_schemas
 from gateway.http.cases import NO_AGREEMENT_OR_INVALID, case_openapi_paths
 from gateway.http.consents import consent_openapi_paths, consent_openapi_schemas
+from gateway.http.licences import licence_openapi_paths
 from gateway.subject_config import CONSENT
 
 if TYPE_CHECKING:
@@ -396,6 +397,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 }
             },
             **case_openapi_paths(),
+            **licence_openapi_paths(),
             **audit_openapi_paths(),
             **consent_openapi_paths(_problems, _ok),
         },

@@ -764,6 +764,40 @@ class SqlCaseStore:
             ),
         )
 
+    async def open_cases_with_material(self, ref: str, *, limit: int = 1000) -> list[str]:
+        pattern = "%" + ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                "SELECT case_id, materials FROM cases WHERE status <> ?"
+                " AND materials LIKE ? ESCAPE '\\' ORDER BY case_id LIMIT ?",
+                CaseStatus.CLOSED.value,
+                pattern,
+                limit,
+            )
+        # LIKE narrows; the materials decide (a reference that merely contains this one).
+        return [
+            str(row[0]) for row in rows if any(m.get("ref") == ref for m in _load(row[1]) or ())
+        ]
+
+    async def open_case_materials(
+        self, ref_prefix: str, *, limit: int = 1000
+    ) -> list[tuple[str, MaterialRef]]:
+        escaped = ref_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                "SELECT case_id, materials FROM cases WHERE status <> ?"
+                " AND materials LIKE ? ESCAPE '\\' ORDER BY case_id LIMIT ?",
+                CaseStatus.CLOSED.value,
+                '%"ref":"' + escaped + "%",
+                limit,
+            )
+        return [
+            (str(row[0]), MaterialRef(**m))
+            for row in rows
+            for m in _load(row[1]) or ()
+            if str(m.get("ref", "")).startswith(ref_prefix)
+        ]
+
     async def list_cases(
         self,
         *,

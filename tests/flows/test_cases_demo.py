@@ -322,7 +322,8 @@ async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> N
             "principal_id_number": MA_WENHUA.id_number,
         },
         "materials": [
-            {**ID_CARD, "code": "parent-business-licence"},
+            # 免证办: found and verified at Shaanxi's e-licence system by the credit code.
+            {"code": "parent-business-licence", "licence": {}},
             {
                 "code": "representative-authorisation",
                 "ref": "urn:upload:1",
@@ -337,6 +338,11 @@ async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> N
     assert receipt["handling_provinces"] == ["63"]  # four parts, one province
     case = await wait_for(journey, receipt["case_id"], "closed", token="enterprise")
     assert [p["status"] for p in case["parts"]] == ["done"] * 4
+    # The parent's business licence was found and verified at Shaanxi (sealed before the
+    # issuer rotated its key: the retired key still verifies it).
+    licence = next(m for m in case["materials"] if m["code"] == "parent-business-licence")
+    assert licence["ref"] == "elicence:61:business-licence:91610113MA6TXXXX0Q"
+    assert any("(key sx-seal-2025)" in (t.get("reason") or "") for t in case["timeline"])
     documents = [p["result"]["result"]["document"] for p in case["parts"]]
     assert [d.split()[0] for d in documents] == [
         "分支机构营业执照",

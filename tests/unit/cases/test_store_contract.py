@@ -366,3 +366,39 @@ async def test_no_event_entries_when_events_go_nowhere(store: CaseStore) -> None
     await store.commit(step)
     kinds = [e.kind for e in await store.entries(case.case_id)]
     assert kinds == [EntryKind.DELIVER]
+
+
+async def test_open_cases_are_found_by_a_licence_among_their_materials(store: CaseStore) -> None:
+    ref = "elicence:61:birth-medical-certificate:S610000102"
+    mine = dataclasses.replace(
+        new_case("key-lic-0001"), materials=(MaterialRef("bmc", ref, DIGEST),)
+    )
+    # A reference that merely contains this one, and a LIKE wildcard in another, are not it.
+    longer = dataclasses.replace(
+        new_case("key-lic-0002"), materials=(MaterialRef("bmc", ref + "9", DIGEST),)
+    )
+    wild = dataclasses.replace(
+        new_case("key-lic-0003"),
+        materials=(MaterialRef("bmc", "elicence:61:birth_medical%certificate:S610000102", DIGEST),),
+    )
+    for case in (mine, longer, wild):
+        await create(store, case)
+    assert await store.open_cases_with_material(ref) == [mine.case_id]
+    assert await store.open_cases_with_material(
+        "elicence:61:birth_medical%certificate:S610000102"
+    ) == [wild.case_id]
+    assert await store.open_cases_with_material("elicence:63:none:0") == []
+
+
+async def test_open_cases_list_their_materials_by_reference_prefix(store: CaseStore) -> None:
+    shaanxi = MaterialRef("bmc", "elicence:61:birth-medical-certificate:S610000102", DIGEST)
+    qinghai = MaterialRef("rec", "elicence:63:real-estate-certificate:Q1", DIGEST)
+    one = dataclasses.replace(new_case("key-pre-0001"), materials=(shaanxi, qinghai))
+    other = dataclasses.replace(
+        new_case("key-pre-0002"), materials=(MaterialRef("x", "urn:elicence:61:x", DIGEST),)
+    )
+    for case in (one, other):
+        await create(store, case)
+    assert await store.open_case_materials("elicence:61:") == [(one.case_id, shaanxi)]
+    assert await store.open_case_materials("elicence:63:") == [(one.case_id, qinghai)]
+    assert await store.open_case_materials("elicence:62:") == []
