@@ -8,10 +8,10 @@ sealed. ``is_holder`` compares them; no ID number is compared or kept.
 
 When the caller is someone else (a relative applying, an institution, a department), the
 holder's consent grant (授权用证) or delegation (委托用证) must cover the request: the grant the
-caller presents (the grant the case recorded, ``authorisation_ref``) is *used* through the ``ConsentBook``
-(gateway/consent/contract.py), which checks subject, requester, service, purpose, expiry,
-revocation and use count. Without a grant, or without a consent book, the request is refused:
-fail closed.
+caller presents (the grant the case recorded, ``authorisation_ref``) is *used* through the
+``ConsentBook`` (gateway/consent/contract.py), which checks subject, requester, service,
+purpose, expiry, revocation and use count. Without a grant, or without a consent book, the
+request is refused: fail closed.
 
 Must not: import aiohttp; keep identifiers.
 """
