@@ -36,8 +36,13 @@ async def journey(
 
 
 async def submit(journey: Journey, n: int, client_id: str) -> tuple[int, dict[str, Any]]:
-    token = journey.issuer.issue("demo-ma-wenhua", "L3", client_id=client_id)
     body = copy.deepcopy(S12_CASE[3])
+    token = journey.issuer.issue(
+        "demo-ma-wenhua",
+        "L3",
+        client_id=client_id,
+        person=journey.keys.person(body["data"]["parent"]["id_number"]).key,
+    )
     body["data"]["household_address"] = f"西宁市城中区示范巷{n}号"
     response = await journey.client.post(
         "/api/v1/cases",

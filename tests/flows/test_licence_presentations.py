@@ -142,7 +142,8 @@ async def test_only_the_signed_in_holder_gets_a_code_and_a_revoked_licence_none(
     someone = holder_token(journey, ZHAO_YIMING.id_number, "demo-zhao")
     status, problem = await present(journey, someone)
     assert (status, problem["code"]) == (403, "client.licence_not_subjects")
-    no_person = {"Authorization": f"Bearer {journey.tokens['citizen-l3']['token']}"}
+    nobody = journey.issuer.issue("demo-no-person", "L3", client_id="demo-portal-qinghai")
+    no_person = {"Authorization": f"Bearer {nobody}"}
     status, problem = await present(journey, no_person)
     assert (status, problem["code"]) == (403, "client.licence_not_subjects")
     holder = holder_token(journey, MA_WENHUA.id_number, "demo-ma")
