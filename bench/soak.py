@@ -222,6 +222,8 @@ class Traffic:
         self.cases: list[tuple[str, int]] = []
         self.redirect_uri = ""
         self.counter = 0
+        self.only: frozenset[str] = frozenset()
+        """Kinds of operation to run (empty: the whole mix)."""
 
     async def aclose(self) -> None:
         await self.http.close()
@@ -429,7 +431,8 @@ MIX: tuple[tuple[str, float], ...] = (
 
 
 def pick(traffic: Traffic) -> tuple[str, Callable[[], Awaitable[None]]]:
-    kind = random.choices([k for k, _ in MIX], weights=[w for _, w in MIX])[0]
+    mix = [(k, w) for k, w in MIX if not traffic.only or k in traffic.only]
+    kind = random.choices([k for k, _ in mix], weights=[w for _, w in mix])[0]
     return kind, getattr(traffic, kind)
 
 
@@ -470,6 +473,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         demo = await start_demo(workdir)
         tally = Tally()
         traffic = Traffic(demo, tally)
+        traffic.only = frozenset(args.only or ())
         samples: list[tuple[float, int, int]] = []
         try:
             capacity = await measure_capacity(traffic, args.capacity_seconds, args.concurrency)
@@ -528,6 +532,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "rss_kib_after_warmup": rss_start,
         "rss_kib_end": rss_end,
         "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2) if rss_start else 0,
+        "rss_mib_every_minute": [
+            round(rss / 1024, 1) for t, rss, _ in samples if int(t) % 60 < args.sample
+        ],
         "open_fds_after_warmup": [min(fds), max(fds)],
         "open_fds_idle_at_end": idle[1],
         "audit_verify": verify.returncode,
@@ -562,6 +569,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=20.0, help="idle seconds before the end")
     parser.add_argument("--seed", type=int, default=20261206)
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[k for k, _ in MIX],
+        help="run only this kind of operation (repeatable), to see where memory goes",
+    )
     args = parser.parse_args(argv)
     report = asyncio.run(soak(args))
     text = json.dumps(report, ensure_ascii=False, indent=2)
