@@ -325,7 +325,8 @@ class Traffic:
         else:
             self.tally.failures["refresh"] += 1
 
-    async def _call(self, kind: str, service: str, body: dict[str, Any], who: str) -> None:
+    async def _call(self, kind: str, service: str, body: dict[str, Any]) -> None:
+        who = CALLERS[id(body)]  # the example's own caller
         status, _, _ = await self._send(
             kind, "POST", f"{self.demo.base}/api/v1/services/{service}/calls",
             json=body, headers=self.bearer(self.demo.tokens[who]["token"]),
@@ -335,12 +336,12 @@ class Traffic:
 
     async def rest_call(self) -> None:
         if random.random() < 0.5:
-            await self._call("rest_call", "housing-fund-transfer", S4_QUERY, "citizen-l3")
+            await self._call("rest_call", "housing-fund-transfer", S4_QUERY)
         else:
-            await self._call("rest_call", "degree-verification", S6_VERIFY, "citizen-l2")
+            await self._call("rest_call", "degree-verification", S6_VERIFY)
 
     async def soap_call(self) -> None:
-        await self._call("soap_call", "pension-transfer", S1_CALL, "citizen-l3")
+        await self._call("soap_call", "pension-transfer", S1_CALL)
 
     async def case(self) -> None:
         self.counter += 1
@@ -401,6 +402,8 @@ class Traffic:
             self.tally.failures["audit"] += 1
 
 
+CALLERS: dict[int, str] = {}
+"""The demo token each example call is made with (its own caller: the data is theirs)."""
 S4_QUERY: dict[str, Any] = {}
 S6_VERIFY: dict[str, Any] = {}
 S1_CALL: dict[str, Any] = {}
@@ -412,10 +415,16 @@ def load_examples() -> None:
     from gateway.demo.cases import DEMO_CASES  # noqa: PLC0415 - demo-only module
     from gateway.demo.examples import DEMO_CALLS  # noqa: PLC0415
 
-    calls = {(c.service, c.body.get("operation")): c.body for c in DEMO_CALLS}
-    S1_CALL.update(calls[("pension-transfer", "contribution-history")])
-    S4_QUERY.update(calls[("housing-fund-transfer", "account-query")])
-    S6_VERIFY.update(next(b for (svc, _), b in calls.items() if svc == "degree-verification"))
+    calls = {(c.service, c.body.get("operation")): c for c in DEMO_CALLS}
+    for target, key in (
+        (S1_CALL, ("pension-transfer", "contribution-history")),
+        (S4_QUERY, ("housing-fund-transfer", "account-query")),
+    ):
+        target.update(calls[key].body)
+        CALLERS[id(target)] = calls[key].token_key
+    s6 = next(c for (svc, _), c in calls.items() if svc == "degree-verification")
+    S6_VERIFY.update(s6.body)
+    CALLERS[id(S6_VERIFY)] = s6.token_key
     S4_CASE.update(next(body for scenario, _, _, body in DEMO_CASES if scenario == "S4"))
 
 
