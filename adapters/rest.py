@@ -473,6 +473,9 @@ _CONTEXT_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Tongban-Actor", "actor"),
     ("X-Tongban-Level", "level"),
     ("X-Tongban-Assertion", "identity_assertion"),
+    ("X-Tongban-Subjects", "subject_hashes"),
+    ("X-Tongban-Source-Province", "receiving_province"),
+    ("X-Tongban-Client", "client"),
     ("Idempotency-Key", "idempotency_key"),
 )
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")

@@ -105,6 +105,9 @@ _CONTEXT_FIELDS: tuple[tuple[str, str], ...] = (
     ("Actor", "actor"),
     ("Level", "level"),
     ("Assertion", "identity_assertion"),
+    ("Subjects", "subject_hashes"),
+    ("SourceProvince", "receiving_province"),
+    ("Client", "client"),
 )
 _XML_TYPES = frozenset({"text/xml", "application/soap+xml", "application/xml"})
 # Statuses whose XML body zeep must see: SOAP 1.1 faults come as 500, SOAP 1.2 Sender faults as 400.

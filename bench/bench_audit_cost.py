@@ -52,6 +52,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TOKEN_SECRET = b"bench-audit-cost-secret-0123456789"  # dev tokens, only for this run
+
+
+def bench_subject_keys() -> Any:
+    """Subject keys from bench-only secrets (a deployment derives them from its identity block)."""
+    from pydantic import SecretStr
+
+    from gateway.identity.subject_keys import SubjectKeys
+
+    return SubjectKeys(
+        pairwise_secret=SecretStr("bench-only-pairwise-secret-0123456789"),
+        link_secret=SecretStr("bench-only-link-secret-0123456789abcd"),
+    )
+
+
 SERVICE = "bench-audit"
 PG_DSN = os.environ.get("TONGBAN_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 CALL_BODY = {
@@ -96,6 +110,7 @@ def settings(
             "modes": ["query"],
             "min_level": "L1",
             "audit": "required",
+            "subject": [{"person": "holder_id"}],
             "operations": {
                 "verify": {
                     "name": {"zh": "核验", "en": "Verify"},
@@ -165,9 +180,16 @@ async def run_gateway(args: argparse.Namespace) -> None:
         Path(args.config_dir), Path(args.data_dir), args.store, args.schema, args.backend_url
     )
     if args.backend_url:  # the REST adapter as shipped, over loopback HTTP
-        app = create_app(built, verifier=DevTokenIssuer(TOKEN_SECRET))
+        app = create_app(
+            built, verifier=DevTokenIssuer(TOKEN_SECRET), subjects=bench_subject_keys()
+        )
     else:
-        app = create_app(built, verifier=DevTokenIssuer(TOKEN_SECRET), open_adapter=canned)
+        app = create_app(
+            built,
+            verifier=DevTokenIssuer(TOKEN_SECRET),
+            open_adapter=canned,
+            subjects=bench_subject_keys(),
+        )
 
     async def without_audit(app: web.Application) -> AsyncIterator[None]:
         # Runs after the systems context: the same runtimes, stacks without the audit tuple.
@@ -301,7 +323,13 @@ async def _verify_now(store: Any, keys: Any) -> tuple[int, bool]:
 def wrk_script(data_dir: Path) -> Path:
     from gateway.identity.devtokens import DevTokenIssuer
 
-    token = DevTokenIssuer(TOKEN_SECRET).issue("pw-bench-0001", "L3", client_id="bench-portal")
+    holder = str(CALL_BODY["data"]["holder_id"])  # type: ignore[index]
+    token = DevTokenIssuer(TOKEN_SECRET).issue(
+        "pw-bench-0001",
+        "L3",
+        client_id="bench-portal",
+        person=bench_subject_keys().person(holder).key,
+    )
     script = data_dir / "call.lua"
     script.write_text(
         'wrk.method = "POST"\n'

@@ -36,7 +36,7 @@ import aiohttp
 import asyncpg
 
 PG_DSN = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-TONGBAN = Path(sys.executable).parent / "tongban"
+TONGBAN = Path(os.environ.get("TONGBAN_BENCH_EXE") or Path(sys.executable).parent / "tongban")
 
 
 def free_port() -> int:
@@ -98,6 +98,7 @@ systems:
 name: {zh: 基准测试事项, en: Bench filing}
 modes: [online]
 min_level: L1
+subject: caller  # the filing names no one
 operations:
   file:
     name: {zh: 提交, en: File}

@@ -121,9 +121,17 @@ class CallContext:
     level: str
     case_id: str | None = None
     authorisation_ref: str | None = None
+    """The id of the consent or delegation grant that covered the call, when one was needed."""
     idempotency_key: str | None = None
     identity_assertion: str | None = None
     client: str | None = None
+    subjects: tuple[str, ...] = ()
+    """Keys of the verified data subjects (gateway/subjects.py), for the audit record; never
+    sent."""
+    subject_hashes: str | None = None
+    """The verified data subjects as the handling province names them, ``type:hash`` joined by
+    commas (gateway/identity/subject_keys.py): sent beside the signed assertion, which carries
+    the same, for back-ends that read headers only."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,12 +17,17 @@ from gateway.audit.setup import open_audit_writer
 from gateway.audit.sink import WriterAuditSink
 from gateway.breaker import CircuitBreaker
 from gateway.catalog import Catalog
+from gateway.consent.contract import ConsentBook
+from gateway.consent.factory import subject_keys
 from gateway.http import handlers
+from gateway.http.admission import ADMISSION, Admission, admission_middleware
 from gateway.http.audit import add_audit_routes, admin_audit_middleware
 from gateway.http.cases import add_case_routes
 from gateway.http.client_io import client_io_middleware
+from gateway.http.consents import AppConsentBook, add_consent_routes
 from gateway.http.guards import add_guards, endpoint_limit_middleware, refusal_audit_middleware
-from gateway.http.keys import METRICS, SETTINGS, STATE, VERIFIER, GatewayState
+from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
+from gateway.http.licences import add_licences
 from gateway.http.middlewares import (
     auth_middleware,
     identity_audit_middleware,
@@ -33,10 +38,12 @@ from gateway.http.oidc import OIDC_PROVIDER, add_oidc_routes
 from gateway.http.ratelimit import add_rate_limits, rate_limit_middleware
 from gateway.identity.authn import Authenticator
 from gateway.identity.provider import OpenIDProvider
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.metrics import Metrics
 from gateway.pipeline import Sleep, SystemRuntime, build_stack
 from gateway.principal import TokenVerifier
 from gateway.settings import RouteSettings, Settings, SystemSettings
+from gateway.subjects import SubjectRule
 
 log = structlog.get_logger("tongban.app")
 
@@ -49,10 +56,17 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     open_adapter: AdapterOpener | None = None,
     oidc: OpenIDProvider | None = None,
+    consent_book: ConsentBook | None = None,
+    subjects: SubjectKeys | None = None,
 ) -> web.Application:
-    """The gateway app. ``open_adapter`` replaces plugin lookup (tests pass fakes through it)."""
+    """The gateway app. ``open_adapter`` replaces plugin lookup (tests pass fakes through it);
+    ``consent_book`` decides the grants that open someone else's data (none: every grant is
+    refused, and only the principal's own and public data are reached); ``subjects`` replaces
+    the subject keys the identity secrets give (tests without an identity block)."""
     app = web.Application(
-        # Outermost first: the context middleware must see the status the problem renderer chose.
+        # Outermost first: admission refuses what this worker cannot take in now, before any
+        # other work (no access line, no token check, no store). The context middleware must
+        # see the status the problem renderer chose.
         # admin_audit records every /admin request; inside auth so a refusal is recorded too.
         # identity_audit holds identity answers until their buffered records are committed.
         # rate_limit counts /api calls once auth has named the caller, before any handler work;
@@ -61,6 +75,7 @@ def create_app(
         # client_io reads the body under the body timeout and turns client aborts into 499s;
         # endpoint_limit guards the token and login endpoints, inside problem for its 429s.
         middlewares=[
+            admission_middleware,
             request_context_middleware,
             refusal_audit_middleware,
             problem_middleware,
@@ -74,12 +89,25 @@ def create_app(
         client_max_size=settings.gateway.server.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    metrics = app[METRICS] = Metrics()
+    app[ADMISSION] = Admission(
+        settings.gateway.admission,
+        settings.gateway.server.max_body_bytes,
+        on_refused=metrics.refused_by_admission,
+    )
     app[VERIFIER] = verifier
     app[STATE] = GatewayState()
+    # The data-subject rule asks the consent book the consent context opens (failing closed
+    # while it is not open), unless one is injected.
+    app[SUBJECTS] = SubjectRule(
+        subjects or subject_keys(settings), consent_book or AppConsentBook(app[STATE])
+    )
     # The audit trail opens first: every route's stack records through it.
     app.cleanup_ctx.append(_audit_context)
+    # The consent book next: it records through the audit trail, and the routes' rule asks it.
+    add_consent_routes(app)
     app.cleanup_ctx.append(_systems_context(sleep, clock, open_adapter or _open_plugin))
+    add_licences(app, sleep)  # after the systems, before the cases: intake verifies licences
     add_rate_limits(app)
     add_guards(app)
 
@@ -164,6 +192,7 @@ def _route_audit(settings: Settings, route: RouteSettings) -> RouteAudit:
         system=route.system,
         system_operation=route.system_operation,
         mode=settings.services[route.service].audit,
+        outcome=settings.services[route.service].audit_outcome,
     )
 
 

@@ -49,6 +49,8 @@ class Route:
     response_map: FieldMapping
     validator: SchemaGate
     stack: Next
+    licence_data: bool = False
+    """The agreement lets licence data travel with cases on this route (免证办)."""
 
     def validate(self, data: Any) -> None:
         if self.validator.is_valid(data):
@@ -121,6 +123,7 @@ class Catalog:
                     )
                 ),
                 stack=stack_for(rs, operation),
+                licence_data=rs.licence_data,
             )
             routes.append(route)
             receiving = ["*"] if rs.receiving == "*" else rs.receiving

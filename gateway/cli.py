@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "one configuration each need their own)",
     )
     serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes on the one port (default: one per core); each writes its own "
+        "audit chain <instance_id>.w<n> when there are several",
+    )
+    serve.add_argument(
         "--insecure-dev-tokens",
         action="store_true",
         help="accept development bearer tokens (never in production; prints one per level)",
@@ -111,9 +117,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="which key: the OpenID provider's (default) or the audit checkpoint key (ES256); "
         "either way a key_rotated record is written to the audit trail",
     )
+    subject = keys_commands.add_parser(
+        "subject",
+        help="print a province's subject key (to hand to that province)",
+        description="Print, in hex, the key a handling province uses to check the data "
+        "subjects of its identity assertions: HKDF-SHA256 of identity.link_secret for that "
+        "province (docs/data-subjects.md). It is a secret: hand it to that province only.",
+    )
+    subject.add_argument(
+        "--config", type=_config_dir, required=True, help="configuration directory"
+    )
+    subject.add_argument("--province", required=True, help="GB/T 2260 code, e.g. 61")
     add_cases_commands(commands)
     _add_audit_commands(commands)
     return parser
+
+
+def _workers(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 1 <= count <= 256:
+        raise argparse.ArgumentTypeError("between 1 and 256")
+    return count
 
 
 def _timestamp(value: str) -> datetime:
@@ -207,17 +234,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(run_demo(config_dir=config_dir, port=args.port, data_dir=data_dir))
     if args.command == "init":
         return _init(args.dir)
+    if args.command == "keys" and args.keys_command == "subject":
+        return _subject_key(args.config, args.province)
     if args.command == "keys":
         return _keys_rotate(args.data_dir, args.config, args.algorithm, args.key)
     if args.command == "serve":
-        from gateway.serve import run_serve  # noqa: PLC0415
+        from gateway.workers import default_workers, run_workers  # noqa: PLC0415
 
         return _run(
-            run_serve(
+            run_workers(
                 config_dir=args.config,
                 host=args.host,
                 port=args.port,
                 dev_tokens=args.insecure_dev_tokens,
+                workers=args.workers or default_workers(),
                 instance_id=args.instance_id,
             )
         )
@@ -233,6 +263,36 @@ def _init(directory: Path) -> int:
         print(f"tongban init: {exc}", file=sys.stderr)
         return 1
     print(starter.report())
+    return 0
+
+
+def _subject_key(config_dir: Path, province: str) -> int:
+    import yaml  # noqa: PLC0415
+
+    from gateway.identity.subject_keys import province_key  # noqa: PLC0415
+    from gateway.secrets import read_secret_ref  # noqa: PLC0415
+    from gateway.settings import PROVINCES  # noqa: PLC0415
+
+    if province not in PROVINCES:
+        print(f"{province!r} is not a GB/T 2260 province code", file=sys.stderr)
+        return 1
+    # Only the link secret is read (the other secrets of the configuration need not be set).
+    try:
+        settings = load_settings(config_dir, resolve_secrets=False)
+    except ConfigError as exc:
+        print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 1
+    raw = yaml.safe_load((config_dir / "gateway.yaml").read_text(encoding="utf-8")) or {}
+    reference = (raw.get("identity") or {}).get("link_secret")
+    if settings.gateway.identity is None or reference is None:
+        print("gateway.yaml has no identity.link_secret: no subject keys", file=sys.stderr)
+        return 1
+    try:
+        secret = read_secret_ref(reference)
+    except ValueError as exc:
+        print(f"identity.link_secret: {exc}", file=sys.stderr)
+        return 1
+    print(province_key(secret, province).hex())
     return 0
 
 

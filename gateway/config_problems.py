@@ -13,6 +13,7 @@ blocks. Must not: echo a value (it may be a secret written inline by mistake).
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -55,7 +56,7 @@ def validation_problems(
     ``model`` is what was validated (a pydantic model class or a type such as a union); it is
     walked along each location to suggest the key meant for an unknown one."""
     problems: list[tuple[str, str]] = []
-    for err in exc.errors():
+    for err in _meant_branches(exc.errors()):
         loc = tuple(err["loc"])
         message = err["msg"]
         if err["type"] == "extra_forbidden" and loc:
@@ -68,6 +69,41 @@ def validation_problems(
         location = ".".join(str(p) for p in (*prefix, *_readable(model, loc))) or "(entry)"
         problems.append((location, message))
     return problems
+
+
+_TYPE_TAG = re.compile(r"^(literal|tuple|list|dict|set|frozenset|str|int|bool)\[")
+
+
+def _tag_at(loc: Sequence[Any]) -> int | None:
+    for index, part in enumerate(loc):
+        if isinstance(part, str) and _TYPE_TAG.match(part):
+            return index
+    return None
+
+
+def _meant_branches(errors: Sequence[Any]) -> list[Any]:
+    """The errors without pydantic's type tags (``literal[...]``, ``tuple[...]``: no key anyone
+    wrote) and, of a union of words and other shapes, the branch meant: the words' error for a
+    string, the other branches' for anything else."""
+    branches: dict[tuple[Any, ...], set[str]] = {}
+    for err in errors:
+        at = _tag_at(err["loc"])
+        if at is not None:
+            branches.setdefault(tuple(err["loc"][:at]), set()).add(err["type"])
+    kept: list[Any] = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        at = _tag_at(loc)
+        if at is None:
+            kept.append(err)
+            continue
+        kinds = branches[loc[:at]]
+        if "literal_error" in kinds and len(kinds) > 1:
+            meant_words = isinstance(err.get("input"), str)
+            if (err["type"] == "literal_error") != meant_words:
+                continue
+        kept.append({**err, "loc": loc[:at] + loc[at + 1 :]})
+    return kept
 
 
 def _walk(model: Any, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any]:

@@ -16,6 +16,10 @@
     │   ├── Unauthenticated              client.unauthenticated
     │   ├── Forbidden                    client.forbidden
     │   ├── InsufficientLevel            client.insufficient_level (names the level needed)
+    │   ├── NotDataSubject               client.not_data_subject (someone else's data, no grant)
+    │   ├── ProvinceNotAllowed           client.province_not_allowed (not the client's province)
+    │   ├── NoCaseAuthority              client.no_case_authority (a department off its case)
+    │   ├── SubjectFieldAmbiguous        client.subject_field_ambiguous (a subject field twice)
     │   └── RateLimited                  client.rate_limited (429, Retry-After; names the limit)
     ├── BackendError                     a provincial system failed us (422/502/503/504)
     │   ├── BackendUnavailable           backend.unavailable   (never reached it: safe to retry)
@@ -30,7 +34,8 @@
     └── InternalError                    our own fault (500/503)
         ├── SystemBusy                   gateway.system_busy      (concurrency limit reached)
         ├── AuditUnavailable             gateway.audit_unavailable
-        └── IdentityStoreUnavailable     gateway.identity_store_unavailable (Redis down)
+        ├── IdentityStoreUnavailable     gateway.identity_store_unavailable (Redis down)
+        └── Overloaded                   gateway.overloaded (503, Retry-After: too much in flight)
 
 Backend errors carry two facts the retry layer needs and nothing else: ``retryable`` (would
 trying again help at all) and ``reached_backend`` (may the request have been processed). A
@@ -158,6 +163,36 @@ class InsufficientLevel(Forbidden):
             required_level=required,
             current_level=current,
         )
+
+
+class NotDataSubject(Forbidden):
+    """The request touches the data of someone who is not the principal, and no grant covers
+    it (gateway/subjects.py)."""
+
+    code = "client.not_data_subject"
+    title = "The data belongs to someone else"
+
+
+class ProvinceNotAllowed(Forbidden):
+    """The client is registered for other receiving provinces than the one it names."""
+
+    code = "client.province_not_allowed"
+    title = "The client does not receive for this province"
+
+
+class NoCaseAuthority(Forbidden):
+    """A provincial department's system acted outside an open case it handles."""
+
+    code = "client.no_case_authority"
+    title = "No open case of this department covers the request"
+
+
+class SubjectFieldAmbiguous(ClientError):
+    """A field naming the data subject appears twice, or in two spellings: which one a
+    back-end would read is not certain, so the request is refused before anything is sent."""
+
+    code = "client.subject_field_ambiguous"
+    title = "A field naming the data subject is ambiguous"
 
 
 class RateLimited(ClientError):
@@ -308,6 +343,19 @@ class IdentityStoreUnavailable(InternalError):
     code = "gateway.identity_store_unavailable"
     http_status = 503
     title = "The identity store cannot be reached; try again"
+
+
+class Overloaded(InternalError):
+    """This worker already holds as many requests (or body bytes) as it admits: refused at the
+    door, before anything else happened (gateway/http/admission.py)."""
+
+    code = "gateway.overloaded"
+    http_status = 503
+    title = "The gateway is overloaded; try again shortly"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many requests in progress; try again in {retry_after} seconds.")
+        self.retry_after = retry_after
 
 
 def is_retryable(error: BaseException) -> bool:

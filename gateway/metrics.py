@@ -4,11 +4,22 @@ The per-request helpers (``http_request``, ``backend_call``) keep the labelled c
 dict: ``.labels()`` validates and locks on every call, and the label sets of a running gateway
 are few (routes × methods × statuses; services × systems × outcomes), the same children
 prometheus_client keeps for ever anyway.
+
+Several workers (``serve --workers N``): the supervisor gives every worker the same
+``PROMETHEUS_MULTIPROC_DIR``, so prometheus_client keeps each value in a per-process file there
+and ``/metrics``, whichever worker answers it, sums the counters and histograms of all workers,
+those of dead and replaced workers included (a total never goes back after a restart). The
+breaker state is per worker (each has its own breakers): one series per live worker, with a
+``pid`` label. Per-worker series without aggregation would make every scrape see only the
+worker that answered it, and the totals jump between scrapes.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.breaker import BreakerState
 
@@ -18,6 +29,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.http_requests = Counter(
             "tongban_http_requests_total",
             "HTTP requests served.",
@@ -55,6 +67,7 @@ class Metrics:
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             ["system"],
             registry=self.registry,
+            multiprocess_mode="liveall",
         )
         self.rate_limited = Counter(
             "tongban_rate_limited_total",
@@ -65,6 +78,13 @@ class Metrics:
         self.rate_limit_unchecked = Counter(
             "tongban_rate_limit_unchecked_total",
             "API calls let through unchecked because the rate-limit store failed (fail open).",
+            registry=self.registry,
+        )
+        self.overloaded = Counter(
+            "tongban_overloaded_total",
+            "Requests refused with 503 gateway.overloaded, by the bound that was reached "
+            "(requests / body_bytes).",
+            ["bound"],
             registry=self.registry,
         )
         self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
@@ -103,5 +123,12 @@ class Metrics:
     def refused_by_rate_limit(self, client: str, budget: str) -> None:
         self.rate_limited.labels(client, budget).inc()
 
+    def refused_by_admission(self, bound: str) -> None:
+        self.overloaded.labels(bound).inc()
+
     def render(self) -> bytes:
+        if self._shared_dir:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged, path=self._shared_dir)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)

@@ -268,8 +268,9 @@ def with_retry(
 
 
 def with_audit(inner: Next, auditor: CallAuditor, route: RouteAudit) -> Next:
-    """Record the call before it can reach a back-end and its outcome before the answer is
-    released; a required record that cannot be written stops the call (AuditUnavailable)."""
+    """Record the call before it can reach a back-end and its outcome after it (held for only
+    when the service asks, gateway/audit/calls.py); a required request record that cannot be
+    written stops the call (AuditUnavailable)."""
 
     async def audited(call: Call, trace: CallTrace) -> Reply:
         await auditor.requested(call, route)

@@ -50,6 +50,9 @@ class Principal:
     person: str | None = None
     """Gateway-internal person key of the subject (the same at every portal); None for a
     machine client or a token issued without one. Never shown to a client."""
+    enterprise: str | None = None
+    """Key of the enterprise a legal person's operator acts for (gateway/identity/
+    subject_keys.py); None for anyone else. Never shown to a client."""
 
     @property
     def acting(self) -> str:
@@ -71,6 +74,17 @@ class Principal:
     def require_level(self, need: str) -> None:
         if not level_satisfies(self.level, need):
             raise InsufficientLevel(required=need, current=self.level)
+
+    def require_levels(self, allowed: frozenset[str], required: str) -> None:
+        """The token's level is one of ``allowed`` (an operation's ``levels``); ``required``
+        names them in the refusal."""
+        if self.level not in allowed:
+            raise InsufficientLevel(required=required, current=self.level)
+
+
+def levels_from_minimum(need: str) -> frozenset[str]:
+    """The levels a ``min_level`` admits (the ladder above it, Counter included)."""
+    return _SATISFIES.get(need, frozenset())
 
 
 class TokenVerifier(Protocol):

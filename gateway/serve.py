@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,7 +25,8 @@ from aiohttp import web
 from gateway.adapter import AdapterConfigError
 from gateway.app import create_app, open_provider
 from gateway.errors import GatewayError, Unauthenticated
-from gateway.http.keys import SETTINGS
+from gateway.http.admission import ADMISSION, limit_connections
+from gateway.http.keys import METRICS, SETTINGS
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.identity.provider import OpenIDProvider
@@ -34,19 +39,32 @@ log = structlog.get_logger("tongban.serve")
 
 
 async def serve_until_stopped(
-    app: web.Application, host: str, port: int, *, on_started: Callable[[int], None] | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    on_started: Callable[[int], None] | None = None,
+    listen: socket.socket | None = None,
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM),
 ) -> int:
-    """Bind, start, tell ``on_started`` the bound port, wait for a stop signal, shut down."""
+    """Bind (or serve on the ``listen`` socket a supervisor handed over), start, tell
+    ``on_started`` the bound port, wait for a stop signal, shut down."""
     runner = app_runner(app)
     try:
         # Inside the try: a start-up step that fails must still close the ones before it (an
         # open aiosqlite thread would otherwise keep the process alive after the error).
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        limit_connections_of(app, runner)
+        site: web.BaseSite
+        if listen is not None:
+            site = web.SockSite(runner, listen)
+        else:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
+        freeze_startup_objects()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals:
             loop.add_signal_handler(sig, stop.set)
         if on_started is not None:
             on_started(bound_port(runner))
@@ -55,6 +73,26 @@ async def serve_until_stopped(
     finally:
         await runner.cleanup()
     return 0
+
+
+def limit_connections_of(app: web.Application, runner: web.AppRunner) -> None:
+    """The app's connection bound (admission.max_connections), on the runner's server."""
+    admission = app.get(ADMISSION)
+    if admission is not None and runner.server is not None:
+        metrics = app[METRICS]
+        limit_connections(
+            runner.server,
+            admission.settings.max_connections,
+            lambda: metrics.refused_by_admission("connections"),
+        )
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up built (modules, WSDL models, schemas, settings: most of a worker's
+    heap, and alive for its whole life) out of the cyclic garbage collector's full
+    collections, which otherwise walk all of it again and again under load."""
+    gc.collect()
+    gc.freeze()
 
 
 def app_runner(app: web.Application) -> web.AppRunner:
@@ -79,6 +117,22 @@ class _NoTokens:
         raise Unauthenticated("No token issuer is configured.")
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What a supervised worker process is given (gateway/workers.py): the listening socket,
+    the development-token key shared by all workers, and where to report."""
+
+    listen: socket.socket
+    on_started: Callable[[int], None]
+    shared: Callable[[Settings], Settings]
+    """The settings as one worker of several runs them (memory stores made shared)."""
+    dev_secret: bytes | None = None
+
+
 async def run_serve(
     *,
     config_dir: Path,
@@ -86,26 +140,44 @@ async def run_serve(
     port: int | None,
     dev_tokens: bool,
     instance_id: str | None = None,
+    role: WorkerRole | None = None,
+    report: Callable[[str], None] = _to_stderr,
 ) -> int:
+    """Serve one process until stopped; ``report`` receives the one message of a failed start."""
     try:
         # Reading every file and each WSDL is blocking work: off the event loop.
         settings = await asyncio.to_thread(load_settings, config_dir)
         if instance_id is not None:
             settings = with_instance_id(settings, instance_id)
+        if role is not None:
+            settings = role.shared(settings)
     except ConfigError as exc:
-        print(exc.report(config_dir), file=sys.stderr)
+        report(exc.report(config_dir))
         return 1
     configure_logging(settings.gateway.logging.level, settings.gateway.logging.format)
+    if role is not None:
+        _name_worker_in_logs(settings.gateway.instance_id)
     provider: OpenIDProvider | None = None
     try:
         private_dir(settings.data_dir())
         # The SSO session + federation when idps.yaml declares platforms, else nobody signs in.
         provider = await open_provider(settings, build_authenticator(settings))
-        return await _serve(settings, provider, host, port, dev_tokens)
+        return await _serve(settings, provider, host, port, dev_tokens, role)
     except Exception as exc:
-        print(f"tongban serve: cannot start: {startup_failure(exc)}", file=sys.stderr)
+        report(f"tongban serve: cannot start: {startup_failure(exc)}")
         await _close_quietly(provider)
         return 1
+
+
+def _name_worker_in_logs(name: str) -> None:
+    """Every log line of a worker says which one wrote it (``worker``: its audit chain's id)."""
+
+    def add_worker(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        event.setdefault("worker", name)
+        return event
+
+    processors = list(structlog.get_config()["processors"])
+    structlog.configure(processors=[add_worker, *processors])
 
 
 def startup_failure(exc: BaseException) -> str:
@@ -141,16 +213,32 @@ async def _serve(
     host: str | None,
     port: int | None,
     dev_tokens: bool,
+    role: WorkerRole | None = None,
 ) -> int:
     server = settings.gateway.server
     verifier: TokenVerifier = provider.access_token_verifier() if provider else _NoTokens()
     if dev_tokens:
-        issuer = DevTokenIssuer()
+        issuer = DevTokenIssuer(role.dev_secret if role is not None else None)
         verifier = WithDevTokens(issuer, verifier)
         log.warning("insecure_dev_tokens_enabled")
-        for level in ("L1", "L2", "L3"):
-            print(f"dev token {level}: {issuer.issue(f'dev-{level.lower()}', level)}", flush=True)
+        if role is None:  # a supervisor prints them once for all its workers
+            print_dev_tokens(issuer)
     app = create_app(settings, verifier=verifier, oidc=provider)
+    if role is None:
+        return await serve_until_stopped(
+            app, host or server.host, port if port is not None else server.port
+        )
+    # A worker stops on SIGTERM only: Ctrl-C reaches the supervisor, which stops every worker.
     return await serve_until_stopped(
-        app, host or server.host, port if port is not None else server.port
+        app,
+        "",
+        0,
+        listen=role.listen,
+        on_started=role.on_started,
+        stop_signals=(signal.SIGTERM,),
     )
+
+
+def print_dev_tokens(issuer: DevTokenIssuer) -> None:
+    for level in ("L1", "L2", "L3"):
+        print(f"dev token {level}: {issuer.issue(f'dev-{level.lower()}', level)}", flush=True)

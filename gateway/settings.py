@@ -37,11 +37,20 @@ from gateway.cases.config import (
 )
 from gateway.cases.linked import linked_problems
 from gateway.config_problems import schema_problems, suggestion, validation_problems
+from gateway.consent.config import ConsentSettings
 from gateway.identity.clients import TOKEN_EXCHANGE, ClientRegistration
 from gateway.identity.config import ProviderSettings
 from gateway.identity.legacy_face import LegacyAppSettings
 from gateway.identity.ticket_contract import idp_contract_problems
 from gateway.identity.upstream_kinds import AnyIdpSettings, IdpEntry
+from gateway.licences.config import (
+    IssuerSettings,
+    LicenceCatalogue,
+    LicenceType,
+    LicenceUse,
+    licence_problems,
+    licence_use_problems,
+)
 from gateway.mapping import (
     FieldMapping,
     MappingError,
@@ -50,8 +59,10 @@ from gateway.mapping import (
     request_problems,
     response_problems,
 )
+from gateway.principal import levels_from_minimum
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.secrets import SecretRef, collecting_unset, is_secret_ref, read_secret_ref
+from gateway.subject_config import SubjectDeclaration, declaration_problems
 
 # GB/T 2260 province-level codes (two digits) the gateway accepts.
 PROVINCES: Mapping[str, tuple[str, str]] = {
@@ -153,6 +164,22 @@ class LoggingSettings(_Model):
     """JSON lines for machines (serve), readable lines for people (demo)."""
 
 
+class AdmissionSettings(_Model):
+    """How much one worker process takes in at once; beyond it a request is refused at once
+    with 503 gateway.overloaded and Retry-After, before any other work is done for it."""
+
+    max_in_flight: int = Field(128, ge=1)
+    """Requests one worker handles at the same time (health and metrics not counted)."""
+    max_body_bytes_in_flight: int = Field(32 << 20, ge=1024)
+    """Request body bytes one worker holds at the same time: a request counts its
+    Content-Length, or server.max_body_bytes when it streams a body of unknown length."""
+    retry_after: int = Field(1, ge=1, le=3600)
+    """Seconds a refused caller is told to wait (Retry-After)."""
+    max_connections: int = Field(1024, ge=1)
+    """Open connections one worker holds; a connection beyond it is closed as soon as it is
+    accepted (what waits in front of the bound on requests is bounded too)."""
+
+
 class AuditSettings(_Model):
     store: Literal["sqlite", "postgres"] = "sqlite"
     """sqlite: a file in data_dir (one instance); postgres: shared by several instances, each
@@ -167,6 +194,9 @@ class AuditSettings(_Model):
     """Most records per group commit."""
     linger_ms: float = Field(1.0, ge=0)
     """How long a batch waits for company once its first record is queued."""
+    buffered_linger_ms: float = Field(20.0, ge=0)
+    """How long a batch of records nobody waits for (buffered services, identity events)
+    gathers company before its commit; a call or answer that waits for a commit ends it."""
     buffer_limit: int = Field(50_000, ge=100)
     """Records queued at most; buffered services fail closed beyond it."""
     checkpoint_every: int = Field(10_000, ge=1)
@@ -199,6 +229,10 @@ class GatewaySettings(_Model):
     """Cross-province cases: store, delivery schedule, callback keys, event sink."""
     rate_limits: RateLimitSettings = RateLimitSettings()
     """Rate limits of /api/* per OAuth client and per person, and where they are counted."""
+    admission: AdmissionSettings = AdmissionSettings()
+    """Per-worker bound on requests and body bytes in flight (overload is refused, not queued)."""
+    consent: ConsentSettings = ConsentSettings()
+    """Consent grants and delegations (授权用证、委托用证): where the book keeps them."""
 
     @model_validator(mode="after")
     def _rate_limit_store(self) -> GatewaySettings:
@@ -368,6 +402,15 @@ class Material(_Model):
     source: Literal["e-licence", "upload", "original", "shared-data"] = "upload"
     """Where it comes from: an electronic licence, an upload, the original at a window, or data
     pulled from another system (免证办)."""
+    licence: LicenceUse | None = None
+    """免证办: the applicant names the licence (type, number if several) and the gateway finds
+    it for the case's data subject and verifies it at its issuer (licences.yaml)."""
+
+    @model_validator(mode="after")
+    def _licence_is_e_licence(self) -> Material:
+        if self.licence is not None and self.source != "e-licence":
+            raise ValueError("a material found as a licence has source: e-licence")
+        return self
 
 
 class ResultField(_Model):
@@ -392,6 +435,12 @@ class Operation(_Model):
     case: CaseOperation | None = None
     """For submissions taken as cases: how answers move a case on, and the status queries
     used to poll it and to reconcile an unknown outcome."""
+    subject: SubjectDeclaration | None = None
+    """Whose data this is (gateway/subjects.py): ``caller``, ``public``, or the input fields
+    naming the person(s) or enterprise(s); the service's ``subject`` when absent."""
+    levels: tuple[Level, ...] | None = None
+    """Identity levels admitted to this operation (``[L1, L2, L3, LP]``); the service's when
+    absent."""
     result_fields: dict[str, ResultField] = Field(default_factory=dict)
     """Labels of the answer's fields, by dotted path (``certificate.number``; a list's items
     under the list's path: ``contributions.year``). Display only: published in the service
@@ -413,8 +462,13 @@ class ServiceSettings(_Model):
     """A sentence for the guide."""
     modes: list[Mode] = Field(min_length=1)
     """Handling modes: online 全程网办, proxy 异地代收代办, joint 多地联办, window, query."""
-    min_level: Level
-    """Lowest identity level allowed to call it."""
+    min_level: Level | None = None
+    """Lowest identity level allowed to call it (the ladder above it); or give ``levels``."""
+    levels: tuple[Level, ...] | None = None
+    """Identity levels admitted, as a set: public data for L1–L3 and LP alike is
+    ``[L1, L2, L3, LP]``; an operation's own ``levels`` win."""
+    subject: SubjectDeclaration | None = None
+    """Whose data the operations are about, for those that do not declare their own."""
     consent_required: bool = False
     """Calls must name the holder's authorisation (授权用证)."""
     time_limit_days: int | None = Field(None, ge=1)
@@ -424,16 +478,31 @@ class ServiceSettings(_Model):
     operations: dict[str, Operation] = Field(min_length=1)
     """What portals can do with this service."""
     audit: Literal["required", "buffered"] = "required"
-    """required: no audit record, no call; buffered: read-only calls may proceed while the audit
-    store is down, their records kept in a bounded local buffer."""
+    """required: no audit record, no call (the request record is durably committed before the
+    back-end is called); buffered: read-only calls may proceed while the audit store is down,
+    their records kept in a bounded local buffer, and no call waits for a commit."""
+    audit_outcome: Literal["buffered", "durable"] = "buffered"
+    """When the outcome record of a call is written: 'buffered' (default), queued for the next
+    group commit while the answer goes out; 'durable', the answer waits until it is committed
+    too (a second commit in the call's path; only with audit: required)."""
     linked: LinkedCase | None = None
     """一件事 (联动办理): the parts every case of this service is made of, their dependencies
     and the data passed between them; absent: a case is one operation in one or several
     provinces, as the application names them."""
 
     @model_validator(mode="after")
+    def _durable_outcome_needs_required_audit(self) -> ServiceSettings:
+        if self.audit_outcome == "durable" and self.audit != "required":
+            raise ValueError("audit_outcome: durable needs audit: required")
+        return self
+
+    @model_validator(mode="after")
     def _case_blocks_name_operations(self) -> ServiceSettings:
         problems = case_reference_problems(self.operations)
+        if self.min_level is None and self.levels is None:
+            problems.append("min_level: required, missing (or give levels)")
+        if self.min_level is not None and self.levels is not None:
+            problems.append("levels: give min_level or levels, not both")
         if self.linked is not None:
             try:
                 Draft202012Validator.check_schema(self.linked.input_schema)
@@ -446,6 +515,49 @@ class ServiceSettings(_Model):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def levels_for(self, operation: str | None) -> frozenset[str]:
+        """The levels admitted to ``operation`` (None: the service, for a case)."""
+        op = self.operations.get(operation) if operation is not None else None
+        if op is not None and op.levels is not None:
+            return frozenset(op.levels)
+        if self.levels is not None:
+            return frozenset(self.levels)
+        assert self.min_level is not None
+        return levels_from_minimum(self.min_level)
+
+    def level_requirement(self, operation: str | None) -> str:
+        """How a refusal names the levels of ``operation``: the minimum, or the set."""
+        op = self.operations.get(operation) if operation is not None else None
+        if op is not None and op.levels is not None:
+            return ", ".join(op.levels)
+        if self.levels is not None:
+            return ", ".join(self.levels)
+        assert self.min_level is not None
+        return self.min_level
+
+    def subject_of(self, operation: str) -> SubjectDeclaration | None:
+        """The declared data subject of ``operation``: its own, else the service's."""
+        op = self.operations[operation]
+        return op.subject if op.subject is not None else self.subject
+
+    @property
+    def case_subject(self) -> SubjectDeclaration | None:
+        """A linked service's application subject (``linked.subject``)."""
+        return self.linked.subject if self.linked is not None else None
+
+
+def subject_problems(service: ServiceSettings) -> list[str]:
+    """Each operation (and a linked application) declares its data subject, and a ``public``
+    or ``caller`` one names no one by an ID number or credit code (gateway/subjects.py)."""
+    problems: list[str] = []
+    for name, operation in service.operations.items():
+        for problem in declaration_problems(service.subject_of(name), operation.input_schema):
+            problems.append(f"operations.{name}.{problem}")
+    if service.linked is not None:
+        for problem in declaration_problems(service.linked.subject, service.linked.input_schema):
+            problems.append(f"linked.{problem}")
+    return problems
 
 
 # --- routes.yaml ------------------------------------------------------------------------------
@@ -468,6 +580,9 @@ class RouteSettings(_Model):
     """Mapping from the canonical call data to the system's payload; absent = unchanged."""
     response: dict[str, Any] | None = None
     """Mapping from the system's answer to the canonical answer; absent = unchanged."""
+    licence_data: bool = False
+    """The agreement lets a licence's data travel with a case on this route (免证办 with
+    ``with_data``), not only its reference and verification (docs/licences.md)."""
 
     _handling_ok = field_validator("handling")(_province)
 
@@ -528,6 +643,8 @@ class Settings:
     status_queries: Mapping[str, StatusQuery] = field(default_factory=dict)
     """Shared status queries (status-queries.yaml); their operations and routes are already in
     ``services`` and ``routes``."""
+    licences: LicenceCatalogue = field(default_factory=LicenceCatalogue)
+    """Electronic licence types, their issuers and seal keys (licences.yaml)."""
 
     def data_dir(self) -> Path:
         return (self.config_dir / self.gateway.data_dir).resolve()
@@ -667,6 +784,7 @@ def _load(state: _Loading) -> Settings | None:
     idps = _load_idps(state, gateway)
     problems += _window_problems(clients, idps, gateway.identity if gateway else None)
     legacy_apps = _load_legacy_apps(state, gateway)
+    licences = _load_licences(state, systems, services, gateway)
     if problems or gateway is None:
         return None
     return Settings(
@@ -679,7 +797,85 @@ def _load(state: _Loading) -> Settings | None:
         idps=idps,
         legacy_apps=legacy_apps,
         status_queries=status_queries,
+        licences=licences,
     )
+
+
+def _load_licences(
+    state: _Loading,
+    systems: Mapping[str, SystemSettings],
+    services: Mapping[str, ServiceSettings],
+    gateway: GatewaySettings | None,
+) -> LicenceCatalogue:
+    """licences.yaml (optional), entry by entry, checked against the systems and the services'
+    licence materials (免证办)."""
+    path = state.config_dir / "licences.yaml"
+    problems = state.problems
+    data = _read_yaml(path, problems) if path.exists() else {}
+    broken: set[str] = set()
+    catalogue = LicenceCatalogue()
+    if data is _UNREADABLE:
+        broken.add("*")
+    elif not isinstance(data, dict):
+        problems.append("licences.yaml: expected a mapping (cache_seconds, issuers, licence_types)")
+        broken.add("*")
+    else:
+        head = _validate(
+            LicenceCatalogue,
+            {k: v for k, v in data.items() if k not in ("issuers", "licence_types")},
+            "licences.yaml",
+            problems,
+        )
+        issuers: dict[str, IssuerSettings] = {}
+        for province, entry in (data.get("issuers") or {}).items():
+            found = _validate(
+                IssuerSettings,
+                entry,
+                f"licences.yaml: issuers.{province}",
+                problems,
+                resolve=state.resolve,
+            )
+            if found is not None:
+                issuers[str(province)] = found
+        types: dict[str, LicenceType] = {}
+        for code, entry in (data.get("licence_types") or {}).items():
+            where = f"licences.yaml: licence_types.{code}"
+            licence = _validate(LicenceType, entry, where, problems)
+            if licence is None:
+                broken.add(str(code))
+            else:
+                types[str(code)] = licence
+        catalogue = (head or LicenceCatalogue()).model_copy(
+            update={"issuers": issuers, "licence_types": types}
+        )
+        usable = {sid: system for sid, system in systems.items() if sid not in state.broken}
+        unsure = state.systems_unreadable or bool(state.broken & state.raw_systems.keys())
+        problems.extend(
+            p
+            for p in licence_problems(catalogue, usable, PROVINCES)
+            if not (unsure and ": system: no system " in p)
+            and not (len(issuers) < len(data.get("issuers") or {}) and "no issuer for" in p)
+        )
+    for code, service in services.items():
+        uses = {
+            m.code: m.licence
+            for m in service.materials
+            if m.licence is not None and (m.licence.type or "") not in broken and "*" not in broken
+        }
+        if not uses:
+            continue
+        if service.linked is not None:
+            schemas = [service.linked.input_schema]
+        else:
+            schemas = [o.input_schema for o in service.operations.values() if o.kind == "submit"]
+        problems.extend(licence_use_problems(catalogue, code, uses, schemas))
+        identity = gateway.identity if gateway is not None else None
+        if gateway is not None and (identity is None or identity.link_secret is None):
+            problems.append(
+                f"services/{code}.yaml: materials: licences are matched to their holder by the"
+                " link key: set gateway.yaml identity.link_secret"
+            )
+    return catalogue
 
 
 def _load_systems(state: _Loading) -> dict[str, SystemSettings]:
@@ -762,6 +958,7 @@ def _load_services(
         if service is None:
             state.broken.add(code)
         else:
+            problems += [f"{where}: {p}" for p in subject_problems(service)]
             services[code] = service
     return services, shared
 
@@ -932,6 +1129,9 @@ def _load_clients(
         ]
         if unknown:
             problems.append(f"{where}: allowed_services: unknown services {unknown}")
+        strange = [p for p in client.provinces if p not in PROVINCES]
+        if strange:
+            problems.append(f"{where}: provinces: {strange} are not GB/T 2260 province codes")
     if clients and gateway is not None and gateway.identity is None:
         problems.append("gateway.yaml: identity: clients.yaml declares clients but no provider")
     return clients

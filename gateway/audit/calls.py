@@ -1,9 +1,19 @@
 """The audit records of routed calls: one before the call reaches a back-end, one after.
 
 "No audit, no call": for a service whose audit mode is ``required``, the request record must be
-durably committed before the adapter is called, and the outcome record before the answer is
-released. ``buffered`` services (read-only queries) proceed while records wait in the writer's
-bounded buffer. Records carry digests of what went over the wire, never payloads (用而不存).
+durably committed before the adapter is called: exactly one durable commit in the call's path.
+The outcome record is queued for the writer's next group commit while the answer goes out
+(``audit_outcome: buffered``, the default); a service may ask for its answer to wait until the
+outcome is committed too (``audit_outcome: durable``). ``buffered`` services (read-only queries)
+wait for no commit at all: both records wait in the writer's bounded buffer. Records carry
+digests of what went over the wire, never payloads (用而不存).
+
+Why the outcome need not hold the answer: the durable request record already proves the call
+was made, by whom, for whom and why, before anything reached the back-end; the outcome adds how
+it ended, and it is committed milliseconds later in order on the same chain. Only a process
+death in those milliseconds loses it, and a request record without its outcome then reads as
+"outcome unknown", never as "no call". A service whose answer must not exist without its
+recorded outcome says ``audit_outcome: durable``.
 """
 
 from __future__ import annotations
@@ -11,11 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import structlog
+
 from gateway.adapter import Call, Reply
 from gateway.audit.record import AuditEvent, EventType
 from gateway.audit.writer import AuditWriter
+from gateway.errors import AuditUnavailable
 
 AuditMode = Literal["required", "buffered"]
+OutcomeMode = Literal["buffered", "durable"]
+
+log = structlog.get_logger("tongban.audit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +43,7 @@ class RouteAudit:
     system: str
     system_operation: str
     mode: AuditMode
+    outcome: OutcomeMode = "buffered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +75,16 @@ def _event(kind: EventType, call: Call, route: RouteAudit, **fields: Any) -> Aud
     )
 
 
+def _completed_extra(call: Call, outcome: CallOutcome) -> dict[str, object]:
+    extra: dict[str, object] = {"breaker": outcome.breaker_state}
+    context = call.context
+    if context.subjects:
+        extra["subjects"] = list(context.subjects)
+    if context.authorisation_ref:
+        extra["grant"] = context.authorisation_ref
+    return extra
+
+
 class CallAuditor:
     """Turns a call's two moments into audit events on this instance's chain."""
 
@@ -72,8 +99,11 @@ class CallAuditor:
 
     async def requested(self, call: Call, route: RouteAudit) -> None:
         extra: dict[str, object] = {"system_operation": route.system_operation}
-        if call.context.authorisation_ref:
-            extra["authorisation_ref"] = call.context.authorisation_ref
+        context = call.context
+        if context.subjects:
+            extra["subjects"] = list(context.subjects)
+        if context.authorisation_ref:
+            extra["grant"] = context.authorisation_ref
         if call.context.idempotency_key:
             extra["idempotency_key"] = call.context.idempotency_key
         event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, extra=extra)
@@ -91,6 +121,22 @@ class CallAuditor:
             latency_ms=round(outcome.latency_ms),
             request_digest=reply.request_digest if reply else None,
             response_digest=reply.response_digest if reply else None,
-            extra={"breaker": outcome.breaker_state},
+            extra=_completed_extra(call, outcome),
         )
-        await self._append(event, route.mode)
+        if route.outcome == "durable":
+            await self._writer.append(event)  # the answer waits for this commit too
+            return
+        if route.mode == "buffered":
+            await self._writer.append(event, mode="buffered")
+            return
+        try:
+            await self._writer.append(event, mode="buffered")
+        except AuditUnavailable:
+            # The call was made and its request record is durable: the answer goes out, and
+            # the missing outcome is said here (a full buffer or a failed chain; the next
+            # call's request record fails closed anyway).
+            log.error(
+                "audit_outcome_not_recorded",
+                request_id=call.context.request_id,
+                service=route.service,
+            )

@@ -60,6 +60,9 @@ class AuditQuery:
     service: str | None = None
     province: str | None = None
     """Matches the receiving *or* the handling province."""
+    subject: str | None = None
+    """Records whose ``extra.subjects`` names this data subject's key (the subject lookup
+    table, audit migration 4): whose data a call, a case step or a grant's use touched."""
     since: str | None = None
     """First time included (RFC 3339 text as the writer formats it)."""
     until: str | None = None
@@ -116,6 +119,35 @@ def lookup_row(record: StoredRecord) -> LookupRow:
     )  # type: ignore[return-value]
 
 
+SUBJECTS_MARK: Final = '"subjects":'
+"""How ``extra.subjects`` starts in canonical text: records without it are never parsed."""
+MAX_SUBJECTS: Final = 16
+
+
+def record_subjects(text: str) -> list[str]:
+    """The data subjects a record's ``extra.subjects`` names (keys, each once, at most 16)."""
+    if SUBJECTS_MARK not in text:
+        return []
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    extra = body.get("extra") if isinstance(body, dict) else None
+    found = extra.get("subjects") if isinstance(extra, dict) else None
+    if not isinstance(found, list):
+        return []
+    keys = [k for k in found if isinstance(k, str) and 0 < len(k) <= 128]
+    return list(dict.fromkeys(keys))[:MAX_SUBJECTS]
+
+
+SubjectRow = tuple[str, str, str, int]
+"""(subject, recorded_at, chain, sequence): one row of the subject lookup table."""
+
+
+def subject_rows(record: StoredRecord) -> list[SubjectRow]:
+    return [(k, record.time, record.chain, record.sequence) for k in record_subjects(record.text)]
+
+
 def matches(query: AuditQuery, row: LookupRow) -> bool:
     """The filter in Python, for the memory store and for tests of the SQL stores."""
     _, _, time, kind, principal, actor, case_id, service, receiving, handling, _ = row
@@ -156,25 +188,44 @@ def sql_filter(query: AuditQuery, placeholder: Any) -> tuple[str, list[object]]:
     if query.province is not None:
         receiving, handling = param(query.province), param(query.province)
         terms.append(f"(i.receiving_province = {receiving} OR i.handling_province = {handling})")
+    # With a subject the subject table drives (its key orders by time): position terms on it.
+    t = "s" if query.subject is not None else "i"
+    if query.subject is not None:
+        terms.append(f"s.subject = {param(query.subject)}")
     if query.since is not None:
-        terms.append(f"i.recorded_at >= {param(query.since)}")
+        terms.append(f"{t}.recorded_at >= {param(query.since)}")
     if query.until is not None:
-        terms.append(f"i.recorded_at < {param(query.until)}")
+        terms.append(f"{t}.recorded_at < {param(query.until)}")
     if query.types:
         terms.append(f"i.type IN ({', '.join(param(t) for t in query.types)})")
     if query.after is not None:
         op = ">" if query.oldest_first else "<"
         a = query.after
         terms.append(
-            f"(i.recorded_at, i.chain_id, i.sequence) {op} "
+            f"({t}.recorded_at, {t}.chain_id, {t}.sequence) {op} "
             f"({param(a.time)}, {param(a.chain)}, {param(a.sequence)})"
         )
     return (" WHERE " + " AND ".join(terms)) if terms else "", params
 
 
+def sql_source(query: AuditQuery) -> str:
+    """The FROM clause: the lookup table (alias ``i``) joined to the records (``r``), driven by
+    the subject table (``s``) when the query names a subject."""
+    records = " JOIN audit_records r ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
+    if query.subject is None:
+        return " FROM audit_index i" + records
+    return (
+        " FROM audit_subjects s JOIN audit_index i"
+        " ON i.chain_id = s.chain_id AND i.sequence = s.sequence" + records
+    )
+
+
 def sql_order(query: AuditQuery) -> str:
     direction = "ASC" if query.oldest_first else "DESC"
-    return f" ORDER BY i.recorded_at {direction}, i.chain_id {direction}, i.sequence {direction}"
+    t = "s" if query.subject is not None else "i"
+    return (
+        f" ORDER BY {t}.recorded_at {direction}, {t}.chain_id {direction}, {t}.sequence {direction}"
+    )
 
 
 def page_of(query: AuditQuery, records: list[StoredRecord]) -> QueryPage:

@@ -33,6 +33,11 @@ class EventType(enum.StrEnum):
     ADMIN_ACTION = "admin_action"
     CONFIG_LOADED = "config_loaded"
     KEY_ROTATED = "key_rotated"
+    CONSENT_GRANTED = "consent_granted"
+    CONSENT_USED = "consent_used"
+    CONSENT_REFUSED = "consent_refused"
+    CONSENT_REVOKED = "consent_revoked"
+    LICENCE_VERIFIED = "licence_verified"
 
 
 def format_time(moment: datetime) -> str:

@@ -45,6 +45,7 @@ async def open_audit_writer(
             settings=WriterSettings(
                 batch_size=settings.batch_size,
                 linger=settings.linger_ms / 1000.0,
+                buffered_linger=settings.buffered_linger_ms / 1000.0,
                 buffer_limit=settings.buffer_limit,
                 checkpoint_every=settings.checkpoint_every,
                 checkpoint_interval=settings.checkpoint_interval,

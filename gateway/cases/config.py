@@ -1,6 +1,7 @@
 """Case options, validated by the settings loader: store, worker schedule, callbacks, events.
 
-Imports nothing of the gateway but ``gateway.secrets``: ``gateway.settings`` imports this module.
+Imports nothing of the gateway but ``gateway.secrets`` and ``gateway.subject_config``:
+``gateway.settings`` imports this module.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.secrets import SecretRef
+from gateway.subject_config import SubjectField
 
 PartOutcome = Literal[
     "forwarded", "processing", "done", "supplement_requested", "not_accepted", "returned"
@@ -181,6 +183,9 @@ class LinkedCase(_Model):
     and from the answers of the parts it waits for)."""
     parts: dict[str, LinkedPart] = Field(min_length=2, max_length=20)
     """Parts by name, in the order they are numbered and shown."""
+    subject: Literal["caller", "public"] | tuple[SubjectField, ...] | None = None
+    """Whose data the application is about (gateway/subjects.py): fields of ``input_schema``
+    naming the applicants (seller and buyer, say), ``caller`` or ``public``."""
 
 
 def case_reference_problems(operations: Mapping[str, Any]) -> list[str]:

@@ -30,6 +30,8 @@ from gateway.catalog import Catalog, Route
 from gateway.errors import ValidationFailed
 from gateway.mapping import compile_mapping
 from gateway.principal import Principal
+from gateway.subject_config import CONSENT
+from gateway.subjects import check_unambiguous, service_subject_fields
 
 PROVINCE: Final = {"type": "string", "pattern": "^[0-9]{2}$"}
 CASE_REQUEST_SCHEMA: Final[dict[str, Any]] = {
@@ -63,7 +65,14 @@ CASE_REQUEST_SCHEMA: Final[dict[str, Any]] = {
             },
         },
         "purpose": {"type": "string", "minLength": 1, "maxLength": 200},
-        "authorisation_ref": {"type": "string", "minLength": 1, "maxLength": 128},
+        "consent": CONSENT,
+        "authorisation_ref": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 128,
+            "deprecated": True,
+            "description": "Accepted for older clients and ignored: it opens nothing.",
+        },
         "data": {"type": "object"},
         "materials": {
             "type": "array",
@@ -71,11 +80,26 @@ CASE_REQUEST_SCHEMA: Final[dict[str, Any]] = {
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["code", "ref", "digest"],
+                "required": ["code"],
+                # By reference and digest, or (免证办) as a licence the gateway finds itself.
+                "oneOf": [
+                    {"required": ["ref", "digest"], "properties": {"licence": False}},
+                    {"required": ["licence"], "properties": {"ref": False, "digest": False}},
+                ],
                 "properties": {
                     "code": {"type": "string", "minLength": 1, "maxLength": 64},
                     "ref": {"type": "string", "minLength": 1, "maxLength": 512},
                     "digest": {"type": "string", "maxLength": 80},
+                    "licence": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "description": "免证办: the licence type, and its number when the "
+                        "holder has several; found and verified at its issuer at intake.",
+                        "properties": {
+                            "type": {"type": "string", "minLength": 1, "maxLength": 64},
+                            "number": {"type": "string", "minLength": 1, "maxLength": 64},
+                        },
+                    },
                 },
             },
         },
@@ -163,6 +187,12 @@ def _check_materials(
             errors.append({"path": f"{path}/code", "message": "not a material of this service"})
         elif code in seen:
             errors.append({"path": f"{path}/code", "message": "given twice"})
+        if "licence" in item:
+            # 免证办: found and verified at the issuer by the licence hook (gateway/licences).
+            if requested is not None or (code in declared and declared[code].licence is None):
+                errors.append({"path": f"{path}/licence", "message": "not found as a licence"})
+            seen.add(code)
+            continue
         if not _DIGEST.match(item["digest"]):
             errors.append({"path": f"{path}/digest", "message": "expected sha256:<64 hex>"})
         if not _REF.match(item["ref"]):
@@ -177,7 +207,12 @@ def _check_materials(
     mandatory = declared.items() if requested is None else ()
     for code, material in mandatory:
         # Shared data is fetched by the gateway (免证办) and originals are seen at the window.
-        if material.required and material.source in ("e-licence", "upload") and code not in seen:
+        if (
+            material.required
+            and material.source in ("e-licence", "upload")
+            and material.licence is None  # 免证办: the gateway finds it for the data subject
+            and code not in seen
+        ):
             errors.append({"path": "/materials", "message": f"material {code!r} is required"})
     if errors:
         raise MaterialsInvalid(errors)
@@ -277,6 +312,7 @@ def build_new_case(
     idempotency_key: str | None,
     request_id: str | None = None,
     case_id: str | None = None,
+    machine: bool = False,
 ) -> tuple[NewCase, list[Route]]:
     """A NewCase (and the route of each part), or a client error; nothing is written here."""
     key = check_idempotency_key(idempotency_key)
@@ -288,7 +324,9 @@ def build_new_case(
         raise ModeNotOffered(
             f"Service {code!r} is offered as {sorted(service.modes)}, not {mode.value!r}."
         )
-    principal.require_level(service.min_level)  # client.insufficient_level
+    if not machine:
+        # client.insufficient_level
+        principal.require_levels(service.levels_for(None), service.level_requirement(None))
     receiving = body["receiving_province"]
     linked = service.linked is not None
     if linked and ({"parts", "handling_province", "operation"} & body.keys()):
@@ -348,13 +386,9 @@ def build_new_case(
                 errors=[{"path": "/originals_check/checked", "message": "must be true"}],
             )
         checked_by = principal.acting
-    if service.consent_required and not body.get("authorisation_ref"):
-        raise ValidationFailed(
-            "This service needs the holder's authorisation (授权用证): give authorisation_ref.",
-            errors=[{"path": "/authorisation_ref", "message": "required by this service"}],
-        )
     plans: list[PartPlan] = []
     routes: list[Route] = []
+    check_unambiguous(service_subject_fields(service), body["data"], None)
     if linked:
         plans, routes = _linked_parts(catalog, code, body["data"], receiving)
         if mode == Mode.JOINT and len({p.handling_province for p in plans}) < 2:
@@ -392,7 +426,7 @@ def build_new_case(
         level=principal.level,
         receiving_province=receiving,
         purpose=body["purpose"],
-        authorisation_ref=body.get("authorisation_ref"),
+        authorisation_ref=None,  # the grant that covers it, once the subject rule has bound it
         idempotency_key=key,
         body_digest=body_digest(body),
         data=body["data"],

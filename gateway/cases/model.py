@@ -268,6 +268,9 @@ class NewCase:
     originals_checked_by: str | None = None
     """The clerk who checked the originals at the window (proxy mode), if done at intake."""
     request_id: str | None = None
+    applicants: tuple[str, ...] = ()
+    """Keys of the application's data subjects as the subject rule verified them (co-applicants:
+    the buyer and the seller), each of whom sees the case from any portal."""
 
     def as_case(
         self, at: str, status: CaseStatus, transitions: tuple[Transition, ...] = ()
@@ -313,6 +316,7 @@ class NewCase:
             ),
             data=self.data,
             transitions=transitions,
+            applicants=frozenset(self.applicants),
         )
 
 
@@ -408,6 +412,8 @@ class Case:
     in_flight: frozenset[int] = frozenset()
     """Parts whose send a worker holds (a leased delivery, or one whose worker died holding
     it): the send may be on the wire, so the part cannot be called never sent."""
+    applicants: frozenset[str] = frozenset()
+    """Keys of the application's data subjects (co-applicants); read with the timeline only."""
 
     @property
     def linked(self) -> bool:

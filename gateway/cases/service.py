@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import structlog
 
@@ -37,6 +37,7 @@ from gateway.cases.model import (
     CaseStatus,
     CaseSummary,
     IllegalTransition,
+    NewCase,
     PartStatus,
     Supplement,
     part_moves_on,
@@ -61,8 +62,18 @@ from gateway.cases.supplements import (
 )
 from gateway.cases.worker import part_status_of
 from gateway.catalog import Catalog
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, GatewayError, NotDataSubject, SubjectFieldAmbiguous
 from gateway.principal import Principal
+from gateway.subjects import (
+    Binding,
+    Named,
+    SubjectRule,
+    case_declaration,
+    check_unambiguous,
+    grant_ids,
+    principal_subject,
+    service_subject_fields,
+)
 
 log = structlog.get_logger("tongban.cases")
 
@@ -104,17 +115,36 @@ def can_supplement(principal: Principal, case: Case) -> bool:
     return can_see(dataclasses.replace(principal, roles=principal.roles - STAFF_ROLES), case)
 
 
+def _applicant_keys(principal: Principal) -> frozenset[str]:
+    """The keys a case names its co-applicants by that are this principal's own."""
+    own = principal_subject(principal)
+    return frozenset((own.key,)) if own is not None else frozenset()
+
+
 def can_see(principal: Principal, case: Case) -> bool:
     """The applicant (through any portal), whoever acted for them, their window's clerks,
     operators and auditors."""
     if case.owner in principal.owner_keys and principal.actor in (None, case.actor):
         return True
+    if principal.actor is None and _applicant_keys(principal) & case.applicants:
+        return True  # a co-applicant (the seller of the buyer's application), at any portal
     if principal.actor is not None and principal.actor == case.actor:
         return True
     if principal.roles & STAFF_ROLES:
         return True
     is_clerk = "clerk" in principal.roles or principal.actor_role == "clerk"
     return is_clerk and principal.client_id == case.client_id
+
+
+class MaterialsHook(Protocol):
+    """免证办 at intake (gateway/licences): the materials the gateway finds and verifies itself
+    for a new case. Returns the case with those materials (and what goes to the handling
+    province) added, and the timeline entries that record each verification; raises a client
+    error (nothing is written) when one cannot be found or is not valid."""
+
+    async def bind(
+        self, new: NewCase, body: Mapping[str, Any], status: CaseStatus, principal: Principal
+    ) -> tuple[NewCase, list[TransitionDraft]]: ...
 
 
 class CaseService:
@@ -127,9 +157,15 @@ class CaseService:
         callback_keys: Mapping[str, bytes] | None = None,
         on_written: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
+        subjects: SubjectRule | None = None,
+        materials: MaterialsHook | None = None,
     ) -> None:
+        """``subjects``: the data-subject rule every application passes before it becomes a
+        case (the app always gives it; tests of the case core alone may leave it out)."""
+        self.subjects = subjects
         self.store = store
         self._catalog = catalog
+        self._materials = materials
         self._audit = audit
         self._callback_keys = dict(callback_keys or {})
         self._on_written = on_written or (lambda: None)
@@ -144,24 +180,41 @@ class CaseService:
         *,
         idempotency_key: str | None,
         request_id: str | None = None,
+        raw: bytes | None = None,
+        machine: bool = False,
     ) -> Submitted:
+        """Take an application in. ``raw``: the body as sent (a subject field sent twice is
+        refused); ``machine``: a client-credentials client admitted by configuration."""
+        catalog = self._catalog()
+        await self._unambiguous(catalog, principal, body, raw, request_id)
         new, _routes = build_new_case(
-            self._catalog(),
+            catalog,
             principal,
             body,
             idempotency_key=idempotency_key,
             request_id=request_id,
+            machine=machine,
         )
         try:
             existing = await self.store.find(new.owner, new.idempotency_key)
-            if existing is not None:
-                # The same application again (a client retry): the same case, nothing written.
-                if existing.body_digest != new.body_digest:
-                    raise IdempotencyKeyReused(
-                        "This Idempotency-Key was already used for a different application; "
-                        "use a new key for a new application."
-                    )
-                return Submitted(existing, False)
+        except (CaseStoreUnavailable, StaleCase) as exc:
+            raise CaseStoreDown("The case could not be recorded; retry with the same key.") from exc
+        if existing is not None:
+            # The same application again (a client retry): the same case, nothing written.
+            if existing.body_digest != new.body_digest:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was already used for a different application; "
+                    "use a new key for a new application."
+                )
+            return Submitted(existing, False)
+        binding = await self._bind(catalog, principal, new, body, raw)
+        if binding is not None:
+            new = dataclasses.replace(
+                new,
+                authorisation_ref=binding.grant,
+                applicants=tuple(s.key for s in binding.subjects),
+            )
+        try:
             at = iso_now()
             initial = [TransitionDraft(CaseStatus.RECEIVED, CaseStatus.RECEIVED, actor=new.actor)]
             if new.originals_checked_by is not None:
@@ -173,6 +226,12 @@ class CaseService:
                         reason="原件核验 at the receiving window",
                     )
                 )
+            if self._materials is not None:
+                # 免证办: licences found and verified at their issuers, before any case exists.
+                new, verified = await self._materials.bind(
+                    new, body, initial[-1].to_status, principal
+                )
+                initial.extend(verified)
             if self._audit is not None:
                 # Fail-closed: no audit record, no case (AuditUnavailable → 503, nothing written).
                 await self._audit.record(
@@ -191,7 +250,11 @@ class CaseService:
                         purpose=new.purpose,
                         outcome=initial[-1].to_status.value,
                         request_digest=new.body_digest,
-                        extra={"mode": new.mode.value, "parts": len(new.parts)},
+                        extra={
+                            "mode": new.mode.value,
+                            "parts": len(new.parts),
+                            **(binding.audit_extra() if binding is not None else {}),
+                        },
                     ),
                     required=True,
                 )
@@ -216,6 +279,98 @@ class CaseService:
                 province=new.receiving_province,
             )
         return Submitted(result.case, result.created)
+
+    async def _unambiguous(
+        self,
+        catalog: Catalog,
+        principal: Principal,
+        body: Mapping[str, Any],
+        raw: bytes | None,
+        request_id: str | None,
+    ) -> None:
+        """A field naming a data subject sent twice (or in two spellings) is refused before the
+        application is even read further, and the refusal recorded."""
+        code, data = body.get("service"), body.get("data")
+        service = catalog.services.get(code) if isinstance(code, str) else None
+        if self.subjects is None or service is None or not isinstance(data, Mapping):
+            return
+        try:
+            check_unambiguous(service_subject_fields(service), data, raw)
+        except SubjectFieldAmbiguous as exc:
+            if self._audit is not None:
+                await self._audit.record(
+                    AuditEvent(
+                        type=EventType.CASE_TRANSITION,
+                        request_id=request_id,
+                        actor=principal.actor,
+                        principal=principal.subject,
+                        identity_level=principal.level,
+                        client=principal.client_id,
+                        service=code,
+                        purpose=str(body.get("purpose", ""))[:200] or None,
+                        outcome="refused",
+                        error_code=exc.code,
+                    ),
+                    required=False,
+                )
+            raise
+
+    async def _bind(
+        self,
+        catalog: Catalog,
+        principal: Principal,
+        new: NewCase,
+        body: Mapping[str, Any],
+        raw: bytes | None,
+    ) -> Binding | None:
+        """The subject rule for an application (before anything is written); a refusal is
+        recorded (fail-closed like the intake record) and raised."""
+        rule = self.subjects
+        if rule is None:
+            return None
+        service = catalog.service(new.service)
+        declaration = case_declaration(service, [p.operation for p in new.parts])
+        consent = grant_ids(body.get("consent"))
+        named: list[Named] = []
+        try:
+            if declaration is None:
+                raise NotDataSubject("This service declares no data subject; nothing is taken in.")
+            named = rule.named(declaration, new.data, raw)
+            return await rule.check(
+                principal,
+                declaration,
+                named,
+                consent=consent,
+                service=new.service,
+                operation=None,
+                purpose=new.purpose,
+                requester_province=new.receiving_province,
+            )
+        except GatewayError as exc:
+            if self._audit is not None:
+                extra: dict[str, Any] = {"subjects": [n.subject.key for n in named]}
+                if consent:
+                    extra["grant"] = ",".join(consent)
+                await self._audit.record(
+                    AuditEvent(
+                        type=EventType.CASE_TRANSITION,
+                        request_id=new.request_id,
+                        actor=new.actor,
+                        principal=new.subject,
+                        identity_level=new.level,
+                        client=new.client_id,
+                        service=new.service,
+                        receiving_province=new.receiving_province,
+                        handling_province=",".join(p.handling_province for p in new.parts),
+                        operation=",".join(p.operation for p in new.parts),
+                        purpose=new.purpose,
+                        outcome="refused",
+                        error_code=exc.code,
+                        extra=extra,
+                    ),
+                    required=False,
+                )
+            raise
 
     # --- 补齐补正: the applicant supplies what the handling province asked for ------------------
 
@@ -296,7 +451,10 @@ class CaseService:
                 if not ("clerk" in principal.roles or principal.actor_role == "clerk"):
                     raise Forbidden("The window queue is for clerks.")
                 return await self.store.list_cases(client_id=principal.client_id, limit=limit)
-            return await self.store.list_cases(owners=principal.owner_keys, limit=limit)
+            applicants = sorted(_applicant_keys(principal)) if principal.actor is None else []
+            return await self.store.list_cases(
+                owners=principal.owner_keys, applicants=applicants, limit=limit
+            )
         except CaseStoreUnavailable as exc:
             raise CaseStoreDown() from exc
 

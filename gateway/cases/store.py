@@ -18,6 +18,7 @@ from gateway.cases.model import (
     CaseEvent,
     CaseStatus,
     CaseSummary,
+    MaterialRef,
     NewCase,
     PartStatus,
     Supplement,
@@ -232,11 +233,23 @@ class CaseStore(Protocol):
         *,
         subject: str | None = None,
         owners: Sequence[str] | None = None,
+        applicants: Sequence[str] = (),
         client_id: str | None = None,
         status: CaseStatus | None = None,
         limit: int = 100,
     ) -> list[CaseSummary]:
-        """Newest first; ``owners``: cases owned by any of them (Principal.owner_keys)."""
+        """Newest first; ``owners``: cases owned by any of them (Principal.owner_keys), and
+        with ``applicants`` also the cases naming one of those keys as a co-applicant."""
+
+    async def open_cases_with_material(self, ref: str, *, limit: int = 1000) -> list[str]:
+        """Ids of the cases not closed one of whose materials is ``ref`` (a licence whose
+        status changed at its issuer)."""
+
+    async def open_case_materials(
+        self, ref_prefix: str, *, limit: int = 1000
+    ) -> list[tuple[str, MaterialRef]]:
+        """(case id, material) of the cases not closed whose material references start with
+        ``ref_prefix`` (the licences of an issuer that is polled for changes)."""
 
     async def claim(self, owner: str, *, now: float, lease: float, limit: int) -> list[OutboxEntry]:
         """Lease up to ``limit`` due pending entries to ``owner`` until ``now + lease``."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 import uuid
@@ -58,8 +59,10 @@ from gateway.cases.store import (
 from gateway.cases.supplements import requested_supplement, supplement_input
 from gateway.catalog import CallResult, Catalog, Route
 from gateway.errors import BackendError, GatewayError, ValidationFailed, is_retryable
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.mapping import compile_mapping
 from gateway.pipeline import CallTrace, failure_cause, is_refusal
+from gateway.subjects import named_subjects
 
 log = structlog.get_logger("tongban.cases")
 
@@ -99,6 +102,8 @@ class WorkerStats:
     reconciled: int = 0
     events: int = 0
     lease_lost: int = 0
+    claims: int = 0
+    empty_claims: int = 0
 
 
 class _Deferred(Exception):
@@ -127,7 +132,11 @@ class DeliveryWorker:
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        subject_keys: SubjectKeys | None = None,
     ) -> None:
+        """``subject_keys``: how each send names its data subjects to the handling province
+        (the case was bound to them when it was taken in)."""
+        self._subject_keys = subject_keys
         self._store = store
         self._catalog = catalog
         self._settings = settings
@@ -168,36 +177,46 @@ class DeliveryWorker:
     async def _run(self) -> None:
         failures = 0
         while not self._stopping:
+            # Cleared before the claim, so work written while this batch runs wakes the loop
+            # again at once instead of waiting for the next poll.
+            self._wakeup.clear()
             try:
-                busy = await self.run_once()
+                # A short batch means nothing else was due: claiming again at once would only
+                # come back empty (one wasted round trip per wake-up, and with several instances
+                # sharing the outbox, most wake-ups are short).
+                backlog = await self._claim_and_work() >= self._settings.batch
                 failures = 0
             except CaseStoreError as exc:
                 failures += 1
                 log.warning("case_outbox_claim_failed", error_code=type(exc).__name__)
-                busy = False
+                backlog = False
                 await self._sleep(min(0.1 * 2**failures, 5.0))
             except Exception:
                 log.exception("case_worker_failed")
-                busy = False
+                backlog = False
                 await self._sleep(1.0)
-            if not busy and not self._stopping:
-                self._wakeup.clear()
+            if not backlog and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._settings.poll_interval):
                         await self._wakeup.wait()
 
     async def run_once(self) -> bool:
         """Claim one batch and work it; True when there was something to do."""
+        return await self._claim_and_work() > 0
+
+    async def _claim_and_work(self) -> int:
         entries = await self._store.claim(
             self.owner,
             now=self._clock(),
             lease=self._settings.lease,
             limit=self._settings.batch,
         )
+        self.stats.claims += 1
         if not entries:
-            return False
+            self.stats.empty_claims += 1
+            return 0
         await asyncio.gather(*(self._work(entry) for entry in entries))
-        return True
+        return len(entries)
 
     async def drain(self, *, rounds: int = 1000) -> None:
         """Work until nothing is due (tests and the CLI; the loop does this in production)."""
@@ -275,11 +294,27 @@ class DeliveryWorker:
             case_id=case.case_id,
             authorisation_ref=case.authorisation_ref,
             idempotency_key=operation_key,
+            client=case.client_id,
+        )
+
+    def _with_subjects(self, route: Route, data: Any, context: CallContext) -> CallContext:
+        """The context naming the data subjects of what is sent (keys for the audit record,
+        the handling province's hashes for the back-end)."""
+        keys = self._subject_keys
+        declaration = route.service.subject_of(route.operation_name)
+        if keys is None or not isinstance(data, Mapping) or not isinstance(declaration, tuple):
+            return context
+        named = named_subjects(keys, declaration, data)
+        key = keys.province_key(context.handling_province)
+        hashes = ",".join(f"{n.subject.kind}:{n.province_hash(key)}" for n in named)
+        return dataclasses.replace(
+            context, subjects=tuple(n.subject.key for n in named), subject_hashes=hashes or None
         )
 
     async def _invoke(
         self, route: Route, data: Any, context: CallContext
     ) -> tuple[CallResult | None, BackendError | None, CallTrace]:
+        context = self._with_subjects(route, data, context)
         trace = CallTrace()
         try:
             return await route.invoke(data, context, trace), None, trace
@@ -749,7 +784,10 @@ class DeliveryWorker:
             case.case_id, plan, otherwise=FinishEntry(entry.entry_id, self.owner, "done", "late")
         )
         if applied is not None and applied.step is not None:
-            await self._audit_step(applied.case, applied.step, trace, result)
+            step = applied.step
+            if step.events or any(new.due <= step.now for new in step.schedule):
+                self.notify()  # what this step made due (an event, the next part) goes out now
+            await self._audit_step(applied.case, step, trace, result)
 
     async def _audit_step(
         self, case: Case, step: Step, trace: CallTrace | None, result: CallResult | None

@@ -31,9 +31,11 @@ class DataSubject:
 
     kind: SubjectKind
     key: str
-    """Keyed hash naming the subject: for a person the link key of its ID type and number (the
-    ``link_key`` a signed-in person carries), for an enterprise the keyed hash of its credit code
-    or registration number. Never the identifier itself."""
+    """Keyed hash naming the subject: for a person its person key (the link key of its ID type
+    and number made into the gateway's person key, which a signed-in person carries as
+    ``Principal.person``), for an enterprise the keyed hash of its credit code or registration
+    number (``Principal.enterprise`` of its operators). gateway/consent/subjects.py makes both.
+    Never the identifier itself."""
 
 
 @dataclass(frozen=True, slots=True)

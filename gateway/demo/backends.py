@@ -2,10 +2,11 @@
 
 ``start_demo_backends`` runs real aiohttp servers (two social-insurance SOAP deployments
 sharing one WSDL, the Shaanxi housing-fund, degree and e-driving-licence REST systems, the
-Qinghai and Gansu government-service platforms, the Jiangsu contribution-proof system) on free
-ports. ``DemoSecrets`` holds the credentials they expect; ``DemoSecrets.env()`` is the
-environment ``config/systems.yaml`` reads them from. The identifiers below (usernames, key id,
-client id) are not secret and must match ``config/systems.yaml``.
+Qinghai and Gansu government-service platforms, the Jiangsu contribution-proof system, Qinghai's
+public credit information platform) on free ports. ``DemoSecrets`` holds the credentials they
+expect; ``DemoSecrets.env()`` is the environment ``config/systems.yaml`` reads them from. The
+identifiers below (usernames, key id, client id) are not secret and must match
+``config/systems.yaml``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ from gateway.demo.case_office import (
     qinghai_office,
 )
 from gateway.demo.contribution_proof import ContributionProofState, build_contribution_proof_app
+from gateway.demo.credit import CreditState, build_credit_app
 from gateway.demo.degree import DegreeState, build_degree_app
 from gateway.demo.driving_licence import DrivingLicenceState, build_driving_licence_app
 from gateway.demo.housing_fund import HousingFundState, build_housing_fund_app
+from gateway.demo.licence_system import (
+    LicenceSystemState,
+    build_licence_system_app,
+    qinghai_licence_system,
+    shaanxi_licence_system,
+)
 from gateway.demo.property_transfer import (
     AgencyState,
     CivilState,
@@ -51,6 +59,7 @@ from gateway.demo.social_insurance import (
     qinghai_insured,
     shaanxi_insured,
 )
+from gateway.demo.subject_check import demo_province_keys
 from gateway.packaged import DEMO_CONFIG_DIR
 
 DEFAULT_CONFIG_DIR = DEMO_CONFIG_DIR
@@ -73,6 +82,11 @@ XINING_TAX = "xining-tax"
 XINING_REGISTRY = "xining-registry"
 XINING_UTILITIES = "xining-utilities"
 SHAANXI_CIVIL = "shaanxi-civil"
+# S14: Qinghai's public credit information platform.
+QINGHAI_CREDIT = "qinghai-credit"
+# E-licence systems (电子证照): they issue, seal and verify licences (谁制发谁核验).
+SHAANXI_LICENCE = "shaanxi-licence"
+QINGHAI_LICENCE = "qinghai-licence"
 SYSTEM_IDS = (
     QINGHAI_SI,
     SHAANXI_SI,
@@ -87,6 +101,9 @@ SYSTEM_IDS = (
     XINING_REGISTRY,
     XINING_UTILITIES,
     SHAANXI_CIVIL,
+    QINGHAI_CREDIT,
+    SHAANXI_LICENCE,
+    QINGHAI_LICENCE,
 )
 
 # Ports of the placeholder addresses in config/systems.yaml (for running the back-ends on fixed
@@ -105,6 +122,9 @@ DEFAULT_PORTS: Mapping[str, int] = {
     XINING_REGISTRY: 18665,
     XINING_UTILITIES: 18666,
     SHAANXI_CIVIL: 18667,
+    QINGHAI_CREDIT: 18763,
+    SHAANXI_LICENCE: 18761,
+    QINGHAI_LICENCE: 18764,
 }
 
 # Non-secret identifiers the gateway presents; they must match config/systems.yaml.
@@ -126,6 +146,10 @@ ENV_NAMES: Mapping[str, str] = {
     "jiangsu_proof_api_key": "TONGBAN_SECRET_JS_PROOF_API_KEY",
     "xining_property_api_key": "TONGBAN_SECRET_XN_PROPERTY_API_KEY",
     "shaanxi_civil_api_key": "TONGBAN_SECRET_SX_CIVIL_API_KEY",
+    "qinghai_credit_api_key": "TONGBAN_SECRET_QH_CREDIT_API_KEY",
+    "shaanxi_licence_api_key": "TONGBAN_SECRET_SX_LICENCE_API_KEY",
+    "qinghai_licence_api_key": "TONGBAN_SECRET_QH_LICENCE_API_KEY",
+    "shaanxi_licence_notice_key": "TONGBAN_SECRET_SX_LICENCE_NOTICE_KEY",
 }
 
 
@@ -143,6 +167,10 @@ class DemoSecrets:
     jiangsu_proof_api_key: str
     xining_property_api_key: str
     shaanxi_civil_api_key: str
+    qinghai_credit_api_key: str
+    shaanxi_licence_api_key: str
+    qinghai_licence_api_key: str
+    shaanxi_licence_notice_key: str
 
     @classmethod
     def generate(cls) -> DemoSecrets:
@@ -191,6 +219,10 @@ class DemoBackends:
     """system id → Xining's agencies of S13 (filing, tax, registry, utilities)."""
     civil: CivilState | None = None
     """Shaanxi's household and marriage registers (S13's buyer check)."""
+    credit: CreditState | None = None
+    """Qinghai's public credit information platform (S14)."""
+    licence_systems: Mapping[str, LicenceSystemState] = field(default_factory=dict)
+    """system id → the e-licence systems of Shaanxi and Qinghai (S12, S8's parent licence)."""
 
     @property
     def addresses(self) -> dict[str, str]:
@@ -257,6 +289,8 @@ async def start_demo_backends(
     and return them running; ``await backends.aclose()`` (or ``async with``) stops them."""
     config_dir = config_dir or DEFAULT_CONFIG_DIR
     wsdl = await asyncio.to_thread((config_dir / SI_WSDL).read_bytes)
+    # Each province's subject key, as the agreement hands it out (subject_check.py).
+    subject_keys = demo_province_keys(["32", "61", "62", "63"])
     qinghai_si = SocialInsuranceState(
         province="63",
         centre_name="青海省示范社会保险事业服务局",
@@ -273,14 +307,18 @@ async def start_demo_backends(
         seal_key=secrets.shaanxi_si_password.encode() + b"/seal",
         insured=shaanxi_insured(),
     )
-    housing = HousingFundState(api_key=secrets.housing_api_key)
+    housing = HousingFundState(api_key=secrets.housing_api_key, subject_key=subject_keys.get("61"))
     degree = DegreeState(key_id=DEGREE_KEY_ID, secret=secrets.degree_hmac_secret)
     driving = DrivingLicenceState(
         client_id=DRIVING_CLIENT_ID, client_secret=secrets.driving_client_secret
     )
     # Jiangsu's seal key, fresh per process and never given to the gateway; Qinghai checks proof
     # seals with it (standing in for Jiangsu's seal certificate: an SM2 seal needs only that).
-    proof = ContributionProofState(api_key=secrets.jiangsu_proof_api_key, seal_key=token_bytes(32))
+    proof = ContributionProofState(
+        api_key=secrets.jiangsu_proof_api_key,
+        seal_key=token_bytes(32),
+        subject_key=subject_keys.get("32"),
+    )
     offices = {
         QINGHAI_GOV: qinghai_office(secrets.qinghai_gov_api_key, {"32": proof.seal_key}),
         GANSU_GOV: gansu_office(secrets.gansu_gov_api_key),
@@ -293,6 +331,11 @@ async def start_demo_backends(
         XINING_UTILITIES: xining_utilities(xining_key),
     }
     civil = CivilState(api_key=secrets.shaanxi_civil_api_key)
+    credit = CreditState(api_key=secrets.qinghai_credit_api_key)
+    licence_systems = {
+        SHAANXI_LICENCE: shaanxi_licence_system(secrets.shaanxi_licence_api_key),
+        QINGHAI_LICENCE: qinghai_licence_system(secrets.qinghai_licence_api_key),
+    }
     plan: list[tuple[str, web.Application, Recorder, str]] = [
         (
             QINGHAI_SI,
@@ -316,6 +359,11 @@ async def start_demo_backends(
         (JIANGSU_PROOF, build_contribution_proof_app(proof), proof.recorder, ""),
         *((sid, build_agency_app(agency), agency.recorder, "") for sid, agency in agencies.items()),
         (SHAANXI_CIVIL, build_civil_app(civil), civil.recorder, ""),
+        (QINGHAI_CREDIT, build_credit_app(credit), credit.recorder, ""),
+        *(
+            (sid, build_licence_system_app(system), system.recorder, "")
+            for sid, system in licence_systems.items()
+        ),
     ]
     running: dict[str, RunningBackend] = {}
     try:
@@ -330,7 +378,18 @@ async def start_demo_backends(
             await backend.runner.cleanup()
         raise
     return DemoBackends(
-        qinghai_si, shaanxi_si, housing, degree, driving, running, offices, proof, agencies, civil
+        qinghai_si,
+        shaanxi_si,
+        housing,
+        degree,
+        driving,
+        running,
+        offices,
+        proof,
+        agencies,
+        civil,
+        credit,
+        licence_systems,
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gateway.demo import guangdong_idp, legal_idp, qinghai_idp, staff_directory, ticket_idp
 from gateway.demo.backends import DemoBackends
-from gateway.demo.examples import DEMO_CALLS, curl_line
+from gateway.demo.examples import DEMO_CALLS, REFUSED_CALL, curl_line
 from gateway.demo.federation import DemoIdentity
 
 REQUESTS_FILE = "demo-requests.sh"
@@ -134,6 +134,13 @@ def requests_script(base_url: str, tokens: dict[str, dict[str, str]], cases: str
     ]
     for call in DEMO_CALLS:
         lines += [f"# {call.scenario}: {call.title}", curl_line(base_url, call, tokens), ""]
+    lines += [
+        "# whose data: a call naming someone else's ID number is refused before any back-end",
+        '# is asked; with their consent grant it would carry "consent": "<grant id>".',
+        f"# {REFUSED_CALL.scenario}: {REFUSED_CALL.title}",
+        curl_line(base_url, REFUSED_CALL, tokens),
+        "",
+    ]
     return "\n".join(lines) + cases + "\n"
 
 

@@ -61,9 +61,19 @@ DOCUMENTS = {
     "invoice-application": ("FPSL", "发票领用核定 invoice allowance"),
     "si-registration": ("SBDJ", "社会保险登记证明 social-insurance registration"),
     "public-rental-housing": ("GZF", "公共租赁住房资格确认书 rental-housing eligibility"),
+    "newborn-registration": ("CSDJ", "出生登记 birth registered in the household register"),
+    "newborn-medical-insurance": ("YBCB", "城乡居民医保参保凭证 medical-insurance enrolment"),
+    "newborn-social-security-card": ("SBK", "社会保障卡申领回执 social-security card ordered"),
 }
 # Kinds that rest on another province's e-sealed proof: kind → the proof's issuing province.
 SEALED_PROOF_KINDS = {"public-rental-housing": "32"}
+# Kinds decided on an electronic licence the gateway verified at its issuer (免证办, S12): kind →
+# the licence type that must come with the application, verified valid.
+LICENCE_KINDS = {
+    "newborn-registration": "birth-medical-certificate",
+    "newborn-medical-insurance": "birth-medical-certificate",
+    "newborn-social-security-card": "birth-medical-certificate",
+}
 KINDS = frozenset(DOCUMENTS)
 
 
@@ -170,6 +180,26 @@ def _result_for(state: CaseOfficeState, application: Application) -> dict[str, s
     }
 
 
+def _check_licence(body: dict[str, Any]) -> web.Response | None:
+    """S12: no upload; the birth medical certificate arrives as the gateway's verification at
+    its issuer (type, number, status, data and seal digests), and must say valid."""
+    needed = LICENCE_KINDS.get(body["kind"])
+    if needed is None:
+        return None
+    licences = body.get("licences")
+    ok = isinstance(licences, list) and any(
+        isinstance(item, dict)
+        and item.get("type") == needed
+        and item.get("status") == "valid"
+        and str(item.get("data_digest", "")).startswith("sha256:")
+        and str(item.get("seal_digest", "")).startswith("sha256:")
+        for item in licences
+    )
+    if not ok:
+        return _error(422, "licence_missing", f"a verified {needed} must come with the application")
+    return None
+
+
 def _check_proof(state: CaseOfficeState, body: dict[str, Any]) -> web.Response | None:
     """S9: the application names a proof (number, digest, seal); the seal must be the issuing
     province's over that number and digest."""
@@ -198,7 +228,7 @@ async def submit_application(request: web.Request) -> web.Response:
         return _error(400, "invalid_request", f"kind must be one of {sorted(KINDS)}")
     if not body.get("idNumber") or not body.get("name"):
         return _error(400, "invalid_request", "idNumber and name are required")
-    refused = _check_proof(state, body)
+    refused = _check_proof(state, body) or _check_licence(body)
     if refused is not None:
         return refused
     fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -324,6 +354,10 @@ def qinghai_office(
             "si-registration": ["ACCEPTED", "DONE"],
             # S9: the housing-security office checks the proof's seal on submission, then decides.
             "public-rental-housing": ["ACCEPTED", "PROCESSING", "DONE"],
+            # S12 出生一件事: each agency decides on its next status query.
+            "newborn-registration": ["ACCEPTED", "DONE"],
+            "newborn-medical-insurance": ["ACCEPTED", "DONE"],
+            "newborn-social-security-card": ["ACCEPTED", "DONE"],
         },
     )
 

@@ -1,9 +1,10 @@
-"""Ready-made case submissions for `tongban demo`: S1, S2, S3, S4, S8, S9, S10, S13 as durable
-cases (办件), and how to follow a case (status URL, event stream, CLI). S13 is linked (联动办理):
-once as it succeeds, once refused at registration with the steps already taken undone. S10 is
-taken in at a window:
-the clerk's own token and a Counter token by token exchange (gateway/identity/token_exchange.py),
-never a development token."""
+"""Ready-made case submissions for `tongban demo`: S1, S2, S3, S4, S8, S9, S10, S12, S13 as
+durable cases (办件), and how to follow a case (status URL, event stream, CLI). S12 needs no
+upload (免证办): the birth medical certificate is found and verified at Shaanxi's e-licence system;
+a revoked certificate and a record altered behind its seal are refused, no case made. S13 is
+linked (联动办理): once as it succeeds, once refused at registration with the steps already taken
+undone. S10 is taken in at a window: the clerk's own token and a Counter token by token
+exchange (gateway/identity/token_exchange.py), never a development token."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from gateway.demo.licence_system import BIRTH_CERTIFICATE_ALTERED, BIRTH_CERTIFICATE_REVOKED
 from gateway.demo.property_transfer import BUYER, SEIZED_UNITS, SELLER
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN
 from gateway.identity.clients import TOKEN_EXCHANGE
 from gateway.identity.devtokens import DevTokenIssuer
 from gateway.identity.identifiers import RESIDENT_ID_CARD
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.identity.token_exchange import ACCESS_TOKEN_TYPE, ID_DOCUMENT_TOKEN_TYPE
 
 ID_CARD = {
@@ -111,7 +114,9 @@ S2_CASE: tuple[str, str, str, dict[str, Any]] = (
     },
 )
 
-# S8 (企业开办 bundle) is an enterprise's application (level LP), so it goes with its token.
+# S8 (企业开办 bundle) is an enterprise's application (level LP), so it goes with its token,
+# which names the enterprise (the data subject: its credit code).
+S8_CREDIT_CODE = "91610113MA6TXXXX0Q"
 S8_CASE: tuple[str, str, str, dict[str, Any]] = (
     "S8",
     "branch in Qinghai: one application fans out to registration, seal, invoices, insurance",
@@ -124,9 +129,8 @@ S8_CASE: tuple[str, str, str, dict[str, Any]] = (
             for op in ("registration", "seal-filing", "invoices", "social-insurance")
         ],
         "purpose": "跨省设立分支机构",
-        "authorisation_ref": "LR-AUTH-2026-0008",
         "data": {
-            "credit_code": "91610113MA6TXXXX0Q",
+            "credit_code": S8_CREDIT_CODE,
             "parent_name": "西安秦川示例电子有限公司",
             "branch_name": "西安秦川示例电子有限公司西宁分公司",
             "branch_address": "西宁市城西区示范大街8号",
@@ -134,7 +138,8 @@ S8_CASE: tuple[str, str, str, dict[str, Any]] = (
             "principal_id_number": MA_WENHUA.id_number,
         },
         "materials": [
-            {**ID_CARD, "code": "parent-business-licence"},
+            # 免证办: found and verified at Shaanxi's e-licence system by the credit code.
+            {"code": "parent-business-licence", "licence": {}},
             {
                 "code": "representative-authorisation",
                 "ref": "urn:upload:demo-1",
@@ -146,13 +151,11 @@ S8_CASE: tuple[str, str, str, dict[str, Any]] = (
 
 # S9 (申请公共租赁住房): first the e-sealed proof is pulled from Jiangsu with the holder's
 # authorisation, then the application names it (number, digest, seal from that answer).
-S9_AUTHORISATION = "AUTH-2026-0009"
 S9_PROOF_CALL: dict[str, Any] = {
     "operation": "contribution-proof",
     "receiving_province": "63",
     "handling_province": "32",
     "purpose": "申请公共租赁住房",
-    "authorisation_ref": S9_AUTHORISATION,
     "data": {"id_number": MA_WENHUA.id_number, "name": MA_WENHUA.name},
 }
 S9_CASE: tuple[str, str, str, dict[str, Any]] = (
@@ -166,7 +169,6 @@ S9_CASE: tuple[str, str, str, dict[str, Any]] = (
         "receiving_province": "63",
         "handling_province": "63",
         "purpose": "申请公共租赁住房",
-        "authorisation_ref": S9_AUTHORISATION,
         "data": {
             "id_number": MA_WENHUA.id_number,
             "name": MA_WENHUA.name,
@@ -271,7 +273,59 @@ S13_REFUSED: tuple[str, str, str, dict[str, Any]] = (
 )
 
 
-def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
+# S12 (出生一件事, 免证办): nothing to upload; the gateway finds the birth medical certificate for
+# the applying parent at Shaanxi's e-licence system, checks its seal and status there, and sends
+# the verification with the case to Qinghai's three agencies.
+S12_DATA: dict[str, Any] = {
+    "parent": {"id_number": MA_WENHUA.id_number, "name": MA_WENHUA.name},
+    "newborn": {"name": "马小禾", "gender": "female"},
+    "birth_province": "61",
+    "household_address": "西宁市城中区示范巷3号",
+}
+S12_CASE: tuple[str, str, str, dict[str, Any]] = (
+    "S12",
+    "出生一件事 in Qinghai for a child born in Xi'an: birth registration, medical insurance, "
+    "social-security card; the birth certificate verified at Shaanxi, nothing uploaded",
+    "demo-s12-case-0001",
+    {
+        "service": "newborn-bundle",
+        "receiving_province": "63",
+        "parts": [
+            {"handling_province": "63", "operation": op}
+            for op in ("newborn-registration", "medical-insurance", "social-security-card")
+        ],
+        "purpose": "出生一件事",
+        "data": S12_DATA,
+    },
+)
+
+
+def _s12_naming(number: str) -> dict[str, Any]:
+    return {
+        **S12_CASE[3],
+        "materials": [{"code": "birth-medical-certificate", "licence": {"number": number}}],
+    }
+
+
+S12_REFUSED: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    (
+        "S12",
+        "the same naming the first certificate, revoked when it was reissued: refused"
+        " (422 client.licence_revoked), no case",
+        "demo-s12-case-0002",
+        _s12_naming(BIRTH_CERTIFICATE_REVOKED),
+    ),
+    (
+        "S12",
+        "the same naming a certificate whose record was altered after it was sealed: the seal"
+        " does not hold (422 client.licence_seal_invalid), no case",
+        "demo-s12-case-0003",
+        _s12_naming(BIRTH_CERTIFICATE_ALTERED),
+    ),
+)
+
+
+def issue_staff_tokens(issuer: DevTokenIssuer, keys: SubjectKeys | None = None) -> dict[str, str]:
     """Development tokens for the banner's curl lines: an operator (dead letters) and an
     enterprise's agent (S8). A window clerk has no development token: the clerk signs in through
     the staff directory and identifies each applicant by token exchange (window console)."""
@@ -283,6 +337,7 @@ def issue_staff_tokens(issuer: DevTokenIssuer) -> dict[str, str]:
             client_id="demo-portal-qinghai",
             actor="demo-" + MA_WENHUA.key,
             actor_role="agent",
+            enterprise=keys.enterprise(S8_CREDIT_CODE).key if keys is not None else None,
         ),
     }
 
@@ -322,7 +377,10 @@ def cases_banner(
     data_dir: Path,
     *,
     window_console: str = "/window",
+    s13_consent: str | None = None,
 ) -> str:
+    """The case lines of the banner; ``s13_consent``: the seller's grant the demo gave the
+    citizen token's portal, which the S13 lines present."""
     auth = shlex.quote(f"Authorization: Bearer {citizen_token}")
     lines = [
         "",
@@ -332,8 +390,22 @@ def cases_banner(
     enterprise = shlex.quote(f"Authorization: Bearer {staff['enterprise']}")
     plan = [(case, auth) for case in (*DEMO_CASES, S2_CASE)]
     plan += [(S8_CASE, enterprise), (S9_CASE, auth), (S13_CASE, auth), (S13_REFUSED, auth)]
+    plan += [(S12_CASE, auth), *((case, auth) for case in S12_REFUSED)]
     proof_url = base_url + "/api/v1/services/public-rental-housing/calls"
-    for (scenario, title, key, body), header in plan:
+    noted = False
+    for (scenario, title, key, case_body), header in plan:
+        body = case_body
+        if scenario == "S13":
+            if not noted:
+                noted = True
+                lines += [
+                    "# S13 names both co-applicants: the buyer (马文华, signed in) and the seller",
+                    "# (韩雪梅). Her part is reached only under her consent grant to this portal,",
+                    '# which the demo gave at start-up ("consent" below); without it the answer',
+                    "# is 403 client.not_data_subject and no case is made.",
+                ]
+            if s13_consent is not None:
+                body = {**body, "consent": s13_consent}
         if scenario == "S9":
             lines += [
                 "# S9: pull the e-sealed contribution proof from Jiangsu (holder's authorisation)",

@@ -2,8 +2,10 @@
 
 ``POST /api/proofs`` with ``{"idNumber", "name"}`` issues an e-sealed proof of the holder's
 social-insurance and housing-fund contributions (months paid, latest month paid). It is only
-issued with the holder's authorisation (授权用证): the gateway forwards the reference as the
-``X-Tongban-Authorisation`` header, and a request without it is refused (403). The seal is a
+issued to the holder or with the holder's authorisation (授权用证): the gateway names the
+verified holder in ``X-Tongban-Subjects`` (checked against Jiangsu's subject key,
+gateway/demo/subject_check.py) and the grant that covered someone else's call in
+``X-Tongban-Authorisation``; a request with neither is refused (403). The seal is a
 demo e-seal: HMAC-SHA256 over the proof number and the SHA-256 digest of the proof document,
 standing in for an SM2 seal; ``seal_value`` is what a relying office checks with Jiangsu's seal
 verification key (see ``check_seal``). It never logs payloads.
@@ -26,6 +28,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.demo.recording import Recorder, recording_middleware
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN, Resident, mask_id, mask_name
+from gateway.demo.subject_check import SUBJECTS_HEADER, person_named
 
 CENTRE_NAME = "江苏省示范社会保险和住房公积金缴存证明系统"
 API_KEY_HEADER = "X-API-Key"
@@ -59,6 +62,8 @@ def jiangsu_contributors() -> dict[str, Contributor]:
 class ContributionProofState:
     api_key: str
     seal_key: bytes
+    subject_key: bytes | None = None
+    """Jiangsu's subject key (gateway/demo/subject_check.py); None: not checked."""
     contributors: dict[str, Contributor] = field(default_factory=jiangsu_contributors)
     recorder: Recorder = field(default_factory=Recorder)
     clock: Callable[[], datetime] = _now
@@ -131,8 +136,11 @@ def _proof(
 
 async def issue_proof(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    # 授权用证: the holder asks (the gateway verified them as the subject) or someone holding
+    # their grant does (the gateway used it, and names it).
     authorisation = request.headers.get(AUTHORISATION_HEADER, "").strip()
-    if not authorisation:
+    subjects = request.headers.get(SUBJECTS_HEADER, "").strip()
+    if not authorisation and not subjects:
         return _error(
             403, "authorisation_required", "a proof is issued only with the holder's authorisation"
         )
@@ -142,10 +150,12 @@ async def issue_proof(request: web.Request) -> web.Response:
         return _error(400, "invalid_json", "body is not JSON")
     if not isinstance(body, dict) or not body.get("idNumber") or not body.get("name"):
         return _error(400, "invalid_request", "idNumber and name are required")
+    if not person_named(state.subject_key, subjects, str(body["idNumber"])):
+        return _error(403, "not_the_verified_subject", "the ID number is not the holder's")
     person = state.contributors.get(body["idNumber"])
     if person is None or person.resident.name != body["name"]:
         return _error(404, "person_not_found", "no contributor matches idNumber and name")
-    return web.json_response(_proof(state, person, authorisation))
+    return web.json_response(_proof(state, person, authorisation or "holder"))
 
 
 def build_contribution_proof_app(state: ContributionProofState) -> web.Application:

@@ -7,8 +7,9 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.demo.residents import DUAN_HAORAN, MA_WENHUA, SU_LANXIN
+from gateway.demo.residents import DUAN_HAORAN, HAN_XUEMEI, MA_WENHUA, SU_LANXIN, Resident
 from gateway.identity.devtokens import DevTokenIssuer
+from gateway.identity.subject_keys import SubjectKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,12 +18,19 @@ class DemoCitizen:
     subject: str
     level: str
     who: str
+    resident: Resident
 
 
 CITIZENS: tuple[DemoCitizen, ...] = (
-    DemoCitizen("citizen-l3", "demo-" + MA_WENHUA.key, "L3", "马文华, real person checked (L3)"),
-    DemoCitizen("citizen-l2", "demo-" + SU_LANXIN.key, "L2", "苏兰心, real name checked (L2)"),
-    DemoCitizen("citizen-l1", "demo-" + DUAN_HAORAN.key, "L1", "段浩然, account only (L1)"),
+    DemoCitizen(
+        "citizen-l3", "demo-" + MA_WENHUA.key, "L3", "马文华, real person checked (L3)", MA_WENHUA
+    ),
+    DemoCitizen(
+        "citizen-l2", "demo-" + SU_LANXIN.key, "L2", "苏兰心, real name checked (L2)", SU_LANXIN
+    ),
+    DemoCitizen(
+        "citizen-l1", "demo-" + DUAN_HAORAN.key, "L1", "段浩然, account only (L1)", DUAN_HAORAN
+    ),
 )
 
 
@@ -36,13 +44,22 @@ class DemoCall:
     idempotency_key: str | None = None
 
 
-def issue_demo_tokens(issuer: DevTokenIssuer) -> dict[str, dict[str, str]]:
+def issue_demo_tokens(
+    issuer: DevTokenIssuer, keys: SubjectKeys | None = None
+) -> dict[str, dict[str, str]]:
+    """The demo citizens' tokens; with ``keys``, each names its person (the key of its ID
+    number), so the subject rule knows the data they name as their own."""
     return {
         c.key: {
             "subject": c.subject,
             "level": c.level,
             "who": c.who,
-            "token": issuer.issue(c.subject, c.level, client_id="demo-portal-qinghai"),
+            "token": issuer.issue(
+                c.subject,
+                c.level,
+                client_id="demo-portal-qinghai",
+                person=keys.person(c.resident.id_number).key if keys is not None else None,
+            ),
         }
         for c in CITIZENS
     }
@@ -100,15 +117,14 @@ DEMO_CALLS: tuple[DemoCall, ...] = (
     ),
     DemoCall(
         "S6",
-        "degree verification with the holder's authorisation (REST, HMAC-signed, quirky answer)",
+        "degree verification of one's own degree (REST, HMAC-signed, quirky answer)",
         "degree-verification",
         "citizen-l2",
         {
             "operation": "verify",
             "receiving_province": "63",
             "handling_province": "61",
-            "purpose": "用人单位招聘学历核验",
-            "authorisation_ref": "AUTH-2026-0001",
+            "purpose": "本人学历学位核验",
             "data": {
                 "name": SU_LANXIN.name,
                 "id_number": SU_LANXIN.id_number,
@@ -116,6 +132,23 @@ DEMO_CALLS: tuple[DemoCall, ...] = (
             },
         },
     ),
+)
+
+
+# What the subject rule refuses: a citizen naming someone else's ID number gets 403
+# client.not_data_subject, and nothing reaches the fund centre.
+REFUSED_CALL = DemoCall(
+    "S4",
+    "refused: 马文华 asks for 韩雪梅's housing-fund account (403 client.not_data_subject)",
+    "housing-fund-transfer",
+    "citizen-l3",
+    {
+        "operation": "account-query",
+        "receiving_province": "63",
+        "handling_province": "61",
+        "purpose": "住房公积金异地转移接续",
+        "data": {"account_no": "610100201300789012", "id_number": HAN_XUEMEI.id_number},
+    },
 )
 
 

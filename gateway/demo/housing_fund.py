@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.demo.recording import Recorder, recording_middleware
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, ZHAO_YIMING, Resident, mask_name
+from gateway.demo.subject_check import SUBJECTS_HEADER, person_named
 
 CENTRE_NAME = "陕西省示范住房公积金管理中心"
 API_KEY_HEADER = "X-API-Key"
@@ -82,6 +83,9 @@ def shaanxi_accounts() -> dict[str, FundAccount]:
 @dataclass
 class HousingFundState:
     api_key: str
+    subject_key: bytes | None = None
+    """Shaanxi's subject key: an account is answered only for the person the gateway verified
+    (gateway/demo/subject_check.py); None: not checked."""
     accounts: dict[str, FundAccount] = field(default_factory=shaanxi_accounts)
     recorder: Recorder = field(default_factory=Recorder)
     clock: Callable[[], datetime] = _now
@@ -110,6 +114,8 @@ async def get_account(request: web.Request) -> web.Response:
     state = request.app[STATE]
     account = state.accounts.get(request.match_info["accountNo"])
     id_card = request.query.get("idCardNo", "")
+    if not person_named(state.subject_key, request.headers.get(SUBJECTS_HEADER), id_card):
+        return _error(403, "not_the_verified_subject", "the ID number is not the caller's")
     # An account number alone does not reveal an account: the holder's ID must match too.
     if account is None or not hmac.compare_digest(
         id_card.encode(), account.holder.id_number.encode()
@@ -155,6 +161,8 @@ async def create_transfer(request: web.Request) -> web.Response:
     missing = [f for f in fields if not isinstance(body.get(f), str) or not body[f]]
     if missing:
         return _error(400, "invalid_request", f"missing fields: {', '.join(missing)}")
+    if not person_named(state.subject_key, request.headers.get(SUBJECTS_HEADER), body["idCardNo"]):
+        return _error(403, "not_the_verified_subject", "the ID number is not the caller's")
     if not _CENTRE_CODE.match(body["inCentreCode"]):
         return _error(400, "invalid_request", "inCentreCode must be six digits")
     fingerprint = hashlib.sha256(

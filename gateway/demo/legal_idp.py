@@ -27,7 +27,8 @@ from aiohttp import web
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
-from gateway.demo.residents import MA_WENHUA, SU_LANXIN, ZHAO_YIMING, Resident
+from gateway.demo.credit import SALT_LAKE
+from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN, ZHAO_YIMING, Resident
 from gateway.identity.identifiers import make_credit_code, make_registration_number
 
 PASSWORD = "demo"
@@ -49,6 +50,8 @@ QINLING_TECH = Enterprise(
 TESTING_CENTRE = Enterprise(
     make_credit_code("12610000435201130"), "陕西省示范检测中心", "2", "马文华"
 )
+# S14: a Qinghai enterprise whose credit record Qinghai's platform keeps (gateway/demo/credit.py).
+SALT_LAKE_CHEMICALS = Enterprise(SALT_LAKE.credit_code, SALT_LAKE.name, "1", "韩雪梅")
 # Registered in 2009, before the unified credit code: a registration number only.
 OLD_WORKSHOP = Enterprise(
     make_registration_number("61010320090001"), "西安老城区机械修配厂", "1", "赵一鸣"
@@ -74,6 +77,7 @@ ACCOUNTS: tuple[AgentAccount, ...] = (
     AgentAccount("lp-500102", QINLING_TECH, SU_LANXIN, "13709115678", "3", "password"),
     AgentAccount("lp-500103", TESTING_CENTRE, ZHAO_YIMING, "13991005678", "2", "password"),
     AgentAccount("lp-500104", OLD_WORKSHOP, ZHAO_YIMING, "13991005679", "1", "certificate"),
+    AgentAccount("lp-500105", SALT_LAKE_CHEMICALS, HAN_XUEMEI, "13997001122", "1", "certificate"),
     AgentAccount("lp-500199", BROKEN_CODE, SU_LANXIN, "13709115679", "1", "certificate"),
 )
 

@@ -29,6 +29,9 @@ CONTEXT_HEADERS: Mapping[str, str] = MappingProxyType(
         "X-Tongban-Actor": "actor",
         "X-Tongban-Level": "level",
         "X-Tongban-Assertion": "identity_assertion",
+        "X-Tongban-Subjects": "subjects",
+        "X-Tongban-Source-Province": "source_province",
+        "X-Tongban-Client": "client",
         "Idempotency-Key": "idempotency_key",
     }
 )
@@ -46,6 +49,9 @@ SOAP_CONTEXT_ELEMENTS: Mapping[str, str] = MappingProxyType(
         "Actor": "actor",
         "Level": "level",
         "Assertion": "identity_assertion",
+        "Subjects": "subjects",
+        "SourceProvince": "source_province",
+        "Client": "client",
     }
 )
 

@@ -8,18 +8,28 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from gateway.app import create_app, open_provider
+from gateway.consent.book import Giver, GrantRequest
+from gateway.consent.factory import subject_keys
 from gateway.demo.backends import DemoSecrets, start_demo_backends
 from gateway.demo.banner import requests_script, terminal_banner, write_requests_file
-from gateway.demo.cases import cases_banner, issue_staff_tokens
+from gateway.demo.cases import S13_CASE, cases_banner, issue_staff_tokens
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.federation import DemoIdentitySecrets, start_demo_identity
+from gateway.demo.portals import PortalState
+from gateway.demo.presentations import presentation_lines, presentation_tokens
+from gateway.demo.property_transfer import SELLER
+from gateway.http.keys import STATE
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.logs import configure_logging
 from gateway.principal import TokenVerifier
 from gateway.serve import serve_until_stopped
@@ -66,6 +76,39 @@ def demo_identity_env(data_dir: Path) -> dict[str, str]:
     }
 
 
+S13_CLIENTS = ("demo-portal-qinghai", "demo-portal-shaanxi", "demo-window-shaanxi")
+
+
+def seed_demo_consents(
+    portals: Mapping[str, PortalState], keys: SubjectKeys | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The S13 seller's consent to the portals and the window that file the demo's home
+    purchase (the buyer files; the seller, a co-applicant, lets these clients reach her part of
+    the application), given in the consent book when the demo starts."""
+
+    async def seed(app: web.Application) -> AsyncIterator[None]:
+        book = app[STATE].consent
+        if book is not None and keys is not None:
+            seller = keys.person(SELLER.id_number)
+            for client in S13_CLIENTS:
+                grant = await book.give(
+                    Giver(subject=seller, granted_by="subject", client=client),
+                    GrantRequest(
+                        kind="consent",
+                        services=("second-hand-home-transfer",),
+                        expires_at=time.time() + 30 * 86400,
+                        purpose=str(S13_CASE[3]["purpose"]),
+                        requester_client=client,
+                    ),
+                )
+                owner = "demo-portal-shaanxi" if client == "demo-window-shaanxi" else client
+                if owner in portals:
+                    portals[owner].consents[client] = grant.grant_id
+        yield
+
+    return seed
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -92,12 +135,14 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
             return 1
         issuer = DevTokenIssuer()
-        tokens = issue_demo_tokens(issuer)
+        keys = subject_keys(settings)
+        tokens = issue_demo_tokens(issuer, keys)
         provider = await open_provider(settings, build_authenticator(settings))
         verifier: TokenVerifier = (
             WithDevTokens(issuer, provider.access_token_verifier()) if provider else issuer
         )
         app = create_app(settings, verifier=verifier, oidc=provider)
+        app.cleanup_ctx.append(seed_demo_consents(demo_identity.portals, keys))
         app.on_cleanup.append(lambda _app: demo_identity.aclose())
 
         def started(bound: int) -> None:
@@ -120,10 +165,16 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             cases = cases_banner(
                 base,
                 tokens["citizen-l3"]["token"],
-                issue_staff_tokens(issuer),
+                issue_staff_tokens(issuer, keys),
                 data_dir,
                 window_console=console,
+                s13_consent=demo_identity.portal("demo-portal-qinghai").consents.get(
+                    "demo-portal-qinghai"
+                ),
             )
+            shown = presentation_tokens(issuer, settings)
+            if shown is not None:  # 亮证 with a time-limited code, by hand
+                cases += "\n".join(["", *presentation_lines(base, shown)])
             requests_file = write_requests_file(data_dir, requests_script(base, tokens, cases))
             print(terminal_banner(base, demo_identity, backends, requests_file), flush=True)
 

@@ -13,6 +13,7 @@ after it. Records name the staff member by pairwise subject and the route, never
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,6 +30,7 @@ from gateway.audit.query import (
     MAX_LIMIT,
     AuditQuery,
     InvalidCursor,
+    QueryPosition,
     decode_cursor,
     encode_cursor,
     lookup_row,
@@ -37,6 +39,7 @@ from gateway.audit.query import (
 from gateway.audit.record import AuditEvent, EventType, format_time
 from gateway.audit.store import AuditStore, AuditStoreError, StoredRecord
 from gateway.audit.writer import AuditWriter
+from gateway.consent.subjects import me
 from gateway.errors import (
     AuditUnavailable,
     Forbidden,
@@ -44,6 +47,7 @@ from gateway.errors import (
     Unauthenticated,
     ValidationFailed,
 )
+from gateway.http.consents import SUBJECT_DIGEST
 from gateway.http.keys import (
     LOG_FIELDS,
     PRINCIPAL,
@@ -61,7 +65,11 @@ log = structlog.get_logger("tongban.audit")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 AUDITOR_ROLE: Final = "auditor"
-ACCESS_LOG_TYPES: Final = (EventType.SERVICE_CALL_COMPLETED.value, EventType.CASE_TRANSITION.value)
+ACCESS_LOG_TYPES: Final = (
+    EventType.SERVICE_CALL_COMPLETED.value,
+    EventType.CASE_TRANSITION.value,
+    EventType.LICENCE_VERIFIED.value,  # 亮证: who checked my licence, when, for which service
+)
 _EVENT_TYPES: Final = frozenset(t.value for t in EventType)
 _CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PROVINCE = re.compile(r"^[0-9]{2}$")
@@ -316,7 +324,20 @@ def _province(code: str | None) -> dict[str, str] | None:
     return {"code": code, "name": zh, "name_en": en}
 
 
-def _entry(app: web.Application, record: Mapping[str, Any]) -> dict[str, Any]:
+_KINDS: Final = {
+    EventType.SERVICE_CALL_COMPLETED.value: "service_call",
+    EventType.CASE_TRANSITION.value: "case_step",
+    EventType.CONSENT_USED.value: "grant_used",
+    EventType.CONSENT_REFUSED.value: "grant_refused",
+    EventType.LICENCE_VERIFIED.value: "licence_check",  # 亮证 and 免证办: my licence was checked
+}
+SUBJECT_LOG_TYPES: Final = tuple(_KINDS)
+"""What the subject's access log shows of records naming it in ``extra.subjects``: calls and
+case steps about it (whoever made them: the subject, an institution under its consent, an
+agent, a clerk) and every use or refused use of a grant of its."""
+
+
+def _entry(app: web.Application, record: Mapping[str, Any], mine: str | None) -> dict[str, Any]:
     settings = app[SETTINGS]
     service = settings.services.get(str(record.get("service")))
     system = settings.systems.get(str(record.get("system")))
@@ -326,11 +347,11 @@ def _entry(app: web.Application, record: Mapping[str, Any]) -> dict[str, Any]:
         if p is not None
     ]
     actor = record.get("actor")
+    extra = _extra(record)
+    grant = extra.get("grant")
     return {
         "time": record.get("time"),
-        "kind": "service_call"
-        if record.get("type") == EventType.SERVICE_CALL_COMPLETED
-        else "case_step",
+        "kind": _KINDS.get(str(record.get("type")), "case_step"),
         "service": record.get("service"),
         "service_name": service.name.model_dump() if service else None,
         "operation": record.get("operation"),
@@ -345,21 +366,72 @@ def _entry(app: web.Application, record: Mapping[str, Any]) -> dict[str, Any]:
         "client": record.get("client"),
         "acted_by": actor if actor and actor != record.get("principal") else None,
         "request_id": record.get("request_id"),
+        "grant_id": grant if isinstance(grant, str) else None,
+        "subject": mine,
     }
 
 
+def _extra(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    extra = record.get("extra")
+    return extra if isinstance(extra, dict) else {}
+
+
+def _merge(
+    pages: list[tuple[list[dict[str, Any]], str | None]], limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """Newest first across several pages of one window, each record once; True when more
+    follow (a page was cut, or the merge was)."""
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    more = False
+    for records, cursor in pages:
+        more = more or cursor is not None
+        for record in records:
+            seen.setdefault((str(record.get("chain")), int(record.get("sequence") or 0)), record)
+    ordered = sorted(
+        seen.values(),
+        key=lambda r: (str(r.get("time")), str(r.get("chain")), int(r.get("sequence") or 0)),
+        reverse=True,
+    )
+    return ordered[:limit], more or len(ordered) > limit
+
+
 async def access_log(request: web.Request) -> web.Response:
-    """GET /api/v1/me/access-log: who touched the caller's data, newest first."""
+    """GET /api/v1/me/access-log: who touched the caller's data, newest first.
+
+    A person sees the records of their own requests (by pairwise subject) and every record
+    naming them as a data subject (by key, whoever made it); an enterprise's operators see the
+    enterprise's. Someone acting for another person (a clerk, an agent) sees neither."""
     principal = principal_of(request)
-    if principal.actor is not None:
+    holder = me(principal)
+    if principal.actor is not None and holder is None:
         raise Forbidden("Only the holder reads their own access log, not someone acting for them.")
     params = _Params(request.query, _ACCESS_LOG_PARAMS)
-    query = _query(params, False, principal=principal.subject, types=ACCESS_LOG_TYPES)
-    page = await _run(request, query)
-    entries = [
-        _entry(request.app, r) for r in page.records if r.get("principal") == principal.subject
-    ]
-    return _json(page.answer("entries", entries))
+    own = _query(params, False, principal=principal.subject, types=ACCESS_LOG_TYPES)
+    pages = [await _run(request, own)]
+    key = None
+    if holder is not None:
+        key = holder.subject.key
+        about = dataclasses.replace(own, principal=None, subject=key, types=SUBJECT_LOG_TYPES)
+        pages.append(await _run(request, about))
+    records, more = _merge([(page.records, page.cursor) for page in pages], own.limit)
+    digest = request.app.get(SUBJECT_DIGEST)
+    shown = digest.display(holder.subject) if digest is not None and holder is not None else None
+    entries = []
+    for record in records:
+        extra = _extra(record)
+        about_me = key is not None and key in (extra.get("subjects") or [])
+        if about_me or record.get("principal") == principal.subject:
+            entries.append(_entry(request.app, record, shown if about_me else None))
+    cursor = None
+    if more and records:
+        last = records[-1]
+        position = QueryPosition(str(last["time"]), str(last["chain"]), int(last["sequence"]))
+        cursor = encode_cursor(position, oldest_first=False)
+    answer: dict[str, Any] = {"entries": entries, "next_cursor": cursor}
+    damaged = next((page.integrity for page in pages if page.integrity is not None), None)
+    if damaged is not None:
+        answer["integrity"] = damaged
+    return _json(answer)
 
 
 # --- recording staff actions -------------------------------------------------------------------
@@ -520,7 +592,16 @@ def audit_openapi_schemas() -> dict[str, Any]:
             "required": [*_ENTRY_REQUIRED],
             "properties": {
                 "time": {"type": "string", "format": "date-time"},
-                "kind": {"type": "string", "enum": ["service_call", "case_step"]},
+                "kind": {
+                    "type": "string",
+                    "enum": [
+                        "service_call",
+                        "case_step",
+                        "grant_used",
+                        "grant_refused",
+                        "licence_check",
+                    ],
+                },
                 "service": _NULLABLE_TEXT,
                 "service_name": _LOCALIZED_OR_NULL,
                 "operation": _NULLABLE_TEXT,
@@ -538,6 +619,15 @@ def audit_openapi_schemas() -> dict[str, Any]:
                     "description": "Who acted for the holder (a window clerk or an agent).",
                 },
                 "request_id": _NULLABLE_TEXT,
+                "grant_id": {
+                    **_NULLABLE_TEXT,
+                    "description": "The consent grant or delegation the request presented.",
+                },
+                "subject": {
+                    **_NULLABLE_TEXT,
+                    "description": "When the record names the holder as a data subject: the "
+                    "holder as a keyed digest (never an ID number or credit code).",
+                },
             },
         },
         "AccessLog": {

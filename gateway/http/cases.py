@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.audit.writer import AuditWriter
 from gateway.cases.audit import CaseAudit, WriterCaseAudit
 from gateway.cases.config import CaseSettings
+from gateway.cases.dispatcher import DispatcherLock, ElectedDispatcher
 from gateway.cases.errors import CaseStoreDown
 from gateway.cases.events import EventSink, JsonlEventSink, NullEventSink, WebhookEventSink
 from gateway.cases.intake import CASE_REQUEST_SCHEMA
@@ -38,8 +39,22 @@ from gateway.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE, VERIFIER, principal_of
-from gateway.http.oidc import check_client_may_call
+from gateway.http.keys import (
+    LOG_FIELDS,
+    REQUEST_ID,
+    SETTINGS,
+    STATE,
+    SUBJECTS,
+    VERIFIER,
+    principal_of,
+)
+from gateway.http.licences import LICENCES
+from gateway.http.oidc import (
+    check_client_may_call,
+    check_receiving_province,
+    client_registration,
+    machine_admitted,
+)
 from gateway.principal import Principal
 from gateway.settings import Settings
 from gateway.stores.postgres_cases import PostgresCaseStore
@@ -120,7 +135,12 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
     worker = None
     if config.worker:
         worker = DeliveryWorker(
-            store, lambda: state.catalog, config.delivery, events=events, audit=audit
+            store,
+            lambda: state.catalog,
+            config.delivery,
+            events=events,
+            audit=audit,
+            subject_keys=app[SUBJECTS].keys,
         )
     service = CaseService(
         store,
@@ -128,21 +148,30 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
         audit=audit,
         callback_keys=callback_keys(config),
         on_written=worker.notify if worker else None,
+        subjects=app[SUBJECTS],
+        materials=licences.materials if (licences := app.get(LICENCES)) else None,
     )
     app[CASES] = CaseRuntime(service, store, worker, events)
+    if licences is not None:
+        licences.cases = store  # an issuer's status change reaches the cases relying on it
 
     async def probe() -> dict[str, Any]:
         await store.ping()
         return {"ready": True}
 
     state.readiness["cases"] = probe
-    if worker is not None:
-        worker.start()
+    # On SQLite one process of those sharing the data directory dispatches (a lock file).
+    dispatcher: DeliveryWorker | ElectedDispatcher | None = worker
+    if worker is not None and config.store.backend == "sqlite":
+        database = settings.data_dir() / config.store.path
+        dispatcher = ElectedDispatcher(worker, DispatcherLock.beside(database))
+    if dispatcher is not None:
+        dispatcher.start()
     try:
         yield
     finally:
-        if worker is not None:
-            await worker.aclose()
+        if dispatcher is not None:
+            await dispatcher.aclose()
         await events.aclose()
         await store.aclose()
 
@@ -262,17 +291,22 @@ def _base_url(request: web.Request) -> str:
 async def submit_case(request: web.Request) -> web.Response:
     principal = principal_of(request)
     runtime = _runtime(request)
-    _raw, body = await _json_body(request)
+    raw, body = await _json_body(request)
     fields = request[LOG_FIELDS]
     fields.update(service=str(body.get("service", ""))[:64])
+    registration = client_registration(request.app, principal)
     if isinstance(body.get("service"), str):
         # The same client rules as a synchronous call: allowed_services and the call scope.
         check_client_may_call(request.app, principal, body["service"])
+    if isinstance(body.get("receiving_province"), str):
+        check_receiving_province(registration, principal, body["receiving_province"])
     submitted = await runtime.service.submit(
         principal,
         body,
         idempotency_key=request.headers.get("Idempotency-Key"),
         request_id=request[REQUEST_ID],
+        raw=raw,
+        machine=machine_admitted(registration, principal),
     )
     fields.update(case_id=submitted.case.case_id, created=submitted.created)
     answer = receipt(submitted.case, _base_url(request))

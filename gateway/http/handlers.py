@@ -13,20 +13,47 @@ from aiohttp import web
 from jsonschema import Draft202012Validator
 
 from gateway.adapter import CallContext
+from gateway.audit.record import AuditEvent, EventType
+from gateway.cases.errors import CaseStoreDown
+from gateway.cases.model import TERMINAL
+from gateway.cases.store import CaseStoreUnavailable
+from gateway.catalog import Route
+from gateway.consent.contract import DataSubject
 from gateway.errors import (
     BackendError,
     GatewayError,
     InvalidRequest,
     MalformedJson,
+    NoCaseAuthority,
+    NotDataSubject,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from gateway.fastschema import SchemaGate
-from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, principal_of
-from gateway.http.oidc import check_client_may_call, client_allows, identity_assertion
+from gateway.http.cases import CASES
+from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, SUBJECTS, principal_of
+from gateway.http.oidc import (
+    check_client_may_call,
+    check_receiving_province,
+    client_allows,
+    client_registration,
+    identity_assertion,
+    machine_admitted,
+)
 from gateway.http.openapi import CALL_REQUEST_SCHEMA, build_openapi
+from gateway.identity.clients import ClientRegistration
+from gateway.identity.subject_keys import SubjectKeys, unkeyed_idempotency_key
 from gateway.pipeline import CallTrace
+from gateway.principal import Principal
 from gateway.settings import PROVINCES, ServiceSettings
+from gateway.subjects import (
+    Binding,
+    Named,
+    SubjectDeclaration,
+    case_declaration,
+    grant_ids,
+    named_subjects,
+)
 
 log = structlog.get_logger("tongban.calls")
 _CALL_VALIDATOR = SchemaGate(Draft202012Validator(CALL_REQUEST_SCHEMA))
@@ -38,6 +65,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or a client error naming what is wrong."""
+    return (await read_json_raw(request))[1]
+
+
+async def read_json_raw(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    """The body as sent and as a JSON object, or a client error naming what is wrong."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
     raw = await request.read()
@@ -47,7 +79,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise MalformedJson("The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object.")
-    return body
+    return raw, body
 
 
 def _summary(
@@ -58,6 +90,7 @@ def _summary(
         "name": service.name.model_dump(),
         "modes": list(service.modes),
         "min_level": service.min_level,
+        "levels": sorted(service.levels_for(None)),
         "handling_provinces": sorted({p for ps in provinces.values() for p in ps}),
         "operations": sorted(service.operations),
     }
@@ -89,6 +122,8 @@ async def get_service(request: web.Request) -> web.Response:
             name: {
                 "name": op.name.model_dump(),
                 "kind": op.kind,
+                "levels": sorted(service.levels_for(name)),
+                "subject": _subject_guide(service.subject_of(name)),
                 "retry": op.retry,
                 "input_schema": op.input_schema,
                 "result_fields": {k: f.model_dump() for k, f in op.result_fields.items()},
@@ -136,11 +171,18 @@ def _linked_guide(service: ServiceSettings) -> dict[str, Any] | None:
     }
 
 
+def _subject_guide(declaration: SubjectDeclaration | None) -> Any:
+    """An operation's data subject for the guide: caller, public, or the naming fields."""
+    if declaration is None or isinstance(declaration, str):
+        return declaration
+    return [entry.model_dump(exclude_none=True) for entry in declaration]
+
+
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
 def _idempotency_key(request: web.Request) -> str | None:
-    """The caller's key, forwarded to the back-end as is: visible ASCII, at most 128 long."""
+    """The caller's key: visible ASCII, at most 128 long (scoped before it is forwarded)."""
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise ValidationFailed(
@@ -150,6 +192,129 @@ def _idempotency_key(request: web.Request) -> str | None:
     return key
 
 
+def scoped_key(keys: SubjectKeys | None, principal: Principal, key: str) -> str:
+    """The key the back-end sees: the caller's, bound to its client and principal, so the same
+    key from anyone else is another key and never replays this caller's answer."""
+    if keys is not None:
+        return keys.scoped_idempotency_key(principal.client_id, principal.owner, key)
+    return unkeyed_idempotency_key(principal.client_id, principal.owner, key)
+
+
+async def audit_refusal(
+    app: web.Application,
+    event: AuditEvent,
+) -> None:
+    """The refused request's record (buffered: an audit outage never turns a refusal into
+    anything else)."""
+    writer = app[STATE].audit
+    if writer is None:
+        return
+    try:
+        await writer.append(event, mode="buffered")
+    except GatewayError:
+        log.warning("refusal_not_audited", code=event.error_code)
+
+
+async def case_authority(
+    request: web.Request, registration: ClientRegistration, route: Route, body: dict[str, Any]
+) -> frozenset[DataSubject]:
+    """A provincial department's authority (依职权): the data subjects of the open case it
+    names, handled in one of its provinces, of this very service; anything else is refused."""
+    case_id = body.get("case_id")
+    runtime = request.app.get(CASES)
+    keys = request.app[SUBJECTS].keys
+    if not isinstance(case_id, str) or runtime is None or keys is None:
+        raise NoCaseAuthority(
+            "A department's system acts within an open case it handles: name it in case_id."
+        )
+    try:
+        case = await runtime.store.get(case_id, timeline=False)
+    except CaseStoreUnavailable as exc:
+        raise CaseStoreDown("The case store cannot say whether the case is open.") from exc
+    handled = case is not None and any(
+        p.handling_province in registration.provinces for p in case.parts
+    )
+    if (
+        case is None
+        or not handled
+        or case.status in TERMINAL
+        or case.service != route.service_code
+        or case.data is None
+    ):
+        raise NoCaseAuthority(
+            f"Case {case_id!r} is not an open {route.service_code!r} case handled in"
+            f" {list(registration.provinces)}."
+        )
+    declaration = case_declaration(route.service, [p.operation for p in case.parts])
+    if not isinstance(declaration, tuple):
+        return frozenset()
+    return frozenset(n.subject for n in named_subjects(keys, declaration, case.data))
+
+
+async def bind_call(
+    request: web.Request,
+    principal: Principal,
+    route: Route,
+    body: dict[str, Any],
+    raw: bytes,
+    registration: ClientRegistration | None = None,
+) -> Binding:
+    """The subject rule for one routed call; a refusal is recorded and raised."""
+    rule = request.app[SUBJECTS]
+    declaration = route.service.subject_of(route.operation_name)
+    consent = grant_ids(body.get("consent"))
+    named: list[Named] = []
+    try:
+        authority = None
+        if registration is not None and registration.acts_as == "department":
+            authority = await case_authority(request, registration, route, body)
+        if declaration is None:
+            raise NotDataSubject("This operation declares no data subject; nothing is sent.")
+        named = rule.named(declaration, body["data"], raw)  # an ambiguous field: before the schema
+        route.validate(body["data"])
+        return await rule.check(
+            principal,
+            declaration,
+            named,
+            consent=consent,
+            service=route.service_code,
+            operation=route.operation_name,
+            purpose=body["purpose"],
+            requester_province=body["receiving_province"],
+            authority=authority,
+        )
+    except ValidationFailed:
+        raise  # the data does not fit the schema: nothing about anyone to record
+    except GatewayError as exc:
+        extra: dict[str, Any] = {"subjects": [n.subject.key for n in named]}
+        if consent:
+            extra["grant"] = ",".join(consent)
+        await audit_refusal(
+            request.app,
+            AuditEvent(
+                type=EventType.SERVICE_CALL_COMPLETED,
+                request_id=request[REQUEST_ID],
+                case_id=body.get("case_id"),
+                actor=principal.actor,
+                principal=principal.subject,
+                identity_level=principal.level,
+                client=principal.client_id,
+                service=route.service_code,
+                receiving_province=body["receiving_province"],
+                handling_province=route.handling,
+                system=route.system,
+                operation=route.operation_name,
+                purpose=body["purpose"],
+                outcome="refused",
+                error_code=exc.code,
+                attempts=0,
+                extra=extra,
+            ),
+        )
+        request[LOG_FIELDS].update(outcome="refused")
+        raise
+
+
 async def call_service(request: web.Request) -> web.Response:
     """A synchronous query or verification in a named province."""
     principal = principal_of(request)
@@ -157,7 +322,7 @@ async def call_service(request: web.Request) -> web.Response:
     catalog = request.app[STATE].catalog
     catalog.service(code)  # unknown service → 404 before we look at the body
     check_client_may_call(request.app, principal, code)  # allowed_services + scope → 403
-    body = await read_json_object(request)
+    raw, body = await read_json_raw(request)
     problems = sorted(_CALL_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
     if problems:
         raise ValidationFailed(
@@ -170,23 +335,30 @@ async def call_service(request: web.Request) -> web.Response:
                 for e in problems[:20]
             ],
         )
+    registration = client_registration(request.app, principal)
+    check_receiving_province(registration, principal, body["receiving_province"])
     route = catalog.route(
         code, body.get("operation"), body["receiving_province"], body["handling_province"]
     )
     fields = request[LOG_FIELDS]
     fields.update(service=code, province=route.handling, system=route.system)
-    principal.require_level(route.service.min_level)
-    if route.service.consent_required and not body.get("authorisation_ref"):
-        raise ValidationFailed(
-            "This service needs the holder's authorisation (授权用证): give authorisation_ref.",
-            errors=[{"path": "/authorisation_ref", "message": "required by this service"}],
+    if not machine_admitted(registration, principal):
+        principal.require_levels(
+            route.service.levels_for(route.operation_name),
+            route.service.level_requirement(route.operation_name),
         )
-    route.validate(body["data"])
+    machine = machine_admitted(registration, principal)
+    binding = await bind_call(
+        request, principal, route, body, raw, registration if machine else None
+    )
 
     request_id = request[REQUEST_ID]
     idempotency_key = None
     if route.operation.retry == "idempotent-with-key":
-        idempotency_key = _idempotency_key(request) or uuid.uuid4().hex
+        given = _idempotency_key(request)
+        keys = request.app[SUBJECTS].keys
+        idempotency_key = scoped_key(keys, principal, given) if given else uuid.uuid4().hex
+    province_subjects = binding.assertion_subjects(request.app[SUBJECTS].keys, route.handling)
     context = CallContext(
         request_id=request_id,
         purpose=body["purpose"],
@@ -197,9 +369,11 @@ async def call_service(request: web.Request) -> web.Response:
         actor=principal.acting,
         level=principal.level,
         case_id=body.get("case_id"),
-        authorisation_ref=body.get("authorisation_ref"),
+        authorisation_ref=binding.grant,
         idempotency_key=idempotency_key,
         client=principal.client_id,
+        subjects=tuple(s.key for s in binding.subjects),
+        subject_hashes=",".join(f"{s['type']}:{s['hash']}" for s in province_subjects) or None,
         identity_assertion=identity_assertion(
             request.app,
             principal,
@@ -207,7 +381,9 @@ async def call_service(request: web.Request) -> web.Response:
             purpose=body["purpose"],
             service=code,
             case_id=body.get("case_id"),
-            authorisation_ref=body.get("authorisation_ref"),
+            grant=binding.grant,
+            source_province=body["receiving_province"],
+            data_subjects=province_subjects,
         ),
     )
     trace = CallTrace()

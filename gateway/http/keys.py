@@ -11,11 +11,13 @@ from aiohttp import web
 from gateway.audit.store import AuditStore
 from gateway.audit.writer import AuditWriter
 from gateway.catalog import Catalog
+from gateway.consent.book import ConsentService
 from gateway.metrics import Metrics
 from gateway.pipeline import SystemRuntime
 from gateway.principal import Principal, TokenVerifier
 from gateway.ratelimit.limiter import ApiRateLimiter
 from gateway.settings import Settings
+from gateway.subjects import SubjectRule
 
 ReadinessProbe = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -30,6 +32,8 @@ class GatewayState:
     audit: AuditWriter | None = None
     audit_store: AuditStore | None = None
     rate_limiter: ApiRateLimiter | None = None
+    consent: ConsentService | None = None
+    """The consent book (a ConsentBook for the data-subject rule), once its store is open."""
 
     @property
     def catalog(self) -> Catalog:
@@ -42,6 +46,8 @@ SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 STATE = web.AppKey("state", GatewayState)
+SUBJECTS = web.AppKey("subjects", SubjectRule)
+"""The data-subject rule with its consent book (gateway/subjects.py)."""
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 LOG_FIELDS = web.RequestKey("log_fields", dict[str, Any])

@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import structlog
 from aiohttp import web
 
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, ProvinceNotAllowed
 from gateway.http.login import add_login_routes
 from gateway.identity.assertion import issue_assertion
+from gateway.identity.clients import ClientRegistration
 from gateway.identity.provider import OpenIDProvider
 from gateway.identity.requests import IdentityRequest, IdentityResponse, ParameterError
+from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
 
 OIDC_PROVIDER = web.AppKey("oidc_provider", OpenIDProvider)
@@ -193,6 +195,38 @@ def check_client_may_call(app: web.Application, principal: Principal, service: s
         raise Forbidden(f"The token lacks the scope {CALL_SCOPE!r}.")
 
 
+def client_registration(app: web.Application, principal: Principal) -> ClientRegistration | None:
+    """The registration of the token's client (None without a provider, or for a dev token's
+    made-up client)."""
+    provider = app.get(OIDC_PROVIDER)
+    return provider.clients.registration(principal.client_id) if provider is not None else None
+
+
+def check_receiving_province(
+    registration: ClientRegistration | None, principal: Principal, receiving: str
+) -> None:
+    """A client registered for some provinces receives for those only (收件地)."""
+    if registration is None or not registration.provinces:
+        return
+    if receiving not in registration.provinces:
+        raise ProvinceNotAllowed(
+            f"Client {principal.client_id!r} receives for {list(registration.provinces)}, not"
+            f" {receiving}.",
+            receiving_province=receiving,
+        )
+
+
+def machine_admitted(registration: ClientRegistration | None, principal: Principal) -> bool:
+    """A client-credentials token of a client admitted by configuration (``acts_as``): its
+    services are its registration's, and no person's identity level applies to it."""
+    return (
+        registration is not None
+        and registration.acts_as is not None
+        and principal.level == MACHINE_LEVEL
+        and principal.person is None
+    )
+
+
 def identity_assertion(
     app: web.Application,
     principal: Principal,
@@ -201,7 +235,9 @@ def identity_assertion(
     purpose: str,
     service: str,
     case_id: str | None,
-    authorisation_ref: str | None,
+    grant: str | None,
+    source_province: str | None = None,
+    data_subjects: Sequence[Mapping[str, str]] = (),
 ) -> str | None:
     """Short-lived signed assertion for the back-end, when a provider signs one."""
     provider = app.get(OIDC_PROVIDER)
@@ -220,7 +256,9 @@ def identity_assertion(
         purpose=purpose,
         service=service,
         case_id=case_id,
-        authorisation_ref=authorisation_ref,
+        grant=grant,
+        source_province=source_province,
+        data_subjects=data_subjects,
         client_id=principal.client_id,
         now=provider.clock(),
         ttl=settings.assertion_ttl,

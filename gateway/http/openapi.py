@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.http.audit import audit_openapi_paths, audit_openapi_schemas
 from gateway.http.cases import NO_AGREEMENT_OR_INVALID, case_openapi_paths
+from gateway.http.consents import consent_openapi_paths, consent_openapi_schemas
+from gateway.http.licences import licence_openapi_paths
+from gateway.subject_config import CONSENT
 
 if TYPE_CHECKING:
     from gateway.catalog import Catalog
@@ -36,11 +39,14 @@ CALL_REQUEST_SCHEMA: dict[str, Any] = {
             "maxLength": 200,
             "description": "Why the data is needed; recorded with every call.",
         },
+        "consent": CONSENT,
         "authorisation_ref": {
             "type": "string",
             "minLength": 1,
             "maxLength": 128,
-            "description": "Reference of the holder's authorisation (授权用证), where required.",
+            "deprecated": True,
+            "description": "Accepted for older clients and ignored: it opens nothing. Present a"
+            " grant in 'consent' instead.",
         },
         "case_id": {"type": "string", "minLength": 1, "maxLength": 64},
         "data": {"type": "object", "description": "Input, per the operation's input_schema."},
@@ -82,7 +88,12 @@ _SUMMARY = {
         "code": {"type": "string"},
         "name": LOCALIZED,
         "modes": {"type": "array", "items": {"type": "string"}},
-        "min_level": {"type": "string", "enum": ["L1", "L2", "L3", "LP", "Counter"]},
+        "min_level": {"anyOf": [{"type": "null"}, {"enum": ["L1", "L2", "L3", "LP", "Counter"]}]},
+        "levels": {
+            "type": "array",
+            "description": "Identity levels admitted, as a set.",
+            "items": {"type": "string", "enum": ["L1", "L2", "L3", "LP", "Counter"]},
+        },
         "handling_provinces": {"type": "array", "items": PROVINCE},
         "operations": {"type": "array", "items": {"type": "string"}},
     },
@@ -96,6 +107,16 @@ _OPERATION_GUIDE = {
         "kind": {"type": "string", "enum": ["query", "verify", "submit"]},
         "retry": {"type": "string", "enum": ["safe", "idempotent-with-key", "never"]},
         "input_schema": {"type": "object"},
+        "levels": {"type": "array", "items": {"type": "string"}},
+        "subject": {
+            "description": "Whose data: caller, public, or the input fields naming the"
+            " person(s) or enterprise(s).",
+            "anyOf": [
+                {"type": "null"},
+                {"enum": ["caller", "public"]},
+                {"type": "array", "items": {"type": "object"}},
+            ],
+        },
         "result_fields": {
             "type": "object",
             "description": "Labels of the answer's fields for people, by dotted path.",
@@ -279,6 +300,7 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 "CallRequest": CALL_REQUEST_SCHEMA,
                 "CallResponse": _CALL_RESPONSE,
                 **audit_openapi_schemas(),
+                **consent_openapi_schemas(),
             },
         },
         "paths": {
@@ -375,7 +397,9 @@ def build_openapi(catalog: Catalog) -> dict[str, Any]:
                 }
             },
             **case_openapi_paths(),
+            **licence_openapi_paths(),
             **audit_openapi_paths(),
+            **consent_openapi_paths(_problems, _ok),
         },
     }
     document["paths"] = _rate_limited(document["paths"])

@@ -66,6 +66,7 @@ async def _rate_limiter_context(app: web.Application) -> AsyncIterator[None]:
         settings.gateway.rate_limits,
         settings.clients.values(),
         redis_url=settings.gateway.rate_limit_redis_url,
+        data_dir=settings.data_dir(),
     )
     state.rate_limiter = limiter
 

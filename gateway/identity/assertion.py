@@ -4,9 +4,14 @@ A compact JWS (RFC 7515) signed with the provider's active key, verifiable by an
 against /oauth2/jwks (RFC 7517). Claims follow JWT conventions (RFC 7519): ``iss`` the gateway,
 ``aud`` the handling system, ``sub`` the principal's pairwise id, ``act`` the actor (RFC 8693
 §4.1) when someone acts for the principal, ``acr`` the level, plus ``purpose``, ``case_id``,
-``service`` and ``authorisation_ref``. Short-lived (a minute by default) and with a ``jti`` so a
-back-end can refuse a replay. Header ``typ: tongban-assertion+jwt`` keeps it from being taken for
-an access or ID token (RFC 8725 §3.11).
+``service``, ``client_id``, ``source_province`` (the receiving province the request came from),
+``grant`` (the consent or delegation grant that covered it) and ``data_subjects``: each verified
+data subject as ``{"type": "person"|"enterprise", "hash": ...}``, the hash keyed with the
+handling province's own subject key (gateway/identity/subject_keys.py), so the province
+compares it with the hash of the ID number or credit code it is asked about. Short-lived (a
+minute by default) and with a ``jti`` so a back-end can refuse a replay. Header
+``typ: tongban-assertion+jwt`` keeps it from being taken for an access or ID token (RFC 8725
+§3.11).
 
 Must not: carry an ID number or a name (用而不存: the back-end gets those in the payload, if at
 all); import aiohttp.
@@ -15,7 +20,7 @@ all); import aiohttp.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from joserfc import jwt
@@ -40,10 +45,12 @@ def issue_assertion(
     purpose: str,
     service: str,
     case_id: str | None,
-    authorisation_ref: str | None,
+    grant: str | None,
     client_id: str,
     now: float,
     ttl: int,
+    source_province: str | None = None,
+    data_subjects: Sequence[Mapping[str, str]] = (),
 ) -> str:
     claims: dict[str, Any] = {
         "iss": issuer,
@@ -61,8 +68,12 @@ def issue_assertion(
         claims["act"] = {"sub": actor, "role": actor_role or "agent"}
     if case_id:
         claims["case_id"] = case_id
-    if authorisation_ref:
-        claims["authorisation_ref"] = authorisation_ref
+    if grant:
+        claims["grant"] = grant
+    if source_province:
+        claims["source_province"] = source_province
+    if data_subjects:
+        claims["data_subjects"] = [dict(s) for s in data_subjects]
     return keys.sign(claims, algorithm=algorithm, typ=ASSERTION_TYPE)
 
 

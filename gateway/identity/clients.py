@@ -82,6 +82,14 @@ class ClientRegistration(BaseModel):
     """A 跨省通办 window client: its sign-ins accept staff directories only (a citizen session
     never satisfies it) and, with the token-exchange grant, it identifies applicants at the
     counter (gateway/identity/token_exchange.py). Citizen portals never accept staff logins."""
+    provinces: tuple[str, ...] = ()
+    """GB/T 2260 codes of the provinces this client receives for (收件地): a call or case naming
+    another ``receiving_province`` is refused (client.province_not_allowed). Empty: any."""
+    acts_as: Literal["institution", "department"] | None = None
+    """A client-credentials client admitted to its ``allowed_services`` by this registration:
+    an ``institution`` (a bank on a credit platform) reads only public data and what a consent
+    grant naming it covers; a ``department`` (a provincial department's system) acts by its
+    authority only within an open case handled in one of its ``provinces``."""
     rate_limits: ClientRateLimits = ClientRateLimits()
     """This client's own /api/* rates (``client``, ``person``), where the gateway's
     (gateway.yaml ``rate_limits``) do not fit it."""
@@ -118,6 +126,13 @@ class ClientRegistration(BaseModel):
             raise ValueError("the authorization_code grant needs at least one redirect URI")
         if "refresh_token" in self.grant_types and "authorization_code" not in self.grant_types:
             raise ValueError("refresh_token is only issued with authorization_code")
+        for code in self.provinces:
+            if len(code) != 2 or not code.isdigit():
+                raise ValueError(f"provinces: {code!r} is not a two-digit GB/T 2260 code")
+        if self.acts_as is not None and "client_credentials" not in self.grant_types:
+            raise ValueError("acts_as is for client-credentials clients (a system, no person)")
+        if self.acts_as == "department" and not self.provinces:
+            raise ValueError("a department's client names the province(s) it handles for")
         if TOKEN_EXCHANGE in self.grant_types and not (self.window and self.type == "confidential"):
             raise ValueError(
                 "token exchange is for confidential window clients only (window: true)"
@@ -220,6 +235,10 @@ class ClientRegistry(Mapping[str, OAuthClient]):
 
     def __len__(self) -> int:
         return len(self._clients)
+
+    def registration(self, client_id: str) -> ClientRegistration | None:
+        client = self._clients.get(client_id)
+        return client.registration if client is not None else None
 
     def allows_service(self, client_id: str, service: str) -> bool:
         """May this client call ``service`` through the API? Unknown clients may call nothing."""

@@ -54,6 +54,7 @@ class DevTokenIssuer:
         scopes: Iterable[str] = ("openid", "services:call"),
         ttl: float = 12 * 3600,
         person: str | None = None,
+        enterprise: str | None = None,
     ) -> str:
         claims: dict[str, object] = {
             "sub": subject,
@@ -67,6 +68,8 @@ class DevTokenIssuer:
         }
         if person is not None:
             claims["person"] = person
+        if enterprise is not None:
+            claims["enterprise"] = enterprise
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{_PREFIX}{body}.{self._sign(body)}"
 
@@ -86,7 +89,8 @@ class DevTokenIssuer:
         if claims["exp"] < self._clock():
             raise Unauthenticated("The bearer token has expired.")
         person = claims.get("person")
-        if person is not None and not isinstance(person, str):
+        enterprise = claims.get("enterprise")
+        if any(v is not None and not isinstance(v, str) for v in (person, enterprise)):
             raise Unauthenticated("The bearer token is not valid.")
         return Principal(
             subject=claims["sub"],
@@ -97,6 +101,7 @@ class DevTokenIssuer:
             roles=frozenset(claims.get("roles", ())),
             scopes=frozenset(str(claims.get("scope", "")).split()),
             person=person,
+            enterprise=enterprise,
         )
 
 

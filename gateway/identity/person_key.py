@@ -60,9 +60,14 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _aad(subject: str, client_id: str) -> bytes:
+ENTERPRISE_AAD: Final = "tb_ek/v1"
+"""Associated-data label of the sealed enterprise key (gateway/identity/subject_keys.py): a
+person claim moved into the enterprise claim does not open, nor the other way round."""
+
+
+def _aad(subject: str, client_id: str, label: str = _AAD_LABEL) -> bytes:
     # A JSON array keeps the fields apart whatever characters they hold.
-    return orjson.dumps([_AAD_LABEL, subject, client_id])
+    return orjson.dumps([label, subject, client_id])
 
 
 class PersonKeys:
@@ -82,13 +87,14 @@ class PersonKeys:
         """The person key of the internal user ``local_id`` (the same at every portal)."""
         return _b64(hmac.new(self._key, local_id.encode(), hashlib.sha256).digest())
 
-    def seal(self, person: str, *, subject: str, client_id: str) -> str:
-        """The ``tb_pk`` claim value for a token with this ``sub`` and ``client_id``."""
+    def seal(self, person: str, *, subject: str, client_id: str, label: str = _AAD_LABEL) -> str:
+        """The ``tb_pk`` claim value for a token with this ``sub`` and ``client_id`` (another
+        sealed claim with its own ``label``)."""
         nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, person.encode(), _aad(subject, client_id))
+        sealed = self._aead.encrypt(nonce, person.encode(), _aad(subject, client_id, label))
         return _b64(nonce + sealed)
 
-    def open(self, sealed: str, *, subject: str, client_id: str) -> str:
+    def open(self, sealed: str, *, subject: str, client_id: str, label: str = _AAD_LABEL) -> str:
         """The person key in ``sealed``; SealError unless it was sealed for this sub and client."""
         if not isinstance(sealed, str) or len(sealed) > _MAX_SEALED:
             raise SealError("malformed")
@@ -100,7 +106,7 @@ class PersonKeys:
             raise SealError("malformed")
         try:
             plain = self._aead.decrypt(
-                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(subject, client_id)
+                raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(subject, client_id, label)
             )
         except InvalidTag:
             raise SealError("does not open") from None

@@ -82,7 +82,7 @@ from gateway.identity.grants import (
     TokenView,
 )
 from gateway.identity.keys import SigningKeys
-from gateway.identity.person_key import PERSON_CLAIM, PersonKeys
+from gateway.identity.person_key import ENTERPRISE_AAD, PERSON_CLAIM, PersonKeys
 from gateway.identity.requests import IdentityRequest, IdentityResponse
 from gateway.identity.store import (
     AccessTokenRecord,
@@ -95,6 +95,7 @@ from gateway.identity.store import (
 )
 from gateway.identity.store_redis import RedisIdentityStore, RedisRevocationList
 from gateway.identity.store_sqlite import SqliteIdentityStore
+from gateway.identity.subject_keys import ENTERPRISE_CLAIM, EnterpriseKeys, enterprise_of_local_id
 from gateway.identity.token_exchange import OPERATION as TOKEN_EXCHANGE_OPERATION
 from gateway.identity.token_exchange import TokenExchangeGrant
 from gateway.identity.verifier import (
@@ -214,6 +215,8 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
         self.authenticator = authenticator
         self.clock = clock
         self.person_keys = PersonKeys(settings.pairwise_secret)
+        self.enterprise_keys = EnterpriseKeys(settings.pairwise_secret)
+        """Enterprise keys, sealed into a legal person's tokens (subject_keys.py)."""
         """Person keys (the same person at every portal) and their sealed claim."""
         self.backchannel_logout = False
         """True once a back-channel logout queue is wired (OIDC Back-Channel Logout 1.0 §2.1)."""
@@ -679,6 +682,15 @@ class OpenIDProvider(AuthorizationServer):  # type: ignore[misc]
                 subject=claims["sub"],
                 client_id=client.client_id,
             )
+            org = enterprise_of_local_id(person.local_id)
+            if org is not None:
+                # A legal person's operator: the enterprise it acts for (the subject rule).
+                claims[ENTERPRISE_CLAIM] = self.person_keys.seal(
+                    self.enterprise_keys.enterprise_key(org),
+                    subject=claims["sub"],
+                    client_id=client.client_id,
+                    label=ENTERPRISE_AAD,
+                )
             claims["acr"] = person.acr_at(now)
             if person.acr_until is not None and now < person.acr_until:
                 # A stepped-up level ends when its window does, not when the token would.

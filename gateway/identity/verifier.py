@@ -28,8 +28,9 @@ from joserfc.errors import JoseError
 from joserfc.jwk import GuestProtocol, Key
 
 from gateway.errors import Unauthenticated
-from gateway.identity.person_key import PERSON_CLAIM, PersonKeys, SealError
+from gateway.identity.person_key import ENTERPRISE_AAD, PERSON_CLAIM, PersonKeys, SealError
 from gateway.identity.store import IdentityStore
+from gateway.identity.subject_keys import ENTERPRISE_CLAIM
 from gateway.principal import Principal
 
 log = structlog.get_logger("tongban.identity")
@@ -150,6 +151,17 @@ def principal_from_claims(
             person = persons.open(sealed, subject=subject, client_id=client_id)
         except SealError:
             raise InvalidToken("person claim") from None
+    enterprise = None
+    sealed_enterprise = claims.get(ENTERPRISE_CLAIM)
+    if sealed_enterprise is not None:
+        if persons is None or not isinstance(sealed_enterprise, str):
+            raise InvalidToken("enterprise claim")
+        try:
+            enterprise = persons.open(
+                sealed_enterprise, subject=subject, client_id=client_id, label=ENTERPRISE_AAD
+            )
+        except SealError:
+            raise InvalidToken("enterprise claim") from None
     return Principal(
         subject=subject,
         level=level,
@@ -159,6 +171,7 @@ def principal_from_claims(
         scopes=frozenset(scope.split()),
         roles=frozenset(roles),
         person=person,
+        enterprise=enterprise,
     )
 
 

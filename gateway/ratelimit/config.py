@@ -94,9 +94,11 @@ class RateLimitSettings(BaseModel):
     person: Rate | None = "300/minute"
     """Calls per person across every portal, unless the calling client overrides it; null: no
     person budget."""
-    store: Literal["memory", "redis"] = "memory"
+    store: Literal["memory", "sqlite", "redis"] = "memory"
     """'memory' counts in this process (one instance: N instances would allow N times the
-    rate); 'redis' when several instances share one budget."""
+    rate); 'sqlite' in ``ratelimits.sqlite`` in the data directory, shared by the processes of
+    one host ('memory' becomes this under ``serve --workers N``); 'redis' when several
+    instances on several hosts share one budget."""
     redis_url: str | None = Field(None, pattern=r"^rediss?://")
     """Redis server when ``store`` is 'redis'; defaults to ``identity.session.redis_url``."""
     redis_prefix: str = Field("tongban:ratelimit:", min_length=1, max_length=64)

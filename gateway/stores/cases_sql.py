@@ -187,6 +187,18 @@ def case_migrations(serial: str, real: str) -> tuple[Migration, ...]:
                 "ALTER TABLE cases ADD COLUMN outcome TEXT",
             ),
         ),
+        Migration(
+            7,
+            "co-applicants: the data subjects of an application, each of whom sees the case",
+            (
+                """CREATE TABLE case_applicants (
+                    case_id TEXT NOT NULL,
+                    applicant TEXT NOT NULL,
+                    PRIMARY KEY (case_id, applicant)
+                )""",
+                "CREATE INDEX case_applicants_by_key ON case_applicants (applicant)",
+            ),
+        ),
     )
 
 
@@ -386,6 +398,12 @@ class SqlCaseStore:
                 None if part.required else 1,
                 part.compensate_with,
                 1 if part.reads_only else None,
+            )
+        for applicant in dict.fromkeys(case.applicants):
+            await tx.execute(
+                "INSERT INTO case_applicants (case_id, applicant) VALUES (?, ?)",
+                case.case_id,
+                applicant,
             )
         for sequence, draft in enumerate(initial, start=1):
             await self._insert_transition(tx, case.case_id, sequence, at, draft)
@@ -661,6 +679,11 @@ class SqlCaseStore:
             if timeline
             else []
         )
+        applicants = (
+            await conn.fetch("SELECT applicant FROM case_applicants WHERE case_id = ?", case_id)
+            if timeline
+            else []
+        )
         # A lease is kept until the entry is finished or claimed again, so a dead worker's
         # send still counts as possibly made.
         held = await conn.fetch(
@@ -692,6 +715,7 @@ class SqlCaseStore:
             data=_load(row[18]),
             outcome=_load(row[20]),
             in_flight=frozenset(int(h[0]) for h in held if h[0] is not None),
+            applicants=frozenset(str(a[0]) for a in applicants),
             parts=tuple(
                 Part(
                     number=int(p[0]),
@@ -740,15 +764,52 @@ class SqlCaseStore:
             ),
         )
 
+    async def open_cases_with_material(self, ref: str, *, limit: int = 1000) -> list[str]:
+        pattern = "%" + ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                "SELECT case_id, materials FROM cases WHERE status <> ?"
+                " AND materials LIKE ? ESCAPE '\\' ORDER BY case_id LIMIT ?",
+                CaseStatus.CLOSED.value,
+                pattern,
+                limit,
+            )
+        # LIKE narrows; the materials decide (a reference that merely contains this one).
+        return [
+            str(row[0]) for row in rows if any(m.get("ref") == ref for m in _load(row[1]) or ())
+        ]
+
+    async def open_case_materials(
+        self, ref_prefix: str, *, limit: int = 1000
+    ) -> list[tuple[str, MaterialRef]]:
+        escaped = ref_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        async with self._read() as conn:
+            rows = await conn.fetch(
+                "SELECT case_id, materials FROM cases WHERE status <> ?"
+                " AND materials LIKE ? ESCAPE '\\' ORDER BY case_id LIMIT ?",
+                CaseStatus.CLOSED.value,
+                '%"ref":"' + escaped + "%",
+                limit,
+            )
+        return [
+            (str(row[0]), MaterialRef(**m))
+            for row in rows
+            for m in _load(row[1]) or ()
+            if str(m.get("ref", "")).startswith(ref_prefix)
+        ]
+
     async def list_cases(
         self,
         *,
         subject: str | None = None,
         owners: Sequence[str] | None = None,
+        applicants: Sequence[str] = (),
         client_id: str | None = None,
         status: CaseStatus | None = None,
         limit: int = 100,
     ) -> list[CaseSummary]:
+        """``owners``: cases these own, and with ``applicants`` also those naming one of these
+        keys as a co-applicant."""
         where: list[str] = []
         args: list[Any] = []
         for column, value in (("subject", subject), ("client_id", client_id)):
@@ -756,8 +817,15 @@ class SqlCaseStore:
                 where.append(f"c.{column} = ?")
                 args.append(value)
         if owners is not None:
-            where.append(f"c.owner IN ({', '.join('?' for _ in owners) or 'NULL'})")
+            mine = f"c.owner IN ({', '.join('?' for _ in owners) or 'NULL'})"
             args.extend(owners)
+            if applicants:
+                mine = (
+                    f"({mine} OR c.case_id IN (SELECT a.case_id FROM case_applicants a"
+                    f" WHERE a.applicant IN ({', '.join('?' for _ in applicants)})))"
+                )
+                args.extend(applicants)
+            where.append(mine)
         if status is not None:
             where.append("c.status = ?")
             args.append(status.value)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
-from gateway.audit.query import AuditQuery, QueryPage, QueryPosition, lookup_row, matches, page_of
+from gateway.audit.query import (
+    AuditQuery,
+    QueryPage,
+    QueryPosition,
+    lookup_row,
+    matches,
+    page_of,
+    record_subjects,
+)
 from gateway.audit.store import (
     AuditStoreUnavailable,
     ChainConflict,
@@ -136,6 +144,7 @@ class MemoryAuditStore:
             for rows in self._records.values()
             for r in rows
             if matches(query, lookup_row(r))
+            and (query.subject is None or query.subject in record_subjects(r.text))
             and (
                 query.after is None
                 or (key(r) > query.after if query.oldest_first else key(r) < query.after)

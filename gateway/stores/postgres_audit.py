@@ -20,6 +20,8 @@ from gateway.audit.query import (
     page_of,
     sql_filter,
     sql_order,
+    sql_source,
+    subject_rows,
 )
 from gateway.audit.store import (
     MAX_SEQUENCE,
@@ -145,6 +147,38 @@ AUDIT_MIGRATIONS: Final = (
             for column in ("service", "receiving_province", "handling_province")
         ),
     ),
+    Migration(
+        4,
+        "subject lookup table",
+        (
+            # Whose data a record touched (extra.subjects): the subject's access log.
+            """CREATE TABLE audit_subjects (
+                subject TEXT NOT NULL,
+                recorded_at TEXT NOT NULL,
+                chain_id TEXT NOT NULL,
+                sequence BIGINT NOT NULL,
+                PRIMARY KEY (subject, recorded_at, chain_id, sequence)
+            )""",
+            """CREATE OR REPLACE FUNCTION pg_temp.audit_try_jsonb(value TEXT) RETURNS jsonb
+            LANGUAGE plpgsql IMMUTABLE AS $$
+            BEGIN
+                RETURN value::jsonb;
+            EXCEPTION WHEN others THEN
+                RETURN NULL;
+            END $$""",
+            # Records written before this migration get their subject rows too.
+            "INSERT INTO audit_subjects SELECT DISTINCT s.value, r.recorded_at, r.chain_id,"
+            " r.sequence FROM (SELECT chain_id, sequence, recorded_at,"
+            " pg_temp.audit_try_jsonb(record) AS j FROM audit_records"
+            " WHERE strpos(record, '\"subjects\":') > 0) r,"
+            " jsonb_array_elements_text(CASE WHEN jsonb_typeof(r.j -> 'extra' -> 'subjects')"
+            " = 'array' THEN r.j -> 'extra' -> 'subjects' ELSE '[]'::jsonb END) s(value)",
+            "CREATE TRIGGER audit_subjects_append_only BEFORE UPDATE OR DELETE ON audit_subjects"
+            " FOR EACH ROW EXECUTE FUNCTION audit_refuse_change()",
+            "CREATE TRIGGER audit_subjects_no_truncate BEFORE TRUNCATE ON audit_subjects"
+            " FOR EACH STATEMENT EXECUTE FUNCTION audit_refuse_change()",
+        ),
+    ),
 )
 _LOOKUP_COLUMNS: Final = ("chain_id", "sequence", "recorded_at", *LOOKUP_FIELDS)
 
@@ -161,6 +195,14 @@ _INSERT_BATCH: Final = (
         for i, name in enumerate(_LOOKUP_COLUMNS)
     )
     + ")"
+)
+_N_BATCH: Final = len(_RECORD_COLUMNS) + len(_LOOKUP_COLUMNS)
+# The same with the records' subject rows (extra.subjects), when the batch has any.
+_INSERT_BATCH_SUBJECTS: Final = (
+    _INSERT_BATCH.replace(" INSERT INTO audit_index (", ", indexed AS (INSERT INTO audit_index (")  # noqa: S608
+    + ") INSERT INTO audit_subjects (subject, recorded_at, chain_id, sequence)"  # noqa: S608
+    f" SELECT * FROM unnest(${_N_BATCH + 1}::text[], ${_N_BATCH + 2}::text[],"
+    f" ${_N_BATCH + 3}::text[], ${_N_BATCH + 4}::bigint[])"
 )
 _INSERT_CHECKPOINT: Final = (
     "INSERT INTO audit_checkpoints (chain_id, sequence, hash, signed_at, kid, jws)"
@@ -281,6 +323,11 @@ class PostgresAuditStore:
             [r.hash for r in records],
             *[[row[i] for row in lookups] for i in range(len(_LOOKUP_COLUMNS))],
         ]
+        subjects = [row for r in records for row in subject_rows(r)]
+        if subjects:
+            columns.extend([[row[i] for row in subjects] for i in range(4)])
+            await conn.execute(_INSERT_BATCH_SUBJECTS, *columns, timeout=self._timeout)
+            return
         await conn.execute(_INSERT_BATCH, *columns, timeout=self._timeout)
 
     async def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
@@ -427,8 +474,8 @@ class PostgresAuditStore:
     async def query(self, query: AuditQuery) -> QueryPage:
         where, params = sql_filter(query, lambda n: f"${n}")
         rows = await self._fetch(
-            "SELECT r.chain_id, r.sequence, r.recorded_at, r.record, r.hash FROM audit_index i"  # noqa: S608
-            " JOIN audit_records r ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
+            "SELECT r.chain_id, r.sequence, r.recorded_at, r.record, r.hash"
+            + sql_source(query)
             + where  # fixed fragments only; every value is a parameter
             + sql_order(query)
             + f" LIMIT ${len(params) + 1}",

@@ -21,10 +21,13 @@ from gateway.audit.query import (
     LOOKUP_FIELDS,
     AuditQuery,
     QueryPage,
+    SubjectRow,
     lookup_row,
     page_of,
     sql_filter,
     sql_order,
+    sql_source,
+    subject_rows,
 )
 from gateway.audit.store import (
     MAX_SEQUENCE,
@@ -145,7 +148,39 @@ AUDIT_MIGRATIONS: Final = (
             for column in ("service", "receiving_province", "handling_province")
         ),
     ),
+    Migration(
+        4,
+        "subject lookup table",
+        (
+            # Whose data a record touched (extra.subjects): the subject's access log. Keyed by
+            # subject then time, so one subject's records, newest first, are one range scan.
+            """CREATE TABLE audit_subjects (
+                subject TEXT NOT NULL,
+                recorded_at TEXT NOT NULL,
+                chain_id TEXT NOT NULL,
+                sequence INTEGER NOT NULL,
+                PRIMARY KEY (subject, recorded_at, chain_id, sequence)
+            ) WITHOUT ROWID""",
+            # Records written before this migration get their subject rows too.
+            "INSERT OR IGNORE INTO audit_subjects SELECT j.value, r.recorded_at, r.chain_id,"
+            " r.sequence FROM audit_records r, json_each(CASE WHEN json_valid(r.record) AND"
+            " json_type(r.record, '$.extra.subjects') = 'array' THEN"
+            " json_extract(r.record, '$.extra.subjects') ELSE '[]' END) j"
+            " WHERE j.type = 'text'",
+            *(_refuse("audit_subjects", action) for action in ("UPDATE", "DELETE")),
+        ),
+    ),
 )
+# Subject rows made from the stored text by SQLite, for a span of one chain (as _INSERT_LOOKUP).
+_INSERT_SUBJECTS: Final = (
+    "INSERT OR IGNORE INTO audit_subjects SELECT j.value, r.recorded_at, r.chain_id,"
+    " r.sequence FROM audit_records r, json_each(CASE WHEN json_valid(r.record) AND"
+    " json_type(r.record, '$.extra.subjects') = 'array' THEN"
+    " json_extract(r.record, '$.extra.subjects') ELSE '[]' END) j"
+    " WHERE r.chain_id = ? AND r.sequence BETWEEN ? AND ? AND j.type = 'text'"
+    " AND instr(r.record, '\"subjects\":') > 0"
+)
+_INSERT_SUBJECT_ROW: Final = "INSERT OR IGNORE INTO audit_subjects VALUES (?, ?, ?, ?)"
 # Lookup rows made from the stored text by SQLite itself, for a span of one chain: records whose
 # rows were lost with a crash or whose commit was not acknowledged (the writer's rows are bound).
 _INSERT_LOOKUP: Final = (
@@ -210,6 +245,13 @@ def _lagging(conn: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[str, 
     return heads, spans
 
 
+def _fill_spans(conn: sqlite3.Connection, spans: list[tuple[str, int, int]]) -> None:
+    """Lookup and subject rows of the spans, made from the stored text (lookup rows and
+    subject rows of one record are always written in one transaction)."""
+    conn.executemany(_INSERT_LOOKUP, spans)
+    conn.executemany(_INSERT_SUBJECTS, spans)
+
+
 def _checkpoint(row: sqlite3.Row) -> StoredCheckpoint:
     return StoredCheckpoint(row[0], row[1], row[2], row[3], row[4], row[5])
 
@@ -235,6 +277,7 @@ class SqliteAuditStore:
         self._write_lock = asyncio.Lock()
         # Lookup rows of committed records not yet in audit_index (see _flush_lookups).
         self._pending: list[LookupRow] = []
+        self._pending_subjects: list[SubjectRow] = []
         self._indexed: dict[str, int] = {}
         """Per chain: every record up to this sequence has its lookup row."""
         self._unsure = False
@@ -262,7 +305,7 @@ class SqliteAuditStore:
             # a store with none missing is not written to (a verifier may open a copy).
             self._indexed, spans = await self._w().call(_lagging)
             if spans:
-                await self._w().run(lambda conn: conn.executemany(_INSERT_LOOKUP, spans))
+                await self._w().run(lambda conn: _fill_spans(conn, spans))
         except (sqlite3.Error, OSError, AuditStoreUnavailable) as exc:
             await self.aclose()
             raise AuditStoreUnavailable(f"cannot open the audit database: {exc}") from exc
@@ -324,6 +367,8 @@ class SqliteAuditStore:
         # B-tree insert per record and index costs far less in a sorted chunk of a thousand
         # than in each small group commit, and the commit the caller waits for gets shorter.
         self._pending.extend(lookup_row(r) for r in records)
+        for record in records:
+            self._pending_subjects.extend(subject_rows(record))
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -359,6 +404,7 @@ class SqliteAuditStore:
             if not self._pending and not self._unsure:
                 return
             pending, self._pending = self._pending, []
+            subjects, self._pending_subjects = self._pending_subjects, []
             unsure, self._unsure = self._unsure, False
             before = dict(self._indexed)
             spans: list[tuple[str, int, int]] = []
@@ -374,17 +420,19 @@ class SqliteAuditStore:
 
             def write(conn: sqlite3.Connection) -> dict[str, int]:
                 conn.executemany(_INSERT_LOOKUP_ROW, pending)
-                conn.executemany(_INSERT_LOOKUP, spans)
+                conn.executemany(_INSERT_SUBJECT_ROW, subjects)
+                _fill_spans(conn, spans)
                 if not unsure:
                     return {}
                 heads, gaps = _lagging(conn)
-                conn.executemany(_INSERT_LOOKUP, gaps)
+                _fill_spans(conn, gaps)
                 return heads
 
             try:
                 caught_up = await self._w().run(write)
             except (sqlite3.Error, ValueError, RuntimeError) as exc:
                 self._pending[:0] = pending
+                self._pending_subjects[:0] = subjects
                 self._unsure = self._unsure or unsure
                 self._indexed = before
                 raise AuditStoreUnavailable(str(exc)) from exc
@@ -628,8 +676,8 @@ class SqliteAuditStore:
         await self._flush_lookups()
         where, params = sql_filter(query, lambda n: "?")
         rows = await self._fetch(
-            "SELECT r.chain_id, r.sequence, r.recorded_at, r.record, r.hash FROM audit_index i"  # noqa: S608
-            " JOIN audit_records r ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
+            "SELECT r.chain_id, r.sequence, r.recorded_at, r.record, r.hash"
+            + sql_source(query)
             + where  # fixed fragments only; every value is a parameter
             + sql_order(query)
             + " LIMIT ?",

@@ -79,6 +79,7 @@ async def test_the_call_context_reaches_the_backend(kind: Kind, backend: Backend
             "Principal": "pw-3f9a1c",
             "Actor": "pw-77b2d0",
             "Level": "L2",
+            "SourceProvince": "63",
         }
         return
     headers = seen.headers
@@ -90,12 +91,18 @@ async def test_the_call_context_reaches_the_backend(kind: Kind, backend: Backend
     assert headers["x-tongban-principal"] == "pw-3f9a1c"
     assert headers["x-tongban-actor"] == "pw-77b2d0"
     assert headers["x-tongban-level"] == "L2"
+    assert headers["x-tongban-source-province"] == "63"
     assert "x-tongban-assertion" not in headers
+    assert "x-tongban-subjects" not in headers
 
 
 async def test_idempotency_key_and_assertion_are_forwarded(kind: Kind, backend: Backend) -> None:
     context = dataclasses.replace(
-        CONTEXT, idempotency_key="idem-9", identity_assertion="eyJhbGciOi.x.y"
+        CONTEXT,
+        idempotency_key="idem-9",
+        identity_assertion="eyJhbGciOi.x.y",
+        subject_hashes="person:" + "ab" * 32,
+        client="portal-63",
     )
     async with opened_adapter(kind, backend.address) as adapter:
         await adapter.call(make_call(kind, context))
@@ -105,8 +112,12 @@ async def test_idempotency_key_and_assertion_are_forwarded(kind: Kind, backend: 
     if kind == "soap":
         assert seen.soap_context["IdempotencyKey"] == "idem-9"
         assert seen.soap_context["Assertion"] == "eyJhbGciOi.x.y"
+        assert seen.soap_context["Subjects"] == "person:" + "ab" * 32
+        assert seen.soap_context["Client"] == "portal-63"
     else:
         assert seen.headers["X-Tongban-Assertion"] == "eyJhbGciOi.x.y"
+        assert seen.headers["X-Tongban-Subjects"] == "person:" + "ab" * 32
+        assert seen.headers["X-Tongban-Client"] == "portal-63"
 
 
 # --- never reached ----------------------------------------------------------------------------

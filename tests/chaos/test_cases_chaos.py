@@ -130,6 +130,7 @@ systems:
 name: {zh: 混沌测试事项, en: Chaos filing}
 modes: [online]
 min_level: L1
+subject: caller  # the filing names no one
 operations:
   file:
     name: {zh: 提交, en: File}
@@ -193,6 +194,16 @@ async def start_gateway(config: Path, port: int) -> Gateway:
                         break
             await asyncio.sleep(0.1)
     return Gateway(process, url, token)
+
+
+def kill_instance(pid: int) -> None:
+    """SIGKILL a `tongban serve` instance whole: its supervisor and its worker processes (a
+    supervisor killed alone would have its workers stop gracefully)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    os.kill(pid, signal.SIGKILL)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)
 
 
 @pytest.fixture
@@ -269,7 +280,7 @@ async def test_two_instances_an_outage_and_a_kill_lose_and_double_nothing(
         await asyncio.sleep(OUTAGE_SECONDS)
         await backend.start()  # ...and comes back
         await milestones[0.6].wait()
-        victim.process.send_signal(signal.SIGKILL)
+        kill_instance(victim.process.pid)
         killed.set()
 
     limit = asyncio.Semaphore(32)

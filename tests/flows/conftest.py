@@ -17,11 +17,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.cli import main
+from gateway.consent.contract import ConsentBook
+from gateway.consent.factory import subject_keys
 from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.residents import RESIDENTS
 from gateway.demo.runner import demo_identity_env, point_at
 from gateway.identity.devtokens import DevTokenIssuer
+from gateway.identity.subject_keys import SubjectKeys
 from gateway.logs import configure_logging
 from gateway.settings import load_settings
 
@@ -34,6 +37,8 @@ class Journey:
     backends: DemoBackends
     tokens: dict[str, dict[str, str]]
     issuer: DevTokenIssuer
+    keys: SubjectKeys
+    """How the gateway names data subjects (a token for a person carries its key)."""
 
     def auth(self, key: str = "citizen-l3") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[key]['token']}"}
@@ -71,6 +76,7 @@ async def demo_journey(
     *,
     poll_quickly: bool = False,
     config_dir: Path = CONFIG_DIR,
+    consent_book: ConsentBook | None = None,
 ) -> AsyncIterator[Journey]:
     """The gateway as `tongban demo` configures it, on the demo provinces, stores in
     ``tmp_path``; ``poll_quickly``: a case status poll every 0.2 s instead of every minute;
@@ -93,9 +99,11 @@ async def demo_journey(
                 settings, gateway=settings.gateway.model_copy(update={"cases": cases})
             )
         issuer = DevTokenIssuer()
-        app = create_app(settings, verifier=issuer)
+        app = create_app(settings, verifier=issuer, consent_book=consent_book)
+        keys = subject_keys(settings)
+        assert keys is not None, "the demo configuration has a link secret"
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            yield Journey(client, backends, issue_demo_tokens(issuer), issuer)
+            yield Journey(client, backends, issue_demo_tokens(issuer, keys), issuer, keys)
 
 
 @pytest.fixture

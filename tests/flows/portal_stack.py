@@ -19,11 +19,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app, open_provider
+from gateway.consent.contract import ConsentBook
 from gateway.demo.backends import DemoSecrets, start_demo_backends
 from gateway.demo.federation import DemoIdentitySecrets, start_demo_identity
 from gateway.demo.runner import demo_identity_env, point_at
 from gateway.http.login import build_authenticator
+from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
 from gateway.identity.sessions import MemorySessionStore
+from gateway.principal import TokenVerifier
 from gateway.settings import load_settings
 from tests.flows.conftest import CONFIG_DIR
 from tests.flows.test_federated_sso import Sso
@@ -54,6 +57,8 @@ async def portal_stack(
     *,
     config_dir: Path = CONFIG_DIR,
     env: dict[str, str] | None = None,
+    consent_book: ConsentBook | None = None,
+    dev_tokens: DevTokenIssuer | None = None,
 ) -> AsyncIterator[PortalStack]:
     """The stack on ``config_dir`` (a variant of the demo's), with ``env`` exported too before
     the configuration is read."""
@@ -77,7 +82,15 @@ async def portal_stack(
         )
         assert provider is not None
         provider.clock = clock  # before the verifier is made: it keeps the provider's clock
-        app = create_app(settings, verifier=provider.access_token_verifier(), oidc=provider)
+        verifier: TokenVerifier = provider.access_token_verifier()
+        if dev_tokens is not None:
+            verifier = WithDevTokens(dev_tokens, verifier)
+        app = create_app(
+            settings,
+            verifier=verifier,
+            oidc=provider,
+            consent_book=consent_book,
+        )
         server = TestServer(app, host="127.0.0.1", port=port, socket_factory=held.socket_factory)
         await server.start_server()
         try:

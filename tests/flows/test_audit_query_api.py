@@ -179,6 +179,7 @@ async def test_citizen_sees_who_touched_their_data(journey: Journey) -> None:
         actor=CLERK,
         actor_role="clerk",
         roles=("clerk",),
+        person=journey.keys.person(MA_WENHUA.id_number).key,  # the document the clerk checked
     )
     response = await journey.client.post(
         "/api/v1/services/pension-transfer/calls",

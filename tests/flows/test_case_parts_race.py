@@ -102,6 +102,7 @@ systems:
 name: {zh: 多部门联办, en: Many-part filing}
 modes: [online, joint]
 min_level: L1
+subject: caller  # the filing names no one
 operations:
   file:
     name: {zh: 提交, en: File}

@@ -48,6 +48,7 @@ async def journey(
                 actor="clerk-61-0007",
                 actor_role="clerk",
                 roles=["clerk"],
+                person=journey.keys.person(SU_LANXIN.id_number).key,
             )
         }
         yield journey

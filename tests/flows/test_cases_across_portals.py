@@ -1,6 +1,6 @@
-"""A case belongs to the person, not to the portal she filed it through, over real
-loopback HTTP: 苏兰心 signs in at the Qinghai portal through the Qinghai platform, then at the
-Shaanxi portal by SSO; a case filed with the Qinghai portal's token is hers through the Shaanxi
+"""A case belongs to the person, not to the portal they filed it through, over real
+loopback HTTP: 马文华 signs in at the Qinghai portal through the Qinghai platform, then at the
+Shaanxi portal by SSO; a case filed with the Qinghai portal's token is his through the Shaanxi
 portal's token too (listed, readable, the same on an idempotent retry), though the two tokens'
 subjects differ and nothing in either token or answer lets the portals match them. Another
 citizen sees none of it. The fixture ends with `tongban audit verify` on the trail.
@@ -57,7 +57,8 @@ async def _api(
 async def test_a_case_filed_at_one_portal_is_hers_at_the_other(sso: federated.Sso) -> None:
     portal_a, portal_b = sso.portal(QH), sso.portal(SX)
     async with federated.browser() as b:
-        await federated.sign_in(sso, b, "qh-100233")  # 苏兰心, L2
+        # 马文华 (L3): the demo's S4 application is about his own fund account.
+        await federated.sign_in(sso, b, "qh-100231")
         page = await b.get(f"{portal_b.base_url}/login")  # SSO: no second login
         assert str(page.url) == f"{portal_b.base_url}/"
     at_a, at_b = federated.only_session(portal_a), federated.only_session(portal_b)
@@ -111,7 +112,7 @@ async def test_a_case_filed_at_one_portal_is_hers_at_the_other(sso: federated.Ss
 
     # Another citizen, through either portal, sees none of it.
     async with federated.browser() as other:
-        await federated.sign_in(sso, other, "qh-100231")  # 马文华
+        await federated.sign_in(sso, other, "qh-100233")  # 苏兰心
         await other.get(f"{portal_b.base_url}/login")
     strangers = [
         s.access_token
@@ -126,11 +127,12 @@ async def test_a_case_filed_at_one_portal_is_hers_at_the_other(sso: federated.Ss
         status, theirs, _ = await _api(sso, "GET", "/api/v1/cases", token)
         assert status == 200
         assert theirs["cases"] == []
-    # Her key is not theirs: the same Idempotency-Key is a new application of their own.
+    # His key and his application from someone else: not the replay of his case (nothing of
+    # his comes back), and not hers to file either (his account, his ID number).
     status, own, _ = await _api(
         sso, "POST", "/api/v1/cases", strangers[1], S4, **{"Idempotency-Key": "cross-portal-0001"}
     )
-    assert status == 202
-    assert own["case_id"] != case_id
+    assert (status, own["code"]) == (403, "client.not_data_subject"), own
+    assert case_id not in json.dumps(own)
     status, mine, _ = await _api(sso, "GET", "/api/v1/cases", token_a)
     assert [c["case_id"] for c in mine["cases"]] == [case_id]

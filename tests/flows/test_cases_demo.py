@@ -23,7 +23,7 @@ from gateway.demo.backends import (
     SHAANXI_HOUSING,
 )
 from gateway.demo.cases import S10_CASE
-from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN
+from gateway.demo.residents import MA_WENHUA, SU_LANXIN
 from gateway.http.keys import STATE
 from tests.flows.conftest import Journey, demo_journey
 
@@ -216,8 +216,8 @@ async def test_s3_household_move_is_handled_jointly_by_gansu_and_qinghai(journey
         ],
         "purpose": "兰西城市群户口迁移",
         "data": {
-            "id_number": HAN_XUEMEI.id_number,
-            "name": HAN_XUEMEI.name,
+            "id_number": MA_WENHUA.id_number,
+            "name": MA_WENHUA.name,
             "from_region": "620102",
             "to_region": "630104",
             "reason": "work",
@@ -250,6 +250,7 @@ async def test_s10_window_intake_with_an_unknown_outcome_reconciled(journey: Jou
         actor="clerk-61-0007",
         actor_role="clerk",
         roles=["clerk"],
+        person=journey.keys.person(SU_LANXIN.id_number).key,  # the document the clerk checked
     )
     journey.tokens["clerk"] = {"token": clerk}
     qinghai = journey.backends.recorder(QINGHAI_GOV)
@@ -277,8 +278,8 @@ async def test_s2_medical_filing_is_issued_at_once(journey: Journey) -> None:
         "handling_province": "63",
         "purpose": "异地就医备案",
         "data": {
-            "id_number": HAN_XUEMEI.id_number,
-            "name": HAN_XUEMEI.name,
+            "id_number": MA_WENHUA.id_number,
+            "name": MA_WENHUA.name,
             "treatment_province": "61",
             "filing_type": "resident-elsewhere",
             "valid_from": "2026-12-01",
@@ -299,7 +300,11 @@ async def test_s2_medical_filing_is_issued_at_once(journey: Journey) -> None:
 
 async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> None:
     enterprise = journey.issuer.issue(
-        "demo-enterprise-xian-qinchuan", "LP", actor="demo-" + MA_WENHUA.key, actor_role="agent"
+        "demo-enterprise-xian-qinchuan",
+        "LP",
+        actor="demo-" + MA_WENHUA.key,
+        actor_role="agent",
+        enterprise=journey.keys.enterprise("91610113MA6TXXXX0Q").key,
     )
     journey.tokens["enterprise"] = {"token": enterprise}
     operations = ["registration", "seal-filing", "invoices", "social-insurance"]
@@ -308,7 +313,6 @@ async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> N
         "receiving_province": "63",
         "parts": [{"handling_province": "63", "operation": op} for op in operations],
         "purpose": "跨省设立分支机构",
-        "authorisation_ref": "LR-AUTH-2026-0008",
         "data": {
             "credit_code": "91610113MA6TXXXX0Q",
             "parent_name": "西安秦川示例电子有限公司",
@@ -318,7 +322,8 @@ async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> N
             "principal_id_number": MA_WENHUA.id_number,
         },
         "materials": [
-            {**ID_CARD, "code": "parent-business-licence"},
+            # 免证办: found and verified at Shaanxi's e-licence system by the credit code.
+            {"code": "parent-business-licence", "licence": {}},
             {
                 "code": "representative-authorisation",
                 "ref": "urn:upload:1",
@@ -333,6 +338,11 @@ async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> N
     assert receipt["handling_provinces"] == ["63"]  # four parts, one province
     case = await wait_for(journey, receipt["case_id"], "closed", token="enterprise")
     assert [p["status"] for p in case["parts"]] == ["done"] * 4
+    # The parent's business licence was found and verified at Shaanxi (sealed before the
+    # issuer rotated its key: the retired key still verifies it).
+    licence = next(m for m in case["materials"] if m["code"] == "parent-business-licence")
+    assert licence["ref"] == "elicence:61:business-licence:91610113MA6TXXXX0Q"
+    assert any("(key sx-seal-2025)" in (t.get("reason") or "") for t in case["timeline"])
     documents = [p["result"]["result"]["document"] for p in case["parts"]]
     assert [d.split()[0] for d in documents] == [
         "分支机构营业执照",
@@ -347,7 +357,7 @@ async def test_s8_branch_bundle_fans_out_to_four_agencies(journey: Journey) -> N
     assert {r.context["actor"] for r in sent} == {"demo-" + MA_WENHUA.key}
 
 
-def s9_proof_call(authorisation: str | None = "AUTH-2026-0009") -> dict[str, Any]:
+def s9_proof_call(authorisation: str | None = None) -> dict[str, Any]:
     return {
         "operation": "contribution-proof",
         "receiving_province": "63",
@@ -401,9 +411,12 @@ async def test_s9_rental_housing_with_the_jiangsu_proof_pulled_and_checked(
     assert proof["seal_digest"] == "sha256:" + hashlib.sha256(content).hexdigest()
     assert proof["number"].startswith("32")
     (asked,) = journey.backends.recorder(JIANGSU_PROOF).for_operation("issue_proof")
-    assert asked.context["authorisation_ref"] == "AUTH-2026-0009"
+    # The holder herself: Jiangsu is told she is the verified subject (its own hash of her ID
+    # number), and no grant is named because none was needed.
+    assert asked.context["subjects"].startswith("person:")
+    assert "authorisation_ref" not in asked.context
 
-    body = s9_application(proof, "AUTH-2026-0009")
+    body = s9_application(proof, None)
     status, receipt = await submit(journey, body, "s9-case-rental-01", token="citizen-l2")
     assert status == 202, receipt
     case = await wait_for(journey, receipt["case_id"], "closed", token="citizen-l2")
@@ -417,12 +430,12 @@ async def test_s9_rental_housing_with_the_jiangsu_proof_pulled_and_checked(
     assert case["parts"][0]["result"]["result"]["document"].startswith("公共租赁住房资格确认书")
     assert case["materials"][1]["digest"] == proof["seal_digest"]
     (sent,) = journey.backends.recorder(QINGHAI_GOV).for_operation("submit_application")
-    assert sent.context["authorisation_ref"] == "AUTH-2026-0009"
+    assert sent.context["subjects"].startswith("person:")
 
     # A proof whose seal does not hold is refused by Qinghai: 不予受理, the case closes.
     forged = {**proof, "seal_value": base64.b64encode(b"x" * 32).decode()}
     status, receipt = await submit(
-        journey, s9_application(forged, "AUTH-2026-0009"), "s9-case-forged-1", token="citizen-l2"
+        journey, s9_application(forged, None), "s9-case-forged-1", token="citizen-l2"
     )
     assert status == 202, receipt
     case = await wait_for(journey, receipt["case_id"], "closed", token="citizen-l2")
@@ -432,14 +445,14 @@ async def test_s9_rental_housing_with_the_jiangsu_proof_pulled_and_checked(
 async def test_s9_without_the_holders_authorisation_is_a_problem_and_no_case(
     journey: Journey,
 ) -> None:
+    # Someone else (苏兰心's proof asked by 马文华) with a made-up reference: refused, nothing sent.
     status, problem = await journey.call(
-        "public-rental-housing", s9_proof_call(None), token="citizen-l2"
+        "public-rental-housing", s9_proof_call("AUTH-2026-0009"), token="citizen-l3"
     )
-    assert (status, problem["code"]) == (422, "client.validation_failed"), problem
-    assert problem["errors"][0]["path"] == "/authorisation_ref"
+    assert (status, problem["code"]) == (403, "client.not_data_subject"), problem
     assert not journey.backends.recorder(JIANGSU_PROOF).requests
 
-    # Jiangsu itself refuses a proof without an authorisation reference.
+    # Jiangsu itself refuses a proof without an authorisation reference or a verified holder.
     proof_state = journey.backends.proof
     assert proof_state is not None
     base = journey.backends.running[JIANGSU_PROOF].base_url
@@ -459,9 +472,9 @@ async def test_s9_without_the_holders_authorisation_is_a_problem_and_no_case(
         "seal_value": "A" * 44,
     }
     status, problem = await submit(
-        journey, s9_application(fake, None), "s9-case-noauth-1", token="citizen-l2"
+        journey, s9_application(fake, "AUTH-2026-0009"), "s9-case-noauth-1", token="citizen-l3"
     )
-    assert (status, problem["code"]) == (422, "client.validation_failed"), problem
-    listed = await journey.client.get("/api/v1/cases", headers=journey.auth("citizen-l2"))
+    assert (status, problem["code"]) == (403, "client.not_data_subject"), problem
+    listed = await journey.client.get("/api/v1/cases", headers=journey.auth("citizen-l3"))
     assert (await listed.json())["cases"] == []
     assert not journey.backends.recorder(QINGHAI_GOV).for_operation("submit_application")

@@ -62,7 +62,11 @@ async def test_s1_pension_transfer_history_then_application(journey: Journey) ->
     assert first["system"] == "qinghai-si"
     assert first["data"]["acceptance_number"] == again["data"]["acceptance_number"]
     submitted = journey.backends.recorder(QINGHAI_SI).for_operation("SubmitTransfer")
-    assert [r.idempotency_key for r in submitted] == ["s1-apply-1", "s1-apply-1"]
+    # The back-end sees the caller's key scoped to the client and the person, never as sent.
+    keys = {r.idempotency_key for r in submitted}
+    assert len(submitted) == 2
+    assert len(keys) == 1
+    assert "s1-apply-1" not in keys
     history_call = journey.backends.recorder(SHAANXI_SI).for_operation("GetContributionHistory")[0]
     assert history_call.context["purpose"] == "跨省通办 demo journey"
     assert history_call.context["principal"] == journey.tokens["citizen-l3"]["subject"]
@@ -129,17 +133,18 @@ async def test_s6_degree_verification_needs_consent_and_returns_minimal_fields(
         "id_number": SU_LANXIN.id_number,
         "certificate_number": "106971202005123456",
     }
-    status, body = await journey.call(
-        "degree-verification", envelope("verify", data), token="citizen-l2"
-    )
-    assert status == 422
-    assert body["errors"] == [{"path": "/authorisation_ref", "message": "required by this service"}]
-    assert journey.backends.recorder(SHAANXI_DEGREE).count == 0
-
+    # Someone else's degree: a free-text reference opens nothing; no grant, no call.
     status, body = await journey.call(
         "degree-verification",
         envelope("verify", data, authorisation_ref="AUTH-2026-0001"),
-        token="citizen-l2",
+        token="citizen-l3",
+    )
+    assert (status, body["code"]) == (403, "client.not_data_subject"), body
+    assert journey.backends.recorder(SHAANXI_DEGREE).count == 0
+
+    # The holder herself.
+    status, body = await journey.call(
+        "degree-verification", envelope("verify", data), token="citizen-l2"
     )
     assert status == 200, body
     assert body["data"]["valid"] is True
@@ -153,7 +158,8 @@ async def test_s6_degree_verification_needs_consent_and_returns_minimal_fields(
         "conferred_on",
     }
     seen = journey.backends.recorder(SHAANXI_DEGREE).requests[-1]
-    assert seen.context["authorisation_ref"] == "AUTH-2026-0001"
+    assert "authorisation_ref" not in seen.context  # no grant was needed, none is named
+    assert seen.context["subjects"].startswith("person:")
 
 
 async def test_s6_mismatch_is_an_answer_and_unknown_holder_a_refusal(journey: Journey) -> None:
@@ -166,7 +172,6 @@ async def test_s6_mismatch_is_an_answer_and_unknown_holder_a_refusal(journey: Jo
                 "id_number": SU_LANXIN.id_number,
                 "certificate_number": "1069712020059999",
             },
-            authorisation_ref="AUTH-2026-0002",
         ),
         token="citizen-l2",
     )
@@ -182,13 +187,13 @@ async def test_s6_mismatch_is_an_answer_and_unknown_holder_a_refusal(journey: Jo
                 "id_number": DUAN_HAORAN.id_number,
                 "certificate_number": "106971202005123456",
             },
-            authorisation_ref="AUTH-2026-0003",
         ),
         token="citizen-l2",
     )
-    assert status == 422, body
-    assert body["code"] == "backend.rejected"
+    # Another person's ID number: refused before Shaanxi is asked.
+    assert (status, body["code"]) == (403, "client.not_data_subject"), body
     assert DUAN_HAORAN.id_number not in str(body)
+    assert journey.backends.recorder(SHAANXI_DEGREE).count == 1
 
 
 async def test_housing_outage_is_retried_then_answered(journey: Journey) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +23,13 @@ from joserfc import jwt
 from yarl import URL
 
 from gateway.app import create_app, open_provider
-from gateway.demo.backends import SHAANXI_DEGREE, DemoBackends, DemoSecrets, start_demo_backends
+from gateway.demo.backends import (
+    SHAANXI_DEGREE,
+    SHAANXI_HOUSING,
+    DemoBackends,
+    DemoSecrets,
+    start_demo_backends,
+)
 from gateway.demo.federation import DemoIdentity, DemoIdentitySecrets, start_demo_identity
 from gateway.demo.portals import PortalState
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN
@@ -33,6 +40,7 @@ from gateway.identity.provider import OpenIDProvider
 from gateway.identity.sqlite_sessions import FILE_NAME as SESSIONS_FILE
 from gateway.identity.sqlite_sessions import SqliteSessionStore
 from gateway.identity.sso import SessionAuthenticator
+from gateway.identity.subject_keys import province_key, province_person_hash
 from gateway.identity.upstream import UpstreamError, UpstreamLogin
 from gateway.identity.upstream_oidc import OidcUpstream
 from gateway.settings import load_settings
@@ -229,8 +237,19 @@ async def test_sso_journey_two_portals_one_login_and_backchannel_logout(sso: Sso
         )
         assert claims["sub"] == session_a.subject
         assert claims["acr"] == "L2"
-        assert claims["purpose"] == "用人单位招聘学历核验"
-        assert claims["authorisation_ref"] == "AUTH-2026-0001"
+        assert claims["purpose"] == "本人学历学位核验"
+        # Whose data: the signed-in person herself, named by the hash Shaanxi computes from the
+        # ID number it is asked about with its own subject key; no grant was needed.
+        shaanxi_key = province_key(os.environ["TONGBAN_LINK_SECRET"], "61")
+        assert claims["data_subjects"] == [
+            {
+                "type": "person",
+                "hash": province_person_hash(shaanxi_key, "111", SU_LANXIN.id_number),
+            }
+        ]
+        assert (claims["source_province"], claims["client_id"]) == ("63", QH)
+        assert "grant" not in claims
+        assert "authorisation_ref" not in claims
         assert SU_LANXIN.id_number not in assertion
 
         # Portal B: tokens with no login prompt (no new upstream login, no form on the way).
@@ -244,13 +263,18 @@ async def test_sso_journey_two_portals_one_login_and_backchannel_logout(sso: Sso
         session_b = only_session(portal_b)
         assert session_b.sid == session_a.sid
         assert session_b.subject != session_a.subject, "pairwise subjects per portal"
-        status, _ = await api_call(
+        sso.backends.recorder(SHAANXI_HOUSING).clear()
+        status, answer = await api_call(
             sso,
             session_b.access_token,
             "housing-fund-transfer",
             portal_b.calls[0].body,
         )
-        assert status == 200  # B's own token calls B's service (S4 account query, L2)
+        # B's own token is accepted for B's service (S4 account query, L2), but the demo's
+        # account is 马文华's, not the signed-in 苏兰心's: the subject rule refuses it and the
+        # fund centre is never asked.
+        assert (status, answer["code"]) == (403, "client.not_data_subject"), answer
+        assert sso.backends.recorder(SHAANXI_HOUSING).count == 0
 
         # Logout at A ends the SSO session; B hears it by back-channel and ends its session.
         bye = await b.get(f"{portal_a.base_url}/logout")

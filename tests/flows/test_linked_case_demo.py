@@ -25,19 +25,37 @@ from gateway.demo.backends import (
     XINING_UTILITIES,
 )
 from gateway.demo.cases import S13_CASE, S13_REFUSED
+from gateway.demo.property_transfer import SELLER
+from tests.consent_books import MemoryConsentBook, TestGrant
 from tests.flows.conftest import Journey, audit_verify, demo_journey
+
+SELLER_GRANT = "grant-s13-seller"
 
 
 @pytest.fixture
 async def journey(
     tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Journey]:
-    async with demo_journey(tmp_path, monkeypatch, poll_quickly=True) as journey:
+    # The buyer (马文华) files; the seller (韩雪梅) is a co-applicant whose part of the
+    # application is reached under her consent grant to the buyer's portal.
+    book = MemoryConsentBook()
+    async with demo_journey(tmp_path, monkeypatch, poll_quickly=True, consent_book=book) as journey:
+        book.grants[SELLER_GRANT] = TestGrant(
+            subject=journey.keys.person(SELLER.id_number),
+            client_id="demo-portal-qinghai",
+            service="second-hand-home-transfer",
+        )
         yield journey
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0
 
 
 async def submit_and_settle(journey: Journey, body: dict[str, Any], key: str) -> dict[str, Any]:
+    refused = await journey.client.post(
+        "/api/v1/cases", json=body, headers={**journey.auth(), "Idempotency-Key": key}
+    )
+    assert refused.status == 403  # the seller's data without her grant
+    assert (await refused.json())["code"] == "client.not_data_subject"
+    body = {**body, "consent": SELLER_GRANT}
     response = await journey.client.post(
         "/api/v1/cases", json=body, headers={**journey.auth(), "Idempotency-Key": key}
     )
@@ -134,3 +152,39 @@ async def test_s13_refused_registration_undoes_the_filing_and_the_tax(journey: J
     # The applicant's events say so: one closure, with the combined outcome.
     listed = await journey.client.get("/api/v1/cases", headers=journey.auth())
     assert case_id in {c["case_id"] for c in (await listed.json())["cases"]}
+
+
+async def test_the_seller_sees_the_buyers_application_from_another_portal(
+    journey: Journey,
+) -> None:
+    """Co-applicants: the seller named in the buyer's application (under her grant) finds the
+    case in her own list and reads it, signed in at the Shaanxi portal; a third person does not,
+    and the seller's own key names no case she is not part of."""
+    _scenario, _title, key, body = S13_CASE
+    case = await submit_and_settle(journey, body, key)
+    seller = journey.issuer.issue(
+        "seller-at-shaanxi",
+        "L2",
+        client_id="demo-portal-shaanxi",
+        person=journey.keys.person(SELLER.id_number).key,
+    )
+    headers = {"Authorization": f"Bearer {seller}"}
+    listed = await journey.client.get("/api/v1/cases", headers=headers)
+    assert listed.status == 200
+    assert [c["case_id"] for c in (await listed.json())["cases"]] == [case["case_id"]]
+    read = await journey.client.get(f"/api/v1/cases/{case['case_id']}", headers=headers)
+    assert read.status == 200, await read.text()
+    assert (await read.json())["service"] == "second-hand-home-transfer"
+
+    stranger = journey.issuer.issue(
+        "someone-else",
+        "L3",
+        client_id="demo-portal-shaanxi",
+        person=journey.keys.person("610102199001010015").key,
+    )
+    headers = {"Authorization": f"Bearer {stranger}"}
+    assert (await (await journey.client.get("/api/v1/cases", headers=headers)).json())[
+        "cases"
+    ] == []
+    hidden = await journey.client.get(f"/api/v1/cases/{case['case_id']}", headers=headers)
+    assert hidden.status == 404

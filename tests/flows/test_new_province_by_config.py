@@ -27,6 +27,7 @@ from tests.adapters.dotnet_backend import (
     DotnetService,
     running_dotnet_service,
 )
+from tests.subject_fixtures import TEST_SUBJECT_KEYS, person_key
 
 EXAMPLE = Path(__file__).parent / "new_province"
 WSDL = Path(__file__).resolve().parents[1] / "adapters" / "wsdl" / "real-estate-asmx.wsdl"
@@ -114,6 +115,12 @@ class Gateway:
     client: TestClient[Any, Any]
     service: DotnetService
     token: str
+    issuer: DevTokenIssuer
+
+    def as_holder_of(self, id_number: str) -> Gateway:
+        """The same gateway, called by the person with ``id_number``."""
+        token = self.issuer.issue("person-2", "L2", person=person_key(id_number))
+        return dataclasses.replace(self, token=token)
 
     async def call(self, operation: str, data: dict[str, str]) -> tuple[int, dict[str, Any]]:
         response = await self.client.post(
@@ -141,9 +148,12 @@ async def gateway(config: Path, log_stream: io.BytesIO) -> AsyncIterator[Gateway
             gateway=settings.gateway.model_copy(update={"data_dir": config / "data"}),
         )
         issuer = DevTokenIssuer()
-        app = create_app(settings, verifier=issuer)
+        # No identity block in this configuration: the subject keys a deployment derives from
+        # its identity secrets, and a token naming the owner of the registrations.
+        app = create_app(settings, verifier=issuer, subjects=TEST_SUBJECT_KEYS)
+        token = issuer.issue("person-1", "L2", person=person_key(OWNER))
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
-            yield Gateway(client, service, issuer.issue("person-1", "L2"))
+            yield Gateway(client, service, token, issuer)
     assert PASSWORD not in log_stream.getvalue().decode()
 
 
@@ -175,5 +185,8 @@ async def test_dataset_rows_become_the_canonical_array(gateway: Gateway) -> None
     body_password = sent.findtext(f"{{{SOAP11}}}Body/{{{NS}}}QueryRegistrations/{{{NS}}}password")
     assert body_password == PASSWORD
     assert PASSWORD not in str(body)
-    status, body = await gateway.call("registrations", {"id_number": "630199200001010000"})
+    nobody = "630199200001010000"
+    status, body = await gateway.call("registrations", {"id_number": nobody})
+    assert (status, body["code"]) == (403, "client.not_data_subject")  # not the caller's
+    status, body = await gateway.as_holder_of(nobody).call("registrations", {"id_number": nobody})
     assert (status, body["data"]) == (200, {"registrations": []})

@@ -23,7 +23,8 @@ from gateway.adapter import Adapter, SystemSpec
 from gateway.app import create_app
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.settings import Settings, SystemSettings
-from tests.unit.http.test_app import ISSUER, Backend, auth, call_body
+from tests.subject_fixtures import TEST_SUBJECT_KEYS, person_key
+from tests.unit.http.test_app import ID, ISSUER, Backend, auth, call_body
 from tests.unit.http.test_app import _settings as base_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -70,7 +71,10 @@ async def two_instances(
     for name in ("gw-1", "gw-2"):
         (tmp_path / name).mkdir()
         app = create_app(
-            instance(tmp_path, name, prefix, store), verifier=ISSUER, open_adapter=open_adapter
+            instance(tmp_path, name, prefix, store),
+            verifier=ISSUER,
+            open_adapter=open_adapter,
+            subjects=TEST_SUBJECT_KEYS,
         )
         clients.append(
             await stack.enter_async_context(TestClient(TestServer(app, host="127.0.0.1")))
@@ -81,7 +85,8 @@ async def two_instances(
 @pytest.mark.redis
 async def test_a_person_budget_holds_across_two_instances(tmp_path: Path, prefix: str) -> None:
     backend = Backend()
-    citizen = ISSUER.issue("sub-p1", "L2", client_id="portal-a", person="p1")
+    # The call's data is hers (the holder's ID number the test app's calls name).
+    citizen = ISSUER.issue("sub-p1", "L2", client_id="portal-a", person=person_key(ID))
     async with AsyncExitStack() as stack:
         one, two = await two_instances(stack, tmp_path, prefix, backend)
         statuses = []
@@ -91,7 +96,7 @@ async def test_a_person_budget_holds_across_two_instances(tmp_path: Path, prefix
         assert statuses == [200, 200, 200, 429, 429]
         assert len(backend.adapter.calls) == 3
         # The same person through another portal, at either instance: the same budget.
-        elsewhere = ISSUER.issue("sub-p1-b", "L2", client_id="portal-b", person="p1")
+        elsewhere = ISSUER.issue("sub-p1-b", "L2", client_id="portal-b", person=person_key(ID))
         response = await two.get("/api/v1/services", headers=auth(elsewhere))
         assert response.status == 429
 

@@ -115,6 +115,13 @@ def test_systems_yaml_names_the_demo_identifiers_and_environment() -> None:
         for value in system["auth"].values()
         if isinstance(value, dict)
     }
+    # The issuers' notice keys are in licences.yaml.
+    licences = yaml.safe_load((DEFAULT_CONFIG_DIR / "licences.yaml").read_text(encoding="utf-8"))
+    referenced |= {
+        issuer["notice_secret"]["env"]
+        for issuer in licences["issuers"].values()
+        if "notice_secret" in issuer
+    }
     assert referenced == set(ENV_NAMES.values())
 
 

@@ -114,6 +114,9 @@ def test_missing_secret_environment_variable_is_named(
         "TONGBAN_SECRET_JS_PROOF_API_KEY",
         "TONGBAN_SECRET_XN_PROPERTY_API_KEY",
         "TONGBAN_SECRET_SX_CIVIL_API_KEY",
+        "TONGBAN_SECRET_SX_LICENCE_API_KEY",
+        "TONGBAN_SECRET_QH_LICENCE_API_KEY",
+        "TONGBAN_SECRET_SX_LICENCE_NOTICE_KEY",
         "TONGBAN_SECRET_SX_IDP_APP_SECRET",
         "TONGBAN_SECRET_GS_IDP_APP_SECRET",
         "TONGBAN_SECRET_NX_IDP_APP_SECRET",
@@ -123,6 +126,8 @@ def test_missing_secret_environment_variable_is_named(
         "TONGBAN_SECRET_LEGACY_SX_GJJ",
         "TONGBAN_SECRET_SX_STAFF_IDP_CLIENT_SECRET",
         "TONGBAN_SECRET_WINDOW_SHAANXI",
+        "TONGBAN_SECRET_QH_CREDIT_API_KEY",
+        "TONGBAN_SECRET_BANK_SHAANXI",
     ):
         monkeypatch.setenv(name, "x" * 16)
     monkeypatch.setenv("TONGBAN_PAIRWISE_SECRET", "p" * 40)

@@ -16,13 +16,13 @@ from types import ModuleType
 import aiohttp
 from aiohttp import web
 
-from gateway.demo.portals import cases, catalogue, signin, window
+from gateway.demo.portals import cases, catalogue, consents, licences, signin, window
 from gateway.demo.portals.layout import NAV, render
 from gateway.demo.portals.pages import Handler, PortalPage
 from gateway.demo.portals.state import STATE, PortalState
 from gateway.demo.portals.tokens import SessionEnded
 
-PAGE_MODULES: tuple[ModuleType, ...] = (catalogue, cases, signin, window)
+PAGE_MODULES: tuple[ModuleType, ...] = (catalogue, cases, consents, licences, signin, window)
 STATIC = Path(__file__).resolve().parent / "static"
 
 

@@ -249,7 +249,7 @@ async def apply(request: web.Request) -> web.Response:
         session,
         "POST",
         "/api/v1/cases",
-        json=application.body,
+        json=state.with_consent(application.body, state.client_id),
         headers={"Idempotency-Key": key},
     )
     info = await guide(state, session, application.service)

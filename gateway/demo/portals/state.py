@@ -133,6 +133,17 @@ class PortalState:
     """Service guides read from the gateway (names, levels, materials, result labels)."""
     applications: tuple[DemoApplication, ...] = ()
     """Applications (cases) the portal offers to file with the demo's data, on their guides."""
+    consents: dict[str, str] = field(default_factory=dict)
+    """Grant ids its applications present (``consent``), by the client that sends them: the
+    demo's S13 seller's consent to this portal (and to its window), given when the demo starts
+    (gateway/demo/runner.py). None given: the application goes without, and is refused."""
+
+    def with_consent(self, body: dict[str, Any], client_id: str) -> dict[str, Any]:
+        """``body`` presenting the grant the demo seeded for ``client_id``'s S13 applications."""
+        grant = self.consents.get(client_id)
+        if grant is None or body.get("service") != "second-hand-home-transfer":
+            return body
+        return {**body, "consent": grant}
 
     @property
     def cookie(self) -> str:

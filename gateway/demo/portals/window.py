@@ -1,4 +1,4 @@
-"""窗口受理: a window clerk's console on the Shaanxi portal (S10 异地代收代办).
+"""窗口受理: a window clerk's console on the Shaanxi portal (S10 异地代收代办, S13 at a window).
 
 The console is a client of its own (``demo-window-shaanxi``, clients.yaml ``window: true``).
 The clerk signs in through the gateway, which offers only the staff directory (code flow + PKCE
@@ -7,7 +7,11 @@ asks the gateway for a Counter token for the applicant by token exchange (RFC 86
 number the clerk typed from the document as subject token, her own access token as actor token)
 and takes the application in with it (原件核验 ticked, an Idempotency-Key per rendered form), so
 the case's principal is the applicant and its actor the clerk. Her own token (refreshed like a
-person's, tokens.py) reads the window queue. The forms carry a CSRF token bound to her session.
+person's, tokens.py) reads the window queue and each queued case (``/window/cases/{id}``: a
+linked case's parts by name, what each waits for, what was undone, the combined outcome, the
+timeline with the clerks by name). A Shaanxi buyer of a home in Xining (S13) applies here too:
+the console takes the linked case in for him the same way. The forms carry a CSRF token bound to
+her session.
 
 Must not: keep a password, or let a Counter token outlive the intake it was asked for.
 """
@@ -19,10 +23,12 @@ import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
+from gateway.demo.cases import S13_CASE
+from gateway.demo.portals.cases import part_titles, parts, timeline
 from gateway.demo.portals.forms import csrf_ok, form_expired
 from gateway.demo.portals.layout import render
 from gateway.demo.portals.pages import NavEntry, PortalPage
@@ -33,7 +39,8 @@ from gateway.demo.portals.signin import (
 )
 from gateway.demo.portals.state import STATE, ClerkSession, PortalState, Tokens, WindowDesk
 from gateway.demo.portals.tokens import SessionEnded, access_token, call_api, token_request
-from gateway.demo.portals.words import e, problem, province, status, time_tag
+from gateway.demo.portals.words import e, mode, problem, province, status, time_tag
+from gateway.demo.property_transfer import BUYER, SEIZED_UNITS
 from gateway.identity.clients import TOKEN_EXCHANGE
 from gateway.identity.identifiers import RESIDENT_ID_CARD
 from gateway.identity.token_exchange import ACCESS_TOKEN_TYPE, ID_DOCUMENT_TOKEN_TYPE
@@ -53,7 +60,16 @@ WINDOW_MATERIALS = {
     "disability-assessment": "残疾评定材料",
     "photo": "近期免冠照片",
 }
-SERVICE_NAMES = {"disability-card": "残疾人证办理"}
+SERVICE_NAMES = {
+    "disability-card": "残疾人证办理",
+    "second-hand-home-transfer": "二手房转移登记及水电气联动过户",
+}
+HOME_SERVICE = "second-hand-home-transfer"
+HOMES = {
+    "demo": S13_CASE[3]["data"]["property"]["unit"],
+    "seized": next(iter(SEIZED_UNITS)),
+}
+"""The demo's homes in Xining: one that transfers, one under a court seizure (不予受理)."""
 COUNTER_SCOPE = "services:call"
 """All a Counter token needs: taking the application in (never the clerk's profile)."""
 
@@ -84,7 +100,9 @@ async def _queue(state: PortalState, desk: WindowDesk, session: ClerkSession) ->
         code = str(answer.get("code", "")) if isinstance(answer, dict) else ""
         return f"<p class='warning' id='queue-error'>窗口队列暂不可用：{e(problem(code, got))}</p>"
     rows = "".join(
-        f"<tr data-case='{e(c.get('case_id', ''))}'><td>{e(c.get('case_id', ''))}</td>"
+        f"<tr data-case='{e(c.get('case_id', ''))}'><td><a class='case-link' "
+        f"href='/window/cases/{e(quote(str(c.get('case_id', '')), safe=''))}'>"
+        f"{e(c.get('case_id', ''))}</a></td>"
         f"<td>{e(SERVICE_NAMES.get(str(c.get('service')), c.get('service', '')))}</td>"
         f"<td class='queue-status' data-status='{e(c.get('status', ''))}'>"
         f"{e(status(c.get('status')))}</td>"
@@ -147,6 +165,7 @@ async def window(request: web.Request) -> web.Response:
         "<label for='note'>核验说明</label>"
         "<input id='note' name='note' value='身份证原件已核验'>"
         "<p><button id='intake' type='submit'>受理并转办</button></p></form>"
+        f"{_home_form(session)}"
         f"<h2>窗口队列</h2>{queue}"
         "<p><a class='button secondary' id='window-refresh' href='/window'>刷新</a></p>"
         "<form method='post' action='/window/logout'>"
@@ -154,6 +173,83 @@ async def window(request: web.Request) -> web.Response:
         "<button id='clerk-sign-out' type='submit' class='secondary'>退出</button></form>"
     )
     return render(request, "窗口受理", body, heading_en="Window console")
+
+
+def _home_form(session: ClerkSession) -> str:
+    """S13 at the window: the buyer's document, and which of the demo's homes he buys."""
+    homes = _options({key: f"{unit}{'（被查封，示范不予受理）' if key == 'seized' else ''}"
+                      for key, unit in HOMES.items()})  # fmt: skip
+    return (
+        "<h2>二手房转移登记及水电气联动过户（异地代收）</h2>"
+        "<p>陕西户籍买方在本窗口申请购买西宁市房屋的联动过户：网签备案、缴纳契税、"
+        "买方户籍婚姻核验、转移登记、水电气过户。</p>"
+        "<form method='post' action='/window/intake-home' id='home-form'>"
+        f"<input type='hidden' name='csrf' value='{e(session.csrf)}'>"
+        f"<input type='hidden' name='idempotency_key' value='window-{secrets.token_hex(12)}'>"
+        "<fieldset><legend>买方身份证件（读卡）</legend>"
+        "<label for='buyer-id-number'>居民身份证号码</label>"
+        "<input id='buyer-id-number' name='id_number' maxlength='18' autocomplete='off' "
+        f"value='{e(BUYER.id_number)}' required>"
+        "<label for='buyer-name'>姓名</label>"
+        f"<input id='buyer-name' name='applicant_name' value='{e(BUYER.name)}' required>"
+        "</fieldset>"
+        f"<label for='home'>房屋坐落</label><select id='home' name='home'>{homes}</select>"
+        "<p><button id='intake-home' type='submit'>受理联动过户</button></p></form>"
+    )
+
+
+async def _clerk_guide(
+    state: PortalState, desk: WindowDesk, session: ClerkSession, code: str
+) -> dict[str, Any]:
+    """The service's guide (part titles) with the clerk's own token, read once."""
+    if code not in state.guides:
+        got, answer = await call_api(
+            state, session.tokens, desk.auth, "clerk", "GET",
+            f"/api/v1/services/{quote(code, safe='')}",
+        )  # fmt: skip
+        if got != 200 or not isinstance(answer, dict):
+            return {"code": code}
+        state.guides[code] = answer
+    return state.guides[code]
+
+
+async def window_case(request: web.Request) -> web.Response:
+    """One case of the window's queue, read with the clerk's own token: its parts by name,
+    what each waits for or why it stopped, the combined outcome, the timeline."""
+    state = request.app[STATE]
+    desk = _desk(request)
+    found = clerk_of(request)
+    if found is None:
+        raise web.HTTPSeeOther("/window")
+    _, session = found
+    case_id = request.match_info["case_id"]
+    try:
+        got, case = await call_api(
+            state, session.tokens, desk.auth, "clerk", "GET",
+            f"/api/v1/cases/{quote(case_id, safe='')}",
+        )  # fmt: skip
+    except SessionEnded:
+        raise web.HTTPSeeOther("/window") from None
+    if got != 200 or not isinstance(case, dict):
+        return _refused(request, got, case, "办件查询失败")
+    code = str(case.get("service", ""))
+    titles = part_titles(case, await _clerk_guide(state, desk, session, code))
+    handled = "、".join(province(p) for p in case.get("handling_provinces", ()))
+    body = (
+        f"<section class='case' data-case='{e(case_id)}'>"
+        f"<dl class='fields'><dt>办件编号</dt><dd id='case-id'>{e(case_id)}</dd>"
+        f"<dt>事项</dt><dd>{e(SERVICE_NAMES.get(code, code))}</dd>"
+        f"<dt>办理方式</dt><dd>{e(mode(case.get('mode')))}</dd>"
+        f"<dt>收件地</dt><dd>{e(province(case.get('receiving_province')))}</dd>"
+        f"<dt>办理地</dt><dd>{e(handled)}</dd>"
+        f"<dt>状态</dt><dd><strong class='case-status' data-status='{e(case.get('status', ''))}'>"
+        f"{e(status(case.get('status')))}</strong></dd></dl>"
+        f"{parts(case, titles)}"
+        f"<h2>办理进度</h2>{timeline(case, state.clerk_roster, titles)}</section>"
+        f"<p><a class='button secondary' id='case-refresh' href='/window/cases/"
+        f"{e(quote(case_id, safe=''))}'>刷新</a> <a href='/window'>返回窗口受理</a></p>"
+    )
+    return render(request, "办件详情", body, heading_en="Case")
 
 
 async def window_login(request: web.Request) -> web.Response:
@@ -333,8 +429,58 @@ async def window_intake(request: web.Request) -> web.Response:
     return _refused(request, got, answer, "受理失败")
 
 
+async def window_intake_home(request: web.Request) -> web.Response:
+    """S13 for a Shaanxi buyer at this window: a Counter token for the buyer, then the linked
+    case (receiving province: this window's) with the demo's seller, home and accounts."""
+    state = request.app[STATE]
+    desk = _desk(request)
+    found = clerk_of(request)
+    if found is None:
+        raise web.HTTPSeeOther("/window")
+    _, session = found
+    form = await request.post()
+    if not csrf_ok(session.csrf, form):
+        return form_expired(request)
+    clerk_token = await access_token(state, session.tokens, desk.auth, "clerk")
+    id_number = str(form.get("id_number", "")).strip().upper()[:32]
+    got, counter = await _counter_token(state, desk, clerk_token, id_number)
+    if got != 200:
+        return _refused(request, got, counter, "申请人身份识别失败")
+    key = str(form.get("idempotency_key", ""))
+    template = S13_CASE[3]
+    data = template["data"]
+    unit = HOMES.get(str(form.get("home", "")), HOMES["demo"])
+    body = {
+        **template,
+        "receiving_province": desk.receiving_province,
+        "data": {
+            **data,
+            "buyer": {
+                **data["buyer"],
+                "id_number": id_number,
+                "name": str(form.get("applicant_name", "")).strip()[:30],
+            },
+            "property": {**data["property"], "unit": unit},
+        },
+    }
+    body = state.with_consent(body, desk.client_id)  # the seller's grant to this window
+    counter_tokens = Tokens.from_answer(counter, state.clock())
+    try:
+        got, answer = await call_api(
+            state, counter_tokens, desk.auth, "clerk", "POST", "/api/v1/cases",
+            json=body, headers={"Idempotency-Key": key},
+        )  # fmt: skip
+    except SessionEnded:
+        return _refused(request, 401, {}, "受理失败")
+    if got == 202 and isinstance(answer, dict):
+        raise web.HTTPSeeOther(f"/window/cases/{quote(str(answer.get('case_id', '')), safe='')}")
+    return _refused(request, got, answer, "受理失败")
+
+
 PAGES = (
     PortalPage("GET", "/window", window, nav=CONSOLE),
+    PortalPage("GET", "/window/cases/{case_id}", window_case),
+    PortalPage("POST", "/window/intake-home", window_intake_home),
     PortalPage("GET", "/window/login", window_login),
     PortalPage("GET", "/window/callback", window_callback),
     PortalPage("POST", "/window/intake", window_intake),

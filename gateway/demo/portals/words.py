@@ -98,6 +98,19 @@ PROBLEMS: dict[str, str] = {
     "gateway.audit_unavailable": "暂时无法记录办理过程，请稍后再试",
     "gateway.system_busy": "系统繁忙，请稍后再试",
     "gateway.internal": "系统出错，请稍后再试",
+    "client.licence_not_found": "签发地没有查到该证照",
+    "client.licence_not_subjects": "只能出示本人的证照",
+    "client.licence_revoked": "该证照已被签发机关吊销",
+    "client.licence_expired": "该证照已过有效期",
+    "client.licence_cancelled": "该证照已被注销",
+    "client.licence_changed": "该证照信息已变更",
+    "client.licence_seal_invalid": "证照电子印章验证未通过",
+    "client.licence_issuer_unknown": "该证照的签发地尚未接入",
+    "client.unknown_licence_type": "没有这种证照",
+    "client.presentation_invalid": "亮证码无效",
+    "client.presentation_expired": "亮证码已过期，请持证人重新亮证",
+    "client.presentation_used": "亮证码已使用过，请持证人重新亮证",
+    "backend.licence_issuer_unavailable": "签发地证照系统暂时无法访问，请稍后再试",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -22,6 +23,7 @@ from gateway.stores.memory_audit import MemoryAuditStore
 FAST = WriterSettings(
     batch_size=50,
     linger=0.0005,
+    buffered_linger=0.0,
     buffer_limit=200,
     checkpoint_every=25,
     checkpoint_interval=60.0,
@@ -421,3 +423,33 @@ async def test_settle_is_not_held_up_by_a_required_append_whose_caller_gave_up(
     async with asyncio.timeout(1):
         assert await writer.settle()
     assert store.records_of("gw-a") == []
+
+
+async def test_buffered_records_gather_until_somebody_waits(keys: StaticKeyStore) -> None:
+    """Records nobody waits for share one commit; a required append ends the gathering."""
+    store = MemoryAuditStore()
+    gathering = dataclasses.replace(FAST, buffered_linger=3600.0)
+    w = AuditWriter(store, chain="gw-g", signer=CheckpointSigner(keys), settings=gathering)
+    await w.start()
+    for n in range(5):
+        await w.append(event(n), mode="buffered")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert w.stats.batches == 0  # still gathering: no commit for records nobody waits for
+    assert await w.append(event(5)) == 6  # a required append: one commit for all six
+    assert w.stats.batches == 1
+    assert w.stats.records == 6
+    await w.aclose()
+
+
+async def test_settle_and_close_end_the_gathering(keys: StaticKeyStore) -> None:
+    store = MemoryAuditStore()
+    gathering = dataclasses.replace(FAST, buffered_linger=3600.0)
+    w = AuditWriter(store, chain="gw-s", signer=CheckpointSigner(keys), settings=gathering)
+    await w.start()
+    await w.append(event(0), mode="buffered")
+    assert await w.settle()
+    assert w.stats.batches == 1
+    await w.append(event(1), mode="buffered")
+    await w.aclose()  # closing writes what was gathered
+    assert len(store.records_of("gw-s")) == 2

@@ -58,6 +58,7 @@ SERVICE: dict[str, Any] = {
     "name": {"zh": "测试事项", "en": "Test filing"},
     "modes": ["online", "proxy", "joint"],
     "min_level": "L2",
+    "subject": "caller",  # the test data names no one
     "materials": [
         {"code": "id-card", "name": {"zh": "身份证", "en": "ID"}, "source": "e-licence"},
         {"code": "photo", "name": {"zh": "照片", "en": "Photo"}, "required": False},

@@ -261,6 +261,25 @@ async def test_lists_by_subject_and_by_window(store: CaseStore) -> None:
     assert counts.pending_entries == 6
 
 
+async def test_co_applicants_find_the_case_by_their_keys(store: CaseStore) -> None:
+    buyer_and_seller = dataclasses.replace(
+        new_case("key-co-00001", subject="buyer"), applicants=("key-buyer", "key-seller")
+    )
+    created = await create(store, buyer_and_seller)
+    await create(store, new_case("key-co-00002", subject="seller"))  # her own case
+    await create(store, new_case("key-co-00003", subject="third"))
+    case = await store.get(created.case.case_id)
+    assert case is not None
+    assert case.applicants == frozenset({"key-buyer", "key-seller"})
+    seller = await store.list_cases(owners=["seller"], applicants=["key-seller"])
+    assert sorted(c.case_id for c in seller) == sorted(
+        [created.case.case_id, *(c.case_id for c in await store.list_cases(owners=["seller"]))]
+    )
+    assert len(seller) == 2
+    assert await store.list_cases(owners=["nobody"], applicants=["key-none"]) == []
+    assert len(await store.list_cases(owners=["third"], applicants=["key-seller"])) == 2
+
+
 async def test_parts_applied_at_once_from_two_instances_all_land(
     store_factory: StoreFactory,
 ) -> None:
@@ -347,3 +366,39 @@ async def test_no_event_entries_when_events_go_nowhere(store: CaseStore) -> None
     await store.commit(step)
     kinds = [e.kind for e in await store.entries(case.case_id)]
     assert kinds == [EntryKind.DELIVER]
+
+
+async def test_open_cases_are_found_by_a_licence_among_their_materials(store: CaseStore) -> None:
+    ref = "elicence:61:birth-medical-certificate:S610000102"
+    mine = dataclasses.replace(
+        new_case("key-lic-0001"), materials=(MaterialRef("bmc", ref, DIGEST),)
+    )
+    # A reference that merely contains this one, and a LIKE wildcard in another, are not it.
+    longer = dataclasses.replace(
+        new_case("key-lic-0002"), materials=(MaterialRef("bmc", ref + "9", DIGEST),)
+    )
+    wild = dataclasses.replace(
+        new_case("key-lic-0003"),
+        materials=(MaterialRef("bmc", "elicence:61:birth_medical%certificate:S610000102", DIGEST),),
+    )
+    for case in (mine, longer, wild):
+        await create(store, case)
+    assert await store.open_cases_with_material(ref) == [mine.case_id]
+    assert await store.open_cases_with_material(
+        "elicence:61:birth_medical%certificate:S610000102"
+    ) == [wild.case_id]
+    assert await store.open_cases_with_material("elicence:63:none:0") == []
+
+
+async def test_open_cases_list_their_materials_by_reference_prefix(store: CaseStore) -> None:
+    shaanxi = MaterialRef("bmc", "elicence:61:birth-medical-certificate:S610000102", DIGEST)
+    qinghai = MaterialRef("rec", "elicence:63:real-estate-certificate:Q1", DIGEST)
+    one = dataclasses.replace(new_case("key-pre-0001"), materials=(shaanxi, qinghai))
+    other = dataclasses.replace(
+        new_case("key-pre-0002"), materials=(MaterialRef("x", "urn:elicence:61:x", DIGEST),)
+    )
+    for case in (one, other):
+        await create(store, case)
+    assert await store.open_case_materials("elicence:61:") == [(one.case_id, shaanxi)]
+    assert await store.open_case_materials("elicence:63:") == [(one.case_id, qinghai)]
+    assert await store.open_case_materials("elicence:62:") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,3 +276,41 @@ async def test_events_are_retried_when_the_sink_is_down(rig: Rig) -> None:
     await rig.run(seconds=11)
     assert "case_received" in [e["type"] for e in rig.sink.events]
     assert all(e["event_id"] for e in rig.sink.events)
+
+
+async def test_the_running_worker_claims_again_only_when_work_is_due(
+    store: CaseStore, tmp_path: Path
+) -> None:
+    """A short batch means nothing else was due, so the loop waits instead of claiming again;
+    what a step makes due (the case's events here) wakes it at once, not at the next poll."""
+    catalog, _ = build_catalog(tmp_path)
+    sink = MemorySink()
+    # A poll far beyond the test's patience: anything that waited for it would time out.
+    settings = DeliverySettings(max_attempts=3, jitter=0, poll_interval=3600)
+    worker = DeliveryWorker(store, lambda: catalog, settings, events=sink, rng=random.Random(1))
+    service = CaseService(store, lambda: catalog)
+    envelope = {
+        "service": "filing",
+        "operation": "apply",
+        "receiving_province": "63",
+        "handling_province": "61",
+        "purpose": "test",
+        "data": {"n": 1},
+        "materials": MATERIALS,
+    }
+    submitted = await service.submit(CITIZEN, envelope, idempotency_key="key-00000001")
+    case_id = submitted.case.case_id
+    worker.start()
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                case = await store.get(case_id)
+                assert case is not None
+                types = [e["type"] for e in sink.events]
+                if case.status == CaseStatus.PROCESSING and len(types) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await worker.aclose()
+    assert worker.stats.claims >= 2
+    assert worker.stats.empty_claims == 0, "a short batch is not followed by an empty claim"

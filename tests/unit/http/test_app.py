@@ -20,11 +20,13 @@ from gateway.settings import (
     Settings,
     SystemSettings,
 )
+from tests.subject_fixtures import TEST_SUBJECT_KEYS, person_key
 
 ISSUER = DevTokenIssuer(b"k" * 32)
-L2 = ISSUER.issue("citizen-a", "L2")
-L1 = ISSUER.issue("citizen-b", "L1")
 ID = "610102199001011234"
+OTHER_ID = "610102199202021236"
+L2 = ISSUER.issue("citizen-a", "L2", person=person_key(ID))
+L1 = ISSUER.issue("citizen-b", "L1", person=person_key(ID))
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -43,6 +45,7 @@ def _settings(tmp_path: Path) -> Settings:
             "modes": ["query"],
             "min_level": "L2",
             "consent_required": True,
+            "subject": [{"person": "holder_id"}],
             "operations": {
                 "verify": {
                     "name": {"zh": "核验", "en": "Verify"},
@@ -102,7 +105,12 @@ async def client(tmp_path: Path, backend: Backend) -> AsyncIterator[TestClient[A
     async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
         return backend.adapter
 
-    app = create_app(_settings(tmp_path), verifier=ISSUER, open_adapter=open_adapter)
+    app = create_app(
+        _settings(tmp_path),
+        verifier=ISSUER,
+        open_adapter=open_adapter,
+        subjects=TEST_SUBJECT_KEYS,
+    )
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
     assert backend.adapter.closed
@@ -154,6 +162,10 @@ async def test_catalogue_and_guide(client: TestClient[Any, Any]) -> None:
     assert listing["services"][0]["handling_provinces"] == ["61"]
     guide = await (await client.get("/api/v1/services/degree-verification", headers=auth())).json()
     assert guide["min_level"] == "L2"
+    assert guide["levels"] == ["Counter", "L2", "L3"]  # the set min_level admits
+    assert guide["operations"]["verify"]["levels"] == ["Counter", "L2", "L3"]
+    assert guide["operations"]["verify"]["subject"] == [{"person": "holder_id"}]
+    assert listing["services"][0]["levels"] == ["Counter", "L2", "L3"]
     assert guide["consent_required"] is True
     assert guide["agreements"] == [
         {
@@ -184,7 +196,8 @@ async def test_routed_call_maps_both_ways_and_forwards_context(
     assert sent.operation == "Verify"
     assert sent.payload == {"zjhm": ID}
     assert sent.context.purpose == "hiring check"
-    assert sent.context.authorisation_ref == "AUTH-1"
+    assert sent.context.authorisation_ref is None  # the holder herself: no grant, none named
+    assert sent.context.subjects == (person_key(ID),)
     assert sent.context.principal == "citizen-a"
     assert sent.context.request_id == response.headers["X-Request-ID"]
 
@@ -219,14 +232,12 @@ async def test_routed_call_maps_both_ways_and_forwards_context(
         ({"json": call_body(data={"holder_id": "123"})}, 422, "client.validation_failed"),
         ({"json": call_body(receiving_province="32")}, 422, "client.no_agreement"),
         ({"json": call_body(operation="other")}, 404, "client.unknown_operation"),
-        ({"json": call_body(authorisation_ref=None) | {}}, 422, "client.validation_failed"),
+        ({"json": call_body(data={"holder_id": OTHER_ID})}, 403, "client.not_data_subject"),
     ],
 )
 async def test_bad_input_gets_a_stable_problem(
     client: TestClient[Any, Any], backend: Backend, kwargs: dict[str, Any], status: int, code: str
 ) -> None:
-    if "json" in kwargs and kwargs["json"].get("authorisation_ref", "") is None:
-        del kwargs["json"]["authorisation_ref"]
     headers = {**auth(), **kwargs.pop("headers", {})}
     response = await client.post(
         "/api/v1/services/degree-verification/calls", headers=headers, **kwargs

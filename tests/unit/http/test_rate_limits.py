@@ -22,7 +22,8 @@ from gateway.audit.store import iter_records
 from gateway.http.keys import STATE
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.settings import Settings, SystemSettings
-from tests.unit.http.test_app import ISSUER, Backend, auth, call_body, problem
+from tests.subject_fixtures import TEST_SUBJECT_KEYS, person_key
+from tests.unit.http.test_app import ID, ISSUER, OTHER_ID, Backend, auth, call_body, problem
 from tests.unit.http.test_app import _settings as base_settings
 
 CALLS = "/api/v1/services/degree-verification/calls"
@@ -44,7 +45,9 @@ async def client(tmp_path: Path, backend: Backend) -> AsyncIterator[TestClient[A
     async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
         return backend.adapter
 
-    app = create_app(limited(tmp_path), verifier=ISSUER, open_adapter=open_adapter)
+    app = create_app(
+        limited(tmp_path), verifier=ISSUER, open_adapter=open_adapter, subjects=TEST_SUBJECT_KEYS
+    )
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 
@@ -54,12 +57,21 @@ def backend() -> Backend:
     return Backend()
 
 
+# Each person of these tests with an ID number of their own: a call names its caller's.
+HOLDERS = {"p1": ID, "p2": OTHER_ID}
+_HOLDER_OF: dict[str, str] = {}
+
+
 def token(person: str, client_id: str = "dev-portal", level: str = "L2") -> str:
-    return ISSUER.issue(f"sub-{person}", level, client_id=client_id, person=person)
+    holder = HOLDERS[person]
+    issued = ISSUER.issue(f"sub-{person}", level, client_id=client_id, person=person_key(holder))
+    _HOLDER_OF[issued] = holder
+    return issued
 
 
 async def call(client: TestClient[Any, Any], who: str) -> Any:
-    return await client.post(CALLS, json=call_body(), headers=auth(who))
+    data = {"holder_id": _HOLDER_OF[who]}
+    return await client.post(CALLS, json=call_body(data=data), headers=auth(who))
 
 
 async def test_a_spent_budget_is_a_429_problem_and_the_backend_sees_nothing(
@@ -169,7 +181,9 @@ async def test_an_unreachable_redis_lets_calls_through_and_is_counted(
 
     down = f"redis://127.0.0.1:{unused_port()}/0"
     settings = limited(tmp_path, person="1/hour", store="redis", redis_url=down)
-    app = create_app(settings, verifier=ISSUER, open_adapter=open_adapter)
+    app = create_app(
+        settings, verifier=ISSUER, open_adapter=open_adapter, subjects=TEST_SUBJECT_KEYS
+    )
     citizen = token("p1")
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         for _ in range(3):

@@ -1,4 +1,6 @@
-"""One contract for the /api rate limiter: memory always, Redis (127.0.0.1:6379) when marked.
+"""One contract for the /api rate limiter: memory and SQLite always, Redis (127.0.0.1:6379)
+when marked. On SQLite a second limiter on the same prefix is a second connection to the same
+file, as a second worker process would open it.
 
 The ``limits`` library takes no clock, so windows are real: budgets that must not recover
 during a test are per hour, and the one recovery test waits its ~1 s window out.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,8 +50,10 @@ def registration(client_id: str, **rates: str) -> ClientRegistration:
     )
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def open_limiter(request: pytest.FixtureRequest) -> AsyncIterator[OpenLimiter]:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def open_limiter(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[OpenLimiter]:
     # A random prefix per run: parallel runs and old keys never meet.
     run_prefix = f"tongban-test:{secrets.token_hex(8)}:"
     opened: list[ApiRateLimiter] = []
@@ -62,7 +67,11 @@ async def open_limiter(request: pytest.FixtureRequest) -> AsyncIterator[OpenLimi
         )
         if request.param == "memory" and prefix in memory:
             return memory[prefix]  # one process, one store: a second "instance" is the same
-        limiter = ApiRateLimiter.from_settings(config, clients, redis_url=REDIS_URL)
+        data_dir = tmp_path / prefix.replace(":", "_")
+        data_dir.mkdir(exist_ok=True)
+        limiter = ApiRateLimiter.from_settings(
+            config, clients, redis_url=REDIS_URL, data_dir=data_dir
+        )
         opened.append(limiter)
         memory[prefix] = limiter
         if request.param == "redis":

@@ -1,0 +1,378 @@
+"""Whose data a request touches (its *data subject*), and the rule that binds it to the caller.
+
+Every operation (and every linked case) declares its data subject in its service file:
+
+- ``subject: caller``: the data is the caller's own and no field names anyone (a status query
+  by application number, say: the handling province checks it is the caller's);
+- ``subject: public``: no one's personal data (public credit records);
+- a list of the input fields naming the person(s) or enterprise(s) the data is about::
+
+      subject:
+        - person: id_number        # an ID number; a resident ID card unless id_type names
+          id_type: id_type         #   the field holding the national ID-type code
+        - enterprise: credit_code  # a credit code or a 15-digit registration number
+
+  Several entries name co-applicants; paths walk into objects with dots (``buyer.id_number``).
+
+The rule (``SubjectRule.bind``), before any back-end call or case: each named subject must be
+the principal (a natural person or a Counter token: its person key; a legal person's operator:
+the enterprise's key; gateway/identity/subject_keys.py), or a grant the request presents
+(``consent``) must cover it, which only the consent book decides. Otherwise
+``client.not_data_subject``. The binding names every subject by its key for the audit record
+(``extra.subjects``, ``extra.grant``) and by the hash agreed with the handling province for
+its identity assertion.
+
+Must not: import aiohttp; keep, log or return an identifier in clear.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from gateway.consent.contract import (
+    ConsentBook,
+    DataSubject,
+    GrantAsk,
+    GrantRefused,
+    GrantUse,
+    Requester,
+)
+from gateway.consent.subjects import requester_person
+from gateway.errors import NotDataSubject, SubjectFieldAmbiguous
+from gateway.identity.identifiers import RESIDENT_ID_CARD
+from gateway.identity.subject_keys import (
+    SubjectKeys,
+    province_enterprise_hash,
+    province_person_hash,
+)
+from gateway.principal import Principal
+from gateway.subject_config import SubjectDeclaration, SubjectField
+
+__all__ = [
+    "Binding",
+    "RefusingConsentBook",
+    "SubjectDeclaration",
+    "SubjectField",
+    "SubjectRule",
+    "principal_subject",
+]
+
+MACHINE_LEVEL: Final = "system"
+"""Principal.level of a client-credentials token (no person, no identity level)."""
+MAX_GRANTS: Final = 8
+"""Most grant ids one request may present (one per co-applicant who is not the caller)."""
+
+
+# --- finding the subjects of a request ---------------------------------------------------------
+
+
+def _spelling(name: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def _duplicate_keys(raw: bytes) -> set[str]:
+    """Keys that appear twice in one object of the JSON text ``raw``."""
+    twice: set[str] = set()
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        names = [k for k, _ in items]
+        twice.update(k for k in names if names.count(k) > 1)
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except ValueError:
+        return set()
+    return twice
+
+
+def check_unambiguous(
+    fields: Sequence[SubjectField], data: Mapping[str, Any], raw: bytes | None
+) -> None:
+    """Refuse a request in which a subject field appears twice in its object (JSON allows it;
+    parsers disagree about which one wins) or in a second spelling (``idNumber`` beside
+    ``id_number``), so that the gateway and the back-end never read two different people."""
+    names = {p.rsplit(".", 1)[-1] for f in fields for p in (f.path, f.id_type) if p}
+    if raw is not None and (b"\\u" in raw or any(raw.count(f'"{n}"'.encode()) > 1 for n in names)):
+        doubled = sorted(_duplicate_keys(raw) & names)
+        if doubled:
+            raise SubjectFieldAmbiguous(
+                f"The field {doubled[0]!r} appears twice in one object; send it once.",
+                field=doubled[0],
+            )
+    for entry in fields:
+        for path in (entry.path, entry.id_type):
+            if path is None:
+                continue
+            *parents, name = path.split(".")
+            node: Any = data
+            for part in parents:
+                node = node.get(part) if isinstance(node, Mapping) else None
+            if not isinstance(node, Mapping):
+                continue
+            others = [k for k in node if k != name and _spelling(str(k)) == _spelling(name)]
+            if others:
+                raise SubjectFieldAmbiguous(
+                    f"The field {name!r} is also sent as {others[0]!r}; send one spelling only.",
+                    field=name,
+                )
+
+
+def _value(data: Mapping[str, Any], path: str) -> str | None:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node if isinstance(node, str) and node.strip() else None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Named:
+    """A subject a request names: its key, and how to hash it for a province (transient)."""
+
+    subject: DataSubject
+    _id_type: str | None
+    _identifier: str
+
+    def province_hash(self, key: bytes) -> str:
+        if self.subject.kind == "person":
+            return province_person_hash(key, self._id_type or RESIDENT_ID_CARD, self._identifier)
+        return province_enterprise_hash(key, self._identifier)
+
+    def __repr__(self) -> str:
+        return f"Named({self.subject.kind}, {self.subject.key[:6]}…)"
+
+
+def named_subjects(
+    keys: SubjectKeys, fields: Iterable[SubjectField], data: Mapping[str, Any]
+) -> list[Named]:
+    """The subjects ``data`` names through ``fields`` (each once, in declaration order)."""
+    found: dict[DataSubject, Named] = {}
+    for entry in fields:
+        value = _value(data, entry.path)
+        if value is None:
+            continue  # the schema requires it; an optional co-applicant left out names no one
+        if entry.person is not None:
+            id_type = _value(data, entry.id_type) if entry.id_type else None
+            subject = keys.person(value, id_type or RESIDENT_ID_CARD)
+            named = Named(subject, id_type or RESIDENT_ID_CARD, value)
+        else:
+            subject = keys.enterprise(value)
+            named = Named(subject, None, value)
+        found.setdefault(subject, named)
+    return list(found.values())
+
+
+def principal_subject(principal: Principal) -> DataSubject | None:
+    """The principal as a data subject: a legal person's operator is its enterprise; a natural
+    person (or the document a clerk checked) is its person key; a machine client is no one."""
+    if principal.enterprise is not None:
+        return DataSubject("enterprise", principal.enterprise)
+    if principal.person is not None and principal.level != MACHINE_LEVEL:
+        return DataSubject("person", principal.person)
+    return None
+
+
+def requester_of(principal: Principal, province: str | None = None) -> Requester:
+    """Who presents a grant: the client, and the signed-in natural person behind it (an agent
+    presenting a delegation; gateway/consent/subjects.py), or no one for a machine client."""
+    return Requester(principal.client_id, person=requester_person(principal), province=province)
+
+
+def grant_ids(value: Any) -> tuple[str, ...]:
+    """The ``consent`` of an envelope (a grant id, or a list of them) as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+# --- the rule ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Whose data a request touches, as verified: what the audit record and the assertion say."""
+
+    subjects: tuple[DataSubject, ...] = ()
+    grant: str | None = None
+    """The grant(s) used, comma-separated in request order; None when none was needed."""
+    named: tuple[Named, ...] = field(default=(), repr=False)
+
+    def audit_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"subjects": [s.key for s in self.subjects]}
+        if self.grant is not None:
+            extra["grant"] = self.grant
+        return extra
+
+    def assertion_subjects(self, keys: SubjectKeys | None, province: str) -> list[dict[str, str]]:
+        """Each named subject as ``{"type", "hash"}`` under the handling province's key."""
+        if keys is None or not self.named:
+            return []
+        key = keys.province_key(province)
+        return [{"type": n.subject.kind, "hash": n.province_hash(key)} for n in self.named]
+
+
+PUBLIC: Final = Binding()
+
+
+class RefusingConsentBook:
+    """A book that covers nothing (tools and benchmarks of the rule alone; the app asks the
+    consent book its consent context opens). Own and public data go on; the rest is refused."""
+
+    async def use(self, ask: GrantAsk) -> GrantUse:
+        raise GrantRefused("No consent store is configured: no grant can be used.")
+
+
+class SubjectRule:
+    """Binds a request to its data subjects; built once, with the consent book injected."""
+
+    def __init__(self, keys: SubjectKeys | None, book: ConsentBook) -> None:
+        self.keys = keys
+        self.book = book
+
+    def named(
+        self, declaration: SubjectDeclaration, data: Mapping[str, Any], raw: bytes | None
+    ) -> list[Named]:
+        """The subjects a request names (none for ``caller`` and ``public``); refuses an
+        ambiguous subject field, and a named subject this gateway cannot key."""
+        if isinstance(declaration, str):
+            return []
+        check_unambiguous(declaration, data, raw)
+        if self.keys is None:
+            raise NotDataSubject(
+                "This gateway has no identity link secret, so it cannot tell whose data this"
+                " is; nothing is sent."
+            )
+        return named_subjects(self.keys, declaration, data)
+
+    async def check(
+        self,
+        principal: Principal,
+        declaration: SubjectDeclaration,
+        named: Sequence[Named],
+        *,
+        consent: Sequence[str],
+        service: str,
+        operation: str | None,
+        purpose: str,
+        requester_province: str | None = None,
+        authority: Iterable[DataSubject] | None = None,
+    ) -> Binding:
+        """The verified binding, or a refusal (NotDataSubject, a GrantRefused from the book,
+        ConsentStoreUnavailable). ``authority``: subjects an open case lets a department's
+        system reach without a grant."""
+        if declaration == "public":
+            return PUBLIC
+        own = principal_subject(principal)
+        if declaration == "caller":
+            if principal.level == MACHINE_LEVEL:
+                raise NotDataSubject(
+                    "This operation reads the caller's own data; a client acting for itself has"
+                    " none."
+                )
+            # A token without a person key (issued before them) is still its owner's.
+            return Binding((own or DataSubject("person", principal.owner),))
+        allowed = set(authority or ())
+        others = [n.subject for n in named if n.subject != own and n.subject not in allowed]
+        used: list[str] = []
+        if others:
+            if not consent:
+                raise NotDataSubject(
+                    "The request names someone other than the signed-in person or enterprise;"
+                    " present their consent or delegation grant in 'consent'."
+                )
+            requester = requester_of(principal, requester_province)
+            for subject in others:
+                use = await self._use(consent, subject, requester, service, operation, purpose)
+                if use.grant_id not in used:
+                    used.append(use.grant_id)
+        return Binding(
+            tuple(n.subject for n in named), ",".join(used) if used else None, tuple(named)
+        )
+
+    async def bind(
+        self,
+        principal: Principal,
+        declaration: SubjectDeclaration,
+        data: Mapping[str, Any],
+        *,
+        raw: bytes | None,
+        consent: Sequence[str],
+        service: str,
+        operation: str | None,
+        purpose: str,
+        requester_province: str | None = None,
+    ) -> Binding:
+        """``named`` then ``check``: the binding of one request, or its refusal."""
+        named = self.named(declaration, data, raw)
+        return await self.check(
+            principal,
+            declaration,
+            named,
+            consent=consent,
+            service=service,
+            operation=operation,
+            purpose=purpose,
+            requester_province=requester_province,
+        )
+
+    async def _use(
+        self,
+        consent: Sequence[str],
+        subject: DataSubject,
+        requester: Requester,
+        service: str,
+        operation: str | None,
+        purpose: str,
+    ) -> GrantUse:
+        """The first presented grant that covers ``subject``; the last refusal otherwise."""
+        refusal: GrantRefused | None = None
+        for grant_id in consent:
+            ask = GrantAsk(grant_id, subject, requester, service, operation, purpose)
+            try:
+                return await self.book.use(ask)
+            except GrantRefused as exc:
+                refusal = exc
+        assert refusal is not None
+        raise refusal
+
+
+def case_declaration(service: Any, operations: Sequence[str]) -> SubjectDeclaration | None:
+    """Whose data an application is about: a linked service's ``linked.subject``, else the
+    subjects its parts' operations declare, together (None when one declares nothing)."""
+    if service.linked is not None:
+        declared: SubjectDeclaration | None = service.linked.subject
+        return declared
+    kinds: list[SubjectDeclaration] = []
+    for operation in operations:
+        found = service.subject_of(operation)
+        if found is None:
+            return None
+        kinds.append(found)
+    fields: list[SubjectField] = []
+    for kind in kinds:
+        if not isinstance(kind, str):
+            fields += [f for f in kind if f not in fields]
+    if fields:
+        return tuple(fields)
+    return "caller" if "caller" in kinds else "public"
+
+
+def service_subject_fields(service: Any) -> list[SubjectField]:
+    """Every field any operation (or the linked application) of ``service`` names a subject by:
+    what an application is checked for ambiguous spellings before its schema is."""
+    declared = [service.case_subject, service.subject] + [
+        op.subject for op in service.operations.values()
+    ]
+    fields: list[SubjectField] = []
+    for declaration in declared:
+        if isinstance(declaration, tuple):
+            fields += [f for f in declaration if f not in fields]
+    return fields

@@ -1,0 +1,250 @@
+"""Admission: beyond its bound a worker refuses at once, and touches nothing for the refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.adapter import Adapter, Call, FakeAdapter, Reply, SystemSpec
+from gateway.app import create_app
+from gateway.http.keys import STATE
+from gateway.identity.devtokens import DevTokenIssuer
+from gateway.principal import Principal
+from gateway.serve import limit_connections_of
+from gateway.settings import GatewaySettings, Settings, SystemSettings
+from tests.unit.http.test_app import _settings, auth, call_body
+
+ISSUER = DevTokenIssuer(b"k" * 32)
+CALLS = "/api/v1/services/degree-verification/calls"
+
+
+class CountingVerifier:
+    """The token check is the first store-like work of an /api request: count its uses."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    async def verify(self, token: str) -> Principal:
+        self.checked += 1
+        return await ISSUER.verify(token)
+
+
+class HeldBackend:
+    """A back-end that holds every call until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.arrived = 0
+        self._arrival = asyncio.Event()
+        self.adapter = FakeAdapter(self.handle)
+
+    async def handle(self, call: Call) -> Reply:
+        self.arrived += 1
+        self._arrival.set()
+        await self.release.wait()
+        return Reply({"result": {"yxbz": True}})
+
+    async def until_arrived(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while self.arrived < count:
+                self._arrival.clear()
+                await self._arrival.wait()
+
+
+def _bounded(tmp_path: Path, **admission: int) -> Settings:
+    settings = _settings(tmp_path)
+    gateway = GatewaySettings.model_validate(
+        {"server": {"max_body_bytes": 2048}, "admission": admission}
+    )
+    return Settings(
+        settings.config_dir, gateway, settings.systems, settings.services, settings.routes
+    )
+
+
+@pytest.fixture
+def backend() -> HeldBackend:
+    return HeldBackend()
+
+
+@pytest.fixture
+def verifier() -> CountingVerifier:
+    return CountingVerifier()
+
+
+async def _client(
+    settings: Settings, backend: HeldBackend, verifier: CountingVerifier
+) -> AsyncIterator[TestClient[Any, Any]]:
+    async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
+        return backend.adapter
+
+    app = create_app(settings, verifier=verifier, open_adapter=open_adapter)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
+
+
+@pytest.fixture
+async def two_slots(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+) -> AsyncIterator[TestClient[Any, Any]]:
+    async for client in _client(_bounded(tmp_path, max_in_flight=2), backend, verifier):
+        yield client
+
+
+@pytest.fixture
+async def few_bytes(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+) -> AsyncIterator[TestClient[Any, Any]]:
+    settings = _bounded(tmp_path, max_in_flight=50, max_body_bytes_in_flight=2900, retry_after=7)
+    async for client in _client(settings, backend, verifier):
+        yield client
+
+
+async def _audit_records(client: TestClient[Any, Any]) -> int:
+    writer = client.app[STATE].audit
+    assert writer is not None
+    assert await writer.settle()
+    return int(writer.stats.records)
+
+
+async def _overloaded(response: Any, retry_after: str = "1") -> dict[str, Any]:
+    assert response.status == 503, await response.text()
+    assert response.content_type == "application/problem+json"
+    assert response.headers["Retry-After"] == retry_after
+    body: dict[str, Any] = await response.json(content_type=None)
+    assert body["code"] == "gateway.overloaded"
+    assert body["status"] == 503
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    return body
+
+
+async def test_beyond_the_bound_a_call_is_refused_before_any_work(
+    two_slots: TestClient[Any, Any], backend: HeldBackend, verifier: CountingVerifier
+) -> None:
+    client = two_slots
+    held = [
+        asyncio.create_task(client.post(CALLS, json=call_body(), headers=auth())) for _ in range(2)
+    ]
+    await backend.until_arrived(2)
+    checked, records = verifier.checked, await _audit_records(client)
+
+    refused = await client.post(CALLS, json=call_body(), headers=auth())
+    await _overloaded(refused)
+    # Nothing was done for it: no token check, no audit record, no back-end call.
+    assert verifier.checked == checked
+    assert await _audit_records(client) == records
+    assert backend.arrived == 2
+    # A cheap GET is refused too: the bound counts requests, not kinds of request.
+    await _overloaded(await client.get("/api/v1/services", headers=auth()))
+    # Health, readiness and metrics still answer, and metrics count the refusals.
+    assert (await client.get("/healthz")).status == 200
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tongban_overloaded_total{bound="requests"} 2.0' in metrics
+
+    backend.release.set()
+    for task in held:
+        response = await task
+        assert response.status == 200, await response.text()
+    # The slots are free again.
+    again = await client.post(CALLS, json=call_body(), headers=auth())
+    assert again.status == 200, await again.text()
+    assert backend.arrived == 3
+
+
+async def test_body_bytes_in_flight_are_bounded_too(
+    few_bytes: TestClient[Any, Any], backend: HeldBackend, verifier: CountingVerifier
+) -> None:
+    client = few_bytes
+    # 1,500 bytes: a call padded with whitespace, still valid JSON.
+    big = (json.dumps(call_body()) + " " * 1500)[:1500].encode()
+    assert len(big) == 1500
+    headers = {**auth(), "Content-Type": "application/json"}
+    held = asyncio.create_task(client.post(CALLS, data=big, headers=headers))
+    await backend.until_arrived(1)
+    checked = verifier.checked
+
+    await _overloaded(await client.post(CALLS, data=big, headers=headers), retry_after="7")
+    assert verifier.checked == checked
+    assert backend.arrived == 1
+
+    # A body of unknown length reserves the most a body may be (2048): also too much now.
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"purpose": "x"}'
+
+    streamed = await client.post(CALLS, data=chunks(), headers=headers)
+    await _overloaded(streamed, retry_after="7")
+    # Requests without a body, or with a small one, still fit.
+    listing = await client.get("/api/v1/services", headers=auth())
+    assert listing.status == 200
+    small = await client.post(CALLS, json=call_body(data={"holder_id": "1"}), headers=auth())
+    assert small.status == 422  # admitted, and refused by the schema instead
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tongban_overloaded_total{bound="body_bytes"} 2.0' in metrics
+
+    backend.release.set()
+    assert (await held).status == 200
+    # Released: the same large body is admitted now.
+    assert (await client.post(CALLS, data=big, headers=headers)).status == 200
+
+
+async def _get_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+    await writer.drain()
+    return await reader.readuntil(b'{"status":"ok"}')
+
+
+async def test_connections_beyond_the_bound_are_closed_at_once(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+) -> None:
+    async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
+        return backend.adapter
+
+    app = create_app(
+        _bounded(tmp_path, max_connections=2), verifier=verifier, open_adapter=open_adapter
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    limit_connections_of(app, runner)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        # Two connections are held (each has answered a request, so each was accepted).
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, writer in held:
+            assert b"200 OK" in await _get_healthz(reader, writer)
+        # A third is closed as soon as it is accepted: nothing is read from it, no answer.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):  # closed or reset: either way, refused
+            assert await reader.read() == b""
+        writer.close()
+        # The held ones still work, and once one of them goes, a new connection is taken.
+        assert b"200 OK" in await _get_healthz(*held[0])
+        held[1][1].close()
+        await held[1][1].wait_closed()
+        async with asyncio.timeout(10):
+            # The server has no event for a connection gone: look until it has noticed.
+            while len(runner.server.connections) > 1:  # type: ignore[union-attr]  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        again = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*again)
+        metrics = await _get_metrics(*again)
+        assert 'tongban_overloaded_total{bound="connections"} 1.0' in metrics
+        for _, w in (held[0], again):
+            w.close()
+    finally:
+        await runner.cleanup()
+
+
+async def _get_metrics(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    return (await reader.read()).decode()
