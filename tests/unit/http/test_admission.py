@@ -20,6 +20,7 @@ from gateway.identity.devtokens import DevTokenIssuer
 from gateway.principal import Principal
 from gateway.serve import limit_connections_of
 from gateway.settings import GatewaySettings, Settings, SystemSettings
+from tests.subject_fixtures import TEST_SUBJECT_KEYS
 from tests.unit.http.test_app import _settings, auth, call_body
 
 ISSUER = DevTokenIssuer(b"k" * 32)
@@ -85,7 +86,9 @@ async def _client(
     async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
         return backend.adapter
 
-    app = create_app(settings, verifier=verifier, open_adapter=open_adapter)
+    app = create_app(
+        settings, verifier=verifier, open_adapter=open_adapter, subjects=TEST_SUBJECT_KEYS
+    )
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
         yield client
 
@@ -207,7 +210,10 @@ async def test_connections_beyond_the_bound_are_closed_at_once(
         return backend.adapter
 
     app = create_app(
-        _bounded(tmp_path, max_connections=2), verifier=verifier, open_adapter=open_adapter
+        _bounded(tmp_path, max_connections=2),
+        verifier=verifier,
+        open_adapter=open_adapter,
+        subjects=TEST_SUBJECT_KEYS,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
