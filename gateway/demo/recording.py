@@ -85,7 +85,7 @@ class Trouble:
     retry_after: int | None = 1
 
 
-RECORDED_REQUESTS = 5000
+RECORDED_REQUESTS = 1000
 """Requests a back-end keeps (the latest): a demo that runs for days must not grow with them."""
 
 
