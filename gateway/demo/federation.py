@@ -61,6 +61,7 @@ ENV_NAMES = {
     # The window staff directory and the window desk's client.
     "staff_idp_client_secret": "TONGBAN_SECRET_SX_STAFF_IDP_CLIENT_SECRET",
     "window_shaanxi_secret": "TONGBAN_SECRET_WINDOW_SHAANXI",
+    "window_qinghai_secret": "TONGBAN_SECRET_WINDOW_QINGHAI",
     # S14: the Shaanxi bank's credit-approval system (a client-credentials client).
     "bank_shaanxi_secret": "TONGBAN_SECRET_BANK_SHAANXI",
 }
@@ -81,6 +82,7 @@ class DemoIdentitySecrets:
     link_secret: str
     staff_idp_client_secret: str
     window_shaanxi_secret: str
+    window_qinghai_secret: str
     bank_shaanxi_secret: str
 
     @classmethod

@@ -237,7 +237,8 @@ async def test_only_the_holder_uses_the_licence_without_a_grant(journey: Journey
         headers={"Authorization": f"Bearer {other}", "Idempotency-Key": "s12-not-mine-01"},
     )
     problem = await response.json()
-    assert (response.status, problem["code"]) == (403, "client.licence_not_subjects")
+    # The data-subject rule refuses it before the licence is even looked for.
+    assert (response.status, problem["code"]) == (403, "client.not_data_subject")
     assert issuer.recorder.requests == []
     # Signed in as 马文华 himself (his person key): his certificate, no grant needed.
     own = journey.issuer.issue(
@@ -257,10 +258,14 @@ async def test_only_the_holder_uses_the_licence_without_a_grant(journey: Journey
 async def test_a_made_up_licence_reference_with_a_zero_digest_is_refused(journey: Journey) -> None:
     """The parent company's business licence (S8) given as a reference to a number its issuer
     never issued, with an all-zero digest: refused, where it used to be taken in."""
-    enterprise = journey.issuer.issue(
-        "demo-enterprise-xian-qinchuan", "LP", actor="demo-" + MA_WENHUA.key, actor_role="agent"
-    )
     body = copy.deepcopy(S8_CASE[3])
+    enterprise = journey.issuer.issue(
+        "demo-enterprise-xian-qinchuan",
+        "LP",
+        actor="demo-" + MA_WENHUA.key,
+        actor_role="agent",
+        enterprise=journey.keys.enterprise(body["data"]["credit_code"]).key,
+    )
     body["materials"] = [
         {
             "code": "parent-business-licence",
@@ -316,9 +321,9 @@ async def test_someone_else_uses_the_licence_under_the_holders_grant(journey: Jo
     )
     assert (response.status, (await response.json())["code"]) == (
         403,
-        "client.licence_not_subjects",
+        "client.not_data_subject",
     )
-    body = {**s12(), "authorisation_ref": grant}
+    body = {**s12(), "consent": grant}
     response = await journey.client.post(
         "/api/v1/cases", json=body, headers={**headers, "Idempotency-Key": "s12-granted-01"}
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +43,45 @@ def application(a: Resident, b: Resident) -> dict[str, Any]:
     }
 
 
+async def party_b_consents(journey: Journey, body: dict[str, Any]) -> str:
+    """Party B, signed in on her own phone, lets the window take her part of the application in
+    (授权用证): both parties are the application's data subjects."""
+    party_b = journey.issuer.issue(
+        "demo-party-b",
+        "L3",
+        client_id="demo-portal-qinghai",
+        person=journey.keys.person(body["data"]["party_b"]["id_number"]).key,
+    )
+    response = await journey.client.post(
+        "/api/v1/me/consents",
+        json={
+            "requester": {"client": "demo-window-qinghai"},
+            "services": ["marriage-registration"],
+            "purpose": body["purpose"],
+            "expires_at": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+            "max_uses": 1,
+        },
+        headers={"Authorization": f"Bearer {party_b}"},
+    )
+    assert response.status == 201, await response.text()
+    return str((await response.json())["id"])
+
+
 async def register(journey: Journey, body: dict[str, Any], key: str) -> dict[str, Any]:
-    # Taken in at the Qinghai window: a clerk acting for the couple (Counter).
+    # Taken in at the Qinghai window: a clerk acting for party A, whose document she checked
+    # (Counter), under party B's consent grant to the window.
     token = journey.issuer.issue(
-        "demo-couple",
+        "demo-party-a",
         "Counter",
         client_id="demo-window-qinghai",
         actor="clerk-63-0001",
         actor_role="clerk",
+        person=journey.keys.person(body["data"]["party_a"]["id_number"]).key,
     )
     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    refused = await journey.client.post("/api/v1/cases", json=body, headers=headers)
+    assert (refused.status, (await refused.json())["code"]) == (403, "client.not_data_subject")
+    body = {**body, "consent": await party_b_consents(journey, body)}
     response = await journey.client.post("/api/v1/cases", json=body, headers=headers)
     receipt = await response.json()
     assert response.status == 202, receipt

@@ -126,6 +126,7 @@ def test_missing_secret_environment_variable_is_named(
         "TONGBAN_SECRET_LEGACY_SX_GJJ",
         "TONGBAN_SECRET_SX_STAFF_IDP_CLIENT_SECRET",
         "TONGBAN_SECRET_WINDOW_SHAANXI",
+        "TONGBAN_SECRET_WINDOW_QINGHAI",
         "TONGBAN_SECRET_QH_CREDIT_API_KEY",
         "TONGBAN_SECRET_BANK_SHAANXI",
     ):

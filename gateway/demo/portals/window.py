@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from aiohttp.web_request import FileField
+from multidict import MultiDictProxy
 
 from gateway.demo.cases import S13_CASE
 from gateway.demo.portals.cases import part_titles, parts, timeline
@@ -373,8 +375,17 @@ def _refused(request: web.Request, got: int, answer: Any, what: str) -> web.Resp
     )
 
 
-async def window_intake(request: web.Request) -> web.Response:
-    """Identify the applicant by token exchange, then POST /api/v1/cases with that token."""
+Form = MultiDictProxy[str | bytes | bytearray | FileField]
+Application = Callable[[Form, str, str], dict[str, Any]]
+"""The case body from the posted form, the applicant's ID number and the form's key."""
+
+
+async def _take_in(
+    request: web.Request, application: Application
+) -> tuple[ClerkSession, dict[str, Any]] | web.Response:
+    """The intake both forms share: the clerk's session and form (CSRF), a Counter token for
+    the applicant by token exchange, then POST /api/v1/cases with it under the form's key.
+    The receipt, or the page saying why it was not taken in."""
     state = request.app[STATE]
     desk = _desk(request)
     found = clerk_of(request)
@@ -390,25 +401,7 @@ async def window_intake(request: web.Request) -> web.Response:
     if got != 200:
         return _refused(request, got, counter, "申请人身份识别失败")
     key = str(form.get("idempotency_key", ""))
-    codes = [str(c) for c in form.getall("material", []) if str(c) in WINDOW_MATERIALS]
-    body = {
-        "service": "disability-card",
-        "mode": "proxy",
-        "receiving_province": desk.receiving_province,
-        "handling_province": desk.handling_province,
-        "purpose": "残疾人证异地代收代办",
-        "data": {
-            "id_number": id_number,
-            "name": str(form.get("applicant_name", "")).strip()[:50],
-            "disability_category": str(form.get("category", "")),
-            "mailing_address": str(form.get("address", ""))[:200],
-        },
-        "materials": [_scan_ref(key, code) for code in codes],
-        "originals_check": {
-            "checked": form.get("originals") == "yes",
-            "note": str(form.get("note", ""))[:200],
-        },
-    }
+    body = application(form, id_number, key)
     counter_tokens = Tokens.from_answer(counter, state.clock())
     try:
         got, answer = await call_api(
@@ -418,63 +411,81 @@ async def window_intake(request: web.Request) -> web.Response:
     except SessionEnded:
         return _refused(request, 401, {}, "受理失败")
     if got == 202 and isinstance(answer, dict):
-        session.last_receipt = (
-            "<div id='receipt' class='notice' role='status'><h2>受理回执</h2>"
-            "<dl class='fields'><dt>办件编号</dt>"
-            f"<dd><strong id='receipt-case'>{e(answer.get('case_id', ''))}</strong></dd>"
-            f"<dt>状态</dt><dd>{e(status(answer.get('status')))}</dd>"
-            f"<dt>收件时间</dt><dd>{time_tag(answer.get('received_at'))}（北京时间）</dd></dl></div>"
-        )
-        raise web.HTTPSeeOther("/window")
+        return session, answer
     return _refused(request, got, answer, "受理失败")
+
+
+async def window_intake(request: web.Request) -> web.Response:
+    """S10: identify the applicant by token exchange, take the disability-card application in
+    with that token; the receipt on the console."""
+    desk = _desk(request)
+
+    def application(form: Form, id_number: str, key: str) -> dict[str, Any]:
+        codes = [str(c) for c in form.getall("material", []) if str(c) in WINDOW_MATERIALS]
+        return {
+            "service": "disability-card",
+            "mode": "proxy",
+            "receiving_province": desk.receiving_province,
+            "handling_province": desk.handling_province,
+            "purpose": "残疾人证异地代收代办",
+            "data": {
+                "id_number": id_number,
+                "name": str(form.get("applicant_name", "")).strip()[:50],
+                "disability_category": str(form.get("category", "")),
+                "mailing_address": str(form.get("address", ""))[:200],
+            },
+            "materials": [_scan_ref(key, code) for code in codes],
+            "originals_check": {
+                "checked": form.get("originals") == "yes",
+                "note": str(form.get("note", ""))[:200],
+            },
+        }
+
+    taken = await _take_in(request, application)
+    if isinstance(taken, web.Response):
+        return taken
+    session, answer = taken
+    session.last_receipt = (
+        "<div id='receipt' class='notice' role='status'><h2>受理回执</h2>"
+        "<dl class='fields'><dt>办件编号</dt>"
+        f"<dd><strong id='receipt-case'>{e(answer.get('case_id', ''))}</strong></dd>"
+        f"<dt>状态</dt><dd>{e(status(answer.get('status')))}</dd>"
+        f"<dt>收件时间</dt><dd>{time_tag(answer.get('received_at'))}（北京时间）</dd></dl></div>"
+    )
+    raise web.HTTPSeeOther("/window")
 
 
 async def window_intake_home(request: web.Request) -> web.Response:
     """S13 for a Shaanxi buyer at this window: a Counter token for the buyer, then the linked
-    case (receiving province: this window's) with the demo's seller, home and accounts."""
+    case (receiving province: this window's) with the demo's seller, home and accounts, under
+    the seller's grant to this window; then the case's page."""
     state = request.app[STATE]
     desk = _desk(request)
-    found = clerk_of(request)
-    if found is None:
-        raise web.HTTPSeeOther("/window")
-    _, session = found
-    form = await request.post()
-    if not csrf_ok(session.csrf, form):
-        return form_expired(request)
-    clerk_token = await access_token(state, session.tokens, desk.auth, "clerk")
-    id_number = str(form.get("id_number", "")).strip().upper()[:32]
-    got, counter = await _counter_token(state, desk, clerk_token, id_number)
-    if got != 200:
-        return _refused(request, got, counter, "申请人身份识别失败")
-    key = str(form.get("idempotency_key", ""))
-    template = S13_CASE[3]
-    data = template["data"]
-    unit = HOMES.get(str(form.get("home", "")), HOMES["demo"])
-    body = {
-        **template,
-        "receiving_province": desk.receiving_province,
-        "data": {
-            **data,
-            "buyer": {
-                **data["buyer"],
-                "id_number": id_number,
-                "name": str(form.get("applicant_name", "")).strip()[:30],
+
+    def application(form: Form, id_number: str, key: str) -> dict[str, Any]:
+        template = S13_CASE[3]
+        data = template["data"]
+        unit = HOMES.get(str(form.get("home", "")), HOMES["demo"])
+        body = {
+            **template,
+            "receiving_province": desk.receiving_province,
+            "data": {
+                **data,
+                "buyer": {
+                    **data["buyer"],
+                    "id_number": id_number,
+                    "name": str(form.get("applicant_name", "")).strip()[:30],
+                },
+                "property": {**data["property"], "unit": unit},
             },
-            "property": {**data["property"], "unit": unit},
-        },
-    }
-    body = state.with_consent(body, desk.client_id)  # the seller's grant to this window
-    counter_tokens = Tokens.from_answer(counter, state.clock())
-    try:
-        got, answer = await call_api(
-            state, counter_tokens, desk.auth, "clerk", "POST", "/api/v1/cases",
-            json=body, headers={"Idempotency-Key": key},
-        )  # fmt: skip
-    except SessionEnded:
-        return _refused(request, 401, {}, "受理失败")
-    if got == 202 and isinstance(answer, dict):
-        raise web.HTTPSeeOther(f"/window/cases/{quote(str(answer.get('case_id', '')), safe='')}")
-    return _refused(request, got, answer, "受理失败")
+        }
+        return state.with_consent(body, desk.client_id)  # the seller's grant to this window
+
+    taken = await _take_in(request, application)
+    if isinstance(taken, web.Response):
+        return taken
+    _, answer = taken
+    raise web.HTTPSeeOther(f"/window/cases/{quote(str(answer.get('case_id', '')), safe='')}")
 
 
 PAGES = (
