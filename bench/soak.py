@@ -222,6 +222,8 @@ class Traffic:
         self.cases: list[tuple[str, int]] = []
         self.redirect_uri = ""
         self.counter = 0
+        self.only: frozenset[str] = frozenset()
+        """Kinds of operation to run (empty: the whole mix)."""
 
     async def aclose(self) -> None:
         await self.http.close()
@@ -323,7 +325,8 @@ class Traffic:
         else:
             self.tally.failures["refresh"] += 1
 
-    async def _call(self, kind: str, service: str, body: dict[str, Any], who: str) -> None:
+    async def _call(self, kind: str, service: str, body: dict[str, Any]) -> None:
+        who = CALLERS[id(body)]  # the example's own caller
         status, _, _ = await self._send(
             kind, "POST", f"{self.demo.base}/api/v1/services/{service}/calls",
             json=body, headers=self.bearer(self.demo.tokens[who]["token"]),
@@ -333,12 +336,12 @@ class Traffic:
 
     async def rest_call(self) -> None:
         if random.random() < 0.5:
-            await self._call("rest_call", "housing-fund-transfer", S4_QUERY, "citizen-l3")
+            await self._call("rest_call", "housing-fund-transfer", S4_QUERY)
         else:
-            await self._call("rest_call", "degree-verification", S6_VERIFY, "citizen-l2")
+            await self._call("rest_call", "degree-verification", S6_VERIFY)
 
     async def soap_call(self) -> None:
-        await self._call("soap_call", "pension-transfer", S1_CALL, "citizen-l3")
+        await self._call("soap_call", "pension-transfer", S1_CALL)
 
     async def case(self) -> None:
         self.counter += 1
@@ -399,6 +402,8 @@ class Traffic:
             self.tally.failures["audit"] += 1
 
 
+CALLERS: dict[int, str] = {}
+"""The demo token each example call is made with (its own caller: the data is theirs)."""
 S4_QUERY: dict[str, Any] = {}
 S6_VERIFY: dict[str, Any] = {}
 S1_CALL: dict[str, Any] = {}
@@ -410,10 +415,16 @@ def load_examples() -> None:
     from gateway.demo.cases import DEMO_CASES  # noqa: PLC0415 - demo-only module
     from gateway.demo.examples import DEMO_CALLS  # noqa: PLC0415
 
-    calls = {(c.service, c.body.get("operation")): c.body for c in DEMO_CALLS}
-    S1_CALL.update(calls[("pension-transfer", "contribution-history")])
-    S4_QUERY.update(calls[("housing-fund-transfer", "account-query")])
-    S6_VERIFY.update(next(b for (svc, _), b in calls.items() if svc == "degree-verification"))
+    calls = {(c.service, c.body.get("operation")): c for c in DEMO_CALLS}
+    for target, key in (
+        (S1_CALL, ("pension-transfer", "contribution-history")),
+        (S4_QUERY, ("housing-fund-transfer", "account-query")),
+    ):
+        target.update(calls[key].body)
+        CALLERS[id(target)] = calls[key].token_key
+    s6 = next(c for (svc, _), c in calls.items() if svc == "degree-verification")
+    S6_VERIFY.update(s6.body)
+    CALLERS[id(S6_VERIFY)] = s6.token_key
     S4_CASE.update(next(body for scenario, _, _, body in DEMO_CASES if scenario == "S4"))
 
 
@@ -429,7 +440,8 @@ MIX: tuple[tuple[str, float], ...] = (
 
 
 def pick(traffic: Traffic) -> tuple[str, Callable[[], Awaitable[None]]]:
-    kind = random.choices([k for k, _ in MIX], weights=[w for _, w in MIX])[0]
+    mix = [(k, w) for k, w in MIX if not traffic.only or k in traffic.only]
+    kind = random.choices([k for k, _ in mix], weights=[w for _, w in mix])[0]
     return kind, getattr(traffic, kind)
 
 
@@ -470,6 +482,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         demo = await start_demo(workdir)
         tally = Tally()
         traffic = Traffic(demo, tally)
+        traffic.only = frozenset(args.only or ())
         samples: list[tuple[float, int, int]] = []
         try:
             capacity = await measure_capacity(traffic, args.capacity_seconds, args.concurrency)
@@ -528,6 +541,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "rss_kib_after_warmup": rss_start,
         "rss_kib_end": rss_end,
         "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2) if rss_start else 0,
+        "rss_mib_every_minute": [
+            round(rss / 1024, 1) for t, rss, _ in samples if int(t) % 60 < args.sample
+        ],
         "open_fds_after_warmup": [min(fds), max(fds)],
         "open_fds_idle_at_end": idle[1],
         "audit_verify": verify.returncode,
@@ -562,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=20.0, help="idle seconds before the end")
     parser.add_argument("--seed", type=int, default=20261206)
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[k for k, _ in MIX],
+        help="run only this kind of operation (repeatable), to see where memory goes",
+    )
     args = parser.parse_args(argv)
     report = asyncio.run(soak(args))
     text = json.dumps(report, ensure_ascii=False, indent=2)

@@ -32,7 +32,15 @@ from typing import Final
 
 from gateway.audit.record import AuditEvent, EventType
 
-_HELD: ContextVar[list[AuditEvent] | None] = ContextVar("tongban_held_refusals", default=None)
+
+class _Held(list[AuditEvent]):
+    """The refusals one request holds; closed when the request is done, so a task it started
+    (which inherits the context) records its own refusals as usual afterwards."""
+
+    open = True
+
+
+_HELD: ContextVar[_Held | None] = ContextVar("tongban_held_refusals", default=None)
 SUMMARY_OPERATION: Final = "refusals_summarised"
 
 
@@ -44,7 +52,7 @@ def hold(event: AuditEvent) -> bool:
     """Keep ``event`` for its request's decision instead of writing it now; False when it is not
     an anonymous refusal or no request is collecting (then it is written as usual)."""
     held = _HELD.get()
-    if held is None or not is_anonymous_refusal(event):
+    if held is None or not held.open or not is_anonymous_refusal(event):
         return False
     held.append(event)
     return True
@@ -53,11 +61,12 @@ def hold(event: AuditEvent) -> bool:
 @contextlib.contextmanager
 def collecting() -> Iterator[list[AuditEvent]]:
     """Collect the anonymous refusal records made inside the block (one request)."""
-    held: list[AuditEvent] = []
+    held = _Held()
     token = _HELD.set(held)
     try:
         yield held
     finally:
+        held.open = False
         _HELD.reset(token)
 
 

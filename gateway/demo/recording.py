@@ -85,12 +85,18 @@ class Trouble:
     retry_after: int | None = 1
 
 
+RECORDED_REQUESTS = 1000
+"""Requests a back-end keeps (the latest): a demo that runs for days must not grow with them."""
+
+
 @dataclass
 class Recorder:
-    """The requests one back-end received, oldest first, and the trouble it is told to make."""
+    """The requests one back-end received, oldest first (the latest RECORDED_REQUESTS), and the
+    trouble it is told to make."""
 
     requests: list[ReceivedRequest] = field(default_factory=list)
     trouble: Trouble = field(default_factory=Trouble)
+    limit: int = RECORDED_REQUESTS
 
     @property
     def count(self) -> int:
@@ -124,6 +130,8 @@ def header_context(request: web.Request) -> dict[str, str]:
 
 def _record(recorder: Recorder, request: web.Request, status: int) -> None:
     context = request.get(CONTEXT)
+    if len(recorder.requests) >= recorder.limit:
+        del recorder.requests[: recorder.limit // 10]  # in chunks: amortised O(1) per request
     recorder.requests.append(
         ReceivedRequest(
             method=request.method,

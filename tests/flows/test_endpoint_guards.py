@@ -27,6 +27,8 @@ from redis.exceptions import RedisError
 from gateway.adapter import Adapter, SystemSpec
 from gateway.app import create_app
 from gateway.audit.query import AuditQuery
+from gateway.audit.record import AuditEvent, EventType
+from gateway.audit.refusals import collecting, hold
 from gateway.audit.setup import audit_store_for
 from gateway.identity.authn import FakeAuthenticator
 from gateway.identity.config import ProviderSettings
@@ -240,3 +242,22 @@ async def test_anonymous_refusals_cannot_fill_the_audit_chain(tmp_path: Path, pr
     assert {r["type"] for r in summaries} == {"admin_action", "callback_received"}
     assert len(summaries) <= 2 * 2 * 6  # kinds × instances × intervals: bounded by time
     assert all(r["extra"]["sources"] in (1, 2) for r in summaries)
+
+
+async def test_a_task_a_request_started_records_its_refusals_after_the_request() -> None:
+    """Held records belong to their request: a task it started (and which inherits its
+    context) records normally once the request is done."""
+    event = AuditEvent(type=EventType.CALLBACK_RECEIVED, outcome="denied", system="sys-1")
+    started: asyncio.Task[bool] | None = None
+    release = asyncio.Event()
+
+    async def later() -> bool:
+        await release.wait()
+        return hold(event)
+
+    with collecting() as held:
+        assert hold(event)
+        started = asyncio.create_task(later())
+    release.set()
+    assert await started is False  # written as usual, not held by a finished request
+    assert held == [event]
