@@ -109,10 +109,18 @@ async def test_s1_case_is_received_forwarded_polled_and_closed(
     assert case["materials"] == [ID_CARD]
     assert journey.backends.recorder(QINGHAI_SI).for_operation("GetTransferStatus")
 
-    events = [
-        orjson.loads(line) for line in (tmp_path / "case-events.jsonl").read_bytes().splitlines()
-    ]
-    mine = [e for e in events if e["case_id"] == case_id]
+    # Events go out through the outbox after the step that made them: the closing event may
+    # follow the closed case by a moment.
+    mine: list[dict[str, Any]] = []
+    for _ in range(100):
+        events = [
+            orjson.loads(line)
+            for line in (tmp_path / "case-events.jsonl").read_bytes().splitlines()
+        ]
+        mine = [e for e in events if e["case_id"] == case_id]
+        if mine and mine[-1]["type"] == "case_closed":
+            break
+        await asyncio.sleep(0.05)
     assert mine[-1]["type"] == "case_closed"
     assert mine[-1]["detail"]["rating"]["channel"] == "haochaping"
 
