@@ -44,6 +44,25 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
 
 
+def _release_finished_apps() -> None:
+    """aiohttp memoises each application's middleware chain per (handler, apps) in a
+    module-level LRU cache of 1,024 entries, which keeps every application a test started
+    alive, with its WSDL models, schemas and stores, long after the test: the suite's heap
+    grew past a gigabyte and every full garbage collection walked all of it. A gateway process
+    runs one application, so only the tests need this."""
+    from aiohttp import web_app  # noqa: PLC0415 - only the suite needs it
+
+    cache = getattr(web_app, "_cached_build_middleware", None)
+    if cache is not None and hasattr(cache, "cache_clear"):
+        cache.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_finished_app_kept() -> Generator[None, None, None]:
+    yield
+    _release_finished_apps()
+
+
 _SERVICE_MARKERS = ("postgres", "redis", "browser")
 
 

@@ -173,7 +173,7 @@ async def start_gateway(config: Path, port: int) -> Gateway:
         str(port),
         "--insecure-dev-tokens",
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=(config / "serve.stderr").open("wb"),
         env=env,
     )
     assert process.stdout is not None
@@ -182,7 +182,8 @@ async def start_gateway(config: Path, port: int) -> Gateway:
         while not token:
             line = (await process.stdout.readline()).decode()
             if not line:
-                raise AssertionError("tongban serve exited before printing its tokens")
+                said = (config / "serve.stderr").read_text(errors="replace")[-2000:]
+                raise AssertionError(f"tongban serve exited before printing its tokens: {said}")
             if line.startswith("dev token L3: "):
                 token = line.split(": ", 1)[1].strip()
     url = f"http://127.0.0.1:{port}"
