@@ -164,18 +164,19 @@ class Gateway:
 async def start_gateway(config: Path, port: int) -> Gateway:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
     env[AUDIT_DSN_ENV] = PG_DSN
-    process = await asyncio.create_subprocess_exec(
-        str(TONGBAN),
-        "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--insecure-dev-tokens",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=(config / "serve.stderr").open("wb"),
-        env=env,
-    )
+    with (config / "serve.stderr").open("ab") as stderr:  # the child keeps its own copy
+        process = await asyncio.create_subprocess_exec(
+            str(TONGBAN),
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--insecure-dev-tokens",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+        )
     assert process.stdout is not None
     token = ""
     async with asyncio.timeout(20):
