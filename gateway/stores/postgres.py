@@ -27,6 +27,10 @@ async def create_pool(
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    except asyncpg.UniqueViolationError:
+        # Two processes creating it at the same instant (the workers of one `serve`): IF NOT
+        # EXISTS is not atomic in PostgreSQL, and the loser sees the winner's catalogue row.
+        pass
     finally:
         await conn.close()
     pool: asyncpg.Pool = await asyncpg.create_pool(
