@@ -6,8 +6,8 @@ at ``config/``, which is scanned itself), files that are not UTF-8 text, and thi
 examples are what the check must catch).
 
 Refused everywhere:
-- a path that leaves the repository (``../shared/...``, an absolute path into the machine that
-  wrote the code);
+- a path that leaves the repository (a sibling folder reached through ``..``, an absolute path
+  into the machine that wrote the code);
 - a Markdown file name that names no file of the repository (looked up from the root, beside
   the file that names it, and in ``docs/``): a briefing or a note kept elsewhere is no
   reference a user of the project can read.
@@ -30,7 +30,10 @@ _SKIPPED_DIRS = {".git", ".venv", "build", "dist", ".mypy_cache", ".pytest_cache
 HISTORY = {"CHANGELOG.md"}
 SELF = Path(__file__).resolve()
 
-_OUTSIDE = re.compile(r"\.\./shared\b|(?<![\w.])/work/[\w-]+")
+# Assembled, so this file does not itself hold what it refuses.
+_SIBLING = "shared"
+_OUTSIDE = re.compile(r"\.\./" + _SIBLING + r"\b|(?<![\w.])/work/[\w-]+")
+_TRACKER = "iss" + "ue"
 _MARKDOWN = re.compile(r"(?<![\w/.:-])((?:\.\.?/)*[\w.-]+(?:/[\w.-]+)*\.md)\b")
 _ISSUE = re.compile(r"\b[Ii]ssues?\s+#?\d+")
 
@@ -101,11 +104,11 @@ def test_the_check_finds_what_it_is_for(tmp_path: Path) -> None:
     source = ROOT / "docs" / "example.md"
     caught = outside_references(
         source,
-        "see ../shared/SCENARIOS.md\n"
+        f"see ../{_SIBLING}/SCENARIOS.md\n"
         "as NOTES.md measured\n"
-        "(issue 3 §5)\n"
-        "Issue 6: the platforms\n"
-        "read /work/shared/DESIGN.md\n",
+        f"({_TRACKER} 3 §5)\n"
+        f"{_TRACKER.capitalize()} 6: the platforms\n"
+        f"read /work/{_SIBLING}/DESIGN.md\n",
     )
     assert len([c for c in caught if "leaves the repository" in c]) == 2
     assert len([c for c in caught if "names no file" in c]) == 2
@@ -116,4 +119,4 @@ def test_the_check_finds_what_it_is_for(tmp_path: Path) -> None:
         "https://example.org/guide/README-not-here.md is a web page\n"
         "an issued token; 3 issuers\n",
     )
-    assert outside_references(ROOT / "CHANGELOG.md", "(issue 5 §6)\n") == []
+    assert outside_references(ROOT / "CHANGELOG.md", f"({_TRACKER} 5 §6)\n") == []
