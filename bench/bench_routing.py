@@ -416,14 +416,42 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[index]
 
 
+def error_kind(exc: BaseException) -> str:
+    """What went wrong with one open-loop call, in a word a reader can act on: a timeout (the
+    server kept the call past the client's limit), a connection closed or reset by the server
+    (e.g. beyond its connection bound), a refused connect (listen backlog full), or out of
+    local resources (file descriptors, ephemeral ports)."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "closed before answer"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno_name = _errno_name(exc.os_error.errno)
+        return f"connect {errno_name}"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return f"socket {_errno_name(exc.errno)}"
+    return type(exc).__name__
+
+
+def _errno_name(number: int | None) -> str:
+    import errno
+
+    return errno.errorcode.get(number or 0, str(number))
+
+
 async def open_loop(
     url: str, body: bytes, headers: dict[str, str], rate: float, duration: float, warmup: float
 ) -> dict[str, Any]:
-    """Send at a fixed rate whatever the answers do; latency from the moment each was due."""
+    """Send at a fixed rate whatever the answers do; latency from the moment each was due.
+
+    Every call that is not a 200 is counted by kind: ``refused`` is a 503 gateway.overloaded
+    (its latency is kept apart: a refusal must be quick), other statuses and client-side
+    failures (``error_kind``) are ``errors``, by kind."""
     now = time.perf_counter  # uvloop's now() ticks in whole milliseconds
     from_due: list[float] = []
     from_send: list[float] = []
-    errors = 0
+    refused_in: list[float] = []
+    kinds: Counter[str] = Counter()
     refused = 0
     connector = aiohttp.TCPConnector(limit=0)  # an open loop must never queue inside the client
     async with aiohttp.ClientSession(
@@ -431,24 +459,27 @@ async def open_loop(
     ) as session:
 
         async def one(due: float, record: bool) -> None:
-            nonlocal errors, refused
+            nonlocal refused
             sent = now()
             status = 0
+            kind = ""
+            answer_body = b""
             try:
                 async with session.post(url, data=body, headers=headers) as answer:
-                    await answer.read()
+                    answer_body = await answer.read()
                     status = answer.status
-            except (aiohttp.ClientError, TimeoutError):
-                pass
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                kind = error_kind(exc)
             done = now()
             if record:
                 if status == 200:
                     from_due.append(done - due)
                     from_send.append(done - sent)
-                elif status == 503:
-                    refused += 1  # gateway.overloaded (or a back-end refusal): not admitted
+                elif status == 503 and b"gateway.overloaded" in answer_body:
+                    refused += 1
+                    refused_in.append(done - sent)
                 else:
-                    errors += 1
+                    kinds[kind or f"status {status}"] += 1
 
         total = int(rate * (warmup + duration))
         measured_from = int(rate * warmup)
@@ -467,12 +498,16 @@ async def open_loop(
         await asyncio.gather(*tasks)
     from_due.sort()
     from_send.sort()
+    refused_in.sort()
     out: dict[str, Any] = {
         "sent": total - measured_from,
         "sent_total": total,
         "ok": len(from_send),
-        "errors": errors,
+        "errors": sum(kinds.values()),
+        "error_kinds": dict(kinds.most_common()),
         "refused": refused,
+        "refused_p50_ms": _percentile(refused_in, 50) * 1000,
+        "refused_p99_ms": _percentile(refused_in, 99) * 1000,
         "achieved_rate": (total - measured_from) / sent_span if sent_span > 0 else 0.0,
         "generator_lag_max_ms": lag_max * 1000,
     }
@@ -1309,6 +1344,58 @@ def _version(argv: list[str]) -> str:
     return (run.stdout + run.stderr).strip().splitlines()[0]
 
 
+def overload_phase(
+    args: argparse.Namespace, bench: Bench, report: Report, target: Target
+) -> dict[str, Any]:
+    capacity = next(r.rps for r in report.closed if r.name == target.name)
+    rate = args.overload_rate or capacity * args.overload_factor
+    low = {r["name"]: r for r in report.open_low}
+    unloaded = low.get(target.name, {}).get("p99_ms", float("nan"))
+    print(f"overload: {rate:.0f} req/s ({rate / capacity:.1f}× capacity {capacity:.0f} req/s)")
+    return bench.overload(target, rate, unloaded)
+
+
+def run_overload_only(args: argparse.Namespace) -> Report:
+    """The routed REST gateway alone: capacity, unloaded p99, then the overload run."""
+    report = Report()
+    py = sys.executable
+    me = str(Path(__file__).resolve())
+    life = ["--max-lifetime", str(args.max_lifetime)]
+    with tempfile.TemporaryDirectory(prefix="tongban-bench-") as tmp:
+        workdir = Path(tmp)
+        kids = Children(workdir, pin=not args.no_pin)
+        try:
+            backend = kids.spawn("backend", [py, me, "--role", "backend", *life], args.backend_cpu)
+            upstream = f"http://127.0.0.1:{backend.port}"
+            argv = [py, me, "--role", "gateway", "--backend", upstream, "--log-mode", "warning"]
+            argv += ["--config-dir", str(workdir / "config-warning"), *life]
+            gateway = kids.spawn("gateway-warning", argv, args.sut_cpu)
+            from gateway.identity.devtokens import DevTokenIssuer
+
+            token = DevTokenIssuer(TOKEN_SECRET).issue(
+                "bench-citizen", "L2", person=bench_subject_keys().person(HOLDER_ID).key
+            )
+            headers = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+            url = f"http://127.0.0.1:{gateway.port}/api/v1/services/{REST_SERVICE}/calls"
+            target = Target(
+                "gateway REST (log warning)", url, CALL_BODY, headers, b'"valid":true',
+                gateway, backend,
+            )  # fmt: skip
+            asyncio.run(_check_targets([target]))
+            bench = Bench(args, workdir, kids)
+            print(f"closed loop: wrk -t1 -c{args.connections} -d{args.duration:g}s", flush=True)
+            report.closed.append(bench.closed_loop(target))
+            report.memory_closed[gateway.name] = memory_kib(gateway.pid)
+            if args.low_rate > 0:
+                print(f"open loop: {args.low_rate:g} req/s", flush=True)
+                report.open_low.append(bench.open_loop(target, args.low_rate))
+            report.overload = overload_phase(args, bench, report, target)
+            report.memory[gateway.name] = memory_kib(gateway.pid)
+        finally:
+            kids.stop_all()
+    return report
+
+
 def run_benchmark(args: argparse.Namespace) -> Report:
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None:
@@ -1442,12 +1529,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 report.open.append(bench.open_loop(target, args.rate))
 
             if args.overload_factor > 0:
-                capacity = next(r.rps for r in report.closed if r.name == gw_rest.name)
-                rate = capacity * args.overload_factor
-                low = {r["name"]: r for r in report.open_low}
-                unloaded = low.get(gw_rest.name, {}).get("p99_ms", float("nan"))
-                print(f"overload: {rate:.0f} req/s ({args.overload_factor:g}× capacity)")
-                report.overload = bench.overload(gw_rest, rate, unloaded)
+                report.overload = overload_phase(args, bench, report, gw_rest)
 
             if not args.skip_clients:
                 print("outbound clients (client process pinned to the SUT core)", flush=True)
@@ -1690,22 +1772,7 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
                 f"(target ≤ 1.1), throughput {two['rps'] / one['rps']:.2f}×"
             )
     if report.overload:
-        o = report.overload
-        before, after = o["vm_before"], o["vm_after"]
-        print()
-        print(f"## Overload: {o['rate']:.0f} req/s offered to the routed REST gateway")
-        print(
-            f"  admitted {o['ok']} (p50 {o['p50_ms']:.2f} / p99 {o['p99_ms']:.2f} ms; unloaded "
-            f"p99 {o['unloaded_p99_ms']:.2f} ms → {o['p99_ms'] / o['unloaded_p99_ms']:.2f}×, "
-            f"target ≤ 2×), refused {o['refused']} (503), errors {o['errors']}, "
-            f"achieved {o['achieved_rate']:.0f} req/s sent"
-        )
-        print(
-            f"  RSS {before['VmRSS'] / 1024:.0f} → {after['VmRSS'] / 1024:.0f} MB; peak before "
-            f"{before['VmHWM'] / 1024:.0f} → after {after['VmHWM'] / 1024:.0f} MB "
-            f"({(after['VmRSS'] / before['VmHWM'] - 1) * 100:+.1f} % of the normal peak; "
-            f"target within 10 %); worker alive: {o['alive']}"
-        )
+        print_overload(report.overload)
     for name, prof in report.cprofiles.items():
         print()
         print(f"## cProfile of {name} (self time, % of busy; idle in epoll {prof['idle_s']:.1f} s)")
@@ -1714,6 +1781,37 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
         print("  top functions (self time):")
         for label, calls, share in prof["top"][:15]:
             print(f"    {share:5.1f} %  {calls:>8}  {label}")
+
+
+def print_overload(o: dict[str, Any]) -> None:
+    """The overload run: what was admitted and how fast, what was refused and how, memory."""
+    before, after = o["vm_before"], o["vm_after"]
+    print()
+    print(f"## Overload: {o['rate']:.0f} req/s offered to the routed REST gateway")
+    print(
+        f"  sent {o['sent']} in the measured span ({o['achieved_rate']:.0f} req/s achieved; "
+        f"generator lag max {o['generator_lag_max_ms']:.0f} ms)  load {o['load_average']:.2f}"
+    )
+    ratio = o["p99_ms"] / o["unloaded_p99_ms"] if o["unloaded_p99_ms"] > 0 else float("nan")
+    print(
+        f"  admitted {o['ok']}: p50 {o['p50_ms']:.2f} / p99 {o['p99_ms']:.2f} ms (from due "
+        f"p99 {o['due_p99_ms']:.2f}); unloaded p99 {o['unloaded_p99_ms']:.2f} ms → "
+        f"{ratio:.2f}× (target ≤ 2×)"
+    )
+    print(
+        f"  refused {o['refused']} with 503 gateway.overloaded: p50 "
+        f"{o.get('refused_p50_ms', float('nan')):.2f} / p99 "
+        f"{o.get('refused_p99_ms', float('nan')):.2f} ms"
+    )
+    kinds = o.get("error_kinds") or {}
+    listed = ", ".join(f"{kind} {count}" for kind, count in kinds.items()) or "none"
+    print(f"  errors {o['errors']}: {listed}")
+    print(
+        f"  RSS {before['VmRSS'] / 1024:.0f} → {after['VmRSS'] / 1024:.0f} MB; peak before "
+        f"{before['VmHWM'] / 1024:.0f} → after {after['VmHWM'] / 1024:.0f} MB "
+        f"({(after['VmRSS'] / before['VmHWM'] - 1) * 100:+.1f} % of the normal peak; "
+        f"target within 10 %); worker alive: {o['alive']}"
+    )
 
 
 def _jsonable(report: Report) -> dict[str, Any]:
@@ -1745,6 +1843,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="no JSON-log and no-outbound gateways")
     p.add_argument(
         "--overload-factor", type=float, default=3.0, help="overload run at N× capacity (0: none)"
+    )
+    p.add_argument(
+        "--overload-rate", type=float, default=0.0, help="overload run at this rate instead"
+    )
+    p.add_argument(
+        "--only-overload",
+        action="store_true",
+        help="only what the overload run needs: the routed REST gateway's closed loop "
+        "(capacity), its open loop at --low-rate (unloaded p99), then the overload run",
     )
     p.add_argument(
         "--no-workers", dest="workers_phase", action="store_false", help="no serve --workers run"
@@ -1816,8 +1923,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(json.dumps(rows))
         return 0
-    report = run_benchmark(args)
-    print_report(report, args)
+    if args.only_overload:
+        report = run_overload_only(args)
+        print_overload(report.overload)
+    else:
+        report = run_benchmark(args)
+        print_report(report, args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
     return 0
