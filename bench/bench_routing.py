@@ -268,10 +268,14 @@ def bench_config(backend: str, audit_mode: str = "required") -> dict[str, Any]:
     return {"systems": systems, "services": services, "routes": routes, "rate_limits": never}
 
 
-def gateway_settings(config_dir: Path, backend: str, audit_mode: str = "required") -> Any:
-    """Settings built in code from ``bench_config``."""
+def gateway_settings(
+    config_dir: Path, backend: str, audit_mode: str = "required", admission: str = ""
+) -> Any:
+    """Settings built in code from ``bench_config`` (``admission``: JSON of the admission
+    block, to try bounds other than the defaults)."""
     from gateway.ratelimit.config import RateLimitSettings
     from gateway.settings import (
+        AdmissionSettings,
         GatewaySettings,
         RouteSettings,
         ServiceSettings,
@@ -286,7 +290,9 @@ def gateway_settings(config_dir: Path, backend: str, audit_mode: str = "required
     services = {k: ServiceSettings.model_validate(v) for k, v in config["services"].items()}
     routes = tuple(RouteSettings.model_validate(r) for r in config["routes"])
     limits = RateLimitSettings.model_validate(config["rate_limits"])
-    return Settings(config_dir, GatewaySettings(rate_limits=limits), systems, services, routes)
+    bounds = AdmissionSettings.model_validate(json.loads(admission or "{}"))
+    gateway = GatewaySettings(rate_limits=limits, admission=bounds)
+    return Settings(config_dir, gateway, systems, services, routes)
 
 
 SERVED_CALL_BODY = json.dumps(
@@ -364,6 +370,7 @@ async def run_gateway(
     canned: bool,
     profile_out: str = "",
     audit_mode: str = "required",
+    admission: str = "",
 ) -> int:
     from gateway.adapter import Adapter, SystemSpec
     from gateway.app import create_app
@@ -381,7 +388,7 @@ async def run_gateway(
     else:  # every access line rendered as JSON, written to /dev/null
         configure_logging("info", "json", stream=devnull)
     app = create_app(
-        gateway_settings(config_dir, backend, audit_mode),
+        gateway_settings(config_dir, backend, audit_mode, admission),
         verifier=DevTokenIssuer(TOKEN_SECRET),
         open_adapter=open_canned if canned else None,
         subjects=bench_subject_keys(),
@@ -508,6 +515,169 @@ async def open_loop(
         "refused": refused,
         "refused_p50_ms": _percentile(refused_in, 50) * 1000,
         "refused_p99_ms": _percentile(refused_in, 99) * 1000,
+        "achieved_rate": (total - measured_from) / sent_span if sent_span > 0 else 0.0,
+        "generator_lag_max_ms": lag_max * 1000,
+    }
+    for label, values in (("", from_send), ("due_", from_due)):
+        for q in (50, 90, 99, 99.9):
+            out[f"{label}p{q:g}_ms"] = _percentile(values, q) * 1000
+        out[f"{label}max_ms"] = (values[-1] if values else float("nan")) * 1000
+    return out
+
+
+class _RawCall(asyncio.Protocol):
+    """One HTTP/1.1 connection of the raw open-loop client: it writes a pre-built request and
+    reads one answer framed by Content-Length (all the servers measured here send one), a
+    few microseconds of client CPU per call where aiohttp's client takes a hundred: at
+    several thousand calls a second the generator must not be what queues."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future[tuple[int, bytes, bool]] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.answer is None or self.answer.done():
+            return
+        head = bytes(self.buffer[:end]).lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop > 0 else len(head)])
+        if len(self.buffer) < end + 4 + length:
+            return
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        keep = b"\r\nconnection: close" not in head
+        self.answer.set_result((int(head[9:12]), body, keep))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(exc or ConnectionAbortedError("closed before answer"))
+
+
+def _raw_error_kind(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionAbortedError):
+        return "closed before answer"
+    if isinstance(exc, OSError):
+        return f"socket {_errno_name(exc.errno)}"
+    return type(exc).__name__
+
+
+async def open_loop_raw(
+    url: str, body: bytes, headers: dict[str, str], rate: float, duration: float, warmup: float
+) -> dict[str, Any]:
+    """``open_loop`` with the raw client (``_RawCall``): a call takes an idle keep-alive
+    connection or opens a new one (never waits for one), as ``open_loop``'s aiohttp client
+    does; errors are counted by kind the same way (a connect that fails is ``connect ...``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = [f"POST {parts.path} HTTP/1.1", f"Host: {host}:{port}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    head += [f"Content-Length: {len(body)}", "", ""]
+    request = "\r\n".join(head).encode() + body
+    loop = asyncio.get_running_loop()
+    idle: list[_RawCall] = []
+    opened = 0
+    now = time.perf_counter
+    from_due: list[float] = []
+    from_send: list[float] = []
+    refused_in: list[float] = []
+    kinds: Counter[str] = Counter()
+
+    async def call() -> tuple[int, bytes]:
+        nonlocal opened
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                break
+        else:
+            try:
+                _, conn = await loop.create_connection(_RawCall, host, port)
+            except OSError as exc:
+                raise ConnectionError(f"connect {_errno_name(exc.errno)}") from exc
+            opened += 1
+        assert conn.transport is not None
+        conn.answer = loop.create_future()
+        conn.transport.write(request)
+        try:
+            status, answer, keep = await conn.answer
+        except BaseException:
+            conn.transport.abort()
+            raise
+        if keep and not conn.lost:
+            idle.append(conn)
+        else:
+            conn.transport.close()
+        return status, answer
+
+    async def one(due: float, record: bool) -> None:
+        sent = now()
+        status = 0
+        answer = b""
+        kind = ""
+        try:
+            async with asyncio.timeout(10):
+                status, answer = await call()
+        except ConnectionError as exc:
+            kind = str(exc) if str(exc).startswith("connect ") else _raw_error_kind(exc)
+        except (OSError, TimeoutError) as exc:
+            kind = _raw_error_kind(exc)
+        done = now()
+        if not record:
+            return
+        if status == 200:
+            from_due.append(done - due)
+            from_send.append(done - sent)
+        elif status == 503 and b"gateway.overloaded" in answer:
+            refused_in.append(done - sent)
+        else:
+            kinds[kind or f"status {status}"] += 1
+
+    total = int(rate * (warmup + duration))
+    measured_from = int(rate * warmup)
+    start = now() + 0.05
+    tasks: list[asyncio.Task[None]] = []
+    lag_max = 0.0
+    for i in range(total):
+        due = start + i / rate
+        delay = due - now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i >= measured_from:
+            lag_max = max(lag_max, -delay)
+        tasks.append(asyncio.create_task(one(due, i >= measured_from)))
+    sent_span = now() - (start + measured_from / rate)
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        if conn.transport is not None:
+            conn.transport.close()
+    from_due.sort()
+    from_send.sort()
+    refused_in.sort()
+    out: dict[str, Any] = {
+        "generator": "raw",
+        "sent": total - measured_from,
+        "sent_total": total,
+        "ok": len(from_send),
+        "errors": sum(kinds.values()),
+        "error_kinds": dict(kinds.most_common()),
+        "refused": len(refused_in),
+        "refused_p50_ms": _percentile(refused_in, 50) * 1000,
+        "refused_p99_ms": _percentile(refused_in, 99) * 1000,
+        "connections_opened": opened,
         "achieved_rate": (total - measured_from) / sent_span if sent_span > 0 else 0.0,
         "generator_lag_max_ms": lag_max * 1000,
     }
@@ -1044,7 +1214,7 @@ class Bench:
         )
         return out
 
-    def open_loop(self, target: Target, rate: float) -> dict[str, Any]:
+    def open_loop(self, target: Target, rate: float, generator: str = "aiohttp") -> dict[str, Any]:
         self.wait_quiet(target)
         sut_pids = process_tree(target.sut.pid) if target.sut else []
         own0, core0 = cpu_seconds(sut_pids), core_busy(self.args.sut_cpu)
@@ -1052,7 +1222,7 @@ class Bench:
         argv = [sys.executable, __file__, "--role", "openloop", "--url", target.url]
         argv += ["--body-hex", target.body.hex(), "--headers-json", json.dumps(target.headers)]
         argv += ["--rate", str(rate), "--open-duration", str(self.args.open_duration)]
-        argv += ["--warmup", str(self.args.warmup)]
+        argv += ["--warmup", str(self.args.warmup), "--generator", generator]
         run = subprocess.run(
             self.kids.command(argv, self.args.load_cpu),
             capture_output=True,
@@ -1117,16 +1287,22 @@ class Bench:
         )
         return out
 
-    def overload(self, target: Target, rate: float, unloaded_p99_ms: float) -> dict[str, Any]:
-        """An open-loop run far past capacity: admitted p99, refusals, memory, survival."""
+    def overload(self, target: Target, rate: float) -> dict[str, Any]:
+        """An open-loop run far past capacity: admitted p99, refusals by kind, memory, survival.
+
+        Both runs use the raw generator: aiohttp's client, at several thousand calls a second
+        with new connections, saturates the generator's core and its own loop lag would be
+        counted as the server's latency. The unloaded p99 is measured the same way first."""
         assert target.sut is not None
+        unloaded = self.open_loop(target, self.args.low_rate or 500.0, "raw")
         before = memory_kib(target.sut.pid)
-        result = self.open_loop(target, rate)
+        result = self.open_loop(target, rate, "raw")
         after = memory_kib(target.sut.pid)
         result["vm_before"] = before
         result["vm_after"] = after
         result["alive"] = target.sut.proc.poll() is None
-        result["unloaded_p99_ms"] = unloaded_p99_ms
+        result["unloaded"] = unloaded
+        result["unloaded_p99_ms"] = unloaded["p99_ms"]
         return result
 
     def cprofile(self, name: str, argv: list[str], url: str, target: Target) -> dict[str, Any]:
@@ -1349,14 +1525,16 @@ def overload_phase(
 ) -> dict[str, Any]:
     capacity = next(r.rps for r in report.closed if r.name == target.name)
     rate = args.overload_rate or capacity * args.overload_factor
-    low = {r["name"]: r for r in report.open_low}
-    unloaded = low.get(target.name, {}).get("p99_ms", float("nan"))
-    print(f"overload: {rate:.0f} req/s ({rate / capacity:.1f}× capacity {capacity:.0f} req/s)")
-    return bench.overload(target, rate, unloaded)
+    print(
+        f"overload: {rate:.0f} req/s ({rate / capacity:.1f}× capacity {capacity:.0f} req/s), "
+        f"after {args.low_rate or 500:g} req/s unloaded; raw generator",
+        flush=True,
+    )
+    return bench.overload(target, rate)
 
 
 def run_overload_only(args: argparse.Namespace) -> Report:
-    """The routed REST gateway alone: capacity, unloaded p99, then the overload run."""
+    """The routed REST gateway alone: capacity (closed loop), then the overload run."""
     report = Report()
     py = sys.executable
     me = str(Path(__file__).resolve())
@@ -1369,6 +1547,7 @@ def run_overload_only(args: argparse.Namespace) -> Report:
             upstream = f"http://127.0.0.1:{backend.port}"
             argv = [py, me, "--role", "gateway", "--backend", upstream, "--log-mode", "warning"]
             argv += ["--config-dir", str(workdir / "config-warning"), *life]
+            argv += ["--admission", args.admission] if args.admission else []
             gateway = kids.spawn("gateway-warning", argv, args.sut_cpu)
             from gateway.identity.devtokens import DevTokenIssuer
 
@@ -1386,9 +1565,6 @@ def run_overload_only(args: argparse.Namespace) -> Report:
             print(f"closed loop: wrk -t1 -c{args.connections} -d{args.duration:g}s", flush=True)
             report.closed.append(bench.closed_loop(target))
             report.memory_closed[gateway.name] = memory_kib(gateway.pid)
-            if args.low_rate > 0:
-                print(f"open loop: {args.low_rate:g} req/s", flush=True)
-                report.open_low.append(bench.open_loop(target, args.low_rate))
             report.overload = overload_phase(args, bench, report, target)
             report.memory[gateway.name] = memory_kib(gateway.pid)
         finally:
@@ -1792,6 +1968,12 @@ def print_overload(o: dict[str, Any]) -> None:
         f"  sent {o['sent']} in the measured span ({o['achieved_rate']:.0f} req/s achieved; "
         f"generator lag max {o['generator_lag_max_ms']:.0f} ms)  load {o['load_average']:.2f}"
     )
+    u = o.get("unloaded") or {}
+    if u:
+        print(
+            f"  unloaded ({u['rate']:.0f} req/s): p50 {u['p50_ms']:.2f} / p99 {u['p99_ms']:.2f} ms,"
+            f" errors {u['errors']}, refused {u['refused']}  load {u['load_average']:.2f}"
+        )
     ratio = o["p99_ms"] / o["unloaded_p99_ms"] if o["unloaded_p99_ms"] > 0 else float("nan")
     print(
         f"  admitted {o['ok']}: p50 {o['p50_ms']:.2f} / p99 {o['p99_ms']:.2f} ms (from due "
@@ -1806,6 +1988,8 @@ def print_overload(o: dict[str, Any]) -> None:
     kinds = o.get("error_kinds") or {}
     listed = ", ".join(f"{kind} {count}" for kind, count in kinds.items()) or "none"
     print(f"  errors {o['errors']}: {listed}")
+    if "connections_opened" in o:
+        print(f"  connections opened by the generator: {o['connections_opened']}")
     print(
         f"  RSS {before['VmRSS'] / 1024:.0f} → {after['VmRSS'] / 1024:.0f} MB; peak before "
         f"{before['VmHWM'] / 1024:.0f} → after {after['VmHWM'] / 1024:.0f} MB "
@@ -1851,7 +2035,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--only-overload",
         action="store_true",
         help="only what the overload run needs: the routed REST gateway's closed loop "
-        "(capacity), its open loop at --low-rate (unloaded p99), then the overload run",
+        "(capacity), then the overload run (its open loop at --low-rate first: unloaded p99)",
     )
     p.add_argument(
         "--no-workers", dest="workers_phase", action="store_false", help="no serve --workers run"
@@ -1871,6 +2055,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--canned", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--profile-out", default="", help=argparse.SUPPRESS)
     p.add_argument("--audit-mode", default="required", help=argparse.SUPPRESS)
+    p.add_argument("--generator", default="aiohttp", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--admission",
+        default="",
+        help="the gateways' admission block as JSON (default: the defaults), e.g. "
+        "'{\"max_in_flight\": 32}'",
+    )
     return p.parse_args(argv)
 
 
@@ -1901,12 +2092,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.canned,
                 args.profile_out,
                 args.audit_mode,
+                args.admission,
             )
         )
     if args.role == "openloop":
         # uvloop for the generator only: its own jitter is part of both sides of the comparison.
+        generate = open_loop_raw if args.generator == "raw" else open_loop
         result = _run_loop(
-            open_loop(
+            generate(
                 args.url,
                 bytes.fromhex(args.body_hex),
                 json.loads(args.headers_json),

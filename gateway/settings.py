@@ -169,15 +169,22 @@ class AdmissionSettings(_Model):
     with 503 gateway.overloaded and Retry-After, before any other work is done for it."""
 
     max_in_flight: int = Field(128, ge=1)
-    """Requests one worker handles at the same time (health and metrics not counted)."""
+    """Requests one worker handles at the same time (health and metrics not counted): the
+    ceiling; the bound in force is lower while the worker's event loop runs late."""
+    queue_delay_target_ms: float = Field(5.0, ge=0, le=1000)
+    """Mean delay of the worker's event loop (how long ready work waits to run) above which
+    the bound on requests in flight is lowered; 0: the bound stays at max_in_flight."""
+    queue_delay_interval_ms: float = Field(100.0, ge=10, le=10_000)
+    """Over how long that delay is averaged before the bound is adapted."""
     max_body_bytes_in_flight: int = Field(32 << 20, ge=1024)
     """Request body bytes one worker holds at the same time: a request counts its
     Content-Length, or server.max_body_bytes when it streams a body of unknown length."""
     retry_after: int = Field(1, ge=1, le=3600)
     """Seconds a refused caller is told to wait (Retry-After)."""
     max_connections: int = Field(1024, ge=1)
-    """Open connections one worker holds; a connection beyond it is closed as soon as it is
-    accepted (what waits in front of the bound on requests is bounded too)."""
+    """Open connections one worker holds; a connection accepted beyond it is answered once, a
+    503 with Connection: close, and closed (what waits in front of the bound on requests is
+    bounded too)."""
 
 
 class AuditSettings(_Model):
