@@ -1523,7 +1523,9 @@ def _version(argv: list[str]) -> str:
 def overload_phase(
     args: argparse.Namespace, bench: Bench, report: Report, target: Target
 ) -> dict[str, Any]:
-    capacity = next(r.rps for r in report.closed if r.name == target.name)
+    closed = next(r for r in report.closed if r.name == target.name)
+    # Answered calls only: a closed loop that was refused in part would overstate capacity.
+    capacity = closed.rps * (closed.requests - closed.errors) / closed.requests
     rate = args.overload_rate or capacity * args.overload_factor
     print(
         f"overload: {rate:.0f} req/s ({rate / capacity:.1f}× capacity {capacity:.0f} req/s), "

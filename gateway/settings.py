@@ -171,6 +171,8 @@ class AdmissionSettings(_Model):
     max_in_flight: int = Field(128, ge=1)
     """Requests one worker handles at the same time (health and metrics not counted): the
     ceiling; the bound in force is lower while the worker's event loop runs late."""
+    min_in_flight: int = Field(16, ge=1)
+    """The bound in force never falls below this (nor above max_in_flight)."""
     queue_delay_target_ms: float = Field(5.0, ge=0, le=1000)
     """Mean delay of the worker's event loop (how long ready work waits to run) above which
     the bound on requests in flight is lowered; 0: the bound stays at max_in_flight."""

@@ -22,8 +22,10 @@ loop's delay. ``QueueDelay`` measures that delay with a timer while requests are
 late it fires); over each ``admission.queue_delay_interval_ms`` the mean delay is compared
 with ``admission.queue_delay_target_ms`` (CoDel's sojourn time and interval, on the one queue
 an asyncio worker has). Above the target the bound drops to what is in flight scaled by
-target/delay (at most halved per interval); at or below it, and when the bound was reached,
-it grows again by an eighth per interval, up to ``max_in_flight``. Refusals beyond the adapted
+target/delay (by at most a quarter per interval, and never below ``min_in_flight``: the loop's
+delay has other causes too, refusals and other processes on the core among them, and a bound
+cut further would only idle the worker); at or below it, and when the bound was reached, it
+grows again by an eighth per interval, up to ``max_in_flight``. Refusals beyond the adapted
 bound are counted as ``queue_delay``, beyond the fixed ones as ``requests`` / ``body_bytes``.
 A slow back-end does not lower the bound (a call waiting for its answer costs the loop
 nothing); a saturated loop does, whatever saturates it.
@@ -36,7 +38,10 @@ holds memory. So a worker also bounds its connections (``admission.max_connectio
 ``limit_connections``): a connection accepted beyond the bound gets one answer, a 503 refusal
 (or the health answer), with ``Connection: close``, and is closed after it; one that sends
 nothing is aborted after ``_LATE_CONNECTION_GRACE`` seconds. The client reads a clean refusal
-instead of a reset.
+instead of a reset. Those answered connections are bounded too (``_late_cap``: a sixteenth of
+the bound, at least 8): beyond them a connection is aborted as soon as it is accepted, the one
+case where a client sees a reset (a connection storm the worker cannot even answer), so memory
+stays bounded whatever arrives.
 """
 
 from __future__ import annotations
@@ -195,7 +200,8 @@ class Admission:
         ceiling = self.settings.max_in_flight
         if delay > self.target:
             base = min(self.limit, self._peak)
-            self.limit = max(1, int(base * max(0.5, self.target / delay)))
+            floor = min(self.settings.min_in_flight, ceiling)
+            self.limit = max(floor, int(base * max(0.75, self.target / delay)))
         elif self._peak >= self.limit and self.limit < ceiling:
             self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
         self._peak = self.in_flight
@@ -237,11 +243,20 @@ class Admission:
     def gone(self, protocol: Any) -> None:
         self._late.discard(protocol)
 
+    @property
+    def late_count(self) -> int:
+        return len(self._late)
+
     def is_late(self, protocol: Any) -> bool:
         return bool(self._late) and protocol in self._late
 
 
 ADMISSION = web.AppKey("admission", Admission)
+
+
+def _late_cap(limit: int) -> int:
+    """Connections beyond the bound answered with a 503 at the same time; more are aborted."""
+    return max(8, limit // 16)
 
 
 def limit_connections(
@@ -259,7 +274,7 @@ def limit_connections(
     def connection_made(handler: Any, transport: asyncio.Transport) -> None:
         if len(server.connections) >= limit:
             on_refused()
-            if admission is None:
+            if admission is None or admission.late_count >= _late_cap(limit):
                 transport.abort()  # the handler sees the connection lost before it reads
             else:
                 admission.late(handler)

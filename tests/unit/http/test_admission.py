@@ -290,6 +290,63 @@ async def test_connections_beyond_the_bound_get_one_refusal_then_close(
         await runner.cleanup()
 
 
+async def test_beyond_the_answered_late_connections_a_connection_is_aborted(
+    tmp_path: Path,
+    backend: HeldBackend,
+    verifier: CountingVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection storm cannot make the worker hold unbounded memory: past the bound, only a
+    few connections are kept to be answered (8 here); the rest are closed unread."""
+
+    async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
+        return backend.adapter
+
+    monkeypatch.setattr(admission_module, "_LATE_CONNECTION_GRACE", 60.0)
+    app = create_app(
+        _bounded(tmp_path, max_connections=1),
+        verifier=verifier,
+        open_adapter=open_adapter,
+        subjects=TEST_SUBJECT_KEYS,
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    limit_connections_of(app, runner)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    admission = app[ADMISSION]
+    opened = []
+    try:
+        held = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*held)
+        # Eight silent connections beyond the bound: kept, each waiting to be answered once.
+        for _ in range(8):
+            opened.append(await asyncio.open_connection("127.0.0.1", port))
+        async with asyncio.timeout(10):
+            while admission.late_count < 8:  # noqa: ASYNC110 - accepted by the server's loop
+                await asyncio.sleep(0.01)
+        # The next one is closed unread: no answer at all.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        opened.append((reader, writer))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+        # One of the kept ones still gets its clean refusal.
+        late_reader, late_writer = opened[0]
+        answer = await _answer(
+            late_reader, late_writer, b"GET /api/v1/services HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert admission.late_count == 7
+        opened.append(held)
+    finally:
+        for _, w in opened:
+            w.close()
+        await runner.cleanup()
+
+
 async def _audit_records_of(app: web.Application) -> int:
     writer = app[STATE].audit
     assert writer is not None
@@ -309,21 +366,25 @@ def _admission(**settings: float) -> Admission:
 
 async def test_a_late_loop_lowers_the_bound_and_a_timely_one_raises_it_again() -> None:
     """The rule alone, the delays given (the probe's own measurements are not awaited)."""
-    admission = _admission(max_in_flight=100, queue_delay_target_ms=5)
+    admission = _admission(max_in_flight=100, min_in_flight=10, queue_delay_target_ms=5)
     for _ in range(40):
         admission.admitted()
     # The loop ran 20 ms late on average: the bound falls below what is in flight (40), by
-    # target/delay but never by more than half per interval.
+    # target/delay but never by more than a quarter per interval.
     assert admission.interval_ended(0.020)
-    assert admission.limit == 20
-    admission.in_flight = 20
-    assert admission.interval_ended(0.006)
-    assert admission.limit == 16  # 20 x 5/6
+    assert admission.limit == 30
+    admission.in_flight = 30
+    assert admission.interval_ended(0.0055)
+    assert admission.limit == 27  # 30 x 5/5.5
+    # Never below min_in_flight, however late the loop.
+    for _ in range(20):
+        admission.interval_ended(0.5)
+    assert admission.limit == 10
     # On time again, and the bound reached: it grows by an eighth per interval, to the ceiling.
     admission.in_flight = 16
     assert admission.interval_ended(0.001)
-    assert admission.limit == 18
-    for _ in range(40):
+    assert admission.limit == 11
+    for _ in range(60):
         admission.in_flight = admission.limit
         admission.interval_ended(0.001)
     assert admission.limit == 100
@@ -344,7 +405,9 @@ def test_a_bound_not_reached_does_not_grow() -> None:
 async def test_the_delay_is_measured_on_the_loop_itself() -> None:
     """A loop kept busy (blocking callbacks: a stand-in for more ready work than it can run)
     lowers the bound; nothing measured with a clock in the test itself."""
-    admission = _admission(max_in_flight=64, queue_delay_target_ms=1, queue_delay_interval_ms=10)
+    admission = _admission(
+        max_in_flight=64, min_in_flight=1, queue_delay_target_ms=1, queue_delay_interval_ms=10
+    )
     for _ in range(64):
         admission.admitted()
     loop = asyncio.get_running_loop()
