@@ -23,9 +23,11 @@ late it fires); over each ``admission.queue_delay_interval_ms`` the mean delay i
 with ``admission.queue_delay_target_ms`` (CoDel's sojourn time and interval, on the one queue
 an asyncio worker has). Above the target the bound drops to what is in flight scaled by
 target/delay (by at most a quarter per interval, and never below ``min_in_flight``: the loop's
-delay has other causes too, refusals and other processes on the core among them, and a bound
-cut further would only idle the worker); at or below it, and when the bound was reached, it
-grows again by an eighth per interval, up to ``max_in_flight``. Refusals beyond the adapted
+delay has other causes too, refusals among them, and a bound cut further would only idle the
+worker), provided the loop's thread was on the CPU for most of the interval (``_BUSY``; a loop
+late while its thread is not busy waits for a core that other processes hold, which no bound
+on our calls shortens); otherwise, when the bound was reached, it grows again by an eighth per
+interval, up to ``max_in_flight``. Refusals beyond the adapted
 bound are counted as ``queue_delay``, beyond the fixed ones as ``requests`` / ``body_bytes``.
 A slow back-end does not lower the bound (a call waiting for its answer costs the loop
 nothing); a saturated loop does, whatever saturates it.
@@ -65,8 +67,12 @@ log = structlog.get_logger("tongban.http")
 
 UNBOUNDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _WARN_EVERY = 10.0
-_PROBE_EVERY = 0.002
-"""Seconds between two delay probes while requests are in flight (about 5 µs each)."""
+_PROBE_EVERY = 0.005
+"""Seconds between two delay probes while requests are in flight (a few µs each)."""
+_BUSY = 0.8
+"""The bound is lowered only while the loop's thread is on the CPU this much of the time: a
+loop that is late but not busy waits for a core other processes hold, and fewer calls in
+flight would not make it sooner (they would leave the worker idle while it gets the core)."""
 _LATE_CONNECTION_GRACE = 2.0
 """Seconds a connection accepted beyond the bound has to send its request."""
 _REQUEST_ID = "@@request-id@@"
@@ -74,9 +80,21 @@ _REQUEST_ID = "@@request-id@@"
 
 class QueueDelay:
     """How late this worker's event loop runs what is ready: a timer every ``_PROBE_EVERY``
-    seconds while there is work in flight, its lateness averaged over each interval."""
+    seconds while there is work in flight, its lateness averaged over each interval; and how
+    busy the loop's thread was in it."""
 
-    __slots__ = ("_admission", "_due", "_handle", "_samples", "_sum", "_window_end", "last")
+    __slots__ = (
+        "_admission",
+        "_cpu_start",
+        "_due",
+        "_handle",
+        "_samples",
+        "_sum",
+        "_window_end",
+        "_window_start",
+        "busy",
+        "last",
+    )
 
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
@@ -85,8 +103,12 @@ class QueueDelay:
         self._window_end = 0.0
         self._samples = 0
         self._sum = 0.0
+        self._window_start = 0.0
+        self._cpu_start = 0.0
         self.last = 0.0
         """The mean delay of the last complete interval, in seconds."""
+        self.busy = 0.0
+        """The share of the last complete interval the loop's thread spent on the CPU."""
 
     @property
     def running(self) -> bool:
@@ -96,9 +118,13 @@ class QueueDelay:
         if self._handle is not None:
             return
         now = time.monotonic()
+        self._new_window(now)
+        self._schedule(now)
+
+    def _new_window(self, now: float) -> None:
+        self._window_start, self._cpu_start = now, time.thread_time()
         self._window_end = now + self._admission.interval
         self._samples, self._sum = 0, 0.0
-        self._schedule(now)
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -115,9 +141,9 @@ class QueueDelay:
         self._sum += max(now - self._due, 0.0)
         if now >= self._window_end:
             self.last = self._sum / self._samples
-            self._samples, self._sum = 0, 0.0
-            self._window_end = now + self._admission.interval
-            if not self._admission.interval_ended(self.last):
+            self.busy = (time.thread_time() - self._cpu_start) / (now - self._window_start)
+            self._new_window(now)
+            if not self._admission.interval_ended(self.last, self.busy):
                 self._handle = None
                 return
         self._schedule(now)
@@ -194,11 +220,12 @@ class Admission:
         if self.target > 0 and not self.delay.running:
             self.delay.start()
 
-    def interval_ended(self, delay: float) -> bool:
-        """Adapt the bound to the last interval's mean delay; False: stop probing (nothing in
-        flight and the bound back at its ceiling)."""
+    def interval_ended(self, delay: float, busy: float) -> bool:
+        """Adapt the bound to the last interval's mean delay and the share of it the loop's
+        thread was on the CPU; False: stop probing (nothing in flight, the bound at its
+        ceiling)."""
         ceiling = self.settings.max_in_flight
-        if delay > self.target:
+        if delay > self.target and busy >= _BUSY:
             base = min(self.limit, self._peak)
             floor = min(self.settings.min_in_flight, ceiling)
             self.limit = max(floor, int(base * max(0.75, self.target / delay)))
