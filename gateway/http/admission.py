@@ -222,8 +222,7 @@ class Admission:
 
     def interval_ended(self, delay: float, busy: float) -> bool:
         """Adapt the bound to the last interval's mean delay and the share of it the loop's
-        thread was on the CPU; False: stop probing (nothing in flight, the bound at its
-        ceiling)."""
+        thread was on the CPU; False: stop probing (nothing in flight)."""
         ceiling = self.settings.max_in_flight
         if delay > self.target and busy >= _BUSY:
             base = min(self.limit, self._peak)
@@ -232,7 +231,9 @@ class Admission:
         elif self._peak >= self.limit and self.limit < ceiling:
             self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
         self._peak = self.in_flight
-        return self.in_flight > 0 or self.limit < ceiling
+        # Nothing in flight: stop (an idle worker wakes for nothing); the next admitted
+        # request starts the probe again, and the bound, if lowered, grows back from there.
+        return self.in_flight > 0
 
     def refusal(self, reason: str, *, counted: bool = False) -> web.Response:
         """The 503 answer; ``counted``: the refusal was counted already (a connection beyond

@@ -392,9 +392,13 @@ async def test_a_late_loop_lowers_the_bound_and_a_timely_one_raises_it_again() -
         admission.in_flight = admission.limit
         admission.interval_ended(0.001, busy=1.0)
     assert admission.limit == 100
-    # Nothing in flight and the bound back at its ceiling: the probe may stop.
+    # Nothing in flight: the probe stops, even with the bound lowered (it stays lowered).
     admission.in_flight = 0
     assert not admission.interval_ended(0.001, busy=1.0)
+    admission.limit = 20
+    admission.interval_ended(0.001, busy=1.0)
+    assert not admission.interval_ended(0.001, busy=1.0)
+    assert admission.limit == 20
     admission.delay.stop()
 
 
