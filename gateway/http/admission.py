@@ -40,10 +40,11 @@ holds memory. So a worker also bounds its connections (``admission.max_connectio
 ``limit_connections``): a connection accepted beyond the bound gets one answer, a 503 refusal
 (or the health answer), with ``Connection: close``, and is closed after it; one that sends
 nothing is aborted after ``_LATE_CONNECTION_GRACE`` seconds. The client reads a clean refusal
-instead of a reset. Those answered connections are bounded too (``_late_cap``: a sixteenth of
-the bound, at least 8): beyond them a connection is aborted as soon as it is accepted, the one
-case where a client sees a reset (a connection storm the worker cannot even answer), so memory
-stays bounded whatever arrives.
+instead of a reset. Only while the worker keeps up, though: answering costs several times what
+a reset does, so while the loop is late (its delay above the target) or more than a sixteenth
+of the bound (``_late_cap``, at least 8) already wait for their answer, a connection beyond the
+bound is aborted as soon as it is accepted: in a connection storm the client sees a reset, and
+the worker's CPU and memory stay bounded whatever arrives.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class QueueDelay:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self.last = 0.0  # nothing in flight: nothing waits
 
     def _schedule(self, now: float) -> None:
         self._due = now + _PROBE_EVERY
@@ -145,6 +147,7 @@ class QueueDelay:
             self._new_window(now)
             if not self._admission.interval_ended(self.last, self.busy):
                 self._handle = None
+                self.last = 0.0
                 return
         self._schedule(now)
 
@@ -275,6 +278,13 @@ class Admission:
     def late_count(self) -> int:
         return len(self._late)
 
+    def can_answer_late(self, limit: int) -> bool:
+        """Answer a connection beyond the bound with a 503, or reset it? A 503 costs the
+        worker a request's parsing and writing and a connection's set-up, several times what a
+        reset costs: only while few such connections wait and the loop is on time. A worker
+        already behind resets, or a connection storm would put it further behind."""
+        return len(self._late) < _late_cap(limit) and self.delay.last <= self.target
+
     def is_late(self, protocol: Any) -> bool:
         return bool(self._late) and protocol in self._late
 
@@ -302,7 +312,7 @@ def limit_connections(
     def connection_made(handler: Any, transport: asyncio.Transport) -> None:
         if len(server.connections) >= limit:
             on_refused()
-            if admission is None or admission.late_count >= _late_cap(limit):
+            if admission is None or not admission.can_answer_late(limit):
                 transport.abort()  # the handler sees the connection lost before it reads
             else:
                 admission.late(handler)

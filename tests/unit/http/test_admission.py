@@ -243,7 +243,18 @@ async def test_connections_beyond_the_bound_get_one_refusal_then_close(
             assert b"200 OK" in await _get_healthz(reader, writer)
         checked = verifier.checked
         records = await _audit_records_of(app)
-        # A third gets one clean refusal, told the connection closes, and is closed after it.
+        admission = app[ADMISSION]
+        # While its loop runs late, the worker resets a connection beyond the bound at once.
+        admission.delay.last = 0.5
+        late = b""
+        with contextlib.suppress(ConnectionResetError):
+            late = await _answer(
+                *await asyncio.open_connection("127.0.0.1", port),
+                b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n",
+            )
+        assert late == b""
+        admission.delay.last = 0.0
+        # On time, a third gets one clean refusal, told the connection closes, and is closed after it.
         body = json.dumps(call_body()).encode()
         ask = (
             f"POST {CALLS} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
@@ -283,7 +294,7 @@ async def test_connections_beyond_the_bound_get_one_refusal_then_close(
         again = await asyncio.open_connection("127.0.0.1", port)
         assert b"200 OK" in await _get_healthz(*again)
         metrics = await _get_metrics(*again)
-        assert 'tongban_overloaded_total{bound="connections"} 3.0' in metrics
+        assert 'tongban_overloaded_total{bound="connections"} 4.0' in metrics
         for _, w in (held[0], again):
             w.close()
     finally:
