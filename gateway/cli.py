@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.cases.commands import add_cases_commands, run_cases_command
 from gateway.packaged import DEMO_CONFIG_DIR
-from gateway.settings import ConfigError, load_settings
+from gateway.settings import ConfigError, load_settings, read_yaml_text
 from gateway.stores.sqlite import private_dir
 
 
@@ -267,7 +267,6 @@ def _init(directory: Path) -> int:
 
 
 def _subject_key(config_dir: Path, province: str) -> int:
-    import yaml  # noqa: PLC0415
 
     from gateway.identity.subject_keys import province_key  # noqa: PLC0415
     from gateway.secrets import read_secret_ref  # noqa: PLC0415
@@ -282,7 +281,7 @@ def _subject_key(config_dir: Path, province: str) -> int:
     except ConfigError as exc:
         print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1
-    raw = yaml.safe_load((config_dir / "gateway.yaml").read_text(encoding="utf-8")) or {}
+    raw = read_yaml_text((config_dir / "gateway.yaml").read_text(encoding="utf-8")) or {}
     reference = (raw.get("identity") or {}).get("link_secret")
     if settings.gateway.identity is None or reference is None:
         print("gateway.yaml has no identity.link_secret: no subject keys", file=sys.stderr)
