@@ -57,6 +57,9 @@ SOAP_NS = "urn:tongban:bench:echo"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP_ACTION = f"{SOAP_NS}#Echo"
 REST_SERVICE = "bench-rest-echo"
+MINPROXY_UVLOOP = "minimal aiohttp proxy (uvloop) → REST"
+GATEWAY_ASYNCIO = "gateway REST (asyncio loop)"
+GATEWAY_BASELINE = "gateway REST (baseline tree, asyncio)"
 SOAP_SERVICE = "bench-soap-echo"
 
 REST_BODY = json.dumps({"zjhm": HOLDER_ID}).encode()
@@ -1341,6 +1344,12 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 [py, me, "--role", "minproxy", "--backend", upstream, *life],
                 args.sut_cpu,
             )
+            # The same proxy on uvloop: the floor on the loop the gateway picks when installed.
+            minproxy_uv = kids.spawn(
+                "minproxy-uvloop",
+                [py, me, "--role", "minproxy", "--backend", upstream, "--loop", "uvloop", *life],
+                args.sut_cpu,
+            )
             nginx_port = free_port()
             conf = workdir / "nginx.conf"
             conf.write_text(
@@ -1348,9 +1357,9 @@ def run_benchmark(args: argparse.Namespace) -> Report:
             )
             nginx = kids.spawn_nginx(conf, nginx_port, args.sut_cpu)
             gateways: dict[str, Child] = {}
-            modes = (
-                ("warning", "buffered") if args.quick else ("warning", "buffered", "json", "canned")
-            )
+            modes: tuple[str, ...] = ("warning", "buffered", "asyncio")
+            if not (args.quick or args.rest_only):
+                modes += ("json", "canned")
 
             def gateway_argv(mode: str) -> list[str]:
                 return [
@@ -1359,10 +1368,19 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     *("--config-dir", str(workdir / f"config-{mode}"), *life),
                     *(["--canned"] if mode == "canned" else []),
                     *(["--audit-mode", "buffered"] if mode == "buffered" else []),
+                    *("--loop", "asyncio" if mode == "asyncio" else args.gateway_loop),
                 ]
 
             for mode in modes:
                 gateways[mode] = kids.spawn(f"gateway-{mode}", gateway_argv(mode), args.sut_cpu)
+            if args.baseline_tree:
+                # The same gateway from another source tree (as it stood before a change), on
+                # the loop that tree's `serve` runs: before and after measured side by side.
+                argv = gateway_argv("warning")
+                argv[argv.index("--config-dir") + 1] = str(workdir / "config-baseline")
+                argv[argv.index("--loop") + 1] = "asyncio"
+                argv += ["--tree", str(Path(args.baseline_tree).resolve())]
+                gateways["baseline"] = kids.spawn("gateway-baseline", argv, args.sut_cpu)
 
             from gateway.identity.devtokens import DevTokenIssuer
 
@@ -1391,6 +1409,10 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "minimal aiohttp proxy → REST", via(minproxy, "/api/echo"), REST_BODY,
                 JSON_HEADERS, rest_expect, minproxy, backend,
             )  # fmt: skip
+            min_rest_uv = Target(
+                MINPROXY_UVLOOP, via(minproxy_uv, "/api/echo"), REST_BODY,
+                JSON_HEADERS, rest_expect, minproxy_uv, backend,
+            )  # fmt: skip
             gw_rest = Target(
                 "gateway REST (log warning)", via(gateways["warning"], rest_call), CALL_BODY,
                 call_headers, call_expect, gateways["warning"], backend,
@@ -1398,6 +1420,10 @@ def run_benchmark(args: argparse.Namespace) -> Report:
             gw_buffered = Target(
                 "gateway REST buffered", via(gateways["buffered"], rest_call), CALL_BODY,
                 call_headers, call_expect, gateways["buffered"], backend,
+            )  # fmt: skip
+            gw_asyncio = Target(
+                GATEWAY_ASYNCIO, via(gateways["asyncio"], rest_call), CALL_BODY,
+                call_headers, call_expect, gateways["asyncio"], backend,
             )  # fmt: skip
             extra_targets = []
             if not args.quick:
@@ -1419,17 +1445,43 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "gateway SOAP (log warning)", via(gateways["warning"], soap_call), CALL_BODY,
                 call_headers, call_expect, gateways["warning"], backend,
             )  # fmt: skip
-            targets = [direct_rest, nginx_rest, min_rest, gw_rest, gw_buffered, *extra_targets]
-            targets += [direct_soap, gw_soap]
+            targets = [direct_rest, nginx_rest, min_rest, min_rest_uv, gw_rest, gw_buffered]
+            targets += [gw_asyncio, *extra_targets, direct_soap, gw_soap]
+            if args.baseline_tree:
+                extra_targets.append(
+                    Target(
+                        GATEWAY_BASELINE, via(gateways["baseline"], rest_call), CALL_BODY,
+                        call_headers, call_expect, gateways["baseline"], backend,
+                    )
+                )  # fmt: skip
+            if args.rest_only:
+                rows = [min_rest, min_rest_uv, gw_rest, gw_buffered, gw_asyncio, *extra_targets]
+                targets = rows * max(args.repeat, 1)
             asyncio.run(_check_targets(targets))
             bench = Bench(args, workdir, kids)
+
+            def profile_rest() -> dict[str, Any]:
+                Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+                print(f"cProfile → {args.out_dir}", flush=True)
+                profiles = {}
+                for mode, target in (("warning", gw_rest), ("buffered", gw_buffered)):
+                    label = f"cprofile-{mode}"
+                    argv = gateway_argv(mode)
+                    argv[argv.index("--config-dir") + 1] = str(workdir / f"config-{label}")
+                    url = f"http://127.0.0.1:PORT{rest_call}"
+                    profiles[target.name] = bench.cprofile(label, argv, url, target)
+                return profiles
 
             print(f"closed loop: wrk -t1 -c{args.connections} -d{args.duration:g}s", flush=True)
             for target in targets:
                 report.closed.append(bench.closed_loop(target))
 
-            for child in (*gateways.values(), minproxy, backend):
+            for child in (*gateways.values(), minproxy, minproxy_uv, backend):
                 report.memory_closed[child.name] = memory_kib(child.pid)
+            if args.rest_only:
+                if args.cprofile:
+                    report.cprofiles.update(profile_rest())
+                return report
             # The lower rate first: an overloaded gateway keeps working off its backlog.
             if args.low_rate > 0:
                 print(f"open loop: {args.low_rate:g} req/s", flush=True)
@@ -1468,14 +1520,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     kids.stop(served)
 
             if args.cprofile:
-                Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-                print(f"cProfile → {args.out_dir}", flush=True)
-                for mode, target in (("warning", gw_rest), ("buffered", gw_buffered)):
-                    label = f"cprofile-{mode}"
-                    argv = gateway_argv(mode)
-                    argv[argv.index("--config-dir") + 1] = str(workdir / f"config-{label}")
-                    url = f"http://127.0.0.1:PORT{rest_call}"
-                    report.cprofiles[target.name] = bench.cprofile(label, argv, url, target)
+                report.cprofiles.update(profile_rest())
 
             if args.py_spy:
                 Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -1483,7 +1528,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 report.profiles["gateway-rest"] = bench.profile(gw_rest, "gateway-rest")
                 report.profiles["gateway-soap"] = bench.profile(gw_soap, "gateway-soap")
 
-            for child in (*gateways.values(), minproxy, backend):
+            for child in (*gateways.values(), minproxy, minproxy_uv, backend):
                 report.memory[child.name] = memory_kib(child.pid)
             report.memory["nginx (master+worker)"] = {
                 "VmHWM": sum(memory_kib(p)["VmHWM"] for p in process_tree(nginx.pid)),
@@ -1637,6 +1682,20 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
             print(f"    {share:5.1f} %  {frame}")
 
 
+def print_repeats(report: Report) -> None:
+    """Each row's CPU per call over the rounds of ``--repeat`` (the lowest is the least
+    disturbed by other work on the machine)."""
+    runs: dict[str, list[ClosedResult]] = {}
+    for r in report.closed:
+        runs.setdefault(r.name, []).append(r)
+    print()
+    print("## CPU µs per call by row over the rounds: lowest / median / each (load average)")
+    for name, rows in runs.items():
+        cpu = sorted(r.sut_cpu_us or 0 for r in rows)
+        each = ", ".join(f"{r.sut_cpu_us or 0:.0f} ({r.load_average:.1f})" for r in rows)
+        print(f"  {name:<40} {cpu[0]:5.0f} / {cpu[len(cpu) // 2]:5.0f}   {each}")
+
+
 def print_issue_report(report: Report, args: argparse.Namespace) -> None:
     """The figures of the performance targets: buffered vs required, CPU per call at a fixed
     rate against the closed loop, several workers, overload, profiles."""
@@ -1651,6 +1710,17 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
             f"{name:<32} closed: {r.rps:6.0f} req/s = {r.rps / mini.rps:.2f}× proxy; "
             f"CPU {r.sut_cpu_us or 0:.0f} µs vs proxy {mini.sut_cpu_us or 0:.0f} µs "
             f"(proxy/gateway {by_cpu:.2f}; target ≥ 0.6; ≤ 350 µs)  load {r.load_average:.2f}"
+        )
+    uv, gw_asyncio = closed.get(MINPROXY_UVLOOP), closed.get(GATEWAY_ASYNCIO)
+    if uv is not None and gw_asyncio is not None:
+        gw = closed["gateway REST (log warning)"]
+        print(
+            f"{'by loop, CPU µs per call':<32} minimal proxy asyncio {mini.sut_cpu_us or 0:.0f} "
+            f"/ uvloop {uv.sut_cpu_us or 0:.0f}; gateway REST asyncio "
+            f"{gw_asyncio.sut_cpu_us or 0:.0f} / {args.gateway_loop} {gw.sut_cpu_us or 0:.0f}; "
+            f"same-loop ratio proxy/gateway: asyncio "
+            f"{(mini.sut_cpu_us or 0) / (gw_asyncio.sut_cpu_us or 1):.2f}, uvloop "
+            f"{(uv.sut_cpu_us or 0) / (gw.sut_cpu_us or 1):.2f}"
         )
     for rate, runs in ((args.low_rate, report.open_low), (args.rate, report.open)):
         by = {o["name"]: o for o in runs}
@@ -1749,6 +1819,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no-workers", dest="workers_phase", action="store_false", help="no serve --workers run"
     )
+    p.add_argument(
+        "--rest-only",
+        action="store_true",
+        help="closed loop of the minimal proxies and the routed REST gateways only (iterating)",
+    )
+    p.add_argument(
+        "--gateway-loop",
+        default="auto",
+        choices=("auto", "uvloop", "asyncio"),
+        help="server.event_loop of the gateways (one more row always runs on asyncio's loop)",
+    )
+    p.add_argument(
+        "--baseline-tree",
+        default="",
+        help="with --rest-only: also a gateway from this source tree (before a change)",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="with --rest-only: rounds of the closed-loop rows"
+    )
     p.add_argument("--out-dir", default="bench-out", help="where profiles and JSON go")
     p.add_argument("--json-out", default=None, help="write all figures to this JSON file")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="max wait for a quiet machine")
@@ -1764,7 +1853,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--canned", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--profile-out", default="", help=argparse.SUPPRESS)
     p.add_argument("--audit-mode", default="required", help=argparse.SUPPRESS)
+    p.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
+    p.add_argument("--tree", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _import_from_tree(tree: Path) -> None:
+    """Import ``gateway`` and ``adapters`` from ``tree`` instead of the installed checkout."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]
+    sys.path.insert(0, str(tree))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gateway", "adapters")]:
+        del sys.modules[name]
 
 
 def _run_loop(main: Awaitable[Any]) -> Any:
@@ -1781,21 +1880,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve(backend_app(), args.max_lifetime))
         return 0
     if args.role == "minproxy":
-        asyncio.run(_serve(minimal_proxy_app(args.backend), args.max_lifetime))
+        serve = _serve(minimal_proxy_app(args.backend), args.max_lifetime)
+        if args.loop == "uvloop":
+            _run_loop(serve)
+        else:
+            asyncio.run(serve)
         return 0
     if args.role == "gateway":
-        # The default asyncio loop, as `tongban serve` runs it.
-        return asyncio.run(
-            run_gateway(
-                Path(args.config_dir),
-                args.backend,
-                args.log_mode,
-                args.max_lifetime,
-                args.canned,
-                args.profile_out,
-                args.audit_mode,
-            )
+        if args.tree:
+            _import_from_tree(Path(args.tree))
+        gateway = run_gateway(
+            Path(args.config_dir),
+            args.backend,
+            args.log_mode,
+            args.max_lifetime,
+            args.canned,
+            args.profile_out,
+            args.audit_mode,
         )
+        try:
+            from gateway.event_loop import run as run_on_loop
+        except ImportError:  # a tree from before the setting: asyncio's loop, as it ran
+            return asyncio.run(gateway)
+        # The loop server.event_loop names, as a `tongban serve` worker runs it.
+        return run_on_loop(gateway, args.loop)
     if args.role == "openloop":
         # uvloop for the generator only: its own jitter is part of both sides of the comparison.
         result = _run_loop(
@@ -1817,7 +1925,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rows))
         return 0
     report = run_benchmark(args)
-    print_report(report, args)
+    if args.rest_only:
+        print_repeats(report)
+        print_issue_report(report, args)
+    else:
+        print_report(report, args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
     return 0

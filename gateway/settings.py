@@ -155,6 +155,10 @@ class ServerSettings(_Model):
     body_timeout: float = Field(30.0, gt=0, le=3600)
     """Seconds a request's whole body may take to arrive; slower is 408 client.request_timeout
     and the connection closes."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """The event loop of each server process: ``auto`` takes uvloop when it is installed (less
+    CPU per request), else asyncio's; ``uvloop`` fails start-up without it
+    (gateway/event_loop.py)."""
 
 
 class LoggingSettings(_Model):
