@@ -58,7 +58,7 @@ SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP_ACTION = f"{SOAP_NS}#Echo"
 REST_SERVICE = "bench-rest-echo"
 MINPROXY_UVLOOP = "minimal aiohttp proxy (uvloop) → REST"
-GATEWAY_ASYNCIO = "gateway REST (asyncio loop)"
+GATEWAY_UVLOOP = "gateway REST (uvloop)"
 GATEWAY_BASELINE = "gateway REST (baseline tree, asyncio)"
 SOAP_SERVICE = "bench-soap-echo"
 
@@ -359,6 +359,46 @@ class CannedAdapter:
         return None
 
 
+class StackSampler:
+    """A statistical profiler without cProfile's cost per function call: SIGPROF every
+    ``interval`` seconds of the process's CPU time, and the main thread's Python stack at that
+    moment counted (folded lines, as py-spy writes them). The handler runs at the next bytecode
+    boundary of the main thread, so time in a C call is charged to the Python function that
+    made it, and CPU of other threads (aiosqlite's) to whatever the loop was doing then."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.stacks: Counter[tuple[str, ...]] = Counter()
+        self._labels: dict[Any, str] = {}
+
+    def _label(self, code: Any) -> str:
+        label = self._labels.get(code)
+        if label is None:
+            path = code.co_filename
+            root = str(ROOT) + "/"
+            path = path[len(root) :] if path.startswith(root) else path.rsplit("site-packages/")[-1]
+            label = f"{code.co_qualname} ({path}:{code.co_firstlineno})"
+            self._labels[code] = label
+        return label
+
+    def _sample(self, _signum: int, frame: Any) -> None:
+        labels = []
+        while frame is not None:
+            labels.append(self._label(frame.f_code))
+            frame = frame.f_back
+        labels.reverse()
+        self.stacks[tuple(labels)] += 1
+
+    def start(self) -> None:
+        signal.signal(signal.SIGPROF, self._sample)
+        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
+
+    def stop(self, out: Path) -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        lines = [f"{';'.join(stack)} {count}" for stack, count in self.stacks.items() if stack]
+        out.write_text("\n".join(lines) + "\n")
+
+
 async def run_gateway(
     config_dir: Path,
     backend: str,
@@ -392,6 +432,17 @@ async def run_gateway(
     _stop_after(max_lifetime)
     if not profile_out:
         return await serve_until_stopped(app, "127.0.0.1", 0, on_started=_announce)
+    if profile_out.endswith(".folded"):
+        sampler = StackSampler()
+
+        def sampling(port: int) -> None:
+            sampler.start()
+            _announce(port)
+
+        try:
+            return await serve_until_stopped(app, "127.0.0.1", 0, on_started=sampling)
+        finally:
+            sampler.stop(Path(profile_out))
     # cProfile inside the server process (py-spy cannot attach to this Python): from the
     # first request to SIGTERM, written as pstats for bench/bench_routing.py to summarise.
     import cProfile
@@ -1099,8 +1150,10 @@ class Bench:
 
     def cprofile(self, name: str, argv: list[str], url: str, target: Target) -> dict[str, Any]:
         """A gateway child with cProfile on from its start to SIGTERM, under wrk: where its
-        time goes, by function (self time) and by package."""
-        out = Path(self.args.out_dir) / f"{name}.pstats"
+        time goes, by function (self time) and by package. With ``--sample`` the child samples
+        its stacks instead (StackSampler: no cost per function call, so shares are closer to
+        the unprofiled process)."""
+        out = Path(self.args.out_dir) / f"{name}.{'folded' if self.args.sample else 'pstats'}"
         child = self.kids.spawn(name, [*argv, "--profile-out", str(out)], self.args.sut_cpu)
         profiled = Target(
             target.name, url.replace("PORT", str(child.port)), target.body, target.headers,
@@ -1110,7 +1163,7 @@ class Bench:
             self.wrk(profiled, self.args.duration)
         finally:
             self.kids.stop(child)
-        return summarize_pstats(out)
+        return summarize_folded(out) if self.args.sample else summarize_pstats(out)
 
     def clients(self, backend: Child) -> list[dict[str, Any]]:
         argv = [sys.executable, __file__, "--role", "clients"]
@@ -1169,7 +1222,20 @@ PACKAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("asyncio", ("asyncio/", "selectors.py")),
 )
 FUNCTIONS: tuple[tuple[str, str], ...] = (
+    ("aiohttp server: RequestHandler.start", "RequestHandler.start (aiohttp"),
+    ("aiohttp server: data_received (parsing)", "RequestHandler.data_received (aiohttp"),
+    ("aiohttp server: finish_response", "RequestHandler.finish_response (aiohttp"),
+    ("asyncio: select/epoll", "select (selectors.py"),
+    ("admission_middleware", "admission_middleware (gateway"),
     ("request_context_middleware", "request_context_middleware (gateway"),
+    ("auth_middleware", "auth_middleware (gateway"),
+    ("rate_limit_middleware", "rate_limit_middleware (gateway"),
+    ("bind_call (data-subject rule)", "bind_call (gateway"),
+    ("identity_assertion", "identity_assertion (gateway"),
+    ("with_audit: audited", "with_audit.<locals>.audited (gateway"),
+    ("CallAuditor (records built + queued)", "CallAuditor."),
+    ("AuditWriter task (seal, commit)", "AuditWriter._run (gateway"),
+    ("with_timeout: timed", "with_timeout.<locals>.timed (gateway"),
     ("DevTokenIssuer.verify", "DevTokenIssuer.verify ("),
     ("call_service", "call_service (gateway"),
     ("Route.validate (data schema)", "Route.validate ("),
@@ -1357,7 +1423,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
             )
             nginx = kids.spawn_nginx(conf, nginx_port, args.sut_cpu)
             gateways: dict[str, Child] = {}
-            modes: tuple[str, ...] = ("warning", "buffered", "asyncio")
+            modes: tuple[str, ...] = ("warning", "buffered", "uvloop")
             if not (args.quick or args.rest_only):
                 modes += ("json", "canned")
 
@@ -1368,7 +1434,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     *("--config-dir", str(workdir / f"config-{mode}"), *life),
                     *(["--canned"] if mode == "canned" else []),
                     *(["--audit-mode", "buffered"] if mode == "buffered" else []),
-                    *("--loop", "asyncio" if mode == "asyncio" else args.gateway_loop),
+                    *("--loop", "uvloop" if mode == "uvloop" else args.gateway_loop),
                 ]
 
             for mode in modes:
@@ -1421,12 +1487,12 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "gateway REST buffered", via(gateways["buffered"], rest_call), CALL_BODY,
                 call_headers, call_expect, gateways["buffered"], backend,
             )  # fmt: skip
-            gw_asyncio = Target(
-                GATEWAY_ASYNCIO, via(gateways["asyncio"], rest_call), CALL_BODY,
-                call_headers, call_expect, gateways["asyncio"], backend,
+            gw_uvloop = Target(
+                GATEWAY_UVLOOP, via(gateways["uvloop"], rest_call), CALL_BODY,
+                call_headers, call_expect, gateways["uvloop"], backend,
             )  # fmt: skip
             extra_targets = []
-            if not args.quick:
+            if not (args.quick or args.rest_only):
                 extra_targets = [
                     Target(
                         "gateway REST (JSON log)", via(gateways["json"], rest_call), CALL_BODY,
@@ -1446,7 +1512,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 call_headers, call_expect, gateways["warning"], backend,
             )  # fmt: skip
             targets = [direct_rest, nginx_rest, min_rest, min_rest_uv, gw_rest, gw_buffered]
-            targets += [gw_asyncio, *extra_targets, direct_soap, gw_soap]
+            targets += [gw_uvloop, *extra_targets, direct_soap, gw_soap]
             if args.baseline_tree:
                 extra_targets.append(
                     Target(
@@ -1455,7 +1521,9 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     )
                 )  # fmt: skip
             if args.rest_only:
-                rows = [min_rest, min_rest_uv, gw_rest, gw_buffered, gw_asyncio, *extra_targets]
+                rows = [min_rest, min_rest_uv, gw_rest, gw_buffered, gw_uvloop, *extra_targets]
+                if args.rows:
+                    rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
                 targets = rows * max(args.repeat, 1)
             asyncio.run(_check_targets(targets))
             bench = Bench(args, workdir, kids)
@@ -1669,17 +1737,22 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
                     f"({extra * 100:+.0f} %, {flag})"
                 )
     for label, prof in report.profiles.items():
-        print()
-        print(f"## py-spy profile of {label} ({prof['samples']} samples, % of busy samples)")
-        print("  self time by package (innermost Python frame):")
-        for name, share in prof["self_by_package"]:
+        print_samples(f"py-spy profile of {label}", prof)
+
+
+def print_samples(title: str, prof: dict[str, Any]) -> None:
+    print()
+    print(f"## {title} ({prof['samples']} samples, % of samples)")
+    print("  self time by package (innermost Python frame):")
+    for name, share in prof["self_by_package"]:
+        print(f"    {name:<42} {share:5.1f} %")
+    print("  inclusive (function on the stack):")
+    for name, share in prof["inclusive"]:
+        if share:
             print(f"    {name:<42} {share:5.1f} %")
-        print("  inclusive (function on the stack):")
-        for name, share in prof["inclusive"]:
-            print(f"    {name:<42} {share:5.1f} %")
-        print("  top self frames:")
-        for frame, share in prof["self_top"][:12]:
-            print(f"    {share:5.1f} %  {frame}")
+    print("  top self frames:")
+    for frame, share in prof["self_top"][:15]:
+        print(f"    {share:5.1f} %  {frame}")
 
 
 def print_repeats(report: Report) -> None:
@@ -1700,7 +1773,10 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
     """The figures of the performance targets: buffered vs required, CPU per call at a fixed
     rate against the closed loop, several workers, overload, profiles."""
     closed = {r.name: r for r in report.closed}
-    mini = closed["minimal aiohttp proxy → REST"]
+    mini = closed.get("minimal aiohttp proxy → REST")
+    if mini is None or "gateway REST buffered" not in closed:  # --rows left them out
+        print_cprofiles(report)
+        return
     print()
     print("## Targets of this round (CPU figures are robust on a shared machine; req/s is not)")
     for name in ("gateway REST (log warning)", "gateway REST buffered"):
@@ -1711,16 +1787,15 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
             f"CPU {r.sut_cpu_us or 0:.0f} µs vs proxy {mini.sut_cpu_us or 0:.0f} µs "
             f"(proxy/gateway {by_cpu:.2f}; target ≥ 0.6; ≤ 350 µs)  load {r.load_average:.2f}"
         )
-    uv, gw_asyncio = closed.get(MINPROXY_UVLOOP), closed.get(GATEWAY_ASYNCIO)
-    if uv is not None and gw_asyncio is not None:
+    uv, gw_uv = closed.get(MINPROXY_UVLOOP), closed.get(GATEWAY_UVLOOP)
+    if uv is not None and gw_uv is not None:
         gw = closed["gateway REST (log warning)"]
         print(
             f"{'by loop, CPU µs per call':<32} minimal proxy asyncio {mini.sut_cpu_us or 0:.0f} "
-            f"/ uvloop {uv.sut_cpu_us or 0:.0f}; gateway REST asyncio "
-            f"{gw_asyncio.sut_cpu_us or 0:.0f} / {args.gateway_loop} {gw.sut_cpu_us or 0:.0f}; "
-            f"same-loop ratio proxy/gateway: asyncio "
-            f"{(mini.sut_cpu_us or 0) / (gw_asyncio.sut_cpu_us or 1):.2f}, uvloop "
-            f"{(uv.sut_cpu_us or 0) / (gw.sut_cpu_us or 1):.2f}"
+            f"/ uvloop {uv.sut_cpu_us or 0:.0f}; gateway REST {args.gateway_loop} "
+            f"{gw.sut_cpu_us or 0:.0f} / uvloop {gw_uv.sut_cpu_us or 0:.0f}; proxy/gateway on "
+            f"asyncio {(mini.sut_cpu_us or 0) / (gw.sut_cpu_us or 1):.2f}, on uvloop "
+            f"{(uv.sut_cpu_us or 0) / (gw_uv.sut_cpu_us or 1):.2f}"
         )
     for rate, runs in ((args.low_rate, report.open_low), (args.rate, report.open)):
         by = {o["name"]: o for o in runs}
@@ -1776,7 +1851,14 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
             f"({(after['VmRSS'] / before['VmHWM'] - 1) * 100:+.1f} % of the normal peak; "
             f"target within 10 %); worker alive: {o['alive']}"
         )
+    print_cprofiles(report)
+
+
+def print_cprofiles(report: Report) -> None:
     for name, prof in report.cprofiles.items():
+        if "samples" in prof:
+            print_samples(f"stack samples (SIGPROF) of {name}", prof)
+            continue
         print()
         print(f"## cProfile of {name} (self time, % of busy; idle in epoll {prof['idle_s']:.1f} s)")
         for package, share in prof["by_package"]:
@@ -1812,6 +1894,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-clients", action="store_true", help="no client micro-benchmark")
     p.add_argument("--py-spy", default=None, help="path to py-spy: profile the gateway too")
     p.add_argument("--cprofile", action="store_true", help="cProfile the gateway (REST)")
+    p.add_argument(
+        "--sample", action="store_true", help="with --cprofile: sample stacks (SIGPROF) instead"
+    )
     p.add_argument("--quick", action="store_true", help="no JSON-log and no-outbound gateways")
     p.add_argument(
         "--overload-factor", type=float, default=3.0, help="overload run at N× capacity (0: none)"
@@ -1826,14 +1911,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--gateway-loop",
-        default="auto",
+        default="asyncio",
         choices=("auto", "uvloop", "asyncio"),
-        help="server.event_loop of the gateways (one more row always runs on asyncio's loop)",
+        help="server.event_loop of the gateways (the default's; one more row runs on uvloop)",
     )
     p.add_argument(
         "--baseline-tree",
         default="",
         help="with --rest-only: also a gateway from this source tree (before a change)",
+    )
+    p.add_argument(
+        "--rows", default="", help="with --rest-only: only rows whose name holds one of these"
     )
     p.add_argument(
         "--repeat", type=int, default=1, help="with --rest-only: rounds of the closed-loop rows"

@@ -1,11 +1,11 @@
-"""Which event loop a server process runs on: uvloop when installed, else asyncio's own.
+"""Which event loop a server process runs on: asyncio's own, or uvloop.
 
-``server.event_loop`` in gateway.yaml: ``auto`` (the default) takes uvloop when it can be
-imported and asyncio's loop otherwise; ``uvloop`` insists on it (a start-up without it fails
-with one plain message); ``asyncio`` keeps the standard library's loop. uvloop runs the same
-coroutines (aiohttp, aiosqlite's threads, asyncpg, zeep through aiohttp, subprocesses and
-signal handlers alike); what it changes is the cost of the loop's own work per request: socket
-reads and writes, callbacks, timers, task wake-ups (docs/performance.md has the figures).
+``server.event_loop`` in gateway.yaml: ``asyncio`` (the default) keeps the standard library's
+loop; ``uvloop`` insists on uvloop (a start-up without it fails with one plain message);
+``auto`` takes uvloop when it can be imported and asyncio's loop otherwise. uvloop runs the
+same coroutines (aiohttp, aiosqlite's threads, asyncpg, zeep through aiohttp, subprocesses and
+signal handlers alike); it is not the default because it measured no lower CPU per routed call
+on this gateway than asyncio's loop (docs/performance.md has the figures).
 
 The choice has to be made before the loop exists, so before the configuration is loaded
 inside it: ``configured_choice`` reads only that one key of gateway.yaml, and leaves every
@@ -25,6 +25,8 @@ import yaml
 
 EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
 CHOICES: tuple[str, ...] = get_args(EventLoopChoice)
+DEFAULT: EventLoopChoice = "asyncio"
+"""The loop when gateway.yaml names none (ServerSettings.event_loop's default)."""
 
 T = TypeVar("T")
 
@@ -45,7 +47,7 @@ def resolve(choice: str) -> Literal["uvloop", "asyncio"]:
         if not uvloop_installed():
             raise EventLoopUnavailable(
                 "server.event_loop is uvloop but uvloop is not installed "
-                "(pip install uvloop, or set event_loop: auto)"
+                "(pip install uvloop, or set event_loop: asyncio or auto)"
             )
         return "uvloop"
     return "uvloop" if uvloop_installed() else "asyncio"
@@ -60,7 +62,7 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def run(coro: Coroutine[Any, Any, T], choice: str = "auto") -> T:
+def run(coro: Coroutine[Any, Any, T], choice: str = DEFAULT) -> T:
     """``asyncio.run`` on the loop ``choice`` resolves to."""
     try:
         factory = loop_factory(choice)
@@ -72,12 +74,12 @@ def run(coro: Coroutine[Any, Any, T], choice: str = "auto") -> T:
 
 
 def configured_choice(config_dir: Path) -> str:
-    """``server.event_loop`` of ``config_dir``/gateway.yaml, or ``auto`` when it is not set or
-    cannot be read here (the full configuration load reports what is wrong with it)."""
+    """``server.event_loop`` of ``config_dir``/gateway.yaml, or the default when it is not set
+    or cannot be read here (the full configuration load reports what is wrong with it)."""
     try:
         data = yaml.safe_load((config_dir / "gateway.yaml").read_text("utf-8"))
     except (OSError, UnicodeError, yaml.YAMLError):
-        return "auto"
+        return DEFAULT
     server = data.get("server") if isinstance(data, dict) else None
     choice = server.get("event_loop") if isinstance(server, dict) else None
-    return choice if isinstance(choice, str) and choice in CHOICES else "auto"
+    return choice if isinstance(choice, str) and choice in CHOICES else DEFAULT

@@ -54,13 +54,13 @@ def test_a_missing_uvloop_fails_before_the_coroutine_starts(
 @pytest.mark.parametrize(
     ("text", "choice"),
     [
-        ("server:\n  event_loop: asyncio\n", "asyncio"),
+        ("server:\n  event_loop: auto\n", "auto"),
         ("server:\n  event_loop: uvloop\n  port: 8080\n", "uvloop"),
-        ("server:\n  port: 8080\n", "auto"),
-        ("logging:\n  level: info\n", "auto"),
-        ("server:\n  event_loop: trio\n", "auto"),  # the full load reports the bad value
-        ("server: [1, 2\n", "auto"),  # unreadable: the full load reports it
-        ("", "auto"),
+        ("server:\n  port: 8080\n", "asyncio"),
+        ("logging:\n  level: info\n", "asyncio"),
+        ("server:\n  event_loop: trio\n", "asyncio"),  # the full load reports the bad value
+        ("server: [1, 2\n", "asyncio"),  # unreadable: the full load reports it
+        ("", "asyncio"),
     ],
 )
 def test_the_choice_is_read_from_gateway_yaml(tmp_path: Path, text: str, choice: str) -> None:
@@ -68,12 +68,12 @@ def test_the_choice_is_read_from_gateway_yaml(tmp_path: Path, text: str, choice:
     assert configured_choice(tmp_path) == choice
 
 
-def test_no_gateway_yaml_means_auto(tmp_path: Path) -> None:
-    assert configured_choice(tmp_path) == "auto"
+def test_no_gateway_yaml_means_the_default(tmp_path: Path) -> None:
+    assert configured_choice(tmp_path) == "asyncio" == event_loop.DEFAULT
 
 
 def test_the_setting_is_validated_with_the_configuration() -> None:
-    assert ServerSettings().event_loop == "auto"
-    assert ServerSettings.model_validate({"event_loop": "asyncio"}).event_loop == "asyncio"
+    assert ServerSettings().event_loop == event_loop.DEFAULT
+    assert ServerSettings.model_validate({"event_loop": "auto"}).event_loop == "auto"
     with pytest.raises(ValidationError):
         ServerSettings.model_validate({"event_loop": "trio"})
