@@ -49,7 +49,7 @@ import math
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,16 +83,16 @@ class Budget:
 
     scope: Scope
     rate: RateLimitItem
+    window: int = field(init=False, compare=False)
+    """Seconds of the window."""
+    policy: str = field(init=False, compare=False)
+    """This budget as a quota policy item (draft-ietf-httpapi-ratelimit-headers §3.1); written
+    once, as every answer of a counted call carries it."""
 
-    @property
-    def window(self) -> int:
-        """Seconds of the window."""
-        return self.rate.get_expiry()
-
-    @property
-    def policy(self) -> str:
-        """This budget as a quota policy item (draft-ietf-httpapi-ratelimit-headers §3.1)."""
-        return f'"{self.scope}";q={self.rate.amount};w={self.window}'
+    def __post_init__(self) -> None:
+        window = self.rate.get_expiry()
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "policy", f'"{self.scope}";q={self.rate.amount};w={window}')
 
 
 @dataclass(frozen=True, slots=True)
