@@ -3,9 +3,9 @@
 ``server.event_loop`` in gateway.yaml: ``asyncio`` (the default) keeps the standard library's
 loop; ``uvloop`` insists on uvloop (a start-up without it fails with one plain message);
 ``auto`` takes uvloop when it can be imported and asyncio's loop otherwise. uvloop runs the
-same coroutines (aiohttp, aiosqlite's threads, asyncpg, zeep through aiohttp, subprocesses and
-signal handlers alike); it is not the default because it measured no lower CPU per routed call
-on this gateway than asyncio's loop (docs/performance.md has the figures).
+same coroutines (aiohttp, aiosqlite's threads, asyncpg, signal handlers); it is not the default
+because it measured no lower CPU per routed call on this gateway than asyncio's loop
+(docs/performance.md has the figures).
 
 The choice has to be made before the loop exists, so before the configuration is loaded
 inside it: ``configured_choice`` reads only that one key of gateway.yaml, and leaves every
