@@ -155,6 +155,10 @@ class ServerSettings(_Model):
     body_timeout: float = Field(30.0, gt=0, le=3600)
     """Seconds a request's whole body may take to arrive; slower is 408 client.request_timeout
     and the connection closes."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "asyncio"
+    """The event loop of each server process: asyncio's own (the default); ``uvloop``, which
+    fails start-up when it is not installed; ``auto``, uvloop when installed, else asyncio's.
+    uvloop measured no lower CPU per routed call here (docs/performance.md)."""
 
 
 class LoggingSettings(_Model):
