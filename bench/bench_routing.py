@@ -57,6 +57,9 @@ SOAP_NS = "urn:tongban:bench:echo"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP_ACTION = f"{SOAP_NS}#Echo"
 REST_SERVICE = "bench-rest-echo"
+MINPROXY_UVLOOP = "minimal aiohttp proxy (uvloop) → REST"
+GATEWAY_UVLOOP = "gateway REST (uvloop)"
+GATEWAY_BASELINE = "gateway REST (baseline tree, asyncio)"
 SOAP_SERVICE = "bench-soap-echo"
 
 REST_BODY = json.dumps({"zjhm": HOLDER_ID}).encode()
@@ -362,6 +365,46 @@ class CannedAdapter:
         return None
 
 
+class StackSampler:
+    """A statistical profiler without cProfile's cost per function call: SIGPROF every
+    ``interval`` seconds of the process's CPU time, and the main thread's Python stack at that
+    moment counted (folded lines, as py-spy writes them). The handler runs at the next bytecode
+    boundary of the main thread, so time in a C call is charged to the Python function that
+    made it, and CPU of other threads (aiosqlite's) to whatever the loop was doing then."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.stacks: Counter[tuple[str, ...]] = Counter()
+        self._labels: dict[Any, str] = {}
+
+    def _label(self, code: Any) -> str:
+        label = self._labels.get(code)
+        if label is None:
+            path = code.co_filename
+            root = str(ROOT) + "/"
+            path = path[len(root) :] if path.startswith(root) else path.rsplit("site-packages/")[-1]
+            label = f"{code.co_qualname} ({path}:{code.co_firstlineno})"
+            self._labels[code] = label
+        return label
+
+    def _sample(self, _signum: int, frame: Any) -> None:
+        labels = []
+        while frame is not None:
+            labels.append(self._label(frame.f_code))
+            frame = frame.f_back
+        labels.reverse()
+        self.stacks[tuple(labels)] += 1
+
+    def start(self) -> None:
+        signal.signal(signal.SIGPROF, self._sample)
+        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
+
+    def stop(self, out: Path) -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        lines = [f"{';'.join(stack)} {count}" for stack, count in self.stacks.items() if stack]
+        out.write_text("\n".join(lines) + "\n")
+
+
 async def run_gateway(
     config_dir: Path,
     backend: str,
@@ -396,6 +439,17 @@ async def run_gateway(
     _stop_after(max_lifetime)
     if not profile_out:
         return await serve_until_stopped(app, "127.0.0.1", 0, on_started=_announce)
+    if profile_out.endswith(".folded"):
+        sampler = StackSampler()
+
+        def sampling(port: int) -> None:
+            sampler.start()
+            _announce(port)
+
+        try:
+            return await serve_until_stopped(app, "127.0.0.1", 0, on_started=sampling)
+        finally:
+            sampler.stop(Path(profile_out))
     # cProfile inside the server process (py-spy cannot attach to this Python): from the
     # first request to SIGTERM, written as pstats for bench/bench_routing.py to summarise.
     import cProfile
@@ -1316,8 +1370,10 @@ class Bench:
 
     def cprofile(self, name: str, argv: list[str], url: str, target: Target) -> dict[str, Any]:
         """A gateway child with cProfile on from its start to SIGTERM, under wrk: where its
-        time goes, by function (self time) and by package."""
-        out = Path(self.args.out_dir) / f"{name}.pstats"
+        time goes, by function (self time) and by package. With ``--sample`` the child samples
+        its stacks instead (StackSampler: no cost per function call, so shares are closer to
+        the unprofiled process)."""
+        out = Path(self.args.out_dir) / f"{name}.{'folded' if self.args.sample else 'pstats'}"
         child = self.kids.spawn(name, [*argv, "--profile-out", str(out)], self.args.sut_cpu)
         profiled = Target(
             target.name, url.replace("PORT", str(child.port)), target.body, target.headers,
@@ -1327,7 +1383,7 @@ class Bench:
             self.wrk(profiled, self.args.duration)
         finally:
             self.kids.stop(child)
-        return summarize_pstats(out)
+        return summarize_folded(out) if self.args.sample else summarize_pstats(out)
 
     def clients(self, backend: Child) -> list[dict[str, Any]]:
         argv = [sys.executable, __file__, "--role", "clients"]
@@ -1386,7 +1442,20 @@ PACKAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("asyncio", ("asyncio/", "selectors.py")),
 )
 FUNCTIONS: tuple[tuple[str, str], ...] = (
+    ("aiohttp server: RequestHandler.start", "RequestHandler.start (aiohttp"),
+    ("aiohttp server: data_received (parsing)", "RequestHandler.data_received (aiohttp"),
+    ("aiohttp server: finish_response", "RequestHandler.finish_response (aiohttp"),
+    ("asyncio: select/epoll", "select (selectors.py"),
+    ("admission_middleware", "admission_middleware (gateway"),
     ("request_context_middleware", "request_context_middleware (gateway"),
+    ("auth_middleware", "auth_middleware (gateway"),
+    ("rate_limit_middleware", "rate_limit_middleware (gateway"),
+    ("bind_call (data-subject rule)", "bind_call (gateway"),
+    ("identity_assertion", "identity_assertion (gateway"),
+    ("with_audit: audited", "with_audit.<locals>.audited (gateway"),
+    ("CallAuditor (records built + queued)", "CallAuditor."),
+    ("AuditWriter task (seal, commit)", "AuditWriter._run (gateway"),
+    ("with_timeout: timed", "with_timeout.<locals>.timed (gateway"),
     ("DevTokenIssuer.verify", "DevTokenIssuer.verify ("),
     ("call_service", "call_service (gateway"),
     ("Route.validate (data schema)", "Route.validate ("),
@@ -1615,6 +1684,12 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 [py, me, "--role", "minproxy", "--backend", upstream, *life],
                 args.sut_cpu,
             )
+            # The same proxy on uvloop: the floor on the loop the gateway picks when installed.
+            minproxy_uv = kids.spawn(
+                "minproxy-uvloop",
+                [py, me, "--role", "minproxy", "--backend", upstream, "--loop", "uvloop", *life],
+                args.sut_cpu,
+            )
             nginx_port = free_port()
             conf = workdir / "nginx.conf"
             conf.write_text(
@@ -1622,9 +1697,9 @@ def run_benchmark(args: argparse.Namespace) -> Report:
             )
             nginx = kids.spawn_nginx(conf, nginx_port, args.sut_cpu)
             gateways: dict[str, Child] = {}
-            modes = (
-                ("warning", "buffered") if args.quick else ("warning", "buffered", "json", "canned")
-            )
+            modes: tuple[str, ...] = ("warning", "buffered", "uvloop")
+            if not (args.quick or args.rest_only):
+                modes += ("json", "canned")
 
             def gateway_argv(mode: str) -> list[str]:
                 return [
@@ -1634,10 +1709,19 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     *(["--canned"] if mode == "canned" else []),
                     *(["--audit-mode", "buffered"] if mode == "buffered" else []),
                     *(["--admission", args.admission] if args.admission else []),
+                    *("--loop", "uvloop" if mode == "uvloop" else args.gateway_loop),
                 ]
 
             for mode in modes:
                 gateways[mode] = kids.spawn(f"gateway-{mode}", gateway_argv(mode), args.sut_cpu)
+            if args.baseline_tree:
+                # The same gateway from another source tree (as it stood before a change), on
+                # the loop that tree's `serve` runs: before and after measured side by side.
+                argv = gateway_argv("warning")
+                argv[argv.index("--config-dir") + 1] = str(workdir / "config-baseline")
+                argv[argv.index("--loop") + 1] = "asyncio"
+                argv += ["--tree", str(Path(args.baseline_tree).resolve())]
+                gateways["baseline"] = kids.spawn("gateway-baseline", argv, args.sut_cpu)
 
             from gateway.identity.devtokens import DevTokenIssuer
 
@@ -1666,6 +1750,10 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "minimal aiohttp proxy → REST", via(minproxy, "/api/echo"), REST_BODY,
                 JSON_HEADERS, rest_expect, minproxy, backend,
             )  # fmt: skip
+            min_rest_uv = Target(
+                MINPROXY_UVLOOP, via(minproxy_uv, "/api/echo"), REST_BODY,
+                JSON_HEADERS, rest_expect, minproxy_uv, backend,
+            )  # fmt: skip
             gw_rest = Target(
                 "gateway REST (log warning)", via(gateways["warning"], rest_call), CALL_BODY,
                 call_headers, call_expect, gateways["warning"], backend,
@@ -1674,8 +1762,12 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "gateway REST buffered", via(gateways["buffered"], rest_call), CALL_BODY,
                 call_headers, call_expect, gateways["buffered"], backend,
             )  # fmt: skip
+            gw_uvloop = Target(
+                GATEWAY_UVLOOP, via(gateways["uvloop"], rest_call), CALL_BODY,
+                call_headers, call_expect, gateways["uvloop"], backend,
+            )  # fmt: skip
             extra_targets = []
-            if not args.quick:
+            if not (args.quick or args.rest_only):
                 extra_targets = [
                     Target(
                         "gateway REST (JSON log)", via(gateways["json"], rest_call), CALL_BODY,
@@ -1694,17 +1786,45 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "gateway SOAP (log warning)", via(gateways["warning"], soap_call), CALL_BODY,
                 call_headers, call_expect, gateways["warning"], backend,
             )  # fmt: skip
-            targets = [direct_rest, nginx_rest, min_rest, gw_rest, gw_buffered, *extra_targets]
-            targets += [direct_soap, gw_soap]
+            targets = [direct_rest, nginx_rest, min_rest, min_rest_uv, gw_rest, gw_buffered]
+            targets += [gw_uvloop, *extra_targets, direct_soap, gw_soap]
+            if args.baseline_tree:
+                extra_targets.append(
+                    Target(
+                        GATEWAY_BASELINE, via(gateways["baseline"], rest_call), CALL_BODY,
+                        call_headers, call_expect, gateways["baseline"], backend,
+                    )
+                )  # fmt: skip
+            if args.rest_only:
+                rows = [min_rest, min_rest_uv, gw_rest, gw_buffered, gw_uvloop, *extra_targets]
+                if args.rows:
+                    rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
+                targets = rows * max(args.repeat, 1)
             asyncio.run(_check_targets(targets))
             bench = Bench(args, workdir, kids)
+
+            def profile_rest() -> dict[str, Any]:
+                Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+                print(f"cProfile → {args.out_dir}", flush=True)
+                profiles = {}
+                for mode, target in (("warning", gw_rest), ("buffered", gw_buffered)):
+                    label = f"cprofile-{mode}"
+                    argv = gateway_argv(mode)
+                    argv[argv.index("--config-dir") + 1] = str(workdir / f"config-{label}")
+                    url = f"http://127.0.0.1:PORT{rest_call}"
+                    profiles[target.name] = bench.cprofile(label, argv, url, target)
+                return profiles
 
             print(f"closed loop: wrk -t1 -c{args.connections} -d{args.duration:g}s", flush=True)
             for target in targets:
                 report.closed.append(bench.closed_loop(target))
 
-            for child in (*gateways.values(), minproxy, backend):
+            for child in (*gateways.values(), minproxy, minproxy_uv, backend):
                 report.memory_closed[child.name] = memory_kib(child.pid)
+            if args.rest_only:
+                if args.cprofile:
+                    report.cprofiles.update(profile_rest())
+                return report
             # The lower rate first: an overloaded gateway keeps working off its backlog.
             if args.low_rate > 0:
                 print(f"open loop: {args.low_rate:g} req/s", flush=True)
@@ -1738,14 +1858,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     kids.stop(served)
 
             if args.cprofile:
-                Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-                print(f"cProfile → {args.out_dir}", flush=True)
-                for mode, target in (("warning", gw_rest), ("buffered", gw_buffered)):
-                    label = f"cprofile-{mode}"
-                    argv = gateway_argv(mode)
-                    argv[argv.index("--config-dir") + 1] = str(workdir / f"config-{label}")
-                    url = f"http://127.0.0.1:PORT{rest_call}"
-                    report.cprofiles[target.name] = bench.cprofile(label, argv, url, target)
+                report.cprofiles.update(profile_rest())
 
             if args.py_spy:
                 Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -1753,7 +1866,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 report.profiles["gateway-rest"] = bench.profile(gw_rest, "gateway-rest")
                 report.profiles["gateway-soap"] = bench.profile(gw_soap, "gateway-soap")
 
-            for child in (*gateways.values(), minproxy, backend):
+            for child in (*gateways.values(), minproxy, minproxy_uv, backend):
                 report.memory[child.name] = memory_kib(child.pid)
             report.memory["nginx (master+worker)"] = {
                 "VmHWM": sum(memory_kib(p)["VmHWM"] for p in process_tree(nginx.pid)),
@@ -1894,24 +2007,46 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
                     f"({extra * 100:+.0f} %, {flag})"
                 )
     for label, prof in report.profiles.items():
-        print()
-        print(f"## py-spy profile of {label} ({prof['samples']} samples, % of busy samples)")
-        print("  self time by package (innermost Python frame):")
-        for name, share in prof["self_by_package"]:
+        print_samples(f"py-spy profile of {label}", prof)
+
+
+def print_samples(title: str, prof: dict[str, Any]) -> None:
+    print()
+    print(f"## {title} ({prof['samples']} samples, % of samples)")
+    print("  self time by package (innermost Python frame):")
+    for name, share in prof["self_by_package"]:
+        print(f"    {name:<42} {share:5.1f} %")
+    print("  inclusive (function on the stack):")
+    for name, share in prof["inclusive"]:
+        if share:
             print(f"    {name:<42} {share:5.1f} %")
-        print("  inclusive (function on the stack):")
-        for name, share in prof["inclusive"]:
-            print(f"    {name:<42} {share:5.1f} %")
-        print("  top self frames:")
-        for frame, share in prof["self_top"][:12]:
-            print(f"    {share:5.1f} %  {frame}")
+    print("  top self frames:")
+    for frame, share in prof["self_top"][:15]:
+        print(f"    {share:5.1f} %  {frame}")
+
+
+def print_repeats(report: Report) -> None:
+    """Each row's CPU per call over the rounds of ``--repeat`` (the lowest is the least
+    disturbed by other work on the machine)."""
+    runs: dict[str, list[ClosedResult]] = {}
+    for r in report.closed:
+        runs.setdefault(r.name, []).append(r)
+    print()
+    print("## CPU µs per call by row over the rounds: lowest / median / each (load average)")
+    for name, rows in runs.items():
+        cpu = sorted(r.sut_cpu_us or 0 for r in rows)
+        each = ", ".join(f"{r.sut_cpu_us or 0:.0f} ({r.load_average:.1f})" for r in rows)
+        print(f"  {name:<40} {cpu[0]:5.0f} / {cpu[len(cpu) // 2]:5.0f}   {each}")
 
 
 def print_issue_report(report: Report, args: argparse.Namespace) -> None:
     """The figures of the performance targets: buffered vs required, CPU per call at a fixed
     rate against the closed loop, several workers, overload, profiles."""
     closed = {r.name: r for r in report.closed}
-    mini = closed["minimal aiohttp proxy → REST"]
+    mini = closed.get("minimal aiohttp proxy → REST")
+    if mini is None or "gateway REST buffered" not in closed:  # --rows left them out
+        print_cprofiles(report)
+        return
     print()
     print("## Targets of this round (CPU figures are robust on a shared machine; req/s is not)")
     for name in ("gateway REST (log warning)", "gateway REST buffered"):
@@ -1921,6 +2056,16 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
             f"{name:<32} closed: {r.rps:6.0f} req/s = {r.rps / mini.rps:.2f}× proxy; "
             f"CPU {r.sut_cpu_us or 0:.0f} µs vs proxy {mini.sut_cpu_us or 0:.0f} µs "
             f"(proxy/gateway {by_cpu:.2f}; target ≥ 0.6; ≤ 350 µs)  load {r.load_average:.2f}"
+        )
+    uv, gw_uv = closed.get(MINPROXY_UVLOOP), closed.get(GATEWAY_UVLOOP)
+    if uv is not None and gw_uv is not None:
+        gw = closed["gateway REST (log warning)"]
+        print(
+            f"{'by loop, CPU µs per call':<32} minimal proxy asyncio {mini.sut_cpu_us or 0:.0f} "
+            f"/ uvloop {uv.sut_cpu_us or 0:.0f}; gateway REST {args.gateway_loop} "
+            f"{gw.sut_cpu_us or 0:.0f} / uvloop {gw_uv.sut_cpu_us or 0:.0f}; proxy/gateway on "
+            f"asyncio {(mini.sut_cpu_us or 0) / (gw.sut_cpu_us or 1):.2f}, on uvloop "
+            f"{(uv.sut_cpu_us or 0) / (gw_uv.sut_cpu_us or 1):.2f}"
         )
     for rate, runs in ((args.low_rate, report.open_low), (args.rate, report.open)):
         by = {o["name"]: o for o in runs}
@@ -1961,7 +2106,14 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
             )
     if report.overload:
         print_overload(report.overload)
+    print_cprofiles(report)
+
+
+def print_cprofiles(report: Report) -> None:
     for name, prof in report.cprofiles.items():
+        if "samples" in prof:
+            print_samples(f"stack samples (SIGPROF) of {name}", prof)
+            continue
         print()
         print(f"## cProfile of {name} (self time, % of busy; idle in epoll {prof['idle_s']:.1f} s)")
         for package, share in prof["by_package"]:
@@ -2036,6 +2188,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-clients", action="store_true", help="no client micro-benchmark")
     p.add_argument("--py-spy", default=None, help="path to py-spy: profile the gateway too")
     p.add_argument("--cprofile", action="store_true", help="cProfile the gateway (REST)")
+    p.add_argument(
+        "--sample", action="store_true", help="with --cprofile: sample stacks (SIGPROF) instead"
+    )
     p.add_argument("--quick", action="store_true", help="no JSON-log and no-outbound gateways")
     p.add_argument(
         "--overload-factor", type=float, default=3.0, help="overload run at N× capacity (0: none)"
@@ -2051,6 +2206,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--no-workers", dest="workers_phase", action="store_false", help="no serve --workers run"
+    )
+    p.add_argument(
+        "--rest-only",
+        action="store_true",
+        help="closed loop of the minimal proxies and the routed REST gateways only (iterating)",
+    )
+    p.add_argument(
+        "--gateway-loop",
+        default="asyncio",
+        choices=("auto", "uvloop", "asyncio"),
+        help="server.event_loop of the gateways (the default's; one more row runs on uvloop)",
+    )
+    p.add_argument(
+        "--baseline-tree",
+        default="",
+        help="with --rest-only: also a gateway from this source tree (before a change)",
+    )
+    p.add_argument(
+        "--rows", default="", help="with --rest-only: only rows whose name holds one of these"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="with --rest-only: rounds of the closed-loop rows"
     )
     p.add_argument("--out-dir", default="bench-out", help="where profiles and JSON go")
     p.add_argument("--json-out", default=None, help="write all figures to this JSON file")
@@ -2074,7 +2251,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the gateways' admission block as JSON (default: the defaults), e.g. "
         "'{\"max_in_flight\": 32}'",
     )
+    p.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
+    p.add_argument("--tree", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _import_from_tree(tree: Path) -> None:
+    """Import ``gateway`` and ``adapters`` from ``tree`` instead of the installed checkout."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]
+    sys.path.insert(0, str(tree))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gateway", "adapters")]:
+        del sys.modules[name]
 
 
 def _run_loop(main: Awaitable[Any]) -> Any:
@@ -2091,22 +2278,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve(backend_app(), args.max_lifetime))
         return 0
     if args.role == "minproxy":
-        asyncio.run(_serve(minimal_proxy_app(args.backend), args.max_lifetime))
+        serve = _serve(minimal_proxy_app(args.backend), args.max_lifetime)
+        if args.loop == "uvloop":
+            _run_loop(serve)
+        else:
+            asyncio.run(serve)
         return 0
     if args.role == "gateway":
-        # The default asyncio loop, as `tongban serve` runs it.
-        return asyncio.run(
-            run_gateway(
-                Path(args.config_dir),
-                args.backend,
-                args.log_mode,
-                args.max_lifetime,
-                args.canned,
-                args.profile_out,
-                args.audit_mode,
-                args.admission,
-            )
+        if args.tree:
+            _import_from_tree(Path(args.tree))
+        gateway = run_gateway(
+            Path(args.config_dir),
+            args.backend,
+            args.log_mode,
+            args.max_lifetime,
+            args.canned,
+            args.profile_out,
+            args.audit_mode,
+            args.admission,
         )
+        try:
+            from gateway.event_loop import run as run_on_loop
+        except ImportError:  # a tree from before the setting: asyncio's loop, as it ran
+            return asyncio.run(gateway)
+        # The loop server.event_loop names, as a `tongban serve` worker runs it.
+        return run_on_loop(gateway, args.loop)
     if args.role == "openloop":
         # uvloop for the generator only: its own jitter is part of both sides of the comparison.
         generate = open_loop_raw if args.generator == "raw" else open_loop
@@ -2131,6 +2327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only_overload:
         report = run_overload_only(args)
         print_overload(report.overload)
+    elif args.rest_only:
+        report = run_benchmark(args)
+        print_repeats(report)
+        print_issue_report(report, args)
     else:
         report = run_benchmark(args)
         print_report(report, args)
