@@ -177,7 +177,7 @@ class AdmissionSettings(_Model):
     ceiling; the bound in force is lower while the worker's event loop runs late."""
     min_in_flight: int = Field(16, ge=1)
     """The bound in force never falls below this (nor above max_in_flight)."""
-    queue_delay_target_ms: float = Field(5.0, ge=0, le=1000)
+    queue_delay_target_ms: float = Field(50.0, ge=0, le=1000)
     """Mean delay of the worker's event loop (how long ready work waits to run) above which
     the bound on requests in flight is lowered; 0: the bound stays at max_in_flight."""
     queue_delay_interval_ms: float = Field(100.0, ge=10, le=10_000)

@@ -313,7 +313,9 @@ def limit_connections(
         if len(server.connections) >= limit:
             on_refused()
             if admission is None or not admission.can_answer_late(limit):
-                transport.abort()  # the handler sees the connection lost before it reads
+                # Reset unread, once aiohttp's handler task has started: aborting here, before
+                # the handler registers, ran its connection_lost first and failed its start.
+                asyncio.get_running_loop().call_soon(transport.abort)
             else:
                 admission.late(handler)
                 asyncio.get_running_loop().call_later(_LATE_CONNECTION_GRACE, transport.abort)

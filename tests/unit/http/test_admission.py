@@ -208,10 +208,13 @@ async def _get_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ask: bytes) -> bytes:
     """Everything the server sends for one request until it closes the connection."""
-    writer.write(ask)
-    await writer.drain()
-    async with asyncio.timeout(10):
-        return await reader.read()
+    try:
+        writer.write(ask)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
 
 
 async def test_connections_beyond_the_bound_get_one_refusal_then_close(
