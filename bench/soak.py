@@ -57,12 +57,15 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import yaml
 
+from gateway.demo.backends import DemoSecrets
 from gateway.demo.federation import DemoIdentitySecrets
+from gateway.demo.memory_probe import PROBE_ENV, diff
 from gateway.packaged import DEMO_CONFIG_DIR
 
 TONGBAN = Path(sys.executable).parent / "tongban"
 CALLBACK_SYSTEM = "shaanxi-housing"
 CALLBACK_ENV = "TONGBAN_SOAK_CALLBACK_KEY"
+QINGHAI_PORTAL = "demo-portal-qinghai"
 QH_USERS = ("qh-100231", "qh-100232", "qh-100233")
 _REQUEST_ID = re.compile(r"name='request_id' value='([^']+)'")
 
@@ -76,8 +79,11 @@ def free_port() -> int:
 # --- the demo process -----------------------------------------------------------------------
 
 
-def soak_config(target: Path) -> None:
-    """The demo's configuration with rate limits out of the way and one callback system."""
+def soak_config(target: Path, session_idle: int | None = None) -> None:
+    """The demo's configuration with rate limits out of the way and one callback system; with
+    ``session_idle``, SSO sessions that end after that many idle seconds, kept that long again
+    for their logout (``expiry_grace``), swept every 5 s, and logins that must finish within
+    it: the session store reaches its steady state within twice ``session_idle``."""
     shutil.copytree(DEMO_CONFIG_DIR, target)
     path = target / "gateway.yaml"
     gateway = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -93,40 +99,83 @@ def soak_config(target: Path) -> None:
     }
     cases = gateway.setdefault("cases", {})
     cases["callbacks"] = {CALLBACK_SYSTEM: {"secret": {"env": CALLBACK_ENV}}}
+    if session_idle is not None:
+        session = gateway["identity"].setdefault("session", {})
+        session.update(
+            idle_timeout=session_idle,
+            expiry_grace=session_idle,
+            sweep_interval=5,
+            login_timeout=session_idle,
+        )
     path.write_text(yaml.safe_dump(gateway, allow_unicode=True, sort_keys=False), "utf-8")
 
 
 @dataclass
 class Demo:
     process: subprocess.Popen[bytes]
+    """The gateway's process (the whole demo's with ``--one-process``): the one measured."""
     base: str
     data_dir: Path
     log: Path
     callback_key: bytes
+    fakes: subprocess.Popen[bytes] | None = None
+    """The back-ends', platforms' and portals' process, unless ``--one-process``."""
+    fakes_log: Path | None = None
     portal: str = ""
     tokens: dict[str, Any] = field(default_factory=dict)
     staff: dict[str, Any] = field(default_factory=dict)
     portal_secret: str = ""
 
 
-async def start_demo(workdir: Path) -> Demo:
+async def start_demo(
+    workdir: Path,
+    probe: Path | None = None,
+    *,
+    one_process: bool = False,
+    session_idle: int | None = None,
+) -> Demo:
+    """`tongban demo` as one process, or (the default) its fakes and its gateway apart
+    (gateway/demo/split.py) so that the RSS measured is the gateway's own."""
     config = workdir / "config"
-    soak_config(config)
+    soak_config(config, session_idle)
     data_dir = workdir / "data"
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)
     port = free_port()
     key = secrets.token_urlsafe(32)
+    env = {**os.environ, CALLBACK_ENV: key, **DemoSecrets.generate().env()}
+    traced = {PROBE_ENV: str(probe)} if probe else {}
     log = workdir / "demo.log"
-    process = _spawn(
-        [str(TONGBAN), "demo", "--port", str(port), "--data-dir", str(data_dir),
-         "--config", str(config)],
-        log,
-        {**os.environ, CALLBACK_ENV: key},
-    )  # fmt: skip
-    demo = Demo(process, f"http://127.0.0.1:{port}", data_dir, log, key.encode())
+    fakes = fakes_log = None
+    handoff = workdir / "handoff.json"
+    common = ["--data-dir", str(data_dir), "--config", str(config)]
+    if one_process:
+        process = _spawn(
+            [str(TONGBAN), "demo", "--port", str(port), *common], log, {**env, **traced}
+        )
+    else:
+        fakes_log = workdir / "fakes.log"
+        fakes = _spawn(
+            [sys.executable, "-m", "gateway.demo.split", "fakes", "--gateway-port", str(port),
+             "--handoff", str(handoff), *common],
+            fakes_log, env,
+        )  # fmt: skip
+        for _ in range(300):
+            if handoff.exists() or fakes.poll() is not None:
+                break
+            await asyncio.sleep(0.2)
+        if not handoff.exists():
+            fakes.kill()
+            raise RuntimeError(f"the fakes did not start: {fakes_log.read_text()[-2000:]}")
+        process = _spawn(
+            [sys.executable, "-m", "gateway.demo.split", "gateway", "--port", str(port),
+             "--handoff", str(handoff), *common],
+            log, {**env, **traced},
+        )  # fmt: skip
+    demo = Demo(process, f"http://127.0.0.1:{port}", data_dir, log, key.encode(), fakes, fakes_log)
     async with aiohttp.ClientSession() as http:
         for _ in range(300):
             if process.poll() is not None:
+                stop_demo(demo)
                 raise RuntimeError(f"the demo exited: {log.read_text()[-2000:]}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(f"{demo.base}/healthz") as response:
@@ -134,11 +183,16 @@ async def start_demo(workdir: Path) -> Demo:
                         break
             await asyncio.sleep(0.2)
         else:
+            stop_demo(demo)
             raise RuntimeError("the demo did not start")
     await asyncio.sleep(0.5)  # the banner follows the token files
     demo.tokens = json.loads((data_dir / "demo-tokens.json").read_text())
     demo.staff = json.loads((data_dir / "demo-staff-tokens.json").read_text())
-    demo.portal = _portal_url(log.read_text(encoding="utf-8", errors="replace"))
+    if one_process:
+        demo.portal = _portal_url(log.read_text(encoding="utf-8", errors="replace"))
+    else:
+        portals = json.loads(handoff.read_text(encoding="utf-8"))["identity"]["portals"]
+        demo.portal = portals[QINGHAI_PORTAL]
     demo.portal_secret = DemoIdentitySecrets.load_or_create(data_dir).portal_qinghai_secret
     return demo
 
@@ -165,13 +219,16 @@ def _portal_url(banner: str) -> str:
 
 
 def stop_demo(demo: Demo) -> None:
-    if demo.process.poll() is None:
-        demo.process.send_signal(signal.SIGINT)
+    """The gateway first (it may still tell the portals of logouts), then the fakes."""
+    for process in (demo.process, demo.fakes):
+        if process is None or process.poll() is not None:
+            continue
+        process.send_signal(signal.SIGINT)
         try:
-            demo.process.wait(30)
+            process.wait(30)
         except subprocess.TimeoutExpired:
-            demo.process.kill()
-            demo.process.wait()
+            process.kill()
+            process.wait()
 
 
 def sample(pid: int) -> tuple[int, int]:
@@ -479,11 +536,28 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="tongban-soak-") as tmp:
         workdir = Path(tmp)
-        demo = await start_demo(workdir)
+        demo = await start_demo(
+            workdir,
+            args.memory_probe,
+            one_process=args.one_process,
+            session_idle=args.session_idle or None,
+        )
+        dumps: list[float] = []
+
+        def probe(at: float) -> None:
+            """Ask the demo for an allocation dump (once after warm-up, then every minute)."""
+            if args.memory_probe is None or at < args.warmup:
+                return
+            if dumps and at - dumps[-1] < 60 - args.sample / 2:
+                return
+            dumps.append(at)
+            demo.process.send_signal(signal.SIGUSR1)
+
         tally = Tally()
         traffic = Traffic(demo, tally)
         traffic.only = frozenset(args.only or ())
         samples: list[tuple[float, int, int]] = []
+        fakes_rss: list[tuple[float, int]] = []
         try:
             capacity = await measure_capacity(traffic, args.capacity_seconds, args.concurrency)
             rate = capacity * args.fraction
@@ -496,6 +570,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             while (now := time.monotonic()) < end:
                 if now >= next_sample:
                     samples.append((now - started, *sample(demo.process.pid)))
+                    if demo.fakes is not None:
+                        fakes_rss.append((now - started, sample(demo.fakes.pid)[0]))
+                    probe(now - started)
                     next_sample += args.sample
                 due = started + n / rate
                 if due > now:
@@ -519,7 +596,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             await traffic.aclose()
             stop_demo(demo)
         verify = await asyncio.to_thread(audit_verify, demo.data_dir)
-        errors = log_errors(demo.log)
+        errors = log_errors(demo.log) + (log_errors(demo.fakes_log) if demo.fakes_log else [])
     after = [s for s in samples if s[0] >= args.warmup] or samples[-1:]
     rss_start, rss_end = after[0][1], after[-1][1]
     fds = [s[2] for s in after]
@@ -544,11 +621,19 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mib_every_minute": [
             round(rss / 1024, 1) for t, rss, _ in samples if int(t) % 60 < args.sample
         ],
+        "measured": "the whole demo" if args.one_process else "the gateway (fakes apart)",
+        "fakes_rss_mib_every_minute": [
+            round(rss / 1024, 1) for t, rss in fakes_rss if int(t) % 60 < args.sample
+        ],
         "open_fds_after_warmup": [min(fds), max(fds)],
         "open_fds_idle_at_end": idle[1],
         "audit_verify": verify.returncode,
         "audit_verify_output": verify.stdout.strip().splitlines()[-1:],
     }
+    if args.memory_probe is not None and len(dumps) >= 2:
+        report["memory_growth"] = await asyncio.to_thread(
+            diff, args.memory_probe, 1, len(dumps), args.probe_top
+        )
     report["ok"] = (
         report["server_errors"] == 0
         and report["log_errors"] == 0
@@ -584,6 +669,27 @@ def main(argv: list[str] | None = None) -> int:
         choices=[k for k, _ in MIX],
         help="run only this kind of operation (repeatable), to see where memory goes",
     )
+    parser.add_argument(
+        "--memory-probe",
+        type=Path,
+        help="trace the demo's allocations (tracemalloc) and dump them here after warm-up and "
+        "every minute; the report then names the sites and object types that grew",
+    )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run `tongban demo` as one process (gateway and fakes) and measure it whole; by "
+        "default the fakes run in a process of their own and the gateway's RSS is measured",
+    )
+    parser.add_argument(
+        "--session-idle",
+        type=int,
+        default=60,
+        help="SSO idle timeout (and expiry grace, and login timeout) in seconds, so that the "
+        "session store reaches its steady state within the warm-up; 0: the demo's own (900 s "
+        "idle, 3600 s grace, longer than any soak)",
+    )
+    parser.add_argument("--probe-top", type=int, default=25, help="sites and types reported")
     args = parser.parse_args(argv)
     report = asyncio.run(soak(args))
     text = json.dumps(report, ensure_ascii=False, indent=2)

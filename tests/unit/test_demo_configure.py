@@ -52,7 +52,7 @@ def test_only_the_demo_entries_move(tmp_path: Path) -> None:
     (config / "idps.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     settings = load_settings(config, resolve_secrets=False)
 
-    moved = configure_platforms(settings, demo_platforms()).idps
+    moved = configure_platforms(settings, demo_platforms().urls()).idps
     assert moved["xian-city"] == settings.idps["xian-city"]
     gansu = moved["gansu"]
     assert isinstance(gansu, TicketIdpSettings)
@@ -86,5 +86,5 @@ def test_a_demo_id_reused_for_another_kind_is_left_alone(tmp_path: Path) -> None
     }
     (config / "idps.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     settings = load_settings(config, resolve_secrets=False)
-    moved = configure_platforms(settings, demo_platforms()).idps
+    moved = configure_platforms(settings, demo_platforms().urls()).idps
     assert moved["guangdong"] == settings.idps["guangdong"]

@@ -1,0 +1,98 @@
+"""Where a demo process's memory goes: an opt-in probe for the soak (bench/soak.py).
+
+With ``TONGBAN_MEMORY_PROBE`` naming a directory, the process starts ``tracemalloc`` (keeping
+``TONGBAN_MEMORY_PROBE_FRAMES`` frames per allocation, 1 unless set: every frame kept slows
+every allocation) and, at each SIGUSR1, writes into that directory
+
+    snapshot-NNN.tracemalloc   the live allocations (``tracemalloc.Snapshot.load``)
+    objects-NNN.json           how many objects of each type the garbage collector tracks
+
+so that two moments of a run can be diffed by file:line and by type (``diff``). Off by
+default: tracing costs CPU on every allocation, and a soak run with it measures capacity lower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import signal
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+PROBE_ENV = "TONGBAN_MEMORY_PROBE"
+FRAMES_ENV = "TONGBAN_MEMORY_PROBE_FRAMES"
+_NOISE = (
+    tracemalloc.Filter(False, tracemalloc.__file__),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+    tracemalloc.Filter(False, "<unknown>"),
+)
+
+
+def start_from_env(loop: asyncio.AbstractEventLoop) -> Path | None:
+    """Start tracing and dump at each SIGUSR1 when the environment asks for it."""
+    where = os.environ.get(PROBE_ENV)
+    if not where:
+        return None
+    directory = Path(where)
+    directory.mkdir(parents=True, exist_ok=True)
+    tracemalloc.start(int(os.environ.get(FRAMES_ENV) or 1))
+    taken = [0]
+
+    def dump() -> None:
+        taken[0] += 1
+        write_dump(directory, taken[0])
+
+    loop.add_signal_handler(signal.SIGUSR1, dump)
+    return directory
+
+
+def object_counts() -> Counter[str]:
+    """Objects the collector tracks, by ``module.qualname`` of their type."""
+    counts: Counter[str] = Counter()
+    for obj in gc.get_objects():
+        kind = type(obj)
+        counts[f"{kind.__module__}.{kind.__qualname__}"] += 1
+    return counts
+
+
+def write_dump(directory: Path, number: int) -> None:
+    snapshot = tracemalloc.take_snapshot().filter_traces(_NOISE)
+    snapshot.dump(str(directory / f"snapshot-{number:03d}.tracemalloc"))
+    counts = object_counts()
+    (directory / f"objects-{number:03d}.json").write_text(
+        json.dumps(dict(counts.most_common()), indent=0), encoding="utf-8"
+    )
+
+
+def diff(directory: Path, first: int, last: int, top: int = 25) -> dict[str, Any]:
+    """The ``top`` allocation sites and object types that grew most from dump ``first`` to
+    dump ``last`` (sizes in KiB)."""
+    before = tracemalloc.Snapshot.load(str(directory / f"snapshot-{first:03d}.tracemalloc"))
+    after = tracemalloc.Snapshot.load(str(directory / f"snapshot-{last:03d}.tracemalloc"))
+    frames = after.traceback_limit
+    sites = []
+    for stat in after.compare_to(before, "traceback" if frames > 1 else "lineno")[:top]:
+        where = [f"{f.filename.rsplit('site-packages/', 1)[-1]}:{f.lineno}" for f in stat.traceback]
+        sites.append(
+            {
+                "where": where[0] if frames <= 1 else list(reversed(where)),
+                "kib_diff": round(stat.size_diff / 1024, 1),
+                "kib": round(stat.size / 1024, 1),
+                "count_diff": stat.count_diff,
+            }
+        )
+    old = json.loads((directory / f"objects-{first:03d}.json").read_text(encoding="utf-8"))
+    new = json.loads((directory / f"objects-{last:03d}.json").read_text(encoding="utf-8"))
+    grown = sorted(((new[k] - old.get(k, 0), k) for k in new), reverse=True)[:top]
+    total_before = sum(s.size for s in before.statistics("filename"))
+    total_after = sum(s.size for s in after.statistics("filename"))
+    return {
+        "traced_kib": [round(total_before / 1024), round(total_after / 1024)],
+        "sites": sites,
+        "object_types": [{"type": k, "count_diff": d, "count": new[k]} for d, k in grown if d],
+    }
