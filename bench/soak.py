@@ -67,6 +67,7 @@ CALLBACK_SYSTEM = "shaanxi-housing"
 CALLBACK_ENV = "TONGBAN_SOAK_CALLBACK_KEY"
 QINGHAI_PORTAL = "demo-portal-qinghai"
 QH_USERS = ("qh-100231", "qh-100232", "qh-100233")
+_CASE_ID = re.compile(r"TB\d{2}\d{8}[0-9A-F]+")
 _REQUEST_ID = re.compile(r"name='request_id' value='([^']+)'")
 
 
@@ -261,11 +262,17 @@ class Tally:
     failures: Counter[str] = field(default_factory=Counter)
     """Operations that did not reach their end (a 4xx where none was expected, say)."""
 
+    refreshes_ended: int = 0
+    """Refresh tokens refused because their SSO session had ended (as it should)."""
+    server_error_kinds: Counter[str] = field(default_factory=Counter)
+    """Every 5xx by operation, answering server, path and problem code."""
+
     def saw(self, kind: str, status: int, what: str) -> None:
         self.requests[kind] += 1
         self.statuses[status] += 1
         if status >= 500:
             self.server_errors.append(f"{kind}: {status} {what}"[:200])
+            self.server_error_kinds[f"{kind}: {status} {what}"[:200]] += 1
 
 
 class Traffic:
@@ -305,10 +312,15 @@ class Traffic:
         async with http.request(method, url, **kwargs) as response:
             for hop in response.history:
                 self.tally.saw(kind, hop.status, str(hop.url.path))
-            self.tally.saw(kind, response.status, f"{method} {response.url.path}")
             body: Any = await response.read()
             if response.content_type.endswith("json"):
                 body = json.loads(body)
+            what = f"{method} {_CASE_ID.sub('{case}', response.url.path)}"
+            if response.status >= 500:  # who answered (the gateway or a fake), and its code
+                server = "gateway" if str(response.url).startswith(self.demo.base) else "fake"
+                code = body.get("code") if isinstance(body, dict) else None
+                what = f"{server} {what} {code or response.content_type}"
+            self.tally.saw(kind, response.status, what)
             return response.status, body, response
 
     async def login(self) -> None:
@@ -379,6 +391,10 @@ class Traffic:
         )  # fmt: skip
         if status == 200 and isinstance(body, dict):
             self.refresh_tokens.append(body["refresh_token"])
+        elif status == 400 and isinstance(body, dict) and body.get("error") == "invalid_grant":
+            # Its SSO session timed out (--session-idle) and took the grant family with it; a
+            # login will bring a new one.
+            self.tally.refreshes_ended += 1
         else:
             self.tally.failures["refresh"] += 1
 
@@ -597,6 +613,11 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             stop_demo(demo)
         verify = await asyncio.to_thread(audit_verify, demo.data_dir)
         errors = log_errors(demo.log) + (log_errors(demo.fakes_log) if demo.fakes_log else [])
+        if args.keep_logs is not None:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for kept in (demo.log, demo.fakes_log):
+                if kept is not None:
+                    shutil.copy(kept, args.keep_logs / kept.name)
     after = [s for s in samples if s[0] >= args.warmup] or samples[-1:]
     rss_start, rss_end = after[0][1], after[-1][1]
     fds = [s[2] for s in after]
@@ -612,7 +633,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "server_errors": len(tally.server_errors),
         "server_error_samples": tally.server_errors[:10],
+        "server_errors_by_kind": dict(tally.server_error_kinds.most_common()),
         "failed_operations": dict(tally.failures),
+        "refresh_tokens_ended_with_their_session": tally.refreshes_ended,
         "log_errors": len(errors),
         "log_error_samples": errors[:10],
         "rss_kib_after_warmup": rss_start,
@@ -689,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         "session store reaches its steady state within the warm-up; 0: the demo's own (900 s "
         "idle, 3600 s grace, longer than any soak)",
     )
+    parser.add_argument("--keep-logs", type=Path, help="copy the processes' logs here")
     parser.add_argument("--probe-top", type=int, default=25, help="sites and types reported")
     args = parser.parse_args(argv)
     report = asyncio.run(soak(args))
