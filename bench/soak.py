@@ -59,7 +59,7 @@ import yaml
 
 from gateway.demo.backends import DemoSecrets
 from gateway.demo.federation import DemoIdentitySecrets
-from gateway.demo.memory_probe import PROBE_ENV, diff
+from gateway.demo.memory_probe import FRAMES_ENV, PROBE_ENV, diff
 from gateway.packaged import DEMO_CONFIG_DIR
 
 TONGBAN = Path(sys.executable).parent / "tongban"
@@ -134,6 +134,7 @@ async def start_demo(
     *,
     one_process: bool = False,
     session_idle: int | None = None,
+    probe_frames: int = 1,
 ) -> Demo:
     """`tongban demo` as one process, or (the default) its fakes and its gateway apart
     (gateway/demo/split.py) so that the RSS measured is the gateway's own."""
@@ -144,7 +145,7 @@ async def start_demo(
     port = free_port()
     key = secrets.token_urlsafe(32)
     env = {**os.environ, CALLBACK_ENV: key, **DemoSecrets.generate().env()}
-    traced = {PROBE_ENV: str(probe)} if probe else {}
+    traced = {PROBE_ENV: str(probe), FRAMES_ENV: str(probe_frames)} if probe else {}
     log = workdir / "demo.log"
     fakes = fakes_log = None
     handoff = workdir / "handoff.json"
@@ -557,6 +558,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             args.memory_probe,
             one_process=args.one_process,
             session_idle=args.session_idle or None,
+            probe_frames=args.probe_frames,
         )
         dumps: list[float] = []
 
@@ -713,6 +715,13 @@ def main(argv: list[str] | None = None) -> int:
         "idle, 3600 s grace, longer than any soak)",
     )
     parser.add_argument("--keep-logs", type=Path, help="copy the processes' logs here")
+    parser.add_argument(
+        "--probe-frames",
+        type=int,
+        default=1,
+        help="frames kept per traced allocation; 0: no tracing, only object counts and the "
+        "split of the RSS (Python, SQLite, malloc), at no cost to the run",
+    )
     parser.add_argument("--probe-top", type=int, default=25, help="sites and types reported")
     args = parser.parse_args(argv)
     report = asyncio.run(soak(args))
