@@ -263,6 +263,9 @@ class Tally:
     failures: Counter[str] = field(default_factory=Counter)
     """Operations that did not reach their end (a 4xx where none was expected, say)."""
 
+    started: float = field(default_factory=time.monotonic)
+    """When the soak proper began (after the capacity measurement): 5xx are counted by minute."""
+    server_error_minutes: Counter[int] = field(default_factory=Counter)
     refreshes_ended: int = 0
     """Refresh tokens refused because their SSO session had ended (as it should)."""
     server_error_kinds: Counter[str] = field(default_factory=Counter)
@@ -274,6 +277,7 @@ class Tally:
         if status >= 500:
             self.server_errors.append(f"{kind}: {status} {what}"[:200])
             self.server_error_kinds[f"{kind}: {status} {what}"[:200]] += 1
+            self.server_error_minutes[int((time.monotonic() - self.started) // 60)] += 1
 
 
 class Traffic:
@@ -579,7 +583,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         try:
             capacity = await measure_capacity(traffic, args.capacity_seconds, args.concurrency)
             rate = capacity * args.fraction
-            started = time.monotonic()
+            started = tally.started = time.monotonic()
             end = started + args.duration
             pending: set[asyncio.Task[None]] = set()
             late = 0
@@ -636,6 +640,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "server_errors": len(tally.server_errors),
         "server_error_samples": tally.server_errors[:10],
         "server_errors_by_kind": dict(tally.server_error_kinds.most_common()),
+        "server_errors_by_minute": {
+            str(m): n for m, n in sorted(tally.server_error_minutes.items()) if m >= 0
+        },
         "failed_operations": dict(tally.failures),
         "refresh_tokens_ended_with_their_session": tally.refreshes_ended,
         "log_errors": len(errors),
