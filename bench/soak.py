@@ -142,6 +142,7 @@ async def start_demo(
     one_process: bool = False,
     session_idle: int | None = None,
     probe_frames: int = 1,
+    arena_max: int | None = None,
 ) -> Demo:
     """`tongban demo` as one process, or (the default) its fakes and its gateway apart
     (gateway/demo/split.py) so that the RSS measured is the gateway's own."""
@@ -153,6 +154,8 @@ async def start_demo(
     key = secrets.token_urlsafe(32)
     env = {**os.environ, CALLBACK_ENV: key, **DemoSecrets.generate().env()}
     traced = {PROBE_ENV: str(probe), FRAMES_ENV: str(probe_frames)} if probe else {}
+    if arena_max is not None:  # glibc: the gateway's malloc arenas (one per thread by default)
+        traced["MALLOC_ARENA_MAX"] = str(arena_max)
     log = workdir / "demo.log"
     fakes = fakes_log = None
     handoff = workdir / "handoff.json"
@@ -570,6 +573,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             one_process=args.one_process,
             session_idle=args.session_idle or None,
             probe_frames=args.probe_frames,
+            arena_max=args.malloc_arena_max,
         )
         dumps: list[float] = []
 
@@ -741,6 +745,12 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="frames kept per traced allocation; 0: no tracing, only object counts and the "
         "split of the RSS (Python, SQLite, malloc), at no cost to the run",
+    )
+    parser.add_argument(
+        "--malloc-arena-max",
+        type=int,
+        help="MALLOC_ARENA_MAX for the gateway's process (glibc gives each thread an arena of "
+        "its own, up to eight per core, each keeping the memory freed in it)",
     )
     parser.add_argument("--probe-top", type=int, default=25, help="sites and types reported")
     args = parser.parse_args(argv)
