@@ -57,6 +57,9 @@ SOAP_NS = "urn:tongban:bench:echo"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP_ACTION = f"{SOAP_NS}#Echo"
 REST_SERVICE = "bench-rest-echo"
+MINPROXY_UVLOOP = "minimal aiohttp proxy (uvloop) → REST"
+GATEWAY_UVLOOP = "gateway REST (uvloop)"
+GATEWAY_BASELINE = "gateway REST (baseline tree, asyncio)"
 SOAP_SERVICE = "bench-soap-echo"
 
 REST_BODY = json.dumps({"zjhm": HOLDER_ID}).encode()
@@ -268,10 +271,14 @@ def bench_config(backend: str, audit_mode: str = "required") -> dict[str, Any]:
     return {"systems": systems, "services": services, "routes": routes, "rate_limits": never}
 
 
-def gateway_settings(config_dir: Path, backend: str, audit_mode: str = "required") -> Any:
-    """Settings built in code from ``bench_config``."""
+def gateway_settings(
+    config_dir: Path, backend: str, audit_mode: str = "required", admission: str = ""
+) -> Any:
+    """Settings built in code from ``bench_config`` (``admission``: JSON of the admission
+    block, to try bounds other than the defaults)."""
     from gateway.ratelimit.config import RateLimitSettings
     from gateway.settings import (
+        AdmissionSettings,
         GatewaySettings,
         RouteSettings,
         ServiceSettings,
@@ -286,7 +293,9 @@ def gateway_settings(config_dir: Path, backend: str, audit_mode: str = "required
     services = {k: ServiceSettings.model_validate(v) for k, v in config["services"].items()}
     routes = tuple(RouteSettings.model_validate(r) for r in config["routes"])
     limits = RateLimitSettings.model_validate(config["rate_limits"])
-    return Settings(config_dir, GatewaySettings(rate_limits=limits), systems, services, routes)
+    bounds = AdmissionSettings.model_validate(json.loads(admission or "{}"))
+    gateway = GatewaySettings(rate_limits=limits, admission=bounds)
+    return Settings(config_dir, gateway, systems, services, routes)
 
 
 SERVED_CALL_BODY = json.dumps(
@@ -356,6 +365,46 @@ class CannedAdapter:
         return None
 
 
+class StackSampler:
+    """A statistical profiler without cProfile's cost per function call: SIGPROF every
+    ``interval`` seconds of the process's CPU time, and the main thread's Python stack at that
+    moment counted (folded lines, as py-spy writes them). The handler runs at the next bytecode
+    boundary of the main thread, so time in a C call is charged to the Python function that
+    made it, and CPU of other threads (aiosqlite's) to whatever the loop was doing then."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.stacks: Counter[tuple[str, ...]] = Counter()
+        self._labels: dict[Any, str] = {}
+
+    def _label(self, code: Any) -> str:
+        label = self._labels.get(code)
+        if label is None:
+            path = code.co_filename
+            root = str(ROOT) + "/"
+            path = path[len(root) :] if path.startswith(root) else path.rsplit("site-packages/")[-1]
+            label = f"{code.co_qualname} ({path}:{code.co_firstlineno})"
+            self._labels[code] = label
+        return label
+
+    def _sample(self, _signum: int, frame: Any) -> None:
+        labels = []
+        while frame is not None:
+            labels.append(self._label(frame.f_code))
+            frame = frame.f_back
+        labels.reverse()
+        self.stacks[tuple(labels)] += 1
+
+    def start(self) -> None:
+        signal.signal(signal.SIGPROF, self._sample)
+        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
+
+    def stop(self, out: Path) -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        lines = [f"{';'.join(stack)} {count}" for stack, count in self.stacks.items() if stack]
+        out.write_text("\n".join(lines) + "\n")
+
+
 async def run_gateway(
     config_dir: Path,
     backend: str,
@@ -364,6 +413,7 @@ async def run_gateway(
     canned: bool,
     profile_out: str = "",
     audit_mode: str = "required",
+    admission: str = "",
 ) -> int:
     from gateway.adapter import Adapter, SystemSpec
     from gateway.app import create_app
@@ -381,7 +431,7 @@ async def run_gateway(
     else:  # every access line rendered as JSON, written to /dev/null
         configure_logging("info", "json", stream=devnull)
     app = create_app(
-        gateway_settings(config_dir, backend, audit_mode),
+        gateway_settings(config_dir, backend, audit_mode, admission),
         verifier=DevTokenIssuer(TOKEN_SECRET),
         open_adapter=open_canned if canned else None,
         subjects=bench_subject_keys(),
@@ -389,6 +439,17 @@ async def run_gateway(
     _stop_after(max_lifetime)
     if not profile_out:
         return await serve_until_stopped(app, "127.0.0.1", 0, on_started=_announce)
+    if profile_out.endswith(".folded"):
+        sampler = StackSampler()
+
+        def sampling(port: int) -> None:
+            sampler.start()
+            _announce(port)
+
+        try:
+            return await serve_until_stopped(app, "127.0.0.1", 0, on_started=sampling)
+        finally:
+            sampler.stop(Path(profile_out))
     # cProfile inside the server process (py-spy cannot attach to this Python): from the
     # first request to SIGTERM, written as pstats for bench/bench_routing.py to summarise.
     import cProfile
@@ -416,14 +477,42 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[index]
 
 
+def error_kind(exc: BaseException) -> str:
+    """What went wrong with one open-loop call, in a word a reader can act on: a timeout (the
+    server kept the call past the client's limit), a connection closed or reset by the server
+    (e.g. beyond its connection bound), a refused connect (listen backlog full), or out of
+    local resources (file descriptors, ephemeral ports)."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "closed before answer"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        errno_name = _errno_name(exc.os_error.errno)
+        return f"connect {errno_name}"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return f"socket {_errno_name(exc.errno)}"
+    return type(exc).__name__
+
+
+def _errno_name(number: int | None) -> str:
+    import errno
+
+    return errno.errorcode.get(number or 0, str(number))
+
+
 async def open_loop(
     url: str, body: bytes, headers: dict[str, str], rate: float, duration: float, warmup: float
 ) -> dict[str, Any]:
-    """Send at a fixed rate whatever the answers do; latency from the moment each was due."""
+    """Send at a fixed rate whatever the answers do; latency from the moment each was due.
+
+    Every call that is not a 200 is counted by kind: ``refused`` is a 503 gateway.overloaded
+    (its latency is kept apart: a refusal must be quick), other statuses and client-side
+    failures (``error_kind``) are ``errors``, by kind."""
     now = time.perf_counter  # uvloop's now() ticks in whole milliseconds
     from_due: list[float] = []
     from_send: list[float] = []
-    errors = 0
+    refused_in: list[float] = []
+    kinds: Counter[str] = Counter()
     refused = 0
     connector = aiohttp.TCPConnector(limit=0)  # an open loop must never queue inside the client
     async with aiohttp.ClientSession(
@@ -431,24 +520,27 @@ async def open_loop(
     ) as session:
 
         async def one(due: float, record: bool) -> None:
-            nonlocal errors, refused
+            nonlocal refused
             sent = now()
             status = 0
+            kind = ""
+            answer_body = b""
             try:
                 async with session.post(url, data=body, headers=headers) as answer:
-                    await answer.read()
+                    answer_body = await answer.read()
                     status = answer.status
-            except (aiohttp.ClientError, TimeoutError):
-                pass
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                kind = error_kind(exc)
             done = now()
             if record:
                 if status == 200:
                     from_due.append(done - due)
                     from_send.append(done - sent)
-                elif status == 503:
-                    refused += 1  # gateway.overloaded (or a back-end refusal): not admitted
+                elif status == 503 and b"gateway.overloaded" in answer_body:
+                    refused += 1
+                    refused_in.append(done - sent)
                 else:
-                    errors += 1
+                    kinds[kind or f"status {status}"] += 1
 
         total = int(rate * (warmup + duration))
         measured_from = int(rate * warmup)
@@ -467,12 +559,179 @@ async def open_loop(
         await asyncio.gather(*tasks)
     from_due.sort()
     from_send.sort()
+    refused_in.sort()
     out: dict[str, Any] = {
         "sent": total - measured_from,
         "sent_total": total,
         "ok": len(from_send),
-        "errors": errors,
+        "errors": sum(kinds.values()),
+        "error_kinds": dict(kinds.most_common()),
         "refused": refused,
+        "refused_p50_ms": _percentile(refused_in, 50) * 1000,
+        "refused_p99_ms": _percentile(refused_in, 99) * 1000,
+        "achieved_rate": (total - measured_from) / sent_span if sent_span > 0 else 0.0,
+        "generator_lag_max_ms": lag_max * 1000,
+    }
+    for label, values in (("", from_send), ("due_", from_due)):
+        for q in (50, 90, 99, 99.9):
+            out[f"{label}p{q:g}_ms"] = _percentile(values, q) * 1000
+        out[f"{label}max_ms"] = (values[-1] if values else float("nan")) * 1000
+    return out
+
+
+class _RawCall(asyncio.Protocol):
+    """One HTTP/1.1 connection of the raw open-loop client: it writes a pre-built request and
+    reads one answer framed by Content-Length (all the servers measured here send one), a
+    few microseconds of client CPU per call where aiohttp's client takes a hundred: at
+    several thousand calls a second the generator must not be what queues."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future[tuple[int, bytes, bool]] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.answer is None or self.answer.done():
+            return
+        head = bytes(self.buffer[:end]).lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop > 0 else len(head)])
+        if len(self.buffer) < end + 4 + length:
+            return
+        body = bytes(self.buffer[end + 4 : end + 4 + length])
+        del self.buffer[: end + 4 + length]
+        keep = b"\r\nconnection: close" not in head
+        self.answer.set_result((int(head[9:12]), body, keep))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(exc or ConnectionAbortedError("closed before answer"))
+
+
+def _raw_error_kind(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionAbortedError):
+        return "closed before answer"
+    if isinstance(exc, OSError):
+        return f"socket {_errno_name(exc.errno)}"
+    return type(exc).__name__
+
+
+async def open_loop_raw(
+    url: str, body: bytes, headers: dict[str, str], rate: float, duration: float, warmup: float
+) -> dict[str, Any]:
+    """``open_loop`` with the raw client (``_RawCall``): a call takes an idle keep-alive
+    connection or opens a new one (never waits for one), as ``open_loop``'s aiohttp client
+    does; errors are counted by kind the same way (a connect that fails is ``connect ...``)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = [f"POST {parts.path} HTTP/1.1", f"Host: {host}:{port}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    head += [f"Content-Length: {len(body)}", "", ""]
+    request = "\r\n".join(head).encode() + body
+    loop = asyncio.get_running_loop()
+    idle: list[_RawCall] = []
+    opened = 0
+    now = time.perf_counter
+    from_due: list[float] = []
+    from_send: list[float] = []
+    refused_in: list[float] = []
+    kinds: Counter[str] = Counter()
+
+    async def call() -> tuple[int, bytes]:
+        nonlocal opened
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                break
+        else:
+            try:
+                _, conn = await loop.create_connection(_RawCall, host, port)
+            except OSError as exc:
+                raise ConnectionError(f"connect {_errno_name(exc.errno)}") from exc
+            opened += 1
+        assert conn.transport is not None
+        conn.answer = loop.create_future()
+        conn.transport.write(request)
+        try:
+            status, answer, keep = await conn.answer
+        except BaseException:
+            conn.transport.abort()
+            raise
+        if keep and not conn.lost:
+            idle.append(conn)
+        else:
+            conn.transport.close()
+        return status, answer
+
+    async def one(due: float, record: bool) -> None:
+        sent = now()
+        status = 0
+        answer = b""
+        kind = ""
+        try:
+            async with asyncio.timeout(10):
+                status, answer = await call()
+        except ConnectionError as exc:
+            kind = str(exc) if str(exc).startswith("connect ") else _raw_error_kind(exc)
+        except (OSError, TimeoutError) as exc:
+            kind = _raw_error_kind(exc)
+        done = now()
+        if not record:
+            return
+        if status == 200:
+            from_due.append(done - due)
+            from_send.append(done - sent)
+        elif status == 503 and b"gateway.overloaded" in answer:
+            refused_in.append(done - sent)
+        else:
+            kinds[kind or f"status {status}"] += 1
+
+    total = int(rate * (warmup + duration))
+    measured_from = int(rate * warmup)
+    start = now() + 0.05
+    tasks: list[asyncio.Task[None]] = []
+    lag_max = 0.0
+    for i in range(total):
+        due = start + i / rate
+        delay = due - now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i >= measured_from:
+            lag_max = max(lag_max, -delay)
+        tasks.append(asyncio.create_task(one(due, i >= measured_from)))
+    sent_span = now() - (start + measured_from / rate)
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        if conn.transport is not None:
+            conn.transport.close()
+    from_due.sort()
+    from_send.sort()
+    refused_in.sort()
+    out: dict[str, Any] = {
+        "generator": "raw",
+        "sent": total - measured_from,
+        "sent_total": total,
+        "ok": len(from_send),
+        "errors": sum(kinds.values()),
+        "error_kinds": dict(kinds.most_common()),
+        "refused": len(refused_in),
+        "refused_p50_ms": _percentile(refused_in, 50) * 1000,
+        "refused_p99_ms": _percentile(refused_in, 99) * 1000,
+        "connections_opened": opened,
         "achieved_rate": (total - measured_from) / sent_span if sent_span > 0 else 0.0,
         "generator_lag_max_ms": lag_max * 1000,
     }
@@ -1007,9 +1266,18 @@ class Bench:
             f"{out.sut_cpu_us or 0:.0f} µs  load {out.load_average:.2f}",
             flush=True,
         )
+        if res["status"] and target.sut is not None:
+            # A gateway past its admission bound answers 503 at once, and wrk sends again at
+            # once: CPU per request then mixes cheap refusals with calls.
+            print(
+                f"    {res['status']} answers were not 200 (refusals under load?): CPU/req is "
+                "not the call's; --admission '{\"queue_delay_target_ms\": 0}' keeps the "
+                "fixed bound only",
+                flush=True,
+            )
         return out
 
-    def open_loop(self, target: Target, rate: float) -> dict[str, Any]:
+    def open_loop(self, target: Target, rate: float, generator: str = "aiohttp") -> dict[str, Any]:
         self.wait_quiet(target)
         sut_pids = process_tree(target.sut.pid) if target.sut else []
         own0, core0 = cpu_seconds(sut_pids), core_busy(self.args.sut_cpu)
@@ -1017,7 +1285,7 @@ class Bench:
         argv = [sys.executable, __file__, "--role", "openloop", "--url", target.url]
         argv += ["--body-hex", target.body.hex(), "--headers-json", json.dumps(target.headers)]
         argv += ["--rate", str(rate), "--open-duration", str(self.args.open_duration)]
-        argv += ["--warmup", str(self.args.warmup)]
+        argv += ["--warmup", str(self.args.warmup), "--generator", generator]
         run = subprocess.run(
             self.kids.command(argv, self.args.load_cpu),
             capture_output=True,
@@ -1082,22 +1350,30 @@ class Bench:
         )
         return out
 
-    def overload(self, target: Target, rate: float, unloaded_p99_ms: float) -> dict[str, Any]:
-        """An open-loop run far past capacity: admitted p99, refusals, memory, survival."""
+    def overload(self, target: Target, rate: float) -> dict[str, Any]:
+        """An open-loop run far past capacity: admitted p99, refusals by kind, memory, survival.
+
+        Both runs use the raw generator: aiohttp's client, at several thousand calls a second
+        with new connections, saturates the generator's core and its own loop lag would be
+        counted as the server's latency. The unloaded p99 is measured the same way first."""
         assert target.sut is not None
+        unloaded = self.open_loop(target, self.args.low_rate or 500.0, "raw")
         before = memory_kib(target.sut.pid)
-        result = self.open_loop(target, rate)
+        result = self.open_loop(target, rate, "raw")
         after = memory_kib(target.sut.pid)
         result["vm_before"] = before
         result["vm_after"] = after
         result["alive"] = target.sut.proc.poll() is None
-        result["unloaded_p99_ms"] = unloaded_p99_ms
+        result["unloaded"] = unloaded
+        result["unloaded_p99_ms"] = unloaded["p99_ms"]
         return result
 
     def cprofile(self, name: str, argv: list[str], url: str, target: Target) -> dict[str, Any]:
         """A gateway child with cProfile on from its start to SIGTERM, under wrk: where its
-        time goes, by function (self time) and by package."""
-        out = Path(self.args.out_dir) / f"{name}.pstats"
+        time goes, by function (self time) and by package. With ``--sample`` the child samples
+        its stacks instead (StackSampler: no cost per function call, so shares are closer to
+        the unprofiled process)."""
+        out = Path(self.args.out_dir) / f"{name}.{'folded' if self.args.sample else 'pstats'}"
         child = self.kids.spawn(name, [*argv, "--profile-out", str(out)], self.args.sut_cpu)
         profiled = Target(
             target.name, url.replace("PORT", str(child.port)), target.body, target.headers,
@@ -1107,7 +1383,7 @@ class Bench:
             self.wrk(profiled, self.args.duration)
         finally:
             self.kids.stop(child)
-        return summarize_pstats(out)
+        return summarize_folded(out) if self.args.sample else summarize_pstats(out)
 
     def clients(self, backend: Child) -> list[dict[str, Any]]:
         argv = [sys.executable, __file__, "--role", "clients"]
@@ -1166,7 +1442,20 @@ PACKAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("asyncio", ("asyncio/", "selectors.py")),
 )
 FUNCTIONS: tuple[tuple[str, str], ...] = (
+    ("aiohttp server: RequestHandler.start", "RequestHandler.start (aiohttp"),
+    ("aiohttp server: data_received (parsing)", "RequestHandler.data_received (aiohttp"),
+    ("aiohttp server: finish_response", "RequestHandler.finish_response (aiohttp"),
+    ("asyncio: select/epoll", "select (selectors.py"),
+    ("admission_middleware", "admission_middleware (gateway"),
     ("request_context_middleware", "request_context_middleware (gateway"),
+    ("auth_middleware", "auth_middleware (gateway"),
+    ("rate_limit_middleware", "rate_limit_middleware (gateway"),
+    ("bind_call (data-subject rule)", "bind_call (gateway"),
+    ("identity_assertion", "identity_assertion (gateway"),
+    ("with_audit: audited", "with_audit.<locals>.audited (gateway"),
+    ("CallAuditor (records built + queued)", "CallAuditor."),
+    ("AuditWriter task (seal, commit)", "AuditWriter._run (gateway"),
+    ("with_timeout: timed", "with_timeout.<locals>.timed (gateway"),
     ("DevTokenIssuer.verify", "DevTokenIssuer.verify ("),
     ("call_service", "call_service (gateway"),
     ("Route.validate (data schema)", "Route.validate ("),
@@ -1309,6 +1598,60 @@ def _version(argv: list[str]) -> str:
     return (run.stdout + run.stderr).strip().splitlines()[0]
 
 
+def overload_phase(
+    args: argparse.Namespace, bench: Bench, report: Report, target: Target
+) -> dict[str, Any]:
+    closed = next(r for r in report.closed if r.name == target.name)
+    # Answered calls only: a closed loop that was refused in part would overstate capacity.
+    capacity = closed.rps * (closed.requests - closed.errors) / closed.requests
+    rate = args.overload_rate or capacity * args.overload_factor
+    print(
+        f"overload: {rate:.0f} req/s ({rate / capacity:.1f}× capacity {capacity:.0f} req/s), "
+        f"after {args.low_rate or 500:g} req/s unloaded; raw generator",
+        flush=True,
+    )
+    return bench.overload(target, rate)
+
+
+def run_overload_only(args: argparse.Namespace) -> Report:
+    """The routed REST gateway alone: capacity (closed loop), then the overload run."""
+    report = Report()
+    py = sys.executable
+    me = str(Path(__file__).resolve())
+    life = ["--max-lifetime", str(args.max_lifetime)]
+    with tempfile.TemporaryDirectory(prefix="tongban-bench-") as tmp:
+        workdir = Path(tmp)
+        kids = Children(workdir, pin=not args.no_pin)
+        try:
+            backend = kids.spawn("backend", [py, me, "--role", "backend", *life], args.backend_cpu)
+            upstream = f"http://127.0.0.1:{backend.port}"
+            argv = [py, me, "--role", "gateway", "--backend", upstream, "--log-mode", "warning"]
+            argv += ["--config-dir", str(workdir / "config-warning"), *life]
+            argv += ["--admission", args.admission] if args.admission else []
+            gateway = kids.spawn("gateway-warning", argv, args.sut_cpu)
+            from gateway.identity.devtokens import DevTokenIssuer
+
+            token = DevTokenIssuer(TOKEN_SECRET).issue(
+                "bench-citizen", "L2", person=bench_subject_keys().person(HOLDER_ID).key
+            )
+            headers = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+            url = f"http://127.0.0.1:{gateway.port}/api/v1/services/{REST_SERVICE}/calls"
+            target = Target(
+                "gateway REST (log warning)", url, CALL_BODY, headers, b'"valid":true',
+                gateway, backend,
+            )  # fmt: skip
+            asyncio.run(_check_targets([target]))
+            bench = Bench(args, workdir, kids)
+            print(f"closed loop: wrk -t1 -c{args.connections} -d{args.duration:g}s", flush=True)
+            report.closed.append(bench.closed_loop(target))
+            report.memory_closed[gateway.name] = memory_kib(gateway.pid)
+            report.overload = overload_phase(args, bench, report, target)
+            report.memory[gateway.name] = memory_kib(gateway.pid)
+        finally:
+            kids.stop_all()
+    return report
+
+
 def run_benchmark(args: argparse.Namespace) -> Report:
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None:
@@ -1341,6 +1684,12 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 [py, me, "--role", "minproxy", "--backend", upstream, *life],
                 args.sut_cpu,
             )
+            # The same proxy on uvloop: the floor on the loop the gateway picks when installed.
+            minproxy_uv = kids.spawn(
+                "minproxy-uvloop",
+                [py, me, "--role", "minproxy", "--backend", upstream, "--loop", "uvloop", *life],
+                args.sut_cpu,
+            )
             nginx_port = free_port()
             conf = workdir / "nginx.conf"
             conf.write_text(
@@ -1348,9 +1697,9 @@ def run_benchmark(args: argparse.Namespace) -> Report:
             )
             nginx = kids.spawn_nginx(conf, nginx_port, args.sut_cpu)
             gateways: dict[str, Child] = {}
-            modes = (
-                ("warning", "buffered") if args.quick else ("warning", "buffered", "json", "canned")
-            )
+            modes: tuple[str, ...] = ("warning", "buffered", "uvloop")
+            if not (args.quick or args.rest_only):
+                modes += ("json", "canned")
 
             def gateway_argv(mode: str) -> list[str]:
                 return [
@@ -1359,10 +1708,20 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     *("--config-dir", str(workdir / f"config-{mode}"), *life),
                     *(["--canned"] if mode == "canned" else []),
                     *(["--audit-mode", "buffered"] if mode == "buffered" else []),
+                    *(["--admission", args.admission] if args.admission else []),
+                    *("--loop", "uvloop" if mode == "uvloop" else args.gateway_loop),
                 ]
 
             for mode in modes:
                 gateways[mode] = kids.spawn(f"gateway-{mode}", gateway_argv(mode), args.sut_cpu)
+            if args.baseline_tree:
+                # The same gateway from another source tree (as it stood before a change), on
+                # the loop that tree's `serve` runs: before and after measured side by side.
+                argv = gateway_argv("warning")
+                argv[argv.index("--config-dir") + 1] = str(workdir / "config-baseline")
+                argv[argv.index("--loop") + 1] = "asyncio"
+                argv += ["--tree", str(Path(args.baseline_tree).resolve())]
+                gateways["baseline"] = kids.spawn("gateway-baseline", argv, args.sut_cpu)
 
             from gateway.identity.devtokens import DevTokenIssuer
 
@@ -1391,6 +1750,10 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "minimal aiohttp proxy → REST", via(minproxy, "/api/echo"), REST_BODY,
                 JSON_HEADERS, rest_expect, minproxy, backend,
             )  # fmt: skip
+            min_rest_uv = Target(
+                MINPROXY_UVLOOP, via(minproxy_uv, "/api/echo"), REST_BODY,
+                JSON_HEADERS, rest_expect, minproxy_uv, backend,
+            )  # fmt: skip
             gw_rest = Target(
                 "gateway REST (log warning)", via(gateways["warning"], rest_call), CALL_BODY,
                 call_headers, call_expect, gateways["warning"], backend,
@@ -1399,8 +1762,12 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "gateway REST buffered", via(gateways["buffered"], rest_call), CALL_BODY,
                 call_headers, call_expect, gateways["buffered"], backend,
             )  # fmt: skip
+            gw_uvloop = Target(
+                GATEWAY_UVLOOP, via(gateways["uvloop"], rest_call), CALL_BODY,
+                call_headers, call_expect, gateways["uvloop"], backend,
+            )  # fmt: skip
             extra_targets = []
-            if not args.quick:
+            if not (args.quick or args.rest_only):
                 extra_targets = [
                     Target(
                         "gateway REST (JSON log)", via(gateways["json"], rest_call), CALL_BODY,
@@ -1419,17 +1786,45 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 "gateway SOAP (log warning)", via(gateways["warning"], soap_call), CALL_BODY,
                 call_headers, call_expect, gateways["warning"], backend,
             )  # fmt: skip
-            targets = [direct_rest, nginx_rest, min_rest, gw_rest, gw_buffered, *extra_targets]
-            targets += [direct_soap, gw_soap]
+            targets = [direct_rest, nginx_rest, min_rest, min_rest_uv, gw_rest, gw_buffered]
+            targets += [gw_uvloop, *extra_targets, direct_soap, gw_soap]
+            if args.baseline_tree:
+                extra_targets.append(
+                    Target(
+                        GATEWAY_BASELINE, via(gateways["baseline"], rest_call), CALL_BODY,
+                        call_headers, call_expect, gateways["baseline"], backend,
+                    )
+                )  # fmt: skip
+            if args.rest_only:
+                rows = [min_rest, min_rest_uv, gw_rest, gw_buffered, gw_uvloop, *extra_targets]
+                if args.rows:
+                    rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
+                targets = rows * max(args.repeat, 1)
             asyncio.run(_check_targets(targets))
             bench = Bench(args, workdir, kids)
+
+            def profile_rest() -> dict[str, Any]:
+                Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+                print(f"cProfile → {args.out_dir}", flush=True)
+                profiles = {}
+                for mode, target in (("warning", gw_rest), ("buffered", gw_buffered)):
+                    label = f"cprofile-{mode}"
+                    argv = gateway_argv(mode)
+                    argv[argv.index("--config-dir") + 1] = str(workdir / f"config-{label}")
+                    url = f"http://127.0.0.1:PORT{rest_call}"
+                    profiles[target.name] = bench.cprofile(label, argv, url, target)
+                return profiles
 
             print(f"closed loop: wrk -t1 -c{args.connections} -d{args.duration:g}s", flush=True)
             for target in targets:
                 report.closed.append(bench.closed_loop(target))
 
-            for child in (*gateways.values(), minproxy, backend):
+            for child in (*gateways.values(), minproxy, minproxy_uv, backend):
                 report.memory_closed[child.name] = memory_kib(child.pid)
+            if args.rest_only:
+                if args.cprofile:
+                    report.cprofiles.update(profile_rest())
+                return report
             # The lower rate first: an overloaded gateway keeps working off its backlog.
             if args.low_rate > 0:
                 print(f"open loop: {args.low_rate:g} req/s", flush=True)
@@ -1442,12 +1837,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 report.open.append(bench.open_loop(target, args.rate))
 
             if args.overload_factor > 0:
-                capacity = next(r.rps for r in report.closed if r.name == gw_rest.name)
-                rate = capacity * args.overload_factor
-                low = {r["name"]: r for r in report.open_low}
-                unloaded = low.get(gw_rest.name, {}).get("p99_ms", float("nan"))
-                print(f"overload: {rate:.0f} req/s ({args.overload_factor:g}× capacity)")
-                report.overload = bench.overload(gw_rest, rate, unloaded)
+                report.overload = overload_phase(args, bench, report, gw_rest)
 
             if not args.skip_clients:
                 print("outbound clients (client process pinned to the SUT core)", flush=True)
@@ -1468,14 +1858,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     kids.stop(served)
 
             if args.cprofile:
-                Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-                print(f"cProfile → {args.out_dir}", flush=True)
-                for mode, target in (("warning", gw_rest), ("buffered", gw_buffered)):
-                    label = f"cprofile-{mode}"
-                    argv = gateway_argv(mode)
-                    argv[argv.index("--config-dir") + 1] = str(workdir / f"config-{label}")
-                    url = f"http://127.0.0.1:PORT{rest_call}"
-                    report.cprofiles[target.name] = bench.cprofile(label, argv, url, target)
+                report.cprofiles.update(profile_rest())
 
             if args.py_spy:
                 Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -1483,7 +1866,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 report.profiles["gateway-rest"] = bench.profile(gw_rest, "gateway-rest")
                 report.profiles["gateway-soap"] = bench.profile(gw_soap, "gateway-soap")
 
-            for child in (*gateways.values(), minproxy, backend):
+            for child in (*gateways.values(), minproxy, minproxy_uv, backend):
                 report.memory[child.name] = memory_kib(child.pid)
             report.memory["nginx (master+worker)"] = {
                 "VmHWM": sum(memory_kib(p)["VmHWM"] for p in process_tree(nginx.pid)),
@@ -1624,24 +2007,46 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
                     f"({extra * 100:+.0f} %, {flag})"
                 )
     for label, prof in report.profiles.items():
-        print()
-        print(f"## py-spy profile of {label} ({prof['samples']} samples, % of busy samples)")
-        print("  self time by package (innermost Python frame):")
-        for name, share in prof["self_by_package"]:
+        print_samples(f"py-spy profile of {label}", prof)
+
+
+def print_samples(title: str, prof: dict[str, Any]) -> None:
+    print()
+    print(f"## {title} ({prof['samples']} samples, % of samples)")
+    print("  self time by package (innermost Python frame):")
+    for name, share in prof["self_by_package"]:
+        print(f"    {name:<42} {share:5.1f} %")
+    print("  inclusive (function on the stack):")
+    for name, share in prof["inclusive"]:
+        if share:
             print(f"    {name:<42} {share:5.1f} %")
-        print("  inclusive (function on the stack):")
-        for name, share in prof["inclusive"]:
-            print(f"    {name:<42} {share:5.1f} %")
-        print("  top self frames:")
-        for frame, share in prof["self_top"][:12]:
-            print(f"    {share:5.1f} %  {frame}")
+    print("  top self frames:")
+    for frame, share in prof["self_top"][:15]:
+        print(f"    {share:5.1f} %  {frame}")
+
+
+def print_repeats(report: Report) -> None:
+    """Each row's CPU per call over the rounds of ``--repeat`` (the lowest is the least
+    disturbed by other work on the machine)."""
+    runs: dict[str, list[ClosedResult]] = {}
+    for r in report.closed:
+        runs.setdefault(r.name, []).append(r)
+    print()
+    print("## CPU µs per call by row over the rounds: lowest / median / each (load average)")
+    for name, rows in runs.items():
+        cpu = sorted(r.sut_cpu_us or 0 for r in rows)
+        each = ", ".join(f"{r.sut_cpu_us or 0:.0f} ({r.load_average:.1f})" for r in rows)
+        print(f"  {name:<40} {cpu[0]:5.0f} / {cpu[len(cpu) // 2]:5.0f}   {each}")
 
 
 def print_issue_report(report: Report, args: argparse.Namespace) -> None:
     """The figures of the performance targets: buffered vs required, CPU per call at a fixed
     rate against the closed loop, several workers, overload, profiles."""
     closed = {r.name: r for r in report.closed}
-    mini = closed["minimal aiohttp proxy → REST"]
+    mini = closed.get("minimal aiohttp proxy → REST")
+    if mini is None or "gateway REST buffered" not in closed:  # --rows left them out
+        print_cprofiles(report)
+        return
     print()
     print("## Targets of this round (CPU figures are robust on a shared machine; req/s is not)")
     for name in ("gateway REST (log warning)", "gateway REST buffered"):
@@ -1651,6 +2056,16 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
             f"{name:<32} closed: {r.rps:6.0f} req/s = {r.rps / mini.rps:.2f}× proxy; "
             f"CPU {r.sut_cpu_us or 0:.0f} µs vs proxy {mini.sut_cpu_us or 0:.0f} µs "
             f"(proxy/gateway {by_cpu:.2f}; target ≥ 0.6; ≤ 350 µs)  load {r.load_average:.2f}"
+        )
+    uv, gw_uv = closed.get(MINPROXY_UVLOOP), closed.get(GATEWAY_UVLOOP)
+    if uv is not None and gw_uv is not None:
+        gw = closed["gateway REST (log warning)"]
+        print(
+            f"{'by loop, CPU µs per call':<32} minimal proxy asyncio {mini.sut_cpu_us or 0:.0f} "
+            f"/ uvloop {uv.sut_cpu_us or 0:.0f}; gateway REST {args.gateway_loop} "
+            f"{gw.sut_cpu_us or 0:.0f} / uvloop {gw_uv.sut_cpu_us or 0:.0f}; proxy/gateway on "
+            f"asyncio {(mini.sut_cpu_us or 0) / (gw.sut_cpu_us or 1):.2f}, on uvloop "
+            f"{(uv.sut_cpu_us or 0) / (gw_uv.sut_cpu_us or 1):.2f}"
         )
     for rate, runs in ((args.low_rate, report.open_low), (args.rate, report.open)):
         by = {o["name"]: o for o in runs}
@@ -1690,23 +2105,15 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
                 f"(target ≤ 1.1), throughput {two['rps'] / one['rps']:.2f}×"
             )
     if report.overload:
-        o = report.overload
-        before, after = o["vm_before"], o["vm_after"]
-        print()
-        print(f"## Overload: {o['rate']:.0f} req/s offered to the routed REST gateway")
-        print(
-            f"  admitted {o['ok']} (p50 {o['p50_ms']:.2f} / p99 {o['p99_ms']:.2f} ms; unloaded "
-            f"p99 {o['unloaded_p99_ms']:.2f} ms → {o['p99_ms'] / o['unloaded_p99_ms']:.2f}×, "
-            f"target ≤ 2×), refused {o['refused']} (503), errors {o['errors']}, "
-            f"achieved {o['achieved_rate']:.0f} req/s sent"
-        )
-        print(
-            f"  RSS {before['VmRSS'] / 1024:.0f} → {after['VmRSS'] / 1024:.0f} MB; peak before "
-            f"{before['VmHWM'] / 1024:.0f} → after {after['VmHWM'] / 1024:.0f} MB "
-            f"({(after['VmRSS'] / before['VmHWM'] - 1) * 100:+.1f} % of the normal peak; "
-            f"target within 10 %); worker alive: {o['alive']}"
-        )
+        print_overload(report.overload)
+    print_cprofiles(report)
+
+
+def print_cprofiles(report: Report) -> None:
     for name, prof in report.cprofiles.items():
+        if "samples" in prof:
+            print_samples(f"stack samples (SIGPROF) of {name}", prof)
+            continue
         print()
         print(f"## cProfile of {name} (self time, % of busy; idle in epoll {prof['idle_s']:.1f} s)")
         for package, share in prof["by_package"]:
@@ -1714,6 +2121,45 @@ def print_issue_report(report: Report, args: argparse.Namespace) -> None:
         print("  top functions (self time):")
         for label, calls, share in prof["top"][:15]:
             print(f"    {share:5.1f} %  {calls:>8}  {label}")
+
+
+def print_overload(o: dict[str, Any]) -> None:
+    """The overload run: what was admitted and how fast, what was refused and how, memory."""
+    before, after = o["vm_before"], o["vm_after"]
+    print()
+    print(f"## Overload: {o['rate']:.0f} req/s offered to the routed REST gateway")
+    print(
+        f"  sent {o['sent']} in the measured span ({o['achieved_rate']:.0f} req/s achieved; "
+        f"generator lag max {o['generator_lag_max_ms']:.0f} ms)  load {o['load_average']:.2f}"
+    )
+    u = o.get("unloaded") or {}
+    if u:
+        print(
+            f"  unloaded ({u['rate']:.0f} req/s): p50 {u['p50_ms']:.2f} / p99 {u['p99_ms']:.2f} ms,"
+            f" errors {u['errors']}, refused {u['refused']}  load {u['load_average']:.2f}"
+        )
+    ratio = o["p99_ms"] / o["unloaded_p99_ms"] if o["unloaded_p99_ms"] > 0 else float("nan")
+    print(
+        f"  admitted {o['ok']}: p50 {o['p50_ms']:.2f} / p99 {o['p99_ms']:.2f} ms (from due "
+        f"p99 {o['due_p99_ms']:.2f}); unloaded p99 {o['unloaded_p99_ms']:.2f} ms → "
+        f"{ratio:.2f}× (target ≤ 2×)"
+    )
+    print(
+        f"  refused {o['refused']} with 503 gateway.overloaded: p50 "
+        f"{o.get('refused_p50_ms', float('nan')):.2f} / p99 "
+        f"{o.get('refused_p99_ms', float('nan')):.2f} ms"
+    )
+    kinds = o.get("error_kinds") or {}
+    listed = ", ".join(f"{kind} {count}" for kind, count in kinds.items()) or "none"
+    print(f"  errors {o['errors']}: {listed}")
+    if "connections_opened" in o:
+        print(f"  connections opened by the generator: {o['connections_opened']}")
+    print(
+        f"  RSS {before['VmRSS'] / 1024:.0f} → {after['VmRSS'] / 1024:.0f} MB; peak before "
+        f"{before['VmHWM'] / 1024:.0f} → after {after['VmHWM'] / 1024:.0f} MB "
+        f"({(after['VmRSS'] / before['VmHWM'] - 1) * 100:+.1f} % of the normal peak; "
+        f"target within 10 %); worker alive: {o['alive']}"
+    )
 
 
 def _jsonable(report: Report) -> dict[str, Any]:
@@ -1742,12 +2188,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-clients", action="store_true", help="no client micro-benchmark")
     p.add_argument("--py-spy", default=None, help="path to py-spy: profile the gateway too")
     p.add_argument("--cprofile", action="store_true", help="cProfile the gateway (REST)")
+    p.add_argument(
+        "--sample", action="store_true", help="with --cprofile: sample stacks (SIGPROF) instead"
+    )
     p.add_argument("--quick", action="store_true", help="no JSON-log and no-outbound gateways")
     p.add_argument(
         "--overload-factor", type=float, default=3.0, help="overload run at N× capacity (0: none)"
     )
     p.add_argument(
+        "--overload-rate", type=float, default=0.0, help="overload run at this rate instead"
+    )
+    p.add_argument(
+        "--only-overload",
+        action="store_true",
+        help="only what the overload run needs: the routed REST gateway's closed loop "
+        "(capacity), then the overload run (its open loop at --low-rate first: unloaded p99)",
+    )
+    p.add_argument(
         "--no-workers", dest="workers_phase", action="store_false", help="no serve --workers run"
+    )
+    p.add_argument(
+        "--rest-only",
+        action="store_true",
+        help="closed loop of the minimal proxies and the routed REST gateways only (iterating)",
+    )
+    p.add_argument(
+        "--gateway-loop",
+        default="asyncio",
+        choices=("auto", "uvloop", "asyncio"),
+        help="server.event_loop of the gateways (the default's; one more row runs on uvloop)",
+    )
+    p.add_argument(
+        "--baseline-tree",
+        default="",
+        help="with --rest-only: also a gateway from this source tree (before a change)",
+    )
+    p.add_argument(
+        "--rows", default="", help="with --rest-only: only rows whose name holds one of these"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=1, help="with --rest-only: rounds of the closed-loop rows"
     )
     p.add_argument("--out-dir", default="bench-out", help="where profiles and JSON go")
     p.add_argument("--json-out", default=None, help="write all figures to this JSON file")
@@ -1764,7 +2244,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--canned", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--profile-out", default="", help=argparse.SUPPRESS)
     p.add_argument("--audit-mode", default="required", help=argparse.SUPPRESS)
+    p.add_argument("--generator", default="aiohttp", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--admission",
+        default="",
+        help="the gateways' admission block as JSON (default: the defaults), e.g. "
+        "'{\"max_in_flight\": 32}'",
+    )
+    p.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
+    p.add_argument("--tree", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _import_from_tree(tree: Path) -> None:
+    """Import ``gateway`` and ``adapters`` from ``tree`` instead of the installed checkout."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in repr(f)]
+    sys.path.insert(0, str(tree))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("gateway", "adapters")]:
+        del sys.modules[name]
 
 
 def _run_loop(main: Awaitable[Any]) -> Any:
@@ -1781,25 +2278,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve(backend_app(), args.max_lifetime))
         return 0
     if args.role == "minproxy":
-        asyncio.run(_serve(minimal_proxy_app(args.backend), args.max_lifetime))
+        serve = _serve(minimal_proxy_app(args.backend), args.max_lifetime)
+        if args.loop == "uvloop":
+            _run_loop(serve)
+        else:
+            asyncio.run(serve)
         return 0
     if args.role == "gateway":
-        # The default asyncio loop, as `tongban serve` runs it.
-        return asyncio.run(
-            run_gateway(
-                Path(args.config_dir),
-                args.backend,
-                args.log_mode,
-                args.max_lifetime,
-                args.canned,
-                args.profile_out,
-                args.audit_mode,
-            )
+        if args.tree:
+            _import_from_tree(Path(args.tree))
+        gateway = run_gateway(
+            Path(args.config_dir),
+            args.backend,
+            args.log_mode,
+            args.max_lifetime,
+            args.canned,
+            args.profile_out,
+            args.audit_mode,
+            args.admission,
         )
+        try:
+            from gateway.event_loop import run as run_on_loop
+        except ImportError:  # a tree from before the setting: asyncio's loop, as it ran
+            return asyncio.run(gateway)
+        # The loop server.event_loop names, as a `tongban serve` worker runs it.
+        return run_on_loop(gateway, args.loop)
     if args.role == "openloop":
         # uvloop for the generator only: its own jitter is part of both sides of the comparison.
+        generate = open_loop_raw if args.generator == "raw" else open_loop
         result = _run_loop(
-            open_loop(
+            generate(
                 args.url,
                 bytes.fromhex(args.body_hex),
                 json.loads(args.headers_json),
@@ -1816,8 +2324,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(json.dumps(rows))
         return 0
-    report = run_benchmark(args)
-    print_report(report, args)
+    if args.only_overload:
+        report = run_overload_only(args)
+        print_overload(report.overload)
+    elif args.rest_only:
+        report = run_benchmark(args)
+        print_repeats(report)
+        print_issue_report(report, args)
+    else:
+        report = run_benchmark(args)
+        print_report(report, args)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
     return 0

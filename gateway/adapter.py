@@ -9,11 +9,12 @@ factories by entry-point name (group ``tongban.adapters``) and never imports ``a
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -236,13 +237,21 @@ class AdapterFactory(Protocol):
         """Open clients and load contracts (off the event loop where that blocks)."""
 
 
+@functools.cache
+def _adapter_entry_points() -> dict[str, EntryPoint]:
+    """The ``tongban.adapters`` group, read once per process: finding it reads the metadata of
+    every installed distribution (about 12 ms), and each system's check and open asked again.
+    A plugin installed later is found after a restart (a reload keeps the process)."""
+    return {ep.name: ep for ep in entry_points(group="tongban.adapters")}
+
+
 def load_adapter_factory(name: str) -> AdapterFactory:
     """Find the adapter plugin registered under ``name`` in the ``tongban.adapters`` group."""
-    found = entry_points(group="tongban.adapters", name=name)
-    if not found:
-        known = sorted(ep.name for ep in entry_points(group="tongban.adapters"))
+    found = _adapter_entry_points().get(name)
+    if found is None:
+        known = sorted(_adapter_entry_points())
         raise AdapterConfigError("adapter", f"no adapter named {name!r}; installed: {known}")
-    factory: AdapterFactory = next(iter(found)).load()
+    factory: AdapterFactory = found.load()
     return factory
 
 

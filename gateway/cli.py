@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
@@ -11,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cases.commands import add_cases_commands, run_cases_command
+from gateway.event_loop import EventLoopUnavailable, configured_choice
+from gateway.event_loop import run as run_on_loop
 from gateway.packaged import DEMO_CONFIG_DIR
-from gateway.settings import ConfigError, load_settings
+from gateway.settings import ConfigError, load_settings, read_yaml_text
 from gateway.stores.sqlite import private_dir
 
 
@@ -231,7 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not config_dir.is_dir():
             print(f"no configuration directory {config_dir}", file=sys.stderr)
             return 1
-        return _run(run_demo(config_dir=config_dir, port=args.port, data_dir=data_dir))
+        return _run(
+            run_demo(config_dir=config_dir, port=args.port, data_dir=data_dir),
+            event_loop=configured_choice(config_dir),
+        )
     if args.command == "init":
         return _init(args.dir)
     if args.command == "keys" and args.keys_command == "subject":
@@ -267,7 +271,6 @@ def _init(directory: Path) -> int:
 
 
 def _subject_key(config_dir: Path, province: str) -> int:
-    import yaml  # noqa: PLC0415
 
     from gateway.identity.subject_keys import province_key  # noqa: PLC0415
     from gateway.secrets import read_secret_ref  # noqa: PLC0415
@@ -282,7 +285,7 @@ def _subject_key(config_dir: Path, province: str) -> int:
     except ConfigError as exc:
         print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
         return 1
-    raw = yaml.safe_load((config_dir / "gateway.yaml").read_text(encoding="utf-8")) or {}
+    raw = read_yaml_text((config_dir / "gateway.yaml").read_text(encoding="utf-8")) or {}
     reference = (raw.get("identity") or {}).get("link_secret")
     if settings.gateway.identity is None or reference is None:
         print("gateway.yaml has no identity.link_secret: no subject keys", file=sys.stderr)
@@ -358,10 +361,15 @@ def _record_rotation(
     return 0
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    """Run a server coroutine until SIGINT/SIGTERM; the coroutine returns an exit code."""
+def _run(coro: Coroutine[Any, Any, int], event_loop: str = "asyncio") -> int:
+    """Run a server coroutine until SIGINT/SIGTERM; the coroutine returns an exit code.
+    ``event_loop`` is a ``server.event_loop`` choice (the supervisor of `serve` keeps asyncio's
+    loop: its workers, which serve the requests, take the configured one)."""
     try:
-        return asyncio.run(coro)
+        return run_on_loop(coro, event_loop)
+    except EventLoopUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

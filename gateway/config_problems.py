@@ -13,12 +13,14 @@ blocks. Must not: echo a value (it may be a secret written inline by mistake).
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Union, get_args, get_origin
 
+import orjson
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ValidationError
 
@@ -223,6 +225,21 @@ def schema_problems(schema: Any) -> list[str]:
     """Every problem of a JSON Schema (2020-12) as 'at <pointer>: <message>', the pointer into
     the schema as written; a key that is no keyword but close to one is a problem too (JSON
     Schema ignores unknown keywords, so ``requried`` would silently require nothing)."""
+    try:
+        key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:  # not JSON data: the meta-schema says what is wrong
+        return _schema_problems(schema)
+    return list(_known_schema_problems(key))
+
+
+@functools.lru_cache(maxsize=1024)
+def _known_schema_problems(schema_json: bytes) -> tuple[str, ...]:
+    """Checking against the meta-schema takes milliseconds a schema; every start, reload and
+    `config check` of one configuration meets the same schemas."""
+    return tuple(_schema_problems(orjson.loads(schema_json)))
+
+
+def _schema_problems(schema: Any) -> list[str]:
     meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
     problems = [
         (list(map(str, error.absolute_path)), _schema_message(error))

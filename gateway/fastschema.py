@@ -11,10 +11,12 @@ refuses it (tests/unit/test_fastschema.py checks that property on random documen
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import fastjsonschema
+import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
@@ -60,8 +62,10 @@ def compile_check(schema: Any) -> Check | None:
         {k: v for k, v in schema.items() if k != "$schema"} if isinstance(schema, dict) else schema
     )
     try:
-        validate = fastjsonschema.compile(draft7, use_default=False, use_formats=False)
-    except fastjsonschema.JsonSchemaDefinitionException:
+        validate = _compiled(orjson.dumps(draft7, option=_CANONICAL))
+    except TypeError:  # not plain JSON data (a YAML date, say): jsonschema alone decides
+        return None
+    if validate is None:
         return None
 
     def check(instance: Any) -> bool:
@@ -72,6 +76,23 @@ def compile_check(schema: Any) -> Check | None:
         return True
 
     return check
+
+
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+"""Sorted keys, and a TypeError for anything but plain JSON data (dates included)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(schema_json: bytes) -> Callable[[Any], Any] | None:
+    """fastjsonschema's validator for one schema, kept by its canonical JSON: compiling writes
+    and executes Python source (milliseconds), and a reload or a second app on the same
+    configuration meets the same schemas again."""
+    try:
+        return fastjsonschema.compile(
+            orjson.loads(schema_json), use_default=False, use_formats=False
+        )
+    except fastjsonschema.JsonSchemaDefinitionException:
+        return None
 
 
 class SchemaGate:

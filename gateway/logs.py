@@ -46,21 +46,42 @@ _MIN_SECRET = 6
 """Shorter values are not searched for: they would mask ordinary words."""
 _secrets: set[str] = set()
 _secret_pattern: re.Pattern[str] | None = None
+_pattern_stale = False
 
 
 def register_secret(value: str) -> str:
     """Mask ``value`` in every log line from now on; returns it unchanged."""
-    global _secret_pattern  # noqa: PLW0603 - one process-wide set, read on every line
+    global _pattern_stale  # noqa: PLW0603 - one process-wide set, read on every line
     if len(value) >= _MIN_SECRET and value not in _secrets:
         _secrets.add(value)
-        ordered = sorted(_secrets, key=len, reverse=True)
-        _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        _pattern_stale = True  # compiled at the next line: a start registers tens at once
     return value
+
+
+def registered_secrets() -> frozenset[str]:
+    return frozenset(_secrets)
+
+
+def forget_secrets_except(keep: frozenset[str]) -> None:
+    """Stop masking every secret not in ``keep`` (the test suite: each test's configuration
+    registers secrets of its own, and one process runs hundreds of tests)."""
+    global _pattern_stale  # noqa: PLW0603
+    _secrets.intersection_update(keep)
+    _pattern_stale = True
+
+
+def _pattern() -> re.Pattern[str] | None:
+    global _secret_pattern, _pattern_stale  # noqa: PLW0603
+    if _pattern_stale:
+        ordered = sorted(_secrets, key=len, reverse=True)
+        _secret_pattern = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+        _pattern_stale = False
+    return _secret_pattern
 
 
 def mask_secrets(text: str) -> str:
     """``text`` with every registered secret replaced."""
-    pattern = _secret_pattern
+    pattern = _pattern() if _pattern_stale else _secret_pattern
     return pattern.sub("[redacted]", text) if pattern is not None else text
 
 

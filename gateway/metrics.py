@@ -83,12 +83,13 @@ class Metrics:
         self.overloaded = Counter(
             "tongban_overloaded_total",
             "Requests refused with 503 gateway.overloaded, by the bound that was reached "
-            "(requests / body_bytes).",
+            "(requests / queue_delay / body_bytes / connections).",
             ["bound"],
             registry=self.registry,
         )
         self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._backend: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._overloaded: dict[str, Counter] = {}
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """One served request: counted by route, method and status; timed by route and method."""
@@ -124,7 +125,10 @@ class Metrics:
         self.rate_limited.labels(client, budget).inc()
 
     def refused_by_admission(self, bound: str) -> None:
-        self.overloaded.labels(bound).inc()
+        child = self._overloaded.get(bound)
+        if child is None:  # under overload this runs thousands of times a second
+            child = self._overloaded[bound] = self.overloaded.labels(bound)
+        child.inc()
 
     def render(self) -> bytes:
         if self._shared_dir:

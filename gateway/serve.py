@@ -84,6 +84,7 @@ def limit_connections_of(app: web.Application, runner: web.AppRunner) -> None:
             runner.server,
             admission.settings.max_connections,
             lambda: metrics.refused_by_admission("connections"),
+            admission,
         )
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -155,6 +155,10 @@ class ServerSettings(_Model):
     body_timeout: float = Field(30.0, gt=0, le=3600)
     """Seconds a request's whole body may take to arrive; slower is 408 client.request_timeout
     and the connection closes."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "asyncio"
+    """The event loop of each server process: asyncio's own (the default); ``uvloop``, which
+    fails start-up when it is not installed; ``auto``, uvloop when installed, else asyncio's.
+    uvloop measured no lower CPU per routed call here (docs/performance.md)."""
 
 
 class LoggingSettings(_Model):
@@ -169,15 +173,24 @@ class AdmissionSettings(_Model):
     with 503 gateway.overloaded and Retry-After, before any other work is done for it."""
 
     max_in_flight: int = Field(128, ge=1)
-    """Requests one worker handles at the same time (health and metrics not counted)."""
+    """Requests one worker handles at the same time (health and metrics not counted): the
+    ceiling; the bound in force is lower while the worker's event loop runs late."""
+    min_in_flight: int = Field(16, ge=1)
+    """The bound in force never falls below this (nor above max_in_flight)."""
+    queue_delay_target_ms: float = Field(5.0, ge=0, le=1000)
+    """Mean delay of the worker's event loop (how long ready work waits to run) above which
+    the bound on requests in flight is lowered; 0: the bound stays at max_in_flight."""
+    queue_delay_interval_ms: float = Field(100.0, ge=10, le=10_000)
+    """Over how long that delay is averaged before the bound is adapted."""
     max_body_bytes_in_flight: int = Field(32 << 20, ge=1024)
     """Request body bytes one worker holds at the same time: a request counts its
     Content-Length, or server.max_body_bytes when it streams a body of unknown length."""
     retry_after: int = Field(1, ge=1, le=3600)
     """Seconds a refused caller is told to wait (Retry-After)."""
     max_connections: int = Field(1024, ge=1)
-    """Open connections one worker holds; a connection beyond it is closed as soon as it is
-    accepted (what waits in front of the bound on requests is bounded too)."""
+    """Open connections one worker holds; a connection accepted beyond it is answered once, a
+    503 with Connection: close, and closed (what waits in front of the bound on requests is
+    bounded too)."""
 
 
 class AuditSettings(_Model):
@@ -672,11 +685,21 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(entry)"
 
 
+YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""PyYAML's safe loader on libyaml when the wheel has it (about ten times faster at reading the
+configuration, which every start, reload and `config check` does), else the pure-Python one."""
+
+
+def read_yaml_text(text: str) -> Any:
+    """YAML text as data, with the safe loader only."""
+    return yaml.load(text, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
+
+
 def _read_yaml(path: Path, problems: list[str], *, name: str | None = None) -> Any:
     """The file's data, or ``_UNREADABLE`` after reporting why (once: no second message)."""
     fname = name or path.name
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return read_yaml_text(path.read_text(encoding="utf-8"))
     except OSError as exc:
         problems.append(f"{fname}: cannot be read ({exc.strerror})")
     except yaml.YAMLError as exc:

@@ -55,6 +55,9 @@ from typing import Any
 
 import structlog
 
+from gateway import event_loop
+from gateway.event_loop import EventLoopUnavailable, configured_choice
+from gateway.event_loop import run as run_on_loop
 from gateway.settings import ConfigError, Settings, load_settings, with_instance_id
 
 log = structlog.get_logger("tongban.workers")
@@ -457,6 +460,11 @@ async def run_workers(
     except ConfigError as exc:
         print(exc.report(config_dir), file=sys.stderr)
         return 1
+    try:
+        event_loop.resolve(settings.gateway.server.event_loop)
+    except event_loop.EventLoopUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 1
     configure_logging(settings.gateway.logging.level, settings.gateway.logging.format)
     server = settings.gateway.server
     metrics_dir = Path(tempfile.mkdtemp(prefix="tongban-metrics-"))
@@ -540,17 +548,21 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         shared=lambda settings: shared_across_workers(settings, args.workers),
         dev_secret=bytes.fromhex(secret) if secret else None,
     )
-    code = asyncio.run(
-        run_serve(
-            config_dir=args.config,
-            host=None,
-            port=None,
-            dev_tokens=args.insecure_dev_tokens,
-            instance_id=args.chain,
-            role=role,
-            report=lambda message: tell({"failed": message}),
-        )
+    serving = run_serve(
+        config_dir=args.config,
+        host=None,
+        port=None,
+        dev_tokens=args.insecure_dev_tokens,
+        instance_id=args.chain,
+        role=role,
+        report=lambda message: tell({"failed": message}),
     )
+    try:
+        # The loop server.event_loop names (read before the configuration is loaded in it).
+        code = run_on_loop(serving, configured_choice(args.config))
+    except EventLoopUnavailable as exc:
+        tell({"failed": str(exc)})
+        code = 1
     status.close()
     return code
 

@@ -63,6 +63,18 @@ def _no_finished_app_kept() -> Generator[None, None, None]:
     _release_finished_apps()
 
 
+@pytest.fixture(autouse=True)
+def _secrets_of_this_test_only() -> Generator[None, None, None]:
+    """Every configuration a test loads registers its secrets for masking in log lines; kept
+    across hundreds of tests, the mask grew to tens of thousands of alternatives, applied to
+    every log line of every later test."""
+    from gateway.logs import forget_secrets_except, registered_secrets  # noqa: PLC0415
+
+    before = registered_secrets()
+    yield
+    forget_secrets_except(before)
+
+
 _SERVICE_MARKERS = ("postgres", "redis", "browser")
 
 

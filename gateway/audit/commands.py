@@ -57,7 +57,8 @@ def _print_report(report: VerificationReport, out: TextIO) -> int:
     rate = report.records / report.seconds if report.seconds else 0.0
     if report.ok and report.derived_checked:
         print(
-            "  derived data: every record's stored time and lookup row match the record",
+            "  derived data: every record's stored time, lookup row and subject rows match"
+            " the record",
             file=out,
         )
     if report.ok:

@@ -52,6 +52,10 @@ DerivedRow = tuple[int, str, str, tuple[str | None, ...] | None]
 """A record's sequence and text beside what the store derived from it: the stored time, and its
 lookup row's time and LOOKUP_FIELDS values (None when the record has no lookup row)."""
 
+StoredSubjectRow = tuple[int, str, str]
+"""(sequence, subject, recorded_at): a subject lookup row as the store holds it, for the
+verifier to compare with the record it names."""
+
 
 @dataclass(frozen=True, slots=True)
 class StoredCheckpoint:

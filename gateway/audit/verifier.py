@@ -27,7 +27,8 @@ from gateway.audit.canonical import (
     hash_constructor,
     parse_canonical,
 )
-from gateway.audit.query import LOOKUP_FIELDS
+from gateway.audit.query import LOOKUP_FIELDS, record_subjects
+from gateway.audit.store import DerivedRow, StoredSubjectRow
 
 CHECKPOINT_ALGORITHMS: Final = ["ES256"]
 EXPORT_FORMAT: Final = "tongban-audit-export"
@@ -61,6 +62,11 @@ class ProblemKind(enum.StrEnum):
     """A record's lookup row says other things than the record (queries find it wrongly)."""
     LOOKUP_ORPHAN = "lookup_orphan"
     """A lookup row names a record that does not exist."""
+    SUBJECTS_MISMATCH = "subjects_mismatch"
+    """A record's subject rows are not the data subjects it names (a subject's access log
+    misses it, or shows it to someone it did not touch, or at another time)."""
+    SUBJECTS_ORPHAN = "subjects_orphan"
+    """A subject row names a record that does not exist."""
 
 
 DERIVED_KINDS: Final = frozenset(
@@ -69,6 +75,8 @@ DERIVED_KINDS: Final = frozenset(
         ProblemKind.LOOKUP_MISSING,
         ProblemKind.LOOKUP_MISMATCH,
         ProblemKind.LOOKUP_ORPHAN,
+        ProblemKind.SUBJECTS_MISMATCH,
+        ProblemKind.SUBJECTS_ORPHAN,
     }
 )
 """Problems of the store's derived data, not of the chain itself."""
@@ -534,6 +542,12 @@ class _DerivedSource(Protocol):
 
     async def orphan_lookup_rows(self, chain: str) -> list[int]: ...
 
+    async def subject_rows_between(
+        self, chain: str, first: int, last: int
+    ) -> list[StoredSubjectRow]: ...
+
+    async def orphan_subject_rows(self, chain: str) -> list[int]: ...
+
 
 def _text_field(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
@@ -548,6 +562,7 @@ async def _check_derived(store: _DerivedSource, chain: str, page_size: int) -> l
     problems: list[Problem] = []
     missing: list[int] = []
     async for page in store.read_derived_pages(chain, 1, page_size=page_size):
+        stored_subjects = await _subject_rows_by_record(store, chain, page)
         for sequence, text, stored_time, lookup in page:
             try:
                 body = orjson.loads(text)
@@ -556,6 +571,12 @@ async def _check_derived(store: _DerivedSource, chain: str, page_size: int) -> l
             if not isinstance(body, dict):
                 continue
             own_time = _text_field(body, "time")
+            if lookup is not None:  # subject rows are written with the lookup row
+                problems.extend(
+                    _subjects_problem(
+                        chain, sequence, text, own_time, stored_subjects.get(sequence, [])
+                    )
+                )
             if stored_time != own_time:
                 problems.append(
                     Problem(
@@ -599,7 +620,48 @@ async def _check_derived(store: _DerivedSource, chain: str, page_size: int) -> l
         Problem(chain, orphan, ProblemKind.LOOKUP_ORPHAN, "a lookup row without its record")
         for orphan in await store.orphan_lookup_rows(chain)
     )
+    problems.extend(
+        Problem(chain, orphan, ProblemKind.SUBJECTS_ORPHAN, "a subject row without its record")
+        for orphan in await store.orphan_subject_rows(chain)
+    )
     return problems
+
+
+async def _subject_rows_by_record(
+    store: _DerivedSource, chain: str, page: list[DerivedRow]
+) -> dict[int, list[tuple[str, str]]]:
+    if not page:
+        return {}
+    found: dict[int, list[tuple[str, str]]] = {}
+    for sequence, subject, recorded_at in await store.subject_rows_between(
+        chain, page[0][0], page[-1][0]
+    ):
+        found.setdefault(sequence, []).append((subject, recorded_at))
+    return found
+
+
+def _subjects_problem(
+    chain: str, sequence: int, text: str, own_time: str | None, stored: list[tuple[str, str]]
+) -> list[Problem]:
+    """The record's subject rows against the subjects its text names, at its own time (the
+    subject's access log is read from these rows alone)."""
+    expected = {(subject, own_time) for subject in record_subjects(text)}
+    got = set(stored)
+    if got == expected:
+        return []
+    wrong = []
+    if expected - got:
+        wrong.append(f"{len(expected - got)} missing")
+    if got - expected:
+        wrong.append(f"{len(got - expected)} not named by the record or at another time")
+    return [
+        Problem(
+            chain,
+            sequence,
+            ProblemKind.SUBJECTS_MISMATCH,
+            "the subject rows differ from the record: " + ", ".join(wrong),
+        )
+    ]
 
 
 # --- export files -----------------------------------------------------------------------------

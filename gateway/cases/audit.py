@@ -7,39 +7,15 @@ case); later transitions are buffered appends, so an audit outage never stalls d
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 from gateway.audit.record import AuditEvent, EventType
-from gateway.audit.writer import AuditWriter
+from gateway.audit.recorder import EventRecorder, MemoryRecorder, WriterRecorder
 from gateway.cases.model import Case
 from gateway.cases.store import TransitionDraft
 
-
-class CaseAudit(Protocol):
-    async def record(self, event: AuditEvent, *, required: bool) -> None: ...
-
-
-class WriterCaseAudit:
-    """CaseAudit on the gateway's AuditWriter."""
-
-    def __init__(self, writer: AuditWriter) -> None:
-        self._writer = writer
-
-    async def record(self, event: AuditEvent, *, required: bool) -> None:
-        if required:
-            await self._writer.append(event, mode="required")
-        else:
-            await self._writer.append(event, mode="buffered")
-
-
-class MemoryCaseAudit:
-    """Keeps the events in a list: tests and throw-away runs."""
-
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-
-    async def record(self, event: AuditEvent, *, required: bool) -> None:
-        self.events.append(event)
+CaseAudit = EventRecorder
+WriterCaseAudit = WriterRecorder
+MemoryCaseAudit = MemoryRecorder
 
 
 def transition_events(

@@ -297,23 +297,30 @@ class CaseService:
         try:
             check_unambiguous(service_subject_fields(service), data, raw)
         except SubjectFieldAmbiguous as exc:
-            if self._audit is not None:
-                await self._audit.record(
-                    AuditEvent(
-                        type=EventType.CASE_TRANSITION,
-                        request_id=request_id,
-                        actor=principal.actor,
-                        principal=principal.subject,
-                        identity_level=principal.level,
-                        client=principal.client_id,
-                        service=code,
-                        purpose=str(body.get("purpose", ""))[:200] or None,
-                        outcome="refused",
-                        error_code=exc.code,
-                    ),
-                    required=False,
-                )
+            await self._record_refusal(
+                exc,
+                request_id=request_id,
+                actor=principal.actor,
+                principal=principal.subject,
+                identity_level=principal.level,
+                client=principal.client_id,
+                service=code,
+                purpose=str(body.get("purpose", ""))[:200] or None,
+            )
             raise
+
+    async def _record_refusal(self, error: GatewayError, **fields: Any) -> None:
+        """An application refused before anything of it was written: one record saying so."""
+        if self._audit is not None:
+            await self._audit.record(
+                AuditEvent(
+                    type=EventType.CASE_TRANSITION,
+                    outcome="refused",
+                    error_code=error.code,
+                    **fields,
+                ),
+                required=False,
+            )
 
     async def _bind(
         self,
@@ -347,29 +354,23 @@ class CaseService:
                 requester_province=new.receiving_province,
             )
         except GatewayError as exc:
-            if self._audit is not None:
-                extra: dict[str, Any] = {"subjects": [n.subject.key for n in named]}
-                if consent:
-                    extra["grant"] = ",".join(consent)
-                await self._audit.record(
-                    AuditEvent(
-                        type=EventType.CASE_TRANSITION,
-                        request_id=new.request_id,
-                        actor=new.actor,
-                        principal=new.subject,
-                        identity_level=new.level,
-                        client=new.client_id,
-                        service=new.service,
-                        receiving_province=new.receiving_province,
-                        handling_province=",".join(p.handling_province for p in new.parts),
-                        operation=",".join(p.operation for p in new.parts),
-                        purpose=new.purpose,
-                        outcome="refused",
-                        error_code=exc.code,
-                        extra=extra,
-                    ),
-                    required=False,
-                )
+            extra: dict[str, Any] = {"subjects": [n.subject.key for n in named]}
+            if consent:
+                extra["grant"] = ",".join(consent)
+            await self._record_refusal(
+                exc,
+                request_id=new.request_id,
+                actor=new.actor,
+                principal=new.subject,
+                identity_level=new.level,
+                client=new.client_id,
+                service=new.service,
+                receiving_province=new.receiving_province,
+                handling_province=",".join(p.handling_province for p in new.parts),
+                operation=",".join(p.operation for p in new.parts),
+                purpose=new.purpose,
+                extra=extra,
+            )
             raise
 
     # --- 补齐补正: the applicant supplies what the handling province asked for ------------------

@@ -22,10 +22,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from gateway.audit.record import AuditEvent, EventType
-from gateway.audit.writer import AuditWriter
+from gateway.audit.recorder import EventRecorder, MemoryRecorder, WriterRecorder
 from gateway.consent.contract import (
     DataSubject,
     GrantAsk,
@@ -50,31 +50,9 @@ from gateway.errors import NotFound, ValidationFailed
 _DAY: Final = 86_400.0
 
 
-class ConsentAudit(Protocol):
-    async def record(self, event: AuditEvent, *, required: bool) -> None: ...
-
-
-class WriterConsentAudit:
-    """ConsentAudit on the gateway's AuditWriter."""
-
-    def __init__(self, writer: AuditWriter) -> None:
-        self._writer = writer
-
-    async def record(self, event: AuditEvent, *, required: bool) -> None:
-        if required:
-            await self._writer.append(event, mode="required")
-        else:
-            await self._writer.append(event, mode="buffered")
-
-
-class MemoryConsentAudit:
-    """Keeps the events in a list: tests."""
-
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-
-    async def record(self, event: AuditEvent, *, required: bool) -> None:
-        self.events.append(event)
+ConsentAudit = EventRecorder
+WriterConsentAudit = WriterRecorder
+MemoryConsentAudit = MemoryRecorder
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,37 @@ reservation is released when the handler has returned (the body is read by then)
 ``/healthz``, ``/readyz`` and ``/metrics`` are neither bounded nor counted: an orchestrator
 must still see an overloaded worker alive.
 
-Requests only reach this middleware once the event loop has read them; under overload they wait
-in front of it, one per open connection, and each open connection holds memory. So a worker
-also bounds its connections (``admission.max_connections``, ``limit_connections``): a
-connection beyond the bound is closed as soon as it is accepted, before anything is read from
-it (the client sees the connection closed and may try again, as after a 503), which keeps both
-the memory and the wait in front of the middleware bounded.
+The bound on requests adapts to the queue in front of the handler. A worker is one event loop:
+whatever it has to do (a new request to parse, an admitted call to resume after each await, a
+refusal to write) waits in the loop's ready queue, so the time a request waits before this
+middleware sees it, and the time every admitted call waits at each of its awaits, is the
+loop's delay. ``QueueDelay`` measures that delay with a timer while requests are in flight (how
+late it fires); over each ``admission.queue_delay_interval_ms`` the mean delay is compared
+with ``admission.queue_delay_target_ms`` (CoDel's sojourn time and interval, on the one queue
+an asyncio worker has). Above the target the bound drops to what is in flight scaled by
+target/delay (by at most a quarter per interval, and never below ``min_in_flight``: the loop's
+delay has other causes too, refusals among them, and a bound cut further would only idle the
+worker), provided the loop's thread was on the CPU for most of the interval (``_BUSY``; a loop
+late while its thread is not busy waits for a core that other processes hold, which no bound
+on our calls shortens); otherwise, when the bound was reached, it grows again by an eighth per
+interval, up to ``max_in_flight``. Refusals beyond the adapted
+bound are counted as ``queue_delay``, beyond the fixed ones as ``requests`` / ``body_bytes``.
+A slow back-end does not lower the bound (a call waiting for its answer costs the loop
+nothing); a saturated loop does, whatever saturates it.
+
+A refusal costs as little as the framework allows: the body is rendered once, and only the
+request id (a per-worker prefix and a counter, unique without a system call) is spliced in.
+
+Requests only reach this middleware once the event loop has read them; each open connection
+holds memory. So a worker also bounds its connections (``admission.max_connections``,
+``limit_connections``): a connection accepted beyond the bound gets one answer, a 503 refusal
+(or the health answer), with ``Connection: close``, and is closed after it; one that sends
+nothing is aborted after ``_LATE_CONNECTION_GRACE`` seconds. The client reads a clean refusal
+instead of a reset. Only while the worker keeps up, though: answering costs several times what
+a reset does, so while the loop is late (its delay above the target) or more than a sixteenth
+of the bound (``_late_cap``, at least 8) already wait for their answer, a connection beyond the
+bound is aborted as soon as it is accepted: in a connection storm the client sees a reset, and
+the worker's CPU and memory stay bounded whatever arrives.
 """
 
 from __future__ import annotations
@@ -30,11 +55,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
 from gateway.errors import Overloaded
-from gateway.http.problem import problem_response
+from gateway.http.problem import CONTENT_TYPE, PROBLEM_TYPE_BASE
 from gateway.settings import AdmissionSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -42,19 +68,111 @@ log = structlog.get_logger("tongban.http")
 
 UNBOUNDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _WARN_EVERY = 10.0
+_PROBE_EVERY = 0.005
+"""Seconds between two delay probes while requests are in flight (a few µs each)."""
+_BUSY = 0.8
+"""The bound is lowered only while the loop's thread is on the CPU this much of the time: a
+loop that is late but not busy waits for a core other processes hold, and fewer calls in
+flight would not make it sooner (they would leave the worker idle while it gets the core)."""
+_LATE_CONNECTION_GRACE = 2.0
+"""Seconds a connection accepted beyond the bound has to send its request."""
+_REQUEST_ID = "@@request-id@@"
+
+
+class QueueDelay:
+    """How late this worker's event loop runs what is ready: a timer every ``_PROBE_EVERY``
+    seconds while there is work in flight, its lateness averaged over each interval; and how
+    busy the loop's thread was in it."""
+
+    __slots__ = (
+        "_admission",
+        "_cpu_start",
+        "_due",
+        "_handle",
+        "_samples",
+        "_sum",
+        "_window_end",
+        "_window_start",
+        "busy",
+        "last",
+    )
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self._window_end = 0.0
+        self._samples = 0
+        self._sum = 0.0
+        self._window_start = 0.0
+        self._cpu_start = 0.0
+        self.last = 0.0
+        """The mean delay of the last complete interval, in seconds."""
+        self.busy = 0.0
+        """The share of the last complete interval the loop's thread spent on the CPU."""
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None
+
+    def start(self) -> None:
+        if self._handle is not None:
+            return
+        now = time.monotonic()
+        self._new_window(now)
+        self._schedule(now)
+
+    def _new_window(self, now: float) -> None:
+        self._window_start, self._cpu_start = now, time.thread_time()
+        self._window_end = now + self._admission.interval
+        self._samples, self._sum = 0, 0.0
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.last = 0.0  # nothing in flight: nothing waits
+
+    def _schedule(self, now: float) -> None:
+        self._due = now + _PROBE_EVERY
+        self._handle = asyncio.get_running_loop().call_later(_PROBE_EVERY, self._tick)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        self._samples += 1
+        self._sum += max(now - self._due, 0.0)
+        if now >= self._window_end:
+            self.last = self._sum / self._samples
+            self.busy = (time.thread_time() - self._cpu_start) / (now - self._window_start)
+            self._new_window(now)
+            if not self._admission.interval_ended(self.last, self.busy):
+                self._handle = None
+                self.last = 0.0
+                return
+        self._schedule(now)
 
 
 class Admission:
     """The counters of one worker (one event loop: no lock needed)."""
 
     __slots__ = (
+        "_body_head",
+        "_body_tail",
         "_last_warning",
+        "_late",
         "_on_refused",
+        "_peak",
         "_refused_since_warning",
+        "_rid_prefix",
+        "_rids",
         "body_bytes",
+        "delay",
         "in_flight",
+        "interval",
+        "limit",
         "max_body_bytes",
         "settings",
+        "target",
     )
 
     def __init__(
@@ -67,9 +185,30 @@ class Admission:
         self.max_body_bytes = max_body_bytes
         self.in_flight = 0
         self.body_bytes = 0
+        self.limit = settings.max_in_flight
+        """The bound on requests now: ``max_in_flight``, lower while the loop is late."""
+        self.target = settings.queue_delay_target_ms / 1000
+        self.interval = settings.queue_delay_interval_ms / 1000
+        self.delay = QueueDelay(self)
+        self._peak = 0
+        self._late: set[Any] = set()
         self._on_refused = on_refused
         self._refused_since_warning = 0
         self._last_warning = -_WARN_EVERY
+        self._rid_prefix = os.urandom(6).hex()
+        self._rids = 0
+        error = Overloaded(settings.retry_after)
+        body = orjson.dumps(
+            {
+                "type": PROBLEM_TYPE_BASE + error.code,
+                "title": error.title,
+                "status": error.status,
+                "detail": error.detail,
+                "code": error.code,
+                "request_id": _REQUEST_ID,
+            }
+        )
+        self._body_head, self._body_tail = body.split(_REQUEST_ID.encode())
 
     def reservation(self, request: web.Request) -> int:
         """Body bytes this request may hold while in flight."""
@@ -78,8 +217,31 @@ class Admission:
             return self.max_body_bytes if request.body_exists else 0
         return min(length, self.max_body_bytes)
 
-    def refusal(self, reason: str) -> web.Response:
-        if self._on_refused is not None:
+    def admitted(self) -> None:
+        self.in_flight += 1
+        self._peak = max(self._peak, self.in_flight)
+        if self.target > 0 and not self.delay.running:
+            self.delay.start()
+
+    def interval_ended(self, delay: float, busy: float) -> bool:
+        """Adapt the bound to the last interval's mean delay and the share of it the loop's
+        thread was on the CPU; False: stop probing (nothing in flight)."""
+        ceiling = self.settings.max_in_flight
+        if delay > self.target and busy >= _BUSY:
+            base = min(self.limit, self._peak)
+            floor = min(self.settings.min_in_flight, ceiling)
+            self.limit = max(floor, int(base * max(0.75, self.target / delay)))
+        elif self._peak >= self.limit and self.limit < ceiling:
+            self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
+        self._peak = self.in_flight
+        # Nothing in flight: stop (an idle worker wakes for nothing); the next admitted
+        # request starts the probe again, and the bound, if lowered, grows back from there.
+        return self.in_flight > 0
+
+    def refusal(self, reason: str, *, counted: bool = False) -> web.Response:
+        """The 503 answer; ``counted``: the refusal was counted already (a connection beyond
+        the bound is counted when it is accepted)."""
+        if self._on_refused is not None and not counted:
             self._on_refused(reason)
         self._refused_since_warning += 1
         now = time.monotonic()
@@ -89,42 +251,105 @@ class Admission:
                 reason=reason,
                 refused=self._refused_since_warning,
                 in_flight=self.in_flight,
+                limit=self.limit,
+                queue_delay_ms=round(self.delay.last * 1000, 2),
                 body_bytes=self.body_bytes,
             )
             self._last_warning = now
             self._refused_since_warning = 0
-        error = Overloaded(self.settings.retry_after)
-        return problem_response(error, os.urandom(16).hex())
+        self._rids += 1
+        request_id = f"{self._rid_prefix}{self._rids:010x}"
+        return web.Response(
+            body=b"".join((self._body_head, request_id.encode(), self._body_tail)),
+            status=503,
+            content_type=CONTENT_TYPE,
+            headers={"X-Request-ID": request_id, "Retry-After": str(self.settings.retry_after)},
+        )
+
+    # connections accepted beyond the bound (``limit_connections``)
+
+    def late(self, protocol: Any) -> None:
+        self._late.add(protocol)
+
+    def gone(self, protocol: Any) -> None:
+        self._late.discard(protocol)
+
+    @property
+    def late_count(self) -> int:
+        return len(self._late)
+
+    def can_answer_late(self, limit: int) -> bool:
+        """Answer a connection beyond the bound with a 503, or reset it? A 503 costs the
+        worker a request's parsing and writing and a connection's set-up, several times what a
+        reset costs: only while few such connections wait and the loop is on time. A worker
+        already behind resets, or a connection storm would put it further behind."""
+        return len(self._late) < _late_cap(limit) and self.delay.last <= self.target
+
+    def is_late(self, protocol: Any) -> bool:
+        return bool(self._late) and protocol in self._late
 
 
 ADMISSION = web.AppKey("admission", Admission)
 
 
-def limit_connections(server: web.Server, limit: int, on_refused: Callable[[], None]) -> None:
-    """Close every connection accepted while ``server`` already holds ``limit`` of them."""
+def _late_cap(limit: int) -> int:
+    """Connections beyond the bound answered with a 503 at the same time; more are aborted."""
+    return max(8, limit // 16)
+
+
+def limit_connections(
+    server: web.Server,
+    limit: int,
+    on_refused: Callable[[], None],
+    admission: Admission | None = None,
+) -> None:
+    """Refuse every connection accepted while ``server`` already holds ``limit`` of them:
+    with one 503 and ``Connection: close`` when ``admission`` is given (its middleware
+    answers it), else by closing it at once."""
     register = server.connection_made
+    unregister = server.connection_lost
 
     def connection_made(handler: Any, transport: asyncio.Transport) -> None:
         if len(server.connections) >= limit:
             on_refused()
-            transport.abort()  # the handler sees the connection lost before it reads anything
+            if admission is None or not admission.can_answer_late(limit):
+                transport.abort()  # the handler sees the connection lost before it reads
+            else:
+                admission.late(handler)
+                asyncio.get_running_loop().call_later(_LATE_CONNECTION_GRACE, transport.abort)
         register(handler, transport)
 
+    def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+        if admission is not None:
+            admission.gone(handler)
+        unregister(handler, exc)
+
     server.connection_made = connection_made  # type: ignore[method-assign]
+    server.connection_lost = connection_lost  # type: ignore[method-assign]
 
 
 @web.middleware
 async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse at once what this worker cannot take in now; count what it takes in."""
+    admission = request.app[ADMISSION]
+    if admission.is_late(request.protocol):
+        # Accepted beyond the connection bound: one answer, then the connection closes.
+        late = (
+            await handler(request)
+            if request.path in UNBOUNDED_PATHS
+            else admission.refusal("connections", counted=True)
+        )
+        late.force_close()
+        return late
     if request.path in UNBOUNDED_PATHS:
         return await handler(request)
-    admission = request.app[ADMISSION]
-    if admission.in_flight >= admission.settings.max_in_flight:
-        return admission.refusal("requests")
+    if admission.in_flight >= admission.limit:
+        limited = admission.limit < admission.settings.max_in_flight
+        return admission.refusal("queue_delay" if limited else "requests")
     reserved = admission.reservation(request)
     if reserved and admission.body_bytes + reserved > admission.settings.max_body_bytes_in_flight:
         return admission.refusal("body_bytes")
-    admission.in_flight += 1
+    admission.admitted()
     admission.body_bytes += reserved
     try:
         return await handler(request)

@@ -35,6 +35,7 @@ from gateway.audit.query import (
     encode_cursor,
     lookup_row,
     matches,
+    record_subjects,
 )
 from gateway.audit.record import AuditEvent, EventType, format_time
 from gateway.audit.store import AuditStore, AuditStoreError, StoredRecord
@@ -247,8 +248,12 @@ async def _run(request: web.Request, query: AuditQuery) -> _Page:
                     stored.chain, stored.sequence, str(body.get("time")), stored.text, stored.hash
                 )
             )
-            if body.get("time") != stored.time or not matches(query, own):
-                mismatched += 1
+            if (
+                body.get("time") != stored.time
+                or not matches(query, own)
+                or (query.subject is not None and query.subject not in record_subjects(stored.text))
+            ):
+                mismatched += 1  # found by derived data the record itself contradicts
         body["hash"] = stored.hash
         records.append(body)
     cursor = None

@@ -32,7 +32,14 @@ CLIENT_CLOSED_REQUEST: Final = 499
 @web.middleware
 async def client_io_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Read the body under the body timeout; a client abort is a 499 line, not a 500."""
-    if request.body_exists:
+    if request.body_exists and request.content.is_eof():
+        # The whole body has arrived with the head (a small one nearly always has): reading it
+        # cannot wait, so there is no timer to arm.
+        try:
+            await request.read()
+        except ConnectionResetError:
+            return client_aborted(request)
+    elif request.body_exists:
         timeout = request.app[SETTINGS].gateway.server.body_timeout
         try:
             async with asyncio.timeout(timeout):

@@ -34,6 +34,29 @@ log = structlog.get_logger("tongban.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+class _RandomIds:
+    """128 random bits as 32 hex digits (like ``uuid4().hex``), from the operating system's
+    generator as ``os.urandom`` gives them, but drawn 256 ids at a time: one system call per
+    256 requests instead of one each. A forked child starts a pool of its own."""
+
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._pool: list[str] = []
+        os.register_at_fork(after_in_child=self._pool.clear)
+
+    def __call__(self) -> str:
+        pool = self._pool
+        if not pool:
+            text = os.urandom(16 * self._BATCH).hex()
+            pool.extend(text[i : i + 32] for i in range(0, len(text), 32))
+        return pool.pop()
+
+
+new_request_id = _RandomIds()
+"""A fresh request id."""
+
+
 def _route_name(request: web.Request) -> str:
     info = request.match_info.route.resource
     return info.canonical if info is not None else "unmatched"
@@ -43,8 +66,7 @@ def _route_name(request: web.Request) -> str:
 async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id to every log line of this request and write one access line at the end."""
     incoming = request.headers.get("X-Request-ID", "")
-    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID object.
-    request_id = incoming if _REQUEST_ID.match(incoming) else os.urandom(16).hex()
+    request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID] = request_id
     request[LOG_FIELDS] = {}
     structlog.contextvars.clear_contextvars()

@@ -13,6 +13,11 @@ PROBLEM_TYPE_BASE = "https://tongban.example/problems/"
 CONTENT_TYPE = "application/problem+json"
 
 
+_STANDARD_MEMBERS = frozenset(
+    {"type", "title", "status", "detail", "instance", "code", "request_id"}
+)
+
+
 def problem_response(
     error: GatewayError, request_id: str, instance: str | None = None
 ) -> web.Response:
@@ -26,7 +31,8 @@ def problem_response(
     }
     if instance:
         body["instance"] = instance
-    body.update(error.extra)
+    # Extension members never replace the standard ones (RFC 9457 §3.1: status is the code).
+    body.update((k, v) for k, v in error.extra.items() if k not in _STANDARD_MEMBERS)
     headers = {"X-Request-ID": request_id}
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None and error.status in (429, 503):

@@ -23,6 +23,8 @@ from gateway.errors import Unauthenticated
 from gateway.principal import Principal, TokenVerifier
 
 _PREFIX = "dev."
+_CACHE_SIZE = 1024
+"""Verified tokens kept before the cache starts over."""
 
 
 def _b64(raw: bytes) -> str:
@@ -41,6 +43,10 @@ class DevTokenIssuer:
     ) -> None:
         self._secret = secret or secrets.token_bytes(32)
         self._clock = clock
+        # Tokens already verified, with their expiry: a portal sends the same token with every
+        # call, and its signature and claims cannot change (the access-token verifier keeps
+        # the same kind of cache). Dev tokens cannot be revoked; expiry is checked every time.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def issue(
         self,
@@ -77,6 +83,18 @@ class DevTokenIssuer:
         return _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
 
     async def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None:
+            if known[1] < self._clock():
+                raise Unauthenticated("The bearer token has expired.")
+            return known[0]
+        principal, expires = self._verify_signed(token)
+        if len(self._verified) >= _CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _verify_signed(self, token: str) -> tuple[Principal, float]:
         if not token.startswith(_PREFIX) or token.count(".") != 2:
             raise Unauthenticated("The bearer token is not valid.")
         body, signature = token[len(_PREFIX) :].split(".")
@@ -92,7 +110,7 @@ class DevTokenIssuer:
         enterprise = claims.get("enterprise")
         if any(v is not None and not isinstance(v, str) for v in (person, enterprise)):
             raise Unauthenticated("The bearer token is not valid.")
-        return Principal(
+        principal = Principal(
             subject=claims["sub"],
             level=claims["acr"],
             client_id=claims["client_id"],
@@ -103,6 +121,7 @@ class DevTokenIssuer:
             person=person,
             enterprise=enterprise,
         )
+        return principal, claims["exp"]
 
 
 class WithDevTokens:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.errors import BackendBadResponse, BackendError, ClientError, Forbidden
 
 
@@ -41,11 +43,19 @@ class LicenceSealInvalid(ClientError):
 
 
 class LicenceNotValid(ClientError):
-    """The issuer says the licence is no longer valid; ``status`` names how."""
+    """The issuer says the licence is no longer valid; ``status`` names how (answered as the
+    problem's ``licence_status``: ``status`` there is the HTTP status)."""
 
     code = "client.licence_not_valid"
     http_status = 422
     title = "The licence is not valid"
+
+    def __init__(
+        self, detail: str | None = None, *, status: str | None = None, **extra: Any
+    ) -> None:
+        if status is not None:
+            extra["licence_status"] = status
+        super().__init__(detail, **extra)
 
 
 class LicenceRevoked(LicenceNotValid):

@@ -4,6 +4,8 @@ admin_action records every /admin request leaves."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +284,57 @@ async def test_a_tampered_lookup_table_is_reported_by_queries_and_by_verify(
     assert await asyncio.to_thread(audit_verify, tmp_path) == 1
     out = capsys.readouterr().out
     assert f"record {victim.sequence}: lookup_missing" in out
+
+
+async def test_a_record_planted_in_an_access_log_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An intruder adds a subject row that files a record which never touched the citizen's
+    data under the citizen's key: the access log checks each record's own text and leaves it
+    out, and `tongban audit verify` names the record."""
+    async with demo_journey(tmp_path, monkeypatch) as journey:
+        status, body = await journey.call("pension-transfer", S1_HISTORY)
+        assert status == 200, body
+        status, _ = await _get(journey, "/admin/audit", _auditor(journey))  # not about anyone
+        assert status == 200
+        trail = await _trail(journey)
+        store = journey.client.app[STATE].audit_store
+        assert store is not None
+        await store.query(AuditQuery(limit=1))  # writes the lookup rows still pending
+        mine = next(r for r in trail if r.event.type == EventType.SERVICE_CALL_COMPLETED)
+        [key] = await _subject_keys(tmp_path / AUDIT_DB_NAME, mine.chain, mine.sequence)
+        planted = next(
+            r for r in trail if r.event.request_id and not (r.event.extra or {}).get("subjects")
+        )
+        await SqliteBackend(tmp_path / AUDIT_DB_NAME).tamper(
+            [
+                (
+                    "INSERT INTO audit_subjects VALUES (?, ?, ?, ?)",
+                    (key, planted.time, planted.chain, planted.sequence),
+                )
+            ]
+        )
+        status, log = await _get(journey, "/api/v1/me/access-log", journey.auth("citizen-l3"))
+        assert status == 200, log
+        shown = {entry["request_id"] for entry in log["entries"]}
+        assert mine.event.request_id in shown
+        assert planted.event.request_id not in shown
+    capsys.readouterr()
+    assert await asyncio.to_thread(audit_verify, tmp_path) == 1
+    out = capsys.readouterr().out
+    assert f"record {planted.sequence}: subjects_mismatch" in out
+
+
+async def _subject_keys(path: Path, chain: str, sequence: int) -> list[str]:
+    def read() -> list[str]:
+        with closing(sqlite3.connect(path)) as conn:
+            rows = conn.execute(
+                "SELECT subject FROM audit_subjects WHERE chain_id = ? AND sequence = ?",
+                (chain, sequence),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    return await asyncio.to_thread(read)
 
 
 async def test_time_and_cursor_parameters_follow_their_schema(journey: Journey) -> None:

@@ -154,6 +154,8 @@ async def test_only_the_signed_in_holder_gets_a_code_and_a_revoked_licence_none(
     )
     status, problem = await check(journey, shown["code"])
     assert (status, problem["code"]) == (422, "client.licence_revoked")
+    # The problem's status is the HTTP status; how the licence stands is an extension member.
+    assert (problem["status"], problem["licence_status"]) == (422, "revoked")
     status, problem = await present(journey, holder, number=BIRTH_CERTIFICATE)
     assert (status, problem["code"]) == (422, "client.licence_revoked")
     status, problem = await present(journey, holder, type="degree-certificate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -389,6 +390,60 @@ async def test_a_deleted_or_changed_lookup_row(
         (33, ProblemKind.LOOKUP_MISSING),
         (35, ProblemKind.LOOKUP_MISMATCH),
         (999, ProblemKind.LOOKUP_ORPHAN),
+    ]
+
+
+async def write_chain_with_subjects(store: AuditStore, keys: StaticKeyStore) -> None:
+    """Records 1-20 each name the data subjects they touched (two for even numbers)."""
+    writer = AuditWriter(store, chain=CHAIN, signer=CheckpointSigner(keys), settings=SETTINGS)
+    await writer.start()
+    for n in range(1, 21):
+        subjects = [f"subj-{n:02d}", "subj-shared"] if n % 2 == 0 else [f"subj-{n:02d}"]
+        await writer.append(replace(full_event(n), extra={"subjects": subjects}))
+    await writer.aclose()
+    await store.query(AuditQuery(limit=1))
+
+
+async def test_untouched_subject_rows_verify(store: AuditStore, keys: StaticKeyStore) -> None:
+    await write_chain_with_subjects(store, keys)
+    report = await verify_store(store, keys.public_keys())
+    assert report.ok, report.problems
+
+
+async def test_tampered_subject_rows_are_found(
+    backend: Backend, store: AuditStore, keys: StaticKeyStore
+) -> None:
+    """The citizen's access log reads the subject rows alone: a row removed hides a record
+    from its subject, a row added shows it to someone it did not touch, a moved time files it
+    elsewhere in the log."""
+    await write_chain_with_subjects(store, keys)
+    await backend.tamper(
+        [
+            (
+                "DELETE FROM audit_subjects WHERE chain_id = ? AND sequence = ? AND subject = ?",
+                (CHAIN, 4, "subj-shared"),
+            ),
+            (
+                "INSERT INTO audit_subjects VALUES (?, ?, ?, ?)",
+                ("subj-victim", "2026-01-01T00:00:00.000000Z", CHAIN, 7),
+            ),
+            (
+                "UPDATE audit_subjects SET recorded_at = ?"
+                " WHERE chain_id = ? AND sequence = ? AND subject = ?",
+                ("2001-01-01T00:00:00.000000Z", CHAIN, 9, "subj-09"),
+            ),
+            (
+                "INSERT INTO audit_subjects VALUES (?, ?, ?, ?)",
+                ("subj-ghost", "2026-01-01T00:00:00.000000Z", CHAIN, 999),
+            ),
+        ]
+    )
+    problems = await derived_problems(store, keys.public_keys())
+    assert problems == [
+        (4, ProblemKind.SUBJECTS_MISMATCH),
+        (7, ProblemKind.SUBJECTS_MISMATCH),
+        (9, ProblemKind.SUBJECTS_MISMATCH),
+        (999, ProblemKind.SUBJECTS_ORPHAN),
     ]
 
 

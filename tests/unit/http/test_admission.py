@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.adapter import Adapter, Call, FakeAdapter, Reply, SystemSpec
 from gateway.app import create_app
+from gateway.http import admission as admission_module
+from gateway.http.admission import ADMISSION, Admission
 from gateway.http.keys import STATE
 from gateway.identity.devtokens import DevTokenIssuer
 from gateway.principal import Principal
 from gateway.serve import limit_connections_of
-from gateway.settings import GatewaySettings, Settings, SystemSettings
+from gateway.settings import AdmissionSettings, GatewaySettings, Settings, SystemSettings
 from tests.subject_fixtures import TEST_SUBJECT_KEYS
 from tests.unit.http.test_app import _settings, auth, call_body
 
@@ -203,12 +206,24 @@ async def _get_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     return await reader.readuntil(b'{"status":"ok"}')
 
 
-async def test_connections_beyond_the_bound_are_closed_at_once(
-    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ask: bytes) -> bytes:
+    """Everything the server sends for one request until it closes the connection."""
+    writer.write(ask)
+    await writer.drain()
+    async with asyncio.timeout(10):
+        return await reader.read()
+
+
+async def test_connections_beyond_the_bound_get_one_refusal_then_close(
+    tmp_path: Path,
+    backend: HeldBackend,
+    verifier: CountingVerifier,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
         return backend.adapter
 
+    monkeypatch.setattr(admission_module, "_LATE_CONNECTION_GRACE", 0.2)
     app = create_app(
         _bounded(tmp_path, max_connections=2),
         verifier=verifier,
@@ -226,11 +241,47 @@ async def test_connections_beyond_the_bound_are_closed_at_once(
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         for reader, writer in held:
             assert b"200 OK" in await _get_healthz(reader, writer)
-        # A third is closed as soon as it is accepted: nothing is read from it, no answer.
+        checked = verifier.checked
+        records = await _audit_records_of(app)
+        admission = app[ADMISSION]
+        # While its loop runs late, the worker resets a connection beyond the bound at once.
+        admission.delay.last = 0.5
+        late = b""
+        with contextlib.suppress(ConnectionResetError):
+            late = await _answer(
+                *await asyncio.open_connection("127.0.0.1", port),
+                b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n",
+            )
+        assert late == b""
+        admission.delay.last = 0.0
+        # On time, a third gets one clean refusal, told the connection closes, and is closed after it.
+        body = json.dumps(call_body()).encode()
+        ask = (
+            f"POST {CALLS} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            f"Authorization: {auth()['Authorization']}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        answer = await _answer(*await asyncio.open_connection("127.0.0.1", port), ask)
+        head, _, problem = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 "), answer
+        assert b"\r\nConnection: close" in head
+        assert b"\r\nRetry-After: 1" in head
+        assert json.loads(problem)["code"] == "gateway.overloaded"
+        # Nothing was done for it: no token check, no audit record, no back-end call.
+        assert verifier.checked == checked
+        assert await _audit_records_of(app) == records
+        assert backend.arrived == 0
+        # Health still answers on such a connection (once, then it closes).
+        health = await _answer(
+            *await asyncio.open_connection("127.0.0.1", port),
+            b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n",
+        )
+        assert health.startswith(b"HTTP/1.1 200 ")
+        assert b"Connection: close" in health
+        # One that sends nothing is not held: it is closed after a short grace.
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
-        with contextlib.suppress(ConnectionResetError):  # closed or reset: either way, refused
-            assert await reader.read() == b""
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
         writer.close()
         # The held ones still work, and once one of them goes, a new connection is taken.
         assert b"200 OK" in await _get_healthz(*held[0])
@@ -243,14 +294,174 @@ async def test_connections_beyond_the_bound_are_closed_at_once(
         again = await asyncio.open_connection("127.0.0.1", port)
         assert b"200 OK" in await _get_healthz(*again)
         metrics = await _get_metrics(*again)
-        assert 'tongban_overloaded_total{bound="connections"} 1.0' in metrics
+        assert 'tongban_overloaded_total{bound="connections"} 4.0' in metrics
         for _, w in (held[0], again):
             w.close()
     finally:
         await runner.cleanup()
 
 
+async def test_beyond_the_answered_late_connections_a_connection_is_aborted(
+    tmp_path: Path,
+    backend: HeldBackend,
+    verifier: CountingVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection storm cannot make the worker hold unbounded memory: past the bound, only a
+    few connections are kept to be answered (8 here); the rest are closed unread."""
+
+    async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
+        return backend.adapter
+
+    monkeypatch.setattr(admission_module, "_LATE_CONNECTION_GRACE", 60.0)
+    app = create_app(
+        _bounded(tmp_path, max_connections=1),
+        verifier=verifier,
+        open_adapter=open_adapter,
+        subjects=TEST_SUBJECT_KEYS,
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    limit_connections_of(app, runner)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    admission = app[ADMISSION]
+    opened = []
+    try:
+        held = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*held)
+        # Eight silent connections beyond the bound: kept, each waiting to be answered once.
+        for _ in range(8):
+            opened.append(await asyncio.open_connection("127.0.0.1", port))
+        async with asyncio.timeout(10):
+            while admission.late_count < 8:  # noqa: ASYNC110 - accepted by the server's loop
+                await asyncio.sleep(0.01)
+        # The next one is closed unread: no answer at all.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        opened.append((reader, writer))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        async with asyncio.timeout(10):
+            with contextlib.suppress(ConnectionResetError):
+                assert await reader.read() == b""
+        # One of the kept ones still gets its clean refusal.
+        late_reader, late_writer = opened[0]
+        answer = await _answer(
+            late_reader, late_writer, b"GET /api/v1/services HTTP/1.1\r\nHost: gw\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        assert admission.late_count == 7
+        opened.append(held)
+    finally:
+        for _, w in opened:
+            w.close()
+        await runner.cleanup()
+
+
+async def _audit_records_of(app: web.Application) -> int:
+    writer = app[STATE].audit
+    assert writer is not None
+    assert await writer.settle()
+    return int(writer.stats.records)
+
+
 async def _get_metrics(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
     await writer.drain()
     return (await reader.read()).decode()
+
+
+def _admission(**settings: float) -> Admission:
+    return Admission(AdmissionSettings.model_validate(settings), 2048)
+
+
+async def test_a_late_loop_lowers_the_bound_and_a_timely_one_raises_it_again() -> None:
+    """The rule alone, the delays given (the probe's own measurements are not awaited)."""
+    admission = _admission(max_in_flight=100, min_in_flight=10, queue_delay_target_ms=5)
+    for _ in range(40):
+        admission.admitted()
+    # The loop ran 20 ms late on average: the bound falls below what is in flight (40), by
+    # target/delay but never by more than a quarter per interval.
+    assert admission.interval_ended(0.020, busy=1.0)
+    assert admission.limit == 30
+    admission.in_flight = 30
+    assert admission.interval_ended(0.0055, busy=1.0)
+    assert admission.limit == 27  # 30 x 5/5.5
+    # A loop late while its thread is mostly off the CPU (other processes hold the core):
+    # fewer calls would not help; the bound, reached, grows as if the loop were on time.
+    assert admission.interval_ended(0.050, busy=0.3)
+    assert admission.limit == 30
+    # Never below min_in_flight, however late the loop.
+    for _ in range(20):
+        admission.interval_ended(0.5, busy=1.0)
+    assert admission.limit == 10
+    # On time again, and the bound reached: it grows by an eighth per interval, to the ceiling.
+    admission.in_flight = 16
+    assert admission.interval_ended(0.001, busy=1.0)
+    assert admission.limit == 11
+    for _ in range(60):
+        admission.in_flight = admission.limit
+        admission.interval_ended(0.001, busy=1.0)
+    assert admission.limit == 100
+    # Nothing in flight: the probe stops, even with the bound lowered (it stays lowered).
+    admission.in_flight = 0
+    assert not admission.interval_ended(0.001, busy=1.0)
+    admission.limit = 20
+    admission.interval_ended(0.001, busy=1.0)
+    assert not admission.interval_ended(0.001, busy=1.0)
+    assert admission.limit == 20
+    admission.delay.stop()
+
+
+def test_a_bound_not_reached_does_not_grow() -> None:
+    admission = _admission(max_in_flight=100)
+    admission.limit = 10
+    admission.in_flight = 3
+    admission.interval_ended(0.0, busy=1.0)  # the peak of the interval, 3, is far from the bound
+    assert admission.limit == 10
+
+
+async def test_the_delay_is_measured_on_the_loop_itself() -> None:
+    """A loop kept busy (callbacks computing: a stand-in for more ready work than it can run)
+    lowers the bound."""
+    admission = _admission(
+        max_in_flight=64, min_in_flight=1, queue_delay_target_ms=1, queue_delay_interval_ms=10
+    )
+    for _ in range(64):
+        admission.admitted()
+    loop = asyncio.get_running_loop()
+
+    def busy() -> None:
+        end = time.perf_counter() + 0.005
+        while time.perf_counter() < end:  # on the CPU: the loop cannot run anything else
+            pass
+        if admission.limit == 64:
+            loop.call_soon(busy)
+
+    loop.call_soon(busy)
+    async with asyncio.timeout(10):
+        while admission.limit == 64:  # noqa: ASYNC110 - the probe runs on this loop
+            await asyncio.sleep(0.01)
+    assert admission.limit < 64
+    admission.in_flight = 0
+    admission.delay.stop()
+
+
+async def test_beyond_the_adapted_bound_a_call_is_refused_as_queue_delay(
+    two_slots: TestClient[Any, Any], backend: HeldBackend, verifier: CountingVerifier
+) -> None:
+    client = two_slots
+    admission = client.app[ADMISSION]
+    held = asyncio.create_task(client.post(CALLS, json=call_body(), headers=auth()))
+    await backend.until_arrived(1)
+    admission.limit = 1  # as the delay probe sets it when the loop runs late
+    checked = verifier.checked
+    first = await _overloaded(await client.post(CALLS, json=call_body(), headers=auth()))
+    second = await _overloaded(await client.post(CALLS, json=call_body(), headers=auth()))
+    assert first["request_id"] != second["request_id"]
+    assert verifier.checked == checked
+    assert backend.arrived == 1
+    metrics = await (await client.get("/metrics")).text()
+    assert 'tongban_overloaded_total{bound="queue_delay"} 2.0' in metrics
+    backend.release.set()
+    assert (await held).status == 200

@@ -1,0 +1,85 @@
+"""Which event loop a server process runs on: asyncio's own, or uvloop.
+
+``server.event_loop`` in gateway.yaml: ``asyncio`` (the default) keeps the standard library's
+loop; ``uvloop`` insists on uvloop (a start-up without it fails with one plain message);
+``auto`` takes uvloop when it can be imported and asyncio's loop otherwise. uvloop runs the
+same coroutines (aiohttp, aiosqlite's threads, asyncpg, signal handlers); it is not the default
+because it measured no lower CPU per routed call on this gateway than asyncio's loop
+(docs/performance.md has the figures).
+
+The choice has to be made before the loop exists, so before the configuration is loaded
+inside it: ``configured_choice`` reads only that one key of gateway.yaml, and leaves every
+judgement of the file (unreadable, invalid value) to the full load that follows, which reports
+it the usual way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+import yaml
+
+EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
+CHOICES: tuple[str, ...] = get_args(EventLoopChoice)
+DEFAULT: EventLoopChoice = "asyncio"
+"""The loop when gateway.yaml names none (ServerSettings.event_loop's default)."""
+
+T = TypeVar("T")
+
+
+class EventLoopUnavailable(RuntimeError):
+    """``event_loop: uvloop`` was asked for and uvloop is not installed."""
+
+
+def uvloop_installed() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def resolve(choice: str) -> Literal["uvloop", "asyncio"]:
+    """The loop ``choice`` means on this installation."""
+    if choice == "asyncio":
+        return "asyncio"
+    if choice == "uvloop":
+        if not uvloop_installed():
+            raise EventLoopUnavailable(
+                "server.event_loop is uvloop but uvloop is not installed "
+                "(pip install uvloop, or set event_loop: asyncio or auto)"
+            )
+        return "uvloop"
+    return "uvloop" if uvloop_installed() else "asyncio"
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A function making a new loop of the kind ``choice`` resolves to."""
+    if resolve(choice) == "uvloop":
+        import uvloop  # noqa: PLC0415 - optional
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run(coro: Coroutine[Any, Any, T], choice: str = DEFAULT) -> T:
+    """``asyncio.run`` on the loop ``choice`` resolves to."""
+    try:
+        factory = loop_factory(choice)
+    except BaseException:
+        coro.close()  # never awaited: say so quietly instead of a RuntimeWarning
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def configured_choice(config_dir: Path) -> str:
+    """``server.event_loop`` of ``config_dir``/gateway.yaml, or the default when it is not set
+    or cannot be read here (the full configuration load reports what is wrong with it)."""
+    try:
+        data = yaml.safe_load((config_dir / "gateway.yaml").read_text("utf-8"))
+    except (OSError, UnicodeError, yaml.YAMLError):
+        return DEFAULT
+    server = data.get("server") if isinstance(data, dict) else None
+    choice = server.get("event_loop") if isinstance(server, dict) else None
+    return choice if isinstance(choice, str) and choice in CHOICES else DEFAULT
