@@ -1,12 +1,17 @@
 """Soak: `tongban demo` under mixed traffic at a fraction of its measured capacity.
 
-    .venv/bin/python bench/soak.py                                  # 10 minutes at 70 %
-    .venv/bin/python bench/soak.py --duration 60 --warmup 15 --capacity-seconds 10   # CI
+    .venv/bin/python bench/soak.py --warmup 150     # 10 minutes at 70 % (docs/performance.md)
+    .venv/bin/python bench/soak.py --duration 60 --warmup 20 --capacity-seconds 10 \
+        --settle 18 --max-rss-growth 25                                          # CI
 
-The demo runs as its own process on loopback (every provincial back-end, identity platform and
-portal in it), on a copy of its configuration whose rate limits are raised out of the way (the
-soak measures the gateway, not its budgets) and with one provincial system registered for signed
-callbacks. The traffic, one *operation* at a time, each a few HTTP requests:
+The demo runs on loopback in two processes: its fakes (every provincial back-end, identity
+platform and portal) in one, the gateway in the other (gateway/demo/split.py), so that the RSS
+judged is the gateway's own; ``--one-process`` runs `tongban demo` whole instead. Its
+configuration is a copy of the demo's with rate limits raised out of the way (the soak measures
+the gateway, not its budgets), one provincial system registered for signed callbacks, and SSO
+sessions that idle out after ``--session-idle`` seconds (60), so that the session store reaches
+its steady state within the warm-up instead of growing for the demo's 75 minutes of idle timeout
+and grace. The traffic, one *operation* at a time, each a few HTTP requests:
 
     login       a browser signs in at the Qinghai portal through the gateway and the platform
     refresh     a refresh-token grant (RFC 6749 §6) of the portal's, from a login's tokens
@@ -18,11 +23,13 @@ callbacks. The traffic, one *operation* at a time, each a few HTTP requests:
 
 First the capacity is measured: ``--concurrency`` workers run operations back to back for
 ``--capacity-seconds``. Then operations start at ``--fraction`` of that rate (open loop, evenly
-spaced) for ``--duration`` seconds. Every ``--sample`` seconds the demo process's RSS and open
-file descriptors are read from /proc. At the end the demo is stopped and `tongban audit verify`
-runs on its data directory. Reported: operations and HTTP requests per kind, every 5xx, log
-lines at error level (and tracebacks), RSS growth after ``--warmup``, the descriptors' range
-after warm-up, the verifier's verdict. The exit status is 1 when any of these fails: no 5xx,
+spaced) for ``--duration`` seconds. Every ``--sample`` seconds the gateway process's RSS and
+open file descriptors are read from /proc (with ``--memory-probe`` the gateway also dumps its
+allocations every minute after the warm-up, gateway/demo/memory_probe.py). At the end the demo
+is stopped and `tongban audit verify` runs on its data directory. Reported: operations and HTTP
+requests per kind, every 5xx (by answering server, path, problem code and minute), log lines at
+error level (and tracebacks) of both processes, RSS growth after ``--warmup``, the descriptors'
+range after warm-up, the verifier's verdict. The exit status is 1 when any of these fails: no 5xx,
 no error lines, RSS growth under ``--max-rss-growth`` (10 %), descriptors flat (a spread of at
 most ``--max-fd-spread``), the chain verifies.
 """
@@ -57,13 +64,17 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import yaml
 
+from gateway.demo.backends import DemoSecrets
 from gateway.demo.federation import DemoIdentitySecrets
+from gateway.demo.memory_probe import FRAMES_ENV, PROBE_ENV, diff
 from gateway.packaged import DEMO_CONFIG_DIR
 
 TONGBAN = Path(sys.executable).parent / "tongban"
 CALLBACK_SYSTEM = "shaanxi-housing"
 CALLBACK_ENV = "TONGBAN_SOAK_CALLBACK_KEY"
+QINGHAI_PORTAL = "demo-portal-qinghai"
 QH_USERS = ("qh-100231", "qh-100232", "qh-100233")
+_CASE_ID = re.compile(r"TB\d{2}\d{8}[0-9A-F]+")
 _REQUEST_ID = re.compile(r"name='request_id' value='([^']+)'")
 
 
@@ -76,8 +87,11 @@ def free_port() -> int:
 # --- the demo process -----------------------------------------------------------------------
 
 
-def soak_config(target: Path) -> None:
-    """The demo's configuration with rate limits out of the way and one callback system."""
+def soak_config(target: Path, session_idle: int | None = None) -> None:
+    """The demo's configuration with rate limits out of the way and one callback system; with
+    ``session_idle``, SSO sessions that end after that many idle seconds, kept that long again
+    for their logout (``expiry_grace``), swept every 5 s, and logins that must finish within
+    it: the session store reaches its steady state within twice ``session_idle``."""
     shutil.copytree(DEMO_CONFIG_DIR, target)
     path = target / "gateway.yaml"
     gateway = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -93,40 +107,87 @@ def soak_config(target: Path) -> None:
     }
     cases = gateway.setdefault("cases", {})
     cases["callbacks"] = {CALLBACK_SYSTEM: {"secret": {"env": CALLBACK_ENV}}}
+    if session_idle is not None:
+        session = gateway["identity"].setdefault("session", {})
+        session.update(
+            idle_timeout=session_idle,
+            expiry_grace=session_idle,
+            sweep_interval=5,
+            login_timeout=session_idle,
+        )
     path.write_text(yaml.safe_dump(gateway, allow_unicode=True, sort_keys=False), "utf-8")
 
 
 @dataclass
 class Demo:
     process: subprocess.Popen[bytes]
+    """The gateway's process (the whole demo's with ``--one-process``): the one measured."""
     base: str
     data_dir: Path
     log: Path
     callback_key: bytes
+    fakes: subprocess.Popen[bytes] | None = None
+    """The back-ends', platforms' and portals' process, unless ``--one-process``."""
+    fakes_log: Path | None = None
     portal: str = ""
     tokens: dict[str, Any] = field(default_factory=dict)
     staff: dict[str, Any] = field(default_factory=dict)
     portal_secret: str = ""
 
 
-async def start_demo(workdir: Path) -> Demo:
+async def start_demo(
+    workdir: Path,
+    probe: Path | None = None,
+    *,
+    one_process: bool = False,
+    session_idle: int | None = None,
+    probe_frames: int = 1,
+    arena_max: int | None = None,
+) -> Demo:
+    """`tongban demo` as one process, or (the default) its fakes and its gateway apart
+    (gateway/demo/split.py) so that the RSS measured is the gateway's own."""
     config = workdir / "config"
-    soak_config(config)
+    soak_config(config, session_idle)
     data_dir = workdir / "data"
-    data_dir.mkdir()
+    data_dir.mkdir(mode=0o700)
     port = free_port()
     key = secrets.token_urlsafe(32)
+    env = {**os.environ, CALLBACK_ENV: key, **DemoSecrets.generate().env()}
+    traced = {PROBE_ENV: str(probe), FRAMES_ENV: str(probe_frames)} if probe else {}
+    if arena_max is not None:  # glibc: the gateway's malloc arenas (one per thread by default)
+        traced["MALLOC_ARENA_MAX"] = str(arena_max)
     log = workdir / "demo.log"
-    process = _spawn(
-        [str(TONGBAN), "demo", "--port", str(port), "--data-dir", str(data_dir),
-         "--config", str(config)],
-        log,
-        {**os.environ, CALLBACK_ENV: key},
-    )  # fmt: skip
-    demo = Demo(process, f"http://127.0.0.1:{port}", data_dir, log, key.encode())
+    fakes = fakes_log = None
+    handoff = workdir / "handoff.json"
+    common = ["--data-dir", str(data_dir), "--config", str(config)]
+    if one_process:
+        process = _spawn(
+            [str(TONGBAN), "demo", "--port", str(port), *common], log, {**env, **traced}
+        )
+    else:
+        fakes_log = workdir / "fakes.log"
+        fakes = _spawn(
+            [sys.executable, "-m", "gateway.demo.split", "fakes", "--gateway-port", str(port),
+             "--handoff", str(handoff), *common],
+            fakes_log, env,
+        )  # fmt: skip
+        for _ in range(300):
+            if handoff.exists() or fakes.poll() is not None:
+                break
+            await asyncio.sleep(0.2)
+        if not handoff.exists():
+            fakes.kill()
+            raise RuntimeError(f"the fakes did not start: {fakes_log.read_text()[-2000:]}")
+        process = _spawn(
+            [sys.executable, "-m", "gateway.demo.split", "gateway", "--port", str(port),
+             "--handoff", str(handoff), *common],
+            log, {**env, **traced},
+        )  # fmt: skip
+    demo = Demo(process, f"http://127.0.0.1:{port}", data_dir, log, key.encode(), fakes, fakes_log)
     async with aiohttp.ClientSession() as http:
         for _ in range(300):
             if process.poll() is not None:
+                stop_demo(demo)
                 raise RuntimeError(f"the demo exited: {log.read_text()[-2000:]}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(f"{demo.base}/healthz") as response:
@@ -134,11 +195,16 @@ async def start_demo(workdir: Path) -> Demo:
                         break
             await asyncio.sleep(0.2)
         else:
+            stop_demo(demo)
             raise RuntimeError("the demo did not start")
     await asyncio.sleep(0.5)  # the banner follows the token files
     demo.tokens = json.loads((data_dir / "demo-tokens.json").read_text())
     demo.staff = json.loads((data_dir / "demo-staff-tokens.json").read_text())
-    demo.portal = _portal_url(log.read_text(encoding="utf-8", errors="replace"))
+    if one_process:
+        demo.portal = _portal_url(log.read_text(encoding="utf-8", errors="replace"))
+    else:
+        portals = json.loads(handoff.read_text(encoding="utf-8"))["identity"]["portals"]
+        demo.portal = portals[QINGHAI_PORTAL]
     demo.portal_secret = DemoIdentitySecrets.load_or_create(data_dir).portal_qinghai_secret
     return demo
 
@@ -165,13 +231,16 @@ def _portal_url(banner: str) -> str:
 
 
 def stop_demo(demo: Demo) -> None:
-    if demo.process.poll() is None:
-        demo.process.send_signal(signal.SIGINT)
+    """The gateway first (it may still tell the portals of logouts), then the fakes."""
+    for process in (demo.process, demo.fakes):
+        if process is None or process.poll() is not None:
+            continue
+        process.send_signal(signal.SIGINT)
         try:
-            demo.process.wait(30)
+            process.wait(30)
         except subprocess.TimeoutExpired:
-            demo.process.kill()
-            demo.process.wait()
+            process.kill()
+            process.wait()
 
 
 def sample(pid: int) -> tuple[int, int]:
@@ -204,11 +273,21 @@ class Tally:
     failures: Counter[str] = field(default_factory=Counter)
     """Operations that did not reach their end (a 4xx where none was expected, say)."""
 
+    started: float = field(default_factory=time.monotonic)
+    """When the soak proper began (after the capacity measurement): 5xx are counted by minute."""
+    server_error_minutes: Counter[int] = field(default_factory=Counter)
+    refreshes_ended: int = 0
+    """Refresh tokens refused because their SSO session had ended (as it should)."""
+    server_error_kinds: Counter[str] = field(default_factory=Counter)
+    """Every 5xx by operation, answering server, path and problem code."""
+
     def saw(self, kind: str, status: int, what: str) -> None:
         self.requests[kind] += 1
         self.statuses[status] += 1
         if status >= 500:
             self.server_errors.append(f"{kind}: {status} {what}"[:200])
+            self.server_error_kinds[f"{kind}: {status} {what}"[:200]] += 1
+            self.server_error_minutes[int((time.monotonic() - self.started) // 60)] += 1
 
 
 class Traffic:
@@ -248,10 +327,15 @@ class Traffic:
         async with http.request(method, url, **kwargs) as response:
             for hop in response.history:
                 self.tally.saw(kind, hop.status, str(hop.url.path))
-            self.tally.saw(kind, response.status, f"{method} {response.url.path}")
             body: Any = await response.read()
             if response.content_type.endswith("json"):
                 body = json.loads(body)
+            what = f"{method} {_CASE_ID.sub('{case}', response.url.path)}"
+            if response.status >= 500:  # who answered (the gateway or a fake), and its code
+                server = "gateway" if str(response.url).startswith(self.demo.base) else "fake"
+                code = body.get("code") if isinstance(body, dict) else None
+                what = f"{server} {what} {code or response.content_type}"
+            self.tally.saw(kind, response.status, what)
             return response.status, body, response
 
     async def login(self) -> None:
@@ -322,6 +406,10 @@ class Traffic:
         )  # fmt: skip
         if status == 200 and isinstance(body, dict):
             self.refresh_tokens.append(body["refresh_token"])
+        elif status == 400 and isinstance(body, dict) and body.get("error") == "invalid_grant":
+            # Its SSO session timed out (--session-idle) and took the grant family with it; a
+            # login will bring a new one.
+            self.tally.refreshes_ended += 1
         else:
             self.tally.failures["refresh"] += 1
 
@@ -479,15 +567,34 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     random.seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="tongban-soak-") as tmp:
         workdir = Path(tmp)
-        demo = await start_demo(workdir)
+        demo = await start_demo(
+            workdir,
+            args.memory_probe,
+            one_process=args.one_process,
+            session_idle=args.session_idle or None,
+            probe_frames=args.probe_frames,
+            arena_max=args.malloc_arena_max,
+        )
+        dumps: list[float] = []
+
+        def probe(at: float) -> None:
+            """Ask the demo for an allocation dump (once after warm-up, then every minute)."""
+            if args.memory_probe is None or at < args.warmup:
+                return
+            if dumps and at - dumps[-1] < 60 - args.sample / 2:
+                return
+            dumps.append(at)
+            demo.process.send_signal(signal.SIGUSR1)
+
         tally = Tally()
         traffic = Traffic(demo, tally)
         traffic.only = frozenset(args.only or ())
         samples: list[tuple[float, int, int]] = []
+        fakes_rss: list[tuple[float, int]] = []
         try:
             capacity = await measure_capacity(traffic, args.capacity_seconds, args.concurrency)
             rate = capacity * args.fraction
-            started = time.monotonic()
+            started = tally.started = time.monotonic()
             end = started + args.duration
             pending: set[asyncio.Task[None]] = set()
             late = 0
@@ -496,6 +603,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             while (now := time.monotonic()) < end:
                 if now >= next_sample:
                     samples.append((now - started, *sample(demo.process.pid)))
+                    if demo.fakes is not None:
+                        fakes_rss.append((now - started, sample(demo.fakes.pid)[0]))
+                    probe(now - started)
                     next_sample += args.sample
                 due = started + n / rate
                 if due > now:
@@ -519,7 +629,12 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             await traffic.aclose()
             stop_demo(demo)
         verify = await asyncio.to_thread(audit_verify, demo.data_dir)
-        errors = log_errors(demo.log)
+        errors = log_errors(demo.log) + (log_errors(demo.fakes_log) if demo.fakes_log else [])
+        if args.keep_logs is not None:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for kept in (demo.log, demo.fakes_log):
+                if kept is not None:
+                    shutil.copy(kept, args.keep_logs / kept.name)
     after = [s for s in samples if s[0] >= args.warmup] or samples[-1:]
     rss_start, rss_end = after[0][1], after[-1][1]
     fds = [s[2] for s in after]
@@ -535,7 +650,12 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "server_errors": len(tally.server_errors),
         "server_error_samples": tally.server_errors[:10],
+        "server_errors_by_kind": dict(tally.server_error_kinds.most_common()),
+        "server_errors_by_minute": {
+            str(m): n for m, n in sorted(tally.server_error_minutes.items()) if m >= 0
+        },
         "failed_operations": dict(tally.failures),
+        "refresh_tokens_ended_with_their_session": tally.refreshes_ended,
         "log_errors": len(errors),
         "log_error_samples": errors[:10],
         "rss_kib_after_warmup": rss_start,
@@ -544,11 +664,19 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mib_every_minute": [
             round(rss / 1024, 1) for t, rss, _ in samples if int(t) % 60 < args.sample
         ],
+        "measured": "the whole demo" if args.one_process else "the gateway (fakes apart)",
+        "fakes_rss_mib_every_minute": [
+            round(rss / 1024, 1) for t, rss in fakes_rss if int(t) % 60 < args.sample
+        ],
         "open_fds_after_warmup": [min(fds), max(fds)],
         "open_fds_idle_at_end": idle[1],
         "audit_verify": verify.returncode,
         "audit_verify_output": verify.stdout.strip().splitlines()[-1:],
     }
+    if args.memory_probe is not None and len(dumps) >= 2:
+        report["memory_growth"] = await asyncio.to_thread(
+            diff, args.memory_probe, 1, len(dumps), args.probe_top
+        )
     report["ok"] = (
         report["server_errors"] == 0
         and report["log_errors"] == 0
@@ -565,7 +693,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=0.7)
     parser.add_argument("--capacity-seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--warmup", type=float, default=60.0)
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=150.0,
+        help="seconds before RSS growth is counted: past the session store's steady state "
+        "(about twice --session-idle)",
+    )
     parser.add_argument("--sample", type=float, default=5.0)
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--max-rss-growth", type=float, default=10.0)
@@ -584,6 +718,41 @@ def main(argv: list[str] | None = None) -> int:
         choices=[k for k, _ in MIX],
         help="run only this kind of operation (repeatable), to see where memory goes",
     )
+    parser.add_argument(
+        "--memory-probe",
+        type=Path,
+        help="trace the demo's allocations (tracemalloc) and dump them here after warm-up and "
+        "every minute; the report then names the sites and object types that grew",
+    )
+    parser.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run `tongban demo` as one process (gateway and fakes) and measure it whole; by "
+        "default the fakes run in a process of their own and the gateway's RSS is measured",
+    )
+    parser.add_argument(
+        "--session-idle",
+        type=int,
+        default=60,
+        help="SSO idle timeout (and expiry grace, and login timeout) in seconds, so that the "
+        "session store reaches its steady state within the warm-up; 0: the demo's own (900 s "
+        "idle, 3600 s grace, longer than any soak)",
+    )
+    parser.add_argument("--keep-logs", type=Path, help="copy the processes' logs here")
+    parser.add_argument(
+        "--probe-frames",
+        type=int,
+        default=1,
+        help="frames kept per traced allocation; 0: no tracing, only object counts and the "
+        "split of the RSS (Python, SQLite, malloc), at no cost to the run",
+    )
+    parser.add_argument(
+        "--malloc-arena-max",
+        type=int,
+        help="MALLOC_ARENA_MAX for the gateway's process (glibc gives each thread an arena of "
+        "its own, up to eight per core, each keeping the memory freed in it)",
+    )
+    parser.add_argument("--probe-top", type=int, default=25, help="sites and types reported")
     args = parser.parse_args(argv)
     report = asyncio.run(soak(args))
     text = json.dumps(report, ensure_ascii=False, indent=2)

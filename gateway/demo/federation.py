@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from secrets import token_urlsafe
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -115,6 +115,60 @@ class DemoIdentitySecrets:
         return "DemoIdentitySecrets(**********)"
 
 
+@dataclass(frozen=True)
+class IdentityAddresses:
+    """The identity side's servers by address: platforms' issuers, portals' and windows' bases."""
+
+    qinghai: str
+    staff: str | None
+    portals: dict[str, str]
+    """Portal client id → the portal's base URL."""
+    windows: dict[str, str]
+    """Window client id → the base URL of the portal serving its console (under /window)."""
+    platforms: dict[str, str] | None
+    """``DemoPlatforms.urls()``."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IdentityAddresses:
+        return cls(**data)
+
+    def configure(self, settings: Settings) -> Settings:
+        """The settings with the platform's issuer and the portals' URIs on their real ports."""
+        idps = dict(settings.idps)
+        # Only the demo's own entries (by id and kind): a platform the user added stays as is.
+        qinghai = idps.get(QINGHAI_IDP)
+        if isinstance(qinghai, OidcIdpSettings) and qinghai.staff is None:
+            idps[QINGHAI_IDP] = qinghai.model_copy(update={"issuer": self.qinghai})
+        staff = idps.get(STAFF_IDP)
+        if self.staff is not None and isinstance(staff, OidcIdpSettings) and staff.staff:
+            idps[STAFF_IDP] = staff.model_copy(update={"issuer": self.staff})
+        clients = dict(settings.clients)
+        for client_id, base in self.portals.items():
+            if client_id in clients:
+                clients[client_id] = clients[client_id].model_copy(
+                    update={
+                        "redirect_uris": (f"{base}/callback",),
+                        "post_logout_redirect_uris": (f"{base}/",),
+                        "backchannel_logout_uri": f"{base}/backchannel-logout",
+                    }
+                )
+        for window, base in self.windows.items():
+            if window in clients:
+                clients[window] = clients[window].model_copy(
+                    update={
+                        "redirect_uris": (f"{base}/window/callback",),
+                        "post_logout_redirect_uris": (f"{base}/window",),
+                    }
+                )
+        configured = dataclasses.replace(settings, idps=idps, clients=clients)
+        if self.platforms is not None:
+            configured = configure_platforms(configured, self.platforms)
+        return configured
+
+
 @dataclass
 class DemoIdentity:
     idp: QinghaiIdpState
@@ -132,39 +186,24 @@ class DemoIdentity:
     def portal(self, client_id: str) -> PortalState:
         return self.portals[client_id]
 
+    def addresses(self) -> IdentityAddresses:
+        """Where every server of the identity side listens (JSON-able: the soak hands them from
+        the process running the fakes to the gateway's, gateway/demo/split.py)."""
+        return IdentityAddresses(
+            qinghai=self.idp.issuer,
+            staff=self.staff.issuer if self.staff is not None else None,
+            portals={cid: p.base_url for cid, p in self.portals.items()},
+            windows={
+                p.window.client_id: p.base_url
+                for p in self.portals.values()
+                if p.window is not None
+            },
+            platforms=self.platforms.urls() if self.platforms is not None else None,
+        )
+
     def configure(self, settings: Settings) -> Settings:
         """The settings with the platform's issuer and the portals' URIs on their real ports."""
-        idps = dict(settings.idps)
-        # Only the demo's own entries (by id and kind): a platform the user added stays as is.
-        qinghai = idps.get(QINGHAI_IDP)
-        if isinstance(qinghai, OidcIdpSettings) and qinghai.staff is None:
-            idps[QINGHAI_IDP] = qinghai.model_copy(update={"issuer": self.idp.issuer})
-        staff = idps.get(STAFF_IDP)
-        if self.staff is not None and isinstance(staff, OidcIdpSettings) and staff.staff:
-            idps[STAFF_IDP] = staff.model_copy(update={"issuer": self.staff.issuer})
-        clients = dict(settings.clients)
-        for client_id, portal in self.portals.items():
-            if client_id in clients:
-                base = portal.base_url
-                clients[client_id] = clients[client_id].model_copy(
-                    update={
-                        "redirect_uris": (f"{base}/callback",),
-                        "post_logout_redirect_uris": (f"{base}/",),
-                        "backchannel_logout_uri": f"{base}/backchannel-logout",
-                    }
-                )
-            if portal.window is not None and portal.window.client_id in clients:
-                window = portal.window.client_id
-                clients[window] = clients[window].model_copy(
-                    update={
-                        "redirect_uris": (f"{base}/window/callback",),
-                        "post_logout_redirect_uris": (f"{base}/window",),
-                    }
-                )
-        configured = dataclasses.replace(settings, idps=idps, clients=clients)
-        if self.platforms is not None:
-            configured = configure_platforms(configured, self.platforms)
-        return configured
+        return self.addresses().configure(settings)
 
     async def aclose(self) -> None:
         for runner in reversed(self.runners):

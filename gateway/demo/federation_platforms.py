@@ -12,7 +12,7 @@ real ports, and leaves every other entry as the configuration wrote it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -49,6 +49,17 @@ class DemoPlatforms:
     guangdong: GuangdongIdpState
     legal: LegalIdpState
     legacy: LegacySystemState
+
+    def urls(self) -> dict[str, str]:
+        """Where each platform listens (the legal-person one: its issuer), by its name here."""
+        return {
+            "shaanxi": self.shaanxi.base_url,
+            "gansu": self.gansu.base_url,
+            "ningxia": self.ningxia.base_url,
+            "guangdong": self.guangdong.base_url,
+            "legal": self.legal.issuer,
+            "legacy": self.legacy.base_url,
+        }
 
     def banner(self) -> list[str]:
         return [
@@ -134,17 +145,17 @@ def _moved_ticket(idp: TicketIdpSettings, base: str) -> TicketIdpSettings:
     return idp.model_copy(update=update)
 
 
-def configure_platforms(settings: Settings, platforms: DemoPlatforms) -> Settings:
+def configure_platforms(settings: Settings, urls: Mapping[str, str]) -> Settings:
     """The demo's own idps.yaml and legacy-apps.yaml entries pointed at the demo servers' real
-    ports. An entry is the demo's by its id and kind; any other (a platform the user added, or
-    one of the demo's ids reused for another kind) is left exactly as configured."""
+    ports (``urls``: ``DemoPlatforms.urls()``, perhaps of another process). An entry is the
+    demo's by its id and kind; any other (a platform the user added, or one of the demo's ids
+    reused for another kind) is left exactly as configured."""
     idps: dict[str, AnyIdpSettings] = dict(settings.idps)
     for pid, idp in settings.idps.items():
         if isinstance(idp, TicketIdpSettings) and pid in DEMO_TICKET_PLATFORMS:
-            state: TicketPlatformState = getattr(platforms, DEMO_TICKET_PLATFORMS[pid])
-            idps[pid] = _moved_ticket(idp, state.base_url)
+            idps[pid] = _moved_ticket(idp, urls[DEMO_TICKET_PLATFORMS[pid]])
         elif isinstance(idp, OAuth2QuirksIdpSettings) and pid == DEMO_OAUTH2_QUIRKS:
-            base = platforms.guangdong.base_url
+            base = urls["guangdong"]
             idps[pid] = idp.model_copy(
                 update={
                     "authorize_url": moved(idp.authorize_url, base),
@@ -153,7 +164,7 @@ def configure_platforms(settings: Settings, platforms: DemoPlatforms) -> Setting
                 }
             )
         elif isinstance(idp, LegalPersonIdpSettings) and pid == DEMO_LEGAL_PERSON:
-            issuer = platforms.legal.issuer
+            issuer = urls["legal"]
             idps[pid] = idp.model_copy(
                 update={
                     "login_url": moved(idp.login_url, issuer),
@@ -162,7 +173,7 @@ def configure_platforms(settings: Settings, platforms: DemoPlatforms) -> Setting
                 }
             )
     apps = dict(settings.legacy_apps)
-    base = platforms.legacy.base_url
+    base = urls["legacy"]
     if LEGACY_TICKET_APP in apps:
         apps[LEGACY_TICKET_APP] = apps[LEGACY_TICKET_APP].model_copy(
             update={"callbacks": (f"{base}/sso/callback",)}

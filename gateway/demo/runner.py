@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -9,7 +10,7 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.demo.banner import requests_script, terminal_banner, write_requests
 from gateway.demo.cases import S13_CASE, cases_banner, issue_staff_tokens
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.federation import DemoIdentitySecrets, start_demo_identity
+from gateway.demo.memory_probe import start_from_env
 from gateway.demo.portals import PortalState
 from gateway.demo.presentations import presentation_lines, presentation_tokens
 from gateway.demo.property_transfer import SELLER
@@ -118,6 +120,7 @@ def free_port() -> int:
 async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
     """Run until SIGINT/SIGTERM; ``config_dir`` and ``data_dir`` are absolute and exist."""
     configure_logging("info", "console", stream=sys.stderr)
+    start_from_env(asyncio.get_running_loop())  # the soak's opt-in allocation probe
     backend_secrets = DemoSecrets.generate()
     os.environ.update(backend_secrets.env())
     os.environ.update(demo_identity_env(data_dir))
@@ -132,50 +135,79 @@ async def run_demo(*, config_dir: Path, port: int, data_dir: Path) -> int:
             )
             settings = demo_identity.configure(settings)
         except ConfigError as exc:
+            await demo_identity.aclose()
             print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
             return 1
-        issuer = DevTokenIssuer()
-        keys = subject_keys(settings)
-        tokens = issue_demo_tokens(issuer, keys)
-        provider = await open_provider(settings, build_authenticator(settings))
-        verifier: TokenVerifier = (
-            WithDevTokens(issuer, provider.access_token_verifier()) if provider else issuer
-        )
-        app = create_app(settings, verifier=verifier, oidc=provider)
-        app.cleanup_ctx.append(seed_demo_consents(demo_identity.portals, keys))
-        app.on_cleanup.append(lambda _app: demo_identity.aclose())
 
-        def started(bound: int) -> None:
-            token_file = data_dir / "demo-tokens.json"
-            token_file.write_text(json.dumps(tokens, ensure_ascii=False, indent=2))
-            token_file.chmod(0o600)
-            # Staff tokens for tools run against the demo (CI's schemathesis run reaches the
-            # admin API as an operator and as an auditor with them).
-            staff = {
-                **issue_staff_tokens(issuer),
-                "auditor": issuer.issue("demo-auditor", "L3", roles=["auditor"]),
-            }
-            staff_file = data_dir / "demo-staff-tokens.json"
-            staff_file.write_text(json.dumps(staff, indent=2))
-            staff_file.chmod(0o600)
-            # S10: clerks sign in through the gateway (staff directory only), then identify each
-            # applicant by token exchange; the console is the window client's.
-            console = demo_identity.portal("demo-portal-shaanxi").base_url + "/window"
-            base = f"http://127.0.0.1:{bound}"
-            cases = cases_banner(
-                base,
-                tokens["citizen-l3"]["token"],
-                issue_staff_tokens(issuer, keys),
-                data_dir,
-                window_console=console,
-                s13_consent=demo_identity.portal("demo-portal-qinghai").consents.get(
-                    "demo-portal-qinghai"
-                ),
-            )
-            shown = presentation_tokens(issuer, settings)
-            if shown is not None:  # 亮证 with a time-limited code, by hand
-                cases += "\n".join(["", *presentation_lines(base, shown)])
+        def banner(base: str, tokens: dict[str, Any], cases: str) -> str:
             requests_file = write_requests_file(data_dir, requests_script(base, tokens, cases))
-            print(terminal_banner(base, demo_identity, backends, requests_file), flush=True)
+            return terminal_banner(base, demo_identity, backends, requests_file)
 
-        return await serve_until_stopped(app, "127.0.0.1", port, on_started=started)
+        return await serve_demo_gateway(
+            settings,
+            data_dir=data_dir,
+            port=port,
+            portals=demo_identity.portals,
+            banner=banner,
+            on_cleanup=demo_identity.aclose,
+        )
+
+
+async def serve_demo_gateway(
+    settings: Settings,
+    *,
+    data_dir: Path,
+    port: int,
+    portals: Mapping[str, PortalState],
+    banner: Callable[[str, dict[str, Any], str], str],
+    on_cleanup: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """The demo's gateway on ``settings`` (already pointed at the fakes) until SIGINT/SIGTERM:
+    demo tokens and staff tokens written to ``data_dir`` once it listens, then ``banner(base,
+    tokens, cases)`` printed. ``portals`` are those of this process (they learn the seeded
+    consents; none when the portals run in another process)."""
+    issuer = DevTokenIssuer()
+    keys = subject_keys(settings)
+    tokens = issue_demo_tokens(issuer, keys)
+    provider = await open_provider(settings, build_authenticator(settings))
+    verifier: TokenVerifier = (
+        WithDevTokens(issuer, provider.access_token_verifier()) if provider else issuer
+    )
+    app = create_app(settings, verifier=verifier, oidc=provider)
+    app.cleanup_ctx.append(seed_demo_consents(portals, keys))
+    if on_cleanup is not None:
+        cleanup = on_cleanup
+        app.on_cleanup.append(lambda _app: cleanup())
+
+    def started(bound: int) -> None:
+        token_file = data_dir / "demo-tokens.json"
+        token_file.write_text(json.dumps(tokens, ensure_ascii=False, indent=2))
+        token_file.chmod(0o600)
+        # Staff tokens for tools run against the demo (CI's schemathesis run reaches the
+        # admin API as an operator and as an auditor with them).
+        staff = {
+            **issue_staff_tokens(issuer),
+            "auditor": issuer.issue("demo-auditor", "L3", roles=["auditor"]),
+        }
+        staff_file = data_dir / "demo-staff-tokens.json"
+        staff_file.write_text(json.dumps(staff, indent=2))
+        staff_file.chmod(0o600)
+        base = f"http://127.0.0.1:{bound}"
+        window = portals.get("demo-portal-shaanxi")
+        qinghai = portals.get("demo-portal-qinghai")
+        # S10: clerks sign in through the gateway (staff directory only), then identify each
+        # applicant by token exchange; the console is the window client's.
+        cases = cases_banner(
+            base,
+            tokens["citizen-l3"]["token"],
+            issue_staff_tokens(issuer, keys),
+            data_dir,
+            window_console=window.base_url + "/window" if window is not None else "",
+            s13_consent=qinghai.consents.get("demo-portal-qinghai") if qinghai else None,
+        )
+        shown = presentation_tokens(issuer, settings)
+        if shown is not None:  # 亮证 with a time-limited code, by hand
+            cases += "\n".join(["", *presentation_lines(base, shown)])
+        print(banner(base, tokens, cases), flush=True)
+
+    return await serve_until_stopped(app, "127.0.0.1", port, on_started=started)

@@ -380,6 +380,9 @@ class SessionAuthenticator:
         session = await self.store.delete_session(key)
         if session is None:
             return False
+        # What the legacy faces may release goes with the session, not hours later (it was
+        # put for ``absolute_timeout``; a replaced session's sid gets it again afterwards).
+        await self.store.take_pending(f"attrs:{session.sid}")
         ended: EndReason = self.expiry_reason(session) if reason == "expired" else reason
         try:
             await self._finish_ending(session, ended)

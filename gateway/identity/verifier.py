@@ -220,7 +220,7 @@ class JwtAccessTokenVerifier:
             verified = None
         if verified is None:
             verified = self._verify_signed(token, now)
-            self._remember(digest, verified)
+            self._remember(digest, verified, now)
         else:
             self._cache.move_to_end(digest)
         if await self._revocations.is_revoked(verified.jti):
@@ -245,9 +245,15 @@ class JwtAccessTokenVerifier:
             raise Unauthenticated("The bearer token is not valid.") from None
         return _Verified(principal, str(claims["jti"]), float(claims["exp"]))
 
-    def _remember(self, digest: bytes, verified: _Verified) -> None:
+    def _remember(self, digest: bytes, verified: _Verified, now: float) -> None:
         self._cache[digest] = verified
-        while len(self._cache) > self._cache_size:
+        # Least recently used first: over the bound, or expired (a token nobody presents again
+        # would otherwise stay until 4096 newer ones push it out: the cache would only ever
+        # grow to its bound, however few tokens are alive).
+        while self._cache:
+            oldest = next(iter(self._cache.values()))
+            if len(self._cache) <= self._cache_size and oldest.exp > now - self._leeway:
+                break
             self._cache.popitem(last=False)
 
     @property

@@ -3,12 +3,14 @@ an entry is the demo's by id and kind, and every other entry stays as the user w
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gateway.demo.federation import IdentityAddresses
 from gateway.demo.federation_platforms import DemoPlatforms, configure_platforms
 from gateway.demo.guangdong_idp import GuangdongIdpState
 from gateway.demo.legacy_system import LegacySystemState
@@ -52,7 +54,7 @@ def test_only_the_demo_entries_move(tmp_path: Path) -> None:
     (config / "idps.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     settings = load_settings(config, resolve_secrets=False)
 
-    moved = configure_platforms(settings, demo_platforms()).idps
+    moved = configure_platforms(settings, demo_platforms().urls()).idps
     assert moved["xian-city"] == settings.idps["xian-city"]
     gansu = moved["gansu"]
     assert isinstance(gansu, TicketIdpSettings)
@@ -86,5 +88,32 @@ def test_a_demo_id_reused_for_another_kind_is_left_alone(tmp_path: Path) -> None
     }
     (config / "idps.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     settings = load_settings(config, resolve_secrets=False)
-    moved = configure_platforms(settings, demo_platforms()).idps
+    moved = configure_platforms(settings, demo_platforms().urls()).idps
     assert moved["guangdong"] == settings.idps["guangdong"]
+
+
+def test_addresses_handed_to_another_process_configure_the_same(tmp_path: Path) -> None:
+    """The soak runs the fakes and the gateway apart (gateway/demo/split.py): the addresses go
+    through JSON and must point the configuration exactly where the fakes listen."""
+    config = tmp_path / "config"
+    shutil.copytree(CONFIG, config)
+    settings = load_settings(config, resolve_secrets=False)
+    addresses = IdentityAddresses(
+        qinghai="http://127.0.0.1:40063",
+        staff=None,
+        portals={"demo-portal-qinghai": "http://127.0.0.1:40070"},
+        windows={"demo-window-shaanxi": "http://127.0.0.1:40071"},
+        platforms=demo_platforms().urls(),
+    )
+    handed = IdentityAddresses.from_json(json.loads(json.dumps(addresses.to_json())))
+    assert handed == addresses
+    moved = handed.configure(settings)
+    assert moved.clients["demo-portal-qinghai"].redirect_uris == (
+        "http://127.0.0.1:40070/callback",
+    )
+    assert moved.clients["demo-window-shaanxi"].redirect_uris == (
+        "http://127.0.0.1:40071/window/callback",
+    )
+    gansu = moved.idps["gansu"]
+    assert isinstance(gansu, TicketIdpSettings)
+    assert gansu.login_url == "http://127.0.0.1:40062/uc/login"

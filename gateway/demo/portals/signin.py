@@ -28,7 +28,17 @@ from joserfc.jwk import KeySet
 
 from gateway.demo.portals.layout import render
 from gateway.demo.portals.pages import PortalPage
-from gateway.demo.portals.state import STATE, PortalSession, PortalState, Tokens, http_of
+from gateway.demo.portals.state import (
+    KEPT_LOGOUTS,
+    PENDING_LIFETIME,
+    SESSION_LIFETIME,
+    STATE,
+    PortalSession,
+    PortalState,
+    Tokens,
+    forget_older,
+    http_of,
+)
 from gateway.demo.portals.tokens import token_request
 from gateway.demo.portals.words import e
 
@@ -86,7 +96,9 @@ def authorization_redirect(
     verifier, challenge = pkce()
     oauth_state = secrets.token_urlsafe(24)
     nonce = secrets.token_urlsafe(24)
-    pending[oauth_state] = {"verifier": verifier, "nonce": nonce}
+    now = state.clock()
+    forget_older(pending, now - PENDING_LIFETIME, lambda waiting: float(waiting.get("at", "inf")))
+    pending[oauth_state] = {"verifier": verifier, "nonce": nonce, "at": repr(now)}
     params = {
         "response_type": "code",
         "client_id": client_id,
@@ -109,6 +121,15 @@ class SignInFailed(Exception):
     def __init__(self, message: str, detail: str, status: int) -> None:
         super().__init__(message)
         self.message, self.detail, self.status = message, detail, status
+
+
+class GatewayBusy(SignInFailed):
+    """The gateway answered 503 (it sheds load when overloaded): the portal says so with a
+    503 of its own rather than a 502, which would blame a broken gateway (or a bad ID token,
+    when it was the key set's fetch that was shed)."""
+
+    def __init__(self) -> None:
+        super().__init__("统一身份认证暂时繁忙，请稍后重试。", "gateway busy (503)", 503)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +167,8 @@ async def complete_sign_in(
             "code_verifier": waiting["verifier"],
         },
     )
+    if status == 503:  # the gateway shed the request (overloaded): busy, not broken
+        raise GatewayBusy()
     if status != 200:
         raise SignInFailed("统一身份认证未能签发令牌。", str(answer.get("error")), 502)
     claims = await id_token_claims(state, answer.get("id_token"), client_id, waiting)
@@ -177,6 +200,8 @@ async def login(request: web.Request) -> web.Response:
 
 async def _jwks(state: PortalState) -> KeySet:
     async with http_of(state).get(f"{state.gateway}/oauth2/jwks") as response:
+        if response.status == 503:
+            raise GatewayBusy()
         return KeySet.import_key_set(await response.json())
 
 
@@ -223,6 +248,8 @@ async def callback(request: web.Request) -> web.Response:
         return refused(request, failed.message, failed.detail, failed.status)
     # A step-up replaces the browser's local session rather than adding a second one.
     state.sessions.pop(request.cookies.get(state.cookie, ""), None)
+    now = state.clock()
+    forget_older(state.sessions, now - SESSION_LIFETIME, lambda session: session.signed_in_at)
     key = secrets.token_urlsafe(24)
     state.sessions[key] = PortalSession(
         sid=done.claims.get("sid"),
@@ -230,6 +257,7 @@ async def callback(request: web.Request) -> web.Response:
         acr=str(done.claims.get("acr", "")),
         tokens=done.tokens,
         name=done.profile.get("name"),
+        signed_in_at=now,
     )
     home = web.HTTPFound("/")
     home.set_cookie(state.cookie, key, httponly=True, samesite="Lax")
@@ -266,6 +294,8 @@ async def backchannel_logout(request: web.Request) -> web.Response:
             iat={"essential": True},
             jti={"essential": True},
         ).validate(decoded.claims)
+    except GatewayBusy:  # the key set could not be read now: the gateway delivers again later
+        return web.json_response({"error": "temporarily_unavailable"}, status=503)
     except (JoseError, ValueError):
         return web.json_response({"error": "invalid_request"}, status=400)
     claims = dict(decoded.claims)
@@ -287,6 +317,7 @@ async def backchannel_logout(request: web.Request) -> web.Response:
     for key in ended:
         del state.sessions[key]
     state.backchannel_logouts.append(claims)
+    del state.backchannel_logouts[:-KEPT_LOGOUTS]
     return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
 

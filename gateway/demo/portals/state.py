@@ -9,13 +9,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from gateway.demo.cases import S13_CASE, S13_REFUSED
 from gateway.demo.examples import DEMO_CALLS, DemoCall
+
+PENDING_LIFETIME = 600.0
+"""Seconds a sign-in started here may take (the gateway's own ``login_timeout`` default): an
+abandoned one is forgotten after that, never kept."""
+SESSION_LIFETIME = 12 * 3600.0
+"""Seconds a local session lasts at most: the gateway's absolute SSO timeout, after which its
+back-channel logout ends it anyway; a session whose logout never arrived goes then too."""
+KEPT_LOGOUTS = 100
+"""Validated logout tokens kept (the latest) for tests and the page to read."""
+
+
+V = TypeVar("V")
+
+
+def forget_older(table: dict[str, V], before: float, when: Callable[[V], float]) -> None:
+    """Drop the entries of ``table`` made before ``before``: the oldest come first (insertion
+    order), so this stops at the first younger one and costs O(dropped)."""
+    while table:
+        first = next(iter(table))
+        if when(table[first]) >= before:
+            return
+        del table[first]
 
 
 @dataclass
@@ -50,6 +72,7 @@ class PortalSession:
     acr: str
     tokens: Tokens
     name: str | None
+    signed_in_at: float = 0.0
 
     @property
     def access_token(self) -> str:
@@ -91,6 +114,7 @@ class ClerkSession:
     tokens: Tokens
     csrf: str
     last_receipt: str = ""
+    signed_in_at: float = 0.0
 
     @property
     def access_token(self) -> str:

@@ -39,7 +39,15 @@ from gateway.demo.portals.signin import (
     authorization_redirect,
     complete_sign_in,
 )
-from gateway.demo.portals.state import STATE, ClerkSession, PortalState, Tokens, WindowDesk
+from gateway.demo.portals.state import (
+    SESSION_LIFETIME,
+    STATE,
+    ClerkSession,
+    PortalState,
+    Tokens,
+    WindowDesk,
+    forget_older,
+)
 from gateway.demo.portals.tokens import SessionEnded, access_token, call_api, token_request
 from gateway.demo.portals.words import e, mode, problem, province, status, time_tag
 from gateway.demo.property_transfer import BUYER, SEIZED_UNITS
@@ -294,6 +302,8 @@ async def window_callback(request: web.Request) -> web.Response:
     except SignInFailed as failed:
         return _failed(request, failed.message, failed.detail, failed.status)
     state.clerk_sessions.pop(request.cookies.get(state.clerk_cookie, ""), None)
+    now = state.clock()
+    forget_older(state.clerk_sessions, now - SESSION_LIFETIME, lambda kept: kept.signed_in_at)
     key = secrets.token_urlsafe(24)
     session = ClerkSession(
         subject=str(done.claims["sub"]),
@@ -302,6 +312,7 @@ async def window_callback(request: web.Request) -> web.Response:
         acr=str(done.claims.get("acr", "")),
         tokens=done.tokens,
         csrf=secrets.token_urlsafe(24),
+        signed_in_at=now,
     )
     state.clerk_sessions[key] = session
     state.clerk_roster[session.subject] = session.name

@@ -233,3 +233,16 @@ async def test_a_session_whose_ending_failed_is_ended_by_the_next_sweep(
     assert attempts == 2
     assert ended(logs) == ["idle_timeout"]
     assert [e["event"] for e in logs].count("sso_session_end_incomplete") == 1
+
+
+async def test_a_session_that_ends_takes_its_releasable_attributes_with_it(
+    instances: tuple[SessionAuthenticator, SessionAuthenticator], clock: Clock
+) -> None:
+    gateway, _ = instances
+    await signed_in(gateway, "sid-attrs")
+    # As a login leaves it (sso.py): what the legacy faces may release, for the session's sake.
+    await gateway.store.put_pending("attrs:sid-attrs", {"name": "x"}, SETTINGS.absolute_timeout)
+    clock.advance(901)
+    assert await gateway.sweep_expired() == 1
+    # Not kept for the rest of the absolute timeout (hours) after the session is gone.
+    assert await gateway.store.get_pending("attrs:sid-attrs") is None

@@ -120,6 +120,15 @@ async def test_small_leeway_on_expiry(verifier: JwtAccessTokenVerifier, clock: C
     assert verifier.cached == 0
 
 
+async def test_expired_tokens_leave_the_cache_without_being_presented_again(
+    verifier: JwtAccessTokenVerifier, clock: Clock
+) -> None:
+    await verifier.verify(_token(clock))
+    clock.now += 300 + 31  # past its expiry and the leeway; never presented again
+    await verifier.verify(_token(clock))
+    assert verifier.cached == 1
+
+
 async def test_cache_is_bounded_and_never_skips_revocation(
     verifier: JwtAccessTokenVerifier, clock: Clock, revocations: FakeRevocationList
 ) -> None:
