@@ -9,8 +9,9 @@ transaction (case, parts, timeline line, outbox entry, intake event) before the 
 sent. Without ``--deliver`` the delivery worker is switched off so the figure is the intake
 alone; with it every instance also delivers (one worker each, sharing the PostgreSQL outbox)
 to a loopback back-end process that accepts at once, and a run ends when every case is closed.
-Besides the rate, each run reports the CPU seconds the gateway processes (and, on
-PostgreSQL, the database server's processes) spent per 1,000 cases, read from /proc over the
+Besides the rate, each run reports the CPU seconds the gateway processes (each `tongban
+serve` with its worker processes; ``--workers`` sets how many) and, on
+PostgreSQL, the database server's processes spent per 1,000 cases, read from /proc over the
 measured window: the contention tax of a second instance shows there even where the machine
 has no spare core for it. The load generator runs in this process. PostgreSQL runs in a fresh
 schema, dropped afterwards (PG_DSN, default postgresql://postgres@127.0.0.1:5432/test).

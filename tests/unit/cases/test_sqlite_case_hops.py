@@ -4,6 +4,7 @@ transaction there, rolled back as a whole when anything in it fails, whoever sto
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import structlog
 from gateway.cases.lifecycle import plan_step
 from gateway.cases.model import Case, CaseStatus, PartStatus
 from gateway.cases.store import FinishEntry, PartChange, Step
+from gateway.stores.cases_sql import SqlCaseStore
 from gateway.stores.sqlite import TransactionThread
 from gateway.stores.sqlite_cases import SqliteCaseStore
 from tests.unit.cases.test_store_contract import AT, INITIAL, new_case
@@ -139,3 +141,14 @@ async def test_a_caller_that_stops_waiting_leaves_a_whole_transaction(
     # The store goes on.
     again = await store.create(new_case("key-after"), at=AT, now=1.0, initial=INITIAL, events=())
     assert again.created
+
+
+def test_every_shared_call_is_given_a_hop() -> None:
+    # A shared call not overridden here would open its transaction outside any thread hop.
+    shared = {
+        name
+        for name, value in vars(SqlCaseStore).items()
+        if not name.startswith("_") and inspect.iscoroutinefunction(value)
+    }
+    assert shared
+    assert {name for name in shared if name not in vars(SqliteCaseStore)} == set()
