@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -152,3 +154,33 @@ def test_every_shared_call_is_given_a_hop() -> None:
     }
     assert shared
     assert {name for name in shared if name not in vars(SqliteCaseStore)} == set()
+
+
+def _count_elsewhere(path: Path) -> int:
+    """The cases another process sees, through a connection it opens and closes."""
+    script = (
+        "import sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1])\n"
+        "print(conn.execute('SELECT count(*) FROM cases').fetchone()[0])\n"
+        "conn.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+def _has_wal(path: Path) -> bool:
+    return Path(f"{path}-wal").exists()
+
+
+async def test_commits_stay_visible_after_another_process_closes_its_connection(
+    store: SqliteCaseStore,
+) -> None:
+    # Opening the store must leave SQLite's locks on the file in place: without them another
+    # process's closing connection deletes the WAL, and later commits go to a deleted file.
+    await store.create(new_case("key-00000001"), at=AT, now=1.0, initial=INITIAL, events=())
+    assert _count_elsewhere(store.path) == 1
+    assert _has_wal(store.path)
+    await store.create(new_case("key-00000002"), at=AT, now=1.0, initial=INITIAL, events=())
+    assert _count_elsewhere(store.path) == 2
