@@ -9,8 +9,9 @@ transaction (case, parts, timeline line, outbox entry, intake event) before the 
 sent. Without ``--deliver`` the delivery worker is switched off so the figure is the intake
 alone; with it every instance also delivers (one worker each, sharing the PostgreSQL outbox)
 to a loopback back-end process that accepts at once, and a run ends when every case is closed.
-Besides the rate, each run reports the CPU seconds the gateway processes (and, on
-PostgreSQL, the database server's processes) spent per 1,000 cases, read from /proc over the
+Besides the rate, each run reports the CPU seconds the gateway processes (each `tongban
+serve` with its worker processes; ``--workers`` sets how many) and, on
+PostgreSQL, the database server's processes spent per 1,000 cases, read from /proc over the
 measured window: the contention tax of a second instance shows there even where the machine
 has no spare core for it. The load generator runs in this process. PostgreSQL runs in a fresh
 schema, dropped afterwards (PG_DSN, default postgresql://postgres@127.0.0.1:5432/test).
@@ -125,7 +126,7 @@ class Instance:
     token: str
 
 
-async def start(config: Path) -> Instance:
+async def start(config: Path, workers: int | None) -> Instance:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
     env[AUDIT_DSN_ENV] = PG_DSN
@@ -137,6 +138,7 @@ async def start(config: Path) -> Instance:
         "--port",
         str(port),
         "--insecure-dev-tokens",
+        *(("--workers", str(workers)) if workers else ()),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         env=env,
@@ -236,8 +238,27 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
 """
 
 
+def with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process below them: `tongban serve` forks its worker processes
+    (one per core unless --workers says otherwise), which do the work."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry.name))
+    found: list[int] = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, ()))
+    return found
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds the processes have used so far (Linux /proc)."""
+    """User + system CPU seconds the processes have used so far (Linux /proc). Measure living
+    processes: a process that ended is no longer counted."""
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
@@ -280,7 +301,9 @@ async def closed_count(backend: str, schema: str, data_dir: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM cases WHERE status = 'closed'").fetchone()[0])
 
 
-async def run(backend: str, count: int, cases: int, concurrency: int, deliver: bool) -> Figures:
+async def run(
+    backend: str, count: int, cases: int, concurrency: int, deliver: bool, workers: int | None
+) -> Figures:
     schema = f"bench_cases_{secrets.token_hex(4)}"
     with tempfile.TemporaryDirectory() as tmp:
         instances: list[Instance] = []
@@ -301,8 +324,8 @@ async def run(backend: str, count: int, cases: int, concurrency: int, deliver: b
                         await asyncio.sleep(0.1)
             for number in range(count):
                 config = write_config(Path(tmp), backend, schema, f"gw-{number + 1}", address)
-                instances.append(await start(config))
-            pids = [i.process.pid for i in instances]
+                instances.append(await start(config, workers))
+            pids = with_descendants([i.process.pid for i in instances])
             database = postgres_pids() if backend == "postgres" else []
             before = cpu_seconds(pids), cpu_seconds(database)
             started = time.perf_counter()
@@ -349,13 +372,20 @@ async def main() -> None:
         action="store_true",
         help="run the delivery workers too, to a loopback back-end; a run ends when all closed",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes per instance (tongban serve --workers; default: one per core)",
+    )
     args = parser.parse_args()
     plan = args.only or ["sqlite:1", "postgres:1", "postgres:2"]
     results: dict[str, Figures] = {}
     what = "delivered cases/s" if args.deliver else "durable submissions/s"
     for item in plan:
         backend, count = item.split(":")
-        figures = await run(backend, int(count), args.cases, args.concurrency, args.deliver)
+        figures = await run(
+            backend, int(count), args.cases, args.concurrency, args.deliver, args.workers
+        )
         results[item] = figures
         database = (
             f"  database {figures.database_cpu:6.2f} CPU s/1000"
@@ -377,6 +407,7 @@ async def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"cpus: {os.cpu_count()}  cases per run: {args.cases}  concurrency: {args.concurrency}"
+        f"  workers per instance: {args.workers or 'one per core'}"
         f"  load average at the end: {load:.1f}"
     )
 

@@ -163,9 +163,18 @@ def private_dir(path: Path) -> Path:
 
 def create_private(path: Path) -> None:
     """Create the database file 0600 before SQLite does (it would follow the umask); SQLite gives
-    its -wal and -shm files the mode of the database file."""
+    its -wal and -shm files the mode of the database file.
+
+    A file that exists is not opened at all: closing any descriptor of a file drops every POSIX
+    lock this process holds on it, SQLite's included. A connection already open on the file
+    would then hold no lock the kernel knows of, and another process closing its connection
+    would take itself for the last one and delete the WAL (and the -shm) under it: later commits
+    would go to a deleted file."""
     private_dir(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE_MODE)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE)
+    except FileExistsError:
+        return
     os.close(fd)
 
 
