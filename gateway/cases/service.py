@@ -239,15 +239,7 @@ class CaseService:
                         type=EventType.CASE_TRANSITION,
                         request_id=request_id,
                         case_id=new.case_id,
-                        actor=new.actor,
-                        principal=new.subject,
-                        identity_level=new.level,
-                        client=new.client_id,
-                        service=new.service,
-                        receiving_province=new.receiving_province,
-                        handling_province=",".join(p.handling_province for p in new.parts),
-                        operation=",".join(p.operation for p in new.parts),
-                        purpose=new.purpose,
+                        **_application_fields(new),
                         outcome=initial[-1].to_status.value,
                         request_digest=new.body_digest,
                         extra={
@@ -360,15 +352,7 @@ class CaseService:
             await self._record_refusal(
                 exc,
                 request_id=new.request_id,
-                actor=new.actor,
-                principal=new.subject,
-                identity_level=new.level,
-                client=new.client_id,
-                service=new.service,
-                receiving_province=new.receiving_province,
-                handling_province=",".join(p.handling_province for p in new.parts),
-                operation=",".join(p.operation for p in new.parts),
-                purpose=new.purpose,
+                **_application_fields(new),
                 extra=extra,
             )
             raise
@@ -619,3 +603,18 @@ class CaseService:
             return
         for event in transition_events(case, drafts, request_id=request_id):
             await self._audit.record(event, required=False)
+
+
+def _application_fields(new: NewCase) -> dict[str, Any]:
+    """What the records of an application say of it: its intake and a refusal before it."""
+    return {
+        "actor": new.actor,
+        "principal": new.subject,
+        "identity_level": new.level,
+        "client": new.client_id,
+        "service": new.service,
+        "receiving_province": new.receiving_province,
+        "handling_province": ",".join(p.handling_province for p in new.parts),
+        "operation": ",".join(p.operation for p in new.parts),
+        "purpose": new.purpose,
+    }

@@ -246,36 +246,25 @@ class ApiRateLimiter:
         if not budgets:
             return Verdict(budgets)
         if self._memory is not None:
-            return await self._draw_memory(principal, budgets)
+            # In-process counters: nothing to wait for, so no timeout to arm.
+            return await self._guarded(
+                budgets, lambda: self._draw_memory(principal, budgets), timed=False
+            )
         return await self._guarded(budgets, lambda: self._draw(principal, budgets))
 
     async def _draw_memory(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
-        """In-process counters: drawn without awaiting the store (nothing there to wait for, so
-        no timeout to arm), through the same breaker and with the same answers as any store."""
+        """Drawn from the in-process counters without awaiting them, with the same answers as
+        any store (the window's statistics are read only for a refusal's Retry-After)."""
         assert self._memory is not None
-        try:
-            self._breaker.before_call()
-        except CircuitOpen:
-            return Verdict(budgets, checked=False)
-        try:
-            verdict = Verdict(budgets)
-            for budget in budgets:
-                key = self._store_key(principal, budget)
-                if self._memory.acquire_now(key, budget.rate.amount, budget.window):
-                    continue
-                partition = _partition(principal, budget)
-                stats = await self._strategy.get_window_stats(budget.rate, budget.scope, partition)
-                retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
-                verdict = Verdict(budgets, refused_by=budget, retry_after=retry_after)
-                break
-        except StorageError as exc:
-            self._failed(exc)
-            return Verdict(budgets, checked=False)
-        except BaseException:
-            self._breaker.record_neutral()
-            raise
-        self._succeeded()
-        return verdict
+        for budget in budgets:
+            key = self._store_key(principal, budget)
+            if self._memory.acquire_now(key, budget.rate.amount, budget.window):
+                continue
+            partition = _partition(principal, budget)
+            stats = await self._strategy.get_window_stats(budget.rate, budget.scope, partition)
+            retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
+            return Verdict(budgets, refused_by=budget, retry_after=retry_after)
+        return Verdict(budgets)
 
     def _store_key(self, principal: Principal, budget: Budget) -> str:
         """The store's key of ``budget`` for ``principal`` (cached: a few thousand persons'
@@ -301,14 +290,21 @@ class ApiRateLimiter:
         return await self._guarded(budgets, lambda: self._draw_keyed(pairs, peek=peek))
 
     async def _guarded(
-        self, budgets: tuple[Budget, ...], draw: Callable[[], Awaitable[Verdict]]
+        self,
+        budgets: tuple[Budget, ...],
+        draw: Callable[[], Awaitable[Verdict]],
+        *,
+        timed: bool = True,
     ) -> Verdict:
         try:
             self._breaker.before_call()
         except CircuitOpen:
             return Verdict(budgets, checked=False)
         try:
-            async with asyncio.timeout(self._timeout):
+            if timed:
+                async with asyncio.timeout(self._timeout):
+                    verdict = await draw()
+            else:
                 verdict = await draw()
         except (StorageError, TimeoutError) as exc:
             self._failed(exc)
