@@ -5,7 +5,7 @@ One run starts every server in its own process (pinned apart from the load gener
 latency), then with an open-loop generator at a fixed rate (default 1,000 req/s: the added p99
 of the gateway over the back-end), then an outbound-client micro-benchmark (raw aiohttp vs httpx
 on ``AiohttpTransport`` vs the REST adapter), optionally a py-spy profile of the gateway, and
-prints a table, the ratios and the issue's targets met or missed. Every child process is
+prints a table, the ratios and the performance targets met or missed. Every child process is
 stopped in ``finally``; each also stops itself after ``--max-lifetime`` seconds and when this
 process dies.
 
@@ -1951,7 +1951,7 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
     )
     added_soap = opened["gateway SOAP (log warning)"]["p99_ms"] - opened["direct SOAP"]["p99_ms"]
     print()
-    print("## Ratios and the issue's targets")
+    print("## Ratios and the targets")
     rows = [
         ("routed REST / nginx proxy", gw.rps / ngx.rps, 0.15),
         ("routed REST / minimal aiohttp proxy", gw.rps / mini.rps, 0.6),
@@ -1985,7 +1985,7 @@ def print_report(report: Report, args: argparse.Namespace) -> None:
             f"{mini.sut_cpu_us or 0:.0f} "
             f"(outbound part ≈ {(gw.sut_cpu_us or 0) - (canned.sut_cpu_us or 0):.0f} µs)"
         )
-    print_issue_report(report, args)
+    print_targets_report(report, args)
     if report.clients:
         by = {c["client"]: c for c in report.clients}
         base = by["aiohttp"]
@@ -2039,7 +2039,7 @@ def print_repeats(report: Report) -> None:
         print(f"  {name:<40} {cpu[0]:5.0f} / {cpu[len(cpu) // 2]:5.0f}   {each}")
 
 
-def print_issue_report(report: Report, args: argparse.Namespace) -> None:
+def print_targets_report(report: Report, args: argparse.Namespace) -> None:
     """The figures of the performance targets: buffered vs required, CPU per call at a fixed
     rate against the closed loop, several workers, overload, profiles."""
     closed = {r.name: r for r in report.closed}
@@ -2330,7 +2330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.rest_only:
         report = run_benchmark(args)
         print_repeats(report)
-        print_issue_report(report, args)
+        print_targets_report(report, args)
     else:
         report = run_benchmark(args)
         print_report(report, args)
