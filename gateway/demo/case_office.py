@@ -28,7 +28,6 @@ the person), and goes on with the application once it is supplied.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import itertools
 import json
 from collections.abc import Callable
@@ -37,12 +36,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from gateway.demo.api_key import json_error, require_api_key
 from gateway.demo.contribution_proof import check_seal
 from gateway.demo.recording import Recorder, recording_middleware
 
-API_KEY_HEADER = "X-API-Key"
 STATUS_TEXT = {
     "ACCEPTED": "已受理 accepted",
     "PROCESSING": "办理中 being processed",
@@ -160,16 +158,7 @@ class CaseOfficeState:
 STATE = web.AppKey("case_office_state", CaseOfficeState)
 
 
-def _error(status: int, error: str, message: str) -> web.Response:
-    return web.json_response({"error": error, "message": message}, status=status)
-
-
-@web.middleware
-async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given = request.headers.get(API_KEY_HEADER, "").encode()
-    if not hmac.compare_digest(given, request.app[STATE].api_key.encode()):
-        return _error(401, "unauthorized", "missing or wrong API key")
-    return await handler(request)
+api_key_middleware = require_api_key(lambda app: app[STATE].api_key)
 
 
 def _result_for(state: CaseOfficeState, application: Application) -> dict[str, str]:
@@ -196,7 +185,9 @@ def _check_licence(body: dict[str, Any]) -> web.Response | None:
         for item in licences
     )
     if not ok:
-        return _error(422, "licence_missing", f"a verified {needed} must come with the application")
+        return json_error(
+            422, "licence_missing", f"a verified {needed} must come with the application"
+        )
     return None
 
 
@@ -208,10 +199,12 @@ def _check_proof(state: CaseOfficeState, body: dict[str, Any]) -> web.Response |
         return None
     fields = [body.get(k) for k in ("proofNo", "proofSealDigest", "proofSealValue")]
     if not all(isinstance(f, str) and f for f in fields):
-        return _error(400, "invalid_request", "proofNo, proofSealDigest, proofSealValue required")
+        return json_error(
+            400, "invalid_request", "proofNo, proofSealDigest, proofSealValue required"
+        )
     key = state.proof_seal_keys.get(issuer)
     if key is None or not check_seal(key, *(str(f) for f in fields)):
-        return _error(422, "seal_invalid", "the proof's e-seal does not verify")
+        return json_error(422, "seal_invalid", "the proof's e-seal does not verify")
     return None
 
 
@@ -219,15 +212,15 @@ async def submit_application(request: web.Request) -> web.Response:
     state = request.app[STATE]
     key = request.headers.get("Idempotency-Key", "")
     if not key:
-        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
+        return json_error(400, "idempotency_key_required", "send an Idempotency-Key header")
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
-        return _error(400, "invalid_json", "body is not JSON")
+        return json_error(400, "invalid_json", "body is not JSON")
     if not isinstance(body, dict) or body.get("kind") not in KINDS:
-        return _error(400, "invalid_request", f"kind must be one of {sorted(KINDS)}")
+        return json_error(400, "invalid_request", f"kind must be one of {sorted(KINDS)}")
     if not body.get("idNumber") or not body.get("name"):
-        return _error(400, "invalid_request", "idNumber and name are required")
+        return json_error(400, "invalid_request", "idNumber and name are required")
     refused = _check_proof(state, body) or _check_licence(body)
     if refused is not None:
         return refused
@@ -235,7 +228,7 @@ async def submit_application(request: web.Request) -> web.Response:
     existing = state.by_key.get(key)
     if existing is not None:
         if existing.fingerprint != fingerprint:
-            return _error(422, "idempotency_key_reused", "key used for another application")
+            return json_error(422, "idempotency_key_reused", "key used for another application")
         return web.json_response(existing.as_json(), status=200)
     now = state.clock()
     steps = list(state.progress.get(body["kind"], ["ACCEPTED", "PROCESSING", "DONE"]))
@@ -267,28 +260,28 @@ async def supplement_application(request: web.Request) -> web.Response:
     state = request.app[STATE]
     key = request.headers.get("Idempotency-Key", "")
     if not key:
-        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
+        return json_error(400, "idempotency_key_required", "send an Idempotency-Key header")
     application = state.applications.get(request.match_info["applicationId"])
     if application is None:
-        return _error(404, "not_found", "no such application")
+        return json_error(404, "not_found", "no such application")
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
-        return _error(400, "invalid_json", "body is not JSON")
+        return json_error(400, "invalid_json", "body is not JSON")
     materials = body.get("materials") if isinstance(body, dict) else None
     if not isinstance(materials, list) or not all(isinstance(m, dict) for m in materials):
-        return _error(400, "invalid_request", "materials must be a list of objects")
+        return json_error(400, "invalid_request", "materials must be a list of objects")
     taken = state.supplements_by_key.get(key)
     if taken is not None:
         if taken is not application:
-            return _error(422, "idempotency_key_reused", "key used for another application")
+            return json_error(422, "idempotency_key_reused", "key used for another application")
         return web.json_response(application.as_json(), status=200)
     if application.status != "SUPPLEMENT" or application.supplement_request is None:
-        return _error(409, "not_awaiting_supplement", "no supplement was asked for")
+        return json_error(409, "not_awaiting_supplement", "no supplement was asked for")
     given = {m.get("code") for m in materials}
     absent = [c for c in application.supplement_request["materialCodes"] if c not in given]
     if absent:
-        return _error(422, "materials_missing", f"still missing: {absent}")
+        return json_error(422, "materials_missing", f"still missing: {absent}")
     application.supplements.append(key)
     application.supplement_request = None
     application.status = application.steps.pop(0) if application.steps else "ACCEPTED"
@@ -302,7 +295,7 @@ async def get_application(request: web.Request) -> web.Response:
     state = request.app[STATE]
     application = state.applications.get(request.match_info["applicationId"])
     if application is None:
-        return _error(404, "not_found", "no such application")
+        return json_error(404, "not_found", "no such application")
     if application.steps and application.status != "SUPPLEMENT":  # waits for the material
         application.status = application.steps.pop(0)
         if application.status == "DONE":

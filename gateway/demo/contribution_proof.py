@@ -24,14 +24,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from gateway.demo.api_key import json_error, require_api_key
 from gateway.demo.recording import Recorder, recording_middleware
 from gateway.demo.residents import MA_WENHUA, SU_LANXIN, Resident, mask_id, mask_name
 from gateway.demo.subject_check import SUBJECTS_HEADER, person_named
 
 CENTRE_NAME = "江苏省示范社会保险和住房公积金缴存证明系统"
-API_KEY_HEADER = "X-API-Key"
 AUTHORISATION_HEADER = "X-Tongban-Authorisation"
 
 
@@ -86,16 +85,7 @@ def check_seal(key: bytes, proof_no: str, seal_digest: str, seal_value: str) -> 
     return hmac.compare_digest(seal(key, proof_no, seal_digest).encode(), seal_value.encode())
 
 
-def _error(status: int, error: str, message: str) -> web.Response:
-    return web.json_response({"error": error, "message": message}, status=status)
-
-
-@web.middleware
-async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given = request.headers.get(API_KEY_HEADER, "").encode()
-    if not hmac.compare_digest(given, request.app[STATE].api_key.encode()):
-        return _error(401, "unauthorized", "missing or wrong API key")
-    return await handler(request)
+api_key_middleware = require_api_key(lambda app: app[STATE].api_key)
 
 
 def _proof(
@@ -141,20 +131,20 @@ async def issue_proof(request: web.Request) -> web.Response:
     authorisation = request.headers.get(AUTHORISATION_HEADER, "").strip()
     subjects = request.headers.get(SUBJECTS_HEADER, "").strip()
     if not authorisation and not subjects:
-        return _error(
+        return json_error(
             403, "authorisation_required", "a proof is issued only with the holder's authorisation"
         )
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
-        return _error(400, "invalid_json", "body is not JSON")
+        return json_error(400, "invalid_json", "body is not JSON")
     if not isinstance(body, dict) or not body.get("idNumber") or not body.get("name"):
-        return _error(400, "invalid_request", "idNumber and name are required")
+        return json_error(400, "invalid_request", "idNumber and name are required")
     if not person_named(state.subject_key, subjects, str(body["idNumber"])):
-        return _error(403, "not_the_verified_subject", "the ID number is not the holder's")
+        return json_error(403, "not_the_verified_subject", "the ID number is not the holder's")
     person = state.contributors.get(body["idNumber"])
     if person is None or person.resident.name != body["name"]:
-        return _error(404, "person_not_found", "no contributor matches idNumber and name")
+        return json_error(404, "person_not_found", "no contributor matches idNumber and name")
     return web.json_response(_proof(state, person, authorisation or "holder"))
 
 

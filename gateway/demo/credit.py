@@ -17,18 +17,16 @@ it. It never logs payloads.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from gateway.demo.api_key import json_error, require_api_key
 from gateway.demo.recording import Recorder, recording_middleware
 from gateway.identity.identifiers import make_credit_code
 
 PLATFORM_NAME = "青海省公共信用信息平台（示范）"
-API_KEY_HEADER = "X-API-Key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,23 +93,16 @@ class CreditState:
 STATE = web.AppKey("credit_state", CreditState)
 
 
-def _error(status: int, error: str, message: str) -> web.Response:
-    return web.json_response({"error": error, "message": message}, status=status)
-
-
-@web.middleware
-async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given = request.headers.get(API_KEY_HEADER, "").encode()
-    if not hmac.compare_digest(given, request.app[STATE].api_key.encode()):
-        return _error(401, "unauthorized", "missing or wrong API key")
-    return await handler(request)
+api_key_middleware = require_api_key(lambda app: app[STATE].api_key)
 
 
 async def public_record(request: web.Request) -> web.Response:
     name = request.query.get("name", "").strip()
     found = next((r for r in request.app[STATE].records.values() if r.name == name), None)
     if found is None:
-        return _error(404, "enterprise_not_found", "no enterprise is registered under this name")
+        return json_error(
+            404, "enterprise_not_found", "no enterprise is registered under this name"
+        )
     return web.json_response(
         {
             "creditCode": found.credit_code,
@@ -130,7 +121,7 @@ async def nonpublic_summary(request: web.Request) -> web.Response:
     code = request.query.get("creditCode", "").strip().upper()
     found = request.app[STATE].records.get(code)
     if found is None:
-        return _error(404, "enterprise_not_found", "no enterprise has this credit code")
+        return json_error(404, "enterprise_not_found", "no enterprise has this credit code")
     return web.json_response(
         {
             "creditCode": found.credit_code,

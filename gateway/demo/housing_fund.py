@@ -19,14 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from gateway.demo.api_key import json_error, require_api_key
 from gateway.demo.recording import Recorder, recording_middleware
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, ZHAO_YIMING, Resident, mask_name
 from gateway.demo.subject_check import SUBJECTS_HEADER, person_named
 
 CENTRE_NAME = "陕西省示范住房公积金管理中心"
-API_KEY_HEADER = "X-API-Key"
 _CENTRE_CODE = re.compile(r"^[0-9]{6}$")
 
 ACCOUNT_STATUS = {"01": "正常 active", "02": "封存 sealed", "03": "转出中 transferring out"}
@@ -97,17 +96,7 @@ class HousingFundState:
 STATE = web.AppKey("housing_fund_state", HousingFundState)
 
 
-def _error(status: int, error: str, message: str, **extra: str) -> web.Response:
-    return web.json_response({"error": error, "message": message, **extra}, status=status)
-
-
-@web.middleware
-async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    expected = request.app[STATE].api_key.encode()
-    given = request.headers.get(API_KEY_HEADER, "").encode()
-    if not hmac.compare_digest(given, expected):
-        return _error(401, "unauthorized", "missing or wrong API key")
-    return await handler(request)
+api_key_middleware = require_api_key(lambda app: app[STATE].api_key)
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -115,12 +104,12 @@ async def get_account(request: web.Request) -> web.Response:
     account = state.accounts.get(request.match_info["accountNo"])
     id_card = request.query.get("idCardNo", "")
     if not person_named(state.subject_key, request.headers.get(SUBJECTS_HEADER), id_card):
-        return _error(403, "not_the_verified_subject", "the ID number is not the caller's")
+        return json_error(403, "not_the_verified_subject", "the ID number is not the caller's")
     # An account number alone does not reveal an account: the holder's ID must match too.
     if account is None or not hmac.compare_digest(
         id_card.encode(), account.holder.id_number.encode()
     ):
-        return _error(404, "account_not_found", "no account matches accountNo and idCardNo")
+        return json_error(404, "account_not_found", "no account matches accountNo and idCardNo")
     return web.json_response(
         {
             "accountNo": account.account_no,
@@ -155,23 +144,23 @@ async def create_transfer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     key = request.headers.get("Idempotency-Key", "")
     if not key:
-        return _error(400, "idempotency_key_required", "send an Idempotency-Key header")
+        return json_error(400, "idempotency_key_required", "send an Idempotency-Key header")
     body = await _json_object(request)
     fields = ("accountNo", "idCardNo", "holderName", "inCentreCode")
     missing = [f for f in fields if not isinstance(body.get(f), str) or not body[f]]
     if missing:
-        return _error(400, "invalid_request", f"missing fields: {', '.join(missing)}")
+        return json_error(400, "invalid_request", f"missing fields: {', '.join(missing)}")
     if not person_named(state.subject_key, request.headers.get(SUBJECTS_HEADER), body["idCardNo"]):
-        return _error(403, "not_the_verified_subject", "the ID number is not the caller's")
+        return json_error(403, "not_the_verified_subject", "the ID number is not the caller's")
     if not _CENTRE_CODE.match(body["inCentreCode"]):
-        return _error(400, "invalid_request", "inCentreCode must be six digits")
+        return json_error(400, "invalid_request", "inCentreCode must be six digits")
     fingerprint = hashlib.sha256(
         json.dumps([body.get(f) for f in (*fields, "inAccountNo")]).encode()
     ).hexdigest()
     existing = state.transfers_by_key.get(key)
     if existing is not None:
         if existing.fingerprint != fingerprint:
-            return _error(
+            return json_error(
                 422, "idempotency_key_reused", "this Idempotency-Key was used for another request"
             )
         return web.json_response(existing.as_json(), status=200)
@@ -181,17 +170,17 @@ async def create_transfer(request: web.Request) -> web.Response:
         or account.holder.id_number != body["idCardNo"]
         or account.holder.name != body["holderName"]
     ):
-        return _error(404, "account_not_found", "no account matches the holder")
+        return json_error(404, "account_not_found", "no account matches the holder")
     if account.status == "03":
         pending = next(t for t in state.transfers.values() if t.account_no == account.account_no)
-        return _error(
+        return json_error(
             409,
             "transfer_exists",
             "a transfer is already under way",
             transferId=pending.transfer_id,
         )
     if account.status != "02":
-        return _error(409, "account_not_sealed", "the account must be sealed (封存) first")
+        return json_error(409, "account_not_sealed", "the account must be sealed (封存) first")
     now = state.clock()
     transfer = FundTransfer(
         transfer_id=f"SXGJJ{now:%Y%m%d}{next(state._numbers):06d}",
@@ -212,7 +201,7 @@ async def create_transfer(request: web.Request) -> web.Response:
 async def get_transfer(request: web.Request) -> web.Response:
     transfer = request.app[STATE].transfers.get(request.match_info["transferId"])
     if transfer is None:
-        return _error(404, "transfer_not_found", "no such transfer")
+        return json_error(404, "transfer_not_found", "no such transfer")
     return web.json_response(transfer.as_json())
 
 

@@ -43,14 +43,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.demo.api_key import json_error, require_api_key
 from gateway.demo.recording import Recorder, recording_middleware
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, ZHAO_YIMING, Resident
 from gateway.licences.seal import SealedLicence, public_pem, seal_licence
 
-API_KEY_HEADER = "X-API-Key"
 STATUSES = ("valid", "changed", "expired", "revoked", "cancelled")
 
 # S8's parent company (西安秦川示例电子有限公司), registered in Shaanxi.
@@ -182,16 +181,7 @@ def signed_notice(
     return raw, headers
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
-
-
-@web.middleware
-async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given = request.headers.get(API_KEY_HEADER, "").encode()
-    if not hmac.compare_digest(given, request.app[STATE].api_key.encode()):
-        return _error(401, "unauthorized", "missing or wrong API key")
-    return await handler(request)
+api_key_middleware = require_api_key(lambda app: app[STATE].api_key)
 
 
 def _holds(stored: StoredLicence, holder: Mapping[str, Any]) -> bool:
@@ -216,7 +206,7 @@ async def search(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = await _body(request)
     if body is None or not isinstance(body.get("holder"), dict):
-        return _error(400, "invalid_request", "licenceType and holder are required")
+        return json_error(400, "invalid_request", "licenceType and holder are required")
     found = [
         {"number": stored.number, "status": stored.status}
         for (kind, _n), stored in sorted(state.licences.items())
@@ -230,7 +220,7 @@ async def fetch(request: web.Request) -> web.Response:
     key = (request.match_info["licenceType"], request.match_info["number"])
     stored = state.licences.get(key)
     if stored is None:
-        return _error(404, "not_found", "no such licence")
+        return json_error(404, "not_found", "no such licence")
     return web.json_response(stored.sealed.as_answer())
 
 
@@ -238,10 +228,10 @@ async def verify(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = await _body(request)
     if body is None:
-        return _error(400, "invalid_request", "licenceType, number and dataDigest are required")
+        return json_error(400, "invalid_request", "licenceType, number and dataDigest are required")
     stored = state.licences.get((str(body.get("licenceType")), str(body.get("number"))))
     if stored is None:
-        return _error(404, "not_found", "no such licence")
+        return json_error(404, "not_found", "no such licence")
     status = stored.status
     if state.garbled:
         return web.json_response({"status": "perhaps", "number": stored.number})
@@ -255,16 +245,16 @@ async def file_dispute(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key", "")
     body = await _body(request)
     if not key or body is None:
-        return _error(400, "invalid_request", "an Idempotency-Key and a JSON body are required")
+        return json_error(400, "invalid_request", "an Idempotency-Key and a JSON body are required")
     existing = state.disputes_by_key.get(key)
     if existing is not None:
         return web.json_response(existing.as_json(), status=200)
     stored = state.licences.get((str(body.get("licenceType")), str(body.get("number"))))
     if stored is None:
-        return _error(404, "not_found", "no such licence")
+        return json_error(404, "not_found", "no such licence")
     field_name = str(body.get("field") or "")
     if field_name not in stored.sealed.data["fields"]:
-        return _error(422, "invalid_request", "field is not a field of the licence")
+        return json_error(422, "invalid_request", "field is not a field of the licence")
     now = datetime.now(UTC)
     dispute = Dispute(
         dispute_id=f"{state.province}YY{now:%Y%m%d}{next(state._dispute_numbers):06d}",
@@ -286,7 +276,7 @@ async def get_dispute(request: web.Request) -> web.Response:
     state = request.app[STATE]
     dispute = state.disputes.get(request.match_info["disputeId"])
     if dispute is None:
-        return _error(404, "not_found", "no such dispute")
+        return json_error(404, "not_found", "no such dispute")
     if dispute.steps:
         dispute.status = dispute.steps.pop(0)
         if dispute.status == "DECIDED":
@@ -303,13 +293,13 @@ async def register_marriage(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key", "")
     body = await _body(request)
     if not key or body is None:
-        return _error(400, "invalid_request", "an Idempotency-Key and a JSON body are required")
+        return json_error(400, "invalid_request", "an Idempotency-Key and a JSON body are required")
     done = state.marriages.get(key)
     if done is not None:
         return web.json_response(done)
     parties = [body.get("partyA"), body.get("partyB")]
     if not all(isinstance(p, dict) and p.get("idNumber") and p.get("name") for p in parties):
-        return _error(400, "invalid_request", "partyA and partyB with idNumber and name")
+        return json_error(400, "invalid_request", "partyA and partyB with idNumber and name")
     a, b = (dict(p) for p in parties if isinstance(p, dict))
     if any(p.get("maritalStatus") != "unmarried" for p in (a, b)):
         # 不予登记: a party the household register holds as married (or unknown).
