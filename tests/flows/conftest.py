@@ -107,10 +107,20 @@ async def demo_journey(
 
 
 @pytest.fixture
+def poll_quickly() -> bool:
+    """Whether the journey's case worker polls statuses every 0.2 s instead of every minute; a
+    test module that follows cases to their end overrides this fixture with True."""
+    return False
+
+
+@pytest.fixture
 async def journey(
-    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    log_stream: io.BytesIO,
+    monkeypatch: pytest.MonkeyPatch,
+    poll_quickly: bool,
 ) -> AsyncIterator[Journey]:
-    async with demo_journey(tmp_path, monkeypatch) as journey:
+    async with demo_journey(tmp_path, monkeypatch, poll_quickly=poll_quickly) as journey:
         yield journey
     # Every journey ends with the independent verifier passing on what it wrote.
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0

@@ -23,14 +23,8 @@ from tests.flows.conftest import CONFIG_DIR, Journey, audit_verify, demo_journey
 NOTICES = "/api/v1/callbacks/licences/61"
 
 
-@pytest.fixture
-async def journey(
-    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Journey]:
-    # Status polls every few seconds: a case stays in flight while the notice arrives.
-    async with demo_journey(tmp_path, monkeypatch) as journey:
-        yield journey
-    assert await asyncio.to_thread(audit_verify, tmp_path) == 0
+# The journey of tests/flows/conftest.py polls statuses at the usual pace, not quickly: a case
+# stays in flight while the notice arrives.
 
 
 def notice(sequence: int, status: str = "revoked") -> dict[str, Any]:

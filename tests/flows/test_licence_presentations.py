@@ -4,13 +4,8 @@ service needs; a forged, expired, skewed, reused code or another holder's reques
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from gateway.demo.backends import QINGHAI_LICENCE, SHAANXI_LICENCE
 from gateway.demo.licence_system import BIRTH_CERTIFICATE, DRIVING_LICENCE, PROPERTY_CERTIFICATE
@@ -21,19 +16,10 @@ from gateway.http.licences import LICENCES
 from gateway.identity.citizen import natural_person_id
 from gateway.identity.identifiers import link_keyer
 from gateway.identity.person_key import PersonKeys
-from tests.flows.conftest import Journey, audit_verify, demo_journey
+from tests.flows.conftest import Journey
 
 PRESENT = "/api/v1/licences/presentations"
 CHECK = "/api/v1/licences/presentations/check"
-
-
-@pytest.fixture
-async def journey(
-    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Journey]:
-    async with demo_journey(tmp_path, monkeypatch) as journey:
-        yield journey
-    assert await asyncio.to_thread(audit_verify, tmp_path) == 0
 
 
 def holder_token(journey: Journey, id_number: str, subject: str) -> dict[str, str]:
