@@ -37,8 +37,8 @@ from gateway.errors import (
     InvalidRequest,
     MalformedJson,
     Unauthenticated,
-    UnsupportedMediaType,
 )
+from gateway.http.client_io import read_json_body
 from gateway.http.keys import (
     LOG_FIELDS,
     REQUEST_ID,
@@ -189,19 +189,6 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
     )
 
 
-async def _json_body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("Send the body as application/json.")
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise MalformedJson("The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    return raw, body
-
-
 def receipt(case: Case, base: str) -> dict[str, Any]:
     """受理回执: what the applicant keeps as proof the application was taken in."""
     return {
@@ -291,7 +278,7 @@ def _base_url(request: web.Request) -> str:
 async def submit_case(request: web.Request) -> web.Response:
     principal = principal_of(request)
     runtime = _runtime(request)
-    raw, body = await _json_body(request)
+    raw, body = await read_json_body(request)
     fields = request[LOG_FIELDS]
     fields.update(service=str(body.get("service", ""))[:64])
     registration = client_registration(request.app, principal)
@@ -332,7 +319,7 @@ async def submit_supplement(request: web.Request) -> web.Response:
     """补齐补正: the applicant (or whoever acts for them) answers a supplement request."""
     principal = principal_of(request)
     runtime = _runtime(request)
-    _raw, body = await _json_body(request)
+    _raw, body = await read_json_body(request)
     case = await runtime.service.get_for(principal, request.match_info["case_id"])
     fields = request[LOG_FIELDS]
     fields.update(case_id=case.case_id, service=case.service)

@@ -13,12 +13,18 @@ timer (``server.idle_timeout``, set where the server starts: gateway/serve.py).
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Any, Final
 
+import orjson
 import structlog
 from aiohttp import web
 
-from gateway.errors import RequestTimeout
+from gateway.errors import (
+    InvalidRequest,
+    MalformedJson,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS
 from gateway.http.middlewares import Handler
 from gateway.http.problem import problem_response
@@ -74,3 +80,18 @@ def client_aborted(request: web.Request) -> web.Response:
     response = web.Response(status=CLIENT_CLOSED_REQUEST)
     response.force_close()
     return response
+
+
+async def read_json_body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    """The body as sent and as a JSON object, or a client error naming what is wrong (415, 400
+    for JSON that does not parse or is not an object)."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Send the body as application/json.")
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedJson("The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The body must be a JSON object.")
+    return raw, body

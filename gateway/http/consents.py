@@ -39,11 +39,9 @@ from gateway.consent.model import (
 from gateway.consent.subjects import Me, SubjectDigest, me, requester_person
 from gateway.errors import (
     Forbidden,
-    InvalidRequest,
-    MalformedJson,
-    UnsupportedMediaType,
     ValidationFailed,
 )
+from gateway.http.client_io import read_json_body
 from gateway.http.keys import REQUEST_ID, SETTINGS, STATE, GatewayState, principal_of
 from gateway.identity.identifiers import ID_TYPES, RESIDENT_ID_CARD, valid_resident_id
 from gateway.identity.subject_keys import SubjectKeys
@@ -183,14 +181,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def _body(request: web.Request, kind: GrantKind) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("Send the body as application/json.")
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise MalformedJson("The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object.")
+    _raw, body = await read_json_body(request)
     errors = [
         {"path": "/" + "/".join(str(p) for p in e.absolute_path), "message": e.message[:200]}
         for e in _VALIDATORS[kind].iter_errors(body)

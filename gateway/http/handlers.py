@@ -22,15 +22,13 @@ from gateway.consent.contract import DataSubject
 from gateway.errors import (
     BackendError,
     GatewayError,
-    InvalidRequest,
-    MalformedJson,
     NoCaseAuthority,
     NotDataSubject,
-    UnsupportedMediaType,
     ValidationFailed,
 )
 from gateway.fastschema import SchemaGate
 from gateway.http.cases import CASES
+from gateway.http.client_io import read_json_body
 from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, SUBJECTS, principal_of
 from gateway.http.oidc import (
     check_client_may_call,
@@ -61,25 +59,6 @@ _CALL_VALIDATOR = SchemaGate(Draft202012Validator(CALL_REQUEST_SCHEMA))
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object, or a client error naming what is wrong."""
-    return (await read_json_raw(request))[1]
-
-
-async def read_json_raw(request: web.Request) -> tuple[bytes, dict[str, Any]]:
-    """The body as sent and as a JSON object, or a client error naming what is wrong."""
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("Send the body as application/json.")
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise MalformedJson("The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    return raw, body
 
 
 def _summary(
@@ -322,7 +301,7 @@ async def call_service(request: web.Request) -> web.Response:
     catalog = request.app[STATE].catalog
     catalog.service(code)  # unknown service → 404 before we look at the body
     check_client_may_call(request.app, principal, code)  # allowed_services + scope → 403
-    raw, body = await read_json_raw(request)
+    raw, body = await read_json_body(request)
     problems = sorted(_CALL_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
     if problems:
         raise ValidationFailed(
