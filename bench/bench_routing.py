@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -500,6 +500,34 @@ def _errno_name(number: int | None) -> str:
     return errno.errorcode.get(number or 0, str(number))
 
 
+async def paced(
+    one: Callable[[float, bool], Coroutine[Any, Any, None]],
+    rate: float,
+    warmup: float,
+    duration: float,
+) -> tuple[int, int, float, float]:
+    """Start ``one(due, measured)`` at a fixed rate whatever the answers do, and wait for all:
+    (requests started, index of the first measured one, seconds the measured ones took to
+    start, the generator's worst lag behind its schedule)."""
+    now = time.perf_counter  # uvloop's now() ticks in whole milliseconds
+    total = int(rate * (warmup + duration))
+    measured_from = int(rate * warmup)
+    start = now() + 0.05
+    tasks: list[asyncio.Task[None]] = []
+    lag_max = 0.0
+    for i in range(total):
+        due = start + i / rate
+        delay = due - now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif i >= measured_from:
+            lag_max = max(lag_max, -delay)
+        tasks.append(asyncio.create_task(one(due, i >= measured_from)))
+    sent_span = now() - (start + measured_from / rate)
+    await asyncio.gather(*tasks)
+    return total, measured_from, sent_span, lag_max
+
+
 async def open_loop(
     url: str, body: bytes, headers: dict[str, str], rate: float, duration: float, warmup: float
 ) -> dict[str, Any]:
@@ -542,21 +570,7 @@ async def open_loop(
                 else:
                     kinds[kind or f"status {status}"] += 1
 
-        total = int(rate * (warmup + duration))
-        measured_from = int(rate * warmup)
-        start = now() + 0.05
-        tasks: list[asyncio.Task[None]] = []
-        lag_max = 0.0
-        for i in range(total):
-            due = start + i / rate
-            delay = due - now()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif i >= measured_from:
-                lag_max = max(lag_max, -delay)
-            tasks.append(asyncio.create_task(one(due, i >= measured_from)))
-        sent_span = now() - (start + measured_from / rate)
-        await asyncio.gather(*tasks)
+        total, measured_from, sent_span, lag_max = await paced(one, rate, warmup, duration)
     from_due.sort()
     from_send.sort()
     refused_in.sort()
@@ -700,21 +714,7 @@ async def open_loop_raw(
         else:
             kinds[kind or f"status {status}"] += 1
 
-    total = int(rate * (warmup + duration))
-    measured_from = int(rate * warmup)
-    start = now() + 0.05
-    tasks: list[asyncio.Task[None]] = []
-    lag_max = 0.0
-    for i in range(total):
-        due = start + i / rate
-        delay = due - now()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif i >= measured_from:
-            lag_max = max(lag_max, -delay)
-        tasks.append(asyncio.create_task(one(due, i >= measured_from)))
-    sent_span = now() - (start + measured_from / rate)
-    await asyncio.gather(*tasks)
+    total, measured_from, sent_span, lag_max = await paced(one, rate, warmup, duration)
     for conn in idle:
         if conn.transport is not None:
             conn.transport.close()
@@ -2335,7 +2335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = run_benchmark(args)
         print_report(report, args)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_out).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
     return 0
 
 
