@@ -217,18 +217,16 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, as
         writer.close()
 
 
-async def test_connections_beyond_the_bound_get_one_refusal_then_close(
-    tmp_path: Path,
-    backend: HeldBackend,
-    verifier: CountingVerifier,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def _serve_bounded(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier, *, max_connections: int
+) -> tuple[web.Application, web.AppRunner, int]:
+    """The gateway on a real loopback socket with its connection bound, as ``serve`` runs it."""
+
     async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
         return backend.adapter
 
-    monkeypatch.setattr(admission_module, "_LATE_CONNECTION_GRACE", 0.2)
     app = create_app(
-        _bounded(tmp_path, max_connections=2),
+        _bounded(tmp_path, max_connections=max_connections),
         verifier=verifier,
         open_adapter=open_adapter,
         subjects=TEST_SUBJECT_KEYS,
@@ -238,7 +236,17 @@ async def test_connections_beyond_the_bound_get_one_refusal_then_close(
     limit_connections_of(app, runner)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
+    return app, runner, runner.addresses[0][1]
+
+
+async def test_connections_beyond_the_bound_get_one_refusal_then_close(
+    tmp_path: Path,
+    backend: HeldBackend,
+    verifier: CountingVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admission_module, "_LATE_CONNECTION_GRACE", 0.2)
+    app, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_connections=2)
     try:
         # Two connections are held (each has answered a request, so each was accepted).
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
@@ -313,22 +321,8 @@ async def test_beyond_the_answered_late_connections_a_connection_is_aborted(
     """A connection storm cannot make the worker hold unbounded memory: past the bound, only a
     few connections are kept to be answered (8 here); the rest are closed unread."""
 
-    async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
-        return backend.adapter
-
     monkeypatch.setattr(admission_module, "_LATE_CONNECTION_GRACE", 60.0)
-    app = create_app(
-        _bounded(tmp_path, max_connections=1),
-        verifier=verifier,
-        open_adapter=open_adapter,
-        subjects=TEST_SUBJECT_KEYS,
-    )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    limit_connections_of(app, runner)
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    app, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_connections=1)
     admission = app[ADMISSION]
     opened = []
     try:
