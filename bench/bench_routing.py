@@ -2336,7 +2336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_report(report, args)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_out).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
+        Path(args.json_out).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False))
     return 0
 
 
