@@ -1800,8 +1800,25 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 if args.rows:
                     rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
                 targets = rows * max(args.repeat, 1)
+            if args.open_only:
+                rows = [direct_rest, gw_rest, gw_buffered, *extra_targets]
+                if args.rows:
+                    rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
+                targets = rows
             asyncio.run(_check_targets(targets))
             bench = Bench(args, workdir, kids)
+            if args.open_only:
+                # Rounds of every row at each rate, interleaved: a change and the tree before it
+                # (--baseline-tree) meet the same moments of a shared machine.
+                for _ in range(max(args.repeat, 1)):
+                    for rate in (r for r in (args.low_rate, args.rate) if r > 0):
+                        print(f"open loop: {rate:g} req/s", flush=True)
+                        for target in rows:
+                            result = bench.open_loop(target, rate)
+                            (report.open_low if rate == args.low_rate else report.open).append(
+                                result
+                            )
+                return report
 
             def profile_rest() -> dict[str, Any]:
                 Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -2039,6 +2056,25 @@ def print_repeats(report: Report) -> None:
         print(f"  {name:<40} {cpu[0]:5.0f} / {cpu[len(cpu) // 2]:5.0f}   {each}")
 
 
+def print_open_repeats(report: Report) -> None:
+    """Each row's open-loop p99 and CPU per call at each rate over the rounds of ``--repeat``."""
+    runs: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for r in (*report.open_low, *report.open):
+        runs.setdefault((r["rate"], r["name"]), []).append(r)
+    print()
+    print("## Open loop by row over the rounds: median p99 ms, median CPU µs per call; each round")
+    for (rate, name), rows in sorted(runs.items()):
+        p99 = sorted(r["p99_ms"] for r in rows)
+        cpu = sorted(r["sut_cpu_us"] or 0 for r in rows)
+        each = ", ".join(
+            f"{r['p99_ms']:.2f}/{r['sut_cpu_us'] or 0:.0f} ({r['load_average']:.1f})" for r in rows
+        )
+        print(
+            f"  {rate:5.0f} req/s  {name:<30} p99 {p99[len(p99) // 2]:6.2f}  "
+            f"CPU {cpu[len(cpu) // 2]:5.0f}   {each}"
+        )
+
+
 def print_targets_report(report: Report, args: argparse.Namespace) -> None:
     """The figures of the performance targets: buffered vs required, CPU per call at a fixed
     rate against the closed loop, several workers, overload, profiles."""
@@ -2213,6 +2249,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="closed loop of the minimal proxies and the routed REST gateways only (iterating)",
     )
     p.add_argument(
+        "--open-only",
+        action="store_true",
+        help="open loop of the back-end direct and the routed REST gateways only, at --low-rate "
+        "and --rate, --repeat rounds (iterating on latency)",
+    )
+    p.add_argument(
         "--gateway-loop",
         default="asyncio",
         choices=("auto", "uvloop", "asyncio"),
@@ -2221,13 +2263,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--baseline-tree",
         default="",
-        help="with --rest-only: also a gateway from this source tree (before a change)",
+        help="with --rest-only or --open-only: also a gateway from this source tree (before a "
+        "change)",
     )
     p.add_argument(
-        "--rows", default="", help="with --rest-only: only rows whose name holds one of these"
+        "--rows",
+        default="",
+        help="with --rest-only or --open-only: only rows whose name holds one of these",
     )
     p.add_argument(
-        "--repeat", type=int, default=1, help="with --rest-only: rounds of the closed-loop rows"
+        "--repeat", type=int, default=1, help="with --rest-only or --open-only: rounds of the rows"
     )
     p.add_argument("--out-dir", default="bench-out", help="where profiles and JSON go")
     p.add_argument("--json-out", default=None, help="write all figures to this JSON file")
@@ -2327,6 +2372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only_overload:
         report = run_overload_only(args)
         print_overload(report.overload)
+    elif args.open_only:
+        report = run_benchmark(args)
+        print_open_repeats(report)
     elif args.rest_only:
         report = run_benchmark(args)
         print_repeats(report)

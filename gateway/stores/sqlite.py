@@ -87,6 +87,19 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+def lowest_priority() -> None:
+    """Give the calling thread the lowest CPU priority (nice 19; Linux sets it per thread).
+
+    A worker pinned to one core, or sharing it, runs the event loop and its store threads on
+    that core. At the same priority the scheduler shares the core between them in slices of a
+    few milliseconds, so a thread writing a thousand lookup rows stalls every request on the
+    loop for as long; at nice 19 the loop takes the core back as soon as it has work. Lowering
+    a priority needs no privilege; where the call is refused the thread keeps its priority.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
 class TransactionThread:
     """A writer connection on a thread of its own that runs a whole transaction per hand-over.
 
@@ -104,9 +117,20 @@ class TransactionThread:
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, synchronous: Synchronous = "FULL", name: str = "sqlite"
+        cls,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        name: str = "sqlite",
+        background: bool = False,
     ) -> TransactionThread:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-writer")
+        """``background``: the thread runs at the lowest CPU priority (nice 19), for work no
+        caller waits for; see ``lowest_priority``."""
+        executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix=f"{name}-writer",
+            initializer=lowest_priority if background else None,
+        )
 
         def connect() -> sqlite3.Connection:
             create_private(Path(path))

@@ -225,6 +225,35 @@ LOOKUP_CHUNK: Final = 1000
 """Pending lookup rows that start a flush at once..."""
 LOOKUP_DELAY: Final = 1.0
 """...or seconds after the first pending row (queries flush first in any case)."""
+LOOKUP_TRANSACTION: Final = 250
+"""Records whose lookup rows one flush transaction writes at most: the write lock of the file
+is held for about a millisecond at a time, not for the tens a thousand records take."""
+
+
+def _record_order(row: LookupRow) -> tuple[str, int]:
+    return (row[0], row[1])
+
+
+def _lookup_writer(
+    rows: list[LookupRow],
+    subjects: list[SubjectRow],
+    spans: list[tuple[str, int, int]],
+    unsure: bool,
+) -> Callable[[sqlite3.Connection], dict[str, int]]:
+    """One flush transaction: lookup and subject rows of some records, the spans made from
+    the stored text and, after an unacknowledged commit, every chain's lagging tail."""
+
+    def write(conn: sqlite3.Connection) -> dict[str, int]:
+        conn.executemany(_INSERT_LOOKUP_ROW, rows)
+        conn.executemany(_INSERT_SUBJECT_ROW, subjects)
+        _fill_spans(conn, spans)
+        if not unsure:
+            return {}
+        heads, gaps = _lagging(conn)
+        _fill_spans(conn, gaps)
+        return heads
+
+    return write
 
 
 def _principal_order(row: LookupRow) -> tuple[str, str]:
@@ -283,6 +312,9 @@ class SqliteAuditStore:
         self._writer: TransactionThread | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
+        self._background: TransactionThread | None = None
+        """Lookup flushes and WAL checkpoints, at the lowest CPU priority (see open)."""
         # Lookup rows of committed records not yet in audit_index (see _flush_lookups).
         self._pending: list[LookupRow] = []
         self._pending_subjects: list[SubjectRow] = []
@@ -308,6 +340,12 @@ class SqliteAuditStore:
             await migrator.close()  # writes go through the transaction thread below
             self._writer = await TransactionThread.open(
                 self.path, synchronous=self._synchronous, name="audit"
+            )
+            # The work that no caller waits for runs on a thread of its own that yields the
+            # core to the event loop whenever both want it: on a busy core a second thread at
+            # the same priority takes time slices of milliseconds from the loop.
+            self._background = await TransactionThread.open(
+                self.path, synchronous=self._synchronous, name="audit-background", background=True
             )
             # Lookup rows lost with a crash (they trail the records) are made from the text;
             # a store with none missing is not written to (a verifier may open a copy).
@@ -338,12 +376,19 @@ class SqliteAuditStore:
             await self._reader.close()
         if self._writer is not None:
             await self._writer.close()
-        self._reader = self._writer = None
+        if self._background is not None:
+            await self._background.close()
+        self._reader = self._writer = self._background = None
 
     def _w(self) -> TransactionThread:
         if self._writer is None:
             raise AuditStoreUnavailable("the audit store is not open")
         return self._writer
+
+    def _bg(self) -> TransactionThread:
+        if self._background is None:
+            raise AuditStoreUnavailable("the audit store is not open")
+        return self._background
 
     def _r(self) -> aiosqlite.Connection:
         if self._reader is None:
@@ -405,10 +450,16 @@ class SqliteAuditStore:
         self._schedule_flush()
 
     async def _flush_lookups(self) -> None:
-        """Write the pending lookup rows, sorted, in one transaction; fill any gap (a batch
-        whose commit was not acknowledged) from the stored text. Queries call it first, so
-        they see every committed record."""
-        async with self._write_lock:
+        """Write the lookup rows pending when called, in chunks of ``LOOKUP_TRANSACTION``
+        records each sorted for the B-tree; fill any gap (a batch whose commit was not
+        acknowledged) from the stored text. Queries call it first, so they see every committed
+        record.
+
+        The chunks go in sequence order, each its own transaction on the background thread:
+        the lookup rows of a chain stay one contiguous run from its first record (a crash
+        between two chunks loses a tail that ``_lagging`` finds), and a commit waits at most
+        for one chunk, not for a second's worth of rows."""
+        async with self._flush_lock:
             if not self._pending and not self._unsure:
                 return
             pending, self._pending = self._pending, []
@@ -424,28 +475,43 @@ class SqliteAuditStore:
                 if min(sequences) != done + 1 or high - done != len(sequences):
                     spans.append((chain, done + 1, high))  # rows of another writer, or lost
                 self._indexed[chain] = max(done, high)
-            pending.sort(key=_principal_order)
-
-            def write(conn: sqlite3.Connection) -> dict[str, int]:
-                conn.executemany(_INSERT_LOOKUP_ROW, pending)
-                conn.executemany(_INSERT_SUBJECT_ROW, subjects)
-                _fill_spans(conn, spans)
-                if not unsure:
-                    return {}
-                heads, gaps = _lagging(conn)
-                _fill_spans(conn, gaps)
-                return heads
-
-            try:
-                caught_up = await self._w().run(write)
-            except (sqlite3.Error, ValueError, RuntimeError) as exc:
-                self._pending[:0] = pending
-                self._pending_subjects[:0] = subjects
-                self._unsure = self._unsure or unsure
-                self._indexed = before
-                raise AuditStoreUnavailable(str(exc)) from exc
-            for chain, sequence in caught_up.items():
-                self._indexed[chain] = max(self._indexed.get(chain, 0), sequence)
+            pending.sort(key=_record_order)
+            of_record: dict[tuple[str, int], list[SubjectRow]] = {}
+            for subject in subjects:
+                of_record.setdefault((subject[2], subject[3]), []).append(subject)
+            written = before
+            for start in range(0, max(len(pending), 1), LOOKUP_TRANSACTION):
+                chunk = pending[start : start + LOOKUP_TRANSACTION]
+                chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
+                chunk.sort(key=_principal_order)
+                first = start == 0
+                try:
+                    async with self._write_lock:  # appends go between two chunks
+                        caught_up = await self._bg().run(
+                            _lookup_writer(chunk, chunk_subjects, spans if first else [], unsure)
+                        )
+                except (sqlite3.Error, ValueError, RuntimeError) as exc:
+                    rest = pending[start:]
+                    rest.sort(key=_record_order)
+                    self._pending[:0] = rest
+                    self._pending_subjects[:0] = [
+                        s for r in rest for s in of_record.get((r[0], r[1]), ())
+                    ]
+                    if first:
+                        self._unsure = self._unsure or unsure
+                    self._indexed = written  # everything up to here has its rows
+                    raise AuditStoreUnavailable(str(exc)) from exc
+                if first:
+                    written = dict(written)
+                    for chain, _, high in spans:
+                        written[chain] = max(written.get(chain, 0), high)
+                    for chain, sequence in caught_up.items():
+                        self._indexed[chain] = max(self._indexed.get(chain, 0), sequence)
+                        written[chain] = max(written.get(chain, 0), sequence)
+                    unsure = False
+                written = dict(written)
+                for row in chunk:
+                    written[row[0]] = max(written.get(row[0], 0), row[1])
 
     async def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         await self._transaction([], checkpoint)
@@ -537,7 +603,7 @@ class SqliteAuditStore:
         """Copy the WAL into the database on the thread (PASSIVE: writers go on meanwhile)."""
         try:
             with contextlib.suppress(sqlite3.Error, ValueError, RuntimeError):
-                await self._w().call(
+                await self._bg().call(
                     lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 )
         finally:
