@@ -9,10 +9,11 @@ contiguous run per chain whatever chunk fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,23 @@ async def _rows(path: Path, table: str) -> list[tuple[object, ...]]:
         await conn.close()
 
 
-def _writer(store: SqliteAuditStore) -> AuditWriter:
-    return AuditWriter(
-        store, chain="gw-a", signer=CheckpointSigner(StaticKeyStore([new_signing_key()]))
-    )
+@contextlib.asynccontextmanager
+async def _written(path: Path, records: int) -> AsyncIterator[tuple[SqliteAuditStore, AuditWriter]]:
+    """A store at ``path`` and a started writer that has committed ``records`` records, each
+    naming one data subject; both closed on exit."""
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        writer = AuditWriter(
+            store, chain="gw-a", signer=CheckpointSigner(StaticKeyStore([new_signing_key()]))
+        )
+        await writer.start()
+        for n in range(1, records + 1):
+            await writer.append(_about(n, f"pk-{n}"))
+        yield store, writer
+        await writer.aclose()
+    finally:
+        await store.aclose()
 
 
 async def test_a_failed_chunk_leaves_one_run_and_the_rest_pending(
@@ -70,13 +84,7 @@ async def test_a_failed_chunk_leaves_one_run_and_the_rest_pending(
 
     monkeypatch.setattr(sqlite_audit, "_lookup_writer", failing_third)
     path = tmp_path / "audit.db"
-    store = SqliteAuditStore(path)
-    await store.open()
-    try:
-        writer = _writer(store)
-        await writer.start()
-        for n in range(1, 11):
-            await writer.append(_about(n, f"pk-{n}"))
+    async with _written(path, 10) as (store, _):
         with pytest.raises(AuditStoreUnavailable):
             await store._flush_lookups()
         # Chunks of three records in sequence order: the third failed whole.
@@ -90,9 +98,6 @@ async def test_a_failed_chunk_leaves_one_run_and_the_rest_pending(
         assert chunks[3:] == [[7, 8, 9], [10]]
         assert await _rows(path, "audit_index") == [("gw-a", n) for n in range(1, 11)]
         assert await _rows(path, "audit_subjects") == [("gw-a", n) for n in range(1, 11)]
-        await writer.aclose()
-    finally:
-        await store.aclose()
 
 
 async def test_a_commit_goes_between_two_chunks(
@@ -125,14 +130,7 @@ async def test_a_commit_goes_between_two_chunks(
         return real_on_loop(self, write)
 
     monkeypatch.setattr(SqliteAuditStore, "_write_on_loop", commit_on_loop)
-    path = tmp_path / "audit.db"
-    store = SqliteAuditStore(path)
-    await store.open()
-    try:
-        writer = _writer(store)
-        await writer.start()
-        for n in range(1, 5):
-            await writer.append(_about(n, f"pk-{n}"))
+    async with _written(tmp_path / "audit.db", 4) as (store, writer):
         flush = asyncio.create_task(store._flush_lookups())
         await asyncio.sleep(0.05)  # the first chunk holds the lock
         commit = asyncio.create_task(writer.append(_about(5, "pk-5")))
@@ -143,9 +141,6 @@ async def test_a_commit_goes_between_two_chunks(
         await asyncio.wait_for(flush, 5)
         # The commit waited for one chunk, not for the whole flush.
         assert order == ["chunk 1", "commit", "chunk 3"]
-        await writer.aclose()
-    finally:
-        await store.aclose()
 
 
 async def test_lookups_run_on_a_thread_that_yields_the_core(tmp_path: Path) -> None:
