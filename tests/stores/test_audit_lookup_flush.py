@@ -143,7 +143,9 @@ async def test_a_commit_goes_between_two_chunks(
         assert order == ["chunk 1", "commit", "chunk 3"]
 
 
-async def test_lookups_run_on_a_thread_that_yields_the_core(tmp_path: Path) -> None:
+async def test_lookups_run_on_a_thread_that_yields_the_core_and_skips_the_fsync(
+    tmp_path: Path,
+) -> None:
     def nice(_conn: sqlite3.Connection) -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
@@ -153,5 +155,12 @@ async def test_lookups_run_on_a_thread_that_yields_the_core(tmp_path: Path) -> N
         own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         assert await store._bg().call(nice) == 19
         assert await store._w().call(nice) == own  # the commits' thread keeps the priority
+
+        def synchronous(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+        # Lookup chunks commit without an fsync (they are derivable); batches with one.
+        assert await store._bg().call(synchronous) == 1  # NORMAL
+        assert await store._w().call(synchronous) == 2  # FULL
     finally:
         await store.aclose()
