@@ -78,6 +78,8 @@ _BUSY = 0.8
 """The bound is lowered only while the loop's thread is on the CPU this much of the time: a
 loop that is late but not busy waits for a core other processes hold, and fewer calls in
 flight would not make it sooner (they would leave the worker idle while it gets the core)."""
+_CALM = 1.0
+"""Seconds without a refusal after which an idle worker's bound is back at its ceiling."""
 _LATE_CONNECTION_GRACE = 2.0
 """Seconds a connection accepted beyond the bound has to send its request."""
 _REQUEST_ID = "@@request-id@@"
@@ -165,6 +167,7 @@ class Admission:
     __slots__ = (
         "_body_head",
         "_body_tail",
+        "_last_refusal",
         "_last_warning",
         "_late",
         "_on_refused",
@@ -173,12 +176,14 @@ class Admission:
         "_rid_prefix",
         "_raw_length",
         "_rids",
+        "_rids_seen",
         "body_bytes",
         "delay",
         "in_flight",
         "interval",
         "limit",
         "max_body_bytes",
+        "refusing_target",
         "settings",
         "target",
     )
@@ -197,6 +202,10 @@ class Admission:
         """The bound on requests now: ``max_in_flight``, lower while the loop is late."""
         self.target = settings.queue_delay_target_ms / 1000
         self.interval = settings.queue_delay_interval_ms / 1000
+        self.refusing_target = settings.refusing_delay_target_ms / 1000
+        """The delay target while the worker refuses (it refused in the last interval)."""
+        self._rids_seen = 0
+        self._last_refusal = -_CALM
         self.delay = QueueDelay(self)
         self._peak = 0
         self._late: set[Any] = set()
@@ -240,16 +249,31 @@ class Admission:
         """Adapt the bound to the last interval's mean delay and the share of it the loop's
         thread was on the CPU; False: stop probing (nothing in flight)."""
         ceiling = self.settings.max_in_flight
-        if delay > self.target and busy >= _BUSY:
+        refusing = self._rids != self._rids_seen
+        self._rids_seen = self._rids
+        target = min(self.target, self.refusing_target) if refusing else self.target
+        late = delay > target
+        if late and busy >= _BUSY:
             base = min(self.limit, self._peak)
             floor = min(self.settings.min_in_flight, ceiling)
-            self.limit = max(floor, int(base * max(0.75, self.target / delay)))
-        elif self._peak >= self.limit and self.limit < ceiling:
+            # Refusing, the worker has more to do than it takes in: a deeper cut costs
+            # refusals, not idle time, so it falls to target/delay at once.
+            scale = target / delay if refusing else max(0.75, target / delay)
+            self.limit = max(floor, int(base * scale))
+        elif self._peak >= self.limit and self.limit < ceiling and not (refusing and late):
+            # (Refusing and late, but off the CPU: held. More calls in flight would not be
+            # answered sooner once the core is back, only wait longer.)
             self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
         self._peak = self.in_flight
+        if self.in_flight > 0:
+            return True
         # Nothing in flight: stop (an idle worker wakes for nothing); the next admitted
-        # request starts the probe again, and the bound, if lowered, grows back from there.
-        return self.in_flight > 0
+        # request starts the probe again. Nothing refused for a while either
+        # (``_CALM``): whatever lowered the bound has passed, and it starts from the ceiling
+        # again (under overload, in flight falls to nothing now and then).
+        if time.monotonic() - self._last_refusal >= _CALM:
+            self.limit = ceiling
+        return False
 
     def refusing(self) -> bool:
         """Is a request that arrives now refused for the bound on requests in flight?"""
@@ -291,7 +315,7 @@ class Admission:
         if self._on_refused is not None and not counted:
             self._on_refused(reason)
         self._refused_since_warning += 1
-        now = time.monotonic()
+        now = self._last_refusal = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY:
             log.warning(
                 "gateway_overloaded",
