@@ -27,13 +27,19 @@ delay has other causes too, refusals among them, and a bound cut further would o
 worker), provided the loop's thread was on the CPU for most of the interval (``_BUSY``; a loop
 late while its thread is not busy waits for a core that other processes hold, which no bound
 on our calls shortens); otherwise, when the bound was reached, it grows again by an eighth per
-interval, up to ``max_in_flight``. Refusals beyond the adapted
+interval, up to ``max_in_flight``. In an interval with refusals, demand is past what the
+worker takes in: the target is then ``admission.refusing_delay_target_ms`` (the lower one) and
+the cut goes to target/delay at once (fewer calls in flight cost refusals, not idle time);
+late but off the CPU, the bound is held. Idle (nothing in flight) and calm (nothing refused for
+``_CALM`` seconds), the worker starts from ``max_in_flight`` again. Refusals beyond the adapted
 bound are counted as ``queue_delay``, beyond the fixed ones as ``requests`` / ``body_bytes``.
 A slow back-end does not lower the bound (a call waiting for its answer costs the loop
 nothing); a saturated loop does, whatever saturates it.
 
-A refusal costs as little as the framework allows: the body is rendered once, and only the
-request id (a per-worker prefix and a counter, unique without a system call) is spliced in.
+A refusal costs as little as it can: the body is rendered once, and only the request id (a
+per-worker prefix and a counter, unique without a system call) is spliced in; and while the
+worker is at its bound, a connection refuses the requests it parses before aiohttp builds a
+request, a task and the middleware chain for them (``_DoorHandler``, ``refuse_at_the_door``).
 
 Requests only reach this middleware once the event loop has read them; each open connection
 holds memory. So a worker also bounds its connections (``admission.max_connections``,
@@ -251,7 +257,9 @@ class Admission:
         ceiling = self.settings.max_in_flight
         refusing = self._rids != self._rids_seen
         self._rids_seen = self._rids
-        target = min(self.target, self.refusing_target) if refusing else self.target
+        target = self.target
+        if refusing and self.refusing_target > 0:
+            target = min(target, self.refusing_target)
         late = delay > target
         if late and busy >= _BUSY:
             base = min(self.limit, self._peak)
