@@ -89,9 +89,9 @@ _CALM = 1.0
 _LATE_CONNECTION_GRACE = 2.0
 """Seconds a connection accepted beyond the bound has to send its request."""
 _REQUEST_ID = "@@request-id@@"
-_RAW_HEAD = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: " + CONTENT_TYPE.encode() + (
-    b"\r\nX-Request-ID: "
-)
+_RAW_HEAD = (
+    f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {CONTENT_TYPE}\r\nX-Request-ID: "
+).encode()
 
 
 class QueueDelay:
@@ -178,9 +178,9 @@ class Admission:
         "_late",
         "_on_refused",
         "_peak",
+        "_raw_length",
         "_refused_since_warning",
         "_rid_prefix",
-        "_raw_length",
         "_rids",
         "_rids_seen",
         "body_bytes",
@@ -416,7 +416,7 @@ class _DoorHandler(RequestHandler):
         answered = False
         while messages and transport is not None and not self._paused:
             message, payload = messages[0]
-            if not _refusable(message, payload):
+            if not isinstance(message, RawRequestMessage) or not _refusable(message, payload):
                 break
             late = door.is_late(self)
             if not late and not door.refusing():
@@ -441,17 +441,14 @@ class _DoorHandler(RequestHandler):
                 close_time = self._loop.time() + self._keepalive_timeout
                 self._next_keepalive_close_time = close_time
                 if self._keepalive_handle is None:
-                    self._keepalive_handle = self._loop.call_at(
-                        close_time, self._process_keepalive
-                    )
+                    self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
         return True
 
 
-def _refusable(message: Any, payload: Any) -> bool:
+def _refusable(message: RawRequestMessage, payload: Any) -> bool:
     """May the door refuse this parsed request (its answer needs no handler)?"""
     return (
-        isinstance(message, RawRequestMessage)
-        and message.method != "HEAD"
+        message.method != "HEAD"
         and not message.upgrade
         and (payload is EMPTY_PAYLOAD or payload.is_eof())
         and message.path.partition("?")[0] not in UNBOUNDED_PATHS

@@ -574,7 +574,8 @@ async def test_at_its_bound_a_worker_refuses_pipelined_requests_in_order_and_kee
             )
             ids = [_refused(*await _read_answer(reader)), _refused(*await _read_answer(reader))]
             head, health = await _read_answer(reader)
-            assert head.startswith(b"HTTP/1.1 200 ") and health == b'{"status":"ok"}'
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert health == b'{"status":"ok"}'
             ids.append(_refused(*await _read_answer(reader)))
             assert len(set(ids)) == 3
             assert door >= 2  # the first two at the door, the last one perhaps in the middleware
@@ -613,8 +614,8 @@ async def test_at_its_bound_a_worker_refuses_pipelined_requests_in_order_and_kee
                 for _ in range(2)
             ]
             await backend.until_arrived(5)
-            answer = await _answer(*second, _call(body, extra="Connection: close\r\n"))
-            head, _, problem = answer.partition(b"\r\n\r\n")
+            closing = await _answer(*second, _call(body, extra="Connection: close\r\n"))
+            head, _, problem = closing.partition(b"\r\n\r\n")
             _refused(head + b"\r\n\r\n", problem)
             assert b"\r\nConnection: close\r\n" in head + b"\r\n"
             ask = await asyncio.open_connection("127.0.0.1", port)
