@@ -178,7 +178,7 @@ class Admission:
         "_late",
         "_on_refused",
         "_peak",
-        "_raw_length",
+        "_raw_retry",
         "_refused_since_warning",
         "_rid_prefix",
         "_rids",
@@ -232,11 +232,7 @@ class Admission:
             }
         )
         self._body_head, self._body_tail = body.split(_REQUEST_ID.encode())
-        # The request id has a fixed length (12 + 10 hex digits): so has the body.
-        length = len(body) - len(_REQUEST_ID) + 22
-        self._raw_length = (
-            f"\r\nRetry-After: {settings.retry_after}\r\nContent-Length: {length}\r\n".encode()
-        )
+        self._raw_retry = f"\r\nRetry-After: {settings.retry_after}\r\nContent-Length: ".encode()
 
     def reservation(self, request: web.Request) -> int:
         """Body bytes this request may hold while in flight."""
@@ -303,18 +299,18 @@ class Admission:
 
     def raw_refusal(self, reason: str, *, close: bool, counted: bool = False) -> bytes:
         """The same 503 as ``refusal``, as the bytes of a whole HTTP/1.1 answer (the door's)."""
-        request_id = self._refused(reason, counted=counted)
+        request_id = self._refused(reason, counted=counted).encode()
+        body = b"".join((self._body_head, request_id, self._body_tail))
         return b"".join(
             (
                 _RAW_HEAD,
-                request_id.encode(),
+                request_id,
                 b"\r\nDate: ",
                 rfc822_formatted_time().encode(),
-                self._raw_length,
-                b"Connection: close\r\n\r\n" if close else b"\r\n",
-                self._body_head,
-                request_id.encode(),
-                self._body_tail,
+                self._raw_retry,
+                str(len(body)).encode(),
+                b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n",
+                body,
             )
         )
 
