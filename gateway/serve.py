@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway.adapter import AdapterConfigError
 from gateway.app import create_app, open_provider
 from gateway.errors import GatewayError, Unauthenticated
-from gateway.http.admission import ADMISSION, limit_connections
+from gateway.http.admission import ADMISSION, limit_connections, refuse_at_the_door
 from gateway.http.keys import METRICS, SETTINGS
 from gateway.http.login import build_authenticator
 from gateway.identity.devtokens import DevTokenIssuer, WithDevTokens
@@ -76,9 +76,11 @@ async def serve_until_stopped(
 
 
 def limit_connections_of(app: web.Application, runner: web.AppRunner) -> None:
-    """The app's connection bound (admission.max_connections), on the runner's server."""
+    """The app's admission on the runner's server: its connection bound
+    (admission.max_connections), and refusals answered as soon as a request is parsed."""
     admission = app.get(ADMISSION)
     if admission is not None and runner.server is not None:
+        refuse_at_the_door(runner.server, admission)
         metrics = app[METRICS]
         limit_connections(
             runner.server,

@@ -27,13 +27,19 @@ delay has other causes too, refusals among them, and a bound cut further would o
 worker), provided the loop's thread was on the CPU for most of the interval (``_BUSY``; a loop
 late while its thread is not busy waits for a core that other processes hold, which no bound
 on our calls shortens); otherwise, when the bound was reached, it grows again by an eighth per
-interval, up to ``max_in_flight``. Refusals beyond the adapted
+interval, up to ``max_in_flight``. In an interval with refusals, demand is past what the
+worker takes in: the target is then ``admission.refusing_delay_target_ms`` (the lower one) and
+the cut goes to target/delay at once (fewer calls in flight cost refusals, not idle time);
+late but off the CPU, the bound is held. Idle (nothing in flight) and calm (nothing refused for
+``_CALM`` seconds), the worker starts from ``max_in_flight`` again. Refusals beyond the adapted
 bound are counted as ``queue_delay``, beyond the fixed ones as ``requests`` / ``body_bytes``.
 A slow back-end does not lower the bound (a call waiting for its answer costs the loop
 nothing); a saturated loop does, whatever saturates it.
 
-A refusal costs as little as the framework allows: the body is rendered once, and only the
-request id (a per-worker prefix and a counter, unique without a system call) is spliced in.
+A refusal costs as little as it can: the body is rendered once, and only the request id (a
+per-worker prefix and a counter, unique without a system call) is spliced in; and while the
+worker is at its bound, a connection refuses the requests it parses before aiohttp builds a
+request, a task and the middleware chain for them (``_DoorHandler``, ``refuse_at_the_door``).
 
 Requests only reach this middleware once the event loop has read them; each open connection
 holds memory. So a worker also bounds its connections (``admission.max_connections``,
@@ -58,6 +64,10 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import Overloaded
 from gateway.http.problem import CONTENT_TYPE, PROBLEM_TYPE_BASE
@@ -74,9 +84,14 @@ _BUSY = 0.8
 """The bound is lowered only while the loop's thread is on the CPU this much of the time: a
 loop that is late but not busy waits for a core other processes hold, and fewer calls in
 flight would not make it sooner (they would leave the worker idle while it gets the core)."""
+_CALM = 1.0
+"""Seconds without a refusal after which an idle worker's bound is back at its ceiling."""
 _LATE_CONNECTION_GRACE = 2.0
 """Seconds a connection accepted beyond the bound has to send its request."""
 _REQUEST_ID = "@@request-id@@"
+_RAW_HEAD = (
+    f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {CONTENT_TYPE}\r\nX-Request-ID: "
+).encode()
 
 
 class QueueDelay:
@@ -158,19 +173,23 @@ class Admission:
     __slots__ = (
         "_body_head",
         "_body_tail",
+        "_last_refusal",
         "_last_warning",
         "_late",
         "_on_refused",
         "_peak",
+        "_raw_retry",
         "_refused_since_warning",
         "_rid_prefix",
         "_rids",
+        "_rids_seen",
         "body_bytes",
         "delay",
         "in_flight",
         "interval",
         "limit",
         "max_body_bytes",
+        "refusing_target",
         "settings",
         "target",
     )
@@ -189,6 +208,10 @@ class Admission:
         """The bound on requests now: ``max_in_flight``, lower while the loop is late."""
         self.target = settings.queue_delay_target_ms / 1000
         self.interval = settings.queue_delay_interval_ms / 1000
+        self.refusing_target = settings.refusing_delay_target_ms / 1000
+        """The delay target while the worker refuses (it refused in the last interval)."""
+        self._rids_seen = 0
+        self._last_refusal = -_CALM
         self.delay = QueueDelay(self)
         self._peak = 0
         self._late: set[Any] = set()
@@ -209,6 +232,7 @@ class Admission:
             }
         )
         self._body_head, self._body_tail = body.split(_REQUEST_ID.encode())
+        self._raw_retry = f"\r\nRetry-After: {settings.retry_after}\r\nContent-Length: ".encode()
 
     def reservation(self, request: web.Request) -> int:
         """Body bytes this request may hold while in flight."""
@@ -227,24 +251,75 @@ class Admission:
         """Adapt the bound to the last interval's mean delay and the share of it the loop's
         thread was on the CPU; False: stop probing (nothing in flight)."""
         ceiling = self.settings.max_in_flight
-        if delay > self.target and busy >= _BUSY:
+        refusing = self._rids != self._rids_seen
+        self._rids_seen = self._rids
+        target = self.target
+        if refusing and self.refusing_target > 0:
+            target = min(target, self.refusing_target)
+        late = delay > target
+        if late and busy >= _BUSY:
             base = min(self.limit, self._peak)
             floor = min(self.settings.min_in_flight, ceiling)
-            self.limit = max(floor, int(base * max(0.75, self.target / delay)))
-        elif self._peak >= self.limit and self.limit < ceiling:
+            # Refusing, the worker has more to do than it takes in: a deeper cut costs
+            # refusals, not idle time, so it falls to target/delay at once.
+            scale = target / delay if refusing else max(0.75, target / delay)
+            self.limit = max(floor, int(base * scale))
+        elif self._peak >= self.limit and self.limit < ceiling and not (refusing and late):
+            # (Refusing and late, but off the CPU: held. More calls in flight would not be
+            # answered sooner once the core is back, only wait longer.)
             self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
         self._peak = self.in_flight
+        if self.in_flight > 0:
+            return True
         # Nothing in flight: stop (an idle worker wakes for nothing); the next admitted
-        # request starts the probe again, and the bound, if lowered, grows back from there.
-        return self.in_flight > 0
+        # request starts the probe again. Nothing refused for a while either
+        # (``_CALM``): whatever lowered the bound has passed, and it starts from the ceiling
+        # again (under overload, in flight falls to nothing now and then).
+        if time.monotonic() - self._last_refusal >= _CALM:
+            self.limit = ceiling
+        return False
+
+    def refusing(self) -> bool:
+        """Is a request that arrives now refused for the bound on requests in flight?"""
+        return self.in_flight >= self.limit
+
+    def reason_now(self) -> str:
+        return "queue_delay" if self.limit < self.settings.max_in_flight else "requests"
 
     def refusal(self, reason: str, *, counted: bool = False) -> web.Response:
         """The 503 answer; ``counted``: the refusal was counted already (a connection beyond
         the bound is counted when it is accepted)."""
+        request_id = self._refused(reason, counted=counted)
+        return web.Response(
+            body=b"".join((self._body_head, request_id.encode(), self._body_tail)),
+            status=503,
+            content_type=CONTENT_TYPE,
+            headers={"X-Request-ID": request_id, "Retry-After": str(self.settings.retry_after)},
+        )
+
+    def raw_refusal(self, reason: str, *, close: bool, counted: bool = False) -> bytes:
+        """The same 503 as ``refusal``, as the bytes of a whole HTTP/1.1 answer (the door's)."""
+        request_id = self._refused(reason, counted=counted).encode()
+        body = b"".join((self._body_head, request_id, self._body_tail))
+        return b"".join(
+            (
+                _RAW_HEAD,
+                request_id,
+                b"\r\nDate: ",
+                rfc822_formatted_time().encode(),
+                self._raw_retry,
+                str(len(body)).encode(),
+                b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n",
+                body,
+            )
+        )
+
+    def _refused(self, reason: str, *, counted: bool) -> str:
+        """Count and (now and then) log one refusal; its request id."""
         if self._on_refused is not None and not counted:
             self._on_refused(reason)
         self._refused_since_warning += 1
-        now = time.monotonic()
+        now = self._last_refusal = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY:
             log.warning(
                 "gateway_overloaded",
@@ -258,13 +333,7 @@ class Admission:
             self._last_warning = now
             self._refused_since_warning = 0
         self._rids += 1
-        request_id = f"{self._rid_prefix}{self._rids:010x}"
-        return web.Response(
-            body=b"".join((self._body_head, request_id.encode(), self._body_tail)),
-            status=503,
-            content_type=CONTENT_TYPE,
-            headers={"X-Request-ID": request_id, "Retry-After": str(self.settings.retry_after)},
-        )
+        return f"{self._rid_prefix}{self._rids:010x}"
 
     # connections accepted beyond the bound (``limit_connections``)
 
@@ -290,6 +359,112 @@ class Admission:
 
 
 ADMISSION = web.AppKey("admission", Admission)
+
+
+class _DoorHandler(RequestHandler):
+    """aiohttp's connection, which answers refused requests as it parses them.
+
+    Refused in the middleware, a request still costs the worker what aiohttp does before it:
+    a wake-up of the connection's task, a Request, a task of its own and the response's
+    rendering and writing, about ten times what the refusal itself costs. Under overload the
+    refusals then take most of the loop, and the calls it admitted wait behind them at each of
+    their awaits. So while the worker is at its bound on requests in flight, a connection
+    between two requests (none in progress, none queued) answers each complete request it
+    parses with the pre-rendered 503 at once, on the transport, and hands on only what it
+    must not refuse here: health, readiness and metrics, a HEAD, an upgrade, a request whose
+    body has not fully arrived (the middleware refuses it, and aiohttp reads or drops the
+    rest of the body as for any answer) and whatever follows such a request on the
+    connection (answers go out in order). A request asking to close the connection is
+    answered with ``Connection: close`` and the connection closed; a connection accepted
+    beyond the bound likewise after its first answer. While the client does not read its
+    answers (the transport's buffer is full) nothing more is answered here either."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        door: Admission | None = getattr(self._manager, "admission", None)
+        if (
+            door is None
+            or waiter is None
+            or waiter.done()
+            or self._messages
+            or self._payload_parser is not None
+            or self._upgraded
+            or self._paused
+            or not (door.refusing() or door.is_late(self))
+        ):
+            super().data_received(data)
+            return
+        # Parse without waking the connection's task; wake it below for what is handed on.
+        self._waiter = None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        if self._answer_at_the_door(door) and self._messages and not waiter.done():
+            waiter.set_result(None)
+
+    def _answer_at_the_door(self, door: Admission) -> bool:
+        """Refuse the queued requests that may be refused here; False: the connection closed."""
+        messages = self._messages
+        transport = self.transport
+        answered = False
+        while messages and transport is not None and not self._paused:
+            message, payload = messages[0]
+            if not isinstance(message, RawRequestMessage) or not _refusable(message, payload):
+                break
+            late = door.is_late(self)
+            if not late and not door.refusing():
+                break
+            messages.popleft()
+            if self._parser is not None:
+                self._parser.message_consumed()
+            close = late or message.should_close
+            if late:
+                answer = door.raw_refusal("connections", close=True, counted=True)
+            else:
+                answer = door.raw_refusal(door.reason_now(), close=close)
+            transport.write(answer)
+            answered = True
+            if close:
+                self.force_close()  # flushes the answer, then closes
+                return False
+        if answered:
+            if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
+                self._resume_reading_if_drained()
+            if self._keepalive_timeout > 0:  # idle again: the keep-alive timer starts anew
+                close_time = self._loop.time() + self._keepalive_timeout
+                self._next_keepalive_close_time = close_time
+                if self._keepalive_handle is None:
+                    self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        return True
+
+
+def _refusable(message: RawRequestMessage, payload: Any) -> bool:
+    """May the door refuse this parsed request (its answer needs no handler)?"""
+    return (
+        message.method != "HEAD"
+        and not message.upgrade
+        and (payload is EMPTY_PAYLOAD or payload.is_eof())
+        and message.path.partition("?")[0] not in UNBOUNDED_PATHS
+    )
+
+
+class _DoorServer(web.Server):
+    """aiohttp's server whose connections are ``_DoorHandler``s."""
+
+    admission: Admission
+
+    def __call__(self) -> RequestHandler:
+        return _DoorHandler(self, loop=self._loop, **self._kwargs)
+
+
+def refuse_at_the_door(server: web.Server, admission: Admission) -> None:
+    """Have ``server``'s connections refuse, while ``admission`` is at its bound, the requests
+    they parse before aiohttp builds anything for them (``_DoorHandler``)."""
+    server.__class__ = _DoorServer
+    server.admission = admission  # type: ignore[attr-defined]
 
 
 def _late_cap(limit: int) -> int:
@@ -346,8 +521,7 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
     if request.path in UNBOUNDED_PATHS:
         return await handler(request)
     if admission.in_flight >= admission.limit:
-        limited = admission.limit < admission.settings.max_in_flight
-        return admission.refusal("queue_delay" if limited else "requests")
+        return admission.refusal(admission.reason_now())
     reserved = admission.reservation(request)
     if reserved and admission.body_bytes + reserved > admission.settings.max_body_bytes_in_flight:
         return admission.refusal("body_bytes")

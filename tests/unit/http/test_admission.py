@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.adapter import Adapter, Call, FakeAdapter, Reply, SystemSpec
@@ -218,15 +218,16 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, as
 
 
 async def _serve_bounded(
-    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier, *, max_connections: int
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier, **admission: int
 ) -> tuple[web.Application, web.AppRunner, int]:
-    """The gateway on a real loopback socket with its connection bound, as ``serve`` runs it."""
+    """The gateway on a real loopback socket with its admission (the connection bound and the
+    door), as ``serve`` runs it."""
 
     async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
         return backend.adapter
 
     app = create_app(
-        _bounded(tmp_path, max_connections=max_connections),
+        _bounded(tmp_path, **admission),
         verifier=verifier,
         open_adapter=open_adapter,
         subjects=TEST_SUBJECT_KEYS,
@@ -400,13 +401,50 @@ async def test_a_late_loop_lowers_the_bound_and_a_timely_one_raises_it_again() -
         admission.in_flight = admission.limit
         admission.interval_ended(0.001, busy=1.0)
     assert admission.limit == 100
-    # Nothing in flight: the probe stops, even with the bound lowered (it stays lowered).
+    # Nothing in flight and nothing refused: the probe stops, and the bound is back at its
+    # ceiling (whatever lowered it has passed).
+    admission.in_flight = 0
+    admission.limit = 20
+    assert not admission.interval_ended(0.001, busy=1.0)
+    assert admission.limit == 100
+    admission.delay.stop()
+
+
+async def test_while_refusing_the_bound_follows_a_tighter_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Demand beyond the bound: the lower target applies, the cut is deep at once, a late
+    loop off the CPU holds the bound, and it stays lowered through a moment of idleness."""
+    admission = _admission(
+        max_in_flight=100, min_in_flight=10, queue_delay_target_ms=50, refusing_delay_target_ms=2
+    )
+    for _ in range(100):
+        admission.admitted()
+    # 10 ms late, under the 50 ms target: nothing refused, the bound stays.
+    assert admission.interval_ended(0.010, busy=1.0)
+    assert admission.limit == 100
+    # The same delay with refusals in the interval: cut to 2/10 of what was in flight at once.
+    admission.refusal("requests")
+    assert admission.interval_ended(0.010, busy=1.0)
+    assert admission.limit == 20
+    # Still refusing, late, but the loop's thread mostly off the CPU: held, neither way.
+    admission.in_flight = 20
+    admission.refusal("queue_delay")
+    assert admission.interval_ended(0.004, busy=0.3)
+    assert admission.limit == 20
+    # Refusing and on time: it grows by an eighth.
+    admission.refusal("queue_delay")
+    assert admission.interval_ended(0.0015, busy=1.0)
+    assert admission.limit == 22
+    # Idle a moment just after a refusal (under overload, in flight falls to nothing now
+    # and then): the bound stays lowered.
     admission.in_flight = 0
     assert not admission.interval_ended(0.001, busy=1.0)
-    admission.limit = 20
-    admission.interval_ended(0.001, busy=1.0)
+    assert admission.limit == 22
+    # Idle with no refusal for a while (``_CALM``): back at the ceiling.
+    monkeypatch.setattr(admission_module, "_CALM", 0.0)
     assert not admission.interval_ended(0.001, busy=1.0)
-    assert admission.limit == 20
+    assert admission.limit == 100
     admission.delay.stop()
 
 
@@ -462,3 +500,131 @@ async def test_beyond_the_adapted_bound_a_call_is_refused_as_queue_delay(
     assert 'tongban_overloaded_total{bound="queue_delay"} 2.0' in metrics
     backend.release.set()
     assert (await held).status == 200
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One answer framed by its Content-Length: its head and its body."""
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        return head, await reader.readexactly(length)
+
+
+def _refused(head: bytes, body: bytes) -> str:
+    """Assert a 503 gateway.overloaded answer; its request id."""
+    assert head.startswith(b"HTTP/1.1 503 "), head
+    assert b"\r\nContent-Type: application/problem+json" in head
+    assert b"\r\nRetry-After: 1\r\n" in head
+    assert b"\r\nDate: " in head
+    problem = json.loads(body)
+    assert problem["code"] == "gateway.overloaded"
+    assert problem["status"] == 503
+    assert f"\r\nX-Request-ID: {problem['request_id']}\r\n".encode() in head
+    return str(problem["request_id"])
+
+
+def _call(body: bytes, *, extra: str = "", length: int | None = None) -> bytes:
+    return (
+        f"POST {CALLS} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        f"Authorization: {auth()['Authorization']}\r\n{extra}"
+        f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
+    ).encode() + body
+
+
+async def test_at_its_bound_a_worker_refuses_pipelined_requests_in_order_and_keeps_framing(
+    tmp_path: Path,
+    backend: HeldBackend,
+    verifier: CountingVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the bound, requests are refused as their connection parses them; each answer in
+    order, each body consumed, the connection kept; what may not be refused there is handed
+    on; once a slot is free, the same connection is served."""
+    door = 0
+    raw_refusal = Admission.raw_refusal
+
+    def counted(self: Admission, reason: str, **kw: bool) -> bytes:
+        nonlocal door
+        door += 1
+        return raw_refusal(self, reason, **kw)
+
+    monkeypatch.setattr(Admission, "raw_refusal", counted)
+    app, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_in_flight=2)
+    url = f"http://127.0.0.1:{port}{CALLS}"
+    try:
+        async with ClientSession() as session:
+            held = [
+                asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
+                for _ in range(2)
+            ]
+            await backend.until_arrived(2)
+            checked, records = verifier.checked, await _audit_records_of(app)
+            body = json.dumps(call_body()).encode()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            # In one write: a call with its body, a GET, health, and a call after it.
+            writer.write(
+                _call(body)
+                + b"GET /api/v1/services HTTP/1.1\r\nHost: gw\r\n\r\n"
+                + b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+                + _call(body)
+            )
+            ids = [_refused(*await _read_answer(reader)), _refused(*await _read_answer(reader))]
+            head, health = await _read_answer(reader)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert health == b'{"status":"ok"}'
+            ids.append(_refused(*await _read_answer(reader)))
+            assert len(set(ids)) == 3
+            assert door >= 2  # the first two at the door, the last one perhaps in the middleware
+            # A body that has not fully arrived: refused once it has, the connection kept.
+            writer.write(_call(body)[:-5])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(_call(body)[-5:])
+            _refused(*await _read_answer(reader))
+            # A HEAD gets the refusal's head only, the next request is still read right.
+            writer.write(f"HEAD {CALLS} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 ")
+            writer.write(b"GET /api/v1/services HTTP/1.1\r\nHost: gw\r\n\r\n")
+            _refused(*await _read_answer(reader))
+            # Nothing was done for any of them: no token check, no audit record, no back-end.
+            assert verifier.checked == checked
+            assert await _audit_records_of(app) == records
+            assert backend.arrived == 2
+            # A slot free again: the same connection is served.
+            backend.release.set()
+            for task in held:
+                answer = await task
+                assert answer.status == 200, await answer.text()
+                answer.release()
+            writer.write(_call(body))
+            head, answer_body = await _read_answer(reader)
+            assert head.startswith(b"HTTP/1.1 200 "), head + answer_body
+            assert backend.arrived == 3
+            # A refused request that asks to close is answered so, then the connection closes.
+            backend.release.clear()
+            second = await asyncio.open_connection("127.0.0.1", port)
+            held = [
+                asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
+                for _ in range(2)
+            ]
+            await backend.until_arrived(5)
+            closing = await _answer(*second, _call(body, extra="Connection: close\r\n"))
+            head, _, problem = closing.partition(b"\r\n\r\n")
+            _refused(head + b"\r\n\r\n", problem)
+            assert b"\r\nConnection: close\r\n" in head + b"\r\n"
+            ask = await asyncio.open_connection("127.0.0.1", port)
+            metrics = await _get_metrics(*ask)
+            ask[1].close()
+            assert 'tongban_overloaded_total{bound="requests"} 7.0' in metrics
+            backend.release.set()
+            for task in held:
+                (await task).release()
+            writer.close()
+    finally:
+        await runner.cleanup()
