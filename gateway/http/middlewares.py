@@ -27,6 +27,7 @@ from gateway.errors import (
 )
 from gateway.http.keys import LOG_FIELDS, METRICS, PRINCIPAL, REQUEST_ID, STATE, VERIFIER
 from gateway.http.problem import problem_response
+from gateway.logs import info_enabled
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("tongban.http")
@@ -80,7 +81,7 @@ def close_request(request: web.Request, response: web.StreamResponse, started: f
     duration = time.perf_counter() - started
     route = _route_name(request)
     request.app[METRICS].http_request(route, request.method, response.status, duration)
-    if route not in {"/healthz", "/metrics"}:
+    if route not in {"/healthz", "/metrics"} and info_enabled():
         log.info(
             "request_completed",
             method=request.method,
