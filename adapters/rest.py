@@ -38,6 +38,7 @@ from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote, quote_plus
 
 import aiohttp
+import orjson
 from multidict import CIMultiDictProxy
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from yarl import URL
@@ -722,7 +723,10 @@ class RestAdapter:
                 None,
                 (self._base_path + target).encode("ascii"),
             )
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # Compact UTF-8, nothing escaped beyond what JSON requires (orjson: several times
+        # cheaper than the standard library's encoder, the same bytes but for the exponent of
+        # small floats: 1e-7 where json writes 1e-07).
+        body = orjson.dumps(payload)
         headers["Content-Type"] = "application/json"
         return PreparedRequest(
             operation.method,
@@ -774,7 +778,12 @@ class RestAdapter:
             return None
         if kind != "application/json" and not kind.endswith("+json"):
             raise UnexpectedContentType(kind)
-        return json.loads(raw)
+        try:
+            return orjson.loads(raw)  # UTF-8 RFC 8259 JSON: nearly every answer
+        except orjson.JSONDecodeError:
+            # What only the standard library reads (a byte-order mark, UTF-16, NaN, integers
+            # beyond 64 bits) is read as before; what neither reads is a malformed answer.
+            return json.loads(raw)
 
     async def aclose(self) -> None:
         await self._session.close()

@@ -21,21 +21,15 @@ from gateway.consent.contract import ConsentBook
 from gateway.consent.factory import subject_keys
 from gateway.http import handlers
 from gateway.http.admission import ADMISSION, Admission, admission_middleware
-from gateway.http.audit import add_audit_routes, admin_audit_middleware
+from gateway.http.audit import add_audit_routes
 from gateway.http.cases import add_case_routes
-from gateway.http.client_io import client_io_middleware
+from gateway.http.chain import request_middleware
 from gateway.http.consents import AppConsentBook, add_consent_routes
-from gateway.http.guards import add_guards, endpoint_limit_middleware, refusal_audit_middleware
+from gateway.http.guards import add_guards
 from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
 from gateway.http.licences import add_licences
-from gateway.http.middlewares import (
-    auth_middleware,
-    identity_audit_middleware,
-    problem_middleware,
-    request_context_middleware,
-)
 from gateway.http.oidc import OIDC_PROVIDER, add_oidc_routes
-from gateway.http.ratelimit import add_rate_limits, rate_limit_middleware
+from gateway.http.ratelimit import add_rate_limits
 from gateway.identity.authn import Authenticator
 from gateway.identity.provider import OpenIDProvider
 from gateway.identity.subject_keys import SubjectKeys
@@ -64,28 +58,12 @@ def create_app(
     refused, and only the principal's own and public data are reached); ``subjects`` replaces
     the subject keys the identity secrets give (tests without an identity block)."""
     app = web.Application(
-        # Outermost first: admission refuses what this worker cannot take in now, before any
-        # other work (no access line, no token check, no store). The context middleware must
-        # see the status the problem renderer chose.
-        # admin_audit records every /admin request; inside auth so a refusal is recorded too.
-        # identity_audit holds identity answers until their buffered records are committed.
-        # rate_limit counts /api calls once auth has named the caller, before any handler work;
-        # inside problem so a refusal renders as problem+json like any other.
-        # refusal_audit holds anonymous refusal records until the request is done (guards.py);
-        # client_io reads the body under the body timeout and turns client aborts into 499s;
-        # endpoint_limit guards the token and login endpoints, inside problem for its 429s.
-        middlewares=[
-            admission_middleware,
-            request_context_middleware,
-            refusal_audit_middleware,
-            problem_middleware,
-            client_io_middleware,
-            endpoint_limit_middleware,
-            auth_middleware,
-            rate_limit_middleware,
-            admin_audit_middleware,
-            identity_audit_middleware,
-        ],
+        # Admission first: it refuses what this worker cannot take in now, before any other
+        # work (no access line, no token check, no store). Then every other layer in one
+        # middleware (request context and access line, anonymous refusal records, problem+json,
+        # the body, the endpoint budgets, the token, the /api rate limits, the /admin and
+        # identity audit), in that order: gateway/http/chain.py says why and how.
+        middlewares=[admission_middleware, request_middleware],
         client_max_size=settings.gateway.server.max_body_bytes,
     )
     app[SETTINGS] = settings

@@ -119,10 +119,22 @@ def mask_personal_data(
     return event_dict
 
 
+_info_enabled = True
+
+
+def info_enabled() -> bool:
+    """Whether ``configure_logging`` lets info lines through (so before it runs, too): a line
+    written on every request is not built when its level is off. (A structlog logger made
+    anew for each line, as this configuration does so that it can change, costs about as much
+    as the filtered line itself.)"""
+    return _info_enabled
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["json", "console"] = "json", stream: Any = None
 ) -> None:
     """Configure structlog once per process; JSON via orjson for machines, console for people."""
+    global _info_enabled  # noqa: PLW0603 - the level this function sets, kept beside it
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -131,6 +143,7 @@ def configure_logging(
         mask_personal_data,
     ]
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    _info_enabled = numeric <= logging.INFO
     if fmt == "json":
         structlog.configure(
             processors=[*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)],

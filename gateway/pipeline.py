@@ -2,9 +2,11 @@
 
     audit → retry → circuit breaker → concurrency limit → per-attempt timeout → adapter
 
-Each layer is a plain async function wrapping the next (KrakenD's ``newStack`` shape). A
-``CallTrace`` travels with the call and records what the layers did, for metrics and audit.
-This module never imports aiohttp and never reads configuration at call time.
+Each layer is a plain async function wrapping the next (KrakenD's ``newStack`` shape), except
+that the three layers of one attempt (breaker, limit, timeout) are one coroutine
+(``one_attempt``): fewer frames for the call's task to be resumed through. A ``CallTrace``
+travels with the call and records what the layers did, for metrics and audit. This module
+never imports aiohttp and never reads configuration at call time.
 """
 
 from __future__ import annotations
@@ -79,47 +81,6 @@ class SystemRuntime:
     slots: asyncio.Semaphore
 
 
-def transport(adapter: Adapter) -> Next:
-    async def call_adapter(call: Call, trace: CallTrace) -> Reply:
-        return await adapter.call(call)
-
-    return call_adapter
-
-
-def with_timeout(inner: Next, seconds: float) -> Next:
-    """A hard cap on one attempt; the request may have reached the back-end when it fires."""
-
-    async def timed(call: Call, trace: CallTrace) -> Reply:
-        try:
-            async with asyncio.timeout(seconds):
-                return await inner(call, trace)
-        except TimeoutError:
-            raise BackendTimeout(f"No answer within {seconds:g} s.", reached_backend=True) from None
-
-    return timed
-
-
-def with_concurrency_limit(inner: Next, slots: asyncio.Semaphore, queue_timeout: float) -> Next:
-    async def limited(call: Call, trace: CallTrace) -> Reply:
-        if slots.locked():
-            try:
-                async with asyncio.timeout(queue_timeout):
-                    await slots.acquire()
-            except TimeoutError:
-                raise SystemBusy(
-                    "The provincial system's call limit is reached; try again."
-                ) from None
-        else:
-            # A free slot is taken without suspending: no queue timer to arm and cancel.
-            await slots.acquire()
-        try:
-            return await inner(call, trace)
-        finally:
-            slots.release()
-
-    return limited
-
-
 def is_refusal(error: BackendError) -> bool:
     """The system understood the request and refused it (4xx, a SOAP client fault): it is
     healthy, and it did not act on the request."""
@@ -140,15 +101,49 @@ def failure_cause(error: BackendError) -> str:
     return f"{error.code}: {error.detail}"[:300]
 
 
-def with_breaker(inner: Next, breaker: CircuitBreaker) -> Next:
-    async def guarded(call: Call, trace: CallTrace) -> Reply:
+def one_attempt(runtime: SystemRuntime) -> Next:
+    """One attempt at the system, three layers in one coroutine (outermost first):
+
+    - circuit breaker: a paused system is not called (CircuitOpen); the attempt's end is
+      recorded (a failure, a success, or neither when it was cancelled);
+    - concurrency limit: a slot of the system's ``concurrency_limit`` is held while the attempt
+      is on the wire; with none free, the wait is capped at ``queue_timeout`` (SystemBusy);
+    - per-attempt timeout: a hard cap on one attempt (the request may have reached the
+      back-end when it fires), then the adapter.
+
+    One coroutine rather than one per layer: the request's task is resumed through every frame
+    on its stack each time it wakes, and these layers have nothing to do in between."""
+    adapter, breaker, slots = runtime.adapter, runtime.breaker, runtime.slots
+    seconds = runtime.settings.timeouts.attempt
+    queue_timeout = runtime.settings.queue_timeout
+
+    async def attempt(call: Call, trace: CallTrace) -> Reply:
         try:
             breaker.before_call()
         except CircuitOpen:
             trace.breaker_state = breaker.state.value
             raise
         try:
-            reply = await inner(call, trace)
+            if slots.locked():
+                try:
+                    async with asyncio.timeout(queue_timeout):
+                        await slots.acquire()
+                except TimeoutError:
+                    raise SystemBusy(
+                        "The provincial system's call limit is reached; try again."
+                    ) from None
+            else:
+                # A free slot is taken without suspending: no queue timer to arm and cancel.
+                await slots.acquire()
+            try:
+                async with asyncio.timeout(seconds):
+                    reply = await adapter.call(call)
+            except TimeoutError:
+                raise BackendTimeout(
+                    f"No answer within {seconds:g} s.", reached_backend=True
+                ) from None
+            finally:
+                slots.release()
         except BackendError as exc:
             if _counts_as_failure(exc):
                 breaker.record_failure(failure_cause(exc))
@@ -164,7 +159,7 @@ def with_breaker(inner: Next, breaker: CircuitBreaker) -> Next:
         finally:
             trace.breaker_state = breaker.state.value
 
-    return guarded
+    return attempt
 
 
 def may_retry(error: BaseException, policy: RetryPolicy) -> bool:
@@ -298,10 +293,7 @@ def build_stack(
     """The stack for one route. Order matters: the breaker sees every attempt, the limit holds a
     slot only while an attempt is on the wire, and the timeout caps a single attempt."""
     system = runtime.settings
-    stack = transport(runtime.adapter)
-    stack = with_timeout(stack, system.timeouts.attempt)
-    stack = with_concurrency_limit(stack, runtime.slots, system.queue_timeout)
-    stack = with_breaker(stack, runtime.breaker)
+    stack = one_attempt(runtime)
     stack = with_retry(
         stack,
         policy=policy,

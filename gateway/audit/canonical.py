@@ -63,6 +63,11 @@ def _check(value: Any, path: str) -> None:
         return
     if kind is list or kind is tuple:
         for index, item in enumerate(value):
+            kind = type(item)
+            if kind in _SCALARS:  # a list of strings (subject keys): no call, no path string
+                continue
+            if kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                continue
             _check(item, f"{path}[{index}]")
         return
     if kind is float:

@@ -38,40 +38,57 @@ CLIENT_CLOSED_REQUEST: Final = 499
 @web.middleware
 async def client_io_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Read the body under the body timeout; a client abort is a 499 line, not a 500."""
-    if request.body_exists and request.content.is_eof():
+    early = await read_body(request)
+    if early is not None:
+        return early
+    try:
+        return await handler(request)
+    except ConnectionResetError as exc:
+        return aborted_or_raise(request, exc)
+
+
+async def read_body(request: web.Request) -> web.StreamResponse | None:
+    """The request's body read under the body timeout: None when it is in, or the answer
+    already given (408, sent and the connection closed) or due (499, the client left)."""
+    if not request.body_exists:
+        return None
+    if request.content.is_eof():
         # The whole body has arrived with the head (a small one nearly always has): reading it
         # cannot wait, so there is no timer to arm.
         try:
             await request.read()
         except ConnectionResetError:
             return client_aborted(request)
-    elif request.body_exists:
-        timeout = request.app[SETTINGS].gateway.server.body_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                await request.read()
-        except TimeoutError:
-            request[LOG_FIELDS]["error_code"] = RequestTimeout.code
-            log.info("request_body_timeout", timeout_s=timeout)
-            error = RequestTimeout(f"The request body did not arrive within {timeout:g} seconds.")
-            response = problem_response(error, request.get(REQUEST_ID, ""), request.path)
-            response.force_close()
-            response.headers["X-Request-ID"] = request.get(REQUEST_ID, "")
-            # Sent now and the connection closed: aiohttp would otherwise linger, reading
-            # what is left of the body for another lingering_time.
-            await response.prepare(request)
-            await response.write_eof()
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        except ConnectionResetError:
-            return client_aborted(request)
+        return None
+    timeout = request.app[SETTINGS].gateway.server.body_timeout
     try:
-        return await handler(request)
+        async with asyncio.timeout(timeout):
+            await request.read()
+    except TimeoutError:
+        request[LOG_FIELDS]["error_code"] = RequestTimeout.code
+        log.info("request_body_timeout", timeout_s=timeout)
+        error = RequestTimeout(f"The request body did not arrive within {timeout:g} seconds.")
+        response = problem_response(error, request.get(REQUEST_ID, ""), request.path)
+        response.force_close()
+        response.headers["X-Request-ID"] = request.get(REQUEST_ID, "")
+        # Sent now and the connection closed: aiohttp would otherwise linger, reading
+        # what is left of the body for another lingering_time.
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()
+        return response
     except ConnectionResetError:
-        if request.transport is None or request.transport.is_closing():
-            return client_aborted(request)
-        raise
+        return client_aborted(request)
+    return None
+
+
+def aborted_or_raise(request: web.Request, exc: ConnectionResetError) -> web.Response:
+    """For a ConnectionResetError out of the handler: a client abort when the client's
+    connection is gone, else the error goes on."""
+    if request.transport is None or request.transport.is_closing():
+        return client_aborted(request)
+    raise exc
 
 
 def client_aborted(request: web.Request) -> web.Response:

@@ -192,10 +192,10 @@ async def refusal_audit_middleware(request: web.Request, handler: Handler) -> we
             return await handler(request)
     finally:
         if held:
-            await _settle_refusals(request, held)
+            await settle_refusals(request, held)
 
 
-async def _settle_refusals(request: web.Request, events: list[AuditEvent]) -> None:
+async def settle_refusals(request: web.Request, events: list[AuditEvent]) -> None:
     state = request.app[STATE]
     writer, limiter = state.audit, state.rate_limiter
     if writer is None:
@@ -259,6 +259,6 @@ async def _summaries(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_guards(app: web.Application) -> None:
-    """The refusal summaries' timer; the two middlewares are listed in ``create_app``."""
+    """The refusal summaries' timer; the two middlewares run in gateway/http/chain.py."""
     app[REFUSALS] = RefusalSummary()
     app.cleanup_ctx.append(_summaries)

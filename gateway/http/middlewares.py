@@ -27,6 +27,7 @@ from gateway.errors import (
 )
 from gateway.http.keys import LOG_FIELDS, METRICS, PRINCIPAL, REQUEST_ID, STATE, VERIFIER
 from gateway.http.problem import problem_response
+from gateway.logs import info_enabled
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("tongban.http")
@@ -62,22 +63,25 @@ def _route_name(request: web.Request) -> str:
     return info.canonical if info is not None else "unmatched"
 
 
-@web.middleware
-async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bind a request id to every log line of this request and write one access line at the end."""
+def open_request(request: web.Request) -> float:
+    """A request begins: its id (the client's if well-formed) bound to every log line; the
+    moment it began, for ``close_request``."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID] = request_id
     request[LOG_FIELDS] = {}
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    started = time.perf_counter()
-    response = await handler(request)
-    response.headers["X-Request-ID"] = request_id
+    return time.perf_counter()
+
+
+def close_request(request: web.Request, response: web.StreamResponse, started: float) -> None:
+    """A request ends with an answer: its id on the answer, metrics, one access line."""
+    response.headers["X-Request-ID"] = request[REQUEST_ID]
     duration = time.perf_counter() - started
     route = _route_name(request)
     request.app[METRICS].http_request(route, request.method, response.status, duration)
-    if route not in {"/healthz", "/metrics"}:
+    if route not in {"/healthz", "/metrics"} and info_enabled():
         log.info(
             "request_completed",
             method=request.method,
@@ -86,6 +90,14 @@ async def request_context_middleware(request: web.Request, handler: Handler) -> 
             duration_ms=round(duration * 1000, 2),
             **request[LOG_FIELDS],
         )
+
+
+@web.middleware
+async def request_context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id to every log line of this request and write one access line at the end."""
+    started = open_request(request)
+    response = await handler(request)
+    close_request(request, response, started)
     return response
 
 
@@ -110,43 +122,60 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     request_id = request.get(REQUEST_ID, "")
     try:
         return await handler(request)
-    except GatewayError as exc:
+    except Exception as exc:
+        return render_error(request, exc, request_id)
+
+
+def render_error(request: web.Request, exc: Exception, request_id: str) -> web.Response:
+    """The problem+json answer for an error raised while a request was handled; call it from
+    the ``except`` block (an unexpected error's traceback is logged). A framework exception
+    that is no error (a redirect) is raised again."""
+    if isinstance(exc, GatewayError):
         request[LOG_FIELDS]["error_code"] = exc.code
         return problem_response(exc, request_id, request.path)
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return problem_response(PayloadTooLarge(), request_id, request.path)
-    except web.HTTPMethodNotAllowed as exc:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
         response = problem_response(MethodNotAllowed(), request_id, request.path)
         response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
         return response
-    except web.HTTPNotFound:
+    if isinstance(exc, web.HTTPNotFound):
         return problem_response(NotFound("No such resource."), request_id, request.path)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return problem_response(_FrameworkRefusal(exc.status, exc.reason), request_id, request.path)
-    except Exception:
-        error_id = uuid.uuid4().hex
-        log.exception("request_failed", error_id=error_id)
-        return problem_response(
-            InternalError(f"Internal error {error_id}; quote it to the operators."),
-            request_id,
-            request.path,
-        )
+    error_id = uuid.uuid4().hex
+    log.exception("request_failed", error_id=error_id)
+    return problem_response(
+        InternalError(f"Internal error {error_id}; quote it to the operators."),
+        request_id,
+        request.path,
+    )
+
+
+def bearer_path(path: str) -> bool:
+    """Whether a request to ``path`` must carry a bearer token: /api/*, except the provincial
+    systems' callbacks, which carry an HMAC signature instead (gateway/http/cases.py)."""
+    return path.startswith("/api/") and not path.startswith("/api/v1/callbacks/")
+
+
+async def authenticate(request: web.Request) -> None:
+    """The request's bearer token verified and its Principal kept, or Unauthenticated."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("A bearer token is required.")
+    principal = await request.app[VERIFIER].verify(token.strip())
+    request[PRINCIPAL] = principal
+    request[LOG_FIELDS]["client"] = principal.client_id
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer tokens on /api/*: the handler receives a Principal or the request is refused."""
-    # Provincial systems' callbacks carry an HMAC signature instead (gateway/http/cases.py).
-    if request.path.startswith("/api/") and not request.path.startswith("/api/v1/callbacks/"):
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("A bearer token is required.")
-        principal = await request.app[VERIFIER].verify(token.strip())
-        request[PRINCIPAL] = principal
-        request[LOG_FIELDS]["client"] = principal.client_id
+    if bearer_path(request.path):
+        await authenticate(request)
     return await handler(request)
 
 

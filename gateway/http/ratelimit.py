@@ -33,12 +33,18 @@ VERDICT = web.RequestKey("rate_limit_verdict", Verdict)
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count an authenticated /api/* call against its budgets; refuse it with 429 when spent."""
+    await count_call(request)
+    return await handler(request)
+
+
+async def count_call(request: web.Request) -> None:
+    """Count the call against its budgets, or RateLimited when one is spent."""
     principal = request.get(PRINCIPAL)
     limiter = request.app[STATE].rate_limiter
-    # The principal is set by auth_middleware, just outside, for /api/* only (admin routes set
+    # The principal is set by the token check, just before, for /api/* only (admin routes set
     # it later, in their handlers): checking the path too keeps this from ever counting them.
     if principal is None or limiter is None or not request.path.startswith("/api/"):
-        return await handler(request)
+        return
     verdict = await limiter.check(principal)
     request[VERDICT] = verdict
     if not verdict.checked:
@@ -47,7 +53,6 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if refused is not None:
         request.app[METRICS].refused_by_rate_limit(principal.client_id, refused.scope)
         raise RateLimited(refused.scope, verdict.retry_after)
-    return await handler(request)
 
 
 async def _rate_limit_fields(request: web.Request, response: web.StreamResponse) -> None:
@@ -88,7 +93,7 @@ async def _rate_limiter_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_rate_limits(app: web.Application) -> None:
-    """Open the limiter with the app and send the header fields; the middleware is listed in
-    ``create_app`` right after ``auth_middleware``."""
+    """Open the limiter with the app and send the header fields; the count runs right after
+    the token check (gateway/http/chain.py)."""
     app.cleanup_ctx.append(_rate_limiter_context)
     app.on_response_prepare.append(_rate_limit_fields)

@@ -18,7 +18,6 @@ Must not: log or return a raw ID number; import aiohttp.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections.abc import Callable
@@ -130,6 +129,6 @@ def link_keyer(secret: str, algorithm: LinkAlgorithm = "hmac-sha256") -> LinkKey
             mac = crypto_hmac.HMAC(key, hashes.SM3())
             mac.update(message)
             return mac.finalize().hex()
-        return hmac.new(key, message, hashlib.sha256).hexdigest()
+        return hmac.digest(key, message, "sha256").hex()
 
     return keyed

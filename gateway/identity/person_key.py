@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import os
 from typing import Final
@@ -85,7 +84,7 @@ class PersonKeys:
 
     def person_key(self, local_id: str) -> str:
         """The person key of the internal user ``local_id`` (the same at every portal)."""
-        return _b64(hmac.new(self._key, local_id.encode(), hashlib.sha256).digest())
+        return _b64(hmac.digest(self._key, local_id.encode(), "sha256"))
 
     def seal(self, person: str, *, subject: str, client_id: str, label: str = _AAD_LABEL) -> str:
         """The ``tb_pk`` claim value for a token with this ``sub`` and ``client_id`` (another

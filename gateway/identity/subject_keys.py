@@ -73,12 +73,12 @@ def province_key(link_secret: str, province: str) -> bytes:
 def province_person_hash(key: bytes, id_type: str, number: str) -> str:
     """What a province computes from an ID number it holds, to compare with an assertion."""
     message = f"{id_type}|{number.strip().upper()}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return hmac.digest(key, message, "sha256").hex()
 
 
 def province_enterprise_hash(key: bytes, identifier: str) -> str:
     """What a province computes from a credit code or registration number it holds."""
-    return hmac.new(key, f"org|{org_id(identifier)}".encode(), hashlib.sha256).hexdigest()
+    return hmac.digest(key, f"org|{org_id(identifier)}".encode(), "sha256").hex()
 
 
 class EnterpriseKeys:
@@ -94,7 +94,7 @@ class EnterpriseKeys:
 
     def enterprise_key(self, org: str) -> str:
         """The key of the enterprise with this org id (``org_id`` of its identifier)."""
-        return _b64(hmac.new(self._key, org.encode(), hashlib.sha256).digest())
+        return _b64(hmac.digest(self._key, org.encode(), "sha256"))
 
 
 def enterprise_of_local_id(local_id: str) -> str | None:
@@ -146,7 +146,7 @@ class SubjectKeys:
         """The key forwarded to a back-end for a caller's ``Idempotency-Key``: bound to the
         client and the principal, so another caller's same key is another key."""
         message = "\x1f".join((client_id, owner, key)).encode()
-        return "tb1-" + _b64(hmac.new(self._idempotency, message, hashlib.sha256).digest())
+        return "tb1-" + _b64(hmac.digest(self._idempotency, message, "sha256"))
 
 
 def unkeyed_idempotency_key(client_id: str, owner: str, key: str) -> str:

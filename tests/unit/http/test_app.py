@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.adapter import Adapter, Call, FakeAdapter, Reply, SystemSpec
 from gateway.app import create_app
 from gateway.errors import BackendServerError
 from gateway.identity.devtokens import DevTokenIssuer
+from gateway.logs import configure_logging, info_enabled
 from gateway.settings import (
     GatewaySettings,
     RouteSettings,
@@ -310,3 +314,65 @@ async def test_openapi_describes_every_route(client: TestClient[Any, Any]) -> No
     spec = await (await client.get("/openapi.json")).json()
     app_paths = {r.resource.canonical for r in client.app.router.routes() if r.resource is not None}
     assert app_paths <= set(spec["paths"])
+
+
+async def test_a_routed_call_leaves_one_access_line_and_its_counts(
+    client: TestClient[Any, Any],
+) -> None:
+    """The layers that now run in one middleware still do their parts, in order: the access
+    line carries what the token check, the handler and the problem renderer put in it."""
+    with structlog.testing.capture_logs() as lines:
+        ok = await client.post(
+            "/api/v1/services/degree-verification/calls", json=call_body(), headers=auth()
+        )
+        refused = await client.post(
+            "/api/v1/services/degree-verification/calls",
+            json=call_body(),
+            headers=auth("dev.forged.token"),
+        )
+    assert ok.status == 200
+    await problem(refused, 401, "client.unauthenticated")
+    access = [line for line in lines if line["event"] == "request_completed"]
+    assert [(a["status"], a["route"]) for a in access] == [
+        (200, "/api/v1/services/{service}/calls"),
+        (401, "/api/v1/services/{service}/calls"),
+    ]
+    assert access[0]["client"] == "dev-portal"
+    assert access[0]["outcome"] == "ok"
+    assert access[1]["error_code"] == "client.unauthenticated"
+    assert "client" not in access[1]
+    metrics = (await (await client.get("/metrics")).read()).decode()
+    assert (
+        'tongban_http_requests_total{method="POST",route="/api/v1/services/{service}/calls",'
+        'status="401"} 1.0'
+    ) in metrics
+
+
+async def test_a_redirect_raised_by_a_handler_goes_out_as_a_redirect(tmp_path: Path) -> None:
+    """Not an error: the problem renderer lets a 3xx through, as aiohttp answers it."""
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/healthz")
+
+    async def open_adapter(system: SystemSettings, spec: SystemSpec) -> Adapter:
+        return Backend().adapter
+
+    app = create_app(
+        _settings(tmp_path), verifier=ISSUER, open_adapter=open_adapter, subjects=TEST_SUBJECT_KEYS
+    )
+    app.router.add_get("/moved", moved)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        response = await client.get("/moved", allow_redirects=False)
+        assert response.status == 302
+        assert response.headers["Location"] == "/healthz"
+        assert response.content_type != "application/problem+json"
+
+
+def test_the_access_line_follows_the_configured_level() -> None:
+    try:
+        configure_logging("warning", "json", stream=io.BytesIO())
+        assert not info_enabled()
+        configure_logging("info", "json", stream=io.BytesIO())
+        assert info_enabled()
+    finally:
+        configure_logging("info", "json", stream=io.BytesIO())

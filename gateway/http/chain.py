@@ -1,0 +1,96 @@
+"""Everything a request crosses between admission and its handler, in one middleware.
+
+The layers, outermost first, each what its own middleware does (they stay, for apps and tests
+that want one layer alone):
+
+    request context + access line   gateway/http/middlewares.py   request_context_middleware
+    anonymous refusal records       gateway/http/guards.py        refusal_audit_middleware
+    errors → problem+json           gateway/http/middlewares.py   problem_middleware
+    request body, client aborts     gateway/http/client_io.py     client_io_middleware
+    token and login budgets         gateway/http/guards.py        endpoint_limit_middleware
+    bearer token                    gateway/http/middlewares.py   auth_middleware
+    /api rate limits                gateway/http/ratelimit.py     rate_limit_middleware
+    /admin audit records            gateway/http/audit.py         admin_audit_middleware
+    identity answers settled        gateway/http/middlewares.py   identity_audit_middleware
+
+Why one function: each aiohttp middleware is a coroutine frame a request enters, and every
+time the request's task wakes (the audit commit, the back-end's answer, ...) it is resumed
+through every frame on its stack. A routed call crossed ten of them. Here the four outer
+layers run inline in one frame, and a bearer call (/api/*, the hot path) runs its token check
+and rate limit inline too: the token, login, admin and identity layers have nothing to do on
+/api/* paths. Every other path goes through those five layers' own middlewares, in order.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable
+
+from aiohttp import web
+
+from gateway.audit.record import AuditEvent
+from gateway.audit.refusals import collecting
+from gateway.http.audit import admin_audit_middleware
+from gateway.http.client_io import aborted_or_raise, read_body
+from gateway.http.guards import endpoint_limit_middleware, settle_refusals
+from gateway.http.keys import REQUEST_ID
+from gateway.http.middlewares import (
+    Handler,
+    auth_middleware,
+    authenticate,
+    bearer_path,
+    close_request,
+    identity_audit_middleware,
+    open_request,
+    render_error,
+)
+from gateway.http.ratelimit import count_call, rate_limit_middleware
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The layers of the module docstring, in their order; listed last in ``create_app`` (so
+    ``handler`` is the route's own)."""
+    started = open_request(request)
+    held: list[AuditEvent] = []
+    try:
+        with collecting() as held:
+            request_id = request.get(REQUEST_ID, "")
+            try:
+                early = await read_body(request)
+                if early is not None:
+                    response = early
+                else:
+                    try:
+                        if bearer_path(request.path):
+                            await authenticate(request)
+                            await count_call(request)
+                            response = await handler(request)
+                        else:
+                            response = await _other_paths(request, handler)
+                    except ConnectionResetError as exc:
+                        response = aborted_or_raise(request, exc)
+            except Exception as exc:
+                response = render_error(request, exc, request_id)
+    finally:
+        if held:
+            await settle_refusals(request, held)
+    close_request(request, response, started)
+    return response
+
+
+def _other_paths(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    inner: Handler = handler
+    for layer in _INNER_LAYERS:
+        inner = functools.partial(layer, handler=inner)
+    return inner(request)
+
+
+_INNER_LAYERS = (
+    # Innermost first.
+    identity_audit_middleware,
+    admin_audit_middleware,
+    rate_limit_middleware,
+    auth_middleware,
+    endpoint_limit_middleware,
+)
