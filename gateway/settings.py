@@ -210,9 +210,8 @@ class AuditSettings(_Model):
     """Hash of the chain: SHA-256, or SM3 (GB/T 32905)."""
     batch_size: int = Field(1000, ge=1)
     """Most records per group commit."""
-    linger_ms: float = Field(0.0, ge=0)
-    """How long a batch waits for company once its first record is queued into an idle
-    writer; 0: not at all (batches form while the previous commit runs)."""
+    linger_ms: float = Field(1.0, ge=0)
+    """How long a batch waits for company once its first record is queued."""
     buffered_linger_ms: float = Field(20.0, ge=0)
     """How long a batch of records nobody waits for (buffered services, identity events)
     gathers company before its commit; a call or answer that waits for a commit ends it."""

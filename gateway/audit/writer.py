@@ -51,11 +51,9 @@ _STORE_FAILURES: Final = (AuditStoreError, TimeoutError, OSError)
 class WriterSettings:
     batch_size: int = 1000
     """Most records per transaction."""
-    linger: float = 0.0
+    linger: float = 0.001
     """How long an idle writer waits for company once a first record is queued (seconds);
-    records that queued up during a commit are written as soon as it ends. 0: a required
-    record that finds the writer idle is committed at once; under load the writer is never
-    idle and batches form by themselves while the previous commit runs."""
+    records that queued up during a commit are written as soon as it ends."""
     buffered_linger: float = 0.02
     """How long an idle writer gathers records nobody waits for (buffered ones, while no
     required append, ``settle`` or ``flush`` is pending) before committing them: at a moderate
