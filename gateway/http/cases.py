@@ -36,7 +36,6 @@ from gateway.errors import (
     GatewayError,
     InvalidRequest,
     MalformedJson,
-    Unauthenticated,
 )
 from gateway.http.client_io import read_json_body
 from gateway.http.keys import (
@@ -45,10 +44,10 @@ from gateway.http.keys import (
     SETTINGS,
     STATE,
     SUBJECTS,
-    VERIFIER,
     principal_of,
 )
 from gateway.http.licences import LICENCES
+from gateway.http.middlewares import authenticate
 from gateway.http.oidc import (
     check_client_may_call,
     check_receiving_province,
@@ -388,14 +387,10 @@ async def receive_callback(request: web.Request) -> web.Response:
 
 async def _operator(request: web.Request) -> Principal:
     """Admin routes sit outside /api, so they check the bearer token themselves."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("A bearer token is required.")
-    principal = await request.app[VERIFIER].verify(token.strip())
+    await authenticate(request)
+    principal = principal_of(request)
     if "operator" not in principal.roles:
         raise Forbidden("This needs the operator role.")
-    request[LOG_FIELDS]["client"] = principal.client_id
     return principal
 
 
