@@ -186,6 +186,9 @@ async def test_dead_letters_are_listed_for_operators_and_replayed(api: Api) -> N
     )
     case_id = receipt["case_id"]
     await api.until(case_id, "dead_lettered")
+    anonymous = await api.client.get("/admin/cases/dead-letters")
+    assert anonymous.status == 401
+    assert (await anonymous.json())["code"] == "client.unauthenticated"
     status, _ = await api.get("/admin/cases/dead-letters", CITIZEN)
     assert status == 403
     status, letters = await api.get("/admin/cases/dead-letters", OPERATOR)
