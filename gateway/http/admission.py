@@ -27,10 +27,11 @@ delay has other causes too, refusals among them, and a bound cut further would o
 worker), provided the loop's thread was on the CPU for most of the interval (``_BUSY``; a loop
 late while its thread is not busy waits for a core that other processes hold, which no bound
 on our calls shortens); otherwise, when the bound was reached, it grows again by an eighth per
-interval, up to ``max_in_flight``. In an interval with refusals, demand is past what the
-worker takes in: the target is then ``admission.refusing_delay_target_ms`` (the lower one) and
-the cut goes to target/delay at once (fewer calls in flight cost refusals, not idle time);
-late but off the CPU, the bound is held. Idle (nothing in flight) and calm (nothing refused for
+interval, up to ``max_in_flight``. In an interval with more refusals than admissions, demand
+is at least twice what the worker takes in: the target is then
+``admission.refusing_delay_target_ms`` (the lower one) and the cut goes to target/delay at
+once (fewer calls in flight cost refusals, not idle time); late but off the CPU, the bound is
+held. Idle (nothing in flight) and calm (nothing refused for
 ``_CALM`` seconds), the worker starts from ``max_in_flight`` again. Refusals beyond the adapted
 bound are counted as ``queue_delay``, beyond the fixed ones as ``requests`` / ``body_bytes``.
 A slow back-end does not lower the bound (a call waiting for its answer costs the loop
@@ -171,6 +172,8 @@ class Admission:
     """The counters of one worker (one event loop: no lock needed)."""
 
     __slots__ = (
+        "_admissions",
+        "_admissions_seen",
         "_body_head",
         "_body_tail",
         "_last_refusal",
@@ -211,6 +214,8 @@ class Admission:
         self.refusing_target = settings.refusing_delay_target_ms / 1000
         """The delay target while the worker refuses (it refused in the last interval)."""
         self._rids_seen = 0
+        self._admissions = 0
+        self._admissions_seen = 0
         self._last_refusal = -_CALM
         self.delay = QueueDelay(self)
         self._peak = 0
@@ -243,6 +248,7 @@ class Admission:
 
     def admitted(self) -> None:
         self.in_flight += 1
+        self._admissions += 1
         self._peak = max(self._peak, self.in_flight)
         if self.target > 0 and not self.delay.running:
             self.delay.start()
@@ -251,8 +257,12 @@ class Admission:
         """Adapt the bound to the last interval's mean delay and the share of it the loop's
         thread was on the CPU; False: stop probing (nothing in flight)."""
         ceiling = self.settings.max_in_flight
-        refusing = self._rids != self._rids_seen
+        # Refusing: more refused than admitted in the interval (demand at least twice what
+        # the worker takes in). A few refusals in a burst at a moderate load must not switch
+        # to the tight target: its cut would refuse more and keep it there.
+        refusing = self._rids - self._rids_seen > self._admissions - self._admissions_seen
         self._rids_seen = self._rids
+        self._admissions_seen = self._admissions
         target = self.target
         if refusing and self.refusing_target > 0:
             target = min(target, self.refusing_target)

@@ -448,6 +448,27 @@ async def test_while_refusing_the_bound_follows_a_tighter_target(
     admission.delay.stop()
 
 
+async def test_a_few_refusals_among_many_admissions_keep_the_normal_target() -> None:
+    """A burst at a moderate load: the tight target's cut would refuse more and hold itself."""
+    admission = _admission(
+        max_in_flight=100, min_in_flight=10, queue_delay_target_ms=50, refusing_delay_target_ms=2
+    )
+    for _ in range(100):
+        admission.admitted()
+    for _ in range(5):
+        admission.refusal("requests")
+    # 10 ms late: past the 2 ms target, under the 50 ms one. Five refused, a hundred admitted.
+    assert admission.interval_ended(0.010, busy=1.0)
+    assert admission.limit == 100
+    # The next interval refuses more than it admits: now the tight target cuts.
+    for _ in range(3):
+        admission.refusal("requests")
+    admission.admitted()
+    assert admission.interval_ended(0.010, busy=1.0)
+    assert admission.limit == 20
+    admission.delay.stop()
+
+
 def test_a_bound_not_reached_does_not_grow() -> None:
     admission = _admission(max_in_flight=100)
     admission.limit = 10
