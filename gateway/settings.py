@@ -182,9 +182,9 @@ class AdmissionSettings(_Model):
     the bound on requests in flight is lowered; 0: the bound stays at max_in_flight."""
     refusing_delay_target_ms: float = Field(2.0, ge=0, le=1000)
     """The target while the worker refuses requests (it refused more than it admitted in the
-    last interval): demand is then at least twice what it takes in, and every ms of delay is waited by admitted calls
-    at each of their awaits; the lower of the two targets applies. 0: none (the worker keeps
-    queue_delay_target_ms while refusing)."""
+    last interval): demand is then at least twice what it takes in, and every ms of delay is
+    waited by admitted calls at each of their awaits; the lower of the two targets applies.
+    0: none (the worker keeps queue_delay_target_ms while refusing)."""
     queue_delay_interval_ms: float = Field(100.0, ge=10, le=10_000)
     """Over how long that delay is averaged before the bound is adapted."""
     max_body_bytes_in_flight: int = Field(32 << 20, ge=1024)
