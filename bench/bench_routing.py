@@ -1615,6 +1615,17 @@ def overload_phase(
     return bench.overload(target, rate)
 
 
+def holder_call_headers() -> dict[str, str]:
+    """Headers of a routed call by the holder herself: the subject rule binds the call to her,
+    as in production."""
+    from gateway.identity.devtokens import DevTokenIssuer
+
+    token = DevTokenIssuer(TOKEN_SECRET).issue(
+        "bench-citizen", "L2", person=bench_subject_keys().person(HOLDER_ID).key
+    )
+    return {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+
+
 def run_overload_only(args: argparse.Namespace) -> Report:
     """The routed REST gateway alone: capacity (closed loop), then the overload run."""
     report = Report()
@@ -1631,12 +1642,7 @@ def run_overload_only(args: argparse.Namespace) -> Report:
             argv += ["--config-dir", str(workdir / "config-warning"), *life]
             argv += ["--admission", args.admission] if args.admission else []
             gateway = kids.spawn("gateway-warning", argv, args.sut_cpu)
-            from gateway.identity.devtokens import DevTokenIssuer
-
-            token = DevTokenIssuer(TOKEN_SECRET).issue(
-                "bench-citizen", "L2", person=bench_subject_keys().person(HOLDER_ID).key
-            )
-            headers = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+            headers = holder_call_headers()
             url = f"http://127.0.0.1:{gateway.port}/api/v1/services/{REST_SERVICE}/calls"
             target = Target(
                 "gateway REST (log warning)", url, CALL_BODY, headers, b'"valid":true',
@@ -1725,13 +1731,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 argv += ["--tree", str(Path(args.baseline_tree).resolve())]
                 gateways["baseline"] = kids.spawn("gateway-baseline", argv, args.sut_cpu)
 
-            from gateway.identity.devtokens import DevTokenIssuer
-
-            # The holder herself: the subject rule binds the call to her, as in production.
-            token = DevTokenIssuer(TOKEN_SECRET).issue(
-                "bench-citizen", "L2", person=bench_subject_keys().person(HOLDER_ID).key
-            )
-            call_headers = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
+            call_headers = holder_call_headers()
 
             def via(child: Child, path: str) -> str:
                 return f"http://127.0.0.1:{child.port}{path}"

@@ -50,25 +50,17 @@ def _check(value: Any, path: str) -> None:
         if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             return
         raise CanonicalError(f"{path}: integer outside ±(2**53-1)")
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
+    if kind is dict or kind is list or kind is tuple:
+        is_object = kind is dict
+        for key, item in value.items() if is_object else enumerate(value):
+            if is_object and type(key) is not str:
                 raise CanonicalError(f"{path}: object keys must be strings")
             kind = type(item)
-            if kind in _SCALARS:  # most values: no call, no path string
+            if kind in _SCALARS:  # most members, and lists of strings: no call, no path
                 continue
             if kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 continue
-            _check(item, f"{path}.{key}")
-        return
-    if kind is list or kind is tuple:
-        for index, item in enumerate(value):
-            kind = type(item)
-            if kind in _SCALARS:  # a list of strings (subject keys): no call, no path string
-                continue
-            if kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                continue
-            _check(item, f"{path}[{index}]")
+            _check(item, f"{path}.{key}" if is_object else f"{path}[{key}]")
         return
     if kind is float:
         raise CanonicalError(f"{path}: floats are not allowed; use integers (ms, fen)")

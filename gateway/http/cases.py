@@ -35,9 +35,8 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     InvalidRequest,
-    MalformedJson,
 )
-from gateway.http.client_io import read_json_body
+from gateway.http.client_io import json_object, read_json_body
 from gateway.http.keys import (
     LOG_FIELDS,
     REQUEST_ID,
@@ -374,12 +373,7 @@ async def receive_callback(request: web.Request) -> web.Response:
     except GatewayError as exc:
         await runtime.service.audit_refused_callback(system, exc.code, request[REQUEST_ID])
         raise
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise MalformedJson("The body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The body must be a JSON object.")
+    body = json_object(raw)
     outcome = await runtime.service.callback(system, body, request_id=request[REQUEST_ID])
     request[LOG_FIELDS].update(case_id=outcome.case_id, outcome=outcome.status)
     return _json({"status": outcome.status, "case_id": outcome.case_id})

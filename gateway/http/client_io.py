@@ -105,10 +105,15 @@ async def read_json_body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Send the body as application/json.")
     raw = await request.read()
+    return raw, json_object(raw)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object, or a client error (400: not JSON, or not an object)."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise MalformedJson("The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The body must be a JSON object.")
-    return raw, body
+    return body

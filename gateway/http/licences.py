@@ -20,12 +20,12 @@ from gateway.audit.record import AuditEvent, EventType
 from gateway.cases.store import CaseStore
 from gateway.errors import (
     GatewayError,
-    InvalidRequest,
     MalformedJson,
     NotFound,
     UnsupportedMediaType,
     ValidationFailed,
 )
+from gateway.http.client_io import json_object
 from gateway.http.keys import LOG_FIELDS, REQUEST_ID, SETTINGS, STATE, principal_of
 from gateway.http.login import LOGIN_AUTHENTICATOR
 from gateway.http.oidc import check_client_may_call
@@ -139,12 +139,7 @@ async def receive_notice(request: web.Request) -> web.Response:
             request.headers.get("X-Tongban-Timestamp", ""),
             request.headers.get("X-Tongban-Signature", ""),
         )
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise MalformedJson("The body is not valid JSON.") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("The body must be a JSON object.")
+        body = json_object(raw)
         notice = notices.read(province, body)
     except GatewayError as exc:
         await _audit(request, province, "denied", exc.code)

@@ -257,6 +257,21 @@ def _lookup_writer(
     return write
 
 
+def _indexed_after(
+    before: dict[str, int],
+    written: list[LookupRow],
+    spans: list[tuple[str, int, int]],
+    heads: dict[str, int],
+) -> dict[str, int]:
+    """Per chain, the last record with its lookup rows once ``written``, ``spans`` and the
+    caught-up ``heads`` are in the file, from ``before``."""
+    done = dict(before)
+    ends = [(chain, high) for chain, _, high in spans] + list(heads.items())
+    for chain, sequence in ends + [(row[0], row[1]) for row in written]:
+        done[chain] = max(done.get(chain, 0), sequence)
+    return done
+
+
 def _principal_order(row: LookupRow) -> tuple[str, str]:
     # Sorted by the one random key of the row (a pairwise id), the chunk touches each leaf of
     # that index once; the other indexes are in time or sequence order already.
@@ -483,7 +498,7 @@ class SqliteAuditStore:
             of_record: dict[tuple[str, int], list[SubjectRow]] = {}
             for subject in subjects:
                 of_record.setdefault((subject[2], subject[3]), []).append(subject)
-            written = before
+            caught_up: dict[str, int] = {}
             for start in range(0, max(len(pending), 1), LOOKUP_TRANSACTION):
                 chunk = pending[start : start + LOOKUP_TRANSACTION]
                 chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
@@ -491,31 +506,27 @@ class SqliteAuditStore:
                 first = start == 0
                 try:
                     async with self._write_lock:  # appends go between two chunks
-                        caught_up = await self._bg().run(
-                            _lookup_writer(chunk, chunk_subjects, spans if first else [], unsure)
+                        heads = await self._bg().run(
+                            _lookup_writer(
+                                chunk, chunk_subjects, spans if first else [], unsure and first
+                            )
                         )
                 except (sqlite3.Error, ValueError, RuntimeError) as exc:
-                    rest = pending[start:]
-                    rest.sort(key=_record_order)
+                    rest = pending[start:]  # still in record order (chunks are copies)
                     self._pending[:0] = rest
                     self._pending_subjects[:0] = [
                         s for r in rest for s in of_record.get((r[0], r[1]), ())
                     ]
                     if first:
                         self._unsure = self._unsure or unsure
-                    self._indexed = written  # everything up to here has its rows
+                    self._indexed = _indexed_after(
+                        before, pending[:start], [] if first else spans, caught_up
+                    )
                     raise AuditStoreUnavailable(str(exc)) from exc
                 if first:
-                    written = dict(written)
-                    for chain, _, high in spans:
-                        written[chain] = max(written.get(chain, 0), high)
-                    for chain, sequence in caught_up.items():
+                    caught_up = heads
+                    for chain, sequence in heads.items():
                         self._indexed[chain] = max(self._indexed.get(chain, 0), sequence)
-                        written[chain] = max(written.get(chain, 0), sequence)
-                    unsure = False
-                written = dict(written)
-                for row in chunk:
-                    written[row[0]] = max(written.get(row[0], 0), row[1])
 
     async def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         await self._transaction([], checkpoint)
