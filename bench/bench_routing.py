@@ -31,6 +31,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -1583,6 +1584,8 @@ class Report:
     setup: dict[str, Any] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
     overload: dict[str, Any] = field(default_factory=dict)
+    overload_rounds: list[dict[str, Any]] = field(default_factory=list)
+    """With ``--only-overload --repeat N``: every round's overload run, each on a fresh gateway."""
     cprofiles: dict[str, Any] = field(default_factory=dict)
 
 
@@ -2200,6 +2203,34 @@ def print_overload(o: dict[str, Any]) -> None:
     )
 
 
+def print_overload_rounds(rounds: Sequence[dict[str, Any]]) -> None:
+    """The rounds side by side and their medians: one overload run on a shared machine says
+    little, its admitted and unloaded p99 both move with whatever else runs."""
+
+    def ratio(o: dict[str, Any]) -> float:
+        unloaded = float(o["unloaded_p99_ms"])
+        return float(o["p99_ms"]) / unloaded if unloaded > 0 else float("nan")
+
+    def growth(o: dict[str, Any]) -> float:
+        return (float(o["vm_after"]["VmRSS"]) / float(o["vm_before"]["VmHWM"]) - 1) * 100
+
+    print()
+    print(f"## Overload: {len(rounds)} rounds, each on a fresh gateway")
+    print("round  offered/s  unloaded p99  admitted p99   ratio  admitted  refused  errors   RSS")
+    for i, o in enumerate(rounds, 1):
+        print(
+            f"{i:>5}  {o['rate']:>9.0f}  {o['unloaded_p99_ms']:>9.2f} ms  {o['p99_ms']:>9.2f} ms"
+            f"  {ratio(o):>5.2f}×  {o['ok']:>8}  {o['refused']:>7}  {o['errors']:>6}"
+            f"  {growth(o):+5.1f} %"
+        )
+    print(
+        f"median ratio {statistics.median(ratio(o) for o in rounds):.2f}× (target ≤ 2×); "
+        f"errors {sum(o['errors'] for o in rounds)}; RSS growth median "
+        f"{statistics.median(growth(o) for o in rounds):+.1f} % (target within 10 %); "
+        f"workers alive in every round: {all(o['alive'] for o in rounds)}"
+    )
+
+
 def _jsonable(report: Report) -> dict[str, Any]:
     out = asdict(report)
     out["closed"] = [asdict(r) for r in report.closed]
@@ -2274,7 +2305,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --rest-only or --open-only: only rows whose name holds one of these",
     )
     p.add_argument(
-        "--repeat", type=int, default=1, help="with --rest-only or --open-only: rounds of the rows"
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds: of the rows (--rest-only, --open-only), of the whole run (--only-overload)",
     )
     p.add_argument("--out-dir", default="bench-out", help="where profiles and JSON go")
     p.add_argument("--json-out", default=None, help="write all figures to this JSON file")
@@ -2321,6 +2355,7 @@ def _run_loop(main: Awaitable[Any]) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    rounds: list[dict[str, Any]] = []
     if args.role == "backend":
         asyncio.run(_serve(backend_app(), args.max_lifetime))
         return 0
@@ -2372,8 +2407,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rows))
         return 0
     if args.only_overload:
-        report = run_overload_only(args)
-        print_overload(report.overload)
+        # Each round starts a fresh gateway: its own capacity, unloaded p99, overload and RSS.
+        for _ in range(max(args.repeat, 1)):
+            this = run_overload_only(args)
+            print_overload(this.overload)
+            rounds.append(this.overload)
+        report = this
+        report.overload_rounds = rounds
+        if len(rounds) > 1:
+            print_overload_rounds(rounds)
     elif args.open_only:
         report = run_benchmark(args)
         print_open_repeats(report)
