@@ -43,7 +43,7 @@ from gateway.consent.contract import (
 )
 from gateway.consent.subjects import requester_person
 from gateway.errors import NotDataSubject, SubjectFieldAmbiguous
-from gateway.identity.identifiers import RESIDENT_ID_CARD
+from gateway.identity.identifiers import RESIDENT_ID_CARD, KeyedSha256
 from gateway.identity.subject_keys import (
     SubjectKeys,
     province_enterprise_hash,
@@ -139,7 +139,7 @@ class Named:
     _id_type: str | None
     _identifier: str
 
-    def province_hash(self, key: bytes) -> str:
+    def province_hash(self, key: bytes | KeyedSha256) -> str:
         if self.subject.kind == "person":
             return province_person_hash(key, self._id_type or RESIDENT_ID_CARD, self._identifier)
         return province_enterprise_hash(key, self._identifier)
@@ -215,8 +215,8 @@ class Binding:
         """Each named subject as ``{"type", "hash"}`` under the handling province's key."""
         if keys is None or not self.named:
             return []
-        key = keys.province_key(province)
-        return [{"type": n.subject.kind, "hash": n.province_hash(key)} for n in self.named]
+        mac = keys.province_mac(province)
+        return [{"type": n.subject.kind, "hash": n.province_hash(mac)} for n in self.named]
 
 
 PUBLIC: Final = Binding()

@@ -305,8 +305,8 @@ class DeliveryWorker:
         if keys is None or not isinstance(data, Mapping) or not isinstance(declaration, tuple):
             return context
         named = named_subjects(keys, declaration, data)
-        key = keys.province_key(context.handling_province)
-        hashes = ",".join(f"{n.subject.kind}:{n.province_hash(key)}" for n in named)
+        mac = keys.province_mac(context.handling_province)
+        hashes = ",".join(f"{n.subject.kind}:{n.province_hash(mac)}" for n in named)
         return dataclasses.replace(
             context, subjects=tuple(n.subject.key for n in named), subject_hashes=hashes or None
         )

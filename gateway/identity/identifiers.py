@@ -18,6 +18,7 @@ Must not: log or return a raw ID number; import aiohttp.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from collections.abc import Callable
@@ -119,9 +120,29 @@ LinkKeyer = Callable[[str, str], str]
 """(national ID type, ID number) → link key."""
 
 
+class KeyedSha256:
+    """HMAC-SHA256 under one key, keyed once. ``hmac.digest(key, message, "sha256")`` looks the
+    digest up and keys it again on every call; copying a keyed state costs half of that, and
+    the routed call path takes three of these per call. Gives the same bytes as ``hmac.digest``."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def __repr__(self) -> str:
+        return "KeyedSha256(<key>)"
+
+    def digest(self, message: bytes) -> bytes:
+        mac = self._keyed.copy()
+        mac.update(message)
+        return mac.digest()
+
+
 def link_keyer(secret: str, algorithm: LinkAlgorithm = "hmac-sha256") -> LinkKeyer:
     """The keyed hash of ``type|NUMBER`` (hex); the same person gives the same key everywhere."""
     key = secret.encode()
+    sha256 = KeyedSha256(key)
 
     def keyed(id_type: str, number: str) -> str:
         message = f"{id_type}|{number.strip().upper()}".encode()
@@ -129,6 +150,6 @@ def link_keyer(secret: str, algorithm: LinkAlgorithm = "hmac-sha256") -> LinkKey
             mac = crypto_hmac.HMAC(key, hashes.SM3())
             mac.update(message)
             return mac.finalize().hex()
-        return hmac.digest(key, message, "sha256").hex()
+        return sha256.digest(message).hex()
 
     return keyed

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import os
 from typing import Final
 
@@ -34,6 +33,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
+
+from gateway.identity.identifiers import KeyedSha256
 
 PERSON_CLAIM: Final = "tb_pk"
 """Private claim name (RFC 7519 §4.3) of the sealed person key in access tokens."""
@@ -76,7 +77,7 @@ class PersonKeys:
 
     def __init__(self, pairwise_secret: SecretStr) -> None:
         secret = pairwise_secret.get_secret_value().encode()
-        self._key = _derive(secret, _KEY_LABEL)
+        self._key = KeyedSha256(_derive(secret, _KEY_LABEL))
         self._aead = AESGCM(_derive(secret, _SEAL_LABEL))
 
     def __repr__(self) -> str:
@@ -84,7 +85,7 @@ class PersonKeys:
 
     def person_key(self, local_id: str) -> str:
         """The person key of the internal user ``local_id`` (the same at every portal)."""
-        return _b64(hmac.digest(self._key, local_id.encode(), "sha256"))
+        return _b64(self._key.digest(local_id.encode()))
 
     def seal(self, person: str, *, subject: str, client_id: str, label: str = _AAD_LABEL) -> str:
         """The ``tb_pk`` claim value for a token with this ``sub`` and ``client_id`` (another

@@ -37,7 +37,7 @@ from pydantic import SecretStr
 
 from gateway.consent.contract import DataSubject
 from gateway.identity.citizen import natural_person_id
-from gateway.identity.identifiers import RESIDENT_ID_CARD, LinkAlgorithm, link_keyer
+from gateway.identity.identifiers import RESIDENT_ID_CARD, KeyedSha256, LinkAlgorithm, link_keyer
 from gateway.identity.person_key import PersonKeys
 
 ENTERPRISE_CLAIM: Final = "tb_ek"
@@ -70,15 +70,19 @@ def province_key(link_secret: str, province: str) -> bytes:
     return _derive(link_secret.encode(), (_PROVINCE_LABEL + province).encode())
 
 
-def province_person_hash(key: bytes, id_type: str, number: str) -> str:
+def province_person_hash(key: bytes | KeyedSha256, id_type: str, number: str) -> str:
     """What a province computes from an ID number it holds, to compare with an assertion."""
     message = f"{id_type}|{number.strip().upper()}".encode()
-    return hmac.digest(key, message, "sha256").hex()
+    return _keyed(key).digest(message).hex()
 
 
-def province_enterprise_hash(key: bytes, identifier: str) -> str:
+def province_enterprise_hash(key: bytes | KeyedSha256, identifier: str) -> str:
     """What a province computes from a credit code or registration number it holds."""
-    return hmac.digest(key, f"org|{org_id(identifier)}".encode(), "sha256").hex()
+    return _keyed(key).digest(f"org|{org_id(identifier)}".encode()).hex()
+
+
+def _keyed(key: bytes | KeyedSha256) -> KeyedSha256:
+    return key if isinstance(key, KeyedSha256) else KeyedSha256(key)
 
 
 class EnterpriseKeys:
@@ -87,14 +91,16 @@ class EnterpriseKeys:
     __slots__ = ("_key",)
 
     def __init__(self, pairwise_secret: SecretStr) -> None:
-        self._key = _derive(pairwise_secret.get_secret_value().encode(), _ENTERPRISE_LABEL)
+        self._key = KeyedSha256(
+            _derive(pairwise_secret.get_secret_value().encode(), _ENTERPRISE_LABEL)
+        )
 
     def __repr__(self) -> str:
         return "EnterpriseKeys(<derived key>)"
 
     def enterprise_key(self, org: str) -> str:
         """The key of the enterprise with this org id (``org_id`` of its identifier)."""
-        return _b64(hmac.digest(self._key, org.encode(), "sha256"))
+        return _b64(self._key.digest(org.encode()))
 
 
 def enterprise_of_local_id(local_id: str) -> str | None:
@@ -108,7 +114,15 @@ def enterprise_of_local_id(local_id: str) -> str | None:
 class SubjectKeys:
     """Everything the subject rule computes from identifiers, built once at start-up."""
 
-    __slots__ = ("_enterprises", "_idempotency", "_link", "_link_secret", "_persons", "_provinces")
+    __slots__ = (
+        "_enterprises",
+        "_idempotency",
+        "_link",
+        "_link_secret",
+        "_macs",
+        "_persons",
+        "_provinces",
+    )
 
     def __init__(
         self,
@@ -122,6 +136,7 @@ class SubjectKeys:
         self._link_secret = link_secret.get_secret_value()
         self._link = link_keyer(self._link_secret, link_algorithm)
         self._provinces: dict[str, bytes] = {}
+        self._macs: dict[str, KeyedSha256] = {}
         self._idempotency = _derive(pairwise_secret.get_secret_value().encode(), _IDEMPOTENCY_LABEL)
 
     def __repr__(self) -> str:
@@ -141,6 +156,13 @@ class SubjectKeys:
         if key is None:
             key = self._provinces[province] = province_key(self._link_secret, province)
         return key
+
+    def province_mac(self, province: str) -> KeyedSha256:
+        """``province_key`` keyed once, for the subject hashes of many assertions."""
+        mac = self._macs.get(province)
+        if mac is None:
+            mac = self._macs[province] = KeyedSha256(self.province_key(province))
+        return mac
 
     def scoped_idempotency_key(self, client_id: str, owner: str, key: str) -> str:
         """The key forwarded to a back-end for a caller's ``Idempotency-Key``: bound to the

@@ -4,7 +4,10 @@ the enterprise key travels sealed, and a province computes the assertion's hashe
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import io
+import os
 
 import pytest
 from pydantic import SecretStr
@@ -12,7 +15,7 @@ from pydantic import SecretStr
 from gateway.cli import main
 from gateway.consent.contract import DataSubject
 from gateway.identity.citizen import ClaimMapping, LevelRule, map_claims
-from gateway.identity.identifiers import link_keyer
+from gateway.identity.identifiers import KeyedSha256, link_keyer
 from gateway.identity.person_key import PERSON_CLAIM
 from gateway.identity.subject_keys import (
     ENTERPRISE_CLAIM,
@@ -114,3 +117,23 @@ def test_the_cli_prints_the_key_the_province_checks_with(monkeypatch: pytest.Mon
     assert out.getvalue().strip() == province_key(LINK.get_secret_value(), "61").hex()
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(["keys", "subject", "--config", "config", "--province", "99"]) == 1
+
+
+@pytest.mark.parametrize("key_length", [0, 1, 32, 64, 65, 200])
+def test_a_key_keyed_once_gives_the_bytes_of_a_fresh_hmac_every_time(key_length: int) -> None:
+    key = os.urandom(key_length)
+    keyed = KeyedSha256(key)
+    for message in (b"", b"111|" + SU.encode(), os.urandom(300), "org|统一".encode()):
+        for _ in range(2):  # the keyed state is copied, never consumed
+            assert keyed.digest(message) == hmac.digest(key, message, hashlib.sha256)
+
+
+def test_the_province_hashes_of_a_raw_key_and_a_keyed_one_agree() -> None:
+    key = province_key(LINK.get_secret_value(), "61")
+    mac = KEYS.province_mac("61")
+    assert KEYS.province_mac("61") is mac
+    assert province_person_hash(mac, "111", SU) == province_person_hash(key, "111", SU)
+    assert province_enterprise_hash(mac, CODE) == province_enterprise_hash(key, CODE)
+    assert province_person_hash(KEYS.province_mac("63"), "111", SU) != province_person_hash(
+        key, "111", SU
+    )
