@@ -1629,8 +1629,9 @@ def holder_call_headers() -> dict[str, str]:
     return {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
 
 
-def run_overload_only(args: argparse.Namespace) -> Report:
-    """The routed REST gateway alone: capacity (closed loop), then the overload run."""
+def run_overload_only(args: argparse.Namespace, tree: str | None = None) -> Report:
+    """The routed REST gateway alone: capacity (closed loop), then the overload run; ``tree``:
+    the gateway imported from that source tree instead (``--baseline-tree``)."""
     report = Report()
     py = sys.executable
     me = str(Path(__file__).resolve())
@@ -1644,6 +1645,7 @@ def run_overload_only(args: argparse.Namespace) -> Report:
             argv = [py, me, "--role", "gateway", "--backend", upstream, "--log-mode", "warning"]
             argv += ["--config-dir", str(workdir / "config-warning"), *life]
             argv += ["--admission", args.admission] if args.admission else []
+            argv += ["--tree", str(Path(tree).resolve())] if tree else []
             gateway = kids.spawn("gateway-warning", argv, args.sut_cpu)
             headers = holder_call_headers()
             url = f"http://127.0.0.1:{gateway.port}/api/v1/services/{REST_SERVICE}/calls"
@@ -2216,19 +2218,26 @@ def print_overload_rounds(rounds: Sequence[dict[str, Any]]) -> None:
 
     print()
     print(f"## Overload: {len(rounds)} rounds, each on a fresh gateway")
-    print("round  offered/s  unloaded p99  admitted p99   ratio  admitted  refused  errors   RSS")
+    print(
+        "round  gateway        offered/s  unloaded p99  admitted p99   ratio  admitted  refused"
+        "  errors   RSS"
+    )
     for i, o in enumerate(rounds, 1):
         print(
-            f"{i:>5}  {o['rate']:>9.0f}  {o['unloaded_p99_ms']:>9.2f} ms  {o['p99_ms']:>9.2f} ms"
+            f"{i:>5}  {o.get('gateway', 'this tree'):<13}  {o['rate']:>9.0f}"
+            f"  {o['unloaded_p99_ms']:>9.2f} ms  {o['p99_ms']:>9.2f} ms"
             f"  {ratio(o):>5.2f}×  {o['ok']:>8}  {o['refused']:>7}  {o['errors']:>6}"
             f"  {growth(o):+5.1f} %"
         )
-    print(
-        f"median ratio {statistics.median(ratio(o) for o in rounds):.2f}× (target ≤ 2×); "
-        f"errors {sum(o['errors'] for o in rounds)}; RSS growth median "
-        f"{statistics.median(growth(o) for o in rounds):+.1f} % (target within 10 %); "
-        f"workers alive in every round: {all(o['alive'] for o in rounds)}"
-    )
+    for label in dict.fromkeys(o.get("gateway", "this tree") for o in rounds):
+        mine = [o for o in rounds if o.get("gateway", "this tree") == label]
+        print(
+            f"{label}: median ratio {statistics.median(ratio(o) for o in mine):.2f}× (target ≤ 2×)"
+            f", admitted p99 median {statistics.median(o['p99_ms'] for o in mine):.2f} ms; "
+            f"errors {sum(o['errors'] for o in mine)}; RSS growth median "
+            f"{statistics.median(growth(o) for o in mine):+.1f} % (target within 10 %); "
+            f"worker alive in every round: {all(o['alive'] for o in mine)}"
+        )
 
 
 def _jsonable(report: Report) -> dict[str, Any]:
@@ -2296,8 +2305,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--baseline-tree",
         default="",
-        help="with --rest-only or --open-only: also a gateway from this source tree (before a "
-        "change)",
+        help="with --rest-only, --open-only or --only-overload: also a gateway from this source"
+        " tree (before a change)",
     )
     p.add_argument(
         "--rows",
@@ -2407,11 +2416,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(rows))
         return 0
     if args.only_overload:
-        # Each round starts a fresh gateway: its own capacity, unloaded p99, overload and RSS.
+        # Each round starts a fresh gateway: its own capacity, unloaded p99, overload and RSS;
+        # with --baseline-tree the baseline's round follows each round of this tree.
+        trees = [("this tree", None)]
+        trees += [("baseline tree", args.baseline_tree)] if args.baseline_tree else []
         for _ in range(max(args.repeat, 1)):
-            this = run_overload_only(args)
-            print_overload(this.overload)
-            rounds.append(this.overload)
+            for label, tree in trees:
+                this = run_overload_only(args, tree)
+                this.overload["gateway"] = label
+                print_overload(this.overload)
+                rounds.append(this.overload)
         report = this
         report.overload_rounds = rounds
         if len(rounds) > 1:
