@@ -20,7 +20,10 @@ the enterprise's key; gateway/identity/subject_keys.py), or a grant the request 
 (``consent``) must cover it, which only the consent book decides. Otherwise
 ``client.not_data_subject``. The binding names every subject by its key for the audit record
 (``extra.subjects``, ``extra.grant``) and by the hash agreed with the handling province for
-its identity assertion.
+its identity assertion. It also carries every counted use it spent (``spent``): when the request
+is then not sent (a later subject refused here, or the routed call failed before it reached the
+back-end), the rule gives them back to the book (``give_back``), so a single-use grant is spent
+only by a request that may have been handled.
 
 Must not: import aiohttp; keep, log or return an identifier in clear.
 """
@@ -32,6 +35,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import structlog
 
 from gateway.consent.contract import (
     ConsentBook,
@@ -60,6 +65,8 @@ __all__ = [
     "SubjectRule",
     "principal_subject",
 ]
+
+log = structlog.get_logger("tongban.subjects")
 
 MACHINE_LEVEL: Final = "system"
 """Principal.level of a client-credentials token (no person, no identity level)."""
@@ -204,6 +211,9 @@ class Binding:
     grant: str | None = None
     """The grant(s) used, comma-separated in request order; None when none was needed."""
     named: tuple[Named, ...] = field(default=(), repr=False)
+    spent: tuple[tuple[GrantAsk, GrantUse], ...] = field(default=(), repr=False)
+    """Each counted use spent for this request (the ask and the book's answer), to be given
+    back when the request is not sent after all."""
 
     def audit_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"subjects": [s.key for s in self.subjects]}
@@ -228,6 +238,9 @@ class RefusingConsentBook:
 
     async def use(self, ask: GrantAsk) -> GrantUse:
         raise GrantRefused("No consent store is configured: no grant can be used.")
+
+    async def give_back(self, ask: GrantAsk, use: GrantUse) -> None:
+        return None  # it never hands out a use
 
 
 class SubjectRule:
@@ -282,6 +295,7 @@ class SubjectRule:
         allowed = set(authority or ())
         others = [n.subject for n in named if n.subject != own and n.subject not in allowed]
         used: list[str] = []
+        spent: list[tuple[GrantAsk, GrantUse]] = []
         if others:
             if not consent:
                 raise NotDataSubject(
@@ -289,13 +303,40 @@ class SubjectRule:
                     " present their consent or delegation grant in 'consent'."
                 )
             requester = requester_of(principal, requester_province)
-            for subject in others:
-                use = await self._use(consent, subject, requester, service, operation, purpose)
-                if use.grant_id not in used:
-                    used.append(use.grant_id)
+            try:
+                for subject in others:
+                    ask, use = await self._use(
+                        consent, subject, requester, service, operation, purpose
+                    )
+                    if use.uses_left is not None:
+                        spent.append((ask, use))
+                    if use.grant_id not in used:
+                        used.append(use.grant_id)
+            except Exception:
+                # One subject refused (or the book failed): the whole request is refused and
+                # nothing is sent, so the uses already spent for the others are given back.
+                await self.give_back(spent)
+                raise
         return Binding(
-            tuple(n.subject for n in named), ",".join(used) if used else None, tuple(named)
+            tuple(n.subject for n in named),
+            ",".join(used) if used else None,
+            tuple(named),
+            tuple(spent),
         )
+
+    async def give_back(self, spent: Iterable[tuple[GrantAsk, GrantUse]]) -> None:
+        """Give the book back each counted use spent for a request that was then not sent.
+        Never raises: a use that cannot be given back stays spent (the safe side), and the
+        request's own error is what its caller gets."""
+        for ask, use in spent:
+            try:
+                await self.book.give_back(ask, use)
+            except Exception as exc:  # the book promises not to raise; stay safe if it does
+                log.warning(
+                    "grant_use_not_given_back",
+                    code=getattr(exc, "code", type(exc).__name__),
+                    service=ask.service,
+                )
 
     async def bind(
         self,
@@ -331,13 +372,14 @@ class SubjectRule:
         service: str,
         operation: str | None,
         purpose: str,
-    ) -> GrantUse:
-        """The first presented grant that covers ``subject``; the last refusal otherwise."""
+    ) -> tuple[GrantAsk, GrantUse]:
+        """The first presented grant that covers ``subject`` (the ask and the book's use); the
+        last refusal otherwise."""
         refusal: GrantRefused | None = None
         for grant_id in consent:
             ask = GrantAsk(grant_id, subject, requester, service, operation, purpose)
             try:
-                return await self.book.use(ask)
+                return ask, await self.book.use(ask)
             except GrantRefused as exc:
                 refusal = exc
         assert refusal is not None

@@ -1,8 +1,8 @@
 """A consent book for tests: grants held in a dict, every ask recorded (the real one is a store).
 
 Implements gateway.consent.contract.ConsentBook exactly as the rule expects it to behave: it
-checks subject, requester, service, operation and purpose, counts uses, and raises
-GrantRefused (or ConsentStoreUnavailable when told it is down).
+checks subject, requester, service, operation and purpose, counts uses (and takes a counted use
+back), and raises GrantRefused (or ConsentStoreUnavailable when told it is down).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class TestGrant:
 class MemoryConsentBook:
     grants: dict[str, TestGrant] = field(default_factory=dict)
     asks: list[GrantAsk] = field(default_factory=list)
+    given_back: list[GrantAsk] = field(default_factory=list)
     down: bool = False
 
     __test__ = False
@@ -63,3 +64,10 @@ class MemoryConsentBook:
                 raise GrantRefused("The grant is used up.")
             grant.uses -= 1
         return GrantUse(ask.grant_id, "delegation" if grant.person else "consent", grant.uses)
+
+    async def give_back(self, ask: GrantAsk, use: GrantUse) -> None:
+        self.given_back.append(ask)
+        grant = self.grants.get(use.grant_id)
+        if self.down or grant is None or use.uses_left is None or grant.uses is None:
+            return
+        grant.uses += 1

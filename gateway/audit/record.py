@@ -36,6 +36,7 @@ class EventType(enum.StrEnum):
     CONSENT_GRANTED = "consent_granted"
     CONSENT_USED = "consent_used"
     CONSENT_REFUSED = "consent_refused"
+    CONSENT_RETURNED = "consent_returned"
     CONSENT_REVOKED = "consent_revoked"
     LICENCE_VERIFIED = "licence_verified"
 

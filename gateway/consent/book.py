@@ -1,18 +1,20 @@
 """The consent book: grants and delegations given, used, refused and revoked, each on the record.
 
-``ConsentService`` implements the ConsentBook protocol (``use``) for the data-subject rule and
-the operations behind ``/api/v1/me/consents`` and ``/api/v1/me/delegations`` (give, list,
-revoke). It decides with gateway/consent/model.py ``check``, keeps grants in a ConsentStore, and
-writes every step to the audit chain:
+``ConsentService`` implements the ConsentBook protocol (``use``, ``give_back``) for the
+data-subject rule and the operations behind ``/api/v1/me/consents`` and
+``/api/v1/me/delegations`` (give, list, revoke). It decides with gateway/consent/model.py
+``check``, keeps grants in a ConsentStore, and writes every step to the audit chain:
 
     consent_granted   required: no record, no grant
     consent_revoked   required: no record, no revocation
     consent_used      buffered, like the routed call's own records
     consent_refused   buffered, with the refusal's code in ``error_code``
+    consent_returned  buffered: a counted use given back, its request not sent after all
 
 Each record names the subject only in ``extra.subjects`` (its key), so the subject's access log
 finds it; ``extra.grant`` is the grant id. The store down makes ``use`` raise
-ConsentStoreUnavailable (503, the store named): requests that need a grant fail closed.
+ConsentStoreUnavailable (503, the store named): requests that need a grant fail closed. The
+store down when a use is given back is logged and swallowed: the use stays spent.
 
 Must not: import aiohttp.
 """
@@ -24,9 +26,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import structlog
+
 from gateway.audit.record import AuditEvent, EventType
 from gateway.audit.recorder import EventRecorder, MemoryRecorder, WriterRecorder
 from gateway.consent.contract import (
+    ConsentStoreUnavailable,
     DataSubject,
     GrantAsk,
     GrantKind,
@@ -48,6 +53,7 @@ from gateway.consent.store import ConsentStore
 from gateway.errors import NotFound, ValidationFailed
 
 _DAY: Final = 86_400.0
+log = structlog.get_logger("tongban.consent")
 
 
 ConsentAudit = EventRecorder
@@ -126,6 +132,19 @@ class ConsentService:
             raise
         await self._record(EventType.CONSENT_USED, ask, outcome="ok", uses_left=left)
         return GrantUse(grant.grant_id, grant.kind, left)
+
+    async def give_back(self, ask: GrantAsk, use: GrantUse) -> None:
+        if use.uses_left is None:
+            return  # no count, nothing was spent
+        try:
+            left = await self.store.give_back(use.grant_id)
+        except ConsentStoreUnavailable as exc:
+            # The use stays spent: the safe side. Codes only, never the subject.
+            log.warning("consent_use_not_given_back", code=exc.code, service=ask.service)
+            return
+        if left is None:
+            return  # nothing was spent (given back already): nothing to record
+        await self._record(EventType.CONSENT_RETURNED, ask, outcome="ok", uses_left=left)
 
     async def _record(
         self,

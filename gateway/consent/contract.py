@@ -6,7 +6,9 @@ present a grant, and the rule asks a :class:`ConsentBook` to *use* it: the book 
 whether a consent grant (授权用证: the subject lets a named requester reach named services for a
 purpose until an expiry) or a delegation (委托用证: the subject names a person as agent) covers
 this request, and counts the use. The rule then records the grant's id in the call's audit record
-and in the identity assertion the handling province receives.
+and in the identity assertion the handling province receives. A counted use whose request is
+then not sent (refused for another subject, or failed before it reached the back-end) is given
+back (``give_back``): a single-use grant is spent only by a request that may have been handled.
 
 Nothing here holds an ID number or a credit code in clear: a subject is named by a keyed hash
 that is the same in every province and at every portal (用而不存).
@@ -89,7 +91,8 @@ class ConsentStoreUnavailable(InternalError):
 
 
 class ConsentBook(Protocol):
-    """Decides whether a grant covers a request, and counts the use."""
+    """Decides whether a grant covers a request, counts the use, and gives a counted use back
+    when the request it was spent for was not sent after all."""
 
     async def use(self, ask: GrantAsk) -> GrantUse:
         """Check the grant against every field of ``ask`` (subject, requester, service,
@@ -97,4 +100,11 @@ class ConsentBook(Protocol):
 
         Raises GrantRefused (or a subclass) when it does not cover the request, and
         ConsentStoreUnavailable when the store cannot answer."""
+        ...
+
+    async def give_back(self, ask: GrantAsk, use: GrantUse) -> None:
+        """Return the counted use ``use(ask)`` handed out, because the request was then not
+        sent (another subject's grant refused it, or the call failed before it reached the
+        back-end). Nothing for a grant without a count; never below zero uses. Never raises
+        for the store: a use that cannot be given back stays spent (the safe side)."""
         ...

@@ -1,7 +1,8 @@
 """The ConsentStore protocol: where grants live; implementations in gateway.stores.
 
 A store decides nothing (gateway/consent/model.py ``check`` does): it finds a grant together
-with the delegation it was given under, spends one use atomically, lists a subject's grants and
+with the delegation it was given under, spends one use atomically (and gives one back when
+the request it was spent for was not sent), lists a subject's grants and
 marks one revoked. Every failure of the database is ConsentStoreUnavailable naming the store;
 a driver exception never escapes.
 
@@ -34,6 +35,12 @@ class ConsentStore(Protocol):
         """One use of a grant with a use count, atomically: the uses after this one, or None
         when nothing was spent (revoked, expired or used up meanwhile). Concurrent callers
         never spend more than the count, on any number of instances."""
+
+    async def give_back(self, grant_id: str) -> int | None:
+        """Undo one ``spend`` of a grant with a use count, atomically (one conditional
+        UPDATE): the uses left after it, or None when nothing was given back (no count, or no
+        use spent). Never below zero uses, whatever else is spent or given back meanwhile; a
+        revoked or expired grant gets its use back too and stays refused."""
 
     async def revoke(self, grant_id: str, now: float) -> Grant | None:
         """Mark the grant revoked (once; a second revocation changes nothing) together with

@@ -334,12 +334,13 @@ _KINDS: Final = {
     EventType.CASE_TRANSITION.value: "case_step",
     EventType.CONSENT_USED.value: "grant_used",
     EventType.CONSENT_REFUSED.value: "grant_refused",
+    EventType.CONSENT_RETURNED.value: "grant_returned",  # a use given back: the call was not sent
     EventType.LICENCE_VERIFIED.value: "licence_check",  # 亮证 and 免证办: my licence was checked
 }
 SUBJECT_LOG_TYPES: Final = tuple(_KINDS)
 """What the subject's access log shows of records naming it in ``extra.subjects``: calls and
 case steps about it (whoever made them: the subject, an institution under its consent, an
-agent, a clerk) and every use or refused use of a grant of its."""
+agent, a clerk) and every use, refused use or use given back of a grant of its."""
 
 
 def _entry(app: web.Application, record: Mapping[str, Any], mine: str | None) -> dict[str, Any]:
@@ -604,6 +605,7 @@ def audit_openapi_schemas() -> dict[str, Any]:
                         "case_step",
                         "grant_used",
                         "grant_refused",
+                        "grant_returned",
                         "licence_check",
                     ],
                 },

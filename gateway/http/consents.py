@@ -163,6 +163,11 @@ class AppConsentBook:
             raise ConsentStoreUnavailable("The consent store is not open.")
         return await book.use(ask)
 
+    async def give_back(self, ask: GrantAsk, use: GrantUse) -> None:
+        book = self._state.consent
+        if book is not None:  # closed meanwhile: the use stays spent
+            await book.give_back(ask, use)
+
 
 def _book(request: web.Request) -> ConsentService:
     book = request.app[STATE].consent

@@ -20,10 +20,12 @@ from gateway.cases.store import CaseStoreUnavailable
 from gateway.catalog import Route
 from gateway.consent.contract import DataSubject
 from gateway.errors import (
+    AuditUnavailable,
     BackendError,
     GatewayError,
     NoCaseAuthority,
     NotDataSubject,
+    SystemBusy,
     ValidationFailed,
 )
 from gateway.fastschema import SchemaGate
@@ -294,6 +296,23 @@ async def bind_call(
         raise
 
 
+def never_sent(error: GatewayError, trace: CallTrace) -> bool:
+    """Whether a routed call that failed with ``error`` certainly never reached the back-end,
+    so that a counted grant use spent for it can be given back. Only what the error and the
+    trace prove: one attempt (with several, an earlier one may have reached it) that failed
+    before the request left (connection refused, the circuit open: ``reached_backend`` False),
+    found no free slot to the system (SystemBusy, raised in its attempt before the adapter), or
+    a required request record that could not be written before any attempt (AuditUnavailable).
+    Anything else (a timeout, an answer, an error of unknown extent) keeps the use spent."""
+    if isinstance(error, BackendError):
+        return not error.reached_backend and trace.attempts <= 1
+    if isinstance(error, SystemBusy):
+        return trace.attempts <= 1
+    if isinstance(error, AuditUnavailable):
+        return trace.attempts == 0
+    return False
+
+
 async def call_service(request: web.Request) -> web.Response:
     """A synchronous query or verification in a named province."""
     principal = principal_of(request)
@@ -330,7 +349,55 @@ async def call_service(request: web.Request) -> web.Response:
     binding = await bind_call(
         request, principal, route, body, raw, registration if machine else None
     )
+    rule = request.app[SUBJECTS]
+    try:
+        request_id, context = _call_context(request, principal, route, body, binding)
+    except GatewayError:
+        await rule.give_back(binding.spent)  # refused before anything was sent
+        raise
+    trace = CallTrace()
+    metrics = request.app[METRICS]
+    outcome = "ok"
+    started = time.perf_counter()
+    try:
+        try:
+            result = await route.invoke(body["data"], context, trace)
+        except GatewayError as exc:
+            outcome = "error" if isinstance(exc, BackendError) else "refused"
+            trace.error_code = exc.code
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.backend_call(code, route.system, outcome, elapsed)
+            fields.update(attempts=trace.attempts, outcome=outcome, breaker=trace.breaker_state)
+    except GatewayError as exc:
+        if binding.spent and never_sent(exc, trace):
+            # Nobody's data was touched: a counted grant is not spent by this request.
+            await rule.give_back(binding.spent)
+        raise
+    return _json(
+        {
+            "request_id": request_id,
+            "service": code,
+            "operation": route.operation_name,
+            "receiving_province": body["receiving_province"],
+            "handling_province": route.handling,
+            "system": route.system,
+            "attempts": trace.attempts,
+            "data": result.data,
+        }
+    )
 
+
+def _call_context(
+    request: web.Request,
+    principal: Principal,
+    route: Route,
+    body: dict[str, Any],
+    binding: Binding,
+) -> tuple[str, CallContext]:
+    """The request id and what the adapter is told about the call."""
+    code = request.match_info["service"]
     request_id = request[REQUEST_ID]
     idempotency_key = None
     if route.operation.retry == "idempotent-with-key":
@@ -365,32 +432,7 @@ async def call_service(request: web.Request) -> web.Response:
             data_subjects=province_subjects,
         ),
     )
-    trace = CallTrace()
-    metrics = request.app[METRICS]
-    outcome = "ok"
-    started = time.perf_counter()
-    try:
-        result = await route.invoke(body["data"], context, trace)
-    except GatewayError as exc:
-        outcome = "error" if isinstance(exc, BackendError) else "refused"
-        trace.error_code = exc.code
-        raise
-    finally:
-        elapsed = time.perf_counter() - started
-        metrics.backend_call(code, route.system, outcome, elapsed)
-        fields.update(attempts=trace.attempts, outcome=outcome, breaker=trace.breaker_state)
-    return _json(
-        {
-            "request_id": request_id,
-            "service": code,
-            "operation": route.operation_name,
-            "receiving_province": body["receiving_province"],
-            "handling_province": route.handling,
-            "system": route.system,
-            "attempts": trace.attempts,
-            "data": result.data,
-        }
-    )
+    return request_id, context
 
 
 async def healthz(request: web.Request) -> web.Response:

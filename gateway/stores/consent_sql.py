@@ -75,6 +75,12 @@ SPEND: Final = (
     "UPDATE consent_grants SET uses = uses + 1 WHERE grant_id = ? AND revoked_at IS NULL"
     " AND expires_at > ? AND max_uses IS NOT NULL AND uses < max_uses RETURNING uses, max_uses"
 )
+GIVE_BACK: Final = (
+    "UPDATE consent_grants SET uses = uses - 1 WHERE grant_id = ? AND max_uses IS NOT NULL"
+    " AND uses > 0 RETURNING max_uses - uses"
+)
+"""One counted use handed back: never below zero, never for a grant without a count; the
+uses left after it."""
 REVOKE: Final = (
     "UPDATE consent_grants SET revoked_at = ? WHERE (grant_id = ? OR delegation = ?)"
     " AND revoked_at IS NULL"

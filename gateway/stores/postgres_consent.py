@@ -2,7 +2,8 @@
 
 A counted use is one conditional UPDATE: PostgreSQL's row lock serialises concurrent spenders
 of one grant and each re-checks ``uses < max_uses`` on the row it then holds (READ COMMITTED
-re-evaluates the WHERE clause after the lock), so no instance ever spends past the count.
+re-evaluates the WHERE clause after the lock), so no instance ever spends past the count. A use
+given back is the mirror UPDATE (``uses > 0``), serialised on the same row lock.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from gateway.consent.model import Grant
 from gateway.stores.consent_sql import (
     FIND,
     GET,
+    GIVE_BACK,
     INSERT,
     OF_AGENT,
     OF_SUBJECT,
@@ -89,6 +91,10 @@ class PostgresConsentStore:
 
     async def spend(self, grant_id: str, now: float) -> int | None:
         rows = await self._fetch(SPEND, grant_id, now)
+        return int(rows[0][0]) if rows else None
+
+    async def give_back(self, grant_id: str) -> int | None:
+        rows = await self._fetch(GIVE_BACK, grant_id)
         return int(rows[0][0]) if rows else None
 
     async def revoke(self, grant_id: str, now: float) -> Grant | None:

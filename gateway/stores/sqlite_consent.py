@@ -7,8 +7,9 @@ microseconds, less than a hand-over to a thread costs. A counted use is one cond
 SQLite's single writer makes the UPDATE's ``uses < max_uses`` test and increment one step (two
 processes on one file included). Counted uses waiting at the same time are committed together
 (group commit): one transaction, one fsync, each UPDATE still deciding for itself, so a burst
-of uses costs one disk flush instead of one each. The file is created 0600: it names who lets
-whom see what.
+of uses costs one disk flush instead of one each. A use given back (its request was not sent)
+is the mirror UPDATE (``uses > 0``) in a transaction of its own. The file is created 0600: it
+names who lets whom see what.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway.consent.model import Grant
 from gateway.stores.consent_sql import (
     FIND,
     GET,
+    GIVE_BACK,
     INSERT,
     OF_AGENT,
     OF_SUBJECT,
@@ -150,6 +152,12 @@ class SqliteConsentStore:
                         future.set_result(answer)
         finally:
             self._spending = None
+
+    async def give_back(self, grant_id: str) -> int | None:
+        """Rare (a call that failed before it was sent): a transaction of its own."""
+        rows = await self._write(GIVE_BACK, (grant_id,))
+        left = rows[0][0] if rows else None
+        return left if isinstance(left, int) else None
 
     async def revoke(self, grant_id: str, now: float) -> Grant | None:
         def work(conn: sqlite3.Connection) -> list[tuple[object, ...]]:

@@ -24,6 +24,7 @@ from gateway.consent.contract import (
     DataSubject,
     GrantAsk,
     GrantRefused,
+    GrantUse,
     Requester,
 )
 from gateway.consent.model import REFUSALS
@@ -231,6 +232,88 @@ async def test_concurrent_uses_never_overspend(
     assert stored.uses == 5
 
 
+async def test_a_use_given_back_can_be_used_once_more(
+    book: ConsentService, audit: MemoryConsentAudit, clock: Clock
+) -> None:
+    grant = await book.give(OPERATOR, consent(clock, max_uses=1))
+    asked = ask(grant.grant_id)
+    used = await book.use(asked)
+    assert used.uses_left == 0
+    await book.give_back(asked, used)  # the request was not sent after all
+    stored, _ = await book.store.find(grant.grant_id)
+    assert stored is not None
+    assert stored.uses == 0
+    returned = audit.events[-1]
+    assert (returned.type, returned.outcome, returned.client, returned.service) == (
+        EventType.CONSENT_RETURNED,
+        "ok",
+        BANK.client_id,
+        SERVICE,
+    )
+    assert returned.extra == {"subjects": [ACME.key], "grant": grant.grant_id, "uses_left": 1}
+
+    # Given back once per use, never below zero: a second give-back changes and records nothing.
+    await book.give_back(asked, used)
+    assert len(audit.events) == 3
+    assert await book.store.give_back(grant.grant_id) is None
+    stored, _ = await book.store.find(grant.grant_id)
+    assert stored is not None
+    assert stored.uses == 0
+
+    assert (await book.use(asked)).uses_left == 0
+    with pytest.raises(GrantRefused) as refused:
+        await book.use(asked)
+    assert refused.value.code == "client.grant_used_up"
+
+
+async def test_a_grant_without_a_count_has_nothing_to_give_back(
+    book: ConsentService, audit: MemoryConsentAudit, clock: Clock
+) -> None:
+    grant = await book.give(OPERATOR, consent(clock))
+    asked = ask(grant.grant_id)
+    used = await book.use(asked)
+    assert used.uses_left is None
+    await book.give_back(asked, used)
+    assert [e.type for e in audit.events] == [EventType.CONSENT_GRANTED, EventType.CONSENT_USED]
+    # Even asked of the store directly: no count, no change.
+    assert await book.store.give_back(grant.grant_id) is None
+    assert await book.store.give_back("cg_" + secrets.token_urlsafe(24)) is None
+    stored, _ = await book.store.find(grant.grant_id)
+    assert stored is not None
+    assert (stored.uses, stored.max_uses) == (0, None)
+
+
+async def test_racing_give_backs_and_uses_never_pass_the_count(
+    opened: Opened, book: ConsentService, clock: Clock
+) -> None:
+    grant = await book.give(OPERATOR, consent(clock, max_uses=3))
+    for _ in range(3):
+        await book.use(ask(grant.grant_id))
+    # A second store on the same database: another gateway instance, giving back and spending.
+    other = opened.new_store()
+    await other.open()
+    try:
+        stores = (book.store, other)
+        calls = [
+            stores[i % 2].give_back(grant.grant_id)
+            if i % 3 == 0
+            else stores[i % 2].spend(grant.grant_id, clock.now)
+            for i in range(60)
+        ]
+        results = await asyncio.gather(*calls)
+    finally:
+        await other.aclose()
+    given = [r for i, r in enumerate(results) if i % 3 == 0 and r is not None]
+    spent = [r for i, r in enumerate(results) if i % 3 != 0 and r is not None]
+    assert given, results
+    assert len(spent) <= len(given), "a use was spent past the count"
+    assert all(0 <= r <= 3 for r in given + spent)
+    stored, _ = await book.store.find(grant.grant_id)
+    assert stored is not None
+    assert stored.uses == 3 - len(given) + len(spent)
+    assert 0 <= stored.uses <= 3
+
+
 async def test_delegations_act_for_the_holder_until_they_end(
     book: ConsentService, clock: Clock
 ) -> None:
@@ -357,6 +440,8 @@ async def test_a_store_that_is_down_fails_closed(opened: Opened, clock: Clock) -
     assert down.value.status == 503
     assert opened.name in down.value.detail
     assert down.value.code == "gateway.consent_store_unavailable"
+    # A use that cannot be given back stays spent; the caller's own error is what counts.
+    await book.give_back(ask("cg_x"), GrantUse("cg_x", "consent", 0))
 
 
 @pytest.mark.postgres

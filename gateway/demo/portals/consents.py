@@ -56,6 +56,7 @@ LOG_KINDS: Final = {
     "case_step": "办件",
     "grant_used": "使用授权",
     "grant_refused": "授权被拒",
+    "grant_returned": "退回使用次数",
 }
 OUTCOMES: Final = {"ok": "成功", "denied": "已拒绝", "error": "失败"}
 DURATIONS: Final = ((7, "7 天"), (30, "30 天"), (90, "90 天"), (365, "一年"))
