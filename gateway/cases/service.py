@@ -4,6 +4,12 @@ and take in a supplement (补齐补正).
 Taking a case in is fail-closed on the audit trail: the record is appended (required) before
 the case, its timeline and its outbox entries are written in one transaction. A retry with the
 same key and body returns the same case and writes nothing.
+
+A counted grant use (the data-subject rule's, or a licence of someone else's at 免证办) is spent
+only by an application that is taken in: when anything after the rule fails and the case was
+certainly not written (a later refusal, the intake record not written, the case store failing
+before its commit, the key already taken by another application or by a twin request), the
+uses go back to their grants. A case whose commit may have landed keeps them.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from gateway.cases.store import (
     CallbackSeen,
     CaseStore,
     CaseStoreUnavailable,
+    CommitUnknown,
+    CreateResult,
     IdempotencyConflict,
     PartChange,
     StaleCase,
@@ -62,6 +70,7 @@ from gateway.cases.supplements import (
 )
 from gateway.cases.worker import part_status_of
 from gateway.catalog import Catalog
+from gateway.consent.contract import GrantAsk, GrantUse
 from gateway.errors import Forbidden, GatewayError, NotDataSubject, SubjectFieldAmbiguous
 from gateway.principal import Principal
 from gateway.subjects import (
@@ -140,11 +149,15 @@ class MaterialsHook(Protocol):
     """免证办 at intake (gateway/licences): the materials the gateway finds and verifies itself
     for a new case. Returns the case with those materials (and what goes to the handling
     province) added, and the timeline entries that record each verification; raises a client
-    error (nothing is written) when one cannot be found or is not valid."""
+    error (nothing is written) when one cannot be found or is not valid. Also returns the
+    counted grant uses it spent (a licence of someone else's), which ``give_back`` returns when
+    the case is then not written; on its own refusal it gives back what it spent itself."""
 
     async def bind(
         self, new: NewCase, body: Mapping[str, Any], status: CaseStatus, principal: Principal
-    ) -> tuple[NewCase, list[TransitionDraft]]: ...
+    ) -> tuple[NewCase, list[TransitionDraft], list[tuple[GrantAsk, GrantUse]]]: ...
+
+    async def give_back(self, spent: list[tuple[GrantAsk, GrantUse]]) -> None: ...
 
 
 class CaseService:
@@ -208,6 +221,47 @@ class CaseService:
                 )
             return Submitted(existing, False)
         binding = await self._bind(catalog, principal, new, body, raw)
+        licences: list[tuple[GrantAsk, GrantUse]] = []
+        try:
+            result = await self._take_in(principal, new, body, binding, licences, request_id)
+        except Exception as exc:
+            if not isinstance(exc.__cause__, CommitUnknown):
+                # Certainly no case: nothing came of the application, its uses go back.
+                await self._give_back(binding, licences)
+            raise
+        if not result.created:
+            # A twin request took the same application in first: that one spent its own uses.
+            await self._give_back(binding, licences)
+            return Submitted(result.case, False)
+        self._on_written()
+        log.info(
+            "case_received",
+            case_id=result.case.case_id,
+            service=new.service,
+            province=new.receiving_province,
+        )
+        return Submitted(result.case, True)
+
+    async def _give_back(
+        self, binding: Binding | None, licences: list[tuple[GrantAsk, GrantUse]]
+    ) -> None:
+        """Every counted use spent for an application that was not taken in; never raises."""
+        if binding is not None and binding.spent and self.subjects is not None:
+            await self.subjects.give_back(binding.spent)
+        if licences and self._materials is not None:
+            await self._materials.give_back(licences)
+
+    async def _take_in(
+        self,
+        principal: Principal,
+        new: NewCase,
+        body: Mapping[str, Any],
+        binding: Binding | None,
+        licences: list[tuple[GrantAsk, GrantUse]],
+        request_id: str | None,
+    ) -> CreateResult:
+        """Everything after the subject rule: materials, the intake record, the write.
+        ``licences``: filled with the counted uses the materials hook spent."""
         if binding is not None:
             new = dataclasses.replace(
                 new,
@@ -228,9 +282,10 @@ class CaseService:
                 )
             if self._materials is not None:
                 # 免证办: licences found and verified at their issuers, before any case exists.
-                new, verified = await self._materials.bind(
+                new, verified, spent = await self._materials.bind(
                     new, body, initial[-1].to_status, principal
                 )
+                licences.extend(spent)
                 initial.extend(verified)
             if self._audit is not None:
                 # Fail-closed: no audit record, no case (AuditUnavailable → 503, nothing written).
@@ -262,15 +317,7 @@ class CaseService:
             ) from None
         except (CaseStoreUnavailable, StaleCase) as exc:
             raise CaseStoreDown("The case could not be recorded; retry with the same key.") from exc
-        if result.created:
-            self._on_written()
-            log.info(
-                "case_received",
-                case_id=result.case.case_id,
-                service=new.service,
-                province=new.receiving_province,
-            )
-        return Submitted(result.case, result.created)
+        return result
 
     async def _unambiguous(
         self,

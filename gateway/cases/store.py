@@ -31,7 +31,12 @@ class CaseStoreError(Exception):
 
 
 class CaseStoreUnavailable(CaseStoreError):
-    """The database cannot be reached or failed; nothing of the transaction was committed."""
+    """The database cannot be reached or failed; nothing of the transaction was committed
+    (but for CommitUnknown)."""
+
+
+class CommitUnknown(CaseStoreUnavailable):
+    """The transaction's COMMIT failed, or its answer was lost: it may have been committed."""
 
 
 class IdempotencyConflict(CaseStoreError):

@@ -20,12 +20,10 @@ from gateway.cases.store import CaseStoreUnavailable
 from gateway.catalog import Route
 from gateway.consent.contract import DataSubject
 from gateway.errors import (
-    AuditUnavailable,
     BackendError,
     GatewayError,
     NoCaseAuthority,
     NotDataSubject,
-    SystemBusy,
     ValidationFailed,
 )
 from gateway.fastschema import SchemaGate
@@ -54,6 +52,7 @@ from gateway.subjects import (
     grant_ids,
     named_subjects,
 )
+from gateway.unsent import never_sent
 
 log = structlog.get_logger("tongban.calls")
 _CALL_VALIDATOR = SchemaGate(Draft202012Validator(CALL_REQUEST_SCHEMA))
@@ -294,23 +293,6 @@ async def bind_call(
         )
         request[LOG_FIELDS].update(outcome="refused")
         raise
-
-
-def never_sent(error: GatewayError, trace: CallTrace) -> bool:
-    """Whether a routed call that failed with ``error`` certainly never reached the back-end,
-    so that a counted grant use spent for it can be given back. Only what the error and the
-    trace prove: one attempt (with several, an earlier one may have reached it) that failed
-    before the request left (connection refused, the circuit open: ``reached_backend`` False),
-    found no free slot to the system (SystemBusy, raised in its attempt before the adapter), or
-    a required request record that could not be written before any attempt (AuditUnavailable).
-    Anything else (a timeout, an answer, an error of unknown extent) keeps the use spent."""
-    if isinstance(error, BackendError):
-        return not error.reached_backend and trace.attempts <= 1
-    if isinstance(error, SystemBusy):
-        return trace.attempts <= 1
-    if isinstance(error, AuditUnavailable):
-        return trace.attempts == 0
-    return False
 
 
 async def call_service(request: web.Request) -> web.Response:

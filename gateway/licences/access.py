@@ -11,19 +11,28 @@ holder's consent grant (授权用证) or delegation (委托用证) must cover th
 caller presents (the grant the case recorded, ``authorisation_ref``) is *used* through the
 ``ConsentBook`` (gateway/consent/contract.py), which checks subject, requester, service,
 purpose, expiry, revocation and use count. Without a grant, or without a consent book, the
-request is refused: fail closed.
+request is refused: fail closed. A counted use of that grant is given back (``give_back``) when
+the application it was spent for is then not taken in, unless the issuer may have been asked and
+failed to answer (gateway/licences/materials.py).
 
 Must not: import aiohttp; keep identifiers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+import structlog
 
 from gateway.consent.contract import ConsentBook, DataSubject, GrantAsk, GrantUse, Requester
 from gateway.consent.subjects import requester_person
 from gateway.licences.errors import LicenceNotSubjects
 from gateway.principal import Principal
+
+log = structlog.get_logger("tongban.licences")
+
+Spent = tuple[GrantAsk, GrantUse]
+"""A counted grant use and the ask it was spent for."""
 
 
 class HolderCheck:
@@ -53,9 +62,10 @@ class HolderCheck:
         service: str,
         operation: str | None,
         purpose: str,
-    ) -> GrantUse | None:
-        """None when the caller is the holder (or it cannot be told here); the grant used
-        otherwise; LicenceNotSubjects when nothing covers the caller."""
+    ) -> Spent | None:
+        """None when the caller is the holder (or it cannot be told here); the ask and the
+        grant's use otherwise (the ask kept for ``give_back``); LicenceNotSubjects when nothing
+        covers the caller."""
         if self.is_holder(principal, holder) is not False:
             return None
         book = self._consent()
@@ -64,15 +74,31 @@ class HolderCheck:
                 "The licence is not the caller's: it is used for someone else only under that"
                 " person's consent grant (授权用证) or delegation (委托用证)."
             )
-        return await book.use(
-            GrantAsk(
-                grant_id=grant_id,
-                subject=holder,
-                requester=Requester(
-                    client_id=principal.client_id, person=requester_person(principal)
-                ),
-                service=service,
-                operation=operation,
-                purpose=purpose,
-            )
+        ask = GrantAsk(
+            grant_id=grant_id,
+            subject=holder,
+            requester=Requester(client_id=principal.client_id, person=requester_person(principal)),
+            service=service,
+            operation=operation,
+            purpose=purpose,
         )
+        return ask, await book.use(ask)
+
+    async def give_back(self, spent: Iterable[Spent]) -> None:
+        """Give each counted use back to the book. Never raises: a use that cannot be given
+        back stays spent (the safe side), and the caller's own error is what it answers."""
+        for ask, use in spent:
+            if use.uses_left is None:
+                continue  # no count, nothing was spent
+            book = self._consent()
+            if book is None:
+                log.warning("grant_use_not_given_back", code="no_consent_book", service=ask.service)
+                continue
+            try:
+                await book.give_back(ask, use)
+            except Exception as exc:  # the book promises not to raise; stay safe if it does
+                log.warning(
+                    "grant_use_not_given_back",
+                    code=getattr(exc, "code", type(exc).__name__),
+                    service=ask.service,
+                )

@@ -71,7 +71,9 @@ class StackIssuerCall:
         step: IssuerStep,
         payload: Mapping[str, Any],
         context: CallContext,
+        trace: CallTrace | None = None,
     ) -> Any:
         operation, request, response, stack = self._stacks[(province, licence_type, step)]
-        reply = await stack(Call(operation, request.apply(payload), context), CallTrace())
+        call = Call(operation, request.apply(payload), context)
+        reply = await stack(call, trace if trace is not None else CallTrace())
         return response.apply(reply.data)

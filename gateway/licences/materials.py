@@ -16,6 +16,13 @@ holder has several), the hook:
 Any refusal (not found, not valid, another holder's, a seal that does not hold, the issuer
 unreachable) is raised before the case exists, and recorded in the audit trail.
 
+A licence of someone else's is used under the holder's grant (gateway/licences/access.py); a
+counted use of it is spent only by an application that is taken in. When a verification fails,
+the uses spent for the application's licences are given back, but for one whose issuer may have
+been asked and did not answer (a timeout, an error of unknown extent: the rule of a routed call,
+gateway/unsent.py), which stays spent. The uses of an application whose licences all passed are
+handed to the case service, which gives them back when the case is then not written.
+
 Must not: import aiohttp; keep or log the holder's identifier.
 """
 
@@ -30,10 +37,10 @@ from gateway.audit.record import AuditEvent, EventType
 from gateway.cases.model import CaseStatus, MaterialRef, NewCase
 from gateway.cases.store import TransitionDraft
 from gateway.catalog import Catalog
-from gateway.errors import GatewayError, ValidationFailed
-from gateway.licences.access import HolderCheck
+from gateway.errors import ClientError, GatewayError, ValidationFailed
+from gateway.licences.access import HolderCheck, Spent
 from gateway.licences.config import LicenceUse
-from gateway.licences.verify import Holder, LicenceVerifier, Verification
+from gateway.licences.verify import Holder, IssuerContact, LicenceVerifier, Verification
 from gateway.principal import Principal
 
 Record = Callable[[AuditEvent], Awaitable[None]]
@@ -65,6 +72,27 @@ class LicenceMaterials:
 
     async def bind(
         self, new: NewCase, body: Mapping[str, Any], status: CaseStatus, principal: Principal
+    ) -> tuple[NewCase, list[TransitionDraft], list[Spent]]:
+        spent: list[Spent] = []
+        try:
+            new, drafts = await self._bind(new, body, status, principal, spent)
+        except Exception:
+            # Nothing is taken in: the uses spent for it go back (but one kept by _verify).
+            await self._holders.give_back(spent)
+            raise
+        return new, drafts, spent
+
+    async def give_back(self, spent: list[Spent]) -> None:
+        """The uses ``bind`` handed over, for an application that was then not taken in."""
+        await self._holders.give_back(spent)
+
+    async def _bind(
+        self,
+        new: NewCase,
+        body: Mapping[str, Any],
+        status: CaseStatus,
+        principal: Principal,
+        spent: list[Spent],
     ) -> tuple[NewCase, list[TransitionDraft]]:
         service = self._catalog().service(new.service)
         uses = {m.code: (m, m.licence) for m in service.materials if m.licence is not None}
@@ -99,7 +127,7 @@ class LicenceMaterials:
             ask = given.get(code)
             if ask is None and not material.required:
                 continue
-            verification = await self._verify(new, code, use, ask or {}, data, principal)
+            verification = await self._verify(new, code, use, ask or {}, data, principal, spent)
             refs.append(MaterialRef(code, verification.ref, verification.data_digest))
             drafts.append(
                 TransitionDraft(
@@ -133,6 +161,7 @@ class LicenceMaterials:
         ask: Mapping[str, Any],
         data: Mapping[str, Any],
         principal: Principal,
+        spent: list[Spent],
     ) -> Verification:
         where = f"/materials/{code}"
         province_asked = ask.get("issuing_province")
@@ -197,13 +226,15 @@ class LicenceMaterials:
             client=new.client_id,
         )
         number = ask.get("number")
+        granted: Spent | None = None
+        contact = IssuerContact()
         try:
             # The holder is the caller, or the holder's grant covers the caller (授权用证). A
             # holder the data-subject rule already verified for this application (the caller, or
             # a co-applicant whose grant it used) is not asked again: a counted grant is spent
             # once per application.
             if holder.subject.key not in new.applicants:
-                await self._holders.authorise(
+                granted = await self._holders.authorise(
                     principal,
                     holder.subject,
                     grant_id=new.authorisation_ref,
@@ -211,17 +242,31 @@ class LicenceMaterials:
                     operation=None,
                     purpose=new.purpose,
                 )
+                if granted is not None and granted[1].uses_left is not None:
+                    spent.append(granted)
             found = await self._verifier.find(
                 licence_type,
                 province,
                 holder,
                 context,
                 number=number if isinstance(number, str) else None,
+                contact=contact,
             )
-        except GatewayError as exc:
-            await self._audit(
-                new, code, licence_type, province, outcome="denied", error=exc.code, holder=holder
-            )
+        except Exception as exc:
+            if granted in spent and contact.asked and not isinstance(exc, ClientError):
+                # The issuer may have handled a request for the holder's licence and its
+                # outcome is unknown: as for a routed call, this use stays spent.
+                spent.remove(granted)
+            if isinstance(exc, GatewayError):
+                await self._audit(
+                    new,
+                    code,
+                    licence_type,
+                    province,
+                    outcome="denied",
+                    error=exc.code,
+                    holder=holder,
+                )
             raise
         await self._audit(
             new, code, licence_type, province, outcome="ok", found=found, holder=holder

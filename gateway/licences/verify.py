@@ -34,7 +34,7 @@ import structlog
 
 from gateway.adapter import CallContext
 from gateway.consent.contract import DataSubject
-from gateway.errors import BackendError, BackendRejected, ClientError
+from gateway.errors import BackendError, BackendRejected, ClientError, GatewayError
 from gateway.licences.bulk import BulkLimits
 from gateway.licences.config import LICENCE_STATUSES, LicenceCatalogue, LicenceType
 from gateway.licences.errors import (
@@ -50,6 +50,8 @@ from gateway.licences.errors import (
     UnknownLicenceType,
 )
 from gateway.licences.seal import SealedLicence, SealKeyRing, SealRefused
+from gateway.pipeline import CallTrace
+from gateway.unsent import never_sent
 
 log = structlog.get_logger("tongban.licences")
 
@@ -70,7 +72,8 @@ MAX_CACHED = 10_000
 
 class IssuerCall(Protocol):
     """One call to an issuer's licence system: (province, type, step, payload, context) → the
-    system's answer as data; raises the gateway's BackendError family."""
+    system's answer as data; raises the gateway's BackendError family. ``trace``: filled in
+    by the call stack (attempts), so the caller can tell a call that never left."""
 
     def __call__(
         self,
@@ -79,7 +82,17 @@ class IssuerCall(Protocol):
         step: IssuerStep,
         payload: Mapping[str, Any],
         context: CallContext,
+        trace: CallTrace | None = None,
     ) -> Awaitable[Any]: ...
+
+
+@dataclass(slots=True)
+class IssuerContact:
+    """Whether a ``find`` may have asked the issuer anything: False until a step answered, or
+    failed without proof that it never left (gateway/unsent.py). A counted grant use spent for a
+    verification that failed while this is False is given back (gateway/licences/materials.py)."""
+
+    asked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +259,10 @@ class LicenceVerifier:
         *,
         number: str | None = None,
         fresh: bool = False,
+        contact: IssuerContact | None = None,
     ) -> Verification:
-        """``fresh``: ask the issuer whatever is cached (a presentation's live status)."""
+        """``fresh``: ask the issuer whatever is cached (a presentation's live status);
+        ``contact``: told whether the issuer may have been asked anything, whatever the outcome."""
         licence = self._check_issued(licence_type, province)
         if licence.holder != holder.subject.kind:
             raise ClientError(
@@ -261,8 +276,8 @@ class LicenceVerifier:
             return cached
         try:
             if number is None:
-                number = await self._search(licence_type, province, holder, context)
-            sealed = await self._fetch(licence_type, province, number, context)
+                number = await self._search(licence_type, province, holder, context, contact)
+            sealed = await self._fetch(licence_type, province, number, context, contact)
         except BackendError as exc:
             raise self._unavailable(province, exc) from None
         self._check_seal(province, sealed)
@@ -272,7 +287,9 @@ class LicenceVerifier:
                 f"The {licence.name.zh} {number} is not the case's data subject's: a licence"
                 " is used only for its holder and the matter at hand."
             )
-        verification = await self._status(licence_type, province, number, sealed, holder, context)
+        verification = await self._status(
+            licence_type, province, number, sealed, holder, context, contact
+        )
         self._remember(verification, key, (province, licence_type, holder.subject.key, number))
         return verification
 
@@ -315,11 +332,42 @@ class LicenceVerifier:
             cause=exc.code,
         )
 
+    async def _ask(
+        self,
+        province: str,
+        licence_type: str,
+        step: IssuerStep,
+        payload: Mapping[str, Any],
+        context: CallContext,
+        contact: IssuerContact | None,
+    ) -> Any:
+        """One step at the issuer; ``contact`` learns whether it may have reached the issuer
+        (decided as for a routed call: gateway/unsent.py)."""
+        trace = CallTrace()
+        try:
+            answer = await self._call(province, licence_type, step, payload, context, trace)
+        except GatewayError as exc:
+            if contact is not None and not never_sent(exc, trace):
+                contact.asked = True
+            raise
+        except BaseException:
+            if contact is not None:
+                contact.asked = True  # of unknown extent
+            raise
+        if contact is not None:
+            contact.asked = True
+        return answer
+
     async def _search(
-        self, licence_type: str, province: str, holder: Holder, context: CallContext
+        self,
+        licence_type: str,
+        province: str,
+        holder: Holder,
+        context: CallContext,
+        contact: IssuerContact | None = None,
     ) -> str:
         payload: dict[str, Any] = {"licenceType": licence_type, "holder": _holder_payload(holder)}
-        answer = await self._call(province, licence_type, "search", payload, context)
+        answer = await self._ask(province, licence_type, "search", payload, context, contact)
         found = answer.get("licences") if isinstance(answer, Mapping) else None
         if not isinstance(found, list) or not all(
             isinstance(i, Mapping) and isinstance(i.get("number"), str) for i in found
@@ -350,11 +398,16 @@ class LicenceVerifier:
         return valid[0]
 
     async def _fetch(
-        self, licence_type: str, province: str, number: str, context: CallContext
+        self,
+        licence_type: str,
+        province: str,
+        number: str,
+        context: CallContext,
+        contact: IssuerContact | None = None,
     ) -> SealedLicence:
         payload = {"licenceType": licence_type, "number": number}
         try:
-            answer = await self._call(province, licence_type, "fetch", payload, context)
+            answer = await self._ask(province, licence_type, "fetch", payload, context, contact)
         except BackendRejected as exc:
             # The issuer's "no such licence" (HTTP 404); any other refusal (our credentials,
             # say) is the issuer not answering: the caller fails closed, naming it.
@@ -419,10 +472,11 @@ class LicenceVerifier:
         sealed: SealedLicence,
         holder: Holder,
         context: CallContext,
+        contact: IssuerContact | None = None,
     ) -> Verification:
         payload = {"licenceType": licence_type, "number": number, "dataDigest": sealed.data_digest}
         try:
-            answer = await self._call(province, licence_type, "verify", payload, context)
+            answer = await self._ask(province, licence_type, "verify", payload, context, contact)
         except BackendError as exc:
             raise self._unavailable(province, exc) from None
         status = answer.get("status") if isinstance(answer, Mapping) else None

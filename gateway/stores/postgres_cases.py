@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from gateway.cases.store import CaseStoreUnavailable, OutboxEntry
+from gateway.cases.store import CaseStoreUnavailable, CommitUnknown, OutboxEntry
 from gateway.stores.cases_sql import (
     OUTBOX_COLUMNS,
     SqlCaseStore,
@@ -99,10 +99,14 @@ class PostgresCaseStore(SqlCaseStore):
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Tx]:
+        committing = False
         try:
             async with self._p().acquire() as conn, conn.transaction():
                 yield _PgTx(conn, self._timeout)
+                committing = True
         except _UNAVAILABLE as exc:
+            if committing:  # the COMMIT's answer was lost: it may have been committed
+                raise CommitUnknown(type(exc).__name__) from exc
             raise CaseStoreUnavailable(type(exc).__name__) from exc
 
     @contextlib.asynccontextmanager

@@ -43,6 +43,7 @@ from gateway.cases.store import (
     Applied,
     CaseCounts,
     CaseStoreUnavailable,
+    CommitUnknown,
     CreateResult,
     FinishEntry,
     OutboxEntry,
@@ -222,7 +223,8 @@ class SqliteCaseStore(SqlCaseStore):
             with contextlib.suppress(sqlite3.Error, ValueError):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-            raise CaseStoreUnavailable(type(exc).__name__) from exc
+            # A failed sync of the write-ahead log may leave the commit on disk after all.
+            raise CommitUnknown(type(exc).__name__) from exc
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[Tx]:

@@ -17,8 +17,8 @@ from gateway.errors import (
     RateLimited,
     SystemBusy,
 )
-from gateway.http.handlers import never_sent
 from gateway.pipeline import CallTrace
+from gateway.unsent import never_sent
 
 REFUSED = BackendUnavailable("connection refused", reached_backend=False)
 

@@ -1,0 +1,33 @@
+"""Whether a failed call through the call stack certainly never reached its system.
+
+A counted grant use (``max_uses``) is spent only by a request that may have been handled: a
+routed call (gateway/http/handlers.py) and a licence verification at its issuer
+(gateway/licences/verify.py) both go through the stack gateway/pipeline.py builds, and both ask
+this one rule whether a use spent for a call that failed can be given back.
+
+Must not: import aiohttp.
+"""
+
+from __future__ import annotations
+
+from gateway.errors import AuditUnavailable, BackendError, GatewayError, SystemBusy
+from gateway.pipeline import CallTrace
+
+__all__ = ["never_sent"]
+
+
+def never_sent(error: GatewayError, trace: CallTrace) -> bool:
+    """Whether a call that failed with ``error`` certainly never reached the back-end, so that a
+    counted grant use spent for it can be given back. Only what the error and the trace prove:
+    one attempt (with several, an earlier one may have reached it) that failed before the
+    request left (connection refused, the circuit open: ``reached_backend`` False), found no
+    free slot to the system (SystemBusy, raised in its attempt before the adapter), or a
+    required request record that could not be written before any attempt (AuditUnavailable).
+    Anything else (a timeout, an answer, an error of unknown extent) keeps the use spent."""
+    if isinstance(error, BackendError):
+        return not error.reached_backend and trace.attempts <= 1
+    if isinstance(error, SystemBusy):
+        return trace.attempts <= 1
+    if isinstance(error, AuditUnavailable):
+        return trace.attempts == 0
+    return False
