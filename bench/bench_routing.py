@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from xml.sax.saxutils import escape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1124,6 +1124,128 @@ def machine_busy() -> float:
     return sum(ticks[i] for i in (0, 1, 2, 5, 6, 7)) / _TICK
 
 
+def thread_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread of ``pid``: (voluntary, involuntary) context switches so far."""
+    out: dict[int, tuple[int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        voluntary = involuntary = 0
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary = int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    involuntary = int(line.split()[1])
+        except OSError:
+            continue
+        out[int(task.name)] = (voluntary, involuntary)
+    return out
+
+
+_COUNTED_CALLS: Final = ("epoll_wait", "futex", "sendto", "fsync", "fdatasync", "write")
+
+
+class WakeupCounter:
+    """What a server process does per call at a fixed rate, whatever the machine's speed:
+    context switches of each of its threads (/proc/PID/task/*/status) and, counted in the
+    kernel by ``perf stat --per-thread`` on the system-call tracepoints (a count, not a trace:
+    it costs the process next to nothing), some of its system calls per thread. On the loop's
+    thread each turn of the event loop is one ``epoll_wait``; a worker thread handing a result
+    back to the loop (``call_soon_threadsafe``) writes one byte to the loop's self-pipe (a
+    ``sendto`` off the loop's thread); a hand-over to or from a thread is a ``futex`` wake on
+    one side and a wait on the other."""
+
+    def __init__(self, pid: int, workdir: Path, perf_cpu: str | None) -> None:
+        self.pid = pid
+        self._out = workdir / f"perf-stat-{pid}-{time.monotonic_ns()}.txt"
+        self._perf: subprocess.Popen[bytes] | None = None
+        self._perf_cpu = perf_cpu
+        self._before: dict[int, tuple[int, int]] = {}
+
+    def start(self) -> None:
+        if shutil.which("perf") is not None:
+            events = ",".join(f"syscalls:sys_enter_{name}" for name in _COUNTED_CALLS)
+            argv = ["perf", "stat", "--per-thread", "-e", events, "-p", str(self.pid)]
+            argv += ["-x", ";", "-o", str(self._out)]
+            if self._perf_cpu is not None:
+                argv = ["taskset", "-c", self._perf_cpu, *argv]
+            self._perf = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(0.5)  # noqa: TID251 - perf attaches to every thread before the run
+        self._before = thread_switches(self.pid)
+
+    def stop(self, calls: int) -> dict[str, Any]:
+        after = thread_switches(self.pid)
+        calls = max(calls, 1)
+        loop_v = loop_i = other_v = other_i = 0
+        for tid, (v, i) in after.items():
+            v0, i0 = self._before.get(tid, (0, 0))
+            if tid == self.pid:
+                loop_v, loop_i = v - v0, i - i0
+            else:
+                other_v, other_i = other_v + v - v0, other_i + i - i0
+        out: dict[str, Any] = {
+            "calls": calls,
+            "threads": len(after),
+            "cs_loop_voluntary": loop_v / calls,
+            "cs_loop_involuntary": loop_i / calls,
+            "cs_threads_voluntary": other_v / calls,
+            "cs_threads_involuntary": other_i / calls,
+            "cs_total": (loop_v + loop_i + other_v + other_i) / calls,
+        }
+        counts: dict[int, dict[str, int]] = {}
+        if self._perf is not None:
+            self._perf.send_signal(signal.SIGINT)
+            try:
+                self._perf.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._perf.kill()
+                self._perf.wait(timeout=10)
+            counts = parse_perf_stat(self._out.read_text(errors="replace"))
+            loop = counts.get(self.pid, {})
+            others: Counter[str] = Counter()
+            for tid, calls_of in counts.items():
+                if tid != self.pid:
+                    others.update(calls_of)
+            out |= {
+                "epoll_wait": loop.get("epoll_wait", 0) / calls,
+                "futex_loop": loop.get("futex", 0) / calls,
+                "futex_threads": others.get("futex", 0) / calls,
+                "self_pipe_writes": others.get("sendto", 0) / calls,
+                "fsync": (others.get("fsync", 0) + others.get("fdatasync", 0)) / calls,
+            }
+        per_thread: dict[str, dict[str, float]] = {}
+        for tid, (v, i) in after.items():
+            v0, i0 = self._before.get(tid, (0, 0))
+            try:
+                name = Path(f"/proc/{self.pid}/task/{tid}/comm").read_text().strip()
+            except OSError:
+                name = "?"
+            row = {"cs_voluntary": (v - v0) / calls, "cs_involuntary": (i - i0) / calls}
+            row |= {k: n / calls for k, n in counts.get(tid, {}).items()}
+            if any(row.values()):
+                per_thread[f"{name}/{tid}"] = row
+        out["per_thread"] = per_thread
+        return out
+
+
+def parse_perf_stat(text: str) -> dict[int, dict[str, int]]:
+    """``perf stat --per-thread -x ;`` output: counts by system call, per thread id."""
+    out: dict[int, dict[str, int]] = {}
+    for line in text.splitlines():
+        parts = line.split(";")
+        if len(parts) < 4 or not parts[1].strip().isdigit():
+            continue
+        thread, count, event = parts[0].strip(), int(parts[1]), parts[3].strip()
+        tid = thread.rsplit("-", 1)[-1]
+        if not tid.isdigit() or not event.startswith("syscalls:sys_enter_"):
+            continue
+        name = event.removeprefix("syscalls:sys_enter_")
+        calls = out.setdefault(int(tid), {})
+        calls[name] = calls.get(name, 0) + count
+    return out
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -1280,6 +1402,10 @@ class Bench:
     def open_loop(self, target: Target, rate: float, generator: str = "aiohttp") -> dict[str, Any]:
         self.wait_quiet(target)
         sut_pids = process_tree(target.sut.pid) if target.sut else []
+        counter: WakeupCounter | None = None
+        if self.args.wakeups and target.sut is not None:
+            counter = WakeupCounter(target.sut.pid, self.workdir, self.args.load_cpu)
+            counter.start()
         own0, core0 = cpu_seconds(sut_pids), core_busy(self.args.sut_cpu)
         wall0 = time.monotonic()
         argv = [sys.executable, __file__, "--role", "openloop", "--url", target.url]
@@ -1306,6 +1432,8 @@ class Bench:
         result["sut_cpu_us"] = (own1 - own0) / sent_all * 1e6 if target.sut else None
         if core0 is not None and core1 is not None and not self.args.no_pin:
             result["sut_core_busy_pct"] = (core1 - core0) / wall * 100
+        if counter is not None:
+            result["wakeups"] = counter.stop(sent_all)
         print(
             f"  open   {target.name:<26} {result['achieved_rate']:7.0f} req/s sent  "
             f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
@@ -1315,6 +1443,21 @@ class Bench:
             f"{result['sut_own_pct']:.0f} %",
             flush=True,
         )
+        if counter is not None:
+            w = result["wakeups"]
+            print(
+                "         per call: context switches "
+                f"{w['cs_total']:.2f} (loop {w['cs_loop_voluntary']:.2f}+"
+                f"{w['cs_loop_involuntary']:.2f}, threads {w['cs_threads_voluntary']:.2f}+"
+                f"{w['cs_threads_involuntary']:.2f})  epoll_wait {w.get('epoll_wait', 0):.2f}  "
+                f"futex loop/threads {w.get('futex_loop', 0):.2f}/{w.get('futex_threads', 0):.2f}"
+                f"  self-pipe writes {w.get('self_pipe_writes', 0):.2f}  "
+                f"fsync {w.get('fsync', 0):.3f}",
+                flush=True,
+            )
+            for thread, row in w["per_thread"].items():
+                cells = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if v)
+                print(f"           {thread:<28} {cells}", flush=True)
         return result
 
     def workers_closed(self, target: Target) -> dict[str, Any]:
@@ -1803,7 +1946,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
                 targets = rows * max(args.repeat, 1)
             if args.open_only:
-                rows = [direct_rest, gw_rest, gw_buffered, *extra_targets]
+                rows = [direct_rest, min_rest, gw_rest, gw_buffered, *extra_targets]
                 if args.rows:
                     rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
                 targets = rows
@@ -2075,6 +2218,23 @@ def print_open_repeats(report: Report) -> None:
             f"  {rate:5.0f} req/s  {name:<30} p99 {p99[len(p99) // 2]:6.2f}  "
             f"CPU {cpu[len(cpu) // 2]:5.0f}   {each}"
         )
+    counted = [r for r in (*report.open_low, *report.open) if "wakeups" in r]
+    if not counted:
+        return
+    print()
+    print("## Per call at a fixed rate (median over the rounds)")
+    keys = ("cs_total", "cs_loop_voluntary", "cs_threads_voluntary", "epoll_wait")
+    keys += ("futex_loop", "futex_threads", "self_pipe_writes", "fsync")
+    print(f"  {'rate':>5}  {'row':<30} " + " ".join(f"{k:>20}" for k in keys))
+    for (rate, name), rows in sorted(runs.items()):
+        with_counts = [r["wakeups"] for r in rows if "wakeups" in r]
+        if not with_counts:
+            continue
+        cells = []
+        for key in keys:
+            values = sorted(float(w.get(key, 0.0)) for w in with_counts)
+            cells.append(f"{values[len(values) // 2]:20.3f}")
+        print(f"  {rate:5.0f}  {name:<30} " + " ".join(cells))
 
 
 def print_targets_report(report: Report, args: argparse.Namespace) -> None:
@@ -2276,6 +2436,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--repeat", type=int, default=1, help="with --rest-only or --open-only: rounds of the rows"
     )
+    p.add_argument(
+        "--wakeups",
+        action="store_true",
+        help="open loop: count each server's context switches and, under `perf trace -s`, its "
+        "epoll_wait, futex and self-pipe calls per call (perf slows system calls: read CPU per "
+        "call from a run without it)",
+    )
     p.add_argument("--out-dir", default="bench-out", help="where profiles and JSON go")
     p.add_argument("--json-out", default=None, help="write all figures to this JSON file")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="max wait for a quiet machine")
@@ -2301,6 +2468,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
     p.add_argument("--tree", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _name_os_threads() -> None:
+    """Give each thread of this process its Python name at the OS level too (``prctl``), so
+    that per-thread counts (``--wakeups``, ``perf``, ``top -H``) say which thread is which."""
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    bootstrap = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+
+    def named(self: threading.Thread) -> None:
+        libc.prctl(15, self.name.encode()[:15])  # PR_SET_NAME
+        bootstrap(self)
+
+    threading.Thread._bootstrap_inner = named  # type: ignore[attr-defined]
 
 
 def _import_from_tree(tree: Path) -> None:
@@ -2332,6 +2514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(serve)
         return 0
     if args.role == "gateway":
+        _name_os_threads()
         if args.tree:
             _import_from_tree(Path(args.tree))
         gateway = run_gateway(
