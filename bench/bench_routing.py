@@ -272,13 +272,18 @@ def bench_config(backend: str, audit_mode: str = "required") -> dict[str, Any]:
 
 
 def gateway_settings(
-    config_dir: Path, backend: str, audit_mode: str = "required", admission: str = ""
+    config_dir: Path,
+    backend: str,
+    audit_mode: str = "required",
+    admission: str = "",
+    audit: str = "",
 ) -> Any:
     """Settings built in code from ``bench_config`` (``admission``: JSON of the admission
     block, to try bounds other than the defaults)."""
     from gateway.ratelimit.config import RateLimitSettings
     from gateway.settings import (
         AdmissionSettings,
+        AuditSettings,
         GatewaySettings,
         RouteSettings,
         ServiceSettings,
@@ -294,7 +299,8 @@ def gateway_settings(
     routes = tuple(RouteSettings.model_validate(r) for r in config["routes"])
     limits = RateLimitSettings.model_validate(config["rate_limits"])
     bounds = AdmissionSettings.model_validate(json.loads(admission or "{}"))
-    gateway = GatewaySettings(rate_limits=limits, admission=bounds)
+    trail = AuditSettings.model_validate(json.loads(audit or "{}"))
+    gateway = GatewaySettings(rate_limits=limits, admission=bounds, audit=trail)
     return Settings(config_dir, gateway, systems, services, routes)
 
 
@@ -414,6 +420,7 @@ async def run_gateway(
     profile_out: str = "",
     audit_mode: str = "required",
     admission: str = "",
+    audit: str = "",
 ) -> int:
     from gateway.adapter import Adapter, SystemSpec
     from gateway.app import create_app
@@ -431,7 +438,7 @@ async def run_gateway(
     else:  # every access line rendered as JSON, written to /dev/null
         configure_logging("info", "json", stream=devnull)
     app = create_app(
-        gateway_settings(config_dir, backend, audit_mode, admission),
+        gateway_settings(config_dir, backend, audit_mode, admission, audit),
         verifier=DevTokenIssuer(TOKEN_SECRET),
         open_adapter=open_canned if canned else None,
         subjects=bench_subject_keys(),
@@ -1141,7 +1148,15 @@ def thread_switches(pid: int) -> dict[int, tuple[int, int]]:
     return out
 
 
-_COUNTED_CALLS: Final = ("epoll_wait", "futex", "sendto", "fsync", "fdatasync", "write")
+_COUNTED_CALLS: Final = (
+    "epoll_wait",
+    "futex",
+    "sendto",
+    "fsync",
+    "fdatasync",
+    "io_submit",
+    "pwrite64",
+)
 
 
 class WakeupCounter:
@@ -1213,6 +1228,8 @@ class WakeupCounter:
                 "futex_threads": others.get("futex", 0) / calls,
                 "self_pipe_writes": others.get("sendto", 0) / calls,
                 "fsync": (others.get("fsync", 0) + others.get("fdatasync", 0)) / calls,
+                "io_submit": loop.get("io_submit", 0) / calls,
+                "pwrite_loop": loop.get("pwrite64", 0) / calls,
             }
         per_thread: dict[str, dict[str, float]] = {}
         for tid, (v, i) in after.items():
@@ -1452,7 +1469,7 @@ class Bench:
                 f"{w['cs_threads_involuntary']:.2f})  epoll_wait {w.get('epoll_wait', 0):.2f}  "
                 f"futex loop/threads {w.get('futex_loop', 0):.2f}/{w.get('futex_threads', 0):.2f}"
                 f"  self-pipe writes {w.get('self_pipe_writes', 0):.2f}  "
-                f"fsync {w.get('fsync', 0):.3f}",
+                f"fsync thread/kernel {w.get('fsync', 0):.3f}/{w.get('io_submit', 0):.3f}",
                 flush=True,
             )
             for thread, row in w["per_thread"].items():
@@ -1860,6 +1877,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     *(["--canned"] if mode == "canned" else []),
                     *(["--audit-mode", "buffered"] if mode == "buffered" else []),
                     *(["--admission", args.admission] if args.admission else []),
+                    *(["--audit-settings", args.audit_settings] if args.audit_settings else []),
                     *("--loop", "uvloop" if mode == "uvloop" else args.gateway_loop),
                 ]
 
@@ -2224,7 +2242,7 @@ def print_open_repeats(report: Report) -> None:
     print()
     print("## Per call at a fixed rate (median over the rounds)")
     keys = ("cs_total", "cs_loop_voluntary", "cs_threads_voluntary", "epoll_wait")
-    keys += ("futex_loop", "futex_threads", "self_pipe_writes", "fsync")
+    keys += ("futex_loop", "futex_threads", "self_pipe_writes", "fsync", "io_submit")
     print(f"  {'rate':>5}  {'row':<30} " + " ".join(f"{k:>20}" for k in keys))
     for (rate, name), rows in sorted(runs.items()):
         with_counts = [r["wakeups"] for r in rows if "wakeups" in r]
@@ -2465,6 +2483,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the gateways' admission block as JSON (default: the defaults), e.g. "
         "'{\"max_in_flight\": 32}'",
     )
+    p.add_argument(
+        "--audit-settings",
+        default="",
+        help="the gateways' audit block as JSON (default: the defaults), e.g. '{\"linger_ms\": 0}'",
+    )
     p.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
     p.add_argument("--tree", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -2526,6 +2549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.profile_out,
             args.audit_mode,
             args.admission,
+            args.audit_settings,
         )
         try:
             from gateway.event_loop import run as run_on_loop
