@@ -30,10 +30,10 @@ from gateway.audit.record import AuditEvent, AuditRecord, EventType, format_time
 from gateway.audit.store import AuditStore, StoredRecord, iter_records
 from gateway.audit.writer import AuditWriter, WriterSettings
 from gateway.stores import sqlite_audit
+from gateway.stores.fsync import KernelFsync
 from gateway.stores.memory_audit import MemoryAuditStore
 from gateway.stores.migrations import migrate_postgres, migrate_sqlite
 from gateway.stores.postgres_audit import AUDIT_MIGRATIONS as PG_MIGRATIONS
-from gateway.stores.fsync import KernelFsync
 from gateway.stores.sqlite import connect_sqlite
 from gateway.stores.sqlite_audit import AUDIT_MIGRATIONS as SQLITE_MIGRATIONS
 from gateway.stores.sqlite_audit import SqliteAuditStore
