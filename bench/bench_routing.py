@@ -60,6 +60,7 @@ REST_SERVICE = "bench-rest-echo"
 MINPROXY_UVLOOP = "minimal aiohttp proxy (uvloop) → REST"
 GATEWAY_UVLOOP = "gateway REST (uvloop)"
 GATEWAY_BASELINE = "gateway REST (baseline tree, asyncio)"
+GATEWAY_BASELINE_BUFFERED = "gateway REST buffered (baseline tree)"
 SOAP_SERVICE = "bench-soap-echo"
 
 REST_BODY = json.dumps({"zjhm": HOLDER_ID}).encode()
@@ -1113,6 +1114,18 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / _TICK
 
 
+def cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system seconds of the processes so far."""
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user / _TICK, system / _TICK
+
+
 def core_busy(core: str) -> float | None:
     """Busy seconds of one core (user, nice, system, irq, softirq, steal); None if not one core."""
     if not core.isdigit():
@@ -1175,6 +1188,7 @@ class WakeupCounter:
         self._perf: subprocess.Popen[bytes] | None = None
         self._perf_cpu = perf_cpu
         self._before: dict[int, tuple[int, int]] = {}
+        self._cpu_before = (0.0, 0.0)
 
     def start(self) -> None:
         if shutil.which("perf") is not None:
@@ -1188,9 +1202,11 @@ class WakeupCounter:
             )
             time.sleep(0.5)  # noqa: TID251 - perf attaches to every thread before the run
         self._before = thread_switches(self.pid)
+        self._cpu_before = cpu_split([self.pid])
 
     def stop(self, calls: int) -> dict[str, Any]:
         after = thread_switches(self.pid)
+        user, system = cpu_split([self.pid])
         calls = max(calls, 1)
         loop_v = loop_i = other_v = other_i = 0
         for tid, (v, i) in after.items():
@@ -1207,6 +1223,8 @@ class WakeupCounter:
             "cs_threads_voluntary": other_v / calls,
             "cs_threads_involuntary": other_i / calls,
             "cs_total": (loop_v + loop_i + other_v + other_i) / calls,
+            "user_us": (user - self._cpu_before[0]) / calls * 1e6,
+            "system_us": (system - self._cpu_before[1]) / calls * 1e6,
         }
         counts: dict[int, dict[str, int]] = {}
         if self._perf is not None:
@@ -1374,9 +1392,11 @@ class Bench:
         self.wrk(target, self.args.warmup)
         sut_pids = process_tree(target.sut.pid) if target.sut else []
         sut0, be0 = cpu_seconds(sut_pids), cpu_seconds([target.backend.pid])
+        user0, system0 = cpu_split(sut_pids)
         core0 = core_busy(self.args.sut_cpu) if target.sut and not self.args.no_pin else None
         res = self.wrk(target, self.args.duration)
         sut1, be1 = cpu_seconds(sut_pids), cpu_seconds([target.backend.pid])
+        user1, system1 = cpu_split(sut_pids)
         core1 = core_busy(self.args.sut_cpu) if core0 is not None else None
         n = max(int(res["requests"]), 1)
         errors = sum(int(res[k]) for k in ("connect", "read", "write", "status", "timeout"))
@@ -1402,7 +1422,8 @@ class Bench:
         print(
             f"  closed {out.name:<26} {out.rps:9.0f} req/s  p50 {out.p50_ms:6.2f} ms  "
             f"p99 {out.p99_ms:6.2f} ms  errors {out.errors}  CPU/req "
-            f"{out.sut_cpu_us or 0:.0f} µs  load {out.load_average:.2f}",
+            f"{out.sut_cpu_us or 0:.0f} µs (user/system {(user1 - user0) / n * 1e6:.0f}/"
+            f"{(system1 - system0) / n * 1e6:.0f})  load {out.load_average:.2f}",
             flush=True,
         )
         if res["status"] and target.sut is not None:
@@ -1469,7 +1490,8 @@ class Bench:
                 f"{w['cs_threads_involuntary']:.2f})  epoll_wait {w.get('epoll_wait', 0):.2f}  "
                 f"futex loop/threads {w.get('futex_loop', 0):.2f}/{w.get('futex_threads', 0):.2f}"
                 f"  self-pipe writes {w.get('self_pipe_writes', 0):.2f}  "
-                f"fsync thread/kernel {w.get('fsync', 0):.3f}/{w.get('io_submit', 0):.3f}",
+                f"fsync thread/kernel {w.get('fsync', 0):.3f}/{w.get('io_submit', 0):.3f}  "
+                f"CPU user/system {w['user_us']:.0f}/{w['system_us']:.0f} µs",
                 flush=True,
             )
             for thread, row in w["per_thread"].items():
@@ -1891,6 +1913,14 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 argv[argv.index("--loop") + 1] = "asyncio"
                 argv += ["--tree", str(Path(args.baseline_tree).resolve())]
                 gateways["baseline"] = kids.spawn("gateway-baseline", argv, args.sut_cpu)
+                # and its `buffered` service, for the rows that have one
+                argv = gateway_argv("buffered")
+                argv[argv.index("--config-dir") + 1] = str(workdir / "config-baseline-buffered")
+                argv[argv.index("--loop") + 1] = "asyncio"
+                argv += ["--tree", str(Path(args.baseline_tree).resolve())]
+                gateways["baseline-buffered"] = kids.spawn(
+                    "gateway-baseline-buffered", argv, args.sut_cpu
+                )
 
             call_headers = holder_call_headers()
 
@@ -1956,6 +1986,13 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     Target(
                         GATEWAY_BASELINE, via(gateways["baseline"], rest_call), CALL_BODY,
                         call_headers, call_expect, gateways["baseline"], backend,
+                    )
+                )  # fmt: skip
+                extra_targets.append(
+                    Target(
+                        GATEWAY_BASELINE_BUFFERED, via(gateways["baseline-buffered"], rest_call),
+                        CALL_BODY, call_headers, call_expect, gateways["baseline-buffered"],
+                        backend,
                     )
                 )  # fmt: skip
             if args.rest_only:
