@@ -61,6 +61,7 @@ MINPROXY_UVLOOP = "minimal aiohttp proxy (uvloop) → REST"
 GATEWAY_UVLOOP = "gateway REST (uvloop)"
 GATEWAY_BASELINE = "gateway REST (baseline tree, asyncio)"
 GATEWAY_BASELINE_BUFFERED = "gateway REST buffered (baseline tree)"
+GATEWAY_THREAD_FSYNC = "gateway REST (WAL fsync on a thread)"
 SOAP_SERVICE = "bench-soap-echo"
 
 REST_BODY = json.dumps({"zjhm": HOLDER_ID}).encode()
@@ -1905,6 +1906,10 @@ def run_benchmark(args: argparse.Namespace) -> Report:
 
             for mode in modes:
                 gateways[mode] = kids.spawn(f"gateway-{mode}", gateway_argv(mode), args.sut_cpu)
+            if args.thread_fsync_row:
+                argv = [*gateway_argv("warning"), "--fsync-thread"]
+                argv[argv.index("--config-dir") + 1] = str(workdir / "config-thread-fsync")
+                gateways["thread-fsync"] = kids.spawn("gateway-thread-fsync", argv, args.sut_cpu)
             if args.baseline_tree:
                 # The same gateway from another source tree (as it stood before a change), on
                 # the loop that tree's `serve` runs: before and after measured side by side.
@@ -1981,6 +1986,13 @@ def run_benchmark(args: argparse.Namespace) -> Report:
             )  # fmt: skip
             targets = [direct_rest, nginx_rest, min_rest, min_rest_uv, gw_rest, gw_buffered]
             targets += [gw_uvloop, *extra_targets, direct_soap, gw_soap]
+            if args.thread_fsync_row:
+                extra_targets.append(
+                    Target(
+                        GATEWAY_THREAD_FSYNC, via(gateways["thread-fsync"], rest_call),
+                        CALL_BODY, call_headers, call_expect, gateways["thread-fsync"], backend,
+                    )
+                )  # fmt: skip
             if args.baseline_tree:
                 extra_targets.append(
                     Target(
@@ -2527,6 +2539,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
     p.add_argument("--tree", default="", help=argparse.SUPPRESS)
+    p.add_argument("--fsync-thread", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--thread-fsync-row",
+        action="store_true",
+        help="add a row: the routed REST gateway of this tree with the audit's WAL fsync on "
+        "its writer thread (as where the kernel's asynchronous fsync is unavailable)",
+    )
     return p.parse_args(argv)
 
 
@@ -2543,6 +2562,17 @@ def _name_os_threads() -> None:
         bootstrap(self)
 
     threading.Thread._bootstrap_inner = named  # type: ignore[attr-defined]
+
+
+def _fsync_on_a_thread() -> None:
+    """The audit store's WAL fsync on its writer thread, as where the kernel's asynchronous
+    fsync is unavailable: the same tree measured both ways."""
+    from gateway.stores import fsync
+
+    async def unavailable(probe: str) -> None:
+        return None
+
+    fsync.KernelFsync.open = unavailable  # type: ignore[method-assign,assignment]
 
 
 def _import_from_tree(tree: Path) -> None:
@@ -2577,6 +2607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _name_os_threads()
         if args.tree:
             _import_from_tree(Path(args.tree))
+        if args.fsync_thread:
+            _fsync_on_a_thread()
         gateway = run_gateway(
             Path(args.config_dir),
             args.backend,
