@@ -104,6 +104,9 @@ class KernelFsync:
         self._events = (_IoEvent * _RING)()
         self._no_wait = _Timespec(0, 0)
         self._closed = False
+        self._drained = asyncio.Event()
+        """Set while no request is in flight."""
+        self._drained.set()
         self.submitted = 0
         """Requests submitted so far (for tests and figures)."""
 
@@ -160,10 +163,10 @@ class KernelFsync:
             raise error
         self.submitted += 1
         self._pending[key] = request
-        request.future.add_done_callback(_retrieved)
-        # Shielded: a caller that stops waiting leaves the request to complete (and be
-        # waited for by ``aclose``); the kernel does the fsync in any case.
-        await asyncio.shield(request.future)
+        self._drained.clear()
+        # A caller that stops waiting cancels only its future: the request stays in flight
+        # until the kernel reports it (``aclose`` waits for that), and the fsync is done.
+        await request.future
 
     def _reap(self) -> None:
         """The eventfd is readable: collect every finished request without blocking."""
@@ -185,20 +188,22 @@ class KernelFsync:
                 if request is None:
                     continue
                 os.close(request.fd)
+                if request.future.done():
+                    continue  # its caller stopped waiting
                 if event.res < 0:
                     code = -event.res
                     request.future.set_exception(OSError(code, os.strerror(code)))
                 else:
                     request.future.set_result(None)
             if done < _RING:
-                return
+                break
+        if not self._pending:
+            self._drained.set()
 
     async def aclose(self) -> None:
         """Wait for the requests in flight, then release the context and the eventfd."""
         self._closed = True
-        waiting = [r.future for r in self._pending.values()]
-        if waiting:
-            await asyncio.wait(waiting)
+        await self._drained.wait()
         if self._eventfd >= 0:
             self._loop.remove_reader(self._eventfd)
             os.close(self._eventfd)
@@ -206,12 +211,6 @@ class KernelFsync:
         if self._ctx.value:
             self._syscall(self._calls["io_destroy"], self._ctx)
             self._ctx = ctypes.c_ulong(0)
-
-
-def _retrieved(future: asyncio.Future[None]) -> None:
-    """Mark the outcome as seen: a caller that stopped waiting never reads it."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _errno_error(what: str) -> OSError:
