@@ -2290,8 +2290,8 @@ def print_open_repeats(report: Report) -> None:
         return
     print()
     print("## Per call at a fixed rate (median over the rounds)")
-    keys = ("cs_total", "cs_loop_voluntary", "cs_threads_voluntary", "epoll_wait")
-    keys += ("futex_loop", "futex_threads", "self_pipe_writes", "fsync", "io_submit")
+    keys: tuple[str, ...] = ("cs_total", "cs_loop_voluntary", "cs_threads_voluntary")
+    keys += ("epoll_wait", "futex_loop", "futex_threads", "self_pipe_writes", "fsync", "io_submit")
     print(f"  {'rate':>5}  {'row':<30} " + " ".join(f"{k:>20}" for k in keys))
     for (rate, name), rows in sorted(runs.items()):
         with_counts = [r["wakeups"] for r in rows if "wakeups" in r]
@@ -2572,7 +2572,7 @@ def _fsync_on_a_thread() -> None:
     async def unavailable(probe: str) -> None:
         return None
 
-    fsync.KernelFsync.open = unavailable  # type: ignore[method-assign,assignment]
+    fsync.KernelFsync.open = unavailable  # type: ignore[method-assign]
 
 
 def _import_from_tree(tree: Path) -> None:
