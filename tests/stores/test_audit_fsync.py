@@ -259,3 +259,34 @@ async def test_the_thread_syncs_where_the_kernel_cannot(
         await writer.aclose()
         await store.aclose()
     assert [r.sequence for r in await _records(path)] == [1]
+
+
+async def test_an_fsync_that_outlasts_the_commit_timeout_fails_closed_then_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.db"
+    store = await _kernel_store(path)
+    gate = _Gate(monkeypatch)
+    signer = CheckpointSigner(StaticKeyStore([new_signing_key()]))
+    settings = WriterSettings(linger=0, commit_timeout=0.2, retry_initial=0.05, retry_max=0.1)
+    writer = AuditWriter(store, chain="gw-a", signer=signer, settings=settings)
+    await writer.start()
+    try:
+        with pytest.raises(AuditUnavailable):  # the disk hangs: no acknowledgement
+            await writer.append(_event(1))
+        assert writer.readiness().state == "degraded"
+        gate.open.set()  # the disk comes back
+        for _ in range(200):
+            if writer.readiness().ready:
+                break
+            await asyncio.sleep(0.02)
+        assert writer.readiness().ready
+        # The unacknowledged record may be in the file (its COMMIT went through on the loop);
+        # the chain goes on after whatever is there, without a gap or a fork.
+        sequence = await writer.append(_event(2))
+        assert sequence in (1, 2)
+    finally:
+        gate.open.set()
+        await writer.aclose()
+        await store.aclose()
+    assert [r.sequence for r in await _records(path)] == list(range(1, sequence + 1))
