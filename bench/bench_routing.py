@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from xml.sax.saxutils import escape
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,8 @@ REST_SERVICE = "bench-rest-echo"
 MINPROXY_UVLOOP = "minimal aiohttp proxy (uvloop) → REST"
 GATEWAY_UVLOOP = "gateway REST (uvloop)"
 GATEWAY_BASELINE = "gateway REST (baseline tree, asyncio)"
+GATEWAY_BASELINE_BUFFERED = "gateway REST buffered (baseline tree)"
+GATEWAY_THREAD_FSYNC = "gateway REST (WAL fsync on a thread)"
 SOAP_SERVICE = "bench-soap-echo"
 
 REST_BODY = json.dumps({"zjhm": HOLDER_ID}).encode()
@@ -273,13 +275,18 @@ def bench_config(backend: str, audit_mode: str = "required") -> dict[str, Any]:
 
 
 def gateway_settings(
-    config_dir: Path, backend: str, audit_mode: str = "required", admission: str = ""
+    config_dir: Path,
+    backend: str,
+    audit_mode: str = "required",
+    admission: str = "",
+    audit: str = "",
 ) -> Any:
     """Settings built in code from ``bench_config`` (``admission``: JSON of the admission
     block, to try bounds other than the defaults)."""
     from gateway.ratelimit.config import RateLimitSettings
     from gateway.settings import (
         AdmissionSettings,
+        AuditSettings,
         GatewaySettings,
         RouteSettings,
         ServiceSettings,
@@ -295,7 +302,8 @@ def gateway_settings(
     routes = tuple(RouteSettings.model_validate(r) for r in config["routes"])
     limits = RateLimitSettings.model_validate(config["rate_limits"])
     bounds = AdmissionSettings.model_validate(json.loads(admission or "{}"))
-    gateway = GatewaySettings(rate_limits=limits, admission=bounds)
+    trail = AuditSettings.model_validate(json.loads(audit or "{}"))
+    gateway = GatewaySettings(rate_limits=limits, admission=bounds, audit=trail)
     return Settings(config_dir, gateway, systems, services, routes)
 
 
@@ -415,6 +423,7 @@ async def run_gateway(
     profile_out: str = "",
     audit_mode: str = "required",
     admission: str = "",
+    audit: str = "",
 ) -> int:
     from gateway.adapter import Adapter, SystemSpec
     from gateway.app import create_app
@@ -432,7 +441,7 @@ async def run_gateway(
     else:  # every access line rendered as JSON, written to /dev/null
         configure_logging("info", "json", stream=devnull)
     app = create_app(
-        gateway_settings(config_dir, backend, audit_mode, admission),
+        gateway_settings(config_dir, backend, audit_mode, admission, audit),
         verifier=DevTokenIssuer(TOKEN_SECRET),
         open_adapter=open_canned if canned else None,
         subjects=bench_subject_keys(),
@@ -1107,6 +1116,18 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / _TICK
 
 
+def cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """User and system seconds of the processes so far."""
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user / _TICK, system / _TICK
+
+
 def core_busy(core: str) -> float | None:
     """Busy seconds of one core (user, nice, system, irq, softirq, steal); None if not one core."""
     if not core.isdigit():
@@ -1123,6 +1144,143 @@ def machine_busy() -> float:
     """Busy seconds of all cores together."""
     ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return sum(ticks[i] for i in (0, 1, 2, 5, 6, 7)) / _TICK
+
+
+def thread_switches(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread of ``pid``: (voluntary, involuntary) context switches so far."""
+    out: dict[int, tuple[int, int]] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        voluntary = involuntary = 0
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary = int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    involuntary = int(line.split()[1])
+        except OSError:
+            continue
+        out[int(task.name)] = (voluntary, involuntary)
+    return out
+
+
+_COUNTED_CALLS: Final = (
+    "epoll_wait",
+    "futex",
+    "sendto",
+    "fsync",
+    "fdatasync",
+    "io_submit",
+    "pwrite64",
+)
+
+
+class WakeupCounter:
+    """What a server process does per call at a fixed rate, whatever the machine's speed:
+    context switches of each of its threads (/proc/PID/task/*/status) and, counted in the
+    kernel by ``perf stat --per-thread`` on the system-call tracepoints (a count, not a trace:
+    it costs the process next to nothing), some of its system calls per thread. On the loop's
+    thread each turn of the event loop is one ``epoll_wait``; a worker thread handing a result
+    back to the loop (``call_soon_threadsafe``) writes one byte to the loop's self-pipe (a
+    ``sendto`` off the loop's thread); a hand-over to or from a thread is a ``futex`` wake on
+    one side and a wait on the other."""
+
+    def __init__(self, pid: int, workdir: Path, perf_cpu: str | None) -> None:
+        self.pid = pid
+        self._out = workdir / f"perf-stat-{pid}-{time.monotonic_ns()}.txt"
+        self._perf: subprocess.Popen[bytes] | None = None
+        self._perf_cpu = perf_cpu
+        self._before: dict[int, tuple[int, int]] = {}
+        self._cpu_before = (0.0, 0.0)
+
+    def start(self) -> None:
+        if shutil.which("perf") is not None:
+            events = ",".join(f"syscalls:sys_enter_{name}" for name in _COUNTED_CALLS)
+            argv = ["perf", "stat", "--per-thread", "-e", events, "-p", str(self.pid)]
+            argv += ["-x", ";", "-o", str(self._out)]
+            if self._perf_cpu is not None:
+                argv = ["taskset", "-c", self._perf_cpu, *argv]
+            self._perf = subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(0.5)  # noqa: TID251 - perf attaches to every thread before the run
+        self._before = thread_switches(self.pid)
+        self._cpu_before = cpu_split([self.pid])
+
+    def stop(self, calls: int) -> dict[str, Any]:
+        after = thread_switches(self.pid)
+        user, system = cpu_split([self.pid])
+        calls = max(calls, 1)
+        loop_v = loop_i = other_v = other_i = 0
+        for tid, (v, i) in after.items():
+            v0, i0 = self._before.get(tid, (0, 0))
+            if tid == self.pid:
+                loop_v, loop_i = v - v0, i - i0
+            else:
+                other_v, other_i = other_v + v - v0, other_i + i - i0
+        out: dict[str, Any] = {
+            "calls": calls,
+            "threads": len(after),
+            "cs_loop_voluntary": loop_v / calls,
+            "cs_loop_involuntary": loop_i / calls,
+            "cs_threads_voluntary": other_v / calls,
+            "cs_threads_involuntary": other_i / calls,
+            "cs_total": (loop_v + loop_i + other_v + other_i) / calls,
+            "user_us": (user - self._cpu_before[0]) / calls * 1e6,
+            "system_us": (system - self._cpu_before[1]) / calls * 1e6,
+        }
+        counts: dict[int, dict[str, int]] = {}
+        if self._perf is not None:
+            self._perf.send_signal(signal.SIGINT)
+            try:
+                self._perf.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._perf.kill()
+                self._perf.wait(timeout=10)
+            counts = parse_perf_stat(self._out.read_text(errors="replace"))
+            loop = counts.get(self.pid, {})
+            others: Counter[str] = Counter()
+            for tid, calls_of in counts.items():
+                if tid != self.pid:
+                    others.update(calls_of)
+            out |= {
+                "epoll_wait": loop.get("epoll_wait", 0) / calls,
+                "futex_loop": loop.get("futex", 0) / calls,
+                "futex_threads": others.get("futex", 0) / calls,
+                "self_pipe_writes": others.get("sendto", 0) / calls,
+                "fsync": (others.get("fsync", 0) + others.get("fdatasync", 0)) / calls,
+                "io_submit": loop.get("io_submit", 0) / calls,
+                "pwrite_loop": loop.get("pwrite64", 0) / calls,
+            }
+        per_thread: dict[str, dict[str, float]] = {}
+        for tid, (v, i) in after.items():
+            v0, i0 = self._before.get(tid, (0, 0))
+            try:
+                name = Path(f"/proc/{self.pid}/task/{tid}/comm").read_text().strip()
+            except OSError:
+                name = "?"
+            row = {"cs_voluntary": (v - v0) / calls, "cs_involuntary": (i - i0) / calls}
+            row |= {k: n / calls for k, n in counts.get(tid, {}).items()}
+            if any(row.values()):
+                per_thread[f"{name}/{tid}"] = row
+        out["per_thread"] = per_thread
+        return out
+
+
+def parse_perf_stat(text: str) -> dict[int, dict[str, int]]:
+    """``perf stat --per-thread -x ;`` output: counts by system call, per thread id."""
+    out: dict[int, dict[str, int]] = {}
+    for line in text.splitlines():
+        parts = line.split(";")
+        if len(parts) < 4 or not parts[1].strip().isdigit():
+            continue
+        thread, count, event = parts[0].strip(), int(parts[1]), parts[3].strip()
+        tid = thread.rsplit("-", 1)[-1]
+        if not tid.isdigit() or not event.startswith("syscalls:sys_enter_"):
+            continue
+        name = event.removeprefix("syscalls:sys_enter_")
+        calls = out.setdefault(int(tid), {})
+        calls[name] = calls.get(name, 0) + count
+    return out
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -1236,9 +1394,11 @@ class Bench:
         self.wrk(target, self.args.warmup)
         sut_pids = process_tree(target.sut.pid) if target.sut else []
         sut0, be0 = cpu_seconds(sut_pids), cpu_seconds([target.backend.pid])
+        user0, system0 = cpu_split(sut_pids)
         core0 = core_busy(self.args.sut_cpu) if target.sut and not self.args.no_pin else None
         res = self.wrk(target, self.args.duration)
         sut1, be1 = cpu_seconds(sut_pids), cpu_seconds([target.backend.pid])
+        user1, system1 = cpu_split(sut_pids)
         core1 = core_busy(self.args.sut_cpu) if core0 is not None else None
         n = max(int(res["requests"]), 1)
         errors = sum(int(res[k]) for k in ("connect", "read", "write", "status", "timeout"))
@@ -1264,7 +1424,8 @@ class Bench:
         print(
             f"  closed {out.name:<26} {out.rps:9.0f} req/s  p50 {out.p50_ms:6.2f} ms  "
             f"p99 {out.p99_ms:6.2f} ms  errors {out.errors}  CPU/req "
-            f"{out.sut_cpu_us or 0:.0f} µs  load {out.load_average:.2f}",
+            f"{out.sut_cpu_us or 0:.0f} µs (user/system {(user1 - user0) / n * 1e6:.0f}/"
+            f"{(system1 - system0) / n * 1e6:.0f})  load {out.load_average:.2f}",
             flush=True,
         )
         if res["status"] and target.sut is not None:
@@ -1281,6 +1442,10 @@ class Bench:
     def open_loop(self, target: Target, rate: float, generator: str = "aiohttp") -> dict[str, Any]:
         self.wait_quiet(target)
         sut_pids = process_tree(target.sut.pid) if target.sut else []
+        counter: WakeupCounter | None = None
+        if self.args.wakeups and target.sut is not None:
+            counter = WakeupCounter(target.sut.pid, self.workdir, self.args.load_cpu)
+            counter.start()
         own0, core0 = cpu_seconds(sut_pids), core_busy(self.args.sut_cpu)
         wall0 = time.monotonic()
         argv = [sys.executable, __file__, "--role", "openloop", "--url", target.url]
@@ -1307,6 +1472,8 @@ class Bench:
         result["sut_cpu_us"] = (own1 - own0) / sent_all * 1e6 if target.sut else None
         if core0 is not None and core1 is not None and not self.args.no_pin:
             result["sut_core_busy_pct"] = (core1 - core0) / wall * 100
+        if counter is not None:
+            result["wakeups"] = counter.stop(sent_all)
         print(
             f"  open   {target.name:<26} {result['achieved_rate']:7.0f} req/s sent  "
             f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
@@ -1316,6 +1483,22 @@ class Bench:
             f"{result['sut_own_pct']:.0f} %",
             flush=True,
         )
+        if counter is not None:
+            w = result["wakeups"]
+            print(
+                "         per call: context switches "
+                f"{w['cs_total']:.2f} (loop {w['cs_loop_voluntary']:.2f}+"
+                f"{w['cs_loop_involuntary']:.2f}, threads {w['cs_threads_voluntary']:.2f}+"
+                f"{w['cs_threads_involuntary']:.2f})  epoll_wait {w.get('epoll_wait', 0):.2f}  "
+                f"futex loop/threads {w.get('futex_loop', 0):.2f}/{w.get('futex_threads', 0):.2f}"
+                f"  self-pipe writes {w.get('self_pipe_writes', 0):.2f}  "
+                f"fsync thread/kernel {w.get('fsync', 0):.3f}/{w.get('io_submit', 0):.3f}  "
+                f"CPU user/system {w['user_us']:.0f}/{w['system_us']:.0f} µs",
+                flush=True,
+            )
+            for thread, row in w["per_thread"].items():
+                cells = "  ".join(f"{k} {v:.2f}" for k, v in row.items() if v)
+                print(f"           {thread:<28} {cells}", flush=True)
         return result
 
     def workers_closed(self, target: Target) -> dict[str, Any]:
@@ -1722,11 +1905,16 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     *(["--canned"] if mode == "canned" else []),
                     *(["--audit-mode", "buffered"] if mode == "buffered" else []),
                     *(["--admission", args.admission] if args.admission else []),
+                    *(["--audit-settings", args.audit_settings] if args.audit_settings else []),
                     *("--loop", "uvloop" if mode == "uvloop" else args.gateway_loop),
                 ]
 
             for mode in modes:
                 gateways[mode] = kids.spawn(f"gateway-{mode}", gateway_argv(mode), args.sut_cpu)
+            if args.thread_fsync_row:
+                argv = [*gateway_argv("warning"), "--fsync-thread"]
+                argv[argv.index("--config-dir") + 1] = str(workdir / "config-thread-fsync")
+                gateways["thread-fsync"] = kids.spawn("gateway-thread-fsync", argv, args.sut_cpu)
             if args.baseline_tree:
                 # The same gateway from another source tree (as it stood before a change), on
                 # the loop that tree's `serve` runs: before and after measured side by side.
@@ -1735,6 +1923,14 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                 argv[argv.index("--loop") + 1] = "asyncio"
                 argv += ["--tree", str(Path(args.baseline_tree).resolve())]
                 gateways["baseline"] = kids.spawn("gateway-baseline", argv, args.sut_cpu)
+                # and its `buffered` service, for the rows that have one
+                argv = gateway_argv("buffered")
+                argv[argv.index("--config-dir") + 1] = str(workdir / "config-baseline-buffered")
+                argv[argv.index("--loop") + 1] = "asyncio"
+                argv += ["--tree", str(Path(args.baseline_tree).resolve())]
+                gateways["baseline-buffered"] = kids.spawn(
+                    "gateway-baseline-buffered", argv, args.sut_cpu
+                )
 
             call_headers = holder_call_headers()
 
@@ -1795,11 +1991,25 @@ def run_benchmark(args: argparse.Namespace) -> Report:
             )  # fmt: skip
             targets = [direct_rest, nginx_rest, min_rest, min_rest_uv, gw_rest, gw_buffered]
             targets += [gw_uvloop, *extra_targets, direct_soap, gw_soap]
+            if args.thread_fsync_row:
+                extra_targets.append(
+                    Target(
+                        GATEWAY_THREAD_FSYNC, via(gateways["thread-fsync"], rest_call),
+                        CALL_BODY, call_headers, call_expect, gateways["thread-fsync"], backend,
+                    )
+                )  # fmt: skip
             if args.baseline_tree:
                 extra_targets.append(
                     Target(
                         GATEWAY_BASELINE, via(gateways["baseline"], rest_call), CALL_BODY,
                         call_headers, call_expect, gateways["baseline"], backend,
+                    )
+                )  # fmt: skip
+                extra_targets.append(
+                    Target(
+                        GATEWAY_BASELINE_BUFFERED, via(gateways["baseline-buffered"], rest_call),
+                        CALL_BODY, call_headers, call_expect, gateways["baseline-buffered"],
+                        backend,
                     )
                 )  # fmt: skip
             if args.rest_only:
@@ -1808,7 +2018,7 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
                 targets = rows * max(args.repeat, 1)
             if args.open_only:
-                rows = [direct_rest, gw_rest, gw_buffered, *extra_targets]
+                rows = [direct_rest, min_rest, gw_rest, gw_buffered, *extra_targets]
                 if args.rows:
                     rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
                 targets = rows
@@ -2080,6 +2290,23 @@ def print_open_repeats(report: Report) -> None:
             f"  {rate:5.0f} req/s  {name:<30} p99 {p99[len(p99) // 2]:6.2f}  "
             f"CPU {cpu[len(cpu) // 2]:5.0f}   {each}"
         )
+    counted = [r for r in (*report.open_low, *report.open) if "wakeups" in r]
+    if not counted:
+        return
+    print()
+    print("## Per call at a fixed rate (median over the rounds)")
+    keys: tuple[str, ...] = ("cs_total", "cs_loop_voluntary", "cs_threads_voluntary")
+    keys += ("epoll_wait", "futex_loop", "futex_threads", "self_pipe_writes", "fsync", "io_submit")
+    print(f"  {'rate':>5}  {'row':<30} " + " ".join(f"{k:>20}" for k in keys))
+    for (rate, name), rows in sorted(runs.items()):
+        with_counts = [r["wakeups"] for r in rows if "wakeups" in r]
+        if not with_counts:
+            continue
+        cells = []
+        for key in keys:
+            values = sorted(float(w.get(key, 0.0)) for w in with_counts)
+            cells.append(f"{values[len(values) // 2]:20.3f}")
+        print(f"  {rate:5.0f}  {name:<30} " + " ".join(cells))
 
 
 def print_targets_report(report: Report, args: argparse.Namespace) -> None:
@@ -2319,6 +2546,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="rounds: of the rows (--rest-only, --open-only), of the whole run (--only-overload)",
     )
+    p.add_argument(
+        "--wakeups",
+        action="store_true",
+        help="open loop: count each server's context switches and, under `perf trace -s`, its "
+        "epoll_wait, futex and self-pipe calls per call (perf slows system calls: read CPU per "
+        "call from a run without it)",
+    )
     p.add_argument("--out-dir", default="bench-out", help="where profiles and JSON go")
     p.add_argument("--json-out", default=None, help="write all figures to this JSON file")
     p.add_argument("--quiet-wait", type=float, default=60.0, help="max wait for a quiet machine")
@@ -2341,9 +2575,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the gateways' admission block as JSON (default: the defaults), e.g. "
         "'{\"max_in_flight\": 32}'",
     )
+    p.add_argument(
+        "--audit-settings",
+        default="",
+        help="the gateways' audit block as JSON (default: the defaults), e.g. '{\"linger_ms\": 0}'",
+    )
     p.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
     p.add_argument("--tree", default="", help=argparse.SUPPRESS)
+    p.add_argument("--fsync-thread", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--thread-fsync-row",
+        action="store_true",
+        help="add a row: the routed REST gateway of this tree with the audit's WAL fsync on "
+        "its writer thread (as where the kernel's asynchronous fsync is unavailable)",
+    )
     return p.parse_args(argv)
+
+
+def _name_os_threads() -> None:
+    """Give each thread of this process its Python name at the OS level too (``prctl``), so
+    that per-thread counts (``--wakeups``, ``perf``, ``top -H``) say which thread is which."""
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    bootstrap = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+
+    def named(self: threading.Thread) -> None:
+        libc.prctl(15, self.name.encode()[:15])  # PR_SET_NAME
+        bootstrap(self)
+
+    threading.Thread._bootstrap_inner = named  # type: ignore[attr-defined]
+
+
+def _fsync_on_a_thread() -> None:
+    """The audit store's WAL fsync on its writer thread, as where the kernel's asynchronous
+    fsync is unavailable: the same tree measured both ways."""
+    from gateway.stores import fsync
+
+    async def unavailable(probe: str) -> None:
+        return None
+
+    fsync.KernelFsync.open = unavailable  # type: ignore[method-assign]
 
 
 def _import_from_tree(tree: Path) -> None:
@@ -2376,8 +2648,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(serve)
         return 0
     if args.role == "gateway":
+        _name_os_threads()
         if args.tree:
             _import_from_tree(Path(args.tree))
+        if args.fsync_thread:
+            _fsync_on_a_thread()
         gateway = run_gateway(
             Path(args.config_dir),
             args.backend,
@@ -2387,6 +2662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.profile_out,
             args.audit_mode,
             args.admission,
+            args.audit_settings,
         )
         try:
             from gateway.event_loop import run as run_on_loop

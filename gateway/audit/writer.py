@@ -151,12 +151,25 @@ class AuditWriter:
         self._clock = clock
         self._monotonic = monotonic
         self._queue: collections.deque[_Entry] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._batch_full = asyncio.Event()
-        self._hurry = asyncio.Event()
-        """Set when somebody waits for a commit (required, settle, flush, close) or the batch
-        is full: ends a buffered linger."""
+        self._bell = asyncio.Event()
+        """Rung when what the writer sleeps for may have come (see ``_asleep``); it then looks
+        at its queue again. Appends ring it only when the writer sleeps for them, so a batch
+        that gathers does not wake the writer once per record."""
+        self._asleep: Literal["", "work", "gather", "company"] = ""
+        """What the sleeping writer waits for: any record ("work"), somebody waiting for a
+        commit ("gather": only buffered records are queued), a full batch ("company": a
+        required record lingers for others)."""
         self._urgent = False
+        """Somebody waits for the records queued (required, settle, flush, close)."""
+        self._first_queued = 0.0
+        """Loop time at which the oldest record of the queue was queued."""
+        self._linger_timer: asyncio.TimerHandle | None = None
+        """Ends a linger or a gathering; cancelled when the wait ends otherwise."""
+        self._cp_timer: asyncio.TimerHandle | None = None
+        """Rings when the head is due to be signed although no record came; armed once per
+        checkpoint, not once per idle moment."""
+        self._cp_timer_for = -1.0
+        """The checkpoint time (``_cp_at``) the timer was armed for."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._state: WriterState = "starting"
@@ -204,9 +217,7 @@ class AuditWriter:
             self._state = "closed"
             return
         self._closing = True
-        self._wakeup.set()
-        self._batch_full.set()
-        self._hurry.set()
+        self._bell.set()
         try:
             async with asyncio.timeout(grace):
                 await asyncio.shield(self._task)
@@ -343,16 +354,18 @@ class AuditWriter:
     def _enqueue(self, entry: _Entry) -> None:
         self._last_tag += 1
         entry.tag = self._last_tag
-        self._queue.append(entry)
-        self._wakeup.set()
-        if len(self._queue) >= self._settings.batch_size:
-            self._batch_full.set()
-            self._hurry.set()
+        queue = self._queue
+        if not queue:
+            self._first_queued = asyncio.get_running_loop().time()
+        queue.append(entry)
+        if self._asleep == "work" or len(queue) >= self._settings.batch_size:
+            self._bell.set()
 
     def _hasten(self) -> None:
         """Somebody now waits for a commit: no more gathering of buffered records."""
         self._urgent = True
-        self._hurry.set()
+        if self._asleep == "gather":
+            self._bell.set()
 
     def _fail_queue(self) -> int:
         self._settle(None)
@@ -377,10 +390,15 @@ class AuditWriter:
             self._last_error = type(exc).__name__
             log.exception("audit_writer_crashed", chain=self._chain)
             self._fail_queue()
+        finally:
+            if self._cp_timer is not None:
+                self._cp_timer.cancel()
+                self._cp_timer = None
 
     async def _loop(self) -> None:
         backoff = self._settings.retry_initial
         idle = True
+        settings = self._settings
         while True:
             if self._state == "failed":
                 self._fail_queue()
@@ -389,9 +407,9 @@ class AuditWriter:
                 if self._closing and not self._queue:
                     return
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._settings.retry_max)
+                backoff = min(backoff * 2, settings.retry_max)
                 if await self._recover():
-                    backoff = self._settings.retry_initial
+                    backoff = settings.retry_initial
                 elif self._closing:
                     return
                 continue
@@ -402,36 +420,59 @@ class AuditWriter:
                 await self._wait_for_work()
                 idle = True
                 continue
-            # Group commit: records that queued up while the previous batch was being committed
-            # have waited long enough and go at once; only a writer that was idle lingers, so
-            # that the first record of a burst does not travel alone. When nobody waits for
-            # the records yet (buffered ones only), it gathers them for longer, until somebody
-            # does or the batch is full.
-            if idle and len(self._queue) < self._settings.batch_size:
-                linger = self._settings.linger
-                if not self._urgent and self._settings.buffered_linger > linger:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._settings.buffered_linger):
-                            await self._hurry.wait()
-                elif linger > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(linger):
-                            await self._batch_full.wait()
-            self._batch_full.clear()
-            self._hurry.clear()
+            # Group commit. Records nobody waits for yet (buffered ones) gather until their
+            # oldest has waited ``buffered_linger``, somebody waits for a commit or the batch
+            # is full, also right after a commit: one commit, one fsync and one wake-up for
+            # many calls. Records somebody waits for go at once if they queued up while the
+            # previous batch was being committed (they have waited long enough); only a
+            # writer that was idle lingers, so that the first record of a burst does not
+            # travel alone.
+            full = len(self._queue) >= settings.batch_size
+            if not full and not self._closing:
+                if not self._urgent:
+                    due = self._first_queued + settings.buffered_linger
+                    if due > asyncio.get_running_loop().time():
+                        await self._sleep("gather", due)
+                        idle = False  # what gathered has waited long enough
+                        continue  # look again: gathered, hastened, full or closing
+                elif idle and settings.linger > 0:
+                    await self._sleep(
+                        "company", asyncio.get_running_loop().time() + settings.linger
+                    )
             self._urgent = False
             idle = False
             await self._write_batch()
 
+    async def _sleep(self, what: Literal["work", "gather", "company"], until: float | None) -> None:
+        """Sleep until the bell rings (see ``_asleep``) or, for a linger, the loop time
+        ``until``."""
+        self._bell.clear()
+        if until is not None:
+            self._linger_timer = asyncio.get_running_loop().call_at(until, self._bell.set)
+        self._asleep = what
+        try:
+            await self._bell.wait()
+        finally:
+            self._asleep = ""
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
+                self._linger_timer = None
+
+    def _checkpoint_rings(self) -> None:
+        self._cp_timer = None
+        self._bell.set()
+
     async def _wait_for_work(self) -> None:
-        self._wakeup.clear()
         due = self._checkpoint_due_in()
         if due is not None and due <= 0:
             await self._checkpoint_if_moved()
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(due):
-                await self._wakeup.wait()
+        if due is not None and (self._cp_timer is None or self._cp_timer_for != self._cp_at):
+            if self._cp_timer is not None:
+                self._cp_timer.cancel()
+            self._cp_timer = asyncio.get_running_loop().call_later(due, self._checkpoint_rings)
+            self._cp_timer_for = self._cp_at
+        await self._sleep("work", None)
 
     def _checkpoint_due_in(self) -> float | None:
         if self._head_sequence <= self._cp_sequence:

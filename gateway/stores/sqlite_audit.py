@@ -46,6 +46,7 @@ from gateway.audit.store import (
     raw_sequence,
     record_sequence,
 )
+from gateway.stores.fsync import KernelFsync
 from gateway.stores.migrations import Migration
 from gateway.stores.sqlite import (
     Synchronous,
@@ -322,9 +323,16 @@ _CHAINS = (
 
 
 class SqliteAuditStore:
-    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL") -> None:
+    def __init__(
+        self, path: str | Path, *, synchronous: Synchronous = "FULL", kernel_fsync: bool = True
+    ) -> None:
+        """``kernel_fsync``: sync the WAL through the kernel's asynchronous I/O where it is
+        available (``gateway/stores/fsync.py``); False keeps the fsync on the writer thread."""
         self.path = Path(path)
         self._synchronous: Synchronous = synchronous
+        self._kernel_fsync = kernel_fsync
+        self._fsync: KernelFsync | None = None
+        """The WAL's fsyncs without a thread hand-over; None: on the writer thread."""
         self._writer: TransactionThread | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -366,6 +374,8 @@ class SqliteAuditStore:
             self._background = await TransactionThread.open(
                 self.path, synchronous="NORMAL", name="audit-background", background=True
             )
+            if self._synchronous == "FULL" and self._kernel_fsync:
+                self._fsync = await KernelFsync.open(str(self.path))
             # Lookup rows lost with a crash (they trail the records) are made from the text;
             # a store with none missing is not written to (a verifier may open a copy).
             self._indexed, spans = await self._w().call(_lagging)
@@ -388,6 +398,9 @@ class SqliteAuditStore:
                 await self._flush_lookups()  # what is left is made from the text at next open
         if self._checkpoint_task is not None:
             await self._checkpoint_task
+        if self._fsync is not None:
+            await self._fsync.aclose()
+            self._fsync = None
         if self._loop_writer is not None:
             self._loop_writer.close()
             self._loop_writer = None
@@ -557,7 +570,7 @@ class SqliteAuditStore:
                 if not self._write_on_loop(write):
                     await self._w().run(write)  # the file is locked: wait on the thread
                 if self._synchronous == "FULL":
-                    await self._w().call(self._sync_wal)
+                    await self._sync_wal_file()
             except sqlite3.IntegrityError as exc:
                 raise ChainConflict("sequence already written") from exc
             except (sqlite3.Error, ValueError, RuntimeError, OSError) as exc:
@@ -600,6 +613,16 @@ class SqliteAuditStore:
                 raise
             self._loop_writer = conn
         return self._loop_writer
+
+    async def _sync_wal_file(self) -> None:
+        """The fsync of the WAL that makes a committed batch durable; the batch counts as
+        written only once it returned. Through the kernel where it can (no thread hand-over,
+        one wake-up of the loop when done), else on the writer thread."""
+        if self._fsync is None:
+            await self._w().call(self._sync_wal)
+            return
+        with contextlib.suppress(FileNotFoundError):  # see _sync_wal
+            await self._fsync.fsync(f"{self.path}-wal")
 
     def _sync_wal(self, conn: sqlite3.Connection) -> None:
         """fsync the WAL file holding the batch just committed (on the writer thread). The WAL

@@ -30,6 +30,7 @@ from gateway.audit.record import AuditEvent, AuditRecord, EventType, format_time
 from gateway.audit.store import AuditStore, StoredRecord, iter_records
 from gateway.audit.writer import AuditWriter, WriterSettings
 from gateway.stores import sqlite_audit
+from gateway.stores.fsync import KernelFsync
 from gateway.stores.memory_audit import MemoryAuditStore
 from gateway.stores.migrations import migrate_postgres, migrate_sqlite
 from gateway.stores.postgres_audit import AUDIT_MIGRATIONS as PG_MIGRATIONS
@@ -366,20 +367,32 @@ async def test_sqlite_lookup_rows_follow_without_a_query(
 # --- SQLite: batches are written on the loop and made durable by an fsync of the WAL --------
 
 
+@pytest.mark.parametrize("kernel_fsync", [True, False], ids=["kernel", "thread"])
 async def test_sqlite_append_returns_after_the_wal_is_synced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_fsync: bool
 ) -> None:
     synced: list[str] = []
     real_fsync = os.fsync
+    real_kernel_fsync = KernelFsync.fsync
 
     def fsync(fd: int) -> None:
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(os, "fsync", fsync)  # the store calls os.fsync on its thread
+    async def kernel(self: KernelFsync, path: str) -> None:
+        synced.append(path)
+        await real_kernel_fsync(self, path)
+
+    monkeypatch.setattr(os, "fsync", fsync)  # the thread's way
+    monkeypatch.setattr(KernelFsync, "fsync", kernel)  # the kernel's way (Linux)
     path = tmp_path / "audit.db"
-    store = SqliteAuditStore(path)
+    store = SqliteAuditStore(path, kernel_fsync=kernel_fsync)
     await store.open()
+    if kernel_fsync and store._fsync is None:
+        await store.aclose()
+        pytest.skip("no asynchronous fsync in this kernel")
+    assert (store._fsync is not None) is kernel_fsync
+    synced.clear()  # the kernel's context syncs the database file once when it opens
     try:
         await _write(store, "gw-a", [_event(n) for n in range(1, 4)])
         # One fsync of the WAL per committed batch (three appends one after the other, then

@@ -453,3 +453,105 @@ async def test_settle_and_close_end_the_gathering(keys: StaticKeyStore) -> None:
     await w.append(event(1), mode="buffered")
     await w.aclose()  # closing writes what was gathered
     assert len(store.records_of("gw-s")) == 2
+
+
+class GatedStore(MemoryAuditStore):
+    """While ``gate`` is cleared, every commit waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.waiting = asyncio.Event()
+
+    async def append(
+        self, records: Sequence[StoredRecord], checkpoint: StoredCheckpoint | None = None
+    ) -> None:
+        if not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        await super().append(records, checkpoint)
+
+
+async def test_buffered_records_queued_during_a_commit_gather_for_the_next(
+    keys: StaticKeyStore,
+) -> None:
+    """Records nobody waits for that queued while a batch was being committed do not go in a
+    commit of their own right after it: they gather like any others, until somebody waits."""
+    store = GatedStore()
+    gathering = dataclasses.replace(FAST, buffered_linger=3600.0)
+    w = AuditWriter(store, chain="gw-d", signer=CheckpointSigner(keys), settings=gathering)
+    await w.start()
+    store.gate.clear()
+    first = asyncio.create_task(w.append(event(0)))  # required: committed at once
+    await asyncio.wait_for(store.waiting.wait(), 5)
+    for n in range(1, 4):
+        await w.append(event(n), mode="buffered")  # queued while the commit is held
+    store.gate.set()
+    assert await first == 1
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert w.stats.batches == 1, "buffered records went in a commit of their own"
+    assert w.readiness().queued == 3
+    assert await w.settle()  # somebody waits: one more commit for the three
+    assert w.stats.batches == 2
+    assert [r.sequence for r in store.records_of("gw-d")] == [1, 2, 3, 4]
+    await w.aclose()
+
+
+async def test_required_records_queued_during_a_commit_go_right_after_it(
+    keys: StaticKeyStore,
+) -> None:
+    store = GatedStore()
+    lingering = dataclasses.replace(FAST, linger=3600.0, buffered_linger=7200.0)
+    w = AuditWriter(store, chain="gw-e", signer=CheckpointSigner(keys), settings=lingering)
+    await w.start()
+    store.gate.clear()
+    w.append_nowait(event(0))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the writer gathers it
+    settled = asyncio.create_task(w.settle())  # ends the gathering: a commit, held
+    await asyncio.wait_for(store.waiting.wait(), 5)
+    second = asyncio.create_task(w.append(event(1)))  # required, queued during the commit
+    await asyncio.sleep(0)
+    store.gate.set()
+    assert await settled
+    # It has waited for the commit before it: no linger (an hour here) on top.
+    assert await asyncio.wait_for(second, 5) == 2
+    await w.aclose()
+
+
+async def test_an_idle_writer_signs_its_head_once_the_interval_is_over(
+    store: MemoryAuditStore, keys: StaticKeyStore
+) -> None:
+    settings = dataclasses.replace(FAST, checkpoint_every=10_000, checkpoint_interval=0.05)
+    w = AuditWriter(store, chain="gw-i", signer=CheckpointSigner(keys), settings=settings)
+    await w.start()
+    await w.append(event(1))
+    await w.append(event(2))
+    for _ in range(500):  # no further record: the writer's own timer must ring
+        if store.checkpoints_of("gw-i"):
+            break
+        await asyncio.sleep(0.01)
+    assert [c.sequence for c in store.checkpoints_of("gw-i")] == [2]
+    await w.aclose()
+
+
+async def test_a_gathering_writer_is_not_woken_by_each_record(keys: StaticKeyStore) -> None:
+    """Buffered records queued while the writer gathers do not resume its task: it sleeps
+    until somebody waits, the batch is full or its gathering time is over."""
+    store = MemoryAuditStore()
+    gathering = dataclasses.replace(FAST, buffered_linger=3600.0)
+    w = AuditWriter(store, chain="gw-w", signer=CheckpointSigner(keys), settings=gathering)
+    await w.start()
+    await w.append(event(0), mode="buffered")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert w._asleep == "gather"
+    for n in range(1, 20):
+        await w.append(event(n), mode="buffered")
+        assert not w._bell.is_set(), "a buffered record woke the gathering writer"
+    assert w.stats.batches == 0
+    assert await w.settle()
+    assert w.stats.batches == 1
+    await w.aclose()
