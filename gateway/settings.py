@@ -175,12 +175,14 @@ class AdmissionSettings(_Model):
     max_in_flight: int = Field(128, ge=1)
     """Requests one worker handles at the same time (health and metrics not counted): the
     ceiling; the bound in force is lower while the worker's event loop runs late."""
-    min_in_flight: int = Field(16, ge=1)
-    """The bound in force never falls below this (nor above max_in_flight)."""
+    min_in_flight: int = Field(8, ge=1)
+    """The bound in force never falls below this (nor above max_in_flight). Under overload
+    the bound sits here or near it: lower, admitted calls wait less and fewer are admitted;
+    higher, a worker whose calls wait on a slow back-end keeps more of them going."""
     queue_delay_target_ms: float = Field(50.0, ge=0, le=1000)
     """Mean delay of the worker's event loop (how long ready work waits to run) above which
     the bound on requests in flight is lowered; 0: the bound stays at max_in_flight."""
-    refusing_delay_target_ms: float = Field(2.0, ge=0, le=1000)
+    refusing_delay_target_ms: float = Field(1.0, ge=0, le=1000)
     """The target while the worker refuses requests (it refused more than it admitted in the
     last interval): demand is then at least twice what it takes in, and every ms of delay is
     waited by admitted calls at each of their awaits; the lower of the two targets applies.
