@@ -51,6 +51,11 @@ class CallTrace:
     """What happened to one call inside the stack; filled in by the layers."""
 
     attempts: int = 0
+    reached: bool = False
+    """Whether an attempt may have reached the back-end: set when an attempt hands its request
+    to the adapter, and left as it was by one that certainly did not send it (a BackendError
+    with ``reached_backend`` False: connection refused, ...). The circuit breaker's and the
+    concurrency limit's refusals never get that far."""
     breaker_state: str = BreakerState.CLOSED.value
     error_code: str | None = None
     waits: list[float] = field(default_factory=list)
@@ -135,6 +140,7 @@ def one_attempt(runtime: SystemRuntime) -> Next:
             else:
                 # A free slot is taken without suspending: no queue timer to arm and cancel.
                 await slots.acquire()
+            reached_before, trace.reached = trace.reached, True  # the request may leave now
             try:
                 async with asyncio.timeout(seconds):
                     reply = await adapter.call(call)
@@ -142,6 +148,10 @@ def one_attempt(runtime: SystemRuntime) -> Next:
                 raise BackendTimeout(
                     f"No answer within {seconds:g} s.", reached_backend=True
                 ) from None
+            except BackendError as exc:
+                if not exc.reached_backend:
+                    trace.reached = reached_before  # this attempt certainly sent nothing
+                raise
             finally:
                 slots.release()
         except BackendError as exc:

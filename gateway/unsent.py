@@ -19,15 +19,17 @@ __all__ = ["never_sent"]
 def never_sent(error: GatewayError, trace: CallTrace) -> bool:
     """Whether a call that failed with ``error`` certainly never reached the back-end, so that a
     counted grant use spent for it can be given back. Only what the error and the trace prove:
-    one attempt (with several, an earlier one may have reached it) that failed before the
-    request left (connection refused, the circuit open: ``reached_backend`` False), found no
-    free slot to the system (SystemBusy, raised in its attempt before the adapter), or a
-    required request record that could not be written before any attempt (AuditUnavailable).
-    Anything else (a timeout, an answer, an error of unknown extent) keeps the use spent."""
+    no attempt may have reached the back-end (``trace.reached``: every attempt failed before
+    its request left, e.g. connection refused, or never got to the adapter: the circuit open,
+    no free slot to the system), or a required request record that could not be written
+    before any attempt (AuditUnavailable). Anything else (a timeout, an answer, an error of
+    unknown extent) keeps the use spent."""
+    if trace.reached:
+        return False
     if isinstance(error, BackendError):
-        return not error.reached_backend and trace.attempts <= 1
+        return not error.reached_backend
     if isinstance(error, SystemBusy):
-        return trace.attempts <= 1
+        return True
     if isinstance(error, AuditUnavailable):
         return trace.attempts == 0
     return False

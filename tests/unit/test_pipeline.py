@@ -209,3 +209,42 @@ async def test_concurrency_limit_refuses_when_no_slot_frees_in_time() -> None:
         await stack(Call("op", {}, CONTEXT), CallTrace())
     release.set()
     await first
+
+
+async def test_a_call_refused_on_every_attempt_never_reached_the_back_end() -> None:
+    adapter = FakeAdapter(failing(*[BackendUnavailable(reached_backend=False)] * 3))
+    trace = CallTrace()
+    with pytest.raises(BackendUnavailable):
+        await stack_for(adapter, "safe", Waits())(Call("op", {}, CONTEXT), trace)
+    assert trace.attempts == 3
+    assert trace.reached is False
+
+
+async def test_one_attempt_that_may_have_reached_the_back_end_marks_the_call() -> None:
+    # A timeout first (the request may have been processed), then refusals: reached.
+    adapter = FakeAdapter(
+        failing(
+            BackendServerError(reached_backend=True),
+            BackendUnavailable(reached_backend=False),
+            BackendUnavailable(reached_backend=False),
+        )
+    )
+    trace = CallTrace()
+    with pytest.raises(BackendUnavailable):
+        await stack_for(adapter, "safe", Waits())(Call("op", {}, CONTEXT), trace)
+    assert trace.attempts == 3
+    assert trace.reached is True
+
+
+async def test_an_answered_call_reached_the_back_end_and_an_open_circuit_did_not() -> None:
+    trace = CallTrace()
+    await stack_for(FakeAdapter(failing()), "safe", Waits())(Call("op", {}, CONTEXT), trace)
+    assert trace.reached is True
+    breaker = CircuitBreaker("sys", failure_threshold=1, reset_timeout=60)
+    breaker.record_failure("test")
+    refused = CallTrace()
+    with pytest.raises(CircuitOpen):
+        await stack_for(FakeAdapter(failing()), "safe", Waits(), breaker=breaker)(
+            Call("op", {}, CONTEXT), refused
+        )
+    assert refused.reached is False

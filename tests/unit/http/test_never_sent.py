@@ -23,29 +23,30 @@ from gateway.unsent import never_sent
 REFUSED = BackendUnavailable("connection refused", reached_backend=False)
 
 
-def trace(attempts: int) -> CallTrace:
-    return CallTrace(attempts=attempts)
+def trace(attempts: int, *, reached: bool = False) -> CallTrace:
+    return CallTrace(attempts=attempts, reached=reached)
 
 
 @pytest.mark.parametrize(
-    ("error", "attempts", "unsent"),
+    ("error", "attempts", "reached", "unsent"),
     [
-        (REFUSED, 1, True),  # connection refused on the only attempt
-        (REFUSED, 2, False),  # an earlier attempt may have reached it
-        (CircuitOpen("sx-housing", retry_after=5.0), 1, True),
-        (CircuitOpen("sx-housing", retry_after=5.0), 3, False),
-        (SystemBusy("no free slot"), 1, True),  # raised in its attempt before the adapter
-        (SystemBusy("no free slot"), 2, False),
-        (AuditUnavailable("request record not written"), 0, True),  # before any attempt
-        (AuditUnavailable("outcome record not written"), 1, False),  # after the call
-        (BackendTimeout("no answer", reached_backend=True), 1, False),
-        (BackendServerError("HTTP 503", reached_backend=True), 1, False),
-        (BackendFault("fault", fault_side="server"), 1, False),
-        (InternalError("something else"), 0, False),  # unknown: the safe side
-        (RateLimited("slow down", retry_after=1), 0, False),
+        (REFUSED, 1, False, True),  # connection refused on the only attempt
+        (REFUSED, 3, False, True),  # refused on every attempt: none left
+        (REFUSED, 2, True, False),  # an earlier attempt may have reached it
+        (CircuitOpen("sx-housing", retry_after=5.0), 1, False, True),
+        (CircuitOpen("sx-housing", retry_after=5.0), 3, True, False),
+        (SystemBusy("no free slot"), 1, False, True),  # raised in its attempt before the adapter
+        (SystemBusy("no free slot"), 2, True, False),
+        (AuditUnavailable("request record not written"), 0, False, True),  # before any attempt
+        (AuditUnavailable("outcome record not written"), 1, True, False),  # after the call
+        (BackendTimeout("no answer", reached_backend=True), 1, True, False),
+        (BackendServerError("HTTP 503", reached_backend=True), 1, True, False),
+        (BackendFault("fault", fault_side="server"), 1, True, False),
+        (InternalError("something else"), 0, False, False),  # unknown: the safe side
+        (RateLimited("slow down", retry_after=1), 0, False, False),
     ],
 )
 def test_only_what_the_error_and_trace_prove_was_not_sent(
-    error: GatewayError, attempts: int, unsent: bool
+    error: GatewayError, attempts: int, reached: bool, unsent: bool
 ) -> None:
-    assert never_sent(error, trace(attempts)) is unsent
+    assert never_sent(error, trace(attempts, reached=reached)) is unsent
