@@ -1032,24 +1032,25 @@ class Children:
     def stop(self, child: Child) -> None:
         if child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
-        try:
-            child.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait(timeout=10)
+        _wait_or_kill(child.proc, 120)
 
     def stop_all(self) -> None:
         for child in reversed(self.started):
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
         for child in reversed(self.started):
-            try:
-                child.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait(timeout=10)
+            _wait_or_kill(child.proc, 10)
             if child.proc.stdout is not None:
                 child.proc.stdout.close()
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait ``timeout`` seconds for a process asked to stop, then kill it."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def free_port() -> int:
@@ -1231,11 +1232,7 @@ class WakeupCounter:
         counts: dict[int, dict[str, int]] = {}
         if self._perf is not None:
             self._perf.send_signal(signal.SIGINT)
-            try:
-                self._perf.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._perf.kill()
-                self._perf.wait(timeout=10)
+            _wait_or_kill(self._perf, 30)
             counts = parse_perf_stat(self._out.read_text(errors="replace"))
             loop = counts.get(self.pid, {})
             others: Counter[str] = Counter()

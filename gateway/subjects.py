@@ -36,8 +36,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import structlog
-
 from gateway.consent.contract import (
     ConsentBook,
     DataSubject,
@@ -45,6 +43,7 @@ from gateway.consent.contract import (
     GrantRefused,
     GrantUse,
     Requester,
+    give_back_each,
 )
 from gateway.consent.subjects import requester_person
 from gateway.errors import NotDataSubject, SubjectFieldAmbiguous
@@ -65,8 +64,6 @@ __all__ = [
     "SubjectRule",
     "principal_subject",
 ]
-
-log = structlog.get_logger("tongban.subjects")
 
 MACHINE_LEVEL: Final = "system"
 """Principal.level of a client-credentials token (no person, no identity level)."""
@@ -325,18 +322,9 @@ class SubjectRule:
         )
 
     async def give_back(self, spent: Iterable[tuple[GrantAsk, GrantUse]]) -> None:
-        """Give the book back each counted use spent for a request that was then not sent.
-        Never raises: a use that cannot be given back stays spent (the safe side), and the
-        request's own error is what its caller gets."""
-        for ask, use in spent:
-            try:
-                await self.book.give_back(ask, use)
-            except Exception as exc:  # the book promises not to raise; stay safe if it does
-                log.warning(
-                    "grant_use_not_given_back",
-                    code=getattr(exc, "code", type(exc).__name__),
-                    service=ask.service,
-                )
+        """Give the book back each counted use spent for a request that was then not sent
+        (``give_back_each``: never raises)."""
+        await give_back_each(self.book, spent)
 
     async def bind(
         self,

@@ -75,14 +75,15 @@ def _secrets_of_this_test_only() -> Generator[None, None, None]:
     forget_secrets_except(before)
 
 
-_SERVICE_MARKERS = ("postgres", "redis", "browser")
+_SERVICE_MARKERS = ("postgres", "redis", "browser", "kernel_aio")
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """In CI a test that needs PostgreSQL, Redis or Chromium fails instead of skipping."""
+    """In CI a test that needs PostgreSQL, Redis, Chromium or the kernel's asynchronous I/O
+    fails instead of skipping."""
     report = yield
     if (
         os.environ.get("CI")

@@ -18,10 +18,15 @@ Must not: import aiohttp or a store.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import structlog
+
 from gateway.errors import Forbidden, InternalError
+
+log = structlog.get_logger("tongban.consent")
 
 SubjectKind = Literal["person", "enterprise"]
 GrantKind = Literal["consent", "delegation"]
@@ -108,3 +113,18 @@ class ConsentBook(Protocol):
         back-end). Nothing for a grant without a count; never below zero uses. Never raises
         for the store: a use that cannot be given back stays spent (the safe side)."""
         ...
+
+
+async def give_back_each(book: ConsentBook, spent: Iterable[tuple[GrantAsk, GrantUse]]) -> None:
+    """Give ``book`` back each counted use spent for a request that was then not sent. Never
+    raises: a use that cannot be given back stays spent (the safe side), and the request's own
+    error is what its caller gets. Logs codes only, never a subject or a grant."""
+    for ask, use in spent:
+        try:
+            await book.give_back(ask, use)
+        except Exception as exc:  # the book promises not to raise; stay safe if it does
+            log.warning(
+                "grant_use_not_given_back",
+                code=getattr(exc, "code", type(exc).__name__),
+                service=ask.service,
+            )

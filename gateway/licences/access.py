@@ -22,14 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import structlog
-
-from gateway.consent.contract import ConsentBook, DataSubject, GrantAsk, GrantUse, Requester
+from gateway.consent.contract import (
+    ConsentBook,
+    DataSubject,
+    GrantAsk,
+    GrantUse,
+    Requester,
+    give_back_each,
+)
 from gateway.consent.subjects import requester_person
 from gateway.licences.errors import LicenceNotSubjects
 from gateway.principal import Principal
-
-log = structlog.get_logger("tongban.licences")
 
 Spent = tuple[GrantAsk, GrantUse]
 """A counted grant use and the ask it was spent for."""
@@ -85,20 +88,8 @@ class HolderCheck:
         return ask, await book.use(ask)
 
     async def give_back(self, spent: Iterable[Spent]) -> None:
-        """Give each counted use back to the book. Never raises: a use that cannot be given
-        back stays spent (the safe side), and the caller's own error is what it answers."""
-        for ask, use in spent:
-            if use.uses_left is None:
-                continue  # no count, nothing was spent
-            book = self._consent()
-            if book is None:
-                log.warning("grant_use_not_given_back", code="no_consent_book", service=ask.service)
-                continue
-            try:
-                await book.give_back(ask, use)
-            except Exception as exc:  # the book promises not to raise; stay safe if it does
-                log.warning(
-                    "grant_use_not_given_back",
-                    code=getattr(exc, "code", type(exc).__name__),
-                    service=ask.service,
-                )
+        """Give each counted use back to the book (``give_back_each``: never raises). A use was
+        spent only through a book, so without one there is nothing to give back."""
+        book = self._consent()
+        if book is not None:
+            await give_back_each(book, spent)

@@ -344,19 +344,15 @@ class LicenceVerifier:
         """One step at the issuer; ``contact`` learns whether it may have reached the issuer
         (decided as for a routed call: gateway/unsent.py)."""
         trace = CallTrace()
+        asked = True  # an answer, or a failure of unknown extent
         try:
-            answer = await self._call(province, licence_type, step, payload, context, trace)
+            return await self._call(province, licence_type, step, payload, context, trace)
         except GatewayError as exc:
-            if contact is not None and not never_sent(exc, trace):
+            asked = not never_sent(exc, trace)
+            raise
+        finally:
+            if contact is not None and asked:
                 contact.asked = True
-            raise
-        except BaseException:
-            if contact is not None:
-                contact.asked = True  # of unknown extent
-            raise
-        if contact is not None:
-            contact.asked = True
-        return answer
 
     async def _search(
         self,

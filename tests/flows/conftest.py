@@ -16,6 +16,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
+from gateway.audit.record import AuditRecord
+from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.cli import main
 from gateway.consent.contract import ConsentBook
 from gateway.consent.factory import subject_keys
@@ -23,6 +25,7 @@ from gateway.demo.backends import DemoBackends, DemoSecrets, start_demo_backends
 from gateway.demo.examples import issue_demo_tokens
 from gateway.demo.residents import RESIDENTS
 from gateway.demo.runner import demo_identity_env, point_at
+from gateway.http.keys import STATE
 from gateway.identity.devtokens import DevTokenIssuer
 from gateway.identity.subject_keys import SubjectKeys
 from gateway.logs import configure_logging
@@ -124,3 +127,41 @@ async def journey(
         yield journey
     # Every journey ends with the independent verifier passing on what it wrote.
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0
+
+
+# --- counted grants (the give-back flows) -----------------------------------------------------
+
+
+async def grant_uses(journey: Journey, grant: str) -> int:
+    """The uses the consent store has counted for ``grant``."""
+    book = journey.client.app[STATE].consent
+    assert book is not None
+    stored, _ = await book.store.find(grant)
+    assert stored is not None
+    return int(stored.uses)
+
+
+async def consent_trail(journey: Journey, grant: str) -> list[tuple[str, Any]]:
+    """The consent records of ``grant`` on this instance's chain, in order: (type, uses left)."""
+    state = journey.client.app[STATE]
+    assert state.audit is not None
+    assert state.audit_store is not None
+    await state.audit.flush()
+    found: list[AuditRecord] = []
+    async for page in state.audit_store.read_pages(state.audit.chain, 1):
+        found.extend(AuditRecord.from_stored(r.text, r.hash) for r in page)
+    return [
+        (r.event.type, r.event.extra.get("uses_left"))
+        for r in found
+        if r.event.type.startswith("consent_") and r.event.extra.get("grant") == grant
+    ]
+
+
+def open_circuit(journey: Journey, system: str) -> CircuitBreaker:
+    """Open ``system``'s circuit breaker as failures would; the breaker, to close it again."""
+    breaker: CircuitBreaker = journey.client.app[STATE].systems[system].breaker
+    for _ in range(1000):
+        if breaker.state is BreakerState.OPEN:
+            return breaker
+        breaker.record_failure("backend.unavailable: down for the test")
+    raise AssertionError(f"the breaker of {system} did not open")

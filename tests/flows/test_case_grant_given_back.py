@@ -11,18 +11,13 @@ keeps the use spent, and a retry with the same key finds that case without spend
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.audit.record import AuditEvent, AuditRecord, EventType
-from gateway.breaker import BreakerState
+from gateway.audit.record import AuditEvent, EventType
 from gateway.cases.audit import CaseAudit
 from gateway.cases.model import NewCase
 from gateway.cases.store import CaseStoreUnavailable, CommitUnknown, CreateResult
@@ -31,19 +26,9 @@ from gateway.demo.cases import S12_CASE
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA
 from gateway.errors import AuditUnavailable
 from gateway.http.cases import CASES
-from gateway.http.keys import STATE
-from tests.flows.conftest import Journey, audit_verify, demo_journey
+from tests.flows.conftest import Journey, consent_trail, grant_uses, open_circuit
 
 PORTAL = "demo-portal-shaanxi"
-
-
-@pytest.fixture
-async def journey(
-    tmp_path: Path, log_stream: io.BytesIO, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Journey]:
-    async with demo_journey(tmp_path, monkeypatch) as journey:
-        yield journey
-    assert await asyncio.to_thread(audit_verify, tmp_path) == 0
 
 
 def bearer(journey: Journey, subject: str, id_number: str) -> dict[str, str]:
@@ -82,34 +67,11 @@ async def apply(journey: Journey, grant: str, key: str) -> tuple[int, dict[str, 
     return response.status, await response.json(content_type=None)
 
 
-async def uses_of(journey: Journey, grant: str) -> int:
-    book = journey.client.app[STATE].consent
-    assert book is not None
-    stored, _ = await book.store.find(grant)
-    assert stored is not None
-    return int(stored.uses)
-
-
-async def consent_records(journey: Journey, grant: str) -> list[str]:
-    state = journey.client.app[STATE]
-    assert state.audit is not None
-    assert state.audit_store is not None
-    await state.audit.flush()
-    found: list[AuditRecord] = []
-    async for page in state.audit_store.read_pages(state.audit.chain, 1):
-        found.extend(AuditRecord.from_stored(r.text, r.hash) for r in page)
-    return [
-        r.event.type
-        for r in found
-        if r.event.type.startswith("consent_") and r.event.extra.get("grant") == grant
-    ]
-
-
 async def exactly_one_more(journey: Journey, grant: str, retry_key: str) -> str:
     """The retry takes the application in under the grant; a new application is refused."""
     status, receipt = await apply(journey, grant, retry_key)
     assert status == 202, receipt
-    assert await uses_of(journey, grant) == 1
+    assert await grant_uses(journey, grant) == 1
     status, problem = await apply(journey, grant, "s12-granted-other")
     assert (status, problem["code"]) == (403, "client.grant_used_up"), problem
     return str(receipt["case_id"])
@@ -128,10 +90,10 @@ async def test_the_case_store_failing_gives_the_single_use_back(
         patch.setattr(store, "create", down)
         status, problem = await apply(journey, grant, "s12-granted-0001")
     assert (status, problem["code"]) == (503, "gateway.case_store_unavailable"), problem
-    assert await uses_of(journey, grant) == 0, "no case: the use is back"
+    assert await grant_uses(journey, grant) == 0, "no case: the use is back"
 
     await exactly_one_more(journey, grant, "s12-granted-0001")
-    assert await consent_records(journey, grant) == [
+    assert [t for t, _ in await consent_trail(journey, grant)] == [
         EventType.CONSENT_GRANTED,
         EventType.CONSENT_USED,
         EventType.CONSENT_RETURNED,
@@ -155,14 +117,14 @@ async def test_a_commit_whose_answer_was_lost_keeps_the_use_spent(
         patch.setattr(store, "create", lost)
         status, problem = await apply(journey, grant, "s12-granted-0002")
     assert (status, problem["code"]) == (503, "gateway.case_store_unavailable"), problem
-    assert await uses_of(journey, grant) == 1, "the case may exist: the use stays spent"
+    assert await grant_uses(journey, grant) == 1, "the case may exist: the use stays spent"
 
     # The client retries with the same key: the case it made, no use spent for it again.
     status, receipt = await apply(journey, grant, "s12-granted-0002")
     assert status == 202, receipt
     status, problem = await apply(journey, grant, "s12-granted-other")
     assert (status, problem["code"]) == (403, "client.grant_used_up"), problem
-    assert EventType.CONSENT_RETURNED not in await consent_records(journey, grant)
+    assert EventType.CONSENT_RETURNED not in [t for t, _ in await consent_trail(journey, grant)]
 
 
 class FailingIntake:
@@ -188,7 +150,7 @@ async def test_the_intake_record_failing_closed_gives_the_single_use_back(
         patch.setattr(service, "_audit", FailingIntake(audit))
         status, problem = await apply(journey, grant, "s12-granted-0003")
     assert (status, problem["code"]) == (503, "gateway.audit_unavailable"), problem
-    assert await uses_of(journey, grant) == 0
+    assert await grant_uses(journey, grant) == 0
 
     await exactly_one_more(journey, grant, "s12-granted-0003")
 
@@ -198,14 +160,12 @@ async def test_the_licence_issuer_out_of_reach_gives_the_single_use_back(
 ) -> None:
     grant = await single_use_grant(journey)
     issuer = journey.backends.licence_systems[SHAANXI_LICENCE]
-    breaker = journey.client.app[STATE].systems[SHAANXI_LICENCE].breaker
-    while breaker.state is not BreakerState.OPEN:
-        breaker.record_failure("backend.unavailable: down for the test")
+    breaker = open_circuit(journey, SHAANXI_LICENCE)
 
     status, problem = await apply(journey, grant, "s12-granted-0004")
     assert (status, problem["code"]) == (503, "backend.licence_issuer_unavailable"), problem
     assert issuer.recorder.requests == []
-    assert await uses_of(journey, grant) == 0
+    assert await grant_uses(journey, grant) == 0
 
     breaker.record_success()  # the licence system is back
     await exactly_one_more(journey, grant, "s12-granted-0004")

@@ -23,12 +23,18 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from gateway.audit.record import AuditRecord, EventType
-from gateway.breaker import BreakerState
+from gateway.audit.record import EventType
 from gateway.demo.backends import SHAANXI_HOUSING
 from gateway.demo.residents import HAN_XUEMEI
-from gateway.http.keys import STATE
-from tests.flows.conftest import CONFIG_DIR, Journey, audit_verify, demo_journey
+from tests.flows.conftest import (
+    CONFIG_DIR,
+    Journey,
+    audit_verify,
+    consent_trail,
+    demo_journey,
+    grant_uses,
+    open_circuit,
+)
 
 PORTAL = "demo-portal-qinghai"
 FUND = "housing-fund-transfer"
@@ -103,40 +109,15 @@ async def her_account(journey: Journey, grant: str) -> tuple[int, dict[str, Any]
     )
 
 
-async def uses_of(journey: Journey, grant: str) -> int:
-    book = journey.client.app[STATE].consent
-    assert book is not None
-    stored, _ = await book.store.find(grant)
-    assert stored is not None
-    return int(stored.uses)
-
-
-async def consent_records(journey: Journey, grant: str) -> list[tuple[str, Any]]:
-    state = journey.client.app[STATE]
-    assert state.audit is not None
-    assert state.audit_store is not None
-    await state.audit.flush()
-    found: list[AuditRecord] = []
-    async for page in state.audit_store.read_pages(state.audit.chain, 1):
-        found.extend(AuditRecord.from_stored(r.text, r.hash) for r in page)
-    return [
-        (r.event.type, r.event.extra.get("uses_left"))
-        for r in found
-        if r.event.type.startswith("consent_") and r.event.extra.get("grant") == grant
-    ]
-
-
 async def test_a_paused_back_end_gives_the_single_use_back(journey: Journey) -> None:
     grant = await single_use_grant(journey)
     fund = journey.backends.recorder(SHAANXI_HOUSING)
-    breaker = journey.client.app[STATE].systems[SHAANXI_HOUSING].breaker
-    while breaker.state is not BreakerState.OPEN:
-        breaker.record_failure("backend.unavailable: down for the test")
+    breaker = open_circuit(journey, SHAANXI_HOUSING)
 
     status, problem = await her_account(journey, grant)
     assert (status, problem["code"]) == (503, "backend.circuit_open"), problem
     assert fund.count == 0
-    assert await uses_of(journey, grant) == 0, "nobody's data was touched: the use is back"
+    assert await grant_uses(journey, grant) == 0, "nobody's data was touched: the use is back"
 
     breaker.record_success()  # the fund centre is back
     status, answer = await her_account(journey, grant)
@@ -145,7 +126,7 @@ async def test_a_paused_back_end_gives_the_single_use_back(journey: Journey) -> 
     assert (status, problem["code"]) == (403, "client.grant_used_up"), problem
     assert fund.count == 1
 
-    assert await consent_records(journey, grant) == [
+    assert await consent_trail(journey, grant) == [
         (EventType.CONSENT_GRANTED, None),
         (EventType.CONSENT_USED, 0),
         (EventType.CONSENT_RETURNED, 1),
@@ -176,7 +157,7 @@ async def test_a_back_end_refusing_connections_gives_the_single_use_back(
     finally:
         await web.TCPSite(running.runner, address.host, address.port).start()  # back again
     assert running.recorder.count == 0
-    assert await uses_of(journey, grant) == 0
+    assert await grant_uses(journey, grant) == 0
 
     status, answer = await her_account(journey, grant)
     assert status == 200, answer
@@ -194,9 +175,9 @@ async def test_a_back_end_that_answered_keeps_the_use_spent(journey: Journey) ->
     status, problem = await her_account(journey, grant)
     assert (status, problem["code"]) == (502, "backend.server_error"), problem
     assert fund.count == 1, "the request reached the fund centre"
-    assert await uses_of(journey, grant) == 1
+    assert await grant_uses(journey, grant) == 1
 
     status, problem = await her_account(journey, grant)
     assert (status, problem["code"]) == (403, "client.grant_used_up"), problem
     assert fund.count == 1
-    assert EventType.CONSENT_RETURNED not in [t for t, _ in await consent_records(journey, grant)]
+    assert EventType.CONSENT_RETURNED not in [t for t, _ in await consent_trail(journey, grant)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.adapter import Call, CallContext, Reply
+from gateway.adapter import Call, Reply
 from gateway.audit.calls import CallAuditor, RouteAudit
 from gateway.audit.checkpoint import CheckpointSigner
 from gateway.audit.keys import StaticKeyStore, new_signing_key
@@ -22,6 +22,9 @@ from gateway.errors import AuditUnavailable
 from gateway.pipeline import CallTrace, with_audit
 from gateway.stores.fsync import KernelFsync
 from gateway.stores.sqlite_audit import SqliteAuditStore
+from tests.calls import CONTEXT
+
+pytestmark = pytest.mark.kernel_aio
 
 
 def _event(n: int) -> AuditEvent:
@@ -130,18 +133,33 @@ class _Gate:
         monkeypatch.setattr(KernelFsync, "fsync", held)
 
 
-async def _kernel_store(path: Path) -> SqliteAuditStore:
-    store = SqliteAuditStore(path)
+@pytest.fixture
+async def kernel_store(tmp_path: Path) -> AsyncIterator[SqliteAuditStore]:
+    """An audit store on ``tmp_path / "audit.db"`` syncing its WAL through the kernel."""
+    store = SqliteAuditStore(tmp_path / "audit.db")
     await store.open()
-    if store._fsync is None:
+    try:
+        if store._fsync is None:
+            pytest.skip("no asynchronous fsync in this kernel")
+        yield store
+    finally:
         await store.aclose()
-        pytest.skip("no asynchronous fsync in this kernel")
-    return store
 
 
-def _writer(store: SqliteAuditStore) -> AuditWriter:
+def _writer(
+    store: SqliteAuditStore,
+    *,
+    commit_timeout: float = 5.0,
+    retry_initial: float = 60.0,
+    retry_max: float = 60.0,
+) -> AuditWriter:
     signer = CheckpointSigner(StaticKeyStore([new_signing_key()]))
-    settings = WriterSettings(linger=0, commit_timeout=5.0, retry_initial=60.0)
+    settings = WriterSettings(
+        linger=0,
+        commit_timeout=commit_timeout,
+        retry_initial=retry_initial,
+        retry_max=retry_max,
+    )
     return AuditWriter(store, chain="gw-a", signer=signer, settings=settings)
 
 
@@ -155,12 +173,11 @@ async def _records(path: Path) -> list[StoredRecord]:
 
 
 async def test_a_required_record_is_acknowledged_only_after_its_wal_fsync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kernel_store: SqliteAuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "audit.db"
-    store = await _kernel_store(path)
+    path = kernel_store.path
     gate = _Gate(monkeypatch)
-    writer = _writer(store)
+    writer = _writer(kernel_store)
     await writer.start()
     try:
         pending = asyncio.create_task(writer.append(_event(1)))
@@ -174,17 +191,14 @@ async def test_a_required_record_is_acknowledged_only_after_its_wal_fsync(
     finally:
         gate.open.set()
         await writer.aclose()
-        await store.aclose()
 
 
 async def test_a_failed_wal_fsync_fails_the_required_call_closed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kernel_store: SqliteAuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "audit.db"
-    store = await _kernel_store(path)
     gate = _Gate(monkeypatch, fail=OSError(errno.EIO, "I/O error"))
     gate.open.set()
-    writer = _writer(store)
+    writer = _writer(kernel_store)
     await writer.start()
     called: list[Call] = []
 
@@ -194,41 +208,25 @@ async def test_a_failed_wal_fsync_fails_the_required_call_closed(
 
     route = RouteAudit("svc", "Op", "sys", "SysOp", mode="required")
     stack = with_audit(backend, CallAuditor(writer), route)
-    context = CallContext(
-        request_id="r1",
-        purpose="test",
-        service="svc",
-        receiving_province="63",
-        handling_province="61",
-        principal="p",
-        actor="p",
-        level="L3",
-    )
     try:
         with pytest.raises(AuditUnavailable):
-            await stack(Call("Op", {}, context), CallTrace())
+            await stack(Call("Op", {}, CONTEXT), CallTrace())
         assert called == []  # no durable request record, no call
         assert writer.readiness().state == "degraded"
         with pytest.raises(AuditUnavailable):  # and the next one is refused at once
             await writer.append(_event(2))
     finally:
         await writer.aclose()
-        await store.aclose()
 
 
 async def test_a_failed_wal_fsync_is_a_store_failure(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kernel_store: SqliteAuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "audit.db"
-    store = await _kernel_store(path)
     gate = _Gate(monkeypatch, fail=OSError(errno.EIO, "I/O error"))
     gate.open.set()
     record = StoredRecord("gw-a", 1, "2026-01-01T00:00:00.000000Z", "{}", "00" * 32)
-    try:
-        with pytest.raises(AuditStoreUnavailable):
-            await store.append([record])
-    finally:
-        await store.aclose()
+    with pytest.raises(AuditStoreUnavailable):
+        await kernel_store.append([record])
 
 
 async def test_the_thread_syncs_where_the_kernel_cannot(
@@ -262,14 +260,11 @@ async def test_the_thread_syncs_where_the_kernel_cannot(
 
 
 async def test_an_fsync_that_outlasts_the_commit_timeout_fails_closed_then_recovers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kernel_store: SqliteAuditStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "audit.db"
-    store = await _kernel_store(path)
+    path = kernel_store.path
     gate = _Gate(monkeypatch)
-    signer = CheckpointSigner(StaticKeyStore([new_signing_key()]))
-    settings = WriterSettings(linger=0, commit_timeout=0.2, retry_initial=0.05, retry_max=0.1)
-    writer = AuditWriter(store, chain="gw-a", signer=signer, settings=settings)
+    writer = _writer(kernel_store, commit_timeout=0.2, retry_initial=0.05, retry_max=0.1)
     await writer.start()
     try:
         with pytest.raises(AuditUnavailable):  # the disk hangs: no acknowledgement
@@ -288,5 +283,4 @@ async def test_an_fsync_that_outlasts_the_commit_timeout_fails_closed_then_recov
     finally:
         gate.open.set()
         await writer.aclose()
-        await store.aclose()
     assert [r.sequence for r in await _records(path)] == list(range(1, sequence + 1))

@@ -367,6 +367,7 @@ async def test_sqlite_lookup_rows_follow_without_a_query(
 # --- SQLite: batches are written on the loop and made durable by an fsync of the WAL --------
 
 
+@pytest.mark.kernel_aio
 @pytest.mark.parametrize("kernel_fsync", [True, False], ids=["kernel", "thread"])
 async def test_sqlite_append_returns_after_the_wal_is_synced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_fsync: bool

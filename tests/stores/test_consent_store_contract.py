@@ -440,7 +440,8 @@ async def test_a_store_that_is_down_fails_closed(opened: Opened, clock: Clock) -
     assert down.value.status == 503
     assert opened.name in down.value.detail
     assert down.value.code == "gateway.consent_store_unavailable"
-    # A use that cannot be given back stays spent; the caller's own error is what counts.
+    # Giving back with the store down does not raise (the use stays spent: the safe side);
+    # the caller's own error is what its client gets.
     await book.give_back(ask("cg_x"), GrantUse("cg_x", "consent", 0))
 
 

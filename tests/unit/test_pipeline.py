@@ -5,7 +5,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.adapter import Call, CallContext, FakeAdapter, Reply
+from gateway.adapter import Call, FakeAdapter, Reply
 from gateway.breaker import CircuitBreaker
 from gateway.errors import (
     BackendError,
@@ -20,17 +20,7 @@ from gateway.errors import (
 )
 from gateway.pipeline import CallTrace, Next, SystemRuntime, build_stack
 from gateway.settings import RetryPolicy, SystemSettings
-
-CONTEXT = CallContext(
-    request_id="r1",
-    purpose="test",
-    service="svc",
-    receiving_province="63",
-    handling_province="61",
-    principal="p",
-    actor="p",
-    level="L3",
-)
+from tests.calls import CONTEXT
 
 
 class Waits:
@@ -221,7 +211,7 @@ async def test_a_call_refused_on_every_attempt_never_reached_the_back_end() -> N
 
 
 async def test_one_attempt_that_may_have_reached_the_back_end_marks_the_call() -> None:
-    # A timeout first (the request may have been processed), then refusals: reached.
+    # A server error first (the request may have been processed), then refusals: reached.
     adapter = FakeAdapter(
         failing(
             BackendServerError(reached_backend=True),

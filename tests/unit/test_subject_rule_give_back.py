@@ -78,6 +78,7 @@ async def test_the_book_failing_for_a_later_subject_gives_back_too() -> None:
         await check(SubjectRule(None, failing), "g-seller", "g-buyer")
     assert book.grants["g-seller"].uses == 1
     assert book.grants["g-buyer"].uses == 1
+    assert [a.grant_id for a in failing.given_back] == ["g-seller"]
 
 
 async def test_the_binding_carries_only_counted_uses() -> None:

@@ -19,6 +19,7 @@ from gateway.audit.verifier import ProblemKind, verify_store
 from gateway.audit.writer import AuditWriter, ChainTailMismatch, WriterSettings
 from gateway.errors import AuditUnavailable
 from gateway.stores.memory_audit import MemoryAuditStore
+from tests.unit.audit.gated_store import GatedStore
 
 FAST = WriterSettings(
     batch_size=50,
@@ -453,24 +454,6 @@ async def test_settle_and_close_end_the_gathering(keys: StaticKeyStore) -> None:
     await w.append(event(1), mode="buffered")
     await w.aclose()  # closing writes what was gathered
     assert len(store.records_of("gw-s")) == 2
-
-
-class GatedStore(MemoryAuditStore):
-    """While ``gate`` is cleared, every commit waits for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.waiting = asyncio.Event()
-
-    async def append(
-        self, records: Sequence[StoredRecord], checkpoint: StoredCheckpoint | None = None
-    ) -> None:
-        if not self.gate.is_set():
-            self.waiting.set()
-            await self.gate.wait()
-        await super().append(records, checkpoint)
 
 
 async def test_buffered_records_queued_during_a_commit_gather_for_the_next(

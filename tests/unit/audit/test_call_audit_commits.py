@@ -4,53 +4,23 @@ is called), none for `buffered`, two only when the service asks for a durable ou
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.adapter import Call, CallContext, Reply
+from gateway.adapter import Call, Reply
 from gateway.audit.calls import AuditMode, CallAuditor, OutcomeMode, RouteAudit
 from gateway.audit.checkpoint import CheckpointSigner
 from gateway.audit.keys import StaticKeyStore, new_signing_key
 from gateway.audit.record import AuditRecord
-from gateway.audit.store import StoredCheckpoint, StoredRecord
 from gateway.audit.writer import AuditWriter, WriterSettings
 from gateway.errors import AuditUnavailable, BackendServerError
 from gateway.pipeline import CallTrace, with_audit
 from gateway.settings import ServiceSettings
-from gateway.stores.memory_audit import MemoryAuditStore
+from tests.calls import CONTEXT
+from tests.unit.audit.gated_store import GatedStore
 
-CONTEXT = CallContext(
-    request_id="r1",
-    purpose="test",
-    service="svc",
-    receiving_province="63",
-    handling_province="61",
-    principal="p",
-    actor="p",
-    level="L3",
-)
 CALL = Call("Op", {"x": 1}, CONTEXT)
-
-
-class GatedStore(MemoryAuditStore):
-    """Counts committed batches; while ``gate`` is cleared every commit waits for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.waiting = asyncio.Event()
-        self.commits = 0
-
-    async def append(
-        self, records: Sequence[StoredRecord], checkpoint: StoredCheckpoint | None = None
-    ) -> None:
-        if not self.gate.is_set():
-            self.waiting.set()
-            await self.gate.wait()
-        await super().append(records, checkpoint)
-        self.commits += 1
 
 
 class Backend:

@@ -106,34 +106,33 @@ async def test_the_intake_record_failing_closed_gives_the_use_back(
     assert hook.given_back == [(ASK, USE)]
 
 
-async def test_the_store_failing_before_its_commit_gives_the_use_back(
-    store: CaseStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("failure", "given_back"),
+    [
+        # Before its commit: certainly no case, the use goes back.
+        (CaseStoreUnavailable("OperationalError"), [(ASK, USE)]),
+        # The commit's answer lost: the case may exist, the use stays spent.
+        (CommitUnknown("ConnectionDoesNotExistError"), []),
+    ],
+    ids=["before-the-commit", "commit-unknown"],
+)
+async def test_the_store_failing_gives_the_use_back_unless_the_case_may_exist(
+    store: CaseStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: CaseStoreUnavailable,
+    given_back: list[Any],
 ) -> None:
     hook = Hook()
     cases = service(store, tmp_path, hook)
 
     async def down(*args: Any, **kwargs: Any) -> CreateResult:
-        raise CaseStoreUnavailable("OperationalError")
+        raise failure
 
     monkeypatch.setattr(store, "create", down)
     with pytest.raises(CaseStoreDown):
         await cases.submit(CITIZEN, body(), idempotency_key="key-00000003")
-    assert hook.given_back == [(ASK, USE)]
-
-
-async def test_a_commit_that_may_have_landed_keeps_the_use(
-    store: CaseStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hook = Hook()
-    cases = service(store, tmp_path, hook)
-
-    async def lost(*args: Any, **kwargs: Any) -> CreateResult:
-        raise CommitUnknown("ConnectionDoesNotExistError")
-
-    monkeypatch.setattr(store, "create", lost)
-    with pytest.raises(CaseStoreDown):
-        await cases.submit(CITIZEN, body(), idempotency_key="key-00000004")
-    assert hook.given_back == []
+    assert hook.given_back == given_back
 
 
 async def test_a_key_taken_meanwhile_gives_the_use_back(

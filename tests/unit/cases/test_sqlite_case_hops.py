@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,7 +18,13 @@ import structlog
 
 from gateway.cases.lifecycle import plan_step
 from gateway.cases.model import Case, CaseStatus, PartStatus
-from gateway.cases.store import FinishEntry, PartChange, Step
+from gateway.cases.store import (
+    CaseStoreUnavailable,
+    CommitUnknown,
+    FinishEntry,
+    PartChange,
+    Step,
+)
 from gateway.stores.cases_sql import SqlCaseStore
 from gateway.stores.sqlite import TransactionThread
 from gateway.stores.sqlite_cases import SqliteCaseStore
@@ -184,3 +191,41 @@ async def test_commits_stay_visible_after_another_process_closes_its_connection(
     assert _has_wal(store.path)
     await store.create(new_case("key-00000002"), at=AT, now=1.0, initial=INITIAL, events=())
     assert _count_elsewhere(store.path) == 2
+
+
+# --- what a failure says about the commit: a counted grant use spent for an application is
+# given back only when the case was certainly not written (gateway/cases/service.py) ---------
+
+
+async def test_a_failing_commit_is_of_unknown_outcome(store: SqliteCaseStore) -> None:
+    async def orphan() -> None:
+        async with store._tx() as tx:
+            # A deferred foreign key is checked at COMMIT, which then fails.
+            await tx.execute("CREATE TEMP TABLE p (id INTEGER PRIMARY KEY)")
+            await tx.execute(
+                "CREATE TEMP TABLE c (pid INTEGER REFERENCES p(id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+            await tx.execute("INSERT INTO c VALUES (1)")
+
+    with pytest.raises(CommitUnknown):
+        await store._hop("write", orphan)
+
+
+async def test_a_statement_failing_before_the_commit_is_certainly_not_written(
+    store: SqliteCaseStore,
+) -> None:
+    async def broken() -> None:
+        async with store._tx() as tx:
+            await tx.execute("INSERT INTO no_such_table VALUES (1)")
+
+    # The statement's own error, rolled back: never taken for a commit of unknown outcome.
+    with pytest.raises(sqlite3.OperationalError) as raised:
+        await store._hop("write", broken)
+    assert not isinstance(raised.value, CommitUnknown)
+
+
+async def test_a_store_not_open_is_certainly_not_written(tmp_path: Path) -> None:
+    store = SqliteCaseStore(tmp_path / "cases.db")
+    with pytest.raises(CaseStoreUnavailable) as raised:
+        await store.find("owner", "key-00000001")
+    assert not isinstance(raised.value, CommitUnknown)

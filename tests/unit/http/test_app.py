@@ -341,6 +341,7 @@ async def test_a_routed_call_leaves_one_access_line_and_its_counts(
     assert access[0]["outcome"] == "ok"
     assert access[1]["error_code"] == "client.unauthenticated"
     assert "client" not in access[1]
+    assert ID not in str(lines), "the ID number in the call's data reaches no log line"
     metrics = (await (await client.get("/metrics")).read()).decode()
     assert (
         'tongban_http_requests_total{method="POST",route="/api/v1/services/{service}/calls",'

@@ -174,6 +174,7 @@ async def test_the_issuer_circuit_open_gives_the_use_back(rig: Rig) -> None:
     assert raised.value.code == "backend.licence_issuer_unavailable"
     assert rig.issuer.calls == []
     assert rig.uses == 1
+    assert [a.grant_id for a in rig.book.given_back] == ["g-han"]
 
 
 async def test_a_refused_verification_gives_the_use_back(rig: Rig) -> None:
@@ -190,6 +191,7 @@ async def test_a_refused_verification_gives_the_use_back(rig: Rig) -> None:
     assert raised.value.code == "client.licence_not_subjects"
     assert rig.issuer.calls, "the issuer was asked, and the answer refused the licence"
     assert rig.book.grants["g-other"].uses == 1
+    assert [a.grant_id for a in rig.book.given_back] == ["g-other"]
 
 
 async def test_an_issuer_that_timed_out_keeps_the_use_spent(rig: Rig) -> None:
