@@ -141,8 +141,8 @@ async def grant_uses(journey: Journey, grant: str) -> int:
     return int(stored.uses)
 
 
-async def consent_trail(journey: Journey, grant: str) -> list[tuple[str, Any]]:
-    """The consent records of ``grant`` on this instance's chain, in order: (type, uses left)."""
+async def chain_records(journey: Journey) -> list[AuditRecord]:
+    """Every record of this instance's chain, in order, once the writer has flushed."""
     state = journey.client.app[STATE]
     assert state.audit is not None
     assert state.audit_store is not None
@@ -150,9 +150,14 @@ async def consent_trail(journey: Journey, grant: str) -> list[tuple[str, Any]]:
     found: list[AuditRecord] = []
     async for page in state.audit_store.read_pages(state.audit.chain, 1):
         found.extend(AuditRecord.from_stored(r.text, r.hash) for r in page)
+    return found
+
+
+async def consent_trail(journey: Journey, grant: str) -> list[tuple[str, Any]]:
+    """The consent records of ``grant`` on this instance's chain, in order: (type, uses left)."""
     return [
         (r.event.type, r.event.extra.get("uses_left"))
-        for r in found
+        for r in await chain_records(journey)
         if r.event.type.startswith("consent_") and r.event.extra.get("grant") == grant
     ]
 

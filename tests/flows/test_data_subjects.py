@@ -24,7 +24,6 @@ import orjson
 import pytest
 import yaml
 
-from gateway.audit.record import AuditRecord
 from gateway.consent.contract import DataSubject
 from gateway.demo.backends import QINGHAI_GOV, SHAANXI_HOUSING, SHAANXI_SI
 from gateway.demo.banner import requests_script
@@ -34,10 +33,9 @@ from gateway.demo.portals import qinghai_portal
 from gateway.demo.residents import HAN_XUEMEI, MA_WENHUA, SU_LANXIN
 from gateway.demo.runner import seed_demo_consents
 from gateway.demo.subject_check import LINK_SECRET_ENV
-from gateway.http.keys import STATE
 from gateway.identity.subject_keys import province_key, province_person_hash
 from tests.consent_books import MemoryConsentBook, TestGrant
-from tests.flows.conftest import CONFIG_DIR, Journey, audit_verify, demo_journey
+from tests.flows.conftest import CONFIG_DIR, Journey, audit_verify, chain_records, demo_journey
 from tests.stores.backends import PG_DSN, drop_schema, postgres_or_skip, run_private
 
 MA_ACCOUNT = "610100201000123456"
@@ -71,17 +69,6 @@ def account_query(id_number: str, account: str, **extra: Any) -> dict[str, Any]:
         "data": {"account_no": account, "id_number": id_number},
         **extra,
     }
-
-
-async def records(journey: Journey) -> list[AuditRecord]:
-    state = journey.client.app[STATE]
-    assert state.audit is not None
-    assert state.audit_store is not None
-    await state.audit.flush()
-    found: list[AuditRecord] = []
-    async for page in state.audit_store.read_pages(state.audit.chain, 1):
-        found.extend(AuditRecord.from_stored(r.text, r.hash) for r in page)
-    return found
 
 
 async def raw_post(
@@ -129,7 +116,7 @@ async def test_someone_elses_id_number_is_refused_before_the_back_end(journey: J
     assert journey.backends.housing.transfers == {}
 
     # The refusal is in the audit chain, naming her only by her key.
-    refused = [r.event for r in await records(journey) if r.event.outcome == "refused"]
+    refused = [r.event for r in await chain_records(journey) if r.event.outcome == "refused"]
     assert len(refused) == 2
     han = journey.keys.person(HAN_XUEMEI.id_number).key
     assert all(e.error_code == "client.not_data_subject" for e in refused)
@@ -151,7 +138,7 @@ async def test_someone_elses_id_number_is_refused_before_the_back_end(journey: J
     assert seen.context["client"] == PORTAL
     ok = [
         r.event
-        for r in await records(journey)
+        for r in await chain_records(journey)
         if r.event.request_id == answer["request_id"] and r.event.outcome != "refused"
     ]
     assert [e.extra["subjects"] for e in ok] == [[journey.keys.person(MA_WENHUA.id_number).key]] * 2
@@ -211,7 +198,7 @@ async def test_a_case_about_someone_else_is_refused_and_nothing_is_created(
     listed = await journey.client.get("/api/v1/cases", headers=journey.auth())
     assert (await listed.json())["cases"] == []
     assert not journey.backends.recorder(QINGHAI_GOV).requests
-    refused = [r.event for r in await records(journey) if r.event.outcome == "refused"]
+    refused = [r.event for r in await chain_records(journey) if r.event.outcome == "refused"]
     assert [(e.type.value, e.error_code, e.service) for e in refused] == [
         ("case_transition", "client.not_data_subject", "medical-filing")
     ]
@@ -250,7 +237,9 @@ async def test_a_grant_opens_someone_elses_data_and_is_named_everywhere(
     assert seen.context["subjects"] == "person:" + province_person_hash(
         key, "111", HAN_XUEMEI.id_number
     )
-    events = [r.event for r in await records(journey) if r.event.request_id == answer["request_id"]]
+    events = [
+        r.event for r in await chain_records(journey) if r.event.request_id == answer["request_id"]
+    ]
     assert [(e.extra["subjects"], e.extra["grant"]) for e in events] == [([han.key], "g-han-1")] * 2
 
 
@@ -279,7 +268,7 @@ async def test_a_grant_that_does_not_cover_the_call_is_refused(
     )
     assert (status, problem["code"]) == (403, "client.grant_refused"), problem
     assert journey.backends.recorder(SHAANXI_HOUSING).count == 0
-    refused = [r.event for r in await records(journey) if r.event.outcome == "refused"]
+    refused = [r.event for r in await chain_records(journey) if r.event.outcome == "refused"]
     assert [(e.error_code, e.extra["grant"]) for e in refused] == [
         ("client.grant_refused", consent)
     ]
@@ -558,7 +547,7 @@ async def test_a_co_applicants_grant_makes_the_case_and_nothing_without_it(
         assert [c["case_id"] for c in (await listed.json())["cases"]] == [receipt["case_id"]]
         intake = [
             r.event
-            for r in await records(j)
+            for r in await chain_records(j)
             if r.event.case_id == receipt["case_id"] and r.event.outcome == "received"
         ]
         assert [(e.extra["subjects"], e.extra["grant"]) for e in intake] == [([han.key], "g-move")]
