@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -97,21 +98,59 @@ def _stop_after(seconds: float) -> None:
     loop.call_later(seconds, os.kill, os.getpid(), signal.SIGTERM)
 
 
-async def _serve(app: web.Application, max_lifetime: float) -> None:
+async def _serve(
+    app: web.Application, max_lifetime: float, sock: socket.socket | None = None
+) -> None:
+    """Serve ``app`` on a free port (announced) or, in a forked process, on ``sock``."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site: web.BaseSite = (
+            web.TCPSite(runner, "127.0.0.1", 0) if sock is None else web.SockSite(runner, sock)
+        )
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         _stop_after(max_lifetime)
-        _announce(int(runner.addresses[0][1]))
+        if sock is None:
+            _announce(int(runner.addresses[0][1]))
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def serve_processes(upstream: str, processes: int, max_lifetime: float) -> int:
+    """The minimal proxy in ``processes`` forked processes on one port, one SO_REUSEPORT
+    socket each (as ``tongban serve --workers N`` listens): what several processes cost per
+    call on this machine with no gateway code at all, beside the gateway's workers row."""
+    from gateway.workers import listening_sockets
+
+    sockets = listening_sockets("127.0.0.1", 0, processes)
+    port = int(sockets[0].getsockname()[1])
+    kids: list[int] = []
+    for sock in sockets:
+        pid = os.fork()
+        if pid == 0:  # the child: serve on its own socket until SIGTERM
+            try:
+                asyncio.run(_serve(minimal_proxy_app(upstream), max_lifetime, sock))
+            finally:
+                os._exit(0)
+        kids.append(pid)
+    for sock in sockets:
+        sock.close()
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    _announce(port)
+    stopped.wait(max_lifetime)
+    for pid in kids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in kids:
+        os.waitpid(pid, 0)
+    return 0
 
 
 _SOAP_ANSWER = (
@@ -1763,6 +1802,8 @@ class Report:
     profiles: dict[str, Any] = field(default_factory=dict)
     setup: dict[str, Any] = field(default_factory=dict)
     workers: list[dict[str, Any]] = field(default_factory=list)
+    proxy_workers: list[dict[str, Any]] = field(default_factory=list)
+    """The minimal proxy in 1 and 2 processes, measured like ``workers``."""
     overload: dict[str, Any] = field(default_factory=dict)
     overload_rounds: list[dict[str, Any]] = field(default_factory=list)
     """With ``--only-overload --repeat N``: every round's overload run, each on a fresh gateway."""
@@ -1843,6 +1884,87 @@ def run_overload_only(args: argparse.Namespace, tree: str | None = None) -> Repo
         finally:
             kids.stop_all()
     return report
+
+
+def workers_rows(
+    bench: Bench, kids: Children, workdir: Path, backend: Child
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`tongban serve --workers 1` and `2`, then the minimal proxy in 1 and 2 processes on one
+    port (the same closed loop with no gateway code: what a second process costs per call on
+    this machine), each measured by ``Bench.workers_closed``, everything unpinned."""
+    py = sys.executable
+    me = str(Path(__file__).resolve())
+    life = ["--max-lifetime", str(bench.args.max_lifetime)]
+    upstream = f"http://127.0.0.1:{backend.port}"
+    rest_call = f"/api/v1/services/{REST_SERVICE}/calls"
+    gateway_rows: list[dict[str, Any]] = []
+    proxy_rows: list[dict[str, Any]] = []
+    for count in (1, 2):
+        config = write_config_dir(workdir / f"served-{count}", upstream)
+        served, served_token = kids.spawn_supervised(f"serve-w{count}", config, count)
+        headers = {**JSON_HEADERS, "Authorization": f"Bearer {served_token}"}
+        target = Target(
+            f"serve --workers {count}", f"http://127.0.0.1:{served.port}{rest_call}",
+            SERVED_CALL_BODY, headers, b'"valid":true', served, backend,
+        )  # fmt: skip
+        asyncio.run(_check_targets([target]))
+        gateway_rows.append(bench.workers_closed(target))
+        kids.stop(served)
+    for count in (1, 2):
+        argv = [py, me, "--role", "minproxy", "--backend", upstream, "--processes", str(count)]
+        forked = kids.spawn(f"minproxy-p{count}", [*argv, *life], None)
+        target = Target(
+            f"minimal proxy, {count} proc.", f"http://127.0.0.1:{forked.port}/api/echo",
+            REST_BODY, JSON_HEADERS, HOLDER_ID.encode(), forked, backend,
+        )  # fmt: skip
+        asyncio.run(_check_targets([target]))
+        proxy_rows.append(bench.workers_closed(target))
+        kids.stop(forked)
+    return gateway_rows, proxy_rows
+
+
+def run_workers_only(args: argparse.Namespace) -> Report:
+    """Only the workers rows (``workers_rows``), ``--repeat`` rounds in turns."""
+    report = Report()
+    with tempfile.TemporaryDirectory(prefix="tongban-bench-") as tmp:
+        workdir = Path(tmp)
+        kids = Children(workdir, pin=not args.no_pin)
+        try:
+            py, me = sys.executable, str(Path(__file__).resolve())
+            life = ["--max-lifetime", str(args.max_lifetime)]
+            backend = kids.spawn("backend", [py, me, "--role", "backend", *life], args.backend_cpu)
+            bench = Bench(args, workdir, kids)
+            for i in range(max(args.repeat, 1)):
+                print(f"workers, round {i + 1}: everything but the back-end unpinned", flush=True)
+                gw_rows, proxy_rows = workers_rows(bench, kids, workdir / f"round-{i}", backend)
+                report.workers.extend(gw_rows)
+                report.proxy_workers.extend(proxy_rows)
+        finally:
+            kids.stop_all()
+    return report
+
+
+def print_workers_rounds(report: Report) -> None:
+    """Per round: CPU per call of 2 processes over 1, the gateway's and the proxy's; medians."""
+
+    def ratios(rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        pairs = zip(rows[0::2], rows[1::2], strict=True)
+        return [(two["cpu_us"] / one["cpu_us"], two["rps"] / one["rps"]) for one, two in pairs]
+
+    gw, proxy = ratios(report.workers), ratios(report.proxy_workers)
+    print()
+    print("## 2 processes / 1, CPU per call (throughput) by round")
+    for i, ((g_cpu, g_rps), (p_cpu, p_rps)) in enumerate(zip(gw, proxy, strict=True), 1):
+        print(
+            f"  round {i}: gateway {g_cpu:.2f}× ({g_rps:.2f}×)   minimal proxy {p_cpu:.2f}× "
+            f"({p_rps:.2f}×)   gateway / proxy {g_cpu / p_cpu:.2f}"
+        )
+    g_med = statistics.median(c for c, _ in gw)
+    p_med = statistics.median(c for c, _ in proxy)
+    print(
+        f"  median: gateway {g_med:.2f}× (target ≤ 1.1), minimal proxy {p_med:.2f}×, "
+        f"gateway / proxy {g_med / p_med:.2f}"
+    )
 
 
 def run_benchmark(args: argparse.Namespace) -> Report:
@@ -2076,17 +2198,9 @@ def run_benchmark(args: argparse.Namespace) -> Report:
 
             if args.workers_phase:
                 print("workers: `tongban serve --workers N`, everything unpinned", flush=True)
-                for count in (1, 2):
-                    config = write_config_dir(workdir / f"served-{count}", upstream)
-                    served, served_token = kids.spawn_supervised(f"serve-w{count}", config, count)
-                    headers = {**JSON_HEADERS, "Authorization": f"Bearer {served_token}"}
-                    target = Target(
-                        f"serve --workers {count}", via(served, rest_call), SERVED_CALL_BODY,
-                        headers, call_expect, served, backend,
-                    )  # fmt: skip
-                    asyncio.run(_check_targets([target]))
-                    report.workers.append(bench.workers_closed(target))
-                    kids.stop(served)
+                gw_rows, proxy_rows = workers_rows(bench, kids, workdir, backend)
+                report.workers.extend(gw_rows)
+                report.proxy_workers.extend(proxy_rows)
 
             if args.cprofile:
                 report.cprofiles.update(profile_rest())
@@ -2371,6 +2485,13 @@ def print_targets_report(report: Report, args: argparse.Namespace) -> None:
                 f"  2 workers / 1 worker: CPU per call {two['cpu_us'] / one['cpu_us']:.2f}× "
                 f"(target ≤ 1.1), throughput {two['rps'] / one['rps']:.2f}×"
             )
+        if len(report.proxy_workers) == 2:
+            one, two = report.proxy_workers
+            print(
+                f"  minimal proxy, 2 processes / 1: CPU per call "
+                f"{two['cpu_us'] / one['cpu_us']:.2f}×, throughput {two['rps'] / one['rps']:.2f}× "
+                "(the same closed loop with no gateway code: this machine's share of the ratio)"
+            )
     if report.overload:
         print_overload(report.overload)
     print_cprofiles(report)
@@ -2507,6 +2628,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(capacity), then the overload run (its open loop at --low-rate first: unloaded p99)",
     )
     p.add_argument(
+        "--only-workers",
+        action="store_true",
+        help="only `serve --workers 1` and `2` and the minimal proxy in 1 and 2 processes, "
+        "--repeat rounds",
+    )
+    p.add_argument(
         "--no-workers", dest="workers_phase", action="store_false", help="no serve --workers run"
     )
     p.add_argument(
@@ -2578,6 +2705,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the gateways' audit block as JSON (default: the defaults), e.g. '{\"linger_ms\": 0}'",
     )
     p.add_argument("--loop", default="asyncio", help=argparse.SUPPRESS)
+    p.add_argument("--processes", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--tree", default="", help=argparse.SUPPRESS)
     p.add_argument("--fsync-thread", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
@@ -2637,6 +2765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "backend":
         asyncio.run(_serve(backend_app(), args.max_lifetime))
         return 0
+    if args.role == "minproxy" and args.processes > 0:
+        return serve_processes(args.backend, args.processes, args.max_lifetime)
     if args.role == "minproxy":
         serve = _serve(minimal_proxy_app(args.backend), args.max_lifetime)
         if args.loop == "uvloop":
@@ -2703,6 +2833,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.overload_rounds = rounds
         if len(rounds) > 1:
             print_overload_rounds(rounds)
+    elif args.only_workers:
+        report = run_workers_only(args)
+        print_workers_rounds(report)
     elif args.open_only:
         report = run_benchmark(args)
         print_open_repeats(report)
