@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -356,6 +357,12 @@ async def call_service(request: web.Request) -> web.Response:
         if binding.spent and never_sent(exc, trace):
             # Nobody's data was touched: a counted grant is not spent by this request.
             await rule.give_back(binding.spent)
+        raise
+    except asyncio.CancelledError as exc:
+        # Handler cancelled (its client gone with handler cancellation on, the server
+        # stopping): the same rule, from the trace; the give-back ends even if cancelled again.
+        if binding.spent and never_sent(exc, trace):
+            await asyncio.shield(rule.give_back(binding.spent))
         raise
     return _json(
         {
