@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.errors import AuditUnavailable, BackendError, GatewayError, SystemBusy
+from gateway.errors import AuditUnavailable, BackendError, SystemBusy
 from gateway.pipeline import CallTrace
 
 __all__ = ["never_sent"]

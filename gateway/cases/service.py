@@ -229,9 +229,7 @@ class CaseService:
         # client gone with handler cancellation on, the server stopping) never leaves a use
         # spent for an application that was not taken in, nor a write half-way. ``drain``
         # waits for the intakes nobody waits for any more.
-        intake = asyncio.ensure_future(
-            self._intake(catalog, principal, new, body, raw, request_id)
-        )
+        intake = asyncio.ensure_future(self._intake(catalog, principal, new, body, raw, request_id))
         self._intakes.add(intake)
         intake.add_done_callback(self._intake_ended)
         return await asyncio.shield(intake)

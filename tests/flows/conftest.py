@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.audit.record import AuditRecord
@@ -81,7 +81,7 @@ async def demo_journey(
     poll_quickly: bool = False,
     config_dir: Path = CONFIG_DIR,
     consent_book: ConsentBook | None = None,
-    server: Callable[[web.Application], BaseTestServer] | None = None,
+    server: Callable[[web.Application], TestServer] | None = None,
 ) -> AsyncIterator[Journey]:
     """The gateway as `tongban demo` configures it, on the demo provinces, stores in
     ``tmp_path``; ``poll_quickly``: a case status poll every 0.2 s instead of every minute;

@@ -97,7 +97,8 @@ async def test_a_commit_whose_answer_is_lost_is_commit_unknown_and_a_read_tells(
         # A later read, on a connection of its own, shows whether the case was taken in.
         found = await direct.find(case.owner, case.idempotency_key)
         if lost.committed:
-            assert found is not None and found.case_id == case.case_id
+            assert found is not None
+            assert found.case_id == case.case_id
         else:
             assert found is None
 

@@ -81,7 +81,8 @@ class Served(TestServer):
     async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kw: Any) -> None:
         await super().start_server(loop=loop, **kw)
         runner = self.runner
-        assert isinstance(runner, web.AppRunner) and runner.server is not None
+        assert isinstance(runner, web.AppRunner)
+        assert runner.server is not None
         assert runner.server.handler_cancellation is self.cancelling
         limit_connections_of(self.app, runner)
 
@@ -132,7 +133,8 @@ class Watch:
     @classmethod
     def install(cls, journey: Journey, monkeypatch: pytest.MonkeyPatch) -> Watch:
         runner = journey.client.server.runner
-        assert runner is not None and runner.server is not None
+        assert runner is not None
+        assert runner.server is not None
         server = runner.server
         watch = cls()
         handle = server.request_handler
@@ -274,7 +276,8 @@ async def test_a_call_waiting_for_a_slot_gives_its_use_back_when_the_client_has_
 
     async def waiting() -> bool:
         at_slot.set()
-        return await acquire()
+        await acquire()
+        return True
 
     with monkeypatch.context() as patch:
         patch.setattr(slots, "acquire", waiting)

@@ -104,7 +104,9 @@ class _Link:
         finally:
             for side in (up, down):
                 side.cancel()
-                with contextlib.suppress(asyncio.CancelledError, OSError, asyncio.IncompleteReadError):
+                with contextlib.suppress(
+                    asyncio.CancelledError, OSError, asyncio.IncompleteReadError
+                ):
                     await side
 
     async def _client_to_server(self) -> None:
@@ -148,7 +150,9 @@ class _Link:
 
 
 @contextlib.asynccontextmanager
-async def commit_losing_relay(host: str, port: int, table: str = "cases") -> AsyncIterator[CommitLosingRelay]:
+async def commit_losing_relay(
+    host: str, port: int, table: str = "cases"
+) -> AsyncIterator[CommitLosingRelay]:
     relay = CommitLosingRelay((host, port), table)
     await relay.start()
     try:
