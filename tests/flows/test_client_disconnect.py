@@ -42,7 +42,7 @@ from gateway.demo.cases import S12_CASE
 from gateway.demo.residents import HAN_XUEMEI
 from gateway.errors import AuditUnavailable
 from gateway.http.cases import CASES
-from gateway.http.keys import STATE
+from gateway.http.keys import STATE, SUBJECTS
 from gateway.serve import app_runner, limit_connections_of
 from tests.flows.conftest import (
     CONFIG_DIR,
@@ -60,6 +60,8 @@ from tests.flows.test_grant_given_back import single_use_grant as fund_grant
 
 USED = [EventType.CONSENT_GRANTED, EventType.CONSENT_USED]
 RETURNED = [*USED, EventType.CONSENT_RETURNED]
+HANG = 60.0
+"""Seconds before a wait for what never comes fails the test (it takes milliseconds)."""
 
 
 class Served(TestServer):
@@ -302,6 +304,67 @@ async def test_a_call_waiting_for_a_slot_gives_its_use_back_when_the_client_has_
     status, problem = await her_account(journey, grant)
     assert (status, problem["code"]) == (403, "client.grant_used_up"), problem
     assert fund.count == 1
+
+
+async def test_a_call_left_while_its_use_is_spent_is_never_sent_or_keeps_it(
+    journey: Journey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    grant = await fund_grant(journey)
+    fund = journey.backends.recorder(SHAANXI_HOUSING)
+    book = journey.client.app[STATE].consent
+    assert book is not None
+    spend = book.store.spend
+    at_spend, spent, returned = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    gate = asyncio.Event()
+
+    async def spend_once_open(grant_id: str, now: float) -> int | None:
+        await gate.wait()
+        count: int | None = await spend(grant_id, now)
+        spent.set()
+        return count
+
+    async def held_spend(grant_id: str, now: float) -> int | None:
+        at_spend.set()
+        # As in the store's own thread, the UPDATE goes on when its caller is cancelled.
+        count: int | None = await asyncio.shield(spend_once_open(grant_id, now))
+        return count
+
+    rule = journey.client.app[SUBJECTS]
+    give_back = rule.give_back
+
+    async def given_back(uses: Any) -> None:
+        await give_back(uses)
+        returned.set()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(book.store, "spend", held_spend)
+        patch.setattr(rule, "give_back", given_back)
+        watch = Watch.install(journey, patch)
+        path = f"/api/v1/services/{FUND}/calls"
+        await send_and_leave(journey, watch, path, fund_call(grant), journey.auth(), at_spend)
+        gate.set()
+        await watch.handled.wait()
+        await spent.wait()
+        if cancelling(journey):
+            # Cancelled while the book spent the use: the rule ran to its end, and the call,
+            # never sent, gave the use back. (A bound on the wait, so that a use kept fails
+            # the test instead of hanging it; the give-back takes milliseconds.)
+            async with asyncio.timeout(HANG):
+                await returned.wait()
+
+    if cancelling(journey):
+        assert fund.count == 0
+        assert await grant_uses(journey, grant) == 0
+        assert [t for t, _ in await consent_trail(journey, grant)] == RETURNED
+        status, answer = await her_account(journey, grant)
+        assert status == 200, answer
+    else:
+        # The handler went on: the call reached the fund centre, the use spent.
+        assert fund.count == 1
+        assert await grant_uses(journey, grant) == 1
+        assert [t for t, _ in await consent_trail(journey, grant)] == USED
+    status, problem = await her_account(journey, grant)
+    assert (status, problem["code"]) == (403, "client.grant_used_up"), problem
 
 
 # --- a case application ----------------------------------------------------------------------
