@@ -521,3 +521,66 @@ async def test_an_application_left_while_the_case_store_commits(
         await not_taken_in(journey, grant, key)
     else:
         await taken_in(journey, grant, key)
+
+
+@pytest.mark.parametrize("journey", ["cancelling"], indirect=True)
+async def test_a_server_stopping_finishes_the_intake_its_cancelled_handler_left(
+    journey: Journey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler is cancelled and the server stops while the case store's commit waits: the
+    app waits for that intake before it closes the stores, so the case is written with its use
+    spent (nothing given back), not cut off with a closed store."""
+    grant = await newborn_grant(journey)
+    app = journey.client.app
+    service = app[CASES].service
+    gate = HeldCreate(app[CASES].store.create, fails=False)
+    made: list[CreateResult] = []
+    create = gate.create
+
+    async def recorded(case: NewCase, **kwargs: Any) -> CreateResult:
+        made.append(await create(case, **kwargs))
+        return made[-1]
+
+    draining = asyncio.Event()
+    drain = service.drain
+
+    async def drained() -> None:
+        draining.set()
+        await drain()
+
+    given_back: list[object] = []
+    rule = app[SUBJECTS]
+    give_back = rule.give_back
+
+    async def giving_back(uses: Any) -> None:
+        given_back.append(uses)
+        await give_back(uses)
+
+    closing = asyncio.Event()
+    aclose = app[CASES].store.aclose
+
+    async def closed() -> None:
+        closing.set()
+        await aclose()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(app[CASES].store, "create", recorded)
+        patch.setattr(app[CASES].store, "aclose", closed)
+        patch.setattr(service, "drain", drained)
+        patch.setattr(rule, "give_back", giving_back)
+        watch = Watch.install(journey, patch)
+        body = newborn_application(grant)
+        headers = han_headers(journey, "s12-gone-0005")
+        await send_and_leave(journey, watch, "/api/v1/cases", body, headers, gate.at)
+        await watch.handled.wait()  # cancelled; the intake waits on
+        stopping = asyncio.ensure_future(journey.client.server.close())
+        # The app's clean-up waits for the intake, or (were it not to) closes the store.
+        waits = [asyncio.ensure_future(e.wait()) for e in (draining, closing)]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+        assert not closing.is_set(), "the case store closed under an intake"
+        gate.gate.set()
+        await stopping
+    assert [r.created for r in made] == [True]
+    assert given_back == []
