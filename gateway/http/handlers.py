@@ -382,7 +382,7 @@ async def call_service(request: web.Request) -> web.Response:
     try:
         request_id, context = _call_context(request, principal, route, body, binding)
     except GatewayError:
-        await rule.give_back(binding.spent)  # refused before anything was sent
+        await asyncio.shield(rule.give_back(binding.spent))  # refused before anything was sent
         raise
     trace = CallTrace()
     metrics = request.app[METRICS]
@@ -401,12 +401,13 @@ async def call_service(request: web.Request) -> web.Response:
             fields.update(attempts=trace.attempts, outcome=outcome, breaker=trace.breaker_state)
     except GatewayError as exc:
         if binding.spent and never_sent(exc, trace):
-            # Nobody's data was touched: a counted grant is not spent by this request.
-            await rule.give_back(binding.spent)
+            # Nobody's data was touched: a counted grant is not spent by this request. (Shielded
+            # here and below: a handler cancelled meanwhile does not stop the give-back.)
+            await asyncio.shield(rule.give_back(binding.spent))
         raise
     except asyncio.CancelledError as exc:
         # Handler cancelled (its client gone with handler cancellation on, the server
-        # stopping): the same rule, from the trace; the give-back ends even if cancelled again.
+        # stopping): the same rule, from the trace.
         if binding.spent and never_sent(exc, trace):
             await asyncio.shield(rule.give_back(binding.spent))
         raise
