@@ -10,22 +10,32 @@ Must not: import aiohttp.
 
 from __future__ import annotations
 
-from gateway.errors import AuditUnavailable, BackendError, GatewayError, SystemBusy
+import asyncio
+
+from gateway.errors import AuditUnavailable, BackendError, SystemBusy
 from gateway.pipeline import CallTrace
 
 __all__ = ["never_sent"]
 
 
-def never_sent(error: GatewayError, trace: CallTrace) -> bool:
+def never_sent(error: BaseException, trace: CallTrace) -> bool:
     """Whether a call that failed with ``error`` certainly never reached the back-end, so that a
     counted grant use spent for it can be given back. Only what the error and the trace prove:
     no attempt may have reached the back-end (``trace.reached``: every attempt failed before
     its request left, e.g. connection refused, or never got to the adapter: the circuit open,
     no free slot to the system), or a required request record that could not be written
     before any attempt (AuditUnavailable). Anything else (a timeout, an answer, an error of
-    unknown extent) keeps the use spent."""
+    unknown extent) keeps the use spent.
+
+    A call cancelled on the way (its handler cancelled: the client gone with handler
+    cancellation on, the server stopping) is decided by the trace alone: cancelled before any
+    attempt handed its request to the adapter (waiting for its request record, a free slot, a
+    retry's backoff after attempts that sent nothing), it was never sent; cancelled while an
+    attempt was on the wire, it may have been handled."""
     if trace.reached:
         return False
+    if isinstance(error, asyncio.CancelledError):
+        return True
     if isinstance(error, BackendError):
         return not error.reached_backend
     if isinstance(error, SystemBusy):

@@ -9,11 +9,14 @@ A counted grant use (the data-subject rule's, or a licence of someone else's at 
 only by an application that is taken in: when anything after the rule fails and the case was
 certainly not written (a later refusal, the intake record not written, the case store failing
 before its commit, the key already taken by another application or by a twin request), the
-uses go back to their grants. A case whose commit may have landed keeps them.
+uses go back to their grants. A case whose commit may have landed keeps them. An application
+is taken in (or not) to the end whether or not its client still waits: a handler cancelled
+mid-intake (its client gone, the server stopping) leaves the intake running in its own task.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import hmac
@@ -183,6 +186,7 @@ class CaseService:
         self._callback_keys = dict(callback_keys or {})
         self._on_written = on_written or (lambda: None)
         self._clock = clock
+        self._intakes: set[asyncio.Future[Submitted]] = set()
 
     # --- taking a case in ---------------------------------------------------------------------
 
@@ -220,6 +224,38 @@ class CaseService:
                     "use a new key for a new application."
                 )
             return Submitted(existing, False)
+        # From here on the application is taken in (or certainly not, its uses given back) in a
+        # task of its own that the caller only waits for: a handler cancelled on the way (its
+        # client gone with handler cancellation on, the server stopping) never leaves a use
+        # spent for an application that was not taken in, nor a write half-way. ``drain``
+        # waits for the intakes nobody waits for any more.
+        intake = asyncio.ensure_future(self._intake(catalog, principal, new, body, raw, request_id))
+        self._intakes.add(intake)
+        intake.add_done_callback(self._intake_ended)
+        return await asyncio.shield(intake)
+
+    def _intake_ended(self, intake: asyncio.Future[Submitted]) -> None:
+        self._intakes.discard(intake)
+        if not intake.cancelled():
+            intake.exception()  # retrieved: its caller may have gone and nobody else asks
+
+    async def drain(self) -> None:
+        """Wait for every intake in flight to end, those whose caller has gone too: the app
+        does before it closes the stores."""
+        while self._intakes:
+            await asyncio.wait(list(self._intakes))
+
+    async def _intake(
+        self,
+        catalog: Catalog,
+        principal: Principal,
+        new: NewCase,
+        body: Mapping[str, Any],
+        raw: bytes | None,
+        request_id: str | None,
+    ) -> Submitted:
+        """The subject rule, materials, the intake record and the write; every counted use
+        back when the case is certainly not written."""
         binding = await self._bind(catalog, principal, new, body, raw)
         licences: list[tuple[GrantAsk, GrantUse]] = []
         try:

@@ -168,6 +168,9 @@ async def _cases_context(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # An application being taken in when its handler was stopped ends before the store
+        # closes: taken in, or its uses given back (the consent book closes after this).
+        await service.drain()
         if dispatcher is not None:
             await dispatcher.aclose()
         await events.aclose()

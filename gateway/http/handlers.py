@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -295,6 +296,52 @@ async def bind_call(
         raise
 
 
+_BINDING: set[asyncio.Future[Binding]] = set()
+"""The subject rules of calls whose handler was cancelled while the rule spent their uses."""
+
+
+async def _bind_to_the_end(
+    request: web.Request,
+    principal: Principal,
+    route: Route,
+    body: dict[str, Any],
+    raw: bytes,
+    registration: ClientRegistration | None,
+) -> Binding:
+    """``bind_call``; for a call presenting a grant, run to its end in a task of its own, so
+    that a handler cancelled while the book spends uses (its client gone with handler
+    cancellation on, the server stopping) gives them back once they are spent: such a call is
+    never sent."""
+    if not grant_ids(body.get("consent")):
+        return await bind_call(request, principal, route, body, raw, registration)
+    rule = request.app[SUBJECTS]
+    left = False
+
+    async def bind() -> Binding:
+        binding = await bind_call(request, principal, route, body, raw, registration)
+        if left and binding.spent:
+            await rule.give_back(binding.spent)
+        return binding
+
+    task = asyncio.ensure_future(bind())
+    _BINDING.add(task)
+    task.add_done_callback(_bound)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            left = True  # the task gives the uses back when it has them
+        elif not task.cancelled() and task.exception() is None and task.result().spent:
+            await asyncio.shield(rule.give_back(task.result().spent))
+        raise
+
+
+def _bound(task: asyncio.Future[Binding]) -> None:
+    _BINDING.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a refusal nobody waits for any more
+
+
 async def call_service(request: web.Request) -> web.Response:
     """A synchronous query or verification in a named province."""
     principal = principal_of(request)
@@ -328,14 +375,14 @@ async def call_service(request: web.Request) -> web.Response:
             route.service.level_requirement(route.operation_name),
         )
     machine = machine_admitted(registration, principal)
-    binding = await bind_call(
+    binding = await _bind_to_the_end(
         request, principal, route, body, raw, registration if machine else None
     )
     rule = request.app[SUBJECTS]
     try:
         request_id, context = _call_context(request, principal, route, body, binding)
     except GatewayError:
-        await rule.give_back(binding.spent)  # refused before anything was sent
+        await asyncio.shield(rule.give_back(binding.spent))  # refused before anything was sent
         raise
     trace = CallTrace()
     metrics = request.app[METRICS]
@@ -354,8 +401,15 @@ async def call_service(request: web.Request) -> web.Response:
             fields.update(attempts=trace.attempts, outcome=outcome, breaker=trace.breaker_state)
     except GatewayError as exc:
         if binding.spent and never_sent(exc, trace):
-            # Nobody's data was touched: a counted grant is not spent by this request.
-            await rule.give_back(binding.spent)
+            # Nobody's data was touched: a counted grant is not spent by this request. (Shielded
+            # here and below: a handler cancelled meanwhile does not stop the give-back.)
+            await asyncio.shield(rule.give_back(binding.spent))
+        raise
+    except asyncio.CancelledError as exc:
+        # Handler cancelled (its client gone with handler cancellation on, the server
+        # stopping): the same rule, from the trace.
+        if binding.spent and never_sent(exc, trace):
+            await asyncio.shield(rule.give_back(binding.spent))
         raise
     return _json(
         {

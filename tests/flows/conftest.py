@@ -7,12 +7,13 @@ import contextlib
 import dataclasses
 import io
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
@@ -80,10 +81,13 @@ async def demo_journey(
     poll_quickly: bool = False,
     config_dir: Path = CONFIG_DIR,
     consent_book: ConsentBook | None = None,
+    server: Callable[[web.Application], TestServer] | None = None,
 ) -> AsyncIterator[Journey]:
     """The gateway as `tongban demo` configures it, on the demo provinces, stores in
     ``tmp_path``; ``poll_quickly``: a case status poll every 0.2 s instead of every minute;
-    ``config_dir``: a variant of the demo's configuration (other stores, say)."""
+    ``config_dir``: a variant of the demo's configuration (other stores, say); ``server``: the
+    server to run the app on (aiohttp's test server by default, which cancels a handler whose
+    client goes away)."""
     secrets = DemoSecrets.generate()
     for name, value in {**secrets.env(), **demo_identity_env(tmp_path)}.items():
         monkeypatch.setenv(name, value)
@@ -105,7 +109,8 @@ async def demo_journey(
         app = create_app(settings, verifier=issuer, consent_book=consent_book)
         keys = subject_keys(settings)
         assert keys is not None, "the demo configuration has a link secret"
-        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        served = server(app) if server is not None else TestServer(app, host="127.0.0.1")
+        async with TestClient(served) as client:
             yield Journey(client, backends, issue_demo_tokens(issuer, keys), issuer, keys)
 
 

@@ -3,6 +3,8 @@ them is given back), from the error and the call's trace alone; anything else ke
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.errors import (
@@ -12,7 +14,6 @@ from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
     CircuitOpen,
-    GatewayError,
     InternalError,
     RateLimited,
     SystemBusy,
@@ -44,9 +45,15 @@ def trace(attempts: int, *, reached: bool = False) -> CallTrace:
         (BackendFault("fault", fault_side="server"), 1, True, False),
         (InternalError("something else"), 0, False, False),  # unknown: the safe side
         (RateLimited("slow down", retry_after=1), 0, False, False),
+        # Its handler cancelled (the client gone, the server stopping): the trace alone.
+        (asyncio.CancelledError(), 0, False, True),  # at its request record
+        (asyncio.CancelledError(), 1, False, True),  # waiting for a slot
+        (asyncio.CancelledError(), 2, False, True),  # backing off after a refused attempt
+        (asyncio.CancelledError(), 1, True, False),  # an attempt on the wire
+        (asyncio.CancelledError(), 3, True, False),  # an earlier attempt may have reached it
     ],
 )
 def test_only_what_the_error_and_trace_prove_was_not_sent(
-    error: GatewayError, attempts: int, reached: bool, unsent: bool
+    error: BaseException, attempts: int, reached: bool, unsent: bool
 ) -> None:
     assert never_sent(error, trace(attempts, reached=reached)) is unsent
