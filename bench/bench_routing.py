@@ -2137,7 +2137,8 @@ def run_benchmark(args: argparse.Namespace) -> Report:
                     rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
                 targets = rows * max(args.repeat, 1)
             if args.open_only:
-                rows = [direct_rest, min_rest, gw_rest, gw_buffered, *extra_targets]
+                rows = [direct_rest, min_rest, min_rest_uv, gw_rest, gw_buffered, gw_uvloop]
+                rows += extra_targets
                 if args.rows:
                     rows = [r for r in rows if any(w in r.name for w in args.rows.split(","))]
                 targets = rows
