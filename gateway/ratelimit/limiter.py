@@ -51,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 from limits import RateLimitItem
@@ -67,6 +67,7 @@ from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings, parse_rate
 from gateway.ratelimit.memory_storage import LocalMemoryStorage
+from gateway.ratelimit.redis_storage import RedisBudgetStorage
 from gateway.ratelimit.sqlite_storage import SqliteStorage
 
 log = structlog.get_logger("tongban.ratelimit")
@@ -162,9 +163,10 @@ class ApiRateLimiter:
         )
         self._strategy = SlidingWindowCounterRateLimiter(storage)
         self._local = storage if isinstance(storage, SqliteStorage) else None
+        self._redis = storage if isinstance(storage, RedisBudgetStorage) else None
         self._memory = storage if isinstance(storage, LocalMemoryStorage) else None
         # Store keys of (budget, partition), so a call's keys are not built and digested anew.
-        self._keys: dict[tuple[Budget, str], str] = {}
+        self._keys: dict[tuple[Budget, str], tuple[str, list[str]]] = {}
         self._timeout = timeout
         self._close = close
         self._default = _plan(settings, None)
@@ -218,13 +220,8 @@ class ApiRateLimiter:
             socket_connect_timeout=settings.store_timeout,
         )
         # limits joins its prefix to each key with ':'; ours already ends with one.
-        options: dict[str, Any] = {"connection_pool": pool}
-        redis = RedisStorage(
-            f"async+{url}",
-            implementation="redispy",
-            key_prefix=settings.redis_prefix.removesuffix(":"),
-            wrap_exceptions=True,
-            **options,
+        redis = RedisBudgetStorage(
+            f"async+{url}", key_prefix=settings.redis_prefix.removesuffix(":"), connection_pool=pool
         )
         return cls(
             redis, settings, clients, timeout=settings.store_timeout, clock=clock, close=pool.aclose
@@ -260,22 +257,28 @@ class ApiRateLimiter:
             key = self._store_key(principal, budget)
             if self._memory.acquire_now(key, budget.rate.amount, budget.window):
                 continue
-            partition = _partition(principal, budget)
-            stats = await self._strategy.get_window_stats(budget.rate, budget.scope, partition)
-            retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
-            return Verdict(budgets, refused_by=budget, retry_after=retry_after)
+            return await self._refused(principal, budgets, budget)
         return Verdict(budgets)
 
     def _store_key(self, principal: Principal, budget: Budget) -> str:
-        """The store's key of ``budget`` for ``principal`` (cached: a few thousand persons'
-        keys, dropped all at once when full)."""
+        """The store's key of ``budget`` for ``principal``."""
+        return self._slot(principal, budget)[0]
+
+    def _window_names(self, principal: Principal, budget: Budget) -> list[str]:
+        """The Redis names of the two windows of ``budget`` for ``principal``."""
+        return self._slot(principal, budget)[1]
+
+    def _slot(self, principal: Principal, budget: Budget) -> tuple[str, list[str]]:
+        """The store's key of ``budget`` for ``principal`` and, on Redis, its windows' names
+        (cached: a few thousand persons' keys, dropped all at once when full)."""
         owner = principal.client_id if budget.scope == "client" else principal.owner
         cached = self._keys.get((budget, owner))
         if cached is None:
             if len(self._keys) >= _KEY_CACHE:
                 self._keys.clear()
-            cached = budget.rate.key_for(budget.scope, _partition(principal, budget))
-            self._keys[(budget, owner)] = cached
+            key = budget.rate.key_for(budget.scope, _partition(principal, budget))
+            names = self._redis.window_keys(key) if self._redis is not None else []
+            cached = self._keys[(budget, owner)] = (key, names)
         return cached
 
     async def hit(self, draws: Iterable[tuple[Budget, str]], *, peek: bool = False) -> Verdict:
@@ -333,39 +336,52 @@ class ApiRateLimiter:
     async def _draw(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
         if self._local is not None:
             return await self._draw_local(principal, budgets)
+        if self._redis is not None:
+            return await self._draw_redis(principal, budgets)
         for budget in budgets:
-            partition = (
-                principal.client_id
-                if budget.scope == "client"
-                else person_partition(principal.owner)
-            )
+            partition = _partition(principal, budget)
             if await self._strategy.hit(budget.rate, budget.scope, partition):
                 continue
-            stats = await self._strategy.get_window_stats(budget.rate, budget.scope, partition)
-            retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
-            return Verdict(budgets, refused_by=budget, retry_after=retry_after)
+            return await self._refused(principal, budgets, budget)
         return Verdict(budgets)
+
+    async def _draw_redis(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
+        """Redis: every budget of the call in one script (one round trip)."""
+        assert self._redis is not None
+        granted = await self._redis.acquire_all(
+            [
+                (self._window_names(principal, budget), budget.rate.amount, budget.window, 1)
+                for budget in budgets
+            ]
+        )
+        if granted[-1] and len(granted) == len(budgets):
+            return Verdict(budgets)
+        return await self._refused(principal, budgets, budgets[len(granted) - 1])
+
+    async def _refused(
+        self, principal: Principal, budgets: tuple[Budget, ...], budget: Budget
+    ) -> Verdict:
+        """The verdict of a call ``budget`` refused, with the seconds until it has room."""
+        stats = await self._strategy.get_window_stats(
+            budget.rate, budget.scope, _partition(principal, budget)
+        )
+        retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
+        return Verdict(budgets, refused_by=budget, retry_after=retry_after)
 
     async def _draw_local(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
         """SQLite: every budget of the call in one transaction."""
         assert self._local is not None
         keys = [
-            (budget.rate.key_for(budget.scope, _partition(principal, budget)), budget.rate.amount,
-             budget.window)
+            (self._store_key(principal, budget), budget.rate.amount, budget.window)
             for budget in budgets
-        ]  # fmt: skip
+        ]
         try:
             refused = self._local.acquire_all(keys)
         except sqlite3.Error as exc:
             raise StorageError(exc) from exc
         if refused is None:
             return Verdict(budgets)
-        budget = budgets[refused]
-        stats = await self._strategy.get_window_stats(
-            budget.rate, budget.scope, _partition(principal, budget)
-        )
-        retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
-        return Verdict(budgets, refused_by=budget, retry_after=retry_after)
+        return await self._refused(principal, budgets, budgets[refused])
 
     def _failed(self, exc: BaseException) -> None:
         if self._breaker.state is BreakerState.CLOSED:  # once per outage, not once per call
