@@ -66,6 +66,7 @@ from gateway.identity.clients import ClientRegistration
 from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings, parse_rate
+from gateway.ratelimit.leases import Lease
 from gateway.ratelimit.memory_storage import LocalMemoryStorage
 from gateway.ratelimit.redis_storage import RedisBudgetStorage
 from gateway.ratelimit.sqlite_storage import SqliteStorage
@@ -166,7 +167,11 @@ class ApiRateLimiter:
         self._redis = storage if isinstance(storage, RedisBudgetStorage) else None
         self._memory = storage if isinstance(storage, LocalMemoryStorage) else None
         # Store keys of (budget, partition), so a call's keys are not built and digested anew.
-        self._keys: dict[tuple[Budget, str], tuple[str, list[str]]] = {}
+        # Each a Lease: on a shared store, also the block this process holds on the budget.
+        self._keys: dict[tuple[Budget, str], Lease] = {}
+        self._shared = self._local is not None or self._redis is not None
+        self._leases = self._shared and settings.leases
+        self._clock = clock
         self._timeout = timeout
         self._close = close
         self._default = _plan(settings, None)
@@ -247,7 +252,80 @@ class ApiRateLimiter:
             return await self._guarded(
                 budgets, lambda: self._draw_memory(principal, budgets), timed=False
             )
+        if self._shared:
+            return await self._check_shared(principal, budgets)
         return await self._guarded(budgets, lambda: self._draw(principal, budgets))
+
+    async def _check_shared(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
+        """SQLite or Redis: the budgets this process holds a block of are spent locally, the
+        others drawn in one store step, blocks for the hot ones with them (leases.py)."""
+        leases = [self._lease(principal, budget) for budget in budgets]
+        if not self._leases:
+            wanted = [1] * len(budgets)
+            return await self._guarded(
+                budgets, lambda: self._draw_shared(principal, budgets, leases, wanted, 0.0)
+            )
+        now = self._clock()
+        taken = [lease.take(now) for lease in leases]
+        if all(taken):
+            return Verdict(budgets)  # all from blocks the store granted this process
+        pending = [lease.refilling for lease, ok in zip(leases, taken, strict=True) if not ok]
+        if all(pending):
+            # Only blocks already on their way are missing: wait for them, not a store step.
+            await asyncio.gather(*(asyncio.shield(block) for block in pending if block))
+            now = self._clock()
+            taken = [ok or lease.spend(now) for lease, ok in zip(leases, taken, strict=True)]
+            if all(taken):
+                return Verdict(budgets)
+        wanted = [0 if ok else lease.block(now) for lease, ok in zip(leases, taken, strict=True)]
+        try:
+            return await self._guarded(
+                budgets, lambda: self._draw_shared(principal, budgets, leases, wanted, now)
+            )
+        finally:
+            for lease, units in zip(leases, wanted, strict=True):
+                if units > 1:
+                    lease.done()
+
+    async def _draw_shared(
+        self,
+        principal: Principal,
+        budgets: tuple[Budget, ...],
+        leases: list[Lease],
+        wanted: list[int],
+        now: float,
+    ) -> Verdict:
+        """Draw ``wanted`` units (0: spent from a block already) of each budget in one store
+        step, in order; stop at the first without room."""
+        drawn = [index for index, units in enumerate(wanted) if units]
+        if self._redis is not None:
+            granted = await self._redis.acquire_all(
+                [
+                    (leases[i].names, budgets[i].rate.amount, budgets[i].window, wanted[i])
+                    for i in drawn
+                ]
+            )
+        else:
+            assert self._local is not None
+            try:
+                granted = self._local.acquire_all(
+                    [
+                        (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i])
+                        for i in drawn
+                    ]
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(exc) from exc
+        for index, units in zip(drawn, granted, strict=False):
+            if units:
+                leases[index].granted(units, now)
+                continue
+            # Refused: a unit taken from a block for a later budget was not spent.
+            for later in range(index + 1, len(budgets)):
+                if not wanted[later]:
+                    leases[later].give_back(now)
+            return await self._refused(principal, budgets, budgets[index])
+        return Verdict(budgets)
 
     async def _draw_memory(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
         """Drawn from the in-process counters without awaiting them, with the same answers as
@@ -262,24 +340,21 @@ class ApiRateLimiter:
 
     def _store_key(self, principal: Principal, budget: Budget) -> str:
         """The store's key of ``budget`` for ``principal``."""
-        return self._slot(principal, budget)[0]
+        return self._lease(principal, budget).key
 
-    def _window_names(self, principal: Principal, budget: Budget) -> list[str]:
-        """The Redis names of the two windows of ``budget`` for ``principal``."""
-        return self._slot(principal, budget)[1]
-
-    def _slot(self, principal: Principal, budget: Budget) -> tuple[str, list[str]]:
-        """The store's key of ``budget`` for ``principal`` and, on Redis, its windows' names
-        (cached: a few thousand persons' keys, dropped all at once when full)."""
+    def _lease(self, principal: Principal, budget: Budget) -> Lease:
+        """The store's key of ``budget`` for ``principal`` with this process's lease on it
+        (cached: a few thousand persons' keys; when full, all but the leased ones dropped)."""
         owner = principal.client_id if budget.scope == "client" else principal.owner
-        cached = self._keys.get((budget, owner))
-        if cached is None:
+        lease = self._keys.get((budget, owner))
+        if lease is None:
             if len(self._keys) >= _KEY_CACHE:
-                self._keys.clear()
+                hot = {slot: lease for slot, lease in self._keys.items() if lease.hot}
+                self._keys = hot if len(hot) < _KEY_CACHE // 2 else {}
             key = budget.rate.key_for(budget.scope, _partition(principal, budget))
             names = self._redis.window_keys(key) if self._redis is not None else []
-            cached = self._keys[(budget, owner)] = (key, names)
-        return cached
+            lease = self._keys[(budget, owner)] = Lease(key, names, budget.rate.amount)
+        return lease
 
     async def hit(self, draws: Iterable[tuple[Budget, str]], *, peek: bool = False) -> Verdict:
         """Draw one from each ``(budget, partition)`` in order, stopping at the first that is
@@ -334,29 +409,13 @@ class ApiRateLimiter:
         return Verdict(budgets)
 
     async def _draw(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
-        if self._local is not None:
-            return await self._draw_local(principal, budgets)
-        if self._redis is not None:
-            return await self._draw_redis(principal, budgets)
+        """Any other ``limits`` storage: one draw per budget through the library."""
         for budget in budgets:
             partition = _partition(principal, budget)
             if await self._strategy.hit(budget.rate, budget.scope, partition):
                 continue
             return await self._refused(principal, budgets, budget)
         return Verdict(budgets)
-
-    async def _draw_redis(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
-        """Redis: every budget of the call in one script (one round trip)."""
-        assert self._redis is not None
-        granted = await self._redis.acquire_all(
-            [
-                (self._window_names(principal, budget), budget.rate.amount, budget.window, 1)
-                for budget in budgets
-            ]
-        )
-        if granted[-1] and len(granted) == len(budgets):
-            return Verdict(budgets)
-        return await self._refused(principal, budgets, budgets[len(granted) - 1])
 
     async def _refused(
         self, principal: Principal, budgets: tuple[Budget, ...], budget: Budget
@@ -367,21 +426,6 @@ class ApiRateLimiter:
         )
         retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
         return Verdict(budgets, refused_by=budget, retry_after=retry_after)
-
-    async def _draw_local(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
-        """SQLite: every budget of the call in one transaction."""
-        assert self._local is not None
-        keys = [
-            (self._store_key(principal, budget), budget.rate.amount, budget.window)
-            for budget in budgets
-        ]
-        try:
-            refused = self._local.acquire_all(keys)
-        except sqlite3.Error as exc:
-            raise StorageError(exc) from exc
-        if refused is None:
-            return Verdict(budgets)
-        return await self._refused(principal, budgets, budgets[refused])
 
     def _failed(self, exc: BaseException) -> None:
         if self._breaker.state is BreakerState.CLOSED:  # once per outage, not once per call
