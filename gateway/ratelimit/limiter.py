@@ -66,6 +66,7 @@ from gateway.identity.clients import ClientRegistration
 from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings, parse_rate
+from gateway.ratelimit.draws import retry_after
 from gateway.ratelimit.leases import Lease
 from gateway.ratelimit.memory_storage import LocalMemoryStorage
 from gateway.ratelimit.redis_storage import RedisBudgetStorage
@@ -299,7 +300,7 @@ class ApiRateLimiter:
         step, in order; stop at the first without room."""
         drawn = [index for index, units in enumerate(wanted) if units]
         if self._redis is not None:
-            granted = await self._redis.acquire_all(
+            answer = await self._redis.acquire_all(
                 [
                     (leases[i].names, budgets[i].rate.amount, budgets[i].window, wanted[i])
                     for i in drawn
@@ -308,7 +309,7 @@ class ApiRateLimiter:
         else:
             assert self._local is not None
             try:
-                granted = self._local.acquire_all(
+                answer = self._local.acquire_all(
                     [
                         (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i])
                         for i in drawn
@@ -316,7 +317,7 @@ class ApiRateLimiter:
                 )
             except sqlite3.Error as exc:
                 raise StorageError(exc) from exc
-        for index, units in zip(drawn, granted, strict=False):
+        for index, units in zip(drawn, answer.granted, strict=False):
             if units:
                 leases[index].granted(units, now)
                 continue
@@ -324,7 +325,10 @@ class ApiRateLimiter:
             for later in range(index + 1, len(budgets)):
                 if not wanted[later]:
                     leases[later].give_back(now)
-            return await self._refused(principal, budgets, budgets[index])
+            budget = budgets[index]
+            assert answer.window is not None
+            seconds = retry_after(answer.window, budget.window)
+            return Verdict(budgets, refused_by=budget, retry_after=seconds)
         return Verdict(budgets)
 
     async def _draw_memory(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:

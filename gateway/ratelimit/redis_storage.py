@@ -28,10 +28,13 @@ from limits.aio.storage import RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
 
+from gateway.ratelimit.draws import Drawn
+
 ACQUIRE_ALL = """
 -- KEYS: the previous and the current window of each budget, in draw order.
 -- ARGV: limit, expiry (seconds) and units wanted of each budget.
--- Returns the units granted to each budget drawn; a refusal ends the list with a 0.
+-- Returns the units granted to each budget drawn, a refusal ending the list with a 0, and the
+-- refusing budget's windows (previous count, its TTL, current count, its TTL) or nothing.
 -- Per budget, the arithmetic of limits' acquire_sliding_window.lua (milliseconds).
 local granted = {}
 for i = 1, #KEYS / 2 do
@@ -58,7 +61,8 @@ for i = 1, #KEYS / 2 do
     local room = limit - weighted_count
     if room < 1 then
         granted[i] = 0
-        return granted
+        current_ttl = redis.call('pttl', current_key)
+        return {granted, {previous_count, previous_ttl, current_count, current_ttl}}
     end
     local take = math.min(wanted, room)
     if redis.call('exists', current_key) == 1 then
@@ -68,7 +72,7 @@ for i = 1, #KEYS / 2 do
     end
     granted[i] = take
 end
-return granted
+return {granted, {}}
 """
 
 
@@ -89,17 +93,25 @@ class RedisBudgetStorage(RedisStorage):
         current = self.bridge.prefixed_key(self._current_window_key(key))
         return [f"{current}/-1", current]
 
-    async def acquire_all(self, draws: Sequence[tuple[Sequence[str], int, int, int]]) -> list[int]:
+    async def acquire_all(self, draws: Sequence[tuple[Sequence[str], int, int, int]]) -> Drawn:
         """Draw from each ``(window_keys, limit, expiry, wanted)`` in order, in one script: the
         units granted to each budget drawn (``min(wanted, room)``), ending at the first without
-        room with a 0; the draws before it stay counted. Raises StorageError."""
+        room with a 0 (the draws before it stay counted), and that one's windows as the
+        library's ``get_sliding_window`` reads them. Raises StorageError."""
         keys: list[str] = []
         args: list[int] = []
         for window_keys, limit, expiry, wanted in draws:
             keys += window_keys
             args += (limit, expiry, wanted)
         try:
-            granted = await self._acquire_all(keys, args)
+            granted, window = await self._acquire_all(keys, args)
         except self.base_exceptions as exc:
             raise StorageError(exc) from exc
-        return [int(units) for units in granted]
+        if not window:
+            return Drawn([int(units) for units in granted])
+        previous, previous_ttl, current, current_ttl = (int(value) for value in window)
+        return Drawn(
+            [int(units) for units in granted],
+            # Seconds, none below 0: as limits' redis-py bridge reads the same values.
+            (previous, max(0, previous_ttl) / 1000, current, max(0, current_ttl) / 1000),
+        )

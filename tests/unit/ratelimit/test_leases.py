@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings
+from gateway.ratelimit.draws import Drawn
 from gateway.ratelimit.leases import LEASE_TIME
 from gateway.ratelimit.limiter import ApiRateLimiter
 
@@ -78,16 +79,18 @@ async def open_limiter(
         grants: Grants = []
         acquire_all = store.acquire_all
 
-        async def answered(pending: Awaitable[list[int]]) -> list[int]:
-            grants.append(await pending)
-            return grants[-1]
+        async def answered(pending: Awaitable[Drawn]) -> Drawn:
+            drawn = await pending
+            grants.append(drawn.granted)
+            return drawn
 
         def record(entries: list[tuple[Any, int, int, int]]) -> Any:
             draws.append([(entry[0], entry[3]) for entry in entries])
             if request.param == "redis":
                 return answered(acquire_all(entries))
-            grants.append(acquire_all(entries))
-            return grants[-1]
+            drawn = acquire_all(entries)
+            grants.append(drawn.granted)
+            return drawn
 
         store.acquire_all = record
         return limiter, draws, grants

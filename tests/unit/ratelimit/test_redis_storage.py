@@ -100,13 +100,22 @@ async def test_same_answers_as_the_library(redis: tuple[Redis, str], seed: int) 
                 )
                 if not library[-1]:
                     break
-            granted = await ours.acquire_all(
+            drawn = await ours.acquire_all(
                 [
                     (ours.window_keys(key), item.amount, item.get_expiry(), 1)
                     for item, key in budgets
                 ]
             )
-            assert [bool(units) for units in granted] == library
+            assert [bool(units) for units in drawn.granted] == library
+            if library[-1]:
+                assert drawn.window is None
+            else:  # the refusing budget's windows, as the library reads them
+                item, key = budgets[len(library) - 1]
+                lib = await theirs.get_sliding_window(key, item.get_expiry())
+                assert drawn.window is not None
+                assert (drawn.window[0], drawn.window[2]) == (lib[0], lib[2])
+                assert drawn.window[1] == pytest.approx(lib[1], abs=1.0)
+                assert drawn.window[3] == pytest.approx(lib[3], abs=1.0)
             answers[library[-1]] += 1
             for item, key in budgets:
                 mine = await ours.get_sliding_window(key, item.get_expiry())
@@ -132,8 +141,8 @@ async def test_the_library_reads_what_the_script_wrote_and_back(redis: tuple[Red
     try:
         assert await strategy.hit(item, "client", "portal")
         assert await strategy.hit(item, "client", "portal")
-        assert await ours.acquire_all(draw) == [1]
-        assert await ours.acquire_all(draw) == [0]
+        assert (await ours.acquire_all(draw)).granted == [1]
+        assert (await ours.acquire_all(draw)).granted == [0]
         assert not await strategy.hit(item, "client", "portal")
         stats = await strategy.get_window_stats(item, "client", "portal")
         assert stats.remaining == 0
@@ -149,13 +158,21 @@ async def test_budgets_stop_at_the_first_refusal_and_blocks_take_the_room_left(
     person = ours.window_keys("person-budget")
     portal = ours.window_keys("client-budget")
     try:
-        assert await ours.acquire_all([(person, 2, 3600, 1), (portal, 10, 3600, 4)]) == [1, 4]
-        assert await ours.acquire_all([(person, 2, 3600, 1), (portal, 10, 3600, 4)]) == [1, 4]
+        assert (await ours.acquire_all([(person, 2, 3600, 1), (portal, 10, 3600, 4)])).granted == [
+            1,
+            4,
+        ]
+        assert (await ours.acquire_all([(person, 2, 3600, 1), (portal, 10, 3600, 4)])).granted == [
+            1,
+            4,
+        ]
         # The person's budget is spent: the portal's is not drawn.
-        assert await ours.acquire_all([(person, 2, 3600, 1), (portal, 10, 3600, 4)]) == [0]
+        assert (await ours.acquire_all([(person, 2, 3600, 1), (portal, 10, 3600, 4)])).granted == [
+            0
+        ]
         # A block takes what is left of the portal's, and then nothing is.
-        assert await ours.acquire_all([(portal, 10, 3600, 4)]) == [2]
-        assert await ours.acquire_all([(portal, 10, 3600, 1)]) == [0]
+        assert (await ours.acquire_all([(portal, 10, 3600, 4)])).granted == [2]
+        assert (await ours.acquire_all([(portal, 10, 3600, 1)])).granted == [0]
         window = await ours.get_sliding_window("client-budget", 3600)
         assert window[2] == 10
     finally:
