@@ -19,6 +19,13 @@ Scenarios (the gateway's default budgets: a client 6000/minute, a person 300/min
 Variants, run interleaved round after round so that all meet the same moments of a shared
 machine: this tree; this tree with ``leases: false``; with ``--baseline-tree`` the gateway
 imported from that source tree. The table gives the median of ``--repeat`` rounds.
+
+``--callgrind``: instructions per check instead (this process only, not the Redis server's),
+which the machine's load does not move: each measurement is two children under ``valgrind
+--tool=callgrind``, with ``--checks`` and with ``--callgrind-base`` checks, and the difference
+of their totals over the difference of checks (start-up and warm-up cancel out). Under
+valgrind a process runs some 50 times slower, so a lease's block, sized to the rate, is
+smaller than at full speed.
 """
 
 from __future__ import annotations
@@ -107,8 +114,18 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def child(tree: Path, store: str, scenario: str, args: argparse.Namespace, *, leases: bool) -> Any:
+def child(
+    tree: Path,
+    store: str,
+    scenario: str,
+    args: argparse.Namespace,
+    *,
+    leases: bool,
+    checks: int | None = None,
+    valgrind: list[str] | None = None,
+) -> Any:
     argv = [
+        *(valgrind or []),
         sys.executable,
         str(Path(__file__).resolve()),
         "--child",
@@ -119,7 +136,7 @@ def child(tree: Path, store: str, scenario: str, args: argparse.Namespace, *, le
         "--scenario",
         scenario,
         "--checks",
-        str(args.checks),
+        str(checks or args.checks),
         "--warmup",
         str(args.warmup),
         "--redis-url",
@@ -130,7 +147,22 @@ def child(tree: Path, store: str, scenario: str, args: argparse.Namespace, *, le
     done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=tree)
     if done.returncode:
         raise SystemExit(f"{tree} {store} {scenario}: {done.stderr.strip()}")
-    return json.loads(done.stdout)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def instructions(
+    tree: Path, store: str, scenario: str, args: argparse.Namespace, *, leases: bool
+) -> float:
+    """Instructions per check of this process, counted by callgrind (see the docstring)."""
+    totals: list[int] = []
+    for checks in (args.callgrind_base, args.checks):
+        with tempfile.TemporaryDirectory() as out:
+            valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out"]
+            child(tree, store, scenario, args, leases=leases, checks=checks, valgrind=valgrind)
+            text = Path(out, "cg.out").read_text()
+        totals.append(int(text.split("\ntotals: ")[1].split()[0]))
+    difference: int = args.checks - args.callgrind_base
+    return (totals[1] - totals[0]) / difference
 
 
 def main() -> None:
@@ -141,7 +173,10 @@ def main() -> None:
     parser.add_argument("--stores", default=",".join(STORES))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--variants", default="baseline,leases off,this tree")
     parser.add_argument("--baseline-tree", help="a source tree of the gateway to compare with")
+    parser.add_argument("--callgrind", action="store_true", help="instructions per check")
+    parser.add_argument("--callgrind-base", type=int, default=100, help="checks of the base run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tree", default=str(HERE), help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
@@ -159,6 +194,7 @@ def main() -> None:
     if args.baseline_tree:
         variants.append(("baseline", Path(args.baseline_tree).resolve(), True))
     variants += [("leases off", HERE, False), ("this tree", HERE, True)]
+    variants = [variant for variant in variants if variant[0] in args.variants.split(",")]
     stores = args.stores.split(",")
     scenarios = args.scenarios.split(",")
     results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
@@ -171,13 +207,20 @@ def main() -> None:
                 for name, tree, leases in variants:
                     if store == "memory" and name == "leases off":
                         continue
-                    figures = child(tree, store, scenario, args, leases=leases)
+                    if args.callgrind:
+                        count = instructions(tree, store, scenario, args, leases=leases)
+                        figures = {"cpu_us": count, "server_us": 0.0}
+                    else:
+                        figures = child(tree, store, scenario, args, leases=leases)
                     results.setdefault((store, scenario, name), []).append(figures)
         print(f"round {round_ + 1}/{args.repeat} done, load {os.getloadavg()}", flush=True)
 
     names = [name for name, _, _ in variants]
     print()
-    print("CPU µs per check, median of", args.repeat, "rounds (Redis server's CPU in brackets)")
+    if args.callgrind:
+        print("Instructions per check (callgrind), median of", args.repeat, "rounds")
+    else:
+        print("CPU µs per check, median of", args.repeat, "rounds (Redis server's CPU in brackets)")
     print()
     print("| store | scenario | " + " | ".join(names) + " |")
     print("|---|---|" + "---:|" * len(names))
@@ -191,7 +234,10 @@ def main() -> None:
                     continue
                 cpu = statistics.median(run["cpu_us"] for run in runs)
                 server = statistics.median(run["server_us"] for run in runs)
-                cells.append(f"{cpu:.1f}" + (f" ({server:.0f})" if store == "redis" else ""))
+                if args.callgrind:
+                    cells.append(f"{cpu:,.0f}")
+                else:
+                    cells.append(f"{cpu:.1f}" + (f" ({server:.0f})" if store == "redis" else ""))
             if any(cell != "–" for cell in cells):
                 print(f"| {store} | {scenario} | " + " | ".join(cells) + " |")
     print(f"\nload average at end: {os.getloadavg()}")
