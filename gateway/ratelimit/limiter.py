@@ -336,15 +336,11 @@ class ApiRateLimiter:
         any store (the window's statistics are read only for a refusal's Retry-After)."""
         assert self._memory is not None
         for budget in budgets:
-            key = self._store_key(principal, budget)
+            key = self._lease(principal, budget).key
             if self._memory.acquire_now(key, budget.rate.amount, budget.window):
                 continue
             return await self._refused(principal, budgets, budget)
         return Verdict(budgets)
-
-    def _store_key(self, principal: Principal, budget: Budget) -> str:
-        """The store's key of ``budget`` for ``principal``."""
-        return self._lease(principal, budget).key
 
     def _lease(self, principal: Principal, budget: Budget) -> Lease:
         """The store's key of ``budget`` for ``principal`` with this process's lease on it
