@@ -21,13 +21,21 @@ can let a few calls more or fewer through than an exact log would. That is fine 
 (this is not a legal record: nothing here is audited). The library has no clock to inject:
 windows run on ``time.time()`` (memory) and Redis's expiry (redis).
 
-Storage: ``MemoryStorage`` for one process; ``SqliteStorage`` (sqlite_storage.py) for the
-processes of one host; ``RedisStorage`` on redis-py (limits'
-``implementation="redispy"``, so no second Redis client) over a ``BlockingConnectionPool`` of
-our own (the default pool raises at once when full), closed by ``aclose``. Measured
-on loopback: a Redis-backed draw costs ~170 µs of CPU per budget (two per call); a memory one
-~7 µs, but ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs per draw at 10,000
-live keys and ~330 µs at 100,000: beyond a modest number of active persons, use Redis.
+Storage: ``MemoryStorage`` (``LocalMemoryStorage``, memory_storage.py) for one process;
+``SqliteStorage`` (sqlite_storage.py) for the processes of one host; ``RedisBudgetStorage``
+(redis_storage.py: ``limits``' ``RedisStorage`` on redis-py, so no second Redis client) across
+hosts, over a ``BlockingConnectionPool`` of our own (the default pool raises at once when full),
+closed by ``aclose``. On the two shared stores a call's budgets are drawn in one step (a
+transaction; one Lua script, one round trip) on the library's keys and arithmetic, and a
+refusal's Retry-After comes from the windows that step answered with (draws.py). A budget this
+process draws often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
+``rate_limits.leases``). Measured CPU per check (bench/bench_ratelimit.py, docs/performance.md,
+a loaded machine): memory ~10 µs; SQLite ~140 µs a transaction, ~7 µs when every budget of the
+call is spent from a block; Redis ~320-370 µs a round trip (~600 µs with one ``limits`` call
+per budget), ~10-16 µs from blocks. A portal's many persons each draw their own budget one unit
+a call, so their calls still cost a store step each; a machine client's, or one busy person's,
+mostly do not. ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs per draw at
+10,000 live keys and ~330 µs at 100,000: beyond a modest number of active persons, use Redis.
 
 Fail open. A government gateway's limits protect capacity; they are not a legal record, and
 refusing every citizen because the counter store is down would turn a Redis outage into a
@@ -264,7 +272,7 @@ class ApiRateLimiter:
         if not self._leases:
             wanted = [1] * len(budgets)
             return await self._guarded(
-                budgets, lambda: self._draw_shared(principal, budgets, leases, wanted, 0.0)
+                budgets, lambda: self._draw_shared(budgets, leases, wanted, 0.0)
             )
         now = self._clock()
         taken = [lease.take(now) for lease in leases]
@@ -281,7 +289,7 @@ class ApiRateLimiter:
         wanted = [0 if ok else lease.block(now) for lease, ok in zip(leases, taken, strict=True)]
         try:
             return await self._guarded(
-                budgets, lambda: self._draw_shared(principal, budgets, leases, wanted, now)
+                budgets, lambda: self._draw_shared(budgets, leases, wanted, now)
             )
         finally:
             for lease, units in zip(leases, wanted, strict=True):
@@ -290,7 +298,6 @@ class ApiRateLimiter:
 
     async def _draw_shared(
         self,
-        principal: Principal,
         budgets: tuple[Budget, ...],
         leases: list[Lease],
         wanted: list[int],
