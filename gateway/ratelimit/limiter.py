@@ -276,16 +276,17 @@ class ApiRateLimiter:
             )
         now = self._clock()
         taken = [lease.take(now) for lease in leases]
-        if all(taken):
-            return Verdict(budgets)  # all from blocks the store granted this process
-        pending = [lease.refilling for lease, ok in zip(leases, taken, strict=True) if not ok]
-        if all(pending):
-            # Only blocks already on their way are missing: wait for them, not a store step.
+        while not all(taken):
+            pending = [lease.refilling for lease, ok in zip(leases, taken, strict=True) if not ok]
+            if not all(pending):
+                break
+            # Only blocks already on their way are missing: wait for them, not a store step
+            # (one comes, or fails, within the store timeout of the call that asked for it).
             await asyncio.gather(*(asyncio.shield(block) for block in pending if block))
             now = self._clock()
             taken = [ok or lease.spend(now) for lease, ok in zip(leases, taken, strict=True)]
-            if all(taken):
-                return Verdict(budgets)
+        else:
+            return Verdict(budgets)  # all from blocks the store granted this process
         wanted = [0 if ok else lease.block(now) for lease, ok in zip(leases, taken, strict=True)]
         try:
             return await self._guarded(
