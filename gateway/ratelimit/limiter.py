@@ -30,9 +30,9 @@ transaction; one Lua script, one round trip) on the library's keys and arithmeti
 refusal's Retry-After comes from the windows that step answered with (draws.py). A budget this
 process draws often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
 ``rate_limits.leases``). Measured CPU per check (bench/bench_ratelimit.py, docs/performance.md,
-a loaded machine): memory ~10 µs; SQLite ~140 µs a transaction, ~7 µs when every budget of the
-call is spent from a block; Redis ~320-370 µs a round trip (~600 µs with one ``limits`` call
-per budget), ~10-16 µs from blocks. A portal's many persons each draw their own budget one unit
+a loaded machine): memory ~9 µs; SQLite ~100-150 µs a transaction, ~6 µs when every budget of
+the call is spent from a block; Redis ~250-370 µs a round trip (~450-600 µs with one ``limits``
+call per budget), ~8-16 µs from blocks. A portal's many persons each draw their own budget one unit
 a call, so their calls still cost a store step each; a machine client's, or one busy person's,
 mostly do not. ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs per draw at
 10,000 live keys and ~330 µs at 100,000: beyond a modest number of active persons, use Redis.
