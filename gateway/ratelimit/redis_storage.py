@@ -31,44 +31,48 @@ from limits.errors import StorageError
 from gateway.ratelimit.draws import Drawn
 
 ACQUIRE_ALL = """
--- KEYS: the previous and the current window of each budget, in draw order.
--- ARGV: limit, expiry (seconds) and units wanted of each budget.
--- Returns the units granted to each budget drawn, a refusal ending the list with a 0, and the
--- refusing budget's windows (previous count, its TTL, current count, its TTL) or nothing.
--- Per budget, the arithmetic of limits' acquire_sliding_window.lua (milliseconds).
+-- A call's budgets, drawn in order in one step. Budget i has its previous and its current
+-- window counter in KEYS[2i-1] and KEYS[2i], and its limit, window (seconds) and the units
+-- wanted in ARGV[3i-2], ARGV[3i-1] and ARGV[3i]. Windows run on key expiry, in milliseconds:
+-- a current counter with less than one window to live belongs to a window that has ended, so
+-- it becomes the previous counter and a fresh one starts (the library's layout and weighting,
+-- so that its window statistics read these counters).
+-- Reply: the units granted to each budget drawn, a 0 ending the list at the first budget
+-- without room, and that budget's windows (previous count and TTL, current count and TTL),
+-- or an empty list when every budget had room.
+local function ttl_of(name)
+    local ms = tonumber(redis.call('pttl', name)) or 0
+    if ms < 0 then
+        return 0
+    end
+    return ms
+end
+
 local granted = {}
 for i = 1, #KEYS / 2 do
-    local previous_key = KEYS[2 * i - 1]
-    local current_key = KEYS[2 * i]
+    local older, newer = KEYS[2 * i - 1], KEYS[2 * i]
     local limit = tonumber(ARGV[3 * i - 2])
-    local expiry = tonumber(ARGV[3 * i - 1]) * 1000
+    local window_ms = tonumber(ARGV[3 * i - 1]) * 1000
     local wanted = tonumber(ARGV[3 * i])
 
-    local current_ttl = tonumber(redis.call('pttl', current_key))
-    if current_ttl > 0 and current_ttl < expiry then
-        -- Current window expired, shift it to the previous window
-        redis.call('rename', current_key, previous_key)
-        redis.call('set', current_key, 0, 'PX', current_ttl + expiry)
+    local newer_ttl = ttl_of(newer)
+    if newer_ttl > 0 and newer_ttl < window_ms then
+        redis.call('rename', newer, older)
+        redis.call('set', newer, 0, 'PX', newer_ttl + window_ms)
     end
-
-    local previous_count = tonumber(redis.call('get', previous_key)) or 0
-    local previous_ttl = tonumber(redis.call('pttl', previous_key)) or 0
-    local current_count = tonumber(redis.call('get', current_key)) or 0
-    if previous_ttl <= 0 then
-        previous_ttl = 0
-    end
-    local weighted_count = math.floor(previous_count * previous_ttl / expiry) + current_count
-    local room = limit - weighted_count
+    local older_count = tonumber(redis.call('get', older)) or 0
+    local older_ttl = ttl_of(older)
+    local newer_count = tonumber(redis.call('get', newer)) or 0
+    local room = limit - (math.floor(older_count * older_ttl / window_ms) + newer_count)
     if room < 1 then
         granted[i] = 0
-        current_ttl = redis.call('pttl', current_key)
-        return {granted, {previous_count, previous_ttl, current_count, current_ttl}}
+        return {granted, {older_count, older_ttl, newer_count, ttl_of(newer)}}
     end
     local take = math.min(wanted, room)
-    if redis.call('exists', current_key) == 1 then
-        redis.call('incrby', current_key, take)
+    if redis.call('exists', newer) == 1 then
+        redis.call('incrby', newer, take)
     else
-        redis.call('set', current_key, take, 'PX', expiry * 2)
+        redis.call('set', newer, take, 'PX', window_ms * 2)
     end
     granted[i] = take
 end
