@@ -105,6 +105,14 @@ class RateLimitSettings(BaseModel):
     """Key prefix in Redis (one per deployment; not the sessions' or tokens' prefix)."""
     store_timeout: float = Field(0.25, gt=0, le=5)
     """Seconds a check may wait on Redis before the call goes through unchecked."""
+    leases: bool = True
+    """On a shared store ('sqlite', 'redis'): a process that draws often on one budget (a
+    portal's client budget) takes a block of units from the shared counter in one store step
+    and spends them itself for up to a quarter of a second, so most of its calls cost no store
+    step. A block is at most 1 % of the budget and follows the rate the process sees (a person
+    calling now and then draws one unit per call, as without leases); the processes together
+    never admit more than the budget, but units of a block left when its lease runs out are
+    lost, so a budget may refuse a few calls early. false: every call draws from the store."""
     retry_interval: float = Field(5.0, gt=0, le=300)
     """After Redis failed, seconds during which calls go through unchecked without asking it
     (then one call probes it again)."""

@@ -21,13 +21,21 @@ can let a few calls more or fewer through than an exact log would. That is fine 
 (this is not a legal record: nothing here is audited). The library has no clock to inject:
 windows run on ``time.time()`` (memory) and Redis's expiry (redis).
 
-Storage: ``MemoryStorage`` for one process; ``SqliteStorage`` (sqlite_storage.py) for the
-processes of one host; ``RedisStorage`` on redis-py (limits'
-``implementation="redispy"``, so no second Redis client) over a ``BlockingConnectionPool`` of
-our own (the default pool raises at once when full), closed by ``aclose``. Measured
-on loopback: a Redis-backed draw costs ~170 µs of CPU per budget (two per call); a memory one
-~7 µs, but ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs per draw at 10,000
-live keys and ~330 µs at 100,000: beyond a modest number of active persons, use Redis.
+Storage: ``MemoryStorage`` (``LocalMemoryStorage``, memory_storage.py) for one process;
+``SqliteStorage`` (sqlite_storage.py) for the processes of one host; ``RedisBudgetStorage``
+(redis_storage.py: ``limits``' ``RedisStorage`` on redis-py, so no second Redis client) across
+hosts, over a ``BlockingConnectionPool`` of our own (the default pool raises at once when full),
+closed by ``aclose``. On the two shared stores a call's budgets are drawn in one step (a
+transaction; one Lua script, one round trip) on the library's keys and arithmetic, and a
+refusal's Retry-After comes from the windows that step answered with (draws.py). A budget this
+process draws often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
+``rate_limits.leases``). Measured CPU per check (bench/bench_ratelimit.py, docs/performance.md,
+a loaded machine): memory ~9 µs; SQLite ~100-150 µs a transaction, ~6 µs when every budget of
+the call is spent from a block; Redis ~250-370 µs a round trip (~450-600 µs with one ``limits``
+call per budget), ~8-16 µs from blocks. A portal's many persons each draw their own budget one unit
+a call, so their calls still cost a store step each; a machine client's, or one busy person's,
+mostly do not. ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs per draw at
+10,000 live keys and ~330 µs at 100,000: beyond a modest number of active persons, use Redis.
 
 Fail open. A government gateway's limits protect capacity; they are not a legal record, and
 refusing every citizen because the counter store is down would turn a Redis outage into a
@@ -51,7 +59,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 from limits import RateLimitItem
@@ -66,7 +74,10 @@ from gateway.identity.clients import ClientRegistration
 from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings, parse_rate
+from gateway.ratelimit.draws import retry_after
+from gateway.ratelimit.leases import Lease
 from gateway.ratelimit.memory_storage import LocalMemoryStorage
+from gateway.ratelimit.redis_storage import RedisBudgetStorage
 from gateway.ratelimit.sqlite_storage import SqliteStorage
 
 log = structlog.get_logger("tongban.ratelimit")
@@ -162,9 +173,14 @@ class ApiRateLimiter:
         )
         self._strategy = SlidingWindowCounterRateLimiter(storage)
         self._local = storage if isinstance(storage, SqliteStorage) else None
+        self._redis = storage if isinstance(storage, RedisBudgetStorage) else None
         self._memory = storage if isinstance(storage, LocalMemoryStorage) else None
         # Store keys of (budget, partition), so a call's keys are not built and digested anew.
-        self._keys: dict[tuple[Budget, str], str] = {}
+        # Each a Lease: on a shared store, also the block this process holds on the budget.
+        self._keys: dict[tuple[Budget, str], Lease] = {}
+        self._shared = self._local is not None or self._redis is not None
+        self._leases = self._shared and settings.leases
+        self._clock = clock
         self._timeout = timeout
         self._close = close
         self._default = _plan(settings, None)
@@ -218,13 +234,8 @@ class ApiRateLimiter:
             socket_connect_timeout=settings.store_timeout,
         )
         # limits joins its prefix to each key with ':'; ours already ends with one.
-        options: dict[str, Any] = {"connection_pool": pool}
-        redis = RedisStorage(
-            f"async+{url}",
-            implementation="redispy",
-            key_prefix=settings.redis_prefix.removesuffix(":"),
-            wrap_exceptions=True,
-            **options,
+        redis = RedisBudgetStorage(
+            f"async+{url}", key_prefix=settings.redis_prefix.removesuffix(":"), connection_pool=pool
         )
         return cls(
             redis, settings, clients, timeout=settings.store_timeout, clock=clock, close=pool.aclose
@@ -250,33 +261,108 @@ class ApiRateLimiter:
             return await self._guarded(
                 budgets, lambda: self._draw_memory(principal, budgets), timed=False
             )
+        if self._shared:
+            return await self._check_shared(principal, budgets)
         return await self._guarded(budgets, lambda: self._draw(principal, budgets))
+
+    async def _check_shared(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
+        """SQLite or Redis: the budgets this process holds a block of are spent locally, the
+        others drawn in one store step, blocks for the hot ones with them (leases.py)."""
+        leases = [self._lease(principal, budget) for budget in budgets]
+        if not self._leases:
+            wanted = [1] * len(budgets)
+            return await self._guarded(
+                budgets, lambda: self._draw_shared(budgets, leases, wanted, 0.0)
+            )
+        now = self._clock()
+        taken = [lease.take(now) for lease in leases]
+        while not all(taken):
+            pending = [lease.refilling for lease, ok in zip(leases, taken, strict=True) if not ok]
+            if not all(pending):
+                break
+            # Only blocks already on their way are missing: wait for them, not a store step
+            # (one comes, or fails, within the store timeout of the call that asked for it).
+            await asyncio.gather(*(asyncio.shield(block) for block in pending if block))
+            now = self._clock()
+            taken = [ok or lease.spend(now) for lease, ok in zip(leases, taken, strict=True)]
+        else:
+            return Verdict(budgets)  # all from blocks the store granted this process
+        wanted = [0 if ok else lease.block(now) for lease, ok in zip(leases, taken, strict=True)]
+        try:
+            return await self._guarded(
+                budgets, lambda: self._draw_shared(budgets, leases, wanted, now)
+            )
+        finally:
+            for lease, units in zip(leases, wanted, strict=True):
+                if units > 1:
+                    lease.done()
+
+    async def _draw_shared(
+        self,
+        budgets: tuple[Budget, ...],
+        leases: list[Lease],
+        wanted: list[int],
+        now: float,
+    ) -> Verdict:
+        """Draw ``wanted`` units (0: spent from a block already) of each budget in one store
+        step, in order; stop at the first without room."""
+        drawn = [index for index, units in enumerate(wanted) if units]
+        if self._redis is not None:
+            answer = await self._redis.acquire_all(
+                [
+                    (leases[i].names, budgets[i].rate.amount, budgets[i].window, wanted[i])
+                    for i in drawn
+                ]
+            )
+        else:
+            assert self._local is not None
+            try:
+                answer = self._local.acquire_all(
+                    [
+                        (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i])
+                        for i in drawn
+                    ]
+                )
+            except sqlite3.Error as exc:
+                raise StorageError(exc) from exc
+        for index, units in zip(drawn, answer.granted, strict=False):
+            if units:
+                leases[index].granted(units, now)
+                continue
+            # Refused: a unit taken from a block for a later budget was not spent.
+            for later in range(index + 1, len(budgets)):
+                if not wanted[later]:
+                    leases[later].give_back(now)
+            budget = budgets[index]
+            assert answer.window is not None
+            seconds = retry_after(answer.window, budget.window)
+            return Verdict(budgets, refused_by=budget, retry_after=seconds)
+        return Verdict(budgets)
 
     async def _draw_memory(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
         """Drawn from the in-process counters without awaiting them, with the same answers as
         any store (the window's statistics are read only for a refusal's Retry-After)."""
         assert self._memory is not None
         for budget in budgets:
-            key = self._store_key(principal, budget)
+            key = self._lease(principal, budget).key
             if self._memory.acquire_now(key, budget.rate.amount, budget.window):
                 continue
-            partition = _partition(principal, budget)
-            stats = await self._strategy.get_window_stats(budget.rate, budget.scope, partition)
-            retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
-            return Verdict(budgets, refused_by=budget, retry_after=retry_after)
+            return await self._refused(principal, budgets, budget)
         return Verdict(budgets)
 
-    def _store_key(self, principal: Principal, budget: Budget) -> str:
-        """The store's key of ``budget`` for ``principal`` (cached: a few thousand persons'
-        keys, dropped all at once when full)."""
+    def _lease(self, principal: Principal, budget: Budget) -> Lease:
+        """The store's key of ``budget`` for ``principal`` with this process's lease on it
+        (cached: a few thousand persons' keys; when full, all but the leased ones dropped)."""
         owner = principal.client_id if budget.scope == "client" else principal.owner
-        cached = self._keys.get((budget, owner))
-        if cached is None:
+        lease = self._keys.get((budget, owner))
+        if lease is None:
             if len(self._keys) >= _KEY_CACHE:
-                self._keys.clear()
-            cached = budget.rate.key_for(budget.scope, _partition(principal, budget))
-            self._keys[(budget, owner)] = cached
-        return cached
+                hot = {slot: lease for slot, lease in self._keys.items() if lease.hot}
+                self._keys = hot if len(hot) < _KEY_CACHE // 2 else {}
+            key = budget.rate.key_for(budget.scope, _partition(principal, budget))
+            names = self._redis.window_keys(key) if self._redis is not None else []
+            lease = self._keys[(budget, owner)] = Lease(key, names, budget.rate.amount)
+        return lease
 
     async def hit(self, draws: Iterable[tuple[Budget, str]], *, peek: bool = False) -> Verdict:
         """Draw one from each ``(budget, partition)`` in order, stopping at the first that is
@@ -331,36 +417,18 @@ class ApiRateLimiter:
         return Verdict(budgets)
 
     async def _draw(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
-        if self._local is not None:
-            return await self._draw_local(principal, budgets)
+        """Any other ``limits`` storage: one draw per budget through the library."""
         for budget in budgets:
-            partition = (
-                principal.client_id
-                if budget.scope == "client"
-                else person_partition(principal.owner)
-            )
+            partition = _partition(principal, budget)
             if await self._strategy.hit(budget.rate, budget.scope, partition):
                 continue
-            stats = await self._strategy.get_window_stats(budget.rate, budget.scope, partition)
-            retry_after = max(math.ceil(stats.reset_time - time.time()), 1)
-            return Verdict(budgets, refused_by=budget, retry_after=retry_after)
+            return await self._refused(principal, budgets, budget)
         return Verdict(budgets)
 
-    async def _draw_local(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
-        """SQLite: every budget of the call in one transaction."""
-        assert self._local is not None
-        keys = [
-            (budget.rate.key_for(budget.scope, _partition(principal, budget)), budget.rate.amount,
-             budget.window)
-            for budget in budgets
-        ]  # fmt: skip
-        try:
-            refused = self._local.acquire_all(keys)
-        except sqlite3.Error as exc:
-            raise StorageError(exc) from exc
-        if refused is None:
-            return Verdict(budgets)
-        budget = budgets[refused]
+    async def _refused(
+        self, principal: Principal, budgets: tuple[Budget, ...], budget: Budget
+    ) -> Verdict:
+        """The verdict of a call ``budget`` refused, with the seconds until it has room."""
         stats = await self._strategy.get_window_stats(
             budget.rate, budget.scope, _partition(principal, budget)
         )

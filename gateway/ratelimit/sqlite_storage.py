@@ -24,6 +24,7 @@ from pathlib import Path
 from limits.aio.storage import SlidingWindowCounterSupport, Storage
 from limits.storage.base import TimestampedSlidingWindow
 
+from gateway.ratelimit.draws import Drawn, Window
 from gateway.stores.migrations import Migration
 from gateway.stores.sqlite import LockedConnection
 
@@ -97,29 +98,36 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                 self._next_purge = now + PURGE_INTERVAL
         return True
 
-    def acquire_all(self, entries: list[tuple[str, int, int]]) -> int | None:
-        """Draw one call from each ``(key, limit, expiry)`` in order, in one transaction; the
-        index of the first that refuses (the draws before it stay counted), or None.
+    def acquire_all(self, entries: list[tuple[str, int, int, int]]) -> Drawn:
+        """Draw from each ``(key, limit, expiry, wanted)`` in order, in one transaction: the
+        units granted to each budget drawn (``min(wanted, room)``), ending at the first without
+        room with a 0 (the draws before it stay counted), and that one's windows as
+        ``get_sliding_window`` reads them. Asking for one unit, it is the library's draw; more
+        is a block for a local lease (leases.py).
 
         The limiter's path: one transaction per call for all its budgets instead of one per
         budget through ``limits``' strategy (same keys and windows, so both read each other).
         Synchronous: a few tens of microseconds on the loop. Raises sqlite3.Error."""
         now = time.time()
-        refused: int | None = None
+        granted: list[int] = []
+        refused: Window | None = None
         with self._db.transaction() as conn:
-            for index, (key, limit, expiry) in enumerate(entries):
+            for key, limit, expiry, wanted in entries:
                 previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-                previous, previous_ttl, current, _ = _window(
-                    conn, previous_key, current_key, expiry, now
-                )
-                if math.floor(previous * previous_ttl / expiry + current) + 1 > limit:
-                    refused = index
+                window = _window(conn, previous_key, current_key, expiry, now)
+                previous, previous_ttl, current, _ = window
+                room = limit - math.floor(previous * previous_ttl / expiry + current)
+                if room < 1:
+                    granted.append(0)
+                    refused = window
                     break
-                conn.execute(_ADD, (current_key, 1, now + 2 * expiry, now, now))
+                units = min(wanted, room)
+                conn.execute(_ADD, (current_key, units, now + 2 * expiry, now, now))
+                granted.append(units)
             if now >= self._next_purge:
                 conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
                 self._next_purge = now + PURGE_INTERVAL
-        return refused
+        return Drawn(granted, refused)
 
     async def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
         now = time.time()

@@ -1,0 +1,247 @@
+"""Benchmark of the /api rate limiter: CPU per ``ApiRateLimiter.check`` on each store.
+
+    .venv/bin/python bench/bench_ratelimit.py --repeat 5 --baseline-tree /tmp/old-tree
+
+Each measurement is a child process that opens a limiter on a fresh store (memory; a SQLite
+file in a new directory; a new key prefix on ``--redis-url``, deleted after), makes ``--warmup``
+checks, then times ``--checks`` checks one after the other: CPU (``time.process_time``) and
+wall time per check. The Redis server's own CPU is not in the figure; it is read from ``INFO
+cpu`` before and after and printed beside it (the whole server's: other clients count too).
+
+Scenarios (the gateway's default budgets: a client 6000/minute, a person 300/minute):
+
+- ``one-person``: one person calling through one portal (both budgets hot; her budget raised
+  to 6000/minute so that nothing is refused);
+- ``many-persons``: 2,000 persons in turn through one portal (each person's budget drawn once
+  per 2,000 calls: sparse; the portal's hot), the common shape of a portal's traffic;
+- ``machine``: a machine client (client credentials: its client budget only).
+
+Variants, run interleaved round after round so that all meet the same moments of a shared
+machine: this tree; this tree with ``leases: false``; with ``--baseline-tree`` the gateway
+imported from that source tree. The table gives the median of ``--repeat`` rounds.
+
+``--callgrind``: instructions per check instead (this process only, not the Redis server's),
+which the machine's load does not move: each measurement is two children under ``valgrind
+--tool=callgrind``, with ``--checks`` and with ``--callgrind-base`` checks, and the difference
+of their totals over the difference of checks (start-up and warm-up cancel out). Under
+valgrind a process runs some 50 times slower, so a lease's block, sized to the rate, is
+smaller than at full speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent.parent
+STORES = ("memory", "sqlite", "redis")
+SCENARIOS = ("one-person", "many-persons", "machine")
+
+
+async def measure(args: argparse.Namespace) -> dict[str, float]:
+    """In the child: one limiter, ``args.checks`` checks timed."""
+    from redis.asyncio import Redis  # noqa: PLC0415 - after the tree is on sys.path
+
+    from gateway.principal import Principal  # noqa: PLC0415
+    from gateway.ratelimit.config import RateLimitSettings  # noqa: PLC0415
+    from gateway.ratelimit.limiter import ApiRateLimiter  # noqa: PLC0415
+
+    prefix = f"tongban-bench:{secrets.token_hex(6)}:"
+    config: dict[str, Any] = {
+        "store": args.store,
+        "redis_url": args.redis_url,
+        "redis_prefix": prefix,
+        "client": "6000/minute",
+        "person": "6000/minute" if args.scenario == "one-person" else "300/minute",
+        # The most a check may wait on the store: a busy machine must not make it fail open.
+        "store_timeout": 5,
+    }
+    if args.no_leases:
+        config["leases"] = False
+    settings = RateLimitSettings.model_validate(config)
+    limiter = ApiRateLimiter.from_settings(settings, data_dir=Path(tempfile.mkdtemp()))
+    if args.scenario == "machine":
+        principals = [Principal(subject="system-a", level="system", client_id="system-a")]
+    else:
+        persons = 1 if args.scenario == "one-person" else 2000
+        principals = [
+            Principal(subject=f"s{n}", level="L2", client_id="portal", person=f"person-{n}")
+            for n in range(persons)
+        ]
+    count = len(principals)
+    redis = Redis.from_url(args.redis_url) if args.store == "redis" else None
+
+    async def server_cpu() -> float:
+        if redis is None:
+            return 0.0
+        info = await redis.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    try:
+        for n in range(args.warmup):
+            verdict = await limiter.check(principals[n % count])
+        server_before = await server_cpu()
+        cpu, wall = time.process_time(), time.perf_counter()
+        refused = unchecked = 0
+        for n in range(args.checks):
+            verdict = await limiter.check(principals[n % count])
+            refused += not verdict.allowed
+            unchecked += not verdict.checked
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        server = await server_cpu() - server_before
+        if refused or unchecked:
+            raise SystemExit(f"{refused} refused, {unchecked} unchecked: not a fair run")
+    finally:
+        await limiter.aclose()
+        if redis is not None:
+            async for name in redis.scan_iter(match=f"{prefix}*"):
+                await redis.delete(name)
+            await redis.aclose()
+    return {
+        "cpu_us": 1e6 * cpu / args.checks,
+        "wall_us": 1e6 * wall / args.checks,
+        "server_us": 1e6 * server / args.checks,
+    }
+
+
+def child(
+    tree: Path,
+    store: str,
+    scenario: str,
+    args: argparse.Namespace,
+    *,
+    leases: bool,
+    checks: int | None = None,
+    valgrind: list[str] | None = None,
+) -> Any:
+    argv = [
+        *(valgrind or []),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--tree",
+        str(tree),
+        "--store",
+        store,
+        "--scenario",
+        scenario,
+        "--checks",
+        str(checks or args.checks),
+        "--warmup",
+        str(args.warmup),
+        "--redis-url",
+        args.redis_url,
+    ]
+    if not leases:
+        argv.append("--no-leases")
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=tree)
+    if done.returncode:
+        raise SystemExit(f"{tree} {store} {scenario}: {done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def instructions(
+    tree: Path, store: str, scenario: str, args: argparse.Namespace, *, leases: bool
+) -> float:
+    """Instructions per check of this process, counted by callgrind (see the docstring)."""
+    totals: list[int] = []
+    for checks in (args.callgrind_base, args.checks):
+        with tempfile.TemporaryDirectory() as out:
+            valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out"]
+            child(tree, store, scenario, args, leases=leases, checks=checks, valgrind=valgrind)
+            text = Path(out, "cg.out").read_text()
+        totals.append(int(text.split("\ntotals: ")[1].split()[0]))
+    difference: int = args.checks - args.callgrind_base
+    return (totals[1] - totals[0]) / difference
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="rounds; the table gives medians")
+    parser.add_argument("--checks", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--stores", default=",".join(STORES))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--variants", default="baseline,leases off,this tree")
+    parser.add_argument("--baseline-tree", help="a source tree of the gateway to compare with")
+    parser.add_argument("--callgrind", action="store_true", help="instructions per check")
+    parser.add_argument("--callgrind-base", type=int, default=100, help="checks of the base run")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", default=str(HERE), help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    parser.add_argument("--no-leases", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.warmup + args.checks >= 6000:
+        parser.error("--warmup + --checks must stay below 6000, the client budget per minute")
+    if args.child:
+        sys.path.insert(0, args.tree)
+        print(json.dumps(asyncio.run(measure(args))))
+        return
+
+    variants: list[tuple[str, Path, bool]] = []
+    if args.baseline_tree:
+        variants.append(("baseline", Path(args.baseline_tree).resolve(), True))
+    variants += [("leases off", HERE, False), ("this tree", HERE, True)]
+    variants = [variant for variant in variants if variant[0] in args.variants.split(",")]
+    stores = args.stores.split(",")
+    scenarios = args.scenarios.split(",")
+    results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    for round_ in range(args.repeat):
+        for store in stores:
+            for scenario in scenarios:
+                if store == "memory" and scenario != "one-person":
+                    continue  # one process: no store step to save, one row is enough
+                for name, tree, leases in variants:
+                    if store == "memory" and name == "leases off":
+                        continue
+                    if args.callgrind:
+                        count = instructions(tree, store, scenario, args, leases=leases)
+                        figures = {"cpu_us": count, "server_us": 0.0}
+                    else:
+                        figures = child(tree, store, scenario, args, leases=leases)
+                    results.setdefault((store, scenario, name), []).append(figures)
+        print(f"round {round_ + 1}/{args.repeat} done, load {os.getloadavg()}", flush=True)
+
+    names = [name for name, _, _ in variants]
+    print()
+    if args.callgrind:
+        print("Instructions per check (callgrind), median of", args.repeat, "rounds")
+    else:
+        print("CPU µs per check, median of", args.repeat, "rounds (Redis server's CPU in brackets)")
+    print()
+    print("| store | scenario | " + " | ".join(names) + " |")
+    print("|---|---|" + "---:|" * len(names))
+    for store in stores:
+        for scenario in scenarios:
+            cells = []
+            for name in names:
+                runs = results.get((store, scenario, name))
+                if not runs:
+                    cells.append("–")
+                    continue
+                cpu = statistics.median(run["cpu_us"] for run in runs)
+                server = statistics.median(run["server_us"] for run in runs)
+                if args.callgrind:
+                    cells.append(f"{cpu:,.0f}")
+                else:
+                    cells.append(f"{cpu:.1f}" + (f" ({server:.0f})" if store == "redis" else ""))
+            if any(cell != "–" for cell in cells):
+                print(f"| {store} | {scenario} | " + " | ".join(cells) + " |")
+    print(f"\nload average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
