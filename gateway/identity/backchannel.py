@@ -34,7 +34,7 @@ from gateway.audit.sink import AuditSink
 from gateway.errors import AuditUnavailable
 from gateway.identity.config import BackchannelSettings
 from gateway.identity.keys import SigningKeys
-from gateway.stores.sqlite import create_private
+from gateway.stores.sqlite import create_private, use_wal_async
 
 log = structlog.get_logger("tongban.identity")
 
@@ -118,7 +118,8 @@ class SqliteLogoutQueue:
         create_private(path)
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         try:
-            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            await use_wal_async(conn)
             await conn.execute("PRAGMA synchronous = FULL")
             await conn.executescript(_SCHEMA)
         except BaseException:

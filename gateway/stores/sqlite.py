@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,51 @@ Synchronous = Literal["FULL", "NORMAL"]
 T = TypeVar("T")
 BUSY_TIMEOUT_MS: Final = 2000
 """How long a blocking store waits for another process's write lock (on the loop: keep short)."""
+WAL_SWITCH_TIMEOUT: Final = 10.0
+"""Seconds a connection keeps asking for WAL while another process switches the same file."""
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def use_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (a lasting property of the file).
+
+    The workers of one instance start together on one data directory. Two connections that
+    switch a new file at the same moment both hold a shared lock and want the exclusive one, and
+    SQLite answers one of them "database is locked" at once, without waiting its busy timeout
+    (waiting could only deadlock). So the switch is asked again, for up to
+    ``WAL_SWITCH_TIMEOUT`` seconds: once one of them has switched the file, the others find it
+    in WAL and need no lock for it."""
+    deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
+    delay = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+        # Blocking, but only while another process switches this file, at start-up (a store
+        # opened on the loop does so before it serves anything), for milliseconds.
+        time.sleep(delay)  # noqa: TID251
+        delay = min(delay * 2, 0.1)
+
+
+async def use_wal_async(conn: aiosqlite.Connection) -> None:
+    """``use_wal`` for an aiosqlite connection."""
+    deadline = time.monotonic() + WAL_SWITCH_TIMEOUT
+    delay = 0.002
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 async def connect_sqlite(
@@ -40,7 +86,7 @@ async def connect_sqlite(
     try:
         await conn.execute("PRAGMA busy_timeout = 5000")
         if not read_only:
-            await conn.execute("PRAGMA journal_mode = WAL")
+            await use_wal_async(conn)
         await conn.execute(f"PRAGMA synchronous = {synchronous}")
         await conn.execute("PRAGMA foreign_keys = ON")
     except BaseException:
@@ -137,7 +183,7 @@ class TransactionThread:
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA busy_timeout = 5000")
-                conn.execute("PRAGMA journal_mode = WAL")
+                use_wal(conn)
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
                 conn.execute("PRAGMA foreign_keys = ON")
             except BaseException:
@@ -224,7 +270,7 @@ class LockedConnection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             migrate_sqlite_blocking(conn, component, migrations)
         except BaseException:

@@ -53,6 +53,7 @@ from gateway.stores.sqlite import (
     TransactionThread,
     immediate,
     open_migrated_pair,
+    use_wal,
 )
 
 
@@ -603,7 +604,7 @@ class SqliteAuditStore:
             conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA busy_timeout = 0")
-                conn.execute("PRAGMA journal_mode = WAL")
+                use_wal(conn)
                 # No fsync inside COMMIT (see _write_on_loop) and no checkpoint on the loop: a
                 # checkpoint copies and syncs the database file, so it runs on the thread.
                 conn.execute("PRAGMA synchronous = NORMAL")
