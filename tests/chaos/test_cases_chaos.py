@@ -179,23 +179,35 @@ async def start_gateway(config: Path, port: int) -> Gateway:
         )
     assert process.stdout is not None
     token = ""
-    async with asyncio.timeout(20):
-        while not token:
-            line = (await process.stdout.readline()).decode()
-            if not line:
-                said = (config / "serve.stderr").read_text(errors="replace")[-2000:]
-                raise AssertionError(f"tongban serve exited before printing its tokens: {said}")
-            if line.startswith("dev token L3: "):
-                token = line.split(": ", 1)[1].strip()
     url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session, asyncio.timeout(20):
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/readyz") as response:
-                    if response.status == 200:
-                        break
-            await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(20):
+            while not token:
+                line = (await process.stdout.readline()).decode()
+                if not line:
+                    said = (config / "serve.stderr").read_text(errors="replace")[-2000:]
+                    raise AssertionError(f"tongban serve exited before printing its tokens: {said}")
+                if line.startswith("dev token L3: "):
+                    token = line.split(": ", 1)[1].strip()
+        async with aiohttp.ClientSession() as session, asyncio.timeout(20):
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{url}/readyz") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+    except BaseException:
+        await end_instance(process)  # a start that failed leaves no processes behind
+        raise
     return Gateway(process, url, token)
+
+
+async def end_instance(process: asyncio.subprocess.Process) -> None:
+    """Kill an instance that is still running, supervisor and workers, and reap it."""
+    if process.returncode is None:
+        with contextlib.suppress(OSError):
+            kill_instance(process.pid)
+        await process.wait()
 
 
 def kill_instance(pid: int) -> None:
@@ -226,8 +238,15 @@ async def test_two_instances_an_outage_and_a_kill_lose_and_double_nothing(
     backend = Backend(province, free_port())
     await backend.start()
     configs = [write_config(tmp_path, backend.port, schema, name) for name in ("gw-a", "gw-b")]
-    gateways = [await start_gateway(configs[0], free_port())]
-    gateways.append(await start_gateway(configs[1], free_port()))
+    gateways: list[Gateway] = []
+    try:
+        gateways.append(await start_gateway(configs[0], free_port()))
+        gateways.append(await start_gateway(configs[1], free_port()))
+    except BaseException:
+        for gateway in gateways:
+            await end_instance(gateway.process)
+        await backend.stop()
+        raise
     victim, survivor = gateways
     killed = asyncio.Event()
     milestones = {0.25: asyncio.Event(), 0.6: asyncio.Event()}
