@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,21 @@ from gateway.logs import configure_logging
 from gateway.settings import load_settings
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+
+
+def config_tried_once(tmp_path: Path, system: str) -> Path:
+    """A copy of the demo's configuration in which ``system`` is tried once per call (a 503
+    is not retried into a 200, and a call's trace is that one attempt's)."""
+    config = tmp_path / "config"
+    shutil.copytree(CONFIG_DIR, config)
+    systems = config / "systems.yaml"
+    text = systems.read_text(encoding="utf-8")
+    entry = f"\n  {system}:\n"
+    assert entry in text
+    systems.write_text(
+        text.replace(entry, entry + "    retry: {max_attempts: 1}\n"), encoding="utf-8"
+    )
+    return config
 
 
 @dataclass

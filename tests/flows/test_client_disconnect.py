@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import io
-import shutil
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +44,10 @@ from gateway.http.cases import CASES
 from gateway.http.keys import STATE, SUBJECTS
 from gateway.serve import app_runner, limit_connections_of
 from tests.flows.conftest import (
-    CONFIG_DIR,
     Journey,
     audit_verify,
     chain_records,
+    config_tried_once,
     consent_trail,
     demo_journey,
     grant_uses,
@@ -98,15 +97,7 @@ async def journey(
 ) -> AsyncIterator[Journey]:
     """The demo on either server; the fund centre tried once per call, so that what the
     call's trace proves is that one attempt's."""
-    config = tmp_path / "config"
-    shutil.copytree(CONFIG_DIR, config)
-    systems = config / "systems.yaml"
-    text = systems.read_text(encoding="utf-8")
-    system = f"\n  {SHAANXI_HOUSING}:\n"
-    assert system in text
-    systems.write_text(
-        text.replace(system, system + "    retry: {max_attempts: 1}\n"), encoding="utf-8"
-    )
+    config = config_tried_once(tmp_path, SHAANXI_HOUSING)
     cancelling = request.param == "cancelling"
     async with demo_journey(
         tmp_path,

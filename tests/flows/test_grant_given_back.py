@@ -30,6 +30,7 @@ from tests.flows.conftest import (
     CONFIG_DIR,
     Journey,
     audit_verify,
+    config_tried_once,
     consent_trail,
     demo_journey,
     grant_uses,
@@ -51,16 +52,11 @@ async def journey(
 ) -> AsyncIterator[Journey]:
     """The demo, the fund centre tried once per call (a 503 is not retried into a 200);
     ``indirect`` parametrisation with "retries" keeps the configured retries."""
-    config = tmp_path / "config"
-    shutil.copytree(CONFIG_DIR, config)
     if getattr(request, "param", "once") == "once":
-        systems = config / "systems.yaml"
-        text = systems.read_text(encoding="utf-8")
-        system = f"\n  {SHAANXI_HOUSING}:\n"
-        assert system in text
-        systems.write_text(
-            text.replace(system, system + "    retry: {max_attempts: 1}\n"), encoding="utf-8"
-        )
+        config = config_tried_once(tmp_path, SHAANXI_HOUSING)
+    else:
+        config = tmp_path / "config"
+        shutil.copytree(CONFIG_DIR, config)
     async with demo_journey(tmp_path, monkeypatch, config_dir=config) as journey:
         yield journey
     assert await asyncio.to_thread(audit_verify, tmp_path) == 0
