@@ -52,8 +52,11 @@ class WriterSettings:
     batch_size: int = 1000
     """Most records per transaction."""
     linger: float = 0.001
-    """How long an idle writer waits for company once a first record is queued (seconds);
-    records that queued up during a commit are written as soon as it ends."""
+    """How long an idle writer waits for company once a first record is queued (seconds),
+    when company is expected: while required records come closer together than this (a
+    moving average of their spacing). Further apart, none would come within it, and the
+    record is written at once. Records that queued up during a commit are written as soon as
+    it ends."""
     buffered_linger: float = 0.02
     """How long an idle writer gathers records nobody waits for (buffered ones, while no
     required append, ``settle`` or ``flush`` is pending) before committing them: at a moderate
@@ -190,6 +193,11 @@ class AuditWriter:
         self._taken_tag = 0
         """Tag of the last entry taken off the queue for a batch (sealed or skipped)."""
         self.stats = WriterStats()
+        self._last_required = -1.0
+        """Loop time of the last required append (-1: none yet)."""
+        self._required_gap = 0.0
+        """Moving average of the time between required appends; 0 until measured, so the
+        first records of a burst linger."""
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -277,7 +285,15 @@ class AuditWriter:
             # Fail fast: required callers must not wait for a store known to be down.
             self.stats.rejected += 1
             raise AuditUnavailable("The audit store is unavailable.")
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._last_required >= 0:
+            # A pause counts as ten lingers at most, so that a burst after it lingers again
+            # after a few records.
+            gap = min(now - self._last_required, 10 * self._settings.linger)
+            self._required_gap += (gap - self._required_gap) * 0.25
+        self._last_required = now
+        future: asyncio.Future[int] = loop.create_future()
         self._enqueue(_Entry(event, when, future))
         self._hasten()
         # No timer per append: the loop bounds every store call by commit_timeout and fails
@@ -435,7 +451,7 @@ class AuditWriter:
                         await self._sleep("gather", due)
                         idle = False  # what gathered has waited long enough
                         continue  # look again: gathered, hastened, full or closing
-                elif idle and settings.linger > 0:
+                elif idle and self._required_gap < settings.linger:
                     await self._sleep(
                         "company", asyncio.get_running_loop().time() + settings.linger
                     )
@@ -487,6 +503,10 @@ class AuditWriter:
             if entry.future is not None and entry.future.done():
                 continue  # the caller gave up before the record was sealed
             batch.append(entry)
+        if not self._queue:
+            # Every entry queued so far is taken now or was failed with its caller in an
+            # outage (never written): a settle for the latest tag waits for this batch only.
+            self._taken_tag = self._last_tag
         if not batch:
             self._settle(self._taken_tag)  # only given-up entries: nothing left to wait for
         return batch
