@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Protocol
 
 from tenacity import (
@@ -106,6 +107,56 @@ def failure_cause(error: BackendError) -> str:
     return f"{error.code}: {error.detail}"[:300]
 
 
+class AttemptDeadline:
+    """``asyncio.timeout(seconds)`` for the one place every attempt passes, at half its cost: a
+    plain context manager (no coroutine to enter and one to leave, no state enum) around one
+    timer that cancels the task. The same rules as the standard library's: on leaving, the timer
+    is dropped; if it fired, the cancellation it asked for is taken back (``uncancel``), and
+    when no other cancellation is pending the ``CancelledError`` it caused becomes
+    ``TimeoutError``. A cancellation from elsewhere (the client gone, the server stopping) stays
+    a cancellation."""
+
+    __slots__ = ("_cancelling", "_expired", "_handle", "_seconds", "_task")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._expired = False
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
+
+    def __enter__(self) -> AttemptDeadline:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        if task is None:
+            raise RuntimeError("AttemptDeadline must be entered inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._handle = loop.call_at(loop.time() + self._seconds, self._expire)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._handle.cancel()
+        if (
+            self._expired
+            and self._task.uncancel() <= self._cancelling
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
+        ):
+            raise TimeoutError from exc
+
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline passed while the block ran."""
+        return self._expired
+
+
 def one_attempt(runtime: SystemRuntime) -> Next:
     """One attempt at the system, three layers in one coroutine (outermost first):
 
@@ -142,7 +193,7 @@ def one_attempt(runtime: SystemRuntime) -> Next:
                 await slots.acquire()
             reached_before, trace.reached = trace.reached, True  # the request may leave now
             try:
-                async with asyncio.timeout(seconds):
+                with AttemptDeadline(seconds):
                     reply = await adapter.call(call)
             except TimeoutError:
                 raise BackendTimeout(

@@ -18,7 +18,7 @@ from gateway.errors import (
     CircuitOpen,
     SystemBusy,
 )
-from gateway.pipeline import CallTrace, Next, SystemRuntime, build_stack
+from gateway.pipeline import AttemptDeadline, CallTrace, Next, SystemRuntime, build_stack
 from gateway.settings import RetryPolicy, SystemSettings
 from tests.calls import CONTEXT
 
@@ -166,6 +166,47 @@ async def test_attempt_timeout_becomes_backend_timeout() -> None:
         await stack_for(FakeAdapter(slow), "never", Waits())(Call("op", {}, CONTEXT), trace)
     assert info.value.reached_backend is True
     assert trace.attempts == 1
+
+
+async def test_attempt_deadline_turns_its_own_expiry_into_timeout_error() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    with pytest.raises(TimeoutError), AttemptDeadline(0.01) as deadline:
+        await asyncio.sleep(5)
+    assert deadline.expired
+    # The cancellation it caused is taken back: the task carries on as if never cancelled.
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)
+
+
+async def test_attempt_deadline_lets_another_cancellation_through() -> None:
+    entered = asyncio.Event()
+
+    async def attempt() -> None:
+        with AttemptDeadline(5):
+            entered.set()
+            await asyncio.sleep(5)
+
+    running = asyncio.ensure_future(attempt())
+    await entered.wait()
+    running.cancel()  # the client gone, the server stopping: not a timeout
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+async def test_attempt_deadline_cancelled_from_outside_after_expiry_stays_cancelled() -> None:
+    # Both at once (the deadline fired and the task was cancelled by someone else too): the
+    # other cancellation wins, as with asyncio.timeout.
+    async def attempt() -> None:
+        with AttemptDeadline(0.01):
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                asyncio.current_task().cancel()  # type: ignore[union-attr]
+                raise
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.ensure_future(attempt())
 
 
 async def test_breaker_opens_and_then_fails_fast_without_calling() -> None:
