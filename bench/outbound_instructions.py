@@ -7,6 +7,8 @@ so that each layer's share can be read as the difference between two rows:
     minimal   a bare ``ClientSession.request`` (the minimal proxy's client: JSON body, one header)
     session   the same request on the REST adapter's session (``open_session``: its timeouts,
               default headers, no cookies, no decompression)
+    no-read-timer  the session without its ``sock_read`` timeout (what aiohttp's timer, armed
+              again for every piece of the answer, costs; not a configuration the adapter has)
     headers   the same again with the headers the adapter sends for the bench's call (the
               call context: request id, purpose, service, principal, subjects, ...)
     adapter   ``RestAdapter.call``: the request built from a ``Call``, the answer checked,
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -44,7 +47,7 @@ if str(HERE) not in sys.path:
 import bench_routing as br  # noqa: E402
 import instructions  # noqa: E402
 
-MODES = ("minimal", "session", "headers", "adapter", "stack")
+MODES = ("minimal", "session", "no-read-timer", "headers", "adapter", "stack")
 
 
 async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: int) -> None:
@@ -80,9 +83,12 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
     url = backend + "/api/echo"
     body = br.REST_BODY
     bare = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    if mode == "no-read-timer":
+        spec = dataclasses.replace(spec, read_timeout=0.0)  # aiohttp: no sock_read timer
     session = open_session(spec, headers={"Accept": "application/json"})
     prepared = adapter.prepare(Call("Echo", payload, context))
-    headers = {"Content-Type": "application/json"} if mode == "session" else prepared.headers
+    plain = mode in ("session", "no-read-timer")
+    headers = {"Content-Type": "application/json"} if plain else prepared.headers
     one: Callable[[], Awaitable[object]]
 
     async def one_bare() -> None:
@@ -109,7 +115,7 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
     stack = build_stack(runtime, policy="safe")
     if mode == "minimal":
         one = one_bare
-    elif mode in ("session", "headers"):
+    elif mode in ("session", "no-read-timer", "headers"):
         one = one_session
     elif mode == "adapter":
         one = lambda: adapter.call(Call("Echo", payload, context))  # noqa: E731
