@@ -29,6 +29,7 @@ import email.utils
 import hashlib
 import hmac
 import json
+import operator
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -72,6 +73,7 @@ __all__ = [
     "RestAdapterFactory",
     "SecretValue",
     "UnexpectedContentType",
+    "add_context_headers",
     "build_rest_adapter",
     "check_status",
     "config_error",
@@ -491,14 +493,25 @@ def header_safe(value: str) -> str:
     return quote(value, safe=_HEADER_SAFE)
 
 
+_CONTEXT_NAMES = tuple(name for name, _ in _CONTEXT_HEADERS)
+_CONTEXT_VALUES = operator.attrgetter(*(attribute for _, attribute in _CONTEXT_HEADERS))
+
+
+def add_context_headers(headers: dict[str, str], context: CallContext) -> dict[str, str]:
+    """``headers`` with the call context added (``header_safe`` applied to each value); a field
+    that is None is left out. One pass for a call's thirteen fields: the values are read in one
+    C call and the check of ``header_safe`` is made inline."""
+    visible = _VISIBLE_ASCII.fullmatch
+    for name, value in zip(_CONTEXT_NAMES, _CONTEXT_VALUES(context), strict=True):
+        if value is not None:
+            text = str(value)
+            headers[name] = text if visible(text) else quote(text, safe=_HEADER_SAFE)
+    return headers
+
+
 def context_headers(context: CallContext) -> dict[str, str]:
     """The call context as headers; a field that is None is left out."""
-    headers: dict[str, str] = {}
-    for name, attribute in _CONTEXT_HEADERS:
-        value = getattr(context, attribute)
-        if value is not None:
-            headers[name] = header_safe(str(value))
-    return headers
+    return add_context_headers({}, context)
 
 
 # --- authentication ---------------------------------------------------------------------------
@@ -667,6 +680,20 @@ def _refuse(detail: str) -> BackendRejected:
 _Answer = tuple[int, str, bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class _OperationPlan:
+    """What a call of one operation needs that does not depend on the call, worked out once."""
+
+    method: str
+    path: str
+    """The operation's path as configured (placeholders unfilled)."""
+    placeholders: tuple[str, ...]
+    full_path: str
+    """The request path without placeholders: the base path and ``path``."""
+    url: URL
+    """The request URL without placeholders (a POST or PUT without them is sent to it)."""
+
+
 class RestAdapter:
     """One REST system: ``call`` fills the operation's path, sends JSON, returns parsed JSON."""
 
@@ -679,30 +706,41 @@ class RestAdapter:
         self._config = config
         self._session = session
         self._auth = _authenticator(config.auth, session, spec)
+        # Nothing to add to a request without authentication: its apply is not awaited at all.
+        self._auth_applies = not isinstance(self._auth, _NoAuthenticator)
         # Normalised once (IDNA host, percent-encoded path), so that the already-encoded
         # operation paths can be appended and sent as they are.
         base = URL(spec.address.rstrip("/"))
         self._base_url = str(base)
         self._base_path = base.raw_path.rstrip("/")
         self._fixed_headers = dict(config.options.headers)
+        self._plans = {
+            name: _OperationPlan(
+                operation.method,
+                operation.path,
+                operation.placeholders,
+                self._base_path + operation.path,
+                URL(self._base_url + operation.path, encoded=True),
+            )
+            for name, operation in config.operations.items()
+        }
 
     def prepare(self, call: Call) -> PreparedRequest:
-        operation = self._config.operations.get(call.operation)
-        if operation is None:
+        plan = self._plans.get(call.operation)
+        if plan is None:
             raise _refuse(f"System {self._system} has no operation {call.operation!r}.")
         payload = dict(call.payload)
-        path = operation.path
-        placeholders = operation.placeholders
-        if placeholders:
+        path = plan.path
+        if plan.placeholders:
             values: dict[str, str] = {}
-            for name in placeholders:
+            for name in plan.placeholders:
                 text = _scalar_text(payload.pop(name, None))
                 if text is None:
                     raise _refuse(f"Operation {call.operation!r} needs a plain value for {name!r}.")
                 values[name] = quote(text, safe="")
             path = _PLACEHOLDER.sub(lambda m: values[m[1]], path)
-        headers = {**self._fixed_headers, **context_headers(call.context)}
-        if operation.method == "GET":
+        headers = add_context_headers(dict(self._fixed_headers), call.context)
+        if plan.method == "GET":
             params: list[tuple[str, str]] = []
             for key, value in payload.items():
                 if value is None:
@@ -728,20 +766,19 @@ class RestAdapter:
         # small floats: 1e-7 where json writes 1e-07).
         body = orjson.dumps(payload)
         headers["Content-Type"] = "application/json"
-        return PreparedRequest(
-            operation.method,
-            URL(self._base_url + path, encoded=True),
-            self._base_path + path,
-            (),
-            headers,
-            body,
-            body,
-        )
+        if plan.placeholders:
+            url, full_path = URL(self._base_url + path, encoded=True), self._base_path + path
+        else:
+            url, full_path = plan.url, plan.full_path
+        return PreparedRequest(plan.method, url, full_path, (), headers, body, body)
 
     async def call(self, call: Call) -> Reply:
         prepared = self.prepare(call)
-        with map_aiohttp_errors(self._system):
-            await self._auth.apply(prepared, refresh=False)
+        # The errors are translated as map_aiohttp_errors does, without a context manager's
+        # generator per call.
+        try:
+            if self._auth_applies:
+                await self._auth.apply(prepared, refresh=False)
             answer = await self._send(prepared, refreshable=self._auth.refreshable)
             if answer is None:
                 # An expired or revoked token: the system refused without processing.
@@ -750,6 +787,13 @@ class RestAdapter:
                 assert answer is not None  # without refreshable, a 401 raises
             status, kind, raw = answer
             data = self._parse(status, kind, raw)
+        except BackendError:
+            raise
+        except Exception as exc:
+            error = translate_aiohttp_error(exc, self._system)
+            if error is None:
+                raise
+            raise error from exc
         return Reply(
             data=data,
             status=status,

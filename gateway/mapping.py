@@ -48,7 +48,8 @@ def _split(path: str, where: str) -> tuple[str, ...]:
 
 def _get(data: Any, path: tuple[str, ...]) -> Any:
     for part in path:
-        if isinstance(data, Mapping):
+        # A plain dict (parsed JSON: nearly every step) skips the abstract class's check.
+        if type(data) is dict or isinstance(data, Mapping):
             data = data.get(part, _MISSING)
         elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
             data = data[int(part)]

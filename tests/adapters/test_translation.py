@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import socket
+from pathlib import Path
 
 import aiohttp
 import pytest
 import zeep.exceptions
 from aiohttp.client_reqrep import ConnectionKey
 
-from adapters.rest import header_safe, map_aiohttp_errors, parse_retry_after
+from adapters.rest import (
+    build_rest_adapter,
+    context_headers,
+    header_safe,
+    map_aiohttp_errors,
+    parse_retry_after,
+)
 from adapters.shaanxi_degree import unwrap_answer
 from adapters.soap import fault_side, map_zeep_errors
 from gateway.adapter import (
@@ -21,7 +29,10 @@ from gateway.adapter import (
     BackendServerError,
     BackendTimeout,
     BackendUnavailable,
+    Call,
+    SystemSpec,
 )
+from tests.calls import CONTEXT
 
 
 @pytest.mark.parametrize(
@@ -149,3 +160,56 @@ def test_shaanxi_error_answers(answer: object, error: type[BackendError]) -> Non
         unwrap_answer(answer, "sx-edu")
     assert type(caught.value) is error
     assert "张三" not in str(caught.value)
+
+
+async def test_prepared_request_per_operation() -> None:
+    # The URL and path worked out once per operation, the placeholders filled per call, the
+    # fixed headers first and a context header of the same name taking its place.
+    spec = SystemSpec(
+        id="sys",
+        province="61",
+        address="http://127.0.0.1:1/base/",
+        config_dir=Path("."),
+        options={"headers": {"X-Tongban-Service": "fixed", "X-Fixed": "1"}},
+        operations={
+            "Echo": {"method": "POST", "path": "/echo"},
+            "One": {"method": "PUT", "path": "/items/{item}"},
+        },
+    )
+    adapter = await build_rest_adapter.open(spec)
+    try:
+        context = dataclasses.replace(CONTEXT, purpose="核验 check", client=None)
+        first = adapter.prepare(Call("Echo", {"a": 1}, context))
+        second = adapter.prepare(Call("Echo", {"a": 2}, context))
+        item = adapter.prepare(Call("One", {"item": "a b/c", "x": True}, context))
+    finally:
+        await adapter.aclose()
+    assert str(first.url) == str(second.url) == "http://127.0.0.1:1/base/echo"
+    assert first.path == "/base/echo"
+    assert first.body == b'{"a":1}'
+    assert second.body == b'{"a":2}'
+    assert str(item.url) == "http://127.0.0.1:1/base/items/a%20b%2Fc"
+    assert item.path == "/base/items/a%20b%2Fc"
+    assert item.body == b'{"x":true}'
+    assert list(first.headers) == [
+        "X-Tongban-Service",
+        "X-Fixed",
+        "X-Request-ID",
+        "X-Tongban-Purpose",
+        "X-Tongban-Principal",
+        "X-Tongban-Actor",
+        "X-Tongban-Level",
+        "X-Tongban-Source-Province",
+        "Content-Type",
+    ]
+    assert first.headers["X-Tongban-Service"] == "svc"
+    assert (
+        first.headers["X-Tongban-Purpose"]
+        == header_safe("核验 check")
+        == "%E6%A0%B8%E9%AA%8C%20check"
+    )
+    assert first.headers == context_headers(context) | {
+        "X-Tongban-Service": "svc",
+        "X-Fixed": "1",
+        "Content-Type": "application/json",
+    }

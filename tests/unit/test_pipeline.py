@@ -18,7 +18,7 @@ from gateway.errors import (
     CircuitOpen,
     SystemBusy,
 )
-from gateway.pipeline import CallTrace, Next, SystemRuntime, build_stack
+from gateway.pipeline import CallTrace, Deadlines, Next, SystemRuntime, build_stack
 from gateway.settings import RetryPolicy, SystemSettings
 from tests.calls import CONTEXT
 
@@ -166,6 +166,87 @@ async def test_attempt_timeout_becomes_backend_timeout() -> None:
         await stack_for(FakeAdapter(slow), "never", Waits())(Call("op", {}, CONTEXT), trace)
     assert info.value.reached_backend is True
     assert trace.attempts == 1
+
+
+async def test_attempt_deadline_turns_its_own_expiry_into_timeout_error() -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    with pytest.raises(TimeoutError), Deadlines(0.01).start() as deadline:
+        await asyncio.sleep(5)
+    assert deadline.expired
+    # The cancellation it caused is taken back: the task carries on as if never cancelled.
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)
+
+
+async def test_attempt_deadline_lets_another_cancellation_through() -> None:
+    entered = asyncio.Event()
+
+    async def attempt() -> None:
+        with Deadlines(5).start():
+            entered.set()
+            await asyncio.sleep(5)
+
+    running = asyncio.ensure_future(attempt())
+    await entered.wait()
+    running.cancel()  # the client gone, the server stopping: not a timeout
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+async def test_attempt_deadline_cancelled_from_outside_after_expiry_stays_cancelled() -> None:
+    # Both at once (the deadline fired and the task was cancelled by someone else too): the
+    # other cancellation wins, as with asyncio.timeout.
+    async def attempt() -> None:
+        with Deadlines(0.01).start():
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                asyncio.current_task().cancel()  # type: ignore[union-attr]
+                raise
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.ensure_future(attempt())
+
+
+async def test_shared_deadlines_each_cap_their_own_attempt() -> None:
+    # Attempts of one system share one timer; each still ends at its own deadline, in the
+    # order they started, and an attempt that ended in time is never cancelled.
+    deadlines = Deadlines(0.2)
+    ended: list[str] = []
+
+    async def attempt(name: str, started: asyncio.Event, finish: bool) -> None:
+        try:
+            with deadlines.start():
+                started.set()
+                await asyncio.sleep(0 if finish else 5)
+            ended.append(f"{name} done")
+        except TimeoutError:
+            ended.append(f"{name} timed out")
+
+    running = []
+    for name, finish in (("a", False), ("b", True), ("c", False), ("d", True)):
+        started = asyncio.Event()
+        running.append(asyncio.ensure_future(attempt(name, started, finish)))
+        await started.wait()  # each starts after the one before
+    await asyncio.gather(*running)
+    assert ended == ["b done", "d done", "a timed out", "c timed out"]
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+
+
+async def test_shared_deadlines_forget_attempts_that_ended() -> None:
+    deadlines = Deadlines(60)
+    for _ in range(500):
+        with deadlines.start():
+            await asyncio.sleep(0)
+    slow = deadlines.start()  # one attempt still open at the front holds the queue back
+    for _ in range(500):
+        with deadlines.start():
+            await asyncio.sleep(0)
+    assert len(deadlines._queue) <= 64 + 2
+    slow.__exit__(None, None, None)
 
 
 async def test_breaker_opens_and_then_fails_fast_without_calling() -> None:
