@@ -214,7 +214,8 @@ class AuditSettings(_Model):
     batch_size: int = Field(1000, ge=1)
     """Most records per group commit."""
     linger_ms: float = Field(1.0, ge=0)
-    """How long a batch waits for company once its first record is queued."""
+    """How long a batch waits for company once its first record is queued, while required
+    records come closer together than this; further apart, a record is committed at once."""
     buffered_linger_ms: float = Field(20.0, ge=0)
     """How long a batch of records nobody waits for (buffered services, identity events)
     gathers company before its commit; a call or answer that waits for a commit ends it."""
