@@ -1,7 +1,9 @@
 """Shared REST adapter: JSON over one aiohttp ``ClientSession`` per system.
 
-``map_aiohttp_errors`` is the only place where aiohttp's exceptions (and this module's own
-complaints about an answer) become ours, through ``AIOHTTP_ERROR_TABLE``:
+aiohttp's exceptions (and this module's own complaints about an answer) become ours only
+through ``translate_aiohttp_error`` and its ``AIOHTTP_ERROR_TABLE``: in ``map_aiohttp_errors``
+(token requests and other preliminary exchanges) and, without that context manager's
+generator per call, in ``RestAdapter.call``:
 
     foreign exception                             ours                     reached_backend
     HTTP 429 (refused before any processing)      BackendRateLimited       False
