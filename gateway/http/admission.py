@@ -188,6 +188,7 @@ class Admission:
         "_rids_seen",
         "body_bytes",
         "delay",
+        "held",
         "in_flight",
         "interval",
         "limit",
@@ -206,6 +207,9 @@ class Admission:
         self.settings = settings
         self.max_body_bytes = max_body_bytes
         self.in_flight = 0
+        self.held = 0
+        """Slots held by the door for requests it handed on and the middleware has not yet
+        admitted (``_DoorHandler``): they count against the bound like calls in flight."""
         self.body_bytes = 0
         self.limit = settings.max_in_flight
         """The bound on requests now: ``max_in_flight``, lower while the loop is late."""
@@ -290,8 +294,14 @@ class Admission:
         return False
 
     def refusing(self) -> bool:
-        """Is a request that arrives now refused for the bound on requests in flight?"""
-        return self.in_flight >= self.limit
+        """Is a request that arrives now refused for the bound on requests in flight (the
+        slots the door holds for requests on their way to the middleware included)?"""
+        return self.in_flight + self.held >= self.limit
+
+    def pressed(self) -> bool:
+        """Did this worker refuse a request lately (within ``_CALM``)? Then the door holds a
+        slot for each request it hands on (``_DoorHandler``); otherwise it stays out of the way."""
+        return time.monotonic() - self._last_refusal < _CALM
 
     def reason_now(self) -> str:
         return "queue_delay" if self.limit < self.settings.max_in_flight else "requests"
@@ -387,9 +397,21 @@ class _DoorHandler(RequestHandler):
     connection (answers go out in order). A request asking to close the connection is
     answered with ``Connection: close`` and the connection closed; a connection accepted
     beyond the bound likewise after its first answer. While the client does not read its
-    answers (the transport's buffer is full) nothing more is answered here either."""
+    answers (the transport's buffer is full) nothing more is answered here either.
 
-    __slots__ = ()
+    A worker that refused lately stays close to its bound, and a slot that comes free there
+    would otherwise let through every request parsed in the same turn of the loop: all of them
+    pass the door (the slot is free) and all but one are refused in the middleware, at several
+    times the door's cost. So while the worker is pressed (``Admission.pressed``) the door also
+    looks at requests it does not refuse: the first complete, refusable request it hands on holds
+    a slot (``Admission.held``) until the middleware takes it in, or the connection is lost."""
+
+    __slots__ = ("held",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held = 0
+        """Slots of ``Admission.held`` held for the requests this connection handed on."""
 
     def data_received(self, data: bytes) -> None:
         waiter = self._waiter
@@ -402,7 +424,7 @@ class _DoorHandler(RequestHandler):
             or self._payload_parser is not None
             or self._upgraded
             or self._paused
-            or not (door.refusing() or door.is_late(self))
+            or not (door.refusing() or door.is_late(self) or door.pressed())
         ):
             super().data_received(data)
             return
@@ -426,6 +448,8 @@ class _DoorHandler(RequestHandler):
                 break
             late = door.is_late(self)
             if not late and not door.refusing():
+                door.held += 1  # handed on with a slot, which the middleware takes over
+                self.held += 1
                 break
             messages.popleft()
             if self._parser is not None:
@@ -449,6 +473,13 @@ class _DoorHandler(RequestHandler):
                 if self._keepalive_handle is None:
                     self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
         return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        door: Admission | None = getattr(self._manager, "admission", None)
+        if self.held and door is not None:
+            door.held -= self.held  # handed on, never taken in: the slots are free again
+        self.held = 0
+        super().connection_lost(exc)
 
 
 def _refusable(message: RawRequestMessage, payload: Any) -> bool:
@@ -530,7 +561,11 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
         return late
     if request.path in UNBOUNDED_PATHS:
         return await handler(request)
-    if admission.in_flight >= admission.limit:
+    protocol = request.protocol
+    if isinstance(protocol, _DoorHandler) and protocol.held:
+        protocol.held -= 1  # the slot the door held for this request is its own now
+        admission.held -= 1
+    if admission.refusing():
         return admission.refusal(admission.reason_now())
     reserved = admission.reservation(request)
     if reserved and admission.body_bytes + reserved > admission.settings.max_body_bytes_in_flight:
