@@ -208,14 +208,17 @@ def sql_filter(query: AuditQuery, placeholder: Any) -> tuple[str, list[object]]:
     return (" WHERE " + " AND ".join(terms)) if terms else "", params
 
 
-def sql_source(query: AuditQuery) -> str:
+def sql_source(
+    query: AuditQuery, *, index: str = "audit_index", subjects: str = "audit_subjects"
+) -> str:
     """The FROM clause: the lookup table (alias ``i``) joined to the records (``r``), driven by
-    the subject table (``s``) when the query names a subject."""
+    the subject table (``s``) when the query names a subject. ``index`` and ``subjects`` name
+    the two lookup tables where the store keeps them (SQLite: in the attached lookup file)."""
     records = " JOIN audit_records r ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
     if query.subject is None:
-        return " FROM audit_index i" + records
+        return f" FROM {index} i" + records
     return (
-        " FROM audit_subjects s JOIN audit_index i"
+        f" FROM {subjects} s JOIN {index} i"
         " ON i.chain_id = s.chain_id AND i.sequence = s.sequence" + records
     )
 
