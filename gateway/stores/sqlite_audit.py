@@ -254,11 +254,13 @@ def lookup_file(path: Path) -> Path:
     ``audit.lookup.sqlite``."""
     return path.with_name(f"{path.stem}.lookup{path.suffix}")
 
+
 # Subject rows made from the stored text by SQLite, for a span of one chain (as _INSERT_LOOKUP).
 # On the lookup connection: the lookup file is ``main``, the records file attached read-only.
 _INSERT_SUBJECTS: Final = (
-    "INSERT OR IGNORE INTO main.audit_subjects SELECT j.value, r.recorded_at, r.chain_id,"
-    f" r.sequence FROM {RECORDS_SCHEMA}.audit_records r, json_each(CASE WHEN json_valid(r.record) AND"
+    "INSERT OR IGNORE INTO main.audit_subjects SELECT j.value, r.recorded_at, r.chain_id,"  # noqa: S608
+    f" r.sequence FROM {RECORDS_SCHEMA}.audit_records r,"
+    " json_each(CASE WHEN json_valid(r.record) AND"
     " json_type(r.record, '$.extra.subjects') = 'array' THEN"
     " json_extract(r.record, '$.extra.subjects') ELSE '[]' END) j"
     " WHERE r.chain_id = ? AND r.sequence BETWEEN ? AND ? AND j.type = 'text'"
@@ -393,7 +395,7 @@ def _chains(schema: str) -> str:
     chain), so a chain whose registration row vanished is still verified; ``schema``: where
     the records file is on the connection."""
     return (
-        "WITH RECURSIVE present(id) AS ("
+        "WITH RECURSIVE present(id) AS ("  # noqa: S608 (schema: a constant of this module)
         f" SELECT min(chain_id) FROM {schema}.audit_records"
         f" UNION ALL SELECT (SELECT min(chain_id) FROM {schema}.audit_records"
         " WHERE chain_id > present.id)"

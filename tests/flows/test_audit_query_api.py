@@ -17,9 +17,9 @@ from gateway.audit.record import AuditRecord, EventType
 from gateway.audit.setup import AUDIT_DB_NAME
 from gateway.demo.residents import MA_WENHUA
 from gateway.http.keys import STATE
+from gateway.stores.sqlite_audit import lookup_file
 from tests.flows.conftest import Journey, audit_verify, demo_journey
 from tests.flows.test_audit_journey import S1_HISTORY, S6_VERIFY
-from gateway.stores.sqlite_audit import lookup_file
 from tests.stores.backends import SqliteBackend
 
 AUDITOR = "staff-auditor-01"

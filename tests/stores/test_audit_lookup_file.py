@@ -117,7 +117,8 @@ async def test_a_store_from_before_the_lookup_file_keeps_every_record_findable(
     path = tmp_path / "audit.sqlite"
     await _old_layout(path)
     old_rows = _lookup_rows(path)
-    assert len(old_rows[0]) == 12 and len(old_rows[1]) == 8
+    assert len(old_rows[0]) == 12
+    assert len(old_rows[1]) == 8
     assert not lookup_file(path).exists()
 
     # An upgrade interrupted after the records file dropped its lookup tables and before the
@@ -129,7 +130,7 @@ async def test_a_store_from_before_the_lookup_file_keeps_every_record_findable(
         patched.setattr(sqlite_audit, "_fill_spans", crash)
         with pytest.raises(AuditStoreUnavailable):
             await SqliteAuditStore(path).open()
-    assert "audit_index" not in _tables(path) and "audit_subjects" not in _tables(path)
+    assert not {"audit_index", "audit_subjects"} & _tables(path)
     assert _lookup_rows(lookup_file(path)) == ([], [])
 
     store = SqliteAuditStore(path)
@@ -139,7 +140,7 @@ async def test_a_store_from_before_the_lookup_file_keeps_every_record_findable(
     finally:
         await store.aclose()
     # The lookup data ended in the lookup file, row for row what the records file had.
-    assert "audit_index" not in _tables(path) and "audit_subjects" not in _tables(path)
+    assert not {"audit_index", "audit_subjects"} & _tables(path)
     assert _lookup_rows(lookup_file(path)) == old_rows
 
 
@@ -155,7 +156,10 @@ async def test_a_lost_lookup_file_is_made_again_at_open(tmp_path: Path, damage: 
     finally:
         await store.aclose()
     written = _lookup_rows(store.lookup_path)
-    for leftover in (store.lookup_path, *(Path(f"{store.lookup_path}-{x}") for x in ("wal", "shm"))):
+    for leftover in (
+        store.lookup_path,
+        *(Path(f"{store.lookup_path}-{x}") for x in ("wal", "shm")),
+    ):
         if leftover.exists():
             if damage == "deleted":
                 leftover.unlink()
