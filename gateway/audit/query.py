@@ -1,7 +1,8 @@
 """Looking records up: the query shape every store answers, its keyset cursor, the lookup row.
 
 The lookup columns (type, principal, actor, case, service, provinces, system) hold the values of
-the stored canonical text, in a side table (audit migrations 2 and 3; docs/audit.md, Querying).
+the stored canonical text, in a side table (audit migrations 2 and 3; docs/audit.md, Querying;
+on SQLite in the lookup file beside the records file, named by the store: ``sql_source``).
 They only *find* records: what a query returns is always the stored text and hash itself, so
 a lookup row that was tampered with can hide a record from a query but never change one
 (the verifier reads the chain, not the lookup table).
