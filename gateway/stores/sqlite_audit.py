@@ -18,10 +18,12 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import aiosqlite
+import structlog
 
 from gateway.audit.query import (
     LOOKUP_FIELDS,
@@ -255,6 +257,49 @@ def lookup_file(path: Path) -> Path:
     return path.with_name(f"{path.stem}.lookup{path.suffix}")
 
 
+log = structlog.get_logger("tongban.audit")
+
+
+def _corrupt(exc: BaseException) -> bool:
+    """A damaged file ("database disk image is malformed", "file is not a database")."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return isinstance(exc, sqlite3.DatabaseError) and code in (
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_NOTADB,
+    )
+
+
+def _lookup_damaged(path: Path) -> bool:
+    """Whether the lookup file at ``path`` (alone) fails SQLite's own check. Asked only after
+    opening the store failed on a damaged file, to tell which of the two files it is."""
+    if not path.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return _corrupt(exc)
+    return rows != [("ok",)]
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged lookup file (and its -wal, -shm) to ``<name>.damaged-<UTC time>``: kept
+    for whoever looks into the damage, out of the store's way."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    for suffix in ("-wal", "-shm", ""):  # the database file last: a crash leaves it in place
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside
+
+
 # Subject rows made from the stored text by SQLite, for a span of one chain (as _INSERT_LOOKUP).
 # On the lookup connection: the lookup file is ``main``, the records file attached read-only.
 _INSERT_SUBJECTS: Final = (
@@ -444,6 +489,26 @@ class SqliteAuditStore:
         self._checkpoint_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
+        """Open both files, migrated. A lookup file that SQLite finds damaged is set aside
+        (``<name>.damaged-<UTC time>``, logged) and made again from the records: derived data
+        never keeps the records from opening. A damaged records file fails the open."""
+        try:
+            await self._open()
+        except AuditStoreUnavailable as exc:
+            damaged = _corrupt(exc.__cause__) if exc.__cause__ is not None else False
+            if not damaged or not await asyncio.to_thread(_lookup_damaged, self.lookup_path):
+                raise
+            aside = await asyncio.to_thread(_set_aside, self.lookup_path)
+            log.error(
+                "audit_lookup_file_damaged",
+                error=str(exc.__cause__),
+                moved_to=str(aside),
+                detail="the lookup file is made again from the records",
+            )
+            self._closing = False
+            await self._open()
+
+    async def _open(self) -> None:
         try:
             # The lookup file first (its tables exist before anything reads them), then the
             # records file, whose migration 6 drops the lookup tables a store from before the

@@ -144,8 +144,29 @@ async def test_a_store_from_before_the_lookup_file_keeps_every_record_findable(
     assert _lookup_rows(lookup_file(path)) == old_rows
 
 
-@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def _damage(lookup: Path, damage: str) -> None:
+    assert not Path(f"{lookup}-wal").exists(), "closed: everything is in the file"
+    if damage == "deleted":
+        lookup.unlink()
+    elif damage == "emptied":
+        lookup.write_bytes(b"")
+    elif damage == "truncated":
+        with lookup.open("r+b") as file:
+            file.truncate(lookup.stat().st_size // 2)
+    else:
+        lookup.write_bytes(b"not a database " * 300)
+
+
+def _set_aside(directory: Path) -> list[str]:
+    """The damaged lookup files the store set aside (without their -wal and -shm)."""
+    found = directory.glob("audit.lookup.sqlite.damaged-*")
+    return [p.name for p in found if p.name[-4:] not in ("-wal", "-shm")]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "truncated", "overwritten"])
 async def test_a_lost_lookup_file_is_made_again_at_open(tmp_path: Path, damage: str) -> None:
+    """Deleted or emptied: a new lookup file. Truncated or overwritten (SQLite finds it
+    damaged): set aside, kept, and a new one made; the records open either way."""
     path = tmp_path / "audit.sqlite"
     keys = StaticKeyStore([new_signing_key()])
     store = SqliteAuditStore(path)
@@ -156,15 +177,8 @@ async def test_a_lost_lookup_file_is_made_again_at_open(tmp_path: Path, damage: 
     finally:
         await store.aclose()
     written = _lookup_rows(store.lookup_path)
-    for leftover in (
-        store.lookup_path,
-        *(Path(f"{store.lookup_path}-{x}") for x in ("wal", "shm")),
-    ):
-        if leftover.exists():
-            if damage == "deleted":
-                leftover.unlink()
-            else:
-                leftover.write_bytes(b"")
+    lookup = store.lookup_path
+    _damage(lookup, damage)
 
     reopened = SqliteAuditStore(path)
     await reopened.open()
@@ -175,7 +189,9 @@ async def test_a_lost_lookup_file_is_made_again_at_open(tmp_path: Path, damage: 
         assert report.derived_checked
     finally:
         await reopened.aclose()
-    assert _lookup_rows(store.lookup_path) == written
+    assert _lookup_rows(lookup) == written
+    kept = _set_aside(tmp_path)
+    assert len(kept) == (1 if damage in ("truncated", "overwritten") else 0), kept
 
 
 async def test_the_verifier_reports_a_tampered_row_in_the_lookup_file(tmp_path: Path) -> None:
