@@ -236,3 +236,19 @@ async def test_the_verifier_reports_a_tampered_row_in_the_lookup_file(tmp_path: 
         assert 5 not in [r.sequence for r in await _all(store, AuditQuery(principal="pw-2"))]
     finally:
         await store.aclose()
+
+
+async def test_an_orphan_is_reported_only_if_its_record_is_still_missing(tmp_path: Path) -> None:
+    """One statement reads the two files each at its own moment: a lookup row seen beside a
+    snapshot of the records taken just before its record's commit is read again, and only a
+    sequence whose record a fresh read does not find either is an orphan."""
+    store = SqliteAuditStore(tmp_path / "audit.sqlite")
+    await store.open()
+    try:
+        await _write(store, StaticKeyStore([new_signing_key()]), _events()[:3])
+        assert await store._still_without_record(CHAIN, [1, 3, 99]) == [99]
+        assert await store._still_without_record(CHAIN, []) == []
+        assert await store.orphan_lookup_rows(CHAIN) == []
+        assert await store.orphan_subject_rows(CHAIN) == []
+    finally:
+        await store.aclose()
