@@ -426,9 +426,35 @@ def _lagging(conn: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[str, 
 
 def _fill_spans(conn: sqlite3.Connection, spans: list[tuple[str, int, int]]) -> None:
     """Lookup and subject rows of the spans, made from the stored text (lookup rows and
-    subject rows of one record are always written in one transaction)."""
+    subject rows of one record are always written in one transaction), of durable records
+    only (``_records_durable``)."""
+    if not spans:
+        return
+    _records_durable(conn)
     conn.executemany(_INSERT_LOOKUP, spans)
     conn.executemany(_INSERT_SUBJECTS, spans)
+
+
+def _records_durable(conn: sqlite3.Connection) -> None:
+    """Make every record this transaction reads from the records file durable first: pin the
+    transaction's snapshot of it, then fsync its WAL. A batch is committed on the loop before
+    its WAL is synced, so the text of a record whose fsync is still running (or whose process
+    died before it) can be read here; in one file the WAL's order kept its lookup rows behind
+    it after a power cut, across two files nothing does, and a lookup row could outlive its
+    record. Only when rows are made from the text (at open, after a lost acknowledgement),
+    never for the writer's rows, which are handed over after their batch's fsync."""
+    conn.execute(f"SELECT 1 FROM {RECORDS_SCHEMA}.audit_chains LIMIT 1").fetchall()  # noqa: S608
+    row = conn.execute(
+        "SELECT file FROM pragma_database_list WHERE name = ?", (RECORDS_SCHEMA,)
+    ).fetchone()
+    try:
+        fd = os.open(f"{row[0]}-wal", os.O_RDONLY)
+    except FileNotFoundError:
+        return  # no WAL: everything is in the database file, synced by the last checkpoint
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _checkpoint(row: sqlite3.Row) -> StoredCheckpoint:

@@ -8,6 +8,7 @@ half-way. The verifier compares what is in the lookup file with the records.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from gateway.audit.writer import AuditWriter, WriterSettings
 from gateway.stores import sqlite_audit
 from gateway.stores.memory_audit import MemoryAuditStore
 from gateway.stores.migrations import migrate_sqlite
-from gateway.stores.sqlite import connect_sqlite
+from gateway.stores.sqlite import connect_sqlite, immediate
 from gateway.stores.sqlite_audit import AUDIT_MIGRATIONS, SqliteAuditStore, lookup_file
 from tests.stores.test_audit_query_contract import _all, _event
 from tests.stores.test_audit_subject_index import _about
@@ -252,3 +253,50 @@ async def test_an_orphan_is_reported_only_if_its_record_is_still_missing(tmp_pat
         assert await store.orphan_subject_rows(CHAIN) == []
     finally:
         await store.aclose()
+
+
+def _fill_after_a_crash(path: Path, last: StoredRecord, events: list[str]) -> None:
+    """Record 13 committed and not synced (its connection left open, so its WAL stays), then
+    its lookup rows made from the text as the store makes them, every statement traced."""
+    crashed = sqlite3.connect(path, isolation_level=None)  # left open: its WAL stays
+    lookups = sqlite3.connect(lookup_file(path), isolation_level=None, uri=True)
+    try:
+        crashed.execute("PRAGMA synchronous = NORMAL")  # committed, not synced
+        crashed.execute(
+            "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?)",
+            (CHAIN, 13, last.time, last.text.replace('"sequence":12', '"sequence":13'), "f" * 64),
+        )
+        assert Path(f"{path}-wal").exists()
+        lookups.execute("ATTACH DATABASE ? AS records", (f"{path.absolute().as_uri()}?mode=ro",))
+        lookups.set_trace_callback(lambda sql: events.append(sql.split(" SELECT")[0]))
+        with immediate(lookups):
+            sqlite_audit._fill_spans(lookups, [(CHAIN, 13, 13)])
+    finally:
+        lookups.close()
+        crashed.close()
+
+
+async def test_rows_made_from_the_text_wait_for_the_records_to_be_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record committed but not yet synced (its process died between the commit and the
+    fsync of the WAL) gets lookup rows from its text only after the records file's WAL was
+    synced: across two files, nothing else keeps a lookup row from outliving its record after a
+    power cut."""
+    path = tmp_path / "audit.sqlite"
+    records = await _old_layout(path)  # records 1-12 (the lookup file is made at open)
+    store = SqliteAuditStore(path)
+    await store.open()
+    await store.aclose()
+    events: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _fill_after_a_crash(path, records[-1], events)
+    synced = events.index(f"fsync {path.absolute()}-wal")
+    first_row = events.index("INSERT OR IGNORE INTO main.audit_index")
+    assert synced < first_row, events
