@@ -1836,7 +1836,17 @@ def overload_phase(
         f"after {args.low_rate or 500:g} req/s unloaded; raw generator",
         flush=True,
     )
-    return bench.overload(target, rate)
+    result = bench.overload(target, rate)
+    result["capacity"] = capacity
+    return result
+
+
+def admitted_share(o: dict[str, Any]) -> float:
+    """Calls answered 200 per second in the overload run, as a share of the closed loop's
+    capacity: an overload control that answers faster by taking in fewer calls shows here."""
+    if not o.get("capacity") or not o.get("sent") or not o.get("achieved_rate"):
+        return float("nan")
+    return float(o["ok"]) * float(o["achieved_rate"]) / float(o["sent"]) / float(o["capacity"])
 
 
 def holder_call_headers() -> dict[str, str]:
@@ -2531,7 +2541,7 @@ def print_overload(o: dict[str, Any]) -> None:
     print(
         f"  admitted {o['ok']}: p50 {o['p50_ms']:.2f} / p99 {o['p99_ms']:.2f} ms (from due "
         f"p99 {o['due_p99_ms']:.2f}); unloaded p99 {o['unloaded_p99_ms']:.2f} ms → "
-        f"{ratio:.2f}× (target ≤ 2×)"
+        f"{ratio:.2f}× (target ≤ 2×); {admitted_share(o) * 100:.0f} % of the capacity taken in"
     )
     print(
         f"  refused {o['refused']} with 503 gateway.overloaded: p50 "
@@ -2565,21 +2575,24 @@ def print_overload_rounds(rounds: Sequence[dict[str, Any]]) -> None:
     print()
     print(f"## Overload: {len(rounds)} rounds, each on a fresh gateway")
     print(
-        "round  gateway        offered/s  unloaded p99  admitted p99   ratio  admitted  refused"
-        "  errors   RSS"
+        "round  gateway        offered/s  unloaded p99  admitted p99   ratio  admitted  taken in"
+        "  refused  errors   RSS"
     )
     for i, o in enumerate(rounds, 1):
         print(
             f"{i:>5}  {o.get('gateway', 'this tree'):<13}  {o['rate']:>9.0f}"
             f"  {o['unloaded_p99_ms']:>9.2f} ms  {o['p99_ms']:>9.2f} ms"
-            f"  {ratio(o):>5.2f}×  {o['ok']:>8}  {o['refused']:>7}  {o['errors']:>6}"
+            f"  {ratio(o):>5.2f}×  {o['ok']:>8}  {admitted_share(o) * 100:>6.0f} %"
+            f"  {o['refused']:>7}  {o['errors']:>6}"
             f"  {growth(o):+5.1f} %"
         )
     for label in dict.fromkeys(o.get("gateway", "this tree") for o in rounds):
         mine = [o for o in rounds if o.get("gateway", "this tree") == label]
         print(
             f"{label}: median ratio {statistics.median(ratio(o) for o in mine):.2f}× (target ≤ 2×)"
-            f", admitted p99 median {statistics.median(o['p99_ms'] for o in mine):.2f} ms; "
+            f", admitted p99 median {statistics.median(o['p99_ms'] for o in mine):.2f} ms, "
+            f"{statistics.median(admitted_share(o) for o in mine) * 100:.0f} % of capacity "
+            "taken in; "
             f"errors {sum(o['errors'] for o in mine)}; RSS growth median "
             f"{statistics.median(growth(o) for o in mine):+.1f} % (target within 10 %); "
             f"worker alive in every round: {all(o['alive'] for o in mine)}"
