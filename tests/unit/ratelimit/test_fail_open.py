@@ -180,9 +180,12 @@ async def test_the_in_process_counters_keep_the_guard_of_every_store() -> None:
     limiter = ApiRateLimiter(storage, settings, clock=clock)
     first, second = await limiter.check(CITIZEN), await limiter.check(CITIZEN)
     assert first == second
-    assert first.allowed and first.checked and [b.scope for b in first.budgets] == ["person"]
+    assert first.allowed
+    assert first.checked
+    assert [b.scope for b in first.budgets] == ["person"]
     third = await limiter.check(CITIZEN)
-    assert third.refused_by is not None and third.retry_after >= 1
+    assert third.refused_by is not None
+    assert third.retry_after >= 1
     other = Principal(subject="sub-2", level="L2", client_id="portal-a", person="p2")
     storage.down = True
     with structlog.testing.capture_logs() as logs:
