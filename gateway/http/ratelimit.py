@@ -60,7 +60,7 @@ async def _rate_limit_fields(request: web.Request, response: web.StreamResponse)
     verdict = request.get(VERDICT)
     if verdict is None or not verdict.budgets:
         return
-    response.headers["RateLimit-Policy"] = verdict.policy
+    response.headers["RateLimit-Policy"] = ", ".join(b.policy for b in verdict.budgets)
     if verdict.refused_by is not None:
         response.headers["RateLimit"] = f'"{verdict.refused_by.scope}";r=0;t={verdict.retry_after}'
 

@@ -125,12 +125,6 @@ class Verdict:
     """Whole seconds until the refusing budget has room again (at least 1 when refused)."""
     checked: bool = True
     """False when the store failed and the call went through unchecked (fail open)."""
-    policy: str = field(init=False, compare=False, repr=False)
-    """The ``RateLimit-Policy`` field of the answer: every budget's policy item, in order.
-    Written when the verdict is made; a let-through verdict is made once per plan."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "policy", ", ".join(b.policy for b in self.budgets))
 
     @property
     def allowed(self) -> bool:
