@@ -1,7 +1,9 @@
 """The service catalogue (事项目录): service × receiving × handling province → one route.
 
-Built once at start-up from the validated settings and the open systems; answers lookups
-without I/O. A route knows how to validate, map, call and map back; nothing else.
+Built once at start-up (and again on every configuration reload) from the validated settings
+and the open systems; answers lookups without I/O. A route knows how to validate, map, call and
+map back, and carries what the call handler would otherwise work out from the service's settings
+on every call (the admitted levels, the declared data subject); nothing else.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from gateway.fastschema import SchemaGate
 from gateway.mapping import FieldMapping, compile_mapping
 from gateway.pipeline import CallTrace, Next
 from gateway.settings import Operation, RouteSettings, ServiceSettings, Settings
+from gateway.subject_config import SubjectDeclaration
 
 
 def _safe_message(error: SchemaViolation) -> str:
@@ -51,6 +54,12 @@ class Route:
     stack: Next
     licence_data: bool = False
     """The agreement lets licence data travel with cases on this route (免证办)."""
+    levels: frozenset[str] = frozenset()
+    """The identity levels admitted to the operation (``ServiceSettings.levels_for``)."""
+    level_requirement: str = ""
+    """How a refusal names them (``ServiceSettings.level_requirement``)."""
+    subject: SubjectDeclaration | None = None
+    """The operation's declared data subject (``ServiceSettings.subject_of``)."""
 
     def validate(self, data: Any) -> None:
         if self.validator.is_valid(data):
@@ -124,6 +133,9 @@ class Catalog:
                 ),
                 stack=stack_for(rs, operation),
                 licence_data=rs.licence_data,
+                levels=service.levels_for(rs.operation),
+                level_requirement=service.level_requirement(rs.operation),
+                subject=service.subject_of(rs.operation),
             )
             routes.append(route)
             receiving = ["*"] if rs.receiving == "*" else rs.receiving

@@ -17,6 +17,8 @@ worker that answered it, and the totals jump between scrapes.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -87,8 +89,8 @@ class Metrics:
             ["bound"],
             registry=self.registry,
         )
-        self._http: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-        self._backend: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._http: dict[tuple[str, str, int], _CountedAndTimed] = {}
+        self._backend: dict[tuple[str, str, str], _CountedAndTimed] = {}
         self._overloaded: dict[str, Counter] = {}
 
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -96,24 +98,22 @@ class Metrics:
         key = (route, method, status)
         children = self._http.get(key)
         if children is None:
-            children = self._http[key] = (
+            children = self._http[key] = _CountedAndTimed(
                 self.http_requests.labels(route, method, str(status)),
                 self.http_latency.labels(route, method),
             )
-        children[0].inc()
-        children[1].observe(seconds)
+        children.add(seconds)
 
     def backend_call(self, service: str, system: str, outcome: str, seconds: float) -> None:
         """One routed call, retries included: counted and timed by service, system, outcome."""
         key = (service, system, outcome)
         children = self._backend.get(key)
         if children is None:
-            children = self._backend[key] = (
+            children = self._backend[key] = _CountedAndTimed(
                 self.backend_calls.labels(service, system, outcome),
                 self.backend_latency.labels(service, system, outcome),
             )
-        children[0].inc()
-        children[1].observe(seconds)
+        children.add(seconds)
 
     def retried(self, system: str, error_code: str) -> None:
         self.retries.labels(system, error_code).inc()
@@ -136,3 +136,51 @@ class Metrics:
             MultiProcessCollector(merged, path=self._shared_dir)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         return generate_latest(self.registry)
+
+
+class _Value(Protocol):
+    """A value of prometheus_client (one process's, or a multiprocess file's)."""
+
+    def inc(self, amount: float) -> None: ...
+
+
+class _CountedAndTimed:
+    """A labelled counter and histogram that every request (or routed call) updates: one
+    ``inc`` and one ``observe``, done on the children's values directly.
+
+    ``Counter.inc`` and ``Histogram.observe`` check on every call that the child is one (not
+    the labelled parent) and that the amount is not negative, then scan the buckets in a
+    Python loop; here the child is known, the amount is a duration, and the bucket is found by
+    bisection (the first bound not below the amount: the bucket the loop stops at). The values
+    are the same ones prometheus_client renders. Should a version of prometheus_client keep
+    its values elsewhere, the public methods are used instead."""
+
+    __slots__ = ("_bounds", "_buckets", "_count", "_counter", "_histogram", "_sum")
+
+    def __init__(self, counter: Counter, histogram: Histogram) -> None:
+        self._counter = counter
+        self._histogram = histogram
+        count = getattr(counter, "_value", None)
+        total = getattr(histogram, "_sum", None)
+        buckets = getattr(histogram, "_buckets", None)
+        bounds = getattr(histogram, "_upper_bounds", None)
+        direct = (
+            all(callable(getattr(v, "inc", None)) for v in (count, total, *(buckets or ())))
+            and isinstance(bounds, list)
+            and isinstance(buckets, list)
+            and len(bounds) == len(buckets)
+        )
+        self._count: _Value | None = count if direct else None
+        self._sum: _Value | None = total if direct else None
+        self._buckets: list[_Value] = buckets if direct and buckets is not None else []
+        self._bounds: list[float] = bounds if direct and bounds is not None else []
+
+    def add(self, seconds: float) -> None:
+        """One more, that took ``seconds`` (a duration: not negative, not NaN)."""
+        if self._count is None or self._sum is None:
+            self._counter.inc()
+            self._histogram.observe(seconds)
+            return
+        self._count.inc(1)
+        self._sum.inc(seconds)
+        self._buckets[bisect_left(self._bounds, seconds)].inc(1)

@@ -74,8 +74,11 @@ MAX_GRANTS: Final = 8
 # --- finding the subjects of a request ---------------------------------------------------------
 
 
+_NOT_SPELLING = re.compile(r"[^0-9a-z]")
+
+
 def _spelling(name: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", name.lower())
+    return _NOT_SPELLING.sub("", name.lower())
 
 
 def _duplicate_keys(raw: bytes) -> set[str]:
@@ -94,34 +97,87 @@ def _duplicate_keys(raw: bytes) -> set[str]:
     return twice
 
 
+@dataclass(frozen=True, slots=True)
+class _FieldPlan:
+    """One subject path of a declaration, split once: the objects to walk into, the last
+    name, and how that name is spelled without case or separators."""
+
+    parents: tuple[str, ...]
+    name: str
+    spelling: str
+
+
+@dataclass(frozen=True, slots=True)
+class _DeclarationPlan:
+    """What ``check_unambiguous`` works out from a declaration alone (its paths and the byte
+    strings to count in the raw body), worked out once per declaration."""
+
+    names: frozenset[str]
+    quoted: tuple[bytes, ...]
+    paths: tuple[_FieldPlan, ...]
+
+
+_PLANS: dict[int, tuple[tuple[SubjectField, ...], _DeclarationPlan]] = {}
+_MAX_PLANS: Final = 1024
+"""Declarations come from the configuration (a handful per service); a reload brings new ones,
+so the cache is dropped when it grows past this."""
+
+
+def _declaration_plan(fields: Sequence[SubjectField]) -> _DeclarationPlan:
+    """The plan of ``fields``. A declaration of the configuration (a tuple of frozen fields)
+    keeps its plan, by its identity: the entry holds the tuple, so the identity cannot be
+    reused while the entry exists. Any other sequence (a list built for one request) is
+    planned each time."""
+    if type(fields) is tuple:
+        cached = _PLANS.get(id(fields))
+        if cached is not None and cached[0] is fields:
+            return cached[1]
+    plan = _new_plan(fields)
+    if type(fields) is tuple:
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[id(fields)] = (fields, plan)
+    return plan
+
+
+def _new_plan(fields: Sequence[SubjectField]) -> _DeclarationPlan:
+    paths = [p for f in fields for p in (f.path, f.id_type) if p]
+    names = frozenset(p.rsplit(".", 1)[-1] for p in paths)
+    return _DeclarationPlan(
+        names=names,
+        quoted=tuple(f'"{n}"'.encode() for n in names),
+        paths=tuple(
+            _FieldPlan(tuple(parts[:-1]), parts[-1], _spelling(parts[-1]))
+            for parts in (p.split(".") for p in paths)
+        ),
+    )
+
+
 def check_unambiguous(
     fields: Sequence[SubjectField], data: Mapping[str, Any], raw: bytes | None
 ) -> None:
     """Refuse a request in which a subject field appears twice in its object (JSON allows it;
     parsers disagree about which one wins) or in a second spelling (``idNumber`` beside
     ``id_number``), so that the gateway and the back-end never read two different people."""
-    names = {p.rsplit(".", 1)[-1] for f in fields for p in (f.path, f.id_type) if p}
-    if raw is not None and (b"\\u" in raw or any(raw.count(f'"{n}"'.encode()) > 1 for n in names)):
-        doubled = sorted(_duplicate_keys(raw) & names)
+    plan = _declaration_plan(fields)
+    if raw is not None and (b"\\u" in raw or any(raw.count(q) > 1 for q in plan.quoted)):
+        doubled = sorted(_duplicate_keys(raw) & plan.names)
         if doubled:
             raise SubjectFieldAmbiguous(
                 f"The field {doubled[0]!r} appears twice in one object; send it once.",
                 field=doubled[0],
             )
-    for entry in fields:
-        for path in (entry.path, entry.id_type):
-            if path is None:
-                continue
-            *parents, name = path.split(".")
-            node: Any = data
-            for part in parents:
-                node = node.get(part) if isinstance(node, Mapping) else None
-            if not isinstance(node, Mapping):
-                continue
-            others = [k for k in node if k != name and _spelling(str(k)) == _spelling(name)]
-            if others:
+    for path in plan.paths:
+        node: Any = data
+        for part in path.parents:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if not isinstance(node, Mapping):
+            continue
+        name = path.name
+        for key in node:
+            if key != name and _spelling(str(key)) == path.spelling:
                 raise SubjectFieldAmbiguous(
-                    f"The field {name!r} is also sent as {others[0]!r}; send one spelling only.",
+                    f"The field {name!r} is also sent as {key!r}; send one spelling only.",
                     field=name,
                 )
 

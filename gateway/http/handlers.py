@@ -49,6 +49,7 @@ from gateway.subjects import (
     Binding,
     Named,
     SubjectDeclaration,
+    SubjectRule,
     case_declaration,
     grant_ids,
     named_subjects,
@@ -242,7 +243,7 @@ async def bind_call(
 ) -> Binding:
     """The subject rule for one routed call; a refusal is recorded and raised."""
     rule = request.app[SUBJECTS]
-    declaration = route.service.subject_of(route.operation_name)
+    declaration = route.subject
     consent = grant_ids(body.get("consent"))
     named: list[Named] = []
     try:
@@ -346,9 +347,10 @@ async def call_service(request: web.Request) -> web.Response:
     """A synchronous query or verification in a named province."""
     principal = principal_of(request)
     code = request.match_info["service"]
-    catalog = request.app[STATE].catalog
+    app = request.app
+    catalog = app[STATE].catalog
     catalog.service(code)  # unknown service → 404 before we look at the body
-    check_client_may_call(request.app, principal, code)  # allowed_services + scope → 403
+    check_client_may_call(app, principal, code)  # allowed_services + scope → 403
     raw, body = await read_json_body(request)
     problems = sorted(_CALL_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path))
     if problems:
@@ -362,30 +364,27 @@ async def call_service(request: web.Request) -> web.Response:
                 for e in problems[:20]
             ],
         )
-    registration = client_registration(request.app, principal)
+    registration = client_registration(app, principal)
     check_receiving_province(registration, principal, body["receiving_province"])
     route = catalog.route(
         code, body.get("operation"), body["receiving_province"], body["handling_province"]
     )
     fields = request[LOG_FIELDS]
     fields.update(service=code, province=route.handling, system=route.system)
-    if not machine_admitted(registration, principal):
-        principal.require_levels(
-            route.service.levels_for(route.operation_name),
-            route.service.level_requirement(route.operation_name),
-        )
     machine = machine_admitted(registration, principal)
+    if not machine:
+        principal.require_levels(route.levels, route.level_requirement)
     binding = await _bind_to_the_end(
         request, principal, route, body, raw, registration if machine else None
     )
-    rule = request.app[SUBJECTS]
+    rule = app[SUBJECTS]
     try:
-        request_id, context = _call_context(request, principal, route, body, binding)
+        request_id, context = _call_context(request, principal, route, body, binding, rule)
     except GatewayError:
         await asyncio.shield(rule.give_back(binding.spent))  # refused before anything was sent
         raise
     trace = CallTrace()
-    metrics = request.app[METRICS]
+    metrics = app[METRICS]
     outcome = "ok"
     started = time.perf_counter()
     try:
@@ -431,16 +430,17 @@ def _call_context(
     route: Route,
     body: dict[str, Any],
     binding: Binding,
+    rule: SubjectRule,
 ) -> tuple[str, CallContext]:
     """The request id and what the adapter is told about the call."""
     code = request.match_info["service"]
     request_id = request[REQUEST_ID]
     idempotency_key = None
+    keys = rule.keys
     if route.operation.retry == "idempotent-with-key":
         given = _idempotency_key(request)
-        keys = request.app[SUBJECTS].keys
         idempotency_key = scoped_key(keys, principal, given) if given else uuid.uuid4().hex
-    province_subjects = binding.assertion_subjects(request.app[SUBJECTS].keys, route.handling)
+    province_subjects = binding.assertion_subjects(keys, route.handling)
     context = CallContext(
         request_id=request_id,
         purpose=body["purpose"],

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -120,6 +120,27 @@ LinkKeyer = Callable[[str, str], str]
 """(national ID type, ID number) → link key."""
 
 
+class _Mac(Protocol):
+    def copy(self) -> _Mac: ...
+    def update(self, message: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+def _keyed_state(key: bytes) -> _Mac:
+    """OpenSSL's keyed HMAC state itself where Python has it: ``hmac.HMAC`` wraps that state in
+    Python methods (its ``copy`` a new wrapper object and two Python calls, its ``digest`` two
+    more), which cost about as much again as the hashing of a short message."""
+    try:
+        from _hashlib import hmac_new  # noqa: PLC0415 - optional: absent without OpenSSL
+
+        keyed: _Mac = hmac_new(key, digestmod="sha256")
+    except (ImportError, TypeError, ValueError):
+        # A Python built without OpenSSL's hashlib, or one whose private function takes other
+        # arguments: the public wrapper, same bytes.
+        return hmac.new(key, digestmod=hashlib.sha256)
+    return keyed
+
+
 class KeyedSha256:
     """HMAC-SHA256 under one key, keyed once. ``hmac.digest(key, message, "sha256")`` looks the
     digest up and keys it again on every call; copying a keyed state costs half of that, and
@@ -128,7 +149,7 @@ class KeyedSha256:
     __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        self._keyed = _keyed_state(key)
 
     def __repr__(self) -> str:
         return "KeyedSha256(<key>)"

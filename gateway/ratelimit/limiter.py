@@ -99,11 +99,18 @@ class Budget:
     policy: str = field(init=False, compare=False)
     """This budget as a quota policy item (draft-ietf-httpapi-ratelimit-headers §3.1); written
     once, as every answer of a counted call carries it."""
+    _hash: int = field(init=False, compare=False, repr=False)
+    """The hash of ``(scope, rate)``, worked out once: a budget is half of the key of every
+    draw's lease, and the rate's own ``__hash__`` is Python code."""
 
     def __post_init__(self) -> None:
         window = self.rate.get_expiry()
         object.__setattr__(self, "window", window)
         object.__setattr__(self, "policy", f'"{self.scope}";q={self.rate.amount};w={window}')
+        object.__setattr__(self, "_hash", hash((self.scope, self.rate)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,10 @@ class _Plan:
 
     with_person: tuple[Budget, ...]
     machine: tuple[Budget, ...]
+    with_person_allowed: Verdict
+    """The verdict of a call all of ``with_person`` let through (immutable, so one serves
+    every such call)."""
+    machine_allowed: Verdict
 
 
 def _plan(settings: RateLimitSettings, client: ClientRegistration | None) -> _Plan:
@@ -138,7 +149,8 @@ def _plan(settings: RateLimitSettings, client: ClientRegistration | None) -> _Pl
     person_rate = (own.person if own else None) or settings.person
     client_budget = () if client_rate is None else (Budget("client", parse_rate(client_rate)),)
     person_budget = () if person_rate is None else (Budget("person", parse_rate(person_rate)),)
-    return _Plan(with_person=person_budget + client_budget, machine=client_budget)
+    with_person = person_budget + client_budget
+    return _Plan(with_person, client_budget, Verdict(with_person), Verdict(client_budget))
 
 
 def _partition(principal: Principal, budget: Budget) -> str:
@@ -253,14 +265,15 @@ class ApiRateLimiter:
 
     async def check(self, principal: Principal) -> Verdict:
         """Draw one call from each budget of ``principal``; stop at the first that refuses."""
-        budgets = self.budgets(principal)
+        plan = self._plans.get(principal.client_id, self._default)
+        if principal.level == MACHINE_LEVEL:
+            budgets, allowed = plan.machine, plan.machine_allowed
+        else:
+            budgets, allowed = plan.with_person, plan.with_person_allowed
         if not budgets:
-            return Verdict(budgets)
+            return allowed
         if self._memory is not None:
-            # In-process counters: nothing to wait for, so no timeout to arm.
-            return await self._guarded(
-                budgets, lambda: self._draw_memory(principal, budgets), timed=False
-            )
+            return await self._check_memory(principal, budgets, allowed)
         if self._shared:
             return await self._check_shared(principal, budgets)
         return await self._guarded(budgets, lambda: self._draw(principal, budgets))
@@ -339,16 +352,34 @@ class ApiRateLimiter:
             return Verdict(budgets, refused_by=budget, retry_after=seconds)
         return Verdict(budgets)
 
-    async def _draw_memory(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
+    async def _check_memory(
+        self, principal: Principal, budgets: tuple[Budget, ...], allowed: Verdict
+    ) -> Verdict:
         """Drawn from the in-process counters without awaiting them, with the same answers as
-        any store (the window's statistics are read only for a refusal's Retry-After)."""
-        assert self._memory is not None
-        for budget in budgets:
-            key = self._lease(principal, budget).key
-            if self._memory.acquire_now(key, budget.rate.amount, budget.window):
-                continue
-            return await self._refused(principal, budgets, budget)
-        return Verdict(budgets)
+        any store (the window's statistics are read only for a refusal's Retry-After). The
+        same guard as ``_guarded``, inline: nothing here waits, so there is no timeout to arm,
+        and a call that has room costs no coroutine of its own."""
+        memory = self._memory
+        assert memory is not None
+        try:
+            self._breaker.before_call()
+        except CircuitOpen:
+            return Verdict(budgets, checked=False)
+        try:
+            verdict = allowed
+            for budget in budgets:
+                key = self._lease(principal, budget).key
+                if not memory.acquire_now(key, budget.rate.amount, budget.window):
+                    verdict = await self._refused(principal, budgets, budget)
+                    break
+        except (StorageError, TimeoutError) as exc:
+            self._failed(exc)
+            return Verdict(budgets, checked=False)
+        except BaseException:
+            self._breaker.record_neutral()
+            raise
+        self._succeeded()
+        return verdict
 
     def _lease(self, principal: Principal, budget: Budget) -> Lease:
         """The store's key of ``budget`` for ``principal`` with this process's lease on it

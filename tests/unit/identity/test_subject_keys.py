@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import io
 import os
+import sys
 
 import pytest
 from pydantic import SecretStr
@@ -137,3 +138,14 @@ def test_the_province_hashes_of_a_raw_key_and_a_keyed_one_agree() -> None:
     assert province_person_hash(KEYS.province_mac("63"), "111", SU) != province_person_hash(
         key, "111", SU
     )
+
+
+def test_without_openssls_hmac_state_the_bytes_are_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "_hashlib", None)  # as a Python built without it
+    key = os.urandom(32)
+    keyed = KeyedSha256(key)
+    assert type(keyed._keyed) is hmac.HMAC
+    for message in (b"", b"111|" + SU.encode()):
+        assert keyed.digest(message) == hmac.digest(key, message, hashlib.sha256)

@@ -20,6 +20,7 @@ from limits.errors import StorageError
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.ratelimit.limiter import ApiRateLimiter
+from gateway.ratelimit.memory_storage import LocalMemoryStorage
 
 CITIZEN = Principal(subject="sub-1", level="L2", client_id="portal-a", person="p1")
 
@@ -154,3 +155,44 @@ async def test_a_cancelled_probe_does_not_leave_the_limiter_unchecked_for_good()
         await probe
     storage.gate = None
     assert (await limiter.check(CITIZEN)).checked
+
+
+class FailingLocalStorage(LocalMemoryStorage):
+    """The in-process counters (drawn without awaiting), failing while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def acquire_now(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        if self.down:
+            raise StorageError(ConnectionError("counters broken"))
+        return super().acquire_now(key, limit, expiry, amount)
+
+
+async def test_the_in_process_counters_keep_the_guard_of_every_store() -> None:
+    """The in-process path draws without a coroutine per step; a failure there still lets the
+    call through unchecked and pauses the store, and a spent budget is still refused after
+    calls that were let through (their verdict shared, not made per call)."""
+    clock = FakeClock()
+    storage = FailingLocalStorage()
+    settings = RateLimitSettings(person="2/hour", client=None, retry_interval=5)
+    limiter = ApiRateLimiter(storage, settings, clock=clock)
+    first, second = await limiter.check(CITIZEN), await limiter.check(CITIZEN)
+    assert first == second
+    assert first.allowed
+    assert first.checked
+    assert [b.scope for b in first.budgets] == ["person"]
+    third = await limiter.check(CITIZEN)
+    assert third.refused_by is not None
+    assert third.retry_after >= 1
+    other = Principal(subject="sub-2", level="L2", client_id="portal-a", person="p2")
+    storage.down = True
+    with structlog.testing.capture_logs() as logs:
+        assert not (await limiter.check(other)).checked
+        storage.down = False
+        assert not (await limiter.check(other)).checked, "asked again before the pause ended"
+        clock.now += 6
+        assert (await limiter.check(other)).checked
+    assert [e["event"] for e in logs] == ["rate_limit_store_failed", "rate_limit_store_recovered"]
+    assert (await limiter.check(CITIZEN)).refused_by is not None, "still spent"
