@@ -407,21 +407,17 @@ class ApiRateLimiter:
         return await self._guarded(budgets, lambda: self._draw_keyed(pairs, peek=peek))
 
     async def _guarded(
-        self,
-        budgets: tuple[Budget, ...],
-        draw: Callable[[], Awaitable[Verdict]],
-        *,
-        timed: bool = True,
+        self, budgets: tuple[Budget, ...], draw: Callable[[], Awaitable[Verdict]]
     ) -> Verdict:
+        """``draw`` within the store timeout, behind the store's breaker: a store that fails
+        or is slow lets the call through unchecked (``_check_memory`` has the same rules,
+        without a timeout: it never waits)."""
         try:
             self._breaker.before_call()
         except CircuitOpen:
             return Verdict(budgets, checked=False)
         try:
-            if timed:
-                async with asyncio.timeout(self._timeout):
-                    verdict = await draw()
-            else:
+            async with asyncio.timeout(self._timeout):
                 verdict = await draw()
         except (StorageError, TimeoutError) as exc:
             self._failed(exc)

@@ -661,6 +661,17 @@ async def _one_answer(port: int, ask: bytes) -> tuple[bytes, bytes]:
         writer.close()
 
 
+async def _pressed(
+    session: ClientSession, url: str, port: int, backend: HeldBackend
+) -> asyncio.Task[Any]:
+    """A worker bound to one call has it held at the back-end and has just refused another:
+    it is pressed. The held call's task."""
+    held = asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
+    await backend.until_arrived(1)
+    _refused(*await _one_answer(port, _call(json.dumps(call_body()).encode())))
+    return held
+
+
 async def test_a_free_slot_lets_one_request_of_a_turn_through_and_the_door_refuses_the_rest(
     tmp_path: Path,
     backend: HeldBackend,
@@ -685,9 +696,7 @@ async def test_a_free_slot_lets_one_request_of_a_turn_through_and_the_door_refus
     try:
         async with ClientSession() as session:
             url = f"http://127.0.0.1:{port}{CALLS}"
-            held = asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
-            await backend.until_arrived(1)
-            _refused(*await _one_answer(port, _call(body)))
+            held = await _pressed(session, url, port, backend)
             admission.limit = 2  # the bound grows by one, as the delay probe grows it
             connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
             for _, writer in connections:  # in one step: the loop reads them in one turn
@@ -720,9 +729,7 @@ async def test_a_slot_held_for_a_request_is_free_again_when_its_connection_is_lo
     try:
         async with ClientSession() as session:
             url = f"http://127.0.0.1:{port}{CALLS}"
-            held = asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
-            await backend.until_arrived(1)
-            _refused(*await _one_answer(port, _call(body)))
+            held = await _pressed(session, url, port, backend)
             admission.limit = 2
             for _ in range(20):  # sent and dropped at once: taken in, or its slot freed
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
