@@ -407,6 +407,6 @@ class FlatAnswer:
                 continue
             try:
                 out[name] = kind.pythonvalue(text)
-            except (TypeError, ValueError):
-                return None  # zeep logs it and hands over None: its path decides
+            except Exception:  # whatever the type refuses, zeep's path decides
+                return None
         return out
