@@ -1,5 +1,6 @@
 """The flat-record reading of SOAP answers (``FlatAnswer``) gives what zeep's generic reading
-gives, for every answer it takes, and hands every other answer back to zeep.
+gives, for every answer it takes, and hands every other answer back to zeep; the flat-record
+envelope (``FlatRequest``) is byte for byte zeep's, and any other payload is left to zeep.
 
 Equivalence is checked on the operations of the real WSDLs this project ships and tests
 against, with generated field values (valid and invalid for their xsd types); the adapter is
@@ -9,6 +10,7 @@ checked end to end on a loopback back-end that answers with scripted envelopes.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import AsyncIterator
 from html import escape
 from pathlib import Path
@@ -20,12 +22,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree  # type: ignore[import-untyped]
 from zeep.wsdl.bindings.soap import SoapBinding
+from zeep.wsdl.utils import etree_to_string
+from zeep.wsse.username import UsernameToken
 
-from adapters.soap import build_soap_adapter
+from adapters.soap import FlatRequest, build_soap_adapter, context_header
 from adapters.soap_answers import FlatAnswer, answer_json, content_json
 from adapters.soap_contract import load_wsdl, output_body_type, soap_bindings
 from gateway.adapter import BackendBadResponse, BackendFault
-from tests.adapters.loopback_backends import DEGREE, DEGREE_NS, WSDL_DIR, make_call, make_spec
+from tests.adapters.loopback_backends import (
+    CONTEXT,
+    DEGREE,
+    DEGREE_NS,
+    PAYLOADS,
+    WSDL_DIR,
+    make_call,
+    make_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 WSDLS = (
@@ -263,3 +275,123 @@ async def test_adapter_bad_xml_is_still_unreadable(zeep_readings: list[int]) -> 
     with pytest.raises(BackendBadResponse):
         await call_with_answer(200, envelope(DEGREE_OP, DEGREE_FIELDS)[:-10])
     assert zeep_readings == [200]
+
+
+# --- the request side: FlatRequest builds zeep's bytes ------------------------------------
+
+
+def request_operations() -> list[tuple[str, Any, Any, Any]]:
+    found = []
+    for wsdl in WSDLS:
+        client = load_wsdl(wsdl)
+        for binding_name, binding in soap_bindings(client.wsdl).items():
+            for name, operation in binding.all().items():
+                label = f"{wsdl.name}:{binding_name.rsplit('}', 1)[-1]}:{name}"
+                found.append((label, client, binding, operation))
+    return found
+
+
+FLAT_REQUESTS = [
+    (label, client, binding, operation)
+    for label, client, binding, operation in request_operations()
+    if FlatRequest.of(client, binding, operation) is not None
+]
+
+
+def zeeps_envelope(client: Any, binding: Any, operation: Any, payload: dict[str, Any]) -> Any:
+    """What the adapter sent before: zeep's envelope and HTTP headers for the payload."""
+    kwargs = {**payload, "_soapheaders": [context_header(CONTEXT)]}
+    envelope, headers = binding._create(
+        operation.name, (), kwargs, client=client, options={"address": "http://x/"}
+    )
+    return etree_to_string(envelope), headers  # type: ignore[no-untyped-call]
+
+
+def test_the_real_contracts_have_flat_requests() -> None:
+    labels = [label for label, *_ in FLAT_REQUESTS]
+    assert "degree.wsdl:DegreeBinding:VerifyDegree" in labels
+    assert "echo.wsdl:EchoBinding:Echo" in labels
+    assert "real-estate-asmx.wsdl:RealEstateServiceSoap12:CheckCertificate" in labels
+
+
+@pytest.mark.parametrize(
+    ("label", "client", "binding", "operation"),
+    FLAT_REQUESTS,
+    ids=[label for label, *_ in FLAT_REQUESTS],
+)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_flat_request_bytes_equal_zeeps(
+    label: str, client: Any, binding: Any, operation: Any, data: st.DataObject
+) -> None:
+    names = [name for name, _ in operation.input.body.type.elements]
+    values = data.draw(st.lists(st.text(max_size=16), min_size=len(names), max_size=len(names)))
+    payload = dict(zip(names, values, strict=True))
+    plan = FlatRequest.of(client, binding, operation)
+    assert plan is not None
+    try:
+        expected: Any = zeeps_envelope(client, binding, operation, payload)
+    except ValueError:
+        expected = None  # a character XML cannot carry: zeep refuses it
+    built = plan.envelope(payload, context_header(CONTEXT))
+    if expected is None:
+        assert built is None
+    else:
+        assert built is not None
+        assert (etree_to_string(built[0]), built[1]) == expected  # type: ignore[no-untyped-call]
+
+
+ECHO = next(row for row in FLAT_REQUESTS if row[0] == "echo.wsdl:EchoBinding:Echo")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"zjhm": "1", "other": "2"}, id="added"),
+        pytest.param({"zjhm": 12}, id="a-number"),
+        pytest.param({"zjhm": None}, id="none"),
+        pytest.param({"zjhm": "a\x00b"}, id="not-xml-text"),
+    ],
+)
+def test_other_payloads_are_left_to_zeep(payload: dict[str, Any]) -> None:
+    _label, client, binding, operation = ECHO
+    plan = FlatRequest.of(client, binding, operation)
+    assert plan is not None
+    assert plan.envelope(payload, context_header(CONTEXT)) is None
+
+
+def test_a_client_with_ws_security_keeps_zeeps_serialiser() -> None:
+    _label, client, binding, operation = ECHO
+    with_wsse = copy.copy(client)
+    with_wsse.wsse = UsernameToken("u", "p")  # type: ignore[no-untyped-call]
+    assert FlatRequest.of(with_wsse, binding, operation) is None
+
+
+async def test_adapter_sends_zeeps_bytes() -> None:
+    """The degree call's envelope on the wire is byte for byte the one zeep builds."""
+    seen: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        body = envelope(DEGREE_OP, DEGREE_FIELDS)
+        return web.Response(body=body, content_type="text/xml", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_post("/ws", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        address = f"http://127.0.0.1:{runner.addresses[0][1]}/ws"
+        adapter = await build_soap_adapter.open(make_spec("soap", address))
+        try:
+            await adapter.call(make_call("soap"))
+        finally:
+            await adapter.aclose()
+    finally:
+        await runner.cleanup()
+    client = load_wsdl(WSDL_DIR / "degree.wsdl")
+    (binding,) = soap_bindings(client.wsdl).values()
+    expected, _ = zeeps_envelope(client, binding, binding.get("VerifyDegree"), PAYLOADS["soap"])
+    assert seen == [expected]
