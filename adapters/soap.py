@@ -389,16 +389,9 @@ class _AiohttpTransport(AsyncTransport):
 # --- the adapter ------------------------------------------------------------------------------
 
 
-_CONTEXT_TAG = f"{{{CONTEXT_NS}}}CallContext"
-
-
-def context_header(context: CallContext, parent: Any = None) -> Any:
-    """The CallContext SOAP header element (made the last child of ``parent`` when given); a
-    field that is None is left out."""
-    if parent is None:
-        root = etree.Element(_CONTEXT_TAG, nsmap={"tb": CONTEXT_NS})
-    else:
-        root = etree.SubElement(parent, _CONTEXT_TAG, nsmap={"tb": CONTEXT_NS})
+def context_header(context: CallContext) -> Any:
+    """The CallContext SOAP header element; a field that is None is left out."""
+    root = etree.Element(f"{{{CONTEXT_NS}}}CallContext", nsmap={"tb": CONTEXT_NS})
     for name, attribute in _CONTEXT_FIELDS:
         value = getattr(context, attribute)
         if value is not None:
@@ -481,16 +474,16 @@ class FlatRequest:
         return cls(message.nsmap["soap-env"], message.body.qname, tuple(fields), serialized.headers)
 
     def envelope(
-        self, payload: Mapping[str, Any], context: CallContext
+        self, payload: Mapping[str, Any], header: Any
     ) -> tuple[Any, dict[str, str]] | None:
-        """The envelope (with the call ``context`` in its SOAP Header) and the HTTP headers
-        for ``payload``, or None."""
+        """The envelope (with ``header``, the call context, in its SOAP Header) and the HTTP
+        headers for ``payload``, or None."""
         if len(payload) != len(self._names) or not self._names.issuperset(payload):
             return None
         soap = self._maker
         envelope = soap.Envelope()
         headers = soap.Header()
-        context_header(context, headers)
+        headers.append(header)
         envelope.append(headers)
         body = soap.Body()
         envelope.append(body)
@@ -586,7 +579,7 @@ class SoapAdapter:
         binding, client = self._binding, self._client
         built = None
         if answering.request is not None:
-            built = answering.request.envelope(call.payload, call.context)
+            built = answering.request.envelope(call.payload, context_header(call.context))
         if built is None:
             built = binding._create(
                 call.operation,

@@ -333,7 +333,7 @@ def test_flat_request_bytes_equal_zeeps(
         expected: Any = zeeps_envelope(client, binding, operation, payload)
     except ValueError:
         expected = None  # a character XML cannot carry: zeep refuses it
-    built = plan.envelope(payload, CONTEXT)
+    built = plan.envelope(payload, context_header(CONTEXT))
     if expected is None:
         assert built is None
     else:
@@ -358,7 +358,7 @@ def test_other_payloads_are_left_to_zeep(payload: dict[str, Any]) -> None:
     _label, client, binding, operation = ECHO
     plan = FlatRequest.of(client, binding, operation)
     assert plan is not None
-    assert plan.envelope(payload, CONTEXT) is None
+    assert plan.envelope(payload, context_header(CONTEXT)) is None
 
 
 def test_a_client_with_ws_security_keeps_zeeps_serialiser() -> None:
