@@ -548,9 +548,10 @@ class SoapAdapter:
         try:
             with map_zeep_errors(self._system):
                 content = await self._send(call, answering)
-        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
             # zeep's own slips on a payload it cannot serialise or an answer it cannot read
-            # (an empty Body, say): ours, not a crash.
+            # (an empty Body, say; an xs:decimal it cannot convert raises decimal's
+            # InvalidOperation, an ArithmeticError): ours, not a crash.
             raise _unusable(self._system, exchange) from exc
         finally:
             _EXCHANGE.reset(token)

@@ -395,3 +395,12 @@ async def test_adapter_sends_zeeps_bytes() -> None:
     (binding,) = soap_bindings(client.wsdl).values()
     expected, _ = zeeps_envelope(client, binding, binding.get("VerifyDegree"), PAYLOADS["soap"])
     assert seen == [expected]
+
+
+async def test_a_decimal_its_type_refuses_is_an_unreadable_answer(zeep_readings: list[int]) -> None:
+    """zeep's xs:decimal raises an ArithmeticError, not a ValueError, on such a value: still an
+    answer that could not be read, never an unmapped exception."""
+    body = envelope(DEGREE_OP, fields_xml(DEGREE_OP, ["true", "a", "b", "2020-07-01", "abc"]))
+    with pytest.raises(BackendBadResponse):
+        await call_with_answer(200, body)
+    assert zeep_readings == [200]
