@@ -39,15 +39,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from lxml import etree  # type: ignore[import-untyped]
+from zeep.wsdl.messages.soap import DocumentMessage
 from zeep.xsd.elements.builtins import Schema as SchemaElement
+from zeep.xsd.elements.element import Element
+from zeep.xsd.elements.indicators import Sequence as XsdSequence
 from zeep.xsd.schema import Schema
 from zeep.xsd.types.builtins import Duration
+from zeep.xsd.types.complex import ComplexType
+from zeep.xsd.types.simple import AnySimpleType
 from zeep.xsd.valueobjects import AnyObject, CompoundValue
 
 __all__ = [
     "MAX_DEPTH",
     "AnswerShapeError",
+    "FlatAnswer",
     "answer_json",
+    "content_json",
     "element_json",
     "normalise_rows",
     "response_content",
@@ -75,7 +82,13 @@ class AnswerShapeError(ValueError):
 def answer_json(result: Any, body_type: Any, rows: Sequence[str] = ()) -> Any:
     """zeep's ``result`` as JSON data; ``body_type`` is the xsd type of the operation's response
     element (None when it has none), ``rows`` the declared row paths."""
-    data = _value(response_content(result, body_type), 0)
+    return content_json(response_content(result, body_type), rows)
+
+
+def content_json(content: Any, rows: Sequence[str] = ()) -> Any:
+    """The response element's ``content`` (as ``response_content`` gives it, or as
+    ``FlatAnswer.read`` does) as JSON data; ``rows`` the declared row paths."""
+    data = _value(content, 0)
     if data is _DROP:
         data = None
     if rows:
@@ -308,3 +321,92 @@ def normalise_rows(data: dict[str, Any], path: tuple[str, ...]) -> None:
         if not isinstance(target, dict):
             raise AnswerShapeError("a declared row path runs through a value")
         normalise_rows(target, rest)
+
+
+class FlatAnswer:
+    """The answer of a document/literal operation whose response element is a plain sequence
+    of simple-typed fields (each once, no attributes, no ``xs:any``), read with lxml alone.
+
+    ``read`` gives what ``response_content`` gives for zeep's result of the same envelope (the
+    field values through the same xsd types), or None for anything it does not take: a Fault,
+    a SOAP Header, a DOCTYPE, a field missing, repeated, out of order, with attributes or
+    children, a value its type refuses, or XML that does not parse. The caller then hands the
+    answer to zeep, which reads it, or refuses it, as it always has. ``of`` builds the reader
+    once per operation, or None when the operation's answer is not of this shape.
+
+    Its parser is reused by every call: use it from one thread (the event loop's).
+    """
+
+    __slots__ = ("_body", "_envelope", "_fields", "_parser", "_response")
+
+    def __init__(self, envelope_ns: str, response: str, fields: Sequence[tuple[str, str, Any]]):
+        self._envelope = f"{{{envelope_ns}}}Envelope"
+        self._body = f"{{{envelope_ns}}}Body"
+        self._response = response
+        self._fields = tuple(fields)
+        # The settings of zeep's own parser for answers (zeep.loader.parse_xml, strict).
+        self._parser = etree.XMLParser(
+            remove_comments=True, resolve_entities=False, recover=False, huge_tree=False
+        )
+
+    @classmethod
+    def of(cls, operation: Any) -> FlatAnswer | None:
+        output = getattr(operation, "output", None)
+        if not isinstance(output, DocumentMessage) or output._is_body_wrapped:
+            return None
+        header, body = output.header, output.body
+        if body is None or header is None or header.type._element:
+            return None  # header parts change the shape zeep hands over
+        xsd_type = body.type
+        if not isinstance(xsd_type, ComplexType) or xsd_type.attributes:
+            return None
+        nested = xsd_type.elements_nested
+        if len(nested) != 1 or type(nested[0][1]) is not XsdSequence:
+            return None
+        sequence = nested[0][1]
+        if sequence.min_occurs != 1 or sequence.max_occurs != 1:
+            return None
+        elements = xsd_type.elements
+        if not elements or len(elements) != len(sequence):
+            return None
+        fields: list[tuple[str, str, Any]] = []
+        for (name, element), item in zip(elements, sequence, strict=True):
+            kind = getattr(element, "type", None)
+            if (
+                element is not item
+                or not isinstance(element, Element)
+                or element.max_occurs != 1
+                or str(name).startswith("_")
+                or not isinstance(kind, AnySimpleType)
+                or type(kind).parse_xmlelement is not AnySimpleType.parse_xmlelement
+            ):
+                return None
+            fields.append((element.qname.text, str(name), kind))
+        return cls(output.nsmap["soap-env"], body.qname.text, fields)
+
+    def read(self, content: bytes) -> dict[str, Any] | None:
+        try:
+            root = etree.fromstring(content, self._parser)
+        except (etree.LxmlError, ValueError):
+            return None
+        if root.tag != self._envelope or len(root) != 1 or root.getroottree().docinfo.doctype:
+            return None
+        body = root[0]
+        if body.tag != self._body or len(body) != 1:
+            return None
+        response = body[0]
+        if response.tag != self._response or response.attrib or len(response) != len(self._fields):
+            return None
+        out: dict[str, Any] = {}
+        for child, (tag, name, kind) in zip(response, self._fields, strict=True):
+            if child.tag != tag or child.attrib or len(child):
+                return None
+            text = child.text
+            if text is None:
+                out[name] = None  # as zeep: an empty simple element is None
+                continue
+            try:
+                out[name] = kind.pythonvalue(text)
+            except Exception:  # whatever the type refuses, zeep's path decides
+                return None
+        return out

@@ -45,7 +45,7 @@ if str(HERE) not in sys.path:
 import aiohttp  # noqa: E402
 import bench_routing as br  # noqa: E402
 
-MODES = ("required", "buffered", "canned", "proxy")
+MODES = ("required", "buffered", "canned", "proxy", "soap")
 _TOTALS = re.compile(rb"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
 
 
@@ -113,7 +113,8 @@ def count_once(args: argparse.Namespace, workdir: Path) -> float:
             role += ["--audit-mode", "buffered"] if args.mode == "buffered" else []
             role += ["--canned"] if args.mode == "canned" else []
             role += ["--tree", str(Path(args.tree).resolve())] if args.tree else []
-            path = f"/api/v1/services/{br.REST_SERVICE}/calls"
+            service = br.SOAP_SERVICE if args.mode == "soap" else br.REST_SERVICE
+            path = f"/api/v1/services/{service}/calls"
             body, headers = br.CALL_BODY, br.holder_call_headers()
         server = kids.spawn("server", [*valgrind, *role], None, timeout=args.start_timeout)
         url = f"http://127.0.0.1:{server.port}{path}"
