@@ -1,8 +1,7 @@
 """Looking records up: the query shape every store answers, its keyset cursor, the lookup row.
 
 The lookup columns (type, principal, actor, case, service, provinces, system) hold the values of
-the stored canonical text, in a side table (audit migrations 2 and 3; docs/audit.md, Querying;
-on SQLite in the lookup file beside the records file, named by the store: ``sql_source``).
+the stored canonical text, in a side table (audit migrations 2 and 3; docs/audit.md, Querying).
 They only *find* records: what a query returns is always the stored text and hash itself, so
 a lookup row that was tampered with can hide a record from a query but never change one
 (the verifier reads the chain, not the lookup table).
@@ -209,17 +208,14 @@ def sql_filter(query: AuditQuery, placeholder: Any) -> tuple[str, list[object]]:
     return (" WHERE " + " AND ".join(terms)) if terms else "", params
 
 
-def sql_source(
-    query: AuditQuery, *, index: str = "audit_index", subjects: str = "audit_subjects"
-) -> str:
+def sql_source(query: AuditQuery) -> str:
     """The FROM clause: the lookup table (alias ``i``) joined to the records (``r``), driven by
-    the subject table (``s``) when the query names a subject. ``index`` and ``subjects`` name
-    the two lookup tables where the store keeps them (SQLite: in the attached lookup file)."""
+    the subject table (``s``) when the query names a subject."""
     records = " JOIN audit_records r ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
     if query.subject is None:
-        return f" FROM {index} i" + records
+        return " FROM audit_index i" + records
     return (
-        f" FROM {subjects} s JOIN {index} i"
+        " FROM audit_subjects s JOIN audit_index i"
         " ON i.chain_id = s.chain_id AND i.sequence = s.sequence" + records
     )
 

@@ -169,13 +169,9 @@ class TransactionThread:
         synchronous: Synchronous = "FULL",
         name: str = "sqlite",
         background: bool = False,
-        read_only: tuple[Path, str] | None = None,
     ) -> TransactionThread:
         """``background``: the thread runs at the lowest CPU priority (nice 19), for work no
-        caller waits for; see ``lowest_priority``. ``read_only``: (file, schema) attached to the
-        connection for reading only. Opened read-only, that file takes no part in the write
-        transactions of ``run``: BEGIN IMMEDIATE takes the write lock of every database attached
-        for writing, and only a read snapshot of one attached read-only."""
+        caller waits for; see ``lowest_priority``."""
         executor = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix=f"{name}-writer",
@@ -184,21 +180,12 @@ class TransactionThread:
 
         def connect() -> sqlite3.Connection:
             create_private(Path(path))
-            # uri: the attached file is named by a URI (its mode); a plain main path stays one.
-            conn = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, uri=read_only is not None
-            )
+            conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA busy_timeout = 5000")
                 use_wal(conn)
                 conn.execute(f"PRAGMA synchronous = {synchronous}")
                 conn.execute("PRAGMA foreign_keys = ON")
-                if read_only is not None:
-                    other, schema = read_only
-                    conn.execute(
-                        f"ATTACH DATABASE ? AS {schema}",
-                        (Path(other).absolute().as_uri() + "?mode=ro",),
-                    )
             except BaseException:
                 conn.close()
                 raise

@@ -1,11 +1,5 @@
 """AuditStore on SQLite (aiosqlite): one write connection, one read connection, WAL.
 
-Two files: the records file (``audit.sqlite``: records, chains, checkpoints; the hashed truth)
-and beside it the lookup file (``audit.lookup.sqlite``: the lookup and subject rows derived from
-the records' text). Each has its own WAL and its own write lock, so a record commit never waits
-for lookup rows being written. The lookup file trails the records and is made from their text
-at open wherever it lacks rows (crash, deleted file, a store from before the split).
-
 The tables refuse UPDATE and DELETE through triggers (SQLite has no TRUNCATE; a DELETE without
 WHERE fires the trigger too). Anyone who can write the file can still bypass them; that is what
 the hash chain and the signed checkpoints are for.
@@ -18,12 +12,10 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import aiosqlite
-import structlog
 
 from gateway.audit.query import (
     LOOKUP_FIELDS,
@@ -55,11 +47,10 @@ from gateway.audit.store import (
     record_sequence,
 )
 from gateway.stores.fsync import KernelFsync
-from gateway.stores.migrations import Migration, migrate_sqlite
+from gateway.stores.migrations import Migration
 from gateway.stores.sqlite import (
     Synchronous,
     TransactionThread,
-    connect_sqlite,
     immediate,
     open_migrated_pair,
     use_wal,
@@ -189,143 +180,31 @@ AUDIT_MIGRATIONS: Final = (
         # records at a time: without this index every page would scan the whole table.
         ("CREATE INDEX audit_subjects_by_record ON audit_subjects (chain_id, sequence)",),
     ),
-    Migration(
-        6,
-        "lookup rows in the lookup file",
-        # The lookup and subject rows now live in the lookup file (LOOKUP_MIGRATIONS), made there
-        # from the stored text at open. These copies are derived data only: dropping them loses
-        # nothing (their indexes and append-only triggers go with them, without firing).
-        ("DROP TABLE IF EXISTS audit_subjects", "DROP TABLE IF EXISTS audit_index"),
-    ),
 )
-
-LOOKUP_COMPONENT: Final = "audit_lookup"
-"""The lookup file's migrations, in that file's own ``schema_migrations``."""
-
-LOOKUP_MIGRATIONS: Final = (
-    Migration(
-        1,
-        "lookup and subject tables",
-        (
-            # The same tables (and indexes) as audit migrations 2 to 5 left in the records file.
-            """CREATE TABLE audit_index (
-                chain_id TEXT NOT NULL,
-                sequence INTEGER NOT NULL,
-                recorded_at TEXT NOT NULL,
-                type TEXT,
-                principal TEXT,
-                actor TEXT,
-                case_id TEXT,
-                service TEXT,
-                receiving_province TEXT,
-                handling_province TEXT,
-                system TEXT,
-                PRIMARY KEY (chain_id, sequence)
-            ) WITHOUT ROWID""",
-            "CREATE INDEX audit_index_time ON audit_index (recorded_at, chain_id, sequence)",
-            *(
-                f"CREATE INDEX audit_index_{column} ON audit_index"
-                f" ({column}, recorded_at, chain_id, sequence) WHERE {column} IS NOT NULL"
-                for column in ("principal", "actor", "case_id")
-            ),
-            """CREATE TABLE audit_subjects (
-                subject TEXT NOT NULL,
-                recorded_at TEXT NOT NULL,
-                chain_id TEXT NOT NULL,
-                sequence INTEGER NOT NULL,
-                PRIMARY KEY (subject, recorded_at, chain_id, sequence)
-            ) WITHOUT ROWID""",
-            "CREATE INDEX audit_subjects_by_record ON audit_subjects (chain_id, sequence)",
-            *(
-                _refuse(table, action)
-                for table in ("audit_index", "audit_subjects")
-                for action in ("UPDATE", "DELETE")
-            ),
-        ),
-    ),
-)
-
-LOOKUP_SCHEMA: Final = "lookup"
-"""The lookup file's name on the reader connection (attached there)."""
-RECORDS_SCHEMA: Final = "records"
-"""The records file's name on the lookup connection (attached there, read-only)."""
-
-
-def lookup_file(path: Path) -> Path:
-    """The lookup file beside the records file ``path``: ``audit.sqlite`` ->
-    ``audit.lookup.sqlite``."""
-    return path.with_name(f"{path.stem}.lookup{path.suffix}")
-
-
-log = structlog.get_logger("tongban.audit")
-
-
-def _corrupt(exc: BaseException) -> bool:
-    """A damaged file ("database disk image is malformed", "file is not a database")."""
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    return isinstance(exc, sqlite3.DatabaseError) and code in (
-        sqlite3.SQLITE_CORRUPT,
-        sqlite3.SQLITE_NOTADB,
-    )
-
-
-def _lookup_damaged(path: Path) -> bool:
-    """Whether the lookup file at ``path`` (alone) fails SQLite's own check. Asked only after
-    opening the store failed on a damaged file, to tell which of the two files it is."""
-    if not path.exists():
-        return False
-    try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
-        try:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        return _corrupt(exc)
-    return rows != [("ok",)]
-
-
-def _set_aside(path: Path) -> Path:
-    """Rename a damaged lookup file (and its -wal, -shm) to ``<name>.damaged-<UTC time>``: kept
-    for whoever looks into the damage, out of the store's way."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
-    n = 1
-    while aside.exists():
-        n += 1
-        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
-    for suffix in ("-wal", "-shm", ""):  # the database file last: a crash leaves it in place
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
-    return aside
-
-
 # Subject rows made from the stored text by SQLite, for a span of one chain (as _INSERT_LOOKUP).
-# On the lookup connection: the lookup file is ``main``, the records file attached read-only.
 _INSERT_SUBJECTS: Final = (
-    "INSERT OR IGNORE INTO main.audit_subjects SELECT j.value, r.recorded_at, r.chain_id,"  # noqa: S608
-    f" r.sequence FROM {RECORDS_SCHEMA}.audit_records r,"
-    " json_each(CASE WHEN json_valid(r.record) AND"
+    "INSERT OR IGNORE INTO audit_subjects SELECT j.value, r.recorded_at, r.chain_id,"
+    " r.sequence FROM audit_records r, json_each(CASE WHEN json_valid(r.record) AND"
     " json_type(r.record, '$.extra.subjects') = 'array' THEN"
     " json_extract(r.record, '$.extra.subjects') ELSE '[]' END) j"
     " WHERE r.chain_id = ? AND r.sequence BETWEEN ? AND ? AND j.type = 'text'"
     " AND instr(r.record, '\"subjects\":') > 0"
 )
-_INSERT_SUBJECT_ROW: Final = "INSERT OR IGNORE INTO main.audit_subjects VALUES (?, ?, ?, ?)"
+_INSERT_SUBJECT_ROW: Final = "INSERT OR IGNORE INTO audit_subjects VALUES (?, ?, ?, ?)"
 # Lookup rows made from the stored text by SQLite itself, for a span of one chain: records whose
 # rows were lost with a crash or whose commit was not acknowledged (the writer's rows are bound).
 _INSERT_LOOKUP: Final = (
-    "INSERT OR IGNORE INTO main.audit_index SELECT chain_id, sequence, recorded_at, "  # noqa: S608
+    "INSERT OR IGNORE INTO audit_index SELECT chain_id, sequence, recorded_at, "  # noqa: S608
     + ", ".join(
         f"CASE WHEN json_valid(record) THEN CASE WHEN json_type(record, '$.{name}')"
         f" = 'text' THEN json_extract(record, '$.{name}') END END"
         for name in LOOKUP_FIELDS
     )
-    + f" FROM {RECORDS_SCHEMA}.audit_records WHERE chain_id = ? AND sequence BETWEEN ? AND ?"
+    + " FROM audit_records WHERE chain_id = ? AND sequence BETWEEN ? AND ?"
 )
 
 _INSERT_LOOKUP_ROW: Final = (
-    "INSERT OR IGNORE INTO main.audit_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO audit_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 _INSERT_RECORD: Final = (
@@ -349,10 +228,9 @@ LOOKUP_CHUNK: Final = 1000
 LOOKUP_DELAY: Final = 1.0
 """...or seconds after the first pending row (queries flush first in any case)."""
 LOOKUP_TRANSACTION: Final = 50
-"""Records whose lookup rows one flush transaction writes at most: the lookup file's write lock
+"""Records whose lookup rows one flush transaction writes at most: the write lock of the file
 is held for about a millisecond at a time (some 16 µs of SQLite per record and its subject
-rows), not for the 20 ms a thousand records take. Record commits never wait for it (they lock
-the records file only); a query's flush waits for the chunks before it."""
+rows), not for the 20 ms a thousand records take."""
 
 
 def _record_order(row: LookupRow) -> tuple[str, int]:
@@ -404,16 +282,14 @@ def _principal_order(row: LookupRow) -> tuple[str, str]:
 
 def _lagging(conn: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
     """Each chain's last record, and the spans of records past its last lookup row (lost with
-    a crash, from a commit that was not acknowledged, or all of them in a new lookup file).
-    Reads only, on the lookup connection. Lookup rows are written in contiguous runs per chain,
-    so the last one marks everything before it as done."""
+    a crash, or from a commit that was not acknowledged). Reads only. Lookup rows are written
+    in contiguous runs per chain, so the last one marks everything before it as done."""
     heads: dict[str, int] = {}
     spans: list[tuple[str, int, int]] = []
-    for (chain,) in conn.execute(_chains(RECORDS_SCHEMA)).fetchall():
+    for (chain,) in conn.execute(_CHAINS).fetchall():
         head, done = conn.execute(
-            f"SELECT (SELECT max(sequence) FROM {RECORDS_SCHEMA}.audit_records"  # noqa: S608
-            " WHERE chain_id = ?),"
-            " (SELECT coalesce(max(sequence), 0) FROM main.audit_index WHERE chain_id = ?)",
+            "SELECT (SELECT max(sequence) FROM audit_records WHERE chain_id = ?),"
+            " (SELECT coalesce(max(sequence), 0) FROM audit_index WHERE chain_id = ?)",
             (chain, chain),
         ).fetchone()
         if head is None:
@@ -426,57 +302,25 @@ def _lagging(conn: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[str, 
 
 def _fill_spans(conn: sqlite3.Connection, spans: list[tuple[str, int, int]]) -> None:
     """Lookup and subject rows of the spans, made from the stored text (lookup rows and
-    subject rows of one record are always written in one transaction), of durable records
-    only (``_records_durable``)."""
-    if not spans:
-        return
-    _records_durable(conn)
+    subject rows of one record are always written in one transaction)."""
     conn.executemany(_INSERT_LOOKUP, spans)
     conn.executemany(_INSERT_SUBJECTS, spans)
-
-
-def _records_durable(conn: sqlite3.Connection) -> None:
-    """Make every record this transaction reads from the records file durable first: pin the
-    transaction's snapshot of it, then fsync its WAL. A batch is committed on the loop before
-    its WAL is synced, so the text of a record whose fsync is still running (or whose process
-    died before it) can be read here; in one file the WAL's order kept its lookup rows behind
-    it after a power cut, across two files nothing does, and a lookup row could outlive its
-    record. Only when rows are made from the text (at open, after a lost acknowledgement),
-    never for the writer's rows, which are handed over after their batch's fsync."""
-    conn.execute(f"SELECT 1 FROM {RECORDS_SCHEMA}.audit_chains LIMIT 1").fetchall()  # noqa: S608
-    row = conn.execute(
-        "SELECT file FROM pragma_database_list WHERE name = ?", (RECORDS_SCHEMA,)
-    ).fetchone()
-    try:
-        fd = os.open(f"{row[0]}-wal", os.O_RDONLY)
-    except FileNotFoundError:
-        return  # no WAL: everything is in the database file, synced by the last checkpoint
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _checkpoint(row: sqlite3.Row) -> StoredCheckpoint:
     return StoredCheckpoint(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
-def _chains(schema: str) -> str:
-    """Registered chains plus any chain that has records (a loose index scan, one probe per
-    chain), so a chain whose registration row vanished is still verified; ``schema``: where
-    the records file is on the connection."""
-    return (
-        "WITH RECURSIVE present(id) AS ("  # noqa: S608 (schema: a constant of this module)
-        f" SELECT min(chain_id) FROM {schema}.audit_records"
-        f" UNION ALL SELECT (SELECT min(chain_id) FROM {schema}.audit_records"
-        " WHERE chain_id > present.id)"
-        " FROM present WHERE present.id IS NOT NULL)"
-        " SELECT id FROM present WHERE id IS NOT NULL"
-        f" UNION SELECT chain_id FROM {schema}.audit_chains ORDER BY 1"
-    )
-
-
-_CHAINS: Final = _chains("main")
+# Registered chains plus any chain that has records (a loose index scan, one probe per chain),
+# so a chain whose registration row vanished is still verified.
+_CHAINS = (
+    "WITH RECURSIVE present(id) AS ("
+    " SELECT min(chain_id) FROM audit_records"
+    " UNION ALL SELECT (SELECT min(chain_id) FROM audit_records WHERE chain_id > present.id)"
+    " FROM present WHERE present.id IS NOT NULL)"
+    " SELECT id FROM present WHERE id IS NOT NULL"
+    " UNION SELECT chain_id FROM audit_chains ORDER BY 1"
+)
 
 
 class SqliteAuditStore:
@@ -486,8 +330,6 @@ class SqliteAuditStore:
         """``kernel_fsync``: sync the WAL through the kernel's asynchronous I/O where it is
         available (``gateway/stores/fsync.py``); False keeps the fsync on the writer thread."""
         self.path = Path(path)
-        self.lookup_path = lookup_file(self.path)
-        """The lookup file beside it (derived; rebuilt from the records wherever it lacks rows)."""
         self._synchronous: Synchronous = synchronous
         self._kernel_fsync = kernel_fsync
         self._fsync: KernelFsync | None = None
@@ -497,10 +339,8 @@ class SqliteAuditStore:
         self._write_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._background: TransactionThread | None = None
-        """The records file's WAL checkpoints, at the lowest CPU priority (see open)."""
-        self._lookups: TransactionThread | None = None
-        """Lookup flushes into the lookup file, at the lowest CPU priority (see open)."""
-        # Lookup rows of committed records not yet in the lookup file (see _flush_lookups).
+        """Lookup flushes and WAL checkpoints, at the lowest CPU priority (see open)."""
+        # Lookup rows of committed records not yet in audit_index (see _flush_lookups).
         self._pending: list[LookupRow] = []
         self._pending_subjects: list[SubjectRow] = []
         self._indexed: dict[str, int] = {}
@@ -515,35 +355,7 @@ class SqliteAuditStore:
         self._checkpoint_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        """Open both files, migrated. A lookup file that SQLite finds damaged is set aside
-        (``<name>.damaged-<UTC time>``, logged) and made again from the records: derived data
-        never keeps the records from opening. A damaged records file fails the open."""
         try:
-            await self._open()
-        except AuditStoreUnavailable as exc:
-            damaged = _corrupt(exc.__cause__) if exc.__cause__ is not None else False
-            if not damaged or not await asyncio.to_thread(_lookup_damaged, self.lookup_path):
-                raise
-            aside = await asyncio.to_thread(_set_aside, self.lookup_path)
-            log.error(
-                "audit_lookup_file_damaged",
-                error=str(exc.__cause__),
-                moved_to=str(aside),
-                detail="the lookup file is made again from the records",
-            )
-            self._closing = False
-            await self._open()
-
-    async def _open(self) -> None:
-        try:
-            # The lookup file first (its tables exist before anything reads them), then the
-            # records file, whose migration 6 drops the lookup tables a store from before the
-            # split kept in it: the rows are made again below, from the text.
-            lookups = await connect_sqlite(self.lookup_path, synchronous="NORMAL")
-            try:
-                await migrate_sqlite(lookups, LOOKUP_COMPONENT, LOOKUP_MIGRATIONS)
-            finally:
-                await lookups.close()
             migrator, self._reader = await open_migrated_pair(
                 self.path,
                 component="audit",
@@ -551,39 +363,25 @@ class SqliteAuditStore:
                 synchronous=self._synchronous,
             )
             await migrator.close()  # writes go through the transaction thread below
-            # Queries join the lookup rows to the records on the reader: it reads both files.
-            await self._reader.execute(
-                f"ATTACH DATABASE ? AS {LOOKUP_SCHEMA}", (str(self.lookup_path),)
-            )
             self._writer = await TransactionThread.open(
                 self.path, synchronous=self._synchronous, name="audit"
             )
-            # The work that no caller waits for runs on threads of their own that yield the
+            # The work that no caller waits for runs on a thread of its own that yields the
             # core to the event loop whenever both want it: on a busy core a second thread at
-            # the same priority takes time slices of milliseconds from the loop. A checkpoint
-            # of the records file syncs the WAL before it and the database file after it.
+            # the same priority takes time slices of milliseconds from the loop. NORMAL: a
+            # chunk of lookup rows (derivable from the records) commits without an fsync while
+            # it holds the write lock; a checkpoint still syncs the WAL before it and the
+            # database file after it.
             self._background = await TransactionThread.open(
                 self.path, synchronous="NORMAL", name="audit-background", background=True
             )
-            # The lookup file's writer, with the records file attached read-only: its chunks
-            # take the lookup file's write lock and only a read snapshot of the records, so a
-            # record commit never waits for one. NORMAL: a chunk (derivable from the records)
-            # commits without an fsync.
-            self._lookups = await TransactionThread.open(
-                self.lookup_path,
-                synchronous="NORMAL",
-                name="audit-lookup",
-                background=True,
-                read_only=(self.path, RECORDS_SCHEMA),
-            )
             if self._synchronous == "FULL" and self._kernel_fsync:
                 self._fsync = await KernelFsync.open(str(self.path))
-            # Lookup rows missing from the lookup file (lost with a crash, the file deleted or
-            # new, a store from before the split) are made from the text; the records file is
-            # only read, and a lookup file lacking nothing is not written to.
-            self._indexed, spans = await self._lk().call(_lagging)
+            # Lookup rows lost with a crash (they trail the records) are made from the text;
+            # a store with none missing is not written to (a verifier may open a copy).
+            self._indexed, spans = await self._w().call(_lagging)
             if spans:
-                await self._lk().run(lambda conn: _fill_spans(conn, spans))
+                await self._w().run(lambda conn: _fill_spans(conn, spans))
         except (sqlite3.Error, OSError, AuditStoreUnavailable) as exc:
             await self.aclose()
             raise AuditStoreUnavailable(f"cannot open the audit database: {exc}") from exc
@@ -596,7 +394,7 @@ class SqliteAuditStore:
         if self._flush_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
-        if self._lookups is not None:
+        if self._writer is not None:
             with contextlib.suppress(AuditStoreError):
                 await self._flush_lookups()  # what is left is made from the text at next open
         if self._checkpoint_task is not None:
@@ -613,9 +411,7 @@ class SqliteAuditStore:
             await self._writer.close()
         if self._background is not None:
             await self._background.close()
-        if self._lookups is not None:
-            await self._lookups.close()
-        self._reader = self._writer = self._background = self._lookups = None
+        self._reader = self._writer = self._background = None
 
     def _w(self) -> TransactionThread:
         if self._writer is None:
@@ -626,11 +422,6 @@ class SqliteAuditStore:
         if self._background is None:
             raise AuditStoreUnavailable("the audit store is not open")
         return self._background
-
-    def _lk(self) -> TransactionThread:
-        if self._lookups is None:
-            raise AuditStoreUnavailable("the audit store is not open")
-        return self._lookups
 
     def _r(self) -> aiosqlite.Connection:
         if self._reader is None:
@@ -697,11 +488,10 @@ class SqliteAuditStore:
         acknowledged) from the stored text. Queries call it first, so they see every committed
         record.
 
-        The chunks go in sequence order, each its own transaction in the lookup file on the
-        lookup thread: the lookup rows of a chain stay one contiguous run from its first record
-        (a crash between two chunks loses a tail that ``_lagging`` finds). Record commits do
-        not wait for them: they lock the records file, and the chunks the lookup file only;
-        ``_flush_lock`` keeps the chunks in order among themselves."""
+        The chunks go in sequence order, each its own transaction on the background thread:
+        the lookup rows of a chain stay one contiguous run from its first record (a crash
+        between two chunks loses a tail that ``_lagging`` finds), and a commit waits at most
+        for one chunk, not for a second's worth of rows."""
         async with self._flush_lock:
             if not self._pending and not self._unsure:
                 return
@@ -729,11 +519,12 @@ class SqliteAuditStore:
                 chunk.sort(key=_principal_order)
                 first = start == 0
                 try:
-                    heads = await self._lk().run(
-                        _lookup_writer(
-                            chunk, chunk_subjects, spans if first else [], unsure and first
+                    async with self._write_lock:  # appends go between two chunks
+                        heads = await self._bg().run(
+                            _lookup_writer(
+                                chunk, chunk_subjects, spans if first else [], unsure and first
+                            )
                         )
-                    )
                 except (sqlite3.Error, ValueError, RuntimeError) as exc:
                     rest = pending[start:]  # still in record order (chunks are copies)
                     self._pending[:0] = rest
@@ -902,7 +693,7 @@ class SqliteAuditStore:
         async def page(after: int, last: int) -> list[DerivedRow]:
             rows = await self._fetch(
                 f"SELECT r.sequence, r.record, r.recorded_at, i.sequence IS NOT NULL, {columns}"  # noqa: S608
-                f" FROM audit_records r LEFT JOIN {LOOKUP_SCHEMA}.audit_index i"
+                " FROM audit_records r LEFT JOIN audit_index i"
                 " ON i.chain_id = r.chain_id AND i.sequence = r.sequence"
                 " WHERE r.chain_id = ? AND r.sequence > ? AND r.sequence <= ?"
                 " ORDER BY r.sequence LIMIT ?",
@@ -916,34 +707,19 @@ class SqliteAuditStore:
     async def orphan_lookup_rows(self, chain: str) -> list[int]:
         """Sequences of lookup rows that no record of ``chain`` has."""
         rows = await self._fetch(
-            f"SELECT i.sequence FROM {LOOKUP_SCHEMA}.audit_index i LEFT JOIN audit_records r"  # noqa: S608
+            "SELECT i.sequence FROM audit_index i LEFT JOIN audit_records r"
             " ON r.chain_id = i.chain_id AND r.sequence = i.sequence"
             " WHERE i.chain_id = ? AND r.sequence IS NULL ORDER BY i.sequence LIMIT 1000",
             (chain,),
         )
-        return await self._still_without_record(chain, [int(row[0]) for row in rows])
-
-    async def _still_without_record(self, chain: str, sequences: list[int]) -> list[int]:
-        """Of ``sequences``, those whose record a fresh read still does not find. One statement
-        reads the two files each at its own moment: a lookup row written after its record's
-        commit may be read beside a snapshot of the records taken before that commit. Read
-        again now, any record whose lookup row was seen is there."""
-        if not sequences:
-            return []
-        found = await self._fetch(
-            "SELECT sequence FROM audit_records WHERE chain_id = ?"  # noqa: S608
-            f" AND sequence IN ({', '.join('?' * len(sequences))})",
-            (chain, *sequences),
-        )
-        present = {int(row[0]) for row in found}
-        return [s for s in sequences if s not in present]
+        return [int(row[0]) for row in rows]
 
     async def subject_rows_between(
         self, chain: str, first: int, last: int
     ) -> list[StoredSubjectRow]:
         """The subject rows of ``chain``'s records ``first`` to ``last``, by sequence."""
         rows = await self._fetch(
-            f"SELECT sequence, subject, recorded_at FROM {LOOKUP_SCHEMA}.audit_subjects"  # noqa: S608
+            "SELECT sequence, subject, recorded_at FROM audit_subjects"
             " WHERE chain_id = ? AND sequence BETWEEN ? AND ? ORDER BY sequence, subject",
             (chain, first, last),
         )
@@ -952,21 +728,19 @@ class SqliteAuditStore:
     async def orphan_subject_rows(self, chain: str) -> list[int]:
         """Sequences named by subject rows that no record of ``chain`` has."""
         rows = await self._fetch(
-            f"SELECT DISTINCT s.sequence FROM {LOOKUP_SCHEMA}.audit_subjects s"  # noqa: S608
-            " LEFT JOIN audit_records r ON r.chain_id = s.chain_id AND r.sequence = s.sequence"
+            "SELECT DISTINCT s.sequence FROM audit_subjects s LEFT JOIN audit_records r"
+            " ON r.chain_id = s.chain_id AND r.sequence = s.sequence"
             " WHERE s.chain_id = ? AND r.sequence IS NULL ORDER BY s.sequence LIMIT 1000",
             (chain,),
         )
-        return await self._still_without_record(chain, [int(row[0]) for row in rows])
+        return [int(row[0]) for row in rows]
 
     async def lookup_gaps(self) -> dict[str, int]:
         """Per chain, how many lookup rows are missing below its highest one (0 for an intact
         table): one count per chain on the primary key, cheap enough to ask now and then."""
         await self._flush_lookups()
         rows = await self._fetch(
-            f"SELECT chain_id, MAX(sequence) - COUNT(*) FROM {LOOKUP_SCHEMA}.audit_index"  # noqa: S608
-            " GROUP BY chain_id",
-            (),
+            "SELECT chain_id, MAX(sequence) - COUNT(*) FROM audit_index GROUP BY chain_id", ()
         )
         return {str(chain): int(gap) for chain, gap in rows if gap}
 
@@ -1037,11 +811,7 @@ class SqliteAuditStore:
         where, params = sql_filter(query, lambda n: "?")
         rows = await self._fetch(
             "SELECT r.chain_id, r.sequence, r.recorded_at, r.record, r.hash"
-            + sql_source(
-                query,
-                index=f"{LOOKUP_SCHEMA}.audit_index",
-                subjects=f"{LOOKUP_SCHEMA}.audit_subjects",
-            )
+            + sql_source(query)
             + where  # fixed fragments only; every value is a parameter
             + sql_order(query)
             + " LIMIT ?",

@@ -17,7 +17,6 @@ from gateway.audit.record import AuditRecord, EventType
 from gateway.audit.setup import AUDIT_DB_NAME
 from gateway.demo.residents import MA_WENHUA
 from gateway.http.keys import STATE
-from gateway.stores.sqlite_audit import lookup_file
 from tests.flows.conftest import Journey, audit_verify, demo_journey
 from tests.flows.test_audit_journey import S1_HISTORY, S6_VERIFY
 from tests.stores.backends import SqliteBackend
@@ -328,7 +327,7 @@ async def test_a_record_planted_in_an_access_log_is_reported(
 
 async def _subject_keys(path: Path, chain: str, sequence: int) -> list[str]:
     def read() -> list[str]:
-        with closing(sqlite3.connect(lookup_file(path))) as conn:
+        with closing(sqlite3.connect(path)) as conn:
             rows = conn.execute(
                 "SELECT subject FROM audit_subjects WHERE chain_id = ? AND sequence = ?",
                 (chain, sequence),

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.audit.store import AuditStore
 from gateway.stores.postgres_audit import PostgresAuditStore
-from gateway.stores.sqlite_audit import SqliteAuditStore, lookup_file
+from gateway.stores.sqlite_audit import SqliteAuditStore
 
 PG_DSN = os.environ.get("TONGBAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 T = TypeVar("T")
@@ -59,17 +59,11 @@ class SqliteBackend:
     def _run(self, statements: Sequence[tuple[str, tuple[object, ...]]], drop: bool) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None)
         try:
-            # The lookup tables are in the lookup file beside: attached, their plain names
-            # reach them (the records file has no table of that name).
-            conn.execute("ATTACH DATABASE ? AS lookup", (str(lookup_file(self.path)),))
             conn.execute("BEGIN IMMEDIATE")
-            if drop:  # writing the files directly: the triggers are just more bytes in them
-                for schema in ("main", "lookup"):
-                    names = conn.execute(
-                        f"SELECT name FROM {schema}.sqlite_master WHERE type = 'trigger'"
-                    )
-                    for (name,) in names.fetchall():
-                        conn.execute(f"DROP TRIGGER {schema}.{name}")
+            if drop:  # writing the file directly: the triggers are just more bytes in it
+                names = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+                for (name,) in names.fetchall():
+                    conn.execute(f"DROP TRIGGER {name}")
             for sql, params in statements:
                 conn.execute(sql, params)
             conn.execute("COMMIT")

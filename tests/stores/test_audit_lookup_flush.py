@@ -1,9 +1,9 @@
 """SQLite: lookup rows follow their records in small transactions on a low-priority thread.
 
 A second's worth of lookup rows written in one transaction held the file's write lock (and the
-store's own) for tens of milliseconds, and every audit commit waited behind it. The flush writes
-chunks in sequence order into the lookup file, whose write lock no record commit takes, and
-leaves an index that is one contiguous run per chain whatever chunk fails.
+store's own) for tens of milliseconds, and every audit commit waited behind it. The flush now
+writes chunks in sequence order, lets commits in between, and leaves an index that is one
+contiguous run per chain whatever chunk fails.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from gateway.audit.store import AuditStoreUnavailable, LookupRow
 from gateway.audit.writer import AuditWriter
 from gateway.stores import sqlite_audit
 from gateway.stores.sqlite import connect_sqlite
-from gateway.stores.sqlite_audit import SqliteAuditStore, lookup_file
+from gateway.stores.sqlite_audit import SqliteAuditStore
 from tests.stores.test_audit_query_contract import _all
 from tests.stores.test_audit_subject_index import _about
 
@@ -33,7 +33,7 @@ Write = Callable[[sqlite3.Connection], dict[str, int]]
 
 
 async def _rows(path: Path, table: str) -> list[tuple[object, ...]]:
-    conn = await connect_sqlite(lookup_file(path), read_only=True)
+    conn = await connect_sqlite(path, read_only=True)
     try:
         rows = await conn.execute_fetchall(
             f"SELECT chain_id, sequence FROM {table} ORDER BY chain_id, sequence"
@@ -100,90 +100,47 @@ async def test_a_failed_chunk_leaves_one_run_and_the_rest_pending(
         assert await _rows(path, "audit_subjects") == [("gw-a", n) for n in range(1, 11)]
 
 
-def _lookup_file_locked(path: Path) -> bool:
-    """Whether another connection holds the lookup file's write lock (asked without waiting)."""
-    conn = sqlite3.connect(lookup_file(path), isolation_level=None, timeout=0)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        return "locked" in str(exc)
-    finally:
-        conn.close()
-    return False
-
-
-def _committed(path: Path, chain: str, sequence: int) -> bool:
-    """Whether the records file holds the record, read by a connection of its own."""
-    conn = sqlite3.connect(path)
-    try:
-        row = conn.execute(
-            "SELECT 1 FROM audit_records WHERE chain_id = ? AND sequence = ?", (chain, sequence)
-        ).fetchone()
-    finally:
-        conn.close()
-    return row is not None
-
-
-async def test_a_commit_does_not_wait_for_a_lookup_chunk(
+async def test_a_commit_goes_between_two_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A chunk of lookup rows held inside its transaction (as a preempted nice-19 thread holds
-    it) holds the lookup file's write lock; a required record commits meanwhile and is durable.
-    Before the lookup file, the chunk held the records file's lock and the store's own, and
-    the commit waited for it."""
     monkeypatch.setattr(sqlite_audit, "LOOKUP_DELAY", 60.0)
     monkeypatch.setattr(sqlite_audit, "LOOKUP_TRANSACTION", 2)
     real = sqlite_audit._lookup_writer
-    inside, release = threading.Event(), threading.Event()
+    order: list[str] = []
+    hold = threading.Event()
 
-    def held(rows: list[LookupRow], *args: object) -> Write:
+    def held_first(rows: list[LookupRow], *args: object) -> Write:
         write = real(rows, *args)  # type: ignore[arg-type]
+        first = not order
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
-            written = write(conn)  # the lookup file's write lock is taken by now
-            inside.set()
-            release.wait(30)
-            return written
+            if first:
+                hold.wait(5)
+            order.append(f"chunk {rows[0][1]}")
+            return write(conn)
 
         return run
 
-    monkeypatch.setattr(sqlite_audit, "_lookup_writer", held)
-    path = tmp_path / "audit.db"
-    async with _written(path, 4) as (store, writer):
+    monkeypatch.setattr(sqlite_audit, "_lookup_writer", held_first)
+    real_on_loop = SqliteAuditStore._write_on_loop
+
+    def commit_on_loop(self: SqliteAuditStore, write: Callable[[sqlite3.Connection], None]) -> bool:
+        if order:  # the records before the flush are not of interest
+            order.append("commit")
+        return real_on_loop(self, write)
+
+    monkeypatch.setattr(SqliteAuditStore, "_write_on_loop", commit_on_loop)
+    async with _written(tmp_path / "audit.db", 4) as (store, writer):
         flush = asyncio.create_task(store._flush_lookups())
-        try:
-            assert await asyncio.to_thread(inside.wait, 30)
-            assert await asyncio.to_thread(_lookup_file_locked, path)
-            # Bounded only so that a commit that waits for the chunk fails instead of hanging.
-            sequence = await asyncio.wait_for(writer.append(_about(5, "pk-5")), 10)
-            assert sequence == 5
-            assert not flush.done(), "the chunk still holds its lock"
-            assert await asyncio.to_thread(_committed, path, "gw-a", 5)
-        finally:
-            release.set()
-        await asyncio.wait_for(flush, 30)
-        found = await _all(store, AuditQuery(subject="pk-5"))
-        assert [r.sequence for r in found] == [5]
-
-
-async def test_a_commit_succeeds_while_another_connection_holds_the_lookup_file(
-    tmp_path: Path,
-) -> None:
-    """Another process's chunk (or any connection) holding the lookup file's write lock: the
-    record commit needs only the records file."""
-    path = tmp_path / "audit.db"
-    async with _written(path, 2) as (store, writer):
-        other = sqlite3.connect(store.lookup_path, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")
-            sequence = await asyncio.wait_for(writer.append(_about(3, "pk-3")), 10)
-            assert sequence == 3
-            assert await asyncio.to_thread(_committed, path, "gw-a", 3)
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
-        found = await _all(store, AuditQuery(subject="pk-3"))
-        assert [r.sequence for r in found] == [3]
+        await asyncio.sleep(0.05)  # the first chunk holds the lock
+        commit = asyncio.create_task(writer.append(_about(5, "pk-5")))
+        await asyncio.sleep(0.05)
+        assert not commit.done()
+        hold.set()
+        assert await asyncio.wait_for(commit, 5) == 5
+        await asyncio.wait_for(flush, 5)
+        # The commit waited for one chunk, not for the whole flush.
+        assert order == ["chunk 1", "commit", "chunk 3"]
 
 
 async def test_lookups_run_on_a_thread_that_yields_the_core_and_skips_the_fsync(
@@ -196,24 +153,14 @@ async def test_lookups_run_on_a_thread_that_yields_the_core_and_skips_the_fsync(
     await store.open()
     try:
         own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        assert await store._lk().call(nice) == 19  # lookup chunks
-        assert await store._bg().call(nice) == 19  # checkpoints of the records file
+        assert await store._bg().call(nice) == 19
         assert await store._w().call(nice) == own  # the commits' thread keeps the priority
 
         def synchronous(conn: sqlite3.Connection) -> int:
             return int(conn.execute("PRAGMA synchronous").fetchone()[0])
 
         # Lookup chunks commit without an fsync (they are derivable); batches with one.
-        assert await store._lk().call(synchronous) == 1  # NORMAL
+        assert await store._bg().call(synchronous) == 1  # NORMAL
         assert await store._w().call(synchronous) == 2  # FULL
-
-        def files(conn: sqlite3.Connection) -> dict[str, str]:
-            return {row[1]: row[2] for row in conn.execute("PRAGMA database_list")}
-
-        # The lookup connection writes the lookup file and reads the records file only.
-        assert await store._lk().call(files) == {
-            "main": str(store.lookup_path.absolute()),
-            "records": str(store.path.absolute()),
-        }
     finally:
         await store.aclose()

@@ -36,7 +36,7 @@ from gateway.stores.migrations import migrate_postgres, migrate_sqlite
 from gateway.stores.postgres_audit import AUDIT_MIGRATIONS as PG_MIGRATIONS
 from gateway.stores.sqlite import connect_sqlite
 from gateway.stores.sqlite_audit import AUDIT_MIGRATIONS as SQLITE_MIGRATIONS
-from gateway.stores.sqlite_audit import SqliteAuditStore, lookup_file
+from gateway.stores.sqlite_audit import SqliteAuditStore
 from tests.stores.backends import (
     PG_DSN,
     Backend,
@@ -286,7 +286,7 @@ async def test_migration_2_indexes_records_written_before_it(backend: Backend) -
 
 
 async def _index_rows(path: Path) -> list[tuple[str, int, str | None]]:
-    conn = await connect_sqlite(lookup_file(path))  # the lookup file beside the records
+    conn = await connect_sqlite(path)
     try:
         rows = await conn.execute_fetchall(
             "SELECT chain_id, sequence, principal FROM audit_index ORDER BY chain_id, sequence"
