@@ -432,10 +432,13 @@ def make_spec(
     address: str,
     *,
     auth: dict[str, Any] | None = None,
-    connect_timeout: float = 0.3,
-    read_timeout: float = 0.3,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 5.0,
     max_response_bytes: int = 16 * 1024,
 ) -> SystemSpec:
+    """The test system of ``kind`` at ``address``. The timeouts are generous: on a loaded
+    machine a call that should succeed must not become a timeout; a test about timeouts sets
+    short ones itself."""
     if kind == "soap":
         return SystemSpec(
             id="shaanxi-degree-ws",

@@ -35,8 +35,10 @@ from tests.adapters.loopback_backends import (
 )
 
 
-async def failing_call(kind: Kind, address: str, error: type[BackendError]) -> BackendError:
-    async with opened_adapter(kind, address) as adapter:
+async def failing_call(
+    kind: Kind, address: str, error: type[BackendError], **spec_options: float
+) -> BackendError:
+    async with opened_adapter(kind, address, **spec_options) as adapter:
         with pytest.raises(error) as caught:
             await adapter.call(make_call(kind))
     found = caught.value
@@ -131,7 +133,7 @@ async def test_connection_refused_never_reached_the_backend(kind: Kind) -> None:
 async def test_connect_timeout_never_reached_the_backend(kind: Kind) -> None:
     with blackhole_address() as address:
         started = time.monotonic()
-        error = await failing_call(kind, address, BackendTimeout)
+        error = await failing_call(kind, address, BackendTimeout, connect_timeout=0.3)
     assert error.reached_backend is False
     assert time.monotonic() - started < 2.0
 
@@ -141,13 +143,13 @@ async def test_connect_timeout_never_reached_the_backend(kind: Kind) -> None:
 
 async def test_read_timeout(kind: Kind, backend: Backend) -> None:
     backend.script(Plan("slow", delay=1.0))
-    error = await failing_call(kind, backend.address, BackendTimeout)
+    error = await failing_call(kind, backend.address, BackendTimeout, read_timeout=0.3)
     assert error.reached_backend is True
 
 
 async def test_slow_drip_slower_than_the_read_timeout(kind: Kind, backend: Backend) -> None:
     backend.script(Plan("drip", delay=0.6))
-    error = await failing_call(kind, backend.address, BackendTimeout)
+    error = await failing_call(kind, backend.address, BackendTimeout, read_timeout=0.3)
     assert error.reached_backend is True
 
 
