@@ -51,10 +51,7 @@ from zeep.wsdl.messages.base import SerializedMessage
 from zeep.wsdl.messages.soap import DocumentMessage
 from zeep.wsdl.utils import etree_to_string
 from zeep.wsse.username import UsernameToken
-from zeep.xsd.elements.element import Element
-from zeep.xsd.elements.indicators import Sequence as XsdSequence
 from zeep.xsd.types.builtins import String
-from zeep.xsd.types.complex import ComplexType
 from zeep.xsd.types.simple import AnySimpleType
 
 from adapters.rest import (
@@ -70,7 +67,13 @@ from adapters.rest import (
     read_limited,
     translate_aiohttp_error,
 )
-from adapters.soap_answers import AnswerShapeError, FlatAnswer, content_json, response_content
+from adapters.soap_answers import (
+    AnswerShapeError,
+    FlatAnswer,
+    content_json,
+    flat_elements,
+    response_content,
+)
 from adapters.soap_contract import (
     WsdlError,
     element_fields,
@@ -441,31 +444,19 @@ class FlatRequest:
             or message.body is None
         ):
             return None
-        xsd_type = message.body.type
-        if not isinstance(xsd_type, ComplexType) or xsd_type.attributes:
-            return None
-        nested = xsd_type.elements_nested
-        if len(nested) != 1 or type(nested[0][1]) is not XsdSequence:
-            return None
-        sequence = nested[0][1]
-        elements = xsd_type.elements
-        if sequence.min_occurs != 1 or sequence.max_occurs != 1:
-            return None
-        if not elements or len(elements) != len(sequence):
+        plain = flat_elements(message.body.type)
+        if plain is None:
             return None
         fields: list[tuple[Any, str]] = []
-        for (name, element), item in zip(elements, sequence, strict=True):
-            kind = getattr(element, "type", None)
+        for name, element in plain:
+            kind = element.type
             if (
-                element is not item
-                or not isinstance(element, Element)
-                or element.max_occurs != 1
-                or not isinstance(kind, String)
+                not isinstance(kind, String)
                 or type(kind).xmlvalue is not String.xmlvalue
                 or type(kind).render is not AnySimpleType.render
             ):
                 return None
-            fields.append((element.qname, str(name)))
+            fields.append((element.qname, name))
         action = operation.soapaction
         serialized = SerializedMessage(
             path=None, headers={"SOAPAction": f'"{action}"' if action else '""'}, content=None

@@ -56,6 +56,7 @@ __all__ = [
     "answer_json",
     "content_json",
     "element_json",
+    "flat_elements",
     "normalise_rows",
     "response_content",
 ]
@@ -323,6 +324,29 @@ def normalise_rows(data: dict[str, Any], path: tuple[str, ...]) -> None:
         normalise_rows(target, rest)
 
 
+def flat_elements(xsd_type: Any) -> list[tuple[str, Any]] | None:
+    """The fields of ``xsd_type`` as (name, element) when it is a complex type made of one plain
+    sequence of elements, each once (no attributes, no choice, no nested group); None for any
+    other. The shape both per-operation plans (``FlatAnswer``, ``soap.FlatRequest``) take."""
+    if not isinstance(xsd_type, ComplexType) or xsd_type.attributes:
+        return None
+    nested = xsd_type.elements_nested
+    if len(nested) != 1 or type(nested[0][1]) is not XsdSequence:
+        return None
+    sequence = nested[0][1]
+    if sequence.min_occurs != 1 or sequence.max_occurs != 1:
+        return None
+    elements = xsd_type.elements
+    if not elements or len(elements) != len(sequence):
+        return None
+    fields: list[tuple[str, Any]] = []
+    for (name, element), item in zip(elements, sequence, strict=True):
+        if element is not item or not isinstance(element, Element) or element.max_occurs != 1:
+            return None
+        fields.append((str(name), element))
+    return fields
+
+
 class FlatAnswer:
     """The answer of a document/literal operation whose response element is a plain sequence
     of simple-typed fields (each once, no attributes, no ``xs:any``), read with lxml alone.
@@ -357,31 +381,19 @@ class FlatAnswer:
         header, body = output.header, output.body
         if body is None or header is None or header.type._element:
             return None  # header parts change the shape zeep hands over
-        xsd_type = body.type
-        if not isinstance(xsd_type, ComplexType) or xsd_type.attributes:
-            return None
-        nested = xsd_type.elements_nested
-        if len(nested) != 1 or type(nested[0][1]) is not XsdSequence:
-            return None
-        sequence = nested[0][1]
-        if sequence.min_occurs != 1 or sequence.max_occurs != 1:
-            return None
-        elements = xsd_type.elements
-        if not elements or len(elements) != len(sequence):
+        plain = flat_elements(body.type)
+        if plain is None:
             return None
         fields: list[tuple[str, str, Any]] = []
-        for (name, element), item in zip(elements, sequence, strict=True):
-            kind = getattr(element, "type", None)
+        for name, element in plain:
+            kind = element.type
             if (
-                element is not item
-                or not isinstance(element, Element)
-                or element.max_occurs != 1
-                or str(name).startswith("_")
+                name.startswith("_")
                 or not isinstance(kind, AnySimpleType)
                 or type(kind).parse_xmlelement is not AnySimpleType.parse_xmlelement
             ):
                 return None
-            fields.append((element.qname.text, str(name), kind))
+            fields.append((element.qname.text, name, kind))
         return cls(output.nsmap["soap-env"], body.qname.text, fields)
 
     def read(self, content: bytes) -> dict[str, Any] | None:
