@@ -1,9 +1,7 @@
 """Shared REST adapter: JSON over one aiohttp ``ClientSession`` per system.
 
-aiohttp's exceptions (and this module's own complaints about an answer) become ours only
-through ``translate_aiohttp_error`` and its ``AIOHTTP_ERROR_TABLE``: in ``map_aiohttp_errors``
-(token requests and other preliminary exchanges) and, without that context manager's
-generator per call, in ``RestAdapter.call``:
+``map_aiohttp_errors`` is the only place where aiohttp's exceptions (and this module's own
+complaints about an answer) become ours, through ``AIOHTTP_ERROR_TABLE``:
 
     foreign exception                             ours                     reached_backend
     HTTP 429 (refused before any processing)      BackendRateLimited       False
@@ -26,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import email.utils
 import hashlib
 import hmac
@@ -34,9 +31,10 @@ import json
 import operator
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
+from types import TracebackType
 from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 from urllib.parse import quote, quote_plus
 
@@ -375,24 +373,40 @@ def translate_aiohttp_error(exc: BaseException, system: str) -> BackendError | N
     return None
 
 
-@contextlib.contextmanager
-def map_aiohttp_errors(system: str, *, request_sent: bool = True) -> Iterator[None]:
+class map_aiohttp_errors:  # lower case: used as the function it was, ``with map_aiohttp_errors()``
     """Translate aiohttp failures and bad answers into BackendErrors with safe details.
 
     ``request_sent=False`` marks a preliminary exchange (a token request): whatever fails
-    there, the call itself never reached the back-end.
+    there, the call itself never reached the back-end. A class rather than a generator
+    context manager: every routed REST call enters one, and a generator's wrapper costs
+    several Python calls more on the way in and out.
     """
-    try:
-        yield
-    except BackendError as exc:
-        if not request_sent:
-            exc.reached_backend = False
-        raise
-    except Exception as exc:
-        error = translate_aiohttp_error(exc, system)
+
+    __slots__ = ("_request_sent", "_system")
+
+    def __init__(self, system: str, *, request_sent: bool = True) -> None:
+        self._system = system
+        self._request_sent = request_sent
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None or not isinstance(exc, Exception):
+            return  # nothing raised, or a cancellation or exit: not ours to translate
+        if isinstance(exc, BackendError):
+            if not self._request_sent:
+                exc.reached_backend = False
+            return
+        error = translate_aiohttp_error(exc, self._system)
         if error is None:
-            raise
-        if not request_sent:
+            return
+        if not self._request_sent:
             error.reached_backend = False
         raise error from exc
 
@@ -776,9 +790,7 @@ class RestAdapter:
 
     async def call(self, call: Call) -> Reply:
         prepared = self.prepare(call)
-        # The errors are translated as map_aiohttp_errors does, without a context manager's
-        # generator per call.
-        try:
+        with map_aiohttp_errors(self._system):
             if self._auth_applies:
                 await self._auth.apply(prepared, refresh=False)
             answer = await self._send(prepared, refreshable=self._auth.refreshable)
@@ -789,13 +801,6 @@ class RestAdapter:
                 assert answer is not None  # without refreshable, a 401 raises
             status, kind, raw = answer
             data = self._parse(status, kind, raw)
-        except BackendError:
-            raise
-        except Exception as exc:
-            error = translate_aiohttp_error(exc, self._system)
-            if error is None:
-                raise
-            raise error from exc
         return Reply(
             data=data,
             status=status,

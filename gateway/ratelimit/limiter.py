@@ -59,6 +59,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Literal
 
 import structlog
@@ -357,29 +358,20 @@ class ApiRateLimiter:
     ) -> Verdict:
         """Drawn from the in-process counters without awaiting them, with the same answers as
         any store (the window's statistics are read only for a refusal's Retry-After). The
-        same guard as ``_guarded``, inline: nothing here waits, so there is no timeout to arm,
-        and a call that has room costs no coroutine of its own."""
+        same guard as ``_guarded`` but no timeout (nothing here waits), and a call that has
+        room costs no coroutine of its own."""
         memory = self._memory
         assert memory is not None
-        try:
-            self._breaker.before_call()
-        except CircuitOpen:
+        step = self._step()
+        if step is None:
             return Verdict(budgets, checked=False)
-        try:
-            verdict = allowed
+        with step:
             for budget in budgets:
                 key = self._lease(principal, budget).key
                 if not memory.acquire_now(key, budget.rate.amount, budget.window):
-                    verdict = await self._refused(principal, budgets, budget)
-                    break
-        except (StorageError, TimeoutError) as exc:
-            self._failed(exc)
-            return Verdict(budgets, checked=False)
-        except BaseException:
-            self._breaker.record_neutral()
-            raise
-        self._succeeded()
-        return verdict
+                    return await self._refused(principal, budgets, budget)
+            return allowed
+        return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
 
     def _lease(self, principal: Principal, budget: Budget) -> Lease:
         """The store's key of ``budget`` for ``principal`` with this process's lease on it
@@ -410,24 +402,22 @@ class ApiRateLimiter:
         self, budgets: tuple[Budget, ...], draw: Callable[[], Awaitable[Verdict]]
     ) -> Verdict:
         """``draw`` within the store timeout, behind the store's breaker: a store that fails
-        or is slow lets the call through unchecked (``_check_memory`` has the same rules,
-        without a timeout: it never waits)."""
+        or is slow lets the call through unchecked."""
+        step = self._step()
+        if step is None:
+            return Verdict(budgets, checked=False)
+        with step:
+            async with asyncio.timeout(self._timeout):
+                return await draw()
+        return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
+
+    def _step(self) -> _StoreStep | None:
+        """The breaker's account of one store step, or None while the circuit is open."""
         try:
             self._breaker.before_call()
         except CircuitOpen:
-            return Verdict(budgets, checked=False)
-        try:
-            async with asyncio.timeout(self._timeout):
-                verdict = await draw()
-        except (StorageError, TimeoutError) as exc:
-            self._failed(exc)
-            return Verdict(budgets, checked=False)
-        except BaseException:
-            # Cancelled (the client went away): says nothing of the store's health.
-            self._breaker.record_neutral()
-            raise
-        self._succeeded()
-        return verdict
+            return None
+        return _StoreStep(self)
 
     async def _draw_keyed(self, pairs: tuple[tuple[Budget, str], ...], *, peek: bool) -> Verdict:
         budgets = tuple(budget for budget, _ in pairs)
@@ -484,3 +474,34 @@ async def _stop_sweeper(storage: MemoryStorage) -> None:
     if timer is not None and not timer.done():
         timer.cancel()
         await asyncio.gather(timer, return_exceptions=True)
+
+
+class _StoreStep:
+    """The store breaker's account of one step of the rate-limit store: a success is counted
+    as one, a store failure or timeout against it and swallowed (the call goes through
+    unchecked), anything else (a cancellation: the client went away) says nothing of the
+    store's health and goes on."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: ApiRateLimiter) -> None:
+        self._limiter = limiter
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        limiter = self._limiter
+        if exc is None:
+            limiter._succeeded()
+            return False
+        if isinstance(exc, (StorageError, TimeoutError)):
+            limiter._failed(exc)
+            return True
+        limiter._breaker.record_neutral()
+        return False

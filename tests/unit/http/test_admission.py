@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -661,15 +662,39 @@ async def _one_answer(port: int, ask: bytes) -> tuple[bytes, bytes]:
         writer.close()
 
 
-async def _pressed(
-    session: ClientSession, url: str, port: int, backend: HeldBackend
-) -> asyncio.Task[Any]:
-    """A worker bound to one call has it held at the back-end and has just refused another:
-    it is pressed. The held call's task."""
-    held = asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
-    await backend.until_arrived(1)
-    _refused(*await _one_answer(port, _call(json.dumps(call_body()).encode())))
-    return held
+@dataclass
+class _Pressed:
+    """A worker bound to one call, that call held at the back-end, another just refused (so
+    the worker is pressed), then its bound grown to two, as the delay probe grows it: one
+    slot free."""
+
+    admission: Admission
+    port: int
+    session: ClientSession
+    url: str
+    held: asyncio.Task[Any]
+    """The held call."""
+    body: bytes
+    """A call's JSON body."""
+
+
+@contextlib.asynccontextmanager
+async def _pressed_worker(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+) -> AsyncIterator[_Pressed]:
+    app, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_in_flight=1)
+    body = json.dumps(call_body()).encode()
+    try:
+        async with ClientSession() as session:
+            url = f"http://127.0.0.1:{port}{CALLS}"
+            held = asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
+            await backend.until_arrived(1)
+            _refused(*await _one_answer(port, _call(body)))
+            admission = app[ADMISSION]
+            admission.limit = 2
+            yield _Pressed(admission, port, session, url, held, body)
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_free_slot_lets_one_request_of_a_turn_through_and_the_door_refuses_the_rest(
@@ -690,70 +715,54 @@ async def test_a_free_slot_lets_one_request_of_a_turn_through_and_the_door_refus
         return refusal(self, reason, **kw)
 
     monkeypatch.setattr(Admission, "refusal", counted)
-    app, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_in_flight=1)
-    admission = app[ADMISSION]
-    body = json.dumps(call_body()).encode()
-    try:
-        async with ClientSession() as session:
-            url = f"http://127.0.0.1:{port}{CALLS}"
-            held = await _pressed(session, url, port, backend)
-            admission.limit = 2  # the bound grows by one, as the delay probe grows it
-            connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
-            for _, writer in connections:  # in one step: the loop reads them in one turn
-                writer.write(_call(body))
-            answers = [asyncio.create_task(_read_answer(reader)) for reader, _ in connections]
-            await backend.until_arrived(2)
-            assert admission.in_flight == 2
-            backend.release.set()
-            results = [await task for task in answers]
-            statuses = [head.split(b" ", 2)[1] for head, _ in results]
-            assert sorted(statuses) == [b"200", b"503", b"503", b"503", b"503"]
-            assert in_middleware == 0
-            assert admission.held == 0  # the slot went with the request it was held for
-            answer = await held
-            assert answer.status == 200
-            answer.release()
-            for _, writer in connections:
-                writer.close()
-            assert admission.held == 0
-    finally:
-        await runner.cleanup()
+    async with _pressed_worker(tmp_path, backend, verifier) as pressed:
+        admission, port = pressed.admission, pressed.port
+        connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        for _, writer in connections:  # in one step: the loop reads them in one turn
+            writer.write(_call(pressed.body))
+        answers = [asyncio.create_task(_read_answer(reader)) for reader, _ in connections]
+        await backend.until_arrived(2)
+        assert admission.in_flight == 2
+        backend.release.set()
+        results = [await task for task in answers]
+        statuses = [head.split(b" ", 2)[1] for head, _ in results]
+        assert sorted(statuses) == [b"200", b"503", b"503", b"503", b"503"]
+        assert in_middleware == 0
+        assert admission.held == 0  # the slot went with the request it was held for
+        answer = await pressed.held
+        assert answer.status == 200
+        answer.release()
+        for _, writer in connections:
+            writer.close()
+        assert admission.held == 0
 
 
 async def test_a_slot_held_for_a_request_is_free_again_when_its_connection_is_lost(
     tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
 ) -> None:
-    app, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_in_flight=1)
-    admission = app[ADMISSION]
-    body = json.dumps(call_body()).encode()
-    try:
-        async with ClientSession() as session:
-            url = f"http://127.0.0.1:{port}{CALLS}"
-            held = await _pressed(session, url, port, backend)
-            admission.limit = 2
-            for _ in range(20):  # sent and dropped at once: taken in, or its slot freed
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(_call(body))
-                writer.transport.abort()
-            backend.release.set()
-            answer = await held
-            assert answer.status == 200
+    async with _pressed_worker(tmp_path, backend, verifier) as pressed:
+        admission, session, url = pressed.admission, pressed.session, pressed.url
+        for _ in range(20):  # sent and dropped at once: taken in, or its slot freed
+            _, writer = await asyncio.open_connection("127.0.0.1", pressed.port)
+            writer.write(_call(pressed.body))
+            writer.transport.abort()
+        backend.release.set()
+        answer = await pressed.held
+        assert answer.status == 200
+        answer.release()
+        # Whatever became of the dropped requests, no slot stays held: the worker takes
+        # in as many calls as its bound, no fewer.
+        async with asyncio.timeout(10):
+            while admission.in_flight or admission.held:  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.01)
+        backend.release.clear()
+        calls = [
+            asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
+            for _ in range(2)
+        ]
+        await backend.until_arrived(backend.arrived + 2)
+        backend.release.set()
+        for call in calls:
+            answer = await call
+            assert answer.status == 200, await answer.text()
             answer.release()
-            # Whatever became of the dropped requests, no slot stays held: the worker takes
-            # in as many calls as its bound, no fewer.
-            async with asyncio.timeout(10):
-                while admission.in_flight or admission.held:  # noqa: ASYNC110 - no event for it
-                    await asyncio.sleep(0.01)
-            backend.release.clear()
-            calls = [
-                asyncio.create_task(session.post(url, json=call_body(), headers=auth()))
-                for _ in range(2)
-            ]
-            await backend.until_arrived(backend.arrived + 2)
-            backend.release.set()
-            for call in calls:
-                answer = await call
-                assert answer.status == 200, await answer.text()
-                answer.release()
-    finally:
-        await runner.cleanup()
