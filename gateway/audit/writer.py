@@ -531,7 +531,11 @@ class AuditWriter:
             prev_raw = new(prev_raw + new(text).digest()).digest()  # the chain rule
             prev = prev_raw.hex()
             lookup = event_lookup_row(event, chain, sequence, entry.time)
-            rows.append(StoredRecord(chain, sequence, entry.time, text.decode(), prev, lookup))
+            rows.append(
+                StoredRecord(
+                    chain, sequence, entry.time, text.decode(), prev, lookup, event.subjects
+                )
+            )
         for entry in refused:
             batch.remove(entry)
             self.stats.rejected += 1
