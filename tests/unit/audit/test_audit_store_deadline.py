@@ -5,7 +5,7 @@ moves, so nothing here depends on how fast the machine is."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,10 +22,10 @@ class Clock:
 
 
 @pytest.fixture
-async def clock(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Clock]:
+async def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock()
     monkeypatch.setattr(asyncio.get_running_loop(), "time", clock)
-    yield clock
+    return clock
 
 
 @pytest.fixture
