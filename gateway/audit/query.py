@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import orjson
 
-from gateway.audit.record import AuditEvent
+from gateway.audit.record import AuditEvent, subject_keys
 from gateway.audit.store import LookupRow, StoredRecord
 
 MAX_LIMIT: Final = 500
@@ -121,11 +121,11 @@ def lookup_row(record: StoredRecord) -> LookupRow:
 
 SUBJECTS_MARK: Final = '"subjects":'
 """How ``extra.subjects`` starts in canonical text: records without it are never parsed."""
-MAX_SUBJECTS: Final = 16
 
 
 def record_subjects(text: str) -> list[str]:
-    """The data subjects a record's ``extra.subjects`` names (keys, each once, at most 16)."""
+    """The data subjects a record's ``extra.subjects`` names (keys, each once, at most 16;
+    the rule is ``gateway.audit.record.subject_keys``)."""
     if SUBJECTS_MARK not in text:
         return []
     try:
@@ -133,11 +133,7 @@ def record_subjects(text: str) -> list[str]:
     except orjson.JSONDecodeError:
         return []
     extra = body.get("extra") if isinstance(body, dict) else None
-    found = extra.get("subjects") if isinstance(extra, dict) else None
-    if not isinstance(found, list):
-        return []
-    keys = [k for k in found if isinstance(k, str) and 0 < len(k) <= 128]
-    return list(dict.fromkeys(keys))[:MAX_SUBJECTS]
+    return list(subject_keys(extra.get("subjects") if isinstance(extra, dict) else None))
 
 
 SubjectRow = tuple[str, str, str, int]
@@ -145,7 +141,10 @@ SubjectRow = tuple[str, str, str, int]
 
 
 def subject_rows(record: StoredRecord) -> list[SubjectRow]:
-    return [(k, record.time, record.chain, record.sequence) for k in record_subjects(record.text)]
+    """A record's subject lookup rows: from the subjects the writer took from the event it
+    encoded as the text (the same keys), or else read from the stored text."""
+    keys = record.subjects if record.subjects is not None else record_subjects(record.text)
+    return [(k, record.time, record.chain, record.sequence) for k in keys]
 
 
 def matches(query: AuditQuery, row: LookupRow) -> bool:

@@ -110,6 +110,9 @@ class AuditEvent:
     """When it happened; the writer's clock when left out."""
     extra_json: orjson.Fragment = field(init=False, repr=False, compare=False)
     """``extra`` in canonical form, as it was when the event was made."""
+    subjects: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    """The data subjects ``extra["subjects"]`` names, as ``subject_keys`` reads them, when the
+    event was made: the subject lookup rows of its record, without parsing the text back."""
 
     def __post_init__(self) -> None:
         if type(self.type) is not EventType:
@@ -126,6 +129,7 @@ class AuditEvent:
                 raise ValueError(f"{name} must be a non-negative integer")
         if not self.extra:
             self.extra_json = _EMPTY_EXTRA
+            self.subjects = ()
             return
         try:
             raw = canonical_bytes(self.extra)
@@ -134,6 +138,20 @@ class AuditEvent:
         if len(raw) > EXTRA_MAX_BYTES:
             raise ValueError(f"extra is {len(raw)} bytes; at most {EXTRA_MAX_BYTES}")
         self.extra_json = orjson.Fragment(raw)
+        self.subjects = subject_keys(self.extra.get("subjects"))
+
+
+MAX_SUBJECTS: Final = 16
+
+
+def subject_keys(found: object) -> tuple[str, ...]:
+    """The data subjects an ``extra.subjects`` value names: its strings of 1 to 128 characters,
+    each once, in order, at most ``MAX_SUBJECTS``; none unless it is an array. The one rule
+    for both an event's ``extra`` (where an array may be a tuple) and a parsed record's."""
+    if not isinstance(found, list | tuple):
+        return ()
+    keys = [k for k in found if isinstance(k, str) and 0 < len(k) <= 128]
+    return tuple(dict.fromkeys(keys))[:MAX_SUBJECTS]
 
 
 # Content fields in record order; the canonical encoding sorts keys anyway.

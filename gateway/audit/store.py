@@ -45,6 +45,9 @@ class StoredRecord:
     lookup: LookupRow | None = field(default=None, compare=False, repr=False)
     """The lookup row, when the writer made it from the event it encoded as ``text`` (the same
     values); stores derive it from ``text`` when it is None."""
+    subjects: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+    """The subjects of ``extra.subjects``, when the writer took them from the event it encoded
+    as ``text`` (the same keys); stores read them from ``text`` when it is None."""
 
 
 RawRecord = tuple[int, bytes, str]

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.audit.query import AuditQuery, record_subjects
 from gateway.audit.record import AuditEvent, EventType, format_time
-from gateway.audit.store import AuditStore, StoredRecord
+from gateway.audit.store import AuditStore, StoredRecord, iter_records
 from gateway.stores.memory_audit import MemoryAuditStore
 from gateway.stores.migrations import migrate_postgres, migrate_sqlite
 from gateway.stores.postgres_audit import AUDIT_MIGRATIONS as PG_MIGRATIONS
@@ -142,3 +142,30 @@ async def test_sqlite_subject_rows_lost_with_a_crash_are_made_at_open(tmp_path: 
         assert [r.sequence for r in found] == [2, 1]
     finally:
         await reopened.aclose()
+
+
+async def test_the_writers_subject_rows_are_those_of_its_text(backend: Backend) -> None:
+    """The writer hands the store each record's subjects as taken from its event; the rows the
+    store keeps are exactly those read back from the stored text: none, more than 16,
+    duplicates, odd keys, something that is not an array, a nested "subjects"."""
+    extras: list[dict[str, object]] = [
+        {},
+        {"subjects": ["pk-a"]},
+        {"subjects": [f"pk-{n:02d}" for n in range(20)]},
+        {"subjects": ["pk-b", "pk-a", "pk-b", "pk-a"]},
+        {"subjects": ["", "x" * 128, "y" * 129, '"subjects":["pk-z"]', "青海", 1, True, None]},
+        {"subjects": "pk-alone"},
+        {"other": {"subjects": ["pk-nested"]}, "grant": "cg_1"},
+    ]
+    store = backend.new_store()
+    await store.open()
+    try:
+        await _write(store, "gw-s", [_event(n, extra=x) for n, x in enumerate(extras, 1)])
+        await store.query(AuditQuery(limit=1))  # the lookup rows follow their records
+        stored = [r async for r in iter_records(store, "gw-s")]
+        expected = sorted((r.sequence, k, r.time) for r in stored for k in record_subjects(r.text))
+        assert len(expected) == 1 + 16 + 2 + 3
+        rows = await store.subject_rows_between("gw-s", 1, len(extras))  # type: ignore[attr-defined]
+        assert sorted(rows) == expected
+    finally:
+        await store.aclose()
