@@ -87,6 +87,7 @@ __all__ = [
     "parse_blocks",
     "parse_retry_after",
     "read_limited",
+    "read_timer",
     "translate_aiohttp_error",
 ]
 
@@ -414,16 +415,28 @@ class map_aiohttp_errors:  # lower case: used as the function it was, ``with map
 # --- HTTP plumbing shared with the SOAP adapter -----------------------------------------------
 
 
+def read_timer(spec: SystemSpec) -> float | None:
+    """The ``sock_read`` timeout of a system's session: ``read_timeout``, unless the calls are
+    capped (``attempt_timeout``) no later than it would fire. aiohttp arms its read timer when
+    the request has been sent and again for every piece of the answer, each time after the
+    attempt's cap was started; one ``read_timeout`` long or longer can only fire at the cap or
+    after it, when the attempt has already ended as a timeout. Left out then: it would be a
+    timer armed and cancelled several times per call for nothing."""
+    capped = spec.attempt_timeout is not None and spec.attempt_timeout <= spec.read_timeout
+    return None if capped else spec.read_timeout
+
+
 def session_timeout(spec: SystemSpec) -> aiohttp.ClientTimeout:
     """Built once per system. ``sock_connect`` caps the TCP (and TLS) set-up; ``connect`` caps
     waiting for a pooled connection plus that set-up (httpx's pool timeout was the read
-    timeout); ``sock_read`` caps every wait for bytes, the first one included. No total: the
-    gateway's per-attempt timeout is the cap on a whole exchange."""
+    timeout); ``sock_read`` caps every wait for bytes, the first one included, when it can fire
+    before the attempt's cap (``read_timer``). No total: the gateway's per-attempt timeout is
+    the cap on a whole exchange."""
     return aiohttp.ClientTimeout(
         total=None,
         connect=spec.connect_timeout + spec.read_timeout,
         sock_connect=spec.connect_timeout,
-        sock_read=spec.read_timeout,
+        sock_read=read_timer(spec),
     )
 
 

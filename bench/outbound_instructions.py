@@ -8,7 +8,11 @@ so that each layer's share can be read as the difference between two rows:
     session   the same request on the REST adapter's session (``open_session``: its timeouts,
               default headers, no cookies, no decompression)
     no-read-timer  the session without its ``sock_read`` timeout (what aiohttp's timer, armed
-              again for every piece of the answer, costs; not a configuration the adapter has)
+              again for every piece of the answer, costs)
+    read-timer  the session with its ``sock_read`` timeout whatever the attempt's cap (the
+              session of an adapter opened without a cap, or of a system whose ``read`` is
+              shorter than its ``attempt``; in a tree whose specs carry no cap, the same as
+              ``session``)
     headers   the same again with the headers the adapter sends for the bench's call (the
               call context: request id, purpose, service, principal, subjects, ...)
     adapter   ``RestAdapter.call``: the request built from a ``Call``, the answer checked,
@@ -47,7 +51,7 @@ if str(HERE) not in sys.path:
 import bench_routing as br  # noqa: E402
 import instructions  # noqa: E402
 
-MODES = ("minimal", "session", "no-read-timer", "headers", "adapter", "stack")
+MODES = ("minimal", "session", "no-read-timer", "read-timer", "headers", "adapter", "stack")
 
 
 async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: int) -> None:
@@ -85,9 +89,11 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
     bare = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
     if mode == "no-read-timer":
         spec = dataclasses.replace(spec, read_timeout=0.0)  # aiohttp: no sock_read timer
+    elif mode == "read-timer" and "attempt_timeout" in {f.name for f in dataclasses.fields(spec)}:
+        spec = dataclasses.replace(spec, attempt_timeout=None)  # no cap: sock_read is set
     session = open_session(spec, headers={"Accept": "application/json"})
     prepared = adapter.prepare(Call("Echo", payload, context))
-    plain = mode in ("session", "no-read-timer")
+    plain = mode in ("session", "no-read-timer", "read-timer")
     headers = {"Content-Type": "application/json"} if plain else prepared.headers
     one: Callable[[], Awaitable[object]]
 
@@ -115,7 +121,7 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
     stack = build_stack(runtime, policy="safe")
     if mode == "minimal":
         one = one_bare
-    elif mode in ("session", "no-read-timer", "headers"):
+    elif mode in ("session", "no-read-timer", "read-timer", "headers"):
         one = one_session
     elif mode == "adapter":
         one = lambda: adapter.call(Call("Echo", payload, context))  # noqa: E731

@@ -100,6 +100,11 @@ class SystemSpec:
     config_dir: Path
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
+    attempt_timeout: float | None = None
+    """The hard cap the gateway puts on every call of the adapter (the system's
+    ``timeouts.attempt``), started before the adapter is called; None when nothing caps the
+    calls (an adapter used on its own). An adapter may leave out a timer of its own that cannot
+    fire before this cap."""
     max_response_bytes: int = 1 << 20
     concurrency_limit: int = 32
     wsdl: str | None = None

@@ -41,6 +41,7 @@ class CircuitBreaker:
         self._clock = clock
         self._on_change = on_change
         self._state = BreakerState.CLOSED
+        self._state_value = BreakerState.CLOSED.value
         self._failures = 0
         self._opened_at = 0.0
         self._probes = 0
@@ -57,6 +58,16 @@ class CircuitBreaker:
         ):
             self._set(BreakerState.HALF_OPEN)
         return self._state
+
+    @property
+    def state_value(self) -> str:
+        """``state.value``, what traces and logs record. Kept as a string beside the state:
+        an enum member's ``value`` is a descriptor with two Python calls behind it, and every
+        attempt records the state. An open breaker is read through ``state``, which may turn
+        it half-open."""
+        if self._state is BreakerState.OPEN:
+            return self.state.value
+        return self._state_value
 
     def before_call(self) -> None:
         """Admit a call or raise CircuitOpen; a half-open breaker admits a few probes."""
@@ -91,6 +102,7 @@ class CircuitBreaker:
 
     def _set(self, state: BreakerState) -> None:
         self._state = state
+        self._state_value = state.value
         self._probes = 0
         if state is BreakerState.CLOSED:
             self._failures = 0

@@ -245,7 +245,7 @@ def one_attempt(runtime: SystemRuntime) -> Next:
         try:
             breaker.before_call()
         except CircuitOpen:
-            trace.breaker_state = breaker.state.value
+            trace.breaker_state = breaker.state_value
             raise
         try:
             if slots.locked():
@@ -286,7 +286,7 @@ def one_attempt(runtime: SystemRuntime) -> Next:
             breaker.record_success()
             return reply
         finally:
-            trace.breaker_state = breaker.state.value
+            trace.breaker_state = breaker.state_value
 
     return attempt
 

@@ -291,7 +291,8 @@ class Timeouts(_Model):
     connect: float = Field(2.0, gt=0)
     """Seconds to open a connection."""
     read: float = Field(10.0, gt=0)
-    """Seconds between bytes of the answer."""
+    """Seconds between bytes of the answer (a rule of its own only when shorter than
+    ``attempt``: otherwise the attempt's cap always comes first)."""
     attempt: float = Field(10.0, gt=0)
     """Hard cap on one attempt, end to end."""
     deadline: float = Field(30.0, gt=0)
@@ -402,6 +403,7 @@ class SystemSettings(_Model):
             config_dir=config_dir,
             connect_timeout=self.timeouts.connect,
             read_timeout=self.timeouts.read,
+            attempt_timeout=self.timeouts.attempt,
             max_response_bytes=self.max_response_bytes,
             concurrency_limit=self.concurrency_limit,
             wsdl=self.wsdl,

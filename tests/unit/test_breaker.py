@@ -87,3 +87,32 @@ def test_neutral_outcome_frees_the_probe() -> None:
     breaker.record_neutral()
     breaker.before_call()  # admitted again
     assert breaker.state.value == "half_open"
+
+
+def test_state_value_is_the_state_s_value_in_every_state() -> None:
+    clock = FakeClock()
+    changes: list[BreakerState] = []
+    breaker = make(clock, changes)
+    assert breaker.state_value == "closed"
+    for _ in range(3):
+        breaker.record_failure()
+    assert breaker.state_value == "open"
+    clock.now += 10.0
+    # Read while open, past the reset time: the breaker turns half-open on being read, as
+    # reading ``state`` does, and says so.
+    assert breaker.state_value == "half_open"
+    assert changes == [BreakerState.OPEN, BreakerState.HALF_OPEN]
+    breaker.before_call()
+    breaker.record_failure()
+    assert both(breaker) == ("open", "open")
+    clock.now += 10.0
+    assert both(breaker) == ("half_open", "half_open")
+    breaker.before_call()
+    breaker.record_success()
+    assert both(breaker) == ("closed", "closed")
+
+
+def both(breaker: CircuitBreaker) -> tuple[str, str]:
+    """``state_value`` read first, then ``state.value``."""
+    first = breaker.state_value
+    return first, breaker.state.value
