@@ -16,7 +16,6 @@ import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
 from typing import Final, Literal, overload
 
 import orjson
@@ -36,6 +35,7 @@ from gateway.audit.store import (
     StoredRecord,
     iter_records,
 )
+from gateway.deadlines import Deadlines
 from gateway.errors import AuditUnavailable
 
 log = structlog.get_logger("gateway.audit")
@@ -129,83 +129,6 @@ class _Uncertain:
     entries: list[_Entry] = field(default_factory=list)
 
 
-class StoreDeadline:
-    """``commit_timeout`` for the writer's store calls without a loop timer per call.
-
-    The writer makes its store calls one at a time, in its own task, each capped at the same
-    number of seconds, so their deadlines come in the order the calls start. One loop timer,
-    armed when none is, serves them all: when it fires it cancels the call in flight if that
-    call's deadline has come, and otherwise is armed again for that call's (later) deadline.
-    Each call still ends at its own deadline; the timer is armed about once per ``seconds``
-    instead of once per batch (in asyncio each timer is a handle, a place in the loop's heap
-    kept after its cancellation until it is due, and Python comparisons for every push and
-    pop). The rules are ``asyncio.timeout``'s: on leaving an expired block the cancellation
-    it asked for is taken back and, when no other cancellation is pending, the
-    ``CancelledError`` becomes ``TimeoutError``; a cancellation from elsewhere stays one.
-
-    ``with deadline:`` caps the block at ``seconds`` from now."""
-
-    __slots__ = ("_cancelling", "_expired", "_loop", "_seconds", "_task", "_timer", "_until")
-
-    def __init__(self, seconds: float) -> None:
-        self._seconds = seconds
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[object] | None = None
-        """The task inside the block; None between calls."""
-        self._until = 0.0
-        """Loop time at which the call in flight is cut."""
-        self._cancelling = 0
-        self._expired = False
-
-    def __enter__(self) -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        if task is None:
-            raise RuntimeError("a store call's deadline must be started inside a task")
-        if self._task is not None:
-            raise RuntimeError("one store call at a time")
-        if loop is not self._loop:
-            self._loop, self._timer = loop, None  # a timer of another loop is stale
-        self._until = until = loop.time() + self._seconds
-        self._task, self._cancelling, self._expired = task, task.cancelling(), False
-        if self._timer is None:
-            self._timer = loop.call_at(until, self._due, until)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        task, self._task = self._task, None
-        if (
-            self._expired
-            and task is not None
-            and task.uncancel() <= self._cancelling
-            and exc_type is not None
-            and issubclass(exc_type, asyncio.CancelledError)
-        ):
-            raise TimeoutError from exc
-
-    def _due(self, due: float) -> None:
-        self._timer = None
-        task = self._task
-        if task is None:
-            return  # no call in flight: the next one arms the timer again
-        if self._until <= due:
-            self._expired = True
-            task.cancel()
-        else:
-            assert self._loop is not None
-            self._timer = self._loop.call_at(self._until, self._due, self._until)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-
 class ChainTailMismatch(RuntimeError):
     """At start-up the records after the last checkpoint do not chain onto it."""
 
@@ -229,8 +152,8 @@ class AuditWriter:
         self._signer = signer
         self._alg: HashAlg = alg
         self._settings = settings or WriterSettings()
-        self._deadline = StoreDeadline(self._settings.commit_timeout)
-        """Caps every store call at ``commit_timeout``."""
+        self._deadline = Deadlines(self._settings.commit_timeout)
+        """Caps every store call at ``commit_timeout``, one loop timer for them all."""
         self._clock = clock
         self._monotonic = monotonic
         self._queue: collections.deque[_Entry] = collections.deque()
@@ -644,7 +567,7 @@ class AuditWriter:
             last = rows[-1]
             checkpoint: StoredCheckpoint | None = None
             try:
-                with self._deadline:
+                with self._deadline.start():
                     if self._checkpoint_needed(last.sequence):
                         checkpoint = await self._sign(last.sequence, last.hash)
                     await self._store.append(rows, checkpoint)
@@ -654,7 +577,7 @@ class AuditWriter:
                 self.stats.conflicts += 1
                 log.warning("audit_chain_conflict", chain=self._chain)
                 try:
-                    with self._deadline:
+                    with self._deadline.start():
                         await self._load_head(check_tail=False)
                 except _STORE_FAILURES as exc:
                     self._on_failure(exc, batch, None)
@@ -706,7 +629,7 @@ class AuditWriter:
             self._cp_at = self._monotonic()
             return
         try:
-            with self._deadline:
+            with self._deadline.start():
                 checkpoint = await self._sign(self._head_sequence, self._head_hash)
                 await self._store.append_checkpoint(checkpoint)
         except _STORE_FAILURES as exc:
@@ -743,7 +666,7 @@ class AuditWriter:
 
     async def _recover(self) -> bool:
         try:
-            with self._deadline:
+            with self._deadline.start():
                 await self._store.ping()
                 head = await self._store.head(self._chain)
         except _STORE_FAILURES as exc:

@@ -7,6 +7,7 @@ import pytest
 
 from gateway.adapter import Call, FakeAdapter, Reply
 from gateway.breaker import CircuitBreaker
+from gateway.deadlines import Deadlines
 from gateway.errors import (
     BackendError,
     BackendFault,
@@ -18,7 +19,7 @@ from gateway.errors import (
     CircuitOpen,
     SystemBusy,
 )
-from gateway.pipeline import CallTrace, Deadlines, Next, SystemRuntime, build_stack
+from gateway.pipeline import CallTrace, Next, SystemRuntime, build_stack
 from gateway.settings import RetryPolicy, SystemSettings
 from tests.calls import CONTEXT
 

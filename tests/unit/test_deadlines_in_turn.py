@@ -1,6 +1,6 @@
-"""The writer's cap on its store calls (``StoreDeadline``): ``asyncio.timeout``'s rules, one
-loop timer for calls that come one after another. The loop's clock is replaced by one the test
-moves, so nothing here depends on how fast the machine is."""
+"""Shared deadlines (``Deadlines``) for blocks that come one after another, as the audit
+writer's store calls do: ``asyncio.timeout``'s rules, one loop timer. The loop's clock is
+replaced by one the test moves, so nothing here depends on how fast the machine is."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.audit.writer import StoreDeadline
+from gateway.deadlines import Deadlines
 
 
 class Clock:
@@ -49,11 +49,11 @@ async def _turns(n: int = 3) -> None:
 
 
 async def test_a_call_past_its_deadline_ends_in_timeout_error(clock: Clock) -> None:
-    deadline = StoreDeadline(2.0)
+    deadline = Deadlines(2.0)
     hung = asyncio.Event()
 
     async def call() -> None:
-        with deadline:
+        with deadline.start():
             await hung.wait()
 
     task = asyncio.create_task(call())
@@ -70,14 +70,14 @@ async def test_a_call_past_its_deadline_ends_in_timeout_error(clock: Clock) -> N
 async def test_each_call_ends_at_its_own_deadline_not_the_first_ones(
     clock: Clock, timers: list[float]
 ) -> None:
-    deadline = StoreDeadline(2.0)
-    with deadline:
+    deadline = Deadlines(2.0)
+    with deadline.start():
         await asyncio.sleep(0)  # arms the timer for 1002.0
     clock.now = 1001.0
     hung = asyncio.Event()
 
     async def call() -> None:
-        with deadline:
+        with deadline.start():
             await hung.wait()  # its deadline: 1003.0
 
     task = asyncio.create_task(call())
@@ -92,19 +92,19 @@ async def test_each_call_ends_at_its_own_deadline_not_the_first_ones(
 
 
 async def test_calls_one_after_another_share_one_timer(timers: list[float]) -> None:
-    deadline = StoreDeadline(30.0)
+    deadline = Deadlines(30.0)
     for _ in range(100):
-        with deadline:
+        with deadline.start():
             await asyncio.sleep(0)
     assert len(timers) == 1
     deadline.close()
 
 
 async def test_a_call_that_ends_in_time_is_left_alone(clock: Clock) -> None:
-    deadline = StoreDeadline(2.0)
+    deadline = Deadlines(2.0)
 
     async def call() -> str:
-        with deadline:
+        with deadline.start():
             await asyncio.sleep(0)
         return "done"
 
@@ -115,11 +115,11 @@ async def test_a_call_that_ends_in_time_is_left_alone(clock: Clock) -> None:
 
 
 async def test_a_cancellation_from_elsewhere_stays_a_cancellation(clock: Clock) -> None:
-    deadline = StoreDeadline(2.0)
+    deadline = Deadlines(2.0)
     hung = asyncio.Event()
 
     async def call() -> None:
-        with deadline:
+        with deadline.start():
             await hung.wait()
 
     task = asyncio.create_task(call())
@@ -137,10 +137,10 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation(clock: Clock) 
 
 
 async def test_a_cancellation_from_elsewhere_after_the_expiry_stays_one(clock: Clock) -> None:
-    deadline = StoreDeadline(2.0)
+    deadline = Deadlines(2.0)
 
     async def call() -> None:
-        with deadline:
+        with deadline.start():
             try:
                 await asyncio.Event().wait()
             except asyncio.CancelledError:
@@ -153,10 +153,3 @@ async def test_a_cancellation_from_elsewhere_after_the_expiry_stays_one(clock: C
     clock.now = 1002.0
     with pytest.raises(asyncio.CancelledError):
         await task
-
-
-async def test_one_call_at_a_time() -> None:
-    deadline = StoreDeadline(2.0)
-    with deadline, pytest.raises(RuntimeError), deadline:
-        pass
-    deadline.close()
