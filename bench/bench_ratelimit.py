@@ -16,6 +16,10 @@ Scenarios (the gateway's default budgets: a client 6000/minute, a person 300/min
   per 2,000 calls: sparse; the portal's hot), the common shape of a portal's traffic;
 - ``machine``: a machine client (client credentials: its client budget only).
 
+``--in-flight N``: the checks go N at a time (``asyncio.gather`` of N checks, the next N when
+they are all answered), as N concurrent calls in one worker; 1 (the default): one after the
+other.
+
 Variants, run interleaved round after round so that all meet the same moments of a shared
 machine: this tree; this tree with ``leases: false``; with ``--baseline-tree`` the gateway
 imported from that source tree. The table gives the median of ``--repeat`` rounds.
@@ -54,7 +58,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
 
     from gateway.principal import Principal  # noqa: PLC0415
     from gateway.ratelimit.config import RateLimitSettings  # noqa: PLC0415
-    from gateway.ratelimit.limiter import ApiRateLimiter  # noqa: PLC0415
+    from gateway.ratelimit.limiter import ApiRateLimiter, Verdict  # noqa: PLC0415
 
     prefix = f"tongban-bench:{secrets.token_hex(6)}:"
     config: dict[str, Any] = {
@@ -87,16 +91,26 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         info = await redis.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
+    in_flight = args.in_flight
+
+    async def checks(start: int, number: int) -> list[Verdict]:
+        """``number`` checks from the ``start``-th principal on, ``in_flight`` at once."""
+        verdicts: list[Verdict] = []
+        for first in range(start, start + number, in_flight):
+            if in_flight == 1:
+                verdicts.append(await limiter.check(principals[first % count]))
+                continue
+            batch = range(first, min(first + in_flight, start + number))
+            verdicts += await asyncio.gather(*(limiter.check(principals[n % count]) for n in batch))
+        return verdicts
+
     try:
-        for n in range(args.warmup):
-            verdict = await limiter.check(principals[n % count])
+        await checks(0, args.warmup)
         server_before = await server_cpu()
         cpu, wall = time.process_time(), time.perf_counter()
-        refused = unchecked = 0
-        for n in range(args.checks):
-            verdict = await limiter.check(principals[n % count])
-            refused += not verdict.allowed
-            unchecked += not verdict.checked
+        verdicts = await checks(args.warmup, args.checks)
+        refused = sum(not verdict.allowed for verdict in verdicts)
+        unchecked = sum(not verdict.checked for verdict in verdicts)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         server = await server_cpu() - server_before
         if refused or unchecked:
@@ -141,6 +155,8 @@ def child(
         str(args.warmup),
         "--redis-url",
         args.redis_url,
+        "--in-flight",
+        str(args.in_flight),
     ]
     if not leases:
         argv.append("--no-leases")
@@ -175,6 +191,12 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--variants", default="baseline,leases off,this tree")
     parser.add_argument("--baseline-tree", help="a source tree of the gateway to compare with")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="checks started at once (asyncio.gather), as concurrent calls of one worker",
+    )
     parser.add_argument("--callgrind", action="store_true", help="instructions per check")
     parser.add_argument("--callgrind-base", type=int, default=100, help="checks of the base run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -198,7 +220,7 @@ def main() -> None:
     stores = args.stores.split(",")
     scenarios = args.scenarios.split(",")
     results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
-    print(f"load average at start: {os.getloadavg()}", flush=True)
+    print(f"in flight: {args.in_flight}; load average at start: {os.getloadavg()}", flush=True)
     for round_ in range(args.repeat):
         for store in stores:
             for scenario in scenarios:
