@@ -16,6 +16,10 @@ Scenarios (the gateway's default budgets: a client 6000/minute, a person 300/min
   per 2,000 calls: sparse; the portal's hot), the common shape of a portal's traffic;
 - ``machine``: a machine client (client credentials: its client budget only).
 
+``--other-python PATH``: the variants ``other python`` (this tree) and ``baseline on other
+python`` run their children on that interpreter, another environment's (for instance one with
+the ``hiredis`` parser installed).
+
 ``--in-flight N``: the checks go N at a time (``asyncio.gather`` of N checks, the next N when
 they are all answered), as N concurrent calls in one worker; 1 (the default): one after the
 other.
@@ -135,12 +139,13 @@ def child(
     args: argparse.Namespace,
     *,
     leases: bool,
+    python: str = sys.executable,
     checks: int | None = None,
     valgrind: list[str] | None = None,
 ) -> Any:
     argv = [
         *(valgrind or []),
-        sys.executable,
+        python,
         str(Path(__file__).resolve()),
         "--child",
         "--tree",
@@ -167,14 +172,29 @@ def child(
 
 
 def instructions(
-    tree: Path, store: str, scenario: str, args: argparse.Namespace, *, leases: bool
+    tree: Path,
+    store: str,
+    scenario: str,
+    args: argparse.Namespace,
+    *,
+    leases: bool,
+    python: str = sys.executable,
 ) -> float:
     """Instructions per check of this process, counted by callgrind (see the docstring)."""
     totals: list[int] = []
     for checks in (args.callgrind_base, args.checks):
         with tempfile.TemporaryDirectory() as out:
             valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out"]
-            child(tree, store, scenario, args, leases=leases, checks=checks, valgrind=valgrind)
+            child(
+                tree,
+                store,
+                scenario,
+                args,
+                leases=leases,
+                python=python,
+                checks=checks,
+                valgrind=valgrind,
+            )
             text = Path(out, "cg.out").read_text()
         totals.append(int(text.split("\ntotals: ")[1].split()[0]))
     difference: int = args.checks - args.callgrind_base
@@ -197,6 +217,11 @@ def main() -> None:
         default=1,
         help="checks started at once (asyncio.gather), as concurrent calls of one worker",
     )
+    parser.add_argument(
+        "--other-python",
+        help="another environment's interpreter (say, with other packages): variants "
+        "'other python' (this tree) and 'baseline on other python' run on it",
+    )
     parser.add_argument("--callgrind", action="store_true", help="instructions per check")
     parser.add_argument("--callgrind-base", type=int, default=100, help="checks of the base run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -212,10 +237,16 @@ def main() -> None:
         print(json.dumps(asyncio.run(measure(args))))
         return
 
-    variants: list[tuple[str, Path, bool]] = []
+    python = sys.executable
+    variants: list[tuple[str, Path, bool, str]] = []
     if args.baseline_tree:
-        variants.append(("baseline", Path(args.baseline_tree).resolve(), True))
-    variants += [("leases off", HERE, False), ("this tree", HERE, True)]
+        variants.append(("baseline", Path(args.baseline_tree).resolve(), True, python))
+    variants += [("leases off", HERE, False, python), ("this tree", HERE, True, python)]
+    if args.other_python:
+        variants.append(("other python", HERE, True, args.other_python))
+        if args.baseline_tree:
+            tree = Path(args.baseline_tree).resolve()
+            variants.append(("baseline on other python", tree, True, args.other_python))
     variants = [variant for variant in variants if variant[0] in args.variants.split(",")]
     stores = args.stores.split(",")
     scenarios = args.scenarios.split(",")
@@ -226,18 +257,22 @@ def main() -> None:
             for scenario in scenarios:
                 if store == "memory" and scenario != "one-person":
                     continue  # one process: no store step to save, one row is enough
-                for name, tree, leases in variants:
+                for name, tree, leases, interpreter in variants:
                     if store == "memory" and name == "leases off":
                         continue
                     if args.callgrind:
-                        count = instructions(tree, store, scenario, args, leases=leases)
+                        count = instructions(
+                            tree, store, scenario, args, leases=leases, python=interpreter
+                        )
                         figures = {"cpu_us": count, "server_us": 0.0}
                     else:
-                        figures = child(tree, store, scenario, args, leases=leases)
+                        figures = child(
+                            tree, store, scenario, args, leases=leases, python=interpreter
+                        )
                     results.setdefault((store, scenario, name), []).append(figures)
         print(f"round {round_ + 1}/{args.repeat} done, load {os.getloadavg()}", flush=True)
 
-    names = [name for name, _, _ in variants]
+    names = [name for name, _, _, _ in variants]
     print()
     if args.callgrind:
         print("Instructions per check (callgrind), median of", args.repeat, "rounds")

@@ -307,7 +307,8 @@ async def test_many_concurrent_callers_never_get_more_than_the_budget(
     assert all(verdict.retry_after >= 1 for verdict in refused)
     # A person's budget counted the calls the portal refused: a third call is hers to refuse.
     again = await limiters[0].check(citizen("p0"))
-    assert again.refused_by is not None and again.refused_by.scope == "person"
+    assert again.refused_by is not None
+    assert again.refused_by.scope == "person"
 
 
 @pytest.mark.redis
