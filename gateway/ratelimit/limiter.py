@@ -27,8 +27,9 @@ Storage: ``MemoryStorage`` (``LocalMemoryStorage``, memory_storage.py) for one p
 hosts, over a ``BlockingConnectionPool`` of our own (the default pool raises at once when full),
 closed by ``aclose``. On the two shared stores a call's budgets are drawn in one step (a
 transaction; one Lua script, one round trip) on the library's keys and arithmetic, and a
-refusal's Retry-After comes from the windows that step answered with (draws.py). A budget this
-process draws often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
+refusal's Retry-After comes from the windows that step answered with (draws.py); on Redis the
+calls in flight together share a round trip (redis_storage.py). A budget this process draws
+often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
 ``rate_limits.leases``). Measured CPU per check (bench/bench_ratelimit.py, docs/performance.md,
 a loaded machine): memory ~9 µs; SQLite ~100-150 µs a transaction, ~6 µs when every budget of
 the call is spent from a block; Redis ~250-370 µs a round trip (~450-600 µs with one ``limits``
