@@ -270,6 +270,15 @@ def main() -> None:
                             tree, store, scenario, args, leases=leases, python=interpreter
                         )
                     results.setdefault((store, scenario, name), []).append(figures)
+                    print(
+                        f"round {round_ + 1}: {store} {scenario} {name}: "
+                        + (
+                            f"{figures['cpu_us']:,.0f} instructions"
+                            if args.callgrind
+                            else f"{figures['cpu_us']:.1f} µs ({figures['server_us']:.0f})"
+                        ),
+                        flush=True,
+                    )
         print(f"round {round_ + 1}/{args.repeat} done, load {os.getloadavg()}", flush=True)
 
     names = [name for name, _, _, _ in variants]
