@@ -116,7 +116,8 @@ Draws = Sequence[tuple[Sequence[str], int, int, int]]
 
 
 class RedisBudgetStorage(RedisStorage):
-    """``limits``' ``RedisStorage`` (redis-py) plus ``acquire_all``, one script per call."""
+    """``limits``' ``RedisStorage`` (redis-py) plus ``acquire_all``: one script per call, or
+    per the calls in flight together."""
 
     STORAGE_SCHEME: list[str] = ["tongban+redis"]  # noqa: RUF012 - as limits declares it
 
