@@ -16,6 +16,14 @@ Scenarios (the gateway's default budgets: a client 6000/minute, a person 300/min
   per 2,000 calls: sparse; the portal's hot), the common shape of a portal's traffic;
 - ``machine``: a machine client (client credentials: its client budget only).
 
+``--other-python PATH``: the variants ``other python`` (this tree) and ``baseline on other
+python`` run their children on that interpreter, another environment's (for instance one with
+the ``hiredis`` parser installed).
+
+``--in-flight N``: the checks go N at a time (``asyncio.gather`` of N checks, the next N when
+they are all answered), as N concurrent calls in one worker; 1 (the default): one after the
+other.
+
 Variants, run interleaved round after round so that all meet the same moments of a shared
 machine: this tree; this tree with ``leases: false``; with ``--baseline-tree`` the gateway
 imported from that source tree. The table gives the median of ``--repeat`` rounds.
@@ -54,7 +62,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
 
     from gateway.principal import Principal  # noqa: PLC0415
     from gateway.ratelimit.config import RateLimitSettings  # noqa: PLC0415
-    from gateway.ratelimit.limiter import ApiRateLimiter  # noqa: PLC0415
+    from gateway.ratelimit.limiter import ApiRateLimiter, Verdict  # noqa: PLC0415
 
     prefix = f"tongban-bench:{secrets.token_hex(6)}:"
     config: dict[str, Any] = {
@@ -87,16 +95,26 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         info = await redis.info("cpu")
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
+    in_flight = args.in_flight
+
+    async def checks(start: int, number: int) -> list[Verdict]:
+        """``number`` checks from the ``start``-th principal on, ``in_flight`` at once."""
+        verdicts: list[Verdict] = []
+        for first in range(start, start + number, in_flight):
+            if in_flight == 1:
+                verdicts.append(await limiter.check(principals[first % count]))
+                continue
+            batch = range(first, min(first + in_flight, start + number))
+            verdicts += await asyncio.gather(*(limiter.check(principals[n % count]) for n in batch))
+        return verdicts
+
     try:
-        for n in range(args.warmup):
-            verdict = await limiter.check(principals[n % count])
+        await checks(0, args.warmup)
         server_before = await server_cpu()
         cpu, wall = time.process_time(), time.perf_counter()
-        refused = unchecked = 0
-        for n in range(args.checks):
-            verdict = await limiter.check(principals[n % count])
-            refused += not verdict.allowed
-            unchecked += not verdict.checked
+        verdicts = await checks(args.warmup, args.checks)
+        refused = sum(not verdict.allowed for verdict in verdicts)
+        unchecked = sum(not verdict.checked for verdict in verdicts)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         server = await server_cpu() - server_before
         if refused or unchecked:
@@ -121,12 +139,13 @@ def child(
     args: argparse.Namespace,
     *,
     leases: bool,
+    python: str = sys.executable,
     checks: int | None = None,
     valgrind: list[str] | None = None,
 ) -> Any:
     argv = [
         *(valgrind or []),
-        sys.executable,
+        python,
         str(Path(__file__).resolve()),
         "--child",
         "--tree",
@@ -141,6 +160,8 @@ def child(
         str(args.warmup),
         "--redis-url",
         args.redis_url,
+        "--in-flight",
+        str(args.in_flight),
     ]
     if not leases:
         argv.append("--no-leases")
@@ -151,14 +172,29 @@ def child(
 
 
 def instructions(
-    tree: Path, store: str, scenario: str, args: argparse.Namespace, *, leases: bool
+    tree: Path,
+    store: str,
+    scenario: str,
+    args: argparse.Namespace,
+    *,
+    leases: bool,
+    python: str = sys.executable,
 ) -> float:
     """Instructions per check of this process, counted by callgrind (see the docstring)."""
     totals: list[int] = []
     for checks in (args.callgrind_base, args.checks):
         with tempfile.TemporaryDirectory() as out:
             valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out"]
-            child(tree, store, scenario, args, leases=leases, checks=checks, valgrind=valgrind)
+            child(
+                tree,
+                store,
+                scenario,
+                args,
+                leases=leases,
+                python=python,
+                checks=checks,
+                valgrind=valgrind,
+            )
             text = Path(out, "cg.out").read_text()
         totals.append(int(text.split("\ntotals: ")[1].split()[0]))
     difference: int = args.checks - args.callgrind_base
@@ -175,6 +211,17 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--variants", default="baseline,leases off,this tree")
     parser.add_argument("--baseline-tree", help="a source tree of the gateway to compare with")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="checks started at once (asyncio.gather), as concurrent calls of one worker",
+    )
+    parser.add_argument(
+        "--other-python",
+        help="another environment's interpreter (say, with other packages): variants "
+        "'other python' (this tree) and 'baseline on other python' run on it",
+    )
     parser.add_argument("--callgrind", action="store_true", help="instructions per check")
     parser.add_argument("--callgrind-base", type=int, default=100, help="checks of the base run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -190,32 +237,51 @@ def main() -> None:
         print(json.dumps(asyncio.run(measure(args))))
         return
 
-    variants: list[tuple[str, Path, bool]] = []
+    python = sys.executable
+    variants: list[tuple[str, Path, bool, str]] = []
     if args.baseline_tree:
-        variants.append(("baseline", Path(args.baseline_tree).resolve(), True))
-    variants += [("leases off", HERE, False), ("this tree", HERE, True)]
+        variants.append(("baseline", Path(args.baseline_tree).resolve(), True, python))
+    variants += [("leases off", HERE, False, python), ("this tree", HERE, True, python)]
+    if args.other_python:
+        variants.append(("other python", HERE, True, args.other_python))
+        if args.baseline_tree:
+            tree = Path(args.baseline_tree).resolve()
+            variants.append(("baseline on other python", tree, True, args.other_python))
     variants = [variant for variant in variants if variant[0] in args.variants.split(",")]
     stores = args.stores.split(",")
     scenarios = args.scenarios.split(",")
     results: dict[tuple[str, str, str], list[dict[str, float]]] = {}
-    print(f"load average at start: {os.getloadavg()}", flush=True)
+    print(f"in flight: {args.in_flight}; load average at start: {os.getloadavg()}", flush=True)
     for round_ in range(args.repeat):
         for store in stores:
             for scenario in scenarios:
                 if store == "memory" and scenario != "one-person":
                     continue  # one process: no store step to save, one row is enough
-                for name, tree, leases in variants:
+                for name, tree, leases, interpreter in variants:
                     if store == "memory" and name == "leases off":
                         continue
                     if args.callgrind:
-                        count = instructions(tree, store, scenario, args, leases=leases)
+                        count = instructions(
+                            tree, store, scenario, args, leases=leases, python=interpreter
+                        )
                         figures = {"cpu_us": count, "server_us": 0.0}
                     else:
-                        figures = child(tree, store, scenario, args, leases=leases)
+                        figures = child(
+                            tree, store, scenario, args, leases=leases, python=interpreter
+                        )
                     results.setdefault((store, scenario, name), []).append(figures)
+                    print(
+                        f"round {round_ + 1}: {store} {scenario} {name}: "
+                        + (
+                            f"{figures['cpu_us']:,.0f} instructions"
+                            if args.callgrind
+                            else f"{figures['cpu_us']:.1f} µs ({figures['server_us']:.0f})"
+                        ),
+                        flush=True,
+                    )
         print(f"round {round_ + 1}/{args.repeat} done, load {os.getloadavg()}", flush=True)
 
-    names = [name for name, _, _ in variants]
+    names = [name for name, _, _, _ in variants]
     print()
     if args.callgrind:
         print("Instructions per check (callgrind), median of", args.repeat, "rounds")

@@ -27,8 +27,9 @@ Storage: ``MemoryStorage`` (``LocalMemoryStorage``, memory_storage.py) for one p
 hosts, over a ``BlockingConnectionPool`` of our own (the default pool raises at once when full),
 closed by ``aclose``. On the two shared stores a call's budgets are drawn in one step (a
 transaction; one Lua script, one round trip) on the library's keys and arithmetic, and a
-refusal's Retry-After comes from the windows that step answered with (draws.py). A budget this
-process draws often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
+refusal's Retry-After comes from the windows that step answered with (draws.py); on Redis the
+calls in flight together share a round trip (redis_storage.py). A budget this process draws
+often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
 ``rate_limits.leases``). Measured CPU per check (bench/bench_ratelimit.py, docs/performance.md,
 a loaded machine): memory ~9 µs; SQLite ~100-150 µs a transaction, ~6 µs when every budget of
 the call is spent from a block; Redis ~250-370 µs a round trip (~450-600 µs with one ``limits``
@@ -75,7 +76,7 @@ from gateway.identity.clients import ClientRegistration
 from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings, parse_rate
-from gateway.ratelimit.draws import retry_after
+from gateway.ratelimit.draws import Drawn, retry_after
 from gateway.ratelimit.leases import Lease
 from gateway.ratelimit.memory_storage import LocalMemoryStorage
 from gateway.ratelimit.redis_storage import RedisBudgetStorage
@@ -284,10 +285,7 @@ class ApiRateLimiter:
         others drawn in one store step, blocks for the hot ones with them (leases.py)."""
         leases = [self._lease(principal, budget) for budget in budgets]
         if not self._leases:
-            wanted = [1] * len(budgets)
-            return await self._guarded(
-                budgets, lambda: self._draw_shared(budgets, leases, wanted, 0.0)
-            )
+            return await self._draw_shared(budgets, leases, [1] * len(budgets), 0.0)
         now = self._clock()
         taken = [lease.take(now) for lease in leases]
         while not all(taken):
@@ -303,9 +301,7 @@ class ApiRateLimiter:
             return Verdict(budgets)  # all from blocks the store granted this process
         wanted = [0 if ok else lease.block(now) for lease, ok in zip(leases, taken, strict=True)]
         try:
-            return await self._guarded(
-                budgets, lambda: self._draw_shared(budgets, leases, wanted, now)
-            )
+            return await self._draw_shared(budgets, leases, wanted, now)
         finally:
             for lease, units in zip(leases, wanted, strict=True):
                 if units > 1:
@@ -319,17 +315,25 @@ class ApiRateLimiter:
         now: float,
     ) -> Verdict:
         """Draw ``wanted`` units (0: spent from a block already) of each budget in one store
-        step, in order; stop at the first without room."""
+        step, in order; stop at the first without room. Guarded as ``_guarded``; on SQLite the
+        step is synchronous (no timeout to arm: nothing to interrupt, the file's busy timeout
+        bounds its wait), so it runs without a coroutine of its own."""
         drawn = [index for index, units in enumerate(wanted) if units]
         if self._redis is not None:
-            answer = await self._redis.acquire_all(
-                [
-                    (leases[i].names, budgets[i].rate.amount, budgets[i].window, wanted[i])
-                    for i in drawn
-                ]
+            redis = self._redis
+            entries = [
+                (leases[i].names, budgets[i].rate.amount, budgets[i].window, wanted[i])
+                for i in drawn
+            ]
+            return await self._guarded(
+                budgets,
+                lambda: self._answered(budgets, leases, wanted, now, redis.acquire_all(entries)),
             )
-        else:
-            assert self._local is not None
+        assert self._local is not None
+        step = self._step()
+        if step is None:
+            return Verdict(budgets, checked=False)
+        with step:
             try:
                 answer = self._local.acquire_all(
                     [
@@ -339,6 +343,30 @@ class ApiRateLimiter:
                 )
             except sqlite3.Error as exc:
                 raise StorageError(exc) from exc
+            return self._verdict(budgets, leases, wanted, now, answer)
+        return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
+
+    async def _answered(
+        self,
+        budgets: tuple[Budget, ...],
+        leases: list[Lease],
+        wanted: list[int],
+        now: float,
+        answer: Awaitable[Drawn],
+    ) -> Verdict:
+        return self._verdict(budgets, leases, wanted, now, await answer)
+
+    @staticmethod
+    def _verdict(
+        budgets: tuple[Budget, ...],
+        leases: list[Lease],
+        wanted: list[int],
+        now: float,
+        answer: Drawn,
+    ) -> Verdict:
+        """The verdict of the store's ``answer`` to the draws of ``wanted``; the blocks it
+        granted kept, units taken from a block for a budget after a refusal given back."""
+        drawn = [index for index, units in enumerate(wanted) if units]
         for index, units in zip(drawn, answer.granted, strict=False):
             if units:
                 leases[index].granted(units, now)

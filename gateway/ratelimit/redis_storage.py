@@ -15,12 +15,24 @@ drawn (one script: atomic, so two instances never both take a budget's last call
 ask for more than one unit and take what room is left, at least one (a block for a local lease,
 ``leases.py``); asking for one, it is exactly the library's draw.
 
+Calls in flight together share a step. A draw that comes while none of this storage's is on the
+wire goes at once, alone, as before. One that comes while a step is on the wire waits for it to
+end, and then goes with every draw queued meanwhile in one script run (``MAX_CALLS`` at most):
+one round trip, one reply parsed, for all of them, where each would have cost its own. The
+script draws the calls one after the other, each call's budgets as above, so each gets the
+answer it would have got alone had the calls reached Redis in that order, one right after the
+other (one script: nothing else comes in between, and a call's budgets stay atomic). A step
+that fails gives every call in it the error its own draw would have raised; a caller that gave
+up before its step was sent draws nothing. A waiting call waits at most one step longer than
+alone, and is counted against its own store timeout as before.
+
 A call's keys hash to different slots, so this is for one Redis server (or a primary with
 replicas), not Redis Cluster: the gateway's ``redis_url`` names one server.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,15 +43,17 @@ from limits.errors import StorageError
 from gateway.ratelimit.draws import Drawn
 
 ACQUIRE_ALL = """
--- A call's budgets, drawn in order in one step. Budget i has its previous and its current
--- window counter in KEYS[2i-1] and KEYS[2i], and its limit, window (seconds) and the units
--- wanted in ARGV[3i-2], ARGV[3i-1] and ARGV[3i]. Windows run on key expiry, in milliseconds:
--- a current counter with less than one window to live belongs to a window that has ended, so
--- it becomes the previous counter and a fresh one starts (the library's layout and weighting,
--- so that its window statistics read these counters).
--- Reply: the units granted to each budget drawn, a 0 ending the list at the first budget
--- without room, and that budget's windows (previous count and TTL, current count and TTL),
--- or an empty list when every budget had room.
+-- The budgets of one or more calls, each call's drawn in order, the calls one after the other,
+-- in one step. ARGV[1] is the number of calls c and ARGV[1 + j] the number of budgets of call
+-- j. Budget i (counted across the calls) has its previous and its current window counter in
+-- KEYS[2i-1] and KEYS[2i], and its limit, window (seconds) and the units wanted in
+-- ARGV[1 + c + 3i-2], ARGV[1 + c + 3i-1] and ARGV[1 + c + 3i]. Windows run on key expiry, in
+-- milliseconds: a current counter with less than one window to live belongs to a window that
+-- has ended, so it becomes the previous counter and a fresh one starts (the library's layout
+-- and weighting, so that its window statistics read these counters).
+-- Reply: for each call, the units granted to each of its budgets drawn, a 0 ending the list at
+-- the first budget without room, and that budget's windows (previous count and TTL, current
+-- count and TTL), or an empty list when every budget of the call had room.
 local function ttl_of(name)
     local ms = tonumber(redis.call('pttl', name)) or 0
     if ms < 0 then
@@ -48,40 +62,62 @@ local function ttl_of(name)
     return ms
 end
 
-local granted = {}
-for i = 1, #KEYS / 2 do
-    local older, newer = KEYS[2 * i - 1], KEYS[2 * i]
-    local limit = tonumber(ARGV[3 * i - 2])
-    local window_ms = tonumber(ARGV[3 * i - 1]) * 1000
-    local wanted = tonumber(ARGV[3 * i])
+local calls = tonumber(ARGV[1])
 
-    local newer_ttl = ttl_of(newer)
-    if newer_ttl > 0 and newer_ttl < window_ms then
-        redis.call('rename', newer, older)
-        redis.call('set', newer, 0, 'PX', newer_ttl + window_ms)
+-- One call's budgets: the count budgets from the first-th on.
+local function draw(first, count)
+    local granted = {}
+    for n = 1, count do
+        local i = first + n - 1
+        local older, newer = KEYS[2 * i - 1], KEYS[2 * i]
+        local limit = tonumber(ARGV[1 + calls + 3 * i - 2])
+        local window_ms = tonumber(ARGV[1 + calls + 3 * i - 1]) * 1000
+        local wanted = tonumber(ARGV[1 + calls + 3 * i])
+
+        local newer_ttl = ttl_of(newer)
+        if newer_ttl > 0 and newer_ttl < window_ms then
+            redis.call('rename', newer, older)
+            redis.call('set', newer, 0, 'PX', newer_ttl + window_ms)
+        end
+        local older_count = tonumber(redis.call('get', older)) or 0
+        local older_ttl = ttl_of(older)
+        local newer_count = tonumber(redis.call('get', newer)) or 0
+        local room = limit - (math.floor(older_count * older_ttl / window_ms) + newer_count)
+        if room < 1 then
+            granted[n] = 0
+            return {granted, {older_count, older_ttl, newer_count, ttl_of(newer)}}
+        end
+        local take = math.min(wanted, room)
+        if redis.call('exists', newer) == 1 then
+            redis.call('incrby', newer, take)
+        else
+            redis.call('set', newer, take, 'PX', window_ms * 2)
+        end
+        granted[n] = take
     end
-    local older_count = tonumber(redis.call('get', older)) or 0
-    local older_ttl = ttl_of(older)
-    local newer_count = tonumber(redis.call('get', newer)) or 0
-    local room = limit - (math.floor(older_count * older_ttl / window_ms) + newer_count)
-    if room < 1 then
-        granted[i] = 0
-        return {granted, {older_count, older_ttl, newer_count, ttl_of(newer)}}
-    end
-    local take = math.min(wanted, room)
-    if redis.call('exists', newer) == 1 then
-        redis.call('incrby', newer, take)
-    else
-        redis.call('set', newer, take, 'PX', window_ms * 2)
-    end
-    granted[i] = take
+    return {granted, {}}
 end
-return {granted, {}}
+
+local replies = {}
+local first = 1
+for j = 1, calls do
+    local count = tonumber(ARGV[1 + j])
+    replies[j] = draw(first, count)
+    first = first + count
+end
+return replies
 """
+
+MAX_CALLS = 128
+"""The most calls' draws one step carries; more wait for the next."""
+
+Draws = Sequence[tuple[Sequence[str], int, int, int]]
+"""One call's budgets: ``(window_keys, limit, expiry, wanted)`` each, in order."""
 
 
 class RedisBudgetStorage(RedisStorage):
-    """``limits``' ``RedisStorage`` (redis-py) plus ``acquire_all``, one script per call."""
+    """``limits``' ``RedisStorage`` (redis-py) plus ``acquire_all``: one script per call, or
+    per the calls in flight together."""
 
     STORAGE_SCHEME: list[str] = ["tongban+redis"]  # noqa: RUF012 - as limits declares it
 
@@ -91,31 +127,111 @@ class RedisBudgetStorage(RedisStorage):
         )
         assert isinstance(self.bridge, RedispyBridge)
         self._acquire_all = self.bridge.get_connection().register_script(ACQUIRE_ALL.encode())
+        self._sending = False
+        """A step is on the wire: a draw now waits in ``_queued`` for the next."""
+        self._queued: list[tuple[Draws, asyncio.Future[Drawn]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        """The task sending the queued draws (held: the loop keeps only a weak reference)."""
 
     def window_keys(self, key: str) -> list[str]:
         """The Redis names of ``key``'s previous and current window, as the library's."""
         current = self.bridge.prefixed_key(self._current_window_key(key))
         return [f"{current}/-1", current]
 
-    async def acquire_all(self, draws: Sequence[tuple[Sequence[str], int, int, int]]) -> Drawn:
-        """Draw from each ``(window_keys, limit, expiry, wanted)`` in order, in one script: the
-        units granted to each budget drawn (``min(wanted, room)``), ending at the first without
-        room with a 0 (the draws before it stay counted), and that one's windows as the
-        library's ``get_sliding_window`` reads them. Raises StorageError."""
-        keys: list[str] = []
-        args: list[int] = []
-        for window_keys, limit, expiry, wanted in draws:
-            keys += window_keys
-            args += (limit, expiry, wanted)
+    async def acquire_all(self, draws: Draws) -> Drawn:
+        """Draw from each ``(window_keys, limit, expiry, wanted)`` in order: the units granted
+        to each budget drawn (``min(wanted, room)``), ending at the first without room with a 0
+        (the draws before it stay counted), and that one's windows as the library's
+        ``get_sliding_window`` reads them. Raises StorageError.
+
+        With no step of this storage on the wire, the draw goes at once, alone. While one is,
+        it waits for the next step, which carries every call's draws queued by then (see the
+        module docstring): the same answer as alone, one round trip for all of them."""
+        if not self._sending:
+            self._sending = True
+            try:
+                return (await self._step([draws]))[0]
+            finally:
+                self._send_queued()
+        answer: asyncio.Future[Drawn] = asyncio.get_running_loop().create_future()
+        self._queued.append((draws, answer))
+        return await answer
+
+    def _send_queued(self) -> None:
+        """After a step: the draws queued meanwhile go in the next, or nothing is on the wire."""
+        if self._queued:
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+        else:
+            self._sending = False
+            self._sender = None
+
+    async def _send(self) -> None:
+        """Send the queued draws, up to ``MAX_CALLS`` calls a step, until none is left."""
         try:
-            granted, window = await self._acquire_all(keys, args)
+            while self._queued:
+                batch = self._queued[:MAX_CALLS]
+                del self._queued[:MAX_CALLS]
+                # A caller that gave up (its timeout, or its client gone) before the step is
+                # sent draws nothing, as it would have drawn nothing alone.
+                batch = [(draws, answer) for draws, answer in batch if not answer.done()]
+                if not batch:
+                    continue
+                try:
+                    answers = await self._step([draws for draws, _ in batch])
+                except Exception as exc:
+                    # Every call of the step hears the error its draw would have met alone.
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(_own(exc))
+                    continue
+                except BaseException:
+                    for _, answer in batch:
+                        answer.cancel()
+                    raise
+                for (_, answer), drawn in zip(batch, answers, strict=True):
+                    if not answer.done():
+                        answer.set_result(drawn)
+        finally:
+            self._sending = False
+            self._sender = None
+            # Cancelled (the loop closing): whatever is still queued hears it too.
+            for _, answer in self._queued:
+                answer.cancel()
+            self._queued.clear()
+
+    async def _step(self, calls: Sequence[Draws]) -> list[Drawn]:
+        """One script run for the draws of ``calls``; each call's answer. Raises StorageError."""
+        keys: list[str] = []
+        args: list[int] = [len(calls)]
+        args += (len(draws) for draws in calls)
+        for draws in calls:
+            for window_keys, limit, expiry, wanted in draws:
+                keys += window_keys
+                args += (limit, expiry, wanted)
+        try:
+            replies = await self._acquire_all(keys, args)
         except self.base_exceptions as exc:
             raise StorageError(exc) from exc
-        if not window:
-            return Drawn([int(units) for units in granted])
-        previous, previous_ttl, current, current_ttl = (int(value) for value in window)
-        return Drawn(
-            [int(units) for units in granted],
-            # Seconds, none below 0: as limits' redis-py bridge reads the same values.
-            (previous, max(0, previous_ttl) / 1000, current, max(0, current_ttl) / 1000),
-        )
+        return [_drawn(granted, window) for granted, window in replies]
+
+
+def _own(exc: Exception) -> Exception:
+    """An error of a step for one of its callers: a StorageError of its own (each caller raises
+    it, and a raise adds to the exception's traceback), any other as it is."""
+    if isinstance(exc, StorageError):
+        own = StorageError(exc.storage_error)
+        own.__cause__ = exc.__cause__
+        return own
+    return exc
+
+
+def _drawn(granted: list[Any], window: list[Any]) -> Drawn:
+    """One call's answer from its part of the script's reply."""
+    if not window:
+        return Drawn([int(units) for units in granted])
+    previous, previous_ttl, current, current_ttl = (int(value) for value in window)
+    return Drawn(
+        [int(units) for units in granted],
+        # Seconds, none below 0: as limits' redis-py bridge reads the same values.
+        (previous, max(0, previous_ttl) / 1000, current, max(0, current_ttl) / 1000),
+    )

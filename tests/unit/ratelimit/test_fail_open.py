@@ -8,8 +8,10 @@ be switched off, since a real Redis cannot be stopped from a test.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -196,3 +198,42 @@ async def test_the_in_process_counters_keep_the_guard_of_every_store() -> None:
         assert (await limiter.check(other)).checked
     assert [e["event"] for e in logs] == ["rate_limit_store_failed", "rate_limit_store_recovered"]
     assert (await limiter.check(CITIZEN)).refused_by is not None, "still spent"
+
+
+async def test_a_locked_sqlite_file_fails_open_logs_once_and_pauses(tmp_path: Path) -> None:
+    """The SQLite step runs on the loop without a coroutine or timeout of its own: a file
+    another process holds locked past the store timeout (its busy timeout) still lets the call
+    through unchecked, said once, and pauses the store until ``retry_interval`` has passed."""
+    clock = FakeClock()
+    settings = RateLimitSettings.model_validate(
+        {
+            "store": "sqlite",
+            "person": "1/hour",
+            "client": None,
+            "store_timeout": 0.05,
+            "retry_interval": 5,
+        }
+    )
+    limiter = ApiRateLimiter.from_settings(settings, data_dir=tmp_path, clock=clock)
+    other = sqlite3.connect(tmp_path / "ratelimits.sqlite", isolation_level=None)
+    try:
+        assert (await limiter.check(CITIZEN)).checked  # the budget's one call
+        other.execute("BEGIN IMMEDIATE")  # another worker holds the write lock
+        with structlog.testing.capture_logs() as logs:
+            first = await limiter.check(CITIZEN)
+            other.execute("COMMIT")
+            second = await limiter.check(CITIZEN)  # paused: the store is not asked
+            clock.now += 6
+            third = await limiter.check(CITIZEN)
+        assert (first.allowed, first.checked) == (True, False)
+        assert (second.allowed, second.checked) == (True, False)
+        assert third.checked
+        assert third.refused_by is not None, "the budget counted before the outage"
+        assert [e["event"] for e in logs] == [
+            "rate_limit_store_failed",
+            "rate_limit_store_recovered",
+        ]
+        assert logs[0]["error_code"] == "OperationalError"
+    finally:
+        other.close()
+        await limiter.aclose()
