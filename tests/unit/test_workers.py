@@ -148,8 +148,10 @@ def test_with_the_flag_the_dev_token_key_is_the_environment_s_or_a_random_one(
     assert dev_token_secret(dev_tokens=True) == bytes.fromhex("ab" * 32)
     assert DEV_SECRET_ENV not in os.environ
     first, second = dev_token_secret(dev_tokens=True), dev_token_secret(dev_tokens=True)
-    assert first is not None and second is not None
-    assert len(first) == 32 and first != second
+    assert first is not None
+    assert second is not None
+    assert len(first) == 32
+    assert first != second
 
 
 @pytest.mark.parametrize("value", ["ab" * 31, "not hex at all, but long enough" * 3])
