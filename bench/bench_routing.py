@@ -1042,18 +1042,22 @@ class Children:
     def spawn_supervised(
         self, name: str, config_dir: Path, workers: int, timeout: float = 120.0
     ) -> tuple[Child, str]:
-        """`tongban serve --workers N --insecure-dev-tokens` (unpinned); its port and a token."""
+        """`tongban serve --workers N --insecure-dev-tokens` (unpinned); its port and a token.
+        Its development tokens are signed with ``TOKEN_SECRET`` (``TONGBAN_DEV_TOKEN_SECRET``),
+        so that ``served_person_tokens`` can mint more."""
         port = free_port()
         out = self._workdir / f"{name}.out"
         log = self._workdir / f"{name}.log"
         argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_dir)]
         argv += ["--port", str(port), "--workers", str(workers), "--insecure-dev-tokens"]
+        env = {**os.environ, "TONGBAN_DEV_TOKEN_SECRET": TOKEN_SECRET.hex()}
         with out.open("wb") as stdout, log.open("wb") as err:
             proc = subprocess.Popen(
                 argv,
                 stdout=stdout,
                 stderr=err,
                 cwd=ROOT,
+                env=env,
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
             )
         child = Child(name, proc, port, log)
@@ -1337,6 +1341,8 @@ class Target:
     expect: bytes
     sut: Child | None  # the process(es) whose CPU is charged to this path
     backend: Child
+    authorizations: tuple[str, ...] = ()
+    """When given, wrk sends these Authorization headers in turn, one per request."""
 
 
 @dataclass
@@ -1375,10 +1381,35 @@ end
 """
 
 
+WRK_IN_TURN = """
+local requests = {}
+local last = 0
+init = function(args)
+  for i, value in ipairs(authorizations) do
+    local headers = {}
+    for name, header in pairs(wrk.headers) do headers[name] = header end
+    headers["Authorization"] = value
+    requests[i] = wrk.format(nil, nil, headers)
+  end
+end
+request = function()
+  last = last % #requests + 1
+  return requests[last]
+end
+"""
+"""Each request with the next of ``authorizations`` (formatted once, in ``init``, after wrk has
+set the Host header): the persons of a portal calling in turn."""
+
+
 def wrk_script(target: Target, path: Path) -> Path:
     lines = ['wrk.method = "POST"', f"wrk.body = {_lua_long_string(target.body.decode())}"]
     for name, value in target.headers.items():
         lines.append(f"wrk.headers[{json.dumps(name)}] = {_lua_long_string(value)}")
+    if target.authorizations:
+        lines.append("authorizations = {")
+        lines.extend(f"  {_lua_long_string(value)}," for value in target.authorizations)
+        lines.append("}")
+        lines.append(WRK_IN_TURN)
     path.write_text("\n".join(lines) + "\n" + WRK_DONE)
     return path
 
@@ -1553,6 +1584,7 @@ class Bench:
         out = {
             "name": target.name,
             "workers": len(workers),
+            "persons": len(target.authorizations) or 1,
             "rps": res["requests"] / (res["duration_us"] / 1e6),
             "p50_ms": res["p50"] / 1000,
             "p99_ms": res["p99"] / 1000,
@@ -1563,7 +1595,8 @@ class Bench:
             "memory_after": {str(pid): memory_kib(pid) for pid in _children_of(target.sut.pid)},
         }
         print(
-            f"  closed {target.name:<26} {out['rps']:9.0f} req/s  p99 {out['p99_ms']:6.2f} ms  "
+            f"  closed {target.name:<26} persons {out['persons']:<6} "
+            f"{out['rps']:9.0f} req/s  p99 {out['p99_ms']:6.2f} ms  "
             f"CPU/req {out['cpu_us']:.0f} µs (tree)  errors {errors}  "
             f"load {out['load_average']:.2f}",
             flush=True,
@@ -1896,12 +1929,29 @@ def run_overload_only(args: argparse.Namespace, tree: str | None = None) -> Repo
     return report
 
 
+def served_person_tokens(persons: int) -> tuple[str, ...]:
+    """Authorization headers of ``persons`` distinct persons, as the served gateway's
+    development tokens (signed with the key ``spawn_supervised`` gives it): each call draws on
+    its person's budget, which with many persons is sparse (drawn one unit a call, from the
+    store), as under a portal's traffic. One person: none, the printed token as before."""
+    if persons <= 1:
+        return ()
+    from gateway.identity.devtokens import DevTokenIssuer
+
+    issuer = DevTokenIssuer(TOKEN_SECRET)
+    return tuple(
+        f"Bearer {issuer.issue(f'bench-person-{i}', 'L1', person=f'bench-person-{i}')}"
+        for i in range(persons)
+    )
+
+
 def workers_rows(
     bench: Bench, kids: Children, workdir: Path, backend: Child
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """`tongban serve --workers 1` and `2`, then the minimal proxy in 1 and 2 processes on one
     port (the same closed loop with no gateway code: what a second process costs per call on
-    this machine), each measured by ``Bench.workers_closed``, everything unpinned."""
+    this machine), each measured by ``Bench.workers_closed``, everything unpinned. With
+    ``--persons N`` the served calls are those of N persons in turn (``served_person_tokens``)."""
     py = sys.executable
     me = str(Path(__file__).resolve())
     life = ["--max-lifetime", str(bench.args.max_lifetime)]
@@ -1909,13 +1959,15 @@ def workers_rows(
     rest_call = f"/api/v1/services/{REST_SERVICE}/calls"
     gateway_rows: list[dict[str, Any]] = []
     proxy_rows: list[dict[str, Any]] = []
+    in_turn = served_person_tokens(bench.args.persons)
     for count in (1, 2):
         config = write_config_dir(workdir / f"served-{count}", upstream)
         served, served_token = kids.spawn_supervised(f"serve-w{count}", config, count)
-        headers = {**JSON_HEADERS, "Authorization": f"Bearer {served_token}"}
+        first = in_turn[0] if in_turn else f"Bearer {served_token}"
+        headers = {**JSON_HEADERS, "Authorization": first}
         target = Target(
             f"serve --workers {count}", f"http://127.0.0.1:{served.port}{rest_call}",
-            SERVED_CALL_BODY, headers, b'"valid":true', served, backend,
+            SERVED_CALL_BODY, headers, b'"valid":true', served, backend, in_turn,
         )  # fmt: skip
         asyncio.run(_check_targets([target]))
         gateway_rows.append(bench.workers_closed(target))
@@ -1962,8 +2014,10 @@ def print_workers_rounds(report: Report) -> None:
         return [(two["cpu_us"] / one["cpu_us"], two["rps"] / one["rps"]) for one, two in pairs]
 
     gw, proxy = ratios(report.workers), ratios(report.proxy_workers)
+    persons = report.workers[0].get("persons", 1) if report.workers else 1
     print()
-    print("## 2 processes / 1, CPU per call (throughput) by round")
+    who = "one person" if persons == 1 else f"{persons} persons in turn"
+    print(f"## 2 processes / 1, CPU per call (throughput) by round; the gateway's calls: {who}")
     for i, ((g_cpu, g_rps), (p_cpu, p_rps)) in enumerate(zip(gw, proxy, strict=True), 1):
         print(
             f"  round {i}: gateway {g_cpu:.2f}× ({g_rps:.2f}×)   minimal proxy {p_cpu:.2f}× "
@@ -2479,7 +2533,8 @@ def print_targets_report(report: Report, args: argparse.Namespace) -> None:
         print("## `tongban serve --workers N` (unpinned; CPU of supervisor + workers per call)")
         for w in report.workers:
             print(
-                f"  {w['name']:<22} {w['rps']:7.0f} req/s  p99 {w['p99_ms']:6.2f} ms  "
+                f"  {w['name']:<22} persons {w.get('persons', 1):<6} "
+                f"{w['rps']:7.0f} req/s  p99 {w['p99_ms']:6.2f} ms  "
                 f"CPU {w['cpu_us']:5.0f} µs/call  errors {w['errors']}  load "
                 f"{w['load_average']:.2f}"
             )
@@ -2646,6 +2701,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only `serve --workers 1` and `2` and the minimal proxy in 1 and 2 processes, "
         "--repeat rounds",
+    )
+    p.add_argument(
+        "--persons",
+        type=int,
+        default=1,
+        help="the `serve --workers N` rows' calls come from this many persons in turn (each its "
+        "own person budget; 1: one development token, as a single busy person)",
     )
     p.add_argument(
         "--no-workers", dest="workers_phase", action="store_false", help="no serve --workers run"

@@ -74,6 +74,26 @@ DEV_SECRET_ENV = "TONGBAN_DEV_TOKEN_SECRET"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def dev_token_secret(dev_tokens: bool) -> bytes | None:
+    """The key that signs the development tokens of all workers: none without
+    ``--insecure-dev-tokens``. With it, the key in ``TONGBAN_DEV_TOKEN_SECRET`` (hex, 32 bytes
+    or more) when that is set, so that a benchmark or a test can mint tokens of its own (naming
+    any person), else a random one. The variable is taken out of this process's environment
+    either way, so without the flag it is ignored and no worker inherits it."""
+    given = os.environ.pop(DEV_SECRET_ENV, None)
+    if not dev_tokens:
+        return None
+    if not given:
+        return secrets.token_bytes(32)
+    try:
+        key = bytes.fromhex(given)
+    except ValueError:
+        key = b""
+    if len(key) < 32:
+        raise ValueError(f"{DEV_SECRET_ENV} must be a key of 32 bytes or more, in hex")
+    return key
+
+
 def default_workers() -> int:
     """One worker per core this process may run on (taskset and cpusets respected)."""
     try:
@@ -454,6 +474,11 @@ async def run_workers(
     from gateway.serve import print_dev_tokens, startup_failure  # noqa: PLC0415
 
     try:
+        dev_secret = dev_token_secret(dev_tokens)
+    except ValueError as exc:
+        print(f"tongban serve: {exc}", file=sys.stderr)
+        return 1
+    try:
         settings = await asyncio.to_thread(_load, config_dir, instance_id)
         for slot in range(workers):  # every worker's chain must be a valid instance id
             with_instance_id(settings, worker_chain(settings.gateway.instance_id, slot, workers))
@@ -474,7 +499,6 @@ async def run_workers(
         sockets = listening_sockets(
             host or server.host, port if port is not None else server.port, workers
         )
-        dev_secret = secrets.token_bytes(32) if dev_tokens else None
         supervisor = Supervisor(
             config_dir=config_dir,
             settings=settings,

@@ -35,13 +35,14 @@ class Served:
         self.base = f"http://127.0.0.1:{port}"
 
 
-def _start(config: Path, *extra: str) -> Iterator[Served]:
+def _start(config: Path, *extra: str, env_extra: dict[str, str] | None = None) -> Iterator[Served]:
     port = _free_port()
     env = {
         **os.environ,
         **DemoSecrets.generate().env(),
         **DemoIdentitySecrets.generate().env(),
         "TONGBAN_PAIRWISE_SECRET": "p" * 40,
+        **(env_extra or {}),
     }
     process = subprocess.Popen(
         [
@@ -126,6 +127,41 @@ def test_serve_with_the_flag_prints_tokens_that_work(with_dev_tokens: Served) ->
     # The catalogue is the calling client's: a development token's client ("dev-portal") is
     # registered nowhere, so it may call, and sees, nothing.
     assert response.json()["services"] == []
+
+
+DEV_KEY = bytes(range(32))
+
+
+@pytest.fixture
+def with_a_given_key(config: Path) -> Iterator[Served]:
+    yield from _start(
+        config, "--insecure-dev-tokens", env_extra={"TONGBAN_DEV_TOKEN_SECRET": DEV_KEY.hex()}
+    )
+
+
+@pytest.fixture
+def plain_with_a_given_key(config: Path) -> Iterator[Served]:
+    yield from _start(config, env_extra={"TONGBAN_DEV_TOKEN_SECRET": DEV_KEY.hex()})
+
+
+def test_with_the_flag_tokens_signed_with_the_given_key_are_accepted(
+    with_a_given_key: Served,
+) -> None:
+    mine = DevTokenIssuer(DEV_KEY).issue("someone", "L3", person="person-1")
+    other = DevTokenIssuer().issue("someone", "L3", person="person-1")
+    url = with_a_given_key.base + "/api/v1/services"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {mine}"}).status_code == 200
+    assert httpx.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 401
+
+
+def test_without_the_flag_the_given_key_enables_nothing(plain_with_a_given_key: Served) -> None:
+    mine = DevTokenIssuer(DEV_KEY).issue("someone", "L3", person="person-1")
+    response = httpx.get(
+        plain_with_a_given_key.base + "/api/v1/services",
+        headers={"Authorization": f"Bearer {mine}"},
+    )
+    assert response.status_code == 401
+    assert response.json()["code"] == "client.unauthenticated"
 
 
 # --- a start-up that cannot complete: one message, exit 1, never a traceback or a hang ----------

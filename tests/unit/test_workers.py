@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import pytest
 from gateway.cases.dispatcher import DispatcherLock, ElectedDispatcher
 from gateway.identity.config import ProviderSettings
 from gateway.settings import Settings, load_settings
-from gateway.workers import listening_sockets, memory_stores, shared_across_workers, worker_chain
+from gateway.workers import (
+    DEV_SECRET_ENV,
+    dev_token_secret,
+    listening_sockets,
+    memory_stores,
+    run_workers,
+    shared_across_workers,
+    worker_chain,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,3 +128,49 @@ async def test_one_dispatcher_per_lock_and_a_stand_in_takes_over(tmp_path: Path)
         await second_worker.started.wait()
     await second.aclose()
     assert (tmp_path / "cases.db.dispatcher.lock").exists()
+
+
+# --- the development tokens' key --------------------------------------------------------------
+
+
+def test_the_dev_token_key_in_the_environment_is_ignored_without_the_flag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(DEV_SECRET_ENV, "ab" * 32)
+    assert dev_token_secret(dev_tokens=False) is None
+    assert DEV_SECRET_ENV not in os.environ  # so no worker inherits it
+
+
+def test_with_the_flag_the_dev_token_key_is_the_environment_s_or_a_random_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(DEV_SECRET_ENV, "ab" * 32)
+    assert dev_token_secret(dev_tokens=True) == bytes.fromhex("ab" * 32)
+    assert DEV_SECRET_ENV not in os.environ
+    first, second = dev_token_secret(dev_tokens=True), dev_token_secret(dev_tokens=True)
+    assert first is not None
+    assert second is not None
+    assert len(first) == 32
+    assert first != second
+
+
+@pytest.mark.parametrize("value", ["ab" * 31, "not hex at all, but long enough" * 3])
+def test_a_short_or_malformed_dev_token_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(DEV_SECRET_ENV, value)
+    with pytest.raises(ValueError, match=DEV_SECRET_ENV):
+        dev_token_secret(dev_tokens=True)
+
+
+def test_serve_with_a_bad_dev_token_key_exits_with_one_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(DEV_SECRET_ENV, "short")
+    code = asyncio.run(
+        run_workers(config_dir=ROOT / "config", host=None, port=0, dev_tokens=True, workers=1)
+    )
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"tongban serve: {DEV_SECRET_ENV} must be a key of 32 bytes or more, in hex\n"
+    )
