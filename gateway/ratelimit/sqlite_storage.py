@@ -12,6 +12,9 @@ budget. Like the identity stores it is the stdlib ``sqlite3`` called on the even
 draw is a few tens of microseconds on a local file, less than a hop to a thread and back);
 unlike them nothing here needs to survive a crash, so ``synchronous = OFF``: the counters are
 a protection, not a record. Expired windows are deleted at most once a minute, on a draw.
+A draw that finds another worker's draw holding the file's write lock waits for it with yields
+of the CPU, not with SQLite's busy handler, which sleeps the whole worker for a millisecond or
+more each time (``gateway.stores.sqlite.begin_yielding``); the store's timeout still bounds it.
 """
 
 from __future__ import annotations
@@ -66,7 +69,10 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         self._db = LockedConnection(path, component="ratelimits", migrations=MIGRATIONS)
         with self._db.locked() as conn:
             conn.execute("PRAGMA synchronous = OFF")
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            # Another worker's draw holds the write lock for microseconds: waited for by
+            # begin_yielding, not by SQLite's busy handler, which sleeps a millisecond or more.
+            conn.execute("PRAGMA busy_timeout = 0")
+        self._wait = busy_timeout
         self._next_purge = 0.0
 
     @classmethod
@@ -86,7 +92,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             return False
         now = time.time()
         previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-        with self._db.transaction() as conn:
+        with self._db.transaction(wait=self._wait) as conn:
             previous, previous_ttl, current, _ = _window(
                 conn, previous_key, current_key, expiry, now
             )
@@ -111,7 +117,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         now = time.time()
         granted: list[int] = []
         refused: Window | None = None
-        with self._db.transaction() as conn:
+        with self._db.transaction(wait=self._wait) as conn:
             for key, limit, expiry, wanted in entries:
                 previous_key, current_key = self.sliding_window_keys(key, expiry, now)
                 window = _window(conn, previous_key, current_key, expiry, now)
@@ -144,7 +150,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
 
     async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()
-        with self._db.transaction() as conn:
+        with self._db.transaction(wait=self._wait) as conn:
             row = conn.execute(
                 "INSERT INTO rl_counters (key, count, expires_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET count = CASE WHEN expires_at > ? "
@@ -173,10 +179,12 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         return True
 
     async def reset(self) -> int | None:
-        return self._db.change("DELETE FROM rl_counters", ())
+        with self._db.transaction(wait=self._wait) as conn:
+            return conn.execute("DELETE FROM rl_counters").rowcount
 
     async def clear(self, key: str) -> None:
-        self._db.change("DELETE FROM rl_counters WHERE key = ?", (key,))
+        with self._db.transaction(wait=self._wait) as conn:
+            conn.execute("DELETE FROM rl_counters WHERE key = ?", (key,))
 
     async def aclose(self) -> None:
         self._db.close()
