@@ -152,6 +152,8 @@ class RedisBudgetStorage(RedisStorage):
         self._pool: ConnectionPool = self.bridge.get_connection().connection_pool
         self._connection: AbstractConnection | None = None
         """The steps' own connection, taken from ``_pool`` at the first step and kept."""
+        self._timeout: float | None = self._pool.connection_kwargs.get("socket_timeout")
+        """The most a step's write and read may take together: the pool's socket timeout."""
         self._acquire_all = self._evalsha
         """A step's run of the script: ``(keys, args)`` to Redis's reply."""
         self._sending = False
@@ -244,14 +246,21 @@ class RedisBudgetStorage(RedisStorage):
     async def _evalsha(self, keys: list[str], args: list[int]) -> Any:
         """``ACQUIRE_ALL`` run on the steps' connection; its reply. Raises redis-py's errors
         (the connection dropped on any but a reply of Redis's own)."""
-        connection = await self._ready()
         command = ("EVALSHA", SHA, len(keys), *keys, *args)
         try:
-            return await _call(connection, command)
-        except NoScriptError:
-            # The server lost its scripts (restarted, SCRIPT FLUSH): load it, send again once.
-            await _call(connection, ("SCRIPT", "LOAD", ACQUIRE_ALL))
-            return await _call(connection, command)
+            # One timer for the write and the read together (and a reconnection's handshake),
+            # not redis-py's two (one of them a task of its own per write); a step that outlasts
+            # it drops the connection.
+            async with asyncio.timeout(self._timeout):
+                connection = await self._ready()
+                try:
+                    return await _call(connection, command)
+                except NoScriptError:
+                    # The server lost its scripts (a restart, SCRIPT FLUSH): load it, send again.
+                    await _call(connection, ("SCRIPT", "LOAD", ACQUIRE_ALL))
+                    return await _call(connection, command)
+        except TimeoutError as exc:
+            raise RedisTimeoutError("Timeout on a rate-limit step") from exc
 
     async def _ready(self) -> AbstractConnection:
         """The steps' connection, ready to send, as the pool hands one out: connected, and
@@ -259,6 +268,9 @@ class RedisBudgetStorage(RedisStorage):
         connection = self._connection
         if connection is None:
             connection = self._connection = await self._pool.get_connection()
+            # The step's own timer bounds its write and read (``_evalsha``); connecting keeps
+            # the pool's connect timeout.
+            connection.socket_timeout = None
             return connection
         if connection.is_connected:
             try:
