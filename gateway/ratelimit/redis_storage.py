@@ -44,23 +44,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
 
 from limits.aio.storage import RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-try:
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py's packer otherwise
-    _hiredis_pack = None
-
 from gateway.ratelimit.draws import Drawn
+
+PACK_COMMAND: Callable[[tuple[Any, ...]], bytes] | None
+"""hiredis's command packer: what redis-py's does with it, without its layers of Python."""
+try:
+    from hiredis import pack_command as PACK_COMMAND
+except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py's packer otherwise
+    PACK_COMMAND = None
 
 ACQUIRE_ALL = """
 -- The budgets of one or more calls, each call's drawn in order, the calls one after the other,
@@ -128,7 +131,7 @@ end
 return replies
 """
 
-SHA = hashlib.sha1(ACQUIRE_ALL.encode()).hexdigest()
+SHA = hashlib.sha1(ACQUIRE_ALL.encode(), usedforsecurity=False).hexdigest()
 """The name Redis knows ``ACQUIRE_ALL`` by once loaded."""
 
 MAX_CALLS = 128
@@ -149,11 +152,13 @@ class RedisBudgetStorage(RedisStorage):
             uri, implementation="redispy", key_prefix=key_prefix, wrap_exceptions=True, **options
         )
         assert isinstance(self.bridge, RedispyBridge)
-        self._pool: ConnectionPool = self.bridge.get_connection().connection_pool
+        # The bridge's client is redis-py's Redis (implementation "redispy", one server).
+        self._pool: ConnectionPool = cast("Redis", self.bridge.get_connection()).connection_pool
         self._connection: AbstractConnection | None = None
         """The steps' own connection, taken from ``_pool`` at the first step and kept."""
         self._timeout: float | None = self._pool.connection_kwargs.get("socket_timeout")
         """The most a step's write and read may take together: the pool's socket timeout."""
+        self._acquire_all: Callable[[Sequence[str], Sequence[int]], Awaitable[Any]]
         self._acquire_all = self._evalsha
         """A step's run of the script: ``(keys, args)`` to Redis's reply."""
         self._sending = False
@@ -243,10 +248,10 @@ class RedisBudgetStorage(RedisStorage):
             raise StorageError(exc) from exc
         return [_drawn(granted, window) for granted, window in replies]
 
-    async def _evalsha(self, keys: list[str], args: list[int]) -> Any:
+    async def _evalsha(self, keys: Sequence[str], args: Sequence[int]) -> Any:
         """``ACQUIRE_ALL`` run on the steps' connection; its reply. Raises redis-py's errors
         (the connection dropped on any but a reply of Redis's own)."""
-        command = ("EVALSHA", SHA, len(keys), *keys, *args)
+        command: tuple[str | int, ...] = ("EVALSHA", SHA, len(keys), *keys, *args)
         try:
             # One timer for the write and the read together (and a reconnection's handshake),
             # not redis-py's two (one of them a task of its own per write); a step that outlasts
@@ -267,7 +272,9 @@ class RedisBudgetStorage(RedisStorage):
         opened again if the server closed it (or left anything unread) since the last step."""
         connection = self._connection
         if connection is None:
-            connection = self._connection = await self._pool.get_connection()
+            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            assert isinstance(connection, AbstractConnection)
+            self._connection = connection
             # The step's own timer bounds its write and read (``_evalsha``); connecting keeps
             # the pool's connect timeout.
             connection.socket_timeout = None
@@ -279,7 +286,7 @@ class RedisBudgetStorage(RedisStorage):
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 pass
             await connection.disconnect()
-        await connection.connect()
+        await connection.connect()  # type: ignore[no-untyped-call]
         return connection
 
     async def aclose(self) -> None:
@@ -291,8 +298,8 @@ class RedisBudgetStorage(RedisStorage):
 async def _call(connection: AbstractConnection, command: tuple[str | int, ...]) -> Any:
     """Send one command on ``connection`` and read its reply. redis-py drops the connection when
     the write or the read fails (or is cancelled): the next step opens it again."""
-    if _hiredis_pack is not None:
-        await connection.send_packed_command(_hiredis_pack(command))
+    if PACK_COMMAND is not None:
+        await connection.send_packed_command(PACK_COMMAND(command))
     else:  # pragma: no cover - hiredis is a dependency
         await connection.send_command(*command)
     return await connection.read_response()

@@ -19,6 +19,7 @@ from limits.errors import StorageError
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.ratelimit import redis_storage
 from gateway.ratelimit.config import RateLimitSettings
@@ -54,6 +55,9 @@ class Relay:
     def __init__(self) -> None:
         self.port = 0
         self.cut = False
+        self.replies = asyncio.Event()
+        """Cleared: Redis's replies are held back (a step that outlasts its timeout)."""
+        self.replies.set()
         self.accepted = 0
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
@@ -96,6 +100,8 @@ class Relay:
                     for each in self._writers:
                         each.close()
                     return
+                if not cutting:
+                    await self.replies.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -160,7 +166,7 @@ async def test_every_call_of_a_cut_step_hears_its_own_error(relay: Relay, prefix
             relay.cut = True  # the second step, the four calls together, is cut
         return await real(keys, args)
 
-    store._acquire_all = wire  # type: ignore[method-assign]
+    store._acquire_all = wire  # type: ignore[assignment]
     try:
         first = asyncio.ensure_future(store.acquire_all(budget(store, limit=100)))
         await asyncio.sleep(0)
@@ -172,6 +178,27 @@ async def test_every_call_of_a_cut_step_hears_its_own_error(relay: Relay, prefix
         assert all(isinstance(result, StorageError) for result in results)
         assert len({id(result) for result in results}) == 4  # each its own
         assert (await store.acquire_all(budget(store, limit=100))).granted == [1]
+        assert relay.accepted == 2
+    finally:
+        await close(store)
+
+
+async def test_a_step_that_outlasts_its_timeout_fails_and_its_reply_is_not_read_later(
+    relay: Relay, prefix: str
+) -> None:
+    store = RedisBudgetStorage(
+        f"async+redis://127.0.0.1:{relay.port}/0?socket_timeout=0.2", key_prefix=prefix
+    )
+    spent = [(store.window_keys("spent"), 1, 3600, 1)]
+    try:
+        assert (await store.acquire_all(spent)).granted == [1]
+        relay.replies.clear()
+        with pytest.raises(StorageError) as failed:
+            await store.acquire_all(spent)  # refused by Redis, the refusal held back
+        assert isinstance(failed.value.storage_error, RedisTimeoutError)
+        relay.replies.set()
+        # A new connection: this step's answer is its own, not the late refusal.
+        assert (await store.acquire_all(budget(store))).granted == [1]
         assert relay.accepted == 2
     finally:
         await close(store)
@@ -203,7 +230,12 @@ async def test_a_connection_killed_while_idle_is_opened_again(prefix: str) -> No
         await connection.send_command("CLIENT", "ID")
         own = await connection.read_response()
         async with Redis.from_url(REDIS_URL) as admin:
-            assert await admin.execute_command("CLIENT", "KILL", "ID", own) == 1
+            assert (
+                await admin.execute_command(  # type: ignore[no-untyped-call]
+                    "CLIENT", "KILL", "ID", own
+                )
+                == 1
+            )
         # As the pool would: the closed connection is noticed before the step and opened again.
         for _ in range(100):
             await asyncio.sleep(0.01)
@@ -232,9 +264,9 @@ async def test_a_flushed_script_is_loaded_again(prefix: str) -> None:
 
 
 def test_the_command_is_packed_as_redis_py_packs_it() -> None:
-    assert redis_storage._hiredis_pack is not None
+    assert redis_storage.PACK_COMMAND is not None
     command = ("EVALSHA", redis_storage.SHA, 2, "p:{k/é}/-1", "p:{k/é}", 1, 1, 300, 60, 1)
-    packed = redis_storage._hiredis_pack(command)
+    packed = redis_storage.PACK_COMMAND(command)
     assert packed == b"".join(Connection().pack_command(*command))
 
 
