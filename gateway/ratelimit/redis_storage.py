@@ -289,11 +289,6 @@ class RedisBudgetStorage(RedisStorage):
         await connection.connect()  # type: ignore[no-untyped-call]
         return connection
 
-    async def aclose(self) -> None:
-        """Close the steps' connection (the pool's ``disconnect`` closes it too)."""
-        if self._connection is not None:
-            await self._connection.disconnect()
-
 
 async def _call(connection: AbstractConnection, command: tuple[str | int, ...]) -> Any:
     """Send one command on ``connection`` and read its reply. redis-py drops the connection when
