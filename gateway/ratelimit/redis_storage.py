@@ -26,6 +26,16 @@ that fails gives every call in it the error its own draw would have raised; a ca
 up before its step was sent draws nothing. A waiting call waits at most one step longer than
 alone, and is counted against its own store timeout as before.
 
+The steps (at most one on the wire at a time) go over one connection of their own, taken from
+the storage's pool once and kept, rather than a checkout and a release per step, as ``EVALSHA``
+packed and read directly instead of through redis-py's ``Script`` and client layers (the same
+command, the same reply; a server that has lost the script gets it loaded and the step sent
+again once, as ``Script`` does). Before a step the connection is checked as the pool checks one
+it hands out: one the server closed while idle is opened again, and the step goes on it. A step
+that fails on the wire (the server gone, the connection killed, the store timeout) is that
+step's callers' StorageError; the connection is dropped and the next step opens a new one. The
+pool's ``aclose``/``disconnect`` closes it with the others.
+
 A call's keys hash to different slots, so this is for one Redis server (or a primary with
 replicas), not Redis Cluster: the gateway's ``redis_url`` names one server.
 """
@@ -33,14 +43,27 @@ replicas), not Redis Cluster: the gateway's ``redis_url`` names one server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
 
 from limits.aio.storage import RedisStorage
 from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.errors import StorageError
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.ratelimit.draws import Drawn
+
+PACK_COMMAND: Callable[[tuple[Any, ...]], bytes] | None
+"""hiredis's command packer: what redis-py's does with it, without its layers of Python."""
+try:
+    from hiredis import pack_command as PACK_COMMAND
+except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py's packer otherwise
+    PACK_COMMAND = None
 
 ACQUIRE_ALL = """
 -- The budgets of one or more calls, each call's drawn in order, the calls one after the other,
@@ -108,6 +131,9 @@ end
 return replies
 """
 
+SHA = hashlib.sha1(ACQUIRE_ALL.encode(), usedforsecurity=False).hexdigest()
+"""The name Redis knows ``ACQUIRE_ALL`` by once loaded."""
+
 MAX_CALLS = 128
 """The most calls' draws one step carries; more wait for the next."""
 
@@ -126,7 +152,15 @@ class RedisBudgetStorage(RedisStorage):
             uri, implementation="redispy", key_prefix=key_prefix, wrap_exceptions=True, **options
         )
         assert isinstance(self.bridge, RedispyBridge)
-        self._acquire_all = self.bridge.get_connection().register_script(ACQUIRE_ALL.encode())
+        # The bridge's client is redis-py's Redis (implementation "redispy", one server).
+        self._pool: ConnectionPool = cast("Redis", self.bridge.get_connection()).connection_pool
+        self._connection: AbstractConnection | None = None
+        """The steps' own connection, taken from ``_pool`` at the first step and kept."""
+        self._timeout: float | None = self._pool.connection_kwargs.get("socket_timeout")
+        """The most a step's write and read may take together: the pool's socket timeout."""
+        self._acquire_all: Callable[[Sequence[str], Sequence[int]], Awaitable[Any]]
+        self._acquire_all = self._evalsha
+        """A step's run of the script: ``(keys, args)`` to Redis's reply."""
         self._sending = False
         """A step is on the wire: a draw now waits in ``_queued`` for the next."""
         self._queued: list[tuple[Draws, asyncio.Future[Drawn]]] = []
@@ -213,6 +247,57 @@ class RedisBudgetStorage(RedisStorage):
         except self.base_exceptions as exc:
             raise StorageError(exc) from exc
         return [_drawn(granted, window) for granted, window in replies]
+
+    async def _evalsha(self, keys: Sequence[str], args: Sequence[int]) -> Any:
+        """``ACQUIRE_ALL`` run on the steps' connection; its reply. Raises redis-py's errors
+        (the connection dropped on any but a reply of Redis's own)."""
+        command: tuple[str | int, ...] = ("EVALSHA", SHA, len(keys), *keys, *args)
+        try:
+            # One timer for the write and the read together (and a reconnection's handshake),
+            # not redis-py's two (one of them a task of its own per write); a step that outlasts
+            # it drops the connection.
+            async with asyncio.timeout(self._timeout):
+                connection = await self._ready()
+                try:
+                    return await _call(connection, command)
+                except NoScriptError:
+                    # The server lost its scripts (a restart, SCRIPT FLUSH): load it, send again.
+                    await _call(connection, ("SCRIPT", "LOAD", ACQUIRE_ALL))
+                    return await _call(connection, command)
+        except TimeoutError as exc:
+            raise RedisTimeoutError("Timeout on a rate-limit step") from exc
+
+    async def _ready(self) -> AbstractConnection:
+        """The steps' connection, ready to send, as the pool hands one out: connected, and
+        opened again if the server closed it (or left anything unread) since the last step."""
+        connection = self._connection
+        if connection is None:
+            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            assert isinstance(connection, AbstractConnection)
+            self._connection = connection
+            # The step's own timer bounds its write and read (``_evalsha``); connecting keeps
+            # the pool's connect timeout.
+            connection.socket_timeout = None
+            return connection
+        if connection.is_connected:
+            try:
+                if not await connection.can_read():
+                    return connection
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                pass
+            await connection.disconnect()
+        await connection.connect()  # type: ignore[no-untyped-call]
+        return connection
+
+
+async def _call(connection: AbstractConnection, command: tuple[str | int, ...]) -> Any:
+    """Send one command on ``connection`` and read its reply. redis-py drops the connection when
+    the write or the read fails (or is cancelled): the next step opens it again."""
+    if PACK_COMMAND is not None:
+        await connection.send_packed_command(PACK_COMMAND(command))
+    else:  # pragma: no cover - hiredis is a dependency
+        await connection.send_command(*command)
+    return await connection.read_response()
 
 
 def _own(exc: Exception) -> Exception:

@@ -28,23 +28,9 @@ from gateway.ratelimit.config import RateLimitSettings
 from gateway.ratelimit.draws import Drawn
 from gateway.ratelimit.limiter import ApiRateLimiter
 from gateway.ratelimit.redis_storage import RedisBudgetStorage
+from tests.unit.ratelimit.redis_time import AGE, hours
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-AGE = """
-for _, name in ipairs(redis.call('keys', ARGV[1])) do
-    local ttl = redis.call('pttl', name)
-    if ttl > 0 then
-        if ttl - tonumber(ARGV[2]) <= 0 then
-            redis.call('del', name)
-        else
-            redis.call('pexpire', name, ttl - tonumber(ARGV[2]))
-        end
-    end
-end
-return 1
-"""
-"""Move time on by ARGV[2] ms for every key matching ARGV[1]: each TTL that much shorter."""
 
 
 class Wire:
@@ -117,13 +103,12 @@ async def test_calls_drawn_together_get_the_answers_they_get_alone(prefix: str, 
     wire = Wire(together)
     rng = random.Random(seed)
     budgets = [("a", 4, 3600), ("b", 6, 7200), ("c", 9, 10800), ("d", 30, 3600)]
-    hour = 3_600_000
     refused = 0
     async with Redis.from_url(REDIS_URL) as client:
         age = client.register_script(AGE)
         try:
             for _ in range(40):
-                jump = rng.choice([0, 0, 0, 1000, hour, 2 * hour, 5 * hour])
+                jump = rng.choice([0, 0, 0, 1000, hours(1), hours(2), hours(5)])
                 if jump:
                     await age(args=[f"{prefix}:*", jump])
                 calls: list[Call] = []

@@ -23,25 +23,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.ratelimit.redis_storage import RedisBudgetStorage
+from tests.unit.ratelimit.redis_time import AGE, hours
 
 pytestmark = pytest.mark.redis
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-
-AGE = """
-for _, name in ipairs(redis.call('keys', ARGV[1])) do
-    local ttl = redis.call('pttl', name)
-    if ttl > 0 then
-        if ttl - tonumber(ARGV[2]) <= 0 then
-            redis.call('del', name)
-        else
-            redis.call('pexpire', name, ttl - tonumber(ARGV[2]))
-        end
-    end
-end
-return 1
-"""
-"""Move time on by ARGV[2] ms for every key matching ARGV[1]: each TTL that much shorter."""
 
 
 @pytest.fixture
@@ -81,12 +67,11 @@ async def test_same_answers_as_the_library(redis: tuple[Redis, str], seed: int) 
     ours, theirs = storages(prefix)
     age = client.register_script(AGE)
     items = [parse("3/day"), parse("5/2 days"), parse("4/3 days")]
-    hour = 3_600_000
     rng = random.Random(seed)
     answers = {True: 0, False: 0}
     try:
         for _ in range(400):
-            jump = rng.choice([0] * 6 + [1000, hour, 7 * hour, 13 * hour, 26 * hour, 80 * hour])
+            jump = rng.choice([0] * 6 + [1000, hours(1), hours(7), hours(13), hours(26), hours(80)])
             if jump:
                 await age(args=[f"{prefix}:*", jump])
             budgets = [
