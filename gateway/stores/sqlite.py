@@ -150,21 +150,23 @@ def begin_yielding(conn: sqlite3.Connection, wait: float) -> None:
 
     For a store called synchronously on the event loop, whose transactions (a rate-limit draw)
     hold the lock for tens of microseconds. SQLite's own busy handler sleeps 1 ms, then 2, 5,
-    10 ms and more between tries: with two workers drawing on one file, one draw in a hundred
+    10 ms and more between tries: with two workers drawing on one file, one draw in 20 to 100
     or so found the lock taken and stopped the worker's loop for one to three milliseconds,
     though the lock was free again within microseconds. Here the first ``YIELDING_SPIN``
     seconds of tries only yield the CPU (``sched_yield``) between them; after that the pauses
     grow from 0.5 ms, as SQLite's do, up to ``wait`` in all."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        return
-    except sqlite3.OperationalError as exc:
-        if not _busy(exc):
-            raise
-    start = time.monotonic()
+    start: float | None = None
     pause = 0.0005
     while True:
-        waited = time.monotonic() - start
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+        now = time.monotonic()
+        start = now if start is None else start
+        waited = now - start
         if waited >= wait:
             raise sqlite3.OperationalError("database is locked")
         if waited < YIELDING_SPIN:
@@ -172,12 +174,6 @@ def begin_yielding(conn: sqlite3.Connection, wait: float) -> None:
         else:
             time.sleep(min(pause, wait - waited))  # noqa: TID251 - a synchronous store call
             pause = min(pause * 2, 0.025)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
-            if not _busy(exc):
-                raise
 
 
 def lowest_priority() -> None:

@@ -21,7 +21,6 @@ import pytest
 from limits.errors import StorageError
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings
@@ -51,21 +50,6 @@ class Wire:
         if self.fail is not None:
             raise self.fail
         return await self.script(keys, args)
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = f"tongban-test:{secrets.token_hex(8)}"
-    async with Redis.from_url(REDIS_URL) as client:
-        try:
-            await client.ping()
-        except RedisError:
-            pytest.skip("Redis is not reachable on 127.0.0.1:6379")
-        try:
-            yield name
-        finally:
-            async for key in client.scan_iter(match=f"{name}*"):
-                await client.delete(key)
 
 
 def storage(prefix: str, name: str) -> RedisBudgetStorage:

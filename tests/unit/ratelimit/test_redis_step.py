@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 from limits.errors import StorageError
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.ratelimit import redis_storage
@@ -30,21 +28,6 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    name = f"tongban-test:{secrets.token_hex(8)}"
-    async with Redis.from_url(REDIS_URL) as client:
-        try:
-            await client.ping()
-        except RedisError:
-            pytest.skip("Redis is not reachable on 127.0.0.1:6379")
-        try:
-            yield name
-        finally:
-            async for key in client.scan_iter(match=f"{name}*"):
-                await client.delete(key)
 
 
 class Relay:
