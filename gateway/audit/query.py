@@ -91,6 +91,19 @@ def _text(body: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+CHAINS_SQL: Final = (
+    "WITH RECURSIVE present(id) AS ("
+    " SELECT min(chain_id) FROM audit_records"
+    " UNION ALL SELECT (SELECT min(chain_id) FROM audit_records WHERE chain_id > present.id)"
+    " FROM present WHERE present.id IS NOT NULL)"
+    " SELECT id FROM present WHERE id IS NOT NULL"
+    " UNION SELECT chain_id FROM audit_chains ORDER BY 1"
+)
+"""Every chain a SQL store holds, in the same SQL on SQLite and PostgreSQL: the registered ones
+and any that has records (a loose index scan, one probe per chain), so a chain whose
+registration row vanished is still verified."""
+
+
 def event_lookup_row(event: AuditEvent, chain: str, sequence: int, time: str) -> LookupRow:
     """The lookup row of the record the writer encodes from ``event`` (LOOKUP_FIELDS order):
     the same values the text holds, with no parse. Text fields are strings or None, checked

@@ -316,8 +316,9 @@ class ApiRateLimiter:
     ) -> Verdict:
         """Draw ``wanted`` units (0: spent from a block already) of each budget in one store
         step, in order; stop at the first without room. Guarded as ``_guarded``; on SQLite the
-        step is synchronous (no timeout to arm: nothing to interrupt, the file's busy timeout
-        bounds its wait), so it runs without a coroutine of its own."""
+        step is synchronous (no timeout to arm: nothing to interrupt, its wait for another
+        process's lock is bounded by the store's timeout), so it runs without a coroutine of its
+        own."""
         drawn = [index for index, units in enumerate(wanted) if units]
         if self._redis is not None:
             redis = self._redis
@@ -327,7 +328,9 @@ class ApiRateLimiter:
             ]
             return await self._guarded(
                 budgets,
-                lambda: self._answered(budgets, leases, wanted, now, redis.acquire_all(entries)),
+                lambda: self._answered(
+                    budgets, leases, wanted, drawn, now, redis.acquire_all(entries)
+                ),
             )
         assert self._local is not None
         step = self._step()
@@ -343,7 +346,7 @@ class ApiRateLimiter:
                 )
             except sqlite3.Error as exc:
                 raise StorageError(exc) from exc
-            return self._verdict(budgets, leases, wanted, now, answer)
+            return self._verdict(budgets, leases, wanted, drawn, now, answer)
         return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
 
     async def _answered(
@@ -351,22 +354,24 @@ class ApiRateLimiter:
         budgets: tuple[Budget, ...],
         leases: list[Lease],
         wanted: list[int],
+        drawn: list[int],
         now: float,
         answer: Awaitable[Drawn],
     ) -> Verdict:
-        return self._verdict(budgets, leases, wanted, now, await answer)
+        return self._verdict(budgets, leases, wanted, drawn, now, await answer)
 
     @staticmethod
     def _verdict(
         budgets: tuple[Budget, ...],
         leases: list[Lease],
         wanted: list[int],
+        drawn: list[int],
         now: float,
         answer: Drawn,
     ) -> Verdict:
-        """The verdict of the store's ``answer`` to the draws of ``wanted``; the blocks it
-        granted kept, units taken from a block for a budget after a refusal given back."""
-        drawn = [index for index, units in enumerate(wanted) if units]
+        """The verdict of the store's ``answer`` to the draws of ``wanted`` (``drawn``: the
+        indexes of the budgets drawn from the store, in order); the blocks it granted kept,
+        units taken from a block for a budget after a refusal given back."""
         for index, units in zip(drawn, answer.granted, strict=False):
             if units:
                 leases[index].granted(units, now)

@@ -13,6 +13,7 @@ from typing import Any, Final
 import asyncpg
 
 from gateway.audit.query import (
+    CHAINS_SQL,
     LOOKUP_FIELDS,
     AuditQuery,
     QueryPage,
@@ -223,18 +224,6 @@ def _checkpoint(row: Any) -> StoredCheckpoint:
     return StoredCheckpoint(
         row["chain_id"], row["sequence"], row["hash"], row["signed_at"], row["kid"], row["jws"]
     )
-
-
-# Registered chains plus any chain that has records (a loose index scan, one probe per chain),
-# so a chain whose registration row vanished is still verified.
-_CHAINS = (
-    "WITH RECURSIVE present(id) AS ("
-    " SELECT min(chain_id) FROM audit_records"
-    " UNION ALL SELECT (SELECT min(chain_id) FROM audit_records WHERE chain_id > present.id)"
-    " FROM present WHERE present.id IS NOT NULL)"
-    " SELECT id FROM present WHERE id IS NOT NULL"
-    " UNION SELECT chain_id FROM audit_chains ORDER BY 1"
-)
 
 
 class PostgresAuditStore:
@@ -464,7 +453,7 @@ class PostgresAuditStore:
         return _checkpoint(rows[0]) if rows else None
 
     async def chains(self) -> list[str]:
-        rows = await self._fetch(_CHAINS)
+        rows = await self._fetch(CHAINS_SQL)
         return [row[0] for row in rows]
 
     async def head(self, chain: str) -> ChainHead | None:
@@ -478,7 +467,7 @@ class PostgresAuditStore:
     async def heads(self) -> dict[str, ChainHead]:
         # One index probe per registered chain instead of a scan of every record.
         rows = await self._fetch(
-            f"SELECT c.id, r.sequence, r.hash FROM ({_CHAINS}) c(id) CROSS JOIN LATERAL"  # noqa: S608
+            f"SELECT c.id, r.sequence, r.hash FROM ({CHAINS_SQL}) c(id) CROSS JOIN LATERAL"  # noqa: S608
             " (SELECT sequence, hash FROM audit_records WHERE chain_id = c.id"
             "  ORDER BY sequence DESC LIMIT 1) r"
         )

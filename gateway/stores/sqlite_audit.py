@@ -18,6 +18,7 @@ from typing import Final
 import aiosqlite
 
 from gateway.audit.query import (
+    CHAINS_SQL,
     LOOKUP_FIELDS,
     AuditQuery,
     QueryPage,
@@ -286,7 +287,7 @@ def _lagging(conn: sqlite3.Connection) -> tuple[dict[str, int], list[tuple[str, 
     in contiguous runs per chain, so the last one marks everything before it as done."""
     heads: dict[str, int] = {}
     spans: list[tuple[str, int, int]] = []
-    for (chain,) in conn.execute(_CHAINS).fetchall():
+    for (chain,) in conn.execute(CHAINS_SQL).fetchall():
         head, done = conn.execute(
             "SELECT (SELECT max(sequence) FROM audit_records WHERE chain_id = ?),"
             " (SELECT coalesce(max(sequence), 0) FROM audit_index WHERE chain_id = ?)",
@@ -309,18 +310,6 @@ def _fill_spans(conn: sqlite3.Connection, spans: list[tuple[str, int, int]]) -> 
 
 def _checkpoint(row: sqlite3.Row) -> StoredCheckpoint:
     return StoredCheckpoint(row[0], row[1], row[2], row[3], row[4], row[5])
-
-
-# Registered chains plus any chain that has records (a loose index scan, one probe per chain),
-# so a chain whose registration row vanished is still verified.
-_CHAINS = (
-    "WITH RECURSIVE present(id) AS ("
-    " SELECT min(chain_id) FROM audit_records"
-    " UNION ALL SELECT (SELECT min(chain_id) FROM audit_records WHERE chain_id > present.id)"
-    " FROM present WHERE present.id IS NOT NULL)"
-    " SELECT id FROM present WHERE id IS NOT NULL"
-    " UNION SELECT chain_id FROM audit_chains ORDER BY 1"
-)
 
 
 class SqliteAuditStore:
@@ -769,7 +758,7 @@ class SqliteAuditStore:
         return _checkpoint(rows[0]) if rows else None
 
     async def chains(self) -> list[str]:
-        rows = await self._fetch(_CHAINS, ())
+        rows = await self._fetch(CHAINS_SQL, ())
         return [row[0] for row in rows]
 
     async def head(self, chain: str) -> ChainHead | None:

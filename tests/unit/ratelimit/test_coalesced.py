@@ -26,7 +26,7 @@ from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.ratelimit.draws import Drawn
 from gateway.ratelimit.limiter import ApiRateLimiter
-from gateway.ratelimit.redis_storage import RedisBudgetStorage
+from gateway.ratelimit.redis_storage import Draws, RedisBudgetStorage
 from tests.unit.ratelimit.redis_time import AGE, hours
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -171,19 +171,28 @@ async def test_a_lone_draw_is_sent_at_once(prefix: str) -> None:
         await close(store)
 
 
+async def held_with_queue(
+    store: RedisBudgetStorage, wire: Wire, draws: Draws, queued: int
+) -> tuple[asyncio.Event, asyncio.Task[Drawn], list[asyncio.Task[Drawn]]]:
+    """A lone draw's step held on the wire until the returned gate is set, then ``queued``
+    calls of the same draws waiting behind it for the next step."""
+    wire.gate = gate = asyncio.Event()
+    first = asyncio.ensure_future(store.acquire_all(draws))
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(store.acquire_all(draws)) for _ in range(queued)]
+    await asyncio.sleep(0)
+    return gate, first, waiting
+
+
 @pytest.mark.redis
 async def test_a_failed_step_reaches_every_call_waiting_on_it(prefix: str) -> None:
     store = storage(prefix, "failing")
     wire = Wire(store)
     draws = [(store.window_keys("portal"), 100, 3600, 1)]
-    wire.gate = asyncio.Event()
     try:
-        first = asyncio.ensure_future(store.acquire_all(draws))
-        await asyncio.sleep(0)
-        waiting = [asyncio.ensure_future(store.acquire_all(draws)) for _ in range(5)]
-        await asyncio.sleep(0)
+        gate, first, waiting = await held_with_queue(store, wire, draws, 5)
         wire.fail = RedisConnectionError("connection reset")
-        wire.gate.set()
+        gate.set()
         results = await asyncio.gather(first, *waiting, return_exceptions=True)
         assert wire.steps == [1, 5]
         for result in results:
@@ -203,14 +212,10 @@ async def test_a_caller_gone_before_its_step_draws_nothing(prefix: str) -> None:
     store = storage(prefix, "gone")
     wire = Wire(store)
     draws = [(store.window_keys("portal"), 100, 3600, 1)]
-    wire.gate = asyncio.Event()
     try:
-        first = asyncio.ensure_future(store.acquire_all(draws))
-        await asyncio.sleep(0)
-        waiting = [asyncio.ensure_future(store.acquire_all(draws)) for _ in range(3)]
-        await asyncio.sleep(0)
+        gate, first, waiting = await held_with_queue(store, wire, draws, 3)
         waiting[1].cancel()
-        wire.gate.set()
+        gate.set()
         assert (await first).granted == [1]
         assert (await waiting[0]).granted == [1]
         assert (await waiting[2]).granted == [1]
