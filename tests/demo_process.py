@@ -59,9 +59,12 @@ def running_demo(
     if config is not None:
         command += ["--config", str(config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
-    process = subprocess.Popen(
-        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    errors = data_dir.parent / "demo.stderr"
+    with errors.open("wb") as stderr:
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+        )
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 60
@@ -69,8 +72,9 @@ def running_demo(
             demo.banner.append(line.rstrip("\n"))
             if line.strip() == READY_LINE or time.monotonic() > deadline:
                 break
-        assert demo.banner, "the demo printed nothing"
-        assert demo.banner[-1] == READY_LINE, "\n".join(demo.banner)
+        said = errors.read_text(errors="replace")[-3000:]
+        assert demo.banner, f"the demo printed nothing; its stderr ends:\n{said}"
+        assert demo.banner[-1] == READY_LINE, "\n".join(demo.banner) + "\n" + said
         yield demo
     finally:
         process.send_signal(signal.SIGINT)
