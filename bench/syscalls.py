@@ -269,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tool != "none" and shutil.which(args.tool) is None:
         raise SystemExit(f"{args.tool} is missing")
     os.nice(19 - os.nice(0))  # lowest priority, inherited by the children
-    label = f"{args.mode}, {args.in_flight} in flight" + (f", tree {args.tree}" if args.tree else "")
+    label = f"{args.mode}, {args.in_flight} in flight"
+    label += f", tree {args.tree}" if args.tree else ""
     label += f", pinned {args.pin}" if args.pin else ""
     for run in range(1, max(args.repeat, 1) + 1):
         with tempfile.TemporaryDirectory(prefix="tongban-sys-") as tmp:
