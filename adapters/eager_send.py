@@ -73,6 +73,8 @@ def eager_task(
         done: asyncio.Future[Any] = loop.create_future()
         done.set_result(stop.value)
         return done
+    except (KeyboardInterrupt, SystemExit):
+        raise  # a task lets these through too
     except BaseException as exc:  # kept in the future, as a task keeps it
         failed: asyncio.Future[Any] = loop.create_future()
         if isinstance(exc, asyncio.CancelledError):
