@@ -108,6 +108,8 @@ def server_role(
     role += ["--audit-mode", "buffered"] if args.mode == "buffered" else []
     role += ["--canned"] if args.mode == "canned" else []
     role += ["--tree", str(Path(args.tree).resolve())] if args.tree else []
+    timeout = getattr(args, "commit_timeout", 0.0)
+    role += ["--commit-timeout", str(timeout)] if timeout > 0 else []
     service = br.SOAP_SERVICE if args.mode == "soap" else br.REST_SERVICE
     return role, f"/api/v1/services/{service}/calls", br.CALL_BODY, br.holder_call_headers()
 
@@ -166,6 +168,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the start")
     p.add_argument("--max-lifetime", type=float, default=1800.0, help="children stop after this")
     p.add_argument("--retries", type=int, default=2, help="new runs after a failed call")
+    p.add_argument(
+        "--commit-timeout",
+        type=float,
+        default=0.0,
+        help="the audit writer's cap on one commit, in seconds (default: the writer's 2 s; "
+        "longer keeps a busy machine from refusing calls under callgrind)",
+    )
     p.add_argument("--keep", default="", help="copy the callgrind dumps into this directory")
     return p.parse_args(argv)
 
