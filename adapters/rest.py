@@ -44,6 +44,7 @@ from multidict import CIMultiDictProxy
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 from yarl import URL
 
+from adapters.eager_send import REQUEST_CLASS
 from gateway.adapter import (
     AdapterConfigError,
     BackendBadResponse,
@@ -442,10 +443,13 @@ def session_timeout(spec: SystemSpec) -> aiohttp.ClientTimeout:
 
 def open_session(spec: SystemSpec, *, headers: Mapping[str, str]) -> aiohttp.ClientSession:
     """The one client of a system: keep-alive pool of ``concurrency_limit`` connections, no
-    cookies, no environment proxies, no decompression; callers pass ``allow_redirects=False``."""
+    cookies, no environment proxies, no decompression; callers pass ``allow_redirects=False``.
+    The request body is written as the request is sent, not a loop turn later
+    (``adapters/eager_send.py``)."""
     connector = aiohttp.TCPConnector(limit=spec.concurrency_limit, limit_per_host=0)
     return aiohttp.ClientSession(
         connector=connector,
+        request_class=REQUEST_CLASS,
         timeout=session_timeout(spec),
         headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "identity", **headers},
         cookie_jar=aiohttp.DummyCookieJar(),

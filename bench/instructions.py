@@ -91,6 +91,29 @@ def dumped_instructions(out_file: Path) -> int:
     return total
 
 
+def server_role(
+    args: argparse.Namespace, upstream: str, workdir: Path
+) -> tuple[list[str], str, bytes, dict[str, str]]:
+    """The command line of the server ``args.mode`` names (``args.loop``, ``args.tree`` and
+    ``args.max_lifetime`` too), and the path, body and headers of one call to it."""
+    py = sys.executable
+    routing = str(HERE / "bench_routing.py")
+    life = ["--max-lifetime", str(args.max_lifetime)]
+    if args.mode == "proxy":
+        role = [py, routing, "--role", "minproxy", "--backend", upstream, *life]
+        return role, "/api/echo", br.REST_BODY, br.JSON_HEADERS
+    role = [py, routing, "--role", "gateway", "--backend", upstream, *life]
+    role += ["--log-mode", "warning", "--config-dir", str(workdir / "config")]
+    role += ["--loop", args.loop]
+    role += ["--audit-mode", "buffered"] if args.mode == "buffered" else []
+    role += ["--canned"] if args.mode == "canned" else []
+    role += ["--tree", str(Path(args.tree).resolve())] if args.tree else []
+    timeout = getattr(args, "commit_timeout", 0.0)
+    role += ["--commit-timeout", str(timeout)] if timeout > 0 else []
+    service = br.SOAP_SERVICE if args.mode == "soap" else br.REST_SERVICE
+    return role, f"/api/v1/services/{service}/calls", br.CALL_BODY, br.holder_call_headers()
+
+
 def count_once(args: argparse.Namespace, workdir: Path) -> float:
     """One run: a fresh back-end and server under callgrind; instructions per counted call."""
     py = sys.executable
@@ -103,19 +126,7 @@ def count_once(args: argparse.Namespace, workdir: Path) -> float:
         upstream = f"http://127.0.0.1:{backend.port}"
         out_file = workdir / "callgrind.out"
         valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}"]
-        if args.mode == "proxy":
-            role = [py, routing, "--role", "minproxy", "--backend", upstream, *life]
-            path, body, headers = "/api/echo", br.REST_BODY, br.JSON_HEADERS
-        else:
-            role = [py, routing, "--role", "gateway", "--backend", upstream, *life]
-            role += ["--log-mode", "warning", "--config-dir", str(workdir / "config")]
-            role += ["--loop", args.loop]
-            role += ["--audit-mode", "buffered"] if args.mode == "buffered" else []
-            role += ["--canned"] if args.mode == "canned" else []
-            role += ["--tree", str(Path(args.tree).resolve())] if args.tree else []
-            service = br.SOAP_SERVICE if args.mode == "soap" else br.REST_SERVICE
-            path = f"/api/v1/services/{service}/calls"
-            body, headers = br.CALL_BODY, br.holder_call_headers()
+        role, path, body, headers = server_role(args, upstream, workdir)
         server = kids.spawn("server", [*valgrind, *role], None, timeout=args.start_timeout)
         url = f"http://127.0.0.1:{server.port}{path}"
         asyncio.run(drive(url, body, headers, args.warmup, args.in_flight))
@@ -157,6 +168,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the start")
     p.add_argument("--max-lifetime", type=float, default=1800.0, help="children stop after this")
     p.add_argument("--retries", type=int, default=2, help="new runs after a failed call")
+    p.add_argument(
+        "--commit-timeout",
+        type=float,
+        default=0.0,
+        help="the audit writer's cap on one commit, in seconds (default: the writer's 2 s; "
+        "longer keeps a busy machine from refusing calls under callgrind)",
+    )
     p.add_argument("--keep", default="", help="copy the callgrind dumps into this directory")
     return p.parse_args(argv)
 

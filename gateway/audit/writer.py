@@ -187,6 +187,9 @@ class AuditWriter:
         self._cp_at = 0.0
         self._uncertain: _Uncertain | None = None
         self._task: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        """The loop the writer runs on (set by ``start``); kept rather than asked for, since on
+        Python 3.11 every ``asyncio.get_running_loop()`` is a ``getpid`` system call."""
         self._closing = False
         self._last_tag = 0
         """Tag of the last entry queued."""
@@ -219,7 +222,8 @@ class AuditWriter:
         self._acked_sequence = self._head_sequence
         self._cp_at = self._monotonic()
         self._state = "ready"
-        self._task = asyncio.create_task(self._run(), name=f"audit-writer-{self._chain}")
+        loop = self._event_loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"audit-writer-{self._chain}")
         log.info("audit_writer_started", chain=self._chain, sequence=self._head_sequence)
 
     async def aclose(self, *, grace: float = 5.0) -> None:
@@ -288,7 +292,7 @@ class AuditWriter:
             # Fail fast: required callers must not wait for a store known to be down.
             self.stats.rejected += 1
             raise AuditUnavailable("The audit store is unavailable.")
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         now = loop.time()
         if self._last_required >= 0:
             # A pause counts as ten lingers at most, so that a burst after it lingers again
@@ -342,7 +346,7 @@ class AuditWriter:
             return True
         if self._state != "ready" or self._closing:
             return False
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = self._running_loop().create_future()
         self._settlers.append((target, future))
         self._hasten()
         return await asyncio.shield(future)
@@ -363,6 +367,11 @@ class AuditWriter:
                 waiting.append((target, future))
         self._settlers = waiting
 
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The writer's loop (appends are only taken once ``start`` has set it)."""
+        loop = self._event_loop
+        return loop if loop is not None else asyncio.get_running_loop()
+
     def _stamp(self, event: AuditEvent) -> str:
         if event.time is not None:
             return format_time(event.time)
@@ -375,7 +384,7 @@ class AuditWriter:
         entry.tag = self._last_tag
         queue = self._queue
         if not queue:
-            self._first_queued = asyncio.get_running_loop().time()
+            self._first_queued = self._running_loop().time()
         queue.append(entry)
         if self._asleep == "work" or len(queue) >= self._settings.batch_size:
             self._bell.set()
@@ -451,14 +460,12 @@ class AuditWriter:
             if not full and not self._closing:
                 if not self._urgent:
                     due = self._first_queued + settings.buffered_linger
-                    if due > asyncio.get_running_loop().time():
+                    if due > self._running_loop().time():
                         await self._sleep("gather", due)
                         idle = False  # what gathered has waited long enough
                         continue  # look again: gathered, hastened, full or closing
                 elif idle and self._required_gap < settings.linger:
-                    await self._sleep(
-                        "company", asyncio.get_running_loop().time() + settings.linger
-                    )
+                    await self._sleep("company", self._running_loop().time() + settings.linger)
             self._urgent = False
             idle = False
             await self._write_batch()
@@ -468,7 +475,7 @@ class AuditWriter:
         ``until``."""
         self._bell.clear()
         if until is not None:
-            self._linger_timer = asyncio.get_running_loop().call_at(until, self._bell.set)
+            self._linger_timer = self._running_loop().call_at(until, self._bell.set)
         self._asleep = what
         try:
             await self._bell.wait()
@@ -490,7 +497,7 @@ class AuditWriter:
         if due is not None and (self._cp_timer is None or self._cp_timer_for != self._cp_at):
             if self._cp_timer is not None:
                 self._cp_timer.cancel()
-            self._cp_timer = asyncio.get_running_loop().call_later(due, self._checkpoint_rings)
+            self._cp_timer = self._running_loop().call_later(due, self._checkpoint_rings)
             self._cp_timer_for = self._cp_at
         await self._sleep("work", None)
 

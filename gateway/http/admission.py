@@ -105,6 +105,7 @@ class QueueDelay:
         "_cpu_start",
         "_due",
         "_handle",
+        "_loop",
         "_samples",
         "_sum",
         "_window_end",
@@ -116,6 +117,9 @@ class QueueDelay:
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop probed, kept from ``start``: on Python 3.11 asking for it is a system call
+        (``getpid``), and the probe rings every few milliseconds."""
         self._due = 0.0
         self._window_end = 0.0
         self._samples = 0
@@ -134,6 +138,7 @@ class QueueDelay:
     def start(self) -> None:
         if self._handle is not None:
             return
+        self._loop = asyncio.get_running_loop()
         now = time.monotonic()
         self._new_window(now)
         self._schedule(now)
@@ -151,7 +156,8 @@ class QueueDelay:
 
     def _schedule(self, now: float) -> None:
         self._due = now + _PROBE_EVERY
-        self._handle = asyncio.get_running_loop().call_later(_PROBE_EVERY, self._tick)
+        loop = self._loop or asyncio.get_running_loop()
+        self._handle = loop.call_later(_PROBE_EVERY, self._tick)
 
     def _tick(self) -> None:
         now = time.monotonic()
