@@ -27,6 +27,7 @@ from gateway.adapter import Call, Reply
 from gateway.audit.record import AuditEvent, EventType
 from gateway.audit.writer import AuditWriter
 from gateway.errors import AuditUnavailable
+from gateway.frozen import made_in_one_step
 
 AuditMode = Literal["required", "buffered"]
 OutcomeMode = Literal["buffered", "durable"]
@@ -46,7 +47,8 @@ class RouteAudit:
     outcome: OutcomeMode = "buffered"
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class CallOutcome:
     attempts: int
     latency_ms: float
