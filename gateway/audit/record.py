@@ -76,7 +76,8 @@ _NEW_EXTRA: Final[dict[str, Any]] = {}
 """The default of ``extra``, never used as one: a new dict stands in for it (a default_factory)."""
 
 _TEXTUAL: Final = frozenset({str, type(None)})
-_type: Final = type  # ``type`` is a field's name inside ``AuditEvent.__init__``
+_type: Final = type  # ``type`` is a field's name where the fields are checked
+_new_object: Final = object.__new__
 
 
 @dataclass(slots=True, kw_only=True, init=False)
@@ -147,62 +148,130 @@ class AuditEvent:
         extra: dict[str, Any] = _NEW_EXTRA,
         time: datetime | None = None,
     ) -> None:
-        if _type(type) is not EventType:
-            type = EventType(type)
-        texts = (
+        _fill(
+            self, type, request_id, case_id, actor, principal, identity_level, client, service,
+            receiving_province, handling_province, system, operation, purpose, outcome,
+            error_code, attempts, latency_ms, request_digest, response_digest, extra, time,
+        )  # fmt: skip
+
+
+def event_of(
+    type: EventType,
+    request_id: str | None,
+    case_id: str | None,
+    actor: str | None,
+    principal: str | None,
+    identity_level: str | None,
+    client: str | None,
+    service: str | None,
+    receiving_province: str | None,
+    handling_province: str | None,
+    system: str | None,
+    operation: str | None,
+    purpose: str | None,
+    outcome: str | None,
+    error_code: str | None,
+    attempts: int | None,
+    latency_ms: int | None,
+    request_digest: str | None,
+    response_digest: str | None,
+    extra: dict[str, Any],
+    time: datetime | None,
+    /,
+) -> AuditEvent:
+    """``AuditEvent(type=type, request_id=request_id, ...)`` with every field given in order,
+    for the events of every routed call (gateway/audit/calls.py): the same checks and the same
+    event, without the keyword arguments' dictionary that calling the class builds."""
+    event: AuditEvent = _new_object(AuditEvent)
+    _fill(
+        event, type, request_id, case_id, actor, principal, identity_level, client, service,
+        receiving_province, handling_province, system, operation, purpose, outcome, error_code,
+        attempts, latency_ms, request_digest, response_digest, extra, time,
+    )  # fmt: skip
+    return event
+
+
+def _fill(
+    event: AuditEvent,
+    type: EventType,
+    request_id: str | None,
+    case_id: str | None,
+    actor: str | None,
+    principal: str | None,
+    identity_level: str | None,
+    client: str | None,
+    service: str | None,
+    receiving_province: str | None,
+    handling_province: str | None,
+    system: str | None,
+    operation: str | None,
+    purpose: str | None,
+    outcome: str | None,
+    error_code: str | None,
+    attempts: int | None,
+    latency_ms: int | None,
+    request_digest: str | None,
+    response_digest: str | None,
+    extra: dict[str, Any],
+    time: datetime | None,
+) -> None:
+    """Check an event's fields, in the order a bad one is reported, and set them."""
+    if _type(type) is not EventType:
+        type = EventType(type)
+    texts = (
+        request_id, case_id, actor, principal, identity_level, client, service,
+        receiving_province, handling_province, system, operation, purpose, outcome,
+        error_code, request_digest, response_digest,
+    )  # fmt: skip
+    if not _TEXTUAL.issuperset(map(_type, texts)):
+        (
             request_id, case_id, actor, principal, identity_level, client, service,
             receiving_province, handling_province, system, operation, purpose, outcome,
             error_code, request_digest, response_digest,
-        )  # fmt: skip
-        if not _TEXTUAL.issuperset(map(_type, texts)):
-            (
-                request_id, case_id, actor, principal, identity_level, client, service,
-                receiving_province, handling_province, system, operation, purpose, outcome,
-                error_code, request_digest, response_digest,
-            ) = _plain_texts(texts)  # fmt: skip
-        if attempts is not None and (
-            _type(attempts) is not int or not 0 <= attempts <= MAX_SAFE_INTEGER
-        ):
-            raise ValueError("attempts must be a non-negative integer")
-        if latency_ms is not None and (
-            _type(latency_ms) is not int or not 0 <= latency_ms <= MAX_SAFE_INTEGER
-        ):
-            raise ValueError("latency_ms must be a non-negative integer")
-        if extra is _NEW_EXTRA:
-            extra = {}
-        if extra:
-            try:
-                raw = canonical_bytes(extra)
-            except CanonicalError as exc:
-                raise ValueError(f"extra: {exc}") from exc
-            if len(raw) > EXTRA_MAX_BYTES:
-                raise ValueError(f"extra is {len(raw)} bytes; at most {EXTRA_MAX_BYTES}")
-            self.extra_json = orjson.Fragment(raw)
-            self.subjects = subject_keys(extra.get("subjects"))
-        else:
-            self.extra_json = _EMPTY_EXTRA
-            self.subjects = ()
-        self.type = type
-        self.request_id = request_id
-        self.case_id = case_id
-        self.actor = actor
-        self.principal = principal
-        self.identity_level = identity_level
-        self.client = client
-        self.service = service
-        self.receiving_province = receiving_province
-        self.handling_province = handling_province
-        self.system = system
-        self.operation = operation
-        self.purpose = purpose
-        self.outcome = outcome
-        self.error_code = error_code
-        self.attempts = attempts
-        self.latency_ms = latency_ms
-        self.request_digest = request_digest
-        self.response_digest = response_digest
-        self.extra = extra
-        self.time = time
+        ) = _plain_texts(texts)  # fmt: skip
+    if attempts is not None and (
+        _type(attempts) is not int or not 0 <= attempts <= MAX_SAFE_INTEGER
+    ):
+        raise ValueError("attempts must be a non-negative integer")
+    if latency_ms is not None and (
+        _type(latency_ms) is not int or not 0 <= latency_ms <= MAX_SAFE_INTEGER
+    ):
+        raise ValueError("latency_ms must be a non-negative integer")
+    if extra is _NEW_EXTRA:
+        extra = {}
+    if extra:
+        try:
+            raw = canonical_bytes(extra)
+        except CanonicalError as exc:
+            raise ValueError(f"extra: {exc}") from exc
+        if len(raw) > EXTRA_MAX_BYTES:
+            raise ValueError(f"extra is {len(raw)} bytes; at most {EXTRA_MAX_BYTES}")
+        event.extra_json = orjson.Fragment(raw)
+        event.subjects = subject_keys(extra.get("subjects"))
+    else:
+        event.extra_json = _EMPTY_EXTRA
+        event.subjects = ()
+    event.type = type
+    event.request_id = request_id
+    event.case_id = case_id
+    event.actor = actor
+    event.principal = principal
+    event.identity_level = identity_level
+    event.client = client
+    event.service = service
+    event.receiving_province = receiving_province
+    event.handling_province = handling_province
+    event.system = system
+    event.operation = operation
+    event.purpose = purpose
+    event.outcome = outcome
+    event.error_code = error_code
+    event.attempts = attempts
+    event.latency_ms = latency_ms
+    event.request_digest = request_digest
+    event.response_digest = response_digest
+    event.extra = extra
+    event.time = time
 
 
 def _plain_texts(values: tuple[object, ...]) -> tuple[Any, ...]:
