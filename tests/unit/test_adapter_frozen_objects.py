@@ -13,6 +13,7 @@ import pytest
 
 from gateway.adapter import Call, CallContext, Reply
 from gateway.audit.calls import CallOutcome
+from gateway.audit.store import StoredRecord
 from gateway.catalog import CallResult
 from gateway.consent.contract import DataSubject
 from gateway.frozen import made_in_one_step
@@ -43,6 +44,7 @@ def _samples() -> list[Any]:
         subject,
         Named(subject, None, "91630000MA0000000X"),
         Binding((subject,), "cg-1"),
+        StoredRecord("gw", 1, "2026-12-07T06:00:00.000000Z", "{}", "f" * 64, None, ("pk-1",)),
     ]
 
 
