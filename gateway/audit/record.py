@@ -88,8 +88,10 @@ class AuditEvent:
     with others) and treated as immutable from then on: ``extra`` is captured in canonical form
     at construction, so changing the dict afterwards changes nothing that is recorded. Not a
     frozen dataclass only because a frozen one's ``__init__`` costs twice as much, and every
-    routed call makes two of these; the ``__init__`` is written out (the checks on its
-    arguments, not a ``__post_init__`` reading them back) for the same reason."""
+    routed call makes two of these. For the same reason the checks are made on the arguments
+    (``_fill``), not by a ``__post_init__`` reading the fields back, and a routed call's events
+    are made by ``event_of``, which takes the fields in order: calling a class with keywords
+    builds a dictionary of them twice over."""
 
     type: EventType
     request_id: str | None = None
