@@ -102,12 +102,6 @@ class CallAuditor:
     def __init__(self, writer: AuditWriter) -> None:
         self._writer = writer
 
-    async def _append(self, event: AuditEvent, mode: AuditMode) -> None:
-        if mode == "required":
-            await self._writer.append(event)  # returns once the batch is durably committed
-        else:
-            await self._writer.append(event, mode="buffered")
-
     async def requested(self, call: Call, route: RouteAudit) -> None:
         extra: dict[str, object] = {"system_operation": route.system_operation}
         context = call.context
@@ -118,7 +112,10 @@ class CallAuditor:
         if context.idempotency_key:
             extra["idempotency_key"] = context.idempotency_key
         event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, extra)
-        await self._append(event, route.mode)
+        if route.mode == "required":
+            await self._writer.append(event)  # returns once the batch is durably committed
+        else:
+            await self._writer.append(event, mode="buffered")
 
     async def completed(self, call: Call, route: RouteAudit, outcome: CallOutcome) -> None:
         extra = _completed_extra(call, outcome)
