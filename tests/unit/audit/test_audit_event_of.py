@@ -208,3 +208,16 @@ async def test_the_call_events_are_those_of_the_keyword_form(with_grant: bool) -
     for made, expected in zip(kept.events, [requested, ok, failed], strict=True):
         assert orjson.dumps(made.extra_json) == orjson.dumps(expected.extra_json)
         assert made.subjects == expected.subjects == (("pk-1", "pk-2") if with_grant else ())
+
+
+def test_replace_makes_the_event_again() -> None:
+    # The audit sink fills a missing request id with dataclasses.replace.
+    made = AuditEvent(type=EventType.LOGIN, principal="pw-1", extra={"subjects": ["pk-1"]})
+    again = dataclasses.replace(made, request_id="r-1")
+    assert again == AuditEvent(
+        type=EventType.LOGIN, request_id="r-1", principal="pw-1", extra={"subjects": ["pk-1"]}
+    )
+    assert again.subjects == ("pk-1",)
+    assert orjson.dumps(again.extra_json) == b'{"subjects":["pk-1"]}'
+    with pytest.raises(ValueError, match="request_id must be a string"):
+        dataclasses.replace(made, request_id=7)  # type: ignore[arg-type]
