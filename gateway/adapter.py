@@ -30,6 +30,7 @@ from gateway.errors import (
     BackendTimeout,
     BackendUnavailable,
 )
+from gateway.frozen import made_in_one_step
 
 __all__ = [
     "Adapter",
@@ -113,7 +114,8 @@ class SystemSpec:
     operations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class CallContext:
     """Who asks, for whom, and why: forwarded to the back-end and recorded by the audit layer."""
 
@@ -140,7 +142,8 @@ class CallContext:
     the same, for back-ends that read headers only."""
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class Call:
     """One operation on one system, with the payload already in the system's own shape."""
 
@@ -149,7 +152,8 @@ class Call:
     context: CallContext
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class Reply:
     """The system's answer as data, plus digests of exactly what went over the wire."""
 

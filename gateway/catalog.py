@@ -18,6 +18,7 @@ from jsonschema.exceptions import ValidationError as SchemaViolation
 from gateway.adapter import Call, CallContext
 from gateway.errors import NoAgreement, UnknownOperation, UnknownService, ValidationFailed
 from gateway.fastschema import SchemaGate
+from gateway.frozen import made_in_one_step
 from gateway.mapping import FieldMapping, compile_mapping
 from gateway.pipeline import CallTrace, Next
 from gateway.settings import Operation, RouteSettings, ServiceSettings, Settings
@@ -31,7 +32,8 @@ def _safe_message(error: SchemaViolation) -> str:
     return f"does not satisfy '{error.validator}': {error.validator_value!r}"[:200]
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class CallResult:
     data: Any
     trace: CallTrace

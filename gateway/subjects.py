@@ -47,6 +47,7 @@ from gateway.consent.contract import (
 )
 from gateway.consent.subjects import requester_person
 from gateway.errors import NotDataSubject, SubjectFieldAmbiguous
+from gateway.frozen import made_in_one_step
 from gateway.identity.identifiers import RESIDENT_ID_CARD, KeyedSha256
 from gateway.identity.subject_keys import (
     SubjectKeys,
@@ -191,7 +192,8 @@ def _value(data: Mapping[str, Any], path: str) -> str | None:
     return node if isinstance(node, str) and node.strip() else None
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@made_in_one_step
+@dataclass(frozen=True, repr=False)
 class Named:
     """A subject a request names: its key, and how to hash it for a province (transient)."""
 
@@ -256,7 +258,8 @@ def grant_ids(value: Any) -> tuple[str, ...]:
 # --- the rule ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class Binding:
     """Whose data a request touches, as verified: what the audit record and the assertion say."""
 

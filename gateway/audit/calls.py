@@ -19,14 +19,15 @@ recorded outcome says ``audit_outcome: durable``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 
 from gateway.adapter import Call, Reply
-from gateway.audit.record import AuditEvent, EventType
+from gateway.audit.record import AuditEvent, EventType, event_of
 from gateway.audit.writer import AuditWriter
 from gateway.errors import AuditUnavailable
+from gateway.frozen import made_in_one_step
 
 AuditMode = Literal["required", "buffered"]
 OutcomeMode = Literal["buffered", "durable"]
@@ -46,7 +47,8 @@ class RouteAudit:
     outcome: OutcomeMode = "buffered"
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class CallOutcome:
     attempts: int
     latency_ms: float
@@ -55,24 +57,33 @@ class CallOutcome:
     reply: Reply | None = None
 
 
-def _event(kind: EventType, call: Call, route: RouteAudit, **fields: Any) -> AuditEvent:
+def _event(
+    kind: EventType,
+    call: Call,
+    route: RouteAudit,
+    extra: dict[str, object],
+    outcome: CallOutcome | None = None,
+) -> AuditEvent:
+    """The call's event: its fields in record order to ``event_of``, which checks them as
+    ``AuditEvent(...)`` does."""
     context = call.context
-    return AuditEvent(
-        type=kind,
-        request_id=context.request_id,
-        case_id=context.case_id,
-        actor=context.actor if context.actor != context.principal else None,
-        principal=context.principal,
-        identity_level=context.level,
-        client=context.client,
-        service=route.service,
-        receiving_province=context.receiving_province,
-        handling_province=context.handling_province,
-        system=route.system,
-        operation=route.operation,
-        purpose=context.purpose,
-        **fields,
-    )
+    actor = context.actor if context.actor != context.principal else None
+    if outcome is None:
+        result = error_code = attempts = latency_ms = request_digest = response_digest = None
+    else:
+        error_code = outcome.error_code
+        result = "ok" if error_code is None else "error"
+        attempts = outcome.attempts
+        latency_ms = round(outcome.latency_ms)
+        reply = outcome.reply
+        request_digest = reply.request_digest if reply else None
+        response_digest = reply.response_digest if reply else None
+    return event_of(
+        kind, context.request_id, context.case_id, actor, context.principal, context.level,
+        context.client, route.service, context.receiving_province, context.handling_province,
+        route.system, route.operation, context.purpose, result, error_code, attempts,
+        latency_ms, request_digest, response_digest, extra, None,
+    )  # fmt: skip
 
 
 def _completed_extra(call: Call, outcome: CallOutcome) -> dict[str, object]:
@@ -91,12 +102,6 @@ class CallAuditor:
     def __init__(self, writer: AuditWriter) -> None:
         self._writer = writer
 
-    async def _append(self, event: AuditEvent, mode: AuditMode) -> None:
-        if mode == "required":
-            await self._writer.append(event)  # returns once the batch is durably committed
-        else:
-            await self._writer.append(event, mode="buffered")
-
     async def requested(self, call: Call, route: RouteAudit) -> None:
         extra: dict[str, object] = {"system_operation": route.system_operation}
         context = call.context
@@ -104,25 +109,17 @@ class CallAuditor:
             extra["subjects"] = list(context.subjects)
         if context.authorisation_ref:
             extra["grant"] = context.authorisation_ref
-        if call.context.idempotency_key:
-            extra["idempotency_key"] = call.context.idempotency_key
-        event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, extra=extra)
-        await self._append(event, route.mode)
+        if context.idempotency_key:
+            extra["idempotency_key"] = context.idempotency_key
+        event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, extra)
+        if route.mode == "required":
+            await self._writer.append(event)  # returns once the batch is durably committed
+        else:
+            await self._writer.append(event, mode="buffered")
 
     async def completed(self, call: Call, route: RouteAudit, outcome: CallOutcome) -> None:
-        reply = outcome.reply
-        event = _event(
-            EventType.SERVICE_CALL_COMPLETED,
-            call,
-            route,
-            outcome="ok" if outcome.error_code is None else "error",
-            error_code=outcome.error_code,
-            attempts=outcome.attempts,
-            latency_ms=round(outcome.latency_ms),
-            request_digest=reply.request_digest if reply else None,
-            response_digest=reply.response_digest if reply else None,
-            extra=_completed_extra(call, outcome),
-        )
+        extra = _completed_extra(call, outcome)
+        event = _event(EventType.SERVICE_CALL_COMPLETED, call, route, extra, outcome)
         if route.outcome == "durable":
             await self._writer.append(event)  # the answer waits for this commit too
             return

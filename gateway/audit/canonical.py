@@ -60,6 +60,8 @@ def _check(value: Any, path: str) -> None:
                 continue
             if kind is int and -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 continue
+            if (kind is list or kind is tuple) and _SCALARS.issuperset(map(type, item)):
+                continue  # an array of strings (an event's subjects): no call, no path
             _check(item, f"{path}.{key}" if is_object else f"{path}[{key}]")
         return
     if kind is float:

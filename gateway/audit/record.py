@@ -72,7 +72,15 @@ def utc_now_text() -> str:
 _EMPTY_EXTRA: Final = orjson.Fragment(b"{}")
 
 
-@dataclass(slots=True, kw_only=True)
+_NEW_EXTRA: Final[dict[str, Any]] = {}
+"""The default of ``extra``, never used as one: a new dict stands in for it (a default_factory)."""
+
+_TEXTUAL: Final = frozenset({str, type(None)})
+_type: Final = type  # ``type`` is a field's name where the fields are checked
+_new_object: Final = object.__new__
+
+
+@dataclass(slots=True, kw_only=True, init=False)
 class AuditEvent:
     """What happened, as a caller reports it. The writer adds chain, sequence, time and hashes.
 
@@ -80,7 +88,10 @@ class AuditEvent:
     with others) and treated as immutable from then on: ``extra`` is captured in canonical form
     at construction, so changing the dict afterwards changes nothing that is recorded. Not a
     frozen dataclass only because a frozen one's ``__init__`` costs twice as much, and every
-    routed call makes two of these."""
+    routed call makes two of these. For the same reason the checks are made on the arguments
+    (``_fill``), not by a ``__post_init__`` reading the fields back, and a routed call's events
+    are made by ``event_of``, which takes the fields in order: calling a class with keywords
+    builds a dictionary of them twice over."""
 
     type: EventType
     request_id: str | None = None
@@ -114,31 +125,169 @@ class AuditEvent:
     """The data subjects ``extra["subjects"]`` names, as ``subject_keys`` reads them, when the
     event was made: the subject lookup rows of its record, without parsing the text back."""
 
-    def __post_init__(self) -> None:
-        if type(self.type) is not EventType:
-            self.type = EventType(self.type)
-        for name in _TEXT_FIELDS:
-            value = getattr(self, name)
-            if value is not None and type(value) is not str:
-                if not isinstance(value, str):
-                    raise ValueError(f"{name} must be a string")
-                setattr(self, name, str.__str__(value))  # a StrEnum member: its plain text
-        for name in ("attempts", "latency_ms"):
-            value = getattr(self, name)
-            if value is not None and (type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER):
-                raise ValueError(f"{name} must be a non-negative integer")
-        if not self.extra:
-            self.extra_json = _EMPTY_EXTRA
-            self.subjects = ()
-            return
+    def __init__(
+        self,
+        *,
+        type: EventType,
+        request_id: str | None = None,
+        case_id: str | None = None,
+        actor: str | None = None,
+        principal: str | None = None,
+        identity_level: str | None = None,
+        client: str | None = None,
+        service: str | None = None,
+        receiving_province: str | None = None,
+        handling_province: str | None = None,
+        system: str | None = None,
+        operation: str | None = None,
+        purpose: str | None = None,
+        outcome: str | None = None,
+        error_code: str | None = None,
+        attempts: int | None = None,
+        latency_ms: int | None = None,
+        request_digest: str | None = None,
+        response_digest: str | None = None,
+        extra: dict[str, Any] = _NEW_EXTRA,
+        time: datetime | None = None,
+    ) -> None:
+        _fill(
+            self, type, request_id, case_id, actor, principal, identity_level, client, service,
+            receiving_province, handling_province, system, operation, purpose, outcome,
+            error_code, attempts, latency_ms, request_digest, response_digest, extra, time,
+        )  # fmt: skip
+
+
+def event_of(
+    type: EventType,
+    request_id: str | None,
+    case_id: str | None,
+    actor: str | None,
+    principal: str | None,
+    identity_level: str | None,
+    client: str | None,
+    service: str | None,
+    receiving_province: str | None,
+    handling_province: str | None,
+    system: str | None,
+    operation: str | None,
+    purpose: str | None,
+    outcome: str | None,
+    error_code: str | None,
+    attempts: int | None,
+    latency_ms: int | None,
+    request_digest: str | None,
+    response_digest: str | None,
+    extra: dict[str, Any],
+    time: datetime | None,
+    /,
+) -> AuditEvent:
+    """``AuditEvent(type=type, request_id=request_id, ...)`` with every field given in order,
+    for the events of every routed call (gateway/audit/calls.py): the same checks and the same
+    event, without the keyword arguments' dictionary that calling the class builds."""
+    event: AuditEvent = _new_object(AuditEvent)
+    _fill(
+        event, type, request_id, case_id, actor, principal, identity_level, client, service,
+        receiving_province, handling_province, system, operation, purpose, outcome, error_code,
+        attempts, latency_ms, request_digest, response_digest, extra, time,
+    )  # fmt: skip
+    return event
+
+
+def _fill(
+    event: AuditEvent,
+    type: EventType,
+    request_id: str | None,
+    case_id: str | None,
+    actor: str | None,
+    principal: str | None,
+    identity_level: str | None,
+    client: str | None,
+    service: str | None,
+    receiving_province: str | None,
+    handling_province: str | None,
+    system: str | None,
+    operation: str | None,
+    purpose: str | None,
+    outcome: str | None,
+    error_code: str | None,
+    attempts: int | None,
+    latency_ms: int | None,
+    request_digest: str | None,
+    response_digest: str | None,
+    extra: dict[str, Any],
+    time: datetime | None,
+) -> None:
+    """Check an event's fields, in the order a bad one is reported, and set them."""
+    if _type(type) is not EventType:
+        type = EventType(type)
+    texts = (
+        request_id, case_id, actor, principal, identity_level, client, service,
+        receiving_province, handling_province, system, operation, purpose, outcome,
+        error_code, request_digest, response_digest,
+    )  # fmt: skip
+    if not _TEXTUAL.issuperset(map(_type, texts)):
+        (
+            request_id, case_id, actor, principal, identity_level, client, service,
+            receiving_province, handling_province, system, operation, purpose, outcome,
+            error_code, request_digest, response_digest,
+        ) = _plain_texts(texts)  # fmt: skip
+    if attempts is not None and (
+        _type(attempts) is not int or not 0 <= attempts <= MAX_SAFE_INTEGER
+    ):
+        raise ValueError("attempts must be a non-negative integer")
+    if latency_ms is not None and (
+        _type(latency_ms) is not int or not 0 <= latency_ms <= MAX_SAFE_INTEGER
+    ):
+        raise ValueError("latency_ms must be a non-negative integer")
+    if extra is _NEW_EXTRA:
+        extra = {}
+    if extra:
         try:
-            raw = canonical_bytes(self.extra)
+            raw = canonical_bytes(extra)
         except CanonicalError as exc:
             raise ValueError(f"extra: {exc}") from exc
         if len(raw) > EXTRA_MAX_BYTES:
             raise ValueError(f"extra is {len(raw)} bytes; at most {EXTRA_MAX_BYTES}")
-        self.extra_json = orjson.Fragment(raw)
-        self.subjects = subject_keys(self.extra.get("subjects"))
+        event.extra_json = orjson.Fragment(raw)
+        event.subjects = subject_keys(extra.get("subjects"))
+    else:
+        event.extra_json = _EMPTY_EXTRA
+        event.subjects = ()
+    event.type = type
+    event.request_id = request_id
+    event.case_id = case_id
+    event.actor = actor
+    event.principal = principal
+    event.identity_level = identity_level
+    event.client = client
+    event.service = service
+    event.receiving_province = receiving_province
+    event.handling_province = handling_province
+    event.system = system
+    event.operation = operation
+    event.purpose = purpose
+    event.outcome = outcome
+    event.error_code = error_code
+    event.attempts = attempts
+    event.latency_ms = latency_ms
+    event.request_digest = request_digest
+    event.response_digest = response_digest
+    event.extra = extra
+    event.time = time
+
+
+def _plain_texts(values: tuple[object, ...]) -> tuple[Any, ...]:
+    """The text fields' values, each a plain ``str`` or None; a StrEnum member becomes its plain
+    text; ValueError naming the first field that holds anything else."""
+    plain: list[object] = []
+    for name, value in zip(_TEXT_FIELDS, values, strict=True):
+        if value is None or _type(value) is str:
+            plain.append(value)
+        elif isinstance(value, str):
+            plain.append(str.__str__(value))  # a StrEnum member: its plain text
+        else:
+            raise ValueError(f"{name} must be a string")
+    return tuple(plain)
 
 
 MAX_SUBJECTS: Final = 16
@@ -148,8 +297,11 @@ def subject_keys(found: object) -> tuple[str, ...]:
     """The data subjects an ``extra.subjects`` value names: its strings of 1 to 128 characters,
     each once, in order, at most ``MAX_SUBJECTS``; none unless it is an array. The one rule
     for both an event's ``extra`` (where an array may be a tuple) and a parsed record's."""
-    if not isinstance(found, list | tuple):
+    if not isinstance(found, (list, tuple)):  # faster than ``list | tuple``
         return ()
+    if len(found) == 1:  # a call's one subject, most often
+        key = found[0]
+        return (key,) if isinstance(key, str) and 0 < len(key) <= 128 else ()
     keys = [k for k in found if isinstance(k, str) and 0 < len(k) <= 128]
     return tuple(dict.fromkeys(keys))[:MAX_SUBJECTS]
 
@@ -244,36 +396,37 @@ def record_text(
 ) -> bytes:
     """``canonical_bytes(record_body(...))`` for the writer's hot path: every value was checked
     when the event was made, and ``extra`` goes in as the canonical text captured then.
-    (tests/unit/audit/test_audit_canonical.py holds the two to the same bytes.)"""
+    The keys are written in code-point order, so orjson need not sort them.
+    (tests/unit/audit/test_audit_chain_property.py and test_audit_canonical.py hold the two to
+    the same bytes.)"""
     e = event
     return orjson.dumps(
-        {
-            "v": RECORD_VERSION,
+        {  # the keys in code-point order, as the canonical form sorts them
+            "actor": e.actor,
+            "alg": alg,
+            "attempts": e.attempts,
+            "case_id": e.case_id,
             "chain": chain,
+            "client": e.client,
+            "error_code": e.error_code,
+            "extra": e.extra_json,
+            "handling_province": e.handling_province,
+            "identity_level": e.identity_level,
+            "latency_ms": e.latency_ms,
+            "operation": e.operation,
+            "outcome": e.outcome,
+            "prev_hash": prev_hash,
+            "principal": e.principal,
+            "purpose": e.purpose,
+            "receiving_province": e.receiving_province,
+            "request_digest": e.request_digest,
+            "request_id": e.request_id,
+            "response_digest": e.response_digest,
             "sequence": sequence,
+            "service": e.service,
+            "system": e.system,
             "time": time,
             "type": e.type.value,
-            "alg": alg,
-            "prev_hash": prev_hash,
-            "extra": e.extra_json,
-            "request_id": e.request_id,
-            "case_id": e.case_id,
-            "actor": e.actor,
-            "principal": e.principal,
-            "identity_level": e.identity_level,
-            "client": e.client,
-            "service": e.service,
-            "receiving_province": e.receiving_province,
-            "handling_province": e.handling_province,
-            "system": e.system,
-            "operation": e.operation,
-            "purpose": e.purpose,
-            "outcome": e.outcome,
-            "error_code": e.error_code,
-            "attempts": e.attempts,
-            "latency_ms": e.latency_ms,
-            "request_digest": e.request_digest,
-            "response_digest": e.response_digest,
-        },
-        option=orjson.OPT_SORT_KEYS,
+            "v": RECORD_VERSION,
+        }
     )

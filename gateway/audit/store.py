@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
+from gateway.frozen import made_in_one_step
+
 if TYPE_CHECKING:
     from gateway.audit.query import AuditQuery, QueryPage
 
@@ -33,7 +35,8 @@ LookupRow = tuple[str, int, str, str | None, str | None, str | None, str | None,
 in the lookup table."""
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class StoredRecord:
     chain: str
     sequence: int

@@ -25,6 +25,7 @@ from typing import Literal, Protocol
 import structlog
 
 from gateway.errors import Forbidden, InternalError
+from gateway.frozen import made_in_one_step
 
 log = structlog.get_logger("tongban.consent")
 
@@ -32,7 +33,8 @@ SubjectKind = Literal["person", "enterprise"]
 GrantKind = Literal["consent", "delegation"]
 
 
-@dataclass(frozen=True, slots=True)
+@made_in_one_step
+@dataclass(frozen=True)
 class DataSubject:
     """A person or an enterprise whose data a request touches."""
 
