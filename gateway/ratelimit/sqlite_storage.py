@@ -104,6 +104,9 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         self._queued: list[tuple[Entries, asyncio.Future[Drawn]]] = []
         self._drain: asyncio.Handle | None = None
         """The callback armed to run the queued draws, or None."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: object = None
+        """The loop the draws run on, and its ready queue (None where it does not show it)."""
         self.at_once = True
         """A draw with nothing to share its transaction goes at once (False: every draw is
         queued, as on a loop that does not show its ready queue; for measuring)."""
@@ -183,14 +186,25 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         docstring). Then ``acquire_all`` at once; otherwise ``draw``."""
         if self._queued or not self.at_once:
             return False
-        ready = getattr(asyncio.get_running_loop(), "_ready", None)
+        self._running()
+        ready = self._ready
         return ready is not None and not ready
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        """The running loop, kept: ``asyncio.get_running_loop`` makes a system call (getpid)
+        each time. The loop kept is the one running in this thread while it runs (one loop at
+        a time runs in a thread, and a worker draws on its loop's thread only)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+            self._ready = getattr(loop, "_ready", None)
+        return loop
 
     def draw(self, entries: Entries) -> asyncio.Future[Drawn]:
         """``acquire_all``'s answer for ``entries``, drawn in the transaction the queued calls
         share (the next turn of the loop, or the one after when more than ``MAX_CALLS`` are
         queued). Fails with StorageError when that transaction fails."""
-        loop = asyncio.get_running_loop()
+        loop = self._running()
         answer: asyncio.Future[Drawn] = loop.create_future()
         self._queued.append((entries, answer))
         if self._drain is None:
@@ -204,7 +218,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         batch = self._queued[:MAX_CALLS]
         del self._queued[:MAX_CALLS]
         if self._queued:
-            self._drain = asyncio.get_running_loop().call_soon(self._run_queued)
+            self._drain = self._running().call_soon(self._run_queued)
         # A caller that gave up while queued draws nothing, as it would have drawn nothing alone.
         batch = [(entries, answer) for entries, answer in batch if not answer.done()]
         if not batch:
