@@ -340,17 +340,16 @@ class ApiRateLimiter:
         if step is None:
             return Verdict(budgets, checked=False)
         with step:
-            entries = [
-                (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i])
-                for i in drawn
+            keyed = [
+                (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
             ]
             if local.alone():
                 try:
-                    answer = local.acquire_all(entries)
+                    answer = local.acquire_all(keyed)
                 except sqlite3.Error as exc:
                     raise StorageError(exc) from exc
             else:
-                answer = await local.draw(entries)  # with the calls queued in this turn
+                answer = await local.draw(keyed)  # with the calls queued in this turn
             return self._verdict(budgets, leases, wanted, drawn, now, answer)
         return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
 
