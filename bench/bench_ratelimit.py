@@ -22,7 +22,11 @@ the ``hiredis`` parser installed).
 
 ``--in-flight N``: the checks go N at a time (``asyncio.gather`` of N checks, the next N when
 they are all answered), as N concurrent calls in one worker; 1 (the default): one after the
-other.
+other. On SQLite the N draws share one transaction; a draw alone on the loop goes at once.
+
+Variant ``always queued`` (SQLite): this tree with every draw queued for the next turn's shared
+transaction, even one that nothing could join (``SqliteStorage.at_once`` off, as on a loop that
+does not show its ready queue): what a lone call would pay without the at-once path.
 
 Variants, run interleaved round after round so that all meet the same moments of a shared
 machine: this tree; this tree with ``leases: false``; with ``--baseline-tree`` the gateway
@@ -33,7 +37,8 @@ which the machine's load does not move: each measurement is two children under `
 --tool=callgrind``, with ``--checks`` and with ``--callgrind-base`` checks, and the difference
 of their totals over the difference of checks (start-up and warm-up cancel out). Under
 valgrind a process runs some 50 times slower, so a lease's block, sized to the rate, is
-smaller than at full speed.
+smaller than at full speed. On SQLite the purge of expired windows (once a minute, on a draw)
+is held off after the warm-up in every run, so that it does not fall in one of the two runs.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         config["leases"] = False
     settings = RateLimitSettings.model_validate(config)
     limiter = ApiRateLimiter.from_settings(settings, data_dir=Path(tempfile.mkdtemp()))
+    if args.always_queued:
+        limiter._local.at_once = False  # type: ignore[union-attr]
     if args.scenario == "machine":
         principals = [Principal(subject="system-a", level="system", client_id="system-a")]
     else:
@@ -110,6 +117,11 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
 
     try:
         await checks(0, args.warmup)
+        if limiter._local is not None:
+            # The once-a-minute purge of expired windows held off for the counted checks: under
+            # valgrind a run lasts minutes, and a purge of thousands of rows falling in one of
+            # the two runs callgrind subtracts (and not the other) swamps the difference.
+            limiter._local._next_purge = float("inf")
         server_before = await server_cpu()
         cpu, wall = time.process_time(), time.perf_counter()
         verdicts = await checks(args.warmup, args.checks)
@@ -142,6 +154,7 @@ def child(
     python: str = sys.executable,
     checks: int | None = None,
     valgrind: list[str] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Any:
     argv = [
         *(valgrind or []),
@@ -165,6 +178,7 @@ def child(
     ]
     if not leases:
         argv.append("--no-leases")
+    argv += extra
     done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=tree)
     if done.returncode:
         raise SystemExit(f"{tree} {store} {scenario}: {done.stderr.strip()}")
@@ -179,6 +193,7 @@ def instructions(
     *,
     leases: bool,
     python: str = sys.executable,
+    extra: tuple[str, ...] = (),
 ) -> float:
     """Instructions per check of this process, counted by callgrind (see the docstring)."""
     totals: list[int] = []
@@ -194,6 +209,7 @@ def instructions(
                 python=python,
                 checks=checks,
                 valgrind=valgrind,
+                extra=extra,
             )
             text = Path(out, "cg.out").read_text()
         totals.append(int(text.split("\ntotals: ")[1].split()[0]))
@@ -229,6 +245,7 @@ def main() -> None:
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
     parser.add_argument("--no-leases", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--always-queued", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup + args.checks >= 6000:
         parser.error("--warmup + --checks must stay below 6000, the client budget per minute")
@@ -241,7 +258,11 @@ def main() -> None:
     variants: list[tuple[str, Path, bool, str]] = []
     if args.baseline_tree:
         variants.append(("baseline", Path(args.baseline_tree).resolve(), True, python))
-    variants += [("leases off", HERE, False, python), ("this tree", HERE, True, python)]
+    variants += [
+        ("leases off", HERE, False, python),
+        ("this tree", HERE, True, python),
+        ("always queued", HERE, True, python),
+    ]
     if args.other_python:
         variants.append(("other python", HERE, True, args.other_python))
         if args.baseline_tree:
@@ -260,14 +281,29 @@ def main() -> None:
                 for name, tree, leases, interpreter in variants:
                     if store == "memory" and name == "leases off":
                         continue
+                    if store != "sqlite" and name == "always queued":
+                        continue
+                    extra = ("--always-queued",) if name == "always queued" else ()
                     if args.callgrind:
                         count = instructions(
-                            tree, store, scenario, args, leases=leases, python=interpreter
+                            tree,
+                            store,
+                            scenario,
+                            args,
+                            leases=leases,
+                            python=interpreter,
+                            extra=extra,
                         )
                         figures = {"cpu_us": count, "server_us": 0.0}
                     else:
                         figures = child(
-                            tree, store, scenario, args, leases=leases, python=interpreter
+                            tree,
+                            store,
+                            scenario,
+                            args,
+                            leases=leases,
+                            python=interpreter,
+                            extra=extra,
                         )
                     results.setdefault((store, scenario, name), []).append(figures)
                     print(

@@ -27,8 +27,9 @@ Storage: ``MemoryStorage`` (``LocalMemoryStorage``, memory_storage.py) for one p
 hosts, over a ``BlockingConnectionPool`` of our own (the default pool raises at once when full),
 closed by ``aclose``. On the two shared stores a call's budgets are drawn in one step (a
 transaction; one Lua script, one round trip) on the library's keys and arithmetic, and a
-refusal's Retry-After comes from the windows that step answered with (draws.py); on Redis the
-calls in flight together share a round trip (redis_storage.py). A budget this process draws
+refusal's Retry-After comes from the windows that step answered with (draws.py); the calls in
+flight together share a round trip on Redis (redis_storage.py) and a transaction on SQLite
+(sqlite_storage.py). A budget this process draws
 often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
 ``rate_limits.leases``). Measured CPU per check (bench/bench_ratelimit.py, docs/performance.md,
 a loaded machine): memory ~9 µs; SQLite ~100-150 µs a transaction, ~6 µs when every budget of
@@ -315,10 +316,11 @@ class ApiRateLimiter:
         now: float,
     ) -> Verdict:
         """Draw ``wanted`` units (0: spent from a block already) of each budget in one store
-        step, in order; stop at the first without room. Guarded as ``_guarded``; on SQLite the
-        step is synchronous (no timeout to arm: nothing to interrupt, its wait for another
-        process's lock is bounded by the store's timeout), so it runs without a coroutine of its
-        own."""
+        step, in order; stop at the first without room. Guarded as ``_guarded``. On SQLite the
+        step is a transaction on the loop, shared by the calls queued in one turn, or run at
+        once when nothing could share it (sqlite_storage.py); no timeout to arm: the drain runs
+        on the next turn, and its wait for another process's lock is bounded by the store's
+        timeout."""
         drawn = [index for index, units in enumerate(wanted) if units]
         if self._redis is not None:
             redis = self._redis
@@ -332,20 +334,22 @@ class ApiRateLimiter:
                     budgets, leases, wanted, drawn, now, redis.acquire_all(entries)
                 ),
             )
-        assert self._local is not None
+        local = self._local
+        assert local is not None
         step = self._step()
         if step is None:
             return Verdict(budgets, checked=False)
         with step:
-            try:
-                answer = self._local.acquire_all(
-                    [
-                        (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i])
-                        for i in drawn
-                    ]
-                )
-            except sqlite3.Error as exc:
-                raise StorageError(exc) from exc
+            keyed = [
+                (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
+            ]
+            if local.alone():
+                try:
+                    answer = local.acquire_all(keyed)
+                except sqlite3.Error as exc:
+                    raise StorageError(exc) from exc
+            else:
+                answer = await local.draw(keyed)  # with the calls queued in this turn
             return self._verdict(budgets, leases, wanted, drawn, now, answer)
         return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
 
@@ -486,7 +490,12 @@ class ApiRateLimiter:
         return Verdict(budgets, refused_by=budget, retry_after=retry_after)
 
     def _failed(self, exc: BaseException) -> None:
-        if self._breaker.state is BreakerState.CLOSED:  # once per outage, not once per call
+        state = self._breaker.state
+        if state is BreakerState.OPEN:
+            # A call of the same failed step (a shared transaction or round trip), or of one
+            # begun before the store was paused: the failure is counted already.
+            return
+        if state is BreakerState.CLOSED:  # once per outage, not once per call
             cause = exc.storage_error if isinstance(exc, StorageError) else exc
             log.warning("rate_limit_store_failed", error_code=type(cause).__name__)
         self._breaker.record_failure()

@@ -15,16 +15,37 @@ a protection, not a record. Expired windows are deleted at most once a minute, o
 A draw that finds another worker's draw holding the file's write lock waits for it with yields
 of the CPU, not with SQLite's busy handler, which sleeps the whole worker for a millisecond or
 more each time (``gateway.stores.sqlite.begin_yielding``); the store's timeout still bounds it.
+
+Calls in flight together share a transaction. ``BEGIN IMMEDIATE`` and ``COMMIT`` are most of a
+lone draw's cost (the lock, the WAL frame written, the statements around two lookups and an
+upsert), so the draws of the calls a worker's loop runs in one turn go in one transaction:
+``draw`` queues a call's draws and arms one callback (``loop.call_soon``) that runs every call
+queued by then (``MAX_CALLS`` at most per transaction) and answers each. The calls are drawn one
+after the other, each call's budgets in order and stopping at its own first refusal, so each
+gets the ``Drawn`` it would have got alone had the calls come one right after the other, at
+the transaction's instant (one transaction: nothing of another worker comes in between). A call
+whose caller gave up while queued (cancelled) draws nothing. A transaction that fails gives
+every call still queued the store error its own draw would have met (each its own
+``StorageError``), and the limiter lets each through unchecked.
+
+A draw goes at once, alone, without a future or a turn of the loop, when nothing could share its
+transaction: nothing is queued and the loop has nothing else ready to run in this turn
+(asyncio's loop: its ready queue is empty). A callback armed then would run before anything
+that could queue another draw, so waiting for company would only cost the turn. On a loop that
+does not show its ready queue (uvloop) every draw is queued.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from limits.aio.storage import SlidingWindowCounterSupport, Storage
+from limits.errors import StorageError
 from limits.storage.base import TimestampedSlidingWindow
 
 from gateway.ratelimit.draws import Drawn, Window
@@ -33,6 +54,12 @@ from gateway.stores.sqlite import LockedConnection
 
 FILE_NAME = "ratelimits.sqlite"
 PURGE_INTERVAL = 60.0
+MAX_CALLS = 32
+"""The most calls' draws one transaction carries; more go in the next turn's. The write lock is
+held for the whole transaction (some 25 µs a call), and another worker waits for it."""
+
+Entries = Sequence[tuple[str, int, int, int]]
+"""One call's budgets: ``(key, limit, expiry, wanted)`` each, in order."""
 
 MIGRATIONS = (
     Migration(
@@ -74,6 +101,15 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             conn.execute("PRAGMA busy_timeout = 0")
         self._wait = busy_timeout
         self._next_purge = 0.0
+        self._queued: list[tuple[Entries, asyncio.Future[Drawn]]] = []
+        self._drain: asyncio.Handle | None = None
+        """The callback armed to run the queued draws, or None."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: object = None
+        """The loop the draws run on, and its ready queue (None where it does not show it)."""
+        self.at_once = True
+        """A draw with nothing to share its transaction goes at once (False: every draw is
+        queued, as on a loop that does not show its ready queue; for measuring)."""
 
     @classmethod
     def in_data_dir(cls, data_dir: Path, *, busy_timeout: float = 0.25) -> SqliteStorage:
@@ -104,36 +140,111 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                 self._next_purge = now + PURGE_INTERVAL
         return True
 
-    def acquire_all(self, entries: list[tuple[str, int, int, int]]) -> Drawn:
+    def acquire_all(self, entries: Entries) -> Drawn:
         """Draw from each ``(key, limit, expiry, wanted)`` in order, in one transaction: the
         units granted to each budget drawn (``min(wanted, room)``), ending at the first without
         room with a 0 (the draws before it stay counted), and that one's windows as
         ``get_sliding_window`` reads them. Asking for one unit, it is the library's draw; more
         is a block for a local lease (leases.py).
 
-        The limiter's path: one transaction per call for all its budgets instead of one per
-        budget through ``limits``' strategy (same keys and windows, so both read each other).
-        Synchronous: a few tens of microseconds on the loop. Raises sqlite3.Error."""
+        One transaction per call (or per the calls in flight together, ``draw``) for all its
+        budgets instead of one per budget through ``limits``' strategy (same keys and windows,
+        so both read each other). Synchronous: some tens of microseconds on the loop. Raises
+        sqlite3.Error."""
+        return self.acquire_calls([entries])[0]
+
+    def acquire_calls(self, calls: Sequence[Entries]) -> list[Drawn]:
+        """``acquire_all`` for each call's entries, the calls one after the other, in one
+        transaction; each call's answer. Raises sqlite3.Error (nothing drawn)."""
         now = time.time()
-        granted: list[int] = []
-        refused: Window | None = None
+        answers: list[Drawn] = []
         with self._db.transaction(wait=self._wait) as conn:
-            for key, limit, expiry, wanted in entries:
-                previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-                window = _window(conn, previous_key, current_key, expiry, now)
-                previous, previous_ttl, current, _ = window
-                room = limit - math.floor(previous * previous_ttl / expiry + current)
-                if room < 1:
-                    granted.append(0)
-                    refused = window
-                    break
-                units = min(wanted, room)
-                conn.execute(_ADD, (current_key, units, now + 2 * expiry, now, now))
-                granted.append(units)
+            for entries in calls:
+                granted: list[int] = []
+                refused: Window | None = None
+                for key, limit, expiry, wanted in entries:
+                    previous_key, current_key = self.sliding_window_keys(key, expiry, now)
+                    window = _window(conn, previous_key, current_key, expiry, now)
+                    previous, previous_ttl, current, _ = window
+                    room = limit - math.floor(previous * previous_ttl / expiry + current)
+                    if room < 1:
+                        granted.append(0)
+                        refused = window
+                        break
+                    units = min(wanted, room)
+                    conn.execute(_ADD, (current_key, units, now + 2 * expiry, now, now))
+                    granted.append(units)
+                answers.append(Drawn(granted, refused))
             if now >= self._next_purge:
                 conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
                 self._next_purge = now + PURGE_INTERVAL
-        return Drawn(granted, refused)
+        return answers
+
+    def alone(self) -> bool:
+        """Whether a draw now would be alone in its transaction however long it waited: nothing
+        is queued and the running loop has nothing else ready in this turn (see the module
+        docstring). Then ``acquire_all`` at once; otherwise ``draw``."""
+        if self._queued or not self.at_once:
+            return False
+        self._running()
+        ready = self._ready
+        return ready is not None and not ready
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        """The running loop, kept: ``asyncio.get_running_loop`` makes a system call (getpid)
+        each time. The loop kept is the one running in this thread while it runs (one loop at
+        a time runs in a thread, and a worker draws on its loop's thread only)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+            self._ready = getattr(loop, "_ready", None)
+        return loop
+
+    def draw(self, entries: Entries) -> asyncio.Future[Drawn]:
+        """``acquire_all``'s answer for ``entries``, drawn in the transaction the queued calls
+        share (the next turn of the loop, or the one after when more than ``MAX_CALLS`` are
+        queued). Fails with StorageError when that transaction fails."""
+        loop = self._running()
+        answer: asyncio.Future[Drawn] = loop.create_future()
+        self._queued.append((entries, answer))
+        if self._drain is None:
+            self._drain = loop.call_soon(self._run_queued)
+        return answer
+
+    def _run_queued(self) -> None:
+        """The drain: one transaction for up to ``MAX_CALLS`` queued calls, each answered; the
+        rest in the next turn's."""
+        self._drain = None
+        batch = self._queued[:MAX_CALLS]
+        del self._queued[:MAX_CALLS]
+        if self._queued:
+            self._drain = self._running().call_soon(self._run_queued)
+        # A caller that gave up while queued draws nothing, as it would have drawn nothing alone.
+        batch = [(entries, answer) for entries, answer in batch if not answer.done()]
+        if not batch:
+            return
+        try:
+            answers = self.acquire_calls([entries for entries, _ in batch])
+        except BaseException as exc:
+            # Every call still queued hears it: the store is failing (the limiter then lets
+            # them through unchecked and spares the store), and the rest would meet it too.
+            waiting = batch + self._queued
+            self._queued.clear()
+            if self._drain is not None:
+                self._drain.cancel()
+                self._drain = None
+            for _, answer in waiting:
+                if answer.done():
+                    continue
+                if isinstance(exc, Exception):
+                    answer.set_exception(_own(exc))
+                else:
+                    answer.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, answer), drawn in zip(batch, answers, strict=True):
+            answer.set_result(drawn)
 
     async def get_sliding_window(self, key: str, expiry: int) -> tuple[int, float, int, float]:
         now = time.time()
@@ -187,7 +298,26 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             conn.execute("DELETE FROM rl_counters WHERE key = ?", (key,))
 
     async def aclose(self) -> None:
+        # Calls still queued are drawn (or hear the store's error) before the file closes.
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
+        while self._queued:
+            self._run_queued()
+            if self._drain is not None:
+                self._drain.cancel()
+                self._drain = None
         self._db.close()
+
+
+def _own(exc: Exception) -> Exception:
+    """A failed transaction's error for one of its callers: a StorageError of its own (each
+    caller raises it, and a raise adds to the exception's traceback), any other as it is."""
+    if isinstance(exc, sqlite3.Error):
+        own = StorageError(exc)
+        own.__cause__ = exc
+        return own
+    return exc
 
 
 _COUNT = "SELECT count FROM rl_counters WHERE key = ? AND expires_at > ?"

@@ -306,6 +306,16 @@ class LockedConnection:
     crash; the last ones may not survive a power cut) and ``component``'s migrations applied.
     ``check_same_thread=False``: it may be opened in a start-up thread and used on the loop;
     the lock keeps every call, and its transaction, to one thread at a time.
+
+    Another process's write lock is waited for by SQLite's busy handler (``BUSY_TIMEOUT_MS``),
+    which sleeps the loop, not by ``begin_yielding`` as the rate-limit file's draws are: the
+    handler also serves the stores' one-statement writes (``change``, and the session store's
+    through ``locked``), which no ``BEGIN`` precedes, and a stdlib connection switches it only by
+    a PRAGMA statement. Switched off around each ``BEGIN IMMEDIATE`` and on again it cost some
+    30k instructions a transaction (55k → 86k for a one-row write); off for good, those
+    one-statement writes would fail at once on a lock instead of waiting. These stores write at
+    a login or a token's issue, not at every routed call. ``transaction(wait=...)`` waits with
+    ``begin_yielding`` on a connection whose busy timeout was set to 0 (the rate-limit file).
     """
 
     def __init__(self, path: Path, *, component: str, migrations: Sequence[Migration]) -> None:

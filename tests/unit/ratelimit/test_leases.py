@@ -74,25 +74,35 @@ async def open_limiter(
             settings, redis_url=REDIS_URL, data_dir=tmp_path, clock=clock
         )
         opened.append(limiter)
-        store: Any = limiter._redis or limiter._local  # the store steps, recorded
         draws: Draws = []
         grants: Grants = []
-        acquire_all = store.acquire_all
+        if limiter._redis is not None:
+            redis_store: Any = limiter._redis  # the store steps, recorded
+            acquire_all = redis_store.acquire_all
 
-        async def answered(pending: Awaitable[Drawn]) -> Drawn:
-            drawn = await pending
-            grants.append(drawn.granted)
-            return drawn
+            async def answered(pending: Awaitable[Drawn]) -> Drawn:
+                drawn = await pending
+                grants.append(drawn.granted)
+                return drawn
 
-        def record(entries: list[tuple[Any, int, int, int]]) -> Any:
-            draws.append([(entry[0], entry[3]) for entry in entries])
-            if request.param == "redis":
+            def record(entries: list[tuple[Any, int, int, int]]) -> Any:
+                draws.append([(entry[0], entry[3]) for entry in entries])
                 return answered(acquire_all(entries))
-            drawn = acquire_all(entries)
-            grants.append(drawn.granted)
-            return drawn
 
-        store.acquire_all = record
+            redis_store.acquire_all = record
+            return limiter, draws, grants
+        # SQLite: every call's draws, alone or in a transaction shared with others.
+        sqlite_store: Any = limiter._local
+        acquire_calls = sqlite_store.acquire_calls
+
+        def record_calls(calls: list[list[tuple[Any, int, int, int]]]) -> list[Drawn]:
+            answers: list[Drawn] = acquire_calls(calls)
+            for entries, drawn in zip(calls, answers, strict=True):
+                draws.append([(entry[0], entry[3]) for entry in entries])
+                grants.append(drawn.granted)
+            return answers
+
+        sqlite_store.acquire_calls = record_calls
         return limiter, draws, grants
 
     try:
