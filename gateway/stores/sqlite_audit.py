@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -191,7 +193,8 @@ _INSERT_SUBJECTS: Final = (
     " WHERE r.chain_id = ? AND r.sequence BETWEEN ? AND ? AND j.type = 'text'"
     " AND instr(r.record, '\"subjects\":') > 0"
 )
-_INSERT_SUBJECT_ROW: Final = "INSERT OR IGNORE INTO audit_subjects VALUES (?, ?, ?, ?)"
+_SUBJECT_ROWS: Final = "INSERT OR IGNORE INTO audit_subjects"
+_SUBJECT_COLUMNS: Final = 4
 # Lookup rows made from the stored text by SQLite itself, for a span of one chain: records whose
 # rows were lost with a crash or whose commit was not acknowledged (the writer's rows are bound).
 _INSERT_LOOKUP: Final = (
@@ -204,14 +207,63 @@ _INSERT_LOOKUP: Final = (
     + " FROM audit_records WHERE chain_id = ? AND sequence BETWEEN ? AND ?"
 )
 
-_INSERT_LOOKUP_ROW: Final = (
-    "INSERT OR IGNORE INTO audit_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_LOOKUP_ROWS: Final = "INSERT OR IGNORE INTO audit_index"
+_LOOKUP_COLUMNS: Final = 11
 
-_INSERT_RECORD: Final = (
-    "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
-    " VALUES (?, ?, ?, ?, ?)"
-)
+ROWS_PER_STATEMENT: Final = (50, 8)
+"""Rows one INSERT of the lookup thread carries (as many of the largest as fit, then of the
+next; what is left goes one row per statement). One statement of fifty rows costs far less
+than fifty of one: the statement's start and end, the Python binding's per-row round and the
+descent of each B-tree from its root happen once, not per row (the B-tree cursors stay on the
+last page where the rows go in key order). Few sizes, so the connection's statement cache
+keeps them all prepared."""
+
+
+@functools.cache
+def values_statement(head: str, columns: int, rows: int) -> str:
+    """``head VALUES (?, ...), ...``: ``rows`` rows of ``columns`` parameters each."""
+    row = "(" + ", ".join("?" * columns) + ")"
+    return f"{head} VALUES " + ", ".join([row] * rows)
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    head: str,
+    columns: int,
+    rows: Sequence[Sequence[object]],
+    sizes: Sequence[int] = ROWS_PER_STATEMENT,
+) -> None:
+    """The rows in order, as ``executemany`` of the one-row statement inserts them, in fewer
+    statements: SQLite runs the rows of a multi-row VALUES one after another in one statement,
+    with the same conflict rule for each (an error aborts the statement, and the caller's
+    transaction rolls back as it would have)."""
+    start, count = 0, len(rows)
+    for size in sizes:
+        end = start + (count - start) // size * size
+        if end > start:
+            sql = values_statement(head, columns, size)
+            for first in range(start, end, size):
+                conn.execute(sql, list(itertools.chain.from_iterable(rows[first : first + size])))
+            start = end
+    if start < count:
+        conn.executemany(values_statement(head, columns, 1), rows[start:])
+
+_RECORD_ROWS: Final = "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
+_RECORD_COLUMNS: Final = 5
+RECORDS_PER_STATEMENT: Final = 16
+"""Records one INSERT of a batch carries: a batch of up to this many is one statement."""
+
+
+def _insert_records(conn: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> None:
+    """A batch's records in order, one statement per ``RECORDS_PER_STATEMENT`` (each size its
+    own statement, kept prepared by the connection's statement cache). A sequence that exists
+    fails the statement with IntegrityError, as the first such row of ``executemany`` did."""
+    for first in range(0, len(rows), RECORDS_PER_STATEMENT):
+        part = rows[first : first + RECORDS_PER_STATEMENT]
+        conn.execute(
+            values_statement(_RECORD_ROWS, _RECORD_COLUMNS, len(part)),
+            list(itertools.chain.from_iterable(part)),
+        )
 
 
 _INSERT_CHECKPOINT: Final = (
@@ -248,8 +300,8 @@ def _lookup_writer(
     the stored text and, after an unacknowledged commit, every chain's lagging tail."""
 
     def write(conn: sqlite3.Connection) -> dict[str, int]:
-        conn.executemany(_INSERT_LOOKUP_ROW, rows)
-        conn.executemany(_INSERT_SUBJECT_ROW, subjects)
+        insert_rows(conn, _LOOKUP_ROWS, _LOOKUP_COLUMNS, rows)
+        insert_rows(conn, _SUBJECT_ROWS, _SUBJECT_COLUMNS, subjects)
         _fill_spans(conn, spans)
         if not unsure:
             return {}
@@ -541,7 +593,7 @@ class SqliteAuditStore:
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             if rows:
-                conn.executemany(_INSERT_RECORD, rows)
+                _insert_records(conn, rows)
             if checkpoint is not None:
                 conn.execute(
                     _INSERT_CHECKPOINT,
