@@ -248,6 +248,7 @@ def insert_rows(
     if start < count:
         conn.executemany(values_statement(head, columns, 1), rows[start:])
 
+
 _RECORD_ROWS: Final = "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
 _RECORD_COLUMNS: Final = 5
 RECORDS_PER_STATEMENT: Final = 16
