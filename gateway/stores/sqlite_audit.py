@@ -249,22 +249,10 @@ def insert_rows(
         conn.executemany(values_statement(head, columns, 1), rows[start:])
 
 
-_RECORD_ROWS: Final = "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
-_RECORD_COLUMNS: Final = 5
-RECORDS_PER_STATEMENT: Final = 16
-"""Records one INSERT of a batch carries: a batch of up to this many is one statement."""
-
-
-def _insert_records(conn: sqlite3.Connection, rows: Sequence[Sequence[object]]) -> None:
-    """A batch's records in order, one statement per ``RECORDS_PER_STATEMENT`` (each size its
-    own statement, kept prepared by the connection's statement cache). A sequence that exists
-    fails the statement with IntegrityError, as the first such row of ``executemany`` did."""
-    for first in range(0, len(rows), RECORDS_PER_STATEMENT):
-        part = rows[first : first + RECORDS_PER_STATEMENT]
-        conn.execute(
-            values_statement(_RECORD_ROWS, _RECORD_COLUMNS, len(part)),
-            list(itertools.chain.from_iterable(part)),
-        )
+_INSERT_RECORD: Final = (
+    "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
 
 
 _INSERT_CHECKPOINT: Final = (
@@ -594,7 +582,7 @@ class SqliteAuditStore:
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             if rows:
-                _insert_records(conn, rows)
+                conn.executemany(_INSERT_RECORD, rows)
             if checkpoint is not None:
                 conn.execute(
                     _INSERT_CHECKPOINT,

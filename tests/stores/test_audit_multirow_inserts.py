@@ -1,9 +1,9 @@
-"""SQLite: the audit store inserts many rows per statement; the rows are those of one by one.
+"""SQLite: the lookup thread inserts many rows per statement; the rows are those of one by one.
 
 The lookup thread writes its lookup and subject rows fifty to a statement (then eight, then
-one), and a batch's records go in one statement per sixteen. What the tables hold, the conflict
-rules and the errors must be those of ``executemany`` of the one-row statement, for every count
-of rows around the sizes, with rows already present, NULLs and text of every kind.
+one). What the tables hold must be what ``executemany`` of the one-row statement left, for every
+count of rows around the sizes, with keys repeated among the rows and with rows already present
+(``INSERT OR IGNORE``: the first one stays), NULLs and text of every kind.
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit.store import ChainConflict, StoredRecord
+from gateway.audit.store import StoredRecord
 from gateway.stores import sqlite_audit
 from gateway.stores.sqlite_audit import (
     AUDIT_MIGRATIONS,
-    RECORDS_PER_STATEMENT,
     ROWS_PER_STATEMENT,
     SqliteAuditStore,
     insert_rows,
     values_statement,
 )
-from gateway.stores.sqlite_audit import _insert_records as insert_records
 
 _TEXTS = ("p", "", "0", "名字", "a'b", 'q"uote', "x" * 300, "\u00e9\U0001f600", "NULL")
 
@@ -97,7 +95,7 @@ def test_the_statement_sizes_are_few_and_fit_the_cache() -> None:
     # Each size is a statement of its own in the connection's cache (128 by default).
     assert list(ROWS_PER_STATEMENT) == sorted(ROWS_PER_STATEMENT, reverse=True)
     assert ROWS_PER_STATEMENT[0] * sqlite_audit._LOOKUP_COLUMNS < 32766  # SQLite's limit
-    assert RECORDS_PER_STATEMENT + 2 * (len(ROWS_PER_STATEMENT) + 1) < 100
+    assert 2 * (len(ROWS_PER_STATEMENT) + 1) < 20
     statements: list[str] = []
 
     class Recording:
@@ -112,46 +110,39 @@ def test_the_statement_sizes_are_few_and_fit_the_cache() -> None:
     assert [s.count("(") for s in statements] == [50, 8, 1]
 
 
-def _record(sequence: int) -> tuple[str, int, str, str, str]:
-    return ("gw-a", sequence, "2026-12-07T10:00:00Z", f'{{"sequence":{sequence}}}', f"h{sequence}")
-
-
-@pytest.mark.parametrize("count", [1, 2, 6, 15, 16, 17, 33, 40])
-def test_a_batch_of_records_is_stored_in_order(count: int) -> None:
-    conn = _schema(sqlite3.connect(":memory:"))
-    rows = [_record(n) for n in range(1, count + 1)]
-    insert_records(conn, rows)
-    assert list(conn.execute("SELECT * FROM audit_records ORDER BY sequence")) == rows
-
-
-@pytest.mark.parametrize("clash", [1, 16, 17, 30])
-def test_a_record_that_exists_fails_the_batch_as_before(clash: int) -> None:
-    one, many = _schema(sqlite3.connect(":memory:")), _schema(sqlite3.connect(":memory:"))
-    for conn in (one, many):
-        conn.execute(values_statement(sqlite_audit._RECORD_ROWS, 5, 1), _record(clash))
-    rows = [_record(n) for n in range(1, 31) if n != clash] + [_record(clash)]
-    with pytest.raises(sqlite3.IntegrityError):
-        one.executemany(values_statement(sqlite_audit._RECORD_ROWS, 5, 1), rows)
-    with pytest.raises(sqlite3.IntegrityError):
-        insert_records(many, rows)
-
-
-async def test_the_store_keeps_a_batch_whole_or_not_at_all(tmp_path: Path) -> None:
+async def test_the_stores_lookup_and_subject_rows_after_a_flush(tmp_path: Path) -> None:
+    """Records appended in batches of several sizes, flushed in chunks of fifty: each lookup
+    row is the record's own (NULL where the record has no value) and each subject row too."""
+    rng = random.Random(5)
+    records: list[StoredRecord] = []
+    for n in range(1, 124):
+        time = f"2026-12-07T10:{n // 60:02d}:{n % 60:02d}Z"
+        values = [rng.choice((None, *_TEXTS)) for _ in range(8)]
+        subjects = tuple(dict.fromkeys(rng.choice(_TEXTS[:4]) or "k" for _ in range(n % 4)))
+        lookup = ("gw-a", n, time, *values)
+        records.append(
+            StoredRecord("gw-a", n, time, "{}", f"h{n}", lookup, subjects)  # type: ignore[arg-type]
+        )
     store = SqliteAuditStore(tmp_path / "audit.sqlite")
     await store.open()
     try:
-        first = [StoredRecord("gw-a", n, "2026-12-07T10:00:00Z", "{}", f"h{n}") for n in (1, 2)]
-        await store.append(first)
-        batch = [
-            StoredRecord("gw-a", n, "2026-12-07T10:00:01Z", "{}", f"h{n}") for n in range(3, 40)
-        ]
-        with pytest.raises(ChainConflict):
-            await store.append([*batch, first[1]])
-        head = await store.head("gw-a")
-        assert head is not None
-        assert head.sequence == 2
-        await store.append(batch)
-        pages = [r async for page in store.read_pages("gw-a") for r in page]
-        assert [r.sequence for r in pages] == list(range(1, 40))
+        start = 0
+        while start < len(records):
+            size = rng.choice((1, 6, 13))
+            await store.append(records[start : start + size])
+            start += size
+        await store.lookup_gaps()  # flushes first
     finally:
         await store.aclose()
+    conn = sqlite3.connect(tmp_path / "audit.sqlite")
+    expected = _schema(sqlite3.connect(":memory:"))
+    expected.executemany(
+        values_statement(sqlite_audit._LOOKUP_ROWS, 11, 1), [r.lookup for r in records if r.lookup]
+    )
+    expected.executemany(
+        values_statement(sqlite_audit._SUBJECT_ROWS, 4, 1),
+        [(k, r.time, r.chain, r.sequence) for r in records for k in r.subjects or ()],
+    )
+    for table in ("audit_index", "audit_subjects"):
+        assert _table(conn, table) == _table(expected, table)
+    assert len(_table(conn, "audit_subjects")) > 100
