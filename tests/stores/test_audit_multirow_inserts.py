@@ -1,9 +1,10 @@
 """SQLite: the lookup thread inserts many rows per statement; the rows are those of one by one.
 
-The lookup thread writes its lookup and subject rows fifty to a statement (then eight, then
-one). What the tables hold must be what ``executemany`` of the one-row statement left, for every
-count of rows around the sizes, with keys repeated among the rows and with rows already present
-(``INSERT OR IGNORE``: the first one stays), NULLs and text of every kind.
+The lookup thread writes its lookup and subject rows fifty to a statement (then 32, 16, 8, 4,
+2, and a last row alone). What the tables hold must be what ``executemany`` of the one-row
+statement left, for every count of rows around the sizes, with keys repeated among the rows and
+with rows already present (``INSERT OR IGNORE``: the first one stays), NULLs and text of every
+kind.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def _both(
     return one, many
 
 
-@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 49, 50, 51, 58, 59, 107, 150, 173])
+@pytest.mark.parametrize(
+    "count", [0, 1, 2, 3, 7, 8, 9, 15, 31, 37, 49, 50, 51, 58, 59, 107, 150, 173]
+)
 def test_lookup_rows_are_those_of_one_by_one(count: int) -> None:
     rng = random.Random(count)
     present = _lookup_rows(rng, 3)
@@ -107,8 +110,10 @@ def test_the_statement_sizes_are_few_and_fit_the_cache() -> None:
         def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
             statements.extend(sql for _ in rows)
 
-    insert_rows(Recording(), "INSERT INTO t", 2, [(n, n) for n in range(59)])  # type: ignore[arg-type]
-    assert [s.count("(") for s in statements] == [50, 8, 1]
+    for count, sizes in ((59, [50, 8, 1]), (37, [32, 4, 1]), (49, [32, 16, 1]), (1, [1])):
+        statements.clear()
+        insert_rows(Recording(), "INSERT INTO t", 2, [(n, n) for n in range(count)])  # type: ignore[arg-type]
+        assert [s.count("(") for s in statements] == sizes
 
 
 async def test_the_stores_lookup_and_subject_rows_after_a_flush(tmp_path: Path) -> None:
