@@ -212,7 +212,7 @@ _LOOKUP_COLUMNS: Final = 11
 
 ROWS_PER_STATEMENT: Final = (50, 32, 16, 8, 4, 2)
 """Rows one INSERT of the lookup thread carries (as many of the largest as fit, then of the
-next; a last row alone): a chunk of up to fifty records' rows is one to six statements. One
+next; a last row alone): a chunk's lookup rows (fifty at most) are one to five statements. One
 statement of fifty rows costs far less than fifty of one: the statement's start and end, the
 Python binding's per-row round and the descent of each B-tree from its root happen once, not
 per row (the B-tree cursors stay on the last page where the rows go in key order). Few sizes,
