@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -191,7 +193,8 @@ _INSERT_SUBJECTS: Final = (
     " WHERE r.chain_id = ? AND r.sequence BETWEEN ? AND ? AND j.type = 'text'"
     " AND instr(r.record, '\"subjects\":') > 0"
 )
-_INSERT_SUBJECT_ROW: Final = "INSERT OR IGNORE INTO audit_subjects VALUES (?, ?, ?, ?)"
+_SUBJECT_ROWS: Final = "INSERT OR IGNORE INTO audit_subjects"
+_SUBJECT_COLUMNS: Final = 4
 # Lookup rows made from the stored text by SQLite itself, for a span of one chain: records whose
 # rows were lost with a crash or whose commit was not acknowledged (the writer's rows are bound).
 _INSERT_LOOKUP: Final = (
@@ -204,9 +207,47 @@ _INSERT_LOOKUP: Final = (
     + " FROM audit_records WHERE chain_id = ? AND sequence BETWEEN ? AND ?"
 )
 
-_INSERT_LOOKUP_ROW: Final = (
-    "INSERT OR IGNORE INTO audit_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+_LOOKUP_ROWS: Final = "INSERT OR IGNORE INTO audit_index"
+_LOOKUP_COLUMNS: Final = 11
+
+ROWS_PER_STATEMENT: Final = (50, 32, 16, 8, 4, 2)
+"""Rows one INSERT of the lookup thread carries (as many of the largest as fit, then of the
+next; a last row alone): a chunk's lookup rows (fifty at most) are one to five statements. One
+statement of fifty rows costs far less than fifty of one: the statement's start and end, the
+Python binding's per-row round and the descent of each B-tree from its root happen once, not
+per row (the B-tree cursors stay on the last page where the rows go in key order). Few sizes,
+so the connection's statement cache keeps them all prepared."""
+
+
+@functools.cache
+def values_statement(head: str, columns: int, rows: int) -> str:
+    """``head VALUES (?, ...), ...``: ``rows`` rows of ``columns`` parameters each."""
+    row = "(" + ", ".join("?" * columns) + ")"
+    return f"{head} VALUES " + ", ".join([row] * rows)
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    head: str,
+    columns: int,
+    rows: Sequence[Sequence[object]],
+    sizes: Sequence[int] = ROWS_PER_STATEMENT,
+) -> None:
+    """The rows in order, as ``executemany`` of the one-row statement inserts them, in fewer
+    statements: SQLite runs the rows of a multi-row VALUES one after another in one statement,
+    with the same conflict rule for each (an error aborts the statement, and the caller's
+    transaction rolls back as it would have)."""
+    start, count = 0, len(rows)
+    for size in sizes:
+        end = start + (count - start) // size * size
+        if end > start:
+            sql = values_statement(head, columns, size)
+            for first in range(start, end, size):
+                conn.execute(sql, list(itertools.chain.from_iterable(rows[first : first + size])))
+            start = end
+    if start < count:
+        conn.executemany(values_statement(head, columns, 1), rows[start:])
+
 
 _INSERT_RECORD: Final = (
     "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
@@ -248,8 +289,8 @@ def _lookup_writer(
     the stored text and, after an unacknowledged commit, every chain's lagging tail."""
 
     def write(conn: sqlite3.Connection) -> dict[str, int]:
-        conn.executemany(_INSERT_LOOKUP_ROW, rows)
-        conn.executemany(_INSERT_SUBJECT_ROW, subjects)
+        insert_rows(conn, _LOOKUP_ROWS, _LOOKUP_COLUMNS, rows)
+        insert_rows(conn, _SUBJECT_ROWS, _SUBJECT_COLUMNS, subjects)
         _fill_spans(conn, spans)
         if not unsure:
             return {}
