@@ -31,6 +31,26 @@ DEFAULT: EventLoopChoice = "asyncio"
 T = TypeVar("T")
 
 
+class KeptLoop:
+    """The running event loop, asked for once and kept while it runs: on Python 3.11 every
+    ``asyncio.get_running_loop()`` is a ``getpid`` system call, and an object that schedules on
+    its loop at every call (the audit writer, admission's delay probe, the rate-limit file's
+    draws) would make several per routed call. A loop that has stopped is not kept: the next
+    call asks again (a test's new loop, a restarted server's). Only for objects used on their
+    loop's thread: a loop running in another thread would pass for this one's."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+
 class EventLoopUnavailable(RuntimeError):
     """``event_loop: uvloop`` was asked for and uvloop is not installed."""
 

@@ -37,6 +37,7 @@ from gateway.audit.store import (
 )
 from gateway.deadlines import Deadlines
 from gateway.errors import AuditUnavailable
+from gateway.event_loop import KeptLoop
 
 log = structlog.get_logger("gateway.audit")
 
@@ -187,9 +188,8 @@ class AuditWriter:
         self._cp_at = 0.0
         self._uncertain: _Uncertain | None = None
         self._task: asyncio.Task[None] | None = None
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        """The loop the writer runs on (set by ``start``); kept rather than asked for, since on
-        Python 3.11 every ``asyncio.get_running_loop()`` is a ``getpid`` system call."""
+        self._running_loop = KeptLoop()
+        """The loop the writer runs on, asked for at ``start`` and kept (``KeptLoop``)."""
         self._closing = False
         self._last_tag = 0
         """Tag of the last entry queued."""
@@ -222,7 +222,7 @@ class AuditWriter:
         self._acked_sequence = self._head_sequence
         self._cp_at = self._monotonic()
         self._state = "ready"
-        loop = self._event_loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         self._task = loop.create_task(self._run(), name=f"audit-writer-{self._chain}")
         log.info("audit_writer_started", chain=self._chain, sequence=self._head_sequence)
 
@@ -366,11 +366,6 @@ class AuditWriter:
             else:
                 waiting.append((target, future))
         self._settlers = waiting
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """The writer's loop (appends are only taken once ``start`` has set it)."""
-        loop = self._event_loop
-        return loop if loop is not None else asyncio.get_running_loop()
 
     def _stamp(self, event: AuditEvent) -> str:
         if event.time is not None:

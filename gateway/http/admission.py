@@ -71,6 +71,7 @@ from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import Overloaded
+from gateway.event_loop import KeptLoop
 from gateway.http.problem import CONTENT_TYPE, PROBLEM_TYPE_BASE
 from gateway.settings import AdmissionSettings
 
@@ -117,9 +118,8 @@ class QueueDelay:
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
         self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        """The loop probed, kept from ``start``: on Python 3.11 asking for it is a system call
-        (``getpid``), and the probe rings every few milliseconds."""
+        self._loop = KeptLoop()
+        """The loop probed (``KeptLoop``: the probe rings every few milliseconds)."""
         self._due = 0.0
         self._window_end = 0.0
         self._samples = 0
@@ -138,7 +138,6 @@ class QueueDelay:
     def start(self) -> None:
         if self._handle is not None:
             return
-        self._loop = asyncio.get_running_loop()
         now = time.monotonic()
         self._new_window(now)
         self._schedule(now)
@@ -156,8 +155,7 @@ class QueueDelay:
 
     def _schedule(self, now: float) -> None:
         self._due = now + _PROBE_EVERY
-        loop = self._loop or asyncio.get_running_loop()
-        self._handle = loop.call_later(_PROBE_EVERY, self._tick)
+        self._handle = self._loop().call_later(_PROBE_EVERY, self._tick)
 
     def _tick(self) -> None:
         now = time.monotonic()

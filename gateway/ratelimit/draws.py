@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from limits.errors import StorageError
+
 Window = tuple[int, float, int, float]
 """Previous window's count, seconds until it expires, current count, seconds until it expires."""
 
@@ -38,3 +40,15 @@ def retry_after(window: Window, expiry: int) -> int:
     if reset_in == math.inf:
         return 1
     return max(math.ceil(reset_in), 1)
+
+
+def caller_error(exc: Exception) -> Exception:
+    """A failed shared step's error (a Redis round trip, a SQLite transaction) for one of the
+    calls that shared it: a ``StorageError`` of its own for each (each caller raises it, and
+    raising adds to an exception's traceback), the store's error its cause; any other error
+    as it is."""
+    if isinstance(exc, StorageError):
+        own = StorageError(exc.storage_error)
+        own.__cause__ = exc.storage_error
+        return own
+    return exc

@@ -56,7 +56,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.ratelimit.draws import Drawn
+from gateway.ratelimit.draws import Drawn, caller_error
 
 PACK_COMMAND: Callable[[tuple[Any, ...]], bytes] | None
 """hiredis's command packer: what redis-py's does with it, without its layers of Python."""
@@ -216,7 +216,7 @@ class RedisBudgetStorage(RedisStorage):
                     # Every call of the step hears the error its draw would have met alone.
                     for _, answer in batch:
                         if not answer.done():
-                            answer.set_exception(_own(exc))
+                            answer.set_exception(caller_error(exc))
                     continue
                 except BaseException:
                     for _, answer in batch:
@@ -298,16 +298,6 @@ async def _call(connection: AbstractConnection, command: tuple[str | int, ...]) 
     else:  # pragma: no cover - hiredis is a dependency
         await connection.send_command(*command)
     return await connection.read_response()
-
-
-def _own(exc: Exception) -> Exception:
-    """An error of a step for one of its callers: a StorageError of its own (each caller raises
-    it, and a raise adds to the exception's traceback), any other as it is."""
-    if isinstance(exc, StorageError):
-        own = StorageError(exc.storage_error)
-        own.__cause__ = exc.__cause__
-        return own
-    return exc
 
 
 def _drawn(granted: list[Any], window: list[Any]) -> Drawn:

@@ -48,7 +48,8 @@ from limits.aio.storage import SlidingWindowCounterSupport, Storage
 from limits.errors import StorageError
 from limits.storage.base import TimestampedSlidingWindow
 
-from gateway.ratelimit.draws import Drawn, Window
+from gateway.event_loop import KeptLoop
+from gateway.ratelimit.draws import Drawn, Window, caller_error
 from gateway.stores.migrations import Migration
 from gateway.stores.sqlite import LockedConnection
 
@@ -104,9 +105,8 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         self._queued: list[tuple[Entries, asyncio.Future[Drawn]]] = []
         self._drain: asyncio.Handle | None = None
         """The callback armed to run the queued draws, or None."""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: object = None
-        """The loop the draws run on, and its ready queue (None where it does not show it)."""
+        self._running = KeptLoop()
+        """The loop the draws run on (``KeptLoop``)."""
         self.at_once = True
         """A draw with nothing to share its transaction goes at once (False: every draw is
         queued, as on a loop that does not show its ready queue; for measuring)."""
@@ -186,19 +186,8 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         docstring). Then ``acquire_all`` at once; otherwise ``draw``."""
         if self._queued or not self.at_once:
             return False
-        self._running()
-        ready = self._ready
+        ready = getattr(self._running(), "_ready", None)  # None: a loop that does not show it
         return ready is not None and not ready
-
-    def _running(self) -> asyncio.AbstractEventLoop:
-        """The running loop, kept: ``asyncio.get_running_loop`` makes a system call (getpid)
-        each time. The loop kept is the one running in this thread while it runs (one loop at
-        a time runs in a thread, and a worker draws on its loop's thread only)."""
-        loop = self._loop
-        if loop is None or not loop.is_running():
-            loop = self._loop = asyncio.get_running_loop()
-            self._ready = getattr(loop, "_ready", None)
-        return loop
 
     def draw(self, entries: Entries) -> asyncio.Future[Drawn]:
         """``acquire_all``'s answer for ``entries``, drawn in the transaction the queued calls
@@ -233,11 +222,12 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             if self._drain is not None:
                 self._drain.cancel()
                 self._drain = None
+            failure = StorageError(exc) if isinstance(exc, sqlite3.Error) else exc
             for _, answer in waiting:
                 if answer.done():
                     continue
-                if isinstance(exc, Exception):
-                    answer.set_exception(_own(exc))
+                if isinstance(failure, Exception):
+                    answer.set_exception(caller_error(failure))
                 else:
                     answer.cancel()
             if not isinstance(exc, Exception):
@@ -308,16 +298,6 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                 self._drain.cancel()
                 self._drain = None
         self._db.close()
-
-
-def _own(exc: Exception) -> Exception:
-    """A failed transaction's error for one of its callers: a StorageError of its own (each
-    caller raises it, and a raise adds to the exception's traceback), any other as it is."""
-    if isinstance(exc, sqlite3.Error):
-        own = StorageError(exc)
-        own.__cause__ = exc
-        return own
-    return exc
 
 
 _COUNT = "SELECT count FROM rl_counters WHERE key = ? AND expires_at > ?"

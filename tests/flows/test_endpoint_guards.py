@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,8 +20,6 @@ import pytest
 from aiohttp import encode_basic_auth
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.adapter import Adapter, SystemSpec
 from gateway.app import create_app
@@ -38,25 +35,15 @@ from gateway.ratelimit.config import EndpointRateLimits, RateLimitSettings
 from gateway.settings import Settings, SystemSettings
 from tests.flows.test_oidc_provider import SYSTEM_SECRET, _clients
 from tests.ports import HeldPort
+from tests.redis_keys import REDIS_URL, own_prefix
 from tests.unit.http.test_app import Backend
 from tests.unit.http.test_app import _settings as base_settings
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
-    prefix = f"tongban-test:{secrets.token_hex(8)}:ratelimit:"
-    async with Redis.from_url(REDIS_URL) as redis:
-        try:
-            await redis.ping()
-        except RedisError:
-            pytest.skip("Redis is not reachable on 127.0.0.1:6379")
-        try:
-            yield prefix
-        finally:
-            async for name in redis.scan_iter(match=f"{prefix}*"):
-                await redis.delete(name)
+    async with own_prefix(":ratelimit:") as prefix:
+        yield prefix
 
 
 @dataclasses.dataclass

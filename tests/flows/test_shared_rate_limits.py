@@ -8,7 +8,6 @@ double them. With the memory store each instance would count alone.
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -16,36 +15,24 @@ from typing import Any, Literal
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.adapter import Adapter, SystemSpec
 from gateway.app import create_app
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.settings import Settings, SystemSettings
+from tests.redis_keys import REDIS_URL, own_prefix
 from tests.subject_fixtures import TEST_SUBJECT_KEYS, person_key
 from tests.unit.http.test_app import ID, ISSUER, Backend, auth, call_body
 from tests.unit.http.test_app import _settings as base_settings
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 CALLS = "/api/v1/services/degree-verification/calls"
 Store = Literal["memory", "redis"]
 
 
 @pytest.fixture
 async def prefix() -> AsyncIterator[str]:
-    # A random prefix per run: parallel runs and old keys never meet.
-    prefix = f"tongban-test:{secrets.token_hex(8)}:ratelimit:"
-    async with Redis.from_url(REDIS_URL) as redis:
-        try:
-            await redis.ping()
-        except RedisError:
-            pytest.skip("Redis is not reachable on 127.0.0.1:6379")
-        try:
-            yield prefix
-        finally:
-            async for name in redis.scan_iter(match=f"{prefix}*"):
-                await redis.delete(name)
+    async with own_prefix(":ratelimit:") as prefix:
+        yield prefix
 
 
 def instance(tmp_path: Path, name: str, prefix: str, store: Store = "redis") -> Settings:

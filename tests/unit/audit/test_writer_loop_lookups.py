@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway import event_loop as event_loop_module
 from gateway.audit import writer as writer_module
 from gateway.audit.checkpoint import CheckpointSigner
 from gateway.audit.keys import StaticKeyStore, new_signing_key
@@ -25,7 +26,8 @@ SETTINGS = WriterSettings(linger=0.002, buffered_linger=0.005, commit_timeout=1.
 
 
 class _CountingAsyncio:
-    """``asyncio`` as the writer's module sees it, counting ``get_running_loop`` calls."""
+    """``asyncio`` as the writer's module and the loop keeper it uses see it, counting
+    ``get_running_loop`` calls."""
 
     def __init__(self) -> None:
         self.lookups = 0
@@ -42,6 +44,7 @@ class _CountingAsyncio:
 def counting(monkeypatch: pytest.MonkeyPatch) -> _CountingAsyncio:
     spy = _CountingAsyncio()
     monkeypatch.setattr(writer_module, "asyncio", spy)
+    monkeypatch.setattr(event_loop_module, "asyncio", spy)
     return spy
 
 
