@@ -44,19 +44,23 @@ request, a task and the middleware chain for them (``_DoorHandler``, ``refuse_at
 
 Requests only reach this middleware once the event loop has read them; each open connection
 holds memory. So a worker also bounds its connections (``admission.max_connections``,
-``limit_connections``): a connection accepted beyond the bound gets one answer, a 503 refusal
-(or the health answer), with ``Connection: close``, and is closed after it; one that sends
-nothing is aborted after ``_LATE_CONNECTION_GRACE`` seconds. The client reads a clean refusal
-instead of a reset. Only while the worker keeps up, though: answering costs several times what
-a reset does, so while the loop is late (its delay above the target) or more than a sixteenth
-of the bound (``_late_cap``, at least 8) already wait for their answer, a connection beyond the
-bound is aborted as soon as it is accepted: in a connection storm the client sees a reset, and
-the worker's CPU and memory stay bounded whatever arrives.
+``limit_connections``). At the bound, connections idle between two requests (a client's pool
+keeps them open after a burst) are closed to make room, those idle longest first, as nginx does
+with its keep-alive connections (``reclaim_idle``); their clients see them closed as when the
+keep-alive time runs out. With none idle, a connection accepted beyond the bound gets one
+answer, a 503 refusal (or the health answer), with ``Connection: close``, and is closed after
+it; one that sends nothing is aborted after ``_LATE_CONNECTION_GRACE`` seconds. The client
+reads a clean refusal instead of a reset. Only while the worker keeps up, though: answering
+costs several times what a reset does, so while the loop is late (its delay above the target)
+or more than a sixteenth of the bound (``_late_cap``, at least 8) already wait for their
+answer, a connection beyond the bound is aborted as soon as it is accepted: in a connection
+storm the client sees a reset, and the worker's CPU and memory stay bounded whatever arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -410,14 +414,29 @@ class _DoorHandler(RequestHandler):
     looks at requests it does not refuse: the first complete, refusable request it hands on holds
     a slot (``Admission.held``) until the middleware takes it in, or the connection is lost."""
 
-    __slots__ = ("held",)
+    __slots__ = ("heard_at", "held")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.held = 0
         """Slots of ``Admission.held`` held for the requests this connection handed on."""
+        self.heard_at = 0.0
+        """When the client last sent bytes (the loop's clock)."""
+
+    def idle_since(self) -> float | None:
+        """Since when this connection has been idle between two requests (its last answer
+        written, nothing received since, nothing in progress or queued), or None.
+
+        aiohttp's keep-alive timer closes such a connection when it has been idle for
+        ``keepalive_timeout``; ``reclaim_idle`` closes it sooner, when a new one needs its place."""
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._messages or self._force_close:
+            return None
+        answered_at = self._next_keepalive_close_time - self._keepalive_timeout
+        return answered_at if self.heard_at <= answered_at else None
 
     def data_received(self, data: bytes) -> None:
+        self.heard_at = self._loop.time()
         waiter = self._waiter
         door: Admission | None = getattr(self._manager, "admission", None)
         if (
@@ -512,6 +531,42 @@ def refuse_at_the_door(server: web.Server, admission: Admission) -> None:
     server.admission = admission  # type: ignore[attr-defined]
 
 
+_RECLAIM_MAX = 32
+"""Idle connections closed at most at once to make room (``reclaim_idle``)."""
+_RECLAIM_PAUSE = 0.05
+"""Seconds without a look for idle connections after a look that found none."""
+
+
+def reclaim_idle(server: web.Server, closing: set[Any], admission: Admission) -> int:
+    """Close the connections of ``server`` idle the longest between two requests: an eighth of
+    the idle ones, at least one and at most ``_RECLAIM_MAX``; how many (0: none is idle).
+
+    A worker at its connection bound that still holds idle keep-alive connections (a client's
+    pool keeps them open after a burst) makes room by closing them rather than resetting the
+    connection that arrives: the client of an idle connection sees it closed, as when its
+    keep-alive time runs out, and opens another when it needs one. ``closing`` holds the
+    handlers closed here until their connection is gone (they no longer count). Connections
+    accepted beyond the bound (``Admission.late``) are not taken: they have their one answer
+    and their grace."""
+    idle = []
+    for handler in server._connections:  # (its public list is a copy made per call)
+        if (
+            isinstance(handler, _DoorHandler)
+            and handler not in closing
+            and not admission.is_late(handler)
+        ):
+            since = handler.idle_since()
+            if since is not None:
+                idle.append((since, id(handler), handler))
+    if not idle:
+        return 0
+    count = max(1, min(_RECLAIM_MAX, len(idle) // 8))
+    for _, _, handler in heapq.nsmallest(count, idle):
+        closing.add(handler)
+        handler.force_close()
+    return count
+
+
 def _late_cap(limit: int) -> int:
     """Connections beyond the bound answered with a 503 at the same time; more are aborted."""
     return max(8, limit // 16)
@@ -525,12 +580,33 @@ def limit_connections(
 ) -> None:
     """Refuse every connection accepted while ``server`` already holds ``limit`` of them:
     with one 503 and ``Connection: close`` when ``admission`` is given (its middleware
-    answers it), else by closing it at once."""
+    answers it), else by closing it at once. With ``admission``, a connection that arrives at
+    the bound while others sit idle between two requests is taken in instead, and the idle
+    ones longest idle are closed to make room (``reclaim_idle``)."""
     register = server.connection_made
     unregister = server.connection_lost
+    closing: set[Any] = set()
+    """Idle connections closed to make room (``reclaim_idle``) whose loss is not yet seen."""
+    none_idle_until = 0.0
+
+    def reclaimed() -> bool:
+        """Room made by closing idle connections? A look at every connection costs some
+        hundreds of microseconds at a thousand: after one that found none idle, the next waits
+        ``_RECLAIM_PAUSE`` (in a storm of busy connections, arrivals are reset cheaply)."""
+        nonlocal none_idle_until
+        if admission is None:
+            return False
+        now = time.monotonic()
+        if now < none_idle_until:
+            return False
+        if reclaim_idle(server, closing, admission):
+            return True
+        none_idle_until = now + _RECLAIM_PAUSE
+        return False
 
     def connection_made(handler: Any, transport: asyncio.Transport) -> None:
-        if len(server.connections) >= limit:
+        held = len(server._connections) - len(closing)
+        if held >= limit and not reclaimed():
             on_refused()
             if admission is None or not admission.can_answer_late(limit):
                 # Reset unread, once aiohttp's handler task has started: aborting here, before
@@ -542,6 +618,7 @@ def limit_connections(
         register(handler, transport)
 
     def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+        closing.discard(handler)
         if admission is not None:
             admission.gone(handler)
         unregister(handler, exc)

@@ -207,6 +207,19 @@ async def _get_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     return await reader.readuntil(b'{"status":"ok"}')
 
 
+async def _busy(writer: asyncio.StreamWriter) -> None:
+    """Start a request's head on a connection: it is no longer idle (a partial request)."""
+    writer.write(b"GET /healthz HTTP/1.1\r\n")
+    await writer.drain()
+
+
+async def _finish_healthz(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """The rest of the head ``_busy`` started, and its answer."""
+    writer.write(b"Host: gw\r\n\r\n")
+    await writer.drain()
+    return await reader.readuntil(b'{"status":"ok"}')
+
+
 async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ask: bytes) -> bytes:
     """Everything the server sends for one request until it closes the connection."""
     try:
@@ -250,10 +263,12 @@ async def test_connections_beyond_the_bound_get_one_refusal_then_close(
     monkeypatch.setattr(admission_module, "_LATE_CONNECTION_GRACE", 0.2)
     app, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_connections=2)
     try:
-        # Two connections are held (each has answered a request, so each was accepted).
+        # Two connections are held (each has answered a request, so each was accepted), each
+        # busy with its next request's head (idle ones would be closed to make room).
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         for reader, writer in held:
             assert b"200 OK" in await _get_healthz(reader, writer)
+            await _busy(writer)
         checked = verifier.checked
         records = await _audit_records_of(app)
         admission = app[ADMISSION]
@@ -297,7 +312,7 @@ async def test_connections_beyond_the_bound_get_one_refusal_then_close(
                 assert await reader.read() == b""
         writer.close()
         # The held ones still work, and once one of them goes, a new connection is taken.
-        assert b"200 OK" in await _get_healthz(*held[0])
+        assert b"200 OK" in await _finish_healthz(*held[0])
         held[1][1].close()
         await held[1][1].wait_closed()
         async with asyncio.timeout(10):
@@ -330,6 +345,7 @@ async def test_beyond_the_answered_late_connections_a_connection_is_aborted(
     try:
         held = await asyncio.open_connection("127.0.0.1", port)
         assert b"200 OK" in await _get_healthz(*held)
+        await _busy(held[1])  # not idle: not closed to make room
         # Eight silent connections beyond the bound: kept, each waiting to be answered once.
         for _ in range(8):
             opened.append(await asyncio.open_connection("127.0.0.1", port))
@@ -351,6 +367,103 @@ async def test_beyond_the_answered_late_connections_a_connection_is_aborted(
         assert answer.startswith(b"HTTP/1.1 503 ")
         assert admission.late_count == 7
         opened.append(held)
+    finally:
+        for _, w in opened:
+            w.close()
+        await runner.cleanup()
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    async with asyncio.timeout(10):
+        with contextlib.suppress(ConnectionResetError):
+            return await reader.read() == b""
+    return True
+
+
+async def test_at_the_bound_the_connection_idle_longest_makes_room(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+) -> None:
+    """A client pool's idle keep-alive connections do not keep a new client out: at the
+    connection bound the connection idle longest is closed, and the new one is served."""
+    _, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_connections=2)
+    try:
+        first = await asyncio.open_connection("127.0.0.1", port)
+        second = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*first)
+        assert b"200 OK" in await _get_healthz(*second)  # both idle now, the first the longest
+        third = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*third)
+        assert await _closed_by_server(first[0])
+        # The other idle one is kept, and works; nothing was refused.
+        assert b"200 OK" in await _get_healthz(*second)
+        metrics = await _get_metrics(*third)
+        assert 'tongban_overloaded_total{bound="connections"}' not in metrics
+        for _, w in (first, second, third):
+            w.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_at_the_bound_busy_connections_are_not_closed_to_make_room(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+) -> None:
+    """A connection with a call in progress, or with part of its next request received, is
+    never closed to make room: the new connection is refused instead."""
+    _, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_connections=2)
+    try:
+        calling = await asyncio.open_connection("127.0.0.1", port)
+        body = json.dumps(call_body()).encode()
+        calling[1].write(
+            f"POST {CALLS} HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            f"Authorization: {auth()['Authorization']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await backend.until_arrived(1)  # its call is held at the back-end
+        sending = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*sending)
+        await _busy(sending[1])  # part of its next request received
+        late = await _answer(
+            *await asyncio.open_connection("127.0.0.1", port),
+            b"GET /api/v1/services HTTP/1.1\r\nHost: gw\r\n\r\n",
+        )
+        assert late.startswith(b"HTTP/1.1 503 "), late
+        assert b"\r\nConnection: close" in late
+        # Both held connections still carry their requests through.
+        assert b"200 OK" in await _finish_healthz(*sending)
+        backend.release.set()
+        async with asyncio.timeout(10):
+            assert b"200 OK" in await calling[0].readuntil(b"\r\n\r\n")
+        for _, w in (calling, sending):
+            w.close()
+    finally:
+        backend.release.set()
+        await runner.cleanup()
+
+
+async def test_many_idle_connections_are_closed_an_eighth_at_a_time(
+    tmp_path: Path, backend: HeldBackend, verifier: CountingVerifier
+) -> None:
+    """At the bound with many idle connections, an eighth of them (those idle longest) are
+    closed at once, so that the arrivals that follow find room without a look each."""
+    _, runner, port = await _serve_bounded(tmp_path, backend, verifier, max_connections=16)
+    opened = []
+    try:
+        for _ in range(16):
+            opened.append(await asyncio.open_connection("127.0.0.1", port))
+            assert b"200 OK" in await _get_healthz(*opened[-1])
+        newcomer = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*newcomer)
+        # The two idle longest are closed (16 // 8), the others kept.
+        assert await _closed_by_server(opened[0][0])
+        assert await _closed_by_server(opened[1][0])
+        for reader, writer in opened[2:]:
+            assert b"200 OK" in await _get_healthz(reader, writer)
+        # The second closed one's room takes a second newcomer without closing another.
+        another = await asyncio.open_connection("127.0.0.1", port)
+        assert b"200 OK" in await _get_healthz(*another)
+        for reader, writer in opened[2:]:
+            assert b"200 OK" in await _get_healthz(reader, writer)
+        opened += [newcomer, another]
     finally:
         for _, w in opened:
             w.close()
