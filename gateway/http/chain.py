@@ -44,7 +44,7 @@ from gateway.http.middlewares import (
     open_request,
     render_error,
 )
-from gateway.http.ratelimit import count_call, rate_limit_middleware
+from gateway.http.ratelimit import count_call, rate_limit_fields, rate_limit_middleware
 
 
 @web.middleware
@@ -71,11 +71,16 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
                     except ConnectionResetError as exc:
                         response = aborted_or_raise(request, exc)
             except Exception as exc:
-                response = render_error(request, exc, request_id)
+                try:
+                    response = render_error(request, exc, request_id)
+                except web.HTTPException as passed:  # a redirect: aiohttp answers with it
+                    rate_limit_fields(request, passed)
+                    raise
     finally:
         if held:
             await settle_refusals(request, held)
     close_request(request, response, started)
+    rate_limit_fields(request, response)
     return response
 
 
