@@ -33,18 +33,19 @@ from gateway.audit.refusals import collecting
 from gateway.http.audit import admin_audit_middleware
 from gateway.http.client_io import aborted_or_raise, read_body
 from gateway.http.guards import endpoint_limit_middleware, settle_refusals
-from gateway.http.keys import REQUEST_ID
+from gateway.http.keys import REQUEST_ID, STATE, VERIFIER
 from gateway.http.middlewares import (
     Handler,
     auth_middleware,
-    authenticate,
+    authenticated,
     bearer_path,
+    bearer_token,
     close_request,
     identity_audit_middleware,
     open_request,
     render_error,
 )
-from gateway.http.ratelimit import count_call, rate_limit_fields, rate_limit_middleware
+from gateway.http.ratelimit import judge, rate_limit_fields, rate_limit_middleware
 
 
 @web.middleware
@@ -63,8 +64,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
                 else:
                     try:
                         if bearer_path(request.path):
-                            await authenticate(request)
-                            await count_call(request)
+                            # authenticate and count_call, their awaits in this coroutine
+                            app = request.app
+                            token = bearer_token(request)
+                            principal = await app[VERIFIER].verify(token)
+                            authenticated(request, principal)
+                            limiter = app[STATE].rate_limiter
+                            if limiter is not None:
+                                judge(request, principal, await limiter.check(principal))
                             response = await handler(request)
                         else:
                             response = await _other_paths(request, handler)
