@@ -31,7 +31,7 @@ from aiohttp import web
 from gateway.audit.record import AuditEvent
 from gateway.audit.refusals import collecting
 from gateway.http.audit import admin_audit_middleware
-from gateway.http.client_io import aborted_or_raise, read_body
+from gateway.http.client_io import aborted_or_raise, client_aborted, read_body
 from gateway.http.guards import endpoint_limit_middleware, settle_refusals
 from gateway.http.keys import REQUEST_ID, STATE, VERIFIER
 from gateway.http.middlewares import (
@@ -53,12 +53,22 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     """The layers of the module docstring, in their order; listed last in ``create_app`` (so
     ``handler`` is the route's own)."""
     started = open_request(request)
+    response: web.StreamResponse
     held: list[AuditEvent] = []
     try:
         with collecting() as held:
             request_id = request.get(REQUEST_ID, "")
             try:
-                early = await read_body(request)
+                early: web.StreamResponse | None = None
+                if request.body_exists:
+                    if request.content.is_eof():
+                        # read_body's first case in this coroutine: the whole body is in
+                        try:
+                            await request.read()
+                        except ConnectionResetError:
+                            early = client_aborted(request)
+                    else:
+                        early = await read_body(request)
                 if early is not None:
                     response = early
                 else:

@@ -29,7 +29,7 @@ from gateway.errors import (
 )
 from gateway.fastschema import SchemaGate
 from gateway.http.cases import CASES
-from gateway.http.client_io import read_json_body
+from gateway.http.client_io import check_json_content, json_object
 from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, SUBJECTS, principal_of
 from gateway.http.oidc import (
     check_client_may_call,
@@ -351,7 +351,9 @@ async def call_service(request: web.Request) -> web.Response:
     catalog = app[STATE].catalog
     catalog.service(code)  # unknown service → 404 before we look at the body
     check_client_may_call(app, principal, code)  # allowed_services + scope → 403
-    raw, body = await read_json_body(request)
+    check_json_content(request)  # read_json_body, its await in this coroutine
+    raw = await request.read()
+    body = json_object(raw)
     if not _CALL_VALIDATOR.is_valid(body):
         _refuse_envelope(body)
     registration = client_registration(app, principal)
