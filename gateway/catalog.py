@@ -102,6 +102,14 @@ class Catalog:
         self.services = services
         self.routes = tuple(routes)
         self._by_key = agreements
+        # What ``route`` answers without an error, by the very keys a call names: each
+        # agreement's own, and the same with no operation for a service of only one.
+        self._named: dict[tuple[str, str | None, str, str], Route] = {}
+        for (code, operation, receiving, handling), route in agreements.items():
+            self._named[(code, operation, receiving, handling)] = route
+            service = services.get(code)
+            if service is not None and len(service.operations) == 1:
+                self._named[(code, None, receiving, handling)] = route
         # Linked services (联动办理): the application data's schema, compiled once.
         self._linked = {
             code: Draft202012Validator(
@@ -174,6 +182,9 @@ class Catalog:
         )
 
     def route(self, code: str, operation: str | None, receiving: str, handling: str) -> Route:
+        found = self._named.get((code, operation, receiving, handling))
+        if found is not None:
+            return found
         service = self.service(code)
         if operation is None:
             if len(service.operations) != 1:

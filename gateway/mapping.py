@@ -99,8 +99,18 @@ class FieldMapping:
     """A compiled mapping; ``apply`` builds a fresh dict and never mutates its input."""
 
     rules: tuple[_Rule, ...]
+    _applied: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    """The rules as one function of straight-line Python (``_straight``), made once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_applied", _straight(self.rules))
 
     def apply(self, data: Any) -> Any:
+        return self._applied(data)
+
+    def apply_rule_by_rule(self, data: Any) -> Any:
+        """What ``apply`` gives, worked out rule by rule (``_Rule.value``, ``_put``): the
+        definition the straight-line function follows."""
         if not self.rules:
             return data
         out: dict[str, Any] = {}
@@ -117,6 +127,66 @@ class FieldMapping:
         contract check compares with the system's message shapes."""
         for rule in self.rules:
             yield rule.target, rule.source, rule.each
+
+
+def _passed(data: Any) -> Any:
+    return data
+
+
+def _straight(rules: tuple[_Rule, ...]) -> Callable[[Any], Any]:
+    """``FieldMapping.apply_rule_by_rule`` for ``rules``, as one generated function: a routed
+    call maps its request and its answer, and rule by rule that is three calls per field
+    (``_Rule.value``, ``_get``, ``_put``). The same steps in the same order: each source path
+    followed a part at a time (a plain dict by ``dict.get``, anything else by ``_get``, which
+    gives ``_MISSING`` for what it cannot follow, ``_MISSING`` itself included), an absent or
+    null value replaced by the default, the items mapped or the value converted, and what is
+    not ``_MISSING`` put at its target. The source holds no text of the configuration: every
+    path part, constant, default, conversion and secret is a name bound to its value."""
+    if not rules:
+        return _passed
+    names: dict[str, Any] = {"_MISSING": _MISSING, "_get": _get, "_put": _put}
+    lines = ["def apply(data):", "    out = {}"]
+    for i, rule in enumerate(rules):
+        if rule.secret is not None:
+            names[f"secret_{i}"] = rule.secret
+            lines.append(f"    value = secret_{i}.reveal()")
+        elif rule.source is None:
+            names[f"const_{i}"] = rule.const
+            lines.append(f"    value = const_{i}")
+        else:
+            lines.append("    value = data")
+            for j, part in enumerate(rule.source):
+                names[f"part_{i}_{j}"] = part
+                names[f"path_{i}_{j}"] = (part,)
+                lines.append(
+                    f"    value = value.get(part_{i}_{j}, _MISSING) if type(value) is dict"
+                    f" else _get(value, path_{i}_{j})"
+                )
+            names[f"default_{i}"] = rule.default
+            lines.append("    if value is _MISSING or value is None:")
+            lines.append(f"        value = default_{i}")
+            if rule.each is not None:
+                names[f"each_{i}"] = rule.each
+                lines.append("    else:")
+                lines.append(
+                    f"        value = [each_{i}.apply(item)"
+                    " for item in (value if isinstance(value, list) else [value])]"
+                )
+            elif rule.convert is not None:
+                names[f"convert_{i}"] = rule.convert
+                lines.append("    else:")
+                lines.append(f"        value = convert_{i}(value)")
+        lines.append("    if value is not _MISSING:")
+        if len(rule.target) == 1:
+            names[f"target_{i}"] = rule.target[0]
+            lines.append(f"        out[target_{i}] = value")
+        else:
+            names[f"target_{i}"] = rule.target
+            lines.append(f"        _put(out, target_{i}, value)")
+    lines.append("    return out")
+    exec("\n".join(lines), names)  # noqa: S102 - only names in the source, values bound to them
+    applied: Callable[[Any], Any] = names["apply"]
+    return applied
 
 
 IDENTITY = FieldMapping(())

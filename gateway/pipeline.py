@@ -209,7 +209,12 @@ class _StopWhenRetryAfterTooLong(stop_base):
         return retry_after is not None and float(retry_after) > self._limit
 
 
-def with_retry(
+Retried = Callable[[Call, CallTrace, Exception, float], Awaitable[Reply]]
+"""The attempts after a retryable first failure: the call, its trace, that failure and the
+moment (``time.monotonic``) the first attempt started."""
+
+
+def after_first_attempt(
     inner: Next,
     *,
     policy: RetryPolicy,
@@ -218,15 +223,11 @@ def with_retry(
     system: str,
     sleep: Sleep,
     observer: CallObserver | None = None,
-) -> Next:
-    """Retry what ``may_retry`` allows, with backoff honouring Retry-After, within ``deadline``.
-
-    The first attempt runs outside tenacity: most calls succeed or fail for good at once, and
-    building an ``AsyncRetrying`` costs more than the rest of the stack. Only after a retryable
-    first failure does tenacity take over, replaying that failure as its attempt 1, so attempt
-    numbers, waits, stop decisions and the deadline (shortened by the time attempt 1 took) are
-    exactly those of a loop that ran tenacity from the start.
-    """
+) -> Retried:
+    """What ``with_retry`` does once the first attempt failed with an error ``may_retry``
+    allows: tenacity takes over, replaying that failure as its attempt 1, so attempt numbers,
+    waits, stop decisions and the deadline (shortened by the time attempt 1 took) are exactly
+    those of a loop that ran tenacity from the start."""
     backoff = wait_exponential_jitter(
         multiplier=settings.initial_backoff, max=settings.max_backoff, jitter=settings.jitter
     )
@@ -235,15 +236,8 @@ def with_retry(
     too_long = _StopWhenRetryAfterTooLong(settings.max_retry_after)
     max_attempts = stop_after_attempt(settings.max_attempts)
 
-    async def retried(call: Call, trace: CallTrace) -> Reply:
-        started = time.monotonic()
-        trace.attempts = 1
-        try:
-            return await inner(call, trace)
-        except Exception as exc:
-            if not may_retry(exc, policy):
-                raise
-            first: BaseException | None = exc
+    async def retried(call: Call, trace: CallTrace, failure: Exception, started: float) -> Reply:
+        first: BaseException | None = failure
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -274,6 +268,35 @@ def with_retry(
     return retried
 
 
+def with_retry(
+    inner: Next,
+    *,
+    policy: RetryPolicy,
+    settings: RetrySettings,
+    deadline: float,
+    system: str,
+    sleep: Sleep,
+    observer: CallObserver | None = None,
+) -> Next:
+    """Retry what ``may_retry`` allows, with backoff honouring Retry-After, within ``deadline``.
+
+    The first attempt runs outside tenacity: most calls succeed or fail for good at once, and
+    building an ``AsyncRetrying`` costs more than the rest of the stack. Only after a retryable
+    first failure does tenacity take over (``after_first_attempt``).
+    """
+    rest = after_first_attempt(
+        inner,
+        policy=policy,
+        settings=settings,
+        deadline=deadline,
+        system=system,
+        sleep=sleep,
+        observer=observer,
+    )
+
+    return _retried(inner, policy, rest)
+
+
 def with_audit(inner: Next, auditor: CallAuditor, route: RouteAudit) -> Next:
     """Record the call before it can reach a back-end and its outcome after it (held for only
     when the service asks, gateway/audit/calls.py); a required request record that cannot be
@@ -294,6 +317,38 @@ def with_audit(inner: Next, auditor: CallAuditor, route: RouteAudit) -> Next:
     return audited
 
 
+def _audited_with_retry(
+    attempt: Next, policy: RetryPolicy, rest: Retried, auditor: CallAuditor, route: RouteAudit
+) -> Next:
+    """``with_audit(with_retry(attempt, ...), ...)`` in one coroutine: the same records around
+    the same attempts, one frame less on the call's stack (it is resumed through every frame
+    each time the call wakes)."""
+
+    async def audited(call: Call, trace: CallTrace) -> Reply:
+        await auditor.requested(call, route)
+        try:
+            started = time.monotonic()
+            trace.attempts = 1
+            failure: Exception | None = None
+            try:
+                reply = await attempt(call, trace)
+            except Exception as exc:
+                if not may_retry(exc, policy):
+                    raise
+                failure = exc
+            if failure is not None:  # outside the except block, as with_retry: same chaining
+                reply = await rest(call, trace, failure, started)
+        except GatewayError as exc:
+            outcome = CallOutcome(trace.attempts, trace.duration_ms, trace.breaker_state, exc.code)
+            await auditor.completed(call, route, outcome)
+            raise
+        outcome = CallOutcome(trace.attempts, trace.duration_ms, trace.breaker_state, reply=reply)
+        await auditor.completed(call, route, outcome)
+        return reply
+
+    return audited
+
+
 def build_stack(
     runtime: SystemRuntime,
     *,
@@ -303,11 +358,13 @@ def build_stack(
     audit: tuple[CallAuditor, RouteAudit] | None = None,
 ) -> Next:
     """The stack for one route. Order matters: the breaker sees every attempt, the limit holds a
-    slot only while an attempt is on the wire, and the timeout caps a single attempt."""
+    slot only while an attempt is on the wire, and the timeout caps a single attempt. The audit
+    layer is outermost (one pair of records per call, not per attempt); with it, the retry
+    layer's first attempt runs in the audit layer's coroutine (``_audited_with_retry``)."""
     system = runtime.settings
-    stack = one_attempt(runtime)
-    stack = with_retry(
-        stack,
+    attempt = one_attempt(runtime)
+    rest = after_first_attempt(
+        attempt,
         policy=policy,
         settings=system.retry,
         deadline=system.timeouts.deadline,
@@ -316,5 +373,20 @@ def build_stack(
         observer=observer,
     )
     if audit is not None:
-        stack = with_audit(stack, *audit)  # outermost: one pair of records per call, not attempt
-    return stack
+        return _audited_with_retry(attempt, policy, rest, *audit)
+    return _retried(attempt, policy, rest)
+
+
+def _retried(attempt: Next, policy: RetryPolicy, rest: Retried) -> Next:
+    async def retried(call: Call, trace: CallTrace) -> Reply:
+        started = time.monotonic()
+        trace.attempts = 1
+        try:
+            return await attempt(call, trace)
+        except Exception as exc:
+            if not may_retry(exc, policy):
+                raise
+            failure = exc
+        return await rest(call, trace, failure, started)
+
+    return retried

@@ -31,20 +31,21 @@ from aiohttp import web
 from gateway.audit.record import AuditEvent
 from gateway.audit.refusals import collecting
 from gateway.http.audit import admin_audit_middleware
-from gateway.http.client_io import aborted_or_raise, read_body
+from gateway.http.client_io import aborted_or_raise, client_aborted, read_body
 from gateway.http.guards import endpoint_limit_middleware, settle_refusals
-from gateway.http.keys import REQUEST_ID
+from gateway.http.keys import REQUEST_ID, STATE, VERIFIER
 from gateway.http.middlewares import (
     Handler,
     auth_middleware,
-    authenticate,
+    authenticated,
     bearer_path,
+    bearer_token,
     close_request,
     identity_audit_middleware,
     open_request,
     render_error,
 )
-from gateway.http.ratelimit import count_call, rate_limit_middleware
+from gateway.http.ratelimit import judge, rate_limit_fields, rate_limit_middleware
 
 
 @web.middleware
@@ -52,30 +53,51 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     """The layers of the module docstring, in their order; listed last in ``create_app`` (so
     ``handler`` is the route's own)."""
     started = open_request(request)
+    response: web.StreamResponse
     held: list[AuditEvent] = []
     try:
         with collecting() as held:
             request_id = request.get(REQUEST_ID, "")
             try:
-                early = await read_body(request)
+                early: web.StreamResponse | None = None
+                if request.body_exists:
+                    if request.content.is_eof():
+                        # read_body's first case in this coroutine: the whole body is in
+                        try:
+                            await request.read()
+                        except ConnectionResetError:
+                            early = client_aborted(request)
+                    else:
+                        early = await read_body(request)
                 if early is not None:
                     response = early
                 else:
                     try:
                         if bearer_path(request.path):
-                            await authenticate(request)
-                            await count_call(request)
+                            # authenticate and count_call, their awaits in this coroutine
+                            app = request.app
+                            token = bearer_token(request)
+                            principal = await app[VERIFIER].verify(token)
+                            authenticated(request, principal)
+                            limiter = app[STATE].rate_limiter
+                            if limiter is not None:
+                                judge(request, principal, await limiter.check(principal))
                             response = await handler(request)
                         else:
                             response = await _other_paths(request, handler)
                     except ConnectionResetError as exc:
                         response = aborted_or_raise(request, exc)
             except Exception as exc:
-                response = render_error(request, exc, request_id)
+                try:
+                    response = render_error(request, exc, request_id)
+                except web.HTTPException as passed:  # a redirect: aiohttp answers with it
+                    rate_limit_fields(request, passed)
+                    raise
     finally:
         if held:
             await settle_refusals(request, held)
     close_request(request, response, started)
+    rate_limit_fields(request, response)
     return response
 
 

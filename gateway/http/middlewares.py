@@ -28,6 +28,7 @@ from gateway.errors import (
 from gateway.http.keys import LOG_FIELDS, METRICS, PRINCIPAL, REQUEST_ID, STATE, VERIFIER
 from gateway.http.problem import problem_response
 from gateway.logs import info_enabled
+from gateway.principal import Principal
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("tongban.http")
@@ -162,11 +163,21 @@ def bearer_path(path: str) -> bool:
 
 async def authenticate(request: web.Request) -> None:
     """The request's bearer token verified and its Principal kept, or Unauthenticated."""
+    authenticated(request, await request.app[VERIFIER].verify(bearer_token(request)))
+
+
+def bearer_token(request: web.Request) -> str:
+    """The request's bearer token, or Unauthenticated (``authenticate``'s first half: the
+    request middleware awaits the verifier itself, one coroutine less per call)."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("A bearer token is required.")
-    principal = await request.app[VERIFIER].verify(token.strip())
+    return token.strip()
+
+
+def authenticated(request: web.Request, principal: Principal) -> None:
+    """The verified token's Principal kept with the request (``authenticate``'s second half)."""
     request[PRINCIPAL] = principal
     request[LOG_FIELDS]["client"] = principal.client_id
 

@@ -6,13 +6,13 @@ call record is written. Only authenticated /api/* calls are counted; /healthz, /
 /metrics, /openapi.json, the OpenID endpoints, logins, the ticket faces, provincial callbacks
 (HMAC-signed, no principal) and /admin are not (admin may get a budget of its own later).
 
-Header fields (draft-ietf-httpapi-ratelimit-headers-11): every counted answer, allowed or
-refused, carries ``RateLimit-Policy`` with the budgets it drew on (``"person";q=300;w=60,
-"client";q=6000;w=60``: known from configuration, free to send). A refusal also carries
-``RateLimit`` for the refusing budget (``"person";r=0;t=42``, ``t`` equal to ``Retry-After``).
-Allowed answers do not: the remaining count costs one more Redis round trip per budget (~160 µs
-of CPU, measured), and §6.2 lets a server send it only near exhaustion. No partition key is
-sent: the person's would be an identifier.
+Header fields (draft-ietf-httpapi-ratelimit-headers-11, ``rate_limit_fields``): every counted
+answer, allowed or refused, carries ``RateLimit-Policy`` with the budgets it drew on
+(``"person";q=300;w=60, "client";q=6000;w=60``: known from configuration, free to send). A
+refusal also carries ``RateLimit`` for the refusing budget (``"person";r=0;t=42``, ``t`` equal
+to ``Retry-After``). Allowed answers do not: the remaining count costs one more Redis round
+trip per budget (~160 µs of CPU, measured), and §6.2 lets a server send it only near
+exhaustion. No partition key is sent: the person's would be an identifier.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from aiohttp import web
 from gateway.errors import RateLimited
 from gateway.http.keys import METRICS, PRINCIPAL, SETTINGS, STATE
 from gateway.http.middlewares import Handler
+from gateway.principal import Principal
 from gateway.ratelimit.limiter import ApiRateLimiter, Verdict
 
 VERDICT = web.RequestKey("rate_limit_verdict", Verdict)
@@ -32,9 +33,13 @@ VERDICT = web.RequestKey("rate_limit_verdict", Verdict)
 
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count an authenticated /api/* call against its budgets; refuse it with 429 when spent."""
+    """Count an authenticated /api/* call against its budgets; refuse it with 429 when spent.
+    The header fields go on the answer where it is made (``rate_limit_fields``): the request
+    middleware (gateway/http/chain.py) puts them on every answer of a counted call."""
     await count_call(request)
-    return await handler(request)
+    response = await handler(request)
+    rate_limit_fields(request, response)
+    return response
 
 
 async def count_call(request: web.Request) -> None:
@@ -45,7 +50,13 @@ async def count_call(request: web.Request) -> None:
     # it later, in their handlers): checking the path too keeps this from ever counting them.
     if principal is None or limiter is None or not request.path.startswith("/api/"):
         return
-    verdict = await limiter.check(principal)
+    judge(request, principal, await limiter.check(principal))
+
+
+def judge(request: web.Request, principal: Principal, verdict: Verdict) -> None:
+    """``count_call``'s end: the verdict kept for the header fields, counted in the metrics,
+    RateLimited when a budget is spent. (The request middleware awaits the limiter itself, one
+    coroutine less per call.)"""
     request[VERDICT] = verdict
     if not verdict.checked:
         request.app[METRICS].rate_limit_unchecked.inc()
@@ -55,8 +66,11 @@ async def count_call(request: web.Request) -> None:
         raise RateLimited(refused.scope, verdict.retry_after)
 
 
-async def _rate_limit_fields(request: web.Request, response: web.StreamResponse) -> None:
-    """Add the RateLimit header fields to every answer of a counted call, errors included."""
+def rate_limit_fields(request: web.Request, response: web.StreamResponse) -> None:
+    """Add the RateLimit header fields to an answer of a counted call, errors included (nothing
+    for a call that was not counted). Called where the answer leaves the request middleware
+    rather than from ``on_response_prepare``: the signal costs every answer a coroutine of
+    aiohttp's and one of ours."""
     verdict = request.get(VERDICT)
     if verdict is None or not verdict.budgets:
         return
@@ -93,7 +107,6 @@ async def _rate_limiter_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_rate_limits(app: web.Application) -> None:
-    """Open the limiter with the app and send the header fields; the count runs right after
-    the token check (gateway/http/chain.py)."""
+    """Open the limiter with the app; the count runs right after the token check and the
+    header fields go on the answer as it leaves (gateway/http/chain.py)."""
     app.cleanup_ctx.append(_rate_limiter_context)
-    app.on_response_prepare.append(_rate_limit_fields)
