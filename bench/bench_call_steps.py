@@ -53,12 +53,12 @@ async def _jwt_verifier(workdir: Path) -> tuple[Any, str]:
     record stored, so the revocation check finds it)."""
     from pydantic import SecretStr
 
-    from gateway.identity.clients import ClientRegistry
     from gateway.identity.authn import FakeAuthenticator
+    from gateway.identity.clients import ClientRegistry
     from gateway.identity.config import ProviderSettings
+    from gateway.identity.keys import SigningKeys
     from gateway.identity.person_key import PERSON_CLAIM
     from gateway.identity.provider import OpenIDProvider
-    from gateway.identity.keys import SigningKeys
     from gateway.identity.store import AccessTokenRecord, GrantFamily
     from gateway.identity.store_sqlite import SqliteIdentityStore
 
@@ -91,14 +91,14 @@ async def _jwt_verifier(workdir: Path) -> tuple[Any, str]:
 
 
 async def run(steps: list[str], counts: list[int], log_level: str, control: bool) -> None:
+    import bench_routing as br
     import orjson
     from aiohttp import web
     from aiohttp.test_utils import make_mocked_request
 
-    import bench_routing as br
     from gateway.app import create_app
     from gateway.http.handlers import bind_call
-    from gateway.http.keys import METRICS, PRINCIPAL, STATE, SUBJECTS, VERIFIER
+    from gateway.http.keys import METRICS, PRINCIPAL, STATE, SUBJECTS
     from gateway.http.middlewares import authenticate, close_request, open_request
     from gateway.identity.devtokens import DevTokenIssuer
     from gateway.logs import configure_logging
@@ -123,7 +123,7 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
             match = await app.router.resolve(request)
             match.add_app(app)
             match.freeze()
-            request._match_info = match  # type: ignore[attr-defined]  # noqa: SLF001
+            request._match_info = match
             raw = br.CALL_BODY
             body = orjson.loads(raw)
             catalog = app[STATE].catalog
@@ -235,9 +235,7 @@ def counted(args: argparse.Namespace, steps: list[str], out: Path) -> dict[str, 
         found = _TOTALS.search(Path(f"{out}.{number}").read_text(errors="replace"))
         assert found, f"{out}.{number}"
         totals.append(int(found.group(1)))
-    return {
-        step: (totals[2 * i + 1] - totals[2 * i]) / args.count for i, step in enumerate(steps)
-    }
+    return {step: (totals[2 * i + 1] - totals[2 * i]) / args.count for i, step in enumerate(steps)}
 
 
 def main() -> None:

@@ -156,7 +156,8 @@ def _new_plan(fields: Sequence[SubjectField]) -> _DeclarationPlan:
 
 
 def _counted_twice(raw: bytes, quoted: tuple[bytes, ...]) -> bool:
-    for name in quoted:
+    """``any(raw.count(q) > 1 for q in quoted)``, without a generator per request."""
+    for name in quoted:  # noqa: SIM110 - see the docstring
         if raw.count(name) > 1:
             return True
     return False
