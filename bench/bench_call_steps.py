@@ -259,9 +259,11 @@ def main() -> None:
             shown = ", ".join(f"{step} {n / 1000:,.1f} k" for step, n in figures.items())
             print(f"{label}: run {number}: instructions per call: {shown}", flush=True)
         return
-    if args.tree:
-        sys.path.insert(0, str(Path(args.tree).resolve()))
-    sys.path.insert(1 if args.tree else 0, str(HERE))
+    sys.path.insert(0, str(HERE))
+    import bench_routing as br  # puts this checkout first on the path
+
+    if args.tree:  # and then the other tree before it, as the gateway role of bench_routing
+        br._import_from_tree(Path(args.tree).resolve())
     if args.inner:
         counts = [int(n) for n in args.counts.split(",")]
         asyncio.run(run(args.steps.split(","), counts, args.log, control=True))
