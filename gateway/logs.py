@@ -47,6 +47,15 @@ _MIN_SECRET = 6
 _secrets: set[str] = set()
 _secret_pattern: re.Pattern[str] | None = None
 _pattern_stale = False
+_CLEAN_MAX = 1024
+"""Most values kept in ``_clean`` before it starts over."""
+_CLEAN_LONGEST = 128
+"""Longer values are masked every time, never kept."""
+_clean: set[str] = set()
+"""Values seen to have nothing to mask (no registered secret, ID number or mobile): the route,
+service, province, outcome, ... that every access line repeats. Replaced by an empty set
+whenever the set of secrets changes (after the pattern is marked stale), since a new secret
+may occur in one of them: a line being masked meanwhile on another thread adds to the old set."""
 
 
 def register_secret(value: str) -> str:
@@ -55,6 +64,7 @@ def register_secret(value: str) -> str:
     if len(value) >= _MIN_SECRET and value not in _secrets:
         _secrets.add(value)
         _pattern_stale = True  # compiled at the next line: a start registers tens at once
+        _forget_clean()
     return value
 
 
@@ -68,6 +78,12 @@ def forget_secrets_except(keep: frozenset[str]) -> None:
     global _pattern_stale  # noqa: PLW0603
     _secrets.intersection_update(keep)
     _pattern_stale = True
+    _forget_clean()
+
+
+def _forget_clean() -> None:
+    global _clean  # noqa: PLW0603 - swapped, never emptied in place: see its docstring
+    _clean = set()
 
 
 def _pattern() -> re.Pattern[str] | None:
@@ -96,13 +112,28 @@ def mask_name(name: str) -> str:
     return name[:1] + "*" * max(len(name) - 1, 1) if name else name
 
 
+def _masked_text(text: str) -> str:
+    """``mask_text(mask_secrets(text))``; a short value found to have nothing to mask is
+    remembered (``_clean``), so that the values every line repeats are not searched again."""
+    clean = _clean  # before the pattern is read: see ``_clean``
+    if text in clean:
+        return text
+    masked = mask_text(mask_secrets(text))
+    if masked == text and len(text) <= _CLEAN_LONGEST:
+        if len(clean) >= _CLEAN_MAX:
+            clean.clear()
+        clean.add(text)
+    return masked
+
+
 def _mask(key: str, value: Any) -> Any:
     lowered = key.lower()
     if lowered in _SECRET_KEYS:
         return "[redacted]"
     if isinstance(value, str):
-        value = mask_secrets(value)
-        return mask_name(value) if lowered in _NAME_KEYS else mask_text(value)
+        if lowered in _NAME_KEYS:
+            return mask_name(mask_secrets(value))
+        return _masked_text(value)
     if isinstance(value, Mapping):
         return {k: _mask(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):

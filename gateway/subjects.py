@@ -43,6 +43,7 @@ from gateway.consent.contract import (
     GrantRefused,
     GrantUse,
     Requester,
+    SubjectKind,
     give_back_each,
 )
 from gateway.consent.subjects import requester_person
@@ -154,6 +155,19 @@ def _new_plan(fields: Sequence[SubjectField]) -> _DeclarationPlan:
     )
 
 
+def _counted_twice(raw: bytes, quoted: tuple[bytes, ...]) -> bool:
+    """``any(raw.count(q) > 1 for q in quoted)``, without a generator per request."""
+    for name in quoted:  # noqa: SIM110 - see the docstring
+        if raw.count(name) > 1:
+            return True
+    return False
+
+
+def _is_mapping(node: Any) -> bool:
+    """``isinstance(node, Mapping)``, a parsed JSON object (a dict) told without the ABC."""
+    return type(node) is dict or isinstance(node, Mapping)
+
+
 def check_unambiguous(
     fields: Sequence[SubjectField], data: Mapping[str, Any], raw: bytes | None
 ) -> None:
@@ -161,7 +175,7 @@ def check_unambiguous(
     parsers disagree about which one wins) or in a second spelling (``idNumber`` beside
     ``id_number``), so that the gateway and the back-end never read two different people."""
     plan = _declaration_plan(fields)
-    if raw is not None and (b"\\u" in raw or any(raw.count(q) > 1 for q in plan.quoted)):
+    if raw is not None and (b"\\u" in raw or _counted_twice(raw, plan.quoted)):
         doubled = sorted(_duplicate_keys(raw) & plan.names)
         if doubled:
             raise SubjectFieldAmbiguous(
@@ -171,8 +185,8 @@ def check_unambiguous(
     for path in plan.paths:
         node: Any = data
         for part in path.parents:
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if not isinstance(node, Mapping):
+            node = node.get(part) if _is_mapping(node) else None
+        if not _is_mapping(node):
             continue
         name = path.name
         for key in node:
@@ -186,7 +200,7 @@ def check_unambiguous(
 def _value(data: Mapping[str, Any], path: str) -> str | None:
     node: Any = data
     for part in path.split("."):
-        if not isinstance(node, Mapping):
+        if not _is_mapping(node):
             return None
         node = node.get(part)
     return node if isinstance(node, str) and node.strip() else None
@@ -214,30 +228,38 @@ def named_subjects(
     keys: SubjectKeys, fields: Iterable[SubjectField], data: Mapping[str, Any]
 ) -> list[Named]:
     """The subjects ``data`` names through ``fields`` (each once, in declaration order)."""
-    found: dict[DataSubject, Named] = {}
+    named: list[Named] = []
     for entry in fields:
         value = _value(data, entry.path)
         if value is None:
             continue  # the schema requires it; an optional co-applicant left out names no one
         if entry.person is not None:
-            id_type = _value(data, entry.id_type) if entry.id_type else None
-            subject = keys.person(value, id_type or RESIDENT_ID_CARD)
-            named = Named(subject, id_type or RESIDENT_ID_CARD, value)
+            id_type = (_value(data, entry.id_type) if entry.id_type else None) or RESIDENT_ID_CARD
+            named.append(Named(keys.person(value, id_type), id_type, value))
         else:
-            subject = keys.enterprise(value)
-            named = Named(subject, None, value)
-        found.setdefault(subject, named)
+            named.append(Named(keys.enterprise(value), None, value))
+    if len(named) < 2:
+        return named
+    found: dict[DataSubject, Named] = {}
+    for each in named:
+        found.setdefault(each.subject, each)  # the first naming of a subject is kept
     return list(found.values())
 
 
 def principal_subject(principal: Principal) -> DataSubject | None:
     """The principal as a data subject: a legal person's operator is its enterprise; a natural
     person (or the document a clerk checked) is its person key; a machine client is no one."""
+    kind, key = _principal_key(principal)
+    return DataSubject(kind, key) if kind is not None and key is not None else None
+
+
+def _principal_key(principal: Principal) -> tuple[SubjectKind, str] | tuple[None, None]:
+    """The kind and key of ``principal_subject``, without making the subject."""
     if principal.enterprise is not None:
-        return DataSubject("enterprise", principal.enterprise)
+        return "enterprise", principal.enterprise
     if principal.person is not None and principal.level != MACHINE_LEVEL:
-        return DataSubject("person", principal.person)
-    return None
+        return "person", principal.person
+    return None, None
 
 
 def requester_of(principal: Principal, province: str | None = None) -> Requester:
@@ -339,7 +361,6 @@ class SubjectRule:
         system reach without a grant."""
         if declaration == "public":
             return PUBLIC
-        own = principal_subject(principal)
         if declaration == "caller":
             if principal.level == MACHINE_LEVEL:
                 raise NotDataSubject(
@@ -347,9 +368,17 @@ class SubjectRule:
                     " none."
                 )
             # A token without a person key (issued before them) is still its owner's.
+            own = principal_subject(principal)
             return Binding((own or DataSubject("person", principal.owner),))
-        allowed = set(authority or ())
-        others = [n.subject for n in named if n.subject != own and n.subject not in allowed]
+        # Whom the principal is, compared by kind and key (what DataSubject's == compares),
+        # without making a DataSubject of the principal on every call.
+        own_kind, own_key = _principal_key(principal)
+        allowed = set(authority) if authority else None
+        others = [
+            s
+            for s in [n.subject for n in named]
+            if (s.key != own_key or s.kind != own_kind) and (allowed is None or s not in allowed)
+        ]
         used: list[str] = []
         spent: list[tuple[GrantAsk, GrantUse]] = []
         if others:
@@ -374,7 +403,7 @@ class SubjectRule:
                 await self.give_back(spent)
                 raise
         return Binding(
-            tuple(n.subject for n in named),
+            tuple([n.subject for n in named]),
             ",".join(used) if used else None,
             tuple(named),
             tuple(spent),

@@ -46,6 +46,9 @@ ENTERPRISE_CLAIM: Final = "tb_ek"
 _ENTERPRISE_LABEL: Final = b"tongban enterprise subject key v1"
 _PROVINCE_LABEL: Final = "tongban subject assertion v1|"
 _IDEMPOTENCY_LABEL: Final = b"tongban idempotency scope v1"
+_PERSONS_KEPT: Final = 4096
+"""Person keys remembered by their link key (``SubjectKeys.person``) before the memory starts
+over."""
 
 
 def _derive(secret: bytes, label: bytes) -> bytes:
@@ -73,7 +76,7 @@ def province_key(link_secret: str, province: str) -> bytes:
 def province_person_hash(key: bytes | KeyedSha256, id_type: str, number: str) -> str:
     """What a province computes from an ID number it holds, to compare with an assertion."""
     message = f"{id_type}|{number.strip().upper()}".encode()
-    return _keyed(key).digest(message).hex()
+    return (key if type(key) is KeyedSha256 else _keyed(key)).digest(message).hex()
 
 
 def province_enterprise_hash(key: bytes | KeyedSha256, identifier: str) -> str:
@@ -120,6 +123,7 @@ class SubjectKeys:
         "_link",
         "_link_secret",
         "_macs",
+        "_person_subjects",
         "_persons",
         "_provinces",
     )
@@ -137,6 +141,10 @@ class SubjectKeys:
         self._link = link_keyer(self._link_secret, link_algorithm)
         self._provinces: dict[str, bytes] = {}
         self._macs: dict[str, KeyedSha256] = {}
+        # Link key → the person as a data subject: the second keyed hash (and its base64) is
+        # made once per person, not on every call naming them. Keyed by the link key, a keyed
+        # hash already (the number itself is never kept); bounded.
+        self._person_subjects: dict[str, DataSubject] = {}
         self._idempotency = _derive(pairwise_secret.get_secret_value().encode(), _IDEMPOTENCY_LABEL)
 
     def __repr__(self) -> str:
@@ -144,8 +152,14 @@ class SubjectKeys:
 
     def person(self, number: str, id_type: str = RESIDENT_ID_CARD) -> DataSubject:
         """The person with this ID type and number, as the rule and the consent book name them."""
-        local = natural_person_id(self._link(id_type, number))
-        return DataSubject("person", self._persons.person_key(local))
+        link = self._link(id_type, number)
+        subject = self._person_subjects.get(link)
+        if subject is None:
+            subject = DataSubject("person", self._persons.person_key(natural_person_id(link)))
+            if len(self._person_subjects) >= _PERSONS_KEPT:
+                self._person_subjects.clear()
+            self._person_subjects[link] = subject
+        return subject
 
     def enterprise(self, identifier: str) -> DataSubject:
         """The enterprise with this credit code or registration number."""

@@ -1,0 +1,275 @@
+"""Instructions of four per-call steps of a routed REST call, counted under callgrind.
+
+The steps, each called ``--count`` times as the gateway calls it for one routed call of
+``bench/instructions.py`` (the bench's app: ``create_app`` with its settings, development
+tokens and subject keys, started but not served; one mocked request of the bench's call):
+
+- ``token``: the bearer token's check as the request middleware makes it (``authenticate``:
+  the header, ``DevTokenIssuer.verify`` on the bench's token, the principal kept);
+- ``jwt``: the provider's access token instead (``JwtAccessTokenVerifier.verify`` of one ES256
+  token, the same token every call as a portal sends it; its revocation asked of an SQLite
+  identity store every call);
+- ``subjects``: the data-subject rule (``bind_call`` less the schema: the ambiguity check, the
+  subject's person key, the comparison with the principal) and the subject parts of the call's
+  context (the handling province's hashes, the subject keys);
+- ``metrics``: ``backend_call`` and ``http_request``, as the handler and ``close_request``;
+- ``log``: the access log's part of a request (``open_request`` and ``close_request`` without
+  the metric: the request id, the log context, the access line when info is on);
+- ``all``: every step but ``jwt``.
+
+``--log info`` writes the access line as JSON to /dev/null (the bench's second log mode);
+``warning`` (the default) is the bench's first.
+
+    .venv/bin/python bench/bench_call_steps.py --callgrind               # every step
+    .venv/bin/python bench/bench_call_steps.py --callgrind --step log --log info --tree /tmp/base
+
+``--callgrind`` runs the script under valgrind once: each step is warmed (200 calls), then called
+100 and 100 + ``--count`` times, the counters zeroed before and dumped after each
+(``callgrind_control``); the difference divided by ``--count`` is the step's instructions per
+call. ``--tree DIR`` imports ``gateway`` from another source tree.
+"""
+
+# ruff: noqa: PLC0415 - gateway is imported after --tree has put its tree first
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+STEPS = ("all", "token", "jwt", "subjects", "metrics", "log")
+
+
+async def _jwt_verifier(workdir: Path) -> tuple[Any, str]:
+    """A provider's verifier on an SQLite identity store, and one access token it issued (its
+    record stored, so the revocation check finds it)."""
+    from pydantic import SecretStr
+
+    from gateway.identity.authn import FakeAuthenticator
+    from gateway.identity.clients import ClientRegistry
+    from gateway.identity.config import ProviderSettings
+    from gateway.identity.keys import SigningKeys
+    from gateway.identity.person_key import PERSON_CLAIM
+    from gateway.identity.provider import OpenIDProvider
+    from gateway.identity.store import AccessTokenRecord, GrantFamily
+    from gateway.identity.store_sqlite import SqliteIdentityStore
+
+    issuer = "https://gw.example"
+    settings = ProviderSettings(issuer=issuer, pairwise_secret=SecretStr("p" * 40))
+    keys = SigningKeys.generate(("ES256",))
+    store = SqliteIdentityStore(workdir / "identity.db")
+    provider = OpenIDProvider(settings, ClientRegistry([]), keys, store, FakeAuthenticator())
+    now = int(time.time())
+    store.put_family(GrantFamily("fam-1", "portal", None, "services:call", now, now + 3600))
+    record = AccessTokenRecord("j-1", "fam-1", "portal", "s-1", "services:call", now, now + 3600)
+    store.put_tokens(record, None)
+    person = provider.person_keys.person_key("u-1")
+    claims = {
+        "iss": issuer,
+        "aud": settings.audience,
+        "sub": "s-1",
+        "client_id": "portal",
+        "iat": now,
+        "exp": now + 3600,
+        "jti": "j-1",
+        "scope": "services:call",
+        "acr": "L2",
+        PERSON_CLAIM: provider.person_keys.seal(person, subject="s-1", client_id="portal"),
+    }
+    token = keys.sign(claims, algorithm="ES256", typ="at+jwt")
+    verifier = provider.access_token_verifier()
+    await verifier.verify(token)  # refused tokens would raise here
+    return verifier, token
+
+
+async def run(steps: list[str], counts: list[int], log_level: str, control: bool) -> None:
+    import bench_routing as br
+    import orjson
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from gateway.app import create_app
+    from gateway.http.handlers import bind_call
+    from gateway.http.keys import METRICS, PRINCIPAL, STATE, SUBJECTS
+    from gateway.http.middlewares import authenticate, close_request, open_request
+    from gateway.identity.devtokens import DevTokenIssuer
+    from gateway.logs import configure_logging
+
+    devnull = open(os.devnull, "wb")  # noqa: SIM115, ASYNC230 - as the bench's gateway role
+    configure_logging(log_level, "json", stream=devnull)
+    with tempfile.TemporaryDirectory(prefix="tongban-steps-") as tmp:
+        workdir = Path(tmp)
+        app = create_app(
+            br.gateway_settings(workdir / "config", "http://127.0.0.1:9"),
+            verifier=DevTokenIssuer(br.TOKEN_SECRET),
+            open_adapter=_canned,
+            subjects=br.bench_subject_keys(),
+        )
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            jwt_verifier, jwt_token = await _jwt_verifier(workdir)
+            headers = br.holder_call_headers()
+            path = f"/api/v1/services/{br.REST_SERVICE}/calls"
+            request = make_mocked_request("POST", path, headers=headers, app=app)
+            match = await app.router.resolve(request)
+            match.add_app(app)
+            match.freeze()
+            request._match_info = match
+            raw = br.CALL_BODY
+            body = orjson.loads(raw)
+            catalog = app[STATE].catalog
+            route = catalog.route(
+                br.REST_SERVICE, None, body["receiving_province"], body["handling_province"]
+            )
+            rule = app[SUBJECTS]
+            metrics = app[METRICS]
+            response = web.Response(body=b"{}", content_type="application/json")
+            open_request(request)
+            await authenticate(request)
+            principal = request[PRINCIPAL]
+            no_schema: Any = _WithoutSchema(route)  # the schema is the route's, not the rule's
+
+            async def once(step: str) -> None:
+                if step in ("all", "token"):
+                    await authenticate(request)
+                if step == "jwt":
+                    await jwt_verifier.verify(jwt_token)
+                if step in ("all", "subjects"):
+                    binding = await bind_call(request, principal, no_schema, body, raw)
+                    province = binding.assertion_subjects(rule.keys, route.handling)
+                    tuple(s.key for s in binding.subjects)
+                    ",".join(f"{s['type']}:{s['hash']}" for s in province)
+                if step in ("all", "metrics"):
+                    metrics.backend_call(br.REST_SERVICE, route.system, "ok", 0.0021)
+                    metrics.http_request(path, "POST", 200, 0.0034)
+                if step in ("all", "log"):
+                    started = open_request(request)
+                    _close_without_metric(close_request, request, response, started)
+
+            for step in steps:
+                for _ in range(200):  # warm: caches filled, code specialised
+                    await once(step)
+                for n in counts:
+                    if control:
+                        _control("-z")
+                    for _ in range(n):
+                        await once(step)
+                    if control:
+                        _control("-d")
+        finally:
+            await runner.cleanup()
+
+
+class _WithoutSchema:
+    """The route, its schema check left out."""
+
+    def __init__(self, route: Any) -> None:
+        self._route = route
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._route, name)
+
+    def validate(self, data: Any) -> None:
+        return None
+
+
+def _close_without_metric(close: Any, request: Any, response: Any, started: float) -> None:
+    from gateway.http.keys import METRICS
+
+    metrics = request.app[METRICS]
+    kept = metrics.http_request
+    metrics.http_request = _nothing
+    try:
+        close(request, response, started)
+    finally:
+        metrics.http_request = kept
+
+
+def _nothing(*_args: Any) -> None:
+    return None
+
+
+async def _canned(system: Any, spec: Any) -> Any:
+    import bench_routing as br
+
+    return br.CannedAdapter()
+
+
+_TOTALS = re.compile(r"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
+
+
+def _control(option: str) -> None:
+    """Zero (``-z``) or dump (``-d``) this process's counters: it runs under callgrind."""
+    subprocess.run(
+        ["callgrind_control", option, str(os.getpid())],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+
+
+def counted(args: argparse.Namespace, steps: list[str], out: Path) -> dict[str, float]:
+    """One process under callgrind: per step, ``SMALL`` then ``SMALL + count`` calls between a
+    zeroing and a dump; instructions per call from the two dumps' difference (the cost of the
+    zeroing and the dumping cancels out)."""
+    small = 100
+    command = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+        sys.executable, __file__, "--inner", "--steps", ",".join(steps),
+        "--counts", f"{small},{small + args.count}", "--log", args.log,
+    ]  # fmt: skip
+    if args.tree:
+        command += ["--tree", args.tree]
+    subprocess.run(command, check=True, capture_output=True, timeout=3000)
+    totals = []
+    for number in range(1, 2 * len(steps) + 1):
+        found = _TOTALS.search(Path(f"{out}.{number}").read_text(errors="replace"))
+        assert found, f"{out}.{number}"
+        totals.append(int(found.group(1)))
+    return {step: (totals[2 * i + 1] - totals[2 * i]) / args.count for i, step in enumerate(steps)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2_000, help="calls counted per step")
+    parser.add_argument("--step", choices=STEPS, action="append", help="default: every step")
+    parser.add_argument("--log", choices=("warning", "info"), default="warning")
+    parser.add_argument("--tree", help="import gateway from this source tree")
+    parser.add_argument("--callgrind", action="store_true", help="count, per call")
+    parser.add_argument("--repeat", type=int, default=1, help="processes, one after the other")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--counts", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    steps = args.step or ["token", "jwt", "subjects", "metrics", "log", "all"]
+    if args.callgrind:
+        label = f"log {args.log}" + (f", tree {args.tree}" if args.tree else ", this tree")
+        for number in range(1, args.repeat + 1):
+            with tempfile.TemporaryDirectory(prefix="tongban-steps-cg-") as tmp:
+                figures = counted(args, steps, Path(tmp) / "callgrind.out")
+            shown = ", ".join(f"{step} {n / 1000:,.1f} k" for step, n in figures.items())
+            print(f"{label}: run {number}: instructions per call: {shown}", flush=True)
+        return
+    sys.path.insert(0, str(HERE))
+    import bench_routing as br  # puts this checkout first on the path
+
+    if args.tree:  # and then the other tree before it, as the gateway role of bench_routing
+        br._import_from_tree(Path(args.tree).resolve())
+    if args.inner:
+        counts = [int(n) for n in args.counts.split(",")]
+        asyncio.run(run(args.steps.split(","), counts, args.log, control=True))
+    else:
+        asyncio.run(run(steps, [args.count], args.log, control=False))
+
+
+if __name__ == "__main__":
+    main()
