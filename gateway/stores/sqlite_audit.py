@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import itertools
+import operator
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -288,8 +289,8 @@ is held for about a millisecond at a time (some 16 µs of SQLite per record and 
 rows), not for the 20 ms a thousand records take."""
 
 
-def _record_order(row: LookupRow) -> tuple[str, int]:
-    return (row[0], row[1])
+_record_order: Final = operator.itemgetter(0, 1)
+"""A lookup row's (chain, sequence): the order of the records, a key made in C."""
 
 
 def _lookup_writer(
@@ -495,9 +496,16 @@ class SqliteAuditStore:
         # Committed: the lookup rows follow in larger, later transactions. One random-key
         # B-tree insert per record and index costs far less in a sorted chunk of a thousand
         # than in each small group commit, and the commit the caller waits for gets shorter.
-        self._pending.extend(lookup_row(r) for r in records)
+        pending, pending_subjects = self._pending, self._pending_subjects
         for record in records:
-            self._pending_subjects.extend(subject_rows(record))
+            row = record.lookup  # ``lookup_row`` and ``subject_rows`` of the writer's records
+            pending.append(row if row is not None else lookup_row(record))
+            keys = record.subjects
+            if keys is None:
+                pending_subjects.extend(subject_rows(record))
+            elif keys:
+                time, chain, sequence = record.time, record.chain, record.sequence
+                pending_subjects.extend([(key, time, chain, sequence) for key in keys])
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
