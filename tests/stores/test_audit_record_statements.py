@@ -9,6 +9,7 @@ refuse the whole batch as before, and None must still be NULL.
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 from pathlib import Path
@@ -29,7 +30,7 @@ _ONE_BY_ONE = (
 def _records(rng: random.Random, chain: str, first: int, count: int) -> list[StoredRecord]:
     records = []
     for sequence in range(first, first + count):
-        text = '{"n":%d,"t":"%s"}' % (sequence, rng.choice(_TEXTS).replace('"', "'"))
+        text = json.dumps({"n": sequence, "t": rng.choice(_TEXTS)}, ensure_ascii=False)
         time = f"2026-12-07T10:{sequence % 60:02d}:00.{sequence:06d}Z"
         records.append(StoredRecord(chain, sequence, time, text, f"{rng.getrandbits(256):064x}"))
     return records
@@ -55,7 +56,9 @@ def _one_by_one(batches: list[list[StoredRecord]]) -> list[tuple[object, ...]]:
         for statement in migration.statements:
             conn.execute(statement)
     for batch in batches:
-        conn.executemany(_ONE_BY_ONE, [(r.chain, r.sequence, r.time, r.text, r.hash) for r in batch])
+        conn.executemany(
+            _ONE_BY_ONE, [(r.chain, r.sequence, r.time, r.text, r.hash) for r in batch]
+        )
     return list(
         conn.execute(
             "SELECT chain_id, typeof(chain_id), sequence, typeof(sequence), recorded_at,"
@@ -66,9 +69,7 @@ def _one_by_one(batches: list[list[StoredRecord]]) -> list[tuple[object, ...]]:
 
 
 @pytest.mark.parametrize("seed", range(4))
-async def test_a_batchs_records_are_those_of_one_statement_each(
-    tmp_path: Path, seed: int
-) -> None:
+async def test_a_batchs_records_are_those_of_one_statement_each(tmp_path: Path, seed: int) -> None:
     """Batches of every size around the statements' sizes, on two chains: the table holds,
     value and type, what one INSERT per record left."""
     rng = random.Random(seed)
@@ -140,7 +141,7 @@ async def test_the_lookup_rows_nulls_are_null(tmp_path: Path) -> None:
     await store.open()
     try:
         await store.append(
-            [StoredRecord("gw-a", 1, "2026-12-07T10:00:00Z", "{}", "0" * 64, lookup, ())]  # type: ignore[arg-type]
+            [StoredRecord("gw-a", 1, "2026-12-07T10:00:00Z", "{}", "0" * 64, lookup, ())]
         )
         await store.lookup_gaps()  # flushes first
     finally:
