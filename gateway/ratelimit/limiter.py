@@ -73,6 +73,7 @@ from redis.asyncio import BlockingConnectionPool
 
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.errors import CircuitOpen
+from gateway.event_loop import KeptLoop
 from gateway.identity.clients import ClientRegistration
 from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
@@ -196,6 +197,8 @@ class ApiRateLimiter:
         self._shared = self._local is not None or self._redis is not None
         self._leases = self._shared and settings.leases
         self._clock = clock
+        self._running = KeptLoop()
+        """The loop of a lease's refill future (``KeptLoop``: no system call per refill)."""
         self._timeout = timeout
         self._close = close
         self._default = _plan(settings, None)
@@ -300,7 +303,10 @@ class ApiRateLimiter:
             taken = [ok or lease.spend(now) for lease, ok in zip(leases, taken, strict=True)]
         else:
             return Verdict(budgets)  # all from blocks the store granted this process
-        wanted = [0 if ok else lease.block(now) for lease, ok in zip(leases, taken, strict=True)]
+        loop = self._running
+        wanted = [
+            0 if ok else lease.block(now, loop) for lease, ok in zip(leases, taken, strict=True)
+        ]
         try:
             return await self._draw_shared(budgets, leases, wanted, now)
         finally:
