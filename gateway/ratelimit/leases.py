@@ -20,10 +20,11 @@ more than the store granted in all.
 
 ``k`` follows the rate this process sees on the budget (the calls since its last store draw over
 the time since, smoothed), and so does the lease's length. A busy budget's block is the calls of
-``LEASE_TIME`` at that rate. A slower one's aims at ``SMALL_BLOCK`` units, its lease as long as
-those take at the rate seen, up to ``LONGEST_LEASE``; below ``2 / LONGEST_LEASE`` calls a
-second (a person calling now and then) ``k = 1``: each call is one unit drawn from the store, as
-without leases. ``k`` is at most ``SHARE`` of the budget, so N processes hold at most N of those
+``LEASE_TIME`` at that rate (at least ``SMALL_BLOCK``). A slower one's is what ``LONGEST_LEASE``
+holds at that rate, at most ``SMALL_BLOCK`` units, and may be spent for ``LONGEST_LEASE``: a
+person calling every second or so at one worker draws a unit from the store at one call in
+three or four. Below ``2 / LONGEST_LEASE`` calls a second (a person calling now and then)
+``k = 1``: each call is one unit drawn from the store, as without leases. ``k`` is at most ``SHARE`` of the budget, so N processes hold at most N of those
 shares at a time, and a budget with fewer than ``1 / SHARE`` units is never leased (a person's
 default 300/minute: blocks of at most 3). The store grants ``min(k, room)``: near the end of a
 window the last units go to whoever asks first.
@@ -50,7 +51,7 @@ LONGEST_LEASE = 5.0
 """Seconds a slower budget's block may be spent after it was drawn, at most."""
 
 SMALL_BLOCK = 4
-"""The units a block aims at when the budget's rate would fill less in ``LEASE_TIME``."""
+"""The most units of a slower budget's block (one whose rate fills less in ``LEASE_TIME``)."""
 
 SHARE = 0.01
 """The largest block, as a share of the budget's units per window."""
@@ -133,10 +134,8 @@ class Lease:
         rate = self.rate
         if rate * LEASE_TIME >= SMALL_BLOCK:  # busy: the calls of the shortest lease
             self.term, wanted = LEASE_TIME, int(rate * LEASE_TIME)
-        elif rate * LONGEST_LEASE > SMALL_BLOCK:  # a small block, spent sooner than the longest
-            self.term, wanted = SMALL_BLOCK / rate, SMALL_BLOCK
-        else:  # slow: what the longest lease holds at this rate (1: now and then)
-            self.term, wanted = LONGEST_LEASE, int(rate * LONGEST_LEASE)
+        else:  # slower: a small block, what the longest lease holds (1: now and then)
+            self.term, wanted = LONGEST_LEASE, min(SMALL_BLOCK, int(rate * LONGEST_LEASE))
         wanted = max(1, min(wanted, self.cap))
         if wanted > 1:
             self.refilling = loop().create_future()
