@@ -98,6 +98,8 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         # The most a check may wait on the store: a busy machine must not make it fail open.
         "store_timeout": 5,
     }
+    if args.person:
+        config["person"] = args.person
     if args.no_leases:
         config["leases"] = False
     settings = RateLimitSettings.model_validate(config)
@@ -152,8 +154,15 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         return verdicts
 
     # On SQLite: the transactions and the calls drawn in them (a count the load does not move).
-    steps = {"transactions": 0, "calls": 0}
+    steps = {"transactions": 0, "calls": 0, "writes": 0}
     local = limiter._local
+    if local is not None and args.count_writes:
+
+        def statement(sql: str) -> None:
+            steps["writes"] += sql.startswith("INSERT")
+
+        with local._db.locked() as conn:
+            conn.set_trace_callback(statement)
     if local is not None:
         acquire_calls = local.acquire_calls
 
@@ -165,7 +174,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         local.acquire_calls = counted  # type: ignore[method-assign]
     try:
         await checks(0, args.warmup)
-        steps["transactions"] = steps["calls"] = 0
+        steps["transactions"] = steps["calls"] = steps["writes"] = 0
         if limiter._local is not None:
             # The once-a-minute purge of expired windows held off for the counted checks: under
             # valgrind a run lasts minutes, and a purge of thousands of rows falling in one of
@@ -192,6 +201,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         "server_us": 1e6 * server / args.checks,
         "transactions": steps["transactions"] / args.checks,
         "store_calls": steps["calls"] / args.checks,
+        "writes": steps["writes"] / args.checks,
     }
 
 
@@ -229,6 +239,10 @@ def child(
         "--rate",
         str(args.rate),
     ]
+    if args.person:
+        argv += ["--person", args.person]
+    if args.count_writes:
+        argv.append("--count-writes")
     if not leases:
         argv.append("--no-leases")
     argv += extra
@@ -296,6 +310,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="checks a second the leases see (a simulated clock); 0: the real clock",
+    )
+    parser.add_argument("--person", help="the person budget instead of the scenario's")
+    parser.add_argument(
+        "--count-writes",
+        action="store_true",
+        help="count the budgets written to the SQLite file (a trace of its statements: slower)",
     )
     parser.add_argument("--callgrind", action="store_true", help="instructions per check")
     parser.add_argument("--callgrind-base", type=int, default=100, help="checks of the base run")
@@ -374,7 +394,8 @@ def main() -> None:
                             if args.callgrind
                             else f"{figures['cpu_us']:.1f} µs ({figures['server_us']:.0f}); "
                             f"SQLite transactions {figures.get('transactions', 0):.3f}, calls "
-                            f"drawn {figures.get('store_calls', 0):.3f} per check"
+                            f"drawn {figures.get('store_calls', 0):.3f}, budgets written "
+                            f"{figures.get('writes', 0):.3f} per check"
                         ),
                         flush=True,
                     )
