@@ -106,9 +106,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     simulated = [0.0]
     step = 1 / args.rate if args.rate else 0.0
     clock = (lambda: simulated[0]) if args.rate else time.monotonic
-    limiter = ApiRateLimiter.from_settings(
-        settings, data_dir=Path(tempfile.mkdtemp()), clock=clock
-    )
+    limiter = ApiRateLimiter.from_settings(settings, data_dir=Path(tempfile.mkdtemp()), clock=clock)
     if args.always_queued:
         limiter._local.at_once = False  # type: ignore[union-attr]
     if args.scenario == "machine":

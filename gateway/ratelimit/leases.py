@@ -23,10 +23,11 @@ the time since, smoothed), and so does the lease's length. A busy budget's block
 ``LEASE_TIME`` at that rate (at least ``SMALL_BLOCK``). A slower one's is what ``LONGEST_LEASE``
 holds at that rate, at most ``SMALL_BLOCK`` units, and may be spent for ``LONGEST_LEASE``: a
 person calling every second or so at one worker draws a unit from the store at one call in
-three or four. Below ``2 / LONGEST_LEASE`` calls a second (a person calling now and then)
-``k = 1``: each call is one unit drawn from the store, as without leases. ``k`` is at most ``SHARE`` of the budget, so N processes hold at most N of those
-shares at a time, and a budget with fewer than ``1 / SHARE`` units is never leased (a person's
-default 300/minute: blocks of at most 3). The store grants ``min(k, room)``: near the end of a
+two to four. Below ``2 / LONGEST_LEASE`` calls a second (a person calling now and then)
+``k = 1``: each call is one unit drawn from the store, as without leases. ``k`` is at most
+``SHARE`` of the budget, so N processes hold at most N of those shares at a time, and a budget
+with fewer than ``1 / SHARE`` units is never leased (a person's default 300/minute: blocks of
+at most 3). The store grants ``min(k, room)``: near the end of a
 window the last units go to whoever asks first.
 
 One block is asked for at a time per budget, so a burst of concurrent calls cannot each take a

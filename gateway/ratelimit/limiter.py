@@ -37,8 +37,9 @@ the call is spent from a block; Redis ~250-370 µs a round trip (~450-600 µs wi
 call per budget), ~8-16 µs from blocks. A portal's persons calling every second or so draw
 their own budget in small blocks (a store step at one call in two to four); those calling now
 and then one unit a call, so their calls still cost a store step each; a machine client's, or
-one busy person's, mostly do not. ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs per draw at
-10,000 live keys and ~330 µs at 100,000: beyond a modest number of active persons, use Redis.
+one busy person's, mostly do not. ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs
+per draw at 10,000 live keys and ~330 µs at 100,000: beyond a modest number of active persons,
+use Redis.
 
 Fail open. A government gateway's limits protect capacity; they are not a legal record, and
 refusing every citizen because the counter store is down would turn a Redis outage into a

@@ -64,9 +64,8 @@ async def test_a_kept_loop_still_expires_a_block(counting: _CountingAsyncio) -> 
     deadlines = Deadlines(0.01)
     with deadlines.start():
         pass
-    with pytest.raises(TimeoutError):
-        with deadlines.start():
-            await asyncio.sleep(10)
+    with pytest.raises(TimeoutError), deadlines.start():
+        await asyncio.sleep(10)
     assert counting.lookups == 1
     deadlines.close()
 
@@ -75,9 +74,8 @@ def test_a_new_loop_is_found_and_stale_deadlines_dropped(counting: _CountingAsyn
     deadlines = Deadlines(0.01)
 
     async def expired() -> None:
-        with pytest.raises(TimeoutError):
-            with deadlines.start():
-                await asyncio.sleep(10)
+        with pytest.raises(TimeoutError), deadlines.start():
+            await asyncio.sleep(10)
 
     asyncio.run(expired())
     asyncio.run(expired())  # the first loop is closed: the second is asked for, and works

@@ -191,9 +191,7 @@ async def test_a_call_beside_a_refill_takes_its_unit_from_the_refills_block(
 # --- two processes on one file ----------------------------------------------------------------
 
 
-def _hammer(
-    data_dir: str, rate: str, calls: int, tick: float, start: Any, results: Any
-) -> None:
+def _hammer(data_dir: str, rate: str, calls: int, tick: float, start: Any, results: Any) -> None:
     """In a process of its own: four concurrent callers of one person, ``calls`` calls in all,
     the limiter's clock moving ``tick`` seconds per call; puts the number admitted."""
 
