@@ -89,10 +89,11 @@ class Deadlines:
         self._open = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._kept = KeptLoop()
+        self._kept = KeptLoop(now=True)
         """The running loop, asked for once (``KeptLoop``: on Python 3.11 each
         ``asyncio.get_running_loop()`` is a ``getpid`` system call, and a deadline starts at
-        every attempt and every audit store call)."""
+        every attempt and every audit store call): now, when made on a running loop (the audit
+        writer's are), else at the first ``start``."""
 
     def start(self) -> Deadline:
         loop = self._kept()

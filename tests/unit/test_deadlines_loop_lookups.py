@@ -43,7 +43,8 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> _CountingAsyncio:
 
 
 async def test_blocks_after_the_first_ask_for_no_loop(counting: _CountingAsyncio) -> None:
-    deadlines = Deadlines(5.0)
+    deadlines = Deadlines(5.0)  # made on the running loop: keeps it from the start
+    assert counting.lookups == 1
     with deadlines.start():
         await asyncio.sleep(0)
     first = counting.lookups
@@ -71,7 +72,8 @@ async def test_a_kept_loop_still_expires_a_block(counting: _CountingAsyncio) -> 
 
 
 def test_a_new_loop_is_found_and_stale_deadlines_dropped(counting: _CountingAsyncio) -> None:
-    deadlines = Deadlines(0.01)
+    deadlines = Deadlines(0.01)  # made with no loop running: it finds one at its first start
+    made = counting.lookups
 
     async def expired() -> None:
         with pytest.raises(TimeoutError), deadlines.start():
@@ -79,4 +81,4 @@ def test_a_new_loop_is_found_and_stale_deadlines_dropped(counting: _CountingAsyn
 
     asyncio.run(expired())
     asyncio.run(expired())  # the first loop is closed: the second is asked for, and works
-    assert counting.lookups == 2
+    assert counting.lookups == made + 2
