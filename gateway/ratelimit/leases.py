@@ -11,12 +11,13 @@ smaller scale: a block of a few units, spent over a few seconds.
 
 The invariant: the processes together never admit more than the store granted, since a block is
 drawn before its calls are admitted. Units left when a lease runs out are lost: the budget may
-refuse a few calls early (at most a block per process), never admit one too many. Against a
-budget's window (``limit`` per ``w`` seconds): a process holds at most one block of a budget at
-a time, so whatever the leases' length, in any ``w`` seconds the processes together admit at
-most the ``limit`` the store counted in them plus one block per process drawn before (at most
-``SHARE`` of the limit each): with ``N`` processes, at most ``N`` % over the limit, and never
-more than the store granted in all.
+refuse a few calls early (at most a block per process and lease), never admit one too many.
+Against a budget's window (``limit`` per ``w`` seconds): a process holds at most one block of a
+budget at a time, so whatever the leases' length, in any ``w`` seconds the processes together
+admit at most the ``limit`` the store counted in them plus one block per process drawn before
+(at most ``SHARE`` of the limit each): with ``N`` processes, at most ``N`` % over the limit
+(on top of the sliding-window counter's own estimate), and never more than the store granted
+in all.
 
 ``k`` follows the rate this process sees on the budget (the calls since its last store draw over
 the time since, smoothed), and so does the lease's length. A busy budget's block is the calls of
@@ -27,8 +28,8 @@ two to four. Below ``2 / LONGEST_LEASE`` calls a second (a person calling now an
 ``k = 1``: each call is one unit drawn from the store, as without leases. ``k`` is at most
 ``SHARE`` of the budget, so N processes hold at most N of those shares at a time, and a budget
 with fewer than ``1 / SHARE`` units is never leased (a person's default 300/minute: blocks of
-at most 3). The store grants ``min(k, room)``: near the end of a
-window the last units go to whoever asks first.
+at most 3). The store grants ``min(k, room)``: near the end of a window the last units go to
+whoever asks first.
 
 One block is asked for at a time per budget, so a burst of concurrent calls cannot each take a
 block. A call that comes while it is on its way waits for it when that budget is all it would
