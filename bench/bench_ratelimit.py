@@ -14,7 +14,17 @@ Scenarios (the gateway's default budgets: a client 6000/minute, a person 300/min
   to 6000/minute so that nothing is refused);
 - ``many-persons``: 2,000 persons in turn through one portal (each person's budget drawn once
   per 2,000 calls: sparse; the portal's hot), the common shape of a portal's traffic;
-- ``machine``: a machine client (client credentials: its client budget only).
+- ``machine``: a machine client (client credentials: its client budget only);
+- ``portal``: ``bench/bench_routing.py --persons 1000``'s traffic: 1,000 persons in turn through
+  one portal, both budgets 1,000,000/second as that bench's configuration sets them (nothing is
+  refused). With ``--rate R`` the leases see ``R`` checks a second of one worker (each person
+  ``R / 1000`` a second) whatever the speed of the process: ``--rate 1000`` is one of two
+  workers serving 2,000 calls a second. Give it ``--warmup 2000`` or more, so that every person
+  has been seen twice before the count (a lease learns a budget's rate from its second draw).
+
+``--rate R``: the limiter's clock (the leases' and the breaker's; the windows run on the store's
+time) is simulated, moving ``1 / R`` seconds at each check, so that the leases' blocks are those
+of ``R`` checks a second under valgrind too (there a process runs some 50 times slower).
 
 ``--other-python PATH``: the variants ``other python`` (this tree) and ``baseline on other
 python`` run their children on that interpreter, another environment's (for instance one with
@@ -58,7 +68,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent.parent
 STORES = ("memory", "sqlite", "redis")
-SCENARIOS = ("one-person", "many-persons", "machine")
+SCENARIOS = ("one-person", "many-persons", "machine", "portal")
+PORTAL_PERSONS = 1000
+PORTAL_RATE = "1000000/second"
+"""bench_routing.py's budgets (its configuration), for the ``portal`` scenario."""
 
 
 async def measure(args: argparse.Namespace) -> dict[str, float]:
@@ -74,21 +87,38 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         "store": args.store,
         "redis_url": args.redis_url,
         "redis_prefix": prefix,
-        "client": "6000/minute",
-        "person": "6000/minute" if args.scenario == "one-person" else "300/minute",
+        "client": PORTAL_RATE if args.scenario == "portal" else "6000/minute",
+        "person": (
+            PORTAL_RATE
+            if args.scenario == "portal"
+            else "6000/minute"
+            if args.scenario == "one-person"
+            else "300/minute"
+        ),
         # The most a check may wait on the store: a busy machine must not make it fail open.
         "store_timeout": 5,
     }
+    if args.person:
+        config["person"] = args.person
     if args.no_leases:
         config["leases"] = False
     settings = RateLimitSettings.model_validate(config)
-    limiter = ApiRateLimiter.from_settings(settings, data_dir=Path(tempfile.mkdtemp()))
+    simulated = [0.0]
+    step = 1 / args.rate if args.rate else 0.0
+    clock = (lambda: simulated[0]) if args.rate else time.monotonic
+    limiter = ApiRateLimiter.from_settings(settings, data_dir=Path(tempfile.mkdtemp()), clock=clock)
     if args.always_queued:
         limiter._local.at_once = False  # type: ignore[union-attr]
     if args.scenario == "machine":
         principals = [Principal(subject="system-a", level="system", client_id="system-a")]
     else:
-        persons = 1 if args.scenario == "one-person" else 2000
+        persons = (
+            1
+            if args.scenario == "one-person"
+            else PORTAL_PERSONS
+            if args.scenario == "portal"
+            else 2000
+        )
         principals = [
             Principal(subject=f"s{n}", level="L2", client_id="portal", person=f"person-{n}")
             for n in range(persons)
@@ -104,19 +134,45 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
 
     in_flight = args.in_flight
 
+    async def check(principal: Principal) -> Verdict:
+        simulated[0] += step  # with --rate: the simulated clock moves as the check starts
+        return await limiter.check(principal)
+
+    one = check if args.rate else limiter.check
+
     async def checks(start: int, number: int) -> list[Verdict]:
         """``number`` checks from the ``start``-th principal on, ``in_flight`` at once."""
         verdicts: list[Verdict] = []
         for first in range(start, start + number, in_flight):
             if in_flight == 1:
-                verdicts.append(await limiter.check(principals[first % count]))
+                verdicts.append(await one(principals[first % count]))
                 continue
             batch = range(first, min(first + in_flight, start + number))
-            verdicts += await asyncio.gather(*(limiter.check(principals[n % count]) for n in batch))
+            verdicts += await asyncio.gather(*(one(principals[n % count]) for n in batch))
         return verdicts
 
+    # On SQLite: the transactions and the calls drawn in them (a count the load does not move).
+    steps = {"transactions": 0, "calls": 0, "writes": 0}
+    local = limiter._local
+    if local is not None and args.count_writes:
+
+        def statement(sql: str) -> None:
+            steps["writes"] += sql.startswith("INSERT")
+
+        with local._db.locked() as conn:
+            conn.set_trace_callback(statement)
+    if local is not None:
+        acquire_calls = local.acquire_calls
+
+        def counted(calls: Any) -> Any:
+            steps["transactions"] += 1
+            steps["calls"] += len(calls)
+            return acquire_calls(calls)
+
+        local.acquire_calls = counted  # type: ignore[method-assign]
     try:
         await checks(0, args.warmup)
+        steps["transactions"] = steps["calls"] = steps["writes"] = 0
         if limiter._local is not None:
             # The once-a-minute purge of expired windows held off for the counted checks: under
             # valgrind a run lasts minutes, and a purge of thousands of rows falling in one of
@@ -141,6 +197,9 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
         "cpu_us": 1e6 * cpu / args.checks,
         "wall_us": 1e6 * wall / args.checks,
         "server_us": 1e6 * server / args.checks,
+        "transactions": steps["transactions"] / args.checks,
+        "store_calls": steps["calls"] / args.checks,
+        "writes": steps["writes"] / args.checks,
     }
 
 
@@ -175,7 +234,13 @@ def child(
         args.redis_url,
         "--in-flight",
         str(args.in_flight),
+        "--rate",
+        str(args.rate),
     ]
+    if args.person:
+        argv += ["--person", args.person]
+    if args.count_writes:
+        argv.append("--count-writes")
     if not leases:
         argv.append("--no-leases")
     argv += extra
@@ -238,6 +303,18 @@ def main() -> None:
         help="another environment's interpreter (say, with other packages): variants "
         "'other python' (this tree) and 'baseline on other python' run on it",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="checks a second the leases see (a simulated clock); 0: the real clock",
+    )
+    parser.add_argument("--person", help="the person budget instead of the scenario's")
+    parser.add_argument(
+        "--count-writes",
+        action="store_true",
+        help="count the budgets written to the SQLite file (a trace of its statements: slower)",
+    )
     parser.add_argument("--callgrind", action="store_true", help="instructions per check")
     parser.add_argument("--callgrind-base", type=int, default=100, help="checks of the base run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -247,7 +324,8 @@ def main() -> None:
     parser.add_argument("--no-leases", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--always-queued", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.warmup + args.checks >= 6000:
+    portal_only = args.scenarios == "portal" or args.scenario == "portal"
+    if args.warmup + args.checks >= 6000 and not portal_only:
         parser.error("--warmup + --checks must stay below 6000, the client budget per minute")
     if args.child:
         sys.path.insert(0, args.tree)
@@ -276,8 +354,9 @@ def main() -> None:
     for round_ in range(args.repeat):
         for store in stores:
             for scenario in scenarios:
-                if store == "memory" and scenario != "one-person":
-                    continue  # one process: no store step to save, one row is enough
+                if store == "memory" and scenario not in ("one-person", "portal"):
+                    continue  # one process: no store step to save, one row is enough (and
+                    # the portal's, what one worker's rate limit costs under bench_routing)
                 for name, tree, leases, interpreter in variants:
                     if store == "memory" and name == "leases off":
                         continue
@@ -311,7 +390,10 @@ def main() -> None:
                         + (
                             f"{figures['cpu_us']:,.0f} instructions"
                             if args.callgrind
-                            else f"{figures['cpu_us']:.1f} µs ({figures['server_us']:.0f})"
+                            else f"{figures['cpu_us']:.1f} µs ({figures['server_us']:.0f}); "
+                            f"SQLite transactions {figures.get('transactions', 0):.3f}, calls "
+                            f"drawn {figures.get('store_calls', 0):.3f}, budgets written "
+                            f"{figures.get('writes', 0):.3f} per check"
                         ),
                         flush=True,
                     )

@@ -15,6 +15,8 @@ import asyncio
 import collections
 from types import TracebackType
 
+from gateway.event_loop import KeptLoop
+
 
 class Deadline:
     """One block's hard cap: ``asyncio.timeout``'s rules, from a shared ``Deadlines``. On
@@ -79,7 +81,7 @@ class Deadlines:
     ``with deadlines.start():`` caps the block at ``seconds`` from now; ``close()`` cancels the
     timer when nothing will be started again."""
 
-    __slots__ = ("_loop", "_open", "_queue", "_seconds", "_timer")
+    __slots__ = ("_kept", "_loop", "_open", "_queue", "_seconds", "_timer")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -87,9 +89,14 @@ class Deadlines:
         self._open = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._kept = KeptLoop(now=True)
+        """The running loop, asked for once (``KeptLoop``: on Python 3.11 each
+        ``asyncio.get_running_loop()`` is a ``getpid`` system call, and a deadline starts at
+        every attempt and every audit store call): now, when made on a running loop (the audit
+        writer's are), else at the first ``start``."""
 
     def start(self) -> Deadline:
-        loop = asyncio.get_running_loop()
+        loop = self._kept()
         task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("a deadline must be started inside a task")

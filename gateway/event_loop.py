@@ -16,6 +16,7 @@ it the usual way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -41,8 +42,11 @@ class KeptLoop:
 
     __slots__ = ("_loop",)
 
-    def __init__(self) -> None:
+    def __init__(self, *, now: bool = False) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        if now:  # made on its loop: keep it from the start (none running: at the first call)
+            with contextlib.suppress(RuntimeError):
+                self._loop = asyncio.get_running_loop()
 
     def __call__(self) -> asyncio.AbstractEventLoop:
         loop = self._loop

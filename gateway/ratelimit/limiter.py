@@ -34,10 +34,12 @@ often (a portal's) is drawn in blocks spent locally for up to 250 ms (leases.py,
 ``rate_limits.leases``). Measured CPU per check (bench/bench_ratelimit.py, docs/performance.md,
 a loaded machine): memory ~9 µs; SQLite ~100-150 µs a transaction, ~6 µs when every budget of
 the call is spent from a block; Redis ~250-370 µs a round trip (~450-600 µs with one ``limits``
-call per budget), ~8-16 µs from blocks. A portal's many persons each draw their own budget one unit
-a call, so their calls still cost a store step each; a machine client's, or one busy person's,
-mostly do not. ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs per draw at
-10,000 live keys and ~330 µs at 100,000: beyond a modest number of active persons, use Redis.
+call per budget), ~8-16 µs from blocks. A portal's persons calling every second or so draw
+their own budget in small blocks (a store step at one call in two to four); those calling now
+and then one unit a call, so their calls still cost a store step each; a machine client's, or
+one busy person's, mostly do not. ``MemoryStorage`` sweeps every key on each expiry pass, ~30 µs
+per draw at 10,000 live keys and ~330 µs at 100,000: beyond a modest number of active persons,
+use Redis.
 
 Fail open. A government gateway's limits protect capacity; they are not a legal record, and
 refusing every citizen because the counter store is down would turn a Redis outage into a
@@ -73,6 +75,7 @@ from redis.asyncio import BlockingConnectionPool
 
 from gateway.breaker import BreakerState, CircuitBreaker
 from gateway.errors import CircuitOpen
+from gateway.event_loop import KeptLoop
 from gateway.identity.clients import ClientRegistration
 from gateway.identity.verifier import MACHINE_LEVEL
 from gateway.principal import Principal
@@ -196,6 +199,8 @@ class ApiRateLimiter:
         self._shared = self._local is not None or self._redis is not None
         self._leases = self._shared and settings.leases
         self._clock = clock
+        self._running = KeptLoop()
+        """The loop of a lease's refill future (``KeptLoop``: no system call per refill)."""
         self._timeout = timeout
         self._close = close
         self._default = _plan(settings, None)
@@ -278,12 +283,15 @@ class ApiRateLimiter:
         if self._memory is not None:
             return await self._check_memory(principal, budgets, allowed)
         if self._shared:
-            return await self._check_shared(principal, budgets)
+            return await self._check_shared(principal, budgets, allowed)
         return await self._guarded(budgets, lambda: self._draw(principal, budgets))
 
-    async def _check_shared(self, principal: Principal, budgets: tuple[Budget, ...]) -> Verdict:
+    async def _check_shared(
+        self, principal: Principal, budgets: tuple[Budget, ...], allowed: Verdict
+    ) -> Verdict:
         """SQLite or Redis: the budgets this process holds a block of are spent locally, the
-        others drawn in one store step, blocks for the hot ones with them (leases.py)."""
+        others drawn in one store step, blocks for the hot ones with them (leases.py).
+        ``allowed``: the plan's verdict of a call all of ``budgets`` let through."""
         leases = [self._lease(principal, budget) for budget in budgets]
         if not self._leases:
             return await self._draw_shared(budgets, leases, [1] * len(budgets), 0.0)
@@ -299,8 +307,11 @@ class ApiRateLimiter:
             now = self._clock()
             taken = [ok or lease.spend(now) for lease, ok in zip(leases, taken, strict=True)]
         else:
-            return Verdict(budgets)  # all from blocks the store granted this process
-        wanted = [0 if ok else lease.block(now) for lease, ok in zip(leases, taken, strict=True)]
+            return allowed  # all from blocks the store granted this process
+        loop = self._running
+        wanted = [
+            0 if ok else lease.block(now, loop) for lease, ok in zip(leases, taken, strict=True)
+        ]
         try:
             return await self._draw_shared(budgets, leases, wanted, now)
         finally:

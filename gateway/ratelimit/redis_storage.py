@@ -56,6 +56,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.event_loop import KeptLoop
 from gateway.ratelimit.draws import Drawn, caller_error
 
 PACK_COMMAND: Callable[[tuple[Any, ...]], bytes] | None
@@ -166,6 +167,9 @@ class RedisBudgetStorage(RedisStorage):
         self._queued: list[tuple[Draws, asyncio.Future[Drawn]]] = []
         self._sender: asyncio.Task[None] | None = None
         """The task sending the queued draws (held: the loop keeps only a weak reference)."""
+        self._running = KeptLoop()
+        """The loop of the queued draws' futures and the sender (``KeptLoop``: no ``getpid``
+        system call per queued call on Python 3.11)."""
 
     def window_keys(self, key: str) -> list[str]:
         """The Redis names of ``key``'s previous and current window, as the library's."""
@@ -187,14 +191,14 @@ class RedisBudgetStorage(RedisStorage):
                 return (await self._step([draws]))[0]
             finally:
                 self._send_queued()
-        answer: asyncio.Future[Drawn] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Drawn] = self._running().create_future()
         self._queued.append((draws, answer))
         return await answer
 
     def _send_queued(self) -> None:
         """After a step: the draws queued meanwhile go in the next, or nothing is on the wire."""
         if self._queued:
-            self._sender = asyncio.get_running_loop().create_task(self._send())
+            self._sender = self._running().create_task(self._send())
         else:
             self._sending = False
             self._sender = None

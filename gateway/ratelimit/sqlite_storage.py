@@ -155,14 +155,37 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
 
     def acquire_calls(self, calls: Sequence[Entries]) -> list[Drawn]:
         """``acquire_all`` for each call's entries, the calls one after the other, in one
-        transaction; each call's answer. Raises sqlite3.Error (nothing drawn)."""
+        transaction; each call's answer. Raises sqlite3.Error (nothing drawn).
+
+        The calls are one process's (one limiter's), so a block one of them asks for is this
+        process's lease (leases.py): a later call of the transaction that asks one unit of the
+        same budget (it came while that block was on its way) is given one of the block's
+        units instead of a unit drawn anew, and the block's call is granted one unit fewer.
+        The store counts the same units as if the later call had waited for the block and
+        spent a unit of it locally, with no room test and no statement for it; a block of two
+        goes wholly to the later call, and when the block is used up (or was never granted:
+        the room ran short, or an earlier budget of its call refused) the next call draws
+        from the store as usual."""
         now = time.time()
         answers: list[Drawn] = []
+        # A block granted to an earlier call of this transaction, by key: (its call's granted
+        # units, the budget's index there). A later call asking one unit of that budget takes
+        # it from the block (see the docstring).
+        blocks: dict[str, tuple[list[int], int]] = {}
         with self._db.transaction(wait=self._wait) as conn:
             for entries in calls:
                 granted: list[int] = []
                 refused: Window | None = None
                 for key, limit, expiry, wanted in entries:
+                    if wanted == 1 and key in blocks:
+                        holder, index = blocks[key]
+                        if holder[index] > 2:  # its call's own unit and one more stay
+                            holder[index] -= 1
+                        else:
+                            del blocks[key]
+                            holder[index] = 1  # what is left of it, given to this call
+                        granted.append(1)
+                        continue
                     previous_key, current_key = self.sliding_window_keys(key, expiry, now)
                     window = _window(conn, previous_key, current_key, expiry, now)
                     previous, previous_ttl, current, _ = window
@@ -173,6 +196,8 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                         break
                     units = min(wanted, room)
                     conn.execute(_ADD, (current_key, units, now + 2 * expiry, now, now))
+                    if units > 1:
+                        blocks[key] = (granted, len(granted))
                     granted.append(units)
                 answers.append(Drawn(granted, refused))
             if now >= self._next_purge:

@@ -149,7 +149,11 @@ async def test_two_processes_hammering_never_admit_more_than_the_budget(
     for _, draws, grants in processes:
         client = 0 if callers == "machine" else 1  # a citizen's person budget comes first
         granted = [step[client] for step in grants if len(step) > client and step[client]]
-        assert max(granted) == largest_block
+        # Blocks of 1 % of the budget were asked for. (On SQLite a call that shares the
+        # block's transaction takes its unit from the block: the grant recorded is smaller.)
+        asked = [step[client][1] for step in draws if len(step) > client]
+        assert max(asked) == largest_block
+        assert max(granted) <= largest_block
         if callers == "machine":
             # Most calls spent a unit of a block: few store steps granted any.
             assert len(granted) < admitted / 4

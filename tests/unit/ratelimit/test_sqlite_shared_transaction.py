@@ -84,6 +84,40 @@ async def queued(store: SqliteStorage, calls: list[Entries]) -> list[Drawn]:
     return await asyncio.gather(*(one(entries) for entries in calls))
 
 
+def drawn_in_turn(
+    alone: SqliteStorage, calls: list[Entries], taken: list[int] | None = None
+) -> list[Drawn]:
+    """What the calls of one shared transaction are answered: each call's budgets drawn alone,
+    one after the other, in order, except that a call asking one unit of a budget that an
+    earlier call of the transaction was granted a block of takes it from that block (the
+    block's call granted one fewer, its own unit always kept), as ``acquire_calls`` says;
+    ``taken`` gets a 1 for each unit so taken."""
+    answers: list[Drawn] = []
+    blocks: dict[str, tuple[list[int], int]] = {}
+    for entries in calls:
+        granted: list[int] = []
+        window = None
+        for key, limit, expiry, wanted in entries:
+            if wanted == 1 and key in blocks:
+                holder, index = blocks[key]
+                holder[index] -= 1
+                if holder[index] == 1:
+                    del blocks[key]
+                granted.append(1)
+                if taken is not None:
+                    taken.append(1)
+                continue
+            answer = alone.acquire_all([(key, limit, expiry, wanted)])
+            granted.append(answer.granted[0])
+            if answer.window is not None:
+                window = answer.window
+                break
+            if answer.granted[0] > 1:
+                blocks[key] = (granted, len(granted) - 1)
+        answers.append(Drawn(granted, window))
+    return answers
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_calls_drawn_together_get_the_answers_they_get_alone(
     stores: tuple[SqliteStorage, SqliteStorage], clock: StoreClock, seed: int
@@ -93,6 +127,7 @@ async def test_calls_drawn_together_get_the_answers_they_get_alone(
     rng = random.Random(seed)
     budgets = [("a", 4, 3600), ("b", 6, 7200), ("c", 9, 10800), ("d", 30, 3600)]
     refused = 0
+    taken: list[int] = []
     for _ in range(40):
         clock.now += rng.choice([0, 0, 0, 1000, 3600, 7200, 18000])
         calls: list[Entries] = []
@@ -102,13 +137,18 @@ async def test_calls_drawn_together_get_the_answers_they_get_alone(
                 [(key, limit, window, rng.choice([1, 1, 1, 3])) for key, limit, window in chosen]
             )
         answers = await queued(together, calls)
-        for entries, answer in zip(calls, answers, strict=True):
-            on_its_own = alone.acquire_all(entries)
+        expected = drawn_in_turn(alone, calls, taken)
+        for answer, on_its_own in zip(answers, expected, strict=True):
             assert answer == on_its_own  # units, and a refusal's windows to the bit
             refused += on_its_own.window is not None
+        for key, _, window in budgets:  # and the files hold the same counts
+            assert await together.get_sliding_window(key, window) == (
+                await alone.get_sliding_window(key, window)
+            )
     assert max(trace.calls) > 1  # calls did go together
     assert trace.commits == len(trace.calls)  # one transaction per drain
     assert refused > 10  # and budgets ran out among them
+    assert len(taken) > 5  # and calls took their unit from an earlier call's block
 
 
 async def test_a_call_in_a_shared_transaction_stops_at_its_own_refusal(
@@ -129,10 +169,10 @@ async def test_a_call_in_a_shared_transaction_stops_at_its_own_refusal(
             [("portal", 10, 3600, 1)],  # and then none
         ],
     )
-    assert [answer.granted for answer in answers] == [[1], [1, 4], [0], [1, 4], [1], [0]]
-    assert [answer.window is None for answer in answers] == [True] * 2 + [False] + [True] * 2 + [
-        False
-    ]
+    # The last call asks one unit of the portal's budget, which the fourth call was granted a
+    # block of in the same transaction: it takes it from that block (the fourth's grant 3).
+    assert [answer.granted for answer in answers] == [[1], [1, 4], [0], [1, 3], [1], [1]]
+    assert [answer.window is None for answer in answers] == [True] * 2 + [False] + [True] * 3
     assert trace.calls == [6]
     assert trace.commits == 1
     assert (await store.get_sliding_window("portal", 3600))[2] == 10
