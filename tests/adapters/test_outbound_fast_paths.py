@@ -203,3 +203,22 @@ async def test_the_wire_bytes_of_the_adapters_session(echo_wire: Callable[..., A
     assert ours == theirs
     assert ours[0] == "POST /api/echo HTTP/1.1"
     assert ours[1].startswith("Host: 127.0.0.1:")
+
+
+async def test_a_session_hands_the_request_its_merged_headers(
+    echo_wire: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one C copy is the one a session's request takes (the session merges its default
+    headers into a ``CIMultiDict`` of its own): aiohttp's loop is not run."""
+    seen: list[object] = []
+    original = aiohttp.ClientRequest.update_headers
+
+    def recording(self: aiohttp.ClientRequest, headers: object) -> None:
+        seen.append(headers)
+        original(self, headers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aiohttp.ClientRequest, "update_headers", recording)
+    await echo_wire(OutboundRequest, {"X-A": "1"})
+    assert seen == []
+    await echo_wire(aiohttp.ClientRequest, {"X-A": "1"})
+    assert len(seen) == 1
