@@ -23,6 +23,8 @@ from typing import Any, Final
 
 import aiohttp
 
+from adapters.outbound_request import OutboundRequest
+
 EAGER_NEEDED: Final = sys.version_info < (3, 12)
 """Whether ``EagerBodyRequest`` changes anything (Python 3.12 and later: aiohttp does it)."""
 
@@ -85,8 +87,9 @@ def eager_task(
     return asyncio.Task(_go_on(coro, blocked_on), loop=loop, **kwargs)
 
 
-class EagerBodyRequest(aiohttp.ClientRequest):
-    """``ClientRequest`` whose body writer starts eagerly (see the module's text)."""
+class EagerBodyRequest(OutboundRequest):
+    """``ClientRequest`` whose body writer starts eagerly (see the module's text), its headers
+    copied once (``adapters/outbound_request.py``)."""
 
     async def send(self, conn: Any) -> aiohttp.ClientResponse:
         loop = self.loop
@@ -102,6 +105,6 @@ class EagerBodyRequest(aiohttp.ClientRequest):
 
 
 REQUEST_CLASS: Final[type[aiohttp.ClientRequest]] = (
-    EagerBodyRequest if EAGER_NEEDED else aiohttp.ClientRequest
+    EagerBodyRequest if EAGER_NEEDED else OutboundRequest
 )
 """The request class of the adapters' sessions on this Python."""

@@ -515,14 +515,19 @@ _CONTEXT_HEADERS: tuple[tuple[str, str], ...] = (
     ("Idempotency-Key", "idempotency_key"),
 )
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+"""What passes unchanged. Checked without the regular expression (``str.isascii``,
+``str.isprintable``, ``str.strip``: for ASCII, printable is 0x20-0x7E and the only whitespace
+among those is the space): the same answer for less than half the cost (22 k instructions
+against 10 k for the bench call's nine values). The pattern stays the rule's statement and the
+tests' reference."""
 _HEADER_SAFE = "!#$&'()*+,/:;=?@[]^_`{|}~-."
 
 
 def header_safe(value: str) -> str:
     """Visible ASCII passes unchanged; anything else (a Chinese purpose, say) is sent as
     percent-encoded UTF-8, because header values must be ASCII."""
-    if _VISIBLE_ASCII.fullmatch(value):
-        return value
+    if value.isascii() and value.isprintable() and value.strip() == value:
+        return value  # what _VISIBLE_ASCII matches, or '' (quoted, still '')
     return quote(value, safe=_HEADER_SAFE)
 
 
@@ -534,11 +539,14 @@ def add_context_headers(headers: dict[str, str], context: CallContext) -> dict[s
     """``headers`` with the call context added (``header_safe`` applied to each value); a field
     that is None is left out. One pass for a call's thirteen fields: the values are read in one
     C call and the check of ``header_safe`` is made inline."""
-    visible = _VISIBLE_ASCII.fullmatch
     for name, value in zip(_CONTEXT_NAMES, _CONTEXT_VALUES(context), strict=True):
         if value is not None:
             text = str(value)
-            headers[name] = text if visible(text) else quote(text, safe=_HEADER_SAFE)
+            # header_safe inline: printable ASCII without a space at either end
+            if text.isascii() and text.isprintable() and text.strip() == text:
+                headers[name] = text
+            else:
+                headers[name] = quote(text, safe=_HEADER_SAFE)
     return headers
 
 

@@ -183,6 +183,11 @@ def count(args: argparse.Namespace, mode: str, workdir: Path) -> float:
         argv += ["--tree", str(Path(args.tree).resolve())] if args.tree else []
         with (workdir / "client.log").open("wb") as log:
             subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=1800)
+        if args.keep:
+            keep = Path(args.keep)
+            keep.mkdir(parents=True, exist_ok=True)
+            for dump in sorted(out_file.parent.glob(out_file.name + ".*")):
+                shutil.copy(dump, keep / f"callgrind.{mode}.{dump.name.rsplit('.', 1)[1]}")
         return instructions.dumped_instructions(out_file) / int(args.calls)
     finally:
         kids.stop_all()
@@ -195,6 +200,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=150, help="calls before the counters are zeroed")
     p.add_argument("--calls", type=int, default=1000, help="calls counted")
     p.add_argument("--in-flight", type=int, default=8, help="calls at a time")
+    p.add_argument(
+        "--keep", default="", help="copy each mode's callgrind.out into this folder (annotate)"
+    )
     p.add_argument("--role", default="", help=argparse.SUPPRESS)
     p.add_argument("--backend", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -71,6 +71,8 @@ class CircuitBreaker:
 
     def before_call(self) -> None:
         """Admit a call or raise CircuitOpen; a half-open breaker admits a few probes."""
+        if self._state is BreakerState.CLOSED:
+            return  # nearly every call: ``state`` turns only an open breaker half-open
         state = self.state
         if state is BreakerState.OPEN:
             remaining = self._reset_timeout - (self._clock() - self._opened_at)
