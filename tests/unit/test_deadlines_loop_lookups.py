@@ -10,39 +10,20 @@ a restarted server's) the stale deadlines are dropped and the new loop is found.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from gateway import deadlines as deadlines_module
-from gateway import event_loop as event_loop_module
 from gateway.deadlines import Deadlines
-
-
-class _CountingAsyncio:
-    """``asyncio`` as the deadlines' module and the loop keeper see it, counting
-    ``get_running_loop`` calls."""
-
-    def __init__(self) -> None:
-        self.lookups = 0
-
-    def get_running_loop(self) -> asyncio.AbstractEventLoop:
-        self.lookups += 1
-        return asyncio.get_running_loop()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
+from tests.loop_lookups import CountingAsyncio, count_loop_lookups
 
 
 @pytest.fixture
-def counting(monkeypatch: pytest.MonkeyPatch) -> _CountingAsyncio:
-    spy = _CountingAsyncio()
-    monkeypatch.setattr(deadlines_module, "asyncio", spy)
-    monkeypatch.setattr(event_loop_module, "asyncio", spy)
-    return spy
+def counting(monkeypatch: pytest.MonkeyPatch) -> CountingAsyncio:
+    return count_loop_lookups(monkeypatch, deadlines_module)
 
 
-async def test_blocks_after_the_first_ask_for_no_loop(counting: _CountingAsyncio) -> None:
+async def test_blocks_after_the_first_ask_for_no_loop(counting: CountingAsyncio) -> None:
     deadlines = Deadlines(5.0)  # made on the running loop: keeps it from the start
     assert counting.lookups == 1
     with deadlines.start():
@@ -61,7 +42,7 @@ async def test_blocks_after_the_first_ask_for_no_loop(counting: _CountingAsyncio
     deadlines.close()
 
 
-async def test_a_kept_loop_still_expires_a_block(counting: _CountingAsyncio) -> None:
+async def test_a_kept_loop_still_expires_a_block(counting: CountingAsyncio) -> None:
     deadlines = Deadlines(0.01)
     with deadlines.start():
         pass
@@ -71,7 +52,7 @@ async def test_a_kept_loop_still_expires_a_block(counting: _CountingAsyncio) -> 
     deadlines.close()
 
 
-def test_a_new_loop_is_found_and_stale_deadlines_dropped(counting: _CountingAsyncio) -> None:
+def test_a_new_loop_is_found_and_stale_deadlines_dropped(counting: CountingAsyncio) -> None:
     deadlines = Deadlines(0.01)  # made with no loop running: it finds one at its first start
     made = counting.lookups
 

@@ -10,45 +10,26 @@ records are committed as before.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from gateway import event_loop as event_loop_module
 from gateway.audit import writer as writer_module
 from gateway.audit.checkpoint import CheckpointSigner
 from gateway.audit.keys import StaticKeyStore, new_signing_key
 from gateway.audit.writer import AuditWriter, WriterSettings
 from gateway.stores.memory_audit import MemoryAuditStore
+from tests.loop_lookups import CountingAsyncio, count_loop_lookups
 from tests.unit.audit.test_audit_writer import event
 
 SETTINGS = WriterSettings(linger=0.002, buffered_linger=0.005, commit_timeout=1.0)
 
 
-class _CountingAsyncio:
-    """``asyncio`` as the writer's module and the loop keeper it uses see it, counting
-    ``get_running_loop`` calls."""
-
-    def __init__(self) -> None:
-        self.lookups = 0
-
-    def get_running_loop(self) -> asyncio.AbstractEventLoop:
-        self.lookups += 1
-        return asyncio.get_running_loop()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-
 @pytest.fixture
-def counting(monkeypatch: pytest.MonkeyPatch) -> _CountingAsyncio:
-    spy = _CountingAsyncio()
-    monkeypatch.setattr(writer_module, "asyncio", spy)
-    monkeypatch.setattr(event_loop_module, "asyncio", spy)
-    return spy
+def counting(monkeypatch: pytest.MonkeyPatch) -> CountingAsyncio:
+    return count_loop_lookups(monkeypatch, writer_module)
 
 
-async def test_appends_settles_and_commits_ask_for_no_loop(counting: _CountingAsyncio) -> None:
+async def test_appends_settles_and_commits_ask_for_no_loop(counting: CountingAsyncio) -> None:
     store = MemoryAuditStore()
     writer = AuditWriter(
         store,

@@ -9,38 +9,20 @@ of queued calls, more rounds ask for no loop, and each call is answered as befor
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
-from gateway import event_loop as event_loop_module
 from gateway.ratelimit import redis_storage
 from gateway.ratelimit.redis_storage import RedisBudgetStorage
+from tests.loop_lookups import count_loop_lookups
 
 pytestmark = pytest.mark.redis
-
-
-class _CountingAsyncio:
-    """``asyncio`` as the storage's module and the loop keeper see it, counting
-    ``get_running_loop`` calls."""
-
-    def __init__(self) -> None:
-        self.lookups = 0
-
-    def get_running_loop(self) -> asyncio.AbstractEventLoop:
-        self.lookups += 1
-        return asyncio.get_running_loop()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
 
 
 async def test_queued_draws_ask_for_no_loop_after_the_first(
     prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = _CountingAsyncio()
-    monkeypatch.setattr(redis_storage, "asyncio", spy)
-    monkeypatch.setattr(event_loop_module, "asyncio", spy)
+    spy = count_loop_lookups(monkeypatch, redis_storage)
     store = RedisBudgetStorage("async+redis://127.0.0.1:6379/0", key_prefix=prefix)
     budget = [(store.window_keys("person"), 1000, 3600, 1)]
     try:
