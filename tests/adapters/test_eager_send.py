@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from adapters import eager_send
 from adapters.eager_send import REQUEST_CLASS, EagerBodyRequest, eager_task
@@ -40,15 +41,8 @@ async def echo_url() -> AsyncIterator[str]:
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/digest", digest)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/digest"
-    finally:
-        await runner.cleanup()
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield str(server.make_url("/digest"))
 
 
 class _Recording:

@@ -177,15 +177,21 @@ def test_the_request_headers_as_aiohttp_makes_them() -> None:
             )
 
 
-def test_a_host_of_the_callers_takes_aiohttps_own_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[object] = []
+@pytest.fixture
+def seen(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The headers handed to aiohttp's own copy loop (``ClientRequest.update_headers``)."""
+    calls: list[object] = []
     original = aiohttp.ClientRequest.update_headers
 
     def recording(self: aiohttp.ClientRequest, headers: object) -> None:
-        seen.append(headers)
+        calls.append(headers)
         original(self, headers)  # type: ignore[arg-type]
 
     monkeypatch.setattr(aiohttp.ClientRequest, "update_headers", recording)
+    return calls
+
+
+def test_a_host_of_the_callers_takes_aiohttps_own_copy(seen: list[object]) -> None:
     _made(OutboundRequest, CIMultiDict([("X-A", "1")]))
     assert seen == []  # the one C copy
     _made(OutboundRequest, CIMultiDict([("X-A", "1"), ("host", "h")]))
@@ -206,18 +212,10 @@ async def test_the_wire_bytes_of_the_adapters_session(echo_wire: Callable[..., A
 
 
 async def test_a_session_hands_the_request_its_merged_headers(
-    echo_wire: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    echo_wire: Callable[..., Any], seen: list[object]
 ) -> None:
     """The one C copy is the one a session's request takes (the session merges its default
     headers into a ``CIMultiDict`` of its own): aiohttp's loop is not run."""
-    seen: list[object] = []
-    original = aiohttp.ClientRequest.update_headers
-
-    def recording(self: aiohttp.ClientRequest, headers: object) -> None:
-        seen.append(headers)
-        original(self, headers)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(aiohttp.ClientRequest, "update_headers", recording)
     await echo_wire(OutboundRequest, {"X-A": "1"})
     assert seen == []
     await echo_wire(aiohttp.ClientRequest, {"X-A": "1"})
