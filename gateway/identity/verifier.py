@@ -7,17 +7,15 @@ small leeway, the presence of ``sub``, ``jti`` and ``client_id``, the sealed per
 (``tb_pk``, gateway/identity/person_key.py) when present, and finally the revocation list.
 Every failure is the same ``Unauthenticated`` for the caller; the reason is only logged.
 
-Verified tokens are cached (bounded, keyed by the token's exact text, dropped at ``exp``) because
+Verified tokens are cached (bounded, keyed by SHA-256 of the token, dropped at ``exp``) because
 an ES256 verification costs ~160 µs; the revocation check is never cached. A key
-retired while a token is cached keeps that token valid until its ``exp`` (minutes). The key is
-the token itself, not a digest of it: a dict compares the text in full on a hit, as a digest's
-key would its 32 bytes, without hashing the ~1 KB token through SHA-256 on every call (at most
-``cache_size`` tokens of at most ``MAX_TOKEN_LENGTH`` characters are kept).
+retired while a token is cached keeps that token valid until its ``exp`` (minutes).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
@@ -211,19 +209,20 @@ class JwtAccessTokenVerifier:
         self._clock = clock
         self._leeway = leeway
         self._cache_size = cache_size
-        self._cache: OrderedDict[str, _Verified] = OrderedDict()
+        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
 
     async def verify(self, token: str) -> Principal:
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = self._clock()
-        verified = self._cache.get(token)
+        verified = self._cache.get(digest)
         if verified is not None and verified.exp <= now - self._leeway:
-            del self._cache[token]
+            del self._cache[digest]
             verified = None
         if verified is None:
             verified = self._verify_signed(token, now)
-            self._remember(token, verified, now)
+            self._remember(digest, verified, now)
         else:
-            self._cache.move_to_end(token)
+            self._cache.move_to_end(digest)
         if await self._revocations.is_revoked(verified.jti):
             log.info("access_token_refused", reason="revoked")
             raise Unauthenticated("The bearer token is not valid.")
@@ -246,8 +245,8 @@ class JwtAccessTokenVerifier:
             raise Unauthenticated("The bearer token is not valid.") from None
         return _Verified(principal, str(claims["jti"]), float(claims["exp"]))
 
-    def _remember(self, token: str, verified: _Verified, now: float) -> None:
-        self._cache[token] = verified
+    def _remember(self, digest: bytes, verified: _Verified, now: float) -> None:
+        self._cache[digest] = verified
         # Least recently used first: over the bound, or expired (a token nobody presents again
         # would otherwise stay until 4096 newer ones push it out: the cache would only ever
         # grow to its bound, however few tokens are alive).
