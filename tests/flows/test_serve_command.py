@@ -63,7 +63,7 @@ def _start(config: Path, *extra: str, env_extra: dict[str, str] | None = None) -
         cwd=ROOT,
     )
     served = Served(process, port)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a bound on a hang, not on speed: a loaded machine is slow
     while time.monotonic() < deadline:
         try:
             if httpx.get(served.base + "/healthz", timeout=0.5).status_code == 200:
