@@ -26,7 +26,10 @@ B-tree. ``--wal`` counts what the run's commits wrote to the WAL instead (no cal
 frames of each commit, by table and page kind (``dbstat``), for the commits the writer waits
 for (records) and those of the lookup thread (lookup and subject rows), frame by frame from the
 WAL file after each commit of records. ``strace -c -f`` on a ``--wal`` run gives the system
-calls (the WAL's fsyncs go through ``io_submit``).
+calls (the WAL's fsyncs go through ``io_submit``); ``--fsync-bytes TRACE`` reads such a trace
+(``strace -f -y -e trace=pwrite64,fsync,fdatasync,io_submit -o TRACE``) and prints how many
+bytes had been written to the WAL since its last sync when each durable fsync was asked for:
+what that fsync has to write.
 """
 
 # ruff: noqa: PLC0415 - gateway is imported after --tree has put its tree first
@@ -178,6 +181,38 @@ class WalFrames:
                 print(f"    {name}: {n / max(len(commits), 1):.2f} a commit")
 
 
+_WAL_WRITE = re.compile(r'pwrite64\(\d+<([^>]+-wal)>, ".*?"(?:\.\.\.)?, (\d+), \d+')
+_WAL_SYNC = re.compile(
+    r"IOCB_CMD_FSYNC, aio_fildes=\d+<([^>]+-wal)>|f(?:data)?sync\(\d+<([^>]+-wal)>"
+)
+
+
+def fsync_bytes(trace: Path) -> None:
+    """Bytes written to the run's WAL between one sync of it and each durable fsync (the
+    store's, through ``io_submit``); the WAL of the prefill, synced by SQLite, is left out."""
+    lines = trace.read_text(errors="replace").splitlines()
+    durable = [m.group(1) for line in lines if (m := _WAL_SYNC.search(line)) and m.group(1)]
+    if not durable:
+        raise SystemExit("no durable fsync of a WAL in the trace")
+    wal, pending, each, others = durable[0], 0, [], 0
+    for line in lines:
+        if (m := _WAL_WRITE.search(line)) and m.group(1) == wal:
+            pending += int(m.group(2))
+        elif (m := _WAL_SYNC.search(line)) and wal in (m.group(1), m.group(2)):
+            if m.group(1):
+                each.append(pending)
+            else:
+                others += 1
+            pending = 0
+    each.sort()
+    n = len(each)
+    print(
+        f"{n} durable fsyncs, {others} other syncs of the WAL; WAL bytes each durable fsync"
+        f" writes: mean {sum(each) / n:,.0f}, p50 {each[n // 2]:,}, p90 {each[n * 9 // 10]:,},"
+        f" p99 {each[n * 99 // 100]:,}, max {each[-1]:,}"
+    )
+
+
 def counted(args: argparse.Namespace, calls: int, out: Path) -> int:
     command = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
@@ -206,7 +241,11 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=0, help="records in the trail at start")
     parser.add_argument("--template", default="", help=argparse.SUPPRESS)
     parser.add_argument("--wal", action="store_true", help="count the WAL's frames per commit")
+    parser.add_argument("--fsync-bytes", default="", help="read a strace of a run (see above)")
     args = parser.parse_args()
+    if args.fsync_bytes:
+        fsync_bytes(Path(args.fsync_bytes))
+        return
     if args.tree:
         sys.path.insert(0, str(Path(args.tree).resolve()))
     with tempfile.TemporaryDirectory() as scratch:
