@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from gateway.audit.checkpoint import CheckpointSigner
 from gateway.audit.keys import StaticKeyStore, new_signing_key
 from gateway.audit.query import CHAINS_SQL, AuditQuery, QueryPosition
 from gateway.audit.record import AuditEvent
-from gateway.audit.store import ChainConflict, StoredRecord
+from gateway.audit.store import AuditStoreUnavailable, ChainConflict, StoredRecord
 from gateway.audit.verifier import ProblemKind, verify_store
 from gateway.audit.writer import AuditWriter
 from gateway.stores import sqlite_audit
@@ -47,14 +47,6 @@ TABLES = {
 @pytest.fixture
 def keys() -> StaticKeyStore:
     return StaticKeyStore([new_signing_key()])
-
-
-@pytest.fixture
-def old_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The store as released before the layout changed: migrations 1 to 5 only."""
-    with monkeypatch.context() as patch:
-        patch.setattr(sqlite_audit, "AUDIT_MIGRATIONS", OLD_SCHEMA)
-        yield
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -236,10 +228,12 @@ async def test_a_migrated_trail_stays_append_only_and_shows_tampering(
         await store.aclose()
 
 
-async def _records(store: SqliteAuditStore, chain: str, sequence: int):  # type: ignore[no-untyped-def]
+async def _records(
+    store: SqliteAuditStore, chain: str, sequence: int
+) -> AsyncIterator[StoredRecord]:
     async for page in store.read_pages(chain, sequence, sequence):
         for record in page:
-            yield StoredRecord(chain, record.sequence, record.time, record.text, record.hash)
+            yield record
 
 
 _HALF_WAY = """
@@ -290,7 +284,7 @@ async def test_a_migration_that_fails_is_rolled_back(
     )
     monkeypatch.setattr(sqlite_audit, "AUDIT_MIGRATIONS", (*OLD_SCHEMA, failing))
     store = SqliteAuditStore(path)
-    with pytest.raises(sqlite_audit.AuditStoreUnavailable):
+    with pytest.raises(AuditStoreUnavailable):
         await store.open()
     assert "WITHOUT ROWID" in _records_ddl(path)
     assert _versions(path) == [1, 2, 3, 4, 5]
