@@ -113,14 +113,18 @@ async def run(
             await asyncio.sleep(0)  # the back-end's answer comes on a later turn
             await auditor.completed(call, route, CallOutcome(1, 1.7, "closed", reply=reply))
 
-    await asyncio.gather(*(caller(n) for n in range(in_flight)))
-    await writer.aclose()
-    if frames is not None:
-        await store._flush_lookups()
-        frames.read()
-        pages = await store._fetch("SELECT pageno, name, pagetype FROM dbstat", ())
-        frames.report({int(n): f"{name} {kind}" for n, name, kind in pages}, calls)
-    await store.aclose()
+    try:  # closed on a failure too: the store's threads would keep the process alive
+        try:
+            await asyncio.gather(*(caller(n) for n in range(in_flight)))
+        finally:
+            await writer.aclose()
+        if frames is not None:
+            await store._flush_lookups()
+            frames.read()
+            pages = await store._fetch("SELECT pageno, name, pagetype FROM dbstat", ())
+            frames.report({int(n): f"{name} {kind}" for n, name, kind in pages}, calls)
+    finally:
+        await store.aclose()
 
 
 class WalFrames:
