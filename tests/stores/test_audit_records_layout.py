@@ -12,9 +12,11 @@ answered through an index.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -366,3 +368,41 @@ async def test_every_query_of_the_store_uses_an_index(tmp_path: Path, keys: Stat
                     )
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+async def test_the_lookup_thread_writes_its_chunks_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synchronous: str
+) -> None:
+    """With durable commits (FULL) each chunk of lookup rows is fdatasynced by the lookup
+    thread once committed, so the next commit of records does not write its pages; the rows
+    are the same either way."""
+    synced: list[str] = []
+    fdatasync = os.fdatasync
+
+    def spy(fd: int) -> None:
+        synced.append(threading.current_thread().name)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", spy)
+    store = SqliteAuditStore(tmp_path / "audit.sqlite", synchronous=synchronous)  # type: ignore[arg-type]
+    await store.open()
+    try:
+        records = [
+            StoredRecord("gw-1", n, f"2026-12-07T15:00:{n:02d}Z", f'{{"n":{n}}}', f"{n:064x}")
+            for n in range(1, 121)
+        ]
+        await store.append(records)
+        await store.lookup_gaps()  # flushes the pending rows: three chunks of up to fifty
+    finally:
+        await store.aclose()
+    conn = _connect(tmp_path / "audit.sqlite")
+    try:
+        assert conn.execute("SELECT count(*) FROM audit_index").fetchone() == (120,)
+    finally:
+        conn.close()
+    if synchronous == "FULL":
+        assert len(synced) == 3
+        assert all(name.startswith("audit-background") for name in synced), synced
+    else:
+        assert synced == []
