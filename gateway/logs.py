@@ -10,6 +10,8 @@ vocabulary (request_id, case_id, service, province, system, attempt, duration_ms
 
 from __future__ import annotations
 
+import contextvars
+import datetime
 import logging
 import re
 import sys
@@ -18,6 +20,7 @@ from typing import Any, Literal
 
 import orjson
 import structlog
+import structlog.contextvars
 
 _ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])([1-9]\d{5})(\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])")
 _MOBILE = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
@@ -152,6 +155,151 @@ def mask_personal_data(
 
 _info_enabled = True
 
+_REQUEST_ID_KEY = "request_id"
+_CONTEXT_VARS: dict[str, contextvars.ContextVar[Any]] | None = getattr(
+    structlog.contextvars, "_CONTEXT_VARS", None
+)
+"""structlog's own variables, one per key ever bound (``bind_contextvars`` adds to it, nothing
+removes from it). Without it (another version of structlog), ``bind_request_id`` clears and
+binds through structlog's public functions."""
+_request_id_var: contextvars.ContextVar[Any] | None = None
+_others: tuple[contextvars.ContextVar[Any], ...] = ()
+_others_seen = -1
+"""structlog's variables other than the request id's, as of when ``_CONTEXT_VARS`` held
+``_others_seen`` of them."""
+
+
+_Variable = contextvars.ContextVar[Any]
+
+
+def _context_variables() -> tuple[_Variable, tuple[_Variable, ...]]:
+    """The request id's variable (structlog's, made as ``bind_contextvars`` makes it) and the
+    others structlog has made so far."""
+    global _request_id_var, _others, _others_seen  # noqa: PLW0603 - follows structlog's dict
+    assert _CONTEXT_VARS is not None
+    if _request_id_var is None:  # structlog's variable, made as bind_contextvars makes it
+        token = structlog.contextvars.bind_contextvars(**{_REQUEST_ID_KEY: ...})[_REQUEST_ID_KEY]
+        token.var.reset(token)  # and left as it was
+        _request_id_var = token.var
+    if len(_CONTEXT_VARS) != _others_seen:
+        variables = tuple(_CONTEXT_VARS.values())  # one step: another thread may add meanwhile
+        _others = tuple(v for v in variables if v is not _request_id_var)
+        _others_seen = len(variables)
+    return _request_id_var, _others
+
+
+def bind_request_id(request_id: str) -> None:
+    """A request begins: ``request_id`` bound to every log line it writes, and nothing else a
+    previous request bound in this context (``clear_contextvars`` then ``bind_contextvars``,
+    without going through every context variable of the task to find structlog's)."""
+    if _CONTEXT_VARS is None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**{_REQUEST_ID_KEY: request_id})
+        return
+    variable, others = _context_variables()
+    for other in others:
+        if other.get() is not ...:
+            other.set(...)  # what clear_contextvars sets: "not bound"
+    variable.set(request_id)
+
+
+_ACCESS_EVENT = "request_completed"
+_ACCESS_KEYS = frozenset(
+    {"method", "route", "status", "duration_ms", "event", "level", "timestamp", "exc_info",
+     _REQUEST_ID_KEY}
+)  # fmt: skip
+"""Keys the access line sets itself, or that structlog's processors would treat apart."""
+
+
+class _JsonLines:
+    """What ``configure_logging`` set up for JSON lines, to write the access line in one step
+    while structlog is still configured that way (not, say, inside ``capture_logs``)."""
+
+    __slots__ = ("factory", "out", "processors", "render", "snapshot", "wrapper")
+
+    def __init__(self, processors: list[Any], factory: Any, wrapper: Any, stream: Any) -> None:
+        self.processors = processors
+        self.snapshot = tuple(processors)
+        self.render = processors[-1]  # the JSONRenderer: orjson, and structlog's fallback
+        self.factory = factory
+        self.wrapper = wrapper
+        self.out = structlog.BytesLogger(stream)  # the lock of every line written to ``stream``
+
+    def current(self) -> bool:
+        config = structlog.get_config()
+        processors = config["processors"]
+        return (
+            processors is self.processors
+            and tuple(processors) == self.snapshot
+            and config["logger_factory"] is self.factory
+            and config["wrapper_class"] is self.wrapper
+        )
+
+
+_json_lines: _JsonLines | None = None
+
+
+def _utc_now_iso() -> str:
+    """``TimeStamper(fmt="iso", utc=True)``'s stamp."""
+    return datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def access_line(
+    logger: Any, method: str, route: str, status: int, duration_ms: float, fields: dict[str, Any]
+) -> None:
+    """The access line of a request at level info, as ``logger.info("request_completed",
+    method=..., route=..., status=..., duration_ms=..., **fields)`` writes it through the
+    processors ``configure_logging`` set for JSON: the same keys in the same order, the same
+    values, masked alike, written to the same stream under the same lock. Built in one step:
+    structlog's chain (a logger made anew, the context merged from a copy of every context
+    variable, the stamp, the masking, the rendering) costs several times the line itself.
+    Anything else (console lines, another configuration, a field the chain would treat apart,
+    context bound besides the request id) goes through ``logger``."""
+    lines = _json_lines
+    if (
+        lines is None
+        or _CONTEXT_VARS is None
+        or not _info_enabled
+        or not fields.keys().isdisjoint(_ACCESS_KEYS)
+        or not lines.current()
+    ):
+        logger.info(
+            _ACCESS_EVENT,
+            method=method,
+            route=route,
+            status=status,
+            duration_ms=duration_ms,
+            **fields,
+        )
+        return
+    variable, others = _context_variables()
+    if any(other.get() is not ... for other in others):
+        logger.info(
+            _ACCESS_EVENT,
+            method=method,
+            route=route,
+            status=status,
+            duration_ms=duration_ms,
+            **fields,
+        )
+        return
+    event: dict[str, Any] = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": duration_ms,
+        **fields,
+        "event": _ACCESS_EVENT,
+    }
+    request_id = variable.get()
+    if request_id is not ...:
+        event[_REQUEST_ID_KEY] = request_id
+    event["level"] = "info"
+    event["timestamp"] = _utc_now_iso()
+    for key, value in event.items():
+        event[key] = _mask(key, value)
+    lines.out.msg(lines.render(lines.out, "info", event))
+
 
 def info_enabled() -> bool:
     """Whether ``configure_logging`` lets info lines through (so before it runs, too): a line
@@ -165,7 +313,7 @@ def configure_logging(
     level: str = "info", fmt: Literal["json", "console"] = "json", stream: Any = None
 ) -> None:
     """Configure structlog once per process; JSON via orjson for machines, console for people."""
-    global _info_enabled  # noqa: PLW0603 - the level this function sets, kept beside it
+    global _info_enabled, _json_lines  # noqa: PLW0603 - what this function sets, kept beside it
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -175,13 +323,19 @@ def configure_logging(
     ]
     numeric = logging.getLevelNamesMapping()[level.upper()]
     _info_enabled = numeric <= logging.INFO
+    _json_lines = None
     if fmt == "json":
+        processors = [*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        wrapper = structlog.make_filtering_bound_logger(numeric)
+        out = stream or sys.stdout.buffer
+        factory = structlog.BytesLoggerFactory(file=out)
         structlog.configure(
-            processors=[*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
-            wrapper_class=structlog.make_filtering_bound_logger(numeric),
-            logger_factory=structlog.BytesLoggerFactory(file=stream or sys.stdout.buffer),
+            processors=processors,
+            wrapper_class=wrapper,
+            logger_factory=factory,
             cache_logger_on_first_use=False,
         )
+        _json_lines = _JsonLines(processors, factory, wrapper, out)
     else:
         structlog.configure(
             processors=[*shared, structlog.dev.ConsoleRenderer(colors=False)],
