@@ -142,3 +142,22 @@ async def test_a_semaphore_of_another_kind_is_asked_through_its_methods() -> Non
     await _stack(slots, gate)(Call("op", {"name": "a"}, CONTEXT), CallTrace())
     assert slots.acquired == 1
     assert slots._value == 2
+
+
+async def test_a_slot_given_back_wakes_the_first_waiter() -> None:
+    slots = asyncio.Semaphore(1)
+    gate = _Gate(slots)
+    stack = _stack(slots, gate, queue_timeout=5)
+    calls = [_call(stack, name) for name in ("a", "b", "c")]
+    await _turns()
+    assert gate.entered == ["a"]
+    gate.release("a")
+    await calls[0]
+    await _turns()
+    assert gate.entered == ["a", "b"]
+    gate.release("b")
+    gate.release("c")
+    await asyncio.gather(*calls)
+    assert gate.entered == ["a", "b", "c"]
+    assert slots._value == 1
+    assert not slots._waiters
