@@ -15,6 +15,7 @@ import datetime
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
@@ -65,6 +66,8 @@ def register_secret(value: str) -> str:
     """Mask ``value`` in every log line from now on; returns it unchanged."""
     global _pattern_stale  # noqa: PLW0603 - one process-wide set, read on every line
     if len(value) >= _MIN_SECRET and value not in _secrets:
+        if _could_be_in_a_stamp(value):
+            _set_stamp_clean(False)  # before the secret is added: see ``_stamp_clean``
         _secrets.add(value)
         _pattern_stale = True  # compiled at the next line: a start registers tens at once
         _forget_clean()
@@ -82,6 +85,24 @@ def forget_secrets_except(keep: frozenset[str]) -> None:
     _secrets.intersection_update(keep)
     _pattern_stale = True
     _forget_clean()
+    _set_stamp_clean(not any(_could_be_in_a_stamp(s) for s in tuple(_secrets)))
+
+
+_STAMP_CHARACTERS = frozenset("0123456789-:.TZ")
+_stamp_clean = True
+"""Whether no registered secret could occur in a line's time stamp (each has a character no
+stamp has): then the stamp, ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``, has nothing to mask (nor an
+ID number or a mobile: at most six digits in a row) and is not searched. Set to False before
+a secret that could is registered."""
+
+
+def _could_be_in_a_stamp(secret: str) -> bool:
+    return set(secret) <= _STAMP_CHARACTERS
+
+
+def _set_stamp_clean(clean: bool) -> None:
+    global _stamp_clean  # noqa: PLW0603 - one process-wide flag, read on every access line
+    _stamp_clean = clean
 
 
 def _forget_clean() -> None:
@@ -239,9 +260,27 @@ class _JsonLines:
 _json_lines: _JsonLines | None = None
 
 
+_second_stamped: tuple[int, str] = (-1, "")
+"""The last second stamped and its ``YYYY-MM-DDTHH:MM:SS`` (one tuple: read in one step)."""
+
+
 def _utc_now_iso() -> str:
-    """``TimeStamper(fmt="iso", utc=True)``'s stamp."""
-    return datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+    """``TimeStamper(fmt="iso", utc=True)``'s stamp: ``datetime.now(tz=UTC)`` (the system
+    clock, microseconds rounded down) ``.isoformat()``, ``+00:00`` as ``Z``."""
+    return _stamp(time.time_ns())
+
+
+def _stamp(nanoseconds: int) -> str:
+    """The stamp of the moment ``nanoseconds`` after the epoch; the date and time of day made
+    once per second, and the microseconds shown as ``isoformat`` shows them (not when 0)."""
+    global _second_stamped  # noqa: PLW0603 - a cache of one entry
+    microseconds = nanoseconds // 1000
+    second, fraction = divmod(microseconds, 1_000_000)
+    stamped, text = _second_stamped
+    if stamped != second:
+        text = datetime.datetime.fromtimestamp(second, datetime.UTC).isoformat()[:-6]
+        _second_stamped = (second, text)
+    return f"{text}.{fraction:06d}Z" if fraction else f"{text}Z"
 
 
 def access_line(
@@ -295,10 +334,37 @@ def access_line(
     if request_id is not ...:
         event[_REQUEST_ID_KEY] = request_id
     event["level"] = "info"
-    event["timestamp"] = _utc_now_iso()
     for key, value in event.items():
+        kind = type(value)
+        if kind is str:
+            if _key_is_plain(key):
+                if value not in _clean:  # read each time: see ``_clean``
+                    event[key] = _masked_text(value)
+                continue
+        elif kind in _UNMASKED_TYPES and _key_is_plain(key):
+            continue
         event[key] = _mask(key, value)
+    stamp = _utc_now_iso()
+    event["timestamp"] = stamp if _stamp_clean else _mask("timestamp", stamp)
     lines.out.msg(lines.render(lines.out, "info", event))
+
+
+_UNMASKED_TYPES = frozenset({int, float, bool, type(None)})
+"""Values ``_mask`` returns as they are under a key that is neither a secret's nor a name's."""
+_plain_keys: set[str] = set()
+
+
+def _key_is_plain(key: str) -> bool:
+    """Whether ``_mask`` treats values under ``key`` as text to search (not a secret's key,
+    whose value is dropped, nor a name's); the answer kept for the few keys lines use."""
+    if key in _plain_keys:
+        return True
+    lowered = key.lower()
+    if lowered in _SECRET_KEYS or lowered in _NAME_KEYS:
+        return False
+    if len(_plain_keys) < _CLEAN_MAX:
+        _plain_keys.add(key)
+    return True
 
 
 def info_enabled() -> bool:

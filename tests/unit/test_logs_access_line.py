@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import random
 import re
 import threading
 from typing import Any
@@ -37,6 +38,8 @@ FIELD_SETS: list[dict[str, Any]] = [
     {"list": ["13912345678", 3, None, 2.5], "tuple": ("a", ID)},
     {"odd": _Unserialisable(), "number": 2**40, "ratio": 0.1 + 0.2, "utf": "陕西"},
     {"service": "secret-in-text rotated-key-0001 here"},
+    {"Token": 12, "XM": "张三", "Applicant_Name": "李四四", "count": None, "flag": False},
+    {"api_key": None, "signature": 1.5, "holder_name": "王五", "aac003": 7},
 ]
 
 
@@ -199,3 +202,45 @@ def test_a_reconfigured_structlog_is_followed() -> None:
     finally:
         configure_logging("info", "json", stream=io.BytesIO())
     assert stream.getvalue() == b""
+
+
+def _reference_stamp(nanoseconds: int) -> str:
+    moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+        microseconds=nanoseconds // 1000
+    )
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def test_the_stamp_is_timestampers() -> None:
+    draw = random.Random(7)
+    moments = [0, 999, 1_000, 1_000_000_000, 1_796_000_000_999_999_999, 1_796_000_001_000_000_000]
+    moments += [draw.randrange(10**18, 4 * 10**18) for _ in range(2_000)]
+    moments += [(n // 10**9) * 10**9 for n in moments[-100:]]  # whole seconds: no fraction
+    for nanoseconds in sorted(moments) + moments:  # the one-second cache both ways
+        assert logs._stamp(nanoseconds) == _reference_stamp(nanoseconds)
+    before = datetime.datetime.now(tz=datetime.UTC)
+    stamp = logs._utc_now_iso()
+    after = datetime.datetime.now(tz=datetime.UTC)
+    assert before <= datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= after
+
+
+def test_a_secret_that_could_be_in_a_stamp_is_masked_there_too() -> None:
+    assert logs._stamp_clean
+    today = datetime.datetime.now(tz=datetime.UTC).date().isoformat()  # 10 characters
+    register_secret(today)
+    assert not logs._stamp_clean
+    stream = io.BytesIO()
+    configure_logging("info", "json", stream=stream)
+    bind_request_id("r-5")
+    access_line(_NoChain(), "GET", "/x", 200, 1.0, {})
+    _structlog_line(structlog.get_logger("t"), "GET", "/x", 200, 1.0)
+    one_step, chain = (json.loads(line) for line in _lines(stream))
+    assert one_step["timestamp"].startswith("[redacted]T")
+    assert chain["timestamp"].startswith("[redacted]T")
+    one_step.pop("timestamp")
+    chain.pop("timestamp")
+    assert one_step == chain
+    logs.forget_secrets_except(logs.registered_secrets() - {today})
+    assert logs._stamp_clean
+    register_secret("secret-with-letters-2026")
+    assert logs._stamp_clean
