@@ -84,7 +84,8 @@ def test_shared_files_are_added_to_through_their_inc(
 ) -> None:
     public = Metrics()
     _drive(public, None, 5, 200)
-    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: 4242))
+    shared_value = values.MultiProcessValue(lambda: 4242)  # type: ignore[no-untyped-call]
+    monkeypatch.setattr(values, "ValueClass", shared_value)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     direct = Metrics()
     _drive(None, direct, 5, 200)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -129,7 +129,7 @@ class _Counted(asyncio.Semaphore):
         super().__init__(value)
         self.acquired = 0
 
-    async def acquire(self) -> bool:
+    async def acquire(self) -> Literal[True]:
         self.acquired += 1
         return await super().acquire()
 
