@@ -10,14 +10,18 @@ vocabulary (request_id, case_id, service, province, system, attempt, duration_ms
 
 from __future__ import annotations
 
+import contextvars
+import datetime
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
 import orjson
 import structlog
+import structlog.contextvars
 
 _ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])([1-9]\d{5})(\d{8})(\d{3}[0-9Xx])(?![0-9A-Za-z])")
 _MOBILE = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
@@ -62,6 +66,8 @@ def register_secret(value: str) -> str:
     """Mask ``value`` in every log line from now on; returns it unchanged."""
     global _pattern_stale  # noqa: PLW0603 - one process-wide set, read on every line
     if len(value) >= _MIN_SECRET and value not in _secrets:
+        if _could_be_in_a_stamp(value):
+            _set_stamp_clean(False)  # before the secret is added: see ``_stamp_clean``
         _secrets.add(value)
         _pattern_stale = True  # compiled at the next line: a start registers tens at once
         _forget_clean()
@@ -79,6 +85,24 @@ def forget_secrets_except(keep: frozenset[str]) -> None:
     _secrets.intersection_update(keep)
     _pattern_stale = True
     _forget_clean()
+    _set_stamp_clean(not any(_could_be_in_a_stamp(s) for s in tuple(_secrets)))
+
+
+_STAMP_CHARACTERS = frozenset("0123456789-:.TZ")
+_stamp_clean = True
+"""Whether no registered secret could occur in a line's time stamp (each has a character no
+stamp has): then the stamp, ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z``, has nothing to mask (nor an
+ID number or a mobile: at most six digits in a row) and is not searched. Set to False before
+a secret that could is registered."""
+
+
+def _could_be_in_a_stamp(secret: str) -> bool:
+    return set(secret) <= _STAMP_CHARACTERS
+
+
+def _set_stamp_clean(clean: bool) -> None:
+    global _stamp_clean  # noqa: PLW0603 - one process-wide flag, read on every access line
+    _stamp_clean = clean
 
 
 def _forget_clean() -> None:
@@ -152,6 +176,196 @@ def mask_personal_data(
 
 _info_enabled = True
 
+_REQUEST_ID_KEY = "request_id"
+_CONTEXT_VARS: dict[str, contextvars.ContextVar[Any]] | None = getattr(
+    structlog.contextvars, "_CONTEXT_VARS", None
+)
+"""structlog's own variables, one per key ever bound (``bind_contextvars`` adds to it, nothing
+removes from it). Without it (another version of structlog), ``bind_request_id`` clears and
+binds through structlog's public functions."""
+_request_id_var: contextvars.ContextVar[Any] | None = None
+_others: tuple[contextvars.ContextVar[Any], ...] = ()
+_others_seen = -1
+"""structlog's variables other than the request id's, as of when ``_CONTEXT_VARS`` held
+``_others_seen`` of them."""
+
+
+_Variable = contextvars.ContextVar[Any]
+
+
+def _context_variables() -> tuple[_Variable, tuple[_Variable, ...]]:
+    """The request id's variable (structlog's, made as ``bind_contextvars`` makes it) and the
+    others structlog has made so far."""
+    global _request_id_var, _others, _others_seen  # noqa: PLW0603 - follows structlog's dict
+    assert _CONTEXT_VARS is not None
+    if _request_id_var is None:  # structlog's variable, made as bind_contextvars makes it
+        token = structlog.contextvars.bind_contextvars(**{_REQUEST_ID_KEY: ...})[_REQUEST_ID_KEY]
+        token.var.reset(token)  # and left as it was
+        _request_id_var = token.var
+    if len(_CONTEXT_VARS) != _others_seen:
+        variables = tuple(_CONTEXT_VARS.values())  # one step: another thread may add meanwhile
+        _others = tuple(v for v in variables if v is not _request_id_var)
+        _others_seen = len(variables)
+    return _request_id_var, _others
+
+
+def bind_request_id(request_id: str) -> None:
+    """A request begins: ``request_id`` bound to every log line it writes, and nothing else a
+    previous request bound in this context (``clear_contextvars`` then ``bind_contextvars``,
+    without going through every context variable of the task to find structlog's)."""
+    if _CONTEXT_VARS is None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**{_REQUEST_ID_KEY: request_id})
+        return
+    variable, others = _context_variables()
+    for other in others:
+        if other.get() is not ...:
+            other.set(...)  # what clear_contextvars sets: "not bound"
+    variable.set(request_id)
+
+
+_ACCESS_EVENT = "request_completed"
+_ACCESS_KEYS = frozenset(
+    {"method", "route", "status", "duration_ms", "event", "level", "timestamp", "exc_info",
+     _REQUEST_ID_KEY}
+)  # fmt: skip
+"""Keys the access line sets itself, or that structlog's processors would treat apart."""
+
+
+class _JsonLines:
+    """What ``configure_logging`` set up for JSON lines, to write the access line in one step
+    while structlog is still configured that way (not, say, inside ``capture_logs``)."""
+
+    __slots__ = ("factory", "out", "processors", "render", "snapshot", "wrapper")
+
+    def __init__(self, processors: list[Any], factory: Any, wrapper: Any, stream: Any) -> None:
+        self.processors = processors
+        self.snapshot = tuple(processors)
+        self.render = processors[-1]  # the JSONRenderer: orjson, and structlog's fallback
+        self.factory = factory
+        self.wrapper = wrapper
+        self.out = structlog.BytesLogger(stream)  # the lock of every line written to ``stream``
+
+    def current(self) -> bool:
+        config = structlog.get_config()
+        processors = config["processors"]
+        return (
+            processors is self.processors
+            and tuple(processors) == self.snapshot
+            and config["logger_factory"] is self.factory
+            and config["wrapper_class"] is self.wrapper
+        )
+
+
+_json_lines: _JsonLines | None = None
+
+
+_second_stamped: tuple[int, str] = (-1, "")
+"""The last second stamped and its ``YYYY-MM-DDTHH:MM:SS`` (one tuple: read in one step)."""
+
+
+def _utc_now_iso() -> str:
+    """``TimeStamper(fmt="iso", utc=True)``'s stamp: ``datetime.now(tz=UTC)`` (the system
+    clock, microseconds rounded down) ``.isoformat()``, ``+00:00`` as ``Z``."""
+    return _stamp(time.time_ns())
+
+
+def _stamp(nanoseconds: int) -> str:
+    """The stamp of the moment ``nanoseconds`` after the epoch; the date and time of day made
+    once per second, and the microseconds shown as ``isoformat`` shows them (not when 0)."""
+    global _second_stamped  # noqa: PLW0603 - a cache of one entry
+    microseconds = nanoseconds // 1000
+    second, fraction = divmod(microseconds, 1_000_000)
+    stamped, text = _second_stamped
+    if stamped != second:
+        text = datetime.datetime.fromtimestamp(second, datetime.UTC).isoformat()[:-6]
+        _second_stamped = (second, text)
+    return f"{text}.{fraction:06d}Z" if fraction else f"{text}Z"
+
+
+def access_line(
+    logger: Any, method: str, route: str, status: int, duration_ms: float, fields: dict[str, Any]
+) -> None:
+    """The access line of a request at level info, as ``logger.info("request_completed",
+    method=..., route=..., status=..., duration_ms=..., **fields)`` writes it through the
+    processors ``configure_logging`` set for JSON: the same keys in the same order, the same
+    values, masked alike, written to the same stream under the same lock. Built in one step:
+    structlog's chain (a logger made anew, the context merged from a copy of every context
+    variable, the stamp, the masking, the rendering) costs several times the line itself.
+    Anything else (console lines, another configuration, a field the chain would treat apart,
+    context bound besides the request id) goes through ``logger``."""
+    lines = _json_lines
+    if (
+        lines is None
+        or _CONTEXT_VARS is None
+        or not _info_enabled
+        or not fields.keys().isdisjoint(_ACCESS_KEYS)
+        or not lines.current()
+    ):
+        logger.info(
+            _ACCESS_EVENT,
+            method=method,
+            route=route,
+            status=status,
+            duration_ms=duration_ms,
+            **fields,
+        )
+        return
+    variable, others = _context_variables()
+    if any(other.get() is not ... for other in others):
+        logger.info(
+            _ACCESS_EVENT,
+            method=method,
+            route=route,
+            status=status,
+            duration_ms=duration_ms,
+            **fields,
+        )
+        return
+    event: dict[str, Any] = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": duration_ms,
+        **fields,
+        "event": _ACCESS_EVENT,
+    }
+    request_id = variable.get()
+    if request_id is not ...:
+        event[_REQUEST_ID_KEY] = request_id
+    event["level"] = "info"
+    for key, value in event.items():
+        kind = type(value)
+        if kind is str:
+            if _key_is_plain(key):
+                if value not in _clean:  # read each time: see ``_clean``
+                    event[key] = _masked_text(value)
+                continue
+        elif kind in _UNMASKED_TYPES and _key_is_plain(key):
+            continue
+        event[key] = _mask(key, value)
+    stamp = _utc_now_iso()
+    event["timestamp"] = stamp if _stamp_clean else _mask("timestamp", stamp)
+    lines.out.msg(lines.render(lines.out, "info", event))
+
+
+_UNMASKED_TYPES = frozenset({int, float, bool, type(None)})
+"""Values ``_mask`` returns as they are under a key that is neither a secret's nor a name's."""
+_plain_keys: set[str] = set()
+
+
+def _key_is_plain(key: str) -> bool:
+    """Whether ``_mask`` treats values under ``key`` as text to search (not a secret's key,
+    whose value is dropped, nor a name's); the answer kept for the few keys lines use."""
+    if key in _plain_keys:
+        return True
+    lowered = key.lower()
+    if lowered in _SECRET_KEYS or lowered in _NAME_KEYS:
+        return False
+    if len(_plain_keys) < _CLEAN_MAX:
+        _plain_keys.add(key)
+    return True
+
 
 def info_enabled() -> bool:
     """Whether ``configure_logging`` lets info lines through (so before it runs, too): a line
@@ -165,7 +379,7 @@ def configure_logging(
     level: str = "info", fmt: Literal["json", "console"] = "json", stream: Any = None
 ) -> None:
     """Configure structlog once per process; JSON via orjson for machines, console for people."""
-    global _info_enabled  # noqa: PLW0603 - the level this function sets, kept beside it
+    global _info_enabled, _json_lines  # noqa: PLW0603 - what this function sets, kept beside it
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -175,13 +389,19 @@ def configure_logging(
     ]
     numeric = logging.getLevelNamesMapping()[level.upper()]
     _info_enabled = numeric <= logging.INFO
+    _json_lines = None
     if fmt == "json":
+        processors = [*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+        wrapper = structlog.make_filtering_bound_logger(numeric)
+        out = stream or sys.stdout.buffer
+        factory = structlog.BytesLoggerFactory(file=out)
         structlog.configure(
-            processors=[*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
-            wrapper_class=structlog.make_filtering_bound_logger(numeric),
-            logger_factory=structlog.BytesLoggerFactory(file=stream or sys.stdout.buffer),
+            processors=processors,
+            wrapper_class=wrapper,
+            logger_factory=factory,
             cache_logger_on_first_use=False,
         )
+        _json_lines = _JsonLines(processors, factory, wrapper, out)
     else:
         structlog.configure(
             processors=[*shared, structlog.dev.ConsoleRenderer(colors=False)],

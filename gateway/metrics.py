@@ -22,6 +22,7 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.values import MutexValue
 
 from gateway.breaker import BreakerState
 
@@ -144,6 +145,12 @@ class _Value(Protocol):
     def inc(self, amount: float) -> None: ...
 
 
+class _Float(Protocol):
+    """prometheus_client's value of one process (``MutexValue``): a float and its lock."""
+
+    _value: float
+
+
 class _CountedAndTimed:
     """A labelled counter and histogram that every request (or routed call) updates: one
     ``inc`` and one ``observe``, done on the children's values directly.
@@ -153,9 +160,17 @@ class _CountedAndTimed:
     Python loop; here the child is known, the amount is a duration, and the bucket is found by
     bisection (the first bound not below the amount: the bucket the loop stops at). The values
     are the same ones prometheus_client renders. Should a version of prometheus_client keep
-    its values elsewhere, the public methods are used instead."""
+    its values elsewhere, the public methods are used instead.
 
-    __slots__ = ("_bounds", "_buckets", "_count", "_counter", "_histogram", "_sum")
+    A value of one process (``MutexValue``, no ``PROMETHEUS_MULTIPROC_DIR``) is added to
+    without taking its lock: ``http_request`` and ``backend_call`` run on the event loop's
+    thread only, and so does ``render`` (the /metrics handler), so no other thread adds to or
+    reads these children; the lock's ``with`` is half the cost of an update. The additions are
+    the ones ``inc`` makes (the same amounts, in the same order), so the values are the same.
+    A value kept in a shared file (several workers) is added to through its ``inc``: the file
+    is read by the other workers' scrapes."""
+
+    __slots__ = ("_bounds", "_buckets", "_count", "_counter", "_floats", "_histogram", "_sum")
 
     def __init__(self, counter: Counter, histogram: Histogram) -> None:
         self._counter = counter
@@ -174,9 +189,26 @@ class _CountedAndTimed:
         self._sum: _Value | None = total if direct else None
         self._buckets: list[_Value] = buckets if direct and buckets is not None else []
         self._bounds: list[float] = bounds if direct and bounds is not None else []
+        unlocked = (
+            direct
+            and all(type(v) is MutexValue for v in (count, total, *self._buckets))
+            and all(
+                type(getattr(v, "_value", None)) is float for v in (count, total, *self._buckets)
+            )
+        )
+        self._floats: tuple[_Float, _Float, list[_Float]] | None = (
+            (count, total, buckets) if unlocked and buckets is not None else None  # type: ignore[assignment]
+        )
 
     def add(self, seconds: float) -> None:
         """One more, that took ``seconds`` (a duration: not negative, not NaN)."""
+        floats = self._floats
+        if floats is not None:  # what MutexValue.inc adds, without its lock: see the class
+            count, total, buckets = floats
+            count._value += 1
+            total._value += seconds
+            buckets[bisect_left(self._bounds, seconds)]._value += 1
+            return
         if self._count is None or self._sum is None:
             self._counter.inc()
             self._histogram.observe(seconds)

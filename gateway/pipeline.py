@@ -123,6 +123,7 @@ def one_attempt(runtime: SystemRuntime) -> Next:
     seconds = runtime.settings.timeouts.attempt
     queue_timeout = runtime.settings.queue_timeout
     deadlines = Deadlines(seconds)
+    plain = _plain_semaphore(slots)
 
     async def attempt(call: Call, trace: CallTrace) -> Reply:
         try:
@@ -131,7 +132,11 @@ def one_attempt(runtime: SystemRuntime) -> Next:
             trace.breaker_state = breaker.state_value
             raise
         try:
-            if slots.locked():
+            if plain and slots._value > 0 and not slots._waiters:
+                # Free, nobody waiting: what acquire() takes at once (it asks locked() first,
+                # as the branch below would, each a generator over the waiters).
+                slots._value -= 1
+            elif slots.locked():
                 try:
                     async with asyncio.timeout(queue_timeout):
                         await slots.acquire()
@@ -155,7 +160,10 @@ def one_attempt(runtime: SystemRuntime) -> Next:
                     trace.reached = reached_before  # this attempt certainly sent nothing
                 raise
             finally:
-                slots.release()
+                if plain and not slots._waiters:
+                    slots._value += 1  # release() with nobody to wake
+                else:
+                    slots.release()
         except BackendError as exc:
             if _counts_as_failure(exc):
                 breaker.record_failure(failure_cause(exc))
@@ -172,6 +180,20 @@ def one_attempt(runtime: SystemRuntime) -> Next:
             trace.breaker_state = breaker.state_value
 
     return attempt
+
+
+def _plain_semaphore(slots: asyncio.Semaphore) -> bool:
+    """Whether ``slots`` is an ``asyncio.Semaphore`` keeping its free slots in ``_value`` and
+    its waiters in ``_waiters`` (CPython's, 3.11 to 3.13): a free slot is then taken by
+    ``_value -= 1`` when nobody waits, which is what ``acquire`` does when ``locked()`` is
+    false and nobody waits, and given back by ``_value += 1``, which is what ``release`` does
+    when nobody waits to be woken. Anything else (a subclass, another implementation) is
+    asked through its methods."""
+    return (
+        type(slots) is asyncio.Semaphore
+        and type(getattr(slots, "_value", None)) is int
+        and hasattr(slots, "_waiters")
+    )
 
 
 def may_retry(error: BaseException, policy: RetryPolicy) -> bool:

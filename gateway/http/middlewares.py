@@ -27,7 +27,7 @@ from gateway.errors import (
 )
 from gateway.http.keys import LOG_FIELDS, METRICS, PRINCIPAL, REQUEST_ID, STATE, VERIFIER
 from gateway.http.problem import problem_response
-from gateway.logs import info_enabled
+from gateway.logs import access_line, bind_request_id, info_enabled
 from gateway.principal import Principal
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,8 +71,7 @@ def open_request(request: web.Request) -> float:
     request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
     request[REQUEST_ID] = request_id
     request[LOG_FIELDS] = {}
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    bind_request_id(request_id)
     return time.perf_counter()
 
 
@@ -83,13 +82,13 @@ def close_request(request: web.Request, response: web.StreamResponse, started: f
     route = _route_name(request)
     request.app[METRICS].http_request(route, request.method, response.status, duration)
     if route not in {"/healthz", "/metrics"} and info_enabled():
-        log.info(
-            "request_completed",
-            method=request.method,
-            route=route,
-            status=response.status,
-            duration_ms=round(duration * 1000, 2),
-            **request[LOG_FIELDS],
+        access_line(
+            log,
+            request.method,
+            route,
+            response.status,
+            round(duration * 1000, 2),
+            request[LOG_FIELDS],
         )
 
 
