@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import hashlib
 import inspect
+import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.helpers import TimerNoop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from yarl import URL
 
 from adapters.eager_send import REQUEST_CLASS
@@ -468,3 +475,57 @@ async def test_a_closed_session_refuses_as_aiohttp_does() -> None:
     await session.close()
     with pytest.raises(RuntimeError, match="Session is closed"):
         await sender.request("GET", URL("http://127.0.0.1:1/x"), sender.headers({}), None)
+
+
+def _loopback_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "cert.pem", tmp / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_the_same_bytes_over_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lean path hands the connector the same request (ssl=True, the URL's scheme): the same
+    # verified TLS connection, the same bytes inside it.
+    cert_file, key_file = _loopback_certificate(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert_file, key_file)
+    trusting = ssl.create_default_context(cafile=str(cert_file))
+    # aiohttp's verifying context for ssl=True, made to trust the loopback certificate only
+    monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", trusting)
+    server = Wire()
+    server._server = await asyncio.start_server(server._serve, "127.0.0.1", 0, ssl=server_context)
+    server.port = server._server.sockets[0].getsockname()[1]
+    try:
+        spec = _spec(address=f"https://127.0.0.1:{server.port}/base")
+        lean, plain = await _calls_both_ways(server, spec, [Call("Echo", {"a": 1}, CONTEXT)])
+    finally:
+        await server.stop()
+    assert lean == plain
+    assert lean[0].startswith(b"POST /base/echo HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert server.connections == 2  # one TLS connection per adapter
