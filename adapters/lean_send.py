@@ -9,8 +9,9 @@ configs, no middlewares, no proxy, no total timeout, does not follow redirects a
 no status: most of that is the same work, per call, for nothing.
 
 ``LeanSender.request`` does what ``_request`` does for such a session, in its order, with
-aiohttp's own classes: the session's request class, its connector (``connect``: the pool, its
-limits, the connect timeouts), the connection's protocol (``set_response_params``: the response
+aiohttp's own classes: the session's request class (``LeanRequest``, made with the attributes
+its constructor would give it), its connector (``connect``: the pool, its limits, the connect
+timeouts), the connection's protocol (``set_response_params``: the response
 parser, the read timeout), ``ClientRequest.send`` and ``ClientResponse.start``; aiohttp's errors
 are raised and wrapped as ``_request`` raises and wraps them, an idempotent method's request is
 sent once more when a pooled connection turns out dead, as ``_request`` does. What is done once
@@ -22,9 +23,9 @@ The sender is used only when it covers the session and the headers exactly (``Le
 returns None otherwise, and the caller takes ``session.request``): a session of any other
 settings, an address with credentials in it, a header name that the session's defaults or
 another header of the call could also spell (then aiohttp's merge rules would apply).
-It reads private attributes of ``ClientSession`` and ``ClientResponse``; the aiohttp version is
-pinned in pyproject.toml, and ``tests/adapters/test_lean_send.py`` fails when what this module
-relies on changes.
+It reads private attributes of ``ClientSession``, ``ClientRequest`` and the connector; the
+aiohttp version is pinned in pyproject.toml, and ``tests/adapters/test_lean_send.py`` fails when
+what this module relies on changes.
 """
 
 from __future__ import annotations
