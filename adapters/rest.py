@@ -45,6 +45,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from yarl import URL
 
 from adapters.eager_send import REQUEST_CLASS
+from adapters.lean_send import LeanSender
 from gateway.adapter import (
     AdapterConfigError,
     BackendBadResponse,
@@ -575,12 +576,15 @@ class PreparedRequest:
 
 class Authenticator(Protocol):
     refreshable: bool
+    header_names: tuple[str, ...]
+    """The headers ``apply`` may set."""
 
     async def apply(self, request: PreparedRequest, *, refresh: bool) -> None: ...
 
 
 class _NoAuthenticator:
     refreshable = False
+    header_names: tuple[str, ...] = ()
 
     async def apply(self, request: PreparedRequest, *, refresh: bool) -> None:
         return None
@@ -591,6 +595,7 @@ class _ApiKeyAuthenticator:
 
     def __init__(self, config: ApiKeyAuth) -> None:
         self._header = config.header
+        self.header_names: tuple[str, ...] = (config.header,)
         self._key = config.key
 
     async def apply(self, request: PreparedRequest, *, refresh: bool) -> None:
@@ -604,6 +609,7 @@ def canonical_query(pairs: Iterable[tuple[str, str]]) -> str:
 
 class _HmacAuthenticator:
     refreshable = False
+    header_names: tuple[str, ...] = ("X-Tb-Key", "X-Tb-Date", "X-Tb-Signature")
 
     def __init__(self, config: HmacAuth) -> None:
         self._key_id = config.key_id
@@ -633,6 +639,7 @@ class _OAuth2Authenticator:
     """
 
     refreshable = True
+    header_names: tuple[str, ...] = ("Authorization",)
 
     def __init__(
         self,
@@ -765,6 +772,13 @@ class RestAdapter:
             )
             for name, operation in config.operations.items()
         }
+        # The requests sent past ClientSession.request's general layers, when that sends the
+        # same (adapters/lean_send.py); else (None) through it.
+        self._lean = LeanSender.for_(
+            session,
+            base,
+            (*self._fixed_headers, *_CONTEXT_NAMES, "Content-Type", *self._auth.header_names),
+        )
 
     def prepare(self, call: Call) -> PreparedRequest:
         plan = self._plans.get(call.operation)
@@ -835,6 +849,20 @@ class RestAdapter:
 
     async def _send(self, prepared: PreparedRequest, *, refreshable: bool) -> _Answer | None:
         """One exchange; None for a 401 that a fresh token may cure."""
+        lean = self._lean
+        if lean is not None:
+            response = await lean.request(
+                prepared.method, prepared.url, lean.headers(prepared.headers), prepared.body
+            )
+            try:
+                if refreshable and response.status == 401:
+                    return None
+                check_status(response)
+                raw = await read_limited(response, self._limit, self._system)
+                return response.status, media_type(response.headers), raw
+            finally:  # what leaving ``async with session.request(...)`` does
+                response.release()
+                await response.wait_for_close()
         async with self._session.request(
             prepared.method,
             prepared.url,

@@ -15,6 +15,9 @@ so that each layer's share can be read as the difference between two rows:
               ``session``)
     headers   the same again with the headers the adapter sends for the bench's call (the
               call context: request id, purpose, service, principal, subjects, ...)
+    lean      the same request and headers on the same session, sent by the REST adapter's
+              lean path (``adapters/lean_send.py``: the session's connector, request and
+              response classes without ``ClientSession._request``); trees without it fail
     adapter   ``RestAdapter.call``: the request built from a ``Call``, the answer checked,
               parsed and digested
     stack     the route's stack without its audit: retry policy, breaker, slot, the attempt's
@@ -51,7 +54,16 @@ if str(HERE) not in sys.path:
 import bench_routing as br  # noqa: E402
 import instructions  # noqa: E402
 
-MODES = ("minimal", "session", "no-read-timer", "read-timer", "headers", "adapter", "stack")
+MODES = (
+    "minimal",
+    "session",
+    "no-read-timer",
+    "read-timer",
+    "headers",
+    "lean",
+    "adapter",
+    "stack",
+)
 
 
 async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: int) -> None:
@@ -107,6 +119,24 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
         ) as answer:
             await answer.read()
 
+    async def one_lean() -> None:
+        answer = await sender.request("POST", target, sender.headers(headers), body)
+        try:
+            await answer.read()
+        finally:
+            answer.release()
+            await answer.wait_for_close()
+
+    if mode == "lean":
+        from yarl import URL
+
+        from adapters.lean_send import LeanSender
+
+        target = URL(url)
+        lean_sender = LeanSender.for_(session, target.origin(), headers)
+        assert lean_sender is not None
+        sender = lean_sender
+
     runtime = SystemRuntime(
         "bench-rest",
         settings,
@@ -123,6 +153,8 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
         one = one_bare
     elif mode in ("session", "no-read-timer", "read-timer", "headers"):
         one = one_session
+    elif mode == "lean":
+        one = one_lean
     elif mode == "adapter":
         one = lambda: adapter.call(Call("Echo", payload, context))  # noqa: E731
     else:

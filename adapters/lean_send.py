@@ -1,0 +1,325 @@
+"""One request on a system's session, sent without ``ClientSession._request``'s general layers.
+
+``ClientSession.request`` serves every use of aiohttp's client: each call it merges the
+session's default headers with the call's, parses and checks the URL, strips credentials from
+it, asks the cookie jar, makes a timeout handle, loops over trace configs and middlewares,
+builds a closure per attempt, follows redirects, updates cookies and wraps the answer in two
+context managers. A system's session (``adapters.rest.open_session``) has no cookies, no trace
+configs, no middlewares, no proxy, no total timeout, does not follow redirects and raises for
+no status: most of that is the same work, per call, for nothing.
+
+``LeanSender.request`` does what ``_request`` does for such a session, in its order, with
+aiohttp's own classes: the session's request class (``LeanRequest``, made with the attributes
+its constructor would give it), its connector (``connect``: the pool, its limits, the connect
+timeouts), the connection's protocol (``set_response_params``: the response
+parser, the read timeout), ``ClientRequest.send`` and ``ClientResponse.start``; aiohttp's errors
+are raised and wrapped as ``_request`` raises and wraps them, an idempotent method's request is
+sent once more when a pooled connection turns out dead, as ``_request`` does. What is done once
+per system instead of per call: the URL's checks (absolute, no credentials), the session's
+default headers and ``Host`` merged into a template (copied per call in one C call, the call's
+headers appended in another), the parser's settings.
+
+The sender is used only when it covers the session and the headers exactly (``LeanSender.for_``
+returns None otherwise, and the caller takes ``session.request``): a session of any other
+settings, an address with credentials in it, a header name that the session's defaults or
+another header of the call could also spell (then aiohttp's merge rules would apply).
+It reads private attributes of ``ClientSession``, ``ClientRequest`` and the connector; the
+aiohttp version is pinned in pyproject.toml, and ``tests/adapters/test_lean_send.py`` fails when
+what this module relies on changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import hdrs, payload
+from aiohttp.helpers import EMPTY_BODY_METHODS, TimerNoop
+from multidict import CIMultiDict
+from yarl import URL
+
+from adapters.eager_send import REQUEST_CLASS
+
+__all__ = ["IDEMPOTENT_METHODS", "LeanRequest", "LeanSender"]
+
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+"""The methods whose request aiohttp sends again on a fresh connection when a pooled one turns
+out dead (RFC 9112 §9.3.1; ``aiohttp.client.IDEMPOTENT_METHODS``)."""
+
+_NO_TIMER: Final = TimerNoop()
+"""The timer of a session without a total timeout (``TimeoutHandle.timer()`` with none)."""
+
+_NO_TRACES: Final[list[Any]] = []
+"""No trace configs: aiohttp only iterates over the list it is given (never appends to it)."""
+
+# What _request raises as it is (the connector's own errors are never retried).
+_CONNECT_ERRORS: Final = (
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ClientConnectorError,
+    aiohttp.ClientConnectorCertificateError,
+    aiohttp.ClientConnectorSSLError,
+)
+
+
+class LeanRequest(REQUEST_CLASS):  # type: ignore[misc,valid-type]
+    """The adapters' request class, made by ``LeanRequest.make`` for ``LeanSender``."""
+
+    def update_headers(self, headers: Any) -> None:
+        # Given complete by LeanSender.headers (Host first, then the session's defaults, then
+        # the call's): what aiohttp's loop here would copy them into. Kept instead of copied.
+        self.headers = headers
+
+    @classmethod
+    def make(
+        cls,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        data: Any,
+        loop: asyncio.AbstractEventLoop,
+        session: aiohttp.ClientSession,
+    ) -> LeanRequest:
+        """What ``ClientRequest.__init__`` makes of a request of ``LeanSender`` (an absolute URL
+        without credentials or fragment, no cookies, proxy, compression, chunking, auth or
+        expectation, ``headers`` complete and naming none of the headers the body steps look
+        at), without its twelve steps: the same attributes with the same values, in the same
+        order (``tests/adapters/test_lean_send.py`` compares them)."""
+        if loop.get_debug():  # aiohttp keeps where the request was made: its own constructor
+            return cls(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                loop=loop,
+                timer=_NO_TIMER,
+                session=session,
+                traces=_NO_TRACES,
+            )
+        req = object.__new__(cls)
+        req._session = session
+        req.original_url = url
+        req.url = url
+        req.method = method
+        req.chunked = None
+        req.compress = None
+        req.loop = loop
+        req.length = None
+        req.response_class = aiohttp.ClientResponse
+        req._timer = _NO_TIMER
+        req._ssl = True
+        req.server_hostname = None
+        req.version = aiohttp.HttpVersion11
+        req.headers = headers
+        req.proxy = None
+        req.proxy_auth = None
+        req.proxy_headers = None
+        if data is None:
+            req._body = None
+            if method not in _GET_METHODS:
+                headers[hdrs.CONTENT_LENGTH] = "0"
+        else:
+            body = payload.PAYLOAD_REGISTRY.get(data, disposition=None)
+            req._body = body
+            size = body.size
+            assert size is not None  # bytes, or the payload of bytes sent again
+            headers[hdrs.CONTENT_LENGTH] = str(size)
+            for key, value in body.headers.items():
+                if key not in headers:
+                    headers[key] = value
+        req._traces = _NO_TRACES
+        return req
+
+
+_GET_METHODS: Final = frozenset(aiohttp.ClientRequest.GET_METHODS)
+
+# The headers whose presence changes what ClientRequest.__init__ or send do.
+_STEERING_HEADERS: Final = frozenset(
+    name.lower()
+    for name in (
+        hdrs.HOST,
+        hdrs.CONTENT_LENGTH,
+        hdrs.TRANSFER_ENCODING,
+        hdrs.CONTENT_ENCODING,
+        hdrs.EXPECT,
+    )
+)
+
+
+def _session_is_plain(session: aiohttp.ClientSession) -> bool:
+    """Whether the session has none of the settings that ``LeanSender`` leaves out."""
+    return (
+        isinstance(session.cookie_jar, aiohttp.DummyCookieJar)
+        and not session.trace_configs
+        and not session._middlewares
+        and session._default_proxy is None
+        and session._default_auth is None
+        and session._base_url is None
+        and not session.trust_env
+        and session.timeout.total is None
+        and session.raise_for_status is False
+        and not session.skip_auto_headers
+        and session._retry_connection
+        and session.version == aiohttp.HttpVersion11
+        and session._request_class is REQUEST_CLASS
+        and session._response_class is aiohttp.ClientResponse
+    )
+
+
+class LeanSender:
+    """Requests of one system to one origin on its session (see the module's text)."""
+
+    __slots__ = (
+        "_auto_decompress",
+        "_ceil",
+        "_connector",
+        "_loop",
+        "_max_field_size",
+        "_max_headers",
+        "_max_line_size",
+        "_read_bufsize",
+        "_read_timeout",
+        "_session",
+        "_template",
+        "_timeout",
+    )
+
+    def __init__(self, session: aiohttp.ClientSession, origin: URL) -> None:
+        connector = session.connector
+        assert connector is not None
+        self._session = session
+        self._connector = connector
+        self._loop = session._loop
+        self._timeout = session.timeout
+        self._read_timeout = session.timeout.sock_read
+        self._auto_decompress = session.auto_decompress
+        self._read_bufsize = session._read_bufsize
+        self._max_line_size = session._max_line_size
+        self._max_field_size = session._max_field_size
+        self._max_headers = session._max_headers
+        self._ceil = connector._timeout_ceil_threshold
+        # What ClientRequest.update_headers puts first, then the session's default headers as
+        # ClientSession._prepare_headers puts them (the call's come after them).
+        host = origin.host_port_subcomponent
+        assert host is not None
+        template: CIMultiDict[str] = CIMultiDict()
+        template[hdrs.HOST] = host
+        template.extend(session.headers)
+        self._template = template
+
+    @classmethod
+    def for_(
+        cls, session: aiohttp.ClientSession, origin: URL, header_names: Iterable[str]
+    ) -> LeanSender | None:
+        """A sender for ``session``'s requests to ``origin`` with headers named among
+        ``header_names``, or None when it would not send what ``session.request`` sends."""
+        if not _session_is_plain(session) or session.connector is None:
+            return None
+        if not origin.absolute or not origin.raw_host or origin.scheme not in ("http", "https"):
+            return None
+        if origin.raw_user is not None or origin.raw_password is not None:
+            return None  # aiohttp turns them into an Authorization header
+        if origin.raw_query_string or origin.raw_fragment:
+            return None
+        defaults = {name.lower() for name in session.headers}
+        if not {"accept", "accept-encoding", "user-agent"} <= defaults:
+            return None  # aiohttp would add them after the call's headers
+        seen = set(_STEERING_HEADERS) | defaults
+        for name in set(header_names):
+            if name.lower() in seen:
+                return None  # replaced in place or added twice by aiohttp's merge
+            seen.add(name.lower())
+        return cls(session, origin)
+
+    def headers(self, call_headers: dict[str, str]) -> CIMultiDict[str]:
+        """The request's headers as aiohttp would send them: ``Host``, the session's defaults,
+        then the call's in their order (two C calls)."""
+        headers = self._template.copy()
+        headers.extend(call_headers)
+        return headers
+
+    async def request(
+        self, method: str, url: URL, headers: CIMultiDict[str], body: bytes | None
+    ) -> aiohttp.ClientResponse:
+        """``session.request(method, url, headers=..., data=body, allow_redirects=False)``:
+        the answer started (status and headers read), its body unread. ``headers`` come from
+        ``headers()`` and are the request's own from then on."""
+        session = self._session
+        if session.closed:
+            raise RuntimeError("Session is closed")
+        retry = method in IDEMPOTENT_METHODS
+        # A request takes its headers as they are and adds to them (Content-Length): a request
+        # that may be sent again gets a copy, the one sent again the original.
+        data: Any = body
+        req: aiohttp.ClientRequest | None = None
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            while True:
+                req = LeanRequest.make(
+                    method, url, headers.copy() if retry else headers, data, self._loop, session
+                )
+                try:
+                    resp = await self._attempt(req)
+                except _CONNECT_ERRORS:
+                    raise
+                except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                    if not retry:
+                        raise
+                    retry = False
+                    if data is not None:
+                        # As aiohttp: the payload rewinds itself once its writer settled.
+                        await req.close()
+                        if req._body is not None and req._body.consumed:
+                            raise
+                        data = req._body
+                    continue
+                except aiohttp.ClientError:
+                    raise
+                except OSError as exc:
+                    if exc.errno is None and isinstance(exc, TimeoutError):
+                        raise
+                    raise aiohttp.ClientOSError(*exc.args) from exc
+                break
+            if req._body is not None:
+                await req._body.close()
+            return resp
+        except BaseException:
+            if resp is not None:
+                resp.close()
+            if req is not None and req._body is not None:
+                await req._body.close()
+            raise
+
+    async def _attempt(self, req: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+        """One attempt: a connection from the pool (or a new one), the request sent, the
+        answer's head read (``_request``'s ``_connect_and_send_request``)."""
+        try:
+            conn = await self._connector.connect(req, traces=_NO_TRACES, timeout=self._timeout)
+        except TimeoutError as exc:
+            raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {req.url}") from exc
+        protocol = conn.protocol
+        assert protocol is not None
+        protocol.set_response_params(
+            timer=_NO_TIMER,
+            skip_payload=req.method in EMPTY_BODY_METHODS,
+            read_until_eof=True,
+            auto_decompress=self._auto_decompress,
+            read_timeout=self._read_timeout,
+            read_bufsize=self._read_bufsize,
+            timeout_ceil_threshold=self._ceil,
+            max_line_size=self._max_line_size,
+            max_field_size=self._max_field_size,
+            max_headers=self._max_headers,
+        )
+        try:
+            resp = await req.send(conn)
+            try:
+                await resp.start(conn)
+            except BaseException:
+                resp.close()
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        return resp
