@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import time
+import uuid
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 
@@ -162,7 +163,11 @@ def _mask(key: str, value: Any) -> Any:
         return {k: _mask(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_mask(key, v) for v in value]
-    return value
+    if value is None or isinstance(value, bool | int | float | datetime.date | uuid.UUID):
+        return value
+    # Any other object is rendered by its repr (the JSON renderer's fallback) or field by field
+    # (a dataclass): the text it would show is masked like any other.
+    return _masked_text(repr(value))
 
 
 def mask_personal_data(
