@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -389,6 +390,72 @@ class Admission:
 ADMISSION = web.AppKey("admission", Admission)
 
 
+_UNBOUNDED_RAW = frozenset(path.encode() for path in UNBOUNDED_PATHS)
+_SKIPPED = frozenset({b"HEAD", b"CONNECT"})
+"""Methods never refused from the raw bytes (a HEAD's answer has no body; CONNECT tunnels)."""
+_CONTROLS = bytes(set(range(32)) - {9}) + b"\x7f"
+"""Control bytes: in a plain head only as the CR LF that end its lines."""
+_SIMPLE_HEAD = re.compile(
+    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (/[!-~]*) HTTP/1\.([01])\r\n"
+    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:.*\r\n)*\r\n"
+)
+"""A request head's lines (``_simple_request`` checks their bytes: ``.`` takes any but LF)."""
+_Simple = tuple[bytes, bytes, bool, int, int]
+_MAX_SIMPLE_HEAD = 8190
+"""The longest head read here (aiohttp's limit on one line or field: a longer one is its 400)."""
+_MAX_SIMPLE_LINES = 66
+"""Request line, header lines and the empty line at most (aiohttp's parser allows 128 headers)."""
+
+
+def _simple_request(data: bytes) -> _Simple | None:
+    """The head at the start of ``data`` if it is a plain one: its method, path (without the
+    query), whether the client asks to close the connection after the answer (as llhttp decides
+    it: with HTTP/1.1 on ``Connection: close``, with HTTP/1.0 unless ``Connection:
+    keep-alive``), the head's length and the body's (its one Content-Length, or none).
+
+    Plain (``_SIMPLE_HEAD``): ASCII without control bytes but the CR LF ending each line (no
+    bare CR or LF, no folded line), a token method, an origin-form target of visible ASCII,
+    HTTP/1.0 or 1.1, header lines of a token name, a colon and a value; no Transfer-Encoding,
+    no Upgrade, no second Content-Length or Connection, within aiohttp's limits. None for
+    anything else, or no whole head yet: aiohttp's parser takes those (and answers what it
+    finds wrong in them)."""
+    match = _SIMPLE_HEAD.match(data)
+    if match is None:
+        return None
+    end = match.end()
+    if end > _MAX_SIMPLE_HEAD:
+        return None
+    head = data[:end]
+    crlf = head.count(b"\r\n")
+    if (
+        crlf > _MAX_SIMPLE_LINES
+        or not head.isascii()
+        or len(head) - len(head.translate(None, _CONTROLS)) != 2 * crlf
+    ):
+        return None
+    head = head.lower()
+    if b"\r\ntransfer-encoding:" in head or b"\r\nupgrade:" in head:
+        return None
+    length = 0
+    at = head.find(b"\r\ncontent-length:")
+    if at >= 0:
+        if head.find(b"\r\ncontent-length:", at + 17) >= 0:
+            return None
+        value = head[at + 17 : head.index(b"\r\n", at + 17)].strip(b" \t")
+        if not value.isdigit() or len(value) > 15:
+            return None
+        length = int(value)
+    close = match.group(3) == b"0"
+    at = head.find(b"\r\nconnection:")
+    if at >= 0:
+        if head.find(b"\r\nconnection:", at + 13) >= 0:
+            return None
+        value = head[at + 13 : head.index(b"\r\n", at + 13)]
+        tokens = {token.strip(b" \t") for token in value.split(b",")}
+        close = b"close" in tokens or (close and b"keep-alive" not in tokens)
+    return match.group(1), match.group(2).partition(b"?")[0], close, end, length
+
+
 class _DoorHandler(RequestHandler):
     """aiohttp's connection, which answers refused requests as it parses them.
 
@@ -414,7 +481,7 @@ class _DoorHandler(RequestHandler):
     looks at requests it does not refuse: the first complete, refusable request it hands on holds
     a slot (``Admission.held``) until the middleware takes it in, or the connection is lost."""
 
-    __slots__ = ("heard_at", "held")
+    __slots__ = ("at_boundary", "body_due", "heard_at", "held")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -422,6 +489,13 @@ class _DoorHandler(RequestHandler):
         """Slots of ``Admission.held`` held for the requests this connection handed on."""
         self.heard_at = 0.0
         """When the client last sent bytes (the loop's clock)."""
+        self.at_boundary = True
+        """aiohttp's parser stands between two requests: the bytes it was fed so far made
+        whole plain requests (``_follow``). Only then may the door refuse a request from its
+        raw bytes (``_refuse_raw``) without feeding them to the parser."""
+        self.body_due = 0
+        """Body bytes of the request in progress not yet received (its head was plain and
+        framed by a Content-Length); -1: where the parser stands is not known, for good."""
 
     def idle_since(self) -> float | None:
         """Since when this connection has been idle between two requests (its last answer
@@ -449,8 +523,13 @@ class _DoorHandler(RequestHandler):
             or self._paused
             or not (door.refusing() or door.is_late(self) or door.pressed())
         ):
+            self._follow(data, None)
             super().data_received(data)
             return
+        simple = _simple_request(data) if self.at_boundary else None
+        if simple is not None and self._refuse_raw(door, data, simple):
+            return
+        self._follow(data, simple)
         # Parse without waking the connection's task; wake it below for what is handed on.
         self._waiter = None
         try:
@@ -459,6 +538,57 @@ class _DoorHandler(RequestHandler):
             self._waiter = waiter
         if self._answer_at_the_door(door) and self._messages and not waiter.done():
             waiter.set_result(None)
+
+    def _follow(self, data: bytes, simple: _Simple | None) -> None:
+        """Follow where aiohttp's parser stands once it is fed ``data`` (``simple``: the plain
+        head ``data`` starts with, when already read): between two requests again, within a
+        body of known length, or (anything not plain) not known from then on."""
+        if self.at_boundary:
+            if simple is None:
+                simple = _simple_request(data)
+            due = -1 if simple is None else simple[3] + simple[4] - len(data)
+        elif self.body_due > 0:
+            due = self.body_due - len(data)
+        else:
+            return
+        self.at_boundary = due == 0
+        self.body_due = due if due > 0 else (0 if due == 0 else -1)
+
+    def _refuse_raw(self, door: Admission, data: bytes, simple: _Simple) -> bool:
+        """Refuse the one plain request ``data`` holds from its raw bytes: aiohttp's parser
+        would build its headers, URL, message and body stream only for the door to drop them.
+        False: not here (``data`` is not exactly one refusable request, or the worker takes
+        it in; the door's parsed path then decides)."""
+        method, path, should_close, head, body = simple
+        if head + body != len(data) or method in _SKIPPED or path in _UNBOUNDED_RAW:
+            return False
+        late = door.is_late(self)
+        transport = self.transport
+        if (
+            not (late or door.refusing())
+            or transport is None
+            or self._force_close
+            or self._close
+        ):
+            return False
+        self._request_count += 1
+        if late:
+            transport.write(door.raw_refusal("connections", close=True, counted=True))
+        else:
+            transport.write(door.raw_refusal(door.reason_now(), close=should_close))
+        if late or should_close:
+            self.force_close()  # flushes the answer, then closes
+        else:
+            self._idle_again()
+        return True
+
+    def _idle_again(self) -> None:
+        """Answered at the door, the connection is idle again: its keep-alive timer starts anew."""
+        if self._keepalive_timeout > 0:
+            close_time = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def _answer_at_the_door(self, door: Admission) -> bool:
         """Refuse the queued requests that may be refused here; False: the connection closed."""
@@ -490,11 +620,7 @@ class _DoorHandler(RequestHandler):
         if answered:
             if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
                 self._resume_reading_if_drained()
-            if self._keepalive_timeout > 0:  # idle again: the keep-alive timer starts anew
-                close_time = self._loop.time() + self._keepalive_timeout
-                self._next_keepalive_close_time = close_time
-                if self._keepalive_handle is None:
-                    self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+            self._idle_again()
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
