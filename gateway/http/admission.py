@@ -71,7 +71,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http_parser import RawRequestMessage
+from aiohttp.http_parser import SINGLETON_HEADERS, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
@@ -400,6 +400,10 @@ _SIMPLE_HEAD = re.compile(
     rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:.*\r\n)*\r\n"
 )
 """A request head's lines (``_simple_request`` checks their bytes: ``.`` takes any but LF)."""
+_SINGLETONS = tuple(
+    b"\r\n" + name.encode() + b":" for name in SINGLETON_HEADERS if name != "content-length"
+)
+"""Headers aiohttp's parser refuses twice in a request (a 400): such a head is not plain."""
 _Simple = tuple[bytes, bytes, bool, int, int]
 _MAX_SIMPLE_HEAD = 8190
 """The longest head read here (aiohttp's limit on one line or field: a longer one is its 400)."""
@@ -410,13 +414,14 @@ _MAX_SIMPLE_LINES = 66
 def _simple_request(data: bytes) -> _Simple | None:
     """The head at the start of ``data`` if it is a plain one: its method, path (without the
     query), whether the client asks to close the connection after the answer (as llhttp decides
-    it: with HTTP/1.1 on ``Connection: close``, with HTTP/1.0 unless ``Connection:
-    keep-alive``), the head's length and the body's (its one Content-Length, or none).
+    it: with HTTP/1.1 on a ``close`` token in Connection, with HTTP/1.0 unless a ``keep-alive``
+    token), the head's length and the body's (its one Content-Length, or none).
 
     Plain (``_SIMPLE_HEAD``): ASCII without control bytes but the CR LF ending each line (no
     bare CR or LF, no folded line), a token method, an origin-form target of visible ASCII,
-    HTTP/1.0 or 1.1, header lines of a token name, a colon and a value; no Transfer-Encoding,
-    no Upgrade, no second Content-Length or Connection, within aiohttp's limits. None for
+    HTTP/1.0 or 1.1, header lines of a token name, a colon and a value; a Host with HTTP/1.1;
+    no Transfer-Encoding, no Upgrade, no second Connection nor of a header aiohttp takes once
+    (``SINGLETON_HEADERS``), within aiohttp's limits. None for
     anything else, or no whole head yet: aiohttp's parser takes those (and answers what it
     finds wrong in them)."""
     match = _SIMPLE_HEAD.match(data)
@@ -436,6 +441,12 @@ def _simple_request(data: bytes) -> _Simple | None:
     head = head.lower()
     if b"\r\ntransfer-encoding:" in head or b"\r\nupgrade:" in head:
         return None
+    version_0 = match.group(3) == b"0"
+    if not version_0 and b"\r\nhost:" not in head:
+        return None  # aiohttp's 400
+    for name in _SINGLETONS:
+        if head.count(name) > 1:
+            return None  # aiohttp's 400
     length = 0
     at = head.find(b"\r\ncontent-length:")
     if at >= 0:
@@ -445,14 +456,15 @@ def _simple_request(data: bytes) -> _Simple | None:
         if not value.isdigit() or len(value) > 15:
             return None
         length = int(value)
-    close = match.group(3) == b"0"
+    close = version_0
     at = head.find(b"\r\nconnection:")
     if at >= 0:
         if head.find(b"\r\nconnection:", at + 13) >= 0:
             return None
         value = head[at + 13 : head.index(b"\r\n", at + 13)]
         tokens = {token.strip(b" \t") for token in value.split(b",")}
-        close = b"close" in tokens or (close and b"keep-alive" not in tokens)
+        # llhttp: HTTP/1.0 keeps the connection only when asked to, HTTP/1.1 unless asked not to.
+        close = b"keep-alive" not in tokens if version_0 else b"close" in tokens
     return match.group(1), match.group(2).partition(b"?")[0], close, end, length
 
 
@@ -564,12 +576,7 @@ class _DoorHandler(RequestHandler):
             return False
         late = door.is_late(self)
         transport = self.transport
-        if (
-            not (late or door.refusing())
-            or transport is None
-            or self._force_close
-            or self._close
-        ):
+        if not (late or door.refusing()) or transport is None or self._force_close or self._close:
             return False
         self._request_count += 1
         if late:
