@@ -41,6 +41,10 @@ A refusal costs as little as it can: the body is rendered once, and only the req
 per-worker prefix and a counter, unique without a system call) is spliced in; and while the
 worker is at its bound, a connection refuses the requests it parses before aiohttp builds a
 request, a task and the middleware chain for them (``_DoorHandler``, ``refuse_at_the_door``).
+A read that repeats, byte for byte in its head and in its length, the last request a
+connection had refused at the door (one whole keep-alive request per read since the connection
+opened) is refused from its bytes, without aiohttp's parser building headers, URL, message and
+body stream again only to drop them (``_refuse_again``); anything else is parsed.
 
 Requests only reach this middleware once the event loop has read them; each open connection
 holds memory. So a worker also bounds its connections (``admission.max_connections``,
@@ -62,16 +66,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http_parser import SINGLETON_HEADERS, RawRequestMessage
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
@@ -390,84 +393,6 @@ class Admission:
 ADMISSION = web.AppKey("admission", Admission)
 
 
-_UNBOUNDED_RAW = frozenset(path.encode() for path in UNBOUNDED_PATHS)
-_SKIPPED = frozenset({b"HEAD", b"CONNECT"})
-"""Methods never refused from the raw bytes (a HEAD's answer has no body; CONNECT tunnels)."""
-_CONTROLS = bytes(set(range(32)) - {9}) + b"\x7f"
-"""Control bytes: in a plain head only as the CR LF that end its lines."""
-_SIMPLE_HEAD = re.compile(
-    rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (/[!-~]*) HTTP/1\.([01])\r\n"
-    rb"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:.*\r\n)*\r\n"
-)
-"""A request head's lines (``_simple_request`` checks their bytes: ``.`` takes any but LF)."""
-_SINGLETONS = tuple(
-    b"\r\n" + name.encode() + b":" for name in SINGLETON_HEADERS if name != "content-length"
-)
-"""Headers aiohttp's parser refuses twice in a request (a 400): such a head is not plain."""
-_Simple = tuple[bytes, bytes, bool, int, int]
-_MAX_SIMPLE_HEAD = 8190
-"""The longest head read here (aiohttp's limit on one line or field: a longer one is its 400)."""
-_MAX_SIMPLE_LINES = 66
-"""Request line, header lines and the empty line at most (aiohttp's parser allows 128 headers)."""
-
-
-def _simple_request(data: bytes) -> _Simple | None:
-    """The head at the start of ``data`` if it is a plain one: its method, path (without the
-    query), whether the client asks to close the connection after the answer (as llhttp decides
-    it: with HTTP/1.1 on a ``close`` token in Connection, with HTTP/1.0 unless a ``keep-alive``
-    token), the head's length and the body's (its one Content-Length, or none).
-
-    Plain (``_SIMPLE_HEAD``): ASCII without control bytes but the CR LF ending each line (no
-    bare CR or LF, no folded line), a token method, an origin-form target of visible ASCII,
-    HTTP/1.0 or 1.1, header lines of a token name, a colon and a value; a Host with HTTP/1.1;
-    no Transfer-Encoding, no Upgrade, no second Connection nor of a header aiohttp takes once
-    (``SINGLETON_HEADERS``), within aiohttp's limits. None for
-    anything else, or no whole head yet: aiohttp's parser takes those (and answers what it
-    finds wrong in them)."""
-    match = _SIMPLE_HEAD.match(data)
-    if match is None:
-        return None
-    end = match.end()
-    if end > _MAX_SIMPLE_HEAD:
-        return None
-    head = data[:end]
-    crlf = head.count(b"\r\n")
-    if (
-        crlf > _MAX_SIMPLE_LINES
-        or not head.isascii()
-        or len(head) - len(head.translate(None, _CONTROLS)) != 2 * crlf
-    ):
-        return None
-    head = head.lower()
-    if b"\r\ntransfer-encoding:" in head or b"\r\nupgrade:" in head:
-        return None
-    version_0 = match.group(3) == b"0"
-    if not version_0 and b"\r\nhost:" not in head:
-        return None  # aiohttp's 400
-    for name in _SINGLETONS:
-        if head.count(name) > 1:
-            return None  # aiohttp's 400
-    length = 0
-    at = head.find(b"\r\ncontent-length:")
-    if at >= 0:
-        if head.find(b"\r\ncontent-length:", at + 17) >= 0:
-            return None
-        value = head[at + 17 : head.index(b"\r\n", at + 17)].strip(b" \t")
-        if not value.isdigit() or len(value) > 15:
-            return None
-        length = int(value)
-    close = version_0
-    at = head.find(b"\r\nconnection:")
-    if at >= 0:
-        if head.find(b"\r\nconnection:", at + 13) >= 0:
-            return None
-        value = head[at + 13 : head.index(b"\r\n", at + 13)]
-        tokens = {token.strip(b" \t") for token in value.split(b",")}
-        # llhttp: HTTP/1.0 keeps the connection only when asked to, HTTP/1.1 unless asked not to.
-        close = b"keep-alive" not in tokens if version_0 else b"close" in tokens
-    return match.group(1), match.group(2).partition(b"?")[0], close, end, length
-
-
 class _DoorHandler(RequestHandler):
     """aiohttp's connection, which answers refused requests as it parses them.
 
@@ -493,7 +418,7 @@ class _DoorHandler(RequestHandler):
     looks at requests it does not refuse: the first complete, refusable request it hands on holds
     a slot (``Admission.held``) until the middleware takes it in, or the connection is lost."""
 
-    __slots__ = ("at_boundary", "body_due", "heard_at", "held")
+    __slots__ = ("at_boundary", "heard_at", "held", "refused_head")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -502,12 +427,13 @@ class _DoorHandler(RequestHandler):
         self.heard_at = 0.0
         """When the client last sent bytes (the loop's clock)."""
         self.at_boundary = True
-        """aiohttp's parser stands between two requests: the bytes it was fed so far made
-        whole plain requests (``_follow``). Only then may the door refuse a request from its
-        raw bytes (``_refuse_raw``) without feeding them to the parser."""
-        self.body_due = 0
-        """Body bytes of the request in progress not yet received (its head was plain and
-        framed by a Content-Length); -1: where the parser stands is not known, for good."""
+        """aiohttp's parser stands between two requests: every read so far held exactly one
+        whole request (``_whole``). Not known otherwise, for good."""
+        self.refused_head: tuple[bytes, int] | None = None
+        """The head of the last request the door refused after aiohttp's parser read it (one
+        whole, keep-alive request in one read) and that read's length: a read of the same
+        length starting with the same head is the same request to that parser, and is refused
+        from its bytes (``_refuse_again``)."""
 
     def idle_since(self) -> float | None:
         """Since when this connection has been idle between two requests (its last answer
@@ -525,6 +451,7 @@ class _DoorHandler(RequestHandler):
         self.heard_at = self._loop.time()
         waiter = self._waiter
         door: Admission | None = getattr(self._manager, "admission", None)
+        before = self._request_count
         if (
             door is None
             or waiter is None
@@ -535,58 +462,63 @@ class _DoorHandler(RequestHandler):
             or self._paused
             or not (door.refusing() or door.is_late(self) or door.pressed())
         ):
-            self._follow(data, None)
             super().data_received(data)
+            if self.at_boundary:
+                self._whole(data, before)
             return
-        simple = _simple_request(data) if self.at_boundary else None
-        if simple is not None and self._refuse_raw(door, data, simple):
+        again = self.refused_head
+        if (
+            again is not None
+            and self.at_boundary
+            and len(data) == again[1]
+            and data.startswith(again[0])
+            and self._refuse_again(door)
+        ):
             return
-        self._follow(data, simple)
         # Parse without waking the connection's task; wake it below for what is handed on.
         self._waiter = None
         try:
             super().data_received(data)
         finally:
             self._waiter = waiter
-        if self._answer_at_the_door(door) and self._messages and not waiter.done():
-            waiter.set_result(None)
+        head = self._whole(data, before) if self.at_boundary else 0
+        if self._answer_at_the_door(door):
+            if head and not self._messages and not self._force_close:
+                self.refused_head = (data[:head], len(data))  # refused here, kept alive
+            if self._messages and not waiter.done():
+                waiter.set_result(None)
 
-    def _follow(self, data: bytes, simple: _Simple | None) -> None:
-        """Follow where aiohttp's parser stands once it is fed ``data`` (``simple``: the plain
-        head ``data`` starts with, when already read): between two requests again, within a
-        body of known length, or (anything not plain) not known from then on."""
-        if self.at_boundary:
-            if simple is None:
-                simple = _simple_request(data)
-            due = -1 if simple is None else simple[3] + simple[4] - len(data)
-        elif self.body_due > 0:
-            due = self.body_due - len(data)
-        else:
-            return
-        self.at_boundary = due == 0
-        self.body_due = due if due > 0 else (0 if due == 0 else -1)
+    def _whole(self, data: bytes, before: int) -> int:
+        """After aiohttp's parser read ``data`` from between two requests: the length of the
+        head of the one whole request ``data`` held (its body all of the rest), or 0, and the
+        parser no longer known to stand between requests."""
+        messages = self._messages
+        if self._request_count - before == 1 and messages:
+            message, payload = messages[-1]
+            head = data.find(b"\r\n\r\n") + 4
+            if (
+                head >= 4
+                and isinstance(message, RawRequestMessage)
+                and not message.chunked
+                and not message.upgrade
+                and (payload is EMPTY_PAYLOAD or payload.is_eof())
+                and len(data) - head == int(message.headers.get(hdrs.CONTENT_LENGTH, 0))
+            ):
+                return head
+        self.at_boundary = False
+        return 0
 
-    def _refuse_raw(self, door: Admission, data: bytes, simple: _Simple) -> bool:
-        """Refuse the one plain request ``data`` holds from its raw bytes: aiohttp's parser
-        would build its headers, URL, message and body stream only for the door to drop them.
-        False: not here (``data`` is not exactly one refusable request, or the worker takes
-        it in; the door's parsed path then decides)."""
-        method, path, should_close, head, body = simple
-        if head + body != len(data) or method in _SKIPPED or path in _UNBOUNDED_RAW:
-            return False
-        late = door.is_late(self)
+    def _refuse_again(self, door: Admission) -> bool:
+        """Refuse, from its bytes, a request the same as the last one refused here after
+        parsing (``refused_head``): aiohttp's parser would build its headers, URL, message and
+        body stream only for the door to drop them. False: the worker takes it in now (or the
+        connection is closing); the parser then reads it."""
         transport = self.transport
-        if not (late or door.refusing()) or transport is None or self._force_close or self._close:
+        if not door.refusing() or transport is None or self._force_close or self._close:
             return False
         self._request_count += 1
-        if late:
-            transport.write(door.raw_refusal("connections", close=True, counted=True))
-        else:
-            transport.write(door.raw_refusal(door.reason_now(), close=should_close))
-        if late or should_close:
-            self.force_close()  # flushes the answer, then closes
-        else:
-            self._idle_again()
+        transport.write(door.raw_refusal(door.reason_now(), close=False))
+        self._idle_again()
         return True
 
     def _idle_again(self) -> None:
