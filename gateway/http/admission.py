@@ -41,6 +41,10 @@ A refusal costs as little as it can: the body is rendered once, and only the req
 per-worker prefix and a counter, unique without a system call) is spliced in; and while the
 worker is at its bound, a connection refuses the requests it parses before aiohttp builds a
 request, a task and the middleware chain for them (``_DoorHandler``, ``refuse_at_the_door``).
+A read that repeats, byte for byte in its head and in its length, the last request a
+connection had refused at the door (one whole keep-alive request per read since the connection
+opened) is refused from its bytes, without aiohttp's parser building headers, URL, message and
+body stream again only to drop them (``_refuse_again``); anything else is parsed.
 
 Requests only reach this middleware once the event loop has read them; each open connection
 holds memory. So a worker also bounds its connections (``admission.max_connections``,
@@ -68,7 +72,7 @@ from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
@@ -414,7 +418,7 @@ class _DoorHandler(RequestHandler):
     looks at requests it does not refuse: the first complete, refusable request it hands on holds
     a slot (``Admission.held``) until the middleware takes it in, or the connection is lost."""
 
-    __slots__ = ("heard_at", "held")
+    __slots__ = ("at_boundary", "heard_at", "held", "refused_head")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -422,6 +426,14 @@ class _DoorHandler(RequestHandler):
         """Slots of ``Admission.held`` held for the requests this connection handed on."""
         self.heard_at = 0.0
         """When the client last sent bytes (the loop's clock)."""
+        self.at_boundary = True
+        """aiohttp's parser stands between two requests: every read so far held exactly one
+        whole request (``_whole``). Not known otherwise, for good."""
+        self.refused_head: tuple[bytes, int] | None = None
+        """The head of the last request the door refused after aiohttp's parser read it (one
+        whole, keep-alive request in one read) and that read's length: a read of the same
+        length starting with the same head is the same request to that parser, and is refused
+        from its bytes (``_refuse_again``)."""
 
     def idle_since(self) -> float | None:
         """Since when this connection has been idle between two requests (its last answer
@@ -439,6 +451,7 @@ class _DoorHandler(RequestHandler):
         self.heard_at = self._loop.time()
         waiter = self._waiter
         door: Admission | None = getattr(self._manager, "admission", None)
+        before = self._request_count
         if (
             door is None
             or waiter is None
@@ -450,6 +463,17 @@ class _DoorHandler(RequestHandler):
             or not (door.refusing() or door.is_late(self) or door.pressed())
         ):
             super().data_received(data)
+            if self.at_boundary:
+                self._whole(data, before)
+            return
+        again = self.refused_head
+        if (
+            again is not None
+            and self.at_boundary
+            and len(data) == again[1]
+            and data.startswith(again[0])
+            and self._refuse_again(door)
+        ):
             return
         # Parse without waking the connection's task; wake it below for what is handed on.
         self._waiter = None
@@ -457,8 +481,53 @@ class _DoorHandler(RequestHandler):
             super().data_received(data)
         finally:
             self._waiter = waiter
-        if self._answer_at_the_door(door) and self._messages and not waiter.done():
-            waiter.set_result(None)
+        head = self._whole(data, before) if self.at_boundary else 0
+        if self._answer_at_the_door(door):
+            if head and not self._messages and not self._force_close:
+                self.refused_head = (data[:head], len(data))  # refused here, kept alive
+            if self._messages and not waiter.done():
+                waiter.set_result(None)
+
+    def _whole(self, data: bytes, before: int) -> int:
+        """After aiohttp's parser read ``data`` from between two requests: the length of the
+        head of the one whole request ``data`` held (its body all of the rest), or 0, and the
+        parser no longer known to stand between requests."""
+        messages = self._messages
+        if self._request_count - before == 1 and messages:
+            message, payload = messages[-1]
+            head = data.find(b"\r\n\r\n") + 4
+            if (
+                head >= 4
+                and isinstance(message, RawRequestMessage)
+                and not message.chunked
+                and not message.upgrade
+                and (payload is EMPTY_PAYLOAD or payload.is_eof())
+                and len(data) - head == int(message.headers.get(hdrs.CONTENT_LENGTH, 0))
+            ):
+                return head
+        self.at_boundary = False
+        return 0
+
+    def _refuse_again(self, door: Admission) -> bool:
+        """Refuse, from its bytes, a request the same as the last one refused here after
+        parsing (``refused_head``): aiohttp's parser would build its headers, URL, message and
+        body stream only for the door to drop them. False: the worker takes it in now (or the
+        connection is closing); the parser then reads it."""
+        transport = self.transport
+        if not door.refusing() or transport is None or self._force_close or self._close:
+            return False
+        self._request_count += 1
+        transport.write(door.raw_refusal(door.reason_now(), close=False))
+        self._idle_again()
+        return True
+
+    def _idle_again(self) -> None:
+        """Answered at the door, the connection is idle again: its keep-alive timer starts anew."""
+        if self._keepalive_timeout > 0:
+            close_time = self._loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = close_time
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
     def _answer_at_the_door(self, door: Admission) -> bool:
         """Refuse the queued requests that may be refused here; False: the connection closed."""
@@ -490,11 +559,7 @@ class _DoorHandler(RequestHandler):
         if answered:
             if self._buffer_paused and len(messages) <= self._msg_queue_resume_size:
                 self._resume_reading_if_drained()
-            if self._keepalive_timeout > 0:  # idle again: the keep-alive timer starts anew
-                close_time = self._loop.time() + self._keepalive_timeout
-                self._next_keepalive_close_time = close_time
-                if self._keepalive_handle is None:
-                    self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+            self._idle_again()
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
