@@ -21,21 +21,36 @@ another source tree (a checkout before a change, or one built with ``make compil
 The process lowers its own priority (``nice`` 19, its children inherit it): the count does not
 depend on the load, and other benchmarks on the machine are not disturbed. Runs of the same
 tree differ by about ±2 %. Needs valgrind (``callgrind_control`` comes with it).
+
+``--workers N`` counts ``tongban serve --workers N`` instead (the configuration
+``bench_routing.py --only-workers`` serves: rate limits in memory for one worker, in
+``ratelimits.sqlite`` for several): callgrind follows the supervisor into every worker it starts
+(``--trace-children=yes``, one dump per process), the counters of all of them are zeroed and
+dumped together, and the instructions are summed over the workers, with the supervisor's own
+share reported apart. ``--persons N`` spreads the calls over N persons in turn (each a
+development token naming its person, as a portal's traffic; one person: the printed token);
+with many persons the warm-up should show each of them at least once.
+
+    nice -n 19 .venv/bin/python bench/instructions.py --workers 2 --persons 1000 \\
+        --warmup 1000 --calls 1000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,15 +64,28 @@ MODES = ("required", "buffered", "canned", "proxy", "soap")
 _TOTALS = re.compile(rb"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
 
 
-async def drive(url: str, body: bytes, headers: dict[str, str], calls: int, in_flight: int) -> None:
-    """``calls`` POSTs to ``url``, ``in_flight`` at a time; each must answer 200."""
+async def drive(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    calls: int,
+    in_flight: int,
+    authorizations: Sequence[str] = (),
+) -> None:
+    """``calls`` POSTs to ``url``, ``in_flight`` at a time; each must answer 200. With
+    ``authorizations`` the calls take their Authorization header from it in turn (one person
+    after another, as a portal's traffic), going on where the last ``drive`` stopped."""
     remaining = calls
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            async with session.post(url, data=body, headers=headers) as answer:
+            sent = headers
+            if authorizations:
+                sent = {**headers, "Authorization": authorizations[_turn[0] % len(authorizations)]}
+                _turn[0] += 1
+            async with session.post(url, data=body, headers=sent) as answer:
                 text = await answer.read()
                 if answer.status != 200:
                     raise RuntimeError(f"{url} answered {answer.status}: {text[:500]!r}")
@@ -68,9 +96,16 @@ async def drive(url: str, body: bytes, headers: dict[str, str], calls: int, in_f
         await asyncio.gather(*(worker(session) for _ in range(in_flight)))
 
 
-def callgrind_control(option: str, pid: int) -> None:
+_turn = [0]
+"""The next person of ``drive``'s turn (kept between the warm-up and the counted calls)."""
+
+
+def callgrind_control(option: str, pid: int, *values: str) -> None:
     done = subprocess.run(
-        ["callgrind_control", option, str(pid)], capture_output=True, timeout=600, check=False
+        ["callgrind_control", option, *values, str(pid)],
+        capture_output=True,
+        timeout=600,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"callgrind_control {option} {pid}: {done.stderr.decode()[-2000:]}")
@@ -140,6 +175,130 @@ def count_once(args: argparse.Namespace, workdir: Path) -> float:
         kids.stop_all()
 
 
+@dataclass
+class ServedCount:
+    """One run of ``tongban serve --workers N`` under callgrind: instructions per counted call,
+    of the workers together and of the supervisor."""
+
+    workers: float
+    supervisor: float
+    per_worker: list[float]
+
+    def __float__(self) -> float:
+        return self.workers
+
+
+def _process_children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def spawn_served(
+    args: argparse.Namespace, workdir: Path, upstream: str
+) -> tuple[subprocess.Popen[bytes], int, str]:
+    """``tongban serve --workers N --insecure-dev-tokens`` under callgrind, following the
+    workers (``--trace-children=yes``, a dump per process, ``callgrind.out.<pid>``); the
+    process, its port and the development token it printed. The development tokens are signed
+    with ``bench_routing.TOKEN_SECRET`` so that ``served_person_tokens`` can mint the persons'."""
+    config = br.write_config_dir(workdir / "config", upstream, audit_mode=_audit_mode(args))
+    port = br.free_port()
+    out_dir = workdir / "dumps"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Instrumentation off until the workers are up (``callgrind_control -i on``): under full
+    # instrumentation a worker's start (imports, every WSDL) outlasts the supervisor's bound.
+    valgrind = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no"]
+    valgrind += [f"--callgrind-out-file={out_dir}/callgrind.out.%p"]
+    argv = [*valgrind, sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+    argv += ["--port", str(port), "--workers", str(args.workers), "--insecure-dev-tokens"]
+    env = {**os.environ, "TONGBAN_DEV_TOKEN_SECRET": br.TOKEN_SECRET.hex()}
+    tree = Path(args.tree).resolve() if args.tree else br.ROOT
+    env["PYTHONPATH"] = str(tree)
+    out = workdir / "serve.out"
+    log = workdir / "serve.log"
+    with out.open("wb") as stdout, log.open("wb") as err:
+        proc = subprocess.Popen(
+            argv,
+            stdout=stdout,
+            stderr=err,
+            cwd=tree,
+            env=env,
+            preexec_fn=br._die_with_parent,  # noqa: PLW1509, SLF001 - no threads here
+        )
+    deadline = time.monotonic() + args.start_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        for line in out.read_text().splitlines():
+            if line.startswith("dev token L1:"):
+                return proc, port, line.split(":", 1)[1].strip()
+        time.sleep(0.5)  # noqa: TID251 - the orchestrator is synchronous
+    proc.kill()
+    raise RuntimeError(f"serve did not start in {args.start_timeout:g} s:\n{log.read_text()[-3000:]}")
+
+
+def _audit_mode(args: argparse.Namespace) -> str:
+    return "buffered" if args.mode == "buffered" else "required"
+
+
+def _stop_served(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        for pid in _process_children(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
+
+
+def count_served_once(args: argparse.Namespace, workdir: Path) -> ServedCount:
+    """One run of ``--workers N``: a fresh back-end and ``tongban serve`` under callgrind;
+    instructions per counted call summed over the workers, the supervisor's apart."""
+    if args.mode not in ("required", "buffered"):
+        raise SystemExit("--workers counts the routed REST call: --mode required or buffered")
+    py = sys.executable
+    routing = str(HERE / "bench_routing.py")
+    life = ["--max-lifetime", str(args.max_lifetime)]
+    workdir.mkdir(parents=True, exist_ok=True)
+    kids = br.Children(workdir, pin=False)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        backend = kids.spawn("backend", [py, routing, "--role", "backend", *life], None)
+        proc, port, token = spawn_served(args, workdir, f"http://127.0.0.1:{backend.port}")
+        persons = br.served_person_tokens(args.persons)
+        headers = {**br.JSON_HEADERS, "Authorization": f"Bearer {token}"}
+        url = f"http://127.0.0.1:{port}/api/v1/services/{br.REST_SERVICE}/calls"
+        body = br.SERVED_CALL_BODY
+        workers = _process_children(proc.pid)
+        if len(workers) != args.workers:
+            raise RuntimeError(f"{len(workers)} workers under the supervisor, not {args.workers}")
+        for pid in [proc.pid, *workers]:
+            callgrind_control("--instr=on", pid)
+        _turn[0] = 0
+        asyncio.run(drive(url, body, headers, args.warmup, args.in_flight, persons))
+        time.sleep(args.settle)  # noqa: TID251 - the orchestrator is synchronous
+        for pid in [proc.pid, *workers]:
+            callgrind_control("-z", pid)
+        asyncio.run(drive(url, body, headers, args.calls, args.in_flight, persons))
+        time.sleep(args.settle)  # noqa: TID251
+        for pid in [proc.pid, *workers]:
+            callgrind_control("-d", pid)
+        dumps = workdir / "dumps"
+        calls = int(args.calls)
+        per_worker = [dumped_instructions(dumps / f"callgrind.out.{pid}") / calls for pid in workers]
+        supervisor = dumped_instructions(dumps / f"callgrind.out.{proc.pid}") / calls
+        return ServedCount(sum(per_worker), supervisor, per_worker)
+    finally:
+        if proc is not None:
+            _stop_served(proc)
+        kids.stop_all()
+
+
 def count_with_retries(args: argparse.Namespace, workdir: Path) -> float:
     """``count_once``, again after a failed call: under valgrind a busy machine can hold the
     audit's commit past the writer's timeout (2 s), and the gateway then refuses the call with
@@ -147,11 +306,13 @@ def count_with_retries(args: argparse.Namespace, workdir: Path) -> float:
     afresh."""
     for attempt in range(args.retries + 1):
         try:
+            if args.workers > 0:
+                return count_served_once(args, workdir / f"attempt-{attempt}")  # type: ignore[return-value]
             return count_once(args, workdir / f"attempt-{attempt}")
         except RuntimeError as exc:
             if attempt == args.retries:
                 raise
-            print(f"run failed, starting again: {str(exc)[:300]}", file=sys.stderr, flush=True)
+            print(f"run failed, starting again: {str(exc)[-1500:]}", file=sys.stderr, flush=True)
     raise AssertionError("unreachable")
 
 
@@ -175,6 +336,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the audit writer's cap on one commit, in seconds (default: the writer's 2 s; "
         "longer keeps a busy machine from refusing calls under callgrind)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="count `tongban serve --workers N` (all its workers summed, the supervisor apart) "
+        "instead of one gateway process",
+    )
+    p.add_argument(
+        "--persons", type=int, default=1, help="the calls come from this many persons in turn"
+    )
     p.add_argument("--keep", default="", help="copy the callgrind dumps into this directory")
     return p.parse_args(argv)
 
@@ -186,17 +357,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"{tool} is missing: apt-get install -y valgrind")
     os.nice(19 - os.nice(0))  # lowest priority, inherited by the children
     label = f"{args.mode}" + (f", tree {args.tree}" if args.tree else "")
+    if args.workers > 0:
+        label += f", serve --workers {args.workers}, {args.persons} person(s)"
     figures: list[float] = []
     for run in range(1, max(args.repeat, 1) + 1):
         with tempfile.TemporaryDirectory(prefix="tongban-ir-") as tmp:
-            per_call = count_with_retries(args, Path(tmp))
+            counted = count_with_retries(args, Path(tmp))
             if args.keep:
-                keep = Path(args.keep) / f"{args.mode}-{run}"
+                keep = Path(args.keep) / f"{args.mode}-w{args.workers}-p{args.persons}-{run}"
                 keep.mkdir(parents=True, exist_ok=True)
-                for dump in sorted(Path(tmp).glob("attempt-*/callgrind.out*")):
+                for dump in sorted(Path(tmp).glob("attempt-*/**/callgrind.out*")):
                     shutil.copy(dump, keep / dump.name)
+        per_call = float(counted)
         figures.append(per_call)
         print(f"{label}: run {run}: {per_call / 1000:,.0f} k instructions per call", flush=True)
+        if isinstance(counted, ServedCount):
+            each = ", ".join(f"{w / 1000:,.0f} k" for w in counted.per_worker)
+            print(
+                f"{label}: run {run}: workers {each}; supervisor "
+                f"{counted.supervisor / 1000:,.1f} k per call (apart)",
+                flush=True,
+            )
     if len(figures) > 1:
         print(f"{label}: median {statistics.median(figures) / 1000:,.0f} k", flush=True)
     return 0
