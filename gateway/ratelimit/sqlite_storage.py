@@ -75,6 +75,27 @@ MIGRATIONS = (
             "CREATE INDEX rl_counters_expiry ON rl_counters (expires_at)",
         ),
     ),
+    # A draw of a sparse budget (a person of a portal's traffic) writes a new window's row:
+    # in a rowid table that is three b-trees (the rows, the key's own index, the expiry
+    # index), each a page in the WAL and, after another worker's write, a page read again.
+    # Keyed by the key itself the rows and the key's index are one b-tree. The live counters
+    # are carried over.
+    Migration(
+        2,
+        "rate-limit counters in a table keyed by their key (WITHOUT ROWID)",
+        (
+            """CREATE TABLE rl_counters_by_key (
+                key TEXT PRIMARY KEY,
+                count INTEGER NOT NULL,
+                expires_at REAL NOT NULL
+            ) WITHOUT ROWID""",
+            "INSERT INTO rl_counters_by_key (key, count, expires_at) "
+            "SELECT key, count, expires_at FROM rl_counters",
+            "DROP TABLE rl_counters",
+            "ALTER TABLE rl_counters_by_key RENAME TO rl_counters",
+            "CREATE INDEX rl_counters_expiry ON rl_counters (expires_at)",
+        ),
+    ),
 )
 
 
