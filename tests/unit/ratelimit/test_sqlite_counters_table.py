@@ -5,10 +5,13 @@ processes drawing on one file together never get more units than the budget."""
 from __future__ import annotations
 
 import multiprocessing
+import random
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.ratelimit import sqlite_storage
 from gateway.ratelimit.sqlite_storage import MIGRATIONS, SqliteStorage
@@ -109,3 +112,66 @@ def test_two_processes_drawing_on_one_file_get_exactly_the_budget(tmp_path: Path
         process.join(timeout=60)
         assert process.exitcode == 0
     assert sum(granted) == budget
+
+
+class _StoreClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def _rows(store: SqliteStorage) -> list[tuple[Any, ...]]:
+    with store._db.locked() as conn:
+        return conn.execute("SELECT key, count, expires_at FROM rl_counters ORDER BY key").fetchall()
+
+
+async def test_a_live_window_is_added_to_as_the_single_upsert_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live window's counter is added to by an ``UPDATE`` that leaves its expiry (and so the
+    expiry index) alone; a new or expired window by the upsert. Drawn side by side with a store
+    that writes every draw by the upsert alone, through new, live and expired windows (the
+    store's clock moved across them, back to a window long expired too), the answers and the
+    rows are the same after every transaction."""
+    clock = _StoreClock(1_800_000_000.0)
+    monkeypatch.setattr(sqlite_storage, "time", clock)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    store = SqliteStorage(tmp_path / "a" / sqlite_storage.FILE_NAME)
+    reference = SqliteStorage(tmp_path / "b" / sqlite_storage.FILE_NAME)
+    upsert_alone = sqlite_storage._ADD
+
+    def always_upsert(
+        conn: sqlite3.Connection, key: str, current: int, units: int, expiry: int, now: float
+    ) -> None:
+        conn.execute(upsert_alone, (key, units, now + 2 * expiry, now, now))
+
+    rng = random.Random(7)
+    keys = ["LIMITER/person/a", "LIMITER/person/b", "LIMITER/client/portal"]
+    live_updates = 0
+    try:
+        for step in range(400):
+            clock.now += rng.choice([0.0, 0.1, 0.7, 1.3, 4.0])
+            calls = [
+                [(key, rng.choice([3, 5, 50]), rng.choice([1, 2]), rng.choice([1, 1, 2]))]
+                for key in rng.sample(keys, rng.randint(1, 3))
+            ]
+            before = _rows(store)
+            answers = store.acquire_calls(calls)
+            after = {key: (count, expires) for key, count, expires in _rows(store)}
+            live_updates += sum(
+                1
+                for key, count, expires in before
+                if key in after and after[key][1] == expires and after[key][0] != count
+            )
+            with monkeypatch.context() as patched:
+                patched.setattr(sqlite_storage, "_add", always_upsert)
+                expected = reference.acquire_calls(calls)
+            assert answers == expected, step
+            assert _rows(store) == _rows(reference), step
+    finally:
+        await store.aclose()
+        await reference.aclose()
+    assert live_updates > 50  # the live path was taken, and often
