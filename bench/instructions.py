@@ -215,7 +215,8 @@ def spawn_served(
     # instrumentation a worker's start (imports, every WSDL) outlasts the supervisor's bound.
     grind = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--instr-atstart=no"]
     grind += [f"--callgrind-out-file={out_dir}/callgrind.out.%p"]
-    argv = [*(grind if valgrind else []), sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+    argv = [*(grind if valgrind else []), sys.executable, "-m", "gateway.cli", "serve"]
+    argv += ["--config", str(config)]
     argv += ["--port", str(port), "--workers", str(args.workers), "--insecure-dev-tokens"]
     env = {**os.environ, "TONGBAN_DEV_TOKEN_SECRET": br.TOKEN_SECRET.hex()}
     tree = Path(args.tree).resolve() if args.tree else br.ROOT
@@ -236,7 +237,7 @@ def spawn_served(
             stderr=err,
             cwd=tree,
             env=env,
-            preexec_fn=br._die_with_parent,  # noqa: PLW1509, SLF001 - no threads here
+            preexec_fn=br._die_with_parent,  # noqa: PLW1509 - no threads here
         )
     deadline = time.monotonic() + args.start_timeout
     while time.monotonic() < deadline:
@@ -247,7 +248,8 @@ def spawn_served(
                 return proc, port, line.split(":", 1)[1].strip()
         time.sleep(0.5)  # noqa: TID251 - the orchestrator is synchronous
     proc.kill()
-    raise RuntimeError(f"serve did not start in {args.start_timeout:g} s:\n{log.read_text()[-3000:]}")
+    tail = log.read_text()[-3000:]
+    raise RuntimeError(f"serve did not start in {args.start_timeout:g} s:\n{tail}")
 
 
 SERVED_COMMIT_TIMEOUT = 30.0
@@ -317,7 +319,7 @@ def count_served_once(args: argparse.Namespace, workdir: Path) -> ServedCount:
             callgrind_control("-d", pid)
         dumps = workdir / "dumps"
         calls = int(args.calls)
-        per_worker = [dumped_instructions(dumps / f"callgrind.out.{pid}") / calls for pid in workers]
+        per_worker = [dumped_instructions(dumps / f"callgrind.out.{p}") / calls for p in workers]
         supervisor = dumped_instructions(dumps / f"callgrind.out.{proc.pid}") / calls
         return ServedCount(sum(per_worker), supervisor, per_worker)
     finally:

@@ -124,7 +124,9 @@ class _StoreClock:
 
 def _rows(store: SqliteStorage) -> list[tuple[Any, ...]]:
     with store._db.locked() as conn:
-        return conn.execute("SELECT key, count, expires_at FROM rl_counters ORDER BY key").fetchall()
+        return conn.execute(
+            "SELECT key, count, expires_at FROM rl_counters ORDER BY key"
+        ).fetchall()
 
 
 async def test_a_live_window_is_added_to_as_the_single_upsert_would(
