@@ -422,6 +422,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --workers: system calls per call (strace -c -f on the supervisor and every "
         "worker during the counted calls) instead of instructions",
     )
+    p.add_argument("--strace-top", type=int, default=14, help="--strace: system calls shown")
     p.add_argument(
         "--persons", type=int, default=1, help="the calls come from this many persons in turn"
     )
@@ -443,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts = strace_served_once(args, Path(tmp))
         label += f", serve --workers {args.workers}, {args.persons} person(s)"
         top = sorted(counts.items(), key=lambda kv: -kv[1])
-        cells = "  ".join(f"{name} {n:.2f}" for name, n in top[:14])
+        cells = "  ".join(f"{name} {n:.2f}" for name, n in top[: args.strace_top])
         print(f"{label}: system calls per call: {cells}", flush=True)
         return 0
     if args.workers > 0:
