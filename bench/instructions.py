@@ -208,6 +208,13 @@ def spawn_served(
     process, its port and the development token it printed. The development tokens are signed
     with ``bench_routing.TOKEN_SECRET`` so that ``served_person_tokens`` can mint the persons'."""
     config = br.write_config_dir(workdir / "config", upstream, audit_mode=_audit_mode(args))
+    if args.rate_limits_store:
+        import yaml  # noqa: PLC0415
+
+        gateway_yaml = config / "gateway.yaml"
+        settings = yaml.safe_load(gateway_yaml.read_text("utf-8"))
+        settings["rate_limits"]["store"] = args.rate_limits_store
+        gateway_yaml.write_text(yaml.safe_dump(settings, allow_unicode=True), "utf-8")
     port = br.free_port()
     out_dir = workdir / "dumps"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -421,6 +428,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="with --workers: system calls per call (strace -c -f on the supervisor and every "
         "worker during the counted calls) instead of instructions",
+    )
+    p.add_argument(
+        "--rate-limits-store",
+        default="",
+        help="--workers: the served configuration's rate_limits.store (sqlite: one worker on "
+        "the file that several share)",
     )
     p.add_argument("--strace-top", type=int, default=14, help="--strace: system calls shown")
     p.add_argument(
