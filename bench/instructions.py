@@ -29,7 +29,11 @@ tree differ by about ±2 %. Needs valgrind (``callgrind_control`` comes with it)
 dumped together, and the instructions are summed over the workers, with the supervisor's own
 share reported apart. ``--persons N`` spreads the calls over N persons in turn (each a
 development token naming its person, as a portal's traffic; one person: the printed token);
-with many persons the warm-up should show each of them at least once.
+with many persons the warm-up should show each of them to every worker (each keeps its own
+cache of verified tokens: some thousands of calls for 1,000 persons and two workers).
+``--strace`` counts system calls per call instead (``strace -c -f`` attached to the supervisor
+and the workers for the counted calls, no callgrind); ``--rate-limits-store sqlite`` makes
+one worker draw on the file several share.
 
     nice -n 19 .venv/bin/python bench/instructions.py --workers 2 --persons 1000 \\
         --warmup 1000 --calls 1000
