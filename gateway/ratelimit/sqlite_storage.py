@@ -75,6 +75,27 @@ MIGRATIONS = (
             "CREATE INDEX rl_counters_expiry ON rl_counters (expires_at)",
         ),
     ),
+    # A draw of a sparse budget (a person of a portal's traffic) writes a new window's row:
+    # in a rowid table that is three b-trees (the rows, the key's own index, the expiry
+    # index), each a page in the WAL and, after another worker's write, a page read again.
+    # Keyed by the key itself the rows and the key's index are one b-tree. The live counters
+    # are carried over.
+    Migration(
+        2,
+        "rate-limit counters in a table keyed by their key (WITHOUT ROWID)",
+        (
+            """CREATE TABLE rl_counters_by_key (
+                key TEXT PRIMARY KEY,
+                count INTEGER NOT NULL,
+                expires_at REAL NOT NULL
+            ) WITHOUT ROWID""",
+            "INSERT INTO rl_counters_by_key (key, count, expires_at) "
+            "SELECT key, count, expires_at FROM rl_counters",
+            "DROP TABLE rl_counters",
+            "ALTER TABLE rl_counters_by_key RENAME TO rl_counters",
+            "CREATE INDEX rl_counters_expiry ON rl_counters (expires_at)",
+        ),
+    ),
 )
 
 
@@ -85,6 +106,13 @@ _ADD = (
     "expires_at = CASE WHEN expires_at > ? THEN expires_at ELSE excluded.expires_at END"
 )
 """Add to a window's counter; an expired row starts again from the amount."""
+
+_ADD_LIVE = "UPDATE rl_counters SET count = count + ? WHERE key = ?"
+"""Add to a window's counter the transaction has just read live (its ``_COUNT`` found it). Its
+expiry stays as it is, and this statement does not name it: an ``UPDATE`` that sets
+``expires_at``, even to its own value (``_ADD``'s ``CASE``), rewrites the row's entry in the
+expiry index too, a second page written to the WAL at every draw of a live window, and one more
+read again by the other workers after it."""
 
 
 class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWindow):
@@ -134,7 +162,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             )
             if math.floor(previous * previous_ttl / expiry + current) + amount > limit:
                 return False
-            conn.execute(_ADD, (current_key, amount, now + 2 * expiry, now, now))
+            _add(conn, current_key, current, amount, expiry, now)
             if now >= self._next_purge:
                 conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
                 self._next_purge = now + PURGE_INTERVAL
@@ -195,7 +223,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                         refused = window
                         break
                     units = min(wanted, room)
-                    conn.execute(_ADD, (current_key, units, now + 2 * expiry, now, now))
+                    _add(conn, current_key, current, units, expiry, now)
                     if units > 1:
                         blocks[key] = (granted, len(granted))
                     granted.append(units)
@@ -328,6 +356,20 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
 _COUNT = "SELECT count FROM rl_counters WHERE key = ? AND expires_at > ?"
 """A window's live counter. Asked once per window: two point lookups cost less in SQLite than
 one ``key IN (?, ?)`` (which builds a temporary index of its list on each run)."""
+
+
+def _add(
+    conn: sqlite3.Connection, key: str, current: int, units: int, expiry: int, now: float
+) -> None:
+    """Add ``units`` to the current window's counter ``key``, which this transaction read as
+    ``current`` (``_window``; live only): a live counter (``current > 0``) by ``_ADD_LIVE``,
+    its expiry left alone; otherwise by ``_ADD`` (a new row, or an expired one started again).
+    Both give the row what ``_ADD`` alone would: nothing changes the file between the read and
+    this write (the transaction holds its write lock)."""
+    if current > 0:
+        conn.execute(_ADD_LIVE, (units, key))
+    else:
+        conn.execute(_ADD, (key, units, now + 2 * expiry, now, now))
 
 
 def _window(
