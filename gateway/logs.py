@@ -300,24 +300,8 @@ def access_line(
     Anything else (console lines, another configuration, a field the chain would treat apart,
     context bound besides the request id) goes through ``logger``."""
     lines = _json_lines
-    if (
-        lines is None
-        or _CONTEXT_VARS is None
-        or not _info_enabled
-        or not fields.keys().isdisjoint(_ACCESS_KEYS)
-        or not lines.current()
-    ):
-        logger.info(
-            _ACCESS_EVENT,
-            method=method,
-            route=route,
-            status=status,
-            duration_ms=duration_ms,
-            **fields,
-        )
-        return
-    variable, others = _context_variables()
-    if any(other.get() is not ... for other in others):
+    variable = _one_step_request_id(fields) if lines is not None else None
+    if lines is None or variable is None:
         logger.info(
             _ACCESS_EVENT,
             method=method,
@@ -352,6 +336,25 @@ def access_line(
     stamp = _utc_now_iso()
     event["timestamp"] = stamp if _stamp_clean else _mask("timestamp", stamp)
     lines.out.msg(lines.render(lines.out, "info", event))
+
+
+def _one_step_request_id(fields: dict[str, Any]) -> _Variable | None:
+    """The request id's variable, when the access line with ``fields`` can be built in one
+    step (JSON lines as configured, info on, no field the chain treats apart, no other context
+    bound); None: it goes through structlog's chain."""
+    lines = _json_lines
+    if (
+        lines is None
+        or _CONTEXT_VARS is None
+        or not _info_enabled
+        or not fields.keys().isdisjoint(_ACCESS_KEYS)
+        or not lines.current()
+    ):
+        return None
+    variable, others = _context_variables()
+    if any(other.get() is not ... for other in others):
+        return None
+    return variable
 
 
 _UNMASKED_TYPES = frozenset({int, float, bool, type(None)})

@@ -722,24 +722,21 @@ class SqliteAuditStore:
         """fsync the WAL file holding the batch just committed (on the writer thread). The WAL
         only disappears when the last connection closes after a full checkpoint, and then
         what it held is in the database file, synced by that checkpoint."""
-        try:
-            fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._sync_wal_by(os.fsync)
 
     def _write_back_wal(self, conn: sqlite3.Connection) -> None:
         """fdatasync the WAL (on the background thread): the lookup chunk just committed goes
         to the disk without waiting for the next commit of records to take it along."""
+        self._sync_wal_by(os.fdatasync)
+
+    def _sync_wal_by(self, sync: Callable[[int], None]) -> None:
+        """``sync`` the WAL file, if there is one."""
         try:
             fd = os.open(f"{self.path}-wal", os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
-            os.fdatasync(fd)
+            sync(fd)
         finally:
             os.close(fd)
 
