@@ -45,6 +45,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from bench_routing import _RawCall  # noqa: E402 - one keep-alive connection, as the generator's
+
 ROOT = HERE.parent
 BODY = b'{"service": "demo", "operation": "get", "params": {"id": "42"}}'
 _TOTALS = re.compile(rb"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
@@ -176,51 +181,18 @@ async def serve(args: argparse.Namespace) -> None:
 # === the driver =================================================================================
 
 
-class _Conn(asyncio.Protocol):
-    """One keep-alive connection: a request written, one answer read (Content-Length framed)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.answer: asyncio.Future[tuple[int, bytes, bool]] | None = None
-        self.lost = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0 or self.answer is None or self.answer.done():
-            return
-        head = bytes(self.buffer[:end]).lower()
-        at = head.find(b"\r\ncontent-length:")
-        stop = head.find(b"\r\n", at + 2)
-        length = int(head[at + 17 : stop if stop > 0 else len(head)])
-        if len(self.buffer) < end + 4 + length:
-            return
-        body = bytes(self.buffer[end + 4 : end + 4 + length])
-        del self.buffer[: end + 4 + length]
-        self.answer.set_result((int(head[9:12]), body, b"\r\nconnection: close" not in head))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(exc or ConnectionAbortedError("closed"))
-
-
 class Driver:
     def __init__(self, port: int) -> None:
         self.port = port
         self.opened = 0
         self.closed_by_server = 0
         self.statuses: dict[int, int] = {}
-        self.held: list[_Conn] = []
+        self.held: list[_RawCall] = []
         self.work_statuses: dict[int, int] = {}
 
-    async def connect(self) -> _Conn:
+    async def connect(self) -> _RawCall:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Conn, "127.0.0.1", self.port)
+        _, conn = await loop.create_connection(_RawCall, "127.0.0.1", self.port)
         self.opened += 1
         return conn
 
