@@ -54,6 +54,7 @@ from zeep.wsse.username import UsernameToken
 from zeep.xsd.types.builtins import String
 from zeep.xsd.types.simple import AnySimpleType
 
+from adapters.lean_send import LeanSender
 from adapters.rest import (
     ConfigModel,
     NoAuth,
@@ -321,6 +322,9 @@ class _Answer:
     encoding: str
 
 
+_LEAN_SENDERS = 64
+"""Senders a transport keeps, by address and header names (a system has few of each)."""
+
 # The transport is shared by all concurrent calls of a system; each call's task sees its own.
 _EXCHANGE: ContextVar[_Exchange] = ContextVar("soap_exchange")
 
@@ -340,6 +344,9 @@ class _AiohttpTransport(AsyncTransport):
         self._system = spec.id
         self._limit = spec.max_response_bytes
         self._urls: dict[str, URL] = {}
+        self._lean: dict[tuple[str, tuple[str, ...]], LeanSender | None] = {}
+        """By address and header names: the sender past ``ClientSession._request``'s general
+        layers when it sends what ``session.post`` sends (adapters/lean_send.py), else None."""
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -362,31 +369,51 @@ class _AiohttpTransport(AsyncTransport):
             url = self._urls[address] = URL(address)
         return url
 
+    def _lean_sender(self, address: str, url: URL, headers: dict[str, str]) -> LeanSender | None:
+        key = (address, tuple(headers))
+        try:
+            return self._lean[key]
+        except KeyError:
+            lean = LeanSender.for_(self._session, url, headers)
+            if len(self._lean) < _LEAN_SENDERS:
+                self._lean[key] = lean
+            return lean
+
     async def post_xml(self, address: str, envelope: Any, headers: dict[str, str]) -> _Answer:
         exchange = _EXCHANGE.get()
         message: bytes = etree_to_string(envelope)  # type: ignore[no-untyped-call]
         exchange.sent = message
+        url = self._url(address)
+        headers = {**headers, **exchange.http_headers}
+        lean = self._lean_sender(address, url, headers)
+        if lean is not None:
+            response = await lean.request("POST", url, lean.headers(headers), message)
+            try:
+                return await self._answer(response, exchange)
+            finally:  # what leaving ``async with session.post(...)`` does
+                response.release()
+                await response.wait_for_close()
         async with self._session.post(
-            self._url(address),
-            data=message,
-            headers={**headers, **exchange.http_headers},
-            allow_redirects=False,
+            url, data=message, headers=headers, allow_redirects=False
         ) as response:
-            status = response.status
-            exchange.status = status
-            kind = media_type(response.headers)
-            if not (status in _FAULT_STATUSES and kind in _XML_TYPES):
-                check_status(response)
-            body = await read_limited(response, self._limit, self._system)
-            exchange.received = body
-            if kind not in _XML_TYPES and not (status == 202 and not body):
-                raise UnexpectedContentType(kind)
-            return _Answer(
-                status_code=status,
-                content=body,
-                headers=response.headers,
-                encoding=response.charset or "utf-8",
-            )
+            return await self._answer(response, exchange)
+
+    async def _answer(self, response: aiohttp.ClientResponse, exchange: _Exchange) -> _Answer:
+        status = response.status
+        exchange.status = status
+        kind = media_type(response.headers)
+        if not (status in _FAULT_STATUSES and kind in _XML_TYPES):
+            check_status(response)
+        body = await read_limited(response, self._limit, self._system)
+        exchange.received = body
+        if kind not in _XML_TYPES and not (status == 202 and not body):
+            raise UnexpectedContentType(kind)
+        return _Answer(
+            status_code=status,
+            content=body,
+            headers=response.headers,
+            encoding=response.charset or "utf-8",
+        )
 
 
 # --- the adapter ------------------------------------------------------------------------------
@@ -698,7 +725,10 @@ class SoapAdapterFactory:
         config = parse_soap_config(spec)
         assert spec.wsdl is not None
         wsdl_path = spec.config_dir / spec.wsdl
-        session = open_session(spec, headers={})
+        # Accept as aiohttp would add it after the envelope's headers, named here so that it
+        # goes first and the envelopes can be sent past the session's general layers (the
+        # lean sender needs every default header known before the call's).
+        session = open_session(spec, headers={"Accept": "*/*"})
         transport = _AiohttpTransport(session, spec)
         wsse = None
         if isinstance(config.auth, WsSecurityAuth):
