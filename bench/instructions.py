@@ -53,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -295,11 +295,21 @@ def _stop_served(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def count_served_once(args: argparse.Namespace, workdir: Path) -> ServedCount:
-    """One run of ``--workers N``: a fresh back-end and ``tongban serve`` under callgrind;
-    instructions per counted call summed over the workers, the supervisor's apart."""
-    if args.mode not in ("required", "buffered"):
-        raise SystemExit("--workers counts the routed REST call: --mode required or buffered")
+@dataclass(frozen=True)
+class _Served:
+    """A running ``tongban serve`` and what a call to its routed REST service sends."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    persons: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def _serving(args: argparse.Namespace, workdir: Path, *, valgrind: bool) -> Iterator[_Served]:
+    """A fresh back-end and ``tongban serve --workers N`` before it (under callgrind or not),
+    stopped on the way out."""
     py = sys.executable
     routing = str(HERE / "bench_routing.py")
     life = ["--max-lifetime", str(args.max_lifetime)]
@@ -308,11 +318,35 @@ def count_served_once(args: argparse.Namespace, workdir: Path) -> ServedCount:
     proc: subprocess.Popen[bytes] | None = None
     try:
         backend = kids.spawn("backend", [py, routing, "--role", "backend", *life], None)
-        proc, port, token = spawn_served(args, workdir, f"http://127.0.0.1:{backend.port}")
-        persons = br.served_person_tokens(args.persons)
-        headers = {**br.JSON_HEADERS, "Authorization": f"Bearer {token}"}
-        url = f"http://127.0.0.1:{port}/api/v1/services/{br.REST_SERVICE}/calls"
-        body = br.SERVED_CALL_BODY
+        proc, port, token = spawn_served(
+            args, workdir, f"http://127.0.0.1:{backend.port}", valgrind=valgrind
+        )
+        yield _Served(
+            proc,
+            f"http://127.0.0.1:{port}/api/v1/services/{br.REST_SERVICE}/calls",
+            {**br.JSON_HEADERS, "Authorization": f"Bearer {token}"},
+            br.SERVED_CALL_BODY,
+            br.served_person_tokens(args.persons),
+        )
+    finally:
+        if proc is not None:
+            _stop_served(proc)
+        kids.stop_all()
+
+
+def count_served_once(args: argparse.Namespace, workdir: Path) -> ServedCount:
+    """One run of ``--workers N``: a fresh back-end and ``tongban serve`` under callgrind;
+    instructions per counted call summed over the workers, the supervisor's apart."""
+    if args.mode not in ("required", "buffered"):
+        raise SystemExit("--workers counts the routed REST call: --mode required or buffered")
+    with _serving(args, workdir, valgrind=True) as served:
+        proc, url, headers, body, persons = (
+            served.proc,
+            served.url,
+            served.headers,
+            served.body,
+            served.persons,
+        )
         workers = _process_children(proc.pid)
         if len(workers) != args.workers:
             raise RuntimeError(f"{len(workers)} workers under the supervisor, not {args.workers}")
@@ -333,31 +367,20 @@ def count_served_once(args: argparse.Namespace, workdir: Path) -> ServedCount:
         per_worker = [dumped_instructions(dumps / f"callgrind.out.{p}") / calls for p in workers]
         supervisor = dumped_instructions(dumps / f"callgrind.out.{proc.pid}") / calls
         return ServedCount(sum(per_worker), supervisor, per_worker)
-    finally:
-        if proc is not None:
-            _stop_served(proc)
-        kids.stop_all()
 
 
 def strace_served_once(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     """``--strace``: ``tongban serve --workers N`` without callgrind; after the warm-up
     ``strace -c -f`` is attached to the supervisor and every worker (all their threads) for
     the counted calls. System calls per counted call, by name (``total`` too)."""
-    py = sys.executable
-    routing = str(HERE / "bench_routing.py")
-    life = ["--max-lifetime", str(args.max_lifetime)]
-    workdir.mkdir(parents=True, exist_ok=True)
-    kids = br.Children(workdir, pin=False)
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        backend = kids.spawn("backend", [py, routing, "--role", "backend", *life], None)
-        proc, port, token = spawn_served(
-            args, workdir, f"http://127.0.0.1:{backend.port}", valgrind=False
+    with _serving(args, workdir, valgrind=False) as served:
+        proc, url, headers, body, persons = (
+            served.proc,
+            served.url,
+            served.headers,
+            served.body,
+            served.persons,
         )
-        persons = br.served_person_tokens(args.persons)
-        headers = {**br.JSON_HEADERS, "Authorization": f"Bearer {token}"}
-        url = f"http://127.0.0.1:{port}/api/v1/services/{br.REST_SERVICE}/calls"
-        body = br.SERVED_CALL_BODY
         _turn[0] = 0
         asyncio.run(drive(url, body, headers, args.warmup, args.in_flight, persons))
         time.sleep(args.settle)  # noqa: TID251 - the orchestrator is synchronous
@@ -377,10 +400,6 @@ def strace_served_once(args: argparse.Namespace, workdir: Path) -> dict[str, flo
             if len(cells) >= 5 and cells[0][0].isdigit() and cells[3].isdigit():
                 counts[cells[-1]] = int(cells[3]) / int(args.calls)
         return counts
-    finally:
-        if proc is not None:
-            _stop_served(proc)
-        kids.stop_all()
 
 
 def count_with_retries(args: argparse.Namespace, workdir: Path) -> float:
