@@ -329,9 +329,11 @@ class Admission:
             if slow:
                 self.limit = min(self.limit, self._latency_cut(base, mean, floor))
         elif slow:
-            if busy >= _BUSY:
+            # Slow calls on a worker with a queue: its thread on the CPU, or its loop late
+            # (ready work waiting, for this worker's turn or for the core). Neither, the calls
+            # wait for something else (a back-end): held.
+            if busy >= _BUSY or late:
                 self.limit = self._latency_cut(base, mean, floor)
-            # (Off the CPU: held. The calls wait for something other than this worker.)
         elif self._peak >= self.limit and self.limit < ceiling and not (refusing and late):
             # (Refusing and late, but off the CPU: held. More calls in flight would not be
             # answered sooner once the core is back, only wait longer.)
