@@ -37,6 +37,17 @@ bound are counted as ``queue_delay``, beyond the fixed ones as ``requests`` / ``
 A slow back-end does not lower the bound (a call waiting for its answer costs the loop
 nothing); a saturated loop does, whatever saturates it.
 
+The loop's delay is paid at each of a call's awaits, so with the loop on its target a call can
+still wait several times its own work behind the others in flight. So the middleware also times
+each admitted call (``finished``): over the intervals in which the worker refused nothing and
+its thread had CPU to spare, the calls' mean time is their unloaded time (``unloaded``, an
+exponential average); in an interval in which it refuses while its thread is busy or its loop
+late, calls slower on average than ``admission.latency_tolerance`` times that cut the bound by
+goal / mean (Little's law on a saturated worker: the calls' time follows how many share the
+core), by at most half at once and never below ``min_in_flight``; the deeper of the two cuts
+applies. Outside refusals, or with the worker neither busy nor late (its calls wait for a
+back-end), the calls' time changes nothing.
+
 A refusal costs as little as it can: the body is rendered once, and only the request id (a
 per-worker prefix and a counter, unique without a system call) is spliced in; and while the
 worker is at its bound, a connection refuses the requests it parses before aiohttp builds a
