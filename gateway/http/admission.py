@@ -348,7 +348,14 @@ class Admission:
         elif self._peak >= self.limit and self.limit < ceiling and not (refusing and late):
             # (Refusing and late, but off the CPU: held. More calls in flight would not be
             # answered sooner once the core is back, only wait longer.)
-            self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
+            if refused and self.unloaded and self.tolerance > 0:
+                # Demand still beyond the bound, if less than twice what it takes in: one more
+                # call at a time, and none while the calls are slow. Grown by an eighth, the
+                # bound climbed back in a few intervals to where the calls waited seconds.
+                if not self._too_slow(mean):
+                    self.limit += 1
+            else:
+                self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
         self._peak = self.in_flight
         if self.in_flight > 0:
             return True

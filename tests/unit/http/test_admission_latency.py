@@ -218,3 +218,42 @@ async def _timed_calls(
     assert timed[0] >= 0.02
     assert admission.in_flight == 0
     assert admission.body_bytes == 0
+
+
+async def test_with_refusals_the_bound_grows_one_call_at_a_time_and_not_while_slow() -> None:
+    """Demand beyond the bound but less than twice what it takes in (refused, not refusing):
+    the bound grew by an eighth an interval, back to where the calls waited many times their
+    unloaded time, then was cut again. Now it grows by one, and not while the calls are slow."""
+    admission = _admission()
+    _hold(admission, 1)
+    _calls(admission, 10, 2 * MS)
+    admission.interval_ended(0.0002, busy=0.4)
+    admission.limit = 16
+    admission.in_flight = 16
+    _calls(admission, 30, 2.5 * MS)
+    _refuse(admission, 10)  # fewer refused than admitted
+    assert admission.interval_ended(0.0005, busy=1.0)
+    assert admission.limit == 17  # not 18
+    admission.in_flight = 17
+    _calls(admission, 30, 5 * MS)
+    _refuse(admission, 10)
+    assert admission.interval_ended(0.0005, busy=1.0)
+    assert admission.limit == 17  # slow: held (not cut: the worker is not refusing)
+    # Nothing refused: an eighth again.
+    _calls(admission, 30, 5 * MS)
+    assert admission.interval_ended(0.0005, busy=1.0)
+    assert admission.limit == 19
+    admission.in_flight = 0
+    admission.delay.stop()
+
+
+async def test_before_an_unloaded_time_is_measured_the_bound_grows_by_an_eighth() -> None:
+    admission = _admission()
+    admission.limit = 16
+    _hold(admission, 16)
+    _calls(admission, 30, 50 * MS)
+    _refuse(admission, 10)
+    assert admission.interval_ended(0.0005, busy=1.0)
+    assert admission.limit == 18
+    admission.in_flight = 0
+    admission.delay.stop()
