@@ -16,8 +16,8 @@ from gateway.http.admission import ADMISSION, Admission
 from gateway.settings import AdmissionSettings
 from tests.unit.http.test_admission import (
     CALLS,
-    HeldBackend,
     CountingVerifier,
+    HeldBackend,
     _bounded,
     _client,
 )
