@@ -45,8 +45,9 @@ exponential average); in an interval in which it refuses while its thread is bus
 late, calls slower on average than ``admission.latency_tolerance`` times that cut the bound by
 goal / mean (Little's law on a saturated worker: the calls' time follows how many share the
 core), by at most half at once and never below ``min_in_flight``; the deeper of the two cuts
-applies. Outside refusals, or with the worker neither busy nor late (its calls wait for a
-back-end), the calls' time changes nothing.
+applies; in an interval with refusals the bound grows by one call at most, and not while the
+calls are that slow. Outside refusals, or with the worker neither busy nor late (its calls wait
+for a back-end), the calls' time changes nothing.
 
 A refusal costs as little as it can: the body is rendered once, and only the request id (a
 per-worker prefix and a counter, unique without a system call) is spliced in; and while the
