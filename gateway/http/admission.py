@@ -108,6 +108,9 @@ loop that is late but not busy waits for a core other processes hold, and fewer 
 flight would not make it sooner (they would leave the worker idle while it gets the core)."""
 _LEARN_CALLS = 8
 """Calls an interval must have ended for their mean time to count as the unloaded time."""
+_TURNS = 32
+"""Turns of the loop a call waits at most (a routed call awaits about ten times): calls slower
+than their unloaded time by more than this many times the loop's delay wait for something else."""
 _LEARN_WEIGHT = 0.125
 """Weight of an interval's mean in the unloaded time (an exponential average)."""
 _CALM = 1.0
@@ -332,7 +335,7 @@ class Admission:
         late = delay > target
         floor = min(self.settings.min_in_flight, ceiling)
         base = min(self.limit, self._peak)
-        slow = refusing and self._too_slow(mean)
+        slow = refusing and self._too_slow(mean, delay)
         if late and busy >= _BUSY:
             # Refusing, the worker has more to do than it takes in: a deeper cut costs
             # refusals, not idle time, so it falls to target/delay at once.
@@ -353,7 +356,7 @@ class Admission:
                 # Demand still beyond the bound, if less than twice what it takes in: one more
                 # call at a time, and none while the calls are slow. Grown by an eighth, the
                 # bound climbed back in a few intervals to where the calls waited seconds.
-                if not self._too_slow(mean):
+                if not self._too_slow(mean, delay):
                     self.limit += 1
             else:
                 self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
@@ -368,10 +371,15 @@ class Admission:
             self.limit = ceiling
         return False
 
-    def _too_slow(self, mean: float) -> bool:
+    def _too_slow(self, mean: float, delay: float) -> bool:
         """Did admitted calls take longer, on average, than ``latency_tolerance`` times their
-        unloaded time (both measured, none yet: no)?"""
-        return self.unloaded > 0 and mean > self.unloaded * self.tolerance
+        unloaded time (both measured, none yet: no), by what waiting in this worker's loop can
+        explain (the loop's delay at each of ``_TURNS`` awaits at most)? Longer than that, they
+        wait for something else, a back-end slower than it was: no bound on this worker helps."""
+        unloaded = self.unloaded
+        return (
+            unloaded > 0 and mean > unloaded * self.tolerance and mean - unloaded <= _TURNS * delay
+        )
 
     def _latency_cut(self, base: int, mean: float, floor: int) -> int:
         """The bound that brings the calls' mean time back to ``latency_tolerance`` times their

@@ -103,10 +103,10 @@ async def test_while_refusing_on_a_busy_worker_slow_calls_cut_the_bound() -> Non
     _refuse(admission, 100)
     assert admission.interval_ended(0.0005, busy=1.0)
     assert admission.limit == 15
-    # Slow calls on a worker mostly off the CPU and with its loop on time: they wait for
-    # something other than this worker (a back-end). Held, neither cut nor grown.
+    # Slow calls on a worker mostly off the CPU and with its loop on time: held, neither cut
+    # nor grown.
     admission.in_flight = 15
-    _calls(admission, 10, 30 * MS)
+    _calls(admission, 10, 5 * MS)
     _refuse(admission, 100)
     assert admission.interval_ended(0.0005, busy=0.3)
     assert admission.limit == 15
@@ -127,7 +127,7 @@ async def test_while_refusing_on_a_busy_worker_slow_calls_cut_the_bound() -> Non
         admission.in_flight = admission.limit
         _calls(admission, 10, 500 * MS)
         _refuse(admission, 100)
-        admission.interval_ended(0.0005, busy=1.0)
+        admission.interval_ended(0.020, busy=1.0)
     assert admission.limit == 4
     admission.in_flight = 0
     admission.delay.stop()
@@ -255,5 +255,30 @@ async def test_before_an_unloaded_time_is_measured_the_bound_grows_by_an_eighth(
     _refuse(admission, 10)
     assert admission.interval_ended(0.0005, busy=1.0)
     assert admission.limit == 18
+    admission.in_flight = 0
+    admission.delay.stop()
+
+
+async def test_calls_slower_than_the_loop_can_explain_do_not_cut_the_bound() -> None:
+    """A back-end slower than when the unloaded time was measured: the calls take 500 ms
+    where the loop's delay (1 ms, at 32 awaits at most) explains 32 ms. No bound on this
+    worker makes them faster; cutting it would only starve every other service."""
+    admission = _admission()
+    _hold(admission, 1)
+    _calls(admission, 10, 10 * MS)
+    admission.interval_ended(0.0002, busy=0.4)
+    assert admission.unloaded == pytest.approx(10 * MS)
+    admission.limit = 40
+    _hold(admission, 39)
+    _calls(admission, 10, 500 * MS)
+    _refuse(admission, 100)
+    assert admission.interval_ended(0.001, busy=1.0)
+    assert admission.limit == 41  # not cut, and not held: grown by one as with refusals
+    # The same calls at 30 ms, which the loop's 1 ms at each of 32 awaits can explain: cut.
+    admission.in_flight = 41
+    _calls(admission, 10, 30 * MS)
+    _refuse(admission, 100)
+    assert admission.interval_ended(0.001, busy=1.0)
+    assert admission.limit == 20  # 41 x 15/30
     admission.in_flight = 0
     admission.delay.stop()
