@@ -194,8 +194,9 @@ class AdmissionSettings(_Model):
     """While the worker refuses and its thread is on the CPU, the mean time of its admitted
     calls is held within this multiple of their unloaded time (their mean time measured while
     the worker refused nothing and had CPU to spare): above it the bound is cut in proportion,
-    by at most half an interval, never below min_in_flight. 0: no such rule (the loop's delay
-    alone decides)."""
+    by at most half an interval, never below min_in_flight; calls slower than the loop's delay
+    can explain (a slower back-end) change nothing. 0: no such rule (the loop's delay alone
+    decides)."""
     max_body_bytes_in_flight: int = Field(32 << 20, ge=1024)
     """Request body bytes one worker holds at the same time: a request counts its
     Content-Length, or server.max_body_bytes when it streams a body of unknown length."""

@@ -46,7 +46,8 @@ late, calls slower on average than ``admission.latency_tolerance`` times that cu
 goal / mean (Little's law on a saturated worker: the calls' time follows how many share the
 core), by at most half at once and never below ``min_in_flight``; the deeper of the two cuts
 applies; in an interval with refusals the bound grows by one call at most, and not while the
-calls are that slow. Outside refusals, or with the worker neither busy nor late (its calls wait
+calls are that slow. Calls slower than the loop's delay at ``_TURNS`` awaits can explain wait
+for a back-end slower than it was: they count as on time. Outside refusals, or with the worker neither busy nor late (its calls wait
 for a back-end), the calls' time changes nothing.
 
 A refusal costs as little as it can: the body is rendered once, and only the request id (a
