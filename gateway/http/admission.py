@@ -47,8 +47,8 @@ goal / mean (Little's law on a saturated worker: the calls' time follows how man
 core), by at most half at once and never below ``min_in_flight``; the deeper of the two cuts
 applies; in an interval with refusals the bound grows by one call at most, and not while the
 calls are that slow. Calls slower than the loop's delay at ``_TURNS`` awaits can explain wait
-for a back-end slower than it was: they count as on time. Outside refusals, or with the worker neither busy nor late (its calls wait
-for a back-end), the calls' time changes nothing.
+for a back-end slower than it was: they count as on time. Outside refusals, or with the worker
+neither busy nor late (its calls wait for a back-end), the calls' time changes nothing.
 
 A refusal costs as little as it can: the body is rendered once, and only the request id (a
 per-worker prefix and a counter, unique without a system call) is spliced in; and while the
