@@ -282,3 +282,14 @@ async def test_calls_slower_than_the_loop_can_explain_do_not_cut_the_bound() -> 
     assert admission.limit == 20  # 41 x 15/30
     admission.in_flight = 0
     admission.delay.stop()
+
+
+@pytest.mark.parametrize("tolerance", [0.5, 0.99])
+def test_a_tolerance_under_one_is_refused(tolerance: float) -> None:
+    with pytest.raises(ValueError, match="latency_tolerance"):
+        AdmissionSettings(latency_tolerance=tolerance)
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, 1.5, 4.0])
+def test_a_tolerance_of_zero_or_at_least_one_is_taken(tolerance: float) -> None:
+    assert AdmissionSettings(latency_tolerance=tolerance).latency_tolerance == tolerance
