@@ -28,6 +28,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.fastschema import SchemaGate
+from gateway.http.answer import JsonAnswer
 from gateway.http.cases import CASES
 from gateway.http.client_io import check_json_content, json_object
 from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, SUBJECTS, principal_of
@@ -61,7 +62,7 @@ _CALL_VALIDATOR = SchemaGate(Draft202012Validator(CALL_REQUEST_SCHEMA))
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    return JsonAnswer(orjson.dumps(data), status)
 
 
 def _summary(
