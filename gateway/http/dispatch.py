@@ -67,24 +67,32 @@ class CallDispatch:
             chain = functools.partial(middleware, handler=chain)
         self._chain = chain
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    def __call__(self, request: web.Request) -> Awaitable[web.StreamResponse]:
+        # Not a coroutine: the chain's own coroutine is what the server awaits, one frame
+        # less on the call's stack at every wake-up.
         if request.method == hdrs.METH_POST:
             path = request.rel_url.path_safe
             match = self._paths.get(path)
-            if match is not None and not request.headers.get(hdrs.EXPECT):
+            if match is None:
+                return self._learning(request, path)
+            if not request.headers.get(hdrs.EXPECT):
                 info = UrlMappingMatchInfo(match, self._route)
                 info.add_app(self._app)
                 info.freeze()
                 request._match_info = info
-                return await self._chain(request)
-            response = await self._general(request)
-            if request._match_info is not None and request._match_info.route is self._route:
-                paths = self._paths
-                if len(paths) >= _PATHS_KEPT:
-                    paths.clear()
-                paths[path] = dict(request._match_info)
-            return response
-        return await self._general(request)
+                return self._chain(request)
+        return self._general(request)
+
+    async def _learning(self, request: web.Request, path: str) -> web.StreamResponse:
+        """aiohttp's dispatch; if it resolved ``path`` to the call endpoint, its match kept."""
+        response = await self._general(request)
+        info = request._match_info
+        if info is not None and info.route is self._route:
+            paths = self._paths
+            if len(paths) >= _PATHS_KEPT:
+                paths.clear()
+            paths[path] = dict(info)
+        return response
 
 
 def direct_calls(app: web.Application, route: ResourceRoute) -> None:
