@@ -44,13 +44,22 @@ _GENERAL = (
 
 
 class JsonAnswer(web.Response):
-    """``web.Response(body=..., status=..., content_type="application/json")``, made and
-    written in fewer steps (the module docstring says when and how)."""
+    """``web.Response(body=body, status=status, content_type=content_type, headers=headers)``,
+    made and written in fewer steps (the module docstring says when and how)."""
 
-    def __init__(self, body: bytes, status: int = 200) -> None:
-        headers: CIMultiDict[str] = CIMultiDict()
-        headers[hdrs.CONTENT_TYPE] = "application/json"
-        web.StreamResponse.__init__(self, status=status, _real_headers=headers)
+    def __init__(
+        self,
+        body: bytes,
+        status: int = 200,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # As Response.__init__ makes them: the headers given, then the content type.
+        real: CIMultiDict[str] = CIMultiDict() if headers is None else CIMultiDict(headers)
+        if hdrs.CONTENT_TYPE in real:
+            raise ValueError("the content type is given as content_type")
+        real[hdrs.CONTENT_TYPE] = content_type
+        web.StreamResponse.__init__(self, status=status, _real_headers=real)
         self._body = body
         # As Response.__init__ leaves them (used only if compression is enabled).
         self._zlib_executor_size = MAX_SYNC_CHUNK_SIZE

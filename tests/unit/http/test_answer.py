@@ -24,6 +24,22 @@ def _lean(body: bytes, status: int) -> web.Response:
     return JsonAnswer(body, status)
 
 
+_PROBLEM_HEADERS = {"X-Request-ID": "r-1", "WWW-Authenticate": 'Bearer realm="tongban"'}
+
+
+def _plain_problem(body: bytes, status: int) -> web.Response:
+    return web.Response(
+        body=body,
+        status=status,
+        content_type="application/problem+json",
+        headers=_PROBLEM_HEADERS,
+    )
+
+
+def _lean_problem(body: bytes, status: int) -> web.Response:
+    return JsonAnswer(body, status, "application/problem+json", _PROBLEM_HEADERS)
+
+
 def _app(make: Make, *, signal: bool = False) -> web.Application:
     """An app answering as the gateway does: the answer made, then headers added to it by the
     middleware (request id, rate-limit fields), and some variations asked in the query."""
@@ -119,11 +135,12 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("problem", [False, True], ids=["json", "problem"])
 @pytest.mark.parametrize("signal", [False, True], ids=["no signal", "on_response_prepare"])
 @pytest.mark.parametrize("case", list(CASES))
-async def test_the_same_bytes_on_the_wire(case: str, signal: bool) -> None:
+async def test_the_same_bytes_on_the_wire(case: str, signal: bool, problem: bool) -> None:
     seen: list[bytes] = []
-    for make in (_plain, _lean):
+    for make in (_plain_problem, _lean_problem) if problem else (_plain, _lean):
         async for port in _serve(_app(make, signal=signal)):
             seen.append(await _exchange(port, CASES[case]))
     plain, lean = seen
