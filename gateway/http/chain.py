@@ -62,7 +62,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     held: list[AuditEvent] = []
     try:
         with collecting() as held:
-            request_id = request.get(REQUEST_ID, "")
+            request_id = request[REQUEST_ID]  # open_request has set it
             try:
                 early: web.StreamResponse | None = None
                 if request.body_exists:

@@ -373,7 +373,9 @@ async def call_service(request: web.Request) -> web.Response:
     rule = app[SUBJECTS]
     request_id = request[REQUEST_ID]
     try:
-        context = _call_context(request, request_id, code, principal, route, body, binding, rule)
+        context = _call_context(
+            request, app, request_id, code, principal, route, body, binding, rule
+        )
     except GatewayError:
         await asyncio.shield(rule.give_back(binding.spent))  # refused before anything was sent
         raise
@@ -438,6 +440,7 @@ def _refuse_envelope(body: Any) -> None:
 
 def _call_context(
     request: web.Request,
+    app: web.Application,
     request_id: str,
     code: str,
     principal: Principal,
@@ -458,7 +461,7 @@ def _call_context(
     case_id = body.get("case_id")
     grant = binding.grant
     assertion = identity_assertion(
-        request.app,
+        app,
         principal,
         audience=route.system,
         purpose=purpose,
@@ -484,8 +487,8 @@ def _call_context(
         idempotency_key,
         assertion,
         principal.client_id,
-        tuple(s.key for s in binding.subjects),
-        ",".join(f"{s['type']}:{s['hash']}" for s in province_subjects) or None,
+        tuple([s.key for s in binding.subjects]),
+        ",".join([f"{s['type']}:{s['hash']}" for s in province_subjects]) or None,
     )
 
 
