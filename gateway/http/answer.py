@@ -1,4 +1,4 @@
-"""A JSON answer written in one step: head and body serialised once and handed to the writer.
+"""A JSON or problem+json answer written in one step: head and body serialised once.
 
 aiohttp's ``web.Response`` is general: its ``__init__`` checks text against body and content
 type against charset, and its ``prepare`` and ``write_eof`` go through about a dozen calls
@@ -16,9 +16,11 @@ the body, in one write through the request's writer (its byte counts, its closin
 check and its drain, as before). Anything else goes aiohttp's general way, unchanged: a HEAD
 request or a status without a body, HTTP/1.0, compression, cookies, chunked encoding, a
 header the general path would treat itself (``Content-Length``, ``Date``, ``Server``,
-``Connection``, ``Transfer-Encoding``) set beforehand, or an ``on_response_prepare`` receiver.
-tests/unit/http/test_answer.py compares the bytes on the wire of both ways, and fails naming
-the aiohttp function if the code this stands in for changes.
+``Connection``, ``Transfer-Encoding``) set beforehand, no ``Content-Type``, or an
+``on_response_prepare`` receiver. tests/unit/http/test_answer.py compares the bytes on the
+wire of both ways; tests/unit/http/test_dispatch.py fails naming the aiohttp function if the
+code this stands in for changes. Hand-written rather than a library's: what is matched is
+aiohttp's own output, which only aiohttp's code defines.
 """
 
 from __future__ import annotations
