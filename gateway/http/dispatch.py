@@ -32,9 +32,9 @@ from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import (
+    AbstractRoute,
     DynamicResource,
     PlainResource,
-    ResourceRoute,
     UrlMappingMatchInfo,
 )
 
@@ -53,7 +53,7 @@ class CallDispatch:
     def __init__(
         self,
         app: web.Application,
-        route: ResourceRoute,
+        route: AbstractRoute,
         general: Handler,
     ) -> None:
         self._app = app
@@ -95,7 +95,7 @@ class CallDispatch:
         return response
 
 
-def direct_calls(app: web.Application, route: ResourceRoute) -> None:
+def direct_calls(app: web.Application, route: AbstractRoute) -> None:
     """Have ``app``'s server dispatch the calls of ``route`` directly (``CallDispatch``) once
     the app starts, when its router and middlewares allow it."""
 

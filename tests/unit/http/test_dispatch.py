@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import inspect
 import re
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def _metrics(text: str) -> list[str]:
     )
 
 
-def _access_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _access_lines(lines: list[MutableMapping[str, Any]]) -> list[dict[str, Any]]:
     kept = []
     for line in lines:
         if line.get("event") == "request_completed":
@@ -133,6 +134,7 @@ async def _run(tmp_path: Path, sequence: list[bytes], direct: bool) -> tuple[Any
     async with TestServer(app, host="127.0.0.1") as server:
         assert dispatched_directly(app) is direct
         with structlog.testing.capture_logs() as lines:
+            assert server.port is not None
             wire = [await _exchange(server.port, raw) for raw in sequence]
         async with (
             aiohttp.ClientSession() as session,
