@@ -100,7 +100,7 @@ def direct_calls(app: web.Application, route: AbstractRoute) -> None:
     the app starts, when its router and middlewares allow it."""
 
     async def install(app: web.Application) -> None:
-        if not _plain_router(app):
+        if dispatched_directly(app) or not _plain_router(app):
             return
         general = app._handle
         # The server takes app._handle when the runner sets up (Application._make_handler),
