@@ -25,6 +25,7 @@ from gateway.http.audit import add_audit_routes
 from gateway.http.cases import add_case_routes
 from gateway.http.chain import request_middleware
 from gateway.http.consents import AppConsentBook, add_consent_routes
+from gateway.http.dispatch import direct_calls
 from gateway.http.guards import add_guards
 from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
 from gateway.http.licences import add_licences
@@ -95,7 +96,8 @@ def create_app(
     app.router.add_get("/openapi.json", handlers.openapi)
     app.router.add_get("/api/v1/services", handlers.list_services)
     app.router.add_get("/api/v1/services/{service}", handlers.get_service)
-    app.router.add_post("/api/v1/services/{service}/calls", handlers.call_service)
+    calls = app.router.add_post("/api/v1/services/{service}/calls", handlers.call_service)
+    direct_calls(app, calls)  # their dispatch without aiohttp's general one: dispatch.py
     add_case_routes(app)  # after the systems context: the case worker needs the catalogue
     add_audit_routes(app)
     if oidc is not None:

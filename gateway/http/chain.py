@@ -31,7 +31,12 @@ from aiohttp import web
 from gateway.audit.record import AuditEvent
 from gateway.audit.refusals import collecting
 from gateway.http.audit import admin_audit_middleware
-from gateway.http.client_io import aborted_or_raise, client_aborted, read_body
+from gateway.http.client_io import (
+    aborted_or_raise,
+    client_aborted,
+    read_body,
+    read_whole_body,
+)
 from gateway.http.guards import endpoint_limit_middleware, settle_refusals
 from gateway.http.keys import REQUEST_ID, STATE, VERIFIER
 from gateway.http.middlewares import (
@@ -57,14 +62,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     held: list[AuditEvent] = []
     try:
         with collecting() as held:
-            request_id = request.get(REQUEST_ID, "")
+            request_id = request[REQUEST_ID]  # open_request has set it
             try:
                 early: web.StreamResponse | None = None
                 if request.body_exists:
                     if request.content.is_eof():
                         # read_body's first case in this coroutine: the whole body is in
                         try:
-                            await request.read()
+                            read_whole_body(request)
                         except ConnectionResetError:
                             early = client_aborted(request)
                     else:

@@ -28,6 +28,7 @@ from gateway.errors import (
     ValidationFailed,
 )
 from gateway.fastschema import SchemaGate
+from gateway.http.answer import JsonAnswer
 from gateway.http.cases import CASES
 from gateway.http.client_io import check_json_content, json_object
 from gateway.http.keys import LOG_FIELDS, METRICS, REQUEST_ID, STATE, SUBJECTS, principal_of
@@ -61,7 +62,7 @@ _CALL_VALIDATOR = SchemaGate(Draft202012Validator(CALL_REQUEST_SCHEMA))
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+    return JsonAnswer(orjson.dumps(data), status)
 
 
 def _summary(
@@ -372,7 +373,9 @@ async def call_service(request: web.Request) -> web.Response:
     rule = app[SUBJECTS]
     request_id = request[REQUEST_ID]
     try:
-        context = _call_context(request, request_id, code, principal, route, body, binding, rule)
+        context = _call_context(
+            request, app, request_id, code, principal, route, body, binding, rule
+        )
     except GatewayError:
         await asyncio.shield(rule.give_back(binding.spent))  # refused before anything was sent
         raise
@@ -437,6 +440,7 @@ def _refuse_envelope(body: Any) -> None:
 
 def _call_context(
     request: web.Request,
+    app: web.Application,
     request_id: str,
     code: str,
     principal: Principal,
@@ -457,7 +461,7 @@ def _call_context(
     case_id = body.get("case_id")
     grant = binding.grant
     assertion = identity_assertion(
-        request.app,
+        app,
         principal,
         audience=route.system,
         purpose=purpose,
@@ -483,8 +487,8 @@ def _call_context(
         idempotency_key,
         assertion,
         principal.client_id,
-        tuple(s.key for s in binding.subjects),
-        ",".join(f"{s['type']}:{s['hash']}" for s in province_subjects) or None,
+        tuple([s.key for s in binding.subjects]),
+        ",".join([f"{s['type']}:{s['hash']}" for s in province_subjects]) or None,
     )
 
 

@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import GatewayError
+from gateway.http.answer import JsonAnswer
 
 PROBLEM_TYPE_BASE = "https://tongban.example/problems/"
 CONTENT_TYPE = "application/problem+json"
@@ -39,6 +40,4 @@ def problem_response(
         headers["Retry-After"] = str(max(int(retry_after + 0.999), 1))
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="tongban"'
-    return web.Response(
-        body=orjson.dumps(body), status=error.status, content_type=CONTENT_TYPE, headers=headers
-    )
+    return JsonAnswer(orjson.dumps(body), error.status, CONTENT_TYPE, headers)
