@@ -292,7 +292,10 @@ class AuditWriter:
         if len(self._queue) >= self._settings.buffer_limit:
             self.stats.rejected += 1
             raise AuditUnavailable("The audit buffer is full.")
-        when = self._stamp(event)
+        if event.time is None and self._clock is utc_now:
+            when = utc_now_text()  # ``_stamp``'s common case, without its call
+        else:
+            when = self._stamp(event)
         if mode == "buffered":
             self._enqueue(_Entry(event, when, None))
             return None
@@ -310,7 +313,9 @@ class AuditWriter:
         self._last_required = now
         future: asyncio.Future[int] = loop.create_future()
         self._enqueue(_Entry(event, when, future))
-        self._hasten()
+        self._urgent = True  # ``_hasten``, inline: somebody now waits for a commit
+        if self._asleep == "gather":
+            self._bell.set()
         # No timer per append: the loop bounds every store call by commit_timeout and fails
         # the waiting required entries when one fails. A cancelled caller cancels the future,
         # and the loop then skips the entry unless its batch is already in flight.
