@@ -452,8 +452,9 @@ def record_body(
     return body
 
 
-RECORD_KEYS: Final = tuple(sorted(("v", "chain", "sequence", "time", "type", "alg", "prev_hash",
-                                    "extra", *CONTENT_FIELDS)))
+RECORD_KEYS: Final = tuple(
+    sorted(("v", "chain", "sequence", "time", "type", "alg", "prev_hash", "extra", *CONTENT_FIELDS))
+)
 """The keys of a record's body in code-point order, as its canonical text has them."""
 
 RecordEncoder = Callable[[AuditEvent, int, str, str], bytes]

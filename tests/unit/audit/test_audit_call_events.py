@@ -67,8 +67,10 @@ def _same_event(lean: Any, generic: Any) -> None:
 
 
 def _both(values: dict[str, Any]) -> tuple[Any, Any]:
-    args = [values.get(n, {} if n == "extra" else None) for n in ORDERED]
-    return _made(lambda: call_event_of(*args)), _made(lambda: event_of(*args, None))
+    args: list[Any] = [values.get(n, {} if n == "extra" else None) for n in ORDERED]
+    lean: Any = call_event_of
+    generic: Any = event_of
+    return _made(lambda: lean(*args)), _made(lambda: generic(*args, None))
 
 
 def test_the_order_is_event_of_s_without_the_time() -> None:
