@@ -5,6 +5,7 @@ another connection holds the write lock."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,13 @@ import pytest
 from gateway.stores.sqlite_audit import SqliteAuditStore
 
 _ROW = "INSERT INTO audit_chains (chain_id, created_at) VALUES (?, '2026-12-07T06:00:00Z')"
+
+
+def _insert(chain: str) -> Callable[[sqlite3.Connection], None]:
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute(_ROW, (chain,))
+
+    return write
 
 
 def _chains(path: Path) -> list[str]:
@@ -43,7 +51,7 @@ async def test_a_failing_write_is_rolled_back_and_the_next_one_commits(tmp_path:
         assert not store._loop_conn().in_transaction
         assert _chains(path) == []
 
-        assert store._write_on_loop(lambda conn: conn.execute(_ROW, ("gw-a",)) and None)
+        assert store._write_on_loop(_insert("gw-a"))
         assert _chains(path) == ["gw-a"]
     finally:
         await store.aclose()
@@ -56,10 +64,10 @@ async def test_a_locked_file_is_left_to_the_thread(tmp_path: Path) -> None:
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        assert not store._write_on_loop(lambda conn: conn.execute(_ROW, ("gw-b",)) and None)
+        assert not store._write_on_loop(_insert("gw-b"))
         assert not store._loop_conn().in_transaction
         other.execute("COMMIT")
-        assert store._write_on_loop(lambda conn: conn.execute(_ROW, ("gw-b",)) and None)
+        assert store._write_on_loop(_insert("gw-b"))
         assert _chains(path) == ["gw-b"]
     finally:
         other.close()
