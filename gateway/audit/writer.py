@@ -159,7 +159,6 @@ class AuditWriter:
         self._alg: HashAlg = alg
         self._encode = record_encoder(chain, alg)
         """The records' canonical text on this chain (one body dict, reused: the loop's only)."""
-        self._new_hash = hash_constructor(alg)
         self._settings = settings or WriterSettings()
         self._deadline = Deadlines(self._settings.commit_timeout)
         """Caps every store call at ``commit_timeout``, one loop timer for them all."""
@@ -537,7 +536,7 @@ class AuditWriter:
         prev = self._head_hash
         prev_raw = bytes.fromhex(prev)
         sequence = self._head_sequence
-        chain, encode, new = self._chain, self._encode, self._new_hash
+        chain, encode, new = self._chain, self._encode, hash_constructor(self._alg)
         refused: list[_Entry] = []
         for entry in batch:
             e = entry.event
