@@ -59,12 +59,13 @@ async def run(
     template: Path | None = None,
     wal: bool = False,
     synchronous: str = "FULL",
+    commit_timeout: float = 2.0,
 ) -> None:
     from gateway.adapter import Call, CallContext, Reply
     from gateway.audit.calls import CallAuditor, CallOutcome, RouteAudit
     from gateway.audit.checkpoint import CheckpointSigner
     from gateway.audit.keys import StaticKeyStore, new_signing_key
-    from gateway.audit.writer import AuditWriter
+    from gateway.audit.writer import AuditWriter, WriterSettings
     from gateway.stores.sqlite_audit import SqliteAuditStore
 
     path = directory / "audit.sqlite"
@@ -83,7 +84,10 @@ async def run(
 
         store._write_on_loop = write_on_loop  # type: ignore[method-assign]
     writer = AuditWriter(
-        store, chain="bench-instance", signer=CheckpointSigner(StaticKeyStore([new_signing_key()]))
+        store,
+        chain="bench-instance",
+        signer=CheckpointSigner(StaticKeyStore([new_signing_key()])),
+        settings=WriterSettings(commit_timeout=commit_timeout),
     )
     await writer.start()
     auditor = CallAuditor(writer)
@@ -221,7 +225,7 @@ def counted(args: argparse.Namespace, calls: int, out: Path) -> int:
     command = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
         sys.executable, __file__, "--calls", str(calls), "--in-flight", str(args.in_flight),
-        "--mode", args.mode,
+        "--mode", args.mode, "--commit-timeout", str(args.commit_timeout),
     ]  # fmt: skip
     if args.template:
         command += ["--template", args.template]
@@ -246,6 +250,12 @@ def main() -> None:
     parser.add_argument("--template", default="", help=argparse.SUPPRESS)
     parser.add_argument("--wal", action="store_true", help="count the WAL's frames per commit")
     parser.add_argument("--fsync-bytes", default="", help="read a strace of a run (see above)")
+    parser.add_argument(
+        "--commit-timeout",
+        type=float,
+        default=2.0,
+        help="the writer's commit_timeout (default 2 s; more under callgrind on a busy machine)",
+    )
     args = parser.parse_args()
     if args.fsync_bytes:
         fsync_bytes(Path(args.fsync_bytes))
@@ -282,6 +292,7 @@ def measure(args: argparse.Namespace) -> None:
                 Path(directory),
                 template=template,
                 wal=args.wal,
+                commit_timeout=args.commit_timeout,
             )
         )
 

@@ -24,7 +24,7 @@ from typing import Literal
 import structlog
 
 from gateway.adapter import Call, Reply
-from gateway.audit.record import AuditEvent, EventType, event_of
+from gateway.audit.record import AuditEvent, EventType, call_event_of
 from gateway.audit.writer import AuditWriter
 from gateway.errors import AuditUnavailable
 from gateway.frozen import made_in_one_step
@@ -64,8 +64,9 @@ def _event(
     extra: dict[str, object],
     outcome: CallOutcome | None = None,
 ) -> AuditEvent:
-    """The call's event: its fields in record order to ``event_of``, which checks them as
-    ``AuditEvent(...)`` does."""
+    """The call's event: its fields in record order to ``call_event_of``, which checks them as
+    ``AuditEvent(...)`` does. ``extra`` has its keys in code-point order (the canonical
+    order), so that its canonical text needs no sorting."""
     context = call.context
     actor = context.actor if context.actor != context.principal else None
     if outcome is None:
@@ -78,21 +79,36 @@ def _event(
         reply = outcome.reply
         request_digest = reply.request_digest if reply else None
         response_digest = reply.response_digest if reply else None
-    return event_of(
+    return call_event_of(
         kind, context.request_id, context.case_id, actor, context.principal, context.level,
         context.client, route.service, context.receiving_province, context.handling_province,
         route.system, route.operation, context.purpose, result, error_code, attempts,
-        latency_ms, request_digest, response_digest, extra, None,
+        latency_ms, request_digest, response_digest, extra,
     )  # fmt: skip
 
 
-def _completed_extra(call: Call, outcome: CallOutcome) -> dict[str, object]:
-    extra: dict[str, object] = {"breaker": outcome.breaker_state}
+def _requested_extra(call: Call, route: RouteAudit) -> dict[str, object]:
+    """The request record's ``extra``, its keys in code-point order."""
+    extra: dict[str, object] = {}
     context = call.context
-    if context.subjects:
-        extra["subjects"] = list(context.subjects)
     if context.authorisation_ref:
         extra["grant"] = context.authorisation_ref
+    if context.idempotency_key:
+        extra["idempotency_key"] = context.idempotency_key
+    if context.subjects:
+        extra["subjects"] = list(context.subjects)
+    extra["system_operation"] = route.system_operation
+    return extra
+
+
+def _completed_extra(call: Call, outcome: CallOutcome) -> dict[str, object]:
+    """The outcome record's ``extra``, its keys in code-point order."""
+    extra: dict[str, object] = {"breaker": outcome.breaker_state}
+    context = call.context
+    if context.authorisation_ref:
+        extra["grant"] = context.authorisation_ref
+    if context.subjects:
+        extra["subjects"] = list(context.subjects)
     return extra
 
 
@@ -103,15 +119,7 @@ class CallAuditor:
         self._writer = writer
 
     async def requested(self, call: Call, route: RouteAudit) -> None:
-        extra: dict[str, object] = {"system_operation": route.system_operation}
-        context = call.context
-        if context.subjects:
-            extra["subjects"] = list(context.subjects)
-        if context.authorisation_ref:
-            extra["grant"] = context.authorisation_ref
-        if context.idempotency_key:
-            extra["idempotency_key"] = context.idempotency_key
-        event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, extra)
+        event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, _requested_extra(call, route))
         if route.mode == "required":
             await self._writer.append(event)  # returns once the batch is durably committed
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import time as _time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -78,6 +79,7 @@ _NEW_EXTRA: Final[dict[str, Any]] = {}
 _TEXTUAL: Final = frozenset({str, type(None)})
 _type: Final = type  # ``type`` is a field's name where the fields are checked
 _new_object: Final = object.__new__
+_dumps: Final = orjson.dumps
 
 
 @dataclass(slots=True, kw_only=True, init=False)
@@ -193,6 +195,60 @@ def event_of(
     return event
 
 
+_PLAIN_TEXT: Final = frozenset({str})
+
+
+def call_event_of(
+    type: EventType,
+    request_id: str | None,
+    case_id: str | None,
+    actor: str | None,
+    principal: str | None,
+    identity_level: str | None,
+    client: str | None,
+    service: str | None,
+    receiving_province: str | None,
+    handling_province: str | None,
+    system: str | None,
+    operation: str | None,
+    purpose: str | None,
+    outcome: str | None,
+    error_code: str | None,
+    attempts: int | None,
+    latency_ms: int | None,
+    request_digest: str | None,
+    response_digest: str | None,
+    extra: dict[str, Any],
+    /,
+) -> AuditEvent:
+    """``event_of(..., extra, None)`` for a routed call's event, whose ``extra`` the caller
+    (gateway/audit/calls.py) builds with its keys in code-point order. When every value of
+    ``extra`` is a plain string or a list of plain strings, the canonical check has nothing to
+    refuse and the keys need no sorting: ``orjson.dumps(extra)`` is its canonical text, made
+    without the generic walk (``canonical.py``'s ``_check``) and without sorting. Any other
+    ``extra`` (a value of another type, a lone surrogate) is checked and encoded as
+    ``event_of`` does, with the same errors. The same event as ``event_of`` in every case;
+    tests/unit/audit/test_audit_call_events.py holds the two to the same fields and bytes."""
+    raw: bytes | None = None
+    for value in extra.values():
+        kind = _type(value)
+        if kind is str or (kind is list and _PLAIN_TEXT.issuperset(map(_type, value))):
+            continue
+        break
+    else:
+        try:
+            raw = _dumps(extra)
+        except orjson.JSONEncodeError:  # a lone surrogate: the generic path says so
+            raw = None
+    event: AuditEvent = _new_object(AuditEvent)
+    _fill(
+        event, type, request_id, case_id, actor, principal, identity_level, client, service,
+        receiving_province, handling_province, system, operation, purpose, outcome, error_code,
+        attempts, latency_ms, request_digest, response_digest, extra, None, raw,
+    )  # fmt: skip
+    return event
+
+
 def _fill(
     event: AuditEvent,
     type: EventType,
@@ -216,8 +272,10 @@ def _fill(
     response_digest: str | None,
     extra: dict[str, Any],
     time: datetime | None,
+    extra_raw: bytes | None = None,
 ) -> None:
-    """Check an event's fields, in the order a bad one is reported, and set them."""
+    """Check an event's fields, in the order a bad one is reported, and set them.
+    ``extra_raw``: the canonical text of ``extra``, when the caller has it (``call_event_of``)."""
     if _type(type) is not EventType:
         type = EventType(type)
     texts = (
@@ -242,10 +300,13 @@ def _fill(
     if extra is _NEW_EXTRA:
         extra = {}
     if extra:
-        try:
-            raw = canonical_bytes(extra)
-        except CanonicalError as exc:
-            raise ValueError(f"extra: {exc}") from exc
+        if extra_raw is not None:
+            raw = extra_raw
+        else:
+            try:
+                raw = canonical_bytes(extra)
+            except CanonicalError as exc:
+                raise ValueError(f"extra: {exc}") from exc
         if len(raw) > EXTRA_MAX_BYTES:
             raise ValueError(f"extra is {len(raw)} bytes; at most {EXTRA_MAX_BYTES}")
         event.extra_json = orjson.Fragment(raw)
@@ -391,42 +452,61 @@ def record_body(
     return body
 
 
+RECORD_KEYS: Final = tuple(
+    sorted(("v", "chain", "sequence", "time", "type", "alg", "prev_hash", "extra", *CONTENT_FIELDS))
+)
+"""The keys of a record's body in code-point order, as its canonical text has them."""
+
+RecordEncoder = Callable[[AuditEvent, int, str, str], bytes]
+"""``encode(event, sequence, time, prev_hash)``: a record's canonical text on one chain."""
+
+
+def record_encoder(chain: str, alg: str) -> RecordEncoder:
+    """``record_text`` for one chain and hash algorithm, for the writer's hot path: every value
+    was checked when the event was made, and ``extra`` goes in as the canonical text captured
+    then. The body is one dictionary, made once with its keys in code-point order (so orjson
+    need not sort them) and its values replaced for each record: no dictionary of 26 items is
+    built and freed per record. Not for two threads at once: one writer's loop uses it.
+    (tests/unit/audit/test_audit_chain_property.py and test_audit_canonical.py hold it to the
+    bytes of ``canonical_bytes(record_body(...))``.)"""
+    body: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
+    body["alg"] = alg
+    body["chain"] = chain
+    body["v"] = RECORD_VERSION
+    dumps = orjson.dumps
+
+    def encode(e: AuditEvent, sequence: int, time: str, prev_hash: str) -> bytes:
+        b = body
+        b["actor"] = e.actor
+        b["attempts"] = e.attempts
+        b["case_id"] = e.case_id
+        b["client"] = e.client
+        b["error_code"] = e.error_code
+        b["extra"] = e.extra_json
+        b["handling_province"] = e.handling_province
+        b["identity_level"] = e.identity_level
+        b["latency_ms"] = e.latency_ms
+        b["operation"] = e.operation
+        b["outcome"] = e.outcome
+        b["prev_hash"] = prev_hash
+        b["principal"] = e.principal
+        b["purpose"] = e.purpose
+        b["receiving_province"] = e.receiving_province
+        b["request_digest"] = e.request_digest
+        b["request_id"] = e.request_id
+        b["response_digest"] = e.response_digest
+        b["sequence"] = sequence
+        b["service"] = e.service
+        b["system"] = e.system
+        b["time"] = time
+        b["type"] = e.type._value_  # the member's text without the ``value`` property's frames
+        return dumps(b)
+
+    return encode
+
+
 def record_text(
     event: AuditEvent, chain: str, sequence: int, time: str, alg: str, prev_hash: str
 ) -> bytes:
-    """``canonical_bytes(record_body(...))`` for the writer's hot path: every value was checked
-    when the event was made, and ``extra`` goes in as the canonical text captured then.
-    The keys are written in code-point order, so orjson need not sort them.
-    (tests/unit/audit/test_audit_chain_property.py and test_audit_canonical.py hold the two to
-    the same bytes.)"""
-    e = event
-    return orjson.dumps(
-        {  # the keys in code-point order, as the canonical form sorts them
-            "actor": e.actor,
-            "alg": alg,
-            "attempts": e.attempts,
-            "case_id": e.case_id,
-            "chain": chain,
-            "client": e.client,
-            "error_code": e.error_code,
-            "extra": e.extra_json,
-            "handling_province": e.handling_province,
-            "identity_level": e.identity_level,
-            "latency_ms": e.latency_ms,
-            "operation": e.operation,
-            "outcome": e.outcome,
-            "prev_hash": prev_hash,
-            "principal": e.principal,
-            "purpose": e.purpose,
-            "receiving_province": e.receiving_province,
-            "request_digest": e.request_digest,
-            "request_id": e.request_id,
-            "response_digest": e.response_digest,
-            "sequence": sequence,
-            "service": e.service,
-            "system": e.system,
-            "time": time,
-            "type": e.type.value,
-            "v": RECORD_VERSION,
-        }
-    )
+    """``canonical_bytes(record_body(...))`` as the writer encodes it (``record_encoder``)."""
+    return record_encoder(chain, alg)(event, sequence, time, prev_hash)
