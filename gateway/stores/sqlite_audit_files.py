@@ -25,6 +25,7 @@ import asyncio
 import bisect
 import os
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
@@ -354,3 +355,51 @@ class SqliteAuditFiles:
         kept = records[: query.limit]
         last = kept[-1]
         return QueryPage(kept, QueryPosition(last.time, last.chain, last.sequence))
+
+
+BACKUP_LOCK_WAIT: Final = 10.0
+"""Seconds the backup waits for the writers' locks (each writer holds one for a commit)."""
+
+
+def backup_audit_files(data_dir: Path, target: Path) -> list[Path]:
+    """Copy every audit file of ``data_dir`` into the directory ``target`` as one snapshot.
+
+    A checkpoint of one worker's chain witnesses the heads of the other files, so copies of the
+    files taken one after another would not verify: a file copied first would lack records that
+    a file copied later vouches for. So the write locks of all files are taken together (for
+    the moment it takes to open a read transaction on each; writers wait that long), the read
+    transactions then fix the snapshot, and SQLite's online backup copies each file from it
+    while the workers go on writing. Blocking (the CLI runs it on a thread of its own)."""
+    paths = audit_files(data_dir)
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    holders: list[sqlite3.Connection] = []
+    readers: list[sqlite3.Connection] = []
+    try:
+        for path in paths:
+            for group in (holders, readers):
+                conn = sqlite3.connect(path, isolation_level=None)
+                group.append(conn)
+                conn.execute(f"PRAGMA busy_timeout = {int(BACKUP_LOCK_WAIT * 1000)}")
+        try:
+            for holder in holders:  # in file order, so two backups cannot wait for each other
+                holder.execute("BEGIN IMMEDIATE")
+            for reader in readers:
+                reader.execute("BEGIN")
+                reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        finally:
+            for holder in holders:
+                if holder.in_transaction:
+                    holder.execute("ROLLBACK")
+        copies = []
+        for path, reader in zip(paths, readers, strict=True):
+            copy = target / path.name
+            destination = sqlite3.connect(copy)
+            try:
+                reader.backup(destination)
+            finally:
+                destination.close()
+            copies.append(copy)
+        return copies
+    finally:
+        for conn in holders + readers:
+            conn.close()

@@ -28,6 +28,7 @@ from gateway.stores.sqlite_audit_files import (
     SqliteAuditFiles,
     audit_file_for,
     audit_files,
+    backup_audit_files,
     merged_pages,
 )
 from tests.stores.backends import SqliteBackend
@@ -301,5 +302,57 @@ def test_merged_pages_keep_sequence_order_and_page_size() -> None:
             if len(parts) > 1:
                 assert all(len(page) == size for page in pages[:-1])
                 assert all(page for page in pages)
+
+    asyncio.run(run())
+
+
+def test_a_backup_taken_while_workers_write_verifies(tmp_path: Path, keys: StaticKeyStore) -> None:
+    """`tongban audit backup`: the files copied as of one moment, while three writers append and
+    sign checkpoints that witness each other's files; every copy verifies."""
+
+    async def run() -> None:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        await _interleaved(data_dir, keys)  # every file exists
+        stores = [SqliteAuditFiles(data_dir, chain) for chain in CHAINS]
+        writers = [
+            AuditWriter(store, chain=chain, signer=CheckpointSigner(keys), settings=SETTINGS)
+            for store, chain in zip(stores, CHAINS, strict=True)
+        ]
+        for store, writer in zip(stores, writers, strict=True):
+            await store.open()
+            await writer.start()
+        stop = asyncio.Event()
+
+        async def write(writer: AuditWriter) -> int:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                await writer.append(event(n))
+            return n
+
+        tasks = [asyncio.create_task(write(writer)) for writer in writers]
+        backups = []
+        for number in range(4):
+            target = tmp_path / f"backup-{number}"
+            copies = await asyncio.to_thread(backup_audit_files, data_dir, target)
+            assert [copy.name for copy in copies] == [p.name for p in audit_files(data_dir)]
+            backups.append(target)
+            await asyncio.sleep(0.05)
+        stop.set()
+        written = await asyncio.gather(*tasks)
+        assert all(n > 1 for n in written)
+        for store, writer in zip(stores, writers, strict=True):
+            await writer.aclose()
+            await store.aclose()
+        for target in backups:
+            copy = SqliteAuditFiles(target)
+            await copy.open()
+            try:
+                report = await verify_store(copy, keys.public_keys())
+            finally:
+                await copy.aclose()
+            assert report.ok, (target.name, report.problems)
+            assert report.records >= 60
 
     asyncio.run(run())
