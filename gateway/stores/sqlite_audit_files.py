@@ -179,8 +179,9 @@ class SqliteAuditFiles:
             if store is None:
                 if self._closed:
                     raise AuditStoreUnavailable("the audit store is not open")
-                store = SqliteAuditStore(
-                    path, synchronous=self._synchronous, kernel_fsync=self._kernel_fsync
+                own = self._chain is not None and path == self.path
+                store = SqliteAuditStore(  # another worker's file: read here, not appended to
+                    path, synchronous=self._synchronous, kernel_fsync=self._kernel_fsync and own
                 )
                 await store.open()
                 self._stores[path] = store

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -263,6 +264,86 @@ def test_workers_share_the_port_survive_a_kill_reload_and_stop(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "chain gw-1.w1" in verified.stdout
     assert "chain gw-1.w2" in verified.stdout
+    # ... each in its worker's own file (none in the single process's audit.sqlite).
+    data_dir = config.parent / ".tongban-data"
+    assert _audit_chains(data_dir) == {
+        "audit.gw-1.w1.sqlite": {"gw-1.w1"},
+        "audit.gw-1.w2.sqlite": {"gw-1.w2"},
+    }
+
+    # A restart with one worker writes audit.sqlite; the workers' files are still read.
+    gateway_yaml.write_text(text, encoding="utf-8")  # back to info: its start is logged
+    _serve_one_worker_briefly(config)
+    assert _audit_chains(data_dir) == {
+        "audit.sqlite": {"gw-1"},
+        "audit.gw-1.w1.sqlite": {"gw-1.w1"},
+        "audit.gw-1.w2.sqlite": {"gw-1.w2"},
+    }
+    verified = _tongban("audit", "verify", "--config", str(config))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    for chain in ("gw-1", "gw-1.w1", "gw-1.w2"):
+        assert f"chain {chain}:" in verified.stdout
+    # The export reads every file; a backup copies them as one snapshot; both verify.
+    export = config.parent / "export.jsonl"
+    exported = _tongban("audit", "export", "--config", str(config), "--out", str(export))
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert "gw-1.w1 1.." in exported.stdout
+    assert "gw-1.w2 1.." in exported.stdout
+    assert _tongban("audit", "verify", "--file", str(export)).returncode == 0
+    backup = config.parent / "backup"
+    assert (
+        _tongban("audit", "backup", "--config", str(config), "--out", str(backup)).returncode == 0
+    )
+    shutil.copy(data_dir / "audit-signing-keys.jwks", backup)
+    verified = _tongban("audit", "verify", "--data-dir", str(backup))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "3 chain(s)" in verified.stdout
+
+
+def _tongban(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def _audit_chains(data_dir: Path) -> dict[str, set[str]]:
+    """Per audit file of the data directory, the chains with records in it."""
+    found = {}
+    for path in sorted(data_dir.glob("audit*.sqlite")):
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT DISTINCT chain_id FROM audit_records").fetchall()
+        finally:
+            conn.close()
+        found[path.name] = {row[0] for row in rows}
+    return found
+
+
+def _serve_one_worker_briefly(config: Path) -> None:
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+    process = subprocess.Popen(
+        [*command, "--port", "0", "--workers", "1", "--insecure-dev-tokens"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    served = Supervised(process)
+    try:
+        assert served.get("/api/v1/services").status_code == 200
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+        served.close()
 
 
 def _is_zombie(pid: int) -> bool:
