@@ -165,8 +165,11 @@ class SqliteAuditFiles:
         self._closed = False
         try:
             if self._chain is not None:
+                # The other files are opened at the first read (a checkpoint's witnessed heads,
+                # a query): a worker's start waits for its own file only.
                 self._own = await self._open_file(self.path)
-            elif not await asyncio.to_thread(audit_files, self.data_dir):
+                return
+            if not await asyncio.to_thread(audit_files, self.data_dir):
                 await self._open_file(self.path)  # an empty trail, as a single file was
             await self._files()
         except BaseException:

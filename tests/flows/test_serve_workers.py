@@ -3,6 +3,7 @@ SIGHUP, every worker stopped on SIGTERM, one case dispatcher for the SQLite data
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -20,8 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.audit.query import AuditQuery
+from gateway.audit.store import StoredRecord
 from gateway.demo.backends import DemoSecrets
 from gateway.demo.federation import DemoIdentitySecrets
+from gateway.stores.sqlite_audit_files import SqliteAuditFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 60.0
@@ -279,6 +283,7 @@ def test_workers_share_the_port_survive_a_kill_reload_and_stop(
         "audit.gw-1.w1.sqlite": {"gw-1.w1"},
         "audit.gw-1.w2.sqlite": {"gw-1.w2"},
     }
+    assert asyncio.run(_paged_query(data_dir)) >= 3
     verified = _tongban("audit", "verify", "--config", str(config))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     for chain in ("gw-1", "gw-1.w1", "gw-1.w2"):
@@ -298,6 +303,34 @@ def test_workers_share_the_port_survive_a_kill_reload_and_stop(
     verified = _tongban("audit", "verify", "--data-dir", str(backup))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "3 chain(s)" in verified.stdout
+
+
+async def _paged_query(data_dir: Path) -> int:
+    """The admin API's query over the three files, a page of 7 at a time in both orders: every
+    record of every chain once, in (time, chain, sequence) order. How many records."""
+    store = SqliteAuditFiles(data_dir)
+    await store.open()
+    try:
+        everything = [
+            r for chain in await store.chains() async for p in store.read_pages(chain) for r in p
+        ]
+        for oldest_first in (True, False):
+            found: list[StoredRecord] = []
+            after = None
+            while True:
+                page = await store.query(
+                    AuditQuery(limit=7, oldest_first=oldest_first, after=after)
+                )
+                found += page.records
+                if page.next is None:
+                    break
+                after = page.next
+            key = [(r.time, r.chain, r.sequence) for r in found]
+            assert key == sorted(key, reverse=not oldest_first)
+            assert sorted(key) == sorted((r.time, r.chain, r.sequence) for r in everything)
+    finally:
+        await store.aclose()
+    return len(everything)
 
 
 def _tongban(*args: str) -> subprocess.CompletedProcess[str]:
