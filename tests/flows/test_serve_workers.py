@@ -367,16 +367,20 @@ def _serve_one_worker_briefly(config: Path) -> None:
         text=True,
         cwd=ROOT,
     )
-    served = Supervised(process)
+    served: Supervised | None = None
     try:
+        served = Supervised(process)
         assert served.get("/api/v1/services").status_code == 200
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=WAIT) == 0
     finally:
         if process.poll() is None:
-            process.kill()
+            process.kill()  # its worker follows it
             process.wait(timeout=10)
-        served.close()
+        if served is not None:
+            served.close()
+        elif process.stdout is not None:
+            process.stdout.close()
 
 
 def _is_zombie(pid: int) -> bool:
