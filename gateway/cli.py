@@ -184,11 +184,27 @@ def _add_audit_commands(commands: Any) -> None:
     export.add_argument("--since", type=_timestamp, help="first time included (ISO 8601)")
     export.add_argument("--until", type=_timestamp, help="first time excluded (ISO 8601)")
     export.add_argument("--out", type=Path, required=True, help="file to write")
+    backup = actions.add_parser(
+        "backup",
+        help="copy the embedded (SQLite) audit files as one snapshot, while the gateway runs",
+        description="Copy every audit file of the data directory (one per worker of `serve "
+        "--workers N`) into a directory, all as of one moment, so the copy verifies.",
+    )
+    origin = backup.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--config", type=_config_dir, help="the gateway's configuration directory")
+    origin.add_argument("--data-dir", type=Path, help="a data directory as `tongban demo` keeps it")
+    backup.add_argument("--out", type=Path, required=True, help="directory to write the copies to")
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from gateway.audit.commands import export_command, verify_command  # noqa: PLC0415
+    from gateway.audit.commands import (  # noqa: PLC0415
+        backup_command,
+        export_command,
+        verify_command,
+    )
 
+    if args.audit_command == "backup":
+        return backup_command(config_dir=args.config, data_dir=args.data_dir, out=args.out)
     if args.audit_command == "verify":
         return verify_command(
             config_dir=args.config, data_dir=args.data_dir, file=args.file, strict=args.strict

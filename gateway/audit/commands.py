@@ -8,6 +8,7 @@ export file, and names the first bad record.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from gateway.audit.verifier import (
 )
 from gateway.audit.verifier import Progress as VerifyProgress
 from gateway.settings import AuditSettings, ConfigError, load_settings
+from gateway.stores.sqlite_audit_files import backup_audit_files
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,3 +183,25 @@ def export_command(
 
 class DerivedDataDamaged(Exception):
     """The store's derived data (stored times, lookup rows) contradicts its records."""
+
+
+def backup_command(*, config_dir: Path | None, data_dir: Path | None, out: Path) -> int:
+    """`tongban audit backup`: the embedded trail's audit files, one consistent snapshot of all
+    of them, into ``out`` (the workers of `serve --workers N` write one file each; their signed
+    checkpoints witness each other's heads, so the files must be copied as of one moment)."""
+    try:
+        location = locate(config_dir, data_dir)
+    except ConfigError as exc:
+        print("configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return 2
+    if location.settings.store == "postgres":
+        print("cannot back up: the audit trail is in PostgreSQL (use pg_dump)", file=sys.stderr)
+        return 2
+    try:
+        copies = backup_audit_files(location.data_dir, out)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"cannot back up: {exc}", file=sys.stderr)
+        return 2
+    names = ", ".join(copy.name for copy in copies) or "no audit files"
+    print(f"backed up {names} to {out}; verify with: tongban audit verify --data-dir {out}")
+    return 0

@@ -15,17 +15,21 @@ from gateway.audit.writer import AuditWriter, WriterSettings
 from gateway.settings import AuditSettings
 from gateway.stores.postgres_audit import PostgresAuditStore
 from gateway.stores.sqlite import private_dir
-from gateway.stores.sqlite_audit import SqliteAuditStore
+from gateway.stores.sqlite_audit_files import AUDIT_DB_NAME, SqliteAuditFiles
 
-AUDIT_DB_NAME = "audit.sqlite"
+__all__ = ["AUDIT_DB_NAME", "audit_store_for", "open_audit_writer"]
 
 
-def audit_store_for(settings: AuditSettings, data_dir: Path) -> AuditStore:
-    """The (unopened) store a configuration names: a file in data_dir, or PostgreSQL."""
+def audit_store_for(
+    settings: AuditSettings, data_dir: Path, chain: str | None = None
+) -> AuditStore:
+    """The (unopened) store a configuration names: PostgreSQL, or the audit files of data_dir
+    (every one of them read; ``chain``, the one this process writes, in its own file when it
+    is a worker's: ``gateway.stores.sqlite_audit_files``)."""
     if settings.store == "postgres":
         assert settings.dsn is not None, "validated by AuditSettings"
         return PostgresAuditStore(settings.dsn.get_secret_value(), schema=settings.schema_name)
-    return SqliteAuditStore(data_dir / AUDIT_DB_NAME)
+    return SqliteAuditFiles(data_dir, chain)
 
 
 async def open_audit_writer(
@@ -33,7 +37,7 @@ async def open_audit_writer(
 ) -> tuple[AuditStore, FileKeyStore, AuditWriter]:
     """Open the store, load (or create) the signing keys and start this instance's chain."""
     await asyncio.to_thread(private_dir, data_dir)
-    store = audit_store_for(settings, data_dir)
+    store = audit_store_for(settings, data_dir, instance_id)
     await store.open()
     try:
         keys = await asyncio.to_thread(FileKeyStore.load_or_create, data_dir)

@@ -856,11 +856,19 @@ class SqliteAuditStore:
     async def lookup_gaps(self) -> dict[str, int]:
         """Per chain, how many lookup rows are missing below its highest one (0 for an intact
         table): one count per chain on the primary key, cheap enough to ask now and then."""
+        extents = await self.lookup_extents()
+        gaps = {chain: high - count for chain, (high, count) in extents.items()}
+        return {chain: gap for chain, gap in gaps.items() if gap}
+
+    async def lookup_extents(self) -> dict[str, tuple[int, int]]:
+        """Per chain, its highest lookup row's sequence and how many it has: the gaps of a
+        chain whose records are in several files are counted over all of them
+        (``gateway.stores.sqlite_audit_files``)."""
         await self._flush_lookups()
         rows = await self._fetch(
-            "SELECT chain_id, MAX(sequence) - COUNT(*) FROM audit_index GROUP BY chain_id", ()
+            "SELECT chain_id, MAX(sequence), COUNT(*) FROM audit_index GROUP BY chain_id", ()
         )
-        return {str(chain): int(gap) for chain, gap in rows if gap}
+        return {str(chain): (int(high), int(count)) for chain, high, count in rows}
 
     async def _fetch(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         try:

@@ -3,11 +3,13 @@ SIGHUP, every worker stopped on SIGTERM, one case dispatcher for the SQLite data
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,8 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.audit.query import AuditQuery
+from gateway.audit.store import StoredRecord
 from gateway.demo.backends import DemoSecrets
 from gateway.demo.federation import DemoIdentitySecrets
+from gateway.stores.sqlite_audit_files import SqliteAuditFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 60.0
@@ -263,6 +268,119 @@ def test_workers_share_the_port_survive_a_kill_reload_and_stop(
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "chain gw-1.w1" in verified.stdout
     assert "chain gw-1.w2" in verified.stdout
+    # ... each in its worker's own file (none in the single process's audit.sqlite).
+    data_dir = config.parent / ".tongban-data"
+    assert _audit_chains(data_dir) == {
+        "audit.gw-1.w1.sqlite": {"gw-1.w1"},
+        "audit.gw-1.w2.sqlite": {"gw-1.w2"},
+    }
+
+    # A restart with one worker writes audit.sqlite; the workers' files are still read.
+    gateway_yaml.write_text(text, encoding="utf-8")  # back to info: its start is logged
+    _serve_one_worker_briefly(config)
+    assert _audit_chains(data_dir) == {
+        "audit.sqlite": {"gw-1"},
+        "audit.gw-1.w1.sqlite": {"gw-1.w1"},
+        "audit.gw-1.w2.sqlite": {"gw-1.w2"},
+    }
+    assert asyncio.run(_paged_query(data_dir)) >= 3
+    verified = _tongban("audit", "verify", "--config", str(config))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    for chain in ("gw-1", "gw-1.w1", "gw-1.w2"):
+        assert f"chain {chain}:" in verified.stdout
+    # The export reads every file; a backup copies them as one snapshot; both verify.
+    export = config.parent / "export.jsonl"
+    exported = _tongban("audit", "export", "--config", str(config), "--out", str(export))
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert "gw-1.w1 1.." in exported.stdout
+    assert "gw-1.w2 1.." in exported.stdout
+    assert _tongban("audit", "verify", "--file", str(export)).returncode == 0
+    backup = config.parent / "backup"
+    assert (
+        _tongban("audit", "backup", "--config", str(config), "--out", str(backup)).returncode == 0
+    )
+    shutil.copy(data_dir / "audit-signing-keys.jwks", backup)
+    verified = _tongban("audit", "verify", "--data-dir", str(backup))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "3 chain(s)" in verified.stdout
+
+
+async def _paged_query(data_dir: Path) -> int:
+    """The admin API's query over the three files, a page of 7 at a time in both orders: every
+    record of every chain once, in (time, chain, sequence) order. How many records."""
+    store = SqliteAuditFiles(data_dir)
+    await store.open()
+    try:
+        everything = [
+            r for chain in await store.chains() async for p in store.read_pages(chain) for r in p
+        ]
+        for oldest_first in (True, False):
+            found: list[StoredRecord] = []
+            after = None
+            while True:
+                page = await store.query(
+                    AuditQuery(limit=7, oldest_first=oldest_first, after=after)
+                )
+                found += page.records
+                if page.next is None:
+                    break
+                after = page.next
+            key = [(r.time, r.chain, r.sequence) for r in found]
+            assert key == sorted(key, reverse=not oldest_first)
+            assert sorted(key) == sorted((r.time, r.chain, r.sequence) for r in everything)
+    finally:
+        await store.aclose()
+    return len(everything)
+
+
+def _tongban(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def _audit_chains(data_dir: Path) -> dict[str, set[str]]:
+    """Per audit file of the data directory, the chains with records in it."""
+    found = {}
+    for path in sorted(data_dir.glob("audit*.sqlite")):
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT DISTINCT chain_id FROM audit_records").fetchall()
+        finally:
+            conn.close()
+        found[path.name] = {row[0] for row in rows}
+    return found
+
+
+def _serve_one_worker_briefly(config: Path) -> None:
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+    process = subprocess.Popen(
+        [*command, "--port", "0", "--workers", "1", "--insecure-dev-tokens"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    served: Supervised | None = None
+    try:
+        served = Supervised(process)
+        assert served.get("/api/v1/services").status_code == 200
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()  # its worker follows it
+            process.wait(timeout=10)
+        if served is not None:
+            served.close()
+        elif process.stdout is not None:
+            process.stdout.close()
 
 
 def _is_zombie(pid: int) -> bool:
