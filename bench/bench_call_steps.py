@@ -141,6 +141,7 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
             rule = app[SUBJECTS]
             metrics = app[METRICS]
             limiter = app[STATE].rate_limiter
+            assert limiter is not None  # the bench's settings have rate limits
             response = web.Response(body=b"{}", content_type="application/json")
             open_request(request)
             await authenticate(request)
@@ -289,7 +290,15 @@ def main() -> None:
     parser.add_argument("--steps", default="", help=argparse.SUPPRESS)
     parser.add_argument("--counts", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    steps = args.step or ["token", "jwt", "subjects", "limit", "metrics", "log", "all"]  # not access
+    steps = args.step or [
+        "token",
+        "jwt",
+        "subjects",
+        "limit",
+        "metrics",
+        "log",
+        "all",
+    ]  # not access
     if args.callgrind:
         label = f"log {args.log}" + (f", tree {args.tree}" if args.tree else ", this tree")
         for number in range(1, args.repeat + 1):

@@ -47,7 +47,9 @@ async def _binding(rule: SubjectRule, number: str, id_type: str) -> object:
 
 @pytest.mark.parametrize("link", [LINK, OTHER_LINK])
 async def test_the_remembered_hashes_are_the_ones_computed_afresh(link: SecretStr) -> None:
-    rule = SubjectRule(SubjectKeys(pairwise_secret=PAIRWISE, link_secret=link), RefusingConsentBook())
+    rule = SubjectRule(
+        SubjectKeys(pairwise_secret=PAIRWISE, link_secret=link), RefusingConsentBook()
+    )
     for _ in range(3):  # the first round fills the memory, the next ones read it
         for number, id_type in ((HOLDER, "111"), (HOLDER, "414"), ("61010219900101123X", "111")):
             binding = await _binding(rule, number, id_type)
@@ -95,7 +97,8 @@ def test_the_memory_is_bounded_and_holds_no_number(monkeypatch: pytest.MonkeyPat
         assert known.province_hash(mac, "111", number) == _afresh_hash(number, "61")
         assert len(keys._known) <= 8
         for seen, kept in keys._known.items():
-            assert type(seen) is bytes and len(seen) == 16
+            assert type(seen) is bytes
+            assert len(seen) == 16
             assert number.encode() not in seen
             assert number not in repr(kept)
             assert all(number not in value for value in kept.hashes.values())
@@ -103,7 +106,9 @@ def test_the_memory_is_bounded_and_holds_no_number(monkeypatch: pytest.MonkeyPat
 
 def test_a_province_key_given_as_bytes_is_hashed_afresh() -> None:
     """The remembered hashes are kept per keyed MAC object; a raw key still gives its hash."""
-    rule = SubjectRule(SubjectKeys(pairwise_secret=PAIRWISE, link_secret=LINK), RefusingConsentBook())
+    rule = SubjectRule(
+        SubjectKeys(pairwise_secret=PAIRWISE, link_secret=LINK), RefusingConsentBook()
+    )
     named = rule.named(DECLARATION, {"holder_id": HOLDER, "id_type": "111"}, None)
     raw = province_key(LINK.get_secret_value(), "44")
     assert named[0].province_hash(raw) == _afresh_hash(HOLDER, "44")

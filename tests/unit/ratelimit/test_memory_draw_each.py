@@ -15,10 +15,13 @@ import time
 
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from limits import parse
 from limits.aio.storage import MemoryStorage
 
+from gateway.http.ratelimit import VERDICT, rate_limit_fields
 from gateway.principal import Principal
+from gateway.ratelimit import limiter as module
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.ratelimit.limiter import ApiRateLimiter, Verdict
 from gateway.ratelimit.memory_storage import LocalMemoryStorage, Window
@@ -64,10 +67,6 @@ MACHINE = Principal("svc", "system", "portal-a")
 
 def _fields(verdict: Verdict) -> dict[str, str]:
     """The header fields ``rate_limit_fields`` puts on an answer of this verdict."""
-    from aiohttp.test_utils import make_mocked_request
-
-    from gateway.http.ratelimit import VERDICT, rate_limit_fields
-
     request = make_mocked_request("GET", "/api/v1/x")
     request[VERDICT] = verdict
     response = web.Response()
@@ -102,8 +101,6 @@ async def test_the_limiter_answers_as_on_the_library_path(
 
 
 async def test_principals_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.ratelimit import limiter as module
-
     monkeypatch.setattr(module, "_KEY_CACHE", 4)
     limiter = ApiRateLimiter(LocalMemoryStorage(), RateLimitSettings(person="2/hour", client=None))
     for n in range(20):
@@ -113,4 +110,5 @@ async def test_principals_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch
     again = Principal("sub-0", "L2", "portal-a", person="p0")  # forgotten, then drawn again
     assert (await limiter.check(again)).allowed
     refused = await limiter.check(again)
-    assert refused.refused_by is not None and refused.refused_by.scope == "person"
+    assert refused.refused_by is not None
+    assert refused.refused_by.scope == "person"
