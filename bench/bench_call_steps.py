@@ -12,13 +12,16 @@ tokens and subject keys, started but not served; one mocked request of the bench
 - ``subjects``: the data-subject rule (``bind_call`` less the schema: the ambiguity check, the
   subject's person key, the comparison with the principal) and the subject parts of the call's
   context (the handling province's hashes, the subject keys);
+- ``limit``: the rate limiter's per-call step as the request middleware takes it (``check`` on
+  the bench's in-memory budgets, a person's and the portal's, then ``judge`` and
+  ``rate_limit_fields`` on the answer);
 - ``metrics``: ``backend_call`` and ``http_request``, as the handler and ``close_request``;
 - ``log``: the access log's part of a request (``open_request`` and ``close_request`` without
   the metric: the request id, the log context, the access line when info is on);
 - ``access``: the access line alone, as ``close_request`` writes it at level info (the
   request's fields of a routed call; ``access_line`` of gateway/logs.py, or on a tree without
   it the structlog call it replaces); nothing is written at ``warning``;
-- ``all``: every step but ``jwt`` and ``access``.
+- ``all``: ``token``, ``subjects``, ``metrics`` and ``log`` (not ``jwt``, ``limit``, ``access``).
 
 ``--log info`` writes the access line as JSON to /dev/null (the bench's second log mode);
 ``warning`` (the default) is the bench's first.
@@ -49,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("all", "token", "jwt", "subjects", "metrics", "log", "access")
+STEPS = ("all", "token", "jwt", "subjects", "limit", "metrics", "log", "access")
 
 
 async def _jwt_verifier(workdir: Path) -> tuple[Any, str]:
@@ -104,6 +107,7 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
     from gateway.http.handlers import bind_call
     from gateway.http.keys import METRICS, PRINCIPAL, STATE, SUBJECTS
     from gateway.http.middlewares import authenticate, close_request, open_request
+    from gateway.http.ratelimit import judge, rate_limit_fields
     from gateway.identity.devtokens import DevTokenIssuer
     from gateway.logs import configure_logging
 
@@ -136,6 +140,8 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
             )
             rule = app[SUBJECTS]
             metrics = app[METRICS]
+            limiter = app[STATE].rate_limiter
+            assert limiter is not None  # the bench's settings have rate limits
             response = web.Response(body=b"{}", content_type="application/json")
             open_request(request)
             await authenticate(request)
@@ -155,6 +161,9 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
                     province = binding.assertion_subjects(rule.keys, route.handling)
                     tuple(s.key for s in binding.subjects)
                     ",".join(f"{s['type']}:{s['hash']}" for s in province)
+                if step == "limit":
+                    judge(request, principal, await limiter.check(principal))
+                    rate_limit_fields(request, response)
                 if step in ("all", "metrics"):
                     metrics.backend_call(br.REST_SERVICE, route.system, "ok", 0.0021)
                     metrics.http_request(path, "POST", 200, 0.0034)
@@ -281,7 +290,15 @@ def main() -> None:
     parser.add_argument("--steps", default="", help=argparse.SUPPRESS)
     parser.add_argument("--counts", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    steps = args.step or ["token", "jwt", "subjects", "metrics", "log", "all"]  # not access
+    steps = args.step or [
+        "token",
+        "jwt",
+        "subjects",
+        "limit",
+        "metrics",
+        "log",
+        "all",
+    ]  # not access
     if args.callgrind:
         label = f"log {args.log}" + (f", tree {args.tree}" if args.tree else ", this tree")
         for number in range(1, args.repeat + 1):

@@ -51,6 +51,7 @@ from gateway.errors import NotDataSubject, SubjectFieldAmbiguous
 from gateway.frozen import made_in_one_step
 from gateway.identity.identifiers import RESIDENT_ID_CARD, KeyedSha256
 from gateway.identity.subject_keys import (
+    KnownPerson,
     SubjectKeys,
     province_enterprise_hash,
     province_person_hash,
@@ -214,10 +215,16 @@ class Named:
     subject: DataSubject
     _id_type: str | None
     _identifier: str
+    _known: KnownPerson | None = field(default=None, compare=False)
+    """The person as the subject keys remember them (their province hashes made once)."""
 
     def province_hash(self, key: bytes | KeyedSha256) -> str:
         if self.subject.kind == "person":
-            return province_person_hash(key, self._id_type or RESIDENT_ID_CARD, self._identifier)
+            known = self._known
+            id_type = self._id_type or RESIDENT_ID_CARD
+            if known is not None and type(key) is KeyedSha256:
+                return known.province_hash(key, id_type, self._identifier)
+            return province_person_hash(key, id_type, self._identifier)
         return province_enterprise_hash(key, self._identifier)
 
     def __repr__(self) -> str:
@@ -235,7 +242,8 @@ def named_subjects(
             continue  # the schema requires it; an optional co-applicant left out names no one
         if entry.person is not None:
             id_type = (_value(data, entry.id_type) if entry.id_type else None) or RESIDENT_ID_CARD
-            named.append(Named(keys.person(value, id_type), id_type, value))
+            known = keys.known_person(value, id_type)
+            named.append(Named(known.subject, id_type, value, known))
         else:
             named.append(Named(keys.enterprise(value), None, value))
     if len(named) < 2:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 from typing import Final
 
 from cryptography.hazmat.primitives import hashes
@@ -47,8 +48,10 @@ _ENTERPRISE_LABEL: Final = b"tongban enterprise subject key v1"
 _PROVINCE_LABEL: Final = "tongban subject assertion v1|"
 _IDEMPOTENCY_LABEL: Final = b"tongban idempotency scope v1"
 _PERSONS_KEPT: Final = 4096
-"""Person keys remembered by their link key (``SubjectKeys.person``) before the memory starts
-over."""
+"""Persons remembered (``SubjectKeys.known_person``) before the memory starts over."""
+_SEEN_BYTES: Final = 16
+"""Length of the keyed BLAKE2b digest a remembered person is found by (128 bits: two numbers
+of one digest are not to be met by chance, and the key is unknown outside the process)."""
 
 
 def _derive(secret: bytes, label: bytes) -> bytes:
@@ -114,18 +117,52 @@ def enterprise_of_local_id(local_id: str) -> str | None:
     return org or None
 
 
+class KnownPerson:
+    """What the rule keeps of a person it has named (``SubjectKeys.known_person``): the person
+    as a data subject, and the hash of their ID type and number under each province's key met
+    so far (``province_person_hash``), so that neither keyed hash is made again for the same
+    person. Holds keyed hashes only; found by a keyed digest, never by the number."""
+
+    __slots__ = ("hashes", "subject")
+
+    def __init__(self, subject: DataSubject) -> None:
+        self.subject = subject
+        self.hashes: dict[KeyedSha256, str] = {}
+        """Province hash by the province's keyed MAC (``SubjectKeys.province_mac``: one object
+        per province and set of keys, compared by identity)."""
+
+    def __repr__(self) -> str:
+        return f"KnownPerson({self.subject.key[:6]}…)"
+
+    def province_hash(self, mac: KeyedSha256, id_type: str, number: str) -> str:
+        """``province_person_hash(mac, id_type, number)``: made once per province, then kept.
+        ``id_type`` and ``number`` must be the ones this person was found by."""
+        found = self.hashes.get(mac)
+        if found is None:
+            found = self.hashes[mac] = province_person_hash(mac, id_type, number)
+        return found
+
+
 class SubjectKeys:
-    """Everything the subject rule computes from identifiers, built once at start-up."""
+    """Everything the subject rule computes from identifiers, built once at start-up.
+
+    Persons it has named are remembered (``known_person``, at most ``_PERSONS_KEPT``, then the
+    memory starts over), found by a keyed BLAKE2b digest of their ID type and number under a
+    random key of this object's own: the number is never kept, nor a digest anyone outside the
+    process could compute. What is remembered is made with this object's secrets and dies with
+    it; new secrets are a new ``SubjectKeys`` (the app is built again), so nothing remembered
+    outlives a key change."""
 
     __slots__ = (
         "_enterprises",
         "_idempotency",
+        "_known",
         "_link",
         "_link_secret",
         "_macs",
-        "_person_subjects",
         "_persons",
         "_provinces",
+        "_seen",
     )
 
     def __init__(
@@ -141,10 +178,11 @@ class SubjectKeys:
         self._link = link_keyer(self._link_secret, link_algorithm)
         self._provinces: dict[str, bytes] = {}
         self._macs: dict[str, KeyedSha256] = {}
-        # Link key → the person as a data subject: the second keyed hash (and its base64) is
-        # made once per person, not on every call naming them. Keyed by the link key, a keyed
-        # hash already (the number itself is never kept); bounded.
-        self._person_subjects: dict[str, DataSubject] = {}
+        # Keyed digest of "type|NUMBER" → the person: the link key, the person key and the
+        # province hashes made once per person, not on every call naming them (a keyed BLAKE2b
+        # state copied costs less than one HMAC-SHA256, of which a call made two). Bounded.
+        self._seen = hashlib.blake2b(key=secrets.token_bytes(32), digest_size=_SEEN_BYTES)
+        self._known: dict[bytes, KnownPerson] = {}
         self._idempotency = _derive(pairwise_secret.get_secret_value().encode(), _IDEMPOTENCY_LABEL)
 
     def __repr__(self) -> str:
@@ -152,14 +190,24 @@ class SubjectKeys:
 
     def person(self, number: str, id_type: str = RESIDENT_ID_CARD) -> DataSubject:
         """The person with this ID type and number, as the rule and the consent book name them."""
-        link = self._link(id_type, number)
-        subject = self._person_subjects.get(link)
-        if subject is None:
-            subject = DataSubject("person", self._persons.person_key(natural_person_id(link)))
-            if len(self._person_subjects) >= _PERSONS_KEPT:
-                self._person_subjects.clear()
-            self._person_subjects[link] = subject
-        return subject
+        return self.known_person(number, id_type).subject
+
+    def known_person(self, number: str, id_type: str = RESIDENT_ID_CARD) -> KnownPerson:
+        """The person with this ID type and number, remembered: ``subject`` is the person key
+        of their link key (``person``), ``province_hash`` what ``province_person_hash`` gives."""
+        seen = self._seen.copy()
+        seen.update(f"{id_type}|{number.strip().upper()}".encode())
+        digest = seen.digest()
+        known = self._known.get(digest)
+        if known is None:
+            link = self._link(id_type, number)
+            known = KnownPerson(
+                DataSubject("person", self._persons.person_key(natural_person_id(link)))
+            )
+            if len(self._known) >= _PERSONS_KEPT:
+                self._known.clear()
+            self._known[digest] = known
+        return known
 
     def enterprise(self, identifier: str) -> DataSubject:
         """The enterprise with this credit code or registration number."""

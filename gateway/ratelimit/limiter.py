@@ -82,7 +82,7 @@ from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings, parse_rate
 from gateway.ratelimit.draws import Drawn, retry_after
 from gateway.ratelimit.leases import Lease
-from gateway.ratelimit.memory_storage import LocalMemoryStorage
+from gateway.ratelimit.memory_storage import LocalMemoryStorage, Window
 from gateway.ratelimit.redis_storage import RedisBudgetStorage
 from gateway.ratelimit.sqlite_storage import SqliteStorage
 
@@ -159,6 +159,26 @@ def _plan(settings: RateLimitSettings, client: ClientRegistration | None) -> _Pl
     return _Plan(with_person, client_budget, Verdict(with_person), Verdict(client_budget))
 
 
+class _Drawer:
+    """What a call of one principal draws on the in-process store, worked out once per
+    principal (the verifiers hand out one ``Principal`` per verified token): its budgets, the
+    verdict of a call they all let through, and each budget's ``Window``."""
+
+    __slots__ = ("allowed", "budgets", "principal", "windows")
+
+    def __init__(
+        self,
+        principal: Principal,
+        budgets: tuple[Budget, ...],
+        allowed: Verdict,
+        windows: tuple[Window, ...],
+    ) -> None:
+        self.principal = principal
+        self.budgets = budgets
+        self.allowed = allowed
+        self.windows = windows
+
+
 def _partition(principal: Principal, budget: Budget) -> str:
     return principal.client_id if budget.scope == "client" else person_partition(principal.owner)
 
@@ -196,6 +216,9 @@ class ApiRateLimiter:
         # Store keys of (budget, partition), so a call's keys are not built and digested anew.
         # Each a Lease: on a shared store, also the block this process holds on the budget.
         self._keys: dict[tuple[Budget, str], Lease] = {}
+        # In-process store: each principal's budgets and windows by the principal's identity
+        # (the entry holds the principal, so its id is not reused while the entry exists).
+        self._drawers: dict[int, _Drawer] = {}
         self._shared = self._local is not None or self._redis is not None
         self._leases = self._shared and settings.leases
         self._clock = clock
@@ -273,6 +296,31 @@ class ApiRateLimiter:
 
     async def check(self, principal: Principal) -> Verdict:
         """Draw one call from each budget of ``principal``; stop at the first that refuses."""
+        memory = self._memory
+        if memory is not None:
+            drawer = self._drawers.get(id(principal))
+            if drawer is None or drawer.principal is not principal:
+                drawer = self._drawer(principal)
+            if not drawer.windows:
+                return drawer.allowed
+            if self._breaker.state is not BreakerState.CLOSED:
+                return await self._check_memory(principal, drawer)
+            # ``_check_memory`` with the breaker closed: nothing awaited unless refused.
+            try:
+                refused = memory.draw_each(drawer.windows)
+                if refused < 0:
+                    self._breaker.record_success()
+                    return drawer.allowed
+                budgets = drawer.budgets
+                verdict = await self._refused(principal, budgets, budgets[refused])
+            except (StorageError, TimeoutError) as exc:
+                self._failed(exc)
+                return Verdict(drawer.budgets, checked=False)
+            except BaseException:
+                self._breaker.record_neutral()
+                raise
+            self._succeeded()
+            return verdict
         plan = self._plans.get(principal.client_id, self._default)
         if principal.level == MACHINE_LEVEL:
             budgets, allowed = plan.machine, plan.machine_allowed
@@ -280,8 +328,6 @@ class ApiRateLimiter:
             budgets, allowed = plan.with_person, plan.with_person_allowed
         if not budgets:
             return allowed
-        if self._memory is not None:
-            return await self._check_memory(principal, budgets, allowed)
         if self._shared:
             return await self._check_shared(principal, budgets, allowed)
         return await self._guarded(budgets, lambda: self._draw(principal, budgets))
@@ -401,24 +447,40 @@ class ApiRateLimiter:
             return Verdict(budgets, refused_by=budget, retry_after=seconds)
         return Verdict(budgets)
 
-    async def _check_memory(
-        self, principal: Principal, budgets: tuple[Budget, ...], allowed: Verdict
-    ) -> Verdict:
+    def _drawer(self, principal: Principal) -> _Drawer:
+        """``principal``'s budgets on the in-process store, kept by its identity (at most
+        ``_KEY_CACHE`` principals, then the memory starts over)."""
+        plan = self._plans.get(principal.client_id, self._default)
+        if principal.level == MACHINE_LEVEL:
+            budgets, allowed = plan.machine, plan.machine_allowed
+        else:
+            budgets, allowed = plan.with_person, plan.with_person_allowed
+        windows = tuple(
+            Window(self._lease(principal, budget).key, budget.rate.amount, budget.window)
+            for budget in budgets
+        )
+        drawer = _Drawer(principal, budgets, allowed, windows)
+        if len(self._drawers) >= _KEY_CACHE:
+            self._drawers.clear()
+        self._drawers[id(principal)] = drawer
+        return drawer
+
+    async def _check_memory(self, principal: Principal, drawer: _Drawer) -> Verdict:
         """Drawn from the in-process counters without awaiting them, with the same answers as
         any store (the window's statistics are read only for a refusal's Retry-After). The
-        same guard as ``_guarded`` but no timeout (nothing here waits), and a call that has
-        room costs no coroutine of its own."""
+        same guard as ``_guarded`` but no timeout (nothing here waits): the path of a breaker
+        not closed; ``check`` takes the same steps itself while it is."""
         memory = self._memory
         assert memory is not None
+        budgets = drawer.budgets
         step = self._step()
         if step is None:
             return Verdict(budgets, checked=False)
         with step:
-            for budget in budgets:
-                key = self._lease(principal, budget).key
-                if not memory.acquire_now(key, budget.rate.amount, budget.window):
-                    return await self._refused(principal, budgets, budget)
-            return allowed
+            refused = memory.draw_each(drawer.windows)
+            if refused < 0:
+                return drawer.allowed
+            return await self._refused(principal, budgets, budgets[refused])
         return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
 
     def _lease(self, principal: Principal, budget: Budget) -> Lease:

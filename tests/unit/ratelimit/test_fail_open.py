@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from limits.errors import StorageError
 from gateway.principal import Principal
 from gateway.ratelimit.config import RateLimitSettings
 from gateway.ratelimit.limiter import ApiRateLimiter
-from gateway.ratelimit.memory_storage import LocalMemoryStorage
+from gateway.ratelimit.memory_storage import LocalMemoryStorage, Window
 
 CITIZEN = Principal(subject="sub-1", level="L2", client_id="portal-a", person="p1")
 
@@ -170,6 +170,11 @@ class FailingLocalStorage(LocalMemoryStorage):
         if self.down:
             raise StorageError(ConnectionError("counters broken"))
         return super().acquire_now(key, limit, expiry, amount)
+
+    def draw_each(self, windows: Sequence[Window]) -> int:
+        if self.down:
+            raise StorageError(ConnectionError("counters broken"))
+        return super().draw_each(windows)
 
 
 async def test_the_in_process_counters_keep_the_guard_of_every_store() -> None:
