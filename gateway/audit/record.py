@@ -80,6 +80,7 @@ _TEXTUAL: Final = frozenset({str, type(None)})
 _type: Final = type  # ``type`` is a field's name where the fields are checked
 _new_object: Final = object.__new__
 _dumps: Final = orjson.dumps
+_SORTED: Final = orjson.OPT_SORT_KEYS
 
 
 @dataclass(slots=True, kw_only=True, init=False)
@@ -221,14 +222,15 @@ def call_event_of(
     extra: dict[str, Any],
     /,
 ) -> AuditEvent:
-    """``event_of(..., extra, None)`` for a routed call's event, whose ``extra`` the caller
-    (gateway/audit/calls.py) builds with its keys in code-point order. When every value of
-    ``extra`` is a plain string or a list of plain strings, the canonical check has nothing to
-    refuse and the keys need no sorting: ``orjson.dumps(extra)`` is its canonical text, made
-    without the generic walk (``canonical.py``'s ``_check``) and without sorting. Any other
-    ``extra`` (a value of another type, a lone surrogate) is checked and encoded as
-    ``event_of`` does, with the same errors. The same event as ``event_of`` in every case;
-    tests/unit/audit/test_audit_call_events.py holds the two to the same fields and bytes."""
+    """``event_of(..., extra, None)`` for a routed call's event. When every value of ``extra``
+    is a plain string or a list of plain strings, the canonical check has nothing to refuse:
+    ``orjson.dumps`` with sorted keys is its canonical text, made without the generic walk
+    (``canonical.py``'s ``_check``). The keys are sorted here whatever order the caller gave
+    them in (gateway/audit/calls.py builds them in code-point order, so orjson's sort finds
+    them in place). Any other ``extra`` (a value of another type, a lone surrogate) is checked
+    and encoded as ``event_of`` does, with the same errors. The same event as ``event_of`` in
+    every case; tests/unit/audit/test_audit_call_events.py holds the two to the same fields
+    and bytes."""
     raw: bytes | None = None
     for value in extra.values():
         kind = _type(value)
@@ -237,7 +239,7 @@ def call_event_of(
         break
     else:
         try:
-            raw = _dumps(extra)
+            raw = _dumps(extra, option=_SORTED)
         except orjson.JSONEncodeError:  # a lone surrogate: the generic path says so
             raw = None
     event: AuditEvent = _new_object(AuditEvent)

@@ -98,6 +98,16 @@ def test_a_call_event_is_event_of_s_for_any_extra_in_key_order(
         assert orjson_text(lean) == canonical_bytes(ordered)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(extra=st.dictionaries(st.text(max_size=6), _values, min_size=2, max_size=5))
+def test_keys_in_any_order_give_the_canonical_text(extra: dict[str, Any]) -> None:
+    backwards = dict(sorted(extra.items(), reverse=True))
+    lean, generic = _both({"type": EventType.SERVICE_CALL_REQUESTED, "extra": backwards})
+    _same_event(lean, generic)
+    if isinstance(lean, AuditEvent):
+        assert orjson_text(lean) == canonical_bytes(extra)
+
+
 def orjson_text(event: AuditEvent) -> bytes:
     """The canonical text of ``extra`` the event captured when it was made."""
     return orjson.dumps(event.extra_json)
