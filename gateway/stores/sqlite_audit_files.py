@@ -4,8 +4,8 @@ A single process (`tongban demo`, `tongban serve` with one worker, `tongban keys
 writes ``audit.sqlite``. Each worker of `tongban serve --workers N` writes its chain into a file
 of its own, ``audit.<chain>.sqlite`` (``audit.gw-1.w1.sqlite``): two processes committing to one
 SQLite file make each other's connections drop their page cache and read the WAL again at
-every transaction, some 200 k instructions and ten system calls a call with two workers
-(docs/performance.md).
+every transaction, and wait for each other's commit (its fsync included) on the file's one
+write lock (docs/performance.md has what a file each saves).
 
 Everything that reads the trail (the admin API's queries, `tongban audit verify`, the export,
 the writer's witnessed heads) reads every audit file of the directory, found anew at each read
@@ -64,11 +64,14 @@ def audit_file_for(data_dir: Path, chain: str) -> Path:
 
 
 def _is_audit_file(name: str) -> bool:
+    """``audit.sqlite``, or the file of a worker's chain (``audit.<instance>.w<n>.sqlite``):
+    a copy put beside them under another name (``audit.old.sqlite``) is not part of the trail."""
     if name == AUDIT_DB_NAME:
         return True
-    return (
-        name.startswith("audit.") and name.endswith(".sqlite") and len(name) > len("audit..sqlite")
-    )
+    if not (name.startswith("audit.") and name.endswith(".sqlite")):
+        return False
+    chain = name[len("audit.") : -len(".sqlite")]
+    return bool(chain) and _WORKER_CHAIN.search(chain) is not None
 
 
 def audit_files(data_dir: Path) -> list[Path]:

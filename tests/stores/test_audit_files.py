@@ -356,3 +356,23 @@ def test_a_backup_taken_while_workers_write_verifies(tmp_path: Path, keys: Stati
             assert report.records >= 60
 
     asyncio.run(run())
+
+
+def test_only_the_shared_file_and_workers_files_are_the_trail(tmp_path: Path) -> None:
+    names = [
+        "audit.sqlite",
+        "audit.gw-1.w1.sqlite",
+        "audit.gw-1.w12.sqlite",
+        "audit.old.sqlite",
+        "audit.gw-1.w0.sqlite",
+        "audit.gw-1.w1.sqlite-wal",
+        "audit..sqlite",
+        "identity.sqlite",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in audit_files(tmp_path)] == [
+        "audit.sqlite",
+        "audit.gw-1.w1.sqlite",
+        "audit.gw-1.w12.sqlite",
+    ]
