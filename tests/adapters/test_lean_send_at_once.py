@@ -300,7 +300,8 @@ async def test_a_read_timeout_is_aiohttps(back: Back, counted: Counted) -> None:
     back.hold = True
     session = _session(sock_read=0.05)
     try:
-        plain, _, lean, _ = await _both(back, "POST", "/a", {}, b"{}", session)
+        async with asyncio.timeout(60):  # a sender that never starts the timer fails, not hangs
+            plain, _, lean, _ = await _both(back, "POST", "/a", {}, b"{}", session)
     finally:
         await session.close()
     assert plain[:2] == ("error", aiohttp.SocketTimeoutError)
