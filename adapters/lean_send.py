@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from itertools import chain, repeat
 from typing import Any, Final
 
 import aiohttp
@@ -43,7 +42,7 @@ from aiohttp.http_writer import (
     SKIP_WRITELINES,
     _serialize_headers,
 )
-from multidict import CIMultiDict, istr
+from multidict import CIMultiDict
 from yarl import URL
 
 from adapters.eager_send import REQUEST_CLASS
@@ -381,27 +380,6 @@ class LeanSender:
         return resp
 
 
-def _head(status_line: str, headers: CIMultiDict[str]) -> bytes:
-    """What aiohttp's ``_serialize_headers`` makes of a request's status line and headers, in
-    a few C passes over the whole text instead of its loop over every character: when every
-    name and value is a plain string of printable characters only (so no control character
-    its check refuses, no tab, no lone surrogate it drops), its bytes are the text's UTF-8.
-    Anything else goes to ``_serialize_headers`` itself (its bytes, or its error)."""
-    flat = list(chain.from_iterable(headers.items()))  # items: keys() leaves out repeats
-    keys = flat[0::2]
-    values = flat[1::2]
-    if {*map(type, keys), *map(type, values)} <= _PLAIN_TEXT:
-        probe = "".join((status_line, *keys, *values))
-        if probe.isprintable():
-            lines = "".join(chain.from_iterable(zip(keys, repeat(": "), values, repeat("\r\n"))))
-            return f"{status_line}\r\n{lines}\r\n".encode()
-    return _serialize_headers(status_line, headers)
-
-
-_PLAIN_TEXT: Final = frozenset({str, istr})
-"""The types whose text ``_serialize_headers`` writes as it is (an ``istr`` by its ``str``)."""
-
-
 class _Sent:
     """What ``ClientResponse`` reads of the stream writer of a request already written."""
 
@@ -424,7 +402,7 @@ def _send_at_once(
     transport = protocol.transport
     if transport is None or transport.is_closing() or protocol.writing_paused:
         return None
-    head = _head(f"{req.method} {req.url.raw_path_qs} HTTP/1.1", req.headers)
+    head = _serialize_headers(f"{req.method} {req.url.raw_path_qs} HTTP/1.1", req.headers)
     if body is None:
         protocol.start_timeout()  # aiohttp starts it before writing a request without body
         transport.write(head)

@@ -17,9 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import hdrs, http_writer, payload
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from aiohttp import http_writer, payload
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -468,45 +466,3 @@ def test_the_head_serialiser_is_aiohttps_c_one() -> None:
     headers: CIMultiDict[str] = CIMultiDict({"X-Bad": "a\r\nInjected: 1"})
     with pytest.raises(ValueError, match="Forbidden control character"):
         serialise("POST / HTTP/1.1", headers)
-
-
-_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
-
-
-@settings(max_examples=400, deadline=None)
-@given(
-    status=st.sampled_from(["POST /a HTTP/1.1", "GET /a?q=%20 HTTP/1.1", "GET /\t HTTP/1.1"]),
-    pairs=st.lists(st.tuples(_TEXT, _TEXT | st.integers()), max_size=6),
-)
-def test_the_head_is_the_bytes_or_the_error_of_aiohttps_serialiser(
-    status: str, pairs: list[tuple[str, Any]]
-) -> None:
-    headers: CIMultiDict[Any] = CIMultiDict([("Host", "h:1"), *pairs])
-    headers[hdrs.CONTENT_LENGTH] = "2"  # an istr name
-    head = vars(lean_send)["_head"]
-    try:
-        expected: Any = http_writer._serialize_headers(status, headers)
-    except (ValueError, TypeError) as exc:
-        expected = (type(exc), str(exc))
-    try:
-        got: Any = head(status, headers)
-    except (ValueError, TypeError) as exc:
-        got = (type(exc), str(exc))
-    assert got == expected
-
-
-@pytest.mark.parametrize(
-    "value", ["核验 check", "𝄞 x", "a\tb", "a\ud800b", "a\u2028b", "a\xa0b", "a\x7fb", "a\rb"]
-)
-def test_the_head_of_unusual_values(value: str) -> None:
-    headers: CIMultiDict[str] = CIMultiDict({"Host": "h", "X-V": value})
-    head = vars(lean_send)["_head"]
-    try:
-        expected: Any = http_writer._serialize_headers("POST / HTTP/1.1", headers)
-    except ValueError as exc:
-        expected = str(exc)
-    try:
-        got: Any = head("POST / HTTP/1.1", headers)
-    except ValueError as exc:
-        got = str(exc)
-    assert got == expected
