@@ -19,6 +19,13 @@ per system instead of per call: the URL's checks (absolute, no credentials), the
 default headers and ``Host`` merged into a template (copied per call in one C call, the call's
 headers appended in another), the parser's settings.
 
+The request itself is written by ``_send_at_once`` when aiohttp's stream writer would write
+its head and body in one ``transport.write`` with nothing to wait for (every request of the
+adapters that fits the writer's buffer): the head by aiohttp's own serialiser, ``head + body``
+in that one write, the read timeout started and the ``ClientResponse`` made as
+``ClientRequest.send`` does, without the writer, the body's payload object and the writer
+task. Anything else (a closing transport, paused writing, a large body) goes to ``send``.
+
 The sender is used only when it covers the session and the headers exactly (``LeanSender.for_``
 returns None otherwise, and the caller takes ``session.request``): a session of any other
 settings, an address with credentials in it, a header name that the session's defaults or
