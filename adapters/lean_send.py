@@ -19,6 +19,13 @@ per system instead of per call: the URL's checks (absolute, no credentials), the
 default headers and ``Host`` merged into a template (copied per call in one C call, the call's
 headers appended in another), the parser's settings.
 
+The request itself is written by ``_send_at_once`` when aiohttp's stream writer would write
+its head and body in one ``transport.write`` with nothing to wait for (every request of the
+adapters that fits the writer's buffer): the head by aiohttp's own serialiser, ``head + body``
+in that one write, the read timeout started and the ``ClientResponse`` made as
+``ClientRequest.send`` does, without the writer, the body's payload object and the writer
+task. Anything else (a closing transport, paused writing, a large body) goes to ``send``.
+
 The sender is used only when it covers the session and the headers exactly (``LeanSender.for_``
 returns None otherwise, and the caller takes ``session.request``): a session of any other
 settings, an address with credentials in it, a header name that the session's defaults or
@@ -37,6 +44,11 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import hdrs, payload
 from aiohttp.helpers import EMPTY_BODY_METHODS, TimerNoop
+from aiohttp.http_writer import (
+    MIN_PAYLOAD_FOR_WRITELINES,
+    SKIP_WRITELINES,
+    _serialize_headers,
+)
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -50,6 +62,9 @@ out dead (RFC 9112 §9.3.1; ``aiohttp.client.IDEMPOTENT_METHODS``)."""
 
 _NO_TIMER: Final = TimerNoop()
 """The timer of a session without a total timeout (``TimeoutHandle.timer()`` with none)."""
+
+_DRAIN_LIMIT: Final = 0x10000
+"""``StreamWriter.write``'s default ``LIMIT``: past it, a write awaits the transport's drain."""
 
 _NO_TRACES: Final[list[Any]] = []
 """No trace configs: aiohttp only iterates over the list it is given (never appends to it)."""
@@ -65,6 +80,8 @@ _CONNECT_ERRORS: Final = (
 
 class LeanRequest(REQUEST_CLASS):  # type: ignore[misc,valid-type]
     """The adapters' request class, made by ``LeanRequest.make`` for ``LeanSender``."""
+
+    _body: payload.Payload | None
 
     def update_headers(self, headers: Any) -> None:
         # Given complete by LeanSender.headers (Host first, then the session's defaults, then
@@ -130,6 +147,39 @@ class LeanRequest(REQUEST_CLASS):  # type: ignore[misc,valid-type]
                     headers[key] = value
         req._traces = _NO_TRACES
         return req
+
+    @classmethod
+    def make_unsent(
+        cls,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        loop: asyncio.AbstractEventLoop,
+        session: aiohttp.ClientSession,
+    ) -> LeanRequest:
+        """``make`` without the body's payload object, for ``LeanSender``'s own write: the
+        headers the payload and ``send`` would add (``Content-Length``, a ``Content-Type`` of
+        ``application/octet-stream`` when none is given for a body or a POST, PUT or PATCH)
+        are added, and ``_body`` stays None until ``with_payload`` makes it."""
+        req = cls.make(method, url, headers, None, loop, session)
+        if body is not None:
+            headers[hdrs.CONTENT_LENGTH] = str(len(body))
+            if hdrs.CONTENT_TYPE not in headers:
+                headers[hdrs.CONTENT_TYPE] = _OCTET_STREAM
+        elif method in _POST_METHODS and hdrs.CONTENT_TYPE not in headers:
+            headers[hdrs.CONTENT_TYPE] = _OCTET_STREAM
+        return req
+
+    def with_payload(self, body: bytes | None) -> None:
+        """The payload ``make`` would have given a request of ``make_unsent``, for aiohttp's
+        own ``send`` (its headers are already in the request's)."""
+        if body is not None:
+            self._body = payload.PAYLOAD_REGISTRY.get(body, disposition=None)
+
+
+_OCTET_STREAM: Final = "application/octet-stream"
+_POST_METHODS: Final = frozenset(aiohttp.ClientRequest.POST_METHODS)
 
 
 _GET_METHODS: Final = frozenset(aiohttp.ClientRequest.GET_METHODS)
@@ -216,6 +266,8 @@ class LeanSender:
         ``header_names``, or None when it would not send what ``session.request`` sends."""
         if not _session_is_plain(session) or session.connector is None:
             return None
+        if session.connector.force_close:
+            return None  # aiohttp's send would add "Connection: close"
         if not origin.absolute or not origin.raw_host or origin.scheme not in ("http", "https"):
             return None
         if origin.raw_user is not None or origin.raw_password is not None:
@@ -252,25 +304,31 @@ class LeanSender:
         # A request takes its headers as they are and adds to them (Content-Length): a request
         # that may be sent again gets a copy, the one sent again the original.
         data: Any = body
-        req: aiohttp.ClientRequest | None = None
+        req: LeanRequest | None = None
         resp: aiohttp.ClientResponse | None = None
         try:
             while True:
-                req = LeanRequest.make(
-                    method, url, headers.copy() if retry else headers, data, self._loop, session
-                )
+                if data is None or type(data) is bytes:
+                    req = LeanRequest.make_unsent(
+                        method, url, headers.copy() if retry else headers, data, self._loop, session
+                    )
+                else:  # a payload sent once already by aiohttp's send, sent again by it
+                    req = LeanRequest.make(
+                        method, url, headers.copy() if retry else headers, data, self._loop, session
+                    )
+                    data = None
                 try:
-                    resp = await self._attempt(req)
+                    resp = await self._attempt(req, data)
                 except _CONNECT_ERRORS:
                     raise
                 except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
                     if not retry:
                         raise
                     retry = False
-                    if data is not None:
+                    if req._body is not None:
                         # As aiohttp: the payload rewinds itself once its writer settled.
                         await req.close()
-                        if req._body is not None and req._body.consumed:
+                        if req._body.consumed:
                             raise
                         data = req._body
                     continue
@@ -291,9 +349,10 @@ class LeanSender:
                 await req._body.close()
             raise
 
-    async def _attempt(self, req: aiohttp.ClientRequest) -> aiohttp.ClientResponse:
+    async def _attempt(self, req: LeanRequest, body: bytes | None) -> aiohttp.ClientResponse:
         """One attempt: a connection from the pool (or a new one), the request sent, the
-        answer's head read (``_request``'s ``_connect_and_send_request``)."""
+        answer's head read (``_request``'s ``_connect_and_send_request``). ``body``: the bytes
+        of a request of ``make_unsent`` (its payload not made yet)."""
         try:
             conn = await self._connector.connect(req, traces=_NO_TRACES, timeout=self._timeout)
         except TimeoutError as exc:
@@ -313,7 +372,10 @@ class LeanSender:
             max_headers=self._max_headers,
         )
         try:
-            resp = await req.send(conn)
+            resp = _send_at_once(req, protocol, body)
+            if resp is None:
+                req.with_payload(body)
+                resp = await req.send(conn)
             try:
                 await resp.start(conn)
             except BaseException:
@@ -323,3 +385,52 @@ class LeanSender:
             conn.close()
             raise
         return resp
+
+
+class _Sent:
+    """What ``ClientResponse`` reads of the stream writer of a request already written."""
+
+    __slots__ = ("output_size",)
+
+    def __init__(self, output_size: int) -> None:
+        self.output_size = output_size
+
+
+def _send_at_once(
+    req: LeanRequest, protocol: Any, body: bytes | None
+) -> aiohttp.ClientResponse | None:
+    """``ClientRequest.send`` for a request whose head and body aiohttp's stream writer would
+    write in one ``transport.write`` with nothing left to wait for: the same bytes (aiohttp's
+    own head serialiser), the same read timeout started, the same response object. None when
+    aiohttp's writer would do anything else (a closing transport, paused writing, a body
+    large enough to drain or to go out in ``writelines``): then aiohttp's ``send`` does it."""
+    if req.method == hdrs.METH_CONNECT:
+        return None  # its request target is the authority
+    transport = protocol.transport
+    if transport is None or transport.is_closing() or protocol.writing_paused:
+        return None
+    head = _serialize_headers(f"{req.method} {req.url.raw_path_qs} HTTP/1.1", req.headers)
+    if body is None:
+        protocol.start_timeout()  # aiohttp starts it before writing a request without body
+        transport.write(head)
+        size = len(head)
+    else:
+        size = len(head) + len(body)
+        if size > _DRAIN_LIMIT or (size >= MIN_PAYLOAD_FOR_WRITELINES and not SKIP_WRITELINES):
+            return None
+        transport.write(head + body)
+        protocol.start_timeout()
+    resp = aiohttp.ClientResponse(
+        req.method,
+        req.original_url,
+        writer=None,
+        continue100=None,
+        timer=_NO_TIMER,
+        request_info=req.request_info,
+        traces=_NO_TRACES,
+        loop=req.loop,
+        session=req._session,
+        stream_writer=_Sent(size),  # type: ignore[arg-type]
+    )
+    req.response = resp
+    return resp
