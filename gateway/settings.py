@@ -190,13 +190,6 @@ class AdmissionSettings(_Model):
     0: none (the worker keeps queue_delay_target_ms while refusing)."""
     queue_delay_interval_ms: float = Field(100.0, ge=10, le=10_000)
     """Over how long that delay is averaged before the bound is adapted."""
-    latency_tolerance: float = Field(1.5, ge=0, le=100)
-    """While the worker refuses and its thread is on the CPU, the mean time of its admitted
-    calls is held within this multiple of their unloaded time (their mean time measured while
-    the worker refused nothing and had CPU to spare): above it the bound is cut in proportion,
-    by at most half an interval, never below min_in_flight; calls slower than the loop's delay
-    can explain (a slower back-end) change nothing. 0: no such rule (the loop's delay alone
-    decides); otherwise at least 1."""
     max_body_bytes_in_flight: int = Field(32 << 20, ge=1024)
     """Request body bytes one worker holds at the same time: a request counts its
     Content-Length, or server.max_body_bytes when it streams a body of unknown length."""
@@ -206,14 +199,6 @@ class AdmissionSettings(_Model):
     """Open connections one worker holds; a connection accepted beyond it is answered once, a
     503 with Connection: close, and closed (what waits in front of the bound on requests is
     bounded too)."""
-
-    @field_validator("latency_tolerance")
-    @classmethod
-    def _tolerance_off_or_at_least_one(cls, value: float) -> float:
-        if 0 < value < 1:
-            # Calls cannot be held faster than unloaded: the bound would sit at its floor.
-            raise ValueError("latency_tolerance is 0 (off) or at least 1")
-        return value
 
 
 class AuditSettings(_Model):

@@ -37,19 +37,6 @@ bound are counted as ``queue_delay``, beyond the fixed ones as ``requests`` / ``
 A slow back-end does not lower the bound (a call waiting for its answer costs the loop
 nothing); a saturated loop does, whatever saturates it.
 
-The loop's delay is paid at each of a call's awaits, so with the loop on its target a call can
-still wait several times its own work behind the others in flight. So the middleware also times
-each admitted call (``finished``): over the intervals in which the worker refused nothing and
-its thread had CPU to spare, the calls' mean time is their unloaded time (``unloaded``, an
-exponential average); in an interval in which it refuses while its thread is busy or its loop
-late, calls slower on average than ``admission.latency_tolerance`` times that cut the bound by
-goal / mean (Little's law on a saturated worker: the calls' time follows how many share the
-core), by at most half at once and never below ``min_in_flight``; the deeper of the two cuts
-applies; in an interval with refusals the bound grows by one call at most, and not while the
-calls are that slow. Calls slower than the loop's delay at ``_TURNS`` awaits can explain wait
-for a back-end slower than it was: they count as on time. Outside refusals, or with the worker
-neither busy nor late (its calls wait for a back-end), the calls' time changes nothing.
-
 A refusal costs as little as it can: the body is rendered once, and only the request id (a
 per-worker prefix and a counter, unique without a system call) is spliced in; and while the
 worker is at its bound, a connection refuses the requests it parses before aiohttp builds a
@@ -107,13 +94,6 @@ _BUSY = 0.8
 """The bound is lowered only while the loop's thread is on the CPU this much of the time: a
 loop that is late but not busy waits for a core other processes hold, and fewer calls in
 flight would not make it sooner (they would leave the worker idle while it gets the core)."""
-_LEARN_CALLS = 8
-"""Calls an interval must have ended for their mean time to count as the unloaded time."""
-_TURNS = 32
-"""Turns of the loop a call waits at most (a routed call awaits about ten times): calls slower
-than their unloaded time by more than this many times the loop's delay wait for something else."""
-_LEARN_WEIGHT = 0.125
-"""Weight of an interval's mean in the unloaded time (an exponential average)."""
 _CALM = 1.0
 """Seconds without a refusal after which an idle worker's bound is back at its ceiling."""
 _LATE_CONNECTION_GRACE = 2.0
@@ -208,8 +188,6 @@ class Admission:
         "_admissions_seen",
         "_body_head",
         "_body_tail",
-        "_call_seconds",
-        "_calls",
         "_last_refusal",
         "_last_warning",
         "_late",
@@ -230,8 +208,6 @@ class Admission:
         "refusing_target",
         "settings",
         "target",
-        "tolerance",
-        "unloaded",
     )
 
     def __init__(
@@ -253,13 +229,6 @@ class Admission:
         self.interval = settings.queue_delay_interval_ms / 1000
         self.refusing_target = settings.refusing_delay_target_ms / 1000
         """The delay target while the worker refuses (it refused in the last interval)."""
-        self.tolerance = settings.latency_tolerance
-        self.unloaded = 0.0
-        """The mean time of an admitted call (seconds in this middleware) while the worker had
-        CPU to spare and refused nothing (``interval_ended``); 0: not measured yet."""
-        self._calls = 0
-        self._call_seconds = 0.0
-        """Admitted calls ended in this interval, and the seconds they took in all."""
         self._rids_seen = 0
         self._admissions = 0
         self._admissions_seen = 0
@@ -300,67 +269,31 @@ class Admission:
         if self.target > 0 and not self.delay.running:
             self.delay.start()
 
-    def finished(self, reserved: int, seconds: float) -> None:
-        """An admitted call has ended: its slot and its body bytes free again; ``seconds``:
-        how long it took from its admission."""
-        self.in_flight -= 1
-        self.body_bytes -= reserved
-        self._calls += 1
-        self._call_seconds += seconds
-
     def interval_ended(self, delay: float, busy: float) -> bool:
         """Adapt the bound to the last interval's mean delay and the share of it the loop's
-        thread was on the CPU, and to the time admitted calls took in it (``_latency_cut``);
-        False: stop probing (nothing in flight)."""
+        thread was on the CPU; False: stop probing (nothing in flight)."""
         ceiling = self.settings.max_in_flight
         # Refusing: more refused than admitted in the interval (demand at least twice what
         # the worker takes in). A few refusals in a burst at a moderate load must not switch
         # to the tight target: its cut would refuse more and keep it there.
-        refused = self._rids - self._rids_seen
-        refusing = refused > self._admissions - self._admissions_seen
+        refusing = self._rids - self._rids_seen > self._admissions - self._admissions_seen
         self._rids_seen = self._rids
         self._admissions_seen = self._admissions
-        calls, call_seconds = self._calls, self._call_seconds
-        self._calls, self._call_seconds = 0, 0.0
-        mean = call_seconds / calls if calls else 0.0
-        if not refused and busy < _BUSY and calls >= _LEARN_CALLS and self.tolerance > 0:
-            # CPU to spare and nothing refused: the calls' time is their own (back-end, audit,
-            # the worker's steps), with next to no wait for the core.
-            if self.unloaded:
-                self.unloaded += (mean - self.unloaded) * _LEARN_WEIGHT
-            else:
-                self.unloaded = mean
         target = self.target
         if refusing and self.refusing_target > 0:
             target = min(target, self.refusing_target)
         late = delay > target
-        floor = min(self.settings.min_in_flight, ceiling)
-        base = min(self.limit, self._peak)
-        slow = refusing and self._too_slow(mean, delay)
         if late and busy >= _BUSY:
+            base = min(self.limit, self._peak)
+            floor = min(self.settings.min_in_flight, ceiling)
             # Refusing, the worker has more to do than it takes in: a deeper cut costs
             # refusals, not idle time, so it falls to target/delay at once.
             scale = target / delay if refusing else max(0.75, target / delay)
             self.limit = max(floor, int(base * scale))
-            if slow:
-                self.limit = min(self.limit, self._latency_cut(base, mean, floor))
-        elif slow:
-            # Slow calls on a worker with a queue: its thread on the CPU, or its loop late
-            # (ready work waiting, for this worker's turn or for the core). Neither, the calls
-            # wait for something else (a back-end): held.
-            if busy >= _BUSY or late:
-                self.limit = self._latency_cut(base, mean, floor)
         elif self._peak >= self.limit and self.limit < ceiling and not (refusing and late):
             # (Refusing and late, but off the CPU: held. More calls in flight would not be
             # answered sooner once the core is back, only wait longer.)
-            if refused and self.unloaded and self.tolerance > 0:
-                # Demand still beyond the bound, if less than twice what it takes in: one more
-                # call at a time, and none while the calls are slow. Grown by an eighth, the
-                # bound climbed back in a few intervals to where the calls waited seconds.
-                if not self._too_slow(mean, delay):
-                    self.limit += 1
-            else:
-                self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
+            self.limit = min(ceiling, self.limit + max(1, self.limit // 8))
         self._peak = self.in_flight
         if self.in_flight > 0:
             return True
@@ -371,23 +304,6 @@ class Admission:
         if time.monotonic() - self._last_refusal >= _CALM:
             self.limit = ceiling
         return False
-
-    def _too_slow(self, mean: float, delay: float) -> bool:
-        """Did admitted calls take longer, on average, than ``latency_tolerance`` times their
-        unloaded time (both measured, none yet: no), by what waiting in this worker's loop can
-        explain (the loop's delay at each of ``_TURNS`` awaits at most)? Longer than that, they
-        wait for something else, a back-end slower than it was: no bound on this worker helps."""
-        unloaded = self.unloaded
-        return (
-            unloaded > 0 and mean > unloaded * self.tolerance and mean - unloaded <= _TURNS * delay
-        )
-
-    def _latency_cut(self, base: int, mean: float, floor: int) -> int:
-        """The bound that brings the calls' mean time back to ``latency_tolerance`` times their
-        unloaded time: on a saturated worker a call's time grows with the calls sharing the
-        core (Little's law), so the bound scales by goal / mean, by at most half at once."""
-        goal = self.unloaded * self.tolerance
-        return max(floor, int(base * max(0.5, goal / mean)))
 
     def refusing(self) -> bool:
         """Is a request that arrives now refused for the bound on requests in flight (the
@@ -802,8 +718,8 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
         return admission.refusal("body_bytes")
     admission.admitted()
     admission.body_bytes += reserved
-    started = time.monotonic()
     try:
         return await handler(request)
     finally:
-        admission.finished(reserved, time.monotonic() - started)
+        admission.in_flight -= 1
+        admission.body_bytes -= reserved
