@@ -93,8 +93,8 @@ class AuditEvent:
     frozen dataclass only because a frozen one's ``__init__`` costs twice as much, and every
     routed call makes two of these. For the same reason the checks are made on the arguments
     (``_fill``), not by a ``__post_init__`` reading the fields back, and a routed call's events
-    are made by ``event_of``, which takes the fields in order: calling a class with keywords
-    builds a dictionary of them twice over."""
+    are made by ``call_event_of``, which takes the fields in order: calling a class with
+    keywords builds a dictionary of them twice over."""
 
     type: EventType
     request_id: str | None = None
@@ -160,42 +160,6 @@ class AuditEvent:
         )  # fmt: skip
 
 
-def event_of(
-    type: EventType,
-    request_id: str | None,
-    case_id: str | None,
-    actor: str | None,
-    principal: str | None,
-    identity_level: str | None,
-    client: str | None,
-    service: str | None,
-    receiving_province: str | None,
-    handling_province: str | None,
-    system: str | None,
-    operation: str | None,
-    purpose: str | None,
-    outcome: str | None,
-    error_code: str | None,
-    attempts: int | None,
-    latency_ms: int | None,
-    request_digest: str | None,
-    response_digest: str | None,
-    extra: dict[str, Any],
-    time: datetime | None,
-    /,
-) -> AuditEvent:
-    """``AuditEvent(type=type, request_id=request_id, ...)`` with every field given in order,
-    for the events of every routed call (gateway/audit/calls.py): the same checks and the same
-    event, without the keyword arguments' dictionary that calling the class builds."""
-    event: AuditEvent = _new_object(AuditEvent)
-    _fill(
-        event, type, request_id, case_id, actor, principal, identity_level, client, service,
-        receiving_province, handling_province, system, operation, purpose, outcome, error_code,
-        attempts, latency_ms, request_digest, response_digest, extra, time,
-    )  # fmt: skip
-    return event
-
-
 _PLAIN_TEXT: Final = frozenset({str})
 
 
@@ -222,15 +186,18 @@ def call_event_of(
     extra: dict[str, Any],
     /,
 ) -> AuditEvent:
-    """``event_of(..., extra, None)`` for a routed call's event. When every value of ``extra``
+    """``AuditEvent(type=type, request_id=request_id, ...)`` for a routed call's event, every
+    field given in order but the time (gateway/audit/calls.py): the same checks and the same
+    event, without the keyword arguments' dictionary that calling the class builds. When every
+    value of ``extra``
     is a plain string or a list of plain strings, the canonical check has nothing to refuse:
     ``orjson.dumps`` with sorted keys is its canonical text, made without the generic walk
     (``canonical.py``'s ``_check``). The keys are sorted here whatever order the caller gave
     them in (gateway/audit/calls.py builds them in code-point order, so orjson's sort finds
     them in place). Any other ``extra`` (a value of another type, a lone surrogate) is checked
-    and encoded as ``event_of`` does, with the same errors. The same event as ``event_of`` in
-    every case; tests/unit/audit/test_audit_call_events.py holds the two to the same fields
-    and bytes."""
+    and encoded as ``AuditEvent`` does, with the same errors. The same event as the keyword
+    form in every case; tests/unit/audit/test_audit_call_events.py and test_audit_event_of.py
+    hold the two to the same fields and bytes."""
     raw: bytes | None = None
     for value in extra.values():
         kind = _type(value)

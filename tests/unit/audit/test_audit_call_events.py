@@ -1,7 +1,7 @@
 """The routed calls' events and records on the writer's lean path are those of the generic one.
 
 ``call_event_of`` (a call's event, its ``extra`` encoded without the canonical walk when every
-value is a plain string or a list of them) gives the event ``event_of`` gives, or the same
+value is a plain string or a list of them) gives the event ``AuditEvent(...)`` gives, or the same
 error; ``CallAuditor`` builds each ``extra`` with its keys in code-point order, so that its text
 is the canonical one; ``record_encoder`` (one body dictionary reused for every record of a
 chain) writes the bytes of ``canonical_bytes(record_body(...))`` whatever the record before it
@@ -32,7 +32,6 @@ from gateway.audit.record import (
     AuditEvent,
     EventType,
     call_event_of,
-    event_of,
     record_body,
     record_encoder,
     record_text,
@@ -69,11 +68,11 @@ def _same_event(lean: Any, generic: Any) -> None:
 def _both(values: dict[str, Any]) -> tuple[Any, Any]:
     args: list[Any] = [values.get(n, {} if n == "extra" else None) for n in ORDERED]
     lean: Any = call_event_of
-    generic: Any = event_of
-    return _made(lambda: lean(*args)), _made(lambda: generic(*args, None))
+    keywords = dict(zip(ORDERED, args, strict=True))
+    return _made(lambda: lean(*args)), _made(lambda: AuditEvent(**keywords))
 
 
-def test_the_order_is_event_of_s_without_the_time() -> None:
+def test_the_order_is_the_fields_without_the_time() -> None:
     assert list(inspect.signature(call_event_of).parameters) == ORDERED
 
 
@@ -86,7 +85,7 @@ _values = st.one_of(_plain, st.lists(_plain, max_size=3), _odd, st.lists(_odd, m
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(extra=st.dictionaries(st.text(max_size=6), _values, max_size=4), principal=_plain)
-def test_a_call_event_is_event_of_s_for_any_extra_in_key_order(
+def test_a_call_event_is_the_keyword_form_s_for_any_extra_in_key_order(
     extra: dict[str, Any], principal: str
 ) -> None:
     ordered = dict(sorted(extra.items()))  # the callers' promise: keys in code-point order
@@ -130,7 +129,7 @@ def test_odd_extras_go_the_generic_way(extra: dict[str, Any]) -> None:
     _same_event(lean, generic)
 
 
-def test_bad_fields_fail_as_event_of_does() -> None:
+def test_bad_fields_fail_as_the_keyword_form_does() -> None:
     for bad in ({"principal": 7}, {"attempts": -1}, {"latency_ms": 1.5}, {"type": "nope"}):
         values = {"type": EventType.SERVICE_CALL_COMPLETED, "extra": {"breaker": "x"}, **bad}
         lean, generic = _both(values)

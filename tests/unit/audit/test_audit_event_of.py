@@ -1,4 +1,4 @@
-"""``event_of`` (the routed calls' way to make an event, every field given in order) and
+"""``call_event_of`` (the routed calls' way to make an event, every field given in order) and
 ``AuditEvent(...)`` are one rule: the same event for good fields, the same ValueError at the
 caller for a bad one; and the events ``CallAuditor`` makes are those the keyword form made."""
 
@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 
 from gateway.adapter import Call, CallContext, Reply
 from gateway.audit.calls import CallAuditor, CallOutcome, RouteAudit
-from gateway.audit.record import AuditEvent, EventType, event_of, record_text
+from gateway.audit.record import AuditEvent, EventType, call_event_of, record_text
 
 FIELDS = [f.name for f in dataclasses.fields(AuditEvent) if f.init]
+ORDERED = [n for n in FIELDS if n != "time"]  # call_event_of's parameters
 TEXT_FIELDS = [n for n in FIELDS if n not in ("type", "attempts", "latency_ms", "extra", "time")]
 
 
@@ -32,7 +33,7 @@ def _both(values: dict[str, Any]) -> tuple[Any, Any]:
     results: list[Any] = []
     makers: list[Callable[[], AuditEvent]] = [
         lambda: AuditEvent(**values),
-        lambda: event_of(*[values.get(n, _default(n)) for n in FIELDS]),
+        lambda: call_event_of(*[values.get(n, _default(n)) for n in ORDERED]),
     ]
     for make in makers:
         try:
@@ -63,8 +64,8 @@ def _same(values: dict[str, Any]) -> None:
     )
 
 
-def test_the_order_is_the_dataclass_fields_order() -> None:
-    assert list(inspect.signature(event_of).parameters) == FIELDS
+def test_the_order_is_the_dataclass_fields_order_but_the_time() -> None:
+    assert list(inspect.signature(call_event_of).parameters) == ORDERED
 
 
 @pytest.mark.parametrize(
