@@ -163,9 +163,7 @@ def _add_audit_commands(commands: Any) -> None:
         "bad signature). Exit 0 when the trail verifies, 1 when it does not, 2 when it "
         "cannot be read.",
     )
-    source = verify.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=_config_dir, help="the gateway's configuration directory")
-    source.add_argument("--data-dir", type=Path, help="a data directory as `tongban demo` keeps it")
+    source = _trail_location(verify)
     source.add_argument("--file", type=Path, help="an export written by `tongban audit export`")
     verify.add_argument(
         "--strict",
@@ -178,9 +176,7 @@ def _add_audit_commands(commands: Any) -> None:
         description="Write the records of a time window, widened to the signed checkpoints "
         "that cover them, with the public keys, so the file verifies offline.",
     )
-    where = export.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", type=_config_dir, help="the gateway's configuration directory")
-    where.add_argument("--data-dir", type=Path, help="a data directory as `tongban demo` keeps it")
+    _trail_location(export)
     export.add_argument("--since", type=_timestamp, help="first time included (ISO 8601)")
     export.add_argument("--until", type=_timestamp, help="first time excluded (ISO 8601)")
     export.add_argument("--out", type=Path, required=True, help="file to write")
@@ -190,10 +186,17 @@ def _add_audit_commands(commands: Any) -> None:
         description="Copy every audit file of the data directory (one per worker of `serve "
         "--workers N`) into a directory, all as of one moment, so the copy verifies.",
     )
-    origin = backup.add_mutually_exclusive_group(required=True)
-    origin.add_argument("--config", type=_config_dir, help="the gateway's configuration directory")
-    origin.add_argument("--data-dir", type=Path, help="a data directory as `tongban demo` keeps it")
+    _trail_location(backup)
     backup.add_argument("--out", type=Path, required=True, help="directory to write the copies to")
+
+
+def _trail_location(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """The audit trail's place: a configuration directory or a data directory, one of them
+    (the group, for a command that takes a third)."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=_config_dir, help="the gateway's configuration directory")
+    where.add_argument("--data-dir", type=Path, help="a data directory as `tongban demo` keeps it")
+    return where
 
 
 def _audit(args: argparse.Namespace) -> int:
