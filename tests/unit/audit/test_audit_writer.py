@@ -513,10 +513,13 @@ async def test_an_idle_writer_signs_its_head_once_the_interval_is_over(
     await w.append(event(1))
     await w.append(event(2))
     for _ in range(500):  # no further record: the writer's own timer must ring
-        if store.checkpoints_of("gw-i"):
+        if 2 in [c.sequence for c in store.checkpoints_of("gw-i")]:
             break
         await asyncio.sleep(0.01)
-    assert [c.sequence for c in store.checkpoints_of("gw-i")] == [2]
+    # The head, 2, signed; on a machine that stalls longer than the interval between the two
+    # appends the timer may have signed record 1 first, never anything else.
+    signed = [c.sequence for c in store.checkpoints_of("gw-i")]
+    assert signed in ([2], [1, 2])
     await w.aclose()
 
 
