@@ -274,6 +274,20 @@ class Backend:
 # --- bodies -----------------------------------------------------------------------------------
 
 
+async def read_raw_request(reader: asyncio.StreamReader) -> bytes | None:
+    """One HTTP/1.1 request's bytes as they came, its body framed by Content-Length; None when
+    the client closed the connection instead of sending one (for back-ends on raw sockets)."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + await reader.readexactly(length)
+
+
 def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
 

@@ -31,6 +31,7 @@ from adapters.eager_send import REQUEST_CLASS
 from adapters.lean_send import LeanRequest, LeanSender
 from adapters.rest import RestAdapter, build_rest_adapter, open_session
 from gateway.adapter import BackendUnavailable, Call, CallContext, Secret, SystemSpec
+from tests.adapters.loopback_backends import read_raw_request
 
 CONTEXT = CallContext(
     request_id="0f3c2a9b8d7e6f5a4b3c2d1e0f9a8b7c",
@@ -321,16 +322,10 @@ class Wire:
         served = 0
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                raw = await read_raw_request(reader)
+                if raw is None:
                     return
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length)
-                self.requests.append((number, head + body))
+                self.requests.append((number, raw))
                 served += 1
                 if self.drop_second and served == 2:
                     return

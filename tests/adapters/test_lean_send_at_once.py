@@ -24,6 +24,7 @@ from yarl import URL
 from adapters import lean_send
 from adapters.eager_send import REQUEST_CLASS
 from adapters.lean_send import LeanRequest, LeanSender
+from tests.adapters.loopback_backends import read_raw_request
 
 _JSON = b'{"ok":true}'
 
@@ -53,15 +54,9 @@ class Back:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
+                raw = await read_raw_request(reader)
+                if raw is None:
                     return
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                raw = head + await reader.readexactly(length)
                 self.requests.append(raw)
                 if self.hold:
                     await asyncio.sleep(3600)
