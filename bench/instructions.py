@@ -56,6 +56,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -295,8 +296,7 @@ def _stop_served(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-@dataclass(frozen=True)
-class _Served:
+class _Served(NamedTuple):
     """A running ``tongban serve`` and what a call to its routed REST service sends."""
 
     proc: subprocess.Popen[bytes]
@@ -340,13 +340,7 @@ def count_served_once(args: argparse.Namespace, workdir: Path) -> ServedCount:
     if args.mode not in ("required", "buffered"):
         raise SystemExit("--workers counts the routed REST call: --mode required or buffered")
     with _serving(args, workdir, valgrind=True) as served:
-        proc, url, headers, body, persons = (
-            served.proc,
-            served.url,
-            served.headers,
-            served.body,
-            served.persons,
-        )
+        proc, url, headers, body, persons = served
         workers = _process_children(proc.pid)
         if len(workers) != args.workers:
             raise RuntimeError(f"{len(workers)} workers under the supervisor, not {args.workers}")
@@ -374,13 +368,7 @@ def strace_served_once(args: argparse.Namespace, workdir: Path) -> dict[str, flo
     ``strace -c -f`` is attached to the supervisor and every worker (all their threads) for
     the counted calls. System calls per counted call, by name (``total`` too)."""
     with _serving(args, workdir, valgrind=False) as served:
-        proc, url, headers, body, persons = (
-            served.proc,
-            served.url,
-            served.headers,
-            served.body,
-            served.persons,
-        )
+        proc, url, headers, body, persons = served
         _turn[0] = 0
         asyncio.run(drive(url, body, headers, args.warmup, args.in_flight, persons))
         time.sleep(args.settle)  # noqa: TID251 - the orchestrator is synchronous
