@@ -8,6 +8,7 @@ export file, and names the first bad record.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import TextIO
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gateway.audit.export import export_jsonl
-from gateway.audit.keys import FileKeyStore
+from gateway.audit.keys import KEY_FILE_NAME, FileKeyStore
 from gateway.audit.setup import audit_store_for
 from gateway.audit.verifier import (
     ExportFormatError,
@@ -188,7 +189,8 @@ class DerivedDataDamaged(Exception):
 def backup_command(*, config_dir: Path | None, data_dir: Path | None, out: Path) -> int:
     """`tongban audit backup`: the embedded trail's audit files, one consistent snapshot of all
     of them, into ``out`` (the workers of `serve --workers N` write one file each; their signed
-    checkpoints witness each other's heads, so the files must be copied as of one moment)."""
+    checkpoints witness each other's heads, so the files must be copied as of one moment), and
+    the audit signing keys beside them, which the checkpoints are verified with."""
     try:
         location = locate(config_dir, data_dir)
     except ConfigError as exc:
@@ -199,6 +201,9 @@ def backup_command(*, config_dir: Path | None, data_dir: Path | None, out: Path)
         return 2
     try:
         copies = backup_audit_files(location.data_dir, out)
+        keys = location.data_dir / KEY_FILE_NAME
+        if keys.exists():  # its mode (0600) copied along with it
+            copies.append(Path(shutil.copy2(keys, out / KEY_FILE_NAME)))
     except (OSError, sqlite3.Error) as exc:
         print(f"cannot back up: {exc}", file=sys.stderr)
         return 2

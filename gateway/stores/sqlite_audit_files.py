@@ -43,7 +43,7 @@ from gateway.audit.store import (
     raw_sequence,
     record_sequence,
 )
-from gateway.stores.sqlite import Synchronous
+from gateway.stores.sqlite import Synchronous, create_private
 from gateway.stores.sqlite_audit import SqliteAuditStore
 
 AUDIT_DB_NAME: Final = "audit.sqlite"
@@ -400,6 +400,7 @@ def backup_audit_files(data_dir: Path, target: Path) -> list[Path]:
         copies = []
         for path, reader in zip(paths, readers, strict=True):
             copy = target / path.name
+            create_private(copy)  # 0600 as the original, not the umask's mode
             destination = sqlite3.connect(copy)
             try:
                 reader.backup(destination)

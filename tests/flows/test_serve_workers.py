@@ -299,7 +299,10 @@ def test_workers_share_the_port_survive_a_kill_reload_and_stop(
     assert (
         _tongban("audit", "backup", "--config", str(config), "--out", str(backup)).returncode == 0
     )
-    shutil.copy(data_dir / "audit-signing-keys.jwks", backup)
+    # The signing keys come along (the copy verifies as it is), every file private.
+    copies = sorted(p.name for p in backup.iterdir())
+    assert "audit-signing-keys.jwks" in copies
+    assert all(p.stat().st_mode & 0o077 == 0 for p in backup.iterdir()), copies
     verified = _tongban("audit", "verify", "--data-dir", str(backup))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "3 chain(s)" in verified.stdout
