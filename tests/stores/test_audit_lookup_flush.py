@@ -156,7 +156,12 @@ async def test_no_lookup_slice_holds_the_stores_write_lock(
             synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])
             locked = stores[0]._write_lock.locked()
             seen.append(
-                (sorted(r[1] for r in rows), locked, threading.get_ident() == loop_thread, synchronous)
+                (
+                    sorted(r[1] for r in rows),
+                    locked,
+                    threading.get_ident() == loop_thread,
+                    synchronous,
+                )
             )
             return write(conn)
 
