@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -242,3 +243,75 @@ async def test_checkpoints_run_on_a_thread_that_yields_the_core(tmp_path: Path) 
         assert await store._w().call(synchronous) == 2  # FULL
     finally:
         await store.aclose()
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+_CRASH_CHILD = """
+import asyncio, os, sys
+from pathlib import Path
+from gateway.audit.checkpoint import CheckpointSigner
+from gateway.audit.keys import StaticKeyStore, new_signing_key
+from gateway.audit.writer import AuditWriter
+from gateway.stores import sqlite_audit
+from gateway.stores.sqlite_audit import SqliteAuditStore
+from tests.stores.test_audit_subject_index import _about
+
+sqlite_audit.LOOKUP_DELAY = 60.0
+sqlite_audit.LOOKUP_TRANSACTION = 4
+real = sqlite_audit._lookup_writer
+slices = []
+
+def dying_third(rows, *args):
+    write = real(rows, *args)
+    slices.append(len(rows))
+
+    def run(conn):
+        write(conn)  # the third slice's rows are in its open transaction
+        if len(slices) == 3:
+            os._exit(9)  # the process dies mid-slice: nothing closed, nothing committed
+        return {}
+
+    return run
+
+sqlite_audit._lookup_writer = dying_third
+
+async def main():
+    store = SqliteAuditStore(Path(sys.argv[1]))
+    await store.open()
+    writer = AuditWriter(
+        store, chain="gw-a", signer=CheckpointSigner(StaticKeyStore([new_signing_key()]))
+    )
+    await writer.start()
+    for n in range(1, 15):
+        await writer.append(_about(n, f"pk-{n}"))
+    await store._flush_lookups()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_process_killed_mid_slice_leaves_a_run_that_open_completes(
+    tmp_path: Path,
+) -> None:
+    """The process dies inside the third slice's transaction: the first two slices' rows are
+    in the file, the third's are not, and the next open makes the rest from the records' text
+    (every record then found by its subject, each lookup row once)."""
+    path = tmp_path / "audit.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASH_CHILD, str(path), cwd=_ROOT, stderr=asyncio.subprocess.PIPE
+    )
+    _, errors = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 9, errors.decode(errors="replace")[-2000:]
+    # Records 1 to 14 committed; lookup rows of the first two slices of four only.
+    assert await _rows(path, "audit_index") == [("gw-a", n) for n in range(1, 9)]
+    assert await _rows(path, "audit_subjects") == [("gw-a", n) for n in range(1, 9)]
+    store = SqliteAuditStore(path)
+    await store.open()
+    try:
+        assert await store.lookup_gaps() == {}
+        found = await _all(store, AuditQuery(subject="pk-11"))
+        assert [r.sequence for r in found] == [11]
+    finally:
+        await store.aclose()
+    assert await _rows(path, "audit_index") == [("gw-a", n) for n in range(1, 15)]
+    assert await _rows(path, "audit_subjects") == [("gw-a", n) for n in range(1, 15)]
