@@ -255,7 +255,7 @@ _LOOKUP_COLUMNS: Final = 11
 
 ROWS_PER_STATEMENT: Final = (50, 32, 16, 8, 4, 2)
 """Rows one INSERT of lookup rows carries (as many of the largest as fit, then of the
-next; a last row alone): a chunk's lookup rows (fifty at most) are one to five statements. One
+next; a last row alone): a slice's lookup rows (sixteen at most) are one statement or a few. One
 statement of fifty rows costs far less than fifty of one: the statement's start and end, the
 Python binding's per-row round and the descent of each B-tree from its root happen once, not
 per row (the B-tree cursors stay on the last page where the rows go in key order). Few sizes,
@@ -382,7 +382,7 @@ def _indexed_after(
 
 
 def _principal_order(row: LookupRow) -> tuple[str, str]:
-    # Sorted by the one random key of the row (a pairwise id), the chunk touches each leaf of
+    # Sorted by the one random key of the row (a pairwise id), the slice touches each leaf of
     # that index once; the other indexes are in time or sequence order already.
     return (row[4] or "", row[0])
 
