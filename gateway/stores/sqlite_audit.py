@@ -254,8 +254,8 @@ _LOOKUP_ROWS: Final = "INSERT OR IGNORE INTO audit_index"
 _LOOKUP_COLUMNS: Final = 11
 
 ROWS_PER_STATEMENT: Final = (50, 32, 16, 8, 4, 2)
-"""Rows one INSERT of the lookup thread carries (as many of the largest as fit, then of the
-next; a last row alone): a chunk's lookup rows (fifty at most) are one to five statements. One
+"""Rows one INSERT of lookup rows carries (as many of the largest as fit, then of the
+next; a last row alone): a slice's lookup rows (sixteen at most) are one statement or a few. One
 statement of fifty rows costs far less than fifty of one: the statement's start and end, the
 Python binding's per-row round and the descent of each B-tree from its root happen once, not
 per row (the B-tree cursors stay on the last page where the rows go in key order). Few sizes,
@@ -318,10 +318,26 @@ LOOKUP_CHUNK: Final = 1000
 """Pending lookup rows that start a flush at once..."""
 LOOKUP_DELAY: Final = 1.0
 """...or seconds after the first pending row (queries flush first in any case)."""
-LOOKUP_TRANSACTION: Final = 50
-"""Records whose lookup rows one flush transaction writes at most: the write lock of the file
-is held for about a millisecond at a time (some 16 µs of SQLite per record and its subject
-rows), not for the 20 ms a thousand records take."""
+LOOKUP_TRANSACTION: Final = 16
+"""Records whose lookup rows one slice writes at most. A slice is a transaction on the event
+loop's own connection, run to its end without an await: some 16 µs of SQLite per record and its
+subject rows, so the loop is held for about a quarter of a millisecond at a time, and nothing is
+held between two slices (see ``_flush_lookups``)."""
+LOOKUP_PAUSE: Final = 0.005
+"""Seconds between two slices of a background flush: a second's worth of lookup rows (some
+sixty slices at a thousand records a second) spread over a third of a second instead of one
+run of the loop. A flush that a query or the close waits for does not pause."""
+LOOKUP_BUSY_WAIT: Final = 5.0
+"""Seconds a slice waits for the file's write lock held by another connection (a backup,
+another process opening the file), trying again every ``LOOKUP_BUSY_PAUSE``; as long as the
+lookup thread's ``busy_timeout`` was before the slices."""
+LOOKUP_BUSY_PAUSE: Final = 0.01
+LOOKUP_WAL_BYTES: Final = 8192
+"""WAL bytes a record's lookup and subject rows add in slices of sixteen, about (9 to 11 KiB
+measured with random principals and subjects: each record dirties a leaf of the principal index
+and one of the subject table), counted towards ``CHECKPOINT_BYTES``. The background thread's
+own connection checkpointed after its chunks once the WAL held 1,000 pages (SQLite's default);
+the loop's connection never does, so the WAL is checkpointed about as often as before."""
 
 
 _record_order: Final = operator.itemgetter(0, 1)
@@ -366,7 +382,7 @@ def _indexed_after(
 
 
 def _principal_order(row: LookupRow) -> tuple[str, str]:
-    # Sorted by the one random key of the row (a pairwise id), the chunk touches each leaf of
+    # Sorted by the one random key of the row (a pairwise id), the slice touches each leaf of
     # that index once; the other indexes are in time or sequence order already.
     return (row[4] or "", row[0])
 
@@ -421,7 +437,7 @@ class SqliteAuditStore:
         self._write_lock = asyncio.Lock()
         self._flush_lock = asyncio.Lock()
         self._background: TransactionThread | None = None
-        """Lookup flushes and WAL checkpoints, at the lowest CPU priority (see open)."""
+        """WAL checkpoints and write-backs, at the lowest CPU priority (see open)."""
         # Lookup rows of committed records not yet in audit_index (see _flush_lookups).
         self._pending: list[LookupRow] = []
         self._pending_subjects: list[SubjectRow] = []
@@ -448,12 +464,11 @@ class SqliteAuditStore:
             self._writer = await TransactionThread.open(
                 self.path, synchronous=self._synchronous, name="audit"
             )
-            # The work that no caller waits for runs on a thread of its own that yields the
-            # core to the event loop whenever both want it: on a busy core a second thread at
-            # the same priority takes time slices of milliseconds from the loop. NORMAL: a
-            # chunk of lookup rows (derivable from the records) commits without an fsync while
-            # it holds the write lock; a checkpoint still syncs the WAL before it and the
-            # database file after it.
+            # The work that no caller waits for and that does not write rows (WAL checkpoints,
+            # the WAL's write-back after a slice of lookup rows) runs on a thread of its own
+            # that yields the core to the event loop whenever both want it: on a busy core a
+            # second thread at the same priority takes time slices of milliseconds from the
+            # loop. A checkpoint syncs the WAL before it and the database file after it.
             self._background = await TransactionThread.open(
                 self.path, synchronous="NORMAL", name="audit-background", background=True
             )
@@ -569,20 +584,24 @@ class SqliteAuditStore:
 
     async def _background_flush(self) -> None:
         with contextlib.suppress(AuditStoreError):  # kept pending; tried again next time
-            await self._flush_lookups()
+            await self._flush_lookups(pause=LOOKUP_PAUSE)
         self._flush_task = None
         self._schedule_flush()
 
-    async def _flush_lookups(self) -> None:
-        """Write the lookup rows pending when called, in chunks of ``LOOKUP_TRANSACTION``
+    async def _flush_lookups(self, pause: float = 0.0) -> None:
+        """Write the lookup rows pending when called, in slices of ``LOOKUP_TRANSACTION``
         records each sorted for the B-tree; fill any gap (a batch whose commit was not
         acknowledged) from the stored text. Queries call it first, so they see every committed
-        record.
+        record. ``pause``: seconds between two slices (a background flush spreads its work).
 
-        The chunks go in sequence order, each its own transaction on the background thread:
-        the lookup rows of a chain stay one contiguous run from its first record (a crash
-        between two chunks loses a tail that ``_lagging`` finds), and a commit waits at most
-        for one chunk, not for a second's worth of rows."""
+        Each slice is one transaction on the event loop's connection, begun and committed
+        without an await (``_lookup_slice``): no append of records ever waits for lookup work.
+        They used to be chunks on a thread at the lowest priority that held the store's write
+        lock for their whole transaction, so an append that came meanwhile waited for a thread
+        the busy core ran last. Between two slices the loop runs whatever is ready, appends
+        included. The slices go in sequence order: the lookup rows of a chain stay one
+        contiguous run from its first record (a crash between two slices loses a tail that
+        ``_lagging`` finds)."""
         async with self._flush_lock:
             if not self._pending and not self._unsure:
                 return
@@ -609,14 +628,17 @@ class SqliteAuditStore:
                 chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
                 chunk.sort(key=_principal_order)
                 first = start == 0
+                if not first:
+                    # The loop's turn between two slices (appends, calls, anything ready);
+                    # a background flush also leaves the core to them for a while.
+                    await asyncio.sleep(0 if self._closing else pause)
                 try:
-                    async with self._write_lock:  # appends go between two chunks
-                        heads = await self._bg().run(
-                            _lookup_writer(
-                                chunk, chunk_subjects, spans if first else [], unsure and first
-                            )
+                    heads = await self._lookup_on_loop(
+                        _lookup_writer(
+                            chunk, chunk_subjects, spans if first else [], unsure and first
                         )
-                except (sqlite3.Error, ValueError, RuntimeError) as exc:
+                    )
+                except (sqlite3.Error, ValueError, RuntimeError, AuditStoreError) as exc:
                     rest = pending[start:]  # still in record order (chunks are copies)
                     self._pending[:0] = rest
                     self._pending_subjects[:0] = [
@@ -628,17 +650,50 @@ class SqliteAuditStore:
                         before, pending[:start], [] if first else spans, caught_up
                     )
                     raise AuditStoreUnavailable(str(exc)) from exc
+                self._wal_bytes += LOOKUP_WAL_BYTES * len(chunk)
                 if first:
                     caught_up = heads
                     for chain, sequence in heads.items():
                         self._indexed[chain] = max(self._indexed.get(chain, 0), sequence)
                 if self._synchronous == "FULL":
-                    # Written back now, between two chunks and outside the write lock: else
-                    # the next commit of records, whose fsync a caller waits for, had to write
-                    # this chunk's pages of the WAL too (some 120 KiB against its own 15 to
-                    # 25). Lookup rows need no sync of their own (made from the text if lost).
+                    # Written back now, between two slices: else the next commit of records,
+                    # whose fsync a caller waits for, had to write this slice's pages of the
+                    # WAL too. No append waits for it (an append's own fsync is its own).
+                    # Lookup rows need no sync of their own (made from the text if lost).
                     with contextlib.suppress(OSError, ValueError, RuntimeError):
                         await self._bg().call(self._write_back_wal)
+            self._checkpoint_if_due()
+
+    async def _lookup_on_loop(
+        self, write: Callable[[sqlite3.Connection], dict[str, int]]
+    ) -> dict[str, int]:
+        """``write`` as one slice on the loop's connection, waiting (without holding anything)
+        while another connection holds the file's write lock."""
+        waited = 0.0
+        while True:
+            done, heads = self._lookup_slice(write)
+            if done:
+                return heads
+            if waited >= LOOKUP_BUSY_WAIT:
+                raise AuditStoreUnavailable("the audit file stayed locked for lookup rows")
+            await asyncio.sleep(LOOKUP_BUSY_PAUSE)
+            waited += LOOKUP_BUSY_PAUSE
+
+    def _lookup_slice(
+        self, write: Callable[[sqlite3.Connection], dict[str, int]]
+    ) -> tuple[bool, dict[str, int]]:
+        """One slice's transaction on the loop, begun and committed without an await (so no
+        append can be waiting for it): (False, {}) when another connection holds the write lock.
+        An append's records are committed and only wait for their fsync when a slice runs: the
+        slice's pages follow theirs in the WAL."""
+        heads: dict[str, int] = {}
+
+        def run(conn: sqlite3.Connection) -> None:
+            heads.update(write(conn))
+
+        if self._writer is None:  # closed: no loop connection opened again
+            raise AuditStoreUnavailable("the audit store is not open")
+        return self._write_on_loop(run), heads
 
     async def append_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
         await self._transaction([], checkpoint)
@@ -676,6 +731,9 @@ class SqliteAuditStore:
                 # ValueError / RuntimeError: connection or its thread already closed.
                 raise AuditStoreUnavailable(str(exc)) from exc
         self._wal_bytes += sum(map(len, map(_record_text_of, rows))) + 512
+        self._checkpoint_if_due()
+
+    def _checkpoint_if_due(self) -> None:
         if self._wal_bytes >= CHECKPOINT_BYTES and self._checkpoint_task is None:
             self._wal_bytes = 0
             self._checkpoint_task = asyncio.create_task(self._checkpoint_wal())
@@ -741,7 +799,7 @@ class SqliteAuditStore:
         self._sync_wal_by(os.fsync)
 
     def _write_back_wal(self, conn: sqlite3.Connection) -> None:
-        """fdatasync the WAL (on the background thread): the lookup chunk just committed goes
+        """fdatasync the WAL (on the background thread): the lookup slice just committed goes
         to the disk without waiting for the next commit of records to take it along."""
         self._sync_wal_by(os.fdatasync)
 

@@ -371,10 +371,10 @@ async def test_every_query_of_the_store_uses_an_index(tmp_path: Path, keys: Stat
 
 
 @pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
-async def test_the_lookup_thread_writes_its_chunks_back(
+async def test_each_slice_of_lookup_rows_is_written_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synchronous: str
 ) -> None:
-    """With durable commits (FULL) each chunk of lookup rows is fdatasynced by the lookup
+    """With durable commits (FULL) each slice of lookup rows is fdatasynced by the background
     thread once committed, so the next commit of records does not write its pages; the rows
     are the same either way."""
     synced: list[str] = []
@@ -393,7 +393,7 @@ async def test_the_lookup_thread_writes_its_chunks_back(
             for n in range(1, 121)
         ]
         await store.append(records)
-        await store.lookup_gaps()  # flushes the pending rows: three chunks of up to fifty
+        await store.lookup_gaps()  # flushes the pending rows: slices of up to sixteen
     finally:
         await store.aclose()
     conn = _connect(tmp_path / "audit.sqlite")
@@ -402,7 +402,7 @@ async def test_the_lookup_thread_writes_its_chunks_back(
     finally:
         conn.close()
     if synchronous == "FULL":
-        assert len(synced) == 3
+        assert len(synced) == -(-120 // sqlite_audit.LOOKUP_TRANSACTION)  # one per slice
         assert all(name.startswith("audit-background") for name in synced), synced
     else:
         assert synced == []
