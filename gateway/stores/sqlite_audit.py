@@ -255,7 +255,7 @@ _LOOKUP_COLUMNS: Final = 11
 
 ROWS_PER_STATEMENT: Final = (50, 32, 16, 8, 4, 2)
 """Rows one INSERT of lookup rows carries (as many of the largest as fit, then of the
-next; a last row alone): a slice's lookup rows (sixteen at most) are one statement or a few. One
+next; a last row alone): a slice's lookup rows (32 at most) are one statement or a few. One
 statement of fifty rows costs far less than fifty of one: the statement's start and end, the
 Python binding's per-row round and the descent of each B-tree from its root happen once, not
 per row (the B-tree cursors stay on the last page where the rows go in key order). Few sizes,
@@ -318,14 +318,16 @@ LOOKUP_CHUNK: Final = 1000
 """Pending lookup rows that start a flush at once..."""
 LOOKUP_DELAY: Final = 1.0
 """...or seconds after the first pending row (queries flush first in any case)."""
-LOOKUP_TRANSACTION: Final = 16
+LOOKUP_TRANSACTION: Final = 32
 """Records whose lookup rows one slice writes at most. A slice is a transaction on the event
 loop's own connection, run to its end without an await: some 16 µs of SQLite per record and its
-subject rows, so the loop is held for about a quarter of a millisecond at a time, and nothing is
-held between two slices (see ``_flush_lookups``)."""
+subject rows, so the loop is held for about half a millisecond at a time, and nothing is held
+between two slices (see ``_flush_lookups``). Smaller slices hold the loop for less but commit
+more often: per record, slices of 16 cost some 14 k instructions more than slices of 32, and
+slices of 50 some 7 k fewer (docs/performance.md)."""
 LOOKUP_PAUSE: Final = 0.005
 """Seconds between two slices of a background flush: a second's worth of lookup rows (some
-sixty slices at a thousand records a second) spread over a third of a second instead of one
+thirty slices at a thousand records a second) spread over a sixth of a second instead of one
 run of the loop. A flush that a query or the close waits for does not pause."""
 LOOKUP_BUSY_WAIT: Final = 5.0
 """Seconds a slice waits for the file's write lock held by another connection (a backup,
@@ -333,11 +335,12 @@ another process opening the file), trying again every ``LOOKUP_BUSY_PAUSE``; as 
 lookup thread's ``busy_timeout`` was before the slices."""
 LOOKUP_BUSY_PAUSE: Final = 0.01
 LOOKUP_WAL_BYTES: Final = 8192
-"""WAL bytes a record's lookup and subject rows add in slices of sixteen, about (9 to 11 KiB
-measured with random principals and subjects: each record dirties a leaf of the principal index
-and one of the subject table), counted towards ``CHECKPOINT_BYTES``. The background thread's
-own connection checkpointed after its chunks once the WAL held 1,000 pages (SQLite's default);
-the loop's connection never does, so the WAL is checkpointed about as often as before."""
+"""WAL bytes a record's lookup and subject rows add in slices, about (9 to 11 KiB measured in slices
+of 16, 5.4 KiB in chunks of 50, with random principals and subjects: each record dirties a leaf of
+the principal index and one of the subject table), counted towards ``CHECKPOINT_BYTES``. The
+background thread's own connection checkpointed after its chunks once the WAL held 1,000 pages
+(SQLite's default); the loop's connection never does, so the WAL is checkpointed about as often as
+before."""
 
 
 _record_order: Final = operator.itemgetter(0, 1)
