@@ -67,7 +67,7 @@ class LeanHandler(ResponseHandler):
     """aiohttp's protocol of a client connection, which can hand a whole answer over
     directly (see the module's text)."""
 
-    _waiter: asyncio.Future[LeanAnswer | None] | None = None
+    _lean_waiter: asyncio.Future[LeanAnswer | None] | None = None
 
     def arm(self) -> asyncio.Future[LeanAnswer | None] | None:
         """A future for the next answer (set by ``data_received``), or None when the
@@ -81,22 +81,22 @@ class LeanHandler(ResponseHandler):
         ):
             return None
         waiter: asyncio.Future[LeanAnswer | None] = self._loop.create_future()
-        self._waiter = waiter
+        self._lean_waiter = waiter
         return waiter
 
     def disarm(self) -> None:
-        self._waiter = None
+        self._lean_waiter = None
 
     def _fall_back(self) -> None:
-        waiter = self._waiter
+        waiter = self._lean_waiter
         if waiter is not None:
-            self._waiter = None
+            self._lean_waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        waiter = self._waiter
+        waiter = self._lean_waiter
         if waiter is None:
             return
         queued = self._buffer
@@ -104,7 +104,7 @@ class LeanHandler(ResponseHandler):
             if self._exception is not None:
                 self._fall_back()
             return  # a part of the head: the parser keeps it
-        self._waiter = None
+        self._lean_waiter = None
         if waiter.done():  # cancelled: the sender closes the connection
             return
         if (
@@ -139,5 +139,5 @@ class LeanHandler(ResponseHandler):
 
 def install(connector: aiohttp.BaseConnector) -> aiohttp.BaseConnector:
     """``connector`` with ``LeanHandler`` as the protocol of its new connections."""
-    connector._factory = functools.partial(LeanHandler, loop=connector._loop)
+    connector._factory = functools.partial(LeanHandler, loop=connector._loop)  # type: ignore[assignment]
     return connector

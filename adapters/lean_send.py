@@ -365,7 +365,7 @@ class LeanSender:
                 await req._body.close()
             return resp
         except BaseException:
-            if resp is not None and type(resp) is not LeanAnswer:
+            if isinstance(resp, aiohttp.ClientResponse):
                 resp.close()
             if req is not None and req._body is not None:
                 await req._body.close()
@@ -396,6 +396,7 @@ class LeanSender:
             max_field_size=self._max_field_size,
             max_headers=self._max_headers,
         )
+        resp: aiohttp.ClientResponse
         try:
             size = _write_at_once(req, protocol, body) if req._body is None else None
             if size is None:

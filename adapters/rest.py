@@ -868,7 +868,7 @@ class RestAdapter:
             response = await lean.fetch(
                 prepared.method, prepared.url, lean.headers(prepared.headers), prepared.body
             )
-            if type(response) is LeanAnswer:  # read whole, its connection released
+            if isinstance(response, LeanAnswer):  # read whole, its connection released
                 if refreshable and response.status == 401:
                     return None
                 check_status(response)

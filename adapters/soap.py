@@ -390,7 +390,7 @@ class _AiohttpTransport(AsyncTransport):
         lean = self._lean_sender(address, url, headers)
         if lean is not None:
             response = await lean.fetch("POST", url, lean.headers(headers), message)
-            if type(response) is LeanAnswer:  # read whole, its connection released
+            if isinstance(response, LeanAnswer):  # read whole, its connection released
                 return await self._answer(response, exchange)
             try:
                 return await self._answer(response, exchange)
@@ -410,7 +410,7 @@ class _AiohttpTransport(AsyncTransport):
         kind = media_type(response.headers)
         if not (status in _FAULT_STATUSES and kind in _XML_TYPES):
             check_status(response)
-        if type(response) is LeanAnswer:  # read whole (adapters/lean_read.py)
+        if isinstance(response, LeanAnswer):  # read whole (adapters/lean_read.py)
             body = whole_body(response, self._limit, self._system)
         else:
             body = await read_limited(response, self._limit, self._system)
