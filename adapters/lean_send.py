@@ -26,6 +26,11 @@ in that one write, the read timeout started and the ``ClientResponse`` made as
 ``ClientRequest.send`` does, without the writer, the body's payload object and the writer
 task. Anything else (a closing transport, paused writing, a large body) goes to ``send``.
 
+``LeanSender.fetch`` (the adapters' call) also reads the answer: one that arrived whole comes
+back as a ``LeanAnswer`` without ``ClientResponse`` and its stream reader
+(``adapters/lean_read.py``), on a connector made by ``adapters.lean_read.install``; any other
+answer, and every answer on another connector, as the ``ClientResponse`` of ``request``.
+
 The sender is used only when it covers the session and the headers exactly (``LeanSender.for_``
 returns None otherwise, and the caller takes ``session.request``): a session of any other
 settings, an address with credentials in it, a header name that the session's defaults or
