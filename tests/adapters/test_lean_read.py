@@ -411,6 +411,36 @@ async def test_a_dead_pooled_connection(back: Back, method: str) -> None:
         assert len(back.requests) == 2
 
 
+async def test_a_large_put_sent_again_on_a_dead_connection_is_sent_whole(back: Back) -> None:
+    """A body past the writer's buffer goes out by aiohttp's ``send`` with its payload; sent
+    again on a fresh connection, it is that payload, written whole by ``send`` again."""
+    answered = 0
+
+    def answer(_: bytes) -> Reply:
+        nonlocal answered
+        answered += 1
+        return None if answered == 2 else _ok()
+
+    back.answer = answer
+    url = URL(f"http://127.0.0.1:{back.port}/a")
+    body = b"p" * 70_000
+    session = _session()
+    try:
+        sender = LeanSender.for_(session, url.origin(), ())
+        assert sender is not None
+        await sender.fetch("PUT", url, sender.headers({}), b"{}")
+        async with asyncio.timeout(30):
+            again = await sender.fetch("PUT", url, sender.headers({}), body)
+        assert again.status == 200
+        if not isinstance(again, LeanAnswer):
+            again.release()
+    finally:
+        await session.close()
+    assert len(back.requests) == 3
+    assert back.requests[1] == back.requests[2]
+    assert back.requests[2].endswith(b"\r\n\r\n" + body)
+
+
 def test_the_connector_makes_lean_handlers() -> None:
     async def made() -> type:
         connector = install(aiohttp.TCPConnector())
