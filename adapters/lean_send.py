@@ -26,6 +26,11 @@ in that one write, the read timeout started and the ``ClientResponse`` made as
 ``ClientRequest.send`` does, without the writer, the body's payload object and the writer
 task. Anything else (a closing transport, paused writing, a large body) goes to ``send``.
 
+``LeanSender.fetch`` (the adapters' call) also reads the answer: one that arrived whole comes
+back as a ``LeanAnswer`` without ``ClientResponse`` and its stream reader
+(``adapters/lean_read.py``), on a connector made by ``adapters.lean_read.install``; any other
+answer, and every answer on another connector, as the ``ClientResponse`` of ``request``.
+
 The sender is used only when it covers the session and the headers exactly (``LeanSender.for_``
 returns None otherwise, and the caller takes ``session.request``): a session of any other
 settings, an address with credentials in it, a header name that the session's defaults or
@@ -53,6 +58,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from adapters.eager_send import REQUEST_CLASS
+from adapters.lean_read import LeanAnswer, LeanHandler
 
 __all__ = ["IDEMPOTENT_METHODS", "LeanRequest", "LeanSender"]
 
@@ -297,6 +303,27 @@ class LeanSender:
         """``session.request(method, url, headers=..., data=body, allow_redirects=False)``:
         the answer started (status and headers read), its body unread. ``headers`` come from
         ``headers()`` and are the request's own from then on."""
+        response = await self._exchange(method, url, headers, body, lean_read=False)
+        assert isinstance(response, aiohttp.ClientResponse)
+        return response
+
+    async def fetch(
+        self, method: str, url: URL, headers: CIMultiDict[str], body: bytes | None
+    ) -> LeanAnswer | aiohttp.ClientResponse:
+        """``request``, but an answer that arrived whole (``adapters/lean_read.py``) comes back
+        as a ``LeanAnswer``, read and its connection released; any other as the
+        ``ClientResponse`` of ``request``, to be read and released by the caller."""
+        return await self._exchange(method, url, headers, body, lean_read=True)
+
+    async def _exchange(
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        *,
+        lean_read: bool,
+    ) -> LeanAnswer | aiohttp.ClientResponse:
         session = self._session
         if session.closed:
             raise RuntimeError("Session is closed")
@@ -305,7 +332,7 @@ class LeanSender:
         # that may be sent again gets a copy, the one sent again the original.
         data: Any = body
         req: LeanRequest | None = None
-        resp: aiohttp.ClientResponse | None = None
+        resp: LeanAnswer | aiohttp.ClientResponse | None = None
         try:
             while True:
                 if data is None or type(data) is bytes:
@@ -318,7 +345,7 @@ class LeanSender:
                     )
                     data = None
                 try:
-                    resp = await self._attempt(req, data)
+                    resp = await self._attempt(req, data, lean_read)
                 except _CONNECT_ERRORS:
                     raise
                 except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
@@ -343,16 +370,19 @@ class LeanSender:
                 await req._body.close()
             return resp
         except BaseException:
-            if resp is not None:
+            if isinstance(resp, aiohttp.ClientResponse):
                 resp.close()
             if req is not None and req._body is not None:
                 await req._body.close()
             raise
 
-    async def _attempt(self, req: LeanRequest, body: bytes | None) -> aiohttp.ClientResponse:
+    async def _attempt(
+        self, req: LeanRequest, body: bytes | None, lean_read: bool
+    ) -> LeanAnswer | aiohttp.ClientResponse:
         """One attempt: a connection from the pool (or a new one), the request sent, the
-        answer's head read (``_request``'s ``_connect_and_send_request``). ``body``: the bytes
-        of a request of ``make_unsent`` (its payload not made yet)."""
+        answer's head read (``_request``'s ``_connect_and_send_request``), or with
+        ``lean_read`` the whole answer when it arrived whole. ``body``: the bytes of a request
+        of ``make_unsent`` (its payload not made yet)."""
         try:
             conn = await self._connector.connect(req, traces=_NO_TRACES, timeout=self._timeout)
         except TimeoutError as exc:
@@ -371,11 +401,24 @@ class LeanSender:
             max_field_size=self._max_field_size,
             max_headers=self._max_headers,
         )
+        resp: aiohttp.ClientResponse
         try:
-            resp = _send_at_once(req, protocol, body)
-            if resp is None:
+            size = _write_at_once(req, protocol, body) if req._body is None else None
+            if size is None:
                 req.with_payload(body)
                 resp = await req.send(conn)
+            else:
+                if lean_read and type(protocol) is LeanHandler:
+                    waiter = protocol.arm()
+                    if waiter is not None:
+                        try:
+                            answer = await waiter
+                        finally:
+                            protocol.disarm()
+                        if answer is not None:
+                            conn.release()  # what ClientResponse does once the body ended
+                            return answer
+                resp = _response(req, size)
             try:
                 await resp.start(conn)
             except BaseException:
@@ -400,10 +443,19 @@ def _send_at_once(
     req: LeanRequest, protocol: Any, body: bytes | None
 ) -> aiohttp.ClientResponse | None:
     """``ClientRequest.send`` for a request whose head and body aiohttp's stream writer would
-    write in one ``transport.write`` with nothing left to wait for: the same bytes (aiohttp's
-    own head serialiser), the same read timeout started, the same response object. None when
-    aiohttp's writer would do anything else (a closing transport, paused writing, a body
-    large enough to drain or to go out in ``writelines``): then aiohttp's ``send`` does it."""
+    write in one ``transport.write`` with nothing left to wait for (``_write_at_once``), and
+    the response object it makes; None when aiohttp's ``send`` is to do it."""
+    size = _write_at_once(req, protocol, body)
+    return None if size is None else _response(req, size)
+
+
+def _write_at_once(req: LeanRequest, protocol: Any, body: bytes | None) -> int | None:
+    """What ``ClientRequest.send`` writes for a request whose head and body aiohttp's stream
+    writer would write in one ``transport.write`` with nothing left to wait for: the same
+    bytes (aiohttp's own head serialiser), the same read timeout started; the size written.
+    None when aiohttp's writer would do anything else (a closing transport, paused writing, a
+    body large enough to drain or to go out in ``writelines``): then aiohttp's ``send`` does
+    it."""
     if req.method == hdrs.METH_CONNECT:
         return None  # its request target is the authority
     transport = protocol.transport
@@ -413,13 +465,18 @@ def _send_at_once(
     if body is None:
         protocol.start_timeout()  # aiohttp starts it before writing a request without body
         transport.write(head)
-        size = len(head)
-    else:
-        size = len(head) + len(body)
-        if size > _DRAIN_LIMIT or (size >= MIN_PAYLOAD_FOR_WRITELINES and not SKIP_WRITELINES):
-            return None
-        transport.write(head + body)
-        protocol.start_timeout()
+        return len(head)
+    size = len(head) + len(body)
+    if size > _DRAIN_LIMIT or (size >= MIN_PAYLOAD_FOR_WRITELINES and not SKIP_WRITELINES):
+        return None
+    transport.write(head + body)
+    protocol.start_timeout()
+    return size
+
+
+def _response(req: LeanRequest, size: int) -> aiohttp.ClientResponse:
+    """The response object ``ClientRequest.send`` makes for a request of ``size`` bytes
+    written."""
     resp = aiohttp.ClientResponse(
         req.method,
         req.original_url,

@@ -45,6 +45,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from yarl import URL
 
 from adapters.eager_send import REQUEST_CLASS
+from adapters.lean_read import LeanAnswer, install
 from adapters.lean_send import LeanSender
 from gateway.adapter import (
     AdapterConfigError,
@@ -91,6 +92,7 @@ __all__ = [
     "read_limited",
     "read_timer",
     "translate_aiohttp_error",
+    "whole_body",
 ]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -447,7 +449,7 @@ def open_session(spec: SystemSpec, *, headers: Mapping[str, str]) -> aiohttp.Cli
     cookies, no environment proxies, no decompression; callers pass ``allow_redirects=False``.
     The request body is written as the request is sent, not a loop turn later
     (``adapters/eager_send.py``)."""
-    connector = aiohttp.TCPConnector(limit=spec.concurrency_limit, limit_per_host=0)
+    connector = install(aiohttp.TCPConnector(limit=spec.concurrency_limit, limit_per_host=0))
     return aiohttp.ClientSession(
         connector=connector,
         request_class=REQUEST_CLASS,
@@ -460,7 +462,7 @@ def open_session(spec: SystemSpec, *, headers: Mapping[str, str]) -> aiohttp.Cli
     )
 
 
-def check_status(response: aiohttp.ClientResponse) -> None:
+def check_status(response: aiohttp.ClientResponse | LeanAnswer) -> None:
     """Raise HttpStatusError for a non-2xx answer; its body stays unread."""
     status = response.status
     if not 200 <= status < 300:
@@ -484,6 +486,18 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int, system: str
         if len(body) > limit:
             raise _too_large(system, limit)
     return bytes(body)
+
+
+def whole_body(answer: LeanAnswer, limit: int, system: str) -> bytes:
+    """``read_limited`` of an answer read whole: refused on the same terms (a declared length
+    past ``limit``, else a body past it)."""
+    declared = answer.content_length
+    if declared is not None:
+        if declared > limit:
+            raise _too_large(system, limit)
+    elif len(answer.body) > limit:
+        raise _too_large(system, limit)
+    return answer.body
 
 
 def _too_large(system: str, limit: int) -> BackendResponseTooLarge:
@@ -851,9 +865,15 @@ class RestAdapter:
         """One exchange; None for a 401 that a fresh token may cure."""
         lean = self._lean
         if lean is not None:
-            response = await lean.request(
+            response = await lean.fetch(
                 prepared.method, prepared.url, lean.headers(prepared.headers), prepared.body
             )
+            if isinstance(response, LeanAnswer):  # read whole, its connection released
+                if refreshable and response.status == 401:
+                    return None
+                check_status(response)
+                raw = whole_body(response, self._limit, self._system)
+                return response.status, media_type(response.headers), raw
             try:
                 if refreshable and response.status == 401:
                     return None

@@ -54,6 +54,7 @@ from zeep.wsse.username import UsernameToken
 from zeep.xsd.types.builtins import String
 from zeep.xsd.types.simple import AnySimpleType
 
+from adapters.lean_read import LeanAnswer
 from adapters.lean_send import LeanSender
 from adapters.rest import (
     ConfigModel,
@@ -67,6 +68,7 @@ from adapters.rest import (
     parse_blocks,
     read_limited,
     translate_aiohttp_error,
+    whole_body,
 )
 from adapters.soap_answers import (
     AnswerShapeError,
@@ -387,7 +389,9 @@ class _AiohttpTransport(AsyncTransport):
         headers = {**headers, **exchange.http_headers}
         lean = self._lean_sender(address, url, headers)
         if lean is not None:
-            response = await lean.request("POST", url, lean.headers(headers), message)
+            response = await lean.fetch("POST", url, lean.headers(headers), message)
+            if isinstance(response, LeanAnswer):  # read whole, its connection released
+                return await self._answer(response, exchange)
             try:
                 return await self._answer(response, exchange)
             finally:  # what leaving ``async with session.post(...)`` does
@@ -398,13 +402,18 @@ class _AiohttpTransport(AsyncTransport):
         ) as response:
             return await self._answer(response, exchange)
 
-    async def _answer(self, response: aiohttp.ClientResponse, exchange: _Exchange) -> _Answer:
+    async def _answer(
+        self, response: aiohttp.ClientResponse | LeanAnswer, exchange: _Exchange
+    ) -> _Answer:
         status = response.status
         exchange.status = status
         kind = media_type(response.headers)
         if not (status in _FAULT_STATUSES and kind in _XML_TYPES):
             check_status(response)
-        body = await read_limited(response, self._limit, self._system)
+        if isinstance(response, LeanAnswer):  # read whole (adapters/lean_read.py)
+            body = whole_body(response, self._limit, self._system)
+        else:
+            body = await read_limited(response, self._limit, self._system)
         exchange.received = body
         if kind not in _XML_TYPES and not (status == 202 and not body):
             raise UnexpectedContentType(kind)

@@ -17,7 +17,8 @@ so that each layer's share can be read as the difference between two rows:
               call context: request id, purpose, service, principal, subjects, ...)
     lean      the same request and headers on the same session, sent by the REST adapter's
               lean path (``adapters/lean_send.py``: the session's connector, request and
-              response classes without ``ClientSession._request``); trees without it fail
+              response classes without ``ClientSession._request``; an answer that arrived
+              whole read by ``LeanSender.fetch`` where the tree has it); trees without it fail
     adapter   ``RestAdapter.call``: the request built from a ``Call``, the answer checked,
               parsed and digested
     stack     the route's stack without its audit: retry policy, breaker, slot, the attempt's
@@ -120,7 +121,10 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
             await answer.read()
 
     async def one_lean() -> None:
-        answer = await sender.request("POST", target, sender.headers(headers), body)
+        # The read of a whole answer where the tree has it (LeanSender.fetch), else request.
+        answer = await fetch("POST", target, sender.headers(headers), body)
+        if not isinstance(answer, aiohttp.ClientResponse):
+            return  # read whole, its connection released
         try:
             await answer.read()
         finally:
@@ -136,6 +140,7 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
         lean_sender = LeanSender.for_(session, target.origin(), headers)
         assert lean_sender is not None
         sender = lean_sender
+        fetch = getattr(sender, "fetch", sender.request)
 
     runtime = SystemRuntime(
         "bench-rest",
