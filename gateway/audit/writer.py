@@ -332,7 +332,11 @@ class AuditWriter:
         if len(self._queue) >= self._settings.buffer_limit:
             self.stats.rejected += 1
             raise AuditUnavailable("The audit buffer is full.")
-        self._enqueue(_Entry(event, self._stamp(event), None))
+        if event.time is None and self._clock is utc_now:
+            when = utc_now_text()  # ``_stamp``'s common case, without its call
+        else:
+            when = self._stamp(event)
+        self._enqueue(_Entry(event, when, None))
 
     async def flush(self) -> None:
         """Wait until every record queued so far is committed; raise if the store is down."""
