@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from gateway.adapter import Call, CallContext, Reply
 from gateway.audit.calls import CallAuditor, CallOutcome, RouteAudit
 from gateway.audit.canonical import GENESIS_HASH, canonical_bytes
+from gateway.audit.checkpoint import CheckpointSigner
+from gateway.audit.keys import StaticKeyStore, new_signing_key
 from gateway.audit.record import (
     SHARED_CALL_FIELDS,
     AuditEvent,
@@ -32,6 +34,8 @@ from gateway.audit.record import (
     record_body,
     record_text,
 )
+from gateway.audit.store import StoredRecord
+from gateway.audit.writer import AuditWriter
 from gateway.errors import BackendError
 from gateway.pipeline import CallTrace, with_audit
 
@@ -283,3 +287,60 @@ async def test_a_call_ending_without_an_outcome_leaves_nothing_behind(ending: st
         _same(outcome, generic)
         assert request.request_id == f"r-{number}"
     assert vars(auditor) == {"_writer": kept}
+
+
+class _Capturing:
+    """A store that keeps the records it is handed."""
+
+    def __init__(self) -> None:
+        self.records: list[StoredRecord] = []
+
+    async def register_chain(self, chain: str, created: str) -> None:
+        return None
+
+    async def head(self, chain: str) -> None:
+        return None
+
+    async def last_checkpoint(self, chain: str) -> None:
+        return None
+
+    async def heads(self) -> dict[str, Any]:
+        return {}
+
+    async def append(self, records: Any, checkpoint: Any = None) -> None:
+        self.records.extend(records)
+
+    async def append_checkpoint(self, checkpoint: Any) -> None:
+        return None
+
+
+async def test_the_writer_s_stored_records_are_those_of_the_constructor() -> None:
+    store = _Capturing()
+    writer = AuditWriter(
+        store,  # type: ignore[arg-type]
+        chain="gw-a",
+        signer=CheckpointSigner(StaticKeyStore([new_signing_key()])),
+    )
+    await writer.start()
+    kept = CallAuditor(writer)
+    route = RouteAudit("svc", "lookup", "sys", "Echo", "required")
+    call = Call("Echo", {}, _context("r-1", "pw-1"))
+    try:
+        requested = await kept.requested(call, route)
+        await kept.completed(call, route, CallOutcome(1, 2.0, "closed"), requested)
+        await writer.flush()
+    finally:
+        await writer.aclose()
+    assert len(store.records) == 2
+    for record in store.records:
+        made = StoredRecord(
+            record.chain, record.sequence, record.time, record.text, record.hash,
+            record.lookup, record.subjects,
+        )  # fmt: skip
+        assert type(record) is StoredRecord
+        assert record == made and hash(record) == hash(made) and repr(record) == repr(made)
+        assert list(vars(record).items()) == list(vars(made).items())
+        assert [type(v) for v in vars(record).values()] == [type(v) for v in vars(made).values()]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.text = "{}"  # type: ignore[misc]
+    assert store.records[0].subjects == store.records[1].subjects == ("pk-pw-1",)
