@@ -254,8 +254,7 @@ def call_outcome_of(
         and (response_digest is None or _type(response_digest) is str)
         and (attempts is None or (_type(attempts) is int and 0 <= attempts <= MAX_SAFE_INTEGER))
         and (
-            latency_ms is None
-            or (_type(latency_ms) is int and 0 <= latency_ms <= MAX_SAFE_INTEGER)
+            latency_ms is None or (_type(latency_ms) is int and 0 <= latency_ms <= MAX_SAFE_INTEGER)
         )
         and extra
     ):
