@@ -325,15 +325,15 @@ def with_audit(inner: Next, auditor: CallAuditor, route: RouteAudit) -> Next:
     written stops the call (AuditUnavailable)."""
 
     async def audited(call: Call, trace: CallTrace) -> Reply:
-        await auditor.requested(call, route)
+        requested = await auditor.requested(call, route)
         try:
             reply = await inner(call, trace)
         except GatewayError as exc:
             outcome = CallOutcome(trace.attempts, trace.duration_ms, trace.breaker_state, exc.code)
-            await auditor.completed(call, route, outcome)
+            await auditor.completed(call, route, outcome, requested)
             raise
         outcome = CallOutcome(trace.attempts, trace.duration_ms, trace.breaker_state, reply=reply)
-        await auditor.completed(call, route, outcome)
+        await auditor.completed(call, route, outcome, requested)
         return reply
 
     return audited
@@ -347,7 +347,7 @@ def _audited_with_retry(
     each time the call wakes)."""
 
     async def audited(call: Call, trace: CallTrace) -> Reply:
-        await auditor.requested(call, route)
+        requested = await auditor.requested(call, route)
         try:
             started = time.monotonic()
             trace.attempts = 1
@@ -362,10 +362,10 @@ def _audited_with_retry(
                 reply = await rest(call, trace, failure, started)
         except GatewayError as exc:
             outcome = CallOutcome(trace.attempts, trace.duration_ms, trace.breaker_state, exc.code)
-            await auditor.completed(call, route, outcome)
+            await auditor.completed(call, route, outcome, requested)
             raise
         outcome = CallOutcome(trace.attempts, trace.duration_ms, trace.breaker_state, reply=reply)
-        await auditor.completed(call, route, outcome)
+        await auditor.completed(call, route, outcome, requested)
         return reply
 
     return audited

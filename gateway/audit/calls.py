@@ -24,7 +24,7 @@ from typing import Literal
 import structlog
 
 from gateway.adapter import Call, Reply
-from gateway.audit.record import AuditEvent, EventType, call_event_of
+from gateway.audit.record import AuditEvent, EventType, call_event_of, call_outcome_of
 from gateway.audit.writer import AuditWriter
 from gateway.errors import AuditUnavailable
 from gateway.frozen import made_in_one_step
@@ -118,24 +118,53 @@ class CallAuditor:
     def __init__(self, writer: AuditWriter) -> None:
         self._writer = writer
 
-    async def requested(self, call: Call, route: RouteAudit) -> None:
+    async def requested(self, call: Call, route: RouteAudit) -> AuditEvent:
+        """Record the call's request; returns its event, for ``completed`` to take the fields
+        the two records share from (the caller keeps it for the call: no state is kept here,
+        so a call that never ends leaves nothing behind)."""
         event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, _requested_extra(call, route))
         if route.mode == "required":
             await self._writer.append(event)  # returns once the batch is durably committed
         else:
-            await self._writer.append(event, mode="buffered")
+            self._writer.append_nowait(event)
+        return event
 
-    async def completed(self, call: Call, route: RouteAudit, outcome: CallOutcome) -> None:
+    async def completed(
+        self,
+        call: Call,
+        route: RouteAudit,
+        outcome: CallOutcome,
+        requested: AuditEvent | None = None,
+    ) -> None:
+        """Record the call's outcome. ``requested``: the event ``requested`` returned for this
+        call and route, whose checked fields the outcome's event takes as they are
+        (``call_outcome_of``); without it, or when it is not this call's, the event is made
+        from the call's context as the request's was."""
         extra = _completed_extra(call, outcome)
-        event = _event(EventType.SERVICE_CALL_COMPLETED, call, route, extra, outcome)
+        event: AuditEvent | None = None
+        if requested is not None and requested.request_id is call.context.request_id:
+            error_code = outcome.error_code
+            reply = outcome.reply
+            if reply is None:
+                request_digest = response_digest = None
+            else:
+                request_digest = reply.request_digest
+                response_digest = reply.response_digest
+            event = call_outcome_of(
+                requested, "ok" if error_code is None else "error", error_code,
+                outcome.attempts, round(outcome.latency_ms), request_digest, response_digest,
+                extra,
+            )  # fmt: skip
+        if event is None:
+            event = _event(EventType.SERVICE_CALL_COMPLETED, call, route, extra, outcome)
         if route.outcome == "durable":
             await self._writer.append(event)  # the answer waits for this commit too
             return
         if route.mode == "buffered":
-            await self._writer.append(event, mode="buffered")
+            self._writer.append_nowait(event)  # ``append(event, mode="buffered")``, no coroutine
             return
         try:
-            await self._writer.append(event, mode="buffered")
+            self._writer.append_nowait(event)
         except AuditUnavailable:
             # The call was made and its request record is durable: the answer goes out, and
             # the missing outcome is said here (a full buffer or a failed chain; the next

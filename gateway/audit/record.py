@@ -81,6 +81,7 @@ _type: Final = type  # ``type`` is a field's name where the fields are checked
 _new_object: Final = object.__new__
 _dumps: Final = orjson.dumps
 _SORTED: Final = orjson.OPT_SORT_KEYS
+_Fragment: Final = orjson.Fragment
 
 
 @dataclass(slots=True, kw_only=True, init=False)
@@ -198,17 +199,7 @@ def call_event_of(
     and encoded as ``AuditEvent`` does, with the same errors. The same event as the keyword
     form in every case; tests/unit/audit/test_audit_call_events.py and test_audit_event_of.py
     hold the two to the same fields and bytes."""
-    raw: bytes | None = None
-    for value in extra.values():
-        kind = _type(value)
-        if kind is str or (kind is list and _PLAIN_TEXT.issuperset(map(_type, value))):
-            continue
-        break
-    else:
-        try:
-            raw = _dumps(extra, option=_SORTED)
-        except orjson.JSONEncodeError:  # a lone surrogate: the generic path says so
-            raw = None
+    raw = _plain_text_of(extra)
     event: AuditEvent = _new_object(AuditEvent)
     _fill(
         event, type, request_id, case_id, actor, principal, identity_level, client, service,
@@ -216,6 +207,95 @@ def call_event_of(
         attempts, latency_ms, request_digest, response_digest, extra, None, raw,
     )  # fmt: skip
     return event
+
+
+def _plain_text_of(extra: dict[str, Any]) -> bytes | None:
+    """The canonical text of ``extra`` when every value is a plain string or a list of plain
+    strings (``orjson.dumps`` with sorted keys: nothing for the canonical walk to refuse or
+    sort), else None: the generic path (``canonical_bytes``) then checks and encodes it."""
+    for value in extra.values():
+        kind = _type(value)
+        if kind is str or (kind is list and _PLAIN_TEXT.issuperset(map(_type, value))):
+            continue
+        return None
+    try:
+        return _dumps(extra, option=_SORTED)
+    except orjson.JSONEncodeError:  # a lone surrogate: the generic path says so
+        return None
+
+
+def call_outcome_of(
+    requested: AuditEvent,
+    outcome: str | None,
+    error_code: str | None,
+    attempts: int | None,
+    latency_ms: int | None,
+    request_digest: str | None,
+    response_digest: str | None,
+    extra: dict[str, Any],
+    /,
+) -> AuditEvent | None:
+    """A routed call's outcome event made from its request event ``requested`` (the event
+    ``call_event_of`` made for the same call; gateway/audit/calls.py): ``call_event_of(
+    SERVICE_CALL_COMPLETED, requested.request_id, ..., requested.purpose, outcome, ...,
+    extra)``, the twelve fields the two records share (``SHARED_CALL_FIELDS``) taken from the
+    request event as they are. They were checked when it was made and an event is not changed
+    afterwards, so they are not checked again; nor are the subjects read again when ``extra``
+    names the same ``subjects`` as the request's ``extra``. None (the caller then goes the
+    generic way, which refuses or normalises what it must, with the same errors) when any of
+    the outcome's own values is not what this path takes as it is: a text field that is not a
+    plain ``str`` or None, a count that is not a plain ``int`` in range, an ``extra`` that is
+    not plain strings or too long, or other subjects than the request's.
+    (tests/unit/audit/test_audit_call_events.py holds it to ``call_event_of``'s event.)"""
+    if not (
+        (outcome is None or _type(outcome) is str)
+        and (error_code is None or _type(error_code) is str)
+        and (request_digest is None or _type(request_digest) is str)
+        and (response_digest is None or _type(response_digest) is str)
+        and (attempts is None or (_type(attempts) is int and 0 <= attempts <= MAX_SAFE_INTEGER))
+        and (
+            latency_ms is None or (_type(latency_ms) is int and 0 <= latency_ms <= MAX_SAFE_INTEGER)
+        )
+        and extra
+    ):
+        return None
+    if extra.get("subjects") != requested.extra.get("subjects"):
+        return None
+    raw = _plain_text_of(extra)
+    if raw is None or len(raw) > EXTRA_MAX_BYTES:
+        return None
+    event: AuditEvent = _new_object(AuditEvent)
+    event.extra_json = _Fragment(raw)
+    event.subjects = requested.subjects
+    event.type = EventType.SERVICE_CALL_COMPLETED
+    event.request_id = requested.request_id
+    event.case_id = requested.case_id
+    event.actor = requested.actor
+    event.principal = requested.principal
+    event.identity_level = requested.identity_level
+    event.client = requested.client
+    event.service = requested.service
+    event.receiving_province = requested.receiving_province
+    event.handling_province = requested.handling_province
+    event.system = requested.system
+    event.operation = requested.operation
+    event.purpose = requested.purpose
+    event.outcome = outcome
+    event.error_code = error_code
+    event.attempts = attempts
+    event.latency_ms = latency_ms
+    event.request_digest = request_digest
+    event.response_digest = response_digest
+    event.extra = extra
+    event.time = None
+    return event
+
+
+SHARED_CALL_FIELDS: Final = (
+    "request_id", "case_id", "actor", "principal", "identity_level", "client", "service",
+    "receiving_province", "handling_province", "system", "operation", "purpose",
+)  # fmt: skip
+"""The fields a routed call's outcome event takes from its request event (``call_outcome_of``)."""
 
 
 def _fill(

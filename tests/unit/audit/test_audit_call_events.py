@@ -145,6 +145,9 @@ class _Kept:
         self.events.append(event)
         return len(self.events)
 
+    def append_nowait(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
 
 @pytest.mark.parametrize(
     ("grant", "idempotency_key", "subjects"),

@@ -136,6 +136,9 @@ class _Kept:
         self.events.append(event)
         return len(self.events)
 
+    def append_nowait(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
 
 @pytest.mark.parametrize("with_grant", [False, True])
 async def test_the_call_events_are_those_of_the_keyword_form(with_grant: bool) -> None:
