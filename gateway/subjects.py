@@ -262,7 +262,7 @@ def named_subjects(
     """The subjects ``data`` names through ``fields`` (each once, in declaration order)."""
     if type(fields) is not tuple:  # a declaration of the configuration is a tuple: its plan kept
         fields = list(fields)
-    return _named(keys, _declaration_plan(fields), data)  # type: ignore[arg-type]
+    return _named(keys, _declaration_plan(fields), data)
 
 
 def _named(keys: SubjectKeys, plan: _DeclarationPlan, data: Mapping[str, Any]) -> list[Named]:
