@@ -419,7 +419,8 @@ class SubjectRule:
         """The verified binding, or a refusal (NotDataSubject, a GrantRefused from the book,
         ConsentStoreUnavailable). ``authority``: subjects an open case lets a department's
         system reach without a grant."""
-        own = self.own(principal, declaration, named, authority)
+        allowed = set(authority) if authority else None  # an iterator is read once
+        own = self.own(principal, declaration, named, allowed)
         if own is not None:
             return own
         # Someone named is not the principal: only a presented grant can cover them.
@@ -429,7 +430,6 @@ class SubjectRule:
                 " present their consent or delegation grant in 'consent'."
             )
         own_kind, own_key = _principal_key(principal)
-        allowed = set(authority) if authority else None
         others = [
             s
             for s in [n.subject for n in named]

@@ -170,6 +170,17 @@ AUTHORITIES: tuple[frozenset[DataSubject] | None, ...] = (
 )
 
 
+async def test_a_case_authority_given_as_an_iterator_is_read_once() -> None:
+    rule = SubjectRule(KEYS, _book())
+    named = rule.named(TWO, DECLARATIONS["two"][1], None)
+    binding = await rule.check(
+        PRINCIPALS["holder"], TWO, named, consent=(), service=SERVICE, operation="op",
+        purpose="p", authority=iter([KEYS.person(OTHER)]),
+    )  # fmt: skip
+    assert binding.subjects == (KEYS.person(HOLDER), KEYS.person(OTHER))
+    assert binding.grant is None
+
+
 @pytest.mark.parametrize("who", list(PRINCIPALS))
 async def test_own_and_check_answer_as_the_rule_before_them(who: str) -> None:
     principal = PRINCIPALS[who]
