@@ -158,9 +158,12 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
                     await jwt_verifier.verify(jwt_token)
                 if step in ("all", "subjects"):
                     binding = await bind_call(request, principal, no_schema, body, raw)
-                    province = binding.assertion_subjects(rule.keys, route.handling)
-                    tuple(s.key for s in binding.subjects)
-                    ",".join(f"{s['type']}:{s['hash']}" for s in province)
+                    if hasattr(binding, "province_subjects"):  # as _call_context makes them
+                        binding.province_subjects(rule.keys, route.handling)
+                    else:  # a tree before it
+                        province = binding.assertion_subjects(rule.keys, route.handling)
+                        ",".join([f"{s['type']}:{s['hash']}" for s in province]) or None
+                    tuple([s.key for s in binding.subjects])
                 if step == "limit":
                     judge(request, principal, await limiter.check(principal))
                     rate_limit_fields(request, response)

@@ -111,13 +111,25 @@ class _FieldPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class _NamingPlan:
+    """One entry of a declaration, for the naming walk (``named_subjects``): the path of its
+    field split into names, whether it names a person, and the path of the ID type split."""
+
+    parts: tuple[str, ...]
+    person: bool
+    id_type: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
 class _DeclarationPlan:
-    """What ``check_unambiguous`` works out from a declaration alone (its paths and the byte
-    strings to count in the raw body), worked out once per declaration."""
+    """What ``check_unambiguous`` and ``named_subjects`` work out from a declaration alone
+    (its paths, the byte strings to count in the raw body, each entry's split paths), worked
+    out once per declaration."""
 
     names: frozenset[str]
     quoted: tuple[bytes, ...]
     paths: tuple[_FieldPlan, ...]
+    naming: tuple[_NamingPlan, ...]
 
 
 _PLANS: dict[int, tuple[tuple[SubjectField, ...], _DeclarationPlan]] = {}
@@ -153,6 +165,14 @@ def _new_plan(fields: Sequence[SubjectField]) -> _DeclarationPlan:
             _FieldPlan(tuple(parts[:-1]), parts[-1], _spelling(parts[-1]))
             for parts in (p.split(".") for p in paths)
         ),
+        naming=tuple(
+            _NamingPlan(
+                tuple(f.path.split(".")),
+                f.person is not None,
+                tuple(f.id_type.split(".")) if f.id_type else None,
+            )
+            for f in fields
+        ),
     )
 
 
@@ -175,7 +195,11 @@ def check_unambiguous(
     """Refuse a request in which a subject field appears twice in its object (JSON allows it;
     parsers disagree about which one wins) or in a second spelling (``idNumber`` beside
     ``id_number``), so that the gateway and the back-end never read two different people."""
-    plan = _declaration_plan(fields)
+    _check_unambiguous(_declaration_plan(fields), data, raw)
+
+
+def _check_unambiguous(plan: _DeclarationPlan, data: Mapping[str, Any], raw: bytes | None) -> None:
+    """``check_unambiguous`` with the declaration's plan."""
     if raw is not None and (b"\\u" in raw or _counted_twice(raw, plan.quoted)):
         doubled = sorted(_duplicate_keys(raw) & plan.names)
         if doubled:
@@ -198,9 +222,10 @@ def check_unambiguous(
                 )
 
 
-def _value(data: Mapping[str, Any], path: str) -> str | None:
+def _value(data: Mapping[str, Any], parts: tuple[str, ...]) -> str | None:
+    """The non-blank text at the path ``parts`` (a path's names) of ``data``, or None."""
     node: Any = data
-    for part in path.split("."):
+    for part in parts:
         if not _is_mapping(node):
             return None
         node = node.get(part)
@@ -235,12 +260,19 @@ def named_subjects(
     keys: SubjectKeys, fields: Iterable[SubjectField], data: Mapping[str, Any]
 ) -> list[Named]:
     """The subjects ``data`` names through ``fields`` (each once, in declaration order)."""
+    if type(fields) is not tuple:  # a declaration of the configuration is a tuple: its plan kept
+        fields = list(fields)
+    return _named(keys, _declaration_plan(fields), data)
+
+
+def _named(keys: SubjectKeys, plan: _DeclarationPlan, data: Mapping[str, Any]) -> list[Named]:
+    """``named_subjects`` with the declaration's plan."""
     named: list[Named] = []
-    for entry in fields:
-        value = _value(data, entry.path)
+    for entry in plan.naming:
+        value = _value(data, entry.parts)
         if value is None:
             continue  # the schema requires it; an optional co-applicant left out names no one
-        if entry.person is not None:
+        if entry.person:
             id_type = (_value(data, entry.id_type) if entry.id_type else None) or RESIDENT_ID_CARD
             known = keys.known_person(value, id_type)
             named.append(Named(known.subject, id_type, value, known))
@@ -309,10 +341,29 @@ class Binding:
 
     def assertion_subjects(self, keys: SubjectKeys | None, province: str) -> list[dict[str, str]]:
         """Each named subject as ``{"type", "hash"}`` under the handling province's key."""
-        if keys is None or not self.named:
-            return []
+        return self.province_subjects(keys, province)[0]
+
+    def province_subjects(
+        self, keys: SubjectKeys | None, province: str
+    ) -> tuple[list[dict[str, str]], str | None]:
+        """``assertion_subjects``, and the same as one text for the call's context: each
+        ``type:hash``, comma-separated (None when there is none), made in one pass."""
+        named = self.named
+        if keys is None or not named:
+            return [], None
         mac = keys.province_mac(province)
-        return [{"type": n.subject.kind, "hash": n.province_hash(mac)} for n in self.named]
+        if len(named) == 1:
+            kind = named[0].subject.kind
+            found = named[0].province_hash(mac)
+            return [{"type": kind, "hash": found}], kind + ":" + found
+        listed: list[dict[str, str]] = []
+        texts: list[str] = []
+        for n in named:
+            kind = n.subject.kind
+            found = n.province_hash(mac)
+            listed.append({"type": kind, "hash": found})
+            texts.append(kind + ":" + found)
+        return listed, ",".join(texts)
 
 
 PUBLIC: Final = Binding()
@@ -343,13 +394,14 @@ class SubjectRule:
         ambiguous subject field, and a named subject this gateway cannot key."""
         if isinstance(declaration, str):
             return []
-        check_unambiguous(declaration, data, raw)
+        plan = _declaration_plan(declaration)
+        _check_unambiguous(plan, data, raw)
         if self.keys is None:
             raise NotDataSubject(
                 "This gateway has no identity link secret, so it cannot tell whose data this"
                 " is; nothing is sent."
             )
-        return named_subjects(self.keys, declaration, data)
+        return _named(self.keys, plan, data)
 
     async def check(
         self,
@@ -367,21 +419,17 @@ class SubjectRule:
         """The verified binding, or a refusal (NotDataSubject, a GrantRefused from the book,
         ConsentStoreUnavailable). ``authority``: subjects an open case lets a department's
         system reach without a grant."""
-        if declaration == "public":
-            return PUBLIC
-        if declaration == "caller":
-            if principal.level == MACHINE_LEVEL:
-                raise NotDataSubject(
-                    "This operation reads the caller's own data; a client acting for itself has"
-                    " none."
-                )
-            # A token without a person key (issued before them) is still its owner's.
-            own = principal_subject(principal)
-            return Binding((own or DataSubject("person", principal.owner),))
-        # Whom the principal is, compared by kind and key (what DataSubject's == compares),
-        # without making a DataSubject of the principal on every call.
+        allowed = set(authority) if authority else None  # an iterator is read once
+        own = self.own(principal, declaration, named, allowed)
+        if own is not None:
+            return own
+        # Someone named is not the principal: only a presented grant can cover them.
+        if not consent:
+            raise NotDataSubject(
+                "The request names someone other than the signed-in person or enterprise;"
+                " present their consent or delegation grant in 'consent'."
+            )
         own_kind, own_key = _principal_key(principal)
-        allowed = set(authority) if authority else None
         others = [
             s
             for s in [n.subject for n in named]
@@ -389,33 +437,59 @@ class SubjectRule:
         ]
         used: list[str] = []
         spent: list[tuple[GrantAsk, GrantUse]] = []
-        if others:
-            if not consent:
-                raise NotDataSubject(
-                    "The request names someone other than the signed-in person or enterprise;"
-                    " present their consent or delegation grant in 'consent'."
-                )
-            requester = requester_of(principal, requester_province)
-            try:
-                for subject in others:
-                    ask, use = await self._use(
-                        consent, subject, requester, service, operation, purpose
-                    )
-                    if use.uses_left is not None:
-                        spent.append((ask, use))
-                    if use.grant_id not in used:
-                        used.append(use.grant_id)
-            except Exception:
-                # One subject refused (or the book failed): the whole request is refused and
-                # nothing is sent, so the uses already spent for the others are given back.
-                await self.give_back(spent)
-                raise
+        requester = requester_of(principal, requester_province)
+        try:
+            for subject in others:
+                ask, use = await self._use(consent, subject, requester, service, operation, purpose)
+                if use.uses_left is not None:
+                    spent.append((ask, use))
+                if use.grant_id not in used:
+                    used.append(use.grant_id)
+        except Exception:
+            # One subject refused (or the book failed): the whole request is refused and
+            # nothing is sent, so the uses already spent for the others are given back.
+            await self.give_back(spent)
+            raise
         return Binding(
             tuple([n.subject for n in named]),
             ",".join(used) if used else None,
             tuple(named),
             tuple(spent),
         )
+
+    def own(
+        self,
+        principal: Principal,
+        declaration: SubjectDeclaration,
+        named: Sequence[Named],
+        authority: Iterable[DataSubject] | None = None,
+    ) -> Binding | None:
+        """The binding when no grant is needed (public data, the caller's own, every named
+        subject the principal or within ``authority``); None when some named subject is someone
+        else, whom only a grant presented to the book can cover (``check`` asks it). Refuses
+        ``caller`` data for a client acting for itself. Synchronous: a call on its caller's own
+        data goes without a coroutine."""
+        if type(declaration) is not tuple:
+            if declaration == "public":
+                return PUBLIC
+            if declaration == "caller":
+                if principal.level == MACHINE_LEVEL:
+                    raise NotDataSubject(
+                        "This operation reads the caller's own data; a client acting for itself"
+                        " has none."
+                    )
+                # A token without a person key (issued before them) is still its owner's.
+                subject = principal_subject(principal)
+                return Binding((subject or DataSubject("person", principal.owner),))
+        # Whom the principal is, compared by kind and key (what DataSubject's == compares),
+        # without making a DataSubject of the principal on every call.
+        own_kind, own_key = _principal_key(principal)
+        allowed = set(authority) if authority else None
+        subjects = tuple([n.subject for n in named])
+        for s in subjects:
+            if (s.key != own_key or s.kind != own_kind) and (allowed is None or s not in allowed):
+                return None
+        return Binding(subjects, None, tuple(named), ())
 
     async def give_back(self, spent: Iterable[tuple[GrantAsk, GrantUse]]) -> None:
         """Give the book back each counted use spent for a request that was then not sent

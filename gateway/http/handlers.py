@@ -255,6 +255,11 @@ async def bind_call(
             raise NotDataSubject("This operation declares no data subject; nothing is sent.")
         named = rule.named(declaration, body["data"], raw)  # an ambiguous field: before the schema
         route.validate(body["data"])
+        if authority is None:
+            # The caller's own data (or public): bound without the book, nor a coroutine.
+            own = rule.own(principal, declaration, named)
+            if own is not None:
+                return own
         return await rule.check(
             principal,
             declaration,
@@ -455,7 +460,7 @@ def _call_context(
     if route.operation.retry == "idempotent-with-key":
         given = _idempotency_key(request)
         idempotency_key = scoped_key(keys, principal, given) if given else uuid.uuid4().hex
-    province_subjects = binding.assertion_subjects(keys, route.handling)
+    province_subjects, subject_hashes = binding.province_subjects(keys, route.handling)
     purpose = body["purpose"]
     receiving = body["receiving_province"]
     case_id = body.get("case_id")
@@ -488,7 +493,7 @@ def _call_context(
         assertion,
         principal.client_id,
         tuple([s.key for s in binding.subjects]),
-        ",".join([f"{s['type']}:{s['hash']}" for s in province_subjects]) or None,
+        subject_hashes,
     )
 
 

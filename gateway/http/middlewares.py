@@ -169,10 +169,17 @@ def bearer_token(request: web.Request) -> str:
     """The request's bearer token, or Unauthenticated (``authenticate``'s first half: the
     request middleware awaits the verifier itself, one coroutine less per call)."""
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("A bearer token is required.")
-    return token.strip()
+    if header.startswith("Bearer "):  # as sent: the scheme told without lowering it
+        token = header[7:].strip()
+        if token:
+            return token
+    else:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer":
+            token = token.strip()
+            if token:
+                return token
+    raise Unauthenticated("A bearer token is required.")
 
 
 def authenticated(request: web.Request, principal: Principal) -> None:
