@@ -354,8 +354,17 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
 
 
 _COUNT = "SELECT count FROM rl_counters WHERE key = ? AND expires_at > ?"
-"""A window's live counter. Asked once per window: two point lookups cost less in SQLite than
-one ``key IN (?, ?)`` (which builds a temporary index of its list on each run)."""
+"""A window's live counter (``get_sliding_window``'s reference; the draws use ``_WINDOWS``)."""
+
+_WINDOWS = (
+    "SELECT (SELECT count FROM rl_counters WHERE key = ?1 AND expires_at > ?3), "
+    "(SELECT count FROM rl_counters WHERE key = ?2 AND expires_at > ?3)"
+)
+"""Both windows' live counters in one statement (NULL: no live row): each scalar subquery is
+the point lookup ``_COUNT`` makes (``key IN (?, ?)`` would build a temporary index of its list
+on each run), and one statement is one ``execute`` (a cursor, its bindings, a step and a
+``fetchone``) instead of two. With two workers every person's draw is a transaction on the loop
+of its own (docs/performance.md, "Two workers against one: where the instructions go")."""
 
 
 def _add(
@@ -376,10 +385,11 @@ def _window(
     conn: sqlite3.Connection, previous_key: str, current_key: str, expiry: int, now: float
 ) -> tuple[int, float, int, float]:
     """(previous count, previous TTL, current count, current TTL) as limits' memory storage."""
-    row = conn.execute(_COUNT, (previous_key, now)).fetchone()
-    previous = int(row[0]) if row else 0
-    row = conn.execute(_COUNT, (current_key, now)).fetchone()
-    current = int(row[0]) if row else 0
+    found_previous, found_current = conn.execute(
+        _WINDOWS, (previous_key, current_key, now)
+    ).fetchone()
+    previous = int(found_previous) if found_previous is not None else 0
+    current = int(found_current) if found_current is not None else 0
     previous_ttl = 0.0 if previous == 0 else (1 - (((now - expiry) / expiry) % 1)) * expiry
     current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
     return previous, previous_ttl, current, current_ttl
