@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import callgrind_steps
 
 HERE = Path(__file__).resolve().parent
 STEPS = ("events", "trail", "stored")
@@ -152,14 +151,7 @@ async def _writer() -> Any:
     return writer
 
 
-def _control(option: str) -> None:
-    """Zero (``-z``) or dump (``-d``) this process's counters: it runs under callgrind."""
-    subprocess.run(
-        ["callgrind_control", option, str(os.getpid())],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+_control = callgrind_steps.control
 
 
 async def run(steps: list[str], counts: list[int], *, control: bool) -> None:
@@ -176,27 +168,12 @@ async def run(steps: list[str], counts: list[int], *, control: bool) -> None:
     await _WRITER.aclose()
 
 
-_TOTALS = re.compile(r"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
-
-
 def counted(args: argparse.Namespace, steps: list[str], out: Path) -> dict[str, float]:
-    """One process under callgrind: per step, ``SMALL`` then ``SMALL + count`` calls between a
-    zeroing and a dump; instructions per call from the two dumps' difference."""
-    small = 104
-    command = [
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-        sys.executable, __file__, "--inner", "--steps", ",".join(steps),
-        "--counts", f"{small},{small + args.count}",
-    ]  # fmt: skip
-    if args.tree:
-        command += ["--tree", args.tree]
-    subprocess.run(command, check=True, capture_output=True, timeout=3000)
-    totals = []
-    for number in range(1, 2 * len(steps) + 1):
-        found = _TOTALS.search(Path(f"{out}.{number}").read_text(errors="replace"))
-        assert found, f"{out}.{number}"
-        totals.append(int(found.group(1)))
-    return {step: (totals[2 * i + 1] - totals[2 * i]) / args.count for i, step in enumerate(steps)}
+    """Instructions per call of each step, in one process under callgrind
+    (``callgrind_steps.counted``)."""
+    return callgrind_steps.counted(
+        __file__, steps, small=104, count=args.count, out=out, extra=(), tree=args.tree
+    )
 
 
 def main() -> None:

@@ -43,13 +43,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import callgrind_steps
 
 HERE = Path(__file__).resolve().parent
 STEPS = ("all", "token", "jwt", "subjects", "limit", "metrics", "log", "access")
@@ -247,38 +247,21 @@ async def _canned(system: Any, spec: Any) -> Any:
     return br.CannedAdapter()
 
 
-_TOTALS = re.compile(r"^(?:totals|summary):\s+(\d+)", re.MULTILINE)
-
-
-def _control(option: str) -> None:
-    """Zero (``-z``) or dump (``-d``) this process's counters: it runs under callgrind."""
-    subprocess.run(
-        ["callgrind_control", option, str(os.getpid())],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+_control = callgrind_steps.control
 
 
 def counted(args: argparse.Namespace, steps: list[str], out: Path) -> dict[str, float]:
-    """One process under callgrind: per step, ``SMALL`` then ``SMALL + count`` calls between a
-    zeroing and a dump; instructions per call from the two dumps' difference (the cost of the
-    zeroing and the dumping cancels out)."""
-    small = 100
-    command = [
-        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-        sys.executable, __file__, "--inner", "--steps", ",".join(steps),
-        "--counts", f"{small},{small + args.count}", "--log", args.log,
-    ]  # fmt: skip
-    if args.tree:
-        command += ["--tree", args.tree]
-    subprocess.run(command, check=True, capture_output=True, timeout=3000)
-    totals = []
-    for number in range(1, 2 * len(steps) + 1):
-        found = _TOTALS.search(Path(f"{out}.{number}").read_text(errors="replace"))
-        assert found, f"{out}.{number}"
-        totals.append(int(found.group(1)))
-    return {step: (totals[2 * i + 1] - totals[2 * i]) / args.count for i, step in enumerate(steps)}
+    """Instructions per call of each step, in one process under callgrind
+    (``callgrind_steps.counted``)."""
+    return callgrind_steps.counted(
+        __file__,
+        steps,
+        small=100,
+        count=args.count,
+        out=out,
+        extra=["--log", args.log],
+        tree=args.tree,
+    )
 
 
 def main() -> None:
