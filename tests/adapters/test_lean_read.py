@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
-import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,6 +25,7 @@ from adapters.eager_send import REQUEST_CLASS
 from adapters.lean_read import LeanAnswer, LeanHandler, install
 from adapters.lean_send import LeanSender
 from tests.adapters.loopback_backends import read_raw_request
+from tests.source_pins import source_digest as _digest
 
 _JSON = b'{"ok":true}'
 Reply = bytes | list[bytes] | None
@@ -497,10 +496,6 @@ PINNED = {
     "StreamReader.feed_data": "7548cdda3ea70bf8",
     "HeadersMixin": "58cb0c81e4db3a86",
 }
-
-
-def _digest(function: Any) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
 
 
 def test_the_aiohttp_read_path_is_unchanged() -> None:

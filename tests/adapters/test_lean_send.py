@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-import hashlib
 import inspect
 import ipaddress
 import ssl
@@ -32,6 +31,7 @@ from adapters.lean_send import LeanRequest, LeanSender
 from adapters.rest import RestAdapter, build_rest_adapter, open_session
 from gateway.adapter import BackendUnavailable, Call, CallContext, Secret, SystemSpec
 from tests.adapters.loopback_backends import read_raw_request
+from tests.source_pins import source_digest as _digest
 
 CONTEXT = CallContext(
     request_id="0f3c2a9b8d7e6f5a4b3c2d1e0f9a8b7c",
@@ -65,10 +65,6 @@ _STOOD_IN_FOR: dict[str, Any] = {
     "ClientRequest.update_expect_continue": aiohttp.ClientRequest.update_expect_continue,
     "ClientResponse.__aexit__": aiohttp.ClientResponse.__aexit__,
 }
-
-
-def _digest(function: Any) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
 
 
 PINNED = {

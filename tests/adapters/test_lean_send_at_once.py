@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -25,6 +23,7 @@ from adapters import lean_send
 from adapters.eager_send import REQUEST_CLASS
 from adapters.lean_send import LeanRequest, LeanSender
 from tests.adapters.loopback_backends import read_raw_request
+from tests.source_pins import source_digest as _digest
 
 _JSON = b'{"ok":true}'
 
@@ -439,10 +438,6 @@ PINNED = {
     "BytesPayload.__init__": "ec976aa8666637a1",
     "BytesPayload.write_with_length": "fe934738467fd16b",
 }
-
-
-def _digest(function: Any) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
 
 
 def test_the_aiohttp_write_path_is_unchanged() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
 import re
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -22,6 +20,7 @@ from gateway.adapter import Adapter, SystemSpec
 from gateway.app import create_app
 from gateway.http.dispatch import dispatched_directly
 from gateway.settings import SystemSettings
+from tests.source_pins import source_digest as _digest
 from tests.subject_fixtures import TEST_SUBJECT_KEYS
 from tests.unit.http.test_app import ISSUER, L2, Backend, _settings, call_body
 
@@ -271,10 +270,6 @@ PINNED = {
     "StreamWriter._send_headers_with_payload": "ba7ce5cef94031cd",
     "RequestHandler.finish_response": "b7eb53db8f4b30ca",
 }
-
-
-def _digest(function: Any) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
 
 
 def test_the_aiohttp_code_stood_in_for_is_unchanged() -> None:

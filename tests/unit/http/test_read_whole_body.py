@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import inspect
 from typing import Any
 from unittest import mock
 
@@ -15,6 +13,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.http.client_io import read_whole_body
+from tests.source_pins import source_digest as _digest
 
 
 def _request(chunks: list[bytes], *, limit: int = 1024, error: Exception | None = None) -> Any:
@@ -69,10 +68,6 @@ async def test_the_streams_error_is_raised_as_read_raises_it() -> None:
         await _request([b"{}"], error=ConnectionResetError("gone")).read()
     with pytest.raises(ConnectionResetError):
         read_whole_body(_request([b"{}"], error=ConnectionResetError("gone")))
-
-
-def _digest(function: Any) -> str:
-    return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
 
 
 PINNED = {
