@@ -46,16 +46,23 @@ class Auditor:
     def __init__(self, refuse_request: bool = False) -> None:
         self.seen: list[tuple[Any, ...]] = []
         self.refuse_request = refuse_request
+        self.event: object | None = None
 
-    async def requested(self, call: Call, route: RouteAudit) -> None:
+    async def requested(self, call: Call, route: RouteAudit) -> object:
         await asyncio.sleep(0)
         if self.refuse_request:
             raise AuditUnavailable("the store is down")
         self.seen.append(("requested", call.operation))
+        self.event = object()  # what CallAuditor returns: the request's event
+        return self.event
 
-    async def completed(self, call: Call, route: RouteAudit, outcome: CallOutcome) -> None:
+    async def completed(
+        self, call: Call, route: RouteAudit, outcome: CallOutcome, requested: object = None
+    ) -> None:
         await asyncio.sleep(0)
         reply = outcome.reply.data if outcome.reply is not None else None
+        # The layer hands the outcome the event its request returned (its shared fields).
+        assert requested is self.event
         self.seen.append(
             ("completed", outcome.attempts, outcome.breaker_state, outcome.error_code, reply)
         )
