@@ -38,6 +38,7 @@ from gateway.audit.record import (
 )
 from gateway.audit.store import ChainHead, StoredCheckpoint, StoredRecord
 from gateway.audit.writer import AuditWriter
+from tests.unit.audit.kept_writer import KeptWriter
 
 FIELDS = [f.name for f in dataclasses.fields(AuditEvent) if f.init]
 ORDERED = [n for n in FIELDS if n != "time"]  # call_event_of's parameters
@@ -137,18 +138,6 @@ def test_bad_fields_fail_as_the_keyword_form_does() -> None:
         assert lean == generic
 
 
-class _Kept:
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-
-    async def append(self, event: AuditEvent, mode: str = "required") -> int:
-        self.events.append(event)
-        return len(self.events)
-
-    def append_nowait(self, event: AuditEvent) -> None:
-        self.events.append(event)
-
-
 @pytest.mark.parametrize(
     ("grant", "idempotency_key", "subjects"),
     list(itertools.product([None, "cg-1"], [None, "ik-1"], [(), ("pk-1",), ("pk-2", "pk-1")])),
@@ -170,7 +159,7 @@ async def test_a_call_s_extras_are_written_in_canonical_order(
         subjects=subjects,
     )
     call = Call("Echo", {}, context)
-    kept = _Kept()
+    kept = KeptWriter()
     auditor = CallAuditor(kept)  # type: ignore[arg-type]
     route = RouteAudit("svc", "lookup", "sys", "Echo", "required")
     await auditor.requested(call, route)

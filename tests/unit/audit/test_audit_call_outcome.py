@@ -38,26 +38,13 @@ from gateway.audit.store import StoredRecord
 from gateway.audit.writer import AuditWriter
 from gateway.errors import BackendError
 from gateway.pipeline import CallTrace, with_audit
+from tests.unit.audit.kept_writer import KeptWriter
 
 TIME = "2026-12-07T06:00:00.000000Z"
 
 
 class Code(enum.StrEnum):
     TIMEOUT = "backend.timeout"
-
-
-class _Kept:
-    """A writer that keeps the events it is handed, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-
-    async def append(self, event: AuditEvent, mode: str = "required") -> int:
-        self.events.append(event)
-        return len(self.events)
-
-    def append_nowait(self, event: AuditEvent) -> None:
-        self.events.append(event)
 
 
 def _made(make: Any) -> Any:
@@ -94,7 +81,7 @@ async def _outcome_both(
 ) -> tuple[Any, Any, AuditEvent | None]:
     """The outcome event ``completed`` makes with the request event and without it (or the
     error each raises), and the request event."""
-    kept = _Kept()
+    kept = KeptWriter()
     auditor = CallAuditor(kept)  # type: ignore[arg-type]
     requested = await auditor.requested(call, route)
     assert kept.events == [requested]
@@ -221,7 +208,7 @@ def _context(request_id: str, principal: str) -> CallContext:
 
 
 async def test_another_call_s_request_event_is_not_taken_for_this_one_s() -> None:
-    kept = _Kept()
+    kept = KeptWriter()
     auditor = CallAuditor(kept)  # type: ignore[arg-type]
     route = RouteAudit("svc", "lookup", "sys", "Echo", "required")
     first = Call("Echo", {}, _context("r-1", "pw-1"))
@@ -239,7 +226,7 @@ async def test_another_call_s_request_event_is_not_taken_for_this_one_s() -> Non
 
 @pytest.mark.parametrize("ending", ["cancelled", "a bug"])
 async def test_a_call_ending_without_an_outcome_leaves_nothing_behind(ending: str) -> None:
-    kept = _Kept()
+    kept = KeptWriter()
     auditor = CallAuditor(kept)  # type: ignore[arg-type]
     route = RouteAudit("svc", "lookup", "sys", "Echo", "required")
     started = asyncio.Event()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from gateway.adapter import Call, CallContext, Reply
 from gateway.audit.calls import CallAuditor, CallOutcome, RouteAudit
 from gateway.audit.record import AuditEvent, EventType, call_event_of, record_text
+from tests.unit.audit.kept_writer import KeptWriter
 
 FIELDS = [f.name for f in dataclasses.fields(AuditEvent) if f.init]
 ORDERED = [n for n in FIELDS if n != "time"]  # call_event_of's parameters
@@ -128,18 +129,6 @@ def test_generated_fields_give_the_same_answer(
     _same({"type": EventType.SERVICE_CALL_COMPLETED, **texts, "attempts": attempts, "extra": extra})
 
 
-class _Kept:
-    def __init__(self) -> None:
-        self.events: list[AuditEvent] = []
-
-    async def append(self, event: AuditEvent, mode: str = "required") -> int:
-        self.events.append(event)
-        return len(self.events)
-
-    def append_nowait(self, event: AuditEvent) -> None:
-        self.events.append(event)
-
-
 @pytest.mark.parametrize("with_grant", [False, True])
 async def test_the_call_events_are_those_of_the_keyword_form(with_grant: bool) -> None:
     context = CallContext(
@@ -159,7 +148,7 @@ async def test_the_call_events_are_those_of_the_keyword_form(with_grant: bool) -
     )
     call = Call("Echo", {"x": 1}, context)
     route = RouteAudit("svc", "lookup", "sys", "Echo", "required")
-    kept = _Kept()
+    kept = KeptWriter()
     auditor = CallAuditor(kept)  # type: ignore[arg-type]
     reply = Reply({"ok": True}, 200, "sha256:1", "sha256:2")
     await auditor.requested(call, route)
