@@ -178,14 +178,7 @@ def counted(args: argparse.Namespace, steps: list[str], out: Path) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=2_000, help="calls counted per step")
-    parser.add_argument("--step", choices=STEPS, action="append", help="default: every step")
-    parser.add_argument("--tree", help="import gateway from this source tree")
-    parser.add_argument("--callgrind", action="store_true", help="count, per call")
-    parser.add_argument("--repeat", type=int, default=1, help="processes, one after the other")
-    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--counts", default="", help=argparse.SUPPRESS)
+    callgrind_steps.add_arguments(parser, STEPS)
     args = parser.parse_args()
     steps = args.step or list(STEPS)
     if args.count % IN_FLIGHT:

@@ -10,6 +10,7 @@ step's set-up cost cancels out.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -55,3 +56,16 @@ def counted(
         assert found, f"{out}.{number}"
         totals.append(int(found.group(1)))
     return {step: (totals[2 * i + 1] - totals[2 * i]) / count for i, step in enumerate(steps)}
+
+
+def add_arguments(parser: argparse.ArgumentParser, steps: Sequence[str]) -> None:
+    """The options every step bench takes: which steps, how many calls, which tree, counted
+    under callgrind or not, and the inner process's own (hidden) ones."""
+    parser.add_argument("--count", type=int, default=2_000, help="calls counted per step")
+    parser.add_argument("--step", choices=steps, action="append", help="default: every step")
+    parser.add_argument("--tree", help="import gateway from this source tree")
+    parser.add_argument("--callgrind", action="store_true", help="count, per call")
+    parser.add_argument("--repeat", type=int, default=1, help="processes, one after the other")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--counts", default="", help=argparse.SUPPRESS)
