@@ -63,9 +63,11 @@ async def _write(store: AuditStore, keys: StaticKeyStore, chain: str, numbers: r
     await writer.aclose()
 
 
-async def _interleaved(data_dir: Path, keys: StaticKeyStore) -> None:
-    """Three workers' writers, each on its own SqliteAuditFiles, appending in turns (the
-    checkpoints of each witness the others' heads in their files)."""
+async def _started(
+    data_dir: Path, keys: StaticKeyStore
+) -> tuple[list[SqliteAuditFiles], list[AuditWriter]]:
+    """Three workers' stores, each a SqliteAuditFiles of its own chain, opened, and their
+    writers started."""
     stores = [SqliteAuditFiles(data_dir, chain) for chain in CHAINS]
     writers = [
         AuditWriter(store, chain=chain, signer=CheckpointSigner(keys), settings=SETTINGS)
@@ -74,6 +76,13 @@ async def _interleaved(data_dir: Path, keys: StaticKeyStore) -> None:
     for store, writer in zip(stores, writers, strict=True):
         await store.open()
         await writer.start()
+    return stores, writers
+
+
+async def _interleaved(data_dir: Path, keys: StaticKeyStore) -> None:
+    """Three workers' writers, each on its own SqliteAuditFiles, appending in turns (the
+    checkpoints of each witness the others' heads in their files)."""
+    stores, writers = await _started(data_dir, keys)
     for n in range(60):
         await writers[n % 3 if n % 7 else 0].append(event(n))
     for store, writer in zip(stores, writers, strict=True):
@@ -314,14 +323,7 @@ def test_a_backup_taken_while_workers_write_verifies(tmp_path: Path, keys: Stati
         data_dir = tmp_path / "data"
         data_dir.mkdir()
         await _interleaved(data_dir, keys)  # every file exists
-        stores = [SqliteAuditFiles(data_dir, chain) for chain in CHAINS]
-        writers = [
-            AuditWriter(store, chain=chain, signer=CheckpointSigner(keys), settings=SETTINGS)
-            for store, chain in zip(stores, CHAINS, strict=True)
-        ]
-        for store, writer in zip(stores, writers, strict=True):
-            await store.open()
-            await writer.start()
+        stores, writers = await _started(data_dir, keys)
         stop = asyncio.Event()
 
         async def write(writer: AuditWriter) -> int:
