@@ -166,6 +166,10 @@ class AuditWriter:
         self._deadline = Deadlines(self._settings.commit_timeout)
         """Caps every store call at ``commit_timeout``, one loop timer for them all."""
         self._clock = clock
+        self._now_text: Callable[[], str] = (
+            utc_now_text if clock is utc_now else lambda: format_time(clock())
+        )
+        """The time text of a record stamped now: with the real clock, without a datetime."""
         self._monotonic = monotonic
         self._queue: collections.deque[_Entry] = collections.deque()
         self._bell = asyncio.Event()
@@ -294,10 +298,7 @@ class AuditWriter:
         if len(self._queue) >= self._settings.buffer_limit:
             self.stats.rejected += 1
             raise AuditUnavailable("The audit buffer is full.")
-        if event.time is None and self._clock is utc_now:
-            when = utc_now_text()  # ``_stamp``'s common case, without its call
-        else:
-            when = self._stamp(event)
+        when = self._now_text() if event.time is None else format_time(event.time)
         if mode == "buffered":
             self._enqueue(_Entry(event, when, None))
             return None
@@ -335,10 +336,7 @@ class AuditWriter:
         if len(self._queue) >= self._settings.buffer_limit:
             self.stats.rejected += 1
             raise AuditUnavailable("The audit buffer is full.")
-        if event.time is None and self._clock is utc_now:
-            when = utc_now_text()  # ``_stamp``'s common case, without its call
-        else:
-            when = self._stamp(event)
+        when = self._now_text() if event.time is None else format_time(event.time)
         self._enqueue(_Entry(event, when, None))
 
     async def flush(self) -> None:
@@ -385,13 +383,6 @@ class AuditWriter:
             else:
                 waiting.append((target, future))
         self._settlers = waiting
-
-    def _stamp(self, event: AuditEvent) -> str:
-        if event.time is not None:
-            return format_time(event.time)
-        if self._clock is utc_now:
-            return utc_now_text()  # the same text, without a datetime per record
-        return format_time(self._clock())
 
     def _enqueue(self, entry: _Entry) -> None:
         self._last_tag += 1
