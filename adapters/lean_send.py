@@ -19,7 +19,7 @@ per system instead of per call: the URL's checks (absolute, no credentials), the
 default headers and ``Host`` merged into a template (copied per call in one C call, the call's
 headers appended in another), the parser's settings.
 
-The request itself is written by ``_send_at_once`` when aiohttp's stream writer would write
+The request itself is written by ``_write_at_once`` when aiohttp's stream writer would write
 its head and body in one ``transport.write`` with nothing to wait for (every request of the
 adapters that fits the writer's buffer): the head by aiohttp's own serialiser, ``head + body``
 in that one write, the read timeout started and the ``ClientResponse`` made as
@@ -437,16 +437,6 @@ class _Sent:
 
     def __init__(self, output_size: int) -> None:
         self.output_size = output_size
-
-
-def _send_at_once(
-    req: LeanRequest, protocol: Any, body: bytes | None
-) -> aiohttp.ClientResponse | None:
-    """``ClientRequest.send`` for a request whose head and body aiohttp's stream writer would
-    write in one ``transport.write`` with nothing left to wait for (``_write_at_once``), and
-    the response object it makes; None when aiohttp's ``send`` is to do it."""
-    size = _write_at_once(req, protocol, body)
-    return None if size is None else _response(req, size)
 
 
 def _write_at_once(req: LeanRequest, protocol: Any, body: bytes | None) -> int | None:

@@ -1,4 +1,4 @@
-"""The lean sender's own write of a request (``adapters/lean_send.py``, ``_send_at_once``):
+"""The lean sender's own write of a request (``adapters/lean_send.py``, ``_write_at_once``):
 the same bytes as ``ClientSession.request``, in one write, the same answers and failures, and
 aiohttp's own ``send`` whenever its writer would do anything else.
 
@@ -383,7 +383,7 @@ async def test_what_aiohttps_writer_would_do_otherwise_is_left_to_it(
 ) -> None:
     protocol = _Protocol(transport, paused)
     request = await _request(method)
-    assert lean_send._send_at_once(request, protocol, b"{}") is None
+    assert lean_send._write_at_once(request, protocol, b"{}") is None
     assert protocol.timeouts == 0
     assert transport is None or transport.written == []
 
@@ -443,7 +443,7 @@ PINNED = {
 def test_the_aiohttp_write_path_is_unchanged() -> None:
     changed = {name for name, f in _WRITE_PATH.items() if _digest(f) != PINNED[name]}
     assert not changed, (
-        f"aiohttp {aiohttp.__version__} changed {sorted(changed)}: check _send_at_once and "
+        f"aiohttp {aiohttp.__version__} changed {sorted(changed)}: check _write_at_once and "
         "LeanRequest.make_unsent in adapters/lean_send.py against the new code before "
         "updating PINNED"
     )
