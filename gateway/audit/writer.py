@@ -42,7 +42,7 @@ from gateway.audit.store import (
 )
 from gateway.deadlines import Deadlines
 from gateway.errors import AuditUnavailable
-from gateway.event_loop import KeptLoop
+from gateway.event_loop import Bell, KeptLoop
 
 log = structlog.get_logger("gateway.audit")
 
@@ -172,7 +172,9 @@ class AuditWriter:
         """The time text of a record stamped now: with the real clock, without a datetime."""
         self._monotonic = monotonic
         self._queue: collections.deque[_Entry] = collections.deque()
-        self._bell = asyncio.Event()
+        self._running_loop = KeptLoop()
+        """The loop the writer runs on, asked for at ``start`` and kept (``KeptLoop``)."""
+        self._bell = Bell(self._running_loop)
         """Rung when what the writer sleeps for may have come (see ``_asleep``); it then looks
         at its queue again. Appends ring it only when the writer sleeps for them, so a batch
         that gathers does not wake the writer once per record."""
@@ -202,8 +204,6 @@ class AuditWriter:
         self._cp_at = 0.0
         self._uncertain: _Uncertain | None = None
         self._task: asyncio.Task[None] | None = None
-        self._running_loop = KeptLoop()
-        """The loop the writer runs on, asked for at ``start`` and kept (``KeptLoop``)."""
         self._closing = False
         self._last_tag = 0
         """Tag of the last entry queued."""
