@@ -21,12 +21,12 @@ def keys() -> StaticKeyStore:
     return StaticKeyStore([new_signing_key()])
 
 
-async def _idle_writer(keys: StaticKeyStore, **settings: float) -> AuditWriter:
+async def _idle_writer(
+    keys: StaticKeyStore, *, buffered_linger: float, linger: float = FAST.linger
+) -> AuditWriter:
+    settings = dataclasses.replace(FAST, buffered_linger=buffered_linger, linger=linger)
     w = AuditWriter(
-        MemoryAuditStore(),
-        chain="gw-s",
-        signer=CheckpointSigner(keys),
-        settings=dataclasses.replace(FAST, **settings),
+        MemoryAuditStore(), chain="gw-s", signer=CheckpointSigner(keys), settings=settings
     )
     await w.start()
     for _ in range(5):
