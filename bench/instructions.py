@@ -78,12 +78,15 @@ async def drive(
     authorizations: Sequence[str] = (),
     *,
     tolerate: bool = False,
+    gap: float = 0.0,
 ) -> None:
     """``calls`` POSTs to ``url``, ``in_flight`` at a time; each must answer 200 (``tolerate``:
     a warm-up's refusal is let pass; ``serve``'s audit writer keeps its 2 s cap on a commit,
     which a loaded machine under callgrind may exceed). With ``authorizations`` the calls take
     their Authorization header from it in turn (one person after another, as a portal's
-    traffic), going on where the last ``drive`` stopped."""
+    traffic), going on where the last ``drive`` stopped. ``gap``: seconds each of the
+    ``in_flight`` callers pauses after every answer (with one in flight: a call, then a pause,
+    as an open loop at a moderate rate, where the server goes idle between calls)."""
     remaining = calls
 
     async def worker(session: aiohttp.ClientSession) -> None:
@@ -98,6 +101,8 @@ async def drive(
                 text = await answer.read()
                 if answer.status != 200 and not tolerate:
                     raise RuntimeError(f"{url} answered {answer.status}: {text[:500]!r}")
+            if gap > 0:
+                await asyncio.sleep(gap)
 
     connector = aiohttp.TCPConnector(limit=in_flight)
     timeout = aiohttp.ClientTimeout(total=600)
@@ -173,10 +178,10 @@ def count_once(args: argparse.Namespace, workdir: Path) -> float:
         role, path, body, headers = server_role(args, upstream, workdir)
         server = kids.spawn("server", [*valgrind, *role], None, timeout=args.start_timeout)
         url = f"http://127.0.0.1:{server.port}{path}"
-        asyncio.run(drive(url, body, headers, args.warmup, args.in_flight))
+        asyncio.run(drive(url, body, headers, args.warmup, args.in_flight, gap=args.gap))
         time.sleep(args.settle)  # noqa: TID251 - the orchestrator is synchronous
         callgrind_control("-z", server.pid)
-        asyncio.run(drive(url, body, headers, args.calls, args.in_flight))
+        asyncio.run(drive(url, body, headers, args.calls, args.in_flight, gap=args.gap))
         time.sleep(args.settle)  # noqa: TID251
         callgrind_control("-d", server.pid)
         return dumped_instructions(out_file) / int(args.calls)
@@ -407,6 +412,19 @@ def count_with_retries(args: argparse.Namespace, workdir: Path) -> float:
     raise AssertionError("unreachable")
 
 
+def add_gap_argument(parser: argparse.ArgumentParser) -> None:
+    """``--gap-ms`` (``args.gap`` in seconds): the pause of each caller after every answer."""
+    parser.add_argument(
+        "--gap-ms",
+        dest="gap",
+        type=lambda ms: float(ms) / 1000,
+        default=0.0,
+        help="each caller pauses this many ms after every answer (--in-flight 1 --gap-ms 2: "
+        "one call, then a pause, as an open loop at a moderate rate; the server goes idle "
+        "between calls)",
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--mode", default="required", choices=MODES, help="what is counted")
@@ -416,6 +434,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=400, help="calls counted")
     p.add_argument("--in-flight", type=int, default=8, help="calls at a time")
     p.add_argument("--repeat", type=int, default=1, help="runs, each with a fresh server")
+    add_gap_argument(p)
     p.add_argument("--settle", type=float, default=1.0, help="seconds between the phases")
     p.add_argument("--start-timeout", type=float, default=600.0, help="seconds for the start")
     p.add_argument("--max-lifetime", type=float, default=1800.0, help="children stop after this")
@@ -461,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"{tool} is missing: apt-get install -y valgrind")
     os.nice(19 - os.nice(0))  # lowest priority, inherited by the children
     label = f"{args.mode}" + (f", tree {args.tree}" if args.tree else "")
+    label += f", {args.in_flight} in flight"
+    label += f", {args.gap * 1000:g} ms apart" if args.gap else ""
     if args.strace:
         if args.workers < 1:
             raise SystemExit("--strace counts `serve --workers N`: give --workers")

@@ -147,13 +147,14 @@ def count_once(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         role, path, body, headers = instructions.server_role(args, upstream, workdir)
         server = kids.spawn("server", role, sut_cpu, timeout=120)
         url = f"http://127.0.0.1:{server.port}{path}"
-        asyncio.run(instructions.drive(url, body, headers, args.warmup, args.in_flight))
+        drive = instructions.drive
+        asyncio.run(drive(url, body, headers, args.warmup, args.in_flight, gap=args.gap))
         time.sleep(args.settle)  # noqa: TID251 - the orchestrator is synchronous
         counting = Counting(args.tool, server.pid, workdir / f"{args.tool}.txt", args.log)
         counting.start()
         switches_before = br.thread_switches(server.pid)
         cpu_before = br.cpu_split([server.pid])
-        asyncio.run(instructions.drive(url, body, headers, args.calls, args.in_flight))
+        asyncio.run(drive(url, body, headers, args.calls, args.in_flight, gap=args.gap))
         time.sleep(args.settle)  # noqa: TID251
         switches_after = br.thread_switches(server.pid)
         user, system = br.cpu_split([server.pid])
@@ -246,6 +247,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calls", type=int, default=1000, help="calls counted")
     p.add_argument("--in-flight", type=int, default=8, help="calls at a time")
     p.add_argument("--repeat", type=int, default=1, help="runs, each with a fresh server")
+    instructions.add_gap_argument(p)
     p.add_argument(
         "--pin",
         default="",
@@ -270,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"{args.tool} is missing")
     os.nice(19 - os.nice(0))  # lowest priority, inherited by the children
     label = f"{args.mode}, {args.in_flight} in flight"
+    label += f", {args.gap * 1000:g} ms apart" if args.gap else ""
     label += f", tree {args.tree}" if args.tree else ""
     label += f", pinned {args.pin}" if args.pin else ""
     for run in range(1, max(args.repeat, 1) + 1):

@@ -55,6 +55,46 @@ class KeptLoop:
         return loop
 
 
+class Bell:
+    """``asyncio.Event`` for one waiter on a ``KeptLoop``'s loop: ``set``, ``clear``,
+    ``is_set`` and ``wait`` as the event's. The event asks for the running loop at every
+    ``wait`` (a ``getpid`` system call on Python 3.11) and keeps a queue of waiters; a task that
+    sleeps on its bell between every piece of work (the audit writer) needs neither. Only one
+    task may wait at a time (a second ``wait`` meanwhile raises ``RuntimeError``)."""
+
+    __slots__ = ("_loop", "_rung", "_waiter")
+
+    def __init__(self, loop: KeptLoop) -> None:
+        self._loop = loop
+        self._rung = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._rung
+
+    def set(self) -> None:
+        if self._rung:
+            return
+        self._rung = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._rung = False
+
+    async def wait(self) -> None:
+        if self._rung:
+            return
+        if self._waiter is not None:
+            raise RuntimeError("a bell has one waiter")
+        waiter = self._waiter = self._loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+
 class EventLoopUnavailable(RuntimeError):
     """``event_loop: uvloop`` was asked for and uvloop is not installed."""
 

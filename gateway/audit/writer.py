@@ -42,7 +42,7 @@ from gateway.audit.store import (
 )
 from gateway.deadlines import Deadlines
 from gateway.errors import AuditUnavailable
-from gateway.event_loop import KeptLoop
+from gateway.event_loop import Bell, KeptLoop
 
 log = structlog.get_logger("gateway.audit")
 
@@ -172,7 +172,9 @@ class AuditWriter:
         """The time text of a record stamped now: with the real clock, without a datetime."""
         self._monotonic = monotonic
         self._queue: collections.deque[_Entry] = collections.deque()
-        self._bell = asyncio.Event()
+        self._running_loop = KeptLoop()
+        """The loop the writer runs on, asked for at ``start`` and kept (``KeptLoop``)."""
+        self._bell = Bell(self._running_loop)
         """Rung when what the writer sleeps for may have come (see ``_asleep``); it then looks
         at its queue again. Appends ring it only when the writer sleeps for them, so a batch
         that gathers does not wake the writer once per record."""
@@ -202,8 +204,6 @@ class AuditWriter:
         self._cp_at = 0.0
         self._uncertain: _Uncertain | None = None
         self._task: asyncio.Task[None] | None = None
-        self._running_loop = KeptLoop()
-        """The loop the writer runs on, asked for at ``start`` and kept (``KeptLoop``)."""
         self._closing = False
         self._last_tag = 0
         """Tag of the last entry queued."""
@@ -391,8 +391,20 @@ class AuditWriter:
         if not queue:
             self._first_queued = self._running_loop().time()
         queue.append(entry)
-        if self._asleep == "work" or len(queue) >= self._settings.batch_size:
+        if len(queue) >= self._settings.batch_size:
             self._bell.set()
+        elif self._asleep == "work":
+            if entry.future is None and not self._urgent and not self._closing:
+                # Nobody waits for it: the idle writer gathers from here, in its sleep, as it
+                # would once woken (``_loop``), without being woken for that. At a moderate
+                # rate a call's outcome record would otherwise resume the writer's task once
+                # per call only to put it back to sleep: a loop turn and the task's frames.
+                self._asleep = "gather"
+                self._linger_timer = self._running_loop().call_at(
+                    self._first_queued + self._settings.buffered_linger, self._bell.set
+                )
+            else:
+                self._bell.set()
 
     def _hasten(self) -> None:
         """Somebody now waits for a commit: no more gathering of buffered records."""
@@ -451,8 +463,8 @@ class AuditWriter:
                 if self._closing:
                     await self._checkpoint_if_moved()
                     return
-                await self._wait_for_work()
-                idle = True
+                # A gathering begun in that sleep (``_enqueue``) has waited as one begun here.
+                idle = not await self._wait_for_work()
                 continue
             # Group commit. Records nobody waits for yet (buffered ones) gather until their
             # oldest has waited ``buffered_linger``, somebody waits for a commit or the batch
@@ -475,15 +487,19 @@ class AuditWriter:
             idle = False
             await self._write_batch()
 
-    async def _sleep(self, what: Literal["work", "gather", "company"], until: float | None) -> None:
+    async def _sleep(
+        self, what: Literal["work", "gather", "company"], until: float | None
+    ) -> Literal["", "work", "gather", "company"]:
         """Sleep until the bell rings (see ``_asleep``) or, for a linger, the loop time
-        ``until``."""
+        ``until``; what the writer slept for when it woke (a sleep for work becomes a gathering
+        when a record nobody waits for comes, ``_enqueue``)."""
         self._bell.clear()
         if until is not None:
             self._linger_timer = self._running_loop().call_at(until, self._bell.set)
         self._asleep = what
         try:
             await self._bell.wait()
+            return self._asleep
         finally:
             self._asleep = ""
             if self._linger_timer is not None:
@@ -494,17 +510,19 @@ class AuditWriter:
         self._cp_timer = None
         self._bell.set()
 
-    async def _wait_for_work(self) -> None:
+    async def _wait_for_work(self) -> bool:
+        """Sleep until there is work (or sign the head when due); True: the sleep became a
+        gathering of records nobody waits for (``_enqueue``)."""
         due = self._checkpoint_due_in()
         if due is not None and due <= 0:
             await self._checkpoint_if_moved()
-            return
+            return False
         if due is not None and (self._cp_timer is None or self._cp_timer_for != self._cp_at):
             if self._cp_timer is not None:
                 self._cp_timer.cancel()
             self._cp_timer = self._running_loop().call_later(due, self._checkpoint_rings)
             self._cp_timer_for = self._cp_at
-        await self._sleep("work", None)
+        return await self._sleep("work", None) == "gather"
 
     def _checkpoint_due_in(self) -> float | None:
         if self._head_sequence <= self._cp_sequence:

@@ -90,6 +90,9 @@ UNBOUNDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _WARN_EVERY = 10.0
 _PROBE_EVERY = 0.005
 """Seconds between two delay probes while requests are in flight (a few µs each)."""
+_STRETCH_MOST = 8
+"""A probe period after periods the loop spent partly asleep grows to at most this many
+``_PROBE_EVERY`` (``QueueDelay``)."""
 _BUSY = 0.8
 """The bound is lowered only while the loop's thread is on the CPU this much of the time: a
 loop that is late but not busy waits for a core other processes hold, and fewer calls in
@@ -107,15 +110,28 @@ _RAW_HEAD = (
 class QueueDelay:
     """How late this worker's event loop runs what is ready: a timer every ``_PROBE_EVERY``
     seconds while there is work in flight, its lateness averaged over each interval; and how
-    busy the loop's thread was in it."""
+    busy the loop's thread was in it.
+
+    A period in which the loop's thread was on the CPU less than ``_BUSY`` of the time had the
+    loop asleep for a while: nothing waited then, and a tick every ``_PROBE_EVERY`` would
+    mostly wake an idle loop (at a moderate rate, where a call is in flight most of the time,
+    a wake-up of the loop, its thread's context switch and its turn every few milliseconds for
+    nothing). After such a period the next one is twice as long (at most ``_STRETCH_MOST``
+    periods, never past the interval's end), and its sample counts as many samples as the
+    periods it spans: the mean is still one per ``_PROBE_EVERY`` of probing, as if the
+    skipped ticks had seen the same. A busy period brings the period back to
+    ``_PROBE_EVERY`` at once; while the loop is busy it is never stretched."""
 
     __slots__ = (
         "_admission",
         "_cpu_start",
         "_due",
         "_handle",
+        "_last_cpu",
+        "_last_now",
         "_loop",
         "_samples",
+        "_stretch",
         "_sum",
         "_window_end",
         "_window_start",
@@ -131,9 +147,15 @@ class QueueDelay:
         self._due = 0.0
         self._window_end = 0.0
         self._samples = 0
+        """Probe periods sampled in this interval (a stretched sample counts its periods)."""
         self._sum = 0.0
         self._window_start = 0.0
         self._cpu_start = 0.0
+        self._last_now = 0.0
+        self._last_cpu = 0.0
+        """The monotonic time and the thread's CPU time at the last sample (or the start)."""
+        self._stretch = 1
+        """Probe periods until the next sample (1: every ``_PROBE_EVERY``)."""
         self.last = 0.0
         """The mean delay of the last complete interval, in seconds."""
         self.busy = 0.0
@@ -146,12 +168,14 @@ class QueueDelay:
     def start(self) -> None:
         if self._handle is not None:
             return
-        now = time.monotonic()
-        self._new_window(now)
+        now, cpu = time.monotonic(), time.thread_time()
+        self._new_window(now, cpu)
+        self._last_now, self._last_cpu = now, cpu
+        self._stretch = 1
         self._schedule(now)
 
-    def _new_window(self, now: float) -> None:
-        self._window_start, self._cpu_start = now, time.thread_time()
+    def _new_window(self, now: float, cpu: float) -> None:
+        self._window_start, self._cpu_start = now, cpu
         self._window_end = now + self._admission.interval
         self._samples, self._sum = 0, 0.0
 
@@ -162,22 +186,39 @@ class QueueDelay:
         self.last = 0.0  # nothing in flight: nothing waits
 
     def _schedule(self, now: float) -> None:
-        self._due = now + _PROBE_EVERY
-        self._handle = self._loop().call_later(_PROBE_EVERY, self._tick)
+        after = _PROBE_EVERY * self._stretch
+        self._due = now + after
+        self._handle = self._loop().call_later(after, self._tick)
 
     def _tick(self) -> None:
         now = time.monotonic()
-        self._samples += 1
-        self._sum += max(now - self._due, 0.0)
+        if self.sample(now, time.thread_time()):
+            self._schedule(now)
+        else:
+            self._handle = None
+
+    def sample(self, now: float, cpu: float) -> bool:
+        """The tick due at ``_due`` ran at ``now``, the loop's thread having used ``cpu``
+        seconds of CPU by then: count its lateness, end the interval if it is over and set
+        ``_stretch`` for the next tick. False: stop probing (nothing in flight)."""
+        periods = self._stretch
+        self._samples += periods
+        self._sum += max(now - self._due, 0.0) * periods
+        elapsed = now - self._last_now
+        idle = elapsed > 0 and cpu - self._last_cpu < _BUSY * elapsed
+        self._last_now, self._last_cpu = now, cpu
         if now >= self._window_end:
             self.last = self._sum / self._samples
-            self.busy = (time.thread_time() - self._cpu_start) / (now - self._window_start)
-            self._new_window(now)
+            self.busy = (cpu - self._cpu_start) / (now - self._window_start)
+            self._new_window(now, cpu)
             if not self._admission.interval_ended(self.last, self.busy):
-                self._handle = None
                 self.last = 0.0
-                return
-        self._schedule(now)
+                return False
+        stretch = min(periods * 2, _STRETCH_MOST) if idle else 1
+        # Not past the interval's end: its mean is taken at the first tick after it.
+        within = int((self._window_end - now) / _PROBE_EVERY)
+        self._stretch = max(1, min(stretch, within))
+        return True
 
 
 class Admission:
