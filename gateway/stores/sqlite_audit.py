@@ -269,17 +269,54 @@ def values_statement(head: str, columns: int, rows: int) -> str:
     return f"{head} VALUES " + ", ".join([row] * rows)
 
 
+@functools.cache
+def shared_statement(head: str, columns: int, rows: int, shared: int) -> str:
+    """``values_statement(head, columns, rows)`` with column ``shared`` of every row the one
+    parameter ``?1``, the other columns numbered after it row by row: ``(?1, ?2, ?3),
+    (?1, ?4, ?5)`` for a shared first column of three."""
+    cells: list[str] = []
+    number = 2
+    for _ in range(rows):
+        row = []
+        for column in range(columns):
+            if column == shared:
+                row.append("?1")
+            else:
+                row.append(f"?{number}")
+                number += 1
+        cells.append("(" + ", ".join(row) + ")")
+    return f"{head} VALUES " + ", ".join(cells)
+
+
+@functools.cache
+def _other_columns(columns: int, shared: int) -> Callable[[Sequence[object]], tuple[object, ...]]:
+    """A row's values but its column ``shared``, in order (made in C)."""
+    return operator.itemgetter(*(c for c in range(columns) if c != shared))
+
+
 def insert_rows(
     conn: sqlite3.Connection,
     head: str,
     columns: int,
     rows: Sequence[Sequence[object]],
     sizes: Sequence[int] = ROWS_PER_STATEMENT,
+    shared: int | None = None,
 ) -> None:
     """The rows in order, as ``executemany`` of the one-row statement inserts them, in fewer
     statements: SQLite runs the rows of a multi-row VALUES one after another in one statement,
     with the same conflict rule for each (an error aborts the statement, and the caller's
-    transaction rolls back as it would have)."""
+    transaction rolls back as it would have).
+
+    ``shared``: a column that often holds one value in every row (the chain): when it does,
+    that value is bound once per statement (``shared_statement``'s ``?1``) instead of once
+    per row. SQLite copies every text it is bound (some 800 instructions each, with the
+    binding's own work), and each row of a statement reads ``?1`` as it would its own
+    parameter: the same values, so the same rows."""
+    if shared is not None and rows:
+        first_row = rows[0]
+        if len(set(map(operator.itemgetter(shared), rows))) == 1:
+            _insert_shared(conn, head, columns, rows, sizes, shared, first_row[shared])
+            return
     start, count = 0, len(rows)
     for size in sizes:
         end = start + (count - start) // size * size
@@ -292,6 +329,30 @@ def insert_rows(
         conn.executemany(values_statement(head, columns, 1), rows[start:])
 
 
+def _insert_shared(
+    conn: sqlite3.Connection,
+    head: str,
+    columns: int,
+    rows: Sequence[Sequence[object]],
+    sizes: Sequence[int],
+    shared: int,
+    value: object,
+) -> None:
+    """``insert_rows`` of rows whose column ``shared`` holds ``value`` in each: the same
+    statements' sizes in the same order, that column bound once a statement."""
+    others = _other_columns(columns, shared)
+    start, count = 0, len(rows)
+    for size in (*sizes, 1):
+        end = start + (count - start) // size * size
+        if end > start:
+            sql = shared_statement(head, columns, size, shared)
+            for first in range(start, end, size):
+                params = [value]
+                params.extend(itertools.chain.from_iterable(map(others, rows[first : first + size])))
+                conn.execute(sql, params)
+            start = end
+
+
 _RECORD_ROWS: Final = "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
 _RECORD_COLUMNS: Final = 5
 """A batch's records go in as the lookup rows do (``insert_rows``): one statement of up to
@@ -299,6 +360,9 @@ fifty records instead of one per record. Without ``OR IGNORE``: a sequence alrea
 aborts the statement (``IntegrityError``, a ``ChainConflict``) and the transaction rolls
 back, as the first such record of one statement per record did."""
 
+
+_record_row: Final = operator.attrgetter("chain", "sequence", "time", "text", "hash")
+"""A stored record's row (``_RECORD_ROWS`` order), made in C."""
 
 _record_text_of: Final = operator.itemgetter(3)
 """A record row's text (``_RECORD_ROWS`` order)."""
@@ -357,8 +421,8 @@ def _lookup_writer(
     the stored text and, after an unacknowledged commit, every chain's lagging tail."""
 
     def write(conn: sqlite3.Connection) -> dict[str, int]:
-        insert_rows(conn, _LOOKUP_ROWS, _LOOKUP_COLUMNS, rows)
-        insert_rows(conn, _SUBJECT_ROWS, _SUBJECT_COLUMNS, subjects)
+        insert_rows(conn, _LOOKUP_ROWS, _LOOKUP_COLUMNS, rows, shared=0)  # the chain
+        insert_rows(conn, _SUBJECT_ROWS, _SUBJECT_COLUMNS, subjects, shared=2)  # the chain
         _fill_spans(conn, spans)
         if not unsure:
             return {}
@@ -388,6 +452,21 @@ def _principal_order(row: LookupRow) -> tuple[str, str]:
     # Sorted by the one random key of the row (a pairwise id), the slice touches each leaf of
     # that index once; the other indexes are in time or sequence order already.
     return (row[4] or "", row[0])
+
+
+_principal_first: Final = operator.itemgetter(4, 0)
+"""``_principal_order`` made in C, for slices whose rows all name a principal (a routed
+call's do): the same key then, so the same order; a ``None`` principal does not compare
+with text (``TypeError``), and such a slice is sorted by ``_principal_order``."""
+
+
+def _by_principal(chunk: list[LookupRow]) -> list[LookupRow]:
+    """``sorted(chunk, key=_principal_order)`` (stable: in record order within a principal
+    and chain), with the key made in C when every row names a principal."""
+    try:
+        return sorted(chunk, key=_principal_first)
+    except TypeError:  # a row without a principal: ``chunk`` itself is as it was
+        return sorted(chunk, key=_principal_order)
 
 
 LAGGING_SQL: Final = (
@@ -543,7 +622,7 @@ class SqliteAuditStore:
     async def append(
         self, records: Sequence[StoredRecord], checkpoint: StoredCheckpoint | None = None
     ) -> None:
-        rows = [(r.chain, r.sequence, r.time, r.text, r.hash) for r in records]
+        rows = list(map(_record_row, records))
         try:
             await self._transaction(rows, checkpoint)
         except AuditStoreUnavailable:
@@ -629,7 +708,7 @@ class SqliteAuditStore:
             for start in range(0, max(len(pending), 1), LOOKUP_TRANSACTION):
                 chunk = pending[start : start + LOOKUP_TRANSACTION]
                 chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
-                chunk.sort(key=_principal_order)
+                chunk = _by_principal(chunk)
                 first = start == 0
                 if not first:
                     # The loop's turn between two slices (appends, calls, anything ready);
@@ -708,7 +787,7 @@ class SqliteAuditStore:
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             if rows:
-                insert_rows(conn, _RECORD_ROWS, _RECORD_COLUMNS, rows)
+                insert_rows(conn, _RECORD_ROWS, _RECORD_COLUMNS, rows, shared=0)  # the chain
             if checkpoint is not None:
                 conn.execute(
                     _INSERT_CHECKPOINT,
