@@ -57,17 +57,24 @@ def utc_now() -> datetime:
 
 _second_text: tuple[int, str] = (-1, "")
 
+_THREE_DIGITS: Final = tuple(f"{n:03d}" for n in range(1000))
+"""``f"{n:03d}"`` for 0 to 999: a time's microseconds as two halves of three digits."""
+
 
 def utc_now_text() -> str:
     """``format_time(utc_now())`` without building a datetime: the writer stamps every record
-    with it, so the text of the current second is kept and only the microseconds change."""
+    with it, so the text of the current second (with its ``.``) is kept and only the
+    microseconds change, written as two three-digit halves from a table
+    (``f"{micro:06d}"``'s digits without formatting an integer: some 0.8 k instructions fewer
+    a record)."""
     global _second_text  # noqa: PLW0603 - a one-entry cache; a race only recomputes it
     second, micro = divmod(_time.time_ns() // 1000, 1_000_000)
     cached, prefix = _second_text
     if second != cached:
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         _second_text = (second, prefix)
-    return f"{prefix}.{micro:06d}Z"
+    high, low = divmod(micro, 1000)
+    return prefix + _THREE_DIGITS[high] + _THREE_DIGITS[low] + "Z"
 
 
 _EMPTY_EXTRA: Final = orjson.Fragment(b"{}")
