@@ -348,7 +348,9 @@ def _insert_shared(
             sql = shared_statement(head, columns, size, shared)
             for first in range(start, end, size):
                 params = [value]
-                params.extend(itertools.chain.from_iterable(map(others, rows[first : first + size])))
+                params.extend(
+                    itertools.chain.from_iterable(map(others, rows[first : first + size]))
+                )
                 conn.execute(sql, params)
             start = end
 

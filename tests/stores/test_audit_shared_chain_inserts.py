@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,9 @@ def _text(rng: random.Random) -> str | None:
     return rng.choice((None, *_TEXTS))
 
 
-def _lookup_rows(rng: random.Random, count: int, chains: tuple[str, ...]) -> list[tuple[object, ...]]:
+def _lookup_rows(
+    rng: random.Random, count: int, chains: tuple[str, ...]
+) -> list[tuple[object, ...]]:
     return [
         (rng.choice(chains), rng.randrange(1, max(3, count // 3)), f"2026-12-07T10:{n % 60:02d}Z",
          *(_text(rng) for _ in range(8)))
@@ -53,7 +56,9 @@ def _lookup_rows(rng: random.Random, count: int, chains: tuple[str, ...]) -> lis
     ]  # fmt: skip
 
 
-def _subject_rows(rng: random.Random, count: int, chains: tuple[str, ...]) -> list[tuple[object, ...]]:
+def _subject_rows(
+    rng: random.Random, count: int, chains: tuple[str, ...]
+) -> list[tuple[object, ...]]:
     return [
         (rng.choice(_TEXTS[:4]), f"2026-12-07T10:{n % 7:02d}Z", rng.choice(chains),
          rng.randrange(1, max(3, count // 2)))
@@ -63,7 +68,7 @@ def _subject_rows(rng: random.Random, count: int, chains: tuple[str, ...]) -> li
 
 def _record_rows(rng: random.Random, count: int, chain: str) -> list[tuple[object, ...]]:
     start = rng.randrange(1, 1000)
-    rows = [
+    rows: list[tuple[object, ...]] = [
         (chain, start + n, f"2026-12-07T10:{n % 60:02d}Z", rng.choice(_TEXTS[:-1]) + str(n),
          f"{n:064x}")
         for n in range(count)
@@ -165,7 +170,7 @@ def test_a_slice_is_sorted_as_by_the_python_key(seed: int) -> None:
     principals: tuple[str | None, ...] = ("pw-b", "pw-a", "", "pw-c")
     if seed % 2:
         principals += (None,)
-    chunk = [
+    chunk: list[Any] = [
         ("gw-" + rng.choice("ab"), n, "t", "service_call_requested", rng.choice(principals),
          None, None, "s", "63", "61", "y")
         for n in range(rng.randrange(0, 40))
