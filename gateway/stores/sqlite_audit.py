@@ -288,12 +288,6 @@ def shared_statement(head: str, columns: int, rows: int, shared: int) -> str:
     return f"{head} VALUES " + ", ".join(cells)
 
 
-@functools.cache
-def _other_columns(columns: int, shared: int) -> Callable[[Sequence[object]], tuple[object, ...]]:
-    """A row's values but its column ``shared``, in order (made in C)."""
-    return operator.itemgetter(*(c for c in range(columns) if c != shared))
-
-
 def insert_rows(
     conn: sqlite3.Connection,
     head: str,
@@ -307,52 +301,33 @@ def insert_rows(
     with the same conflict rule for each (an error aborts the statement, and the caller's
     transaction rolls back as it would have).
 
-    ``shared``: a column that often holds one value in every row (the chain): when it does,
-    that value is bound once per statement (``shared_statement``'s ``?1``) instead of once
-    per row. SQLite copies every text it is bound (some 800 instructions each, with the
-    binding's own work), and each row of a statement reads ``?1`` as it would its own
-    parameter: the same values, so the same rows."""
-    if shared is not None and rows:
-        first_row = rows[0]
-        if len(set(map(operator.itemgetter(shared), rows))) == 1:
-            _insert_shared(conn, head, columns, rows, sizes, shared, first_row[shared])
-            return
+    ``shared``: a column that often holds one text in every row (the chain): in a statement
+    whose rows all hold the same text there, it is bound once (``shared_statement``'s
+    ``?1``) instead of once per row, the row's other values bound as before. SQLite copies
+    every text it is bound (some 800 instructions each, with the binding's own work), and
+    each row of the statement reads ``?1`` as it would its own parameter: the same values,
+    so the same rows. The parameters are made from the same flat list (its column
+    ``shared`` taken out by a slice), not row by row: a tuple made per row costs about what
+    the binding spares."""
     start, count = 0, len(rows)
     for size in sizes:
         end = start + (count - start) // size * size
         if end > start:
             sql = values_statement(head, columns, size)
             for first in range(start, end, size):
-                conn.execute(sql, list(itertools.chain.from_iterable(rows[first : first + size])))
+                params = list(itertools.chain.from_iterable(rows[first : first + size]))
+                if shared is not None:
+                    value = params[shared]
+                    if type(value) is str and params[shared::columns].count(value) == size:
+                        # Every row's column ``shared`` is this text: bound once, as ``?1``.
+                        del params[shared::columns]
+                        params.insert(0, value)
+                        conn.execute(shared_statement(head, columns, size, shared), params)
+                        continue
+                conn.execute(sql, params)
             start = end
     if start < count:
         conn.executemany(values_statement(head, columns, 1), rows[start:])
-
-
-def _insert_shared(
-    conn: sqlite3.Connection,
-    head: str,
-    columns: int,
-    rows: Sequence[Sequence[object]],
-    sizes: Sequence[int],
-    shared: int,
-    value: object,
-) -> None:
-    """``insert_rows`` of rows whose column ``shared`` holds ``value`` in each: the same
-    statements' sizes in the same order, that column bound once a statement."""
-    others = _other_columns(columns, shared)
-    start, count = 0, len(rows)
-    for size in (*sizes, 1):
-        end = start + (count - start) // size * size
-        if end > start:
-            sql = shared_statement(head, columns, size, shared)
-            for first in range(start, end, size):
-                params = [value]
-                params.extend(
-                    itertools.chain.from_iterable(map(others, rows[first : first + size]))
-                )
-                conn.execute(sql, params)
-            start = end
 
 
 _RECORD_ROWS: Final = "INSERT INTO audit_records (chain_id, sequence, recorded_at, record, hash)"
@@ -362,9 +337,6 @@ fifty records instead of one per record. Without ``OR IGNORE``: a sequence alrea
 aborts the statement (``IntegrityError``, a ``ChainConflict``) and the transaction rolls
 back, as the first such record of one statement per record did."""
 
-
-_record_row: Final = operator.attrgetter("chain", "sequence", "time", "text", "hash")
-"""A stored record's row (``_RECORD_ROWS`` order), made in C."""
 
 _record_text_of: Final = operator.itemgetter(3)
 """A record row's text (``_RECORD_ROWS`` order)."""
@@ -624,7 +596,7 @@ class SqliteAuditStore:
     async def append(
         self, records: Sequence[StoredRecord], checkpoint: StoredCheckpoint | None = None
     ) -> None:
-        rows = list(map(_record_row, records))
+        rows = [(r.chain, r.sequence, r.time, r.text, r.hash) for r in records]
         try:
             await self._transaction(rows, checkpoint)
         except AuditStoreUnavailable:
