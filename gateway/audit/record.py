@@ -344,7 +344,14 @@ def call_request_of(
     event: AuditEvent = _new_object(AuditEvent)
     event.extra_json = _Fragment(raw)
     found = extra.get("subjects")
-    event.subjects = () if found is None else subject_keys(found)
+    if found is None:
+        event.subjects = ()
+    elif _type(found) is list and len(found) == 1 and 0 < len(found[0]) <= 128:
+        # ``subject_keys`` of a call's one subject without its frame: ``_plain_text_of``
+        # took ``extra`` as it is, so a list holds plain strings.
+        event.subjects = (found[0],)
+    else:
+        event.subjects = subject_keys(found)
     event.type = EventType.SERVICE_CALL_REQUESTED
     event.request_id = request_id
     event.case_id = case_id

@@ -205,3 +205,20 @@ async def test_odd_values_go_the_generic_way_with_its_errors() -> None:
             assert lean[0] is ValueError
         if name == "authorisation_ref":
             assert orjson.dumps(lean.extra_json).startswith(b'{"grant":7,')
+
+
+@pytest.mark.parametrize(
+    "subjects",
+    ["a", "", ["a"], [""], ["x" * 128], ["x" * 129], ["a", "a"], ["a", "b"], [], "x" * 129],
+)
+def test_the_subjects_are_those_of_the_generic_way(subjects: object) -> None:
+    """One subject is read without ``subject_keys``' frame; a text, an empty or too long one,
+    several or none go through it: the same subjects as ``call_event_of``'s either way."""
+    extra = {"subjects": subjects, "system_operation": "Op"}
+    texts: list[str | None] = ["r", None, None, "pw", "L3", None, "s", "63", "61", "y", "o", "p"]
+    request: Any = call_request_of
+    generic: Any = call_event_of
+    lean = request(*texts, extra)
+    former = generic(EventType.SERVICE_CALL_REQUESTED, *texts, *(None,) * 6, extra)
+    assert lean is not None
+    _same(lean, former)
