@@ -24,7 +24,13 @@ from typing import Literal
 import structlog
 
 from gateway.adapter import Call, Reply
-from gateway.audit.record import AuditEvent, EventType, call_event_of, call_outcome_of
+from gateway.audit.record import (
+    AuditEvent,
+    EventType,
+    call_event_of,
+    call_outcome_of,
+    call_request_of,
+)
 from gateway.audit.writer import AuditWriter
 from gateway.errors import AuditUnavailable
 from gateway.frozen import made_in_one_step
@@ -87,31 +93,6 @@ def _event(
     )  # fmt: skip
 
 
-def _requested_extra(call: Call, route: RouteAudit) -> dict[str, object]:
-    """The request record's ``extra``, its keys in code-point order."""
-    extra: dict[str, object] = {}
-    context = call.context
-    if context.authorisation_ref:
-        extra["grant"] = context.authorisation_ref
-    if context.idempotency_key:
-        extra["idempotency_key"] = context.idempotency_key
-    if context.subjects:
-        extra["subjects"] = list(context.subjects)
-    extra["system_operation"] = route.system_operation
-    return extra
-
-
-def _completed_extra(call: Call, outcome: CallOutcome) -> dict[str, object]:
-    """The outcome record's ``extra``, its keys in code-point order."""
-    extra: dict[str, object] = {"breaker": outcome.breaker_state}
-    context = call.context
-    if context.authorisation_ref:
-        extra["grant"] = context.authorisation_ref
-    if context.subjects:
-        extra["subjects"] = list(context.subjects)
-    return extra
-
-
 class CallAuditor:
     """Turns a call's two moments into audit events on this instance's chain."""
 
@@ -122,7 +103,26 @@ class CallAuditor:
         """Record the call's request; returns its event, for ``completed`` to take the fields
         the two records share from (the caller keeps it for the call: no state is kept here,
         so a call that never ends leaves nothing behind)."""
-        event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, _requested_extra(call, route))
+        context = call.context
+        # The request record's ``extra``, its keys in code-point order (the canonical order).
+        extra: dict[str, object] = {}
+        if context.authorisation_ref:
+            extra["grant"] = context.authorisation_ref
+        if context.idempotency_key:
+            extra["idempotency_key"] = context.idempotency_key
+        if context.subjects:
+            extra["subjects"] = list(context.subjects)
+        extra["system_operation"] = route.system_operation
+        principal = context.principal
+        actor = context.actor
+        event = call_request_of(
+            context.request_id, context.case_id, actor if actor != principal else None,
+            principal, context.level, context.client, route.service,
+            context.receiving_province, context.handling_province, route.system,
+            route.operation, context.purpose, extra,
+        )  # fmt: skip
+        if event is None:  # a value the lean path does not take as it is: checked as ever
+            event = _event(EventType.SERVICE_CALL_REQUESTED, call, route, extra)
         if route.mode == "required":
             await self._writer.append(event)  # returns once the batch is durably committed
         else:
@@ -140,9 +140,15 @@ class CallAuditor:
         call and route, whose checked fields the outcome's event takes as they are
         (``call_outcome_of``); without it, or when it is not this call's, the event is made
         from the call's context as the request's was."""
-        extra = _completed_extra(call, outcome)
+        context = call.context
+        # The outcome record's ``extra``, its keys in code-point order.
+        extra: dict[str, object] = {"breaker": outcome.breaker_state}
+        if context.authorisation_ref:
+            extra["grant"] = context.authorisation_ref
+        if context.subjects:
+            extra["subjects"] = list(context.subjects)
         event: AuditEvent | None = None
-        if requested is not None and requested.request_id is call.context.request_id:
+        if requested is not None and requested.request_id is context.request_id:
             error_code = outcome.error_code
             reply = outcome.reply
             if reply is None:

@@ -57,17 +57,24 @@ def utc_now() -> datetime:
 
 _second_text: tuple[int, str] = (-1, "")
 
+_THREE_DIGITS: Final = tuple(f"{n:03d}" for n in range(1000))
+"""``f"{n:03d}"`` for 0 to 999: a time's microseconds as two halves of three digits."""
+
 
 def utc_now_text() -> str:
     """``format_time(utc_now())`` without building a datetime: the writer stamps every record
-    with it, so the text of the current second is kept and only the microseconds change."""
+    with it, so the text of the current second (with its ``.``) is kept and only the
+    microseconds change, written as two three-digit halves from a table
+    (``f"{micro:06d}"``'s digits without formatting an integer: some 0.8 k instructions fewer
+    a record)."""
     global _second_text  # noqa: PLW0603 - a one-entry cache; a race only recomputes it
     second, micro = divmod(_time.time_ns() // 1000, 1_000_000)
     cached, prefix = _second_text
     if second != cached:
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
         _second_text = (second, prefix)
-    return f"{prefix}.{micro:06d}Z"
+    high, low = divmod(micro, 1000)
+    return prefix + _THREE_DIGITS[high] + _THREE_DIGITS[low] + "Z"
 
 
 _EMPTY_EXTRA: Final = orjson.Fragment(b"{}")
@@ -286,6 +293,84 @@ def call_outcome_of(
     event.latency_ms = latency_ms
     event.request_digest = request_digest
     event.response_digest = response_digest
+    event.extra = extra
+    event.time = None
+    return event
+
+
+def call_request_of(
+    request_id: str | None,
+    case_id: str | None,
+    actor: str | None,
+    principal: str | None,
+    identity_level: str | None,
+    client: str | None,
+    service: str | None,
+    receiving_province: str | None,
+    handling_province: str | None,
+    system: str | None,
+    operation: str | None,
+    purpose: str | None,
+    extra: dict[str, Any],
+    /,
+) -> AuditEvent | None:
+    """A routed call's request event: ``call_event_of(SERVICE_CALL_REQUESTED, request_id, ...,
+    purpose, None, None, None, None, None, None, extra)`` (gateway/audit/calls.py), the twelve
+    text fields checked written out (``type(x) is str``) instead of through ``_fill``'s
+    generic check of sixteen, in one frame instead of two. None (the caller then goes the
+    generic way, which refuses or normalises what it must, with the same errors) when any
+    value is not what this path takes as it is: a text field that is not a plain ``str`` or
+    None, an empty ``extra``, one that is not plain strings or too long.
+    (tests/unit/audit/test_audit_request_event.py holds it to ``call_event_of``'s event.)"""
+    if not (
+        (request_id is None or _type(request_id) is str)
+        and (case_id is None or _type(case_id) is str)
+        and (actor is None or _type(actor) is str)
+        and (principal is None or _type(principal) is str)
+        and (identity_level is None or _type(identity_level) is str)
+        and (client is None or _type(client) is str)
+        and (service is None or _type(service) is str)
+        and (receiving_province is None or _type(receiving_province) is str)
+        and (handling_province is None or _type(handling_province) is str)
+        and (system is None or _type(system) is str)
+        and (operation is None or _type(operation) is str)
+        and (purpose is None or _type(purpose) is str)
+        and extra
+    ):
+        return None
+    raw = _plain_text_of(extra)
+    if raw is None or len(raw) > EXTRA_MAX_BYTES:
+        return None
+    event: AuditEvent = _new_object(AuditEvent)
+    event.extra_json = _Fragment(raw)
+    found = extra.get("subjects")
+    if found is None:
+        event.subjects = ()
+    elif _type(found) is list and len(found) == 1 and 0 < len(found[0]) <= 128:
+        # ``subject_keys`` of a call's one subject without its frame: ``_plain_text_of``
+        # took ``extra`` as it is, so a list holds plain strings.
+        event.subjects = (found[0],)
+    else:
+        event.subjects = subject_keys(found)
+    event.type = EventType.SERVICE_CALL_REQUESTED
+    event.request_id = request_id
+    event.case_id = case_id
+    event.actor = actor
+    event.principal = principal
+    event.identity_level = identity_level
+    event.client = client
+    event.service = service
+    event.receiving_province = receiving_province
+    event.handling_province = handling_province
+    event.system = system
+    event.operation = operation
+    event.purpose = purpose
+    event.outcome = None
+    event.error_code = None
+    event.attempts = None
+    event.latency_ms = None
+    event.request_digest = None
+    event.response_digest = None
     event.extra = extra
     event.time = None
     return event

@@ -269,24 +269,62 @@ def values_statement(head: str, columns: int, rows: int) -> str:
     return f"{head} VALUES " + ", ".join([row] * rows)
 
 
+@functools.cache
+def shared_statement(head: str, columns: int, rows: int, shared: int) -> str:
+    """``values_statement(head, columns, rows)`` with column ``shared`` of every row the one
+    parameter ``?1``, the other columns numbered after it row by row: ``(?1, ?2, ?3),
+    (?1, ?4, ?5)`` for a shared first column of three."""
+    cells: list[str] = []
+    number = 2
+    for _ in range(rows):
+        row = []
+        for column in range(columns):
+            if column == shared:
+                row.append("?1")
+            else:
+                row.append(f"?{number}")
+                number += 1
+        cells.append("(" + ", ".join(row) + ")")
+    return f"{head} VALUES " + ", ".join(cells)
+
+
 def insert_rows(
     conn: sqlite3.Connection,
     head: str,
     columns: int,
     rows: Sequence[Sequence[object]],
     sizes: Sequence[int] = ROWS_PER_STATEMENT,
+    shared: int | None = None,
 ) -> None:
     """The rows in order, as ``executemany`` of the one-row statement inserts them, in fewer
     statements: SQLite runs the rows of a multi-row VALUES one after another in one statement,
     with the same conflict rule for each (an error aborts the statement, and the caller's
-    transaction rolls back as it would have)."""
+    transaction rolls back as it would have).
+
+    ``shared``: a column that often holds one text in every row (the chain): in a statement
+    whose rows all hold the same text there, it is bound once (``shared_statement``'s
+    ``?1``) instead of once per row, the row's other values bound as before. SQLite copies
+    every text it is bound (some 800 instructions each, with the binding's own work), and
+    each row of the statement reads ``?1`` as it would its own parameter: the same values,
+    so the same rows. The parameters are made from the same flat list (its column
+    ``shared`` taken out by a slice), not row by row: a tuple made per row costs about what
+    the binding spares."""
     start, count = 0, len(rows)
     for size in sizes:
         end = start + (count - start) // size * size
         if end > start:
             sql = values_statement(head, columns, size)
             for first in range(start, end, size):
-                conn.execute(sql, list(itertools.chain.from_iterable(rows[first : first + size])))
+                params = list(itertools.chain.from_iterable(rows[first : first + size]))
+                if shared is not None:
+                    value = params[shared]
+                    if type(value) is str and params[shared::columns].count(value) == size:
+                        # Every row's column ``shared`` is this text: bound once, as ``?1``.
+                        del params[shared::columns]
+                        params.insert(0, value)
+                        conn.execute(shared_statement(head, columns, size, shared), params)
+                        continue
+                conn.execute(sql, params)
             start = end
     if start < count:
         conn.executemany(values_statement(head, columns, 1), rows[start:])
@@ -357,8 +395,8 @@ def _lookup_writer(
     the stored text and, after an unacknowledged commit, every chain's lagging tail."""
 
     def write(conn: sqlite3.Connection) -> dict[str, int]:
-        insert_rows(conn, _LOOKUP_ROWS, _LOOKUP_COLUMNS, rows)
-        insert_rows(conn, _SUBJECT_ROWS, _SUBJECT_COLUMNS, subjects)
+        insert_rows(conn, _LOOKUP_ROWS, _LOOKUP_COLUMNS, rows, shared=0)  # the chain
+        insert_rows(conn, _SUBJECT_ROWS, _SUBJECT_COLUMNS, subjects, shared=2)  # the chain
         _fill_spans(conn, spans)
         if not unsure:
             return {}
@@ -388,6 +426,21 @@ def _principal_order(row: LookupRow) -> tuple[str, str]:
     # Sorted by the one random key of the row (a pairwise id), the slice touches each leaf of
     # that index once; the other indexes are in time or sequence order already.
     return (row[4] or "", row[0])
+
+
+_principal_first: Final = operator.itemgetter(4, 0)
+"""``_principal_order`` made in C, for slices whose rows all name a principal (a routed
+call's do): the same key then, so the same order; a ``None`` principal does not compare
+with text (``TypeError``), and such a slice is sorted by ``_principal_order``."""
+
+
+def _by_principal(chunk: list[LookupRow]) -> list[LookupRow]:
+    """``sorted(chunk, key=_principal_order)`` (stable: in record order within a principal
+    and chain), with the key made in C when every row names a principal."""
+    try:
+        return sorted(chunk, key=_principal_first)
+    except TypeError:  # a row without a principal: ``chunk`` itself is as it was
+        return sorted(chunk, key=_principal_order)
 
 
 LAGGING_SQL: Final = (
@@ -629,7 +682,7 @@ class SqliteAuditStore:
             for start in range(0, max(len(pending), 1), LOOKUP_TRANSACTION):
                 chunk = pending[start : start + LOOKUP_TRANSACTION]
                 chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
-                chunk.sort(key=_principal_order)
+                chunk = _by_principal(chunk)
                 first = start == 0
                 if not first:
                     # The loop's turn between two slices (appends, calls, anything ready);
@@ -708,7 +761,7 @@ class SqliteAuditStore:
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             if rows:
-                insert_rows(conn, _RECORD_ROWS, _RECORD_COLUMNS, rows)
+                insert_rows(conn, _RECORD_ROWS, _RECORD_COLUMNS, rows, shared=0)  # the chain
             if checkpoint is not None:
                 conn.execute(
                     _INSERT_CHECKPOINT,
