@@ -15,9 +15,9 @@ the socket, the loop's polling and the kernel are not in it.
     .venv/bin/python bench/bench_inbound.py --callgrind --tree /tmp/base  # another tree
 
 The steps: ``call`` (the call as above), ``refused`` (the same call with a malformed body: the
-400 problem+json of the error path), ``get`` (``GET /healthz``: aiohttp's general dispatch), ``bare`` (for scale: the same
-call's bytes to a bare aiohttp app on another connection, its handler reading the body and
-answering ``web.json_response`` of a small dict, no middleware).
+400 problem+json of the error path), ``get`` (``GET /healthz``: aiohttp's general dispatch),
+``bare`` (for scale: the same call's bytes to a bare aiohttp app on another connection, its
+handler reading the body and answering ``web.json_response`` of a small dict, no middleware).
 Each step is warmed (200 calls), then made 100 and 100 + ``--count`` times between a zeroing
 and a dump of callgrind's counters (``callgrind_steps.counted``); the difference over
 ``--count`` is the step's instructions per call. Without ``--callgrind`` the steps run once

@@ -294,13 +294,18 @@ def test_the_match_info_set_at_once_is_the_one_aiohttp_builds() -> None:
     call = dispatch.CallDispatch(app, route, _never)
     call._paths["/s/degree-verification/calls"] = match
     request = make_mocked_request("POST", "/s/degree-verification/calls", app=app)
-    call(request).close()  # the chain's coroutine, not awaited
+    chain: Any = call(request)
+    chain.close()  # the chain's coroutine, not awaited
     info = request._match_info
+    assert info is not None
     assert type(info) is type(built)
-    assert dict(info) == dict(built) and info is not match
+    assert dict(info) == dict(built)
+    assert info is not match
     slots = web_urldispatcher.UrlMappingMatchInfo.__slots__
     assert {n: getattr(info, n) for n in slots} == {n: getattr(built, n) for n in slots}
-    assert info.apps == (app,) and info.current_app is app and info.route is route
+    assert info.apps == (app,)
+    assert info.current_app is app
+    assert info.route is route
     with pytest.raises(RuntimeError):
         info.add_app(web.Application())
 
@@ -312,7 +317,9 @@ async def test_the_private_attributes_used_exist(tmp_path: Path) -> None:
     head = make_mocked_request("HEAD", "/", version=aiohttp.HttpVersion10, app=app)
     assert (head._version, head._method) == (head.version, head.method)
     assert app._on_response_prepare is app.on_response_prepare
-    assert head._match_info._apps == list(head._match_info.apps)
+    head_info = head._match_info
+    assert head_info is not None
+    assert head_info._apps == list(head_info.apps)
     assert hasattr(app, "_subapps")
     assert hasattr(app.router, "_matched_sub_app_resources")
     assert "_handle" not in vars(app)  # the method, which an attribute can stand in for

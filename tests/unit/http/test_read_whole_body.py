@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.test_utils import make_mocked_request
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.http.client_io import read_whole_body
 from tests.source_pins import source_digest as _digest
