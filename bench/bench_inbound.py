@@ -20,8 +20,9 @@ The steps: ``call`` (the call as above), ``refused`` (the same call with a malfo
 handler reading the body and answering ``web.json_response`` of a small dict, no middleware).
 Each step is warmed (200 calls), then made 100 and 100 + ``--count`` times between a zeroing
 and a dump of callgrind's counters (``callgrind_steps.counted``); the difference over
-``--count`` is the step's instructions per call. Without ``--callgrind`` the steps run once
-(a check that every answer is the expected one).
+``--count`` is the step's instructions per call, the cyclic garbage collector off while
+counting (its cost is in ``bench/instructions.py``'s figures). Without ``--callgrind`` the
+steps run once (a check that every answer is the expected one).
 """
 
 # ruff: noqa: PLC0415 - gateway is imported after --tree has put its tree first
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 import tempfile
@@ -154,12 +156,18 @@ async def run(steps: list[str], counts: list[int], control: bool, stack: bool) -
                 for _ in range(200):  # warm: caches filled, code specialised
                     await once(step)
                 for n in counts:
+                    # The cyclic collector off while counting: when its collections of the
+                    # older generations fall moves with every allocation, and one more or less
+                    # among the counted calls moved a run by tens of thousands a call.
+                    gc.collect()
+                    gc.disable()
                     if control:
                         callgrind_steps.control("-z")
                     for _ in range(n):
                         await once(step)
                     if control:
                         callgrind_steps.control("-d")
+                    gc.enable()
             protocol.connection_lost(None)
             bare[1].connection_lost(None)
         finally:
