@@ -22,8 +22,9 @@ Each step is warmed (200 calls), then made 100 and 100 + ``--count`` times betwe
 and a dump of callgrind's counters (``callgrind_steps.counted``); the difference over
 ``--count`` is the step's instructions per call, the cyclic garbage collector off while
 counting (its cost is in ``bench/instructions.py``'s figures), and the door's probe of the
-loop's lateness, which runs on wall time, set to once an hour. Without ``--callgrind`` the
-steps run once (a check that every answer is the expected one).
+loop's lateness, which runs on wall time, set to once an hour (and the inner process's
+``PYTHONHASHSEED`` 0 unless set). Without ``--callgrind`` the steps run once (a check that
+every answer is the expected one).
 """
 
 # ruff: noqa: PLC0415 - gateway is imported after --tree has put its tree first
@@ -214,6 +215,7 @@ def main() -> None:
     steps = args.step or list(STEPS)
     extra = ["--stack"] if args.stack else []
     if args.callgrind:
+        os.environ.setdefault("PYTHONHASHSEED", "0")  # the inner process's dicts laid out alike
         label = "this tree" if not args.tree else f"tree {args.tree}"
         for number in range(1, args.repeat + 1):
             with tempfile.TemporaryDirectory(prefix="tongban-inbound-cg-") as tmp:
