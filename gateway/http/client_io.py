@@ -18,6 +18,8 @@ from typing import Any, Final
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.helpers import TimerNoop
+from aiohttp.streams import StreamReader
 
 from gateway.errors import (
     InvalidRequest,
@@ -92,11 +94,44 @@ def read_whole_body(request: web.Request) -> None:
     ``client_max_size`` is refused as ``read`` refuses it (413)."""
     if request._read_bytes is not None:
         return
-    data = request.content.read_nowait()
+    content = request.content
+    data = _whole_chunk(content)
+    if data is None:
+        data = content.read_nowait()
     limit = request.client_max_size
     if limit and len(data) > limit:
         raise web.HTTPRequestEntityTooLarge(limit)
     request._read_bytes = data
+
+
+def _whole_chunk(content: StreamReader) -> bytes | None:
+    """The body of a stream at its end held in one chunk, taken as ``read_nowait`` takes it
+    (the chunk out of the buffer, the size and cursor moved on) but without its last step
+    when the connection's reading is not held back: ``_read_nowait_chunk`` then asks the
+    protocol to resume reading, which feeds aiohttp's parser an empty read
+    (``data_received(b"")``, through the door's own ``data_received``) and resumes a transport
+    that is not paused. With neither flag set the parser holds no bytes back (it keeps some
+    only after pausing, which sets one of them) and the transport reads on, so that step does
+    nothing. None for anything else (an error, a waiter, several chunks, chunked framing, a
+    read timer, reading held back): ``read_nowait`` takes it."""
+    buffer = content._buffer
+    protocol = content._protocol
+    if (
+        content._exception is not None
+        or content._waiter is not None
+        or len(buffer) != 1
+        or content._buffer_offset
+        or content._http_chunk_splits is not None
+        or type(content._timer) is not TimerNoop
+        or protocol._reading_paused
+        or protocol._buffer_paused
+    ):
+        return None
+    data = buffer.popleft()
+    size = len(data)
+    content._size -= size
+    content._cursor += size
+    return data
 
 
 def aborted_or_raise(request: web.Request, exc: ConnectionResetError) -> web.Response:

@@ -44,6 +44,10 @@ _PATHS_KEPT = 1024
 """Call paths whose match is kept (one per service code seen); beyond, the table starts again."""
 
 
+_new_match_info = UrlMappingMatchInfo.__new__
+_fill = dict.update
+
+
 class CallDispatch:
     """The app's request handler: ``Application._handle``, with the call endpoint's known
     paths dispatched directly (the module docstring says how, and why it is the same)."""
@@ -76,9 +80,14 @@ class CallDispatch:
             if match is None:
                 return self._learning(request, path)
             if not request.headers.get(hdrs.EXPECT):
-                info = UrlMappingMatchInfo(match, self._route)
-                info.add_app(self._app)
-                info.freeze()
+                # UrlMappingMatchInfo(match, route), add_app(app), freeze(), without their
+                # three calls: the state they leave, set at once.
+                info = _new_match_info(UrlMappingMatchInfo)
+                _fill(info, match)
+                info._route = self._route
+                info._apps = [self._app]
+                info._current_app = self._app
+                info._frozen = True
                 request._match_info = info
                 return self._chain(request)
         return self._general(request)

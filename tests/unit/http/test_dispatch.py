@@ -13,7 +13,7 @@ import orjson
 import pytest
 import structlog
 from aiohttp import http_writer, web, web_app, web_middlewares, web_protocol, web_urldispatcher
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, make_mocked_request
 
 import gateway.http.dispatch as dispatch
 from gateway.adapter import Adapter, SystemSpec
@@ -229,6 +229,7 @@ _STOOD_IN_FOR: dict[str, Any] = {
     "UrlDispatcher.resolve": web_urldispatcher.UrlDispatcher.resolve,
     "UrlMappingMatchInfo.__init__": web_urldispatcher.UrlMappingMatchInfo.__init__,
     "UrlMappingMatchInfo.add_app": web_urldispatcher.UrlMappingMatchInfo.add_app,
+    "UrlMappingMatchInfo.freeze": web_urldispatcher.UrlMappingMatchInfo.freeze,
     "Resource.resolve": web_urldispatcher.Resource.resolve,
     "Response.__init__": web.Response.__init__,
     "Response._start": web.Response._start,
@@ -255,6 +256,7 @@ PINNED = {
     "UrlDispatcher.resolve": "259c48022a93030c",
     "UrlMappingMatchInfo.__init__": "f851e5cb478e6509",
     "UrlMappingMatchInfo.add_app": "40eee70e103adff9",
+    "UrlMappingMatchInfo.freeze": "04adcc3e1f28ed62",
     "Resource.resolve": "61f147f661d99188",
     "Response.__init__": "a6a7497dd6dce4f2",
     "Response._start": "5b9473c63ff522b4",
@@ -280,9 +282,44 @@ def test_the_aiohttp_code_stood_in_for_is_unchanged() -> None:
     )
 
 
+def test_the_match_info_set_at_once_is_the_one_aiohttp_builds() -> None:
+    """What the direct dispatch puts on a request is what ``UrlMappingMatchInfo(match, route)``,
+    ``add_app(app)`` and ``freeze()`` leave: every slot and the dict, and frozen alike."""
+    app = web.Application()
+    route = app.router.add_post("/s/{service}/calls", _never)
+    match = {"service": "degree-verification"}
+    built = web_urldispatcher.UrlMappingMatchInfo(match, route)
+    built.add_app(app)
+    built.freeze()
+    call = dispatch.CallDispatch(app, route, _never)
+    call._paths["/s/degree-verification/calls"] = match
+    request = make_mocked_request("POST", "/s/degree-verification/calls", app=app)
+    chain: Any = call(request)
+    chain.close()  # the chain's coroutine, not awaited
+    info = request._match_info
+    assert info is not None
+    assert type(info) is type(built)
+    assert dict(info) == dict(built)
+    assert info is not match
+    slots = web_urldispatcher.UrlMappingMatchInfo.__slots__
+    assert {n: getattr(info, n) for n in slots} == {n: getattr(built, n) for n in slots}
+    assert info.apps == (app,)
+    assert info.current_app is app
+    assert info.route is route
+    with pytest.raises(RuntimeError):
+        info.add_app(web.Application())
+
+
 async def test_the_private_attributes_used_exist(tmp_path: Path) -> None:
     app = web.Application()
     app.router.add_get("/", _never)
+    # read by the lean answer (answer.py) behind their properties
+    head = make_mocked_request("HEAD", "/", version=aiohttp.HttpVersion10, app=app)
+    assert (head._version, head._method) == (head.version, head.method)
+    assert app._on_response_prepare is app.on_response_prepare
+    head_info = head._match_info
+    assert head_info is not None
+    assert head_info._apps == list(head_info.apps)
     assert hasattr(app, "_subapps")
     assert hasattr(app.router, "_matched_sub_app_resources")
     assert "_handle" not in vars(app)  # the method, which an attribute can stand in for

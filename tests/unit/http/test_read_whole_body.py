@@ -9,15 +9,23 @@ from unittest import mock
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.http.client_io import read_whole_body
 from tests.source_pins import source_digest as _digest
 
 
-def _request(chunks: list[bytes], *, limit: int = 1024, error: Exception | None = None) -> Any:
-    protocol = mock.Mock(_reading_paused=False)
+def _request(
+    chunks: list[bytes],
+    *,
+    limit: int = 1024,
+    error: Exception | None = None,
+    protocol: Any = None,
+) -> Any:
+    protocol = protocol or mock.Mock(_reading_paused=False)
     payload = StreamReader(protocol, 2**16, loop=asyncio.get_running_loop())
     for chunk in chunks:
         payload.feed_data(chunk)
@@ -70,8 +78,48 @@ async def test_the_streams_error_is_raised_as_read_raises_it() -> None:
         read_whole_body(_request([b"{}"], error=ConnectionResetError("gone")))
 
 
+def _protocol(*, reading_paused: bool = False, buffer_paused: bool = False) -> Any:
+    return mock.Mock(_reading_paused=reading_paused, _buffer_paused=buffer_paused)
+
+
+@pytest.mark.parametrize("chunks", BODIES)
+async def test_a_connection_reading_on_is_not_asked_to_resume(chunks: list[bytes]) -> None:
+    """One chunk on a connection whose reading is not held back: the same bytes and the same
+    stream state as ``read``, without the protocol's resume (an empty parse); several chunks
+    go ``read_nowait``'s way, resume included."""
+    read = _request(chunks, protocol=_protocol())
+    expected = await read.read()
+    protocol = _protocol()
+    taken = _request(chunks, protocol=protocol)
+    protocol.resume_reading.reset_mock()  # feed_eof's own resume, as the server's
+    read_whole_body(taken)
+    assert await taken.read() == expected == b"".join(chunks)
+    content, other = taken.content, read.content
+    assert (content._size, content._cursor, len(content._buffer)) == (
+        other._size,
+        other._cursor,
+        len(other._buffer),
+    )
+    assert protocol.resume_reading.called == (len(chunks) > 1)
+
+
+@pytest.mark.parametrize(("reading", "buffer"), [(True, False), (False, True), (True, True)])
+async def test_a_connection_held_back_is_asked_to_resume_as_read_asks(
+    reading: bool, buffer: bool
+) -> None:
+    protocol = _protocol(reading_paused=reading, buffer_paused=buffer)
+    taken = _request([b'{"a": 1}'], protocol=protocol)
+    protocol.resume_reading.reset_mock()
+    read_whole_body(taken)
+    assert await taken.read() == b'{"a": 1}'
+    protocol.resume_reading.assert_called_once_with()
+
+
 PINNED = {
     "BaseRequest.read": (web.BaseRequest.read, "5b94964416f69903"),
+    "StreamReader._read_nowait_chunk": (StreamReader._read_nowait_chunk, "672849652cf250d3"),
+    "BaseProtocol.resume_reading": (BaseProtocol.resume_reading, "21dee847a31af724"),
+    "RequestHandler.data_received": (RequestHandler.data_received, "1ee57ebe052e6c80"),
     "StreamReader.read_nowait": (StreamReader.read_nowait, "e340a15bd631cecb"),
     "StreamReader._read_nowait": (StreamReader._read_nowait, "05fc75740b9d4d63"),
     "StreamReader.readany": (StreamReader.readany, "766f946ae360b8ea"),
@@ -89,3 +137,8 @@ def test_the_aiohttp_code_stood_in_for_is_unchanged() -> None:
 def test_the_private_attributes_used_exist() -> None:
     assert "_read_bytes" in web.BaseRequest.ATTRS
     assert web.BaseRequest._read_bytes is None
+    for name in ("_buffer", "_protocol", "_exception", "_waiter", "_buffer_offset"):
+        assert name in StreamReader.__slots__
+    for name in ("_http_chunk_splits", "_timer", "_size", "_cursor"):
+        assert name in StreamReader.__slots__
+    assert {"_reading_paused", "_buffer_paused"} <= set(BaseProtocol.__slots__)
