@@ -241,15 +241,15 @@ class Named:
     _id_type: str | None
     _identifier: str
     _known: KnownPerson | None = field(default=None, compare=False)
-    """The person as the subject keys remember them (their province hashes made once)."""
+    """The person (or the enterprise, a ``KnownEnterprise``) as the subject keys remember them:
+    their province hashes made once."""
 
     def province_hash(self, key: bytes | KeyedSha256) -> str:
+        known = self._known
+        if known is not None and type(key) is KeyedSha256:
+            return known.province_hash(key, self._id_type or RESIDENT_ID_CARD, self._identifier)
         if self.subject.kind == "person":
-            known = self._known
-            id_type = self._id_type or RESIDENT_ID_CARD
-            if known is not None and type(key) is KeyedSha256:
-                return known.province_hash(key, id_type, self._identifier)
-            return province_person_hash(key, id_type, self._identifier)
+            return province_person_hash(key, self._id_type or RESIDENT_ID_CARD, self._identifier)
         return province_enterprise_hash(key, self._identifier)
 
     def __repr__(self) -> str:
@@ -277,7 +277,8 @@ def _named(keys: SubjectKeys, plan: _DeclarationPlan, data: Mapping[str, Any]) -
             known = keys.known_person(value, id_type)
             named.append(Named(known.subject, id_type, value, known))
         else:
-            named.append(Named(keys.enterprise(value), None, value))
+            known = keys.known_enterprise(value)
+            named.append(Named(known.subject, None, value, known))
     if len(named) < 2:
         return named
     found: dict[DataSubject, Named] = {}
