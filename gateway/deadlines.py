@@ -104,14 +104,20 @@ class Deadlines:
         writer's are), else at the first ``start``."""
 
     def start(self) -> Deadline:
-        loop = self._kept()
-        task = asyncio.current_task(loop)
+        loop = self._loop
+        # The loop of the deadlines started so far, while a task of it is current: this one's
+        # loop (one loop runs in a thread at a time), without asking which loop runs.
+        task = asyncio.current_task(loop) if loop is not None else None
         if task is None:
-            raise RuntimeError("a deadline must be started inside a task")
-        if loop is not self._loop:
-            # Deadlines of another loop (a closed one: tests, a restarted server) are stale.
-            self._loop, self._timer, self._open = loop, None, 0
-            self._queue.clear()
+            loop = self._kept()
+            task = asyncio.current_task(loop)
+            if task is None:
+                raise RuntimeError("a deadline must be started inside a task")
+            if loop is not self._loop:
+                # Deadlines of another loop (a closed one: tests, a restarted server) are stale.
+                self._loop, self._timer, self._open = loop, None, 0
+                self._queue.clear()
+        assert loop is not None
         deadline = Deadline(self, loop.time() + self._seconds, task)
         self._queue.append(deadline)
         self._open += 1
