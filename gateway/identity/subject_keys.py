@@ -165,9 +165,10 @@ class SubjectKeys:
     """Everything the subject rule computes from identifiers, built once at start-up.
 
     Persons it has named are remembered (``known_person``, at most ``_PERSONS_KEPT``, then the
-    memory starts over; enterprises likewise, ``known_enterprise``, in a memory of their own), found by a keyed BLAKE2b digest of their ID type and number under a
+    memory starts over), found by a keyed BLAKE2b digest of their ID type and number under a
     random key of this object's own: the number is never kept, nor a digest anyone outside the
-    process could compute. What is remembered is made with this object's secrets and dies with
+    process could compute. Enterprises likewise (``known_enterprise``, by their org id, in a
+    memory of their own). What is remembered is made with this object's secrets and dies with
     it; new secrets are a new ``SubjectKeys`` (the app is built again), so nothing remembered
     outlives a key change."""
 
