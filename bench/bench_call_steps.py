@@ -239,7 +239,7 @@ def _attempt(app: Any, route: Any) -> Any:
     from gateway.pipeline import CallTrace, one_attempt
 
     attempt = one_attempt(app[STATE].systems[route.system])
-    context = CallContext(*(["x"] * 8), None, None, None, None, "c", (), None)
+    context = CallContext("r", "p", "s", "63", "61", "pr", "pr", "L2", client="c")
     call = Call(route.system_operation, {"zjhm": "x"}, context)
 
     async def once() -> None:
