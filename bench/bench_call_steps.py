@@ -12,6 +12,11 @@ tokens and subject keys, started but not served; one mocked request of the bench
 - ``subjects``: the data-subject rule (``bind_call`` less the schema: the ambiguity check, the
   subject's person key, the comparison with the principal) and the subject parts of the call's
   context (the handling province's hashes, the subject keys);
+- ``enterprise``: the same rule on an enterprise's own data (a legal person's operator naming
+  its own credit code: ``named``, ``own`` and the province's hashes, as ``bind_call`` and
+  ``_call_context`` take them for a route declaring ``enterprise: credit_code``);
+- ``attempt``: one attempt of the pipeline on the bench's canned adapter, with its trace
+  (``CallTrace``; ``one_attempt``: the breaker, the system's slot, the attempt's deadline);
 - ``limit``: the rate limiter's per-call step as the request middleware takes it (``check`` on
   the bench's in-memory budgets, a person's and the portal's, then ``judge`` and
   ``rate_limit_fields`` on the answer);
@@ -21,7 +26,8 @@ tokens and subject keys, started but not served; one mocked request of the bench
 - ``access``: the access line alone, as ``close_request`` writes it at level info (the
   request's fields of a routed call; ``access_line`` of gateway/logs.py, or on a tree without
   it the structlog call it replaces); nothing is written at ``warning``;
-- ``all``: ``token``, ``subjects``, ``metrics`` and ``log`` (not ``jwt``, ``limit``, ``access``).
+- ``all``: ``token``, ``subjects``, ``metrics`` and ``log`` (not ``jwt``, ``enterprise``,
+  ``attempt``, ``limit``, ``access``).
 
 ``--log info`` writes the access line as JSON to /dev/null (the bench's second log mode);
 ``warning`` (the default) is the bench's first.
@@ -52,7 +58,9 @@ from typing import Any
 import callgrind_steps
 
 HERE = Path(__file__).resolve().parent
-STEPS = ("all", "token", "jwt", "subjects", "limit", "metrics", "log", "access")
+STEPS = (
+    "all", "token", "jwt", "subjects", "enterprise", "attempt", "limit", "metrics", "log", "access"
+)  # fmt: skip
 
 
 async def _jwt_verifier(workdir: Path) -> tuple[Any, str]:
@@ -150,6 +158,8 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
             write_access = _access_writer()
             fields: dict[str, Any] = {"client": principal.client_id, "service": br.REST_SERVICE}
             fields.update(attempts=1, outcome="ok", breaker="closed")
+            enterprise = _enterprise_call(rule)
+            attempt = _attempt(app, route)
 
             async def once(step: str) -> None:
                 if step in ("all", "token"):
@@ -164,6 +174,10 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
                         province = binding.assertion_subjects(rule.keys, route.handling)
                         ",".join([f"{s['type']}:{s['hash']}" for s in province]) or None
                     tuple([s.key for s in binding.subjects])
+                if step == "enterprise":
+                    await enterprise()
+                if step == "attempt":
+                    await attempt()
                 if step == "limit":
                     judge(request, principal, await limiter.check(principal))
                     rate_limit_fields(request, response)
@@ -188,6 +202,52 @@ async def run(steps: list[str], counts: list[int], log_level: str, control: bool
                         _control("-d")
         finally:
             await runner.cleanup()
+
+
+_CREDIT_CODE = "91610113MA6TXXXX0Q"
+
+
+def _enterprise_call(rule: Any) -> Any:
+    """The rule on a legal person's operator's call naming its own enterprise."""
+    from gateway.principal import Principal
+    from gateway.subject_config import SubjectField
+
+    keys = rule.keys
+    declaration = (SubjectField(enterprise="credit_code"),)
+    data = {"credit_code": _CREDIT_CODE}
+    raw = b'{"data":{"credit_code":"' + _CREDIT_CODE.encode() + b'"}}'
+    principal = Principal("bench-lp", "LP", "bench", enterprise=keys.enterprise(_CREDIT_CODE).key)
+
+    async def once() -> None:
+        named = rule.named(declaration, data, raw)
+        binding = rule.own(principal, declaration, named)
+        if binding is None:  # a tree before ``own``
+            binding = await rule.check(
+                principal, declaration, named, consent=(), service="s", operation="o",
+                purpose="p",
+            )  # fmt: skip
+        binding.province_subjects(keys, "61")
+        tuple([s.key for s in binding.subjects])
+
+    return once
+
+
+def _attempt(app: Any, route: Any) -> Any:
+    """One attempt at the route's system on the canned adapter, as the stack makes it."""
+    from gateway.adapter import Call, CallContext
+    from gateway.http.keys import STATE
+    from gateway.pipeline import CallTrace, one_attempt
+
+    attempt = one_attempt(app[STATE].systems[route.system])
+    context = CallContext("r", "p", "s", "63", "61", "pr", "pr", "L2", client="c")
+    call = Call(route.system_operation, {"zjhm": "x"}, context)
+
+    async def once() -> None:
+        trace = CallTrace()
+        trace.attempts = 1
+        await attempt(call, trace)
+
+    return once
 
 
 class _WithoutSchema:

@@ -42,6 +42,10 @@ class CircuitBreaker:
         self._on_change = on_change
         self._state = BreakerState.CLOSED
         self._state_value = BreakerState.CLOSED.value
+        self.closed = True
+        """Whether the state is ``CLOSED`` (set with it by ``_set``): what an attempt asks first,
+        read without a call. A closed breaker admits every call, and only ``_set`` leaves or
+        enters the closed state (``state`` turns an open breaker half-open, never closed)."""
         self._failures = 0
         self._opened_at = 0.0
         self._probes = 0
@@ -105,6 +109,7 @@ class CircuitBreaker:
     def _set(self, state: BreakerState) -> None:
         self._state = state
         self._state_value = state.value
+        self.closed = state is BreakerState.CLOSED
         self._probes = 0
         if state is BreakerState.CLOSED:
             self._failures = 0

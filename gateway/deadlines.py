@@ -52,7 +52,15 @@ class Deadline:
     ) -> None:
         task, self._task = self._task, None  # a left deadline holds no task
         self._left = True
-        self._owner._left(self)
+        # Dropped from the front of the owner's queue, with the left ones behind it; when a
+        # slow block at the front holds the queue back, the left ones are dropped from all of it.
+        owner = self._owner
+        owner._open -= 1
+        queue = owner._queue
+        while queue and queue[0]._left:
+            queue.popleft()
+        if len(queue) > 2 * owner._open + 64:
+            owner._queue = collections.deque(d for d in queue if not d._left)
         if (
             self._expired
             and task is not None
@@ -96,29 +104,26 @@ class Deadlines:
         writer's are), else at the first ``start``."""
 
     def start(self) -> Deadline:
-        loop = self._kept()
-        task = asyncio.current_task(loop)
+        loop = self._loop
+        # The loop of the deadlines started so far, while a task of it is current: this one's
+        # loop (one loop runs in a thread at a time), without asking which loop runs.
+        task = asyncio.current_task(loop) if loop is not None else None
         if task is None:
-            raise RuntimeError("a deadline must be started inside a task")
-        if loop is not self._loop:
-            # Deadlines of another loop (a closed one: tests, a restarted server) are stale.
-            self._loop, self._timer, self._open = loop, None, 0
-            self._queue.clear()
+            loop = self._kept()
+            task = asyncio.current_task(loop)
+            if task is None:
+                raise RuntimeError("a deadline must be started inside a task")
+            if loop is not self._loop:
+                # Deadlines of another loop (a closed one: tests, a restarted server) are stale.
+                self._loop, self._timer, self._open = loop, None, 0
+                self._queue.clear()
+        assert loop is not None
         deadline = Deadline(self, loop.time() + self._seconds, task)
         self._queue.append(deadline)
         self._open += 1
         if self._timer is None:
             self._timer = loop.call_at(deadline.when, self._fire, deadline.when)
         return deadline
-
-    def _left(self, deadline: Deadline) -> None:
-        self._open -= 1
-        queue = self._queue
-        while queue and queue[0].left:
-            queue.popleft()
-        if len(queue) > 2 * self._open + 64:
-            # A slow block at the front holds back the queue: drop the left ones behind it.
-            self._queue = collections.deque(d for d in queue if not d.left)
 
     def _fire(self, due: float) -> None:
         self._timer = None

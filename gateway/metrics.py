@@ -103,7 +103,14 @@ class Metrics:
                 self.http_requests.labels(route, method, str(status)),
                 self.http_latency.labels(route, method),
             )
-        children.add(seconds)
+        floats = children._floats
+        if floats is not None:  # ``children.add(seconds)``, in this frame
+            count, total, buckets = floats
+            count._value += 1
+            total._value += seconds
+            buckets[bisect_left(children._bounds, seconds)]._value += 1
+        else:
+            children.add(seconds)
 
     def backend_call(self, service: str, system: str, outcome: str, seconds: float) -> None:
         """One routed call, retries included: counted and timed by service, system, outcome."""
@@ -114,7 +121,14 @@ class Metrics:
                 self.backend_calls.labels(service, system, outcome),
                 self.backend_latency.labels(service, system, outcome),
             )
-        children.add(seconds)
+        floats = children._floats
+        if floats is not None:  # ``children.add(seconds)``, in this frame
+            count, total, buckets = floats
+            count._value += 1
+            total._value += seconds
+            buckets[bisect_left(children._bounds, seconds)]._value += 1
+        else:
+            children.add(seconds)
 
     def retried(self, system: str, error_code: str) -> None:
         self.retries.labels(system, error_code).inc()

@@ -45,6 +45,7 @@ from gateway.errors import (
 from gateway.settings import RetryPolicy, RetrySettings, SystemSettings
 
 Sleep = Callable[[float], Awaitable[None]]
+_CLOSED = BreakerState.CLOSED.value
 
 
 @dataclass(slots=True)
@@ -126,11 +127,12 @@ def one_attempt(runtime: SystemRuntime) -> Next:
     plain = _plain_semaphore(slots)
 
     async def attempt(call: Call, trace: CallTrace) -> Reply:
-        try:
-            breaker.before_call()
-        except CircuitOpen:
-            trace.breaker_state = breaker.state_value
-            raise
+        if not breaker.closed:  # a closed breaker admits every call: before_call returns
+            try:
+                breaker.before_call()
+            except CircuitOpen:
+                trace.breaker_state = breaker.state_value
+                raise
         try:
             if plain and slots._value > 0 and not slots._waiters:
                 # Free, nobody waiting: what acquire() takes at once (it asks locked() first,
@@ -174,10 +176,13 @@ def one_attempt(runtime: SystemRuntime) -> Next:
             breaker.record_neutral()
             raise
         else:
-            breaker.record_success()
+            # record_success, when it has something to change (a failure counted, not closed)
+            if breaker._failures or not breaker.closed:
+                breaker.record_success()
             return reply
         finally:
-            trace.breaker_state = breaker.state_value
+            # state_value, read without its property while closed (the closed state's value)
+            trace.breaker_state = _CLOSED if breaker.closed else breaker.state_value
 
     return attempt
 

@@ -211,7 +211,7 @@ def _check_unambiguous(plan: _DeclarationPlan, data: Mapping[str, Any], raw: byt
         node: Any = data
         for part in path.parents:
             node = node.get(part) if _is_mapping(node) else None
-        if not _is_mapping(node):
+        if type(node) is not dict and not isinstance(node, Mapping):  # not _is_mapping(node)
             continue
         name = path.name
         for key in node:
@@ -226,7 +226,7 @@ def _value(data: Mapping[str, Any], parts: tuple[str, ...]) -> str | None:
     """The non-blank text at the path ``parts`` (a path's names) of ``data``, or None."""
     node: Any = data
     for part in parts:
-        if not _is_mapping(node):
+        if type(node) is not dict and not isinstance(node, Mapping):  # not _is_mapping(node)
             return None
         node = node.get(part)
     return node if isinstance(node, str) and node.strip() else None
@@ -241,15 +241,15 @@ class Named:
     _id_type: str | None
     _identifier: str
     _known: KnownPerson | None = field(default=None, compare=False)
-    """The person as the subject keys remember them (their province hashes made once)."""
+    """The person (or the enterprise, a ``KnownEnterprise``) as the subject keys remember them:
+    their province hashes made once."""
 
     def province_hash(self, key: bytes | KeyedSha256) -> str:
+        known = self._known
+        if known is not None and type(key) is KeyedSha256:
+            return known.province_hash(key, self._id_type or RESIDENT_ID_CARD, self._identifier)
         if self.subject.kind == "person":
-            known = self._known
-            id_type = self._id_type or RESIDENT_ID_CARD
-            if known is not None and type(key) is KeyedSha256:
-                return known.province_hash(key, id_type, self._identifier)
-            return province_person_hash(key, id_type, self._identifier)
+            return province_person_hash(key, self._id_type or RESIDENT_ID_CARD, self._identifier)
         return province_enterprise_hash(key, self._identifier)
 
     def __repr__(self) -> str:
@@ -277,7 +277,8 @@ def _named(keys: SubjectKeys, plan: _DeclarationPlan, data: Mapping[str, Any]) -
             known = keys.known_person(value, id_type)
             named.append(Named(known.subject, id_type, value, known))
         else:
-            named.append(Named(keys.enterprise(value), None, value))
+            known = keys.known_enterprise(value)
+            named.append(Named(known.subject, None, value, known))
     if len(named) < 2:
         return named
     found: dict[DataSubject, Named] = {}
@@ -353,8 +354,12 @@ class Binding:
             return [], None
         mac = keys.province_mac(province)
         if len(named) == 1:
-            kind = named[0].subject.kind
-            found = named[0].province_hash(mac)
+            one = named[0]
+            kind = one.subject.kind
+            known = one._known  # the remembered hash read here: ``province_hash``'s first step
+            found = known.hashes.get(mac) if known is not None else None
+            if found is None:
+                found = one.province_hash(mac)
             return [{"type": kind, "hash": found}], kind + ":" + found
         listed: list[dict[str, str]] = []
         texts: list[str] = []
@@ -394,7 +399,12 @@ class SubjectRule:
         ambiguous subject field, and a named subject this gateway cannot key."""
         if isinstance(declaration, str):
             return []
-        plan = _declaration_plan(declaration)
+        cached = _PLANS.get(id(declaration))  # ``_declaration_plan``'s first step, in this frame
+        plan = (
+            cached[1]
+            if cached is not None and cached[0] is declaration
+            else _declaration_plan(declaration)
+        )
         _check_unambiguous(plan, data, raw)
         if self.keys is None:
             raise NotDataSubject(
@@ -482,9 +492,22 @@ class SubjectRule:
                 subject = principal_subject(principal)
                 return Binding((subject or DataSubject("person", principal.owner),))
         # Whom the principal is, compared by kind and key (what DataSubject's == compares),
-        # without making a DataSubject of the principal on every call.
-        own_kind, own_key = _principal_key(principal)
+        # without making a DataSubject of the principal on every call (``_principal_key``, in
+        # this frame).
+        own_kind: SubjectKind | None
+        own_key: str | None
+        if principal.enterprise is not None:
+            own_kind, own_key = "enterprise", principal.enterprise
+        elif principal.person is not None and principal.level != MACHINE_LEVEL:
+            own_kind, own_key = "person", principal.person
+        else:
+            own_kind = own_key = None
         allowed = set(authority) if authority else None
+        if len(named) == 1:  # the usual call: one subject, without the list and the loop
+            s = named[0].subject
+            if (s.key != own_key or s.kind != own_kind) and (allowed is None or s not in allowed):
+                return None
+            return Binding((s,), None, (named[0],), ())
         subjects = tuple([n.subject for n in named])
         for s in subjects:
             if (s.key != own_key or s.kind != own_kind) and (allowed is None or s not in allowed):

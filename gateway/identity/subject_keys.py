@@ -48,7 +48,8 @@ _ENTERPRISE_LABEL: Final = b"tongban enterprise subject key v1"
 _PROVINCE_LABEL: Final = "tongban subject assertion v1|"
 _IDEMPOTENCY_LABEL: Final = b"tongban idempotency scope v1"
 _PERSONS_KEPT: Final = 4096
-"""Persons remembered (``SubjectKeys.known_person``) before the memory starts over."""
+"""Persons remembered (``SubjectKeys.known_person``) before the memory starts over; enterprises
+(``SubjectKeys.known_enterprise``) likewise, in a memory of their own."""
 _SEEN_BYTES: Final = 16
 """Length of the keyed BLAKE2b digest a remembered person is found by (128 bits: two numbers
 of one digest are not to be met by chance, and the key is unknown outside the process)."""
@@ -132,7 +133,7 @@ class KnownPerson:
         per province and set of keys, compared by identity)."""
 
     def __repr__(self) -> str:
-        return f"KnownPerson({self.subject.key[:6]}…)"
+        return f"{type(self).__name__}({self.subject.key[:6]}…)"
 
     def province_hash(self, mac: KeyedSha256, id_type: str, number: str) -> str:
         """``province_person_hash(mac, id_type, number)``: made once per province, then kept.
@@ -143,13 +144,31 @@ class KnownPerson:
         return found
 
 
+class KnownEnterprise(KnownPerson):
+    """What the rule keeps of an enterprise it has named (``SubjectKeys.known_enterprise``):
+    the enterprise as a data subject, and its ``province_enterprise_hash`` under each province's
+    key met so far. Holds keyed hashes only; found by a keyed digest of its org id (in a memory
+    of its own, apart from the persons'), never by the identifier."""
+
+    __slots__ = ()
+
+    def province_hash(self, mac: KeyedSha256, id_type: str, number: str) -> str:
+        """``province_enterprise_hash(mac, number)`` (``id_type`` is not read): made once per
+        province, then kept. ``number`` must be the identifier this enterprise was found by."""
+        found = self.hashes.get(mac)
+        if found is None:
+            found = self.hashes[mac] = province_enterprise_hash(mac, number)
+        return found
+
+
 class SubjectKeys:
     """Everything the subject rule computes from identifiers, built once at start-up.
 
     Persons it has named are remembered (``known_person``, at most ``_PERSONS_KEPT``, then the
     memory starts over), found by a keyed BLAKE2b digest of their ID type and number under a
     random key of this object's own: the number is never kept, nor a digest anyone outside the
-    process could compute. What is remembered is made with this object's secrets and dies with
+    process could compute. Enterprises likewise (``known_enterprise``, by their org id, in a
+    memory of their own). What is remembered is made with this object's secrets and dies with
     it; new secrets are a new ``SubjectKeys`` (the app is built again), so nothing remembered
     outlives a key change."""
 
@@ -157,6 +176,7 @@ class SubjectKeys:
         "_enterprises",
         "_idempotency",
         "_known",
+        "_known_enterprises",
         "_link",
         "_link_secret",
         "_macs",
@@ -183,6 +203,10 @@ class SubjectKeys:
         # state copied costs less than one HMAC-SHA256, of which a call made two). Bounded.
         self._seen = hashlib.blake2b(key=secrets.token_bytes(32), digest_size=_SEEN_BYTES)
         self._known: dict[bytes, KnownPerson] = {}
+        # Enterprises likewise, by the same keyed digest of their org id, in a memory of their
+        # own: a person's "type|NUMBER" (the type comes with the request) is never looked up
+        # among enterprises, nor an org id among persons.
+        self._known_enterprises: dict[bytes, KnownEnterprise] = {}
         self._idempotency = _derive(pairwise_secret.get_secret_value().encode(), _IDEMPOTENCY_LABEL)
 
     def __repr__(self) -> str:
@@ -211,7 +235,27 @@ class SubjectKeys:
 
     def enterprise(self, identifier: str) -> DataSubject:
         """The enterprise with this credit code or registration number."""
-        return DataSubject("enterprise", self._enterprises.enterprise_key(org_id(identifier)))
+        return self.known_enterprise(identifier).subject
+
+    def known_enterprise(self, identifier: str) -> KnownEnterprise:
+        """The enterprise with this credit code or registration number, remembered as persons
+        are (``known_person``): ``subject`` is its enterprise key (``enterprise``),
+        ``province_hash`` what ``province_enterprise_hash`` gives. Found by the keyed digest of
+        its org id, so every spelling ``org_id`` makes one (case, surrounding blanks) finds the
+        same entry."""
+        org = org_id(identifier)
+        seen = self._seen.copy()
+        seen.update(org.encode())
+        digest = seen.digest()
+        known = self._known_enterprises.get(digest)
+        if known is None:
+            known = KnownEnterprise(
+                DataSubject("enterprise", self._enterprises.enterprise_key(org))
+            )
+            if len(self._known_enterprises) >= _PERSONS_KEPT:
+                self._known_enterprises.clear()
+            self._known_enterprises[digest] = known
+        return known
 
     def province_key(self, province: str) -> bytes:
         key = self._provinces.get(province)
