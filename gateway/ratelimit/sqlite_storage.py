@@ -38,6 +38,7 @@ does not show its ready queue (uvloop) every draw is queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sqlite3
 import time
@@ -51,7 +52,7 @@ from limits.storage.base import TimestampedSlidingWindow
 from gateway.event_loop import KeptLoop
 from gateway.ratelimit.draws import Drawn, Window, caller_error
 from gateway.stores.migrations import Migration
-from gateway.stores.sqlite import LockedConnection
+from gateway.stores.sqlite import LockedConnection, begin_yielding
 
 FILE_NAME = "ratelimits.sqlite"
 PURGE_INTERVAL = 60.0
@@ -128,6 +129,10 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             # Another worker's draw holds the write lock for microseconds: waited for by
             # begin_yielding, not by SQLite's busy handler, which sleeps a millisecond or more.
             conn.execute("PRAGMA busy_timeout = 0")
+            self._conn = conn
+            """The connection, for the draws on the loop's thread (``locked``'s lock is for
+            other threads, and the draws are synchronous: none comes between another's
+            statements on this thread)."""
         self._wait = busy_timeout
         self._next_purge = 0.0
         self._queued: list[tuple[Entries, asyncio.Future[Drawn]]] = []
@@ -164,7 +169,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                 return False
             _add(conn, current_key, current, amount, expiry, now)
             if now >= self._next_purge:
-                conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
+                conn.execute(_PURGE, (now,))
                 self._next_purge = now + PURGE_INTERVAL
         return True
 
@@ -179,7 +184,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         budgets instead of one per budget through ``limits``' strategy (same keys and windows,
         so both read each other). Synchronous: some tens of microseconds on the loop. Raises
         sqlite3.Error."""
-        return self.acquire_calls([entries])[0]
+        return self.acquire_calls((entries,))[0]
 
     def acquire_calls(self, calls: Sequence[Entries]) -> list[Drawn]:
         """``acquire_all`` for each call's entries, the calls one after the other, in one
@@ -193,14 +198,26 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         spent a unit of it locally, with no room test and no statement for it; a block of two
         goes wholly to the later call, and when the block is used up (or was never granted:
         the room ran short, or an earlier budget of its call refused) the next call draws
-        from the store as usual."""
+        from the store as usual.
+
+        One call drawing one budget (a lone person's call, her portal's units spent from a
+        block) is one statement, ``_DRAW``, in SQLite's own transaction of that statement (see
+        ``_draw_one``); when it draws nothing, the transaction below decides."""
         now = time.time()
+        conn = self._conn
+        if len(calls) == 1 and len(calls[0]) == 1:
+            drawn = self._draw_one(conn, calls[0][0], now)
+            if drawn is not None:
+                return [drawn]
         answers: list[Drawn] = []
         # A block granted to an earlier call of this transaction, by key: (its call's granted
         # units, the budget's index there). A later call asking one unit of that budget takes
         # it from the block (see the docstring).
         blocks: dict[str, tuple[list[int], int]] = {}
-        with self._db.transaction(wait=self._wait) as conn:
+        # BEGIN IMMEDIATE ... COMMIT written out (``immediate``'s steps without its two
+        # context managers); rolled back if anything raises.
+        begin_yielding(conn, self._wait)
+        try:
             for entries in calls:
                 granted: list[int] = []
                 refused: Window | None = None
@@ -214,7 +231,9 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                             holder[index] = 1  # what is left of it, given to this call
                         granted.append(1)
                         continue
-                    previous_key, current_key = self.sliding_window_keys(key, expiry, now)
+                    # limits' sliding_window_keys, written out (a method call less a budget)
+                    previous_key = f"{key}/{int((now - expiry) / expiry)}"
+                    current_key = f"{key}/{int(now / expiry)}"
                     window = _window(conn, previous_key, current_key, expiry, now)
                     previous, previous_ttl, current, _ = window
                     room = limit - math.floor(previous * previous_ttl / expiry + current)
@@ -229,9 +248,55 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                     granted.append(units)
                 answers.append(Drawn(granted, refused))
             if now >= self._next_purge:
-                conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
+                conn.execute(_PURGE, (now,))
                 self._next_purge = now + PURGE_INTERVAL
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                # The original error says more; SQLite rolls back on close anyway.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
         return answers
+
+    def _draw_one(
+        self, conn: sqlite3.Connection, entry: tuple[str, int, int, int], now: float
+    ) -> Drawn | None:
+        """One budget's ``wanted`` units drawn by one statement (``_DRAW``) when its windows
+        leave room for all of them: SQLite runs a write statement outside ``BEGIN`` as a
+        transaction of its own, the file's write lock taken at its start and the commit at its
+        end, so its read of the windows and its write are one step no other process comes
+        between, as in ``BEGIN IMMEDIATE``, with no ``BEGIN`` and ``COMMIT`` statements around
+        it. The answer is what the transaction would give: ``[wanted]`` granted. None when the
+        statement drew nothing (the room short of ``wanted``, a live row's expiry not as a
+        draw writes it, another process holding the write lock): then ``acquire_calls``'
+        transaction draws, at its own instant, ``min(wanted, room)``, and says a refusal's
+        windows. Raises sqlite3.Error."""
+        key, limit, expiry, wanted = entry
+        try:
+            row = conn.execute(
+                _DRAW,
+                (
+                    f"{key}/{int((now - expiry) / expiry)}",  # limits' sliding_window_keys
+                    f"{key}/{int(now / expiry)}",
+                    now,
+                    limit,
+                    wanted,
+                    now + 2 * expiry,
+                    (1 - (((now - expiry) / expiry) % 1)) * expiry,
+                    expiry,
+                ),
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return None  # the transaction waits for the lock (begin_yielding)
+            raise
+        if row is None:
+            return None
+        if now >= self._next_purge:
+            conn.execute(_PURGE, (now,))
+            self._next_purge = now + PURGE_INTERVAL
+        return Drawn([wanted])
 
     def alone(self) -> bool:
         """Whether a draw now would be alone in its transaction however long it waited: nothing
@@ -352,6 +417,30 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                 self._drain = None
         self._db.close()
 
+
+_PURGE = "DELETE FROM rl_counters WHERE expires_at <= ?"
+
+_DRAW = (
+    "INSERT INTO rl_counters (key, count, expires_at) SELECT ?2, ?5, ?6 WHERE ?4 - CAST("
+    "coalesce((SELECT count FROM rl_counters WHERE key = ?1 AND expires_at > ?3), 0) * ?7 / ?8"
+    " + coalesce((SELECT count FROM rl_counters WHERE key = ?2 AND expires_at > ?3), 0)"
+    " AS INTEGER) >= ?5 "
+    "ON CONFLICT (key) DO UPDATE SET count = count + excluded.count WHERE expires_at > ?3 "
+    "RETURNING count"
+)
+"""A draw of ``?5`` units of one budget in one statement, if its windows leave room for them
+all (``_draw_one``): ``?1``/``?2`` the previous and the current window's keys, ``?3`` now,
+``?4`` the limit, ``?6`` a new window's expiry, ``?7`` the previous window's seconds left and
+``?8`` the window's. The room test is the transaction's, ``limit - floor(previous *
+previous_ttl / expiry + current) >= wanted``, on the same reads (``_WINDOWS``' live counters)
+and the same IEEE double operations in the same order (``CAST AS INTEGER`` truncates: the
+floor of a count that is never negative; a previous count of 0 makes the product 0 whatever
+``?7``); a new window's row is inserted, a live one added to as ``_ADD_LIVE`` does, its expiry
+not named (so its expiry index entry is not written). A row of the current key that is there
+but expired (a window's row lives twice its window, so only a clock set back far could leave
+one) is not touched: nothing is returned and the transaction decides, as for a refusal. The
+subqueries read the table the statement writes, so SQLite runs the ``SELECT`` into a one-row
+temporary table before the insert: the rows it reads are those before the write."""
 
 _COUNT = "SELECT count FROM rl_counters WHERE key = ? AND expires_at > ?"
 """A window's live counter (``get_sliding_window``'s reference; the draws use ``_WINDOWS``)."""

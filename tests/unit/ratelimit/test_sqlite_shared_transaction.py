@@ -45,11 +45,15 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> StoreClock:
     return fake
 
 
+_DRAW_STATEMENT = sqlite_storage._DRAW.partition(" SELECT ")[0] + " SELECT "
+
+
 class Trace:
     """The transactions a storage's connection commits, and the number of calls each carried."""
 
     def __init__(self, store: SqliteStorage) -> None:
         self.commits = 0
+        self._last = ""
         self.calls: list[int] = []
         with store._db.locked() as conn:
             conn.set_trace_callback(self._statement)
@@ -62,8 +66,13 @@ class Trace:
         store.acquire_calls = counted  # type: ignore[method-assign]
 
     def _statement(self, sql: str) -> None:
-        if sql == "COMMIT":
+        # A transaction is a COMMIT, or a lone budget's draw statement run outside BEGIN (its
+        # own transaction), unless it drew nothing and a transaction followed it at once.
+        if sql == "COMMIT" or sql.startswith(_DRAW_STATEMENT):
             self.commits += 1
+        elif sql == "BEGIN IMMEDIATE" and self._last.startswith(_DRAW_STATEMENT):
+            self.commits -= 1
+        self._last = sql
 
 
 @pytest.fixture
