@@ -52,7 +52,7 @@ from limits.storage.base import TimestampedSlidingWindow
 from gateway.event_loop import KeptLoop
 from gateway.ratelimit.draws import Drawn, Window, caller_error
 from gateway.stores.migrations import Migration
-from gateway.stores.sqlite import LockedConnection, begin_yielding
+from gateway.stores.sqlite import LockedConnection, begin_yielding, create_private, use_wal
 
 FILE_NAME = "ratelimits.sqlite"
 PURGE_INTERVAL = 60.0
@@ -123,6 +123,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
 
     def __init__(self, path: Path, *, busy_timeout: float = 0.25) -> None:
         super().__init__(None, wrap_exceptions=True)
+        _small_pages(path)
         self._db = LockedConnection(path, component="ratelimits", migrations=MIGRATIONS)
         with self._db.locked() as conn:
             conn.execute("PRAGMA synchronous = OFF")
@@ -416,6 +417,29 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                 self._drain.cancel()
                 self._drain = None
         self._db.close()
+
+
+PAGE_SIZE = 1024
+"""The page size of a new rate-limit file (SQLite's default is 4096). A draw writes one or two
+pages (the counters' leaf, the expiry index's) to the WAL at each commit, and SQLite checksums
+every byte of a frame; another worker's draw reads those pages again. The rows are some 60
+bytes, so a 1 KB leaf still holds a dozen or more. A file's page size is set when it is first
+written: an existing file keeps its own."""
+
+
+def _small_pages(path: Path) -> None:
+    """Create the file (0600, ``create_private``) with ``PAGE_SIZE`` pages and in WAL, if it
+    is new and empty; a file with content is left as it is. Two workers starting together may
+    both do it: both ask for the same page size, and the first to write the header sets it."""
+    create_private(path)
+    if path.stat().st_size:
+        return
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        use_wal(conn)
+    finally:
+        conn.close()
 
 
 _PURGE = "DELETE FROM rl_counters WHERE expires_at <= ?"
