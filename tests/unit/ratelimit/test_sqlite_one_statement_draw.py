@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ def test_an_expired_row_of_the_current_window_is_started_again(tmp_path: Path) -
     statement leaves it, the transaction starts it again from the units drawn, as the upsert
     always did."""
     store = SqliteStorage(tmp_path / sqlite_storage.FILE_NAME)
-    now = sqlite_storage.time.time()
+    now = time.time()
     _, current_key = SqliteStorage.sliding_window_keys("k", 60, now)
     try:
         with store._db.locked() as conn:
