@@ -101,7 +101,7 @@ def test_a_lone_budget_is_one_statement_and_no_transaction_stays_open(tmp_path: 
         assert statements[1].startswith("DELETE FROM rl_counters WHERE expires_at <=")
         del statements[1]
         assert len(statements) == 3, statements
-        assert all(statement.startswith("INSERT INTO rl_counters") for statement in statements)
+        assert all(statement.startswith("INSERT OR IGNORE INTO") for statement in statements)
         # Two budgets: the transaction, as before.
         statements.clear()
         drawn = store.acquire_all([("LIMITER/person/a", 100, 60, 1), ("c", 100, 60, 1)])

@@ -45,7 +45,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> StoreClock:
     return fake
 
 
-_DRAW_STATEMENT = sqlite_storage._DRAW.partition(" SELECT ")[0] + " SELECT "
+_DRAW_STATEMENT = sqlite_storage._DRAW.partition(" VALUES ")[0]
 
 
 class Trace:
