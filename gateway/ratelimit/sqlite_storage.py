@@ -205,9 +205,11 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         the room ran short, or an earlier budget of its call refused) the next call draws
         from the store as usual.
 
-        One call drawing one budget (a lone person's call, her portal's units spent from a
-        block) is one statement, ``_DRAW``, in SQLite's own transaction of that statement (see
-        ``_draw_one``); when it draws nothing, the transaction below decides."""
+        A budget with room for all it asks is one statement, ``_DRAW`` (``_draw``); one short
+        of room, or refusing, is read (``_window``) and drawn what is left (``_add``). One
+        call drawing one budget (a lone person's call, her portal's units spent from a block)
+        is that statement in SQLite's own transaction of it (``_draw_one``), without ``BEGIN``
+        and ``COMMIT``; when it draws nothing, the transaction below decides."""
         now = time.time()
         conn = self._conn
         if len(calls) == 1 and len(calls[0]) == 1:
@@ -239,15 +241,18 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                     # limits' sliding_window_keys, written out (a method call less a budget)
                     previous_key = f"{key}/{int((now - expiry) / expiry)}"
                     current_key = f"{key}/{int(now / expiry)}"
-                    window = _window(conn, previous_key, current_key, expiry, now)
-                    previous, previous_ttl, current, _ = window
-                    room = limit - math.floor(previous * previous_ttl / expiry + current)
-                    if room < 1:
-                        granted.append(0)
-                        refused = window
-                        break
-                    units = min(wanted, room)
-                    _add(conn, current_key, current, units, expiry, now)
+                    if _draw(conn, previous_key, current_key, limit, expiry, wanted, now):
+                        units = wanted  # room for all of it: one statement
+                    else:  # short of room, or refused: read, and draw what is left
+                        window = _window(conn, previous_key, current_key, expiry, now)
+                        previous, previous_ttl, current, _ = window
+                        room = limit - math.floor(previous * previous_ttl / expiry + current)
+                        if room < 1:
+                            granted.append(0)
+                            refused = window
+                            break
+                        units = min(wanted, room)
+                        _add(conn, current_key, current, units, expiry, now)
                     if units > 1:
                         blocks[key] = (granted, len(granted))
                     granted.append(units)
@@ -278,26 +283,15 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         transaction draws, at its own instant, ``min(wanted, room)``, and says a refusal's
         windows. Raises sqlite3.Error."""
         key, limit, expiry, wanted = entry
+        previous_key = f"{key}/{int((now - expiry) / expiry)}"  # limits' sliding_window_keys
+        current_key = f"{key}/{int(now / expiry)}"
         try:
-            changed = conn.execute(
-                _DRAW,
-                (
-                    f"{key}/{int((now - expiry) / expiry)}",  # limits' sliding_window_keys
-                    f"{key}/{int(now / expiry)}",
-                    now,
-                    limit,
-                    wanted,
-                    now + 2 * expiry,
-                    (1 - (((now - expiry) / expiry) % 1)) * expiry,
-                    expiry,
-                ),
-            ).rowcount
+            if not _draw(conn, previous_key, current_key, limit, expiry, wanted, now):
+                return None
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return None  # the transaction waits for the lock (begin_yielding)
             raise
-        if changed != 1:
-            return None
         if now >= self._next_purge:
             conn.execute(_PURGE, (now,))
             self._next_purge = now + PURGE_INTERVAL
@@ -484,6 +478,37 @@ the point lookup ``_COUNT`` makes (``key IN (?, ?)`` would build a temporary ind
 on each run), and one statement is one ``execute`` (a cursor, its bindings, a step and a
 ``fetchone``) instead of two. With two workers every person's draw is a transaction on the loop
 of its own (docs/performance.md, "Two workers against one: where the instructions go")."""
+
+
+def _draw(
+    conn: sqlite3.Connection,
+    previous_key: str,
+    current_key: str,
+    limit: int,
+    expiry: int,
+    wanted: int,
+    now: float,
+) -> bool:
+    """``_DRAW``: ``wanted`` units added to the current window ``current_key`` if the windows
+    leave room for all of them; whether they were (the statement changed its row). Inside a
+    transaction it is one statement instead of ``_window`` and ``_add``; outside, a
+    transaction of its own (``SqliteStorage._draw_one``)."""
+    return (
+        conn.execute(
+            _DRAW,
+            (
+                previous_key,
+                current_key,
+                now,
+                limit,
+                wanted,
+                now + 2 * expiry,
+                (1 - (((now - expiry) / expiry) % 1)) * expiry,  # the previous window's TTL
+                expiry,
+            ),
+        ).rowcount
+        == 1
+    )
 
 
 def _add(

@@ -172,7 +172,7 @@ async def test_a_live_window_is_added_to_as_the_single_upsert_would(
             with monkeypatch.context() as patched:
                 patched.setattr(sqlite_storage, "_add", always_upsert)
                 # and a lone call in the transaction too, not in the one statement
-                patched.setattr(SqliteStorage, "_draw_one", lambda *args: None)
+                patched.setattr(sqlite_storage, "_draw", lambda *args: False)
                 expected = reference.acquire_calls(calls)
             assert answers == expected, step
             assert _rows(store) == _rows(reference), step

@@ -54,6 +54,7 @@ class Trace:
     def __init__(self, store: SqliteStorage) -> None:
         self.commits = 0
         self._last = ""
+        self._inside = False
         self.calls: list[int] = []
         with store._db.locked() as conn:
             conn.set_trace_callback(self._statement)
@@ -68,10 +69,15 @@ class Trace:
     def _statement(self, sql: str) -> None:
         # A transaction is a COMMIT, or a lone budget's draw statement run outside BEGIN (its
         # own transaction), unless it drew nothing and a transaction followed it at once.
-        if sql == "COMMIT" or sql.startswith(_DRAW_STATEMENT):
+        if sql == "BEGIN IMMEDIATE":
+            self._inside = True
+            if self._last.startswith(_DRAW_STATEMENT):
+                self.commits -= 1
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self._inside = False
+            self.commits += sql == "COMMIT"
+        elif sql.startswith(_DRAW_STATEMENT) and not self._inside:
             self.commits += 1
-        elif sql == "BEGIN IMMEDIATE" and self._last.startswith(_DRAW_STATEMENT):
-            self.commits -= 1
         self._last = sql
 
 
