@@ -340,7 +340,7 @@ class ApiRateLimiter:
         ``allowed``: the plan's verdict of a call all of ``budgets`` let through."""
         leases = [self._lease(principal, budget) for budget in budgets]
         if not self._leases:
-            return await self._draw_shared(budgets, leases, [1] * len(budgets), 0.0)
+            return await self._draw_shared(budgets, leases, [1] * len(budgets), 0.0, allowed)
         now = self._clock()
         taken = [lease.take(now) for lease in leases]
         while not all(taken):
@@ -358,12 +358,49 @@ class ApiRateLimiter:
         wanted = [
             0 if ok else lease.block(now, loop) for lease, ok in zip(leases, taken, strict=True)
         ]
+        local = self._local
+        if local is not None and self._breaker.state is BreakerState.CLOSED and local.alone():
+            return self._draw_alone(local, budgets, leases, wanted, now, allowed)
         try:
-            return await self._draw_shared(budgets, leases, wanted, now)
+            return await self._draw_shared(budgets, leases, wanted, now, allowed)
         finally:
             for lease, units in zip(leases, wanted, strict=True):
                 if units > 1:
                     lease.done()
+
+    def _draw_alone(
+        self,
+        local: SqliteStorage,
+        budgets: tuple[Budget, ...],
+        leases: list[Lease],
+        wanted: list[int],
+        now: float,
+        allowed: Verdict,
+    ) -> Verdict:
+        """``_draw_shared`` on SQLite with the breaker closed and nothing to share the
+        transaction (``SqliteStorage.alone``): drawn at once, without a coroutine or the
+        breaker's step object, as the memory store's draw is; the same answers, and the same
+        account to the breaker (a success; a store error counted and the call let through
+        unchecked; anything else neutral)."""
+        drawn = [index for index, units in enumerate(wanted) if units]
+        entries = [
+            (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
+        ]
+        try:
+            answer = local.acquire_calls((entries,))[0]
+            verdict = self._verdict(budgets, leases, wanted, drawn, now, answer, allowed)
+        except sqlite3.Error as exc:
+            self._failed(StorageError(exc))
+            return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
+        except BaseException:
+            self._breaker.record_neutral()
+            raise
+        finally:
+            for lease, units in zip(leases, wanted, strict=True):
+                if units > 1:
+                    lease.done()
+        self._breaker.record_success()
+        return verdict
 
     async def _draw_shared(
         self,
@@ -371,6 +408,7 @@ class ApiRateLimiter:
         leases: list[Lease],
         wanted: list[int],
         now: float,
+        allowed: Verdict,
     ) -> Verdict:
         """Draw ``wanted`` units (0: spent from a block already) of each budget in one store
         step, in order; stop at the first without room. Guarded as ``_guarded``. On SQLite the
@@ -388,7 +426,7 @@ class ApiRateLimiter:
             return await self._guarded(
                 budgets,
                 lambda: self._answered(
-                    budgets, leases, wanted, drawn, now, redis.acquire_all(entries)
+                    budgets, leases, wanted, drawn, now, redis.acquire_all(entries), allowed
                 ),
             )
         local = self._local
@@ -407,7 +445,7 @@ class ApiRateLimiter:
                     raise StorageError(exc) from exc
             else:
                 answer = await local.draw(keyed)  # with the calls queued in this turn
-            return self._verdict(budgets, leases, wanted, drawn, now, answer)
+            return self._verdict(budgets, leases, wanted, drawn, now, answer, allowed)
         return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
 
     async def _answered(
@@ -418,8 +456,9 @@ class ApiRateLimiter:
         drawn: list[int],
         now: float,
         answer: Awaitable[Drawn],
+        allowed: Verdict,
     ) -> Verdict:
-        return self._verdict(budgets, leases, wanted, drawn, now, await answer)
+        return self._verdict(budgets, leases, wanted, drawn, now, await answer, allowed)
 
     @staticmethod
     def _verdict(
@@ -429,10 +468,12 @@ class ApiRateLimiter:
         drawn: list[int],
         now: float,
         answer: Drawn,
+        allowed: Verdict,
     ) -> Verdict:
         """The verdict of the store's ``answer`` to the draws of ``wanted`` (``drawn``: the
         indexes of the budgets drawn from the store, in order); the blocks it granted kept,
-        units taken from a block for a budget after a refusal given back."""
+        units taken from a block for a budget after a refusal given back. ``allowed``, the
+        plan's verdict of a call all its budgets let through, when nothing refused."""
         for index, units in zip(drawn, answer.granted, strict=False):
             if units:
                 leases[index].granted(units, now)
@@ -445,7 +486,7 @@ class ApiRateLimiter:
             assert answer.window is not None
             seconds = retry_after(answer.window, budget.window)
             return Verdict(budgets, refused_by=budget, retry_after=seconds)
-        return Verdict(budgets)
+        return allowed
 
     def _drawer(self, principal: Principal) -> _Drawer:
         """``principal``'s budgets on the in-process store, kept by its identity (at most

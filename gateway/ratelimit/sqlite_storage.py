@@ -8,13 +8,17 @@ The windows are ``limits``' own sliding-window counter (the same keys, the same 
 the previous window, ``limits.storage.base.SlidingWindowCounterSupport``): a draw is one
 ``BEGIN IMMEDIATE`` transaction that reads both windows' counters and, if the weighted count
 leaves room, adds to the current one, so two processes never both take the last call of a
-budget. Like the identity stores it is the stdlib ``sqlite3`` called on the event loop (each
-draw is a few tens of microseconds on a local file, less than a hop to a thread and back);
-unlike them nothing here needs to survive a crash, so ``synchronous = OFF``: the counters are
-a protection, not a record. Expired windows are deleted at most once a minute, on a draw.
-A draw that finds another worker's draw holding the file's write lock waits for it with yields
-of the CPU, not with SQLite's busy handler, which sleeps the whole worker for a millisecond or
-more each time (``gateway.stores.sqlite.begin_yielding``); the store's timeout still bounds it.
+budget. A call drawing one budget alone (a person's unit, her portal's spent from a block) is
+one statement instead, ``_DRAW``, which SQLite runs as a transaction of its own with the write
+lock held from its read to its write; when it draws nothing (no room for all it asks, another
+worker holding the lock) the transaction decides. Like the identity stores it is the stdlib
+``sqlite3`` called on the event loop (each draw is a few tens of microseconds on a local
+file, less than a hop to a thread and back); unlike them nothing here needs to survive a
+crash, so ``synchronous = OFF``: the counters are a protection, not a record. Expired
+windows are deleted at most once a minute, on a draw. A draw that finds another worker's draw
+holding the file's write lock waits for it with yields of the CPU, not with SQLite's busy
+handler, which sleeps the whole worker for a millisecond or more each time
+(``gateway.stores.sqlite.begin_yielding``); the store's timeout still bounds it.
 
 Calls in flight together share a transaction. ``BEGIN IMMEDIATE`` and ``COMMIT`` are most of a
 lone draw's cost (the lock, the WAL frame written, the statements around two lookups and an
@@ -38,6 +42,7 @@ does not show its ready queue (uvloop) every draw is queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import sqlite3
 import time
@@ -51,7 +56,7 @@ from limits.storage.base import TimestampedSlidingWindow
 from gateway.event_loop import KeptLoop
 from gateway.ratelimit.draws import Drawn, Window, caller_error
 from gateway.stores.migrations import Migration
-from gateway.stores.sqlite import LockedConnection
+from gateway.stores.sqlite import LockedConnection, begin_yielding, create_private, use_wal
 
 FILE_NAME = "ratelimits.sqlite"
 PURGE_INTERVAL = 60.0
@@ -122,12 +127,17 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
 
     def __init__(self, path: Path, *, busy_timeout: float = 0.25) -> None:
         super().__init__(None, wrap_exceptions=True)
+        _small_pages(path)
         self._db = LockedConnection(path, component="ratelimits", migrations=MIGRATIONS)
         with self._db.locked() as conn:
             conn.execute("PRAGMA synchronous = OFF")
             # Another worker's draw holds the write lock for microseconds: waited for by
             # begin_yielding, not by SQLite's busy handler, which sleeps a millisecond or more.
             conn.execute("PRAGMA busy_timeout = 0")
+            self._conn = conn
+            """The connection, for the draws on the loop's thread (``locked``'s lock is for
+            other threads, and the draws are synchronous: none comes between another's
+            statements on this thread)."""
         self._wait = busy_timeout
         self._next_purge = 0.0
         self._queued: list[tuple[Entries, asyncio.Future[Drawn]]] = []
@@ -164,7 +174,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                 return False
             _add(conn, current_key, current, amount, expiry, now)
             if now >= self._next_purge:
-                conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
+                conn.execute(_PURGE, (now,))
                 self._next_purge = now + PURGE_INTERVAL
         return True
 
@@ -179,7 +189,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         budgets instead of one per budget through ``limits``' strategy (same keys and windows,
         so both read each other). Synchronous: some tens of microseconds on the loop. Raises
         sqlite3.Error."""
-        return self.acquire_calls([entries])[0]
+        return self.acquire_calls((entries,))[0]
 
     def acquire_calls(self, calls: Sequence[Entries]) -> list[Drawn]:
         """``acquire_all`` for each call's entries, the calls one after the other, in one
@@ -193,14 +203,28 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         spent a unit of it locally, with no room test and no statement for it; a block of two
         goes wholly to the later call, and when the block is used up (or was never granted:
         the room ran short, or an earlier budget of its call refused) the next call draws
-        from the store as usual."""
+        from the store as usual.
+
+        A budget with room for all it asks is one statement, ``_DRAW`` (``_draw``); one short
+        of room, or refusing, is read (``_window``) and drawn what is left (``_add``). One
+        call drawing one budget (a lone person's call, her portal's units spent from a block)
+        is that statement in SQLite's own transaction of it (``_draw_one``), without ``BEGIN``
+        and ``COMMIT``; when it draws nothing, the transaction below decides."""
         now = time.time()
+        conn = self._conn
+        if len(calls) == 1 and len(calls[0]) == 1:
+            drawn = self._draw_one(conn, calls[0][0], now)
+            if drawn is not None:
+                return [drawn]
         answers: list[Drawn] = []
         # A block granted to an earlier call of this transaction, by key: (its call's granted
         # units, the budget's index there). A later call asking one unit of that budget takes
         # it from the block (see the docstring).
         blocks: dict[str, tuple[list[int], int]] = {}
-        with self._db.transaction(wait=self._wait) as conn:
+        # BEGIN IMMEDIATE ... COMMIT written out (``immediate``'s steps without its two
+        # context managers); rolled back if anything raises.
+        begin_yielding(conn, self._wait)
+        try:
             for entries in calls:
                 granted: list[int] = []
                 refused: Window | None = None
@@ -214,24 +238,64 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                             holder[index] = 1  # what is left of it, given to this call
                         granted.append(1)
                         continue
-                    previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-                    window = _window(conn, previous_key, current_key, expiry, now)
-                    previous, previous_ttl, current, _ = window
-                    room = limit - math.floor(previous * previous_ttl / expiry + current)
-                    if room < 1:
-                        granted.append(0)
-                        refused = window
-                        break
-                    units = min(wanted, room)
-                    _add(conn, current_key, current, units, expiry, now)
+                    # limits' sliding_window_keys, written out (a method call less a budget)
+                    previous_key = f"{key}/{int((now - expiry) / expiry)}"
+                    current_key = f"{key}/{int(now / expiry)}"
+                    if _draw(conn, previous_key, current_key, limit, expiry, wanted, now):
+                        units = wanted  # room for all of it: one statement
+                    else:  # short of room, or refused: read, and draw what is left
+                        window = _window(conn, previous_key, current_key, expiry, now)
+                        previous, previous_ttl, current, _ = window
+                        room = limit - math.floor(previous * previous_ttl / expiry + current)
+                        if room < 1:
+                            granted.append(0)
+                            refused = window
+                            break
+                        units = min(wanted, room)
+                        _add(conn, current_key, current, units, expiry, now)
                     if units > 1:
                         blocks[key] = (granted, len(granted))
                     granted.append(units)
                 answers.append(Drawn(granted, refused))
             if now >= self._next_purge:
-                conn.execute("DELETE FROM rl_counters WHERE expires_at <= ?", (now,))
+                conn.execute(_PURGE, (now,))
                 self._next_purge = now + PURGE_INTERVAL
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                # The original error says more; SQLite rolls back on close anyway.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
         return answers
+
+    def _draw_one(
+        self, conn: sqlite3.Connection, entry: tuple[str, int, int, int], now: float
+    ) -> Drawn | None:
+        """One budget's ``wanted`` units drawn by one statement (``_DRAW``) when its windows
+        leave room for all of them: SQLite runs a write statement outside ``BEGIN`` as a
+        transaction of its own, the file's write lock taken at its start and the commit at its
+        end, so its read of the windows and its write are one step no other process comes
+        between, as in ``BEGIN IMMEDIATE``, with no ``BEGIN`` and ``COMMIT`` statements around
+        it. The answer is what the transaction would give: ``[wanted]`` granted. None when the
+        statement drew nothing (the room short of ``wanted``, a live row's expiry not as a
+        draw writes it, another process holding the write lock): then ``acquire_calls``'
+        transaction draws, at its own instant, ``min(wanted, room)``, and says a refusal's
+        windows. Raises sqlite3.Error."""
+        key, limit, expiry, wanted = entry
+        previous_key = f"{key}/{int((now - expiry) / expiry)}"  # limits' sliding_window_keys
+        current_key = f"{key}/{int(now / expiry)}"
+        try:
+            if not _draw(conn, previous_key, current_key, limit, expiry, wanted, now):
+                return None
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return None  # the transaction waits for the lock (begin_yielding)
+            raise
+        if now >= self._next_purge:
+            conn.execute(_PURGE, (now,))
+            self._next_purge = now + PURGE_INTERVAL
+        return Drawn([wanted])
 
     def alone(self) -> bool:
         """Whether a draw now would be alone in its transaction however long it waited: nothing
@@ -353,6 +417,55 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
         self._db.close()
 
 
+PAGE_SIZE = 1024
+"""The page size of a new rate-limit file (SQLite's default is 4096). A draw writes one or two
+pages (the counters' leaf, the expiry index's) to the WAL at each commit, and SQLite checksums
+every byte of a frame; another worker's draw reads those pages again. The rows are some 60
+bytes, so a 1 KB leaf still holds a dozen or more. A file's page size is set when it is first
+written: an existing file keeps its own."""
+
+
+def _small_pages(path: Path) -> None:
+    """Create the file (0600, ``create_private``) with ``PAGE_SIZE`` pages and in WAL, if it
+    is new and empty; a file with content is left as it is. Two workers starting together may
+    both do it: both ask for the same page size, and the first to write the header sets it."""
+    create_private(path)
+    if path.stat().st_size:
+        return
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        use_wal(conn)
+    finally:
+        conn.close()
+
+
+_PURGE = "DELETE FROM rl_counters WHERE expires_at <= ?"
+
+_DRAW = (
+    "INSERT OR IGNORE INTO rl_counters (key, count, expires_at) VALUES (?2, CASE WHEN ?4 - CAST("
+    "coalesce((SELECT count FROM rl_counters WHERE key = ?1 AND expires_at > ?3), 0) * ?7 / ?8"
+    " + coalesce((SELECT count FROM rl_counters WHERE key = ?2 AND expires_at > ?3), 0)"
+    " AS INTEGER) >= ?5 THEN ?5 END, ?6) "
+    "ON CONFLICT (key) DO UPDATE SET count = count + excluded.count WHERE expires_at > ?3"
+)
+"""A draw of ``?5`` units of one budget in one statement, if its windows leave room for them
+all (``_draw_one``): ``?1``/``?2`` the previous and the current window's keys, ``?3`` now,
+``?4`` the limit, ``?6`` a new window's expiry, ``?7`` the previous window's seconds left and
+``?8`` the window's. The room test is the transaction's, ``limit - floor(previous *
+previous_ttl / expiry + current) >= wanted``, on the same reads (``_WINDOWS``' live counters)
+and the same IEEE double operations in the same order (``CAST AS INTEGER`` truncates: the
+floor of a count that is never negative; a previous count of 0 makes the product 0 whatever
+``?7``). Without room the count is NULL, which the ``NOT NULL`` column refuses and ``OR
+IGNORE`` turns into no row written; with room a new window's row is inserted and a live one
+added to as ``_ADD_LIVE`` does, its expiry not named (so its expiry index entry is not
+written). A row of the current key that is there but expired (a window's row lives twice its
+window, so only a clock set back far could leave one) is not touched either. So the statement
+changed one row (``rowcount``) exactly when it drew. The scalar subqueries in ``VALUES`` are
+read before the row is written; an ``INSERT ... SELECT`` reading its own table would go
+through a temporary table, and ``RETURNING`` through a trigger program: both measured dearer
+than the transaction's four statements."""
+
 _COUNT = "SELECT count FROM rl_counters WHERE key = ? AND expires_at > ?"
 """A window's live counter (``get_sliding_window``'s reference; the draws use ``_WINDOWS``)."""
 
@@ -365,6 +478,37 @@ the point lookup ``_COUNT`` makes (``key IN (?, ?)`` would build a temporary ind
 on each run), and one statement is one ``execute`` (a cursor, its bindings, a step and a
 ``fetchone``) instead of two. With two workers every person's draw is a transaction on the loop
 of its own (docs/performance.md, "Two workers against one: where the instructions go")."""
+
+
+def _draw(
+    conn: sqlite3.Connection,
+    previous_key: str,
+    current_key: str,
+    limit: int,
+    expiry: int,
+    wanted: int,
+    now: float,
+) -> bool:
+    """``_DRAW``: ``wanted`` units added to the current window ``current_key`` if the windows
+    leave room for all of them; whether they were (the statement changed its row). Inside a
+    transaction it is one statement instead of ``_window`` and ``_add``; outside, a
+    transaction of its own (``SqliteStorage._draw_one``)."""
+    return (
+        conn.execute(
+            _DRAW,
+            (
+                previous_key,
+                current_key,
+                now,
+                limit,
+                wanted,
+                now + 2 * expiry,
+                (1 - (((now - expiry) / expiry) % 1)) * expiry,  # the previous window's TTL
+                expiry,
+            ),
+        ).rowcount
+        == 1
+    )
 
 
 def _add(

@@ -136,7 +136,8 @@ async def test_a_live_window_is_added_to_as_the_single_upsert_would(
     expiry index) alone; a new or expired window by the upsert. Drawn side by side with a store
     that writes every draw by the upsert alone, through new, live and expired windows (the
     store's clock moved across them, back to a window long expired too), the answers and the
-    rows are the same after every transaction."""
+    rows are the same after every transaction. A lone call's one-statement draw (``_DRAW``)
+    adds to a live window the same way, and is held to the same upsert here."""
     clock = _StoreClock(1_800_000_000.0)
     monkeypatch.setattr(sqlite_storage, "time", clock)
     (tmp_path / "a").mkdir()
@@ -170,6 +171,8 @@ async def test_a_live_window_is_added_to_as_the_single_upsert_would(
             )
             with monkeypatch.context() as patched:
                 patched.setattr(sqlite_storage, "_add", always_upsert)
+                # and a lone call in the transaction too, not in the one statement
+                patched.setattr(sqlite_storage, "_draw", lambda *args: False)
                 expected = reference.acquire_calls(calls)
             assert answers == expected, step
             assert _rows(store) == _rows(reference), step

@@ -45,11 +45,16 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> StoreClock:
     return fake
 
 
+_DRAW_STATEMENT = sqlite_storage._DRAW.partition(" VALUES ")[0]
+
+
 class Trace:
     """The transactions a storage's connection commits, and the number of calls each carried."""
 
     def __init__(self, store: SqliteStorage) -> None:
         self.commits = 0
+        self._last = ""
+        self._inside = False
         self.calls: list[int] = []
         with store._db.locked() as conn:
             conn.set_trace_callback(self._statement)
@@ -62,8 +67,18 @@ class Trace:
         store.acquire_calls = counted  # type: ignore[method-assign]
 
     def _statement(self, sql: str) -> None:
-        if sql == "COMMIT":
+        # A transaction is a COMMIT, or a lone budget's draw statement run outside BEGIN (its
+        # own transaction), unless it drew nothing and a transaction followed it at once.
+        if sql == "BEGIN IMMEDIATE":
+            self._inside = True
+            if self._last.startswith(_DRAW_STATEMENT):
+                self.commits -= 1
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self._inside = False
+            self.commits += sql == "COMMIT"
+        elif sql.startswith(_DRAW_STATEMENT) and not self._inside:
             self.commits += 1
+        self._last = sql
 
 
 @pytest.fixture

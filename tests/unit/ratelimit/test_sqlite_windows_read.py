@@ -70,19 +70,29 @@ def test_one_statement_reads_what_two_lookups_read(tmp_path: Path) -> None:
     store._db.close()
 
 
-def test_a_draw_runs_one_read_statement_per_budget(tmp_path: Path) -> None:
-    """The structural count behind the change: a lone call drawing two budgets runs two reads
-    (one per budget), one write each, and the transaction's BEGIN and COMMIT."""
+def test_a_draw_runs_one_statement_per_budget_and_reads_only_a_refusal(tmp_path: Path) -> None:
+    """The structural count: a lone call drawing two budgets with room runs one statement per
+    budget (``_DRAW``: the windows read and the count added in one) between the transaction's
+    BEGIN and COMMIT; a budget that refuses is read once more (``_WINDOWS``), for the
+    refusal's windows."""
     store = SqliteStorage(tmp_path / sqlite_storage.FILE_NAME)
+    store._next_purge = float("inf")  # no purge in the count
     statements: list[str] = []
     store._db._conn.set_trace_callback(statements.append)
-    drawn = store.acquire_all([("a/person", 10, 60, 1), ("a/client", 100, 60, 1)])
+    drawn = store.acquire_all([("a/person", 1, 60, 1), ("a/client", 100, 60, 1)])
     assert drawn.granted == [1, 1]
-    store._db._conn.set_trace_callback(None)
-    reads = [s for s in statements if s.startswith("SELECT")]
-    writes = [s for s in statements if s.startswith(("INSERT", "UPDATE"))]
-    assert len(reads) == 2, statements
-    assert len(writes) == 2, statements
     assert statements[0] == "BEGIN IMMEDIATE"
     assert statements[-1] == "COMMIT"
+    assert [s.split(" ")[0] for s in statements[1:-1]] == ["INSERT", "INSERT"], statements
+    statements.clear()
+    drawn = store.acquire_all([("a/person", 1, 60, 1), ("a/client", 100, 60, 1)])
+    assert drawn.granted == [0]
+    assert drawn.window is not None
+    assert [s.split(" ")[0] for s in statements] == [
+        "BEGIN",
+        "INSERT",  # drew nothing: no room
+        "SELECT",  # the refusal's windows
+        "COMMIT",
+    ], statements
+    store._db._conn.set_trace_callback(None)
     store._db.close()
