@@ -359,10 +359,8 @@ class ApiRateLimiter:
             0 if ok else lease.block(now, loop) for lease, ok in zip(leases, taken, strict=True)
         ]
         local = self._local
-        if local is not None and self._breaker.state is BreakerState.CLOSED:
-            verdict = self._draw_now(local, budgets, leases, wanted, now, allowed)
-            if verdict is not None:
-                return verdict
+        if local is not None and self._breaker.state is BreakerState.CLOSED and local.alone():
+            return self._draw_alone(local, budgets, leases, wanted, now, allowed)
         try:
             return await self._draw_shared(budgets, leases, wanted, now, allowed)
         finally:
@@ -370,7 +368,7 @@ class ApiRateLimiter:
                 if units > 1:
                     lease.done()
 
-    def _draw_now(
+    def _draw_alone(
         self,
         local: SqliteStorage,
         budgets: tuple[Budget, ...],
@@ -378,41 +376,31 @@ class ApiRateLimiter:
         wanted: list[int],
         now: float,
         allowed: Verdict,
-    ) -> Verdict | None:
-        """``_draw_shared`` on SQLite with the breaker closed, drawn at once when the store
-        can (``SqliteStorage.draw_now``: nothing to share the transaction, or one budget with
-        room drawn by one statement), without a coroutine, a future or the breaker's step
-        object, as the memory store's draw is; the same answers, and the same account to the
-        breaker (a success; a store error counted and the call let through unchecked;
-        anything else neutral). None: not drawn, nothing counted; ``_draw_shared`` queues it
-        (its blocks still marked on their way)."""
+    ) -> Verdict:
+        """``_draw_shared`` on SQLite with the breaker closed and nothing to share the
+        transaction (``SqliteStorage.alone``): drawn at once, without a coroutine or the
+        breaker's step object, as the memory store's draw is; the same answers, and the same
+        account to the breaker (a success; a store error counted and the call let through
+        unchecked; anything else neutral)."""
         drawn = [index for index, units in enumerate(wanted) if units]
         entries = [
             (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
         ]
         try:
-            answer = local.draw_now(entries)
-            if answer is None:
-                return None
+            answer = local.acquire_calls((entries,))[0]
             verdict = self._verdict(budgets, leases, wanted, drawn, now, answer, allowed)
         except sqlite3.Error as exc:
-            self._release(leases, wanted)
             self._failed(StorageError(exc))
             return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
         except BaseException:
-            self._release(leases, wanted)
             self._breaker.record_neutral()
             raise
-        self._release(leases, wanted)
+        finally:
+            for lease, units in zip(leases, wanted, strict=True):
+                if units > 1:
+                    lease.done()
         self._breaker.record_success()
         return verdict
-
-    @staticmethod
-    def _release(leases: list[Lease], wanted: list[int]) -> None:
-        """The blocks asked for have come (or the draw failed): calls waiting on them go on."""
-        for lease, units in zip(leases, wanted, strict=True):
-            if units > 1:
-                lease.done()
 
     async def _draw_shared(
         self,
@@ -450,12 +438,13 @@ class ApiRateLimiter:
             keyed = [
                 (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
             ]
-            try:
-                drawn_now = local.draw_now(keyed)
-            except sqlite3.Error as exc:
-                raise StorageError(exc) from exc
-            # Otherwise with the calls queued in this turn.
-            answer = drawn_now if drawn_now is not None else await local.draw(keyed)
+            if local.alone():
+                try:
+                    answer = local.acquire_all(keyed)
+                except sqlite3.Error as exc:
+                    raise StorageError(exc) from exc
+            else:
+                answer = await local.draw(keyed)  # with the calls queued in this turn
             return self._verdict(budgets, leases, wanted, drawn, now, answer, allowed)
         return Verdict(budgets, checked=False)  # the store failed: let through, unchecked
 

@@ -297,27 +297,6 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             self._next_purge = now + PURGE_INTERVAL
         return Drawn([wanted])
 
-    def draw_now(self, entries: Entries) -> Drawn | None:
-        """``entries`` drawn at once, without a future or a turn of the loop, when that costs
-        no more than the shared transaction: alone (``alone``), in a transaction of its own
-        (``acquire_all``); one budget with room for all it asks, by one statement (``_DRAW``,
-        ``_draw_one``), even with other calls queued or other work ready on the loop. None:
-        not drawn (several budgets with company, or the statement drew nothing); then ``draw``
-        queues it for the shared transaction, which decides at its own instant. Raises
-        sqlite3.Error.
-
-        A call drawn by the statement while others are queued is drawn before them: the
-        order of the calls of one turn is the order they reach the store, and each call's
-        answer is still what it would be drawn one after the other (the statement grants only
-        what the transaction would grant at that instant, under the same write lock). Its
-        unit of a budget an earlier queued call asks a block of is then drawn from the store,
-        not taken from that block, as it is on Redis or in the next turn's transaction."""
-        if self.alone():
-            return self.acquire_calls((entries,))[0]
-        if len(entries) == 1 and self.at_once:
-            return self._draw_one(self._conn, entries[0], time.time())
-        return None
-
     def alone(self) -> bool:
         """Whether a draw now would be alone in its transaction however long it waited: nothing
         is queued and the running loop has nothing else ready in this turn (see the module

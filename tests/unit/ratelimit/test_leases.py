@@ -91,30 +91,18 @@ async def open_limiter(
 
             redis_store.acquire_all = record
             return limiter, draws, grants
-        # SQLite: every call's draws, at once (alone, or one budget by one statement) or
-        # queued for a transaction shared with others.
+        # SQLite: every call's draws, alone or in a transaction shared with others.
         sqlite_store: Any = limiter._local
-        draw_now, draw = sqlite_store.draw_now, sqlite_store.draw
+        acquire_calls = sqlite_store.acquire_calls
 
-        def recorded(entries: list[tuple[Any, int, int, int]], drawn: Drawn) -> None:
-            draws.append([(entry[0], entry[3]) for entry in entries])
-            grants.append(drawn.granted)
+        def record_calls(calls: list[list[tuple[Any, int, int, int]]]) -> list[Drawn]:
+            answers: list[Drawn] = acquire_calls(calls)
+            for entries, drawn in zip(calls, answers, strict=True):
+                draws.append([(entry[0], entry[3]) for entry in entries])
+                grants.append(drawn.granted)
+            return answers
 
-        def record_now(entries: list[tuple[Any, int, int, int]]) -> Drawn | None:
-            drawn: Drawn | None = draw_now(entries)
-            if drawn is not None:
-                recorded(entries, drawn)
-            return drawn
-
-        def record_queued(entries: list[tuple[Any, int, int, int]]) -> Any:
-            answer = draw(entries)
-            answer.add_done_callback(
-                lambda done: done.exception() or recorded(entries, done.result())
-            )
-            return answer
-
-        sqlite_store.draw_now = record_now
-        sqlite_store.draw = record_queued
+        sqlite_store.acquire_calls = record_calls
         return limiter, draws, grants
 
     try:
