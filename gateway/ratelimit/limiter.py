@@ -368,8 +368,7 @@ class ApiRateLimiter:
             # answers and the same account to the breaker (``_StoreStep``'s).
             drawn = [index for index, units in enumerate(wanted) if units]
             entries = [
-                (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i])
-                for i in drawn
+                (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
             ]
             try:
                 answer = await local.draw(entries)
