@@ -359,8 +359,32 @@ class ApiRateLimiter:
             0 if ok else lease.block(now, loop) for lease, ok in zip(leases, taken, strict=True)
         ]
         local = self._local
-        if local is not None and self._breaker.state is BreakerState.CLOSED and local.alone():
-            return self._draw_alone(local, budgets, leases, wanted, now, allowed)
+        if local is not None and self._breaker.state is BreakerState.CLOSED:
+            if local.alone():
+                return self._draw_alone(local, budgets, leases, wanted, now, allowed)
+            # ``_draw_shared`` on SQLite with the breaker closed, written out here: queued for
+            # the transaction the calls of this turn share, without a coroutine of its own (one
+            # frame less to create, suspend and resume) or the breaker's step object; the same
+            # answers and the same account to the breaker (``_StoreStep``'s).
+            drawn = [index for index, units in enumerate(wanted) if units]
+            entries = [
+                (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
+            ]
+            try:
+                answer = await local.draw(entries)
+                verdict = self._verdict(budgets, leases, wanted, drawn, now, answer, allowed)
+            except (StorageError, TimeoutError) as exc:
+                self._failed(exc)
+                return Verdict(budgets, checked=False)  # the store failed: let through
+            except BaseException:
+                self._breaker.record_neutral()
+                raise
+            finally:
+                for lease, units in zip(leases, wanted, strict=True):
+                    if units > 1:
+                        lease.done()
+            self._succeeded()
+            return verdict
         try:
             return await self._draw_shared(budgets, leases, wanted, now, allowed)
         finally:
