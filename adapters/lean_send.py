@@ -96,6 +96,15 @@ class LeanRequest(REQUEST_CLASS):  # type: ignore[misc,valid-type]
     """With ``make_split``: the sender's template, whose headers go before ``headers`` (then
     only the call's own); None once ``full_headers`` has joined them (or never split)."""
 
+    _lean_key: Any = None
+    """The connection key ``LeanSender`` keeps for the URL of this request (the same tuple
+    aiohttp's property makes of it); None: aiohttp's property."""
+
+    @property
+    def connection_key(self) -> Any:
+        key = self._lean_key
+        return super().connection_key if key is None else key
+
     def update_headers(self, headers: Any) -> None:
         # Given complete by LeanSender.headers (Host first, then the session's defaults, then
         # the call's): what aiohttp's loop here would copy them into. Kept instead of copied.
@@ -274,6 +283,8 @@ class LeanSender:
         "_ceil",
         "_connector",
         "_heads",
+        "_key",
+        "_key_url",
         "_loop",
         "_max_field_size",
         "_max_headers",
@@ -312,6 +323,10 @@ class LeanSender:
         # (``_head``); only a template that make_unsent's additions cannot collide with.
         self._splits = hdrs.CONTENT_TYPE not in template and hdrs.CONTENT_LENGTH not in template
         self._heads: dict[str, bytes] = {}
+        # The connection key of the last URL sent to (a URL is immutable: the same object,
+        # the same key; aiohttp's property makes a new tuple per request).
+        self._key_url: URL | None = None
+        self._key: Any = None
 
     @classmethod
     def for_(
@@ -472,6 +487,11 @@ class LeanSender:
         answer's head read (``_request``'s ``_connect_and_send_request``), or with
         ``lean_read`` the whole answer when it arrived whole. ``body``: the bytes of a request
         of ``make_unsent`` (its payload not made yet)."""
+        url = req.url
+        if url is not self._key_url:
+            self._key = req.connection_key
+            self._key_url = url
+        req._lean_key = self._key
         try:
             conn = await self._connector.connect(req, traces=_NO_TRACES, timeout=self._timeout)
         except TimeoutError as exc:

@@ -10,6 +10,7 @@ answer read by aiohttp's path, the request's headers as the response reports the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -210,9 +211,7 @@ async def test_a_split_request_made_whole() -> None:
             split = LeanRequest.make_split(
                 method, url, sender._template, _CALL, body, loop, session
             )
-            whole = LeanRequest.make_unsent(
-                method, url, sender.headers(_CALL), body, loop, session
-            )
+            whole = LeanRequest.make_unsent(method, url, sender.headers(_CALL), body, loop, session)
             assert list(split.full_headers().items()) == list(whole.headers.items())
             assert split._lean_template is None
             kept = dict(vars(split))
@@ -220,3 +219,28 @@ async def test_a_split_request_made_whole() -> None:
             assert list(kept) == list(vars(whole))
     finally:
         await session.close()
+
+
+async def test_the_connection_key_follows_the_url(back: Back) -> None:
+    """The key a sender keeps is its last URL's: a request to another address (another URL
+    object) gets its own key, so its own connection, and the key is aiohttp's."""
+    other = Back()
+    listening = await asyncio.start_server(other.serve, "127.0.0.1", 0)
+    other.port = listening.sockets[0].getsockname()[1]
+    session = _session()
+    try:
+        first = URL(f"http://127.0.0.1:{back.port}/one")
+        second = URL(f"http://127.0.0.1:{other.port}/two")
+        sender = LeanSender.for_(session, first.origin(), _CALL)
+        assert sender is not None
+        for url in (first, second, first, URL(str(second)), first):
+            assert isinstance(await sender.fetch_call("POST", url, _CALL, b"{}"), LeanAnswer)
+            request = LeanRequest.make_split(
+                "POST", url, sender._template, _CALL, b"{}", session._loop, session
+            )
+            assert sender._key == aiohttp.ClientRequest.connection_key.fget(request)  # type: ignore[attr-defined]
+    finally:
+        await session.close()
+        listening.close()
+    assert [raw.split(b" ")[1] for raw in back.requests] == [b"/one"] * 3
+    assert [raw.split(b" ")[1] for raw in other.requests] == [b"/two"] * 2
