@@ -211,6 +211,10 @@ class LeanRequest(REQUEST_CLASS):  # type: ignore[misc,valid-type]
         template naming neither ``Content-Type`` nor ``Content-Length`` (``LeanSender``
         checks both): then ``make_unsent`` adds nothing else, and its headers are the
         template's followed by these."""
+        if loop.get_debug():  # aiohttp's constructor, which adds its defaults to what it is given
+            headers = template.copy()
+            headers.extend(call)
+            return cls.make_unsent(method, url, headers, body, loop, session)
         extra: Any = dict(call)
         req = cls.make(method, url, extra, None, loop, session)  # Content-Length "0" if not a GET
         if body is not None:

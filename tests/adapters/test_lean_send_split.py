@@ -244,3 +244,15 @@ async def test_the_connection_key_follows_the_url(back: Back) -> None:
         listening.close()
     assert [raw.split(b" ")[1] for raw in back.requests] == [b"/one"] * 3
     assert [raw.split(b" ")[1] for raw in other.requests] == [b"/two"] * 2
+
+
+async def test_a_loop_in_debug_mode(back: Back) -> None:
+    """In debug mode ``LeanRequest.make`` is aiohttp's constructor (it keeps where a request
+    was made), which adds its default headers to those it is given: the whole headers then,
+    and the same bytes."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    try:
+        _same(await _three(back, "POST", "/api/echo", _CALL, _JSON_BODY))
+    finally:
+        loop.set_debug(False)
