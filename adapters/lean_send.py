@@ -289,6 +289,7 @@ class LeanSender:
         "_heads",
         "_key",
         "_key_url",
+        "_last_line",
         "_loop",
         "_max_field_size",
         "_max_headers",
@@ -331,6 +332,9 @@ class LeanSender:
         # the same key; aiohttp's property makes a new tuple per request).
         self._key_url: URL | None = None
         self._key: Any = None
+        # The method, URL object and start of the head last serialised (``_head``): an
+        # operation without placeholders sends to the same URL object every call.
+        self._last_line: tuple[str, URL | None, bytes] = ("", None, b"")
 
     @classmethod
     def for_(
@@ -474,15 +478,19 @@ class LeanSender:
         template = req._lean_template
         if template is None:
             return _whole_head(req)
+        method, url, start = self._last_line
+        if url is req.url and method == req.method:
+            return start + _serialize_headers("", req.headers)
         line = f"{req.method} {req.url.raw_path_qs} HTTP/1.1"
-        start = self._heads.get(line)
-        if start is None:
+        kept = self._heads.get(line)
+        if kept is None:
             # "LINE\r\nTEMPLATE\r\n\r\n" less its last four bytes: the serialisation of
             # the call's headers after an empty line begins with the "\r\n" that ends them.
-            start = _serialize_headers(line, template)[:-4]
+            kept = _serialize_headers(line, template)[:-4]
             if len(self._heads) < _HEADS_KEPT:
-                self._heads[line] = start
-        return start + _serialize_headers("", req.headers)
+                self._heads[line] = kept
+        self._last_line = (req.method, req.url, kept)
+        return kept + _serialize_headers("", req.headers)
 
     async def _attempt(
         self, req: LeanRequest, body: bytes | None, lean_read: bool

@@ -256,3 +256,22 @@ async def test_a_loop_in_debug_mode(back: Back) -> None:
         _same(await _three(back, "POST", "/api/echo", _CALL, _JSON_BODY))
     finally:
         loop.set_debug(False)
+
+
+async def test_one_url_object_with_several_methods(back: Back) -> None:
+    """The head's start kept for the last URL object is its method's: another method to the
+    same URL object has its own request line."""
+    session = _session()
+    url = URL(f"http://127.0.0.1:{back.port}/api/p/1")
+    try:
+        sender = LeanSender.for_(session, url.origin(), _CALL)
+        assert sender is not None
+        for method in ("POST", "POST", "PUT", "POST", "DELETE", "DELETE"):
+            body = None if method == "DELETE" else b"{}"
+            assert isinstance(await sender.fetch_call(method, url, _CALL, body), LeanAnswer)
+            whole = await sender.fetch(method, url, sender.headers(_CALL), body)
+            assert isinstance(whole, LeanAnswer)
+            assert back.requests[-1] == back.requests[-2]
+            assert back.requests[-1].startswith(f"{method} /api/p/1 HTTP/1.1\r\n".encode())
+    finally:
+        await session.close()
