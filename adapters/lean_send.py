@@ -43,7 +43,7 @@ what this module relies on changes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import aiohttp
@@ -72,6 +72,10 @@ _NO_TIMER: Final = TimerNoop()
 _DRAIN_LIMIT: Final = 0x10000
 """``StreamWriter.write``'s default ``LIMIT``: past it, a write awaits the transport's drain."""
 
+_HEADS_KEPT: Final = 64
+"""Request lines (method and target) whose serialised start a sender keeps (a path with a
+call's values in it is a line of its own)."""
+
 _NO_TRACES: Final[list[Any]] = []
 """No trace configs: aiohttp only iterates over the list it is given (never appends to it)."""
 
@@ -88,6 +92,18 @@ class LeanRequest(REQUEST_CLASS):  # type: ignore[misc,valid-type]
     """The adapters' request class, made by ``LeanRequest.make`` for ``LeanSender``."""
 
     _body: payload.Payload | None
+    _lean_template: CIMultiDict[str] | None = None
+    """With ``make_split``: the sender's template, whose headers go before ``headers`` (then
+    only the call's own); None once ``full_headers`` has joined them (or never split)."""
+
+    _lean_key: Any = None
+    """The connection key ``LeanSender`` keeps for the URL of this request (the same tuple
+    aiohttp's property makes of it); None: aiohttp's property."""
+
+    @property
+    def connection_key(self) -> Any:
+        key = self._lean_key
+        return super().connection_key if key is None else key
 
     def update_headers(self, headers: Any) -> None:
         # Given complete by LeanSender.headers (Host first, then the session's defaults, then
@@ -177,6 +193,46 @@ class LeanRequest(REQUEST_CLASS):  # type: ignore[misc,valid-type]
             headers[hdrs.CONTENT_TYPE] = _OCTET_STREAM
         return req
 
+    @classmethod
+    def make_split(
+        cls,
+        method: str,
+        url: URL,
+        template: CIMultiDict[str],
+        call: dict[str, str],
+        body: bytes | None,
+        loop: asyncio.AbstractEventLoop,
+        session: aiohttp.ClientSession,
+    ) -> LeanRequest:
+        """``make_unsent`` with the template's headers kept apart: ``headers`` holds only the
+        call's and what ``make_unsent`` adds after them (``Content-Length``), in their order,
+        until ``full_headers`` puts the template before them. For a call whose
+        ``Content-Type`` is given in that spelling when ``make_unsent`` would look for it, and a
+        template naming neither ``Content-Type`` nor ``Content-Length`` (``LeanSender``
+        checks both): then ``make_unsent`` adds nothing else, and its headers are the
+        template's followed by these."""
+        if loop.get_debug():  # aiohttp's constructor, which adds its defaults to what it is given
+            headers = template.copy()
+            headers.extend(call)
+            return cls.make_unsent(method, url, headers, body, loop, session)
+        extra: Any = dict(call)
+        req = cls.make(method, url, extra, None, loop, session)  # Content-Length "0" if not a GET
+        if body is not None:
+            extra[hdrs.CONTENT_LENGTH] = str(len(body))
+        req._lean_template = template
+        return req
+
+    def full_headers(self) -> CIMultiDict[str]:
+        """The request's headers whole (what ``make_unsent`` would have made), from then on
+        its ``headers``; for anything but ``LeanSender``'s own write of the head."""
+        template = self._lean_template
+        if template is not None:
+            headers = template.copy()
+            headers.extend(self.headers)
+            self.headers = headers
+            self._lean_template = None
+        return self.headers  # type: ignore[no-any-return]
+
     def with_payload(self, body: bytes | None) -> None:
         """The payload ``make`` would have given a request of ``make_unsent``, for aiohttp's
         own ``send`` (its headers are already in the request's)."""
@@ -230,6 +286,10 @@ class LeanSender:
         "_auto_decompress",
         "_ceil",
         "_connector",
+        "_heads",
+        "_key",
+        "_key_url",
+        "_last_line",
         "_loop",
         "_max_field_size",
         "_max_headers",
@@ -237,6 +297,7 @@ class LeanSender:
         "_read_bufsize",
         "_read_timeout",
         "_session",
+        "_splits",
         "_template",
         "_timeout",
     )
@@ -263,6 +324,17 @@ class LeanSender:
         template[hdrs.HOST] = host
         template.extend(session.headers)
         self._template = template
+        # The request line and the template's headers, serialised once per line
+        # (``_head``); only a template that make_unsent's additions cannot collide with.
+        self._splits = hdrs.CONTENT_TYPE not in template and hdrs.CONTENT_LENGTH not in template
+        self._heads: dict[str, bytes] = {}
+        # The connection key of the last URL sent to (a URL is immutable: the same object,
+        # the same key; aiohttp's property makes a new tuple per request).
+        self._key_url: URL | None = None
+        self._key: Any = None
+        # The method, URL object and start of the head last serialised (``_head``): an
+        # operation without placeholders sends to the same URL object every call.
+        self._last_line: tuple[str, URL | None, bytes] = ("", None, b"")
 
     @classmethod
     def for_(
@@ -315,14 +387,27 @@ class LeanSender:
         ``ClientResponse`` of ``request``, to be read and released by the caller."""
         return await self._exchange(method, url, headers, body, lean_read=True)
 
+    async def fetch_call(
+        self, method: str, url: URL, call: dict[str, str], body: bytes | None
+    ) -> LeanAnswer | aiohttp.ClientResponse:
+        """``fetch(method, url, self.headers(call), body)``: the same request and answer, the
+        template's headers not copied per call when the sender writes the head itself
+        (``LeanRequest.make_split``); ``call`` is not changed."""
+        if self._splits and (
+            hdrs.CONTENT_TYPE in call or (body is None and method not in _POST_METHODS)
+        ):
+            return await self._exchange(method, url, None, body, lean_read=True, call=call)
+        return await self._exchange(method, url, self.headers(call), body, lean_read=True)
+
     async def _exchange(
         self,
         method: str,
         url: URL,
-        headers: CIMultiDict[str],
+        headers: CIMultiDict[str] | None,
         body: bytes | None,
         *,
         lean_read: bool,
+        call: dict[str, str] | None = None,
     ) -> LeanAnswer | aiohttp.ClientResponse:
         session = self._session
         if session.closed:
@@ -335,7 +420,15 @@ class LeanSender:
         resp: LeanAnswer | aiohttp.ClientResponse | None = None
         try:
             while True:
-                if data is None or type(data) is bytes:
+                if headers is None and data is not None and type(data) is not bytes:
+                    assert call is not None  # a payload sent again: make's whole headers
+                    headers = self.headers(call)
+                if headers is None:  # fetch_call's split
+                    assert call is not None
+                    req = LeanRequest.make_split(
+                        method, url, self._template, call, data, self._loop, session
+                    )
+                elif data is None or type(data) is bytes:
                     req = LeanRequest.make_unsent(
                         method, url, headers.copy() if retry else headers, data, self._loop, session
                     )
@@ -376,6 +469,29 @@ class LeanSender:
                 await req._body.close()
             raise
 
+    def _head(self, req: LeanRequest) -> bytes:
+        """``_whole_head(req)``: for a request of ``make_split``, the request line and the
+        template's headers serialised once per line (by aiohttp's serialiser: the line checked
+        as the whole head's would be first), then the call's headers (the same serialiser:
+        its error for a header with CR or LF, raised as the whole head's would raise it, the
+        line and the template being clean)."""
+        template = req._lean_template
+        if template is None:
+            return _whole_head(req)
+        method, url, start = self._last_line
+        if url is req.url and method == req.method:
+            return start + _serialize_headers("", req.headers)
+        line = f"{req.method} {req.url.raw_path_qs} HTTP/1.1"
+        kept = self._heads.get(line)
+        if kept is None:
+            # "LINE\r\nTEMPLATE\r\n\r\n" less its last four bytes: the serialisation of
+            # the call's headers after an empty line begins with the "\r\n" that ends them.
+            kept = _serialize_headers(line, template)[:-4]
+            if len(self._heads) < _HEADS_KEPT:
+                self._heads[line] = kept
+        self._last_line = (req.method, req.url, kept)
+        return kept + _serialize_headers("", req.headers)
+
     async def _attempt(
         self, req: LeanRequest, body: bytes | None, lean_read: bool
     ) -> LeanAnswer | aiohttp.ClientResponse:
@@ -383,6 +499,11 @@ class LeanSender:
         answer's head read (``_request``'s ``_connect_and_send_request``), or with
         ``lean_read`` the whole answer when it arrived whole. ``body``: the bytes of a request
         of ``make_unsent`` (its payload not made yet)."""
+        url = req.url
+        if url is not self._key_url:
+            self._key = req.connection_key
+            self._key_url = url
+        req._lean_key = self._key
         try:
             conn = await self._connector.connect(req, traces=_NO_TRACES, timeout=self._timeout)
         except TimeoutError as exc:
@@ -403,8 +524,9 @@ class LeanSender:
         )
         resp: aiohttp.ClientResponse
         try:
-            size = _write_at_once(req, protocol, body) if req._body is None else None
+            size = _write_at_once(req, protocol, body, self._head) if req._body is None else None
             if size is None:
+                req.full_headers()
                 req.with_payload(body)
                 resp = await req.send(conn)
             else:
@@ -418,6 +540,7 @@ class LeanSender:
                         if answer is not None:
                             conn.release()  # what ClientResponse does once the body ended
                             return answer
+                req.full_headers()
                 resp = _response(req, size)
             try:
                 await resp.start(conn)
@@ -439,7 +562,17 @@ class _Sent:
         self.output_size = output_size
 
 
-def _write_at_once(req: LeanRequest, protocol: Any, body: bytes | None) -> int | None:
+def _whole_head(req: LeanRequest) -> bytes:
+    """A request's head by aiohttp's serialiser, its headers whole."""
+    return _serialize_headers(f"{req.method} {req.url.raw_path_qs} HTTP/1.1", req.full_headers())
+
+
+def _write_at_once(
+    req: LeanRequest,
+    protocol: Any,
+    body: bytes | None,
+    head_of: Callable[[LeanRequest], bytes] = _whole_head,
+) -> int | None:
     """What ``ClientRequest.send`` writes for a request whose head and body aiohttp's stream
     writer would write in one ``transport.write`` with nothing left to wait for: the same
     bytes (aiohttp's own head serialiser), the same read timeout started; the size written.
@@ -451,7 +584,7 @@ def _write_at_once(req: LeanRequest, protocol: Any, body: bytes | None) -> int |
     transport = protocol.transport
     if transport is None or transport.is_closing() or protocol.writing_paused:
         return None
-    head = _serialize_headers(f"{req.method} {req.url.raw_path_qs} HTTP/1.1", req.headers)
+    head = head_of(req)
     if body is None:
         protocol.start_timeout()  # aiohttp starts it before writing a request without body
         transport.write(head)

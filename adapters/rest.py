@@ -865,8 +865,8 @@ class RestAdapter:
         """One exchange; None for a 401 that a fresh token may cure."""
         lean = self._lean
         if lean is not None:
-            response = await lean.fetch(
-                prepared.method, prepared.url, lean.headers(prepared.headers), prepared.body
+            response = await lean.fetch_call(
+                prepared.method, prepared.url, prepared.headers, prepared.body
             )
             if isinstance(response, LeanAnswer):  # read whole, its connection released
                 if refreshable and response.status == 401:

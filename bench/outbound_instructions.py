@@ -18,7 +18,8 @@ so that each layer's share can be read as the difference between two rows:
     lean      the same request and headers on the same session, sent by the REST adapter's
               lean path (``adapters/lean_send.py``: the session's connector, request and
               response classes without ``ClientSession._request``; an answer that arrived
-              whole read by ``LeanSender.fetch`` where the tree has it); trees without it fail
+              whole read by ``LeanSender.fetch`` where the tree has it, the call's headers
+              given apart by ``fetch_call`` where it has that); trees without it fail
     adapter   ``RestAdapter.call``: the request built from a ``Call``, the answer checked,
               parsed and digested
     stack     the route's stack without its audit: retry policy, breaker, slot, the attempt's
@@ -121,8 +122,12 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
             await answer.read()
 
     async def one_lean() -> None:
-        # The read of a whole answer where the tree has it (LeanSender.fetch), else request.
-        answer = await fetch("POST", target, sender.headers(headers), body)
+        # The call's headers given apart where the tree takes them so (LeanSender.fetch_call),
+        # else the read of a whole answer (fetch), else request.
+        if fetch_call is not None:
+            answer = await fetch_call("POST", target, headers, body)
+        else:
+            answer = await fetch("POST", target, sender.headers(headers), body)
         if not isinstance(answer, aiohttp.ClientResponse):
             return  # read whole, its connection released
         try:
@@ -141,6 +146,7 @@ async def client(mode: str, backend: str, warmup: int, calls: int, in_flight: in
         assert lean_sender is not None
         sender = lean_sender
         fetch = getattr(sender, "fetch", sender.request)
+        fetch_call = getattr(sender, "fetch_call", None)
 
     runtime = SystemRuntime(
         "bench-rest",
