@@ -389,7 +389,7 @@ class _AiohttpTransport(AsyncTransport):
         headers = {**headers, **exchange.http_headers}
         lean = self._lean_sender(address, url, headers)
         if lean is not None:
-            response = await lean.fetch("POST", url, lean.headers(headers), message)
+            response = await lean.fetch_call("POST", url, headers, message)
             if isinstance(response, LeanAnswer):  # read whole, its connection released
                 return await self._answer(response, exchange)
             try:
