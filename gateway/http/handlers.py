@@ -366,7 +366,8 @@ async def call_service(request: web.Request) -> web.Response:
     receiving = body["receiving_province"]
     check_receiving_province(registration, principal, receiving)
     route = catalog.route(code, body.get("operation"), receiving, body["handling_province"])
-    fields = request[LOG_FIELDS]
+    state = request._state  # request[...] without its frame
+    fields = state[LOG_FIELDS]
     fields.update(service=code, province=route.handling, system=route.system)
     machine = machine_admitted(registration, principal)
     if not machine:
@@ -376,7 +377,7 @@ async def call_service(request: web.Request) -> web.Response:
     bind = _bind_to_the_end if grant_ids(body.get("consent")) else bind_call
     binding = await bind(request, principal, route, body, raw, registration if machine else None)
     rule = app[SUBJECTS]
-    request_id = request[REQUEST_ID]
+    request_id = state[REQUEST_ID]
     try:
         context = _call_context(
             request, app, request_id, code, principal, route, body, binding, rule
