@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from unittest import mock
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from aiohttp import web
@@ -47,15 +47,23 @@ class Backend:
         self.fail = False
         self.release = asyncio.Event()
         self.arrived = 0
+        self._arrival = asyncio.Event()
         self.adapter = FakeAdapter(self.handle)
 
     async def handle(self, call: Call) -> Reply:
         self.arrived += 1
+        self._arrival.set()
         if self.fail:
             raise RuntimeError("a bug in an adapter")
         if self.hold:
             await self.release.wait()
         return Reply({"result": {"yxbz": True}})
+
+    async def until_arrived(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            while self.arrived < count:
+                self._arrival.clear()
+                await self._arrival.wait()
 
 
 async def _client(
@@ -89,12 +97,6 @@ async def _overloaded(response: Any, retry_after: str) -> None:
     assert "RateLimit-Policy" not in response.headers  # refused before the rate limit
 
 
-async def _until(predicate: Any) -> None:
-    async with asyncio.timeout(10):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 async def test_beyond_the_bound_a_directly_dispatched_call_is_refused_before_any_work(
     tmp_path: Path,
 ) -> None:
@@ -107,7 +109,7 @@ async def test_beyond_the_bound_a_directly_dispatched_call_is_refused_before_any
             asyncio.create_task(client.post(CALLS, json=call_body(), headers=auth()))
             for _ in range(2)
         ]
-        await _until(lambda: backend.arrived == 3)
+        await backend.until_arrived(3)
         assert admission.in_flight == 2
         assert admission.body_bytes > 0
         checked = verifier.checked
@@ -140,7 +142,7 @@ async def test_body_bytes_in_flight_are_bounded_on_the_direct_path(tmp_path: Pat
         headers = {**auth(), "Content-Type": "application/json"}
         backend.hold = True
         held = asyncio.create_task(client.post(CALLS, data=big, headers=headers))
-        await _until(lambda: backend.arrived == 2)
+        await backend.until_arrived(2)
         assert admission.body_bytes == 1500
         await _overloaded(await client.post(CALLS, data=big, headers=headers), "7")
         assert admission.in_flight == 1
@@ -170,18 +172,18 @@ async def test_a_late_connection_gets_the_same_refusal_in_the_request_frame(path
     """A connection accepted beyond the connection bound: one 503, then closed; the handler
     never runs, nothing is counted in flight, as in ``admission_middleware``."""
     answers = []
+    ran: list[bool] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ran.append(True)
+        return web.Response(text="no")
+
     for fused in (True, False):
         admission = Admission(AdmissionSettings(retry_after=5), max_body_bytes=2048)
         protocol: Any = mock.Mock()
         admission.late(protocol)
         app = web.Application()
         request = make_mocked_request("POST", path, app=app, protocol=protocol)
-        ran: list[bool] = []
-
-        async def handler(request: web.Request) -> web.StreamResponse:
-            ran.append(True)
-            return web.Response(text="no")
-
         if fused:
             answer = await request_middleware(request, handler, admission=admission)
         else:
@@ -190,7 +192,8 @@ async def test_a_late_connection_gets_the_same_refusal_in_the_request_frame(path
         assert not ran
         assert admission.in_flight == 0
         assert not answer.keep_alive
-        assert isinstance(answer, web.Response) and answer.body is not None
+        assert isinstance(answer, web.Response)
+        assert answer.body is not None
         body = json.loads(bytes(answer.body))  # type: ignore[arg-type]
         answers.append(
             (answer.status, answer.headers["Retry-After"], body["code"], answer.content_type)
