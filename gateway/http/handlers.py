@@ -358,7 +358,9 @@ async def call_service(request: web.Request) -> web.Response:
     catalog.service(code)  # unknown service → 404 before we look at the body
     check_client_may_call(app, principal, code)  # allowed_services + scope → 403
     check_json_content(request)  # read_json_body, its await in this coroutine
-    raw = await request.read()
+    raw = request._read_bytes  # what read() returns once the body is read (the request
+    if raw is None:  # middleware reads a body in one chunk), without its coroutine
+        raw = await request.read()
     body = json_object(raw)
     if not _CALL_VALIDATOR.is_valid(body):
         _refuse_envelope(body)

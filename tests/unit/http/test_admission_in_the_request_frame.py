@@ -19,6 +19,7 @@ from gateway.app import create_app
 from gateway.http.admission import ADMISSION, Admission, admission_middleware
 from gateway.http.chain import request_middleware
 from gateway.http.dispatch import dispatched_directly
+from gateway.http.keys import PRINCIPAL, REQUEST_ID
 from gateway.identity.devtokens import DevTokenIssuer
 from gateway.principal import Principal
 from gateway.settings import AdmissionSettings, SystemSettings
@@ -199,3 +200,26 @@ async def test_a_late_connection_gets_the_same_refusal_in_the_request_frame(path
             (answer.status, answer.headers["Retry-After"], body["code"], answer.content_type)
         )
     assert answers[0] == answers[1] == (503, "5", "gateway.overloaded", "application/problem+json")
+
+
+async def test_the_private_fields_read_are_what_the_properties_give() -> None:
+    """The request's dict, protocol and method, the match info's route and app: read behind
+    aiohttp's properties and mapping methods (gateway/http/middlewares.py, chain.py)."""
+    app = web.Application()
+    route = app.router.add_post("/x/{y}", _never)
+    request = make_mocked_request("POST", "/x/1", app=app)
+    request[REQUEST_ID] = "r-1"
+    assert request._state[REQUEST_ID] == "r-1"
+    assert request._state.get(PRINCIPAL) is request.get(PRINCIPAL) is None
+    assert request._protocol is request.protocol
+    assert request._method == request.method
+    assert request._read_bytes is None
+    assert await request.read() == b""
+    info = await app.router.resolve(request)
+    assert info._route is info.route is route
+    info.add_app(app)
+    assert info._current_app is info.current_app is app
+
+
+async def _never(request: web.Request) -> web.StreamResponse:
+    raise AssertionError("not called")
