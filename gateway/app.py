@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
 
 from gateway.adapter import Adapter, SystemSpec, load_adapter_factory
 from gateway.audit.calls import CallAuditor, RouteAudit
@@ -25,7 +27,7 @@ from gateway.http.audit import add_audit_routes
 from gateway.http.cases import add_case_routes
 from gateway.http.chain import request_middleware
 from gateway.http.consents import AppConsentBook, add_consent_routes
-from gateway.http.dispatch import direct_calls
+from gateway.http.dispatch import Handler, direct_calls
 from gateway.http.guards import add_guards
 from gateway.http.keys import METRICS, SETTINGS, STATE, SUBJECTS, VERIFIER, GatewayState
 from gateway.http.licences import add_licences
@@ -41,6 +43,14 @@ from gateway.settings import RouteSettings, Settings, SystemSettings
 from gateway.subjects import SubjectRule
 
 log = structlog.get_logger("tongban.app")
+
+
+def _admitted_calls(app: web.Application, route: AbstractRoute) -> Handler | None:
+    """The call endpoint's middlewares, ``admission_middleware`` and ``request_middleware``,
+    as one frame (``request_middleware`` given the admission), while they are the app's."""
+    if list(app.middlewares) != [admission_middleware, request_middleware]:
+        return None
+    return functools.partial(request_middleware, handler=route.handler, admission=app[ADMISSION])
 
 
 def create_app(
@@ -97,7 +107,9 @@ def create_app(
     app.router.add_get("/api/v1/services", handlers.list_services)
     app.router.add_get("/api/v1/services/{service}", handlers.get_service)
     calls = app.router.add_post("/api/v1/services/{service}/calls", handlers.call_service)
-    direct_calls(app, calls)  # their dispatch without aiohttp's general one: dispatch.py
+    # Their dispatch without aiohttp's general one (dispatch.py), the admission's check in the
+    # request middleware's frame (chain.py).
+    direct_calls(app, calls, _admitted_calls)
     add_case_routes(app)  # after the systems context: the case worker needs the catalogue
     add_audit_routes(app)
     if oidc is not None:

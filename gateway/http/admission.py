@@ -303,6 +303,28 @@ class Admission:
             return self.max_body_bytes if request.body_exists else 0
         return min(length, self.max_body_bytes)
 
+    def take(self, request: web.Request) -> web.Response | int:
+        """``admission_middleware``'s decision on a request to a bounded path that was not
+        accepted beyond the connection bound: the refusal, or the body bytes it reserved (the
+        request now counted in flight until ``release``)."""
+        protocol = request._protocol
+        if isinstance(protocol, _DoorHandler) and protocol.held:
+            protocol.held -= 1  # the slot the door held for this request is its own now
+            self.held -= 1
+        if self.refusing():
+            return self.refusal(self.reason_now())
+        reserved = self.reservation(request)
+        if reserved and self.body_bytes + reserved > self.settings.max_body_bytes_in_flight:
+            return self.refusal("body_bytes")
+        self.admitted()
+        self.body_bytes += reserved
+        return reserved
+
+    def release(self, reserved: int) -> None:
+        """A request ``take`` admitted has its answer (or failed): out of flight."""
+        self.in_flight -= 1
+        self.body_bytes -= reserved
+
     def admitted(self) -> None:
         self.in_flight += 1
         self._admissions += 1
@@ -748,19 +770,10 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
         return late
     if request.path in UNBOUNDED_PATHS:
         return await handler(request)
-    protocol = request.protocol
-    if isinstance(protocol, _DoorHandler) and protocol.held:
-        protocol.held -= 1  # the slot the door held for this request is its own now
-        admission.held -= 1
-    if admission.refusing():
-        return admission.refusal(admission.reason_now())
-    reserved = admission.reservation(request)
-    if reserved and admission.body_bytes + reserved > admission.settings.max_body_bytes_in_flight:
-        return admission.refusal("body_bytes")
-    admission.admitted()
-    admission.body_bytes += reserved
+    taken = admission.take(request)
+    if not isinstance(taken, int):
+        return taken
     try:
         return await handler(request)
     finally:
-        admission.in_flight -= 1
-        admission.body_bytes -= reserved
+        admission.release(taken)

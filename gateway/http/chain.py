@@ -30,6 +30,7 @@ from aiohttp import web
 
 from gateway.audit.record import AuditEvent
 from gateway.audit.refusals import collecting
+from gateway.http.admission import Admission
 from gateway.http.audit import admin_audit_middleware
 from gateway.http.client_io import (
     aborted_or_raise,
@@ -54,56 +55,77 @@ from gateway.http.ratelimit import judge, rate_limit_fields, rate_limit_middlewa
 
 
 @web.middleware
-async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def request_middleware(
+    request: web.Request, handler: Handler, admission: Admission | None = None
+) -> web.StreamResponse:
     """The layers of the module docstring, in their order; listed last in ``create_app`` (so
-    ``handler`` is the route's own)."""
-    started = open_request(request)
-    response: web.StreamResponse
-    held: list[AuditEvent] = []
+    ``handler`` is the route's own). Given ``admission`` (the direct dispatch of the call
+    path, a bounded path: gateway/app.py), ``admission_middleware``'s work is done here
+    first, in this frame: its refusals leave as they leave that middleware, before the
+    request's id, log context or metrics, and the request is in flight until this returns."""
+    reserved = 0
+    if admission is not None:
+        if admission.is_late(request._protocol):
+            # Accepted beyond the connection bound: one answer, then the connection closes.
+            late = admission.refusal("connections", counted=True)
+            late.force_close()
+            return late
+        taken = admission.take(request)
+        if not isinstance(taken, int):
+            return taken
+        reserved = taken
     try:
-        with collecting() as held:
-            request_id = request[REQUEST_ID]  # open_request has set it
-            try:
-                early: web.StreamResponse | None = None
-                if request.body_exists:
-                    if request.content.is_eof():
-                        # read_body's first case in this coroutine: the whole body is in
-                        try:
-                            read_whole_body(request)
-                        except ConnectionResetError:
-                            early = client_aborted(request)
-                    else:
-                        early = await read_body(request)
-                if early is not None:
-                    response = early
-                else:
-                    try:
-                        if bearer_path(request.path):
-                            # authenticate and count_call, their awaits in this coroutine
-                            app = request.app
-                            token = bearer_token(request)
-                            principal = await app[VERIFIER].verify(token)
-                            authenticated(request, principal)
-                            limiter = app[STATE].rate_limiter
-                            if limiter is not None:
-                                judge(request, principal, await limiter.check(principal))
-                            response = await handler(request)
-                        else:
-                            response = await _other_paths(request, handler)
-                    except ConnectionResetError as exc:
-                        response = aborted_or_raise(request, exc)
-            except Exception as exc:
+        started = open_request(request)
+        state = request._state  # the request's own dict: request[...] without its frame
+        response: web.StreamResponse
+        held: list[AuditEvent] = []
+        try:
+            with collecting() as held:
+                request_id = state[REQUEST_ID]  # open_request has set it
                 try:
-                    response = render_error(request, exc, request_id)
-                except web.HTTPException as passed:  # a redirect: aiohttp answers with it
-                    rate_limit_fields(request, passed)
-                    raise
+                    early: web.StreamResponse | None = None
+                    if request.body_exists:
+                        if request.content.is_eof():
+                            # read_body's first case in this coroutine: the whole body is in
+                            try:
+                                read_whole_body(request)
+                            except ConnectionResetError:
+                                early = client_aborted(request)
+                        else:
+                            early = await read_body(request)
+                    if early is not None:
+                        response = early
+                    else:
+                        try:
+                            if bearer_path(request.path):
+                                # authenticate and count_call, their awaits in this coroutine
+                                app = request.app
+                                token = bearer_token(request)
+                                principal = await app[VERIFIER].verify(token)
+                                authenticated(request, principal)
+                                limiter = app[STATE].rate_limiter
+                                if limiter is not None:
+                                    judge(request, principal, await limiter.check(principal))
+                                response = await handler(request)
+                            else:
+                                response = await _other_paths(request, handler)
+                        except ConnectionResetError as exc:
+                            response = aborted_or_raise(request, exc)
+                except Exception as exc:
+                    try:
+                        response = render_error(request, exc, request_id)
+                    except web.HTTPException as passed:  # a redirect: aiohttp answers with it
+                        rate_limit_fields(request, passed)
+                        raise
+        finally:
+            if held:
+                await settle_refusals(request, held)
+        close_request(request, response, started)
+        rate_limit_fields(request, response)
+        return response
     finally:
-        if held:
-            await settle_refusals(request, held)
-    close_request(request, response, started)
-    rate_limit_fields(request, response)
-    return response
+        if admission is not None:
+            admission.release(reserved)
 
 
 def _other_paths(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:

@@ -59,16 +59,18 @@ class CallDispatch:
         app: web.Application,
         route: AbstractRoute,
         general: Handler,
+        chain: Handler | None = None,
     ) -> None:
         self._app = app
         self._route = route
         self._general = general
         self._paths: dict[str, dict[str, str]] = {}
-        # The app's middlewares around the handler, as aiohttp's _build_middlewares wraps
-        # them (without the current-app layer it adds last).
-        chain: Handler = route.handler
-        for middleware in reversed(app.middlewares):
-            chain = functools.partial(middleware, handler=chain)
+        if chain is None:
+            # The app's middlewares around the handler, as aiohttp's _build_middlewares wraps
+            # them (without the current-app layer it adds last).
+            chain = route.handler
+            for middleware in reversed(app.middlewares):
+                chain = functools.partial(middleware, handler=chain)
         self._chain = chain
 
     def __call__(self, request: web.Request) -> Awaitable[web.StreamResponse]:
@@ -104,17 +106,24 @@ class CallDispatch:
         return response
 
 
-def direct_calls(app: web.Application, route: AbstractRoute) -> None:
+def direct_calls(
+    app: web.Application,
+    route: AbstractRoute,
+    chain: Callable[[web.Application, AbstractRoute], Handler | None] | None = None,
+) -> None:
     """Have ``app``'s server dispatch the calls of ``route`` directly (``CallDispatch``) once
-    the app starts, when its router and middlewares allow it."""
+    the app starts, when its router and middlewares allow it. ``chain``, given the started
+    app and ``route``, may return what stands in for its middlewares around the route's
+    handler (one that does what they do, in fewer frames); None: the middlewares themselves."""
 
     async def install(app: web.Application) -> None:
         if dispatched_directly(app) or not _plain_router(app):
             return
         general = app._handle
+        fused = chain(app, route) if chain is not None else None
         # The server takes app._handle when the runner sets up (Application._make_handler),
         # after the on_startup signal: an attribute of the instance stands in for the method.
-        object.__setattr__(app, "_handle", CallDispatch(app, route, general))
+        object.__setattr__(app, "_handle", CallDispatch(app, route, general, fused))
 
     app.on_startup.append(install)
 

@@ -358,7 +358,9 @@ async def call_service(request: web.Request) -> web.Response:
     catalog.service(code)  # unknown service → 404 before we look at the body
     check_client_may_call(app, principal, code)  # allowed_services + scope → 403
     check_json_content(request)  # read_json_body, its await in this coroutine
-    raw = await request.read()
+    raw = request._read_bytes  # what read() returns once the body is read (the request
+    if raw is None:  # middleware reads a body in one chunk), without its coroutine
+        raw = await request.read()
     body = json_object(raw)
     if not _CALL_VALIDATOR.is_valid(body):
         _refuse_envelope(body)
@@ -366,7 +368,8 @@ async def call_service(request: web.Request) -> web.Response:
     receiving = body["receiving_province"]
     check_receiving_province(registration, principal, receiving)
     route = catalog.route(code, body.get("operation"), receiving, body["handling_province"])
-    fields = request[LOG_FIELDS]
+    state = request._state  # request[...] without its frame
+    fields = state[LOG_FIELDS]
     fields.update(service=code, province=route.handling, system=route.system)
     machine = machine_admitted(registration, principal)
     if not machine:
@@ -376,7 +379,7 @@ async def call_service(request: web.Request) -> web.Response:
     bind = _bind_to_the_end if grant_ids(body.get("consent")) else bind_call
     binding = await bind(request, principal, route, body, raw, registration if machine else None)
     rule = app[SUBJECTS]
-    request_id = request[REQUEST_ID]
+    request_id = state[REQUEST_ID]
     try:
         context = _call_context(
             request, app, request_id, code, principal, route, body, binding, rule

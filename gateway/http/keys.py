@@ -55,6 +55,6 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def principal_of(request: web.Request) -> Principal:
-    principal = request.get(PRINCIPAL)
+    principal = request._state.get(PRINCIPAL)  # request.get: Mapping.get and request[...]
     assert isinstance(principal, Principal), "auth middleware runs before every /api handler"
     return principal

@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -60,8 +61,19 @@ new_request_id = _RandomIds()
 
 
 def _route_name(request: web.Request) -> str:
-    info = request.match_info.route.resource
-    return info.canonical if info is not None else "unmatched"
+    route = request.match_info.route
+    info = route.resource
+    if info is None:
+        return "unmatched"
+    name = info.canonical
+    if len(_route_names) >= 4096:
+        _route_names.clear()
+    _route_names[route] = name  # a route's resource and its pattern are fixed once it is added
+    return name
+
+
+_route_names: dict[Any, str] = {}
+"""The metrics' and access line's route name of each route met (``_route_name``)."""
 
 
 def open_request(request: web.Request) -> float:
@@ -69,26 +81,34 @@ def open_request(request: web.Request) -> float:
     moment it began, for ``close_request``."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_request_id()
-    request[REQUEST_ID] = request_id
-    request[LOG_FIELDS] = {}
+    state = request._state  # request[...] without its frame
+    state[REQUEST_ID] = request_id
+    state[LOG_FIELDS] = {}
     bind_request_id(request_id)
     return time.perf_counter()
 
 
 def close_request(request: web.Request, response: web.StreamResponse, started: float) -> None:
     """A request ends with an answer: its id on the answer, metrics, one access line."""
-    response.headers["X-Request-ID"] = request[REQUEST_ID]
+    state = request._state  # request[...] without its frame
+    response.headers["X-Request-ID"] = state[REQUEST_ID]
     duration = time.perf_counter() - started
-    route = _route_name(request)
-    request.app[METRICS].http_request(route, request.method, response.status, duration)
+    info = request._match_info  # request.match_info, request.app: the properties' fields
+    assert info is not None  # as the properties assert: the request was dispatched
+    route = _route_names.get(info._route)
+    if route is None:
+        route = _route_name(request)
+    app = info._current_app
+    assert app is not None
+    app[METRICS].http_request(route, request._method, response.status, duration)
     if route not in {"/healthz", "/metrics"} and info_enabled():
         access_line(
             log,
-            request.method,
+            request._method,
             route,
             response.status,
             round(duration * 1000, 2),
-            request[LOG_FIELDS],
+            state[LOG_FIELDS],
         )
 
 
@@ -184,8 +204,9 @@ def bearer_token(request: web.Request) -> str:
 
 def authenticated(request: web.Request, principal: Principal) -> None:
     """The verified token's Principal kept with the request (``authenticate``'s second half)."""
-    request[PRINCIPAL] = principal
-    request[LOG_FIELDS]["client"] = principal.client_id
+    state = request._state  # request[...] without its frame
+    state[PRINCIPAL] = principal
+    state[LOG_FIELDS]["client"] = principal.client_id
 
 
 @web.middleware

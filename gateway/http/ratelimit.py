@@ -57,7 +57,7 @@ def judge(request: web.Request, principal: Principal, verdict: Verdict) -> None:
     """``count_call``'s end: the verdict kept for the header fields, counted in the metrics,
     RateLimited when a budget is spent. (The request middleware awaits the limiter itself, one
     coroutine less per call.)"""
-    request[VERDICT] = verdict
+    request._state[VERDICT] = verdict  # request[...] without its frame
     if not verdict.checked:
         request.app[METRICS].rate_limit_unchecked.inc()
     refused = verdict.refused_by
@@ -71,10 +71,13 @@ def rate_limit_fields(request: web.Request, response: web.StreamResponse) -> Non
     for a call that was not counted). Called where the answer leaves the request middleware
     rather than from ``on_response_prepare``: the signal costs every answer a coroutine of
     aiohttp's and one of ours."""
-    verdict = request.get(VERDICT)
-    if verdict is None or not verdict.budgets:
+    verdict = request._state.get(VERDICT)  # request.get: Mapping.get and request[...]
+    if verdict is None:
         return
-    response.headers["RateLimit-Policy"] = ", ".join(b.policy for b in verdict.budgets)
+    budgets = verdict.budgets
+    if not budgets:
+        return
+    response.headers["RateLimit-Policy"] = ", ".join([b.policy for b in budgets])
     if verdict.refused_by is not None:
         response.headers["RateLimit"] = f'"{verdict.refused_by.scope}";r=0;t={verdict.retry_after}'
 
