@@ -381,7 +381,11 @@ background thread's own connection checkpointed after its chunks once the WAL he
 before."""
 
 
+_chain_of: Final = operator.itemgetter(0)
+_sequence_of: Final = operator.itemgetter(1)
 _record_order: Final = operator.itemgetter(0, 1)
+_subject_record: Final = operator.itemgetter(2, 3)
+"""A subject row's record (chain, sequence), in ``_record_order``'s form."""
 """A lookup row's (chain, sequence): the order of the records, a key made in C."""
 
 
@@ -669,8 +673,14 @@ class SqliteAuditStore:
             before = dict(self._indexed)
             spans: list[tuple[str, int, int]] = []
             runs: dict[str, list[int]] = {}
-            for row in pending:
-                runs.setdefault(row[0], []).append(row[1])
+            chains = set(map(_chain_of, pending))
+            if len(chains) == 1:
+                # One chain (a worker's own, nearly always): its sequences taken in C, in the
+                # same order as the loop below takes them.
+                runs[chains.pop()] = list(map(_sequence_of, pending))
+            else:
+                for row in pending:
+                    runs.setdefault(row[0], []).append(row[1])
             for chain, sequences in runs.items():
                 done, high = self._indexed.get(chain, 0), max(sequences)
                 if min(sequences) != done + 1 or high - done != len(sequences):
@@ -678,12 +688,24 @@ class SqliteAuditStore:
                 self._indexed[chain] = max(done, high)
             pending.sort(key=_record_order)
             of_record: dict[tuple[str, int], list[SubjectRow]] = {}
-            for subject in subjects:
-                of_record.setdefault((subject[2], subject[3]), []).append(subject)
+            one_each = False
+            if len(runs) == 1 and not spans and len(subjects) == len(pending):
+                # One chain, each record once (no span), as many subject rows as records: when
+                # the rows sorted by their record (stable: a record's own keep their order)
+                # name the records one to one, a slice's subject rows are the same slice of
+                # them, as the mapping below gives them, without a Python step per row.
+                subjects.sort(key=_subject_record)
+                one_each = list(map(_subject_record, subjects)) == list(map(_record_order, pending))
+            if not one_each:
+                for subject in subjects:
+                    of_record.setdefault((subject[2], subject[3]), []).append(subject)
             caught_up: dict[str, int] = {}
             for start in range(0, max(len(pending), 1), LOOKUP_TRANSACTION):
                 chunk = pending[start : start + LOOKUP_TRANSACTION]
-                chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
+                if one_each:
+                    chunk_subjects = subjects[start : start + LOOKUP_TRANSACTION]
+                else:
+                    chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
                 chunk = _by_principal(chunk)
                 first = start == 0
                 if not first:
@@ -699,9 +721,11 @@ class SqliteAuditStore:
                 except (sqlite3.Error, ValueError, RuntimeError, AuditStoreError) as exc:
                     rest = pending[start:]  # still in record order (chunks are copies)
                     self._pending[:0] = rest
-                    self._pending_subjects[:0] = [
-                        s for r in rest for s in of_record.get((r[0], r[1]), ())
-                    ]
+                    self._pending_subjects[:0] = (
+                        subjects[start:]
+                        if one_each
+                        else [s for r in rest for s in of_record.get((r[0], r[1]), ())]
+                    )
                     if first:
                         self._unsure = self._unsure or unsure
                     self._indexed = _indexed_after(
