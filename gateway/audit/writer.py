@@ -49,6 +49,9 @@ log = structlog.get_logger("gateway.audit")
 AppendMode = Literal["required", "buffered"]
 WriterState = Literal["starting", "ready", "degraded", "closed", "failed"]
 
+_RINGS_FOR_REQUIRED: Final = frozenset(("work", "gather"))
+"""What a sleeping writer is woken from by a required record (not a linger for company)."""
+
 _new_record: Final = object.__new__
 _set_fields: Final = object.__setattr__
 
@@ -138,6 +141,10 @@ class _Uncertain:
     entries: list[_Entry] = field(default_factory=list)
 
 
+def _no_future() -> asyncio.Future[int]:
+    raise RuntimeError("the audit writer has not started")
+
+
 class ChainTailMismatch(RuntimeError):
     """At start-up the records after the last checkpoint do not chain onto it."""
 
@@ -173,6 +180,9 @@ class AuditWriter:
         self._monotonic = monotonic
         self._queue: collections.deque[_Entry] = collections.deque()
         self._running_loop = KeptLoop()
+        self._loop_time: Callable[[], float] = _time.monotonic
+        """``loop.time`` of the writer's loop once started (``start``)."""
+        self._new_future: Callable[[], asyncio.Future[int]] = _no_future
         """The loop the writer runs on, asked for at ``start`` and kept (``KeptLoop``)."""
         self._bell = Bell(self._running_loop)
         """Rung when what the writer sleeps for may have come (see ``_asleep``); it then looks
@@ -237,6 +247,10 @@ class AuditWriter:
         self._cp_at = self._monotonic()
         self._state = "ready"
         loop = self._running_loop()
+        self._loop_time = loop.time
+        self._new_future = loop.create_future
+        """The writer's loop's clock and futures, bound once: a required append takes both
+        (the loop is the one its task runs on, for as long as it runs)."""
         self._task = loop.create_task(self._run(), name=f"audit-writer-{self._chain}")
         log.info("audit_writer_started", chain=self._chain, sequence=self._head_sequence)
 
@@ -306,18 +320,24 @@ class AuditWriter:
             # Fail fast: required callers must not wait for a store known to be down.
             self.stats.rejected += 1
             raise AuditUnavailable("The audit store is unavailable.")
-        loop = self._running_loop()
-        now = loop.time()
+        now = self._loop_time()
         if self._last_required >= 0:
             # A pause counts as ten lingers at most, so that a burst after it lingers again
             # after a few records.
             gap = min(now - self._last_required, 10 * self._settings.linger)
             self._required_gap += (gap - self._required_gap) * 0.25
         self._last_required = now
-        future: asyncio.Future[int] = loop.create_future()
-        self._enqueue(_Entry(event, when, future))
-        self._urgent = True  # ``_hasten``, inline: somebody now waits for a commit
-        if self._asleep == "gather":
+        future: asyncio.Future[int] = self._new_future()
+        # ``_enqueue`` and ``_hasten`` for a record somebody waits for, inline: tagged, queued
+        # (the queue's time taken when it was empty), and the bell rung when the batch is
+        # full or the writer sleeps for work or gathers (somebody now waits for a commit).
+        self._last_tag = tag = self._last_tag + 1
+        queue = self._queue
+        if not queue:
+            self._first_queued = now
+        queue.append(_Entry(event, when, future, tag))
+        self._urgent = True
+        if len(queue) >= self._settings.batch_size or self._asleep in _RINGS_FOR_REQUIRED:
             self._bell.set()
         # No timer per append: the loop bounds every store call by commit_timeout and fails
         # the waiting required entries when one fails. A cancelled caller cancels the future,
@@ -389,7 +409,7 @@ class AuditWriter:
         entry.tag = self._last_tag
         queue = self._queue
         if not queue:
-            self._first_queued = self._running_loop().time()
+            self._first_queued = self._loop_time()
         queue.append(entry)
         if len(queue) >= self._settings.batch_size:
             self._bell.set()
@@ -477,12 +497,12 @@ class AuditWriter:
             if not full and not self._closing:
                 if not self._urgent:
                     due = self._first_queued + settings.buffered_linger
-                    if due > self._running_loop().time():
+                    if due > self._loop_time():
                         await self._sleep("gather", due)
                         idle = False  # what gathered has waited long enough
                         continue  # look again: gathered, hastened, full or closing
                 elif idle and self._required_gap < settings.linger:
-                    await self._sleep("company", self._running_loop().time() + settings.linger)
+                    await self._sleep("company", self._loop_time() + settings.linger)
             self._urgent = False
             idle = False
             await self._write_batch()

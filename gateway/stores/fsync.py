@@ -26,6 +26,7 @@ import ctypes
 import itertools
 import os
 import platform
+import struct
 import sys
 from typing import Final
 
@@ -36,6 +37,7 @@ _SYSCALLS: Final = {
     "aarch64": {"io_setup": 0, "io_destroy": 1, "io_submit": 2, "io_getevents": 4},
 }
 _IOCB_CMD_FSYNC: Final = 2
+_IOCB_CMD_FDSYNC: Final = 3
 _IOCB_FLAG_RESFD: Final = 1
 _RING: Final = 64
 """Requests in flight at most per context (one per commit in flight; a few at a time)."""
@@ -71,17 +73,35 @@ class _IoEvent(ctypes.Structure):
     )
 
 
+_EVENT: Final = struct.Struct("=QQqq")
+"""``struct io_event`` read from the completion array in place (``data``, ``obj``, ``res``,
+``res2``): no ``_IoEvent`` object made per completion."""
+assert _EVENT.size == ctypes.sizeof(_IoEvent)
+
+
 class _Timespec(ctypes.Structure):
     _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
 
 
-class _Request:
-    __slots__ = ("fd", "future", "iocb")
+class _Slot:
+    """A request block made once and used again: its ``struct iocb`` (the constant fields
+    set at creation) and the one-element array of pointers ``io_submit`` takes. A request
+    in flight holds its slot, with its file descriptor and its caller's future, until the
+    kernel reports it; the slot's number is the request's ``aio_data``."""
 
-    def __init__(self, fd: int, future: asyncio.Future[None], iocb: _Iocb) -> None:
-        self.fd = fd
-        self.future = future
-        self.iocb = iocb  # the kernel reads it at submission; kept until the completion
+    __slots__ = ("array", "fd", "future", "iocb", "number")
+
+    def __init__(self, number: int, resfd: int) -> None:
+        self.number = number
+        self.iocb = _Iocb(
+            aio_data=number,
+            aio_lio_opcode=_IOCB_CMD_FSYNC,
+            aio_flags=_IOCB_FLAG_RESFD,
+            aio_resfd=resfd,
+        )
+        self.array = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self.iocb))
+        self.fd = -1
+        self.future: asyncio.Future[None] | None = None
 
 
 class KernelFsync:
@@ -99,10 +119,18 @@ class KernelFsync:
         self._calls = calls
         self._ctx = ctypes.c_ulong(0)
         self._eventfd = -1
-        self._pending: dict[int, _Request] = {}
-        self._keys = itertools.count(1)
+        self._pending: dict[int, _Slot] = {}
+        """Requests in flight by their slot's number."""
+        self._free: list[_Slot] = []
+        """Slots not in flight, made once (a request block and its pointer array cost some
+        fifteen thousand instructions of ctypes to make each time)."""
+        self._slots = itertools.count(1)
         self._events = (_IoEvent * _RING)()
+        self._submit_number = calls["io_submit"]
+        self._getevents_number = calls["io_getevents"]
         self._no_wait = _Timespec(0, 0)
+        self._no_wait_ref = ctypes.byref(self._no_wait)
+        """Made once: ``byref`` makes an object per call."""
         self._closed = False
         self._drained = asyncio.Event()
         """Set while no request is in flight."""
@@ -144,60 +172,71 @@ class KernelFsync:
     async def fsync(self, path: str) -> None:
         """fsync ``path``: returns once the kernel has done it, raises its error otherwise
         (``FileNotFoundError`` at once when the file does not exist)."""
+        await self._sync(path, _IOCB_CMD_FSYNC)
+
+    async def fdatasync(self, path: str) -> None:
+        """fdatasync ``path``, as ``fsync`` (the file's data, and its size when it grew)."""
+        await self._sync(path, _IOCB_CMD_FDSYNC)
+
+    def _sync(self, path: str, command: int) -> asyncio.Future[None]:
+        """Submit the request; the future of its completion (see ``fsync``)."""
         if self._closed:
             raise OSError("the fsync context is closed")
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        key = next(self._keys)
-        iocb = _Iocb(
-            aio_data=key,
-            aio_lio_opcode=_IOCB_CMD_FSYNC,
-            aio_fildes=fd,
-            aio_flags=_IOCB_FLAG_RESFD,
-            aio_resfd=self._eventfd,
-        )
-        request = _Request(fd, self._loop.create_future(), iocb)
-        one = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(iocb))
-        if self._syscall(self._calls["io_submit"], self._ctx, 1, one) != 1:
+        free = self._free
+        slot = free.pop() if free else _Slot(next(self._slots), self._eventfd)
+        iocb = slot.iocb
+        iocb.aio_fildes = fd
+        if iocb.aio_lio_opcode != command:
+            iocb.aio_lio_opcode = command
+        if self._syscall(self._submit_number, self._ctx, 1, slot.array) != 1:
             error = _errno_error("io_submit")
             os.close(fd)
+            free.append(slot)
             raise error
         self.submitted += 1
-        self._pending[key] = request
+        slot.fd = fd
+        slot.future = future = self._loop.create_future()
+        self._pending[slot.number] = slot
         self._drained.clear()
         # A caller that stops waiting cancels only its future: the request stays in flight
-        # until the kernel reports it (``aclose`` waits for that), and the fsync is done.
-        await request.future
+        # until the kernel reports it (``aclose`` waits for that), and the sync is done.
+        return future
 
     def _reap(self) -> None:
         """The eventfd is readable: collect every finished request without blocking."""
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._eventfd)
-        while self._pending:
+        pending, events, read = self._pending, self._events, _EVENT.unpack_from
+        while pending:
             done = self._syscall(
-                self._calls["io_getevents"],
+                self._getevents_number,
                 self._ctx,
                 0,
                 _RING,
-                self._events,
-                ctypes.byref(self._no_wait),
+                events,
+                self._no_wait_ref,
             )
             if done <= 0:
                 return
-            for event in self._events[:done]:
-                request = self._pending.pop(event.data, None)
-                if request is None:
+            for offset in range(0, done * _EVENT.size, _EVENT.size):
+                number, _, result, _ = read(events, offset)
+                slot = pending.pop(number, None)
+                if slot is None:
                     continue
-                os.close(request.fd)
-                if request.future.done():
+                os.close(slot.fd)
+                future, slot.future, slot.fd = slot.future, None, -1
+                self._free.append(slot)
+                if future is None or future.done():
                     continue  # its caller stopped waiting
-                if event.res < 0:
-                    code = -event.res
-                    request.future.set_exception(OSError(code, os.strerror(code)))
+                if result < 0:
+                    code = -result
+                    future.set_exception(OSError(code, os.strerror(code)))
                 else:
-                    request.future.set_result(None)
+                    future.set_result(None)
             if done < _RING:
                 break
-        if not self._pending:
+        if not pending:
             self._drained.set()
 
     async def aclose(self) -> None:

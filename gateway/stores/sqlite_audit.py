@@ -381,7 +381,11 @@ background thread's own connection checkpointed after its chunks once the WAL he
 before."""
 
 
+_chain_of: Final = operator.itemgetter(0)
+_sequence_of: Final = operator.itemgetter(1)
 _record_order: Final = operator.itemgetter(0, 1)
+_subject_record: Final = operator.itemgetter(2, 3)
+"""A subject row's record (chain, sequence), in ``_record_order``'s form."""
 """A lookup row's (chain, sequence): the order of the records, a key made in C."""
 
 
@@ -484,6 +488,8 @@ class SqliteAuditStore:
         """``kernel_fsync``: sync the WAL through the kernel's asynchronous I/O where it is
         available (``gateway/stores/fsync.py``); False keeps the fsync on the writer thread."""
         self.path = Path(path)
+        self._wal_path = f"{self.path}-wal"
+        """The WAL file's name (made once: a commit syncs it)."""
         self._synchronous: Synchronous = synchronous
         self._kernel_fsync = kernel_fsync
         self._fsync: KernelFsync | None = None
@@ -667,8 +673,14 @@ class SqliteAuditStore:
             before = dict(self._indexed)
             spans: list[tuple[str, int, int]] = []
             runs: dict[str, list[int]] = {}
-            for row in pending:
-                runs.setdefault(row[0], []).append(row[1])
+            chains = set(map(_chain_of, pending))
+            if len(chains) == 1:
+                # One chain (a worker's own, nearly always): its sequences taken in C, in the
+                # same order as the loop below takes them.
+                runs[chains.pop()] = list(map(_sequence_of, pending))
+            else:
+                for row in pending:
+                    runs.setdefault(row[0], []).append(row[1])
             for chain, sequences in runs.items():
                 done, high = self._indexed.get(chain, 0), max(sequences)
                 if min(sequences) != done + 1 or high - done != len(sequences):
@@ -676,12 +688,24 @@ class SqliteAuditStore:
                 self._indexed[chain] = max(done, high)
             pending.sort(key=_record_order)
             of_record: dict[tuple[str, int], list[SubjectRow]] = {}
-            for subject in subjects:
-                of_record.setdefault((subject[2], subject[3]), []).append(subject)
+            one_each = False
+            if len(runs) == 1 and not spans and len(subjects) == len(pending):
+                # One chain, each record once (no span), as many subject rows as records: when
+                # the rows sorted by their record (stable: a record's own keep their order)
+                # name the records one to one, a slice's subject rows are the same slice of
+                # them, as the mapping below gives them, without a Python step per row.
+                subjects.sort(key=_subject_record)
+                one_each = list(map(_subject_record, subjects)) == list(map(_record_order, pending))
+            if not one_each:
+                for subject in subjects:
+                    of_record.setdefault((subject[2], subject[3]), []).append(subject)
             caught_up: dict[str, int] = {}
             for start in range(0, max(len(pending), 1), LOOKUP_TRANSACTION):
                 chunk = pending[start : start + LOOKUP_TRANSACTION]
-                chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
+                if one_each:
+                    chunk_subjects = subjects[start : start + LOOKUP_TRANSACTION]
+                else:
+                    chunk_subjects = [s for r in chunk for s in of_record.get((r[0], r[1]), ())]
                 chunk = _by_principal(chunk)
                 first = start == 0
                 if not first:
@@ -697,9 +721,11 @@ class SqliteAuditStore:
                 except (sqlite3.Error, ValueError, RuntimeError, AuditStoreError) as exc:
                     rest = pending[start:]  # still in record order (chunks are copies)
                     self._pending[:0] = rest
-                    self._pending_subjects[:0] = [
-                        s for r in rest for s in of_record.get((r[0], r[1]), ())
-                    ]
+                    self._pending_subjects[:0] = (
+                        subjects[start:]
+                        if one_each
+                        else [s for r in rest for s in of_record.get((r[0], r[1]), ())]
+                    )
                     if first:
                         self._unsure = self._unsure or unsure
                     self._indexed = _indexed_after(
@@ -717,7 +743,11 @@ class SqliteAuditStore:
                     # WAL too. No append waits for it (an append's own fsync is its own).
                     # Lookup rows need no sync of their own (made from the text if lost).
                     with contextlib.suppress(OSError, ValueError, RuntimeError):
-                        await self._bg().call(self._write_back_wal)
+                        if self._fsync is not None:
+                            # Through the kernel as the records' fsync: no thread hand-over.
+                            await self._fsync.fdatasync(self._wal_path)
+                        else:
+                            await self._bg().call(self._write_back_wal)
             self._checkpoint_if_due()
 
     async def _lookup_on_loop(
@@ -775,17 +805,28 @@ class SqliteAuditStore:
                     ),
                 )
 
-        async with self._write_lock:
-            try:
-                if not self._write_on_loop(write):
-                    await self._w().run(write)  # the file is locked: wait on the thread
-                if self._synchronous == "FULL":
+        # ``async with self._write_lock`` written out: its two coroutines' frames a batch.
+        lock = self._write_lock
+        await lock.acquire()
+        try:
+            if not self._write_on_loop(write):
+                await self._w().run(write)  # the file is locked: wait on the thread
+            if self._synchronous == "FULL":
+                fsync = self._fsync
+                if fsync is None:
                     await self._sync_wal_file()
-            except sqlite3.IntegrityError as exc:
-                raise ChainConflict("sequence already written") from exc
-            except (sqlite3.Error, ValueError, RuntimeError, OSError) as exc:
-                # ValueError / RuntimeError: connection or its thread already closed.
-                raise AuditStoreUnavailable(str(exc)) from exc
+                else:  # ``_sync_wal_file``'s kernel path, without its frame
+                    try:  # noqa: SIM105 - suppress()'s object and calls, a batch
+                        await fsync.fsync(self._wal_path)
+                    except FileNotFoundError:  # see _sync_wal
+                        pass
+        except sqlite3.IntegrityError as exc:
+            raise ChainConflict("sequence already written") from exc
+        except (sqlite3.Error, ValueError, RuntimeError, OSError) as exc:
+            # ValueError / RuntimeError: connection or its thread already closed.
+            raise AuditStoreUnavailable(str(exc)) from exc
+        finally:
+            lock.release()
         self._wal_bytes += sum(map(len, map(_record_text_of, rows))) + 512
         self._checkpoint_if_due()
 
@@ -846,7 +887,7 @@ class SqliteAuditStore:
             await self._w().call(self._sync_wal)
             return
         with contextlib.suppress(FileNotFoundError):  # see _sync_wal
-            await self._fsync.fsync(f"{self.path}-wal")
+            await self._fsync.fsync(self._wal_path)
 
     def _sync_wal(self, conn: sqlite3.Connection) -> None:
         """fsync the WAL file holding the batch just committed (on the writer thread). The WAL

@@ -284,3 +284,40 @@ async def test_an_fsync_that_outlasts_the_commit_timeout_fails_closed_then_recov
         gate.open.set()
         await writer.aclose()
     assert [r.sequence for r in await _records(path)] == list(range(1, sequence + 1))
+
+
+async def test_request_blocks_are_made_once_and_used_again_only_when_done(
+    syncer: KernelFsync, tmp_path: Path
+) -> None:
+    """A request's block (its ``struct iocb``) is kept and used again, but never while the
+    kernel has not reported it: each of forty requests in flight at once has its own, and a
+    second round of forty uses the same forty blocks. Each submission carries the command
+    asked for (fsync or fdatasync) and its own descriptor."""
+    submitted: list[tuple[int, int, int]] = []
+    real = syncer._syscall
+
+    def syscall(number: int, *args: object) -> int:
+        if number == syncer._submit_number:
+            iocb = args[2][0].contents  # type: ignore[index]
+            submitted.append((iocb.aio_data, iocb.aio_lio_opcode, iocb.aio_fildes))
+        return int(real(number, *args))
+
+    syncer._syscall = syscall  # type: ignore[assignment]
+    files = []
+    for n in range(40):
+        path = tmp_path / f"f{n}"
+        path.write_bytes(b"x" * n)
+        files.append(str(path))
+    for _ in range(2):
+        waits = [syncer.fdatasync(f) if n % 2 else syncer.fsync(f) for n, f in enumerate(files)]
+        await asyncio.wait_for(asyncio.gather(*waits), 30)
+    assert len(submitted) == 80
+    first, second = submitted[:40], submitted[40:]
+    assert len({data for data, _, _ in first}) == 40  # one block each while in flight
+    assert {data for data, _, _ in second} <= {data for data, _, _ in first} | {1}
+    assert [op for _, op, _ in submitted] == [3 if n % 2 else 2 for n in range(40)] * 2
+    assert len({fd for _, _, fd in first}) == 40
+    assert not syncer._pending
+    with pytest.raises(OSError, match="Invalid argument") as refused:  # as fdatasync(2)
+        await syncer.fdatasync("/proc/self/status")
+    assert refused.value.errno == errno.EINVAL

@@ -27,6 +27,7 @@ from gateway.audit.query import AuditQuery
 from gateway.audit.store import AuditStoreUnavailable, LookupRow
 from gateway.audit.writer import AuditWriter
 from gateway.stores import sqlite_audit
+from gateway.stores.fsync import KernelFsync
 from gateway.stores.sqlite import connect_sqlite
 from gateway.stores.sqlite_audit import SqliteAuditStore
 from tests.stores.test_audit_query_contract import _all
@@ -109,7 +110,14 @@ async def test_an_append_is_not_held_by_lookup_work_while_the_background_thread_
     """The lookup rows used to be written on the nice-19 thread holding the store's write lock
     for a chunk: when a busy core did not run that thread, an append waited for it. Here the
     background thread is stalled (as a busy core would) while lookup rows are pending and a
-    flush runs: the append still commits, and the rows follow once the thread runs again."""
+    flush runs: the append still commits, and the rows follow once the thread runs again.
+    (The thread writes the slices back only where the kernel's asynchronous fsync is not
+    used: here it is not.)"""
+
+    async def no_kernel_fsync(probe: str) -> None:
+        return None
+
+    monkeypatch.setattr(KernelFsync, "open", no_kernel_fsync)
     monkeypatch.setattr(sqlite_audit, "LOOKUP_DELAY", 60.0)  # flushed by the test only
     monkeypatch.setattr(sqlite_audit, "LOOKUP_TRANSACTION", 2)
     path = tmp_path / "audit.db"

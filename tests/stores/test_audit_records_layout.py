@@ -30,6 +30,7 @@ from gateway.audit.store import AuditStoreUnavailable, ChainConflict, StoredReco
 from gateway.audit.verifier import ProblemKind, verify_store
 from gateway.audit.writer import AuditWriter
 from gateway.stores import sqlite_audit
+from gateway.stores.fsync import KernelFsync
 from gateway.stores.migrations import Migration
 from gateway.stores.sqlite_audit import AUDIT_MIGRATIONS, RECORDS_LAYOUT, SqliteAuditStore
 from tests.stores.test_audit_tamper import SETTINGS, UPDATE_TEXT, flip, full_event
@@ -370,23 +371,39 @@ async def test_every_query_of_the_store_uses_an_index(tmp_path: Path, keys: Stat
         conn.close()
 
 
+@pytest.mark.parametrize("kernel_fsync", [False, True], ids=["thread", "kernel"])
 @pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
 async def test_each_slice_of_lookup_rows_is_written_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synchronous: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synchronous: str, kernel_fsync: bool
 ) -> None:
-    """With durable commits (FULL) each slice of lookup rows is fdatasynced by the background
-    thread once committed, so the next commit of records does not write its pages; the rows
-    are the same either way."""
+    """With durable commits (FULL) each slice of lookup rows is fdatasynced once committed,
+    so the next commit of records does not write its pages: through the kernel's
+    asynchronous I/O where the store syncs its WAL that way, else by the background thread;
+    the rows are the same either way."""
     synced: list[str] = []
     fdatasync = os.fdatasync
+    kernel_fdatasync = KernelFsync.fdatasync
 
     def spy(fd: int) -> None:
         synced.append(threading.current_thread().name)
         fdatasync(fd)
 
+    async def kernel_spy(self: KernelFsync, path: str) -> None:
+        synced.append(f"kernel {Path(path).name}")
+        await kernel_fdatasync(self, path)
+
     monkeypatch.setattr(os, "fdatasync", spy)
-    store = SqliteAuditStore(tmp_path / "audit.sqlite", synchronous=synchronous)  # type: ignore[arg-type]
+    monkeypatch.setattr(KernelFsync, "fdatasync", kernel_spy)
+    store = SqliteAuditStore(
+        tmp_path / "audit.sqlite",
+        synchronous=synchronous,  # type: ignore[arg-type]
+        kernel_fsync=kernel_fsync,
+    )
     await store.open()
+    kernel = store._fsync is not None
+    if kernel_fsync and not kernel and synchronous == "FULL":
+        await store.aclose()
+        pytest.skip("no asynchronous fsync in this kernel")
     try:
         records = [
             StoredRecord("gw-1", n, f"2026-12-07T15:00:{n:02d}Z", f'{{"n":{n}}}', f"{n:064x}")
@@ -403,6 +420,9 @@ async def test_each_slice_of_lookup_rows_is_written_back(
         conn.close()
     if synchronous == "FULL":
         assert len(synced) == -(-120 // sqlite_audit.LOOKUP_TRANSACTION)  # one per slice
-        assert all(name.startswith("audit-background") for name in synced), synced
+        if kernel:
+            assert synced == ["kernel audit.sqlite-wal"] * len(synced)
+        else:
+            assert all(name.startswith("audit-background") for name in synced), synced
     else:
         assert synced == []
