@@ -20,24 +20,11 @@ from gateway.http.admission import ADMISSION, Admission, admission_middleware
 from gateway.http.chain import request_middleware
 from gateway.http.dispatch import dispatched_directly
 from gateway.http.keys import PRINCIPAL, REQUEST_ID
-from gateway.identity.devtokens import DevTokenIssuer
-from gateway.principal import Principal
 from gateway.settings import AdmissionSettings, SystemSettings
 from tests.subject_fixtures import TEST_SUBJECT_KEYS
-from tests.unit.http.test_admission import _bounded
+from tests.unit.http.test_admission import CALLS, _bounded
+from tests.unit.http.test_admission import CountingVerifier as Verifier
 from tests.unit.http.test_app import auth, call_body
-
-ISSUER = DevTokenIssuer(b"k" * 32)
-CALLS = "/api/v1/services/degree-verification/calls"
-
-
-class Verifier:
-    def __init__(self) -> None:
-        self.checked = 0
-
-    async def verify(self, token: str) -> Principal:
-        self.checked += 1
-        return await ISSUER.verify(token)
 
 
 class Backend:

@@ -25,21 +25,7 @@ from gateway.ratelimit.config import RateLimitSettings
 from gateway.ratelimit.draws import Drawn
 from gateway.ratelimit.limiter import ApiRateLimiter
 from gateway.ratelimit.sqlite_storage import SqliteStorage
-
-
-class _StoreClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-
-def _rows(store: SqliteStorage) -> list[tuple[Any, ...]]:
-    with store._db.locked() as conn:
-        return conn.execute(
-            "SELECT key, count, expires_at FROM rl_counters ORDER BY key"
-        ).fetchall()
+from tests.unit.ratelimit.test_sqlite_counters_table import _rows, _StoreClock
 
 
 async def test_one_statement_draws_what_the_transaction_draws(
