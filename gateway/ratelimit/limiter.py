@@ -366,10 +366,7 @@ class ApiRateLimiter:
             # the transaction the calls of this turn share, without a coroutine of its own (one
             # frame less to create, suspend and resume) or the breaker's step object; the same
             # answers and the same account to the breaker (``_StoreStep``'s).
-            drawn = [index for index, units in enumerate(wanted) if units]
-            entries = [
-                (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
-            ]
+            drawn, entries = _keyed_entries(budgets, leases, wanted)
             try:
                 answer = await local.draw(entries)
                 verdict = self._verdict(budgets, leases, wanted, drawn, now, answer, allowed)
@@ -380,17 +377,13 @@ class ApiRateLimiter:
                 self._breaker.record_neutral()
                 raise
             finally:
-                for lease, units in zip(leases, wanted, strict=True):
-                    if units > 1:
-                        lease.done()
+                _blocks_done(leases, wanted)
             self._succeeded()
             return verdict
         try:
             return await self._draw_shared(budgets, leases, wanted, now, allowed)
         finally:
-            for lease, units in zip(leases, wanted, strict=True):
-                if units > 1:
-                    lease.done()
+            _blocks_done(leases, wanted)
 
     def _draw_alone(
         self,
@@ -406,10 +399,7 @@ class ApiRateLimiter:
         breaker's step object, as the memory store's draw is; the same answers, and the same
         account to the breaker (a success; a store error counted and the call let through
         unchecked; anything else neutral)."""
-        drawn = [index for index, units in enumerate(wanted) if units]
-        entries = [
-            (leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn
-        ]
+        drawn, entries = _keyed_entries(budgets, leases, wanted)
         try:
             answer = local.acquire_calls((entries,))[0]
             verdict = self._verdict(budgets, leases, wanted, drawn, now, answer, allowed)
@@ -420,9 +410,7 @@ class ApiRateLimiter:
             self._breaker.record_neutral()
             raise
         finally:
-            for lease, units in zip(leases, wanted, strict=True):
-                if units > 1:
-                    lease.done()
+            _blocks_done(leases, wanted)
         self._breaker.record_success()
         return verdict
 
@@ -685,3 +673,20 @@ class _StoreStep:
             return True
         limiter._breaker.record_neutral()
         return False
+
+
+def _keyed_entries(
+    budgets: tuple[Budget, ...], leases: list[Lease], wanted: list[int]
+) -> tuple[list[int], list[tuple[str, int, int, int]]]:
+    """The budgets drawn (``wanted`` units, not 0) and their entries for the SQLite store's
+    draw: each lease's key, the budget's amount and window, the units wanted."""
+    drawn = [index for index, units in enumerate(wanted) if units]
+    entries = [(leases[i].key, budgets[i].rate.amount, budgets[i].window, wanted[i]) for i in drawn]
+    return drawn, entries
+
+
+def _blocks_done(leases: list[Lease], wanted: list[int]) -> None:
+    """The blocks asked for (more than one unit wanted) are settled, granted or not."""
+    for lease, units in zip(leases, wanted, strict=True):
+        if units > 1:
+            lease.done()

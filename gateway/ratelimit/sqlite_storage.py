@@ -42,7 +42,6 @@ does not show its ready queue (uvloop) every draw is queued.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import sqlite3
 import time
@@ -56,7 +55,13 @@ from limits.storage.base import TimestampedSlidingWindow
 from gateway.event_loop import KeptLoop
 from gateway.ratelimit.draws import Drawn, Window, caller_error
 from gateway.stores.migrations import Migration
-from gateway.stores.sqlite import LockedConnection, begin_yielding, create_private, use_wal
+from gateway.stores.sqlite import (
+    LockedConnection,
+    begin_yielding,
+    create_private,
+    rollback_quietly,
+    use_wal,
+)
 
 FILE_NAME = "ratelimits.sqlite"
 PURGE_INTERVAL = 60.0
@@ -173,9 +178,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             if math.floor(previous * previous_ttl / expiry + current) + amount > limit:
                 return False
             _add(conn, current_key, current, amount, expiry, now)
-            if now >= self._next_purge:
-                conn.execute(_PURGE, (now,))
-                self._next_purge = now + PURGE_INTERVAL
+            self._purge_if_due(conn, now)
         return True
 
     def acquire_all(self, entries: Entries) -> Drawn:
@@ -257,17 +260,19 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
                         blocks[key] = (granted, len(granted))
                     granted.append(units)
                 answers.append(Drawn(granted, refused))
-            if now >= self._next_purge:
-                conn.execute(_PURGE, (now,))
-                self._next_purge = now + PURGE_INTERVAL
+            self._purge_if_due(conn, now)
             conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                # The original error says more; SQLite rolls back on close anyway.
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         return answers
+
+    def _purge_if_due(self, conn: sqlite3.Connection, now: float) -> None:
+        """Delete the expired windows, once every ``PURGE_INTERVAL`` seconds, in the caller's
+        transaction (or as a statement of its own)."""
+        if now >= self._next_purge:
+            conn.execute(_PURGE, (now,))
+            self._next_purge = now + PURGE_INTERVAL
 
     def _draw_one(
         self, conn: sqlite3.Connection, entry: tuple[str, int, int, int], now: float
@@ -292,9 +297,7 @@ class SqliteStorage(Storage, SlidingWindowCounterSupport, TimestampedSlidingWind
             if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return None  # the transaction waits for the lock (begin_yielding)
             raise
-        if now >= self._next_purge:
-            conn.execute(_PURGE, (now,))
-            self._next_purge = now + PURGE_INTERVAL
+        self._purge_if_due(conn, now)
         return Drawn([wanted])
 
     def alone(self) -> bool:

@@ -132,11 +132,17 @@ def immediate(
         yield conn
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            # The original error says more; SQLite rolls back on close anyway.
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
+
+
+def rollback_quietly(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, after an error: a failure of the ROLLBACK
+    itself is dropped, since the original error says more (SQLite rolls back on close
+    anyway)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 YIELDING_SPIN: Final = 0.002

@@ -56,6 +56,7 @@ from gateway.stores.sqlite import (
     Synchronous,
     TransactionThread,
     open_migrated_pair,
+    rollback_quietly,
     use_wal,
 )
 
@@ -852,10 +853,7 @@ class SqliteAuditStore:
                 write(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                if conn.in_transaction:
-                    # The original error says more; SQLite rolls back on close anyway.
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+                rollback_quietly(conn)
                 raise
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
